@@ -1,0 +1,66 @@
+//! The classifier: which of the fabric's services a frame is for, counted per interface.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::map,
+    maps::{Array, PerCpuHashMap},
+    programs::XdpContext,
+};
+use bootfabric_abi::{
+    ClassifyConfig, CounterKey, Counters, ACTION_PASS, CLASS_OTHER, COUNTERS_MAX_ENTRIES,
+};
+
+use crate::parse;
+
+/// Packet and byte counters per interface, class and action.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuHashMap<CounterKey, Counters> =
+    PerCpuHashMap::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
+
+/// The ports the daemon owns; written by userspace before attach.
+#[map(name = "CLASSIFY_CONFIG")]
+static CLASSIFY_CONFIG: Array<ClassifyConfig> = Array::with_max_entries(1, 0);
+
+/// Classifies and counts one frame. Returns the XDP action; errors never happen today, but
+/// the `Result` keeps the shape every later program shares.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
+    let class = match (parse::udp4(ctx), CLASSIFY_CONFIG.get(0)) {
+        (Some(udp), Some(cfg)) => cfg.class_of_udp_port(udp.dst_port),
+        _ => CLASS_OTHER,
+    };
+    count(ctx, class, ACTION_PASS);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn count(ctx: &XdpContext, class: u8, action: u8) {
+    let key = CounterKey {
+        ifindex: ctx.ingress_ifindex() as u32,
+        class,
+        action,
+        _pad: [0; 2],
+    };
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match COUNTERS.get_ptr_mut(&key) {
+        Some(c) => {
+            // SAFETY: per-CPU value, so this CPU is its only writer.
+            unsafe {
+                (*c).packets += 1;
+                (*c).bytes += len;
+            }
+        }
+        None => {
+            // A concurrent first insert on another CPU can win this race; that CPU's
+            // slot then holds its own packet and only this one is lost, once per key.
+            let _ = COUNTERS.insert(
+                &key,
+                &Counters {
+                    packets: 1,
+                    bytes: len,
+                },
+                BPF_NOEXIST as u64,
+            );
+        }
+    }
+}

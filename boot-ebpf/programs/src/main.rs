@@ -1,0 +1,27 @@
+//! Bootfabric's XDP programs. This file holds the entry points only; parsing and
+//! classification live in their own modules.
+#![no_std]
+#![no_main]
+
+mod classify;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Classifies every frame on the fabric's interfaces (DHCP, TFTP, TFTP data, other), counts
+/// it, and passes it on: this program owns no traffic yet, so it never drops or answers.
+#[xdp]
+pub fn bootfabric_classify(ctx: XdpContext) -> u32 {
+    classify::run(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never entered at run time.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,89 @@
+//! The `bootfabric` command line: `serve`, `check`, `hosts`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Bootfabric: the network boot fabric (DHCP, TFTP, HTTP, XDP, Redfish) in one daemon.
+#[derive(Debug, Parser)]
+#[command(name = "bootfabric", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and the files it names, without starting anything.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+    /// List the hosts of the inventory.
+    Hosts {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(cfg) => match crate::serve::run(cfg) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("bootfabric: {e:#}");
+                    1
+                }
+            },
+            Err(e) => config_error(&e),
+        },
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK ({} interface(s), {} host(s), {} profile(s), admin on {}, xdp.mode = {})",
+                    cfg.path.display(),
+                    cfg.interfaces.len(),
+                    cfg.inventory.hosts().len(),
+                    cfg.inventory.profiles().len(),
+                    cfg.admin_listen,
+                    cfg.xdp_mode,
+                );
+                0
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Hosts { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");
+                for h in cfg.inventory.hosts() {
+                    let ip =
+                        h.ip.map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".to_owned());
+                    println!("{:<24} {:<17} {:<15} {}", h.name, h.mac, ip, h.profile);
+                }
+                0
+            }
+            Err(e) => config_error(&e),
+        },
+    }
+}
+
+/// Config errors exit with 2, like other usage errors.
+fn config_error(e: &crate::config::ConfigError) -> i32 {
+    eprintln!("bootfabric: invalid configuration: {e}");
+    2
+}

@@ -1,0 +1,428 @@
+//! Configuration: the TOML file ([`wire`]) checked into a runtime [`Config`].
+//!
+//! Loading is two steps. Files are read and parsed into the `wire` structs (unknown keys are
+//! errors), then [`Config::from_wire`] validates every value without further I/O except for
+//! the files the config names. Every error names the file and the key it is about.
+
+pub mod wire;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+
+use crate::inventory::{Inventory, InventoryError};
+
+/// Default admin listen address: loopback only, so metrics are never exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9370";
+/// Default TFTP transfer port range.
+pub const DEFAULT_TFTP_TRANSFER_PORTS: PortRange = PortRange {
+    first: 50000,
+    last: 50999,
+};
+
+/// A configuration that cannot be used, with the file and key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML for its schema (syntax, unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key, line and column.
+        message: String,
+    },
+    /// A key has a value that cannot be used.
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, with an index for array entries (`admin.allow[1]`).
+        key: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// The inventory named by `daemon.inventory` is unusable.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+}
+
+/// How the XDP program should be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeSetting {
+    /// Native (driver) mode, falling back to generic, then to userspace only.
+    Auto,
+    /// Native mode or fail.
+    Native,
+    /// Generic (skb) mode or fail.
+    Generic,
+    /// No XDP: userspace only.
+    Off,
+}
+
+impl fmt::Display for XdpModeSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// An inclusive UDP port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// File the config was read from.
+    pub path: PathBuf,
+    /// Log filter.
+    pub log: String,
+    /// Provisioning-network interfaces.
+    pub interfaces: Vec<String>,
+    /// Admin server address.
+    pub admin_listen: SocketAddr,
+    /// Networks allowed to reach the admin server; empty means everyone.
+    pub admin_allow: Vec<IpNet>,
+    /// XDP attach policy.
+    pub xdp_mode: XdpModeSetting,
+    /// Ports the TFTP service uses for transfers.
+    pub tftp_transfer_ports: PortRange,
+    /// The host inventory (empty when the config names none).
+    pub inventory: Inventory,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path` and the files it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let wire: wire::ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let inventory = match &wire.daemon.inventory {
+            Some(rel) => Inventory::load(&base.join(rel))?,
+            None => Inventory::default(),
+        };
+        Self::from_wire(path, wire, inventory)
+    }
+
+    /// Validates a parsed config. `path` is used in error messages only.
+    pub fn from_wire(
+        path: &Path,
+        wire: wire::ConfigFile,
+        inventory: Inventory,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+
+        let log = wire.daemon.log.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            return Err(invalid("daemon.log", format!("not a log filter: {e}")));
+        }
+
+        let interfaces = wire.fabric.interfaces.unwrap_or_default();
+        for (i, name) in interfaces.iter().enumerate() {
+            check_interface_name(name)
+                .map_err(|r| invalid(&format!("fabric.interfaces[{i}]"), r))?;
+            if interfaces[..i].contains(name) {
+                return Err(invalid(
+                    &format!("fabric.interfaces[{i}]"),
+                    format!("interface {name:?} is listed twice"),
+                ));
+            }
+        }
+
+        let listen = wire
+            .admin
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+        let admin_listen: SocketAddr = listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("{listen:?} is not an IP:PORT address (e.g. \"127.0.0.1:9370\")"),
+            )
+        })?;
+        let admin_allow = wire
+            .admin
+            .allow
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let xdp_mode = match wire.xdp.mode.as_deref().unwrap_or("auto") {
+            "auto" => XdpModeSetting::Auto,
+            "native" => XdpModeSetting::Native,
+            "generic" => XdpModeSetting::Generic,
+            "off" => XdpModeSetting::Off,
+            other => {
+                return Err(invalid(
+                    "xdp.mode",
+                    format!("{other:?} is not one of \"auto\", \"native\", \"generic\", \"off\""),
+                ))
+            }
+        };
+        if interfaces.is_empty()
+            && matches!(xdp_mode, XdpModeSetting::Native | XdpModeSetting::Generic)
+        {
+            return Err(invalid(
+                "xdp.mode",
+                format!("mode {xdp_mode} needs at least one interface in fabric.interfaces"),
+            ));
+        }
+
+        let tftp_transfer_ports = match &wire.tftp.transfer_ports {
+            Some(s) => parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r))?,
+            None => DEFAULT_TFTP_TRANSFER_PORTS,
+        };
+
+        Ok(Self {
+            path: path.to_owned(),
+            log,
+            interfaces,
+            admin_listen,
+            admin_allow,
+            xdp_mode,
+            tftp_transfer_ports,
+            inventory,
+        })
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:` (IFNAMSIZ and dev_valid_name).
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} is not 1 to 15 characters long"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+/// Parses `ADDR/PREFIX` (IPv4 or IPv6). A bare address is refused, so that `10.0.0.0`
+/// cannot be read as either a host or a network by mistake.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} is not a CIDR: it has no /PREFIX (e.g. \"10.0.0.0/24\")"
+        ));
+    };
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("{s:?} is not a CIDR: prefix length must be 0 to {max}"))?;
+    IpNet::new(addr, prefix).map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+}
+
+/// Parses `FIRST-LAST` with `1 <= FIRST <= LAST <= 65535`.
+pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range FIRST-LAST (e.g. \"50000-50999\")"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{s:?}: {p:?} is not a port from 1 to 65535"))
+    };
+    let (first, last) = (port(a)?, port(b)?);
+    if first > last {
+        return Err(format!("{s:?}: first port is above the last"));
+    }
+    if first <= 69 && last >= 67 {
+        return Err(format!(
+            "{s:?} overlaps the DHCP and TFTP server ports (67-69)"
+        ));
+    }
+    Ok(PortRange { first, last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let path = Path::new("test.toml");
+        let wire: wire::ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_wire(path, wire, Inventory::default())
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("config was accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_config_gets_safe_defaults() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.admin_listen, "127.0.0.1:9370".parse().expect("addr"));
+        assert_eq!(c.xdp_mode, XdpModeSetting::Auto);
+        assert!(c.interfaces.is_empty());
+        assert_eq!(c.tftp_transfer_ports, DEFAULT_TFTP_TRANSFER_PORTS);
+    }
+
+    #[test]
+    fn full_config_is_read() {
+        let c = parse(
+            r#"
+            [daemon]
+            log = "debug"
+            [fabric]
+            interfaces = ["fabric0", "fabric1"]
+            [admin]
+            listen = "0.0.0.0:9999"
+            allow = ["10.0.0.0/8", "::1/128"]
+            [xdp]
+            mode = "generic"
+            [tftp]
+            transfer_ports = "40000-40099"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.interfaces, ["fabric0", "fabric1"]);
+        assert_eq!(c.admin_allow.len(), 2);
+        assert_eq!(c.xdp_mode, XdpModeSetting::Generic);
+        assert_eq!(
+            c.tftp_transfer_ports,
+            PortRange {
+                first: 40000,
+                last: 40099
+            }
+        );
+    }
+
+    #[test]
+    fn typo_in_key_names_the_key() {
+        let e = err("[admin]\nlisten_addr = \"127.0.0.1:1\"\n");
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = err("[xpd]\nmode = \"off\"\n");
+        assert!(e.contains("xpd"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_names_the_key_and_value() {
+        let e = err("[admin]\nallow = [\"10.0.0.0/8\", \"10.1.0.0/33\"]\n");
+        assert!(
+            e.contains("admin.allow[1]") && e.contains("10.1.0.0/33"),
+            "{e}"
+        );
+        let e = err("[admin]\nallow = [\"10.0.0.0\"]\n");
+        assert!(
+            e.contains("admin.allow[0]") && e.contains("no /PREFIX"),
+            "{e}"
+        );
+        let e = err("[admin]\nallow = [\"10.0.0.300/8\"]\n");
+        assert!(e.contains("not an IP address"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        for (text, key) in [
+            ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+            ("[xdp]\nmode = \"fast\"\n", "xdp.mode"),
+            ("[xdp]\nmode = \"native\"\n", "xdp.mode"),
+            (
+                "[tftp]\ntransfer_ports = \"60000-50000\"\n",
+                "tftp.transfer_ports",
+            ),
+            (
+                "[tftp]\ntransfer_ports = \"60-70\"\n",
+                "tftp.transfer_ports",
+            ),
+            ("[tftp]\ntransfer_ports = \"0-10\"\n", "tftp.transfer_ports"),
+            ("[fabric]\ninterfaces = [\"a/b\"]\n", "fabric.interfaces[0]"),
+            (
+                "[fabric]\ninterfaces = [\"x\", \"x\"]\n",
+                "fabric.interfaces[1]",
+            ),
+            (
+                "[fabric]\ninterfaces = [\"abcdefghijklmnop\"]\n",
+                "fabric.interfaces[0]",
+            ),
+            ("[daemon]\nlog = \"info,[\"\n", "daemon.log"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_a_parse_error_naming_the_key() {
+        let e = err("[fabric]\ninterfaces = \"fabric0\"\n");
+        assert!(e.contains("interfaces"), "{e}");
+    }
+
+    #[test]
+    fn missing_inventory_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bootfabric.toml");
+        std::fs::write(&cfg, "[daemon]\ninventory = \"nowhere.toml\"\n").expect("write");
+        let e = Config::load(&cfg)
+            .expect_err("missing inventory")
+            .to_string();
+        assert!(
+            e.contains("nowhere.toml") && e.contains("cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/bootfabric.toml"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("/nonexistent/bootfabric.toml"), "{e}");
+    }
+}

@@ -1,0 +1,359 @@
+//! The host inventory: machines (MAC, IP, name, boot profile) and their boot profiles.
+//!
+//! Loaded from its own TOML file (named by `daemon.inventory`) so that provisioning tools can
+//! regenerate it without touching the daemon's settings. Lookups are by MAC and by IP in
+//! hash maps: a 10,000-host inventory costs nothing per packet.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use crate::config::wire;
+
+/// An inventory file that cannot be used, naming the file and the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The inventory file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for the inventory schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The inventory file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// An entry has a bad or conflicting value.
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid {
+        /// The inventory file.
+        path: PathBuf,
+        /// Dotted key, e.g. `hosts[3].mac`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A 48-bit Ethernet MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    /// Accepts `aa:bb:cc:dd:ee:ff` and `aa-bb-cc-dd-ee-ff`, any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+            }
+            *o = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A boot profile: what a host boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// Profile name.
+    pub name: String,
+    /// Kernel image, relative to the image root.
+    pub kernel: Option<String>,
+    /// Initrd images, relative to the image root.
+    pub initrd: Vec<String>,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// One machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Host name (a DNS label).
+    pub name: String,
+    /// MAC address of its boot NIC.
+    pub mac: Mac,
+    /// Its reserved address, if it has one.
+    pub ip: Option<Ipv4Addr>,
+    /// Name of its boot profile (always one of the inventory's profiles).
+    pub profile: String,
+}
+
+/// Hosts and profiles, indexed for lookup by MAC and IP.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    hosts: Vec<Host>,
+    by_mac: HashMap<Mac, usize>,
+    by_ip: HashMap<Ipv4Addr, usize>,
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl Inventory {
+    /// Reads and validates the inventory file at `path`.
+    pub fn load(path: &Path) -> Result<Self, InventoryError> {
+        let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let wire: wire::InventoryFile =
+            toml::from_str(&text).map_err(|e| InventoryError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Self::from_wire(path, wire)
+    }
+
+    /// Validates a parsed inventory; `path` is for messages only.
+    pub fn from_wire(path: &Path, wire: wire::InventoryFile) -> Result<Self, InventoryError> {
+        let invalid = |key: String, reason: String| InventoryError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let mut profiles = BTreeMap::new();
+        for (name, p) in wire.profiles {
+            if !is_dns_label(&name) {
+                return Err(invalid(
+                    format!("profiles.{name}"),
+                    "a profile name is letters, digits and '-', at most 63".to_owned(),
+                ));
+            }
+            let profile = Profile {
+                name: name.clone(),
+                kernel: p.kernel,
+                initrd: p.initrd,
+                cmdline: p.cmdline,
+            };
+            profiles.insert(name, profile);
+        }
+        let mut inv = Inventory {
+            profiles,
+            ..Default::default()
+        };
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (i, h) in wire.hosts.into_iter().enumerate() {
+            let key = |field: &str| format!("hosts[{i}].{field}");
+            let name = h
+                .name
+                .ok_or_else(|| invalid(key("name"), "missing".to_owned()))?;
+            if !is_dns_label(&name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("{name:?} is not a host name (letters, digits, '-', at most 63)"),
+                ));
+            }
+            if let Some(j) = by_name.get(&name) {
+                return Err(invalid(key("name"), format!("{name:?} is also hosts[{j}]")));
+            }
+            let mac: Mac = h
+                .mac
+                .ok_or_else(|| invalid(key("mac"), "missing".to_owned()))?
+                .parse()
+                .map_err(|r| invalid(key("mac"), r))?;
+            if mac.0[0] & 1 == 1 {
+                return Err(invalid(key("mac"), format!("{mac} is a multicast address")));
+            }
+            if let Some(j) = inv.by_mac.get(&mac) {
+                return Err(invalid(key("mac"), format!("{mac} is also hosts[{j}]")));
+            }
+            let ip = match h.ip {
+                None => None,
+                Some(s) => {
+                    let ip: Ipv4Addr = s
+                        .parse()
+                        .map_err(|_| invalid(key("ip"), format!("{s:?} is not an IPv4 address")))?;
+                    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                        return Err(invalid(key("ip"), format!("{ip} cannot be a host address")));
+                    }
+                    if let Some(j) = inv.by_ip.get(&ip) {
+                        return Err(invalid(key("ip"), format!("{ip} is also hosts[{j}]")));
+                    }
+                    Some(ip)
+                }
+            };
+            let profile = h
+                .profile
+                .ok_or_else(|| invalid(key("profile"), "missing".to_owned()))?;
+            if !inv.profiles.contains_key(&profile) {
+                return Err(invalid(
+                    key("profile"),
+                    format!("no profile {profile:?} in [profiles]"),
+                ));
+            }
+            by_name.insert(name.clone(), i);
+            inv.by_mac.insert(mac, i);
+            if let Some(ip) = ip {
+                inv.by_ip.insert(ip, i);
+            }
+            inv.hosts.push(Host {
+                name,
+                mac,
+                ip,
+                profile,
+            });
+        }
+        Ok(inv)
+    }
+
+    /// All hosts, in file order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// All profiles, by name.
+    pub fn profiles(&self) -> &BTreeMap<String, Profile> {
+        &self.profiles
+    }
+
+    /// The host with this MAC.
+    pub fn host_by_mac(&self, mac: &Mac) -> Option<&Host> {
+        self.by_mac.get(mac).map(|&i| &self.hosts[i])
+    }
+
+    /// The host with this reserved IP.
+    pub fn host_by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
+        self.by_ip.get(&ip).map(|&i| &self.hosts[i])
+    }
+}
+
+/// RFC 1123 label: 1 to 63 letters, digits and hyphens, not starting or ending with a hyphen.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Inventory, InventoryError> {
+        let wire = toml::from_str(text).map_err(|e: toml::de::Error| InventoryError::Parse {
+            path: "hosts.toml".into(),
+            message: e.to_string(),
+        })?;
+        Inventory::from_wire(Path::new("hosts.toml"), wire)
+    }
+
+    const GOOD: &str = r#"
+        [profiles.debian]
+        kernel = "debian/vmlinuz"
+        initrd = ["debian/initrd.gz"]
+        cmdline = "console=ttyS0"
+
+        [[hosts]]
+        name = "node01"
+        mac = "52:54:00:AA:00:01"
+        ip = "10.77.0.11"
+        profile = "debian"
+
+        [[hosts]]
+        name = "node02"
+        mac = "52-54-00-aa-00-02"
+        profile = "debian"
+    "#;
+
+    #[test]
+    fn hosts_are_indexed_by_mac_and_ip() {
+        let inv = parse(GOOD).expect("valid");
+        assert_eq!(inv.hosts().len(), 2);
+        let mac: Mac = "52:54:00:aa:00:01".parse().expect("mac");
+        assert_eq!(
+            inv.host_by_mac(&mac).map(|h| h.name.as_str()),
+            Some("node01")
+        );
+        assert_eq!(
+            inv.host_by_ip("10.77.0.11".parse().expect("ip"))
+                .map(|h| h.mac),
+            Some(mac)
+        );
+        assert_eq!(inv.hosts()[1].ip, None);
+        assert_eq!(inv.profiles()["debian"].initrd, ["debian/initrd.gz"]);
+    }
+
+    #[test]
+    fn mac_display_round_trips() {
+        let mac: Mac = "52:54:00:AA:00:01".parse().expect("mac");
+        assert_eq!(mac.to_string(), "52:54:00:aa:00:01");
+        for bad in [
+            "",
+            "52:54:00:aa:00",
+            "52:54:00:aa:00:01:02",
+            "5:54:00:aa:00:01",
+            "zz:54:00:aa:00:01",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conflicts_and_bad_values_name_the_entry() {
+        let base = "[profiles.p]\n";
+        for (hosts, key) in [
+            ("[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\n[[hosts]]\nname='b'\nmac='52:54:00:00:00:01'\nprofile='p'\n", "hosts[1].mac"),
+            ("[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nip='10.0.0.1'\nprofile='p'\n[[hosts]]\nname='b'\nmac='52:54:00:00:00:02'\nip='10.0.0.1'\nprofile='p'\n", "hosts[1].ip"),
+            ("[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\n[[hosts]]\nname='a'\nmac='52:54:00:00:00:02'\nprofile='p'\n", "hosts[1].name"),
+            ("[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='nope'\n", "hosts[0].profile"),
+            ("[[hosts]]\nname='a'\nmac='01:54:00:00:00:01'\nprofile='p'\n", "hosts[0].mac"),
+            ("[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nip='10.0.0'\nprofile='p'\n", "hosts[0].ip"),
+            ("[[hosts]]\nname='a b'\nmac='52:54:00:00:00:01'\nprofile='p'\n", "hosts[0].name"),
+            ("[[hosts]]\nmac='52:54:00:00:00:01'\nprofile='p'\n", "hosts[0].name"),
+        ] {
+            let e = parse(&format!("{base}{hosts}")).expect_err(hosts).to_string();
+            assert!(e.contains(&format!("`{key}`")), "{hosts}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_host_key_is_refused() {
+        let e = parse("[[hosts]]\nname='a'\nmacc='52:54:00:00:00:01'\n").expect_err("typo");
+        assert!(e.to_string().contains("macc"), "{e}");
+    }
+
+    #[test]
+    fn ten_thousand_hosts_load() {
+        let mut text = String::from("[profiles.p]\n");
+        for i in 0..10_000u32 {
+            let b = i.to_be_bytes();
+            text.push_str(&format!(
+                "[[hosts]]\nname='n{i}'\nmac='52:54:{:02x}:{:02x}:{:02x}:{:02x}'\nip='10.{}.{}.{}'\nprofile='p'\n",
+                b[0], b[1], b[2], b[3], 100 + b[1], b[2], b[3]
+            ));
+        }
+        let inv = parse(&text).expect("valid");
+        assert_eq!(inv.hosts().len(), 10_000);
+        assert!(inv
+            .host_by_ip("10.100.39.15".parse().expect("ip"))
+            .is_some());
+    }
+}

@@ -1,0 +1,12 @@
+//! Bootfabric: the network boot fabric of a datacenter in one daemon.
+//!
+//! This crate is the daemon (`bootfabric`) as a library: each module is one concern, and
+//! `main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod cli;
+pub mod config;
+pub mod inventory;
+pub mod metrics;
+pub mod serve;
+pub mod supervisor;
+pub mod xdp;

@@ -1,0 +1,8 @@
+//! The `bootfabric` binary.
+
+use clap::Parser;
+
+fn main() {
+    let cli = bootfabric::cli::Cli::parse();
+    std::process::exit(bootfabric::cli::run(cli));
+}

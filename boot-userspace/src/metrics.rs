@@ -1,0 +1,210 @@
+//! Prometheus metrics and the admin server that exports them.
+//!
+//! One explicit [`Registry`] is built at start-up and handed to each service, which defines
+//! its own metrics in one place. The admin server (hyper, HTTP/1.1) serves `/metrics` in the
+//! text exposition format and `/healthz`, to the source networks in `admin.allow` only.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderValue, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Error registering a metric (a name clash is a bug, reported at start-up).
+pub type MetricsError = prometheus::Error;
+
+/// Metrics every daemon exports regardless of configuration.
+#[derive(Clone)]
+pub struct CoreMetrics {
+    /// `bootfabric_service_up{service}`: 1 while a service runs.
+    pub service_up: IntGaugeVec,
+}
+
+impl CoreMetrics {
+    /// Registers `bootfabric_build_info` and `bootfabric_service_up` in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_build_info",
+                "Build of the running daemon; the value is always 1.",
+            ),
+            &["version", "ebpf"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        let ebpf = if crate::xdp::embedded_object().is_some() {
+            "embedded"
+        } else {
+            "absent"
+        };
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), ebpf])
+            .set(1);
+
+        let service_up = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_service_up",
+                "1 while the service runs, 0 once it has stopped or failed.",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(service_up.clone()))?;
+
+        let start = IntGauge::new(
+            "bootfabric_start_time_seconds",
+            "Start time of the daemon, seconds since the Unix epoch.",
+        )?;
+        registry.register(Box::new(start.clone()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        start.set(i64::try_from(now).unwrap_or(i64::MAX));
+        Ok(Self { service_up })
+    }
+}
+
+/// Renders every metric in `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 * 1024);
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+        warn!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `cancel` fires.
+pub async fn serve_admin(
+    listener: TcpListener,
+    registry: Registry,
+    allow: Vec<IpNet>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    info!(addr = %local, "admin server listening on {local}");
+    let registry = Arc::new(registry);
+    let allow = Arc::new(allow);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and similar: keep serving the others.
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !allowed(&allow, peer) {
+            debug!(%peer, "admin connection refused by admin.allow");
+            continue;
+        }
+        let registry = Arc::clone(&registry);
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let registry = Arc::clone(&registry);
+                async move { Ok::<_, Infallible>(route(&registry, &req)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(%peer, error = %e, "admin connection ended with an error");
+                    }
+                }
+                _ = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(peer.ip()),
+        v4 => v4,
+    };
+    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
+}
+
+fn route(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match path {
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(render(registry))));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_v4_and_mapped_v6() {
+        let allow = vec![crate::config::parse_cidr("10.0.0.0/8").expect("cidr")];
+        assert!(allowed(&allow, "10.1.2.3:5".parse().expect("addr")));
+        assert!(allowed(
+            &allow,
+            "[::ffff:10.1.2.3]:5".parse().expect("addr")
+        ));
+        assert!(!allowed(&allow, "192.0.2.1:5".parse().expect("addr")));
+        assert!(allowed(&[], "192.0.2.1:5".parse().expect("addr")));
+    }
+
+    #[test]
+    fn core_metrics_render() {
+        let registry = Registry::new();
+        let core = CoreMetrics::register(&registry).expect("register");
+        core.service_up.with_label_values(&["admin"]).set(1);
+        let text = String::from_utf8(render(&registry)).expect("utf8");
+        assert!(
+            text.contains("bootfabric_service_up{service=\"admin\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("bootfabric_build_info{"), "{text}");
+    }
+}

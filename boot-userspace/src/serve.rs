@@ -1,0 +1,105 @@
+//! `bootfabric serve`: wires the services together under one supervisor.
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    metrics::{self, CoreMetrics},
+    supervisor::{Outcome, Supervisor},
+    xdp::Dataplane,
+};
+
+/// Runs the daemon until SIGINT or SIGTERM, or until a service fails. Returns the exit code.
+pub fn run(config: Config) -> anyhow::Result<i32> {
+    init_tracing(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bootfabric")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_tracing(filter: &str) {
+    // RUST_LOG, when set, wins over daemon.log: an operator debugging one run should not
+    // have to edit the config.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<i32> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.path.display(),
+        "bootfabric starting"
+    );
+    let registry = Registry::new();
+    let core = CoreMetrics::register(&registry).context("registering metrics")?;
+    let cancel = CancellationToken::new();
+    let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
+
+    let dataplane = Dataplane::start(&config, &registry)?;
+    if dataplane.is_active() {
+        let token = supervisor.token();
+        supervisor.spawn(
+            "xdp",
+            Box::pin(async move {
+                // The service owns the attached programs; they detach when it returns.
+                token.cancelled().await;
+                drop(dataplane);
+                Ok(())
+            }),
+        );
+    } else {
+        core.service_up.with_label_values(&["xdp"]).set(0);
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
+    let token = supervisor.token();
+    let allow = config.admin_allow.clone();
+    let admin_registry = registry.clone();
+    supervisor.spawn(
+        "admin",
+        Box::pin(async move {
+            metrics::serve_admin(listener, admin_registry, allow, token)
+                .await
+                .context("admin server")
+        }),
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => info!("SIGINT: shutting down"),
+            _ = token.cancelled() => return,
+        }
+        token.cancel();
+    });
+
+    info!("bootfabric ready");
+    match supervisor.run().await {
+        Outcome::Clean => {
+            info!("bootfabric stopped");
+            Ok(0)
+        }
+        Outcome::Failed(names) => {
+            warn!(services = ?names, "bootfabric stopped after a service failure");
+            Ok(1)
+        }
+    }
+}

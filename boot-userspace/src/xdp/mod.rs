@@ -1,0 +1,233 @@
+//! The in-kernel data path: loads the embedded XDP object, attaches it to the fabric's
+//! interfaces and exports what it counts.
+//!
+//! Attach policy (`xdp.mode`): `auto` tries native (driver) mode, then generic (skb) mode,
+//! then runs without XDP; `native` and `generic` insist on that mode. Without the eBPF
+//! object (a plain `cargo build`) or without CAP_BPF the daemon runs in userspace-only mode
+//! and says so in its log and in `bootfabric_xdp_attach_mode`.
+//!
+//! Minimum kernel: 5.9 for the classifier (per-CPU hash maps and `ingress_ifindex` are older;
+//! XDP on veth in native mode arrived in 4.19; bpf_link-based XDP attach in 5.9, before which
+//! aya falls back to netlink).
+
+mod attach;
+mod stats;
+
+use std::{collections::HashMap, ffi::CString};
+
+use aya::{maps::Array, programs::Xdp, Ebpf};
+use bootfabric_abi::{ClassifyConfig, MAP_CLASSIFY_CONFIG, MAP_COUNTERS, PROGRAM_CLASSIFY};
+use prometheus::{IntGaugeVec, Opts, Registry};
+use tracing::{info, warn};
+
+pub use attach::{attach_with_fallback, AttachTarget, AttachedMode};
+
+use crate::config::{Config, XdpModeSetting};
+
+/// Why the data path could not be set up the way the config demands.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// A configured interface does not exist in the daemon's network namespace.
+    #[error("fabric.interfaces: interface {name:?} does not exist")]
+    NoSuchInterface {
+        /// Interface name.
+        name: String,
+    },
+    /// The eBPF object could not be loaded into the kernel.
+    #[error("cannot load the XDP object: {reason}")]
+    Load {
+        /// Loader or verifier message.
+        reason: String,
+    },
+    /// `xdp.mode` names a mode the interface refused.
+    #[error("xdp.mode = {mode}: cannot attach to {iface}: {reason}")]
+    Attach {
+        /// The configured mode.
+        mode: XdpModeSetting,
+        /// Interface name.
+        iface: String,
+        /// Kernel or loader message.
+        reason: String,
+    },
+    /// Registering metrics failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The embedded XDP object, if this binary was built with one (`cargo xtask build`).
+pub fn embedded_object() -> Option<&'static [u8]> {
+    #[cfg(bootfabric_ebpf)]
+    {
+        static OBJECT: &[u8] =
+            aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bootfabric-xdp.o"));
+        Some(OBJECT)
+    }
+    #[cfg(not(bootfabric_ebpf))]
+    {
+        None
+    }
+}
+
+/// Index of a network interface in the current network namespace.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// The loaded and attached data path. Dropping it detaches the programs.
+pub struct Dataplane {
+    /// Keeps the programs and their links alive; `None` in userspace-only mode.
+    ebpf: Option<Ebpf>,
+    /// Mode in effect per interface.
+    modes: Vec<(String, AttachedMode)>,
+}
+
+impl Dataplane {
+    /// Loads and attaches the XDP program as `config` asks, registering its metrics.
+    ///
+    /// Falls back to userspace-only mode (with a warning) when `xdp.mode = "auto"` and the
+    /// object is missing, cannot be loaded, or no interface accepts it.
+    pub fn start(config: &Config, registry: &Registry) -> Result<Self, XdpError> {
+        let mut ifindexes = HashMap::new();
+        for name in &config.interfaces {
+            let idx =
+                if_index(name).ok_or_else(|| XdpError::NoSuchInterface { name: name.clone() })?;
+            ifindexes.insert(idx, name.clone());
+        }
+        let mode_gauge = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_xdp_attach_mode",
+                "1 for the XDP mode in effect on each interface (native, generic or none).",
+            ),
+            &["iface", "mode"],
+        )?;
+        registry.register(Box::new(mode_gauge.clone()))?;
+
+        let mut dp = Dataplane {
+            ebpf: None,
+            modes: config
+                .interfaces
+                .iter()
+                .map(|i| (i.clone(), AttachedMode::None))
+                .collect(),
+        };
+        let degrade = |why: String| -> Result<(), XdpError> {
+            if matches!(
+                config.xdp_mode,
+                XdpModeSetting::Native | XdpModeSetting::Generic
+            ) {
+                return Err(XdpError::Load { reason: why });
+            }
+            warn!("userspace-only mode: {why}");
+            Ok(())
+        };
+
+        if config.xdp_mode == XdpModeSetting::Off {
+            info!("userspace-only mode: xdp.mode = \"off\"");
+        } else if config.interfaces.is_empty() {
+            info!("userspace-only mode: fabric.interfaces is empty");
+        } else if let Some(object) = embedded_object() {
+            match load(object, config) {
+                Ok(mut ebpf) => {
+                    let mut any = false;
+                    let program: &mut Xdp = match ebpf
+                        .program_mut(PROGRAM_CLASSIFY)
+                        .map(TryInto::try_into)
+                    {
+                        Some(Ok(p)) => p,
+                        _ => {
+                            return Err(XdpError::Load {
+                                reason: format!("the object has no XDP program {PROGRAM_CLASSIFY}"),
+                            })
+                        }
+                    };
+                    for (name, mode) in dp.modes.iter_mut() {
+                        let mut target = attach::AyaXdp { program };
+                        *mode = attach_with_fallback(&mut target, name, config.xdp_mode)?;
+                        any |= *mode != AttachedMode::None;
+                    }
+                    match stats::XdpStats::new(&mut ebpf, ifindexes) {
+                        Ok(collector) => registry.register(Box::new(collector))?,
+                        Err(e) => warn!("XDP counters unavailable: {e}"),
+                    }
+                    if any {
+                        dp.ebpf = Some(ebpf);
+                    } else {
+                        degrade("no interface accepted the XDP program".to_owned())?;
+                    }
+                }
+                Err(e) => degrade(e.to_string())?,
+            }
+        } else {
+            degrade(
+                "this binary was built without the eBPF object (use `cargo xtask build`)"
+                    .to_owned(),
+            )?;
+        }
+
+        for (name, mode) in &dp.modes {
+            for m in [
+                AttachedMode::Native,
+                AttachedMode::Generic,
+                AttachedMode::None,
+            ] {
+                mode_gauge
+                    .with_label_values(&[name.as_str(), m.as_str()])
+                    .set(i64::from(*mode == m));
+            }
+        }
+        Ok(dp)
+    }
+
+    /// Whether any interface has the XDP program attached.
+    pub fn is_active(&self) -> bool {
+        self.ebpf.is_some()
+    }
+
+    /// Mode in effect per interface.
+    pub fn modes(&self) -> &[(String, AttachedMode)] {
+        &self.modes
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if self.ebpf.take().is_some() {
+            info!("XDP programs detached");
+        }
+    }
+}
+
+/// Loads the object, loads the classifier into the kernel and writes its parameters.
+fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
+    let load_err = |reason: String| XdpError::Load { reason };
+    let mut ebpf =
+        Ebpf::load(object).map_err(|e| load_err(format!("{e} (needs root or CAP_BPF)")))?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_CLASSIFY)
+        .ok_or_else(|| load_err(format!("the object has no program {PROGRAM_CLASSIFY}")))?
+        .try_into()
+        .map_err(|e| load_err(format!("{PROGRAM_CLASSIFY}: {e}")))?;
+    program
+        .load()
+        .map_err(|e| load_err(format!("{PROGRAM_CLASSIFY}: {e}")))?;
+    let map = ebpf
+        .map_mut(MAP_CLASSIFY_CONFIG)
+        .ok_or_else(|| load_err(format!("the object has no map {MAP_CLASSIFY_CONFIG}")))?;
+    let mut cfg_map: Array<_, ClassifyConfig> =
+        Array::try_from(map).map_err(|e| load_err(format!("{MAP_CLASSIFY_CONFIG}: {e}")))?;
+    let classify = ClassifyConfig {
+        tftp_data_first: config.tftp_transfer_ports.first,
+        tftp_data_last: config.tftp_transfer_ports.last,
+        ..ClassifyConfig::default()
+    };
+    cfg_map
+        .set(0, classify, 0)
+        .map_err(|e| load_err(format!("{MAP_CLASSIFY_CONFIG}: {e}")))?;
+    if ebpf.map(MAP_COUNTERS).is_none() {
+        return Err(load_err(format!("the object has no map {MAP_COUNTERS}")));
+    }
+    Ok(ebpf)
+}

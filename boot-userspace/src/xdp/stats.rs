@@ -1,0 +1,118 @@
+//! `bootfabric_xdp_packets_total` and `bootfabric_xdp_bytes_total`, read from the kernel's
+//! per-CPU counters at scrape time (no polling task, no stale values).
+
+use std::{collections::HashMap, sync::Mutex};
+
+use aya::maps::{MapData, PerCpuHashMap};
+use bootfabric_abi::{
+    action_name, class_name, CounterKey, Counters, ACTION_PASS, CLASS_COUNT, MAP_COUNTERS,
+};
+use prometheus::{
+    core::{Collector, Desc},
+    proto::MetricFamily,
+    IntCounterVec, Opts,
+};
+use tracing::warn;
+
+/// Prometheus collector over the XDP counter map.
+pub struct XdpStats {
+    map: Mutex<PerCpuHashMap<MapData, CounterKey, Counters>>,
+    /// Interface names by index, in the daemon's namespace.
+    ifnames: HashMap<u32, String>,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+}
+
+impl XdpStats {
+    /// Takes the counter map out of `ebpf`.
+    pub fn new(ebpf: &mut aya::Ebpf, ifnames: HashMap<u32, String>) -> Result<Self, String> {
+        let map = ebpf
+            .take_map(MAP_COUNTERS)
+            .ok_or_else(|| format!("no map {MAP_COUNTERS}"))?;
+        let map = PerCpuHashMap::try_from(map).map_err(|e| format!("{MAP_COUNTERS}: {e}"))?;
+        let labels = &["iface", "class", "action"];
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_xdp_packets_total",
+                "Frames seen by the XDP program, by ingress interface, class and action.",
+            ),
+            labels,
+        )
+        .map_err(|e| e.to_string())?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_xdp_bytes_total",
+                "Bytes of the frames seen by the XDP program (from the Ethernet header on).",
+            ),
+            labels,
+        )
+        .map_err(|e| e.to_string())?;
+        // Zero series for every interface and class, so dashboards and rate() see them
+        // before the first packet.
+        for name in ifnames.values() {
+            for class in 0..CLASS_COUNT {
+                let l = [name.as_str(), class_name(class), action_name(ACTION_PASS)];
+                packets.with_label_values(&l);
+                bytes.with_label_values(&l);
+            }
+        }
+        Ok(Self {
+            map: Mutex::new(map),
+            ifnames,
+            packets,
+            bytes,
+        })
+    }
+
+    /// Copies the kernel's totals into the counters. The caller holds the map lock for the
+    /// whole scrape, so concurrent scrapes never see a counter between reset and refill.
+    fn refresh(&self, map: &PerCpuHashMap<MapData, CounterKey, Counters>) {
+        for entry in map.iter() {
+            let (key, per_cpu) = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "reading XDP counters failed");
+                    continue;
+                }
+            };
+            let Some(iface) = self.ifnames.get(&key.ifindex) else {
+                // Interfaces the daemon was not configured for (e.g. renamed or re-created).
+                continue;
+            };
+            let (p, b) = per_cpu
+                .iter()
+                .fold((0u64, 0u64), |(p, b), c| (p + c.packets, b + c.bytes));
+            let l = [
+                iface.as_str(),
+                class_name(key.class),
+                action_name(key.action),
+            ];
+            // The kernel holds the running totals; the counters mirror them exactly.
+            let pc = self.packets.with_label_values(&l);
+            pc.reset();
+            pc.inc_by(p);
+            let bc = self.bytes.with_label_values(&l);
+            bc.reset();
+            bc.inc_by(b);
+        }
+    }
+}
+
+impl Collector for XdpStats {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.packets.desc();
+        d.extend(self.bytes.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(map) = self.map.lock() else {
+            return Vec::new();
+        };
+        self.refresh(&map);
+        let mut out = self.packets.collect();
+        out.extend(self.bytes.collect());
+        drop(map);
+        out
+    }
+}

@@ -1,0 +1,516 @@
+//! The network-namespace test lab.
+//!
+//! Every test that puts packets on a wire builds its own little network: uniquely named
+//! namespaces ([`Netns`]) joined by veth pairs ([`veth`]) or a bridge ([`Bridge`]), the daemon
+//! started inside the server namespace ([`Daemon`]), and real client programs in client
+//! namespaces ([`Netns::command`]). Every piece is an RAII guard that tears itself down in
+//! `Drop`, also when the test panics, and a new lab first removes what a killed earlier run
+//! left behind. Nothing here touches the host's own interfaces.
+//!
+//! Tests that need root call [`require_root`] first: without root they print why they are
+//! skipped, and with `BOOTFABRIC_REQUIRE_LAB=1` (set by `cargo xtask test`) they fail instead,
+//! so CI can never pass by skipping.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use nix::sched::{setns, CloneFlags};
+
+pub mod packets;
+
+/// Prefix of every namespace the lab creates; nothing else on the machine uses it.
+pub const NS_PREFIX: &str = "bft-";
+
+/// Error type of the lab: a message saying which step failed and why.
+pub type LabError = String;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static SWEPT: std::sync::Once = std::sync::Once::new();
+
+/// Whether the lab must run (`BOOTFABRIC_REQUIRE_LAB=1`): then a missing prerequisite fails
+/// the test instead of skipping it.
+pub fn lab_required() -> bool {
+    std::env::var("BOOTFABRIC_REQUIRE_LAB").is_ok_and(|v| v == "1")
+}
+
+/// Skips (prints the reason, returns `false`) or fails when `ok` is false.
+pub fn require(ok: bool, test: &str, reason: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if lab_required() {
+        panic!("{test}: {reason} (BOOTFABRIC_REQUIRE_LAB=1, so this is a failure, not a skip)");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// True when running as root (network namespaces, veth and XDP need it).
+pub fn require_root(test: &str) -> bool {
+    require(
+        nix::unistd::geteuid().is_root(),
+        test,
+        "needs root for network namespaces and XDP (run `cargo xtask test` as root)",
+    )
+}
+
+/// True when `program` is on PATH.
+pub fn have_program(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The `bootfabric` binary under test: `BOOTFABRIC_BIN`, else the workspace's debug build.
+pub fn bootfabric_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BOOTFABRIC_BIN") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/debug/bootfabric")
+        .to_path_buf()
+}
+
+/// Runs a command to completion; an error names the command and its stderr.
+pub fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String, LabError> {
+    run(Command::new("ip").args(args))
+}
+
+/// Removes namespaces left by lab runs whose process is gone (a `kill -9`ed test run).
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        if let Some(pid) = owner {
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+        }
+        kill_all_in(&name);
+        let _ = ip(&["netns", "del", &name]);
+    }
+}
+
+/// Kills, by PID, every process still inside one of the lab's own namespaces.
+fn kill_all_in(ns: &str) {
+    if let Ok(pids) = ip(&["netns", "pids", ns]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A network namespace owned by this test; deleted (with its processes) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `bft-<pid>-<n>-<role>` with its loopback up.
+    pub fn new(role: &str) -> Result<Self, LabError> {
+        SWEPT.call_once(sweep_stale);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NS_PREFIX}{}-{n}-{role}", std::process::id());
+        // Clean up before starting: a namespace of this name can only be ours, from a PID reuse.
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String, LabError> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets created inside `f`
+    /// stay in this namespace wherever they are used afterwards.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LabError> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {path}: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| "namespace thread panicked".to_owned())?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        kill_all_in(&self.name);
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            // Never panic in drop: this may run while a failed test unwinds.
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+/// Joins two namespaces with a veth pair and brings both ends up. Addresses are CIDRs
+/// (`10.77.0.1/24`) or empty for none. The pair vanishes with either namespace.
+pub fn veth(
+    a: &Netns,
+    a_if: &str,
+    a_addr: &str,
+    b: &Netns,
+    b_if: &str,
+    b_addr: &str,
+) -> Result<(), LabError> {
+    ip(&[
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if !addr.is_empty() {
+            ns.ip(&["addr", "add", addr, "dev", ifname])?;
+        }
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+/// A switch: a namespace holding a Linux bridge that other namespaces plug into.
+#[derive(Debug)]
+pub struct Bridge {
+    ns: Netns,
+    ports: u32,
+}
+
+impl Bridge {
+    /// Creates the switch namespace and its bridge `br0`.
+    pub fn new() -> Result<Self, LabError> {
+        let ns = Netns::new("switch")?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Bridge { ns, ports: 0 })
+    }
+
+    /// Plugs `ns` in through a veth whose end in `ns` is `ifname` with `addr` (may be empty).
+    pub fn plug(&mut self, ns: &Netns, ifname: &str, addr: &str) -> Result<(), LabError> {
+        let port = format!("p{}", self.ports);
+        self.ports += 1;
+        veth(&self.ns, &port, "", ns, ifname, addr)?;
+        self.ns.ip(&["link", "set", &port, "master", "br0"])?;
+        Ok(())
+    }
+}
+
+/// The daemon running inside a namespace; killed by PID on drop.
+pub struct Daemon {
+    child: Child,
+    /// Where its admin server listens, inside its namespace.
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+/// How long a daemon may take to come up before the test fails (a bound, not a timing check).
+const STARTUP_BOUND: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    /// Writes `config` to a fresh folder and runs `bootfabric serve` on it inside `ns`, then
+    /// waits for the admin server's "listening on" line. `extra_files` are written beside
+    /// the config (e.g. an inventory).
+    pub fn start(ns: &Netns, config: &str, extra_files: &[(&str, &str)]) -> Result<Self, LabError> {
+        let dir = TempDir::new()?;
+        let cfg = dir.path.join("bootfabric.toml");
+        std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        for (name, text) in extra_files {
+            let p = dir.path.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        let mut child = ns
+            .command(bootfabric_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bootfabric_bin().display()))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + STARTUP_BOUND;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => {
+                    daemon.admin = addr;
+                    return Ok(daemon);
+                }
+                Err(_) if Instant::now() > deadline => {
+                    return Err(format!("daemon did not start:\n{}", daemon.log()))
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = daemon.child.try_wait() {
+                        return Err(format!("daemon exited with {status}:\n{}", daemon.log()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The daemon's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits (bounded) for the daemon to exit.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Result<ExitStatus, LabError> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).map_err(|e| format!("kill {pid}: {e}"))?;
+        let deadline = Instant::now() + STARTUP_BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("daemon ignored {signal}:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Parses the admin server's start-up line (`... admin server listening on IP:PORT ...`).
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("admin server listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A folder removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh folder under the system temp dir.
+    pub fn new() -> Result<Self, LabError> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("bootfabric-lab-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `GET path` over HTTP/1.1 to `addr` from inside `ns`; returns (status, body).
+pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String), LabError> {
+    let path = path.to_owned();
+    ns.run(move || -> Result<(u16, String), LabError> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)
+            .map_err(|e| format!("read {addr}: {e}"))?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line: {head}"))?;
+        Ok((status, body.to_owned()))
+    })?
+}
+
+/// The value of one sample in Prometheus text output, e.g.
+/// `sample(&text, "bootfabric_xdp_packets_total", &[("class", "dhcp")])`. Labels not
+/// given are not checked; the first matching sample wins.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if all {
+                value.parse().ok()
+            } else {
+                None
+            }
+        })
+}
+
+/// A server namespace and one client namespace joined by a veth pair:
+/// `fabric0` (10.77.0.1/24) in the server, `client0` (10.77.0.2/24) in the client.
+pub struct PairLab {
+    /// The daemon's namespace.
+    pub server: Netns,
+    /// The client's namespace.
+    pub client: Netns,
+}
+
+impl PairLab {
+    /// Server-side interface name, as the example configs use it.
+    pub const SERVER_IF: &'static str = "fabric0";
+    /// Server address.
+    pub const SERVER_IP: [u8; 4] = [10, 77, 0, 1];
+
+    /// Builds the two namespaces and the link.
+    pub fn new() -> Result<Self, LabError> {
+        let server = Netns::new("srv")?;
+        let client = Netns::new("cli")?;
+        veth(
+            &server,
+            Self::SERVER_IF,
+            "10.77.0.1/24",
+            &client,
+            "client0",
+            "10.77.0.2/24",
+        )?;
+        // Lets clients broadcast to 255.255.255.255 as DHCP clients do.
+        client.ip(&["route", "add", "default", "dev", "client0"])?;
+        Ok(PairLab { server, client })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_line() {
+        let l = "2026-01-01T00:00:00Z  INFO bootfabric::metrics: admin server listening on 127.0.0.1:9370 addr=127.0.0.1:9370";
+        assert_eq!(
+            listening_addr(l),
+            Some("127.0.0.1:9370".parse().expect("addr"))
+        );
+        assert_eq!(listening_addr("nothing here"), None);
+    }
+
+    #[test]
+    fn finds_samples_by_labels() {
+        let text = "# HELP x y\nx_total{a=\"1\",b=\"2\"} 5\nx_total{a=\"3\",b=\"2\"} 7\nup 1\n";
+        assert_eq!(sample(text, "x_total", &[("a", "3")]), Some(7.0));
+        assert_eq!(
+            sample(text, "x_total", &[("b", "2"), ("a", "1")]),
+            Some(5.0)
+        );
+        assert_eq!(sample(text, "up", &[]), Some(1.0));
+        assert_eq!(sample(text, "x_total", &[("a", "9")]), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask demo`: the README's first command.
+//!
+//! Builds the fabric, creates a lab network (a server namespace and a client namespace joined
+//! by a veth pair, nothing on the host's interfaces), runs the daemon on
+//! `deploy/examples/bootfabric.toml` in the server namespace, plays a client that sends the
+//! first packets of a PXE boot, and shows what the fabric saw in its metrics.
+
+use std::net::UdpSocket;
+
+use anyhow::{anyhow, Context as _};
+use bootfabric_lab::{http_get, packets, Daemon, PairLab};
+
+use crate::{build, root};
+
+/// Runs the demo; with `keep`, leaves the lab up until Ctrl-C.
+pub fn run(keep: bool) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("the demo creates network namespaces and attaches XDP: run it as root");
+    }
+    let built = build::run(false)?;
+    std::env::set_var("BOOTFABRIC_BIN", &built.daemon);
+
+    let examples = root().join("deploy/examples");
+    let config = std::fs::read_to_string(examples.join("bootfabric.toml"))
+        .context("reading deploy/examples/bootfabric.toml")?;
+    let hosts = std::fs::read_to_string(examples.join("hosts.toml"))
+        .context("reading deploy/examples/hosts.toml")?;
+
+    println!(
+        "\n==> lab: namespaces joined by a veth pair (fabric0 10.77.0.1 <-> client0 10.77.0.2)"
+    );
+    let lab = PairLab::new().map_err(|e| anyhow!(e))?;
+    println!("    server namespace: {}", lab.server.name());
+    println!("    client namespace: {}", lab.client.name());
+
+    println!(
+        "\n==> bootfabric serve --config deploy/examples/bootfabric.toml (in the server namespace)"
+    );
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &hosts)]).map_err(|e| anyhow!(e))?;
+    for line in daemon.log().lines() {
+        println!("    {line}");
+    }
+
+    println!("\n==> a client in the client namespace sends what a PXE ROM sends first");
+    lab.client
+        .run(|| -> std::io::Result<()> {
+            let dhcp = UdpSocket::bind("0.0.0.0:68")?;
+            dhcp.set_broadcast(true)?;
+            dhcp.send_to(
+                &packets::dhcp_discover(1, [0x52, 0x54, 0x00, 0xb0, 0x0f, 0x01]),
+                "255.255.255.255:67",
+            )?;
+            let tftp = UdpSocket::bind("10.77.0.2:0")?;
+            tftp.send_to(&packets::tftp_rrq("ipxe.efi"), "10.77.0.1:69")?;
+            tftp.send_to(&packets::tftp_ack(1), "10.77.0.1:50000")?;
+            Ok(())
+        })
+        .map_err(|e| anyhow!(e))?
+        .context("sending client packets")?;
+    println!("    DHCPDISCOVER (52:54:00:b0:0f:01) -> 255.255.255.255:67");
+    println!("    TFTP RRQ ipxe.efi                -> 10.77.0.1:69");
+    println!("    TFTP ACK                         -> 10.77.0.1:50000");
+
+    println!(
+        "\n==> what the fabric saw: GET http://{}/metrics (in the server namespace)",
+        daemon.admin
+    );
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").map_err(|e| anyhow!(e))?;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("bootfabric_xdp_packets_total")
+                || l.starts_with("bootfabric_xdp_attach_mode")
+                || l.starts_with("bootfabric_service_up")
+                || l.starts_with("bootfabric_build_info"))
+    }) {
+        println!("    {line}");
+    }
+
+    if keep {
+        println!(
+            "\nThe lab is up. Try:\n    ip netns exec {} curl -s http://{}/metrics\nCtrl-C stops it and removes the lab.",
+            lab.server.name(),
+            daemon.admin
+        );
+        wait_for_ctrl_c()?;
+    }
+    println!("\n==> SIGTERM: the daemon detaches XDP and stops; the lab is removed");
+    let mut daemon = daemon;
+    let before = daemon.log().lines().count();
+    let status = daemon
+        .stop_with(nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| anyhow!(e))?;
+    // The log reader thread may still be draining the pipe; give it the daemon's last lines.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for line in daemon.log().lines().skip(before) {
+        println!("    {line}");
+    }
+    println!("    exit status: {status}");
+    drop(daemon);
+    drop(lab);
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, so that the lab's guards run their cleanup.
+fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT")?;
+    set.wait().context("waiting for SIGINT")?;
+    Ok(())
+}

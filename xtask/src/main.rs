@@ -1,0 +1,80 @@
+//! `cargo xtask`: Bootfabric's project tasks.
+//!
+//! - `setup`: checks, and installs only what is missing, the toolchain and the test peers.
+//! - `build`: builds the XDP object with Debian's rustc, then the daemon embedding it.
+//! - `test`:  setup, build, fmt check, clippy `-D warnings`, every unit and integration test.
+//! - `demo`:  the main job: a lab rack served by the daemon on the example config.
+
+mod build;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Bootfabric project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check and install the toolchain and test peers (idempotent).
+    Setup,
+    /// Build the XDP object, then the daemon that embeds it.
+    Build {
+        /// Build the daemon in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, build, fmt check, clippy and all tests (what CI runs).
+    Test {
+        /// Skip `setup` (for quick local reruns).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run the daemon on the example config inside a lab network it creates.
+    Demo {
+        /// Keep the lab running until Ctrl-C instead of stopping after the walkthrough.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build::run(release).map(|_| ()),
+        Task::Test { no_setup } => test::run(!no_setup),
+        Task::Demo { keep } => demo::run(keep),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `cargo`, as the one running this xtask.
+pub fn cargo() -> std::process::Command {
+    let mut c =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, failing with its name when it does not succeed.
+pub fn run_cmd(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("{cmd:?}: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! `cargo xtask setup`: checks every tool the build and the tests need and installs only what
+//! is missing. One line per item: `found`, `installed`, or `FAILED` with the reason. A second
+//! run finds everything and installs nothing.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::bail;
+
+/// Debian packages, grouped by what needs them.
+const DEBIAN: &[(&str, &[&str])] = &[
+    // The eBPF build: Debian's rustc 1.96 with a prebuilt core for bpfel-unknown-none, and
+    // LLVM 22 (the same major) for building bpf-linker.
+    (
+        "eBPF toolchain",
+        &[
+            "rustc-web",
+            "libstd-rust-web-dev-bpf",
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "zlib1g-dev",
+            "libzstd-dev",
+        ],
+    ),
+    (
+        "lab networking",
+        &[
+            "iproute2",
+            "iptables",
+            "bpftool",
+            "tcpdump",
+            "tshark",
+            "python3-scapy",
+        ],
+    ),
+    ("metrics checks", &["prometheus"]),
+    (
+        "DHCP peers and clients",
+        &[
+            "dnsmasq-base",
+            "kea-dhcp4-server",
+            "kea-admin",
+            "isc-dhcp-client",
+            "udhcpc",
+            "dhcpcd5",
+        ],
+    ),
+    (
+        "TFTP peers and clients",
+        &["tftpd-hpa", "tftp-hpa", "atftp", "curl"],
+    ),
+    ("HTTP peers and clients", &["nginx-light", "wrk", "wget"]),
+    (
+        "firmware lab",
+        &[
+            "qemu-system-x86",
+            "ipxe-qemu",
+            "ovmf",
+            "ipxe",
+            "busybox-static",
+        ],
+    ),
+];
+
+/// What Debian installs that this checks for, per package, when the package name alone is
+/// not proof enough (e.g. the BPF core inside libstd-rust-web-dev-bpf).
+fn extra_check(pkg: &str) -> Option<&'static str> {
+    match pkg {
+        "rustc-web" => Some("/usr/bin/rustc"),
+        "libstd-rust-web-dev-bpf" => Some("/usr/lib/rustlib/bpfel-unknown-none/lib"),
+        "llvm-22-dev" => Some("/usr/lib/llvm-22/lib/libLLVM.so"),
+        "prometheus" => Some("/usr/bin/promtool"),
+        _ => None,
+    }
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const SUSHY_TOOLS_VERSION: &str = "2.2.0";
+
+/// Runs setup; fails if any item could not be installed.
+pub fn run() -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .flat_map(|(_, pkgs)| pkgs.iter().copied())
+        .filter(|p| !deb_installed(p))
+        .collect();
+    let mut apt_error = None;
+    if !missing.is_empty() {
+        apt_error = apt_install(&missing).err();
+    }
+    for (group, pkgs) in DEBIAN {
+        for pkg in *pkgs {
+            let was_missing = missing.contains(pkg);
+            if deb_installed(pkg) {
+                report(pkg, group, if was_missing { "installed" } else { "found" });
+            } else {
+                let why = apt_error
+                    .clone()
+                    .unwrap_or_else(|| "not installed after apt-get".into());
+                report(pkg, group, &format!("FAILED: {why}"));
+                failed.push(pkg.to_string());
+            }
+        }
+    }
+
+    match bpf_linker() {
+        Ok(state) => report("bpf-linker", "eBPF toolchain", state),
+        Err(e) => {
+            report("bpf-linker", "eBPF toolchain", &format!("FAILED: {e}"));
+            failed.push("bpf-linker".into());
+        }
+    }
+    match sushy() {
+        Ok(state) => report("sushy-emulator", "Redfish peer", state),
+        Err(e) => {
+            report("sushy-emulator", "Redfish peer", &format!("FAILED: {e}"));
+            failed.push("sushy-emulator".into());
+        }
+    }
+    for comp in ["rustfmt", "clippy"] {
+        if has_component(comp) {
+            report(comp, "rust toolchain", "found");
+        } else {
+            let ok = Command::new("rustup")
+                .args(["component", "add", comp])
+                .status()
+                .is_ok_and(|s| s.success());
+            report(
+                comp,
+                "rust toolchain",
+                if ok {
+                    "installed"
+                } else {
+                    "FAILED: rustup component add failed"
+                },
+            );
+            if !ok {
+                failed.push(comp.into());
+            }
+        }
+    }
+
+    if !failed.is_empty() {
+        bail!("setup could not install: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn report(item: &str, group: &str, state: &str) {
+    println!("setup: {item:<26} {group:<24} {state}");
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    let ok = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "install ok installed");
+    ok && extra_check(pkg).is_none_or(|p| Path::new(p).exists())
+}
+
+/// Installs `pkgs` without starting any service they ship (nginx, kea, dnsmasq, tftpd-hpa and
+/// prometheus would otherwise start on the host's interfaces): a policy-rc.d that forbids
+/// starts is in place for the duration of the install.
+fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+    if unsafe_euid() != 0 {
+        return Err("needs root to install Debian packages".into());
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# written by bootfabric's cargo xtask setup\nexit 101\n",
+        )
+        .map_err(|e| format!("{}: {e}", policy.display()))?;
+        set_executable(policy)?;
+    }
+    let result = (|| {
+        apt(&["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend_from_slice(pkgs);
+        apt(&args)
+    })();
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+fn apt(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("apt-get: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_owned();
+        Err(format!("apt-get {}: {}: {last}", args[0], out.status))
+    }
+}
+
+fn set_executable(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn unsafe_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// bpf-linker built against LLVM 22, the LLVM of Debian's rustc-web.
+fn bpf_linker() -> Result<&'static str, String> {
+    let answers = |v: &str| {
+        Command::new("bpf-linker")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(v))
+    };
+    if answers(BPF_LINKER_VERSION) {
+        return Ok("found");
+    }
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        // bpf-linker's build script links the LLVM named here (LLVM_SYS_* for older releases).
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+        .env_remove("RUSTC")
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .map_err(|e| format!("cargo install: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo install bpf-linker: {status}"));
+    }
+    if answers(BPF_LINKER_VERSION) {
+        Ok("installed")
+    } else {
+        Err(
+            "installed, but `bpf-linker --version` does not answer (is ~/.cargo/bin on PATH?)"
+                .into(),
+        )
+    }
+}
+
+/// sushy-tools from PyPI, the Redfish BMC emulator the scheduler is tested against.
+fn sushy() -> Result<&'static str, String> {
+    let found = || {
+        Command::new("python3")
+            .args(["-m", "pip", "show", "-q", "sushy-tools"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if found() {
+        return Ok("found");
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            &format!("sushy-tools=={SUSHY_TOOLS_VERSION}"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if out.status.success() && found() {
+        Ok("installed")
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "pip install sushy-tools: {}",
+            err.lines().last().unwrap_or("")
+        ))
+    }
+}
+
+fn has_component(comp: &str) -> bool {
+    let bin = if comp == "clippy" {
+        "cargo-clippy"
+    } else {
+        "rustfmt"
+    };
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
