@@ -267,6 +267,7 @@ pub struct Daemon {
     /// Where its admin server listens, inside its namespace.
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
     _dir: TempDir,
 }
 
@@ -300,7 +301,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = listening_addr(&line) {
                     let _ = tx.send(addr);
@@ -315,6 +316,7 @@ impl Daemon {
             child,
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             log,
+            reader: Some(reader),
             _dir: dir,
         };
         let deadline = Instant::now() + STARTUP_BOUND;
@@ -353,6 +355,10 @@ impl Daemon {
         let deadline = Instant::now() + STARTUP_BOUND;
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                // The pipe closed with the process: the reader ends after its last line.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Ok(status);
             }
             if Instant::now() > deadline {

@@ -92,12 +92,10 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let status = daemon
         .stop_with(nix::sys::signal::Signal::SIGTERM)
         .map_err(|e| anyhow!(e))?;
-    // The log reader thread may still be draining the pipe; give it the daemon's last lines.
-    std::thread::sleep(std::time::Duration::from_millis(100));
     for line in daemon.log().lines().skip(before) {
         println!("    {line}");
     }
-    println!("    exit status: {status}");
+    println!("    daemon {status}");
     drop(daemon);
     drop(lab);
     Ok(())
