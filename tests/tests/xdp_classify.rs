@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use bootfabric_lab::{
     http_get,
     packets::{dhcp_discover, tftp_ack, tftp_rrq},
-    require, require_root, sample, Daemon, PairLab,
+    require, require_root, sample, Bridge, Daemon, Netns, PairLab,
 };
 
 const CONFIG: &str = r#"
@@ -115,4 +115,53 @@ fn xdp_counts_each_class_per_interface() {
 
 fn rrq_len() -> u64 {
     tftp_rrq("ipxe.efi").len() as u64
+}
+
+#[test]
+fn xdp_counts_broadcasts_from_clients_on_a_bridge() {
+    if !require_root("xdp_counts_broadcasts_from_clients_on_a_bridge") {
+        return;
+    }
+    let server = Netns::new("srv").expect("server ns");
+    let mut switch = Bridge::new().expect("bridge");
+    switch
+        .plug(&server, "fabric0", "10.77.0.1/24")
+        .expect("plug server");
+    let clients: Vec<Netns> = (0..3)
+        .map(|i| {
+            let ns = Netns::new("cli").expect("client ns");
+            switch
+                .plug(&ns, "eth0", &format!("10.77.0.{}/24", 10 + i))
+                .expect("plug client");
+            ns.ip(&["route", "add", "default", "dev", "eth0"])
+                .expect("route");
+            ns
+        })
+        .collect();
+    let daemon = Daemon::start(&server, CONFIG, &[]).expect("daemon");
+    let (_, text) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
+    if !require(
+        text.contains("ebpf=\"embedded\""),
+        "xdp_counts_broadcasts_from_clients_on_a_bridge",
+        "the bootfabric binary has no eBPF object (build it with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    for (i, ns) in clients.iter().enumerate() {
+        let mac = [0x52, 0x54, 0x00, 0, 0, i as u8];
+        ns.run(move || {
+            let s = UdpSocket::bind("0.0.0.0:68").expect("bind 68");
+            s.set_broadcast(true).expect("broadcast");
+            s.send_to(&dhcp_discover(i as u32, mac), "255.255.255.255:67")
+                .expect("discover");
+        })
+        .expect("client namespace");
+    }
+    let (_, text) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
+    let dhcp = sample(
+        &text,
+        "bootfabric_xdp_packets_total",
+        &[("iface", "fabric0"), ("class", "dhcp"), ("action", "pass")],
+    );
+    assert_eq!(dhcp, Some(3.0), "{text}");
 }
