@@ -36,6 +36,17 @@ pub enum Command {
         #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
         config: PathBuf,
     },
+    /// List the DHCP leases in the lease journal (safe while the daemon runs).
+    Leases {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+        /// Also list released, declined and expired records.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the DHCP reply a client would get, and which rule decided each part.
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -64,6 +75,14 @@ pub fn run(cli: Cli) -> i32 {
                 );
                 0
             }
+            Err(e) => config_error(&e),
+        },
+        Command::Leases { config, all } => match Config::load(&config) {
+            Ok(cfg) => crate::explain::leases(&cfg, all),
+            Err(e) => config_error(&e),
+        },
+        Command::Explain(args) => match Config::load(&args.config) {
+            Ok(cfg) => crate::explain::explain(&cfg, &args),
             Err(e) => config_error(&e),
         },
         Command::Hosts { config } => match Config::load(&config) {

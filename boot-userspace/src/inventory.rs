@@ -12,7 +12,7 @@ use std::{
     str::FromStr,
 };
 
-use crate::config::wire;
+use crate::config::{wire, BootSettings, OptionSet};
 
 /// An inventory file that cannot be used, naming the file and the entry.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,8 @@ pub struct Profile {
     pub initrd: Vec<String>,
     /// Kernel command line.
     pub cmdline: String,
+    /// Overrides of the global boot settings.
+    pub boot: BootSettings,
 }
 
 /// One machine.
@@ -105,6 +107,8 @@ pub struct Host {
     pub ip: Option<Ipv4Addr>,
     /// Name of its boot profile (always one of the inventory's profiles).
     pub profile: String,
+    /// Host-level DHCP options.
+    pub options: OptionSet,
 }
 
 /// Hosts and profiles, indexed for lookup by MAC and IP.
@@ -146,11 +150,17 @@ impl Inventory {
                     "a profile name is letters, digits and '-', at most 63".to_owned(),
                 ));
             }
+            let boot = match &p.boot {
+                Some(b) => BootSettings::from_wire(b, &format!("profiles.{name}.boot"))
+                    .map_err(|(k, r)| invalid(k, r))?,
+                None => BootSettings::default(),
+            };
             let profile = Profile {
                 name: name.clone(),
                 kernel: p.kernel,
                 initrd: p.initrd,
                 cmdline: p.cmdline,
+                boot,
             };
             profiles.insert(name, profile);
         }
@@ -208,6 +218,12 @@ impl Inventory {
                     format!("no profile {profile:?} in [profiles]"),
                 ));
             }
+            let options = match &h.options {
+                Some(o) => {
+                    OptionSet::from_wire(o, &key("options")).map_err(|(k, r)| invalid(k, r))?
+                }
+                None => OptionSet::default(),
+            };
             by_name.insert(name.clone(), i);
             inv.by_mac.insert(mac, i);
             if let Some(ip) = ip {
@@ -218,6 +234,7 @@ impl Inventory {
                 mac,
                 ip,
                 profile,
+                options,
             });
         }
         Ok(inv)
@@ -236,6 +253,11 @@ impl Inventory {
     /// The host with this MAC.
     pub fn host_by_mac(&self, mac: &Mac) -> Option<&Host> {
         self.by_mac.get(mac).map(|&i| &self.hosts[i])
+    }
+
+    /// The profile named `name`.
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name)
     }
 
     /// The host with this reserved IP.

@@ -5,7 +5,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod dhcp;
+pub mod explain;
 pub mod inventory;
+pub mod ledger;
 pub mod metrics;
 pub mod serve;
 pub mod supervisor;

@@ -8,6 +8,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    dhcp::DhcpService,
+    ledger::Ledger,
     metrics::{self, CoreMetrics},
     supervisor::{Outcome, Supervisor},
     xdp::Dataplane,
@@ -62,6 +64,16 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
         );
     } else {
         core.service_up.with_label_values(&["xdp"]).set(0);
+    }
+
+    let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
+    if let Some(dhcp) = config.dhcp.clone() {
+        let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "dhcp",
+            Box::pin(async move { service.run(token).await.context("DHCP server") }),
+        );
     }
 
     let listener = tokio::net::TcpListener::bind(config.admin_listen)

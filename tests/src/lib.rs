@@ -26,6 +26,7 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod dhcp_client;
 pub mod packets;
 
 /// Prefix of every namespace the lab creates; nothing else on the machine uses it.
@@ -268,6 +269,7 @@ pub struct Daemon {
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    ns: String,
     _dir: TempDir,
 }
 
@@ -286,56 +288,46 @@ impl Daemon {
             let p = dir.path.join(name);
             std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        let mut child = ns
-            .command(bootfabric_bin())
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bootfabric_bin().display()))?;
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = Arc::clone(&log);
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let mut daemon = Daemon {
+        let (child, log, reader, admin) = launch(ns.name(), &cfg)?;
+        Ok(Daemon {
             child,
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin,
             log,
             reader: Some(reader),
+            ns: ns.name().to_owned(),
             _dir: dir,
-        };
-        let deadline = Instant::now() + STARTUP_BOUND;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => {
-                    daemon.admin = addr;
-                    return Ok(daemon);
-                }
-                Err(_) if Instant::now() > deadline => {
-                    return Err(format!("daemon did not start:\n{}", daemon.log()))
-                }
-                Err(_) => {
-                    if let Ok(Some(status)) = daemon.child.try_wait() {
-                        return Err(format!("daemon exited with {status}:\n{}", daemon.log()));
-                    }
-                }
-            }
+        })
+    }
+
+    /// Starts the daemon again on the same config and state (after a stop or a kill).
+    pub fn restart(&mut self) -> Result<(), LabError> {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let (child, log, reader, admin) = launch(&self.ns, &self.config_path())?;
+        self.child = child;
+        self.log = log;
+        self.reader = Some(reader);
+        self.admin = admin;
+        Ok(())
+    }
+
+    /// The config file the daemon runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path.join("bootfabric.toml")
+    }
+
+    /// Runs `bootfabric ARGS --config <this daemon's config>` to completion (outside any
+    /// namespace: for commands that only read files, such as `leases`).
+    pub fn cli(&self, args: &[&str]) -> Result<String, LabError> {
+        run(Command::new(bootfabric_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path()))
     }
 
     /// Everything the daemon has logged so far.
@@ -366,6 +358,80 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+type Launched = (
+    Child,
+    Arc<Mutex<String>>,
+    std::thread::JoinHandle<()>,
+    SocketAddr,
+);
+
+/// Starts `bootfabric serve --config cfg` in namespace `ns` and waits for its admin line.
+fn launch(ns: &str, cfg: &Path) -> Result<Launched, LabError> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bootfabric_bin())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .env(
+            "RUST_LOG",
+            std::env::var("BOOTFABRIC_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bootfabric_bin().display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = Arc::clone(&log);
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = listening_addr(&line) {
+                let _ = tx.send(addr);
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let text = |log: &Arc<Mutex<String>>| log.lock().map(|l| l.clone()).unwrap_or_default();
+    let deadline = Instant::now() + STARTUP_BOUND;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(addr) => return Ok((child, log, reader, addr)),
+            Err(_) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("daemon did not start:\n{}", text(&log)));
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let _ = reader.join();
+                    return Err(format!("daemon exited with {status}:\n{}", text(&log)));
+                }
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `bound` (a bound on a
+/// wait for an event, not a timing assertion).
+pub fn wait_for<T>(bound: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -478,6 +544,18 @@ impl PairLab {
 
     /// Builds the two namespaces and the link.
     pub fn new() -> Result<Self, LabError> {
+        let lab = Self::unaddressed_client("client0")?;
+        lab.client
+            .ip(&["addr", "add", "10.77.0.2/24", "dev", "client0"])?;
+        // Lets clients broadcast to 255.255.255.255 as DHCP clients do.
+        lab.client
+            .ip(&["route", "add", "default", "dev", "client0"])?;
+        Ok(lab)
+    }
+
+    /// Like [`PairLab::new`], but the client interface `client_if` has no address: a
+    /// machine about to ask DHCP for one.
+    pub fn unaddressed_client(client_if: &str) -> Result<Self, LabError> {
         let server = Netns::new("srv")?;
         let client = Netns::new("cli")?;
         veth(
@@ -485,11 +563,9 @@ impl PairLab {
             Self::SERVER_IF,
             "10.77.0.1/24",
             &client,
-            "client0",
-            "10.77.0.2/24",
+            client_if,
+            "",
         )?;
-        // Lets clients broadcast to 255.255.255.255 as DHCP clients do.
-        client.ip(&["route", "add", "default", "dev", "client0"])?;
         Ok(PairLab { server, client })
     }
 }

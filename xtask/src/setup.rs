@@ -42,6 +42,7 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "dnsmasq-base",
             "kea-dhcp4-server",
             "kea-admin",
+            "isc-dhcp-relay",
             "isc-dhcp-client",
             "udhcpc",
             "dhcpcd5",

@@ -4,6 +4,7 @@
 //! errors), then [`Config::from_wire`] validates every value without further I/O except for
 //! the files the config names. Every error names the file and the key it is about.
 
+pub mod dhcp;
 pub mod wire;
 
 use std::{
@@ -15,6 +16,11 @@ use std::{
 use ipnet::IpNet;
 
 use crate::inventory::{Inventory, InventoryError};
+
+pub use dhcp::{AddrRange, BootSettings, DhcpConfig, OptionSet, SubnetConfig};
+
+/// Default folder for durable state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
 
 /// Default admin listen address: loopback only, so metrics are never exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9370";
@@ -116,6 +122,12 @@ pub struct Config {
     pub tftp_transfer_ports: PortRange,
     /// The host inventory (empty when the config names none).
     pub inventory: Inventory,
+    /// Folder for durable state.
+    pub state_dir: PathBuf,
+    /// The DHCP server, when configured and enabled.
+    pub dhcp: Option<DhcpConfig>,
+    /// Global boot settings (built-in defaults under `[boot]`).
+    pub boot: BootSettings,
 }
 
 impl Config {
@@ -134,7 +146,11 @@ impl Config {
             Some(rel) => Inventory::load(&base.join(rel))?,
             None => Inventory::default(),
         };
-        Self::from_wire(path, wire, inventory)
+        let mut config = Self::from_wire(path, wire, inventory)?;
+        if config.state_dir.is_relative() {
+            config.state_dir = base.join(&config.state_dir);
+        }
+        Ok(config)
     }
 
     /// Validates a parsed config. `path` is used in error messages only.
@@ -211,6 +227,44 @@ impl Config {
             None => DEFAULT_TFTP_TRANSFER_PORTS,
         };
 
+        let state_dir = PathBuf::from(
+            wire.daemon
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
+        );
+        let keyed = |(key, reason): dhcp::KeyError| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let dhcp = match &wire.dhcp {
+            Some(d) if d.enabled.unwrap_or(true) => {
+                let d = DhcpConfig::from_wire(d).map_err(keyed)?;
+                for (i, s) in d.subnets.iter().enumerate() {
+                    if let Some(ifname) = &s.interface {
+                        if !interfaces.contains(ifname) {
+                            return Err(invalid(
+                                &format!("dhcp.subnets[{i}].interface"),
+                                format!("{ifname:?} is not in fabric.interfaces"),
+                            ));
+                        }
+                    }
+                }
+                if d.subnets.is_empty() {
+                    return Err(invalid(
+                        "dhcp.subnets",
+                        "[dhcp] has no [[dhcp.subnets]]".to_owned(),
+                    ));
+                }
+                Some(d)
+            }
+            _ => None,
+        };
+        let boot = BootSettings::from_wire(&wire.boot, "boot")
+            .map_err(keyed)?
+            .over(&BootSettings::defaults());
+
         Ok(Self {
             path: path.to_owned(),
             log,
@@ -220,6 +274,9 @@ impl Config {
             xdp_mode,
             tftp_transfer_ports,
             inventory,
+            state_dir,
+            dhcp,
+            boot,
         })
     }
 }

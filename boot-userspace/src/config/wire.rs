@@ -27,6 +27,90 @@ pub struct ConfigFile {
     /// `[tftp]`: the TFTP service.
     #[serde(default)]
     pub tftp: Tftp,
+    /// `[dhcp]`: the DHCPv4 server.
+    pub dhcp: Option<Dhcp>,
+    /// `[boot]`: what PXE, iPXE and HTTP-boot clients are told to load.
+    #[serde(default)]
+    pub boot: Boot,
+}
+
+/// `[dhcp]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp {
+    /// Serve DHCP (default true when the section exists).
+    pub enabled: Option<bool>,
+    /// NAK requests for addresses this server does not know (default true).
+    pub authoritative: Option<bool>,
+    /// Packets per second one client (MAC) may send before its packets are dropped.
+    pub rate_limit: Option<u32>,
+    /// `[dhcp.options]`: options for every subnet.
+    #[serde(default)]
+    pub options: DhcpOptions,
+    /// `[[dhcp.subnets]]`.
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+}
+
+/// DHCP options settable at global, subnet and host level.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpOptions {
+    /// Default gateway (option 3).
+    pub router: Option<String>,
+    /// DNS servers (option 6).
+    pub dns: Option<Vec<String>>,
+    /// Domain name (option 15).
+    pub domain: Option<String>,
+    /// NTP servers (option 42).
+    pub ntp: Option<Vec<String>>,
+    /// Interface MTU (option 26).
+    pub mtu: Option<u16>,
+    /// Lease time in seconds (option 51).
+    pub lease_time: Option<u32>,
+}
+
+/// `[[dhcp.subnets]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    /// The subnet, `10.77.0.0/24`.
+    pub cidr: Option<String>,
+    /// Interface the subnet is directly attached to; absent for relayed subnets.
+    pub interface: Option<String>,
+    /// Dynamic ranges, `FIRST-LAST`.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    /// Addresses or ranges never handed out dynamically.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Options for this subnet.
+    #[serde(default)]
+    pub options: DhcpOptions,
+}
+
+/// `[boot]`, and `boot` inside a profile to override it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// TFTP server for bootloaders (siaddr, option 66); default: the DHCP server's address.
+    pub next_server: Option<String>,
+    /// Base URL of the HTTP server, `{server}` standing for the DHCP server's address.
+    pub http_base: Option<String>,
+    /// Bootloader for BIOS PXE ROMs (arch 0).
+    pub bios: Option<String>,
+    /// Bootloader for x64 UEFI PXE (arch 7 and 9).
+    pub uefi_x64: Option<String>,
+    /// Bootloader for IA32 UEFI PXE (arch 6).
+    pub uefi_x86: Option<String>,
+    /// Bootloader for arm64 UEFI PXE (arch 11).
+    pub uefi_arm64: Option<String>,
+    /// Path, under `http_base`, of the iPXE script chainloaded iPXE gets.
+    pub ipxe_script: Option<String>,
+    /// Path, under `http_base`, of the EFI program UEFI HTTP-boot clients get (x64).
+    pub uefi_http_x64: Option<String>,
+    /// Same for arm64 UEFI HTTP-boot clients.
+    pub uefi_http_arm64: Option<String>,
 }
 
 /// `[daemon]`.
@@ -37,6 +121,8 @@ pub struct Daemon {
     pub log: Option<String>,
     /// Path of the host inventory file, relative to the config file's folder.
     pub inventory: Option<String>,
+    /// Folder for durable state (the lease journal), relative to the config file's folder.
+    pub state_dir: Option<String>,
 }
 
 /// `[fabric]`.
@@ -97,6 +183,8 @@ pub struct Profile {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
+    /// Overrides of `[boot]` for hosts of this profile.
+    pub boot: Option<Boot>,
 }
 
 /// `[[hosts]]`.
@@ -111,4 +199,6 @@ pub struct Host {
     pub ip: Option<String>,
     /// Boot profile name.
     pub profile: Option<String>,
+    /// DHCP options for this host only.
+    pub options: Option<DhcpOptions>,
 }

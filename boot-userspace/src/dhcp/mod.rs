@@ -1,0 +1,489 @@
+//! The DHCPv4 server (RFC 2131, 2132; PXE per RFC 4578; relay agent information per
+//! RFC 3046).
+//!
+//! - [`wire`]: checks and decodes requests, refusing malformed ones with a reason;
+//! - [`policy`]: which boot file, script or URL a client gets (pure);
+//! - [`table`]: leases, offers and free pools in memory;
+//! - [`server`]: the RFC 2131 decisions over the table (pure);
+//! - [`journal`]: the durable lease journal with group commit;
+//! - [`ratelimit`]: per-client token buckets;
+//! - this module: sockets, the receive loop and metrics.
+//!
+//! An ACK leaves only after its lease record is fsync'd: the socket loop hands the record
+//! to the journal's group committer and sends the reply when it is durable.
+
+pub mod journal;
+pub mod policy;
+pub mod ratelimit;
+pub mod server;
+pub mod table;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use dhcproto::{v4::MessageType, Encodable, Encoder};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    inventory::Mac,
+    ledger::{Ledger, Phase},
+};
+use journal::{Committer, Journal, LeaseRecord, LeaseState};
+use ratelimit::RateLimiter;
+use server::{Handled, Ingress, Server, SERVER_PORT};
+use table::LeaseTable;
+use wire::DropReason;
+
+/// File name of the lease journal inside `daemon.state_dir`.
+pub const JOURNAL_FILE: &str = "leases.journal";
+
+/// Errors starting the DHCP service.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpError {
+    /// The lease journal could not be opened.
+    #[error("lease journal: {0}")]
+    Journal(#[from] journal::JournalError),
+    /// An interface has no IPv4 address to serve from.
+    #[error(
+        "interface {iface:?} has no IPv4 address: the DHCP server needs one as its identifier"
+    )]
+    NoAddress {
+        /// Interface name.
+        iface: String,
+    },
+    /// A socket could not be set up.
+    #[error("DHCP socket on {iface}: {source}")]
+    Socket {
+        /// Interface name.
+        iface: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Path of the lease journal for `config`.
+pub fn journal_path(config: &Config) -> PathBuf {
+    config.state_dir.join(JOURNAL_FILE)
+}
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The first IPv4 address of `iface`.
+pub fn iface_ipv4(iface: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        if a.interface_name != iface {
+            return None;
+        }
+        a.address?.as_sockaddr_in().map(|s| s.ip())
+    })
+}
+
+/// The server's metrics, defined in one place.
+#[derive(Clone)]
+struct Metrics {
+    packets: IntCounterVec,
+    dropped: IntCounterVec,
+    decision: Histogram,
+    commit: Histogram,
+    leases: IntGaugeVec,
+    pool: IntGaugeVec,
+    exhausted: IntCounterVec,
+    commit_errors: prometheus::IntCounter,
+}
+
+impl Metrics {
+    fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_dhcp_packets_total",
+                "DHCP requests handled, by message type and outcome.",
+            ),
+            &["type", "outcome"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_dhcp_dropped_total",
+                "DHCP packets dropped without an answer, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let decision = Histogram::with_opts(
+            HistogramOpts::new(
+                "bootfabric_dhcp_decision_seconds",
+                "Time to decide the answer to a request.",
+            )
+            .buckets(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2]),
+        )?;
+        let commit = Histogram::with_opts(
+            HistogramOpts::new(
+                "bootfabric_dhcp_lease_commit_seconds",
+                "Time from decision to a durable lease record.",
+            )
+            .buckets(vec![1e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5]),
+        )?;
+        let leases = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_dhcp_leases_active",
+                "Addresses in use (bound, offered or quarantined) per subnet.",
+            ),
+            &["subnet"],
+        )?;
+        let pool = IntGaugeVec::new(
+            Opts::new("bootfabric_dhcp_pool_size", "Dynamic addresses per subnet."),
+            &["subnet"],
+        )?;
+        let exhausted = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_dhcp_pool_exhausted_total",
+                "DISCOVERs that found no free address, per subnet.",
+            ),
+            &["subnet"],
+        )?;
+        let commit_errors = prometheus::IntCounter::new(
+            "bootfabric_dhcp_lease_commit_errors_total",
+            "Lease records that could not be made durable (their ACKs were not sent).",
+        )?;
+        r.register(Box::new(packets.clone()))?;
+        r.register(Box::new(dropped.clone()))?;
+        r.register(Box::new(decision.clone()))?;
+        r.register(Box::new(commit.clone()))?;
+        r.register(Box::new(leases.clone()))?;
+        r.register(Box::new(pool.clone()))?;
+        r.register(Box::new(exhausted.clone()))?;
+        r.register(Box::new(commit_errors.clone()))?;
+        Ok(Self {
+            packets,
+            dropped,
+            decision,
+            commit,
+            leases,
+            pool,
+            exhausted,
+            commit_errors,
+        })
+    }
+}
+
+fn type_label(t: Option<MessageType>) -> &'static str {
+    match t {
+        Some(MessageType::Discover) => "discover",
+        Some(MessageType::Request) => "request",
+        Some(MessageType::Decline) => "decline",
+        Some(MessageType::Release) => "release",
+        Some(MessageType::Inform) => "inform",
+        _ => "other",
+    }
+}
+
+fn reply_label(t: MessageType) -> &'static str {
+    match t {
+        MessageType::Offer => "offer",
+        MessageType::Ack => "ack",
+        MessageType::Nak => "nak",
+        _ => "other",
+    }
+}
+
+/// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
+pub struct DhcpService {
+    sockets: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
+    server: Arc<Mutex<Server>>,
+    committer: Committer,
+    limiter: Arc<Mutex<RateLimiter>>,
+    metrics: Metrics,
+    ledger: Ledger,
+    subnets: Vec<String>,
+}
+
+/// Binds UDP port 67 on `iface` only (SO_BINDTODEVICE), with broadcast allowed.
+fn bind_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+impl DhcpService {
+    /// Opens the journal, rebuilds the lease table and binds one socket per interface.
+    pub fn start(
+        config: &Config,
+        dhcp: crate::config::DhcpConfig,
+        registry: &Registry,
+        ledger: Ledger,
+    ) -> Result<Self, DhcpError> {
+        let metrics = Metrics::register(registry)?;
+        let path = journal_path(config);
+        let (journal, live) = Journal::open(&path)?;
+        let now = unix_now();
+        let table = LeaseTable::new(&dhcp.subnets, &config.inventory, &live, now);
+        let active = table.active(now).len();
+        info!(journal = %path.display(), records = live.len(), active, "lease journal replayed");
+        let committer = Committer::start(journal, &live);
+        let mut sockets = Vec::new();
+        for iface in &config.interfaces {
+            let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {
+                iface: iface.clone(),
+            })?;
+            let sock = bind_socket(iface, SERVER_PORT).map_err(|source| DhcpError::Socket {
+                iface: iface.clone(),
+                source,
+            })?;
+            info!(%iface, server_id = %ip, "DHCP server listening on {iface}:{SERVER_PORT}");
+            sockets.push((iface.clone(), ip, Arc::new(sock)));
+        }
+        let subnets = dhcp.subnets.iter().map(|s| s.net.to_string()).collect();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(dhcp.rate_limit)));
+        let server = Server {
+            dhcp,
+            boot: config.boot.clone(),
+            inventory: config.inventory.clone(),
+            table,
+        };
+        let svc = Self {
+            sockets,
+            server: Arc::new(Mutex::new(server)),
+            committer,
+            limiter,
+            metrics,
+            ledger,
+            subnets,
+        };
+        svc.refresh_gauges(now);
+        Ok(svc)
+    }
+
+    fn refresh_gauges(&self, now: u64) {
+        let Ok(mut s) = self.server.lock() else {
+            return;
+        };
+        s.table.reclaim_expired(now);
+        for (i, name) in self.subnets.iter().enumerate() {
+            let (used, size) = s.table.utilization(i);
+            self.metrics
+                .leases
+                .with_label_values(&[name.as_str()])
+                .set(used as i64);
+            self.metrics
+                .pool
+                .with_label_values(&[name.as_str()])
+                .set(size as i64);
+        }
+    }
+
+    /// Serves until `cancel` fires, then flushes the journal.
+    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (iface, ip, sock) in this.sockets.clone() {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.receive_loop(iface, ip, sock, cancel).await });
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => this.refresh_gauges(unix_now()),
+                Some(res) = tasks.join_next() => {
+                    // A receive loop only returns on a socket error.
+                    if let Ok(Err(e)) = res {
+                        cancel.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn receive_loop(
+        self: Arc<Self>,
+        iface: String,
+        server_ip: Ipv4Addr,
+        sock: Arc<UdpSocket>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 2048];
+        let started = Instant::now();
+        let mut last_exhausted_log: HashMap<usize, Instant> = HashMap::new();
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = sock.recv_from(&mut buf) => r?,
+            };
+            let msg = match wire::decode_request(&buf[..n]) {
+                Ok(m) => m,
+                Err(reason) => {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    debug!(%peer, reason = reason.as_str(), "dropped DHCP packet");
+                    continue;
+                }
+            };
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&msg.chaddr()[..6]);
+            let mac = Mac(mac);
+            let now_ms = started.elapsed().as_millis() as u64;
+            let allowed = self
+                .limiter
+                .lock()
+                .map(|mut l| l.allow(mac, now_ms))
+                .unwrap_or(false);
+            if !allowed {
+                self.metrics
+                    .dropped
+                    .with_label_values(&[DropReason::RateLimited.as_str()])
+                    .inc();
+                continue;
+            }
+            let kind = type_label(msg.opts().msg_type());
+            let t0 = Instant::now();
+            let ingress = Ingress {
+                iface: &iface,
+                server_ip,
+            };
+            let (handled, subnet) = {
+                let Ok(mut server) = self.server.lock() else {
+                    return Err(std::io::Error::other("DHCP state lock poisoned"));
+                };
+                let subnet = server.subnet_for(&msg, &ingress);
+                (server.handle(&msg, &ingress, unix_now()), subnet)
+            };
+            self.metrics.decision.observe(t0.elapsed().as_secs_f64());
+            match handled {
+                Handled::Drop(reason) => {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    if reason == DropReason::PoolExhausted {
+                        let i = subnet.unwrap_or(0);
+                        let name = self.subnets.get(i).map(String::as_str).unwrap_or("?");
+                        self.metrics.exhausted.with_label_values(&[name]).inc();
+                        let due = last_exhausted_log
+                            .get(&i)
+                            .is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+                        if due {
+                            warn!(
+                                subnet = name,
+                                "DHCP pool exhausted: DISCOVER from {mac} not answered"
+                            );
+                            last_exhausted_log.insert(i, Instant::now());
+                        }
+                    }
+                }
+                Handled::Silent(why) => {
+                    self.metrics
+                        .packets
+                        .with_label_values(&[kind, "silent"])
+                        .inc();
+                    debug!(%mac, why, "no reply");
+                }
+                Handled::Commit(record) => {
+                    self.metrics
+                        .packets
+                        .with_label_values(&[kind, "committed"])
+                        .inc();
+                    let phase = if record.state == LeaseState::Declined {
+                        Phase::DhcpDecline
+                    } else {
+                        Phase::DhcpRelease
+                    };
+                    self.ledger.record(mac, phase, Some(record.ip));
+                    let this = Arc::clone(&self);
+                    tokio::spawn(async move { this.commit(record).await });
+                }
+                Handled::Reply(reply) => {
+                    let reply = *reply;
+                    let mut out = Vec::with_capacity(576);
+                    if let Err(e) = reply.msg.encode(&mut Encoder::new(&mut out)) {
+                        warn!(%mac, error = %e, "encoding a DHCP reply failed");
+                        continue;
+                    }
+                    // RFC 2131 minimum BOOTP message size: some PXE ROMs drop shorter ones.
+                    if out.len() < 300 {
+                        out.resize(300, 0);
+                    }
+                    let label = reply_label(reply.kind);
+                    let phase = match reply.kind {
+                        MessageType::Offer => Phase::DhcpOffer,
+                        MessageType::Nak => Phase::DhcpNak,
+                        _ => Phase::DhcpAck,
+                    };
+                    let ip = Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified());
+                    match reply.commit {
+                        None => {
+                            self.send(&sock, &out, reply.dest).await;
+                            self.metrics.packets.with_label_values(&[kind, label]).inc();
+                            self.ledger.record(mac, phase, ip);
+                        }
+                        Some(record) => {
+                            let this = Arc::clone(&self);
+                            let sock = Arc::clone(&sock);
+                            tokio::spawn(async move {
+                                if this.commit(record).await {
+                                    this.send(&sock, &out, reply.dest).await;
+                                    this.metrics.packets.with_label_values(&[kind, label]).inc();
+                                    this.ledger.record(mac, phase, ip);
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes `record` durable; false (and counted) if it could not be.
+    async fn commit(&self, record: LeaseRecord) -> bool {
+        let t0 = Instant::now();
+        match self.committer.commit(record).await {
+            Ok(()) => {
+                self.metrics.commit.observe(t0.elapsed().as_secs_f64());
+                true
+            }
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                warn!(error = %e, "lease record not durable: reply withheld");
+                false
+            }
+        }
+    }
+
+    async fn send(&self, sock: &UdpSocket, out: &[u8], dest: SocketAddrV4) {
+        if let Err(e) = sock.send_to(out, SocketAddr::V4(dest)).await {
+            warn!(%dest, error = %e, "sending a DHCP reply failed");
+        }
+    }
+}
+
+/// Reads the live leases for `bootfabric leases` (works while the daemon runs).
+pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalError> {
+    journal::read_live(path)
+}
