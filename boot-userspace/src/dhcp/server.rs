@@ -350,7 +350,10 @@ impl Server {
     }
 
     /// Builds a reply of `kind` with address `yiaddr`. `inform_to` is set for INFORM.
-    #[expect(clippy::too_many_arguments, reason = "one reply builder for every message type")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one reply builder for every message type"
+    )]
     fn build(
         &self,
         req: &Message,

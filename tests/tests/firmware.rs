@@ -1,0 +1,214 @@
+//! Real firmware against the DHCP server: QEMU's iPXE ROM is told the iPXE script URL and
+//! asks for it over HTTP; OVMF's own UEFI PXE client (arch 7) is told the x64 bootloader and
+//! asks for it over TFTP. The test stands in for the HTTP and TFTP servers with sockets that
+//! only record the first request, which is the proof that the firmware took our answer.
+//! QEMU runs under TCG (KVM guests hang here), inside the client namespace, on a tap bridged
+//! to the server's veth.
+
+use std::{
+    io::Read,
+    net::{TcpListener, UdpSocket},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use bootfabric_lab::{have_program, require, require_root, Daemon, PairLab, TempDir};
+
+const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:0"
+[dhcp]
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+"#;
+
+const INVENTORY: &str = r#"
+[profiles.installer]
+[[hosts]]
+name = "vm01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.11"
+profile = "installer"
+"#;
+
+/// Firmware under TCG is slow; this bounds the wait, it does not time anything.
+const BOOT_BOUND: Duration = Duration::from_secs(240);
+
+struct Qemu(Child);
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A lab whose client namespace holds a bridge joining the server link and a tap for QEMU.
+fn lab() -> PairLab {
+    let lab = PairLab::unaddressed_client("up0").expect("lab");
+    for args in [
+        &["tuntap", "add", "tap0", "mode", "tap"][..],
+        &["link", "add", "br0", "type", "bridge"],
+        &["link", "set", "up0", "master", "br0"],
+        &["link", "set", "tap0", "master", "br0"],
+        &["link", "set", "tap0", "up"],
+        &["link", "set", "br0", "up"],
+    ] {
+        lab.client.ip(args).expect("client bridge");
+    }
+    lab
+}
+
+fn qemu(lab: &PairLab, extra: &[&str], log: &std::path::Path) -> Qemu {
+    let out = std::fs::File::create(log).expect("qemu log");
+    Qemu(
+        lab.client
+            .command("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("qemu"),
+    )
+}
+
+#[test]
+fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
+    let t = "qemu_ipxe_rom_is_sent_to_the_ipxe_script_url";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let lab = lab();
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    // Stand-in HTTP server: records the request line of the first connection.
+    let listener = lab
+        .server
+        .run(|| TcpListener::bind("10.77.0.1:80"))
+        .expect("server namespace")
+        .expect("bind :80");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let dir = TempDir::new().expect("dir");
+    let log = dir.path.join("qemu.log");
+    let _vm = qemu(
+        &lab,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
+            "-boot",
+            "n",
+        ],
+        &log,
+    );
+    let deadline = Instant::now() + BOOT_BOUND;
+    let request = loop {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap_or(0);
+                break String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!(
+                "iPXE never fetched its script ({e}).\nqemu:\n{}\ndaemon:\n{}\nleases:\n{:?}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                daemon.log(),
+                daemon.cli(&["leases"])
+            ),
+        }
+    };
+    assert!(request.starts_with("GET /boot.ipxe "), "{request}");
+    // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK).
+    let leases = daemon.cli(&["leases"]).expect("leases");
+    assert!(
+        leases.contains("10.77.0.11") && leases.contains("52:54:00:b0:0f:01"),
+        "{leases}"
+    );
+}
+
+#[test]
+fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
+    let t = "ovmf_uefi_pxe_is_sent_the_x64_bootloader";
+    let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            std::path::Path::new(code).exists(),
+            t,
+            "OVMF is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let lab = lab();
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    // Stand-in TFTP server: records the first read request.
+    let tftp = lab
+        .server
+        .run(|| UdpSocket::bind("10.77.0.1:69"))
+        .expect("server namespace")
+        .expect("bind :69");
+    tftp.set_read_timeout(Some(BOOT_BOUND)).expect("timeout");
+    let dir = TempDir::new().expect("dir");
+    let vars_copy = dir.path.join("vars.fd");
+    std::fs::copy(vars, &vars_copy).expect("vars");
+    let log = dir.path.join("qemu.log");
+    let pflash_code = format!("if=pflash,format=raw,unit=0,readonly=on,file={code}");
+    let pflash_vars = format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display());
+    // romfile= (empty) keeps iPXE's ROM away, so OVMF's own PXE client does the boot.
+    let _vm = qemu(
+        &lab,
+        &[
+            "-drive",
+            &pflash_code,
+            "-drive",
+            &pflash_vars,
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01,romfile=",
+        ],
+        &log,
+    );
+    let mut buf = [0u8; 1500];
+    let (n, _) = tftp.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "OVMF never asked for its bootloader ({e}).\nqemu:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    let rrq = &buf[..n];
+    assert_eq!(&rrq[..2], &[0, 1], "not an RRQ: {rrq:?}");
+    let file = rrq[2..].split(|b| *b == 0).next().unwrap_or_default();
+    assert_eq!(file, b"ipxe.efi", "{:?}", String::from_utf8_lossy(rrq));
+}
