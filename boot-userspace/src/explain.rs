@@ -136,6 +136,8 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
     let ingress = Ingress {
         iface: &iface,
         server_ip,
+        port: dhcp::server::SERVER_PORT,
+        peer: std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::server::CLIENT_PORT),
     };
     match server.subnet_for(&msg, &ingress) {
         Some(i) => println!(

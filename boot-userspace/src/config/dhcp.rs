@@ -145,9 +145,21 @@ pub struct SubnetConfig {
     pub options: OptionSet,
 }
 
+/// What the DHCP service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhcpMode {
+    /// A full server: addresses, options and boot information.
+    Server,
+    /// proxyDHCP (PXE spec): boot information only, to PXE, iPXE and HTTP-boot clients, on
+    /// ports 67 and 4011, for networks whose addresses another DHCP server hands out.
+    Proxy,
+}
+
 /// The validated `[dhcp]` section.
 #[derive(Clone, Debug)]
 pub struct DhcpConfig {
+    /// Server or proxyDHCP.
+    pub mode: DhcpMode,
     /// NAK requests for unknown addresses on our subnets.
     pub authoritative: bool,
     /// Packets per second per client before dropping.
@@ -218,6 +230,16 @@ impl DhcpConfig {
                 options: OptionSet::from_wire(&s.options, &format!("dhcp.subnets[{i}].options"))?,
             });
         }
+        let mode = match w.mode.as_deref().unwrap_or("server") {
+            "server" => DhcpMode::Server,
+            "proxy" => DhcpMode::Proxy,
+            other => {
+                return Err((
+                    "dhcp.mode".to_owned(),
+                    format!("{other:?} is not \"server\" or \"proxy\""),
+                ))
+            }
+        };
         let rate_limit = w.rate_limit.unwrap_or(20);
         if rate_limit == 0 {
             return Err((
@@ -226,6 +248,7 @@ impl DhcpConfig {
             ));
         }
         Ok(Self {
+            mode,
             authoritative: w.authoritative.unwrap_or(true),
             rate_limit,
             options,

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 
 use crate::inventory::{Inventory, InventoryError};
 
-pub use dhcp::{AddrRange, BootSettings, DhcpConfig, OptionSet, SubnetConfig};
+pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
 
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
@@ -251,7 +251,7 @@ impl Config {
                         }
                     }
                 }
-                if d.subnets.is_empty() {
+                if d.subnets.is_empty() && d.mode == DhcpMode::Server {
                     return Err(invalid(
                         "dhcp.subnets",
                         "[dhcp] has no [[dhcp.subnets]]".to_owned(),

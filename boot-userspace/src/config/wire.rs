@@ -44,6 +44,8 @@ pub struct Dhcp {
     pub authoritative: Option<bool>,
     /// Packets per second one client (MAC) may send before its packets are dropped.
     pub rate_limit: Option<u32>,
+    /// `server` (addresses and boot) or `proxy` (boot information only, ports 67 and 4011).
+    pub mode: Option<String>,
     /// `[dhcp.options]`: options for every subnet.
     #[serde(default)]
     pub options: DhcpOptions,

@@ -34,13 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, DhcpMode},
     inventory::Mac,
     ledger::{Ledger, Phase},
 };
 use journal::{Committer, Journal, LeaseRecord, LeaseState};
 use ratelimit::RateLimiter;
-use server::{Handled, Ingress, Server, SERVER_PORT};
+use server::{Handled, Ingress, Server, PXE_PORT, SERVER_PORT};
 use table::LeaseTable;
 use wire::DropReason;
 
@@ -205,7 +205,8 @@ fn reply_label(t: MessageType) -> &'static str {
 
 /// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
 pub struct DhcpService {
-    sockets: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
+    /// (interface, its address, local port, socket).
+    sockets: Vec<(String, Ipv4Addr, u16, Arc<UdpSocket>)>,
     server: Arc<Mutex<Server>>,
     committer: Committer,
     limiter: Arc<Mutex<RateLimiter>>,
@@ -247,12 +248,18 @@ impl DhcpService {
             let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {
                 iface: iface.clone(),
             })?;
-            let sock = bind_socket(iface, SERVER_PORT).map_err(|source| DhcpError::Socket {
-                iface: iface.clone(),
-                source,
-            })?;
-            info!(%iface, server_id = %ip, "DHCP server listening on {iface}:{SERVER_PORT}");
-            sockets.push((iface.clone(), ip, Arc::new(sock)));
+            let ports: &[u16] = match dhcp.mode {
+                DhcpMode::Server => &[SERVER_PORT],
+                DhcpMode::Proxy => &[SERVER_PORT, PXE_PORT],
+            };
+            for &port in ports {
+                let sock = bind_socket(iface, port).map_err(|source| DhcpError::Socket {
+                    iface: iface.clone(),
+                    source,
+                })?;
+                info!(%iface, server_id = %ip, mode = ?dhcp.mode, "DHCP server listening on {iface}:{port}");
+                sockets.push((iface.clone(), ip, port, Arc::new(sock)));
+            }
         }
         let subnets = dhcp.subnets.iter().map(|s| s.net.to_string()).collect();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(dhcp.rate_limit)));
@@ -297,10 +304,10 @@ impl DhcpService {
     pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
-        for (iface, ip, sock) in this.sockets.clone() {
+        for (iface, ip, port, sock) in this.sockets.clone() {
             let this = Arc::clone(&this);
             let cancel = cancel.clone();
-            tasks.spawn(async move { this.receive_loop(iface, ip, sock, cancel).await });
+            tasks.spawn(async move { this.receive_loop(iface, ip, port, sock, cancel).await });
         }
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
@@ -324,6 +331,7 @@ impl DhcpService {
         self: Arc<Self>,
         iface: String,
         server_ip: Ipv4Addr,
+        port: u16,
         sock: Arc<UdpSocket>,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
@@ -364,9 +372,15 @@ impl DhcpService {
             }
             let kind = type_label(msg.opts().msg_type());
             let t0 = Instant::now();
+            let peer = match peer {
+                SocketAddr::V4(v4) => v4,
+                SocketAddr::V6(_) => continue,
+            };
             let ingress = Ingress {
                 iface: &iface,
                 server_ip,
+                port,
+                peer,
             };
             let (handled, subnet) = {
                 let Ok(mut server) = self.server.lock() else {

@@ -105,6 +105,14 @@ impl ClientFacts {
         }
     }
 
+    /// Whether the request comes from boot firmware (PXE, iPXE or UEFI HTTP boot) rather
+    /// than an operating system's DHCP client.
+    pub fn is_booting_firmware(&self) -> bool {
+        self.is_ipxe()
+            || self.vendor_starts_with(b"PXEClient")
+            || self.vendor_starts_with(b"HTTPClient")
+    }
+
     fn vendor_starts_with(&self, prefix: &[u8]) -> bool {
         self.vendor_class
             .as_deref()

@@ -12,7 +12,7 @@ use super::{
     table::{LeaseTable, OFFER_HOLD_SECS},
     wire::DropReason,
 };
-use crate::config::{dhcp::DEFAULT_LEASE_TIME, BootSettings, DhcpConfig, OptionSet};
+use crate::config::{dhcp::DEFAULT_LEASE_TIME, BootSettings, DhcpConfig, DhcpMode, OptionSet};
 use crate::inventory::{Host, Inventory, Mac};
 
 /// DHCP client and server ports.
@@ -27,7 +27,14 @@ pub struct Ingress<'a> {
     pub iface: &'a str,
     /// The server's address on that interface (server identifier).
     pub server_ip: Ipv4Addr,
+    /// Local port it arrived on (67, or 4011 for proxyDHCP boot-server requests).
+    pub port: u16,
+    /// Its source address.
+    pub peer: SocketAddrV4,
 }
+
+/// The PXE boot-server port proxyDHCP also answers on.
+pub const PXE_PORT: u16 = 4011;
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -128,6 +135,9 @@ impl Server {
         let Some(kind) = msg.opts().msg_type() else {
             return Handled::Drop(DropReason::NoMessageType);
         };
+        if self.dhcp.mode == DhcpMode::Proxy {
+            return self.proxy(msg, kind, ingress);
+        }
         let Some(subnet) = self.subnet_for(msg, ingress) else {
             return Handled::Drop(DropReason::NoSubnet);
         };
@@ -139,6 +149,37 @@ impl Server {
             MessageType::Inform => self.inform(msg, ingress, subnet),
             _ => Handled::Drop(DropReason::UnexpectedType),
         }
+    }
+
+    /// proxyDHCP: boot information without an address, to booting firmware only. DISCOVERs
+    /// on port 67 get an OFFER; REQUESTs to port 4011 get an ACK back to their source.
+    fn proxy(&mut self, msg: &Message, kind: MessageType, ingress: &Ingress<'_>) -> Handled {
+        let facts = ClientFacts::from_message(msg);
+        if !facts.is_booting_firmware() {
+            return Handled::Silent("proxyDHCP answers PXE, iPXE and HTTP-boot clients only");
+        }
+        let rules = vec![(
+            "yiaddr".to_owned(),
+            "proxyDHCP: no address (another server hands them out)".to_owned(),
+        )];
+        let (reply_kind, dest) = match (kind, ingress.port) {
+            (MessageType::Discover, SERVER_PORT) => (MessageType::Offer, None),
+            (MessageType::Request | MessageType::Inform, PXE_PORT) => {
+                // RFC 2131 §4.1: a client that sets the broadcast bit cannot take unicast.
+                let to = if msg.flags().broadcast() {
+                    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+                } else {
+                    ingress.peer
+                };
+                (MessageType::Ack, Some(to))
+            }
+            _ => return Handled::Silent("proxyDHCP ignores this message on this port"),
+        };
+        let mut reply = self.build_boot_only(msg, ingress, reply_kind, rules);
+        if let Some(d) = dest {
+            reply.dest = d;
+        }
+        Handled::Reply(Box::new(reply))
     }
 
     fn discover(
@@ -339,6 +380,92 @@ impl Server {
         )))
     }
 
+    /// Decides the boot part for `req` and writes it into `m` (siaddr, file, options 43,
+    /// 60, 66, 67, 97).
+    fn boot_fields(
+        &self,
+        req: &Message,
+        mac: Mac,
+        server_ip: Ipv4Addr,
+        m: &mut Message,
+    ) -> BootDecision {
+        let host = self.inventory.host_by_mac(&mac);
+        let profile = host.and_then(|h| self.inventory.profile(&h.profile));
+        let boot = policy::decide(
+            &ClientFacts::from_message(req),
+            profile,
+            &self.boot,
+            server_ip,
+        );
+        if let Some(siaddr) = boot.siaddr {
+            m.set_siaddr(siaddr);
+        }
+        let opts = m.opts_mut();
+        if let Some(file) = &boot.file {
+            opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        }
+        if let Some(tftp) = &boot.tftp_server {
+            opts.insert(DhcpOption::TFTPServerName(tftp.as_bytes().to_vec()));
+        }
+        if let Some(vc) = &boot.vendor_class {
+            opts.insert(DhcpOption::ClassIdentifier(vc.clone()));
+        }
+        if let Some(vo) = &boot.vendor_options {
+            opts.insert(DhcpOption::VendorExtensions(vo.clone()));
+        }
+        if let Some(uuid) = &boot.uuid {
+            opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
+        }
+        if let Some(file) = boot.file.as_ref().filter(|f| f.len() < 128) {
+            m.set_fname_str(file);
+        }
+        boot
+    }
+
+    /// A proxyDHCP reply: boot fields only, no address, no lease, no network options.
+    fn build_boot_only(
+        &self,
+        req: &Message,
+        ingress: &Ingress<'_>,
+        kind: MessageType,
+        mut rules: Vec<(String, String)>,
+    ) -> Reply {
+        let mac = mac_of(req);
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootReply)
+            .set_xid(req.xid())
+            .set_flags(req.flags())
+            .set_giaddr(req.giaddr())
+            .set_ciaddr(req.ciaddr())
+            .set_chaddr(&req.chaddr()[..6]);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(ingress.server_ip));
+        let boot = self.boot_fields(req, mac, ingress.server_ip, &mut m);
+        // PXE spec: firmware recognises a proxy offer by option 60 = PXEClient.
+        if boot.vendor_class.is_none() {
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            rules.push((
+                "option 60".to_owned(),
+                "PXEClient marks a proxyDHCP offer (PXE spec)".to_owned(),
+            ));
+        }
+        let dest = if !req.giaddr().is_unspecified() {
+            SocketAddrV4::new(req.giaddr(), SERVER_PORT)
+        } else {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+        };
+        Reply {
+            msg: m,
+            kind,
+            dest,
+            commit: None,
+            boot,
+            rules,
+        }
+    }
+
     /// Host over subnet over global options.
     fn options_for(&self, mac: Mac, subnet: usize) -> OptionSet {
         let host = self
@@ -419,35 +546,7 @@ impl Server {
                 opts.insert(DhcpOption::Hostname(h.name.clone()));
                 rules.push(("option 12".to_owned(), format!("inventory host {}", h.name)));
             }
-            let profile = host.and_then(|h| self.inventory.profile(&h.profile));
-            boot = policy::decide(
-                &ClientFacts::from_message(req),
-                profile,
-                &self.boot,
-                ingress.server_ip,
-            );
-            if let Some(siaddr) = boot.siaddr {
-                m.set_siaddr(siaddr);
-            }
-            let opts = m.opts_mut();
-            if let Some(file) = &boot.file {
-                opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
-            }
-            if let Some(tftp) = &boot.tftp_server {
-                opts.insert(DhcpOption::TFTPServerName(tftp.as_bytes().to_vec()));
-            }
-            if let Some(vc) = &boot.vendor_class {
-                opts.insert(DhcpOption::ClassIdentifier(vc.clone()));
-            }
-            if let Some(vo) = &boot.vendor_options {
-                opts.insert(DhcpOption::VendorExtensions(vo.clone()));
-            }
-            if let Some(uuid) = &boot.uuid {
-                opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
-            }
-            if let Some(file) = boot.file.as_ref().filter(|f| f.len() < 128) {
-                m.set_fname_str(file);
-            }
+            boot = self.boot_fields(req, mac, ingress.server_ip, &mut m);
         } else {
             opts.insert(DhcpOption::Message(
                 "requested address not available".to_owned(),
@@ -512,6 +611,7 @@ mod tests {
             },
         ];
         let dhcp = DhcpConfig {
+            mode: DhcpMode::Server,
             authoritative,
             rate_limit: 10,
             options: OptionSet {
@@ -539,6 +639,8 @@ mod tests {
         Ingress {
             iface: "fabric0",
             server_ip: SERVER_IP,
+            port: SERVER_PORT,
+            peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT),
         }
     }
 
@@ -807,6 +909,65 @@ mod tests {
         assert_eq!(
             offer.msg.opts().get(OptionCode::BootfileName),
             Some(&DhcpOption::BootfileName(b"ipxe.efi".to_vec()))
+        );
+        assert_eq!(
+            offer.msg.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+    }
+
+    #[test]
+    fn proxy_mode_answers_firmware_only_without_an_address() {
+        let mut s = server(true);
+        s.dhcp.mode = DhcpMode::Proxy;
+        let pxe = |kind| {
+            let mut m = msg(1, kind);
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00000".to_vec(),
+            ));
+            m
+        };
+        let offer = reply(s.handle(&pxe(MessageType::Discover), &ingress(), 0));
+        assert_eq!(offer.kind, MessageType::Offer);
+        assert_eq!(offer.msg.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            offer.msg.fname_str().and_then(Result::ok),
+            Some("undionly.kpxe")
+        );
+        assert!(offer.msg.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert!(offer.msg.opts().get(OptionCode::SubnetMask).is_none());
+        assert_eq!(
+            offer.msg.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert!(offer.commit.is_none());
+        // Plain clients are left to the network's address server.
+        assert!(matches!(
+            s.handle(&msg(2, MessageType::Discover), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        // REQUEST to the boot-server port gets an ACK back to its source.
+        let peer = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 68);
+        let at_4011 = Ingress {
+            port: PXE_PORT,
+            peer,
+            ..ingress()
+        };
+        let ack = reply(s.handle(&pxe(MessageType::Request), &at_4011, 0));
+        assert_eq!((ack.kind, ack.dest), (MessageType::Ack, peer));
+        // ... but a REQUEST on port 67 belongs to the address server.
+        assert!(matches!(
+            s.handle(&pxe(MessageType::Request), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        // iPXE in proxy mode still gets the script URL, marked as a proxy offer.
+        let mut ipxe = msg(3, MessageType::Discover);
+        ipxe.opts_mut()
+            .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let offer = reply(s.handle(&ipxe, &ingress(), 0));
+        assert_eq!(
+            offer.msg.fname_str().and_then(Result::ok),
+            Some("http://10.0.0.1/boot.ipxe")
         );
         assert_eq!(
             offer.msg.opts().get(OptionCode::ClassIdentifier),
