@@ -252,6 +252,11 @@ impl Bridge {
         Ok(Bridge { ns, ports: 0 })
     }
 
+    /// The switch's own namespace (to put a tap for a VM on the bridge).
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
     /// Plugs `ns` in through a veth whose end in `ns` is `ifname` with `addr` (may be empty).
     pub fn plug(&mut self, ns: &Netns, ifname: &str, addr: &str) -> Result<(), LabError> {
         let port = format!("p{}", self.ports);

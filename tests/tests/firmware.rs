@@ -212,3 +212,125 @@ fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
     let file = rrq[2..].split(|b| *b == 0).next().unwrap_or_default();
     assert_eq!(file, b"ipxe.efi", "{:?}", String::from_utf8_lossy(rrq));
 }
+
+#[test]
+fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
+    let t = "proxy_dhcp_boots_ipxe_next_to_dnsmasq";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            have_program("dnsmasq"),
+            t,
+            "dnsmasq is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    // One segment: our proxy (10.77.0.1), dnsmasq handing out addresses (10.77.0.2), and a
+    // VM on a tap, all on one bridge.
+    let mut switch = bootfabric_lab::Bridge::new().expect("bridge");
+    let server = bootfabric_lab::Netns::new("srv").expect("server");
+    let dhcp = bootfabric_lab::Netns::new("dns").expect("dnsmasq");
+    switch
+        .plug(&server, "fabric0", "10.77.0.1/24")
+        .expect("plug server");
+    switch
+        .plug(&dhcp, "eth0", "10.77.0.2/24")
+        .expect("plug dnsmasq");
+    for args in [
+        &["tuntap", "add", "tap0", "mode", "tap"][..],
+        &["link", "set", "tap0", "master", "br0"],
+        &["link", "set", "tap0", "up"],
+    ] {
+        switch.ns().ip(args).expect("tap");
+    }
+    let dir = TempDir::new().expect("dir");
+    let _dnsmasq = Qemu(
+        dhcp.command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--port=0",
+                "--conf-file=/dev/null",
+                "--interface=eth0",
+            ])
+            .args([
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h",
+            ])
+            .args(["--dhcp-authoritative", "--no-ping"])
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path.join("leases").display()
+            ))
+            .arg(format!("--pid-file={}", dir.path.join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq"),
+    );
+    let config = "[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nstate_dir = \"state\"\n[dhcp]\nmode = \"proxy\"\n";
+    let daemon = Daemon::start(&server, config, &[]).expect("daemon");
+    let listener = server
+        .run(|| TcpListener::bind("10.77.0.1:80"))
+        .expect("server namespace")
+        .expect("bind :80");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let log = dir.path.join("qemu.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let _vm = Qemu(
+        switch
+            .ns()
+            .command("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .args([
+                "-device",
+                "virtio-net-pci,netdev=n0,mac=52:54:00:c0:ff:01",
+                "-boot",
+                "n",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("qemu"),
+    );
+    let deadline = Instant::now() + BOOT_BOUND;
+    let (request, peer) = loop {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap_or(0);
+                break (String::from_utf8_lossy(&buf[..n]).into_owned(), peer);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!(
+                "iPXE never fetched the script from the proxy's answer ({e}).\nqemu:\n{}\ndaemon:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                daemon.log()
+            ),
+        }
+    };
+    assert!(request.starts_with("GET /boot.ipxe "), "{request}");
+    // The VM's address came from dnsmasq's range, not from us.
+    let leases = std::fs::read_to_string(dir.path.join("leases")).unwrap_or_default();
+    assert!(
+        leases.contains("52:54:00:c0:ff:01") && leases.contains(&peer.ip().to_string()),
+        "dnsmasq leases: {leases} (VM at {peer})"
+    );
+}

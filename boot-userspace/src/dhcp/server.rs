@@ -442,6 +442,15 @@ impl Server {
         m.opts_mut()
             .insert(DhcpOption::ServerIdentifier(ingress.server_ip));
         let boot = self.boot_fields(req, mac, ingress.server_ip, &mut m);
+        // iPXE counts a proxy answer as carrying boot options only when both siaddr and a
+        // file name are set, even when the file is a URL; without siaddr it ignores the ACK.
+        if m.siaddr().is_unspecified() && boot.file.is_some() {
+            m.set_siaddr(self.boot.next_server.unwrap_or(ingress.server_ip));
+            rules.push((
+                "siaddr".to_owned(),
+                "proxyDHCP answers always name a boot server (iPXE needs it)".to_owned(),
+            ));
+        }
         // PXE spec: firmware recognises a proxy offer by option 60 = PXEClient.
         if boot.vendor_class.is_none() {
             m.opts_mut()
@@ -968,6 +977,11 @@ mod tests {
         assert_eq!(
             offer.msg.fname_str().and_then(Result::ok),
             Some("http://10.0.0.1/boot.ipxe")
+        );
+        assert_eq!(
+            offer.msg.siaddr(),
+            SERVER_IP,
+            "iPXE ignores proxy answers without siaddr"
         );
         assert_eq!(
             offer.msg.opts().get(OptionCode::ClassIdentifier),
