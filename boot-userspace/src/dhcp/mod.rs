@@ -315,11 +315,16 @@ impl DhcpService {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => this.refresh_gauges(unix_now()),
                 Some(res) = tasks.join_next() => {
-                    // A receive loop only returns on a socket error.
-                    if let Ok(Err(e)) = res {
-                        cancel.cancel();
-                        return Err(e);
-                    }
+                    // A receive loop ends only on a socket error or a bug (a panic): either
+                    // way the service stops whole, so the supervisor can say so, rather than
+                    // one interface going deaf.
+                    let err = match res {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(join) => std::io::Error::other(format!("DHCP receive loop failed: {join}")),
+                    };
+                    cancel.cancel();
+                    return Err(err);
                 }
             }
         }
