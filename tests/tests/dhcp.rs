@@ -116,24 +116,33 @@ fn udhcpc(ns: &Netns, iface: &str, script: &std::path::Path, extra: &[&str]) -> 
     )
 }
 
-#[test]
-fn udhcpc_leases_renews_and_releases() {
-    let t = "udhcpc_leases_renews_and_releases";
-    if !require_root(t)
-        || !require(
-            have_program("udhcpc"),
-            t,
-            "udhcpc is not installed (cargo xtask setup)",
-        )
-    {
-        return;
+/// The common start of a real-client test: skips (with the reason) unless root and
+/// `program` are there, then builds a lab whose client interface `ifname` has `mac` and no
+/// address, and starts the daemon on the standard config.
+fn client_lab(t: &str, program: &str, ifname: &str, mac: &str) -> Option<(PairLab, Daemon)> {
+    let missing = format!("{program} is not installed (cargo xtask setup)");
+    if !require_root(t) || !require(have_program(program), t, &missing) {
+        return None;
     }
-    let lab = PairLab::unaddressed_client("client0").expect("lab");
+    let lab = PairLab::unaddressed_client(ifname).expect("lab");
     lab.client
-        .ip(&["link", "set", "client0", "address", "52:54:00:00:aa:01"])
+        .ip(&["link", "set", ifname, "address", mac])
         .expect("mac");
     let daemon =
         Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    Some((lab, daemon))
+}
+
+#[test]
+fn udhcpc_leases_renews_and_releases() {
+    let Some((lab, daemon)) = client_lab(
+        "udhcpc_leases_renews_and_releases",
+        "udhcpc",
+        "client0",
+        "52:54:00:00:aa:01",
+    ) else {
+        return;
+    };
     let dir = TempDir::new().expect("dir");
     let script = recorder(&dir, UDHCPC_SCRIPT);
     let child = udhcpc(&lab.client, "client0", &script, &[]);
@@ -184,22 +193,14 @@ fn udhcpc_leases_renews_and_releases() {
 
 #[test]
 fn reserved_host_gets_its_reserved_address() {
-    let t = "reserved_host_gets_its_reserved_address";
-    if !require_root(t)
-        || !require(
-            have_program("udhcpc"),
-            t,
-            "udhcpc is not installed (cargo xtask setup)",
-        )
-    {
+    let Some((lab, daemon)) = client_lab(
+        "reserved_host_gets_its_reserved_address",
+        "udhcpc",
+        "client0",
+        "52:54:00:b0:0f:01",
+    ) else {
         return;
-    }
-    let lab = PairLab::unaddressed_client("client0").expect("lab");
-    lab.client
-        .ip(&["link", "set", "client0", "address", "52:54:00:b0:0f:01"])
-        .expect("mac");
-    let daemon =
-        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    };
     let dir = TempDir::new().expect("dir");
     let script = recorder(&dir, UDHCPC_SCRIPT);
     // It asks for a pool address first: a reserved host must still end up on its reservation.
@@ -214,22 +215,14 @@ fn reserved_host_gets_its_reserved_address() {
 
 #[test]
 fn dhclient_leases_reboots_into_the_same_address_and_releases() {
-    let t = "dhclient_leases_reboots_into_the_same_address_and_releases";
-    if !require_root(t)
-        || !require(
-            have_program("dhclient"),
-            t,
-            "dhclient is not installed (cargo xtask setup)",
-        )
-    {
+    let Some((lab, daemon)) = client_lab(
+        "dhclient_leases_reboots_into_the_same_address_and_releases",
+        "dhclient",
+        "dhc0",
+        "52:54:00:00:bb:01",
+    ) else {
         return;
-    }
-    let lab = PairLab::unaddressed_client("dhc0").expect("lab");
-    lab.client
-        .ip(&["link", "set", "dhc0", "address", "52:54:00:00:bb:01"])
-        .expect("mac");
-    let daemon =
-        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    };
     let dir = TempDir::new().expect("dir");
     let script = recorder(
         &dir,
@@ -289,24 +282,16 @@ case "$reason" in BOUND|RENEW|REBIND|REBOOT) ip addr replace "$new_ip_address/24
 
 #[test]
 fn dhcpcd_gets_an_address_and_options() {
-    let t = "dhcpcd_gets_an_address_and_options";
-    if !require_root(t)
-        || !require(
-            have_program("dhcpcd"),
-            t,
-            "dhcpcd is not installed (cargo xtask setup)",
-        )
-    {
-        return;
-    }
     // A unique interface name: dhcpcd keeps per-interface lease files under /var/lib/dhcpcd.
     let ifname = format!("dcd{}", std::process::id() % 100_000);
-    let lab = PairLab::unaddressed_client(&ifname).expect("lab");
-    lab.client
-        .ip(&["link", "set", &ifname, "address", "52:54:00:00:cc:01"])
-        .expect("mac");
-    let daemon =
-        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let Some((lab, daemon)) = client_lab(
+        "dhcpcd_gets_an_address_and_options",
+        "dhcpcd",
+        &ifname,
+        "52:54:00:00:cc:01",
+    ) else {
+        return;
+    };
     let dir = TempDir::new().expect("dir");
     let script = recorder(
         &dir,

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bootfabric_lab::{have_program, require, require_root, Daemon, PairLab, TempDir};
+use bootfabric_lab::{have_program, require, require_root, Daemon, Netns, PairLab, TempDir};
 
 const CONFIG: &str = r#"
 [daemon]
@@ -65,11 +65,11 @@ fn lab() -> PairLab {
     lab
 }
 
-fn qemu(lab: &PairLab, extra: &[&str], log: &std::path::Path) -> Qemu {
+/// Starts QEMU (TCG) in `ns` with its NIC on that namespace's `tap0`, console to `log`.
+fn qemu(ns: &Netns, extra: &[&str], log: &std::path::Path) -> Qemu {
     let out = std::fs::File::create(log).expect("qemu log");
     Qemu(
-        lab.client
-            .command("qemu-system-x86_64")
+        ns.command("qemu-system-x86_64")
             .args([
                 "-accel",
                 "tcg",
@@ -90,6 +90,40 @@ fn qemu(lab: &PairLab, extra: &[&str], log: &std::path::Path) -> Qemu {
     )
 }
 
+/// A stand-in HTTP server on 10.77.0.1:80 in `ns` that waits (bounded) for the first
+/// request and returns its head and the client's address; on timeout the test fails with
+/// the VM console and the daemon log.
+fn first_http_request(
+    ns: &Netns,
+    log: &std::path::Path,
+    daemon: &Daemon,
+) -> (String, std::net::SocketAddr) {
+    let listener = ns
+        .run(|| TcpListener::bind("10.77.0.1:80"))
+        .expect("server namespace")
+        .expect("bind :80");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + BOOT_BOUND;
+    loop {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).unwrap_or(0);
+                return (String::from_utf8_lossy(&buf[..n]).into_owned(), peer);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!(
+                "the firmware never fetched its script ({e}).\nconsole:\n{}\ndaemon:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default(),
+                daemon.log()
+            ),
+        }
+    }
+}
+
 #[test]
 fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     let t = "qemu_ipxe_rom_is_sent_to_the_ipxe_script_url";
@@ -104,17 +138,10 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     }
     let lab = lab();
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    // Stand-in HTTP server: records the request line of the first connection.
-    let listener = lab
-        .server
-        .run(|| TcpListener::bind("10.77.0.1:80"))
-        .expect("server namespace")
-        .expect("bind :80");
-    listener.set_nonblocking(true).expect("nonblocking");
     let dir = TempDir::new().expect("dir");
     let log = dir.path.join("qemu.log");
     let _vm = qemu(
-        &lab,
+        &lab.client,
         &[
             "-device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
@@ -123,26 +150,7 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
         ],
         &log,
     );
-    let deadline = Instant::now() + BOOT_BOUND;
-    let request = loop {
-        match listener.accept() {
-            Ok((mut s, _)) => {
-                s.set_nonblocking(false).expect("blocking");
-                s.set_read_timeout(Some(Duration::from_secs(10)))
-                    .expect("timeout");
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap_or(0);
-                break String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => panic!(
-                "iPXE never fetched its script ({e}).\nqemu:\n{}\ndaemon:\n{}\nleases:\n{:?}",
-                std::fs::read_to_string(&log).unwrap_or_default(),
-                daemon.log(),
-                daemon.cli(&["leases"])
-            ),
-        }
-    };
+    let (request, _) = first_http_request(&lab.server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK).
     let leases = daemon.cli(&["leases"]).expect("leases");
@@ -188,7 +196,7 @@ fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
     let pflash_vars = format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display());
     // romfile= (empty) keeps iPXE's ROM away, so OVMF's own PXE client does the boot.
     let _vm = qemu(
-        &lab,
+        &lab.client,
         &[
             "-drive",
             &pflash_code,
@@ -233,8 +241,8 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
     // One segment: our proxy (10.77.0.1), dnsmasq handing out addresses (10.77.0.2), and a
     // VM on a tap, all on one bridge.
     let mut switch = bootfabric_lab::Bridge::new().expect("bridge");
-    let server = bootfabric_lab::Netns::new("srv").expect("server");
-    let dhcp = bootfabric_lab::Netns::new("dns").expect("dnsmasq");
+    let server = Netns::new("srv").expect("server");
+    let dhcp = Netns::new("dns").expect("dnsmasq");
     switch
         .plug(&server, "fabric0", "10.77.0.1/24")
         .expect("plug server");
@@ -274,58 +282,18 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
     );
     let config = "[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nstate_dir = \"state\"\n[dhcp]\nmode = \"proxy\"\n";
     let daemon = Daemon::start(&server, config, &[]).expect("daemon");
-    let listener = server
-        .run(|| TcpListener::bind("10.77.0.1:80"))
-        .expect("server namespace")
-        .expect("bind :80");
-    listener.set_nonblocking(true).expect("nonblocking");
     let log = dir.path.join("qemu.log");
-    let out = std::fs::File::create(&log).expect("log");
-    let _vm = Qemu(
-        switch
-            .ns()
-            .command("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-            .args([
-                "-device",
-                "virtio-net-pci,netdev=n0,mac=52:54:00:c0:ff:01",
-                "-boot",
-                "n",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("qemu"),
+    let _vm = qemu(
+        switch.ns(),
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:c0:ff:01",
+            "-boot",
+            "n",
+        ],
+        &log,
     );
-    let deadline = Instant::now() + BOOT_BOUND;
-    let (request, peer) = loop {
-        match listener.accept() {
-            Ok((mut s, peer)) => {
-                s.set_nonblocking(false).expect("blocking");
-                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-                let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap_or(0);
-                break (String::from_utf8_lossy(&buf[..n]).into_owned(), peer);
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => panic!(
-                "iPXE never fetched the script from the proxy's answer ({e}).\nqemu:\n{}\ndaemon:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default(),
-                daemon.log()
-            ),
-        }
-    };
+    let (request, peer) = first_http_request(&server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // The VM's address came from dnsmasq's range, not from us.
     let leases = std::fs::read_to_string(dir.path.join("leases")).unwrap_or_default();
