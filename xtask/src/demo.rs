@@ -2,8 +2,9 @@
 //!
 //! Builds the fabric, creates a lab network (a server namespace and a client namespace joined
 //! by a veth pair, nothing on the host's interfaces), runs the daemon on
-//! `deploy/examples/bootfabric.toml` in the server namespace, plays a client that sends the
-//! first packets of a PXE boot, and shows what the fabric saw in its metrics.
+//! `deploy/examples/bootfabric.toml` in the server namespace, lets a real DHCP client
+//! (BusyBox udhcpc) with a reserved host's MAC get its address, plays the first packets of a
+//! PXE boot, and shows what the fabric decided and saw: `explain`, `leases` and metrics.
 
 use std::net::UdpSocket;
 
@@ -18,19 +19,24 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("the demo creates network namespaces and attaches XDP: run it as root");
     }
+    crate::setup::run()?;
     let built = build::run(false)?;
     std::env::set_var("BOOTFABRIC_BIN", &built.daemon);
 
     let examples = root().join("deploy/examples");
     let config = std::fs::read_to_string(examples.join("bootfabric.toml"))
-        .context("reading deploy/examples/bootfabric.toml")?;
+        .context("reading deploy/examples/bootfabric.toml")?
+        // Leases go to the lab's own folder, not the host's /var/lib/bootfabric.
+        .replacen("[daemon]\n", "[daemon]\nstate_dir = \"state\"\n", 1);
     let hosts = std::fs::read_to_string(examples.join("hosts.toml"))
         .context("reading deploy/examples/hosts.toml")?;
 
-    println!(
-        "\n==> lab: namespaces joined by a veth pair (fabric0 10.77.0.1 <-> client0 10.77.0.2)"
-    );
-    let lab = PairLab::new().map_err(|e| anyhow!(e))?;
+    println!("\n==> lab: namespaces joined by a veth pair (fabric0 10.77.0.1 <-> client0, no address yet)");
+    let lab = PairLab::unaddressed_client("client0").map_err(|e| anyhow!(e))?;
+    // The MAC of rack1-node01 in deploy/examples/hosts.toml: it has a reservation.
+    lab.client
+        .ip(&["link", "set", "client0", "address", "52:54:00:b0:0f:01"])
+        .map_err(|e| anyhow!(e))?;
     println!("    server namespace: {}", lab.server.name());
     println!("    client namespace: {}", lab.client.name());
 
@@ -43,25 +49,64 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         println!("    {line}");
     }
 
-    println!("\n==> a client in the client namespace sends what a PXE ROM sends first");
+    println!("\n==> a real DHCP client (udhcpc -i client0) asks for an address");
+    let out = bootfabric_lab::run(
+        lab.client
+            .command("udhcpc")
+            .args(["-q", "-n", "-f", "-i", "client0", "-t", "5", "-T", "2"])
+            .args(["-s", "/bin/true", "-V", "PXEClient:Arch:00000"]),
+    )
+    .map_err(|e| anyhow!(e))?;
+    for line in out.lines() {
+        println!("    {line}");
+    }
+    println!("\n==> bootfabric leases");
+    let leases = daemon.cli(&["leases"]).map_err(|e| anyhow!(e))?;
+    for line in leases.lines() {
+        println!("    {line}");
+    }
+    // udhcpc ran with a no-op script: give the interface the address it was acknowledged.
+    let ip = leases
+        .lines()
+        .find(|l| l.contains("52:54:00:b0:0f:01"))
+        .and_then(|l| l.split_whitespace().next())
+        .context("the reserved host holds no lease")?
+        .to_owned();
     lab.client
-        .run(|| -> std::io::Result<()> {
-            let dhcp = UdpSocket::bind("0.0.0.0:68")?;
-            dhcp.set_broadcast(true)?;
-            dhcp.send_to(
-                &packets::dhcp_discover(1, [0x52, 0x54, 0x00, 0xb0, 0x0f, 0x01]),
-                "255.255.255.255:67",
-            )?;
-            let tftp = UdpSocket::bind("10.77.0.2:0")?;
+        .ip(&["addr", "add", &format!("{ip}/24"), "dev", "client0"])
+        .map_err(|e| anyhow!(e))?;
+
+    println!(
+        "\n==> bootfabric explain --mac 52:54:00:b0:0f:01 --arch 7 (a UEFI PXE ROM on that host)"
+    );
+    let explain = daemon
+        .cli(&[
+            "explain",
+            "--mac",
+            "52:54:00:b0:0f:01",
+            "--arch",
+            "7",
+            "--server-ip",
+            "10.77.0.1",
+        ])
+        .map_err(|e| anyhow!(e))?;
+    for line in explain.lines() {
+        println!("    {line}");
+    }
+
+    println!("\n==> the client sends the next packets of a PXE boot");
+    let src = format!("{ip}:0");
+    lab.client
+        .run(move || -> std::io::Result<()> {
+            let tftp = UdpSocket::bind(&src)?;
             tftp.send_to(&packets::tftp_rrq("ipxe.efi"), "10.77.0.1:69")?;
             tftp.send_to(&packets::tftp_ack(1), "10.77.0.1:50000")?;
             Ok(())
         })
         .map_err(|e| anyhow!(e))?
         .context("sending client packets")?;
-    println!("    DHCPDISCOVER (52:54:00:b0:0f:01) -> 255.255.255.255:67");
-    println!("    TFTP RRQ ipxe.efi                -> 10.77.0.1:69");
-    println!("    TFTP ACK                         -> 10.77.0.1:50000");
+    println!("    TFTP RRQ ipxe.efi -> 10.77.0.1:69");
+    println!("    TFTP ACK          -> 10.77.0.1:50000");
 
     println!(
         "\n==> what the fabric saw: GET http://{}/metrics (in the server namespace)",
@@ -71,6 +116,8 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     for line in metrics.lines().filter(|l| {
         !l.starts_with('#')
             && (l.starts_with("bootfabric_xdp_packets_total")
+                || l.starts_with("bootfabric_dhcp_packets_total")
+                || l.starts_with("bootfabric_dhcp_leases_active")
                 || l.starts_with("bootfabric_xdp_attach_mode")
                 || l.starts_with("bootfabric_service_up")
                 || l.starts_with("bootfabric_build_info"))

@@ -392,7 +392,16 @@ impl DhcpService {
                     return Err(std::io::Error::other("DHCP state lock poisoned"));
                 };
                 let subnet = server.subnet_for(&msg, &ingress);
-                (server.handle(&msg, &ingress, unix_now()), subnet)
+                let handled = server.handle(&msg, &ingress, unix_now());
+                // O(1): keep the gauge exact without waiting for the periodic sweep.
+                if let Some((i, name)) = subnet.and_then(|i| Some((i, self.subnets.get(i)?))) {
+                    let (used, _) = server.table.utilization(i);
+                    self.metrics
+                        .leases
+                        .with_label_values(&[name.as_str()])
+                        .set(used as i64);
+                }
+                (handled, subnet)
             };
             self.metrics.decision.observe(t0.elapsed().as_secs_f64());
             match handled {
