@@ -27,6 +27,11 @@ profile = "installer"
 "#;
 
 fn config(extra: &str) -> String {
+    config_with_lease(600, extra)
+}
+
+/// The standard lab config with a given lease time (short leases make clients renew soon).
+fn config_with_lease(lease: u32, extra: &str) -> String {
     format!(
         r#"
 [daemon]
@@ -41,7 +46,7 @@ rate_limit = 1000
 [dhcp.options]
 dns = ["10.77.0.53"]
 domain = "rack1.example"
-lease_time = 600
+lease_time = {lease}
 [[dhcp.subnets]]
 cidr = "10.77.0.0/24"
 interface = "fabric0"
@@ -120,6 +125,17 @@ fn udhcpc(ns: &Netns, iface: &str, script: &std::path::Path, extra: &[&str]) -> 
 /// `program` are there, then builds a lab whose client interface `ifname` has `mac` and no
 /// address, and starts the daemon on the standard config.
 fn client_lab(t: &str, program: &str, ifname: &str, mac: &str) -> Option<(PairLab, Daemon)> {
+    client_lab_with(t, program, ifname, mac, &config(""))
+}
+
+/// [`client_lab`] with a config of the test's own.
+fn client_lab_with(
+    t: &str,
+    program: &str,
+    ifname: &str,
+    mac: &str,
+    config: &str,
+) -> Option<(PairLab, Daemon)> {
     let missing = format!("{program} is not installed (cargo xtask setup)");
     if !require_root(t) || !require(have_program(program), t, &missing) {
         return None;
@@ -128,8 +144,7 @@ fn client_lab(t: &str, program: &str, ifname: &str, mac: &str) -> Option<(PairLa
     lab.client
         .ip(&["link", "set", ifname, "address", mac])
         .expect("mac");
-    let daemon =
-        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let daemon = Daemon::start(&lab.server, config, &[("hosts.toml", INVENTORY)]).expect("daemon");
     Some((lab, daemon))
 }
 
@@ -214,12 +229,14 @@ fn reserved_host_gets_its_reserved_address() {
 }
 
 #[test]
-fn dhclient_leases_reboots_into_the_same_address_and_releases() {
-    let Some((lab, daemon)) = client_lab(
-        "dhclient_leases_reboots_into_the_same_address_and_releases",
+fn dhclient_leases_renews_reboots_into_the_same_address_and_releases() {
+    // A 60 s lease: dhclient renews at T1 = 30 s on its own.
+    let Some((lab, daemon)) = client_lab_with(
+        "dhclient_leases_renews_reboots_into_the_same_address_and_releases",
         "dhclient",
         "dhc0",
         "52:54:00:00:bb:01",
+        &config_with_lease(60, ""),
     ) else {
         return;
     };
@@ -253,7 +270,24 @@ case "$reason" in BOUND|RENEW|REBIND|REBOOT) ip addr replace "$new_ip_address/24
     assert!(
         ev.contains("dns=10.77.0.53")
             && ev.contains("domain=rack1.example")
-            && ev.contains("lease=600"),
+            && ev.contains("lease=60"),
+        "{ev}"
+    );
+    // RENEWING at T1: a unicast REQUEST from the bound address, ACKed with the same one.
+    let ev = wait_for(Duration::from_secs(90), || {
+        let e = events(&dir);
+        e.lines().any(|l| l.starts_with("RENEW")).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "dhclient never renewed:\n{}\n{}",
+            events(&dir),
+            daemon.log()
+        )
+    });
+    assert!(
+        ev.lines()
+            .any(|l| l.starts_with("RENEW") && l.contains("ip=10.77.0.100 ")),
         "{ev}"
     );
 
@@ -281,11 +315,11 @@ case "$reason" in BOUND|RENEW|REBIND|REBOOT) ip addr replace "$new_ip_address/24
 }
 
 #[test]
-fn dhcpcd_gets_an_address_and_options() {
+fn dhcpcd_gets_an_address_and_options_renews_and_releases() {
     // A unique interface name: dhcpcd keeps per-interface lease files under /var/lib/dhcpcd.
     let ifname = format!("dcd{}", std::process::id() % 100_000);
     let Some((lab, daemon)) = client_lab(
-        "dhcpcd_gets_an_address_and_options",
+        "dhcpcd_gets_an_address_and_options_renews_and_releases",
         "dhcpcd",
         &ifname,
         "52:54:00:00:cc:01",
@@ -303,16 +337,19 @@ fn dhcpcd_gets_an_address_and_options() {
         "option domain_name_servers, domain_name, routers\nnohook resolv.conf\n",
     )
     .expect("conf");
-    let out = bootfabric_lab::run(
+    let _dhcpcd = Kill(
         lab.client
             .command("dhcpcd")
-            .args(["-4", "-1", "-B", "-t", "30", "-A", "-L", "--clientid", "-f"])
+            .args(["-4", "-B", "-t", "30", "-A", "-L", "--clientid", "-f"])
             .arg(&conf)
             .arg("-c")
             .arg(&script)
-            .arg(&ifname),
+            .arg(&ifname)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dhcpcd"),
     );
-    assert!(out.is_ok(), "dhcpcd failed: {out:?}\n{}", daemon.log());
     let ev = wait_event(&dir, "BOUND");
     assert!(
         ev.contains("ip=10.77.0.100 ") && ev.contains("mask=24"),
@@ -329,6 +366,27 @@ fn dhcpcd_gets_an_address_and_options() {
         .ip(&["-4", "addr", "show", &ifname])
         .expect("addr");
     assert!(addrs.contains("10.77.0.100/24"), "{addrs}");
+
+    // `dhcpcd -n`: renew now (through the running daemon's control socket).
+    bootfabric_lab::run(lab.client.command("dhcpcd").args(["-4", "-n"]).arg(&ifname))
+        .expect("dhcpcd -n");
+    let ev = wait_event(&dir, "RENEW");
+    assert!(
+        ev.lines()
+            .any(|l| l.starts_with("RENEW") && l.contains("ip=10.77.0.100 ")),
+        "{ev}"
+    );
+    // `dhcpcd -k`: release; the server frees the lease.
+    bootfabric_lab::run(lab.client.command("dhcpcd").args(["-4", "-k"]).arg(&ifname))
+        .expect("dhcpcd -k");
+    let freed = wait_for(WAIT, || {
+        (!lease_lines(&daemon).contains("52:54:00:00:cc:01")).then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "lease still listed after release:\n{}",
+        lease_lines(&daemon)
+    );
 }
 
 #[test]
