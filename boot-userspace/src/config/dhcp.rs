@@ -164,6 +164,8 @@ pub struct DhcpConfig {
     pub authoritative: bool,
     /// Packets per second per client before dropping.
     pub rate_limit: u32,
+    /// Group-commit window of the lease journal, milliseconds.
+    pub commit_delay_ms: u32,
     /// Global options.
     pub options: OptionSet,
     /// Subnets, in config order.
@@ -247,8 +249,16 @@ impl DhcpConfig {
                 "must be at least 1".to_owned(),
             ));
         }
+        let commit_delay_ms = w.commit_delay_ms.unwrap_or(5);
+        if commit_delay_ms > 1000 {
+            return Err((
+                "dhcp.commit_delay_ms".to_owned(),
+                format!("{commit_delay_ms} ms would hold every ACK past a second"),
+            ));
+        }
         Ok(Self {
             mode,
+            commit_delay_ms,
             authoritative: w.authoritative.unwrap_or(true),
             rate_limit,
             options,

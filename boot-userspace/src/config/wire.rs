@@ -46,6 +46,8 @@ pub struct Dhcp {
     pub rate_limit: Option<u32>,
     /// `server` (addresses and boot) or `proxy` (boot information only, ports 67 and 4011).
     pub mode: Option<String>,
+    /// Milliseconds the lease journal gathers ACKs before one fdatasync covers them all.
+    pub commit_delay_ms: Option<u32>,
     /// `[dhcp.options]`: options for every subnet.
     #[serde(default)]
     pub options: DhcpOptions,

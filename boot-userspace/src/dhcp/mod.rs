@@ -242,7 +242,11 @@ impl DhcpService {
         let table = LeaseTable::new(&dhcp.subnets, &config.inventory, &live, now);
         let active = table.active(now).len();
         info!(journal = %path.display(), records = live.len(), active, "lease journal replayed");
-        let committer = Committer::start(journal, &live);
+        let committer = Committer::start(
+            journal,
+            &live,
+            Duration::from_millis(u64::from(dhcp.commit_delay_ms)),
+        );
         let mut sockets = Vec::new();
         for iface in &config.interfaces {
             let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {

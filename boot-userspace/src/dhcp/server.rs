@@ -620,6 +620,7 @@ mod tests {
             },
         ];
         let dhcp = DhcpConfig {
+            commit_delay_ms: 0,
             mode: DhcpMode::Server,
             authoritative,
             rate_limit: 10,
