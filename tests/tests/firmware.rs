@@ -247,7 +247,7 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
         .plug(&server, "fabric0", "10.77.0.1/24")
         .expect("plug server");
     switch
-        .plug(&dhcp, "eth0", "10.77.0.2/24")
+        .plug(&dhcp, "dns0", "10.77.0.2/24")
         .expect("plug dnsmasq");
     for args in [
         &["tuntap", "add", "tap0", "mode", "tap"][..],
@@ -263,7 +263,7 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
                 "--no-daemon",
                 "--port=0",
                 "--conf-file=/dev/null",
-                "--interface=eth0",
+                "--interface=dns0",
             ])
             .args([
                 "--bind-interfaces",

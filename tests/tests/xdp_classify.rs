@@ -131,9 +131,9 @@ fn xdp_counts_broadcasts_from_clients_on_a_bridge() {
         .map(|i| {
             let ns = Netns::new("cli").expect("client ns");
             switch
-                .plug(&ns, "eth0", &format!("10.77.0.{}/24", 10 + i))
+                .plug(&ns, "cli0", &format!("10.77.0.{}/24", 10 + i))
                 .expect("plug client");
-            ns.ip(&["route", "add", "default", "dev", "eth0"])
+            ns.ip(&["route", "add", "default", "dev", "cli0"])
                 .expect("route");
             ns
         })
