@@ -12,4 +12,5 @@ pub mod ledger;
 pub mod metrics;
 pub mod serve;
 pub mod supervisor;
+pub mod tftp;
 pub mod xdp;
