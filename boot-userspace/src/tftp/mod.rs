@@ -5,6 +5,7 @@
 //! (the read-transfer state machine) are the pure protocol core; file sources (confined
 //! static files, rendered per-host files) and the socket loop follow.
 
+pub mod files;
 pub mod options;
 pub mod packet;
 pub mod transfer;

@@ -1,0 +1,171 @@
+//! Static files under a root, with requests confined to it. Fails closed: names with `..`,
+//! absolute names, backslashes and control characters are refused before the file system is
+//! touched; then the resolved path is canonicalised and must still lie under the root (so a
+//! symlink cannot lead out) and be a regular file.
+//!
+//! Reads go through the page cache with positional reads, so any number of concurrent
+//! transfers of one bootloader share one copy of it in memory.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Component, Path, PathBuf},
+};
+
+use super::packet::ErrorCode;
+
+/// Why a request cannot be served, with the TFTP error it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    /// No such file under the root.
+    #[error("file not found")]
+    NotFound,
+    /// The name or what it resolves to is not allowed.
+    #[error("access violation: {0}")]
+    Denied(&'static str),
+    /// The file exists but cannot be read.
+    #[error("cannot read: {0}")]
+    Io(String),
+}
+
+impl FileError {
+    /// The TFTP error code to send, and the metric reason.
+    pub fn code(&self) -> (ErrorCode, &'static str) {
+        match self {
+            Self::NotFound => (ErrorCode::FileNotFound, "not_found"),
+            Self::Denied(why) => (ErrorCode::AccessViolation, why),
+            Self::Io(_) => (ErrorCode::NotDefined, "io"),
+        }
+    }
+}
+
+/// Checks a requested name without touching the file system.
+pub fn check_name(name: &str) -> Result<(), FileError> {
+    if name.starts_with('/') {
+        return Err(FileError::Denied("absolute_path"));
+    }
+    if name.contains('\\') {
+        return Err(FileError::Denied("backslash"));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(FileError::Denied("control_character"));
+    }
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(FileError::Denied("parent_dir")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(FileError::Denied("absolute_path"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An open file ready to serve.
+#[derive(Debug)]
+pub struct Source {
+    file: File,
+    size: u64,
+}
+
+impl Source {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Opens `name` under `root` (which must be canonical).
+pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
+    check_name(name)?;
+    let joined: PathBuf = root.join(name);
+    let real = match joined.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound),
+        Err(e) => return Err(FileError::Io(e.to_string())),
+    };
+    if !real.starts_with(root) {
+        return Err(FileError::Denied("outside_root"));
+    }
+    let file = File::open(&real).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => FileError::NotFound,
+        std::io::ErrorKind::PermissionDenied => FileError::Denied("permission"),
+        _ => FileError::Io(e.to_string()),
+    })?;
+    let meta = file.metadata().map_err(|e| FileError::Io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(FileError::Denied("not_a_regular_file"));
+    }
+    Ok(Source {
+        file,
+        size: meta.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("tftp");
+        std::fs::create_dir_all(root.join("pxelinux.cfg")).expect("dirs");
+        std::fs::write(root.join("ipxe.efi"), vec![7u8; 3000]).expect("file");
+        std::fs::write(root.join("pxelinux.cfg/default"), b"DEFAULT local\n").expect("file");
+        std::fs::write(d.path().join("secret"), b"no").expect("file");
+        std::os::unix::fs::symlink(d.path().join("secret"), root.join("escape")).expect("link");
+        std::os::unix::fs::symlink("ipxe.efi", root.join("alias.efi")).expect("link");
+        let root = root.canonicalize().expect("canonical");
+        (d, root)
+    }
+
+    #[test]
+    fn serves_files_and_links_inside_the_root() {
+        let (_d, root) = root();
+        let s = open(&root, "ipxe.efi").expect("open");
+        assert_eq!(s.size(), 3000);
+        let mut buf = vec![0u8; 1468];
+        assert_eq!(s.read_at(&mut buf, 2936).expect("read"), 64);
+        assert_eq!(
+            open(&root, "./pxelinux.cfg/default").expect("open").size(),
+            14
+        );
+        assert_eq!(open(&root, "alias.efi").expect("open").size(), 3000);
+    }
+
+    #[test]
+    fn refuses_every_way_out() {
+        let (_d, root) = root();
+        for (name, want) in [
+            ("../secret", FileError::Denied("parent_dir")),
+            ("pxelinux.cfg/../../secret", FileError::Denied("parent_dir")),
+            ("/etc/passwd", FileError::Denied("absolute_path")),
+            ("pxelinux.cfg\\default", FileError::Denied("backslash")),
+            ("a\nb", FileError::Denied("control_character")),
+            ("escape", FileError::Denied("outside_root")),
+            ("pxelinux.cfg", FileError::Denied("not_a_regular_file")),
+            ("missing.efi", FileError::NotFound),
+        ] {
+            assert_eq!(open(&root, name).err(), Some(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn error_codes_follow_rfc1350() {
+        assert_eq!(FileError::NotFound.code().0, ErrorCode::FileNotFound);
+        assert_eq!(FileError::Denied("x").code().0, ErrorCode::AccessViolation);
+    }
+}
