@@ -12,6 +12,7 @@ use crate::{
     ledger::Ledger,
     metrics::{self, CoreMetrics},
     supervisor::{Outcome, Supervisor},
+    tftp::service::TftpService,
     xdp::Dataplane,
 };
 
@@ -73,6 +74,15 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
         supervisor.spawn(
             "dhcp",
             Box::pin(async move { service.run(token).await.context("DHCP server") }),
+        );
+    }
+
+    if let Some(tftp) = config.tftp.clone() {
+        let service = TftpService::start(&config, tftp, &registry)?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "tftp",
+            Box::pin(async move { service.run(token).await.context("TFTP server") }),
         );
     }
 

@@ -103,6 +103,19 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// The validated `[tftp]` service settings.
+#[derive(Clone, Debug)]
+pub struct TftpConfig {
+    /// Canonical root folder.
+    pub root: PathBuf,
+    /// Largest window granted.
+    pub max_windowsize: u16,
+    /// Retransmissions before giving up.
+    pub max_retries: u32,
+    /// Link MTU bounding blksize.
+    pub mtu: u16,
+}
+
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -120,6 +133,8 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// Ports the TFTP service uses for transfers.
     pub tftp_transfer_ports: PortRange,
+    /// The TFTP service, when `tftp.root` is set.
+    pub tftp: Option<TftpConfig>,
     /// The host inventory (empty when the config names none).
     pub inventory: Inventory,
     /// Folder for durable state.
@@ -146,7 +161,24 @@ impl Config {
             Some(rel) => Inventory::load(&base.join(rel))?,
             None => Inventory::default(),
         };
+        let tftp_root = wire.tftp.root.clone();
         let mut config = Self::from_wire(path, wire, inventory)?;
+        // The one check that needs the file system: the TFTP root must exist.
+        if let (Some(rel), Some(t)) = (tftp_root, config.tftp.as_mut()) {
+            let full = base.join(&rel);
+            t.root = full.canonicalize().map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "tftp.root".to_owned(),
+                reason: format!("{}: {e}", full.display()),
+            })?;
+            if !t.root.is_dir() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "tftp.root".to_owned(),
+                    reason: format!("{} is not a folder", t.root.display()),
+                });
+            }
+        }
         if config.state_dir.is_relative() {
             config.state_dir = base.join(&config.state_dir);
         }
@@ -227,6 +259,31 @@ impl Config {
             None => DEFAULT_TFTP_TRANSFER_PORTS,
         };
 
+        let tftp = match &wire.tftp.root {
+            None => None,
+            Some(root) => {
+                let mtu = wire.tftp.mtu.unwrap_or(1500);
+                if mtu < 576 {
+                    return Err(invalid(
+                        "tftp.mtu",
+                        format!("{mtu} is below the IPv4 minimum of 576"),
+                    ));
+                }
+                let max_windowsize = wire.tftp.max_windowsize.unwrap_or(64);
+                if max_windowsize == 0 {
+                    return Err(invalid(
+                        "tftp.max_windowsize",
+                        "must be at least 1".to_owned(),
+                    ));
+                }
+                Some(TftpConfig {
+                    root: PathBuf::from(root),
+                    max_windowsize,
+                    max_retries: wire.tftp.max_retries.unwrap_or(5).clamp(1, 100),
+                    mtu,
+                })
+            }
+        };
         let state_dir = PathBuf::from(
             wire.daemon
                 .state_dir
@@ -273,6 +330,7 @@ impl Config {
             admin_allow,
             xdp_mode,
             tftp_transfer_ports,
+            tftp,
             inventory,
             state_dir,
             dhcp,

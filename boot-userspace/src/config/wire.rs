@@ -161,6 +161,14 @@ pub struct Xdp {
 pub struct Tftp {
     /// UDP port range for transfers, `FIRST-LAST`.
     pub transfer_ports: Option<String>,
+    /// Folder served; the TFTP server runs when it is set.
+    pub root: Option<String>,
+    /// Largest window (RFC 7440) granted to a client.
+    pub max_windowsize: Option<u16>,
+    /// Retransmissions of one block or window before a transfer is abandoned.
+    pub max_retries: Option<u32>,
+    /// Link MTU that bounds blksize (blocks never fragment).
+    pub mtu: Option<u16>,
 }
 
 /// The host inventory file.

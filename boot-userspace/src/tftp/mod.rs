@@ -8,4 +8,5 @@
 pub mod files;
 pub mod options;
 pub mod packet;
+pub mod service;
 pub mod transfer;

@@ -1,0 +1,407 @@
+//! The TFTP socket loop: a listener on port 69 per fabric interface, and one task (not one
+//! thread) per transfer on its own port from `tftp.transfer_ports` (its TID), driven by the
+//! pure [`Transfer`] state machine.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    files::{self, FileError},
+    options::{self, Limits},
+    packet::{self, ErrorCode, Mode, Packet},
+    transfer::{AbortReason, Action, Transfer},
+};
+use crate::config::{Config, PortRange, TftpConfig};
+
+/// The well-known TFTP port.
+pub const TFTP_PORT: u16 = 69;
+
+#[derive(Clone)]
+struct Metrics {
+    active: IntGauge,
+    transfers: IntCounterVec,
+    bytes: IntCounter,
+    retransmits: IntCounter,
+    errors: IntCounterVec,
+}
+
+impl Metrics {
+    fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let active = IntGauge::new(
+            "bootfabric_tftp_transfers_active",
+            "TFTP transfers in progress.",
+        )?;
+        let transfers = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_transfers_total",
+                "TFTP transfers ended, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let bytes = IntCounter::new(
+            "bootfabric_tftp_bytes_total",
+            "File bytes sent in DATA blocks (first sends).",
+        )?;
+        let retransmits = IntCounter::new(
+            "bootfabric_tftp_retransmits_total",
+            "Blocks and OACKs sent again after a timeout.",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_errors_total",
+                "Requests refused or packets rejected, by reason.",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(active.clone()))?;
+        r.register(Box::new(transfers.clone()))?;
+        r.register(Box::new(bytes.clone()))?;
+        r.register(Box::new(retransmits.clone()))?;
+        r.register(Box::new(errors.clone()))?;
+        Ok(Self {
+            active,
+            transfers,
+            bytes,
+            retransmits,
+            errors,
+        })
+    }
+}
+
+/// File contents to send: a file through the page cache, or bytes in memory (netascii).
+enum Data {
+    File(files::Source),
+    Memory(Vec<u8>),
+}
+
+impl Data {
+    fn size(&self) -> u64 {
+        match self {
+            Data::File(s) => s.size(),
+            Data::Memory(m) => m.len() as u64,
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self {
+            Data::File(s) => s.read_at(buf, offset),
+            Data::Memory(m) => {
+                let start = (offset as usize).min(m.len());
+                let n = buf.len().min(m.len() - start);
+                buf[..n].copy_from_slice(&m[start..start + n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// RFC 764 NVT line ends: LF → CR LF, CR → CR NUL.
+fn to_netascii(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
+    for &b in raw {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
+/// The TFTP service, bound and ready.
+pub struct TftpService {
+    listeners: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
+    cfg: TftpConfig,
+    ports: PortRange,
+    next_port: Arc<AtomicU16>,
+    metrics: Metrics,
+}
+
+fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+impl TftpService {
+    /// Binds port 69 on every fabric interface.
+    pub fn start(config: &Config, cfg: TftpConfig, registry: &Registry) -> anyhow::Result<Self> {
+        let metrics = Metrics::register(registry)?;
+        let mut listeners = Vec::new();
+        for iface in &config.interfaces {
+            let ip = crate::dhcp::iface_ipv4(iface)
+                .ok_or_else(|| anyhow::anyhow!("tftp: interface {iface:?} has no IPv4 address"))?;
+            let sock = bind(iface, TFTP_PORT)
+                .map_err(|e| anyhow::anyhow!("tftp: binding {iface}:{TFTP_PORT}: {e}"))?;
+            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{TFTP_PORT}");
+            listeners.push((iface.clone(), ip, Arc::new(sock)));
+        }
+        let ports = config.tftp_transfer_ports;
+        Ok(Self {
+            listeners,
+            cfg,
+            ports,
+            next_port: Arc::new(AtomicU16::new(ports.first)),
+            metrics,
+        })
+    }
+
+    /// Serves until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (iface, _ip, sock) in this.listeners.clone() {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.listen(iface, sock, cancel).await });
+        }
+        while let Some(res) = tasks.join_next().await {
+            let err = match res {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(join) => std::io::Error::other(format!("TFTP listener failed: {join}")),
+            };
+            cancel.cancel();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn listen(
+        self: Arc<Self>,
+        iface: String,
+        sock: Arc<UdpSocket>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = sock.recv_from(&mut buf) => r?,
+            };
+            let request = match packet::parse(&buf[..n]) {
+                Ok(Packet::Request(r)) => r,
+                Ok(_) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&["not_a_request"])
+                        .inc();
+                    let _ = sock
+                        .send_to(
+                            &packet::error(ErrorCode::IllegalOperation, "expected RRQ"),
+                            peer,
+                        )
+                        .await;
+                    continue;
+                }
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["malformed"]).inc();
+                    let _ = sock
+                        .send_to(
+                            &packet::error(ErrorCode::IllegalOperation, &e.to_string()),
+                            peer,
+                        )
+                        .await;
+                    continue;
+                }
+            };
+            if request.write {
+                self.metrics
+                    .errors
+                    .with_label_values(&["write_request"])
+                    .inc();
+                let _ = sock
+                    .send_to(
+                        &packet::error(ErrorCode::AccessViolation, "write requests are refused"),
+                        peer,
+                    )
+                    .await;
+                continue;
+            }
+            let this = Arc::clone(&self);
+            let iface = iface.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { this.transfer(iface, peer, request, cancel).await });
+        }
+    }
+
+    /// Binds a transfer socket on the next free port of the range.
+    fn bind_tid(&self, iface: &str) -> std::io::Result<UdpSocket> {
+        let span = u32::from(self.ports.last - self.ports.first) + 1;
+        let mut last_err = None;
+        for _ in 0..span {
+            let p = self.next_port.fetch_add(1, Ordering::Relaxed);
+            let port = if p < self.ports.first || p > self.ports.last {
+                self.next_port
+                    .store(self.ports.first + 1, Ordering::Relaxed);
+                self.ports.first
+            } else {
+                p
+            };
+            match bind(iface, port) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| std::io::Error::other("no transfer port free")))
+    }
+
+    async fn transfer(
+        self: Arc<Self>,
+        iface: String,
+        peer: SocketAddr,
+        req: packet::Request,
+        cancel: CancellationToken,
+    ) {
+        let sock = match self.bind_tid(&iface) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%peer, error = %e, "no TFTP transfer port free");
+                self.metrics.errors.with_label_values(&["no_port"]).inc();
+                return;
+            }
+        };
+        let data = match files::open(&self.cfg.root, &req.filename) {
+            Ok(src) if req.mode == Mode::Netascii => {
+                let mut raw = vec![0u8; src.size() as usize];
+                match src.read_at(&mut raw, 0) {
+                    Ok(n) => Data::Memory(to_netascii(&raw[..n])),
+                    Err(e) => {
+                        return self
+                            .refuse(&sock, peer, &req.filename, FileError::Io(e.to_string()))
+                            .await
+                    }
+                }
+            }
+            Ok(src) => Data::File(src),
+            Err(e) => return self.refuse(&sock, peer, &req.filename, e).await,
+        };
+        let size = data.size();
+        let limits = Limits::for_mtu(self.cfg.mtu, self.cfg.max_windowsize);
+        let negotiated = options::negotiate(&req.options, Some(size), limits);
+        let (mut t, mut action) = Transfer::start(&negotiated, size, self.cfg.max_retries);
+        let wait = Duration::from_secs(u64::from(negotiated.timeout.max(1)));
+        debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
+        self.metrics.active.inc();
+        let mut out = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
+        let mut block = vec![0u8; usize::from(negotiated.blksize)];
+        let mut highest_sent = 0u64;
+        let mut inbuf = [0u8; 1024];
+        let outcome = loop {
+            match action {
+                Action::SendOack => {
+                    if sock
+                        .send_to(&packet::oack(&negotiated.ack), peer)
+                        .await
+                        .is_err()
+                    {
+                        break "send_error";
+                    }
+                }
+                Action::SendBlocks { first, last } => {
+                    let mut failed = false;
+                    for b in first..=last {
+                        let (offset, len) = t.block_range(b, size);
+                        let n = match data.read_at(&mut block[..len as usize], offset) {
+                            Ok(n) => n,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
+                        };
+                        out.clear();
+                        packet::data_header(Transfer::wire_block(b), &mut out);
+                        out.extend_from_slice(&block[..n]);
+                        if sock.send_to(&out, peer).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                        if b > highest_sent {
+                            highest_sent = b;
+                            self.metrics.bytes.inc_by(n as u64);
+                        } else {
+                            self.metrics.retransmits.inc();
+                        }
+                    }
+                    if failed {
+                        break "io_error";
+                    }
+                }
+                Action::Done => break "completed",
+                Action::Abort(AbortReason::Timeout) => break "timeout",
+                Action::Abort(AbortReason::ClientError) => break "client_error",
+                Action::Wait => {}
+            }
+            // Wait for the client's answer from its TID; strangers get ERROR 5.
+            action = loop {
+                let recv = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    r = tokio::time::timeout(wait, sock.recv_from(&mut inbuf)) => Some(r),
+                };
+                match recv {
+                    None => break Action::Abort(AbortReason::Timeout),
+                    Some(Err(_)) => break t.on_timeout(),
+                    Some(Ok(Err(_))) => break Action::Abort(AbortReason::Timeout),
+                    Some(Ok(Ok((_, from)))) if from != peer => {
+                        self.metrics
+                            .errors
+                            .with_label_values(&["unknown_tid"])
+                            .inc();
+                        let _ = sock
+                            .send_to(
+                                &packet::error(ErrorCode::UnknownTransferId, "unknown transfer ID"),
+                                from,
+                            )
+                            .await;
+                    }
+                    Some(Ok(Ok((n, _)))) => match packet::parse(&inbuf[..n]) {
+                        Ok(Packet::Ack(b)) => match t.on_ack(b) {
+                            Action::Wait => {}
+                            a => break a,
+                        },
+                        Ok(Packet::Error(..)) => break t.on_error(),
+                        _ => {
+                            self.metrics.errors.with_label_values(&["malformed"]).inc();
+                        }
+                    },
+                }
+            };
+        };
+        self.metrics.active.dec();
+        self.metrics.transfers.with_label_values(&[outcome]).inc();
+        debug!(%peer, file = %req.filename, outcome, "TFTP transfer ended");
+    }
+
+    async fn refuse(&self, sock: &UdpSocket, peer: SocketAddr, name: &str, e: FileError) {
+        let (code, reason) = e.code();
+        self.metrics.errors.with_label_values(&[reason]).inc();
+        debug!(%peer, file = name, reason, "TFTP request refused");
+        let _ = sock
+            .send_to(&packet::error(code, &e.to_string()), peer)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netascii_line_ends() {
+        assert_eq!(to_netascii(b"a\nb\rc"), b"a\r\nb\r\0c");
+    }
+}
