@@ -173,3 +173,49 @@ fn names_leaving_the_root_are_refused() {
         assert!(!served, "{name} was served");
     }
 }
+
+#[test]
+fn transfers_survive_deterministic_loss() {
+    let t = "transfers_survive_deterministic_loss";
+    let Some(l) = lab(t, "tftp") else { return };
+    if !require(
+        have_program("iptables"),
+        t,
+        "iptables is not installed (cargo xtask setup)",
+    ) {
+        return;
+    }
+    // Dropped on arrival, the same packets on every run: every 5th datagram the client
+    // receives (starting with DATA 1) and every 7th the server receives (starting with its
+    // 4th: mid-transfer ACKs). Dropping in OUTPUT instead would fail the sender's sendto()
+    // with EPERM, which is not loss.
+    for (ns, every, first) in [(&l.lab.client, "5", "1"), (&l.lab.server, "7", "3")] {
+        run(ns.command("iptables").args([
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            every,
+            "--packet",
+            first,
+            "-j",
+            "DROP",
+        ]))
+        .expect("iptables");
+    }
+    std::fs::write(l.root.join("lossy.bin"), content(16 * 1024 + 5, 9)).expect("file");
+    let dest = l.out.path.join("lossy-hpa");
+    run(l
+        .lab
+        .client
+        .command("tftp")
+        .args(["-m", "binary", "10.77.0.1", "-c", "get", "lossy.bin"])
+        .arg(&dest))
+    .expect("tftp-hpa under loss");
+    l.same("lossy.bin", "lossy-hpa");
+}
