@@ -21,7 +21,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{mpsc, Arc, Mutex},
 };
 
 use tracing::warn;
@@ -197,6 +197,18 @@ pub struct Journal {
     file: File,
     records: usize,
     syncs: u64,
+    /// Bytes of complete, trusted lines. A failed write may leave a partial line past it,
+    /// which must be cut before the next append: a later record written after a torn line
+    /// would be discarded by the next `open` although it was reported durable.
+    len: u64,
+    /// Set when a write or the repair of one failed: the file may hold bytes past `len`.
+    tail_dirty: bool,
+    /// Set when the folder fsync after a compaction's rename failed: until it succeeds the
+    /// rename (and so every record appended since) may not survive a crash.
+    dir_dirty: bool,
+    /// Test hook: the next append writes only this many bytes and then fails.
+    #[cfg(test)]
+    fail_write_after: Option<usize>,
 }
 
 impl Journal {
@@ -219,36 +231,86 @@ impl Journal {
             file.set_len(s.good_len).map_err(io_err(path, "truncate"))?;
             file.sync_all().map_err(io_err(path, "fsync"))?;
         }
-        if s.good_len == 0 {
+        let mut len = s.good_len;
+        if len == 0 {
             file.write_all(HEADER.as_bytes())
                 .map_err(io_err(path, "write"))?;
             file.sync_all().map_err(io_err(path, "fsync"))?;
             // A new file's directory entry must be durable too.
             sync_dir(path)?;
+            len = HEADER.len() as u64;
         }
         let journal = Journal {
             path: path.to_owned(),
             file,
             records: s.records,
             syncs: 0,
+            len,
+            tail_dirty: false,
+            dir_dirty: false,
+            #[cfg(test)]
+            fail_write_after: None,
         };
         Ok((journal, sorted(s.live)))
     }
 
     /// Appends the records and makes them durable (one write, one fdatasync).
+    ///
+    /// On error none of the records may be relied on, and the file is cut back to the
+    /// records before them (now, or before the next append if that fails too).
     pub fn append(&mut self, records: &[LeaseRecord]) -> Result<(), JournalError> {
         if records.is_empty() {
             return Ok(());
         }
+        self.repair_tail()?;
         let buf: String = records.iter().map(encode).collect();
+        if let Err(e) = self.write_and_sync(buf.as_bytes()) {
+            // After a failed fdatasync the kernel may have dropped the dirty pages and a
+            // retry would "succeed" without them, so the batch is cut, never retried.
+            self.tail_dirty = true;
+            if let Err(cut) = self.repair_tail() {
+                warn!(error = %cut, "cannot cut a failed lease journal write; will retry before the next append");
+            }
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
+        self.records += records.len();
+        if self.dir_dirty {
+            sync_dir(&self.path)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), JournalError> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_write_after.take() {
+            let _ = self.file.write_all(&buf[..n.min(buf.len())]);
+            return Err(io_err(&self.path, "write")(std::io::Error::other(
+                "injected fault",
+            )));
+        }
         self.file
-            .write_all(buf.as_bytes())
+            .write_all(buf)
             .map_err(io_err(&self.path, "write"))?;
         self.file
             .sync_data()
             .map_err(io_err(&self.path, "fdatasync"))?;
         self.syncs += 1;
-        self.records += records.len();
+        Ok(())
+    }
+
+    /// Cuts whatever a failed write left past the last complete record.
+    fn repair_tail(&mut self) -> Result<(), JournalError> {
+        if self.tail_dirty {
+            self.file
+                .set_len(self.len)
+                .map_err(io_err(&self.path, "truncate"))?;
+            self.file
+                .sync_data()
+                .map_err(io_err(&self.path, "fdatasync"))?;
+            self.tail_dirty = false;
+        }
         Ok(())
     }
 
@@ -267,23 +329,43 @@ impl Journal {
         self.syncs
     }
 
-    /// Rewrites the journal to hold exactly `live`, atomically (temp file, fsync, rename,
+    /// Rewrites the journal to hold exactly `live`, atomically (`<path>.tmp`, fsync, rename,
     /// fsync of the folder), and continues appending to the new file.
+    ///
+    /// An error before the rename leaves the old file in use, unchanged. If only the folder
+    /// fsync fails, the new file is in use and the next append retries that fsync before
+    /// it reports success.
     pub fn compact(&mut self, live: &[LeaseRecord]) -> Result<(), JournalError> {
-        let tmp = self.path.with_extension("journal.tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        // A crash during an earlier compaction can leave a stale temp file.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&tmp, "remove stale")(e))
+            }
+            _ => {}
+        }
+        // This handle is kept after the rename: reopening by name could fail afterwards
+        // and leave the journal appending to the unlinked old file.
+        let mut f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
         let mut buf = String::from(HEADER);
         buf.extend(live.iter().map(encode));
         f.write_all(buf.as_bytes()).map_err(io_err(&tmp, "write"))?;
         f.sync_all().map_err(io_err(&tmp, "fsync"))?;
         std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path, "rename"))?;
-        sync_dir(&self.path)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path, "open"))?;
+        self.file = f;
         self.records = live.len();
+        self.len = buf.len() as u64;
+        self.tail_dirty = false;
+        self.dir_dirty = true;
+        sync_dir(&self.path)?;
+        self.dir_dirty = false;
         Ok(())
     }
 }
@@ -312,6 +394,8 @@ type Waiter = tokio::sync::oneshot::Sender<Result<(), JournalError>>;
 
 enum Job {
     Commit(LeaseRecord, Waiter),
+    /// Write what came before, then stop; later jobs fail with `Stopped`.
+    Stop,
     #[cfg(test)]
     Pause(mpsc::Receiver<()>),
     #[cfg(test)]
@@ -324,6 +408,7 @@ enum Job {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Committer {
@@ -335,12 +420,16 @@ impl Committer {
     pub fn start(journal: Journal, live: &[LeaseRecord], delay: std::time::Duration) -> Committer {
         let (tx, rx) = mpsc::channel();
         let live: HashMap<Ipv4Addr, LeaseRecord> = live.iter().map(|r| (r.ip, r.clone())).collect();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("lease-journal".into())
             .spawn(move || writer(journal, live, rx, delay))
-            .map(|_| ())
-            .unwrap_or_else(|e| warn!(error = %e, "cannot start the lease journal thread"));
-        Committer { tx }
+            // Without the thread every commit fails with `Stopped`: no ACK goes out unrecorded.
+            .map_err(|e| warn!(error = %e, "cannot start the lease journal thread"))
+            .ok();
+        Committer {
+            tx,
+            thread: Arc::new(Mutex::new(thread)),
+        }
     }
 
     /// Makes `record` durable; resolves once it is fsync'd (or with the error).
@@ -353,8 +442,21 @@ impl Committer {
     }
 
     /// Stops the writer after it has flushed what was submitted (dropping every handle
-    /// does the same).
-    pub fn shutdown(self) {}
+    /// does the same), and waits for it: this blocks for up to one batch's fdatasync.
+    /// Commits through other handles afterwards fail with [`JournalError::Stopped`].
+    pub fn shutdown(self) {
+        let _ = self.tx.send(Job::Stop);
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                warn!("the lease journal thread panicked");
+            }
+        }
+    }
 
     /// Test hook: the writer stops taking jobs until the returned sender is dropped or
     /// sent to, so tests can queue many commits deterministically.
@@ -372,7 +474,9 @@ fn writer(
     rx: mpsc::Receiver<Job>,
     delay: std::time::Duration,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
         let mut batch: Vec<(LeaseRecord, Waiter)> = Vec::new();
         let deadline = std::time::Instant::now() + delay;
         let mut job = Some(first);
@@ -385,6 +489,10 @@ fn writer(
         while let Some(j) = job.take().or_else(|| next(&rx)) {
             match j {
                 Job::Commit(r, w) => batch.push((r, w)),
+                Job::Stop => {
+                    stop = true;
+                    break;
+                }
                 #[cfg(test)]
                 Job::Pause(gate) => {
                     let _ = gate.recv();
@@ -404,7 +512,7 @@ fn writer(
             if journal.len() > (4 * live.len()).max(10_000) {
                 let snapshot = sorted(live.clone());
                 if let Err(e) = journal.compact(&snapshot) {
-                    warn!(error = %e, "lease journal compaction failed; still appending");
+                    warn!(error = %e, "lease journal compaction failed; still appending (see Journal::compact)");
                 }
             }
         }
@@ -412,7 +520,8 @@ fn writer(
             let _ = w.send(result.clone());
         }
     }
-    // All handles dropped: every submitted record has been written above.
+    // Every record taken from the queue has been written above; jobs still queued after a
+    // `Stop` are dropped with `rx`, so their callers see `Stopped`, not a false success.
     let _ = journal.file.sync_all();
 }
 
@@ -537,6 +646,62 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_is_cut_so_later_appends_survive() {
+        let (_d, p) = tmp();
+        let (mut j, _) = Journal::open(&p).expect("open");
+        j.append(&[rec(1, 1, LeaseState::Bound, 100)])
+            .expect("append");
+        let good = std::fs::metadata(&p).expect("meta").len();
+        // A short write (ENOSPC, EIO) leaves half a line behind.
+        j.fail_write_after = Some(10);
+        assert!(j.append(&[rec(2, 2, LeaseState::Bound, 100)]).is_err());
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), good);
+        assert_eq!(j.len(), 1);
+        // Were the half line kept, this record would follow a torn line and the next open
+        // would cut it although it was reported durable.
+        j.append(&[rec(3, 3, LeaseState::Bound, 100)])
+            .expect("append after a failure");
+        drop(j);
+        let (j, live) = Journal::open(&p).expect("reopen");
+        assert_eq!(j.len(), 2);
+        assert_eq!(
+            live,
+            vec![
+                rec(1, 1, LeaseState::Bound, 100),
+                rec(3, 3, LeaseState::Bound, 100)
+            ]
+        );
+    }
+
+    #[test]
+    fn compaction_uses_path_dot_tmp_and_survives_a_stale_one() {
+        let (_d, p) = tmp();
+        let (mut j, _) = Journal::open(&p).expect("open");
+        j.append(&[
+            rec(1, 1, LeaseState::Bound, 1),
+            rec(1, 1, LeaseState::Bound, 2),
+        ])
+        .expect("append");
+        let tmp = p.with_file_name("leases.journal.tmp");
+        std::fs::write(&tmp, "left by a crash mid-compaction").expect("stale");
+        j.compact(&[rec(1, 1, LeaseState::Bound, 2)])
+            .expect("compact");
+        assert!(!tmp.exists());
+        j.append(&[rec(2, 2, LeaseState::Bound, 3)])
+            .expect("append");
+        drop(j);
+        let (j, live) = Journal::open(&p).expect("reopen");
+        assert_eq!(j.len(), 2);
+        assert_eq!(
+            live,
+            vec![
+                rec(1, 1, LeaseState::Bound, 2),
+                rec(2, 2, LeaseState::Bound, 3)
+            ]
+        );
+    }
+
+    #[test]
     fn read_live_leaves_a_torn_file_alone() {
         let (_d, p) = tmp();
         let (mut j, _) = Journal::open(&p).expect("open");
@@ -600,6 +765,51 @@ mod tests {
         let live = read_live(&p).expect("read");
         assert_eq!(live.len(), 200);
         c.shutdown();
+        let (j, live) = Journal::open(&p).expect("reopen");
+        assert_eq!(j.len(), 200);
+        assert_eq!(live, (0..200).map(numbered).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn shutdown_flushes_and_stops_every_handle() {
+        let (_d, p) = tmp();
+        let (j, live) = Journal::open(&p).expect("open");
+        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        let other = c.clone();
+        c.commit(numbered(1)).await.expect("durable");
+        c.shutdown();
+        assert!(matches!(
+            other.commit(numbered(2)).await,
+            Err(JournalError::Stopped)
+        ));
+        assert_eq!(Journal::open(&p).expect("reopen").1, vec![numbered(1)]);
+    }
+
+    #[tokio::test]
+    async fn the_committer_compacts_a_long_journal() {
+        let (_d, p) = tmp();
+        let (mut j, _) = Journal::open(&p).expect("open");
+        let churn: Vec<LeaseRecord> = (0..10_000u64)
+            .map(|i| rec(1, 1, LeaseState::Bound, i))
+            .collect();
+        j.append(&churn).expect("append");
+        drop(j);
+        let (j, live) = Journal::open(&p).expect("reopen");
+        assert_eq!(j.len(), 10_000);
+        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        c.commit(rec(2, 2, LeaseState::Bound, 7))
+            .await
+            .expect("durable");
+        c.shutdown();
+        let (j, live) = Journal::open(&p).expect("reopen");
+        assert_eq!(j.len(), 2);
+        assert_eq!(
+            live,
+            vec![
+                rec(1, 1, LeaseState::Bound, 9_999),
+                rec(2, 2, LeaseState::Bound, 7)
+            ]
+        );
     }
 
     #[tokio::test]
