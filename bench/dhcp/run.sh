@@ -2,29 +2,38 @@
 # DHCP benchmark: perfdhcp (Kea's load generator, acting as a relay) against Bootfabric,
 # kea-dhcp4 and dnsmasq, one after the other in the same run, with the same client count and
 # pool. For each server it prints:
-#   - the highest offered rate (4-way exchanges/s) at which perfdhcp lost no exchange;
+#   - the highest offered rate (4-way DORA exchanges/s) at which perfdhcp lost no exchange;
 #   - the server's CPU time (user+sys) per 10,000 completed exchanges at one fixed rate.
 # Everything runs in two network namespaces this script creates (server: fabric0 10.77.0.1/16,
-# client: cli0 10.77.0.2/16) and removes on exit; processes are killed by PID.
+# client: cli0 10.77.0.2/16, one veth pair created directly inside them, nothing on the host's
+# interfaces) and removes on exit, also on failure; processes are killed by PID.
 #
 # Usage: bench/dhcp/run.sh        (as root; `cargo xtask setup` installs the peers)
-# Knobs: RATES="250 500 1000 2000 4000" DURATION=10 CLIENTS=1000 FIXED_RATE=500 FIXED_DURATION=20
-#        BOOTFABRIC_BIN=target/release/bootfabric SERVERS="bootfabric kea dnsmasq"
+# Knobs: RATES="250 500 1000 2000 4000 8000 12000" DURATION=10 CLIENTS=1000 FIXED_RATE=500
+#        FIXED_DURATION=20 SERVERS="bootfabric kea dnsmasq" BOOTFABRIC_BIN=target/release/bootfabric
+#        TMPDIR=/dev/shm (lease state on tmpfs)   KEEP=1 (keep the work folder with all logs)
+#        IDLE_WAIT=300 (seconds to wait at most for the cores to be >= 90% idle before starting)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
-RATES=${RATES:-"250 500 1000 2000 4000 8000"}
+RATES=${RATES:-"250 500 1000 2000 4000 8000 12000"}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-1000}
 FIXED_RATE=${FIXED_RATE:-500}
 FIXED_DURATION=${FIXED_DURATION:-20}
 SERVERS=${SERVERS:-"bootfabric kea dnsmasq"}
+IDLE_WAIT=${IDLE_WAIT:-300}
 TICK=$(getconf CLK_TCK)
+POOL_SIZE=$((200 * 256)) # 10.77.1.0 - 10.77.200.255
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
-for p in perfdhcp kea-dhcp4 dnsmasq; do
+for p in perfdhcp kea-dhcp4 dnsmasq ip ss timeout; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
+done
+[ "$CLIENTS" -le "$POOL_SIZE" ] || { echo "CLIENTS must not exceed the pool ($POOL_SIZE)" >&2; exit 2; }
+for s in $SERVERS; do
+  case $s in bootfabric | kea | dnsmasq) ;; *) echo "unknown server $s" >&2; exit 2 ;; esac
 done
 if [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo xtask build --release >/dev/null)
@@ -37,26 +46,43 @@ CLI=$ID-cli
 # measures the servers without the cost of reaching the disk.
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bootfabric-bench.XXXXXX")
 SERVER_PID=""
+PERF_PID=""
+NETNS_MADE=""
 
-stop_server() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
+# Stops one process we started, by PID: TERM, up to 5 s, then KILL.
+stop_pid() {
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
+stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
 cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "$PERF_PID"
   stop_server
-  ip netns del "$SRV" 2>/dev/null || true
-  ip netns del "$CLI" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "$NETNS_MADE" ]; then
+    # Anything still inside our namespaces was started by this script (perfdhcp's child
+    # under timeout, say): kill it by PID before the namespaces go.
+    for ns in "$SRV" "$CLI"; do
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+      ip netns del "$ns" 2>/dev/null || true
+    done
+  fi
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  exit "$rc"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
+NETNS_MADE=1
 ip netns add "$SRV"
 ip netns add "$CLI"
+# The veth pair is born inside the two namespaces: no interface ever exists on the host side.
 ip link add fabric0 netns "$SRV" type veth peer name cli0 netns "$CLI"
 ip -n "$SRV" addr add 10.77.0.1/16 dev fabric0
 ip -n "$CLI" addr add 10.77.0.2/16 dev cli0
@@ -64,19 +90,20 @@ for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
 ip -n "$SRV" link set fabric0 up
 ip -n "$CLI" link set cli0 up
 
-# Waits (at most 30 s) until something in the server namespace listens on UDP port 67.
+# Waits (at most 30 s) until the server listens on UDP port 67 in its namespace. (Bootfabric's
+# "DHCP server listening" line is at info level, which the bench's log = "warn" hides.)
 wait_listening() {
   for _ in $(seq 1 300); do
-    if ip netns exec "$SRV" ss -uln 2>/dev/null | grep -q ':67 '; then return 0; fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:" >&2; tail -20 "$WORK/$1.log" >&2; return 1; }
+    if ip netns exec "$SRV" ss -ulnH 'sport = :67' 2>/dev/null | grep -q .; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "$1 exited:" >&2; tail -20 "$WORK/$1.log" >&2; return 1; }
     sleep 0.1
   done
-  echo "$1 did not start" >&2; return 1
+  echo "$1 did not start listening within 30 s" >&2; tail -20 "$WORK/$1.log" >&2; return 1
 }
 
 start_server() {
   local name=$1
-  rm -rf "$WORK/state" "$WORK"/*.leases "$WORK"/*.csv* "$WORK"/*.log
+  rm -rf "$WORK/state" "$WORK"/*.leases "$WORK"/*.csv* "$WORK"/*.log "$WORK"/*.pid
   case $name in
     bootfabric)
       cat >"$WORK/bootfabric.toml" <<TOML
@@ -125,57 +152,141 @@ JSON
         >"$WORK/dnsmasq.log" 2>&1 &
       ;;
   esac
+  # `ip netns exec` execs the server, so $! is the server's own PID (checked below).
   SERVER_PID=$!
   wait_listening "$name"
+  local comm
+  comm=$(cat "/proc/$SERVER_PID/comm")
+  case $comm in
+    bootfabric | kea-dhcp4 | dnsmasq) ;;
+    *) echo "PID $SERVER_PID is $comm, not the server" >&2; return 1 ;;
+  esac
 }
 
+# utime + stime of the whole server process (all threads), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 
-# Runs perfdhcp; prints "<completed exchanges> <lost exchanges>". -W gives answers to the last
-# requests one second to arrive, so a server that batches its disk syncs (a few ms) is not
-# charged with exchanges that were merely in flight when the sending stopped.
+# Runs perfdhcp for RATE exchanges/s during SECS s and sets SENT (DISCOVERs sent), DONE
+# (REQUEST-ACK exchanges completed) and LOST (drops of both exchanges). -W gives answers to the
+# last requests one second to arrive, so a server that batches its disk syncs (a few ms) is not
+# charged with exchanges that were merely in flight when the sending stopped. The output stays
+# in $WORK/perfdhcp-<server>-<label>.out.
 perf() {
-  local rate=$1 secs=$2 out
-  out=$(ip netns exec "$CLI" timeout $((secs + 30)) perfdhcp -4 -l cli0 -r "$rate" \
-        -R "$CLIENTS" -p "$secs" -W 1000000 10.77.0.1 2>&1 || true)
-  echo "$out" >"$WORK/perfdhcp.last"
-  awk '
+  local server=$1 label=$2 rate=$3 secs=$4 out
+  out="$WORK/perfdhcp-$server-$label.out"
+  ip netns exec "$CLI" timeout -k 5 $((secs + 30)) perfdhcp -4 -l cli0 -r "$rate" \
+    -R "$CLIENTS" -p "$secs" -W 1000000 10.77.0.1 >"$out" 2>&1 &
+  PERF_PID=$!
+  wait "$PERF_PID" || true # exit 3 = some exchanges lost
+  PERF_PID=""
+  read -r SENT DONE LOST < <(awk '
     /Statistics for: DISCOVER-OFFER/ { s = "do" }
     /Statistics for: REQUEST-ACK/    { s = "ra" }
+    /^sent packets:/     { if (s == "do") sent = $3 }
     /^drops:/            { lost += $2 }
     /^received packets:/ { if (s == "ra") done = $3 }
-    END { printf "%d %d\n", done, lost }' <<<"$out"
+    END { printf "%d %d %d\n", sent, done, lost }' "$out")
 }
 
+# Shows what a failing step looked like: perfdhcp's counters and the server's log tail.
+show_failure() {
+  local server=$1 label=$2
+  echo "---- perfdhcp, $server, $label:" >&2
+  grep -E '^(Rate:|\*\*\*Statistics|sent packets|received packets|drops|orphans|rejected|avg delay|max delay)' \
+    "$WORK/perfdhcp-$server-$label.out" >&2 || tail -20 "$WORK/perfdhcp-$server-$label.out" >&2
+  echo "---- $server log tail:" >&2
+  tail -20 "$WORK/$server.log" >&2 2>/dev/null || true
+  echo "----" >&2
+}
+
+# Share of the two cores that was idle over one second: the numbers mean little if something
+# else (a build, CI) runs at the same time.
+idle_pct() {
+  local a b
+  a=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    printf "%d", 100 * (y[1] - x[1]) / (y[2] - x[2]) }'
+}
+
+IDLE=$(idle_pct)
+for _ in $(seq 1 $((IDLE_WAIT / 10))); do
+  [ "$IDLE" -lt 90 ] || break
+  echo "the machine is only ${IDLE}% idle: waiting (up to ${IDLE_WAIT} s in all) for it to calm down" >&2
+  sleep 9
+  IDLE=$(idle_pct)
+done
+if [ "$IDLE" -lt 90 ]; then
+  echo "warning: the machine is only ${IDLE}% idle before the run; results will be noisy" >&2
+fi
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- boot-userspace boot-ebpf 2>/dev/null)" ]; then
+  REV="$REV+dirty"
+fi
+echo "bootfabric $BIN (tree $REV, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M')), $(kea-dhcp4 -v), $(dnsmasq -v | head -1 | awk '{print $1, $3}')"
+echo "state in $WORK ($(df --output=fstype "$WORK" | tail -1)), $(nproc) cores, ${IDLE}% idle at start"
+echo "rates: $RATES, $DURATION s each, $CLIENTS clients; CPU at $FIXED_RATE/s for $FIXED_DURATION s"
+echo
+
 declare -A MAXRATE CPU
+# Phase 1: step the rate up, a fresh server with empty lease state per step, until a step
+# loses an exchange (or perfdhcp itself cannot send at the rate).
 for server in $SERVERS; do
   best=0
+  all=1
   for rate in $RATES; do
     start_server "$server"
-    read -r done lost < <(perf "$rate" "$DURATION")
+    perf "$server" "$rate" "$rate" "$DURATION"
     stop_server
-    printf '%-11s rate %6d/s: %7d exchanges completed, %5d lost\n' "$server" "$rate" "$done" "$lost"
-    if [ "$done" -gt 0 ] && [ "$lost" -eq 0 ]; then best=$rate; else break; fi
+    want=$((rate * DURATION))
+    printf '%-11s rate %6d/s: %7d DISCOVERs sent (%3d%% of %d), %7d exchanges completed, %5d lost\n' \
+      "$server" "$rate" "$SENT" $((SENT * 100 / want)) "$want" "$DONE" "$LOST"
+    if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
+      best=$rate
+    else
+      all=0
+      if [ "$LOST" -eq 0 ] && [ "$DONE" -gt 0 ]; then
+        echo "$server at $rate/s: no loss, but perfdhcp sent under 95% of the rate (generator limit)" >&2
+      else
+        show_failure "$server" "$rate"
+      fi
+      break
+    fi
   done
-  MAXRATE[$server]=$best
+  if [ "$all" = 1 ]; then MAXRATE[$server]=">= $best (top step)"; else MAXRATE[$server]=$best; fi
+done
 
+# Phase 2: CPU time of each server per 10,000 completed exchanges at one fixed rate.
+for server in $SERVERS; do
   start_server "$server"
   t0=$(cpu_ticks)
-  read -r done lost < <(perf "$FIXED_RATE" "$FIXED_DURATION")
-  t1=$(cpu_ticks)
+  perf "$server" fixed "$FIXED_RATE" "$FIXED_DURATION"
+  if ! t1=$(cpu_ticks 2>/dev/null); then
+    echo "$server died during the fixed-rate run" >&2
+    t1=$t0
+    DONE=0
+  fi
   stop_server
-  if [ "$done" -gt 0 ]; then
-    CPU[$server]=$(awk -v t=$((t1 - t0)) -v hz="$TICK" -v n="$done" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')
+  if [ "$DONE" -gt 0 ]; then
+    CPU[$server]=$(awk -v t=$((t1 - t0)) -v hz="$TICK" -v n="$DONE" 'BEGIN { printf "%.2f", t / hz / n * 10000 }')
   else
     CPU[$server]="n/a"
   fi
-  printf '%-11s fixed %d/s for %ds: %d exchanges, %d lost, %s CPU s per 10k\n' \
-    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$done" "$lost" "${CPU[$server]}"
+  printf '%-11s fixed %d/s for %ds: %d exchanges, %d lost, %d CPU ticks, %s CPU s per 10k\n' \
+    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$DONE" "$LOST" $((t1 - t0)) "${CPU[$server]}"
+  if [ "$LOST" -gt 0 ]; then
+    # The figure still divides by completed exchanges, but the rate was not sustained.
+    CPU[$server]="${CPU[$server]} ($LOST lost)"
+    show_failure "$server" fixed
+  fi
 done
 
 echo
-echo "DHCP benchmark $(date -u +%Y-%m-%d), $CLIENTS clients, $(nproc) cores shared with perfdhcp"
-printf '%-12s %-26s %s\n' server "max rate, no loss (ex/s)" "CPU s per 10k exchanges @ ${FIXED_RATE}/s"
+echo "DHCP benchmark $(date -u '+%Y-%m-%d %H:%M UTC'), $CLIENTS clients, $(nproc) cores shared with perfdhcp, ${IDLE}% idle at start / $(idle_pct)% at end"
+printf '%-12s %-27s %s\n' server "max rate no loss (ex/s)" "CPU s per 10k exchanges @ ${FIXED_RATE}/s"
 for server in $SERVERS; do
-  printf '%-12s %-26s %s\n' "$server" "${MAXRATE[$server]}" "${CPU[$server]}"
+  name=$server
+  [ "$server" = kea ] && name=kea-dhcp4
+  printf '%-12s %-27s %s\n' "$name" "${MAXRATE[$server]}" "${CPU[$server]}"
 done
