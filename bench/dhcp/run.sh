@@ -166,19 +166,43 @@ JSON
 # utime + stime of the whole server process (all threads), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
 
+# Busy ticks of the whole machine (all cores) since boot.
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# CPU ticks of this shell's waited-for children (perfdhcp under timeout, once it is reaped).
+child_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# Datagrams a namespace's UDP sockets dropped because their receive buffer was full.
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { if (h) print $6; h = 1 }' /proc/net/snmp; }
+
 # Runs perfdhcp for RATE exchanges/s during SECS s and sets SENT (DISCOVERs sent), DONE
-# (REQUEST-ACK exchanges completed) and LOST (drops of both exchanges). -W gives answers to the
-# last requests one second to arrive, so a server that batches its disk syncs (a few ms) is not
-# charged with exchanges that were merely in flight when the sending stopped. The output stays
-# in $WORK/perfdhcp-<server>-<label>.out.
+# (REQUEST-ACK exchanges completed), LOST (drops of both exchanges), SRV_DROPS / CLI_DROPS
+# (datagrams dropped by full socket buffers in the server / client namespace) and OTHER
+# (cores' worth of CPU used by anything but the server and perfdhcp: kernel softirq work plus
+# whatever else runs on the machine; well above the idle-machine baseline means noise). -W
+# gives answers to the last requests one second to arrive, so a server that batches its disk
+# syncs (a few ms) is not charged with exchanges that were merely in flight when the sending
+# stopped. The output stays in $WORK/perfdhcp-<server>-<label>.out.
 perf() {
-  local server=$1 label=$2 rate=$3 secs=$4 out
+  local server=$1 label=$2 rate=$3 secs=$4 out b0 c0 s0 t0 sd0 cd0 b1 c1 s1 t1
   out="$WORK/perfdhcp-$server-$label.out"
+  sd0=$(rcvbuf_errors "$SRV")
+  cd0=$(rcvbuf_errors "$CLI")
+  s0=$(cpu_ticks)
+  c0=$(child_ticks)
+  b0=$(busy_ticks)
+  t0=$(date +%s%N)
   ip netns exec "$CLI" timeout -k 5 $((secs + 30)) perfdhcp -4 -l cli0 -r "$rate" \
     -R "$CLIENTS" -p "$secs" -W 1000000 10.77.0.1 >"$out" 2>&1 &
   PERF_PID=$!
   wait "$PERF_PID" || true # exit 3 = some exchanges lost
   PERF_PID=""
+  b1=$(busy_ticks)
+  t1=$(date +%s%N)
+  c1=$(child_ticks)
+  s1=$(cpu_ticks 2>/dev/null || echo "$s0")
+  SRV_DROPS=$(($(rcvbuf_errors "$SRV") - sd0))
+  CLI_DROPS=$(($(rcvbuf_errors "$CLI") - cd0))
+  OTHER=$(awk -v t=$((b1 - b0 - (s1 - s0) - (c1 - c0))) -v hz="$TICK" -v ns=$((t1 - t0)) \
+    'BEGIN { v = t / hz / (ns / 1e9); if (v < 0) v = 0; printf "%.2f", v }')
   read -r SENT DONE LOST < <(awk '
     /Statistics for: DISCOVER-OFFER/ { s = "do" }
     /Statistics for: REQUEST-ACK/    { s = "ra" }
@@ -224,12 +248,19 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- boot-userspace boot-ebpf 2>/dev/null)" ]; then
   REV="$REV+dirty"
 fi
-echo "bootfabric $BIN (tree $REV, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M')), $(kea-dhcp4 -v), $(dnsmasq -v | head -1 | awk '{print $1, $3}')"
+if [ -n "$(find "$ROOT/boot-userspace" "$ROOT/boot-ebpf" -name '*.rs' -newer "$BIN" 2>/dev/null | head -1)" ]; then
+  echo "warning: $BIN is older than some sources: rebuild with cargo xtask build --release" >&2
+fi
+echo "bootfabric $BIN (tree now $REV, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M')), $(kea-dhcp4 -v), $(dnsmasq -v | head -1 | awk '{print $1, $3}')"
 echo "state in $WORK ($(df --output=fstype "$WORK" | tail -1)), $(nproc) cores, ${IDLE}% idle at start"
 echo "rates: $RATES, $DURATION s each, $CLIENTS clients; CPU at $FIXED_RATE/s for $FIXED_DURATION s"
 echo
 
-declare -A MAXRATE CPU
+declare -A MAXRATE CPU NOISE
+# Highest "other load" seen for a server in any of its runs.
+note_noise() {
+  NOISE[$1]=$(awk -v a="${NOISE[$1]:-0}" -v b="$OTHER" 'BEGIN { print (b > a ? b : a) }')
+}
 # Phase 1: step the rate up, a fresh server with empty lease state per step, until a step
 # loses an exchange (or perfdhcp itself cannot send at the rate).
 for server in $SERVERS; do
@@ -239,9 +270,10 @@ for server in $SERVERS; do
     start_server "$server"
     perf "$server" "$rate" "$rate" "$DURATION"
     stop_server
+    note_noise "$server"
     want=$((rate * DURATION))
-    printf '%-11s rate %6d/s: %7d DISCOVERs sent (%3d%% of %d), %7d exchanges completed, %5d lost\n' \
-      "$server" "$rate" "$SENT" $((SENT * 100 / want)) "$want" "$DONE" "$LOST"
+    printf '%-11s rate %6d/s: %7d sent (%3d%%), %7d completed, %5d lost; rcvbuf drops srv %d cli %d; other load %s cores\n' \
+      "$server" "$rate" "$SENT" $((SENT * 100 / want)) "$DONE" "$LOST" "$SRV_DROPS" "$CLI_DROPS" "$OTHER"
     if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
       best=$rate
     else
@@ -262,6 +294,7 @@ for server in $SERVERS; do
   start_server "$server"
   t0=$(cpu_ticks)
   perf "$server" fixed "$FIXED_RATE" "$FIXED_DURATION"
+  note_noise "$server"
   if ! t1=$(cpu_ticks 2>/dev/null); then
     echo "$server died during the fixed-rate run" >&2
     t1=$t0
@@ -273,8 +306,8 @@ for server in $SERVERS; do
   else
     CPU[$server]="n/a"
   fi
-  printf '%-11s fixed %d/s for %ds: %d exchanges, %d lost, %d CPU ticks, %s CPU s per 10k\n' \
-    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$DONE" "$LOST" $((t1 - t0)) "${CPU[$server]}"
+  printf '%-11s fixed %d/s for %ds: %d completed, %d lost, %d CPU ticks, %s CPU s per 10k; other load %s cores\n' \
+    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$DONE" "$LOST" $((t1 - t0)) "${CPU[$server]}" "$OTHER"
   if [ "$LOST" -gt 0 ]; then
     # The figure still divides by completed exchanges, but the rate was not sustained.
     CPU[$server]="${CPU[$server]} ($LOST lost)"
@@ -284,9 +317,28 @@ done
 
 echo
 echo "DHCP benchmark $(date -u '+%Y-%m-%d %H:%M UTC'), $CLIENTS clients, $(nproc) cores shared with perfdhcp, ${IDLE}% idle at start / $(idle_pct)% at end"
-printf '%-12s %-27s %s\n' server "max rate no loss (ex/s)" "CPU s per 10k exchanges @ ${FIXED_RATE}/s"
+printf '%-12s %-27s %-37s %s\n' server "max rate no loss (ex/s)" "CPU s per 10k exchanges @ ${FIXED_RATE}/s" "other load (cores, max)"
 for server in $SERVERS; do
   name=$server
   [ "$server" = kea ] && name=kea-dhcp4
-  printf '%-12s %-27s %s\n' "$name" "${MAXRATE[$server]}" "${CPU[$server]}"
+  printf '%-12s %-27s %-37s %s\n' "$name" "${MAXRATE[$server]}" "${CPU[$server]}" "${NOISE[$server]}"
+done
+# Ratios, the figures to compare across machines: Bootfabric over each peer.
+if [ -n "${MAXRATE[bootfabric]:-}" ]; then
+  for peer in $SERVERS; do
+    [ "$peer" != bootfabric ] || continue
+    awk -v p="$peer" -v r1="${MAXRATE[bootfabric]}" -v r2="${MAXRATE[$peer]}" \
+        -v c1="${CPU[bootfabric]}" -v c2="${CPU[$peer]}" 'BEGIN {
+      gsub(/[^0-9.]/, "", r1); gsub(/[^0-9.]/, "", r2)
+      split(c1, a, " "); split(c2, b, " ")
+      if (p == "kea") p = "kea-dhcp4"
+      printf "bootfabric / %-10s max rate %s, CPU per exchange %s\n", p,
+        (r2 > 0 ? sprintf("x%.2f", r1 / r2) : "n/a"),
+        (a[1] + 0 > 0 && b[1] + 0 > 0 ? sprintf("x%.2f", a[1] / b[1]) : "n/a") }'
+  done
+fi
+for server in $SERVERS; do
+  if awk -v n="${NOISE[$server]}" 'BEGIN { exit !(n > 0.5) }'; then
+    echo "warning: something else used up to ${NOISE[$server]} cores during the $server runs: rerun on a quiet machine" >&2
+  fi
 done
