@@ -30,6 +30,10 @@ pub enum Phase {
     DhcpRelease,
     /// The client declined its address.
     DhcpDecline,
+    /// A TFTP transfer was sent completely (detail: the file name).
+    TftpSent,
+    /// A TFTP transfer ended before its last block was acknowledged (detail: file and why).
+    TftpFailed,
 }
 
 impl Phase {
@@ -41,6 +45,8 @@ impl Phase {
             Self::DhcpNak => "dhcp_nak",
             Self::DhcpRelease => "dhcp_release",
             Self::DhcpDecline => "dhcp_decline",
+            Self::TftpSent => "tftp_sent",
+            Self::TftpFailed => "tftp_failed",
         }
     }
 }
@@ -54,12 +60,25 @@ pub struct Event {
     pub phase: Phase,
     /// The address involved, if any.
     pub ip: Option<Ipv4Addr>,
+    /// What it concerned, e.g. a file name (at most [`DETAIL_MAX`] bytes).
+    pub detail: Option<String>,
+}
+
+/// Longest detail kept per event: names come from the network.
+pub const DETAIL_MAX: usize = 128;
+
+#[derive(Default)]
+struct State {
+    timelines: HashMap<Mac, VecDeque<Event>>,
+    // Who holds an address now, from DHCP ACKs: how services that see only an address (TFTP,
+    // HTTP) find the host behind it.
+    holders: HashMap<Ipv4Addr, Mac>,
 }
 
 /// Shared handle to the ledger.
 #[derive(Clone)]
 pub struct Ledger {
-    inner: Arc<Mutex<HashMap<Mac, VecDeque<Event>>>>,
+    inner: Arc<Mutex<State>>,
     events: IntCounterVec,
 }
 
@@ -82,30 +101,74 @@ impl Ledger {
 
     /// Records an event for `mac` now.
     pub fn record(&self, mac: Mac, phase: Phase, ip: Option<Ipv4Addr>) {
+        self.record_detail(mac, phase, ip, None);
+    }
+
+    /// Records an event for `mac` now, with what it concerned.
+    pub fn record_detail(
+        &self,
+        mac: Mac,
+        phase: Phase,
+        ip: Option<Ipv4Addr>,
+        detail: Option<&str>,
+    ) {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         self.events.with_label_values(&[phase.as_str()]).inc();
-        let Ok(mut map) = self.inner.lock() else {
+        let detail = detail.map(|d| {
+            let mut end = d.len().min(DETAIL_MAX);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d[..end].to_owned()
+        });
+        let Ok(mut state) = self.inner.lock() else {
             return;
         };
-        if map.len() >= MAX_HOSTS && !map.contains_key(&mac) {
+        if let Some(ip) = ip {
+            match phase {
+                Phase::DhcpAck => {
+                    if state.holders.len() < MAX_HOSTS || state.holders.contains_key(&ip) {
+                        state.holders.insert(ip, mac);
+                    }
+                }
+                Phase::DhcpRelease | Phase::DhcpDecline => {
+                    if state.holders.get(&ip) == Some(&mac) {
+                        state.holders.remove(&ip);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if state.timelines.len() >= MAX_HOSTS && !state.timelines.contains_key(&mac) {
             return;
         }
-        let q = map.entry(mac).or_default();
+        let q = state.timelines.entry(mac).or_default();
         if q.len() == EVENTS_PER_HOST {
             q.pop_front();
         }
-        q.push_back(Event { at_ms, phase, ip });
+        q.push_back(Event {
+            at_ms,
+            phase,
+            ip,
+            detail,
+        });
+    }
+
+    /// The host that was last acknowledged `ip` and has not given it back.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.inner.lock().ok()?.holders.get(&ip).copied()
     }
 
     /// The timeline of `mac`, oldest first.
     pub fn timeline(&self, mac: Mac) -> Vec<Event> {
         self.inner
             .lock()
-            .map(|m| {
-                m.get(&mac)
+            .map(|s| {
+                s.timelines
+                    .get(&mac)
                     .map(|q| q.iter().cloned().collect())
                     .unwrap_or_default()
             })
@@ -128,5 +191,24 @@ mod tests {
         let t = l.timeline(m);
         assert_eq!(t.len(), EVENTS_PER_HOST);
         assert_eq!(t.last().map(|e| e.phase), Some(Phase::DhcpAck));
+    }
+
+    #[test]
+    fn knows_who_holds_an_address_until_it_is_given_back() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        l.record(a, Phase::DhcpOffer, Some(ip));
+        assert_eq!(l.holder(ip), None, "an offer is not a lease");
+        l.record(a, Phase::DhcpAck, Some(ip));
+        assert_eq!(l.holder(ip), Some(a));
+        l.record(b, Phase::DhcpRelease, Some(ip));
+        assert_eq!(l.holder(ip), Some(a), "only the holder gives it back");
+        l.record(a, Phase::DhcpRelease, Some(ip));
+        assert_eq!(l.holder(ip), None);
+        let long = "é".repeat(DETAIL_MAX);
+        l.record_detail(a, Phase::TftpSent, Some(ip), Some(&long));
+        let detail = l.timeline(a).pop().and_then(|e| e.detail).expect("detail");
+        assert!(detail.len() <= DETAIL_MAX && long.starts_with(&detail));
     }
 }

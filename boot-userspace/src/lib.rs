@@ -10,6 +10,7 @@ pub mod explain;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod render;
 pub mod serve;
 pub mod supervisor;
 pub mod tftp;

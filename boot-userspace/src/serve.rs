@@ -78,7 +78,7 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     }
 
     if let Some(tftp) = config.tftp.clone() {
-        let service = TftpService::start(&config, tftp, &registry)?;
+        let service = TftpService::start(&config, tftp, &registry, ledger.clone())?;
         let token = supervisor.token();
         supervisor.spawn(
             "tftp",

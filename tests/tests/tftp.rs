@@ -1,12 +1,17 @@
 //! The TFTP server against real clients in a namespace lab: tftp-hpa's `tftp`, `atftp` (with
 //! blksize and windowsize) and `curl` (with --tftp-blksize) fetch byte-identical files;
-//! names that leave the root are refused with an access violation.
+//! names that leave the root are refused with an access violation; per-host files are
+//! rendered from the host's profile, found by MAC, by address and by lease.
 
-use bootfabric_lab::{have_program, require, require_root, run, Daemon, PairLab, TempDir};
+use std::time::Duration;
 
-fn config(root: &std::path::Path) -> String {
+use bootfabric_lab::{
+    have_program, http_get, require, require_root, run, sample, wait_for, Daemon, PairLab, TempDir,
+};
+
+fn config(root: &std::path::Path, extra: &str) -> String {
     format!(
-        "[daemon]\nstate_dir = \"state\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[tftp]\nroot = \"{}\"\ntransfer_ports = \"50000-50099\"\n",
+        "[daemon]\nstate_dir = \"state\"\n{extra}[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[tftp]\nroot = \"{}\"\ntransfer_ports = \"50000-50099\"\n",
         root.display()
     )
 }
@@ -24,13 +29,24 @@ fn content(len: usize, seed: u32) -> Vec<u8> {
 
 struct Lab {
     lab: PairLab,
-    _daemon: Daemon,
+    daemon: Daemon,
     root: std::path::PathBuf,
     _base: TempDir,
     out: TempDir,
 }
 
 fn lab(t: &str, program: &str) -> Option<Lab> {
+    lab_with(t, program, PairLab::new, "", &[])
+}
+
+/// A lab whose daemon has `extra` config (before `[fabric]`) and `files` beside its config.
+fn lab_with(
+    t: &str,
+    program: &str,
+    pair: fn() -> Result<PairLab, bootfabric_lab::LabError>,
+    extra: &str,
+    files: &[(&str, &str)],
+) -> Option<Lab> {
     let missing = format!("{program} is not installed (cargo xtask setup)");
     if !require_root(t) || !require(have_program(program), t, &missing) {
         return None;
@@ -48,11 +64,11 @@ fn lab(t: &str, program: &str) -> Option<Lab> {
     ] {
         std::fs::write(root.join(name), content(len, seed)).expect("file");
     }
-    let lab = PairLab::new().expect("lab");
-    let daemon = Daemon::start(&lab.server, &config(&root), &[]).expect("daemon");
+    let lab = pair().expect("lab");
+    let daemon = Daemon::start(&lab.server, &config(&root, extra), files).expect("daemon");
     Some(Lab {
         lab,
-        _daemon: daemon,
+        daemon,
         root,
         _base: base,
         out: TempDir::new().expect("out"),
@@ -60,6 +76,31 @@ fn lab(t: &str, program: &str) -> Option<Lab> {
 }
 
 impl Lab {
+    /// Fetches `name` with tftp-hpa: its bytes, or the client's error output.
+    fn fetch(&self, name: &str) -> Result<String, String> {
+        let dest = self.out.path.join("fetched");
+        let _ = std::fs::remove_file(&dest);
+        let out = self
+            .lab
+            .client
+            .command("tftp")
+            .args(["-m", "binary", "10.77.0.1", "-c", "get", name])
+            .arg(&dest)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if said.contains("Error code") {
+            return Err(said);
+        }
+        std::fs::read_to_string(&dest).map_err(|e| format!("{e}: {said}"))
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = http_get(&self.lab.server, self.daemon.admin, "/metrics").expect("metrics");
+        sample(&text, name, labels).unwrap_or(0.0)
+    }
+
     fn same(&self, name: &str, fetched: &str) {
         let want = std::fs::read(self.root.join(name)).expect("source");
         let got = std::fs::read(self.out.path.join(fetched))
@@ -218,4 +259,180 @@ fn transfers_survive_deterministic_loss() {
         .arg(&dest))
     .expect("tftp-hpa under loss");
     l.same("lossy.bin", "lossy-hpa");
+}
+
+const INVENTORY: &str = r#"
+[profiles.installer]
+kernel = "debian/linux"
+initrd = ["debian/initrd.gz"]
+cmdline = "console=ttyS0 url={http_base}/preseed/{host}.cfg"
+
+[profiles.disk]
+
+[[hosts]]
+name = "node01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.2"
+profile = "installer"
+
+[[hosts]]
+name = "node02"
+mac = "52:54:00:b0:0f:02"
+ip = "10.77.0.12"
+profile = "disk"
+
+[[hosts]]
+name = "node03"
+mac = "52:54:00:b0:0f:03"
+profile = "installer"
+"#;
+
+#[test]
+fn per_host_files_are_rendered_from_the_profile() {
+    let t = "per_host_files_are_rendered_from_the_profile";
+    let Some(l) = lab_with(
+        t,
+        "tftp",
+        PairLab::new,
+        "inventory = \"hosts.toml\"\n",
+        &[("hosts.toml", INVENTORY)],
+    ) else {
+        return;
+    };
+    std::fs::create_dir_all(l.root.join("pxelinux.cfg")).expect("dir");
+    std::fs::write(l.root.join("pxelinux.cfg/default"), "DEFAULT fallback\n").expect("file");
+    // An operator's own file for node02 wins over rendering.
+    std::fs::write(
+        l.root.join("pxelinux.cfg/01-52-54-00-b0-0f-02"),
+        "DEFAULT override\n",
+    )
+    .expect("file");
+    std::fs::write(l.root.join("boot.ipxe"), "#!ipxe\necho generic\n").expect("file");
+
+    let node01 = l
+        .fetch("pxelinux.cfg/01-52-54-00-b0-0f-01")
+        .expect("node01 by MAC");
+    assert!(
+        node01.contains("for node01 (52:54:00:b0:0f:01)"),
+        "{node01}"
+    );
+    assert!(node01.contains("  KERNEL debian/linux\n"), "{node01}");
+    assert!(node01.contains("  INITRD debian/initrd.gz\n"), "{node01}");
+    assert!(
+        node01.contains("APPEND console=ttyS0 url=http://10.77.0.1/preseed/node01.cfg"),
+        "{node01}"
+    );
+    // By address in hex, as pxelinux asks after the MAC: node02 boots from disk.
+    let node02 = l.fetch("pxelinux.cfg/0A4D000C").expect("node02 by address");
+    assert!(
+        node02.contains("for node02") && node02.contains("LOCALBOOT 0"),
+        "{node02}"
+    );
+    assert_eq!(
+        l.fetch("pxelinux.cfg/01-52-54-00-b0-0f-02")
+            .expect("override"),
+        "DEFAULT override\n"
+    );
+    // An unknown MAC and a prefix are not found, so pxelinux goes on to `default`.
+    let unknown = l.fetch("pxelinux.cfg/01-52-54-00-ff-ff-ff");
+    assert!(unknown.is_err(), "unknown host served: {unknown:?}");
+    assert!(l.fetch("pxelinux.cfg/0A4D").is_err());
+    assert_eq!(
+        l.fetch("pxelinux.cfg/default").expect("default"),
+        "DEFAULT fallback\n"
+    );
+    let grub = l
+        .fetch("grub/grub.cfg-01-52-54-00-b0-0f-01")
+        .expect("grub config");
+    assert!(
+        grub.contains("  linux /debian/linux console=ttyS0"),
+        "{grub}"
+    );
+    assert!(grub.contains("  initrd /debian/initrd.gz\n"), "{grub}");
+    // The client is 10.77.0.2, node01's reserved address: the shared script name is its own.
+    let script = l.fetch("boot.ipxe").expect("script");
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains("kernel http://10.77.0.1/debian/linux initrd=initrd.gz console=ttyS0"),
+        "{script}"
+    );
+
+    assert_eq!(
+        l.metric("bootfabric_tftp_rendered_total", &[("format", "pxelinux")]),
+        2.0
+    );
+    assert_eq!(
+        l.metric("bootfabric_tftp_rendered_total", &[("format", "grub")]),
+        1.0
+    );
+    assert_eq!(
+        l.metric("bootfabric_tftp_rendered_total", &[("format", "ipxe")]),
+        1.0
+    );
+    // Every completed fetch from node01's address reached the ledger.
+    assert!(l.metric("bootfabric_ledger_events_total", &[("phase", "tftp_sent")]) >= 6.0);
+}
+
+/// The address a host leased is how TFTP knows it: node03 has no reservation.
+#[test]
+fn a_leased_host_gets_its_own_script() {
+    let t = "a_leased_host_gets_its_own_script";
+    if !require(
+        have_program("udhcpc"),
+        t,
+        "udhcpc is not installed (cargo xtask setup)",
+    ) {
+        return;
+    }
+    let dhcp = "[[dhcp.subnets]]\ncidr = \"10.77.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.77.0.100-10.77.0.199\"]\n";
+    let pair = || {
+        let lab = PairLab::unaddressed_client("client0")?;
+        lab.client
+            .ip(&["link", "set", "client0", "address", "52:54:00:b0:0f:03"])?;
+        Ok(lab)
+    };
+    let Some(l) = lab_with(
+        t,
+        "tftp",
+        pair,
+        &format!("inventory = \"hosts.toml\"\n{dhcp}"),
+        &[("hosts.toml", INVENTORY)],
+    ) else {
+        return;
+    };
+    let script = l.out.path.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\"; ip route replace default dev \"$interface\" ;; esac\nexit 0\n",
+    )
+    .expect("script");
+    let mut perm = std::fs::metadata(&script).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&script, perm).expect("chmod");
+    run(l
+        .lab
+        .client
+        .command("udhcpc")
+        .args([
+            "-f", "-q", "-n", "-i", "client0", "-t", "10", "-T", "2", "-s",
+        ])
+        .arg(&script))
+    .expect("udhcpc lease");
+    let leased = wait_for(Duration::from_secs(10), || {
+        l.lab
+            .client
+            .ip(&["-4", "-o", "addr", "show", "client0"])
+            .ok()
+            .filter(|s| s.contains("10.77.0.1"))
+    });
+    assert!(leased.is_some(), "no leased address on client0");
+    let node03 = l.fetch("boot.ipxe").expect("script");
+    assert!(
+        node03.contains("for node03 (52:54:00:b0:0f:03)"),
+        "{node03}"
+    );
+    assert!(
+        node03.contains("url=http://10.77.0.1/preseed/node03.cfg"),
+        "{node03}"
+    );
 }

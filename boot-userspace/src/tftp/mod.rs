@@ -1,11 +1,12 @@
 //! The TFTP server (RFC 1350 with option negotiation: RFC 2347 OACK, RFC 2348 blksize,
 //! RFC 2349 timeout and tsize, RFC 7440 windowsize).
 //!
-//! Landing in steps: [`packet`] (wire format), [`options`] (negotiation) and [`transfer`]
-//! (the read-transfer state machine) are the pure protocol core; file sources (confined
-//! static files, rendered per-host files) and the socket loop follow.
+//! [`packet`] (wire format), [`options`] (negotiation), [`transfer`] (the read-transfer state
+//! machine) and [`names`] (which names are per-host files) are the pure core; [`files`]
+//! confines requests to the root and [`service`] is the socket loop.
 
 pub mod files;
+pub mod names;
 pub mod options;
 pub mod packet;
 pub mod service;

@@ -18,11 +18,17 @@ use tracing::{debug, info, warn};
 
 use super::{
     files::{self, FileError},
+    names::{self, Format, Owner},
     options::{self, Limits},
     packet::{self, ErrorCode, Mode, Packet},
     transfer::{AbortReason, Action, Transfer},
 };
-use crate::config::{Config, PortRange, TftpConfig};
+use crate::{
+    config::{BootSettings, Config, PortRange, TftpConfig},
+    inventory::{Host, Inventory, Mac},
+    ledger::{Ledger, Phase},
+    render,
+};
 
 /// The well-known TFTP port.
 pub const TFTP_PORT: u16 = 69;
@@ -34,6 +40,7 @@ struct Metrics {
     bytes: IntCounter,
     retransmits: IntCounter,
     errors: IntCounterVec,
+    rendered: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,13 +75,22 @@ impl Metrics {
         r.register(Box::new(transfers.clone()))?;
         r.register(Box::new(bytes.clone()))?;
         r.register(Box::new(retransmits.clone()))?;
+        let rendered = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_rendered_total",
+                "Per-host files rendered from boot profiles, by format.",
+            ),
+            &["format"],
+        )?;
         r.register(Box::new(errors.clone()))?;
+        r.register(Box::new(rendered.clone()))?;
         Ok(Self {
             active,
             transfers,
             bytes,
             retransmits,
             errors,
+            rendered,
         })
     }
 }
@@ -126,6 +142,64 @@ pub struct TftpService {
     ports: PortRange,
     next_port: Arc<AtomicU16>,
     metrics: Metrics,
+    hosts: Hosts,
+}
+
+/// What the service knows about hosts: the inventory, the boot settings and, through the
+/// ledger, who holds which leased address.
+struct Hosts {
+    inventory: Inventory,
+    boot: BootSettings,
+    scripts: Vec<String>,
+    ledger: Ledger,
+}
+
+impl Hosts {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
+        self.inventory.host_by_ip(ip).or_else(|| {
+            self.ledger
+                .holder(ip)
+                .and_then(|mac| self.inventory.host_by_mac(&mac))
+        })
+    }
+
+    /// The MAC behind an address, known or not (for the ledger).
+    fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.ledger
+            .holder(ip)
+            .or_else(|| self.inventory.host_by_ip(ip).map(|h| h.mac))
+    }
+
+    /// Renders `format` for the owner, or `None` when the owner is not a known host.
+    fn render(
+        &self,
+        format: Format,
+        owner: Owner,
+        peer: Ipv4Addr,
+        server: Ipv4Addr,
+    ) -> Option<String> {
+        let host = match owner {
+            Owner::Mac(mac) => self.inventory.host_by_mac(&mac)?,
+            Owner::Ip(ip) => self.by_ip(ip)?,
+            Owner::Peer => self.by_ip(peer)?,
+        };
+        let profile = self.inventory.profile(&host.profile)?;
+        let ip = host
+            .ip
+            .or_else(|| (self.ledger.holder(peer) == Some(host.mac)).then_some(peer));
+        let target = render::Target {
+            host,
+            profile,
+            ip,
+            server,
+            global: &self.boot,
+        };
+        Some(match format {
+            Format::Pxelinux => render::pxelinux(&target),
+            Format::Grub => render::grub(&target),
+            Format::Ipxe => render::ipxe(&target),
+        })
+    }
 }
 
 fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
@@ -139,7 +213,12 @@ fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
 
 impl TftpService {
     /// Binds port 69 on every fabric interface.
-    pub fn start(config: &Config, cfg: TftpConfig, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn start(
+        config: &Config,
+        cfg: TftpConfig,
+        registry: &Registry,
+        ledger: Ledger,
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::register(registry)?;
         let mut listeners = Vec::new();
         for iface in &config.interfaces {
@@ -151,12 +230,24 @@ impl TftpService {
             listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
         let ports = config.tftp_transfer_ports;
+        let mut scripts: Vec<String> = config.boot.ipxe_script.iter().cloned().collect();
+        for p in config.inventory.profiles().values() {
+            if let Some(s) = &p.boot.ipxe_script {
+                scripts.push(s.clone());
+            }
+        }
         Ok(Self {
             listeners,
             cfg,
             ports,
             next_port: Arc::new(AtomicU16::new(ports.first)),
             metrics,
+            hosts: Hosts {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts,
+                ledger,
+            },
         })
     }
 
@@ -164,10 +255,10 @@ impl TftpService {
     pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
-        for (iface, _ip, sock) in this.listeners.clone() {
+        for (iface, ip, sock) in this.listeners.clone() {
             let this = Arc::clone(&this);
             let cancel = cancel.clone();
-            tasks.spawn(async move { this.listen(iface, sock, cancel).await });
+            tasks.spawn(async move { this.listen(iface, ip, sock, cancel).await });
         }
         while let Some(res) = tasks.join_next().await {
             let err = match res {
@@ -184,6 +275,7 @@ impl TftpService {
     async fn listen(
         self: Arc<Self>,
         iface: String,
+        server: Ipv4Addr,
         sock: Arc<UdpSocket>,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
@@ -235,7 +327,7 @@ impl TftpService {
             let this = Arc::clone(&self);
             let iface = iface.clone();
             let cancel = cancel.clone();
-            tokio::spawn(async move { this.transfer(iface, peer, request, cancel).await });
+            tokio::spawn(async move { this.transfer(iface, server, peer, request, cancel).await });
         }
     }
 
@@ -260,9 +352,40 @@ impl TftpService {
         Err(last_err.unwrap_or_else(|| std::io::Error::other("no transfer port free")))
     }
 
+    /// The bytes for a requested name: files on disk, or a file rendered for a host. For
+    /// names that spell out one host, a file on disk wins (an operator's override); a shared
+    /// script name is rendered for a known peer and comes from disk for anyone else.
+    fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
+        files::check_name(name)?;
+        let scripts = self.hosts.scripts.iter().map(String::as_str);
+        let rendered = |format: Format, owner| {
+            self.hosts.render(format, owner, peer, server).map(|text| {
+                let label = match format {
+                    Format::Pxelinux => "pxelinux",
+                    Format::Grub => "grub",
+                    Format::Ipxe => "ipxe",
+                };
+                self.metrics.rendered.with_label_values(&[label]).inc();
+                Data::Memory(text.into_bytes())
+            })
+        };
+        match names::classify(name, scripts) {
+            Some(f) if f.owner == Owner::Peer => match rendered(f.format, f.owner) {
+                Some(d) => Ok(d),
+                None => files::open(&self.cfg.root, name).map(Data::File),
+            },
+            Some(f) => match files::open(&self.cfg.root, name) {
+                Err(FileError::NotFound) => rendered(f.format, f.owner).ok_or(FileError::NotFound),
+                other => other.map(Data::File),
+            },
+            None => files::open(&self.cfg.root, name).map(Data::File),
+        }
+    }
+
     async fn transfer(
         self: Arc<Self>,
         iface: String,
+        server: Ipv4Addr,
         peer: SocketAddr,
         req: packet::Request,
         cancel: CancellationToken,
@@ -275,10 +398,14 @@ impl TftpService {
                 return;
             }
         };
-        let data = match files::open(&self.cfg.root, &req.filename) {
-            Ok(src) if req.mode == Mode::Netascii => {
-                let mut raw = vec![0u8; src.size() as usize];
-                match src.read_at(&mut raw, 0) {
+        let peer_ip = match peer.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        let data = match self.resolve(&req.filename, peer_ip, server) {
+            Ok(d) if req.mode == Mode::Netascii => {
+                let mut raw = vec![0u8; d.size() as usize];
+                match d.read_at(&mut raw, 0) {
                     Ok(n) => Data::Memory(to_netascii(&raw[..n])),
                     Err(e) => {
                         return self
@@ -287,7 +414,7 @@ impl TftpService {
                     }
                 }
             }
-            Ok(src) => Data::File(src),
+            Ok(d) => d,
             Err(e) => return self.refuse(&sock, peer, &req.filename, e).await,
         };
         let size = data.size();
@@ -343,6 +470,11 @@ impl TftpService {
                 }
                 Action::Done => break "completed",
                 Action::Abort(AbortReason::Timeout) => break "timeout",
+                // UEFI firmware asks for the size, reads the OACK and aborts, then asks again:
+                // a probe, not a failure.
+                Action::Abort(AbortReason::ClientError) if highest_sent == 0 => {
+                    break "aborted_after_oack"
+                }
                 Action::Abort(AbortReason::ClientError) => break "client_error",
                 Action::Wait => {}
             }
@@ -384,6 +516,23 @@ impl TftpService {
         self.metrics.active.dec();
         self.metrics.transfers.with_label_values(&[outcome]).inc();
         debug!(%peer, file = %req.filename, outcome, "TFTP transfer ended");
+        if let Some(mac) = self.hosts.mac_at(peer_ip) {
+            match outcome {
+                "completed" => self.hosts.ledger.record_detail(
+                    mac,
+                    Phase::TftpSent,
+                    Some(peer_ip),
+                    Some(&req.filename),
+                ),
+                "aborted_after_oack" => {}
+                why => self.hosts.ledger.record_detail(
+                    mac,
+                    Phase::TftpFailed,
+                    Some(peer_ip),
+                    Some(&format!("{}: {why}", req.filename)),
+                ),
+            }
+        }
     }
 
     async fn refuse(&self, sock: &UdpSocket, peer: SocketAddr, name: &str, e: FileError) {

@@ -1,0 +1,263 @@
+//! Per-host boot files rendered from the host's profile: pxelinux configs, GRUB configs and
+//! iPXE scripts. Pure functions of the host, its profile and the global `[boot]` settings, so
+//! that TFTP and HTTP hand out the same answer the DHCP policy points to.
+//!
+//! A profile without a kernel means "boot from the local disk": each format gets its way of
+//! handing the machine back to the firmware.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use crate::{
+    config::BootSettings,
+    inventory::{Host, Profile},
+};
+
+/// Everything a rendered file depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The machine.
+    pub host: &'a Host,
+    /// Its profile.
+    pub profile: &'a Profile,
+    /// The address it has now (its reservation, or its lease).
+    pub ip: Option<Ipv4Addr>,
+    /// The server's address on the host's network (`{server}`).
+    pub server: Ipv4Addr,
+    /// Global `[boot]` settings, which the profile's `boot` overrides.
+    pub global: &'a BootSettings,
+}
+
+impl Target<'_> {
+    /// Base URL for images: the profile's or global `http_base` with `{server}` filled in,
+    /// else TFTP from this server.
+    pub fn image_base(&self) -> String {
+        let base = self
+            .profile
+            .boot
+            .http_base
+            .as_ref()
+            .or(self.global.http_base.as_ref());
+        match base {
+            Some(b) => b
+                .replace("{server}", &self.server.to_string())
+                .trim_end_matches('/')
+                .to_owned(),
+            None => format!("tftp://{}", self.server),
+        }
+    }
+
+    /// The kernel command line with `{host}`, `{mac}`, `{ip}`, `{server}` and `{http_base}`
+    /// filled in.
+    pub fn cmdline(&self) -> String {
+        let ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
+        self.profile
+            .cmdline
+            .replace("{host}", &self.host.name)
+            .replace("{mac}", &self.host.mac.to_string())
+            .replace("{ip}", &ip)
+            .replace("{server}", &self.server.to_string())
+            .replace("{http_base}", &self.image_base())
+    }
+
+    fn header(&self, comment: &str) -> String {
+        format!(
+            "{comment} rendered by bootfabric for {} ({}), profile {}\n",
+            self.host.name, self.host.mac, self.profile.name
+        )
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A pxelinux config (`pxelinux.cfg/01-<mac>`): images over TFTP, relative to its root.
+pub fn pxelinux(t: &Target<'_>) -> String {
+    let mut out = t.header("#");
+    match &t.profile.kernel {
+        None => out.push_str("DEFAULT local\nPROMPT 0\nTIMEOUT 0\nLABEL local\n  LOCALBOOT 0\n"),
+        Some(kernel) => {
+            out.push_str("DEFAULT bootfabric\nPROMPT 0\nTIMEOUT 0\nLABEL bootfabric\n");
+            let _ = writeln!(out, "  KERNEL {kernel}");
+            if !t.profile.initrd.is_empty() {
+                let _ = writeln!(out, "  INITRD {}", t.profile.initrd.join(","));
+            }
+            let cmdline = t.cmdline();
+            if !cmdline.is_empty() {
+                let _ = writeln!(out, "  APPEND {cmdline}");
+            }
+        }
+    }
+    out
+}
+
+/// A GRUB config (`grub.cfg-01-<mac>`): images from GRUB's network root, which is the TFTP
+/// server it was loaded from.
+pub fn grub(t: &Target<'_>) -> String {
+    let mut out = t.header("#");
+    out.push_str("set timeout=0\nset default=0\n");
+    match &t.profile.kernel {
+        // Leaving GRUB hands the machine back to the firmware's next boot entry.
+        None => out.push_str("exit\n"),
+        Some(kernel) => {
+            let _ = writeln!(out, "menuentry \"bootfabric {}\" {{", t.profile.name);
+            let _ = writeln!(
+                out,
+                "  linux /{} {}",
+                kernel.trim_start_matches('/'),
+                t.cmdline()
+            );
+            if !t.profile.initrd.is_empty() {
+                let list: Vec<String> = t
+                    .profile
+                    .initrd
+                    .iter()
+                    .map(|i| format!("/{}", i.trim_start_matches('/')))
+                    .collect();
+                let _ = writeln!(out, "  initrd {}", list.join(" "));
+            }
+            out.push_str("}\n");
+        }
+    }
+    out
+}
+
+/// An iPXE script: images from the HTTP base. Each initrd is named and passed as `initrd=`
+/// so that EFI-stub kernels find them too.
+pub fn ipxe(t: &Target<'_>) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&t.header("#"));
+    match &t.profile.kernel {
+        // `exit` returns to the firmware, which tries its next boot device (the disk).
+        None => out.push_str("exit\n"),
+        Some(kernel) => {
+            let base = t.image_base();
+            let mut args = String::new();
+            for i in &t.profile.initrd {
+                let _ = write!(args, " initrd={}", basename(i));
+            }
+            let cmdline = t.cmdline();
+            if !cmdline.is_empty() {
+                let _ = write!(args, " {cmdline}");
+            }
+            let _ = writeln!(
+                out,
+                "kernel {base}/{}{args}",
+                kernel.trim_start_matches('/')
+            );
+            for i in &t.profile.initrd {
+                let _ = writeln!(
+                    out,
+                    "initrd --name {} {base}/{}",
+                    basename(i),
+                    i.trim_start_matches('/')
+                );
+            }
+            out.push_str("boot\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::OptionSet, inventory::Mac};
+
+    fn host() -> Host {
+        Host {
+            name: "node01".into(),
+            mac: Mac([0x52, 0x54, 0, 0xb0, 0x0f, 0x01]),
+            ip: Some(Ipv4Addr::new(10, 77, 0, 11)),
+            profile: "installer".into(),
+            options: OptionSet::default(),
+        }
+    }
+
+    fn profile(kernel: Option<&str>) -> Profile {
+        Profile {
+            name: "installer".into(),
+            kernel: kernel.map(str::to_owned),
+            initrd: vec!["debian/initrd.gz".into(), "extra/firmware.cpio".into()],
+            cmdline: "console=ttyS0 url={http_base}/preseed/{host}.cfg".into(),
+            boot: BootSettings::default(),
+        }
+    }
+
+    fn target<'a>(h: &'a Host, p: &'a Profile, g: &'a BootSettings) -> Target<'a> {
+        Target {
+            host: h,
+            profile: p,
+            ip: h.ip,
+            server: Ipv4Addr::new(10, 77, 0, 1),
+            global: g,
+        }
+    }
+
+    #[test]
+    fn pxelinux_boots_the_profile_over_tftp() {
+        let (h, p, g) = (
+            host(),
+            profile(Some("debian/linux")),
+            BootSettings::defaults(),
+        );
+        let text = pxelinux(&target(&h, &p, &g));
+        assert!(text.starts_with("# rendered by bootfabric for node01 (52:54:00:b0:0f:01)"));
+        assert!(text.contains("DEFAULT bootfabric\n"));
+        assert!(text.contains("  KERNEL debian/linux\n"));
+        assert!(text.contains("  INITRD debian/initrd.gz,extra/firmware.cpio\n"));
+        assert!(text.contains("  APPEND console=ttyS0 url=http://10.77.0.1/preseed/node01.cfg\n"));
+    }
+
+    #[test]
+    fn grub_loads_from_its_network_root() {
+        let (h, p, g) = (
+            host(),
+            profile(Some("debian/linux")),
+            BootSettings::defaults(),
+        );
+        let text = grub(&target(&h, &p, &g));
+        assert!(text.contains("  linux /debian/linux console=ttyS0"));
+        assert!(text.contains("  initrd /debian/initrd.gz /extra/firmware.cpio\n"));
+    }
+
+    #[test]
+    fn ipxe_names_each_initrd_for_efi_stub_kernels() {
+        let (h, p, g) = (
+            host(),
+            profile(Some("debian/linux")),
+            BootSettings::defaults(),
+        );
+        let text = ipxe(&target(&h, &p, &g));
+        assert!(text.starts_with("#!ipxe\n"));
+        assert!(text.contains(
+            "kernel http://10.77.0.1/debian/linux initrd=initrd.gz initrd=firmware.cpio console=ttyS0"
+        ));
+        assert!(text.contains("initrd --name initrd.gz http://10.77.0.1/debian/initrd.gz\n"));
+        assert!(text.ends_with("boot\n"));
+    }
+
+    #[test]
+    fn profile_http_base_wins_and_no_base_means_tftp() {
+        let h = host();
+        let mut p = profile(Some("k"));
+        p.boot.http_base = Some("http://images.example:8080/".into());
+        let g = BootSettings::defaults();
+        assert_eq!(
+            target(&h, &p, &g).image_base(),
+            "http://images.example:8080"
+        );
+        p.boot.http_base = None;
+        let g = BootSettings::default();
+        assert_eq!(target(&h, &p, &g).image_base(), "tftp://10.77.0.1");
+    }
+
+    #[test]
+    fn no_kernel_hands_back_to_the_firmware() {
+        let (h, p, g) = (host(), profile(None), BootSettings::defaults());
+        let t = target(&h, &p, &g);
+        assert!(pxelinux(&t).contains("LOCALBOOT 0"));
+        assert!(grub(&t).ends_with("exit\n"));
+        assert!(ipxe(&t).ends_with("exit\n"));
+    }
+}
