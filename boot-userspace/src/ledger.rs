@@ -129,15 +129,13 @@ impl Ledger {
         };
         if let Some(ip) = ip {
             match phase {
-                Phase::DhcpAck => {
-                    if state.holders.len() < MAX_HOSTS || state.holders.contains_key(&ip) {
-                        state.holders.insert(ip, mac);
-                    }
+                Phase::DhcpAck
+                    if state.holders.len() < MAX_HOSTS || state.holders.contains_key(&ip) =>
+                {
+                    state.holders.insert(ip, mac);
                 }
-                Phase::DhcpRelease | Phase::DhcpDecline => {
-                    if state.holders.get(&ip) == Some(&mac) {
-                        state.holders.remove(&ip);
-                    }
+                Phase::DhcpRelease | Phase::DhcpDecline if state.holders.get(&ip) == Some(&mac) => {
+                    state.holders.remove(&ip);
                 }
                 _ => {}
             }
