@@ -28,6 +28,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod dhcp_client;
 pub mod packets;
+pub mod relay;
 
 /// Prefix of every namespace the lab creates; nothing else on the machine uses it.
 pub const NS_PREFIX: &str = "bft-";
