@@ -1,18 +1,21 @@
-//! Real firmware against the DHCP server: QEMU's iPXE ROM is told the iPXE script URL and
-//! asks for it over HTTP; OVMF's own UEFI PXE client (arch 7) is told the x64 bootloader and
-//! asks for it over TFTP. The test stands in for the HTTP and TFTP servers with sockets that
-//! only record the first request, which is the proof that the firmware took our answer.
+//! Real firmware against the DHCP and TFTP servers: QEMU's iPXE ROM is told the iPXE script
+//! URL and asks for it over HTTP; OVMF's own UEFI PXE client (arch 7) is told the x64
+//! bootloader, loads it from our TFTP server, and the iPXE it loaded asks for its script. The
+//! test stands in for the HTTP server with a socket that only records the first request,
+//! which is the proof that the firmware took our answers.
 //! QEMU runs under TCG (KVM guests hang here), inside the client namespace, on a tap bridged
 //! to the server's veth.
 
 use std::{
     io::Read,
-    net::{TcpListener, UdpSocket},
+    net::TcpListener,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use bootfabric_lab::{have_program, require, require_root, Daemon, Netns, PairLab, TempDir};
+use bootfabric_lab::{
+    have_program, http_get, require, require_root, sample, Daemon, Netns, PairLab, TempDir,
+};
 
 const CONFIG: &str = r#"
 [daemon]
@@ -160,11 +163,15 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     );
 }
 
+/// OVMF's own UEFI PXE client (arch 7) is told the x64 bootloader, asks our TFTP server for
+/// its size (`tsize 0 blksize 1468 windowsize 4`), aborts after the OACK, asks again and
+/// loads it; the iPXE it loaded then asks DHCP again and fetches its script over HTTP.
 #[test]
-fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
-    let t = "ovmf_uefi_pxe_is_sent_the_x64_bootloader";
+fn ovmf_uefi_pxe_loads_ipxe_over_tftp() {
+    let t = "ovmf_uefi_pxe_loads_ipxe_over_tftp";
     let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
     let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    let ipxe = "/usr/lib/ipxe/ipxe.efi";
     if !require_root(t)
         || !require(
             have_program("qemu-system-x86_64"),
@@ -176,19 +183,21 @@ fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
             t,
             "OVMF is not installed (cargo xtask setup)",
         )
+        || !require(
+            std::path::Path::new(ipxe).exists(),
+            t,
+            "iPXE is not installed (cargo xtask setup)",
+        )
     {
         return;
     }
-    let lab = lab();
-    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    // Stand-in TFTP server: records the first read request.
-    let tftp = lab
-        .server
-        .run(|| UdpSocket::bind("10.77.0.1:69"))
-        .expect("server namespace")
-        .expect("bind :69");
-    tftp.set_read_timeout(Some(BOOT_BOUND)).expect("timeout");
     let dir = TempDir::new().expect("dir");
+    let root = dir.path.join("tftp");
+    std::fs::create_dir(&root).expect("root");
+    std::fs::copy(ipxe, root.join("ipxe.efi")).expect("ipxe.efi");
+    let lab = lab();
+    let config = format!("{CONFIG}[tftp]\nroot = \"{}\"\n", root.display());
+    let daemon = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
     let vars_copy = dir.path.join("vars.fd");
     std::fs::copy(vars, &vars_copy).expect("vars");
     let log = dir.path.join("qemu.log");
@@ -207,18 +216,30 @@ fn ovmf_uefi_pxe_is_sent_the_x64_bootloader() {
         ],
         &log,
     );
-    let mut buf = [0u8; 1500];
-    let (n, _) = tftp.recv_from(&mut buf).unwrap_or_else(|e| {
-        panic!(
-            "OVMF never asked for its bootloader ({e}).\nqemu:\n{}\ndaemon:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default(),
-            daemon.log()
+    let (request, _) = first_http_request(&lab.server, &log, &daemon);
+    assert!(request.starts_with("GET /boot.ipxe "), "{request}");
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    let outcome = |o: &str| {
+        sample(
+            &metrics,
+            "bootfabric_tftp_transfers_total",
+            &[("outcome", o)],
         )
-    });
-    let rrq = &buf[..n];
-    assert_eq!(&rrq[..2], &[0, 1], "not an RRQ: {rrq:?}");
-    let file = rrq[2..].split(|b| *b == 0).next().unwrap_or_default();
-    assert_eq!(file, b"ipxe.efi", "{:?}", String::from_utf8_lossy(rrq));
+        .unwrap_or(0.0)
+    };
+    assert!(
+        outcome("aborted_after_oack") >= 1.0 && outcome("completed") >= 1.0,
+        "OVMF's size probe and its download: {metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "bootfabric_ledger_events_total",
+            &[("phase", "tftp_failed")]
+        ),
+        None,
+        "the size probe is not a failed transfer"
+    );
 }
 
 #[test]
