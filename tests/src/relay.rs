@@ -2,6 +2,9 @@
 //! from one interface to the other and drops, duplicates and reorders UDP datagrams on the
 //! way, decided by a seeded generator (this kernel has no netem).
 //!
+//! A sender's UDP GSO batch crosses a veth as one frame; the relay cuts it into the datagrams
+//! it stands for, so that each one is impaired on its own as on a wire.
+//!
 //! Each direction draws from its own generator, so the decisions for the n-th UDP frame of a
 //! direction are the same on every run with the same seed. Non-UDP frames (ARP, IPv6
 //! neighbour discovery) pass untouched, so the lab's addressing never depends on luck.
@@ -47,6 +50,8 @@ pub struct RelayStats {
     pub duplicated: AtomicU64,
     /// UDP frames sent after a later one.
     pub reordered: AtomicU64,
+    /// GSO batches cut into datagrams.
+    pub gso_batches: AtomicU64,
 }
 
 impl RelayStats {
@@ -118,6 +123,24 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd, String> {
             std::io::Error::last_os_error()
         ));
     }
+    // Frames come with a virtio-net header saying whether they are GSO batches.
+    let on: i32 = 1;
+    // SAFETY: on is a valid int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(format!(
+            "PACKET_VNET_HDR on {ifname}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     // A receive timeout lets the thread see the stop flag and release a held frame.
     let tv = libc::timeval {
         tv_sec: 0,
@@ -146,12 +169,67 @@ fn udp_offset(frame: &[u8]) -> Option<usize> {
     (frame[23] == 17 && frag_offset == 0 && frame.len() >= 14 + ihl + 8).then_some(14 + ihl)
 }
 
+/// Size of `struct virtio_net_hdr`, which precedes every frame on a PACKET_VNET_HDR socket.
+const VNET_HDR: usize = 10;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`.
+const GSO_UDP_L4: u8 = 5;
+
 fn send(fd: &OwnedFd, frame: &[u8]) {
-    // SAFETY: frame is a valid buffer of the length given. A failed send is loss, which is
-    // what a relay may cause anyway.
+    // A zero header: a plain frame, no offloads.
+    let zero = [0u8; VNET_HDR];
+    let iov = [
+        libc::iovec {
+            iov_base: zero.as_ptr() as *mut libc::c_void,
+            iov_len: VNET_HDR,
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ];
+    // SAFETY: both iovecs point to live buffers of the lengths given. A failed send is loss,
+    // which is what a relay may cause anyway.
     unsafe {
-        libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0);
+        libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2);
     }
+}
+
+/// The datagrams a UDP GSO batch stands for (`gso_size` payload bytes each, the last may be
+/// shorter), each with its own IPv4 and UDP header; `None` if it is not one.
+fn segments(frame: &[u8], gso_size: usize) -> Option<Vec<Vec<u8>>> {
+    let udp = udp_offset(frame)?;
+    let payload = &frame[udp + 8..];
+    if gso_size == 0 {
+        return None;
+    }
+    let id = u16::from_be_bytes([frame[18], frame[19]]);
+    let mut out = Vec::new();
+    for (i, chunk) in payload.chunks(gso_size).enumerate() {
+        let mut seg = Vec::with_capacity(udp + 8 + chunk.len());
+        seg.extend_from_slice(&frame[..udp + 8]);
+        seg.extend_from_slice(chunk);
+        let ip_len = (seg.len() - 14) as u16;
+        seg[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        seg[18..20].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+        seg[24] = 0;
+        seg[25] = 0;
+        let sum = ipv4_checksum(&seg[14..udp]);
+        seg[24..26].copy_from_slice(&sum.to_be_bytes());
+        seg[udp + 4..udp + 6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+        out.push(seg);
+    }
+    Some(out)
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 fn pump(
@@ -186,42 +264,63 @@ fn pump(
             }
             continue;
         }
-        if addr.sll_pkttype == libc::PACKET_OUTGOING {
+        if addr.sll_pkttype == libc::PACKET_OUTGOING || (n as usize) < VNET_HDR {
             continue;
         }
-        let frame = &mut buf[..n as usize];
-        let Some(udp) = udp_offset(frame) else {
-            send(&to, frame);
-            stats.forwarded.fetch_add(1, Ordering::Relaxed);
-            continue;
+        let (hdr, frame) = buf[..n as usize].split_at(VNET_HDR);
+        let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
+        let frames = match hdr[1] {
+            GSO_UDP_L4 => {
+                stats.gso_batches.fetch_add(1, Ordering::Relaxed);
+                segments(frame, gso_size).unwrap_or_default()
+            }
+            _ => vec![frame.to_vec()],
         };
-        // The sender's checksum may be left for offload (veth never computes it); zero means
-        // "no checksum" in IPv4 UDP, which every receiver accepts.
-        frame[udp + 6] = 0;
-        frame[udp + 7] = 0;
-        if impair.spare_tftp_handshake && is_tftp_handshake(&frame[udp + 8..]) {
-            send(&to, frame);
-            stats.forwarded.fetch_add(1, Ordering::Relaxed);
-            continue;
+        for mut frame in frames {
+            relay_one(&mut frame, &to, impair, &mut rng, &mut held, &stats);
         }
-        let roll = (rng.next() % 1000) as u32;
-        if roll < impair.drop {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if roll < impair.drop + impair.duplicate {
-            send(&to, frame);
-            stats.duplicated.fetch_add(1, Ordering::Relaxed);
-        } else if roll < impair.drop + impair.duplicate + impair.reorder && held.is_none() {
-            held = Some(frame.to_vec());
-            stats.reordered.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        send(&to, frame);
+    }
+}
+
+fn relay_one(
+    frame: &mut [u8],
+    to: &OwnedFd,
+    impair: Impairment,
+    rng: &mut Rng,
+    held: &mut Option<Vec<u8>>,
+    stats: &RelayStats,
+) {
+    let Some(udp) = udp_offset(frame) else {
+        send(to, frame);
         stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        if let Some(f) = held.take() {
-            send(&to, &f);
-        }
+        return;
+    };
+    // The sender's checksum may be left for offload (veth never computes it); zero means
+    // "no checksum" in IPv4 UDP, which every receiver accepts.
+    frame[udp + 6] = 0;
+    frame[udp + 7] = 0;
+    if impair.spare_tftp_handshake && is_tftp_handshake(&frame[udp + 8..]) {
+        send(to, frame);
+        stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let roll = (rng.next() % 1000) as u32;
+    if roll < impair.drop {
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if roll < impair.drop + impair.duplicate {
+        send(to, frame);
+        stats.duplicated.fetch_add(1, Ordering::Relaxed);
+    } else if roll < impair.drop + impair.duplicate + impair.reorder && held.is_none() {
+        *held = Some(frame.to_vec());
+        stats.reordered.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    send(to, frame);
+    stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    if let Some(f) = held.take() {
+        send(to, &f);
     }
 }
 
@@ -333,6 +432,28 @@ mod tests {
         assert_eq!(udp_offset(&f), None);
         f[12] = 0x86;
         assert_eq!(udp_offset(&f), None);
+    }
+
+    #[test]
+    fn cuts_a_gso_batch_into_datagrams() {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[18] = 0x12;
+        f[19] = 0x34;
+        f[23] = 17;
+        f.extend((0..25u8).collect::<Vec<_>>());
+        let segs = segments(&f, 10).expect("udp");
+        assert_eq!(segs.len(), 3);
+        assert_eq!(&segs[2][42..], &[20, 21, 22, 23, 24]);
+        assert_eq!(u16::from_be_bytes([segs[2][16], segs[2][17]]), 20 + 8 + 5);
+        assert_eq!(u16::from_be_bytes([segs[1][18], segs[1][19]]), 0x1235);
+        assert_eq!(u16::from_be_bytes([segs[0][38], segs[0][39]]), 18);
+        assert_eq!(
+            ipv4_checksum(&segs[1][14..34]),
+            0,
+            "header checksum verifies"
+        );
     }
 
     #[test]

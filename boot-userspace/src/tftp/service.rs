@@ -135,6 +135,27 @@ fn to_netascii(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Largest UDP GSO send: the kernel's segment limit, and the IPv4 datagram size limit.
+const GSO_MAX_SEGMENTS: u64 = 64;
+const GSO_MAX_BYTES: u64 = 65_000;
+
+/// Blocks per send: a batch under GSO, else one.
+fn gso_batch(segment: usize, gso: bool) -> u64 {
+    if gso {
+        (GSO_MAX_BYTES / segment as u64).clamp(1, GSO_MAX_SEGMENTS)
+    } else {
+        1
+    }
+}
+
+/// Turns on UDP GSO with `segment`-byte datagrams; false where the kernel has none.
+fn enable_gso(sock: &UdpSocket, segment: usize) -> bool {
+    let Ok(size) = i32::try_from(segment) else {
+        return false;
+    };
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment, &size).is_ok()
+}
+
 /// The TFTP service, bound and ready.
 pub struct TftpService {
     listeners: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
@@ -424,8 +445,11 @@ impl TftpService {
         let wait = Duration::from_secs(u64::from(negotiated.timeout.max(1)));
         debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
         self.metrics.active.inc();
-        let mut out = Vec::with_capacity(usize::from(negotiated.blksize) + 4);
-        let mut block = vec![0u8; usize::from(negotiated.blksize)];
+        let segment = usize::from(negotiated.blksize) + 4;
+        // One send per window where the kernel can cut it into datagrams (UDP GSO): a window
+        // then costs one trip through the stack instead of one per block.
+        let mut gso = negotiated.windowsize > 1 && enable_gso(&sock, segment);
+        let mut out = Vec::with_capacity(segment * gso_batch(segment, gso) as usize);
         let mut highest_sent = 0u64;
         let mut inbuf = [0u8; 1024];
         let outcome = loop {
@@ -441,28 +465,48 @@ impl TftpService {
                 }
                 Action::SendBlocks { first, last } => {
                     let mut failed = false;
-                    for b in first..=last {
-                        let (offset, len) = t.block_range(b, size);
-                        let n = match data.read_at(&mut block[..len as usize], offset) {
-                            Ok(n) => n,
-                            Err(_) => {
-                                failed = true;
-                                break;
-                            }
-                        };
+                    let mut b = first;
+                    while b <= last && !failed {
+                        let end = (b + gso_batch(segment, gso) - 1).min(last);
                         out.clear();
-                        packet::data_header(Transfer::wire_block(b), &mut out);
-                        out.extend_from_slice(&block[..n]);
-                        if sock.send_to(&out, peer).await.is_err() {
+                        let mut fresh = 0u64;
+                        for k in b..=end {
+                            let (offset, len) = t.block_range(k, size);
+                            packet::data_header(Transfer::wire_block(k), &mut out);
+                            let at = out.len();
+                            out.resize(at + len as usize, 0);
+                            match data.read_at(&mut out[at..], offset) {
+                                // A short read mid-file means it changed under us.
+                                Ok(n) if n as u64 == len => {}
+                                _ => {
+                                    failed = true;
+                                    break;
+                                }
+                            }
+                            if k > highest_sent {
+                                fresh += len;
+                            }
+                        }
+                        if failed {
+                            break;
+                        }
+                        let sent = sock.send_to(&out, peer).await;
+                        if sent.is_err() && gso && end > b {
+                            // The route cannot segment (no checksum offload, say): send
+                            // block by block from now on.
+                            debug!(%peer, "UDP GSO refused, sending block by block");
+                            gso = false;
+                            continue;
+                        }
+                        if sent.is_err() {
                             failed = true;
                             break;
                         }
-                        if b > highest_sent {
-                            highest_sent = b;
-                            self.metrics.bytes.inc_by(n as u64);
-                        } else {
-                            self.metrics.retransmits.inc();
-                        }
+                        self.metrics.bytes.inc_by(fresh);
+                        let resent = end.min(highest_sent).saturating_sub(b - 1);
+                        self.metrics.retransmits.inc_by(resent);
+                        highest_sent = highest_sent.max(end);
+                        b = end + 1;
                     }
                     if failed {
                         break "io_error";
