@@ -6,8 +6,8 @@
 # For each row (file size, blksize, windowsize, concurrent clients) and server it prints:
 #   - failed transfers (atftp exit status, or bytes that differ from the source);
 #   - throughput: file bytes delivered to all clients / wall time;
-#   - the server's CPU time (user+sys, with reaped children: tftpd-hpa forks per transfer)
-#     per GiB served;
+#   - the server's CPU time per GiB served, from a cgroup holding the server and everything
+#     it forks (tftpd-hpa forks per transfer);
 # then Bootfabric's ratios to each peer. Every client repeats its transfer until the row has
 # moved at least MIN_BYTES, so that short rows still give CPU figures above the tick.
 #
@@ -31,7 +31,6 @@ CLIENTS=${CLIENTS:-"1 16 64"}
 SERVERS=${SERVERS:-"bootfabric tftpd-hpa dnsmasq"}
 MIN_BYTES=${MIN_BYTES:-67108864}
 MTU=${MTU:-1500}
-TICK=$(getconf CLK_TCK)
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
 for p in atftp in.tftpd dnsmasq ip ss cmp timeout; do
@@ -52,6 +51,10 @@ WORK=$(mktemp -d /dev/shm/bootfabric-tftp-bench.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
 NETNS_MADE=""
+# The server runs in a cgroup of its own: its CPU time then includes every process it forks
+# (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
+# children's time misses them).
+CG=""
 
 stop_pid() {
   local pid=$1
@@ -74,12 +77,26 @@ cleanup() {
       ip netns del "$ns" 2>/dev/null || true
     done
   fi
+  [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+if [ -d /sys/fs/cgroup/cpuacct ]; then
+  CG=/sys/fs/cgroup/cpuacct/$ID
+  mkdir "$CG"
+  cg_usec() { echo $(($(cat "$CG/cpuacct.usage") / 1000)); }
+elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  CG=/sys/fs/cgroup/$ID
+  mkdir "$CG"
+  cg_usec() { awk '/^usage_usec/ { print $2 }' "$CG/cpu.stat"; }
+else
+  echo "no cgroup (v1 cpuacct or v2) to account the servers' CPU in" >&2
+  exit 2
+fi
 
 NETNS_MADE=1
 ip netns add "$SRV"
@@ -106,6 +123,10 @@ wait_listening() {
   echo "$1 did not start listening within 30 s" >&2; tail -20 "$WORK/$1.log" >&2; return 1
 }
 
+# Prefix that runs a command in the server cgroup: the shell moves itself in, then becomes
+# the command (so $! stays the server's PID).
+IN_CGROUP=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG")
+
 start_server() {
   local name=$1
   case $name in
@@ -127,15 +148,15 @@ root = "$WORK/root"
 transfer_ports = "50000-50999"
 mtu = $MTU
 TOML
-      ip netns exec "$SRV" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
       ;;
     tftpd-hpa)
       # -L: stay in the foreground and listen; it forks a child per transfer.
-      ip netns exec "$SRV" in.tftpd -L -u root -a 10.77.0.1:69 -s "$WORK/root" \
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" in.tftpd -L -u root -a 10.77.0.1:69 -s "$WORK/root" \
         >"$WORK/tftpd-hpa.log" 2>&1 &
       ;;
     dnsmasq)
-      ip netns exec "$SRV" dnsmasq --no-daemon --port=0 --conf-file=/dev/null \
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" dnsmasq --no-daemon --port=0 --conf-file=/dev/null \
         --interface=fabric0 --bind-interfaces --user=root --enable-tftp \
         --tftp-root="$WORK/root" --tftp-max=1000 --pid-file="$WORK/dnsmasq.pid" \
         >"$WORK/dnsmasq.log" 2>&1 &
@@ -151,8 +172,6 @@ TOML
   esac
 }
 
-# utime + stime + reaped children's, of the server process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$SERVER_PID/stat"; }
 
 # One row against the running server: CLIENTS_N clients at once, each fetching the file REPS
 # times in a row. Sets FAILED, MBPS and CPU_PER_GIB.
@@ -176,20 +195,18 @@ done
 wait
 SH
   chmod +x "$WORK/clients.sh"
-  c0=$(cpu_ticks)
+  c0=$(cg_usec)
   t0=$(date +%s%N)
   ip netns exec "$CLI" "$WORK/clients.sh"
   t1=$(date +%s%N)
-  # tftpd-hpa's children are reaped (and their CPU counted) on SIGCHLD: give it a moment.
-  sleep 0.3
-  c1=$(cpu_ticks)
+  c1=$(cg_usec)
   FAILED=$(cat "$WORK/out"/result* | grep -c FAIL || true)
   local done_n
   done_n=$(cat "$WORK/out"/result* | grep -c ok || true)
   bytes=$(( done_n * (size * 1048576 + 123) ))
   MBPS=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", b / 1048576 / (ns / 1e9) }')
-  CPU_PER_GIB=$(awk -v t=$((c1 - c0)) -v hz="$TICK" -v b="$bytes" \
-    'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", t / hz / (b / 1073741824) }')
+  CPU_PER_GIB=$(awk -v t=$((c1 - c0)) -v b="$bytes" \
+    'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", t / 1e6 / (b / 1073741824) }')
 }
 
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -40,12 +40,28 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
+/// Lifts the soft limit on open files to the hard one: every TFTP transfer holds a socket
+/// and a file, and a boot storm means thousands at once (1024, the usual soft limit, would
+/// refuse the rest).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<i32> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config.path.display(),
         "bootfabric starting"
     );
+    raise_open_files_limit();
     let registry = Registry::new();
     let core = CoreMetrics::register(&registry).context("registering metrics")?;
     let cancel = CancellationToken::new();

@@ -29,6 +29,7 @@ use nix::sched::{setns, CloneFlags};
 pub mod dhcp_client;
 pub mod packets;
 pub mod relay;
+pub mod tftp_client;
 
 /// Prefix of every namespace the lab creates; nothing else on the machine uses it.
 pub const NS_PREFIX: &str = "bft-";

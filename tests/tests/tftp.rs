@@ -12,9 +12,16 @@ use bootfabric_lab::{
     require, require_root, run, sample, wait_for, Daemon, LabError, Netns, PairLab, TempDir,
 };
 
-fn config(root: &std::path::Path, extra: &str) -> String {
+/// The lab's config; `extra` goes at the end of `[daemon]`, `tftp_extra` at the end of
+/// `[tftp]` (which has no transfer ports then).
+fn config(root: &std::path::Path, extra: &str, tftp_extra: &str) -> String {
+    let ports = if tftp_extra.contains("transfer_ports") {
+        ""
+    } else {
+        "transfer_ports = \"50000-50099\"\n"
+    };
     format!(
-        "[daemon]\nstate_dir = \"state\"\n{extra}[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[tftp]\nroot = \"{}\"\ntransfer_ports = \"50000-50099\"\n",
+        "[daemon]\nstate_dir = \"state\"\n{extra}[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[tftp]\nroot = \"{}\"\n{ports}{tftp_extra}",
         root.display()
     )
 }
@@ -72,7 +79,8 @@ fn lab(t: &str, program: &str) -> Option<Lab> {
     lab_with(t, program, || PairLab::new().map(Net::from), "", &[])
 }
 
-/// A lab whose daemon has `extra` config (before `[fabric]`) and `files` beside its config.
+/// A lab whose daemon has `extra` config (at the end of `[daemon]`; what follows a `[tftp]`
+/// line in it goes into `[tftp]`) and `files` beside its config.
 fn lab_with(
     t: &str,
     program: &str,
@@ -98,7 +106,9 @@ fn lab_with(
         std::fs::write(root.join(name), content(len, seed)).expect("file");
     }
     let lab = net().expect("lab");
-    let daemon = Daemon::start(&lab.server, &config(&root, extra), files).expect("daemon");
+    let (extra, tftp_extra) = extra.split_once("[tftp]\n").unwrap_or((extra, ""));
+    let daemon =
+        Daemon::start(&lab.server, &config(&root, extra, tftp_extra), files).expect("daemon");
     Some(Lab {
         lab,
         daemon,
@@ -570,4 +580,120 @@ fn transfers_survive_drops_duplicates_and_reorders() {
             "{client}: the relay did not impair every way ({dropped} dropped, {duplicated} duplicated, {reordered} reordered)"
         );
     }
+}
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A boot storm: 2000 transfers in flight at once, each with its own TID, served by a few
+/// threads, with memory per transfer bounded and every file identical.
+#[test]
+fn thousands_of_transfers_at_once_share_bounded_memory() {
+    const N: usize = 2000;
+    let t = "thousands_of_transfers_at_once_share_bounded_memory";
+    // Sockets for the client side, and (inherited) a socket and a file per transfer for
+    // the daemon.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is a valid rlimit to fill, then to set.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !require(
+        raised && limit.rlim_cur >= 3 * N as u64,
+        t,
+        &format!(
+            "the open files limit ({}) is under {}",
+            limit.rlim_max,
+            3 * N
+        ),
+    ) {
+        return;
+    }
+    let Some(l) = lab_with(
+        t,
+        "ip",
+        || PairLab::new().map(Net::from),
+        "[tftp]\ntransfer_ports = \"40000-44999\"\n",
+        &[],
+    ) else {
+        return;
+    };
+    let want = content(64 * 1024 + 7, 77);
+    std::fs::write(l.root.join("storm.bin"), &want).expect("file");
+    let pid = l.daemon.pid();
+    let rss_before = proc_status(pid, "VmRSS:");
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let fetched = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            l.lab.client.run(move || {
+                bootfabric_lab::tftp_client::fetch_many(
+                    "10.77.0.1:69".parse().expect("addr"),
+                    "storm.bin",
+                    N,
+                    1468,
+                    Duration::from_secs(300),
+                    move || {
+                        let _ = started_tx.send(());
+                        let _ = go_rx.recv();
+                    },
+                )
+            })
+        });
+        let all_started = started_rx.recv_timeout(Duration::from_secs(120)).is_ok();
+        let active = l.metric("bootfabric_tftp_transfers_active", &[]);
+        let rss_peak = proc_status(pid, "VmRSS:");
+        let threads = proc_status(pid, "Threads:");
+        let _ = go_tx.send(());
+        let fetched = client.join().expect("client thread");
+        assert!(all_started, "the transfers never were all in flight");
+        assert_eq!(active, N as f64, "transfers in flight at the server");
+        let per_transfer_kib = rss_peak.saturating_sub(rss_before) as f64 / N as f64;
+        eprintln!("{N} transfers in flight: {threads} threads, RSS {rss_before} kB before, {rss_peak} kB with them ({per_transfer_kib:.1} KiB each)");
+        assert!(threads < 64, "{threads} threads for {N} transfers");
+        assert!(
+            per_transfer_kib < 64.0,
+            "{per_transfer_kib:.1} KiB of memory per transfer"
+        );
+        fetched
+    })
+    .expect("client namespace")
+    .expect("transfers");
+    let mut times: Vec<Duration> = Vec::with_capacity(N);
+    for (i, f) in fetched.iter().enumerate() {
+        match &f.result {
+            Ok(bytes) => assert!(
+                *bytes == want,
+                "transfer {i}: {} bytes, contents differ",
+                bytes.len()
+            ),
+            Err(e) => panic!("transfer {i}: {e}"),
+        }
+        times.push(f.elapsed);
+    }
+    times.sort();
+    // Fairness is reported, not asserted (timings on a shared machine).
+    eprintln!(
+        "{N} transfers: fastest {:?}, median {:?}, slowest {:?}",
+        times[0],
+        times[N / 2],
+        times[N - 1]
+    );
+    assert!(
+        l.metric(
+            "bootfabric_tftp_transfers_total",
+            &[("outcome", "completed")]
+        ) >= N as f64
+    );
 }

@@ -135,6 +135,9 @@ fn to_netascii(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Receive buffer of the port 69 sockets, in bytes.
+const LISTEN_RCVBUF: usize = 4 << 20;
+
 /// Largest UDP GSO send: the kernel's segment limit, and the IPv4 datagram size limit.
 const GSO_MAX_SEGMENTS: u64 = 64;
 const GSO_MAX_BYTES: u64 = 65_000;
@@ -247,6 +250,16 @@ impl TftpService {
                 .ok_or_else(|| anyhow::anyhow!("tftp: interface {iface:?} has no IPv4 address"))?;
             let sock = bind(iface, TFTP_PORT)
                 .map_err(|e| anyhow::anyhow!("tftp: binding {iface}:{TFTP_PORT}: {e}"))?;
+            // A rack powering on sends its read requests in one burst; the default buffer
+            // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
+            // daemon has when it runs XDP; otherwise the kernel's cap applies.
+            let want = LISTEN_RCVBUF;
+            if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &want)
+                .is_err()
+            {
+                let _ =
+                    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &want);
+            }
             info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{TFTP_PORT}");
             listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
@@ -449,7 +462,9 @@ impl TftpService {
         // One send per window where the kernel can cut it into datagrams (UDP GSO): a window
         // then costs one trip through the stack instead of one per block.
         let mut gso = negotiated.windowsize > 1 && enable_gso(&sock, segment);
-        let mut out = Vec::with_capacity(segment * gso_batch(segment, gso) as usize);
+        // Bounded per transfer: one send's worth, at most a window.
+        let batch = gso_batch(segment, gso).min(u64::from(negotiated.windowsize.max(1)));
+        let mut out = Vec::with_capacity(segment * batch as usize);
         let mut highest_sent = 0u64;
         let mut inbuf = [0u8; 1024];
         let outcome = loop {
