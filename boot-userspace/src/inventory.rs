@@ -107,6 +107,8 @@ pub struct Host {
     pub ip: Option<Ipv4Addr>,
     /// Name of its boot profile (always one of the inventory's profiles).
     pub profile: String,
+    /// Other profiles its iPXE menu offers (each one of the inventory's profiles).
+    pub menu: Vec<String>,
     /// Host-level DHCP options.
     pub options: OptionSet,
 }
@@ -218,6 +220,14 @@ impl Inventory {
                     format!("no profile {profile:?} in [profiles]"),
                 ));
             }
+            for (j, other) in h.menu.iter().enumerate() {
+                if !inv.profiles.contains_key(other) {
+                    return Err(invalid(
+                        format!("hosts[{i}].menu[{j}]"),
+                        format!("no profile {other:?} in [profiles]"),
+                    ));
+                }
+            }
             let options = match &h.options {
                 Some(o) => {
                     OptionSet::from_wire(o, &key("options")).map_err(|(k, r)| invalid(k, r))?
@@ -234,6 +244,7 @@ impl Inventory {
                 mac,
                 ip,
                 profile,
+                menu: h.menu,
                 options,
             });
         }

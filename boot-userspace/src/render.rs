@@ -9,7 +9,7 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 
 use crate::{
     config::BootSettings,
-    inventory::{Host, Profile},
+    inventory::{Host, Inventory, Profile},
 };
 
 /// Everything a rendered file depends on.
@@ -46,17 +46,21 @@ impl Target<'_> {
         }
     }
 
-    /// The kernel command line with `{host}`, `{mac}`, `{ip}`, `{server}` and `{http_base}`
-    /// filled in.
+    /// The kernel command line, [filled in](Self::fill).
     pub fn cmdline(&self) -> String {
+        self.fill(&self.profile.cmdline)
+    }
+
+    /// `text` with `{host}`, `{mac}`, `{ip}`, `{server}`, `{http_base}` and `{profile}`
+    /// replaced by this host's values.
+    pub fn fill(&self, text: &str) -> String {
         let ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
-        self.profile
-            .cmdline
-            .replace("{host}", &self.host.name)
+        text.replace("{host}", &self.host.name)
             .replace("{mac}", &self.host.mac.to_string())
             .replace("{ip}", &ip)
             .replace("{server}", &self.server.to_string())
             .replace("{http_base}", &self.image_base())
+            .replace("{profile}", &self.profile.name)
     }
 
     fn header(&self, comment: &str) -> String {
@@ -122,11 +126,8 @@ pub fn grub(t: &Target<'_>) -> String {
     out
 }
 
-/// An iPXE script: images from the HTTP base. Each initrd is named and passed as `initrd=`
-/// so that EFI-stub kernels find them too.
-pub fn ipxe(t: &Target<'_>) -> String {
-    let mut out = String::from("#!ipxe\n");
-    out.push_str(&t.header("#"));
+/// The iPXE lines that boot `t.profile` (or leave for the disk).
+fn ipxe_boot(t: &Target<'_>, out: &mut String) {
     match &t.profile.kernel {
         // `exit` returns to the firmware, which tries its next boot device (the disk).
         None => out.push_str("exit\n"),
@@ -156,6 +157,68 @@ pub fn ipxe(t: &Target<'_>) -> String {
             out.push_str("boot\n");
         }
     }
+}
+
+/// An iPXE script: images from the HTTP base. Each initrd is named and passed as `initrd=`
+/// so that EFI-stub kernels find them too.
+pub fn ipxe(t: &Target<'_>) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&t.header("#"));
+    ipxe_boot(t, &mut out);
+    out
+}
+
+/// The iPXE script of a host: its profile, or a menu when it has more (`hosts[].menu`).
+pub fn host_script(
+    inventory: &Inventory,
+    host: &Host,
+    ip: Option<Ipv4Addr>,
+    server: Ipv4Addr,
+    global: &BootSettings,
+) -> Option<String> {
+    let profile = inventory.profile(&host.profile)?;
+    let t = Target {
+        host,
+        profile,
+        ip,
+        server,
+        global,
+    };
+    let others: Vec<&Profile> = host
+        .menu
+        .iter()
+        .filter_map(|p| inventory.profile(p))
+        .collect();
+    Some(if others.is_empty() {
+        ipxe(&t)
+    } else {
+        ipxe_menu(&t, &others, MENU_TIMEOUT_MS)
+    })
+}
+
+/// How long a menu waits for a key before it boots the host's own profile.
+pub const MENU_TIMEOUT_MS: u32 = 5000;
+
+/// An iPXE script with a menu: the host's profile first and the default (chosen after
+/// `timeout_ms` without a key), then `others`.
+pub fn ipxe_menu(t: &Target<'_>, others: &[&Profile], timeout_ms: u32) -> String {
+    let mut out = String::from("#!ipxe\n");
+    out.push_str(&t.header("#"));
+    let _ = writeln!(out, "menu Bootfabric: {}", t.host.name);
+    let all: Vec<&Profile> = std::iter::once(t.profile)
+        .chain(others.iter().copied())
+        .collect();
+    for (i, p) in all.iter().enumerate() {
+        let _ = writeln!(out, "item p{i} {}", p.name);
+    }
+    let _ = writeln!(
+        out,
+        "choose --default p0 --timeout {timeout_ms} target || set target p0\ngoto ${{target}}"
+    );
+    for (i, p) in all.iter().enumerate() {
+        let _ = writeln!(out, ":p{i}");
+        ipxe_boot(&Target { profile: p, ..*t }, &mut out);
+    }
     out
 }
 
@@ -170,6 +233,7 @@ mod tests {
             mac: Mac([0x52, 0x54, 0, 0xb0, 0x0f, 0x01]),
             ip: Some(Ipv4Addr::new(10, 77, 0, 11)),
             profile: "installer".into(),
+            menu: Vec::new(),
             options: OptionSet::default(),
         }
     }
@@ -250,6 +314,28 @@ mod tests {
         p.boot.http_base = None;
         let g = BootSettings::default();
         assert_eq!(target(&h, &p, &g).image_base(), "tftp://10.77.0.1");
+    }
+
+    #[test]
+    fn a_menu_offers_every_profile_and_defaults_to_the_first() {
+        let (h, p, g) = (
+            host(),
+            profile(Some("debian/linux")),
+            BootSettings::defaults(),
+        );
+        let mut rescue = profile(Some("rescue/vmlinuz"));
+        rescue.name = "rescue".into();
+        rescue.initrd.clear();
+        let text = ipxe_menu(&target(&h, &p, &g), &[&rescue], 5000);
+        assert!(text.contains("menu Bootfabric: node01\nitem p0 installer\nitem p1 rescue\n"));
+        assert!(text.contains(
+            "choose --default p0 --timeout 5000 target || set target p0\ngoto ${target}\n"
+        ));
+        let p1 = &text[text.find(":p1\n").expect("p1")..];
+        assert!(p1.starts_with(":p1\nkernel http://10.77.0.1/rescue/vmlinuz console=ttyS0"));
+        assert!(text
+            .find(":p0\nkernel http://10.77.0.1/debian/linux")
+            .is_some());
     }
 
     #[test]

@@ -392,6 +392,16 @@ fn per_host_files_are_rendered_from_the_profile() {
         "{grub}"
     );
     assert!(grub.contains("  initrd /debian/initrd.gz\n"), "{grub}");
+    // GRUB asks with a leading slash (`(tftp)/grub/...`): the root is its `/`.
+    assert_eq!(
+        l.fetch("/grub/grub.cfg-01-52-54-00-b0-0f-01")
+            .expect("absolute grub name"),
+        grub
+    );
+    assert_eq!(
+        l.fetch("/pxelinux.cfg/default").expect("absolute default"),
+        "DEFAULT fallback\n"
+    );
     // The client is 10.77.0.2, node01's reserved address: the shared script name is its own.
     let script = l.fetch("boot.ipxe").expect("script");
     assert!(script.starts_with("#!ipxe\n"), "{script}");
@@ -413,7 +423,7 @@ fn per_host_files_are_rendered_from_the_profile() {
         1.0
     );
     // Every completed fetch from node01's address reached the ledger.
-    assert!(l.metric("bootfabric_ledger_events_total", &[("phase", "tftp_sent")]) >= 6.0);
+    assert!(l.metric("bootfabric_ledger_events_total", &[("phase", "tftp_sent")]) >= 8.0);
 }
 
 /// The address a host leased is how TFTP knows it: node03 has no reservation.

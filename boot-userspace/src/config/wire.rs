@@ -27,6 +27,8 @@ pub struct ConfigFile {
     /// `[tftp]`: the TFTP service.
     #[serde(default)]
     pub tftp: Tftp,
+    /// `[http]`: the HTTP image streamer.
+    pub http: Option<Http>,
     /// `[dhcp]`: the DHCPv4 server.
     pub dhcp: Option<Dhcp>,
     /// `[boot]`: what PXE, iPXE and HTTP-boot clients are told to load.
@@ -171,6 +173,34 @@ pub struct Tftp {
     pub mtu: Option<u16>,
 }
 
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Serve HTTP (default true when the section exists).
+    pub enabled: Option<bool>,
+    /// Folder of images (kernels, initrds, ISOs) served as files.
+    pub root: Option<String>,
+    /// Folder of per-host config templates served under `/configs/`.
+    pub configs: Option<String>,
+    /// TCP port on each fabric interface's address.
+    pub port: Option<u16>,
+    /// `auto`, `io_uring` or `epoll`.
+    pub backend: Option<String>,
+    /// io_uring workers (rings); 0 means one per core.
+    pub workers: Option<usize>,
+    /// Open connections at most.
+    pub max_connections: Option<usize>,
+    /// Open connections at most from one client address.
+    pub max_connections_per_client: Option<u32>,
+    /// Seconds to send a complete request head.
+    pub header_timeout_s: Option<u64>,
+    /// Seconds a kept-alive connection may idle.
+    pub idle_timeout_s: Option<u64>,
+    /// Seconds a response may go without the client taking a byte.
+    pub send_timeout_s: Option<u64>,
+}
+
 /// The host inventory file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +241,9 @@ pub struct Host {
     pub ip: Option<String>,
     /// Boot profile name.
     pub profile: Option<String>,
+    /// More profiles offered in the iPXE menu (the main profile is its default).
+    #[serde(default)]
+    pub menu: Vec<String>,
     /// DHCP options for this host only.
     pub options: Option<DhcpOptions>,
 }

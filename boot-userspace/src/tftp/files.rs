@@ -1,7 +1,12 @@
 //! Static files under a root, with requests confined to it. Fails closed: names with `..`,
-//! absolute names, backslashes and control characters are refused before the file system is
-//! touched; then the resolved path is canonicalised and must still lie under the root (so a
-//! symlink cannot lead out) and be a regular file.
+//! backslashes and control characters are refused before the file system is touched; then
+//! the resolved path is canonicalised and must still lie under the root (so a symlink cannot
+//! lead out) and be a regular file.
+//!
+//! A name with a leading `/` means the root itself, as a chrooted tftpd-hpa and dnsmasq
+//! treat it: GRUB asks for `/grub/x86_64-efi/normal.mod`. A name spelled with the root's own
+//! path is taken under the root too. Any other absolute name is refused as an access
+//! violation, never looked up outside.
 //!
 //! Reads go through the page cache with positional reads, so any number of concurrent
 //! transfers of one bootloader share one copy of it in memory.
@@ -39,7 +44,22 @@ impl FileError {
     }
 }
 
-/// Checks a requested name without touching the file system.
+/// The name relative to the root, and whether it was spelled absolute; checked without
+/// touching the file system.
+pub fn relative<'a>(root: &Path, name: &'a str) -> Result<(&'a str, bool), FileError> {
+    let Some(rest) = name.strip_prefix('/') else {
+        check_name(name)?;
+        return Ok((name, false));
+    };
+    let rel = match Path::new(name).strip_prefix(root) {
+        Ok(r) => r.to_str().unwrap_or(rest),
+        Err(_) => rest.trim_start_matches('/'),
+    };
+    check_name(rel)?;
+    Ok((rel, true))
+}
+
+/// Checks a relative name without touching the file system.
 pub fn check_name(name: &str) -> Result<(), FileError> {
     if name.starts_with('/') {
         return Err(FileError::Denied("absolute_path"));
@@ -75,6 +95,16 @@ impl Source {
         self.size
     }
 
+    /// The file's metadata (for validators).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
+    /// The open file itself.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
     /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let mut done = 0;
@@ -90,10 +120,14 @@ impl Source {
 
 /// Opens `name` under `root` (which must be canonical).
 pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
-    check_name(name)?;
-    let joined: PathBuf = root.join(name);
+    let (rel, absolute) = relative(root, name)?;
+    let joined: PathBuf = root.join(rel);
     let real = match joined.canonicalize() {
         Ok(p) => p,
+        // An absolute name that is not under the root names something outside it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && absolute => {
+            return Err(FileError::Denied("absolute_path"))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound),
         Err(e) => return Err(FileError::Io(e.to_string())),
     };
@@ -144,6 +178,22 @@ mod tests {
             14
         );
         assert_eq!(open(&root, "alias.efi").expect("open").size(), 3000);
+    }
+
+    #[test]
+    fn a_leading_slash_means_the_root() {
+        let (_d, root) = root();
+        assert_eq!(open(&root, "/ipxe.efi").expect("open").size(), 3000);
+        assert_eq!(
+            open(&root, "//pxelinux.cfg/default").expect("open").size(),
+            14
+        );
+        let spelled = format!("{}/ipxe.efi", root.display());
+        assert_eq!(open(&root, &spelled).expect("open").size(), 3000);
+        assert_eq!(
+            open(&root, "/../secret").err(),
+            Some(FileError::Denied("parent_dir"))
+        );
     }
 
     #[test]

@@ -135,6 +135,9 @@ fn to_netascii(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Largest file served in netascii mode (text configs; bootloaders travel as octets).
+const NETASCII_MAX: u64 = 16 << 20;
+
 /// Receive buffer of the port 69 sockets, in bytes.
 const LISTEN_RCVBUF: usize = 4 << 20;
 
@@ -221,7 +224,9 @@ impl Hosts {
         Some(match format {
             Format::Pxelinux => render::pxelinux(&target),
             Format::Grub => render::grub(&target),
-            Format::Ipxe => render::ipxe(&target),
+            Format::Ipxe => {
+                return render::host_script(&self.inventory, host, ip, server, &self.boot)
+            }
         })
     }
 }
@@ -390,7 +395,7 @@ impl TftpService {
     /// names that spell out one host, a file on disk wins (an operator's override); a shared
     /// script name is rendered for a known peer and comes from disk for anyone else.
     fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
-        files::check_name(name)?;
+        let (rel, absolute) = files::relative(&self.cfg.root, name)?;
         let scripts = self.hosts.scripts.iter().map(String::as_str);
         let rendered = |format: Format, owner| {
             self.hosts.render(format, owner, peer, server).map(|text| {
@@ -403,16 +408,22 @@ impl TftpService {
                 Data::Memory(text.into_bytes())
             })
         };
-        match names::classify(name, scripts) {
+        let disk = || files::open(&self.cfg.root, rel).map(Data::File);
+        let found = match names::classify(rel, scripts) {
             Some(f) if f.owner == Owner::Peer => match rendered(f.format, f.owner) {
                 Some(d) => Ok(d),
-                None => files::open(&self.cfg.root, name).map(Data::File),
+                None => disk(),
             },
-            Some(f) => match files::open(&self.cfg.root, name) {
+            Some(f) => match disk() {
                 Err(FileError::NotFound) => rendered(f.format, f.owner).ok_or(FileError::NotFound),
-                other => other.map(Data::File),
+                other => other,
             },
-            None => files::open(&self.cfg.root, name).map(Data::File),
+            None => disk(),
+        };
+        match found {
+            // An absolute name that is nothing under the root names something outside it.
+            Err(FileError::NotFound) if absolute => Err(FileError::Denied("absolute_path")),
+            other => other,
         }
     }
 
@@ -437,6 +448,17 @@ impl TftpService {
             std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
         };
         let data = match self.resolve(&req.filename, peer_ip, server) {
+            // Netascii is converted in memory: bounded, as every transfer's memory is.
+            Ok(d) if req.mode == Mode::Netascii && d.size() > NETASCII_MAX => {
+                return self
+                    .refuse(
+                        &sock,
+                        peer,
+                        &req.filename,
+                        FileError::Denied("netascii_too_large"),
+                    )
+                    .await
+            }
             Ok(d) if req.mode == Mode::Netascii => {
                 let mut raw = vec![0u8; d.size() as usize];
                 match d.read_at(&mut raw, 0) {
