@@ -34,6 +34,14 @@ pub enum Phase {
     TftpSent,
     /// A TFTP transfer ended before its last block was acknowledged (detail: file and why).
     TftpFailed,
+    /// An HTTP download of an image began (detail: the path).
+    HttpStarted,
+    /// An HTTP download ended with every byte sent (detail: path and bytes).
+    HttpSent,
+    /// An HTTP download ended early (detail: path and bytes sent).
+    HttpFailed,
+    /// The installed system called back: the boot is done.
+    Booted,
 }
 
 impl Phase {
@@ -47,6 +55,10 @@ impl Phase {
             Self::DhcpDecline => "dhcp_decline",
             Self::TftpSent => "tftp_sent",
             Self::TftpFailed => "tftp_failed",
+            Self::HttpStarted => "http_started",
+            Self::HttpSent => "http_sent",
+            Self::HttpFailed => "http_failed",
+            Self::Booted => "booted",
         }
     }
 }
@@ -75,11 +87,54 @@ struct State {
     holders: HashMap<Ipv4Addr, Mac>,
 }
 
+/// Seconds of egress history a rate is taken over.
+pub const EGRESS_WINDOW_S: u64 = 5;
+
+/// Bytes sent per second over the last [`EGRESS_WINDOW_S`] complete seconds.
+#[derive(Default)]
+struct Meter {
+    /// Bytes per second, indexed by unix second modulo the ring size.
+    buckets: [u64; EGRESS_WINDOW_S as usize + 1],
+    /// The unix second each bucket holds.
+    seconds: [u64; EGRESS_WINDOW_S as usize + 1],
+}
+
+impl Meter {
+    fn add(&mut self, now: u64, bytes: u64) {
+        let i = (now % self.buckets.len() as u64) as usize;
+        if self.seconds[i] != now {
+            self.seconds[i] = now;
+            self.buckets[i] = 0;
+        }
+        self.buckets[i] += bytes;
+    }
+
+    fn rate(&self, now: u64) -> f64 {
+        let from = now.saturating_sub(EGRESS_WINDOW_S);
+        let total: u64 = self
+            .seconds
+            .iter()
+            .zip(&self.buckets)
+            .filter(|(s, _)| **s >= from && **s < now)
+            .map(|(_, b)| *b)
+            .sum();
+        total as f64 / EGRESS_WINDOW_S as f64
+    }
+}
+
 /// Shared handle to the ledger.
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Mutex<State>>,
+    egress: Arc<Mutex<HashMap<String, Meter>>>,
     events: IntCounterVec,
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Ledger {
@@ -95,6 +150,7 @@ impl Ledger {
         registry.register(Box::new(events.clone()))?;
         Ok(Self {
             inner: Arc::default(),
+            egress: Arc::default(),
             events,
         })
     }
@@ -155,6 +211,34 @@ impl Ledger {
         });
     }
 
+    /// Counts `bytes` sent to boot clients on `iface` (the fabric's measured bandwidth).
+    pub fn egress(&self, iface: &str, bytes: u64) {
+        let now = unix_seconds();
+        if let Ok(mut m) = self.egress.lock() {
+            match m.get_mut(iface) {
+                Some(meter) => meter.add(now, bytes),
+                None => {
+                    let mut meter = Meter::default();
+                    meter.add(now, bytes);
+                    m.insert(iface.to_owned(), meter);
+                }
+            }
+        }
+    }
+
+    /// Egress in bytes per second per interface, over the last [`EGRESS_WINDOW_S`] complete
+    /// seconds, sorted by interface.
+    pub fn egress_rates(&self) -> Vec<(String, f64)> {
+        let now = unix_seconds();
+        let mut rates: Vec<(String, f64)> = self
+            .egress
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.rate(now))).collect())
+            .unwrap_or_default();
+        rates.sort_by(|a, b| a.0.cmp(&b.0));
+        rates
+    }
+
     /// The host that was last acknowledged `ip` and has not given it back.
     pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.inner.lock().ok()?.holders.get(&ip).copied()
@@ -189,6 +273,18 @@ mod tests {
         let t = l.timeline(m);
         assert_eq!(t.len(), EVENTS_PER_HOST);
         assert_eq!(t.last().map(|e| e.phase), Some(Phase::DhcpAck));
+    }
+
+    #[test]
+    fn egress_rates_cover_complete_seconds() {
+        let mut m = Meter::default();
+        for s in 100..=110 {
+            m.add(s, 1000);
+        }
+        m.add(110, 5000);
+        // Seconds 105..=109 are complete at 110: 5 x 1000 over 5 s.
+        assert_eq!(m.rate(110), 1000.0);
+        assert_eq!(m.rate(200), 0.0);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod explain;
+pub mod http;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     dhcp::DhcpService,
+    http::HttpService,
     ledger::Ledger,
     metrics::{self, CoreMetrics},
     supervisor::{Outcome, Supervisor},
@@ -99,6 +100,15 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
         supervisor.spawn(
             "tftp",
             Box::pin(async move { service.run(token).await.context("TFTP server") }),
+        );
+    }
+
+    if let Some(http) = config.http.clone() {
+        let service = HttpService::start(&config, http, &registry, ledger.clone())?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "http",
+            Box::pin(async move { service.run(token).await.context("HTTP server") }),
         );
     }
 

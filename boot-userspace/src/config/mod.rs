@@ -116,6 +116,42 @@ pub struct TftpConfig {
     pub mtu: u16,
 }
 
+/// How the HTTP server moves bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpBackend {
+    /// io_uring where the kernel has it, else epoll.
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// epoll and sendfile.
+    Epoll,
+}
+
+/// The validated `[http]` service settings.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Image folder (canonical once loaded).
+    pub root: Option<PathBuf>,
+    /// Config templates folder (canonical once loaded).
+    pub configs: Option<PathBuf>,
+    /// TCP port.
+    pub port: u16,
+    /// Transport.
+    pub backend: HttpBackend,
+    /// io_uring workers.
+    pub workers: usize,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Open connections per client address at most.
+    pub max_per_client: u32,
+    /// Seconds to send a request head.
+    pub header_timeout_s: u64,
+    /// Seconds a kept-alive connection may idle.
+    pub idle_timeout_s: u64,
+    /// Seconds a response may stall.
+    pub send_timeout_s: u64,
+}
+
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -141,6 +177,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The DHCP server, when configured and enabled.
     pub dhcp: Option<DhcpConfig>,
+    /// The HTTP server, when configured and enabled.
+    pub http: Option<HttpConfig>,
     /// Global boot settings (built-in defaults under `[boot]`).
     pub boot: BootSettings,
 }
@@ -162,6 +200,10 @@ impl Config {
             None => Inventory::default(),
         };
         let tftp_root = wire.tftp.root.clone();
+        let http_dirs = wire
+            .http
+            .as_ref()
+            .map(|h| (h.root.clone(), h.configs.clone()));
         let mut config = Self::from_wire(path, wire, inventory)?;
         // The one check that needs the file system: the TFTP root must exist.
         if let (Some(rel), Some(t)) = (tftp_root, config.tftp.as_mut()) {
@@ -177,6 +219,28 @@ impl Config {
                     key: "tftp.root".to_owned(),
                     reason: format!("{} is not a folder", t.root.display()),
                 });
+            }
+        }
+        if let (Some((root, configs)), Some(h)) = (http_dirs, config.http.as_mut()) {
+            for (rel, slot, key) in [
+                (root, &mut h.root, "http.root"),
+                (configs, &mut h.configs, "http.configs"),
+            ] {
+                let Some(rel) = rel else { continue };
+                let full = base.join(&rel);
+                let canonical = full.canonicalize().map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: key.to_owned(),
+                    reason: format!("{}: {e}", full.display()),
+                })?;
+                if !canonical.is_dir() {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        key: key.to_owned(),
+                        reason: format!("{} is not a folder", canonical.display()),
+                    });
+                }
+                *slot = Some(canonical);
             }
         }
         if config.state_dir.is_relative() {
@@ -284,6 +348,63 @@ impl Config {
                 })
             }
         };
+        let http = match &wire.http {
+            Some(h) if h.enabled.unwrap_or(true) => {
+                let backend = match h.backend.as_deref().unwrap_or("auto") {
+                    "auto" => HttpBackend::Auto,
+                    "io_uring" => HttpBackend::IoUring,
+                    "epoll" => HttpBackend::Epoll,
+                    other => {
+                        return Err(invalid(
+                            "http.backend",
+                            format!("{other:?} is not one of auto, io_uring, epoll"),
+                        ))
+                    }
+                };
+                let port = h.port.unwrap_or(80);
+                if port == 0 {
+                    return Err(invalid("http.port", "must not be 0".to_owned()));
+                }
+                let positive = |v: Option<u64>, default: u64, key: &str| match v {
+                    Some(0) => Err(invalid(key, "must be at least 1".to_owned())),
+                    Some(v) => Ok(v),
+                    None => Ok(default),
+                };
+                let max_connections = match h.max_connections {
+                    Some(0) => {
+                        return Err(invalid(
+                            "http.max_connections",
+                            "must be at least 1".to_owned(),
+                        ))
+                    }
+                    Some(v) => v,
+                    None => 10_000,
+                };
+                let max_per_client = match h.max_connections_per_client {
+                    Some(0) => {
+                        return Err(invalid(
+                            "http.max_connections_per_client",
+                            "must be at least 1".to_owned(),
+                        ))
+                    }
+                    Some(v) => v,
+                    None => 64,
+                };
+                Some(HttpConfig {
+                    root: h.root.as_ref().map(PathBuf::from),
+                    configs: h.configs.as_ref().map(PathBuf::from),
+                    port,
+                    backend,
+                    workers: h.workers.unwrap_or(0),
+                    max_connections,
+                    max_per_client,
+                    header_timeout_s: positive(h.header_timeout_s, 10, "http.header_timeout_s")?,
+                    idle_timeout_s: positive(h.idle_timeout_s, 60, "http.idle_timeout_s")?,
+                    send_timeout_s: positive(h.send_timeout_s, 60, "http.send_timeout_s")?,
+                })
+            }
+            _ => None,
+        };
         let state_dir = PathBuf::from(
             wire.daemon
                 .state_dir
@@ -334,6 +455,7 @@ impl Config {
             inventory,
             state_dir,
             dhcp,
+            http,
             boot,
         })
     }

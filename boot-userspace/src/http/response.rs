@@ -1,0 +1,176 @@
+//! Responses as the routes decide them: a status, header fields and a body that is either
+//! bytes in memory or a byte range of an open file, which the transports move without
+//! copying through userspace.
+
+use std::{fmt::Write as _, fs::File, sync::Arc};
+
+/// A response body.
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// No body (HEAD, 304, or a HEAD's view of any other).
+    Empty,
+    /// Bytes in memory (scripts, configs, error pages).
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `offset`.
+    File {
+        /// The open file.
+        file: Arc<File>,
+        /// First byte.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl Body {
+    /// Bytes the body holds.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A response, before it is written.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header fields other than `Content-Length`, `Connection` and `Server`.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Body,
+    /// `Content-Length` to announce (differs from the body's length for HEAD).
+    pub content_length: u64,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+/// Reason phrase for the statuses the server sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        206 => "Partial Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+impl Response {
+    /// A response with a small text body.
+    pub fn text(status: u16, body: &str) -> Self {
+        let body = format!("{body}\n").into_bytes();
+        Response {
+            status,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            content_length: body.len() as u64,
+            body: Body::Bytes(body),
+            close: false,
+        }
+    }
+
+    /// A response with bytes of a given type.
+    pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            headers: vec![("Content-Type", content_type.to_owned())],
+            content_length: body.len() as u64,
+            body: Body::Bytes(body),
+            close: false,
+        }
+    }
+
+    /// Drops the body but keeps the headers, as a HEAD answer does.
+    pub fn for_head(mut self) -> Self {
+        self.body = Body::Empty;
+        self
+    }
+
+    /// The status line and header block, ending with the blank line.
+    pub fn head(&self, date: &str) -> Vec<u8> {
+        let mut s = String::with_capacity(256);
+        let _ = write!(s, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        let _ = write!(s, "Server: bootfabric\r\nDate: {date}\r\n");
+        for (name, value) in &self.headers {
+            let _ = write!(s, "{name}: {value}\r\n");
+        }
+        // 304 carries no Content-Length of its own (RFC 9110 §15.4.5 allows leaving it out).
+        if self.status != 304 {
+            let _ = write!(s, "Content-Length: {}\r\n", self.content_length);
+        }
+        if self.close {
+            s.push_str("Connection: close\r\n");
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+}
+
+/// `Content-Type` by file extension; anything unknown is `application/octet-stream`.
+pub fn content_type(path: &str) -> &'static str {
+    let ext = path
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "ipxe" | "cfg" | "conf" | "txt" | "ks" | "sh" => "text/plain; charset=utf-8",
+        "json" | "ign" => "application/json",
+        "yaml" | "yml" => "application/yaml",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "xml" => "application/xml",
+        "iso" => "application/x-iso9660-image",
+        "gz" | "tgz" => "application/gzip",
+        "xz" => "application/x-xz",
+        "zst" => "application/zstd",
+        "tar" => "application/x-tar",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_block() {
+        let mut r = Response::text(404, "not found");
+        r.close = true;
+        let h = String::from_utf8(r.head("Sat, 28 Nov 2026 20:00:00 GMT")).expect("utf8");
+        assert!(h.starts_with("HTTP/1.1 404 Not Found\r\nServer: bootfabric\r\n"));
+        assert!(h.contains("Content-Length: 10\r\n"));
+        assert!(h.ends_with("Connection: close\r\n\r\n"));
+        let head = Response::text(200, "abc").for_head();
+        assert!(head.body.is_empty());
+        assert_eq!(head.content_length, 4);
+    }
+
+    #[test]
+    fn types_by_extension() {
+        assert_eq!(content_type("/boot.ipxe"), "text/plain; charset=utf-8");
+        assert_eq!(content_type("/configs/node.ign"), "application/json");
+        assert_eq!(content_type("/debian/linux"), "application/octet-stream");
+        assert_eq!(content_type("/debian/initrd.gz"), "application/gzip");
+        assert_eq!(content_type("/x/rescue.ISO"), "application/x-iso9660-image");
+        assert_eq!(content_type("/undionly.kpxe"), "application/octet-stream");
+    }
+}

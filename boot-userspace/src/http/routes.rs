@@ -1,0 +1,342 @@
+//! What each request gets: iPXE scripts rendered per host, provisioning configs templated
+//! for (and only for) their host, the `/booted` callback, and files from the image root with
+//! ranges and conditional requests. No sockets here: the transports call [`route`] and move
+//! the bytes it names.
+
+use std::{io::Read as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+
+use super::{
+    conditional::{self, Validators},
+    range::{self, Plan},
+    request::{Method, Request},
+    response::{content_type, Body, Response},
+};
+use crate::{
+    config::BootSettings,
+    inventory::{Host, Inventory, Mac},
+    ledger::{Ledger, Phase},
+    render,
+    tftp::files::{self, FileError},
+};
+
+/// Largest config template read.
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// What the routes serve from.
+pub struct Site {
+    /// Image root (canonical), if any.
+    pub root: Option<PathBuf>,
+    /// Config templates (canonical), if any.
+    pub configs: Option<PathBuf>,
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Paths iPXE scripts are served under (`/boot.ipxe` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+}
+
+/// A routed request: the response, a label for metrics, and the host and path when the
+/// body is a download the ledger follows.
+pub struct Routed {
+    /// What to send.
+    pub response: Response,
+    /// `script`, `config`, `booted`, `file` or `other`.
+    pub route: &'static str,
+    /// Host and path of an image download.
+    pub fetch: Option<(Mac, String)>,
+}
+
+impl Site {
+    fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
+        self.inventory.host_by_ip(ip).or_else(|| {
+            self.ledger
+                .holder(ip)
+                .and_then(|mac| self.inventory.host_by_mac(&mac))
+        })
+    }
+
+    /// A host's current address: its reservation, else what it leased.
+    fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
+        host.ip
+            .or_else(|| (self.ledger.holder(peer) == Some(host.mac)).then_some(peer))
+    }
+
+    fn target<'a>(
+        &'a self,
+        host: &'a Host,
+        peer: Ipv4Addr,
+        server: Ipv4Addr,
+    ) -> Option<render::Target<'a>> {
+        Some(render::Target {
+            host,
+            profile: self.inventory.profile(&host.profile)?,
+            ip: self.address_of(host, peer),
+            server,
+            global: &self.boot,
+        })
+    }
+
+    fn http_base(&self, server: Ipv4Addr) -> String {
+        self.boot
+            .http_base
+            .as_deref()
+            .unwrap_or("http://{server}")
+            .replace("{server}", &server.to_string())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+fn routed(response: Response, route: &'static str) -> Routed {
+    Routed {
+        response,
+        route,
+        fetch: None,
+    }
+}
+
+/// Answers one request from `peer`, received on the server address `server`.
+pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let head = req.method == Method::Head;
+    let mut r = match (req.method, req.path.as_str()) {
+        (Method::Post, "/booted") => booted(site, req, peer),
+        (Method::Post, _) | (Method::Other, _) => {
+            let mut resp = Response::text(405, "method not allowed");
+            resp.headers.push(("Allow", "GET, HEAD".into()));
+            routed(resp, "other")
+        }
+        (_, path)
+            if site
+                .scripts
+                .iter()
+                .any(|s| s.trim_start_matches('/') == &path[1..]) =>
+        {
+            script(site, req, peer, server)
+        }
+        (_, path) if path == "/configs" || path.starts_with("/configs/") => {
+            config(site, path, peer, server)
+        }
+        (_, path) => file(site, req, path, peer),
+    };
+    if head {
+        r.response = r.response.for_head();
+    }
+    if !req.keep_alive {
+        r.response.close = true;
+    }
+    r
+}
+
+fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let by_mac = req
+        .query("mac")
+        .and_then(|m| m.parse::<Mac>().ok())
+        .and_then(|m| site.inventory.host_by_mac(&m));
+    let host = by_mac.or_else(|| site.host_at(peer));
+    let text = host.and_then(|h| {
+        render::host_script(
+            &site.inventory,
+            h,
+            site.address_of(h, peer),
+            server,
+            &site.boot,
+        )
+    });
+    if let Some(text) = text {
+        return routed(
+            Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
+            "script",
+        );
+    }
+    // Unknown hosts: the operator's file of that name, else a script that asks again, so a
+    // machine added to the inventory later boots without a power cycle.
+    if let Some(root) = &site.root {
+        if let Ok(src) = files::open(root, req.path.trim_start_matches('/')) {
+            let mut r = static_file(req, src, &req.path);
+            r.route = "script";
+            return r;
+        }
+    }
+    let retry = format!(
+        "#!ipxe\n# bootfabric: this machine is not in the inventory\necho Bootfabric does not know ${{net0/mac}}; asking again in 30 s\nsleep 30\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+        site.http_base(server),
+        req.path
+    );
+    routed(
+        Response::bytes(200, "text/plain; charset=utf-8", retry.into_bytes()),
+        "script",
+    )
+}
+
+/// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
+/// only for that host. A file `<configs>/<host>/<file>` overrides the shared template.
+fn config(site: &Site, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let deny = |why: &str| routed(Response::text(403, why), "config");
+    let Some(dir) = &site.configs else {
+        return routed(Response::text(404, "not found"), "config");
+    };
+    let Some(host) = site.host_at(peer) else {
+        return deny("configs are served to known hosts only, from their own address");
+    };
+    let rest = path.trim_start_matches("/configs").trim_start_matches('/');
+    let name = match rest.split_once('/') {
+        Some((owner, tail)) if site.inventory.hosts().iter().any(|h| h.name == owner) => {
+            if owner != host.name {
+                return deny("this config belongs to another host");
+            }
+            tail
+        }
+        _ => rest,
+    };
+    let opened = match files::open(dir, &format!("{}/{name}", host.name)) {
+        Err(FileError::NotFound) => files::open(dir, name),
+        other => other,
+    };
+    let src = match opened {
+        Ok(s) => s,
+        Err(e) => return routed(file_error(&e), "config"),
+    };
+    if src.size() > CONFIG_MAX {
+        return routed(Response::text(500, "config template too large"), "config");
+    }
+    let mut text = String::new();
+    if src.into_file().read_to_string(&mut text).is_err() {
+        return routed(
+            Response::text(500, "config template is not UTF-8 text"),
+            "config",
+        );
+    }
+    let Some(t) = site.target(host, peer, server) else {
+        return routed(Response::text(500, "host without profile"), "config");
+    };
+    let mut resp = Response::bytes(200, content_type(name), t.fill(&text).into_bytes());
+    // Configs carry secrets: never let a cache keep one.
+    resp.headers.push(("Cache-Control", "no-store".into()));
+    routed(resp, "config")
+}
+
+fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
+    let body = String::from_utf8_lossy(&req.body);
+    let mac = req.query("mac").map(str::to_owned).or_else(|| {
+        body.split('&')
+            .find_map(|kv| kv.trim().strip_prefix("mac=").map(str::to_owned))
+    });
+    let host = match mac {
+        Some(m) => match m.parse::<Mac>() {
+            Ok(mac) => site.inventory.host_by_mac(&mac),
+            Err(e) => return routed(Response::text(400, &e), "booted"),
+        },
+        None => site.host_at(peer),
+    };
+    let Some(host) = host else {
+        return routed(Response::text(404, "unknown host"), "booted");
+    };
+    // One host cannot mark another as booted.
+    if let Some(addr) = site.address_of(host, peer) {
+        if addr != peer {
+            return routed(
+                Response::text(403, "a host can only report its own boot"),
+                "booted",
+            );
+        }
+    }
+    site.ledger.record(host.mac, Phase::Booted, Some(peer));
+    let mut resp = Response::text(204, "");
+    resp.body = Body::Empty;
+    resp.content_length = 0;
+    routed(resp, "booted")
+}
+
+fn file_error(e: &FileError) -> Response {
+    match e {
+        FileError::NotFound => Response::text(404, "not found"),
+        FileError::Denied(why) => Response::text(403, &format!("forbidden: {why}")),
+        FileError::Io(_) => Response::text(500, "cannot read the file"),
+    }
+}
+
+fn file(site: &Site, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
+    let Some(root) = &site.root else {
+        return routed(Response::text(404, "not found"), "other");
+    };
+    // Paths are confined exactly as TFTP names are, the root being `/`.
+    match files::open(root, path.trim_start_matches('/')) {
+        Ok(src) => {
+            let mut r = static_file(req, src, path);
+            if r.response.status == 200 || r.response.status == 206 {
+                r.fetch = site.host_at(peer).map(|h| (h.mac, path.to_owned()));
+            }
+            r
+        }
+        Err(e) => routed(file_error(&e), "file"),
+    }
+}
+
+fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
+    let size = src.size();
+    let v = match src.metadata() {
+        Ok(m) => Validators::for_file(m.ino(), size, m.modified().unwrap_or(std::time::UNIX_EPOCH)),
+        Err(_) => return routed(Response::text(500, "cannot read the file"), "file"),
+    };
+    let validators = |resp: &mut Response| {
+        resp.headers.push(("ETag", v.etag.clone()));
+        resp.headers.push(("Last-Modified", v.last_modified()));
+    };
+    if conditional::not_modified(
+        req.header("if-none-match"),
+        req.header("if-modified-since"),
+        &v,
+    ) {
+        let mut resp = Response::text(304, "");
+        resp.headers.clear();
+        resp.body = Body::Empty;
+        resp.content_length = 0;
+        validators(&mut resp);
+        return routed(resp, "file");
+    }
+    let plan = if conditional::range_applies(req.header("if-range"), &v) {
+        range::plan(req.header("range"), size)
+    } else {
+        Plan::Full
+    };
+    let file = Arc::new(src.into_file());
+    let mut resp = match plan {
+        Plan::Full => Response {
+            status: 200,
+            headers: Vec::new(),
+            content_length: size,
+            body: Body::File {
+                file,
+                offset: 0,
+                len: size,
+            },
+            close: false,
+        },
+        Plan::Partial { first, last } => Response {
+            status: 206,
+            headers: vec![("Content-Range", format!("bytes {first}-{last}/{size}"))],
+            content_length: last - first + 1,
+            body: Body::File {
+                file,
+                offset: first,
+                len: last - first + 1,
+            },
+            close: false,
+        },
+        Plan::Unsatisfiable => {
+            let mut r = Response::text(416, "range not satisfiable");
+            r.headers.push(("Content-Range", format!("bytes */{size}")));
+            r
+        }
+    };
+    if resp.status != 416 {
+        resp.headers
+            .push(("Content-Type", content_type(path).into()));
+    }
+    resp.headers.push(("Accept-Ranges", "bytes".into()));
+    validators(&mut resp);
+    routed(resp, "file")
+}

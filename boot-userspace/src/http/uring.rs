@@ -1,0 +1,468 @@
+//! The io_uring transport: one thread and one ring per core, each with its own SO_REUSEPORT
+//! listeners, so the kernel spreads connections over the cores. A connection has at most one
+//! operation in flight: receive, send (head and small bodies), or a splice of file pages into
+//! its pipe and from the pipe into the socket, so image bytes never pass through userspace.
+//! A one-second timer on every ring sweeps connections past their timeouts.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Instant, SystemTime},
+};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use tracing::{debug, warn};
+
+use super::{
+    conn::{self, Exchange, Next, Shared},
+    response::Body,
+};
+
+/// Bytes asked of one splice (the pipe is grown to this where the kernel allows).
+const PIPE_SIZE: u32 = 1 << 20;
+/// Receive buffer per connection.
+const RECV_SIZE: usize = 16 * 1024;
+const TIMER: u64 = u64::MAX;
+const ACCEPT_BASE: u64 = u64::MAX - 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Idle,
+    Recv,
+    Send,
+    SpliceIn,
+    SpliceOut,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    peer: Ipv4Addr,
+    local: Ipv4Addr,
+    inbuf: Vec<u8>,
+    rbuf: Box<[u8]>,
+    out: Vec<u8>,
+    out_pos: usize,
+    file: Option<(Arc<std::fs::File>, u64, u64)>,
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    in_pipe: u32,
+    exchange: Option<Box<Exchange>>,
+    op: Op,
+    closing: bool,
+    last_progress: Instant,
+    head_since: Option<Instant>,
+}
+
+/// Whether this kernel's io_uring has what the transport needs; why not otherwise.
+pub fn probe() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let mut probe = io_uring::register::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe: {e}"))?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::Recv::CODE, "recv"),
+        (opcode::Send::CODE, "send"),
+        (opcode::Splice::CODE, "splice"),
+        (opcode::Timeout::CODE, "timeout"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring has no {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A bigger pipe moves more per splice; the default 64 KiB still works.
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+    Ok((r, w))
+}
+
+fn addr_of(fd: RawFd, peer: bool) -> Option<Ipv4Addr> {
+    // SAFETY: an all-zero sockaddr_in is valid for the kernel to fill.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let p = std::ptr::addr_of_mut!(sa).cast();
+    // SAFETY: sa and len are valid for the call.
+    let rc = unsafe {
+        if peer {
+            libc::getpeername(fd, p, &mut len)
+        } else {
+            libc::getsockname(fd, p, &mut len)
+        }
+    };
+    (rc == 0 && i32::from(sa.sin_family) == libc::AF_INET)
+        .then(|| Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
+}
+
+/// A listening socket on `addr` in this core's SO_REUSEPORT group.
+pub fn listener(addr: SocketAddrV4) -> std::io::Result<OwnedFd> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// One core's worker: serves `listeners` until `stop` is set.
+pub fn worker(
+    listeners: Vec<OwnedFd>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut ring: IoUring = IoUring::builder().build(1024)?;
+    let mut conns: Slab<Conn> = Slab::new();
+    let tick = types::Timespec::new().sec(1);
+    let mut date = httpdate::fmt_http_date(SystemTime::now());
+    let mut pending: Vec<squeue::Entry> = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        pending.push(
+            opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ACCEPT_BASE + i as u64),
+        );
+    }
+    pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
+    loop {
+        for e in pending.drain(..) {
+            // SAFETY: every buffer an entry points to lives in `conns` (boxed, not moved)
+            // or in this frame (`tick`) until its completion is reaped.
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit()?;
+            }
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+        let completions: Vec<(u64, i32, u32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result(), c.flags()))
+            .collect();
+        for (data, res, flags) in completions {
+            if data == TIMER {
+                if stop.load(Ordering::Relaxed) {
+                    for c in conns.drain() {
+                        shared.release(c.peer);
+                        if let Some(x) = c.exchange {
+                            x.finish(&shared, false);
+                        }
+                    }
+                    return Ok(());
+                }
+                date = httpdate::fmt_http_date(SystemTime::now());
+                sweep(&mut conns, &shared);
+                pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
+                continue;
+            }
+            if data >= ACCEPT_BASE {
+                let i = (data - ACCEPT_BASE) as usize;
+                if !cqueue::more(flags) {
+                    // The kernel ended the multishot accept (under pressure): ask again.
+                    if let Some(l) = listeners.get(i) {
+                        pending.push(
+                            opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+                                .flags(libc::SOCK_CLOEXEC)
+                                .build()
+                                .user_data(data),
+                        );
+                    }
+                }
+                if res < 0 {
+                    continue;
+                }
+                // SAFETY: a successful accept returns a new descriptor we now own.
+                let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                accept(fd, &mut conns, &shared, &mut pending);
+                continue;
+            }
+            let key = data as usize;
+            if !conns.contains(key) {
+                continue;
+            }
+            complete(key, res, &mut conns, &shared, &date, &mut pending);
+        }
+    }
+}
+
+fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Vec<squeue::Entry>) {
+    let (Some(peer), Some(local)) = (
+        addr_of(fd.as_raw_fd(), true),
+        addr_of(fd.as_raw_fd(), false),
+    ) else {
+        return;
+    };
+    if let Err(why) = shared.admit(peer) {
+        debug!(%peer, why, "HTTP connection refused");
+        return;
+    }
+    let key = conns.insert(Conn {
+        fd,
+        peer,
+        local,
+        inbuf: Vec::new(),
+        rbuf: vec![0u8; RECV_SIZE].into_boxed_slice(),
+        out: Vec::new(),
+        out_pos: 0,
+        file: None,
+        pipe: None,
+        in_pipe: 0,
+        exchange: None,
+        op: Op::Idle,
+        closing: false,
+        last_progress: Instant::now(),
+        head_since: None,
+    });
+    recv(key, &mut conns[key], pending);
+}
+
+fn recv(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
+    c.op = Op::Recv;
+    pending.push(
+        opcode::Recv::new(
+            types::Fd(c.fd.as_raw_fd()),
+            c.rbuf.as_mut_ptr(),
+            c.rbuf.len() as u32,
+        )
+        .build()
+        .user_data(key as u64),
+    );
+}
+
+fn send(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
+    c.op = Op::Send;
+    let rest = &c.out[c.out_pos..];
+    // MSG_MORE when a file body follows: the head rides in its first segment.
+    let more = if c.file.is_some() { libc::MSG_MORE } else { 0 };
+    pending.push(
+        opcode::Send::new(
+            types::Fd(c.fd.as_raw_fd()),
+            rest.as_ptr(),
+            rest.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL | more)
+        .build()
+        .user_data(key as u64),
+    );
+}
+
+fn splice_in(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bool {
+    if c.pipe.is_none() {
+        match pipe() {
+            Ok(p) => c.pipe = Some(p),
+            Err(e) => {
+                warn!(error = %e, "HTTP: no pipe for a body");
+                return false;
+            }
+        }
+    }
+    let (Some((file, offset, left)), Some((_, w))) = (&c.file, &c.pipe) else {
+        return false;
+    };
+    c.op = Op::SpliceIn;
+    let len = (*left).min(u64::from(PIPE_SIZE)) as u32;
+    pending.push(
+        opcode::Splice::new(
+            types::Fd(file.as_raw_fd()),
+            *offset as i64,
+            types::Fd(w.as_raw_fd()),
+            -1,
+            len,
+        )
+        .build()
+        .user_data(key as u64),
+    );
+    true
+}
+
+fn splice_out(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
+    let Some((r, _)) = &c.pipe else { return };
+    c.op = Op::SpliceOut;
+    let more = c.file.as_ref().is_some_and(|(_, _, left)| *left > 0);
+    let flags = if more { libc::SPLICE_F_MORE } else { 0 };
+    pending.push(
+        opcode::Splice::new(
+            types::Fd(r.as_raw_fd()),
+            -1,
+            types::Fd(c.fd.as_raw_fd()),
+            -1,
+            c.in_pipe,
+        )
+        .flags(flags)
+        .build()
+        .user_data(key as u64),
+    );
+}
+
+/// Starts the next answer if the buffer holds a request, else reads.
+fn serve_next(
+    key: usize,
+    c: &mut Conn,
+    shared: &Shared,
+    date: &str,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    match conn::next(shared, &mut c.inbuf, c.peer, c.local) {
+        Next::Read => {
+            c.head_since = if c.inbuf.is_empty() {
+                None
+            } else {
+                c.head_since.or(Some(Instant::now()))
+            };
+            recv(key, c, pending);
+        }
+        Next::Answer(x) => {
+            c.head_since = None;
+            let r = &x.response;
+            c.out = r.head(date);
+            c.out_pos = 0;
+            c.file = None;
+            match &r.body {
+                Body::Empty => {}
+                Body::Bytes(b) => c.out.extend_from_slice(b),
+                Body::File { file, offset, len } => {
+                    c.file = (*len > 0).then(|| (Arc::clone(file), *offset, *len));
+                }
+            }
+            c.exchange = Some(x);
+            send(key, c, pending);
+        }
+    }
+}
+
+fn end(key: usize, conns: &mut Slab<Conn>, shared: &Shared, done: bool) {
+    let c = conns.remove(key);
+    if let Some(x) = c.exchange {
+        x.finish(shared, done);
+    }
+    shared.release(c.peer);
+}
+
+fn complete(
+    key: usize,
+    res: i32,
+    conns: &mut Slab<Conn>,
+    shared: &Shared,
+    date: &str,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    let c = &mut conns[key];
+    let op = std::mem::replace(&mut c.op, Op::Idle);
+    if c.closing || res < 0 || (res == 0 && op != Op::SpliceOut) {
+        // Errors, a closed peer, a sweep, or a file that ended early.
+        if res < 0 && op != Op::Recv {
+            shared.metrics.refused("send_error");
+        }
+        return end(key, conns, shared, false);
+    }
+    let n = res as u64;
+    c.last_progress = Instant::now();
+    match op {
+        Op::Recv => {
+            c.inbuf.extend_from_slice(&c.rbuf[..res as usize]);
+            serve_next(key, c, shared, date, pending);
+        }
+        Op::Send => {
+            c.out_pos += res as usize;
+            if let Some(x) = c.exchange.as_mut() {
+                x.sent(shared, n);
+            }
+            if c.out_pos < c.out.len() {
+                send(key, c, pending);
+            } else if c.file.is_some() {
+                if !splice_in(key, c, pending) {
+                    end(key, conns, shared, false);
+                }
+            } else {
+                response_done(key, conns, shared, date, pending);
+            }
+        }
+        Op::SpliceIn => {
+            if let Some((_, offset, left)) = c.file.as_mut() {
+                *offset += n;
+                *left -= n;
+            }
+            c.in_pipe = res as u32;
+            splice_out(key, c, pending);
+        }
+        Op::SpliceOut => {
+            if res == 0 {
+                return end(key, conns, shared, false);
+            }
+            c.in_pipe -= res as u32;
+            if let Some(x) = c.exchange.as_mut() {
+                x.sent(shared, n);
+            }
+            if c.in_pipe > 0 {
+                splice_out(key, c, pending);
+            } else if c.file.as_ref().is_some_and(|(_, _, left)| *left > 0) {
+                if !splice_in(key, c, pending) {
+                    end(key, conns, shared, false);
+                }
+            } else {
+                c.file = None;
+                response_done(key, conns, shared, date, pending);
+            }
+        }
+        Op::Idle => {}
+    }
+}
+
+fn response_done(
+    key: usize,
+    conns: &mut Slab<Conn>,
+    shared: &Shared,
+    date: &str,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    let c = &mut conns[key];
+    let close = c.exchange.as_ref().is_some_and(|x| x.response.close);
+    if let Some(x) = c.exchange.take() {
+        x.finish(shared, true);
+    }
+    if close {
+        return end(key, conns, shared, true);
+    }
+    serve_next(key, c, shared, date, pending);
+}
+
+/// Shuts down connections past a timeout: their operation in flight then completes and the
+/// connection ends there.
+fn sweep(conns: &mut Slab<Conn>, shared: &Shared) {
+    let l = shared.limits;
+    for (_, c) in conns.iter_mut() {
+        let idle = c.last_progress.elapsed();
+        let late = match c.op {
+            Op::Recv => match c.head_since {
+                Some(t) => t.elapsed() > l.header_timeout,
+                None => idle > l.idle_timeout,
+            },
+            Op::Idle => false,
+            _ => idle > l.send_timeout,
+        };
+        if late && !c.closing {
+            c.closing = true;
+            shared.metrics.refused("timeout");
+            // SAFETY: shutdown on a descriptor we own; the pending operation completes.
+            unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+}
