@@ -16,6 +16,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
+
+use crate::{inventory::Mac, ledger::Ledger};
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +89,7 @@ pub fn render(registry: &Registry) -> Vec<u8> {
 pub async fn serve_admin(
     listener: TcpListener,
     registry: Registry,
+    ledger: Ledger,
     allow: Vec<IpNet>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
@@ -113,11 +116,13 @@ pub async fn serve_admin(
             continue;
         }
         let registry = Arc::clone(&registry);
+        let ledger = ledger.clone();
         let cancel = cancel.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
                 let registry = Arc::clone(&registry);
-                async move { Ok::<_, Infallible>(route(&registry, &req)) }
+                let ledger = ledger.clone();
+                async move { Ok::<_, Infallible>(route(&registry, &ledger, &req)) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -150,7 +155,63 @@ fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
     allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
-fn route(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `/api/bandwidth`: the fabric's measured HTTP egress, as the scheduler reads it.
+fn bandwidth_json(ledger: &Ledger) -> String {
+    let rates = ledger.egress_rates();
+    let total: f64 = rates.iter().map(|(_, r)| r).sum();
+    let ifaces: Vec<String> = rates
+        .iter()
+        .map(|(i, r)| format!("{}:{r:.0}", json_string(i)))
+        .collect();
+    format!(
+        "{{\"window_s\":{},\"bytes_per_second\":{{{}}},\"total_bytes_per_second\":{total:.0}}}\n",
+        crate::ledger::EGRESS_WINDOW_S,
+        ifaces.join(",")
+    )
+}
+
+/// `/api/timeline?mac=…`: one host's boot events, oldest first.
+fn timeline_json(ledger: &Ledger, mac: Mac) -> String {
+    let events: Vec<String> = ledger
+        .timeline(mac)
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"at_ms\":{},\"phase\":\"{}\",\"ip\":{},\"detail\":{}}}",
+                e.at_ms,
+                e.phase.as_str(),
+                e.ip.map_or("null".to_owned(), |ip| format!("\"{ip}\"")),
+                e.detail.as_deref().map_or("null".to_owned(), json_string)
+            )
+        })
+        .collect();
+    format!("{{\"mac\":\"{mac}\",\"events\":[{}]}}\n", events.join(","))
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn route(registry: &Registry, ledger: &Ledger, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
@@ -165,6 +226,21 @@ fn route(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/api/bandwidth" => json(bandwidth_json(ledger)),
+        "/api/timeline" => {
+            let mac = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mac="))
+                .map(|m| m.replace("%3A", ":").replace("%3a", ":"))
+                .and_then(|m| m.parse::<Mac>().ok());
+            match mac {
+                Some(mac) => json(timeline_json(ledger, mac)),
+                None => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

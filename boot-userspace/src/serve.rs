@@ -118,10 +118,11 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     let token = supervisor.token();
     let allow = config.admin_allow.clone();
     let admin_registry = registry.clone();
+    let admin_ledger = ledger.clone();
     supervisor.spawn(
         "admin",
         Box::pin(async move {
-            metrics::serve_admin(listener, admin_registry, allow, token)
+            metrics::serve_admin(listener, admin_registry, admin_ledger, allow, token)
                 .await
                 .context("admin server")
         }),
