@@ -20,6 +20,9 @@
 #        SERVERS="bootfabric tftpd-hpa dnsmasq" MIN_BYTES=67108864 MTU=1500
 #        BOOTFABRIC_BIN=target/release/bootfabric KEEP=1 (keep the work folder)
 #        ROWS="32:8192:1:64 ..." (size:blksize:window:clients, replaces the matrix)
+#        BOOTFABRIC_TFTP_MTU=$MTU (tftp.mtu for Bootfabric; 9000 lets it send 8192-byte
+#        blocks that the IP layer fragments, as the peers do on a 1500 link)
+#        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,6 +34,17 @@ CLIENTS=${CLIENTS:-"1 16 64"}
 SERVERS=${SERVERS:-"bootfabric tftpd-hpa dnsmasq"}
 MIN_BYTES=${MIN_BYTES:-67108864}
 MTU=${MTU:-1500}
+BF_MTU=${BOOTFABRIC_TFTP_MTU:-$MTU}
+PIN=${PIN:-1}
+# Lock-step rows measure wake-up latency, which swings with where the scheduler puts the
+# server and the client; pinning them to different cores makes runs comparable.
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  SERVER_CPUS=(taskset -c 0)
+  CLIENT_CPUS=(taskset -c "1-$(($(nproc) - 1))")
+else
+  SERVER_CPUS=()
+  CLIENT_CPUS=()
+fi
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
 for p in atftp in.tftpd dnsmasq ip ss cmp timeout; do
@@ -146,17 +160,17 @@ enabled = false
 [tftp]
 root = "$WORK/root"
 transfer_ports = "50000-50999"
-mtu = $MTU
+mtu = $BF_MTU
 TOML
-      "${IN_CGROUP[@]}" ip netns exec "$SRV" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
       ;;
     tftpd-hpa)
       # -L: stay in the foreground and listen; it forks a child per transfer.
-      "${IN_CGROUP[@]}" ip netns exec "$SRV" in.tftpd -L -u root -a 10.77.0.1:69 -s "$WORK/root" \
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" in.tftpd -L -u root -a 10.77.0.1:69 -s "$WORK/root" \
         >"$WORK/tftpd-hpa.log" 2>&1 &
       ;;
     dnsmasq)
-      "${IN_CGROUP[@]}" ip netns exec "$SRV" dnsmasq --no-daemon --port=0 --conf-file=/dev/null \
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" dnsmasq --no-daemon --port=0 --conf-file=/dev/null \
         --interface=fabric0 --bind-interfaces --user=root --enable-tftp \
         --tftp-root="$WORK/root" --tftp-max=1000 --pid-file="$WORK/dnsmasq.pid" \
         >"$WORK/dnsmasq.log" 2>&1 &
@@ -197,7 +211,7 @@ SH
   chmod +x "$WORK/clients.sh"
   c0=$(cg_usec)
   t0=$(date +%s%N)
-  ip netns exec "$CLI" "$WORK/clients.sh"
+  ip netns exec "$CLI" "${CLIENT_CPUS[@]}" "$WORK/clients.sh"
   t1=$(date +%s%N)
   c1=$(cg_usec)
   FAILED=$(cat "$WORK/out"/result* | grep -c FAIL || true)
@@ -211,7 +225,7 @@ SH
 
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "bootfabric $BIN (tree $REV, built $(date -u -r "$BIN" '+%Y-%m-%d %H:%M')), tftpd-hpa $(in.tftpd -V 2>&1 | awk '{print $2; exit}'), $(dnsmasq -v | head -1 | awk '{print $1, $3}'), atftp client"
-echo "$(nproc) cores, veth MTU $MTU, at least $((MIN_BYTES / 1048576)) MiB per row"
+echo "$(nproc) cores, veth MTU $MTU, Bootfabric tftp.mtu $BF_MTU, pinned: $PIN, at least $((MIN_BYTES / 1048576)) MiB per row"
 echo
 
 if [ -n "${ROWS:-}" ]; then

@@ -14,7 +14,8 @@ use std::{
 };
 
 use bootfabric_lab::{
-    have_program, http_get, require, require_root, sample, Daemon, Netns, PairLab, TempDir,
+    have_program, http_get, require, require_root, sample, wait_for, Daemon, Netns, PairLab,
+    TempDir,
 };
 
 const CONFIG: &str = r#"
@@ -239,6 +240,88 @@ fn ovmf_uefi_pxe_loads_ipxe_over_tftp() {
         ),
         None,
         "the size probe is not a failed transfer"
+    );
+}
+
+/// QEMU's iPXE ROM gets the script URL from DHCP, and our HTTP server renders the host's
+/// script; iPXE then fetches the kernel (iPXE's own bzImage build, a real Linux-format
+/// kernel) and the initrd, and the ledger holds both downloads with every byte sent.
+#[test]
+fn qemu_ipxe_fetches_script_kernel_and_initrd_over_http() {
+    let t = "qemu_ipxe_fetches_script_kernel_and_initrd_over_http";
+    let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            std::path::Path::new(lkrn).exists(),
+            t,
+            "iPXE is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let dir = TempDir::new().expect("dir");
+    let images = dir.path.join("images");
+    std::fs::create_dir_all(images.join("vm")).expect("images");
+    std::fs::copy(lkrn, images.join("vm/kernel.lkrn")).expect("kernel");
+    let kernel_len = std::fs::metadata(images.join("vm/kernel.lkrn"))
+        .expect("meta")
+        .len();
+    let initrd: Vec<u8> = (0..300_007u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(images.join("vm/initrd.img"), &initrd).expect("initrd");
+    let config = format!("{CONFIG}[http]\nroot = \"{}\"\n", images.display());
+    let inventory = INVENTORY.replace(
+        "[profiles.installer]",
+        "[profiles.installer]\nkernel = \"vm/kernel.lkrn\"\ninitrd = [\"vm/initrd.img\"]\ncmdline = \"console=ttyS0\"",
+    );
+    let lab = lab();
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    let log = dir.path.join("qemu.log");
+    let _vm = qemu(
+        &lab.client,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
+            "-boot",
+            "n",
+        ],
+        &log,
+    );
+    let want = [
+        format!("/vm/kernel.lkrn: {kernel_len} bytes"),
+        "/vm/initrd.img: 300007 bytes".to_owned(),
+    ];
+    let timeline = wait_for(BOOT_BOUND, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        want.iter().all(|w| t.contains(w.as_str())).then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "iPXE did not fetch kernel and initrd.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    assert!(timeline.contains("\"phase\":\"dhcp_ack\""), "{timeline}");
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    assert_eq!(
+        sample(
+            &metrics,
+            "bootfabric_http_requests_total",
+            &[("route", "script"), ("status", "200")]
+        ),
+        Some(1.0),
+        "the script was rendered once"
     );
 }
 

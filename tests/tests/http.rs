@@ -464,6 +464,22 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
         l.metric("bootfabric_ledger_events_total", &[("phase", "http_sent")]),
         1.0
     );
+    let (_, timeline) = http_get(
+        &l.lab.server,
+        l.daemon.admin,
+        "/api/timeline?mac=52:54:00:b0:0f:01",
+    )
+    .expect("timeline");
+    for want in [
+        "\"phase\":\"booted\"",
+        "\"phase\":\"http_started\",\"ip\":\"10.77.0.2\",\"detail\":\"/debian/initrd.gz\"",
+        "\"phase\":\"http_sent\",\"ip\":\"10.77.0.2\",\"detail\":\"/debian/initrd.gz: 700001 bytes\"",
+    ] {
+        assert!(timeline.contains(want), "{want} not in {timeline}");
+    }
+    let (_, bandwidth) =
+        http_get(&l.lab.server, l.daemon.admin, "/api/bandwidth").expect("bandwidth");
+    assert!(bandwidth.contains("\"fabric0\":"), "{bandwidth}");
 }
 
 #[test]

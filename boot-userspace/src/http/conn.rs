@@ -193,9 +193,15 @@ pub struct Exchange {
     local: Ipv4Addr,
     peer: Ipv4Addr,
     sent: u64,
+    head: u64,
 }
 
 impl Exchange {
+    /// Notes that the response's first `n` bytes are its head (not counted as the body).
+    pub fn head_len(&mut self, n: usize) {
+        self.head = n as u64;
+    }
+
     /// Counts `n` bytes of this response as sent.
     pub fn sent(&mut self, shared: &Shared, n: u64) {
         self.sent += n;
@@ -215,7 +221,10 @@ impl Exchange {
                 mac,
                 phase,
                 Some(self.peer),
-                Some(&format!("{path}: {} bytes", self.sent)),
+                Some(&format!(
+                    "{path}: {} bytes",
+                    self.sent.saturating_sub(self.head)
+                )),
             );
         }
     }
@@ -271,6 +280,7 @@ fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Ex
         local,
         peer,
         sent: 0,
+        head: 0,
     }
 }
 

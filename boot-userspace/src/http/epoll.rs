@@ -78,6 +78,7 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: &
         };
         let date = httpdate::fmt_http_date(SystemTime::now());
         let mut head = x.response.head(&date);
+        x.head_len(head.len());
         if let Body::Bytes(b) = &x.response.body {
             head.extend_from_slice(b);
         }

@@ -329,10 +329,11 @@ fn serve_next(
             };
             recv(key, c, pending);
         }
-        Next::Answer(x) => {
+        Next::Answer(mut x) => {
             c.head_since = None;
+            c.out = x.response.head(date);
+            x.head_len(c.out.len());
             let r = &x.response;
-            c.out = r.head(date);
             c.out_pos = 0;
             c.file = None;
             match &r.body {

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# HTTP benchmark: Bootfabric's image streamer against nginx (sendfile on), one after the other
+# in the same run, driven by wrk over a veth pair between two namespaces. Rows:
+#   - a 256 MiB image to 1, 32 and 256 concurrent connections (keep-alive, whole-file GETs);
+#   - many small requests: the iPXE script (Bootfabric renders it for the asking host; nginx
+#     serves the same text as a static file) to 32 and 256 connections.
+# For each row and server it prints throughput (MiB/s), requests per second, and the server's
+# CPU time per GiB served (from a cgroup holding the server and its workers), then
+# Bootfabric's ratios to nginx.
+#
+# The server is pinned to CPU 0 with one worker (one io_uring ring; one nginx worker) and wrk
+# to the other cores, so both servers get the same single core.
+#
+# Usage: bench/http/run.sh        (as root; `cargo xtask setup` installs nginx and wrk)
+# Knobs: DURATION=10 SERVERS="bootfabric nginx" ROWS="image:1 image:32 image:256 script:32
+#        script:256" BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
+DURATION=${DURATION:-10}
+SERVERS=${SERVERS:-"bootfabric nginx"}
+ROWS=${ROWS:-"image:1 image:32 image:256 script:32 script:256"}
+BACKEND=${BACKEND:-io_uring}
+
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
+for p in nginx wrk ip ss taskset; do
+  command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
+done
+if [ ! -x "$BIN" ]; then
+  (cd "$ROOT" && cargo xtask build --release >/dev/null)
+fi
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (server and wrk on different ones)" >&2; exit 2; }
+
+ID=bfh-$$
+SRV=$ID-srv
+CLI=$ID-cli
+WORK=$(mktemp -d /dev/shm/bootfabric-http-bench.XXXXXX)
+chmod 755 "$WORK"
+SERVER_PID=""
+NETNS_MADE=""
+CG=""
+
+stop_pid() {
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+stop_server() {
+  stop_pid "$SERVER_PID"
+  SERVER_PID=""
+  # nginx's worker outlives a killed master for a moment: take everything left in the cgroup.
+  if [ -n "$CG" ]; then
+    for pid in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  fi
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_server
+  if [ -n "$NETNS_MADE" ]; then
+    for ns in "$SRV" "$CLI"; do
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+      ip netns del "$ns" 2>/dev/null || true
+    done
+  fi
+  [ -n "$CG" ] && sleep 0.2 && rmdir "$CG" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ -d /sys/fs/cgroup/cpuacct ]; then
+  CG=/sys/fs/cgroup/cpuacct/$ID
+  mkdir "$CG"
+  cg_usec() { echo $(($(cat "$CG/cpuacct.usage") / 1000)); }
+elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  CG=/sys/fs/cgroup/$ID
+  mkdir "$CG"
+  cg_usec() { awk '/^usage_usec/ { print $2 }' "$CG/cpu.stat"; }
+else
+  echo "no cgroup (v1 cpuacct or v2) to account the servers' CPU in" >&2
+  exit 2
+fi
+IN_CGROUP=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG")
+
+NETNS_MADE=1
+ip netns add "$SRV"
+ip netns add "$CLI"
+ip link add fabric0 netns "$SRV" type veth peer name cli0 netns "$CLI"
+ip -n "$SRV" addr add 10.77.0.1/24 dev fabric0
+ip -n "$CLI" addr add 10.77.0.2/24 dev cli0
+for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
+ip -n "$SRV" link set fabric0 up
+ip -n "$CLI" link set cli0 up
+
+mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state"
+head -c $((256 * 1048576)) /dev/urandom >"$WORK/images/rack/image.bin"
+cat >"$WORK/hosts.toml" <<'TOML'
+[profiles.installer]
+kernel = "rack/vmlinuz"
+initrd = ["rack/initrd.img"]
+cmdline = "console=ttyS0 ip=dhcp ignition.config.url={http_base}/configs/node.ign"
+[[hosts]]
+name = "node01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.2"
+profile = "installer"
+TOML
+cat >"$WORK/bootfabric.toml" <<TOML
+[daemon]
+state_dir = "state"
+log = "warn"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:0"
+[xdp]
+mode = "off"
+[http]
+root = "images"
+backend = "$BACKEND"
+workers = 1
+max_connections_per_client = 1024
+TOML
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  server {
+    listen 10.77.0.1:80;
+    root $WORK/images;
+  }
+}
+CONF
+
+wait_listening() {
+  for _ in $(seq 1 300); do
+    if ip netns exec "$SRV" ss -tlnH 'sport = :80' 2>/dev/null | grep -q .; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "$1 exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "$1 did not listen within 30 s" >&2; return 1
+}
+
+start_server() {
+  case $1 in
+    bootfabric)
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" taskset -c 0 "$BIN" serve \
+        --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
+      ;;
+    nginx)
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" taskset -c 0 nginx -p "$WORK/nginx" \
+        -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx.log" &
+      ;;
+  esac
+  SERVER_PID=$!
+  wait_listening "$1"
+}
+
+# The script both serve: Bootfabric renders it, nginx gets the rendered text as a file.
+start_server bootfabric
+ip netns exec "$CLI" curl -sS -o "$WORK/images/boot.ipxe" http://10.77.0.1/boot.ipxe
+stop_server
+[ -s "$WORK/images/boot.ipxe" ] || { echo "Bootfabric rendered no script" >&2; exit 1; }
+
+to_mib() { # wrk's "Transfer/sec: 1.23GB" → MiB
+  awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1 / 1024 : 1 / 1048576;
+    printf "%.1f", n * f }'
+}
+
+declare -A R
+for server in $SERVERS; do
+  start_server "$server"
+  for row in $ROWS; do
+    IFS=: read -r what conns <<<"$row"
+    case $what in
+      image) url=http://10.77.0.1/rack/image.bin ;;
+      script) url=http://10.77.0.1/boot.ipxe ;;
+    esac
+    threads=$((conns < 2 ? 1 : 2))
+    c0=$(cg_usec)
+    out=$(ip netns exec "$CLI" taskset -c 1-$(($(nproc) - 1)) \
+      timeout $((DURATION + 60)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency "$url" 2>&1) || true
+    c1=$(cg_usec)
+    echo "$out" >"$WORK/wrk-$server-$what-$conns.txt"
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+    mibs=$(to_mib "${tps:-0B}")
+    cpu=$(awk -v t=$((c1 - c0)) -v m="$mibs" -v d="$DURATION" \
+      'BEGIN { g = m * d / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
+    R[$server,$row]="$mibs $rps $cpu"
+    printf '%-10s %-6s %3d conns: %9s MiB/s %10s req/s %8s CPU s/GiB %s\n' \
+      "$server" "$what" "$conns" "$mibs" "${rps:-0}" "$cpu" "$errors"
+  done
+  stop_server
+done
+
+echo
+echo "| request | connections | Bootfabric MiB/s | nginx MiB/s | ratio | Bootfabric req/s | nginx req/s | ratio | Bootfabric CPU s/GiB | nginx CPU s/GiB | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for row in $ROWS; do
+  IFS=: read -r what conns <<<"$row"
+  read -r bm br bc <<<"${R[bootfabric,$row]:-0 0 n/a}"
+  read -r nm nr nc <<<"${R[nginx,$row]:-0 0 n/a}"
+  awk -v w="$what" -v c="$conns" -v bm="$bm" -v nm="$nm" -v br="$br" -v nr="$nr" -v bc="$bc" -v nc="$nc" 'BEGIN {
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, c, bm, nm,
+      (nm > 0 ? sprintf("%.2f", bm / nm) : "n/a"), br, nr, (nr > 0 ? sprintf("%.2f", br / nr) : "n/a"),
+      bc, nc, ((nc + 0) > 0 && bc != "n/a" ? sprintf("%.2f", bc / nc) : "n/a") }'
+done
