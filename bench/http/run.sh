@@ -12,7 +12,7 @@
 # to the other cores, so both servers get the same single core.
 #
 # Usage: bench/http/run.sh        (as root; `cargo xtask setup` installs nginx and wrk)
-# Knobs: DURATION=10 SERVERS="bootfabric nginx" ROWS="image:1 image:32 image:256 script:32
+# Knobs: DURATION=10 REPEAT=3 (medians) SERVERS="bootfabric nginx" ROWS="image:1 image:32 image:256 script:32
 #        script:256" BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
 set -euo pipefail
 
@@ -22,6 +22,7 @@ DURATION=${DURATION:-10}
 SERVERS=${SERVERS:-"bootfabric nginx"}
 ROWS=${ROWS:-"image:1 image:32 image:256 script:32 script:256"}
 BACKEND=${BACKEND:-io_uring}
+REPEAT=${REPEAT:-3}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
 for p in nginx wrk ip ss taskset; do
@@ -184,32 +185,52 @@ to_mib() { # wrk's "Transfer/sec: 1.23GB" → MiB
     printf "%.1f", n * f }'
 }
 
-declare -A R
-for server in $SERVERS; do
-  start_server "$server"
+# One measurement: sets MIBS, RPS, CPU and ERRORS.
+measure() {
+  local server=$1 what=$2 conns=$3 url threads c0 c1 out tps
+  case $what in
+    image) url=http://10.77.0.1/rack/image.bin ;;
+    script) url=http://10.77.0.1/boot.ipxe ;;
+  esac
+  threads=$((conns < 2 ? 1 : 2))
+  c0=$(cg_usec)
+  out=$(ip netns exec "$CLI" taskset -c 1-$(($(nproc) - 1)) \
+    timeout $((DURATION + 60)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" "$url" 2>&1) || true
+  c1=$(cg_usec)
+  echo "$out" >>"$WORK/wrk-$server-$what-$conns.txt"
+  RPS=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
+  ERRORS=$(awk '/Non-2xx/ { print }' <<<"$out" | tr '\n' ' ')
+  MIBS=$(to_mib "${tps:-0B}")
+  CPU=$(awk -v t=$((c1 - c0)) -v m="$MIBS" -v d="$DURATION" \
+    'BEGIN { g = m * d / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }'; }
+
+# Servers alternate within every row and every repeat, so a machine that drifts (other load,
+# frequency, page cache) drifts for both; each figure is the median of REPEAT runs.
+declare -A M P C
+for rep in $(seq 1 "$REPEAT"); do
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
-    case $what in
-      image) url=http://10.77.0.1/rack/image.bin ;;
-      script) url=http://10.77.0.1/boot.ipxe ;;
-    esac
-    threads=$((conns < 2 ? 1 : 2))
-    c0=$(cg_usec)
-    out=$(ip netns exec "$CLI" taskset -c 1-$(($(nproc) - 1)) \
-      timeout $((DURATION + 60)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" --latency "$url" 2>&1) || true
-    c1=$(cg_usec)
-    echo "$out" >"$WORK/wrk-$server-$what-$conns.txt"
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-    tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
-    errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
-    mibs=$(to_mib "${tps:-0B}")
-    cpu=$(awk -v t=$((c1 - c0)) -v m="$mibs" -v d="$DURATION" \
-      'BEGIN { g = m * d / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
-    R[$server,$row]="$mibs $rps $cpu"
-    printf '%-10s %-6s %3d conns: %9s MiB/s %10s req/s %8s CPU s/GiB %s\n' \
-      "$server" "$what" "$conns" "$mibs" "${rps:-0}" "$cpu" "$errors"
+    for server in $SERVERS; do
+      start_server "$server"
+      measure "$server" "$what" "$conns"
+      stop_server
+      M[$server,$row]="${M[$server,$row]:-} $MIBS"
+      P[$server,$row]="${P[$server,$row]:-} ${RPS:-0}"
+      C[$server,$row]="${C[$server,$row]:-} $CPU"
+      printf 'run %d %-10s %-6s %3d conns: %9s MiB/s %10s req/s %8s CPU s/GiB %s\n' \
+        "$rep" "$server" "$what" "$conns" "$MIBS" "${RPS:-0}" "$CPU" "$ERRORS"
+    done
   done
-  stop_server
+done
+declare -A R
+for row in $ROWS; do
+  for server in $SERVERS; do
+    R[$server,$row]="$(median <<<"${M[$server,$row]}") $(median <<<"${P[$server,$row]}") $(median <<<"${C[$server,$row]}")"
+  done
 done
 
 echo
