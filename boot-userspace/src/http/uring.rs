@@ -126,8 +126,11 @@ pub fn worker(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let mut ring: IoUring = IoUring::builder().build(1024)?;
+    // Declared before the ring, so dropped after it: no buffer is freed while the kernel
+    // may still write into it.
     let mut conns: Slab<Conn> = Slab::new();
+    let mut ring: IoUring = IoUring::builder().build(1024)?;
+    let mut draining = 0u32;
     let tick = types::Timespec::new().sec(1);
     let mut date = httpdate::fmt_http_date(SystemTime::now());
     let mut pending: Vec<squeue::Entry> = Vec::new();
@@ -160,13 +163,35 @@ pub fn worker(
         for (data, res, flags) in completions {
             if data == TIMER {
                 if stop.load(Ordering::Relaxed) {
-                    for c in conns.drain() {
-                        shared.release(c.peer);
-                        if let Some(x) = c.exchange {
-                            x.finish(&shared, false);
-                        }
+                    // Shut every connection down, then give their operations a few ticks to
+                    // complete before the buffers go.
+                    for (_, c) in conns.iter_mut() {
+                        c.closing = true;
+                        // SAFETY: shutdown on a descriptor we own.
+                        unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
                     }
-                    return Ok(());
+                    let idle: Vec<usize> = conns
+                        .iter()
+                        .filter(|(_, c)| c.op == Op::Idle)
+                        .map(|(k, _)| k)
+                        .collect();
+                    for k in idle {
+                        end(k, &mut conns, &shared, false);
+                    }
+                    draining += 1;
+                    if conns.is_empty() || draining > 3 {
+                        for (_, c) in conns.iter_mut() {
+                            shared.release(c.peer);
+                            if let Some(x) = c.exchange.take() {
+                                x.finish(&shared, false);
+                            }
+                        }
+                        // Dropping the ring (before `conns`) cancels what is left.
+                        drop(ring);
+                        return Ok(());
+                    }
+                    pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
+                    continue;
                 }
                 date = httpdate::fmt_http_date(SystemTime::now());
                 sweep(&mut conns, &shared);
