@@ -10,7 +10,7 @@ use std::{
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::inventory::Mac;
+use crate::inventory::{Host, Inventory, Mac};
 
 /// Events kept per host (the newest win).
 const EVENTS_PER_HOST: usize = 32;
@@ -242,6 +242,19 @@ impl Ledger {
     /// The host that was last acknowledged `ip` and has not given it back.
     pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.inner.lock().ok()?.holders.get(&ip).copied()
+    }
+
+    /// The inventory host at address `ip`: its reservation, or the lease it holds.
+    pub fn host_at<'a>(&self, inventory: &'a Inventory, ip: Ipv4Addr) -> Option<&'a Host> {
+        inventory
+            .host_by_ip(ip)
+            .or_else(|| self.holder(ip).and_then(|mac| inventory.host_by_mac(&mac)))
+    }
+
+    /// `host`'s address now: its reservation, else `peer` if the host holds it as a lease.
+    pub fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
+        host.ip
+            .or_else(|| (self.holder(peer) == Some(host.mac)).then_some(peer))
     }
 
     /// The timeline of `mac`, oldest first.

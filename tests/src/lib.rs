@@ -457,6 +457,17 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// A deterministic pseudo-random file body of `len` bytes (the same for the same seed).
+pub fn content(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
+
 /// A folder removed on drop.
 #[derive(Debug)]
 pub struct TempDir {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use bootfabric_lab::{
-    have_program, http_get, require, require_root, run, sample, Daemon, PairLab, TempDir,
+    content, have_program, http_get, require, require_root, run, sample, Daemon, PairLab, TempDir,
 };
 
 const INVENTORY: &str = r#"
@@ -38,16 +38,6 @@ mac = "52:54:00:b0:0f:02"
 ip = "10.77.0.12"
 profile = "installer"
 "#;
-
-fn content(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (x >> 16) as u8
-        })
-        .collect()
-}
 
 struct Lab {
     lab: PairLab,

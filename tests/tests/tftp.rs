@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bootfabric_lab::{
-    have_program, http_get,
+    content, have_program, http_get,
     relay::{Impairment, Relay, RelayLab},
     require, require_root, run, sample, wait_for, Daemon, LabError, Netns, PairLab, TempDir,
 };
@@ -24,17 +24,6 @@ fn config(root: &std::path::Path, extra: &str, tftp_extra: &str) -> String {
         "[daemon]\nstate_dir = \"state\"\n{extra}[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[tftp]\nroot = \"{}\"\n{ports}{tftp_extra}",
         root.display()
     )
-}
-
-/// A deterministic pseudo-random file of `len` bytes.
-fn content(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            (x >> 16) as u8
-        })
-        .collect()
 }
 
 /// The namespaces of a test: a direct link, or one through an impairing relay.

@@ -51,17 +51,11 @@ pub struct Routed {
 
 impl Site {
     fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.inventory.host_by_ip(ip).or_else(|| {
-            self.ledger
-                .holder(ip)
-                .and_then(|mac| self.inventory.host_by_mac(&mac))
-        })
+        self.ledger.host_at(&self.inventory, ip)
     }
 
-    /// A host's current address: its reservation, else what it leased.
     fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
-        host.ip
-            .or_else(|| (self.ledger.holder(peer) == Some(host.mac)).then_some(peer))
+        self.ledger.address_of(host, peer)
     }
 
     fn target<'a>(

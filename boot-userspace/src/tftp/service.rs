@@ -183,11 +183,7 @@ struct Hosts {
 
 impl Hosts {
     fn by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.inventory.host_by_ip(ip).or_else(|| {
-            self.ledger
-                .holder(ip)
-                .and_then(|mac| self.inventory.host_by_mac(&mac))
-        })
+        self.ledger.host_at(&self.inventory, ip)
     }
 
     /// The MAC behind an address, known or not (for the ledger).
@@ -211,9 +207,7 @@ impl Hosts {
             Owner::Peer => self.by_ip(peer)?,
         };
         let profile = self.inventory.profile(&host.profile)?;
-        let ip = host
-            .ip
-            .or_else(|| (self.ledger.holder(peer) == Some(host.mac)).then_some(peer));
+        let ip = self.ledger.address_of(host, peer);
         let target = render::Target {
             host,
             profile,
