@@ -405,7 +405,7 @@ fn per_host_files_are_rendered_from_the_profile() {
     );
     assert_eq!(
         l.metric("bootfabric_tftp_rendered_total", &[("format", "grub")]),
-        1.0
+        2.0
     );
     assert_eq!(
         l.metric("bootfabric_tftp_rendered_total", &[("format", "ipxe")]),
