@@ -696,3 +696,31 @@ fn thousands_of_transfers_at_once_share_bounded_memory() {
         ) >= N as f64
     );
 }
+
+/// With `tftp.mtu` above the link's (blocks that the IP layer fragments, as tftpd-hpa sends
+/// them), a window cannot go out as one GSO batch: the kernel refuses it, and the transfer
+/// goes on block by block.
+#[test]
+fn blocks_larger_than_the_link_mtu_still_go_out_in_windows() {
+    let t = "blocks_larger_than_the_link_mtu_still_go_out_in_windows";
+    let Some(l) = lab_with(
+        t,
+        "atftp",
+        || PairLab::new().map(Net::from),
+        "[tftp]\nmtu = 9000\n",
+        &[],
+    ) else {
+        return;
+    };
+    let dest = l.out.path.join("big-window");
+    run(l
+        .lab
+        .client
+        .command("atftp")
+        .args(["--option", "blksize 8192", "--option", "windowsize 8"])
+        .args(["-g", "-r", "ipxe.efi", "-l"])
+        .arg(&dest)
+        .arg("10.77.0.1"))
+    .expect("atftp with 8 KiB blocks in windows of 8");
+    l.same("ipxe.efi", "big-window");
+}

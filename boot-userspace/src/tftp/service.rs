@@ -154,8 +154,8 @@ fn gso_batch(segment: usize, gso: bool) -> u64 {
     }
 }
 
-/// Turns on UDP GSO with `segment`-byte datagrams; false where the kernel has none.
-fn enable_gso(sock: &UdpSocket, segment: usize) -> bool {
+/// Sets the socket's UDP GSO segment size (0 turns GSO off); false if the kernel refuses.
+fn set_gso(sock: &UdpSocket, segment: usize) -> bool {
     let Ok(size) = i32::try_from(segment) else {
         return false;
     };
@@ -477,7 +477,7 @@ impl TftpService {
         let segment = usize::from(negotiated.blksize) + 4;
         // One send per window where the kernel can cut it into datagrams (UDP GSO): a window
         // then costs one trip through the stack instead of one per block.
-        let mut gso = negotiated.windowsize > 1 && enable_gso(&sock, segment);
+        let mut gso = negotiated.windowsize > 1 && set_gso(&sock, segment);
         // Bounded per transfer: one send's worth, at most a window.
         let batch = gso_batch(segment, gso).min(u64::from(negotiated.windowsize.max(1)));
         let mut out = Vec::with_capacity(segment * batch as usize);
@@ -522,11 +522,17 @@ impl TftpService {
                             break;
                         }
                         let sent = sock.send_to(&out, peer).await;
-                        if sent.is_err() && gso && end > b {
-                            // The route cannot segment (no checksum offload, say): send
-                            // block by block from now on.
+                        if sent.is_err() && gso {
+                            // The route cannot segment (blocks larger than the path MTU, no
+                            // checksum offload): block by block from now on, with the
+                            // socket's segment size cleared, since the kernel refuses every
+                            // send while it exceeds the MTU.
                             debug!(%peer, "UDP GSO refused, sending block by block");
                             gso = false;
+                            if !set_gso(&sock, 0) {
+                                failed = true;
+                                break;
+                            }
                             continue;
                         }
                         if sent.is_err() {
