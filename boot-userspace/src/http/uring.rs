@@ -28,6 +28,8 @@ const PIPE_SIZE: u32 = 1 << 20;
 /// Receive buffer per connection.
 const RECV_SIZE: usize = 16 * 1024;
 const TIMER: u64 = u64::MAX;
+/// Marks the completion of the socket half of a linked splice pair.
+const OUT_BIT: u64 = 1 << 40;
 const ACCEPT_BASE: u64 = u64::MAX - 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,7 +37,8 @@ enum Op {
     Idle,
     Recv,
     Send,
-    SpliceIn,
+    /// A linked pair: file→pipe, then pipe→socket, in one submission.
+    Pair,
     SpliceOut,
 }
 
@@ -49,7 +52,9 @@ struct Conn {
     out_pos: usize,
     file: Option<(Arc<std::fs::File>, u64, u64)>,
     pipe: Option<(OwnedFd, OwnedFd)>,
-    in_pipe: u32,
+    in_pipe: i64,
+    pair_wait: u8,
+    pair_failed: bool,
     exchange: Option<Box<Exchange>>,
     op: Op,
     closing: bool,
@@ -219,11 +224,19 @@ pub fn worker(
                 accept(fd, &mut conns, &shared, &mut pending);
                 continue;
             }
-            let key = data as usize;
+            let key = (data & !OUT_BIT) as usize;
             if !conns.contains(key) {
                 continue;
             }
-            complete(key, res, &mut conns, &shared, &date, &mut pending);
+            complete(
+                key,
+                data & OUT_BIT != 0,
+                res,
+                &mut conns,
+                &shared,
+                &date,
+                &mut pending,
+            );
         }
     }
 }
@@ -250,6 +263,8 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         file: None,
         pipe: None,
         in_pipe: 0,
+        pair_wait: 0,
+        pair_failed: false,
         exchange: None,
         op: Op::Idle,
         closing: false,
@@ -289,7 +304,10 @@ fn send(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
     );
 }
 
-fn splice_in(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bool {
+/// Queues the next chunk as a linked pair: file pages into the pipe, then the pipe into the
+/// socket, so a chunk costs one trip through the ring. A short first half (the end of the
+/// file, a full pipe) cancels the second, and what sits in the pipe goes out on its own.
+fn splice_pair(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bool {
     if c.pipe.is_none() {
         match pipe() {
             Ok(p) => c.pipe = Some(p),
@@ -299,11 +317,14 @@ fn splice_in(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bool
             }
         }
     }
-    let (Some((file, offset, left)), Some((_, w))) = (&c.file, &c.pipe) else {
+    let (Some((file, offset, left)), Some((r, w))) = (&c.file, &c.pipe) else {
         return false;
     };
-    c.op = Op::SpliceIn;
+    c.op = Op::Pair;
+    c.pair_wait = 2;
+    c.pair_failed = false;
     let len = (*left).min(u64::from(PIPE_SIZE)) as u32;
+    let more = *left > u64::from(len);
     pending.push(
         opcode::Splice::new(
             types::Fd(file.as_raw_fd()),
@@ -313,7 +334,20 @@ fn splice_in(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bool
             len,
         )
         .build()
+        .flags(squeue::Flags::IO_LINK)
         .user_data(key as u64),
+    );
+    pending.push(
+        opcode::Splice::new(
+            types::Fd(r.as_raw_fd()),
+            -1,
+            types::Fd(c.fd.as_raw_fd()),
+            -1,
+            len,
+        )
+        .flags(if more { libc::SPLICE_F_MORE } else { 0 })
+        .build()
+        .user_data(key as u64 | OUT_BIT),
     );
     true
 }
@@ -329,7 +363,7 @@ fn splice_out(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
             -1,
             types::Fd(c.fd.as_raw_fd()),
             -1,
-            c.in_pipe,
+            c.in_pipe as u32,
         )
         .flags(flags)
         .build()
@@ -384,6 +418,7 @@ fn end(key: usize, conns: &mut Slab<Conn>, shared: &Shared, done: bool) {
 
 fn complete(
     key: usize,
+    linked_out: bool,
     res: i32,
     conns: &mut Slab<Conn>,
     shared: &Shared,
@@ -391,6 +426,9 @@ fn complete(
     pending: &mut Vec<squeue::Entry>,
 ) {
     let c = &mut conns[key];
+    if c.op == Op::Pair {
+        return pair_half(key, linked_out, res, conns, shared, date, pending);
+    }
     let op = std::mem::replace(&mut c.op, Op::Idle);
     if c.closing || res < 0 || (res == 0 && op != Op::SpliceOut) {
         // Errors, a closed peer, a sweep, or a file that ended early.
@@ -414,41 +452,91 @@ fn complete(
             if c.out_pos < c.out.len() {
                 send(key, c, pending);
             } else if c.file.is_some() {
-                if !splice_in(key, c, pending) {
+                if !splice_pair(key, c, pending) {
                     end(key, conns, shared, false);
                 }
             } else {
                 response_done(key, conns, shared, date, pending);
             }
         }
-        Op::SpliceIn => {
-            if let Some((_, offset, left)) = c.file.as_mut() {
-                *offset += n;
-                *left -= n;
-            }
-            c.in_pipe = res as u32;
-            splice_out(key, c, pending);
-        }
+        Op::Pair => {}
         Op::SpliceOut => {
             if res == 0 {
                 return end(key, conns, shared, false);
             }
-            c.in_pipe -= res as u32;
+            c.in_pipe -= i64::from(res);
             if let Some(x) = c.exchange.as_mut() {
                 x.sent(shared, n);
             }
-            if c.in_pipe > 0 {
-                splice_out(key, c, pending);
-            } else if c.file.as_ref().is_some_and(|(_, _, left)| *left > 0) {
-                if !splice_in(key, c, pending) {
-                    end(key, conns, shared, false);
-                }
-            } else {
-                c.file = None;
-                response_done(key, conns, shared, date, pending);
-            }
+            body_next(key, conns, shared, date, pending);
         }
         Op::Idle => {}
+    }
+}
+
+/// One half of a linked splice pair completed; once both have, the body goes on.
+fn pair_half(
+    key: usize,
+    out_half: bool,
+    res: i32,
+    conns: &mut Slab<Conn>,
+    shared: &Shared,
+    date: &str,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    let c = &mut conns[key];
+    c.pair_wait = c.pair_wait.saturating_sub(1);
+    match (out_half, res) {
+        // The file half came up short, so the kernel cancelled this one.
+        (true, r) if r == -libc::ECANCELED => {}
+        (true, r) if r > 0 => {
+            c.in_pipe -= i64::from(r);
+            if let Some(x) = c.exchange.as_mut() {
+                x.sent(shared, r as u64);
+            }
+        }
+        (false, r) if r > 0 => {
+            if let Some((_, offset, left)) = c.file.as_mut() {
+                *offset += r as u64;
+                *left -= r as u64;
+            }
+            c.in_pipe += i64::from(r);
+        }
+        // An error, a closed peer, or a file that ended before its length.
+        _ => c.pair_failed = true,
+    }
+    if c.pair_wait > 0 {
+        return;
+    }
+    c.op = Op::Idle;
+    if c.closing || c.pair_failed {
+        if !c.closing {
+            shared.metrics.refused("send_error");
+        }
+        return end(key, conns, shared, false);
+    }
+    c.last_progress = Instant::now();
+    body_next(key, conns, shared, date, pending);
+}
+
+/// After a splice: the rest of the pipe, the next chunk, or the end of the response.
+fn body_next(
+    key: usize,
+    conns: &mut Slab<Conn>,
+    shared: &Shared,
+    date: &str,
+    pending: &mut Vec<squeue::Entry>,
+) {
+    let c = &mut conns[key];
+    if c.in_pipe > 0 {
+        splice_out(key, c, pending);
+    } else if c.file.as_ref().is_some_and(|(_, _, left)| *left > 0) {
+        if !splice_pair(key, c, pending) {
+            end(key, conns, shared, false);
+        }
+    } else {
+        c.file = None;
+        response_done(key, conns, shared, date, pending);
     }
 }
 
