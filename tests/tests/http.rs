@@ -48,6 +48,11 @@ struct Lab {
 }
 
 fn lab(t: &str, backend: &str) -> Option<Lab> {
+    lab_with(t, backend, "")
+}
+
+/// [`lab`] with more `[http]` keys.
+fn lab_with(t: &str, backend: &str, http_extra: &str) -> Option<Lab> {
     if !require_root(t)
         || !require(
             have_program("curl"),
@@ -77,7 +82,7 @@ fn lab(t: &str, backend: &str) -> Option<Lab> {
     .expect("template");
     std::fs::write(configs.join("node02/node.ign"), r#"{"only":"node02"}"#).expect("override");
     let config = format!(
-        "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n[http]\nroot = \"{}\"\nconfigs = \"{}\"\nbackend = \"{backend}\"\nheader_timeout_s = 2\n",
+        "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n[http]\nroot = \"{}\"\nconfigs = \"{}\"\nbackend = \"{backend}\"\nheader_timeout_s = 2\n{http_extra}",
         images.display(),
         configs.display()
     );
@@ -498,5 +503,57 @@ fn stalled_clients_time_out_and_limits_hold() {
             "bootfabric_http_connections_refused_total",
             &[("reason", "timeout")]
         ) >= 1.0
+    );
+}
+
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let Some(l) = lab_with(
+        "one_client_cannot_take_every_connection",
+        "auto",
+        "max_connections_per_client = 2\n",
+    ) else {
+        return;
+    };
+    let (third, after) = l
+        .lab
+        .client
+        .run(|| -> Result<(usize, String), String> {
+            let connect = || TcpStream::connect("10.77.0.1:80").map_err(|e| e.to_string());
+            let first = connect()?;
+            let _second = connect()?;
+            // The third is accepted and closed at once: reading gives end of stream.
+            let mut third = connect()?;
+            third
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            let n = third.read(&mut buf).unwrap_or(0);
+            // With one of the two closed, a new connection is served again.
+            drop(first);
+            std::thread::sleep(Duration::from_millis(200));
+            let mut again = connect()?;
+            again
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            again
+                .write_all(b"GET /empty.img HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            again
+                .read_to_string(&mut answer)
+                .map_err(|e| e.to_string())?;
+            Ok((n, answer))
+        })
+        .expect("client namespace")
+        .expect("connections");
+    assert_eq!(third, 0, "the third connection should be closed unanswered");
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    assert_eq!(
+        l.metric(
+            "bootfabric_http_connections_refused_total",
+            &[("reason", "max_per_client")]
+        ),
+        1.0
     );
 }
