@@ -39,36 +39,20 @@ CLI=$ID-cli
 WORK=$(mktemp -d /dev/shm/bootfabric-http-bench.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
-NETNS_MADE=""
-CG=""
+# shellcheck source=../lib.sh
+. "$ROOT/bench/lib.sh"
 
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 stop_server() {
   stop_pid "$SERVER_PID"
   SERVER_PID=""
-  # nginx's worker outlives a killed master for a moment: take everything left in the cgroup.
-  if [ -n "$CG" ]; then
-    for pid in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-  fi
+  # nginx's worker outlives a killed master for a moment.
+  cgroup_kill
 }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_server
-  if [ -n "$NETNS_MADE" ]; then
-    for ns in "$SRV" "$CLI"; do
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-      ip netns del "$ns" 2>/dev/null || true
-    done
-  fi
-  [ -n "$CG" ] && sleep 0.2 && rmdir "$CG" 2>/dev/null
+  lab_down
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -76,29 +60,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ -d /sys/fs/cgroup/cpuacct ]; then
-  CG=/sys/fs/cgroup/cpuacct/$ID
-  mkdir "$CG"
-  cg_usec() { echo $(($(cat "$CG/cpuacct.usage") / 1000)); }
-elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-  CG=/sys/fs/cgroup/$ID
-  mkdir "$CG"
-  cg_usec() { awk '/^usage_usec/ { print $2 }' "$CG/cpu.stat"; }
-else
-  echo "no cgroup (v1 cpuacct or v2) to account the servers' CPU in" >&2
-  exit 2
-fi
-IN_CGROUP=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG")
-
-NETNS_MADE=1
-ip netns add "$SRV"
-ip netns add "$CLI"
-ip link add fabric0 netns "$SRV" type veth peer name cli0 netns "$CLI"
-ip -n "$SRV" addr add 10.77.0.1/24 dev fabric0
-ip -n "$CLI" addr add 10.77.0.2/24 dev cli0
-for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
-ip -n "$SRV" link set fabric0 up
-ip -n "$CLI" link set cli0 up
+cgroup_setup
+lab_up 1500
 
 mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state"
 head -c $((256 * 1048576)) /dev/urandom >"$WORK/images/rack/image.bin"

@@ -64,34 +64,15 @@ CLI=$ID-cli
 WORK=$(mktemp -d /dev/shm/bootfabric-tftp-bench.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
-NETNS_MADE=""
-# The server runs in a cgroup of its own: its CPU time then includes every process it forks
-# (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
-# children's time misses them).
-CG=""
+# shellcheck source=../lib.sh
+. "$ROOT/bench/lib.sh"
 
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
+stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; cgroup_kill; }
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_server
-  if [ -n "$NETNS_MADE" ]; then
-    # Anything still inside our namespaces (a client, tftpd-hpa's transfer children) was
-    # started by this script: kill it by PID before the namespaces go.
-    for ns in "$SRV" "$CLI"; do
-      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-      ip netns del "$ns" 2>/dev/null || true
-    done
-  fi
-  [ -n "$CG" ] && rmdir "$CG" 2>/dev/null
+  lab_down
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -99,28 +80,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ -d /sys/fs/cgroup/cpuacct ]; then
-  CG=/sys/fs/cgroup/cpuacct/$ID
-  mkdir "$CG"
-  cg_usec() { echo $(($(cat "$CG/cpuacct.usage") / 1000)); }
-elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-  CG=/sys/fs/cgroup/$ID
-  mkdir "$CG"
-  cg_usec() { awk '/^usage_usec/ { print $2 }' "$CG/cpu.stat"; }
-else
-  echo "no cgroup (v1 cpuacct or v2) to account the servers' CPU in" >&2
-  exit 2
-fi
-
-NETNS_MADE=1
-ip netns add "$SRV"
-ip netns add "$CLI"
-ip link add fabric0 netns "$SRV" type veth peer name cli0 netns "$CLI"
-ip -n "$SRV" addr add 10.77.0.1/24 dev fabric0
-ip -n "$CLI" addr add 10.77.0.2/24 dev cli0
-for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
-ip -n "$SRV" link set fabric0 mtu "$MTU" up
-ip -n "$CLI" link set cli0 mtu "$MTU" up
+# The server runs in a cgroup of its own: its CPU time then includes every process it forks
+# (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
+# children's time misses them).
+cgroup_setup
+lab_up "$MTU"
 
 mkdir -p "$WORK/root" "$WORK/out"
 for size in $SIZES; do
@@ -137,9 +101,6 @@ wait_listening() {
   echo "$1 did not start listening within 30 s" >&2; tail -20 "$WORK/$1.log" >&2; return 1
 }
 
-# Prefix that runs a command in the server cgroup: the shell moves itself in, then becomes
-# the command (so $! stays the server's PID).
-IN_CGROUP=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG")
 
 start_server() {
   local name=$1
