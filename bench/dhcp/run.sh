@@ -47,17 +47,9 @@ CLI=$ID-cli
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bootfabric-bench.XXXXXX")
 SERVER_PID=""
 PERF_PID=""
-NETNS_MADE=""
-
-# Stops one process we started, by PID: TERM, up to 5 s, then KILL.
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid (and NETNS_MADE); this script keeps its own /16 lab and /proc CPU accounting.
+# shellcheck source=../lib.sh
+. "$ROOT/bench/lib.sh"
 stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
 cleanup() {
   local rc=$?

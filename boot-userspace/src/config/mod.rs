@@ -184,6 +184,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The names iPXE scripts are served under: `boot.ipxe_script` and every profile's
+    /// override (TFTP and HTTP render them per host).
+    pub fn ipxe_script_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.boot.ipxe_script.iter().cloned().collect();
+        for p in self.inventory.profiles().values() {
+            if let Some(s) = &p.boot.ipxe_script {
+                names.push(s.clone());
+            }
+        }
+        names
+    }
+
     /// Reads, parses and validates the config file at `path` and the files it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

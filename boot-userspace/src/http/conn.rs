@@ -188,7 +188,6 @@ pub enum Next {
 pub struct Exchange {
     /// The response to send.
     pub response: Response,
-    route: &'static str,
     fetch: Option<(Mac, String)>,
     local: Ipv4Addr,
     peer: Ipv4Addr,
@@ -276,17 +275,9 @@ fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Ex
     Exchange {
         fetch: routed.fetch.filter(|_| !routed.response.body.is_empty()),
         response: routed.response,
-        route: routed.route,
         local,
         peer,
         sent: 0,
         head: 0,
-    }
-}
-
-impl Exchange {
-    /// Route label (for logs).
-    pub fn route(&self) -> &'static str {
-        self.route
     }
 }

@@ -71,12 +71,7 @@ impl HttpService {
                 .ok_or_else(|| anyhow::anyhow!("http: interface {iface:?} has no IPv4 address"))?;
             addrs.push((ip, iface.clone()));
         }
-        let mut scripts: Vec<String> = config.boot.ipxe_script.iter().cloned().collect();
-        for p in config.inventory.profiles().values() {
-            if let Some(s) = &p.boot.ipxe_script {
-                scripts.push(s.clone());
-            }
-        }
+        let scripts = config.ipxe_script_names();
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),

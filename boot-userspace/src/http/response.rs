@@ -87,6 +87,17 @@ impl Response {
         }
     }
 
+    /// A response without a body or headers of its own (204, 304).
+    pub fn empty(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Body::Empty,
+            content_length: 0,
+            close: false,
+        }
+    }
+
     /// A response with bytes of a given type.
     pub fn bytes(status: u16, content_type: &str, body: Vec<u8>) -> Self {
         Response {

@@ -238,10 +238,7 @@ fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
         }
     }
     site.ledger.record(host.mac, Phase::Booted, Some(peer));
-    let mut resp = Response::text(204, "");
-    resp.body = Body::Empty;
-    resp.content_length = 0;
-    routed(resp, "booted")
+    routed(Response::empty(204), "booted")
 }
 
 fn file_error(e: &FileError) -> Response {
@@ -271,10 +268,8 @@ fn file(site: &Site, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
 
 fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
     let size = src.size();
-    let v = match src.metadata() {
-        Ok(m) => Validators::for_file(m.ino(), size, m.modified().unwrap_or(std::time::UNIX_EPOCH)),
-        Err(_) => return routed(Response::text(500, "cannot read the file"), "file"),
-    };
+    let m = src.metadata();
+    let v = Validators::for_file(m.ino(), size, m.modified().unwrap_or(std::time::UNIX_EPOCH));
     let validators = |resp: &mut Response| {
         resp.headers.push(("ETag", v.etag.clone()));
         resp.headers.push(("Last-Modified", v.last_modified()));
@@ -284,10 +279,7 @@ fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
         req.header("if-modified-since"),
         &v,
     ) {
-        let mut resp = Response::text(304, "");
-        resp.headers.clear();
-        resp.body = Body::Empty;
-        resp.content_length = 0;
+        let mut resp = Response::empty(304);
         validators(&mut resp);
         return routed(resp, "file");
     }

@@ -86,18 +86,18 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
 #[derive(Debug)]
 pub struct Source {
     file: File,
-    size: u64,
+    meta: std::fs::Metadata,
 }
 
 impl Source {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.meta.len()
     }
 
-    /// The file's metadata (for validators).
-    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
-        self.file.metadata()
+    /// The file's metadata, as read when it was opened (for validators).
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
     }
 
     /// The open file itself.
@@ -143,10 +143,7 @@ pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
     if !meta.is_file() {
         return Err(FileError::Denied("not_a_regular_file"));
     }
-    Ok(Source {
-        file,
-        size: meta.len(),
-    })
+    Ok(Source { file, meta })
 }
 
 #[cfg(test)]

@@ -263,12 +263,7 @@ impl TftpService {
             listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
         let ports = config.tftp_transfer_ports;
-        let mut scripts: Vec<String> = config.boot.ipxe_script.iter().cloned().collect();
-        for p in config.inventory.profiles().values() {
-            if let Some(s) = &p.boot.ipxe_script {
-                scripts.push(s.clone());
-            }
-        }
+        let scripts = config.ipxe_script_names();
         Ok(Self {
             listeners,
             cfg,
