@@ -41,6 +41,27 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
+/// SIGHUP: re-reads the config and applies what a running daemon can (hosts, profiles,
+/// boot settings and DHCP options, with the XDP fast path's maps). A config that does not
+/// load is refused whole, with the key and the reason, and the running one stays.
+fn reload(path: &std::path::Path, dhcp: Option<&crate::dhcp::Reloader>) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: config not reloaded: {e}");
+            return;
+        }
+    };
+    match dhcp.map(|d| d.reload(&config)) {
+        Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
+        Some(Ok(())) => info!(
+            hosts = config.inventory.hosts().len(),
+            "SIGHUP: config reloaded (DHCP and the XDP fast path)"
+        ),
+        None => info!("SIGHUP: nothing to reload without a DHCP server"),
+    }
+}
+
 /// Lifts the soft limit on open files to the hard one: every TFTP transfer holds a socket
 /// and a file, and a boot storm means thousands at once (1024, the usual soft limit, would
 /// refuse the rest).
@@ -68,7 +89,8 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     let cancel = CancellationToken::new();
     let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
 
-    let dataplane = Dataplane::start(&config, &registry)?;
+    let mut dataplane = Dataplane::start(&config, &registry)?;
+    let fast_path = dataplane.take_fast_path(&config);
     if dataplane.is_active() {
         let token = supervisor.token();
         supervisor.spawn(
@@ -85,8 +107,15 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     }
 
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
+    let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
         let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
+        if let Some(fp) = fast_path {
+            if let Err(e) = service.attach_fast_path(fp) {
+                warn!("XDP DHCP fast path off: {e}");
+            }
+        }
+        dhcp_reloader = Some(service.reloader());
         let token = supervisor.token();
         supervisor.spawn(
             "dhcp",
@@ -130,14 +159,23 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let token = cancel.clone();
+    let path = config.path.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => info!("SIGINT: shutting down"),
-            _ = token.cancelled() => return,
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => info!("SIGINT: shutting down"),
+                _ = sighup.recv() => {
+                    reload(&path, dhcp_reloader.as_ref());
+                    continue;
+                }
+                _ = token.cancelled() => return,
+            }
+            token.cancel();
+            return;
         }
-        token.cancel();
     });
 
     info!("bootfabric ready");

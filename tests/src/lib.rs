@@ -30,6 +30,7 @@ pub mod dhcp_client;
 pub mod packets;
 pub mod relay;
 pub mod tftp_client;
+pub mod xdp_harness;
 
 /// Prefix of every namespace the lab creates; nothing else on the machine uses it.
 pub const NS_PREFIX: &str = "bft-";

@@ -36,6 +36,13 @@ pub const ACTION_ABORTED: u8 = 3;
 /// Number of actions.
 pub const ACTION_COUNT: u8 = 4;
 
+/// DHCP requests are counted and passed untouched (no DHCP server in this daemon).
+pub const DHCP_PATH_COUNT_ONLY: u32 = 0;
+/// Malformed requests and floods are dropped; the rest goes to userspace.
+pub const DHCP_PATH_SHIELD: u32 = 1;
+/// As [`DHCP_PATH_SHIELD`], and reserved hosts are answered in the kernel.
+pub const DHCP_PATH_ANSWER: u32 = 2;
+
 /// Label value of a class, as exported in metrics.
 pub fn class_name(class: u8) -> &'static str {
     match class {
@@ -92,6 +99,16 @@ pub struct ClassifyConfig {
     pub tftp_data_first: u16,
     /// Last UDP port of the TFTP transfer range (inclusive).
     pub tftp_data_last: u16,
+    /// What the program does with DHCP requests: one of the `DHCP_PATH_*` constants.
+    pub dhcp_fast_path: u32,
+    /// Nanoseconds between requests one client may pass to userspace (GCRA emission interval).
+    pub client_interval_ns: u64,
+    /// Burst tolerance of one client, nanoseconds.
+    pub client_burst_ns: u64,
+    /// Emission interval for one relay (giaddr), nanoseconds.
+    pub relay_interval_ns: u64,
+    /// Burst tolerance of one relay, nanoseconds.
+    pub relay_burst_ns: u64,
 }
 
 impl Default for ClassifyConfig {
@@ -101,6 +118,11 @@ impl Default for ClassifyConfig {
             tftp_port: 69,
             tftp_data_first: 0,
             tftp_data_last: 0,
+            dhcp_fast_path: 0,
+            client_interval_ns: 0,
+            client_burst_ns: 0,
+            relay_interval_ns: 0,
+            relay_burst_ns: 0,
         }
     }
 }
@@ -126,6 +148,8 @@ impl ClassifyConfig {
     }
 }
 
+pub mod dhcp;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all three are repr(C), made of integers only, with explicit padding, so every
@@ -133,4 +157,11 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::ClassifyConfig {}
+    unsafe impl aya::Pod for super::dhcp::MacKey {}
+    unsafe impl aya::Pod for super::dhcp::HostEntry {}
+    unsafe impl aya::Pod for super::dhcp::IfaceEntry {}
+    unsafe impl aya::Pod for super::dhcp::TemplateKey {}
+    unsafe impl aya::Pod for super::dhcp::Template {}
+    unsafe impl aya::Pod for super::dhcp::Event {}
+    unsafe impl aya::Pod for super::dhcp::BucketKey {}
 }

@@ -7,10 +7,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use bootfabric_abi::{
-    ClassifyConfig, CounterKey, Counters, ACTION_PASS, CLASS_OTHER, COUNTERS_MAX_ENTRIES,
+    ClassifyConfig, CounterKey, Counters, ACTION_PASS, CLASS_DHCP, CLASS_OTHER,
+    COUNTERS_MAX_ENTRIES, DHCP_PATH_COUNT_ONLY,
 };
 
-use crate::parse;
+use crate::{dhcp, parse};
 
 /// Packet and byte counters per interface, class and action.
 #[map(name = "COUNTERS")]
@@ -21,27 +22,34 @@ static COUNTERS: PerCpuHashMap<CounterKey, Counters> =
 #[map(name = "CLASSIFY_CONFIG")]
 static CLASSIFY_CONFIG: Array<ClassifyConfig> = Array::with_max_entries(1, 0);
 
-/// Classifies and counts one frame. Returns the XDP action; errors never happen today, but
-/// the `Result` keeps the shape every later program shares.
+/// Classifies and counts one frame; DHCP requests go through the fast path, which may
+/// answer or drop them. Everything else passes.
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> Result<u32, u32> {
-    let class = match (parse::udp4(ctx), CLASSIFY_CONFIG.get(0)) {
-        (Some(udp), Some(cfg)) => cfg.class_of_udp_port(udp.dst_port),
-        _ => CLASS_OTHER,
+pub fn run(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let (Some(udp), Some(cfg)) = (parse::udp4(ctx), CLASSIFY_CONFIG.get(0)) else {
+        count(ifindex, len, CLASS_OTHER, ACTION_PASS);
+        return xdp_action::XDP_PASS;
     };
-    count(ctx, class, ACTION_PASS);
-    Ok(xdp_action::XDP_PASS)
+    let class = cfg.class_of_udp_port(udp.dst_port);
+    if class == CLASS_DHCP && cfg.dhcp_fast_path != DHCP_PATH_COUNT_ONLY {
+        let v = dhcp::handle(ctx, &udp, cfg);
+        count(ifindex, len, class, v.counted_as);
+        return v.action;
+    }
+    count(ifindex, len, class, ACTION_PASS);
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn count(ctx: &XdpContext, class: u8, action: u8) {
+fn count(ifindex: u32, len: u64, class: u8, action: u8) {
     let key = CounterKey {
-        ifindex: ctx.ingress_ifindex() as u32,
+        ifindex,
         class,
         action,
         _pad: [0; 2],
     };
-    let len = (ctx.data_end() - ctx.data()) as u64;
     match COUNTERS.get_ptr_mut(&key) {
         Some(c) => {
             // SAFETY: per-CPU value, so this CPU is its only writer.

@@ -4,15 +4,17 @@
 #![no_main]
 
 mod classify;
+mod dhcp;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-/// Classifies every frame on the fabric's interfaces (DHCP, TFTP, TFTP data, other), counts
-/// it, and passes it on: this program owns no traffic yet, so it never drops or answers.
+/// Classifies every frame on the fabric's interfaces (DHCP, TFTP, TFTP data, other) and
+/// counts it; DHCP requests from reserved hosts are answered in place, malformed ones and
+/// floods dropped; everything else passes.
 #[xdp]
 pub fn bootfabric_classify(ctx: XdpContext) -> u32 {
-    classify::run(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    classify::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -25,7 +25,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 
 /// A big-endian `u16` at `offset`.
 #[inline(always)]
-fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
+pub fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
     let p = ptr_at::<[u8; 2]>(ctx, offset)?;
     // SAFETY: ptr_at checked that both bytes lie inside the frame.
     Some(u16::from_be_bytes(unsafe { *p }))
@@ -33,17 +33,23 @@ fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
 
 /// A byte at `offset`.
 #[inline(always)]
-fn u8_at(ctx: &XdpContext, offset: usize) -> Option<u8> {
+pub fn u8_at(ctx: &XdpContext, offset: usize) -> Option<u8> {
     let p = ptr_at::<u8>(ctx, offset)?;
     // SAFETY: ptr_at checked that the byte lies inside the frame.
     Some(unsafe { *p })
 }
 
-/// Where the UDP header of an IPv4 datagram starts, and its destination port.
+/// Where the headers of a UDP/IPv4 datagram start, and what the fast path needs of them.
 #[derive(Clone, Copy)]
 pub struct Udp4 {
     /// Destination port, host byte order.
     pub dst_port: u16,
+    /// Offset of the IPv4 header (14, or 18 behind one VLAN tag).
+    pub l3: usize,
+    /// Offset of the UDP header.
+    pub l4: usize,
+    /// Whether the datagram is the first fragment of several (more-fragments bit set).
+    pub fragmented: bool,
 }
 
 /// Parses Ethernet (with at most one VLAN tag), IPv4 and UDP. `None` for anything else,
@@ -68,10 +74,16 @@ pub fn udp4(ctx: &XdpContext) -> Option<Udp4> {
         return None;
     }
     // Fragment offset (low 13 bits): only the first fragment has the UDP header.
-    if be16_at(ctx, l3 + 6)? & 0x1fff != 0 {
+    let frag = be16_at(ctx, l3 + 6)?;
+    if frag & 0x1fff != 0 {
         return None;
     }
     let l4 = l3 + ihl;
     let dst_port = be16_at(ctx, l4 + 2)?;
-    Some(Udp4 { dst_port })
+    Some(Udp4 {
+        dst_port,
+        l3,
+        l4,
+        fragmented: frag & 0x2000 != 0,
+    })
 }

@@ -167,6 +167,10 @@ pub struct Config {
     pub admin_allow: Vec<IpNet>,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
+    /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
+    pub xdp_dhcp_fast_path: bool,
+    /// DHCP packets per second one relay may pass to userspace (`xdp.relay_rate_limit`).
+    pub xdp_relay_rate_limit: u32,
     /// Ports the TFTP service uses for transfers.
     pub tftp_transfer_ports: PortRange,
     /// The TFTP service, when `tftp.root` is set.
@@ -330,6 +334,15 @@ impl Config {
             ));
         }
 
+        let xdp_dhcp_fast_path = wire.xdp.dhcp_fast_path.unwrap_or(true);
+        let xdp_relay_rate_limit = wire.xdp.relay_rate_limit.unwrap_or(20_000);
+        if xdp_relay_rate_limit == 0 {
+            return Err(invalid(
+                "xdp.relay_rate_limit",
+                "must be at least 1".to_owned(),
+            ));
+        }
+
         let tftp_transfer_ports = match &wire.tftp.transfer_ports {
             Some(s) => parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r))?,
             None => DEFAULT_TFTP_TRANSFER_PORTS,
@@ -462,6 +475,8 @@ impl Config {
             admin_listen,
             admin_allow,
             xdp_mode,
+            xdp_dhcp_fast_path,
+            xdp_relay_rate_limit,
             tftp_transfer_ports,
             tftp,
             inventory,

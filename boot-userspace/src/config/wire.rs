@@ -155,6 +155,10 @@ pub struct Admin {
 pub struct Xdp {
     /// `auto`, `native`, `generic` or `off`.
     pub mode: Option<String>,
+    /// Whether reserved hosts get their DHCP answers from the kernel.
+    pub dhcp_fast_path: Option<bool>,
+    /// DHCP packets per second one relay (giaddr) may pass to userspace.
+    pub relay_rate_limit: Option<u32>,
 }
 
 /// `[tftp]`.

@@ -37,11 +37,14 @@ use crate::{
     config::{Config, DhcpMode},
     inventory::Mac,
     ledger::{Ledger, Phase},
+    xdp::fastpath::{FastPath, FastPathError, FastPathEvent, SyncReport},
 };
+use aya::maps::{MapData, RingBuf};
 use journal::{Committer, Journal, LeaseRecord, LeaseState};
 use ratelimit::RateLimiter;
 use server::{Handled, Ingress, Server, PXE_PORT, SERVER_PORT};
 use table::LeaseTable;
+use tokio::io::{unix::AsyncFd, Interest};
 use wire::DropReason;
 
 /// File name of the lease journal inside `daemon.state_dir`.
@@ -213,6 +216,15 @@ pub struct DhcpService {
     metrics: Metrics,
     ledger: Ledger,
     subnets: Vec<String>,
+    /// The XDP fast path's maps, kept in step with `server`.
+    fast_path: Arc<Mutex<Option<FastPath>>>,
+}
+
+/// Applies reloaded configurations to a running DHCP service.
+#[derive(Clone)]
+pub struct Reloader {
+    server: Arc<Mutex<Server>>,
+    fast_path: Arc<Mutex<Option<FastPath>>>,
 }
 
 /// Binds UDP port 67 on `iface` only (SO_BINDTODEVICE), with broadcast allowed.
@@ -281,9 +293,134 @@ impl DhcpService {
             metrics,
             ledger,
             subnets,
+            fast_path: Arc::new(Mutex::new(None)),
         };
         svc.refresh_gauges(now);
         Ok(svc)
+    }
+
+    /// Hands the service the XDP fast path: its maps are filled from this server's
+    /// configuration now and on every reload, and its events feed the lease table and the
+    /// ledger while the service runs.
+    pub fn attach_fast_path(&self, mut fp: FastPath) -> Result<SyncReport, FastPathError> {
+        let report = {
+            let server = self
+                .server
+                .lock()
+                .map_err(|_| FastPathError::NoMap("(DHCP state lock poisoned)"))?;
+            fp.sync(&server)?
+        };
+        info!(
+            hosts = report.hosts,
+            templates = report.templates,
+            userspace_only = report.skipped,
+            "XDP DHCP fast path: {} reserved hosts answered in the kernel",
+            report.hosts
+        );
+        if let Ok(mut slot) = self.fast_path.lock() {
+            *slot = Some(fp);
+        }
+        Ok(report)
+    }
+
+    /// A handle that applies reloaded configurations while the service runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            server: Arc::clone(&self.server),
+            fast_path: Arc::clone(&self.fast_path),
+        }
+    }
+}
+
+impl Reloader {
+    /// Applies a reloaded configuration: hosts, profiles, boot settings and options. The
+    /// subnets and pools stay as they are (they shape the lease table; a restart changes
+    /// them). The fast path's maps follow.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let Some(dhcp) = &config.dhcp else {
+            return Err("the reloaded config has no [dhcp]; restart to remove the server".into());
+        };
+        let mut server = self
+            .server
+            .lock()
+            .map_err(|_| "DHCP state lock poisoned".to_owned())?;
+        if server
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| s.net)
+            .ne(dhcp.subnets.iter().map(|s| s.net))
+            || server.dhcp.mode != dhcp.mode
+        {
+            return Err("dhcp.subnets or dhcp.mode changed: restart to apply".into());
+        }
+        server.inventory = config.inventory.clone();
+        server.boot = config.boot.clone();
+        server.dhcp.options = dhcp.options.clone();
+        for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
+            mine.options = new.options.clone();
+        }
+        server.table.set_reservations(&config.inventory);
+        if let Ok(mut slot) = self.fast_path.lock() {
+            if let Some(fp) = slot.as_mut() {
+                let r = fp.sync(&server).map_err(|e| e.to_string())?;
+                info!(
+                    hosts = r.hosts,
+                    removed = r.removed,
+                    "XDP DHCP fast path resynced"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DhcpService {
+    /// Records an exchange the kernel answered, as if this service had answered it.
+    fn on_fast_path(self: &Arc<Self>, ev: FastPathEvent) {
+        let kind = ev.kind;
+        let record = {
+            let Ok(mut server) = self.server.lock() else {
+                return;
+            };
+            server.record_fast_path(ev.mac, ev.ip, kind, unix_now())
+        };
+        let phase = if kind == MessageType::Offer {
+            Phase::DhcpOffer
+        } else {
+            Phase::DhcpAck
+        };
+        self.ledger.record(ev.mac, phase, Some(ev.ip));
+        if let Some(record) = record {
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.commit(record).await });
+        }
+    }
+
+    /// Reads the fast path's events until `cancel` fires.
+    async fn fast_path_events(
+        self: Arc<Self>,
+        ring: RingBuf<MapData>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        // SAFETY: the ring buffer owns its map fd, which stays open and the same until the
+        // AsyncFd (and the ring inside it) is dropped.
+        let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        loop {
+            let mut guard = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                g = fd.readable_mut() => g?,
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match FastPathEvent::decode(&item) {
+                    Some(ev) => self.on_fast_path(ev),
+                    None => debug!(len = item.len(), "unreadable fast path event"),
+                }
+            }
+            guard.clear_ready();
+        }
     }
 
     fn refresh_gauges(&self, now: u64) {
@@ -306,8 +443,18 @@ impl DhcpService {
 
     /// Serves until `cancel` fires, then flushes the journal.
     pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let events = self
+            .fast_path
+            .lock()
+            .ok()
+            .and_then(|mut f| f.as_mut().and_then(FastPath::take_events));
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(ring) = events {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.fast_path_events(ring, cancel).await });
+        }
         for (iface, ip, port, sock) in this.sockets.clone() {
             let this = Arc::clone(&this);
             let cancel = cancel.clone();

@@ -229,6 +229,58 @@ impl Server {
         )))
     }
 
+    /// The reply a reserved host gets for `req` (a DISCOVER gets the OFFER, a REQUEST the
+    /// ACK) on `subnet`, built exactly as [`Server::handle`] builds it but without touching
+    /// the lease table. The XDP fast path's templates are cut from these replies.
+    pub fn reservation_reply(
+        &self,
+        req: &Message,
+        ingress: &Ingress<'_>,
+        subnet: usize,
+    ) -> Option<Reply> {
+        let (_, ip) = self.reservation(mac_of(req), subnet)?;
+        let kind = match req.opts().msg_type()? {
+            MessageType::Discover => MessageType::Offer,
+            MessageType::Request => MessageType::Ack,
+            _ => return None,
+        };
+        Some(self.build(req, ingress, subnet, kind, ip, None, Vec::new()))
+    }
+
+    /// Records an exchange the XDP fast path answered for the reserved host `mac`: an OFFER
+    /// holds the address, an ACK binds it. For an ACK, returns the record to make durable.
+    pub fn record_fast_path(
+        &mut self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        kind: MessageType,
+        now: u64,
+    ) -> Option<LeaseRecord> {
+        let subnet = self.dhcp.subnets.iter().position(|s| s.net.contains(&ip))?;
+        let host = self.inventory.host_by_mac(&mac)?;
+        if host.ip != Some(ip) {
+            // The kernel answered from maps older than the inventory (a reload raced it).
+            return None;
+        }
+        if kind == MessageType::Offer {
+            self.table.offer(ip, mac, now + OFFER_HOLD_SECS);
+            return None;
+        }
+        let lease_time = self
+            .options_for(mac, subnet)
+            .lease_time
+            .unwrap_or(DEFAULT_LEASE_TIME);
+        let record = LeaseRecord {
+            ip,
+            mac,
+            state: LeaseState::Bound,
+            expires: now + u64::from(lease_time),
+            hostname: Some(host.name.clone()),
+        };
+        self.table.apply(&record);
+        Some(record)
+    }
+
     /// Whether `mac` may hold `ip` in `subnet`: its reservation, or a dynamic address that
     /// is free or already its own. Reserved hosts may hold only their reservation.
     fn may_hold(&self, mac: Mac, ip: Ipv4Addr, subnet: usize, now: u64) -> bool {

@@ -168,6 +168,41 @@ impl LeaseTable {
         }
     }
 
+    /// Replaces the reservations with the inventory's (a config reload). Newly reserved
+    /// addresses leave the pools; released ones return to them unless leased or offered.
+    /// A dynamic lease on a newly reserved address stays until it ends.
+    pub fn set_reservations(&mut self, inventory: &Inventory) {
+        let new: HashMap<Ipv4Addr, Mac> = inventory
+            .hosts()
+            .iter()
+            .filter_map(|h| h.ip.map(|ip| (ip, h.mac)))
+            .collect();
+        let old = std::mem::replace(&mut self.reserved, new);
+        for ip in self.reserved.keys().copied().collect::<Vec<_>>() {
+            self.take(ip);
+        }
+        for ip in old.keys() {
+            if !self.reserved.contains_key(ip)
+                && !self.leases.contains_key(ip)
+                && !self.offers.contains_key(ip)
+            {
+                self.make_free(*ip);
+            }
+        }
+        for p in &mut self.pools {
+            let mut seen = HashSet::new();
+            for r in &p.ranges {
+                for ip in u32::from(r.first)..=u32::from(r.last) {
+                    let addr = Ipv4Addr::from(ip);
+                    if p.is_dynamic(addr) && !self.reserved.contains_key(&addr) {
+                        seen.insert(ip);
+                    }
+                }
+            }
+            p.size = seen.len();
+        }
+    }
+
     /// Whether `ip` is in subnet `subnet`'s dynamic ranges.
     pub fn is_dynamic(&self, subnet: usize, ip: Ipv4Addr) -> bool {
         self.pools.get(subnet).is_some_and(|p| p.is_dynamic(ip)) && !self.reserved.contains_key(&ip)

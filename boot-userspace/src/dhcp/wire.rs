@@ -66,30 +66,6 @@ const MIN_LEN: usize = 240;
 /// No DHCP message is larger than a jumbo-less IPv4 datagram's payload.
 pub const MAX_LEN: usize = 1500 - 20 - 8;
 
-/// Whether an option's length is one its type allows. dhcproto reads fixed-size options
-/// at their size whatever the length byte says (misaligning every option after them) and
-/// asserts on some of them, so lengths are checked here first.
-fn length_ok(code: u8, len: usize) -> bool {
-    match code {
-        19 | 20 | 23 | 27 | 29 | 30 | 31 | 34 | 36 | 37 | 39 | 46 | 52 | 53 | 116 | 156 | 157 => {
-            len == 1
-        }
-        13 | 22 | 26 | 57 => len == 2,
-        94 => len == 3,
-        1 | 2 | 16 | 24 | 28 | 32 | 35 | 38 | 50 | 51 | 54 | 58 | 59 | 91 | 118 | 150 | 152
-        | 153 | 154 | 155 => len == 4,
-        80 => len == 0,
-        81 => len >= 3,
-        151 => len >= 1,
-        // Lists of addresses and address pairs.
-        3..=11 | 41 | 42 | 44 | 45 | 48 | 49 | 65 | 68..=76 | 89 | 92 => len % 4 == 0,
-        21 | 33 => len % 8 == 0,
-        25 => len % 2 == 0,
-        93 => len >= 2 && len % 2 == 0,
-        _ => true,
-    }
-}
-
 /// Walks a TLV option area; `Ok(Some(v))` is the option-overload value if option 52 was seen.
 fn walk(area: &[u8]) -> Result<Option<u8>, DropReason> {
     let mut i = 0;
@@ -101,7 +77,7 @@ fn walk(area: &[u8]) -> Result<Option<u8>, DropReason> {
             code => {
                 let len = usize::from(*area.get(i + 1).ok_or(DropReason::BadOption)?);
                 let data = area.get(i + 2..i + 2 + len).ok_or(DropReason::BadOption)?;
-                if !length_ok(code, len) {
+                if !bootfabric_abi::dhcp::option_length_ok(code, len) {
                     return Err(DropReason::BadOption);
                 }
                 if code == 52 {

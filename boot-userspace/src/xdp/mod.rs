@@ -11,18 +11,23 @@
 //! aya falls back to netlink).
 
 mod attach;
+pub mod fastpath;
 mod stats;
 
 use std::{collections::HashMap, ffi::CString};
 
 use aya::{maps::Array, programs::Xdp, Ebpf};
-use bootfabric_abi::{ClassifyConfig, MAP_CLASSIFY_CONFIG, MAP_COUNTERS, PROGRAM_CLASSIFY};
+use bootfabric_abi::{
+    ClassifyConfig, DHCP_PATH_ANSWER, DHCP_PATH_COUNT_ONLY, DHCP_PATH_SHIELD, MAP_CLASSIFY_CONFIG,
+    MAP_COUNTERS, PROGRAM_CLASSIFY,
+};
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tracing::{info, warn};
 
 pub use attach::{attach_with_fallback, AttachTarget, AttachedMode};
 
-use crate::config::{Config, XdpModeSetting};
+use crate::config::{Config, DhcpMode, XdpModeSetting};
+use fastpath::{FabricIface, FastPath};
 
 /// Why the data path could not be set up the way the config demands.
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +191,35 @@ impl Dataplane {
         self.ebpf.is_some()
     }
 
+    /// Hands the DHCP fast path's maps to their owner, the DHCP service, when the program
+    /// is attached and `config` asks for kernel answers. Interfaces the program did not
+    /// attach to are left out.
+    pub fn take_fast_path(&mut self, config: &Config) -> Option<FastPath> {
+        if dhcp_path(config) != DHCP_PATH_ANSWER {
+            return None;
+        }
+        let ebpf = self.ebpf.as_mut()?;
+        let fabric: Vec<FabricIface> = self
+            .modes
+            .iter()
+            .filter(|(_, m)| *m != AttachedMode::None)
+            .filter_map(|(name, _)| {
+                let f = FabricIface::lookup(name);
+                if f.is_none() {
+                    warn!(iface = %name, "XDP fast path: no address or MAC on {name}; its requests go to userspace");
+                }
+                f
+            })
+            .collect();
+        match FastPath::new(ebpf, fabric) {
+            Ok(fp) => Some(fp),
+            Err(e) => {
+                warn!("XDP DHCP fast path unavailable: {e}");
+                None
+            }
+        }
+    }
+
     /// Mode in effect per interface.
     pub fn modes(&self) -> &[(String, AttachedMode)] {
         &self.modes
@@ -198,6 +232,25 @@ impl Drop for Dataplane {
             info!("XDP programs detached");
         }
     }
+}
+
+/// What the program does with DHCP: nothing without a DHCP server in this daemon (another
+/// server may own the port), kernel answers in server mode when `xdp.dhcp_fast_path` is on,
+/// else the shield only (proxyDHCP answers are not the kernel's to give).
+fn dhcp_path(config: &Config) -> u32 {
+    match &config.dhcp {
+        None => DHCP_PATH_COUNT_ONLY,
+        Some(d) if d.mode == DhcpMode::Server && config.xdp_dhcp_fast_path => DHCP_PATH_ANSWER,
+        Some(_) => DHCP_PATH_SHIELD,
+    }
+}
+
+/// GCRA parameters for `rate` packets per second with bursts of `2 * rate` (the userspace
+/// limiter's shape): emission interval and burst tolerance, in nanoseconds.
+fn gcra(rate: u32) -> (u64, u64) {
+    let rate = u64::from(rate.max(1));
+    let interval = 1_000_000_000 / rate;
+    (interval, interval * (2 * rate - 1))
 }
 
 /// Loads the object, loads the classifier into the kernel and writes its parameters.
@@ -218,9 +271,20 @@ fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
         .ok_or_else(|| load_err(format!("the object has no map {MAP_CLASSIFY_CONFIG}")))?;
     let mut cfg_map: Array<_, ClassifyConfig> =
         Array::try_from(map).map_err(|e| load_err(format!("{MAP_CLASSIFY_CONFIG}: {e}")))?;
+    let (client_interval_ns, client_burst_ns) = config
+        .dhcp
+        .as_ref()
+        .map(|d| gcra(d.rate_limit))
+        .unwrap_or((0, 0));
+    let (relay_interval_ns, relay_burst_ns) = gcra(config.xdp_relay_rate_limit);
     let classify = ClassifyConfig {
         tftp_data_first: config.tftp_transfer_ports.first,
         tftp_data_last: config.tftp_transfer_ports.last,
+        dhcp_fast_path: dhcp_path(config),
+        client_interval_ns,
+        client_burst_ns,
+        relay_interval_ns,
+        relay_burst_ns,
         ..ClassifyConfig::default()
     };
     cfg_map

@@ -3,9 +3,11 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use bootfabric_abi::{
-    action_name, class_name, CounterKey, Counters, ACTION_PASS, CLASS_COUNT, MAP_COUNTERS,
+    action_name, class_name,
+    dhcp::{stat_labels, MAP_STATS, STAT_COUNT, STAT_EVENTS_LOST},
+    CounterKey, Counters, ACTION_PASS, CLASS_COUNT, MAP_COUNTERS,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -21,6 +23,10 @@ pub struct XdpStats {
     ifnames: HashMap<u32, String>,
     packets: IntCounterVec,
     bytes: IntCounterVec,
+    /// The DHCP fast path's counters, when the object has them.
+    dhcp: Option<Mutex<PerCpuArray<MapData, u64>>>,
+    dhcp_packets: IntCounterVec,
+    events_lost: prometheus::IntCounter,
 }
 
 impl XdpStats {
@@ -47,6 +53,29 @@ impl XdpStats {
             labels,
         )
         .map_err(|e| e.to_string())?;
+        let dhcp = ebpf
+            .take_map(MAP_STATS)
+            .and_then(|m| PerCpuArray::try_from(m).ok())
+            .map(Mutex::new);
+        let dhcp_packets = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_xdp_dhcp_packets_total",
+                "DHCP requests seen by the XDP fast path: answered in the kernel, passed to \
+                 userspace or dropped, by reason.",
+            ),
+            &["action", "reason"],
+        )
+        .map_err(|e| e.to_string())?;
+        let events_lost = prometheus::IntCounter::new(
+            "bootfabric_xdp_dhcp_events_lost_total",
+            "Exchanges answered in the kernel whose event did not fit in the ring buffer.",
+        )
+        .map_err(|e| e.to_string())?;
+        for i in 0..STAT_COUNT {
+            if let Some((a, r)) = stat_labels(i) {
+                dhcp_packets.with_label_values(&[a, r]);
+            }
+        }
         // Zero series for every interface and class, so dashboards and rate() see them
         // before the first packet.
         for name in ifnames.values() {
@@ -61,7 +90,34 @@ impl XdpStats {
             ifnames,
             packets,
             bytes,
+            dhcp,
+            dhcp_packets,
+            events_lost,
         })
+    }
+
+    /// Copies the fast path's per-CPU totals into its counters.
+    fn refresh_dhcp(&self, map: &PerCpuArray<MapData, u64>) {
+        for i in 0..STAT_COUNT {
+            let total: u64 = match map.get(&i, 0) {
+                Ok(per_cpu) => per_cpu.iter().sum(),
+                Err(e) => {
+                    warn!(error = %e, "reading XDP DHCP counters failed");
+                    return;
+                }
+            };
+            let c = match stat_labels(i) {
+                Some((a, r)) => self.dhcp_packets.with_label_values(&[a, r]),
+                None if i == STAT_EVENTS_LOST => {
+                    self.events_lost.reset();
+                    self.events_lost.inc_by(total);
+                    continue;
+                }
+                None => continue,
+            };
+            c.reset();
+            c.inc_by(total);
+        }
     }
 
     /// Copies the kernel's totals into the counters. The caller holds the map lock for the
@@ -102,6 +158,10 @@ impl Collector for XdpStats {
     fn desc(&self) -> Vec<&Desc> {
         let mut d = self.packets.desc();
         d.extend(self.bytes.desc());
+        if self.dhcp.is_some() {
+            d.extend(self.dhcp_packets.desc());
+            d.extend(self.events_lost.desc());
+        }
         d
     }
 
@@ -113,6 +173,13 @@ impl Collector for XdpStats {
         let mut out = self.packets.collect();
         out.extend(self.bytes.collect());
         drop(map);
+        if let Some(dhcp) = &self.dhcp {
+            if let Ok(m) = dhcp.lock() {
+                self.refresh_dhcp(&m);
+                out.extend(self.dhcp_packets.collect());
+                out.extend(self.events_lost.collect());
+            }
+        }
         out
     }
 }

@@ -1,0 +1,483 @@
+//! The DHCP fast path's maps, derived from the userspace DHCP server so that both paths give
+//! a reserved host the same bytes.
+//!
+//! [`derive`] is pure: it asks [`Server::reservation_reply`] for the reply each template
+//! variant would get and cuts it into a [`Template`] (the per-host option 12 and the
+//! per-request options 97 and 82 become holes). [`FastPath`] writes the result into the
+//! kernel's maps, replacing what changed and deleting what went, and reads the events of
+//! answered exchanges.
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use aya::maps::{HashMap, MapData, RingBuf};
+use bootfabric_abi::dhcp::{
+    Event, HostEntry, IfaceEntry, MacKey, Template, TemplateKey, BOOTP_HEADER_LEN, CLASS_HTTP,
+    CLASS_IPXE_HTTP, CLASS_IPXE_TFTP, CLASS_PLAIN, CLASS_PXE, DHCPACK, DHCPOFFER, HOSTNAME_OPT_MAX,
+    HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_IFACES, MAP_TEMPLATES, NO_SUBNET,
+    TEMPLATES_MAX_ENTRIES, TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
+};
+use dhcproto::{
+    v4::{DhcpOption, Message, MessageType, Opcode},
+    Encodable, Encoder,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    dhcp::{
+        policy::arch,
+        server::{Ingress, Server, SERVER_PORT},
+    },
+    inventory::Mac,
+};
+
+/// One fabric interface as the fast path sees it.
+#[derive(Clone, Debug)]
+pub struct FabricIface {
+    /// Interface name.
+    pub name: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// The server's address on it.
+    pub server_ip: Ipv4Addr,
+    /// Its hardware address.
+    pub mac: [u8; 6],
+}
+
+impl FabricIface {
+    /// Looks `name` up in the current network namespace: index, first IPv4 address, MAC.
+    pub fn lookup(name: &str) -> Option<Self> {
+        let ifindex = super::if_index(name)?;
+        let server_ip = crate::dhcp::iface_ipv4(name)?;
+        let mac = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+            if a.interface_name != name {
+                return None;
+            }
+            a.address?.as_link_addr()?.addr()
+        })?;
+        Some(Self {
+            name: name.to_owned(),
+            ifindex,
+            server_ip,
+            mac,
+        })
+    }
+}
+
+/// The template variants the kernel answers: (class, architecture). Clients of any other
+/// variant are served from userspace.
+pub const VARIANTS: &[(u8, u16)] = &[
+    (CLASS_PLAIN, 0),
+    (CLASS_IPXE_HTTP, 0),
+    (CLASS_IPXE_TFTP, 0),
+    (CLASS_PXE, arch::BIOS),
+    (CLASS_PXE, arch::EFI_IA32),
+    (CLASS_PXE, arch::EFI_BC),
+    (CLASS_PXE, arch::EFI_X64),
+    (CLASS_PXE, arch::EFI_ARM64),
+    (CLASS_HTTP, arch::HTTP_IA32),
+    (CLASS_HTTP, arch::HTTP_X64),
+    (CLASS_HTTP, arch::HTTP_ARM64),
+];
+
+/// A request of `kind` (DISCOVER or REQUEST) from `mac` that selects the template variant
+/// `(class, arch)`, with nothing per-request in it (no option 97, no option 82).
+pub fn variant_request(
+    mac: Mac,
+    kind: MessageType,
+    class: u8,
+    arch: u16,
+    server_ip: Ipv4Addr,
+    ip: Ipv4Addr,
+) -> Message {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootRequest).set_chaddr(&mac.0);
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    if kind == MessageType::Request {
+        o.insert(DhcpOption::ServerIdentifier(server_ip));
+        o.insert(DhcpOption::RequestedIpAddress(ip));
+    }
+    match class {
+        CLASS_IPXE_HTTP => {
+            o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        CLASS_IPXE_TFTP => {
+            // Feature 19 (HTTP) = 0.
+            o.insert(DhcpOption::Unknown(dhcproto::v4::UnknownOption::new(
+                175.into(),
+                vec![19, 1, 0],
+            )));
+            o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        CLASS_PXE | CLASS_HTTP => {
+            let vendor: &[u8] = if class == CLASS_PXE {
+                b"PXEClient"
+            } else {
+                b"HTTPClient"
+            };
+            o.insert(DhcpOption::ClassIdentifier(vendor.to_vec()));
+            o.insert(DhcpOption::ClientSystemArchitecture(arch.into()));
+        }
+        _ => {}
+    }
+    m
+}
+
+/// What the kernel's maps should hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Derived {
+    /// Reserved hosts.
+    pub hosts: BTreeMap<[u8; 6], HostEntry>,
+    /// Interfaces by index.
+    pub ifaces: BTreeMap<u32, IfaceEntry>,
+    /// Templates.
+    pub templates: Vec<(TemplateKey, Box<Template>)>,
+    /// Reserved hosts left to userspace, with the reason.
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+/// Cuts an encoded reply into a template: the options without 12 (its place is recorded),
+/// without the end option, and the place where option 97 goes.
+pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
+    let header: [u8; BOOTP_HEADER_LEN] = encoded
+        .get(..BOOTP_HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("reply shorter than a BOOTP header")?;
+    let mut opts = Vec::with_capacity(256);
+    let mut hostname_at = None;
+    let mut uuid_at = None;
+    let mut i = BOOTP_HEADER_LEN;
+    loop {
+        let code = *encoded.get(i).ok_or("reply without an end option")?;
+        if code == 255 {
+            break;
+        }
+        let len = usize::from(*encoded.get(i + 1).ok_or("truncated option")?);
+        let opt = encoded.get(i..i + 2 + len).ok_or("truncated option")?;
+        if code > 12 && hostname_at.is_none() {
+            hostname_at = Some(opts.len());
+        }
+        if code > 97 && uuid_at.is_none() {
+            uuid_at = Some(opts.len());
+        }
+        match code {
+            12 => hostname_at = Some(opts.len()),
+            82 | 97 => return Err("the template request carried a per-request option"),
+            _ => opts.extend_from_slice(opt),
+        }
+        i += 2 + len;
+    }
+    if opts.len() > TEMPLATE_OPTS_MAX {
+        return Err("options longer than a template holds");
+    }
+    let mut t = Box::new(Template {
+        header,
+        opts_len: opts.len() as u16,
+        hostname_at: hostname_at.unwrap_or(opts.len()) as u16,
+        uuid_at: uuid_at.unwrap_or(opts.len()) as u16,
+        _pad: 0,
+        opts: [0; TEMPLATE_OPTS_BUF],
+    });
+    t.opts[..opts.len()].copy_from_slice(&opts);
+    Ok(t)
+}
+
+/// Derives the maps from the server's configuration for the given interfaces.
+pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
+    let mut d = Derived::default();
+    let probe = |iface: &FabricIface, giaddr: Ipv4Addr| {
+        let mut m = Message::default();
+        m.set_giaddr(giaddr);
+        let ingress = ingress_of(iface);
+        server.subnet_for(&m, &ingress)
+    };
+    for iface in ifaces {
+        let subnet = probe(iface, Ipv4Addr::UNSPECIFIED)
+            .map(|s| s as u32)
+            .unwrap_or(NO_SUBNET);
+        d.ifaces.insert(
+            iface.ifindex,
+            IfaceEntry {
+                server_ip: iface.server_ip.octets(),
+                subnet,
+                mac: iface.mac,
+                _pad: [0; 2],
+            },
+        );
+    }
+
+    // Hosts whose replies differ only in address and name share templates.
+    let mut groups: StdHashMap<(usize, String, String), u32> = StdHashMap::new();
+    let mut representatives: Vec<(Mac, Ipv4Addr, usize)> = Vec::new();
+    for host in server.inventory.hosts() {
+        let Some(ip) = host.ip else { continue };
+        let Some(subnet) = server.dhcp.subnets.iter().position(|s| s.net.contains(&ip)) else {
+            d.skipped
+                .push((host.name.clone(), "reservation outside every subnet"));
+            continue;
+        };
+        if d.hosts.len() >= HOSTS_MAX_ENTRIES as usize {
+            d.skipped
+                .push((host.name.clone(), "fast path host map full"));
+            continue;
+        }
+        let name = host.name.as_bytes();
+        if name.len() + 2 > HOSTNAME_OPT_MAX || name.is_empty() {
+            d.skipped
+                .push((host.name.clone(), "host name longer than 64 bytes"));
+            continue;
+        }
+        let key = (subnet, host.profile.clone(), format!("{:?}", host.options));
+        let next = groups.len() as u32;
+        let group = *groups.entry(key).or_insert_with(|| {
+            representatives.push((host.mac, ip, subnet));
+            next
+        });
+        let net = server.dhcp.subnets[subnet].net;
+        let mut hostname_opt = [0u8; 68];
+        hostname_opt[0] = 12;
+        hostname_opt[1] = name.len() as u8;
+        hostname_opt[2..2 + name.len()].copy_from_slice(name);
+        d.hosts.insert(
+            host.mac.0,
+            HostEntry {
+                ip: ip.octets(),
+                net: net.network().octets(),
+                mask: net.netmask().octets(),
+                subnet: subnet as u32,
+                group,
+                hostname_len: (name.len() + 2) as u32,
+                hostname_opt,
+            },
+        );
+    }
+
+    let mut bad_groups = Vec::new();
+    'groups: for (group, (mac, ip, subnet)) in representatives.iter().enumerate() {
+        for iface in ifaces {
+            let ingress = ingress_of(iface);
+            for (kind, kind_code) in [
+                (MessageType::Discover, DHCPOFFER),
+                (MessageType::Request, DHCPACK),
+            ] {
+                for &(class, arch) in VARIANTS {
+                    if d.templates.len() >= TEMPLATES_MAX_ENTRIES as usize {
+                        warn!("XDP fast path: template map full; further hosts are served from userspace");
+                        bad_groups.push(group as u32);
+                        break 'groups;
+                    }
+                    let req = variant_request(*mac, kind, class, arch, iface.server_ip, *ip);
+                    let Some(reply) = server.reservation_reply(&req, &ingress, *subnet) else {
+                        continue;
+                    };
+                    let mut out = Vec::with_capacity(576);
+                    if reply.msg.encode(&mut Encoder::new(&mut out)).is_err() {
+                        bad_groups.push(group as u32);
+                        continue 'groups;
+                    }
+                    match cut(&out) {
+                        Ok(t) => d.templates.push((
+                            TemplateKey {
+                                ifindex: iface.ifindex,
+                                group: group as u32,
+                                arch,
+                                kind: kind_code,
+                                class,
+                            },
+                            t,
+                        )),
+                        Err(why) => {
+                            debug!(group, why, "no template");
+                            bad_groups.push(group as u32);
+                            continue 'groups;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !bad_groups.is_empty() {
+        d.templates.retain(|(k, _)| !bad_groups.contains(&k.group));
+        let hosts = std::mem::take(&mut d.hosts);
+        for (mac, h) in hosts {
+            if bad_groups.contains(&h.group) {
+                let name = server
+                    .inventory
+                    .host_by_mac(&Mac(mac))
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default();
+                d.skipped.push((name, "reply does not fit a template"));
+            } else {
+                d.hosts.insert(mac, h);
+            }
+        }
+    }
+    d
+}
+
+fn ingress_of(iface: &FabricIface) -> Ingress<'_> {
+    Ingress {
+        iface: &iface.name,
+        server_ip: iface.server_ip,
+        port: SERVER_PORT,
+        peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+    }
+}
+
+/// Errors writing the maps.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    /// The object lacks a map.
+    #[error("the XDP object has no map {0}")]
+    NoMap(&'static str),
+    /// A map operation failed.
+    #[error("XDP map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Why.
+        source: aya::maps::MapError,
+    },
+}
+
+/// The fast path's maps, owned by the DHCP service.
+pub struct FastPath {
+    hosts: HashMap<MapData, MacKey, HostEntry>,
+    ifaces: HashMap<MapData, u32, IfaceEntry>,
+    templates: HashMap<MapData, TemplateKey, Template>,
+    /// Events of answered exchanges, until their reader takes them.
+    events: Option<RingBuf<MapData>>,
+    /// Interfaces the program is attached to.
+    pub fabric: Vec<FabricIface>,
+}
+
+fn take<T>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, FastPathError> {
+    let map = ebpf.take_map(name).ok_or(FastPathError::NoMap(name))?;
+    conv(map).map_err(|source| FastPathError::Map { map: name, source })
+}
+
+impl FastPath {
+    /// Takes the fast path's maps out of `ebpf`.
+    pub fn new(ebpf: &mut aya::Ebpf, fabric: Vec<FabricIface>) -> Result<Self, FastPathError> {
+        Ok(Self {
+            hosts: take(ebpf, MAP_HOSTS, HashMap::try_from)?,
+            ifaces: take(ebpf, MAP_IFACES, HashMap::try_from)?,
+            templates: take(ebpf, MAP_TEMPLATES, HashMap::try_from)?,
+            events: Some(take(ebpf, MAP_EVENTS, RingBuf::try_from)?),
+            fabric,
+        })
+    }
+
+    /// The event ring buffer, for the one task that reads it.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Makes the maps hold what `server` implies: new and changed entries are written
+    /// first, then entries that went are deleted. Between the two a host may briefly be
+    /// answered from its old entry, which is what userspace answered a moment ago too.
+    pub fn sync(&mut self, server: &Server) -> Result<SyncReport, FastPathError> {
+        let d = derive(server, &self.fabric);
+        let err = |map| move |source| FastPathError::Map { map, source };
+        for (idx, e) in &d.ifaces {
+            self.ifaces.insert(idx, e, 0).map_err(err(MAP_IFACES))?;
+        }
+        for (k, t) in &d.templates {
+            self.templates
+                .insert(k, t.as_ref(), 0)
+                .map_err(err(MAP_TEMPLATES))?;
+        }
+        for (mac, h) in &d.hosts {
+            let key = MacKey {
+                mac: *mac,
+                _pad: [0; 2],
+            };
+            self.hosts.insert(key, h, 0).map_err(err(MAP_HOSTS))?;
+        }
+        let stale_hosts: Vec<MacKey> = self
+            .hosts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !d.hosts.contains_key(&k.mac))
+            .collect();
+        for k in &stale_hosts {
+            let _ = self.hosts.remove(k);
+        }
+        let live: std::collections::HashSet<TemplateKey> =
+            d.templates.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<TemplateKey> = self
+            .templates
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(k))
+            .collect();
+        for k in &stale {
+            let _ = self.templates.remove(k);
+        }
+        for (name, why) in &d.skipped {
+            info!(host = %name, why, "reserved host served from userspace");
+        }
+        Ok(SyncReport {
+            hosts: d.hosts.len(),
+            templates: d.templates.len(),
+            skipped: d.skipped.len(),
+            removed: stale_hosts.len(),
+        })
+    }
+}
+
+/// What a sync wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Hosts the kernel answers.
+    pub hosts: usize,
+    /// Templates written.
+    pub templates: usize,
+    /// Reserved hosts left to userspace.
+    pub skipped: usize,
+    /// Hosts removed since the last sync.
+    pub removed: usize,
+}
+
+/// An answered exchange, decoded from the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPathEvent {
+    /// The client.
+    pub mac: Mac,
+    /// OFFER or ACK.
+    pub kind: MessageType,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Ingress interface index.
+    pub ifindex: u32,
+}
+
+impl FastPathEvent {
+    /// Decodes one ring buffer record; `None` for a record of the wrong size or kind.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: Event is repr(C) of integers and byte arrays (every bit pattern valid);
+        // the length was checked and read_unaligned copes with any alignment.
+        let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let kind = match e.kind {
+            DHCPOFFER => MessageType::Offer,
+            DHCPACK => MessageType::Ack,
+            _ => return None,
+        };
+        Some(Self {
+            mac: Mac(e.mac),
+            kind,
+            ip: Ipv4Addr::from(e.ip),
+            ifindex: e.ifindex,
+        })
+    }
+}

@@ -1,0 +1,593 @@
+//! The XDP DHCP fast path, held side by side with the userspace server: the same requests go
+//! through `BPF_PROG_TEST_RUN` and through `Server::handle`, and the replies must be the same
+//! bytes. What legitimately differs is named where it is checked:
+//! - the IP destination of an unrelayed reply without the broadcast flag and without ciaddr:
+//!   the kernel unicasts to yiaddr at chaddr (RFC 2131 §4.1), which a UDP socket cannot;
+//! - the Ethernet and IP headers as a whole (userspace leaves them to the kernel's stack).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bootfabric::dhcp::{
+    server::{Handled, Ingress},
+    wire::decode_request,
+};
+use bootfabric_abi::dhcp::*;
+use bootfabric_lab::{
+    require, require_root,
+    xdp_harness::{checksum, frame, Harness, SERVER_MAC},
+    Netns, TempDir,
+};
+use dhcproto::{Encodable, Encoder};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+const INVENTORY: &str = r#"
+[profiles.installer]
+kernel = "debian/linux"
+initrd = ["debian/initrd.gz"]
+
+[profiles.rescue]
+kernel = "rescue/vmlinuz"
+boot = { ipxe_script = "rescue.ipxe", uefi_x64 = "snponly.efi" }
+
+[[hosts]]
+name = "node01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.11"
+profile = "installer"
+
+[[hosts]]
+name = "node-with-a-much-longer-name-02"
+mac = "52:54:00:b0:0f:02"
+ip = "10.77.0.12"
+profile = "installer"
+
+[[hosts]]
+name = "r3"
+mac = "52:54:00:b0:0f:03"
+ip = "10.77.0.13"
+profile = "rescue"
+options = { lease_time = 300, mtu = 9000 }
+
+[[hosts]]
+name = "far04"
+mac = "52:54:00:b0:0f:04"
+ip = "10.88.0.20"
+profile = "installer"
+"#;
+
+const CONFIG: &str = r#"
+[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:0"
+[dhcp]
+authoritative = true
+[dhcp.options]
+dns = ["10.77.0.53"]
+domain = "rack1.example"
+lease_time = 600
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+options = { router = "10.77.0.1" }
+[[dhcp.subnets]]
+cidr = "10.88.0.0/24"
+pools = ["10.88.0.100-10.88.0.199"]
+options = { router = "10.88.0.1", ntp = ["10.88.0.5"] }
+[boot]
+bios = "undionly.kpxe"
+uefi_x64 = "ipxe.efi"
+uefi_arm64 = "ipxe-arm64.efi"
+uefi_http_x64 = "boot/ipxe.efi"
+ipxe_script = "boot.ipxe"
+http_base = "http://{server}"
+"#;
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x52, 0x54, 0, 0xb0, 0x0f, n]
+}
+
+/// What a client says about itself, shaped after real firmware and OS clients.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// dhclient-like: option 55, 57, 61 and a host name.
+    Plain,
+    /// QEMU's iPXE ROM: user class iPXE, option 175 with HTTP, PXEClient arch 0, UUID.
+    Ipxe,
+    /// iPXE built without HTTP.
+    IpxeNoHttp,
+    /// A PXE ROM of architecture `arch` (OVMF sends 7), with UUID and option 94.
+    Pxe(u16),
+    /// UEFI HTTP boot of architecture `arch`.
+    HttpBoot(u16),
+}
+
+struct Req {
+    client: Client,
+    kind: u8,
+    mac: [u8; 6],
+    broadcast: bool,
+    ciaddr: Ipv4Addr,
+    giaddr: Ipv4Addr,
+    server_id: Option<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+    relay_info: bool,
+    xid: u32,
+}
+
+fn opt(out: &mut Vec<u8>, code: u8, v: &[u8]) {
+    out.push(code);
+    out.push(v.len() as u8);
+    out.extend_from_slice(v);
+}
+
+fn payload(r: &Req) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[3] = u8::from(!r.giaddr.is_unspecified());
+    p[4..8].copy_from_slice(&r.xid.to_be_bytes());
+    p[8..10].copy_from_slice(&[0, 4]); // secs
+    if r.broadcast {
+        p[10] = 0x80;
+    }
+    p[12..16].copy_from_slice(&r.ciaddr.octets());
+    p[24..28].copy_from_slice(&r.giaddr.octets());
+    p[28..34].copy_from_slice(&r.mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    opt(&mut p, 53, &[r.kind]);
+    if let Some(s) = r.server_id {
+        opt(&mut p, 54, &s.octets());
+    }
+    if let Some(ip) = r.requested {
+        opt(&mut p, 50, &ip.octets());
+    }
+    opt(&mut p, 57, &1472u16.to_be_bytes());
+    let uuid: Vec<u8> = std::iter::once(0).chain(1..=16).collect();
+    match r.client {
+        Client::Plain => {
+            opt(&mut p, 55, &[1, 3, 6, 12, 15, 26, 28, 42, 119]);
+            let mut id = vec![1];
+            id.extend_from_slice(&r.mac);
+            opt(&mut p, 61, &id);
+            opt(&mut p, 12, b"client-says-hi");
+        }
+        Client::Ipxe | Client::IpxeNoHttp => {
+            opt(&mut p, 93, &[0, 0]);
+            opt(&mut p, 94, &[1, 2, 1]);
+            opt(&mut p, 60, b"PXEClient:Arch:00000:UNDI:002001");
+            opt(&mut p, 77, b"iPXE");
+            opt(
+                &mut p,
+                55,
+                &[1, 3, 6, 7, 12, 15, 17, 26, 43, 60, 66, 67, 119, 128, 175],
+            );
+            let http = u8::from(matches!(r.client, Client::Ipxe));
+            opt(
+                &mut p,
+                175,
+                &[
+                    177, 5, 1, 0x10, 0xec, 0x81, 0x39, 19, 1, http, 235, 3, 1, 21, 1,
+                ],
+            );
+            opt(&mut p, 97, &uuid);
+        }
+        Client::Pxe(arch) => {
+            opt(&mut p, 93, &arch.to_be_bytes());
+            opt(&mut p, 94, &[1, 3, 0]);
+            opt(
+                &mut p,
+                60,
+                format!("PXEClient:Arch:{arch:05}:UNDI:003000").as_bytes(),
+            );
+            opt(
+                &mut p,
+                55,
+                &[
+                    1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54,
+                    58, 59, 60, 66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135,
+                ],
+            );
+            opt(&mut p, 97, &uuid);
+        }
+        Client::HttpBoot(arch) => {
+            opt(&mut p, 93, &arch.to_be_bytes());
+            opt(
+                &mut p,
+                60,
+                format!("HTTPClient:Arch:{arch:05}:UNDI:003001").as_bytes(),
+            );
+            opt(&mut p, 97, &uuid);
+        }
+    }
+    if r.relay_info {
+        opt(
+            &mut p,
+            82,
+            &[1, 5, b'p', b'o', b'r', b't', b'7', 2, 2, 0xab, 0xcd],
+        );
+    }
+    p.push(255);
+    p
+}
+
+fn request_frame(r: &Req, vlan: Option<u16>) -> Vec<u8> {
+    let relayed = !r.giaddr.is_unspecified();
+    let (src, dst) = if relayed {
+        ((RELAY_IP, 67), (SERVER_IP, 67))
+    } else if !r.ciaddr.is_unspecified() {
+        ((r.ciaddr, 68), (SERVER_IP, 67))
+    } else {
+        ((Ipv4Addr::UNSPECIFIED, 68), (Ipv4Addr::BROADCAST, 67))
+    };
+    let src_mac = if relayed {
+        [2, 0x88, 0, 0, 0, 1]
+    } else {
+        r.mac
+    };
+    frame(src_mac, [0xff; 6], src, dst, vlan, &payload(r))
+}
+
+struct Parsed {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    dst_port: u16,
+    payload: Vec<u8>,
+}
+
+/// Parses the frame the program sent, checking its lengths and both checksums.
+fn parse_reply(f: &[u8], vlan: Option<u16>) -> Parsed {
+    let l3 = if vlan.is_some() { 18 } else { 14 };
+    if let Some(tag) = vlan {
+        assert_eq!(&f[12..14], &[0x81, 0x00], "VLAN tag kept");
+        assert_eq!(&f[14..16], &tag.to_be_bytes());
+    }
+    assert_eq!(&f[l3 - 2..l3], &[0x08, 0x00]);
+    let ip = &f[l3..l3 + 20];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(ip[9], 17);
+    assert_eq!(checksum(ip, 0), 0, "IPv4 header checksum");
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(total, f.len() - l3, "IPv4 total length");
+    let udp = &f[l3 + 20..];
+    let ulen = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+    assert_eq!(ulen, udp.len(), "UDP length");
+    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst_ip = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let s = src_ip.octets();
+    let d = dst_ip.octets();
+    let pseudo = u32::from(u16::from_be_bytes([s[0], s[1]]))
+        + u32::from(u16::from_be_bytes([s[2], s[3]]))
+        + u32::from(u16::from_be_bytes([d[0], d[1]]))
+        + u32::from(u16::from_be_bytes([d[2], d[3]]))
+        + 17
+        + ulen as u32;
+    assert_ne!(&udp[6..8], &[0, 0], "UDP checksum present");
+    assert_eq!(checksum(udp, pseudo), 0, "UDP checksum");
+    assert_eq!(&udp[0..2], &67u16.to_be_bytes(), "source port");
+    Parsed {
+        dst_mac: f[0..6].try_into().expect("6"),
+        src_mac: f[6..12].try_into().expect("6"),
+        src_ip,
+        dst_ip,
+        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        payload: udp[8..].to_vec(),
+    }
+}
+
+/// The userspace server's answer to the same payload: (bytes as sent, destination).
+fn userspace(h: &mut Harness, r: &Req) -> Option<(Vec<u8>, SocketAddrV4)> {
+    let msg = decode_request(&payload(r)).expect("userspace decodes it");
+    let peer = if r.giaddr.is_unspecified() {
+        SocketAddrV4::new(r.ciaddr, 68)
+    } else {
+        SocketAddrV4::new(RELAY_IP, 67)
+    };
+    let ingress = Ingress {
+        iface: "fabric0",
+        server_ip: SERVER_IP,
+        port: 67,
+        peer,
+    };
+    match h.server.handle(&msg, &ingress, 1_000) {
+        Handled::Reply(reply) => {
+            let mut out = Vec::new();
+            reply
+                .msg
+                .encode(&mut Encoder::new(&mut out))
+                .expect("encode");
+            if out.len() < 300 {
+                out.resize(300, 0);
+            }
+            Some((out, reply.dest))
+        }
+        _ => None,
+    }
+}
+
+fn harness(test: &str) -> Option<(Harness, TempDir)> {
+    if !require_root(test) {
+        return None;
+    }
+    let dir = TempDir::new().expect("tempdir");
+    std::fs::write(dir.path.join("hosts.toml"), INVENTORY).expect("inventory");
+    std::fs::write(dir.path.join("bootfabric.toml"), CONFIG).expect("config");
+    let h = Harness::new(&dir.path.join("bootfabric.toml"), SERVER_IP).expect("harness");
+    if !require(
+        h.is_some(),
+        test,
+        "the binary has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return None;
+    }
+    h.map(|h| (h, dir))
+}
+
+#[test]
+fn kernel_replies_equal_userspace_replies() {
+    // Test runs report loopback as the ingress device: run them in a namespace of our own.
+    let ns = Netns::new("xdpeq").expect("netns");
+    ns.run(|| {
+        let Some((mut h, _dir)) = harness("kernel_replies_equal_userspace_replies") else {
+            return;
+        };
+        let clients = [
+            Client::Plain,
+            Client::Ipxe,
+            Client::IpxeNoHttp,
+            Client::Pxe(0),
+            Client::Pxe(7),
+            Client::Pxe(9),
+            Client::Pxe(11),
+            Client::Pxe(6),
+            Client::HttpBoot(16),
+            Client::HttpBoot(19),
+        ];
+        let mut answered = 0;
+        let mut xid = 0x1000;
+        for (host, addr, giaddr) in [
+            (1u8, Ipv4Addr::new(10, 77, 0, 11), Ipv4Addr::UNSPECIFIED),
+            (2, Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::UNSPECIFIED),
+            (3, Ipv4Addr::new(10, 77, 0, 13), Ipv4Addr::UNSPECIFIED),
+            (4, Ipv4Addr::new(10, 88, 0, 20), RELAY_IP),
+        ] {
+            for client in clients {
+                for (kind, broadcast, vlan) in [
+                    (DHCPDISCOVER, true, None),
+                    (DHCPDISCOVER, false, None),
+                    (DHCPREQUEST, true, None),
+                    (DHCPREQUEST, false, Some(0x0123)),
+                ] {
+                    xid += 1;
+                    let r = Req {
+                        client,
+                        kind,
+                        mac: mac(host),
+                        broadcast,
+                        ciaddr: Ipv4Addr::UNSPECIFIED,
+                        giaddr,
+                        server_id: (kind == DHCPREQUEST).then_some(SERVER_IP),
+                        requested: (kind == DHCPREQUEST).then_some(addr),
+                        relay_info: !giaddr.is_unspecified(),
+                        xid,
+                    };
+                    let case = format!("host {host} {client:?} type {kind} broadcast {broadcast} vlan {vlan:?}");
+                    let (action, out) = h.run(&request_frame(&r, vlan)).expect("test run");
+                    assert_eq!(action, XDP_TX, "{case}: answered in the kernel");
+                    let (expect, dest) = userspace(&mut h, &r).expect("userspace replies");
+                    let got = parse_reply(&out, vlan);
+                    assert_eq!(got.payload.len(), expect.len(), "{case}: length");
+                    if got.payload != expect {
+                        let at = got
+                            .payload
+                            .iter()
+                            .zip(&expect)
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(0);
+                        panic!(
+                            "{case}: first difference at byte {at}\nkernel:    {:02x?}\nuserspace: {:02x?}",
+                            &got.payload[at.saturating_sub(8)..(at + 24).min(got.payload.len())],
+                            &expect[at.saturating_sub(8)..(at + 24).min(expect.len())]
+                        );
+                    }
+                    assert_eq!(got.src_mac, SERVER_MAC, "{case}");
+                    assert_eq!(got.src_ip, SERVER_IP, "{case}");
+                    if giaddr.is_unspecified() && !broadcast {
+                        // The one named difference: RFC 2131 unicast to yiaddr at chaddr.
+                        assert_eq!(got.dst_ip, addr, "{case}");
+                        assert_eq!(got.dst_mac, mac(host), "{case}");
+                        assert_eq!(*dest.ip(), Ipv4Addr::BROADCAST, "{case}");
+                        assert_eq!(got.dst_port, dest.port(), "{case}");
+                    } else {
+                        assert_eq!(got.dst_ip, *dest.ip(), "{case}: destination");
+                        assert_eq!(got.dst_port, dest.port(), "{case}: port");
+                        let want_mac = if giaddr.is_unspecified() {
+                            [0xff; 6]
+                        } else {
+                            [2, 0x88, 0, 0, 0, 1]
+                        };
+                        assert_eq!(got.dst_mac, want_mac, "{case}");
+                    }
+                    answered += 1;
+                }
+            }
+        }
+        // RENEWING: ciaddr set, no server id, no requested address: unicast to ciaddr.
+        let r = Req {
+            client: Client::Plain,
+            kind: DHCPREQUEST,
+            mac: mac(1),
+            broadcast: false,
+            ciaddr: Ipv4Addr::new(10, 77, 0, 11),
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            server_id: None,
+            requested: None,
+            relay_info: false,
+            xid: 77,
+        };
+        let (action, out) = h.run(&request_frame(&r, None)).expect("run");
+        assert_eq!(action, XDP_TX, "renewal answered in the kernel");
+        let (expect, dest) = userspace(&mut h, &r).expect("userspace");
+        let got = parse_reply(&out, None);
+        assert_eq!(got.payload, expect, "renewal ACK");
+        assert_eq!(got.dst_ip, *dest.ip());
+        assert_eq!(got.dst_mac, mac(1), "unicast to the renewing client");
+        answered += 1;
+
+        let events = h.events();
+        assert_eq!(events.len(), answered, "one event per answer");
+        let stats = h.stats();
+        assert_eq!(
+            stats[STAT_ANSWERED_OFFER as usize] + stats[STAT_ANSWERED_ACK as usize],
+            answered as u64
+        );
+        println!("{answered} kernel replies identical to the userspace server's");
+    })
+    .expect("namespace");
+}
+
+#[test]
+fn requests_the_kernel_does_not_own_pass_and_malformed_ones_drop() {
+    let ns = Netns::new("xdpneg").expect("netns");
+    ns.run(|| {
+        let Some((h, _dir)) =
+            harness("requests_the_kernel_does_not_own_pass_and_malformed_ones_drop")
+        else {
+            return;
+        };
+        let base = |kind: u8, m: [u8; 6]| Req {
+            client: Client::Pxe(7),
+            kind,
+            mac: m,
+            broadcast: true,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            server_id: None,
+            requested: None,
+            relay_info: false,
+            xid: 9,
+        };
+        let run = |f: Vec<u8>| h.run(&f).expect("run").0;
+        let before = h.stats();
+        // Passed, each with its reason.
+        let unknown = base(DHCPDISCOVER, [0x52, 0x54, 0, 0xee, 0xee, 1]);
+        assert_eq!(run(request_frame(&unknown, None)), XDP_PASS, "unknown MAC");
+        let mut other = base(DHCPREQUEST, mac(1));
+        other.server_id = Some(Ipv4Addr::new(10, 77, 0, 2));
+        other.requested = Some(Ipv4Addr::new(10, 77, 0, 11));
+        assert_eq!(
+            run(request_frame(&other, None)),
+            XDP_PASS,
+            "another server's offer"
+        );
+        let mut wrong = base(DHCPREQUEST, mac(1));
+        wrong.requested = Some(Ipv4Addr::new(10, 77, 0, 150));
+        assert_eq!(
+            run(request_frame(&wrong, None)),
+            XDP_PASS,
+            "INIT-REBOOT elsewhere"
+        );
+        let mut far = base(DHCPDISCOVER, mac(4));
+        far.giaddr = Ipv4Addr::UNSPECIFIED;
+        assert_eq!(
+            run(request_frame(&far, None)),
+            XDP_PASS,
+            "reservation on another subnet"
+        );
+        for kind in [DHCPRELEASE, DHCPDECLINE, DHCPINFORM] {
+            assert_eq!(
+                run(request_frame(&base(kind, mac(1)), None)),
+                XDP_PASS,
+                "type {kind}"
+            );
+        }
+        let odd = base(DHCPDISCOVER, mac(1));
+        let mut p = payload(&odd);
+        p.pop();
+        p.extend_from_slice(&[52, 1, 3, 255]); // option overload
+        let f = frame(
+            mac(1),
+            [0xff; 6],
+            (Ipv4Addr::UNSPECIFIED, 68),
+            (Ipv4Addr::BROADCAST, 67),
+            None,
+            &p,
+        );
+        assert_eq!(run(f), XDP_PASS, "option overload is userspace's");
+        let mut arch = base(DHCPDISCOVER, mac(1));
+        arch.client = Client::Pxe(0x1234);
+        assert_eq!(
+            run(request_frame(&arch, None)),
+            XDP_PASS,
+            "unknown architecture"
+        );
+
+        // Dropped, each with its reason.
+        let good = payload(&base(DHCPDISCOVER, mac(1)));
+        let send = |p: &[u8]| {
+            run(frame(
+                mac(1),
+                [0xff; 6],
+                (Ipv4Addr::UNSPECIFIED, 68),
+                (Ipv4Addr::BROADCAST, 67),
+                None,
+                p,
+            ))
+        };
+        let mut p = good.clone();
+        p[236] = 0;
+        assert_eq!(send(&p), XDP_DROP, "bad cookie");
+        let mut p = good.clone();
+        p[0] = 2;
+        assert_eq!(send(&p), XDP_DROP, "BOOTREPLY to the server port");
+        let mut p = good.clone();
+        p[28] = 1;
+        assert_eq!(send(&p), XDP_DROP, "multicast chaddr");
+        assert_eq!(send(&good[..200]), XDP_DROP, "truncated");
+        let mut p = good[..240].to_vec();
+        p.extend_from_slice(&[53, 1, 1, 60, 40, b'P']);
+        assert_eq!(send(&p), XDP_DROP, "option runs past the end");
+        let mut p = good[..240].to_vec();
+        p.extend_from_slice(&[53, 2, 1, 1, 255]);
+        assert_eq!(send(&p), XDP_DROP, "option 53 of length 2");
+        let mut p = good[..240].to_vec();
+        p.extend_from_slice(&[53, 1, DHCPOFFER, 255]);
+        assert_eq!(send(&p), XDP_DROP, "an OFFER sent to the server");
+        let mut p = good[..240].to_vec();
+        p.extend_from_slice(&[60, 3, b'a', b'b', b'c', 255]);
+        assert_eq!(send(&p), XDP_DROP, "no message type");
+
+        // Every userspace verdict agrees: what the kernel drops, userspace refuses too.
+        for bad in [&good[..200]] {
+            assert!(decode_request(bad).is_err());
+        }
+        let after = h.stats();
+        let d = |i: u32| after[i as usize] - before[i as usize];
+        assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), 1);
+        assert_eq!(d(STAT_PASSED_NOT_OURS), 3);
+        assert_eq!(d(STAT_PASSED_MESSAGE_TYPE), 3);
+        assert_eq!(d(STAT_PASSED_UNSUPPORTED), 2);
+        assert_eq!(d(STAT_DROP_BAD_COOKIE), 1);
+        assert_eq!(d(STAT_DROP_WRONG_OP), 1);
+        assert_eq!(d(STAT_DROP_BAD_HARDWARE), 1);
+        assert_eq!(d(STAT_DROP_TRUNCATED), 1);
+        assert_eq!(d(STAT_DROP_BAD_OPTION), 2);
+        assert_eq!(d(STAT_DROP_UNEXPECTED_TYPE), 1);
+        assert_eq!(d(STAT_DROP_NO_MESSAGE_TYPE), 1);
+        assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), 0);
+    })
+    .expect("namespace");
+}
