@@ -156,12 +156,32 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     );
     let (request, _) = first_http_request(&lab.server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
-    // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK).
+    // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK), and the lease
+    // table learned it from the XDP program's events: the kernel gave both answers.
     let leases = daemon.cli(&["leases"]).expect("leases");
     assert!(
         leases.contains("10.77.0.11") && leases.contains("52:54:00:b0:0f:01"),
         "{leases}"
     );
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    if require(
+        metrics.contains("ebpf=\"embedded\""),
+        t,
+        "no eBPF object: the kernel path is not checked",
+    ) {
+        let answered = |r: &str| {
+            sample(
+                &metrics,
+                "bootfabric_xdp_dhcp_packets_total",
+                &[("action", "answered"), ("reason", r)],
+            )
+            .unwrap_or(0.0)
+        };
+        assert!(
+            answered("offer") >= 1.0 && answered("ack") >= 1.0,
+            "iPXE's DHCP was not answered in the kernel:\n{metrics}"
+        );
+    }
 }
 
 /// OVMF's own UEFI PXE client (arch 7) is told the x64 bootloader, asks our TFTP server for

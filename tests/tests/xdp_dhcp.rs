@@ -13,11 +13,12 @@ use bootfabric::dhcp::{
 };
 use bootfabric_abi::dhcp::*;
 use bootfabric_lab::{
-    require, require_root,
+    have_program, http_get, require, require_root, sample, wait_for,
     xdp_harness::{checksum, frame, Harness, SERVER_MAC},
-    Netns, TempDir,
+    Bridge, Daemon, Netns, TempDir,
 };
 use dhcproto::{Encodable, Encoder};
+use std::time::Duration;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -535,44 +536,43 @@ fn requests_the_kernel_does_not_own_pass_and_malformed_ones_drop() {
             "unknown architecture"
         );
 
-        // Dropped, each with its reason.
+        // Dropped, each with its reason; the userspace decoder refuses each one too, so no
+        // request is answered by one path and refused by the other.
         let good = payload(&base(DHCPDISCOVER, mac(1)));
-        let send = |p: &[u8]| {
-            run(frame(
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = good.clone();
+            f(&mut p);
+            p
+        };
+        let opts = |tail: &[u8]| {
+            let mut p = good[..240].to_vec();
+            p.extend_from_slice(tail);
+            p
+        };
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            ("bad cookie", with(&|p| p[236] = 0)),
+            ("BOOTREPLY to the server port", with(&|p| p[0] = 2)),
+            ("multicast chaddr", with(&|p| p[28] = 1)),
+            ("truncated", good[..200].to_vec()),
+            ("option runs past the end", opts(&[53, 1, 1, 60, 40, b'P'])),
+            ("option 53 of length 2", opts(&[53, 2, 1, 1, 255])),
+            (
+                "an OFFER sent to the server",
+                opts(&[53, 1, DHCPOFFER, 255]),
+            ),
+            ("no message type", opts(&[60, 3, b'a', b'b', b'c', 255])),
+        ];
+        for (what, p) in &bad {
+            let f = frame(
                 mac(1),
                 [0xff; 6],
                 (Ipv4Addr::UNSPECIFIED, 68),
                 (Ipv4Addr::BROADCAST, 67),
                 None,
                 p,
-            ))
-        };
-        let mut p = good.clone();
-        p[236] = 0;
-        assert_eq!(send(&p), XDP_DROP, "bad cookie");
-        let mut p = good.clone();
-        p[0] = 2;
-        assert_eq!(send(&p), XDP_DROP, "BOOTREPLY to the server port");
-        let mut p = good.clone();
-        p[28] = 1;
-        assert_eq!(send(&p), XDP_DROP, "multicast chaddr");
-        assert_eq!(send(&good[..200]), XDP_DROP, "truncated");
-        let mut p = good[..240].to_vec();
-        p.extend_from_slice(&[53, 1, 1, 60, 40, b'P']);
-        assert_eq!(send(&p), XDP_DROP, "option runs past the end");
-        let mut p = good[..240].to_vec();
-        p.extend_from_slice(&[53, 2, 1, 1, 255]);
-        assert_eq!(send(&p), XDP_DROP, "option 53 of length 2");
-        let mut p = good[..240].to_vec();
-        p.extend_from_slice(&[53, 1, DHCPOFFER, 255]);
-        assert_eq!(send(&p), XDP_DROP, "an OFFER sent to the server");
-        let mut p = good[..240].to_vec();
-        p.extend_from_slice(&[60, 3, b'a', b'b', b'c', 255]);
-        assert_eq!(send(&p), XDP_DROP, "no message type");
-
-        // Every userspace verdict agrees: what the kernel drops, userspace refuses too.
-        for bad in [&good[..200]] {
-            assert!(decode_request(bad).is_err());
+            );
+            assert_eq!(run(f), XDP_DROP, "{what}");
+            assert!(decode_request(p).is_err(), "userspace accepts {what}");
         }
         let after = h.stats();
         let d = |i: u32| after[i as usize] - before[i as usize];
@@ -590,4 +590,160 @@ fn requests_the_kernel_does_not_own_pass_and_malformed_ones_drop() {
         assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), 0);
     })
     .expect("namespace");
+}
+
+/// Real clients in a namespace lab: reserved hosts get their address from the kernel (the
+/// XDP counters say so, and the lease table learned the binding from the program's events),
+/// an unknown client still gets a pool address from userspace.
+#[test]
+fn real_clients_get_reserved_addresses_from_the_kernel() {
+    let t = "real_clients_get_reserved_addresses_from_the_kernel";
+    if !require_root(t)
+        || !require(
+            have_program("udhcpc"),
+            t,
+            "udhcpc is missing (cargo xtask setup)",
+        )
+        || !require(
+            have_program("dhclient"),
+            t,
+            "dhclient is missing (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let server = Netns::new("srv").expect("netns");
+    let clients: Vec<Netns> = (0..3).map(|_| Netns::new("cli").expect("netns")).collect();
+    let mut bridge = Bridge::new().expect("bridge");
+    bridge
+        .plug(&server, "fabric0", "10.77.0.1/24")
+        .expect("plug");
+    let macs = [
+        "52:54:00:b0:0f:01",
+        "52:54:00:b0:0f:02",
+        "52:54:00:ee:ee:03",
+    ];
+    for (i, ns) in clients.iter().enumerate() {
+        bridge.plug(ns, "c0", "").expect("plug");
+        ns.ip(&["link", "set", "c0", "address", macs[i]])
+            .expect("mac");
+    }
+    let daemon = Daemon::start(&server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let (_, m) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
+    if !require(
+        m.contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let dir = TempDir::new().expect("dir");
+    let out = |n: usize| dir.path.join(format!("events{n}"));
+    let script = |n: usize| {
+        let p = dir.path.join(format!("script{n}.sh"));
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\ncase \"$1$reason\" in bound*|*BOUND) echo \"ip=$ip$new_ip_address host=$hostname$new_host_name\" >> {} ;; esac\nexit 0\n",
+                out(n).display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        p
+    };
+    let mut children = Vec::new();
+    for n in [0usize, 2] {
+        children.push(Kill(
+            clients[n]
+                .command("udhcpc")
+                .args(["-f", "-q", "-i", "c0", "-t", "10", "-T", "2", "-s"])
+                .arg(script(n))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("udhcpc"),
+        ));
+    }
+    let leases = dir.path.join("dhclient.leases");
+    let mut dhclient = clients[1].command("dhclient");
+    dhclient
+        .args(["-4", "-1", "-sf"])
+        .arg(script(1))
+        .arg("-lf")
+        .arg(&leases)
+        .arg("-pf")
+        .arg(dir.path.join("dhclient.pid"))
+        .arg("c0");
+    bootfabric_lab::run(&mut dhclient).expect("dhclient gets a lease");
+    let got = |n: usize| {
+        wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(out(n))
+                .ok()
+                .filter(|s| s.contains("ip="))
+        })
+        .unwrap_or_else(|| panic!("client {n} got no lease\n{}", daemon.log()))
+    };
+    assert!(got(0).contains("ip=10.77.0.11 host=node01"), "{}", got(0));
+    assert!(got(1).contains("ip=10.77.0.12 "), "{}", got(1));
+    assert!(
+        got(2).contains("ip=10.77.0.100 "),
+        "pool address: {}",
+        got(2)
+    );
+    if let Ok(pid) = std::fs::read_to_string(dir.path.join("dhclient.pid")) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+
+    let (_, m) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
+    let xdp = |action: &str, reason: &str| {
+        sample(
+            &m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", action), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(xdp("answered", "offer") >= 2.0, "{m}");
+    assert!(xdp("answered", "ack") >= 2.0, "{m}");
+    assert!(xdp("passed", "unknown_host") >= 2.0, "{m}");
+    let userspace = |kind: &str| {
+        sample(
+            &m,
+            "bootfabric_dhcp_packets_total",
+            &[("type", kind), ("outcome", "ack")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        userspace("request"),
+        1.0,
+        "only the unknown client's REQUEST reached userspace\n{m}"
+    );
+    // The kernel's ACKs reached the lease table (and the journal) through the ring buffer.
+    let listed = wait_for(Duration::from_secs(10), || {
+        let l = daemon.cli(&["leases"]).ok()?;
+        (l.contains("10.77.0.11") && l.contains("10.77.0.12")).then_some(l)
+    });
+    assert!(listed.is_some(), "{:?}", daemon.cli(&["leases"]));
+    let timeline = http_get(&server, daemon.admin, "/api/timeline?mac=52:54:00:b0:0f:01")
+        .expect("timeline")
+        .1;
+    assert!(
+        timeline.contains("dhcp_offer") && timeline.contains("dhcp_ack"),
+        "{timeline}"
+    );
+}
+
+/// Kills a client by PID when the test ends, also on failure.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

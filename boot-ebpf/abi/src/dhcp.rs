@@ -199,13 +199,13 @@ pub const LENGTH_RULES: [u8; 256] = {
 pub fn rule_ok(rule: u8, len: usize) -> bool {
     match rule {
         rule::ANY => true,
-        r if r >= rule::EXACT && r <= rule::EXACT + 4 => len == (r - rule::EXACT) as usize,
+        r if (rule::EXACT..=rule::EXACT + 4).contains(&r) => len == (r - rule::EXACT) as usize,
         rule::AT_LEAST_1 => len >= 1,
         rule::AT_LEAST_3 => len >= 3,
-        rule::MULTIPLE_OF_2 => len % 2 == 0,
-        rule::MULTIPLE_OF_4 => len % 4 == 0,
-        rule::MULTIPLE_OF_8 => len % 8 == 0,
-        rule::ARCH_LIST => len >= 2 && len % 2 == 0,
+        rule::MULTIPLE_OF_2 => len.is_multiple_of(2),
+        rule::MULTIPLE_OF_4 => len.is_multiple_of(4),
+        rule::MULTIPLE_OF_8 => len.is_multiple_of(8),
+        rule::ARCH_LIST => len >= 2 && len.is_multiple_of(2),
         _ => false,
     }
 }

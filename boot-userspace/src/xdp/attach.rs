@@ -55,14 +55,69 @@ impl AttachTarget for AyaXdp<'_> {
     }
 }
 
+/// The kernel driver behind `iface` (`ETHTOOL_GDRVINFO`), e.g. `veth`, `mlx5_core`.
+pub fn driver_of(iface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    let name = iface.as_bytes();
+    if name.len() >= 16 {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 160],
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name);
+    // SAFETY: a datagram socket for the ioctl, closed below; `req` and `info` outlive the
+    // call and have the layout the kernel expects.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        libc::close(fd);
+        if rc != 0 {
+            return None;
+        }
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Attaches per `setting`: `auto` goes native → generic → none, the others insist.
+///
+/// `tx_needs_peer` (a veth in auto mode while the program answers with XDP_TX): native
+/// XDP_TX on a veth delivers only when its peer has GRO or an XDP program, which this
+/// daemon cannot see from its namespace, so `auto` starts with generic mode there, whose
+/// XDP_TX always delivers. `xdp.mode = "native"` still forces native.
 pub fn attach_with_fallback(
     target: &mut impl AttachTarget,
     iface: &str,
     setting: XdpModeSetting,
+    tx_needs_peer: bool,
 ) -> Result<AttachedMode, XdpError> {
     let order: &[AttachedMode] = match setting {
         XdpModeSetting::Off => return Ok(AttachedMode::None),
+        XdpModeSetting::Auto if tx_needs_peer => &[AttachedMode::Generic, AttachedMode::Native],
         XdpModeSetting::Auto => &[AttachedMode::Native, AttachedMode::Generic],
         XdpModeSetting::Native => &[AttachedMode::Native],
         XdpModeSetting::Generic => &[AttachedMode::Generic],
@@ -126,7 +181,7 @@ mod tests {
             accepts: accepts.to_vec(),
             tried: vec![],
         };
-        let r = attach_with_fallback(&mut f, "fabric0", setting).map_err(|e| e.to_string());
+        let r = attach_with_fallback(&mut f, "fabric0", setting, false).map_err(|e| e.to_string());
         (r, f.tried)
     }
 
@@ -165,6 +220,22 @@ mod tests {
             run(&[Native, Generic], XdpModeSetting::Generic),
             (Ok(Generic), vec![Generic])
         );
+    }
+
+    #[test]
+    fn auto_starts_generic_where_native_tx_depends_on_the_peer() {
+        let mut f = Fake {
+            accepts: vec![Native, Generic],
+            tried: vec![],
+        };
+        let r = attach_with_fallback(&mut f, "veth0", XdpModeSetting::Auto, true);
+        assert_eq!(r.ok(), Some(Generic));
+        let mut f = Fake {
+            accepts: vec![Native, Generic],
+            tried: vec![],
+        };
+        let r = attach_with_fallback(&mut f, "veth0", XdpModeSetting::Native, true);
+        assert_eq!(r.ok(), Some(Native));
     }
 
     #[test]

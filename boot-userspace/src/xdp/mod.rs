@@ -148,9 +148,11 @@ impl Dataplane {
                             })
                         }
                     };
+                    let answers = dhcp_path(config) == DHCP_PATH_ANSWER;
                     for (name, mode) in dp.modes.iter_mut() {
                         let mut target = attach::AyaXdp { program };
-                        *mode = attach_with_fallback(&mut target, name, config.xdp_mode)?;
+                        let veth = answers && attach::driver_of(name).as_deref() == Some("veth");
+                        *mode = attach_with_fallback(&mut target, name, config.xdp_mode, veth)?;
                         any |= *mode != AttachedMode::None;
                     }
                     match stats::XdpStats::new(&mut ebpf, ifindexes) {
