@@ -123,6 +123,18 @@ impl Harness {
         }))
     }
 
+    /// Rewrites the program's parameters (the shield's rates, say).
+    pub fn configure(&mut self, cfg: ClassifyConfig) -> Result<(), HarnessError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_CLASSIFY_CONFIG)
+            .ok_or_else(|| HarnessError("no config map".into()))?;
+        let mut arr: Array<_, ClassifyConfig> =
+            Array::try_from(map).map_err(|e| err("config map")(e.to_string()))?;
+        arr.set(0, cfg, 0)
+            .map_err(|e| err("config map")(e.to_string()))
+    }
+
     fn program(&self) -> &Xdp {
         #[expect(clippy::expect_used, reason = "checked in new")]
         let p: &Xdp = self

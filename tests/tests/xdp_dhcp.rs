@@ -113,6 +113,7 @@ enum Client {
     HttpBoot(u16),
 }
 
+#[derive(Clone, Copy)]
 struct Req {
     client: Client,
     kind: u8,
@@ -746,4 +747,194 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The shield: a flood from one unknown client, and one through a relay, reach userspace
+/// only at the configured rates (bursts of twice the rate); the rest dies in XDP, counted.
+#[test]
+fn floods_are_stopped_in_the_kernel() {
+    let ns = Netns::new("xdpflood").expect("netns");
+    ns.run(|| {
+        let Some((mut h, _dir)) = harness("floods_are_stopped_in_the_kernel") else {
+            return;
+        };
+        let (client_interval_ns, client_burst_ns) = bootfabric::xdp::gcra(10);
+        let (relay_interval_ns, relay_burst_ns) = bootfabric::xdp::gcra(50);
+        h.configure(bootfabric_abi::ClassifyConfig {
+            dhcp_fast_path: bootfabric_abi::DHCP_PATH_ANSWER,
+            client_interval_ns,
+            client_burst_ns,
+            relay_interval_ns,
+            relay_burst_ns,
+            ..Default::default()
+        })
+        .expect("configure");
+        let before = h.stats();
+        let one = Req {
+            client: Client::Plain,
+            kind: DHCPDISCOVER,
+            mac: [0x52, 0x54, 0, 0xee, 0, 1],
+            broadcast: true,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            server_id: None,
+            requested: None,
+            relay_info: false,
+            xid: 1,
+        };
+        let f = request_frame(&one, None);
+        let mut passed = 0;
+        for _ in 0..200 {
+            if h.run(&f).expect("run").0 == XDP_PASS {
+                passed += 1;
+            }
+        }
+        // 2 x 10 in the burst, plus what refills while the loop runs (well under a second).
+        assert!((20..=25).contains(&passed), "{passed} of 200 passed");
+        // Many clients behind one relay: each client is within its own rate, the relay not.
+        let mut relayed = 0;
+        for n in 0..400u32 {
+            let r = Req {
+                mac: [0x52, 0x54, 0, 0xdd, (n >> 8) as u8, n as u8],
+                giaddr: RELAY_IP,
+                relay_info: true,
+                ..one
+            };
+            if h.run(&request_frame(&r, None)).expect("run").0 == XDP_PASS {
+                relayed += 1;
+            }
+        }
+        assert!((100..=110).contains(&relayed), "{relayed} of 400 relayed passed");
+        // A reserved host is still answered in the kernel during the flood.
+        let known = Req {
+            mac: mac(1),
+            ..one
+        };
+        assert_eq!(h.run(&request_frame(&known, None)).expect("run").0, XDP_TX);
+        let after = h.stats();
+        let d = |i: u32| after[i as usize] - before[i as usize];
+        assert_eq!(d(STAT_DROP_RATE_LIMITED_CLIENT), 200 - passed);
+        assert_eq!(d(STAT_DROP_RATE_LIMITED_RELAY), 400 - relayed);
+        assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), passed + relayed);
+    })
+    .expect("namespace");
+}
+
+/// SIGHUP re-reads the inventory: a host added to it is answered by the kernel from then
+/// on, with its new reservation, and a host removed from it goes back to userspace.
+#[test]
+fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
+    let t = "reload_keeps_the_kernel_maps_in_step_with_the_inventory";
+    if !require_root(t) || !require(have_program("udhcpc"), t, "udhcpc is missing") {
+        return;
+    }
+    let lab = bootfabric_lab::PairLab::unaddressed_client("c0").expect("lab");
+    lab.client
+        .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:05"])
+        .expect("mac");
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let metrics = || http_get(&lab.server, daemon.admin, "/metrics").expect("metrics").1;
+    if !require(
+        metrics().contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let dir = TempDir::new().expect("dir");
+    let lease = |n: u32| {
+        let out = dir.path.join(format!("ev{n}"));
+        let script = dir.path.join(format!("s{n}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip\" >> {}\nexit 0\n",
+                out.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let _c = Kill(
+            lab.client
+                .command("udhcpc")
+                .args(["-f", "-q", "-i", "c0", "-t", "10", "-T", "2", "-s"])
+                .arg(&script)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("udhcpc"),
+        );
+        wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(&out).ok().filter(|s| s.contains("ip="))
+        })
+        .unwrap_or_else(|| panic!("no lease\n{}", daemon.log()))
+    };
+    let answered = |m: &str| {
+        sample(
+            m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", "answered"), ("reason", "ack")],
+        )
+        .unwrap_or(0.0)
+    };
+    // Not in the inventory yet: a pool address, from userspace.
+    assert!(lease(1).contains("ip=10.77.0.100"), "{}", daemon.log());
+    assert_eq!(answered(&metrics()), 0.0);
+
+    let hosts = daemon.config_path().with_file_name("hosts.toml");
+    let added = format!(
+        "{INVENTORY}\n[[hosts]]\nname = \"node05\"\nmac = \"52:54:00:b0:0f:05\"\nip = \"10.77.0.15\"\nprofile = \"installer\"\n"
+    );
+    std::fs::write(&hosts, &added).expect("inventory");
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.pid() as i32),
+            nix::sys::signal::SIGHUP,
+        )
+        .expect("SIGHUP")
+    };
+    hup();
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("fast path resynced")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    assert!(lease(2).contains("ip=10.77.0.15"), "{}", daemon.log());
+    assert!(answered(&metrics()) >= 1.0, "answered in the kernel after the reload");
+
+    // A config that does not load is refused whole: the running one stays.
+    std::fs::write(&hosts, "[[hosts]]\nname = 5\n").expect("inventory");
+    hup();
+    assert!(
+        wait_for(Duration::from_secs(10), || daemon
+            .log()
+            .contains("config not reloaded")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    // Removed again: back to userspace, which no longer reserves 10.77.0.15 for it.
+    std::fs::write(&hosts, INVENTORY).expect("inventory");
+    hup();
+    let before = answered(&metrics());
+    assert!(
+        wait_for(Duration::from_secs(10), || (daemon
+            .log()
+            .matches("fast path resynced")
+            .count()
+            >= 2)
+        .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let third = lease(3);
+    assert!(!third.contains("ip=10.77.0.15"), "{third}");
+    assert_eq!(answered(&metrics()), before, "no kernel answer for a removed host");
 }

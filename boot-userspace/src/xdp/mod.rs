@@ -249,7 +249,7 @@ fn dhcp_path(config: &Config) -> u32 {
 
 /// GCRA parameters for `rate` packets per second with bursts of `2 * rate` (the userspace
 /// limiter's shape): emission interval and burst tolerance, in nanoseconds.
-fn gcra(rate: u32) -> (u64, u64) {
+pub fn gcra(rate: u32) -> (u64, u64) {
     let rate = u64::from(rate.max(1));
     let interval = 1_000_000_000 / rate;
     (interval, interval * (2 * rate - 1))
