@@ -201,6 +201,34 @@ impl Harness {
     }
 }
 
+/// A BOOTREQUEST of message type `kind` from `mac` with the given options (53 and the end
+/// option are added), relayed through `giaddr` unless it is unspecified.
+pub fn request(
+    kind: u8,
+    mac: [u8; 6],
+    xid: u32,
+    giaddr: Ipv4Addr,
+    options: &[(u8, &[u8])],
+) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[10] = 0x80;
+    p[24..28].copy_from_slice(&giaddr.octets());
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, kind]);
+    for (code, v) in options {
+        p.push(*code);
+        p.push(v.len() as u8);
+        p.extend_from_slice(v);
+    }
+    p.push(255);
+    p
+}
+
 /// Ethernet + IPv4 + UDP around `payload`, with an optional 802.1Q tag.
 pub fn frame(
     src_mac: [u8; 6],

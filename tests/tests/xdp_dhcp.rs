@@ -804,12 +804,12 @@ fn floods_are_stopped_in_the_kernel() {
                 relayed += 1;
             }
         }
-        assert!((100..=110).contains(&relayed), "{relayed} of 400 relayed passed");
+        assert!(
+            (100..=110).contains(&relayed),
+            "{relayed} of 400 relayed passed"
+        );
         // A reserved host is still answered in the kernel during the flood.
-        let known = Req {
-            mac: mac(1),
-            ..one
-        };
+        let known = Req { mac: mac(1), ..one };
         assert_eq!(h.run(&request_frame(&known, None)).expect("run").0, XDP_TX);
         let after = h.stats();
         let d = |i: u32| after[i as usize] - before[i as usize];
@@ -833,7 +833,11 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:05"])
         .expect("mac");
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    let metrics = || http_get(&lab.server, daemon.admin, "/metrics").expect("metrics").1;
+    let metrics = || {
+        http_get(&lab.server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
     if !require(
         metrics().contains("ebpf=\"embedded\""),
         t,
@@ -866,7 +870,9 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
                 .expect("udhcpc"),
         );
         wait_for(Duration::from_secs(30), || {
-            std::fs::read_to_string(&out).ok().filter(|s| s.contains("ip="))
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("ip="))
         })
         .unwrap_or_else(|| panic!("no lease\n{}", daemon.log()))
     };
@@ -905,7 +911,10 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         daemon.log()
     );
     assert!(lease(2).contains("ip=10.77.0.15"), "{}", daemon.log());
-    assert!(answered(&metrics()) >= 1.0, "answered in the kernel after the reload");
+    assert!(
+        answered(&metrics()) >= 1.0,
+        "answered in the kernel after the reload"
+    );
 
     // A config that does not load is refused whole: the running one stays.
     std::fs::write(&hosts, "[[hosts]]\nname = 5\n").expect("inventory");
@@ -929,12 +938,16 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
             .matches("fast path resynced")
             .count()
             >= 2)
-        .then_some(()))
+            .then_some(()))
         .is_some(),
         "{}",
         daemon.log()
     );
     let third = lease(3);
     assert!(!third.contains("ip=10.77.0.15"), "{third}");
-    assert_eq!(answered(&metrics()), before, "no kernel answer for a removed host");
+    assert_eq!(
+        answered(&metrics()),
+        before,
+        "no kernel answer for a removed host"
+    );
 }

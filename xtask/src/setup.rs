@@ -30,6 +30,7 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "iproute2",
             "iptables",
             "bpftool",
+            "ethtool",
             "tcpdump",
             "tshark",
             "python3-scapy",

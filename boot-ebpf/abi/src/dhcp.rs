@@ -8,8 +8,6 @@
 
 /// Hash map [`MacKey`] → [`HostEntry`]: the reserved hosts the kernel answers.
 pub const MAP_HOSTS: &str = "DHCP_HOSTS";
-/// Hash map ifindex (`u32`) → [`IfaceEntry`].
-pub const MAP_IFACES: &str = "DHCP_IFACES";
 /// Hash map [`TemplateKey`] → [`Template`].
 pub const MAP_TEMPLATES: &str = "DHCP_TEMPLATES";
 /// Ring buffer of [`Event`]s, one per answered request.
@@ -21,8 +19,6 @@ pub const MAP_BUCKETS: &str = "DHCP_BUCKETS";
 
 /// Most reserved hosts the kernel answers; the rest are served from userspace.
 pub const HOSTS_MAX_ENTRIES: u32 = 65_536;
-/// Most interfaces.
-pub const IFACES_MAX_ENTRIES: u32 = 64;
 /// Most templates (interfaces × host groups × variants).
 pub const TEMPLATES_MAX_ENTRIES: u32 = 16_384;
 /// Clients and relays the rate limiter tracks at once; the least recently seen go first.
@@ -289,11 +285,12 @@ pub struct HostEntry {
     pub group: u32,
     /// Bytes of `hostname_opt` in use (0 when the reply carries no option 12).
     pub hostname_len: u32,
-    /// Option 12 as it goes on the wire: code, length, name.
-    pub hostname_opt: [u8; 68],
+    /// Option 12 as it goes on the wire: code, length, name (room for the program's
+    /// eight-byte copies past the longest).
+    pub hostname_opt: [u8; 72],
 }
 
-/// Value of [`MAP_IFACES`]: what the program needs to answer on one interface.
+/// What the program needs to know about the interface a template answers on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfaceEntry {
@@ -339,6 +336,8 @@ pub struct Template {
     pub uuid_at: u16,
     /// Explicit padding.
     pub _pad: u16,
+    /// The interface the template answers on (its [`TemplateKey::ifindex`]).
+    pub iface: IfaceEntry,
     /// The options, sorted by code as the userspace encoder writes them.
     pub opts: [u8; TEMPLATE_OPTS_BUF],
 }

@@ -28,10 +28,6 @@ use crate::parse::Udp4;
 #[map(name = "DHCP_HOSTS")]
 static DHCP_HOSTS: HashMap<MacKey, HostEntry> = HashMap::with_max_entries(HOSTS_MAX_ENTRIES, 0);
 
-/// Per-interface parameters.
-#[map(name = "DHCP_IFACES")]
-static DHCP_IFACES: HashMap<u32, IfaceEntry> = HashMap::with_max_entries(IFACES_MAX_ENTRIES, 0);
-
 /// Reply templates.
 #[map(name = "DHCP_TEMPLATES")]
 static DHCP_TEMPLATES: HashMap<TemplateKey, Template> =
@@ -54,6 +50,10 @@ static DHCP_BUCKETS: LruHashMap<BucketKey, u64> =
 const REQ_MASK: usize = REQUEST_MAX - 1;
 /// Longest reply frame the program writes (Ethernet, one tag, IPv4, UDP, payload).
 const REPLY_FRAME_MAX: usize = 18 + 20 + 8 + 1024;
+/// Where the BOOTP header starts in `Scratch::frame` (after at most 46 header bytes).
+const FRAME_BOOTP: usize = 48;
+/// Size of `Scratch::frame`: any masked offset plus a masked copy stays inside.
+const FRAME_BUF: usize = 4096;
 /// Option walk bound: enough for any request of `REQUEST_MAX` bytes without runs of pads.
 const MAX_OPTIONS: u32 = 64;
 
@@ -63,14 +63,9 @@ pub struct Scratch {
     /// The request's UDP payload; twice `REQUEST_MAX` so masked offset plus masked length
     /// stays inside.
     req: [u8; 2 * REQUEST_MAX],
-    /// Ethernet, IPv4 and UDP headers of the reply, assembled before they are stored.
-    head: [u8; 64],
-    /// BOOTP header bytes 4..34 of the reply.
-    patch: [u8; 32],
-    /// The end option followed by zeros: the reply's tail and padding.
-    tail: [u8; 128],
-    /// The written UDP datagram read back for the checksum (plus slack for rounding).
-    sum: [u8; 2048],
+    /// The reply frame, assembled here and stored in one call: headers ending at
+    /// `FRAME_BOOTP`, then the BOOTP header, options, end option and padding.
+    frame: [u8; FRAME_BUF],
     /// Where the options the fast path reads start, by `slot::*`.
     slots: [u32; 16],
 }
@@ -227,9 +222,12 @@ extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// (only runs of pad bytes can cause that).
 #[inline(always)]
 fn walk(req: &[u8; 2 * REQUEST_MAX], slots: &mut [u32; 16], len: usize) -> Result<Opts, u32> {
+    // Volatile, so the compiler cannot turn this into a call to a byte-wise memset (which
+    // the kernel would run as a 64-round loop).
     let mut k = 0;
     while k < 16 {
-        slots[k] = 0;
+        // SAFETY: k < 16, inside `slots`.
+        unsafe { core::ptr::write_volatile(slots.as_mut_ptr().add(k), 0) };
         k += 1;
     }
     let mut w = Walk {
@@ -464,50 +462,9 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     };
     // SAFETY: a map value, read-only here.
     let host = unsafe { &*host };
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let Some(iface) = DHCP_IFACES.get_ptr(&ifindex) else {
-        return Step::Shield(STAT_PASSED_UNSUPPORTED);
-    };
-    // SAFETY: as above.
-    let iface = unsafe { &*iface };
     if o.overload || udp.l4 - udp.l3 != 20 {
         return Step::Shield(STAT_PASSED_UNSUPPORTED);
     }
-
-    // The subnet, as the userspace server picks it: by giaddr when relayed, else the
-    // interface's own.
-    let on_subnet = if giaddr != [0; 4] {
-        let mut k = 0;
-        let mut ok = true;
-        while k < 4 {
-            ok &= giaddr[k] & host.mask[k] == host.net[k];
-            k += 1;
-        }
-        ok
-    } else {
-        iface.subnet == host.subnet
-    };
-    if !on_subnet {
-        return Step::Shield(STAT_PASSED_NOT_OURS);
-    }
-    let ciaddr = ip_at(req, 12);
-    let kind = if o.msg_type == DHCPDISCOVER {
-        DHCPOFFER
-    } else {
-        if o.server_id != 0 && ip_at(req, o.server_id as usize + 2) != iface.server_ip {
-            return Step::Shield(STAT_PASSED_NOT_OURS);
-        }
-        let asked = if o.requested != 0 {
-            ip_at(req, o.requested as usize + 2)
-        } else {
-            ciaddr
-        };
-        if asked != host.ip {
-            return Step::Shield(STAT_PASSED_NOT_OURS);
-        }
-        DHCPACK
-    };
-
     // The template variant, as the policy classifies the client.
     let arch = if o.arch != 0 {
         if at(req, o.arch as usize + 1) != 2 {
@@ -538,8 +495,13 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     ) else {
         return Step::Shield(STAT_PASSED_UNSUPPORTED);
     };
+    let kind = if o.msg_type == DHCPDISCOVER {
+        DHCPOFFER
+    } else {
+        DHCPACK
+    };
     let key = TemplateKey {
-        ifindex,
+        ifindex: ctx.ingress_ifindex() as u32,
         group: host.group,
         arch,
         kind,
@@ -550,9 +512,42 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     };
     // SAFETY: as above.
     let t = unsafe { &*t };
+    // The interface's parameters travel in the template: one lookup fewer per packet.
+    let iface = &t.iface;
+
+    // The subnet, as the userspace server picks it: by giaddr when relayed, else the
+    // interface's own.
+    let on_subnet = if giaddr != [0; 4] {
+        let mut k = 0;
+        let mut ok = true;
+        while k < 4 {
+            ok &= giaddr[k] & host.mask[k] == host.net[k];
+            k += 1;
+        }
+        ok
+    } else {
+        iface.subnet == host.subnet
+    };
+    if !on_subnet {
+        return Step::Shield(STAT_PASSED_NOT_OURS);
+    }
+    let ciaddr = ip_at(req, 12);
+    if kind == DHCPACK {
+        if o.server_id != 0 && ip_at(req, o.server_id as usize + 2) != iface.server_ip {
+            return Step::Shield(STAT_PASSED_NOT_OURS);
+        }
+        let asked = if o.requested != 0 {
+            ip_at(req, o.requested as usize + 2)
+        } else {
+            ciaddr
+        };
+        if asked != host.ip {
+            return Step::Shield(STAT_PASSED_NOT_OURS);
+        }
+    }
 
     let xid = [at(req, 4), at(req, 5), at(req, 6), at(req, 7)];
-    match reply(ctx, udp, s, t, host, iface, &o, kind, mac, frame_len) {
+    match reply(ctx, udp, s, t, host, &o, kind, mac, frame_len) {
         Ok(()) => {}
         Err(()) => return Step::Pass(STAT_PASSED_TX_FAILED),
     }
@@ -564,7 +559,7 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     match DHCP_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             e.write(Event {
-                ifindex,
+                ifindex: ctx.ingress_ifindex() as u32,
                 xid,
                 mac,
                 kind,
@@ -643,12 +638,12 @@ fn reply(
     s: &mut Scratch,
     t: &Template,
     host: &HostEntry,
-    iface: &IfaceEntry,
     o: &Opts,
     kind: u8,
     mac: [u8; 6],
     frame_len: usize,
 ) -> Result<(), ()> {
+    let iface = &t.iface;
     let req = &s.req;
     let (uuid_off, uuid_len) = opt_segment(req, o.uuid as usize);
     let (relay_off, relay_len) = opt_segment(req, o.relay as usize);
@@ -672,7 +667,7 @@ fn reply(
     let l2 = udp.l3;
     let l4 = l2 + 20;
     let new_len = l4 + 8 + payload;
-    if new_len > REPLY_FRAME_MAX || pad > s.tail.len() {
+    if new_len > REPLY_FRAME_MAX || pad > 64 {
         return Err(());
     }
 
@@ -696,46 +691,51 @@ fn reply(
         (mac, host.ip, 68)
     };
 
-    // Headers and BOOTP header, assembled in scratch.
-    let h = &mut s.head;
+    // Headers and BOOTP header, assembled in scratch so they leave in one store: the BOOTP
+    // header sits at FRAME_BOOTP and the headers end right before it.
+    let b = l2 + 28;
+    let start = (FRAME_BOOTP - b) & 0x7;
+    let h = &mut s.frame;
+    let mut put = |off: usize, v: u8| h[(start + off) & 0x3f] = v;
+    let mut k = 0;
+    while k < 6 {
+        put(k, dst_mac[k]);
+        put(6 + k, iface.mac[k]);
+        k += 1;
+    }
     if l2 == 18 {
         // SAFETY: l2 == 18 means parse found a tag, so the frame has 18 bytes.
         if data + 18 > ctx.data_end() {
             return Err(());
         }
         let tag: [u8; 4] = unsafe { *((data + 12) as *const [u8; 4]) };
-        h[12..16].copy_from_slice(&tag);
-        h[16] = 0x08;
-        h[17] = 0x00;
-    } else {
-        h[12] = 0x08;
-        h[13] = 0x00;
-    }
-    h[0..6].copy_from_slice(&dst_mac);
-    h[6..12].copy_from_slice(&iface.mac);
-    let ip = l2 & 0x1f;
-    let total = (20 + 8 + payload) as u16;
-    {
-        let tl = total.to_be_bytes();
-        let src = iface.server_ip;
-        let v = [
-            0x45, 0, tl[0], tl[1], 0, 0, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3],
-            dst_ip[0], dst_ip[1], dst_ip[2], dst_ip[3],
-        ];
-        let mut sum = 0u64;
         let mut k = 0;
-        while k < 20 {
-            h[(ip + k) & 0x3f] = v[k];
-            if k % 2 == 0 {
-                sum += word(v[k], v[k + 1]);
-            }
+        while k < 4 {
+            put(12 + k, tag[k]);
             k += 1;
         }
-        let c = (!fold(sum)).to_le_bytes();
-        h[(ip + 10) & 0x3f] = c[0];
-        h[(ip + 11) & 0x3f] = c[1];
     }
-    let u = (ip + 20) & 0x3f;
+    put(l2 - 2, 0x08);
+    put(l2 - 1, 0x00);
+    let total = (20 + 8 + payload) as u16;
+    let tl = total.to_be_bytes();
+    let src = iface.server_ip;
+    let ip_head = [
+        0x45, 0, tl[0], tl[1], 0, 0, 0, 0, 64, 17, 0, 0, src[0], src[1], src[2], src[3], dst_ip[0],
+        dst_ip[1], dst_ip[2], dst_ip[3],
+    ];
+    let mut sum = 0u64;
+    let mut k = 0;
+    while k < 20 {
+        put(l2 + k, ip_head[k]);
+        if k % 2 == 0 {
+            sum += word(ip_head[k], ip_head[k + 1]);
+        }
+        k += 1;
+    }
+    let c = (!fold(sum)).to_le_bytes();
+    put(l2 + 10, c[0]);
+    put(l2 + 11, c[1]);
     let ul = ((8 + payload) as u16).to_be_bytes();
     let ports = [
         0,
@@ -749,109 +749,101 @@ fn reply(
     ];
     let mut k = 0;
     while k < 8 {
-        h[(u + k) & 0x3f] = ports[k];
+        put(l2 + 20 + k, ports[k]);
         k += 1;
     }
-    let b = u + 8;
-    // BOOTP bytes 4..34 (xid through chaddr), patched over the template's header; they go
-    // right after the UDP header in `head`.
-    let p = &mut s.patch;
+    // The template's BOOTP header, then the per-request fields over it: xid, secs, flags,
+    // ciaddr (ACK only), yiaddr, giaddr and chaddr. siaddr, sname and file stay the template's.
+    // Eight bytes at a time: a plain copy of this size becomes a call to memcpy, which the
+    // kernel runs byte by byte.
+    let mut k = 0;
+    while k < BOOTP_HEADER_LEN / 8 {
+        // SAFETY: k < 30, so both eight-byte accesses stay inside the two buffers.
+        unsafe {
+            let v = core::ptr::read_unaligned(t.header.as_ptr().add(8 * k) as *const u64);
+            core::ptr::write_unaligned(h.as_mut_ptr().add(FRAME_BOOTP + 8 * k) as *mut u64, v);
+        }
+        k += 1;
+    }
+    let bootp = &mut h[FRAME_BOOTP..FRAME_BOOTP + 34];
     let mut k = 0;
     while k < 4 {
-        p[k] = at(req, 4 + k); // xid
-        p[8 + k] = if kind == DHCPACK { ciaddr[k] } else { 0 };
-        p[12 + k] = host.ip[k]; // yiaddr
-        p[16 + k] = t.header[20 + k]; // siaddr, the template's
-        p[20 + k] = giaddr[k];
+        bootp[4 + k] = at(req, 4 + k);
+        bootp[12 + k] = if kind == DHCPACK { ciaddr[k] } else { 0 };
+        bootp[16 + k] = host.ip[k];
+        bootp[24 + k] = giaddr[k];
         k += 1;
     }
-    p[4] = 0; // secs
-    p[5] = 0;
-    p[6] = at(req, 10); // flags
-    p[7] = at(req, 11);
+    bootp[8] = 0;
+    bootp[9] = 0;
+    bootp[10] = at(req, 10);
+    bootp[11] = at(req, 11);
     let mut k = 0;
     while k < 6 {
-        p[24 + k] = mac[k];
+        bootp[28 + k] = mac[k];
         k += 1;
     }
 
-    // Size the frame, then write it.
-    let delta = new_len as i32 - frame_len as i32;
-    if delta != 0 {
-        // SAFETY: the context is the program's own.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-            return Err(());
-        }
-    }
-    store::<64>(ctx, 0, s.head.as_ptr(), b)?;
-    store::<BOOTP_HEADER_LEN>(ctx, b, t.header.as_ptr(), BOOTP_HEADER_LEN)?;
-    store::<32>(ctx, b + 4, s.patch.as_ptr(), 30)?;
-    let mut off = b + BOOTP_HEADER_LEN;
-    store::<511>(ctx, off, t.opts.as_ptr(), hostname_at)?;
+    // The options, in the userspace encoder's order: the template's up to option 12, the
+    // host's 12, the template's up to 97, the client's 97, the rest of the template's, the
+    // relay's 82; then the end option and zero padding.
+    let mut off = FRAME_BOOTP + BOOTP_HEADER_LEN;
+    copy::<511>(&mut s.frame, off, t.opts.as_ptr(), hostname_at);
     off += hostname_at;
-    store::<HOSTNAME_OPT_MAX>(ctx, off, host.hostname_opt.as_ptr(), name_len)?;
+    copy::<HOSTNAME_OPT_MAX>(&mut s.frame, off, host.hostname_opt.as_ptr(), name_len);
     off += name_len;
-    // SAFETY (pointer offsets below): masked offsets stay inside buffers sized for them.
-    store::<511>(
-        ctx,
+    // SAFETY (source offsets below): masked offsets stay inside buffers sized for them.
+    copy::<511>(
+        &mut s.frame,
         off,
         unsafe { t.opts.as_ptr().add(hostname_at) },
         uuid_at - hostname_at,
-    )?;
+    );
     off += uuid_at - hostname_at;
-    store::<511>(
-        ctx,
+    copy::<511>(
+        &mut s.frame,
         off,
         unsafe { s.req.as_ptr().add(uuid_off & REQ_MASK) },
         uuid_len,
-    )?;
+    );
     off += uuid_len;
-    store::<511>(
-        ctx,
+    copy::<511>(
+        &mut s.frame,
         off,
         unsafe { t.opts.as_ptr().add(uuid_at) },
         opts_len - uuid_at,
-    )?;
+    );
     off += opts_len - uuid_at;
-    store::<511>(
-        ctx,
+    copy::<511>(
+        &mut s.frame,
         off,
         unsafe { s.req.as_ptr().add(relay_off & REQ_MASK) },
         relay_len,
-    )?;
+    );
     off += relay_len;
-    s.tail[0] = 255;
-    let pad = core::hint::black_box(pad) & 0x7f;
-    if pad == 0 {
-        return Err(());
-    }
-    // SAFETY: `tail` has 128 bytes and pad is at most 127.
-    let rc =
-        unsafe { bpf_xdp_store_bytes(ctx.ctx, off as u32, s.tail.as_mut_ptr().cast(), pad as u32) };
-    if rc != 0 {
-        return Err(());
-    }
-
-    // UDP checksum over what was written, read back into scratch.
-    let dgram = (8 + payload) & 0x7ff;
-    if dgram < 8 + REPLY_MIN || dgram > 8 + 1024 {
-        return Err(());
-    }
-    // SAFETY: dgram is bounded above and `sum` has room for it plus rounding.
-    let rc =
-        unsafe { bpf_xdp_load_bytes(ctx.ctx, l4 as u32, s.sum.as_mut_ptr().cast(), dgram as u32) };
-    if rc != 0 {
-        return Err(());
-    }
+    // End option, then zeros to the padded size and a little beyond (the checksum reads
+    // up to three bytes past the end, and the copies above may have left bytes there).
+    let off = off & 0x7ff;
+    s.frame[off & 0x7ff] = 255;
     let mut k = 0;
-    while k < 4 {
-        // SAFETY: dgram + 3 < 2048.
-        unsafe { *s.sum.get_unchecked_mut((dgram + k) & 0x7ff) = 0 };
+    while k < 9 {
+        if 8 * k >= pad + 4 {
+            break;
+        }
+        // SAFETY: off <= 2047 - 80 is checked below by the mask on a 4096-byte buffer.
+        unsafe {
+            core::ptr::write_unaligned(
+                s.frame.as_mut_ptr().add((off & 0x7ff) + 1 + 8 * k) as *mut u64,
+                0,
+            )
+        };
         k += 1;
     }
+
+    // UDP checksum over the datagram in scratch (it starts at FRAME_BOOTP - 8 whatever
+    // the header sizes), in up to three rounds of 512 bytes as bpf_csum_diff allows.
+    let dgram = 8 + payload;
     let rounded = (dgram + 3) & !3;
-    let first = if rounded > 512 { 512 } else { rounded };
-    let rest = (rounded - first) & 0x3ff;
     let src = iface.server_ip;
     let mut sum = word(src[0], src[1])
         + word(src[2], src[3])
@@ -859,45 +851,76 @@ fn reply(
         + word(dst_ip[2], dst_ip[3])
         + word(0, 17)
         + word(ul[0], ul[1]);
-    // SAFETY: sizes are multiples of 4, at most 512 each, inside `sum`.
-    let c1 = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            s.sum.as_mut_ptr().cast(),
-            (first & 0x3fc) as u32,
-            0,
-        )
-    };
-    if c1 < 0 {
-        return Err(());
-    }
-    sum += c1 as u64 & 0xffff_ffff;
-    if rest > 0 {
-        if rest > 512 {
-            return Err(());
+    let mut done = 0;
+    let mut round = 0;
+    while round < 3 {
+        if done >= rounded {
+            break;
         }
-        let c2 = unsafe {
+        let left = rounded - done;
+        let n = if left > 512 { 512 } else { left };
+        // SAFETY: n <= 512 and a multiple of 4; done <= 1024; inside `frame`.
+        let c = unsafe {
             bpf_csum_diff(
                 core::ptr::null_mut(),
                 0,
-                s.sum.as_mut_ptr().add(512).cast(),
-                (rest & 0x3fc) as u32,
+                s.frame
+                    .as_mut_ptr()
+                    .add((FRAME_BOOTP - 8) + (done & 0x7ff))
+                    .cast(),
+                (n & 0x3fc) as u32,
                 0,
             )
         };
-        if c2 < 0 {
+        if c < 0 {
             return Err(());
         }
-        sum += c2 as u64 & 0xffff_ffff;
+        sum += c as u64 & 0xffff_ffff;
+        done += n;
+        round += 1;
     }
     let mut c = !fold(sum);
     if c == 0 {
         c = 0xffff;
     }
     let cb = c.to_le_bytes();
-    s.head[0] = cb[0];
-    s.head[1] = cb[1];
-    store::<64>(ctx, l4 + 6, s.head.as_ptr(), 2)?;
-    Ok(())
+    s.frame[FRAME_BOOTP - 2] = cb[0];
+    s.frame[FRAME_BOOTP - 1] = cb[1];
+
+    // Size the frame and write it in one store.
+    let delta = new_len as i32 - frame_len as i32;
+    if delta != 0 {
+        // SAFETY: the context is the program's own.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return Err(());
+        }
+    }
+    // SAFETY: start <= 7 and new_len <= REPLY_FRAME_MAX, inside `frame`.
+    store::<REPLY_FRAME_MAX>(ctx, 0, unsafe { s.frame.as_ptr().add(start) }, new_len)
+}
+
+/// Copies `len` (at most `MAX`, at most 511) bytes from `src` to `frame[off..]` in
+/// eight-byte steps; it may write up to seven bytes past the end, which the next copy or
+/// the padding overwrites. `src` must have `MAX` rounded up to eight readable bytes (the
+/// caller checked `len <= MAX`; a longer `len` copies nothing). A plain variable-length copy would become a
+/// call to a byte-wise memcpy.
+#[inline(always)]
+fn copy<const MAX: usize>(frame: &mut [u8; FRAME_BUF], off: usize, src: *const u8, len: usize) {
+    let len = core::hint::black_box(len) & 0x1ff;
+    if len > MAX {
+        return;
+    }
+    let off = core::hint::black_box(off) & 0x7ff;
+    let mut k = 0;
+    while k < 64 {
+        if 8 * k >= len {
+            break;
+        }
+        // SAFETY: off + 8k + 8 <= 2047 + 512 < FRAME_BUF; the source bound is the caller's.
+        unsafe {
+            let v = core::ptr::read_unaligned(src.add(8 * k) as *const u64);
+            core::ptr::write_unaligned(frame.as_mut_ptr().add(off + 8 * k) as *mut u64, v);
+        }
+        k += 1;
+    }
 }

@@ -16,8 +16,8 @@ use aya::maps::{HashMap, MapData, RingBuf};
 use bootfabric_abi::dhcp::{
     Event, HostEntry, IfaceEntry, MacKey, Template, TemplateKey, BOOTP_HEADER_LEN, CLASS_HTTP,
     CLASS_IPXE_HTTP, CLASS_IPXE_TFTP, CLASS_PLAIN, CLASS_PXE, DHCPACK, DHCPOFFER, HOSTNAME_OPT_MAX,
-    HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_IFACES, MAP_TEMPLATES, NO_SUBNET,
-    TEMPLATES_MAX_ENTRIES, TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
+    HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_TEMPLATES, NO_SUBNET, TEMPLATES_MAX_ENTRIES,
+    TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
 };
 use dhcproto::{
     v4::{DhcpOption, Message, MessageType, Opcode},
@@ -131,7 +131,7 @@ pub fn variant_request(
 pub struct Derived {
     /// Reserved hosts.
     pub hosts: BTreeMap<[u8; 6], HostEntry>,
-    /// Interfaces by index.
+    /// Interfaces by index (each template carries its own).
     pub ifaces: BTreeMap<u32, IfaceEntry>,
     /// Templates.
     pub templates: Vec<(TemplateKey, Box<Template>)>,
@@ -179,6 +179,12 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
         hostname_at: hostname_at.unwrap_or(opts.len()) as u16,
         uuid_at: uuid_at.unwrap_or(opts.len()) as u16,
         _pad: 0,
+        iface: IfaceEntry {
+            server_ip: [0; 4],
+            subnet: NO_SUBNET,
+            mac: [0; 6],
+            _pad: [0; 2],
+        },
         opts: [0; TEMPLATE_OPTS_BUF],
     });
     t.opts[..opts.len()].copy_from_slice(&opts);
@@ -237,7 +243,7 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
             next
         });
         let net = server.dhcp.subnets[subnet].net;
-        let mut hostname_opt = [0u8; 68];
+        let mut hostname_opt = [0u8; 72];
         hostname_opt[0] = 12;
         hostname_opt[1] = name.len() as u8;
         hostname_opt[2..2 + name.len()].copy_from_slice(name);
@@ -279,16 +285,21 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                         continue 'groups;
                     }
                     match cut(&out) {
-                        Ok(t) => d.templates.push((
-                            TemplateKey {
-                                ifindex: iface.ifindex,
-                                group: group as u32,
-                                arch,
-                                kind: kind_code,
-                                class,
-                            },
-                            t,
-                        )),
+                        Ok(mut t) => {
+                            if let Some(e) = d.ifaces.get(&iface.ifindex) {
+                                t.iface = *e;
+                            }
+                            d.templates.push((
+                                TemplateKey {
+                                    ifindex: iface.ifindex,
+                                    group: group as u32,
+                                    arch,
+                                    kind: kind_code,
+                                    class,
+                                },
+                                t,
+                            ))
+                        }
                         Err(why) => {
                             debug!(group, why, "no template");
                             bad_groups.push(group as u32);
@@ -346,7 +357,6 @@ pub enum FastPathError {
 /// The fast path's maps, owned by the DHCP service.
 pub struct FastPath {
     hosts: HashMap<MapData, MacKey, HostEntry>,
-    ifaces: HashMap<MapData, u32, IfaceEntry>,
     templates: HashMap<MapData, TemplateKey, Template>,
     /// Events of answered exchanges, until their reader takes them.
     events: Option<RingBuf<MapData>>,
@@ -368,7 +378,6 @@ impl FastPath {
     pub fn new(ebpf: &mut aya::Ebpf, fabric: Vec<FabricIface>) -> Result<Self, FastPathError> {
         Ok(Self {
             hosts: take(ebpf, MAP_HOSTS, HashMap::try_from)?,
-            ifaces: take(ebpf, MAP_IFACES, HashMap::try_from)?,
             templates: take(ebpf, MAP_TEMPLATES, HashMap::try_from)?,
             events: Some(take(ebpf, MAP_EVENTS, RingBuf::try_from)?),
             fabric,
@@ -386,9 +395,6 @@ impl FastPath {
     pub fn sync(&mut self, server: &Server) -> Result<SyncReport, FastPathError> {
         let d = derive(server, &self.fabric);
         let err = |map| move |source| FastPathError::Map { map, source };
-        for (idx, e) in &d.ifaces {
-            self.ifaces.insert(idx, e, 0).map_err(err(MAP_IFACES))?;
-        }
         for (k, t) in &d.templates {
             self.templates
                 .insert(k, t.as_ref(), 0)
