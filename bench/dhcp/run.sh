@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# DHCP benchmark: perfdhcp (Kea's load generator, acting as a relay) against Bootfabric,
-# kea-dhcp4 and dnsmasq, one after the other in the same run, with the same client count and
-# pool. For each server it prints:
+# DHCP benchmark: perfdhcp (Kea's load generator, acting as a relay) against Bootfabric with
+# its XDP fast path on and off, kea-dhcp4 and dnsmasq, one after the other in the same run,
+# with the same clients, every one of them reserved in each server. For each server it prints:
 #   - the highest offered rate (4-way DORA exchanges/s) at which perfdhcp lost no exchange;
-#   - the server's CPU time (user+sys) per 10,000 completed exchanges at one fixed rate.
+#   - the server's CPU time (user+sys, plus the XDP program's own run time for Bootfabric) per
+#     10,000 completed exchanges at one fixed rate, and the whole machine's CPU per 10,000.
 # Everything runs in two network namespaces this script creates (server: fabric0 10.77.0.1/16,
 # client: cli0 10.77.0.2/16, one veth pair created directly inside them, nothing on the host's
 # interfaces) and removes on exit, also on failure; processes are killed by PID.
 #
 # Usage: bench/dhcp/run.sh        (as root; `cargo xtask setup` installs the peers)
-# Knobs: RATES="250 500 1000 2000 4000 8000 12000" DURATION=10 CLIENTS=1000 FIXED_RATE=500
-#        FIXED_DURATION=20 SERVERS="bootfabric kea dnsmasq" BOOTFABRIC_BIN=target/release/bootfabric
+# Knobs: RATES="250 500 1000 2000 4000 8000 12000 16000 24000" DURATION=10 CLIENTS=1000
+#        FIXED_RATE=500 FIXED_DURATION=20 SERVERS="bootfabric-xdp bootfabric kea dnsmasq"
+#        BOOTFABRIC_BIN=target/release/bootfabric
 #        TMPDIR=/dev/shm (lease state on tmpfs)   KEEP=1 (keep the work folder with all logs)
 #        IDLE_WAIT=300 (seconds to wait at most for the cores to be >= 90% idle before starting)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
-RATES=${RATES:-"250 500 1000 2000 4000 8000 12000"}
+RATES=${RATES:-"250 500 1000 2000 4000 8000 12000 16000 24000"}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-1000}
 FIXED_RATE=${FIXED_RATE:-500}
 FIXED_DURATION=${FIXED_DURATION:-20}
-SERVERS=${SERVERS:-"bootfabric kea dnsmasq"}
+SERVERS=${SERVERS:-"bootfabric-xdp bootfabric kea dnsmasq"}
 IDLE_WAIT=${IDLE_WAIT:-300}
 TICK=$(getconf CLK_TCK)
 POOL_SIZE=$((200 * 256)) # 10.77.1.0 - 10.77.200.255
@@ -32,8 +34,9 @@ for p in perfdhcp kea-dhcp4 dnsmasq ip ss timeout; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
 done
 [ "$CLIENTS" -le "$POOL_SIZE" ] || { echo "CLIENTS must not exceed the pool ($POOL_SIZE)" >&2; exit 2; }
+[ "$CLIENTS" -le 65536 ] || { echo "CLIENTS must not exceed 65536 (two MAC octets)" >&2; exit 2; }
 for s in $SERVERS; do
-  case $s in bootfabric | kea | dnsmasq) ;; *) echo "unknown server $s" >&2; exit 2 ;; esac
+  case $s in bootfabric-xdp | bootfabric | kea | dnsmasq) ;; *) echo "unknown server $s" >&2; exit 2 ;; esac
 done
 if [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo xtask build --release >/dev/null)
@@ -51,9 +54,11 @@ PERF_PID=""
 # shellcheck source=../lib.sh
 . "$ROOT/bench/lib.sh"
 stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
+BPF_STATS_WAS=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$BPF_STATS_WAS" ]; then sysctl -qw kernel.bpf_stats_enabled="$BPF_STATS_WAS" || true; fi
   stop_pid "$PERF_PID"
   stop_server
   if [ -n "$NETNS_MADE" ]; then
@@ -82,6 +87,29 @@ for ns in "$SRV" "$CLI"; do ip -n "$ns" link set lo up; done
 ip -n "$SRV" link set fabric0 up
 ip -n "$CLI" link set cli0 up
 
+# Every simulated client is reserved in every server. perfdhcp with `-b mac=02:00:00:00:00:00`
+# and `-R N` draws client r in [0, N) and adds r to the base MAC from the last octet up, so
+# client r is 02:00:00:00:HI:LO with HI:LO = r; it gets 10.77.(1 + r/256).(r%256).
+mac_of() { printf '02:00:00:00:%02x:%02x' $(($1 / 256)) $(($1 % 256)); }
+ip_of() { printf '10.77.%d.%d' $((1 + $1 / 256)) $(($1 % 256)); }
+{
+  printf '[profiles.bench]\nkernel = "bench/vmlinuz"\n'
+  for r in $(seq 0 $((CLIENTS - 1))); do
+    printf '[[hosts]]\nname = "n%d"\nmac = "%s"\nip = "%s"\nprofile = "bench"\n' "$r" "$(mac_of "$r")" "$(ip_of "$r")"
+  done
+} >"$WORK/hosts.toml"
+for r in $(seq 0 $((CLIENTS - 1))); do
+  printf '%s,%s\n' "$(mac_of "$r")" "$(ip_of "$r")"
+done >"$WORK/dnsmasq.hosts"
+KEA_RESERVATIONS=$(for r in $(seq 0 $((CLIENTS - 1))); do
+  printf '{ "hw-address": "%s", "ip-address": "%s" },' "$(mac_of "$r")" "$(ip_of "$r")"
+done)
+KEA_RESERVATIONS="[${KEA_RESERVATIONS%,}]"
+# The XDP program's own run time (what it costs in softirq, charged to no process) is read
+# from its fd's fdinfo, which needs BPF run-time statistics on for the length of the run.
+BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+sysctl -qw kernel.bpf_stats_enabled=1
+
 # Waits (at most 30 s) until the server listens on UDP port 67 in its namespace. (Bootfabric's
 # "DHCP server listening" line is at info level, which the bench's log = "warn" hides.)
 wait_listening() {
@@ -97,17 +125,24 @@ start_server() {
   local name=$1
   rm -rf "$WORK/state" "$WORK"/*.leases "$WORK"/*.csv* "$WORK"/*.log "$WORK"/*.pid
   case $name in
-    bootfabric)
+    bootfabric | bootfabric-xdp)
+      local fast=false
+      [ "$name" = bootfabric-xdp ] && fast=true
+      # The shield's per-client and per-relay rates are lifted: perfdhcp is one relay
+      # carrying every client, which the defaults would (rightly) throttle.
       cat >"$WORK/bootfabric.toml" <<TOML
 [daemon]
 state_dir = "state"
 log = "warn"
+inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
 [admin]
 listen = "127.0.0.1:0"
 [xdp]
-mode = "off"
+mode = "auto"
+dhcp_fast_path = $fast
+relay_rate_limit = 10000000
 [dhcp]
 rate_limit = 100000
 [dhcp.options]
@@ -117,7 +152,7 @@ cidr = "10.77.0.0/16"
 interface = "fabric0"
 pools = ["10.77.1.0-10.77.200.255"]
 TOML
-      ip netns exec "$SRV" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
+      ip netns exec "$SRV" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/$name.log" &
       ;;
     kea)
       cat >"$WORK/kea.json" <<JSON
@@ -127,7 +162,8 @@ TOML
                       "name": "$WORK/kea-leases.csv" },
   "valid-lifetime": 3600,
   "subnet4": [ { "id": 1, "subnet": "10.77.0.0/16",
-                 "pools": [ { "pool": "10.77.1.0 - 10.77.200.255" } ] } ],
+                 "pools": [ { "pool": "10.77.1.0 - 10.77.200.255" } ],
+                 "reservations": $KEA_RESERVATIONS } ],
   "loggers": [ { "name": "kea-dhcp4", "severity": "WARN",
                  "output_options": [ { "output": "$WORK/kea.log" } ] } ]
 } }
@@ -140,6 +176,7 @@ JSON
         --interface=fabric0 --bind-interfaces \
         --dhcp-range=10.77.1.0,10.77.200.255,255.255.0.0,1h \
         --dhcp-authoritative --no-ping --dhcp-lease-max=100000 --quiet-dhcp \
+        --dhcp-hostsfile="$WORK/dnsmasq.hosts" \
         --dhcp-leasefile="$WORK/dnsmasq.leases" --pid-file="$WORK/dnsmasq.pid" \
         >"$WORK/dnsmasq.log" 2>&1 &
       ;;
@@ -157,6 +194,16 @@ JSON
 
 # utime + stime of the whole server process (all threads), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+# Nanoseconds the server's XDP programs ran (0 when it has none): softirq time that
+# /proc/PID/stat charges to whichever task the packet interrupted, not to the server.
+xdp_ns() {
+  local total=0 f v
+  for f in /proc/"$SERVER_PID"/fdinfo/*; do
+    v=$(awk '/^prog_type:/ { t = $2 } /^run_time_ns:/ { n = $2 } END { if (t == 6) print n + 0 }' "$f" 2>/dev/null)
+    [ -n "$v" ] && total=$((total + v))
+  done
+  echo "$total"
+}
 
 # Busy ticks of the whole machine (all cores) since boot.
 busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
@@ -183,7 +230,7 @@ perf() {
   b0=$(busy_ticks)
   t0=$(date +%s%N)
   ip netns exec "$CLI" timeout -k 5 $((secs + 30)) perfdhcp -4 -l cli0 -r "$rate" \
-    -R "$CLIENTS" -p "$secs" -W 1000000 10.77.0.1 >"$out" 2>&1 &
+    -R "$CLIENTS" -b mac=02:00:00:00:00:00 -p "$secs" -W 1000000 10.77.0.1 >"$out" 2>&1 &
   PERF_PID=$!
   wait "$PERF_PID" || true # exit 3 = some exchanges lost
   PERF_PID=""
@@ -191,6 +238,7 @@ perf() {
   t1=$(date +%s%N)
   c1=$(child_ticks)
   s1=$(cpu_ticks 2>/dev/null || echo "$s0")
+  MACHINE=$((b1 - b0))
   SRV_DROPS=$(($(rcvbuf_errors "$SRV") - sd0))
   CLI_DROPS=$(($(rcvbuf_errors "$CLI") - cd0))
   OTHER=$(awk -v t=$((b1 - b0 - (s1 - s0) - (c1 - c0))) -v hz="$TICK" -v ns=$((t1 - t0)) \
@@ -248,7 +296,7 @@ echo "state in $WORK ($(df --output=fstype "$WORK" | tail -1)), $(nproc) cores, 
 echo "rates: $RATES, $DURATION s each, $CLIENTS clients; CPU at $FIXED_RATE/s for $FIXED_DURATION s"
 echo
 
-declare -A MAXRATE CPU NOISE
+declare -A MAXRATE CPU ALLCPU NOISE
 # Highest "other load" seen for a server in any of its runs.
 note_noise() {
   NOISE[$1]=$(awk -v a="${NOISE[$1]:-0}" -v b="$OTHER" 'BEGIN { print (b > a ? b : a) }')
@@ -264,7 +312,7 @@ for server in $SERVERS; do
     stop_server
     note_noise "$server"
     want=$((rate * DURATION))
-    printf '%-11s rate %6d/s: %7d sent (%3d%%), %7d completed, %5d lost; rcvbuf drops srv %d cli %d; other load %s cores\n' \
+    printf '%-14s rate %6d/s: %7d sent (%3d%%), %7d completed, %5d lost; rcvbuf drops srv %d cli %d; other load %s cores\n' \
       "$server" "$rate" "$SENT" $((SENT * 100 / want)) "$DONE" "$LOST" "$SRV_DROPS" "$CLI_DROPS" "$OTHER"
     if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
       best=$rate
@@ -285,7 +333,9 @@ done
 for server in $SERVERS; do
   start_server "$server"
   t0=$(cpu_ticks)
+  x0=$(xdp_ns)
   perf "$server" fixed "$FIXED_RATE" "$FIXED_DURATION"
+  x1=$(xdp_ns)
   note_noise "$server"
   if ! t1=$(cpu_ticks 2>/dev/null); then
     echo "$server died during the fixed-rate run" >&2
@@ -294,12 +344,16 @@ for server in $SERVERS; do
   fi
   stop_server
   if [ "$DONE" -gt 0 ]; then
-    CPU[$server]=$(awk -v t=$((t1 - t0)) -v hz="$TICK" -v n="$DONE" 'BEGIN { printf "%.2f", t / hz / n * 10000 }')
+    CPU[$server]=$(awk -v t=$((t1 - t0)) -v x=$((x1 - x0)) -v hz="$TICK" -v n="$DONE" \
+      'BEGIN { printf "%.3f", (t / hz + x / 1e9) / n * 10000 }')
+    ALLCPU[$server]=$(awk -v t="$MACHINE" -v hz="$TICK" -v n="$DONE" 'BEGIN { printf "%.2f", t / hz / n * 10000 }')
   else
     CPU[$server]="n/a"
+    ALLCPU[$server]="n/a"
   fi
-  printf '%-11s fixed %d/s for %ds: %d completed, %d lost, %d CPU ticks, %s CPU s per 10k; other load %s cores\n' \
-    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$DONE" "$LOST" $((t1 - t0)) "${CPU[$server]}" "$OTHER"
+  printf '%-14s fixed %d/s for %ds: %d completed, %d lost, %d CPU ticks + %.3f s in XDP, %s CPU s per 10k; machine %s; other load %s cores\n' \
+    "$server" "$FIXED_RATE" "$FIXED_DURATION" "$DONE" "$LOST" $((t1 - t0)) \
+    "$(awk -v x=$((x1 - x0)) 'BEGIN { print x / 1e9 }')" "${CPU[$server]}" "${ALLCPU[$server]}" "$OTHER"
   if [ "$LOST" -gt 0 ]; then
     # The figure still divides by completed exchanges, but the rate was not sustained.
     CPU[$server]="${CPU[$server]} ($LOST lost)"
@@ -309,26 +363,27 @@ done
 
 echo
 echo "DHCP benchmark $(date -u '+%Y-%m-%d %H:%M UTC'), $CLIENTS clients, $(nproc) cores shared with perfdhcp, ${IDLE}% idle at start / $(idle_pct)% at end"
-printf '%-12s %-27s %-37s %s\n' server "max rate no loss (ex/s)" "CPU s per 10k exchanges @ ${FIXED_RATE}/s" "other load (cores, max)"
+printf '%-15s %-25s %-32s %-30s %s\n' server "max rate no loss (ex/s)" "server CPU s/10k @ ${FIXED_RATE}/s" "machine CPU s/10k @ ${FIXED_RATE}/s" "other load (cores, max)"
 for server in $SERVERS; do
   name=$server
   [ "$server" = kea ] && name=kea-dhcp4
-  printf '%-12s %-27s %-37s %s\n' "$name" "${MAXRATE[$server]}" "${CPU[$server]}" "${NOISE[$server]}"
+  printf '%-15s %-25s %-32s %-30s %s\n' "$name" "${MAXRATE[$server]}" "${CPU[$server]}" "${ALLCPU[$server]}" "${NOISE[$server]}"
 done
-# Ratios, the figures to compare across machines: Bootfabric over each peer.
-if [ -n "${MAXRATE[bootfabric]:-}" ]; then
+# Ratios, the figures to compare across machines: each Bootfabric path over each peer.
+for mine in bootfabric-xdp bootfabric; do
+  [ -n "${MAXRATE[$mine]:-}" ] || continue
   for peer in $SERVERS; do
-    [ "$peer" != bootfabric ] || continue
-    awk -v p="$peer" -v r1="${MAXRATE[bootfabric]}" -v r2="${MAXRATE[$peer]}" \
-        -v c1="${CPU[bootfabric]}" -v c2="${CPU[$peer]}" 'BEGIN {
+    case $peer in bootfabric*) continue ;; esac
+    awk -v m="$mine" -v p="$peer" -v r1="${MAXRATE[$mine]}" -v r2="${MAXRATE[$peer]}" \
+        -v c1="${CPU[$mine]}" -v c2="${CPU[$peer]}" 'BEGIN {
       gsub(/[^0-9.]/, "", r1); gsub(/[^0-9.]/, "", r2)
       split(c1, a, " "); split(c2, b, " ")
       if (p == "kea") p = "kea-dhcp4"
-      printf "bootfabric / %-10s max rate %s, CPU per exchange %s\n", p,
+      printf "%-14s / %-10s max rate %s, server CPU per exchange %s\n", m, p,
         (r2 > 0 ? sprintf("x%.2f", r1 / r2) : "n/a"),
-        (a[1] + 0 > 0 && b[1] + 0 > 0 ? sprintf("x%.2f", a[1] / b[1]) : "n/a") }'
+        (a[1] + 0 > 0 && b[1] + 0 > 0 ? sprintf("x%.3f", a[1] / b[1]) : "n/a") }'
   done
-fi
+done
 for server in $SERVERS; do
   if awk -v n="${NOISE[$server]}" 'BEGIN { exit !(n > 0.5) }'; then
     echo "warning: something else used up to ${NOISE[$server]} cores during the $server runs: rerun on a quiet machine" >&2

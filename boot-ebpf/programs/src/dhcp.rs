@@ -9,7 +9,7 @@
 //! checksum is then computed over a copy of what was written.
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
@@ -567,7 +567,15 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
                 ip: host.ip,
                 giaddr,
             });
-            e.submit(0);
+            // Wake the reader only when a quarter of the ring is full: it drains on a short
+            // timer anyway, and a wake-up per answer would cost more than the answer.
+            let flags = if DHCP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= (EVENTS_BYTES / 4) as u64
+            {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            e.submit(flags as u64);
         }
         None => stat(STAT_EVENTS_LOST),
     }

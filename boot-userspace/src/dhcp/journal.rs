@@ -392,8 +392,16 @@ pub fn read_live(path: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
 
 type Waiter = tokio::sync::oneshot::Sender<Result<(), JournalError>>;
 
+/// How long a batch of records nobody waits for gathers more before it is written: the XDP
+/// fast path's ACKs left before their records could be written anyway, so one fdatasync a
+/// second covers them all during a boot storm.
+pub const LAZY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 enum Job {
     Commit(LeaseRecord, Waiter),
+    /// Records without waiting: written with the next batch, which waits up to
+    /// [`LAZY_WINDOW`] for company when it holds nothing but these.
+    Record(Vec<LeaseRecord>),
     /// Write what came before, then stop; later jobs fail with `Stopped`.
     Stop,
     #[cfg(test)]
@@ -441,6 +449,15 @@ impl Committer {
         wait.await.map_err(|_| JournalError::Stopped)?
     }
 
+    /// Records `records` without waiting for them: they are written and synced with the next
+    /// batch, within [`LAZY_WINDOW`]. For leases whose ACK has already left (the XDP fast
+    /// path's).
+    pub fn record(&self, records: Vec<LeaseRecord>) -> Result<(), JournalError> {
+        self.tx
+            .send(Job::Record(records))
+            .map_err(|_| JournalError::Stopped)
+    }
+
     /// Stops the writer after it has flushed what was submitted (dropping every handle
     /// does the same), and waits for it: this blocks for up to one batch's fdatasync.
     /// Commits through other handles afterwards fail with [`JournalError::Stopped`].
@@ -477,18 +494,29 @@ fn writer(
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
-        let mut batch: Vec<(LeaseRecord, Waiter)> = Vec::new();
-        let deadline = std::time::Instant::now() + delay;
+        let mut batch: Vec<(LeaseRecord, Option<Waiter>)> = Vec::new();
+        // A batch of lazy records waits longer; the first record someone waits for brings
+        // the deadline back to `delay` from its arrival.
+        let now = std::time::Instant::now();
+        let mut deadline = if matches!(first, Job::Record(_)) {
+            now + LAZY_WINDOW
+        } else {
+            now + delay
+        };
         let mut job = Some(first);
-        let next = |rx: &mpsc::Receiver<Job>| {
+        let next = |rx: &mpsc::Receiver<Job>, deadline: std::time::Instant| {
             rx.try_recv().ok().or_else(|| {
                 let left = deadline.checked_duration_since(std::time::Instant::now())?;
                 rx.recv_timeout(left).ok()
             })
         };
-        while let Some(j) = job.take().or_else(|| next(&rx)) {
+        while let Some(j) = job.take().or_else(|| next(&rx, deadline)) {
             match j {
-                Job::Commit(r, w) => batch.push((r, w)),
+                Job::Commit(r, w) => {
+                    deadline = deadline.min(std::time::Instant::now() + delay);
+                    batch.push((r, Some(w)));
+                }
+                Job::Record(rs) => batch.extend(rs.into_iter().map(|r| (r, None))),
                 Job::Stop => {
                     stop = true;
                     break;
@@ -516,8 +544,15 @@ fn writer(
                 }
             }
         }
+        if let Err(e) = &result {
+            if batch.iter().any(|(_, w)| w.is_none()) {
+                warn!(error = %e, "lease records of kernel-answered exchanges not written");
+            }
+        }
         for (_, w) in batch {
-            let _ = w.send(result.clone());
+            if let Some(w) = w {
+                let _ = w.send(result.clone());
+            }
         }
     }
     // Every record taken from the queue has been written above; jobs still queued after a
@@ -838,5 +873,33 @@ mod tests {
             .and_then(|mut f| f.read_to_string(&mut raw))
             .expect("read");
         assert_eq!(raw.lines().filter(|l| !l.starts_with('#')).count(), 200);
+    }
+
+    #[tokio::test]
+    async fn lazy_records_ride_with_the_next_commit_and_survive_shutdown() {
+        let (_d, p) = tmp();
+        let (j, live) = Journal::open(&p).expect("open");
+        let c = Committer::start(j, &live, std::time::Duration::from_millis(5));
+        let gate = c.pause();
+        c.record(vec![numbered(1), numbered(2)]).expect("record");
+        drop(gate);
+        // A commit someone waits for does not wait out the lazy window, and takes the
+        // lazy records along in the same write and fdatasync.
+        let t0 = std::time::Instant::now();
+        c.commit(numbered(3)).await.expect("durable");
+        assert!(
+            t0.elapsed() < LAZY_WINDOW,
+            "the commit waited for the lazy window"
+        );
+        let (tx, rx) = mpsc::channel();
+        c.tx.send(Job::Syncs(tx)).expect("ask");
+        assert_eq!(rx.recv().expect("syncs"), 1);
+        c.record(vec![numbered(4)]).expect("record");
+        c.shutdown();
+        let live = read_live(&p).expect("read");
+        let ips: Vec<Ipv4Addr> = live.iter().map(|r| r.ip).collect();
+        for i in 1..=4 {
+            assert!(ips.contains(&numbered(i).ip), "record {i} missing: {ips:?}");
+        }
     }
 }

@@ -47,6 +47,9 @@ use table::LeaseTable;
 use tokio::io::{unix::AsyncFd, Interest};
 use wire::DropReason;
 
+/// How often the XDP fast path's events are drained when the program has not asked for it.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+
 /// File name of the lease journal inside `daemon.state_dir`.
 pub const JOURNAL_FILE: &str = "leases.journal";
 
@@ -376,28 +379,37 @@ impl Reloader {
 }
 
 impl DhcpService {
-    /// Records an exchange the kernel answered, as if this service had answered it.
-    fn on_fast_path(self: &Arc<Self>, ev: FastPathEvent) {
-        let kind = ev.kind;
-        let record = {
+    /// Records exchanges the kernel answered, as if this service had answered them: one
+    /// lock of the lease table and one hand-over to the journal per batch.
+    fn on_fast_path(&self, events: &[FastPathEvent]) {
+        let now = unix_now();
+        let records: Vec<LeaseRecord> = {
             let Ok(mut server) = self.server.lock() else {
                 return;
             };
-            server.record_fast_path(ev.mac, ev.ip, kind, unix_now())
+            events
+                .iter()
+                .filter_map(|ev| server.record_fast_path(ev.mac, ev.ip, ev.kind, now))
+                .collect()
         };
-        let phase = if kind == MessageType::Offer {
-            Phase::DhcpOffer
-        } else {
-            Phase::DhcpAck
-        };
-        self.ledger.record(ev.mac, phase, Some(ev.ip));
-        if let Some(record) = record {
-            let this = Arc::clone(self);
-            tokio::spawn(async move { this.commit(record).await });
+        for ev in events {
+            let phase = if ev.kind == MessageType::Offer {
+                Phase::DhcpOffer
+            } else {
+                Phase::DhcpAck
+            };
+            self.ledger.record(ev.mac, phase, Some(ev.ip));
+        }
+        // The ACKs have left already; their records follow within a second (one fdatasync
+        // for a whole storm's worth). A reservation is its own durable truth meanwhile.
+        if !records.is_empty() && self.committer.record(records).is_err() {
+            self.metrics.commit_errors.inc();
         }
     }
 
-    /// Reads the fast path's events until `cancel` fires.
+    /// Reads the fast path's events until `cancel` fires. The program wakes this task only
+    /// when a quarter of the ring is full; otherwise it drains every [`EVENT_POLL`], so a
+    /// storm costs a wake-up per batch, not per packet.
     async fn fast_path_events(
         self: Arc<Self>,
         ring: RingBuf<MapData>,
@@ -407,19 +419,35 @@ impl DhcpService {
         // AsyncFd (and the ring inside it) is dropped.
         let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut tick = tokio::time::interval(EVENT_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
         loop {
-            let mut guard = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                g = fd.readable_mut() => g?,
-            };
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                match FastPathEvent::decode(&item) {
-                    Some(ev) => self.on_fast_path(ev),
-                    None => debug!(len = item.len(), "unreadable fast path event"),
+            let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<FastPathEvent>| {
+                while let Some(item) = ring.next() {
+                    match FastPathEvent::decode(&item) {
+                        Some(ev) => batch.push(ev),
+                        None => debug!(len = item.len(), "unreadable fast path event"),
+                    }
                 }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    drain(fd.get_mut(), &mut batch);
+                    self.on_fast_path(&batch);
+                    return Ok(());
+                }
+                g = fd.readable_mut() => {
+                    let mut guard = g?;
+                    drain(guard.get_inner_mut(), &mut batch);
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => drain(fd.get_mut(), &mut batch),
             }
-            guard.clear_ready();
+            if !batch.is_empty() {
+                self.on_fast_path(&batch);
+                batch.clear();
+            }
         }
     }
 
