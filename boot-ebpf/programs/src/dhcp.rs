@@ -54,6 +54,9 @@ const REPLY_FRAME_MAX: usize = 18 + 20 + 8 + 1024;
 const FRAME_BOOTP: usize = 48;
 /// Size of `Scratch::frame`: any masked offset plus a masked copy stays inside.
 const FRAME_BUF: usize = 4096;
+/// Bytes past each quarter mark of the event ring within which an answer wakes the reader
+/// (about a hundred events).
+const WAKE_WINDOW: u64 = 4096;
 /// Option walk bound: enough for any request of `REQUEST_MAX` bytes without runs of pads.
 const MAX_OPTIONS: u32 = 64;
 
@@ -567,10 +570,12 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
                 ip: host.ip,
                 giaddr,
             });
-            // Wake the reader only when a quarter of the ring is full: it drains on a short
-            // timer anyway, and a wake-up per answer would cost more than the answer.
-            let flags = if DHCP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= (EVENTS_BYTES / 4) as u64
-            {
+            // Wake the reader only as the ring's fill passes each quarter mark: it drains on
+            // a short timer anyway, a wake-up per answer would cost more than the answer, and
+            // a reader that falls behind must not be woken by every answer after the mark.
+            let avail = DHCP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+            let quarter = (EVENTS_BYTES / 4) as u64;
+            let flags = if avail >= quarter && avail % quarter < WAKE_WINDOW {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
