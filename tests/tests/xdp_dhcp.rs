@@ -338,14 +338,22 @@ fn harness(test: &str) -> Option<(Harness, TempDir)> {
     h.map(|h| (h, dir))
 }
 
+/// Runs `f` with a harness inside a namespace of its own: test runs report the caller's
+/// loopback as the ingress device, and the lab's must not be the host's.
+fn with_harness(test: &'static str, f: impl FnOnce(&mut Harness) + Send + 'static) {
+    let ns = Netns::new("xdp").expect("netns");
+    ns.run(move || {
+        if let Some((mut h, _dir)) = harness(test) {
+            f(&mut h);
+        }
+    })
+    .expect("namespace");
+}
+
 #[test]
 fn kernel_replies_equal_userspace_replies() {
     // Test runs report loopback as the ingress device: run them in a namespace of our own.
-    let ns = Netns::new("xdpeq").expect("netns");
-    ns.run(|| {
-        let Some((mut h, _dir)) = harness("kernel_replies_equal_userspace_replies") else {
-            return;
-        };
+    with_harness("kernel_replies_equal_userspace_replies", |h| {
         let clients = [
             Client::Plain,
             Client::Ipxe,
@@ -386,10 +394,12 @@ fn kernel_replies_equal_userspace_replies() {
                         relay_info: !giaddr.is_unspecified(),
                         xid,
                     };
-                    let case = format!("host {host} {client:?} type {kind} broadcast {broadcast} vlan {vlan:?}");
+                    let case = format!(
+                        "host {host} {client:?} type {kind} broadcast {broadcast} vlan {vlan:?}"
+                    );
                     let (action, out) = h.run(&request_frame(&r, vlan)).expect("test run");
                     assert_eq!(action, XDP_TX, "{case}: answered in the kernel");
-                    let (expect, dest) = userspace(&mut h, &r).expect("userspace replies");
+                    let (expect, dest) = userspace(h, &r).expect("userspace replies");
                     let got = parse_reply(&out, vlan);
                     assert_eq!(got.payload.len(), expect.len(), "{case}: length");
                     if got.payload != expect {
@@ -442,7 +452,7 @@ fn kernel_replies_equal_userspace_replies() {
         };
         let (action, out) = h.run(&request_frame(&r, None)).expect("run");
         assert_eq!(action, XDP_TX, "renewal answered in the kernel");
-        let (expect, dest) = userspace(&mut h, &r).expect("userspace");
+        let (expect, dest) = userspace(h, &r).expect("userspace");
         let got = parse_reply(&out, None);
         assert_eq!(got.payload, expect, "renewal ACK");
         assert_eq!(got.dst_ip, *dest.ip());
@@ -457,140 +467,135 @@ fn kernel_replies_equal_userspace_replies() {
             answered as u64
         );
         println!("{answered} kernel replies identical to the userspace server's");
-    })
-    .expect("namespace");
+    });
 }
 
 #[test]
 fn requests_the_kernel_does_not_own_pass_and_malformed_ones_drop() {
-    let ns = Netns::new("xdpneg").expect("netns");
-    ns.run(|| {
-        let Some((h, _dir)) =
-            harness("requests_the_kernel_does_not_own_pass_and_malformed_ones_drop")
-        else {
-            return;
-        };
-        let base = |kind: u8, m: [u8; 6]| Req {
-            client: Client::Pxe(7),
-            kind,
-            mac: m,
-            broadcast: true,
-            ciaddr: Ipv4Addr::UNSPECIFIED,
-            giaddr: Ipv4Addr::UNSPECIFIED,
-            server_id: None,
-            requested: None,
-            relay_info: false,
-            xid: 9,
-        };
-        let run = |f: Vec<u8>| h.run(&f).expect("run").0;
-        let before = h.stats();
-        // Passed, each with its reason.
-        let unknown = base(DHCPDISCOVER, [0x52, 0x54, 0, 0xee, 0xee, 1]);
-        assert_eq!(run(request_frame(&unknown, None)), XDP_PASS, "unknown MAC");
-        let mut other = base(DHCPREQUEST, mac(1));
-        other.server_id = Some(Ipv4Addr::new(10, 77, 0, 2));
-        other.requested = Some(Ipv4Addr::new(10, 77, 0, 11));
-        assert_eq!(
-            run(request_frame(&other, None)),
-            XDP_PASS,
-            "another server's offer"
-        );
-        let mut wrong = base(DHCPREQUEST, mac(1));
-        wrong.requested = Some(Ipv4Addr::new(10, 77, 0, 150));
-        assert_eq!(
-            run(request_frame(&wrong, None)),
-            XDP_PASS,
-            "INIT-REBOOT elsewhere"
-        );
-        let mut far = base(DHCPDISCOVER, mac(4));
-        far.giaddr = Ipv4Addr::UNSPECIFIED;
-        assert_eq!(
-            run(request_frame(&far, None)),
-            XDP_PASS,
-            "reservation on another subnet"
-        );
-        for kind in [DHCPRELEASE, DHCPDECLINE, DHCPINFORM] {
+    with_harness(
+        "requests_the_kernel_does_not_own_pass_and_malformed_ones_drop",
+        |h| {
+            let base = |kind: u8, m: [u8; 6]| Req {
+                client: Client::Pxe(7),
+                kind,
+                mac: m,
+                broadcast: true,
+                ciaddr: Ipv4Addr::UNSPECIFIED,
+                giaddr: Ipv4Addr::UNSPECIFIED,
+                server_id: None,
+                requested: None,
+                relay_info: false,
+                xid: 9,
+            };
+            let run = |f: Vec<u8>| h.run(&f).expect("run").0;
+            let before = h.stats();
+            // Passed, each with its reason.
+            let unknown = base(DHCPDISCOVER, [0x52, 0x54, 0, 0xee, 0xee, 1]);
+            assert_eq!(run(request_frame(&unknown, None)), XDP_PASS, "unknown MAC");
+            let mut other = base(DHCPREQUEST, mac(1));
+            other.server_id = Some(Ipv4Addr::new(10, 77, 0, 2));
+            other.requested = Some(Ipv4Addr::new(10, 77, 0, 11));
             assert_eq!(
-                run(request_frame(&base(kind, mac(1)), None)),
+                run(request_frame(&other, None)),
                 XDP_PASS,
-                "type {kind}"
+                "another server's offer"
             );
-        }
-        let odd = base(DHCPDISCOVER, mac(1));
-        let mut p = payload(&odd);
-        p.pop();
-        p.extend_from_slice(&[52, 1, 3, 255]); // option overload
-        let f = frame(
-            mac(1),
-            [0xff; 6],
-            (Ipv4Addr::UNSPECIFIED, 68),
-            (Ipv4Addr::BROADCAST, 67),
-            None,
-            &p,
-        );
-        assert_eq!(run(f), XDP_PASS, "option overload is userspace's");
-        let mut arch = base(DHCPDISCOVER, mac(1));
-        arch.client = Client::Pxe(0x1234);
-        assert_eq!(
-            run(request_frame(&arch, None)),
-            XDP_PASS,
-            "unknown architecture"
-        );
-
-        // Dropped, each with its reason; the userspace decoder refuses each one too, so no
-        // request is answered by one path and refused by the other.
-        let good = payload(&base(DHCPDISCOVER, mac(1)));
-        let with = |f: &dyn Fn(&mut Vec<u8>)| {
-            let mut p = good.clone();
-            f(&mut p);
-            p
-        };
-        let opts = |tail: &[u8]| {
-            let mut p = good[..240].to_vec();
-            p.extend_from_slice(tail);
-            p
-        };
-        let bad: Vec<(&str, Vec<u8>)> = vec![
-            ("bad cookie", with(&|p| p[236] = 0)),
-            ("BOOTREPLY to the server port", with(&|p| p[0] = 2)),
-            ("multicast chaddr", with(&|p| p[28] = 1)),
-            ("truncated", good[..200].to_vec()),
-            ("option runs past the end", opts(&[53, 1, 1, 60, 40, b'P'])),
-            ("option 53 of length 2", opts(&[53, 2, 1, 1, 255])),
-            (
-                "an OFFER sent to the server",
-                opts(&[53, 1, DHCPOFFER, 255]),
-            ),
-            ("no message type", opts(&[60, 3, b'a', b'b', b'c', 255])),
-        ];
-        for (what, p) in &bad {
+            let mut wrong = base(DHCPREQUEST, mac(1));
+            wrong.requested = Some(Ipv4Addr::new(10, 77, 0, 150));
+            assert_eq!(
+                run(request_frame(&wrong, None)),
+                XDP_PASS,
+                "INIT-REBOOT elsewhere"
+            );
+            let mut far = base(DHCPDISCOVER, mac(4));
+            far.giaddr = Ipv4Addr::UNSPECIFIED;
+            assert_eq!(
+                run(request_frame(&far, None)),
+                XDP_PASS,
+                "reservation on another subnet"
+            );
+            for kind in [DHCPRELEASE, DHCPDECLINE, DHCPINFORM] {
+                assert_eq!(
+                    run(request_frame(&base(kind, mac(1)), None)),
+                    XDP_PASS,
+                    "type {kind}"
+                );
+            }
+            let odd = base(DHCPDISCOVER, mac(1));
+            let mut p = payload(&odd);
+            p.pop();
+            p.extend_from_slice(&[52, 1, 3, 255]); // option overload
             let f = frame(
                 mac(1),
                 [0xff; 6],
                 (Ipv4Addr::UNSPECIFIED, 68),
                 (Ipv4Addr::BROADCAST, 67),
                 None,
-                p,
+                &p,
             );
-            assert_eq!(run(f), XDP_DROP, "{what}");
-            assert!(decode_request(p).is_err(), "userspace accepts {what}");
-        }
-        let after = h.stats();
-        let d = |i: u32| after[i as usize] - before[i as usize];
-        assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), 1);
-        assert_eq!(d(STAT_PASSED_NOT_OURS), 3);
-        assert_eq!(d(STAT_PASSED_MESSAGE_TYPE), 3);
-        assert_eq!(d(STAT_PASSED_UNSUPPORTED), 2);
-        assert_eq!(d(STAT_DROP_BAD_COOKIE), 1);
-        assert_eq!(d(STAT_DROP_WRONG_OP), 1);
-        assert_eq!(d(STAT_DROP_BAD_HARDWARE), 1);
-        assert_eq!(d(STAT_DROP_TRUNCATED), 1);
-        assert_eq!(d(STAT_DROP_BAD_OPTION), 2);
-        assert_eq!(d(STAT_DROP_UNEXPECTED_TYPE), 1);
-        assert_eq!(d(STAT_DROP_NO_MESSAGE_TYPE), 1);
-        assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), 0);
-    })
-    .expect("namespace");
+            assert_eq!(run(f), XDP_PASS, "option overload is userspace's");
+            let mut arch = base(DHCPDISCOVER, mac(1));
+            arch.client = Client::Pxe(0x1234);
+            assert_eq!(
+                run(request_frame(&arch, None)),
+                XDP_PASS,
+                "unknown architecture"
+            );
+
+            // Dropped, each with its reason; the userspace decoder refuses each one too, so no
+            // request is answered by one path and refused by the other.
+            let good = payload(&base(DHCPDISCOVER, mac(1)));
+            let with = |f: &dyn Fn(&mut Vec<u8>)| {
+                let mut p = good.clone();
+                f(&mut p);
+                p
+            };
+            let opts = |tail: &[u8]| {
+                let mut p = good[..240].to_vec();
+                p.extend_from_slice(tail);
+                p
+            };
+            let bad: Vec<(&str, Vec<u8>)> = vec![
+                ("bad cookie", with(&|p| p[236] = 0)),
+                ("BOOTREPLY to the server port", with(&|p| p[0] = 2)),
+                ("multicast chaddr", with(&|p| p[28] = 1)),
+                ("truncated", good[..200].to_vec()),
+                ("option runs past the end", opts(&[53, 1, 1, 60, 40, b'P'])),
+                ("option 53 of length 2", opts(&[53, 2, 1, 1, 255])),
+                (
+                    "an OFFER sent to the server",
+                    opts(&[53, 1, DHCPOFFER, 255]),
+                ),
+                ("no message type", opts(&[60, 3, b'a', b'b', b'c', 255])),
+            ];
+            for (what, p) in &bad {
+                let f = frame(
+                    mac(1),
+                    [0xff; 6],
+                    (Ipv4Addr::UNSPECIFIED, 68),
+                    (Ipv4Addr::BROADCAST, 67),
+                    None,
+                    p,
+                );
+                assert_eq!(run(f), XDP_DROP, "{what}");
+                assert!(decode_request(p).is_err(), "userspace accepts {what}");
+            }
+            let after = h.stats();
+            let d = |i: u32| after[i as usize] - before[i as usize];
+            assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), 1);
+            assert_eq!(d(STAT_PASSED_NOT_OURS), 3);
+            assert_eq!(d(STAT_PASSED_MESSAGE_TYPE), 3);
+            assert_eq!(d(STAT_PASSED_UNSUPPORTED), 2);
+            assert_eq!(d(STAT_DROP_BAD_COOKIE), 1);
+            assert_eq!(d(STAT_DROP_WRONG_OP), 1);
+            assert_eq!(d(STAT_DROP_BAD_HARDWARE), 1);
+            assert_eq!(d(STAT_DROP_TRUNCATED), 1);
+            assert_eq!(d(STAT_DROP_BAD_OPTION), 2);
+            assert_eq!(d(STAT_DROP_UNEXPECTED_TYPE), 1);
+            assert_eq!(d(STAT_DROP_NO_MESSAGE_TYPE), 1);
+            assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), 0);
+        },
+    );
 }
 
 /// Real clients in a namespace lab: reserved hosts get their address from the kernel (the
@@ -753,11 +758,7 @@ impl Drop for Kill {
 /// only at the configured rates (bursts of twice the rate); the rest dies in XDP, counted.
 #[test]
 fn floods_are_stopped_in_the_kernel() {
-    let ns = Netns::new("xdpflood").expect("netns");
-    ns.run(|| {
-        let Some((mut h, _dir)) = harness("floods_are_stopped_in_the_kernel") else {
-            return;
-        };
+    with_harness("floods_are_stopped_in_the_kernel", |h| {
         let (client_interval_ns, client_burst_ns) = bootfabric::xdp::gcra(10);
         let (relay_interval_ns, relay_burst_ns) = bootfabric::xdp::gcra(50);
         h.configure(bootfabric_abi::ClassifyConfig {
@@ -816,8 +817,7 @@ fn floods_are_stopped_in_the_kernel() {
         assert_eq!(d(STAT_DROP_RATE_LIMITED_CLIENT), 200 - passed);
         assert_eq!(d(STAT_DROP_RATE_LIMITED_RELAY), 400 - relayed);
         assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), passed + relayed);
-    })
-    .expect("namespace");
+    });
 }
 
 /// SIGHUP re-reads the inventory: a host added to it is answered by the kernel from then

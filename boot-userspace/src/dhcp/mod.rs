@@ -307,10 +307,7 @@ impl DhcpService {
     /// ledger while the service runs.
     pub fn attach_fast_path(&self, mut fp: FastPath) -> Result<SyncReport, FastPathError> {
         let report = {
-            let server = self
-                .server
-                .lock()
-                .map_err(|_| FastPathError::NoMap("(DHCP state lock poisoned)"))?;
+            let server = self.server.lock().map_err(|_| FastPathError::Poisoned)?;
             fp.sync(&server)?
         };
         info!(

@@ -272,7 +272,7 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                 for &(class, arch) in VARIANTS {
                     if d.templates.len() >= TEMPLATES_MAX_ENTRIES as usize {
                         warn!("XDP fast path: template map full; further hosts are served from userspace");
-                        bad_groups.push(group as u32);
+                        bad_groups.extend(group as u32..representatives.len() as u32);
                         break 'groups;
                     }
                     let req = variant_request(*mac, kind, class, arch, iface.server_ip, *ip);
@@ -344,6 +344,9 @@ pub enum FastPathError {
     /// The object lacks a map.
     #[error("the XDP object has no map {0}")]
     NoMap(&'static str),
+    /// The DHCP server's state lock was poisoned (a thread panicked holding it).
+    #[error("the DHCP server's state is poisoned")]
+    Poisoned,
     /// A map operation failed.
     #[error("XDP map {map}: {source}")]
     Map {
@@ -485,5 +488,153 @@ impl FastPathEvent {
             ip: Ipv4Addr::from(e.ip),
             ifindex: e.ifindex,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
+        dhcp::table::LeaseTable,
+        inventory::Inventory,
+    };
+
+    fn server(inventory: &str) -> Server {
+        let subnets = vec![SubnetConfig {
+            net: "10.0.0.0/24".parse().expect("net"),
+            interface: Some("fabric0".into()),
+            pools: vec![AddrRange::parse("10.0.0.100-10.0.0.110").expect("range")],
+            exclude: vec![],
+            options: OptionSet::default(),
+        }];
+        let dhcp = DhcpConfig {
+            commit_delay_ms: 0,
+            mode: DhcpMode::Server,
+            authoritative: true,
+            rate_limit: 10,
+            options: OptionSet::default(),
+            subnets,
+        };
+        let inventory = Inventory::from_wire(
+            std::path::Path::new("hosts.toml"),
+            toml::from_str(inventory).expect("toml"),
+        )
+        .expect("inventory");
+        let table = LeaseTable::new(&dhcp.subnets, &inventory, &[], 0);
+        Server {
+            dhcp,
+            boot: BootSettings::defaults(),
+            inventory,
+            table,
+        }
+    }
+
+    fn fabric() -> Vec<FabricIface> {
+        vec![FabricIface {
+            name: "fabric0".into(),
+            ifindex: 7,
+            server_ip: Ipv4Addr::new(10, 0, 0, 1),
+            mac: [2, 0, 0, 0, 0, 1],
+        }]
+    }
+
+    #[test]
+    fn cut_leaves_holes_for_the_host_name_and_the_uuid() {
+        let mut reply = vec![0u8; BOOTP_HEADER_LEN];
+        reply[0] = 2;
+        reply.extend_from_slice(&[1, 4, 255, 255, 255, 0]); // subnet mask
+        reply.extend_from_slice(&[12, 2, b'h', b'1']); // host name: cut out
+        reply.extend_from_slice(&[53, 1, 2]);
+        reply.extend_from_slice(&[60, 3, b'P', b'X', b'E']);
+        reply.extend_from_slice(&[255, 0, 0]);
+        let t = cut(&reply).expect("template");
+        assert_eq!(t.header[0], 2);
+        assert_eq!(
+            &t.opts[..t.opts_len as usize],
+            &[1, 4, 255, 255, 255, 0, 53, 1, 2, 60, 3, b'P', b'X', b'E']
+        );
+        assert_eq!(t.hostname_at, 6);
+        // No option above 97: option 97 goes last.
+        assert_eq!(t.uuid_at, t.opts_len);
+
+        let mut with_82 = reply[..BOOTP_HEADER_LEN].to_vec();
+        with_82.extend_from_slice(&[53, 1, 2, 82, 2, 1, 0, 255]);
+        assert!(
+            cut(&with_82).is_err(),
+            "per-request options never go in a template"
+        );
+        assert!(
+            cut(&reply[..BOOTP_HEADER_LEN + 3]).is_err(),
+            "no end option"
+        );
+    }
+
+    #[test]
+    fn hosts_share_templates_unless_their_replies_differ() {
+        let s = server(
+            r#"
+[profiles.a]
+[profiles.b]
+[[hosts]]
+name = "h1"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.11"
+profile = "a"
+[[hosts]]
+name = "h2"
+mac = "52:54:00:00:00:02"
+ip = "10.0.0.12"
+profile = "a"
+[[hosts]]
+name = "h3"
+mac = "52:54:00:00:00:03"
+ip = "10.0.0.13"
+profile = "b"
+[[hosts]]
+name = "h4"
+mac = "52:54:00:00:00:04"
+ip = "10.0.0.14"
+profile = "a"
+options = { lease_time = 60 }
+[[hosts]]
+name = "far"
+mac = "52:54:00:00:00:05"
+ip = "192.168.9.9"
+profile = "a"
+[[hosts]]
+name = "dynamic"
+mac = "52:54:00:00:00:06"
+profile = "a"
+"#,
+        );
+        let d = derive(&s, &fabric());
+        let group = |n: u8| d.hosts[&[0x52, 0x54, 0, 0, 0, n]].group;
+        assert_eq!(group(1), group(2), "same profile and options");
+        assert_ne!(group(1), group(3), "another profile");
+        assert_ne!(group(1), group(4), "host-level options");
+        assert_eq!(
+            d.hosts.len(),
+            4,
+            "no entry without a reservation in a subnet"
+        );
+        assert_eq!(
+            d.skipped,
+            vec![("far".to_owned(), "reservation outside every subnet")]
+        );
+        // Every group gets OFFER and ACK for each variant the policy answers.
+        let groups = 3;
+        assert_eq!(d.templates.len(), groups * 2 * VARIANTS.len());
+        assert!(d.templates.iter().all(|(k, t)| k.ifindex == 7
+            && t.iface.server_ip == [10, 0, 0, 1]
+            && t.iface.subnet == 0
+            && t.iface.mac == [2, 0, 0, 0, 0, 1]));
+        let h1 = d.hosts[&[0x52, 0x54, 0, 0, 0, 1]];
+        assert_eq!(
+            &h1.hostname_opt[..h1.hostname_len as usize],
+            &[12, 2, b'h', b'1']
+        );
+        assert_eq!(h1.ip, [10, 0, 0, 11]);
+        assert_eq!((h1.net, h1.mask), ([10, 0, 0, 0], [255, 255, 255, 0]));
     }
 }
