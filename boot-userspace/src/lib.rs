@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod redfish;
 pub mod render;
+pub mod scheduler;
 pub mod serve;
 pub mod supervisor;
 pub mod tftp;
