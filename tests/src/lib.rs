@@ -28,6 +28,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod dhcp_client;
 pub mod packets;
+pub mod redfish_server;
 pub mod relay;
 pub mod tftp_client;
 pub mod xdp_harness;
