@@ -73,18 +73,7 @@ pub struct Relay {
     pub stats: Arc<RelayStats>,
 }
 
-/// splitmix64: small, seedable, good enough to scatter impairments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use crate::Rng;
 
 fn packet_socket(ifname: &str) -> Result<OwnedFd, String> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
@@ -304,7 +293,7 @@ fn relay_one(
         stats.forwarded.fetch_add(1, Ordering::Relaxed);
         return;
     }
-    let roll = (rng.next() % 1000) as u32;
+    let roll = (rng.next_u64() % 1000) as u32;
     if roll < impair.drop {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return;
@@ -468,7 +457,7 @@ mod tests {
     fn the_same_seed_gives_the_same_decisions() {
         let draw = |seed| {
             let mut r = Rng(seed);
-            (0..8).map(|_| r.next() % 1000).collect::<Vec<_>>()
+            (0..8).map(|_| r.next_u64() % 1000).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

@@ -55,14 +55,15 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, RedfishErr
             .with_no_client_auth(),
         TlsPolicy::Fingerprint(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                pin: *pin,
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                pin: Some(*pin),
                 provider: provider(),
             }))
             .with_no_client_auth(),
         TlsPolicy::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unchecked {
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                pin: None,
                 provider: provider(),
             }))
             .with_no_client_auth(),
@@ -90,15 +91,16 @@ fn roots(path: &Path) -> Result<RootCertStore, RedfishError> {
     Ok(store)
 }
 
-/// Accepts exactly the certificate whose SHA-256 is `pin`; signatures are still verified, so
-/// the peer must hold the pinned certificate's key.
+/// Checks the end-entity certificate against a pinned SHA-256, or (`pin: None`, the
+/// operator's explicit `insecure = true`) not at all. Handshake signatures are verified in
+/// both cases, so a pinned peer must hold the pinned certificate's key.
 #[derive(Debug)]
-struct Pinned {
-    pin: [u8; 32],
+struct Verifier {
+    pin: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -107,8 +109,11 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.pin {
+        if got == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(TlsError::General(format!(
@@ -116,59 +121,6 @@ impl ServerCertVerifier for Pinned {
                 hex(&got)
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Accepts any certificate (the operator's explicit `insecure = true`).
-#[derive(Debug)]
-struct Unchecked {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -22,6 +22,7 @@
 use std::time::Instant;
 
 use bootfabric::scheduler::{Action, Event, HostSpec, Params, Phase, Scheduler};
+use bootfabric_lab::Rng;
 
 const DT: f64 = 0.25;
 const CAPACITY: f64 = 1.25e9; // 10 Gbit/s
@@ -33,21 +34,6 @@ const BOOT_AFTER_DOWNLOAD: f64 = 20.0;
 const DOWNLOAD_GIVE_UP: f64 = 300.0;
 const MODELS: [(&str, f64); 3] = [("r650", 90.0), ("dl380", 150.0), ("sr650", 240.0)];
 const PROFILES: [u64; 3] = [80_000_000, 400_000_000, 1_200_000_000];
-
-/// Deterministic generator (splitmix64), so runs are reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 #[derive(Clone)]
 struct Machine {
@@ -87,8 +73,8 @@ fn fleet(n: usize, seed: u64) -> Vec<Machine> {
     let mut rng = Rng(seed);
     (0..n)
         .map(|i| {
-            let (model, post) = MODELS[(rng.next() % 3) as usize];
-            let demand = PROFILES[(rng.next() % 3) as usize];
+            let (model, post) = MODELS[(rng.next_u64() % 3) as usize];
+            let demand = PROFILES[(rng.next_u64() % 3) as usize];
             let r = rng.unit();
             Machine {
                 spec: HostSpec {
