@@ -4,6 +4,7 @@
 //! regenerate it without touching the daemon's settings. Lookups are by MAC and by IP in
 //! hash maps: a 10,000-host inventory costs nothing per packet.
 
+use crate::redfish::{BmcConfig, PasswordSource, TlsPolicy};
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
@@ -111,6 +112,76 @@ pub struct Host {
     pub menu: Vec<String>,
     /// Host-level DHCP options.
     pub options: OptionSet,
+    /// Hardware model, if given.
+    pub model: Option<String>,
+    /// Rack or power domain, if given.
+    pub rack: Option<String>,
+    /// Its BMC, if given.
+    pub bmc: Option<BmcConfig>,
+}
+
+/// Validates `hosts[].bmc`: errors are (key under `bmc`, reason). Relative file paths are
+/// taken from the inventory file's folder.
+fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, String)> {
+    let base = inventory.parent().unwrap_or(Path::new("."));
+    let file = |s: &str| {
+        let p = Path::new(s);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+    let url = b
+        .url
+        .clone()
+        .ok_or_else(|| ("bmc.url".to_owned(), "missing".to_owned()))?;
+    let https = url.starts_with("https://");
+    if !https && !url.starts_with("http://") {
+        return Err((
+            "bmc.url".into(),
+            format!("{url:?}: the scheme must be https (or http for lab emulators)"),
+        ));
+    }
+    crate::redfish::transport::parse_url(&url).map_err(|e| ("bmc.url".to_owned(), e))?;
+    let username = b
+        .username
+        .clone()
+        .ok_or_else(|| ("bmc.username".to_owned(), "missing".to_owned()))?;
+    let password = match (&b.password_file, &b.password_env) {
+        (Some(f), None) => PasswordSource::File(file(f)),
+        (None, Some(v)) => PasswordSource::Env(v.clone()),
+        _ => {
+            return Err((
+                "bmc".into(),
+                "give exactly one of password_file and password_env".into(),
+            ))
+        }
+    };
+    let tls = match (&b.ca_file, &b.fingerprint, b.insecure.unwrap_or(false)) {
+        (Some(ca), None, false) => TlsPolicy::CaFile(file(ca)),
+        (None, Some(fp), false) => TlsPolicy::Fingerprint(
+            crate::redfish::tls::parse_fingerprint(fp)
+                .map_err(|e| ("bmc.fingerprint".to_owned(), e))?,
+        ),
+        (None, None, true) => TlsPolicy::Insecure,
+        (None, None, false) if !https => TlsPolicy::Insecure,
+        (None, None, false) => {
+            return Err((
+                "bmc".into(),
+                "https needs ca_file or fingerprint to verify the BMC (or insecure = true)".into(),
+            ))
+        }
+        _ => {
+            return Err((
+                "bmc".into(),
+                "give one of ca_file, fingerprint and insecure = true".into(),
+            ))
+        }
+    };
+    let mut cfg = BmcConfig::new(&url, &username, password, tls);
+    cfg.system = b.system.clone();
+    Ok(cfg)
 }
 
 /// Hosts and profiles, indexed for lookup by MAC and IP.
@@ -234,6 +305,10 @@ impl Inventory {
                 }
                 None => OptionSet::default(),
             };
+            let bmc = match &h.bmc {
+                Some(b) => Some(bmc_from_wire(path, b).map_err(|(k, r)| invalid(key(&k), r))?),
+                None => None,
+            };
             by_name.insert(name.clone(), i);
             inv.by_mac.insert(mac, i);
             if let Some(ip) = ip {
@@ -246,6 +321,9 @@ impl Inventory {
                 profile,
                 menu: h.menu,
                 options,
+                model: h.model.clone(),
+                rack: h.rack.clone(),
+                bmc,
             });
         }
         Ok(inv)
@@ -388,5 +466,87 @@ mod tests {
         assert!(inv
             .host_by_ip("10.100.39.15".parse().expect("ip"))
             .is_some());
+    }
+
+    fn with_bmc(bmc: &str) -> Result<Inventory, InventoryError> {
+        let text = format!(
+            "[profiles.p]\n[[hosts]]\nname = \"n1\"\nmac = \"52:54:00:00:00:01\"\nprofile = \"p\"\nmodel = \"r650\"\nrack = \"r1\"\nbmc = {{ {bmc} }}\n"
+        );
+        let wire = toml::from_str(&text).expect("toml");
+        Inventory::from_wire(Path::new("/etc/bootfabric/hosts.toml"), wire)
+    }
+
+    fn error_key(e: InventoryError) -> (String, String) {
+        match e {
+            InventoryError::Invalid { key, reason, .. } => (key, reason),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn bmcs_are_validated_and_their_files_resolved() {
+        let inv = with_bmc(
+            r#"url = "https://10.0.9.11", username = "root", password_file = "secrets/bmc.pass", fingerprint = "AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB""#,
+        )
+        .expect("valid");
+        let h = &inv.hosts()[0];
+        assert_eq!(h.model.as_deref(), Some("r650"));
+        assert_eq!(h.rack.as_deref(), Some("r1"));
+        let b = h.bmc.as_ref().expect("bmc");
+        assert_eq!(b.tls, TlsPolicy::Fingerprint([0xab; 32]));
+        assert_eq!(
+            b.password,
+            PasswordSource::File(Path::new("/etc/bootfabric/secrets/bmc.pass").to_owned())
+        );
+        let lab = with_bmc(
+            r#"url = "http://127.0.0.1:8000", username = "admin", password_env = "BMC_PASS""#,
+        )
+        .expect("plain http for lab emulators");
+        assert_eq!(
+            lab.hosts()[0].bmc.as_ref().map(|b| &b.tls),
+            Some(&TlsPolicy::Insecure)
+        );
+
+        for (bmc, key, words) in [
+            (
+                r#"url = "https://bmc", username = "u", password_env = "P""#,
+                "hosts[0].bmc",
+                "ca_file or fingerprint",
+            ),
+            (
+                r#"url = "https://bmc", username = "u", password_env = "P", password_file = "f", insecure = true"#,
+                "hosts[0].bmc",
+                "exactly one",
+            ),
+            (
+                r#"url = "https://bmc", username = "u", password_env = "P", fingerprint = "abc""#,
+                "hosts[0].bmc.fingerprint",
+                "SHA-256",
+            ),
+            (
+                r#"url = "ftp://bmc", username = "u", password_env = "P""#,
+                "hosts[0].bmc.url",
+                "scheme",
+            ),
+            (
+                r#"url = "https://bmc/redfish/v1", username = "u", password_env = "P", insecure = true"#,
+                "hosts[0].bmc.url",
+                "without a path",
+            ),
+            (
+                r#"username = "u", password_env = "P""#,
+                "hosts[0].bmc.url",
+                "missing",
+            ),
+            (
+                r#"url = "https://bmc", username = "u", password_env = "P", insecure = true, ca_file = "ca.pem""#,
+                "hosts[0].bmc",
+                "one of",
+            ),
+        ] {
+            let (k, reason) = error_key(with_bmc(bmc).expect_err(bmc));
+            assert_eq!(k, key, "{bmc}: {reason}");
+            assert!(reason.contains(words), "{bmc}: {reason}");
+        }
     }
 }

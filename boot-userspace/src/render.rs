@@ -235,6 +235,9 @@ mod tests {
             profile: "installer".into(),
             menu: Vec::new(),
             options: OptionSet::default(),
+            model: None,
+            rack: None,
+            bmc: None,
         }
     }
 

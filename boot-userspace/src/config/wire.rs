@@ -250,4 +250,32 @@ pub struct Host {
     pub menu: Vec<String>,
     /// DHCP options for this host only.
     pub options: Option<DhcpOptions>,
+    /// Hardware model (the scheduler learns POST times per model).
+    pub model: Option<String>,
+    /// Rack or power domain (the scheduler limits hosts powering on per rack).
+    pub rack: Option<String>,
+    /// The host's BMC.
+    pub bmc: Option<Bmc>,
+}
+
+/// `hosts[].bmc`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bmc {
+    /// `https://host[:port]` (or `http://` for lab emulators).
+    pub url: Option<String>,
+    /// User name.
+    pub username: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// PEM file of the CA that signed the BMC's certificate.
+    pub ca_file: Option<String>,
+    /// SHA-256 fingerprint of the BMC's (self-signed) certificate.
+    pub fingerprint: Option<String>,
+    /// Skip certificate verification (logged).
+    pub insecure: Option<bool>,
+    /// The system to manage, when the BMC manages several.
+    pub system: Option<String>,
 }

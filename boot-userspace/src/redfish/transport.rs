@@ -52,35 +52,42 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// Splits a BMC URL into (https?, host, port). A path is refused: Redfish paths are
+/// absolute, from `/redfish/v1`.
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{url:?}: the scheme must be https (or http)")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{url:?}: give the BMC's address without a path"));
+    }
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok((https, host, port))
+}
+
 /// Largest body read from a BMC; Redfish resources are a few KiB.
 const MAX_BODY: usize = 4 << 20;
 
 impl Endpoint {
-    /// Parses `http://host[:port]` or `https://host[:port]` (a path is not allowed: Redfish
-    /// paths are absolute, from `/redfish/v1`).
+    /// Parses `http://host[:port]` or `https://host[:port]` (see [`parse_url`]); https needs
+    /// a TLS configuration.
     pub fn new(
         url: &str,
         tls: Option<Arc<ClientConfig>>,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("{url:?}: the scheme must be https (or http)")),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(format!("{url:?}: give the BMC's address without a path"));
-        }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let (https, host, port) = parse_url(url)?;
         let tls = if https {
             Some(tls.ok_or_else(|| format!("{url:?}: https needs a TLS policy"))?)
         } else {
