@@ -33,6 +33,17 @@ pub mod relay;
 pub mod tftp_client;
 pub mod xdp_harness;
 
+/// A child process (a client, a relay, a VM) killed by PID and reaped when the test ends,
+/// also when it fails.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// splitmix64: small and seedable, so lab impairments and simulations are reproducible.
 #[derive(Clone, Debug)]
 pub struct Rng(pub u64);

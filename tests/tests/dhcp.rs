@@ -91,14 +91,7 @@ fn lease_lines(daemon: &Daemon) -> String {
     daemon.cli(&["leases"]).expect("bootfabric leases")
 }
 
-/// Kills a client program by PID when the test ends, also on failure.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use bootfabric_lab::KillOnDrop as Kill;
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);

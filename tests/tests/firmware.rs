@@ -9,7 +9,7 @@
 use std::{
     io::Read,
     net::TcpListener,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -45,13 +45,7 @@ profile = "installer"
 /// Firmware under TCG is slow; this bounds the wait, it does not time anything.
 const BOOT_BOUND: Duration = Duration::from_secs(240);
 
-struct Qemu(Child);
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use bootfabric_lab::KillOnDrop as Qemu;
 
 /// A lab whose client namespace holds a bridge joining the server link and a tap for QEMU.
 fn lab() -> PairLab {

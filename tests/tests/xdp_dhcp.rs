@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use bootfabric::dhcp::{
+    encode_reply,
     server::{Handled, Ingress},
     wire::decode_request,
 };
@@ -17,7 +18,6 @@ use bootfabric_lab::{
     xdp_harness::{checksum, frame, Harness, SERVER_MAC},
     Bridge, Daemon, Netns, TempDir,
 };
-use dhcproto::{Encodable, Encoder};
 use std::time::Duration;
 
 const XDP_DROP: u32 = 1;
@@ -305,17 +305,8 @@ fn userspace(h: &mut Harness, r: &Req) -> Option<(Vec<u8>, SocketAddrV4)> {
         peer,
     };
     match h.server.handle(&msg, &ingress, 1_000) {
-        Handled::Reply(reply) => {
-            let mut out = Vec::new();
-            reply
-                .msg
-                .encode(&mut Encoder::new(&mut out))
-                .expect("encode");
-            if out.len() < 300 {
-                out.resize(300, 0);
-            }
-            Some((out, reply.dest))
-        }
+        // The same encoder and padding the daemon's socket loop uses.
+        Handled::Reply(reply) => Some((encode_reply(&reply.msg).expect("encode"), reply.dest)),
         _ => None,
     }
 }
@@ -745,14 +736,7 @@ fn real_clients_get_reserved_addresses_from_the_kernel() {
     );
 }
 
-/// Kills a client by PID when the test ends, also on failure.
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use bootfabric_lab::KillOnDrop as Kill;
 
 /// The shield: a flood from one unknown client, and one through a relay, reach userspace
 /// only at the configured rates (bursts of twice the rate); the rest dies in XDP, counted.

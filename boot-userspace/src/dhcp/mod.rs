@@ -330,52 +330,7 @@ impl DhcpService {
             fast_path: Arc::clone(&self.fast_path),
         }
     }
-}
 
-impl Reloader {
-    /// Applies a reloaded configuration: hosts, profiles, boot settings and options. The
-    /// subnets and pools stay as they are (they shape the lease table; a restart changes
-    /// them). The fast path's maps follow.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let Some(dhcp) = &config.dhcp else {
-            return Err("the reloaded config has no [dhcp]; restart to remove the server".into());
-        };
-        let mut server = self
-            .server
-            .lock()
-            .map_err(|_| "DHCP state lock poisoned".to_owned())?;
-        if server
-            .dhcp
-            .subnets
-            .iter()
-            .map(|s| s.net)
-            .ne(dhcp.subnets.iter().map(|s| s.net))
-            || server.dhcp.mode != dhcp.mode
-        {
-            return Err("dhcp.subnets or dhcp.mode changed: restart to apply".into());
-        }
-        server.inventory = config.inventory.clone();
-        server.boot = config.boot.clone();
-        server.dhcp.options = dhcp.options.clone();
-        for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
-            mine.options = new.options.clone();
-        }
-        server.table.set_reservations(&config.inventory);
-        if let Ok(mut slot) = self.fast_path.lock() {
-            if let Some(fp) = slot.as_mut() {
-                let r = fp.sync(&server).map_err(|e| e.to_string())?;
-                info!(
-                    hosts = r.hosts,
-                    removed = r.removed,
-                    "XDP DHCP fast path resynced"
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-impl DhcpService {
     /// Records exchanges the kernel answered, as if this service had answered them: one
     /// lock of the lease table and one hand-over to the journal per batch.
     fn on_fast_path(&self, events: &[FastPathEvent]) {
@@ -625,15 +580,13 @@ impl DhcpService {
                 }
                 Handled::Reply(reply) => {
                     let reply = *reply;
-                    let mut out = Vec::with_capacity(576);
-                    if let Err(e) = reply.msg.encode(&mut Encoder::new(&mut out)) {
-                        warn!(%mac, error = %e, "encoding a DHCP reply failed");
-                        continue;
-                    }
-                    // RFC 2131 minimum BOOTP message size: some PXE ROMs drop shorter ones.
-                    if out.len() < 300 {
-                        out.resize(300, 0);
-                    }
+                    let out = match encode_reply(&reply.msg) {
+                        Ok(out) => out,
+                        Err(e) => {
+                            warn!(%mac, error = %e, "encoding a DHCP reply failed");
+                            continue;
+                        }
+                    };
                     let label = reply_label(reply.kind);
                     let phase = match reply.kind {
                         MessageType::Offer => Phase::DhcpOffer,
@@ -685,6 +638,60 @@ impl DhcpService {
             warn!(%dest, error = %e, "sending a DHCP reply failed");
         }
     }
+}
+
+impl Reloader {
+    /// Applies a reloaded configuration: hosts, profiles, boot settings and options. The
+    /// subnets and pools stay as they are (they shape the lease table; a restart changes
+    /// them). The fast path's maps follow.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let Some(dhcp) = &config.dhcp else {
+            return Err("the reloaded config has no [dhcp]; restart to remove the server".into());
+        };
+        let mut server = self
+            .server
+            .lock()
+            .map_err(|_| "DHCP state lock poisoned".to_owned())?;
+        if server
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| s.net)
+            .ne(dhcp.subnets.iter().map(|s| s.net))
+            || server.dhcp.mode != dhcp.mode
+        {
+            return Err("dhcp.subnets or dhcp.mode changed: restart to apply".into());
+        }
+        server.inventory = config.inventory.clone();
+        server.boot = config.boot.clone();
+        server.dhcp.options = dhcp.options.clone();
+        for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
+            mine.options = new.options.clone();
+        }
+        server.table.set_reservations(&config.inventory);
+        if let Ok(mut slot) = self.fast_path.lock() {
+            if let Some(fp) = slot.as_mut() {
+                let r = fp.sync(&server).map_err(|e| e.to_string())?;
+                info!(
+                    hosts = r.hosts,
+                    removed = r.removed,
+                    "XDP DHCP fast path resynced"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reply as it goes on the wire: encoded, then padded with zeros to RFC 2131's minimum
+/// BOOTP size (some PXE ROMs drop shorter messages; the XDP fast path pads the same way).
+pub fn encode_reply(msg: &dhcproto::v4::Message) -> Result<Vec<u8>, dhcproto::error::EncodeError> {
+    let mut out = Vec::with_capacity(576);
+    msg.encode(&mut Encoder::new(&mut out))?;
+    if out.len() < bootfabric_abi::dhcp::REPLY_MIN {
+        out.resize(bootfabric_abi::dhcp::REPLY_MIN, 0);
+    }
+    Ok(out)
 }
 
 /// Reads the live leases for `bootfabric leases` (works while the daemon runs).

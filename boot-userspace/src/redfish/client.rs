@@ -457,13 +457,14 @@ impl Client {
 
     /// Sets a one-time boot override and checks it stuck (some firmware accepts the PATCH
     /// and silently keeps the old value). Sends `If-Match` with the system's ETag when it
-    /// has one, and follows a task monitor when the BMC answers 202.
+    /// has one, and follows a task monitor when the BMC answers 202. Returns the system as
+    /// read back, which [`Client::reset_system`] can use without reading it again.
     pub async fn set_boot_once(
         &mut self,
         path: &str,
         target: BootTarget,
         mode: Option<BootMode>,
-    ) -> Result<(), RedfishError> {
+    ) -> Result<System, RedfishError> {
         let before = self.system(path).await?;
         if !before.boot_targets_allowed.is_empty()
             && !before
@@ -501,7 +502,7 @@ impl Client {
             && after.boot_target.as_deref() == Some(target.as_str())
         {
             warn!(bmc = ?self.endpoint, system = %path, "the BMC keeps the boot override continuous, not once");
-            return Ok(());
+            return Ok(after);
         }
         if after.boot_target.as_deref() != Some(target.as_str())
             || after.boot_enabled.as_deref() != Some("Once")
@@ -513,18 +514,23 @@ impl Client {
                 after.boot_enabled
             )));
         }
-        Ok(())
+        Ok(after)
     }
 
     /// Resets the system: `On` when it is off, a restart otherwise, among the reset types
     /// the BMC advertises. Returns the type used.
     pub async fn reset(&mut self, path: &str) -> Result<String, RedfishError> {
         let sys = self.system(path).await?;
+        self.reset_system(&sys).await
+    }
+
+    /// [`Client::reset`] for a system just read (its power state and reset types).
+    pub async fn reset_system(&mut self, sys: &System) -> Result<String, RedfishError> {
         let kind = choose_reset(sys.power, &sys.reset_types)?;
         let target = sys
             .reset_target
             .clone()
-            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+            .unwrap_or_else(|| format!("{}/Actions/ComputerSystem.Reset", sys.path));
         let r = self
             .call(
                 Method::POST,

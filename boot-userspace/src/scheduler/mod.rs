@@ -143,8 +143,6 @@ pub struct Scheduler {
     post: HashMap<String, (f64, f64, u32)>,
     /// Hosts at the admission gate, in arrival order.
     gate: VecDeque<usize>,
-    /// Reset time of hosts in POST, for learning.
-    reset_at: Vec<f64>,
 }
 
 impl Scheduler {
@@ -159,7 +157,6 @@ impl Scheduler {
             hosts,
             post: HashMap::new(),
             gate: VecDeque::new(),
-            reset_at: vec![0.0; n],
         }
     }
 
@@ -235,7 +232,6 @@ impl Scheduler {
         };
         match (phase, event) {
             (Phase::Resetting { .. }, Event::ResetDone) => {
-                self.reset_at[host] = now;
                 self.phases[host] = Phase::Posting { since: now };
             }
             (Phase::Resetting { .. }, Event::ResetFailed(why)) => {

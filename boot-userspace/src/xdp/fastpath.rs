@@ -19,10 +19,7 @@ use bootfabric_abi::dhcp::{
     HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_TEMPLATES, NO_SUBNET, TEMPLATES_MAX_ENTRIES,
     TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
 };
-use dhcproto::{
-    v4::{DhcpOption, Message, MessageType, Opcode},
-    Encodable, Encoder,
-};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -194,14 +191,10 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
 /// Derives the maps from the server's configuration for the given interfaces.
 pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
     let mut d = Derived::default();
-    let probe = |iface: &FabricIface, giaddr: Ipv4Addr| {
-        let mut m = Message::default();
-        m.set_giaddr(giaddr);
-        let ingress = ingress_of(iface);
-        server.subnet_for(&m, &ingress)
-    };
     for iface in ifaces {
-        let subnet = probe(iface, Ipv4Addr::UNSPECIFIED)
+        // The subnet an unrelayed request on this interface belongs to.
+        let subnet = server
+            .subnet_for(&Message::default(), &ingress_of(iface))
             .map(|s| s as u32)
             .unwrap_or(NO_SUBNET);
         d.ifaces.insert(
@@ -279,11 +272,10 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                     let Some(reply) = server.reservation_reply(&req, &ingress, *subnet) else {
                         continue;
                     };
-                    let mut out = Vec::with_capacity(576);
-                    if reply.msg.encode(&mut Encoder::new(&mut out)).is_err() {
+                    let Ok(out) = crate::dhcp::encode_reply(&reply.msg) else {
                         bad_groups.push(group as u32);
                         continue 'groups;
-                    }
+                    };
                     match cut(&out) {
                         Ok(mut t) => {
                             if let Some(e) = d.ifaces.get(&iface.ifindex) {
