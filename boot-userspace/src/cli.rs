@@ -1,4 +1,4 @@
-//! The `bootfabric` command line: `serve`, `check`, `hosts`.
+//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`.
 
 use std::path::PathBuf;
 
@@ -47,6 +47,9 @@ pub enum Command {
     },
     /// Print the DHCP reply a client would get, and which rule decided each part.
     Explain(crate::explain::ExplainArgs),
+    /// Reboot hosts through their BMCs, staggered so the fabric stays busy but never
+    /// oversubscribed (asks the running daemon's scheduler).
+    Reboot(crate::reboot::RebootArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> i32 {
             Ok(cfg) => crate::explain::explain(&cfg, &args),
             Err(e) => config_error(&e),
         },
+        Command::Reboot(args) => crate::reboot::reboot(&args),
         Command::Hosts { config } => match Config::load(&config) {
             Ok(cfg) => {
                 println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");

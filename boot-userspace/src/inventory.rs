@@ -4,7 +4,7 @@
 //! regenerate it without touching the daemon's settings. Lookups are by MAC and by IP in
 //! hash maps: a 10,000-host inventory costs nothing per packet.
 
-use crate::redfish::{BmcConfig, PasswordSource, TlsPolicy};
+use crate::redfish::{BmcConfig, BootMode, BootTarget, PasswordSource, TlsPolicy};
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
@@ -181,6 +181,37 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
     };
     let mut cfg = BmcConfig::new(&url, &username, password, tls);
     cfg.system = b.system.clone();
+    cfg.boot = match b.boot.as_deref() {
+        None | Some("pxe") => BootTarget::Pxe,
+        Some("uefi-http") => BootTarget::UefiHttp,
+        Some(other) => {
+            return Err((
+                "bmc.boot".into(),
+                format!("{other:?} is not one of \"pxe\", \"uefi-http\""),
+            ))
+        }
+    };
+    cfg.boot_mode = match b.boot_mode.as_deref() {
+        None => None,
+        Some("uefi") => Some(BootMode::Uefi),
+        Some("legacy") => Some(BootMode::Legacy),
+        Some(other) => {
+            return Err((
+                "bmc.boot_mode".into(),
+                format!("{other:?} is not one of \"uefi\", \"legacy\""),
+            ))
+        }
+    };
+    match b.timeout_s {
+        Some(0) => return Err(("bmc.timeout_s".into(), "must be at least 1".into())),
+        Some(s) => cfg.timeout = std::time::Duration::from_secs(s),
+        None => {}
+    }
+    match b.attempts {
+        Some(0) => return Err(("bmc.attempts".into(), "must be at least 1".into())),
+        Some(n) => cfg.attempts = n.min(20),
+        None => {}
+    }
     Ok(cfg)
 }
 
@@ -506,6 +537,20 @@ mod tests {
             lab.hosts()[0].bmc.as_ref().map(|b| &b.tls),
             Some(&TlsPolicy::Insecure)
         );
+        let http_boot = with_bmc(
+            r#"url = "http://127.0.0.1:8000", username = "a", password_env = "P", boot = "uefi-http", boot_mode = "uefi", timeout_s = 3, attempts = 2"#,
+        )
+        .expect("boot settings");
+        let b = http_boot.hosts()[0].bmc.as_ref().expect("bmc");
+        assert_eq!(
+            (b.boot, b.boot_mode, b.timeout, b.attempts),
+            (
+                BootTarget::UefiHttp,
+                Some(BootMode::Uefi),
+                std::time::Duration::from_secs(3),
+                2
+            )
+        );
 
         for (bmc, key, words) in [
             (
@@ -542,6 +587,21 @@ mod tests {
                 r#"url = "https://bmc", username = "u", password_env = "P", insecure = true, ca_file = "ca.pem""#,
                 "hosts[0].bmc",
                 "one of",
+            ),
+            (
+                r#"url = "http://bmc", username = "u", password_env = "P", boot = "usb""#,
+                "hosts[0].bmc.boot",
+                "uefi-http",
+            ),
+            (
+                r#"url = "http://bmc", username = "u", password_env = "P", boot_mode = "bios""#,
+                "hosts[0].bmc.boot_mode",
+                "legacy",
+            ),
+            (
+                r#"url = "http://bmc", username = "u", password_env = "P", timeout_s = 0"#,
+                "hosts[0].bmc.timeout_s",
+                "at least 1",
             ),
         ] {
             let (k, reason) = error_key(with_bmc(bmc).expect_err(bmc));

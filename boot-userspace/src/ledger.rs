@@ -42,6 +42,13 @@ pub enum Phase {
     HttpFailed,
     /// The installed system called back: the boot is done.
     Booted,
+    /// The reboot scheduler's BMC accepted the boot override and the reset (detail: the
+    /// reset type).
+    BmcReset,
+    /// The reboot scheduler's BMC operation failed (detail: why).
+    BmcFailed,
+    /// The reboot scheduler let the host through its admission gate: a download slot is its.
+    Admitted,
 }
 
 impl Phase {
@@ -59,6 +66,9 @@ impl Phase {
             Self::HttpSent => "http_sent",
             Self::HttpFailed => "http_failed",
             Self::Booted => "booted",
+            Self::BmcReset => "bmc_reset",
+            Self::BmcFailed => "bmc_failed",
+            Self::Admitted => "admitted",
         }
     }
 }
@@ -130,6 +140,14 @@ pub struct Ledger {
     events: IntCounterVec,
 }
 
+/// Unix milliseconds now (the ledger's time base).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -168,10 +186,7 @@ impl Ledger {
         ip: Option<Ipv4Addr>,
         detail: Option<&str>,
     ) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let at_ms = unix_ms();
         self.events.with_label_values(&[phase.as_str()]).inc();
         let detail = detail.map(|d| {
             let mut end = d.len().min(DETAIL_MAX);
@@ -257,17 +272,22 @@ impl Ledger {
             .or_else(|| (self.holder(peer) == Some(host.mac)).then_some(peer))
     }
 
-    /// The timeline of `mac`, oldest first.
-    pub fn timeline(&self, mac: Mac) -> Vec<Event> {
+    /// The events of `mac` at or after `from_ms`, oldest first.
+    pub fn events_since(&self, mac: Mac, from_ms: u64) -> Vec<Event> {
         self.inner
             .lock()
-            .map(|s| {
+            .ok()
+            .and_then(|s| {
                 s.timelines
                     .get(&mac)
-                    .map(|q| q.iter().cloned().collect())
-                    .unwrap_or_default()
+                    .map(|q| q.iter().filter(|e| e.at_ms >= from_ms).cloned().collect())
             })
             .unwrap_or_default()
+    }
+
+    /// The timeline of `mac`, oldest first.
+    pub fn timeline(&self, mac: Mac) -> Vec<Event> {
+        self.events_since(mac, 0)
     }
 }
 

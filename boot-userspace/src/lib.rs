@@ -11,6 +11,7 @@ pub mod http;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod reboot;
 pub mod redfish;
 pub mod render;
 pub mod scheduler;

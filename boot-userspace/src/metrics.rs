@@ -2,7 +2,8 @@
 //!
 //! One explicit [`Registry`] is built at start-up and handed to each service, which defines
 //! its own metrics in one place. The admin server (hyper, HTTP/1.1) serves `/metrics` in the
-//! text exposition format and `/healthz`, to the source networks in `admin.allow` only.
+//! text exposition format, `/healthz`, the ledger's views (`/api/bandwidth`, `/api/timeline`)
+//! and the reboot scheduler (`/api/reboot`), to the source networks in `admin.allow` only.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -17,7 +18,12 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
 
-use crate::{inventory::Mac, ledger::Ledger};
+use crate::{
+    inventory::Mac,
+    ledger::Ledger,
+    scheduler::{report::Selection, runner::StartError, Reboots},
+};
+use http_body_util::BodyExt as _;
 use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -85,17 +91,29 @@ pub fn render(registry: &Registry) -> Vec<u8> {
     out
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `cancel` fires.
+/// What the admin server serves from.
+pub struct Admin {
+    /// Every service's metrics.
+    pub registry: Registry,
+    /// The boot ledger.
+    pub ledger: Ledger,
+    /// The reboot scheduler.
+    pub reboots: Arc<Reboots>,
+}
+
+/// Largest request body the admin API reads (a reboot selection).
+const MAX_BODY: usize = 1 << 20;
+
+/// Serves the admin API on `listener` until `cancel` fires.
 pub async fn serve_admin(
     listener: TcpListener,
-    registry: Registry,
-    ledger: Ledger,
+    admin: Admin,
     allow: Vec<IpNet>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     info!(addr = %local, "admin server listening on {local}");
-    let registry = Arc::new(registry);
+    let admin = Arc::new(admin);
     let allow = Arc::new(allow);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -115,14 +133,12 @@ pub async fn serve_admin(
             debug!(%peer, "admin connection refused by admin.allow");
             continue;
         }
-        let registry = Arc::clone(&registry);
-        let ledger = ledger.clone();
+        let admin = Arc::clone(&admin);
         let cancel = cancel.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
-                let registry = Arc::clone(&registry);
-                let ledger = ledger.clone();
-                async move { Ok::<_, Infallible>(route(&registry, &ledger, &req)) }
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -211,14 +227,16 @@ fn json(body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-fn route(registry: &Registry, ledger: &Ledger, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/api/reboot" {
+        return reboot(admin, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
-    match path {
+    match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(Full::new(Bytes::from(render(registry))));
+            let mut resp = Response::new(Full::new(Bytes::from(render(&admin.registry))));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -226,7 +244,7 @@ fn route(registry: &Registry, ledger: &Ledger, req: &Request<Incoming>) -> Respo
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/api/bandwidth" => json(bandwidth_json(ledger)),
+        "/api/bandwidth" => json(bandwidth_json(&admin.ledger)),
         "/api/timeline" => {
             let mac = req
                 .uri()
@@ -237,12 +255,68 @@ fn route(registry: &Registry, ledger: &Ledger, req: &Request<Incoming>) -> Respo
                 .map(|m| m.replace("%3A", ":").replace("%3a", ":"))
                 .and_then(|m| m.parse::<Mac>().ok());
             match mac {
-                Some(mac) => json(timeline_json(ledger, mac)),
+                Some(mac) => json(timeline_json(&admin.ledger, mac)),
                 None => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/api/reboot`: POST a selection to plan (`dry_run`) or start a run, GET its status,
+/// DELETE to cancel it.
+async fn reboot(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let as_json = |s: &crate::scheduler::report::RunStatus, code: StatusCode| {
+        let mut r = json(serde_json::to_string(s).unwrap_or_default());
+        *r.status_mut() = code;
+        r
+    };
+    match method {
+        Method::GET | Method::HEAD => match admin.reboots.status() {
+            Some(s) => as_json(&s, StatusCode::OK),
+            None => text(StatusCode::NOT_FOUND, "no reboot run yet\n"),
+        },
+        Method::DELETE => match admin.reboots.cancel() {
+            Some(id) => json(format!("{{\"cancelled\":{id}}}\n")),
+            None => text(StatusCode::CONFLICT, "no reboot run in progress\n"),
+        },
+        Method::POST => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+            };
+            let sel: Selection = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => return message(StatusCode::BAD_REQUEST, format!("selection: {e}\n")),
+            };
+            match admin.reboots.start(&sel) {
+                Ok(s) if sel.dry_run => as_json(&s, StatusCode::OK),
+                Ok(s) => as_json(&s, StatusCode::ACCEPTED),
+                Err(e @ StartError::Selection(_)) => {
+                    message(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+                Err(e @ StartError::Busy(_)) => message(StatusCode::CONFLICT, format!("{e}\n")),
+            }
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET, POST or DELETE /api/reboot\n",
+        ),
+    }
+}
+
+fn message(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

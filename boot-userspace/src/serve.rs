@@ -12,6 +12,7 @@ use crate::{
     http::HttpService,
     ledger::Ledger,
     metrics::{self, CoreMetrics},
+    scheduler::{Gate, Reboots},
     supervisor::{Outcome, Supervisor},
     tftp::service::TftpService,
     xdp::Dataplane,
@@ -107,6 +108,9 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     }
 
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
+    let gate = Gate::default();
+    let reboots = Reboots::new(&config, ledger.clone(), gate.clone(), &registry)
+        .context("registering scheduler metrics")?;
     let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
         let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
@@ -133,7 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     }
 
     if let Some(http) = config.http.clone() {
-        let service = HttpService::start(&config, http, &registry, ledger.clone())?;
+        let service = HttpService::start(&config, http, &registry, ledger.clone(), gate.clone())?;
         let token = supervisor.token();
         supervisor.spawn(
             "http",
@@ -146,12 +150,15 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
     let token = supervisor.token();
     let allow = config.admin_allow.clone();
-    let admin_registry = registry.clone();
-    let admin_ledger = ledger.clone();
+    let admin = metrics::Admin {
+        registry: registry.clone(),
+        ledger: ledger.clone(),
+        reboots,
+    };
     supervisor.spawn(
         "admin",
         Box::pin(async move {
-            metrics::serve_admin(listener, admin_registry, admin_ledger, allow, token)
+            metrics::serve_admin(listener, admin, allow, token)
                 .await
                 .context("admin server")
         }),

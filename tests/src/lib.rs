@@ -30,6 +30,7 @@ pub mod dhcp_client;
 pub mod packets;
 pub mod redfish_server;
 pub mod relay;
+pub mod sushy;
 pub mod tftp_client;
 pub mod xdp_harness;
 

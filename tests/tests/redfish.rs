@@ -6,7 +6,6 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -14,91 +13,37 @@ use bootfabric::redfish::{
     tls::parse_fingerprint, BmcConfig, BootMode, BootTarget, Client, PasswordSource, PowerState,
     RedfishError, TlsPolicy,
 };
-use bootfabric_lab::{have_program, require, require_root, run, wait_for, Netns, TempDir};
+use bootfabric_lab::{
+    have_program, require, require_root, run,
+    sushy::{FakeSystem, Sushy},
+    Netns, TempDir,
+};
 
 const USER: &str = "admin";
 const PASSWORD: &str = "s3cret-bmc";
-
-/// A sushy-emulator process, killed by PID when dropped.
-struct Sushy {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Sushy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn port() -> u16 {
     20000 + (std::process::id() % 20000) as u16
 }
 
-/// Starts sushy-emulator with two fake systems (node01 off, node02 on) and basic auth,
-/// over TLS when `tls` names a certificate and key.
+/// sushy-emulator with two fake systems (node01 off, node02 on) and basic auth, over TLS
+/// when `tls` names a certificate and key.
 fn sushy(ns: &Netns, dir: &Path, tls: Option<(&Path, &Path)>) -> Sushy {
-    let htpasswd = dir.join("htpasswd");
-    let hash = run(ns.command("python3").args([
-        "-c",
-        &format!(
-            "import bcrypt; print(bcrypt.hashpw(b'{PASSWORD}', bcrypt.gensalt(rounds=4)).decode())"
-        ),
-    ]))
-    .expect("bcrypt");
-    std::fs::write(&htpasswd, format!("{USER}:{}\n", hash.trim())).expect("htpasswd");
-    let mut cfg = format!(
-        r#"
-SUSHY_EMULATOR_FAKE_DRIVER = True
-SUSHY_EMULATOR_AUTH_FILE = '{}'
-SUSHY_EMULATOR_STATE_DIR = '{}'
-SUSHY_EMULATOR_FAKE_SYSTEMS = [
-    {{'uuid': '11111111-0000-0000-0000-000000000001', 'name': 'node01', 'power_state': 'Off',
-      'nics': [{{'mac': '52:54:00:b0:0f:01', 'ip': '10.77.0.11'}}]}},
-    {{'uuid': '11111111-0000-0000-0000-000000000002', 'name': 'node02', 'power_state': 'On',
-      'nics': [{{'mac': '52:54:00:b0:0f:02', 'ip': '10.77.0.12'}}]}},
-]
-"#,
-        htpasswd.display(),
-        dir.join("state").display()
-    );
-    if let Some((cert, key)) = tls {
-        cfg.push_str(&format!(
-            "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
-            cert.display(),
-            key.display()
-        ));
-    }
-    let conf = dir.join("sushy.conf");
-    std::fs::write(&conf, cfg).expect("config");
-    let port = port();
-    let log = std::fs::File::create(dir.join("sushy.log")).expect("log");
-    let child = ns
-        .command("sushy-emulator")
-        .arg("--config")
-        .arg(&conf)
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("sushy-emulator");
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let s = Sushy {
-        child,
-        url: format!("{scheme}://127.0.0.1:{port}"),
-    };
-    let up = wait_for(Duration::from_secs(30), || {
-        ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
-            .ok()
-            .flatten()
-    });
-    assert!(
-        up.is_some(),
-        "sushy-emulator did not start:\n{}",
-        std::fs::read_to_string(dir.join("sushy.log")).unwrap_or_default()
-    );
-    s
+    let systems = [
+        FakeSystem {
+            name: "node01",
+            uuid: "11111111-0000-0000-0000-000000000001",
+            power: "Off",
+            mac: "52:54:00:b0:0f:01",
+        },
+        FakeSystem {
+            name: "node02",
+            uuid: "11111111-0000-0000-0000-000000000002",
+            power: "On",
+            mac: "52:54:00:b0:0f:02",
+        },
+    ];
+    Sushy::start(ns, dir, port(), &systems, (USER, PASSWORD), tls)
 }
 
 fn config(url: &str, password_file: &Path, tls: TlsPolicy) -> BmcConfig {

@@ -185,6 +185,70 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// Global boot settings (built-in defaults under `[boot]`).
     pub boot: BootSettings,
+    /// The reboot scheduler's settings (`[scheduler]`).
+    pub scheduler: SchedulerConfig,
+}
+
+/// `[scheduler]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    /// The scheduler's knobs; `capacity_bps` is the configured cap.
+    pub params: crate::scheduler::Params,
+    /// Seconds a host at the admission gate sleeps before asking again.
+    pub gate_retry_s: u32,
+}
+
+impl SchedulerConfig {
+    fn from_wire(w: &wire::Scheduler) -> Result<Self, (String, String)> {
+        let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, (String, String)> {
+            match v {
+                Some(x) if !x.is_finite() || x <= 0.0 => Err((
+                    format!("scheduler.{key}"),
+                    format!("{x} is not a positive number"),
+                )),
+                Some(x) => Ok(x),
+                None => Ok(default),
+            }
+        };
+        let at_least_one = |v: Option<usize>, default: usize, key: &str| match v {
+            Some(0) => Err((format!("scheduler.{key}"), "must be at least 1".to_owned())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let lookahead = match w.lookahead_s {
+            Some(x) if !x.is_finite() || x < 0.0 => {
+                return Err((
+                    "scheduler.lookahead_s".into(),
+                    format!("{x} is not zero or a positive number"),
+                ))
+            }
+            Some(x) => x,
+            None => 120.0,
+        };
+        let mbit = 1e6 / 8.0;
+        let params = crate::scheduler::Params {
+            capacity_bps: positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit,
+            per_host_bps: positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit,
+            post_guess_s: positive(w.post_guess_s, 180.0, "post_guess_s")?,
+            max_bmc_ops: at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?,
+            max_per_rack_posting: at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?,
+            reset_attempts: at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")?
+                as u32,
+            retry_backoff_s: positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?,
+            post_timeout_s: positive(w.post_timeout_s, 900.0, "post_timeout_s")?,
+            boot_timeout_s: positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?,
+            lookahead_s: lookahead,
+        };
+        let gate_retry_s = match w.gate_retry_s {
+            Some(0) => return Err(("scheduler.gate_retry_s".into(), "must be at least 1".into())),
+            Some(n) => n.min(300),
+            None => 3,
+        };
+        Ok(Self {
+            params,
+            gate_retry_s,
+        })
+    }
 }
 
 impl Config {
@@ -467,6 +531,7 @@ impl Config {
         let boot = BootSettings::from_wire(&wire.boot, "boot")
             .map_err(keyed)?
             .over(&BootSettings::defaults());
+        let scheduler = SchedulerConfig::from_wire(&wire.scheduler).map_err(keyed)?;
 
         Ok(Self {
             path: path.to_owned(),
@@ -484,6 +549,7 @@ impl Config {
             dhcp,
             http,
             boot,
+            scheduler,
         })
     }
 }
@@ -566,6 +632,30 @@ mod tests {
             Ok(c) => panic!("config was accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn scheduler_settings_have_defaults_and_bad_ones_name_the_key() {
+        let c = parse("").expect("empty config");
+        assert_eq!(c.scheduler.params.capacity_bps, 10_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.params.slots(), 10);
+        assert_eq!(c.scheduler.gate_retry_s, 3);
+        let c =
+            parse("[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n")
+                .expect("scheduler");
+        assert_eq!(c.scheduler.params.slots(), 10);
+        assert_eq!(c.scheduler.params.lookahead_s, 0.0);
+        for (text, key) in [
+            ("capacity_mbps = 0", "scheduler.capacity_mbps"),
+            ("per_host_mbps = -1", "scheduler.per_host_mbps"),
+            ("max_bmc_operations = 0", "scheduler.max_bmc_operations"),
+            ("lookahead_s = -5", "scheduler.lookahead_s"),
+            ("gate_retry_s = 0", "scheduler.gate_retry_s"),
+        ] {
+            let e = err(&format!("[scheduler]\n{text}\n"));
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(err("[scheduler]\nslots = 3\n").contains("slots"));
     }
 
     #[test]

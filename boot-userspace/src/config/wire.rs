@@ -34,6 +34,37 @@ pub struct ConfigFile {
     /// `[boot]`: what PXE, iPXE and HTTP-boot clients are told to load.
     #[serde(default)]
     pub boot: Boot,
+    /// `[scheduler]`: the staggered mass reboot.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduler {
+    /// Cap on the egress the scheduler plans with, Mbit/s.
+    pub capacity_mbps: Option<f64>,
+    /// What one booting host can take on its own, Mbit/s.
+    pub per_host_mbps: Option<f64>,
+    /// POST time assumed for a hardware model not seen yet, seconds.
+    pub post_guess_s: Option<f64>,
+    /// BMC operations in flight at once.
+    pub max_bmc_operations: Option<usize>,
+    /// Hosts per rack between reset and DHCP at once (inrush).
+    pub max_posting_per_rack: Option<usize>,
+    /// Attempts of a host's reset before it is given up on.
+    pub reset_attempts: Option<u32>,
+    /// Seconds before a failed reset is tried again (doubling per attempt).
+    pub retry_backoff_s: Option<f64>,
+    /// Seconds from reset to DHCP before a host counts as failed.
+    pub post_timeout_s: Option<f64>,
+    /// Seconds from DHCP to `booted` before a host counts as failed.
+    pub boot_timeout_s: Option<f64>,
+    /// How far ahead of need hosts are reset, seconds.
+    pub lookahead_s: Option<f64>,
+    /// Seconds a host waiting for a download slot sleeps before asking again.
+    pub gate_retry_s: Option<u32>,
 }
 
 /// `[dhcp]`.
@@ -278,4 +309,12 @@ pub struct Bmc {
     pub insecure: Option<bool>,
     /// The system to manage, when the BMC manages several.
     pub system: Option<String>,
+    /// Boot override the reboot scheduler sets: `pxe` or `uefi-http`.
+    pub boot: Option<String>,
+    /// Firmware mode for the override: `uefi` or `legacy`.
+    pub boot_mode: Option<String>,
+    /// Seconds one request may take.
+    pub timeout_s: Option<u64>,
+    /// Attempts of one request on transient errors.
+    pub attempts: Option<u32>,
 }

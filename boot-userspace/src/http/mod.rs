@@ -55,6 +55,7 @@ impl HttpService {
         cfg: HttpConfig,
         registry: &Registry,
         ledger: Ledger,
+        gate: crate::scheduler::Gate,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::register(registry)?;
         let egress = GaugeVec::new(
@@ -79,6 +80,8 @@ impl HttpService {
             boot: config.boot.clone(),
             scripts,
             ledger,
+            gate,
+            gate_retry_s: config.scheduler.gate_retry_s,
         };
         let limits = Limits {
             max_connections: cfg.max_connections,

@@ -16,6 +16,7 @@ use crate::{
     inventory::{Host, Inventory, Mac},
     ledger::{Ledger, Phase},
     render,
+    scheduler::Gate,
     tftp::files::{self, FileError},
 };
 
@@ -36,6 +37,10 @@ pub struct Site {
     pub scripts: Vec<String>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
+    /// Hosts a reboot run holds until a download slot is theirs.
+    pub gate: Gate,
+    /// Seconds a held host sleeps before asking again.
+    pub gate_retry_s: u32,
 }
 
 /// A routed request: the response, a label for metrics, and the host and path when the
@@ -43,7 +48,7 @@ pub struct Site {
 pub struct Routed {
     /// What to send.
     pub response: Response,
-    /// `script`, `config`, `booted`, `file` or `other`.
+    /// `script`, `gate`, `config`, `booted`, `file` or `other`.
     pub route: &'static str,
     /// Host and path of an image download.
     pub fetch: Option<(Mac, String)>,
@@ -130,6 +135,21 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
         .and_then(|m| m.parse::<Mac>().ok())
         .and_then(|m| site.inventory.host_by_mac(&m));
     let host = by_mac.or_else(|| site.host_at(peer));
+    if let Some(h) = host.filter(|h| site.gate.holds(&h.mac)) {
+        // Up before a download slot is free: wait here, where waiting costs one small
+        // request every few seconds, rather than take bandwidth from hosts downloading.
+        let wait = format!(
+            "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+            h.name,
+            site.http_base(server),
+            req.path,
+            s = site.gate_retry_s,
+        );
+        return routed(
+            Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
+            "gate",
+        );
+    }
     let text = host.and_then(|h| {
         render::host_script(
             &site.inventory,

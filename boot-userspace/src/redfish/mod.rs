@@ -21,7 +21,7 @@ pub use tls::TlsPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum RedfishError {
     /// TCP connect or HTTP exchange failed.
-    #[error("cannot reach the BMC: {0}")]
+    #[error("cannot connect: {0}")]
     Connect(String),
     /// TLS setup or verification failed.
     #[error("TLS: {0}")]
@@ -137,6 +137,10 @@ pub struct BmcConfig {
     pub timeout: Duration,
     /// Attempts of one request on transient errors (at least 1).
     pub attempts: u32,
+    /// What the reboot scheduler sets the one-time boot override to.
+    pub boot: BootTarget,
+    /// Firmware mode for the override; the BMC's current mode when unset.
+    pub boot_mode: Option<BootMode>,
 }
 
 impl BmcConfig {
@@ -150,6 +154,8 @@ impl BmcConfig {
             system: None,
             timeout: Duration::from_secs(10),
             attempts: 4,
+            boot: BootTarget::Pxe,
+            boot_mode: None,
         }
     }
 }

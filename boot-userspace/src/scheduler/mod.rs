@@ -14,7 +14,17 @@
 //! hosts powering on per rack (inrush) apply on top. Hosts whose BMC fails are retried with
 //! backoff and, after the bounded attempts, isolated: they never hold a slot.
 
+pub mod capacity;
+pub mod gate;
+pub mod plan;
+pub mod report;
+pub mod runner;
+
 use std::collections::{HashMap, VecDeque};
+
+pub use capacity::Capacity;
+pub use gate::Gate;
+pub use runner::Reboots;
 
 /// A host to reboot.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +119,37 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// Metric and report label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Waiting { .. } => "waiting",
+            Self::Resetting { .. } => "resetting",
+            Self::Posting { .. } => "posting",
+            Self::Queued { .. } => "queued",
+            Self::Downloading { .. } => "downloading",
+            Self::Starting { .. } => "starting",
+            Self::Booted { .. } => "booted",
+            Self::Failed { .. } => "failed",
+        }
+    }
+
+    /// Every label, in boot order (for metrics that show each phase, empty or not).
+    pub const LABELS: [&'static str; 8] = [
+        "waiting",
+        "resetting",
+        "posting",
+        "queued",
+        "downloading",
+        "starting",
+        "booted",
+        "failed",
+    ];
+}
+
+/// POST durations seen per hardware model: (shortest, longest, how many), seconds.
+pub type PostSeen = HashMap<String, (f64, f64, u32)>;
+
 /// Something that happened to a host, reported by the runner.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -140,7 +181,7 @@ pub struct Scheduler {
     attempts: Vec<u32>,
     queue: VecDeque<usize>,
     /// Shortest and longest POST seen per model, and how many were seen.
-    post: HashMap<String, (f64, f64, u32)>,
+    post: PostSeen,
     /// Hosts at the admission gate, in arrival order.
     gate: VecDeque<usize>,
 }
@@ -158,6 +199,22 @@ impl Scheduler {
             post: HashMap::new(),
             gate: VecDeque::new(),
         }
+    }
+
+    /// Starts from POST times learned before (by earlier runs).
+    pub fn with_post_seen(mut self, seen: PostSeen) -> Self {
+        self.post = seen;
+        self
+    }
+
+    /// POST times seen so far, per model (earlier runs' included).
+    pub fn post_seen(&self) -> &PostSeen {
+        &self.post
+    }
+
+    /// The parameters in force (capacity as last set).
+    pub fn params(&self) -> &Params {
+        &self.params
     }
 
     /// The hosts.

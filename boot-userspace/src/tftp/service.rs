@@ -535,6 +535,8 @@ impl TftpService {
                             break;
                         }
                         self.metrics.bytes.inc_by(fresh);
+                        // The scheduler's capacity is what the fabric sends, TFTP included.
+                        self.hosts.ledger.egress(&iface, out.len() as u64);
                         let resent = end.min(highest_sent).saturating_sub(b - 1);
                         self.metrics.retransmits.inc_by(resent);
                         highest_sent = highest_sent.max(end);
