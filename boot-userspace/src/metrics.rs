@@ -171,7 +171,7 @@ fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
     allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
-/// `/api/bandwidth`: the fabric's measured HTTP egress, as the scheduler reads it.
+/// `/api/bandwidth`: the fabric's measured egress (HTTP and TFTP), as the scheduler reads it.
 fn bandwidth_json(ledger: &Ledger) -> String {
     let rates = ledger.egress_rates();
     let total: f64 = rates.iter().map(|(_, r)| r).sum();

@@ -352,6 +352,11 @@ fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
         started.elapsed().as_secs_f64()
     );
 
+    // The last run's report stays available.
+    let status = reboot_cli(&srv, &daemon, &["--status"]);
+    assert_eq!(status.status.code(), Some(1), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("booted 3, failed 2"));
+
     // The ledger has each machine's timeline in order, and the metrics the counts.
     for (name, _, _, mac, _) in MACHINES {
         let (_, tl) =
@@ -420,9 +425,11 @@ fn check_report(out: &str, daemon: &Daemon) {
             Some("booted"),
             "{name}:\n{out}"
         );
-        // HOST RACK RESET ACCEPT DHCP ADMITTED FETCHED BOOTED PHASE
-        let admitted = num(&r[5]).unwrap_or_else(|| panic!("{name} admitted:\n{out}"));
-        let fetched = num(&r[6]).unwrap_or_else(|| panic!("{name} fetched:\n{out}"));
+        // HOST RACK RESET ACCEPT DHCP LOADER ADMITTED KERNEL FETCHED BOOTED PHASE
+        let admitted = num(&r[6]).unwrap_or_else(|| panic!("{name} admitted:\n{out}"));
+        let kernel = num(&r[7]).unwrap_or_else(|| panic!("{name} kernel:\n{out}"));
+        let fetched = num(&r[8]).unwrap_or_else(|| panic!("{name} fetched:\n{out}"));
+        assert!(admitted <= kernel && kernel <= fetched, "{name}:\n{out}");
         windows.push((admitted, fetched));
     }
     windows.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -60,8 +60,8 @@ impl HttpService {
         let metrics = Metrics::register(registry)?;
         let egress = GaugeVec::new(
             Opts::new(
-                "bootfabric_http_egress_bytes_per_second",
-                "HTTP bytes sent per second over the last 5 complete seconds, per interface and in total.",
+                "bootfabric_egress_bytes_per_second",
+                "Bytes sent to boot clients (HTTP and TFTP) per second over the last 5 complete seconds, per interface and in total.",
             ),
             &["iface"],
         )?;

@@ -56,8 +56,14 @@ pub struct HostLine {
     pub reset_done_s: Option<f64>,
     /// First DHCP offer after the reset.
     pub dhcp_s: Option<f64>,
+    /// First bootloader file sent (iPXE by TFTP or HTTP boot), when there was one.
+    #[serde(default)]
+    pub loader_s: Option<f64>,
     /// Let through the admission gate.
     pub admitted_s: Option<f64>,
+    /// Kernel sent.
+    #[serde(default)]
+    pub kernel_s: Option<f64>,
     /// Every file of its profile sent.
     pub fetched_s: Option<f64>,
     /// Reported booted.
@@ -195,19 +201,30 @@ impl RunStatus {
         );
         let _ = writeln!(
             out,
-            "\n  {:<20} {:<12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7}  PHASE",
-            "HOST", "RACK", "RESET", "ACCEPT", "DHCP", "ADMITTED", "FETCHED", "BOOTED"
+            "\n  {:<20} {:<12} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8} {:>7}  PHASE",
+            "HOST",
+            "RACK",
+            "RESET",
+            "ACCEPT",
+            "DHCP",
+            "LOADER",
+            "ADMITTED",
+            "KERNEL",
+            "FETCHED",
+            "BOOTED"
         );
         for h in &self.hosts {
             let _ = writeln!(
                 out,
-                "  {:<20} {:<12} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7}  {}",
+                "  {:<20} {:<12} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>8} {:>7}  {}",
                 h.name,
                 h.rack,
                 secs(h.reset_s),
                 secs(h.reset_done_s),
                 secs(h.dhcp_s),
+                secs(h.loader_s),
                 secs(h.admitted_s),
+                secs(h.kernel_s),
                 secs(h.fetched_s),
                 secs(h.booted_s),
                 h.phase

@@ -110,6 +110,8 @@ struct Member {
     spec: HostSpec,
     /// Its profile's files, relative to the image root (fetched = every one sent).
     files: Vec<String>,
+    /// Its kernel, relative to the image root.
+    kernel: Option<String>,
 }
 
 struct RunHandle {
@@ -267,9 +269,9 @@ impl Reboots {
 
     fn member(&self, h: &Host) -> Option<Member> {
         let bmc = h.bmc.clone()?;
-        let files: Vec<String> = self
-            .inventory
-            .profile(&h.profile)
+        let profile = self.inventory.profile(&h.profile);
+        let kernel = profile.and_then(|p| p.kernel.clone());
+        let files: Vec<String> = profile
             .map(|p| p.kernel.iter().chain(&p.initrd).cloned().collect())
             .unwrap_or_default();
         let demand_bytes = files
@@ -292,6 +294,7 @@ impl Reboots {
                 rack: h.rack.clone().unwrap_or_else(|| format!("host:{}", h.name)),
                 demand_bytes,
             },
+            kernel: kernel.map(|k| k.trim_start_matches('/').to_owned()),
             files: files
                 .iter()
                 .map(|f| f.trim_start_matches('/').to_owned())
@@ -431,6 +434,19 @@ impl Reboots {
                         sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
                     }
                 }
+                if let Some(from) = track[i].dhcp_ms {
+                    let line = &mut view.hosts[i];
+                    if line.loader_s.is_none() {
+                        line.loader_s = loader_at(&m.files, &events, from).map(secs);
+                    }
+                    if line.kernel_s.is_none() {
+                        line.kernel_s = m
+                            .kernel
+                            .as_deref()
+                            .and_then(|k| sent_at(k, &events, from))
+                            .map(secs);
+                    }
+                }
                 if let (Phase::Downloading { .. }, Some(from)) = (&phase, track[i].dhcp_ms) {
                     if let Some(at) = fetched_at(&m.files, &events, from) {
                         view.hosts[i].fetched_s = Some(secs(at));
@@ -557,6 +573,32 @@ struct Track {
     dhcp_ms: Option<u64>,
 }
 
+/// The path of a completed download event (HTTP or TFTP).
+fn sent_path(e: &ledger::Event) -> Option<&str> {
+    match e.phase {
+        LedgerPhase::HttpSent => Some(e.detail.as_deref()?.rsplit_once(": ")?.0),
+        LedgerPhase::TftpSent => e.detail.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
+/// `http_base` path).
+fn names(path: &str, file: &str) -> bool {
+    path.trim_start_matches('/') == file
+        || path
+            .strip_suffix(file)
+            .is_some_and(|head| head.ends_with('/'))
+}
+
+/// When `file` was first sent completely at or after `from_ms`.
+fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
+    events.iter().find_map(|e| {
+        let path = sent_path(e)?;
+        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
+    })
+}
+
 /// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
 /// time of the last one. A profile with no files is never "fetched": its slot frees at
 /// `booted`.
@@ -564,21 +606,19 @@ fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Optio
     if files.is_empty() {
         return None;
     }
-    let mut last = 0;
-    for f in files {
-        let suffix = format!("/{f}");
-        let at = events.iter().find_map(|e| {
-            let path = match e.phase {
-                LedgerPhase::HttpSent => e.detail.as_deref()?.rsplit_once(": ")?.0,
-                LedgerPhase::TftpSent => e.detail.as_deref()?,
-                _ => return None,
-            };
-            (e.at_ms >= from_ms && (path.trim_start_matches('/') == f || path.ends_with(&suffix)))
-                .then_some(e.at_ms)
-        })?;
-        last = last.max(at);
-    }
-    Some(last)
+    files
+        .iter()
+        .map(|f| sent_at(f, events, from_ms))
+        .try_fold(0, |last, at| at.map(|a| a.max(last)))
+}
+
+/// When the first file that is not one of the profile's (the bootloader: iPXE by TFTP or
+/// by UEFI HTTP boot) was sent at or after `from_ms`.
+fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
+    events.iter().find_map(|e| {
+        let path = sent_path(e)?;
+        (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
+    })
 }
 
 /// Sets the one-time boot override and resets the host; returns the reset type used.
@@ -628,5 +668,14 @@ mod tests {
         ];
         assert_eq!(fetched_at(&files, &other, 0), None);
         assert_eq!(fetched_at(&[], &other, 0), None);
+        // The bootloader is the first other file sent after DHCP.
+        let boot = vec![
+            ev(1, LedgerPhase::TftpSent, "ipxe.efi"),
+            ev(12, LedgerPhase::TftpSent, "undionly.kpxe"),
+            ev(14, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+        ];
+        assert_eq!(loader_at(&files, &boot, 10), Some(12));
+        assert_eq!(loader_at(&files, &boot[2..], 10), None);
+        assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
     }
 }
