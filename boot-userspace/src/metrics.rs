@@ -291,15 +291,15 @@ async fn reboot(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
             };
             let sel: Selection = match serde_json::from_slice(&body) {
                 Ok(s) => s,
-                Err(e) => return message(StatusCode::BAD_REQUEST, format!("selection: {e}\n")),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("selection: {e}\n")),
             };
             match admin.reboots.start(&sel) {
                 Ok(s) if sel.dry_run => as_json(&s, StatusCode::OK),
                 Ok(s) => as_json(&s, StatusCode::ACCEPTED),
                 Err(e @ StartError::Selection(_)) => {
-                    message(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n"))
                 }
-                Err(e @ StartError::Busy(_)) => message(StatusCode::CONFLICT, format!("{e}\n")),
+                Err(e @ StartError::Busy(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
             }
         }
         _ => text(
@@ -309,18 +309,8 @@ async fn reboot(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-fn message(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -443,7 +443,8 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn params() -> Params {
+    /// Four slots of 250 B/s, POST 10 s, no lookahead: small numbers to reason with.
+    pub(crate) fn params() -> Params {
         Params {
             capacity_bps: 1000.0,
             per_host_bps: 250.0,

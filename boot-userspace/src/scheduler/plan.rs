@@ -84,16 +84,8 @@ mod tests {
     #[test]
     fn the_plan_keeps_slots_busy_and_ends_near_the_bound() {
         let params = Params {
-            capacity_bps: 1000.0,
-            per_host_bps: 250.0,
             post_guess_s: 60.0,
-            max_bmc_ops: 100,
-            max_per_rack_posting: 100,
-            reset_attempts: 3,
-            retry_backoff_s: 5.0,
-            post_timeout_s: 600.0,
-            boot_timeout_s: 600.0,
-            lookahead_s: 0.0,
+            ..crate::scheduler::tests::params()
         };
         let hosts: Vec<HostSpec> = (0..12)
             .map(|i| HostSpec {

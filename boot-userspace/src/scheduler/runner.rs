@@ -407,8 +407,14 @@ impl Reboots {
                         self.ledger
                             .record_detail(m.mac, LedgerPhase::BmcFailed, None, Some(&why));
                         sched.on_event(now, i, Event::ResetFailed(why));
-                        // Until the retry, it holds no place at the gate.
-                        self.gate.release(m.mac);
+                        // Until the retry, it holds no place at the gate. (A host already
+                        // seen on DHCP did reset, whatever the BMC answered: it stays.)
+                        if matches!(
+                            sched.phases()[i],
+                            Phase::Waiting { .. } | Phase::Failed { .. }
+                        ) {
+                            self.gate.release(m.mac);
+                        }
                     }
                 }
             }
