@@ -24,11 +24,21 @@ pub enum Command {
         #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
         config: PathBuf,
     },
-    /// Validate a config file and the files it names, without starting anything.
+    /// Run the operator's checklist: config, interfaces, ports, files and checksums, disk,
+    /// XDP, BMCs, other DHCP servers. Exits 1 when an item fails, 2 on a bad config.
     Check {
         /// Config file (TOML).
         #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
         config: PathBuf,
+        /// Only validate the config and the files it names (fast; for service start-up).
+        #[arg(long)]
+        config_only: bool,
+        /// Checks to leave out: xdp, bmc, dhcp, checksums (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = ["xdp", "bmc", "dhcp", "checksums"])]
+        skip: Vec<String>,
+        /// Seconds to listen for DHCP offers from other servers.
+        #[arg(long, default_value_t = 3)]
+        dhcp_wait_s: u64,
     },
     /// List the hosts of the inventory.
     Hosts {
@@ -65,7 +75,32 @@ pub fn run(cli: Cli) -> i32 {
             },
             Err(e) => config_error(&e),
         },
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check {
+            config,
+            config_only: false,
+            skip,
+            dhcp_wait_s,
+        } => match Config::load(&config) {
+            Ok(cfg) => {
+                let has = |k: &str| skip.iter().any(|s| s == k);
+                let skip = crate::check::Skip {
+                    xdp: has("xdp"),
+                    bmc: has("bmc"),
+                    dhcp: has("dhcp"),
+                    checksums: has("checksums"),
+                };
+                let items = crate::check::run(
+                    &cfg,
+                    skip,
+                    std::time::Duration::from_secs(dhcp_wait_s.clamp(1, 60)),
+                );
+                let (text, code) = crate::check::render(&items);
+                print!("{text}");
+                code
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Check { config, .. } => match Config::load(&config) {
             Ok(cfg) => {
                 println!(
                     "{}: OK ({} interface(s), {} host(s), {} profile(s), admin on {}, xdp.mode = {})",

@@ -95,6 +95,15 @@ pub struct Profile {
     pub cmdline: String,
     /// Overrides of the global boot settings.
     pub boot: BootSettings,
+    /// Expected SHA-256 of some of its files (`kernel`/`initrd` names), for `check`.
+    pub sha256: BTreeMap<String, [u8; 32]>,
+}
+
+impl Profile {
+    /// The files it fetches: the kernel, then the initrds.
+    pub fn files(&self) -> impl Iterator<Item = &String> {
+        self.kernel.iter().chain(&self.initrd)
+    }
 }
 
 /// One machine.
@@ -215,6 +224,19 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
     Ok(cfg)
 }
 
+/// A SHA-256 digest written as 64 hex digits.
+fn parse_sha256(hex: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("{hex:?} is not a SHA-256 digest (64 hex digits)");
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
 /// Hosts and profiles, indexed for lookup by MAC and IP.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
@@ -259,12 +281,26 @@ impl Inventory {
                     .map_err(|(k, r)| invalid(k, r))?,
                 None => BootSettings::default(),
             };
+            let mut sha256 = BTreeMap::new();
+            for (file, hex) in &p.sha256 {
+                let key = format!("profiles.{name}.sha256.{file:?}");
+                if p.kernel.as_ref() != Some(file) && !p.initrd.contains(file) {
+                    return Err(invalid(
+                        key,
+                        "names no file of this profile (use the kernel or initrd name as given)"
+                            .to_owned(),
+                    ));
+                }
+                let digest = parse_sha256(hex).map_err(|r| invalid(key, r))?;
+                sha256.insert(file.clone(), digest);
+            }
             let profile = Profile {
                 name: name.clone(),
                 kernel: p.kernel,
                 initrd: p.initrd,
                 cmdline: p.cmdline,
                 boot,
+                sha256,
             };
             profiles.insert(name, profile);
         }

@@ -248,6 +248,7 @@ mod tests {
             initrd: vec!["debian/initrd.gz".into(), "extra/firmware.cpio".into()],
             cmdline: "console=ttyS0 url={http_base}/preseed/{host}.cfg".into(),
             boot: BootSettings::default(),
+            sha256: Default::default(),
         }
     }
 

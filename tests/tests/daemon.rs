@@ -64,8 +64,10 @@ fn check_accepts_the_example_config() {
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/examples/bootfabric.toml"
     );
-    let out = run(Command::new(bootfabric_bin()).args(["check", "--config", example]))
-        .expect("example config is valid");
+    // Config only: the full checklist would probe the example's interfaces.
+    let out =
+        run(Command::new(bootfabric_bin()).args(["check", "--config-only", "--config", example]))
+            .expect("example config is valid");
     assert!(out.contains("OK"), "{out}");
     let out =
         run(Command::new(bootfabric_bin()).args(["hosts", "--config", example])).expect("hosts");

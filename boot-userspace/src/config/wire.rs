@@ -262,6 +262,10 @@ pub struct Profile {
     pub cmdline: String,
     /// Overrides of `[boot]` for hosts of this profile.
     pub boot: Option<Boot>,
+    /// SHA-256 (hex) of the profile's files, by file name as given in `kernel`/`initrd`;
+    /// `bootfabric check` verifies them.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// `[[hosts]]`.

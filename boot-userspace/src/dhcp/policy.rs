@@ -491,6 +491,7 @@ mod tests {
                 http_base: Some("http://images.example:8080".into()),
                 ..Default::default()
             },
+            sha256: Default::default(),
         };
         let d = decide(
             &facts(Some(arch::EFI_X64), Some("PXEClient"), None),

@@ -272,7 +272,7 @@ impl Reboots {
         let profile = self.inventory.profile(&h.profile);
         let kernel = profile.and_then(|p| p.kernel.clone());
         let files: Vec<String> = profile
-            .map(|p| p.kernel.iter().chain(&p.initrd).cloned().collect())
+            .map(|p| p.files().cloned().collect())
             .unwrap_or_default();
         let demand_bytes = files
             .iter()
