@@ -26,8 +26,10 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod bootimage;
 pub mod dhcp_client;
 pub mod packets;
+pub mod rack;
 pub mod redfish_server;
 pub mod relay;
 pub mod sushy;

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{run, wait_for, Netns};
+use crate::{run, wait_for, LabError, Netns};
 
 /// One fake machine behind the emulator.
 pub struct FakeSystem<'a> {
@@ -20,6 +20,19 @@ pub struct FakeSystem<'a> {
     pub power: &'a str,
     /// Its NIC.
     pub mac: &'a str,
+}
+
+/// Where the emulator's systems come from.
+pub enum Driver<'a> {
+    /// Its fake driver: machines that exist only in the emulator.
+    Fake(&'a [FakeSystem<'a>]),
+    /// libvirt domains behind `uri`; `pythonpath` holds the libvirt Python binding.
+    Libvirt {
+        /// libvirt connection URI.
+        uri: &'a str,
+        /// Folder with Debian's libvirt Python module.
+        pythonpath: &'a Path,
+    },
 }
 
 /// A running sushy-emulator.
@@ -37,41 +50,75 @@ impl Drop for Sushy {
 }
 
 impl Sushy {
-    /// Starts the emulator in `ns` on 127.0.0.1:`port` with `systems`, user `user` with
-    /// `password` (bcrypt in an htpasswd file in `dir`), over TLS when `tls` names a
+    /// Starts the emulator in `ns` on 127.0.0.1:`port` with the fake `systems`, user `user`
+    /// with `password` (bcrypt in an htpasswd file in `dir`), over TLS when `tls` names a
     /// certificate and key. Waits until it accepts connections; its log is `dir/sushy.log`.
     pub fn start(
         ns: &Netns,
         dir: &Path,
         port: u16,
         systems: &[FakeSystem<'_>],
-        (user, password): (&str, &str),
+        creds: (&str, &str),
         tls: Option<(&Path, &Path)>,
     ) -> Sushy {
+        Self::start_with(
+            ns,
+            dir,
+            ("127.0.0.1", port),
+            Driver::Fake(systems),
+            creds,
+            tls,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the emulator in `ns` on `ip:port` with `driver`; see [`Sushy::start`].
+    pub fn start_with(
+        ns: &Netns,
+        dir: &Path,
+        (ip, port): (&str, u16),
+        driver: Driver<'_>,
+        (user, password): (&str, &str),
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Sushy, LabError> {
         let htpasswd = dir.join("htpasswd");
         let hash = run(ns.command("python3").args([
             "-c",
             &format!(
                 "import bcrypt; print(bcrypt.hashpw(b'{password}', bcrypt.gensalt(rounds=4)).decode())"
             ),
-        ]))
-        .expect("bcrypt");
-        std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim())).expect("htpasswd");
-        let fakes: Vec<String> = systems
-            .iter()
-            .map(|s| {
-                format!(
-                    "    {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'nics': [{{'mac': '{}'}}]}},",
-                    s.uuid, s.name, s.power, s.mac
-                )
-            })
-            .collect();
+        ]))?;
+        std::fs::write(&htpasswd, format!("{user}:{}\n", hash.trim()))
+            .map_err(|e| format!("htpasswd: {e}"))?;
         let mut cfg = format!(
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n{}\n]\n",
+            "SUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_STATE_DIR = '{}'\n",
             htpasswd.display(),
             dir.join("state").display(),
-            fakes.join("\n")
         );
+        let mut pythonpath = None;
+        match driver {
+            Driver::Fake(systems) => {
+                let fakes: Vec<String> = systems
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "    {{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'nics': [{{'mac': '{}'}}]}},",
+                            s.uuid, s.name, s.power, s.mac
+                        )
+                    })
+                    .collect();
+                cfg.push_str(&format!(
+                    "SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n{}\n]\n",
+                    fakes.join("\n")
+                ));
+            }
+            Driver::Libvirt { uri, pythonpath: p } => {
+                cfg.push_str(&format!(
+                    "SUSHY_EMULATOR_LIBVIRT_URI = '{uri}'\nSUSHY_EMULATOR_IGNORE_BOOT_DEVICE = False\n"
+                ));
+                pythonpath = Some(p.to_owned());
+            }
+        }
         if let Some((cert, key)) = tls {
             cfg.push_str(&format!(
                 "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
@@ -80,32 +127,39 @@ impl Sushy {
             ));
         }
         let conf = dir.join("sushy.conf");
-        std::fs::write(&conf, cfg).expect("config");
-        let log = std::fs::File::create(dir.join("sushy.log")).expect("log");
-        let child = ns
-            .command("sushy-emulator")
+        std::fs::write(&conf, cfg).map_err(|e| format!("sushy config: {e}"))?;
+        let log = std::fs::File::create(dir.join("sushy.log")).map_err(|e| format!("log: {e}"))?;
+        let mut cmd = ns.command("sushy-emulator");
+        if let Some(p) = &pythonpath {
+            cmd.env("PYTHONPATH", p);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&conf)
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-i", ip, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("sushy-emulator");
+            .map_err(|e| format!("sushy-emulator: {e}"))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let s = Sushy {
             child,
-            url: format!("{scheme}://127.0.0.1:{port}"),
+            url: format!("{scheme}://{ip}:{port}"),
         };
+        let addr: std::net::SocketAddr = format!("{ip}:{port}")
+            .parse()
+            .map_err(|e| format!("{ip}:{port}: {e}"))?;
         let up = wait_for(Duration::from_secs(30), || {
-            ns.run(move || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            ns.run(move || std::net::TcpStream::connect(addr).ok())
                 .ok()
                 .flatten()
         });
-        assert!(
-            up.is_some(),
-            "sushy-emulator did not start:\n{}",
-            std::fs::read_to_string(dir.join("sushy.log")).unwrap_or_default()
-        );
-        s
+        if up.is_none() {
+            return Err(format!(
+                "sushy-emulator did not start:\n{}",
+                std::fs::read_to_string(dir.join("sushy.log")).unwrap_or_default()
+            ));
+        }
+        Ok(s)
     }
 }

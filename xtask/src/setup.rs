@@ -64,6 +64,16 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "busybox-static",
         ],
     ),
+    // The rack in a box: machines as libvirt domains, their BMCs sushy's libvirt driver.
+    (
+        "rack lab",
+        &[
+            "libvirt-daemon",
+            "libvirt-daemon-driver-qemu",
+            "libvirt-clients",
+            "python3-libvirt",
+        ],
+    ),
 ];
 
 /// What Debian installs that this checks for, per package, when the package name alone is
@@ -114,6 +124,13 @@ pub fn run() -> anyhow::Result<()> {
         Err(e) => {
             report("bpf-linker", "eBPF toolchain", &format!("FAILED: {e}"));
             failed.push("bpf-linker".into());
+        }
+    }
+    match libvirt_qemu_user() {
+        Ok(state) => report("libvirt-qemu user", "rack lab", state),
+        Err(e) => {
+            report("libvirt-qemu user", "rack lab", &format!("FAILED: {e}"));
+            failed.push("libvirt-qemu user".into());
         }
     }
     match sushy() {
@@ -168,6 +185,53 @@ fn deb_installed(pkg: &str) -> bool {
 /// Installs `pkgs` without starting any service they ship (nginx, kea, dnsmasq, tftpd-hpa and
 /// prometheus would otherwise start on the host's interfaces): a policy-rc.d that forbids
 /// starts is in place for the duration of the install.
+/// libvirtd's QEMU driver resolves its default user before reading any config; Debian
+/// creates it in libvirt-daemon-system, which would also start a system libvirtd. The lab
+/// runs its own libvirtd (as root), so only the user is needed.
+fn libvirt_qemu_user() -> Result<&'static str, String> {
+    let exists = |db: &str, name: &str| {
+        Command::new("getent")
+            .args([db, name])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if exists("passwd", "libvirt-qemu") {
+        return Ok("found");
+    }
+    if unsafe_euid() != 0 {
+        return Err("needs root to add the system user".into());
+    }
+    if !exists("group", "libvirt-qemu") {
+        let ok = Command::new("groupadd")
+            .args(["--system", "libvirt-qemu"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("groupadd --system libvirt-qemu failed".into());
+        }
+    }
+    let ok = Command::new("useradd")
+        .args([
+            "--system",
+            "--gid",
+            "libvirt-qemu",
+            "--home-dir",
+            "/var/lib/libvirt",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "libvirt-qemu",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok("installed")
+    } else {
+        Err("useradd --system libvirt-qemu failed".into())
+    }
+}
+
 fn apt_install(pkgs: &[&str]) -> Result<(), String> {
     if unsafe_euid() != 0 {
         return Err("needs root to install Debian packages".into());

@@ -431,6 +431,19 @@ impl Reboots {
                     continue;
                 }
                 let events = self.ledger.events_since(m.mac, sent);
+                track[i].pulling = matches!(phase, Phase::Downloading { .. })
+                    && events
+                        .iter()
+                        .rev()
+                        .find(|e| {
+                            matches!(
+                                e.phase,
+                                LedgerPhase::HttpStarted
+                                    | LedgerPhase::HttpSent
+                                    | LedgerPhase::HttpFailed
+                            )
+                        })
+                        .is_some_and(|e| e.phase == LedgerPhase::HttpStarted);
                 if track[i].dhcp_ms.is_none() {
                     // An offer answers a DISCOVER, which a booting firmware sends and a
                     // running OS renewing its lease does not.
@@ -465,13 +478,12 @@ impl Reboots {
                 }
             }
             // Capacity: the fabric's own egress while every slot is busy.
-            let downloading = sched
-                .phases()
-                .iter()
-                .filter(|p| matches!(p, Phase::Downloading { .. }))
-                .count();
+            // Capacity: the fabric's own egress while every slot is busy, that is while as
+            // many hosts as there are slots are pulling files (an admitted host may still be
+            // in its bootloader, taking nothing).
+            let pulling = track.iter().filter(|t| t.pulling).count();
             let measured: f64 = self.ledger.egress_rates().iter().map(|(_, r)| r).sum();
-            let est = capacity.observe(now, measured, downloading >= sched.params().slots());
+            let est = capacity.observe(now, measured, pulling >= sched.params().slots());
             sched.set_capacity(est);
             for h in sched.admit(now) {
                 self.gate.release(members[h].mac);
@@ -513,18 +525,22 @@ impl Reboots {
             self.publish(&mut view, &sched, &status);
             if sched.done() {
                 view.state = "done".into();
-                // The bound of what was achievable: the hosts that booted, at the capacity
-                // planned with last and the shortest POST seen.
-                let booted: Vec<HostSpec> = members
+                // The bound of what was achievable: the bytes of the hosts that booted at the
+                // capacity planned with last, plus the quickest reset-to-booted seen (no
+                // schedule ends before its last host has booted once).
+                let bytes: u64 = members
                     .iter()
                     .zip(sched.phases())
                     .filter(|(_, p)| matches!(p, Phase::Booted { .. }))
-                    .map(|(m, _)| m.spec.clone())
-                    .collect();
-                let seen = sched.post_seen();
-                view.lower_bound_s = plan::lower_bound(sched.params(), &booted, |m| {
-                    seen.get(m).map_or(params.post_guess_s, |s| s.0)
-                });
+                    .map(|(m, _)| m.spec.demand_bytes)
+                    .sum();
+                let quickest = view
+                    .hosts
+                    .iter()
+                    .filter_map(|h| Some(h.booted_s? - h.reset_s?))
+                    .reduce(f64::min);
+                view.lower_bound_s =
+                    quickest.map_or(0.0, |q| bytes as f64 / sched.params().capacity_bps + q);
                 view.makespan_s = view
                     .hosts
                     .iter()
@@ -577,6 +593,8 @@ struct Track {
     reset_ms: Option<u64>,
     /// Unix ms of its first DHCP offer after that reset.
     dhcp_ms: Option<u64>,
+    /// Whether an HTTP download of it is in progress.
+    pulling: bool,
 }
 
 /// The path of a completed download event (HTTP or TFTP).

@@ -1,0 +1,324 @@
+//! What the lab's machines boot: Debian's kernel (`apt-get download` + `dpkg -x`, never
+//! installed) and a small initramfs built here from busybox-static, whose `/init` loads the
+//! NIC driver, asks DHCP for an address and reports `POST /booted` to the URL on its kernel
+//! command line (`bootfabric.booted=`), then powers the machine off.
+//!
+//! Both are cached under a folder the caller names (the workspace's `target/lab-cache`), so
+//! a second run starts at once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{run, LabError};
+
+/// NIC drivers the initramfs loads (QEMU's virtio-net and e1000), with their dependencies.
+const NIC_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "e1000"];
+
+/// The initramfs's `/init`.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /tmp /run
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "bootfabric-init: kernel up after $(cut -d' ' -f1 /proc/uptime) s"
+for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko; done
+ip link set lo up
+iface=""
+for n in 1 2 3 4 5 6 7 8 9 10; do
+    for d in /sys/class/net/*; do
+        [ "${d##*/}" = lo ] || iface="${d##*/}"
+    done
+    [ -n "$iface" ] && break
+    sleep 1
+done
+ip link set "$iface" up
+booted=$(sed -n 's/.*bootfabric\.booted=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "bootfabric-init: $iface, reporting to $booted"
+if udhcpc -i "$iface" -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
+    if wget -q -O - --post-data "" "$booted"; then
+        echo "bootfabric-init: booted reported after $(cut -d' ' -f1 /proc/uptime) s"
+    else
+        echo "bootfabric-init: reporting booted failed"
+    fi
+else
+    echo "bootfabric-init: no DHCP lease"
+fi
+sync
+poweroff -f
+"#;
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    ;;
+esac
+"#;
+
+/// The kernel and the initramfs, ready to serve.
+#[derive(Clone, Debug)]
+pub struct BootImage {
+    /// Debian's `vmlinuz`.
+    pub kernel: PathBuf,
+    /// The initramfs (uncompressed newc cpio).
+    pub initramfs: PathBuf,
+    /// The kernel's version.
+    pub version: String,
+}
+
+/// Builds (or finds in `cache`) the kernel and the initramfs.
+pub fn ensure(cache: &Path) -> Result<BootImage, LabError> {
+    let linux = cache.join("linux");
+    std::fs::create_dir_all(&linux).map_err(|e| format!("{}: {e}", linux.display()))?;
+    let root = linux.join("root");
+    let kernel = find_kernel(&root);
+    let kernel = match kernel {
+        Some(k) => k,
+        None => {
+            download_kernel(&linux)?;
+            find_kernel(&root).ok_or("the linux-image package has no /boot/vmlinuz-*")?
+        }
+    };
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or("unexpected kernel file name")?
+        .to_owned();
+    let initramfs = cache.join(format!("initramfs-{version}.cpio"));
+    let stamp = cache.join(format!("initramfs-{version}.inputs"));
+    let inputs = format!("{INIT}{UDHCPC_SCRIPT}{NIC_MODULES:?}");
+    if !initramfs.exists() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(&inputs) {
+        let modules = root.join("lib/modules").join(&version);
+        build_initramfs(&modules, &initramfs)?;
+        std::fs::write(&stamp, inputs).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(BootImage {
+        kernel,
+        initramfs,
+        version,
+    })
+}
+
+fn find_kernel(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+}
+
+/// `apt-get download` the package linux-image-amd64 depends on, and unpack it.
+fn download_kernel(dir: &Path) -> Result<(), LabError> {
+    let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let package = depends
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Depends: ")
+                .filter(|p| p.starts_with("linux-image-") && !p.contains('<'))
+        })
+        .ok_or("apt-cache names no kernel package for linux-image-amd64 (apt-get update?)")?
+        .to_owned();
+    let dl = dir.join("dl");
+    std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
+    run(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&dl))?;
+    let deb = std::fs::read_dir(&dl)
+        .map_err(|e| format!("{}: {e}", dl.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or("apt-get download left no .deb")?;
+    let root = dir.join("root");
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    // The package is 70 MB; the unpacked kernel and modules are what is used.
+    let _ = std::fs::remove_file(&deb);
+    Ok(())
+}
+
+/// Module names (`-` and `_` are the same) → their file, under `modules`.
+fn module_index(modules: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![modules.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".ko"))
+            {
+                out.insert(name.replace('-', "_"), p);
+            }
+        }
+    }
+    out
+}
+
+/// The `depends=` of a module, read from its `.modinfo` strings.
+fn depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|b| *b == 0)
+        .find_map(|s| s.strip_prefix(b"depends="))
+        .map(|d| {
+            String::from_utf8_lossy(d)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn build_initramfs(modules: &Path, out: &Path) -> Result<(), LabError> {
+    let index = module_index(modules);
+    // Dependencies first: a depth-first walk, each module after what it depends on.
+    let mut order: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit(
+        name: &str,
+        index: &BTreeMap<String, PathBuf>,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), LabError> {
+        if !seen.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let path = index
+            .get(name)
+            .ok_or_else(|| format!("kernel module {name} not found"))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for d in depends(&bytes) {
+            visit(&d, index, seen, order)?;
+        }
+        order.push(name.to_owned());
+        Ok(())
+    }
+    for m in NIC_MODULES {
+        visit(m, &index, &mut seen, &mut order)?;
+    }
+    let busybox = std::fs::read("/bin/busybox")
+        .map_err(|e| format!("/bin/busybox (package busybox-static): {e}"))?;
+    let mut cpio = Cpio::default();
+    for d in [
+        "bin",
+        "sbin",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+    ] {
+        cpio.dir(d);
+    }
+    cpio.file("bin/busybox", 0o755, &busybox);
+    cpio.file("init", 0o755, INIT.as_bytes());
+    cpio.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes());
+    cpio.file("etc/modules", 0o644, (order.join("\n") + "\n").as_bytes());
+    for m in &order {
+        let p = &index[m];
+        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        cpio.file(&format!("lib/modules/{m}.ko"), 0o644, &bytes);
+    }
+    let tmp = out.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&cpio.finish())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(())
+}
+
+/// A cpio archive in the "newc" format, which the kernel unpacks as an initramfs.
+#[derive(Default)]
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.ino += 1;
+        let nlink = if mode & 0o040000 != 0 { 2 } else { 1 };
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.out.extend_from_slice(header.as_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | perm, data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.ino = 0;
+        self.entry("TRAILER!!!", 0, &[]);
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newc_headers_are_110_bytes_and_entries_aligned() {
+        let mut c = Cpio::default();
+        c.file("init", 0o755, b"#!/bin/sh\n");
+        let out = c.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(&out[110..115], b"init\0");
+        assert!(out.len().is_multiple_of(4));
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    #[test]
+    fn depends_are_read_from_modinfo() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=virtio,virtio-ring\0vermagic=6.1\0";
+        assert_eq!(depends(ko), vec!["virtio", "virtio_ring"]);
+        assert!(depends(b"\0depends=\0").is_empty());
+    }
+}
