@@ -34,6 +34,8 @@ pub enum Phase {
     TftpSent,
     /// A TFTP transfer ended before its last block was acknowledged (detail: file and why).
     TftpFailed,
+    /// An iPXE script was served to the host (detail: the path).
+    IpxeScript,
     /// An HTTP download of an image began (detail: the path).
     HttpStarted,
     /// An HTTP download ended with every byte sent (detail: path and bytes).
@@ -62,6 +64,7 @@ impl Phase {
             Self::DhcpDecline => "dhcp_decline",
             Self::TftpSent => "tftp_sent",
             Self::TftpFailed => "tftp_failed",
+            Self::IpxeScript => "ipxe_script",
             Self::HttpStarted => "http_started",
             Self::HttpSent => "http_sent",
             Self::HttpFailed => "http_failed",

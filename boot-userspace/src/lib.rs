@@ -12,6 +12,7 @@ pub mod http;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod ra;
 pub mod reboot;
 pub mod redfish;
 pub mod render;

@@ -12,6 +12,7 @@ use crate::{
     http::HttpService,
     ledger::Ledger,
     metrics::{self, CoreMetrics},
+    ra::RaService,
     scheduler::{Gate, Reboots},
     supervisor::{Outcome, Supervisor},
     tftp::service::TftpService,
@@ -143,6 +144,16 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
             "http",
             Box::pin(async move { service.run(token).await.context("HTTP server") }),
         );
+    }
+
+    if config.router_advertisements {
+        if let Some(ra) = RaService::start(&config.interfaces, &registry)? {
+            let token = supervisor.token();
+            supervisor.spawn(
+                "ra",
+                Box::pin(async move { ra.run(token).await.context("router advertisements") }),
+            );
+        }
     }
 
     let listener = tokio::net::TcpListener::bind(config.admin_listen)

@@ -1,160 +1,181 @@
 //! `cargo xtask demo`: the README's first command.
 //!
-//! Builds the fabric, creates a lab network (a server namespace and a client namespace joined
-//! by a veth pair, nothing on the host's interfaces), runs the daemon on
-//! `deploy/examples/bootfabric.toml` in the server namespace, lets a real DHCP client
-//! (BusyBox udhcpc) with a reserved host's MAC get its address, plays the first packets of a
-//! PXE boot, and shows what the fabric decided and saw: `explain`, `leases` and metrics.
-
-use std::net::UdpSocket;
+//! Sets up and builds everything, builds the machines' boot image, and starts a rack in a box
+//! (`bootfabric_lab::rack`): QEMU machines as libvirt domains with Redfish BMCs (sushy's
+//! libvirt driver), `bootfabric serve` with XDP on the lab's provisioning bridge. Then
+//! `bootfabric reboot --all` reboots the rack through the BMCs and shows each machine as it
+//! boots, the scheduler's report follows, and each machine's ledger timeline. The lab stays
+//! up (with `/metrics`) until Ctrl-C and is torn down on exit. Nothing touches the host's
+//! own interfaces.
 
 use anyhow::{anyhow, Context as _};
-use bootfabric_lab::{http_get, packets, Daemon, PairLab};
+use bootfabric_lab::{bootimage, http_get, rack};
 
 use crate::{build, root};
 
-/// Runs the demo; with `keep`, leaves the lab up until Ctrl-C.
-pub fn run(keep: bool) -> anyhow::Result<()> {
+/// Runs the demo with `hosts` machines; waits for Ctrl-C at the end unless `no_wait`.
+pub fn run(hosts: usize, no_wait: bool) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!("the demo creates network namespaces and attaches XDP: run it as root");
+        anyhow::bail!(
+            "the demo creates network namespaces, attaches XDP and runs VMs: run it as root"
+        );
+    }
+    if hosts == 0 || hosts > 60 {
+        anyhow::bail!("--hosts must be 1 to 60");
     }
     crate::setup::run()?;
-    let built = build::run(false)?;
+    let built = build::run(true)?;
     std::env::set_var("BOOTFABRIC_BIN", &built.daemon);
 
-    let examples = root().join("deploy/examples");
-    let config = std::fs::read_to_string(examples.join("bootfabric.toml"))
-        .context("reading deploy/examples/bootfabric.toml")?
-        // Leases go to the lab's own folder, not the host's /var/lib/bootfabric.
-        .replacen("[daemon]\n", "[daemon]\nstate_dir = \"state\"\n", 1);
-    let hosts = std::fs::read_to_string(examples.join("hosts.toml"))
-        .context("reading deploy/examples/hosts.toml")?;
-
-    println!("\n==> lab: namespaces joined by a veth pair (fabric0 10.77.0.1 <-> client0, no address yet)");
-    let lab = PairLab::unaddressed_client("client0").map_err(|e| anyhow!(e))?;
-    // The MAC of rack1-node01 in deploy/examples/hosts.toml: it has a reservation.
-    lab.client
-        .ip(&["link", "set", "client0", "address", "52:54:00:b0:0f:01"])
-        .map_err(|e| anyhow!(e))?;
-    println!("    server namespace: {}", lab.server.name());
-    println!("    client namespace: {}", lab.client.name());
-
     println!(
-        "\n==> bootfabric serve --config deploy/examples/bootfabric.toml (in the server namespace)"
+        "\n==> boot image: Debian's kernel and a busybox initramfs whose init reports POST /booted"
     );
-    let daemon =
-        Daemon::start(&lab.server, &config, &[("hosts.toml", &hosts)]).map_err(|e| anyhow!(e))?;
-    for line in daemon.log().lines() {
-        println!("    {line}");
-    }
-
-    println!("\n==> a real DHCP client (udhcpc -i client0) asks for an address");
-    let out = bootfabric_lab::run(
-        lab.client
-            .command("udhcpc")
-            .args(["-q", "-n", "-f", "-i", "client0", "-t", "5", "-T", "2"])
-            .args(["-s", "/bin/true", "-V", "PXEClient:Arch:00000"]),
-    )
-    .map_err(|e| anyhow!(e))?;
-    for line in out.lines() {
-        println!("    {line}");
-    }
-    println!("\n==> bootfabric leases");
-    let leases = daemon.cli(&["leases"]).map_err(|e| anyhow!(e))?;
-    for line in leases.lines() {
-        println!("    {line}");
-    }
-    // udhcpc ran with a no-op script: give the interface the address it was acknowledged.
-    let ip = leases
-        .lines()
-        .find(|l| l.contains("52:54:00:b0:0f:01"))
-        .and_then(|l| l.split_whitespace().next())
-        .context("the reserved host holds no lease")?
-        .to_owned();
-    lab.client
-        .ip(&["addr", "add", &format!("{ip}/24"), "dev", "client0"])
-        .map_err(|e| anyhow!(e))?;
-
+    let image = bootimage::ensure(&root().join("target/lab-cache")).map_err(|e| anyhow!(e))?;
+    println!("    kernel    {}", image.kernel.display());
+    println!("    initramfs {}", image.initramfs.display());
+    let kvm = rack::kvm_works(&image.kernel);
     println!(
-        "\n==> bootfabric explain --mac 52:54:00:b0:0f:01 --arch 7 (a UEFI PXE ROM on that host)"
+        "    accelerator: {}",
+        if kvm {
+            "KVM"
+        } else {
+            "TCG (KVM guests do not run here): each boot takes tens of seconds"
+        }
     );
-    let explain = daemon
-        .cli(&[
-            "explain",
-            "--mac",
-            "52:54:00:b0:0f:01",
-            "--arch",
-            "7",
-            "--server-ip",
-            "10.77.0.1",
-        ])
-        .map_err(|e| anyhow!(e))?;
-    for line in explain.lines() {
-        println!("    {line}");
-    }
 
-    println!("\n==> the client sends the next packets of a PXE boot");
-    let src = format!("{ip}:0");
-    lab.client
-        .run(move || -> std::io::Result<()> {
-            let tftp = UdpSocket::bind(&src)?;
-            tftp.send_to(&packets::tftp_rrq("ipxe.efi"), "10.77.0.1:69")?;
-            tftp.send_to(&packets::tftp_ack(1), "10.77.0.1:50000")?;
-            Ok(())
-        })
-        .map_err(|e| anyhow!(e))?
-        .context("sending client packets")?;
-    println!("    TFTP RRQ ipxe.efi -> 10.77.0.1:69");
-    println!("    TFTP ACK          -> 10.77.0.1:50000");
-
-    println!(
-        "\n==> what the fabric saw: GET http://{}/metrics (in the server namespace)",
-        daemon.admin
-    );
-    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").map_err(|e| anyhow!(e))?;
-    for line in metrics.lines().filter(|l| {
-        !l.starts_with('#')
-            && (l.starts_with("bootfabric_xdp_packets_total")
-                || l.starts_with("bootfabric_dhcp_packets_total")
-                || l.starts_with("bootfabric_dhcp_leases_active")
-                || l.starts_with("bootfabric_xdp_attach_mode")
-                || l.starts_with("bootfabric_service_up")
-                || l.starts_with("bootfabric_build_info"))
-    }) {
-        println!("    {line}");
-    }
-
-    if keep {
+    let mix = [
+        rack::Firmware::Bios,
+        rack::Firmware::UefiPxe,
+        rack::Firmware::UefiIpxe,
+    ];
+    let machines = rack::machines(hosts, &mix);
+    println!("\n==> rack: {hosts} machine(s) as libvirt domains, BMCs from sushy-emulator's libvirt driver");
+    for m in &machines {
         println!(
-            "\nThe lab is up. Try:\n    ip netns exec {} curl -s http://{}/metrics\nCtrl-C stops it and removes the lab.",
-            lab.server.name(),
-            daemon.admin
+            "    {}  {}  {}  {}",
+            m.name,
+            m.mac,
+            m.ip,
+            m.firmware.label()
         );
-        wait_for_ctrl_c()?;
     }
-    println!("\n==> SIGTERM: the daemon detaches XDP and stops; the lab is removed");
-    let mut daemon = daemon;
-    let before = daemon.log().lines().count();
-    let status = daemon
-        .stop_with(nix::sys::signal::Signal::SIGTERM)
-        .map_err(|e| anyhow!(e))?;
-    for line in daemon.log().lines().skip(before) {
+    let rack = rack::Rack::start(rack::RackOptions {
+        machines,
+        image: &image,
+        kvm,
+        // Two download slots, so the admission gate shows; generous timeouts for TCG.
+        scheduler: "capacity_mbps = 1000\nper_host_mbps = 500\npost_guess_s = 20\nlookahead_s = 60\npost_timeout_s = 600\nboot_timeout_s = 900\ngate_retry_s = 2\n",
+    })
+    .map_err(|e| anyhow!(e))?;
+    println!(
+        "    server namespace {} (bootfabric serve on fabric0 10.77.0.1, admin {})",
+        rack.server.name(),
+        rack.daemon.admin
+    );
+    println!(
+        "    switch namespace {} (bridge br0, libvirtd, BMCs at {})",
+        rack.switch.ns().name(),
+        rack.bmc_url
+    );
+    for line in rack
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("XDP") || l.contains("ready"))
+    {
         println!("    {line}");
     }
-    println!("    daemon {status}");
-    drop(daemon);
-    drop(lab);
-    Ok(())
+
+    println!("\n==> bootfabric reboot --all");
+    // Ctrl-C from here on reaches the reboot command (which cancels its run) and is then
+    // taken here, so that the lab is torn down rather than left behind.
+    let mut child = rack
+        .reboot(&["--all"])
+        .spawn()
+        .context("starting bootfabric reboot")?;
+    let signals = block_signals()?;
+    let status = child.wait().context("waiting for bootfabric reboot")?;
+
+    println!("\n==> each machine's ledger (GET /api/timeline), seconds after its reset");
+    for m in &rack.machines {
+        let (_, json) = http_get(
+            &rack.server,
+            rack.daemon.admin,
+            &format!("/api/timeline?mac={}", m.mac),
+        )
+        .map_err(|e| anyhow!(e))?;
+        println!("    {} ({})", m.name, m.firmware.label());
+        for line in timeline(&json) {
+            println!("      {line}");
+        }
+    }
+
+    if !status.success() {
+        println!(
+            "\nbootfabric reboot ended with {status}; the consoles are in {}",
+            rack.dir.path.display()
+        );
+    }
+    if no_wait {
+        println!("\n==> done; removing the lab");
+    } else {
+        println!(
+            "\nThe rack is up. Try:\n    ip netns exec {} curl -s http://{}/metrics\n    ip netns exec {} bootfabric reboot --admin {} --host node01\nCtrl-C removes the lab.",
+            rack.server.name(),
+            rack.daemon.admin,
+            rack.server.name(),
+            rack.daemon.admin,
+        );
+        signals.wait().context("waiting for Ctrl-C")?;
+        println!("\n==> removing the lab");
+    }
+    drop(rack);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(anyhow!("not every machine booted"))
+    }
 }
 
-/// Blocks until SIGINT or SIGTERM, so that the lab's guards run their cleanup.
-fn wait_for_ctrl_c() -> anyhow::Result<()> {
+/// Blocks SIGINT and SIGTERM in this thread (they stay pending for [`SigSet::wait`]).
+fn block_signals() -> anyhow::Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.thread_block().context("blocking SIGINT")?;
-    set.wait().context("waiting for SIGINT")?;
-    Ok(())
+    Ok(set)
+}
+
+/// The events of an `/api/timeline` answer as lines, in seconds after the first event.
+fn timeline(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return vec![json.trim().to_owned()];
+    };
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let first = events
+        .iter()
+        .find(|e| e["phase"] == "bmc_reset")
+        .or(events.first())
+        .and_then(|e| e["at_ms"].as_u64())
+        .unwrap_or(0);
+    events
+        .iter()
+        .filter_map(|e| {
+            let at = e["at_ms"].as_u64()?;
+            if at < first {
+                return None;
+            }
+            let detail = e["detail"]
+                .as_str()
+                .map(|d| format!("  {d}"))
+                .unwrap_or_default();
+            Some(format!(
+                "{:>6.1} s  {:<13}{detail}",
+                (at - first) as f64 / 1000.0,
+                e["phase"].as_str().unwrap_or("?")
+            ))
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! - `setup`: checks, and installs only what is missing, the toolchain and the test peers.
 //! - `build`: builds the XDP object with Debian's rustc, then the daemon embedding it.
 //! - `test`:  setup, build, fmt check, clippy `-D warnings`, every unit and integration test.
-//! - `demo`:  the main job: a lab rack served by the daemon on the example config.
+//! - `demo`:  the main job: a rack of VMs rebooted through Redfish, booting through the fabric.
 
 mod build;
 mod demo;
@@ -37,11 +37,14 @@ enum Task {
         #[arg(long)]
         no_setup: bool,
     },
-    /// Run the daemon on the example config inside a lab network it creates.
+    /// Boot a rack of VMs (libvirt + Redfish BMCs) through the fabric in a lab it creates.
     Demo {
-        /// Keep the lab running until Ctrl-C instead of stopping after the walkthrough.
+        /// Machines in the rack (BIOS, UEFI PXE and UEFI iPXE in turn).
+        #[arg(long, default_value_t = 4)]
+        hosts: usize,
+        /// Remove the lab after the report instead of waiting for Ctrl-C.
         #[arg(long)]
-        keep: bool,
+        no_wait: bool,
     },
 }
 
@@ -50,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build::run(release).map(|_| ()),
         Task::Test { no_setup } => test::run(!no_setup),
-        Task::Demo { keep } => demo::run(keep),
+        Task::Demo { hosts, no_wait } => demo::run(hosts, no_wait),
     }
 }
 

@@ -34,6 +34,8 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "tcpdump",
             "tshark",
             "python3-scapy",
+            "python3-yaml",
+            "ndisc6",
         ],
     ),
     ("metrics checks", &["prometheus"]),

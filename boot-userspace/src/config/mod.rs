@@ -161,6 +161,8 @@ pub struct Config {
     pub log: String,
     /// Provisioning-network interfaces.
     pub interfaces: Vec<String>,
+    /// Whether to answer IPv6 router solicitations on them (`fabric.router_advertisements`).
+    pub router_advertisements: bool,
     /// Admin server address.
     pub admin_listen: SocketAddr,
     /// Networks allowed to reach the admin server; empty means everyone.
@@ -358,6 +360,17 @@ impl Config {
             }
         }
 
+        let router_advertisements = match wire.fabric.router_advertisements.as_deref() {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(invalid(
+                    "fabric.router_advertisements",
+                    format!("{other:?} is not one of \"auto\", \"off\""),
+                ))
+            }
+        };
+
         let listen = wire
             .admin
             .listen
@@ -537,6 +550,7 @@ impl Config {
             path: path.to_owned(),
             log,
             interfaces,
+            router_advertisements,
             admin_listen,
             admin_allow,
             xdp_mode,

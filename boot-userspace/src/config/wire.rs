@@ -168,6 +168,8 @@ pub struct Daemon {
 pub struct Fabric {
     /// Names of the interfaces on the provisioning network.
     pub interfaces: Option<Vec<String>>,
+    /// `auto` (answer IPv6 router solicitations unless another router does) or `off`.
+    pub router_advertisements: Option<String>,
 }
 
 /// `[admin]`.

@@ -159,7 +159,9 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
             &site.boot,
         )
     });
-    if let Some(text) = text {
+    if let (Some(text), Some(h)) = (text, host) {
+        site.ledger
+            .record_detail(h.mac, Phase::IpxeScript, Some(peer), Some(&req.path));
         return routed(
             Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
             "script",
