@@ -224,19 +224,6 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
     Ok(cfg)
 }
 
-/// A SHA-256 digest written as 64 hex digits.
-fn parse_sha256(hex: &str) -> Result<[u8; 32], String> {
-    let bad = || format!("{hex:?} is not a SHA-256 digest (64 hex digits)");
-    if hex.len() != 64 || !hex.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
-}
-
 /// Hosts and profiles, indexed for lookup by MAC and IP.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
@@ -291,7 +278,8 @@ impl Inventory {
                             .to_owned(),
                     ));
                 }
-                let digest = parse_sha256(hex).map_err(|r| invalid(key, r))?;
+                let digest =
+                    crate::redfish::tls::parse_fingerprint(hex).map_err(|r| invalid(key, r))?;
                 sha256.insert(file.clone(), digest);
             }
             let profile = Profile {

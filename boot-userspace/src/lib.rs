@@ -21,3 +21,4 @@ pub mod serve;
 pub mod supervisor;
 pub mod tftp;
 pub mod xdp;
+pub mod xorshift;

@@ -198,11 +198,7 @@ async fn serve(
     info!(iface = %iface.name, "answering IPv6 router solicitations on {} (no IPv6 configuration here)", iface.name);
     let last_multicast: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut yielded = false;
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
+    let mut rng = crate::xorshift::XorShift::from_time();
     let pending: Arc<Mutex<HashSet<Ipv6Addr>>> = Arc::default();
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
     loop {
@@ -236,11 +232,7 @@ async fn serve(
             }
             Some(ROUTER_SOLICITATION) if !yielded => {
                 metrics.solicitations.with_label_values(&labels).inc();
-                // xorshift: the delay only needs to spread answers, not to be secret.
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let delay = Duration::from_millis(seed % (MAX_DELAY.as_millis() as u64 + 1));
+                let delay = MAX_DELAY.mul_f64(rng.unit());
                 let unicast = src.ip().is_unicast_link_local();
                 let to = if unicast {
                     *src.ip()

@@ -238,11 +238,7 @@ fn discover(iface: &str, wait: Duration) -> std::io::Result<Vec<(Ipv4Addr, Ipv4A
     s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())?;
     let sock: std::net::UdpSocket = s.into();
     // Unpredictable enough to tell our offers from a rerun's, no more is needed.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ (u64::from(std::process::id()) << 32);
+    let seed = crate::xorshift::XorShift::from_time().next_u64();
     let xid = (seed >> 16) as u32;
     // Locally administered, unicast: no reservation anywhere can name it.
     let mut mac = [0x02, 0x62, 0x66, 0, 0, 0];

@@ -11,6 +11,8 @@ use hyper::{
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
+use crate::xorshift::XorShift;
+
 use super::{
     tls,
     transport::{Endpoint, Response},
@@ -206,7 +208,7 @@ pub struct Client {
     systems: String,
     sessions: Option<String>,
     attempts: u32,
-    rng: u64,
+    rng: XorShift,
     /// The configured system, if any.
     pub system: Option<String>,
 }
@@ -265,9 +267,8 @@ impl Client {
             systems: "/redfish/v1/Systems".into(),
             sessions: None,
             attempts: cfg.attempts.max(1),
-            rng: u64::from(std::process::id())
-                ^ Instant::now().elapsed().as_nanos() as u64
-                ^ 0x9e37_79b9_7f4a_7c15,
+            // Seeded per client from the clock: BMCs retried at once must not retry in step.
+            rng: XorShift::from_time(),
             system: cfg.system.clone(),
         };
         let root = c.call(Method::GET, "/redfish/v1", None, None).await?;
@@ -332,13 +333,7 @@ impl Client {
     }
 
     fn jitter(&mut self) -> f64 {
-        // xorshift64: no dependency, and nothing here needs more than decorrelation.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.unit()
     }
 
     /// One request with the retry policy: transient errors are retried with backoff and

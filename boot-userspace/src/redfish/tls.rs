@@ -25,12 +25,13 @@ pub enum TlsPolicy {
     Insecure,
 }
 
-/// Parses a SHA-256 fingerprint written as 64 hex digits, with or without `:` separators.
+/// Parses a SHA-256 digest (a certificate fingerprint, a file checksum) written as 64 hex
+/// digits, with or without `:` separators.
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
-            "{s:?} is not a SHA-256 fingerprint (64 hex digits, `:` separators allowed)"
+            "{s:?} is not a SHA-256 digest (64 hex digits, `:` separators allowed)"
         ));
     }
     let mut out = [0u8; 32];
