@@ -6,11 +6,11 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
 };
 
 use bootfabric_lab::{
-    bootfabric_bin, content, have_program, require, require_root,
+    bootfabric_bin, content, have_program, require, require_root, run,
     sushy::{FakeSystem, Sushy},
     Bridge, KillOnDrop, Netns, TempDir,
 };
@@ -28,28 +28,34 @@ struct Lab {
 
 impl Lab {
     fn config(&self, iface: &str) -> PathBuf {
+        self.config_with(iface, "10.77.0.0/24", "auto", "state")
+    }
+
+    /// A config on `iface` serving `cidr`, with `xdp.mode = xdp` and the journal in `state`.
+    fn config_with(&self, iface: &str, cidr: &str, xdp: &str, state: &str) -> PathBuf {
         let d = &self.dir.path;
-        let path = d.join(format!("bootfabric-{iface}.toml"));
+        let path = d.join(format!("bootfabric-{iface}-{xdp}-{state}.toml"));
         std::fs::write(
             &path,
             format!(
                 r#"
 [daemon]
-state_dir = "state"
+state_dir = "{state}"
 inventory = "hosts.toml"
 [fabric]
 interfaces = ["{iface}"]
 [admin]
 listen = "127.0.0.1:9370"
+[xdp]
+mode = "{xdp}"
 [tftp]
 root = "{tftp}"
 [http]
 root = "{images}"
 [dhcp]
 [[dhcp.subnets]]
-cidr = "10.77.0.0/24"
+cidr = "{cidr}"
 interface = "{iface}"
-pools = ["10.77.0.100-10.77.0.199"]
 "#,
                 tftp = d.join("tftp").display(),
                 images = d.join("images").display(),
@@ -73,6 +79,15 @@ pools = ["10.77.0.100-10.77.0.199"]
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+/// Unmounts its folder when dropped (also when the test fails).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 
@@ -336,6 +351,44 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
         "dhcp.mode = \"proxy\"",
     );
     drop(_dnsmasq);
+
+    // The journal's file system nearly full: a 16 MiB tmpfs, below the 64 MiB floor.
+    let small = d.join("small");
+    std::fs::create_dir_all(&small).expect("dir");
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&small))
+    .expect("mount tmpfs");
+    let unmount = Unmount(small.clone());
+    assert_one_failure(
+        "disk",
+        lab.check(
+            &lab.config_with("fabric0", "10.77.0.0/24", "auto", "small"),
+            &[],
+        ),
+        "FAIL  disk state",
+        "free space",
+    );
+    drop(unmount);
+
+    // Native XDP on an interface whose driver has none (a bridge): the attach fails.
+    lab.srv
+        .ip(&["link", "add", "nox0", "type", "bridge"])
+        .expect("bridge");
+    lab.srv.ip(&["link", "set", "nox0", "up"]).expect("up");
+    lab.srv
+        .ip(&["addr", "add", "10.77.5.1/24", "dev", "nox0"])
+        .expect("addr");
+    let native = lab.config_with("nox0", "10.77.5.0/24", "native", "state");
+    let (code, out) = lab.check(&native, &["--skip", "dhcp"]);
+    if bootfabric_lab::lab_required() || !out.contains("has no eBPF object") {
+        assert_one_failure(
+            "xdp native",
+            (code, out),
+            "FAIL  xdp: cannot load or attach",
+            "xdp.mode = \"auto\"",
+        );
+    }
 
     // An interface that does not exist (XDP cannot attach to it either: left out here).
     let ghost = lab.config("ghost0");

@@ -48,7 +48,7 @@ pub fn xdp(config: &Config) -> Vec<Item> {
         Err(e) => vec![Item::fail(
             "xdp",
             format!("cannot load or attach: {e}"),
-            "run as root (CAP_BPF, CAP_NET_ADMIN), on kernel 5.18 or later, or set xdp.mode = \"auto\"",
+            "run as root (CAP_BPF, CAP_NET_ADMIN) on kernel 5.18 or later; for a driver without native XDP set xdp.mode = \"generic\" or \"auto\"",
         )],
         Ok(dp) => dp
             .modes()
