@@ -151,11 +151,17 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     let (request, _) = first_http_request(&lab.server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK), and the lease
-    // table learned it from the XDP program's events: the kernel gave both answers.
-    let leases = daemon.cli(&["leases"]).expect("leases");
+    // table learned it from the XDP program's events: the kernel gave both answers. Kernel
+    // ACKs reach the journal up to a second late (README "Leases survive crashes"), and
+    // iPXE may ask for its script sooner than that.
+    let leases = wait_for(Duration::from_secs(10), || {
+        let l = daemon.cli(&["leases"]).ok()?;
+        (l.contains("10.77.0.11") && l.contains("52:54:00:b0:0f:01")).then_some(l)
+    });
     assert!(
-        leases.contains("10.77.0.11") && leases.contains("52:54:00:b0:0f:01"),
-        "{leases}"
+        leases.is_some(),
+        "{}",
+        daemon.cli(&["leases"]).unwrap_or_default()
     );
     let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
     if require(
