@@ -40,6 +40,10 @@ pub mod arch {
     pub const HTTP_ARM64: u16 = 19;
 }
 
+/// iPXE's encapsulated option 175 telling it not to wait for proxyDHCP offers: sub-option
+/// 176 (no-pxedhcp), length 1, value 1.
+pub const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
+
 /// iPXE's encapsulated option 175 sub-option announcing HTTP support.
 const IPXE_FEATURE_HTTP: u8 = 19;
 /// Option 43 for PXE ROMs: sub-option 6 (discovery control) = 8, "boot file name is

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 
 use super::{
     journal::{LeaseRecord, LeaseState},
@@ -608,6 +608,19 @@ impl Server {
                 rules.push(("option 12".to_owned(), format!("inventory host {}", h.name)));
             }
             boot = self.boot_fields(req, mac, ingress.server_ip, &mut m);
+            if ClientFacts::from_message(req).is_ipxe() {
+                // iPXE waits about 2 s after an offer for proxyDHCP offers unless the offer
+                // says there are none (its encapsulated no-pxedhcp setting, 175.176).
+                m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+                    OptionCode::Unknown(175),
+                    policy::IPXE_NO_PXEDHCP.to_vec(),
+                )));
+                rules.push((
+                    "option 175".to_owned(),
+                    "iPXE no-pxedhcp: the boot answer is in this offer, no proxyDHCP wait"
+                        .to_owned(),
+                ));
+            }
         } else {
             opts.insert(DhcpOption::Message(
                 "requested address not available".to_owned(),
@@ -1040,5 +1053,24 @@ mod tests {
             offer.msg.opts().get(OptionCode::ClassIdentifier),
             Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
         );
+        assert!(
+            offer.msg.opts().get(OptionCode::Unknown(175)).is_none(),
+            "a proxy answer does not speak for the address server"
+        );
+    }
+
+    #[test]
+    fn ipxe_is_told_not_to_wait_for_proxy_offers() {
+        let mut s = server(true);
+        let mut ipxe = msg(3, MessageType::Discover);
+        ipxe.opts_mut()
+            .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let offer = reply(s.handle(&ipxe, &ingress(), 0));
+        assert!(matches!(
+            offer.msg.opts().get(OptionCode::Unknown(175)),
+            Some(DhcpOption::Unknown(u)) if u.data() == policy::IPXE_NO_PXEDHCP
+        ));
+        let plain = reply(s.handle(&msg(4, MessageType::Discover), &ingress(), 0));
+        assert!(plain.msg.opts().get(OptionCode::Unknown(175)).is_none());
     }
 }
