@@ -386,7 +386,7 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
             "xdp native",
             (code, out),
             "FAIL  xdp: cannot load or attach",
-            "xdp.mode = \"auto\"",
+            "for a driver without native XDP set xdp.mode = \"generic\" or \"auto\"",
         );
     }
 

@@ -180,8 +180,13 @@ impl RunStatus {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    "  makespan {m:.1} s; lower bound {bound:.1} s ({:.2}x)",
-                    if bound > 0.0 { m / bound } else { 0.0 }
+                    "  makespan {m:.1} s; lower bound at the planned capacity {bound:.1} s ({:.2}x){}",
+                    if bound > 0.0 { m / bound } else { 0.0 },
+                    if m < bound {
+                        ": the link carried more than planned, raise scheduler.capacity_mbps"
+                    } else {
+                        ""
+                    }
                 );
             }
             None => {
@@ -286,9 +291,13 @@ mod tests {
             .starts_with("[#####xxxxx] 1/2 booted, 1 failed"));
         let r = s.report();
         assert!(
-            r.contains("makespan 12.0 s; lower bound 10.0 s (1.20x)"),
+            r.contains("makespan 12.0 s; lower bound at the planned capacity 10.0 s (1.20x)\n"),
             "{r}"
         );
+        s.makespan_s = Some(8.0);
+        assert!(s
+            .report()
+            .contains("(0.80x): the link carried more than planned"));
         assert!(r.contains("b                    after 3 attempt(s)"), "{r}");
         assert!(r.contains("11.5"), "{r}");
     }
