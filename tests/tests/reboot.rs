@@ -17,7 +17,7 @@ use std::{
 use bootfabric_lab::{
     bootfabric_bin, content, have_program, http_get, require, require_root, run, sample,
     sushy::{FakeSystem, Sushy},
-    Bridge, Daemon, Netns, TempDir,
+    wait_for, Bridge, Daemon, Netns, TempDir,
 };
 use serde_json::Value;
 
@@ -410,6 +410,46 @@ fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
             &[("route", "gate"), ("status", "200")]
         ) >= 1.0,
         "{m}"
+    );
+
+    // Ctrl-C cancels a run: no further resets, and the hosts already reset leave the gate.
+    let mut cli = srv
+        .command(bootfabric_bin())
+        .args(["reboot", "--host", "node01,node02", "--admin"])
+        .arg(daemon.admin.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bootfabric reboot");
+    let running = wait_for(Duration::from_secs(20), || {
+        let (_, s) = http_get(&srv, daemon.admin, "/api/reboot").ok()?;
+        (s.contains("\"id\":2")
+            && (s.contains("\"phase\":\"resetting\"") || s.contains("\"phase\":\"posting\"")))
+        .then_some(())
+    });
+    assert!(running.is_some(), "the second run did not start");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cli.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let ended = wait_for(Duration::from_secs(30), || cli.try_wait().ok().flatten());
+    if ended.is_none() {
+        let _ = cli.kill();
+    }
+    let out = cli.wait_with_output().expect("reboot output");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{report}");
+    assert!(report.contains("Reboot report (cancelled)"), "{report}");
+    let (_, script) = http_get(
+        &srv,
+        "10.77.0.1:80".parse().expect("addr"),
+        "/boot.ipxe?mac=52:54:00:b0:0f:01",
+    )
+    .expect("script");
+    assert!(
+        !script.contains("waits for a download slot"),
+        "a cancelled run left the host at the gate:\n{script}"
     );
     drop(hung);
 }
