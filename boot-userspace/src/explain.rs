@@ -14,7 +14,6 @@ use crate::{
         journal::LeaseState,
         policy::arch,
         server::{Handled, Ingress, Server},
-        table::LeaseTable,
     },
     inventory::Mac,
 };
@@ -86,13 +85,7 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
 
     let live = dhcp::read_leases(&dhcp::journal_path(cfg)).unwrap_or_default();
     let now = dhcp::unix_now();
-    let table = LeaseTable::new(&dhcp.subnets, &cfg.inventory, &live, now);
-    let mut server = Server {
-        dhcp,
-        boot: cfg.boot.clone(),
-        inventory: cfg.inventory.clone(),
-        table,
-    };
+    let mut server = Server::new(dhcp, cfg.boot.clone(), cfg.inventory.clone(), &live, now);
 
     let mut msg = Message::new_with_id(
         1,

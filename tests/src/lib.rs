@@ -94,6 +94,17 @@ pub fn require(ok: bool, test: &str, reason: &str) -> bool {
     false
 }
 
+/// [`require`] for each of `programs` on the PATH (all installed by `cargo xtask setup`).
+pub fn require_programs(test: &str, programs: &[&str]) -> bool {
+    programs.iter().all(|p| {
+        require(
+            have_program(p),
+            test,
+            &format!("{p} is missing (cargo xtask setup)"),
+        )
+    })
+}
+
 /// True when running as root (network namespaces, veth and XDP need it).
 pub fn require_root(test: &str) -> bool {
     require(

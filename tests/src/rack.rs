@@ -43,13 +43,6 @@ impl Firmware {
             Self::UefiIpxe => "uefi-ipxe",
         }
     }
-
-    /// Parses a label.
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Bios, Self::UefiPxe, Self::UefiIpxe]
-            .into_iter()
-            .find(|f| f.label() == s)
-    }
 }
 
 /// One machine of the rack.

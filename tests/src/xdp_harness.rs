@@ -15,7 +15,7 @@ use aya::{
 };
 use bootfabric::{
     config::Config,
-    dhcp::{server::Server, table::LeaseTable},
+    dhcp::server::Server,
     xdp::fastpath::{FabricIface, FastPath, FastPathEvent},
 };
 use bootfabric_abi::{
@@ -67,13 +67,13 @@ impl Harness {
             .dhcp
             .clone()
             .ok_or_else(|| HarnessError("the config has no [dhcp]".into()))?;
-        let table = LeaseTable::new(&dhcp.subnets, &config.inventory, &[], 0);
-        let server = Server {
-            dhcp: dhcp.clone(),
-            boot: config.boot.clone(),
-            inventory: config.inventory.clone(),
-            table,
-        };
+        let server = Server::new(
+            dhcp.clone(),
+            config.boot.clone(),
+            config.inventory.clone(),
+            &[],
+            0,
+        );
         let mut ebpf = Ebpf::load(object).map_err(|e| err("loading the object")(e.to_string()))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_CLASSIFY)

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bootfabric_lab::{
-    bootfabric_bin, content, have_program, require, require_root, run,
+    bootfabric_bin, content, require_programs, require_root, run,
     sushy::{FakeSystem, Sushy},
     Bridge, KillOnDrop, Netns, TempDir,
 };
@@ -115,17 +115,8 @@ fn assert_one_failure(what: &str, (code, out): (i32, String), line: &str, fix: &
 }
 
 fn lab(t: &str) -> Option<Lab> {
-    if !require_root(t) {
+    if !require_root(t) || !require_programs(t, &["sushy-emulator", "dnsmasq"]) {
         return None;
-    }
-    for p in ["sushy-emulator", "dnsmasq"] {
-        if !require(
-            have_program(p),
-            t,
-            &format!("{p} is missing (cargo xtask setup)"),
-        ) {
-            return None;
-        }
     }
     let dir = TempDir::new().expect("dir");
     let d = &dir.path;

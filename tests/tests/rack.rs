@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use bootfabric_lab::{
-    bootimage, have_program, http_get, lab_required, rack, require, require_root, sample,
+    bootimage, http_get, lab_required, rack, require, require_programs, require_root, sample,
 };
 
 fn cache() -> std::path::PathBuf {
@@ -18,17 +18,13 @@ fn cache() -> std::path::PathBuf {
 #[test]
 fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
     let t = "bios_and_uefi_machines_boot_end_to_end_through_the_fabric";
-    if !require_root(t) {
-        return;
-    }
-    for p in ["qemu-system-x86_64", "libvirtd", "virsh", "sushy-emulator"] {
-        if !require(
-            have_program(p),
+    if !require_root(t)
+        || !require_programs(
             t,
-            &format!("{p} is missing (cargo xtask setup)"),
-        ) {
-            return;
-        }
+            &["qemu-system-x86_64", "libvirtd", "virsh", "sushy-emulator"],
+        )
+    {
+        return;
     }
     if !require(
         Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists()

@@ -15,7 +15,7 @@ use std::{
 };
 
 use bootfabric_lab::{
-    bootfabric_bin, content, have_program, http_get, require, require_root, run, sample,
+    bootfabric_bin, content, http_get, require_programs, require_root, run, sample,
     sushy::{FakeSystem, Sushy},
     wait_for, Bridge, Daemon, Netns, TempDir,
 };
@@ -235,17 +235,8 @@ fn reboot_cli(srv: &Netns, daemon: &Daemon, args: &[&str]) -> std::process::Outp
 #[test]
 fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
     let t = "a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated";
-    if !require_root(t) {
+    if !require_root(t) || !require_programs(t, &["sushy-emulator", "udhcpc", "curl"]) {
         return;
-    }
-    for p in ["sushy-emulator", "udhcpc", "curl"] {
-        if !require(
-            have_program(p),
-            t,
-            &format!("{p} is missing (cargo xtask setup)"),
-        ) {
-            return;
-        }
     }
     let dir = TempDir::new().expect("dir");
     let images = dir.path.join("images");

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use super::Item;
 use crate::{
     config::{BootSettings, Config},
-    tftp::files::{self, FileError},
+    tftp::files,
 };
 
 /// Each fabric interface exists, is up and has an IPv4 address; each DHCP subnet bound to
@@ -156,13 +156,12 @@ pub fn ports(config: &Config) -> Vec<Item> {
 /// Every file a profile or the boot settings name is there, readable as the server would
 /// serve it (confinement included) and, when the profile gives one, matches its SHA-256.
 pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
-    let http_root = config.http.as_ref().and_then(|h| h.root.as_deref());
     let tftp_root = config.tftp.as_ref().map(|t| t.root.as_path());
+    let roots = config.image_roots();
     let mut items = Vec::new();
     for p in config.inventory.profiles().values() {
         for f in p.files() {
             let subject = format!("profile {} file {f}", p.name);
-            let roots: Vec<&Path> = http_root.into_iter().chain(tftp_root).collect();
             if roots.is_empty() {
                 items.push(Item::fail(
                     subject,
@@ -171,11 +170,7 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
                 ));
                 continue;
             }
-            let opened = roots.iter().find_map(|r| match files::open(r, f) {
-                Err(FileError::NotFound) => None,
-                other => Some((r, other)),
-            });
-            let (root, src) = match opened {
+            let (root, src) = match files::find(&roots, f) {
                 None => {
                     items.push(Item::fail(
                         subject,

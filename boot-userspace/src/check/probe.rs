@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -12,7 +12,6 @@ use dhcproto::{
     Decodable as _, Decoder, Encodable as _,
 };
 use prometheus::Registry;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use super::Item;
 use crate::{
@@ -231,12 +230,7 @@ pub fn other_dhcp_servers(config: &Config, wait: Duration) -> Vec<Item> {
 /// Broadcasts one DISCOVER from a made-up client on `iface`; returns (server id, offered
 /// address) of every OFFER for it within `wait`.
 fn discover(iface: &str, wait: Duration) -> std::io::Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    s.bind_device(Some(iface.as_bytes()))?;
-    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).into())?;
-    let sock: std::net::UdpSocket = s.into();
+    let sock = crate::dhcp::bind_on_device(iface, 68)?;
     // Unpredictable enough to tell our offers from a rerun's, no more is needed.
     let seed = crate::xorshift::XorShift::from_time().next_u64();
     let xid = (seed >> 16) as u32;

@@ -266,6 +266,17 @@ impl Config {
         names
     }
 
+    /// Where profile files (kernels, initrds) are served from, in lookup order: the HTTP
+    /// image root, then the TFTP root.
+    pub fn image_roots(&self) -> Vec<&Path> {
+        self.http
+            .as_ref()
+            .and_then(|h| h.root.as_deref())
+            .into_iter()
+            .chain(self.tftp.as_ref().map(|t| t.root.as_path()))
+            .collect()
+    }
+
     /// Reads, parses and validates the config file at `path` and the files it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

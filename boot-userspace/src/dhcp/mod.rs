@@ -43,7 +43,7 @@ use aya::maps::{MapData, RingBuf};
 use journal::{Committer, Journal, LeaseRecord, LeaseState};
 use ratelimit::RateLimiter;
 use server::{Handled, Ingress, Server, PXE_PORT, SERVER_PORT};
-use table::LeaseTable;
+
 use tokio::io::{unix::AsyncFd, Interest};
 use wire::DropReason;
 
@@ -230,16 +230,23 @@ pub struct Reloader {
     fast_path: Arc<Mutex<Option<FastPath>>>,
 }
 
-/// Binds UDP port 67 on `iface` only (SO_BINDTODEVICE), with broadcast allowed.
-fn bind_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+/// A UDP socket on `port` of `iface` only (SO_BINDTODEVICE), with broadcast allowed and
+/// address reuse (several sockets share the port, one per interface), blocking.
+pub fn bind_on_device(iface: &str, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
     s.bind_device(Some(iface.as_bytes()))?;
-    s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
+}
+
+/// [`bind_on_device`] for the async service.
+fn bind_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    let s = bind_on_device(iface, port)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
 }
 
 impl DhcpService {
@@ -254,20 +261,26 @@ impl DhcpService {
         let path = journal_path(config);
         let (journal, live) = Journal::open(&path)?;
         let now = unix_now();
-        let table = LeaseTable::new(&dhcp.subnets, &config.inventory, &live, now);
-        let active = table.active(now).len();
+        let server = Server::new(
+            dhcp,
+            config.boot.clone(),
+            config.inventory.clone(),
+            &live,
+            now,
+        );
+        let active = server.table.active(now).len();
         info!(journal = %path.display(), records = live.len(), active, "lease journal replayed");
         let committer = Committer::start(
             journal,
             &live,
-            Duration::from_millis(u64::from(dhcp.commit_delay_ms)),
+            Duration::from_millis(u64::from(server.dhcp.commit_delay_ms)),
         );
         let mut sockets = Vec::new();
         for iface in &config.interfaces {
             let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {
                 iface: iface.clone(),
             })?;
-            let ports: &[u16] = match dhcp.mode {
+            let ports: &[u16] = match server.dhcp.mode {
                 DhcpMode::Server => &[SERVER_PORT],
                 DhcpMode::Proxy => &[SERVER_PORT, PXE_PORT],
             };
@@ -276,18 +289,17 @@ impl DhcpService {
                     iface: iface.clone(),
                     source,
                 })?;
-                info!(%iface, server_id = %ip, mode = ?dhcp.mode, "DHCP server listening on {iface}:{port}");
+                info!(%iface, server_id = %ip, mode = ?server.dhcp.mode, "DHCP server listening on {iface}:{port}");
                 sockets.push((iface.clone(), ip, port, Arc::new(sock)));
             }
         }
-        let subnets = dhcp.subnets.iter().map(|s| s.net.to_string()).collect();
-        let limiter = Arc::new(Mutex::new(RateLimiter::new(dhcp.rate_limit)));
-        let server = Server {
-            dhcp,
-            boot: config.boot.clone(),
-            inventory: config.inventory.clone(),
-            table,
-        };
+        let subnets = server
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| s.net.to_string())
+            .collect();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(server.dhcp.rate_limit)));
         let svc = Self {
             sockets,
             server: Arc::new(Mutex::new(server)),

@@ -101,6 +101,24 @@ fn client_hostname(msg: &Message) -> Option<String> {
 }
 
 impl Server {
+    /// A server for `dhcp` with `inventory`, its lease table rebuilt from the journal's
+    /// `live` records as of `now`.
+    pub fn new(
+        dhcp: DhcpConfig,
+        boot: BootSettings,
+        inventory: Inventory,
+        live: &[LeaseRecord],
+        now: u64,
+    ) -> Self {
+        let table = LeaseTable::new(&dhcp.subnets, &inventory, live, now);
+        Self {
+            dhcp,
+            boot,
+            inventory,
+            table,
+        }
+    }
+
     /// The subnet a request belongs to: by giaddr for relayed requests, else by the arrival
     /// interface (or the subnet holding the interface's address).
     pub fn subnet_for(&self, msg: &Message, ingress: &Ingress<'_>) -> Option<usize> {
@@ -701,13 +719,7 @@ mod tests {
             toml::from_str(text).expect("toml"),
         )
         .expect("inv");
-        let table = LeaseTable::new(&dhcp.subnets, &inventory, &[], 0);
-        Server {
-            dhcp,
-            boot: BootSettings::defaults(),
-            inventory,
-            table,
-        }
+        Server::new(dhcp, BootSettings::defaults(), inventory, &[], 0)
     }
 
     fn ingress() -> Ingress<'static> {

@@ -31,13 +31,6 @@ impl Gate {
         }
     }
 
-    /// Lets every host through (a run ended or was cancelled).
-    pub fn release_all(&self) {
-        if let Ok(mut h) = self.held.write() {
-            h.clear();
-        }
-    }
-
     /// Whether `mac` must wait.
     pub fn holds(&self, mac: &Mac) -> bool {
         self.held.read().map(|h| h.contains(mac)).unwrap_or(false)

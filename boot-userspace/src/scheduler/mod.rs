@@ -150,6 +150,11 @@ impl Phase {
 /// POST durations seen per hardware model: (shortest, longest, how many), seconds.
 pub type PostSeen = HashMap<String, (f64, f64, u32)>;
 
+/// The longest POST seen for `model`, else `guess`: what plans are made with.
+pub fn longest_post(seen: &PostSeen, model: &str, guess: f64) -> f64 {
+    seen.get(model).map_or(guess, |(_, max, _)| *max)
+}
+
 /// Something that happened to a host, reported by the runner.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -238,10 +243,7 @@ impl Scheduler {
     /// with the longest makes hosts arrive early rather than late: early ones wait at the
     /// gate (cheap), late ones would leave a slot idle.
     pub fn post_estimate(&self, model: &str) -> f64 {
-        self.post
-            .get(model)
-            .map(|(_, max, _)| *max)
-            .unwrap_or(self.params.post_guess_s)
+        longest_post(&self.post, model, self.params.post_guess_s)
     }
 
     /// Admits hosts waiting at the gate while download slots are free, oldest first.

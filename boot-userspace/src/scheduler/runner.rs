@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -32,6 +32,7 @@ use crate::{
     inventory::{Host, Inventory, Mac},
     ledger::{self, Ledger, Phase as LedgerPhase},
     redfish::{BmcConfig, Client, RedfishError},
+    tftp::files,
 };
 
 /// How often the runner looks at the ledger and the scheduler.
@@ -149,11 +150,9 @@ impl Reboots {
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
         let roots = config
-            .http
-            .as_ref()
-            .and_then(|h| h.root.clone())
+            .image_roots()
             .into_iter()
-            .chain(config.tftp.as_ref().map(|t| t.root.clone()))
+            .map(Path::to_path_buf)
             .collect();
         let metrics = RebootMetrics::register(registry)?;
         metrics.capacity.set(config.scheduler.params.capacity_bps);
@@ -271,17 +270,16 @@ impl Reboots {
         let bmc = h.bmc.clone()?;
         let profile = self.inventory.profile(&h.profile);
         let kernel = profile.and_then(|p| p.kernel.clone());
-        let files: Vec<String> = profile
+        let names: Vec<String> = profile
             .map(|p| p.files().cloned().collect())
             .unwrap_or_default();
-        let demand_bytes = files
+        // What the servers would send: the same lookup and confinement as theirs.
+        let roots: Vec<&Path> = self.roots.iter().map(PathBuf::as_path).collect();
+        let demand_bytes = names
             .iter()
-            .filter_map(|f| {
-                let rel = f.trim_start_matches('/');
-                self.roots
-                    .iter()
-                    .find_map(|r| std::fs::metadata(r.join(rel)).ok())
-                    .map(|m| m.len())
+            .filter_map(|f| match files::find(&roots, f)? {
+                (_, Ok(src)) => Some(src.size()),
+                (_, Err(_)) => None,
             })
             .sum();
         Some(Member {
@@ -295,7 +293,7 @@ impl Reboots {
                 demand_bytes,
             },
             kernel: kernel.map(|k| k.trim_start_matches('/').to_owned()),
-            files: files
+            files: names
                 .iter()
                 .map(|f| f.trim_start_matches('/').to_owned())
                 .collect(),
@@ -305,7 +303,7 @@ impl Reboots {
     fn blank_status(&self, members: &[Member], seen: &PostSeen) -> RunStatus {
         let p = &self.config.params;
         let specs: Vec<HostSpec> = members.iter().map(|m| m.spec.clone()).collect();
-        let post_of = |model: &str| seen.get(model).map_or(p.post_guess_s, |s| s.1);
+        let post_of = |model: &str| super::longest_post(seen, model, p.post_guess_s);
         RunStatus {
             capacity_bps: p.capacity_bps,
             capacity_cap_bps: p.capacity_bps,

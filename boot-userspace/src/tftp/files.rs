@@ -118,6 +118,16 @@ impl Source {
     }
 }
 
+/// Opens `name` under the first of `roots` that has it, as the servers would serve it:
+/// the root and the result, or `None` when no root has it. A root where it exists but may
+/// not be served (a symlink out, not a regular file) ends the search with that error.
+pub fn find<'r>(roots: &[&'r Path], name: &str) -> Option<(&'r Path, Result<Source, FileError>)> {
+    roots.iter().find_map(|r| match open(r, name) {
+        Err(FileError::NotFound) => None,
+        other => Some((*r, other)),
+    })
+}
+
 /// Opens `name` under `root` (which must be canonical).
 pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
     let (rel, absolute) = relative(root, name)?;

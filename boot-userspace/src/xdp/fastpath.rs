@@ -488,7 +488,6 @@ mod tests {
     use super::*;
     use crate::{
         config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
-        dhcp::table::LeaseTable,
         inventory::Inventory,
     };
 
@@ -513,13 +512,7 @@ mod tests {
             toml::from_str(inventory).expect("toml"),
         )
         .expect("inventory");
-        let table = LeaseTable::new(&dhcp.subnets, &inventory, &[], 0);
-        Server {
-            dhcp,
-            boot: BootSettings::defaults(),
-            inventory,
-            table,
-        }
+        Server::new(dhcp, BootSettings::defaults(), inventory, &[], 0)
     }
 
     fn fabric() -> Vec<FabricIface> {
