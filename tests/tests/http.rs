@@ -13,7 +13,8 @@ use std::{
 };
 
 use bootfabric_lab::{
-    content, have_program, http_get, require, require_root, run, sample, Daemon, PairLab, TempDir,
+    content, have_program, http_get, require, require_root, run, sample, wait_for, Daemon, PairLab,
+    TempDir,
 };
 
 const INVENTORY: &str = r#"
@@ -515,24 +516,38 @@ fn one_client_cannot_take_every_connection() {
     ) else {
         return;
     };
-    let (third, after) = l
+    let (first, second, third) = l
         .lab
         .client
-        .run(|| -> Result<(usize, String), String> {
+        .run(|| -> Result<(TcpStream, TcpStream, usize), String> {
             let connect = || TcpStream::connect("10.77.0.1:80").map_err(|e| e.to_string());
             let first = connect()?;
-            let _second = connect()?;
+            let second = connect()?;
             // The third is accepted and closed at once: reading gives end of stream.
             let mut third = connect()?;
             third
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 64];
-            let n = third.read(&mut buf).unwrap_or(0);
-            // With one of the two closed, a new connection is served again.
-            drop(first);
-            std::thread::sleep(Duration::from_millis(200));
-            let mut again = connect()?;
+            Ok((first, second, third.read(&mut buf).unwrap_or(0)))
+        })
+        .expect("client namespace")
+        .expect("connections");
+    // With one of the two closed (once the server has seen it go), a new connection is
+    // served again.
+    drop(first);
+    let gone = wait_for(Duration::from_secs(10), || {
+        (l.metric("bootfabric_http_connections_active", &[]) <= 1.0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the server never saw the first connection close"
+    );
+    let after = l
+        .lab
+        .client
+        .run(|| -> Result<String, String> {
+            let mut again = TcpStream::connect("10.77.0.1:80").map_err(|e| e.to_string())?;
             again
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .map_err(|e| e.to_string())?;
@@ -543,10 +558,11 @@ fn one_client_cannot_take_every_connection() {
             again
                 .read_to_string(&mut answer)
                 .map_err(|e| e.to_string())?;
-            Ok((n, answer))
+            Ok(answer)
         })
         .expect("client namespace")
-        .expect("connections");
+        .expect("the connection after one closed");
+    drop(second);
     assert_eq!(third, 0, "the third connection should be closed unanswered");
     assert!(after.starts_with("HTTP/1.1 200"), "{after}");
     assert_eq!(
