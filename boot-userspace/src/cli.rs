@@ -1,4 +1,5 @@
-//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`.
+//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`,
+//! `admin`.
 
 use std::path::PathBuf;
 
@@ -60,6 +61,9 @@ pub enum Command {
     /// Reboot hosts through their BMCs, staggered so the fabric stays busy but never
     /// oversubscribed (asks the running daemon's scheduler).
     Reboot(crate::reboot::RebootArgs),
+    /// Admin API credentials (`admin token create`).
+    #[command(subcommand)]
+    Admin(crate::admin::cli::AdminCommand),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> i32 {
             Err(e) => config_error(&e),
         },
         Command::Reboot(args) => crate::reboot::reboot(&args),
+        Command::Admin(command) => crate::admin::cli::run(&command),
         Command::Hosts { config } => match Config::load(&config) {
             Ok(cfg) => {
                 println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");

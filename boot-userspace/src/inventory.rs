@@ -153,6 +153,23 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         ));
     }
     crate::redfish::transport::parse_url(&url).map_err(|e| ("bmc.url".to_owned(), e))?;
+    // Plain HTTP sends the BMC password (Basic auth, session login) in clear to anyone on the
+    // path: only with the operator's explicit word, which start-up then logs.
+    if !https && b.allow_plaintext != Some(true) {
+        return Err((
+            "bmc.allow_plaintext".into(),
+            format!(
+                "{url:?} is plain http: the BMC password would cross the network in clear; \
+                 use https (with ca_file or fingerprint), or set allow_plaintext = true for a lab emulator"
+            ),
+        ));
+    }
+    if https && b.allow_plaintext == Some(true) {
+        return Err((
+            "bmc.allow_plaintext".into(),
+            format!("{url:?} is https: allow_plaintext only applies to http:// URLs"),
+        ));
+    }
     let username = b
         .username
         .clone()
@@ -389,6 +406,17 @@ impl Inventory {
         &self.hosts
     }
 
+    /// The BMC URLs that speak plain `http://` (each allowed by `allow_plaintext = true`),
+    /// once each, for the start-up warning.
+    pub fn plaintext_bmc_urls(&self) -> std::collections::BTreeSet<&str> {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.bmc.as_ref())
+            .map(|b| b.url.as_str())
+            .filter(|u| u.starts_with("http://"))
+            .collect()
+    }
+
     /// All profiles, by name.
     pub fn profiles(&self) -> &BTreeMap<String, Profile> {
         &self.profiles
@@ -554,15 +582,15 @@ mod tests {
             PasswordSource::File(Path::new("/etc/bootfabric/secrets/bmc.pass").to_owned())
         );
         let lab = with_bmc(
-            r#"url = "http://127.0.0.1:8000", username = "admin", password_env = "BMC_PASS""#,
+            r#"url = "http://127.0.0.1:8000", username = "admin", password_env = "BMC_PASS", allow_plaintext = true"#,
         )
-        .expect("plain http for lab emulators");
+        .expect("plain http for lab emulators, when allowed");
         assert_eq!(
             lab.hosts()[0].bmc.as_ref().map(|b| &b.tls),
             Some(&TlsPolicy::Insecure)
         );
         let http_boot = with_bmc(
-            r#"url = "http://127.0.0.1:8000", username = "a", password_env = "P", boot = "uefi-http", boot_mode = "uefi", timeout_s = 3, attempts = 2"#,
+            r#"url = "http://127.0.0.1:8000", username = "a", password_env = "P", allow_plaintext = true, boot = "uefi-http", boot_mode = "uefi", timeout_s = 3, attempts = 2"#,
         )
         .expect("boot settings");
         let b = http_boot.hosts()[0].bmc.as_ref().expect("bmc");
@@ -581,6 +609,21 @@ mod tests {
                 r#"url = "https://bmc", username = "u", password_env = "P""#,
                 "hosts[0].bmc",
                 "ca_file or fingerprint",
+            ),
+            (
+                r#"url = "http://bmc", username = "u", password_env = "P""#,
+                "hosts[0].bmc.allow_plaintext",
+                "in clear",
+            ),
+            (
+                r#"url = "http://bmc", username = "u", password_env = "P", allow_plaintext = false"#,
+                "hosts[0].bmc.allow_plaintext",
+                "in clear",
+            ),
+            (
+                r#"url = "https://bmc", username = "u", password_env = "P", insecure = true, allow_plaintext = true"#,
+                "hosts[0].bmc.allow_plaintext",
+                "only applies",
             ),
             (
                 r#"url = "https://bmc", username = "u", password_env = "P", password_file = "f", insecure = true"#,
@@ -613,17 +656,17 @@ mod tests {
                 "one of",
             ),
             (
-                r#"url = "http://bmc", username = "u", password_env = "P", boot = "usb""#,
+                r#"url = "http://bmc", username = "u", password_env = "P", allow_plaintext = true, boot = "usb""#,
                 "hosts[0].bmc.boot",
                 "uefi-http",
             ),
             (
-                r#"url = "http://bmc", username = "u", password_env = "P", boot_mode = "bios""#,
+                r#"url = "http://bmc", username = "u", password_env = "P", allow_plaintext = true, boot_mode = "bios""#,
                 "hosts[0].bmc.boot_mode",
                 "legacy",
             ),
             (
-                r#"url = "http://bmc", username = "u", password_env = "P", timeout_s = 0"#,
+                r#"url = "http://bmc", username = "u", password_env = "P", allow_plaintext = true, timeout_s = 0"#,
                 "hosts[0].bmc.timeout_s",
                 "at least 1",
             ),

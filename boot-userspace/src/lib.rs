@@ -3,6 +3,7 @@
 //! This crate is the daemon (`bootfabric`) as a library: each module is one concern, and
 //! `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -2,6 +2,10 @@
 //! (whose scheduler owns the run, since it sees the ledger and holds the admission gate),
 //! follows the run with a progress bar and a line per host that boots or fails, and prints
 //! the report. Ctrl-C cancels the run: no further resets, hosts already reset go on.
+//!
+//! It sends the bearer token of `admin.token_file` (or `--token-file`) and, when the admin
+//! server speaks TLS, pins its certificate (`admin.tls_cert`, on this machine) and presents
+//! `--client-cert` if given.
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -13,7 +17,7 @@ use std::{
 use anyhow::{anyhow, Context as _};
 use hyper::{
     body::Bytes,
-    header::{HeaderValue, CONTENT_TYPE},
+    header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE},
     Method,
 };
 
@@ -56,6 +60,16 @@ pub struct RebootArgs {
     /// Admin API address (default: admin.listen from the config).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// File holding the admin token (default: admin.token_file from the config).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present when the admin server asks for one
+    /// (admin.client_ca).
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// Runs `bootfabric reboot`; returns the exit code: 0 when every host booted (or the plan
@@ -80,15 +94,20 @@ pub fn reboot(args: &RebootArgs) -> i32 {
     }
 }
 
-/// The admin API of the daemon, over plain HTTP.
+/// The admin API of the daemon: plain HTTP, or TLS with the server's certificate pinned.
 struct Api {
     endpoint: Endpoint,
     addr: SocketAddr,
+    /// `Authorization: Bearer …`, when a token file is known.
+    authorization: Option<HeaderValue>,
 }
 
 impl Api {
     async fn call(&self, method: Method, body: Option<String>) -> anyhow::Result<(u16, Bytes)> {
-        let headers = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        if let Some(auth) = &self.authorization {
+            headers.push((AUTHORIZATION, auth.clone()));
+        }
         let r = self
             .endpoint
             .send(method, "/api/reboot", &headers, body.map(Bytes::from))
@@ -118,26 +137,60 @@ impl Api {
 }
 
 async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
-    let addr = match args.admin {
-        Some(a) => a,
-        None => {
-            let cfg = match Config::load(&args.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("bootfabric: invalid configuration: {e}");
-                    return Ok(2);
-                }
-            };
+    // The config gives the address, the token file and TLS; with --admin it is optional
+    // (read when it exists, for the token).
+    let cfg = if args.admin.is_none() || args.config.exists() {
+        match Config::load(&args.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("bootfabric: invalid configuration: {e}");
+                return Ok(2);
+            }
+        }
+    } else {
+        None
+    };
+    let addr = match (args.admin, &cfg) {
+        (Some(a), _) => a,
+        (None, Some(cfg)) => {
             let mut a = cfg.admin_listen;
             if a.ip().is_unspecified() {
                 a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             a
         }
+        (None, None) => return Err(anyhow!("give --admin or a config")),
     };
-    let endpoint = Endpoint::new(&format!("http://{addr}"), None, Duration::from_secs(30))
-        .map_err(|e| anyhow!(e))?;
-    let api = Api { endpoint, addr };
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.admin_token_file.clone()));
+    let authorization = match token_file {
+        Some(path) => {
+            let token = crate::admin::token::read_for_client(&path)
+                .map_err(|e| anyhow!("admin token: {e}"))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the admin token is not a header value")?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
+    let tls = cfg.as_ref().and_then(|c| c.admin_tls.as_ref());
+    let endpoint = match tls {
+        None => Endpoint::new(&format!("http://{addr}"), None, Duration::from_secs(30)),
+        Some(tls) => Endpoint::new(
+            &format!("https://{addr}"),
+            Some(client_tls(&tls.cert, args)?),
+            Duration::from_secs(30),
+        ),
+    }
+    .map_err(|e| anyhow!(e))?;
+    let api = Api {
+        endpoint,
+        addr,
+        authorization,
+    };
     if args.status {
         return match api.status().await? {
             Some(s) => {
@@ -240,6 +293,40 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
         }
         last = now;
     }
+}
+
+/// TLS towards the admin server: its certificate (`admin.tls_cert`, readable on this
+/// machine) pinned by SHA-256, and the operator's client certificate when given.
+fn client_tls(
+    server_cert: &std::path::Path,
+    args: &RebootArgs,
+) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+    use sha2::{Digest as _, Sha256};
+    let leaf = CertificateDer::pem_file_iter(server_cert)
+        .with_context(|| format!("admin.tls_cert {}", server_cert.display()))?
+        .next()
+        .ok_or_else(|| {
+            anyhow!(
+                "admin.tls_cert {} holds no certificate",
+                server_cert.display()
+            )
+        })?
+        .with_context(|| format!("admin.tls_cert {}", server_cert.display()))?;
+    let pin: [u8; 32] = Sha256::digest(leaf.as_ref()).into();
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("--client-cert {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--client-cert {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("--client-key {}", key.display()))?;
+            Some((chain, key))
+        }
+        _ => None,
+    };
+    crate::redfish::tls::pinned_with_identity(pin, identity).map_err(|e| anyhow!(e))
 }
 
 fn exit_code(s: &RunStatus) -> i32 {

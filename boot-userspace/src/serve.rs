@@ -11,7 +11,7 @@ use crate::{
     dhcp::DhcpService,
     http::HttpService,
     ledger::Ledger,
-    metrics::{self, CoreMetrics},
+    metrics::CoreMetrics,
     ra::RaService,
     scheduler::{Gate, Reboots},
     supervisor::{Outcome, Supervisor},
@@ -160,8 +160,8 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
     let token = supervisor.token();
-    let allow = config.admin_allow.clone();
-    let admin = metrics::Admin {
+    let (access, tls) = crate::admin::settings(&config)?;
+    let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
@@ -169,11 +169,14 @@ async fn serve(config: Config) -> anyhow::Result<i32> {
     supervisor.spawn(
         "admin",
         Box::pin(async move {
-            metrics::serve_admin(listener, admin, allow, token)
+            crate::admin::serve(listener, admin, access, tls, token)
                 .await
                 .context("admin server")
         }),
     );
+    for url in config.inventory.plaintext_bmc_urls() {
+        warn!(bmc = url, "BMC over plain http (allow_plaintext = true): its password crosses the network in clear");
+    }
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

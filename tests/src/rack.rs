@@ -352,7 +352,7 @@ pools = ["10.77.0.100-10.77.0.199"]
         );
         for m in &opts.machines {
             inventory.push_str(&format!(
-                "\n[[hosts]]\nname = \"{}\"\nmac = \"{}\"\nip = \"{}\"\nprofile = \"linux\"\nmodel = \"{}\"\nrack = \"lab\"\nbmc = {{ url = \"{bmc_url}\", username = \"{BMC_USER}\", password_file = \"bmc.pass\", system = \"/redfish/v1/Systems/{}\" }}\n",
+                "\n[[hosts]]\nname = \"{}\"\nmac = \"{}\"\nip = \"{}\"\nprofile = \"linux\"\nmodel = \"{}\"\nrack = \"lab\"\nbmc = {{ url = \"{bmc_url}\", username = \"{BMC_USER}\", password_file = \"bmc.pass\", allow_plaintext = true, system = \"/redfish/v1/Systems/{}\" }}\n",
                 m.name,
                 m.mac,
                 m.ip,

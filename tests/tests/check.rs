@@ -1,6 +1,7 @@
 //! `bootfabric check` in a namespace lab: a healthy setup passes, then one thing at a time is
 //! broken (interface down, address gone, port taken, file missing, checksum wrong, BMC
-//! password wrong, another DHCP server on the segment, interface missing) and exactly that
+//! password wrong, another DHCP server on the segment, interface missing, the admin API's
+//! control reachable from the DHCP subnet without a token) and exactly that
 //! item fails, with its fix, and the exit status says so.
 
 use std::{
@@ -167,7 +168,7 @@ name = "node01"
 mac = "52:54:00:b0:0f:01"
 ip = "10.77.0.11"
 profile = "linux"
-bmc = {{ url = "{}", username = "{USER}", password_file = "bmc.pass", timeout_s = 3 }}
+bmc = {{ url = "{}", username = "{USER}", password_file = "bmc.pass", allow_plaintext = true, timeout_s = 3 }}
 "#,
             sushy.url
         ),
@@ -194,6 +195,7 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
     for item in [
         "PASS  config",
         "PASS  interface fabric0: up, 10.77.0.1",
+        "PASS  admin control: admin.listen 127.0.0.1:9370 is loopback only; control needs a loopback peer",
         "PASS  port 67/udp",
         "PASS  port 69/udp",
         "PASS  port 80/tcp",
@@ -253,6 +255,39 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
     lab.srv
         .ip(&["addr", "add", "10.77.0.1/24", "dev", "fabric0"])
         .expect("addr");
+
+    // The admin API on every address, open to a /8 that holds the DHCP subnet, no token:
+    // a provisioned machine could reboot the fleet (the old Kubernetes manifest).
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let open = d.join("bootfabric-open-admin.toml");
+    let exposed = "listen = \"0.0.0.0:9370\"\nallow = [\"10.0.0.0/8\", \"127.0.0.0/8\"]";
+    std::fs::write(&open, text.replace("listen = \"127.0.0.1:9370\"", exposed)).expect("config");
+    assert_one_failure(
+        "admin control reachable",
+        lab.check(&open, &["--skip", "dhcp"]),
+        "FAIL  admin control: admin.listen 0.0.0.0:9370 with admin.allow 10.0.0.0/8, 127.0.0.0/8 is reachable from dhcp.subnets[0] 10.77.0.0/24, interface fabric0 10.77.0.0/24",
+        "admin token create",
+    );
+    // With a token file and the management network only, it passes the item (a warning
+    // says the token crosses in clear without TLS).
+    run(Command::new(bootfabric_bin())
+        .args(["admin", "token", "create", "--file"])
+        .arg(d.join("admin.token")))
+    .expect("token create");
+    std::fs::write(
+        &open,
+        text.replace(
+            "listen = \"127.0.0.1:9370\"",
+            "listen = \"0.0.0.0:9370\"\nallow = [\"10.20.0.0/24\"]\ntoken_file = \"admin.token\"",
+        ),
+    )
+    .expect("config");
+    let (code, out) = lab.check(&open, &["--skip", "dhcp"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("WARN  admin control: control needs the token; admin.allow 10.20.0.0/24; but the token crosses the network in clear"),
+        "{out}"
+    );
 
     // Port 67 taken (by anything bound to it without address reuse).
     let held = lab

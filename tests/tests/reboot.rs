@@ -91,7 +91,7 @@ fn inventory(sushy: &str, systems: &[String], hung: &str, refused: &str) -> Stri
         "[profiles.linux]\nkernel = \"linux/vmlinuz\"\ninitrd = [\"linux/initrd.img\"]\ncmdline = \"console=ttyS0\"\n",
     );
     let bmc = |url: &str, extra: &str| {
-        format!("bmc = {{ url = \"{url}\", username = \"{USER}\", password_file = \"bmc.pass\"{extra} }}\n")
+        format!("bmc = {{ url = \"{url}\", username = \"{USER}\", password_file = \"bmc.pass\", allow_plaintext = true{extra} }}\n")
     };
     for ((name, _, _, mac, ip), system) in MACHINES.iter().zip(systems) {
         inv.push_str(&format!(

@@ -1,10 +1,12 @@
 //! `bootfabric check`: the operator's validation checklist, run by the tool itself.
 //!
 //! Each check yields items that passed, warned or failed, a failure always with the fix.
-//! [`local`] looks at this machine (interfaces, ports, files and their checksums, free
+//! [`admin`] asks whether the admin API's control calls are reachable, without a token,
+//! from the networks the fabric serves. [`local`] looks at this machine (interfaces, ports, files and their checksums, free
 //! disk); [`probe`] tries things for real (attaching XDP, logging in to every BMC, asking
 //! the provisioning segment for DHCP offers from servers other than this one).
 
+pub mod admin;
 pub mod local;
 pub mod probe;
 
@@ -111,6 +113,7 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
             config.inventory.profiles().len()
         ),
     )];
+    items.push(admin::control(config));
     items.extend(local::interfaces(config));
     items.extend(local::ports(config));
     items.extend(local::files(config, !skip.checksums));

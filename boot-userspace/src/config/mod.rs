@@ -167,6 +167,12 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Networks allowed to reach the admin server; empty means everyone.
     pub admin_allow: Vec<IpNet>,
+    /// `admin.token_file`: the bearer token control calls need (checked at load: mode 0600
+    /// or stricter, owned by the daemon's user, not empty). Without it, control is for
+    /// loopback peers only.
+    pub admin_token_file: Option<PathBuf>,
+    /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
+    pub admin_tls: Option<crate::admin::tls::AdminTls>,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
     /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
@@ -339,7 +345,32 @@ impl Config {
         if config.state_dir.is_relative() {
             config.state_dir = base.join(&config.state_dir);
         }
+        config.load_admin_files(path, base)?;
         Ok(config)
+    }
+
+    /// Resolves the admin server's files against the config's folder and checks them: the
+    /// token file's mode, owner and contents, and that the TLS files make a server.
+    fn load_admin_files(&mut self, path: &Path, base: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        if let Some(file) = self.admin_token_file.as_mut() {
+            *file = base.join(&*file);
+            crate::admin::token::load(file)
+                .map_err(|e| invalid("admin.token_file", e.to_string()))?;
+        }
+        if let Some(tls) = self.admin_tls.as_mut() {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+            if let Some(ca) = tls.client_ca.as_mut() {
+                *ca = base.join(&*ca);
+            }
+            crate::admin::tls::server_config(tls).map_err(|(key, reason)| invalid(&key, reason))?;
+        }
+        Ok(())
     }
 
     /// Validates a parsed config. `path` is used in error messages only.
@@ -400,6 +431,39 @@ impl Config {
             .enumerate()
             .map(|(i, s)| parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r)))
             .collect::<Result<Vec<_>, _>>()?;
+        let admin_token_file = wire.admin.token_file.as_ref().map(PathBuf::from);
+        if admin_token_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("admin.token_file", "is empty".to_owned()));
+        }
+        let admin_tls = match (&wire.admin.tls_cert, &wire.admin.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::admin::tls::AdminTls {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(key),
+                client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "admin.tls_key",
+                    "missing: admin.tls_cert needs its private key".to_owned(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admin.tls_cert",
+                    "missing: admin.tls_key needs its certificate".to_owned(),
+                ))
+            }
+            (None, None) if wire.admin.client_ca.is_some() => {
+                return Err(invalid(
+                    "admin.client_ca",
+                    "client certificates need TLS: set admin.tls_cert and admin.tls_key".to_owned(),
+                ))
+            }
+            (None, None) => None,
+        };
 
         let xdp_mode = match wire.xdp.mode.as_deref().unwrap_or("auto") {
             "auto" => XdpModeSetting::Auto,
@@ -564,6 +628,8 @@ impl Config {
             router_advertisements,
             admin_listen,
             admin_allow,
+            admin_token_file,
+            admin_tls,
             xdp_mode,
             xdp_dhcp_fast_path,
             xdp_relay_rate_limit,
@@ -775,6 +841,48 @@ mod tests {
             let e = err(text);
             assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn admin_tls_keys_come_in_pairs() {
+        let e = err("[admin]\ntls_cert = \"a.pem\"\n");
+        assert!(e.contains("`admin.tls_key`"), "{e}");
+        let e = err("[admin]\ntls_key = \"k.pem\"\n");
+        assert!(e.contains("`admin.tls_cert`"), "{e}");
+        let e = err("[admin]\nclient_ca = \"ca.pem\"\n");
+        assert!(e.contains("`admin.client_ca`"), "{e}");
+        let c = parse("[admin]\ntls_cert = \"a.pem\"\ntls_key = \"k.pem\"\n").expect("tls");
+        assert_eq!(
+            c.admin_tls.map(|t| (t.cert, t.client_ca)),
+            Some((PathBuf::from("a.pem"), None))
+        );
+    }
+
+    #[test]
+    fn admin_token_file_is_checked_at_load() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bootfabric.toml");
+        std::fs::write(&cfg, "[admin]\ntoken_file = \"admin.token\"\n").expect("write");
+        let token = dir.path().join("admin.token");
+        let e = Config::load(&cfg).expect_err("missing").to_string();
+        assert!(e.contains("`admin.token_file`"), "{e}");
+        crate::admin::token::create(&token, false).expect("create");
+        let c = Config::load(&cfg).expect("valid token file");
+        assert_eq!(c.admin_token_file.as_deref(), Some(token.as_path()));
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Config::load(&cfg).expect_err("mode").to_string();
+        assert!(
+            e.contains("`admin.token_file`") && e.contains("0644") && e.contains("0600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&token, "").expect("empty");
+        let e = Config::load(&cfg).expect_err("empty").to_string();
+        assert!(
+            e.contains("`admin.token_file`") && e.contains("empty"),
+            "{e}"
+        );
     }
 
     #[test]

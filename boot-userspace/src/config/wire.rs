@@ -180,6 +180,14 @@ pub struct Admin {
     pub listen: Option<String>,
     /// Source networks (CIDR) that may use the admin server.
     pub allow: Option<Vec<String>>,
+    /// File holding the bearer token that control calls must present.
+    pub token_file: Option<String>,
+    /// PEM certificate chain: the admin server speaks TLS when set.
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// PEM CA certificates: control calls then also need a client certificate signed by one.
+    pub client_ca: Option<String>,
 }
 
 /// `[xdp]`.
@@ -313,6 +321,8 @@ pub struct Bmc {
     pub fingerprint: Option<String>,
     /// Skip certificate verification (logged).
     pub insecure: Option<bool>,
+    /// Accept an `http://` URL: the password then crosses the network in clear (logged).
+    pub allow_plaintext: Option<bool>,
     /// The system to manage, when the BMC manages several.
     pub system: Option<String>,
     /// Boot override the reboot scheduler sets: `pxe` or `uefi-http`.

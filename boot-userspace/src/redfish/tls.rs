@@ -72,6 +72,37 @@ pub fn client_config(policy: &TlsPolicy) -> Result<Arc<ClientConfig>, RedfishErr
     Ok(Arc::new(config))
 }
 
+/// A client certificate chain and its key, presented to a server that asks for one.
+pub type Identity = (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// A client configuration that pins the server's certificate to `pin` and presents
+/// `identity` when given: how `bootfabric reboot` reaches a TLS admin server (the pin is
+/// taken from `admin.tls_cert` on the same machine).
+pub fn pinned_with_identity(
+    pin: [u8; 32],
+    identity: Option<Identity>,
+) -> Result<Arc<ClientConfig>, RedfishError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RedfishError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            pin: Some(pin),
+            provider: provider(),
+        }));
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| RedfishError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn roots(path: &Path) -> Result<RootCertStore, RedfishError> {
     let mut store = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(path)

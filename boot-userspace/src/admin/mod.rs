@@ -1,0 +1,552 @@
+//! The admin server (hyper, HTTP/1.1, optionally TLS): `/metrics`, `/healthz`, the ledger's
+//! views (`/api/bandwidth`, `/api/timeline`) and the reboot scheduler (`/api/reboot`).
+//!
+//! Every connection must come from `admin.allow`. Every request is then read-only or
+//! control by its method ([`auth::Access::of`]), decided before a route is looked up;
+//! control calls pass [`auth::authorize`] and are logged with their caller and outcome.
+//! [`auth`] and the route table are pure; this module is the I/O shell around them.
+
+pub mod auth;
+pub mod cli;
+pub mod tls;
+pub mod token;
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use ipnet::IpNet;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    inventory::Mac,
+    ledger::Ledger,
+    metrics::render,
+    scheduler::{report::Selection, runner::StartError, Reboots},
+};
+use auth::{Access, Caller, Policy, Refusal};
+
+/// What the admin server serves from.
+pub struct Admin {
+    /// Every service's metrics.
+    pub registry: Registry,
+    /// The boot ledger.
+    pub ledger: Ledger,
+    /// The reboot scheduler.
+    pub reboots: Arc<Reboots>,
+}
+
+/// Who may reach the admin server, and what control calls need.
+#[derive(Clone, Debug, Default)]
+pub struct AdminAccess {
+    /// Source networks that may connect (`admin.allow`); empty means every address.
+    pub allow: Vec<IpNet>,
+    /// Token and client-certificate requirements for control calls.
+    pub policy: Policy,
+}
+
+/// The admin server's access rules and TLS configuration from `config`, reading the token
+/// file again (it was checked when the config loaded; it may have changed since). Logs a
+/// warning when control rests on loopback alone.
+pub fn settings(
+    config: &crate::config::Config,
+) -> anyhow::Result<(AdminAccess, Option<Arc<rustls::ServerConfig>>)> {
+    use anyhow::Context as _;
+    let token = match &config.admin_token_file {
+        Some(path) => Some(token::load(path).context("admin.token_file")?),
+        None => {
+            warn!(
+                listen = %config.admin_listen,
+                "admin.token_file is not set: control calls (POST and DELETE /api/reboot) are \
+                 accepted from loopback only, without a credential; create a token with \
+                 `bootfabric admin token create`"
+            );
+            None
+        }
+    };
+    let tls = match &config.admin_tls {
+        Some(t) => Some(
+            tls::server_config(t).map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
+        ),
+        None => None,
+    };
+    let access = AdminAccess {
+        allow: config.admin_allow.clone(),
+        policy: Policy {
+            token,
+            client_ca: config
+                .admin_tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca.is_some()),
+        },
+    };
+    Ok((access, tls))
+}
+
+/// Largest request body the admin API reads (a reboot selection).
+const MAX_BODY: usize = 1 << 20;
+/// Bound on a TLS handshake, so a silent peer does not hold a task.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server knows about one connection.
+#[derive(Clone, Debug)]
+struct Conn {
+    peer: SocketAddr,
+    /// The verified client certificate, described for the log.
+    client_cert: Option<String>,
+}
+
+/// Serves the admin API on `listener` until `cancel` fires; over TLS when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    access: AdminAccess,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(addr = %local, scheme, "admin server listening on {local}");
+    let admin = Arc::new(admin);
+    let access = Arc::new(access);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and similar: keep serving the others.
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !allowed(&access.allow, peer) {
+            debug!(%peer, "admin connection refused by admin.allow");
+            continue;
+        }
+        let admin = Arc::clone(&admin);
+        let access = Arc::clone(&access);
+        let cancel = cancel.clone();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            match acceptor {
+                None => {
+                    let conn = Conn {
+                        peer,
+                        client_cert: None,
+                    };
+                    serve_connection(TokioIo::new(stream), conn, admin, access, cancel).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "admin TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "admin TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let client_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| tls::describe_client_cert(c.as_ref()));
+                    let conn = Conn { peer, client_cert };
+                    serve_connection(TokioIo::new(tls), conn, admin, access, cancel).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    conn: Conn,
+    admin: Arc<Admin>,
+    access: Arc<AdminAccess>,
+    cancel: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let admin = Arc::clone(&admin);
+        let access = Arc::clone(&access);
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(handle(&admin, &access.policy, &conn, req).await) }
+    });
+    let http = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(io, service);
+    tokio::pin!(http);
+    tokio::select! {
+        res = http.as_mut() => {
+            if let Err(e) = res {
+                debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => http.as_mut().graceful_shutdown(),
+    }
+}
+
+/// The peer's address, IPv4-mapped IPv6 unmapped (a dual-stack listener sees those).
+fn peer_ip(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer.ip()),
+        v4 => v4,
+    }
+}
+
+fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
+    let ip = peer_ip(peer);
+    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
+}
+
+/// What a route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Healthz,
+    Bandwidth,
+    Timeline,
+    RebootStatus,
+    RebootStart,
+    RebootCancel,
+}
+
+/// A route: method, path and what it does. Whether it is read-only or control is not
+/// written here but follows from the method ([`Access::of`]), so it cannot be forgotten.
+struct Route {
+    method: Method,
+    path: &'static str,
+    endpoint: Endpoint,
+}
+
+impl Route {
+    /// What [`handle`] enforces for this route (it asks [`Access::of`] before the lookup).
+    #[cfg(test)]
+    fn access(&self) -> Access {
+        Access::of(&self.method)
+    }
+}
+
+/// Every route of the admin API. HEAD is served wherever GET is.
+fn routes() -> [Route; 7] {
+    let r = |method, path, endpoint| Route {
+        method,
+        path,
+        endpoint,
+    };
+    [
+        r(Method::GET, "/metrics", Endpoint::Metrics),
+        r(Method::GET, "/healthz", Endpoint::Healthz),
+        r(Method::GET, "/api/bandwidth", Endpoint::Bandwidth),
+        r(Method::GET, "/api/timeline", Endpoint::Timeline),
+        r(Method::GET, "/api/reboot", Endpoint::RebootStatus),
+        r(Method::POST, "/api/reboot", Endpoint::RebootStart),
+        r(Method::DELETE, "/api/reboot", Endpoint::RebootCancel),
+    ]
+}
+
+/// The route for a method and path, or the status to answer instead (404, 405).
+fn lookup(method: &Method, path: &str) -> Result<Endpoint, StatusCode> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    let table = routes();
+    let mut known_path = false;
+    for route in &table {
+        if route.path == path {
+            known_path = true;
+            if route.method == method {
+                return Ok(route.endpoint);
+            }
+        }
+    }
+    Err(if known_path {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// Checks a request's access, then routes it; control calls are logged with the outcome.
+async fn handle(
+    admin: &Admin,
+    policy: &Policy,
+    conn: &Conn,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if Access::of(req.method()) == Access::Read {
+        return dispatch(admin, req).await;
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = conn.peer;
+    let cert = conn.client_cert.as_deref().unwrap_or("none");
+    let verdict = if auth::body_type_ok(&method, req.headers()) {
+        auth::authorize(
+            policy,
+            &Caller {
+                peer: peer_ip(peer),
+                authorization: req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()),
+                client_cert: conn.client_cert.as_deref(),
+            },
+        )
+    } else {
+        Err(Refusal::NotJson)
+    };
+    match verdict {
+        Err(refusal) => {
+            info!(
+                %peer, %method, %path, client_cert = cert,
+                status = refusal.status().as_u16(),
+                "admin control call refused: {}", refusal.reason()
+            );
+            let mut resp = text(refusal.status(), format!("{}\n", refusal.reason()));
+            if refusal.status() == StatusCode::UNAUTHORIZED {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+        Ok(proof) => {
+            let resp = dispatch(admin, req).await;
+            info!(
+                %peer, %method, %path, credential = %proof, client_cert = cert,
+                status = resp.status().as_u16(),
+                "admin control call by {proof}: {}", resp.status()
+            );
+            resp
+        }
+    }
+}
+
+async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let endpoint = match lookup(req.method(), req.uri().path()) {
+        Ok(e) => e,
+        Err(StatusCode::METHOD_NOT_ALLOWED) => {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n")
+        }
+        Err(status) => return text(status, "not found\n"),
+    };
+    match endpoint {
+        Endpoint::Metrics => {
+            let mut resp = Response::new(Full::new(Bytes::from(render(&admin.registry))));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
+        Endpoint::Bandwidth => json(bandwidth_json(&admin.ledger)),
+        Endpoint::Timeline => {
+            let mac = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mac="))
+                .map(|m| m.replace("%3A", ":").replace("%3a", ":"))
+                .and_then(|m| m.parse::<Mac>().ok());
+            match mac {
+                Some(mac) => json(timeline_json(&admin.ledger, mac)),
+                None => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
+            }
+        }
+        Endpoint::RebootStatus => match admin.reboots.status() {
+            Some(s) => status_json(&s, StatusCode::OK),
+            None => text(StatusCode::NOT_FOUND, "no reboot run yet\n"),
+        },
+        Endpoint::RebootCancel => match admin.reboots.cancel() {
+            Some(id) => json(format!("{{\"cancelled\":{id}}}\n")),
+            None => text(StatusCode::CONFLICT, "no reboot run in progress\n"),
+        },
+        Endpoint::RebootStart => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+            };
+            let sel: Selection = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("selection: {e}\n")),
+            };
+            match admin.reboots.start(&sel) {
+                Ok(s) if sel.dry_run => status_json(&s, StatusCode::OK),
+                Ok(s) => status_json(&s, StatusCode::ACCEPTED),
+                Err(e @ StartError::Selection(_)) => {
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+                Err(e @ StartError::Busy(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
+            }
+        }
+    }
+}
+
+fn status_json(s: &crate::scheduler::report::RunStatus, code: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = json(serde_json::to_string(s).unwrap_or_default());
+    *r.status_mut() = code;
+    r
+}
+
+/// `/api/bandwidth`: the fabric's measured egress (HTTP and TFTP), as the scheduler reads it.
+fn bandwidth_json(ledger: &Ledger) -> String {
+    let rates = ledger.egress_rates();
+    let total: f64 = rates.iter().map(|(_, r)| r).sum();
+    let ifaces: Vec<String> = rates
+        .iter()
+        .map(|(i, r)| format!("{}:{r:.0}", json_string(i)))
+        .collect();
+    format!(
+        "{{\"window_s\":{},\"bytes_per_second\":{{{}}},\"total_bytes_per_second\":{total:.0}}}\n",
+        crate::ledger::EGRESS_WINDOW_S,
+        ifaces.join(",")
+    )
+}
+
+/// `/api/timeline?mac=…`: one host's boot events, oldest first.
+fn timeline_json(ledger: &Ledger, mac: Mac) -> String {
+    let events: Vec<String> = ledger
+        .timeline(mac)
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"at_ms\":{},\"phase\":\"{}\",\"ip\":{},\"detail\":{}}}",
+                e.at_ms,
+                e.phase.as_str(),
+                e.ip.map_or("null".to_owned(), |ip| format!("\"{ip}\"")),
+                e.detail.as_deref().map_or("null".to_owned(), json_string)
+            )
+        })
+        .collect();
+    format!("{{\"mac\":\"{mac}\",\"events\":[{}]}}\n", events.join(","))
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_v4_and_mapped_v6() {
+        let allow = vec![crate::config::parse_cidr("10.0.0.0/8").expect("cidr")];
+        assert!(allowed(&allow, "10.1.2.3:5".parse().expect("addr")));
+        assert!(allowed(
+            &allow,
+            "[::ffff:10.1.2.3]:5".parse().expect("addr")
+        ));
+        assert!(!allowed(&allow, "192.0.2.1:5".parse().expect("addr")));
+        assert!(allowed(&[], "192.0.2.1:5".parse().expect("addr")));
+        assert!(peer_ip("[::ffff:127.0.0.1]:5".parse().expect("addr")).is_loopback());
+    }
+
+    #[test]
+    fn routes_are_read_only_or_control_by_method() {
+        let table = routes();
+        let control: Vec<(&str, &str)> = table
+            .iter()
+            .filter(|r| r.access() == Access::Control)
+            .map(|r| (r.method.as_str(), r.path))
+            .collect();
+        assert_eq!(
+            control,
+            [("POST", "/api/reboot"), ("DELETE", "/api/reboot")]
+        );
+        for r in &table {
+            // The endpoints that change state are exactly the control ones.
+            let mutates = matches!(r.endpoint, Endpoint::RebootStart | Endpoint::RebootCancel);
+            assert_eq!(mutates, r.access() == Access::Control, "{}", r.path);
+        }
+    }
+
+    #[test]
+    fn lookup_finds_routes_and_tells_404_from_405() {
+        assert_eq!(lookup(&Method::GET, "/metrics"), Ok(Endpoint::Metrics));
+        assert_eq!(lookup(&Method::HEAD, "/healthz"), Ok(Endpoint::Healthz));
+        assert_eq!(
+            lookup(&Method::GET, "/api/reboot"),
+            Ok(Endpoint::RebootStatus)
+        );
+        assert_eq!(
+            lookup(&Method::POST, "/api/reboot"),
+            Ok(Endpoint::RebootStart)
+        );
+        assert_eq!(
+            lookup(&Method::DELETE, "/api/reboot"),
+            Ok(Endpoint::RebootCancel)
+        );
+        assert_eq!(
+            lookup(&Method::POST, "/metrics"),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(lookup(&Method::GET, "/nope"), Err(StatusCode::NOT_FOUND));
+    }
+}

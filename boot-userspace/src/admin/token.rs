@@ -1,0 +1,289 @@
+//! The token file: read and checked at start-up, created by `bootfabric admin token create`.
+//!
+//! A file readable by others, or owned by another user, is refused: whoever can read the
+//! token can reboot the fleet, and whoever owns the file can replace it.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read as _, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use super::auth::{Token, TokenError, MAX_TOKEN_LEN};
+
+/// Why a token file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// It cannot be opened or read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a regular file.
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Group or others may read or write it.
+    #[error("{path} has mode {mode:04o}: give it 0600 or stricter (chmod 600 {path})")]
+    Mode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Owned by someone other than the daemon's user.
+    #[error("{path} is owned by uid {owner}, not by the daemon's user (uid {daemon})")]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        daemon: u32,
+    },
+    /// Its contents are not a usable token.
+    #[error("{path}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: TokenError,
+    },
+}
+
+/// Reads the token at `path` after checking, on the opened file itself (so a swap between
+/// check and read changes nothing), that only the daemon's user can read or change it.
+pub fn load(path: &Path) -> Result<Token, TokenFileError> {
+    let read = |source| TokenFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(TokenFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TokenFileError::Mode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let daemon = nix::unistd::geteuid().as_raw();
+    if meta.uid() != daemon {
+        return Err(TokenFileError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            daemon,
+        });
+    }
+    // Bounded: a token is short, and the path could name something huge by mistake.
+    let mut text = Vec::new();
+    (&mut file)
+        .take(MAX_TOKEN_LEN as u64 + 3)
+        .read_to_end(&mut text)
+        .map_err(read)?;
+    Token::parse(&text).map_err(|source| TokenFileError::Token {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads the token at `path` for a client (`bootfabric reboot`): what the daemon will
+/// compare, one trailing newline removed. Mode and owner are the daemon's concern; a
+/// client that can read the file may send it.
+pub fn read_for_client(path: &Path) -> Result<String, TokenFileError> {
+    let read = |source| TokenFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut text = Vec::new();
+    File::open(path)
+        .map_err(read)?
+        .take(MAX_TOKEN_LEN as u64 + 3)
+        .read_to_end(&mut text)
+        .map_err(read)?;
+    Token::parse(&text).map_err(|source| TokenFileError::Token {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .trim_end_matches('\n')
+        .trim_end_matches('\r')
+        .to_owned())
+}
+
+/// Bytes of randomness in a created token (hex-encoded: 64 characters).
+pub const TOKEN_BYTES: usize = 32;
+
+/// Why a token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The file is there and `--force` was not given.
+    #[error(
+        "{path} exists: give --force to replace it (control calls with the old token then fail)"
+    )]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The OS random number generator failed.
+    #[error("the OS random number generator failed: {0}")]
+    Random(String),
+    /// Writing failed.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file (or its temporary sibling).
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A fresh token: [`TOKEN_BYTES`] from the OS RNG, as lowercase hex.
+pub fn generate() -> Result<String, CreateError> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::getrandom(&mut bytes).map_err(|e| CreateError::Random(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a fresh token to `path` with mode 0600 and returns it. Without `force` an
+/// existing file is left alone; with it, the new token is written beside it and renamed
+/// over it, so the file is never half-written nor, for an instant, readable by others.
+pub fn create(path: &Path, force: bool) -> Result<String, CreateError> {
+    let token = generate()?;
+    let write = |p: &Path, new: bool| -> Result<(), CreateError> {
+        let err = |source| CreateError::Write {
+            path: p.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .map_err(|e| {
+                if new && e.kind() == std::io::ErrorKind::AlreadyExists {
+                    CreateError::Exists { path: p.to_owned() }
+                } else {
+                    err(e)
+                }
+            })?;
+        // The umask may have narrowed the mode further, never widened it; set it exactly.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+        file.write_all(format!("{token}\n").as_bytes())
+            .map_err(err)?;
+        file.sync_all().map_err(err)
+    };
+    if !force {
+        write(path, true)?;
+        return Ok(token);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "token".to_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    write(&tmp, false)?;
+    std::fs::rename(&tmp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        CreateError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_tokens_load_and_are_not_overwritten_without_force() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
+        let token = create(&path, false).expect("create");
+        assert_eq!(token.len(), 2 * TOKEN_BYTES);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(load(&path).expect("load").matches(token.as_bytes()));
+        assert!(matches!(
+            create(&path, false),
+            Err(CreateError::Exists { .. })
+        ));
+        assert!(load(&path).expect("kept").matches(token.as_bytes()));
+        assert_eq!(read_for_client(&path).expect("client"), token);
+        let again = create(&path, true).expect("force");
+        assert_ne!(again, token);
+        assert!(load(&path).expect("replaced").matches(again.as_bytes()));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+    }
+
+    #[test]
+    fn readable_by_others_empty_or_missing_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
+        create(&path, false).expect("create");
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = load(&path).expect_err("mode");
+            assert!(
+                matches!(e, TokenFileError::Mode { mode: m, .. } if m == mode),
+                "{mode:o}: {e}"
+            );
+            assert!(e.to_string().contains("0600 or stricter"), "{e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert!(load(&path).is_ok(), "0400 is stricter");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&path, "\n").expect("empty");
+        assert!(matches!(
+            load(&path),
+            Err(TokenFileError::Token {
+                source: TokenError::Empty,
+                ..
+            })
+        ));
+        assert!(matches!(
+            load(&dir.path().join("nope")),
+            Err(TokenFileError::Read { .. })
+        ));
+        assert!(matches!(
+            load(dir.path()),
+            Err(TokenFileError::NotAFile { .. }) | Err(TokenFileError::Mode { .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        // Only root can give a file away; elsewhere this case cannot be built.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin.token");
+        create(&path, false).expect("create");
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+        let e = load(&path).expect_err("owner");
+        assert!(
+            matches!(e, TokenFileError::Owner { owner: 65534, .. }),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,608 @@
+//! The admin API's trust boundary, attacked the way a machine on the provisioning network
+//! would: from the client namespace of the lab, with curl. Read-only endpoints stay open to
+//! `admin.allow`; control (POST and DELETE /api/reboot) needs the bearer token of
+//! `admin.token_file` (or, without one, a loopback peer), a JSON body, and with
+//! `admin.client_ca` a client certificate. `bootfabric reboot` sends the token (and speaks
+//! TLS with a client certificate); plain-http BMCs need `allow_plaintext = true`.
+
+use std::{
+    io::ErrorKind, net::TcpListener, os::unix::fs::PermissionsExt as _, path::Path,
+    process::Command,
+};
+
+use bootfabric_lab::{
+    bootfabric_bin, have_program, http_get, require, require_root, run, Daemon, Netns, PairLab,
+    TempDir,
+};
+
+/// The attacker's selection: every host with a BMC.
+const ALL: &str = r#"{"all":true}"#;
+
+fn lab(test: &str) -> Option<PairLab> {
+    if !require_root(test) || !require(have_program("curl"), test, "curl is missing") {
+        return None;
+    }
+    Some(PairLab::new().expect("lab"))
+}
+
+/// A BMC stand-in in the server namespace: it only counts who connects, so the test can
+/// tell that no reboot run touched it.
+fn bmc_listener(ns: &Netns) -> TcpListener {
+    ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    })
+    .expect("in namespace")
+}
+
+fn touched(bmc: &TcpListener) -> bool {
+    match bmc.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("bmc accept: {e}"),
+    }
+}
+
+/// A daemon whose admin API listens on the fabric address, open to the whole provisioning
+/// subnet (the shape of the old Kubernetes manifest), with `admin_extra` in `[admin]`.
+fn daemon(lab: &PairLab, bmc: &TcpListener, admin_extra: &str) -> Daemon {
+    let bmc = bmc.local_addr().expect("bmc addr");
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24", "127.0.0.0/8"]
+{admin_extra}
+[xdp]
+mode = "off"
+"#
+    );
+    let inventory = format!(
+        r#"[profiles.linux]
+kernel = "linux/vmlinuz"
+[[hosts]]
+name = "node01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.11"
+profile = "linux"
+bmc = {{ url = "https://{bmc}", username = "root", password_env = "BMC_PASS", fingerprint = "{pin}", timeout_s = 2, attempts = 1 }}
+"#,
+        pin = "ab".repeat(32)
+    );
+    Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon")
+}
+
+/// curl from `ns`: (status, body).
+fn curl(ns: &Netns, args: &[&str]) -> (u16, String) {
+    let out = run(ns
+        .command("curl")
+        .args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args))
+    .expect("curl");
+    let (body, code) = out.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status"), body.to_owned())
+}
+
+fn url(daemon: &Daemon, path: &str) -> String {
+    format!("http://{}{path}", daemon.admin)
+}
+
+/// `bootfabric admin token create --file PATH --print`: the token.
+fn create_token(path: &Path) -> String {
+    let out = run(Command::new(bootfabric_bin())
+        .args(["admin", "token", "create", "--print", "--file"])
+        .arg(path))
+    .expect("token create");
+    out.trim().to_owned()
+}
+
+fn no_run_started(lab: &PairLab, daemon: &Daemon, bmc: &TcpListener) {
+    let (status, body) = http_get(&lab.client, daemon.admin, "/api/reboot").expect("status");
+    assert_eq!(status, 404, "a reboot run exists: {body}");
+    assert!(!touched(bmc), "a BMC was contacted");
+}
+
+#[test]
+fn an_allowed_address_without_credentials_cannot_reboot_the_fleet() {
+    let t = "an_allowed_address_without_credentials_cannot_reboot_the_fleet";
+    let Some(lab) = lab(t) else { return };
+    let bmc = bmc_listener(&lab.server);
+
+    // No token file: control is for loopback only, however wide admin.allow is.
+    let d = daemon(&lab, &bmc, "");
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            ALL,
+            &url(&d, "/api/reboot"),
+        ],
+    );
+    assert_eq!(
+        status, 403,
+        "POST /api/reboot {ALL} from 10.77.0.2 (in admin.allow) without a credential: {body}"
+    );
+    assert!(body.contains("loopback"), "{body}");
+    no_run_started(&lab, &d, &bmc);
+    // Read-only endpoints stay open to admin.allow.
+    assert_eq!(
+        http_get(&lab.client, d.admin, "/healthz")
+            .expect("healthz")
+            .0,
+        200
+    );
+    assert!(
+        d.log().contains("admin.token_file is not set"),
+        "start-up warning missing:\n{}",
+        d.log()
+    );
+    drop(d);
+
+    // With a token file, every control call needs the token, even from loopback.
+    let secrets = TempDir::new().expect("tempdir");
+    let token_file = secrets.path.join("admin.token");
+    create_token(&token_file);
+    let d = daemon(
+        &lab,
+        &bmc,
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    for ns in [&lab.client, &lab.server] {
+        let (status, body) = curl(
+            ns,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                ALL,
+                &url(&d, "/api/reboot"),
+            ],
+        );
+        assert_eq!(status, 401, "{}: {body}", ns.name());
+    }
+    no_run_started(&lab, &d, &bmc);
+    let log = d.log();
+    assert!(
+        log.contains("admin control call refused") && log.contains("peer=10.77.0.2:"),
+        "refusal not logged with its caller:\n{log}"
+    );
+}
+
+#[test]
+fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
+    let t = "a_cross_site_text_plain_post_and_bad_tokens_are_refused";
+    let Some(lab) = lab(t) else { return };
+    let bmc = bmc_listener(&lab.server);
+
+    // A browser's "simple" cross-site request: text/plain needs no CORS preflight.
+    let d = daemon(&lab, &bmc, "");
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/plain;charset=UTF-8",
+            "-H",
+            "Origin: http://attacker.example",
+            "--data",
+            ALL,
+            &url(&d, "/api/reboot"),
+        ],
+    );
+    assert_eq!(status, 415, "cross-site text/plain POST: {body}");
+    no_run_started(&lab, &d, &bmc);
+    drop(d);
+
+    let secrets = TempDir::new().expect("tempdir");
+    let token_file = secrets.path.join("admin.token");
+    let token = create_token(&token_file);
+    assert_eq!(token.len(), 64, "{token}");
+    let d = daemon(
+        &lab,
+        &bmc,
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    let reboot = url(&d, "/api/reboot");
+    let json = "Content-Type: application/json";
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+    let right = format!("Authorization: Bearer {token}");
+    for (what, args) in [
+        (
+            "a wrong token",
+            vec![
+                "-X", "POST", "-H", json, "-H", &wrong, "--data", ALL, &reboot,
+            ],
+        ),
+        (
+            "the token as Basic",
+            vec![
+                "-X", "POST", "-H", json, "-u", &token, "--data", ALL, &reboot,
+            ],
+        ),
+        ("DELETE without a token", vec!["-X", "DELETE", &reboot]),
+        (
+            "DELETE with a wrong token",
+            vec!["-X", "DELETE", "-H", &wrong, &reboot],
+        ),
+        (
+            "an unknown control path",
+            vec![
+                "-X",
+                "POST",
+                "-H",
+                json,
+                "--data",
+                ALL,
+                &url(&d, "/api/anything"),
+            ],
+        ),
+    ] {
+        let (status, body) = curl(&lab.client, &args);
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+    // With the token but a text/plain body: still not JSON.
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/plain",
+            "-H",
+            &right,
+            "--data",
+            ALL,
+            &reboot,
+        ],
+    );
+    assert_eq!(status, 415, "{body}");
+    no_run_started(&lab, &d, &bmc);
+
+    // The right token goes through: a dry run plans without touching a BMC, and a DELETE
+    // is authorised (there is nothing to cancel).
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            json,
+            "-H",
+            &right,
+            "--data",
+            r#"{"all":true,"dry_run":true}"#,
+            &reboot,
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("node01"), "{body}");
+    let (status, body) = curl(&lab.client, &["-X", "DELETE", "-H", &right, &reboot]);
+    assert_eq!(status, 409, "{body}");
+    assert!(!touched(&bmc), "a dry run contacted a BMC");
+    let log = d.log();
+    assert!(
+        log.contains("admin control call by token") && log.contains("method=DELETE"),
+        "authorised call not logged:\n{log}"
+    );
+    assert!(!log.contains(&token), "the token leaked into the log");
+}
+
+#[test]
+fn bootfabric_reboot_sends_the_token() {
+    let t = "bootfabric_reboot_sends_the_token";
+    let Some(lab) = lab(t) else { return };
+    let bmc = bmc_listener(&lab.server);
+    let secrets = TempDir::new().expect("tempdir");
+    let token_file = secrets.path.join("admin.token");
+    create_token(&token_file);
+    let d = daemon(
+        &lab,
+        &bmc,
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    let cli = |extra: &[&str]| {
+        lab.client
+            .command(bootfabric_bin())
+            .args(["reboot", "--all", "--dry-run", "--config"])
+            .arg(d.config_path())
+            .args(["--admin", &d.admin.to_string()])
+            .args(extra)
+            .output()
+            .expect("bootfabric reboot")
+    };
+    let out = cli(&[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node01"));
+
+    let other = secrets.path.join("other.token");
+    create_token(&other);
+    let out = cli(&["--token-file", other.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrong bearer token"), "{err}");
+
+    // Creating over an existing token needs --force.
+    let out = Command::new(bootfabric_bin())
+        .args(["admin", "token", "create", "--file"])
+        .arg(&token_file)
+        .output()
+        .expect("token create");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&token_file)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// openssl: a CA, a server certificate for 10.77.0.1 and a client certificate, all signed by it.
+fn pki(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl").current_dir(dir).args(args)).expect("openssl");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bootfabric-lab-ca",
+    ]);
+    std::fs::write(dir.join("server.ext"), "subjectAltName = IP:10.77.0.1\n").expect("ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n").expect("ext");
+    for (name, cn) in [("server", "bootfabric-admin"), ("client", "operator-alice")] {
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn mutual_tls_needs_a_client_certificate_for_control_only() {
+    let t = "mutual_tls_needs_a_client_certificate_for_control_only";
+    let Some(lab) = lab(t) else { return };
+    if !require(have_program("openssl"), t, "openssl is missing") {
+        return;
+    }
+    let bmc = bmc_listener(&lab.server);
+    let pki_dir = TempDir::new().expect("tempdir");
+    pki(&pki_dir.path);
+    let token_file = pki_dir.path.join("admin.token");
+    let token = create_token(&token_file);
+    let p = |f: &str| pki_dir.path.join(f).display().to_string();
+    let d = daemon(
+        &lab,
+        &bmc,
+        &format!(
+            "token_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"",
+            p("admin.token"),
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem")
+        ),
+    );
+    let base = format!("https://{}", d.admin);
+    let ca = p("ca.pem");
+    let right = format!("Authorization: Bearer {token}");
+    let json = "Content-Type: application/json";
+    let dry = r#"{"all":true,"dry_run":true}"#;
+    let reboot = format!("{base}/api/reboot");
+
+    // Read-only: no client certificate needed.
+    let (status, body) = curl(&lab.client, &["--cacert", &ca, &format!("{base}/healthz")]);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Control with the token but no certificate: refused.
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            "--cacert", &ca, "-X", "POST", "-H", json, "-H", &right, "--data", dry, &reboot,
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("client certificate"), "{body}");
+    // With the certificate and the token: accepted, and logged with the certificate's name.
+    let (cert, key) = (p("client.pem"), p("client.key"));
+    let with_cert = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            &with_cert[..],
+            &[
+                "-X", "POST", "-H", json, "-H", &right, "--data", dry, &reboot,
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200, "{body}");
+    // The certificate alone is not enough when there is a token file.
+    let (status, body) = curl(
+        &lab.client,
+        &[
+            &with_cert[..],
+            &["-X", "POST", "-H", json, "--data", dry, &reboot],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        d.log().contains("CN=operator-alice"),
+        "client certificate not in the audit log:\n{}",
+        d.log()
+    );
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = run(lab.client.command("curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        &format!("http://{}/healthz", d.admin),
+    ]));
+    assert!(plain.is_err(), "plain HTTP was served: {plain:?}");
+
+    // The CLI: pins the server's certificate from admin.tls_cert and presents its own.
+    let out = lab
+        .client
+        .command(bootfabric_bin())
+        .args(["reboot", "--all", "--dry-run", "--config"])
+        .arg(d.config_path())
+        .args([
+            "--admin",
+            &d.admin.to_string(),
+            "--client-cert",
+            &cert,
+            "--client-key",
+            &key,
+        ])
+        .output()
+        .expect("bootfabric reboot");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!touched(&bmc), "a dry run contacted a BMC");
+}
+
+fn check_config_only(dir: &Path, inventory: &str) -> (i32, String) {
+    std::fs::write(dir.join("hosts.toml"), inventory).expect("inventory");
+    let cfg = dir.join("bootfabric.toml");
+    std::fs::write(&cfg, "[daemon]\ninventory = \"hosts.toml\"\n").expect("config");
+    let out = Command::new(bootfabric_bin())
+        .args(["check", "--config-only", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("bootfabric check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_plain_http_bmc_needs_allow_plaintext() {
+    let dir = TempDir::new().expect("tempdir");
+    let host = |n: u8, bmc: &str| {
+        format!(
+            "[[hosts]]\nname = \"node0{n}\"\nmac = \"52:54:00:b0:0f:0{n}\"\nprofile = \"linux\"\nbmc = {{ url = \"http://10.78.0.1:8000\", username = \"root\", password_env = \"BMC_PASS\"{bmc} }}\n"
+        )
+    };
+    let profiles = "[profiles.linux]\nkernel = \"linux/vmlinuz\"\n";
+    let (code, out) = check_config_only(&dir.path, &format!("{profiles}{}", host(1, "")));
+    assert_eq!(code, 2, "an http:// BMC was accepted: {out}");
+    assert!(
+        out.contains("hosts[0].bmc.allow_plaintext") && out.contains("in clear"),
+        "{out}"
+    );
+    let allowed = format!(
+        "{profiles}{}{}",
+        host(1, ", allow_plaintext = true"),
+        host(2, ", allow_plaintext = true")
+    );
+    let (code, out) = check_config_only(&dir.path, &allowed);
+    assert_eq!(code, 0, "{out}");
+
+    // Allowed, it is said once per BMC URL at start.
+    if !require_root("a_plain_http_bmc_needs_allow_plaintext (daemon part)") {
+        return;
+    }
+    let ns = Netns::new("plain").expect("netns");
+    let d = Daemon::start(
+        &ns,
+        "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n",
+        &[("hosts.toml", &allowed)],
+    )
+    .expect("daemon");
+    let log = d.log();
+    assert_eq!(
+        log.matches("BMC over plain http").count(),
+        1,
+        "one warning for the one URL:\n{log}"
+    );
+    assert!(log.contains("http://10.78.0.1:8000"), "{log}");
+}
+
+#[test]
+fn token_files_readable_by_others_are_refused_naming_the_key() {
+    let dir = TempDir::new().expect("tempdir");
+    let token = dir.path.join("admin.token");
+    create_token(&token);
+    let cfg = dir.path.join("bootfabric.toml");
+    std::fs::write(&cfg, "[admin]\ntoken_file = \"admin.token\"\n").expect("config");
+    let check = || {
+        Command::new(bootfabric_bin())
+            .args(["check", "--config-only", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("check")
+    };
+    assert!(check().status.success());
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.token_file") && err.contains("0600"),
+        "{err}"
+    );
+}
