@@ -11,8 +11,8 @@ use std::{
 };
 
 use bootfabric_lab::{
-    bootfabric_bin, have_program, http_get, require, require_root, run, Daemon, Netns, PairLab,
-    TempDir,
+    bootfabric_bin, have_program, http_get, require, require_root, run, sample, Daemon, Netns,
+    PairLab, TempDir,
 };
 
 /// The attacker's selection: every host with a BMC.
@@ -297,6 +297,18 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
         "authorised call not logged:\n{log}"
     );
     assert!(!log.contains(&token), "the token leaked into the log");
+    let (_, metrics) = http_get(&lab.client, d.admin, "/metrics").expect("metrics");
+    let calls = |outcome: &str| {
+        sample(
+            &metrics,
+            "bootfabric_admin_control_calls_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(calls("wrong_token"), Some(2.0), "{metrics}");
+    assert_eq!(calls("missing_token"), Some(3.0), "{metrics}");
+    assert_eq!(calls("not_json"), Some(1.0), "{metrics}");
+    assert_eq!(calls("allowed"), Some(2.0), "{metrics}");
 }
 
 #[test]

@@ -174,6 +174,17 @@ impl Refusal {
         }
     }
 
+    /// The `outcome` label of `bootfabric_admin_control_calls_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::WrongToken => "wrong_token",
+            Self::NotLoopback => "not_loopback",
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::NotJson => "not_json",
+        }
+    }
+
     /// The reason, for the caller and the log.
     pub fn reason(self) -> &'static str {
         match self {

@@ -103,6 +103,36 @@ const MAX_BODY: usize = 1 << 20;
 /// Bound on a TLS handshake, so a silent peer does not hold a task.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `bootfabric_admin_control_calls_total{outcome}`: control calls by outcome.
+#[derive(Clone)]
+struct ControlMetrics {
+    calls: prometheus::IntCounterVec,
+}
+
+impl ControlMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let calls = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "bootfabric_admin_control_calls_total",
+                "Admin API control calls (POST/DELETE), by outcome: allowed, or the refusal.",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        for outcome in [
+            "allowed",
+            "missing_token",
+            "wrong_token",
+            "not_loopback",
+            "no_client_certificate",
+            "not_json",
+        ] {
+            calls.with_label_values(&[outcome]);
+        }
+        Ok(Self { calls })
+    }
+}
+
 /// What the server knows about one connection.
 #[derive(Clone, Debug)]
 struct Conn {
@@ -122,7 +152,8 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(addr = %local, scheme, "admin server listening on {local}");
-    let admin = Arc::new(admin);
+    let metrics = ControlMetrics::register(&admin.registry).map_err(std::io::Error::other)?;
+    let admin = Arc::new((admin, metrics));
     let access = Arc::new(access);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let connections = tokio_util::task::TaskTracker::new();
@@ -190,7 +221,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     conn: Conn,
-    admin: Arc<Admin>,
+    admin: Arc<(Admin, ControlMetrics)>,
     access: Arc<AdminAccess>,
     cancel: CancellationToken,
 ) where
@@ -202,7 +233,10 @@ async fn serve_connection<I>(
         let admin = Arc::clone(&admin);
         let access = Arc::clone(&access);
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(handle(&admin, &access.policy, &conn, req).await) }
+        async move {
+            let (admin, metrics) = &*admin;
+            Ok::<_, Infallible>(handle(admin, metrics, &access.policy, &conn, req).await)
+        }
     });
     let http = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -305,6 +339,7 @@ fn lookup(method: &Method, path: &str) -> Result<Endpoint, StatusCode> {
 /// Checks a request's access, then routes it; control calls are logged with the outcome.
 async fn handle(
     admin: &Admin,
+    metrics: &ControlMetrics,
     policy: &Policy,
     conn: &Conn,
     req: Request<Incoming>,
@@ -330,6 +365,7 @@ async fn handle(
     };
     match verdict {
         Err(refusal) => {
+            metrics.calls.with_label_values(&[refusal.label()]).inc();
             info!(
                 %peer, %method, %path, client_cert = cert,
                 status = refusal.status().as_u16(),
@@ -343,6 +379,7 @@ async fn handle(
             resp
         }
         Ok(proof) => {
+            metrics.calls.with_label_values(&["allowed"]).inc();
             let resp = dispatch(admin, req).await;
             info!(
                 %peer, %method, %path, credential = %proof, client_cert = cert,
