@@ -47,6 +47,11 @@ fn touched(bmc: &TcpListener) -> bool {
 /// A daemon whose admin API listens on the fabric address, open to the whole provisioning
 /// subnet (the shape of the old Kubernetes manifest), with `admin_extra` in `[admin]`.
 fn daemon(lab: &PairLab, bmc: &TcpListener, admin_extra: &str) -> Daemon {
+    daemon_on(lab, bmc, "10.77.0.1:0", admin_extra)
+}
+
+/// [`daemon`] with its admin API on `listen`.
+fn daemon_on(lab: &PairLab, bmc: &TcpListener, listen: &str, admin_extra: &str) -> Daemon {
     let bmc = bmc.local_addr().expect("bmc addr");
     let config = format!(
         r#"[daemon]
@@ -55,7 +60,7 @@ inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
 [admin]
-listen = "10.77.0.1:0"
+listen = "{listen}"
 allow = ["10.77.0.0/24", "127.0.0.0/8"]
 {admin_extra}
 [xdp]
@@ -309,6 +314,63 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
     assert_eq!(calls("missing_token"), Some(3.0), "{metrics}");
     assert_eq!(calls("not_json"), Some(1.0), "{metrics}");
     assert_eq!(calls("allowed"), Some(2.0), "{metrics}");
+}
+
+#[test]
+fn a_running_reboot_cannot_be_cancelled_without_the_token() {
+    let t = "a_running_reboot_cannot_be_cancelled_without_the_token";
+    let Some(lab) = lab(t) else { return };
+    let bmc = bmc_listener(&lab.server);
+    // On every address: the operator on the node reaches it on loopback, the machines on
+    // the provisioning network on 10.77.0.1.
+    let fabric = |d: &Daemon| format!("http://10.77.0.1:{}/api/reboot", d.admin.port());
+    let start = |d: &Daemon, auth: &[&str]| {
+        let reboot = format!("http://127.0.0.1:{}/api/reboot", d.admin.port());
+        let mut args = vec!["-X", "POST", "-H", "Content-Type: application/json"];
+        args.extend_from_slice(auth);
+        args.extend_from_slice(&["--data", ALL, &reboot]);
+        let (status, body) = curl(&lab.server, &args);
+        assert_eq!(status, 202, "the operator's run did not start: {body}");
+    };
+    let running = |d: &Daemon| {
+        let addr = std::net::SocketAddr::from(([10, 77, 0, 1], d.admin.port()));
+        let (status, body) = http_get(&lab.client, addr, "/api/reboot").expect("status");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("\"state\":\"running\""),
+            "the run was stopped: {body}"
+        );
+    };
+
+    // No token file: the operator starts a run from the node; a provisioned machine in
+    // admin.allow tries to cancel it.
+    let d = daemon_on(&lab, &bmc, "0.0.0.0:0", "");
+    start(&d, &[]);
+    let (status, body) = curl(&lab.client, &["-X", "DELETE", &fabric(&d)]);
+    assert_eq!(status, 403, "DELETE /api/reboot from 10.77.0.2: {body}");
+    running(&d);
+    drop(d);
+
+    let secrets = TempDir::new().expect("tempdir");
+    let token_file = secrets.path.join("admin.token");
+    let token = create_token(&token_file);
+    let d = daemon_on(
+        &lab,
+        &bmc,
+        "0.0.0.0:0",
+        &format!("token_file = \"{}\"", token_file.display()),
+    );
+    let right = format!("Authorization: Bearer {token}");
+    start(&d, &["-H", &right]);
+    let wrong = format!("Authorization: Bearer {}", "f".repeat(64));
+    for args in [vec!["-X", "DELETE"], vec!["-X", "DELETE", "-H", &wrong]] {
+        let reboot = fabric(&d);
+        let (status, body) = curl(&lab.client, &[&args[..], &[&reboot]].concat());
+        assert_eq!(status, 401, "{args:?}: {body}");
+        running(&d);
+    }
+    let (status, body) = curl(&lab.client, &["-X", "DELETE", "-H", &right, &fabric(&d)]);
+    assert_eq!(status, 200, "the token holder cannot cancel: {body}");
 }
 
 #[test]
