@@ -660,9 +660,23 @@ fn a_plain_http_bmc_needs_allow_plaintext() {
 fn token_files_readable_by_others_are_refused_naming_the_key() {
     let dir = TempDir::new().expect("tempdir");
     let token = dir.path.join("admin.token");
-    create_token(&token);
     let cfg = dir.path.join("bootfabric.toml");
     std::fs::write(&cfg, "[admin]\ntoken_file = \"admin.token\"\n").expect("config");
+    // The token goes where the config says, and is printed only when asked.
+    let out = Command::new(bootfabric_bin())
+        .args(["admin", "token", "create", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("token create");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "the token was printed without --print"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&token.display().to_string()), "{said}");
+    let text = std::fs::read_to_string(&token).expect("token file");
+    assert!(!said.contains(text.trim()), "the token was printed: {said}");
     let check = || {
         Command::new(bootfabric_bin())
             .args(["check", "--config-only", "--config"])

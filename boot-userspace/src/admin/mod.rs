@@ -60,15 +60,30 @@ pub struct AdminAccess {
     pub policy: Policy,
 }
 
+/// Why the admin server cannot start with the loaded config (its files changed since).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `admin.token_file` is no longer acceptable.
+    #[error("admin.token_file: {0}")]
+    Token(#[from] token::TokenFileError),
+    /// A TLS file is no longer usable.
+    #[error("{key}: {reason}")]
+    Tls {
+        /// The config key of the file.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
 /// The admin server's access rules and TLS configuration from `config`, reading the token
 /// file again (it was checked when the config loaded; it may have changed since). Logs a
 /// warning when control rests on loopback alone.
 pub fn settings(
     config: &crate::config::Config,
-) -> anyhow::Result<(AdminAccess, Option<Arc<rustls::ServerConfig>>)> {
-    use anyhow::Context as _;
+) -> Result<(AdminAccess, Option<Arc<rustls::ServerConfig>>), SettingsError> {
     let token = match &config.admin_token_file {
-        Some(path) => Some(token::load(path).context("admin.token_file")?),
+        Some(path) => Some(token::load(path)?),
         None => {
             warn!(
                 listen = %config.admin_listen,
@@ -81,7 +96,7 @@ pub fn settings(
     };
     let tls = match &config.admin_tls {
         Some(t) => Some(
-            tls::server_config(t).map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?,
+            tls::server_config(t).map_err(|(key, reason)| SettingsError::Tls { key, reason })?,
         ),
         None => None,
     };
