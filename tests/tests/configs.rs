@@ -188,6 +188,8 @@ fn an_address_thief_gets_409_and_is_recorded() {
         .nth(1)
         .map(|s| s.split_whitespace().next().unwrap_or(""))
         .unwrap_or("");
+    // A HEAD would spend the one delivery on no body: refused, and spends nothing.
+    assert_eq!(l.curl("/configs/node.ign", &["-I"]).0, 405);
     let (status, mine) = l.curl(&format!("/configs/node.ign?nonce={nonce}"), &[]);
     assert_eq!(status, 200, "{mine}");
     assert!(
