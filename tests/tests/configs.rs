@@ -6,7 +6,8 @@
 use std::{path::PathBuf, process::Command};
 
 use bootfabric_lab::{
-    bootfabric_bin, have_program, http_get, require, require_root, sample, Daemon, PairLab, TempDir,
+    bootfabric_bin, have_program, http_get, require, require_root, sample, Bridge, Daemon, Netns,
+    TempDir,
 };
 
 const INVENTORY: &str = r#"
@@ -35,15 +36,20 @@ profile = "installer"
 
 const NODE02_SECRET: &str = r#"{"only":"node02","token":"join-node02-secret"}"#;
 
+/// A switch with the daemon's namespace and a client machine on it. Fields drop in order: the
+/// daemon first, then the machines, then the switch.
 struct Lab {
-    lab: PairLab,
     daemon: Daemon,
+    server: Netns,
+    client: Netns,
+    switch: Bridge,
     _dir: TempDir,
     out: TempDir,
 }
 
-/// The daemon in the server namespace, serving `configs/` (a shared template and node02's
-/// override); the client namespace has node01's reserved address, 10.77.0.2.
+/// The daemon in the server namespace (`fabric0`, 10.77.0.1), serving `configs/` (a shared
+/// template and node02's override); the client machine has node01's reserved address,
+/// 10.77.0.2.
 fn lab(t: &str) -> Option<Lab> {
     if !require_root(t)
         || !require(
@@ -71,25 +77,38 @@ fn lab(t: &str) -> Option<Lab> {
         images.display(),
         configs.display()
     );
-    let lab = PairLab::new().expect("lab");
-    let daemon = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let mut switch = Bridge::new().expect("switch");
+    let server = Netns::new("srv").expect("server");
+    let client = Netns::new("node01").expect("client");
+    switch
+        .plug(&server, "fabric0", "10.77.0.1/24")
+        .expect("server port");
+    switch
+        .plug(&client, "client0", "10.77.0.2/24")
+        .expect("client port");
+    let daemon = Daemon::start(&server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
     Some(Lab {
-        lab,
         daemon,
+        server,
+        client,
+        switch,
         _dir: dir,
         out: TempDir::new().expect("out"),
     })
 }
 
 impl Lab {
-    /// curl from the client namespace (`--path-as-is`: the attacker's path reaches the server
-    /// as typed); the status and the body.
+    /// curl from the client machine; see [`Lab::curl_from`].
     fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
+        self.curl_from(&self.client, path, args)
+    }
+
+    /// curl from the machine `ns` (`--path-as-is`: the attacker's path reaches the server as
+    /// typed; `-g`: braces are sent, not globbed); the status and the body.
+    fn curl_from(&self, ns: &Netns, path: &str, args: &[&str]) -> (u16, String) {
         let body = self.out.path.join("body");
         let _ = std::fs::remove_file(&body);
-        let out = self
-            .lab
-            .client
+        let out = ns
             .command("curl")
             .args(["-sS", "-g", "--path-as-is", "-o"])
             .arg(&body)
@@ -114,20 +133,19 @@ impl Lab {
     }
 
     fn add_address(&self, cidr: &str) {
-        self.lab
-            .client
+        self.client
             .ip(&["addr", "add", cidr, "dev", "client0"])
             .expect("address");
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (_, text) = http_get(&self.lab.server, self.daemon.admin, "/metrics").expect("metrics");
+        let (_, text) = http_get(&self.server, self.daemon.admin, "/metrics").expect("metrics");
         sample(&text, name, labels).unwrap_or(0.0)
     }
 
     fn timeline(&self, mac: &str) -> String {
         http_get(
-            &self.lab.server,
+            &self.server,
             self.daemon.admin,
             &format!("/api/timeline?mac={mac}"),
         )
@@ -177,7 +195,7 @@ fn dot_and_empty_segments_do_not_reach_another_hosts_config() {
 
 #[test]
 fn an_address_thief_gets_409_and_is_recorded() {
-    let Some(l) = lab("an_address_thief_gets_409_and_is_recorded") else {
+    let Some(mut l) = lab("an_address_thief_gets_409_and_is_recorded") else {
         return;
     };
     // node01 boots: its script, then its config, passing back the boot's nonce.
@@ -188,24 +206,30 @@ fn an_address_thief_gets_409_and_is_recorded() {
         .nth(1)
         .map(|s| s.split_whitespace().next().unwrap_or(""))
         .unwrap_or("");
-    // A HEAD would spend the one delivery on no body: refused, and spends nothing.
-    assert_eq!(l.curl("/configs/node.ign", &["-I"]).0, 405);
     let (status, mine) = l.curl(&format!("/configs/node.ign?nonce={nonce}"), &[]);
     assert_eq!(status, 200, "{mine}");
     assert!(
         mine.contains("join-node01") && mine.contains(nonce),
         "{mine}"
     );
-    // Then another machine takes node01's reserved address (node01 went quiet, or was
-    // powered off by a run) and asks for node01's config: with no nonce, a wrong one, or by
-    // the owner's folder.
-    let (status, stolen) = l.curl("/configs/node.ign", &[]);
+    // Then node01 goes quiet (powered off by a run, say) and another machine on the switch,
+    // with its own MAC, takes node01's reserved address and asks for node01's config: with
+    // no nonce, by the owner's folder, or with a guessed nonce.
+    l.client
+        .ip(&["link", "set", "client0", "down"])
+        .expect("node01 off");
+    let thief = Netns::new("thief").expect("thief");
+    l.switch
+        .plug(&thief, "client0", "10.77.0.2/24")
+        .expect("thief port");
+    let (status, stolen) = l.curl_from(&thief, "/configs/node.ign", &[]);
     assert_eq!(status, 409, "the thief got node01's config: {stolen}");
     assert!(!stolen.contains("join-node01"), "{stolen}");
     assert_eq!(nonce.len(), 32, "no 128-bit nonce in the script: {script}");
-    let (status, stolen) = l.curl("/configs/node01/node.ign", &[]);
+    let (status, stolen) = l.curl_from(&thief, "/configs/node01/node.ign", &[]);
     assert_eq!(status, 409, "{stolen}");
-    let (status, stolen) = l.curl(
+    let (status, stolen) = l.curl_from(
+        &thief,
         "/configs/node.ign?nonce=00000000000000000000000000000000",
         &[],
     );
@@ -232,7 +256,12 @@ fn an_address_thief_gets_409_and_is_recorded() {
     ] {
         assert!(timeline.contains(want), "{want} not in {timeline}");
     }
-    // Once node01 reports its boot, the window is closed: nothing until its next boot.
+    // node01 comes back (the thief leaves); once it reports its boot, the window is closed:
+    // nothing until its next boot.
+    drop(thief);
+    l.client
+        .ip(&["link", "set", "client0", "up"])
+        .expect("node01 on");
     assert_eq!(l.curl("/booted", &["-X", "POST"]).0, 204);
     assert_eq!(l.curl("/configs/node.ign", &[]).0, 409);
     assert_eq!(
@@ -245,6 +274,8 @@ fn an_address_thief_gets_409_and_is_recorded() {
     // Its next boot (a new script) opens a new window with a new nonce.
     let (_, again) = l.curl("/boot.ipxe", &[]);
     assert!(!again.contains(nonce), "the nonce did not change: {again}");
+    // A HEAD would spend the one delivery on no body: refused, and spends nothing.
+    assert_eq!(l.curl("/configs/node.ign", &["-I"]).0, 405);
     assert_eq!(l.curl("/configs/node.ign", &[]).0, 200);
 }
 
