@@ -51,6 +51,11 @@ pub enum Phase {
     BmcFailed,
     /// The reboot scheduler let the host through its admission gate: a download slot is its.
     Admitted,
+    /// A provisioning config was delivered, once for this boot (detail: the config's name).
+    ConfigServed,
+    /// A config request was refused (detail: why, the first fetcher's address when the
+    /// config was already delivered this boot, and the config's name).
+    ConfigRefused,
 }
 
 impl Phase {
@@ -72,6 +77,8 @@ impl Phase {
             Self::BmcReset => "bmc_reset",
             Self::BmcFailed => "bmc_failed",
             Self::Admitted => "admitted",
+            Self::ConfigServed => "config_served",
+            Self::ConfigRefused => "config_refused",
         }
     }
 }

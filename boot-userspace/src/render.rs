@@ -25,6 +25,9 @@ pub struct Target<'a> {
     pub server: Ipv4Addr,
     /// Global `[boot]` settings, which the profile's `boot` overrides.
     pub global: &'a BootSettings,
+    /// The host's per-boot nonce (`{nonce}`), when the file is rendered for a boot in
+    /// progress; empty otherwise, so that no template's braces leak to a client.
+    pub nonce: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -51,8 +54,8 @@ impl Target<'_> {
         self.fill(&self.profile.cmdline)
     }
 
-    /// `text` with `{host}`, `{mac}`, `{ip}`, `{server}`, `{http_base}` and `{profile}`
-    /// replaced by this host's values.
+    /// `text` with `{host}`, `{mac}`, `{ip}`, `{server}`, `{http_base}`, `{profile}` and
+    /// `{nonce}` replaced by this host's values.
     pub fn fill(&self, text: &str) -> String {
         let ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
         text.replace("{host}", &self.host.name)
@@ -61,6 +64,7 @@ impl Target<'_> {
             .replace("{server}", &self.server.to_string())
             .replace("{http_base}", &self.image_base())
             .replace("{profile}", &self.profile.name)
+            .replace("{nonce}", self.nonce.unwrap_or(""))
     }
 
     fn header(&self, comment: &str) -> String {
@@ -176,6 +180,18 @@ pub fn host_script(
     server: Ipv4Addr,
     global: &BootSettings,
 ) -> Option<String> {
+    host_script_for_boot(inventory, host, ip, server, global, None)
+}
+
+/// [`host_script`] for a boot in progress, whose `nonce` fills `{nonce}`.
+pub fn host_script_for_boot(
+    inventory: &Inventory,
+    host: &Host,
+    ip: Option<Ipv4Addr>,
+    server: Ipv4Addr,
+    global: &BootSettings,
+    nonce: Option<&str>,
+) -> Option<String> {
     let profile = inventory.profile(&host.profile)?;
     let t = Target {
         host,
@@ -183,6 +199,7 @@ pub fn host_script(
         ip,
         server,
         global,
+        nonce,
     };
     let others: Vec<&Profile> = host
         .menu
@@ -259,6 +276,7 @@ mod tests {
             ip: h.ip,
             server: Ipv4Addr::new(10, 77, 0, 1),
             global: g,
+            nonce: None,
         }
     }
 
@@ -340,6 +358,21 @@ mod tests {
         assert!(text
             .find(":p0\nkernel http://10.77.0.1/debian/linux")
             .is_some());
+    }
+
+    #[test]
+    fn the_nonce_is_filled_in_and_never_left_as_braces() {
+        let (h, mut p, g) = (
+            host(),
+            profile(Some("debian/linux")),
+            BootSettings::defaults(),
+        );
+        p.cmdline = "url={http_base}/configs/{host}.ign?nonce={nonce}".into();
+        let mut t = target(&h, &p, &g);
+        assert!(ipxe(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=\n"));
+        t.nonce = Some("0123abcd");
+        assert!(ipxe(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=0123abcd\n"));
+        assert_eq!(t.fill("{nonce}{nonce}"), "0123abcd0123abcd");
     }
 
     #[test]

@@ -372,7 +372,9 @@ fn configs_are_served_only_to_their_host() {
     let Some(l) = lab("configs_are_served_only_to_their_host", "auto") else {
         return;
     };
-    // From node01's address: its rendered template.
+    // From node01's address, once its boot is in progress (its script was served): its
+    // rendered template.
+    assert_eq!(l.curl("/boot.ipxe", &[]).status, 200);
     let mine = l.curl("/configs/node.ign", &[]);
     assert_eq!(mine.status, 200);
     assert_eq!(
@@ -381,12 +383,17 @@ fn configs_are_served_only_to_their_host() {
     );
     assert_eq!(mine.header("content-type"), Some("application/json"));
     assert_eq!(mine.header("cache-control"), Some("no-store"));
-    assert_eq!(l.curl("/configs/node01/node.ign", &[]).status, 200);
+    // The same config by its owner's folder: delivered already this boot.
+    assert_eq!(l.curl("/configs/node01/node.ign", &[]).status, 409);
     // node02's config, asked from node01's address: refused.
     assert_eq!(l.curl("/configs/node02/node.ign", &[]).status, 403);
     // From node02's own address it gets its override; from an unknown address, nothing.
     add_address(&l, "10.77.0.12/24");
     add_address(&l, "10.77.0.50/24");
+    assert_eq!(
+        l.curl("/boot.ipxe", &["--interface", "10.77.0.12"]).status,
+        200
+    );
     let theirs = l.curl("/configs/node02/node.ign", &["--interface", "10.77.0.12"]);
     assert_eq!(theirs.status, 200);
     assert_eq!(

@@ -29,6 +29,15 @@ pub const DEFAULT_TFTP_TRANSFER_PORTS: PortRange = PortRange {
     first: 50000,
     last: 50999,
 };
+/// Default `http.config_ttl_s`: an hour from a boot's start to deliver its configs.
+pub const DEFAULT_CONFIG_TTL_S: u64 = 3600;
+/// Largest `http.config_ttl_s`: a boot that has not reported in a day is over.
+pub const MAX_CONFIG_TTL_S: u64 = 86_400;
+
+/// Whether one folder lies inside the other (or they are the same): both canonical.
+fn folders_overlap(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
 
 /// A configuration that cannot be used, with the file and key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +159,8 @@ pub struct HttpConfig {
     pub idle_timeout_s: u64,
     /// Seconds a response may stall.
     pub send_timeout_s: u64,
+    /// Seconds a boot's config window stays open at most (`http.config_ttl_s`).
+    pub config_ttl_s: u64,
 }
 
 /// The validated configuration the daemon runs with.
@@ -340,6 +351,31 @@ impl Config {
                     });
                 }
                 *slot = Some(canonical);
+            }
+        }
+        // Templates carry secrets and are served rendered, to their host only: inside an image
+        // root they would also be served raw, to anyone (and an image root inside them would
+        // make its files config templates).
+        if let Some(configs) = config.http.as_ref().and_then(|h| h.configs.as_deref()) {
+            let roots = [
+                (
+                    config.http.as_ref().and_then(|h| h.root.as_deref()),
+                    "http.root",
+                ),
+                (config.tftp.as_ref().map(|t| t.root.as_path()), "tftp.root"),
+            ];
+            for (root, key) in roots {
+                if let Some(root) = root.filter(|r| folders_overlap(r, configs)) {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        key: "http.configs".to_owned(),
+                        reason: format!(
+                            "{} overlaps {key} ({}): neither may lie inside the other, or raw templates would be served",
+                            configs.display(),
+                            root.display()
+                        ),
+                    });
+                }
             }
         }
         if config.state_dir.is_relative() {
@@ -578,6 +614,15 @@ impl Config {
                     header_timeout_s: positive(h.header_timeout_s, 10, "http.header_timeout_s")?,
                     idle_timeout_s: positive(h.idle_timeout_s, 60, "http.idle_timeout_s")?,
                     send_timeout_s: positive(h.send_timeout_s, 60, "http.send_timeout_s")?,
+                    config_ttl_s: match h.config_ttl_s {
+                        Some(v) if v > MAX_CONFIG_TTL_S => {
+                            return Err(invalid(
+                                "http.config_ttl_s",
+                                format!("{v} is more than a day ({MAX_CONFIG_TTL_S})"),
+                            ))
+                        }
+                        v => positive(v, DEFAULT_CONFIG_TTL_S, "http.config_ttl_s")?,
+                    },
                 })
             }
             _ => None,
@@ -911,5 +956,68 @@ mod tests {
             .expect_err("missing")
             .to_string();
         assert!(e.contains("/nonexistent/bootfabric.toml"), "{e}");
+    }
+
+    #[test]
+    fn configs_may_not_overlap_an_image_root() {
+        let dir = tempfile::tempdir().expect("dir");
+        for d in ["images/configs", "tftp", "configs", "images2"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
+        }
+        let load = |text: &str| {
+            let path = dir.path().join("bootfabric.toml");
+            std::fs::write(&path, text).expect("config");
+            Config::load(&path)
+        };
+        for (text, other) in [
+            (
+                "[http]\nroot = \"images\"\nconfigs = \"images/configs\"\n",
+                "http.root",
+            ),
+            (
+                "[http]\nroot = \"images/configs\"\nconfigs = \"images\"\n",
+                "http.root",
+            ),
+            (
+                "[http]\nroot = \"images\"\nconfigs = \"images/\"\n",
+                "http.root",
+            ),
+            (
+                "[tftp]\nroot = \"images\"\n[http]\nconfigs = \"images/configs/\"\n",
+                "tftp.root",
+            ),
+            (
+                "[tftp]\nroot = \"tftp\"\n[http]\nconfigs = \".\"\n",
+                "tftp.root",
+            ),
+        ] {
+            match load(text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("http.configs") && e.contains(other),
+                        "{text}: {e}"
+                    );
+                }
+            }
+        }
+        // Side by side, and a name that merely starts the same, are fine.
+        load("[tftp]\nroot = \"tftp\"\n[http]\nroot = \"images\"\nconfigs = \"configs\"\n")
+            .expect("separate folders");
+        load("[http]\nroot = \"images2\"\nconfigs = \"images\"\n")
+            .expect("images2 is not inside images");
+    }
+
+    #[test]
+    fn config_ttl_is_validated() {
+        let c = parse("[http]\n").expect("http");
+        assert_eq!(c.http.map(|h| h.config_ttl_s), Some(DEFAULT_CONFIG_TTL_S));
+        for bad in ["0", "86401"] {
+            let e = err(&format!("[http]\nconfig_ttl_s = {bad}\n"));
+            assert!(e.contains("http.config_ttl_s"), "{bad}: {e}");
+        }
+        let c = parse("[http]\nconfig_ttl_s = 600\n").expect("ttl");
+        assert_eq!(c.http.map(|h| h.config_ttl_s), Some(600));
     }
 }

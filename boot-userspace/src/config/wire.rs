@@ -244,6 +244,9 @@ pub struct Http {
     pub idle_timeout_s: Option<u64>,
     /// Seconds a response may go without the client taking a byte.
     pub send_timeout_s: Option<u64>,
+    /// Seconds after a boot opens (BMC reset, first DHCP offer or iPXE script) that its
+    /// configs may still be delivered, if it does not report `booted` first.
+    pub config_ttl_s: Option<u64>,
 }
 
 /// The host inventory file.

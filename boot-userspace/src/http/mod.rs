@@ -7,6 +7,7 @@
 //! sendfile) where io_uring is unavailable.
 
 pub mod conditional;
+pub mod configs;
 pub mod conn;
 pub mod epoll;
 pub mod range;
@@ -82,6 +83,8 @@ impl HttpService {
             ledger,
             gate,
             gate_retry_s: config.scheduler.gate_retry_s,
+            boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
+            config_metrics: configs::Metrics::register(registry)?,
         };
         let limits = Limits {
             max_connections: cfg.max_connections,

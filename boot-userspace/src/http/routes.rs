@@ -5,8 +5,11 @@
 
 use std::{io::Read as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
+use tracing::warn;
+
 use super::{
     conditional::{self, Validators},
+    configs::{self, Ask, Boots, Delivery},
     range::{self, Plan},
     request::{Method, Request},
     response::{content_type, Body, Response},
@@ -14,7 +17,7 @@ use super::{
 use crate::{
     config::BootSettings,
     inventory::{Host, Inventory, Mac},
-    ledger::{Ledger, Phase},
+    ledger::{unix_ms, Ledger, Phase},
     render,
     scheduler::Gate,
     tftp::files::{self, FileError},
@@ -41,6 +44,10 @@ pub struct Site {
     pub gate: Gate,
     /// Seconds a held host sleeps before asking again.
     pub gate_retry_s: u32,
+    /// Boots in progress and the configs delivered in each (one delivery per boot).
+    pub boots: Boots,
+    /// Config refusals by reason.
+    pub config_metrics: configs::Metrics,
 }
 
 /// A routed request: the response, a label for metrics, and the host and path when the
@@ -75,6 +82,7 @@ impl Site {
             ip: self.address_of(host, peer),
             server,
             global: &self.boot,
+            nonce: None,
         })
     }
 
@@ -116,7 +124,7 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
             script(site, req, peer, server)
         }
         (_, path) if path == "/configs" || path.starts_with("/configs/") => {
-            config(site, path, peer, server)
+            config(site, req, path, peer, server)
         }
         (_, path) => file(site, req, path, peer),
     };
@@ -150,22 +158,31 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
             "gate",
         );
     }
-    let text = host.and_then(|h| {
-        render::host_script(
+    if let Some(h) = host.filter(|h| site.inventory.profile(&h.profile).is_some()) {
+        // Recorded first: the script opens the host's boot when none is in progress (DHCP
+        // may be another server's), and the boot's nonce is drawn when it opens.
+        site.ledger
+            .record_detail(h.mac, Phase::IpxeScript, Some(peer), Some(&req.path));
+        let nonce = site.boots.nonce(
+            h.mac,
+            &site.ledger.timeline(h.mac),
+            unix_ms(),
+            configs::os_nonce,
+        );
+        let text = render::host_script_for_boot(
             &site.inventory,
             h,
             site.address_of(h, peer),
             server,
             &site.boot,
-        )
-    });
-    if let (Some(text), Some(h)) = (text, host) {
-        site.ledger
-            .record_detail(h.mac, Phase::IpxeScript, Some(peer), Some(&req.path));
-        return routed(
-            Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
-            "script",
+            nonce.as_deref(),
         );
+        if let Some(text) = text {
+            return routed(
+                Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
+                "script",
+            );
+        }
     }
     // Unknown hosts: the operator's file of that name, else a script that asks again, so a
     // machine added to the inventory later boots without a power cycle.
@@ -188,25 +205,50 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
 }
 
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
-/// only for that host. A file `<configs>/<host>/<file>` overrides the shared template.
-fn config(site: &Site, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
-    let deny = |why: &str| routed(Response::text(403, why), "config");
+/// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
+/// config is delivered once per boot of its host ([`configs`] decides).
+fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     let Some(dir) = &site.configs else {
         return routed(Response::text(404, "not found"), "config");
     };
+    if req.method == Method::Head {
+        // A config is delivered once per boot: a HEAD would spend the delivery on no body.
+        let mut resp = Response::text(405, "configs are delivered once per boot: use GET");
+        resp.headers.push(("Allow", "GET".into()));
+        return routed(resp, "config");
+    }
+    let refuse = |status: u16, reason: &'static str, why: &str| {
+        site.config_metrics.refused(reason);
+        routed(Response::text(status, why), "config")
+    };
+    let is_host = |name: &str| site.inventory.hosts().iter().any(|h| h.name == name);
+    let rest = path.strip_prefix("/configs").unwrap_or(path);
+    let asked = match configs::parse_path(rest, is_host) {
+        Ok(p) => p,
+        Err(e) => return refuse(400, "path", &format!("bad config path: {e}")),
+    };
     let Some(host) = site.host_at(peer) else {
-        return deny("configs are served to known hosts only, from their own address");
+        return refuse(
+            403,
+            "unknown_host",
+            "configs are served to known hosts only, from their own address",
+        );
     };
-    let rest = path.trim_start_matches("/configs").trim_start_matches('/');
-    let name = match rest.split_once('/') {
-        Some((owner, tail)) if site.inventory.hosts().iter().any(|h| h.name == owner) => {
-            if owner != host.name {
-                return deny("this config belongs to another host");
-            }
-            tail
-        }
-        _ => rest,
+    let name = asked.name.as_str();
+    let record = |why: &str| {
+        site.ledger.record_detail(
+            host.mac,
+            Phase::ConfigRefused,
+            Some(peer),
+            Some(&format!("{why}: {name}")),
+        );
     };
+    if let Some(owner) = asked.owner.filter(|o| *o != host.name) {
+        record(&format!("for {owner}"));
+        return refuse(403, "owner", "this config belongs to another host");
+    }
+    // The template is read before the delivery is decided: a missing or bad file does not
+    // spend the host's one delivery.
     let opened = match files::open(dir, &format!("{}/{name}", host.name)) {
         Err(FileError::NotFound) => files::open(dir, name),
         other => other,
@@ -225,9 +267,47 @@ fn config(site: &Site, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
             "config",
         );
     }
-    let Some(t) = site.target(host, peer, server) else {
+    let Some(mut t) = site.target(host, peer, server) else {
         return routed(Response::text(500, "host without profile"), "config");
     };
+    let ask = Ask {
+        name,
+        peer,
+        nonce: req.query("nonce"),
+    };
+    let events = site.ledger.timeline(host.mac);
+    let nonce = match site
+        .boots
+        .deliver(host.mac, &events, unix_ms(), ask, configs::os_nonce)
+    {
+        Delivery::Granted { nonce } => nonce,
+        Delivery::NoBoot => {
+            record("no boot in progress");
+            return refuse(
+                409,
+                "no_boot",
+                "no boot of this host is in progress: configs are served from its reset or first DHCP request until it reports booted",
+            );
+        }
+        Delivery::WrongNonce => {
+            record("wrong nonce");
+            return refuse(403, "nonce", "wrong nonce for this boot");
+        }
+        Delivery::Again { first } => {
+            // Two machines asked for one host's config in one boot: one of them wears the
+            // host's address. The operator hears of it (ledger, metric, alert).
+            warn!(host = %host.name, %peer, %first, config = name, "config asked for again in the same boot: refused");
+            record(&format!("again, first served to {first}"));
+            return refuse(
+                409,
+                "again",
+                "this config was already delivered during this boot",
+            );
+        }
+    };
+    site.ledger
+        .record_detail(host.mac, Phase::ConfigServed, Some(peer), Some(name));
+    t.nonce = nonce.as_deref();
     let mut resp = Response::bytes(200, content_type(name), t.fill(&text).into_bytes());
     // Configs carry secrets: never let a cache keep one.
     resp.headers.push(("Cache-Control", "no-store".into()));
@@ -250,14 +330,17 @@ fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
     let Some(host) = host else {
         return routed(Response::text(404, "unknown host"), "booted");
     };
-    // One host cannot mark another as booted.
-    if let Some(addr) = site.address_of(host, peer) {
-        if addr != peer {
-            return routed(
-                Response::text(403, "a host can only report its own boot"),
-                "booted",
-            );
-        }
+    // Only from the host's own address: its reservation, or the address it leases now. A
+    // host with neither (no reservation, no lease) cannot be reported by anyone, since a
+    // false `booted` frees its download slot and hides its failure.
+    if host.ip != Some(peer) && site.ledger.holder(peer) != Some(host.mac) {
+        return routed(
+            Response::text(
+                403,
+                "a host can only report its own boot, from its own address",
+            ),
+            "booted",
+        );
     }
     site.ledger.record(host.mac, Phase::Booted, Some(peer));
     routed(Response::empty(204), "booted")

@@ -214,6 +214,7 @@ impl Hosts {
             ip,
             server,
             global: &self.boot,
+            nonce: None,
         };
         Some(match format {
             Format::Pxelinux => render::pxelinux(&target),
