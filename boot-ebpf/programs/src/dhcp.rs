@@ -7,6 +7,10 @@
 //! headers, the template's BOOTP header, the template's options with the host's option 12
 //! and the client's options 97 and 82 spliced in, the end option and padding. The UDP
 //! checksum is then computed over a copy of what was written.
+//!
+//! Answers are rate-limited per reserved MAC (`DHCP_HOST_LIMITS`, the per-client rate of
+//! the shield and of userspace), and an ACK repeating the lease the host was last reported
+//! with, within half of it, is answered without an event.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
