@@ -343,7 +343,7 @@ fn allow(key: &BucketKey, interval: u64, burst: u64) -> bool {
     }
 }
 
-/// The answer state of the reserved host `key`, created on its first request. `None` only if
+/// The answer state of the reserved host `mac`, created on its first request. `None` only if
 /// the map refuses the entry, which an LRU map does not do.
 #[inline(always)]
 fn host_limit(mac: [u8; 6], now: u64) -> Option<*mut HostLimit> {
