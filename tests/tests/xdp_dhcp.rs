@@ -358,6 +358,10 @@ fn kernel_replies_equal_userspace_replies() {
             Client::HttpBoot(19),
         ];
         let mut answered = 0;
+        // Answers with an event: all but an ACK whose host's previous answer was an ACK (the
+        // same lease, reported already; see `report` in the program).
+        let mut reported = 0;
+        let mut last_kind = std::collections::HashMap::new();
         let mut xid = 0x1000;
         for (host, addr, giaddr) in [
             (1u8, Ipv4Addr::new(10, 77, 0, 11), Ipv4Addr::UNSPECIFIED),
@@ -425,6 +429,9 @@ fn kernel_replies_equal_userspace_replies() {
                         assert_eq!(got.dst_mac, want_mac, "{case}");
                     }
                     answered += 1;
+                    if last_kind.insert(host, kind) != Some(DHCPREQUEST) || kind != DHCPREQUEST {
+                        reported += 1;
+                    }
                 }
             }
         }
@@ -448,14 +455,20 @@ fn kernel_replies_equal_userspace_replies() {
         assert_eq!(got.payload, expect, "renewal ACK");
         assert_eq!(got.dst_ip, *dest.ip());
         assert_eq!(got.dst_mac, mac(1), "unicast to the renewing client");
+        // Host 1's last answer was an ACK of the same lease: the renewal is not reported.
         answered += 1;
 
         let events = h.events();
-        assert_eq!(events.len(), answered, "one event per answer");
+        assert_eq!(events.len(), reported, "one event per reported answer");
         let stats = h.stats();
         assert_eq!(
             stats[STAT_ANSWERED_OFFER as usize] + stats[STAT_ANSWERED_ACK as usize],
             answered as u64
+        );
+        assert_eq!(
+            stats[STAT_ACK_UNREPORTED as usize],
+            (answered - reported) as u64,
+            "every answer is either reported or counted as unreported"
         );
         println!("{answered} kernel replies identical to the userspace server's");
     });
@@ -802,6 +815,408 @@ fn floods_are_stopped_in_the_kernel() {
         assert_eq!(d(STAT_DROP_RATE_LIMITED_RELAY), 400 - relayed);
         assert_eq!(d(STAT_PASSED_UNKNOWN_HOST), passed + relayed);
     });
+}
+
+/// Attack: spoofed DISCOVERs and REQUESTs for one reserved MAC, with the broadcast flag, as
+/// fast as the attacker can send them. The kernel answers at most the per-MAC bucket (burst
+/// plus rate times the time the flood took), drops the rest with its own reason, and every
+/// event it emits is one of those answers.
+#[test]
+fn a_spoofed_flood_for_a_reserved_mac_gets_at_most_its_bucket_of_answers() {
+    with_harness(
+        "a_spoofed_flood_for_a_reserved_mac_gets_at_most_its_bucket_of_answers",
+        |h| {
+            // The daemon's default dhcp.rate_limit, converted as the daemon converts it.
+            let rate = 20u64;
+            let (client_interval_ns, client_burst_ns) = bootfabric::xdp::gcra(rate as u32);
+            h.configure(bootfabric_abi::ClassifyConfig {
+                dhcp_fast_path: bootfabric_abi::DHCP_PATH_ANSWER,
+                client_interval_ns,
+                client_burst_ns,
+                ..Default::default()
+            })
+            .expect("configure");
+            let before = h.stats();
+            let spoof = |kind: u8, xid: u32| Req {
+                client: Client::Pxe(7),
+                kind,
+                mac: mac(1),
+                broadcast: true,
+                ciaddr: Ipv4Addr::UNSPECIFIED,
+                giaddr: Ipv4Addr::UNSPECIFIED,
+                server_id: (kind == DHCPREQUEST).then_some(SERVER_IP),
+                requested: (kind == DHCPREQUEST).then_some(Ipv4Addr::new(10, 77, 0, 11)),
+                relay_info: false,
+                xid,
+            };
+            let frames = [
+                request_frame(&spoof(DHCPDISCOVER, 1), None),
+                request_frame(&spoof(DHCPREQUEST, 2), None),
+            ];
+            const FLOOD: usize = 5_000;
+            let started = std::time::Instant::now();
+            let mut answers = 0u64;
+            for i in 0..FLOOD {
+                if h.run(&frames[i % 2]).expect("run").0 == XDP_TX {
+                    answers += 1;
+                }
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            // One answer of slack for a refill landing on the boundary.
+            let bound = 2 * rate + (rate as f64 * elapsed).ceil() as u64 + 1;
+            assert!(
+                answers <= bound,
+                "{answers} of {FLOOD} spoofed requests for one reserved MAC were answered in \
+                 {elapsed:.2} s; its bucket allows at most {bound}"
+            );
+            assert!(answers >= 2 * rate, "the burst is answered: {answers}");
+            let after = h.stats();
+            let d = |i: u32| {
+                after.get(i as usize).copied().unwrap_or(0)
+                    - before.get(i as usize).copied().unwrap_or(0)
+            };
+            assert_eq!(
+                d(STAT_DROP_RATE_LIMITED_ANSWER),
+                FLOOD as u64 - answers,
+                "the rest is dropped with its own reason"
+            );
+            assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), answers);
+            let events = h.events().len() as u64;
+            assert!(
+                events <= answers,
+                "{events} ring-buffer events for {answers} answers"
+            );
+            assert_eq!(events + d(STAT_ACK_UNREPORTED), answers);
+            // Another reserved host is answered meanwhile: buckets are per MAC.
+            let other = Req {
+                mac: mac(2),
+                ..spoof(DHCPDISCOVER, 3)
+            };
+            assert_eq!(h.run(&request_frame(&other, None)).expect("run").0, XDP_TX);
+            println!("{answers} of {FLOOD} answered in {elapsed:.2} s, {events} events");
+        },
+    );
+}
+
+/// Attack (and honest renewals): a reserved host's REQUESTs repeated within the first half of
+/// its lease are each answered, but report nothing new (no event, so no journal record); a
+/// DISCOVER starts a new exchange whose ACK is reported again.
+#[test]
+fn renewals_in_the_first_half_of_a_lease_emit_no_events() {
+    with_harness(
+        "renewals_in_the_first_half_of_a_lease_emit_no_events",
+        |h| {
+            let addr = Ipv4Addr::new(10, 77, 0, 11);
+            let req = |kind: u8, xid: u32| Req {
+                client: Client::Plain,
+                kind,
+                mac: mac(1),
+                broadcast: false,
+                ciaddr: Ipv4Addr::UNSPECIFIED,
+                giaddr: Ipv4Addr::UNSPECIFIED,
+                server_id: (kind == DHCPREQUEST).then_some(SERVER_IP),
+                requested: (kind == DHCPREQUEST).then_some(addr),
+                relay_info: false,
+                xid,
+            };
+            let renew = |xid: u32| Req {
+                ciaddr: addr,
+                server_id: None,
+                requested: None,
+                ..req(DHCPREQUEST, xid)
+            };
+            for r in [req(DHCPDISCOVER, 1), req(DHCPREQUEST, 2)] {
+                assert_eq!(h.run(&request_frame(&r, None)).expect("run").0, XDP_TX);
+            }
+            let first = h.events();
+            assert_eq!(first.len(), 2, "the exchange is reported: {first:?}");
+            assert_eq!(first[1].lease_secs, 600, "with the lease it granted");
+            const RENEWALS: u32 = 200;
+            for i in 0..RENEWALS {
+                let (action, out) = h.run(&request_frame(&renew(100 + i), None)).expect("run");
+                assert_eq!(action, XDP_TX, "renewal {i} answered");
+                assert_eq!(parse_reply(&out, None).dst_ip, addr);
+            }
+            let repeated = h.events();
+            assert!(
+                repeated.is_empty(),
+                "{} ring-buffer events for {RENEWALS} renewals of the same lease in its first half",
+                repeated.len()
+            );
+            assert_eq!(h.stats()[STAT_ACK_UNREPORTED as usize], u64::from(RENEWALS));
+            // A new exchange (a reboot's DISCOVER) is reported whole again.
+            for r in [req(DHCPDISCOVER, 3), req(DHCPREQUEST, 4)] {
+                assert_eq!(h.run(&request_frame(&r, None)).expect("run").0, XDP_TX);
+            }
+            assert_eq!(h.events().len(), 2);
+        },
+    );
+}
+
+/// Sends `count` datagrams to 255.255.255.255:67 from namespace `ns`, cycling through
+/// `payloads`, as fast as the socket takes them (an attacker's flood, bounded in count).
+fn flood(ns: &Netns, payloads: Vec<Vec<u8>>, count: usize) {
+    ns.run(move || {
+        let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        sock.set_broadcast(true).expect("broadcast");
+        for i in 0..count {
+            let p = &payloads[i % payloads.len()];
+            // A full queue drops a datagram: the attacker's loss, counted by the daemon as
+            // fewer frames seen, which the callers wait on.
+            let _ = sock.send_to(p, (Ipv4Addr::BROADCAST, 67));
+        }
+    })
+    .expect("namespace");
+}
+
+/// The spoofed DISCOVER and REQUEST of reserved host `n` (broadcast flag, PXE ROM-like).
+fn spoofed_exchange(n: u8, ip: Ipv4Addr) -> Vec<Vec<u8>> {
+    [DHCPDISCOVER, DHCPREQUEST]
+        .into_iter()
+        .map(|kind| {
+            payload(&Req {
+                client: Client::Pxe(7),
+                kind,
+                mac: mac(n),
+                broadcast: true,
+                ciaddr: Ipv4Addr::UNSPECIFIED,
+                giaddr: Ipv4Addr::UNSPECIFIED,
+                server_id: (kind == DHCPREQUEST).then_some(SERVER_IP),
+                requested: (kind == DHCPREQUEST).then_some(ip),
+                relay_info: false,
+                xid: 0x5eed,
+            })
+        })
+        .collect()
+}
+
+/// Lines of the daemon's lease journal that record `ip`.
+fn journal_records(daemon: &Daemon, ip: &str) -> usize {
+    let path = daemon
+        .config_path()
+        .with_file_name("state")
+        .join("leases.journal");
+    let needle = format!(" {ip} ");
+    std::fs::read_to_string(path)
+        .map(|j| j.lines().filter(|l| l.contains(&needle)).count())
+        .unwrap_or(0)
+}
+
+/// Waits until the journal holds a record of `ip`: the barrier behind which every event the
+/// kernel wrote before `ip`'s exchange has been through the lease table and the journal (one
+/// ring, drained in order, into one committer queue).
+fn journal_barrier(daemon: &Daemon, ip: &str) {
+    assert!(
+        wait_for(Duration::from_secs(30), || (journal_records(daemon, ip)
+            > 0)
+        .then_some(()))
+        .is_some(),
+        "no journal record of {ip}\n{}",
+        daemon.log()
+    );
+}
+
+/// Attack, from a client namespace over a veth: 5,000 spoofed DISCOVERs and REQUESTs with the
+/// broadcast flag for one reserved MAC. At most the MAC's bucket is answered (burst plus rate
+/// times the flood's duration), the rest dropped as `rate_limited_answer`, and the journal
+/// gains a handful of records, not thousands.
+#[test]
+fn a_spoofed_flood_over_a_veth_costs_a_bucket_of_answers_and_a_handful_of_records() {
+    let t = "a_spoofed_flood_over_a_veth_costs_a_bucket_of_answers_and_a_handful_of_records";
+    if !require_root(t) {
+        return;
+    }
+    let lab = bootfabric_lab::PairLab::new().expect("lab");
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let metrics = || {
+        http_get(&lab.server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    if !require(
+        metrics().contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let xdp = |m: &str, action: &str, reason: &str| {
+        sample(
+            m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", action), ("reason", reason)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let answered = |m: &str| xdp(m, "answered", "offer") + xdp(m, "answered", "ack");
+    let limited = |m: &str| xdp(m, "dropped", "rate_limited_answer");
+    let ledger = |m: &str| {
+        ["dhcp_offer", "dhcp_ack"]
+            .iter()
+            .map(|p| {
+                sample(m, "bootfabric_ledger_events_total", &[("phase", p)]).unwrap_or(0.0) as u64
+            })
+            .sum::<u64>()
+    };
+    const FLOOD: usize = 5_000;
+    // CONFIG leaves dhcp.rate_limit at its default.
+    let rate = 20u64;
+    let started = std::time::Instant::now();
+    flood(
+        &lab.client,
+        spoofed_exchange(1, Ipv4Addr::new(10, 77, 0, 11)),
+        FLOOD,
+    );
+    // Every frame that reached the program was either answered or dropped for its bucket.
+    let m = wait_for(Duration::from_secs(30), || {
+        let m = metrics();
+        (answered(&m) + limited(&m) >= FLOOD as u64).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("the flood did not arrive\n{}", metrics()));
+    let elapsed = started.elapsed().as_secs_f64();
+    let answers = answered(&m);
+    let bound = 2 * rate + (rate as f64 * elapsed).ceil() as u64 + 2;
+    assert!(
+        answers <= bound,
+        "{answers} of {FLOOD} spoofed requests for one reserved MAC were answered (broadcast) \
+         in {elapsed:.2} s; its bucket allows at most {bound}"
+    );
+    assert_eq!(limited(&m), FLOOD as u64 - answers, "{m}");
+
+    // Barrier: another reserved host's exchange, behind every event of the flood.
+    flood(
+        &lab.client,
+        spoofed_exchange(2, Ipv4Addr::new(10, 77, 0, 12)),
+        2,
+    );
+    journal_barrier(&daemon, "10.77.0.12");
+    let records = journal_records(&daemon, "10.77.0.11");
+    assert!(
+        (1..=3).contains(&records),
+        "{records} journal records of 10.77.0.11 after {answers} answers to the flood"
+    );
+    let m = metrics();
+    let events = ledger(&m);
+    assert!(
+        events <= answers + 2,
+        "{events} ledger events (one per ring-buffer event) for {answers} answers"
+    );
+    println!(
+        "{answers} of {FLOOD} answered in {elapsed:.2} s; {records} journal records, {events} events"
+    );
+}
+
+/// Attack and honest renewals from a real client: udhcpc renewing its reserved lease many
+/// times within the lease's first half gets every ACK from the kernel, and the journal gains
+/// no record for any of them.
+#[test]
+fn renewals_within_the_first_half_of_a_lease_add_no_journal_records() {
+    let t = "renewals_within_the_first_half_of_a_lease_add_no_journal_records";
+    if !require_root(t) || !require(have_program("udhcpc"), t, "udhcpc is missing") {
+        return;
+    }
+    let lab = bootfabric_lab::PairLab::unaddressed_client("c0").expect("lab");
+    lab.client
+        .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:01"])
+        .expect("mac");
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let (_, m) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    if !require(
+        m.contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let dir = TempDir::new().expect("dir");
+    let out = dir.path.join("events");
+    let script = dir.path.join("script.sh");
+    // Configure the address on bound, so that unicast renewals and their ACKs flow.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$1\" in
+ bound) ip addr add $ip/$mask dev $interface; echo bound >> {o} ;;
+ renew) echo renew >> {o} ;;
+esac
+exit 0
+",
+            o = out.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let client = Kill(
+        lab.client
+            .command("udhcpc")
+            .args(["-f", "-i", "c0", "-t", "10", "-T", "2", "-s"])
+            .arg(&script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("udhcpc"),
+    );
+    let count = |what: &str| {
+        std::fs::read_to_string(&out)
+            .map(|s| s.lines().filter(|l| *l == what).count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || (count("bound") == 1)
+            .then_some(()))
+        .is_some(),
+        "no lease\n{}",
+        daemon.log()
+    );
+    journal_barrier(&daemon, "10.77.0.11");
+    let bound = journal_records(&daemon, "10.77.0.11");
+    // udhcpc renews on SIGUSR1 (a unicast REQUEST with ciaddr, as at T1); the lease is 600 s,
+    // so all of these fall in its first half.
+    const RENEWALS: usize = 20;
+    for i in 1..=RENEWALS {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(client.0.id() as i32),
+            nix::sys::signal::SIGUSR1,
+        )
+        .expect("SIGUSR1");
+        assert!(
+            wait_for(Duration::from_secs(30), || (count("renew") >= i)
+                .then_some(()))
+            .is_some(),
+            "renewal {i} not acknowledged\n{}",
+            daemon.log()
+        );
+    }
+    // Barrier: another reserved host's exchange, behind every renewal's event.
+    lab.client
+        .ip(&["route", "add", "default", "dev", "c0"])
+        .expect("route");
+    flood(
+        &lab.client,
+        spoofed_exchange(2, Ipv4Addr::new(10, 77, 0, 12)),
+        2,
+    );
+    journal_barrier(&daemon, "10.77.0.12");
+    let (_, m) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    let acks = sample(
+        &m,
+        "bootfabric_xdp_dhcp_packets_total",
+        &[("action", "answered"), ("reason", "ack")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        acks >= (1 + RENEWALS + 1) as f64,
+        "the renewals were answered in the kernel\n{m}"
+    );
+    let records = journal_records(&daemon, "10.77.0.11");
+    assert_eq!(
+        records,
+        bound,
+        "{} journal records of 10.77.0.11 added by {RENEWALS} renewals in the lease's first half",
+        records - bound
+    );
 }
 
 /// SIGHUP re-reads the inventory: a host added to it is answered by the kernel from then

@@ -16,6 +16,10 @@ pub const MAP_EVENTS: &str = "DHCP_EVENTS";
 pub const MAP_STATS: &str = "DHCP_STATS";
 /// LRU hash [`BucketKey`] → `u64`: the rate limiter's state (GCRA theoretical arrival time).
 pub const MAP_BUCKETS: &str = "DHCP_BUCKETS";
+/// LRU hash [`MacKey`] → [`HostLimit`]: the per-MAC bucket of kernel answers and when each
+/// reserved host's lease was last reported. Only MACs found in [`MAP_HOSTS`] get an entry, so
+/// a flood of random MACs cannot evict a reserved host's bucket (that would refill it).
+pub const MAP_HOST_LIMITS: &str = "DHCP_HOST_LIMITS";
 
 /// Most reserved hosts the kernel answers; the rest are served from userspace.
 pub const HOSTS_MAX_ENTRIES: u32 = 65_536;
@@ -109,11 +113,17 @@ pub const STAT_DROP_RATE_LIMITED_RELAY: u32 = 15;
 pub const STAT_EVENTS_LOST: u32 = 16;
 /// Passed: building the reply failed (the frame could not grow); userspace answers.
 pub const STAT_PASSED_TX_FAILED: u32 = 17;
+/// Dropped: a reserved host's request over its per-MAC bucket (the same rate and burst as the
+/// shield's and userspace's per-client limit), instead of being answered in the kernel.
+pub const STAT_DROP_RATE_LIMITED_ANSWER: u32 = 18;
+/// An ACK answered in the kernel without an event: the same lease of the same host was
+/// reported less than half its lease time ago, with no OFFER since (a renewal, or a repeat).
+pub const STAT_ACK_UNREPORTED: u32 = 19;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 20;
 
-/// The metric labels of a counter: (action, reason). `None` for [`STAT_EVENTS_LOST`], which
-/// counts events, not packets.
+/// The metric labels of a counter: (action, reason). `None` for [`STAT_EVENTS_LOST`] and
+/// [`STAT_ACK_UNREPORTED`], which count events, not packets.
 pub fn stat_labels(stat: u32) -> Option<(&'static str, &'static str)> {
     Some(match stat {
         STAT_ANSWERED_OFFER => ("answered", "offer"),
@@ -133,6 +143,7 @@ pub fn stat_labels(stat: u32) -> Option<(&'static str, &'static str)> {
         STAT_DROP_UNEXPECTED_TYPE => ("dropped", "unexpected_type"),
         STAT_DROP_RATE_LIMITED_CLIENT => ("dropped", "rate_limited_client"),
         STAT_DROP_RATE_LIMITED_RELAY => ("dropped", "rate_limited_relay"),
+        STAT_DROP_RATE_LIMITED_ANSWER => ("dropped", "rate_limited_answer"),
         _ => return None,
     })
 }
@@ -338,6 +349,8 @@ pub struct Template {
     pub _pad: u16,
     /// The interface the template answers on (its [`TemplateKey::ifindex`]).
     pub iface: IfaceEntry,
+    /// The lease time the reply grants (its option 51), seconds; 0 when it has none.
+    pub lease_secs: u32,
     /// The options, sorted by code as the userspace encoder writes them.
     pub opts: [u8; TEMPLATE_OPTS_BUF],
 }
@@ -360,6 +373,29 @@ pub struct Event {
     pub ip: [u8; 4],
     /// The relay's address, or zeros.
     pub giaddr: [u8; 4],
+    /// The lease time granted ([`Template::lease_secs`]), seconds.
+    pub lease_secs: u32,
+}
+
+/// Value of [`MAP_HOST_LIMITS`]: one reserved host's answer state, shared by every CPU.
+///
+/// Shared, not per CPU: a spoofed flood arrives on whatever queues its (forged) addresses hash
+/// to, and per-CPU buckets would multiply the limit by the number of CPUs. The bucket is
+/// updated with one atomic add per answer and plain loads and stores elsewhere, so CPUs racing
+/// on one MAC can each take a token they saw as free: the burst is approximate by at most one
+/// answer per racing CPU, and the long-run rate is exact (every answer adds its interval).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostLimit {
+    /// GCRA theoretical arrival time of the next answer (`bpf_ktime_get_ns` clock).
+    pub tat_ns: u64,
+    /// When this host's last ACK was reported through the ring buffer, or 0 when none was
+    /// since its last OFFER.
+    pub acked_ns: u64,
+    /// The address of that ACK.
+    pub acked_ip: [u8; 4],
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Key of [`MAP_BUCKETS`].

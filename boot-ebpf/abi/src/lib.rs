@@ -164,4 +164,5 @@ mod pod {
     unsafe impl aya::Pod for super::dhcp::Template {}
     unsafe impl aya::Pod for super::dhcp::Event {}
     unsafe impl aya::Pod for super::dhcp::BucketKey {}
+    unsafe impl aya::Pod for super::dhcp::HostLimit {}
 }

@@ -7,9 +7,13 @@
 //! headers, the template's BOOTP header, the template's options with the host's option 12
 //! and the client's options 97 and 82 spliced in, the end option and padding. The UDP
 //! checksum is then computed over a copy of what was written.
+//!
+//! Answers are rate-limited per reserved MAC (`DHCP_HOST_LIMITS`, the per-client rate of
+//! the shield and of userspace), and an ACK repeating the lease the host was last reported
+//! with, within half of it, is answered without an event.
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{xdp_action, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_csum_diff, bpf_ktime_get_ns, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
@@ -46,6 +50,12 @@ static DHCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 
 static DHCP_BUCKETS: LruHashMap<BucketKey, u64> =
     LruHashMap::with_max_entries(BUCKETS_MAX_ENTRIES, 0);
 
+/// Reserved hosts' answer buckets and report times, by MAC (sized for the fleet: only MACs
+/// in `DHCP_HOSTS` get an entry).
+#[map(name = "DHCP_HOST_LIMITS")]
+static DHCP_HOST_LIMITS: LruHashMap<MacKey, HostLimit> =
+    LruHashMap::with_max_entries(HOSTS_MAX_ENTRIES, 0);
+
 /// Index mask for the request buffer: every read is `REQUEST_MAX`-bounded.
 const REQ_MASK: usize = REQUEST_MAX - 1;
 /// Longest reply frame the program writes (Ethernet, one tag, IPv4, UDP, payload).
@@ -71,6 +81,10 @@ pub struct Scratch {
     frame: [u8; FRAME_BUF],
     /// Where the options the fast path reads start, by `slot::*`.
     slots: [u32; 16],
+    /// Key and first value of a `DHCP_HOST_LIMITS` entry: here, not on the stack, which the
+    /// verifier's 512 bytes leave no room for.
+    limit_key: MacKey,
+    limit_fresh: HostLimit,
 }
 
 #[map(name = "DHCP_SCRATCH")]
@@ -329,6 +343,84 @@ fn allow(key: &BucketKey, interval: u64, burst: u64) -> bool {
     }
 }
 
+/// The answer state of the reserved host `mac`, created on its first request. `None` only if
+/// the map refuses the entry, which an LRU map does not do.
+#[inline(always)]
+fn host_limit(mac: [u8; 6], now: u64) -> Option<*mut HostLimit> {
+    let s = DHCP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; `limit_key` and `limit_fresh` are used only here.
+    let (key, fresh) = unsafe { (&mut (*s).limit_key, &mut (*s).limit_fresh) };
+    key.mac = mac;
+    key._pad = [0; 2];
+    if let Some(p) = DHCP_HOST_LIMITS.get_ptr_mut(&*key) {
+        return Some(p);
+    }
+    fresh.tat_ns = now;
+    fresh.acked_ns = 0;
+    fresh.acked_ip = [0; 4];
+    fresh._pad = 0;
+    // NOEXIST: a CPU that loses the race to create the entry uses the winner's.
+    let _ = DHCP_HOST_LIMITS.insert(&*key, &*fresh, BPF_NOEXIST as u64);
+    DHCP_HOST_LIMITS.get_ptr_mut(&*key)
+}
+
+/// GCRA on a bucket shared by every CPU: whether one more answer fits `interval` with
+/// `burst` tolerance. Only the take is atomic: CPUs racing past the check may each answer
+/// once more than the burst allows, but every answer adds its interval, so the rate holds.
+#[inline(always)]
+fn take_answer(l: *mut HostLimit, now: u64, interval: u64, burst: u64) -> bool {
+    if interval == 0 {
+        return true;
+    }
+    // SAFETY: `l` is a map value that stays alive for the program run; `tat_ns` is an
+    // aligned u64, so each load or store below is one instruction other CPUs cannot tear
+    // (volatile keeps the compiler from merging or splitting them). The BPF target's `core`
+    // has no atomic read-modify-write and the generic CPU no atomic load, hence this form.
+    let tat = unsafe { core::ptr::addr_of_mut!((*l).tat_ns) };
+    let t = unsafe { core::ptr::read_volatile(tat) };
+    if t < now {
+        // Idle long enough to be full again: restart from now (racing CPUs may each do it,
+        // which grants one extra answer each, once).
+        unsafe { core::ptr::write_volatile(tat, now + interval) };
+        return true;
+    }
+    if t - now > burst {
+        return false;
+    }
+    // SAFETY: an aligned u64 in a map value; BPF_ATOMIC add (no fetch), which the BPF
+    // target's `core` does not offer as `fetch_add`.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) tat,
+            v = in(reg) interval,
+        )
+    };
+    true
+}
+
+/// Whether an answered exchange is reported through the ring buffer. OFFERs always are, and
+/// make the next ACK reported (a DISCOVER starts a boot or a new lease). An ACK is not when
+/// the host's last reported ACK was for the same address less than half `lease_secs` ago:
+/// the lease it records is the same, and a renewal or a spoofed repeat would otherwise cost
+/// an event, a ledger entry and a journal record each.
+#[inline(always)]
+fn report(l: *mut HostLimit, kind: u8, ip: [u8; 4], lease_secs: u32, now: u64) -> bool {
+    // SAFETY: as in `take_answer`; plain accesses, as a lost race only costs one more event.
+    let l = unsafe { &mut *l };
+    if kind == DHCPOFFER {
+        l.acked_ns = 0;
+        return true;
+    }
+    let half = lease_secs as u64 * 500_000_000;
+    if l.acked_ns != 0 && l.acked_ip == ip && now.saturating_sub(l.acked_ns) < half {
+        return false;
+    }
+    l.acked_ns = now;
+    l.acked_ip = ip;
+    true
+}
+
 /// Passes `reason` to userspace if the client's and relay's buckets allow it.
 #[inline(always)]
 fn shield(cfg: &ClassifyConfig, mac: [u8; 6], giaddr: [u8; 4], reason: u32) -> Verdict {
@@ -549,6 +641,18 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
         }
     }
 
+    // The per-MAC limit applies to kernel answers as to everything else: a reserved MAC's
+    // requests beyond it (a spoofed flood with the broadcast flag, say) are dropped, not
+    // answered, so they cost neither broadcasts nor events.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(limit) = host_limit(mac, now) else {
+        return Step::Shield(STAT_PASSED_UNSUPPORTED);
+    };
+    if !take_answer(limit, now, cfg.client_interval_ns, cfg.client_burst_ns) {
+        return Step::Drop(STAT_DROP_RATE_LIMITED_ANSWER);
+    }
+
     let xid = [at(req, 4), at(req, 5), at(req, 6), at(req, 7)];
     match reply(ctx, udp, s, t, host, &o, kind, mac, frame_len) {
         Ok(()) => {}
@@ -559,6 +663,15 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     } else {
         STAT_ANSWERED_ACK
     });
+    // Read again rather than kept across `reply`: the stack has no room for another spill.
+    let lease_secs = t.lease_secs;
+    // SAFETY: a helper without arguments.
+    if !report(limit, kind, host.ip, lease_secs, unsafe {
+        bpf_ktime_get_ns()
+    }) {
+        stat(STAT_ACK_UNREPORTED);
+        return Step::Tx;
+    }
     match DHCP_EVENTS.reserve::<Event>(0) {
         Some(mut e) => {
             e.write(Event {
@@ -569,6 +682,7 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
                 _pad: 0,
                 ip: host.ip,
                 giaddr,
+                lease_secs,
             });
             // Wake the reader only as the ring's fill passes each quarter mark: it drains on
             // a short timer anyway, a wake-up per answer would cost more than the answer, and

@@ -2,6 +2,9 @@
 //! classification live in their own modules.
 #![no_std]
 #![no_main]
+// Inline assembly for the per-MAC bucket's atomic add (see dhcp.rs); the crate is built with
+// RUSTC_BOOTSTRAP=1 like aya-ebpf, which needs the same feature.
+#![feature(asm_experimental_arch)]
 
 mod classify;
 mod dhcp;

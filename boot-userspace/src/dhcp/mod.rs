@@ -353,7 +353,12 @@ impl DhcpService {
             };
             events
                 .iter()
-                .filter_map(|ev| server.record_fast_path(ev.mac, ev.ip, ev.kind, now))
+                .filter_map(|ev| {
+                    if repeats_live_lease(&server.table, ev, now) {
+                        return None;
+                    }
+                    server.record_fast_path(ev.mac, ev.ip, ev.kind, now)
+                })
                 .collect()
         };
         for ev in events {
@@ -695,6 +700,24 @@ impl Reloader {
     }
 }
 
+/// Whether `ev` is an ACK the journal already holds: the live record binds the same address
+/// to the same MAC, and less than half of the lease `ev` grants has run since (the record
+/// expires later than `now` plus half of it, and no later than a new one would). Such a
+/// record would change nothing a restart needs, so neither the table nor the journal takes
+/// it: both keep the durable expiry, and the client's renewal at half its lease is recorded.
+fn repeats_live_lease(table: &table::LeaseTable, ev: &FastPathEvent, now: u64) -> bool {
+    if ev.kind != MessageType::Ack || ev.lease_secs == 0 {
+        return false;
+    }
+    let lease = u64::from(ev.lease_secs);
+    table.lease_at(ev.ip).is_some_and(|l| {
+        l.mac == ev.mac
+            && l.state == LeaseState::Bound
+            && l.expires > now + lease / 2
+            && l.expires <= now + lease
+    })
+}
+
 /// A reply as it goes on the wire: encoded, then padded with zeros to RFC 2131's minimum
 /// BOOTP size (some PXE ROMs drop shorter messages; the XDP fast path pads the same way).
 pub fn encode_reply(msg: &dhcproto::v4::Message) -> Result<Vec<u8>, dhcproto::error::EncodeError> {
@@ -709,4 +732,57 @@ pub fn encode_reply(msg: &dhcproto::v4::Message) -> Result<Vec<u8>, dhcproto::er
 /// Reads the live leases for `bootfabric leases` (works while the daemon runs).
 pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalError> {
     journal::read_live(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+
+    fn table(expires: u64) -> table::LeaseTable {
+        let inventory =
+            Inventory::from_wire(Path::new("hosts.toml"), toml::from_str("").expect("toml"))
+                .expect("inventory");
+        let record = LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 11),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            state: LeaseState::Bound,
+            expires,
+            hostname: None,
+        };
+        table::LeaseTable::new(&[], &inventory, &[record], 0)
+    }
+
+    fn ack(mac: u8, ip: u8, lease_secs: u32) -> FastPathEvent {
+        FastPathEvent {
+            mac: Mac([2, 0, 0, 0, 0, mac]),
+            kind: MessageType::Ack,
+            ip: Ipv4Addr::new(10, 0, 0, ip),
+            ifindex: 1,
+            lease_secs,
+        }
+    }
+
+    #[test]
+    fn an_ack_repeating_the_live_lease_in_its_first_half_is_not_journalled_again() {
+        // Bound at 1000 for 600 s: expires 1600.
+        let t = table(1600);
+        assert!(repeats_live_lease(&t, &ack(1, 11, 600), 1000));
+        assert!(repeats_live_lease(&t, &ack(1, 11, 600), 1299));
+        // Half the lease has run: the renewal is recorded.
+        assert!(!repeats_live_lease(&t, &ack(1, 11, 600), 1300));
+        // Another MAC or address, an OFFER, an unknown lease time: recorded.
+        assert!(!repeats_live_lease(&t, &ack(2, 11, 600), 1000));
+        assert!(!repeats_live_lease(&t, &ack(1, 12, 600), 1000));
+        let offer = FastPathEvent {
+            kind: MessageType::Offer,
+            ..ack(1, 11, 600)
+        };
+        assert!(!repeats_live_lease(&t, &offer, 1000));
+        assert!(!repeats_live_lease(&t, &ack(1, 11, 0), 1000));
+        // A shorter lease than the live record's: recorded, so the journal shortens it.
+        assert!(!repeats_live_lease(&t, &ack(1, 11, 300), 1000));
+        // A longer one whose first half outlasts the live record: recorded.
+        assert!(!repeats_live_lease(&t, &ack(1, 11, 3600), 1000));
+    }
 }

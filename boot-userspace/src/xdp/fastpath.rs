@@ -146,6 +146,7 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
     let mut opts = Vec::with_capacity(256);
     let mut hostname_at = None;
     let mut uuid_at = None;
+    let mut lease_secs = 0;
     let mut i = BOOTP_HEADER_LEN;
     loop {
         let code = *encoded.get(i).ok_or("reply without an end option")?;
@@ -159,6 +160,10 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
         }
         if code > 97 && uuid_at.is_none() {
             uuid_at = Some(opts.len());
+        }
+        if let (51, Ok(secs)) = (code, <[u8; 4]>::try_from(&opt[2..])) {
+            // The kernel reports an ACK of the same lease again only after half of it.
+            lease_secs = u32::from_be_bytes(secs);
         }
         match code {
             12 => hostname_at = Some(opts.len()),
@@ -182,6 +187,7 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
             mac: [0; 6],
             _pad: [0; 2],
         },
+        lease_secs,
         opts: [0; TEMPLATE_OPTS_BUF],
     });
     t.opts[..opts.len()].copy_from_slice(&opts);
@@ -458,6 +464,8 @@ pub struct FastPathEvent {
     pub ip: Ipv4Addr,
     /// Ingress interface index.
     pub ifindex: u32,
+    /// The lease time the reply granted, seconds (0 when it carried none).
+    pub lease_secs: u32,
 }
 
 impl FastPathEvent {
@@ -479,6 +487,7 @@ impl FastPathEvent {
             kind,
             ip: Ipv4Addr::from(e.ip),
             ifindex: e.ifindex,
+            lease_secs: e.lease_secs,
         })
     }
 }
@@ -530,6 +539,7 @@ mod tests {
         reply[0] = 2;
         reply.extend_from_slice(&[1, 4, 255, 255, 255, 0]); // subnet mask
         reply.extend_from_slice(&[12, 2, b'h', b'1']); // host name: cut out
+        reply.extend_from_slice(&[51, 4, 0, 0, 0x0e, 0x10]); // lease time 3600 s
         reply.extend_from_slice(&[53, 1, 2]);
         reply.extend_from_slice(&[60, 3, b'P', b'X', b'E']);
         reply.extend_from_slice(&[255, 0, 0]);
@@ -537,8 +547,9 @@ mod tests {
         assert_eq!(t.header[0], 2);
         assert_eq!(
             &t.opts[..t.opts_len as usize],
-            &[1, 4, 255, 255, 255, 0, 53, 1, 2, 60, 3, b'P', b'X', b'E']
+            &[1, 4, 255, 255, 255, 0, 51, 4, 0, 0, 0x0e, 0x10, 53, 1, 2, 60, 3, b'P', b'X', b'E']
         );
+        assert_eq!(t.lease_secs, 3600, "the kernel learns the lease it grants");
         assert_eq!(t.hostname_at, 6);
         // No option above 97: option 97 goes last.
         assert_eq!(t.uuid_at, t.opts_len);
@@ -621,5 +632,19 @@ profile = "a"
         );
         assert_eq!(h1.ip, [10, 0, 0, 11]);
         assert_eq!((h1.net, h1.mask), ([10, 0, 0, 0], [255, 255, 255, 0]));
+        // Each template knows the lease its reply grants, host-level options included.
+        let lease_of = |n: u8| {
+            let g = group(n);
+            let leases: Vec<u32> = d
+                .templates
+                .iter()
+                .filter(|(k, _)| k.group == g)
+                .map(|(_, t)| t.lease_secs)
+                .collect();
+            assert!(leases.windows(2).all(|w| w[0] == w[1]), "{leases:?}");
+            leases[0]
+        };
+        assert_eq!(lease_of(4), 60);
+        assert_ne!(lease_of(1), 0);
     }
 }

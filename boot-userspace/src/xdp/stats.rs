@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Mutex};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use bootfabric_abi::{
     action_name, class_name,
-    dhcp::{stat_labels, MAP_STATS, STAT_COUNT, STAT_EVENTS_LOST},
+    dhcp::{stat_labels, MAP_STATS, STAT_ACK_UNREPORTED, STAT_COUNT, STAT_EVENTS_LOST},
     CounterKey, Counters, ACTION_PASS, CLASS_COUNT, MAP_COUNTERS,
 };
 use prometheus::{
@@ -27,6 +27,7 @@ pub struct XdpStats {
     dhcp: Option<Mutex<PerCpuArray<MapData, u64>>>,
     dhcp_packets: IntCounterVec,
     events_lost: prometheus::IntCounter,
+    acks_unreported: prometheus::IntCounter,
 }
 
 impl XdpStats {
@@ -71,6 +72,12 @@ impl XdpStats {
             "Exchanges answered in the kernel whose event did not fit in the ring buffer.",
         )
         .map_err(|e| e.to_string())?;
+        let acks_unreported = prometheus::IntCounter::new(
+            "bootfabric_xdp_dhcp_acks_unreported_total",
+            "ACKs answered in the kernel without an event (so without a lease record): the \
+             host's same lease was reported less than half its lease time ago.",
+        )
+        .map_err(|e| e.to_string())?;
         for i in 0..STAT_COUNT {
             if let Some((a, r)) = stat_labels(i) {
                 dhcp_packets.with_label_values(&[a, r]);
@@ -93,6 +100,7 @@ impl XdpStats {
             dhcp,
             dhcp_packets,
             events_lost,
+            acks_unreported,
         })
     }
 
@@ -111,6 +119,11 @@ impl XdpStats {
                 None if i == STAT_EVENTS_LOST => {
                     self.events_lost.reset();
                     self.events_lost.inc_by(total);
+                    continue;
+                }
+                None if i == STAT_ACK_UNREPORTED => {
+                    self.acks_unreported.reset();
+                    self.acks_unreported.inc_by(total);
                     continue;
                 }
                 None => continue,
@@ -161,6 +174,7 @@ impl Collector for XdpStats {
         if self.dhcp.is_some() {
             d.extend(self.dhcp_packets.desc());
             d.extend(self.events_lost.desc());
+            d.extend(self.acks_unreported.desc());
         }
         d
     }
@@ -178,6 +192,7 @@ impl Collector for XdpStats {
                 self.refresh_dhcp(&m);
                 out.extend(self.dhcp_packets.collect());
                 out.extend(self.events_lost.collect());
+                out.extend(self.acks_unreported.collect());
             }
         }
         out
