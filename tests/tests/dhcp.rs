@@ -1060,3 +1060,161 @@ fn attack_corrupt_journal_line_refuses_start_and_repair_keeps_later_leases() {
         "{fresh:?}"
     );
 }
+
+/// An ext4 file system on a loop device in a temporary folder, for the daemon's state, that a
+/// test can freeze (FIFREEZE, as `fsfreeze` does): every write and fdatasync on it then blocks
+/// until it is thawed, as on a hung disk. Unmounted (which frees the loop device) on drop.
+struct FreezableFs {
+    mnt: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A frozen [`FreezableFs`]; thawed on drop. Declare it after the daemon, so that it is
+/// dropped (thawed) first: a process blocked on a frozen file system cannot even be killed.
+struct Frozen<'a>(&'a FreezableFs);
+
+impl FreezableFs {
+    fn new() -> Result<Self, String> {
+        let dir = TempDir::new()?;
+        let img = dir.path.join("state.img");
+        let mnt = dir.path.join("state");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(32 << 20))
+            .map_err(|e| e.to_string())?;
+        bootfabric_lab::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
+        bootfabric_lab::run(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt),
+        )?;
+        Ok(Self { mnt, _dir: dir })
+    }
+
+    fn freeze(&self) -> Result<Frozen<'_>, String> {
+        bootfabric_lab::run(Command::new("fsfreeze").arg("-f").arg(&self.mnt))?;
+        Ok(Frozen(self))
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = bootfabric_lab::run(Command::new("fsfreeze").arg("-u").arg(&self.0.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        if let Err(e) = bootfabric_lab::run(Command::new("umount").arg(&self.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+/// The journal's disk hangs (its file system frozen): REQUESTs get no ACK (their leases are
+/// not durable), at most `dhcp.commit_queue` records wait, commits beyond it are refused at
+/// once and those waiting time out, all counted; DISCOVERs and /metrics are still answered;
+/// once the disk is back, clients get their ACKs again.
+#[test]
+fn a_hung_journal_disk_withholds_acks_within_bounds_and_dhcp_keeps_answering() {
+    let t = "a_hung_journal_disk_withholds_acks_within_bounds_and_dhcp_keeps_answering";
+    if !require_root(t)
+        || !bootfabric_lab::require_programs(t, &["mkfs.ext4", "mount", "umount", "fsfreeze"])
+    {
+        return;
+    }
+    let fs = FreezableFs::new().expect("loop file system");
+    let lab = PairLab::new().expect("lab");
+    let cfg = config_with(
+        600,
+        "commit_delay_ms = 0\ncommit_queue = 4\ncommit_timeout_ms = 1000",
+        "",
+    )
+    .replace(
+        "state_dir = \"state\"",
+        &format!("state_dir = \"{}\"", fs.mnt.display()),
+    );
+    let daemon = Daemon::start(&lab.server, &cfg, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let mac = |i: u8| [0x52, 0x54, 0, 0x69, 0, i];
+    let before = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            c.lease(mac(0), 0x5700, Duration::from_secs(2))
+                .expect("socket")
+        })
+        .expect("client namespace");
+    assert!(matches!(before, Outcome::Ack(..)), "{before:?}");
+
+    let frozen = fs.freeze().expect("fsfreeze");
+    let (during, offered) = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            let during: Vec<Outcome> = (1..=12u8)
+                .map(|i| {
+                    c.lease(mac(i), 0x5700 + u32::from(i), Duration::from_millis(500))
+                        .expect("socket")
+                })
+                .collect();
+            let offered = c
+                .offer(mac(50), 0x5750, Duration::from_secs(5))
+                .expect("socket")
+                .map(|m| m.yiaddr());
+            (during, offered)
+        })
+        .expect("client namespace");
+    assert!(
+        during.iter().all(|o| *o == Outcome::NoAnswer),
+        "an ACK left without a durable lease: {during:?}"
+    );
+    assert!(
+        offered.is_some(),
+        "DISCOVER unanswered while the disk hangs"
+    );
+    let text = wait_for(WAIT, || {
+        let m = metrics(&lab, &daemon);
+        let refused = |r| metric(&m, "bootfabric_dhcp_commit_refused_total", &[("reason", r)]);
+        (refused("timeout") >= 1.0 && refused("queue_full") >= 1.0).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("refusals not counted:\n{}", metrics(&lab, &daemon)));
+    let in_flight = metric(&text, "bootfabric_dhcp_commits_in_flight", &[]);
+    assert!(
+        (1.0..=4.0).contains(&in_flight),
+        "{in_flight} commits in flight with dhcp.commit_queue = 4"
+    );
+    eprintln!(
+        "during the hang: in flight {in_flight}, refused queue_full {}, timeout {}",
+        metric(
+            &text,
+            "bootfabric_dhcp_commit_refused_total",
+            &[("reason", "queue_full")]
+        ),
+        metric(
+            &text,
+            "bootfabric_dhcp_commit_refused_total",
+            &[("reason", "timeout")]
+        ),
+    );
+
+    drop(frozen);
+    let after = wait_for(WAIT, || {
+        let got = lab
+            .client
+            .run(move || {
+                let c = Client::bind().expect("bind 68");
+                c.lease(mac(99), 0x5799, Duration::from_secs(2))
+                    .expect("socket")
+            })
+            .expect("client namespace");
+        matches!(got, Outcome::Ack(..)).then_some(got)
+    });
+    assert!(
+        after.is_some(),
+        "no ACK after the disk came back:\n{}",
+        daemon.log()
+    );
+}

@@ -125,6 +125,7 @@ struct Metrics {
     exhausted: IntCounterVec,
     commit_errors: prometheus::IntCounter,
     commit_refused: IntCounterVec,
+    commits_in_flight: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -194,7 +195,12 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(commit_errors.clone()))?;
+        let commits_in_flight = prometheus::IntGauge::new(
+            "bootfabric_dhcp_commits_in_flight",
+            "Lease records queued for or being written to the journal (at most dhcp.commit_queue).",
+        )?;
         r.register(Box::new(commit_refused.clone()))?;
+        r.register(Box::new(commits_in_flight.clone()))?;
         Ok(Self {
             packets,
             dropped,
@@ -205,6 +211,7 @@ impl Metrics {
             exhausted,
             commit_errors,
             commit_refused,
+            commits_in_flight,
         })
     }
 }
@@ -457,6 +464,9 @@ impl DhcpService {
     }
 
     fn refresh_gauges(&self, now: u64) {
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
         let Ok(mut s) = self.server.lock() else {
             return;
         };
@@ -673,7 +683,11 @@ impl DhcpService {
     /// Makes `record` durable; false (and counted) if it could not be.
     async fn commit(&self, record: LeaseRecord) -> bool {
         let t0 = Instant::now();
-        let refused = match self.committer.commit(record).await {
+        let result = self.committer.commit(record).await;
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
+        let refused = match result {
             Ok(()) => {
                 self.metrics.commit.observe(t0.elapsed().as_secs_f64());
                 return true;
