@@ -785,6 +785,26 @@ pub fn encode_reply(msg: &dhcproto::v4::Message) -> Result<Vec<u8>, dhcproto::er
     Ok(out)
 }
 
+/// For `bootfabric check`: why `dhcp` trusts relays it should not, if it does (relayed
+/// subnets configured but `dhcp.relays` unset, so any machine may set a giaddr).
+pub fn unguarded_relays(dhcp: &crate::config::DhcpConfig) -> Option<String> {
+    if dhcp.guards.relays.is_some() {
+        return None;
+    }
+    let relayed: Vec<String> = dhcp
+        .subnets
+        .iter()
+        .filter(|s| s.interface.is_none())
+        .map(|s| s.net.to_string())
+        .collect();
+    (!relayed.is_empty()).then(|| {
+        format!(
+            "unset: relayed requests for {} are accepted from any source address",
+            relayed.join(", ")
+        )
+    })
+}
+
 /// Reads the live leases for `bootfabric leases` (works while the daemon runs).
 pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalError> {
     journal::read_live(path)
@@ -830,5 +850,28 @@ pub fn repair_leases(config: &Config) -> i32 {
             eprintln!("bootfabric: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_warns_about_relayed_subnets_without_relays() {
+        let dhcp = |keys: &str| {
+            let w: crate::config::wire::Dhcp = toml::from_str(keys).expect("toml");
+            crate::config::DhcpConfig::from_wire(&w).expect("valid")
+        };
+        let local = "[[subnets]]\ncidr = \"10.77.0.0/24\"\ninterface = \"fabric0\"\n";
+        let relayed = "[[subnets]]\ncidr = \"10.88.0.0/24\"\n";
+        assert_eq!(unguarded_relays(&dhcp(local)), None);
+        let why = unguarded_relays(&dhcp(&format!("{local}{relayed}"))).expect("a warning");
+        assert!(
+            why.contains("10.88.0.0/24") && !why.contains("10.77.0.0/24"),
+            "{why}"
+        );
+        let guarded = format!("relays = [\"10.77.0.254\"]\n{local}{relayed}");
+        assert_eq!(unguarded_relays(&dhcp(&guarded)), None);
     }
 }
