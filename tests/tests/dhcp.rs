@@ -886,6 +886,14 @@ fn attack_decline_flood_cannot_exhaust_the_pool() {
         .lines()
         .filter(|l| l.contains("declined"))
         .count();
+    eprintln!(
+        "{sent} DECLINEs sent: {declined} addresses declined, {} refused",
+        metric(
+            &text,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "decline_rate_limited")]
+        )
+    );
     assert!(
         declined <= 20,
         "{declined} of {POOL} addresses declined by one client ({sent} DECLINEs sent)"
