@@ -49,6 +49,9 @@ pub enum Command {
     },
     /// List the DHCP leases in the lease journal (safe while the daemon runs).
     Leases {
+        /// What to do instead of listing.
+        #[command(subcommand)]
+        action: Option<LeasesAction>,
         /// Config file (TOML).
         #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
         config: PathBuf,
@@ -64,6 +67,19 @@ pub enum Command {
     /// Admin API credentials (`admin token create`).
     #[command(subcommand)]
     Admin(crate::admin::cli::AdminCommand),
+}
+
+/// `bootfabric leases` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LeasesAction {
+    /// Repair a lease journal the daemon refuses to start on: keeps a copy of it
+    /// (`<journal>.corrupt-<unix time>`), drops the damaged lines and prints them. The daemon
+    /// must be stopped.
+    Repair {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -119,7 +135,18 @@ pub fn run(cli: Cli) -> i32 {
             }
             Err(e) => config_error(&e),
         },
-        Command::Leases { config, all } => match Config::load(&config) {
+        Command::Leases {
+            action: Some(LeasesAction::Repair { config }),
+            ..
+        } => match Config::load(&config) {
+            Ok(cfg) => crate::dhcp::repair_leases(&cfg),
+            Err(e) => config_error(&e),
+        },
+        Command::Leases {
+            config,
+            all,
+            action: None,
+        } => match Config::load(&config) {
             Ok(cfg) => crate::explain::leases(&cfg, all),
             Err(e) => config_error(&e),
         },

@@ -130,7 +130,12 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
         iface: &iface,
         server_ip,
         port: dhcp::server::SERVER_PORT,
-        peer: std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::server::CLIENT_PORT),
+        // A relayed request is taken as sent from its giaddr (what `dhcp.relays` is checked
+        // against); a direct one from a client without an address.
+        peer: match args.giaddr {
+            Some(g) => std::net::SocketAddrV4::new(g, dhcp::server::SERVER_PORT),
+            None => std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::server::CLIENT_PORT),
+        },
     };
     match server.subnet_for(&msg, &ingress) {
         Some(i) => println!(

@@ -39,9 +39,44 @@ fn encode(m: &Message) -> Vec<u8> {
 impl Client {
     /// Binds 0.0.0.0:68 with broadcast on. Call inside the client namespace.
     pub fn bind() -> std::io::Result<Self> {
-        let sock = UdpSocket::bind("0.0.0.0:68")?;
+        Self::bind_port(68)
+    }
+
+    /// Binds 0.0.0.0:`port` with broadcast on: 68 to act as a client, 67 to act as a relay
+    /// agent (a server answers relayed requests to giaddr:67). Call inside a namespace.
+    pub fn bind_port(port: u16) -> std::io::Result<Self> {
+        let sock = UdpSocket::bind(("0.0.0.0", port))?;
         sock.set_broadcast(true)?;
         Ok(Self { sock })
+    }
+
+    /// A request of `kind` from `mac` with the broadcast flag, for tests to craft further
+    /// (giaddr, ciaddr, options) before [`Client::send_to`].
+    pub fn message(mac: [u8; 6], xid: u32, kind: MessageType) -> Message {
+        Self::request(mac, xid, kind)
+    }
+
+    /// Sends `m` to `dest` as it is.
+    pub fn send_to(&self, m: &Message, dest: SocketAddr) -> std::io::Result<()> {
+        self.sock.send_to(&encode(m), dest).map(|_| ())
+    }
+
+    /// Waits (bounded by `wait`) for any reply with `xid`.
+    pub fn reply(&self, xid: u32, wait: Duration) -> Option<Message> {
+        self.recv(xid, wait)
+    }
+
+    /// DISCOVER (broadcast, one try) and the address of the OFFER it gets within `wait`.
+    pub fn offer(
+        &self,
+        mac: [u8; 6],
+        xid: u32,
+        wait: Duration,
+    ) -> std::io::Result<Option<Message>> {
+        self.send(&Self::request(mac, xid, MessageType::Discover))?;
+        Ok(self
+            .recv(xid, wait)
+            .filter(|m| m.opts().msg_type() == Some(MessageType::Offer)))
     }
 
     fn request(mac: [u8; 6], xid: u32, kind: MessageType) -> Message {

@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use dhcproto::v4::{DhcpOption, MessageType};
+
 use bootfabric_lab::{
     dhcp_client::{Client, Outcome},
     have_program, require, require_root, veth, wait_for, Daemon, Netns, PairLab, TempDir,
@@ -32,6 +34,11 @@ fn config(extra: &str) -> String {
 
 /// The standard lab config with a given lease time (short leases make clients renew soon).
 fn config_with_lease(lease: u32, extra: &str) -> String {
+    config_with(lease, "", extra)
+}
+
+/// The standard lab config with keys of its own in `[dhcp]` (`dhcp_keys`).
+fn config_with(lease: u32, dhcp_keys: &str, extra: &str) -> String {
     format!(
         r#"
 [daemon]
@@ -43,6 +50,7 @@ interfaces = ["fabric0"]
 listen = "127.0.0.1:0"
 [dhcp]
 rate_limit = 1000
+{dhcp_keys}
 [dhcp.options]
 dns = ["10.77.0.53"]
 domain = "rack1.example"
@@ -425,8 +433,13 @@ cidr = "10.88.0.0/24"
 pools = ["10.88.0.100-10.88.0.150"]
 options = { router = "10.88.0.1" }
 "#;
-    let daemon =
-        Daemon::start(&server, &config(relayed), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    // Only the relay's address may relay (dhcp.relays): dhcrelay sends from 10.77.0.254.
+    let daemon = Daemon::start(
+        &server,
+        &config_with(600, r#"relays = ["10.77.0.254"]"#, relayed),
+        &[("hosts.toml", INVENTORY)],
+    )
+    .expect("daemon");
     let _relay = Kill(
         relay
             .command("dhcrelay")
@@ -605,5 +618,611 @@ fn explain_names_the_rule_behind_each_part() {
     assert!(
         out.contains("10.77.0.100") && out.contains("not a PXE"),
         "{out}"
+    );
+}
+
+// ---- Attacks from a machine on the provisioning network (issue 14, items 7 and 8). ----
+
+const RELAYED: &str = r#"
+[[dhcp.subnets]]
+cidr = "10.88.0.0/24"
+pools = ["10.88.0.100-10.88.0.150"]
+options = { router = "10.88.0.1" }
+"#;
+
+fn metrics(lab: &PairLab, daemon: &Daemon) -> String {
+    let (status, body) =
+        bootfabric_lab::http_get(&lab.server, daemon.admin, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    bootfabric_lab::sample(text, name, labels).unwrap_or(0.0)
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// A machine that is not a relay agent sends a relayed DISCOVER (giaddr in a relayed subnet)
+/// as a relay would, to the server's address: with `dhcp.relays` set it gets no offer and
+/// takes no address of that subnet. The same packet from the listed relay address is served.
+#[test]
+fn attack_relayed_discover_from_an_unlisted_source_gets_no_offer() {
+    let t = "attack_relayed_discover_from_an_unlisted_source_gets_no_offer";
+    if !require_root(t) {
+        return;
+    }
+    let lab = PairLab::new().expect("lab");
+    // The attacker (10.77.0.2) also answers for the giaddr it forges, so that an offer sent
+    // to giaddr:67 comes back to it: what a rogue machine on the fabric can do.
+    lab.server
+        .ip(&["route", "add", "10.88.0.0/24", "via", "10.77.0.2"])
+        .expect("route");
+    lab.client
+        .ip(&["addr", "add", "10.88.0.1/32", "dev", "client0"])
+        .expect("giaddr");
+    let daemon = Daemon::start(
+        &lab.server,
+        &config_with(600, r#"relays = ["10.77.0.254"]"#, RELAYED),
+        &[("hosts.toml", INVENTORY)],
+    )
+    .expect("daemon");
+    let relayed = |xid: u32| {
+        lab.client
+            .run(move || {
+                let c = Client::bind_port(67).expect("bind 67");
+                let mut m =
+                    Client::message([0x52, 0x54, 0, 0x66, 0, 1], xid, MessageType::Discover);
+                m.set_giaddr(Ipv4Addr::new(10, 88, 0, 1)).set_hops(1);
+                c.send_to(&m, "10.77.0.1:67".parse().expect("addr"))
+                    .expect("send");
+                c.reply(xid, Duration::from_secs(3))
+            })
+            .expect("client namespace")
+    };
+    let got = relayed(0x5101);
+    assert!(
+        got.is_none(),
+        "a relayed DISCOVER from 10.77.0.2 (not in dhcp.relays) was answered: {:?} offered",
+        got.map(|m| m.yiaddr())
+    );
+    let text = wait_for(WAIT, || {
+        let m = metrics(&lab, &daemon);
+        (metric(
+            &m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "relay_not_allowed")],
+        ) >= 1.0)
+            .then_some(m)
+    })
+    .unwrap_or_else(|| panic!("drop not counted:\n{}", metrics(&lab, &daemon)));
+    assert_eq!(
+        metric(
+            &text,
+            "bootfabric_dhcp_leases_active",
+            &[("subnet", "10.88.0.0/24")]
+        ),
+        0.0,
+        "an address of the relayed subnet was taken"
+    );
+    // The listed relay: the same packet from 10.77.0.254 is served.
+    lab.client
+        .ip(&["addr", "add", "10.77.0.254/24", "dev", "client0"])
+        .expect("relay address");
+    lab.client
+        .ip(&[
+            "route",
+            "add",
+            "10.77.0.1/32",
+            "dev",
+            "client0",
+            "src",
+            "10.77.0.254",
+        ])
+        .expect("source route");
+    let got = relayed(0x5102);
+    assert_eq!(
+        got.map(|m| m.yiaddr()),
+        Some(Ipv4Addr::new(10, 88, 0, 100)),
+        "the listed relay was not served:\n{}",
+        daemon.log()
+    );
+}
+
+/// A machine releases another host's lease: a RELEASE with the victim's chaddr and ciaddr,
+/// sent from the attacker's own address. The lease stays the victim's.
+#[test]
+fn attack_release_of_another_hosts_lease_is_ignored() {
+    let t = "attack_release_of_another_hosts_lease_is_ignored";
+    if !require_root(t) {
+        return;
+    }
+    let lab = PairLab::new().expect("lab");
+    let daemon =
+        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let victim = [0x52, 0x54, 0, 0x66, 0, 2];
+    let (leased, _) = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            match c
+                .lease(victim, 0x5201, Duration::from_secs(2))
+                .expect("socket")
+            {
+                Outcome::Ack(ip, server) => (ip, server),
+                other => panic!("victim not served: {other:?}"),
+            }
+        })
+        .expect("client namespace");
+    assert!(lease_lines(&daemon).contains(&mac_text(victim)));
+    // The attacker, at 10.77.0.2, forges the victim's RELEASE.
+    lab.client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            let mut m = Client::message(victim, 0x5202, MessageType::Release);
+            m.set_flags(Default::default()).set_ciaddr(leased);
+            m.opts_mut()
+                .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 1)));
+            c.send_to(&m, "10.77.0.1:67".parse().expect("addr"))
+                .expect("send");
+        })
+        .expect("client namespace");
+    // Wait until the server has handled it, whichever way it decided.
+    wait_for(WAIT, || {
+        let m = metrics(&lab, &daemon);
+        let handled = metric(
+            &m,
+            "bootfabric_dhcp_packets_total",
+            &[("type", "release"), ("outcome", "committed")],
+        ) + metric(
+            &m,
+            "bootfabric_dhcp_packets_total",
+            &[("type", "release"), ("outcome", "silent")],
+        ) + metric(
+            &m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "release_not_from_client")],
+        );
+        (handled >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("RELEASE never handled:\n{}", metrics(&lab, &daemon)));
+    let listed = lease_lines(&daemon);
+    assert!(
+        listed.contains(&mac_text(victim)) && listed.contains(&leased.to_string()),
+        "a RELEASE from 10.77.0.2 freed the lease of {leased}:\n{listed}"
+    );
+    // A new client does not get the victim's address.
+    let fresh = lab
+        .client
+        .run(|| {
+            let c = Client::bind().expect("bind 68");
+            c.lease([0x52, 0x54, 0, 0x66, 0, 3], 0x5203, Duration::from_secs(2))
+                .expect("socket")
+        })
+        .expect("client namespace");
+    assert!(
+        matches!(fresh, Outcome::Ack(ip, _) if ip != leased),
+        "{fresh:?}"
+    );
+    let m = metrics(&lab, &daemon);
+    assert!(
+        metric(
+            &m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "release_not_from_client")]
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+/// One client declines every address it is offered, walking the pool: only a handful of
+/// addresses are quarantined, the rest stay offerable, and the refused DECLINEs are counted.
+#[test]
+fn attack_decline_flood_cannot_exhaust_the_pool() {
+    let t = "attack_decline_flood_cannot_exhaust_the_pool";
+    if !require_root(t) {
+        return;
+    }
+    let lab = PairLab::new().expect("lab");
+    let daemon =
+        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    const POOL: u32 = 100;
+    let attacker = [0x52, 0x54, 0, 0x66, 0, 4];
+    let sent = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            let mut sent = 0u32;
+            for i in 0..POOL {
+                let Some(offer) = c
+                    .offer(attacker, 0x5300 + i, Duration::from_secs(2))
+                    .expect("socket")
+                else {
+                    // The pool is exhausted.
+                    break;
+                };
+                let mut d = Client::message(attacker, 0x5300 + i, MessageType::Decline);
+                d.opts_mut()
+                    .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+                d.opts_mut()
+                    .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 1)));
+                c.send_to(&d, "255.255.255.255:67".parse().expect("addr"))
+                    .expect("send");
+                sent += 1;
+            }
+            sent
+        })
+        .expect("client namespace");
+    // Every DECLINE handled, whichever way.
+    let text = wait_for(WAIT, || {
+        let m = metrics(&lab, &daemon);
+        let handled = metric(
+            &m,
+            "bootfabric_dhcp_packets_total",
+            &[("type", "decline"), ("outcome", "committed")],
+        ) + metric(
+            &m,
+            "bootfabric_dhcp_packets_total",
+            &[("type", "decline"), ("outcome", "silent")],
+        ) + metric(
+            &m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "decline_rate_limited")],
+        );
+        (handled >= f64::from(sent)).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{sent} DECLINEs not all handled:\n{}",
+            metrics(&lab, &daemon)
+        )
+    });
+    let declined = lease_lines_all(&daemon)
+        .lines()
+        .filter(|l| l.contains("declined"))
+        .count();
+    eprintln!(
+        "{sent} DECLINEs sent: {declined} addresses declined, {} refused",
+        metric(
+            &text,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "decline_rate_limited")]
+        )
+    );
+    assert!(
+        declined <= 20,
+        "{declined} of {POOL} addresses declined by one client ({sent} DECLINEs sent)"
+    );
+    let used = metric(
+        &text,
+        "bootfabric_dhcp_leases_active",
+        &[("subnet", "10.77.0.0/24")],
+    );
+    assert!(
+        used <= 25.0,
+        "{used} of {POOL} addresses in use after the flood"
+    );
+    assert!(
+        metric(
+            &text,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "decline_rate_limited")]
+        ) >= 1.0,
+        "{text}"
+    );
+    // Other clients are still served.
+    let outcomes = lab
+        .client
+        .run(|| {
+            let c = Client::bind().expect("bind 68");
+            (0..10u8)
+                .map(|i| {
+                    c.lease(
+                        [0x52, 0x54, 0, 0x67, 0, i],
+                        0x5400 + u32::from(i),
+                        Duration::from_secs(2),
+                    )
+                    .expect("socket")
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("client namespace");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Ack(..))),
+        "{outcomes:?}"
+    );
+}
+
+fn lease_lines_all(daemon: &Daemon) -> String {
+    daemon
+        .cli(&["leases", "--all"])
+        .expect("bootfabric leases --all")
+}
+
+/// A lease journal with a corrupt complete line in the middle (a flipped byte, not a
+/// crash's torn tail): the daemon refuses to start and says where and how to repair; the
+/// repair keeps a copy, drops only that line, and the acknowledged leases after it survive.
+#[test]
+fn attack_corrupt_journal_line_refuses_start_and_repair_keeps_later_leases() {
+    let t = "attack_corrupt_journal_line_refuses_start_and_repair_keeps_later_leases";
+    if !require_root(t) {
+        return;
+    }
+    let lab = PairLab::new().expect("lab");
+    let mut daemon =
+        Daemon::start(&lab.server, &config(""), &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let macs: Vec<[u8; 6]> = (1..=3u8).map(|i| [0x52, 0x54, 0, 0x68, 0, i]).collect();
+    let m2 = macs.clone();
+    let acked: Vec<Ipv4Addr> = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            m2.iter()
+                .enumerate()
+                .map(|(i, mac)| {
+                    match c
+                        .lease(*mac, 0x5500 + i as u32, Duration::from_secs(2))
+                        .expect("socket")
+                    {
+                        Outcome::Ack(ip, _) => ip,
+                        other => panic!("not served: {other:?}"),
+                    }
+                })
+                .collect()
+        })
+        .expect("client namespace");
+    daemon
+        .stop_with(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    let state = daemon.config_path().with_file_name("state");
+    let journal = state.join("leases.journal");
+    let original = std::fs::read_to_string(&journal).expect("journal");
+    // Flip one byte inside the second client's record (a line in the middle).
+    let victim = format!(" {} ", acked[1]);
+    let line_no = original
+        .lines()
+        .position(|l| l.contains(&victim))
+        .expect("second record")
+        + 1;
+    let offset: usize = original
+        .lines()
+        .take(line_no - 1)
+        .map(|l| l.len() + 1)
+        .sum();
+    let mut bytes = original.clone().into_bytes();
+    bytes[offset + 12] ^= 0x01;
+    std::fs::write(&journal, &bytes).expect("corrupt");
+
+    let refused = daemon.restart();
+    let Err(why) = refused else {
+        panic!(
+            "the daemon started on a journal with a corrupt line in the middle; leases now:\n{}",
+            lease_lines(&daemon)
+        );
+    };
+    eprintln!("refused as expected:\n{why}");
+    let at = format!("leases.journal:{line_no}:");
+    for want in [
+        at.as_str(),
+        &format!("byte offset {offset}"),
+        "bootfabric leases repair",
+    ] {
+        assert!(why.contains(want), "{want:?} missing from:\n{why}");
+    }
+
+    let out = daemon.cli(&["leases", "repair"]).expect("leases repair");
+    eprintln!("bootfabric leases repair:\n{out}");
+    assert!(
+        out.contains(&format!("line {line_no}")) && out.contains(&mac_text(macs[1])),
+        "{out}"
+    );
+    let copies: Vec<_> = std::fs::read_dir(&state)
+        .expect("state")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("leases.journal.corrupt-")
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "one copy of the original expected");
+    assert_eq!(std::fs::read(copies[0].path()).expect("copy"), bytes);
+
+    daemon.restart().expect("the repaired journal starts");
+    let listed = lease_lines(&daemon);
+    for (mac, ip) in [(macs[0], acked[0]), (macs[2], acked[2])] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.contains(&mac_text(mac)) && l.contains(&ip.to_string())),
+            "lease of {} lost:\n{listed}",
+            mac_text(mac)
+        );
+    }
+    // The last client's address is still its own, and nobody else gets it.
+    let last = (macs[2], acked[2]);
+    let (again, fresh) = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            let again = c
+                .reboot(last.0, 0x5600, last.1, Duration::from_secs(2))
+                .expect("socket");
+            let fresh = c
+                .lease([0x52, 0x54, 0, 0x68, 0, 9], 0x5601, Duration::from_secs(2))
+                .expect("socket");
+            (again, fresh)
+        })
+        .expect("client namespace");
+    assert!(
+        matches!(again, Outcome::Ack(ip, _) if ip == last.1),
+        "{again:?}"
+    );
+    assert!(
+        matches!(fresh, Outcome::Ack(ip, _) if ip != last.1 && ip != acked[0]),
+        "{fresh:?}"
+    );
+}
+
+/// An ext4 file system on a loop device in a temporary folder, for the daemon's state, that a
+/// test can freeze (FIFREEZE, as `fsfreeze` does): every write and fdatasync on it then blocks
+/// until it is thawed, as on a hung disk. Unmounted (which frees the loop device) on drop.
+struct FreezableFs {
+    mnt: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A frozen [`FreezableFs`]; thawed on drop. Declare it after the daemon, so that it is
+/// dropped (thawed) first: a process blocked on a frozen file system cannot even be killed.
+struct Frozen<'a>(&'a FreezableFs);
+
+impl FreezableFs {
+    fn new() -> Result<Self, String> {
+        let dir = TempDir::new()?;
+        let img = dir.path.join("state.img");
+        let mnt = dir.path.join("state");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(32 << 20))
+            .map_err(|e| e.to_string())?;
+        bootfabric_lab::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
+        bootfabric_lab::run(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt),
+        )?;
+        Ok(Self { mnt, _dir: dir })
+    }
+
+    fn freeze(&self) -> Result<Frozen<'_>, String> {
+        bootfabric_lab::run(Command::new("fsfreeze").arg("-f").arg(&self.mnt))?;
+        Ok(Frozen(self))
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = bootfabric_lab::run(Command::new("fsfreeze").arg("-u").arg(&self.0.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        if let Err(e) = bootfabric_lab::run(Command::new("umount").arg(&self.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+/// The journal's disk hangs (its file system frozen): REQUESTs get no ACK (their leases are
+/// not durable), at most `dhcp.commit_queue` records wait, commits beyond it are refused at
+/// once and those waiting time out, all counted; DISCOVERs and /metrics are still answered;
+/// once the disk is back, clients get their ACKs again.
+#[test]
+fn a_hung_journal_disk_withholds_acks_within_bounds_and_dhcp_keeps_answering() {
+    let t = "a_hung_journal_disk_withholds_acks_within_bounds_and_dhcp_keeps_answering";
+    if !require_root(t)
+        || !bootfabric_lab::require_programs(t, &["mkfs.ext4", "mount", "umount", "fsfreeze"])
+    {
+        return;
+    }
+    let fs = FreezableFs::new().expect("loop file system");
+    let lab = PairLab::new().expect("lab");
+    let cfg = config_with(
+        600,
+        "commit_delay_ms = 0\ncommit_queue = 4\ncommit_timeout_ms = 1000",
+        "",
+    )
+    .replace(
+        "state_dir = \"state\"",
+        &format!("state_dir = \"{}\"", fs.mnt.display()),
+    );
+    let daemon = Daemon::start(&lab.server, &cfg, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let mac = |i: u8| [0x52, 0x54, 0, 0x69, 0, i];
+    let before = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            c.lease(mac(0), 0x5700, Duration::from_secs(2))
+                .expect("socket")
+        })
+        .expect("client namespace");
+    assert!(matches!(before, Outcome::Ack(..)), "{before:?}");
+
+    let frozen = fs.freeze().expect("fsfreeze");
+    let (during, offered) = lab
+        .client
+        .run(move || {
+            let c = Client::bind().expect("bind 68");
+            let during: Vec<Outcome> = (1..=12u8)
+                .map(|i| {
+                    c.lease(mac(i), 0x5700 + u32::from(i), Duration::from_millis(500))
+                        .expect("socket")
+                })
+                .collect();
+            let offered = c
+                .offer(mac(50), 0x5750, Duration::from_secs(5))
+                .expect("socket")
+                .map(|m| m.yiaddr());
+            (during, offered)
+        })
+        .expect("client namespace");
+    assert!(
+        during.iter().all(|o| *o == Outcome::NoAnswer),
+        "an ACK left without a durable lease: {during:?}"
+    );
+    assert!(
+        offered.is_some(),
+        "DISCOVER unanswered while the disk hangs"
+    );
+    let text = wait_for(WAIT, || {
+        let m = metrics(&lab, &daemon);
+        let refused = |r| metric(&m, "bootfabric_dhcp_commit_refused_total", &[("reason", r)]);
+        (refused("timeout") >= 1.0 && refused("queue_full") >= 1.0).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("refusals not counted:\n{}", metrics(&lab, &daemon)));
+    let in_flight = metric(&text, "bootfabric_dhcp_commits_in_flight", &[]);
+    assert!(
+        (1.0..=4.0).contains(&in_flight),
+        "{in_flight} commits in flight with dhcp.commit_queue = 4"
+    );
+    eprintln!(
+        "during the hang: in flight {in_flight}, refused queue_full {}, timeout {}",
+        metric(
+            &text,
+            "bootfabric_dhcp_commit_refused_total",
+            &[("reason", "queue_full")]
+        ),
+        metric(
+            &text,
+            "bootfabric_dhcp_commit_refused_total",
+            &[("reason", "timeout")]
+        ),
+    );
+
+    drop(frozen);
+    let after = wait_for(WAIT, || {
+        let got = lab
+            .client
+            .run(move || {
+                let c = Client::bind().expect("bind 68");
+                c.lease(mac(99), 0x5799, Duration::from_secs(2))
+                    .expect("socket")
+            })
+            .expect("client namespace");
+        matches!(got, Outcome::Ack(..)).then_some(got)
+    });
+    assert!(
+        after.is_some(),
+        "no ACK after the disk came back:\n{}",
+        daemon.log()
     );
 }

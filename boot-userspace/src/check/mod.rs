@@ -118,6 +118,10 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
     items.extend(local::ports(config));
     items.extend(local::files(config, !skip.checksums));
     items.extend(local::disk(config));
+    if let Some(why) = config.dhcp.as_ref().and_then(crate::dhcp::unguarded_relays) {
+        let fix = "list the relay agents' source addresses in dhcp.relays";
+        items.push(Item::warn("dhcp.relays", why, fix));
+    }
     if !skip.xdp {
         items.extend(probe::xdp(config));
     }

@@ -170,6 +170,120 @@ pub struct DhcpConfig {
     pub options: OptionSet,
     /// Subnets, in config order.
     pub subnets: Vec<SubnetConfig>,
+    /// What the server accepts from whom, and how much it lets storage fall behind.
+    pub guards: DhcpGuards,
+}
+
+/// Limits on what the provisioning network may make the server do: which relays it
+/// trusts, how many DECLINEs it takes, and how far lease commits may queue behind a slow
+/// disk. `Default` is the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpGuards {
+    /// `dhcp.relays`: when set, relayed requests (giaddr set) are accepted only from these
+    /// source addresses; `None` trusts a giaddr from anyone.
+    pub relays: Option<Vec<Ipv4Net>>,
+    /// `dhcp.decline_burst`: DECLINEs a subnet takes at once.
+    pub decline_burst: u32,
+    /// `dhcp.decline_per_hour`: the rate a subnet's DECLINE bucket refills.
+    pub decline_per_hour: u32,
+    /// `dhcp.commit_queue`: lease commits in flight before new ones are refused.
+    pub commit_queue: u32,
+    /// `dhcp.commit_timeout_ms`: how long an ACK waits for its lease to be durable.
+    pub commit_timeout: std::time::Duration,
+}
+
+impl Default for DhcpGuards {
+    fn default() -> Self {
+        Self {
+            relays: None,
+            decline_burst: 10,
+            decline_per_hour: 60,
+            commit_queue: 4096,
+            commit_timeout: std::time::Duration::from_millis(3000),
+        }
+    }
+}
+
+impl DhcpGuards {
+    /// Validates the guard keys of `[dhcp]`; `commit_delay_ms` is the validated group-commit
+    /// window, which a commit timeout must leave room for.
+    fn from_wire(w: &wire::Dhcp, commit_delay_ms: u32) -> Result<Self, KeyError> {
+        let d = Self::default();
+        let relays = w
+            .relays
+            .as_ref()
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let key = format!("dhcp.relays[{i}]");
+                        let net = if r.contains('/') {
+                            super::parse_cidr(r).map_err(|why| (key.clone(), why))?
+                        } else {
+                            let ip: std::net::IpAddr = r.parse().map_err(|_| {
+                                (key.clone(), format!("{r:?} is not an IP address or CIDR"))
+                            })?;
+                            ipnet::IpNet::from(ip)
+                        };
+                        match net {
+                            ipnet::IpNet::V4(n) => Ok(n),
+                            ipnet::IpNet::V6(_) => Err((key, format!("{r:?} is not IPv4"))),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let positive = |key: &str, v: Option<u32>, default: u32, max: u32| {
+            let v = v.unwrap_or(default);
+            if v == 0 || v > max {
+                return Err((key.to_owned(), format!("{v} is not between 1 and {max}")));
+            }
+            Ok(v)
+        };
+        let decline_burst = positive(
+            "dhcp.decline_burst",
+            w.decline_burst,
+            d.decline_burst,
+            100_000,
+        )?;
+        let decline_per_hour = positive(
+            "dhcp.decline_per_hour",
+            w.decline_per_hour,
+            d.decline_per_hour,
+            3_600_000,
+        )?;
+        let commit_queue = positive(
+            "dhcp.commit_queue",
+            w.commit_queue,
+            d.commit_queue,
+            1_000_000,
+        )?;
+        let timeout_ms = w
+            .commit_timeout_ms
+            .unwrap_or(d.commit_timeout.as_millis() as u32);
+        if !(100..=60_000).contains(&timeout_ms) || timeout_ms <= commit_delay_ms {
+            return Err((
+                "dhcp.commit_timeout_ms".to_owned(),
+                format!(
+                    "{timeout_ms} ms is not between 100 and 60000 ms and above dhcp.commit_delay_ms ({commit_delay_ms} ms)"
+                ),
+            ));
+        }
+        Ok(Self {
+            relays,
+            decline_burst,
+            decline_per_hour,
+            commit_queue,
+            commit_timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
+        })
+    }
+
+    /// Whether a relayed request from `source` may be served.
+    pub fn relay_allowed(&self, source: Ipv4Addr) -> bool {
+        self.relays
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&source)))
+    }
 }
 
 /// Default lease time when no level sets one.
@@ -256,6 +370,7 @@ impl DhcpConfig {
                 format!("{commit_delay_ms} ms would hold every ACK past a second"),
             ));
         }
+        let guards = DhcpGuards::from_wire(w, commit_delay_ms)?;
         Ok(Self {
             mode,
             commit_delay_ms,
@@ -263,6 +378,7 @@ impl DhcpConfig {
             rate_limit,
             options,
             subnets,
+            guards,
         })
     }
 }
@@ -373,6 +489,62 @@ impl BootSettings {
                 .uefi_http_arm64
                 .clone()
                 .or_else(|| below.uefi_http_arm64.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dhcp(keys: &str) -> Result<DhcpConfig, KeyError> {
+        let w: wire::Dhcp = toml::from_str(keys).expect("toml");
+        DhcpConfig::from_wire(&w)
+    }
+
+    #[test]
+    fn guards_have_defaults_and_bad_values_name_the_key() {
+        let d = dhcp("").expect("defaults");
+        assert_eq!(d.guards, DhcpGuards::default());
+        assert!(d.guards.relay_allowed(Ipv4Addr::new(192, 0, 2, 1)));
+        let d = dhcp(
+            "relays = [\"10.77.0.254\", \"10.99.0.0/16\"]\ndecline_burst = 3\ndecline_per_hour = 6\ncommit_queue = 64\ncommit_timeout_ms = 1500\n",
+        )
+        .expect("guards");
+        assert!(d.guards.relay_allowed(Ipv4Addr::new(10, 77, 0, 254)));
+        assert!(d.guards.relay_allowed(Ipv4Addr::new(10, 99, 3, 4)));
+        assert!(!d.guards.relay_allowed(Ipv4Addr::new(10, 77, 0, 2)));
+        assert_eq!(
+            (
+                d.guards.decline_burst,
+                d.guards.decline_per_hour,
+                d.guards.commit_queue
+            ),
+            (3, 6, 64)
+        );
+        assert_eq!(
+            d.guards.commit_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        let d = dhcp("relays = []\n").expect("no relay at all");
+        assert!(!d.guards.relay_allowed(Ipv4Addr::new(10, 77, 0, 254)));
+        for (text, key) in [
+            ("relays = [\"relay1\"]", "dhcp.relays[0]"),
+            ("relays = [\"10.0.0.1\", \"fd00::1\"]", "dhcp.relays[1]"),
+            ("relays = [\"10.0.0.0/33\"]", "dhcp.relays[0]"),
+            ("decline_burst = 0", "dhcp.decline_burst"),
+            ("decline_per_hour = 0", "dhcp.decline_per_hour"),
+            ("commit_queue = 0", "dhcp.commit_queue"),
+            ("commit_timeout_ms = 50", "dhcp.commit_timeout_ms"),
+            ("commit_timeout_ms = 90000", "dhcp.commit_timeout_ms"),
+            (
+                "commit_delay_ms = 500\ncommit_timeout_ms = 400",
+                "dhcp.commit_timeout_ms",
+            ),
+        ] {
+            let (k, why) = dhcp(text).expect_err(text);
+            assert_eq!(k, key, "{text}: {why}");
+            assert!(!why.is_empty());
         }
     }
 }

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::inventory::{Inventory, InventoryError};
 
+pub use dhcp::DhcpGuards;
 pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
 
 /// Default folder for durable state.

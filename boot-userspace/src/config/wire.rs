@@ -81,6 +81,16 @@ pub struct Dhcp {
     pub mode: Option<String>,
     /// Milliseconds the lease journal gathers ACKs before one fdatasync covers them all.
     pub commit_delay_ms: Option<u32>,
+    /// Relay agents (addresses or CIDRs) whose relayed requests (giaddr set) are accepted.
+    pub relays: Option<Vec<String>>,
+    /// DECLINEs a subnet accepts at once before the per-subnet bucket refuses them.
+    pub decline_burst: Option<u32>,
+    /// DECLINEs per hour a subnet's bucket refills.
+    pub decline_per_hour: Option<u32>,
+    /// Lease commits in flight (queued or being written) before new ones are refused.
+    pub commit_queue: Option<u32>,
+    /// Milliseconds a lease commit may take before its ACK is given up.
+    pub commit_timeout_ms: Option<u32>,
     /// `[dhcp.options]`: options for every subnet.
     #[serde(default)]
     pub options: DhcpOptions,

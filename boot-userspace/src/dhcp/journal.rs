@@ -11,9 +11,18 @@
 //!
 //! Fields: CRC32 (8 hex digits) of everything after the first space; state `B`ound,
 //! `R`eleased or `D`eclined; address; MAC; expiry in Unix seconds; host name or `-`. The
-//! last record per address wins. A crash can leave a torn last line (no newline, bad CRC,
-//! unparsable): [`Journal::open`] cuts the file back to the end of the last good line, so
-//! everything that was durable before the crash is kept and nothing half-written is trusted.
+//! last record per address wins. A crash can leave a torn last line (no newline):
+//! [`Journal::open`] cuts the file back to the end of the last complete line, so everything
+//! that was durable before the crash is kept and nothing half-written is trusted.
+//!
+//! A complete line (newline-terminated) that does not parse or fails its CRC is never a
+//! crash's doing (appends only ever tear the end): it is damage, and records after it may be
+//! acknowledged leases. Cutting there would forget them and hand their addresses out twice,
+//! so [`Journal::open`] refuses with the line, its byte offset and the way out, [`repair`]
+//! (`bootfabric leases repair`), which keeps a copy, drops only the bad lines and says which.
+//!
+//! The daemon holds an exclusive `flock` on the journal while it runs, so a repair (or a
+//! second daemon) cannot pull the file from under it.
 
 use std::{
     collections::HashMap,
@@ -21,7 +30,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
 };
 
 use tracing::warn;
@@ -73,6 +85,33 @@ pub enum JournalError {
     /// The committer thread is gone (the daemon is shutting down).
     #[error("the lease journal writer has stopped")]
     Stopped,
+    /// A complete line in the journal is damaged; the records after it are not to be
+    /// thrown away silently.
+    #[error(
+        "{path}:{line}: corrupt lease record at byte offset {offset} ({reason}); the records after it may be acknowledged leases, so the journal is not cut. Run `bootfabric leases repair` (it keeps a copy of the journal, drops the bad line and prints it)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+        /// Byte offset of the line's start.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Another process (a running daemon) holds the journal.
+    #[error("{path}: locked by another process (is bootfabric running? stop it first)")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Too many commits are waiting for the disk already (`dhcp.commit_queue`).
+    #[error("{0} lease commits are in flight already: refused")]
+    QueueFull(usize),
+    /// The commit did not become durable within `dhcp.commit_timeout_ms`.
+    #[error("lease record not durable within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl Fn(std::io::Error) -> JournalError + 'a {
@@ -107,29 +146,73 @@ fn encode(r: &LeaseRecord) -> String {
     format!("{:08x} {body}\n", crc32fast::hash(body.as_bytes()))
 }
 
-/// Parses one complete line (without its newline).
-fn decode(line: &str) -> Option<LeaseRecord> {
-    let (crc, body) = line.split_once(' ')?;
-    if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) || crc.len() != 8 {
-        return None;
+/// Parses one complete line (without its newline); the error says what is wrong.
+fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
+    const BAD: &str = "malformed record";
+    let (crc, body) = line.split_once(' ').ok_or(BAD)?;
+    let sum = u32::from_str_radix(crc, 16).map_err(|_| "checksum is not hexadecimal")?;
+    if crc.len() != 8 || sum != crc32fast::hash(body.as_bytes()) {
+        return Err("checksum mismatch");
     }
     let f: Vec<&str> = body.split(' ').collect();
     let [state, ip, mac, expires, host] = f.as_slice() else {
-        return None;
+        return Err(BAD);
     };
     let state = match *state {
         "B" => LeaseState::Bound,
         "R" => LeaseState::Released,
         "D" => LeaseState::Declined,
-        _ => return None,
+        _ => return Err(BAD),
     };
-    Some(LeaseRecord {
-        ip: ip.parse().ok()?,
-        mac: mac.parse().ok()?,
+    Ok(LeaseRecord {
+        ip: ip.parse().map_err(|_| BAD)?,
+        mac: mac.parse().map_err(|_| BAD)?,
         state,
-        expires: expires.parse().ok()?,
+        expires: expires.parse().map_err(|_| BAD)?,
         hostname: (*host != "-").then(|| (*host).to_owned()),
     })
+}
+
+/// One line of a journal as [`classify`] sees it.
+#[derive(Debug)]
+enum Line {
+    /// The header (or another comment before the first record).
+    Comment,
+    /// An empty line.
+    Empty,
+    /// A good record.
+    Record(LeaseRecord),
+    /// A complete line that is not a good record.
+    Bad(&'static str),
+    /// The last line, without its newline: a write the crash interrupted.
+    Torn,
+}
+
+/// Classifies one line as read (with its newline, if it has one); `records_before` is how
+/// many records came before it. Comments are allowed only before the first record: only
+/// the header is ever written, and a record whose first byte flipped to `#` must not pass
+/// for one.
+fn classify(raw: &[u8], records_before: usize) -> Line {
+    let Some(body) = raw.strip_suffix(b"\n") else {
+        return Line::Torn;
+    };
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Line::Bad("not UTF-8");
+    };
+    if text.is_empty() {
+        Line::Empty
+    } else if text.starts_with('#') {
+        if records_before == 0 {
+            Line::Comment
+        } else {
+            Line::Bad("a comment after the first record")
+        }
+    } else {
+        match decode(text) {
+            Ok(r) => Line::Record(r),
+            Err(why) => Line::Bad(why),
+        }
+    }
 }
 
 /// Result of scanning a journal: the live set, the record count and where good data ends.
@@ -145,7 +228,7 @@ fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
     let mut live = HashMap::new();
     let (mut records, mut good_len, mut torn) = (0, 0u64, false);
     let mut line = Vec::new();
-    loop {
+    for number in 1.. {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
@@ -153,24 +236,22 @@ fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
         if n == 0 {
             break;
         }
-        let complete = line.last() == Some(&b'\n');
-        let text = std::str::from_utf8(&line)
-            .ok()
-            .map(|t| t.trim_end_matches('\n'));
-        match text {
-            Some(t) if complete && t.starts_with('#') => {}
-            Some(t) if complete && !t.is_empty() => match decode(t) {
-                Some(r) => {
-                    records += 1;
-                    live.insert(r.ip, r);
-                }
-                None => {
-                    torn = true;
-                    break;
-                }
-            },
-            Some("") if complete => {}
-            _ => {
+        match classify(&line, records) {
+            Line::Comment | Line::Empty => {}
+            Line::Record(r) => {
+                records += 1;
+                live.insert(r.ip, r);
+            }
+            Line::Bad(reason) => {
+                return Err(JournalError::Corrupt {
+                    path: path.to_owned(),
+                    line: number,
+                    offset: good_len,
+                    reason,
+                })
+            }
+            Line::Torn => {
+                // `read_until` stops without a newline only at the end of the file.
                 torn = true;
                 break;
             }
@@ -209,12 +290,17 @@ pub struct Journal {
     /// Test hook: the next append writes only this many bytes and then fails.
     #[cfg(test)]
     fail_write_after: Option<usize>,
+    /// Test hook: every fdatasync first waits for a message (or the sender's drop) here, as
+    /// a hung disk would keep it waiting.
+    #[cfg(test)]
+    stall_sync: Option<mpsc::Receiver<()>>,
 }
 
 impl Journal {
-    /// Opens (creating if missing, with parent dirs) the journal at `path`, replays it, and
-    /// returns the live records: the last record per address, in address order. A torn or
-    /// corrupt tail is cut off (and logged); the records before it are kept.
+    /// Opens (creating if missing, with parent dirs) the journal at `path`, locks it, replays
+    /// it, and returns the live records: the last record per address, in address order. A
+    /// torn last line is cut off (and logged); the records before it are kept. A damaged
+    /// complete line anywhere is [`JournalError::Corrupt`]: see [`repair`].
     pub fn open(path: &Path) -> Result<(Journal, Vec<LeaseRecord>), JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir, "create folder"))?;
@@ -225,9 +311,10 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(io_err(path, "open"))?;
+        lock(path, &file)?;
         let s = scan(path, &file)?;
         if s.torn {
-            warn!(journal = %path.display(), kept = s.records, "lease journal has a torn or corrupt tail: cut back to the last complete record");
+            warn!(journal = %path.display(), kept = s.records, "lease journal ends in an incomplete line (a write cut short by a crash): cut back to the last complete record");
             file.set_len(s.good_len).map_err(io_err(path, "truncate"))?;
             file.sync_all().map_err(io_err(path, "fsync"))?;
         }
@@ -250,6 +337,8 @@ impl Journal {
             dir_dirty: false,
             #[cfg(test)]
             fail_write_after: None,
+            #[cfg(test)]
+            stall_sync: None,
         };
         Ok((journal, sorted(s.live)))
     }
@@ -293,6 +382,10 @@ impl Journal {
         self.file
             .write_all(buf)
             .map_err(io_err(&self.path, "write"))?;
+        #[cfg(test)]
+        if let Some(gate) = &self.stall_sync {
+            let _ = gate.recv();
+        }
         self.file
             .sync_data()
             .map_err(io_err(&self.path, "fdatasync"))?;
@@ -354,6 +447,8 @@ impl Journal {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err(&tmp, "create"))?;
+        // The new file must be ours (locked) the moment it takes the journal's name.
+        lock(&tmp, &f)?;
         let mut buf = String::from(HEADER);
         buf.extend(live.iter().map(encode));
         f.write_all(buf.as_bytes()).map_err(io_err(&tmp, "write"))?;
@@ -370,6 +465,26 @@ impl Journal {
     }
 }
 
+/// Takes the exclusive lock that says "a daemon writes this journal"; held until `file`
+/// is closed.
+fn lock(path: &Path, file: &File) -> Result<(), JournalError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor `file` owns and keeps open; no memory is passed.
+    // (`File::try_lock` would do, but it is newer than the workspace's rust-version.)
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(JournalError::Locked {
+            path: path.to_owned(),
+        })
+    } else {
+        Err(io_err(path, "lock")(e))
+    }
+}
+
 fn sync_dir(path: &Path) -> Result<(), JournalError> {
     let dir = path
         .parent()
@@ -380,7 +495,8 @@ fn sync_dir(path: &Path) -> Result<(), JournalError> {
         .map_err(io_err(dir, "fsync folder"))
 }
 
-/// Reads the live records without modifying the file; a torn tail is ignored.
+/// Reads the live records without modifying the file (nor locking it: this works while
+/// the daemon runs); a torn last line is ignored, a damaged one is an error.
 pub fn read_live(path: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -390,6 +506,113 @@ pub fn read_live(path: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
     Ok(sorted(scan(path, &file)?.live))
 }
 
+/// A line [`repair`] left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedLine {
+    /// Line number, from 1.
+    pub line: usize,
+    /// Byte offset of its start.
+    pub offset: u64,
+    /// Why it was dropped.
+    pub reason: &'static str,
+    /// Its bytes, escaped for printing (at most 200 characters).
+    pub text: String,
+}
+
+/// What [`repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    /// Records kept, in their order.
+    pub kept: usize,
+    /// Lines left out, in file order.
+    pub dropped: Vec<DroppedLine>,
+    /// The untouched original, when anything was dropped.
+    pub copy: Option<PathBuf>,
+}
+
+/// Repairs the journal at `path` for an operator: when any line is damaged (or the last one
+/// torn), keeps the original as `<path>.corrupt-<unix seconds>`, then replaces the journal
+/// (temp file, fsync, rename, fsync of the folder) with its good records, in their order,
+/// and reports the lines it left out. A sound journal is left alone. Refuses while a daemon
+/// holds the journal. `now` names the copy.
+pub fn repair(path: &Path, now: u64) -> Result<Repair, JournalError> {
+    let file = File::open(path).map_err(io_err(path, "open"))?;
+    lock(path, &file)?;
+    let mut reader = BufReader::new(&file);
+    let mut good = String::from(HEADER);
+    let (mut kept, mut offset, mut dropped) = (0usize, 0u64, Vec::new());
+    let mut raw = Vec::new();
+    for number in 1.. {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(io_err(path, "read"))?;
+        if n == 0 {
+            break;
+        }
+        let why = match classify(&raw, kept) {
+            Line::Comment | Line::Empty => None,
+            Line::Record(r) => {
+                kept += 1;
+                good.push_str(&encode(&r));
+                None
+            }
+            Line::Bad(reason) => Some(reason),
+            Line::Torn => Some("incomplete last line (a write cut short)"),
+        };
+        if let Some(reason) = why {
+            let text: String = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\n')
+                .escape_debug()
+                .take(200)
+                .collect();
+            dropped.push(DroppedLine {
+                line: number,
+                offset,
+                reason,
+                text,
+            });
+        }
+        offset += n as u64;
+    }
+    if dropped.is_empty() {
+        return Ok(Repair {
+            kept,
+            dropped,
+            copy: None,
+        });
+    }
+    let copy = (0..)
+        .map(|i| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(format!(".corrupt-{now}"));
+            if i > 0 {
+                p.push(format!(".{i}"));
+            }
+            PathBuf::from(p)
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| path.with_extension("corrupt"));
+    std::fs::copy(path, &copy).map_err(io_err(&copy, "copy"))?;
+    File::open(&copy)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&copy, "fsync"))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+    f.write_all(good.as_bytes())
+        .map_err(io_err(&tmp, "write"))?;
+    f.sync_all().map_err(io_err(&tmp, "fsync"))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path, "rename"))?;
+    sync_dir(path)?;
+    Ok(Repair {
+        kept,
+        dropped,
+        copy: Some(copy),
+    })
+}
+
 type Waiter = tokio::sync::oneshot::Sender<Result<(), JournalError>>;
 
 /// How long a batch of records nobody waits for gathers more before it is written: the XDP
@@ -397,11 +620,61 @@ type Waiter = tokio::sync::oneshot::Sender<Result<(), JournalError>>;
 /// second covers them all during a boot storm.
 pub const LAZY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Bounds on the commits in flight, so a hung disk costs refused ACKs, not memory.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitBounds {
+    /// Records queued or being written at most (`dhcp.commit_queue`); beyond it commits are
+    /// refused at once with [`JournalError::QueueFull`].
+    pub max_in_flight: usize,
+    /// How long [`Committer::commit`] waits for durability before it gives up with
+    /// [`JournalError::Timeout`] (`dhcp.commit_timeout_ms`).
+    pub timeout: std::time::Duration,
+}
+
+impl Default for CommitBounds {
+    fn default() -> Self {
+        let g = crate::config::DhcpGuards::default();
+        Self {
+            max_in_flight: g.commit_queue as usize,
+            timeout: g.commit_timeout,
+        }
+    }
+}
+
+/// A share of the in-flight bound, held by a job from submission until the writer has
+/// answered it (or dropped it unanswered), so a caller that timed out does not free the
+/// room its record still takes in the queue.
+#[derive(Debug)]
+struct Permit {
+    count: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Permit {
+    fn take(count: &Arc<AtomicUsize>, n: usize, max: usize) -> Option<Permit> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur + n <= max).then_some(cur + n)
+            })
+            .ok()?;
+        Some(Permit {
+            count: Arc::clone(count),
+            n,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
 enum Job {
-    Commit(LeaseRecord, Waiter),
+    Commit(LeaseRecord, Waiter, Permit),
     /// Records without waiting: written with the next batch, which waits up to
     /// [`LAZY_WINDOW`] for company when it holds nothing but these.
-    Record(Vec<LeaseRecord>),
+    Record(Vec<LeaseRecord>, Permit),
     /// Write what came before, then stop; later jobs fail with `Stopped`.
     Stop,
     #[cfg(test)]
@@ -417,6 +690,8 @@ enum Job {
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    in_flight: Arc<AtomicUsize>,
+    bounds: CommitBounds,
 }
 
 impl Committer {
@@ -424,8 +699,14 @@ impl Committer {
     ///
     /// `delay` is how long the writer keeps gathering records after the first of a batch
     /// before it writes and syncs them (zero: write at once). A few milliseconds cost a DHCP
-    /// client nothing and let one fdatasync cover many ACKs even at modest rates.
-    pub fn start(journal: Journal, live: &[LeaseRecord], delay: std::time::Duration) -> Committer {
+    /// client nothing and let one fdatasync cover many ACKs even at modest rates. `bounds`
+    /// caps the records in flight and the time a commit may take.
+    pub fn start(
+        journal: Journal,
+        live: &[LeaseRecord],
+        delay: std::time::Duration,
+        bounds: CommitBounds,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel();
         let live: HashMap<Ipv4Addr, LeaseRecord> = live.iter().map(|r| (r.ip, r.clone())).collect();
         let thread = std::thread::Builder::new()
@@ -437,25 +718,53 @@ impl Committer {
         Committer {
             tx,
             thread: Arc::new(Mutex::new(thread)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            bounds,
         }
     }
 
-    /// Makes `record` durable; resolves once it is fsync'd (or with the error).
+    fn permit(&self, n: usize) -> Result<Permit, JournalError> {
+        Permit::take(&self.in_flight, n, self.bounds.max_in_flight)
+            .ok_or(JournalError::QueueFull(self.bounds.max_in_flight))
+    }
+
+    /// Makes `record` durable; resolves once it is fsync'd (or with the error). Refused at
+    /// once when `max_in_flight` records wait already; gives up after `timeout` (the record
+    /// may still be written later: the caller only must not claim it durable).
     pub async fn commit(&self, record: LeaseRecord) -> Result<(), JournalError> {
+        let wait = self.submit(record)?;
+        match tokio::time::timeout(self.bounds.timeout, wait).await {
+            Ok(answer) => answer.map_err(|_| JournalError::Stopped)?,
+            Err(_) => Err(JournalError::Timeout(self.bounds.timeout)),
+        }
+    }
+
+    /// Queues `record` under a permit; the receiver gets the writer's answer.
+    fn submit(
+        &self,
+        record: LeaseRecord,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), JournalError>>, JournalError> {
+        let permit = self.permit(1)?;
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job::Commit(record, done))
+            .send(Job::Commit(record, done, permit))
             .map_err(|_| JournalError::Stopped)?;
-        wait.await.map_err(|_| JournalError::Stopped)?
+        Ok(wait)
     }
 
     /// Records `records` without waiting for them: they are written and synced with the next
     /// batch, within [`LAZY_WINDOW`]. For leases whose ACK has already left (the XDP fast
-    /// path's).
+    /// path's). They count against `max_in_flight` like commits.
     pub fn record(&self, records: Vec<LeaseRecord>) -> Result<(), JournalError> {
+        let permit = self.permit(records.len())?;
         self.tx
-            .send(Job::Record(records))
+            .send(Job::Record(records, permit))
             .map_err(|_| JournalError::Stopped)
+    }
+
+    /// Records queued or being written now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Stops the writer after it has flushed what was submitted (dropping every handle
@@ -495,10 +804,12 @@ fn writer(
     while !stop {
         let Ok(first) = rx.recv() else { break };
         let mut batch: Vec<(LeaseRecord, Option<Waiter>)> = Vec::new();
+        // Released once the batch is answered: until then its records hold their room.
+        let mut permits: Vec<Permit> = Vec::new();
         // A batch of lazy records waits longer; the first record someone waits for brings
         // the deadline back to `delay` from its arrival.
         let now = std::time::Instant::now();
-        let mut deadline = if matches!(first, Job::Record(_)) {
+        let mut deadline = if matches!(first, Job::Record(..)) {
             now + LAZY_WINDOW
         } else {
             now + delay
@@ -512,11 +823,15 @@ fn writer(
         };
         while let Some(j) = job.take().or_else(|| next(&rx, deadline)) {
             match j {
-                Job::Commit(r, w) => {
+                Job::Commit(r, w, p) => {
                     deadline = deadline.min(std::time::Instant::now() + delay);
                     batch.push((r, Some(w)));
+                    permits.push(p);
                 }
-                Job::Record(rs) => batch.extend(rs.into_iter().map(|r| (r, None))),
+                Job::Record(rs, p) => {
+                    batch.extend(rs.into_iter().map(|r| (r, None)));
+                    permits.push(p);
+                }
                 Job::Stop => {
                     stop = true;
                     break;
@@ -554,6 +869,7 @@ fn writer(
                 let _ = w.send(result.clone());
             }
         }
+        drop(permits);
     }
     // Every record taken from the queue has been written above; jobs still queued after a
     // `Stop` are dropped with `rx`, so their callers see `Stopped`, not a false success.
@@ -614,7 +930,8 @@ mod tests {
         for damage in [
             &b"1234"[..],
             b"deadbeef B 10.0.0.9 02:00:00:00:00:09 5 -",
-            b"\xff\xfe\n",
+            b"\xff\xfe",
+            b"\0\0\0\0",
         ] {
             let (_d, p) = tmp();
             let (mut j, _) = Journal::open(&p).expect("open");
@@ -640,22 +957,144 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flipped_byte_in_the_last_line_drops_only_that_line() {
-        let (_d, p) = tmp();
-        let (mut j, _) = Journal::open(&p).expect("open");
+    /// A journal of three records (lines 2 to 4 after the header) and its bytes.
+    fn three(p: &Path) -> Vec<u8> {
+        let (mut j, _) = Journal::open(p).expect("open");
         j.append(&[
             rec(1, 1, LeaseState::Bound, 100),
             rec(2, 2, LeaseState::Bound, 100),
+            rec(3, 3, LeaseState::Bound, 100),
         ])
         .expect("append");
         drop(j);
-        let mut bytes = std::fs::read(&p).expect("read");
-        let n = bytes.len();
-        bytes[n - 3] ^= 0x01;
+        std::fs::read(p).expect("read")
+    }
+
+    /// Byte offset of line `n` (from 1).
+    fn line_offset(bytes: &[u8], n: usize) -> usize {
+        bytes
+            .split_inclusive(|b| *b == b'\n')
+            .take(n - 1)
+            .map(<[u8]>::len)
+            .sum()
+    }
+
+    #[test]
+    fn a_damaged_complete_line_refuses_open_with_line_and_offset() {
+        // (line, byte within it to damage, replacement, expected reason)
+        for (line, at, with, reason) in [
+            (3, 12, None, "checksum mismatch"),
+            (4, 12, None, "checksum mismatch"),
+            (3, 0, Some(b'#'), "a comment after the first record"),
+            (2, 3, Some(0xff), "not UTF-8"),
+            (3, 4, Some(b'x'), "checksum is not hexadecimal"),
+        ] {
+            let (_d, p) = tmp();
+            let mut bytes = three(&p);
+            let off = line_offset(&bytes, line);
+            match with {
+                Some(b) => bytes[off + at] = b,
+                None => bytes[off + at] ^= 0x01,
+            }
+            std::fs::write(&p, &bytes).expect("write");
+            match Journal::open(&p) {
+                Err(JournalError::Corrupt {
+                    line: l,
+                    offset,
+                    reason: r,
+                    ..
+                }) => {
+                    assert_eq!((l, offset, r), (line, off as u64, reason));
+                }
+                Err(e) => panic!("line {line}: {e}"),
+                Ok(_) => panic!("line {line}: a damaged journal was opened"),
+            }
+            // Nothing was cut, and the listing refuses too rather than show a short list.
+            assert_eq!(std::fs::read(&p).expect("read"), bytes);
+            assert!(matches!(read_live(&p), Err(JournalError::Corrupt { .. })));
+        }
+        let (_d, p) = tmp();
+        let mut bytes = three(&p);
+        let off = line_offset(&bytes, 3);
+        bytes[off + 12] ^= 0x01;
         std::fs::write(&p, &bytes).expect("write");
-        let (_, live) = Journal::open(&p).expect("reopen");
-        assert_eq!(live, vec![rec(1, 1, LeaseState::Bound, 100)]);
+        let msg = Journal::open(&p).err().expect("refused").to_string();
+        assert!(
+            msg.contains(&format!(
+                "leases.journal:3: corrupt lease record at byte offset {off}"
+            )) && msg.contains("bootfabric leases repair"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn repair_keeps_a_copy_drops_only_bad_lines_and_the_rest_opens() {
+        let (d, p) = tmp();
+        let mut bytes = three(&p);
+        let off = line_offset(&bytes, 3);
+        bytes[off + 12] ^= 0x01;
+        // ... and a torn last line after the damage.
+        bytes.extend_from_slice(b"0123");
+        std::fs::write(&p, &bytes).expect("write");
+        let r = repair(&p, 1_700_000_000).expect("repair");
+        assert_eq!(r.kept, 2);
+        assert_eq!(
+            r.dropped
+                .iter()
+                .map(|x| (x.line, x.offset))
+                .collect::<Vec<_>>(),
+            vec![(3, off as u64), (5, (bytes.len() - 4) as u64)]
+        );
+        assert_eq!(r.dropped[0].reason, "checksum mismatch");
+        assert!(
+            r.dropped[0].text.contains("02:00:00:00:00:02"),
+            "{:?}",
+            r.dropped
+        );
+        let copy = r.copy.expect("a copy");
+        assert_eq!(
+            copy,
+            d.path().join("state/leases.journal.corrupt-1700000000")
+        );
+        assert_eq!(std::fs::read(&copy).expect("copy"), bytes);
+        let (_, live) = Journal::open(&p).expect("repaired journal opens");
+        assert_eq!(
+            live,
+            vec![
+                rec(1, 1, LeaseState::Bound, 100),
+                rec(3, 3, LeaseState::Bound, 100)
+            ]
+        );
+        // A sound journal is left alone; a second copy of the same second gets its own name.
+        let again = repair(&p, 1_700_000_000).expect("repair");
+        assert!(again.dropped.is_empty() && again.copy.is_none());
+        std::fs::write(&p, &bytes).expect("write");
+        let third = repair(&p, 1_700_000_000).expect("repair");
+        assert_eq!(
+            third.copy,
+            Some(d.path().join("state/leases.journal.corrupt-1700000000.1"))
+        );
+    }
+
+    #[test]
+    fn a_journal_in_use_is_neither_opened_twice_nor_repaired() {
+        let (_d, p) = tmp();
+        let (j, _) = Journal::open(&p).expect("open");
+        assert!(matches!(
+            Journal::open(&p),
+            Err(JournalError::Locked { .. })
+        ));
+        assert!(matches!(repair(&p, 1), Err(JournalError::Locked { .. })));
+        // The lock follows the file through a compaction.
+        let mut j = j;
+        j.compact(&[rec(1, 1, LeaseState::Bound, 1)])
+            .expect("compact");
+        assert!(matches!(
+            Journal::open(&p),
+            Err(JournalError::Locked { .. })
+        ));
+        drop(j);
+        assert!(Journal::open(&p).is_ok());
     }
 
     #[test]
@@ -768,7 +1207,7 @@ mod tests {
         };
         let line = encode(&r);
         assert_eq!(line.matches('\n').count(), 1);
-        assert_eq!(decode(line.trim_end()).and_then(|r| r.hostname), None);
+        assert_eq!(decode(line.trim_end()).ok().and_then(|r| r.hostname), None);
     }
 
     fn numbered(i: u32) -> LeaseRecord {
@@ -786,7 +1225,7 @@ mod tests {
     async fn concurrent_commits_are_all_durable() {
         let (_d, p) = tmp();
         let (j, live) = Journal::open(&p).expect("open");
-        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        let c = Committer::start(j, &live, std::time::Duration::ZERO, CommitBounds::default());
         let tasks: Vec<_> = (0..200u32)
             .map(|i| {
                 let c = c.clone();
@@ -809,7 +1248,7 @@ mod tests {
     async fn shutdown_flushes_and_stops_every_handle() {
         let (_d, p) = tmp();
         let (j, live) = Journal::open(&p).expect("open");
-        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        let c = Committer::start(j, &live, std::time::Duration::ZERO, CommitBounds::default());
         let other = c.clone();
         c.commit(numbered(1)).await.expect("durable");
         c.shutdown();
@@ -831,7 +1270,7 @@ mod tests {
         drop(j);
         let (j, live) = Journal::open(&p).expect("reopen");
         assert_eq!(j.len(), 10_000);
-        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        let c = Committer::start(j, &live, std::time::Duration::ZERO, CommitBounds::default());
         c.commit(rec(2, 2, LeaseState::Bound, 7))
             .await
             .expect("durable");
@@ -851,15 +1290,11 @@ mod tests {
     async fn commits_queued_during_a_flush_share_one_fdatasync() {
         let (_d, p) = tmp();
         let (j, live) = Journal::open(&p).expect("open");
-        let c = Committer::start(j, &live, std::time::Duration::ZERO);
+        let c = Committer::start(j, &live, std::time::Duration::ZERO, CommitBounds::default());
         // Hold the writer, as a running fdatasync would, while 200 commits queue up.
         let gate = c.pause();
         let waits: Vec<_> = (0..200u32)
-            .map(|i| {
-                let (done, wait) = tokio::sync::oneshot::channel();
-                c.tx.send(Job::Commit(numbered(i), done)).expect("queue");
-                wait
-            })
+            .map(|i| c.submit(numbered(i)).expect("queue"))
             .collect();
         drop(gate);
         for w in waits {
@@ -879,7 +1314,12 @@ mod tests {
     async fn lazy_records_ride_with_the_next_commit_and_survive_shutdown() {
         let (_d, p) = tmp();
         let (j, live) = Journal::open(&p).expect("open");
-        let c = Committer::start(j, &live, std::time::Duration::from_millis(5));
+        let c = Committer::start(
+            j,
+            &live,
+            std::time::Duration::from_millis(5),
+            CommitBounds::default(),
+        );
         let gate = c.pause();
         c.record(vec![numbered(1), numbered(2)]).expect("record");
         drop(gate);
@@ -901,5 +1341,74 @@ mod tests {
         for i in 1..=4 {
             assert!(ips.contains(&numbered(i).ip), "record {i} missing: {ips:?}");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_fdatasync_refuses_commits_beyond_the_bound_and_times_out() {
+        use std::time::Duration;
+        let (_d, p) = tmp();
+        let (mut j, live) = Journal::open(&p).expect("open");
+        let (release, gate) = mpsc::channel();
+        j.stall_sync = Some(gate);
+        let bounds = CommitBounds {
+            max_in_flight: 8,
+            timeout: Duration::from_millis(300),
+        };
+        let c = Committer::start(j, &live, Duration::ZERO, bounds);
+        let waiting: Vec<_> = (0..8u32)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.commit(numbered(i)).await })
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while c.in_flight() < 8 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("8 commits in flight");
+        // The disk hangs: the ninth commit and lazy records are refused at once.
+        assert!(matches!(
+            c.commit(numbered(100)).await,
+            Err(JournalError::QueueFull(8))
+        ));
+        assert!(matches!(
+            c.record(vec![numbered(101)]),
+            Err(JournalError::QueueFull(8))
+        ));
+        // The eight give up after the timeout: no ACK goes out for them.
+        for w in waiting {
+            assert!(matches!(
+                w.await.expect("task"),
+                Err(JournalError::Timeout(t)) if t == bounds.timeout
+            ));
+        }
+        // Their records still hold their room (they are queued or being written), so what
+        // the hang costs stays bounded however long it lasts.
+        assert_eq!(c.in_flight(), 8);
+        assert!(matches!(
+            c.commit(numbered(102)).await,
+            Err(JournalError::QueueFull(8))
+        ));
+        // The disk comes back: the room frees and commits are durable again.
+        drop(release);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while c.in_flight() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the queue drains once the disk answers");
+        c.commit(numbered(200))
+            .await
+            .expect("durable after the hang");
+        let ips: Vec<Ipv4Addr> = read_live(&p).expect("read").iter().map(|r| r.ip).collect();
+        assert!(
+            ips.contains(&numbered(200).ip) && ips.contains(&numbered(7).ip),
+            "{ips:?}"
+        );
+        assert!(!ips.contains(&numbered(100).ip) && !ips.contains(&numbered(102).ip));
+        c.shutdown();
     }
 }

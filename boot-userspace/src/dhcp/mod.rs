@@ -40,7 +40,7 @@ use crate::{
     xdp::fastpath::{FastPath, FastPathError, FastPathEvent, SyncReport},
 };
 use aya::maps::{MapData, RingBuf};
-use journal::{Committer, Journal, LeaseRecord, LeaseState};
+use journal::{CommitBounds, Committer, Journal, JournalError, LeaseRecord, LeaseState};
 use ratelimit::RateLimiter;
 use server::{Handled, Ingress, Server, PXE_PORT, SERVER_PORT};
 
@@ -59,6 +59,16 @@ pub enum DhcpError {
     /// The lease journal could not be opened.
     #[error("lease journal: {0}")]
     Journal(#[from] journal::JournalError),
+    /// The lease journal has a damaged line: the daemon does not start on it.
+    #[error(
+        "lease journal: {journal}\n  with this config: bootfabric leases repair --config {config}"
+    )]
+    CorruptJournal {
+        /// Where and what (not a `source`: the message says it all already).
+        journal: journal::JournalError,
+        /// The config file, for the repair command.
+        config: String,
+    },
     /// An interface has no IPv4 address to serve from.
     #[error(
         "interface {iface:?} has no IPv4 address: the DHCP server needs one as its identifier"
@@ -114,6 +124,8 @@ struct Metrics {
     pool: IntGaugeVec,
     exhausted: IntCounterVec,
     commit_errors: prometheus::IntCounter,
+    commit_refused: IntCounterVec,
+    commits_in_flight: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -175,7 +187,20 @@ impl Metrics {
         r.register(Box::new(leases.clone()))?;
         r.register(Box::new(pool.clone()))?;
         r.register(Box::new(exhausted.clone()))?;
+        let commit_refused = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_dhcp_commit_refused_total",
+                "Lease commits given up while storage lagged (their ACKs were not sent), by reason: queue_full (dhcp.commit_queue records in flight already) or timeout (not durable within dhcp.commit_timeout_ms).",
+            ),
+            &["reason"],
+        )?;
         r.register(Box::new(commit_errors.clone()))?;
+        let commits_in_flight = prometheus::IntGauge::new(
+            "bootfabric_dhcp_commits_in_flight",
+            "Lease records queued for or being written to the journal (at most dhcp.commit_queue).",
+        )?;
+        r.register(Box::new(commit_refused.clone()))?;
+        r.register(Box::new(commits_in_flight.clone()))?;
         Ok(Self {
             packets,
             dropped,
@@ -185,6 +210,8 @@ impl Metrics {
             pool,
             exhausted,
             commit_errors,
+            commit_refused,
+            commits_in_flight,
         })
     }
 }
@@ -221,6 +248,8 @@ pub struct DhcpService {
     subnets: Vec<String>,
     /// The XDP fast path's maps, kept in step with `server`.
     fast_path: Arc<Mutex<Option<FastPath>>>,
+    /// When a refused commit was last logged.
+    last_refusal_log: Mutex<Option<Instant>>,
 }
 
 /// Applies reloaded configurations to a running DHCP service.
@@ -259,7 +288,13 @@ impl DhcpService {
     ) -> Result<Self, DhcpError> {
         let metrics = Metrics::register(registry)?;
         let path = journal_path(config);
-        let (journal, live) = Journal::open(&path)?;
+        let (journal, live) = Journal::open(&path).map_err(|e| match e {
+            JournalError::Corrupt { .. } => DhcpError::CorruptJournal {
+                journal: e,
+                config: config.path.display().to_string(),
+            },
+            e => DhcpError::Journal(e),
+        })?;
         let now = unix_now();
         let server = Server::new(
             dhcp,
@@ -274,6 +309,10 @@ impl DhcpService {
             journal,
             &live,
             Duration::from_millis(u64::from(server.dhcp.commit_delay_ms)),
+            CommitBounds {
+                max_in_flight: server.dhcp.guards.commit_queue as usize,
+                timeout: server.dhcp.guards.commit_timeout,
+            },
         );
         let mut sockets = Vec::new();
         for iface in &config.interfaces {
@@ -309,6 +348,7 @@ impl DhcpService {
             ledger,
             subnets,
             fast_path: Arc::new(Mutex::new(None)),
+            last_refusal_log: Mutex::new(None),
         };
         svc.refresh_gauges(now);
         Ok(svc)
@@ -371,8 +411,16 @@ impl DhcpService {
         }
         // The ACKs have left already; their records follow within a second (one fdatasync
         // for a whole storm's worth). A reservation is its own durable truth meanwhile.
-        if !records.is_empty() && self.committer.record(records).is_err() {
-            self.metrics.commit_errors.inc();
+        if !records.is_empty() {
+            match self.committer.record(records) {
+                Ok(()) => {}
+                Err(JournalError::QueueFull(_)) => self
+                    .metrics
+                    .commit_refused
+                    .with_label_values(&["queue_full"])
+                    .inc(),
+                Err(_) => self.metrics.commit_errors.inc(),
+            }
         }
     }
 
@@ -421,6 +469,9 @@ impl DhcpService {
     }
 
     fn refresh_gauges(&self, now: u64) {
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
         let Ok(mut s) = self.server.lock() else {
             return;
         };
@@ -637,17 +688,43 @@ impl DhcpService {
     /// Makes `record` durable; false (and counted) if it could not be.
     async fn commit(&self, record: LeaseRecord) -> bool {
         let t0 = Instant::now();
-        match self.committer.commit(record).await {
+        let result = self.committer.commit(record).await;
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
+        let refused = match result {
             Ok(()) => {
                 self.metrics.commit.observe(t0.elapsed().as_secs_f64());
-                true
+                return true;
             }
+            Err(JournalError::QueueFull(_)) => "queue_full",
+            Err(JournalError::Timeout(_)) => "timeout",
             Err(e) => {
                 self.metrics.commit_errors.inc();
                 warn!(error = %e, "lease record not durable: reply withheld");
-                false
+                return false;
             }
+        };
+        self.metrics
+            .commit_refused
+            .with_label_values(&[refused])
+            .inc();
+        // Storage lags: this can happen for every request, so it is said once in a while.
+        let due = self.last_refusal_log.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        });
+        if due {
+            warn!(
+                reason = refused,
+                in_flight = self.committer.in_flight(),
+                "lease journal is not keeping up (a hung disk?): ACKs withheld, clients will retry"
+            );
         }
+        false
     }
 
     async fn send(&self, sock: &UdpSocket, out: &[u8], dest: SocketAddrV4) {
@@ -682,6 +759,8 @@ impl Reloader {
         server.inventory = config.inventory.clone();
         server.boot = config.boot.clone();
         server.dhcp.options = dhcp.options.clone();
+        // Relays and DECLINE limits apply at once; the commit bounds at the next start.
+        server.set_guards(dhcp.guards.clone());
         for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
             mine.options = new.options.clone();
         }
@@ -729,9 +808,72 @@ pub fn encode_reply(msg: &dhcproto::v4::Message) -> Result<Vec<u8>, dhcproto::er
     Ok(out)
 }
 
+/// For `bootfabric check`: why `dhcp` trusts relays it should not, if it does (relayed
+/// subnets configured but `dhcp.relays` unset, so any machine may set a giaddr).
+pub fn unguarded_relays(dhcp: &crate::config::DhcpConfig) -> Option<String> {
+    if dhcp.guards.relays.is_some() {
+        return None;
+    }
+    let relayed: Vec<String> = dhcp
+        .subnets
+        .iter()
+        .filter(|s| s.interface.is_none())
+        .map(|s| s.net.to_string())
+        .collect();
+    (!relayed.is_empty()).then(|| {
+        format!(
+            "unset: relayed requests for {} are accepted from any source address",
+            relayed.join(", ")
+        )
+    })
+}
+
 /// Reads the live leases for `bootfabric leases` (works while the daemon runs).
 pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalError> {
     journal::read_live(path)
+}
+
+/// `bootfabric leases repair`: repairs the journal of `config` (see [`journal::repair`])
+/// and prints what it did. Exit code 0 when the journal is sound now, 1 when it could not
+/// be repaired.
+pub fn repair_leases(config: &Config) -> i32 {
+    let path = journal_path(config);
+    if !path.exists() {
+        println!("{}: no lease journal: nothing to repair", path.display());
+        return 0;
+    }
+    match journal::repair(&path, unix_now()) {
+        Ok(r) if r.dropped.is_empty() => {
+            println!(
+                "{}: {} records, no damaged line: nothing to repair",
+                path.display(),
+                r.kept
+            );
+            0
+        }
+        Ok(r) => {
+            for d in &r.dropped {
+                println!(
+                    "dropped line {} (byte offset {}): {}: \"{}\"",
+                    d.line, d.offset, d.reason, d.text
+                );
+            }
+            if let Some(copy) = &r.copy {
+                println!("original kept as {}", copy.display());
+            }
+            println!(
+                "{}: {} records kept, {} line(s) dropped. A dropped record may have been a client's lease: check the addresses above before the daemon hands them out again.",
+                path.display(),
+                r.kept,
+                r.dropped.len()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("bootfabric: {e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]
@@ -784,5 +926,23 @@ mod tests {
         assert!(!repeats_live_lease(&t, &ack(1, 11, 300), 1000));
         // A longer one whose first half outlasts the live record: recorded.
         assert!(!repeats_live_lease(&t, &ack(1, 11, 3600), 1000));
+    }
+
+    #[test]
+    fn check_warns_about_relayed_subnets_without_relays() {
+        let dhcp = |keys: &str| {
+            let w: crate::config::wire::Dhcp = toml::from_str(keys).expect("toml");
+            crate::config::DhcpConfig::from_wire(&w).expect("valid")
+        };
+        let local = "[[subnets]]\ncidr = \"10.77.0.0/24\"\ninterface = \"fabric0\"\n";
+        let relayed = "[[subnets]]\ncidr = \"10.88.0.0/24\"\n";
+        assert_eq!(unguarded_relays(&dhcp(local)), None);
+        let why = unguarded_relays(&dhcp(&format!("{local}{relayed}"))).expect("a warning");
+        assert!(
+            why.contains("10.88.0.0/24") && !why.contains("10.77.0.0/24"),
+            "{why}"
+        );
+        let guarded = format!("relays = [\"10.77.0.254\"]\n{local}{relayed}");
+        assert_eq!(unguarded_relays(&dhcp(&guarded)), None);
     }
 }

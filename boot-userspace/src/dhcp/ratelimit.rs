@@ -1,4 +1,5 @@
-//! Per-client token buckets, so one noisy or hostile client cannot crowd out the others.
+//! Token buckets: per client, so one noisy or hostile client cannot crowd out the others;
+//! per subnet for DECLINEs, so no client can quarantine a whole pool.
 
 use std::collections::HashMap;
 
@@ -81,9 +82,77 @@ impl RateLimiter {
     }
 }
 
+/// One token bucket per subnet for DECLINEs: each accepted DECLINE quarantines an address
+/// for a lease time, so without a bound one client could decline its way through a whole
+/// pool (take an offer, decline it, take the next). Pure: the caller supplies the time.
+#[derive(Debug)]
+pub struct DeclineLimiter {
+    /// Tokens per second.
+    rate: f64,
+    burst: f64,
+    /// (tokens, last refill in Unix seconds), by subnet index; grown on first use.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl DeclineLimiter {
+    /// `burst` DECLINEs at once per subnet, refilled at `per_hour`.
+    pub fn new(burst: u32, per_hour: u32) -> Self {
+        Self {
+            rate: f64::from(per_hour) / 3600.0,
+            burst: f64::from(burst.max(1)),
+            buckets: Vec::new(),
+        }
+    }
+
+    /// Takes new limits, keeping each subnet's tokens (capped at the new burst).
+    pub fn reconfigure(&mut self, burst: u32, per_hour: u32) {
+        let fresh = Self::new(burst, per_hour);
+        self.rate = fresh.rate;
+        self.burst = fresh.burst;
+        for b in &mut self.buckets {
+            b.0 = b.0.min(fresh.burst);
+        }
+    }
+
+    /// Whether a DECLINE on `subnet` at Unix second `now` may quarantine an address.
+    pub fn allow(&mut self, subnet: usize, now: u64) -> bool {
+        if self.buckets.len() <= subnet {
+            self.buckets.resize(subnet + 1, (self.burst, now));
+        }
+        let b = &mut self.buckets[subnet];
+        let elapsed = now.saturating_sub(b.1) as f64;
+        b.0 = (b.0 + elapsed * self.rate).min(self.burst);
+        b.1 = b.1.max(now);
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declines_burst_then_refill_per_subnet() {
+        let mut d = DeclineLimiter::new(3, 60);
+        assert_eq!((0..10).filter(|_| d.allow(0, 1000)).count(), 3);
+        // Subnets are apart.
+        assert!(d.allow(1, 1000));
+        // One token a minute.
+        assert!(!d.allow(0, 1059));
+        assert!(d.allow(0, 1060));
+        assert!(!d.allow(0, 1060));
+        // A clock that steps back does not mint tokens.
+        assert!(!d.allow(0, 10));
+        assert!(!d.allow(0, 1061));
+        d.reconfigure(1, 3600);
+        assert!(d.allow(0, 1062));
+        assert!(!d.allow(0, 1062));
+    }
 
     #[test]
     fn bursts_then_refills_at_rate() {

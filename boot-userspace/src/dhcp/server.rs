@@ -9,10 +9,13 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, 
 use super::{
     journal::{LeaseRecord, LeaseState},
     policy::{self, BootDecision, ClientFacts},
+    ratelimit::DeclineLimiter,
     table::{LeaseTable, OFFER_HOLD_SECS},
     wire::DropReason,
 };
-use crate::config::{dhcp::DEFAULT_LEASE_TIME, BootSettings, DhcpConfig, DhcpMode, OptionSet};
+use crate::config::{
+    dhcp::DEFAULT_LEASE_TIME, BootSettings, DhcpConfig, DhcpGuards, DhcpMode, OptionSet,
+};
 use crate::inventory::{Host, Inventory, Mac};
 
 /// DHCP client and server ports.
@@ -76,6 +79,8 @@ pub struct Server {
     pub inventory: Inventory,
     /// Leases.
     pub table: LeaseTable,
+    /// DECLINE buckets per subnet (`dhcp.decline_burst`, `dhcp.decline_per_hour`).
+    declines: DeclineLimiter,
 }
 
 fn mac_of(msg: &Message) -> Mac {
@@ -111,12 +116,22 @@ impl Server {
         now: u64,
     ) -> Self {
         let table = LeaseTable::new(&dhcp.subnets, &inventory, live, now);
+        let declines = DeclineLimiter::new(dhcp.guards.decline_burst, dhcp.guards.decline_per_hour);
         Self {
             dhcp,
             boot,
             inventory,
             table,
+            declines,
         }
+    }
+
+    /// Applies reloaded guards: relays and DECLINE limits take effect at once (the commit
+    /// bounds belong to the journal writer, which keeps those it started with).
+    pub fn set_guards(&mut self, guards: DhcpGuards) {
+        self.declines
+            .reconfigure(guards.decline_burst, guards.decline_per_hour);
+        self.dhcp.guards = guards;
     }
 
     /// The subnet a request belongs to: by giaddr for relayed requests, else by the arrival
@@ -153,6 +168,11 @@ impl Server {
         let Some(kind) = msg.opts().msg_type() else {
             return Handled::Drop(DropReason::NoMessageType);
         };
+        // A giaddr picks the subnet and where the answer goes: only the relays the operator
+        // named may set it, or any machine could draw addresses from every relayed subnet.
+        if !msg.giaddr().is_unspecified() && !self.dhcp.guards.relay_allowed(*ingress.peer.ip()) {
+            return Handled::Drop(DropReason::RelayNotAllowed);
+        }
         if self.dhcp.mode == DhcpMode::Proxy {
             return self.proxy(msg, kind, ingress);
         }
@@ -162,7 +182,7 @@ impl Server {
         match kind {
             MessageType::Discover => self.discover(msg, ingress, subnet, now),
             MessageType::Request => self.request(msg, ingress, subnet, now),
-            MessageType::Decline => self.decline(msg, ingress, now),
+            MessageType::Decline => self.decline(msg, ingress, subnet, now),
             MessageType::Release => self.release(msg, ingress),
             MessageType::Inform => self.inform(msg, ingress, subnet),
             _ => Handled::Drop(DropReason::UnexpectedType),
@@ -386,7 +406,13 @@ impl Server {
         Handled::Silent("not authoritative for this address")
     }
 
-    fn decline(&mut self, msg: &Message, ingress: &Ingress<'_>, now: u64) -> Handled {
+    fn decline(
+        &mut self,
+        msg: &Message,
+        ingress: &Ingress<'_>,
+        subnet: usize,
+        now: u64,
+    ) -> Handled {
         let mac = mac_of(msg);
         if opt_ip(msg, OptionCode::ServerIdentifier).is_some_and(|s| s != ingress.server_ip) {
             return Handled::Silent("DECLINE for another server");
@@ -398,6 +424,12 @@ impl Server {
             || self.table.offer_of(mac, now) == Some(ip);
         if !ours {
             return Handled::Silent("DECLINE of an address the client does not hold");
+        }
+        // Nothing proves a DECLINE (it comes from an address-less client), and each one
+        // takes an address out of the pool for a lease time: a bucket per subnet keeps one
+        // client from declining its way through the pool.
+        if !self.declines.allow(subnet, now) {
+            return Handled::Drop(DropReason::DeclineRateLimited);
         }
         // Someone else answers ARP for it: keep it out of the pool for a lease time.
         let record = LeaseRecord {
@@ -417,6 +449,11 @@ impl Server {
             return Handled::Silent("RELEASE for another server");
         }
         let ip = msg.ciaddr();
+        // RFC 2131 §4.4.6: the client sends RELEASE unicast from the address it releases.
+        // From any other source it is someone else's forgery on chaddr and ciaddr alone.
+        if *ingress.peer.ip() != ip {
+            return Handled::Drop(DropReason::ReleaseNotFromClient);
+        }
         match self.table.lease_at(ip) {
             Some(l) if l.mac == mac && l.state == LeaseState::Bound => {
                 let record = LeaseRecord {
@@ -712,6 +749,7 @@ mod tests {
                 ..Default::default()
             },
             subnets,
+            guards: DhcpGuards::default(),
         };
         let text = "[profiles.p]\n[[hosts]]\nname='res'\nmac='52:54:00:00:00:ee'\nip='10.0.0.50'\nprofile='p'\n";
         let inventory = Inventory::from_wire(
@@ -728,6 +766,14 @@ mod tests {
             server_ip: SERVER_IP,
             port: SERVER_PORT,
             peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT),
+        }
+    }
+
+    /// Arrival from `ip`'s client port.
+    fn from(ip: Ipv4Addr) -> Ingress<'static> {
+        Ingress {
+            peer: SocketAddrV4::new(ip, CLIENT_PORT),
+            ..ingress()
         }
     }
 
@@ -942,7 +988,7 @@ mod tests {
         rel.opts_mut()
             .insert(DhcpOption::ServerIdentifier(SERVER_IP));
         assert!(
-            matches!(s.handle(&rel, &ingress(), 10), Handled::Commit(r) if r.state == LeaseState::Released)
+            matches!(s.handle(&rel, &from(ip), 10), Handled::Commit(r) if r.state == LeaseState::Released)
         );
         assert!(s
             .table
@@ -952,7 +998,7 @@ mod tests {
         let ip2 = lease(&mut s, 2, 10).msg.yiaddr();
         let mut rel = msg(3, MessageType::Release);
         rel.set_ciaddr(ip2);
-        assert!(matches!(s.handle(&rel, &ingress(), 10), Handled::Silent(_)));
+        assert!(matches!(s.handle(&rel, &from(ip2), 10), Handled::Silent(_)));
         let mut dec = msg(2, MessageType::Decline);
         dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip2));
         dec.opts_mut()
@@ -962,6 +1008,99 @@ mod tests {
         );
         let next = reply(s.handle(&msg(2, MessageType::Discover), &ingress(), 30));
         assert_ne!(next.msg.yiaddr(), ip2);
+    }
+
+    #[test]
+    fn relayed_requests_only_from_listed_relays() {
+        let mut s = server(true);
+        s.set_guards(DhcpGuards {
+            relays: Some(vec!["10.0.0.254/32".parse().expect("net")]),
+            ..DhcpGuards::default()
+        });
+        let mut m = msg(1, MessageType::Discover);
+        m.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
+        let stranger = from(Ipv4Addr::new(10, 0, 0, 2));
+        assert!(matches!(
+            s.handle(&m, &stranger, 0),
+            Handled::Drop(DropReason::RelayNotAllowed)
+        ));
+        assert_eq!(s.table.utilization(1).0, 0, "nothing offered");
+        let relay = from(Ipv4Addr::new(10, 0, 0, 254));
+        assert_eq!(
+            reply(s.handle(&m, &relay, 0)).msg.yiaddr(),
+            Ipv4Addr::new(10, 9, 0, 10)
+        );
+        // Requests without giaddr are not relays' business.
+        let direct = reply(s.handle(&msg(2, MessageType::Discover), &stranger, 0));
+        assert_eq!(direct.kind, MessageType::Offer);
+        // An empty list trusts no relay at all.
+        s.set_guards(DhcpGuards {
+            relays: Some(vec![]),
+            ..DhcpGuards::default()
+        });
+        assert!(matches!(
+            s.handle(&m, &relay, 0),
+            Handled::Drop(DropReason::RelayNotAllowed)
+        ));
+    }
+
+    #[test]
+    fn release_counts_only_from_the_released_address() {
+        let mut s = server(true);
+        let ip = lease(&mut s, 1, 0).msg.yiaddr();
+        let mut rel = msg(1, MessageType::Release);
+        rel.set_ciaddr(ip);
+        // The victim's chaddr and ciaddr, from another machine (or from no address).
+        for other in [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::UNSPECIFIED] {
+            assert!(matches!(
+                s.handle(&rel, &from(other), 10),
+                Handled::Drop(DropReason::ReleaseNotFromClient)
+            ));
+        }
+        let mac = crate::inventory::Mac([0x52, 0x54, 0, 0, 0, 1]);
+        assert_eq!(s.table.lease_of(mac).map(|(l, _)| l), Some(ip));
+        assert!(matches!(s.handle(&rel, &from(ip), 10), Handled::Commit(_)));
+        assert!(s.table.lease_of(mac).is_none());
+    }
+
+    #[test]
+    fn a_decline_flood_quarantines_only_the_burst() {
+        let mut s = server(true);
+        s.set_guards(DhcpGuards {
+            decline_burst: 2,
+            decline_per_hour: 60,
+            ..DhcpGuards::default()
+        });
+        let mut outcomes = Vec::new();
+        for i in 0..4u32 {
+            let offer = reply(s.handle(&msg(1, MessageType::Discover), &ingress(), 100));
+            let mut dec = msg(1, MessageType::Decline);
+            dec.set_xid(i);
+            dec.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
+            outcomes.push(s.handle(&dec, &ingress(), 100));
+        }
+        assert!(matches!(outcomes[0], Handled::Commit(_)));
+        assert!(matches!(outcomes[1], Handled::Commit(_)));
+        assert!(matches!(
+            outcomes[2],
+            Handled::Drop(DropReason::DeclineRateLimited)
+        ));
+        // Of the pool's 4 addresses, 2 are quarantined, 1 is offered to the flooder and the
+        // last one is still there for another client.
+        assert_eq!(lease(&mut s, 2, 100).kind, MessageType::Ack);
+        // The relayed subnet has its own bucket; a minute later this one has a token again.
+        let mut relayed = msg(4, MessageType::Discover);
+        relayed.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
+        let offer = reply(s.handle(&relayed, &ingress(), 100));
+        let mut dec = msg(4, MessageType::Decline);
+        dec.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
+        dec.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
+        assert!(matches!(
+            s.handle(&dec, &ingress(), 100),
+            Handled::Commit(_)
+        ));
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub enum DropReason {
     NoSubnet,
     /// The pool of the client's subnet is exhausted.
     PoolExhausted,
+    /// A relayed request (giaddr set) from a source not in `dhcp.relays`.
+    RelayNotAllowed,
+    /// A RELEASE whose source address is not its ciaddr (someone else's lease).
+    ReleaseNotFromClient,
+    /// A DECLINE over its subnet's `dhcp.decline_burst` / `dhcp.decline_per_hour`.
+    DeclineRateLimited,
 }
 
 impl DropReason {
@@ -56,6 +62,9 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::NoSubnet => "no_subnet",
             Self::PoolExhausted => "pool_exhausted",
+            Self::RelayNotAllowed => "relay_not_allowed",
+            Self::ReleaseNotFromClient => "release_not_from_client",
+            Self::DeclineRateLimited => "decline_rate_limited",
         }
     }
 }

@@ -515,6 +515,7 @@ mod tests {
             rate_limit: 10,
             options: OptionSet::default(),
             subnets,
+            guards: Default::default(),
         };
         let inventory = Inventory::from_wire(
             std::path::Path::new("hosts.toml"),
