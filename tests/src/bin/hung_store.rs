@@ -156,7 +156,7 @@ fn file(ino: u64) -> Option<(String, u32)> {
         return None;
     }
     let n = (ino - 2) / 2;
-    Some(if ino % 2 == 0 {
+    Some(if ino.is_multiple_of(2) {
         (format!("read-{n}.img"), FUSE_READ)
     } else {
         (format!("open-{n}.img"), FUSE_OPEN)
