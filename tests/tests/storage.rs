@@ -221,6 +221,14 @@ fn random_mac_flood_leaves_a_reserved_hosts_exchange_in_its_timeline() {
         f.offered,
         f.elapsed.as_secs_f64()
     );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()));
+    let memory: Vec<String> = status
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    eprintln!("daemon memory after the flood: {memory:?}");
     assert!(
         f64::from(f.offered) > OTHER_HOSTS,
         "the flood must outgrow the ledger to test it: only {} of {} DISCOVERs were offered \
