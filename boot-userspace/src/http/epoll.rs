@@ -1,8 +1,20 @@
 //! The fallback transport where io_uring is unavailable (old kernels, seccomp profiles that
 //! forbid it): tokio's epoll reactor, a task per connection, and file bodies moved with
 //! `sendfile(2)` when the socket can take more.
+//!
+//! No file is touched on a runtime worker: routing a request (canonicalising, opening and
+//! stating files, reading config templates) and every `sendfile` run on the blocking pool.
+//! A hung image store (NFS gone, a dying disk) then holds blocking threads, one per request
+//! stuck on it, while the workers keep accepting, parsing and sending everything else; a
+//! worker stuck in a read would instead stall every task of its runtime (tokio's I/O driver
+//! is polled by a parked worker, and a stuck one parks no more).
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd, sync::Arc, time::SystemTime};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd, OwnedFd},
+    sync::Arc,
+    time::SystemTime,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
@@ -12,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{
-    conn::{self, Next, Shared},
+    conn::{self, Next, Shared, MAX_BODY, MAX_HEAD},
+    request::{self, ParseError},
     response::Body,
 };
 
@@ -41,21 +54,71 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
             let peer = *peer.ip();
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = connection(stream, peer, *local.ip(), &shared) => {}
+                _ = connection(stream, peer, *local.ip(), Arc::clone(&shared)) => {}
             }
             shared.release(peer);
         });
     }
 }
 
-async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: &Shared) {
+/// Routes the request at the front of `inbuf` on the blocking pool (routes open files), or
+/// says that more bytes are needed (parsed here: no file I/O in that). `None` if the pool is
+/// gone (shutdown).
+async fn next(
+    shared: &Arc<Shared>,
+    inbuf: &mut Vec<u8>,
+    peer: Ipv4Addr,
+    local: Ipv4Addr,
+) -> Option<Next> {
+    if let Err(ParseError::Incomplete) = request::parse(inbuf, MAX_HEAD, MAX_BODY) {
+        return Some(Next::Read);
+    }
+    let mut buf = std::mem::take(inbuf);
+    let shared = Arc::clone(shared);
+    let (next, buf) = tokio::task::spawn_blocking(move || {
+        let next = conn::next(&shared, &mut buf, peer, local);
+        (next, buf)
+    })
+    .await
+    .ok()?;
+    *inbuf = buf;
+    Some(next)
+}
+
+/// One `sendfile(2)` of up to `want` bytes of `file` from `*off` into the socket `sock` (a
+/// duplicate of the connection's descriptor, so that a call still stuck on the file when
+/// the connection is dropped never writes into a reused descriptor), on the blocking pool.
+async fn sendfile(
+    sock: &Arc<OwnedFd>,
+    file: &Arc<std::fs::File>,
+    off: libc::off_t,
+    want: usize,
+) -> std::io::Result<(u64, libc::off_t)> {
+    let (sock, file) = (Arc::clone(sock), Arc::clone(file));
+    tokio::task::spawn_blocking(move || {
+        let mut off = off;
+        // SAFETY: both descriptors are open for the call (the Arcs hold them); off is ours.
+        let n = unsafe { libc::sendfile(sock.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok((n as u64, off))
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: Arc<Shared>) {
+    let shared = &shared;
     let l = shared.limits;
     let mut inbuf = Vec::new();
     let mut rbuf = vec![0u8; 16 * 1024];
     loop {
-        let mut x = match conn::next(shared, &mut inbuf, peer, local) {
-            Next::Answer(x) => x,
-            Next::Read => {
+        let mut x = match next(shared, &mut inbuf, peer, local).await {
+            None => return,
+            Some(Next::Answer(x)) => x,
+            Some(Next::Read) => {
                 // A request begun must be finished within the head timeout; between
                 // requests the idle timeout applies.
                 let wait = if inbuf.is_empty() {
@@ -89,22 +152,37 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: &
         }
         x.sent(shared, head.len() as u64);
         if let Body::File { file, offset, len } = x.response.body.clone() {
+            let Ok(dup) = s.as_fd().try_clone_to_owned() else {
+                x.finish(shared, false);
+                return;
+            };
+            let dup = Arc::new(dup);
             let mut off = offset as libc::off_t;
             let end = offset + len;
             while (off as u64) < end {
                 let want = (end - off as u64).min(1 << 20) as usize;
-                let step = s.async_io(Interest::WRITABLE, || {
-                    // SAFETY: both descriptors are open for the call; off is ours.
-                    let n =
-                        unsafe { libc::sendfile(s.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
-                    if n < 0 {
-                        Err(std::io::Error::last_os_error())
-                    } else {
-                        Ok(n as u64)
+                // Wait until the socket takes more, then send from the file off the
+                // workers; a send that finds the socket full (it is non-blocking) clears
+                // the readiness and waits again. The send timeout covers both: a client
+                // that takes nothing, and a file that gives nothing.
+                let step = async {
+                    loop {
+                        s.writable().await?;
+                        match sendfile(&dup, &file, off, want).await {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                let _ = s.try_io(Interest::WRITABLE, || {
+                                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                                });
+                            }
+                            other => return other,
+                        }
                     }
-                });
+                };
                 match tokio::time::timeout(l.send_timeout, step).await {
-                    Ok(Ok(n)) if n > 0 => x.sent(shared, n),
+                    Ok(Ok((n, to))) if n > 0 => {
+                        off = to;
+                        x.sent(shared, n);
+                    }
                     Err(_) => {
                         shared.metrics.refused("timeout");
                         x.finish(shared, false);
