@@ -459,8 +459,20 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
                 Ok(s) => s,
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("selection: {e}\n")),
             };
-            match admin.reboots.start(&sel) {
-                Ok(s) if sel.dry_run => status_json(&s, StatusCode::OK),
+            // Planning sizes each host's images (open and stat under the roots): a hung
+            // image store must hold a blocking thread, never a worker of the runtime that
+            // answers DHCP and the admin API.
+            let reboots = Arc::clone(&admin.reboots);
+            let dry_run = sel.dry_run;
+            let started = tokio::task::spawn_blocking(move || reboots.start(&sel)).await;
+            let Ok(started) = started else {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "planning the run failed\n",
+                );
+            };
+            match started {
+                Ok(s) if dry_run => status_json(&s, StatusCode::OK),
                 Ok(s) => status_json(&s, StatusCode::ACCEPTED),
                 Err(e @ StartError::Selection(_)) => {
                     text(StatusCode::BAD_REQUEST, format!("{e}\n"))
