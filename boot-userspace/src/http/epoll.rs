@@ -162,17 +162,18 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
             while (off as u64) < end {
                 let want = (end - off as u64).min(1 << 20) as usize;
                 // Wait until the socket takes more, then send from the file off the
-                // workers; a send that finds the socket full (it is non-blocking) clears
-                // the readiness and waits again. The send timeout covers both: a client
-                // that takes nothing, and a file that gives nothing.
+                // workers. A send that finds the socket full (it is non-blocking) waits for
+                // room through `async_io` with a zero-time poll as its operation: tokio then
+                // clears the readiness only for the event it saw before the poll, so room
+                // made while the send was on the blocking pool is never lost (clearing it
+                // afterwards with `try_io` could swallow that edge and stall the body until
+                // the send timeout). The send timeout covers both: a client that takes
+                // nothing, and a file that gives nothing.
                 let step = async {
                     loop {
-                        s.writable().await?;
                         match sendfile(&dup, &file, off, want).await {
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                let _ = s.try_io(Interest::WRITABLE, || {
-                                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                                });
+                                s.async_io(Interest::WRITABLE, || has_room(&s)).await?;
                             }
                             other => return other,
                         }
@@ -200,5 +201,25 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
         if close {
             return;
         }
+    }
+}
+
+/// Whether the socket can take more bytes now (or has an error to report): a zero-time
+/// `poll(2)`, `WouldBlock` when it cannot.
+fn has_room(s: &TcpStream) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout; the descriptor is open while `s` lives.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+        Ok(())
+    } else {
+        Err(std::io::ErrorKind::WouldBlock.into())
     }
 }
