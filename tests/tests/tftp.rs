@@ -11,7 +11,6 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::unix::fs::OpenOptionsExt,
     time::{Duration, Instant},
 };
 
@@ -1059,7 +1058,7 @@ fn netascii_transfers_share_one_memory_budget() {
 #[test]
 fn a_hung_file_open_stalls_only_its_transfer() {
     let t = "a_hung_file_open_stalls_only_its_transfer";
-    let Some(l) = lab(t, "tftp") else { return };
+    let Some(mut l) = lab(t, "tftp") else { return };
     run(std::process::Command::new("mkfifo").arg(l.root.join("hung.efi"))).expect("mkfifo");
     let hung = sockets(&l.lab.client, 4, Duration::from_secs(1));
     for s in &hung {
@@ -1083,9 +1082,53 @@ fn a_hung_file_open_stalls_only_its_transfer() {
         matches!(metrics, Ok((200, _))),
         "/metrics while opens hang: {metrics:?}"
     );
-    // Let the hung opens go (a writer appears), so no thread stays stuck past the test.
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(l.root.join("hung.efi"));
+    // A stop is not held by the opens still stuck (bounded by `stop_with`).
+    let stopped = l.daemon.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(stopped.is_ok(), "SIGTERM with opens hung: {stopped:?}");
+}
+
+/// A slow drip: a client that acknowledges each block just in time keeps its transfer (and
+/// its port) forever unless the transfer has a lifetime. With `tftp.max_transfer_s = 3`, the
+/// transfer ends after 3 s with an ERROR to the client, counted as `lifetime`.
+#[test]
+fn a_slow_drip_client_is_cut_at_the_transfer_lifetime() {
+    let t = "a_slow_drip_client_is_cut_at_the_transfer_lifetime";
+    let Some(l) = lab_with(
+        t,
+        "ip",
+        || PairLab::new().map(Net::from),
+        "[tftp]\nmax_transfer_s = 3\n",
+        &[],
+    ) else {
+        return;
+    };
+    let sock = &sockets(&l.lab.client, 1, Duration::from_secs(10))[0];
+    sock.send_to(&rrq("ipxe.efi", "octet", &[]), SERVER)
+        .expect("RRQ");
+    // 2049 blocks of 512 bytes; acknowledged every 200 ms (paced: that is the attack) the
+    // file would take seven minutes. The loop is bounded by the blocks of the file.
+    let mut blocks = 0u32;
+    let ended = loop {
+        let (p, tid) = answer(sock).expect("an answer from the transfer");
+        match p.as_slice() {
+            [0, 3, hi, lo, ..] => {
+                blocks += 1;
+                assert!(blocks < 2049, "the whole file went out");
+                std::thread::sleep(Duration::from_millis(200));
+                sock.send_to(&[0, 4, *hi, *lo], tid).expect("ACK");
+            }
+            [0, 5, ..] => break String::from_utf8_lossy(&p[4..]).into_owned(),
+            other => panic!("unexpected packet {other:?}"),
+        }
+    };
+    let counted = l.metric("bootfabric_tftp_refused_total", &[("reason", "lifetime")]);
+    eprintln!("cut after {blocks} blocks: {ended:?}");
+    assert_eq!(counted, 1.0, "lifetime refusals");
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_transfers_total",
+            &[("outcome", "lifetime")]
+        ),
+        1.0
+    );
 }
