@@ -27,11 +27,7 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         .thread_name("bootfabric")
         .build()
         .context("starting the async runtime")?;
-    let code = runtime.block_on(serve(config));
-    // A file operation stuck on a dead store (TFTP's blocking pool) must not hold the exit:
-    // dropping the runtime would wait for it forever.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    code
+    runtime.block_on(serve(config))
 }
 
 fn init_tracing(filter: &str) {

@@ -19,7 +19,7 @@ use std::{
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use tokio::{net::UdpSocket, sync::Semaphore, time::Instant};
+use tokio::{net::UdpSocket, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -142,6 +142,52 @@ impl Data {
     }
 }
 
+/// Blocks `first..=last` as DATA packets into `out` (cleared first); false on a short or
+/// failed read (the file changed under us, or the store failed). May block: for files it
+/// runs on the I/O pool.
+fn fill_blocks(
+    data: &Data,
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
+    mut out: Vec<u8>,
+) -> (Vec<u8>, bool) {
+    out.clear();
+    for k in first..=last {
+        let (offset, len) = t.block_range(k, size);
+        packet::data_header(Transfer::wire_block(k), &mut out);
+        let at = out.len();
+        out.resize(at + len as usize, 0);
+        match data.read_at(&mut out[at..], offset) {
+            Ok(n) if n as u64 == len => {}
+            _ => return (out, false),
+        }
+    }
+    (out, true)
+}
+
+/// Blocks `first..=last` as DATA packets into `out`, from the page cache only, never
+/// blocking: `Err` with the buffer back when any byte would have to come from the store.
+fn fill_cached(
+    source: &files::Source,
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    out.clear();
+    for k in first..=last {
+        let (offset, len) = t.block_range(k, size);
+        packet::data_header(Transfer::wire_block(k), &mut out);
+        let at = out.len();
+        out.resize(at + len as usize, 0);
+        if len > 0 && !source.read_cached_at(&mut out[at..], offset) {
+            return Err(out);
+        }
+    }
+    Ok(out)
+}
+
 /// RFC 764 NVT line ends: LF → CR LF, CR → CR NUL; appended to `out`.
 fn push_netascii(raw: &[u8], out: &mut Vec<u8>) {
     for &b in raw {
@@ -184,10 +230,50 @@ const NETASCII_MAX: u64 = 16 << 20;
 /// Bytes read per step of a netascii conversion.
 const NETASCII_CHUNK: usize = 64 << 10;
 
-/// Blocking file operations (open, metadata, reads) in flight at once. Bounded so that a
-/// boot storm's opens do not start hundreds of threads; a hung store holds at most this many
-/// threads, and the transfers waiting behind them time out (`STORAGE_TIMEOUT`).
+/// Threads for blocking file operations (open, metadata, reads). A fixed number, so that a
+/// boot storm's opens do not start hundreds of threads; a hung store holds at most this many,
+/// and the transfers queued behind them time out (`STORAGE_TIMEOUT`).
 const IO_THREADS: usize = 16;
+
+/// A job for the I/O pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of threads for blocking file work, apart from the async runtime (whose own
+/// blocking pool grows a thread for every job that finds none idle, and whose shutdown waits
+/// for jobs stuck on a dead store). The queue is bounded by the transfers admitted.
+struct IoPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl IoPool {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("tftp-io-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only while waiting for the next job, not while it runs.
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = next else { return };
+                    // A job that panics must not take its thread with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                })?;
+        }
+        Ok(Self { jobs: tx })
+    }
+
+    /// Runs `f` on the pool; `None` if the pool is gone or `f` panicked.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+}
 
 /// How long one blocking file operation may take before its transfer gives up (the thread
 /// stays stuck with the operation, and keeps its place in the pool).
@@ -235,7 +321,7 @@ pub struct TftpService {
     port_counter: AtomicU64,
     admission: Arc<Mutex<Admission>>,
     netascii: Arc<Budget>,
-    io: Arc<Semaphore>,
+    io: IoPool,
     metrics: Metrics,
     hosts: Hosts,
 }
@@ -374,7 +460,7 @@ impl TftpService {
             port_counter: AtomicU64::new(0),
             admission: Arc::new(Mutex::new(admission)),
             netascii,
-            io: Arc::new(Semaphore::new(IO_THREADS)),
+            io: IoPool::start(IO_THREADS)?,
             metrics,
             hosts: Hosts {
                 inventory: config.inventory.clone(),
@@ -531,23 +617,11 @@ impl TftpService {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, FileError> {
-        let io = Arc::clone(&self.io);
-        let work = async move {
-            let permit = io
-                .acquire_owned()
-                .await
-                .map_err(|_| FileError::Io("I/O pool closed".to_owned()))?;
-            tokio::task::spawn_blocking(move || {
-                let r = f();
-                drop(permit);
-                r
-            })
-            .await
-            .map_err(|e| FileError::Io(e.to_string()))
-        };
-        tokio::time::timeout(STORAGE_TIMEOUT, work)
-            .await
-            .map_err(|_| FileError::Io("storage did not answer".to_owned()))?
+        match tokio::time::timeout(STORAGE_TIMEOUT, self.io.run(f)).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(FileError::Io("file operation failed".to_owned())),
+            Err(_) => Err(FileError::Io("storage did not answer".to_owned())),
+        }
     }
 
     /// Blocks `first..=last` as DATA packets into `out` (cleared first); false on a short or
@@ -560,30 +634,20 @@ impl TftpService {
         (first, last): (u64, u64),
         out: Vec<u8>,
     ) -> (Vec<u8>, bool) {
-        let t = t.clone();
-        let build = move |data: &Data, mut out: Vec<u8>| {
-            out.clear();
-            for k in first..=last {
-                let (offset, len) = t.block_range(k, size);
-                packet::data_header(Transfer::wire_block(k), &mut out);
-                let at = out.len();
-                out.resize(at + len as usize, 0);
-                match data.read_at(&mut out[at..], offset) {
-                    Ok(n) if n as u64 == len => {}
-                    _ => return (out, false),
-                }
-            }
-            (out, true)
+        let out = match data {
+            Data::Memory(_) => return fill_blocks(data, t, size, (first, last), out),
+            // Most blocks of a bootloader are in the page cache: read them here without
+            // blocking, and hand only the rest to the pool (a thread hop per block costs
+            // more CPU than the read itself).
+            Data::File(source) => match fill_cached(source, t, size, (first, last), out) {
+                Ok(out) => return (out, true),
+                Err(out) => out,
+            },
         };
-        match data {
-            Data::Memory(_) => build(data, out),
-            Data::File(_) => {
-                let data = data.clone();
-                self.blocking(move || build(&data, out))
-                    .await
-                    .unwrap_or_else(|_| (Vec::new(), false))
-            }
-        }
+        let (data, t) = (data.clone(), t.clone());
+        self.blocking(move || fill_blocks(&data, &t, size, (first, last), out))
+            .await
+            .unwrap_or_else(|_| (Vec::new(), false))
     }
 
     /// The bytes for a requested name: files on disk, or a file rendered for a host. For
