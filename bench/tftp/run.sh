@@ -122,6 +122,9 @@ enabled = false
 root = "$WORK/root"
 transfer_ports = "50000-50999"
 mtu = $BF_MTU
+# Every client runs from one address: the per-client caps are opened to the global ones.
+max_transfers_per_client = 1000
+requests_per_second_per_client = 5000
 TOML
       "${IN_CGROUP[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" "$BIN" serve --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
       ;;

@@ -3,13 +3,22 @@
 //! names that leave the root are refused with an access violation; per-host files are
 //! rendered from the host's profile, found by MAC, by address and by lease; transfers through
 //! a relay that drops, duplicates and reorders still complete with identical bytes.
+//!
+//! Attacks (issue 14), each made from a client namespace as an attacker would: a flood of
+//! never-acknowledged requests asking for `timeout=255`, a stranger's packets to a live
+//! transfer's port, guessing the next transfer port, many netascii transfers at once, and
+//! requests for a file whose open never returns.
 
-use std::time::Duration;
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use bootfabric_lab::{
     content, have_program, http_get,
     relay::{Impairment, Relay, RelayLab},
-    require, require_root, run, sample, wait_for, Daemon, LabError, Netns, PairLab, TempDir,
+    require, require_root, run, sample, wait_for, Bridge, Daemon, LabError, Netns, PairLab,
+    TempDir,
 };
 
 /// The lab's config; `extra` goes at the end of `[daemon]`, `tftp_extra` at the end of
@@ -26,12 +35,15 @@ fn config(root: &std::path::Path, extra: &str, tftp_extra: &str) -> String {
     )
 }
 
-/// The namespaces of a test: a direct link, or one through an impairing relay.
+/// The namespaces of a test: a direct link, one through an impairing relay, or a switch
+/// with a second client (`other`, 10.77.0.3) beside the first.
 struct Net {
     relay: Option<Relay>,
     server: Netns,
     client: Netns,
+    other: Option<Netns>,
     _relay_ns: Option<Netns>,
+    _bridge: Option<Bridge>,
 }
 
 impl From<PairLab> for Net {
@@ -40,7 +52,9 @@ impl From<PairLab> for Net {
             relay: None,
             server: p.server,
             client: p.client,
+            other: None,
             _relay_ns: None,
+            _bridge: None,
         }
     }
 }
@@ -51,9 +65,30 @@ impl From<RelayLab> for Net {
             relay: Some(r.relay),
             server: r.server,
             client: r.client,
+            other: None,
             _relay_ns: Some(r.relay_ns),
+            _bridge: None,
         }
     }
+}
+
+/// The server, an attacker (10.77.0.2) and a bystander (10.77.0.3) on one switch.
+fn switched() -> Result<Net, LabError> {
+    let mut bridge = Bridge::new()?;
+    let server = Netns::new("srv")?;
+    let client = Netns::new("atk")?;
+    let other = Netns::new("cli")?;
+    bridge.plug(&server, "fabric0", "10.77.0.1/24")?;
+    bridge.plug(&client, "client0", "10.77.0.2/24")?;
+    bridge.plug(&other, "client0", "10.77.0.3/24")?;
+    Ok(Net {
+        relay: None,
+        server,
+        client,
+        other: Some(other),
+        _relay_ns: None,
+        _bridge: Some(bridge),
+    })
 }
 
 struct Lab {
@@ -581,6 +616,52 @@ fn transfers_survive_drops_duplicates_and_reorders() {
     }
 }
 
+/// The server's port 69, as the clients reach it.
+const SERVER: &str = "10.77.0.1:69";
+
+/// A read request for `name` in `mode` with `options`, as raw bytes.
+fn rrq(name: &str, mode: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut p = vec![0, 1];
+    let parts = [name, mode]
+        .into_iter()
+        .chain(options.iter().flat_map(|(k, v)| [*k, *v]));
+    for part in parts {
+        p.extend_from_slice(part.as_bytes());
+        p.push(0);
+    }
+    p
+}
+
+/// `n` UDP sockets made in `ns` (they stay in it), each with a receive timeout of `wait`.
+fn sockets(ns: &Netns, n: usize, wait: Duration) -> Vec<UdpSocket> {
+    sockets_on(ns, vec!["0.0.0.0:0".parse().expect("addr"); n], wait)
+}
+
+/// UDP sockets made in `ns` and bound to `addrs`, each with a receive timeout of `wait`.
+fn sockets_on(ns: &Netns, addrs: Vec<SocketAddr>, wait: Duration) -> Vec<UdpSocket> {
+    ns.run(move || {
+        addrs
+            .into_iter()
+            .map(|a| {
+                let s = UdpSocket::bind(a).expect("bind");
+                s.set_read_timeout(Some(wait)).expect("timeout");
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .expect("client namespace")
+}
+
+/// The first packet the server answers `sock` with, and where from.
+fn answer(sock: &UdpSocket) -> Result<(Vec<u8>, SocketAddr), String> {
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .map_err(|e| format!("no answer: {e}"))?;
+    buf.truncate(n);
+    Ok((buf, from))
+}
+
 fn proc_status(pid: u32, field: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     text.lines()
@@ -623,7 +704,9 @@ fn thousands_of_transfers_at_once_share_bounded_memory() {
         t,
         "ip",
         || PairLab::new().map(Net::from),
-        "[tftp]\ntransfer_ports = \"40000-44999\"\n",
+        // One address stands in for 2000 hosts here: the per-client caps (which stop one
+        // machine hogging the server) are opened to the global ones.
+        "[tftp]\ntransfer_ports = \"40000-44999\"\nmax_transfers_per_client = 5000\nrequests_per_second_per_client = 5000\n",
         &[],
     ) else {
         return;
@@ -723,4 +806,329 @@ fn blocks_larger_than_the_link_mtu_still_go_out_in_windows() {
         .arg("10.77.0.1"))
     .expect("atftp with 8 KiB blocks in windows of 8");
     l.same("ipxe.efi", "big-window");
+}
+
+/// Attack: 2000 read requests asking for `timeout=255`, never acknowledged, from one address
+/// (four sockets). Unchecked, each holds a transfer port for 6 × 255 s, and a bystander gets
+/// no answer at all. Now the attacker gets its per-client share, the timeout it asked for is
+/// left out of the OACK, and the bystander's tftp-hpa gets its bootloader at once.
+#[test]
+fn a_flood_of_unacked_requests_leaves_a_real_client_served() {
+    const FLOOD: usize = 2000;
+    let t = "a_flood_of_unacked_requests_leaves_a_real_client_served";
+    let Some(l) = lab_with(t, "tftp", switched, "", &[]) else {
+        return;
+    };
+    let pid = l.daemon.pid();
+    let rss_before = proc_status(pid, "VmRSS:");
+    let socks = sockets(&l.lab.client, 4, Duration::from_secs(1));
+    let req = rrq(
+        "ipxe.efi",
+        "octet",
+        &[("timeout", "255"), ("blksize", "1468"), ("tsize", "0")],
+    );
+    let server: SocketAddr = SERVER.parse().expect("addr");
+    for i in 0..FLOOD {
+        socks[i % socks.len()]
+            .send_to(&req, server)
+            .expect("send RRQ");
+    }
+    // The server has taken the flood in once transfers are running for it.
+    let busy = wait_for(Duration::from_secs(30), || {
+        (l.metric("bootfabric_tftp_transfers_active", &[]) > 0.0).then_some(())
+    });
+    assert!(busy.is_some(), "the flood started no transfer");
+
+    let other = l.lab.other.as_ref().expect("bystander namespace");
+    let dest = l.out.path.join("bystander.efi");
+    let started = Instant::now();
+    // tftp-hpa gives up by itself after 25 s without an answer.
+    let got = run(other
+        .command("tftp")
+        .args(["-m", "binary", "10.77.0.1", "-c", "get", "ipxe.efi"])
+        .arg(&dest));
+    let took = started.elapsed();
+    let active = l.metric("bootfabric_tftp_transfers_active", &[]);
+    assert!(
+        got.is_ok(),
+        "the bystander got no bootloader during the flood ({active} transfers in flight): {got:?}"
+    );
+    l.same("ipxe.efi", "bystander.efi");
+    let refused = |r: &str| l.metric("bootfabric_tftp_refused_total", &[("reason", r)]);
+    let hwm = proc_status(pid, "VmHWM:");
+    eprintln!(
+        "flood of {FLOOD}: bystander served in {took:?}; {active} transfers in flight; refused: {} client_rate, {} client_busy, {} timeout_capped; VmRSS {rss_before} kB before, VmHWM {hwm} kB after",
+        refused("client_rate"),
+        refused("client_busy"),
+        refused("timeout_capped")
+    );
+    assert!(
+        active <= 9.0,
+        "{active} transfers in flight: more than the attacker's share"
+    );
+    assert!(refused("client_rate") + refused("client_busy") >= (FLOOD - 8) as f64);
+    assert!(refused("timeout_capped") >= 1.0);
+    assert!(
+        hwm.saturating_sub(rss_before) < 64 * 1024,
+        "memory grew by {} kB",
+        hwm.saturating_sub(rss_before)
+    );
+}
+
+/// Attack: while a transfer waits for its client's ACK, a stranger (same address, another
+/// port) keeps sending to its port. Unchecked, each stranger packet restarts the transfer's
+/// timer, so it never times out; and each gets an ERROR back. Now the transfer times out on
+/// schedule, the strangers are counted, and only a few of them get an answer.
+#[test]
+fn a_strangers_packets_do_not_keep_a_transfer_alive() {
+    let t = "a_strangers_packets_do_not_keep_a_transfer_alive";
+    let Some(l) = lab_with(
+        t,
+        "ip",
+        || PairLab::new().map(Net::from),
+        "[tftp]\nmax_retries = 2\n",
+        &[],
+    ) else {
+        return;
+    };
+    let socks = sockets(&l.lab.client, 2, Duration::from_millis(100));
+    let (victim, stranger) = (&socks[0], &socks[1]);
+    victim
+        .send_to(&rrq("ipxe.efi", "octet", &[]), SERVER)
+        .expect("RRQ");
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(a) = answer(victim) {
+            first = Some(a);
+            break;
+        }
+    }
+    let (data, tid) = first.expect("no DATA 1 for the victim");
+    assert_eq!(&data[..4], &[0, 3, 0, 1], "DATA 1");
+    // Unanswered, the transfer ends after 1 + 2 retries of 1 s; the stranger keeps going for
+    // 30 s at most (paced: that is the attack, not a wait).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0u32;
+    let mut errors_back = 0u32;
+    let timed_out = loop {
+        if l.metric("bootfabric_tftp_transfers_total", &[("outcome", "timeout")]) >= 1.0 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        stranger.send_to(&[0, 4, 0, 1], tid).expect("stranger ACK");
+        sent += 1;
+        if let Ok((p, _)) = answer(stranger) {
+            if p.starts_with(&[0, 5, 0, 5]) {
+                errors_back += 1;
+            }
+        }
+    };
+    let strangers = l.metric("bootfabric_tftp_refused_total", &[("reason", "stranger")]);
+    eprintln!("{sent} stranger packets, {errors_back} ERROR 5 back, {strangers} counted; timed out: {timed_out}");
+    assert!(
+        timed_out,
+        "the transfer was still alive after {sent} stranger packets over 30 s"
+    );
+    assert!(strangers >= 1.0, "strangers not counted");
+    assert!(
+        errors_back <= 4,
+        "{errors_back} answers to {sent} stranger packets"
+    );
+}
+
+/// Attack: guessing the next transfer port (to aim blind ACKs at a transfer whose client is
+/// spoofed). Unchecked, ports are handed out in order. Now 20 transfers' ports are spread
+/// over the range.
+#[test]
+fn transfer_ports_are_not_sequential() {
+    let t = "transfer_ports_are_not_sequential";
+    let Some(l) = lab(t, "ip") else { return };
+    let sock = &sockets(&l.lab.client, 1, Duration::from_secs(10))[0];
+    let mut ports = Vec::new();
+    for _ in 0..20 {
+        sock.send_to(&rrq("small.bin", "octet", &[]), SERVER)
+            .expect("RRQ");
+        let (data, tid) = answer(sock).expect("DATA 1");
+        assert_eq!(&data[..4], &[0, 3, 0, 1], "DATA 1 from {tid}");
+        // The whole file was that block: ACK it so the transfer ends.
+        sock.send_to(&[0, 4, 0, 1], tid).expect("ACK");
+        ports.push(tid.port());
+    }
+    let in_order = ports.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    eprintln!("transfer ports: {ports:?}");
+    assert!(
+        ports.iter().all(|p| (50000..=50099).contains(p)),
+        "a port outside tftp.transfer_ports: {ports:?}"
+    );
+    assert!(
+        in_order < 5,
+        "{in_order} of 19 transfer ports follow the one before: {ports:?}"
+    );
+}
+
+/// Attack: 40 netascii requests at once for an 8 MiB text file (never acknowledged), from
+/// ten addresses (four each, under the per-client cap). Unchecked, each holds its own
+/// converted copy of the file. Now all conversions share one budget (the default 64 MiB):
+/// requests past it are refused with an ERROR and counted, and memory stays bounded.
+#[test]
+fn netascii_transfers_share_one_memory_budget() {
+    const N: usize = 40;
+    const BUDGET_KIB: u64 = 64 * 1024;
+    let t = "netascii_transfers_share_one_memory_budget";
+    let Some(l) = lab_with(
+        t,
+        "tftp",
+        || PairLab::new().map(Net::from),
+        // Unanswered transfers live 31 s: all of them are held at once.
+        "[tftp]\nmax_retries = 30\n",
+        &[],
+    ) else {
+        return;
+    };
+    let addrs: Vec<SocketAddr> = (0..N)
+        .map(|i| format!("10.77.0.{}:0", 10 + i % 10).parse().expect("addr"))
+        .collect();
+    for i in 0..10 {
+        l.lab
+            .client
+            .ip(&[
+                "addr",
+                "add",
+                &format!("10.77.0.{}/24", 10 + i),
+                "dev",
+                "client0",
+            ])
+            .expect("address");
+    }
+    // A real client first: netascii still converts line ends both ways.
+    std::fs::write(l.root.join("hello.txt"), "one\ntwo\r\nthree\n").expect("file");
+    let dest = l.out.path.join("hello.txt");
+    run(l
+        .lab
+        .client
+        .command("tftp")
+        .args(["-m", "netascii", "10.77.0.1", "-c", "get", "hello.txt"])
+        .arg(&dest))
+    .expect("tftp-hpa netascii");
+    l.same("hello.txt", "hello.txt");
+
+    let line = b"a line of a text file served as netascii\n";
+    let text: Vec<u8> = line.iter().copied().cycle().take(8 << 20).collect();
+    std::fs::write(l.root.join("big.txt"), &text).expect("file");
+    let pid = l.daemon.pid();
+    let rss_before = proc_status(pid, "VmRSS:");
+    let socks = sockets_on(&l.lab.client, addrs, Duration::from_secs(120));
+    for s in &socks {
+        s.send_to(&rrq("big.txt", "netascii", &[]), SERVER)
+            .expect("RRQ");
+    }
+    let (mut served, mut refused) = (0, 0);
+    for s in &socks {
+        match answer(s) {
+            Ok((p, _)) if p.starts_with(&[0, 3]) => served += 1,
+            Ok((p, _)) if p.starts_with(&[0, 5]) => refused += 1,
+            other => panic!("unexpected answer: {other:?}"),
+        }
+    }
+    let hwm = proc_status(pid, "VmHWM:");
+    let counted = l.metric(
+        "bootfabric_tftp_refused_total",
+        &[("reason", "netascii_budget")],
+    );
+    let grew = hwm.saturating_sub(rss_before);
+    eprintln!("{N} netascii requests of 8 MiB: {served} served, {refused} refused ({counted} counted); VmRSS {rss_before} kB before, VmHWM {hwm} kB after (+{grew} kB)");
+    // The budget, and as much again for everything else.
+    assert!(
+        grew < 2 * BUDGET_KIB,
+        "memory grew by {grew} kB for a budget of {BUDGET_KIB} kB"
+    );
+    assert!(
+        refused >= 1 && counted == refused as f64,
+        "{refused} refused, {counted} counted"
+    );
+    assert!(served >= 1, "the budget admits at least one conversion");
+}
+
+/// Attack (item 9): requests for a file whose open never returns, as on a hung NFS or FUSE
+/// store (here a FIFO with no writer). Unchecked, each hung open takes a runtime thread, and
+/// with as many as the machine has cores nothing else is served and /metrics stops. Now file
+/// operations run on a bounded blocking pool: another client is served, /metrics answers.
+#[test]
+fn a_hung_file_open_stalls_only_its_transfer() {
+    let t = "a_hung_file_open_stalls_only_its_transfer";
+    let Some(mut l) = lab(t, "tftp") else { return };
+    run(std::process::Command::new("mkfifo").arg(l.root.join("hung.efi"))).expect("mkfifo");
+    let hung = sockets(&l.lab.client, 4, Duration::from_secs(1));
+    for s in &hung {
+        s.send_to(&rrq("hung.efi", "octet", &[]), SERVER)
+            .expect("RRQ");
+    }
+    let dest = l.out.path.join("meanwhile.bin");
+    let got = run(l
+        .lab
+        .client
+        .command("tftp")
+        .args(["-m", "binary", "10.77.0.1", "-c", "get", "small.bin"])
+        .arg(&dest));
+    assert!(
+        got.is_ok(),
+        "no file served while opens hang on the store: {got:?}"
+    );
+    l.same("small.bin", "meanwhile.bin");
+    let metrics = http_get(&l.lab.server, l.daemon.admin, "/metrics");
+    assert!(
+        matches!(metrics, Ok((200, _))),
+        "/metrics while opens hang: {metrics:?}"
+    );
+    // A stop is not held by the opens still stuck (bounded by `stop_with`).
+    let stopped = l.daemon.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(stopped.is_ok(), "SIGTERM with opens hung: {stopped:?}");
+}
+
+/// A slow drip: a client that acknowledges each block just in time keeps its transfer (and
+/// its port) forever unless the transfer has a lifetime. With `tftp.max_transfer_s = 3`, the
+/// transfer ends after 3 s with an ERROR to the client, counted as `lifetime`.
+#[test]
+fn a_slow_drip_client_is_cut_at_the_transfer_lifetime() {
+    let t = "a_slow_drip_client_is_cut_at_the_transfer_lifetime";
+    let Some(l) = lab_with(
+        t,
+        "ip",
+        || PairLab::new().map(Net::from),
+        "[tftp]\nmax_transfer_s = 3\n",
+        &[],
+    ) else {
+        return;
+    };
+    let sock = &sockets(&l.lab.client, 1, Duration::from_secs(10))[0];
+    sock.send_to(&rrq("ipxe.efi", "octet", &[]), SERVER)
+        .expect("RRQ");
+    // 2049 blocks of 512 bytes; acknowledged every 200 ms (paced: that is the attack) the
+    // file would take seven minutes. The loop is bounded by the blocks of the file.
+    let mut blocks = 0u32;
+    let ended = loop {
+        let (p, tid) = answer(sock).expect("an answer from the transfer");
+        match p.as_slice() {
+            [0, 3, hi, lo, ..] => {
+                blocks += 1;
+                assert!(blocks < 2049, "the whole file went out");
+                std::thread::sleep(Duration::from_millis(200));
+                sock.send_to(&[0, 4, *hi, *lo], tid).expect("ACK");
+            }
+            [0, 5, ..] => break String::from_utf8_lossy(&p[4..]).into_owned(),
+            other => panic!("unexpected packet {other:?}"),
+        }
+    };
+    let counted = l.metric("bootfabric_tftp_refused_total", &[("reason", "lifetime")]);
+    eprintln!("cut after {blocks} blocks: {ended:?}");
+    assert_eq!(counted, 1.0, "lifetime refusals");
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_transfers_total",
+            &[("outcome", "lifetime")]
+        ),
+        1.0
+    );
 }

@@ -124,6 +124,20 @@ pub struct TftpConfig {
     pub max_retries: u32,
     /// Link MTU bounding blksize.
     pub mtu: u16,
+    /// Transfers in flight, all clients together (at most one per transfer port).
+    pub max_transfers: u32,
+    /// Transfers in flight from one client address.
+    pub max_transfers_per_client: u32,
+    /// New read requests a second, all clients together (also the burst).
+    pub requests_per_second: u32,
+    /// New read requests a second from one client address (also the burst).
+    pub requests_per_second_per_client: u32,
+    /// Largest RFC 2349 `timeout` acknowledged, seconds.
+    pub max_timeout_s: u8,
+    /// Longest a transfer may run, start to end.
+    pub max_transfer: std::time::Duration,
+    /// Bytes all netascii conversions may hold together.
+    pub netascii_budget_bytes: u64,
 }
 
 /// How the HTTP server moves bytes.
@@ -554,11 +568,60 @@ impl Config {
                         "must be at least 1".to_owned(),
                     ));
                 }
+                // Caps against one client holding the server (issue 14). The defaults let
+                // a boot storm of thousands of hosts through while one host gets no more
+                // than firmware and bootloaders ever use (one transfer at a time, a size
+                // probe, GRUB's module loads in a row).
+                let t = &wire.tftp;
+                let ports = u32::from(tftp_transfer_ports.last - tftp_transfer_ports.first) + 1;
+                let at_least_one = |key: &str, v: Option<u32>, default: u32| match v {
+                    Some(0) => Err(invalid(key, "must be at least 1".to_owned())),
+                    v => Ok(v.unwrap_or(default)),
+                };
+                let max_transfers = at_least_one("tftp.max_transfers", t.max_transfers, ports)?;
+                if max_transfers > ports {
+                    return Err(invalid(
+                        "tftp.max_transfers",
+                        format!("{max_transfers} is more than the {ports} ports of tftp.transfer_ports (one per transfer)"),
+                    ));
+                }
+                let max_timeout_s = match t.max_timeout_s.unwrap_or(5) {
+                    v @ 1..=255 => v as u8,
+                    v => {
+                        return Err(invalid(
+                            "tftp.max_timeout_s",
+                            format!("{v} is outside RFC 2349's 1-255 seconds"),
+                        ))
+                    }
+                };
                 Some(TftpConfig {
                     root: PathBuf::from(root),
                     max_windowsize,
                     max_retries: wire.tftp.max_retries.unwrap_or(5).clamp(1, 100),
                     mtu,
+                    max_transfers,
+                    max_transfers_per_client: at_least_one(
+                        "tftp.max_transfers_per_client",
+                        t.max_transfers_per_client,
+                        8,
+                    )?,
+                    requests_per_second: at_least_one(
+                        "tftp.requests_per_second",
+                        t.requests_per_second,
+                        5000,
+                    )?,
+                    requests_per_second_per_client: at_least_one(
+                        "tftp.requests_per_second_per_client",
+                        t.requests_per_second_per_client,
+                        100,
+                    )?,
+                    max_timeout_s,
+                    max_transfer: std::time::Duration::from_secs(u64::from(at_least_one(
+                        "tftp.max_transfer_s",
+                        t.max_transfer_s,
+                        600,
+                    )?)),
+                    netascii_budget_bytes: t.netascii_budget_bytes.unwrap_or(64 << 20),
                 })
             }
         };
@@ -832,6 +895,45 @@ mod tests {
                 last: 40099
             }
         );
+    }
+
+    #[test]
+    fn tftp_caps_have_defaults_and_bad_ones_name_the_key() {
+        let c = parse("[tftp]\nroot = \"srv\"\ntransfer_ports = \"50000-50099\"\n").expect("valid");
+        let t = c.tftp.expect("tftp");
+        assert_eq!(t.max_transfers, 100, "one per transfer port");
+        assert_eq!(
+            (
+                t.max_transfers_per_client,
+                t.requests_per_second,
+                t.requests_per_second_per_client
+            ),
+            (8, 5000, 100)
+        );
+        assert_eq!(t.max_timeout_s, 5);
+        assert_eq!(t.max_transfer, std::time::Duration::from_secs(600));
+        assert_eq!(t.netascii_budget_bytes, 64 << 20);
+        for (text, key) in [
+            ("max_transfers = 101", "tftp.max_transfers"),
+            ("max_transfers = 0", "tftp.max_transfers"),
+            (
+                "max_transfers_per_client = 0",
+                "tftp.max_transfers_per_client",
+            ),
+            ("requests_per_second = 0", "tftp.requests_per_second"),
+            (
+                "requests_per_second_per_client = 0",
+                "tftp.requests_per_second_per_client",
+            ),
+            ("max_timeout_s = 0", "tftp.max_timeout_s"),
+            ("max_timeout_s = 256", "tftp.max_timeout_s"),
+            ("max_transfer_s = 0", "tftp.max_transfer_s"),
+        ] {
+            let e = err(&format!(
+                "[tftp]\nroot = \"srv\"\ntransfer_ports = \"50000-50099\"\n{text}\n"
+            ));
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -226,6 +226,20 @@ pub struct Tftp {
     pub max_retries: Option<u32>,
     /// Link MTU that bounds blksize (blocks never fragment).
     pub mtu: Option<u16>,
+    /// Transfers in flight, all clients together.
+    pub max_transfers: Option<u32>,
+    /// Transfers in flight from one client address.
+    pub max_transfers_per_client: Option<u32>,
+    /// New read requests a second, all clients together.
+    pub requests_per_second: Option<u32>,
+    /// New read requests a second from one client address.
+    pub requests_per_second_per_client: Option<u32>,
+    /// Largest RFC 2349 `timeout` acknowledged, seconds.
+    pub max_timeout_s: Option<u32>,
+    /// Longest a transfer may run, seconds.
+    pub max_transfer_s: Option<u32>,
+    /// Bytes all netascii conversions may hold together.
+    pub netascii_budget_bytes: Option<u64>,
 }
 
 /// `[http]`.

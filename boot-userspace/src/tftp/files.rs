@@ -105,6 +105,27 @@ impl Source {
         self.file
     }
 
+    /// Fills `buf` from `offset` only if the bytes are in the page cache now (RWF_NOWAIT):
+    /// true when filled, false when the read would wait for the store, or when the file
+    /// system cannot say (then the caller reads on a blocking thread). Never blocks, so it
+    /// may run on the async runtime's threads.
+    pub fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return false;
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which is valid for writes of its length for the whole
+        // call; the descriptor is owned by `self.file`.
+        let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        // A short read is the end of the file or a partly cached range: either way the
+        // blocking path decides.
+        usize::try_from(n).is_ok_and(|n| n == buf.len())
+    }
+
     /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let mut done = 0;
@@ -218,6 +239,19 @@ mod tests {
         ] {
             assert_eq!(open(&root, name).err(), Some(want), "{name}");
         }
+    }
+
+    #[test]
+    fn cached_reads_fill_the_buffer_or_say_no() {
+        let (_d, root) = root();
+        let s = open(&root, "ipxe.efi").expect("open");
+        // Just written, so in the page cache (tmpfs or a disk file system alike).
+        let mut buf = vec![0u8; 1000];
+        if s.read_cached_at(&mut buf, 100) {
+            assert_eq!(buf, vec![7u8; 1000]);
+        }
+        // Past the end the read is short: never "filled".
+        assert!(!s.read_cached_at(&mut buf, 2500));
     }
 
     #[test]

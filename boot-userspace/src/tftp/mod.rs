@@ -2,9 +2,11 @@
 //! RFC 2349 timeout and tsize, RFC 7440 windowsize).
 //!
 //! [`packet`] (wire format), [`options`] (negotiation), [`transfer`] (the read-transfer state
-//! machine) and [`names`] (which names are per-host files) are the pure core; [`files`]
-//! confines requests to the root and [`service`] is the socket loop.
+//! machine), [`admission`] (caps on transfers and requests) and [`names`] (which names are
+//! per-host files) are the pure core; [`files`] confines requests to the root and [`service`]
+//! is the socket loop.
 
+pub mod admission;
 pub mod files;
 pub mod names;
 pub mod options;

@@ -1,7 +1,9 @@
 //! Option negotiation (RFC 2347): which of the client's options the server accepts, and the
 //! values the transfer then uses. Unknown options are ignored, as the RFC requires; values out
 //! of range are clamped where the RFC lets the server answer with a smaller value, and
-//! dropped otherwise.
+//! dropped otherwise. A `timeout` above the server's ceiling is dropped too: RFC 2349 lets
+//! the server only echo the client's value or leave the option out, and a client that could
+//! pick 255 s would hold a transfer for its retries times four minutes.
 
 /// RFC 1350 block size, used when the client asks for none.
 pub const DEFAULT_BLKSIZE: u16 = 512;
@@ -23,6 +25,8 @@ pub struct Limits {
     pub max_windowsize: u16,
     /// Retransmission timeout when the client asks for none, seconds.
     pub default_timeout: u8,
+    /// Largest `timeout` acknowledged, seconds; larger ones are left out of the OACK.
+    pub max_timeout: u8,
 }
 
 impl Limits {
@@ -35,6 +39,15 @@ impl Limits {
             max_blksize,
             max_windowsize: max_windowsize.max(1),
             default_timeout: 1,
+            max_timeout: MAX_TIMEOUT,
+        }
+    }
+
+    /// The same limits with a ceiling on the `timeout` option (at least 1 s).
+    pub fn with_max_timeout(self, max_timeout: u8) -> Self {
+        Self {
+            max_timeout: max_timeout.max(1),
+            ..self
         }
     }
 }
@@ -51,6 +64,8 @@ pub struct Negotiated {
     /// The options to acknowledge in an OACK, in the client's order; empty means no OACK
     /// (RFC 1350 transfer starting with DATA 1).
     pub ack: Vec<(&'static str, String)>,
+    /// The client asked for a `timeout` above the ceiling (left out of the OACK).
+    pub timeout_capped: bool,
 }
 
 /// Negotiates the client's `options` for a file of `size` bytes (`None` when the size is not
@@ -61,6 +76,7 @@ pub fn negotiate(options: &[(String, String)], size: Option<u64>, limits: Limits
         windowsize: 1,
         timeout: limits.default_timeout,
         ack: Vec::new(),
+        timeout_capped: false,
     };
     for (name, value) in options {
         match name.as_str() {
@@ -90,9 +106,12 @@ pub fn negotiate(options: &[(String, String)], size: Option<u64>, limits: Limits
                 }
             }
             "timeout" => {
-                // RFC 2349: the server must not change it; refuse values out of 1..=255.
+                // RFC 2349: the server must not change it; refuse values out of 1..=255,
+                // and values over the ceiling (the transfer keeps the default timeout).
                 if let Ok(v) = value.parse::<u16>() {
-                    if (1..=u16::from(MAX_TIMEOUT)).contains(&v) {
+                    if v > u16::from(limits.max_timeout) && v <= u16::from(MAX_TIMEOUT) {
+                        n.timeout_capped = true;
+                    } else if (1..=u16::from(MAX_TIMEOUT)).contains(&v) {
                         n.timeout = v as u8;
                         n.ack.push(("timeout", v.to_string()));
                     }
@@ -125,6 +144,7 @@ mod tests {
         max_blksize: 1468,
         max_windowsize: 64,
         default_timeout: 1,
+        max_timeout: MAX_TIMEOUT,
     };
 
     #[test]
@@ -209,8 +229,35 @@ mod tests {
             Limits {
                 max_blksize: 8,
                 max_windowsize: 1,
-                default_timeout: 1
+                default_timeout: 1,
+                max_timeout: MAX_TIMEOUT,
             }
         );
+        assert_eq!(Limits::for_mtu(1500, 16).with_max_timeout(0).max_timeout, 1);
+    }
+
+    #[test]
+    fn a_timeout_over_the_ceiling_is_left_out_not_changed() {
+        let lan = LAN.with_max_timeout(5);
+        let n = negotiate(
+            &opts(&[("timeout", "255"), ("blksize", "1468"), ("tsize", "0")]),
+            Some(9),
+            lan,
+        );
+        assert!(n.timeout_capped);
+        assert_eq!(n.timeout, 1, "the default, not what was asked");
+        assert_eq!(
+            n.ack,
+            [("blksize", "1468".to_owned()), ("tsize", "9".to_owned())]
+        );
+        // At the ceiling: echoed as asked.
+        let n = negotiate(&opts(&[("timeout", "5")]), None, lan);
+        assert!(!n.timeout_capped);
+        assert_eq!(
+            (n.timeout, n.ack.clone()),
+            (5, vec![("timeout", "5".to_owned())])
+        );
+        // Out of the RFC's range is invalid, not capped.
+        assert!(!negotiate(&opts(&[("timeout", "256")]), None, lan).timeout_capped);
     }
 }

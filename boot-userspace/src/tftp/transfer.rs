@@ -37,6 +37,9 @@ pub enum AbortReason {
     Timeout,
     /// The client sent an ERROR (OVMF does this right after the OACK to learn tsize).
     ClientError,
+    /// The transfer ran past `tftp.max_transfer_s` (decided by the socket loop, which owns
+    /// the clock).
+    Lifetime,
 }
 
 /// One read transfer.
@@ -167,6 +170,7 @@ mod tests {
             } else {
                 vec![]
             },
+            timeout_capped: false,
         }
     }
 
