@@ -14,6 +14,7 @@ use bootfabric::dhcp::{
 };
 use bootfabric_abi::dhcp::*;
 use bootfabric_lab::{
+    dhcp_client::Client as DhcpClient,
     have_program, http_get, require, require_root, sample, wait_for,
     xdp_harness::{checksum, frame, Harness, SERVER_MAC},
     Bridge, Daemon, Netns, TempDir,
@@ -630,6 +631,153 @@ fn attack_forged_relayed_request_for_a_reserved_host_is_not_answered_in_the_kern
         );
     })
     .expect("namespace");
+}
+
+/// The same attack over a veth, as a machine on the fabric makes it: it forges a relay's
+/// DISCOVER for reserved host far04 (giaddr 10.88.0.1, which it also holds, so that an answer
+/// to giaddr:67 comes back to it) and sends it to the daemon, which runs the XDP fast path
+/// with `dhcp.relays = ["10.77.0.254"]`. No answer comes: the program passes it
+/// (`relay_not_allowed`) and userspace drops it (`relay_not_allowed`). The listed relay gets
+/// the kernel's answer; after a SIGHUP to `relays = []` it does not.
+#[test]
+fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
+    let t = "attack_forged_relay_over_a_veth_gets_no_kernel_answer";
+    if !require_root(t) {
+        return;
+    }
+    let lab = bootfabric_lab::PairLab::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", "10.88.0.1/32", "dev", "client0"])
+        .expect("giaddr");
+    // Userspace answers relayed requests through the routing table; the kernel through the
+    // request's source MAC.
+    lab.server
+        .ip(&["route", "add", "10.88.0.0/24", "via", "10.77.0.2"])
+        .expect("route");
+    let config = |relays: &str| CONFIG.replace("[dhcp]\n", &format!("[dhcp]\nrelays = {relays}\n"));
+    let daemon = Daemon::start(
+        &lab.server,
+        &config(r#"["10.77.0.254"]"#),
+        &[("hosts.toml", INVENTORY)],
+    )
+    .expect("daemon");
+    let metrics = || {
+        http_get(&lab.server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    if !require(
+        metrics().contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let relayed = |xid: u32| {
+        lab.client
+            .run(move || {
+                let c = DhcpClient::bind_port(67).expect("bind 67");
+                let mut m = DhcpClient::message(mac(4), xid, dhcproto::v4::MessageType::Discover);
+                m.set_giaddr(RELAY_IP).set_hops(1);
+                c.send_to(&m, "10.77.0.1:67".parse().expect("addr"))
+                    .expect("send");
+                c.reply(xid, Duration::from_secs(3))
+            })
+            .expect("client namespace")
+    };
+    let count = |m: &str, action: &str, reason: &str| {
+        sample(
+            m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", action), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    let userspace_drops = |m: &str| {
+        sample(
+            m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "relay_not_allowed")],
+        )
+        .unwrap_or(0.0)
+    };
+    // Waits until the program passed `n` forged requests and userspace dropped them.
+    let refused = |n: f64| {
+        wait_for(Duration::from_secs(30), || {
+            let m = metrics();
+            (count(&m, "passed", "relay_not_allowed") >= n && userspace_drops(&m) >= n)
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "not passed and dropped as relay_not_allowed:\n{}",
+                metrics()
+            )
+        })
+    };
+
+    let got = relayed(0x7301);
+    assert!(
+        got.is_none(),
+        "a forged relayed DISCOVER for reserved host far04 from 10.77.0.2 (not in dhcp.relays) was answered: {:?} offered to 10.88.0.1:67 (kernel offers: {})",
+        got.map(|m| m.yiaddr()),
+        count(&metrics(), "answered", "offer")
+    );
+    refused(1.0);
+    assert_eq!(count(&metrics(), "answered", "offer"), 0.0);
+
+    // The listed relay: the same request from 10.77.0.254 is answered in the kernel.
+    lab.client
+        .ip(&["addr", "add", "10.77.0.254/24", "dev", "client0"])
+        .expect("relay address");
+    lab.client
+        .ip(&[
+            "route",
+            "add",
+            "10.77.0.1/32",
+            "dev",
+            "client0",
+            "src",
+            "10.77.0.254",
+        ])
+        .expect("source route");
+    let got = relayed(0x7302);
+    assert_eq!(
+        got.map(|m| m.yiaddr()),
+        Some(Ipv4Addr::new(10, 88, 0, 20)),
+        "the listed relay was not served:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        count(&metrics(), "answered", "offer"),
+        1.0,
+        "the listed relay's request was answered in the kernel"
+    );
+
+    // SIGHUP with `relays = []`: no relay is trusted, in the kernel as in userspace.
+    std::fs::write(daemon.config_path(), config("[]")).expect("config");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("fast path resynced")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let got = relayed(0x7303);
+    assert!(
+        got.is_none(),
+        "after the reload to relays = [], the relay was answered: {:?}",
+        got.map(|m| m.yiaddr())
+    );
+    refused(2.0);
+    assert_eq!(count(&metrics(), "answered", "offer"), 1.0);
 }
 
 #[test]
