@@ -625,6 +625,49 @@ mod tests {
     }
 
     #[test]
+    fn relays_become_trie_prefixes_and_unset_trusts_every_source() {
+        // Unset: userspace trusts a giaddr from anyone, so the kernel must answer it too.
+        assert_eq!(relay_prefixes(None), Some(BTreeSet::from([(0, [0; 4])])));
+        // `[]`: no relay at all, so no relayed request is the kernel's to answer.
+        assert_eq!(relay_prefixes(Some(&[])), Some(BTreeSet::new()));
+        let nets: Vec<Ipv4Net> = ["10.77.0.254/32", "10.90.0.5/29", "10.90.0.0/29"]
+            .iter()
+            .map(|n| n.parse().expect("net"))
+            .collect();
+        assert_eq!(
+            relay_prefixes(Some(&nets)),
+            Some(BTreeSet::from([
+                (32, [10, 77, 0, 254]),
+                (29, [10, 90, 0, 0])
+            ])),
+            "host bits cleared, duplicates merged"
+        );
+        let many: Vec<Ipv4Net> = (0..=RELAYS_MAX_ENTRIES)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).expect("net"))
+            .collect();
+        assert_eq!(
+            relay_prefixes(Some(&many[..RELAYS_MAX_ENTRIES as usize])).map(|s| s.len()),
+            Some(RELAYS_MAX_ENTRIES as usize)
+        );
+        assert_eq!(
+            relay_prefixes(Some(&many)),
+            None,
+            "a list the trie cannot hold leaves relayed requests to userspace"
+        );
+        // derive() takes the server's current guards (a reload replaces them).
+        let mut s = server("");
+        assert_eq!(derive(&s, &fabric()).relays, BTreeSet::from([(0, [0; 4])]));
+        let mut guards = s.dhcp.guards.clone();
+        guards.relays = Some(nets);
+        s.set_guards(guards.clone());
+        assert_eq!(derive(&s, &fabric()).relays.len(), 2);
+        guards.relays = Some(many);
+        s.set_guards(guards);
+        let d = derive(&s, &fabric());
+        assert!(d.relays.is_empty() && d.relays_overflow);
+    }
+
+    #[test]
     fn hosts_share_templates_unless_their_replies_differ() {
         let s = server(
             r#"
