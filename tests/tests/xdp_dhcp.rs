@@ -10,10 +10,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bootfabric::dhcp::{
     encode_reply,
     server::{Handled, Ingress},
-    wire::decode_request,
+    wire::{decode_request, DropReason},
 };
 use bootfabric_abi::dhcp::*;
 use bootfabric_lab::{
+    dhcp_client::Client as DhcpClient,
     have_program, http_get, require, require_root, sample, wait_for,
     xdp_harness::{checksum, frame, Harness, SERVER_MAC},
     Bridge, Daemon, Netns, TempDir,
@@ -225,9 +226,14 @@ fn payload(r: &Req) -> Vec<u8> {
 }
 
 fn request_frame(r: &Req, vlan: Option<u16>) -> Vec<u8> {
+    request_frame_from(r, vlan, RELAY_IP)
+}
+
+/// The frame of `r`, sent from `relay` when `r` is relayed.
+fn request_frame_from(r: &Req, vlan: Option<u16>, relay: Ipv4Addr) -> Vec<u8> {
     let relayed = !r.giaddr.is_unspecified();
     let (src, dst) = if relayed {
-        ((RELAY_IP, 67), (SERVER_IP, 67))
+        ((relay, 67), (SERVER_IP, 67))
     } else if !r.ciaddr.is_unspecified() {
         ((r.ciaddr, 68), (SERVER_IP, 67))
     } else {
@@ -292,11 +298,20 @@ fn parse_reply(f: &[u8], vlan: Option<u16>) -> Parsed {
 
 /// The userspace server's answer to the same payload: (bytes as sent, destination).
 fn userspace(h: &mut Harness, r: &Req) -> Option<(Vec<u8>, SocketAddrV4)> {
+    match handle_from(h, r, RELAY_IP) {
+        // The same encoder and padding the daemon's socket loop uses.
+        Handled::Reply(reply) => Some((encode_reply(&reply.msg).expect("encode"), reply.dest)),
+        _ => None,
+    }
+}
+
+/// What the userspace server does with `r`, sent from `relay` when `r` is relayed.
+fn handle_from(h: &mut Harness, r: &Req, relay: Ipv4Addr) -> Handled {
     let msg = decode_request(&payload(r)).expect("userspace decodes it");
     let peer = if r.giaddr.is_unspecified() {
         SocketAddrV4::new(r.ciaddr, 68)
     } else {
-        SocketAddrV4::new(RELAY_IP, 67)
+        SocketAddrV4::new(relay, 67)
     };
     let ingress = Ingress {
         iface: "fabric0",
@@ -304,20 +319,20 @@ fn userspace(h: &mut Harness, r: &Req) -> Option<(Vec<u8>, SocketAddrV4)> {
         port: 67,
         peer,
     };
-    match h.server.handle(&msg, &ingress, 1_000) {
-        // The same encoder and padding the daemon's socket loop uses.
-        Handled::Reply(reply) => Some((encode_reply(&reply.msg).expect("encode"), reply.dest)),
-        _ => None,
-    }
+    h.server.handle(&msg, &ingress, 1_000)
 }
 
 fn harness(test: &str) -> Option<(Harness, TempDir)> {
+    harness_with(test, CONFIG)
+}
+
+fn harness_with(test: &str, config: &str) -> Option<(Harness, TempDir)> {
     if !require_root(test) {
         return None;
     }
     let dir = TempDir::new().expect("tempdir");
     std::fs::write(dir.path.join("hosts.toml"), INVENTORY).expect("inventory");
-    std::fs::write(dir.path.join("bootfabric.toml"), CONFIG).expect("config");
+    std::fs::write(dir.path.join("bootfabric.toml"), config).expect("config");
     let h = Harness::new(&dir.path.join("bootfabric.toml"), SERVER_IP).expect("harness");
     if !require(
         h.is_some(),
@@ -472,6 +487,297 @@ fn kernel_replies_equal_userspace_replies() {
         );
         println!("{answered} kernel replies identical to the userspace server's");
     });
+}
+
+/// Issue 14 item 7, the kernel's half: with `dhcp.relays` set, a relayed request for a
+/// reserved host's MAC from a source that is not a listed relay must not be answered in the
+/// kernel, which would send the host's reservation to whatever giaddr:67 the sender names (a
+/// reflector past `dhcp.relays`). It goes to userspace, which drops it as
+/// `relay_not_allowed`. The listed relays (an address and a CIDR) are answered in the kernel
+/// with the userspace server's bytes, and a resync after a reload follows the list.
+#[test]
+fn attack_forged_relayed_request_for_a_reserved_host_is_not_answered_in_the_kernel() {
+    let t = "attack_forged_relayed_request_for_a_reserved_host_is_not_answered_in_the_kernel";
+    let ns = Netns::new("xdp").expect("netns");
+    ns.run(move || {
+        let config = CONFIG.replace(
+            "[dhcp]\n",
+            "[dhcp]\nrelays = [\"10.88.0.1\", \"10.99.0.0/16\"]\n",
+        );
+        let Some((mut h, _dir)) = harness_with(t, &config) else {
+            return;
+        };
+        // A machine on the fabric, forging the relayed subnet's gateway as giaddr.
+        let attacker = Ipv4Addr::new(10, 77, 0, 2);
+        let far = Ipv4Addr::new(10, 88, 0, 20);
+        let relayed = |client: Client, kind: u8, broadcast: bool, xid: u32| Req {
+            client,
+            kind,
+            mac: mac(4),
+            broadcast,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: RELAY_IP,
+            server_id: (kind == DHCPREQUEST).then_some(SERVER_IP),
+            requested: (kind == DHCPREQUEST).then_some(far),
+            relay_info: true,
+            xid,
+        };
+        let name = |kind: u8| if kind == DHCPDISCOVER { "DISCOVER" } else { "REQUEST" };
+        // Not answered in the kernel, and dropped as relay_not_allowed by userspace.
+        let refused = |h: &mut Harness, r: &Req, src: Ipv4Addr, why: &str| {
+            let (action, out) = h.run(&request_frame_from(r, None, src)).expect("test run");
+            if action == XDP_TX {
+                let got = parse_reply(&out, None);
+                panic!(
+                    "a forged relayed {} for reserved host far04 from {src} ({why}) was answered in the kernel: {} sent to {}:{}",
+                    name(r.kind),
+                    Ipv4Addr::new(got.payload[16], got.payload[17], got.payload[18], got.payload[19]),
+                    got.dst_ip,
+                    got.dst_port
+                );
+            }
+            assert_eq!(action, XDP_PASS, "{} from {src}: passed to userspace", name(r.kind));
+            match handle_from(h, r, src) {
+                Handled::Drop(DropReason::RelayNotAllowed) => {}
+                other => panic!("userspace did not drop the relayed request from {src}: {other:?}"),
+            }
+        };
+        // Answered in the kernel with exactly the userspace server's reply, sent to giaddr:67
+        // through the relay's MAC.
+        let answered = |h: &mut Harness, r: &Req, vlan: Option<u16>, src: Ipv4Addr| {
+            let case = format!("{:?} {} broadcast {} from {src}", r.client, name(r.kind), r.broadcast);
+            let (action, out) = h.run(&request_frame_from(r, vlan, src)).expect("test run");
+            assert_eq!(action, XDP_TX, "{case}: answered in the kernel");
+            let (expect, dest) = match handle_from(h, r, src) {
+                Handled::Reply(reply) => {
+                    (encode_reply(&reply.msg).expect("encode"), reply.dest)
+                }
+                other => panic!("{case}: userspace did not answer: {other:?}"),
+            };
+            let got = parse_reply(&out, vlan);
+            assert_eq!(got.payload, expect, "{case}: kernel and userspace bytes");
+            assert_eq!((got.dst_ip, got.dst_port), (*dest.ip(), dest.port()), "{case}");
+            assert_eq!((got.dst_ip, got.dst_port), (RELAY_IP, 67), "{case}: to giaddr");
+            assert_eq!(got.dst_mac, [2, 0x88, 0, 0, 0, 1], "{case}: to the relay's MAC");
+        };
+
+        let before = h.stats();
+        for (kind, xid) in [(DHCPDISCOVER, 0x7001), (DHCPREQUEST, 0x7002)] {
+            let r = relayed(Client::Pxe(7), kind, false, xid);
+            refused(&mut h, &r, attacker, "not in dhcp.relays");
+        }
+        // Outside the /16 by one bit, and the listed address's neighbour.
+        refused(
+            &mut h,
+            &relayed(Client::Plain, DHCPDISCOVER, true, 0x7003),
+            Ipv4Addr::new(10, 98, 255, 255),
+            "not in dhcp.relays",
+        );
+        refused(
+            &mut h,
+            &relayed(Client::Plain, DHCPDISCOVER, true, 0x7004),
+            Ipv4Addr::new(10, 88, 0, 2),
+            "not in dhcp.relays",
+        );
+        let after = h.stats();
+        let d = |i: u32| after[i as usize] - before[i as usize];
+        assert_eq!(d(STAT_PASSED_RELAY_NOT_ALLOWED), 4, "counted by reason");
+        assert_eq!(d(STAT_ANSWERED_OFFER) + d(STAT_ANSWERED_ACK), 0);
+        assert!(h.events().is_empty(), "no event for what the kernel did not answer");
+
+        // The listed relays, every client variant: the kernel answers as userspace does.
+        let mut xid = 0x7100;
+        for src in [RELAY_IP, Ipv4Addr::new(10, 99, 3, 4)] {
+            for client in [
+                Client::Plain,
+                Client::Ipxe,
+                Client::IpxeNoHttp,
+                Client::Pxe(0),
+                Client::Pxe(7),
+                Client::HttpBoot(16),
+            ] {
+                for (kind, broadcast, vlan) in [
+                    (DHCPDISCOVER, true, None),
+                    (DHCPDISCOVER, false, Some(0x0123)),
+                    (DHCPREQUEST, false, None),
+                ] {
+                    xid += 1;
+                    answered(&mut h, &relayed(client, kind, broadcast, xid), vlan, src);
+                }
+            }
+        }
+        h.events();
+
+        // A reload to `relays = []` trusts no relay, in the kernel too once resynced...
+        let mut guards = h.server.dhcp.guards.clone();
+        guards.relays = Some(Vec::new());
+        h.server.set_guards(guards.clone());
+        h.fast_path.sync(&h.server).expect("resync");
+        refused(
+            &mut h,
+            &relayed(Client::Pxe(7), DHCPDISCOVER, false, 0x7201),
+            RELAY_IP,
+            "dhcp.relays = []",
+        );
+        // ...and one that removes the key trusts a giaddr from anyone, as userspace does.
+        guards.relays = None;
+        h.server.set_guards(guards);
+        h.fast_path.sync(&h.server).expect("resync");
+        answered(
+            &mut h,
+            &relayed(Client::Pxe(7), DHCPDISCOVER, false, 0x7202),
+            None,
+            attacker,
+        );
+    })
+    .expect("namespace");
+}
+
+/// The same attack over a veth, as a machine on the fabric makes it: it forges a relay's
+/// DISCOVER for reserved host far04 (giaddr 10.88.0.1, which it also holds, so that an answer
+/// to giaddr:67 comes back to it) and sends it to the daemon, which runs the XDP fast path
+/// with `dhcp.relays = ["10.77.0.254"]`. No answer comes: the program passes it
+/// (`relay_not_allowed`) and userspace drops it (`relay_not_allowed`). The listed relay gets
+/// the kernel's answer; after a SIGHUP to `relays = []` it does not.
+#[test]
+fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
+    let t = "attack_forged_relay_over_a_veth_gets_no_kernel_answer";
+    if !require_root(t) {
+        return;
+    }
+    let lab = bootfabric_lab::PairLab::new().expect("lab");
+    lab.client
+        .ip(&["addr", "add", "10.88.0.1/32", "dev", "client0"])
+        .expect("giaddr");
+    // Userspace answers relayed requests through the routing table; the kernel through the
+    // request's source MAC.
+    lab.server
+        .ip(&["route", "add", "10.88.0.0/24", "via", "10.77.0.2"])
+        .expect("route");
+    let config = |relays: &str| CONFIG.replace("[dhcp]\n", &format!("[dhcp]\nrelays = {relays}\n"));
+    let daemon = Daemon::start(
+        &lab.server,
+        &config(r#"["10.77.0.254"]"#),
+        &[("hosts.toml", INVENTORY)],
+    )
+    .expect("daemon");
+    let metrics = || {
+        http_get(&lab.server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    if !require(
+        metrics().contains("ebpf=\"embedded\""),
+        t,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    ) {
+        return;
+    }
+    let relayed = |xid: u32| {
+        lab.client
+            .run(move || {
+                let c = DhcpClient::bind_port(67).expect("bind 67");
+                let mut m = DhcpClient::message(mac(4), xid, dhcproto::v4::MessageType::Discover);
+                m.set_giaddr(RELAY_IP).set_hops(1);
+                c.send_to(&m, "10.77.0.1:67".parse().expect("addr"))
+                    .expect("send");
+                c.reply(xid, Duration::from_secs(3))
+            })
+            .expect("client namespace")
+    };
+    let count = |m: &str, action: &str, reason: &str| {
+        sample(
+            m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", action), ("reason", reason)],
+        )
+        .unwrap_or(0.0)
+    };
+    let userspace_drops = |m: &str| {
+        sample(
+            m,
+            "bootfabric_dhcp_dropped_total",
+            &[("reason", "relay_not_allowed")],
+        )
+        .unwrap_or(0.0)
+    };
+    // Waits until the program passed `n` forged requests and userspace dropped them.
+    let refused = |n: f64| {
+        wait_for(Duration::from_secs(30), || {
+            let m = metrics();
+            (count(&m, "passed", "relay_not_allowed") >= n && userspace_drops(&m) >= n)
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "not passed and dropped as relay_not_allowed:\n{}",
+                metrics()
+            )
+        })
+    };
+
+    let got = relayed(0x7301);
+    assert!(
+        got.is_none(),
+        "a forged relayed DISCOVER for reserved host far04 from 10.77.0.2 (not in dhcp.relays) was answered: {:?} offered to 10.88.0.1:67 (kernel offers: {})",
+        got.map(|m| m.yiaddr()),
+        count(&metrics(), "answered", "offer")
+    );
+    refused(1.0);
+    assert_eq!(count(&metrics(), "answered", "offer"), 0.0);
+
+    // The listed relay: the same request from 10.77.0.254 is answered in the kernel.
+    lab.client
+        .ip(&["addr", "add", "10.77.0.254/24", "dev", "client0"])
+        .expect("relay address");
+    lab.client
+        .ip(&[
+            "route",
+            "add",
+            "10.77.0.1/32",
+            "dev",
+            "client0",
+            "src",
+            "10.77.0.254",
+        ])
+        .expect("source route");
+    let got = relayed(0x7302);
+    assert_eq!(
+        got.map(|m| m.yiaddr()),
+        Some(Ipv4Addr::new(10, 88, 0, 20)),
+        "the listed relay was not served:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        count(&metrics(), "answered", "offer"),
+        1.0,
+        "the listed relay's request was answered in the kernel"
+    );
+
+    // SIGHUP with `relays = []`: no relay is trusted, in the kernel as in userspace.
+    std::fs::write(daemon.config_path(), config("[]")).expect("config");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon
+            .log()
+            .contains("fast path resynced")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let got = relayed(0x7303);
+    assert!(
+        got.is_none(),
+        "after the reload to relays = [], the relay was answered: {:?}",
+        got.map(|m| m.yiaddr())
+    );
+    refused(2.0);
+    assert_eq!(count(&metrics(), "answered", "offer"), 1.0);
 }
 
 #[test]

@@ -20,6 +20,12 @@ pub const MAP_BUCKETS: &str = "DHCP_BUCKETS";
 /// reserved host's lease was last reported. Only MACs found in [`MAP_HOSTS`] get an entry, so
 /// a flood of random MACs cannot evict a reserved host's bucket (that would refill it).
 pub const MAP_HOST_LIMITS: &str = "DHCP_HOST_LIMITS";
+/// LPM trie (prefix length, IPv4 address in network order) → `u8`: the source addresses a
+/// relayed request (giaddr set) may come from to be answered in the kernel, derived from
+/// `dhcp.relays`. Unset, it holds `0.0.0.0/0` (a giaddr is trusted from anyone, as in
+/// userspace); `[]` leaves it empty. A request from any other source goes to userspace, which
+/// drops it as `relay_not_allowed`.
+pub const MAP_RELAYS: &str = "DHCP_RELAYS";
 
 /// Most reserved hosts the kernel answers; the rest are served from userspace.
 pub const HOSTS_MAX_ENTRIES: u32 = 65_536;
@@ -27,6 +33,9 @@ pub const HOSTS_MAX_ENTRIES: u32 = 65_536;
 pub const TEMPLATES_MAX_ENTRIES: u32 = 16_384;
 /// Clients and relays the rate limiter tracks at once; the least recently seen go first.
 pub const BUCKETS_MAX_ENTRIES: u32 = 65_536;
+/// Most `dhcp.relays` entries the kernel checks; with more, every relayed request is left to
+/// userspace (which checks them all).
+pub const RELAYS_MAX_ENTRIES: u32 = 1024;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
@@ -119,8 +128,11 @@ pub const STAT_DROP_RATE_LIMITED_ANSWER: u32 = 18;
 /// An ACK answered in the kernel without an event: the same lease of the same host was
 /// reported less than half its lease time ago, with no OFFER since (a renewal, or a repeat).
 pub const STAT_ACK_UNREPORTED: u32 = 19;
+/// Passed: a relayed request (giaddr set) whose IPv4 source is not in `dhcp.relays`; the
+/// userspace server drops it as `relay_not_allowed`, through the shield's buckets.
+pub const STAT_PASSED_RELAY_NOT_ALLOWED: u32 = 20;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 20;
+pub const STAT_COUNT: u32 = 21;
 
 /// The metric labels of a counter: (action, reason). `None` for [`STAT_EVENTS_LOST`] and
 /// [`STAT_ACK_UNREPORTED`], which count events, not packets.
@@ -134,6 +146,7 @@ pub fn stat_labels(stat: u32) -> Option<(&'static str, &'static str)> {
         STAT_PASSED_UNSUPPORTED => ("passed", "unsupported"),
         STAT_PASSED_FAST_PATH_OFF => ("passed", "fast_path_off"),
         STAT_PASSED_TX_FAILED => ("passed", "tx_failed"),
+        STAT_PASSED_RELAY_NOT_ALLOWED => ("passed", "relay_not_allowed"),
         STAT_DROP_TRUNCATED => ("dropped", "truncated"),
         STAT_DROP_BAD_COOKIE => ("dropped", "bad_cookie"),
         STAT_DROP_BAD_OPTION => ("dropped", "bad_option"),

@@ -19,7 +19,7 @@ use aya_ebpf::{
         bpf_xdp_store_bytes,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use bootfabric_abi::{
@@ -56,6 +56,11 @@ static DHCP_BUCKETS: LruHashMap<BucketKey, u64> =
 static DHCP_HOST_LIMITS: LruHashMap<MacKey, HostLimit> =
     LruHashMap::with_max_entries(HOSTS_MAX_ENTRIES, 0);
 
+/// Source addresses relayed requests are answered from (`dhcp.relays`; `0.0.0.0/0` when it is
+/// unset). The LPM trie takes the CIDRs as configured.
+#[map(name = "DHCP_RELAYS")]
+static DHCP_RELAYS: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(RELAYS_MAX_ENTRIES, 0);
+
 /// Index mask for the request buffer: every read is `REQUEST_MAX`-bounded.
 const REQ_MASK: usize = REQUEST_MAX - 1;
 /// Longest reply frame the program writes (Ethernet, one tag, IPv4, UDP, payload).
@@ -85,6 +90,8 @@ pub struct Scratch {
     /// verifier's 512 bytes leave no room for.
     limit_key: MacKey,
     limit_fresh: HostLimit,
+    /// Key of the `DHCP_RELAYS` lookup, here for the same reason.
+    relay_key: LpmKey<[u8; 4]>,
 }
 
 #[map(name = "DHCP_SCRATCH")]
@@ -613,6 +620,17 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
     // The subnet, as the userspace server picks it: by giaddr when relayed, else the
     // interface's own.
     let on_subnet = if giaddr != [0; 4] {
+        // `dhcp.relays`, as userspace applies it: a giaddr picks the subnet and where the
+        // answer goes (giaddr:67), so only a listed relay's source address may set it. Any
+        // other goes to userspace, which drops and counts it, through the shield's buckets.
+        let Some(src) = crate::parse::ptr_at::<[u8; 4]>(ctx, udp.l3 + 12) else {
+            return Step::Drop(STAT_DROP_TRUNCATED);
+        };
+        // SAFETY: ptr_at checked that the four bytes lie inside the frame.
+        s.relay_key = LpmKey::new(32, unsafe { *src });
+        if DHCP_RELAYS.get(&s.relay_key).is_none() {
+            return Step::Shield(STAT_PASSED_RELAY_NOT_ALLOWED);
+        }
         let mut k = 0;
         let mut ok = true;
         while k < 4 {

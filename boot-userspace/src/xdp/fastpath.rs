@@ -5,21 +5,25 @@
 //! variant would get and cuts it into a [`Template`] (the per-host option 12 and the
 //! per-request options 97 and 82 become holes). [`FastPath`] writes the result into the
 //! kernel's maps, replacing what changed and deleting what went, and reads the events of
-//! answered exchanges.
+//! answered exchanges. [`relay_prefixes`] turns `dhcp.relays` into the relay trie's entries.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{
+    lpm_trie::{Key as LpmKey, LpmTrie},
+    HashMap, MapData, RingBuf,
+};
 use bootfabric_abi::dhcp::{
     Event, HostEntry, IfaceEntry, MacKey, Template, TemplateKey, BOOTP_HEADER_LEN, CLASS_HTTP,
     CLASS_IPXE_HTTP, CLASS_IPXE_TFTP, CLASS_PLAIN, CLASS_PXE, DHCPACK, DHCPOFFER, HOSTNAME_OPT_MAX,
-    HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_TEMPLATES, NO_SUBNET, TEMPLATES_MAX_ENTRIES,
-    TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
+    HOSTS_MAX_ENTRIES, MAP_EVENTS, MAP_HOSTS, MAP_RELAYS, MAP_TEMPLATES, NO_SUBNET,
+    RELAYS_MAX_ENTRIES, TEMPLATES_MAX_ENTRIES, TEMPLATE_OPTS_BUF, TEMPLATE_OPTS_MAX,
 };
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -134,6 +138,27 @@ pub struct Derived {
     pub templates: Vec<(TemplateKey, Box<Template>)>,
     /// Reserved hosts left to userspace, with the reason.
     pub skipped: Vec<(String, &'static str)>,
+    /// Source addresses the kernel answers relayed requests from (see [`relay_prefixes`]).
+    pub relays: BTreeSet<(u32, [u8; 4])>,
+    /// `dhcp.relays` has more entries than the kernel's trie holds: every relayed request
+    /// goes to userspace.
+    pub relays_overflow: bool,
+}
+
+/// The relay trie's entries for `dhcp.relays`, as (prefix length, network address): the
+/// listed addresses and CIDRs; `0.0.0.0/0` when the key is unset, since userspace then trusts
+/// a giaddr from anyone and the kernel must answer what userspace would; nothing for `[]`.
+/// `None` when the list does not fit the map: the kernel then answers no relayed request
+/// (userspace checks the whole list), rather than a partial list deciding.
+pub fn relay_prefixes(relays: Option<&[Ipv4Net]>) -> Option<BTreeSet<(u32, [u8; 4])>> {
+    let Some(nets) = relays else {
+        return Some(BTreeSet::from([(0, [0; 4])]));
+    };
+    let set: BTreeSet<(u32, [u8; 4])> = nets
+        .iter()
+        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .collect();
+    (set.len() <= RELAYS_MAX_ENTRIES as usize).then_some(set)
 }
 
 /// Cuts an encoded reply into a template: the options without 12 (its place is recorded),
@@ -197,6 +222,10 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, &'static str> {
 /// Derives the maps from the server's configuration for the given interfaces.
 pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
     let mut d = Derived::default();
+    match relay_prefixes(server.dhcp.guards.relays.as_deref()) {
+        Some(r) => d.relays = r,
+        None => d.relays_overflow = true,
+    }
     for iface in ifaces {
         // The subnet an unrelayed request on this interface belongs to.
         let subnet = server
@@ -359,6 +388,7 @@ pub enum FastPathError {
 pub struct FastPath {
     hosts: HashMap<MapData, MacKey, HostEntry>,
     templates: HashMap<MapData, TemplateKey, Template>,
+    relays: LpmTrie<MapData, [u8; 4], u8>,
     /// Events of answered exchanges, until their reader takes them.
     events: Option<RingBuf<MapData>>,
     /// Interfaces the program is attached to.
@@ -380,6 +410,7 @@ impl FastPath {
         Ok(Self {
             hosts: take(ebpf, MAP_HOSTS, HashMap::try_from)?,
             templates: take(ebpf, MAP_TEMPLATES, HashMap::try_from)?,
+            relays: take(ebpf, MAP_RELAYS, LpmTrie::try_from)?,
             events: Some(take(ebpf, MAP_EVENTS, RingBuf::try_from)?),
             fabric,
         })
@@ -396,6 +427,29 @@ impl FastPath {
     pub fn sync(&mut self, server: &Server) -> Result<SyncReport, FastPathError> {
         let d = derive(server, &self.fabric);
         let err = |map| move |source| FastPathError::Map { map, source };
+        // Relays: removals first, so that a reload that narrows `dhcp.relays` never has a
+        // moment in which both lists are trusted (a relay briefly missing only sends its
+        // requests to userspace, which answers them).
+        let stale_relays: Vec<LpmKey<[u8; 4]>> = self
+            .relays
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !d.relays.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in &stale_relays {
+            self.relays.remove(k).map_err(err(MAP_RELAYS))?;
+        }
+        for &(prefix, addr) in &d.relays {
+            self.relays
+                .insert(&LpmKey::new(prefix, addr), 1, 0)
+                .map_err(err(MAP_RELAYS))?;
+        }
+        if d.relays_overflow {
+            warn!(
+                max = RELAYS_MAX_ENTRIES,
+                "dhcp.relays has more entries than the XDP fast path checks: relayed requests are served from userspace"
+            );
+        }
         for (k, t) in &d.templates {
             self.templates
                 .insert(k, t.as_ref(), 0)
@@ -436,6 +490,7 @@ impl FastPath {
             templates: d.templates.len(),
             skipped: d.skipped.len(),
             removed: stale_hosts.len(),
+            relays: d.relays.len(),
         })
     }
 }
@@ -451,6 +506,8 @@ pub struct SyncReport {
     pub skipped: usize,
     /// Hosts removed since the last sync.
     pub removed: usize,
+    /// Entries of the relay trie.
+    pub relays: usize,
 }
 
 /// An answered exchange, decoded from the ring buffer.
@@ -565,6 +622,49 @@ mod tests {
             cut(&reply[..BOOTP_HEADER_LEN + 3]).is_err(),
             "no end option"
         );
+    }
+
+    #[test]
+    fn relays_become_trie_prefixes_and_unset_trusts_every_source() {
+        // Unset: userspace trusts a giaddr from anyone, so the kernel must answer it too.
+        assert_eq!(relay_prefixes(None), Some(BTreeSet::from([(0, [0; 4])])));
+        // `[]`: no relay at all, so no relayed request is the kernel's to answer.
+        assert_eq!(relay_prefixes(Some(&[])), Some(BTreeSet::new()));
+        let nets: Vec<Ipv4Net> = ["10.77.0.254/32", "10.90.0.5/29", "10.90.0.0/29"]
+            .iter()
+            .map(|n| n.parse().expect("net"))
+            .collect();
+        assert_eq!(
+            relay_prefixes(Some(&nets)),
+            Some(BTreeSet::from([
+                (32, [10, 77, 0, 254]),
+                (29, [10, 90, 0, 0])
+            ])),
+            "host bits cleared, duplicates merged"
+        );
+        let many: Vec<Ipv4Net> = (0..=RELAYS_MAX_ENTRIES)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).expect("net"))
+            .collect();
+        assert_eq!(
+            relay_prefixes(Some(&many[..RELAYS_MAX_ENTRIES as usize])).map(|s| s.len()),
+            Some(RELAYS_MAX_ENTRIES as usize)
+        );
+        assert_eq!(
+            relay_prefixes(Some(&many)),
+            None,
+            "a list the trie cannot hold leaves relayed requests to userspace"
+        );
+        // derive() takes the server's current guards (a reload replaces them).
+        let mut s = server("");
+        assert_eq!(derive(&s, &fabric()).relays, BTreeSet::from([(0, [0; 4])]));
+        let mut guards = s.dhcp.guards.clone();
+        guards.relays = Some(nets);
+        s.set_guards(guards.clone());
+        assert_eq!(derive(&s, &fabric()).relays.len(), 2);
+        guards.relays = Some(many);
+        s.set_guards(guards);
+        let d = derive(&s, &fabric());
+        assert!(d.relays.is_empty() && d.relays_overflow);
     }
 
     #[test]
