@@ -110,7 +110,12 @@ fn encode(r: &LeaseRecord) -> String {
 /// Parses one complete line (without its newline).
 fn decode(line: &str) -> Option<LeaseRecord> {
     let (crc, body) = line.split_once(' ')?;
-    if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) || crc.len() != 8 {
+    // Eight hex digits exactly: `from_str_radix` alone also takes a sign, so a checksum field
+    // with a corrupted first byte (`0` turned `+`) passed (found by fuzz/journal_replay).
+    if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes())
+        || crc.len() != 8
+        || !crc.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return None;
     }
     let f: Vec<&str> = body.split(' ').collect();
