@@ -4,9 +4,11 @@
 //! - `build`: builds the XDP object with Debian's rustc, then the daemon embedding it.
 //! - `test`:  setup, build, fmt check, clippy `-D warnings`, every unit and integration test.
 //! - `demo`:  the main job: a rack of VMs rebooted through Redfish, booting through the fabric.
+//! - `fuzz`:  runs each cargo-fuzz target of `fuzz/` for a set time (docs/fuzzing.md).
 
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -46,6 +48,21 @@ enum Task {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Run each fuzz target (fuzz/) for a set time with cargo-fuzz on nightly.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// A target to run (repeatable); all targets when absent.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Sanitizer: `address`, or `none` where ASan cannot run.
+        #[arg(long, default_value = "address")]
+        sanitizer: String,
+        /// Only replay the committed seed corpora (no new inputs).
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +71,17 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build::run(release).map(|_| ()),
         Task::Test { no_setup } => test::run(!no_setup),
         Task::Demo { hosts, no_wait } => demo::run(hosts, no_wait),
+        Task::Fuzz {
+            seconds,
+            targets,
+            sanitizer,
+            smoke,
+        } => fuzz::run(fuzz::Options {
+            seconds,
+            targets,
+            sanitizer,
+            smoke,
+        }),
     }
 }
 

@@ -150,8 +150,13 @@ fn encode(r: &LeaseRecord) -> String {
 fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
     const BAD: &str = "malformed record";
     let (crc, body) = line.split_once(' ').ok_or(BAD)?;
+    // Eight hex digits exactly: `from_str_radix` alone also takes a sign, so a checksum field
+    // with a corrupted first byte (`0` turned `+`) passed (found by fuzz/journal_replay).
+    if crc.len() != 8 || !crc.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("checksum is not eight hexadecimal digits");
+    }
     let sum = u32::from_str_radix(crc, 16).map_err(|_| "checksum is not hexadecimal")?;
-    if crc.len() != 8 || sum != crc32fast::hash(body.as_bytes()) {
+    if sum != crc32fast::hash(body.as_bytes()) {
         return Err("checksum mismatch");
     }
     let f: Vec<&str> = body.split(' ').collect();

@@ -3,6 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The last second an HTTP date can name (9999-12-31 23:59:59 UTC): `httpdate` panics on
+/// anything later, and a file's modification time can be anything (`touch -d 10000-01-01`).
+const LAST_HTTP_DATE: u64 = 253_402_300_799;
+
 /// What identifies one version of a body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Validators {
@@ -14,7 +18,8 @@ pub struct Validators {
 
 impl Validators {
     /// Validators of a file: its inode, size and modification time in nanoseconds make the
-    /// tag, so a file replaced in place (same name, new content) gets a new one.
+    /// tag, so a file replaced in place (same name, new content) gets a new one. A time past
+    /// what an HTTP date can say is capped to the last one it can (the tag still differs).
     pub fn for_file(inode: u64, size: u64, modified: SystemTime) -> Self {
         let nanos = modified
             .duration_since(UNIX_EPOCH)
@@ -22,7 +27,7 @@ impl Validators {
             .unwrap_or(0);
         let seconds = modified
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_secs().min(LAST_HTTP_DATE))
             .unwrap_or(0);
         Self {
             etag: format!("\"{inode:x}-{size:x}-{nanos:x}\""),
@@ -101,6 +106,17 @@ mod tests {
         let b = Validators::for_file(0x1234, 1001, a.modified);
         assert_ne!(a.etag, b.etag);
         assert_eq!(a.last_modified(), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+
+    #[test]
+    fn times_past_year_9999_are_capped_not_a_panic() {
+        // Found by fuzz/fuzz_targets/http_conditional.rs: `Last-Modified` of a file dated
+        // after 9999 panicked the HTTP worker.
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        let v = Validators::for_file(1, 2, far);
+        assert_eq!(v.last_modified(), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert!(range_applies(Some(&v.last_modified()), &v));
+        assert_ne!(v.etag, Validators::for_file(1, 2, v.modified).etag);
     }
 
     #[test]

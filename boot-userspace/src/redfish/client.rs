@@ -232,7 +232,8 @@ fn basic(user: &str, password: &Secret) -> Result<HeaderValue, RedfishError> {
     .map_err(|_| RedfishError::Credentials("user name or password is not valid in a header".into()))
 }
 
-fn error_message(body: &Bytes) -> Option<String> {
+/// The message of a Redfish error body (`@Message.ExtendedInfo` first, then `message`).
+pub fn error_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.pointer("/error/@Message.ExtendedInfo/0/Message")
         .or_else(|| v.pointer("/error/message"))
@@ -272,14 +273,11 @@ impl Client {
             system: cfg.system.clone(),
         };
         let root = c.call(Method::GET, "/redfish/v1", None, None).await?;
-        let root = json_of(&root)?;
-        if let Some(p) = root.pointer("/Systems/@odata.id").and_then(Value::as_str) {
-            c.systems = p.to_owned();
+        let root = ServiceRoot::parse(&json_of(&root)?);
+        if let Some(p) = root.systems {
+            c.systems = p;
         }
-        c.sessions = root
-            .pointer("/Links/Sessions/@odata.id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        c.sessions = root.sessions;
         c.login().await?;
         Ok(c)
     }
@@ -405,16 +403,7 @@ impl Client {
     pub async fn systems(&mut self) -> Result<Vec<String>, RedfishError> {
         let path = self.systems.clone();
         let r = self.call(Method::GET, &path, None, None).await?;
-        let v = json_of(&r)?;
-        Ok(v.get("Members")
-            .and_then(Value::as_array)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|e| e.get("@odata.id").and_then(Value::as_str))
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(members(&json_of(&r)?))
     }
 
     /// The configured system, or the only one; an error when there are several and none is
@@ -578,12 +567,11 @@ impl Client {
         loop {
             let r = self.call(Method::GET, &monitor, None, None).await?;
             if r.status != StatusCode::ACCEPTED {
-                let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                return match v.get("TaskState").and_then(Value::as_str) {
-                    Some("Exception" | "Killed" | "Cancelled") => Err(RedfishError::NotApplied(
-                        format!("task {monitor} ended {:?}", v.get("TaskState")),
-                    )),
-                    _ => Ok(()),
+                return match failed_task_state(&r.body) {
+                    Some(state) => Err(RedfishError::NotApplied(format!(
+                        "task {monitor} ended {state:?}"
+                    ))),
+                    None => Ok(()),
                 };
             }
             if Instant::now() > deadline {
@@ -610,8 +598,51 @@ impl Client {
     }
 }
 
+/// What the fabric reads of the service root (`/redfish/v1`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRoot {
+    /// `Systems.@odata.id`: where the systems collection is.
+    pub systems: Option<String>,
+    /// `Links.Sessions.@odata.id`: where sessions are created, when the service has them.
+    pub sessions: Option<String>,
+}
+
+impl ServiceRoot {
+    /// Reads a service root from its JSON.
+    pub fn parse(v: &Value) -> Self {
+        let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        Self {
+            systems: s("/Systems/@odata.id"),
+            sessions: s("/Links/Sessions/@odata.id"),
+        }
+    }
+}
+
+/// The `@odata.id` of each member of a collection (members without one are skipped).
+pub fn members(v: &Value) -> Vec<String> {
+    v.get("Members")
+        .and_then(Value::as_array)
+        .map(|m| {
+            m.iter()
+                .filter_map(|e| e.get("@odata.id").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `TaskState` of a finished task's body when it says the task failed (`Exception`,
+/// `Killed`, `Cancelled`); `None` for success or a body that says nothing usable.
+pub fn failed_task_state(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    match v.get("TaskState").and_then(Value::as_str) {
+        Some(s @ ("Exception" | "Killed" | "Cancelled")) => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
 /// The path of a `Location` that may be an absolute URL.
-fn path_of(location: &str) -> &str {
+pub fn path_of(location: &str) -> &str {
     match location.find("://") {
         Some(i) => location[i + 3..]
             .find('/')
