@@ -56,6 +56,9 @@ const DEBIAN: &[(&str, &[&str])] = &[
         &["tftpd-hpa", "tftp-hpa", "atftp", "curl"],
     ),
     ("HTTP peers and clients", &["nginx-light", "wrk", "wget"]),
+    // The admin API's mutual-TLS test makes its CA and certificates with openssl; the lease
+    // journal's hung-disk test freezes an ext4 image (e2fsprogs, util-linux).
+    ("security tests", &["openssl", "e2fsprogs", "util-linux"]),
     (
         "firmware lab",
         &[
