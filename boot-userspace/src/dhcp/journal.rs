@@ -992,7 +992,9 @@ mod tests {
             (4, 12, None, "checksum mismatch"),
             (3, 0, Some(b'#'), "a comment after the first record"),
             (2, 3, Some(0xff), "not UTF-8"),
-            (3, 4, Some(b'x'), "checksum is not hexadecimal"),
+            (3, 4, Some(b'x'), "checksum is not eight hexadecimal digits"),
+            // `from_str_radix` alone would read `+` as a sign and replay the line.
+            (4, 0, Some(b'+'), "checksum is not eight hexadecimal digits"),
         ] {
             let (_d, p) = tmp();
             let mut bytes = three(&p);
