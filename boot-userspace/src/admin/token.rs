@@ -86,36 +86,37 @@ pub fn load(path: &Path) -> Result<Token, TokenFileError> {
             daemon,
         });
     }
+    read_token(path, &mut file).map(|(token, _)| token)
+}
+
+/// Reads and parses the token from `file` (opened from `path`): what the daemon and the
+/// client both do, so that the client sends exactly what the daemon will accept. Returns
+/// the raw bytes too, for the client to send.
+fn read_token(path: &Path, file: &mut File) -> Result<(Token, Vec<u8>), TokenFileError> {
     // Bounded: a token is short, and the path could name something huge by mistake.
     let mut text = Vec::new();
-    (&mut file)
-        .take(MAX_TOKEN_LEN as u64 + 3)
+    file.take(MAX_TOKEN_LEN as u64 + 3)
         .read_to_end(&mut text)
-        .map_err(read)?;
-    Token::parse(&text).map_err(|source| TokenFileError::Token {
+        .map_err(|source| TokenFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    let token = Token::parse(&text).map_err(|source| TokenFileError::Token {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    Ok((token, text))
 }
 
 /// Reads the token at `path` for a client (`bootfabric reboot`): what the daemon will
 /// compare, one trailing newline removed. Mode and owner are the daemon's concern; a
 /// client that can read the file may send it.
 pub fn read_for_client(path: &Path) -> Result<String, TokenFileError> {
-    let read = |source| TokenFileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut text = Vec::new();
-    File::open(path)
-        .map_err(read)?
-        .take(MAX_TOKEN_LEN as u64 + 3)
-        .read_to_end(&mut text)
-        .map_err(read)?;
-    Token::parse(&text).map_err(|source| TokenFileError::Token {
+    let mut file = File::open(path).map_err(|source| TokenFileError::Read {
         path: path.to_owned(),
         source,
     })?;
+    let (_, text) = read_token(path, &mut file)?;
     let text = String::from_utf8_lossy(&text);
     Ok(text
         .trim_end_matches('\n')

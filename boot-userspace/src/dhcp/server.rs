@@ -808,6 +808,25 @@ mod tests {
         reply(s.handle(&req, &ingress(), now))
     }
 
+    /// A RELEASE of `ip` by client `mac`.
+    fn release(mac: u8, ip: Ipv4Addr) -> Message {
+        let mut rel = msg(mac, MessageType::Release);
+        rel.set_ciaddr(ip);
+        rel
+    }
+
+    /// A DECLINE of `ip` by client `mac`.
+    fn decline(mac: u8, ip: Ipv4Addr) -> Message {
+        let mut dec = msg(mac, MessageType::Decline);
+        dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        dec
+    }
+
+    /// The hardware address `msg(n, ..)` carries.
+    fn client_mac(n: u8) -> crate::inventory::Mac {
+        crate::inventory::Mac([0x52, 0x54, 0, 0, 0, n])
+    }
+
     #[test]
     fn discover_offer_request_ack_commits_the_lease() {
         let mut s = server(true);
@@ -847,11 +866,7 @@ mod tests {
         req.opts_mut()
             .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
         assert!(matches!(s.handle(&req, &ingress(), 0), Handled::Silent(_)));
-        assert!(s.table.available_to(
-            offer.msg.yiaddr(),
-            crate::inventory::Mac([0x52, 0x54, 0, 0, 0, 9]),
-            0
-        ));
+        assert!(s.table.available_to(offer.msg.yiaddr(), client_mac(9), 0));
     }
 
     #[test]
@@ -983,24 +998,18 @@ mod tests {
     fn release_frees_and_decline_quarantines() {
         let mut s = server(true);
         let ip = lease(&mut s, 1, 0).msg.yiaddr();
-        let mut rel = msg(1, MessageType::Release);
-        rel.set_ciaddr(ip);
+        let mut rel = release(1, ip);
         rel.opts_mut()
             .insert(DhcpOption::ServerIdentifier(SERVER_IP));
         assert!(
             matches!(s.handle(&rel, &from(ip), 10), Handled::Commit(r) if r.state == LeaseState::Released)
         );
-        assert!(s
-            .table
-            .lease_of(crate::inventory::Mac([0x52, 0x54, 0, 0, 0, 1]))
-            .is_none());
+        assert!(s.table.lease_of(client_mac(1)).is_none());
         // Another client's RELEASE of an address it does not hold changes nothing.
         let ip2 = lease(&mut s, 2, 10).msg.yiaddr();
-        let mut rel = msg(3, MessageType::Release);
-        rel.set_ciaddr(ip2);
+        let rel = release(3, ip2);
         assert!(matches!(s.handle(&rel, &from(ip2), 10), Handled::Silent(_)));
-        let mut dec = msg(2, MessageType::Decline);
-        dec.opts_mut().insert(DhcpOption::RequestedIpAddress(ip2));
+        let mut dec = decline(2, ip2);
         dec.opts_mut()
             .insert(DhcpOption::ServerIdentifier(SERVER_IP));
         assert!(
@@ -1048,8 +1057,7 @@ mod tests {
     fn release_counts_only_from_the_released_address() {
         let mut s = server(true);
         let ip = lease(&mut s, 1, 0).msg.yiaddr();
-        let mut rel = msg(1, MessageType::Release);
-        rel.set_ciaddr(ip);
+        let rel = release(1, ip);
         // The victim's chaddr and ciaddr, from another machine (or from no address).
         for other in [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::UNSPECIFIED] {
             assert!(matches!(
@@ -1057,7 +1065,7 @@ mod tests {
                 Handled::Drop(DropReason::ReleaseNotFromClient)
             ));
         }
-        let mac = crate::inventory::Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let mac = client_mac(1);
         assert_eq!(s.table.lease_of(mac).map(|(l, _)| l), Some(ip));
         assert!(matches!(s.handle(&rel, &from(ip), 10), Handled::Commit(_)));
         assert!(s.table.lease_of(mac).is_none());
@@ -1074,10 +1082,8 @@ mod tests {
         let mut outcomes = Vec::new();
         for i in 0..4u32 {
             let offer = reply(s.handle(&msg(1, MessageType::Discover), &ingress(), 100));
-            let mut dec = msg(1, MessageType::Decline);
+            let mut dec = decline(1, offer.msg.yiaddr());
             dec.set_xid(i);
-            dec.opts_mut()
-                .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
             outcomes.push(s.handle(&dec, &ingress(), 100));
         }
         assert!(matches!(outcomes[0], Handled::Commit(_)));
@@ -1093,10 +1099,8 @@ mod tests {
         let mut relayed = msg(4, MessageType::Discover);
         relayed.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
         let offer = reply(s.handle(&relayed, &ingress(), 100));
-        let mut dec = msg(4, MessageType::Decline);
+        let mut dec = decline(4, offer.msg.yiaddr());
         dec.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
-        dec.opts_mut()
-            .insert(DhcpOption::RequestedIpAddress(offer.msg.yiaddr()));
         assert!(matches!(
             s.handle(&dec, &ingress(), 100),
             Handled::Commit(_)

@@ -150,20 +150,14 @@ fn fill_blocks(
     t: &Transfer,
     size: u64,
     (first, last): (u64, u64),
-    mut out: Vec<u8>,
+    out: Vec<u8>,
 ) -> (Vec<u8>, bool) {
-    out.clear();
-    for k in first..=last {
-        let (offset, len) = t.block_range(k, size);
-        packet::data_header(Transfer::wire_block(k), &mut out);
-        let at = out.len();
-        out.resize(at + len as usize, 0);
-        match data.read_at(&mut out[at..], offset) {
-            Ok(n) if n as u64 == len => {}
-            _ => return (out, false),
-        }
+    let read =
+        |buf: &mut [u8], offset| matches!(data.read_at(buf, offset), Ok(n) if n == buf.len());
+    match fill_with(t, size, (first, last), out, read) {
+        Ok(out) => (out, true),
+        Err(out) => (out, false),
     }
-    (out, true)
 }
 
 /// Blocks `first..=last` as DATA packets into `out`, from the page cache only, never
@@ -173,7 +167,23 @@ fn fill_cached(
     t: &Transfer,
     size: u64,
     (first, last): (u64, u64),
+    out: Vec<u8>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    // An empty last block needs no read (and the cache has nothing to say about it).
+    let read = |buf: &mut [u8], offset| buf.is_empty() || source.read_cached_at(buf, offset);
+    fill_with(t, size, (first, last), out, read)
+}
+
+/// Blocks `first..=last` as DATA packets into `out` (cleared first), each block's bytes
+/// filled by `read(buf, offset)`: the one framing both the blocking and the cache-only
+/// paths use, so that they cannot disagree on the wire. `Err` with the buffer back as soon
+/// as `read` says false.
+fn fill_with(
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
     mut out: Vec<u8>,
+    mut read: impl FnMut(&mut [u8], u64) -> bool,
 ) -> Result<Vec<u8>, Vec<u8>> {
     out.clear();
     for k in first..=last {
@@ -181,7 +191,7 @@ fn fill_cached(
         packet::data_header(Transfer::wire_block(k), &mut out);
         let at = out.len();
         out.resize(at + len as usize, 0);
-        if len > 0 && !source.read_cached_at(&mut out[at..], offset) {
+        if !read(&mut out[at..], offset) {
             return Err(out);
         }
     }
