@@ -69,17 +69,76 @@ fn create(args: &CreateArgs) -> i32 {
     }
 }
 
+/// Why `admin.token_file` could not be found in a config.
+#[derive(Debug, thiserror::Error)]
+enum TokenFileOfError {
+    /// The config cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config is not valid TOML of our schema.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The config.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// The key is not set, and no `--file` was given.
+    #[error("{path}: key `admin.token_file` is not set: set it, or give --file")]
+    Unset {
+        /// The config.
+        path: PathBuf,
+    },
+}
+
 /// `admin.token_file` of the config at `config`, against its folder. Only the TOML is read:
 /// the full load would refuse the config while the token file does not exist yet.
-fn token_file_of(config: &Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let wire: crate::config::wire::ConfigFile =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", config.display()))?;
-    let file = wire.admin.token_file.ok_or_else(|| {
-        format!(
-            "{}: key `admin.token_file` is not set: set it, or give --file",
-            config.display()
-        )
+fn token_file_of(config: &Path) -> Result<PathBuf, TokenFileOfError> {
+    let path = || config.to_owned();
+    let text = std::fs::read_to_string(config).map_err(|source| TokenFileOfError::Read {
+        path: path(),
+        source,
     })?;
+    let wire: crate::config::wire::ConfigFile =
+        toml::from_str(&text).map_err(|source| TokenFileOfError::Parse {
+            path: path(),
+            source,
+        })?;
+    let file = wire
+        .admin
+        .token_file
+        .ok_or_else(|| TokenFileOfError::Unset { path: path() })?;
     Ok(config.parent().unwrap_or(Path::new(".")).join(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_is_found_beside_the_config_or_named_as_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bootfabric.toml");
+        std::fs::write(&cfg, "[admin]\ntoken_file = \"admin.token\"\n").expect("write");
+        assert_eq!(
+            token_file_of(&cfg).expect("set"),
+            dir.path().join("admin.token")
+        );
+        std::fs::write(&cfg, "[admin]\n").expect("write");
+        let e = token_file_of(&cfg).expect_err("unset").to_string();
+        assert!(
+            e.contains("`admin.token_file`") && e.contains("--file"),
+            "{e}"
+        );
+        std::fs::write(&cfg, "[admin]\nno_such_key = 1\n").expect("write");
+        assert!(matches!(
+            token_file_of(&cfg),
+            Err(TokenFileOfError::Parse { .. })
+        ));
+    }
 }
