@@ -14,7 +14,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
@@ -566,6 +566,26 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> Result<(u16, String
     })?
 }
 
+/// `GET /metrics` from `daemon`'s admin server, from inside `ns`; an error unless it answers
+/// 200 (a half-started daemon must not read as "every counter is zero").
+pub fn metrics(ns: &Netns, daemon: &Daemon) -> Result<String, LabError> {
+    match http_get(ns, daemon.admin, "/metrics")? {
+        (200, text) => Ok(text),
+        (status, text) => Err(format!("/metrics answered {status}: {text}")),
+    }
+}
+
+/// [`require`] that `daemon` (running in `ns`) loaded the XDP object, for tests of the
+/// kernel path: without it they would pass on userspace answers alone.
+pub fn require_xdp(test: &str, ns: &Netns, daemon: &Daemon) -> bool {
+    let text = metrics(ns, daemon).unwrap_or_else(|e| panic!("{test}: {e}"));
+    require(
+        text.contains("ebpf=\"embedded\""),
+        test,
+        "the daemon has no eBPF object (build with `cargo xtask build`)",
+    )
+}
+
 /// The value of one sample in Prometheus text output, e.g.
 /// `sample(&text, "bootfabric_xdp_packets_total", &[("class", "dhcp")])`. Labels not
 /// given are not checked; the first matching sample wins.
@@ -632,6 +652,19 @@ impl PairLab {
             "",
         )?;
         Ok(PairLab { server, client })
+    }
+
+    /// Gives the client a second address, `addr` (in `prefix` notation, e.g.
+    /// `10.77.0.254/24`), and makes it the source of what the client sends to `to`: the
+    /// client then speaks as another machine on the link, e.g. a DHCP relay. For a lab from
+    /// [`PairLab::new`], whose client interface is `client0`.
+    pub fn client_speaks_as(&self, addr: &str, to: Ipv4Addr) -> Result<(), LabError> {
+        let dev = "client0";
+        self.client.ip(&["addr", "add", addr, "dev", dev])?;
+        let src = addr.split_once('/').map_or(addr, |(ip, _)| ip);
+        self.client
+            .ip(&["route", "add", &format!("{to}/32"), "dev", dev, "src", src])?;
+        Ok(())
     }
 }
 

@@ -106,6 +106,28 @@ fn create_token(path: &Path) -> String {
     out.trim().to_owned()
 }
 
+/// A fresh admin token file (`admin.token` in a folder of its own, removed on drop) and
+/// its token.
+struct Secret {
+    dir: TempDir,
+    file: std::path::PathBuf,
+    token: String,
+}
+
+impl Secret {
+    fn new() -> Self {
+        let dir = TempDir::new().expect("tempdir");
+        let file = dir.path.join("admin.token");
+        let token = create_token(&file);
+        Secret { dir, file, token }
+    }
+
+    /// The `[admin]` key that makes a daemon require this token.
+    fn key(&self) -> String {
+        format!("token_file = \"{}\"", self.file.display())
+    }
+}
+
 fn no_run_started(lab: &PairLab, daemon: &Daemon, bmc: &TcpListener) {
     let (status, body) = http_get(&lab.client, daemon.admin, "/api/reboot").expect("status");
     assert_eq!(status, 404, "a reboot run exists: {body}");
@@ -153,14 +175,8 @@ fn an_allowed_address_without_credentials_cannot_reboot_the_fleet() {
     drop(d);
 
     // With a token file, every control call needs the token, even from loopback.
-    let secrets = TempDir::new().expect("tempdir");
-    let token_file = secrets.path.join("admin.token");
-    create_token(&token_file);
-    let d = daemon(
-        &lab,
-        &bmc,
-        &format!("token_file = \"{}\"", token_file.display()),
-    );
+    let secret = Secret::new();
+    let d = daemon(&lab, &bmc, &secret.key());
     for ns in [&lab.client, &lab.server] {
         let (status, body) = curl(
             ns,
@@ -210,15 +226,10 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
     no_run_started(&lab, &d, &bmc);
     drop(d);
 
-    let secrets = TempDir::new().expect("tempdir");
-    let token_file = secrets.path.join("admin.token");
-    let token = create_token(&token_file);
+    let secret = Secret::new();
+    let token = secret.token.as_str();
     assert_eq!(token.len(), 64, "{token}");
-    let d = daemon(
-        &lab,
-        &bmc,
-        &format!("token_file = \"{}\"", token_file.display()),
-    );
+    let d = daemon(&lab, &bmc, &secret.key());
     let reboot = url(&d, "/api/reboot");
     let json = "Content-Type: application/json";
     let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
@@ -301,7 +312,7 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
         log.contains("admin control call by token") && log.contains("method=DELETE"),
         "authorised call not logged:\n{log}"
     );
-    assert!(!log.contains(&token), "the token leaked into the log");
+    assert!(!log.contains(token), "the token leaked into the log");
     let (_, metrics) = http_get(&lab.client, d.admin, "/metrics").expect("metrics");
     let calls = |outcome: &str| {
         sample(
@@ -351,16 +362,9 @@ fn a_running_reboot_cannot_be_cancelled_without_the_token() {
     running(&d);
     drop(d);
 
-    let secrets = TempDir::new().expect("tempdir");
-    let token_file = secrets.path.join("admin.token");
-    let token = create_token(&token_file);
-    let d = daemon_on(
-        &lab,
-        &bmc,
-        "0.0.0.0:0",
-        &format!("token_file = \"{}\"", token_file.display()),
-    );
-    let right = format!("Authorization: Bearer {token}");
+    let secret = Secret::new();
+    let d = daemon_on(&lab, &bmc, "0.0.0.0:0", &secret.key());
+    let right = format!("Authorization: Bearer {}", secret.token);
     start(&d, &["-H", &right]);
     let wrong = format!("Authorization: Bearer {}", "f".repeat(64));
     for args in [vec!["-X", "DELETE"], vec!["-X", "DELETE", "-H", &wrong]] {
@@ -378,14 +382,8 @@ fn bootfabric_reboot_sends_the_token() {
     let t = "bootfabric_reboot_sends_the_token";
     let Some(lab) = lab(t) else { return };
     let bmc = bmc_listener(&lab.server);
-    let secrets = TempDir::new().expect("tempdir");
-    let token_file = secrets.path.join("admin.token");
-    create_token(&token_file);
-    let d = daemon(
-        &lab,
-        &bmc,
-        &format!("token_file = \"{}\"", token_file.display()),
-    );
+    let secret = Secret::new();
+    let d = daemon(&lab, &bmc, &secret.key());
     let cli = |extra: &[&str]| {
         lab.client
             .command(bootfabric_bin())
@@ -405,7 +403,7 @@ fn bootfabric_reboot_sends_the_token() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("node01"));
 
-    let other = secrets.path.join("other.token");
+    let other = secret.dir.path.join("other.token");
     create_token(&other);
     let out = cli(&["--token-file", other.to_str().expect("utf8")]);
     assert!(!out.status.success());
@@ -415,7 +413,7 @@ fn bootfabric_reboot_sends_the_token() {
     // Creating over an existing token needs --force.
     let out = Command::new(bootfabric_bin())
         .args(["admin", "token", "create", "--file"])
-        .arg(&token_file)
+        .arg(&secret.file)
         .output()
         .expect("token create");
     assert!(!out.status.success());
@@ -424,7 +422,7 @@ fn bootfabric_reboot_sends_the_token() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mode = std::fs::metadata(&token_file)
+    let mode = std::fs::metadata(&secret.file)
         .expect("meta")
         .permissions()
         .mode()

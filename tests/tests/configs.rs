@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::Command};
 
 use bootfabric_lab::{
-    bootfabric_bin, have_program, http_get, require, require_root, sample, Bridge, Daemon, Netns,
+    bootfabric_bin, http_get, require_programs, require_root, sample, Bridge, Daemon, Netns,
     TempDir,
 };
 
@@ -51,13 +51,7 @@ struct Lab {
 /// template and node02's override); the client machine has node01's reserved address,
 /// 10.77.0.2.
 fn lab(t: &str) -> Option<Lab> {
-    if !require_root(t)
-        || !require(
-            have_program("curl"),
-            t,
-            "curl is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_root(t) || !require_programs(t, &["curl"]) {
         return None;
     }
     let dir = TempDir::new().expect("dir");

@@ -75,14 +75,19 @@ fn dashboards_and_alerts_use_documented_metrics() {
     }
 }
 
-#[test]
-fn kubernetes_manifests_parse() {
-    let t = "kubernetes_manifests_parse";
+/// [`require`] for python3 with PyYAML, which reads the manifests as Kubernetes would.
+fn require_yaml(t: &str) -> bool {
     let parses = Command::new("/usr/bin/python3")
         .args(["-c", "import yaml"])
         .status()
         .is_ok_and(|s| s.success());
-    if !require(parses, t, "python3-yaml is missing (cargo xtask setup)") {
+    require(parses, t, "python3-yaml is missing (cargo xtask setup)")
+}
+
+#[test]
+fn kubernetes_manifests_parse() {
+    let t = "kubernetes_manifests_parse";
+    if !require_yaml(t) {
         return;
     }
     let kinds = run(Command::new("/usr/bin/python3")
@@ -195,11 +200,7 @@ fn configmap_files() -> Vec<(String, String)> {
 #[test]
 fn kubernetes_config_validates_and_keeps_control_off_the_provisioning_network() {
     let t = "kubernetes_config_validates_and_keeps_control_off_the_provisioning_network";
-    let parses = Command::new("/usr/bin/python3")
-        .args(["-c", "import yaml"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !require(parses, t, "python3-yaml is missing (cargo xtask setup)") {
+    if !require_yaml(t) {
         return;
     }
     let files = configmap_files();

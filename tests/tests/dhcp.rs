@@ -631,10 +631,7 @@ options = { router = "10.88.0.1" }
 "#;
 
 fn metrics(lab: &PairLab, daemon: &Daemon) -> String {
-    let (status, body) =
-        bootfabric_lab::http_get(&lab.server, daemon.admin, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    body
+    bootfabric_lab::metrics(&lab.server, daemon).expect("GET /metrics")
 }
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -711,20 +708,8 @@ fn attack_relayed_discover_from_an_unlisted_source_gets_no_offer() {
         "an address of the relayed subnet was taken"
     );
     // The listed relay: the same packet from 10.77.0.254 is served.
-    lab.client
-        .ip(&["addr", "add", "10.77.0.254/24", "dev", "client0"])
+    lab.client_speaks_as("10.77.0.254/24", Ipv4Addr::new(10, 77, 0, 1))
         .expect("relay address");
-    lab.client
-        .ip(&[
-            "route",
-            "add",
-            "10.77.0.1/32",
-            "dev",
-            "client0",
-            "src",
-            "10.77.0.254",
-        ])
-        .expect("source route");
     let got = relayed(0x5102);
     assert_eq!(
         got.map(|m| m.yiaddr()),

@@ -20,7 +20,7 @@ use std::{
 };
 
 use bootfabric_lab::{
-    http_get, packets, require, require_programs, require_root, sample, wait_for, Daemon,
+    http_get, metrics, packets, require, require_programs, require_root, sample, wait_for, Daemon,
     KillOnDrop, Netns, PairLab, Rng, TempDir,
 };
 
@@ -85,13 +85,6 @@ fn udhcpc_lease(ns: &Netns, iface: &str) -> Result<String, String> {
             events()
         )
     })
-}
-
-fn metrics(ns: &Netns, daemon: &Daemon) -> Result<String, String> {
-    match http_get(ns, daemon.admin, "/metrics")? {
-        (200, text) => Ok(text),
-        (status, text) => Err(format!("/metrics answered {status}: {text}")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -179,7 +172,14 @@ fn flood() -> std::io::Result<Flooded> {
 fn flood_config() -> String {
     // A /10 whose pool holds every flooded MAC's offer (held 60 s each), so that every
     // DISCOVER is answered and recorded, as the attacker wants.
-    r#"
+    config("10.64.0.0/10", "10.100.0.1-10.101.255.254", "")
+}
+
+/// The config both daemons of this file run on: one subnet `cidr` on `fabric0` with the pool
+/// `pool`, then `rest` (more sections).
+fn config(cidr: &str, pool: &str, rest: &str) -> String {
+    format!(
+        r#"
 [daemon]
 state_dir = "state"
 inventory = "hosts.toml"
@@ -192,11 +192,11 @@ rate_limit = 1000
 [dhcp.options]
 lease_time = 600
 [[dhcp.subnets]]
-cidr = "10.64.0.0/10"
+cidr = "{cidr}"
 interface = "fabric0"
-pools = ["10.100.0.1-10.101.255.254"]
-"#
-    .to_owned()
+pools = ["{pool}"]
+{rest}"#
+    )
 }
 
 #[test]
@@ -387,29 +387,11 @@ fn hung_config(root: &Path, tftp: bool) -> String {
     } else {
         String::new()
     };
-    format!(
-        r#"
-[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:0"
-[dhcp]
-rate_limit = 1000
-[dhcp.options]
-lease_time = 600
-[[dhcp.subnets]]
-cidr = "10.77.0.0/24"
-interface = "fabric0"
-pools = ["10.77.0.100-10.77.0.199"]
-{tftp}[http]
-root = "{root}"
-backend = "epoll"
-"#,
-        root = root.display()
-    )
+    let http = format!(
+        "[http]\nroot = \"{}\"\nbackend = \"epoll\"\n",
+        root.display()
+    );
+    config("10.77.0.0/24", "10.77.0.100-10.77.0.199", &(tftp + &http))
 }
 
 /// The pieces of a hung-store test, in the order they must be torn down (fields drop in

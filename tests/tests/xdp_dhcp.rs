@@ -15,7 +15,7 @@ use bootfabric::dhcp::{
 use bootfabric_abi::dhcp::*;
 use bootfabric_lab::{
     dhcp_client::Client as DhcpClient,
-    have_program, http_get, require, require_root, sample, wait_for,
+    have_program, http_get, require, require_root, require_xdp, sample, wait_for,
     xdp_harness::{checksum, frame, Harness, SERVER_MAC},
     Bridge, Daemon, Netns, TempDir,
 };
@@ -94,6 +94,17 @@ uefi_http_x64 = "boot/ipxe.efi"
 ipxe_script = "boot.ipxe"
 http_base = "http://{server}"
 "#;
+
+/// `bootfabric_xdp_dhcp_packets_total{action, reason}` in the metrics text `m`; 0 while
+/// the kernel has not counted such a packet yet (the series appears on its first one).
+fn xdp_packets(m: &str, action: &str, reason: &str) -> f64 {
+    sample(
+        m,
+        "bootfabric_xdp_dhcp_packets_total",
+        &[("action", action), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
 
 fn mac(n: u8) -> [u8; 6] {
     [0x52, 0x54, 0, 0xb0, 0x0f, n]
@@ -661,16 +672,8 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
         &[("hosts.toml", INVENTORY)],
     )
     .expect("daemon");
-    let metrics = || {
-        http_get(&lab.server, daemon.admin, "/metrics")
-            .expect("metrics")
-            .1
-    };
-    if !require(
-        metrics().contains("ebpf=\"embedded\""),
-        t,
-        "the daemon has no eBPF object (build with `cargo xtask build`)",
-    ) {
+    let metrics = || bootfabric_lab::metrics(&lab.server, &daemon).expect("metrics");
+    if !require_xdp(t, &lab.server, &daemon) {
         return;
     }
     let relayed = |xid: u32| {
@@ -685,14 +688,6 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
             })
             .expect("client namespace")
     };
-    let count = |m: &str, action: &str, reason: &str| {
-        sample(
-            m,
-            "bootfabric_xdp_dhcp_packets_total",
-            &[("action", action), ("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
     let userspace_drops = |m: &str| {
         sample(
             m,
@@ -705,7 +700,7 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
     let refused = |n: f64| {
         wait_for(Duration::from_secs(30), || {
             let m = metrics();
-            (count(&m, "passed", "relay_not_allowed") >= n && userspace_drops(&m) >= n)
+            (xdp_packets(&m, "passed", "relay_not_allowed") >= n && userspace_drops(&m) >= n)
                 .then_some(())
         })
         .unwrap_or_else(|| {
@@ -721,26 +716,14 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
         got.is_none(),
         "a forged relayed DISCOVER for reserved host far04 from 10.77.0.2 (not in dhcp.relays) was answered: {:?} offered to 10.88.0.1:67 (kernel offers: {})",
         got.map(|m| m.yiaddr()),
-        count(&metrics(), "answered", "offer")
+        xdp_packets(&metrics(), "answered", "offer")
     );
     refused(1.0);
-    assert_eq!(count(&metrics(), "answered", "offer"), 0.0);
+    assert_eq!(xdp_packets(&metrics(), "answered", "offer"), 0.0);
 
     // The listed relay: the same request from 10.77.0.254 is answered in the kernel.
-    lab.client
-        .ip(&["addr", "add", "10.77.0.254/24", "dev", "client0"])
+    lab.client_speaks_as("10.77.0.254/24", Ipv4Addr::new(10, 77, 0, 1))
         .expect("relay address");
-    lab.client
-        .ip(&[
-            "route",
-            "add",
-            "10.77.0.1/32",
-            "dev",
-            "client0",
-            "src",
-            "10.77.0.254",
-        ])
-        .expect("source route");
     let got = relayed(0x7302);
     assert_eq!(
         got.map(|m| m.yiaddr()),
@@ -749,7 +732,7 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
         daemon.log()
     );
     assert_eq!(
-        count(&metrics(), "answered", "offer"),
+        xdp_packets(&metrics(), "answered", "offer"),
         1.0,
         "the listed relay's request was answered in the kernel"
     );
@@ -777,7 +760,7 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
         got.map(|m| m.yiaddr())
     );
     refused(2.0);
-    assert_eq!(count(&metrics(), "answered", "offer"), 1.0);
+    assert_eq!(xdp_packets(&metrics(), "answered", "offer"), 1.0);
 }
 
 #[test]
@@ -945,12 +928,7 @@ fn real_clients_get_reserved_addresses_from_the_kernel() {
             .expect("mac");
     }
     let daemon = Daemon::start(&server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    let (_, m) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
-    if !require(
-        m.contains("ebpf=\"embedded\""),
-        t,
-        "the daemon has no eBPF object (build with `cargo xtask build`)",
-    ) {
+    if !require_xdp(t, &server, &daemon) {
         return;
     }
     let dir = TempDir::new().expect("dir");
@@ -1016,14 +994,7 @@ fn real_clients_get_reserved_addresses_from_the_kernel() {
     }
 
     let (_, m) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
-    let xdp = |action: &str, reason: &str| {
-        sample(
-            &m,
-            "bootfabric_xdp_dhcp_packets_total",
-            &[("action", action), ("reason", reason)],
-        )
-        .unwrap_or(0.0)
-    };
+    let xdp = |action: &str, reason: &str| xdp_packets(&m, action, reason);
     assert!(xdp("answered", "offer") >= 2.0, "{m}");
     assert!(xdp("answered", "ack") >= 2.0, "{m}");
     assert!(xdp("passed", "unknown_host") >= 2.0, "{m}");
@@ -1334,26 +1305,11 @@ fn a_spoofed_flood_over_a_veth_costs_a_bucket_of_answers_and_a_handful_of_record
     }
     let lab = bootfabric_lab::PairLab::new().expect("lab");
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    let metrics = || {
-        http_get(&lab.server, daemon.admin, "/metrics")
-            .expect("metrics")
-            .1
-    };
-    if !require(
-        metrics().contains("ebpf=\"embedded\""),
-        t,
-        "the daemon has no eBPF object (build with `cargo xtask build`)",
-    ) {
+    let metrics = || bootfabric_lab::metrics(&lab.server, &daemon).expect("metrics");
+    if !require_xdp(t, &lab.server, &daemon) {
         return;
     }
-    let xdp = |m: &str, action: &str, reason: &str| {
-        sample(
-            m,
-            "bootfabric_xdp_dhcp_packets_total",
-            &[("action", action), ("reason", reason)],
-        )
-        .unwrap_or(0.0) as u64
-    };
+    let xdp = |m: &str, action: &str, reason: &str| xdp_packets(m, action, reason) as u64;
     let answered = |m: &str| xdp(m, "answered", "offer") + xdp(m, "answered", "ack");
     let limited = |m: &str| xdp(m, "dropped", "rate_limited_answer");
     let ledger = |m: &str| {
@@ -1426,12 +1382,7 @@ fn renewals_within_the_first_half_of_a_lease_add_no_journal_records() {
         .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:01"])
         .expect("mac");
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    let (_, m) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
-    if !require(
-        m.contains("ebpf=\"embedded\""),
-        t,
-        "the daemon has no eBPF object (build with `cargo xtask build`)",
-    ) {
+    if !require_xdp(t, &lab.server, &daemon) {
         return;
     }
     let dir = TempDir::new().expect("dir");
@@ -1506,12 +1457,7 @@ exit 0
     );
     journal_barrier(&daemon, "10.77.0.12");
     let (_, m) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
-    let acks = sample(
-        &m,
-        "bootfabric_xdp_dhcp_packets_total",
-        &[("action", "answered"), ("reason", "ack")],
-    )
-    .unwrap_or(0.0);
+    let acks = xdp_packets(&m, "answered", "ack");
     assert!(
         acks >= (1 + RENEWALS + 1) as f64,
         "the renewals were answered in the kernel\n{m}"
@@ -1538,16 +1484,8 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:05"])
         .expect("mac");
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    let metrics = || {
-        http_get(&lab.server, daemon.admin, "/metrics")
-            .expect("metrics")
-            .1
-    };
-    if !require(
-        metrics().contains("ebpf=\"embedded\""),
-        t,
-        "the daemon has no eBPF object (build with `cargo xtask build`)",
-    ) {
+    let metrics = || bootfabric_lab::metrics(&lab.server, &daemon).expect("metrics");
+    if !require_xdp(t, &lab.server, &daemon) {
         return;
     }
     let dir = TempDir::new().expect("dir");
@@ -1581,14 +1519,7 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         })
         .unwrap_or_else(|| panic!("no lease\n{}", daemon.log()))
     };
-    let answered = |m: &str| {
-        sample(
-            m,
-            "bootfabric_xdp_dhcp_packets_total",
-            &[("action", "answered"), ("reason", "ack")],
-        )
-        .unwrap_or(0.0)
-    };
+    let answered = |m: &str| xdp_packets(m, "answered", "ack");
     // Not in the inventory yet: a pool address, from userspace.
     assert!(lease(1).contains("ip=10.77.0.100"), "{}", daemon.log());
     assert_eq!(answered(&metrics()), 0.0);
