@@ -67,7 +67,7 @@ pub enum DhcpError {
         /// Where and what (not a `source`: the message says it all already).
         journal: journal::JournalError,
         /// The config file, for the repair command.
-        config: String,
+        config: PathBuf,
     },
     /// An interface has no IPv4 address to serve from.
     #[error(
@@ -291,7 +291,7 @@ impl DhcpService {
         let (journal, live) = Journal::open(&path).map_err(|e| match e {
             JournalError::Corrupt { .. } => DhcpError::CorruptJournal {
                 journal: e,
-                config: config.path.display().to_string(),
+                config: config.path.clone(),
             },
             e => DhcpError::Journal(e),
         })?;
