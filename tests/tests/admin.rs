@@ -7,12 +7,12 @@
 
 use std::{
     io::ErrorKind, net::TcpListener, os::unix::fs::PermissionsExt as _, path::Path,
-    process::Command,
+    process::Command, time::Duration,
 };
 
 use bootfabric_lab::{
-    bootfabric_bin, have_program, http_get, require, require_root, run, sample, Daemon, Netns,
-    PairLab, TempDir,
+    bootfabric_bin, have_program, http_get, require, require_root, run, sample, wait_for, Daemon,
+    Netns, PairLab, TempDir,
 };
 
 /// The attacker's selection: every host with a BMC.
@@ -93,6 +93,16 @@ fn curl(ns: &Netns, args: &[&str]) -> (u16, String) {
     (code.trim().parse().expect("status"), body.to_owned())
 }
 
+/// `POST url` from `ns` through curl, with `headers` and `body`: (status, body).
+fn post(ns: &Netns, url: &str, headers: &[&str], body: &str) -> (u16, String) {
+    let mut args = vec!["-X", "POST"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.extend(["--data", body, url]);
+    curl(ns, &args)
+}
+
 fn url(daemon: &Daemon, path: &str) -> String {
     format!("http://{}{path}", daemon.admin)
 }
@@ -142,17 +152,11 @@ fn an_allowed_address_without_credentials_cannot_reboot_the_fleet() {
 
     // No token file: control is for loopback only, however wide admin.allow is.
     let d = daemon(&lab, &bmc, "");
-    let (status, body) = curl(
+    let (status, body) = post(
         &lab.client,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            ALL,
-            &url(&d, "/api/reboot"),
-        ],
+        &url(&d, "/api/reboot"),
+        &["Content-Type: application/json"],
+        ALL,
     );
     assert_eq!(
         status, 403,
@@ -178,17 +182,11 @@ fn an_allowed_address_without_credentials_cannot_reboot_the_fleet() {
     let secret = Secret::new();
     let d = daemon(&lab, &bmc, &secret.key());
     for ns in [&lab.client, &lab.server] {
-        let (status, body) = curl(
+        let (status, body) = post(
             ns,
-            &[
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "--data",
-                ALL,
-                &url(&d, "/api/reboot"),
-            ],
+            &url(&d, "/api/reboot"),
+            &["Content-Type: application/json"],
+            ALL,
         );
         assert_eq!(status, 401, "{}: {body}", ns.name());
     }
@@ -208,19 +206,14 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
 
     // A browser's "simple" cross-site request: text/plain needs no CORS preflight.
     let d = daemon(&lab, &bmc, "");
-    let (status, body) = curl(
+    let (status, body) = post(
         &lab.client,
+        &url(&d, "/api/reboot"),
         &[
-            "-X",
-            "POST",
-            "-H",
             "Content-Type: text/plain;charset=UTF-8",
-            "-H",
             "Origin: http://attacker.example",
-            "--data",
-            ALL,
-            &url(&d, "/api/reboot"),
         ],
+        ALL,
     );
     assert_eq!(status, 415, "cross-site text/plain POST: {body}");
     no_run_started(&lab, &d, &bmc);
@@ -269,38 +262,22 @@ fn a_cross_site_text_plain_post_and_bad_tokens_are_refused() {
         assert_eq!(status, 401, "{what}: {body}");
     }
     // With the token but a text/plain body: still not JSON.
-    let (status, body) = curl(
+    let (status, body) = post(
         &lab.client,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: text/plain",
-            "-H",
-            &right,
-            "--data",
-            ALL,
-            &reboot,
-        ],
+        &reboot,
+        &["Content-Type: text/plain", &right],
+        ALL,
     );
     assert_eq!(status, 415, "{body}");
     no_run_started(&lab, &d, &bmc);
 
     // The right token goes through: a dry run plans without touching a BMC, and a DELETE
     // is authorised (there is nothing to cancel).
-    let (status, body) = curl(
+    let (status, body) = post(
         &lab.client,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            json,
-            "-H",
-            &right,
-            "--data",
-            r#"{"all":true,"dry_run":true}"#,
-            &reboot,
-        ],
+        &reboot,
+        &[json, &right],
+        r#"{"all":true,"dry_run":true}"#,
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("node01"), "{body}");
@@ -645,7 +622,13 @@ fn a_plain_http_bmc_needs_allow_plaintext() {
         &[("hosts.toml", &allowed)],
     )
     .expect("daemon");
-    let log = d.log();
+    // The warnings come after the admin server's "listening" line (which `start` waits
+    // for) and before "bootfabric ready", in the same task.
+    let log = wait_for(Duration::from_secs(30), || {
+        let log = d.log();
+        log.contains("bootfabric ready").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("the daemon never became ready:\n{}", d.log()));
     assert_eq!(
         log.matches("BMC over plain http").count(),
         1,
