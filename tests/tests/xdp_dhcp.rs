@@ -1368,23 +1368,35 @@ fn a_spoofed_flood_over_a_veth_costs_a_bucket_of_answers_and_a_handful_of_record
     );
 }
 
+/// For a udhcpc test of the kernel path: a lab whose client interface `c0` wears `mac` and
+/// has no address yet, and the daemon on [`CONFIG`] with the XDP object loaded; `None`
+/// when the test is skipped.
+fn udhcpc_lab(t: &str, mac: &str) -> Option<(bootfabric_lab::PairLab, Daemon)> {
+    if !require_root(t) || !require(have_program("udhcpc"), t, "udhcpc is missing") {
+        return None;
+    }
+    let lab = bootfabric_lab::PairLab::unaddressed_client("c0").expect("lab");
+    lab.client
+        .ip(&["link", "set", "c0", "address", mac])
+        .expect("mac");
+    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    if !require_xdp(t, &lab.server, &daemon) {
+        // The daemon goes before its namespace, as everywhere else.
+        drop(daemon);
+        return None;
+    }
+    Some((lab, daemon))
+}
+
 /// Attack and honest renewals from a real client: udhcpc renewing its reserved lease many
 /// times within the lease's first half gets every ACK from the kernel, and the journal gains
 /// no record for any of them.
 #[test]
 fn renewals_within_the_first_half_of_a_lease_add_no_journal_records() {
     let t = "renewals_within_the_first_half_of_a_lease_add_no_journal_records";
-    if !require_root(t) || !require(have_program("udhcpc"), t, "udhcpc is missing") {
+    let Some((lab, daemon)) = udhcpc_lab(t, "52:54:00:b0:0f:01") else {
         return;
-    }
-    let lab = bootfabric_lab::PairLab::unaddressed_client("c0").expect("lab");
-    lab.client
-        .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:01"])
-        .expect("mac");
-    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    if !require_xdp(t, &lab.server, &daemon) {
-        return;
-    }
+    };
     let dir = TempDir::new().expect("dir");
     let out = dir.path.join("events");
     let script = dir.path.join("script.sh");
@@ -1476,18 +1488,10 @@ exit 0
 #[test]
 fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
     let t = "reload_keeps_the_kernel_maps_in_step_with_the_inventory";
-    if !require_root(t) || !require(have_program("udhcpc"), t, "udhcpc is missing") {
+    let Some((lab, daemon)) = udhcpc_lab(t, "52:54:00:b0:0f:05") else {
         return;
-    }
-    let lab = bootfabric_lab::PairLab::unaddressed_client("c0").expect("lab");
-    lab.client
-        .ip(&["link", "set", "c0", "address", "52:54:00:b0:0f:05"])
-        .expect("mac");
-    let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    };
     let metrics = || bootfabric_lab::metrics(&lab.server, &daemon).expect("metrics");
-    if !require_xdp(t, &lab.server, &daemon) {
-        return;
-    }
     let dir = TempDir::new().expect("dir");
     let lease = |n: u32| {
         let out = dir.path.join(format!("ev{n}"));
