@@ -105,8 +105,9 @@ pub fn exposure(
 }
 
 /// The served networks of `config` on this machine: its DHCP subnets and the IPv4 networks
-/// of its fabric interfaces.
-pub fn served(config: &Config) -> Vec<Served> {
+/// of its fabric interfaces. An error when the interfaces cannot be listed: a check that
+/// then saw no fabric network would pass a config it cannot judge.
+pub fn served(config: &Config) -> Result<Vec<Served>, nix::Error> {
     let mut out: Vec<Served> = config
         .dhcp
         .iter()
@@ -114,8 +115,7 @@ pub fn served(config: &Config) -> Vec<Served> {
         .enumerate()
         .map(|(i, s)| (format!("dhcp.subnets[{i}]"), IpNet::V4(s.net)))
         .collect();
-    let addrs: Vec<_> = getifaddrs().map(|a| a.collect()).unwrap_or_default();
-    for a in &addrs {
+    for a in getifaddrs()? {
         if !config.interfaces.contains(&a.interface_name) {
             continue;
         }
@@ -136,18 +136,25 @@ pub fn served(config: &Config) -> Vec<Served> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The admin control item for `config`.
 pub fn control(config: &Config) -> Item {
-    exposure(
-        config.admin_listen,
-        &config.admin_allow,
-        config.admin_token_file.is_some(),
-        config.admin_tls.is_some(),
-        &served(config),
-    )
+    match served(config) {
+        Ok(served) => exposure(
+            config.admin_listen,
+            &config.admin_allow,
+            config.admin_token_file.is_some(),
+            config.admin_tls.is_some(),
+            &served,
+        ),
+        Err(e) => Item::fail(
+            SUBJECT,
+            format!("cannot list this machine's interfaces to see who reaches admin.listen: {e}"),
+            "run bootfabric check where it can read the interfaces (as the daemon's user)",
+        ),
+    }
 }
 
 #[cfg(test)]
