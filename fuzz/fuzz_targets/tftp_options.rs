@@ -1,7 +1,11 @@
-//! Any read request, any link MTU, window limit and file size: option negotiation
-//! (`tftp::options::negotiate`) must stay within the server's limits and the RFCs' bounds,
-//! acknowledge each option at most once and only with what the transfer really uses, and
-//! the OACK it leads to must carry exactly those options.
+//! Any read request, any link MTU, window limit, timeout ceiling and file size: option
+//! negotiation (`tftp::options::negotiate`) must stay within the server's limits and the
+//! RFCs' bounds, acknowledge each option at most once and only with what the transfer really
+//! uses, and the OACK it leads to must carry exactly those options. A `timeout` over the
+//! ceiling (`tftp.max_timeout_s`) is left out, never acknowledged or used.
+//!
+//! Input: MTU (2 bytes), window limit (2), size (5, its low bit says whether it is known),
+//! timeout ceiling (1, 0 for none: the RFC's 255), then the request datagram.
 #![no_main]
 
 use bootfabric::tftp::{
@@ -30,16 +34,20 @@ fn oack_pairs(b: &[u8]) -> Vec<(String, String)> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((head, rest)) = data.split_first_chunk::<9>() else {
+    let Some((head, rest)) = data.split_first_chunk::<10>() else {
         return;
     };
     let mtu = u16::from_le_bytes([head[0], head[1]]);
     let window = u16::from_le_bytes([head[2], head[3]]);
     let size = (head[4] & 1 == 1)
         .then(|| u64::from_le_bytes([head[5], head[6], head[7], head[8], head[4], 0, 0, 0]) >> 1);
-    let limits = Limits::for_mtu(mtu, window);
+    let limits = match head[9] {
+        0 => Limits::for_mtu(mtu, window),
+        ceiling => Limits::for_mtu(mtu, window).with_max_timeout(ceiling),
+    };
     assert!((MIN_BLKSIZE..=MAX_BLKSIZE).contains(&limits.max_blksize));
     assert!(limits.max_windowsize >= 1);
+    assert!((1..=MAX_TIMEOUT).contains(&limits.max_timeout));
     let Ok(Packet::Request(req)) = packet::parse(rest) else {
         return;
     };
@@ -50,6 +58,22 @@ fuzz_target!(|data: &[u8]| {
     );
     assert!((1..=limits.max_windowsize).contains(&n.windowsize), "{n:?}");
     assert!((1..=MAX_TIMEOUT).contains(&n.timeout), "{n:?}");
+    // The ceiling: a larger timeout is refused (the default stays), and said so.
+    let asked_timeout = req
+        .options
+        .iter()
+        .find(|(name, _)| name == "timeout")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    let over = asked_timeout
+        .is_some_and(|t| t > u16::from(limits.max_timeout) && t <= u16::from(MAX_TIMEOUT));
+    assert_eq!(n.timeout_capped, over, "{asked_timeout:?} {limits:?} {n:?}");
+    if over {
+        assert_eq!(n.timeout, limits.default_timeout, "{n:?}");
+    }
+    assert!(
+        n.timeout <= limits.max_timeout.max(limits.default_timeout),
+        "{n:?}"
+    );
     let mut seen = Vec::new();
     for (name, value) in &n.ack {
         assert!(!seen.contains(name), "{name} acknowledged twice");
