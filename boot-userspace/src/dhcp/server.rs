@@ -427,8 +427,16 @@ impl Server {
         }
         // Nothing proves a DECLINE (it comes from an address-less client), and each one
         // takes an address out of the pool for a lease time: a bucket per subnet keeps one
-        // client from declining its way through the pool.
-        if !self.declines.allow(subnet, now) {
+        // client from declining its way through the pool. The bucket charged is that of the
+        // pool the address belongs to, not of the way the DECLINE came in (relayed or not),
+        // so declines sent along two paths cannot spend two subnets' allowance on one pool.
+        let pool = self
+            .dhcp
+            .subnets
+            .iter()
+            .position(|s| s.net.contains(&ip))
+            .unwrap_or(subnet);
+        if !self.declines.allow(pool, now) {
             return Handled::Drop(DropReason::DeclineRateLimited);
         }
         // Someone else answers ARP for it: keep it out of the pool for a lease time.
@@ -1105,6 +1113,33 @@ mod tests {
             s.handle(&dec, &ingress(), 100),
             Handled::Commit(_)
         ));
+    }
+
+    #[test]
+    fn declines_are_charged_to_the_pool_of_the_address_whatever_path_they_take() {
+        let mut s = server(true);
+        s.set_guards(DhcpGuards {
+            decline_burst: 2,
+            decline_per_hour: 60,
+            ..DhcpGuards::default()
+        });
+        // Addresses of the local pool, declined once directly and once as if relayed
+        // through the other subnet's giaddr: both come out of the local pool's one bucket.
+        let mut outcomes = Vec::new();
+        for (i, via_relay) in [false, true, false, true].into_iter().enumerate() {
+            let offer = reply(s.handle(&msg(1, MessageType::Discover), &ingress(), 100));
+            let mut dec = decline(1, offer.msg.yiaddr());
+            dec.set_xid(u32::try_from(i).unwrap_or_default());
+            if via_relay {
+                dec.set_giaddr(Ipv4Addr::new(10, 9, 0, 1));
+            }
+            outcomes.push(s.handle(&dec, &ingress(), 100));
+        }
+        let committed = outcomes
+            .iter()
+            .filter(|o| matches!(o, Handled::Commit(_)))
+            .count();
+        assert_eq!(committed, 2, "{outcomes:?}");
     }
 
     #[test]
