@@ -161,6 +161,11 @@ struct Boot {
     nonce: Option<String>,
     /// Config name → the address it was delivered to.
     served: HashMap<String, Ipv4Addr>,
+    /// `booted` was reported. Kept here because the ledger's bounded timeline can lose the
+    /// event: anyone can push a host's events out (DISCOVERs with its MAC in `chaddr`,
+    /// scripts by `?mac=`), which would keep the ended boot open and refuse the host's
+    /// next boot its configs.
+    ended: bool,
 }
 
 /// The boots in progress of inventory hosts (callers pass inventory MACs only, so this holds
@@ -195,7 +200,8 @@ impl Boots {
         // delivery.
         let recorded = hosts.get(&mac).map(|b| b.start_ms);
         if let Some(s) = recorded {
-            let ended = now_ms >= s.saturating_add(self.ttl_ms)
+            let ended = hosts.get(&mac).is_some_and(|b| b.ended)
+                || now_ms >= s.saturating_add(self.ttl_ms)
                 || events
                     .iter()
                     .any(|e| e.at_ms > s && matches!(e.phase, Phase::Booted | Phase::BmcReset));
@@ -215,9 +221,23 @@ impl Boots {
                 start_ms: start,
                 nonce: fresh(),
                 served: HashMap::new(),
+                ended: false,
             },
         );
         hosts.get_mut(&mac)
+    }
+
+    /// Ends `mac`'s boot on record: the host reported `booted` (from its own address).
+    pub fn end(&self, mac: Mac) {
+        if let Some(b) = self
+            .hosts
+            .lock()
+            .ok()
+            .as_mut()
+            .and_then(|h| h.get_mut(&mac))
+        {
+            b.ended = true;
+        }
     }
 
     /// The nonce of `mac`'s boot in progress, for its iPXE script; `None` outside a boot.
@@ -515,6 +535,47 @@ mod tests {
             ask(&events, 1960, "a", ip(2), None),
             Delivery::Granted { .. }
         ));
+    }
+
+    /// The attack: after the host reports `booted`, a machine anywhere on the network pushes
+    /// the host's events out of the ledger's bounded timeline (32 DISCOVERs with the host's
+    /// MAC in `chaddr`). The timeline then shows offers only, no `booted`: the boot on record
+    /// looked open until its TTL, and the host's own next boot was refused its config.
+    #[test]
+    fn a_flushed_timeline_does_not_keep_an_ended_boot_open() {
+        use Phase::*;
+        let boots = Boots::new(Duration::from_millis(10_000));
+        let mac = Mac([2, 0, 0, 0, 0, 1]);
+        let ask = |events: &[Event], now| {
+            boots.deliver(
+                mac,
+                events,
+                now,
+                Ask {
+                    name: "a",
+                    peer: ip(2),
+                    nonce: None,
+                },
+                || None,
+            )
+        };
+        assert!(matches!(
+            ask(&[ev(10, DhcpOffer)], 20),
+            Delivery::Granted { .. }
+        ));
+        // What `/booted` does: the ledger event, and the boot on record ended.
+        boots.end(mac);
+        // The flood: the timeline keeps its last 32 events, all the attacker's offers; then
+        // the host reboots (its own DISCOVER, its script) and asks for its config.
+        let flushed: Vec<Event> = (0..32)
+            .map(|i| ev(100 + i, DhcpOffer))
+            .chain([ev(500, DhcpOffer), ev(510, IpxeScript)])
+            .collect();
+        assert!(
+            matches!(ask(&flushed, 520,), Delivery::Granted { .. }),
+            "the host's next boot was refused its config: {:?}",
+            ask(&flushed, 521)
+        );
     }
 
     #[test]

@@ -343,6 +343,7 @@ fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
         );
     }
     site.ledger.record(host.mac, Phase::Booted, Some(peer));
+    site.boots.end(host.mac);
     routed(Response::empty(204), "booted")
 }
 
