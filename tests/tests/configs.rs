@@ -3,11 +3,11 @@
 //! address (or a stranger's). Each of these was served before the fix (see the report of
 //! issue 14); now each is refused, recorded and counted.
 
-use std::{path::PathBuf, process::Command};
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use bootfabric_lab::{
-    bootfabric_bin, http_get, require_programs, require_root, sample, Bridge, Daemon, Netns,
-    TempDir,
+    bootfabric_bin, dhcp_client, http_get, require_programs, require_root, sample, Bridge, Daemon,
+    Netns, TempDir,
 };
 
 const INVENTORY: &str = r#"
@@ -51,6 +51,11 @@ struct Lab {
 /// template and node02's override); the client machine has node01's reserved address,
 /// 10.77.0.2.
 fn lab(t: &str) -> Option<Lab> {
+    lab_with(t, "")
+}
+
+/// [`lab`] with `extra` appended to the daemon's config (a `[dhcp]` section, say).
+fn lab_with(t: &str, extra: &str) -> Option<Lab> {
     if !require_root(t) || !require_programs(t, &["curl"]) {
         return None;
     }
@@ -70,7 +75,7 @@ fn lab(t: &str) -> Option<Lab> {
         "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n[http]\nroot = \"{}\"\nconfigs = \"{}\"\nbackend = \"epoll\"\n",
         images.display(),
         configs.display()
-    );
+    ) + extra;
     let mut switch = Bridge::new().expect("switch");
     let server = Netns::new("srv").expect("server");
     let client = Netns::new("node01").expect("client");
@@ -357,4 +362,66 @@ fn check_refuses_configs_inside_the_http_root() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The attack: after node01 reports `booted`, a machine anywhere on the switch sends
+/// DISCOVERs with node01's MAC in `chaddr` until node01's bounded timeline (32 events) has
+/// lost the `booted`. The ended boot then looked open until its TTL (an hour), and node01's
+/// own next boot was refused its config (409 `again`), with a false alert of a thief.
+#[test]
+fn flushing_a_hosts_timeline_does_not_refuse_its_next_boot() {
+    const DHCP: &str = "[dhcp]\nrate_limit = 1000\n[[dhcp.subnets]]\ncidr = \"10.77.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.77.0.100-10.77.0.199\"]\n";
+    let Some(mut l) = lab_with(
+        "flushing_a_hosts_timeline_does_not_refuse_its_next_boot",
+        DHCP,
+    ) else {
+        return;
+    };
+    // node01 boots: script, config, `booted`.
+    assert_eq!(l.curl("/boot.ipxe", &[]).0, 200);
+    let (status, body) = l.curl("/configs/node.ign", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(l.curl("/booted", &["-X", "POST"]).0, 204);
+    // The flood, from another machine (bounded: 40 DISCOVERs, each waiting for its OFFER).
+    let attacker = Netns::new("flood").expect("attacker");
+    l.switch
+        .plug(&attacker, "client0", "10.77.0.60/24")
+        .expect("attacker port");
+    // Broadcasts to 255.255.255.255 need a route out of the port.
+    attacker
+        .ip(&["route", "add", "default", "dev", "client0"])
+        .expect("route");
+    let node01 = [0x52, 0x54, 0x00, 0xb0, 0x0f, 0x01];
+    let offers = attacker
+        .run(move || {
+            let c = dhcp_client::Client::bind().expect("port 68");
+            let to = SocketAddr::from(([255, 255, 255, 255], 67));
+            (0..40u32)
+                .filter(|i| {
+                    let xid = 0x0f10_0000 + i;
+                    let m = dhcp_client::Client::message(
+                        node01,
+                        xid,
+                        dhcproto::v4::MessageType::Discover,
+                    );
+                    c.send_to(&m, to).expect("send");
+                    c.reply(xid, Duration::from_secs(30)).is_some()
+                })
+                .count()
+        })
+        .expect("in the attacker's namespace");
+    assert_eq!(offers, 40, "the server did not answer every DISCOVER");
+    let timeline = l.timeline("52:54:00:b0:0f:01");
+    assert!(
+        !timeline.contains("\"booted\""),
+        "the flood did not push `booted` out: {timeline}"
+    );
+    // node01 reboots by itself (no BMC reset) within the hour: its own script, its config.
+    assert_eq!(l.curl("/boot.ipxe", &[]).0, 200);
+    let (status, body) = l.curl("/configs/node.ign", &[]);
+    assert_eq!(
+        status, 200,
+        "node01's next boot was refused its config after the flood: {body}"
+    );
+    assert!(body.contains("join-node01"), "{body}");
 }
