@@ -152,10 +152,11 @@ fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
     let (crc, body) = line.split_once(' ').ok_or(BAD)?;
     // Eight hex digits exactly: `from_str_radix` alone also takes a sign, so a checksum field
     // with a corrupted first byte (`0` turned `+`) passed (found by fuzz/journal_replay).
-    if crc.len() != 8 || !crc.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("checksum is not eight hexadecimal digits");
-    }
-    let sum = u32::from_str_radix(crc, 16).map_err(|_| "checksum is not hexadecimal")?;
+    // Once that holds, `from_str_radix` cannot fail: one error covers both.
+    let sum = (crc.len() == 8 && crc.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(crc, 16).ok())
+        .flatten()
+        .ok_or("checksum is not eight hexadecimal digits")?;
     if sum != crc32fast::hash(body.as_bytes()) {
         return Err("checksum mismatch");
     }
