@@ -645,7 +645,13 @@ pub struct CommitBounds {
 
 impl Default for CommitBounds {
     fn default() -> Self {
-        let g = crate::config::DhcpGuards::default();
+        Self::from(&crate::config::DhcpGuards::default())
+    }
+}
+
+impl From<&crate::config::DhcpGuards> for CommitBounds {
+    /// The bounds `dhcp.commit_queue` and `dhcp.commit_timeout_ms` set.
+    fn from(g: &crate::config::DhcpGuards) -> Self {
         Self {
             max_in_flight: g.commit_queue as usize,
             timeout: g.commit_timeout,
