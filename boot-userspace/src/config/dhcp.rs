@@ -290,6 +290,12 @@ impl DhcpGuards {
 pub const DEFAULT_LEASE_TIME: u32 = 3600;
 
 impl DhcpConfig {
+    /// The first subnet (in config order) whose network holds `ip`: the one pool lookup
+    /// that request handling, DECLINE accounting and the XDP fast path share.
+    pub fn subnet_of(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.subnets.iter().position(|s| s.net.contains(&ip))
+    }
+
     /// Validates `[dhcp]`.
     pub fn from_wire(w: &wire::Dhcp) -> Result<Self, KeyError> {
         let options = OptionSet::from_wire(&w.options, "dhcp.options")?;

@@ -152,10 +152,11 @@ fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
     let (crc, body) = line.split_once(' ').ok_or(BAD)?;
     // Eight hex digits exactly: `from_str_radix` alone also takes a sign, so a checksum field
     // with a corrupted first byte (`0` turned `+`) passed (found by fuzz/journal_replay).
-    if crc.len() != 8 || !crc.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("checksum is not eight hexadecimal digits");
-    }
-    let sum = u32::from_str_radix(crc, 16).map_err(|_| "checksum is not hexadecimal")?;
+    // Once that holds, `from_str_radix` cannot fail: one error covers both.
+    let sum = (crc.len() == 8 && crc.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u32::from_str_radix(crc, 16).ok())
+        .flatten()
+        .ok_or("checksum is not eight hexadecimal digits")?;
     if sum != crc32fast::hash(body.as_bytes()) {
         return Err("checksum mismatch");
     }
@@ -228,20 +229,34 @@ struct Scan {
     torn: bool,
 }
 
-fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
+/// Reads `file` line by line (each with its newline, if it has one) and hands `each` the
+/// line's number (from 1), its byte offset and its bytes, until the end or until `each`
+/// returns `false`. The one reading loop of [`scan`] and [`repair`].
+fn for_each_line(
+    path: &Path,
+    file: &File,
+    mut each: impl FnMut(usize, u64, &[u8]) -> Result<bool, JournalError>,
+) -> Result<(), JournalError> {
     let mut reader = BufReader::new(file);
-    let mut live = HashMap::new();
-    let (mut records, mut good_len, mut torn) = (0, 0u64, false);
-    let mut line = Vec::new();
+    let (mut offset, mut raw) = (0u64, Vec::new());
     for number in 1.. {
-        line.clear();
+        raw.clear();
         let n = reader
-            .read_until(b'\n', &mut line)
+            .read_until(b'\n', &mut raw)
             .map_err(io_err(path, "read"))?;
-        if n == 0 {
+        if n == 0 || !each(number, offset, &raw)? {
             break;
         }
-        match classify(&line, records) {
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
+    let mut live = HashMap::new();
+    let (mut records, mut good_len, mut torn) = (0, 0u64, false);
+    for_each_line(path, file, |number, offset, raw| {
+        match classify(raw, records) {
             Line::Comment | Line::Empty => {}
             Line::Record(r) => {
                 records += 1;
@@ -251,18 +266,19 @@ fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
                 return Err(JournalError::Corrupt {
                     path: path.to_owned(),
                     line: number,
-                    offset: good_len,
+                    offset,
                     reason,
                 })
             }
             Line::Torn => {
                 // `read_until` stops without a newline only at the end of the file.
                 torn = true;
-                break;
+                return Ok(false);
             }
         }
-        good_len += n as u64;
-    }
+        good_len = offset + raw.len() as u64;
+        Ok(true)
+    })?;
     Ok(Scan {
         live,
         records,
@@ -543,19 +559,10 @@ pub struct Repair {
 pub fn repair(path: &Path, now: u64) -> Result<Repair, JournalError> {
     let file = File::open(path).map_err(io_err(path, "open"))?;
     lock(path, &file)?;
-    let mut reader = BufReader::new(&file);
     let mut good = String::from(HEADER);
-    let (mut kept, mut offset, mut dropped) = (0usize, 0u64, Vec::new());
-    let mut raw = Vec::new();
-    for number in 1.. {
-        raw.clear();
-        let n = reader
-            .read_until(b'\n', &mut raw)
-            .map_err(io_err(path, "read"))?;
-        if n == 0 {
-            break;
-        }
-        let why = match classify(&raw, kept) {
+    let (mut kept, mut dropped) = (0usize, Vec::new());
+    for_each_line(path, &file, |number, offset, raw| {
+        let why = match classify(raw, kept) {
             Line::Comment | Line::Empty => None,
             Line::Record(r) => {
                 kept += 1;
@@ -566,7 +573,7 @@ pub fn repair(path: &Path, now: u64) -> Result<Repair, JournalError> {
             Line::Torn => Some("incomplete last line (a write cut short)"),
         };
         if let Some(reason) = why {
-            let text: String = String::from_utf8_lossy(&raw)
+            let text: String = String::from_utf8_lossy(raw)
                 .trim_end_matches('\n')
                 .escape_debug()
                 .take(200)
@@ -578,8 +585,8 @@ pub fn repair(path: &Path, now: u64) -> Result<Repair, JournalError> {
                 text,
             });
         }
-        offset += n as u64;
-    }
+        Ok(true)
+    })?;
     if dropped.is_empty() {
         return Ok(Repair {
             kept,
@@ -638,7 +645,13 @@ pub struct CommitBounds {
 
 impl Default for CommitBounds {
     fn default() -> Self {
-        let g = crate::config::DhcpGuards::default();
+        Self::from(&crate::config::DhcpGuards::default())
+    }
+}
+
+impl From<&crate::config::DhcpGuards> for CommitBounds {
+    /// The bounds `dhcp.commit_queue` and `dhcp.commit_timeout_ms` set.
+    fn from(g: &crate::config::DhcpGuards) -> Self {
         Self {
             max_in_flight: g.commit_queue as usize,
             timeout: g.commit_timeout,

@@ -309,10 +309,7 @@ impl DhcpService {
             journal,
             &live,
             Duration::from_millis(u64::from(server.dhcp.commit_delay_ms)),
-            CommitBounds {
-                max_in_flight: server.dhcp.guards.commit_queue as usize,
-                timeout: server.dhcp.guards.commit_timeout,
-            },
+            CommitBounds::from(&server.dhcp.guards),
         );
         let mut sockets = Vec::new();
         for iface in &config.interfaces {

@@ -137,18 +137,14 @@ impl Server {
     /// The subnet a request belongs to: by giaddr for relayed requests, else by the arrival
     /// interface (or the subnet holding the interface's address).
     pub fn subnet_for(&self, msg: &Message, ingress: &Ingress<'_>) -> Option<usize> {
-        let subnets = &self.dhcp.subnets;
         if !msg.giaddr().is_unspecified() {
-            return subnets.iter().position(|s| s.net.contains(&msg.giaddr()));
+            return self.dhcp.subnet_of(msg.giaddr());
         }
-        subnets
+        self.dhcp
+            .subnets
             .iter()
             .position(|s| s.interface.as_deref() == Some(ingress.iface))
-            .or_else(|| {
-                subnets
-                    .iter()
-                    .position(|s| s.net.contains(&ingress.server_ip))
-            })
+            .or_else(|| self.dhcp.subnet_of(ingress.server_ip))
     }
 
     /// The host of `mac` if its reservation lies in `subnet`.
@@ -294,7 +290,7 @@ impl Server {
         kind: MessageType,
         now: u64,
     ) -> Option<LeaseRecord> {
-        let subnet = self.dhcp.subnets.iter().position(|s| s.net.contains(&ip))?;
+        let subnet = self.dhcp.subnet_of(ip)?;
         let host = self.inventory.host_by_mac(&mac)?;
         if host.ip != Some(ip) {
             // The kernel answered from maps older than the inventory (a reload raced it).
@@ -430,12 +426,7 @@ impl Server {
         // client from declining its way through the pool. The bucket charged is that of the
         // pool the address belongs to, not of the way the DECLINE came in (relayed or not),
         // so declines sent along two paths cannot spend two subnets' allowance on one pool.
-        let pool = self
-            .dhcp
-            .subnets
-            .iter()
-            .position(|s| s.net.contains(&ip))
-            .unwrap_or(subnet);
+        let pool = self.dhcp.subnet_of(ip).unwrap_or(subnet);
         if !self.declines.allow(pool, now) {
             return Handled::Drop(DropReason::DeclineRateLimited);
         }

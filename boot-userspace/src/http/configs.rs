@@ -17,9 +17,10 @@
 //!
 //! What this can and cannot promise is in `docs/security/configs.md`.
 
-use std::{collections::HashMap, io::Read as _, net::Ipv4Addr, sync::Mutex, time::Duration};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Mutex, time::Duration};
 
 use prometheus::{IntCounterVec, Opts, Registry};
+use subtle::ConstantTimeEq as _;
 
 use crate::{
     inventory::Mac,
@@ -290,20 +291,17 @@ impl Boots {
 /// Equality that takes the same time wherever the strings differ, so that a nonce cannot be
 /// guessed a byte at a time from response times.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    // `subtle`, as the admin token compare uses: unequal lengths are simply unequal.
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// A fresh nonce: 128 bits from the OS random source, in hex. `None` (and a warning) if the
 /// source cannot be read; configs are then served without one.
 pub fn os_nonce() -> Option<String> {
     let mut bytes = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if let Err(e) = read {
-        tracing::warn!(error = %e, "cannot read /dev/urandom: boots get no nonce");
+    // The OS source the admin token generator uses too (getrandom(2)).
+    if let Err(e) = getrandom::getrandom(&mut bytes) {
+        tracing::warn!(error = %e, "cannot read the OS random source: boots get no nonce");
         return None;
     }
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())

@@ -248,7 +248,7 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
     let mut representatives: Vec<(Mac, Ipv4Addr, usize)> = Vec::new();
     for host in server.inventory.hosts() {
         let Some(ip) = host.ip else { continue };
-        let Some(subnet) = server.dhcp.subnets.iter().position(|s| s.net.contains(&ip)) else {
+        let Some(subnet) = server.dhcp.subnet_of(ip) else {
             d.skipped
                 .push((host.name.clone(), "reservation outside every subnet"));
             continue;
