@@ -655,9 +655,14 @@ fn sockets_on(ns: &Netns, addrs: Vec<SocketAddr>, wait: Duration) -> Vec<UdpSock
 /// The first packet the server answers `sock` with, and where from.
 fn answer(sock: &UdpSocket) -> Result<(Vec<u8>, SocketAddr), String> {
     let mut buf = vec![0u8; 2048];
-    let (n, from) = sock
-        .recv_from(&mut buf)
-        .map_err(|e| format!("no answer: {e}"))?;
+    // A signal meant for another test's child can interrupt the wait: that is no answer
+    // yet, not a missing one.
+    let (n, from) = loop {
+        match sock.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.map_err(|e| format!("no answer: {e}"))?,
+        }
+    };
     buf.truncate(n);
     Ok((buf, from))
 }
