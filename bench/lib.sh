@@ -71,3 +71,48 @@ lab_down() {
     rmdir "$CG" 2>/dev/null || true
   fi
 }
+
+# Results. Every run keeps what it printed, the table the README quotes and what it ran on in
+# bench/results/<bench>/<UTC date>-<commit>/: raw.txt (everything the script printed, stderr
+# included), table.md (written by the script) and meta.txt (commit, whether the tree had
+# uncommitted changes, date, kernel, CPU, memory, the command and its knobs, peer versions
+# added with results_note). A figure without these files is not a result.
+# RESULTS_DIR=<folder> puts runs elsewhere (smoke runs that are not to be kept).
+#
+# results_open <bench> <knob names...>: makes the folder, writes meta.txt and sends the rest
+# of the script's output through tee into raw.txt. Sets RESULTS.
+results_open() {
+  local bench=$1
+  shift
+  local commit short stamp dirty
+  commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  short=${commit:0:12}
+  stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+  dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+  RESULTS=${RESULTS_DIR:-$ROOT/bench/results/$bench}/$stamp-$short
+  mkdir -p "$RESULTS"
+  {
+    echo "bench: $bench"
+    echo "commit: $commit"
+    if [ "$dirty" = 0 ]; then
+      echo "tree: clean"
+    else
+      echo "tree: $dirty uncommitted file(s):"
+      git -C "$ROOT" status --porcelain --untracked-files=no | sed 's/^/  /'
+    fi
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -srm), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1))," \
+      "$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "command: $0"
+    local k
+    for k in "$@"; do echo "knob: $k=${!k-}"; done
+  } > "$RESULTS/meta.txt"
+  exec > >(tee "$RESULTS/raw.txt") 2>&1
+  echo "results: $RESULTS"
+}
+
+# results_note <line>: adds a line to meta.txt (peer versions, the binary's build, a caveat).
+results_note() {
+  echo "$*" >> "$RESULTS/meta.txt"
+}
