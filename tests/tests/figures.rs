@@ -57,7 +57,12 @@ fn tables(text: &str) -> Vec<Table> {
 
 /// A row with its cells trimmed, so spacing does not matter.
 fn normalise(row: &str) -> String {
-    let cells: Vec<&str> = row.trim().trim_matches('|').split('|').map(str::trim).collect();
+    let cells: Vec<&str> = row
+        .trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
     format!("| {} |", cells.join(" | "))
 }
 
@@ -173,13 +178,38 @@ fn check(root: &Path, t: &Table) -> Result<(), String> {
     Ok(())
 }
 
+/// The project's documents: README.md and the markdown under docs/ and bench/ (the kept runs'
+/// own tables excepted), as paths relative to the root.
+fn documents(root: &Path) -> Vec<String> {
+    let mut out = vec!["README.md".to_string()];
+    let mut stack = vec!["docs".to_string(), "bench".to_string()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let rel = format!("{dir}/{}", e.file_name().to_string_lossy());
+            if rel == "bench/results" {
+                continue;
+            }
+            if e.path().is_dir() {
+                stack.push(rel);
+            } else if rel.ends_with(".md") {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
 fn every_readme_figure_quotes_a_kept_run() {
     let root = root();
     let mut problems = Vec::new();
     let mut checked = 0;
-    for doc in ["README.md", "bench/README.md"] {
-        let Ok(text) = std::fs::read_to_string(root.join(doc)) else {
+    for doc in documents(&root) {
+        let Ok(text) = std::fs::read_to_string(root.join(&doc)) else {
             continue;
         };
         for t in tables(&text).iter().filter(|t| is_figure_table(t)) {
@@ -195,13 +225,29 @@ fn every_readme_figure_quotes_a_kept_run() {
 
 #[test]
 fn the_figure_detector_tells_figures_from_text() {
-    for f in ["1.05", "**1.085**", "≥ 4000.5", "43.6 s", "> 6.0 (stopped)", "38.5 s, 38.1 s", "2099.2"] {
+    for f in [
+        "1.05",
+        "**1.085**",
+        "≥ 4000.5",
+        "43.6 s",
+        "> 6.0 (stopped)",
+        "38.5 s, 38.1 s",
+        "2099.2",
+    ] {
         assert!(is_figure(f), "{f} is a figure");
     }
-    for t in ["`16`", "done (issue 7): 1.08x of the lower bound", "4000", "1,000", "scheduler", "`0.5`"] {
+    for t in [
+        "`16`",
+        "done (issue 7): 1.08x of the lower bound",
+        "4000",
+        "1,000",
+        "scheduler",
+        "`0.5`",
+    ] {
         assert!(!is_figure(t), "{t} is not a figure");
     }
-    let doc = "text\n\n| a | b |\n|---|---|\n| x | 1.5 |\n\nResults: bench/results/x/1-abc/table.md\n";
+    let doc =
+        "text\n\n| a | b |\n|---|---|\n| x | 1.5 |\n\nResults: bench/results/x/1-abc/table.md\n";
     let t = tables(doc);
     assert_eq!(t.len(), 1);
     assert!(is_figure_table(&t[0]));
