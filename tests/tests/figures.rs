@@ -122,6 +122,16 @@ fn in_history(root: &Path, commit: &str) -> Result<(), String> {
     if !root.join(".git").exists() {
         return Ok(()); // a source tarball: nothing to check against
     }
+    let shallow = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--is-shallow-repository"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+        .unwrap_or(false);
+    if shallow {
+        return Ok(()); // a shallow clone lacks the older commits a run may name
+    }
     let out = Command::new("git")
         .arg("-C")
         .arg(root)
