@@ -15,7 +15,7 @@ use bootfabric::redfish::{
 };
 use bootfabric_lab::{
     have_program, require, require_root, run,
-    sushy::{FakeSystem, Sushy},
+    sushy::{Driver, FakeSystem, PowerLog, Sushy},
     Netns, TempDir,
 };
 
@@ -26,24 +26,26 @@ fn port() -> u16 {
     20000 + (std::process::id() % 20000) as u16
 }
 
-/// sushy-emulator with two fake systems (node01 off, node02 on) and basic auth, over TLS
-/// when `tls` names a certificate and key.
+/// The two fake systems: node01 off, node02 on.
+const SYSTEMS: [FakeSystem<'static>; 2] = [
+    FakeSystem {
+        name: "node01",
+        uuid: "11111111-0000-0000-0000-000000000001",
+        power: "Off",
+        mac: "52:54:00:b0:0f:01",
+    },
+    FakeSystem {
+        name: "node02",
+        uuid: "11111111-0000-0000-0000-000000000002",
+        power: "On",
+        mac: "52:54:00:b0:0f:02",
+    },
+];
+
+/// sushy-emulator with [`SYSTEMS`] and basic auth, over TLS when `tls` names a certificate
+/// and key.
 fn sushy(ns: &Netns, dir: &Path, tls: Option<(&Path, &Path)>) -> Sushy {
-    let systems = [
-        FakeSystem {
-            name: "node01",
-            uuid: "11111111-0000-0000-0000-000000000001",
-            power: "Off",
-            mac: "52:54:00:b0:0f:01",
-        },
-        FakeSystem {
-            name: "node02",
-            uuid: "11111111-0000-0000-0000-000000000002",
-            power: "On",
-            mac: "52:54:00:b0:0f:02",
-        },
-    ];
-    Sushy::start(ns, dir, port(), &systems, (USER, PASSWORD), tls)
+    Sushy::start(ns, dir, port(), &SYSTEMS, (USER, PASSWORD), tls)
 }
 
 fn config(url: &str, password_file: &Path, tls: TlsPolicy) -> BmcConfig {
@@ -91,19 +93,35 @@ fn sushy_discovery_boot_override_reset_and_power() {
     let Some((ns, dir)) = lab("sushy_discovery_boot_override_reset_and_power") else {
         return;
     };
-    let bmc = sushy(&ns, &dir.path, None);
+    // The fake driver reports each change it makes: a restart shows as the machine going
+    // Off with a restart pending, then On, which a power state read before and after (On
+    // both times) cannot tell from no restart at all.
+    let power_log = PowerLog::start(&ns).expect("notification listener");
+    let bmc = Sushy::start_with(
+        &ns,
+        &dir.path,
+        ("127.0.0.1", port()),
+        Driver::FakeNotifying {
+            systems: &SYSTEMS,
+            url: &power_log.url,
+        },
+        (USER, PASSWORD),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let pass = password_file(&dir.path, PASSWORD);
     let url = bmc.url.clone();
-    ns.run(move || {
+    let restarted = ns.run(move || {
         block_on(async move {
             let mut c = Client::connect(&config(&url, &pass, TlsPolicy::Insecure))
                 .await
                 .expect("connect (sushy has no SessionService: basic auth)");
             let systems = c.systems().await.expect("systems");
             assert_eq!(systems.len(), 2, "{systems:?}");
+            let none = c.the_system().await;
             assert!(
-                c.the_system().await.is_err(),
-                "two systems and none configured must be an error"
+                matches!(&none, Err(RedfishError::Protocol(m)) if m.contains("manages 2 systems")),
+                "two systems and none configured must be refused as such: {none:?}"
             );
             for path in &systems {
                 let s = c.system(path).await.expect("system");
@@ -155,9 +173,29 @@ fn sushy_discovery_boot_override_reset_and_power() {
             .await
             .expect("back on after the restart");
             c.logout().await;
+            on
         })
     })
     .expect("namespace");
+    // The restarted machine went down with the restart pending, and came back On after it.
+    let changes: Vec<_> = power_log
+        .changes()
+        .into_iter()
+        .filter(|ch| restarted.ends_with(&format!("/{}", ch.uuid)))
+        .collect();
+    eprintln!("BMC changes of {restarted}: {changes:?}");
+    let down = changes.iter().position(|ch| {
+        ch.power == "Off" && ch.pending.as_deref().is_some_and(|p| p.contains("Restart"))
+    });
+    let up = down.and_then(|d| {
+        changes[d..]
+            .iter()
+            .position(|ch| ch.power == "On" && ch.pending.is_none())
+    });
+    assert!(
+        up.is_some(),
+        "no restart seen by the BMC for {restarted:?}: {changes:?}"
+    );
 }
 
 #[test]
