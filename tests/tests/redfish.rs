@@ -6,6 +6,10 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -16,7 +20,7 @@ use bootfabric::redfish::{
 use bootfabric_lab::{
     have_program, require, require_root, run,
     sushy::{Driver, FakeSystem, PowerLog, Sushy},
-    Netns, TempDir,
+    wait_for, Netns, TempDir,
 };
 
 const USER: &str = "admin";
@@ -340,6 +344,9 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
     let bmc = sushy(&ns, &dir.path, None);
     let pass = password_file(&dir.path, PASSWORD);
     let good = bmc.url.clone();
+    // Connections the hanging BMC accepted: one per attempt.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
     let (hung, elapsed, served) = ns
         .run(move || {
             // Accepts connections and never answers.
@@ -349,6 +356,7 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
                 let mut held = Vec::new();
                 for s in listener.incoming().take(8).flatten() {
                     held.push(s);
+                    counted.fetch_add(1, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_secs(20));
             });
@@ -374,10 +382,21 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
         .expect("namespace");
     let e = hung.expect_err("a BMC that never answers");
     assert!(matches!(e, RedfishError::Timeout(_)), "{e:?}");
-    // Three attempts of 0.5 s with two backoffs in between (0.25-0.75 s, then 0.5-1.5 s).
+    // Three attempts, each its own connection (the BMC's accept thread may count the last
+    // one a moment after the client gave up on it: wait for three, then check no more).
+    let three = wait_for(Duration::from_secs(30), || {
+        (accepted.load(Ordering::SeqCst) >= 3).then_some(())
+    });
+    assert!(
+        three.is_some() && accepted.load(Ordering::SeqCst) == 3,
+        "{} connections to the hanging BMC for 3 attempts",
+        accepted.load(Ordering::SeqCst)
+    );
+    // Three attempts of 0.5 s with two backoffs in between (0.25-0.75 s, then 0.5-1.5 s): a
+    // lower bound, which a slow machine can only exceed.
     assert!(
         elapsed >= Duration::from_millis(1500),
-        "gave up after {elapsed:?}: no retries"
+        "gave up after {elapsed:?}: no backoff between the attempts"
     );
     assert_eq!(served.expect("the other BMC"), 2);
 }
