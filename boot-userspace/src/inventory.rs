@@ -546,9 +546,24 @@ mod tests {
         }
         let inv = parse(&text).expect("valid");
         assert_eq!(inv.hosts().len(), 10_000);
-        assert!(inv
-            .host_by_ip("10.100.39.15".parse().expect("ip"))
-            .is_some());
+        // Every host is found by its MAC and its address (the indexes the DHCP and TFTP
+        // services look hosts up by), as itself. What this test checks is that a 10,000-host
+        // inventory loads whole and indexed, not how long it takes.
+        for h in inv.hosts() {
+            assert_eq!(
+                inv.host_by_mac(&h.mac).map(|f| &f.name),
+                Some(&h.name),
+                "{}",
+                h.mac
+            );
+            let ip = h.ip.expect("every generated host has an address");
+            assert_eq!(inv.host_by_ip(ip).map(|f| &f.name), Some(&h.name), "{ip}");
+        }
+        assert_eq!(
+            inv.host_by_ip("10.100.39.15".parse().expect("ip"))
+                .map(|h| h.name.as_str()),
+            Some("n9999")
+        );
     }
 
     fn with_bmc(bmc: &str) -> Result<Inventory, InventoryError> {

@@ -13,7 +13,7 @@ use std::{
 use bootfabric_lab::{
     bootfabric_bin, content, require_programs, require_root, run,
     sushy::{FakeSystem, Sushy},
-    Bridge, KillOnDrop, Netns, TempDir,
+    wait_for, Bridge, KillOnDrop, Netns, TempDir,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -369,7 +369,13 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
             .spawn()
             .expect("dnsmasq"),
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Wait until dnsmasq listens on the DHCP port (a sleep would be a guess at how long it
+    // takes to start on a loaded machine).
+    let listening = wait_for(std::time::Duration::from_secs(30), || {
+        let socks = run(rogue.command("ss").args(["-Hlun", "sport = :67"])).ok()?;
+        (!socks.trim().is_empty()).then_some(())
+    });
+    assert!(listening.is_some(), "the rogue dnsmasq never bound port 67");
     assert_one_failure(
         "rogue dhcp",
         lab.check(&cfg, &[]),

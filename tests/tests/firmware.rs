@@ -109,10 +109,15 @@ fn first_http_request(
                 s.set_read_timeout(Some(Duration::from_secs(10)))
                     .expect("timeout");
                 let mut buf = [0u8; 1024];
-                let n = s.read(&mut buf).unwrap_or(0);
+                // A read that fails or times out is not an empty request: say so.
+                let n = s
+                    .read(&mut buf)
+                    .unwrap_or_else(|e| panic!("{peer} connected but sent no request: {e}"));
                 return (String::from_utf8_lossy(&buf[..n]).into_owned(), peer);
             }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
             Err(e) => panic!(
                 "the firmware never fetched its script ({e}).\nconsole:\n{}\ndaemon:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default(),

@@ -6,6 +6,10 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -15,8 +19,8 @@ use bootfabric::redfish::{
 };
 use bootfabric_lab::{
     have_program, require, require_root, run,
-    sushy::{FakeSystem, Sushy},
-    Netns, TempDir,
+    sushy::{Driver, FakeSystem, PowerLog, Sushy},
+    wait_for, Netns, TempDir,
 };
 
 const USER: &str = "admin";
@@ -26,24 +30,26 @@ fn port() -> u16 {
     20000 + (std::process::id() % 20000) as u16
 }
 
-/// sushy-emulator with two fake systems (node01 off, node02 on) and basic auth, over TLS
-/// when `tls` names a certificate and key.
+/// The two fake systems: node01 off, node02 on.
+const SYSTEMS: [FakeSystem<'static>; 2] = [
+    FakeSystem {
+        name: "node01",
+        uuid: "11111111-0000-0000-0000-000000000001",
+        power: "Off",
+        mac: "52:54:00:b0:0f:01",
+    },
+    FakeSystem {
+        name: "node02",
+        uuid: "11111111-0000-0000-0000-000000000002",
+        power: "On",
+        mac: "52:54:00:b0:0f:02",
+    },
+];
+
+/// sushy-emulator with [`SYSTEMS`] and basic auth, over TLS when `tls` names a certificate
+/// and key.
 fn sushy(ns: &Netns, dir: &Path, tls: Option<(&Path, &Path)>) -> Sushy {
-    let systems = [
-        FakeSystem {
-            name: "node01",
-            uuid: "11111111-0000-0000-0000-000000000001",
-            power: "Off",
-            mac: "52:54:00:b0:0f:01",
-        },
-        FakeSystem {
-            name: "node02",
-            uuid: "11111111-0000-0000-0000-000000000002",
-            power: "On",
-            mac: "52:54:00:b0:0f:02",
-        },
-    ];
-    Sushy::start(ns, dir, port(), &systems, (USER, PASSWORD), tls)
+    Sushy::start(ns, dir, port(), &SYSTEMS, (USER, PASSWORD), tls)
 }
 
 fn config(url: &str, password_file: &Path, tls: TlsPolicy) -> BmcConfig {
@@ -91,19 +97,35 @@ fn sushy_discovery_boot_override_reset_and_power() {
     let Some((ns, dir)) = lab("sushy_discovery_boot_override_reset_and_power") else {
         return;
     };
-    let bmc = sushy(&ns, &dir.path, None);
+    // The fake driver reports each change it makes: a restart shows as the machine going
+    // Off with a restart pending, then On, which a power state read before and after (On
+    // both times) cannot tell from no restart at all.
+    let power_log = PowerLog::start(&ns).expect("notification listener");
+    let bmc = Sushy::start_with(
+        &ns,
+        &dir.path,
+        ("127.0.0.1", port()),
+        Driver::FakeNotifying {
+            systems: &SYSTEMS,
+            url: &power_log.url,
+        },
+        (USER, PASSWORD),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let pass = password_file(&dir.path, PASSWORD);
     let url = bmc.url.clone();
-    ns.run(move || {
+    let restarted = ns.run(move || {
         block_on(async move {
             let mut c = Client::connect(&config(&url, &pass, TlsPolicy::Insecure))
                 .await
                 .expect("connect (sushy has no SessionService: basic auth)");
             let systems = c.systems().await.expect("systems");
             assert_eq!(systems.len(), 2, "{systems:?}");
+            let none = c.the_system().await;
             assert!(
-                c.the_system().await.is_err(),
-                "two systems and none configured must be an error"
+                matches!(&none, Err(RedfishError::Protocol(m)) if m.contains("manages 2 systems")),
+                "two systems and none configured must be refused as such: {none:?}"
             );
             for path in &systems {
                 let s = c.system(path).await.expect("system");
@@ -155,9 +177,29 @@ fn sushy_discovery_boot_override_reset_and_power() {
             .await
             .expect("back on after the restart");
             c.logout().await;
+            on
         })
     })
     .expect("namespace");
+    // The restarted machine went down with the restart pending, and came back On after it.
+    let changes: Vec<_> = power_log
+        .changes()
+        .into_iter()
+        .filter(|ch| restarted.ends_with(&format!("/{}", ch.uuid)))
+        .collect();
+    eprintln!("BMC changes of {restarted}: {changes:?}");
+    let down = changes.iter().position(|ch| {
+        ch.power == "Off" && ch.pending.as_deref().is_some_and(|p| p.contains("Restart"))
+    });
+    let up = down.and_then(|d| {
+        changes[d..]
+            .iter()
+            .position(|ch| ch.power == "On" && ch.pending.is_none())
+    });
+    assert!(
+        up.is_some(),
+        "no restart seen by the BMC for {restarted:?}: {changes:?}"
+    );
 }
 
 #[test]
@@ -302,6 +344,9 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
     let bmc = sushy(&ns, &dir.path, None);
     let pass = password_file(&dir.path, PASSWORD);
     let good = bmc.url.clone();
+    // Connections the hanging BMC accepted: one per attempt.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
     let (hung, elapsed, served) = ns
         .run(move || {
             // Accepts connections and never answers.
@@ -311,6 +356,7 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
                 let mut held = Vec::new();
                 for s in listener.incoming().take(8).flatten() {
                     held.push(s);
+                    counted.fetch_add(1, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_secs(20));
             });
@@ -336,10 +382,21 @@ fn a_hanging_bmc_is_retried_then_given_up_while_another_is_served() {
         .expect("namespace");
     let e = hung.expect_err("a BMC that never answers");
     assert!(matches!(e, RedfishError::Timeout(_)), "{e:?}");
-    // Three attempts of 0.5 s with two backoffs in between (0.25-0.75 s, then 0.5-1.5 s).
+    // Three attempts, each its own connection (the BMC's accept thread may count the last
+    // one a moment after the client gave up on it: wait for three, then check no more).
+    let three = wait_for(Duration::from_secs(30), || {
+        (accepted.load(Ordering::SeqCst) >= 3).then_some(())
+    });
+    assert!(
+        three.is_some() && accepted.load(Ordering::SeqCst) == 3,
+        "{} connections to the hanging BMC for 3 attempts",
+        accepted.load(Ordering::SeqCst)
+    );
+    // Three attempts of 0.5 s with two backoffs in between (0.25-0.75 s, then 0.5-1.5 s): a
+    // lower bound, which a slow machine can only exceed.
     assert!(
         elapsed >= Duration::from_millis(1500),
-        "gave up after {elapsed:?}: no retries"
+        "gave up after {elapsed:?}: no backoff between the attempts"
     );
     assert_eq!(served.expect("the other BMC"), 2);
 }

@@ -401,9 +401,14 @@ fn per_host_files_are_rendered_from_the_profile() {
         "DEFAULT override\n"
     );
     // An unknown MAC and a prefix are not found, so pxelinux goes on to `default`.
+    // Refused with ERROR 1 (File not found), which is what sends pxelinux on; a timeout or
+    // any other code would leave it waiting or stop it.
+    let not_found =
+        |r: &Result<String, String>| matches!(r, Err(said) if said.contains("Error code 1:"));
     let unknown = l.fetch("pxelinux.cfg/01-52-54-00-ff-ff-ff");
-    assert!(unknown.is_err(), "unknown host served: {unknown:?}");
-    assert!(l.fetch("pxelinux.cfg/0A4D").is_err());
+    assert!(not_found(&unknown), "unknown host: {unknown:?}");
+    let prefix = l.fetch("pxelinux.cfg/0A4D");
+    assert!(not_found(&prefix), "address prefix: {prefix:?}");
     assert_eq!(
         l.fetch("pxelinux.cfg/default").expect("default"),
         "DEFAULT fallback\n"
@@ -446,8 +451,14 @@ fn per_host_files_are_rendered_from_the_profile() {
         l.metric("bootfabric_tftp_rendered_total", &[("format", "ipxe")]),
         1.0
     );
-    // Every completed fetch from node01's address reached the ledger.
-    assert!(l.metric("bootfabric_ledger_events_total", &[("phase", "tftp_sent")]) >= 8.0);
+    // Every completed fetch from node01's address reached the ledger. The server records a
+    // transfer when it reads the last ACK, which may be after the client has exited: wait.
+    let sent = || l.metric("bootfabric_ledger_events_total", &[("phase", "tftp_sent")]);
+    assert!(
+        wait_for(Duration::from_secs(30), || (sent() >= 8.0).then_some(())).is_some(),
+        "{} tftp_sent events",
+        sent()
+    );
 }
 
 /// The address a host leased is how TFTP knows it: node03 has no reservation.
@@ -777,11 +788,20 @@ fn thousands_of_transfers_at_once_share_bounded_memory() {
         times[N / 2],
         times[N - 1]
     );
-    assert!(
+    // A transfer is counted when the server reads its last ACK, which may come after the
+    // client has its file: wait for the count.
+    let completed = || {
         l.metric(
             "bootfabric_tftp_transfers_total",
-            &[("outcome", "completed")]
-        ) >= N as f64
+            &[("outcome", "completed")],
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || (completed() >= N as f64)
+            .then_some(()))
+        .is_some(),
+        "{} of {N} transfers counted as completed",
+        completed()
     );
 }
 
@@ -871,7 +891,17 @@ fn a_flood_of_unacked_requests_leaves_a_real_client_served() {
         active <= 9.0,
         "{active} transfers in flight: more than the attacker's share"
     );
-    assert!(refused("client_rate") + refused("client_busy") >= (FLOOD - 8) as f64);
+    // Transfers running (the wait above) do not mean every request of the flood has been
+    // read yet: wait for the refusals to add up rather than scrape them once.
+    let refusals = || refused("client_rate") + refused("client_busy");
+    assert!(
+        wait_for(Duration::from_secs(30), || (refusals()
+            >= (FLOOD - 8) as f64)
+            .then_some(()))
+        .is_some(),
+        "{} of {FLOOD} requests refused",
+        refusals()
+    );
     assert!(refused("timeout_capped") >= 1.0);
     assert!(
         hwm.saturating_sub(rss_before) < 64 * 1024,
@@ -1129,11 +1159,19 @@ fn a_slow_drip_client_is_cut_at_the_transfer_lifetime() {
     let counted = l.metric("bootfabric_tftp_refused_total", &[("reason", "lifetime")]);
     eprintln!("cut after {blocks} blocks: {ended:?}");
     assert_eq!(counted, 1.0, "lifetime refusals");
-    assert_eq!(
+    // The transfer's outcome is counted as it ends, after the ERROR went out: wait for it,
+    // then check there is exactly one.
+    let ended_for_lifetime = || {
         l.metric(
             "bootfabric_tftp_transfers_total",
-            &[("outcome", "lifetime")]
-        ),
-        1.0
+            &[("outcome", "lifetime")],
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || (ended_for_lifetime() >= 1.0)
+            .then_some(()))
+        .is_some(),
+        "the transfer's end was never counted"
     );
+    assert_eq!(ended_for_lifetime(), 1.0);
 }

@@ -1,12 +1,15 @@
 //! The XDP classifier, attached to a veth in a namespace lab, counts DHCP, TFTP and TFTP
 //! data packets sent by a client namespace, and `/metrics` shows exactly those counts.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
 
 use bootfabric_lab::{
     http_get,
     packets::{dhcp_discover, tftp_ack, tftp_rrq},
-    require, require_root, sample, Bridge, Daemon, Netns, PairLab,
+    require, require_root, sample, wait_for, Bridge, Daemon, Netns, PairLab,
 };
 
 const CONFIG: &str = r#"
@@ -101,8 +104,20 @@ fn xdp_counts_each_class_per_interface() {
         })
         .expect("client namespace");
 
-    // The kernel counts synchronously on receive, so the next scrape sees every packet.
-    let (_, after) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    // A send returns once the frame is queued on the veth; the program runs on it later
+    // (the peer's NAPI poll), so wait until every class has at least its count, then
+    // check that it is exactly that.
+    let scrape = || {
+        http_get(&lab.server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    let after = wait_for(Duration::from_secs(30), || {
+        let text = scrape();
+        let p = |class| count(&text, "bootfabric_xdp_packets_total", class);
+        (p("dhcp") >= 3 && p("tftp") >= 3 && p("tftp_data") >= 4 && p("other") >= 3).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("the frames were not all counted:\n{}", scrape()));
     let p = |class| count(&after, "bootfabric_xdp_packets_total", class);
     let b = |class| count(&after, "bootfabric_xdp_bytes_total", class);
     assert_eq!(p("dhcp"), 3, "{after}");
@@ -159,11 +174,24 @@ fn xdp_counts_broadcasts_from_clients_on_a_bridge() {
         })
         .expect("client namespace");
     }
-    let (_, text) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
-    let dhcp = sample(
-        &text,
-        "bootfabric_xdp_packets_total",
-        &[("iface", "fabric0"), ("class", "dhcp"), ("action", "pass")],
-    );
-    assert_eq!(dhcp, Some(3.0), "{text}");
+    // Counted when the program runs on the bridge port's receive path, after the sends
+    // return: wait for three, then check there are not more.
+    let scrape = || {
+        http_get(&server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    let dhcp = |text: &str| {
+        sample(
+            text,
+            "bootfabric_xdp_packets_total",
+            &[("iface", "fabric0"), ("class", "dhcp"), ("action", "pass")],
+        )
+    };
+    let text = wait_for(Duration::from_secs(30), || {
+        let text = scrape();
+        dhcp(&text).is_some_and(|n| n >= 3.0).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("three DISCOVERs were not counted:\n{}", scrape()));
+    assert_eq!(dhcp(&text), Some(3.0), "{text}");
 }

@@ -204,12 +204,17 @@ mod tests {
         assert_eq!(format!("{e:?}"), "http://127.0.0.1:8000");
         let e = Endpoint::new("http://bmc1", None, t).expect("default port");
         assert_eq!(format!("{e:?}"), "http://bmc1:80");
-        assert!(
-            Endpoint::new("https://bmc1", None, t).is_err(),
-            "needs a policy"
-        );
-        assert!(Endpoint::new("ftp://bmc1", None, t).is_err());
-        assert!(Endpoint::new("http://bmc1/redfish/v1", None, t).is_err());
+        // Each refused for its own reason, not merely refused.
+        let refused = |url: &str| match Endpoint::new(url, None, t) {
+            Ok(e) => panic!("{url} accepted as {e:?}"),
+            Err(why) => why,
+        };
+        let why = refused("https://bmc1");
+        assert!(why.contains("https needs a TLS policy"), "{why}");
+        let why = refused("ftp://bmc1");
+        assert!(why.contains("the scheme must be https"), "{why}");
+        let why = refused("http://bmc1/redfish/v1");
+        assert!(why.contains("without a path"), "{why}");
         let e = Endpoint::new("http://[fd00::5]:8443", None, t).expect("v6");
         assert_eq!(format!("{e:?}"), "http://fd00::5:8443");
     }

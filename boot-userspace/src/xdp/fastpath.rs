@@ -614,13 +614,20 @@ mod tests {
 
         let mut with_82 = reply[..BOOTP_HEADER_LEN].to_vec();
         with_82.extend_from_slice(&[53, 1, 2, 82, 2, 1, 0, 255]);
-        assert!(
-            cut(&with_82).is_err(),
+        assert_eq!(
+            cut(&with_82).err(),
+            Some("the template request carried a per-request option"),
             "per-request options never go in a template"
         );
-        assert!(
-            cut(&reply[..BOOTP_HEADER_LEN + 3]).is_err(),
-            "no end option"
+        // Option 1 whole, then nothing: no end option.
+        assert_eq!(
+            cut(&reply[..BOOTP_HEADER_LEN + 6]).err(),
+            Some("reply without an end option")
+        );
+        // Option 1 cut inside its value.
+        assert_eq!(
+            cut(&reply[..BOOTP_HEADER_LEN + 3]).err(),
+            Some("truncated option")
         );
     }
 

@@ -297,3 +297,24 @@ fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
     }
     Ok(ebpf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gcra;
+
+    /// The program passes a packet while the theoretical arrival time is at most the burst
+    /// tolerance ahead of now, and each pass moves it one interval: at one instant,
+    /// `burst / interval + 1` packets pass. That must be the userspace limiter's `2 * rate`,
+    /// with one interval (one token) per `1 / rate` seconds after it.
+    #[test]
+    fn gcra_matches_the_userspace_bucket() {
+        for rate in [1u32, 10, 20, 50, 1000] {
+            let (interval, burst) = gcra(rate);
+            assert_eq!(interval, 1_000_000_000 / u64::from(rate), "rate {rate}");
+            assert_eq!(burst / interval + 1, 2 * u64::from(rate), "rate {rate}");
+            assert_eq!(burst % interval, 0, "rate {rate}");
+        }
+        // A rate of 0 is read as 1, never a division by zero.
+        assert_eq!(gcra(0), gcra(1));
+    }
+}
