@@ -317,6 +317,9 @@ fn lease(sock: &UdpSocket, mac: [u8; 6], xid: u32, wait: Duration) -> Outcome {
     Outcome::NoAnswer
 }
 
+/// A client's MAC and the address its ACK gave it.
+type Acked = ([u8; 6], Ipv4Addr);
+
 /// Client threads at once, and MACs each leases in turn (until the cut).
 const THREADS: u32 = 8;
 const PER_THREAD: u32 = 12;
@@ -353,7 +356,7 @@ fn power_cut_under_concurrent_clients_loses_no_acknowledged_lease() {
     // Clients in THREADS threads lease at once; the one whose ACK is the CUT_AT-th cuts the
     // power while the others' REQUESTs are in flight, then every thread makes one more
     // attempt, so records are surely written after the cut and never flushed.
-    let acked: Arc<Mutex<Vec<([u8; 6], Ipv4Addr)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let cut = Arc::new(AtomicBool::new(false));
     let after_cut = Arc::new(AtomicUsize::new(0));
     let (stdin, lines) = (Arc::clone(&disk.stdin), Arc::clone(&disk.lines));
