@@ -725,11 +725,23 @@ impl Committer {
         delay: std::time::Duration,
         bounds: CommitBounds,
     ) -> Committer {
+        Self::start_with_lazy_window(journal, live, delay, LAZY_WINDOW, bounds)
+    }
+
+    /// [`Committer::start`] with a lazy batch's gathering time of `lazy` instead of
+    /// [`LAZY_WINDOW`] (tests make it long, so that waiting it out cannot pass unseen).
+    fn start_with_lazy_window(
+        journal: Journal,
+        live: &[LeaseRecord],
+        delay: std::time::Duration,
+        lazy: std::time::Duration,
+        bounds: CommitBounds,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel();
         let live: HashMap<Ipv4Addr, LeaseRecord> = live.iter().map(|r| (r.ip, r.clone())).collect();
         let thread = std::thread::Builder::new()
             .name("lease-journal".into())
-            .spawn(move || writer(journal, live, rx, delay))
+            .spawn(move || writer(journal, live, rx, delay, lazy))
             // Without the thread every commit fails with `Stopped`: no ACK goes out unrecorded.
             .map_err(|e| warn!(error = %e, "cannot start the lease journal thread"))
             .ok();
@@ -817,6 +829,7 @@ fn writer(
     mut live: HashMap<Ipv4Addr, LeaseRecord>,
     rx: mpsc::Receiver<Job>,
     delay: std::time::Duration,
+    lazy: std::time::Duration,
 ) {
     let mut stop = false;
     while !stop {
@@ -828,7 +841,7 @@ fn writer(
         // the deadline back to `delay` from its arrival.
         let now = std::time::Instant::now();
         let mut deadline = if matches!(first, Job::Record(..)) {
-            now + LAZY_WINDOW
+            now + lazy
         } else {
             now + delay
         };
@@ -1334,23 +1347,28 @@ mod tests {
     async fn lazy_records_ride_with_the_next_commit_and_survive_shutdown() {
         let (_d, p) = tmp();
         let (j, live) = Journal::open(&p).expect("open");
-        let c = Committer::start(
+        // A lazy window of an hour: a commit that waited it out would not resolve within
+        // the test's bound, so no clock reading decides the outcome.
+        let lazy = std::time::Duration::from_secs(3600);
+        let c = Committer::start_with_lazy_window(
             j,
             &live,
             std::time::Duration::from_millis(5),
-            CommitBounds::default(),
+            lazy,
+            CommitBounds {
+                timeout: lazy,
+                ..CommitBounds::default()
+            },
         );
         let gate = c.pause();
         c.record(vec![numbered(1), numbered(2)]).expect("record");
         drop(gate);
         // A commit someone waits for does not wait out the lazy window, and takes the
         // lazy records along in the same write and fdatasync.
-        let t0 = std::time::Instant::now();
-        c.commit(numbered(3)).await.expect("durable");
-        assert!(
-            t0.elapsed() < LAZY_WINDOW,
-            "the commit waited for the lazy window"
-        );
+        tokio::time::timeout(std::time::Duration::from_secs(60), c.commit(numbered(3)))
+            .await
+            .expect("the commit waited for the lazy window")
+            .expect("durable");
         let (tx, rx) = mpsc::channel();
         c.tx.send(Job::Syncs(tx)).expect("ask");
         assert_eq!(rx.recv().expect("syncs"), 1);
