@@ -183,7 +183,7 @@ start_server() {
 start_server bootfabric 1
 ip netns exec "$CLI" curl -sS -o "$WORK/images/boot.ipxe" http://10.77.0.1/boot.ipxe
 # What the daemon says about its rings when pinned (the io-wq registration).
-grep -h "io-wq\|rings" "$WORK/bootfabric.log" | sed 's/^/bootfabric log (pin=1): /' || true
+grep -h "io-wq\|rings" "$WORK/bootfabric.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/bootfabric log (pin=1): /' || true
 stop_server
 [ -s "$WORK/images/boot.ipxe" ] || { echo "Bootfabric rendered no script" >&2; exit 1; }
 
@@ -210,10 +210,11 @@ sampler() {
   done
 }
 
-# Reads a sampler file: prints "threads busy cores allowed kinds busy-kinds". Every task id seen counts
-# (threads born during the run included). A thread is busy if it used at least 1% of the run's
-# wall time (utime + stime, stat fields 14 and 15; its ticks count from 0 when it was born
-# after the first sample). A core is used if a thread's ticks grew since the sample before
+# Reads a sampler file: prints "threads working cores allowed kinds working-kinds". Every task
+# id seen counts (threads born during the run included). A thread is working if its CPU time
+# (utime + stime, stat fields 14 and 15) grew by at least one tick during the run (its ticks
+# count from 0 when it was born after the first sample): with 256 connections the work is
+# spread over many io-wq workers, each with little of it. The kinds carry their CPU seconds. A core is used if a thread's ticks grew since the sample before
 # while it was last seen on that core (stat field 39).
 threads_of() {
   awk -v hz="$(getconf CLK_TCK)" -v dur="$DURATION" -v master="$2" '
@@ -241,14 +242,15 @@ threads_of() {
       n = 0; b = 0
       for (tid in first) {
         n++; kinds[kind[tid]]++
-        if (last[tid] - first[tid] >= hz * dur / 100) { b++; bk[kind[tid]]++ }
+        d = last[tid] - first[tid]; ck[kind[tid]] += d
+        if (d >= 1) { b++; bk[kind[tid]]++ }
       }
       c = ""; for (i = 0; i < 4096; i++) if (i in used) c = c (c == "" ? "" : ",") i
       al = ""; for (x in allowed) al = al (al == "" ? "" : "|") x
       ks = ""; bs = ""
       for (k in kinds) {
         nb = (k in bk) ? bk[k] : 0
-        ks = ks (ks == "" ? "" : ",") kinds[k] "x" k "(" nb "busy)"
+        ks = ks (ks == "" ? "" : ",") kinds[k] "x" k "(" nb "working," sprintf("%.2f", ck[k] / hz) "s)"
         if (nb > 0) bs = bs (bs == "" ? "" : ",") nb "_" k
       }
       printf "%d %d %s %s %s %s\n", n, b, (c == "" ? "-" : c), (al == "" ? "-" : al), (ks == "" ? "-" : ks), (bs == "" ? "-" : bs)
@@ -256,7 +258,7 @@ threads_of() {
 }
 
 # One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
-# THREADS (threads, busy, cores, allowed, kinds, busy kinds) and ERRORS.
+# THREADS (threads, working, cores, allowed, kinds with CPU seconds, working kinds) and ERRORS.
 measure() {
   local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 out tps read reqs lua=() cpuset=()
   case $what in
@@ -299,7 +301,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { prin
 
 # Servers alternate within every row, mode and repeat, so a machine that drifts (other load,
 # frequency, page cache) drifts for both; each figure is the median of REPEAT runs. Threads:
-# the most seen in one repeat; cores: every core used in any repeat.
+# the most seen in one repeat (working: the repeat with the most); cores: every core used in
+# any repeat.
 declare -A V C T B U K
 for rep in $(seq 1 "$REPEAT"); do
   for row in $ROWS; do
@@ -318,18 +321,18 @@ for rep in $(seq 1 "$REPEAT"); do
         if [ "$nb" -gt "${B[$k]:-0}" ]; then B[$k]=$nb; K[$k]=$busy; fi
         U[$k]=$(tr ', ' '\n\n' <<<"${U[$k]:-} $cores" | grep -E '^[0-9]+$' | sort -un | paste -sd, -)
         if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
-        printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, CPU %s %s; threads %s (%s busy), cores used %s, allowed %s; %s %s\n' \
+        printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, CPU %s %s; threads %s (%s working), cores used %s, allowed %s; %s %s\n' \
           "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS"
       done
     done
   done
 done
 
-# "261 threads (3 busy: 2 iou-wrk, 1 http-ring), cores 0" for the key $1.
+# "261 threads (40 working: 1 http-ring, 39 iou-wrk), cores 0" for the key $1.
 threads_cell() {
   local busy=${K[$1]:--}
   busy=$(tr ',_' '\n ' <<<"$busy" | grep -v '^-$' | sort -k2 | paste -sd, - | sed 's/,/, /g')
-  echo "${T[$1]:-0} threads (${B[$1]:-0} busy${busy:+: $busy}), cores ${U[$1]:-none}"
+  echo "${T[$1]:-0} threads (${B[$1]:-0} working${busy:+: $busy}), cores ${U[$1]:-none}"
 }
 
 # The table (README rows are copied from it): figures are medians; ratios are Bootfabric's
