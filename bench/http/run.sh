@@ -1,37 +1,47 @@
 #!/usr/bin/env bash
-# HTTP benchmark: Bootfabric's image streamer against nginx (sendfile on), one after the other
-# in the same run, driven by wrk over a veth pair between two namespaces. Rows:
-#   - a 256 MiB image to 1, 32 and 256 concurrent connections (keep-alive, whole-file GETs);
-#   - many small requests: the iPXE script (Bootfabric renders it for the asking host; nginx
-#     serves the same text as a static file) to 32 and 256 connections.
-# For each row and server it prints throughput (MiB/s), requests per second, and the server's
-# CPU time per GiB served (from a cgroup holding the server and its workers), then
-# Bootfabric's ratios to nginx.
-#
-# The server is pinned to CPU 0 with one worker (one io_uring ring; one nginx worker) and wrk
-# to the other cores, so both servers get the same single core.
+# HTTP benchmark: Bootfabric's image streamer against nginx, one after the other in the same
+# run, driven by wrk over a veth pair between two namespaces. Rows:
+#   - image:N  a 256 MiB image to N keep-alive connections (whole-file GETs);
+#   - range:N  1 MiB Range requests at random 1 MiB offsets of that image, as installers send;
+#   - script:N the iPXE script (Bootfabric renders it for the asking host; nginx serves the
+#              same text as a static file).
+# Every row runs in two modes, servers alternating within each row, mode and repeat:
+#   - pin=1: the server on CPU 0 (Bootfabric http.workers = 1, nginx worker_processes 1 with
+#            worker_cpu_affinity), wrk on the other core(s);
+#   - pin=0: nobody pinned, server and wrk sharing every core; the server gets as many workers
+#            as there are cores.
+# For each row and server it prints throughput (MiB/s; req/s for scripts), CPU time per GiB
+# (per request for scripts) from a cgroup holding the server and everything it starts, and
+# the threads and cores the server really used: every task of every process in that cgroup
+# is sampled from /proc every SAMPLE seconds during the run (io_uring's iou-wrk threads, nginx
+# workers and tokio threads included).
 #
 # Usage: bench/http/run.sh        (as root; `cargo xtask setup` installs nginx and wrk)
-# Knobs: DURATION=10 REPEAT=3 (medians) SERVERS="bootfabric nginx" ROWS="image:1 image:32 image:256 script:32
-#        script:256" BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
+# Knobs: DURATION=10 REPEAT=3 (medians) PINS="1 0" SERVERS="bootfabric nginx"
+#        ROWS="image:1 image:32 image:256 script:1 script:32 script:256 range:32" SAMPLE=0.5
+#        BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
+#        RESULTS_DIR=<folder> (smoke runs; default bench/results/http)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
 DURATION=${DURATION:-10}
 SERVERS=${SERVERS:-"bootfabric nginx"}
-ROWS=${ROWS:-"image:1 image:32 image:256 script:32 script:256"}
+ROWS=${ROWS:-"image:1 image:32 image:256 script:1 script:32 script:256 range:32"}
+PINS=${PINS:-"1 0"}
 BACKEND=${BACKEND:-io_uring}
 REPEAT=${REPEAT:-3}
+SAMPLE=${SAMPLE:-0.5}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
-for p in nginx wrk ip ss taskset; do
+for p in nginx wrk ip ss taskset sha256sum; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
 done
 if [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo xtask build --release >/dev/null)
 fi
-[ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (server and wrk on different ones)" >&2; exit 2; }
+CORES=$(nproc)
+[ "$CORES" -ge 2 ] || { echo "needs 2 cores (server and wrk on different ones)" >&2; exit 2; }
 
 ID=bfh-$$
 SRV=$ID-srv
@@ -39,6 +49,7 @@ CLI=$ID-cli
 WORK=$(mktemp -d /dev/shm/bootfabric-http-bench.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
+SAMPLER_PID=""
 # shellcheck source=../lib.sh
 . "$ROOT/bench/lib.sh"
 
@@ -51,6 +62,7 @@ stop_server() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_pid "$SAMPLER_PID"
   stop_server
   lab_down
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -59,6 +71,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN
+results_note "nginx: $(nginx -v 2>&1)"
+results_note "wrk: $(wrk -v 2>&1 | head -1)"
+results_note "bootfabric binary: $BIN, sha256 $(sha256sum "$BIN" | cut -c1-16), built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)"
+results_note "cores: $CORES; pin=1 gives each server 1 core (CPU 0), pin=0 gives it all $CORES, shared with wrk"
 
 cgroup_setup
 lab_up 1500
@@ -76,10 +94,13 @@ mac = "52:54:00:b0:0f:01"
 ip = "10.77.0.2"
 profile = "installer"
 TOML
-cat >"$WORK/bootfabric.toml" <<TOML
+# One config per mode: the workers equal the cores the server is given.
+for pin in 0 1; do
+  if [ "$pin" = 1 ]; then workers=1; else workers=$CORES; fi
+  cat >"$WORK/bootfabric-pin$pin.toml" <<TOML
 [daemon]
 state_dir = "state"
-log = "warn"
+log = "warn,bootfabric::http=info"
 inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
@@ -90,11 +111,17 @@ mode = "off"
 [http]
 root = "images"
 backend = "$BACKEND"
-workers = 1
+workers = $workers
 max_connections_per_client = 1024
 TOML
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
+  # nginx as its documentation recommends for static files: sendfile with tcp_nopush (full
+  # packets) and tcp_nodelay, open_file_cache so a small file is not opened, stat'ed and
+  # closed on every request, no access log, keep-alive for as many requests as wrk sends, and
+  # one worker per core given (pinned to it when the server is pinned).
+  if [ "$pin" = 1 ]; then affinity="worker_cpu_affinity 1;"; else affinity=""; fi
+  cat >"$WORK/nginx/nginx-pin$pin.conf" <<CONF
+worker_processes $workers;
+$affinity
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/logs/error.log warn;
@@ -103,14 +130,27 @@ http {
   access_log off;
   sendfile on;
   tcp_nopush on;
+  tcp_nodelay on;
+  open_file_cache max=1000 inactive=60s;
+  open_file_cache_valid 60s;
+  open_file_cache_min_uses 1;
   keepalive_requests 1000000;
   default_type application/octet-stream;
   server {
-    listen 10.77.0.1:80;
+    listen 10.77.0.1:80 reuseport;
     root $WORK/images;
   }
 }
 CONF
+done
+# 1 MiB Range requests at random whole-MiB offsets of the 256 MiB image.
+cat >"$WORK/range.lua" <<'LUA'
+local mib = 1048576
+request = function()
+  local at = math.random(0, 255) * mib
+  return wrk.format("GET", nil, { ["Range"] = "bytes=" .. at .. "-" .. (at + mib - 1) })
+end
+LUA
 
 wait_listening() {
   for _ in $(seq 1 300); do
@@ -121,15 +161,18 @@ wait_listening() {
   echo "$1 did not listen within 30 s" >&2; return 1
 }
 
+# start_server <server> <pin>
 start_server() {
+  local pin=(taskset -c 0)
+  [ "$2" = 1 ] || pin=()
   case $1 in
     bootfabric)
-      "${IN_CGROUP[@]}" ip netns exec "$SRV" taskset -c 0 "$BIN" serve \
-        --config "$WORK/bootfabric.toml" 2>"$WORK/bootfabric.log" &
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "${pin[@]}" "$BIN" serve \
+        --config "$WORK/bootfabric-pin$2.toml" 2>"$WORK/bootfabric.log" &
       ;;
     nginx)
-      "${IN_CGROUP[@]}" ip netns exec "$SRV" taskset -c 0 nginx -p "$WORK/nginx" \
-        -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx.log" &
+      "${IN_CGROUP[@]}" ip netns exec "$SRV" "${pin[@]}" nginx -p "$WORK/nginx" \
+        -c "$WORK/nginx/nginx-pin$2.conf" 2>"$WORK/nginx.log" &
       ;;
   esac
   SERVER_PID=$!
@@ -137,74 +180,182 @@ start_server() {
 }
 
 # The script both serve: Bootfabric renders it, nginx gets the rendered text as a file.
-start_server bootfabric
+start_server bootfabric 1
 ip netns exec "$CLI" curl -sS -o "$WORK/images/boot.ipxe" http://10.77.0.1/boot.ipxe
+# What the daemon says about its rings when pinned (the io-wq registration).
+grep -h "io-wq\|rings" "$WORK/bootfabric.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/bootfabric log (pin=1): /' || true
 stop_server
 [ -s "$WORK/images/boot.ipxe" ] || { echo "Bootfabric rendered no script" >&2; exit 1; }
 
-to_mib() { # wrk's "Transfer/sec: 1.23GB" → MiB
+to_mib() { # wrk's "1.23GB" → MiB
   awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
     f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1 / 1024 : 1 / 1048576;
     printf "%.1f", n * f }'
 }
 
-# One measurement: sets MIBS, RPS, CPU and ERRORS.
+# The sampler: every SAMPLE seconds, a line "sample <n>", then for every process in the
+# server's cgroup the stat and Cpus_allowed_list of each of its tasks (as grep -H prints them:
+# /proc/<pid>/task/<tid>/stat:<line>). Two processes per process per sample, so that the
+# sampler stays light next to the server. Runs until killed (by PID, after wrk ends).
+sampler() {
+  local n=0 p
+  while :; do
+    n=$((n + 1))
+    echo "sample $n"
+    for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do
+      grep -sH '' /proc/"$p"/task/*/stat || true
+      grep -sH '^Cpus_allowed_list:' /proc/"$p"/task/*/status || true
+    done
+    sleep "$SAMPLE"
+  done
+}
+
+# Reads a sampler file: prints "threads working cores allowed kinds working-kinds". Every task
+# id seen counts (threads born during the run included). A thread is working if its CPU time
+# (utime + stime, stat fields 14 and 15) grew by at least one tick during the run (its ticks
+# count from 0 when it was born after the first sample): with 256 connections the work is
+# spread over many io-wq workers, each with little of it. The kinds carry their CPU seconds. A core is used if a thread's ticks grew since the sample before
+# while it was last seen on that core (stat field 39).
+threads_of() {
+  awk -v hz="$(getconf CLK_TCK)" -v dur="$DURATION" -v master="$2" '
+    /^sample / { s = $2; next }
+    {
+      split($0, pathrest, ":"); n = split(pathrest[1], parts, "/"); tid = parts[n - 1]
+      if (parts[n] == "status") { a = $0; sub(/.*Cpus_allowed_list:[ \t]*/, "", a); allowed[a] = 1; next }
+      line = $0
+      comm = line; sub(/^[^(]*\(/, "", comm); sub(/\)[^)]*$/, "", comm)
+      rest = line; sub(/^.*\) /, "", rest); split(rest, f, " ")
+      # f[1] is field 3 (state): field N is f[N - 2].
+      t = f[12] + f[13]; cpu = f[37]
+      if (!(tid in first)) {
+        first[tid] = (s == 1) ? t : 0
+        k = comm; sub(/[-_:\/]?[0-9]+$/, "", k); gsub(/ /, "_", k)
+        if (k == "nginx") k = (tid == master) ? "nginx-master" : "nginx-worker"
+        kind[tid] = k
+        if (s > 1 && t > 0) used[cpu] = 1
+      } else if (t > last[tid]) {
+        used[cpu] = 1
+      }
+      last[tid] = t
+    }
+    END {
+      n = 0; b = 0
+      for (tid in first) {
+        n++; kinds[kind[tid]]++
+        d = last[tid] - first[tid]; ck[kind[tid]] += d
+        if (d >= 1) { b++; bk[kind[tid]]++ }
+      }
+      c = ""; for (i = 0; i < 4096; i++) if (i in used) c = c (c == "" ? "" : ",") i
+      al = ""; for (x in allowed) al = al (al == "" ? "" : "|") x
+      ks = ""; bs = ""
+      for (k in kinds) {
+        nb = (k in bk) ? bk[k] : 0
+        ks = ks (ks == "" ? "" : ",") kinds[k] "x" k "(" nb "working," sprintf("%.2f", ck[k] / hz) "s)"
+        if (nb > 0) bs = bs (bs == "" ? "" : ",") nb "_" k
+      }
+      printf "%d %d %s %s %s %s\n", n, b, (c == "" ? "-" : c), (al == "" ? "-" : al), (ks == "" ? "-" : ks), (bs == "" ? "-" : bs)
+    }' "$1"
+}
+
+# One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
+# THREADS (threads, working, cores, allowed, kinds with CPU seconds, working kinds) and ERRORS.
 measure() {
-  local server=$1 what=$2 conns=$3 url threads c0 c1 out tps
+  local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 out tps read reqs lua=() cpuset=()
   case $what in
     image) url=http://10.77.0.1/rack/image.bin ;;
+    range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
     script) url=http://10.77.0.1/boot.ipxe ;;
   esac
+  [ "$pin" = 1 ] && cpuset=(taskset -c "1-$((CORES - 1))")
   threads=$((conns < 2 ? 1 : 2))
+  : >"$WORK/samples"
+  sampler >>"$WORK/samples" &
+  SAMPLER_PID=$!
   c0=$(cg_usec)
-  out=$(ip netns exec "$CLI" taskset -c 1-$(($(nproc) - 1)) \
-    timeout $((DURATION + 60)) wrk -t"$threads" -c"$conns" -d"${DURATION}s" "$url" 2>&1) || true
+  # wrk's timeout is longer than the run: a 256 MiB response shared by 256 connections takes
+  # longer than wrk's default 2 s, and throughput counts the bytes delivered either way.
+  out=$(ip netns exec "$CLI" "${cpuset[@]}" timeout $((DURATION + 60)) \
+    wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout "$((DURATION + 30))s" "${lua[@]}" \
+    "$url" 2>&1) || true
   c1=$(cg_usec)
-  echo "$out" >>"$WORK/wrk-$server-$what-$conns.txt"
-  RPS=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  stop_pid "$SAMPLER_PID"
+  SAMPLER_PID=""
+  echo "$out" | sed "s/^/  wrk: /"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
-  ERRORS=$(awk '/Non-2xx/ { print }' <<<"$out" | tr '\n' ' ')
-  MIBS=$(to_mib "${tps:-0B}")
-  CPU=$(awk -v t=$((c1 - c0)) -v m="$MIBS" -v d="$DURATION" \
-    'BEGIN { g = m * d / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
+  read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
+  reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
+  ERRORS=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+  if [ "$what" = script ]; then
+    RATE=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+    CPU=$(awk -v t=$((c1 - c0)) -v r="${reqs:-0}" \
+      'BEGIN { if (r <= 0) print "n/a"; else printf "%.1f", t / r }')
+  else
+    RATE=$(to_mib "${tps:-0B}")
+    CPU=$(awk -v t=$((c1 - c0)) -v m="$(to_mib "${read:-0B}")" \
+      'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
+  fi
+  THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }'; }
 
-# Servers alternate within every row and every repeat, so a machine that drifts (other load,
-# frequency, page cache) drifts for both; each figure is the median of REPEAT runs.
-declare -A M P C
+# Servers alternate within every row, mode and repeat, so a machine that drifts (other load,
+# frequency, page cache) drifts for both; each figure is the median of REPEAT runs. Threads:
+# the most seen in one repeat (working: the repeat with the most); cores: every core used in
+# any repeat.
+declare -A V C T B U K
 for rep in $(seq 1 "$REPEAT"); do
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
-    for server in $SERVERS; do
-      start_server "$server"
-      measure "$server" "$what" "$conns"
-      stop_server
-      M[$server,$row]="${M[$server,$row]:-} $MIBS"
-      P[$server,$row]="${P[$server,$row]:-} ${RPS:-0}"
-      C[$server,$row]="${C[$server,$row]:-} $CPU"
-      printf 'run %d %-10s %-6s %3d conns: %9s MiB/s %10s req/s %8s CPU s/GiB %s\n' \
-        "$rep" "$server" "$what" "$conns" "$MIBS" "${RPS:-0}" "$CPU" "$ERRORS"
+    for pin in $PINS; do
+      for server in $SERVERS; do
+        start_server "$server" "$pin"
+        echo "run $rep pin=$pin $server $what:$conns"
+        measure "$server" "$what" "$conns" "$pin"
+        stop_server
+        k="$server,$pin,$row"
+        V[$k]="${V[$k]:-} ${RATE:-0}"
+        C[$k]="${C[$k]:-} $CPU"
+        read -r nt nb cores allowed kinds busy <<<"$THREADS"
+        [ "$nt" -gt "${T[$k]:-0}" ] && T[$k]=$nt
+        if [ "$nb" -gt "${B[$k]:-0}" ]; then B[$k]=$nb; K[$k]=$busy; fi
+        U[$k]=$(tr ', ' '\n\n' <<<"${U[$k]:-} $cores" | grep -E '^[0-9]+$' | sort -un | paste -sd, -)
+        if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
+        printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, CPU %s %s; threads %s (%s working), cores used %s, allowed %s; %s %s\n' \
+          "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS"
+      done
     done
   done
 done
-declare -A R
-for row in $ROWS; do
-  for server in $SERVERS; do
-    R[$server,$row]="$(median <<<"${M[$server,$row]}") $(median <<<"${P[$server,$row]}") $(median <<<"${C[$server,$row]}")"
-  done
-done
 
+# "261 threads (40 working: 1 http-ring, 39 iou-wrk), cores 0" for the key $1.
+threads_cell() {
+  local busy=${K[$1]:--}
+  busy=$(tr ',_' '\n ' <<<"$busy" | grep -v '^-$' | sort -k2 | paste -sd, - | sed 's/,/, /g')
+  echo "${T[$1]:-0} threads (${B[$1]:-0} working${busy:+: $busy}), cores ${U[$1]:-none}"
+}
+
+# The table (README rows are copied from it): figures are medians; ratios are Bootfabric's
+# over nginx's (higher is better for the rate, lower for CPU).
+{
+  echo "| pin | request | connections | Bootfabric | nginx | ratio | Bootfabric CPU | nginx CPU | ratio | Bootfabric threads, cores used | nginx threads, cores used |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for row in $ROWS; do
+    IFS=: read -r what conns <<<"$row"
+    if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
+    for pin in $PINS; do
+      if [ "$pin" = 1 ]; then mode="1 core each"; else mode="none"; fi
+      b="bootfabric,$pin,$row" n="nginx,$pin,$row"
+      bv=$(median <<<"${V[$b]:-}") nv=$(median <<<"${V[$n]:-}")
+      bc=$(median <<<"${C[$b]:-}") nc=$(median <<<"${C[$n]:-}")
+      awk -v mode="$mode" -v w="$what" -v c="$conns" -v u="$unit" -v cu="$cunit" \
+        -v bv="$bv" -v nv="$nv" -v bc="$bc" -v nc="$nc" \
+        -v bt="$(threads_cell "$b")" -v nt="$(threads_cell "$n")" 'BEGIN {
+        printf "| %s | %s | %s | %s %s | %s %s | %s | %s %s | %s %s | %s | %s | %s |\n", mode, w, c,
+          bv, u, nv, u, ((nv + 0) > 0 ? sprintf("%.2f", bv / nv) : "n/a"),
+          bc, cu, nc, cu, ((nc + 0) > 0 && bc != "n/a" ? sprintf("%.2f", bc / nc) : "n/a"), bt, nt }'
+    done
+  done
+} >"$RESULTS/table.md"
 echo
-echo "| request | connections | Bootfabric MiB/s | nginx MiB/s | ratio | Bootfabric req/s | nginx req/s | ratio | Bootfabric CPU s/GiB | nginx CPU s/GiB | ratio |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for row in $ROWS; do
-  IFS=: read -r what conns <<<"$row"
-  read -r bm br bc <<<"${R[bootfabric,$row]:-0 0 n/a}"
-  read -r nm nr nc <<<"${R[nginx,$row]:-0 0 n/a}"
-  awk -v w="$what" -v c="$conns" -v bm="$bm" -v nm="$nm" -v br="$br" -v nr="$nr" -v bc="$bc" -v nc="$nc" 'BEGIN {
-    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, c, bm, nm,
-      (nm > 0 ? sprintf("%.2f", bm / nm) : "n/a"), br, nr, (nr > 0 ? sprintf("%.2f", br / nr) : "n/a"),
-      bc, nc, ((nc + 0) > 0 && bc != "n/a" ? sprintf("%.2f", bc / nc) : "n/a") }'
-done
+cat "$RESULTS/table.md"

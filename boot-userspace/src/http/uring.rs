@@ -16,7 +16,7 @@ use std::{
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     conn::{self, Exchange, Next, Shared},
@@ -83,6 +83,62 @@ pub fn probe() -> Result<(), String> {
     Ok(())
 }
 
+/// The CPUs the calling thread may run on, in ascending order.
+fn thread_cpus() -> std::io::Result<(libc::cpu_set_t, Vec<usize>)> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the size is that of the set we pass.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let cpus = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads a bit of a set we own, below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    Ok((set, cpus))
+}
+
+/// `0-2,5` for the CPUs 0, 1, 2 and 5, as /proc's `Cpus_allowed_list` writes them.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Confines the ring's io-wq workers (`iou-wrk-*`, which run the splices that cannot complete
+/// inline) to the CPUs the calling thread may use, when those are fewer than the machine's
+/// online CPUs: an operator who pins the daemon (`taskset`, systemd `CPUAffinity=`) means its
+/// workers too. Kernel 6.18 already gives new workers the mask of the thread that makes them,
+/// older ones gave the io-wq's own mask (all CPUs, or the cgroup's cpuset): registering makes
+/// the pinning hold on both. Returns the CPUs registered, or None when the thread is not restricted.
+fn pin_iowq(ring: &IoUring) -> std::io::Result<Option<Vec<usize>>> {
+    let (set, cpus) = thread_cpus()?;
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if online <= 0 || cpus.len() >= online as usize {
+        return Ok(None);
+    }
+    register_iowq_cpus(ring, &set)?;
+    Ok(Some(cpus))
+}
+
+/// Tells the kernel which CPUs the ring's io-wq workers may run on, those it makes from now on.
+fn register_iowq_cpus(ring: &IoUring, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    ring.submitter().register_iowq_aff(set)
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
@@ -135,6 +191,16 @@ pub fn worker(
     // may still write into it.
     let mut conns: Slab<Conn> = Slab::new();
     let mut ring: IoUring = IoUring::builder().build(1024)?;
+    match pin_iowq(&ring) {
+        Ok(Some(cpus)) => info!(
+            thread = std::thread::current().name().unwrap_or("?"),
+            "HTTP: io_uring io-wq workers pinned to CPUs {} (IORING_REGISTER_IOWQ_AFF)",
+            cpu_list(&cpus)
+        ),
+        Ok(None) => {}
+        // The ring still serves; its workers keep the kernel's default mask.
+        Err(e) => warn!("HTTP: could not pin io_uring io-wq workers: {e}"),
+    }
     let mut draining = 0u32;
     let tick = types::Timespec::new().sec(1);
     let mut date = httpdate::fmt_http_date(SystemTime::now());
@@ -578,5 +644,149 @@ fn sweep(conns: &mut Slab<Conn>, shared: &Shared) {
             // SAFETY: shutdown on a descriptor we own; the pending operation completes.
             unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_read_as_proc_writes_them() {
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(cpu_list(&[0]), "0");
+        assert_eq!(cpu_list(&[0, 1, 2, 5]), "0-2,5");
+        assert_eq!(cpu_list(&[1, 3, 4]), "1,3-4");
+    }
+
+    /// The io-wq workers of the thread `tid`: their task ids and Cpus_allowed_list.
+    fn iowq_workers(tid: libc::pid_t) -> Vec<(String, String)> {
+        let name = format!("iou-wrk-{tid}");
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if let Some(l) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            {
+                out.push((
+                    task.file_name().to_string_lossy().into_owned(),
+                    l.trim().to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Runs `before_read` on a fresh ring in a new thread, then forces one read of an empty
+    /// pipe to io-wq (IOSQE_ASYNC; a pipe is unbounded work, so the kernel makes a new worker
+    /// for it) and returns the Cpus_allowed_list of that new worker.
+    fn new_worker_cpus(before_read: impl FnOnce(&IoUring) + Send + 'static) -> String {
+        std::thread::spawn(move || {
+            let mut ring: IoUring = IoUring::new(8).expect("io_uring_setup");
+            before_read(&ring);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let before: Vec<String> = iowq_workers(tid).into_iter().map(|(t, _)| t).collect();
+            let (r, w) = pipe().expect("pipe");
+            let mut buf = [0u8; 1];
+            let read = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 1)
+                .build()
+                .flags(squeue::Flags::ASYNC)
+                .user_data(7);
+            // SAFETY: `buf` outlives the read: we wait for its completion below.
+            unsafe { ring.submission().push(&read) }.expect("queue has room");
+            ring.submit().expect("submit");
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            let cpus = loop {
+                let new = iowq_workers(tid)
+                    .into_iter()
+                    .find(|(t, _)| !before.contains(t));
+                if let Some((_, cpus)) = new {
+                    break cpus;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no new iou-wrk-{tid} within 30 s"
+                );
+                std::thread::yield_now();
+            };
+            // SAFETY: a one-byte write from a live buffer to a pipe we own.
+            assert_eq!(
+                unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+                1
+            );
+            ring.submit_and_wait(1).expect("the read completes");
+            cpus
+        })
+        .join()
+        .expect("ring thread")
+    }
+
+    /// The CPUs this process may use, when they are two or more (else nothing to restrict).
+    fn two_cpus() -> Option<Vec<usize>> {
+        let (_, all) = thread_cpus().expect("sched_getaffinity");
+        if all.len() < 2 {
+            eprintln!("skipped: this process may use a single CPU, nothing to restrict");
+            return None;
+        }
+        Some(all)
+    }
+
+    fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+        // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET writes one bit of it.
+        let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut one) };
+        one
+    }
+
+    /// The registration itself confines new workers, here from a thread that may use every
+    /// CPU, so the kernel's own inheritance cannot be what holds them (without the
+    /// registration this worker is allowed on all CPUs, and the test fails).
+    #[test]
+    fn registered_cpus_confine_new_iowq_workers() {
+        let Some(all) = two_cpus() else { return };
+        let cpu = *all.last().expect("two CPUs");
+        let got = new_worker_cpus(move |ring| {
+            register_iowq_cpus(ring, &one_cpu(cpu)).expect("IORING_REGISTER_IOWQ_AFF");
+        });
+        assert_eq!(got, cpu.to_string(), "iou-wrk allowed CPUs");
+    }
+
+    /// A ring whose thread is pinned to one CPU registers that CPU for its workers, and they
+    /// run there only. (On 6.18 the kernel's inheritance would hold them there too; the
+    /// test above is the one that tells the registration works.)
+    #[test]
+    fn a_pinned_ring_thread_pins_its_iowq_workers() {
+        let Some(all) = two_cpus() else { return };
+        let cpu = *all.last().expect("two CPUs");
+        let got = new_worker_cpus(move |ring| {
+            // SAFETY: pid 0 is this thread; the size is that of the set.
+            let rc = unsafe {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one_cpu(cpu))
+            };
+            assert_eq!(rc, 0, "sched_setaffinity");
+            assert_eq!(
+                pin_iowq(ring).expect("IORING_REGISTER_IOWQ_AFF"),
+                Some(vec![cpu])
+            );
+        });
+        assert_eq!(got, cpu.to_string(), "iou-wrk allowed CPUs");
+    }
+
+    /// A ring thread that may use every CPU registers nothing: the kernel's default stands.
+    #[test]
+    fn an_unpinned_ring_thread_registers_nothing() {
+        let Some(_) = two_cpus() else { return };
+        let ring = IoUring::new(8).expect("io_uring_setup");
+        assert_eq!(pin_iowq(&ring).expect("sched_getaffinity"), None);
     }
 }
