@@ -14,10 +14,11 @@
 # interfaces) and removes on exit, also on failure; processes are killed by PID.
 #
 # Usage: bench/dhcp/run.sh        (as root; `cargo xtask setup` installs the peers)
-# Knobs: RATES="250 500 1000 2000 4000 8000 12000 16000 24000" DURATION=10 CLIENTS=1000
-#        FIXED_RATE=250 FIXED_DURATION=40 SERVERS="bootfabric-xdp bootfabric kea dnsmasq"
-#        GENERATORS=2 (perfdhcp instances in parallel, each its own relay address and MAC range)
-#        BASE_DURATION=20 (each of the two idle baselines of the server core, in seconds)
+# Knobs: RATES="250 500 1000 2000 4000 6000 8000 12000 16000 24000" DURATION=10 CLIENTS=1000
+#        FIXED_RATE=250 FIXED_DURATION=60 SERVERS="bootfabric-xdp bootfabric kea dnsmasq"
+#        GENERATORS=1 (perfdhcp instances in parallel, each its own relay address and MAC range)
+#        BASE_DURATION=15 (each idle baseline of the server core, in seconds: one before each
+#        server's fixed-rate window and one after the last)
 #        RESULTS_DIR=/tmp/x (keep this run's results out of bench/results: smoke runs)
 #        BOOTFABRIC_BIN=target/release/bootfabric
 #        TMPDIR=/dev/shm (lease state on tmpfs)   KEEP=1 (keep the work folder with all logs)
@@ -26,14 +27,14 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
-RATES=${RATES:-"250 500 1000 2000 4000 8000 12000 16000 24000"}
+RATES=${RATES:-"250 500 1000 2000 4000 6000 8000 12000 16000 24000"}
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-1000}
 FIXED_RATE=${FIXED_RATE:-250}
-FIXED_DURATION=${FIXED_DURATION:-40}
+FIXED_DURATION=${FIXED_DURATION:-60}
 SERVERS=${SERVERS:-"bootfabric-xdp bootfabric kea dnsmasq"}
-GENERATORS=${GENERATORS:-2}
-BASE_DURATION=${BASE_DURATION:-20}
+GENERATORS=${GENERATORS:-1}
+BASE_DURATION=${BASE_DURATION:-15}
 IDLE_WAIT=${IDLE_WAIT:-300}
 TICK=$(getconf CLK_TCK)
 
@@ -398,7 +399,7 @@ echo "state in $WORK ($(df --output=fstype "$WORK" | tail -1)), $CORES cores, ${
 echo "rates: $RATES, $DURATION s each, $CLIENTS clients; CPU at $FIXED_RATE/s for $FIXED_DURATION s"
 echo
 
-declare -A MAXRATE CPU PROC XDP REST XDPNS MODE FIXED
+declare -A MAXRATE BUSY CPU PROC XDP REST XDPNS MODE FIXED
 # Phase 1: step the rate up, a fresh server with empty lease state per step, until a step
 # loses an exchange (or perfdhcp itself cannot send at the rate).
 for server in $SERVERS; do
@@ -415,6 +416,7 @@ for server in $SERVERS; do
       "$(awk -v c="$CORE_S" -v w="$WALL_S" 'BEGIN { printf "%.0f%%", 100 * c / w }')"
     if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
       best=$rate
+      BUSY[$server]=$(awk -v c="$CORE_S" -v w="$WALL_S" 'BEGIN { printf "%.0f%%", 100 * c / w }')
     else
       all=0
       # The step failed on perfdhcp's side when it could not send at the rate or every
@@ -431,7 +433,7 @@ for server in $SERVERS; do
   case $all in
     1) MAXRATE[$server]="≥ $best (top step)" ;;
     generator) MAXRATE[$server]="≥ $best (generator's limit)" ;;
-    *) MAXRATE[$server]=$best ;;
+    *) if [ "$best" = 0 ]; then MAXRATE[$server]="< ${RATES%% *}"; else MAXRATE[$server]=$best; fi ;;
   esac
 done
 for server in $SERVERS; do
@@ -441,11 +443,14 @@ for server in $SERVERS; do
   esac
 done
 
-# Phase 2: the server core's busy time per 10,000 completed exchanges at one fixed rate,
-# less the idle baseline, measured before and after the servers' windows.
-BASE1=$(baseline)
-echo "idle baseline of core $SERVER_CPU before: $BASE1 cores over $BASE_DURATION s"
+# Phase 2: the server core's busy time per 10,000 completed exchanges at one fixed rate, less
+# the idle baseline: the median of the baselines taken before each server's window and after
+# the last, so that one burst of unrelated work in one of them does not move every figure.
+BASES=""
 for server in $SERVERS; do
+  b=$(baseline)
+  echo "idle baseline of core $SERVER_CPU before $server: $b cores over $BASE_DURATION s"
+  BASES="$BASES $b"
   start_server "$server"
   perf "$server" fixed "$FIXED_RATE" "$FIXED_DURATION"
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -455,10 +460,12 @@ for server in $SERVERS; do
   stop_server
   FIXED[$server]="$DONE $LOST $WALL_S $CORE_S $PROC_T $XDP_NS"
 done
-BASE2=$(baseline)
-echo "idle baseline of core $SERVER_CPU after: $BASE2 cores over $BASE_DURATION s"
-BASE=$(awk -v a="$BASE1" -v b="$BASE2" 'BEGIN { printf "%.4f", (a + b) / 2 }')
-results_note "idle baseline of the server core: $BASE1 before, $BASE2 after (cores)"
+b=$(baseline)
+echo "idle baseline of core $SERVER_CPU after the last: $b cores over $BASE_DURATION s"
+BASES="$BASES $b"
+BASE=$(tr ' ' '\n' <<<"$BASES" | grep . | sort -g | awk '{ v[NR] = $1 }
+  END { printf "%.4f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+results_note "idle baselines of the server core (cores):$BASES; median $BASE"
 for server in $SERVERS; do
   read -r done lost wall core ptick xns <<<"${FIXED[$server]}"
   if [ "$done" -gt 0 ]; then
@@ -495,15 +502,15 @@ label() {
   esac
 }
 {
-  echo "| server | max rate, no loss (ex/s) | server core CPU s per 10k exchanges @ ${FIXED_RATE}/s | of which the server process | of which the XDP program | of which the rest (kernel) | vs kea-dhcp4 |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| server | max rate, no loss (ex/s) | server core busy at that rate | server core CPU s per 10k exchanges @ ${FIXED_RATE}/s | of which the server process | of which the XDP program | of which the rest (kernel) | vs kea-dhcp4 |"
+  echo "|---|---|---|---|---|---|---|---|"
   for server in $SERVERS; do
     ratio=$(awk -v a="${CPU[$server]}" -v b="${CPU[kea]:-}" 'BEGIN {
       split(a, x, " "); split(b, y, " ")
       if (x[1] + 0 > 0 && y[1] + 0 > 0) printf "%.3f", x[1] / y[1]; else print "-" }')
     xdp=${XDP[$server]}
     [ "${XDPNS[$server]}" = - ] && xdp="-"
-    echo "| $(label "$server") | ${MAXRATE[$server]} | ${CPU[$server]} | ${PROC[$server]} | $xdp | ${REST[$server]} | $ratio |"
+    echo "| $(label "$server") | ${MAXRATE[$server]} | ${BUSY[$server]:--} | ${CPU[$server]} | ${PROC[$server]} | $xdp | ${REST[$server]} | $ratio |"
   done
 } >"$RESULTS/table.md"
 echo
