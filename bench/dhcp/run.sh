@@ -16,6 +16,7 @@
 # Usage: bench/dhcp/run.sh        (as root; `cargo xtask setup` installs the peers)
 # Knobs: RATES="250 500 1000 2000 4000 6000 8000 12000 16000 24000" DURATION=10 CLIENTS=1000
 #        FIXED_RATE=250 FIXED_DURATION=60 SERVERS="bootfabric-xdp bootfabric kea dnsmasq"
+#        TRIES=2 (attempts per rate step; the step passes when one loses nothing)
 #        GENERATORS=1 (perfdhcp instances in parallel, each its own relay address and MAC range)
 #        BASE_DURATION=15 (each idle baseline of the server core, in seconds: one before each
 #        server's fixed-rate window and one after the last)
@@ -34,6 +35,7 @@ FIXED_RATE=${FIXED_RATE:-250}
 FIXED_DURATION=${FIXED_DURATION:-60}
 SERVERS=${SERVERS:-"bootfabric-xdp bootfabric kea dnsmasq"}
 GENERATORS=${GENERATORS:-1}
+TRIES=${TRIES:-2}
 BASE_DURATION=${BASE_DURATION:-15}
 IDLE_WAIT=${IDLE_WAIT:-300}
 TICK=$(getconf CLK_TCK)
@@ -45,6 +47,7 @@ done
 # Reservations take 10.77.1.0 onwards, the pool starts on the /24 after the last one (Kea's
 # `reservations-out-of-pool` needs every reservation outside the pool).
 [ "$CLIENTS" -ge 1 ] && [ "$CLIENTS" -le 32768 ] || { echo "CLIENTS must be 1..32768" >&2; exit 2; }
+[ "$TRIES" -ge 1 ] || { echo "TRIES must be at least 1" >&2; exit 2; }
 [ "$GENERATORS" -ge 1 ] && [ "$GENERATORS" -le 8 ] || { echo "GENERATORS must be 1..8" >&2; exit 2; }
 [ $((CLIENTS % GENERATORS)) = 0 ] || { echo "CLIENTS must be a multiple of GENERATORS" >&2; exit 2; }
 POOL_FIRST=10.77.$((2 + (CLIENTS - 1) / 256)).0
@@ -92,7 +95,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-results_open dhcp RATES DURATION CLIENTS FIXED_RATE FIXED_DURATION SERVERS GENERATORS BASE_DURATION TMPDIR IDLE_WAIT
+results_open dhcp RATES DURATION TRIES CLIENTS FIXED_RATE FIXED_DURATION SERVERS GENERATORS BASE_DURATION TMPDIR IDLE_WAIT
 # Cores online (not `nproc`, which counts those this script may use: one, once pinned below).
 CORES=$(getconf _NPROCESSORS_ONLN)
 
@@ -292,6 +295,7 @@ rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { if (h) print $6; h = 1 }' /p
 # Runs GENERATORS perfdhcp instances in parallel, together RATE exchanges/s during SECS s,
 # instance g relaying from 10.77.0.(2+g) for its own range of clients, and sets SENT
 # (DISCOVERs sent), DONE (REQUEST-ACK exchanges completed), LOST (drops of both exchanges),
+# MAXDELAY (perfdhcp's longest wait for an answer, ms),
 # SRV_DROPS / CLI_DROPS (datagrams dropped by full socket buffers in the server / client
 # namespace), and over the window from the first start to the last exit: WALL_S (seconds),
 # CORE_S (busy seconds of the server core), PROC_T (the server process's CPU ticks) and
@@ -328,13 +332,14 @@ perf() {
   CORE_S=$(awk -v w=$((t1 - t0)) -v i=$((i1 - i0)) -v hz="$TICK" 'BEGIN { printf "%.3f", w / 1e9 - i / hz }')
   PROC_T=$((s1 - s0))
   XDP_NS=$((x1 - x0))
-  read -r SENT DONE LOST < <(cat "$WORK/perfdhcp-$server-$label"-*.out | awk '
+  read -r SENT DONE LOST MAXDELAY < <(cat "$WORK/perfdhcp-$server-$label"-*.out | awk '
     /Statistics for: DISCOVER-OFFER/ { s = "do" }
     /Statistics for: REQUEST-ACK/    { s = "ra" }
     /^sent packets:/     { if (s == "do") sent += $3 }
     /^drops:/            { lost += $2 }
     /^received packets:/ { if (s == "ra") done += $3 }
-    END { printf "%d %d %d\n", sent, done, lost }')
+    /^max delay:/        { if ($3 + 0 > md) md = $3 + 0 }
+    END { printf "%d %d %d %.1f\n", sent, done, lost, md }')
 }
 
 # Shows what a failing step looked like: perfdhcp's counters and the server's log tail.
@@ -400,32 +405,43 @@ echo "rates: $RATES, $DURATION s each, $CLIENTS clients; CPU at $FIXED_RATE/s fo
 echo
 
 declare -A MAXRATE BUSY CPU PROC XDP REST XDPNS MODE FIXED
-# Phase 1: step the rate up, a fresh server with empty lease state per step, until a step
-# loses an exchange (or perfdhcp itself cannot send at the rate).
+# Phase 1: step the rate up, a fresh server with empty lease state per attempt, until a step
+# loses an exchange in each of its TRIES attempts (or perfdhcp itself cannot send at the rate).
+# A step passes when one attempt lost nothing: on this VM a single stall of ~30 ms (seen as
+# perfdhcp's max delay) overflows a socket buffer at a few thousand exchanges/s, whichever
+# server runs, and one such stall should not decide a server's maximum.
 for server in $SERVERS; do
   best=0
   all=1
   for rate in $RATES; do
-    start_server "$server"
-    case $server in bootfabric*) MODE[$server]=$(xdp_mode) ;; esac
-    perf "$server" "$rate" "$rate" "$DURATION"
-    stop_server
     want=$((rate / GENERATORS * GENERATORS * DURATION))
-    printf '%-14s rate %6d/s: %7d sent (%3d%%), %7d completed, %5d lost; rcvbuf drops srv %d cli %d; server core busy %s\n' \
-      "$server" "$rate" "$SENT" $((SENT * 100 / want)) "$DONE" "$LOST" "$SRV_DROPS" "$CLI_DROPS" \
-      "$(awk -v c="$CORE_S" -v w="$WALL_S" 'BEGIN { printf "%.0f%%", 100 * c / w }')"
-    if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
+    passed=0
+    for try in $(seq 1 "$TRIES"); do
+      start_server "$server"
+      case $server in bootfabric*) MODE[$server]=$(xdp_mode) ;; esac
+      perf "$server" "$rate-$try" "$rate" "$DURATION"
+      stop_server
+      printf '%-14s rate %6d/s try %d: %7d sent (%3d%%), %7d completed, %5d lost; rcvbuf drops srv %d cli %d; max delay %s ms; server core busy %s\n' \
+        "$server" "$rate" "$try" "$SENT" $((SENT * 100 / want)) "$DONE" "$LOST" "$SRV_DROPS" "$CLI_DROPS" "$MAXDELAY" \
+        "$(awk -v c="$CORE_S" -v w="$WALL_S" 'BEGIN { printf "%.0f%%", 100 * c / w }')"
+      if [ "$DONE" -gt 0 ] && [ "$LOST" -eq 0 ] && [ $((SENT * 100)) -ge $((want * 95)) ]; then
+        passed=1
+        break
+      fi
+    done
+    if [ "$passed" = 1 ]; then
       best=$rate
       BUSY[$server]=$(awk -v c="$CORE_S" -v w="$WALL_S" 'BEGIN { printf "%.0f%%", 100 * c / w }')
     else
       all=0
-      # The step failed on perfdhcp's side when it could not send at the rate or every
-      # lost answer was dropped at its own socket: the server's limit lies higher.
+      # The step failed on perfdhcp's side when (in its last attempt) it could not send at
+      # the rate or every lost answer was dropped at its own socket: the server's limit lies
+      # higher.
       if [ $((SENT * 100)) -lt $((want * 95)) ] || { [ "$SRV_DROPS" -eq 0 ] && [ "$CLI_DROPS" -ge "$LOST" ]; }; then
         all=generator
         echo "$server at $rate/s: the generator's limit (sent $SENT of $want, its sockets dropped $CLI_DROPS)" >&2
       else
-        show_failure "$server" "$rate"
+        show_failure "$server" "$rate-$TRIES"
       fi
       break
     fi
