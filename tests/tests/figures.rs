@@ -104,12 +104,16 @@ fn is_figure_table(t: &Table) -> bool {
         .any(|r| cells(r).iter().any(|c| is_figure(c)))
 }
 
-/// The `bench/results/.../table.md` named in a line.
+/// The `bench/results/.../table.md` named in a line (in a link's text or its target).
 fn results_path(line: &str) -> Option<String> {
-    let i = line.find("bench/results/")?;
-    let tail = &line[i..];
-    let end = tail.find("/table.md")? + "/table.md".len();
-    Some(tail[..end].to_string())
+    line.match_indices("bench/results/").find_map(|(i, _)| {
+        let tail = &line[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || "`()[]<>\"'".contains(c))
+            .unwrap_or(tail.len());
+        let path = &tail[..end];
+        path.ends_with("/table.md").then(|| path.to_string())
+    })
 }
 
 fn meta_field<'a>(meta: &'a str, key: &str) -> Option<&'a str> {
@@ -263,6 +267,11 @@ fn the_figure_detector_tells_figures_from_text() {
     assert!(is_figure_table(&t[0]));
     assert_eq!(
         t[0].after.as_deref().and_then(results_path).as_deref(),
+        Some("bench/results/x/1-abc/table.md")
+    );
+    let link = "Results: [`bench/results/x/1-abc/`](bench/results/x/1-abc/table.md) (raw).";
+    assert_eq!(
+        results_path(link).as_deref(),
         Some("bench/results/x/1-abc/table.md")
     );
 }
