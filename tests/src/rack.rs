@@ -88,6 +88,10 @@ pub struct RackOptions<'a> {
     pub kvm: bool,
     /// Extra `[scheduler]` keys for the daemon's config.
     pub scheduler: &'a str,
+    /// Extra `[fabric]` keys (e.g. `router_advertisements = "off"`).
+    pub fabric: &'a str,
+    /// Extra `[dhcp]` keys (e.g. `ipxe_no_pxedhcp = false`).
+    pub dhcp: &'a str,
 }
 
 /// The running rack. Dropping it destroys the domains, stops libvirtd, sushy and the daemon
@@ -327,6 +331,7 @@ state_dir = "state"
 inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
+{fabric}
 [admin]
 listen = "127.0.0.1:9370"
 [xdp]
@@ -336,6 +341,7 @@ root = "{tftp}"
 [http]
 root = "{images}"
 [dhcp]
+{dhcp}
 [[dhcp.subnets]]
 cidr = "10.77.0.0/24"
 interface = "fabric0"
@@ -346,6 +352,8 @@ pools = ["10.77.0.100-10.77.0.199"]
             tftp = tftp.display(),
             images = images.display(),
             scheduler = opts.scheduler,
+            fabric = opts.fabric,
+            dhcp = opts.dhcp,
         );
         let mut inventory = String::from(
             "[profiles.linux]\nkernel = \"linux/vmlinuz\"\ninitrd = [\"linux/initramfs.cpio\"]\ncmdline = \"console=ttyS0 quiet bootfabric.booted={http_base}/booted\"\n",

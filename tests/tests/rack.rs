@@ -43,6 +43,8 @@ fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
         image: &image,
         kvm,
         scheduler: "capacity_mbps = 1000\nper_host_mbps = 500\npost_guess_s = 20\nlookahead_s = 60\npost_timeout_s = 600\nboot_timeout_s = 900\ngate_retry_s = 2\n",
+        fabric: "",
+        dhcp: "",
     })
     .expect("rack");
     let (_, m) = http_get(&r.server, r.daemon.admin, "/metrics").expect("metrics");

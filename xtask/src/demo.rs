@@ -13,8 +13,18 @@ use bootfabric_lab::{bootimage, http_get, rack};
 
 use crate::{build, root};
 
+/// The daemon settings the demo can vary, so that the boot-time budget's rows (bench/demo)
+/// can be reproduced: each turns off one of the waits the fabric removes from iPXE.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// `fabric.router_advertisements = "auto"` (true) or `"off"`.
+    pub router_advertisements: bool,
+    /// `dhcp.ipxe_no_pxedhcp`.
+    pub ipxe_no_pxedhcp: bool,
+}
+
 /// Runs the demo with `hosts` machines; waits for Ctrl-C at the end unless `no_wait`.
-pub fn run(hosts: usize, no_wait: bool) -> anyhow::Result<()> {
+pub fn run(hosts: usize, no_wait: bool, variant: Variant) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!(
@@ -60,12 +70,32 @@ pub fn run(hosts: usize, no_wait: bool) -> anyhow::Result<()> {
             m.firmware.label()
         );
     }
+    let fabric = format!(
+        "router_advertisements = \"{}\"\n",
+        if variant.router_advertisements {
+            "auto"
+        } else {
+            "off"
+        }
+    );
+    let dhcp = format!("ipxe_no_pxedhcp = {}\n", variant.ipxe_no_pxedhcp);
+    println!(
+        "    daemon: fabric.router_advertisements = {}, dhcp.ipxe_no_pxedhcp = {}",
+        if variant.router_advertisements {
+            "auto"
+        } else {
+            "off"
+        },
+        variant.ipxe_no_pxedhcp
+    );
     let rack = rack::Rack::start(rack::RackOptions {
         machines,
         image: &image,
         kvm,
         // Two download slots, so the admission gate shows; generous timeouts for TCG.
         scheduler: "capacity_mbps = 1000\nper_host_mbps = 500\npost_guess_s = 20\nlookahead_s = 60\npost_timeout_s = 600\nboot_timeout_s = 900\ngate_retry_s = 2\n",
+        fabric: &fabric,
+        dhcp: &dhcp,
     })
     .map_err(|e| anyhow!(e))?;
     println!(

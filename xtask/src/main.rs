@@ -47,6 +47,12 @@ enum Task {
         /// Remove the lab after the report instead of waiting for Ctrl-C.
         #[arg(long)]
         no_wait: bool,
+        /// The daemon's `fabric.router_advertisements` (`off` shows iPXE's IPv6 wait).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "off"])]
+        router_advertisements: String,
+        /// The daemon's `dhcp.ipxe_no_pxedhcp` (`false` shows iPXE's proxyDHCP wait).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        ipxe_no_pxedhcp: bool,
     },
     /// Run each fuzz target (fuzz/) for a set time with cargo-fuzz on nightly.
     Fuzz {
@@ -70,7 +76,19 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build::run(release).map(|_| ()),
         Task::Test { no_setup } => test::run(!no_setup),
-        Task::Demo { hosts, no_wait } => demo::run(hosts, no_wait),
+        Task::Demo {
+            hosts,
+            no_wait,
+            router_advertisements,
+            ipxe_no_pxedhcp,
+        } => demo::run(
+            hosts,
+            no_wait,
+            demo::Variant {
+                router_advertisements: router_advertisements == "auto",
+                ipxe_no_pxedhcp,
+            },
+        ),
         Task::Fuzz {
             seconds,
             targets,

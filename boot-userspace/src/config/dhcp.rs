@@ -172,6 +172,11 @@ pub struct DhcpConfig {
     pub subnets: Vec<SubnetConfig>,
     /// What the server accepts from whom, and how much it lets storage fall behind.
     pub guards: DhcpGuards,
+    /// `dhcp.ipxe_no_pxedhcp`: offers and ACKs to iPXE carry its no-pxedhcp setting
+    /// (175.176), so that it does not wait about 2 s for proxyDHCP offers. A switch so that
+    /// the wait it saves can be measured (bench/demo) and turned off where a proxyDHCP
+    /// server on the segment must be heard.
+    pub ipxe_no_pxedhcp: bool,
 }
 
 /// Limits on what the provisioning network may make the server do: which relays it
@@ -385,6 +390,7 @@ impl DhcpConfig {
             options,
             subnets,
             guards,
+            ipxe_no_pxedhcp: w.ipxe_no_pxedhcp.unwrap_or(true),
         })
     }
 }
@@ -506,6 +512,19 @@ mod tests {
     fn dhcp(keys: &str) -> Result<DhcpConfig, KeyError> {
         let w: wire::Dhcp = toml::from_str(keys).expect("toml");
         DhcpConfig::from_wire(&w)
+    }
+
+    #[test]
+    fn ipxe_no_pxedhcp_is_on_unless_turned_off() {
+        assert!(dhcp("").expect("defaults").ipxe_no_pxedhcp);
+        assert!(dhcp("ipxe_no_pxedhcp = true").expect("on").ipxe_no_pxedhcp);
+        assert!(
+            !dhcp("ipxe_no_pxedhcp = false")
+                .expect("off")
+                .ipxe_no_pxedhcp
+        );
+        // A typed key: a string is refused by the TOML layer, not read as "truthy".
+        assert!(toml::from_str::<wire::Dhcp>("ipxe_no_pxedhcp = \"off\"").is_err());
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Dhcp {
     pub commit_queue: Option<u32>,
     /// Milliseconds a lease commit may take before its ACK is given up.
     pub commit_timeout_ms: Option<u32>,
+    /// Tell iPXE not to wait for proxyDHCP offers (option 175.176; default true).
+    pub ipxe_no_pxedhcp: Option<bool>,
     /// `[dhcp.options]`: options for every subnet.
     #[serde(default)]
     pub options: DhcpOptions,

@@ -662,7 +662,7 @@ impl Server {
                 rules.push(("option 12".to_owned(), format!("inventory host {}", h.name)));
             }
             boot = self.boot_fields(req, mac, ingress.server_ip, &mut m);
-            if ClientFacts::from_message(req).is_ipxe() {
+            if self.dhcp.ipxe_no_pxedhcp && ClientFacts::from_message(req).is_ipxe() {
                 // iPXE waits about 2 s after an offer for proxyDHCP offers unless the offer
                 // says there are none (its encapsulated no-pxedhcp setting, 175.176).
                 m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
@@ -749,6 +749,7 @@ mod tests {
             },
             subnets,
             guards: DhcpGuards::default(),
+            ipxe_no_pxedhcp: true,
         };
         let text = "[profiles.p]\n[[hosts]]\nname='res'\nmac='52:54:00:00:00:ee'\nip='10.0.0.50'\nprofile='p'\n";
         let inventory = Inventory::from_wire(
@@ -1253,5 +1254,22 @@ mod tests {
         ));
         let plain = reply(s.handle(&msg(4, MessageType::Discover), &ingress(), 0));
         assert!(plain.msg.opts().get(OptionCode::Unknown(175)).is_none());
+    }
+
+    #[test]
+    fn ipxe_no_pxedhcp_off_leaves_option_175_out() {
+        let mut s = server(true);
+        s.dhcp.ipxe_no_pxedhcp = false;
+        let mut ipxe = msg(3, MessageType::Discover);
+        ipxe.opts_mut()
+            .insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        let offer = reply(s.handle(&ipxe, &ingress(), 0));
+        assert_eq!(
+            offer.msg.fname_str().and_then(Result::ok),
+            Some("http://10.0.0.1/boot.ipxe"),
+            "iPXE still gets its script"
+        );
+        assert!(offer.msg.opts().get(OptionCode::Unknown(175)).is_none());
+        assert!(offer.rules.iter().all(|(rule, _)| rule != "option 175"));
     }
 }

@@ -573,6 +573,7 @@ mod tests {
             options: OptionSet::default(),
             subnets,
             guards: Default::default(),
+            ipxe_no_pxedhcp: true,
         };
         let inventory = Inventory::from_wire(
             std::path::Path::new("hosts.toml"),

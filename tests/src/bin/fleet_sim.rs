@@ -1,8 +1,9 @@
 //! Fleet simulator: the real scheduler (`bootfabric::scheduler`) against a model of the
-//! fabric, next to "reboot all at once" and fixed batch sizes (Ironic-style concurrency
-//! limits), for 1,000 and 10,000 hosts. Prints makespan, its ratio to the lower bound (total
-//! bytes / capacity + the shortest boot), the peak demand over capacity, and how many of the
-//! hosts that can boot did.
+//! fabric, next to "reboot all at once" and a sweep of fixed-batch strategies an operator
+//! could run without the fabric's help, for 1,000 and 10,000 hosts. Prints makespan, its
+//! ratio to the lower bound (total bytes / capacity + the shortest boot), the peak demand over
+//! capacity, and how many of the hosts that can boot did; with `--table PATH`, also writes
+//! the same rows as a markdown table (what the README quotes).
 //!
 //! The model, stepped every 0.25 s:
 //! - one egress link of `C` bytes/s, shared fairly by the hosts downloading; each takes at
@@ -16,9 +17,24 @@
 //!   the scheduler admits it to a download slot (the live fabric answers its script request
 //!   with "ask again shortly"); the other strategies have no gate.
 //!
-//! Usage: fleet-sim [HOSTS...]   (default: 1000 10000)
-//! Knob: SIM_LOOKAHEAD (seconds the scheduler resets hosts ahead of need; default 120).
+//! Fixed-batch strategies, each swept over batch sizes N on a geometric grid (N = slots × 2^k
+//! below the fleet size, then N × 2^±½ around the best, so the best is known within a factor
+//! √2), the best of each sweep picked with hindsight (shortest makespan among the runs that
+//! booted every bootable host):
+//! - rolling batch of N: at most N hosts between reset and booted, the next reset as soon as
+//!   one boots (Ironic's concurrency limit);
+//! - waves of N: N hosts reset together, the next wave once every host of this one has
+//!   finished its download (the link is free again; the wave's boots overlap the next POST);
+//! - N every P s: N more hosts reset every `SIM_TIMER_PERIOD` seconds, whatever happened.
+//!
+//! Every baseline retries a failed reset like the scheduler does (3 attempts, 10 s apart),
+//! then gives the host up. Every run stops at 6× the lower bound ("stopped").
+//!
+//! Usage: fleet-sim [--table PATH] [HOSTS...]   (default: 1000 10000)
+//! Knobs: SIM_LOOKAHEAD (seconds the scheduler resets hosts ahead of need; default 120),
+//! SIM_TIMER_PERIOD (seconds between the timer strategy's batches; default 60).
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use bootfabric::scheduler::{Action, Event, HostSpec, Params, Phase, Scheduler};
@@ -32,6 +48,11 @@ const INIT_WINDOW: f64 = 14_600.0;
 const RESET_LATENCY: f64 = 2.0;
 const BOOT_AFTER_DOWNLOAD: f64 = 20.0;
 const DOWNLOAD_GIVE_UP: f64 = 300.0;
+/// Reset attempts and the wait between them: the scheduler's (`params`) and the baselines'.
+const RESET_ATTEMPTS: u32 = 3;
+const RETRY_BACKOFF: f64 = 10.0;
+/// Every run stops at this multiple of the lower bound.
+const STOP_AT: f64 = 6.0;
 const MODELS: [(&str, f64); 3] = [("r650", 90.0), ("dl380", 150.0), ("sr650", 240.0)];
 const PROFILES: [u64; 3] = [80_000_000, 400_000_000, 1_200_000_000];
 
@@ -43,6 +64,13 @@ struct Machine {
     dead_bmc: bool,
     /// The BMC fails the first reset.
     flaky_bmc: bool,
+}
+
+impl Machine {
+    /// Whether the reset numbered `attempt` (from 1) reaches the host.
+    fn reset_works(&self, attempt: u32) -> bool {
+        !(self.dead_bmc || (self.flaky_bmc && attempt == 1))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -67,6 +95,8 @@ enum State {
     Booted {
         at: f64,
     },
+    /// A baseline gave up on the host after `RESET_ATTEMPTS` failed resets.
+    GivenUp,
 }
 
 fn fleet(n: usize, seed: u64) -> Vec<Machine> {
@@ -91,12 +121,60 @@ fn fleet(n: usize, seed: u64) -> Vec<Machine> {
         .collect()
 }
 
+#[derive(Clone, Copy, PartialEq)]
 enum Strategy {
     Scheduler,
     AllAtOnce,
-    Batch(usize),
+    /// At most N hosts between reset and booted (or given up).
+    Rolling(usize),
+    /// N hosts at once; the next N when each of them has downloaded (or was given up).
+    Waves(usize),
+    /// N more hosts every `period` seconds.
+    Timer {
+        hosts: usize,
+        period: f64,
+    },
 }
 
+/// The fixed-batch families that are swept.
+#[derive(Clone, Copy)]
+enum Family {
+    Rolling,
+    Waves,
+    Timer(f64),
+}
+
+impl Family {
+    fn strategy(self, n: usize) -> Strategy {
+        match self {
+            Family::Rolling => Strategy::Rolling(n),
+            Family::Waves => Strategy::Waves(n),
+            Family::Timer(period) => Strategy::Timer { hosts: n, period },
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Family::Rolling => "rolling batch".to_owned(),
+            Family::Waves => "waves".to_owned(),
+            Family::Timer(p) => format!("batch every {p:.0} s"),
+        }
+    }
+}
+
+impl Strategy {
+    fn label(&self) -> String {
+        match self {
+            Strategy::Scheduler => "scheduler".to_owned(),
+            Strategy::AllAtOnce => "all at once".to_owned(),
+            Strategy::Rolling(n) => format!("rolling batch of {n}"),
+            Strategy::Waves(n) => format!("waves of {n}"),
+            Strategy::Timer { hosts, period } => format!("{hosts} every {period:.0} s"),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct Outcome {
     makespan: f64,
     peak: f64,
@@ -106,6 +184,24 @@ struct Outcome {
     gave_up: bool,
 }
 
+impl Outcome {
+    /// Whether every host that can boot did, before the stop.
+    fn complete(&self) -> bool {
+        !self.gave_up && self.booted == self.bootable
+    }
+
+    /// Whether `self` is better than `other`: complete before incomplete, then the shorter
+    /// makespan; between incomplete runs, more hosts booted.
+    fn better_than(&self, other: &Outcome) -> bool {
+        match (self.complete(), other.complete()) {
+            (true, false) => true,
+            (false, true) => false,
+            (true, true) => self.makespan < other.makespan,
+            (false, false) => self.booted > other.booted,
+        }
+    }
+}
+
 fn params() -> Params {
     Params {
         capacity_bps: CAPACITY,
@@ -113,25 +209,37 @@ fn params() -> Params {
         post_guess_s: 300.0,
         max_bmc_ops: 64,
         max_per_rack_posting: 20,
-        reset_attempts: 3,
-        retry_backoff_s: 10.0,
+        reset_attempts: RESET_ATTEMPTS,
+        retry_backoff_s: RETRY_BACKOFF,
         post_timeout_s: 900.0,
         boot_timeout_s: 1800.0,
-        lookahead_s: std::env::var("SIM_LOOKAHEAD")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(120.0),
+        lookahead_s: env_f64("SIM_LOOKAHEAD", 120.0),
     }
 }
 
-fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) -> Outcome {
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .unwrap_or(default)
+}
+
+fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -> Outcome {
     let n = machines.len();
     let mut rng = Rng(seed);
     let mut state = vec![State::Idle; n];
     let mut attempts = vec![0u32; n];
     let mut sched = Scheduler::new(params(), machines.iter().map(|m| m.spec.clone()).collect());
-    let mut next_batch = 0usize;
-    let mut in_flight = 0usize; // for Batch: between reset and booted (or given up)
+    // Baselines: the next host to reset (they go in inventory order), hosts between reset and
+    // booted or given up (rolling), hosts of the current wave not yet downloaded (waves), the
+    // next timer tick, and how many hosts are finished (booted or given up).
+    let mut next_host = 0usize;
+    let mut in_flight = 0usize;
+    let mut wave_left = 0usize;
+    let mut next_tick = 0.0;
+    let mut finished = 0usize;
+    let mut isolated = 0usize;
     let mut peak: f64 = 0.0;
     let mut t = 0.0;
     let mut active: Vec<usize> = Vec::new();
@@ -163,23 +271,38 @@ fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) 
             Strategy::AllAtOnce => {
                 if t == 0.0 {
                     resets.extend(0..n);
+                    next_host = n;
                 }
             }
-            Strategy::Batch(b) => {
-                while in_flight < *b && next_batch < n {
-                    resets.push(next_batch);
-                    next_batch += 1;
+            Strategy::Rolling(b) => {
+                while in_flight < b && next_host < n {
+                    resets.push(next_host);
+                    next_host += 1;
                     in_flight += 1;
+                }
+            }
+            Strategy::Waves(b) => {
+                if wave_left == 0 && next_host < n {
+                    let k = b.min(n - next_host);
+                    resets.extend(next_host..next_host + k);
+                    next_host += k;
+                    wave_left = k;
+                }
+            }
+            Strategy::Timer { hosts, period } => {
+                if t >= next_tick && next_host < n {
+                    let k = hosts.min(n - next_host);
+                    resets.extend(next_host..next_host + k);
+                    next_host += k;
+                    next_tick += period;
                 }
             }
         }
         for h in resets {
             attempts[h] += 1;
-            let fails = machines[h].dead_bmc || (machines[h].flaky_bmc && attempts[h] == 1);
-            let ok = !fails;
             state[h] = State::Resetting {
                 until: t + RESET_LATENCY,
-                ok,
+                ok: machines[h].reset_works(attempts[h]),
             };
             active.push(h);
         }
@@ -208,27 +331,28 @@ fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) 
                             until: until + post_time(&mut rng, m),
                         };
                         events.push((h, Event::ResetDone));
-                    } else {
+                    } else if strategy == Strategy::Scheduler {
+                        // The scheduler decides the retry (and the isolation) itself.
                         state[h] = State::Idle;
                         events.push((h, Event::ResetFailed("no answer".into())));
-                        match strategy {
-                            // Ironic-style: a failed deploy frees its slot.
-                            Strategy::Batch(_) => in_flight -= 1,
-                            // A one-shot script retries the BMC once, then gives up.
-                            Strategy::AllAtOnce if attempts[h] < 3 => {
-                                attempts[h] += 1;
-                                let ok = !m.dead_bmc;
-                                state[h] = State::Resetting {
-                                    until: t + RESET_LATENCY,
-                                    ok,
-                                };
-                            }
-                            _ => {}
-                        }
+                    } else if attempts[h] < RESET_ATTEMPTS {
+                        // An operator's tooling retries the BMC after a pause, as the
+                        // scheduler does; the host keeps its place in its batch meanwhile.
+                        attempts[h] += 1;
+                        state[h] = State::Resetting {
+                            until: t + DT + RETRY_BACKOFF + RESET_LATENCY,
+                            ok: m.reset_works(attempts[h]),
+                        };
+                    } else {
+                        state[h] = State::GivenUp;
+                        isolated += 1;
+                        finished += 1;
+                        in_flight = in_flight.saturating_sub(1);
+                        wave_left = wave_left.saturating_sub(1);
                     }
                 }
                 State::Post { until } if t + DT >= until => {
-                    state[h] = if matches!(strategy, Strategy::Scheduler) {
+                    state[h] = if strategy == Strategy::Scheduler {
                         State::Gate
                     } else {
                         State::Downloading {
@@ -246,6 +370,9 @@ fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) 
                             until: t + DT + BOOT_AFTER_DOWNLOAD,
                         };
                         events.push((h, Event::Fetched));
+                        if let Strategy::Waves(_) = strategy {
+                            wave_left = wave_left.saturating_sub(1);
+                        }
                     } else if t + DT - since > DOWNLOAD_GIVE_UP {
                         // The firmware gives up and reboots: POST again, download again.
                         state[h] = State::Post {
@@ -258,24 +385,25 @@ fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) 
                 State::Booting { until } if t + DT >= until => {
                     state[h] = State::Booted { at: until };
                     events.push((h, Event::Booted));
-                    if let Strategy::Batch(_) = strategy {
+                    finished += 1;
+                    if let Strategy::Rolling(_) = strategy {
                         in_flight -= 1;
                     }
                 }
                 _ => {}
             }
-            if !matches!(state[h], State::Idle | State::Booted { .. }) {
+            if !matches!(
+                state[h],
+                State::Idle | State::Booted { .. } | State::GivenUp
+            ) {
                 still.push(h);
             }
         }
-        // Hosts re-queued after a failed reset come back through `resets`.
+        // Hosts re-queued by the scheduler after a failed reset come back through `resets`.
         active = still;
-        if !matches!(strategy, Strategy::Scheduler) {
+        if strategy != Strategy::Scheduler {
             events.clear();
-            let finished = state.iter().zip(machines).all(|(s, m)| {
-                matches!(s, State::Booted { .. }) || (m.dead_bmc && *s == State::Idle)
-            });
-            if finished && t > 0.0 {
+            if finished == n {
                 break;
             }
         }
@@ -289,14 +417,13 @@ fn simulate(machines: &[Machine], strategy: &Strategy, seed: u64, horizon: f64) 
             _ => None,
         })
         .collect();
-    let isolated = match strategy {
-        Strategy::Scheduler => sched
+    if strategy == Strategy::Scheduler {
+        isolated = sched
             .phases()
             .iter()
             .filter(|p| matches!(p, Phase::Failed { .. }))
-            .count(),
-        _ => n - bootable,
-    };
+            .count();
+    }
     Outcome {
         makespan: booted.iter().copied().fold(0.0, f64::max),
         peak,
@@ -323,30 +450,201 @@ fn water_fill(caps: &[(usize, f64)], capacity: f64) -> std::collections::HashMap
     out
 }
 
-fn main() {
-    let sizes: Vec<usize> = {
-        let v: Vec<usize> = std::env::args()
-            .skip(1)
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        if v.is_empty() {
-            vec![1000, 10_000]
+/// One row of the results, printed as it is computed and kept for the markdown table.
+struct Row {
+    hosts: usize,
+    name: String,
+    outcome: Outcome,
+    bound: f64,
+}
+
+impl Row {
+    /// The markdown cells: hosts, strategy, makespan, makespan / bound, peak, booted,
+    /// given up. A stopped run shows what it had reached, as a lower limit.
+    fn cells(&self) -> [String; 7] {
+        let o = &self.outcome;
+        let (makespan, ratio) = if o.gave_up {
+            (
+                format!("> {:.0} s (stopped)", self.bound * STOP_AT),
+                format!("> {STOP_AT:.0} (stopped)"),
+            )
         } else {
-            v
+            (
+                format!("{:.0} s", o.makespan),
+                format!("{:.3}", o.makespan / self.bound),
+            )
+        };
+        [
+            group_thousands(self.hosts),
+            self.name.clone(),
+            makespan,
+            ratio,
+            format!("{:.2}", o.peak),
+            format!("{} / {}", o.booted, o.bootable),
+            o.isolated.to_string(),
+        ]
+    }
+}
+
+fn group_thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
         }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs one strategy, prints its line and returns its row.
+fn run(machines: &[Machine], strategy: Strategy, name: String, bound: f64) -> Row {
+    let t0 = Instant::now();
+    let o = simulate(machines, strategy, 7, bound * STOP_AT);
+    let note = if o.gave_up {
+        format!(" (stopped at {STOP_AT:.0}x bound)")
+    } else {
+        String::new()
     };
+    println!(
+        "{:>6} {:<40} {:>9.0}s {:>8.0}s {:>9.3} {:>7}/{:<7} {:>9} {:>8.2}x  {:.1}s{}",
+        machines.len(),
+        name,
+        o.makespan,
+        bound,
+        o.makespan / bound,
+        o.booted,
+        o.bootable,
+        o.isolated,
+        o.peak,
+        t0.elapsed().as_secs_f64(),
+        note
+    );
+    Row {
+        hosts: machines.len(),
+        name,
+        outcome: o,
+        bound,
+    }
+}
+
+/// Sweeps one family over the grid (then around its best) and returns the rows by batch
+/// size, then the best's row. `all_at_once` is every family's N = fleet size and competes
+/// for "best".
+fn sweep(
+    machines: &[Machine],
+    family: Family,
+    first: usize,
+    bound: f64,
+    all_at_once: &Outcome,
+) -> Vec<Row> {
+    let n = machines.len();
+    let run_size = |b: usize| {
+        (
+            b,
+            run(
+                machines,
+                family.strategy(b),
+                family.strategy(b).label(),
+                bound,
+            ),
+        )
+    };
+    let mut rows: Vec<(usize, Row)> = std::iter::successors(Some(first.max(1)), |b| Some(b * 2))
+        .take_while(|&b| b < n)
+        .map(run_size)
+        .collect();
+    let best_of = |rows: &[(usize, Row)]| {
+        rows.iter()
+            .reduce(|a, b| {
+                if b.1.outcome.better_than(&a.1.outcome) {
+                    b
+                } else {
+                    a
+                }
+            })
+            .map(|(b, _)| *b)
+    };
+    // Refine around the grid's best: a factor √2 either side.
+    if let Some(b) = best_of(&rows) {
+        for f in [std::f64::consts::FRAC_1_SQRT_2, std::f64::consts::SQRT_2] {
+            let c = (b as f64 * f).round() as usize;
+            if c >= 1 && c < n && rows.iter().all(|(s, _)| *s != c) {
+                rows.push(run_size(c));
+            }
+        }
+    }
+    rows.sort_by_key(|(b, _)| *b);
+    let best = best_of(&rows).and_then(|b| rows.iter().find(|(s, _)| *s == b));
+    let (size, outcome) = match best {
+        Some((b, r)) if !all_at_once.better_than(&r.outcome) => (b.to_string(), r.outcome.clone()),
+        _ => ("all".to_owned(), all_at_once.clone()),
+    };
+    let name = format!("best {} (hindsight): N = {size}", family.label());
+    println!("{n:>6} {name:<40} (the best of the sweep above)");
+    let mut out: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
+    out.push(Row {
+        hosts: n,
+        name,
+        outcome,
+        bound,
+    });
+    out
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| hosts | strategy | makespan | makespan / lower bound | peak demand / capacity | booted | given up |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.cells().join(" | "));
+    }
+    out
+}
+
+fn main() -> std::process::ExitCode {
+    let mut table: Option<String> = None;
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--table" {
+            table = args.next();
+            if table.is_none() {
+                eprintln!("--table needs a path");
+                return std::process::ExitCode::from(2);
+            }
+        } else if let Ok(n) = a.parse::<usize>() {
+            if n == 0 {
+                eprintln!("a fleet needs at least one host");
+                return std::process::ExitCode::from(2);
+            }
+            sizes.push(n);
+        } else {
+            eprintln!("usage: fleet_sim [--table PATH] [HOSTS...]; {a:?} is not a host count");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![1000, 10_000];
+    }
     let slots = params().slots();
+    let period = env_f64("SIM_TIMER_PERIOD", 60.0).max(DT);
     println!(
         "fabric {:.0} Gbit/s, hosts {:.0} Gbit/s each ({} download slots); POST 90/150/240 s ±15%; \
-         profiles 80 MB / 400 MB / 1.2 GB; 2% dead BMCs, 3% failing once",
+         profiles 80 MB / 400 MB / 1.2 GB; 2% dead BMCs, 3% failing once; lookahead {:.0} s; \
+         timer period {:.0} s; stop at {STOP_AT:.0}x the bound",
         CAPACITY * 8.0 / 1e9,
         NIC * 8.0 / 1e9,
-        slots
+        slots,
+        params().lookahead_s,
+        period,
     );
     println!(
-        "{:>6} {:<22} {:>10} {:>9} {:>9} {:>15} {:>9} {:>8}",
-        "hosts", "strategy", "makespan", "bound", "ratio", "booted", "isolated", "peak"
+        "{:>6} {:<40} {:>10} {:>9} {:>9} {:>15} {:>9} {:>9}  wall",
+        "hosts", "strategy", "makespan", "bound", "ratio", "booted", "given up", "peak"
     );
+    let mut rows: Vec<Row> = Vec::new();
     for &n in &sizes {
         let machines = fleet(n, 42);
         let bytes: f64 = machines
@@ -362,36 +660,24 @@ fn main() {
             + PROFILES[0] as f64 / NIC
             + BOOT_AFTER_DOWNLOAD;
         let bound = bytes / CAPACITY + shortest;
-        for (name, strategy) in [
-            ("scheduler".to_owned(), Strategy::Scheduler),
-            ("all at once".to_owned(), Strategy::AllAtOnce),
-            (format!("batch of {slots}"), Strategy::Batch(slots)),
-            (
-                format!("batch of {}", 4 * slots),
-                Strategy::Batch(4 * slots),
-            ),
-        ] {
-            let t0 = Instant::now();
-            let o = simulate(&machines, &strategy, 7, bound * 6.0);
-            let note = if o.gave_up {
-                " (stopped at 6x bound)"
-            } else {
-                ""
-            };
-            println!(
-                "{:>6} {:<22} {:>9.0}s {:>8.0}s {:>9.3} {:>7}/{:<7} {:>9} {:>7.2}x  {:.1}s{}",
-                n,
-                name,
-                o.makespan,
-                bound,
-                o.makespan / bound,
-                o.booted,
-                o.bootable,
-                o.isolated,
-                o.peak,
-                t0.elapsed().as_secs_f64(),
-                note
-            );
+        rows.push(run(
+            &machines,
+            Strategy::Scheduler,
+            "scheduler".into(),
+            bound,
+        ));
+        let all = run(&machines, Strategy::AllAtOnce, "all at once".into(), bound);
+        let all_outcome = all.outcome.clone();
+        rows.push(all);
+        for family in [Family::Rolling, Family::Waves, Family::Timer(period)] {
+            rows.extend(sweep(&machines, family, slots, bound, &all_outcome));
         }
     }
+    if let Some(path) = table {
+        if let Err(e) = std::fs::write(&path, markdown(&rows)) {
+            eprintln!("writing {path}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    std::process::ExitCode::SUCCESS
 }
