@@ -36,7 +36,7 @@
 #        BOOTFABRIC_BIN=target/release/bootfabric KEEP=1 (keep the work folder)
 #        BOOTFABRIC_TFTP_MTU=$MTU (tftp.mtu for Bootfabric)
 #        JUMBO_MTU=9000 (tftp.mtu of the extra Bootfabric on blksize > 1468 rows; 0: none)
-#        MEM_ROWS="8:1468:1:64 8:1468:32:64" (size:blksize:window:clients; "" skips them)
+#        MEM_ROWS="4:1468:1:64 4:1468:32:64" (size:blksize:window:clients; "" skips them)
 #        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
 set -euo pipefail
 
@@ -53,7 +53,7 @@ MIN_BYTES=${MIN_BYTES:-67108864}
 MTU=${MTU:-1500}
 BOOTFABRIC_TFTP_MTU=${BOOTFABRIC_TFTP_MTU:-$MTU}
 JUMBO_MTU=${JUMBO_MTU:-9000}
-MEM_ROWS=${MEM_ROWS-"8:1468:1:64 8:1468:32:64"}
+MEM_ROWS=${MEM_ROWS-"4:1468:1:64 4:1468:32:64"}
 PIN=${PIN:-1}
 # Lock-step rows measure wake-up latency, which swings with where the scheduler puts the
 # server and the client; pinning them to different cores makes runs comparable.
