@@ -28,6 +28,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod bootimage;
 pub mod dhcp_client;
+pub mod fuse;
 pub mod packets;
 pub mod rack;
 pub mod redfish_server;
