@@ -395,6 +395,19 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Sends SIGHUP and waits (30 s at most) for one more log line holding `line` than
+    /// there were before it, so an earlier reload's line does not pass for this one's.
+    pub fn reload(&self, line: &str) -> Result<(), LabError> {
+        let before = self.log().matches(line).count();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP)
+            .map_err(|e| format!("SIGHUP {pid}: {e}"))?;
+        wait_for(Duration::from_secs(30), || {
+            (self.log().matches(line).count() > before).then_some(())
+        })
+        .ok_or_else(|| format!("no {line:?} after SIGHUP:\n{}", self.log()))
+    }
+
     /// Sends `signal` and waits (bounded) for the daemon to exit.
     pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> Result<ExitStatus, LabError> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

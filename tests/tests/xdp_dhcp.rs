@@ -739,20 +739,7 @@ fn attack_forged_relay_over_a_veth_gets_no_kernel_answer() {
 
     // SIGHUP with `relays = []`: no relay is trusted, in the kernel as in userspace.
     std::fs::write(daemon.config_path(), config("[]")).expect("config");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.pid() as i32),
-        nix::sys::signal::SIGHUP,
-    )
-    .expect("SIGHUP");
-    assert!(
-        wait_for(Duration::from_secs(30), || daemon
-            .log()
-            .contains("fast path resynced")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        daemon.log()
-    );
+    daemon.reload("fast path resynced").expect("reload");
     let got = relayed(0x7303);
     assert!(
         got.is_none(),
@@ -1567,23 +1554,7 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         "{INVENTORY}\n[[hosts]]\nname = \"node05\"\nmac = \"52:54:00:b0:0f:05\"\nip = \"10.77.0.15\"\nprofile = \"installer\"\n"
     );
     std::fs::write(&hosts, &added).expect("inventory");
-    let hup = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(daemon.pid() as i32),
-            nix::sys::signal::SIGHUP,
-        )
-        .expect("SIGHUP")
-    };
-    hup();
-    assert!(
-        wait_for(Duration::from_secs(10), || daemon
-            .log()
-            .contains("fast path resynced")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        daemon.log()
-    );
+    daemon.reload("fast path resynced").expect("reload");
     assert!(lease(2).contains("ip=10.77.0.15"), "{}", daemon.log());
     assert!(
         answered(&metrics()) >= 1.0,
@@ -1592,31 +1563,13 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
 
     // A config that does not load is refused whole: the running one stays.
     std::fs::write(&hosts, "[[hosts]]\nname = 5\n").expect("inventory");
-    hup();
-    assert!(
-        wait_for(Duration::from_secs(10), || daemon
-            .log()
-            .contains("config not reloaded")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        daemon.log()
-    );
+    daemon
+        .reload("config not reloaded")
+        .expect("reload refused");
     // Removed again: back to userspace, which no longer reserves 10.77.0.15 for it.
     std::fs::write(&hosts, INVENTORY).expect("inventory");
-    hup();
+    daemon.reload("fast path resynced").expect("reload");
     let before = answered(&metrics());
-    assert!(
-        wait_for(Duration::from_secs(10), || (daemon
-            .log()
-            .matches("fast path resynced")
-            .count()
-            >= 2)
-            .then_some(()))
-        .is_some(),
-        "{}",
-        daemon.log()
-    );
     let third = lease(3);
     assert!(!third.contains("ip=10.77.0.15"), "{third}");
     assert_eq!(
