@@ -1,0 +1,258 @@
+//! The DHCP service's shell: the bound sockets, the shared state behind them and the tasks
+//! that serve them (one receive loop per socket, `recv.rs`; the fast path's events,
+//! `fastpath.rs`), plus the lease commits every loop hands to the journal.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use prometheus::Registry;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{
+    fastpath::FastPathOwner,
+    iface_ipv4,
+    journal::{CommitBounds, Committer, Journal, JournalError, LeaseRecord},
+    journal_path,
+    metrics::Metrics,
+    ratelimit::RateLimiter,
+    reload::Reloader,
+    server::{Server, PXE_PORT, SERVER_PORT},
+    unix_now, DhcpError,
+};
+use crate::{
+    config::{Config, DhcpMode},
+    model::ledger::Ledger,
+    xdp::fastpath::FastPathEvents,
+};
+
+/// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
+pub struct DhcpService {
+    /// (interface, its address, local port, socket).
+    pub(super) sockets: Vec<(String, Ipv4Addr, u16, Arc<UdpSocket>)>,
+    pub(super) server: Arc<Mutex<Server>>,
+    pub(super) committer: Committer,
+    pub(super) limiter: Arc<Mutex<RateLimiter>>,
+    pub(super) metrics: Metrics,
+    pub(super) ledger: Ledger,
+    pub(super) subnets: Vec<String>,
+    /// The XDP fast path's maps, kept in step with `server`.
+    pub(super) fast_path: Arc<Mutex<Option<FastPathOwner>>>,
+    /// The fast path's events, until `run` hands them to their reader.
+    pub(super) fast_path_events: Mutex<Option<Box<dyn FastPathEvents>>>,
+    /// When a refused commit was last logged.
+    last_refusal_log: Mutex<Option<Instant>>,
+}
+
+/// A UDP socket on `port` of `iface` only (SO_BINDTODEVICE), with broadcast allowed and
+/// address reuse (several sockets share the port, one per interface), blocking.
+pub fn bind_on_device(iface: &str, port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    Ok(s.into())
+}
+
+/// [`bind_on_device`] for the async service.
+fn bind_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    let s = bind_on_device(iface, port)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+impl DhcpService {
+    /// Opens the journal, rebuilds the lease table and binds one socket per interface.
+    pub fn start(
+        config: &Config,
+        dhcp: crate::config::DhcpConfig,
+        registry: &Registry,
+        ledger: Ledger,
+    ) -> Result<Self, DhcpError> {
+        let metrics = Metrics::register(registry)?;
+        let path = journal_path(config);
+        let (journal, live) = Journal::open(&path).map_err(|e| match e {
+            JournalError::Corrupt { .. } => DhcpError::CorruptJournal {
+                journal: e,
+                config: config.path.clone(),
+            },
+            e => DhcpError::Journal(e),
+        })?;
+        let now = unix_now();
+        let server = Server::new(
+            dhcp,
+            config.boot.clone(),
+            config.inventory.clone(),
+            &live,
+            now,
+        );
+        let active = server.table.active(now).len();
+        info!(journal = %path.display(), records = live.len(), active, "lease journal replayed");
+        let committer = Committer::start(
+            journal,
+            &live,
+            Duration::from_millis(u64::from(server.dhcp.commit_delay_ms)),
+            CommitBounds::from(&server.dhcp.guards),
+        );
+        let mut sockets = Vec::new();
+        for iface in &config.interfaces {
+            let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {
+                iface: iface.clone(),
+            })?;
+            let ports: &[u16] = match server.dhcp.mode {
+                DhcpMode::Server => &[SERVER_PORT],
+                DhcpMode::Proxy => &[SERVER_PORT, PXE_PORT],
+            };
+            for &port in ports {
+                let sock = bind_socket(iface, port).map_err(|source| DhcpError::Socket {
+                    iface: iface.clone(),
+                    source,
+                })?;
+                info!(%iface, server_id = %ip, mode = ?server.dhcp.mode, "DHCP server listening on {iface}:{port}");
+                sockets.push((iface.clone(), ip, port, Arc::new(sock)));
+            }
+        }
+        let subnets = server
+            .dhcp
+            .subnets
+            .iter()
+            .map(|s| s.net.to_string())
+            .collect();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(server.dhcp.rate_limit)));
+        let svc = Self {
+            sockets,
+            server: Arc::new(Mutex::new(server)),
+            committer,
+            limiter,
+            metrics,
+            ledger,
+            subnets,
+            fast_path: Arc::new(Mutex::new(None)),
+            fast_path_events: Mutex::new(None),
+            last_refusal_log: Mutex::new(None),
+        };
+        svc.refresh_gauges(now);
+        Ok(svc)
+    }
+
+    /// A handle that applies reloaded configurations while the service runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            server: Arc::clone(&self.server),
+            fast_path: Arc::clone(&self.fast_path),
+        }
+    }
+
+    fn refresh_gauges(&self, now: u64) {
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
+        let Ok(mut s) = self.server.lock() else {
+            return;
+        };
+        s.table.reclaim_expired(now);
+        for (i, name) in self.subnets.iter().enumerate() {
+            let (used, size) = s.table.utilization(i);
+            self.metrics
+                .leases
+                .with_label_values(&[name.as_str()])
+                .set(used as i64);
+            self.metrics
+                .pool
+                .with_label_values(&[name.as_str()])
+                .set(size as i64);
+        }
+    }
+
+    /// Serves until `cancel` fires, then flushes the journal.
+    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let events = self.fast_path_events.lock().ok().and_then(|mut e| e.take());
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(events) = events {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.fast_path_events(events, cancel).await });
+        }
+        for (iface, ip, port, sock) in this.sockets.clone() {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.receive_loop(iface, ip, port, sock, cancel).await });
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => this.refresh_gauges(unix_now()),
+                Some(res) = tasks.join_next() => {
+                    // A receive loop ends only on a socket error or a bug (a panic): either
+                    // way the service stops whole, so the supervisor can say so, rather than
+                    // one interface going deaf.
+                    let err = match res {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(join) => std::io::Error::other(format!("DHCP receive loop failed: {join}")),
+                    };
+                    cancel.cancel();
+                    return Err(err);
+                }
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Makes `record` durable; false (and counted) if it could not be.
+    pub(super) async fn commit(&self, record: LeaseRecord) -> bool {
+        let t0 = Instant::now();
+        let result = self.committer.commit(record).await;
+        self.metrics
+            .commits_in_flight
+            .set(self.committer.in_flight() as i64);
+        let refused = match result {
+            Ok(()) => {
+                self.metrics.commit.observe(t0.elapsed().as_secs_f64());
+                return true;
+            }
+            Err(JournalError::QueueFull(_)) => "queue_full",
+            Err(JournalError::Timeout(_)) => "timeout",
+            Err(e) => {
+                self.metrics.commit_errors.inc();
+                warn!(error = %e, "lease record not durable: reply withheld");
+                return false;
+            }
+        };
+        self.metrics
+            .commit_refused
+            .with_label_values(&[refused])
+            .inc();
+        // Storage lags: this can happen for every request, so it is said once in a while.
+        let due = self.last_refusal_log.lock().is_ok_and(|mut last| {
+            let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(10));
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        });
+        if due {
+            warn!(
+                reason = refused,
+                in_flight = self.committer.in_flight(),
+                "lease journal is not keeping up (a hung disk?): ACKs withheld, clients will retry"
+            );
+        }
+        false
+    }
+
+    pub(super) async fn send(&self, sock: &UdpSocket, out: &[u8], dest: SocketAddrV4) {
+        if let Err(e) = sock.send_to(out, SocketAddr::V4(dest)).await {
+            warn!(%dest, error = %e, "sending a DHCP reply failed");
+        }
+    }
+}
