@@ -100,7 +100,7 @@ for pin in 0 1; do
   cat >"$WORK/bootfabric-pin$pin.toml" <<TOML
 [daemon]
 state_dir = "state"
-log = "warn,bootfabric::http=info"
+log = "warn,bootfabric::services::http=info"
 inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fleet simulation: the real scheduler (boot-userspace/src/scheduler) against a model of the
+# Fleet simulation: the real scheduler (boot-userspace/src/services/reboot) against a model of the
 # fabric, next to "reboot all at once" and sweeps of fixed-batch strategies (rolling batches,
 # waves, a batch on a timer; the best of each picked with hindsight), for 1,000 and 10,000
 # hosts. Pure computation: no network, no root, deterministic (seeded): the figures do not

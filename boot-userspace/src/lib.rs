@@ -1,25 +1,15 @@
 //! Bootfabric: the network boot fabric of a datacenter in one daemon.
 //!
-//! This crate is the daemon (`bootfabric`) as a library: each module is one concern, and
-//! `main.rs` only parses the command line and calls [`cli::run`].
+//! This crate is the daemon (`bootfabric`) as a library, in layers (docs/architecture.md): each
+//! module may import only the ones listed before it. `main.rs` only parses the command line and
+//! calls [`commands::run`].
 
 pub mod admin;
-pub mod check;
-pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod dhcp;
-pub mod explain;
-pub mod http;
-pub mod inventory;
-pub mod ledger;
-pub mod metrics;
-pub mod ra;
-pub mod reboot;
+pub mod fabric;
+pub mod model;
 pub mod redfish;
-pub mod render;
-pub mod scheduler;
-pub mod serve;
-pub mod supervisor;
-pub mod tftp;
+pub mod services;
+pub mod util;
 pub mod xdp;
-pub mod xorshift;

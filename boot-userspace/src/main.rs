@@ -3,6 +3,6 @@
 use clap::Parser;
 
 fn main() {
-    let cli = bootfabric::cli::Cli::parse();
-    std::process::exit(bootfabric::cli::run(cli));
+    let cli = bootfabric::commands::Cli::parse();
+    std::process::exit(bootfabric::commands::run(cli));
 }

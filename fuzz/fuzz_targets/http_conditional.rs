@@ -7,7 +7,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use bootfabric::http::conditional::{not_modified, range_applies, Validators};
+use bootfabric::services::http::conditional::{not_modified, range_applies, Validators};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! explicitly, must give the same answer.
 #![no_main]
 
-use bootfabric::http::range::{plan, Plan};
+use bootfabric::services::http::range::{plan, Plan};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

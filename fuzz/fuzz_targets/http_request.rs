@@ -4,7 +4,7 @@
 //! own bytes (so pipelined requests cannot bleed into each other), and respects the limits.
 #![no_main]
 
-use bootfabric::http::request::{parse, ParseError};
+use bootfabric::services::http::request::{parse, ParseError};
 use libfuzzer_sys::fuzz_target;
 
 /// Limits as the daemon's defaults put them (`http.max_head`-like bounds), small enough that

@@ -29,8 +29,8 @@ use std::{
 };
 
 use bootfabric::{
-    dhcp::journal::{read_live, repair, Journal, JournalError, LeaseRecord, LeaseState},
-    inventory::Mac,
+    services::dhcp::journal::{read_live, repair, Journal, JournalError, LeaseRecord, LeaseState},
+    model::inventory::Mac,
 };
 use libfuzzer_sys::fuzz_target;
 

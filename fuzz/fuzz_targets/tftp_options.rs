@@ -8,7 +8,7 @@
 //! timeout ceiling (1, 0 for none: the RFC's 255), then the request datagram.
 #![no_main]
 
-use bootfabric::tftp::{
+use bootfabric::services::tftp::{
     options::{negotiate, Limits, MAX_BLKSIZE, MAX_TIMEOUT, MIN_BLKSIZE},
     packet::{self, opcode, Packet},
 };

@@ -4,7 +4,7 @@
 //! server encodes from what clients sent.
 #![no_main]
 
-use bootfabric::tftp::packet::{self, opcode, ErrorCode, Mode, Packet, MAX_REQUEST};
+use bootfabric::services::tftp::packet::{self, opcode, ErrorCode, Mode, Packet, MAX_REQUEST};
 use libfuzzer_sys::fuzz_target;
 
 fn encode_request(r: &packet::Request) -> Vec<u8> {

@@ -689,7 +689,7 @@ mod tests {
 
     #[test]
     fn parses_listening_line() {
-        let l = "2026-01-01T00:00:00Z  INFO bootfabric::metrics: admin server listening on 127.0.0.1:9370 addr=127.0.0.1:9370";
+        let l = "2026-01-01T00:00:00Z  INFO bootfabric::util::metrics: admin server listening on 127.0.0.1:9370 addr=127.0.0.1:9370";
         assert_eq!(
             listening_addr(l),
             Some("127.0.0.1:9370".parse().expect("addr"))

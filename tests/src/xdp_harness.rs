@@ -15,7 +15,7 @@ use aya::{
 };
 use bootfabric::{
     config::Config,
-    dhcp::server::Server,
+    services::dhcp::server::Server,
     xdp::fastpath::{FabricIface, FastPath, FastPathEvent},
 };
 use bootfabric_abi::{

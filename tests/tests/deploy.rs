@@ -252,13 +252,13 @@ fn kubernetes_config_validates_and_keeps_control_off_the_provisioning_network() 
 /// admin.allow does not reach the DHCP subnets: the pure check the full `check` runs, with
 /// the config's DHCP subnets as the served networks.
 fn assert_control_off_dhcp_subnets(what: &str, cfg: &bootfabric::config::Config) {
-    let served: Vec<bootfabric::check::admin::Served> = cfg
+    let served: Vec<bootfabric::commands::check::admin::Served> = cfg
         .dhcp
         .iter()
         .flat_map(|d| &d.subnets)
         .map(|s| ("subnet".to_owned(), s.net.into()))
         .collect();
-    let item = bootfabric::check::admin::exposure(
+    let item = bootfabric::commands::check::admin::exposure(
         cfg.admin_listen,
         &cfg.admin_allow,
         cfg.admin_token_file.is_some(),
@@ -267,7 +267,7 @@ fn assert_control_off_dhcp_subnets(what: &str, cfg: &bootfabric::config::Config)
     );
     assert_ne!(
         item.status,
-        bootfabric::check::Status::Fail,
+        bootfabric::commands::check::Status::Fail,
         "{what}: {item:?}"
     );
     assert!(

@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use bootfabric::dhcp::{
+use bootfabric::services::dhcp::{
     encode_reply,
     server::{Handled, Ingress},
     wire::{decode_request, DropReason},

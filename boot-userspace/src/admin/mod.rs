@@ -7,7 +7,6 @@
 //! [`auth`] and the route table are pure; this module is the I/O shell around them.
 
 pub mod auth;
-pub mod cli;
 pub mod tls;
 pub mod token;
 
@@ -34,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    inventory::Mac,
-    ledger::Ledger,
-    metrics::render,
-    scheduler::{report::Selection, runner::StartError, Reboots},
+    model::inventory::Mac,
+    model::ledger::Ledger,
+    services::reboot::{report::Selection, runner::StartError, RebootService},
+    util::metrics::render,
 };
 use auth::{Access, Caller, Policy, Refusal};
 
@@ -48,7 +47,7 @@ pub struct Admin {
     /// The boot ledger.
     pub ledger: Ledger,
     /// The reboot scheduler.
-    pub reboots: Arc<Reboots>,
+    pub reboots: Arc<RebootService>,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -483,7 +482,10 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
     }
 }
 
-fn status_json(s: &crate::scheduler::report::RunStatus, code: StatusCode) -> Response<Full<Bytes>> {
+fn status_json(
+    s: &crate::services::reboot::report::RunStatus,
+    code: StatusCode,
+) -> Response<Full<Bytes>> {
     let mut r = json(serde_json::to_string(s).unwrap_or_default());
     *r.status_mut() = code;
     r
@@ -499,7 +501,7 @@ fn bandwidth_json(ledger: &Ledger) -> String {
         .collect();
     format!(
         "{{\"window_s\":{},\"bytes_per_second\":{{{}}},\"total_bytes_per_second\":{total:.0}}}\n",
-        crate::ledger::EGRESS_WINDOW_S,
+        crate::model::ledger::EGRESS_WINDOW_S,
         ifaces.join(",")
     )
 }

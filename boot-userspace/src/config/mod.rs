@@ -15,7 +15,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::inventory::{Inventory, InventoryError};
+use crate::model::inventory::{Inventory, InventoryError};
 
 pub use dhcp::DhcpGuards;
 pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
@@ -227,7 +227,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
     /// The scheduler's knobs; `capacity_bps` is the configured cap.
-    pub params: crate::scheduler::Params,
+    pub params: crate::services::reboot::Params,
     /// Seconds a host at the admission gate sleeps before asking again.
     pub gate_retry_s: u32,
 }
@@ -260,7 +260,7 @@ impl SchedulerConfig {
             None => 120.0,
         };
         let mbit = 1e6 / 8.0;
-        let params = crate::scheduler::Params {
+        let params = crate::services::reboot::Params {
             capacity_bps: positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit,
             per_host_bps: positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit,
             post_guess_s: positive(w.post_guess_s, 180.0, "post_guess_s")?,

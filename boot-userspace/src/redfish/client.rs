@@ -11,7 +11,7 @@ use hyper::{
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use crate::xorshift::XorShift;
+use crate::util::xorshift::XorShift;
 
 use super::{
     tls,

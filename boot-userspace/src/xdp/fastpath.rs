@@ -27,11 +27,11 @@ use ipnet::Ipv4Net;
 use tracing::{debug, info, warn};
 
 use crate::{
-    dhcp::{
+    model::inventory::Mac,
+    services::dhcp::{
         policy::arch,
         server::{Ingress, Server, SERVER_PORT},
     },
-    inventory::Mac,
 };
 
 /// One fabric interface as the fast path sees it.
@@ -51,7 +51,7 @@ impl FabricIface {
     /// Looks `name` up in the current network namespace: index, first IPv4 address, MAC.
     pub fn lookup(name: &str) -> Option<Self> {
         let ifindex = super::if_index(name)?;
-        let server_ip = crate::dhcp::iface_ipv4(name)?;
+        let server_ip = crate::services::dhcp::iface_ipv4(name)?;
         let mac = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
             if a.interface_name != name {
                 return None;
@@ -307,7 +307,7 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                     let Some(reply) = server.reservation_reply(&req, &ingress, *subnet) else {
                         continue;
                     };
-                    let Ok(out) = crate::dhcp::encode_reply(&reply.msg) else {
+                    let Ok(out) = crate::services::dhcp::encode_reply(&reply.msg) else {
                         bad_groups.push(group as u32);
                         continue 'groups;
                     };
@@ -554,7 +554,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
-        inventory::Inventory,
+        model::inventory::Inventory,
     };
 
     fn server(inventory: &str) -> Server {

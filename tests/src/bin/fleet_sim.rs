@@ -1,4 +1,4 @@
-//! Fleet simulator: the real scheduler (`bootfabric::scheduler`) against a model of the
+//! Fleet simulator: the real scheduler (`bootfabric::services::reboot`) against a model of the
 //! fabric, next to "reboot all at once" and a sweep of fixed-batch strategies an operator
 //! could run without the fabric's help, for 1,000 and 10,000 hosts. Prints makespan, its
 //! ratio to the lower bound (total bytes / capacity + the shortest boot), the peak demand over
@@ -37,7 +37,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use bootfabric::scheduler::{Action, Event, HostSpec, Params, Phase, Scheduler};
+use bootfabric::services::reboot::{Action, Event, HostSpec, Params, Phase, Scheduler};
 use bootfabric_lab::Rng;
 
 const DT: f64 = 0.25;

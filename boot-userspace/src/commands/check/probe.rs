@@ -1,0 +1,295 @@
+//! Checks that try things for real: attach XDP, log in to the BMCs, ask the segment for
+//! DHCP offers.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use dhcproto::{
+    v4::{DhcpOption, Flags, Message, MessageType, OptionCode},
+    Decodable as _, Decoder, Encodable as _,
+};
+use prometheus::Registry;
+
+use super::Item;
+use crate::{
+    config::{Config, DhcpMode, XdpModeSetting},
+    redfish::{BmcConfig, Client, RedfishError},
+    xdp::{AttachedMode, Dataplane},
+};
+
+/// The XDP program loads and attaches to every fabric interface, and in which mode. It is
+/// detached again before the check ends.
+pub fn xdp(config: &Config) -> Vec<Item> {
+    if config.xdp_mode == XdpModeSetting::Off {
+        return vec![Item::pass(
+            "xdp",
+            "off (xdp.mode = \"off\"): userspace only",
+        )];
+    }
+    if config.interfaces.is_empty() {
+        return vec![Item::warn(
+            "xdp",
+            "no fabric.interfaces to attach to: userspace only",
+            "list the provisioning interfaces in fabric.interfaces",
+        )];
+    }
+    if crate::xdp::embedded_object().is_none() {
+        return vec![Item::warn(
+            "xdp",
+            "this binary has no eBPF object: the daemon will run userspace only",
+            "build with `cargo xtask build`",
+        )];
+    }
+    match Dataplane::start(config, &Registry::new()) {
+        Err(e) => vec![Item::fail(
+            "xdp",
+            format!("cannot load or attach: {e}"),
+            "run as root (CAP_BPF, CAP_NET_ADMIN) on kernel 5.18 or later; for a driver without native XDP set xdp.mode = \"generic\" or \"auto\"",
+        )],
+        Ok(dp) => dp
+            .modes()
+            .iter()
+            .map(|(iface, mode)| {
+                let subject = format!("xdp on {iface}");
+                match mode {
+                    AttachedMode::None => Item::warn(
+                        subject,
+                        "does not attach: DHCP and TFTP steering stay in userspace",
+                        "is an XDP program already attached (bootfabric serving)? `ip link show` names it; otherwise check the kernel log",
+                    ),
+                    m => Item::pass(subject, format!("attaches in {} mode", m.as_str())),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Every BMC answers Redfish with its configured credentials and offers the boot override
+/// the scheduler will set.
+pub fn bmcs(config: &Config) -> Vec<Item> {
+    // One login per BMC and system, however many hosts name it.
+    let mut bmcs: BTreeMap<(String, Option<String>), (Vec<String>, BmcConfig)> = BTreeMap::new();
+    for h in config.inventory.hosts() {
+        if let Some(b) = &h.bmc {
+            bmcs.entry((b.url.clone(), b.system.clone()))
+                .or_insert_with(|| (Vec::new(), b.clone()))
+                .0
+                .push(h.name.clone());
+        }
+    }
+    if bmcs.is_empty() {
+        return Vec::new();
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return vec![Item::fail("bmc", e.to_string(), "see the error")],
+    };
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, ((url, _), (hosts, mut cfg))) in bmcs.into_iter().enumerate() {
+            // A check should answer in seconds: two attempts per request.
+            cfg.attempts = cfg.attempts.min(2);
+            tasks.spawn(async move {
+                let subject = format!("bmc {url} ({})", hosts.join(", "));
+                (i, login(&cfg, subject).await)
+            });
+        }
+        let mut items: Vec<(usize, Item)> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(one) = r {
+                items.push(one);
+            }
+        }
+        items.sort_by_key(|(i, _)| *i);
+        items.into_iter().map(|(_, item)| item).collect()
+    })
+}
+
+async fn login(cfg: &BmcConfig, subject: String) -> Item {
+    let result = async {
+        let mut client = Client::connect(cfg).await?;
+        let r = async {
+            let path = client.the_system().await?;
+            client.system(&path).await
+        }
+        .await;
+        client.logout().await;
+        r
+    }
+    .await;
+    match result {
+        Ok(sys) => {
+            let target = cfg.boot.as_str();
+            if !sys.boot_targets_allowed.is_empty()
+                && !sys.boot_targets_allowed.iter().any(|t| t == target)
+            {
+                return Item::fail(
+                    subject,
+                    format!(
+                        "{} offers boot override targets {:?}, not {target}",
+                        sys.path, sys.boot_targets_allowed
+                    ),
+                    "set hosts[].bmc.boot to one it offers (pxe or uefi-http)",
+                );
+            }
+            Item::pass(
+                subject,
+                format!(
+                    "Redfish answers: {}{}, power {:?}",
+                    sys.path,
+                    sys.model
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default(),
+                    sys.power
+                ),
+            )
+        }
+        Err(e) => {
+            let fix = match &e {
+                RedfishError::Unauthorized(_) | RedfishError::Credentials(_) => {
+                    "check hosts[].bmc.username and the password file or variable"
+                }
+                RedfishError::Tls(_) => {
+                    "check hosts[].bmc.ca_file or fingerprint against the BMC's certificate"
+                }
+                RedfishError::Connect(_) | RedfishError::Timeout(_) => {
+                    "check hosts[].bmc.url and that this machine can reach the BMC network"
+                }
+                _ => "name the system with hosts[].bmc.system, or check the BMC's Redfish service",
+            };
+            Item::fail(subject, e.to_string(), fix)
+        }
+    }
+}
+
+/// Sends a DHCPDISCOVER on each fabric interface and lists the servers that offer an
+/// address, other than this machine. In server mode another one is a failure (two servers
+/// on one segment hand out conflicting answers); in proxy mode one is required.
+pub fn other_dhcp_servers(config: &Config, wait: Duration) -> Vec<Item> {
+    let Some(dhcp) = &config.dhcp else {
+        return Vec::new();
+    };
+    let ours: Vec<Ipv4Addr> = config
+        .interfaces
+        .iter()
+        .filter_map(|i| crate::services::dhcp::iface_ipv4(i))
+        .collect();
+    let mut items = Vec::new();
+    for iface in &config.interfaces {
+        let subject = format!("dhcp servers on {iface}");
+        let offers = match discover(iface, wait) {
+            Ok(o) => o,
+            Err(e) => {
+                items.push(Item::warn(
+                    subject,
+                    format!("could not probe: {e}"),
+                    "run as root; the probe binds 68/udp on the interface",
+                ));
+                continue;
+            }
+        };
+        let others: Vec<&(Ipv4Addr, Ipv4Addr)> =
+            offers.iter().filter(|(s, _)| !ours.contains(s)).collect();
+        let listed = others
+            .iter()
+            .map(|(server, offered)| format!("{server} (offered {offered})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let secs = wait.as_secs_f64();
+        items.push(match (dhcp.mode, others.is_empty()) {
+            (DhcpMode::Server, true) => Item::pass(
+                subject,
+                format!("no other DHCP server answered a DISCOVER within {secs:.0} s"),
+            ),
+            (DhcpMode::Server, false) => Item::fail(
+                subject,
+                format!("another DHCP server answers: {listed}"),
+                "stop it or keep it off the provisioning segment; or let it hand out addresses and set dhcp.mode = \"proxy\"",
+            ),
+            (DhcpMode::Proxy, false) => Item::pass(
+                subject,
+                format!("addresses come from {listed}; bootfabric adds the boot answers (proxy mode)"),
+            ),
+            (DhcpMode::Proxy, true) => Item::fail(
+                subject,
+                format!("no DHCP server answered within {secs:.0} s: in proxy mode another server must hand out addresses"),
+                "start the segment's DHCP server, or set dhcp.mode = \"server\" with subnets and pools",
+            ),
+        });
+    }
+    items
+}
+
+/// Broadcasts one DISCOVER from a made-up client on `iface`; returns (server id, offered
+/// address) of every OFFER for it within `wait`.
+fn discover(iface: &str, wait: Duration) -> std::io::Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    let sock = crate::services::dhcp::bind_on_device(iface, 68)?;
+    // Unpredictable enough to tell our offers from a rerun's, no more is needed.
+    let seed = crate::util::xorshift::XorShift::from_time().next_u64();
+    let xid = (seed >> 16) as u32;
+    // Locally administered, unicast: no reservation anywhere can name it.
+    let mut mac = [0x02, 0x62, 0x66, 0, 0, 0];
+    mac[3..].copy_from_slice(&seed.to_be_bytes()[5..]);
+    let mut msg = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    msg.set_flags(Flags::default().set_broadcast());
+    msg.opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Discover));
+    let bytes = msg
+        .to_vec()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    sock.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
+    let deadline = Instant::now() + wait;
+    let mut offers = Vec::new();
+    let mut buf = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left))?;
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(reply) = Message::decode(&mut Decoder::new(&buf[..n])) else {
+            continue;
+        };
+        if reply.xid() != xid
+            || reply.opts().msg_type() != Some(MessageType::Offer)
+            || reply.chaddr().get(..6) != Some(&mac[..])
+        {
+            continue;
+        }
+        let server = match reply.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+            _ => match from.ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                std::net::IpAddr::V6(_) => continue,
+            },
+        };
+        offers.push((server, reply.yiaddr()));
+    }
+    Ok(offers)
+}

@@ -1,0 +1,233 @@
+//! `bootfabric explain` and `bootfabric leases`: what the DHCP server would answer, and
+//! what it has handed out. Both read the lease journal without changing it, so they are
+//! safe to run next to the daemon.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::Args;
+use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
+
+use crate::{
+    config::Config,
+    model::inventory::Mac,
+    services::dhcp::{
+        self,
+        journal::LeaseState,
+        policy::arch,
+        server::{Handled, Ingress, Server},
+    },
+};
+
+/// Arguments of `bootfabric explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Config file (TOML).
+    #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+    pub config: PathBuf,
+    /// Client MAC address.
+    #[arg(long)]
+    pub mac: String,
+    /// Client architecture (option 93): 0 BIOS, 6 IA32 UEFI, 7/9 x64 UEFI, 11 arm64 UEFI,
+    /// 15/16/19 UEFI HTTP boot. Without it the client is a plain DHCP client.
+    #[arg(long)]
+    pub arch: Option<u16>,
+    /// Vendor class (option 60); defaults to PXEClient, or HTTPClient for arch 15/16/19.
+    #[arg(long)]
+    pub vendor_class: Option<String>,
+    /// User class (option 77), e.g. iPXE.
+    #[arg(long)]
+    pub user_class: Option<String>,
+    /// Relay address (giaddr), for relayed clients.
+    #[arg(long)]
+    pub giaddr: Option<Ipv4Addr>,
+    /// Interface the request arrives on (default: the first of fabric.interfaces).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// The server's address on that interface (default: the interface's, else the
+    /// subnet's first host address).
+    #[arg(long)]
+    pub server_ip: Option<Ipv4Addr>,
+}
+
+/// Runs `explain`; returns the exit code.
+pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
+    let Some(dhcp) = cfg.dhcp.clone() else {
+        eprintln!(
+            "bootfabric: {}: no [dhcp] section: there is nothing to explain",
+            cfg.path.display()
+        );
+        return 2;
+    };
+    let mac: Mac = match args.mac.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("bootfabric: --mac: {e}");
+            return 2;
+        }
+    };
+    let iface = args
+        .iface
+        .clone()
+        .or_else(|| cfg.interfaces.first().cloned())
+        .unwrap_or_default();
+    let server_ip = args
+        .server_ip
+        .or_else(|| dhcp::iface_ipv4(&iface))
+        .or_else(|| {
+            let s = dhcp
+                .subnets
+                .iter()
+                .find(|s| s.interface.as_deref() == Some(iface.as_str()))
+                .or(dhcp.subnets.first())?;
+            s.net.hosts().next()
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+
+    let live = dhcp::read_leases(&dhcp::journal_path(cfg)).unwrap_or_default();
+    let now = dhcp::unix_now();
+    let mut server = Server::new(dhcp, cfg.boot.clone(), cfg.inventory.clone(), &live, now);
+
+    let mut msg = Message::new_with_id(
+        1,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        args.giaddr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        &mac.0,
+    );
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(MessageType::Discover));
+    let http = matches!(
+        args.arch,
+        Some(arch::HTTP_IA32 | arch::HTTP_X64 | arch::HTTP_ARM64)
+    );
+    if let Some(a) = args.arch {
+        opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(a)));
+    }
+    let vendor = args.vendor_class.clone().or_else(|| {
+        args.arch
+            .map(|_| if http { "HTTPClient" } else { "PXEClient" }.to_owned())
+    });
+    if let Some(v) = &vendor {
+        opts.insert(DhcpOption::ClassIdentifier(v.as_bytes().to_vec()));
+    }
+    if let Some(u) = &args.user_class {
+        opts.insert(DhcpOption::UserClass(u.as_bytes().to_vec()));
+    }
+
+    println!(
+        "client   {mac}  arch {}  vendor class {}  user class {}{}",
+        args.arch
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        vendor.as_deref().unwrap_or("-"),
+        args.user_class.as_deref().unwrap_or("-"),
+        args.giaddr
+            .map(|g| format!("  via relay {g}"))
+            .unwrap_or_default(),
+    );
+    let ingress = Ingress {
+        iface: &iface,
+        server_ip,
+        port: dhcp::server::SERVER_PORT,
+        // A relayed request is taken as sent from its giaddr (what `dhcp.relays` is checked
+        // against); a direct one from a client without an address.
+        peer: match args.giaddr {
+            Some(g) => std::net::SocketAddrV4::new(g, dhcp::server::SERVER_PORT),
+            None => std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dhcp::server::CLIENT_PORT),
+        },
+    };
+    match server.subnet_for(&msg, &ingress) {
+        Some(i) => println!(
+            "subnet   {} (dhcp.subnets[{i}], chosen by {})",
+            server.dhcp.subnets[i].net,
+            if args.giaddr.is_some() {
+                "giaddr"
+            } else {
+                "arrival interface"
+            }
+        ),
+        None => println!("subnet   none matches (interface {iface:?}, server {server_ip})"),
+    }
+    match server.handle(&msg, &ingress, now) {
+        Handled::Reply(r) => {
+            println!("reply    {:?} to {}", r.kind, r.dest);
+            println!("  yiaddr     {}", r.msg.yiaddr());
+            println!("  siaddr     {}", r.msg.siaddr());
+            let file = r.msg.fname_str().and_then(Result::ok).unwrap_or("");
+            println!("  file       {}", if file.is_empty() { "-" } else { file });
+            for (code, opt) in r.msg.opts().iter() {
+                println!("  option {:<3} {}", u8::from(*code), describe(opt));
+            }
+            println!("decided by");
+            for (part, why) in r.rules.iter().chain(r.boot.rules.iter()) {
+                println!("  {part:<18} {why}");
+            }
+            0
+        }
+        Handled::Drop(reason) => {
+            println!("reply    none: dropped ({})", reason.as_str());
+            1
+        }
+        Handled::Silent(why) => {
+            println!("reply    none: {why}");
+            1
+        }
+        Handled::Commit(_) => {
+            println!("reply    none: the request only changes a lease");
+            1
+        }
+    }
+}
+
+fn describe(opt: &DhcpOption) -> String {
+    match opt {
+        DhcpOption::BootfileName(b)
+        | DhcpOption::TFTPServerName(b)
+        | DhcpOption::ClassIdentifier(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs `leases`; returns the exit code.
+pub fn leases(cfg: &Config, all: bool) -> i32 {
+    let path = dhcp::journal_path(cfg);
+    let records = match dhcp::read_leases(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bootfabric: {e}");
+            return 1;
+        }
+    };
+    let now = dhcp::unix_now();
+    println!(
+        "{:<15} {:<17} {:<9} {:<10} HOSTNAME",
+        "IP", "MAC", "STATE", "EXPIRES IN"
+    );
+    for r in records {
+        let live = r.expires > now;
+        if !(all || live && r.state == LeaseState::Bound) {
+            continue;
+        }
+        let state = match (r.state, live) {
+            (LeaseState::Bound, true) => "bound",
+            (LeaseState::Bound, false) => "expired",
+            (LeaseState::Released, _) => "released",
+            (LeaseState::Declined, _) => "declined",
+        };
+        let left = if live {
+            format!("{}s", r.expires - now)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<15} {:<17} {:<9} {:<10} {}",
+            r.ip,
+            r.mac,
+            state,
+            left,
+            r.hostname.as_deref().unwrap_or("-")
+        );
+    }
+    0
+}

@@ -1,0 +1,185 @@
+//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`,
+//! `admin`.
+
+pub mod admin;
+pub mod check;
+pub mod explain;
+pub mod reboot;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Bootfabric: the network boot fabric (DHCP, TFTP, HTTP, XDP, Redfish) in one daemon.
+#[derive(Debug, Parser)]
+#[command(name = "bootfabric", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+    /// Run the operator's checklist: config, interfaces, ports, files and checksums, disk,
+    /// XDP, BMCs, other DHCP servers. Exits 1 when an item fails, 2 on a bad config.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+        /// Only validate the config and the files it names (fast; for service start-up).
+        #[arg(long)]
+        config_only: bool,
+        /// Checks to leave out: xdp, bmc, dhcp, checksums (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = ["xdp", "bmc", "dhcp", "checksums"])]
+        skip: Vec<String>,
+        /// Seconds to listen for DHCP offers from other servers.
+        #[arg(long, default_value_t = 3)]
+        dhcp_wait_s: u64,
+    },
+    /// List the hosts of the inventory.
+    Hosts {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+    /// List the DHCP leases in the lease journal (safe while the daemon runs).
+    Leases {
+        /// What to do instead of listing.
+        #[command(subcommand)]
+        action: Option<LeasesAction>,
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+        /// Also list released, declined and expired records.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the DHCP reply a client would get, and which rule decided each part.
+    Explain(crate::commands::explain::ExplainArgs),
+    /// Reboot hosts through their BMCs, staggered so the fabric stays busy but never
+    /// oversubscribed (asks the running daemon's scheduler).
+    Reboot(crate::commands::reboot::RebootArgs),
+    /// Admin API credentials (`admin token create`).
+    #[command(subcommand)]
+    Admin(crate::commands::admin::AdminCommand),
+}
+
+/// `bootfabric leases` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LeasesAction {
+    /// Repair a lease journal the daemon refuses to start on: keeps a copy of it
+    /// (`<journal>.corrupt-<unix time>`), drops the damaged lines and prints them. The daemon
+    /// must be stopped.
+    Repair {
+        /// Config file (TOML).
+        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(cfg) => match crate::commands::serve::run(cfg) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("bootfabric: {e:#}");
+                    1
+                }
+            },
+            Err(e) => config_error(&e),
+        },
+        Command::Check {
+            config,
+            config_only: false,
+            skip,
+            dhcp_wait_s,
+        } => match Config::load(&config) {
+            Ok(cfg) => {
+                let has = |k: &str| skip.iter().any(|s| s == k);
+                let skip = crate::commands::check::Skip {
+                    xdp: has("xdp"),
+                    bmc: has("bmc"),
+                    dhcp: has("dhcp"),
+                    checksums: has("checksums"),
+                };
+                let items = crate::commands::check::run(
+                    &cfg,
+                    skip,
+                    std::time::Duration::from_secs(dhcp_wait_s.clamp(1, 60)),
+                );
+                let (text, code) = crate::commands::check::render(&items);
+                print!("{text}");
+                code
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Check { config, .. } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!(
+                    "{}: OK ({} interface(s), {} host(s), {} profile(s), admin on {}, xdp.mode = {})",
+                    cfg.path.display(),
+                    cfg.interfaces.len(),
+                    cfg.inventory.hosts().len(),
+                    cfg.inventory.profiles().len(),
+                    cfg.admin_listen,
+                    cfg.xdp_mode,
+                );
+                0
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Leases {
+            action: Some(LeasesAction::Repair { config }),
+            ..
+        } => match Config::load(&config) {
+            Ok(cfg) => crate::services::dhcp::repair_leases(&cfg),
+            Err(e) => config_error(&e),
+        },
+        Command::Leases {
+            config,
+            all,
+            action: None,
+        } => match Config::load(&config) {
+            Ok(cfg) => crate::commands::explain::leases(&cfg, all),
+            Err(e) => config_error(&e),
+        },
+        Command::Explain(args) => match Config::load(&args.config) {
+            Ok(cfg) => crate::commands::explain::explain(&cfg, &args),
+            Err(e) => config_error(&e),
+        },
+        Command::Reboot(args) => crate::commands::reboot::reboot(&args),
+        Command::Admin(command) => crate::commands::admin::run(&command),
+        Command::Hosts { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");
+                for h in cfg.inventory.hosts() {
+                    let ip =
+                        h.ip.map(|i| i.to_string())
+                            .unwrap_or_else(|| "-".to_owned());
+                    println!("{:<24} {:<17} {:<15} {}", h.name, h.mac, ip, h.profile);
+                }
+                0
+            }
+            Err(e) => config_error(&e),
+        },
+    }
+}
+
+/// Config errors exit with 2, like other usage errors.
+fn config_error(e: &crate::config::ConfigError) -> i32 {
+    eprintln!("bootfabric: invalid configuration: {e}");
+    2
+}

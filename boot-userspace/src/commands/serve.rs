@@ -1,0 +1,321 @@
+//! `bootfabric serve`: wires the services together under one supervisor.
+//!
+//! Storage never blocks the network. The services run on two tokio runtimes:
+//!
+//! - the network runtime ([`NET_WORKERS`] workers named `bootfabric-net`, and the main thread
+//!   that runs the supervisor): DHCP, router advertisements, the admin API (metrics, timelines,
+//!   the reboot scheduler), the XDP fast path's events and signals. None of them opens or reads
+//!   a served file;
+//! - the file runtime (a worker per core, `bootfabric-fs`, and at most
+//!   [`FILE_BLOCKING_THREADS`] blocking threads): TFTP and HTTP, the services that read images.
+//!
+//! A tokio worker that blocks in a system call does not cost its runtime a share: it can stall
+//! it whole (the I/O driver is polled by a parked worker, and one stuck in a read parks no more).
+//! One hung read of an image store (NFS gone, a dying disk) on a shared runtime stopped DHCP
+//! and `/metrics` with it; on its own runtime it can only stop file serving, which waits on the
+//! store anyway. The config reload of SIGHUP, which reads files and canonicalises the roots,
+//! runs on a blocking thread of the network runtime for the same reason.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tokio::{
+    runtime::Handle,
+    signal::unix::{signal, SignalKind},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    model::gate::Gate,
+    model::ledger::Ledger,
+    services::dhcp::DhcpService,
+    services::http::HttpService,
+    services::ra::RaService,
+    services::reboot::RebootService,
+    services::tftp::service::TftpService,
+    util::metrics::CoreMetrics,
+    util::supervisor::{Outcome, Supervisor},
+    xdp::Dataplane,
+};
+
+/// Workers of the network runtime. DHCP decisions take microseconds under one lock and lease
+/// commits have their own thread, so two keep up with the fast path's misses and the admin
+/// API on any machine; more would only contend for the lease table.
+pub const NET_WORKERS: usize = 2;
+/// Blocking threads of the network runtime at most: SIGHUP's config reload and name lookups
+/// of BMC hosts.
+pub const NET_BLOCKING_THREADS: usize = 8;
+/// Blocking threads of the file runtime at most: file operations in flight at once. When a
+/// hung store holds them all, more file requests wait in the queue (the network runtime
+/// answers on).
+pub const FILE_BLOCKING_THREADS: usize = 128;
+/// How long the file services get to stop once the daemon stops. A thread stuck in a read
+/// of a hung store cannot be stopped at all: past this the daemon exits without them.
+pub const FILE_SERVICES_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until SIGINT or SIGTERM, or until a service fails. Returns the exit code.
+pub fn run(config: Config) -> anyhow::Result<i32> {
+    init_tracing(&config.log);
+    let net = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(NET_WORKERS)
+        .max_blocking_threads(NET_BLOCKING_THREADS)
+        .enable_all()
+        .thread_name("bootfabric-net")
+        .build()
+        .context("starting the network runtime")?;
+    let files = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max_blocking_threads(FILE_BLOCKING_THREADS)
+        .enable_all()
+        .thread_name("bootfabric-fs")
+        .build()
+        .context("starting the file runtime")?;
+    let code = net.block_on(serve(config, files.handle().clone()));
+    // Threads stuck on a hung store would keep a plain drop waiting forever.
+    files.shutdown_timeout(Duration::from_secs(1));
+    net.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// Runs `service` on the file runtime, as a service of the supervisor (on the network
+/// runtime). Once `cancel` fires it gets [`FILE_SERVICES_GRACE`] to return; a service whose
+/// threads are stuck on storage is then given up on and reported failed, so that SIGTERM still
+/// stops the daemon.
+fn on_file_runtime(
+    files: &Handle,
+    name: &'static str,
+    cancel: CancellationToken,
+    service: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    let mut task = files.spawn(service);
+    Box::pin(async move {
+        let grace = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(FILE_SERVICES_GRACE).await;
+        };
+        tokio::select! {
+            joined = &mut task => joined.with_context(|| format!("{name} task"))?,
+            _ = grace => {
+                task.abort();
+                Err(anyhow::anyhow!(
+                    "{name} did not stop within {FILE_SERVICES_GRACE:?}: its threads are stuck (a hung image store?)"
+                ))
+            }
+        }
+    })
+}
+
+fn init_tracing(filter: &str) {
+    // RUST_LOG, when set, wins over daemon.log: an operator debugging one run should not
+    // have to edit the config.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// SIGHUP: re-reads the config and applies what a running daemon can (hosts, profiles,
+/// boot settings and DHCP options, with the XDP fast path's maps). A config that does not
+/// load is refused whole, with the key and the reason, and the running one stays.
+fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>, ledger: &Ledger) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: config not reloaded: {e}");
+            return;
+        }
+    };
+    // Hosts added to the inventory are protected in the ledger from now on.
+    ledger.set_inventory(&config.inventory);
+    match dhcp.map(|d| d.reload(&config)) {
+        Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
+        Some(Ok(())) => info!(
+            hosts = config.inventory.hosts().len(),
+            "SIGHUP: config reloaded (DHCP and the XDP fast path)"
+        ),
+        None => info!("SIGHUP: nothing to reload without a DHCP server"),
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one: every TFTP transfer holds a socket
+/// and a file, and a boot storm means thousands at once (1024, the usual soft limit, would
+/// refuse the rest).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
+async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.path.display(),
+        "bootfabric starting"
+    );
+    raise_open_files_limit();
+    let registry = Registry::new();
+    let core = CoreMetrics::register(&registry).context("registering metrics")?;
+    let cancel = CancellationToken::new();
+    let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
+
+    let mut dataplane = Dataplane::start(&config, &registry)?;
+    let fast_path = dataplane.take_fast_path(&config);
+    if dataplane.is_active() {
+        let token = supervisor.token();
+        supervisor.spawn(
+            "xdp",
+            Box::pin(async move {
+                // The service owns the attached programs; they detach when it returns.
+                token.cancelled().await;
+                drop(dataplane);
+                Ok(())
+            }),
+        );
+    } else {
+        core.service_up.with_label_values(&["xdp"]).set(0);
+    }
+
+    let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
+    ledger.set_inventory(&config.inventory);
+    let gate = Gate::default();
+    let reboots = RebootService::new(&config, ledger.clone(), gate.clone(), &registry)
+        .context("registering scheduler metrics")?;
+    let mut dhcp_reloader = None;
+    if let Some(dhcp) = config.dhcp.clone() {
+        let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
+        if let Some(fp) = fast_path {
+            if let Err(e) = service.attach_fast_path(fp) {
+                warn!("XDP DHCP fast path off: {e}");
+            }
+        }
+        dhcp_reloader = Some(service.reloader());
+        let token = supervisor.token();
+        supervisor.spawn(
+            "dhcp",
+            Box::pin(async move { service.run(token).await.context("DHCP server") }),
+        );
+    }
+
+    if let Some(tftp) = config.tftp.clone() {
+        // Bound inside the file runtime, so its sockets are polled by that runtime's driver.
+        let service = {
+            let _files = files.enter();
+            TftpService::start(&config, tftp, &registry, ledger.clone())?
+        };
+        let token = supervisor.token();
+        let run = on_file_runtime(&files, "tftp", token.clone(), async move {
+            service.run(token).await.context("TFTP server")
+        });
+        supervisor.spawn("tftp", run);
+    }
+
+    if let Some(http) = config.http.clone() {
+        let service = {
+            let _files = files.enter();
+            HttpService::start(&config, http, &registry, ledger.clone(), gate.clone())?
+        };
+        let token = supervisor.token();
+        let run = on_file_runtime(&files, "http", token.clone(), async move {
+            service.run(token).await.context("HTTP server")
+        });
+        supervisor.spawn("http", run);
+    }
+
+    if config.router_advertisements {
+        if let Some(ra) = RaService::start(&config.interfaces, &registry)? {
+            let token = supervisor.token();
+            supervisor.spawn(
+                "ra",
+                Box::pin(async move { ra.run(token).await.context("router advertisements") }),
+            );
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
+    let token = supervisor.token();
+    let (access, tls) = crate::admin::settings(&config)?;
+    let admin = crate::admin::Admin {
+        registry: registry.clone(),
+        ledger: ledger.clone(),
+        reboots,
+    };
+    supervisor.spawn(
+        "admin",
+        Box::pin(async move {
+            crate::admin::serve(listener, admin, access, tls, token)
+                .await
+                .context("admin server")
+        }),
+    );
+    for url in config.inventory.plaintext_bmc_urls() {
+        warn!(bmc = url, "BMC over plain http (allow_plaintext = true): its password crosses the network in clear");
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let token = cancel.clone();
+    let path = config.path.clone();
+    let reloading = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => info!("SIGINT: shutting down"),
+                _ = sighup.recv() => {
+                    // Off the workers (it reads files and canonicalises the roots, which
+                    // may sit on a hung store), one at a time.
+                    if reloading.swap(true, Ordering::AcqRel) {
+                        warn!("SIGHUP: the previous reload is still running; ignored");
+                        continue;
+                    }
+                    let (path, dhcp, ledger) =
+                        (path.clone(), dhcp_reloader.clone(), ledger.clone());
+                    let done = Arc::clone(&reloading);
+                    tokio::task::spawn_blocking(move || {
+                        reload(&path, dhcp.as_ref(), &ledger);
+                        done.store(false, Ordering::Release);
+                    });
+                    continue;
+                }
+                _ = token.cancelled() => return,
+            }
+            token.cancel();
+            return;
+        }
+    });
+
+    info!("bootfabric ready");
+    match supervisor.run().await {
+        Outcome::Clean => {
+            info!("bootfabric stopped");
+            Ok(0)
+        }
+        Outcome::Failed(names) => {
+            warn!(services = ?names, "bootfabric stopped after a service failure");
+            Ok(1)
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Static files under a root, with requests confined to it. Fails closed: names with `..`,
+//! backslashes and control characters are refused before the file system is touched; then
+//! the resolved path is canonicalised and must still lie under the root (so a symlink cannot
+//! lead out) and be a regular file.
+//!
+//! A name with a leading `/` means the root itself, as a chrooted tftpd-hpa and dnsmasq
+//! treat it: GRUB asks for `/grub/x86_64-efi/normal.mod`. A name spelled with the root's own
+//! path is taken under the root too. Any other absolute name is refused as an access
+//! violation, never looked up outside.
+//!
+//! Reads go through the page cache with positional reads, so any number of concurrent
+//! transfers of one bootloader share one copy of it in memory.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Component, Path, PathBuf},
+};
+
+/// Why a request cannot be served (TFTP maps it to an error code, HTTP to a status).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    /// No such file under the root.
+    #[error("file not found")]
+    NotFound,
+    /// The name or what it resolves to is not allowed.
+    #[error("access violation: {0}")]
+    Denied(&'static str),
+    /// The file exists but cannot be read.
+    #[error("cannot read: {0}")]
+    Io(String),
+}
+
+/// The name relative to the root, and whether it was spelled absolute; checked without
+/// touching the file system.
+pub fn relative<'a>(root: &Path, name: &'a str) -> Result<(&'a str, bool), FileError> {
+    let Some(rest) = name.strip_prefix('/') else {
+        check_name(name)?;
+        return Ok((name, false));
+    };
+    let rel = match Path::new(name).strip_prefix(root) {
+        Ok(r) => r.to_str().unwrap_or(rest),
+        Err(_) => rest.trim_start_matches('/'),
+    };
+    check_name(rel)?;
+    Ok((rel, true))
+}
+
+/// Checks a relative name without touching the file system.
+pub fn check_name(name: &str) -> Result<(), FileError> {
+    if name.starts_with('/') {
+        return Err(FileError::Denied("absolute_path"));
+    }
+    if name.contains('\\') {
+        return Err(FileError::Denied("backslash"));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(FileError::Denied("control_character"));
+    }
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(FileError::Denied("parent_dir")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(FileError::Denied("absolute_path"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An open file ready to serve.
+#[derive(Debug)]
+pub struct Source {
+    file: File,
+    meta: std::fs::Metadata,
+}
+
+impl Source {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.meta.len()
+    }
+
+    /// The file's metadata, as read when it was opened (for validators).
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
+    }
+
+    /// The open file itself.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    /// Fills `buf` from `offset` only if the bytes are in the page cache now (RWF_NOWAIT):
+    /// true when filled, false when the read would wait for the store, or when the file
+    /// system cannot say (then the caller reads on a blocking thread). Never blocks, so it
+    /// may run on the async runtime's threads.
+    pub fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return false;
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which is valid for writes of its length for the whole
+        // call; the descriptor is owned by `self.file`.
+        let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        // A short read is the end of the file or a partly cached range: either way the
+        // blocking path decides.
+        usize::try_from(n).is_ok_and(|n| n == buf.len())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64)? {
+                0 => break,
+                n => done += n,
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Opens `name` under the first of `roots` that has it, as the servers would serve it:
+/// the root and the result, or `None` when no root has it. A root where it exists but may
+/// not be served (a symlink out, not a regular file) ends the search with that error.
+pub fn find<'r>(roots: &[&'r Path], name: &str) -> Option<(&'r Path, Result<Source, FileError>)> {
+    roots.iter().find_map(|r| match open(r, name) {
+        Err(FileError::NotFound) => None,
+        other => Some((*r, other)),
+    })
+}
+
+/// Opens `name` under `root` (which must be canonical).
+pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
+    let (rel, absolute) = relative(root, name)?;
+    let joined: PathBuf = root.join(rel);
+    let real = match joined.canonicalize() {
+        Ok(p) => p,
+        // An absolute name that is not under the root names something outside it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && absolute => {
+            return Err(FileError::Denied("absolute_path"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound),
+        Err(e) => return Err(FileError::Io(e.to_string())),
+    };
+    if !real.starts_with(root) {
+        return Err(FileError::Denied("outside_root"));
+    }
+    let file = File::open(&real).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => FileError::NotFound,
+        std::io::ErrorKind::PermissionDenied => FileError::Denied("permission"),
+        _ => FileError::Io(e.to_string()),
+    })?;
+    let meta = file.metadata().map_err(|e| FileError::Io(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(FileError::Denied("not_a_regular_file"));
+    }
+    Ok(Source { file, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("tftp");
+        std::fs::create_dir_all(root.join("pxelinux.cfg")).expect("dirs");
+        std::fs::write(root.join("ipxe.efi"), vec![7u8; 3000]).expect("file");
+        std::fs::write(root.join("pxelinux.cfg/default"), b"DEFAULT local\n").expect("file");
+        std::fs::write(d.path().join("secret"), b"no").expect("file");
+        std::os::unix::fs::symlink(d.path().join("secret"), root.join("escape")).expect("link");
+        std::os::unix::fs::symlink("ipxe.efi", root.join("alias.efi")).expect("link");
+        let root = root.canonicalize().expect("canonical");
+        (d, root)
+    }
+
+    #[test]
+    fn serves_files_and_links_inside_the_root() {
+        let (_d, root) = root();
+        let s = open(&root, "ipxe.efi").expect("open");
+        assert_eq!(s.size(), 3000);
+        let mut buf = vec![0u8; 1468];
+        assert_eq!(s.read_at(&mut buf, 2936).expect("read"), 64);
+        assert_eq!(
+            open(&root, "./pxelinux.cfg/default").expect("open").size(),
+            14
+        );
+        assert_eq!(open(&root, "alias.efi").expect("open").size(), 3000);
+    }
+
+    #[test]
+    fn a_leading_slash_means_the_root() {
+        let (_d, root) = root();
+        assert_eq!(open(&root, "/ipxe.efi").expect("open").size(), 3000);
+        assert_eq!(
+            open(&root, "//pxelinux.cfg/default").expect("open").size(),
+            14
+        );
+        let spelled = format!("{}/ipxe.efi", root.display());
+        assert_eq!(open(&root, &spelled).expect("open").size(), 3000);
+        assert_eq!(
+            open(&root, "/../secret").err(),
+            Some(FileError::Denied("parent_dir"))
+        );
+    }
+
+    #[test]
+    fn refuses_every_way_out() {
+        let (_d, root) = root();
+        for (name, want) in [
+            ("../secret", FileError::Denied("parent_dir")),
+            ("pxelinux.cfg/../../secret", FileError::Denied("parent_dir")),
+            ("/etc/passwd", FileError::Denied("absolute_path")),
+            ("pxelinux.cfg\\default", FileError::Denied("backslash")),
+            ("a\nb", FileError::Denied("control_character")),
+            ("escape", FileError::Denied("outside_root")),
+            ("pxelinux.cfg", FileError::Denied("not_a_regular_file")),
+            ("missing.efi", FileError::NotFound),
+        ] {
+            assert_eq!(open(&root, name).err(), Some(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn cached_reads_fill_the_buffer_or_say_no() {
+        let (_d, root) = root();
+        let s = open(&root, "ipxe.efi").expect("open");
+        // Just written, so in the page cache (tmpfs or a disk file system alike).
+        let mut buf = vec![0u8; 1000];
+        if s.read_cached_at(&mut buf, 100) {
+            assert_eq!(buf, vec![7u8; 1000]);
+        }
+        // Past the end the read is short: never "filled".
+        assert!(!s.read_cached_at(&mut buf, 2500));
+    }
+}

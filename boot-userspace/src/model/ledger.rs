@@ -1,0 +1,720 @@
+//! The boot ledger: a per-host timeline of boot events that every service reports to, and
+//! that metrics, the CLI, the admin API and the scheduler read.
+//!
+//! Anyone on the provisioning network can make up MACs, so the ledger keeps two classes of
+//! timelines. Inventory hosts' are always recorded and never evicted: they are what a reboot
+//! run and an operator follow. Every other MAC lives in a bounded LRU ([`OTHER_HOSTS`] by
+//! default), the least recently seen evicted first and counted
+//! (`bootfabric_ledger_evictions_total`), so a flood of random MACs costs bounded memory and
+//! hides nobody. Recording is O(1) whatever the number of hosts; only [`Ledger::set_inventory`]
+//! (start and reload) walks the inventory.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::model::inventory::{Host, Inventory, Mac};
+
+/// Events kept per inventory host (the newest win).
+const EVENTS_PER_HOST: usize = 32;
+/// Events kept per MAC outside the inventory: enough for one whole boot (DHCP, TFTP, script,
+/// downloads, `booted`), and half the inventory's, since anyone can make up these MACs and
+/// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (40-byte events: about
+/// 45 MiB, plus the details of TFTP and HTTP events, which only MACs holding a lease get).
+const OTHER_EVENTS_PER_HOST: usize = 16;
+/// MACs outside the inventory tracked at once, by default; the least recently seen is evicted
+/// to make room for a new one.
+pub const OTHER_HOSTS: usize = 65_536;
+/// Addresses whose holder (from DHCP ACKs) is remembered for MACs outside the inventory;
+/// inventory hosts' leases are always remembered.
+const MAX_HOLDERS: usize = 65_536;
+
+/// A step of a boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// DHCPOFFER sent.
+    DhcpOffer,
+    /// DHCPACK sent (lease durable).
+    DhcpAck,
+    /// DHCPNAK sent.
+    DhcpNak,
+    /// The client released its lease.
+    DhcpRelease,
+    /// The client declined its address.
+    DhcpDecline,
+    /// A TFTP transfer was sent completely (detail: the file name).
+    TftpSent,
+    /// A TFTP transfer ended before its last block was acknowledged (detail: file and why).
+    TftpFailed,
+    /// An iPXE script was served to the host (detail: the path).
+    IpxeScript,
+    /// An HTTP download of an image began (detail: the path).
+    HttpStarted,
+    /// An HTTP download ended with every byte sent (detail: path and bytes).
+    HttpSent,
+    /// An HTTP download ended early (detail: path and bytes sent).
+    HttpFailed,
+    /// The installed system called back: the boot is done.
+    Booted,
+    /// The reboot scheduler's BMC accepted the boot override and the reset (detail: the
+    /// reset type).
+    BmcReset,
+    /// The reboot scheduler's BMC operation failed (detail: why).
+    BmcFailed,
+    /// The reboot scheduler let the host through its admission gate: a download slot is its.
+    Admitted,
+    /// A provisioning config was delivered, once for this boot (detail: the config's name).
+    ConfigServed,
+    /// A config request was refused (detail: why, the first fetcher's address when the
+    /// config was already delivered this boot, and the config's name).
+    ConfigRefused,
+}
+
+impl Phase {
+    /// Metric and display label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DhcpOffer => "dhcp_offer",
+            Self::DhcpAck => "dhcp_ack",
+            Self::DhcpNak => "dhcp_nak",
+            Self::DhcpRelease => "dhcp_release",
+            Self::DhcpDecline => "dhcp_decline",
+            Self::TftpSent => "tftp_sent",
+            Self::TftpFailed => "tftp_failed",
+            Self::IpxeScript => "ipxe_script",
+            Self::HttpStarted => "http_started",
+            Self::HttpSent => "http_sent",
+            Self::HttpFailed => "http_failed",
+            Self::Booted => "booted",
+            Self::BmcReset => "bmc_reset",
+            Self::BmcFailed => "bmc_failed",
+            Self::Admitted => "admitted",
+            Self::ConfigServed => "config_served",
+            Self::ConfigRefused => "config_refused",
+        }
+    }
+}
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// What happened.
+    pub phase: Phase,
+    /// The address involved, if any.
+    pub ip: Option<Ipv4Addr>,
+    /// What it concerned, e.g. a file name (at most [`DETAIL_MAX`] bytes).
+    pub detail: Option<String>,
+}
+
+/// Longest detail kept per event: names come from the network.
+pub const DETAIL_MAX: usize = 128;
+
+struct State {
+    /// Timelines of the inventory's hosts, one entry per inventory MAC (empty until its first
+    /// event): never refused, never evicted.
+    inventory: HashMap<Mac, VecDeque<Event>>,
+    /// Timelines of every other MAC, bounded.
+    others: Lru,
+    // Who holds an address now, from DHCP ACKs: how services that see only an address (TFTP,
+    // HTTP) find the host behind it.
+    holders: HashMap<Ipv4Addr, Mac>,
+}
+
+/// No slot (the end of the recency list).
+const NIL: usize = usize::MAX;
+
+/// One MAC's timeline in the [`Lru`], linked to its neighbours in recency order.
+struct Slot {
+    mac: Mac,
+    events: VecDeque<Event>,
+    /// The more recently seen neighbour.
+    prev: usize,
+    /// The less recently seen neighbour.
+    next: usize,
+}
+
+/// Timelines of at most `cap` MACs, the least recently seen evicted first. A doubly linked
+/// list threaded through a vector by index (no pointers, no unsafe), with a map from MAC to
+/// slot, so finding, touching, adding and evicting are all O(1).
+struct Lru {
+    cap: usize,
+    slots: Vec<Slot>,
+    index: HashMap<Mac, usize>,
+    /// Slots emptied by [`Lru::remove`], reused first.
+    free: Vec<usize>,
+    /// Most recently seen.
+    head: usize,
+    /// Least recently seen: the next to go.
+    tail: usize,
+}
+
+impl Lru {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            slots: Vec::new(),
+            index: HashMap::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn get(&self, mac: &Mac) -> Option<&VecDeque<Event>> {
+        self.index.get(mac).map(|&i| &self.slots[i].events)
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (prev, next) = (self.slots[i].prev, self.slots[i].next);
+        match prev {
+            NIL => self.head = next,
+            p => self.slots[p].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.slots[n].prev = prev,
+        }
+        self.slots[i].prev = NIL;
+        self.slots[i].next = NIL;
+    }
+
+    fn push_front(&mut self, i: usize) {
+        self.slots[i].prev = NIL;
+        self.slots[i].next = self.head;
+        match self.head {
+            NIL => self.tail = i,
+            h => self.slots[h].prev = i,
+        }
+        self.head = i;
+    }
+
+    /// The timeline of `mac`, made the most recently seen (a new, empty one if `mac` was not
+    /// tracked), and the MAC evicted to make room for it, if one was.
+    fn touch(&mut self, mac: Mac) -> (&mut VecDeque<Event>, Option<Mac>) {
+        if let Some(&i) = self.index.get(&mac) {
+            self.unlink(i);
+            self.push_front(i);
+            return (&mut self.slots[i].events, None);
+        }
+        let mut evicted = None;
+        let i = if self.index.len() >= self.cap && self.tail != NIL {
+            // Full: the least recently seen slot is reused, allocation and all.
+            let t = self.tail;
+            self.unlink(t);
+            let old = std::mem::replace(&mut self.slots[t].mac, mac);
+            self.index.remove(&old);
+            self.slots[t].events.clear();
+            evicted = Some(old);
+            t
+        } else if let Some(i) = self.free.pop() {
+            self.slots[i].mac = mac;
+            i
+        } else {
+            self.slots.push(Slot {
+                mac,
+                events: VecDeque::new(),
+                prev: NIL,
+                next: NIL,
+            });
+            self.slots.len() - 1
+        };
+        self.index.insert(mac, i);
+        self.push_front(i);
+        (&mut self.slots[i].events, evicted)
+    }
+
+    /// Takes `mac`'s timeline out (a MAC that joined the inventory).
+    fn remove(&mut self, mac: &Mac) -> Option<VecDeque<Event>> {
+        let i = self.index.remove(mac)?;
+        self.unlink(i);
+        self.free.push(i);
+        Some(std::mem::take(&mut self.slots[i].events))
+    }
+}
+
+/// Appends `event` to `q`, dropping the oldest beyond `max`.
+fn push_bounded(q: &mut VecDeque<Event>, event: Event, max: usize) {
+    while q.len() >= max {
+        q.pop_front();
+    }
+    q.push_back(event);
+}
+
+/// Seconds of egress history a rate is taken over.
+pub const EGRESS_WINDOW_S: u64 = 5;
+
+/// Bytes sent per second over the last [`EGRESS_WINDOW_S`] complete seconds.
+#[derive(Default)]
+struct Meter {
+    /// Bytes per second, indexed by unix second modulo the ring size.
+    buckets: [u64; EGRESS_WINDOW_S as usize + 1],
+    /// The unix second each bucket holds.
+    seconds: [u64; EGRESS_WINDOW_S as usize + 1],
+}
+
+impl Meter {
+    fn add(&mut self, now: u64, bytes: u64) {
+        let i = (now % self.buckets.len() as u64) as usize;
+        if self.seconds[i] != now {
+            self.seconds[i] = now;
+            self.buckets[i] = 0;
+        }
+        self.buckets[i] += bytes;
+    }
+
+    fn rate(&self, now: u64) -> f64 {
+        let from = now.saturating_sub(EGRESS_WINDOW_S);
+        let total: u64 = self
+            .seconds
+            .iter()
+            .zip(&self.buckets)
+            .filter(|(s, _)| **s >= from && **s < now)
+            .map(|(_, b)| *b)
+            .sum();
+        total as f64 / EGRESS_WINDOW_S as f64
+    }
+}
+
+/// Shared handle to the ledger.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Mutex<State>>,
+    egress: Arc<Mutex<HashMap<String, Meter>>>,
+    events: IntCounterVec,
+    evictions: IntCounter,
+    inventory_hosts: IntGauge,
+    other_hosts: IntGauge,
+}
+
+/// Unix milliseconds now (the ledger's time base).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Ledger {
+    /// A ledger exporting `bootfabric_ledger_events_total{phase}`, tracking up to
+    /// [`OTHER_HOSTS`] MACs outside the inventory.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Self::with_capacity(registry, OTHER_HOSTS)
+    }
+
+    /// A ledger tracking up to `other_hosts` (at least 1) MACs outside the inventory, with
+    /// `bootfabric_ledger_events_total{phase}`, `bootfabric_ledger_evictions_total` and
+    /// `bootfabric_ledger_hosts{class}`.
+    pub fn with_capacity(
+        registry: &Registry,
+        other_hosts: usize,
+    ) -> Result<Self, prometheus::Error> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_ledger_events_total",
+                "Boot events recorded in the ledger, by phase.",
+            ),
+            &["phase"],
+        )?;
+        let evictions = IntCounter::new(
+            "bootfabric_ledger_evictions_total",
+            "Timelines of MACs outside the inventory evicted (least recently seen first) to make room for a new MAC.",
+        )?;
+        let hosts = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_ledger_hosts",
+                "Timelines held by the ledger: inventory hosts (never evicted) and other MACs (bounded, least recently seen evicted first).",
+            ),
+            &["class"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(evictions.clone()))?;
+        registry.register(Box::new(hosts.clone()))?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(State {
+                inventory: HashMap::new(),
+                others: Lru::new(other_hosts),
+                holders: HashMap::new(),
+            })),
+            egress: Arc::default(),
+            events,
+            evictions,
+            inventory_hosts: hosts.with_label_values(&["inventory"]),
+            other_hosts: hosts.with_label_values(&["other"]),
+        })
+    }
+
+    /// Makes `inventory`'s hosts the protected class (at start and on every reload): a MAC
+    /// that joins keeps the events it had as an unknown one; a MAC that leaves becomes an
+    /// unknown one, the most recently seen.
+    pub fn set_inventory(&self, inventory: &Inventory) {
+        let Ok(mut state) = self.inner.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        let mut old = std::mem::take(&mut state.inventory);
+        for h in inventory.hosts() {
+            let events = old
+                .remove(&h.mac)
+                .or_else(|| state.others.remove(&h.mac))
+                .unwrap_or_default();
+            state.inventory.insert(h.mac, events);
+        }
+        for (mac, mut events) in old {
+            while events.len() > OTHER_EVENTS_PER_HOST {
+                events.pop_front();
+            }
+            let (q, evicted) = state.others.touch(mac);
+            *q = events;
+            if evicted.is_some() {
+                self.evictions.inc();
+            }
+        }
+        self.inventory_hosts.set(state.inventory.len() as i64);
+        self.other_hosts.set(state.others.len() as i64);
+    }
+
+    /// Records an event for `mac` now.
+    pub fn record(&self, mac: Mac, phase: Phase, ip: Option<Ipv4Addr>) {
+        self.record_detail(mac, phase, ip, None);
+    }
+
+    /// Records an event for `mac` now, with what it concerned.
+    pub fn record_detail(
+        &self,
+        mac: Mac,
+        phase: Phase,
+        ip: Option<Ipv4Addr>,
+        detail: Option<&str>,
+    ) {
+        let at_ms = unix_ms();
+        self.events.with_label_values(&[phase.as_str()]).inc();
+        let detail = detail.map(|d| {
+            let mut end = d.len().min(DETAIL_MAX);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d[..end].to_owned()
+        });
+        let Ok(mut state) = self.inner.lock() else {
+            return;
+        };
+        let state = &mut *state;
+        let known = state.inventory.contains_key(&mac);
+        if let Some(ip) = ip {
+            match phase {
+                Phase::DhcpAck
+                    if known
+                        || state.holders.len() < MAX_HOLDERS
+                        || state.holders.contains_key(&ip) =>
+                {
+                    state.holders.insert(ip, mac);
+                }
+                Phase::DhcpRelease | Phase::DhcpDecline if state.holders.get(&ip) == Some(&mac) => {
+                    state.holders.remove(&ip);
+                }
+                _ => {}
+            }
+        }
+        let event = Event {
+            at_ms,
+            phase,
+            ip,
+            detail,
+        };
+        match state.inventory.get_mut(&mac) {
+            Some(q) => push_bounded(q, event, EVENTS_PER_HOST),
+            None => {
+                let (q, evicted) = state.others.touch(mac);
+                push_bounded(q, event, OTHER_EVENTS_PER_HOST);
+                if evicted.is_some() {
+                    self.evictions.inc();
+                } else {
+                    self.other_hosts.set(state.others.len() as i64);
+                }
+            }
+        }
+    }
+
+    /// Counts `bytes` sent to boot clients on `iface` (the fabric's measured bandwidth).
+    pub fn egress(&self, iface: &str, bytes: u64) {
+        let now = unix_seconds();
+        if let Ok(mut m) = self.egress.lock() {
+            match m.get_mut(iface) {
+                Some(meter) => meter.add(now, bytes),
+                None => {
+                    let mut meter = Meter::default();
+                    meter.add(now, bytes);
+                    m.insert(iface.to_owned(), meter);
+                }
+            }
+        }
+    }
+
+    /// Egress in bytes per second per interface, over the last [`EGRESS_WINDOW_S`] complete
+    /// seconds, sorted by interface.
+    pub fn egress_rates(&self) -> Vec<(String, f64)> {
+        let now = unix_seconds();
+        let mut rates: Vec<(String, f64)> = self
+            .egress
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.rate(now))).collect())
+            .unwrap_or_default();
+        rates.sort_by(|a, b| a.0.cmp(&b.0));
+        rates
+    }
+
+    /// The host that was last acknowledged `ip` and has not given it back.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.inner.lock().ok()?.holders.get(&ip).copied()
+    }
+
+    /// The inventory host at address `ip`: its reservation, or the lease it holds.
+    pub fn host_at<'a>(&self, inventory: &'a Inventory, ip: Ipv4Addr) -> Option<&'a Host> {
+        inventory
+            .host_by_ip(ip)
+            .or_else(|| self.holder(ip).and_then(|mac| inventory.host_by_mac(&mac)))
+    }
+
+    /// `host`'s address now: its reservation, else `peer` if the host holds it as a lease.
+    pub fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
+        host.ip
+            .or_else(|| (self.holder(peer) == Some(host.mac)).then_some(peer))
+    }
+
+    /// The events of `mac` at or after `from_ms`, oldest first. Reading is not "seeing": it
+    /// does not keep an unknown MAC from eviction.
+    pub fn events_since(&self, mac: Mac, from_ms: u64) -> Vec<Event> {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.inventory
+                    .get(&mac)
+                    .or_else(|| s.others.get(&mac))
+                    .map(|q| q.iter().filter(|e| e.at_ms >= from_ms).cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// The timeline of `mac`, oldest first.
+    pub fn timeline(&self, mac: Mac) -> Vec<Event> {
+        self.events_since(mac, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_events_per_inventory_host() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        l.set_inventory(&inventory(&[m]));
+        for _ in 0..40 {
+            l.record(m, Phase::DhcpOffer, None);
+        }
+        l.record(m, Phase::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        let t = l.timeline(m);
+        assert_eq!(t.len(), EVENTS_PER_HOST);
+        assert_eq!(t.last().map(|e| e.phase), Some(Phase::DhcpAck));
+    }
+
+    fn inventory(macs: &[Mac]) -> Inventory {
+        let mut text = String::from("[profiles.p]\n");
+        for (i, m) in macs.iter().enumerate() {
+            text.push_str(&format!(
+                "[[hosts]]\nname = 'h{i}'\nmac = '{m}'\nprofile = 'p'\n"
+            ));
+        }
+        let wire = toml::from_str(&text).expect("toml");
+        Inventory::from_wire(std::path::Path::new("hosts.toml"), wire).expect("inventory")
+    }
+
+    fn random_mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([0x02, 0xee, b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn a_flood_of_unknown_macs_never_hides_an_inventory_host() {
+        let registry = Registry::new();
+        let l = Ledger::with_capacity(&registry, 100).expect("ledger");
+        let known = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        l.set_inventory(&inventory(&[known]));
+        l.record(known, Phase::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        for i in 0..10_000 {
+            l.record(random_mac(i), Phase::DhcpOffer, None);
+        }
+        l.record(known, Phase::Booted, None);
+        let t: Vec<Phase> = l.timeline(known).iter().map(|e| e.phase).collect();
+        assert_eq!(t, [Phase::DhcpAck, Phase::Booted]);
+        // The newest unknown MACs are there, the oldest gone, and every eviction counted.
+        assert_eq!(l.timeline(random_mac(9_999)).len(), 1);
+        assert_eq!(l.timeline(random_mac(9_900)).len(), 1);
+        assert!(l.timeline(random_mac(9_899)).is_empty());
+        assert!(l.timeline(random_mac(0)).is_empty());
+        assert_eq!(l.evictions.get() as f64, 9_900.0);
+        assert_eq!(l.other_hosts.get() as f64, 100.0);
+        assert_eq!(l.inventory_hosts.get() as f64, 1.0);
+    }
+
+    #[test]
+    fn the_least_recently_seen_unknown_mac_goes_first() {
+        let l = Ledger::with_capacity(&Registry::new(), 3).expect("ledger");
+        let [a, b, c, d] = [1, 2, 3, 4].map(random_mac);
+        for m in [a, b, c] {
+            l.record(m, Phase::DhcpOffer, None);
+        }
+        // Reading a timeline is not seeing the host; a new event is.
+        let _ = l.timeline(a);
+        l.record(a, Phase::DhcpAck, None);
+        l.record(d, Phase::DhcpOffer, None);
+        assert!(l.timeline(b).is_empty(), "b was the least recently seen");
+        for m in [a, c, d] {
+            assert!(!l.timeline(m).is_empty(), "{m} evicted");
+        }
+    }
+
+    #[test]
+    fn unknown_timelines_are_shorter_but_bounded_too() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let m = random_mac(7);
+        for _ in 0..100 {
+            l.record(m, Phase::DhcpOffer, None);
+        }
+        assert_eq!(l.timeline(m).len(), OTHER_EVENTS_PER_HOST);
+    }
+
+    #[test]
+    fn a_reload_protects_new_hosts_with_their_events_and_releases_old_ones() {
+        let registry = Registry::new();
+        let l = Ledger::with_capacity(&registry, 10).expect("ledger");
+        let (old, new) = (Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2]));
+        l.set_inventory(&inventory(&[old]));
+        l.record(old, Phase::Booted, None);
+        l.record(new, Phase::DhcpOffer, None);
+        // `new` joins the inventory (SIGHUP), `old` leaves it.
+        l.set_inventory(&inventory(&[new]));
+        for i in 0..1_000 {
+            l.record(random_mac(i), Phase::DhcpOffer, None);
+        }
+        assert_eq!(
+            l.timeline(new).iter().map(|e| e.phase).collect::<Vec<_>>(),
+            [Phase::DhcpOffer],
+            "a host added by reload keeps what it had and is never evicted"
+        );
+        assert!(
+            l.timeline(old).is_empty(),
+            "a host removed from the inventory is evicted like any other MAC"
+        );
+        assert_eq!(l.inventory_hosts.get() as f64, 1.0);
+    }
+
+    #[test]
+    fn inventory_hosts_leases_are_remembered_when_the_holders_are_full() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let known = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        l.set_inventory(&inventory(&[known]));
+        for i in 0..MAX_HOLDERS as u32 {
+            l.record(
+                random_mac(i),
+                Phase::DhcpAck,
+                Some(Ipv4Addr::from(0x0a00_0000 + i)),
+            );
+        }
+        let ip = Ipv4Addr::new(192, 0, 2, 1);
+        l.record(random_mac(u32::MAX), Phase::DhcpAck, Some(ip));
+        assert_eq!(l.holder(ip), None, "an unknown MAC's lease past the cap");
+        l.record(known, Phase::DhcpAck, Some(ip));
+        assert_eq!(l.holder(ip), Some(known));
+    }
+
+    #[test]
+    fn the_lru_agrees_with_a_plain_list() {
+        // Random touches and removals against the obvious O(n) model.
+        let mut lru = Lru::new(8);
+        let mut model: VecDeque<Mac> = VecDeque::new(); // front: most recent
+        let mut rng = crate::util::xorshift::XorShift::new(42);
+        for step in 0..20_000 {
+            let mac = random_mac((rng.next_u64() % 20) as u32);
+            if rng.next_u64().is_multiple_of(5) {
+                let had = lru.remove(&mac).is_some();
+                let pos = model.iter().position(|m| *m == mac);
+                assert_eq!(had, pos.is_some(), "step {step}");
+                if let Some(p) = pos {
+                    model.remove(p);
+                }
+            } else {
+                let (_, evicted) = lru.touch(mac);
+                let expected = match model.iter().position(|m| *m == mac) {
+                    Some(p) => {
+                        model.remove(p);
+                        None
+                    }
+                    None if model.len() == 8 => model.pop_back(),
+                    None => None,
+                };
+                model.push_front(mac);
+                assert_eq!(evicted, expected, "step {step}");
+            }
+            assert_eq!(lru.len(), model.len(), "step {step}");
+            let mut order = Vec::new();
+            let mut i = lru.head;
+            while i != NIL {
+                order.push(lru.slots[i].mac);
+                i = lru.slots[i].next;
+            }
+            assert!(order.iter().eq(model.iter()), "step {step}");
+        }
+    }
+
+    #[test]
+    fn egress_rates_cover_complete_seconds() {
+        let mut m = Meter::default();
+        for s in 100..=110 {
+            m.add(s, 1000);
+        }
+        m.add(110, 5000);
+        // Seconds 105..=109 are complete at 110: 5 x 1000 over 5 s.
+        assert_eq!(m.rate(110), 1000.0);
+        assert_eq!(m.rate(200), 0.0);
+    }
+
+    #[test]
+    fn knows_who_holds_an_address_until_it_is_given_back() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        l.record(a, Phase::DhcpOffer, Some(ip));
+        assert_eq!(l.holder(ip), None, "an offer is not a lease");
+        l.record(a, Phase::DhcpAck, Some(ip));
+        assert_eq!(l.holder(ip), Some(a));
+        l.record(b, Phase::DhcpRelease, Some(ip));
+        assert_eq!(l.holder(ip), Some(a), "only the holder gives it back");
+        l.record(a, Phase::DhcpRelease, Some(ip));
+        assert_eq!(l.holder(ip), None);
+        let long = "é".repeat(DETAIL_MAX);
+        l.record_detail(a, Phase::TftpSent, Some(ip), Some(&long));
+        let detail = l.timeline(a).pop().and_then(|e| e.detail).expect("detail");
+        assert!(detail.len() <= DETAIL_MAX && long.starts_with(&detail));
+    }
+}

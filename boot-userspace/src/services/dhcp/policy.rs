@@ -1,0 +1,545 @@
+//! Boot policy: which bootloader, script or URL a booting client is told to load.
+//!
+//! A pure function of the request's facts (RFC 4578 client architecture, option 60 vendor
+//! class, option 77 user class, iPXE's option 175), the host's profile and the global
+//! `[boot]` settings. Every part of the answer carries the rule that decided it, which is
+//! what `bootfabric explain` prints.
+//!
+//! The paths through it:
+//! - chainloaded iPXE (user class `iPXE`, or option 175) with HTTP gets the script URL
+//!   `{http_base}/{ipxe_script}`; an iPXE without HTTP gets the script over TFTP;
+//! - a PXE ROM (`PXEClient`) gets the bootloader for its architecture over TFTP, with
+//!   option 43 telling it to skip PXE boot-server discovery;
+//! - a UEFI HTTP-boot client (`HTTPClient`, arch 15/16/19) gets a URL and `HTTPClient` back;
+//! - any other client (an OS's DHCP client) gets no boot fields.
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, Message, OptionCode};
+
+use crate::config::BootSettings;
+use crate::model::inventory::Profile;
+
+/// RFC 4578 / IANA processor architecture types the policy knows.
+pub mod arch {
+    /// x86 BIOS.
+    pub const BIOS: u16 = 0;
+    /// EFI IA32.
+    pub const EFI_IA32: u16 = 6;
+    /// EFI BC (x64 in practice).
+    pub const EFI_BC: u16 = 7;
+    /// EFI x86-64.
+    pub const EFI_X64: u16 = 9;
+    /// ARM 64-bit UEFI.
+    pub const EFI_ARM64: u16 = 11;
+    /// x86 UEFI HTTP boot.
+    pub const HTTP_IA32: u16 = 15;
+    /// x64 UEFI HTTP boot.
+    pub const HTTP_X64: u16 = 16;
+    /// arm64 UEFI HTTP boot.
+    pub const HTTP_ARM64: u16 = 19;
+}
+
+/// iPXE's encapsulated option 175 telling it not to wait for proxyDHCP offers: sub-option
+/// 176 (no-pxedhcp), length 1, value 1.
+pub const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
+
+/// iPXE's encapsulated option 175 sub-option announcing HTTP support.
+const IPXE_FEATURE_HTTP: u8 = 19;
+/// Option 43 for PXE ROMs: sub-option 6 (discovery control) = 8, "boot file name is
+/// present, skip boot-server discovery", then end.
+pub const PXE_DISCOVERY_CONTROL: [u8; 4] = [6, 1, 8, 255];
+
+/// What the request says about the booting firmware.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientFacts {
+    /// Option 93, first entry.
+    pub arch: Option<u16>,
+    /// Option 60.
+    pub vendor_class: Option<Vec<u8>>,
+    /// Option 77, raw.
+    pub user_class: Option<Vec<u8>>,
+    /// Option 175, raw (iPXE's encapsulated options).
+    pub ipxe: Option<Vec<u8>>,
+    /// Option 97.
+    pub uuid: Option<Vec<u8>>,
+}
+
+impl ClientFacts {
+    /// Reads the facts out of a decoded request.
+    pub fn from_message(msg: &Message) -> Self {
+        let opts = msg.opts();
+        let raw = |code: OptionCode| match opts.get(code) {
+            Some(DhcpOption::ClassIdentifier(v))
+            | Some(DhcpOption::UserClass(v))
+            | Some(DhcpOption::ClientMachineIdentifier(v)) => Some(v.clone()),
+            Some(DhcpOption::Unknown(u)) => Some(u.data().to_vec()),
+            _ => None,
+        };
+        let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+            Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+            _ => None,
+        };
+        Self {
+            arch,
+            vendor_class: raw(OptionCode::ClassIdentifier),
+            user_class: raw(OptionCode::UserClass),
+            ipxe: raw(OptionCode::Unknown(175)),
+            uuid: raw(OptionCode::ClientMachineIdentifier),
+        }
+    }
+
+    /// Whether the client is iPXE (user class `iPXE`, raw or RFC 3004-encoded, or option 175).
+    pub fn is_ipxe(&self) -> bool {
+        self.ipxe.is_some()
+            || self
+                .user_class
+                .as_deref()
+                .is_some_and(|uc| uc == b"iPXE" || rfc3004_classes(uc).any(|c| c == b"iPXE"))
+    }
+
+    /// Whether an iPXE client can fetch over HTTP: option 175 with the HTTP feature, or no
+    /// option 175 at all (every iPXE build that does not say otherwise has HTTP).
+    pub fn ipxe_has_http(&self) -> bool {
+        match &self.ipxe {
+            None => true,
+            Some(enc) => {
+                tlvs(enc).any(|(code, v)| code == IPXE_FEATURE_HTTP && v.first() == Some(&1))
+            }
+        }
+    }
+
+    /// Whether the request comes from boot firmware (PXE, iPXE or UEFI HTTP boot) rather
+    /// than an operating system's DHCP client.
+    pub fn is_booting_firmware(&self) -> bool {
+        self.is_ipxe()
+            || self.vendor_starts_with(b"PXEClient")
+            || self.vendor_starts_with(b"HTTPClient")
+    }
+
+    fn vendor_starts_with(&self, prefix: &[u8]) -> bool {
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with(prefix))
+    }
+}
+
+/// RFC 3004 user classes: length-prefixed items.
+fn rfc3004_classes(mut b: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (&len, rest) = b.split_first()?;
+        let item = rest.get(..usize::from(len))?;
+        b = &rest[usize::from(len)..];
+        Some(item)
+    })
+}
+
+/// Code/length/value items of an encapsulated option (stops at pad/end or truncation).
+fn tlvs(mut b: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    std::iter::from_fn(move || loop {
+        let (&code, rest) = b.split_first()?;
+        if code == 0 {
+            b = rest;
+            continue;
+        }
+        if code == 255 {
+            return None;
+        }
+        let (&len, rest) = rest.split_first()?;
+        let v = rest.get(..usize::from(len))?;
+        b = &rest[usize::from(len)..];
+        return Some((code, v));
+    })
+}
+
+/// The boot part of a reply, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootDecision {
+    /// siaddr (next server).
+    pub siaddr: Option<Ipv4Addr>,
+    /// The BOOTP `file` field and option 67.
+    pub file: Option<String>,
+    /// Option 66 (TFTP server name).
+    pub tftp_server: Option<String>,
+    /// Option 60 to send back.
+    pub vendor_class: Option<Vec<u8>>,
+    /// Option 43.
+    pub vendor_options: Option<Vec<u8>>,
+    /// Option 97 echoed.
+    pub uuid: Option<Vec<u8>>,
+    /// Which rule decided each part, in order: (part, rule).
+    pub rules: Vec<(String, String)>,
+}
+
+impl BootDecision {
+    fn rule(&mut self, part: &str, why: impl Into<String>) {
+        self.rules.push((part.to_owned(), why.into()));
+    }
+}
+
+/// Picks a boot setting from the profile, else the global settings, naming the key used.
+fn pick<'a>(
+    field: &str,
+    get: impl Fn(&BootSettings) -> &Option<String>,
+    profile: Option<&'a Profile>,
+    global: &'a BootSettings,
+) -> Option<(String, String)> {
+    if let Some(p) = profile {
+        if let Some(v) = get(&p.boot) {
+            return Some((v.clone(), format!("profiles.{}.boot.{field}", p.name)));
+        }
+    }
+    get(global)
+        .as_ref()
+        .map(|v| (v.clone(), format!("boot.{field}")))
+}
+
+/// Decides the boot fields for a client. `server` is the DHCP server's address on the
+/// client's network (the default next-server and `{server}` in `http_base`).
+pub fn decide(
+    facts: &ClientFacts,
+    profile: Option<&Profile>,
+    global: &BootSettings,
+    server: Ipv4Addr,
+) -> BootDecision {
+    let mut d = BootDecision::default();
+    if facts.uuid.is_some() {
+        d.uuid = facts.uuid.clone();
+        d.rule("option 97", "client UUID echoed (PXE spec)");
+    }
+    let next_server = profile
+        .and_then(|p| {
+            p.boot
+                .next_server
+                .map(|n| (n, format!("profiles.{}.boot.next_server", p.name)))
+        })
+        .or_else(|| {
+            global
+                .next_server
+                .map(|n| (n, "boot.next_server".to_owned()))
+        })
+        .unwrap_or((
+            server,
+            "the server's own address (boot.next_server unset)".to_owned(),
+        ));
+    let http_base = pick("http_base", |b| &b.http_base, profile, global)
+        .map(|(b, k)| (b.replace("{server}", &server.to_string()), k));
+    let tftp = |d: &mut BootDecision, file: String, why: String| {
+        d.siaddr = Some(next_server.0);
+        d.tftp_server = Some(next_server.0.to_string());
+        d.rule("siaddr, option 66", next_server.1.clone());
+        d.rule("file, option 67", why);
+        d.file = Some(file);
+    };
+    let http = |d: &mut BootDecision, path: String, why: String| match &http_base {
+        Some((base, base_key)) => {
+            d.file = Some(format!("{base}/{}", path.trim_start_matches('/')));
+            d.rule("file, option 67", format!("{why} under {base_key}"));
+        }
+        None => d.rule("file, option 67", "none: boot.http_base is unset"),
+    };
+
+    if facts.is_ipxe() {
+        let Some((script, key)) = pick("ipxe_script", |b| &b.ipxe_script, profile, global) else {
+            d.rule(
+                "file, option 67",
+                "none: iPXE client and boot.ipxe_script is unset",
+            );
+            return d;
+        };
+        if facts.ipxe_has_http() {
+            http(
+                &mut d,
+                script,
+                format!("iPXE with HTTP gets the script URL: {key}"),
+            );
+        } else {
+            tftp(
+                &mut d,
+                script,
+                format!("iPXE without HTTP (option 175) gets the script over TFTP: {key}"),
+            );
+        }
+        return d;
+    }
+
+    if facts.vendor_starts_with(b"HTTPClient") {
+        d.vendor_class = Some(b"HTTPClient".to_vec());
+        d.rule(
+            "option 60",
+            "HTTPClient echoed (UEFI HTTP boot requires it)",
+        );
+        let (field, label): (&str, _) = match facts.arch {
+            Some(arch::HTTP_X64) => ("uefi_http_x64", "x64 UEFI HTTP boot (arch 16)"),
+            Some(arch::HTTP_ARM64) => ("uefi_http_arm64", "arm64 UEFI HTTP boot (arch 19)"),
+            Some(arch::HTTP_IA32) => ("", "IA32 UEFI HTTP boot (arch 15) has no program setting"),
+            _ => ("", "HTTPClient without an HTTP-boot architecture"),
+        };
+        let pick_http = match field {
+            "uefi_http_x64" => pick(field, |b| &b.uefi_http_x64, profile, global),
+            "uefi_http_arm64" => pick(field, |b| &b.uefi_http_arm64, profile, global),
+            _ => None,
+        };
+        match pick_http {
+            Some((path, key)) => http(&mut d, path, format!("{label}: {key}")),
+            None => d.rule(
+                "file, option 67",
+                format!("none: {label}, no boot.{field} set"),
+            ),
+        }
+        return d;
+    }
+
+    if facts.vendor_starts_with(b"PXEClient") {
+        d.vendor_class = Some(b"PXEClient".to_vec());
+        d.rule("option 60", "PXEClient echoed (PXE spec)");
+        let (field, label) = match facts.arch {
+            Some(arch::BIOS) | None => ("bios", "BIOS PXE (arch 0)"),
+            Some(arch::EFI_IA32) => ("uefi_x86", "IA32 UEFI PXE (arch 6)"),
+            Some(arch::EFI_BC) | Some(arch::EFI_X64) => ("uefi_x64", "x64 UEFI PXE (arch 7/9)"),
+            Some(arch::EFI_ARM64) => ("uefi_arm64", "arm64 UEFI PXE (arch 11)"),
+            Some(_) => ("", "an architecture without a bootloader setting"),
+        };
+        let file = match field {
+            "bios" => pick(field, |b| &b.bios, profile, global),
+            "uefi_x86" => pick(field, |b| &b.uefi_x86, profile, global),
+            "uefi_x64" => pick(field, |b| &b.uefi_x64, profile, global),
+            "uefi_arm64" => pick(field, |b| &b.uefi_arm64, profile, global),
+            _ => None,
+        };
+        match file {
+            Some((file, key)) => {
+                tftp(&mut d, file, format!("{label}: {key}"));
+                d.vendor_options = Some(PXE_DISCOVERY_CONTROL.to_vec());
+                d.rule(
+                    "option 43",
+                    "PXE discovery control 8: use the file name, skip boot-server discovery",
+                );
+            }
+            None => d.rule(
+                "file, option 67",
+                format!(
+                    "none: {label} (arch {:?}) has no boot.{field} set",
+                    facts.arch
+                ),
+            ),
+        }
+        return d;
+    }
+
+    d.rule("boot", "none: not a PXE, iPXE or HTTP-boot client");
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(arch: Option<u16>, vendor: Option<&str>, user: Option<&[u8]>) -> ClientFacts {
+        ClientFacts {
+            arch,
+            vendor_class: vendor.map(|v| v.as_bytes().to_vec()),
+            user_class: user.map(<[u8]>::to_vec),
+            ..Default::default()
+        }
+    }
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+    fn global() -> BootSettings {
+        let mut g = BootSettings::defaults();
+        g.uefi_arm64 = Some("ipxe-arm64.efi".into());
+        g.uefi_x86 = Some("ipxe-ia32.efi".into());
+        g.uefi_http_arm64 = Some("ipxe-arm64.efi".into());
+        g
+    }
+
+    #[test]
+    fn pxe_roms_get_the_bootloader_for_their_architecture() {
+        for (arch, file) in [
+            (Some(arch::BIOS), "undionly.kpxe"),
+            (None, "undionly.kpxe"),
+            (Some(arch::EFI_IA32), "ipxe-ia32.efi"),
+            (Some(arch::EFI_BC), "ipxe.efi"),
+            (Some(arch::EFI_X64), "ipxe.efi"),
+            (Some(arch::EFI_ARM64), "ipxe-arm64.efi"),
+        ] {
+            let d = decide(
+                &facts(arch, Some("PXEClient:Arch:00007:UNDI:003016"), None),
+                None,
+                &global(),
+                SERVER,
+            );
+            assert_eq!(d.file.as_deref(), Some(file), "arch {arch:?}");
+            assert_eq!(d.siaddr, Some(SERVER));
+            assert_eq!(d.tftp_server.as_deref(), Some("10.77.0.1"));
+            assert_eq!(d.vendor_class.as_deref(), Some(&b"PXEClient"[..]));
+            assert_eq!(
+                d.vendor_options.as_deref(),
+                Some(&PXE_DISCOVERY_CONTROL[..])
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_pxe_architecture_gets_no_file() {
+        let d = decide(
+            &facts(Some(99), Some("PXEClient"), None),
+            None,
+            &global(),
+            SERVER,
+        );
+        assert_eq!(d.file, None);
+        assert!(
+            d.rules
+                .iter()
+                .any(|(_, r)| r.contains("without a bootloader")),
+            "{:?}",
+            d.rules
+        );
+    }
+
+    #[test]
+    fn ipxe_gets_the_script_url_instead_of_a_bootloader() {
+        for user in [&b"iPXE"[..], &[4, b'i', b'P', b'X', b'E'][..]] {
+            let d = decide(
+                &facts(Some(arch::EFI_X64), Some("PXEClient"), Some(user)),
+                None,
+                &global(),
+                SERVER,
+            );
+            assert_eq!(d.file.as_deref(), Some("http://10.77.0.1/boot.ipxe"));
+            assert_eq!(d.siaddr, None);
+            assert_eq!(d.vendor_options, None);
+        }
+    }
+
+    #[test]
+    fn ipxe_without_http_gets_the_script_over_tftp() {
+        let mut f = facts(Some(arch::BIOS), Some("PXEClient"), Some(b"iPXE"));
+        f.ipxe = Some(vec![21, 1, 1, 255]); // feature "PXE" only
+        let d = decide(&f, None, &global(), SERVER);
+        assert_eq!(d.file.as_deref(), Some("boot.ipxe"));
+        assert_eq!(d.siaddr, Some(SERVER));
+        f.ipxe = Some(vec![19, 1, 1, 16, 1, 1, 255]); // HTTP, DNS
+        assert!(f.ipxe_has_http());
+        assert_eq!(
+            decide(&f, None, &global(), SERVER).file.as_deref(),
+            Some("http://10.77.0.1/boot.ipxe")
+        );
+    }
+
+    #[test]
+    fn option_175_alone_marks_ipxe() {
+        let mut f = facts(Some(arch::BIOS), Some("PXEClient"), None);
+        f.ipxe = Some(vec![19, 1, 1]);
+        assert!(f.is_ipxe());
+    }
+
+    #[test]
+    fn http_boot_clients_get_a_url_and_httpclient_back() {
+        let d = decide(
+            &facts(Some(arch::HTTP_X64), Some("HTTPClient:Arch:00016"), None),
+            None,
+            &global(),
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("http://10.77.0.1/ipxe.efi"));
+        assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
+        assert_eq!(d.siaddr, None);
+        let d = decide(
+            &facts(Some(arch::HTTP_ARM64), Some("HTTPClient"), None),
+            None,
+            &global(),
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("http://10.77.0.1/ipxe-arm64.efi"));
+        let d = decide(
+            &facts(Some(arch::HTTP_IA32), Some("HTTPClient"), None),
+            None,
+            &global(),
+            SERVER,
+        );
+        assert_eq!(d.file, None);
+        assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
+    }
+
+    #[test]
+    fn plain_dhcp_clients_get_no_boot_fields() {
+        let d = decide(
+            &facts(None, Some("dhcpcd-9.4.1"), None),
+            None,
+            &global(),
+            SERVER,
+        );
+        assert_eq!((d.file, d.siaddr, d.vendor_class), (None, None, None));
+    }
+
+    #[test]
+    fn uuid_is_echoed() {
+        let mut f = facts(Some(arch::BIOS), Some("PXEClient"), None);
+        f.uuid = Some(vec![0; 17]);
+        assert_eq!(decide(&f, None, &global(), SERVER).uuid, Some(vec![0; 17]));
+    }
+
+    #[test]
+    fn profile_overrides_global_and_says_so() {
+        let profile = Profile {
+            name: "rescue".into(),
+            kernel: None,
+            initrd: vec![],
+            cmdline: String::new(),
+            boot: BootSettings {
+                uefi_x64: Some("shimx64.efi".into()),
+                next_server: Some(Ipv4Addr::new(10, 77, 0, 5)),
+                http_base: Some("http://images.example:8080".into()),
+                ..Default::default()
+            },
+            sha256: Default::default(),
+        };
+        let d = decide(
+            &facts(Some(arch::EFI_X64), Some("PXEClient"), None),
+            Some(&profile),
+            &global(),
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("shimx64.efi"));
+        assert_eq!(d.siaddr, Some(Ipv4Addr::new(10, 77, 0, 5)));
+        assert!(
+            d.rules
+                .iter()
+                .any(|(_, r)| r.contains("profiles.rescue.boot.uefi_x64")),
+            "{:?}",
+            d.rules
+        );
+        let d = decide(
+            &facts(Some(arch::EFI_X64), Some("PXEClient"), Some(b"iPXE")),
+            Some(&profile),
+            &global(),
+            SERVER,
+        );
+        assert_eq!(
+            d.file.as_deref(),
+            Some("http://images.example:8080/boot.ipxe")
+        );
+    }
+
+    #[test]
+    fn malformed_encapsulations_do_not_panic() {
+        for b in [
+            &[][..],
+            &[19][..],
+            &[19, 5, 1][..],
+            &[0, 0, 0][..],
+            &[255, 19, 1, 1][..],
+        ] {
+            let f = ClientFacts {
+                ipxe: Some(b.to_vec()),
+                user_class: Some(b.to_vec()),
+                ..Default::default()
+            };
+            let _ = f.ipxe_has_http();
+            let _ = f.is_ipxe();
+        }
+    }
+}

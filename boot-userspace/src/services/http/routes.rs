@@ -1,0 +1,434 @@
+//! What each request gets: iPXE scripts rendered per host, provisioning configs templated
+//! for (and only for) their host, the `/booted` callback, and files from the image root with
+//! ranges and conditional requests. No sockets here: the transports call [`route`] and move
+//! the bytes it names.
+
+use std::{io::Read as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+
+use tracing::warn;
+
+use super::{
+    conditional::{self, Validators},
+    configs::{self, Ask, Boots, Delivery},
+    range::{self, Plan},
+    request::{Method, Request},
+    response::{content_type, Body, Response},
+};
+use crate::{
+    config::BootSettings,
+    model::files::{self, FileError},
+    model::gate::Gate,
+    model::inventory::{Host, Inventory, Mac},
+    model::ledger::{unix_ms, Ledger, Phase},
+    model::render,
+};
+
+/// Largest config template read.
+const CONFIG_MAX: u64 = 1 << 20;
+
+/// What the routes serve from.
+pub struct Site {
+    /// Image root (canonical), if any.
+    pub root: Option<PathBuf>,
+    /// Config templates (canonical), if any.
+    pub configs: Option<PathBuf>,
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Paths iPXE scripts are served under (`/boot.ipxe` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+    /// Hosts a reboot run holds until a download slot is theirs.
+    pub gate: Gate,
+    /// Seconds a held host sleeps before asking again.
+    pub gate_retry_s: u32,
+    /// Boots in progress and the configs delivered in each (one delivery per boot).
+    pub boots: Boots,
+    /// Config refusals by reason.
+    pub config_metrics: configs::Metrics,
+}
+
+/// A routed request: the response, a label for metrics, and the host and path when the
+/// body is a download the ledger follows.
+pub struct Routed {
+    /// What to send.
+    pub response: Response,
+    /// `script`, `gate`, `config`, `booted`, `file` or `other`.
+    pub route: &'static str,
+    /// Host and path of an image download.
+    pub fetch: Option<(Mac, String)>,
+}
+
+impl Site {
+    fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
+        self.ledger.host_at(&self.inventory, ip)
+    }
+
+    fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.ledger.address_of(host, peer)
+    }
+
+    fn target<'a>(
+        &'a self,
+        host: &'a Host,
+        peer: Ipv4Addr,
+        server: Ipv4Addr,
+    ) -> Option<render::Target<'a>> {
+        Some(render::Target {
+            host,
+            profile: self.inventory.profile(&host.profile)?,
+            ip: self.address_of(host, peer),
+            server,
+            global: &self.boot,
+            nonce: None,
+        })
+    }
+
+    fn http_base(&self, server: Ipv4Addr) -> String {
+        self.boot
+            .http_base
+            .as_deref()
+            .unwrap_or("http://{server}")
+            .replace("{server}", &server.to_string())
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+fn routed(response: Response, route: &'static str) -> Routed {
+    Routed {
+        response,
+        route,
+        fetch: None,
+    }
+}
+
+/// Answers one request from `peer`, received on the server address `server`.
+pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let head = req.method == Method::Head;
+    let mut r = match (req.method, req.path.as_str()) {
+        (Method::Post, "/booted") => booted(site, req, peer),
+        (Method::Post, _) | (Method::Other, _) => {
+            let mut resp = Response::text(405, "method not allowed");
+            resp.headers.push(("Allow", "GET, HEAD".into()));
+            routed(resp, "other")
+        }
+        (_, path)
+            if site
+                .scripts
+                .iter()
+                .any(|s| s.trim_start_matches('/') == &path[1..]) =>
+        {
+            script(site, req, peer, server)
+        }
+        (_, path) if path == "/configs" || path.starts_with("/configs/") => {
+            config(site, req, path, peer, server)
+        }
+        (_, path) => file(site, req, path, peer),
+    };
+    if head {
+        r.response = r.response.for_head();
+    }
+    if !req.keep_alive {
+        r.response.close = true;
+    }
+    r
+}
+
+fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let by_mac = req
+        .query("mac")
+        .and_then(|m| m.parse::<Mac>().ok())
+        .and_then(|m| site.inventory.host_by_mac(&m));
+    let host = by_mac.or_else(|| site.host_at(peer));
+    if let Some(h) = host.filter(|h| site.gate.holds(&h.mac)) {
+        // Up before a download slot is free: wait here, where waiting costs one small
+        // request every few seconds, rather than take bandwidth from hosts downloading.
+        let wait = format!(
+            "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+            h.name,
+            site.http_base(server),
+            req.path,
+            s = site.gate_retry_s,
+        );
+        return routed(
+            Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
+            "gate",
+        );
+    }
+    if let Some(h) = host.filter(|h| site.inventory.profile(&h.profile).is_some()) {
+        // Recorded first: the script opens the host's boot when none is in progress (DHCP
+        // may be another server's), and the boot's nonce is drawn when it opens.
+        site.ledger
+            .record_detail(h.mac, Phase::IpxeScript, Some(peer), Some(&req.path));
+        let nonce = site.boots.nonce(
+            h.mac,
+            &site.ledger.timeline(h.mac),
+            unix_ms(),
+            configs::os_nonce,
+        );
+        let text = render::host_script_for_boot(
+            &site.inventory,
+            h,
+            site.address_of(h, peer),
+            server,
+            &site.boot,
+            nonce.as_deref(),
+        );
+        if let Some(text) = text {
+            return routed(
+                Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
+                "script",
+            );
+        }
+    }
+    // Unknown hosts: the operator's file of that name, else a script that asks again, so a
+    // machine added to the inventory later boots without a power cycle.
+    if let Some(root) = &site.root {
+        if let Ok(src) = files::open(root, req.path.trim_start_matches('/')) {
+            let mut r = static_file(req, src, &req.path);
+            r.route = "script";
+            return r;
+        }
+    }
+    let retry = format!(
+        "#!ipxe\n# bootfabric: this machine is not in the inventory\necho Bootfabric does not know ${{net0/mac}}; asking again in 30 s\nsleep 30\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+        site.http_base(server),
+        req.path
+    );
+    routed(
+        Response::bytes(200, "text/plain; charset=utf-8", retry.into_bytes()),
+        "script",
+    )
+}
+
+/// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
+/// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
+/// config is delivered once per boot of its host ([`configs`] decides).
+fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let Some(dir) = &site.configs else {
+        return routed(Response::text(404, "not found"), "config");
+    };
+    if req.method == Method::Head {
+        // A config is delivered once per boot: a HEAD would spend the delivery on no body.
+        let mut resp = Response::text(405, "configs are delivered once per boot: use GET");
+        resp.headers.push(("Allow", "GET".into()));
+        return routed(resp, "config");
+    }
+    let refuse = |status: u16, reason: &'static str, why: &str| {
+        site.config_metrics.refused(reason);
+        routed(Response::text(status, why), "config")
+    };
+    let is_host = |name: &str| site.inventory.hosts().iter().any(|h| h.name == name);
+    let rest = path.strip_prefix("/configs").unwrap_or(path);
+    let asked = match configs::parse_path(rest, is_host) {
+        Ok(p) => p,
+        Err(e) => return refuse(400, "path", &format!("bad config path: {e}")),
+    };
+    let Some(host) = site.host_at(peer) else {
+        return refuse(
+            403,
+            "unknown_host",
+            "configs are served to known hosts only, from their own address",
+        );
+    };
+    let name = asked.name.as_str();
+    let record = |why: &str| {
+        site.ledger.record_detail(
+            host.mac,
+            Phase::ConfigRefused,
+            Some(peer),
+            Some(&format!("{why}: {name}")),
+        );
+    };
+    if let Some(owner) = asked.owner.filter(|o| *o != host.name) {
+        record(&format!("for {owner}"));
+        return refuse(403, "owner", "this config belongs to another host");
+    }
+    // The template is read before the delivery is decided: a missing or bad file does not
+    // spend the host's one delivery.
+    let opened = match files::open(dir, &format!("{}/{name}", host.name)) {
+        Err(FileError::NotFound) => files::open(dir, name),
+        other => other,
+    };
+    let src = match opened {
+        Ok(s) => s,
+        Err(e) => return routed(file_error(&e), "config"),
+    };
+    if src.size() > CONFIG_MAX {
+        return routed(Response::text(500, "config template too large"), "config");
+    }
+    let mut text = String::new();
+    if src.into_file().read_to_string(&mut text).is_err() {
+        return routed(
+            Response::text(500, "config template is not UTF-8 text"),
+            "config",
+        );
+    }
+    let Some(mut t) = site.target(host, peer, server) else {
+        return routed(Response::text(500, "host without profile"), "config");
+    };
+    let ask = Ask {
+        name,
+        peer,
+        nonce: req.query("nonce"),
+    };
+    let events = site.ledger.timeline(host.mac);
+    let nonce = match site
+        .boots
+        .deliver(host.mac, &events, unix_ms(), ask, configs::os_nonce)
+    {
+        Delivery::Granted { nonce } => nonce,
+        Delivery::NoBoot => {
+            record("no boot in progress");
+            return refuse(
+                409,
+                "no_boot",
+                "no boot of this host is in progress: configs are served from its reset or first DHCP request until it reports booted",
+            );
+        }
+        Delivery::WrongNonce => {
+            record("wrong nonce");
+            return refuse(403, "nonce", "wrong nonce for this boot");
+        }
+        Delivery::Again { first } => {
+            // Two machines asked for one host's config in one boot: one of them wears the
+            // host's address. The operator hears of it (ledger, metric, alert).
+            warn!(host = %host.name, %peer, %first, config = name, "config asked for again in the same boot: refused");
+            record(&format!("again, first served to {first}"));
+            return refuse(
+                409,
+                "again",
+                "this config was already delivered during this boot",
+            );
+        }
+    };
+    site.ledger
+        .record_detail(host.mac, Phase::ConfigServed, Some(peer), Some(name));
+    t.nonce = nonce.as_deref();
+    let mut resp = Response::bytes(200, content_type(name), t.fill(&text).into_bytes());
+    // Configs carry secrets: never let a cache keep one.
+    resp.headers.push(("Cache-Control", "no-store".into()));
+    routed(resp, "config")
+}
+
+fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
+    let body = String::from_utf8_lossy(&req.body);
+    let mac = req.query("mac").map(str::to_owned).or_else(|| {
+        body.split('&')
+            .find_map(|kv| kv.trim().strip_prefix("mac=").map(str::to_owned))
+    });
+    let host = match mac {
+        Some(m) => match m.parse::<Mac>() {
+            Ok(mac) => site.inventory.host_by_mac(&mac),
+            Err(e) => return routed(Response::text(400, &e), "booted"),
+        },
+        None => site.host_at(peer),
+    };
+    let Some(host) = host else {
+        return routed(Response::text(404, "unknown host"), "booted");
+    };
+    // Only from the host's own address: its reservation, or the address it leases now. A
+    // host with neither (no reservation, no lease) cannot be reported by anyone, since a
+    // false `booted` frees its download slot and hides its failure.
+    if host.ip != Some(peer) && site.ledger.holder(peer) != Some(host.mac) {
+        return routed(
+            Response::text(
+                403,
+                "a host can only report its own boot, from its own address",
+            ),
+            "booted",
+        );
+    }
+    site.ledger.record(host.mac, Phase::Booted, Some(peer));
+    site.boots.end(host.mac);
+    routed(Response::empty(204), "booted")
+}
+
+fn file_error(e: &FileError) -> Response {
+    match e {
+        FileError::NotFound => Response::text(404, "not found"),
+        FileError::Denied(why) => Response::text(403, &format!("forbidden: {why}")),
+        FileError::Io(_) => Response::text(500, "cannot read the file"),
+    }
+}
+
+fn file(site: &Site, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
+    let Some(root) = &site.root else {
+        return routed(Response::text(404, "not found"), "other");
+    };
+    // Paths are confined exactly as TFTP names are, the root being `/`.
+    match files::open(root, path.trim_start_matches('/')) {
+        Ok(src) => {
+            let mut r = static_file(req, src, path);
+            if r.response.status == 200 || r.response.status == 206 {
+                r.fetch = site.host_at(peer).map(|h| (h.mac, path.to_owned()));
+            }
+            r
+        }
+        Err(e) => routed(file_error(&e), "file"),
+    }
+}
+
+fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
+    let size = src.size();
+    let m = src.metadata();
+    let v = Validators::for_file(m.ino(), size, m.modified().unwrap_or(std::time::UNIX_EPOCH));
+    let validators = |resp: &mut Response| {
+        resp.headers.push(("ETag", v.etag.clone()));
+        resp.headers.push(("Last-Modified", v.last_modified()));
+    };
+    if conditional::not_modified(
+        req.header("if-none-match"),
+        req.header("if-modified-since"),
+        &v,
+    ) {
+        let mut resp = Response::empty(304);
+        validators(&mut resp);
+        return routed(resp, "file");
+    }
+    let plan = if conditional::range_applies(req.header("if-range"), &v) {
+        range::plan(req.header("range"), size)
+    } else {
+        Plan::Full
+    };
+    let file = Arc::new(src.into_file());
+    let mut resp = match plan {
+        Plan::Full => Response {
+            status: 200,
+            headers: Vec::new(),
+            content_length: size,
+            body: Body::File {
+                file,
+                offset: 0,
+                len: size,
+            },
+            close: false,
+        },
+        Plan::Partial { first, last } => Response {
+            status: 206,
+            headers: vec![("Content-Range", format!("bytes {first}-{last}/{size}"))],
+            content_length: last - first + 1,
+            body: Body::File {
+                file,
+                offset: first,
+                len: last - first + 1,
+            },
+            close: false,
+        },
+        Plan::Unsatisfiable => {
+            let mut r = Response::text(416, "range not satisfiable");
+            r.headers.push(("Content-Range", format!("bytes */{size}")));
+            r
+        }
+    };
+    if resp.status != 416 {
+        resp.headers
+            .push(("Content-Type", content_type(path).into()));
+    }
+    resp.headers.push(("Accept-Ranges", "bytes".into()));
+    validators(&mut resp);
+    routed(resp, "file")
+}

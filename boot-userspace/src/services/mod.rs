@@ -1,0 +1,8 @@
+//! The services `bootfabric serve` runs. Each owns its part (its section, its sockets) and
+//! reports to the ledger; no service imports another.
+
+pub mod dhcp;
+pub mod http;
+pub mod ra;
+pub mod reboot;
+pub mod tftp;

@@ -1,0 +1,321 @@
+//! Router advertisements that end IPv6 autoconfiguration at once on IPv4-only provisioning
+//! networks.
+//!
+//! iPXE configures an interface with every configurator it has, DHCPv4 and IPv6 router
+//! discovery alike, and only goes on (to fetch its script) when all of them are done. On a
+//! segment without an IPv6 router its router solicitations go unanswered and it waits for
+//! them to time out: about 13 s per iPXE start, twice per UEFI-PXE boot. An RFC 4861 router
+//! advertisement with router lifetime 0 (not a default router), no prefix and the M and O
+//! flags clear says exactly "there is no IPv6 configuration here": iPXE's IPv6 configurator
+//! completes when it arrives, and any host keeps no route and no address from it.
+//!
+//! RFC 4861 §6.2.6 is followed: answers are delayed 0-500 ms at random, unicast to a
+//! soliciting link-local address, otherwise multicast at most once per 3 s. In `auto` mode an
+//! interface where another router advertises is left alone from then on: that router answers.
+
+use std::{
+    collections::HashSet,
+    mem::MaybeUninit,
+    net::{Ipv6Addr, SocketAddrV6},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use prometheus::{IntCounterVec, Opts, Registry};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::{io::unix::AsyncFd, sync::Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// ICMPv6 type of a router solicitation.
+pub const ROUTER_SOLICITATION: u8 = 133;
+/// ICMPv6 type of a router advertisement.
+pub const ROUTER_ADVERTISEMENT: u8 = 134;
+/// RFC 4861 MAX_RA_DELAY_TIME.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+/// RFC 4861 MIN_DELAY_BETWEEN_RAS, for multicast answers.
+const MIN_MULTICAST_GAP: Duration = Duration::from_secs(3);
+
+/// The advertisement: hop limit unspecified, M=0, O=0, router lifetime 0, reachable time and
+/// retransmission timer unspecified, and the source link-layer address option. The kernel
+/// fills in the checksum.
+pub fn advertisement(mac: [u8; 6]) -> [u8; 24] {
+    let mut ra = [0u8; 24];
+    ra[0] = ROUTER_ADVERTISEMENT;
+    // Bytes 1-15 stay 0: code, checksum, hop limit, flags, lifetime, reachable, retrans.
+    ra[16] = 1; // source link-layer address
+    ra[17] = 1; // length in units of 8 bytes
+    ra[18..24].copy_from_slice(&mac);
+    ra
+}
+
+/// The ICMPv6 type of a well-formed router discovery message in `msg` (code 0, long enough).
+pub fn router_message(msg: &[u8]) -> Option<u8> {
+    match (msg.first(), msg.get(1)) {
+        (Some(&t @ ROUTER_SOLICITATION), Some(0)) if msg.len() >= 8 => Some(t),
+        (Some(&t @ ROUTER_ADVERTISEMENT), Some(0)) if msg.len() >= 16 => Some(t),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+struct Metrics {
+    solicitations: IntCounterVec,
+    sent: IntCounterVec,
+    foreign: IntCounterVec,
+}
+
+impl Metrics {
+    fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            solicitations: IntCounterVec::new(
+                Opts::new(
+                    "bootfabric_ra_solicitations_total",
+                    "IPv6 router solicitations received.",
+                ),
+                &["iface"],
+            )?,
+            sent: IntCounterVec::new(
+                Opts::new(
+                    "bootfabric_ra_sent_total",
+                    "Router advertisements sent (lifetime 0, no prefix, M=0, O=0).",
+                ),
+                &["iface"],
+            )?,
+            foreign: IntCounterVec::new(
+                Opts::new(
+                    "bootfabric_ra_foreign_total",
+                    "Router advertisements seen from another router (this interface is then left to it).",
+                ),
+                &["iface"],
+            )?,
+        };
+        r.register(Box::new(m.solicitations.clone()))?;
+        r.register(Box::new(m.sent.clone()))?;
+        r.register(Box::new(m.foreign.clone()))?;
+        Ok(m)
+    }
+}
+
+struct Iface {
+    name: String,
+    index: u32,
+    mac: [u8; 6],
+    sock: AsyncFd<Socket>,
+}
+
+/// The responder on the fabric interfaces.
+pub struct RaService {
+    ifaces: Vec<Arc<Iface>>,
+    metrics: Metrics,
+}
+
+fn link_local_and_mac(name: &str) -> (bool, Option<[u8; 6]>) {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return (false, None);
+    };
+    let mut ll = false;
+    let mut mac = None;
+    for a in addrs.filter(|a| a.interface_name == name) {
+        if let Some(addr) = a.address {
+            if let Some(v6) = addr.as_sockaddr_in6() {
+                ll |= v6.ip().is_unicast_link_local();
+            }
+            if let Some(l) = addr.as_link_addr().and_then(|l| l.addr()) {
+                mac = Some(l);
+            }
+        }
+    }
+    (ll, mac)
+}
+
+fn open(name: &str, index: u32) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    s.bind_device(Some(name.as_bytes()))?;
+    s.join_multicast_v6(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), index)?;
+    s.set_multicast_if_v6(index)?;
+    // RFC 4861: router discovery messages carry hop limit 255, proof they were not routed.
+    s.set_multicast_hops_v6(255)?;
+    s.set_unicast_hops_v6(255)?;
+    s.set_multicast_loop_v6(false)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+impl RaService {
+    /// Opens the responder on each of `interfaces` that has IPv6 (a link-local address);
+    /// `None` when there is none.
+    pub fn start(interfaces: &[String], registry: &Registry) -> anyhow::Result<Option<Self>> {
+        let metrics = Metrics::register(registry)?;
+        let mut ifaces = Vec::new();
+        for name in interfaces {
+            let (ll, mac) = link_local_and_mac(name);
+            let (Some(index), Some(mac), true) = (crate::xdp::if_index(name), mac, ll) else {
+                info!(iface = %name, "no IPv6 link-local address on {name}: no router advertisements there");
+                continue;
+            };
+            let registered = open(name, index).and_then(|s| {
+                // SAFETY: the socket owns its fd, which stays open and the same until the
+                // AsyncFd (and the socket inside it) is dropped.
+                unsafe { AsyncFd::register(s) }.map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            match registered {
+                Ok(sock) => ifaces.push(Arc::new(Iface {
+                    name: name.clone(),
+                    index,
+                    mac,
+                    sock,
+                })),
+                Err(e) => warn!(iface = %name, "router advertisements off on {name}: {e}"),
+            }
+        }
+        Ok((!ifaces.is_empty()).then_some(Self { ifaces, metrics }))
+    }
+
+    /// Answers solicitations until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for iface in self.ifaces {
+            let metrics = self.metrics.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move { serve(iface, metrics, cancel).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        Ok(())
+    }
+}
+
+async fn serve(
+    iface: Arc<Iface>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let labels = [iface.name.as_str()];
+    metrics.sent.with_label_values(&labels).inc_by(0);
+    metrics.foreign.with_label_values(&labels).inc_by(0);
+    info!(iface = %iface.name, "answering IPv6 router solicitations on {} (no IPv6 configuration here)", iface.name);
+    let last_multicast: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut yielded = false;
+    let mut rng = crate::util::xorshift::XorShift::from_time();
+    let pending: Arc<Mutex<HashSet<Ipv6Addr>>> = Arc::default();
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    loop {
+        let mut guard = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            g = iface.sock.readable() => g?,
+        };
+        let (n, from) = match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                debug!(iface = %iface.name, error = %e, "ICMPv6 receive failed");
+                continue;
+            }
+            Err(_would_block) => continue,
+        };
+        // SAFETY: recv_from initialised the first `n` bytes.
+        let msg: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let Some(src) = from.as_socket_ipv6() else {
+            continue;
+        };
+        match router_message(&msg) {
+            Some(ROUTER_ADVERTISEMENT) => {
+                metrics.foreign.with_label_values(&labels).inc();
+                if !yielded {
+                    yielded = true;
+                    warn!(iface = %iface.name, router = %src.ip(), "another IPv6 router advertises on {}: leaving router discovery to it", iface.name);
+                }
+            }
+            Some(ROUTER_SOLICITATION) if !yielded => {
+                metrics.solicitations.with_label_values(&labels).inc();
+                let delay = MAX_DELAY.mul_f64(rng.unit());
+                let unicast = src.ip().is_unicast_link_local();
+                let to = if unicast {
+                    *src.ip()
+                } else {
+                    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+                };
+                if !pending.lock().await.insert(to) {
+                    continue; // an answer to it is already on its way
+                }
+                let iface = Arc::clone(&iface);
+                let metrics = metrics.clone();
+                let pending = Arc::clone(&pending);
+                let last_multicast = Arc::clone(&last_multicast);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if !unicast {
+                        let mut last = last_multicast.lock().await;
+                        if let Some(t) = *last {
+                            let since = t.elapsed();
+                            if since < MIN_MULTICAST_GAP {
+                                tokio::time::sleep(MIN_MULTICAST_GAP - since).await;
+                            }
+                        }
+                        *last = Some(Instant::now());
+                    }
+                    let dest = SockAddr::from(SocketAddrV6::new(to, 0, 0, iface.index));
+                    match iface
+                        .sock
+                        .get_ref()
+                        .send_to(&advertisement(iface.mac), &dest)
+                    {
+                        Ok(_) => metrics.sent.with_label_values(&[iface.name.as_str()]).inc(),
+                        Err(e) => {
+                            debug!(iface = %iface.name, error = %e, "router advertisement not sent")
+                        }
+                    }
+                    pending.lock().await.remove(&to);
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertisement_offers_nothing() {
+        let ra = advertisement([0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!(ra[0], ROUTER_ADVERTISEMENT);
+        assert_eq!(
+            &ra[1..16],
+            &[0u8; 15],
+            "code, checksum, hop limit, M/O, lifetime 0, timers"
+        );
+        assert_eq!(&ra[16..18], &[1, 1], "source link-layer address option");
+        assert_eq!(&ra[18..], &[0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!(router_message(&ra), Some(ROUTER_ADVERTISEMENT));
+    }
+
+    #[test]
+    fn only_well_formed_router_messages_count() {
+        assert_eq!(
+            router_message(&[133, 0, 0, 0, 0, 0, 0, 0]),
+            Some(ROUTER_SOLICITATION)
+        );
+        assert_eq!(
+            router_message(&[133, 1, 0, 0, 0, 0, 0, 0]),
+            None,
+            "code must be 0"
+        );
+        assert_eq!(router_message(&[133, 0, 0]), None, "too short");
+        assert_eq!(
+            router_message(&[134, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "too short for an RA"
+        );
+        assert_eq!(
+            router_message(&[128, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "echo request"
+        );
+    }
+}

@@ -1,0 +1,998 @@
+//! The TFTP socket loop: a listener on port 69 per fabric interface, and one task (not one
+//! thread) per transfer on a random port from `tftp.transfer_ports` (its TID), driven by the
+//! pure [`Transfer`] state machine.
+//!
+//! Requests are admitted by the pure [`Admission`] caps before a port is bound; a transfer
+//! ends at `tftp.max_transfer_s` whatever its client does, and only its own peer (address
+//! and port) moves it on. File opens and reads run on a bounded blocking pool, never on the
+//! runtime's threads: a hung store stalls the transfers that read it, not the runtime.
+
+use std::{
+    collections::hash_map::RandomState,
+    hash::BuildHasher,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::{net::UdpSocket, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    admission::{Admission, AdmissionLimits, Budget, Grant},
+    names::{self, Format, Owner},
+    options::{self, Limits},
+    packet::{self, ErrorCode, Mode, Packet},
+    transfer::{AbortReason, Action, Transfer},
+};
+use crate::{
+    config::{BootSettings, Config, PortRange, TftpConfig},
+    model::files::{self, FileError},
+    model::inventory::{Host, Inventory, Mac},
+    model::ledger::{Ledger, Phase},
+    model::render,
+};
+
+/// The well-known TFTP port.
+pub const TFTP_PORT: u16 = 69;
+
+#[derive(Clone)]
+struct Metrics {
+    active: IntGauge,
+    transfers: IntCounterVec,
+    bytes: IntCounter,
+    retransmits: IntCounter,
+    errors: IntCounterVec,
+    rendered: IntCounterVec,
+    refused: IntCounterVec,
+}
+
+impl Metrics {
+    fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let active = IntGauge::new(
+            "bootfabric_tftp_transfers_active",
+            "TFTP transfers in progress.",
+        )?;
+        let transfers = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_transfers_total",
+                "TFTP transfers ended, by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let bytes = IntCounter::new(
+            "bootfabric_tftp_bytes_total",
+            "File bytes sent in DATA blocks (first sends).",
+        )?;
+        let retransmits = IntCounter::new(
+            "bootfabric_tftp_retransmits_total",
+            "Blocks and OACKs sent again after a timeout.",
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_errors_total",
+                "Requests refused or packets rejected, by reason.",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(active.clone()))?;
+        r.register(Box::new(transfers.clone()))?;
+        r.register(Box::new(bytes.clone()))?;
+        r.register(Box::new(retransmits.clone()))?;
+        let rendered = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_rendered_total",
+                "Per-host files rendered from boot profiles, by format.",
+            ),
+            &["format"],
+        )?;
+        r.register(Box::new(errors.clone()))?;
+        r.register(Box::new(rendered.clone()))?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_refused_total",
+                "Requests, options and packets refused to protect the server, by reason.",
+            ),
+            &["reason"],
+        )?;
+        r.register(Box::new(refused.clone()))?;
+        Ok(Self {
+            active,
+            transfers,
+            bytes,
+            retransmits,
+            errors,
+            rendered,
+            refused,
+        })
+    }
+}
+
+/// File contents to send: a file through the page cache, or bytes in memory (netascii,
+/// rendered files). Shared, so that reads can move to the blocking pool.
+#[derive(Clone)]
+enum Data {
+    File(Arc<files::Source>),
+    Memory(Arc<[u8]>),
+}
+
+impl Data {
+    fn size(&self) -> u64 {
+        match self {
+            Data::File(s) => s.size(),
+            Data::Memory(m) => m.len() as u64,
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self {
+            Data::File(s) => s.read_at(buf, offset),
+            Data::Memory(m) => {
+                let start = (offset as usize).min(m.len());
+                let n = buf.len().min(m.len() - start);
+                buf[..n].copy_from_slice(&m[start..start + n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Blocks `first..=last` as DATA packets into `out` (cleared first); false on a short or
+/// failed read (the file changed under us, or the store failed). May block: for files it
+/// runs on the I/O pool.
+fn fill_blocks(
+    data: &Data,
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
+    out: Vec<u8>,
+) -> (Vec<u8>, bool) {
+    let read =
+        |buf: &mut [u8], offset| matches!(data.read_at(buf, offset), Ok(n) if n == buf.len());
+    match fill_with(t, size, (first, last), out, read) {
+        Ok(out) => (out, true),
+        Err(out) => (out, false),
+    }
+}
+
+/// Blocks `first..=last` as DATA packets into `out`, from the page cache only, never
+/// blocking: `Err` with the buffer back when any byte would have to come from the store.
+fn fill_cached(
+    source: &files::Source,
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
+    out: Vec<u8>,
+) -> Result<Vec<u8>, Vec<u8>> {
+    // An empty last block needs no read (and the cache has nothing to say about it).
+    let read = |buf: &mut [u8], offset| buf.is_empty() || source.read_cached_at(buf, offset);
+    fill_with(t, size, (first, last), out, read)
+}
+
+/// Blocks `first..=last` as DATA packets into `out` (cleared first), each block's bytes
+/// filled by `read(buf, offset)`: the one framing both the blocking and the cache-only
+/// paths use, so that they cannot disagree on the wire. `Err` with the buffer back as soon
+/// as `read` says false.
+fn fill_with(
+    t: &Transfer,
+    size: u64,
+    (first, last): (u64, u64),
+    mut out: Vec<u8>,
+    mut read: impl FnMut(&mut [u8], u64) -> bool,
+) -> Result<Vec<u8>, Vec<u8>> {
+    out.clear();
+    for k in first..=last {
+        let (offset, len) = t.block_range(k, size);
+        packet::data_header(Transfer::wire_block(k), &mut out);
+        let at = out.len();
+        out.resize(at + len as usize, 0);
+        if !read(&mut out[at..], offset) {
+            return Err(out);
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 764 NVT line ends: LF → CR LF, CR → CR NUL; appended to `out`.
+fn push_netascii(raw: &[u8], out: &mut Vec<u8>) {
+    for &b in raw {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            b => out.push(b),
+        }
+    }
+}
+
+/// The netascii form of `data`, converted chunk by chunk into one buffer of the worst-case
+/// size (never a second copy of the file), then trimmed. Blocking: runs on the I/O pool.
+fn netascii_copy(data: &Data) -> std::io::Result<Vec<u8>> {
+    let size = data.size();
+    let mut out = Vec::with_capacity(netascii_worst_case(size) as usize);
+    let mut chunk = vec![0u8; NETASCII_CHUNK];
+    let mut offset = 0u64;
+    while offset < size {
+        let want = (size - offset).min(NETASCII_CHUNK as u64) as usize;
+        let n = data.read_at(&mut chunk[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        push_netascii(&chunk[..n], &mut out);
+        offset += n as u64;
+    }
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+/// The most a netascii conversion of `size` bytes can take: every byte a line end.
+fn netascii_worst_case(size: u64) -> u64 {
+    size.saturating_mul(2)
+}
+
+/// Largest file served in netascii mode (text configs; bootloaders travel as octets).
+const NETASCII_MAX: u64 = 16 << 20;
+
+/// Bytes read per step of a netascii conversion.
+const NETASCII_CHUNK: usize = 64 << 10;
+
+/// Threads for blocking file operations (open, metadata, reads). A fixed number, so that a
+/// boot storm's opens do not start hundreds of threads; a hung store holds at most this many,
+/// and the transfers queued behind them time out (`STORAGE_TIMEOUT`).
+const IO_THREADS: usize = 16;
+
+/// A job for the I/O pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed pool of threads for blocking file work, apart from the async runtime (whose own
+/// blocking pool grows a thread for every job that finds none idle, and whose shutdown waits
+/// for jobs stuck on a dead store). The queue is bounded by the transfers admitted.
+struct IoPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl IoPool {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("tftp-io-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only while waiting for the next job, not while it runs.
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = next else { return };
+                    // A job that panics must not take its thread with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                })?;
+        }
+        Ok(Self { jobs: tx })
+    }
+
+    /// Runs `f` on the pool; `None` if the pool is gone or `f` panicked.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// How long one blocking file operation may take before its transfer gives up (the thread
+/// stays stuck with the operation, and keeps its place in the pool).
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// ERROR 5 answers to strangers per transfer; more strangers are only counted (an answer
+/// to each would make the transfer port a reflector).
+const STRANGER_REPLIES: u32 = 4;
+
+/// Random probes for a free transfer port before scanning the range in order.
+const RANDOM_PORT_PROBES: u32 = 64;
+
+/// Receive buffer of the port 69 sockets, in bytes.
+const LISTEN_RCVBUF: usize = 4 << 20;
+
+/// Largest UDP GSO send: the kernel's segment limit, and the IPv4 datagram size limit.
+const GSO_MAX_SEGMENTS: u64 = 64;
+const GSO_MAX_BYTES: u64 = 65_000;
+
+/// Blocks per send: a batch under GSO, else one.
+fn gso_batch(segment: usize, gso: bool) -> u64 {
+    if gso {
+        (GSO_MAX_BYTES / segment as u64).clamp(1, GSO_MAX_SEGMENTS)
+    } else {
+        1
+    }
+}
+
+/// Sets the socket's UDP GSO segment size (0 turns GSO off); false if the kernel refuses.
+fn set_gso(sock: &UdpSocket, segment: usize) -> bool {
+    let Ok(size) = i32::try_from(segment) else {
+        return false;
+    };
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::UdpGsoSegment, &size).is_ok()
+}
+
+/// The TFTP service, bound and ready.
+pub struct TftpService {
+    listeners: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
+    cfg: TftpConfig,
+    ports: PortRange,
+    /// Keyed SipHash of a counter: transfer ports an observer cannot predict from earlier
+    /// ones (the crate's xorshift is seeded from the clock and is linear).
+    port_keys: RandomState,
+    port_counter: AtomicU64,
+    admission: Arc<Mutex<Admission>>,
+    netascii: Arc<Budget>,
+    io: IoPool,
+    metrics: Metrics,
+    hosts: Hosts,
+}
+
+/// A transfer's place under the admission caps, given back when the transfer ends.
+struct Ticket {
+    admission: Arc<Mutex<Admission>>,
+    client: Ipv4Addr,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // The state stays consistent whatever panicked while it was held: take it anyway.
+        let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        a.release(self.client);
+    }
+}
+
+/// What a transfer carries beside its socket: its admission and its netascii memory.
+struct Held {
+    _ticket: Ticket,
+    _netascii: Option<Grant>,
+}
+
+fn v4(peer: SocketAddr) -> Ipv4Addr {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// What the service knows about hosts: the inventory, the boot settings and, through the
+/// ledger, who holds which leased address.
+struct Hosts {
+    inventory: Inventory,
+    boot: BootSettings,
+    scripts: Vec<String>,
+    ledger: Ledger,
+}
+
+impl Hosts {
+    fn by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
+        self.ledger.host_at(&self.inventory, ip)
+    }
+
+    /// The MAC behind an address, known or not (for the ledger).
+    fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
+        self.ledger
+            .holder(ip)
+            .or_else(|| self.inventory.host_by_ip(ip).map(|h| h.mac))
+    }
+
+    /// Renders `format` for the owner, or `None` when the owner is not a known host.
+    fn render(
+        &self,
+        format: Format,
+        owner: Owner,
+        peer: Ipv4Addr,
+        server: Ipv4Addr,
+    ) -> Option<String> {
+        let host = match owner {
+            Owner::Mac(mac) => self.inventory.host_by_mac(&mac)?,
+            Owner::Ip(ip) => self.by_ip(ip)?,
+            Owner::Peer => self.by_ip(peer)?,
+        };
+        let profile = self.inventory.profile(&host.profile)?;
+        let ip = self.ledger.address_of(host, peer);
+        let target = render::Target {
+            host,
+            profile,
+            ip,
+            server,
+            global: &self.boot,
+            nonce: None,
+        };
+        Some(match format {
+            Format::Pxelinux => render::pxelinux(&target),
+            Format::Grub => render::grub(&target),
+            Format::Ipxe => {
+                return render::host_script(&self.inventory, host, ip, server, &self.boot)
+            }
+        })
+    }
+}
+
+fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind_device(Some(iface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
+impl TftpService {
+    /// Binds port 69 on every fabric interface.
+    pub fn start(
+        config: &Config,
+        cfg: TftpConfig,
+        registry: &Registry,
+        ledger: Ledger,
+    ) -> anyhow::Result<Self> {
+        let metrics = Metrics::register(registry)?;
+        let mut listeners = Vec::new();
+        for iface in &config.interfaces {
+            let ip = crate::services::dhcp::iface_ipv4(iface)
+                .ok_or_else(|| anyhow::anyhow!("tftp: interface {iface:?} has no IPv4 address"))?;
+            let sock = bind(iface, TFTP_PORT)
+                .map_err(|e| anyhow::anyhow!("tftp: binding {iface}:{TFTP_PORT}: {e}"))?;
+            // A rack powering on sends its read requests in one burst; the default buffer
+            // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
+            // daemon has when it runs XDP; otherwise the kernel's cap applies.
+            let want = LISTEN_RCVBUF;
+            if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &want)
+                .is_err()
+            {
+                let _ =
+                    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &want);
+            }
+            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{TFTP_PORT}");
+            listeners.push((iface.clone(), ip, Arc::new(sock)));
+        }
+        let ports = config.tftp_transfer_ports;
+        let scripts = config.ipxe_script_names();
+        let admission = Admission::new(AdmissionLimits {
+            max_transfers: cfg.max_transfers,
+            max_transfers_per_client: cfg.max_transfers_per_client,
+            requests_per_second: cfg.requests_per_second,
+            requests_per_second_per_client: cfg.requests_per_second_per_client,
+        });
+        let netascii = Budget::new(cfg.netascii_budget_bytes);
+        Ok(Self {
+            listeners,
+            cfg,
+            ports,
+            port_keys: RandomState::new(),
+            port_counter: AtomicU64::new(0),
+            admission: Arc::new(Mutex::new(admission)),
+            netascii,
+            io: IoPool::start(IO_THREADS)?,
+            metrics,
+            hosts: Hosts {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts,
+                ledger,
+            },
+        })
+    }
+
+    /// Serves until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let this = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (iface, ip, sock) in this.listeners.clone() {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move { this.listen(iface, ip, sock, cancel).await });
+        }
+        while let Some(res) = tasks.join_next().await {
+            let err = match res {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(join) => std::io::Error::other(format!("TFTP listener failed: {join}")),
+            };
+            cancel.cancel();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn listen(
+        self: Arc<Self>,
+        iface: String,
+        server: Ipv4Addr,
+        sock: Arc<UdpSocket>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = sock.recv_from(&mut buf) => r?,
+            };
+            let request = match packet::parse(&buf[..n]) {
+                Ok(Packet::Request(r)) => r,
+                Ok(_) => {
+                    self.metrics
+                        .errors
+                        .with_label_values(&["not_a_request"])
+                        .inc();
+                    let _ = sock
+                        .send_to(
+                            &packet::error(ErrorCode::IllegalOperation, "expected RRQ"),
+                            peer,
+                        )
+                        .await;
+                    continue;
+                }
+                Err(e) => {
+                    self.metrics.errors.with_label_values(&["malformed"]).inc();
+                    let _ = sock
+                        .send_to(
+                            &packet::error(ErrorCode::IllegalOperation, &e.to_string()),
+                            peer,
+                        )
+                        .await;
+                    continue;
+                }
+            };
+            if request.write {
+                self.metrics
+                    .errors
+                    .with_label_values(&["write_request"])
+                    .inc();
+                let _ = sock
+                    .send_to(
+                        &packet::error(ErrorCode::AccessViolation, "write requests are refused"),
+                        peer,
+                    )
+                    .await;
+                continue;
+            }
+            let Some(ticket) = self.admit(&sock, peer).await else {
+                continue;
+            };
+            let this = Arc::clone(&self);
+            let iface = iface.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                this.transfer(iface, server, peer, request, cancel, ticket)
+                    .await
+            });
+        }
+    }
+
+    /// Admits a read request under the caps, or refuses it (an ERROR from port 69 when the
+    /// slots are full, nothing when over the rate) and counts why.
+    async fn admit(&self, sock: &UdpSocket, peer: SocketAddr) -> Option<Ticket> {
+        let client = v4(peer);
+        let verdict = {
+            let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+            a.admit(client, std::time::Instant::now())
+        };
+        match verdict {
+            Ok(()) => Some(Ticket {
+                admission: Arc::clone(&self.admission),
+                client,
+            }),
+            Err(r) => {
+                self.metrics.refused.with_label_values(&[r.reason()]).inc();
+                debug!(%peer, reason = r.reason(), "TFTP request refused");
+                if r.answered() {
+                    let _ = sock
+                        .send_to(&packet::error(ErrorCode::NotDefined, &r.to_string()), peer)
+                        .await;
+                }
+                None
+            }
+        }
+    }
+
+    /// A random number for port choice.
+    fn random(&self) -> u64 {
+        self.port_keys
+            .hash_one(self.port_counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Binds a transfer socket on a random free port of the range: random probes first (a
+    /// spoofed client cannot guess the next TID and aim blind ACKs at it), then every port in
+    /// order from a random one, so a nearly full range still finds its last free ports.
+    fn bind_tid(&self, iface: &str) -> std::io::Result<UdpSocket> {
+        let span = u32::from(self.ports.last - self.ports.first) + 1;
+        let at = |n: u64| self.ports.first + (n % u64::from(span)) as u16;
+        let mut last_err = None;
+        for _ in 0..RANDOM_PORT_PROBES.min(span) {
+            match bind(iface, at(self.random())) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let start = self.random();
+        for i in 0..u64::from(span) {
+            match bind(iface, at(start.wrapping_add(i))) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| std::io::Error::other("no transfer port free")))
+    }
+
+    /// Runs a blocking file operation on the I/O pool, bounded in time.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, FileError> {
+        match tokio::time::timeout(STORAGE_TIMEOUT, self.io.run(f)).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(FileError::Io("file operation failed".to_owned())),
+            Err(_) => Err(FileError::Io("storage did not answer".to_owned())),
+        }
+    }
+
+    /// Blocks `first..=last` as DATA packets into `out` (cleared first); false on a short or
+    /// failed read (the file changed under us, or the store failed).
+    async fn fill(
+        &self,
+        data: &Data,
+        t: &Transfer,
+        size: u64,
+        (first, last): (u64, u64),
+        out: Vec<u8>,
+    ) -> (Vec<u8>, bool) {
+        let out = match data {
+            Data::Memory(_) => return fill_blocks(data, t, size, (first, last), out),
+            // Most blocks of a bootloader are in the page cache: read them here without
+            // blocking, and hand only the rest to the pool (a thread hop per block costs
+            // more CPU than the read itself).
+            Data::File(source) => match fill_cached(source, t, size, (first, last), out) {
+                Ok(out) => return (out, true),
+                Err(out) => out,
+            },
+        };
+        let (data, t) = (data.clone(), t.clone());
+        self.blocking(move || fill_blocks(&data, &t, size, (first, last), out))
+            .await
+            .unwrap_or_else(|_| (Vec::new(), false))
+    }
+
+    /// The bytes for a requested name: files on disk, or a file rendered for a host. For
+    /// names that spell out one host, a file on disk wins (an operator's override); a shared
+    /// script name is rendered for a known peer and comes from disk for anyone else.
+    fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
+        let (rel, absolute) = files::relative(&self.cfg.root, name)?;
+        let scripts = self.hosts.scripts.iter().map(String::as_str);
+        let rendered = |format: Format, owner| {
+            self.hosts.render(format, owner, peer, server).map(|text| {
+                let label = match format {
+                    Format::Pxelinux => "pxelinux",
+                    Format::Grub => "grub",
+                    Format::Ipxe => "ipxe",
+                };
+                self.metrics.rendered.with_label_values(&[label]).inc();
+                Data::Memory(text.into_bytes().into())
+            })
+        };
+        let disk = || files::open(&self.cfg.root, rel).map(|s| Data::File(Arc::new(s)));
+        let found = match names::classify(rel, scripts) {
+            Some(f) if f.owner == Owner::Peer => match rendered(f.format, f.owner) {
+                Some(d) => Ok(d),
+                None => disk(),
+            },
+            Some(f) => match disk() {
+                Err(FileError::NotFound) => rendered(f.format, f.owner).ok_or(FileError::NotFound),
+                other => other,
+            },
+            None => disk(),
+        };
+        match found {
+            // An absolute name that is nothing under the root names something outside it.
+            Err(FileError::NotFound) if absolute => Err(FileError::Denied("absolute_path")),
+            other => other,
+        }
+    }
+
+    async fn transfer(
+        self: Arc<Self>,
+        iface: String,
+        server: Ipv4Addr,
+        peer: SocketAddr,
+        req: packet::Request,
+        cancel: CancellationToken,
+        ticket: Ticket,
+    ) {
+        // The lifetime counts from the request: a slow store or a slow client both spend it.
+        let expires = Instant::now() + self.cfg.max_transfer;
+        let sock = match self.bind_tid(&iface) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%peer, error = %e, "no TFTP transfer port free");
+                self.metrics.errors.with_label_values(&["no_port"]).inc();
+                return;
+            }
+        };
+        let peer_ip = v4(peer);
+        let resolved = {
+            let this = Arc::clone(&self);
+            let name = req.filename.clone();
+            self.blocking(move || this.resolve(&name, peer_ip, server))
+                .await
+                .and_then(|r| r)
+        };
+        let mut held = Held {
+            _ticket: ticket,
+            _netascii: None,
+        };
+        let data = match resolved {
+            // Netascii is converted in memory: bounded per file, and all conversions
+            // together by `tftp.netascii_budget_bytes`.
+            Ok(d) if req.mode == Mode::Netascii && d.size() > NETASCII_MAX => {
+                return self
+                    .refuse(
+                        &sock,
+                        peer,
+                        &req.filename,
+                        FileError::Denied("netascii_too_large"),
+                    )
+                    .await
+            }
+            Ok(d) if req.mode == Mode::Netascii => {
+                let Some(mut grant) = self.netascii.reserve(netascii_worst_case(d.size())) else {
+                    self.metrics
+                        .refused
+                        .with_label_values(&["netascii_budget"])
+                        .inc();
+                    debug!(%peer, file = %req.filename, "TFTP netascii budget exhausted");
+                    let _ = sock
+                        .send_to(
+                            &packet::error(
+                                ErrorCode::NotDefined,
+                                "server busy (netascii), try again",
+                            ),
+                            peer,
+                        )
+                        .await;
+                    return;
+                };
+                match self.blocking(move || netascii_copy(&d)).await {
+                    Ok(Ok(text)) => {
+                        grant.shrink_to(text.capacity() as u64);
+                        held._netascii = Some(grant);
+                        Data::Memory(text.into())
+                    }
+                    Ok(Err(e)) => {
+                        return self
+                            .refuse(&sock, peer, &req.filename, FileError::Io(e.to_string()))
+                            .await
+                    }
+                    Err(e) => return self.refuse(&sock, peer, &req.filename, e).await,
+                }
+            }
+            Ok(d) => d,
+            Err(e) => return self.refuse(&sock, peer, &req.filename, e).await,
+        };
+        let size = data.size();
+        let limits = Limits::for_mtu(self.cfg.mtu, self.cfg.max_windowsize)
+            .with_max_timeout(self.cfg.max_timeout_s);
+        let negotiated = options::negotiate(&req.options, Some(size), limits);
+        if negotiated.timeout_capped {
+            self.metrics
+                .refused
+                .with_label_values(&["timeout_capped"])
+                .inc();
+        }
+        let (mut t, mut action) = Transfer::start(&negotiated, size, self.cfg.max_retries);
+        let wait = Duration::from_secs(u64::from(negotiated.timeout.max(1)));
+        debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
+        self.metrics.active.inc();
+        let segment = usize::from(negotiated.blksize) + 4;
+        // One send per window where the kernel can cut it into datagrams (UDP GSO): a window
+        // then costs one trip through the stack instead of one per block.
+        let mut gso = negotiated.windowsize > 1 && set_gso(&sock, segment);
+        // Bounded per transfer: one send's worth, at most a window.
+        let batch = gso_batch(segment, gso).min(u64::from(negotiated.windowsize.max(1)));
+        let mut out = Vec::with_capacity(segment * batch as usize);
+        let mut highest_sent = 0u64;
+        let mut inbuf = [0u8; 1024];
+        let mut stranger_replies = 0u32;
+        let outcome = loop {
+            match action {
+                Action::SendOack => {
+                    if sock
+                        .send_to(&packet::oack(&negotiated.ack), peer)
+                        .await
+                        .is_err()
+                    {
+                        break "send_error";
+                    }
+                }
+                Action::SendBlocks { first, last } => {
+                    let mut failed = false;
+                    let mut b = first;
+                    while b <= last && !failed {
+                        let end = (b + gso_batch(segment, gso) - 1).min(last);
+                        let (filled, ok) = self.fill(&data, &t, size, (b, end), out).await;
+                        out = filled;
+                        if !ok {
+                            failed = true;
+                            break;
+                        }
+                        let fresh: u64 = (b.max(highest_sent + 1)..=end)
+                            .map(|k| t.block_range(k, size).1)
+                            .sum();
+                        let sent = sock.send_to(&out, peer).await;
+                        if sent.is_err() && gso {
+                            // The route cannot segment (blocks larger than the path MTU, no
+                            // checksum offload): block by block from now on, with the
+                            // socket's segment size cleared, since the kernel refuses every
+                            // send while it exceeds the MTU.
+                            debug!(%peer, "UDP GSO refused, sending block by block");
+                            gso = false;
+                            if !set_gso(&sock, 0) {
+                                failed = true;
+                                break;
+                            }
+                            continue;
+                        }
+                        if sent.is_err() {
+                            failed = true;
+                            break;
+                        }
+                        self.metrics.bytes.inc_by(fresh);
+                        // The scheduler's capacity is what the fabric sends, TFTP included.
+                        self.hosts.ledger.egress(&iface, out.len() as u64);
+                        let resent = end.min(highest_sent).saturating_sub(b - 1);
+                        self.metrics.retransmits.inc_by(resent);
+                        highest_sent = highest_sent.max(end);
+                        b = end + 1;
+                    }
+                    if failed {
+                        break "io_error";
+                    }
+                }
+                Action::Done => break "completed",
+                Action::Abort(AbortReason::Timeout) => break "timeout",
+                // UEFI firmware asks for the size, reads the OACK and aborts, then asks again:
+                // a probe, not a failure.
+                Action::Abort(AbortReason::ClientError) if highest_sent == 0 => {
+                    break "aborted_after_oack"
+                }
+                Action::Abort(AbortReason::ClientError) => break "client_error",
+                Action::Abort(AbortReason::Lifetime) => {
+                    self.metrics.refused.with_label_values(&["lifetime"]).inc();
+                    let _ = sock
+                        .send_to(
+                            &packet::error(ErrorCode::NotDefined, "transfer took too long"),
+                            peer,
+                        )
+                        .await;
+                    break "lifetime";
+                }
+                Action::Wait => {}
+            }
+            // Wait for the client's answer from its TID. The retransmission timer runs from
+            // the send: only progress from the peer starts a new one, so neither strangers
+            // nor the peer's own repeats keep a transfer alive.
+            let retransmit_at = Instant::now() + wait;
+            action = loop {
+                if Instant::now() >= expires {
+                    break Action::Abort(AbortReason::Lifetime);
+                }
+                let recv = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    r = tokio::time::timeout_at(retransmit_at.min(expires), sock.recv_from(&mut inbuf)) => Some(r),
+                };
+                match recv {
+                    None => break Action::Abort(AbortReason::Timeout),
+                    Some(Err(_)) if Instant::now() >= expires => {
+                        break Action::Abort(AbortReason::Lifetime)
+                    }
+                    Some(Err(_)) => break t.on_timeout(),
+                    Some(Ok(Err(_))) => break Action::Abort(AbortReason::Timeout),
+                    Some(Ok(Ok((_, from)))) if from != peer => {
+                        // RFC 1350: ERROR 5 to a stranger, a few times per transfer (one
+                        // small answer per packet, never more, and then none).
+                        self.metrics.refused.with_label_values(&["stranger"]).inc();
+                        if stranger_replies < STRANGER_REPLIES {
+                            stranger_replies += 1;
+                            let _ = sock
+                                .send_to(
+                                    &packet::error(
+                                        ErrorCode::UnknownTransferId,
+                                        "unknown transfer ID",
+                                    ),
+                                    from,
+                                )
+                                .await;
+                        }
+                    }
+                    Some(Ok(Ok((n, _)))) => match packet::parse(&inbuf[..n]) {
+                        Ok(Packet::Ack(b)) => match t.on_ack(b) {
+                            Action::Wait => {}
+                            a => break a,
+                        },
+                        Ok(Packet::Error(..)) => break t.on_error(),
+                        _ => {
+                            self.metrics.errors.with_label_values(&["malformed"]).inc();
+                        }
+                    },
+                }
+            };
+        };
+        self.metrics.active.dec();
+        self.metrics.transfers.with_label_values(&[outcome]).inc();
+        // The slot and the netascii memory are free from here on.
+        drop(held);
+        debug!(%peer, file = %req.filename, outcome, "TFTP transfer ended");
+        if let Some(mac) = self.hosts.mac_at(peer_ip) {
+            match outcome {
+                "completed" => self.hosts.ledger.record_detail(
+                    mac,
+                    Phase::TftpSent,
+                    Some(peer_ip),
+                    Some(&req.filename),
+                ),
+                "aborted_after_oack" => {}
+                why => self.hosts.ledger.record_detail(
+                    mac,
+                    Phase::TftpFailed,
+                    Some(peer_ip),
+                    Some(&format!("{}: {why}", req.filename)),
+                ),
+            }
+        }
+    }
+
+    async fn refuse(&self, sock: &UdpSocket, peer: SocketAddr, name: &str, e: FileError) {
+        let (code, reason) = refusal(&e);
+        self.metrics.errors.with_label_values(&[reason]).inc();
+        debug!(%peer, file = name, reason, "TFTP request refused");
+        let _ = sock
+            .send_to(&packet::error(code, &e.to_string()), peer)
+            .await;
+    }
+}
+
+/// The TFTP error code a refused file maps to, and the metric reason.
+fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
+    match e {
+        FileError::NotFound => (ErrorCode::FileNotFound, "not_found"),
+        FileError::Denied(why) => (ErrorCode::AccessViolation, why),
+        FileError::Io(_) => (ErrorCode::NotDefined, "io"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_follow_rfc1350() {
+        assert_eq!(refusal(&FileError::NotFound).0, ErrorCode::FileNotFound);
+        assert_eq!(
+            refusal(&FileError::Denied("x")).0,
+            ErrorCode::AccessViolation
+        );
+    }
+
+    #[test]
+    fn netascii_line_ends() {
+        let mut out = Vec::new();
+        push_netascii(b"a\nb\rc", &mut out);
+        assert_eq!(out, b"a\r\nb\r\0c");
+        // Converted in chunks, the result is the same as at once.
+        let raw: Vec<u8> = (0..3 * NETASCII_CHUNK + 5)
+            .map(|i| if i % 7 == 0 { b'\n' } else { b'x' })
+            .collect();
+        let mut whole = Vec::new();
+        push_netascii(&raw, &mut whole);
+        let chunked = netascii_copy(&Data::Memory(raw.clone().into())).expect("copy");
+        assert_eq!(chunked, whole);
+        assert!(chunked.capacity() as u64 <= netascii_worst_case(raw.len() as u64));
+    }
+}

@@ -1,0 +1,5 @@
+//! Utilities with no knowledge of boot: a PRNG, the service supervisor, the core metrics.
+
+pub mod metrics;
+pub mod supervisor;
+pub mod xorshift;
