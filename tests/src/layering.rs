@@ -165,8 +165,10 @@ pub enum Violation {
     ReadmeNoBlock,
     /// A top-level module of the crate that the README's layout block does not list.
     ReadmeUnlisted {
-        /// The module as it would be listed (`model/` or `explain`).
+        /// The module as it would be listed: `model/` for a directory, `explain` for a file.
         entry: String,
+        /// Its path under [`SRC`]: `model/` or `explain.rs`.
+        path: String,
     },
     /// A name in the README's layout block that is no top-level module of the crate.
     ReadmeStale {
@@ -282,9 +284,9 @@ impl fmt::Display for Violation {
                 f,
                 "{README}: no layout block (a fence whose first line is `Cargo.toml  workspace; …`)"
             ),
-            Violation::ReadmeUnlisted { entry } => write!(
+            Violation::ReadmeUnlisted { entry, path } => write!(
                 f,
-                "{README}: the layout block does not list {SRC}{entry}: add a line `  {entry}  …` \
+                "{README}: the layout block does not list {SRC}{path}: add a line `  {entry}  …` \
                  under `boot-userspace/`"
             ),
             Violation::ReadmeStale { name } => write!(
@@ -570,27 +572,29 @@ pub fn check_readme(readme: &str, sources: &[(&str, &str)]) -> Vec<Violation> {
     let Some(listed) = readme::listed_modules(readme) else {
         return vec![Violation::ReadmeNoBlock];
     };
-    let mut modules: BTreeMap<String, String> = BTreeMap::new();
+    // name → (entry as listed, path under SRC)
+    let mut modules: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (path, _) in sources {
         let Some(rel) = path.strip_prefix(SRC) else {
             continue;
         };
-        let (name, entry) = match rel.split_once('/') {
-            Some((dir, _)) => (dir.to_owned(), format!("{dir}/")),
+        let (name, entry, path) = match rel.split_once('/') {
+            Some((dir, _)) => (dir.to_owned(), format!("{dir}/"), format!("{dir}/")),
             None => {
                 let name = rel.strip_suffix(".rs").unwrap_or(rel).to_owned();
-                (name.clone(), name)
+                (name.clone(), name, rel.to_owned())
             }
         };
         if name != "lib" && name != "main" && name != "bin" {
-            modules.insert(name, entry);
+            modules.insert(name, (entry, path));
         }
     }
     let mut out = Vec::new();
-    for (name, entry) in &modules {
+    for (name, (entry, path)) in &modules {
         if !listed.contains(name) {
             out.push(Violation::ReadmeUnlisted {
                 entry: entry.clone(),
+                path: path.clone(),
             });
         }
     }

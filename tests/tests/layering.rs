@@ -381,6 +381,22 @@ fn a_module_missing_from_the_table_fails() {
 }
 
 #[test]
+fn a_root_file_that_reaches_into_a_component_is_not_a_declaration_file() {
+    let t = with(
+        "lib.rs",
+        "//! The crate.\npub mod util;\npub mod model;\npub mod services;\npub mod commands;\n\
+         pub use crate::commands::run;\n",
+    );
+    assert_eq!(
+        violations(&t),
+        [Violation::Uncovered {
+            module: "crate".into(),
+            site: site("lib.rs", 6),
+        }]
+    );
+}
+
+#[test]
 fn a_path_to_no_component_fails() {
     let t = with(
         "commands/mod.rs",
@@ -407,7 +423,8 @@ fn the_readme_layout_block_must_list_exactly_the_modules() {
         check_readme(readme, &borrowed(&t)),
         [
             Violation::ReadmeUnlisted {
-                entry: "services/".into()
+                entry: "services/".into(),
+                path: "services/".into(),
             },
             Violation::ReadmeStale {
                 name: "inventory".into()

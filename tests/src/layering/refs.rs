@@ -53,7 +53,11 @@ pub(super) struct Scan {
 /// Scans `src`, the text of the file whose module path is `module` (empty for `lib.rs`).
 pub(super) fn scan(module: &[String], src: &str) -> Scan {
     let toks = tokens(&strip(src));
-    let (scope_of, scopes, children) = scopes(module, &toks);
+    let Scopes {
+        of_token,
+        paths,
+        children,
+    } = scopes(module, &toks);
     let mut out = Scan {
         first_item: first_item(&toks),
         anyhow: toks
@@ -65,7 +69,7 @@ pub(super) fn scan(module: &[String], src: &str) -> Scan {
     };
     let mut i = 0;
     while i < toks.len() {
-        let here = &scopes[scope_of[i]];
+        let here = &paths[of_token[i]];
         let prev = i.checked_sub(1).map(|p| &toks[p]);
         let next_is_sep = toks.get(i + 1).is_some_and(|t| t.tok == Tok::PathSep);
         if toks[i].is("use") && !toks.get(i + 1).is_some_and(|t| t.is_punct('<')) {
@@ -110,13 +114,15 @@ pub(super) fn scan(module: &[String], src: &str) -> Scan {
     out
 }
 
-/// The module path of every token (as an index into the returned list of scopes), and the
-/// child modules each scope declares (`mod x;` and `mod x { … }`).
-type Scopes = (
-    Vec<usize>,
-    Vec<Vec<String>>,
-    HashMap<Vec<String>, BTreeSet<String>>,
-);
+/// The modules of one file: the file's own and each inline `mod x { … }` in it.
+struct Scopes {
+    /// For every token, the index of its module in `paths`.
+    of_token: Vec<usize>,
+    /// Module paths from the crate root; `paths[0]` is the file's module.
+    paths: Vec<Vec<String>>,
+    /// The child modules each module declares (`mod x;` and `mod x { … }`).
+    children: HashMap<Vec<String>, BTreeSet<String>>,
+}
 
 fn scopes(module: &[String], toks: &[Token]) -> Scopes {
     let mut scopes = vec![module.to_vec()];
@@ -157,7 +163,11 @@ fn scopes(module: &[String], toks: &[Token]) -> Scopes {
             depth = depth.saturating_sub(1);
         }
     }
-    (scope_of, scopes, children)
+    Scopes {
+        of_token: scope_of,
+        paths: scopes,
+        children,
+    }
 }
 
 /// Parses one use tree starting at `pos` (after `use` or inside a group) and appends each of
