@@ -347,7 +347,6 @@ pub fn check(table: &Table, sources: &[(&str, &str)]) -> Result<(), Vec<Violatio
 /// The component graph of `sources` and every rule it breaks (the README aside).
 pub fn analyze(table: &Table, sources: &[(&str, &str)]) -> Analysis {
     let mut edges: BTreeMap<(String, String), Vec<Site>> = BTreeMap::new();
-    let mut layer_of: HashMap<String, usize> = HashMap::new();
     let mut present: BTreeSet<String> = BTreeSet::new();
     let mut per_file = Vec::new();
     let mut anyhow = Vec::new();
@@ -376,7 +375,6 @@ pub fn analyze(table: &Table, sources: &[(&str, &str)]) -> Analysis {
             continue;
         };
         present.insert(from.component.to_owned());
-        layer_of.insert(from.component.to_owned(), from.layer);
         for r in &scan.refs {
             let to = r.target.as_deref().and_then(|t| table.place(t));
             match to {
@@ -387,7 +385,6 @@ pub fn analyze(table: &Table, sources: &[(&str, &str)]) -> Analysis {
                 }),
                 Some(to) if to.component == from.component => {}
                 Some(to) => {
-                    layer_of.insert(to.component.to_owned(), to.layer);
                     edges
                         .entry((from.component.to_owned(), to.component.to_owned()))
                         .or_default()
@@ -413,8 +410,22 @@ pub fn analyze(table: &Table, sources: &[(&str, &str)]) -> Analysis {
     }
 
     let mut violations = per_file;
-    for ((from, to), s) in &edges {
-        let (fl, tl) = (layer_of[from], layer_of[to]);
+    violations.extend(edge_rules(table, &edges));
+    violations.extend(circles(&edges));
+    violations.extend(anyhow);
+    violations.extend(missing_components(table, &present));
+    Analysis { edges, violations }
+}
+
+/// An [`Violation::Upward`] or [`Violation::Sideways`] for each edge that breaks the order.
+fn edge_rules(table: &Table, edges: &BTreeMap<(String, String), Vec<Site>>) -> Vec<Violation> {
+    let layer = |component: &str| {
+        let segs: Vec<String> = component.split("::").map(str::to_owned).collect();
+        table.place(&segs).map_or(0, |p| p.layer)
+    };
+    let mut violations = Vec::new();
+    for ((from, to), s) in edges {
+        let (fl, tl) = (layer(from), layer(to));
         if tl > fl {
             violations.push(Violation::Upward {
                 from: from.clone(),
@@ -432,19 +443,21 @@ pub fn analyze(table: &Table, sources: &[(&str, &str)]) -> Analysis {
             });
         }
     }
-    violations.extend(circles(&edges));
-    violations.extend(anyhow);
-    for (layer, l) in table.layers.iter().enumerate() {
-        for c in &l.components {
-            if !present.contains(c) {
-                violations.push(Violation::MissingComponent {
-                    component: c.clone(),
-                    layer: table.layer_name(layer).to_owned(),
-                });
-            }
+    violations
+}
+
+/// A [`Violation::MissingComponent`] for each component of the table no file is.
+fn missing_components(table: &Table, present: &BTreeSet<String>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for l in &table.layers {
+        for c in l.components.iter().filter(|c| !present.contains(*c)) {
+            violations.push(Violation::MissingComponent {
+                component: c.clone(),
+                layer: l.name.clone(),
+            });
         }
     }
-    Analysis { edges, violations }
+    violations
 }
 
 /// Every circle of the graph: within each strongly connected component of two or more
