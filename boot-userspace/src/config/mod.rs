@@ -15,10 +15,13 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::model::inventory::{Inventory, InventoryError};
+use crate::model::{
+    boot::BootSettings,
+    inventory::{Inventory, InventoryError},
+};
 
 pub use dhcp::DhcpGuards;
-pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
+pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
 
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::{
     journal::{JournalError, LeaseRecord, LeaseState},
-    ledger_phase,
+    ledger_event,
     server::Server,
     table::LeaseTable,
     templates::derive,
@@ -116,7 +116,7 @@ impl DhcpService {
         };
         for ev in events {
             self.ledger
-                .record(ev.mac, ledger_phase(ev.kind), Some(ev.ip));
+                .record(ev.mac, ledger_event(ev.kind), Some(ev.ip));
         }
         // The ACKs have left already; their records follow within a second (one fdatasync
         // for a whole storm's worth). A reservation is its own durable truth meanwhile.

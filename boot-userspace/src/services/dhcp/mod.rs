@@ -44,7 +44,7 @@ use journal::LeaseRecord;
 
 pub use reload::Reloader;
 pub use service::{bind_on_device, DhcpService};
-pub use step::ledger_phase;
+pub use step::ledger_event;
 
 /// File name of the lease journal inside `daemon.state_dir`.
 pub const JOURNAL_FILE: &str = "leases.journal";

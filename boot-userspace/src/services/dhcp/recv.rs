@@ -76,7 +76,7 @@ impl DhcpService {
                     .set(used as i64),
                 Action::Decided => self.metrics.decision.observe(t0.elapsed().as_secs_f64()),
                 Action::Log(line) => log(line),
-                Action::Record(r) => self.ledger.record(r.mac, r.phase, r.ip),
+                Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip),
                 Action::Send(reply) => self.reply(sock, reply).await,
                 Action::Commit { record, then } => {
                     let this = Arc::clone(self);
@@ -98,7 +98,7 @@ impl DhcpService {
         self.send(sock, &reply.out, reply.dest).await;
         self.count_packet(reply.kind, reply.outcome);
         let r = reply.record;
-        self.ledger.record(r.mac, r.phase, r.ip);
+        self.ledger.record(r.mac, r.event, r.ip);
     }
 
     fn count_dropped(&self, reason: &str) {

@@ -18,20 +18,21 @@ use super::{
     server::{Handled, Ingress, Server},
     wire::{self, DropReason},
 };
-use crate::model::{inventory::Mac, ledger::Phase};
+use crate::model::{inventory::Mac, ledger::EventKind};
 
 /// How long a receive loop stays quiet about an exhausted pool after saying so, per subnet.
 const EXHAUSTED_LOG_MS: u64 = 10_000;
 
-/// The ledger's phase for a DHCP exchange: the reply sent (OFFER, ACK or NAK, by this
-/// service or by the kernel on its behalf) or the lease given back (DECLINE, RELEASE).
-pub fn ledger_phase(kind: MessageType) -> Phase {
+/// The ledger event for a DHCP exchange: the reply sent (OFFER, ACK or NAK, by this
+/// service or by the kernel's fast path on its behalf) or the lease the client gave back
+/// (DECLINE, RELEASE). The one place a DHCP message type becomes a boot step.
+pub fn ledger_event(kind: MessageType) -> EventKind {
     match kind {
-        MessageType::Offer => Phase::DhcpOffer,
-        MessageType::Nak => Phase::DhcpNak,
-        MessageType::Decline => Phase::DhcpDecline,
-        MessageType::Release => Phase::DhcpRelease,
-        _ => Phase::DhcpAck,
+        MessageType::Offer => EventKind::DhcpOffer,
+        MessageType::Nak => EventKind::DhcpNak,
+        MessageType::Decline => EventKind::DhcpDecline,
+        MessageType::Release => EventKind::DhcpRelease,
+        _ => EventKind::DhcpAck,
     }
 }
 
@@ -74,7 +75,7 @@ pub struct Record {
     /// The client.
     pub mac: Mac,
     /// What happened.
-    pub phase: Phase,
+    pub event: EventKind,
     /// The address concerned, if any.
     pub ip: Option<Ipv4Addr>,
 }
@@ -283,10 +284,10 @@ impl Step {
                     outcome: "committed",
                 });
                 // A RELEASE or a DECLINE: the request's type names what the client gave back.
-                let phase = ledger_phase(msg_type.unwrap_or(MessageType::Release));
+                let event = ledger_event(msg_type.unwrap_or(MessageType::Release));
                 actions.push(Action::Record(Record {
                     mac,
-                    phase,
+                    event,
                     ip: Some(record.ip),
                 }));
                 actions.push(Action::Commit { record, then: None });
@@ -310,7 +311,7 @@ impl Step {
                     outcome: reply_label(reply.kind),
                     record: Record {
                         mac,
-                        phase: ledger_phase(reply.kind),
+                        event: ledger_event(reply.kind),
                         ip: Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified()),
                     },
                 };
@@ -336,7 +337,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
+        config::{dhcp::AddrRange, DhcpConfig, DhcpMode, SubnetConfig},
+        model::boot::{BootSettings, OptionSet},
         model::inventory::Inventory,
         services::dhcp::{
             journal::LeaseState,
@@ -475,7 +477,7 @@ mod tests {
             reply.record,
             Record {
                 mac: mac(1),
-                phase: Phase::DhcpOffer,
+                event: EventKind::DhcpOffer,
                 ip: Some(ip)
             }
         );
@@ -524,7 +526,7 @@ mod tests {
             (ip, mac(1), LeaseState::Bound)
         );
         assert_eq!((reply.kind, reply.outcome), ("request", "ack"));
-        assert_eq!(reply.record.phase, Phase::DhcpAck);
+        assert_eq!(reply.record.event, EventKind::DhcpAck);
         assert_eq!(
             decoded(&reply.out).opts().msg_type(),
             Some(MessageType::Ack)
@@ -636,7 +638,7 @@ mod tests {
                 },
                 Action::Record(Record {
                     mac: mac(1),
-                    phase: Phase::DhcpRelease,
+                    event: EventKind::DhcpRelease,
                     ip: Some(ip)
                 }),
             ]
@@ -664,7 +666,7 @@ mod tests {
         let actions = l.feed(&decline, broadcast_peer(), 20);
         assert!(actions.contains(&Action::Record(Record {
             mac: mac(1),
-            phase: Phase::DhcpDecline,
+            event: EventKind::DhcpDecline,
             ip: Some(ip)
         })));
         assert!(
@@ -704,15 +706,15 @@ mod tests {
     }
 
     #[test]
-    fn every_dhcp_exchange_has_one_ledger_phase() {
-        for (kind, phase) in [
-            (MessageType::Offer, Phase::DhcpOffer),
-            (MessageType::Ack, Phase::DhcpAck),
-            (MessageType::Nak, Phase::DhcpNak),
-            (MessageType::Decline, Phase::DhcpDecline),
-            (MessageType::Release, Phase::DhcpRelease),
+    fn every_dhcp_exchange_has_one_ledger_event() {
+        for (kind, event) in [
+            (MessageType::Offer, EventKind::DhcpOffer),
+            (MessageType::Ack, EventKind::DhcpAck),
+            (MessageType::Nak, EventKind::DhcpNak),
+            (MessageType::Decline, EventKind::DhcpDecline),
+            (MessageType::Release, EventKind::DhcpRelease),
         ] {
-            assert_eq!(ledger_phase(kind), phase, "{kind:?}");
+            assert_eq!(ledger_event(kind), event, "{kind:?}");
         }
     }
 }

@@ -353,7 +353,8 @@ fn ingress_of(iface: &FabricIface) -> Ingress<'_> {
 mod tests {
     use super::*;
     use crate::{
-        config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
+        config::{dhcp::AddrRange, DhcpConfig, DhcpMode, SubnetConfig},
+        model::boot::{BootSettings, OptionSet},
         model::inventory::Inventory,
     };
 

@@ -32,7 +32,7 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory, Mac},
-    model::ledger::{self, Ledger, Phase as LedgerPhase},
+    model::ledger::{self, EventKind, Ledger, Phase as LedgerPhase},
     redfish::{BmcConfig, Client, RedfishError},
 };
 
@@ -396,7 +396,7 @@ impl RebootService {
                     Ok(kind) => {
                         self.metrics.resets.with_label_values(&["accepted"]).inc();
                         self.ledger
-                            .record_detail(m.mac, LedgerPhase::BmcReset, None, Some(&kind));
+                            .record(m.mac, EventKind::BmcReset { reset_type: kind }, None);
                         view.hosts[i].reset_done_s = Some(now);
                         sched.on_event(now, i, Event::ResetDone);
                     }
@@ -404,7 +404,7 @@ impl RebootService {
                         self.metrics.resets.with_label_values(&["failed"]).inc();
                         warn!(host = %m.spec.name, "reset failed: {why}");
                         self.ledger
-                            .record_detail(m.mac, LedgerPhase::BmcFailed, None, Some(&why));
+                            .record(m.mac, EventKind::BmcFailed { why: why.clone() }, None);
                         sched.on_event(now, i, Event::ResetFailed(why));
                         // Until the retry, it holds no place at the gate. (A host already
                         // seen on DHCP did reset, whatever the BMC answered: it stays.)
@@ -436,17 +436,17 @@ impl RebootService {
                         .rev()
                         .find(|e| {
                             matches!(
-                                e.phase,
+                                e.phase(),
                                 LedgerPhase::HttpStarted
                                     | LedgerPhase::HttpSent
                                     | LedgerPhase::HttpFailed
                             )
                         })
-                        .is_some_and(|e| e.phase == LedgerPhase::HttpStarted);
+                        .is_some_and(|e| e.phase() == LedgerPhase::HttpStarted);
                 if track[i].dhcp_ms.is_none() {
                     // An offer answers a DISCOVER, which a booting firmware sends and a
                     // running OS renewing its lease does not.
-                    if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::DhcpOffer) {
+                    if let Some(e) = events.iter().find(|e| e.phase() == LedgerPhase::DhcpOffer) {
                         track[i].dhcp_ms = Some(e.at_ms);
                         view.hosts[i].dhcp_s = Some(secs(e.at_ms));
                         sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
@@ -471,7 +471,7 @@ impl RebootService {
                         sched.on_event(secs(at), i, Event::Fetched);
                     }
                 }
-                if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::Booted) {
+                if let Some(e) = events.iter().find(|e| e.phase() == LedgerPhase::Booted) {
                     view.hosts[i].booted_s = Some(secs(e.at_ms));
                     sched.on_event(secs(e.at_ms), i, Event::Booted);
                 }
@@ -487,7 +487,7 @@ impl RebootService {
             for h in sched.admit(now) {
                 self.gate.release(members[h].mac);
                 self.ledger
-                    .record(members[h].mac, LedgerPhase::Admitted, None);
+                    .record(members[h].mac, EventKind::Admitted, None);
                 view.hosts[h].admitted_s = Some(now);
             }
             for Action::Reset(h) in sched.next_actions(now) {
@@ -596,15 +596,6 @@ struct Track {
     pulling: bool,
 }
 
-/// The path of a completed download event (HTTP or TFTP).
-fn sent_path(e: &ledger::Event) -> Option<&str> {
-    match e.phase {
-        LedgerPhase::HttpSent => Some(e.detail.as_deref()?.rsplit_once(": ")?.0),
-        LedgerPhase::TftpSent => e.detail.as_deref(),
-        _ => None,
-    }
-}
-
 /// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
 /// `http_base` path).
 fn names(path: &str, file: &str) -> bool {
@@ -617,7 +608,7 @@ fn names(path: &str, file: &str) -> bool {
 /// When `file` was first sent completely at or after `from_ms`.
 fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
     events.iter().find_map(|e| {
-        let path = sent_path(e)?;
+        let path = e.kind.sent_path()?;
         (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
     })
 }
@@ -639,7 +630,7 @@ fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Optio
 /// by UEFI HTTP boot) was sent at or after `from_ms`.
 fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
     events.iter().find_map(|e| {
-        let path = sent_path(e)?;
+        let path = e.kind.sent_path()?;
         (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
     })
 }
@@ -661,41 +652,56 @@ async fn reset_host(bmc: &BmcConfig) -> Result<String, RedfishError> {
 mod tests {
     use super::*;
 
-    fn ev(at_ms: u64, phase: LedgerPhase, detail: &str) -> ledger::Event {
+    fn ev(at_ms: u64, kind: EventKind) -> ledger::Event {
         ledger::Event {
             at_ms,
-            phase,
             ip: None,
-            detail: Some(detail.into()),
+            kind,
         }
+    }
+
+    fn http(at_ms: u64, path: &str, bytes: u64) -> ledger::Event {
+        let path = path.into();
+        ev(at_ms, EventKind::HttpSent { path, bytes })
+    }
+
+    fn tftp(at_ms: u64, file: &str) -> ledger::Event {
+        let file = file.into();
+        ev(at_ms, EventKind::TftpSent { file })
     }
 
     #[test]
     fn fetched_needs_every_file_after_dhcp_by_http_or_tftp() {
         let files = vec!["images/vmlinuz".to_owned(), "initrd.img".to_owned()];
         let events = vec![
-            ev(5, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(20, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(30, LedgerPhase::HttpFailed, "/initrd.img: 3 bytes"),
+            http(5, "/images/vmlinuz", 100),
+            http(20, "/images/vmlinuz", 100),
+            ev(
+                30,
+                EventKind::HttpFailed {
+                    path: "/initrd.img".into(),
+                    bytes: 3,
+                },
+            ),
         ];
         assert_eq!(fetched_at(&files, &events, 10), None, "initrd not sent yet");
         let mut more = events.clone();
-        more.push(ev(40, LedgerPhase::TftpSent, "initrd.img"));
+        more.push(tftp(40, "initrd.img"));
         assert_eq!(fetched_at(&files, &more, 10), Some(40));
         // A sent file from before the DHCP of this boot does not count.
         assert_eq!(fetched_at(&files, &more[..1], 10), None);
         // Prefixes under an http_base path still match; other names do not.
         let other = vec![
-            ev(50, LedgerPhase::HttpSent, "/boot/images/vmlinuz: 1 bytes"),
-            ev(51, LedgerPhase::HttpSent, "/xinitrd.img: 1 bytes"),
+            http(50, "/boot/images/vmlinuz", 1),
+            http(51, "/xinitrd.img", 1),
         ];
         assert_eq!(fetched_at(&files, &other, 0), None);
         assert_eq!(fetched_at(&[], &other, 0), None);
         // The bootloader is the first other file sent after DHCP.
         let boot = vec![
-            ev(1, LedgerPhase::TftpSent, "ipxe.efi"),
-            ev(12, LedgerPhase::TftpSent, "undionly.kpxe"),
-            ev(14, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+            tftp(1, "ipxe.efi"),
+            tftp(12, "undionly.kpxe"),
+            http(14, "/images/vmlinuz", 100),
         ];
         assert_eq!(loader_at(&files, &boot, 10), Some(12));
         assert_eq!(loader_at(&files, &boot[2..], 10), None);
