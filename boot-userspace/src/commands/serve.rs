@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
     services::dhcp::DhcpService,
@@ -141,13 +142,28 @@ fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>
     };
     // Hosts added to the inventory are protected in the ledger from now on.
     ledger.set_inventory(&config.inventory);
-    match dhcp.map(|d| d.reload(&config)) {
+    match dhcp.map(|d| d.reload(config.dhcp.as_ref(), &config.boot, &config.inventory)) {
         Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
         Some(Ok(())) => info!(
             hosts = config.inventory.hosts().len(),
             "SIGHUP: config reloaded (DHCP and the XDP fast path)"
         ),
         None => info!("SIGHUP: nothing to reload without a DHCP server"),
+    }
+}
+
+/// What the data path is set up with, from `[xdp]` and the other sections' values it needs:
+/// the DHCP mode and rate limit and the TFTP transfer ports.
+pub fn dataplane_settings(config: &Config) -> xdp::Settings {
+    xdp::Settings {
+        mode: config.xdp_mode,
+        relay_rate_limit: config.xdp_relay_rate_limit,
+        dhcp: xdp::DhcpPath::new(
+            config.dhcp.as_ref().map(|d| d.mode),
+            config.xdp_dhcp_fast_path,
+        ),
+        client_rate_limit: config.dhcp.as_ref().map(|d| d.rate_limit),
+        tftp_transfer_ports: config.tftp_transfer_ports,
     }
 }
 
@@ -183,8 +199,9 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let cancel = CancellationToken::new();
     let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
 
-    let mut dataplane = Dataplane::start(&config, &registry)?;
-    let fast_path = dataplane.take_fast_path(&config);
+    let fabric = Fabric::resolve(&config.interfaces);
+    let mut dataplane = Dataplane::start(fabric.ifaces(), &dataplane_settings(&config), &registry)?;
+    let fast_path = dataplane.take_fast_path(fabric.ifaces());
     if dataplane.is_active() {
         let token = supervisor.token();
         supervisor.spawn(
@@ -207,7 +224,14 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         .context("registering scheduler metrics")?;
     let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
-        let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
+        let sources = crate::services::dhcp::Sources {
+            inventory: config.inventory.clone(),
+            boot: config.boot.clone(),
+            ledger: ledger.clone(),
+            journal: crate::services::dhcp::journal_path(&config.state_dir),
+            config_path: config.path.clone(),
+        };
+        let service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
         if let Some(fp) = fast_path {
             if let Err(e) = service.attach_fast_path(fp) {
                 warn!("XDP DHCP fast path off: {e}");

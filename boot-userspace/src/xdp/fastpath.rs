@@ -26,7 +26,7 @@ use bootfabric_abi::dhcp::{
 use dhcproto::v4::MessageType;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::model::inventory::Mac;
+use crate::{fabric::Iface, model::inventory::Mac};
 
 /// One fabric interface as the fast path sees it.
 #[derive(Clone, Debug)]
@@ -42,28 +42,14 @@ pub struct FabricIface {
 }
 
 impl FabricIface {
-    /// Looks `name` up in the current network namespace: index, first IPv4 address, MAC.
-    pub fn lookup(name: &str) -> Option<Self> {
-        let ifindex = super::if_index(name)?;
-        let mut server_ip = None;
-        let mut mac = None;
-        for a in nix::ifaddrs::getifaddrs().ok()? {
-            if a.interface_name != name {
-                continue;
-            }
-            let Some(addr) = a.address else { continue };
-            if server_ip.is_none() {
-                server_ip = addr.as_sockaddr_in().map(|s| s.ip());
-            }
-            if mac.is_none() {
-                mac = addr.as_link_addr().and_then(|l| l.addr());
-            }
-        }
+    /// The fast path's view of `iface`, if the fabric resolved everything it needs: index,
+    /// IPv4 address and MAC.
+    pub fn complete(iface: &Iface) -> Option<Self> {
         Some(Self {
-            name: name.to_owned(),
-            ifindex,
-            server_ip: server_ip?,
-            mac: mac?,
+            name: iface.name.clone(),
+            ifindex: iface.index?,
+            server_ip: iface.ipv4?,
+            mac: iface.mac?,
         })
     }
 }

@@ -21,7 +21,10 @@ pub fn interfaces(config: &Config) -> Vec<Item> {
     for name in &config.interfaces {
         let subject = format!("interface {name}");
         let mine: Vec<_> = addrs.iter().filter(|a| &a.interface_name == name).collect();
-        if crate::xdp::if_index(name).is_none() {
+        if crate::fabric::Fabric::resolve(std::slice::from_ref(name))
+            .get(name)
+            .is_none_or(|i| i.index.is_none())
+        {
             items.push(Item::fail(
                 subject,
                 "does not exist",

@@ -39,11 +39,10 @@ use std::{
 
 use dhcproto::{Encodable, Encoder};
 
-use crate::config::Config;
 use journal::LeaseRecord;
 
-pub use reload::Reloader;
-pub use service::{bind_on_device, DhcpService};
+pub use reload::{ReloadError, Reloader};
+pub use service::{bind_on_device, DhcpService, Ports, Sources};
 pub use step::ledger_event;
 
 /// File name of the lease journal inside `daemon.state_dir`.
@@ -86,9 +85,9 @@ pub enum DhcpError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Path of the lease journal for `config`.
-pub fn journal_path(config: &Config) -> PathBuf {
-    config.state_dir.join(JOURNAL_FILE)
+/// Path of the lease journal in `state_dir` (`daemon.state_dir`).
+pub fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(JOURNAL_FILE)
 }
 
 /// Current Unix time in seconds.
@@ -99,14 +98,12 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The first IPv4 address of `iface`.
+/// The first IPv4 address of `iface`. Kept only for HTTP and TFTP until their branch, which
+/// takes the address from the fabric, is merged; DHCP itself reads [`crate::fabric`].
 pub fn iface_ipv4(iface: &str) -> Option<Ipv4Addr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
-        if a.interface_name != iface {
-            return None;
-        }
-        a.address?.as_sockaddr_in().map(|s| s.ip())
-    })
+    crate::fabric::Fabric::resolve(&[iface.to_owned()])
+        .get(iface)?
+        .ipv4
 }
 
 /// A reply as it goes on the wire: encoded, then padded with zeros to RFC 2131's minimum
@@ -145,16 +142,15 @@ pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalErro
     journal::read_live(path)
 }
 
-/// `bootfabric leases repair`: repairs the journal of `config` (see [`journal::repair`])
-/// and prints what it did. Exit code 0 when the journal is sound now, 1 when it could not
-/// be repaired.
-pub fn repair_leases(config: &Config) -> i32 {
-    let path = journal_path(config);
+/// `bootfabric leases repair`: repairs the journal at `path` (see [`journal::repair`]) and
+/// prints what it did. Exit code 0 when the journal is sound now, 1 when it could not be
+/// repaired.
+pub fn repair_leases(path: &Path) -> i32 {
     if !path.exists() {
         println!("{}: no lease journal: nothing to repair", path.display());
         return 0;
     }
-    match journal::repair(&path, unix_now()) {
+    match journal::repair(path, unix_now()) {
         Ok(r) if r.dropped.is_empty() => {
             println!(
                 "{}: {} records, no damaged line: nothing to repair",

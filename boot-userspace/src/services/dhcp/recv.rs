@@ -14,7 +14,8 @@ use super::{
 };
 
 impl DhcpService {
-    /// Serves `sock` (bound on `iface`, whose address is `server_ip`, at `port`) until
+    /// Serves `sock` (bound on `iface`, whose address is `server_ip`, serving as `port`: 67,
+    /// or 4011 for proxyDHCP boot-server requests) until
     /// `cancel` fires; an error only when the socket fails or the state lock is poisoned.
     pub(super) async fn receive_loop(
         self: Arc<Self>,

@@ -5,7 +5,28 @@ use std::sync::{Arc, Mutex};
 use tracing::info;
 
 use super::{fastpath::FastPathOwner, server::Server};
-use crate::config::Config;
+use crate::{
+    config::DhcpConfig,
+    model::{boot::BootSettings, inventory::Inventory},
+    xdp::fastpath::FastPathError,
+};
+
+/// Why a reload was not applied (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration has no `[dhcp]`.
+    #[error("the reloaded config has no [dhcp]; restart to remove the server")]
+    NoDhcp,
+    /// The DHCP state lock was poisoned (a thread panicked holding it).
+    #[error("DHCP state lock poisoned")]
+    Poisoned,
+    /// A setting that shapes the lease table changed.
+    #[error("dhcp.subnets or dhcp.mode changed: restart to apply")]
+    NeedsRestart,
+    /// The fast path's maps could not follow.
+    #[error(transparent)]
+    FastPath(#[from] FastPathError),
+}
 
 /// Applies reloaded configurations to a running DHCP service.
 #[derive(Clone)]
@@ -15,17 +36,17 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Applies a reloaded configuration: hosts, profiles, boot settings and options. The
-    /// subnets and pools stay as they are (they shape the lease table; a restart changes
-    /// them). The fast path's maps follow.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let Some(dhcp) = &config.dhcp else {
-            return Err("the reloaded config has no [dhcp]; restart to remove the server".into());
-        };
-        let mut server = self
-            .server
-            .lock()
-            .map_err(|_| "DHCP state lock poisoned".to_owned())?;
+    /// Applies a reloaded configuration: `dhcp` (the new `[dhcp]`, if any), boot settings,
+    /// hosts and profiles. The subnets and pools stay as they are (they shape the lease
+    /// table; a restart changes them). The fast path's maps follow.
+    pub fn reload(
+        &self,
+        dhcp: Option<&DhcpConfig>,
+        boot: &BootSettings,
+        inventory: &Inventory,
+    ) -> Result<(), ReloadError> {
+        let dhcp = dhcp.ok_or(ReloadError::NoDhcp)?;
+        let mut server = self.server.lock().map_err(|_| ReloadError::Poisoned)?;
         if server
             .dhcp
             .subnets
@@ -34,20 +55,20 @@ impl Reloader {
             .ne(dhcp.subnets.iter().map(|s| s.net))
             || server.dhcp.mode != dhcp.mode
         {
-            return Err("dhcp.subnets or dhcp.mode changed: restart to apply".into());
+            return Err(ReloadError::NeedsRestart);
         }
-        server.inventory = config.inventory.clone();
-        server.boot = config.boot.clone();
+        server.inventory = inventory.clone();
+        server.boot = boot.clone();
         server.dhcp.options = dhcp.options.clone();
         // Relays and DECLINE limits apply at once; the commit bounds at the next start.
         server.set_guards(dhcp.guards.clone());
         for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
             mine.options = new.options.clone();
         }
-        server.table.set_reservations(&config.inventory);
+        server.table.set_reservations(inventory);
         if let Ok(mut slot) = self.fast_path.lock() {
             if let Some(fp) = slot.as_mut() {
-                let r = fp.sync(&server).map_err(|e| e.to_string())?.written;
+                let r = fp.sync(&server)?.written;
                 info!(
                     hosts = r.hosts,
                     removed = r.removed,

@@ -4,6 +4,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,9 +16,7 @@ use tracing::{info, warn};
 
 use super::{
     fastpath::FastPathOwner,
-    iface_ipv4,
     journal::{CommitBounds, Committer, Journal, JournalError, LeaseRecord},
-    journal_path,
     metrics::Metrics,
     ratelimit::RateLimiter,
     reload::Reloader,
@@ -25,14 +24,15 @@ use super::{
     unix_now, DhcpError,
 };
 use crate::{
-    config::{Config, DhcpMode},
-    model::ledger::Ledger,
+    config::{DhcpConfig, DhcpMode},
+    fabric::Iface,
+    model::{boot::BootSettings, inventory::Inventory, ledger::Ledger},
     xdp::fastpath::FastPathEvents,
 };
 
 /// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
 pub struct DhcpService {
-    /// (interface, its address, local port, socket).
+    /// (interface, its address, role (the port of RFC 2131 or PXE it serves as), socket).
     pub(super) sockets: Vec<(String, Ipv4Addr, u16, Arc<UdpSocket>)>,
     pub(super) server: Arc<Mutex<Server>>,
     pub(super) committer: Committer,
@@ -67,31 +67,76 @@ fn bind_socket(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s)
 }
 
+/// What DHCP serves from besides its own section. `serve` takes each from where it is kept,
+/// so the service reads no other section of the configuration.
+pub struct Sources {
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// The ledger (boot events).
+    pub ledger: Ledger,
+    /// The lease journal ([`super::journal_path`] of `daemon.state_dir`).
+    pub journal: PathBuf,
+    /// The config file, named in the repair command a damaged journal calls for.
+    pub config_path: PathBuf,
+}
+
+/// The local ports the service binds, per role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// Where requests arrive ([`SERVER_PORT`]).
+    pub server: u16,
+    /// Where proxyDHCP boot-server requests arrive ([`PXE_PORT`]; proxy mode only).
+    pub pxe: u16,
+}
+
+impl Ports {
+    /// The ports of RFC 2131 and the PXE specification.
+    pub const STANDARD: Self = Self {
+        server: SERVER_PORT,
+        pxe: PXE_PORT,
+    };
+}
+
 impl DhcpService {
-    /// Opens the journal, rebuilds the lease table and binds one socket per interface.
+    /// Opens the journal, rebuilds the lease table and binds one socket per interface of
+    /// `ifaces` (the fabric), on port 67 (and 4011 in proxy mode).
     pub fn start(
-        config: &Config,
-        dhcp: crate::config::DhcpConfig,
+        dhcp: DhcpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
         registry: &Registry,
-        ledger: Ledger,
     ) -> Result<Self, DhcpError> {
+        Self::start_on(Ports::STANDARD, dhcp, ifaces, sources, registry)
+    }
+
+    /// [`DhcpService::start`] on other local ports: 0 (unit tests) binds a port the kernel
+    /// picks. Requests are still handled by the role of the socket they arrive on.
+    pub fn start_on(
+        ports: Ports,
+        dhcp: DhcpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
+        registry: &Registry,
+    ) -> Result<Self, DhcpError> {
+        let Sources {
+            inventory,
+            boot,
+            ledger,
+            journal: path,
+            config_path,
+        } = sources;
         let metrics = Metrics::register(registry)?;
-        let path = journal_path(config);
         let (journal, live) = Journal::open(&path).map_err(|e| match e {
             JournalError::Corrupt { .. } => DhcpError::CorruptJournal {
                 journal: e,
-                config: config.path.clone(),
+                config: config_path,
             },
             e => DhcpError::Journal(e),
         })?;
         let now = unix_now();
-        let server = Server::new(
-            dhcp,
-            config.boot.clone(),
-            config.inventory.clone(),
-            &live,
-            now,
-        );
+        let server = Server::new(dhcp, boot, inventory, &live, now);
         let active = server.table.active(now).len();
         info!(journal = %path.display(), records = live.len(), active, "lease journal replayed");
         let committer = Committer::start(
@@ -101,21 +146,26 @@ impl DhcpService {
             CommitBounds::from(&server.dhcp.guards),
         );
         let mut sockets = Vec::new();
-        for iface in &config.interfaces {
-            let ip = iface_ipv4(iface).ok_or_else(|| DhcpError::NoAddress {
+        for Iface {
+            name: iface, ipv4, ..
+        } in ifaces
+        {
+            let ip = ipv4.ok_or_else(|| DhcpError::NoAddress {
                 iface: iface.clone(),
             })?;
-            let ports: &[u16] = match server.dhcp.mode {
-                DhcpMode::Server => &[SERVER_PORT],
-                DhcpMode::Proxy => &[SERVER_PORT, PXE_PORT],
+            // (role, local port): the role is what the server decides by.
+            let roles: &[(u16, u16)] = match server.dhcp.mode {
+                DhcpMode::Server => &[(SERVER_PORT, ports.server)],
+                DhcpMode::Proxy => &[(SERVER_PORT, ports.server), (PXE_PORT, ports.pxe)],
             };
-            for &port in ports {
+            for &(role, port) in roles {
                 let sock = bind_socket(iface, port).map_err(|source| DhcpError::Socket {
                     iface: iface.clone(),
                     source,
                 })?;
+                let port = sock.local_addr().map_or(port, |a| a.port());
                 info!(%iface, server_id = %ip, mode = ?server.dhcp.mode, "DHCP server listening on {iface}:{port}");
-                sockets.push((iface.clone(), ip, port, Arc::new(sock)));
+                sockets.push((iface.clone(), ip, role, Arc::new(sock)));
             }
         }
         let subnets = server
