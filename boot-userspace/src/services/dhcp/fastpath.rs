@@ -188,7 +188,15 @@ mod tests {
     use std::{net::Ipv4Addr, path::Path};
 
     use super::*;
-    use crate::model::inventory::{Inventory, Mac};
+    use crate::{
+        model::{
+            boot::BootSettings,
+            inventory::{Inventory, Mac},
+            ledger::EventKind,
+        },
+        services::dhcp::testkit,
+        xdp::fastpath::fake::{FakeEvents, FakeMaps},
+    };
 
     fn table(expires: u64) -> LeaseTable {
         let inventory =
@@ -212,6 +220,156 @@ mod tests {
             ifindex: 1,
             lease_secs,
         }
+    }
+
+    const TWO_HOSTS: &str = r#"
+[profiles.a]
+[[hosts]]
+name = "h1"
+mac = "52:54:00:00:00:01"
+ip = "10.0.0.11"
+profile = "a"
+[[hosts]]
+name = "h2"
+mac = "52:54:00:00:00:02"
+ip = "10.0.0.12"
+profile = "a"
+"#;
+
+    fn fabric() -> Vec<FabricIface> {
+        vec![FabricIface {
+            name: "fabric0".into(),
+            ifindex: 7,
+            server_ip: Ipv4Addr::new(10, 0, 0, 1),
+            mac: [2, 0, 0, 0, 0, 1],
+        }]
+    }
+
+    fn dhcp() -> crate::config::DhcpConfig {
+        testkit::dhcp("10.0.0.0/24", "fabric0", "10.0.0.100-10.0.0.110")
+    }
+
+    #[test]
+    fn the_maps_follow_the_server_at_attach_and_on_every_reload() {
+        let t = testkit::start(dhcp(), testkit::inventory(TWO_HOSTS), &[]);
+        let maps = FakeMaps::default();
+        let fp = FastPath {
+            maps: Box::new(maps.clone()),
+            events: None,
+            fabric: fabric(),
+        };
+        let synced = t.service.attach_fast_path(fp).expect("attach");
+        assert_eq!((synced.written.hosts, synced.skipped), (2, 0));
+        {
+            let want = derive(&t.service.server.lock().expect("lock"), &fabric()).maps;
+            let kernel = maps.0.lock().expect("fake");
+            assert_eq!(kernel.syncs, 1);
+            assert_eq!(
+                kernel.hosts, want.hosts,
+                "the kernel holds what derive says"
+            );
+            assert_eq!(kernel.templates.len(), want.templates.len());
+            assert_eq!(kernel.relays, want.relays);
+        }
+
+        // h2 leaves the inventory: its entry leaves the kernel.
+        let reloader = t.service.reloader();
+        let one_host = TWO_HOSTS
+            .split("[[hosts]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[hosts]]");
+        reloader
+            .reload(
+                Some(&dhcp()),
+                &BootSettings::defaults(),
+                &testkit::inventory(&one_host),
+            )
+            .expect("reload");
+        {
+            let kernel = maps.0.lock().expect("fake");
+            assert_eq!(kernel.syncs, 2);
+            assert_eq!(
+                kernel.hosts.keys().collect::<Vec<_>>(),
+                [&[0x52, 0x54, 0, 0, 0, 1]]
+            );
+        }
+
+        // Refused reloads leave the server and the kernel as they were.
+        let other = testkit::dhcp("10.9.0.0/24", "fabric0", "10.9.0.100-10.9.0.110");
+        let inventory = testkit::inventory(TWO_HOSTS);
+        let e = reloader
+            .reload(Some(&other), &BootSettings::defaults(), &inventory)
+            .expect_err("subnets changed");
+        assert_eq!(
+            e.to_string(),
+            "dhcp.subnets or dhcp.mode changed: restart to apply"
+        );
+        let e = reloader
+            .reload(None, &BootSettings::defaults(), &inventory)
+            .expect_err("no [dhcp]");
+        assert_eq!(
+            e.to_string(),
+            "the reloaded config has no [dhcp]; restart to remove the server"
+        );
+        assert_eq!(maps.0.lock().expect("fake").syncs, 2);
+    }
+
+    #[tokio::test]
+    async fn exchanges_the_kernel_answered_reach_the_lease_table_and_the_ledger() {
+        let t = testkit::start(dhcp(), testkit::inventory(TWO_HOSTS), &[]);
+        let events = FakeEvents::default();
+        let fp = FastPath {
+            maps: Box::new(FakeMaps::default()),
+            events: Some(Box::new(events.clone())),
+            fabric: fabric(),
+        };
+        t.service.attach_fast_path(fp).expect("attach");
+        let reader = t
+            .service
+            .fast_path_events
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("the events wait for their reader");
+        let service = Arc::new(t.service);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&service).fast_path_events(reader, cancel.clone()));
+
+        let h1 = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        let offer = FastPathEvent {
+            mac: h1,
+            kind: MessageType::Offer,
+            ip,
+            ifindex: 7,
+            lease_secs: 600,
+        };
+        events.push(offer);
+        events.push(FastPathEvent {
+            kind: MessageType::Ack,
+            ..offer
+        });
+        // Whatever the reader has not drained yet, it drains when cancelled.
+        cancel.cancel();
+        task.await.expect("join").expect("reader");
+
+        let kinds: Vec<(EventKind, Option<Ipv4Addr>)> = t
+            .ledger
+            .timeline(h1)
+            .into_iter()
+            .map(|e| (e.kind, e.ip))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::DhcpOffer, Some(ip)),
+                (EventKind::DhcpAck, Some(ip))
+            ]
+        );
+        let server = service.server.lock().expect("lock");
+        let lease = server.table.lease_at(ip).expect("a lease");
+        assert_eq!((lease.mac, lease.state), (h1, LeaseState::Bound));
     }
 
     #[test]

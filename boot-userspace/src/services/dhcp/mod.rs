@@ -29,6 +29,8 @@ mod service;
 pub mod step;
 pub mod table;
 pub mod templates;
+#[cfg(test)]
+mod testkit;
 pub mod wire;
 
 use std::{

@@ -306,3 +306,100 @@ impl DhcpService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dhcproto::{
+        v4::{DhcpOption, Message, MessageType},
+        Encodable, Encoder,
+    };
+
+    use super::*;
+    use crate::{
+        model::{inventory::Mac, ledger::EventKind},
+        services::dhcp::testkit,
+    };
+
+    /// The value of counter `name` with `labels`, 0 when it has no such series.
+    fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_discover_over_udp_on_loopback_is_answered_without_root() {
+        let testkit::Started {
+            service,
+            ledger,
+            registry,
+            dir: _dir,
+        } = testkit::start(
+            testkit::dhcp("127.0.0.0/8", "lo", "127.0.0.100-127.0.0.110"),
+            testkit::inventory(""),
+            &[testkit::loopback()],
+        );
+        let port = service.sockets[0].3.local_addr().expect("bound").port();
+        assert_ne!(port, 0);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(service.run(cancel.clone()));
+
+        let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let mut discover = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &mac.0,
+        );
+        discover
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let mut bytes = Vec::new();
+        discover
+            .encode(&mut Encoder::new(&mut bytes))
+            .expect("encode");
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client socket");
+        let server = ("127.0.0.1", port);
+        // A malformed datagram first: the loop drops it and goes on.
+        client.send_to(&[1, 1, 6], server).await.expect("send");
+        client.send_to(&bytes, server).await.expect("send");
+
+        // The OFFER goes to 255.255.255.255:68, where only root may listen: what a test
+        // without root sees is the ledger entry the loop writes once it has been sent.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let events = loop {
+            let events = ledger.timeline(mac);
+            if !events.is_empty() || tokio::time::Instant::now() > deadline {
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, EventKind::DhcpOffer);
+        assert_eq!(events[0].ip, Some(Ipv4Addr::new(127, 0, 0, 100)));
+        let packets = "bootfabric_dhcp_packets_total";
+        let labels = [("type", "discover"), ("outcome", "offer")];
+        assert_eq!(counter(&registry, packets, &labels), 1);
+        let dropped = [("reason", "truncated")];
+        assert_eq!(
+            counter(&registry, "bootfabric_dhcp_dropped_total", &dropped),
+            1
+        );
+
+        cancel.cancel();
+        run.await.expect("join").expect("a clean stop");
+    }
+}
