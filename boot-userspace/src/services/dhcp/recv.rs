@@ -1,5 +1,5 @@
-//! The receive loop of one socket: decode, handle, act. The decisions are [`step`]'s (pure);
-//! this loop only takes the locks, reads the clocks and carries the actions out.
+//! The receive loop of one socket: decode, admit, handle, act. The decisions are [`step`]'s
+//! (pure); this loop only takes the locks, reads the clocks and carries the actions out.
 
 use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
@@ -15,8 +15,8 @@ use super::{
 
 impl DhcpService {
     /// Serves `sock` (bound on `iface`, whose address is `server_ip`, serving as `port`: 67,
-    /// or 4011 for proxyDHCP boot-server requests) until
-    /// `cancel` fires; an error only when the socket fails or the state lock is poisoned.
+    /// or 4011 for proxyDHCP boot-server requests) until `cancel` fires; an error only when
+    /// the socket fails or the state lock is poisoned.
     pub(super) async fn receive_loop(
         self: Arc<Self>,
         iface: String,
@@ -33,9 +33,14 @@ impl DhcpService {
                 _ = cancel.cancelled() => return Ok(()),
                 r = sock.recv_from(&mut buf) => r?,
             };
+            let req = step::decode(&buf[..n], peer).and_then(|req| {
+                let ms = started.elapsed().as_millis() as u64;
+                step::admit(self.limiter.lock().ok().as_deref_mut(), &req, ms)?;
+                Ok(req)
+            });
             let t0 = Instant::now();
-            let actions = match step::decode(&buf[..n], peer) {
-                Err(actions) => actions,
+            let actions = match req {
+                Err(refused) => refused,
                 Ok(req) => {
                     let ingress = Ingress {
                         iface: &iface,
@@ -47,11 +52,10 @@ impl DhcpService {
                         ms: started.elapsed().as_millis() as u64,
                         unix: unix_now(),
                     };
-                    let mut limiter = self.limiter.lock().ok();
                     let Ok(mut server) = self.server.lock() else {
                         return Err(std::io::Error::other("DHCP state lock poisoned"));
                     };
-                    step.handle(&mut server, limiter.as_deref_mut(), &req, &ingress, now)
+                    step.handle(&mut server, &req, &ingress, now)
                 }
             };
             self.act(&sock, actions, t0).await;

@@ -71,7 +71,7 @@ pub struct Request {
 
 /// A ledger entry about a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct LedgerEntry {
     /// The client.
     pub mac: Mac,
     /// What happened.
@@ -92,7 +92,7 @@ pub struct Reply {
     /// `outcome` label of `bootfabric_dhcp_packets_total`.
     pub outcome: &'static str,
     /// The ledger entry once it has left.
-    pub record: Record,
+    pub record: LedgerEntry,
 }
 
 /// A log line the loop writes.
@@ -158,7 +158,7 @@ pub enum Action {
     /// A log line.
     Log(Log),
     /// A ledger entry.
-    Record(Record),
+    Record(LedgerEntry),
     /// Send a reply now.
     Send(Reply),
     /// Make `record` durable in the background; `then`, if it is, sends that reply. An ACK
@@ -192,6 +192,21 @@ pub fn decode(bytes: &[u8], peer: SocketAddr) -> Result<Request, Vec<Action>> {
     })
 }
 
+/// The per-client rate limit: `Err` with what to do when `req` is over it. `limiter` is
+/// `None` when its lock is poisoned: then every request is refused, as a limiter that cannot
+/// say yes would.
+pub fn admit(
+    limiter: Option<&mut RateLimiter>,
+    req: &Request,
+    now_ms: u64,
+) -> Result<(), Vec<Action>> {
+    if limiter.is_some_and(|l| l.allow(req.mac, now_ms)) {
+        Ok(())
+    } else {
+        Err(vec![Action::Dropped(DropReason::RateLimited)])
+    }
+}
+
 /// The times a step needs.
 #[derive(Clone, Copy, Debug)]
 pub struct Now {
@@ -219,21 +234,15 @@ impl Step {
         }
     }
 
-    /// Handles `req`, arrived at `ingress` (whose `peer` is the request's), at `now`.
-    /// `limiter` is `None` when its lock is poisoned: then every request is refused as
-    /// rate-limited, as a limiter that cannot say yes would.
+    /// Handles `req`, arrived at `ingress` (whose `peer` is the request's) and admitted by
+    /// [`admit`], at `now`.
     pub fn handle(
         &mut self,
         server: &mut Server,
-        limiter: Option<&mut RateLimiter>,
         req: &Request,
         ingress: &Ingress<'_>,
         now: Now,
     ) -> Vec<Action> {
-        let allowed = limiter.is_some_and(|l| l.allow(req.mac, now.ms));
-        if !allowed {
-            return vec![Action::Dropped(DropReason::RateLimited)];
-        }
         let msg_type = req.msg.opts().msg_type();
         let kind = type_label(msg_type);
         let subnet = server.subnet_for(&req.msg, ingress);
@@ -285,7 +294,7 @@ impl Step {
                 });
                 // A RELEASE or a DECLINE: the request's type names what the client gave back.
                 let event = ledger_event(msg_type.unwrap_or(MessageType::Release));
-                actions.push(Action::Record(Record {
+                actions.push(Action::Record(LedgerEntry {
                     mac,
                     event,
                     ip: Some(record.ip),
@@ -309,7 +318,7 @@ impl Step {
                     dest: reply.dest,
                     kind,
                     outcome: reply_label(reply.kind),
-                    record: Record {
+                    record: LedgerEntry {
                         mac,
                         event: ledger_event(reply.kind),
                         ip: Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified()),
@@ -435,13 +444,10 @@ mod tests {
                 ms,
                 unix: 1000 + ms / 1000,
             };
-            self.step.handle(
-                &mut self.server,
-                Some(&mut self.limiter),
-                &req,
-                &ingress,
-                now,
-            )
+            if let Err(refused) = admit(Some(&mut self.limiter), &req, now.ms) {
+                return refused;
+            }
+            self.step.handle(&mut self.server, &req, &ingress, now)
         }
     }
 
@@ -475,7 +481,7 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 0, 100);
         assert_eq!(
             reply.record,
-            Record {
+            LedgerEntry {
                 mac: mac(1),
                 event: EventKind::DhcpOffer,
                 ip: Some(ip)
@@ -580,19 +586,9 @@ mod tests {
             .contains(&Action::Decided));
         // A poisoned limiter says no to everyone.
         let req = decode(&discover, SocketAddr::V4(broadcast_peer())).expect("request");
-        let ingress = Ingress {
-            iface: "fabric0",
-            server_ip: SERVER_IP,
-            port: SERVER_PORT,
-            peer: req.peer,
-        };
-        let now = Now {
-            ms: 5000,
-            unix: 1005,
-        };
         assert_eq!(
-            l.step.handle(&mut l.server, None, &req, &ingress, now),
-            vec![Action::Dropped(DropReason::RateLimited)]
+            admit(None, &req, 5000),
+            Err(vec![Action::Dropped(DropReason::RateLimited)])
         );
     }
 
@@ -636,7 +632,7 @@ mod tests {
                     kind: "release",
                     outcome: "committed"
                 },
-                Action::Record(Record {
+                Action::Record(LedgerEntry {
                     mac: mac(1),
                     event: EventKind::DhcpRelease,
                     ip: Some(ip)
@@ -664,7 +660,7 @@ mod tests {
             ],
         );
         let actions = l.feed(&decline, broadcast_peer(), 20);
-        assert!(actions.contains(&Action::Record(Record {
+        assert!(actions.contains(&Action::Record(LedgerEntry {
             mac: mac(1),
             event: EventKind::DhcpDecline,
             ip: Some(ip)
