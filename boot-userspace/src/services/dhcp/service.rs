@@ -32,8 +32,8 @@ use crate::{
 
 /// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
 pub struct DhcpService {
-    /// (interface, its address, role (the port of RFC 2131 or PXE it serves as), socket).
-    pub(super) sockets: Vec<(String, Ipv4Addr, u16, Arc<UdpSocket>)>,
+    /// The bound sockets.
+    pub(super) sockets: Vec<Listener>,
     pub(super) server: Arc<Mutex<Server>>,
     pub(super) committer: Committer,
     pub(super) limiter: Arc<Mutex<RateLimiter>>,
@@ -99,6 +99,38 @@ impl Ports {
     };
 }
 
+/// A bound socket: (interface, its address, role (67, or 4011 for proxyDHCP), socket).
+type Listener = (String, Ipv4Addr, u16, Arc<UdpSocket>);
+
+/// One socket per interface of `ifaces` and role of `mode` (67, and 4011 in proxy mode),
+/// each on the local port `ports` gives its role.
+fn bind_all(ifaces: &[Iface], mode: DhcpMode, ports: Ports) -> Result<Vec<Listener>, DhcpError> {
+    let mut sockets = Vec::new();
+    for Iface {
+        name: iface, ipv4, ..
+    } in ifaces
+    {
+        let ip = ipv4.ok_or_else(|| DhcpError::NoAddress {
+            iface: iface.clone(),
+        })?;
+        // (role, local port): the role is what the server decides by.
+        let roles: &[(u16, u16)] = match mode {
+            DhcpMode::Server => &[(SERVER_PORT, ports.server)],
+            DhcpMode::Proxy => &[(SERVER_PORT, ports.server), (PXE_PORT, ports.pxe)],
+        };
+        for &(role, port) in roles {
+            let sock = bind_socket(iface, port).map_err(|source| DhcpError::Socket {
+                iface: iface.clone(),
+                source,
+            })?;
+            let port = sock.local_addr().map_or(port, |a| a.port());
+            info!(%iface, server_id = %ip, mode = ?mode, "DHCP server listening on {iface}:{port}");
+            sockets.push((iface.clone(), ip, role, Arc::new(sock)));
+        }
+    }
+    Ok(sockets)
+}
+
 impl DhcpService {
     /// Opens the journal, rebuilds the lease table and binds one socket per interface of
     /// `ifaces` (the fabric), on port 67 (and 4011 in proxy mode).
@@ -145,29 +177,7 @@ impl DhcpService {
             Duration::from_millis(u64::from(server.dhcp.commit_delay_ms)),
             CommitBounds::from(&server.dhcp.guards),
         );
-        let mut sockets = Vec::new();
-        for Iface {
-            name: iface, ipv4, ..
-        } in ifaces
-        {
-            let ip = ipv4.ok_or_else(|| DhcpError::NoAddress {
-                iface: iface.clone(),
-            })?;
-            // (role, local port): the role is what the server decides by.
-            let roles: &[(u16, u16)] = match server.dhcp.mode {
-                DhcpMode::Server => &[(SERVER_PORT, ports.server)],
-                DhcpMode::Proxy => &[(SERVER_PORT, ports.server), (PXE_PORT, ports.pxe)],
-            };
-            for &(role, port) in roles {
-                let sock = bind_socket(iface, port).map_err(|source| DhcpError::Socket {
-                    iface: iface.clone(),
-                    source,
-                })?;
-                let port = sock.local_addr().map_or(port, |a| a.port());
-                info!(%iface, server_id = %ip, mode = ?server.dhcp.mode, "DHCP server listening on {iface}:{port}");
-                sockets.push((iface.clone(), ip, role, Arc::new(sock)));
-            }
-        }
+        let sockets = bind_all(ifaces, server.dhcp.mode, ports)?;
         let subnets = server
             .dhcp
             .subnets

@@ -15,7 +15,7 @@ use super::{
     encode_reply,
     journal::LeaseRecord,
     ratelimit::RateLimiter,
-    server::{Handled, Ingress, Server},
+    server::{self, Handled, Ingress, Server},
     wire::{self, DropReason},
 };
 use crate::model::{inventory::Mac, ledger::EventKind};
@@ -262,78 +262,95 @@ impl Step {
             Handled::Drop(reason) => {
                 actions.push(Action::Dropped(reason));
                 if reason == DropReason::PoolExhausted {
-                    let i = subnet.unwrap_or(0);
-                    let name = self.subnets.get(i).map(String::as_str).unwrap_or("?");
-                    actions.push(Action::Exhausted {
-                        subnet: name.to_owned(),
-                    });
-                    let due = self
-                        .last_exhausted_log
-                        .get(&i)
-                        .is_none_or(|t| now.ms.saturating_sub(*t) > EXHAUSTED_LOG_MS);
-                    if due {
-                        actions.push(Action::Log(Log::PoolExhausted {
-                            subnet: name.to_owned(),
-                            mac,
-                        }));
-                        self.last_exhausted_log.insert(i, now.ms);
-                    }
+                    self.exhausted(subnet.unwrap_or(0), mac, now.ms, &mut actions);
                 }
             }
-            Handled::Silent(why) => {
-                actions.push(Action::Packet {
+            Handled::Silent(why) => actions.extend([
+                Action::Packet {
                     kind,
                     outcome: "silent",
-                });
-                actions.push(Action::Log(Log::NoReply { mac, why }));
-            }
-            Handled::Commit(record) => {
-                actions.push(Action::Packet {
-                    kind,
-                    outcome: "committed",
-                });
-                // A RELEASE or a DECLINE: the request's type names what the client gave back.
-                let event = ledger_event(msg_type.unwrap_or(MessageType::Release));
-                actions.push(Action::Record(LedgerEntry {
-                    mac,
-                    event,
-                    ip: Some(record.ip),
-                }));
-                actions.push(Action::Commit { record, then: None });
-            }
-            Handled::Reply(reply) => {
-                let reply = *reply;
-                let out = match encode_reply(&reply.msg) {
-                    Ok(out) => out,
-                    Err(e) => {
-                        actions.push(Action::Log(Log::EncodeFailed {
-                            mac,
-                            error: e.to_string(),
-                        }));
-                        return actions;
-                    }
-                };
-                let send = Reply {
-                    out,
-                    dest: reply.dest,
-                    kind,
-                    outcome: reply_label(reply.kind),
-                    record: LedgerEntry {
-                        mac,
-                        event: ledger_event(reply.kind),
-                        ip: Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified()),
-                    },
-                };
-                actions.push(match reply.commit {
-                    None => Action::Send(send),
-                    Some(record) => Action::Commit {
-                        record,
-                        then: Some(send),
-                    },
-                });
-            }
+                },
+                Action::Log(Log::NoReply { mac, why }),
+            ]),
+            Handled::Commit(record) => actions.extend(returned(kind, msg_type, mac, record)),
+            Handled::Reply(reply) => actions.push(sent(*reply, kind, mac)),
         }
         actions
+    }
+
+    /// A DISCOVER found subnet `i` without a free address: counted every time, logged at
+    /// most once every [`EXHAUSTED_LOG_MS`] per subnet (a storm would flood the log).
+    fn exhausted(&mut self, i: usize, mac: Mac, now_ms: u64, actions: &mut Vec<Action>) {
+        let name = self.subnets.get(i).map(String::as_str).unwrap_or("?");
+        actions.push(Action::Exhausted {
+            subnet: name.to_owned(),
+        });
+        let due = self
+            .last_exhausted_log
+            .get(&i)
+            .is_none_or(|t| now_ms.saturating_sub(*t) > EXHAUSTED_LOG_MS);
+        if due {
+            actions.push(Action::Log(Log::PoolExhausted {
+                subnet: name.to_owned(),
+                mac,
+            }));
+            self.last_exhausted_log.insert(i, now_ms);
+        }
+    }
+}
+
+/// A lease the client gave back (RELEASE or DECLINE, the request's `msg_type`): counted and
+/// recorded at once, made durable in the background; no reply.
+fn returned(
+    kind: &'static str,
+    msg_type: Option<MessageType>,
+    mac: Mac,
+    record: LeaseRecord,
+) -> [Action; 3] {
+    let event = ledger_event(msg_type.unwrap_or(MessageType::Release));
+    [
+        Action::Packet {
+            kind,
+            outcome: "committed",
+        },
+        Action::Record(LedgerEntry {
+            mac,
+            event,
+            ip: Some(record.ip),
+        }),
+        Action::Commit { record, then: None },
+    ]
+}
+
+/// A reply to send: at once, or once its lease record is durable. One that cannot be
+/// encoded is logged and not sent.
+fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
+    let out = match encode_reply(&reply.msg) {
+        Ok(out) => out,
+        Err(e) => {
+            return Action::Log(Log::EncodeFailed {
+                mac,
+                error: e.to_string(),
+            })
+        }
+    };
+    let send = Reply {
+        out,
+        dest: reply.dest,
+        kind,
+        outcome: reply_label(reply.kind),
+        record: LedgerEntry {
+            mac,
+            event: ledger_event(reply.kind),
+            ip: Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified()),
+        },
+    };
+    match reply.commit {
+        None => Action::Send(send),
+        Some(record) => Action::Commit {
+            record,
+            then: Some(send),
+        },
     }
 }
 
