@@ -223,11 +223,30 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
 }
 
-/// `[scheduler]`, validated.
+/// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
+/// into its scheduler's knobs (config sits below the services and does not know their types).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
-    /// The scheduler's knobs; `capacity_bps` is the configured cap.
-    pub params: crate::services::reboot::Params,
+    /// Cap on the egress a run plans with, bytes per second (`capacity_mbps`).
+    pub capacity_bps: f64,
+    /// What one booting host can take on its own, bytes per second (`per_host_mbps`).
+    pub per_host_bps: f64,
+    /// POST time assumed for a hardware model not seen yet, seconds.
+    pub post_guess_s: f64,
+    /// BMC operations in flight at once.
+    pub max_bmc_operations: usize,
+    /// Hosts per rack between reset and DHCP at once (inrush).
+    pub max_posting_per_rack: usize,
+    /// Attempts of a host's reset before it is given up on.
+    pub reset_attempts: u32,
+    /// Seconds before a failed reset is tried again (doubling per attempt).
+    pub retry_backoff_s: f64,
+    /// Seconds from reset to DHCP before a host counts as failed.
+    pub post_timeout_s: f64,
+    /// Seconds from DHCP to `booted` before a host counts as failed.
+    pub boot_timeout_s: f64,
+    /// How far ahead of need hosts are reset, seconds.
+    pub lookahead_s: f64,
     /// Seconds a host at the admission gate sleeps before asking again.
     pub gate_retry_s: u32,
 }
@@ -260,26 +279,33 @@ impl SchedulerConfig {
             None => 120.0,
         };
         let mbit = 1e6 / 8.0;
-        let params = crate::services::reboot::Params {
-            capacity_bps: positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit,
-            per_host_bps: positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit,
-            post_guess_s: positive(w.post_guess_s, 180.0, "post_guess_s")?,
-            max_bmc_ops: at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?,
-            max_per_rack_posting: at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?,
-            reset_attempts: at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")?
-                as u32,
-            retry_backoff_s: positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?,
-            post_timeout_s: positive(w.post_timeout_s, 900.0, "post_timeout_s")?,
-            boot_timeout_s: positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?,
-            lookahead_s: lookahead,
-        };
+        let capacity_bps = positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit;
+        let per_host_bps = positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit;
+        let post_guess_s = positive(w.post_guess_s, 180.0, "post_guess_s")?;
+        let max_bmc_operations = at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?;
+        let max_posting_per_rack =
+            at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?;
+        let reset_attempts =
+            at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")? as u32;
+        let retry_backoff_s = positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?;
+        let post_timeout_s = positive(w.post_timeout_s, 900.0, "post_timeout_s")?;
+        let boot_timeout_s = positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?;
         let gate_retry_s = match w.gate_retry_s {
             Some(0) => return Err(("scheduler.gate_retry_s".into(), "must be at least 1".into())),
             Some(n) => n.min(300),
             None => 3,
         };
         Ok(Self {
-            params,
+            capacity_bps,
+            per_host_bps,
+            post_guess_s,
+            max_bmc_operations,
+            max_posting_per_rack,
+            reset_attempts,
+            retry_backoff_s,
+            post_timeout_s,
+            boot_timeout_s,
+            lookahead_s: lookahead,
             gate_retry_s,
         })
     }
@@ -837,14 +863,17 @@ mod tests {
     #[test]
     fn scheduler_settings_have_defaults_and_bad_ones_name_the_key() {
         let c = parse("").expect("empty config");
-        assert_eq!(c.scheduler.params.capacity_bps, 10_000.0 * 1e6 / 8.0);
-        assert_eq!(c.scheduler.params.slots(), 10);
+        // (The download slots these make are the reboot service's: see its
+        // `scheduler_config_makes_the_params`.)
+        assert_eq!(c.scheduler.capacity_bps, 10_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 1_000.0 * 1e6 / 8.0);
         assert_eq!(c.scheduler.gate_retry_s, 3);
         let c =
             parse("[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n")
                 .expect("scheduler");
-        assert_eq!(c.scheduler.params.slots(), 10);
-        assert_eq!(c.scheduler.params.lookahead_s, 0.0);
+        assert_eq!(c.scheduler.capacity_bps, 25_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 2_500.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.lookahead_s, 0.0);
         for (text, key) in [
             ("capacity_mbps = 0", "scheduler.capacity_mbps"),
             ("per_host_mbps = -1", "scheduler.per_host_mbps"),

@@ -1,4 +1,4 @@
-//! The live reboot run: the scheduler driven by the ledger and acting through Redfish.
+//! The live reboot run: the scheduler driven by the ledger and acting through the BMCs.
 //!
 //! Every quarter second the runner reads what happened to each host in flight from the
 //! ledger (first DHCP offer after its reset, every file of its profile sent, `booted`),
@@ -6,6 +6,9 @@
 //! admission gate as slots free, and issues the resets the scheduler asks for: one task per
 //! reset, at most one operation in flight per BMC. A host whose BMC fails or hangs is
 //! retried by the scheduler's policy and then isolated; the others go on.
+//!
+//! This is the shell: it gathers a tick's inputs, runs the pure [`RunStep`] and applies its
+//! actions (gate, ledger, metrics, logs, BMC tasks through the [`Bmc`] seam).
 
 use std::{
     collections::HashMap,
@@ -23,17 +26,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
+    bmc::{Bmc, RedfishBmc},
     plan,
-    report::{HostLine, RunStatus, Selection},
-    Action, Capacity, Event, HostSpec, Phase, PostSeen, Scheduler,
+    report::{HostLine, PhaseLabel, RunState, RunStatus, Selection},
+    step::{Member, RunAction, RunStep, Tick},
+    HostSpec, Params, PostSeen,
 };
 use crate::{
     config::{Config, SchedulerConfig},
     model::files,
     model::gate::Gate,
-    model::inventory::{Host, Inventory, Mac},
+    model::inventory::{Host, Inventory},
     model::ledger::{self, Ledger, Phase as LedgerPhase},
-    redfish::{BmcConfig, Client, RedfishError},
+    redfish::RedfishError,
 };
 
 /// How often the runner looks at the ledger and the scheduler.
@@ -95,25 +100,14 @@ impl RebootMetrics {
         r.register(Box::new(m.resets.clone()))?;
         r.register(Box::new(m.capacity.clone()))?;
         r.register(Box::new(m.slots.clone()))?;
-        for p in Phase::LABELS {
-            m.hosts.with_label_values(&[p]).set(0);
+        for p in PhaseLabel::SCHEDULER {
+            m.hosts.with_label_values(&[p.as_str()]).set(0);
         }
         for o in ["accepted", "failed"] {
             m.resets.with_label_values(&[o]).inc_by(0);
         }
         Ok(m)
     }
-}
-
-/// One host of a run.
-struct Member {
-    mac: Mac,
-    bmc: BmcConfig,
-    spec: HostSpec,
-    /// Its profile's files, relative to the image root (fetched = every one sent).
-    files: Vec<String>,
-    /// Its kernel, relative to the image root.
-    kernel: Option<String>,
 }
 
 struct RunHandle {
@@ -126,8 +120,10 @@ struct RunHandle {
 pub struct RebootService {
     inventory: Inventory,
     roots: Vec<PathBuf>,
-    config: SchedulerConfig,
+    /// The scheduler's knobs from `[scheduler]`; `capacity_bps` is the configured cap.
+    params: Params,
     ledger: Ledger,
+    bmc: Arc<dyn Bmc>,
     gate: Gate,
     metrics: RebootMetrics,
     /// POST times learned by earlier runs.
@@ -143,26 +139,44 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RebootService {
-    /// The service for `config`'s inventory and `[scheduler]`, reporting to `registry`.
+    /// The service for `config`'s inventory and `[scheduler]`, resetting hosts through
+    /// Redfish, reporting to `registry`.
     pub fn new(
         config: &Config,
         ledger: Ledger,
         gate: Gate,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let roots = config
-            .image_roots()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect();
-        let metrics = RebootMetrics::register(registry)?;
-        metrics.capacity.set(config.scheduler.params.capacity_bps);
-        metrics.slots.set(config.scheduler.params.slots() as i64);
-        Ok(Arc::new(Self {
+        let setup = Setup {
             inventory: config.inventory.clone(),
-            roots,
-            config: config.scheduler.clone(),
+            image_roots: config
+                .image_roots()
+                .into_iter()
+                .map(Path::to_path_buf)
+                .collect(),
+            scheduler: config.scheduler.clone(),
+        };
+        Self::with_bmc(setup, Arc::new(RedfishBmc), ledger, gate, registry)
+    }
+
+    /// The service for `setup`, resetting hosts through `bmc`, reporting to `registry`.
+    pub fn with_bmc(
+        setup: Setup,
+        bmc: Arc<dyn Bmc>,
+        ledger: Ledger,
+        gate: Gate,
+        registry: &Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let params = Params::from(&setup.scheduler);
+        let metrics = RebootMetrics::register(registry)?;
+        metrics.capacity.set(params.capacity_bps);
+        metrics.slots.set(params.slots() as i64);
+        Ok(Arc::new(Self {
+            inventory: setup.inventory,
+            roots: setup.image_roots,
+            params,
             ledger,
+            bmc,
             gate,
             metrics,
             learned: Mutex::new(PostSeen::new()),
@@ -206,7 +220,7 @@ impl RebootService {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut first = self.blank_status(&members, &lock(&self.learned));
         first.id = id;
-        first.state = "running".into();
+        first.state = RunState::Running;
         first.started_unix_ms = ledger::unix_ms();
         let status = Arc::new(Mutex::new(first.clone()));
         let cancel = CancellationToken::new();
@@ -302,7 +316,7 @@ impl RebootService {
     }
 
     fn blank_status(&self, members: &[Member], seen: &PostSeen) -> RunStatus {
-        let p = &self.config.params;
+        let p = &self.params;
         let specs: Vec<HostSpec> = members.iter().map(|m| m.spec.clone()).collect();
         let post_of = |model: &str| super::longest_post(seen, model, p.post_guess_s);
         RunStatus {
@@ -319,7 +333,7 @@ impl RebootService {
                     rack: m.spec.rack.clone(),
                     model: m.spec.model.clone(),
                     demand_bytes: m.spec.demand_bytes,
-                    phase: "waiting".into(),
+                    phase: PhaseLabel::Waiting,
                     ..HostLine::default()
                 })
                 .collect(),
@@ -331,24 +345,23 @@ impl RebootService {
         let seen = lock(&self.learned).clone();
         let mut status = self.blank_status(members, &seen);
         let specs = members.iter().map(|m| m.spec.clone()).collect();
-        let (predicted, end) = plan::plan(self.config.params.clone(), specs, seen);
+        let (predicted, end) = plan::plan(self.params.clone(), specs, seen);
         for (line, p) in status.hosts.iter_mut().zip(predicted) {
             line.reset_s = p.reset_s;
             line.dhcp_s = p.dhcp_s;
             line.admitted_s = p.admitted_s;
             line.fetched_s = p.fetched_s;
             line.phase = if p.fetched_s.is_some() {
-                "planned"
+                PhaseLabel::Planned
             } else {
-                "unplanned"
-            }
-            .into();
+                PhaseLabel::Unplanned
+            };
         }
-        status.state = "planned".into();
+        status.state = RunState::Planned;
         status.started_unix_ms = ledger::unix_ms();
         status.makespan_s = Some(end);
         status.elapsed_s = end;
-        status.phases.insert("planned".into(), members.len());
+        status.phases.insert(PhaseLabel::Planned, members.len());
         status
     }
 
@@ -356,7 +369,7 @@ impl RebootService {
         Arc::clone(lock(&self.bmc_locks).entry(url.to_owned()).or_default())
     }
 
-    /// Runs one reboot run to its end.
+    /// Runs one reboot run to its end: each tick, the step's inputs in and its actions out.
     async fn drive(
         self: Arc<Self>,
         id: u64,
@@ -365,340 +378,138 @@ impl RebootService {
         cancel: CancellationToken,
     ) {
         let seen = lock(&self.learned).clone();
-        let mut view = lock(&status).clone();
-        let start_ms = view.started_unix_ms;
-        let params = self.config.params.clone();
-        let specs = members.iter().map(|m| m.spec.clone()).collect();
-        let mut sched = Scheduler::new(params.clone(), specs).with_post_seen(seen);
-        let mut capacity = Capacity::new(params.capacity_bps, params.per_host_bps);
-        let n = members.len();
-        let mut track = vec![Track::default(); n];
-        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<String, String>)>();
+        let first = lock(&status).clone();
+        let mut step = RunStep::new(self.params.clone(), members, seen, first);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let secs = |ms: u64| ms.saturating_sub(start_ms) as f64 / 1000.0;
-        let mut cancelled = false;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => cancelled = true,
-                _ = tick.tick() => {}
-            }
-            let now_ms = ledger::unix_ms();
-            let now = secs(now_ms);
+            let cancelled = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tick.tick() => false,
+            };
             if cancelled {
-                view.state = "cancelled".into();
+                step.cancel();
                 break;
             }
-            // BMC operations that ended.
-            while let Ok((i, result)) = rx.try_recv() {
-                let m = &members[i];
-                match result {
-                    Ok(kind) => {
-                        self.metrics.resets.with_label_values(&["accepted"]).inc();
-                        self.ledger
-                            .record_detail(m.mac, LedgerPhase::BmcReset, None, Some(&kind));
-                        view.hosts[i].reset_done_s = Some(now);
-                        sched.on_event(now, i, Event::ResetDone);
-                    }
-                    Err(why) => {
-                        self.metrics.resets.with_label_values(&["failed"]).inc();
-                        warn!(host = %m.spec.name, "reset failed: {why}");
-                        self.ledger
-                            .record_detail(m.mac, LedgerPhase::BmcFailed, None, Some(&why));
-                        sched.on_event(now, i, Event::ResetFailed(why));
-                        // Until the retry, it holds no place at the gate. (A host already
-                        // seen on DHCP did reset, whatever the BMC answered: it stays.)
-                        if matches!(
-                            sched.phases()[i],
-                            Phase::Waiting { .. } | Phase::Failed { .. }
-                        ) {
-                            self.gate.release(m.mac);
-                        }
-                    }
-                }
+            let news = self.gather(&step, &mut rx);
+            for action in step.advance(news) {
+                self.apply(action, &step, &tx);
             }
-            // What the ledger says about hosts in flight.
-            for (i, m) in members.iter().enumerate() {
-                let Some(sent) = track[i].reset_ms else {
-                    continue;
-                };
-                let phase = sched.phases()[i].clone();
-                if matches!(
-                    phase,
-                    Phase::Waiting { .. } | Phase::Booted { .. } | Phase::Failed { .. }
-                ) {
-                    continue;
-                }
-                let events = self.ledger.events_since(m.mac, sent);
-                track[i].pulling = matches!(phase, Phase::Downloading { .. })
-                    && events
-                        .iter()
-                        .rev()
-                        .find(|e| {
-                            matches!(
-                                e.phase,
-                                LedgerPhase::HttpStarted
-                                    | LedgerPhase::HttpSent
-                                    | LedgerPhase::HttpFailed
-                            )
-                        })
-                        .is_some_and(|e| e.phase == LedgerPhase::HttpStarted);
-                if track[i].dhcp_ms.is_none() {
-                    // An offer answers a DISCOVER, which a booting firmware sends and a
-                    // running OS renewing its lease does not.
-                    if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::DhcpOffer) {
-                        track[i].dhcp_ms = Some(e.at_ms);
-                        view.hosts[i].dhcp_s = Some(secs(e.at_ms));
-                        sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
-                    }
-                }
-                if let Some(from) = track[i].dhcp_ms {
-                    let line = &mut view.hosts[i];
-                    if line.loader_s.is_none() {
-                        line.loader_s = loader_at(&m.files, &events, from).map(secs);
-                    }
-                    if line.kernel_s.is_none() {
-                        line.kernel_s = m
-                            .kernel
-                            .as_deref()
-                            .and_then(|k| sent_at(k, &events, from))
-                            .map(secs);
-                    }
-                }
-                if let (Phase::Downloading { .. }, Some(from)) = (&phase, track[i].dhcp_ms) {
-                    if let Some(at) = fetched_at(&m.files, &events, from) {
-                        view.hosts[i].fetched_s = Some(secs(at));
-                        sched.on_event(secs(at), i, Event::Fetched);
-                    }
-                }
-                if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::Booted) {
-                    view.hosts[i].booted_s = Some(secs(e.at_ms));
-                    sched.on_event(secs(e.at_ms), i, Event::Booted);
-                }
-            }
-            // Capacity: the fabric's own egress while every slot is busy.
-            // Capacity: the fabric's own egress while every slot is busy, that is while as
-            // many hosts as there are slots are pulling files (an admitted host may still be
-            // in its bootloader, taking nothing).
-            let pulling = track.iter().filter(|t| t.pulling).count();
-            let measured: f64 = self.ledger.egress_rates().iter().map(|(_, r)| r).sum();
-            let est = capacity.observe(now, measured, pulling >= sched.params().slots());
-            sched.set_capacity(est);
-            for h in sched.admit(now) {
-                self.gate.release(members[h].mac);
-                self.ledger
-                    .record(members[h].mac, LedgerPhase::Admitted, None);
-                view.hosts[h].admitted_s = Some(now);
-            }
-            for Action::Reset(h) in sched.next_actions(now) {
-                let m = &members[h];
-                track[h].reset_ms = Some(now_ms);
-                track[h].dhcp_ms = None;
-                view.hosts[h].reset_s = Some(now);
-                view.hosts[h].attempts += 1;
-                self.gate.hold(m.mac);
-                let bmc = m.bmc.clone();
-                let lock = self.bmc_lock(&bmc.url);
-                let ops = self.metrics.bmc_ops.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    // One operation per BMC: a chassis BMC serves several hosts.
-                    let _one = lock.lock().await;
-                    ops.inc();
-                    let r = reset_host(&bmc).await.map_err(|e| e.to_string());
-                    ops.dec();
-                    let _ = tx.send((h, r));
-                });
-            }
-            for (i, p) in sched.phases().iter().enumerate() {
-                if let Phase::Failed { reason } = p {
-                    if view.hosts[i].failed_s.is_none() {
-                        warn!(host = %members[i].spec.name, "given up: {reason}");
-                        view.hosts[i].failed_s = Some(now);
-                        view.hosts[i].reason = Some(reason.clone());
-                        self.gate.release(members[i].mac);
-                    }
-                }
-            }
-            view.elapsed_s = now;
-            self.publish(&mut view, &sched, &status);
-            if sched.done() {
-                view.state = "done".into();
-                // The bound of what was achievable: the bytes of the hosts that booted at the
-                // capacity planned with last, plus the quickest reset-to-booted seen (no
-                // schedule ends before its last host has booted once).
-                let bytes: u64 = members
-                    .iter()
-                    .zip(sched.phases())
-                    .filter(|(_, p)| matches!(p, Phase::Booted { .. }))
-                    .map(|(m, _)| m.spec.demand_bytes)
-                    .sum();
-                let quickest = view
-                    .hosts
-                    .iter()
-                    .filter_map(|h| Some(h.booted_s? - h.reset_s?))
-                    .reduce(f64::min);
-                view.lower_bound_s =
-                    quickest.map_or(0.0, |q| bytes as f64 / sched.params().capacity_bps + q);
-                view.makespan_s = view
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.booted_s.or(h.failed_s))
-                    .reduce(f64::max);
+            self.publish(&mut step, &status);
+            if step.finish() {
                 break;
             }
         }
-        for m in &members {
+        for m in step.members() {
             self.gate.release(m.mac);
         }
-        *lock(&self.learned) = sched.post_seen().clone();
-        self.publish(&mut view, &sched, &status);
+        *lock(&self.learned) = step.post_seen().clone();
+        let view = self.publish(&mut step, &status);
         info!(
             run = id,
             state = %view.state,
-            booted = view.count("booted"),
-            failed = view.count("failed"),
+            booted = view.count(PhaseLabel::Booted),
+            failed = view.count(PhaseLabel::Failed),
             "reboot run {id} {}",
             view.state
         );
     }
 
-    /// Copies the run's state to its status and the metrics.
-    fn publish(&self, view: &mut RunStatus, sched: &Scheduler, status: &Mutex<RunStatus>) {
-        view.phases.clear();
-        for (line, p) in view.hosts.iter_mut().zip(sched.phases()) {
-            line.phase = p.label().to_owned();
-            *view.phases.entry(line.phase.clone()).or_default() += 1;
+    /// A tick's inputs: the time, the BMC operations that ended, the ledger's events of the
+    /// hosts in flight and the fabric's egress.
+    fn gather(&self, step: &RunStep, resets: &mut mpsc::UnboundedReceiver<ResetDone>) -> Tick {
+        let now_ms = ledger::unix_ms();
+        let mut done = Vec::new();
+        while let Ok(r) = resets.try_recv() {
+            done.push(r);
         }
-        view.capacity_bps = sched.params().capacity_bps;
-        view.slots = sched.params().slots();
+        let events = step
+            .to_read()
+            .into_iter()
+            .map(|(i, mac, since)| (i, self.ledger.events_since(mac, since)))
+            .collect();
+        Tick {
+            now_ms,
+            resets: done,
+            events,
+            egress_bps: self.ledger.egress_rates().iter().map(|(_, r)| r).sum(),
+        }
+    }
+
+    /// Carries out one of the step's actions.
+    fn apply(&self, action: RunAction, step: &RunStep, resets: &mpsc::UnboundedSender<ResetDone>) {
+        let members = step.members();
+        match action {
+            RunAction::ResetAccepted { host, reset_type } => {
+                self.metrics.resets.with_label_values(&["accepted"]).inc();
+                let mac = members[host].mac;
+                self.ledger
+                    .record_detail(mac, LedgerPhase::BmcReset, None, Some(&reset_type));
+            }
+            RunAction::ResetFailed { host, why } => {
+                let m = &members[host];
+                self.metrics.resets.with_label_values(&["failed"]).inc();
+                warn!(host = %m.spec.name, "reset failed: {why}");
+                self.ledger
+                    .record_detail(m.mac, LedgerPhase::BmcFailed, None, Some(&why));
+            }
+            RunAction::Release(host) => self.gate.release(members[host].mac),
+            RunAction::Admit(host) => {
+                self.gate.release(members[host].mac);
+                self.ledger
+                    .record(members[host].mac, LedgerPhase::Admitted, None);
+            }
+            RunAction::Reset(host) => {
+                let m = &members[host];
+                self.gate.hold(m.mac);
+                let one = self.bmc_lock(&m.bmc.url);
+                let op = self.bmc.boot_once_and_reset(&m.bmc);
+                let ops = self.metrics.bmc_ops.clone();
+                let tx = resets.clone();
+                tokio::spawn(async move {
+                    // One operation per BMC: a chassis BMC serves several hosts.
+                    let _one = one.lock().await;
+                    ops.inc();
+                    let r = op.await;
+                    ops.dec();
+                    let _ = tx.send((host, r));
+                });
+            }
+            RunAction::GiveUp { host, reason } => {
+                warn!(host = %members[host].spec.name, "given up: {reason}");
+                self.gate.release(members[host].mac);
+            }
+        }
+    }
+
+    /// Copies the run's state to its status and the metrics; returns the status.
+    fn publish(&self, step: &mut RunStep, status: &Mutex<RunStatus>) -> RunStatus {
+        let mut view = step.status().clone();
         view.bmc_operations_in_flight = self.metrics.bmc_ops.get().max(0) as usize;
-        for p in Phase::LABELS {
+        for p in PhaseLabel::SCHEDULER {
             self.metrics
                 .hosts
-                .with_label_values(&[p])
+                .with_label_values(&[p.as_str()])
                 .set(view.count(p) as i64);
         }
         self.metrics.capacity.set(view.capacity_bps);
         self.metrics.slots.set(view.slots as i64);
         *lock(status) = view.clone();
+        view
     }
 }
 
-/// What the runner remembers per host beyond the scheduler's phase.
-#[derive(Clone, Debug, Default)]
-struct Track {
-    /// Unix ms of the last reset sent: ledger events before it belong to an earlier boot.
-    reset_ms: Option<u64>,
-    /// Unix ms of its first DHCP offer after that reset.
-    dhcp_ms: Option<u64>,
-    /// Whether an HTTP download of it is in progress.
-    pulling: bool,
-}
+/// A BMC operation that ended: the host, and the reset type or the error.
+type ResetDone = (usize, Result<String, RedfishError>);
 
-/// The path of a completed download event (HTTP or TFTP).
-fn sent_path(e: &ledger::Event) -> Option<&str> {
-    match e.phase {
-        LedgerPhase::HttpSent => Some(e.detail.as_deref()?.rsplit_once(": ")?.0),
-        LedgerPhase::TftpSent => e.detail.as_deref(),
-        _ => None,
-    }
-}
-
-/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
-/// `http_base` path).
-fn names(path: &str, file: &str) -> bool {
-    path.trim_start_matches('/') == file
-        || path
-            .strip_suffix(file)
-            .is_some_and(|head| head.ends_with('/'))
-}
-
-/// When `file` was first sent completely at or after `from_ms`.
-fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    events.iter().find_map(|e| {
-        let path = sent_path(e)?;
-        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
-    })
-}
-
-/// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
-/// time of the last one. A profile with no files is never "fetched": its slot frees at
-/// `booted`.
-fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    if files.is_empty() {
-        return None;
-    }
-    files
-        .iter()
-        .map(|f| sent_at(f, events, from_ms))
-        .try_fold(0, |last, at| at.map(|a| a.max(last)))
-}
-
-/// When the first file that is not one of the profile's (the bootloader: iPXE by TFTP or
-/// by UEFI HTTP boot) was sent at or after `from_ms`.
-fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    events.iter().find_map(|e| {
-        let path = sent_path(e)?;
-        (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
-    })
-}
-
-/// Sets the one-time boot override and resets the host; returns the reset type used.
-async fn reset_host(bmc: &BmcConfig) -> Result<String, RedfishError> {
-    let mut client = Client::connect(bmc).await?;
-    let result = async {
-        let path = client.the_system().await?;
-        let sys = client.set_boot_once(&path, bmc.boot, bmc.boot_mode).await?;
-        client.reset_system(&sys).await
-    }
-    .await;
-    client.logout().await;
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(at_ms: u64, phase: LedgerPhase, detail: &str) -> ledger::Event {
-        ledger::Event {
-            at_ms,
-            phase,
-            ip: None,
-            detail: Some(detail.into()),
-        }
-    }
-
-    #[test]
-    fn fetched_needs_every_file_after_dhcp_by_http_or_tftp() {
-        let files = vec!["images/vmlinuz".to_owned(), "initrd.img".to_owned()];
-        let events = vec![
-            ev(5, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(20, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(30, LedgerPhase::HttpFailed, "/initrd.img: 3 bytes"),
-        ];
-        assert_eq!(fetched_at(&files, &events, 10), None, "initrd not sent yet");
-        let mut more = events.clone();
-        more.push(ev(40, LedgerPhase::TftpSent, "initrd.img"));
-        assert_eq!(fetched_at(&files, &more, 10), Some(40));
-        // A sent file from before the DHCP of this boot does not count.
-        assert_eq!(fetched_at(&files, &more[..1], 10), None);
-        // Prefixes under an http_base path still match; other names do not.
-        let other = vec![
-            ev(50, LedgerPhase::HttpSent, "/boot/images/vmlinuz: 1 bytes"),
-            ev(51, LedgerPhase::HttpSent, "/xinitrd.img: 1 bytes"),
-        ];
-        assert_eq!(fetched_at(&files, &other, 0), None);
-        assert_eq!(fetched_at(&[], &other, 0), None);
-        // The bootloader is the first other file sent after DHCP.
-        let boot = vec![
-            ev(1, LedgerPhase::TftpSent, "ipxe.efi"),
-            ev(12, LedgerPhase::TftpSent, "undionly.kpxe"),
-            ev(14, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-        ];
-        assert_eq!(loader_at(&files, &boot, 10), Some(12));
-        assert_eq!(loader_at(&files, &boot[2..], 10), None);
-        assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
-    }
+/// What the service is built from.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Hosts (with their BMCs) and profiles.
+    pub inventory: Inventory,
+    /// Where the servers find images (what a host's profile weighs).
+    pub image_roots: Vec<PathBuf>,
+    /// `[scheduler]`.
+    pub scheduler: SchedulerConfig,
 }

@@ -1,0 +1,448 @@
+//! One tick of a live reboot run, pure: what the BMCs answered, what the ledger says about each
+//! host in flight and the fabric's measured egress in; the actions to take out (reset a host,
+//! let one through the admission gate, record what happened). No clock, no ledger, no BMC and
+//! no gate here: the runner ([`super::runner`]) gathers the inputs, applies the actions and
+//! publishes the status this step keeps.
+//!
+//! The step owns the run's state: the [`Scheduler`], the [`Capacity`] estimate, what it
+//! tracks per host beyond the scheduler's phase, and the status view (times are seconds since
+//! the run started).
+
+use super::{
+    report::{PhaseLabel, RunState, RunStatus},
+    Action, Capacity, Event, HostSpec, Params, Phase, PostSeen, Scheduler,
+};
+use crate::{
+    model::inventory::Mac,
+    model::ledger::{self, Phase as LedgerPhase},
+    redfish::{BmcConfig, RedfishError},
+};
+
+/// One host of a run.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Its boot NIC: its key in the ledger and at the gate.
+    pub mac: Mac,
+    /// Its BMC.
+    pub bmc: BmcConfig,
+    /// What the scheduler knows of it.
+    pub spec: HostSpec,
+    /// Its profile's files, relative to the image root (fetched = every one sent).
+    pub files: Vec<String>,
+    /// Its kernel, relative to the image root.
+    pub kernel: Option<String>,
+}
+
+/// What happened since the last tick.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Unix milliseconds now (the ledger's time base).
+    pub now_ms: u64,
+    /// BMC operations that ended: the host, and the reset type or the error.
+    pub resets: Vec<(usize, Result<String, RedfishError>)>,
+    /// The ledger's events of the hosts [`RunStep::to_read`] named, each since its reset.
+    pub events: Vec<(usize, Vec<ledger::Event>)>,
+    /// The fabric's egress over the ledger's window, bytes per second.
+    pub egress_bps: f64,
+}
+
+/// What the runner does for a tick, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunAction {
+    /// The host's BMC accepted the reset: count it and record it (with the reset type).
+    ResetAccepted {
+        /// The host.
+        host: usize,
+        /// The reset type the BMC used.
+        reset_type: String,
+    },
+    /// The host's BMC operation failed: count it, log it and record it.
+    ResetFailed {
+        /// The host.
+        host: usize,
+        /// The error.
+        why: String,
+    },
+    /// Let the host through the gate: it holds no place there (until a retry holds it again).
+    Release(usize),
+    /// A download slot is the host's: let it through the gate and record it.
+    Admit(usize),
+    /// Hold the host at the gate and reset it through its BMC.
+    Reset(usize),
+    /// The scheduler gave up on the host: log why and let it through the gate.
+    GiveUp {
+        /// The host.
+        host: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the step remembers per host beyond the scheduler's phase.
+#[derive(Clone, Debug, Default)]
+struct Track {
+    /// Unix ms of the last reset sent: ledger events before it belong to an earlier boot.
+    reset_ms: Option<u64>,
+    /// Unix ms of its first DHCP offer after that reset.
+    dhcp_ms: Option<u64>,
+    /// Whether an HTTP download of it is in progress.
+    pulling: bool,
+}
+
+/// A live run's state, advanced one tick at a time.
+pub struct RunStep {
+    members: Vec<Member>,
+    sched: Scheduler,
+    capacity: Capacity,
+    track: Vec<Track>,
+    view: RunStatus,
+    /// Unix ms the run started: status times count from it.
+    start_ms: u64,
+}
+
+impl RunStep {
+    /// A run of `members` with `params`, POST times learned by earlier runs, and its first
+    /// status (hosts in `members`' order, `started_unix_ms` set).
+    pub fn new(params: Params, members: Vec<Member>, seen: PostSeen, first: RunStatus) -> Self {
+        let specs = members.iter().map(|m| m.spec.clone()).collect();
+        let capacity = Capacity::new(params.capacity_bps, params.per_host_bps);
+        Self {
+            sched: Scheduler::new(params, specs).with_post_seen(seen),
+            capacity,
+            track: vec![Track::default(); members.len()],
+            members,
+            start_ms: first.started_unix_ms,
+            view: first,
+        }
+    }
+
+    /// The run's hosts.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// POST times seen so far, per model (earlier runs' included).
+    pub fn post_seen(&self) -> &PostSeen {
+        self.sched.post_seen()
+    }
+
+    /// The hosts whose ledger events the next tick needs: each host reset and still on its
+    /// way, its MAC, and the unix ms of its last reset (events before it are an earlier
+    /// boot's).
+    pub fn to_read(&self) -> Vec<(usize, Mac, u64)> {
+        self.members
+            .iter()
+            .zip(&self.track)
+            .zip(self.sched.phases())
+            .enumerate()
+            .filter_map(|(i, ((m, t), p))| Some((i, m.mac, t.reset_ms?)).filter(|_| on_way(p)))
+            .collect()
+    }
+
+    /// Takes one tick's news; returns what to do, in order.
+    pub fn advance(&mut self, tick: Tick) -> Vec<RunAction> {
+        let now = secs_since(self.start_ms, tick.now_ms);
+        let mut out = Vec::new();
+        self.bmc_answers(now, tick.resets, &mut out);
+        let mut events: Vec<Option<Vec<ledger::Event>>> = vec![None; self.members.len()];
+        for (i, e) in tick.events {
+            if let Some(slot) = events.get_mut(i) {
+                *slot = Some(e);
+            }
+        }
+        for (i, e) in events.into_iter().enumerate() {
+            self.follow(i, &e.unwrap_or_default());
+        }
+        // Capacity: the fabric's own egress while every slot is busy, that is while as many
+        // hosts as there are slots are pulling files (an admitted host may still be in its
+        // bootloader, taking nothing).
+        let pulling = self.track.iter().filter(|t| t.pulling).count();
+        let busy = pulling >= self.sched.params().slots();
+        let est = self.capacity.observe(now, tick.egress_bps, busy);
+        self.sched.set_capacity(est);
+        for h in self.sched.admit(now) {
+            self.view.hosts[h].admitted_s = Some(now);
+            out.push(RunAction::Admit(h));
+        }
+        for Action::Reset(h) in self.sched.next_actions(now) {
+            self.track[h].reset_ms = Some(tick.now_ms);
+            self.track[h].dhcp_ms = None;
+            self.view.hosts[h].reset_s = Some(now);
+            self.view.hosts[h].attempts += 1;
+            out.push(RunAction::Reset(h));
+        }
+        for (i, p) in self.sched.phases().iter().enumerate() {
+            if let Phase::Failed { reason } = p {
+                if self.view.hosts[i].failed_s.is_none() {
+                    self.view.hosts[i].failed_s = Some(now);
+                    self.view.hosts[i].reason = Some(reason.clone());
+                    out.push(RunAction::GiveUp {
+                        host: i,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        self.view.elapsed_s = now;
+        out
+    }
+
+    /// BMC operations that ended.
+    fn bmc_answers(
+        &mut self,
+        now: f64,
+        resets: Vec<(usize, Result<String, RedfishError>)>,
+        out: &mut Vec<RunAction>,
+    ) {
+        for (i, result) in resets {
+            if i >= self.members.len() {
+                continue;
+            }
+            match result {
+                Ok(reset_type) => {
+                    out.push(RunAction::ResetAccepted {
+                        host: i,
+                        reset_type,
+                    });
+                    self.view.hosts[i].reset_done_s = Some(now);
+                    self.sched.on_event(now, i, Event::ResetDone);
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    out.push(RunAction::ResetFailed {
+                        host: i,
+                        why: why.clone(),
+                    });
+                    self.sched.on_event(now, i, Event::ResetFailed(why));
+                    // Until the retry, it holds no place at the gate. (A host already seen
+                    // on DHCP did reset, whatever the BMC answered: it stays.)
+                    if matches!(
+                        self.sched.phases()[i],
+                        Phase::Waiting { .. } | Phase::Failed { .. }
+                    ) {
+                        out.push(RunAction::Release(i));
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the ledger says about host `i` since its reset: DHCP, files sent, booted.
+    fn follow(&mut self, i: usize, events: &[ledger::Event]) {
+        if self.track[i].reset_ms.is_none() {
+            return;
+        }
+        let phase = self.sched.phases()[i].clone();
+        if !on_way(&phase) {
+            return;
+        }
+        let start = self.start_ms;
+        let secs = |ms: u64| secs_since(start, ms);
+        let (m, t, line) = (
+            &self.members[i],
+            &mut self.track[i],
+            &mut self.view.hosts[i],
+        );
+        t.pulling = matches!(phase, Phase::Downloading { .. })
+            && events
+                .iter()
+                .rev()
+                .find(|e| {
+                    matches!(
+                        e.phase,
+                        LedgerPhase::HttpStarted | LedgerPhase::HttpSent | LedgerPhase::HttpFailed
+                    )
+                })
+                .is_some_and(|e| e.phase == LedgerPhase::HttpStarted);
+        if t.dhcp_ms.is_none() {
+            // An offer answers a DISCOVER, which a booting firmware sends and a running OS
+            // renewing its lease does not.
+            if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::DhcpOffer) {
+                t.dhcp_ms = Some(e.at_ms);
+                line.dhcp_s = Some(secs(e.at_ms));
+                self.sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
+            }
+        }
+        if let Some(from) = t.dhcp_ms {
+            if line.loader_s.is_none() {
+                line.loader_s = loader_at(&m.files, events, from).map(secs);
+            }
+            if line.kernel_s.is_none() {
+                line.kernel_s = m
+                    .kernel
+                    .as_deref()
+                    .and_then(|k| sent_at(k, events, from))
+                    .map(secs);
+            }
+        }
+        if let (Phase::Downloading { .. }, Some(from)) = (&phase, t.dhcp_ms) {
+            if let Some(at) = fetched_at(&m.files, events, from) {
+                line.fetched_s = Some(secs(at));
+                self.sched.on_event(secs(at), i, Event::Fetched);
+            }
+        }
+        if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::Booted) {
+            line.booted_s = Some(secs(e.at_ms));
+            self.sched.on_event(secs(e.at_ms), i, Event::Booted);
+        }
+    }
+
+    /// The status: each host's phase and the counts per phase brought up to date.
+    pub fn status(&mut self) -> &RunStatus {
+        let view = &mut self.view;
+        view.phases.clear();
+        for (line, p) in view.hosts.iter_mut().zip(self.sched.phases()) {
+            line.phase = p.label();
+            *view.phases.entry(line.phase).or_default() += 1;
+        }
+        view.capacity_bps = self.sched.params().capacity_bps;
+        view.slots = self.sched.params().slots();
+        &self.view
+    }
+
+    /// Ends the run as cancelled.
+    pub fn cancel(&mut self) {
+        self.view.state = RunState::Cancelled;
+    }
+
+    /// Whether every host has booted or failed; if so, ends the run as done with its
+    /// makespan and the bound of what was achievable.
+    pub fn finish(&mut self) -> bool {
+        if !self.sched.done() {
+            return false;
+        }
+        let view = &mut self.view;
+        view.state = RunState::Done;
+        // The bound of what was achievable: the bytes of the hosts that booted at the
+        // capacity planned with last, plus the quickest reset-to-booted seen (no schedule
+        // ends before its last host has booted once).
+        let bytes: u64 = self
+            .members
+            .iter()
+            .zip(self.sched.phases())
+            .filter(|(_, p)| p.label() == PhaseLabel::Booted)
+            .map(|(m, _)| m.spec.demand_bytes)
+            .sum();
+        let quickest = view
+            .hosts
+            .iter()
+            .filter_map(|h| Some(h.booted_s? - h.reset_s?))
+            .reduce(f64::min);
+        view.lower_bound_s =
+            quickest.map_or(0.0, |q| bytes as f64 / self.sched.params().capacity_bps + q);
+        view.makespan_s = view
+            .hosts
+            .iter()
+            .filter_map(|h| h.booted_s.or(h.failed_s))
+            .reduce(f64::max);
+        true
+    }
+}
+
+/// Seconds from `start_ms` to `ms` (unix milliseconds both).
+fn secs_since(start_ms: u64, ms: u64) -> f64 {
+    ms.saturating_sub(start_ms) as f64 / 1000.0
+}
+
+/// Whether a host in `phase` is on its way (reset, not yet booted or given up on): what the
+/// ledger says about it matters.
+fn on_way(phase: &Phase) -> bool {
+    !matches!(
+        phase,
+        Phase::Waiting { .. } | Phase::Booted { .. } | Phase::Failed { .. }
+    )
+}
+
+/// The path of a completed download event (HTTP or TFTP).
+fn sent_path(e: &ledger::Event) -> Option<&str> {
+    match e.phase {
+        LedgerPhase::HttpSent => Some(e.detail.as_deref()?.rsplit_once(": ")?.0),
+        LedgerPhase::TftpSent => e.detail.as_deref(),
+        _ => None,
+    }
+}
+
+/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
+/// `http_base` path).
+fn names(path: &str, file: &str) -> bool {
+    path.trim_start_matches('/') == file
+        || path
+            .strip_suffix(file)
+            .is_some_and(|head| head.ends_with('/'))
+}
+
+/// When `file` was first sent completely at or after `from_ms`.
+fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
+    events.iter().find_map(|e| {
+        let path = sent_path(e)?;
+        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
+    })
+}
+
+/// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
+/// time of the last one. A profile with no files is never "fetched": its slot frees at
+/// `booted`.
+fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
+    if files.is_empty() {
+        return None;
+    }
+    files
+        .iter()
+        .map(|f| sent_at(f, events, from_ms))
+        .try_fold(0, |last, at| at.map(|a| a.max(last)))
+}
+
+/// When the first file that is not one of the profile's (the bootloader: iPXE by TFTP or
+/// by UEFI HTTP boot) was sent at or after `from_ms`.
+fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
+    events.iter().find_map(|e| {
+        let path = sent_path(e)?;
+        (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(at_ms: u64, phase: LedgerPhase, detail: &str) -> ledger::Event {
+        ledger::Event {
+            at_ms,
+            phase,
+            ip: None,
+            detail: Some(detail.into()),
+        }
+    }
+
+    #[test]
+    fn fetched_needs_every_file_after_dhcp_by_http_or_tftp() {
+        let files = vec!["images/vmlinuz".to_owned(), "initrd.img".to_owned()];
+        let events = vec![
+            ev(5, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+            ev(20, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+            ev(30, LedgerPhase::HttpFailed, "/initrd.img: 3 bytes"),
+        ];
+        assert_eq!(fetched_at(&files, &events, 10), None, "initrd not sent yet");
+        let mut more = events.clone();
+        more.push(ev(40, LedgerPhase::TftpSent, "initrd.img"));
+        assert_eq!(fetched_at(&files, &more, 10), Some(40));
+        // A sent file from before the DHCP of this boot does not count.
+        assert_eq!(fetched_at(&files, &more[..1], 10), None);
+        // Prefixes under an http_base path still match; other names do not.
+        let other = vec![
+            ev(50, LedgerPhase::HttpSent, "/boot/images/vmlinuz: 1 bytes"),
+            ev(51, LedgerPhase::HttpSent, "/xinitrd.img: 1 bytes"),
+        ];
+        assert_eq!(fetched_at(&files, &other, 0), None);
+        assert_eq!(fetched_at(&[], &other, 0), None);
+        // The bootloader is the first other file sent after DHCP.
+        let boot = vec![
+            ev(1, LedgerPhase::TftpSent, "ipxe.efi"),
+            ev(12, LedgerPhase::TftpSent, "undionly.kpxe"),
+            ev(14, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+        ];
+        assert_eq!(loader_at(&files, &boot, 10), Some(12));
+        assert_eq!(loader_at(&files, &boot[2..], 10), None);
+        assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
+    }
+}
