@@ -28,8 +28,8 @@ use tracing::{info, warn};
 use super::{
     bmc::{Bmc, RedfishBmc},
     plan,
-    report::{HostLine, PhaseLabel, RunState, RunStatus, Selection},
-    step::{Member, RunAction, RunStep, Tick},
+    report::{PhaseLabel, RunState, RunStatus, Selection},
+    step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
 };
 use crate::{
@@ -218,7 +218,7 @@ impl RebootService {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.blank_status(&members, &lock(&self.learned));
+        let mut first = blank_status(&self.params, &members, &lock(&self.learned));
         first.id = id;
         first.state = RunState::Running;
         first.started_unix_ms = ledger::unix_ms();
@@ -315,35 +315,9 @@ impl RebootService {
         })
     }
 
-    fn blank_status(&self, members: &[Member], seen: &PostSeen) -> RunStatus {
-        let p = &self.params;
-        let specs: Vec<HostSpec> = members.iter().map(|m| m.spec.clone()).collect();
-        let post_of = |model: &str| super::longest_post(seen, model, p.post_guess_s);
-        RunStatus {
-            capacity_bps: p.capacity_bps,
-            capacity_cap_bps: p.capacity_bps,
-            per_host_bps: p.per_host_bps,
-            slots: p.slots(),
-            lower_bound_s: plan::lower_bound(p, &specs, post_of),
-            hosts: members
-                .iter()
-                .map(|m| HostLine {
-                    name: m.spec.name.clone(),
-                    mac: m.mac.to_string(),
-                    rack: m.spec.rack.clone(),
-                    model: m.spec.model.clone(),
-                    demand_bytes: m.spec.demand_bytes,
-                    phase: PhaseLabel::Waiting,
-                    ..HostLine::default()
-                })
-                .collect(),
-            ..RunStatus::default()
-        }
-    }
-
     fn plan(&self, members: &[Member]) -> RunStatus {
         let seen = lock(&self.learned).clone();
-        let mut status = self.blank_status(members, &seen);
+        let mut status = blank_status(&self.params, members, &seen);
         let specs = members.iter().map(|m| m.spec.clone()).collect();
         let (predicted, end) = plan::plan(self.params.clone(), specs, seen);
         for (line, p) in status.hosts.iter_mut().zip(predicted) {
@@ -512,4 +486,355 @@ pub struct Setup {
     pub image_roots: Vec<PathBuf>,
     /// `[scheduler]`.
     pub scheduler: SchedulerConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    //! The runner with its real ledger, gate and metrics, and scripted BMCs: the events are
+    //! recorded as DHCP, TFTP, HTTP and the booted host's callback record them. Time is
+    //! paused: the runner's ticks run without waiting.
+
+    use super::*;
+    use crate::{
+        model::inventory::Mac,
+        model::ledger::Event,
+        services::reboot::bmc::{FakeBmc, RESET_TYPE},
+    };
+
+    /// A run's world: the service, what it acts on, and the BMCs it talks to.
+    struct World {
+        service: Arc<RebootService>,
+        ledger: Ledger,
+        gate: Gate,
+        bmc: FakeBmc,
+        registry: Registry,
+        macs: Vec<Mac>,
+        _images: tempfile::TempDir,
+    }
+
+    /// `hosts` hosts of profile `p` (a 625 000-byte kernel and initrd: 10 s at one host's
+    /// 1 Mbit/s), each with its own BMC unless `shared_bmc`, under `[scheduler]` `scheduler`.
+    fn world(hosts: usize, shared_bmc: bool, scheduler: &str, bmc: FakeBmc) -> World {
+        let images = tempfile::tempdir().expect("tempdir");
+        let root = images.path().canonicalize().expect("root");
+        for f in ["vmlinuz", "initrd.img"] {
+            let file = std::fs::File::create(root.join(f)).expect("image");
+            file.set_len(625_000).expect("size");
+        }
+        let mut text = String::from(
+            "[profiles.p]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\ncmdline = \"\"\n",
+        );
+        for i in 0..hosts {
+            let url = if shared_bmc { 0 } else { i };
+            text += &format!(
+                "[[hosts]]\nname = \"h{i}\"\nmac = \"02:00:00:00:00:{i:02x}\"\nprofile = \"p\"\n\
+                 model = \"m\"\nrack = \"r{i}\"\n[hosts.bmc]\nurl = \"http://bmc{url}.test\"\n\
+                 username = \"admin\"\npassword_env = \"BMC_PASSWORD\"\nallow_plaintext = true\n"
+            );
+        }
+        let inventory = Inventory::from_wire(
+            Path::new("hosts.toml"),
+            toml::from_str(&text).expect("inventory toml"),
+        )
+        .expect("inventory");
+        let config = Config::from_wire(
+            Path::new("bootfabric.toml"),
+            toml::from_str(&format!("[scheduler]\n{scheduler}")).expect("config toml"),
+            Inventory::default(),
+        )
+        .expect("config");
+        let registry = Registry::new();
+        let ledger = Ledger::new(&registry).expect("ledger");
+        ledger.set_inventory(&inventory);
+        let gate = Gate::default();
+        let macs = inventory.hosts().iter().map(|h| h.mac).collect();
+        let setup = Setup {
+            inventory,
+            image_roots: vec![root],
+            scheduler: config.scheduler,
+        };
+        let service = RebootService::with_bmc(
+            setup,
+            Arc::new(bmc.clone()),
+            ledger.clone(),
+            gate.clone(),
+            &registry,
+        )
+        .expect("service");
+        World {
+            service,
+            ledger,
+            gate,
+            bmc,
+            registry,
+            macs,
+            _images: images,
+        }
+    }
+
+    /// Two download slots, one host's POST guessed at 1 s, reset only when needed.
+    const TWO_SLOTS: &str = "capacity_mbps = 2\nper_host_mbps = 1\npost_guess_s = 1\n\
+                             lookahead_s = 0\nreset_attempts = 1\n";
+
+    fn all() -> Selection {
+        Selection {
+            all: true,
+            ..Selection::default()
+        }
+    }
+
+    impl World {
+        fn status(&self) -> RunStatus {
+            self.service.status().expect("a run")
+        }
+
+        fn phases(&self) -> Vec<PhaseLabel> {
+            self.status().hosts.iter().map(|h| h.phase).collect()
+        }
+
+        fn bmc_calls(&self) -> Vec<String> {
+            self.bmc.calls()
+        }
+
+        fn timeline(&self, host: usize) -> Vec<Event> {
+            self.ledger.timeline(self.macs[host])
+        }
+
+        fn recorded(&self, host: usize, phase: LedgerPhase) -> Vec<Option<String>> {
+            self.timeline(host)
+                .into_iter()
+                .filter(|e| e.phase == phase)
+                .map(|e| e.detail)
+                .collect()
+        }
+
+        // What the services record of a host's boot.
+        fn dhcp_offer(&self, host: usize) {
+            self.ledger
+                .record(self.macs[host], LedgerPhase::DhcpOffer, None);
+        }
+
+        fn files_sent(&self, host: usize) {
+            let mac = self.macs[host];
+            self.ledger
+                .record_detail(mac, LedgerPhase::TftpSent, None, Some("ipxe.efi"));
+            for path in ["/vmlinuz", "/initrd.img"] {
+                self.ledger
+                    .record_detail(mac, LedgerPhase::HttpStarted, None, Some(path));
+                let detail = format!("{path}: 625000 bytes");
+                self.ledger
+                    .record_detail(mac, LedgerPhase::HttpSent, None, Some(&detail));
+            }
+        }
+
+        fn booted(&self, host: usize) {
+            self.ledger
+                .record(self.macs[host], LedgerPhase::Booted, None);
+        }
+
+        fn metric(&self, line: &str) -> bool {
+            String::from_utf8_lossy(&crate::util::metrics::render(&self.registry))
+                .lines()
+                .any(|l| l == line)
+        }
+    }
+
+    /// Lets the runner tick until `done` holds; paused time, so no test waits for real.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        panic!("{what}: not after 400 ticks");
+    }
+
+    /// Lets `ticks` of the runner pass.
+    async fn ticks(ticks: u32) {
+        tokio::time::sleep(TICK * ticks).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_reset_boots_and_the_next_host_takes_the_free_slot() {
+        use PhaseLabel::*;
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        let first = w.service.start(&all()).expect("start");
+        assert_eq!(
+            (first.state, first.slots, first.hosts.len()),
+            (RunState::Running, 2, 3)
+        );
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc1.test"]);
+        assert!(w.gate.holds(&w.macs[0]) && w.gate.holds(&w.macs[1]));
+        until("accepted", || w.phases() == [Posting, Posting, Waiting]).await;
+        assert_eq!(
+            w.recorded(0, LedgerPhase::BmcReset),
+            [Some(RESET_TYPE.to_owned())]
+        );
+        w.dhcp_offer(0);
+        w.dhcp_offer(1);
+        until("admitted", || {
+            w.phases() == [Downloading, Downloading, Waiting]
+        })
+        .await;
+        assert!(!w.gate.holds(&w.macs[0]) && !w.gate.holds(&w.macs[1]));
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [None]);
+        // Both slots are taken for 10 s: the third host is not reset meanwhile.
+        ticks(8).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        // Host 0 has its files: its slot is free, the third host is reset to take it.
+        w.files_sent(0);
+        until("third reset", || w.bmc_calls().len() == 3).await;
+        assert_eq!(w.bmc_calls()[2], "http://bmc2.test");
+        assert_eq!(w.phases()[0], Starting);
+        let h0 = &w.status().hosts[0];
+        assert!(h0.loader_s.is_some() && h0.kernel_s.is_some() && h0.fetched_s.is_some());
+        w.booted(0);
+        w.dhcp_offer(2);
+        w.files_sent(1);
+        w.booted(1);
+        until("host 2 admitted", || w.phases()[2] == Downloading).await;
+        w.files_sent(2);
+        w.booted(2);
+        until("done", || w.status().finished()).await;
+        let s = w.status();
+        assert_eq!(s.state, RunState::Done);
+        assert_eq!(s.count(Booted), 3);
+        assert!(s.makespan_s.is_some() && s.lower_bound_s > 0.0);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"accepted\"} 3"));
+        assert!(w.metric("bootfabric_reboot_hosts{phase=\"booted\"} 3"));
+        assert!(w.metric("bootfabric_reboot_bmc_operations_in_flight 0"));
+        assert_eq!(w.service.cancel(), None, "nothing to cancel");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bmc_failure_fails_its_host_and_the_run_goes_on() {
+        let bmc = FakeBmc::new();
+        bmc.script(
+            "http://bmc0.test",
+            [Err(RedfishError::Status {
+                method: "POST".into(),
+                path: "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
+                status: 503,
+                message: None,
+            })],
+        );
+        let w = world(2, false, TWO_SLOTS, bmc);
+        w.service.start(&all()).expect("start");
+        let why = "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset: HTTP 503";
+        until("host 0 failed", || w.phases()[0] == PhaseLabel::Failed).await;
+        let h0 = &w.status().hosts[0];
+        assert_eq!(
+            h0.reason.as_deref(),
+            Some(format!("reset failed 1 times: {why}").as_str())
+        );
+        assert!(h0.failed_s.is_some());
+        assert!(!w.gate.holds(&w.macs[0]), "a failed host holds no place");
+        assert_eq!(
+            w.recorded(0, LedgerPhase::BmcFailed),
+            [Some(why.to_owned())]
+        );
+        assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"failed\"} 1"));
+        w.dhcp_offer(1);
+        w.files_sent(1);
+        w.booted(1);
+        until("done", || w.status().finished()).await;
+        let s = w.status();
+        assert_eq!(s.state, RunState::Done);
+        assert_eq!(
+            (s.count(PhaseLabel::Booted), s.count(PhaseLabel::Failed)),
+            (1, 1)
+        );
+        assert_eq!(w.bmc_calls().len(), 2, "one attempt each");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_holds_a_host_until_a_slot_is_its() {
+        use PhaseLabel::*;
+        // One slot; reset well ahead, so the second host comes up while the first downloads.
+        let one_slot =
+            "capacity_mbps = 1\nper_host_mbps = 1\npost_guess_s = 1\nlookahead_s = 600\n";
+        let w = world(2, false, one_slot, FakeBmc::new());
+        w.service.start(&all()).expect("start");
+        until("both reset", || w.bmc_calls().len() == 2).await;
+        until("accepted", || w.phases() == [Posting, Posting]).await;
+        w.dhcp_offer(0);
+        w.dhcp_offer(1);
+        until("one admitted", || w.phases() == [Downloading, Queued]).await;
+        assert!(!w.gate.holds(&w.macs[0]));
+        ticks(8).await;
+        assert_eq!(w.phases(), [Downloading, Queued]);
+        assert!(w.gate.holds(&w.macs[1]), "held while the slot is taken");
+        assert!(w.recorded(1, LedgerPhase::Admitted).is_empty());
+        w.files_sent(0);
+        until("second admitted", || !w.gate.holds(&w.macs[1])).await;
+        assert_eq!(w.phases(), [Starting, Downloading]);
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [None]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_stops_the_run_and_opens_the_gate() {
+        use PhaseLabel::*;
+        let bmc = FakeBmc::new().with_delay(Duration::from_secs(30));
+        let w = world(3, false, TWO_SLOTS, bmc);
+        let id = w.service.start(&all()).expect("start").id;
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.phases(), [Resetting, Resetting, Waiting]);
+        // (The status counts them at the next tick.)
+        until("two in flight", || w.status().bmc_operations_in_flight == 2).await;
+        assert_eq!(w.service.cancel(), Some(id));
+        until("cancelled", || w.status().finished()).await;
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        assert_eq!(w.service.cancel(), None, "already over");
+        // The operations in flight end; nothing new starts.
+        ticks(400).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.metric("bootfabric_reboot_bmc_operations_in_flight 0"));
+        // A new run may start.
+        assert_eq!(w.service.start(&all()).expect("restart").id, id + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_operation_at_a_time_per_bmc_and_one_run_at_a_time() {
+        // A chassis BMC serving both hosts: both are due at once, it sees one after the other.
+        let bmc = FakeBmc::new().with_delay(Duration::from_secs(5));
+        let w = world(2, true, TWO_SLOTS, bmc);
+        let id = w.service.start(&all()).expect("start").id;
+        until("first reset", || w.bmc_calls().len() == 1).await;
+        assert_eq!(w.phases(), [PhaseLabel::Resetting, PhaseLabel::Resetting]);
+        until("in flight", || w.status().bmc_operations_in_flight == 1).await;
+        assert_eq!(w.bmc_calls().len(), 1, "the second waits for the first");
+        assert!(matches!(
+            w.service.start(&all()),
+            Err(StartError::Busy(busy)) if busy == id
+        ));
+        until("both accepted", || {
+            w.phases() == [PhaseLabel::Posting, PhaseLabel::Posting]
+        })
+        .await;
+        assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc0.test"]);
+        assert_eq!(w.bmc.most_in_flight("http://bmc0.test"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_run_plans_and_touches_no_bmc() {
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        let plan = w
+            .service
+            .start(&Selection {
+                dry_run: true,
+                ..all()
+            })
+            .expect("plan");
+        assert_eq!(plan.state, RunState::Planned);
+        assert_eq!(plan.count(PhaseLabel::Planned), 3);
+        assert!(plan.makespan_s.is_some());
+        ticks(8).await;
+        assert!(w.bmc_calls().is_empty());
+        assert!(w.service.status().is_none(), "a plan is not a run");
+    }
 }

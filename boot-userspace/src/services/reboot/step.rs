@@ -9,7 +9,8 @@
 //! the run started).
 
 use super::{
-    report::{PhaseLabel, RunState, RunStatus},
+    plan,
+    report::{HostLine, PhaseLabel, RunState, RunStatus},
     Action, Capacity, Event, HostSpec, Params, Phase, PostSeen, Scheduler,
 };
 use crate::{
@@ -102,8 +103,10 @@ pub struct RunStep {
 
 impl RunStep {
     /// A run of `members` with `params`, POST times learned by earlier runs, and its first
-    /// status (hosts in `members`' order, `started_unix_ms` set).
-    pub fn new(params: Params, members: Vec<Member>, seen: PostSeen, first: RunStatus) -> Self {
+    /// status (a [`blank_status`] with `started_unix_ms` set).
+    pub fn new(params: Params, members: Vec<Member>, seen: PostSeen, mut first: RunStatus) -> Self {
+        // One line per host, whatever the caller passed: the step indexes them by host.
+        first.hosts.resize_with(members.len(), HostLine::default);
         let specs = members.iter().map(|m| m.spec.clone()).collect();
         let capacity = Capacity::new(params.capacity_bps, params.per_host_bps);
         Self {
@@ -344,6 +347,33 @@ fn secs_since(start_ms: u64, ms: u64) -> f64 {
     ms.saturating_sub(start_ms) as f64 / 1000.0
 }
 
+/// The status of a run of `members` before its first tick: every host waiting, the bound of
+/// what is achievable with `params` and the POST times `seen`.
+pub fn blank_status(params: &Params, members: &[Member], seen: &PostSeen) -> RunStatus {
+    let specs: Vec<HostSpec> = members.iter().map(|m| m.spec.clone()).collect();
+    let post_of = |model: &str| super::longest_post(seen, model, params.post_guess_s);
+    RunStatus {
+        capacity_bps: params.capacity_bps,
+        capacity_cap_bps: params.capacity_bps,
+        per_host_bps: params.per_host_bps,
+        slots: params.slots(),
+        lower_bound_s: plan::lower_bound(params, &specs, post_of),
+        hosts: members
+            .iter()
+            .map(|m| HostLine {
+                name: m.spec.name.clone(),
+                mac: m.mac.to_string(),
+                rack: m.spec.rack.clone(),
+                model: m.spec.model.clone(),
+                demand_bytes: m.spec.demand_bytes,
+                phase: PhaseLabel::Waiting,
+                ..HostLine::default()
+            })
+            .collect(),
+        ..RunStatus::default()
+    }
+}
+
 /// Whether a host in `phase` is on its way (reset, not yet booted or given up on): what the
 /// ledger says about it matters.
 fn on_way(phase: &Phase) -> bool {
@@ -404,6 +434,7 @@ fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redfish::{PasswordSource, TlsPolicy};
 
     fn ev(at_ms: u64, phase: LedgerPhase, detail: &str) -> ledger::Event {
         ledger::Event {
@@ -412,6 +443,383 @@ mod tests {
             ip: None,
             detail: Some(detail.into()),
         }
+    }
+
+    // The events the other services record, as the ledger hands them back.
+    fn offer(at_ms: u64) -> ledger::Event {
+        ledger::Event {
+            at_ms,
+            phase: LedgerPhase::DhcpOffer,
+            ip: None,
+            detail: None,
+        }
+    }
+
+    fn renewal(at_ms: u64) -> ledger::Event {
+        ledger::Event {
+            phase: LedgerPhase::DhcpAck,
+            ..offer(at_ms)
+        }
+    }
+
+    fn booted(at_ms: u64) -> ledger::Event {
+        ledger::Event {
+            phase: LedgerPhase::Booted,
+            ..offer(at_ms)
+        }
+    }
+
+    fn http_started(at_ms: u64, path: &str) -> ledger::Event {
+        ev(at_ms, LedgerPhase::HttpStarted, path)
+    }
+
+    fn http_sent(at_ms: u64, path: &str, bytes: u64) -> ledger::Event {
+        ev(
+            at_ms,
+            LedgerPhase::HttpSent,
+            &format!("{path}: {bytes} bytes"),
+        )
+    }
+
+    fn tftp_sent(at_ms: u64, file: &str) -> ledger::Event {
+        ev(at_ms, LedgerPhase::TftpSent, file)
+    }
+
+    /// The unix ms the test runs start at.
+    const T0: u64 = 1_700_000_000_000;
+
+    /// Two slots of 250 B/s, POST 10 s, no lookahead, two attempts 5 s apart.
+    fn params() -> Params {
+        Params {
+            capacity_bps: 500.0,
+            per_host_bps: 250.0,
+            post_guess_s: 10.0,
+            max_bmc_ops: 100,
+            max_per_rack_posting: 100,
+            reset_attempts: 2,
+            retry_backoff_s: 5.0,
+            post_timeout_s: 600.0,
+            boot_timeout_s: 600.0,
+            lookahead_s: 0.0,
+        }
+    }
+
+    /// Host `i`: 25 000 bytes (100 s at one host's rate) of kernel and initrd, its own BMC.
+    fn member(i: u8) -> Member {
+        Member {
+            mac: Mac([2, 0, 0, 0, 0, i]),
+            bmc: BmcConfig::new(
+                &format!("http://bmc{i}.test"),
+                "admin",
+                PasswordSource::Env("BMC_PASSWORD".into()),
+                TlsPolicy::Insecure,
+            ),
+            spec: HostSpec {
+                name: format!("h{i}"),
+                model: "m".into(),
+                rack: format!("r{i}"),
+                demand_bytes: 25_000,
+            },
+            files: vec!["vmlinuz".into(), "initrd.img".into()],
+            kernel: Some("vmlinuz".into()),
+        }
+    }
+
+    fn run(params: Params, hosts: u8) -> RunStep {
+        let members: Vec<Member> = (0..hosts).map(member).collect();
+        let mut first = blank_status(&params, &members, &PostSeen::new());
+        first.started_unix_ms = T0;
+        RunStep::new(params, members, PostSeen::new(), first)
+    }
+
+    fn at(s: f64) -> u64 {
+        T0 + (s * 1000.0) as u64
+    }
+
+    fn tick(s: f64) -> Tick {
+        Tick {
+            now_ms: at(s),
+            ..Tick::default()
+        }
+    }
+
+    /// A tick at `s` with the ledger's events of every host the step asks about.
+    fn tick_with(step: &RunStep, s: f64, events: &[(usize, Vec<ledger::Event>)]) -> Tick {
+        let read = step.to_read();
+        for (h, _) in events {
+            assert!(
+                read.iter().any(|(i, _, _)| i == h),
+                "host {h} is not read at {s}: {read:?}"
+            );
+        }
+        Tick {
+            now_ms: at(s),
+            events: events.to_vec(),
+            ..Tick::default()
+        }
+    }
+
+    fn accepted(hosts: &[usize]) -> Vec<(usize, Result<String, RedfishError>)> {
+        hosts
+            .iter()
+            .map(|h| (*h, Ok("ForceRestart".into())))
+            .collect()
+    }
+
+    fn phases(step: &mut RunStep) -> Vec<PhaseLabel> {
+        step.status().hosts.iter().map(|h| h.phase).collect()
+    }
+
+    fn both_files(s: f64) -> Vec<ledger::Event> {
+        vec![
+            offer(at(s - 2.0)),
+            tftp_sent(at(s - 1.5), "ipxe.efi"),
+            http_sent(at(s - 1.0), "/vmlinuz", 1250),
+            http_sent(at(s), "/initrd.img", 1250),
+        ]
+    }
+
+    #[test]
+    fn a_batch_is_reset_admitted_and_the_next_host_reset_when_a_slot_frees() {
+        use PhaseLabel::*;
+        let mut step = run(params(), 3);
+        assert_eq!(
+            step.advance(tick(0.0)),
+            vec![RunAction::Reset(0), RunAction::Reset(1)],
+            "two slots: two hosts"
+        );
+        let read: Vec<(usize, u64)> = step.to_read().iter().map(|(i, _, t)| (*i, *t)).collect();
+        assert_eq!(read, vec![(0, T0), (1, T0)], "each since its reset");
+        let acts = step.advance(Tick {
+            resets: accepted(&[0, 1]),
+            ..tick(1.0)
+        });
+        assert_eq!(
+            acts,
+            vec![
+                RunAction::ResetAccepted {
+                    host: 0,
+                    reset_type: "ForceRestart".into()
+                },
+                RunAction::ResetAccepted {
+                    host: 1,
+                    reset_type: "ForceRestart".into()
+                },
+            ]
+        );
+        assert_eq!(phases(&mut step), vec![Posting, Posting, Waiting]);
+        // Both come up on DHCP: both are let through, nobody else is reset yet (the third
+        // would arrive long before a slot frees, at 112).
+        let dhcp = [(0, vec![offer(at(11.0))]), (1, vec![offer(at(11.5))])];
+        let acts = step.advance(tick_with(&step, 12.0, &dhcp));
+        assert_eq!(acts, vec![RunAction::Admit(0), RunAction::Admit(1)]);
+        assert_eq!(phases(&mut step), vec![Downloading, Downloading, Waiting]);
+        assert_eq!(step.status().hosts[1].dhcp_s, Some(11.5));
+        assert_eq!(step.status().hosts[0].admitted_s, Some(12.0));
+        assert!(step.advance(tick_with(&step, 13.0, &dhcp)).is_empty());
+        // Host 0 has everything: its slot frees and host 2 is reset to take it.
+        let acts = step.advance(tick_with(&step, 15.0, &[(0, both_files(15.0))]));
+        assert_eq!(acts, vec![RunAction::Reset(2)]);
+        assert_eq!(phases(&mut step), vec![Starting, Downloading, Resetting]);
+        let h0 = &step.status().hosts[0];
+        assert_eq!(
+            (h0.loader_s, h0.kernel_s, h0.fetched_s),
+            (Some(13.5), Some(14.0), Some(15.0))
+        );
+        assert_eq!(h0.reset_s, Some(0.0));
+        assert_eq!(h0.reset_done_s, Some(1.0));
+        // Booted; then the others follow; the run ends with its makespan and bound.
+        let mut done0 = both_files(15.0);
+        done0.push(booted(at(20.0)));
+        step.advance(tick_with(&step, 20.0, &[(0, done0)]));
+        assert!(!step.finish());
+        assert_eq!(step.status().count(Booted), 1);
+        let mut done1 = both_files(25.0);
+        done1.push(booted(at(30.0)));
+        step.advance(Tick {
+            resets: accepted(&[2]),
+            ..tick_with(&step, 30.0, &[(1, done1)])
+        });
+        let mut done2 = both_files(45.0);
+        done2.push(booted(at(50.0)));
+        step.advance(tick_with(&step, 50.0, &[(2, done2)]));
+        assert!(step.finish());
+        let s = step.status();
+        assert_eq!(s.state, RunState::Done);
+        assert_eq!(s.count(Booted), 3);
+        assert_eq!(s.makespan_s, Some(50.0));
+        // 75 000 bytes at 500 B/s, plus the quickest reset-to-booted (host 0: 20 s).
+        assert_eq!(s.lower_bound_s, 150.0 + 20.0);
+        assert!(step.to_read().is_empty(), "nobody is on the way");
+    }
+
+    #[test]
+    fn a_failed_reset_releases_the_host_is_retried_after_the_backoff_then_given_up() {
+        let mut p = params();
+        p.capacity_bps = 250.0;
+        let mut step = run(p, 1);
+        assert_eq!(step.advance(tick(0.0)), vec![RunAction::Reset(0)]);
+        let refused = || RedfishError::Status {
+            method: "POST".into(),
+            path: "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
+            status: 503,
+            message: None,
+        };
+        let why = "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset: HTTP 503";
+        let acts = step.advance(Tick {
+            resets: vec![(0, Err(refused()))],
+            ..tick(0.5)
+        });
+        assert_eq!(
+            acts,
+            vec![
+                RunAction::ResetFailed {
+                    host: 0,
+                    why: why.into()
+                },
+                RunAction::Release(0),
+            ]
+        );
+        assert!(step.to_read().is_empty(), "waiting: nothing to read");
+        assert!(step.advance(tick(5.0)).is_empty(), "backoff until 5.5");
+        assert_eq!(step.advance(tick(6.0)), vec![RunAction::Reset(0)]);
+        assert_eq!(step.status().hosts[0].attempts, 2);
+        let acts = step.advance(Tick {
+            resets: vec![(0, Err(refused()))],
+            ..tick(7.0)
+        });
+        let reason = format!("reset failed 2 times: {why}");
+        assert_eq!(
+            acts,
+            vec![
+                RunAction::ResetFailed {
+                    host: 0,
+                    why: why.into()
+                },
+                RunAction::Release(0),
+                RunAction::GiveUp {
+                    host: 0,
+                    reason: reason.clone()
+                },
+            ]
+        );
+        assert!(step.advance(tick(8.0)).is_empty(), "given up once");
+        assert!(step.finish());
+        let s = step.status();
+        assert_eq!(s.hosts[0].phase, PhaseLabel::Failed);
+        assert_eq!(s.hosts[0].reason.as_deref(), Some(reason.as_str()));
+        assert_eq!(s.hosts[0].failed_s, Some(7.0));
+        assert_eq!(s.makespan_s, Some(7.0));
+        assert_eq!(s.lower_bound_s, 0.0, "nothing booted");
+    }
+
+    #[test]
+    fn a_host_already_on_dhcp_keeps_its_place_when_its_bmc_answers_late_with_an_error() {
+        let mut step = run(params(), 1);
+        step.advance(tick(0.0));
+        // The BMC times out, but the host did reset: it is on DHCP already.
+        step.advance(tick_with(&step, 9.0, &[(0, vec![offer(at(9.0))])]));
+        assert_eq!(phases(&mut step), vec![PhaseLabel::Downloading]);
+        let acts = step.advance(Tick {
+            resets: vec![(
+                0,
+                Err(RedfishError::Timeout(std::time::Duration::from_secs(10))),
+            )],
+            ..tick_with(&step, 10.0, &[(0, vec![offer(at(9.0))])])
+        });
+        assert_eq!(
+            acts,
+            vec![RunAction::ResetFailed {
+                host: 0,
+                why: "no answer within 10s".into()
+            }],
+            "no release: it holds its slot"
+        );
+        assert_eq!(phases(&mut step), vec![PhaseLabel::Downloading]);
+    }
+
+    #[test]
+    fn only_an_offer_after_the_reset_counts_as_the_boot_reaching_dhcp() {
+        let mut step = run(params(), 1);
+        step.advance(tick(0.0));
+        step.advance(Tick {
+            resets: accepted(&[0]),
+            ..tick(1.0)
+        });
+        // A running OS renewing its lease (an ACK without an offer) is not a boot.
+        step.advance(tick_with(&step, 2.0, &[(0, vec![renewal(at(2.0))])]));
+        assert_eq!(phases(&mut step), vec![PhaseLabel::Posting]);
+        step.advance(tick_with(
+            &step,
+            3.0,
+            &[(0, vec![renewal(at(2.0)), offer(at(3.0))])],
+        ));
+        assert_eq!(phases(&mut step), vec![PhaseLabel::Downloading]);
+        assert_eq!(step.status().hosts[0].dhcp_s, Some(3.0));
+    }
+
+    #[test]
+    fn a_busy_fabric_that_sends_less_lowers_the_capacity_and_the_slots() {
+        let mut step = run(params(), 2);
+        step.advance(tick(0.0));
+        step.advance(Tick {
+            resets: accepted(&[0, 1]),
+            ..tick(0.5)
+        });
+        let pulling = |s: f64| {
+            (0..2)
+                .map(|h| (h, vec![offer(at(1.0)), http_started(at(s), "/vmlinuz")]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            step.advance(tick_with(&step, 1.0, &pulling(1.0))),
+            vec![RunAction::Admit(0), RunAction::Admit(1)]
+        );
+        // Both pulling, the link gives 100 B/s of the 500 planned: after a whole window of
+        // busy seconds the estimate drops to one host's share, one slot.
+        for s in 2..=8 {
+            let s = f64::from(s);
+            step.advance(Tick {
+                egress_bps: 100.0,
+                ..tick_with(&step, s, &pulling(s))
+            });
+        }
+        let status = step.status();
+        assert_eq!((status.capacity_bps, status.slots), (250.0, 1));
+        assert_eq!(status.capacity_cap_bps, 500.0);
+    }
+
+    #[test]
+    fn an_idle_fabric_keeps_the_capacity() {
+        let mut step = run(params(), 2);
+        step.advance(tick(0.0));
+        // Admitted but in the bootloader: nothing pulled, low egress says nothing.
+        let dhcp = [(0, vec![offer(at(1.0))]), (1, vec![offer(at(1.0))])];
+        for s in 1..=20 {
+            step.advance(Tick {
+                egress_bps: 1.0,
+                ..tick_with(&step, f64::from(s), &dhcp)
+            });
+        }
+        assert_eq!(step.status().slots, 2);
+    }
+
+    #[test]
+    fn cancel_ends_the_run_as_cancelled_and_answers_for_strangers_are_ignored() {
+        let mut step = run(params(), 1);
+        step.advance(tick(0.0));
+        assert_eq!(
+            step.advance(Tick {
+                resets: accepted(&[7]),
+                ..tick(1.0)
+            }),
+            vec![],
+        );
+        assert_eq!(phases(&mut step), vec![PhaseLabel::Resetting]);
+        step.cancel();
+        assert_eq!(step.status().state, RunState::Cancelled);
+        assert!(step.status().finished());
+        assert!(!step.finish(), "not every host is done");
     }
 
     #[test]
