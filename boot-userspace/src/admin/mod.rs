@@ -515,9 +515,11 @@ fn timeline_json(ledger: &Ledger, mac: Mac) -> String {
             format!(
                 "{{\"at_ms\":{},\"phase\":\"{}\",\"ip\":{},\"detail\":{}}}",
                 e.at_ms,
-                e.phase.as_str(),
+                e.phase().as_str(),
                 e.ip.map_or("null".to_owned(), |ip| format!("\"{ip}\"")),
-                e.detail.as_deref().map_or("null".to_owned(), json_string)
+                e.kind
+                    .detail()
+                    .map_or("null".to_owned(), |d| json_string(&d))
             )
         })
         .collect();

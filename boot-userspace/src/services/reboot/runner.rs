@@ -37,7 +37,7 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory},
-    model::ledger::{self, Ledger, Phase as LedgerPhase},
+    model::ledger::{self, EventKind, Ledger},
     redfish::RedfishError,
 };
 
@@ -419,20 +419,20 @@ impl RebootService {
                 self.metrics.resets.with_label_values(&["accepted"]).inc();
                 let mac = members[host].mac;
                 self.ledger
-                    .record_detail(mac, LedgerPhase::BmcReset, None, Some(&reset_type));
+                    .record(mac, EventKind::BmcReset { reset_type }, None);
             }
             RunAction::ResetFailed { host, why } => {
                 let m = &members[host];
                 self.metrics.resets.with_label_values(&["failed"]).inc();
                 warn!(host = %m.spec.name, "reset failed: {why}");
                 self.ledger
-                    .record_detail(m.mac, LedgerPhase::BmcFailed, None, Some(&why));
+                    .record(m.mac, EventKind::BmcFailed { why }, None);
             }
             RunAction::Release(host) => self.gate.release(members[host].mac),
             RunAction::Admit(host) => {
                 self.gate.release(members[host].mac);
                 self.ledger
-                    .record(members[host].mac, LedgerPhase::Admitted, None);
+                    .record(members[host].mac, EventKind::Admitted, None);
             }
             RunAction::Reset(host) => {
                 let m = &members[host];
@@ -494,10 +494,12 @@ mod tests {
     //! recorded as DHCP, TFTP, HTTP and the booted host's callback record them. Time is
     //! paused: the runner's ticks run without waiting.
 
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::{
         model::inventory::Mac,
-        model::ledger::Event,
+        model::ledger::{Event, Phase as LedgerPhase},
         services::reboot::bmc::{FakeBmc, RESET_TYPE},
     };
 
@@ -603,33 +605,40 @@ mod tests {
         fn recorded(&self, host: usize, phase: LedgerPhase) -> Vec<Option<String>> {
             self.timeline(host)
                 .into_iter()
-                .filter(|e| e.phase == phase)
-                .map(|e| e.detail)
+                .filter(|e| e.phase() == phase)
+                .map(|e| e.kind.detail())
                 .collect()
         }
 
-        // What the services record of a host's boot.
+        // What the services record of a host's boot, as they record it: DHCP its offer, TFTP
+        // the bootloader, HTTP the kernel and initrd, and the installed system's callback.
         fn dhcp_offer(&self, host: usize) {
+            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
             self.ledger
-                .record(self.macs[host], LedgerPhase::DhcpOffer, None);
+                .record(self.macs[host], EventKind::DhcpOffer, Some(ip));
         }
 
         fn files_sent(&self, host: usize) {
-            let mac = self.macs[host];
-            self.ledger
-                .record_detail(mac, LedgerPhase::TftpSent, None, Some("ipxe.efi"));
+            let (mac, ip) = (
+                self.macs[host],
+                Some(Ipv4Addr::new(10, 0, 0, 10 + host as u8)),
+            );
+            let file = "ipxe.efi".to_owned();
+            self.ledger.record(mac, EventKind::TftpSent { file }, ip);
             for path in ["/vmlinuz", "/initrd.img"] {
+                let path = path.to_owned();
+                let started = EventKind::HttpStarted { path: path.clone() };
+                self.ledger.record(mac, started, ip);
+                let bytes = 625_000;
                 self.ledger
-                    .record_detail(mac, LedgerPhase::HttpStarted, None, Some(path));
-                let detail = format!("{path}: 625000 bytes");
-                self.ledger
-                    .record_detail(mac, LedgerPhase::HttpSent, None, Some(&detail));
+                    .record(mac, EventKind::HttpSent { path, bytes }, ip);
             }
         }
 
         fn booted(&self, host: usize) {
+            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
             self.ledger
-                .record(self.macs[host], LedgerPhase::Booted, None);
+                .record(self.macs[host], EventKind::Booted, Some(ip));
         }
 
         fn metric(&self, line: &str) -> bool {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     model::inventory::Mac,
-    model::ledger::{self, Phase as LedgerPhase},
+    model::ledger::{self, EventKind},
     redfish::{BmcConfig, RedfishError},
 };
 
@@ -252,15 +252,17 @@ impl RunStep {
                 .rev()
                 .find(|e| {
                     matches!(
-                        e.phase,
-                        LedgerPhase::HttpStarted | LedgerPhase::HttpSent | LedgerPhase::HttpFailed
+                        e.kind,
+                        EventKind::HttpStarted { .. }
+                            | EventKind::HttpSent { .. }
+                            | EventKind::HttpFailed { .. }
                     )
                 })
-                .is_some_and(|e| e.phase == LedgerPhase::HttpStarted);
+                .is_some_and(|e| matches!(e.kind, EventKind::HttpStarted { .. }));
         if t.dhcp_ms.is_none() {
             // An offer answers a DISCOVER, which a booting firmware sends and a running OS
             // renewing its lease does not.
-            if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::DhcpOffer) {
+            if let Some(e) = events.iter().find(|e| e.kind == EventKind::DhcpOffer) {
                 t.dhcp_ms = Some(e.at_ms);
                 line.dhcp_s = Some(secs(e.at_ms));
                 self.sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
@@ -284,7 +286,7 @@ impl RunStep {
                 self.sched.on_event(secs(at), i, Event::Fetched);
             }
         }
-        if let Some(e) = events.iter().find(|e| e.phase == LedgerPhase::Booted) {
+        if let Some(e) = events.iter().find(|e| e.kind == EventKind::Booted) {
             line.booted_s = Some(secs(e.at_ms));
             self.sched.on_event(secs(e.at_ms), i, Event::Booted);
         }
@@ -383,15 +385,6 @@ fn on_way(phase: &Phase) -> bool {
     )
 }
 
-/// The path of a completed download event (HTTP or TFTP).
-fn sent_path(e: &ledger::Event) -> Option<&str> {
-    match e.phase {
-        LedgerPhase::HttpSent => Some(e.detail.as_deref()?.rsplit_once(": ")?.0),
-        LedgerPhase::TftpSent => e.detail.as_deref(),
-        _ => None,
-    }
-}
-
 /// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
 /// `http_base` path).
 fn names(path: &str, file: &str) -> bool {
@@ -404,7 +397,7 @@ fn names(path: &str, file: &str) -> bool {
 /// When `file` was first sent completely at or after `from_ms`.
 fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
     events.iter().find_map(|e| {
-        let path = sent_path(e)?;
+        let path = e.kind.sent_path()?;
         (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
     })
 }
@@ -426,7 +419,7 @@ fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Optio
 /// by UEFI HTTP boot) was sent at or after `from_ms`.
 fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
     events.iter().find_map(|e| {
-        let path = sent_path(e)?;
+        let path = e.kind.sent_path()?;
         (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
     })
 }
@@ -436,53 +429,45 @@ mod tests {
     use super::*;
     use crate::redfish::{PasswordSource, TlsPolicy};
 
-    fn ev(at_ms: u64, phase: LedgerPhase, detail: &str) -> ledger::Event {
+    fn ev(at_ms: u64, kind: EventKind) -> ledger::Event {
         ledger::Event {
             at_ms,
-            phase,
             ip: None,
-            detail: Some(detail.into()),
+            kind,
         }
     }
 
     // The events the other services record, as the ledger hands them back.
     fn offer(at_ms: u64) -> ledger::Event {
-        ledger::Event {
-            at_ms,
-            phase: LedgerPhase::DhcpOffer,
-            ip: None,
-            detail: None,
-        }
+        ev(at_ms, EventKind::DhcpOffer)
     }
 
     fn renewal(at_ms: u64) -> ledger::Event {
-        ledger::Event {
-            phase: LedgerPhase::DhcpAck,
-            ..offer(at_ms)
-        }
+        ev(at_ms, EventKind::DhcpAck)
     }
 
     fn booted(at_ms: u64) -> ledger::Event {
-        ledger::Event {
-            phase: LedgerPhase::Booted,
-            ..offer(at_ms)
-        }
+        ev(at_ms, EventKind::Booted)
     }
 
     fn http_started(at_ms: u64, path: &str) -> ledger::Event {
-        ev(at_ms, LedgerPhase::HttpStarted, path)
+        let path = path.into();
+        ev(at_ms, EventKind::HttpStarted { path })
     }
 
     fn http_sent(at_ms: u64, path: &str, bytes: u64) -> ledger::Event {
-        ev(
-            at_ms,
-            LedgerPhase::HttpSent,
-            &format!("{path}: {bytes} bytes"),
-        )
+        let path = path.into();
+        ev(at_ms, EventKind::HttpSent { path, bytes })
+    }
+
+    fn http_failed(at_ms: u64, path: &str, bytes: u64) -> ledger::Event {
+        let path = path.into();
+        ev(at_ms, EventKind::HttpFailed { path, bytes })
     }
 
     fn tftp_sent(at_ms: u64, file: &str) -> ledger::Event {
-        ev(at_ms, LedgerPhase::TftpSent, file)
+        let file = file.into();
+        ev(at_ms, EventKind::TftpSent { file })
     }
 
     /// The unix ms the test runs start at.
@@ -826,28 +811,28 @@ mod tests {
     fn fetched_needs_every_file_after_dhcp_by_http_or_tftp() {
         let files = vec!["images/vmlinuz".to_owned(), "initrd.img".to_owned()];
         let events = vec![
-            ev(5, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(20, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
-            ev(30, LedgerPhase::HttpFailed, "/initrd.img: 3 bytes"),
+            http_sent(5, "/images/vmlinuz", 100),
+            http_sent(20, "/images/vmlinuz", 100),
+            http_failed(30, "/initrd.img", 3),
         ];
         assert_eq!(fetched_at(&files, &events, 10), None, "initrd not sent yet");
         let mut more = events.clone();
-        more.push(ev(40, LedgerPhase::TftpSent, "initrd.img"));
+        more.push(tftp_sent(40, "initrd.img"));
         assert_eq!(fetched_at(&files, &more, 10), Some(40));
         // A sent file from before the DHCP of this boot does not count.
         assert_eq!(fetched_at(&files, &more[..1], 10), None);
         // Prefixes under an http_base path still match; other names do not.
         let other = vec![
-            ev(50, LedgerPhase::HttpSent, "/boot/images/vmlinuz: 1 bytes"),
-            ev(51, LedgerPhase::HttpSent, "/xinitrd.img: 1 bytes"),
+            http_sent(50, "/boot/images/vmlinuz", 1),
+            http_sent(51, "/xinitrd.img", 1),
         ];
         assert_eq!(fetched_at(&files, &other, 0), None);
         assert_eq!(fetched_at(&[], &other, 0), None);
         // The bootloader is the first other file sent after DHCP.
         let boot = vec![
-            ev(1, LedgerPhase::TftpSent, "ipxe.efi"),
-            ev(12, LedgerPhase::TftpSent, "undionly.kpxe"),
-            ev(14, LedgerPhase::HttpSent, "/images/vmlinuz: 100 bytes"),
+            tftp_sent(1, "ipxe.efi"),
+            tftp_sent(12, "undionly.kpxe"),
+            http_sent(14, "/images/vmlinuz", 100),
         ];
         assert_eq!(loader_at(&files, &boot, 10), Some(12));
         assert_eq!(loader_at(&files, &boot[2..], 10), None);
