@@ -602,11 +602,12 @@ mod tests {
             self.ledger.timeline(self.macs[host])
         }
 
-        fn recorded(&self, host: usize, phase: LedgerPhase) -> Vec<Option<String>> {
+        /// The events of `host` in `phase`, as recorded.
+        fn recorded(&self, host: usize, phase: LedgerPhase) -> Vec<EventKind> {
             self.timeline(host)
                 .into_iter()
                 .filter(|e| e.phase() == phase)
-                .map(|e| e.kind.detail())
+                .map(|e| e.kind)
                 .collect()
         }
 
@@ -679,7 +680,9 @@ mod tests {
         until("accepted", || w.phases() == [Posting, Posting, Waiting]).await;
         assert_eq!(
             w.recorded(0, LedgerPhase::BmcReset),
-            [Some(RESET_TYPE.to_owned())]
+            [EventKind::BmcReset {
+                reset_type: RESET_TYPE.to_owned()
+            }]
         );
         w.dhcp_offer(0);
         w.dhcp_offer(1);
@@ -688,7 +691,7 @@ mod tests {
         })
         .await;
         assert!(!w.gate.holds(&w.macs[0]) && !w.gate.holds(&w.macs[1]));
-        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [None]);
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
         // Both slots are taken for 10 s: the third host is not reset meanwhile.
         ticks(8).await;
         assert_eq!(w.bmc_calls().len(), 2);
@@ -743,7 +746,9 @@ mod tests {
         assert!(!w.gate.holds(&w.macs[0]), "a failed host holds no place");
         assert_eq!(
             w.recorded(0, LedgerPhase::BmcFailed),
-            [Some(why.to_owned())]
+            [EventKind::BmcFailed {
+                why: why.to_owned()
+            }]
         );
         assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"failed\"} 1"));
         w.dhcp_offer(1);
@@ -780,7 +785,7 @@ mod tests {
         w.files_sent(0);
         until("second admitted", || !w.gate.holds(&w.macs[1])).await;
         assert_eq!(w.phases(), [Starting, Downloading]);
-        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [None]);
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
     }
 
     #[tokio::test(start_paused = true)]
