@@ -7,8 +7,6 @@
 //! [`auth`] and the route table are pure; this module is the I/O shell around them.
 
 pub mod auth;
-pub mod tls;
-pub mod token;
 
 use std::{
     convert::Infallible,
@@ -37,6 +35,7 @@ use crate::{
     model::ledger::Ledger,
     services::reboot::{report::Selection, runner::StartError, RebootService},
     util::metrics::render,
+    util::secrets::{tls, token},
 };
 use auth::{Access, Caller, Policy, Refusal};
 

@@ -15,10 +15,13 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::model::inventory::{Inventory, InventoryError};
+use crate::model::{
+    boot::BootSettings,
+    inventory::{Inventory, InventoryError},
+};
 
 pub use dhcp::DhcpGuards;
-pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
+pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
 
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
@@ -198,7 +201,7 @@ pub struct Config {
     /// loopback peers only.
     pub admin_token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub admin_tls: Option<crate::admin::tls::AdminTls>,
+    pub admin_tls: Option<crate::util::secrets::tls::AdminTls>,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
     /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
@@ -436,7 +439,7 @@ impl Config {
         };
         if let Some(file) = self.admin_token_file.as_mut() {
             *file = base.join(&*file);
-            crate::admin::token::load(file)
+            crate::util::secrets::token::load(file)
                 .map_err(|e| invalid("admin.token_file", e.to_string()))?;
         }
         if let Some(tls) = self.admin_tls.as_mut() {
@@ -445,7 +448,8 @@ impl Config {
             if let Some(ca) = tls.client_ca.as_mut() {
                 *ca = base.join(&*ca);
             }
-            crate::admin::tls::server_config(tls).map_err(|(key, reason)| invalid(&key, reason))?;
+            crate::util::secrets::tls::server_config(tls)
+                .map_err(|(key, reason)| invalid(&key, reason))?;
         }
         Ok(())
     }
@@ -516,7 +520,7 @@ impl Config {
             return Err(invalid("admin.token_file", "is empty".to_owned()));
         }
         let admin_tls = match (&wire.admin.tls_cert, &wire.admin.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::admin::tls::AdminTls {
+            (Some(cert), Some(key)) => Some(crate::util::secrets::tls::AdminTls {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
@@ -1044,7 +1048,7 @@ mod tests {
         let token = dir.path().join("admin.token");
         let e = Config::load(&cfg).expect_err("missing").to_string();
         assert!(e.contains("`admin.token_file`"), "{e}");
-        crate::admin::token::create(&token, false).expect("create");
+        crate::util::secrets::token::create(&token, false).expect("create");
         let c = Config::load(&cfg).expect("valid token file");
         assert_eq!(c.admin_token_file.as_deref(), Some(token.as_path()));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");

@@ -15,7 +15,7 @@ use super::{
     response::{content_type, Body, Response},
 };
 use crate::{
-    config::BootSettings,
+    model::boot::BootSettings,
     model::files::{self, FileError},
     model::gate::Gate,
     model::inventory::{Host, Inventory, Mac},

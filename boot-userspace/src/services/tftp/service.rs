@@ -31,7 +31,8 @@ use super::{
     transfer::{AbortReason, Action, Transfer},
 };
 use crate::{
-    config::{BootSettings, Config, PortRange, TftpConfig},
+    config::{Config, PortRange, TftpConfig},
+    model::boot::BootSettings,
     model::files::{self, FileError},
     model::inventory::{Host, Inventory, Mac},
     model::ledger::{EventKind, Ledger},
