@@ -93,9 +93,9 @@ pub fn settings(
         }
     };
     let tls = match &config.admin_tls {
-        Some(t) => Some(
-            tls::server_config(t).map_err(|(key, reason)| SettingsError::Tls { key, reason })?,
-        ),
+        Some(t) => Some(tls::server_config(t).map_err(
+            |crate::util::key_error::KeyError { key, reason }| SettingsError::Tls { key, reason },
+        )?),
         None => None,
     };
     let access = AdminAccess {

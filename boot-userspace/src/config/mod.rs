@@ -19,6 +19,7 @@ use crate::model::{
     boot::BootSettings,
     inventory::{Inventory, InventoryError},
 };
+use crate::util::key_error::KeyError;
 
 pub use dhcp::DhcpGuards;
 pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
@@ -255,10 +256,10 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    fn from_wire(w: &wire::Scheduler) -> Result<Self, (String, String)> {
-        let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, (String, String)> {
+    fn from_wire(w: &wire::Scheduler) -> Result<Self, KeyError> {
+        let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, KeyError> {
             match v {
-                Some(x) if !x.is_finite() || x <= 0.0 => Err((
+                Some(x) if !x.is_finite() || x <= 0.0 => Err(KeyError::new(
                     format!("scheduler.{key}"),
                     format!("{x} is not a positive number"),
                 )),
@@ -267,14 +268,17 @@ impl SchedulerConfig {
             }
         };
         let at_least_one = |v: Option<usize>, default: usize, key: &str| match v {
-            Some(0) => Err((format!("scheduler.{key}"), "must be at least 1".to_owned())),
+            Some(0) => Err(KeyError::new(
+                format!("scheduler.{key}"),
+                "must be at least 1".to_owned(),
+            )),
             Some(n) => Ok(n),
             None => Ok(default),
         };
         let lookahead = match w.lookahead_s {
             Some(x) if !x.is_finite() || x < 0.0 => {
-                return Err((
-                    "scheduler.lookahead_s".into(),
+                return Err(KeyError::new(
+                    "scheduler.lookahead_s",
                     format!("{x} is not zero or a positive number"),
                 ))
             }
@@ -294,7 +298,12 @@ impl SchedulerConfig {
         let post_timeout_s = positive(w.post_timeout_s, 900.0, "post_timeout_s")?;
         let boot_timeout_s = positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?;
         let gate_retry_s = match w.gate_retry_s {
-            Some(0) => return Err(("scheduler.gate_retry_s".into(), "must be at least 1".into())),
+            Some(0) => {
+                return Err(KeyError::new(
+                    "scheduler.gate_retry_s",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => n.min(300),
             None => 3,
         };
@@ -449,7 +458,7 @@ impl Config {
                 *ca = base.join(&*ca);
             }
             crate::util::secrets::tls::server_config(tls)
-                .map_err(|(key, reason)| invalid(&key, reason))?;
+                .map_err(|KeyError { key, reason }| invalid(&key, reason))?;
         }
         Ok(())
     }
@@ -727,7 +736,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
         );
-        let keyed = |(key, reason): dhcp::KeyError| ConfigError::Invalid {
+        let keyed = |KeyError { key, reason }: KeyError| ConfigError::Invalid {
             path: path.to_owned(),
             key,
             reason,
