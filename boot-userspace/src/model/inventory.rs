@@ -152,7 +152,8 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
             format!("{url:?}: the scheme must be https (or http for lab emulators)"),
         ));
     }
-    crate::redfish::transport::parse_url(&url).map_err(|e| ("bmc.url".to_owned(), e))?;
+    crate::redfish::transport::parse_url(&url)
+        .map_err(|e| ("bmc.url".to_owned(), e.to_string()))?;
     // Plain HTTP sends the BMC password (Basic auth, session login) in clear to anyone on the
     // path: only with the operator's explicit word, which start-up then logs.
     if !https && b.allow_plaintext != Some(true) {
@@ -188,7 +189,7 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         (Some(ca), None, false) => TlsPolicy::CaFile(file(ca)),
         (None, Some(fp), false) => TlsPolicy::Fingerprint(
             crate::redfish::tls::parse_fingerprint(fp)
-                .map_err(|e| ("bmc.fingerprint".to_owned(), e))?,
+                .map_err(|e| ("bmc.fingerprint".to_owned(), e.to_string()))?,
         ),
         (None, None, true) => TlsPolicy::Insecure,
         (None, None, false) if !https => TlsPolicy::Insecure,
@@ -295,8 +296,8 @@ impl Inventory {
                             .to_owned(),
                     ));
                 }
-                let digest =
-                    crate::redfish::tls::parse_fingerprint(hex).map_err(|r| invalid(key, r))?;
+                let digest = crate::redfish::tls::parse_fingerprint(hex)
+                    .map_err(|r| invalid(key, r.to_string()))?;
                 sha256.insert(file.clone(), digest);
             }
             let profile = Profile {
