@@ -44,7 +44,7 @@ use crate::{
     services::reboot::RebootService,
     services::tftp::service::TftpService,
     util::metrics::CoreMetrics,
-    util::supervisor::{Outcome, Supervisor},
+    util::supervisor::{Outcome, ServiceError, Supervisor},
     xdp::Dataplane,
 };
 
@@ -188,7 +188,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 // The service owns the attached programs; they detach when it returns.
                 token.cancelled().await;
                 drop(dataplane);
-                Ok(())
+                Ok::<(), ServiceError>(())
             }),
         );
     } else {

@@ -97,6 +97,20 @@ impl Metrics {
     }
 }
 
+/// Why the responder did not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RaError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// Waiting on an interface's socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An interface's task ended without returning (it panicked).
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+}
+
 struct Iface {
     name: String,
     index: u32,
@@ -145,7 +159,7 @@ fn open(name: &str, index: u32) -> std::io::Result<Socket> {
 impl RaService {
     /// Opens the responder on each of `interfaces` that has IPv6 (a link-local address);
     /// `None` when there is none.
-    pub fn start(interfaces: &[String], registry: &Registry) -> anyhow::Result<Option<Self>> {
+    pub fn start(interfaces: &[String], registry: &Registry) -> Result<Option<Self>, RaError> {
         let metrics = Metrics::register(registry)?;
         let mut ifaces = Vec::new();
         for name in interfaces {
@@ -173,7 +187,7 @@ impl RaService {
     }
 
     /// Answers solicitations until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), RaError> {
         let mut tasks = tokio::task::JoinSet::new();
         for iface in self.ifaces {
             let metrics = self.metrics.clone();
@@ -191,7 +205,7 @@ async fn serve(
     iface: Arc<Iface>,
     metrics: Metrics,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let labels = [iface.name.as_str()];
     metrics.sent.with_label_values(&labels).inc_by(0);
     metrics.foreign.with_label_values(&labels).inc_by(0);

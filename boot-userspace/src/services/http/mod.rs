@@ -17,6 +17,7 @@ pub mod routes;
 pub mod uring;
 
 use std::{
+    fmt,
     net::SocketAddrV4,
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
@@ -32,6 +33,64 @@ use crate::{
 };
 use conn::{Limits, Metrics, Shared};
 use routes::Site;
+
+/// Why the HTTP service did not start, or stopped. Where a cause is in the text it is not
+/// also a source, so that the daemon's `{:#}` prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// A fabric interface has no IPv4 address to listen on.
+    #[error("http: interface {iface:?} has no IPv4 address")]
+    NoAddress {
+        /// The interface, as configured.
+        iface: String,
+    },
+    /// `http.backend = "io_uring"` was asked for, and this kernel cannot give it.
+    #[error("http.backend = \"io_uring\", but io_uring is unavailable: {why}")]
+    UringUnavailable {
+        /// What the probe found missing.
+        why: uring::ProbeError,
+    },
+    /// A listening socket could not be bound.
+    #[error("http: binding {addr}: {error}")]
+    Bind {
+        /// The address and port.
+        addr: SocketAddrV4,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
+    /// A listener or a ring thread could not be set up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A ring stopped serving with an error.
+    #[error("HTTP ring: {0}")]
+    Ring(std::io::Error),
+    /// A ring thread panicked.
+    #[error("HTTP ring panicked")]
+    RingPanicked,
+    /// The task that waits for the rings to stop did not finish.
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Why the service serves with epoll rather than io_uring.
+enum NoUring {
+    /// `http.backend = "epoll"`.
+    Configured,
+    /// The probe found the kernel's io_uring lacking.
+    Unavailable(uring::ProbeError),
+}
+
+impl fmt::Display for NoUring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Configured => f.write_str("http.backend = \"epoll\""),
+            Self::Unavailable(why) => why.fmt(f),
+        }
+    }
+}
 
 enum Transport {
     Uring {
@@ -57,7 +116,7 @@ impl HttpService {
         registry: &Registry,
         ledger: Ledger,
         gate: crate::model::gate::Gate,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HttpError> {
         let metrics = Metrics::register(registry)?;
         let egress = GaugeVec::new(
             Opts::new(
@@ -69,8 +128,10 @@ impl HttpService {
         registry.register(Box::new(egress.clone()))?;
         let mut addrs = Vec::new();
         for iface in &config.interfaces {
-            let ip = crate::services::dhcp::iface_ipv4(iface)
-                .ok_or_else(|| anyhow::anyhow!("http: interface {iface:?} has no IPv4 address"))?;
+            let ip =
+                crate::services::dhcp::iface_ipv4(iface).ok_or_else(|| HttpError::NoAddress {
+                    iface: iface.clone(),
+                })?;
             addrs.push((ip, iface.clone()));
         }
         let scripts = config.ipxe_script_names();
@@ -95,21 +156,23 @@ impl HttpService {
         };
         let shared = Arc::new(Shared::new(site, limits, metrics, addrs.clone()));
         let uring = match cfg.backend {
-            HttpBackend::Epoll => Err("http.backend = \"epoll\"".to_owned()),
-            _ => uring::probe(),
+            HttpBackend::Epoll => Err(NoUring::Configured),
+            _ => uring::probe().map_err(NoUring::Unavailable),
         };
-        if let (HttpBackend::IoUring, Err(why)) = (cfg.backend, &uring) {
-            anyhow::bail!("http.backend = \"io_uring\", but io_uring is unavailable: {why}");
-        }
-        let sockets = |n: usize| -> anyhow::Result<Vec<Vec<std::os::fd::OwnedFd>>> {
+        let uring = match (cfg.backend, uring) {
+            (HttpBackend::IoUring, Err(NoUring::Unavailable(why))) => {
+                return Err(HttpError::UringUnavailable { why })
+            }
+            (_, uring) => uring,
+        };
+        let sockets = |n: usize| -> Result<Vec<Vec<std::os::fd::OwnedFd>>, HttpError> {
             (0..n)
                 .map(|_| {
                     addrs
                         .iter()
                         .map(|(ip, _)| {
-                            uring::listener(SocketAddrV4::new(*ip, cfg.port)).map_err(|e| {
-                                anyhow::anyhow!("http: binding {ip}:{}: {e}", cfg.port)
-                            })
+                            let addr = SocketAddrV4::new(*ip, cfg.port);
+                            uring::listener(addr).map_err(|error| HttpError::Bind { addr, error })
                         })
                         .collect()
                 })
@@ -150,7 +213,7 @@ impl HttpService {
     }
 
     /// Serves until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), HttpError> {
         let shared = Arc::clone(&self.shared);
         let egress = self.egress.clone();
         let ticker = cancel.clone();
@@ -206,8 +269,8 @@ impl HttpService {
                     for t in threads {
                         match t.join() {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => failed = Some(anyhow::anyhow!("HTTP ring: {e}")),
-                            Err(_) => failed = Some(anyhow::anyhow!("HTTP ring panicked")),
+                            Ok(Err(e)) => failed = Some(HttpError::Ring(e)),
+                            Err(_) => failed = Some(HttpError::RingPanicked),
                         }
                     }
                     failed.map_or(Ok(()), Err)

@@ -41,6 +41,34 @@ use crate::{
 /// The well-known TFTP port.
 pub const TFTP_PORT: u16 = 69;
 
+/// Why the TFTP service did not start. Where a cause is in the text it is not also a source,
+/// so that the daemon's `{:#}` prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// A fabric interface has no IPv4 address to answer from.
+    #[error("tftp: interface {iface:?} has no IPv4 address")]
+    NoAddress {
+        /// The interface, as configured.
+        iface: String,
+    },
+    /// The listening socket of an interface could not be bound.
+    #[error("tftp: binding {iface}:{port}: {error}")]
+    Bind {
+        /// The interface.
+        iface: String,
+        /// The port.
+        port: u16,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
+    /// The file I/O threads could not be started.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 #[derive(Clone)]
 struct Metrics {
     active: IntGauge,
@@ -433,14 +461,19 @@ impl TftpService {
         cfg: TftpConfig,
         registry: &Registry,
         ledger: Ledger,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, TftpError> {
         let metrics = Metrics::register(registry)?;
         let mut listeners = Vec::new();
         for iface in &config.interfaces {
-            let ip = crate::services::dhcp::iface_ipv4(iface)
-                .ok_or_else(|| anyhow::anyhow!("tftp: interface {iface:?} has no IPv4 address"))?;
-            let sock = bind(iface, TFTP_PORT)
-                .map_err(|e| anyhow::anyhow!("tftp: binding {iface}:{TFTP_PORT}: {e}"))?;
+            let ip =
+                crate::services::dhcp::iface_ipv4(iface).ok_or_else(|| TftpError::NoAddress {
+                    iface: iface.clone(),
+                })?;
+            let sock = bind(iface, TFTP_PORT).map_err(|error| TftpError::Bind {
+                iface: iface.clone(),
+                port: TFTP_PORT,
+                error,
+            })?;
             // A rack powering on sends its read requests in one burst; the default buffer
             // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
             // daemon has when it runs XDP; otherwise the kernel's cap applies.
