@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod fabric;
 pub mod model;
 pub mod redfish;
 pub mod services;
