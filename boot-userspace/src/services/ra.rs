@@ -27,6 +27,8 @@ use tokio::{io::unix::AsyncFd, sync::Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::fabric::Iface;
+
 /// ICMPv6 type of a router solicitation.
 pub const ROUTER_SOLICITATION: u8 = 133;
 /// ICMPv6 type of a router advertisement.
@@ -111,7 +113,8 @@ pub enum RaError {
     Join(#[from] tokio::task::JoinError),
 }
 
-struct Iface {
+/// One interface's responder: its socket and what the advertisement says.
+struct Responder {
     name: String,
     index: u32,
     mac: [u8; 6],
@@ -120,27 +123,8 @@ struct Iface {
 
 /// The responder on the fabric interfaces.
 pub struct RaService {
-    ifaces: Vec<Arc<Iface>>,
+    ifaces: Vec<Arc<Responder>>,
     metrics: Metrics,
-}
-
-fn link_local_and_mac(name: &str) -> (bool, Option<[u8; 6]>) {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return (false, None);
-    };
-    let mut ll = false;
-    let mut mac = None;
-    for a in addrs.filter(|a| a.interface_name == name) {
-        if let Some(addr) = a.address {
-            if let Some(v6) = addr.as_sockaddr_in6() {
-                ll |= v6.ip().is_unicast_link_local();
-            }
-            if let Some(l) = addr.as_link_addr().and_then(|l| l.addr()) {
-                mac = Some(l);
-            }
-        }
-    }
-    (ll, mac)
 }
 
 fn open(name: &str, index: u32) -> std::io::Result<Socket> {
@@ -157,14 +141,15 @@ fn open(name: &str, index: u32) -> std::io::Result<Socket> {
 }
 
 impl RaService {
-    /// Opens the responder on each of `interfaces` that has IPv6 (a link-local address);
-    /// `None` when there is none.
-    pub fn start(interfaces: &[String], registry: &Registry) -> Result<Option<Self>, RaError> {
+    /// Opens the responder on each of `interfaces` (the fabric) that has IPv6 (a link-local
+    /// address); `None` when there is none.
+    pub fn start(interfaces: &[Iface], registry: &Registry) -> Result<Option<Self>, RaError> {
         let metrics = Metrics::register(registry)?;
         let mut ifaces = Vec::new();
-        for name in interfaces {
-            let (ll, mac) = link_local_and_mac(name);
-            let (Some(index), Some(mac), true) = (crate::xdp::if_index(name), mac, ll) else {
+        for fabric in interfaces {
+            let name = &fabric.name;
+            let (Some(index), Some(mac), true) = (fabric.index, fabric.mac, fabric.ipv6_link_local)
+            else {
                 info!(iface = %name, "no IPv6 link-local address on {name}: no router advertisements there");
                 continue;
             };
@@ -174,7 +159,7 @@ impl RaService {
                 unsafe { AsyncFd::register(s) }.map_err(|e| std::io::Error::other(e.to_string()))
             });
             match registered {
-                Ok(sock) => ifaces.push(Arc::new(Iface {
+                Ok(sock) => ifaces.push(Arc::new(Responder {
                     name: name.clone(),
                     index,
                     mac,
@@ -202,7 +187,7 @@ impl RaService {
 }
 
 async fn serve(
-    iface: Arc<Iface>,
+    iface: Arc<Responder>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {

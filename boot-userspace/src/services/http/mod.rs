@@ -18,7 +18,8 @@ pub mod uring;
 
 use std::{
     fmt,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::OwnedFd,
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
 };
@@ -28,7 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, HttpBackend, HttpConfig},
+    config::{BootSettings, HttpBackend, HttpConfig},
+    fabric::Iface,
+    model::gate::Gate,
+    model::inventory::Inventory,
     model::ledger::Ledger,
 };
 use conn::{Limits, Metrics, Shared};
@@ -92,9 +96,36 @@ impl fmt::Display for NoUring {
     }
 }
 
+/// `rings` sets of listeners, each with one socket per address in `ips`, all on `port`; and
+/// the address each interface listens on. Port 0 lets the kernel pick one per address, which
+/// the other rings' sockets then share (SO_REUSEPORT).
+fn listeners(
+    ips: &[(Ipv4Addr, String)],
+    port: u16,
+    rings: usize,
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddrV4>), HttpError> {
+    let mut sets: Vec<Vec<OwnedFd>> = (0..rings).map(|_| Vec::new()).collect();
+    let mut local = Vec::new();
+    for (ip, _) in ips {
+        let mut addr = SocketAddrV4::new(*ip, port);
+        for set in &mut sets {
+            let fd = uring::listener(addr).map_err(|error| HttpError::Bind { addr, error })?;
+            if addr.port() == 0 {
+                let bound = socket2::SockRef::from(&fd)
+                    .local_addr()
+                    .map_err(|error| HttpError::Bind { addr, error })?;
+                addr.set_port(bound.as_socket().map_or(0, |a| a.port()));
+            }
+            set.push(fd);
+        }
+        local.push(addr);
+    }
+    Ok((sets, local))
+}
+
 enum Transport {
     Uring {
-        workers: Vec<Vec<std::os::fd::OwnedFd>>,
+        workers: Vec<Vec<OwnedFd>>,
     },
     Epoll {
         listeners: Vec<tokio::net::TcpListener>,
@@ -106,16 +137,37 @@ pub struct HttpService {
     shared: Arc<Shared>,
     transport: Transport,
     egress: GaugeVec,
+    /// Where it listens, per interface.
+    local: Vec<SocketAddrV4>,
+}
+
+/// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
+/// so the service reads no other section of the configuration.
+pub struct Sources {
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+    /// Hosts a reboot run holds until a download slot is theirs.
+    pub gate: Gate,
+    /// Seconds a held host sleeps before asking again (`scheduler.gate_retry_s`: the reboot
+    /// scheduler paces the gate; HTTP only says it).
+    pub gate_retry_s: u32,
 }
 
 impl HttpService {
-    /// Binds the port on every fabric interface's address and picks the transport.
+    /// Binds the port on the IPv4 address of every interface in `ifaces` (the fabric) and
+    /// picks the transport. Port 0 (tests) binds a port the kernel picks, the same on every
+    /// ring; [`HttpService::local_addrs`] says which.
     pub fn start(
-        config: &Config,
         cfg: HttpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
         registry: &Registry,
-        ledger: Ledger,
-        gate: crate::model::gate::Gate,
     ) -> Result<Self, HttpError> {
         let metrics = Metrics::register(registry)?;
         let egress = GaugeVec::new(
@@ -126,24 +178,22 @@ impl HttpService {
             &["iface"],
         )?;
         registry.register(Box::new(egress.clone()))?;
-        let mut addrs = Vec::new();
-        for iface in &config.interfaces {
-            let ip =
-                crate::services::dhcp::iface_ipv4(iface).ok_or_else(|| HttpError::NoAddress {
-                    iface: iface.clone(),
-                })?;
-            addrs.push((ip, iface.clone()));
+        let mut ips = Vec::new();
+        for iface in ifaces {
+            let ip = iface.ipv4.ok_or_else(|| HttpError::NoAddress {
+                iface: iface.name.clone(),
+            })?;
+            ips.push((ip, iface.name.clone()));
         }
-        let scripts = config.ipxe_script_names();
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
-            inventory: config.inventory.clone(),
-            boot: config.boot.clone(),
-            scripts,
-            ledger,
-            gate,
-            gate_retry_s: config.scheduler.gate_retry_s,
+            inventory: sources.inventory,
+            boot: sources.boot,
+            scripts: sources.scripts,
+            ledger: sources.ledger,
+            gate: sources.gate,
+            gate_retry_s: sources.gate_retry_s,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
             config_metrics: configs::Metrics::register(registry)?,
         };
@@ -154,7 +204,7 @@ impl HttpService {
             idle_timeout: Duration::from_secs(cfg.idle_timeout_s),
             send_timeout: Duration::from_secs(cfg.send_timeout_s),
         };
-        let shared = Arc::new(Shared::new(site, limits, metrics, addrs.clone()));
+        let shared = Arc::new(Shared::new(site, limits, metrics, ips.clone()));
         let uring = match cfg.backend {
             HttpBackend::Epoll => Err(NoUring::Configured),
             _ => uring::probe().map_err(NoUring::Unavailable),
@@ -165,51 +215,44 @@ impl HttpService {
             }
             (_, uring) => uring,
         };
-        let sockets = |n: usize| -> Result<Vec<Vec<std::os::fd::OwnedFd>>, HttpError> {
-            (0..n)
-                .map(|_| {
-                    addrs
-                        .iter()
-                        .map(|(ip, _)| {
-                            let addr = SocketAddrV4::new(*ip, cfg.port);
-                            uring::listener(addr).map_err(|error| HttpError::Bind { addr, error })
-                        })
-                        .collect()
-                })
-                .collect()
-        };
-        let transport = match uring {
+        let (transport, local) = match uring {
             Ok(()) => {
                 let n = match cfg.workers {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
                 };
-                for (ip, iface) in &addrs {
-                    info!(%iface, "HTTP server listening on {ip}:{} (io_uring, {n} rings, splice)", cfg.port);
+                let (workers, local) = listeners(&ips, cfg.port, n)?;
+                for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
+                    info!(%iface, "HTTP server listening on {addr} (io_uring, {n} rings, splice)");
                 }
-                Transport::Uring {
-                    workers: sockets(n)?,
-                }
+                (Transport::Uring { workers }, local)
             }
             Err(why) => {
                 warn!("HTTP: not using io_uring ({why}); serving with epoll and sendfile");
+                let (fds, local) = listeners(&ips, cfg.port, 1)?;
                 let mut listeners = Vec::new();
-                for fd in sockets(1)?.into_iter().flatten() {
+                for fd in fds.into_iter().flatten() {
                     let std: std::net::TcpListener = fd.into();
                     std.set_nonblocking(true)?;
                     listeners.push(tokio::net::TcpListener::from_std(std)?);
                 }
-                for (ip, iface) in &addrs {
-                    info!(%iface, "HTTP server listening on {ip}:{} (epoll, sendfile)", cfg.port);
+                for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
+                    info!(%iface, "HTTP server listening on {addr} (epoll, sendfile)");
                 }
-                Transport::Epoll { listeners }
+                (Transport::Epoll { listeners }, local)
             }
         };
         Ok(Self {
             shared,
             transport,
             egress,
+            local,
         })
+    }
+
+    /// The addresses listened on, one per interface, in fabric order.
+    pub fn local_addrs(&self) -> &[SocketAddrV4] {
+        &self.local
     }
 
     /// Serves until `cancel` fires.

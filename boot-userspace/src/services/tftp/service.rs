@@ -31,7 +31,8 @@ use super::{
     transfer::{AbortReason, Action, Transfer},
 };
 use crate::{
-    config::{BootSettings, Config, PortRange, TftpConfig},
+    config::{BootSettings, PortRange, TftpConfig},
+    fabric::Iface,
     model::files::{self, FileError},
     model::inventory::{Host, Inventory, Mac},
     model::ledger::{Ledger, Phase},
@@ -454,26 +455,56 @@ fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// What TFTP serves from besides its own section. `serve` takes each from where it is kept,
+/// so the service reads no other section of the configuration.
+pub struct Sources {
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Names iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+    /// Ports transfers are served from (`tftp.transfer_ports`; kept beside the sections
+    /// because the XDP programs read it too).
+    pub transfer_ports: PortRange,
+}
+
 impl TftpService {
-    /// Binds port 69 on every fabric interface.
+    /// Binds port 69 on every interface in `ifaces` (the fabric).
     pub fn start(
-        config: &Config,
         cfg: TftpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
         registry: &Registry,
-        ledger: Ledger,
+    ) -> Result<Self, TftpError> {
+        Self::start_on(TFTP_PORT, cfg, ifaces, sources, registry)
+    }
+
+    /// [`TftpService::start`] on `port`; port 0 (tests) binds a port the kernel picks per
+    /// interface, which [`TftpService::local_addrs`] says.
+    fn start_on(
+        port: u16,
+        cfg: TftpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
+        registry: &Registry,
     ) -> Result<Self, TftpError> {
         let metrics = Metrics::register(registry)?;
         let mut listeners = Vec::new();
-        for iface in &config.interfaces {
-            let ip =
-                crate::services::dhcp::iface_ipv4(iface).ok_or_else(|| TftpError::NoAddress {
-                    iface: iface.clone(),
-                })?;
-            let sock = bind(iface, TFTP_PORT).map_err(|error| TftpError::Bind {
+        for fabric in ifaces {
+            let iface = &fabric.name;
+            let ip = fabric.ipv4.ok_or_else(|| TftpError::NoAddress {
                 iface: iface.clone(),
-                port: TFTP_PORT,
-                error,
             })?;
+            let bind_error = |error| TftpError::Bind {
+                iface: iface.clone(),
+                port,
+                error,
+            };
+            let sock = bind(iface, port).map_err(bind_error)?;
+            let port = sock.local_addr().map_err(bind_error)?.port();
             // A rack powering on sends its read requests in one burst; the default buffer
             // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
             // daemon has when it runs XDP; otherwise the kernel's cap applies.
@@ -484,11 +515,9 @@ impl TftpService {
                 let _ =
                     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &want);
             }
-            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{TFTP_PORT}");
+            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{port}");
             listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
-        let ports = config.tftp_transfer_ports;
-        let scripts = config.ipxe_script_names();
         let admission = Admission::new(AdmissionLimits {
             max_transfers: cfg.max_transfers,
             max_transfers_per_client: cfg.max_transfers_per_client,
@@ -499,7 +528,7 @@ impl TftpService {
         Ok(Self {
             listeners,
             cfg,
-            ports,
+            ports: sources.transfer_ports,
             port_keys: RandomState::new(),
             port_counter: AtomicU64::new(0),
             admission: Arc::new(Mutex::new(admission)),
@@ -507,12 +536,20 @@ impl TftpService {
             io: IoPool::start(IO_THREADS)?,
             metrics,
             hosts: Hosts {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts,
-                ledger,
+                inventory: sources.inventory,
+                boot: sources.boot,
+                scripts: sources.scripts,
+                ledger: sources.ledger,
             },
         })
+    }
+
+    /// Where it listens: each interface's address and the port bound there.
+    pub fn local_addrs(&self) -> Vec<SocketAddrV4> {
+        self.listeners
+            .iter()
+            .map(|(_, ip, sock)| SocketAddrV4::new(*ip, sock.local_addr().map_or(0, |a| a.port())))
+            .collect()
     }
 
     /// Serves until `cancel` fires.
