@@ -295,6 +295,25 @@ mod tests {
     }
 
     #[test]
+    fn interfaces_without_link_local_ipv6_get_no_responder() {
+        let iface = |name: &str, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
+            name: name.to_owned(),
+            index: Some(1),
+            ipv4: None,
+            mac,
+            ipv6_link_local,
+        };
+        let registry = Registry::new();
+        // No socket is opened for any of them: no link-local address, or no MAC to advertise.
+        let ifaces = [
+            iface("fab0", false, Some([2, 0, 0, 0, 0, 1])),
+            iface("fab1", true, None),
+        ];
+        let started = RaService::start(&ifaces, &registry).expect("metrics register");
+        assert!(started.is_none());
+    }
+
+    #[test]
     fn only_well_formed_router_messages_count() {
         assert_eq!(
             router_message(&[133, 0, 0, 0, 0, 0, 0, 0]),

@@ -1041,6 +1041,142 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 mod tests {
     use super::*;
 
+    fn lo() -> Iface {
+        Iface {
+            name: "lo".to_owned(),
+            index: None,
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            mac: None,
+            ipv6_link_local: false,
+        }
+    }
+
+    fn config(root: &std::path::Path) -> TftpConfig {
+        TftpConfig {
+            root: root.canonicalize().expect("root"),
+            max_windowsize: 1,
+            max_retries: 5,
+            mtu: 1500,
+            max_transfers: 8,
+            max_transfers_per_client: 4,
+            requests_per_second: 100,
+            requests_per_second_per_client: 100,
+            max_timeout_s: 5,
+            max_transfer: Duration::from_secs(60),
+            netascii_budget_bytes: 1 << 20,
+        }
+    }
+
+    fn sources(registry: &Registry) -> Sources {
+        Sources {
+            inventory: Inventory::default(),
+            boot: BootSettings::defaults(),
+            scripts: Vec::new(),
+            ledger: Ledger::new(registry).expect("ledger"),
+            transfer_ports: PortRange {
+                first: 50_000,
+                last: 59_999,
+            },
+        }
+    }
+
+    /// Reads `file` from `server` as RFC 1350 says, with no options: RRQ, then an ACK for
+    /// each DATA block until a short one. The blocks' lengths and the transfer's port.
+    async fn fetch(server: SocketAddrV4, file: &str) -> (Vec<u8>, Vec<usize>, u16) {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("client socket");
+        let mut rrq = vec![0, 1];
+        for field in [file, "octet"] {
+            rrq.extend_from_slice(field.as_bytes());
+            rrq.push(0);
+        }
+        sock.send_to(&rrq, server).await.expect("RRQ");
+        let (mut data, mut blocks, mut tid) = (Vec::new(), Vec::new(), None);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).await.expect("receive");
+            assert_eq!(
+                *tid.get_or_insert(from),
+                from,
+                "one transfer port throughout"
+            );
+            let block = match packet::parse(&buf[..n]) {
+                Ok(Packet::Data(block, bytes)) => {
+                    assert_eq!(usize::from(block), blocks.len() + 1, "blocks in order");
+                    data.extend_from_slice(&bytes);
+                    blocks.push(bytes.len());
+                    block
+                }
+                other => panic!("expected DATA, got {other:?}"),
+            };
+            let [hi, lo] = block.to_be_bytes();
+            sock.send_to(&[0, 4, hi, lo], from).await.expect("ACK");
+            if blocks.last().is_some_and(|&len| len < 512) {
+                let port = tid.map_or(0, |t| t.port());
+                return (data, blocks, port);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_is_fetched_on_port_0() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Two full blocks and a short one.
+        let image: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.path().join("undionly.kpxe"), &image).expect("write");
+        let registry = Registry::new();
+        let service = TftpService::start_on(
+            0,
+            config(root.path()),
+            &[lo()],
+            sources(&registry),
+            &registry,
+        )
+        .expect("start");
+        let [server] = service.local_addrs()[..] else {
+            panic!("one listener per interface: {:?}", service.local_addrs());
+        };
+        assert_eq!(*server.ip(), Ipv4Addr::LOCALHOST);
+        assert_ne!(server.port(), 0, "the port the kernel picked");
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let (data, blocks, tid) =
+            tokio::time::timeout(Duration::from_secs(30), fetch(server, "undionly.kpxe"))
+                .await
+                .expect("the transfer ends");
+        assert_eq!(blocks, [512, 512, 476]);
+        assert!(data == image, "{} bytes, not the file's", data.len());
+        assert!((50_000..=59_999).contains(&tid), "transfer port {tid}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
+    #[test]
+    fn an_interface_without_ipv4_is_refused_in_the_same_words() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let bare = Iface {
+            ipv4: None,
+            name: "fab0".to_owned(),
+            ..lo()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in = rt.enter();
+        let Err(e) =
+            TftpService::start(config(root.path()), &[bare], sources(&registry), &registry)
+        else {
+            panic!("started without an address");
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"tftp: interface "fab0" has no IPv4 address"#
+        );
+    }
+
     #[test]
     fn refusals_follow_rfc1350() {
         assert_eq!(refusal(&FileError::NotFound).0, ErrorCode::FileNotFound);
