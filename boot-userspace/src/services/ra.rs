@@ -156,7 +156,8 @@ impl RaService {
             let registered = open(name, index).and_then(|s| {
                 // SAFETY: the socket owns its fd, which stays open and the same until the
                 // AsyncFd (and the socket inside it) is dropped.
-                unsafe { AsyncFd::register(s) }.map_err(|e| std::io::Error::other(e.to_string()))
+                // A refusal hands the socket back with the cause; the socket is dropped.
+                unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
             });
             match registered {
                 Ok(sock) => ifaces.push(Arc::new(Responder {

@@ -18,6 +18,11 @@ pub type ServiceError = Box<dyn Error + Send + Sync>;
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
 
+/// A service's task that panicked (or was aborted) instead of returning.
+#[derive(Debug, thiserror::Error)]
+#[error("task failed: {0}")]
+struct TaskFailed(tokio::task::JoinError);
+
 /// An error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints), so a service's
 /// failure is logged whole whatever error type it has.
 struct Chain<'a>(&'a (dyn Error + 'static));
@@ -86,10 +91,7 @@ impl Supervisor {
         while let Some(joined) = self.tasks.join_next().await {
             let (name, result) = match joined {
                 Ok(r) => r,
-                Err(e) => (
-                    "<panicked>".to_owned(),
-                    Err(format!("task failed: {e}").into()),
-                ),
+                Err(e) => ("<panicked>".to_owned(), Err(TaskFailed(e).into())),
             };
             self.up.with_label_values(&[name.as_str()]).set(0);
             match result {
@@ -170,6 +172,27 @@ mod tests {
             ))
         });
         assert_eq!(s.run().await, Outcome::Failed(vec!["fails".to_owned()]));
+        assert_eq!(up.with_label_values(&["waits"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_service_stops_the_others() {
+        fn bug() -> Result<(), ServiceError> {
+            panic!("a bug in a service (expected by this test)")
+        }
+        let up = gauge();
+        let mut s = Supervisor::new(CancellationToken::new(), up.clone());
+        let t = s.token();
+        s.spawn("waits", async move {
+            t.cancelled().await;
+            Ok::<(), ServiceError>(())
+        });
+        s.spawn("panics", async { bug() });
+        // The name is lost with the task; the gauge of the one that panicked stays at 1.
+        assert_eq!(
+            s.run().await,
+            Outcome::Failed(vec!["<panicked>".to_owned()])
+        );
         assert_eq!(up.with_label_values(&["waits"]).get(), 0);
     }
 

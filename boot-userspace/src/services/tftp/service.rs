@@ -42,7 +42,7 @@ use crate::{
 /// The well-known TFTP port.
 pub const TFTP_PORT: u16 = 69;
 
-/// Why the TFTP service did not start. Where a cause is in the text it is not also a source,
+/// Why the TFTP service did not start, or stopped. Where a cause is in the text it is not also a source,
 /// so that the daemon's `{:#}` prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum TftpError {
@@ -65,9 +65,12 @@ pub enum TftpError {
         /// What the kernel said.
         error: std::io::Error,
     },
-    /// The file I/O threads could not be started.
+    /// The file I/O threads could not be started, or a listener's socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A listener's task ended without returning (it panicked).
+    #[error("TFTP listener failed: {0}")]
+    Listener(tokio::task::JoinError),
 }
 
 #[derive(Clone)]
@@ -553,7 +556,7 @@ impl TftpService {
     }
 
     /// Serves until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), TftpError> {
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
         for (iface, ip, sock) in this.listeners.clone() {
@@ -564,8 +567,8 @@ impl TftpService {
         while let Some(res) = tasks.join_next().await {
             let err = match res {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(join) => std::io::Error::other(format!("TFTP listener failed: {join}")),
+                Ok(Err(e)) => TftpError::Io(e),
+                Err(join) => TftpError::Listener(join),
             };
             cancel.cancel();
             return Err(err);
