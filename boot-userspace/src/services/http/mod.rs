@@ -432,6 +432,49 @@ mod tests {
         serves_a_file(HttpBackend::IoUring).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_host_is_told_the_retry_interval_serve_hands_in() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            profile = "debian"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let mac = "52:54:00:aa:00:01".parse().expect("mac");
+        let gate = Gate::default();
+        gate.hold(mac);
+        let sources = Sources {
+            inventory,
+            scripts: vec!["boot.ipxe".to_owned()],
+            gate,
+            gate_retry_s: 7,
+            ..sources(&registry)
+        };
+        let service = HttpService::start(
+            config(root.path(), HttpBackend::Epoll),
+            &[lo()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let (status, body) = get(addr, "/boot.ipxe?mac=52:54:00:aa:00:01").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("asking again in 7 s\nsleep 7\n"), "{body}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
     #[test]
     fn every_ring_listens_on_the_port_the_kernel_picked() {
         let ips = [(Ipv4Addr::LOCALHOST, "lo".to_owned())];
