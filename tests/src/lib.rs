@@ -29,6 +29,7 @@ use nix::sched::{setns, CloneFlags};
 pub mod bootimage;
 pub mod dhcp_client;
 pub mod fuse;
+pub mod layering;
 pub mod packets;
 pub mod rack;
 pub mod redfish_server;

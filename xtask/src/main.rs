@@ -5,10 +5,12 @@
 //! - `test`:  setup, build, fmt check, clippy `-D warnings`, every unit and integration test.
 //! - `demo`:  the main job: a rack of VMs rebooted through Redfish, booting through the fabric.
 //! - `fuzz`:  runs each cargo-fuzz target of `fuzz/` for a set time (docs/fuzzing.md).
+//! - `layers`: the layering check of docs/architecture.md, with the component graph.
 
 mod build;
 mod demo;
 mod fuzz;
+mod layers;
 mod setup;
 mod test;
 
@@ -69,6 +71,8 @@ enum Task {
         #[arg(long)]
         smoke: bool,
     },
+    /// Check imports against the layer table of docs/architecture.md; print the graph.
+    Layers,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -100,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             sanitizer,
             smoke,
         }),
+        Task::Layers => layers::run(),
     }
 }
 

@@ -10,8 +10,8 @@
 use std::{fmt, net::IpAddr};
 
 use hyper::{header, http::HeaderMap, Method, StatusCode};
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
+
+use crate::util::secrets::token::Token;
 
 /// What a request may do to the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,79 +33,6 @@ impl Access {
         } else {
             Self::Control
         }
-    }
-}
-
-/// Shortest token accepted: a guessable token is no credential.
-pub const MIN_TOKEN_LEN: usize = 16;
-/// Longest token accepted (the file is read whole).
-pub const MAX_TOKEN_LEN: usize = 1024;
-
-/// The admin bearer token. Only its SHA-256 is kept, and compared in constant time: equal
-/// lengths, so neither the contents nor the length leak through timing. `Debug` never
-/// shows it.
-#[derive(Clone)]
-pub struct Token {
-    digest: [u8; 32],
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-/// Why a token file's contents are not a token.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// Nothing but (at most) a newline.
-    #[error("the file is empty")]
-    Empty,
-    /// Too short to resist guessing.
-    #[error("the token is {len} characters long; give at least {MIN_TOKEN_LEN} (`bootfabric admin token create` makes one)")]
-    Short {
-        /// Its length.
-        len: usize,
-    },
-    /// Too long for a header.
-    #[error("the token is longer than {MAX_TOKEN_LEN} characters")]
-    Long,
-    /// Whitespace or a control character inside: it could not be sent in a header as is.
-    #[error(
-        "the token holds whitespace or a control character (only one trailing newline is ignored)"
-    )]
-    BadCharacter,
-}
-
-impl Token {
-    /// Parses a token file's contents: one trailing newline (`\n` or `\r\n`) is ignored, the
-    /// rest is the token, visible ASCII only.
-    pub fn parse(text: &[u8]) -> Result<Self, TokenError> {
-        let text = text
-            .strip_suffix(b"\n")
-            .map(|t| t.strip_suffix(b"\r").unwrap_or(t))
-            .unwrap_or(text);
-        if text.is_empty() {
-            return Err(TokenError::Empty);
-        }
-        if text.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::Long);
-        }
-        if !text.iter().all(|b| b.is_ascii_graphic()) {
-            return Err(TokenError::BadCharacter);
-        }
-        if text.len() < MIN_TOKEN_LEN {
-            return Err(TokenError::Short { len: text.len() });
-        }
-        Ok(Self {
-            digest: Sha256::digest(text).into(),
-        })
-    }
-
-    /// Whether `presented` is this token, in time independent of where they differ.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        digest.ct_eq(&self.digest).into()
     }
 }
 
@@ -281,44 +208,6 @@ mod tests {
             authorization: auth.map(str::as_bytes),
             client_cert: cert,
         }
-    }
-
-    #[test]
-    fn token_files_trim_one_newline_and_refuse_empty_short_and_spaced() {
-        let t = Token::parse(format!("{TOKEN}\n").as_bytes()).expect("newline");
-        assert!(t.matches(TOKEN.as_bytes()));
-        let t = Token::parse(format!("{TOKEN}\r\n").as_bytes()).expect("crlf");
-        assert!(t.matches(TOKEN.as_bytes()));
-        assert!(!t.matches(format!("{TOKEN}\n").as_bytes()));
-        assert_eq!(Token::parse(b"").err(), Some(TokenError::Empty));
-        assert_eq!(Token::parse(b"\n").err(), Some(TokenError::Empty));
-        assert_eq!(
-            Token::parse(b"short\n").err(),
-            Some(TokenError::Short { len: 5 })
-        );
-        assert_eq!(
-            Token::parse(format!("{TOKEN}\n\n").as_bytes()).err(),
-            Some(TokenError::BadCharacter)
-        );
-        assert_eq!(
-            Token::parse(format!("{TOKEN} x").as_bytes()).err(),
-            Some(TokenError::BadCharacter)
-        );
-        assert_eq!(
-            Token::parse(&[b'a'; MAX_TOKEN_LEN + 1]).err(),
-            Some(TokenError::Long)
-        );
-        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        let t = Token::parse(TOKEN.as_bytes()).expect("token");
-        assert!(t.matches(TOKEN.as_bytes()));
-        assert!(!t.matches(&TOKEN.as_bytes()[..TOKEN.len() - 1]));
-        assert!(!t.matches(format!("{TOKEN}0").as_bytes()));
-        assert!(!t.matches(b""));
-        assert!(!t.matches(TOKEN.to_uppercase().as_bytes()));
     }
 
     #[test]

@@ -7,8 +7,6 @@
 //! [`auth`] and the route table are pure; this module is the I/O shell around them.
 
 pub mod auth;
-pub mod tls;
-pub mod token;
 
 use std::{
     convert::Infallible,
@@ -37,6 +35,7 @@ use crate::{
     model::ledger::Ledger,
     services::reboot::{report::Selection, runner::StartError, RebootService},
     util::metrics::render,
+    util::secrets::{tls, token},
 };
 use auth::{Access, Caller, Policy, Refusal};
 
@@ -515,9 +514,11 @@ fn timeline_json(ledger: &Ledger, mac: Mac) -> String {
             format!(
                 "{{\"at_ms\":{},\"phase\":\"{}\",\"ip\":{},\"detail\":{}}}",
                 e.at_ms,
-                e.phase.as_str(),
+                e.phase().as_str(),
                 e.ip.map_or("null".to_owned(), |ip| format!("\"{ip}\"")),
-                e.detail.as_deref().map_or("null".to_owned(), json_string)
+                e.kind
+                    .detail()
+                    .map_or("null".to_owned(), |d| json_string(&d))
             )
         })
         .collect();

@@ -24,7 +24,7 @@ use hyper::{
 use crate::{
     config::Config,
     redfish::transport::Endpoint,
-    services::reboot::report::{RunStatus, Selection},
+    services::reboot::report::{PhaseLabel, RunState, RunStatus, Selection},
 };
 
 /// Arguments of `bootfabric reboot`.
@@ -167,7 +167,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
         .or_else(|| cfg.as_ref().and_then(|c| c.admin_token_file.clone()));
     let authorization = match token_file {
         Some(path) => {
-            let token = crate::admin::token::read_for_client(&path)
+            let token = crate::util::secrets::token::read_for_client(&path)
                 .map_err(|e| anyhow!("admin token: {e}"))?;
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .context("the admin token is not a header value")?;
@@ -260,7 +260,9 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
         }
         // One line per host that booted or failed since the last poll: the live timeline.
         for (old, new) in last.hosts.iter().zip(&now.hosts) {
-            if old.phase != new.phase && matches!(new.phase.as_str(), "booted" | "failed") {
+            if old.phase != new.phase
+                && matches!(new.phase, PhaseLabel::Booted | PhaseLabel::Failed)
+            {
                 if tty {
                     eprint!("\r\x1b[2K");
                 }
@@ -285,7 +287,7 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
                 eprintln!();
             }
             print!("{}", now.report());
-            return Ok(if now.state == "cancelled" {
+            return Ok(if now.state == RunState::Cancelled {
                 130
             } else {
                 exit_code(&now)
@@ -330,5 +332,5 @@ fn client_tls(
 }
 
 fn exit_code(s: &RunStatus) -> i32 {
-    i32::from(s.count("failed") > 0)
+    i32::from(s.count(PhaseLabel::Failed) > 0)
 }

@@ -46,7 +46,7 @@ use crate::{
     services::tftp::service::TftpService,
     util::metrics::CoreMetrics,
     util::supervisor::{Outcome, ServiceError, Supervisor},
-    xdp::Dataplane,
+    xdp::{self, Dataplane},
 };
 
 /// Workers of the network runtime. DHCP decisions take microseconds under one lock and lease
@@ -175,7 +175,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     );
     raise_open_files_limit();
     let registry = Registry::new();
-    let core = CoreMetrics::register(&registry).context("registering metrics")?;
+    let ebpf = if xdp::embedded_object().is_some() {
+        "embedded"
+    } else {
+        "absent"
+    };
+    let core = CoreMetrics::register(&registry, ebpf).context("registering metrics")?;
     let cancel = CancellationToken::new();
     let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
 

@@ -15,10 +15,13 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::model::inventory::{Inventory, InventoryError};
+use crate::model::{
+    boot::BootSettings,
+    inventory::{Inventory, InventoryError},
+};
 
 pub use dhcp::DhcpGuards;
-pub use dhcp::{AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig};
+pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
 
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
@@ -198,7 +201,7 @@ pub struct Config {
     /// loopback peers only.
     pub admin_token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub admin_tls: Option<crate::admin::tls::AdminTls>,
+    pub admin_tls: Option<crate::util::secrets::tls::AdminTls>,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
     /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
@@ -223,11 +226,30 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
 }
 
-/// `[scheduler]`, validated.
+/// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
+/// into its scheduler's knobs (config sits below the services and does not know their types).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
-    /// The scheduler's knobs; `capacity_bps` is the configured cap.
-    pub params: crate::services::reboot::Params,
+    /// Cap on the egress a run plans with, bytes per second (`capacity_mbps`).
+    pub capacity_bps: f64,
+    /// What one booting host can take on its own, bytes per second (`per_host_mbps`).
+    pub per_host_bps: f64,
+    /// POST time assumed for a hardware model not seen yet, seconds.
+    pub post_guess_s: f64,
+    /// BMC operations in flight at once.
+    pub max_bmc_operations: usize,
+    /// Hosts per rack between reset and DHCP at once (inrush).
+    pub max_posting_per_rack: usize,
+    /// Attempts of a host's reset before it is given up on.
+    pub reset_attempts: u32,
+    /// Seconds before a failed reset is tried again (doubling per attempt).
+    pub retry_backoff_s: f64,
+    /// Seconds from reset to DHCP before a host counts as failed.
+    pub post_timeout_s: f64,
+    /// Seconds from DHCP to `booted` before a host counts as failed.
+    pub boot_timeout_s: f64,
+    /// How far ahead of need hosts are reset, seconds.
+    pub lookahead_s: f64,
     /// Seconds a host at the admission gate sleeps before asking again.
     pub gate_retry_s: u32,
 }
@@ -260,26 +282,33 @@ impl SchedulerConfig {
             None => 120.0,
         };
         let mbit = 1e6 / 8.0;
-        let params = crate::services::reboot::Params {
-            capacity_bps: positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit,
-            per_host_bps: positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit,
-            post_guess_s: positive(w.post_guess_s, 180.0, "post_guess_s")?,
-            max_bmc_ops: at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?,
-            max_per_rack_posting: at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?,
-            reset_attempts: at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")?
-                as u32,
-            retry_backoff_s: positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?,
-            post_timeout_s: positive(w.post_timeout_s, 900.0, "post_timeout_s")?,
-            boot_timeout_s: positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?,
-            lookahead_s: lookahead,
-        };
+        let capacity_bps = positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit;
+        let per_host_bps = positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit;
+        let post_guess_s = positive(w.post_guess_s, 180.0, "post_guess_s")?;
+        let max_bmc_operations = at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?;
+        let max_posting_per_rack =
+            at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?;
+        let reset_attempts =
+            at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")? as u32;
+        let retry_backoff_s = positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?;
+        let post_timeout_s = positive(w.post_timeout_s, 900.0, "post_timeout_s")?;
+        let boot_timeout_s = positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?;
         let gate_retry_s = match w.gate_retry_s {
             Some(0) => return Err(("scheduler.gate_retry_s".into(), "must be at least 1".into())),
             Some(n) => n.min(300),
             None => 3,
         };
         Ok(Self {
-            params,
+            capacity_bps,
+            per_host_bps,
+            post_guess_s,
+            max_bmc_operations,
+            max_posting_per_rack,
+            reset_attempts,
+            retry_backoff_s,
+            post_timeout_s,
+            boot_timeout_s,
+            lookahead_s: lookahead,
             gate_retry_s,
         })
     }
@@ -410,7 +439,7 @@ impl Config {
         };
         if let Some(file) = self.admin_token_file.as_mut() {
             *file = base.join(&*file);
-            crate::admin::token::load(file)
+            crate::util::secrets::token::load(file)
                 .map_err(|e| invalid("admin.token_file", e.to_string()))?;
         }
         if let Some(tls) = self.admin_tls.as_mut() {
@@ -419,7 +448,8 @@ impl Config {
             if let Some(ca) = tls.client_ca.as_mut() {
                 *ca = base.join(&*ca);
             }
-            crate::admin::tls::server_config(tls).map_err(|(key, reason)| invalid(&key, reason))?;
+            crate::util::secrets::tls::server_config(tls)
+                .map_err(|(key, reason)| invalid(&key, reason))?;
         }
         Ok(())
     }
@@ -490,7 +520,7 @@ impl Config {
             return Err(invalid("admin.token_file", "is empty".to_owned()));
         }
         let admin_tls = match (&wire.admin.tls_cert, &wire.admin.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::admin::tls::AdminTls {
+            (Some(cert), Some(key)) => Some(crate::util::secrets::tls::AdminTls {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
@@ -837,14 +867,17 @@ mod tests {
     #[test]
     fn scheduler_settings_have_defaults_and_bad_ones_name_the_key() {
         let c = parse("").expect("empty config");
-        assert_eq!(c.scheduler.params.capacity_bps, 10_000.0 * 1e6 / 8.0);
-        assert_eq!(c.scheduler.params.slots(), 10);
+        // (The download slots these make are the reboot service's: see its
+        // `scheduler_config_makes_the_params`.)
+        assert_eq!(c.scheduler.capacity_bps, 10_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 1_000.0 * 1e6 / 8.0);
         assert_eq!(c.scheduler.gate_retry_s, 3);
         let c =
             parse("[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n")
                 .expect("scheduler");
-        assert_eq!(c.scheduler.params.slots(), 10);
-        assert_eq!(c.scheduler.params.lookahead_s, 0.0);
+        assert_eq!(c.scheduler.capacity_bps, 25_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 2_500.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.lookahead_s, 0.0);
         for (text, key) in [
             ("capacity_mbps = 0", "scheduler.capacity_mbps"),
             ("per_host_mbps = -1", "scheduler.per_host_mbps"),
@@ -1015,7 +1048,7 @@ mod tests {
         let token = dir.path().join("admin.token");
         let e = Config::load(&cfg).expect_err("missing").to_string();
         assert!(e.contains("`admin.token_file`"), "{e}");
-        crate::admin::token::create(&token, false).expect("create");
+        crate::util::secrets::token::create(&token, false).expect("create");
         let c = Config::load(&cfg).expect("valid token file");
         assert_eq!(c.admin_token_file.as_deref(), Some(token.as_path()));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");

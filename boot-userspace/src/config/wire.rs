@@ -4,9 +4,9 @@
 //! never a silently ignored setting. Values stay as written here (strings for addresses and
 //! ranges) and are checked in [`super`], where each error can name its key.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
+
+pub use crate::model::boot::wire::{Boot, DhcpOptions};
 
 /// The daemon's main config file.
 #[derive(Debug, Default, Deserialize)]
@@ -101,24 +101,6 @@ pub struct Dhcp {
     pub subnets: Vec<Subnet>,
 }
 
-/// DHCP options settable at global, subnet and host level.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DhcpOptions {
-    /// Default gateway (option 3).
-    pub router: Option<String>,
-    /// DNS servers (option 6).
-    pub dns: Option<Vec<String>>,
-    /// Domain name (option 15).
-    pub domain: Option<String>,
-    /// NTP servers (option 42).
-    pub ntp: Option<Vec<String>>,
-    /// Interface MTU (option 26).
-    pub mtu: Option<u16>,
-    /// Lease time in seconds (option 51).
-    pub lease_time: Option<u32>,
-}
-
 /// `[[dhcp.subnets]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,30 +118,6 @@ pub struct Subnet {
     /// Options for this subnet.
     #[serde(default)]
     pub options: DhcpOptions,
-}
-
-/// `[boot]`, and `boot` inside a profile to override it.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Boot {
-    /// TFTP server for bootloaders (siaddr, option 66); default: the DHCP server's address.
-    pub next_server: Option<String>,
-    /// Base URL of the HTTP server, `{server}` standing for the DHCP server's address.
-    pub http_base: Option<String>,
-    /// Bootloader for BIOS PXE ROMs (arch 0).
-    pub bios: Option<String>,
-    /// Bootloader for x64 UEFI PXE (arch 7 and 9).
-    pub uefi_x64: Option<String>,
-    /// Bootloader for IA32 UEFI PXE (arch 6).
-    pub uefi_x86: Option<String>,
-    /// Bootloader for arm64 UEFI PXE (arch 11).
-    pub uefi_arm64: Option<String>,
-    /// Path, under `http_base`, of the iPXE script chainloaded iPXE gets.
-    pub ipxe_script: Option<String>,
-    /// Path, under `http_base`, of the EFI program UEFI HTTP-boot clients get (x64).
-    pub uefi_http_x64: Option<String>,
-    /// Same for arm64 UEFI HTTP-boot clients.
-    pub uefi_http_arm64: Option<String>,
 }
 
 /// `[daemon]`.
@@ -273,93 +231,4 @@ pub struct Http {
     /// Seconds after a boot opens (BMC reset, first DHCP offer or iPXE script) that its
     /// configs may still be delivered, if it does not report `booted` first.
     pub config_ttl_s: Option<u64>,
-}
-
-/// The host inventory file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InventoryFile {
-    /// `[profiles.NAME]`: boot profiles by name.
-    #[serde(default)]
-    pub profiles: BTreeMap<String, Profile>,
-    /// `[[hosts]]`: the machines.
-    #[serde(default)]
-    pub hosts: Vec<Host>,
-}
-
-/// `[profiles.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    /// Kernel image path, relative to the image root.
-    pub kernel: Option<String>,
-    /// Initrd image paths, relative to the image root.
-    #[serde(default)]
-    pub initrd: Vec<String>,
-    /// Kernel command line.
-    #[serde(default)]
-    pub cmdline: String,
-    /// Overrides of `[boot]` for hosts of this profile.
-    pub boot: Option<Boot>,
-    /// SHA-256 (hex) of the profile's files, by file name as given in `kernel`/`initrd`;
-    /// `bootfabric check` verifies them.
-    #[serde(default)]
-    pub sha256: BTreeMap<String, String>,
-}
-
-/// `[[hosts]]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Host {
-    /// Host name.
-    pub name: Option<String>,
-    /// MAC address of the boot NIC.
-    pub mac: Option<String>,
-    /// Reserved IPv4 address.
-    pub ip: Option<String>,
-    /// Boot profile name.
-    pub profile: Option<String>,
-    /// More profiles offered in the iPXE menu (the main profile is its default).
-    #[serde(default)]
-    pub menu: Vec<String>,
-    /// DHCP options for this host only.
-    pub options: Option<DhcpOptions>,
-    /// Hardware model (the scheduler learns POST times per model).
-    pub model: Option<String>,
-    /// Rack or power domain (the scheduler limits hosts powering on per rack).
-    pub rack: Option<String>,
-    /// The host's BMC.
-    pub bmc: Option<Bmc>,
-}
-
-/// `hosts[].bmc`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bmc {
-    /// `https://host[:port]` (or `http://` for lab emulators).
-    pub url: Option<String>,
-    /// User name.
-    pub username: Option<String>,
-    /// File holding the password.
-    pub password_file: Option<String>,
-    /// Environment variable holding the password.
-    pub password_env: Option<String>,
-    /// PEM file of the CA that signed the BMC's certificate.
-    pub ca_file: Option<String>,
-    /// SHA-256 fingerprint of the BMC's (self-signed) certificate.
-    pub fingerprint: Option<String>,
-    /// Skip certificate verification (logged).
-    pub insecure: Option<bool>,
-    /// Accept an `http://` URL: the password then crosses the network in clear (logged).
-    pub allow_plaintext: Option<bool>,
-    /// The system to manage, when the BMC manages several.
-    pub system: Option<String>,
-    /// Boot override the reboot scheduler sets: `pxe` or `uefi-http`.
-    pub boot: Option<String>,
-    /// Firmware mode for the override: `uefi` or `legacy`.
-    pub boot_mode: Option<String>,
-    /// Seconds one request may take.
-    pub timeout_s: Option<u64>,
-    /// Attempts of one request on transient errors.
-    pub attempts: Option<u32>,
 }

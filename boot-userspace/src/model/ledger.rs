@@ -34,7 +34,8 @@ pub const OTHER_HOSTS: usize = 65_536;
 /// inventory hosts' leases are always remembered.
 const MAX_HOLDERS: usize = 65_536;
 
-/// A step of a boot.
+/// A step of a boot: what an [`EventKind`] is, without what it concerned (metric labels,
+/// matching).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// DHCPOFFER sent.
@@ -47,31 +48,29 @@ pub enum Phase {
     DhcpRelease,
     /// The client declined its address.
     DhcpDecline,
-    /// A TFTP transfer was sent completely (detail: the file name).
+    /// A TFTP transfer was sent completely.
     TftpSent,
-    /// A TFTP transfer ended before its last block was acknowledged (detail: file and why).
+    /// A TFTP transfer ended before its last block was acknowledged.
     TftpFailed,
-    /// An iPXE script was served to the host (detail: the path).
+    /// An iPXE script was served to the host.
     IpxeScript,
-    /// An HTTP download of an image began (detail: the path).
+    /// An HTTP download of an image began.
     HttpStarted,
-    /// An HTTP download ended with every byte sent (detail: path and bytes).
+    /// An HTTP download ended with every byte sent.
     HttpSent,
-    /// An HTTP download ended early (detail: path and bytes sent).
+    /// An HTTP download ended early.
     HttpFailed,
     /// The installed system called back: the boot is done.
     Booted,
-    /// The reboot scheduler's BMC accepted the boot override and the reset (detail: the
-    /// reset type).
+    /// The reboot scheduler's BMC accepted the boot override and the reset.
     BmcReset,
-    /// The reboot scheduler's BMC operation failed (detail: why).
+    /// The reboot scheduler's BMC operation failed.
     BmcFailed,
     /// The reboot scheduler let the host through its admission gate: a download slot is its.
     Admitted,
-    /// A provisioning config was delivered, once for this boot (detail: the config's name).
+    /// A provisioning config was delivered, once for this boot.
     ConfigServed,
-    /// A config request was refused (detail: why, the first fetcher's address when the
-    /// config was already delivered this boot, and the config's name).
+    /// A config request was refused.
     ConfigRefused,
 }
 
@@ -100,17 +99,232 @@ impl Phase {
     }
 }
 
+/// What happened, with what it concerned: the typed form every reader (the reboot runner, the
+/// admin API, config delivery) matches on. Strings that come from the network (file names,
+/// paths) are cut to [`DETAIL_MAX`] bytes when recorded, so an event's size stays bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// DHCPOFFER sent.
+    DhcpOffer,
+    /// DHCPACK sent (lease durable).
+    DhcpAck,
+    /// DHCPNAK sent.
+    DhcpNak,
+    /// The client released its lease.
+    DhcpRelease,
+    /// The client declined its address.
+    DhcpDecline,
+    /// A TFTP transfer was sent completely.
+    TftpSent {
+        /// The file name as requested.
+        file: String,
+    },
+    /// A TFTP transfer ended before its last block was acknowledged.
+    TftpFailed {
+        /// The file name as requested.
+        file: String,
+        /// How it ended (the transfer metric's outcome label).
+        why: &'static str,
+    },
+    /// An iPXE script was served to the host.
+    IpxeScript {
+        /// The request path.
+        path: String,
+    },
+    /// An HTTP download of an image began.
+    HttpStarted {
+        /// The request path.
+        path: String,
+    },
+    /// An HTTP download ended with every byte sent.
+    HttpSent {
+        /// The request path.
+        path: String,
+        /// Body bytes sent.
+        bytes: u64,
+    },
+    /// An HTTP download ended early.
+    HttpFailed {
+        /// The request path.
+        path: String,
+        /// Body bytes sent before it ended.
+        bytes: u64,
+    },
+    /// The installed system called back: the boot is done.
+    Booted,
+    /// The reboot scheduler's BMC accepted the boot override and the reset.
+    BmcReset {
+        /// The reset type the BMC was asked for.
+        reset_type: String,
+    },
+    /// The reboot scheduler's BMC operation failed.
+    BmcFailed {
+        /// Why.
+        why: String,
+    },
+    /// The reboot scheduler let the host through its admission gate: a download slot is its.
+    Admitted,
+    /// A provisioning config was delivered, once for this boot.
+    ConfigServed {
+        /// The config's name.
+        name: String,
+    },
+    /// A config request was refused.
+    ConfigRefused {
+        /// The config's name.
+        name: String,
+        /// Why.
+        why: ConfigRefusal,
+    },
+}
+
+/// Why a host's config request was refused (the reasons worth a ledger line; malformed
+/// requests are only counted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigRefusal {
+    /// The path names another host's folder.
+    Owner(String),
+    /// No boot of the host is in progress.
+    NoBoot,
+    /// The request carried another boot's nonce.
+    WrongNonce,
+    /// The config was already delivered in this boot, first to this address.
+    Again {
+        /// Who fetched it first.
+        first: Ipv4Addr,
+    },
+}
+
+impl std::fmt::Display for ConfigRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Owner(owner) => write!(f, "for {owner}"),
+            Self::NoBoot => f.write_str("no boot in progress"),
+            Self::WrongNonce => f.write_str("wrong nonce"),
+            Self::Again { first } => write!(f, "again, first served to {first}"),
+        }
+    }
+}
+
+impl EventKind {
+    /// The step of the boot this event is.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Self::DhcpOffer => Phase::DhcpOffer,
+            Self::DhcpAck => Phase::DhcpAck,
+            Self::DhcpNak => Phase::DhcpNak,
+            Self::DhcpRelease => Phase::DhcpRelease,
+            Self::DhcpDecline => Phase::DhcpDecline,
+            Self::TftpSent { .. } => Phase::TftpSent,
+            Self::TftpFailed { .. } => Phase::TftpFailed,
+            Self::IpxeScript { .. } => Phase::IpxeScript,
+            Self::HttpStarted { .. } => Phase::HttpStarted,
+            Self::HttpSent { .. } => Phase::HttpSent,
+            Self::HttpFailed { .. } => Phase::HttpFailed,
+            Self::Booted => Phase::Booted,
+            Self::BmcReset { .. } => Phase::BmcReset,
+            Self::BmcFailed { .. } => Phase::BmcFailed,
+            Self::Admitted => Phase::Admitted,
+            Self::ConfigServed { .. } => Phase::ConfigServed,
+            Self::ConfigRefused { .. } => Phase::ConfigRefused,
+        }
+    }
+
+    /// The downloaded file's path, for a completed download (HTTP or TFTP).
+    pub fn sent_path(&self) -> Option<&str> {
+        match self {
+            Self::HttpSent { path, .. } => Some(path),
+            Self::TftpSent { file } => Some(file),
+            _ => None,
+        }
+    }
+
+    /// What it concerned, as one line of text (the admin API's `detail`), at most
+    /// [`DETAIL_MAX`] bytes.
+    pub fn detail(&self) -> Option<String> {
+        let text = match self {
+            Self::DhcpOffer
+            | Self::DhcpAck
+            | Self::DhcpNak
+            | Self::DhcpRelease
+            | Self::DhcpDecline
+            | Self::Booted
+            | Self::Admitted => return None,
+            Self::TftpSent { file } => file.clone(),
+            Self::TftpFailed { file, why } => format!("{file}: {why}"),
+            Self::IpxeScript { path } | Self::HttpStarted { path } => path.clone(),
+            Self::HttpSent { path, bytes } | Self::HttpFailed { path, bytes } => {
+                format!("{path}: {bytes} bytes")
+            }
+            Self::BmcReset { reset_type } => reset_type.clone(),
+            Self::BmcFailed { why } => why.clone(),
+            Self::ConfigServed { name } => name.clone(),
+            Self::ConfigRefused { name, why } => format!("{why}: {name}"),
+        };
+        Some(cut(text))
+    }
+
+    /// The event with every free-form string cut to [`DETAIL_MAX`] bytes.
+    fn bounded(self) -> Self {
+        match self {
+            Self::TftpSent { file } => Self::TftpSent { file: cut(file) },
+            Self::TftpFailed { file, why } => Self::TftpFailed {
+                file: cut(file),
+                why,
+            },
+            Self::IpxeScript { path } => Self::IpxeScript { path: cut(path) },
+            Self::HttpStarted { path } => Self::HttpStarted { path: cut(path) },
+            Self::HttpSent { path, bytes } => Self::HttpSent {
+                path: cut(path),
+                bytes,
+            },
+            Self::HttpFailed { path, bytes } => Self::HttpFailed {
+                path: cut(path),
+                bytes,
+            },
+            Self::BmcReset { reset_type } => Self::BmcReset {
+                reset_type: cut(reset_type),
+            },
+            Self::BmcFailed { why } => Self::BmcFailed { why: cut(why) },
+            Self::ConfigServed { name } => Self::ConfigServed { name: cut(name) },
+            Self::ConfigRefused { name, why } => Self::ConfigRefused {
+                name: cut(name),
+                why: match why {
+                    ConfigRefusal::Owner(o) => ConfigRefusal::Owner(cut(o)),
+                    other => other,
+                },
+            },
+            other => other,
+        }
+    }
+}
+
+/// `s` cut to at most [`DETAIL_MAX`] bytes, on a character boundary.
+fn cut(mut s: String) -> String {
+    let mut end = s.len().min(DETAIL_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s
+}
+
 /// One event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Unix milliseconds.
     pub at_ms: u64,
-    /// What happened.
-    pub phase: Phase,
     /// The address involved, if any.
     pub ip: Option<Ipv4Addr>,
-    /// What it concerned, e.g. a file name (at most [`DETAIL_MAX`] bytes).
-    pub detail: Option<String>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// The step of the boot this event is.
+    pub fn phase(&self) -> Phase {
+        self.kind.phase()
+    }
 }
 
 /// Longest detail kept per event: names come from the network.
@@ -392,27 +606,11 @@ impl Ledger {
     }
 
     /// Records an event for `mac` now.
-    pub fn record(&self, mac: Mac, phase: Phase, ip: Option<Ipv4Addr>) {
-        self.record_detail(mac, phase, ip, None);
-    }
-
-    /// Records an event for `mac` now, with what it concerned.
-    pub fn record_detail(
-        &self,
-        mac: Mac,
-        phase: Phase,
-        ip: Option<Ipv4Addr>,
-        detail: Option<&str>,
-    ) {
+    pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>) {
         let at_ms = unix_ms();
+        let phase = kind.phase();
         self.events.with_label_values(&[phase.as_str()]).inc();
-        let detail = detail.map(|d| {
-            let mut end = d.len().min(DETAIL_MAX);
-            while !d.is_char_boundary(end) {
-                end -= 1;
-            }
-            d[..end].to_owned()
-        });
+        let kind = kind.bounded();
         let Ok(mut state) = self.inner.lock() else {
             return;
         };
@@ -433,12 +631,7 @@ impl Ledger {
                 _ => {}
             }
         }
-        let event = Event {
-            at_ms,
-            phase,
-            ip,
-            detail,
-        };
+        let event = Event { at_ms, ip, kind };
         match state.inventory.get_mut(&mac) {
             Some(q) => push_bounded(q, event, EVENTS_PER_HOST),
             None => {
@@ -530,12 +723,12 @@ mod tests {
         let m = Mac([2, 0, 0, 0, 0, 1]);
         l.set_inventory(&inventory(&[m]));
         for _ in 0..40 {
-            l.record(m, Phase::DhcpOffer, None);
+            l.record(m, EventKind::DhcpOffer, None);
         }
-        l.record(m, Phase::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        l.record(m, EventKind::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
         let t = l.timeline(m);
         assert_eq!(t.len(), EVENTS_PER_HOST);
-        assert_eq!(t.last().map(|e| e.phase), Some(Phase::DhcpAck));
+        assert_eq!(t.last().map(|e| e.phase()), Some(Phase::DhcpAck));
     }
 
     fn inventory(macs: &[Mac]) -> Inventory {
@@ -560,12 +753,12 @@ mod tests {
         let l = Ledger::with_capacity(&registry, 100).expect("ledger");
         let known = Mac([0x52, 0x54, 0, 0, 0, 1]);
         l.set_inventory(&inventory(&[known]));
-        l.record(known, Phase::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        l.record(known, EventKind::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
         for i in 0..10_000 {
-            l.record(random_mac(i), Phase::DhcpOffer, None);
+            l.record(random_mac(i), EventKind::DhcpOffer, None);
         }
-        l.record(known, Phase::Booted, None);
-        let t: Vec<Phase> = l.timeline(known).iter().map(|e| e.phase).collect();
+        l.record(known, EventKind::Booted, None);
+        let t: Vec<Phase> = l.timeline(known).iter().map(|e| e.phase()).collect();
         assert_eq!(t, [Phase::DhcpAck, Phase::Booted]);
         // The newest unknown MACs are there, the oldest gone, and every eviction counted.
         assert_eq!(l.timeline(random_mac(9_999)).len(), 1);
@@ -582,12 +775,12 @@ mod tests {
         let l = Ledger::with_capacity(&Registry::new(), 3).expect("ledger");
         let [a, b, c, d] = [1, 2, 3, 4].map(random_mac);
         for m in [a, b, c] {
-            l.record(m, Phase::DhcpOffer, None);
+            l.record(m, EventKind::DhcpOffer, None);
         }
         // Reading a timeline is not seeing the host; a new event is.
         let _ = l.timeline(a);
-        l.record(a, Phase::DhcpAck, None);
-        l.record(d, Phase::DhcpOffer, None);
+        l.record(a, EventKind::DhcpAck, None);
+        l.record(d, EventKind::DhcpOffer, None);
         assert!(l.timeline(b).is_empty(), "b was the least recently seen");
         for m in [a, c, d] {
             assert!(!l.timeline(m).is_empty(), "{m} evicted");
@@ -599,7 +792,7 @@ mod tests {
         let l = Ledger::new(&Registry::new()).expect("ledger");
         let m = random_mac(7);
         for _ in 0..100 {
-            l.record(m, Phase::DhcpOffer, None);
+            l.record(m, EventKind::DhcpOffer, None);
         }
         assert_eq!(l.timeline(m).len(), OTHER_EVENTS_PER_HOST);
     }
@@ -610,15 +803,18 @@ mod tests {
         let l = Ledger::with_capacity(&registry, 10).expect("ledger");
         let (old, new) = (Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2]));
         l.set_inventory(&inventory(&[old]));
-        l.record(old, Phase::Booted, None);
-        l.record(new, Phase::DhcpOffer, None);
+        l.record(old, EventKind::Booted, None);
+        l.record(new, EventKind::DhcpOffer, None);
         // `new` joins the inventory (SIGHUP), `old` leaves it.
         l.set_inventory(&inventory(&[new]));
         for i in 0..1_000 {
-            l.record(random_mac(i), Phase::DhcpOffer, None);
+            l.record(random_mac(i), EventKind::DhcpOffer, None);
         }
         assert_eq!(
-            l.timeline(new).iter().map(|e| e.phase).collect::<Vec<_>>(),
+            l.timeline(new)
+                .iter()
+                .map(|e| e.phase())
+                .collect::<Vec<_>>(),
             [Phase::DhcpOffer],
             "a host added by reload keeps what it had and is never evicted"
         );
@@ -637,14 +833,14 @@ mod tests {
         for i in 0..MAX_HOLDERS as u32 {
             l.record(
                 random_mac(i),
-                Phase::DhcpAck,
+                EventKind::DhcpAck,
                 Some(Ipv4Addr::from(0x0a00_0000 + i)),
             );
         }
         let ip = Ipv4Addr::new(192, 0, 2, 1);
-        l.record(random_mac(u32::MAX), Phase::DhcpAck, Some(ip));
+        l.record(random_mac(u32::MAX), EventKind::DhcpAck, Some(ip));
         assert_eq!(l.holder(ip), None, "an unknown MAC's lease past the cap");
-        l.record(known, Phase::DhcpAck, Some(ip));
+        l.record(known, EventKind::DhcpAck, Some(ip));
         assert_eq!(l.holder(ip), Some(known));
     }
 
@@ -704,17 +900,32 @@ mod tests {
         let l = Ledger::new(&Registry::new()).expect("ledger");
         let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
         let ip = Ipv4Addr::new(10, 0, 0, 9);
-        l.record(a, Phase::DhcpOffer, Some(ip));
+        l.record(a, EventKind::DhcpOffer, Some(ip));
         assert_eq!(l.holder(ip), None, "an offer is not a lease");
-        l.record(a, Phase::DhcpAck, Some(ip));
+        l.record(a, EventKind::DhcpAck, Some(ip));
         assert_eq!(l.holder(ip), Some(a));
-        l.record(b, Phase::DhcpRelease, Some(ip));
+        l.record(b, EventKind::DhcpRelease, Some(ip));
         assert_eq!(l.holder(ip), Some(a), "only the holder gives it back");
-        l.record(a, Phase::DhcpRelease, Some(ip));
+        l.record(a, EventKind::DhcpRelease, Some(ip));
         assert_eq!(l.holder(ip), None);
         let long = "é".repeat(DETAIL_MAX);
-        l.record_detail(a, Phase::TftpSent, Some(ip), Some(&long));
-        let detail = l.timeline(a).pop().and_then(|e| e.detail).expect("detail");
+        let file = long.clone();
+        l.record(a, EventKind::TftpSent { file }, Some(ip));
+        let event = l.timeline(a).pop().expect("event");
+        let detail = event.kind.detail().expect("detail");
         assert!(detail.len() <= DETAIL_MAX && long.starts_with(&detail));
+        assert_eq!(
+            event.kind.sent_path(),
+            Some(detail.as_str()),
+            "stored cut too"
+        );
+        // The rendered line is cut as a whole, as before events were typed.
+        let path = long.clone();
+        let sent = EventKind::HttpSent { path, bytes: 7 };
+        let line = sent.detail().expect("detail");
+        assert!(
+            line.len() <= DETAIL_MAX && !line.ends_with("bytes"),
+            "{line}"
+        );
     }
 }

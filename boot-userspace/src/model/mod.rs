@@ -2,6 +2,7 @@
 //! the ledger, per-host rendering, the file source and the admission gate. Plain data and
 //! shared handles; nothing here knows a socket or a protocol.
 
+pub mod boot;
 pub mod files;
 pub mod gate;
 pub mod inventory;

@@ -8,7 +8,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr};
 
 use crate::{
-    config::BootSettings,
+    model::boot::BootSettings,
     model::inventory::{Host, Inventory, Profile},
 };
 
@@ -242,7 +242,7 @@ pub fn ipxe_menu(t: &Target<'_>, others: &[&Profile], timeout_ms: u32) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::OptionSet, model::inventory::Mac};
+    use crate::{model::boot::OptionSet, model::inventory::Mac};
 
     fn host() -> Host {
         Host {

@@ -18,8 +18,9 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
-    /// Registers `bootfabric_build_info` and `bootfabric_service_up` in `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, MetricsError> {
+    /// Registers `bootfabric_build_info` and `bootfabric_service_up` in `registry`; `ebpf`
+    /// says whether the build carries the XDP object (`embedded` or `absent`).
+    pub fn register(registry: &Registry, ebpf: &str) -> Result<Self, MetricsError> {
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "bootfabric_build_info",
@@ -28,11 +29,6 @@ impl CoreMetrics {
             &["version", "ebpf"],
         )?;
         registry.register(Box::new(build_info.clone()))?;
-        let ebpf = if crate::xdp::embedded_object().is_some() {
-            "embedded"
-        } else {
-            "absent"
-        };
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), ebpf])
             .set(1);
@@ -76,7 +72,7 @@ mod tests {
     #[test]
     fn core_metrics_render() {
         let registry = Registry::new();
-        let core = CoreMetrics::register(&registry).expect("register");
+        let core = CoreMetrics::register(&registry, "absent").expect("register");
         core.service_up.with_label_values(&["admin"]).set(1);
         let text = String::from_utf8(render(&registry)).expect("utf8");
         assert!(

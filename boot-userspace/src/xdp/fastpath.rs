@@ -553,7 +553,8 @@ impl FastPathEvent {
 mod tests {
     use super::*;
     use crate::{
-        config::{dhcp::AddrRange, BootSettings, DhcpConfig, DhcpMode, OptionSet, SubnetConfig},
+        config::{dhcp::AddrRange, DhcpConfig, DhcpMode, SubnetConfig},
+        model::boot::{BootSettings, OptionSet},
         model::inventory::Inventory,
     };
 

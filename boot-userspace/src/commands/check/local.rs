@@ -11,10 +11,7 @@ use nix::{ifaddrs::getifaddrs, net::if_::InterfaceFlags, sys::statvfs::statvfs};
 use sha2::{Digest as _, Sha256};
 
 use super::Item;
-use crate::{
-    config::{BootSettings, Config},
-    model::files,
-};
+use crate::{config::Config, model::boot::BootSettings, model::files};
 
 /// Each fabric interface exists, is up and has an IPv4 address; each DHCP subnet bound to
 /// an interface has an address of that subnet on it.

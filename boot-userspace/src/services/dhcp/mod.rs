@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{Config, DhcpMode},
     model::inventory::Mac,
-    model::ledger::{Ledger, Phase},
+    model::ledger::{EventKind, Ledger},
     xdp::fastpath::{FastPath, FastPathError, FastPathEvent, SyncReport},
 };
 use aya::maps::{MapData, RingBuf};
@@ -101,6 +101,25 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The ledger event for a reply sent to a client, by userspace or by the kernel's fast path:
+/// the one place a DHCP message type becomes a boot step.
+fn sent_event(kind: MessageType) -> EventKind {
+    match kind {
+        MessageType::Offer => EventKind::DhcpOffer,
+        MessageType::Nak => EventKind::DhcpNak,
+        _ => EventKind::DhcpAck,
+    }
+}
+
+/// The ledger event for a lease the client gave back.
+fn returned_event(state: LeaseState) -> EventKind {
+    if state == LeaseState::Declined {
+        EventKind::DhcpDecline
+    } else {
+        EventKind::DhcpRelease
+    }
 }
 
 /// The first IPv4 address of `iface`.
@@ -399,12 +418,7 @@ impl DhcpService {
                 .collect()
         };
         for ev in events {
-            let phase = if ev.kind == MessageType::Offer {
-                Phase::DhcpOffer
-            } else {
-                Phase::DhcpAck
-            };
-            self.ledger.record(ev.mac, phase, Some(ev.ip));
+            self.ledger.record(ev.mac, sent_event(ev.kind), Some(ev.ip));
         }
         // The ACKs have left already; their records follow within a second (one fdatasync
         // for a whole storm's worth). A reservation is its own durable truth meanwhile.
@@ -634,12 +648,8 @@ impl DhcpService {
                         .packets
                         .with_label_values(&[kind, "committed"])
                         .inc();
-                    let phase = if record.state == LeaseState::Declined {
-                        Phase::DhcpDecline
-                    } else {
-                        Phase::DhcpRelease
-                    };
-                    self.ledger.record(mac, phase, Some(record.ip));
+                    self.ledger
+                        .record(mac, returned_event(record.state), Some(record.ip));
                     let this = Arc::clone(&self);
                     tokio::spawn(async move { this.commit(record).await });
                 }
@@ -653,17 +663,13 @@ impl DhcpService {
                         }
                     };
                     let label = reply_label(reply.kind);
-                    let phase = match reply.kind {
-                        MessageType::Offer => Phase::DhcpOffer,
-                        MessageType::Nak => Phase::DhcpNak,
-                        _ => Phase::DhcpAck,
-                    };
+                    let event = sent_event(reply.kind);
                     let ip = Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified());
                     match reply.commit {
                         None => {
                             self.send(&sock, &out, reply.dest).await;
                             self.metrics.packets.with_label_values(&[kind, label]).inc();
-                            self.ledger.record(mac, phase, ip);
+                            self.ledger.record(mac, event, ip);
                         }
                         Some(record) => {
                             let this = Arc::clone(&self);
@@ -672,7 +678,7 @@ impl DhcpService {
                                 if this.commit(record).await {
                                     this.send(&sock, &out, reply.dest).await;
                                     this.metrics.packets.with_label_values(&[kind, label]).inc();
-                                    this.ledger.record(mac, phase, ip);
+                                    this.ledger.record(mac, event, ip);
                                 }
                             });
                         }

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
-use crate::config::BootSettings;
+use crate::model::boot::BootSettings;
 use crate::model::inventory::Profile;
 
 /// RFC 4578 / IANA processor architecture types the policy knows.

@@ -13,9 +13,8 @@ use super::{
     table::{LeaseTable, OFFER_HOLD_SECS},
     wire::DropReason,
 };
-use crate::config::{
-    dhcp::DEFAULT_LEASE_TIME, BootSettings, DhcpConfig, DhcpGuards, DhcpMode, OptionSet,
-};
+use crate::config::{dhcp::DEFAULT_LEASE_TIME, DhcpConfig, DhcpGuards, DhcpMode};
+use crate::model::boot::{BootSettings, OptionSet};
 use crate::model::inventory::{Host, Inventory, Mac};
 
 /// DHCP client and server ports.

@@ -384,7 +384,7 @@ impl LeaseTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{OptionSet, SubnetConfig};
+    use crate::{config::SubnetConfig, model::boot::OptionSet};
 
     fn mac(n: u8) -> Mac {
         Mac([0x52, 0x54, 0, 0, 0, n])

@@ -116,7 +116,7 @@ pub fn boot_start(events: &[Event], ttl_ms: u64, now_ms: u64) -> Option<u64> {
         if open.is_some_and(|s| e.at_ms >= s.saturating_add(ttl_ms)) {
             open = None;
         }
-        match e.phase {
+        match e.phase() {
             Phase::BmcReset => open = Some(e.at_ms),
             Phase::DhcpOffer | Phase::IpxeScript if open.is_none() => open = Some(e.at_ms),
             Phase::Booted => open = None,
@@ -205,7 +205,7 @@ impl Boots {
                 || now_ms >= s.saturating_add(self.ttl_ms)
                 || events
                     .iter()
-                    .any(|e| e.at_ms > s && matches!(e.phase, Phase::Booted | Phase::BmcReset));
+                    .any(|e| e.at_ms > s && matches!(e.phase(), Phase::Booted | Phase::BmcReset));
             if !ended {
                 return hosts.get_mut(&mac);
             }
@@ -342,6 +342,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ledger::EventKind;
 
     fn hosts(n: &str) -> bool {
         n == "node01" || n == "node02"
@@ -403,12 +404,24 @@ mod tests {
         }
     }
 
+    /// An event of `phase`; delivery looks at phases only, so what it concerned is made up.
     fn ev(at_ms: u64, phase: Phase) -> Event {
+        let kind = match phase {
+            Phase::DhcpOffer => EventKind::DhcpOffer,
+            Phase::DhcpAck => EventKind::DhcpAck,
+            Phase::Booted => EventKind::Booted,
+            Phase::IpxeScript => EventKind::IpxeScript {
+                path: "/boot.ipxe".into(),
+            },
+            Phase::BmcReset => EventKind::BmcReset {
+                reset_type: "ForceRestart".into(),
+            },
+            other => panic!("no test event for {other:?}"),
+        };
         Event {
             at_ms,
-            phase,
             ip: None,
-            detail: None,
+            kind,
         }
     }
 

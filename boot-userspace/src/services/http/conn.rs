@@ -18,7 +18,7 @@ use super::{
     response::Response,
     routes::{self, Routed, Site},
 };
-use crate::{model::inventory::Mac, model::ledger::Phase};
+use crate::{model::inventory::Mac, model::ledger::EventKind};
 
 /// Largest request head (`431` beyond it).
 pub const MAX_HEAD: usize = 8192;
@@ -230,20 +230,13 @@ impl Exchange {
     /// The response ended: completely (`done`) or not.
     pub fn finish(self, shared: &Shared, done: bool) {
         if let Some((mac, path)) = self.fetch {
-            let phase = if done {
-                Phase::HttpSent
+            let bytes = self.sent.saturating_sub(self.head);
+            let event = if done {
+                EventKind::HttpSent { path, bytes }
             } else {
-                Phase::HttpFailed
+                EventKind::HttpFailed { path, bytes }
             };
-            shared.site.ledger.record_detail(
-                mac,
-                phase,
-                Some(self.peer),
-                Some(&format!(
-                    "{path}: {} bytes",
-                    self.sent.saturating_sub(self.head)
-                )),
-            );
+            shared.site.ledger.record(mac, event, Some(self.peer));
         }
     }
 }
@@ -285,10 +278,9 @@ fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Ex
     }
     if let Some((mac, path)) = &routed.fetch {
         if !routed.response.body.is_empty() {
-            shared
-                .site
-                .ledger
-                .record_detail(*mac, Phase::HttpStarted, Some(peer), Some(path));
+            let path = path.clone();
+            let started = EventKind::HttpStarted { path };
+            shared.site.ledger.record(*mac, started, Some(peer));
         }
     }
     Exchange {

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{BootSettings, HttpBackend, HttpConfig},
+    config::{HttpBackend, HttpConfig},
     fabric::Iface,
+    model::boot::BootSettings,
     model::gate::Gate,
     model::inventory::Inventory,
     model::ledger::Ledger,

@@ -15,11 +15,11 @@ use super::{
     response::{content_type, Body, Response},
 };
 use crate::{
-    config::BootSettings,
+    model::boot::BootSettings,
     model::files::{self, FileError},
     model::gate::Gate,
     model::inventory::{Host, Inventory, Mac},
-    model::ledger::{unix_ms, Ledger, Phase},
+    model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
 };
 
@@ -161,8 +161,9 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
     if let Some(h) = host.filter(|h| site.inventory.profile(&h.profile).is_some()) {
         // Recorded first: the script opens the host's boot when none is in progress (DHCP
         // may be another server's), and the boot's nonce is drawn when it opens.
+        let path = req.path.clone();
         site.ledger
-            .record_detail(h.mac, Phase::IpxeScript, Some(peer), Some(&req.path));
+            .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
         let nonce = site.boots.nonce(
             h.mac,
             &site.ledger.timeline(h.mac),
@@ -235,16 +236,13 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
         );
     };
     let name = asked.name.as_str();
-    let record = |why: &str| {
-        site.ledger.record_detail(
-            host.mac,
-            Phase::ConfigRefused,
-            Some(peer),
-            Some(&format!("{why}: {name}")),
-        );
+    let record = |why: ConfigRefusal| {
+        let name = name.to_owned();
+        let refused = EventKind::ConfigRefused { name, why };
+        site.ledger.record(host.mac, refused, Some(peer));
     };
     if let Some(owner) = asked.owner.filter(|o| *o != host.name) {
-        record(&format!("for {owner}"));
+        record(ConfigRefusal::Owner(owner.to_owned()));
         return refuse(403, "owner", "this config belongs to another host");
     }
     // The template is read before the delivery is decided: a missing or bad file does not
@@ -282,7 +280,7 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
     {
         Delivery::Granted { nonce } => nonce,
         Delivery::NoBoot => {
-            record("no boot in progress");
+            record(ConfigRefusal::NoBoot);
             return refuse(
                 409,
                 "no_boot",
@@ -290,14 +288,14 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
             );
         }
         Delivery::WrongNonce => {
-            record("wrong nonce");
+            record(ConfigRefusal::WrongNonce);
             return refuse(403, "nonce", "wrong nonce for this boot");
         }
         Delivery::Again { first } => {
             // Two machines asked for one host's config in one boot: one of them wears the
             // host's address. The operator hears of it (ledger, metric, alert).
             warn!(host = %host.name, %peer, %first, config = name, "config asked for again in the same boot: refused");
-            record(&format!("again, first served to {first}"));
+            record(ConfigRefusal::Again { first });
             return refuse(
                 409,
                 "again",
@@ -305,8 +303,10 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
             );
         }
     };
-    site.ledger
-        .record_detail(host.mac, Phase::ConfigServed, Some(peer), Some(name));
+    let served = EventKind::ConfigServed {
+        name: name.to_owned(),
+    };
+    site.ledger.record(host.mac, served, Some(peer));
     t.nonce = nonce.as_deref();
     let mut resp = Response::bytes(200, content_type(name), t.fill(&text).into_bytes());
     // Configs carry secrets: never let a cache keep one.
@@ -342,7 +342,7 @@ fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
             "booted",
         );
     }
-    site.ledger.record(host.mac, Phase::Booted, Some(peer));
+    site.ledger.record(host.mac, EventKind::Booted, Some(peer));
     site.boots.end(host.mac);
     routed(Response::empty(204), "booted")
 }

@@ -31,11 +31,12 @@ use super::{
     transfer::{AbortReason, Action, Transfer},
 };
 use crate::{
-    config::{BootSettings, PortRange, TftpConfig},
+    config::{PortRange, TftpConfig},
     fabric::Iface,
+    model::boot::BootSettings,
     model::files::{self, FileError},
     model::inventory::{Host, Inventory, Mac},
-    model::ledger::{Ledger, Phase},
+    model::ledger::{EventKind, Ledger},
     model::render,
 };
 
@@ -1004,18 +1005,21 @@ impl TftpService {
         debug!(%peer, file = %req.filename, outcome, "TFTP transfer ended");
         if let Some(mac) = self.hosts.mac_at(peer_ip) {
             match outcome {
-                "completed" => self.hosts.ledger.record_detail(
+                "completed" => self.hosts.ledger.record(
                     mac,
-                    Phase::TftpSent,
+                    EventKind::TftpSent {
+                        file: req.filename.clone(),
+                    },
                     Some(peer_ip),
-                    Some(&req.filename),
                 ),
                 "aborted_after_oack" => {}
-                why => self.hosts.ledger.record_detail(
+                why => self.hosts.ledger.record(
                     mac,
-                    Phase::TftpFailed,
+                    EventKind::TftpFailed {
+                        file: req.filename.clone(),
+                        why,
+                    },
                     Some(peer_ip),
-                    Some(&format!("{}: {why}", req.filename)),
                 ),
             }
         }

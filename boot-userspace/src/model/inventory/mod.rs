@@ -13,7 +13,9 @@ use std::{
     str::FromStr,
 };
 
-use crate::config::{wire, BootSettings, OptionSet};
+pub mod wire;
+
+use crate::model::boot::{BootSettings, OptionSet};
 
 /// An inventory file that cannot be used, naming the file and the entry.
 #[derive(Debug, thiserror::Error)]
