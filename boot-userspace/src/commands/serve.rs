@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
     services::dhcp::DhcpService,
@@ -44,7 +45,7 @@ use crate::{
     services::reboot::RebootService,
     services::tftp::service::TftpService,
     util::metrics::CoreMetrics,
-    util::supervisor::{Outcome, Supervisor},
+    util::supervisor::{Outcome, ServiceError, Supervisor},
     xdp::{self, Dataplane},
 };
 
@@ -183,6 +184,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let cancel = CancellationToken::new();
     let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
 
+    let fabric = Fabric::resolve(&config.interfaces);
     let mut dataplane = Dataplane::start(&config, &registry)?;
     let fast_path = dataplane.take_fast_path(&config);
     if dataplane.is_active() {
@@ -193,7 +195,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 // The service owns the attached programs; they detach when it returns.
                 token.cancelled().await;
                 drop(dataplane);
-                Ok(())
+                Ok::<(), ServiceError>(())
             }),
         );
     } else {
@@ -225,7 +227,14 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         // Bound inside the file runtime, so its sockets are polled by that runtime's driver.
         let service = {
             let _files = files.enter();
-            TftpService::start(&config, tftp, &registry, ledger.clone())?
+            let sources = crate::services::tftp::service::Sources {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts: config.ipxe_script_names(),
+                ledger: ledger.clone(),
+                transfer_ports: config.tftp_transfer_ports,
+            };
+            TftpService::start(tftp, fabric.ifaces(), sources, &registry)?
         };
         let token = supervisor.token();
         let run = on_file_runtime(&files, "tftp", token.clone(), async move {
@@ -237,7 +246,15 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     if let Some(http) = config.http.clone() {
         let service = {
             let _files = files.enter();
-            HttpService::start(&config, http, &registry, ledger.clone(), gate.clone())?
+            let sources = crate::services::http::Sources {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts: config.ipxe_script_names(),
+                ledger: ledger.clone(),
+                gate: gate.clone(),
+                gate_retry_s: config.scheduler.gate_retry_s,
+            };
+            HttpService::start(http, fabric.ifaces(), sources, &registry)?
         };
         let token = supervisor.token();
         let run = on_file_runtime(&files, "http", token.clone(), async move {
@@ -247,7 +264,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 
     if config.router_advertisements {
-        if let Some(ra) = RaService::start(&config.interfaces, &registry)? {
+        if let Some(ra) = RaService::start(fabric.ifaces(), &registry)? {
             let token = supervisor.token();
             supervisor.spawn(
                 "ra",

@@ -156,7 +156,7 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, KeyError>
         ));
     }
     crate::redfish::transport::parse_url(&url)
-        .map_err(|e| KeyError::new("bmc.url".to_owned(), e))?;
+        .map_err(|e| KeyError::new("bmc.url", e.to_string()))?;
     // Plain HTTP sends the BMC password (Basic auth, session login) in clear to anyone on the
     // path: only with the operator's explicit word, which start-up then logs.
     if !https && b.allow_plaintext != Some(true) {
@@ -192,7 +192,7 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, KeyError>
         (Some(ca), None, false) => TlsPolicy::CaFile(file(ca)),
         (None, Some(fp), false) => TlsPolicy::Fingerprint(
             crate::redfish::tls::parse_fingerprint(fp)
-                .map_err(|e| KeyError::new("bmc.fingerprint".to_owned(), e))?,
+                .map_err(|e| KeyError::new("bmc.fingerprint", e.to_string()))?,
         ),
         (None, None, true) => TlsPolicy::Insecure,
         (None, None, false) if !https => TlsPolicy::Insecure,
@@ -299,8 +299,8 @@ impl Inventory {
                             .to_owned(),
                     ));
                 }
-                let digest =
-                    crate::redfish::tls::parse_fingerprint(hex).map_err(|r| invalid(key, r))?;
+                let digest = crate::redfish::tls::parse_fingerprint(hex)
+                    .map_err(|r| invalid(key, r.to_string()))?;
                 sha256.insert(file.clone(), digest);
             }
             let profile = Profile {
