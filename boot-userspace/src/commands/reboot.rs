@@ -153,7 +153,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
     let addr = match (args.admin, &cfg) {
         (Some(a), _) => a,
         (None, Some(cfg)) => {
-            let mut a = cfg.admin_listen;
+            let mut a = cfg.admin.listen;
             if a.ip().is_unspecified() {
                 a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -164,7 +164,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
     let token_file = args
         .token_file
         .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.admin_token_file.clone()));
+        .or_else(|| cfg.as_ref().and_then(|c| c.admin.token_file.clone()));
     let authorization = match token_file {
         Some(path) => {
             let token = crate::util::secrets::token::read_for_client(&path)
@@ -176,7 +176,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let tls = cfg.as_ref().and_then(|c| c.admin_tls.as_ref());
+    let tls = cfg.as_ref().and_then(|c| c.admin.tls.as_ref());
     let endpoint = match tls {
         None => Endpoint::new(&format!("http://{addr}"), None, Duration::from_secs(30)),
         Some(tls) => Endpoint::new(

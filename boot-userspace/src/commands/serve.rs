@@ -205,7 +205,16 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
     let gate = Gate::default();
-    let reboots = RebootService::new(&config, ledger.clone(), gate.clone(), &registry)
+    let setup = crate::services::reboot::runner::Setup {
+        inventory: config.inventory.clone(),
+        image_roots: config
+            .image_roots()
+            .into_iter()
+            .map(std::path::Path::to_path_buf)
+            .collect(),
+        scheduler: config.scheduler.clone(),
+    };
+    let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
     let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
@@ -273,11 +282,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
-        .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
+        .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
-    let (access, tls) = crate::admin::settings(&config)?;
+    let (access, tls) = crate::admin::settings(&config.admin)?;
     let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),

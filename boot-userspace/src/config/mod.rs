@@ -182,6 +182,21 @@ pub struct HttpConfig {
     pub config_ttl_s: u64,
 }
 
+/// `[admin]`, validated: what the admin API serves on and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Admin server address.
+    pub listen: SocketAddr,
+    /// Networks allowed to reach the admin server; empty means everyone.
+    pub allow: Vec<IpNet>,
+    /// `admin.token_file`: the bearer token control calls need (checked at load: mode 0600
+    /// or stricter, owned by the daemon's user, not empty). Without it, control is for
+    /// loopback peers only.
+    pub token_file: Option<PathBuf>,
+    /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
+    pub tls: Option<crate::util::secrets::tls::AdminTls>,
+}
+
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -193,16 +208,8 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// Whether to answer IPv6 router solicitations on them (`fabric.router_advertisements`).
     pub router_advertisements: bool,
-    /// Admin server address.
-    pub admin_listen: SocketAddr,
-    /// Networks allowed to reach the admin server; empty means everyone.
-    pub admin_allow: Vec<IpNet>,
-    /// `admin.token_file`: the bearer token control calls need (checked at load: mode 0600
-    /// or stricter, owned by the daemon's user, not empty). Without it, control is for
-    /// loopback peers only.
-    pub admin_token_file: Option<PathBuf>,
-    /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub admin_tls: Option<crate::util::secrets::tls::AdminTls>,
+    /// `[admin]`: the admin API.
+    pub admin: AdminConfig,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
     /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
@@ -446,12 +453,12 @@ impl Config {
             key: key.to_owned(),
             reason,
         };
-        if let Some(file) = self.admin_token_file.as_mut() {
+        if let Some(file) = self.admin.token_file.as_mut() {
             *file = base.join(&*file);
             crate::util::secrets::token::load(file)
                 .map_err(|e| invalid("admin.token_file", e.to_string()))?;
         }
-        if let Some(tls) = self.admin_tls.as_mut() {
+        if let Some(tls) = self.admin.tls.as_mut() {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
             if let Some(ca) = tls.client_ca.as_mut() {
@@ -774,10 +781,12 @@ impl Config {
             log,
             interfaces,
             router_advertisements,
-            admin_listen,
-            admin_allow,
-            admin_token_file,
-            admin_tls,
+            admin: AdminConfig {
+                listen: admin_listen,
+                allow: admin_allow,
+                token_file: admin_token_file,
+                tls: admin_tls,
+            },
             xdp_mode,
             xdp_dhcp_fast_path,
             xdp_relay_rate_limit,
@@ -903,7 +912,7 @@ mod tests {
     #[test]
     fn empty_config_gets_safe_defaults() {
         let c = parse("").expect("empty config is valid");
-        assert_eq!(c.admin_listen, "127.0.0.1:9370".parse().expect("addr"));
+        assert_eq!(c.admin.listen, "127.0.0.1:9370".parse().expect("addr"));
         assert_eq!(c.xdp_mode, XdpModeSetting::Auto);
         assert!(c.interfaces.is_empty());
         assert_eq!(c.tftp_transfer_ports, DEFAULT_TFTP_TRANSFER_PORTS);
@@ -928,7 +937,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.interfaces, ["fabric0", "fabric1"]);
-        assert_eq!(c.admin_allow.len(), 2);
+        assert_eq!(c.admin.allow.len(), 2);
         assert_eq!(c.xdp_mode, XdpModeSetting::Generic);
         assert_eq!(
             c.tftp_transfer_ports,
@@ -1043,7 +1052,7 @@ mod tests {
         assert!(e.contains("`admin.client_ca`"), "{e}");
         let c = parse("[admin]\ntls_cert = \"a.pem\"\ntls_key = \"k.pem\"\n").expect("tls");
         assert_eq!(
-            c.admin_tls.map(|t| (t.cert, t.client_ca)),
+            c.admin.tls.map(|t| (t.cert, t.client_ca)),
             Some((PathBuf::from("a.pem"), None))
         );
     }
@@ -1059,7 +1068,7 @@ mod tests {
         assert!(e.contains("`admin.token_file`"), "{e}");
         crate::util::secrets::token::create(&token, false).expect("create");
         let c = Config::load(&cfg).expect("valid token file");
-        assert_eq!(c.admin_token_file.as_deref(), Some(token.as_path()));
+        assert_eq!(c.admin.token_file.as_deref(), Some(token.as_path()));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let e = Config::load(&cfg).expect_err("mode").to_string();
         assert!(

@@ -33,7 +33,7 @@ use super::{
     HostSpec, Params, PostSeen,
 };
 use crate::{
-    config::{Config, SchedulerConfig},
+    config::SchedulerConfig,
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory},
@@ -139,23 +139,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RebootService {
-    /// The service for `config`'s inventory and `[scheduler]`, resetting hosts through
-    /// Redfish, reporting to `registry`.
+    /// The service for `setup` (the inventory, the image roots, `[scheduler]`), resetting
+    /// hosts through Redfish, reporting to `registry`.
     pub fn new(
-        config: &Config,
+        setup: Setup,
         ledger: Ledger,
         gate: Gate,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let setup = Setup {
-            inventory: config.inventory.clone(),
-            image_roots: config
-                .image_roots()
-                .into_iter()
-                .map(Path::to_path_buf)
-                .collect(),
-            scheduler: config.scheduler.clone(),
-        };
         Self::with_bmc(setup, Arc::new(RedfishBmc), ledger, gate, registry)
     }
 
@@ -539,7 +530,7 @@ mod tests {
             toml::from_str(&text).expect("inventory toml"),
         )
         .expect("inventory");
-        let config = Config::from_wire(
+        let config = crate::config::Config::from_wire(
             Path::new("bootfabric.toml"),
             toml::from_str(&format!("[scheduler]\n{scheduler}")).expect("config toml"),
             Inventory::default(),
