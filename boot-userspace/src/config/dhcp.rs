@@ -19,18 +19,37 @@ pub struct AddrRange {
     pub last: Ipv4Addr,
 }
 
+/// Why a value is not an address range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddrRangeError {
+    /// One end is not an IPv4 address.
+    #[error("{range:?}: {addr:?} is not an IPv4 address")]
+    Address {
+        /// The value.
+        range: String,
+        /// The end that is not an address.
+        addr: String,
+    },
+    /// A above B.
+    #[error("{0:?}: first address is above the last")]
+    Reversed(String),
+}
+
 impl AddrRange {
     /// Parses `A-B` or a single address `A`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, AddrRangeError> {
         let (a, b) = s.split_once('-').unwrap_or((s, s));
         let p = |x: &str| {
             x.trim()
                 .parse::<Ipv4Addr>()
-                .map_err(|_| format!("{s:?}: {x:?} is not an IPv4 address"))
+                .map_err(|_| AddrRangeError::Address {
+                    range: s.to_owned(),
+                    addr: x.to_owned(),
+                })
         };
         let (first, last) = (p(a)?, p(b)?);
         if first > last {
-            return Err(format!("{s:?}: first address is above the last"));
+            return Err(AddrRangeError::Reversed(s.to_owned()));
         }
         Ok(Self { first, last })
     }
@@ -134,7 +153,8 @@ impl DhcpGuards {
                     .map(|(i, r)| {
                         let key = format!("dhcp.relays[{i}]");
                         let net = if r.contains('/') {
-                            super::parse_cidr(r).map_err(|why| KeyError::new(key.clone(), why))?
+                            super::parse_cidr(r)
+                                .map_err(|why| KeyError::new(key.clone(), why.to_string()))?
                         } else {
                             let ip: std::net::IpAddr = r.parse().map_err(|_| {
                                 KeyError::new(
@@ -230,7 +250,9 @@ impl DhcpConfig {
                 .cidr
                 .as_deref()
                 .ok_or_else(|| KeyError::new(key("cidr"), "missing".to_owned()))?;
-            let net = match super::parse_cidr(cidr).map_err(|r| KeyError::new(key("cidr"), r))? {
+            let net = match super::parse_cidr(cidr)
+                .map_err(|r| KeyError::new(key("cidr"), r.to_string()))?
+            {
                 ipnet::IpNet::V4(n) => n,
                 ipnet::IpNet::V6(_) => {
                     return Err(KeyError::new(key("cidr"), format!("{cidr:?} is not IPv4")))
@@ -256,7 +278,8 @@ impl DhcpConfig {
                     .enumerate()
                     .map(|(j, r)| {
                         let k = format!("dhcp.subnets[{i}].{field}[{j}]");
-                        let range = AddrRange::parse(r).map_err(|e| KeyError::new(k.clone(), e))?;
+                        let range = AddrRange::parse(r)
+                            .map_err(|e| KeyError::new(k.clone(), e.to_string()))?;
                         if !net.contains(&range.first) || !net.contains(&range.last) {
                             return Err(KeyError::new(k, format!("{r:?} is not inside {net}")));
                         }

@@ -490,7 +490,7 @@ impl Config {
         let interfaces = wire.fabric.interfaces.unwrap_or_default();
         for (i, name) in interfaces.iter().enumerate() {
             check_interface_name(name)
-                .map_err(|r| invalid(&format!("fabric.interfaces[{i}]"), r))?;
+                .map_err(|r| invalid(&format!("fabric.interfaces[{i}]"), r.to_string()))?;
             if interfaces[..i].contains(name) {
                 return Err(invalid(
                     &format!("fabric.interfaces[{i}]"),
@@ -526,7 +526,9 @@ impl Config {
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r)))
+            .map(|(i, s)| {
+                parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let admin_token_file = wire.admin.token_file.as_ref().map(PathBuf::from);
         if admin_token_file
@@ -593,7 +595,9 @@ impl Config {
         }
 
         let tftp_transfer_ports = match &wire.tftp.transfer_ports {
-            Some(s) => parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r))?,
+            Some(s) => {
+                parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r.to_string()))?
+            }
             None => DEFAULT_TFTP_TRANSFER_PORTS,
         };
 
@@ -802,10 +806,21 @@ impl Config {
     }
 }
 
+/// Why a name is not a Linux interface name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceNameError {
+    /// Empty, or longer than IFNAMSIZ allows.
+    #[error("{0:?} is not 1 to 15 characters long")]
+    Length(String),
+    /// `.`, `..`, or holding `/`, `:` or whitespace.
+    #[error("{0:?} is not a valid interface name")]
+    Invalid(String),
+}
+
 /// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:` (IFNAMSIZ and dev_valid_name).
-fn check_interface_name(name: &str) -> Result<(), String> {
+fn check_interface_name(name: &str) -> Result<(), InterfaceNameError> {
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} is not 1 to 15 characters long"));
+        return Err(InterfaceNameError::Length(name.to_owned()));
     }
     if name == "."
         || name == ".."
@@ -813,51 +828,102 @@ fn check_interface_name(name: &str) -> Result<(), String> {
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return Err(format!("{name:?} is not a valid interface name"));
+        return Err(InterfaceNameError::Invalid(name.to_owned()));
     }
     Ok(())
 }
 
+/// Why a value is not a CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// No `/PREFIX`.
+    #[error("{0:?} is not a CIDR: it has no /PREFIX (e.g. \"10.0.0.0/24\")")]
+    NoPrefix(String),
+    /// The part before the `/` is not an address.
+    #[error("{cidr:?} is not a CIDR: {addr:?} is not an IP address")]
+    Address {
+        /// The value.
+        cidr: String,
+        /// Its address part.
+        addr: String,
+    },
+    /// The prefix is not a number up to the address's width.
+    #[error("{cidr:?} is not a CIDR: prefix length must be 0 to {max}")]
+    Prefix {
+        /// The value.
+        cidr: String,
+        /// The widest prefix of its address family.
+        max: u8,
+    },
+}
+
 /// Parses `ADDR/PREFIX` (IPv4 or IPv6). A bare address is refused, so that `10.0.0.0`
 /// cannot be read as either a host or a network by mistake.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNet, CidrError> {
     let Some((addr, prefix)) = s.split_once('/') else {
-        return Err(format!(
-            "{s:?} is not a CIDR: it has no /PREFIX (e.g. \"10.0.0.0/24\")"
-        ));
+        return Err(CidrError::NoPrefix(s.to_owned()));
     };
-    let addr: std::net::IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IP address"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| CidrError::Address {
+        cidr: s.to_owned(),
+        addr: addr.to_owned(),
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bad_prefix = || CidrError::Prefix {
+        cidr: s.to_owned(),
+        max,
+    };
     let prefix: u8 = prefix
         .parse()
         .ok()
         .filter(|p| *p <= max)
-        .ok_or_else(|| format!("{s:?} is not a CIDR: prefix length must be 0 to {max}"))?;
-    IpNet::new(addr, prefix).map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+        .ok_or_else(bad_prefix)?;
+    // The prefix is within the family's width, which is all IpNet::new checks.
+    IpNet::new(ip, prefix).map_err(|_| bad_prefix())
+}
+
+/// Why a value is not a transfer port range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    /// No `-`.
+    #[error("{0:?} is not a port range FIRST-LAST (e.g. \"50000-50999\")")]
+    NotARange(String),
+    /// One end is not a port.
+    #[error("{range:?}: {port:?} is not a port from 1 to 65535")]
+    Port {
+        /// The value.
+        range: String,
+        /// The end that is not a port.
+        port: String,
+    },
+    /// FIRST above LAST.
+    #[error("{0:?}: first port is above the last")]
+    Reversed(String),
+    /// It would take the servers' own ports.
+    #[error("{0:?} overlaps the DHCP and TFTP server ports (67-69)")]
+    ServerPorts(String),
 }
 
 /// Parses `FIRST-LAST` with `1 <= FIRST <= LAST <= 65535`.
-pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+pub fn parse_port_range(s: &str) -> Result<PortRange, PortRangeError> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not a port range FIRST-LAST (e.g. \"50000-50999\")"))?;
+        .ok_or_else(|| PortRangeError::NotARange(s.to_owned()))?;
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{s:?}: {p:?} is not a port from 1 to 65535"))
+            .ok_or_else(|| PortRangeError::Port {
+                range: s.to_owned(),
+                port: p.to_owned(),
+            })
     };
     let (first, last) = (port(a)?, port(b)?);
     if first > last {
-        return Err(format!("{s:?}: first port is above the last"));
+        return Err(PortRangeError::Reversed(s.to_owned()));
     }
     if first <= 69 && last >= 67 {
-        return Err(format!(
-            "{s:?} overlaps the DHCP and TFTP server ports (67-69)"
-        ));
+        return Err(PortRangeError::ServerPorts(s.to_owned()));
     }
     Ok(PortRange { first, last })
 }
@@ -865,6 +931,53 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_values_say_what_and_why() {
+        let says = |e: &dyn std::error::Error| e.to_string();
+        let cidr = |s| parse_cidr(s).expect_err(s);
+        assert_eq!(
+            says(&cidr("10.0.0.0")),
+            r#""10.0.0.0" is not a CIDR: it has no /PREFIX (e.g. "10.0.0.0/24")"#
+        );
+        assert_eq!(
+            says(&cidr("10.0.0/8")),
+            r#""10.0.0/8" is not a CIDR: "10.0.0" is not an IP address"#
+        );
+        assert_eq!(
+            says(&cidr("fd00::/129")),
+            r#""fd00::/129" is not a CIDR: prefix length must be 0 to 128"#
+        );
+        let ports = |s| parse_port_range(s).expect_err(s);
+        assert_eq!(
+            says(&ports("5000")),
+            r#""5000" is not a port range FIRST-LAST (e.g. "50000-50999")"#
+        );
+        assert_eq!(
+            says(&ports("1-x ")),
+            r#""1-x ": "x " is not a port from 1 to 65535"#
+        );
+        assert_eq!(
+            says(&ports("9-8")),
+            r#""9-8": first port is above the last"#
+        );
+        assert_eq!(
+            says(&ports("60-70")),
+            r#""60-70" overlaps the DHCP and TFTP server ports (67-69)"#
+        );
+        let name = |s| check_interface_name(s).expect_err(s);
+        assert_eq!(says(&name("")), r#""" is not 1 to 15 characters long"#);
+        assert_eq!(says(&name("a:b")), r#""a:b" is not a valid interface name"#);
+        let range = |s| AddrRange::parse(s).expect_err(s);
+        assert_eq!(
+            says(&range("10.0.0.1-x")),
+            r#""10.0.0.1-x": "x" is not an IPv4 address"#
+        );
+        assert_eq!(
+            says(&range("10.0.0.2-10.0.0.1")),
+            r#""10.0.0.2-10.0.0.1": first address is above the last"#
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let path = Path::new("test.toml");
