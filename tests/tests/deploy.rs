@@ -170,9 +170,9 @@ fn topology_examples_validate() {
         assert!(out.contains("3 host(s), 4 profile(s)"), "{example}: {out}");
         let cfg = bootfabric::config::Config::load(&config).expect("config");
         assert!(
-            cfg.admin_listen.ip().is_loopback() || cfg.admin_token_file.is_some(),
+            cfg.admin.listen.ip().is_loopback() || cfg.admin.token_file.is_some(),
             "{example}: the admin API listens on {} without a token",
-            cfg.admin_listen
+            cfg.admin.listen
         );
         assert_control_off_dhcp_subnets(example, &cfg);
     }
@@ -259,10 +259,10 @@ fn assert_control_off_dhcp_subnets(what: &str, cfg: &bootfabric::config::Config)
         .map(|s| ("subnet".to_owned(), s.net.into()))
         .collect();
     let item = bootfabric::commands::check::admin::exposure(
-        cfg.admin_listen,
-        &cfg.admin_allow,
-        cfg.admin_token_file.is_some(),
-        cfg.admin_tls.is_some(),
+        cfg.admin.listen,
+        &cfg.admin.allow,
+        cfg.admin.token_file.is_some(),
+        cfg.admin.tls.is_some(),
         &served,
     );
     assert_ne!(

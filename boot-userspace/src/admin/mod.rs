@@ -78,13 +78,13 @@ pub enum SettingsError {
 /// file again (it was checked when the config loaded; it may have changed since). Logs a
 /// warning when control rests on loopback alone.
 pub fn settings(
-    config: &crate::config::Config,
+    config: &crate::config::AdminConfig,
 ) -> Result<(AdminAccess, Option<Arc<rustls::ServerConfig>>), SettingsError> {
-    let token = match &config.admin_token_file {
+    let token = match &config.token_file {
         Some(path) => Some(token::load(path)?),
         None => {
             warn!(
-                listen = %config.admin_listen,
+                listen = %config.listen,
                 "admin.token_file is not set: control calls (POST and DELETE /api/reboot) are \
                  accepted from loopback only, without a credential; create a token with \
                  `bootfabric admin token create`"
@@ -92,20 +92,17 @@ pub fn settings(
             None
         }
     };
-    let tls = match &config.admin_tls {
-        Some(t) => Some(
-            tls::server_config(t).map_err(|(key, reason)| SettingsError::Tls { key, reason })?,
-        ),
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(t).map_err(
+            |crate::util::key_error::KeyError { key, reason }| SettingsError::Tls { key, reason },
+        )?),
         None => None,
     };
     let access = AdminAccess {
-        allow: config.admin_allow.clone(),
+        allow: config.allow.clone(),
         policy: Policy {
             token,
-            client_ca: config
-                .admin_tls
-                .as_ref()
-                .is_some_and(|t| t.client_ca.is_some()),
+            client_ca: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         },
     };
     Ok((access, tls))

@@ -134,7 +134,7 @@ pub fn run(cli: Cli) -> i32 {
                     cfg.interfaces.len(),
                     cfg.inventory.hosts().len(),
                     cfg.inventory.profiles().len(),
-                    cfg.admin_listen,
+                    cfg.admin.listen,
                     cfg.xdp_mode,
                 );
                 0

@@ -24,7 +24,7 @@ use hyper::{
 use crate::{
     config::Config,
     redfish::transport::Endpoint,
-    services::reboot::report::{RunStatus, Selection},
+    services::reboot::report::{PhaseLabel, RunState, RunStatus, Selection},
 };
 
 /// Arguments of `bootfabric reboot`.
@@ -153,7 +153,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
     let addr = match (args.admin, &cfg) {
         (Some(a), _) => a,
         (None, Some(cfg)) => {
-            let mut a = cfg.admin_listen;
+            let mut a = cfg.admin.listen;
             if a.ip().is_unspecified() {
                 a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -164,7 +164,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
     let token_file = args
         .token_file
         .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.admin_token_file.clone()));
+        .or_else(|| cfg.as_ref().and_then(|c| c.admin.token_file.clone()));
     let authorization = match token_file {
         Some(path) => {
             let token = crate::util::secrets::token::read_for_client(&path)
@@ -176,7 +176,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let tls = cfg.as_ref().and_then(|c| c.admin_tls.as_ref());
+    let tls = cfg.as_ref().and_then(|c| c.admin.tls.as_ref());
     let endpoint = match tls {
         None => Endpoint::new(&format!("http://{addr}"), None, Duration::from_secs(30)),
         Some(tls) => Endpoint::new(
@@ -260,7 +260,9 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
         }
         // One line per host that booted or failed since the last poll: the live timeline.
         for (old, new) in last.hosts.iter().zip(&now.hosts) {
-            if old.phase != new.phase && matches!(new.phase.as_str(), "booted" | "failed") {
+            if old.phase != new.phase
+                && matches!(new.phase, PhaseLabel::Booted | PhaseLabel::Failed)
+            {
                 if tty {
                     eprint!("\r\x1b[2K");
                 }
@@ -285,7 +287,7 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
                 eprintln!();
             }
             print!("{}", now.report());
-            return Ok(if now.state == "cancelled" {
+            return Ok(if now.state == RunState::Cancelled {
                 130
             } else {
                 exit_code(&now)
@@ -330,5 +332,5 @@ fn client_tls(
 }
 
 fn exit_code(s: &RunStatus) -> i32 {
-    i32::from(s.count("failed") > 0)
+    i32::from(s.count(PhaseLabel::Failed) > 0)
 }

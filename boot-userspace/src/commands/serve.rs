@@ -45,7 +45,7 @@ use crate::{
     services::reboot::RebootService,
     services::tftp::service::TftpService,
     util::metrics::CoreMetrics,
-    util::supervisor::{Outcome, Supervisor},
+    util::supervisor::{Outcome, ServiceError, Supervisor},
     xdp::{self, Dataplane},
 };
 
@@ -210,7 +210,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 // The service owns the attached programs; they detach when it returns.
                 token.cancelled().await;
                 drop(dataplane);
-                Ok(())
+                Ok::<(), ServiceError>(())
             }),
         );
     } else {
@@ -220,7 +220,16 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
     let gate = Gate::default();
-    let reboots = RebootService::new(&config, ledger.clone(), gate.clone(), &registry)
+    let setup = crate::services::reboot::runner::Setup {
+        inventory: config.inventory.clone(),
+        image_roots: config
+            .image_roots()
+            .into_iter()
+            .map(std::path::Path::to_path_buf)
+            .collect(),
+        scheduler: config.scheduler.clone(),
+    };
+    let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
     let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
@@ -249,7 +258,14 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         // Bound inside the file runtime, so its sockets are polled by that runtime's driver.
         let service = {
             let _files = files.enter();
-            TftpService::start(&config, tftp, &registry, ledger.clone())?
+            let sources = crate::services::tftp::service::Sources {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts: config.ipxe_script_names(),
+                ledger: ledger.clone(),
+                transfer_ports: config.tftp_transfer_ports,
+            };
+            TftpService::start(tftp, fabric.ifaces(), sources, &registry)?
         };
         let token = supervisor.token();
         let run = on_file_runtime(&files, "tftp", token.clone(), async move {
@@ -261,7 +277,15 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     if let Some(http) = config.http.clone() {
         let service = {
             let _files = files.enter();
-            HttpService::start(&config, http, &registry, ledger.clone(), gate.clone())?
+            let sources = crate::services::http::Sources {
+                inventory: config.inventory.clone(),
+                boot: config.boot.clone(),
+                scripts: config.ipxe_script_names(),
+                ledger: ledger.clone(),
+                gate: gate.clone(),
+                gate_retry_s: config.scheduler.gate_retry_s,
+            };
+            HttpService::start(http, fabric.ifaces(), sources, &registry)?
         };
         let token = supervisor.token();
         let run = on_file_runtime(&files, "http", token.clone(), async move {
@@ -271,7 +295,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 
     if config.router_advertisements {
-        if let Some(ra) = RaService::start(&config.interfaces, &registry)? {
+        if let Some(ra) = RaService::start(fabric.ifaces(), &registry)? {
             let token = supervisor.token();
             supervisor.spawn(
                 "ra",
@@ -280,11 +304,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
-        .with_context(|| format!("admin.listen: cannot bind {}", config.admin_listen))?;
+        .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
-    let (access, tls) = crate::admin::settings(&config)?;
+    let (access, tls) = crate::admin::settings(&config.admin)?;
     let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),

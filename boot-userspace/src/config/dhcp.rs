@@ -19,18 +19,37 @@ pub struct AddrRange {
     pub last: Ipv4Addr,
 }
 
+/// Why a value is not an address range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddrRangeError {
+    /// One end is not an IPv4 address.
+    #[error("{range:?}: {addr:?} is not an IPv4 address")]
+    Address {
+        /// The value.
+        range: String,
+        /// The end that is not an address.
+        addr: String,
+    },
+    /// A above B.
+    #[error("{0:?}: first address is above the last")]
+    Reversed(String),
+}
+
 impl AddrRange {
     /// Parses `A-B` or a single address `A`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, AddrRangeError> {
         let (a, b) = s.split_once('-').unwrap_or((s, s));
         let p = |x: &str| {
             x.trim()
                 .parse::<Ipv4Addr>()
-                .map_err(|_| format!("{s:?}: {x:?} is not an IPv4 address"))
+                .map_err(|_| AddrRangeError::Address {
+                    range: s.to_owned(),
+                    addr: x.to_owned(),
+                })
         };
         let (first, last) = (p(a)?, p(b)?);
         if first > last {
-            return Err(format!("{s:?}: first address is above the last"));
+            return Err(AddrRangeError::Reversed(s.to_owned()));
         }
         Ok(Self { first, last })
     }
@@ -134,16 +153,22 @@ impl DhcpGuards {
                     .map(|(i, r)| {
                         let key = format!("dhcp.relays[{i}]");
                         let net = if r.contains('/') {
-                            super::parse_cidr(r).map_err(|why| (key.clone(), why))?
+                            super::parse_cidr(r)
+                                .map_err(|why| KeyError::new(key.clone(), why.to_string()))?
                         } else {
                             let ip: std::net::IpAddr = r.parse().map_err(|_| {
-                                (key.clone(), format!("{r:?} is not an IP address or CIDR"))
+                                KeyError::new(
+                                    key.clone(),
+                                    format!("{r:?} is not an IP address or CIDR"),
+                                )
                             })?;
                             ipnet::IpNet::from(ip)
                         };
                         match net {
                             ipnet::IpNet::V4(n) => Ok(n),
-                            ipnet::IpNet::V6(_) => Err((key, format!("{r:?} is not IPv4"))),
+                            ipnet::IpNet::V6(_) => {
+                                Err(KeyError::new(key, format!("{r:?} is not IPv4")))
+                            }
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -152,7 +177,10 @@ impl DhcpGuards {
         let positive = |key: &str, v: Option<u32>, default: u32, max: u32| {
             let v = v.unwrap_or(default);
             if v == 0 || v > max {
-                return Err((key.to_owned(), format!("{v} is not between 1 and {max}")));
+                return Err(KeyError::new(
+                    key.to_owned(),
+                    format!("{v} is not between 1 and {max}"),
+                ));
             }
             Ok(v)
         };
@@ -178,7 +206,7 @@ impl DhcpGuards {
             .commit_timeout_ms
             .unwrap_or(d.commit_timeout.as_millis() as u32);
         if !(100..=60_000).contains(&timeout_ms) || timeout_ms <= commit_delay_ms {
-            return Err((
+            return Err(KeyError::new(
                 "dhcp.commit_timeout_ms".to_owned(),
                 format!(
                     "{timeout_ms} ms is not between 100 and 60000 ms and above dhcp.commit_delay_ms ({commit_delay_ms} ms)"
@@ -221,13 +249,17 @@ impl DhcpConfig {
             let cidr = s
                 .cidr
                 .as_deref()
-                .ok_or_else(|| (key("cidr"), "missing".to_owned()))?;
-            let net = match super::parse_cidr(cidr).map_err(|r| (key("cidr"), r))? {
+                .ok_or_else(|| KeyError::new(key("cidr"), "missing".to_owned()))?;
+            let net = match super::parse_cidr(cidr)
+                .map_err(|r| KeyError::new(key("cidr"), r.to_string()))?
+            {
                 ipnet::IpNet::V4(n) => n,
-                ipnet::IpNet::V6(_) => return Err((key("cidr"), format!("{cidr:?} is not IPv4"))),
+                ipnet::IpNet::V6(_) => {
+                    return Err(KeyError::new(key("cidr"), format!("{cidr:?} is not IPv4")))
+                }
             };
             if net.trunc() != net {
-                return Err((
+                return Err(KeyError::new(
                     key("cidr"),
                     format!("{cidr:?} has host bits set (did you mean {}?)", net.trunc()),
                 ));
@@ -236,16 +268,20 @@ impl DhcpConfig {
                 .iter()
                 .position(|o| o.net.contains(&net) || net.contains(&o.net))
             {
-                return Err((key("cidr"), format!("{cidr:?} overlaps dhcp.subnets[{j}]")));
+                return Err(KeyError::new(
+                    key("cidr"),
+                    format!("{cidr:?} overlaps dhcp.subnets[{j}]"),
+                ));
             }
             let ranges = |field: &str, v: &[String]| -> Result<Vec<AddrRange>, KeyError> {
                 v.iter()
                     .enumerate()
                     .map(|(j, r)| {
                         let k = format!("dhcp.subnets[{i}].{field}[{j}]");
-                        let range = AddrRange::parse(r).map_err(|e| (k.clone(), e))?;
+                        let range = AddrRange::parse(r)
+                            .map_err(|e| KeyError::new(k.clone(), e.to_string()))?;
                         if !net.contains(&range.first) || !net.contains(&range.last) {
-                            return Err((k, format!("{r:?} is not inside {net}")));
+                            return Err(KeyError::new(k, format!("{r:?} is not inside {net}")));
                         }
                         Ok(range)
                     })
@@ -254,7 +290,7 @@ impl DhcpConfig {
             let pools = ranges("pools", &s.pools)?;
             for (j, p) in pools.iter().enumerate() {
                 if p.first == net.network() || p.last == net.broadcast() {
-                    return Err((
+                    return Err(KeyError::new(
                         format!("dhcp.subnets[{i}].pools[{j}]"),
                         format!("includes the network or broadcast address of {net}"),
                     ));
@@ -272,7 +308,7 @@ impl DhcpConfig {
             "server" => DhcpMode::Server,
             "proxy" => DhcpMode::Proxy,
             other => {
-                return Err((
+                return Err(KeyError::new(
                     "dhcp.mode".to_owned(),
                     format!("{other:?} is not \"server\" or \"proxy\""),
                 ))
@@ -280,14 +316,14 @@ impl DhcpConfig {
         };
         let rate_limit = w.rate_limit.unwrap_or(20);
         if rate_limit == 0 {
-            return Err((
+            return Err(KeyError::new(
                 "dhcp.rate_limit".to_owned(),
                 "must be at least 1".to_owned(),
             ));
         }
         let commit_delay_ms = w.commit_delay_ms.unwrap_or(5);
         if commit_delay_ms > 1000 {
-            return Err((
+            return Err(KeyError::new(
                 "dhcp.commit_delay_ms".to_owned(),
                 format!("{commit_delay_ms} ms would hold every ACK past a second"),
             ));
@@ -368,7 +404,10 @@ mod tests {
                 "dhcp.commit_timeout_ms",
             ),
         ] {
-            let (k, why) = dhcp(text).expect_err(text);
+            let KeyError {
+                key: k,
+                reason: why,
+            } = dhcp(text).expect_err(text);
             assert_eq!(k, key, "{text}: {why}");
             assert!(!why.is_empty());
         }

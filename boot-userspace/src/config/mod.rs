@@ -19,6 +19,7 @@ use crate::model::{
     boot::BootSettings,
     inventory::{Inventory, InventoryError},
 };
+use crate::util::key_error::KeyError;
 
 pub use dhcp::DhcpGuards;
 pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
@@ -181,6 +182,21 @@ pub struct HttpConfig {
     pub config_ttl_s: u64,
 }
 
+/// `[admin]`, validated: what the admin API serves on and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Admin server address.
+    pub listen: SocketAddr,
+    /// Networks allowed to reach the admin server; empty means everyone.
+    pub allow: Vec<IpNet>,
+    /// `admin.token_file`: the bearer token control calls need (checked at load: mode 0600
+    /// or stricter, owned by the daemon's user, not empty). Without it, control is for
+    /// loopback peers only.
+    pub token_file: Option<PathBuf>,
+    /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
+    pub tls: Option<crate::util::secrets::tls::AdminTls>,
+}
+
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -192,16 +208,8 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// Whether to answer IPv6 router solicitations on them (`fabric.router_advertisements`).
     pub router_advertisements: bool,
-    /// Admin server address.
-    pub admin_listen: SocketAddr,
-    /// Networks allowed to reach the admin server; empty means everyone.
-    pub admin_allow: Vec<IpNet>,
-    /// `admin.token_file`: the bearer token control calls need (checked at load: mode 0600
-    /// or stricter, owned by the daemon's user, not empty). Without it, control is for
-    /// loopback peers only.
-    pub admin_token_file: Option<PathBuf>,
-    /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub admin_tls: Option<crate::util::secrets::tls::AdminTls>,
+    /// `[admin]`: the admin API.
+    pub admin: AdminConfig,
     /// XDP attach policy.
     pub xdp_mode: XdpModeSetting,
     /// Whether the XDP program answers reserved hosts' DHCP requests (`xdp.dhcp_fast_path`).
@@ -226,20 +234,39 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
 }
 
-/// `[scheduler]`, validated.
+/// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
+/// into its scheduler's knobs (config sits below the services and does not know their types).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
-    /// The scheduler's knobs; `capacity_bps` is the configured cap.
-    pub params: crate::services::reboot::Params,
+    /// Cap on the egress a run plans with, bytes per second (`capacity_mbps`).
+    pub capacity_bps: f64,
+    /// What one booting host can take on its own, bytes per second (`per_host_mbps`).
+    pub per_host_bps: f64,
+    /// POST time assumed for a hardware model not seen yet, seconds.
+    pub post_guess_s: f64,
+    /// BMC operations in flight at once.
+    pub max_bmc_operations: usize,
+    /// Hosts per rack between reset and DHCP at once (inrush).
+    pub max_posting_per_rack: usize,
+    /// Attempts of a host's reset before it is given up on.
+    pub reset_attempts: u32,
+    /// Seconds before a failed reset is tried again (doubling per attempt).
+    pub retry_backoff_s: f64,
+    /// Seconds from reset to DHCP before a host counts as failed.
+    pub post_timeout_s: f64,
+    /// Seconds from DHCP to `booted` before a host counts as failed.
+    pub boot_timeout_s: f64,
+    /// How far ahead of need hosts are reset, seconds.
+    pub lookahead_s: f64,
     /// Seconds a host at the admission gate sleeps before asking again.
     pub gate_retry_s: u32,
 }
 
 impl SchedulerConfig {
-    fn from_wire(w: &wire::Scheduler) -> Result<Self, (String, String)> {
-        let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, (String, String)> {
+    fn from_wire(w: &wire::Scheduler) -> Result<Self, KeyError> {
+        let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, KeyError> {
             match v {
-                Some(x) if !x.is_finite() || x <= 0.0 => Err((
+                Some(x) if !x.is_finite() || x <= 0.0 => Err(KeyError::new(
                     format!("scheduler.{key}"),
                     format!("{x} is not a positive number"),
                 )),
@@ -248,14 +275,17 @@ impl SchedulerConfig {
             }
         };
         let at_least_one = |v: Option<usize>, default: usize, key: &str| match v {
-            Some(0) => Err((format!("scheduler.{key}"), "must be at least 1".to_owned())),
+            Some(0) => Err(KeyError::new(
+                format!("scheduler.{key}"),
+                "must be at least 1".to_owned(),
+            )),
             Some(n) => Ok(n),
             None => Ok(default),
         };
         let lookahead = match w.lookahead_s {
             Some(x) if !x.is_finite() || x < 0.0 => {
-                return Err((
-                    "scheduler.lookahead_s".into(),
+                return Err(KeyError::new(
+                    "scheduler.lookahead_s",
                     format!("{x} is not zero or a positive number"),
                 ))
             }
@@ -263,26 +293,38 @@ impl SchedulerConfig {
             None => 120.0,
         };
         let mbit = 1e6 / 8.0;
-        let params = crate::services::reboot::Params {
-            capacity_bps: positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit,
-            per_host_bps: positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit,
-            post_guess_s: positive(w.post_guess_s, 180.0, "post_guess_s")?,
-            max_bmc_ops: at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?,
-            max_per_rack_posting: at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?,
-            reset_attempts: at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")?
-                as u32,
-            retry_backoff_s: positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?,
-            post_timeout_s: positive(w.post_timeout_s, 900.0, "post_timeout_s")?,
-            boot_timeout_s: positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?,
-            lookahead_s: lookahead,
-        };
+        let capacity_bps = positive(w.capacity_mbps, 10_000.0, "capacity_mbps")? * mbit;
+        let per_host_bps = positive(w.per_host_mbps, 1_000.0, "per_host_mbps")? * mbit;
+        let post_guess_s = positive(w.post_guess_s, 180.0, "post_guess_s")?;
+        let max_bmc_operations = at_least_one(w.max_bmc_operations, 16, "max_bmc_operations")?;
+        let max_posting_per_rack =
+            at_least_one(w.max_posting_per_rack, 10, "max_posting_per_rack")?;
+        let reset_attempts =
+            at_least_one(w.reset_attempts.map(|n| n as usize), 3, "reset_attempts")? as u32;
+        let retry_backoff_s = positive(w.retry_backoff_s, 30.0, "retry_backoff_s")?;
+        let post_timeout_s = positive(w.post_timeout_s, 900.0, "post_timeout_s")?;
+        let boot_timeout_s = positive(w.boot_timeout_s, 1800.0, "boot_timeout_s")?;
         let gate_retry_s = match w.gate_retry_s {
-            Some(0) => return Err(("scheduler.gate_retry_s".into(), "must be at least 1".into())),
+            Some(0) => {
+                return Err(KeyError::new(
+                    "scheduler.gate_retry_s",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => n.min(300),
             None => 3,
         };
         Ok(Self {
-            params,
+            capacity_bps,
+            per_host_bps,
+            post_guess_s,
+            max_bmc_operations,
+            max_posting_per_rack,
+            reset_attempts,
+            retry_backoff_s,
+            post_timeout_s,
+            boot_timeout_s,
+            lookahead_s: lookahead,
             gate_retry_s,
         })
     }
@@ -411,19 +453,19 @@ impl Config {
             key: key.to_owned(),
             reason,
         };
-        if let Some(file) = self.admin_token_file.as_mut() {
+        if let Some(file) = self.admin.token_file.as_mut() {
             *file = base.join(&*file);
             crate::util::secrets::token::load(file)
                 .map_err(|e| invalid("admin.token_file", e.to_string()))?;
         }
-        if let Some(tls) = self.admin_tls.as_mut() {
+        if let Some(tls) = self.admin.tls.as_mut() {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
             if let Some(ca) = tls.client_ca.as_mut() {
                 *ca = base.join(&*ca);
             }
             crate::util::secrets::tls::server_config(tls)
-                .map_err(|(key, reason)| invalid(&key, reason))?;
+                .map_err(|KeyError { key, reason }| invalid(&key, reason))?;
         }
         Ok(())
     }
@@ -448,7 +490,7 @@ impl Config {
         let interfaces = wire.fabric.interfaces.unwrap_or_default();
         for (i, name) in interfaces.iter().enumerate() {
             check_interface_name(name)
-                .map_err(|r| invalid(&format!("fabric.interfaces[{i}]"), r))?;
+                .map_err(|r| invalid(&format!("fabric.interfaces[{i}]"), r.to_string()))?;
             if interfaces[..i].contains(name) {
                 return Err(invalid(
                     &format!("fabric.interfaces[{i}]"),
@@ -484,7 +526,9 @@ impl Config {
             .unwrap_or_default()
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r)))
+            .map(|(i, s)| {
+                parse_cidr(s).map_err(|r| invalid(&format!("admin.allow[{i}]"), r.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let admin_token_file = wire.admin.token_file.as_ref().map(PathBuf::from);
         if admin_token_file
@@ -551,7 +595,9 @@ impl Config {
         }
 
         let tftp_transfer_ports = match &wire.tftp.transfer_ports {
-            Some(s) => parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r))?,
+            Some(s) => {
+                parse_port_range(s).map_err(|r| invalid("tftp.transfer_ports", r.to_string()))?
+            }
             None => DEFAULT_TFTP_TRANSFER_PORTS,
         };
 
@@ -701,7 +747,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
         );
-        let keyed = |(key, reason): dhcp::KeyError| ConfigError::Invalid {
+        let keyed = |KeyError { key, reason }: KeyError| ConfigError::Invalid {
             path: path.to_owned(),
             key,
             reason,
@@ -739,10 +785,12 @@ impl Config {
             log,
             interfaces,
             router_advertisements,
-            admin_listen,
-            admin_allow,
-            admin_token_file,
-            admin_tls,
+            admin: AdminConfig {
+                listen: admin_listen,
+                allow: admin_allow,
+                token_file: admin_token_file,
+                tls: admin_tls,
+            },
             xdp_mode,
             xdp_dhcp_fast_path,
             xdp_relay_rate_limit,
@@ -758,10 +806,21 @@ impl Config {
     }
 }
 
+/// Why a name is not a Linux interface name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InterfaceNameError {
+    /// Empty, or longer than IFNAMSIZ allows.
+    #[error("{0:?} is not 1 to 15 characters long")]
+    Length(String),
+    /// `.`, `..`, or holding `/`, `:` or whitespace.
+    #[error("{0:?} is not a valid interface name")]
+    Invalid(String),
+}
+
 /// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:` (IFNAMSIZ and dev_valid_name).
-fn check_interface_name(name: &str) -> Result<(), String> {
+fn check_interface_name(name: &str) -> Result<(), InterfaceNameError> {
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} is not 1 to 15 characters long"));
+        return Err(InterfaceNameError::Length(name.to_owned()));
     }
     if name == "."
         || name == ".."
@@ -769,51 +828,102 @@ fn check_interface_name(name: &str) -> Result<(), String> {
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
-        return Err(format!("{name:?} is not a valid interface name"));
+        return Err(InterfaceNameError::Invalid(name.to_owned()));
     }
     Ok(())
 }
 
+/// Why a value is not a CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// No `/PREFIX`.
+    #[error("{0:?} is not a CIDR: it has no /PREFIX (e.g. \"10.0.0.0/24\")")]
+    NoPrefix(String),
+    /// The part before the `/` is not an address.
+    #[error("{cidr:?} is not a CIDR: {addr:?} is not an IP address")]
+    Address {
+        /// The value.
+        cidr: String,
+        /// Its address part.
+        addr: String,
+    },
+    /// The prefix is not a number up to the address's width.
+    #[error("{cidr:?} is not a CIDR: prefix length must be 0 to {max}")]
+    Prefix {
+        /// The value.
+        cidr: String,
+        /// The widest prefix of its address family.
+        max: u8,
+    },
+}
+
 /// Parses `ADDR/PREFIX` (IPv4 or IPv6). A bare address is refused, so that `10.0.0.0`
 /// cannot be read as either a host or a network by mistake.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNet, CidrError> {
     let Some((addr, prefix)) = s.split_once('/') else {
-        return Err(format!(
-            "{s:?} is not a CIDR: it has no /PREFIX (e.g. \"10.0.0.0/24\")"
-        ));
+        return Err(CidrError::NoPrefix(s.to_owned()));
     };
-    let addr: std::net::IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IP address"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| CidrError::Address {
+        cidr: s.to_owned(),
+        addr: addr.to_owned(),
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bad_prefix = || CidrError::Prefix {
+        cidr: s.to_owned(),
+        max,
+    };
     let prefix: u8 = prefix
         .parse()
         .ok()
         .filter(|p| *p <= max)
-        .ok_or_else(|| format!("{s:?} is not a CIDR: prefix length must be 0 to {max}"))?;
-    IpNet::new(addr, prefix).map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+        .ok_or_else(bad_prefix)?;
+    // The prefix is within the family's width, which is all IpNet::new checks.
+    IpNet::new(ip, prefix).map_err(|_| bad_prefix())
+}
+
+/// Why a value is not a transfer port range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    /// No `-`.
+    #[error("{0:?} is not a port range FIRST-LAST (e.g. \"50000-50999\")")]
+    NotARange(String),
+    /// One end is not a port.
+    #[error("{range:?}: {port:?} is not a port from 1 to 65535")]
+    Port {
+        /// The value.
+        range: String,
+        /// The end that is not a port.
+        port: String,
+    },
+    /// FIRST above LAST.
+    #[error("{0:?}: first port is above the last")]
+    Reversed(String),
+    /// It would take the servers' own ports.
+    #[error("{0:?} overlaps the DHCP and TFTP server ports (67-69)")]
+    ServerPorts(String),
 }
 
 /// Parses `FIRST-LAST` with `1 <= FIRST <= LAST <= 65535`.
-pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+pub fn parse_port_range(s: &str) -> Result<PortRange, PortRangeError> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not a port range FIRST-LAST (e.g. \"50000-50999\")"))?;
+        .ok_or_else(|| PortRangeError::NotARange(s.to_owned()))?;
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{s:?}: {p:?} is not a port from 1 to 65535"))
+            .ok_or_else(|| PortRangeError::Port {
+                range: s.to_owned(),
+                port: p.to_owned(),
+            })
     };
     let (first, last) = (port(a)?, port(b)?);
     if first > last {
-        return Err(format!("{s:?}: first port is above the last"));
+        return Err(PortRangeError::Reversed(s.to_owned()));
     }
     if first <= 69 && last >= 67 {
-        return Err(format!(
-            "{s:?} overlaps the DHCP and TFTP server ports (67-69)"
-        ));
+        return Err(PortRangeError::ServerPorts(s.to_owned()));
     }
     Ok(PortRange { first, last })
 }
@@ -821,6 +931,53 @@ pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_values_say_what_and_why() {
+        let says = |e: &dyn std::error::Error| e.to_string();
+        let cidr = |s| parse_cidr(s).expect_err(s);
+        assert_eq!(
+            says(&cidr("10.0.0.0")),
+            r#""10.0.0.0" is not a CIDR: it has no /PREFIX (e.g. "10.0.0.0/24")"#
+        );
+        assert_eq!(
+            says(&cidr("10.0.0/8")),
+            r#""10.0.0/8" is not a CIDR: "10.0.0" is not an IP address"#
+        );
+        assert_eq!(
+            says(&cidr("fd00::/129")),
+            r#""fd00::/129" is not a CIDR: prefix length must be 0 to 128"#
+        );
+        let ports = |s| parse_port_range(s).expect_err(s);
+        assert_eq!(
+            says(&ports("5000")),
+            r#""5000" is not a port range FIRST-LAST (e.g. "50000-50999")"#
+        );
+        assert_eq!(
+            says(&ports("1-x ")),
+            r#""1-x ": "x " is not a port from 1 to 65535"#
+        );
+        assert_eq!(
+            says(&ports("9-8")),
+            r#""9-8": first port is above the last"#
+        );
+        assert_eq!(
+            says(&ports("60-70")),
+            r#""60-70" overlaps the DHCP and TFTP server ports (67-69)"#
+        );
+        let name = |s| check_interface_name(s).expect_err(s);
+        assert_eq!(says(&name("")), r#""" is not 1 to 15 characters long"#);
+        assert_eq!(says(&name("a:b")), r#""a:b" is not a valid interface name"#);
+        let range = |s| AddrRange::parse(s).expect_err(s);
+        assert_eq!(
+            says(&range("10.0.0.1-x")),
+            r#""10.0.0.1-x": "x" is not an IPv4 address"#
+        );
+        assert_eq!(
+            says(&range("10.0.0.2-10.0.0.1")),
+            r#""10.0.0.2-10.0.0.1": first address is above the last"#
+        );
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let path = Path::new("test.toml");
@@ -841,14 +998,17 @@ mod tests {
     #[test]
     fn scheduler_settings_have_defaults_and_bad_ones_name_the_key() {
         let c = parse("").expect("empty config");
-        assert_eq!(c.scheduler.params.capacity_bps, 10_000.0 * 1e6 / 8.0);
-        assert_eq!(c.scheduler.params.slots(), 10);
+        // (The download slots these make are the reboot service's: see its
+        // `scheduler_config_makes_the_params`.)
+        assert_eq!(c.scheduler.capacity_bps, 10_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 1_000.0 * 1e6 / 8.0);
         assert_eq!(c.scheduler.gate_retry_s, 3);
         let c =
             parse("[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n")
                 .expect("scheduler");
-        assert_eq!(c.scheduler.params.slots(), 10);
-        assert_eq!(c.scheduler.params.lookahead_s, 0.0);
+        assert_eq!(c.scheduler.capacity_bps, 25_000.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.per_host_bps, 2_500.0 * 1e6 / 8.0);
+        assert_eq!(c.scheduler.lookahead_s, 0.0);
         for (text, key) in [
             ("capacity_mbps = 0", "scheduler.capacity_mbps"),
             ("per_host_mbps = -1", "scheduler.per_host_mbps"),
@@ -865,7 +1025,7 @@ mod tests {
     #[test]
     fn empty_config_gets_safe_defaults() {
         let c = parse("").expect("empty config is valid");
-        assert_eq!(c.admin_listen, "127.0.0.1:9370".parse().expect("addr"));
+        assert_eq!(c.admin.listen, "127.0.0.1:9370".parse().expect("addr"));
         assert_eq!(c.xdp_mode, XdpModeSetting::Auto);
         assert!(c.interfaces.is_empty());
         assert_eq!(c.tftp_transfer_ports, DEFAULT_TFTP_TRANSFER_PORTS);
@@ -890,7 +1050,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.interfaces, ["fabric0", "fabric1"]);
-        assert_eq!(c.admin_allow.len(), 2);
+        assert_eq!(c.admin.allow.len(), 2);
         assert_eq!(c.xdp_mode, XdpModeSetting::Generic);
         assert_eq!(
             c.tftp_transfer_ports,
@@ -1005,7 +1165,7 @@ mod tests {
         assert!(e.contains("`admin.client_ca`"), "{e}");
         let c = parse("[admin]\ntls_cert = \"a.pem\"\ntls_key = \"k.pem\"\n").expect("tls");
         assert_eq!(
-            c.admin_tls.map(|t| (t.cert, t.client_ca)),
+            c.admin.tls.map(|t| (t.cert, t.client_ca)),
             Some((PathBuf::from("a.pem"), None))
         );
     }
@@ -1021,7 +1181,7 @@ mod tests {
         assert!(e.contains("`admin.token_file`"), "{e}");
         crate::util::secrets::token::create(&token, false).expect("create");
         let c = Config::load(&cfg).expect("valid token file");
-        assert_eq!(c.admin_token_file.as_deref(), Some(token.as_path()));
+        assert_eq!(c.admin.token_file.as_deref(), Some(token.as_path()));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let e = Config::load(&cfg).expect_err("mode").to_string();
         assert!(

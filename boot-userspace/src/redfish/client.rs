@@ -257,7 +257,8 @@ impl Client {
         } else {
             None
         };
-        let endpoint = Endpoint::new(&cfg.url, tls, cfg.timeout).map_err(RedfishError::Protocol)?;
+        let endpoint = Endpoint::new(&cfg.url, tls, cfg.timeout)
+            .map_err(|e| RedfishError::Protocol(e.to_string()))?;
         let password = cfg.password.read()?;
         let auth = Auth::Basic(basic(&cfg.username, &password)?);
         let mut c = Self {

@@ -25,18 +25,42 @@ pub enum TlsPolicy {
     Insecure,
 }
 
+/// Why a SHA-256 digest is refused. Each carries the text as given, which every message quotes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// Not 64 hex digits once the `:` separators are dropped.
+    #[error("{input:?} is not a SHA-256 digest (64 hex digits, `:` separators allowed)")]
+    NotADigest {
+        /// The digest as given.
+        input: String,
+    },
+    /// A pair of digits that is not a byte (cannot happen after the check above; kept so a
+    /// change to that check fails here rather than panics).
+    #[error("{input:?}: {error}")]
+    Digit {
+        /// The digest as given.
+        input: String,
+        /// Why the pair does not parse.
+        error: std::num::ParseIntError,
+    },
+}
+
 /// Parses a SHA-256 digest (a certificate fingerprint, a file checksum) written as 64 hex
 /// digits, with or without `:` separators.
-pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], DigestError> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{s:?} is not a SHA-256 digest (64 hex digits, `:` separators allowed)"
-        ));
+        return Err(DigestError::NotADigest {
+            input: s.to_owned(),
+        });
     }
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| format!("{s:?}: {e}"))?;
+        *b =
+            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|error| DigestError::Digit {
+                input: s.to_owned(),
+                error,
+            })?;
     }
     Ok(out)
 }
@@ -209,7 +233,13 @@ mod tests {
         let colons = vec!["AB"; 32].join(":");
         assert_eq!(parse_fingerprint(&plain), Ok([0xab; 32]));
         assert_eq!(parse_fingerprint(&colons), Ok([0xab; 32]));
-        assert!(parse_fingerprint("abcd").is_err());
+        assert_eq!(
+            parse_fingerprint("abcd").map_err(|e| e.to_string()),
+            Err(
+                r#""abcd" is not a SHA-256 digest (64 hex digits, `:` separators allowed)"#
+                    .to_owned()
+            )
+        );
         assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
         assert_eq!(hex(&[0xab, 0x01]), "ab:01");
     }

@@ -52,25 +52,71 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// Why a BMC URL is refused. Each carries the URL as given, which every text quotes.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL at all.
+    #[error("{url:?} is not a URL: {error}")]
+    NotAUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        error: hyper::http::uri::InvalidUri,
+    },
+    /// A scheme other than `https` or `http`, or none.
+    #[error("{url:?}: the scheme must be https (or http)")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// No host part.
+    #[error("{url:?} has no host")]
+    NoHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// A path after the address: Redfish paths are absolute, from `/redfish/v1`.
+    #[error("{url:?}: give the BMC's address without a path")]
+    Path {
+        /// The URL as given.
+        url: String,
+    },
+    /// `https` without a TLS configuration to check the BMC with.
+    #[error("{url:?}: https needs a TLS policy")]
+    NoTlsPolicy {
+        /// The URL as given.
+        url: String,
+    },
+}
+
 /// Splits a BMC URL into (https?, host, port). A path is refused: Redfish paths are
 /// absolute, from `/redfish/v1`.
-pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), UrlError> {
+    let uri: Uri = url.parse().map_err(|error| UrlError::NotAUrl {
+        url: url.to_owned(),
+        error,
+    })?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
-        _ => return Err(format!("{url:?}: the scheme must be https (or http)")),
+        _ => {
+            return Err(UrlError::Scheme {
+                url: url.to_owned(),
+            })
+        }
     };
     let host = uri
         .host()
-        .ok_or_else(|| format!("{url:?} has no host"))?
+        .ok_or_else(|| UrlError::NoHost {
+            url: url.to_owned(),
+        })?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{url:?}: give the BMC's address without a path"));
+        return Err(UrlError::Path {
+            url: url.to_owned(),
+        });
     }
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     Ok((https, host, port))
@@ -86,10 +132,12 @@ impl Endpoint {
         url: &str,
         tls: Option<Arc<ClientConfig>>,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, UrlError> {
         let (https, host, port) = parse_url(url)?;
         let tls = if https {
-            Some(tls.ok_or_else(|| format!("{url:?}: https needs a TLS policy"))?)
+            Some(tls.ok_or_else(|| UrlError::NoTlsPolicy {
+                url: url.to_owned(),
+            })?)
         } else {
             None
         };
@@ -210,11 +258,30 @@ mod tests {
             Err(why) => why,
         };
         let why = refused("https://bmc1");
-        assert!(why.contains("https needs a TLS policy"), "{why}");
+        assert!(matches!(why, UrlError::NoTlsPolicy { .. }), "{why}");
+        assert_eq!(
+            why.to_string(),
+            r#""https://bmc1": https needs a TLS policy"#
+        );
         let why = refused("ftp://bmc1");
-        assert!(why.contains("the scheme must be https"), "{why}");
+        assert!(matches!(why, UrlError::Scheme { .. }), "{why}");
+        assert_eq!(
+            why.to_string(),
+            r#""ftp://bmc1": the scheme must be https (or http)"#
+        );
         let why = refused("http://bmc1/redfish/v1");
-        assert!(why.contains("without a path"), "{why}");
+        assert!(matches!(why, UrlError::Path { .. }), "{why}");
+        assert_eq!(
+            why.to_string(),
+            r#""http://bmc1/redfish/v1": give the BMC's address without a path"#
+        );
+        let why = refused("http://bmc 1");
+        assert!(matches!(why, UrlError::NotAUrl { .. }), "{why}");
+        assert!(
+            why.to_string()
+                .starts_with(r#""http://bmc 1" is not a URL: "#),
+            "{why}"
+        );
         let e = Endpoint::new("http://[fd00::5]:8443", None, t).expect("v6");
         assert_eq!(format!("{e:?}"), "http://fd00::5:8443");
     }

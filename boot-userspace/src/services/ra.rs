@@ -27,6 +27,8 @@ use tokio::{io::unix::AsyncFd, sync::Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::fabric::Iface;
+
 /// ICMPv6 type of a router solicitation.
 pub const ROUTER_SOLICITATION: u8 = 133;
 /// ICMPv6 type of a router advertisement.
@@ -97,7 +99,22 @@ impl Metrics {
     }
 }
 
-struct Iface {
+/// Why the responder did not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RaError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// Waiting on an interface's socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An interface's task ended without returning (it panicked).
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// One interface's responder: its socket and what the advertisement says.
+struct Responder {
     name: String,
     index: u32,
     mac: [u8; 6],
@@ -106,27 +123,8 @@ struct Iface {
 
 /// The responder on the fabric interfaces.
 pub struct RaService {
-    ifaces: Vec<Arc<Iface>>,
+    ifaces: Vec<Arc<Responder>>,
     metrics: Metrics,
-}
-
-fn link_local_and_mac(name: &str) -> (bool, Option<[u8; 6]>) {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return (false, None);
-    };
-    let mut ll = false;
-    let mut mac = None;
-    for a in addrs.filter(|a| a.interface_name == name) {
-        if let Some(addr) = a.address {
-            if let Some(v6) = addr.as_sockaddr_in6() {
-                ll |= v6.ip().is_unicast_link_local();
-            }
-            if let Some(l) = addr.as_link_addr().and_then(|l| l.addr()) {
-                mac = Some(l);
-            }
-        }
-    }
-    (ll, mac)
 }
 
 fn open(name: &str, index: u32) -> std::io::Result<Socket> {
@@ -143,24 +141,26 @@ fn open(name: &str, index: u32) -> std::io::Result<Socket> {
 }
 
 impl RaService {
-    /// Opens the responder on each of `interfaces` that has IPv6 (a link-local address);
-    /// `None` when there is none.
-    pub fn start(interfaces: &[String], registry: &Registry) -> anyhow::Result<Option<Self>> {
+    /// Opens the responder on each of `interfaces` (the fabric) that has IPv6 (a link-local
+    /// address); `None` when there is none.
+    pub fn start(interfaces: &[Iface], registry: &Registry) -> Result<Option<Self>, RaError> {
         let metrics = Metrics::register(registry)?;
         let mut ifaces = Vec::new();
-        for name in interfaces {
-            let (ll, mac) = link_local_and_mac(name);
-            let (Some(index), Some(mac), true) = (crate::xdp::if_index(name), mac, ll) else {
+        for fabric in interfaces {
+            let name = &fabric.name;
+            let (Some(index), Some(mac), true) = (fabric.index, fabric.mac, fabric.ipv6_link_local)
+            else {
                 info!(iface = %name, "no IPv6 link-local address on {name}: no router advertisements there");
                 continue;
             };
             let registered = open(name, index).and_then(|s| {
                 // SAFETY: the socket owns its fd, which stays open and the same until the
                 // AsyncFd (and the socket inside it) is dropped.
-                unsafe { AsyncFd::register(s) }.map_err(|e| std::io::Error::other(e.to_string()))
+                // A refusal hands the socket back with the cause; the socket is dropped.
+                unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
             });
             match registered {
-                Ok(sock) => ifaces.push(Arc::new(Iface {
+                Ok(sock) => ifaces.push(Arc::new(Responder {
                     name: name.clone(),
                     index,
                     mac,
@@ -173,7 +173,7 @@ impl RaService {
     }
 
     /// Answers solicitations until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), RaError> {
         let mut tasks = tokio::task::JoinSet::new();
         for iface in self.ifaces {
             let metrics = self.metrics.clone();
@@ -188,10 +188,10 @@ impl RaService {
 }
 
 async fn serve(
-    iface: Arc<Iface>,
+    iface: Arc<Responder>,
     metrics: Metrics,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let labels = [iface.name.as_str()];
     metrics.sent.with_label_values(&labels).inc_by(0);
     metrics.foreign.with_label_values(&labels).inc_by(0);
@@ -293,6 +293,25 @@ mod tests {
         assert_eq!(&ra[16..18], &[1, 1], "source link-layer address option");
         assert_eq!(&ra[18..], &[0x52, 0x54, 0, 1, 2, 3]);
         assert_eq!(router_message(&ra), Some(ROUTER_ADVERTISEMENT));
+    }
+
+    #[test]
+    fn interfaces_without_link_local_ipv6_get_no_responder() {
+        let iface = |name: &str, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
+            name: name.to_owned(),
+            index: Some(1),
+            ipv4: None,
+            mac,
+            ipv6_link_local,
+        };
+        let registry = Registry::new();
+        // No socket is opened for any of them: no link-local address, or no MAC to advertise.
+        let ifaces = [
+            iface("fab0", false, Some([2, 0, 0, 0, 0, 1])),
+            iface("fab1", true, None),
+        ];
+        let started = RaService::start(&ifaces, &registry).expect("metrics register");
+        assert!(started.is_none());
     }
 
     #[test]

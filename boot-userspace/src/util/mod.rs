@@ -1,5 +1,6 @@
 //! Utilities with no knowledge of boot: a PRNG, the service supervisor, the core metrics.
 
+pub mod key_error;
 pub mod metrics;
 pub mod secrets;
 pub mod supervisor;

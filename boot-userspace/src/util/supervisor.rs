@@ -4,14 +4,40 @@
 //! (an error, or an unexpected clean return), the supervisor cancels the others, so the
 //! daemon never limps on with half its services; systemd or Kubernetes restarts it whole.
 
-use std::{future::Future, pin::Pin};
+use std::{error::Error, fmt, future::Future, pin::Pin};
 
 use prometheus::IntGaugeVec;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-type ServiceFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+/// Why a service stopped: any error a service returns, boxed. The supervisor only logs it,
+/// so it needs no variants of its own, and a boxed error lets each service keep its own
+/// typed error without this bottom layer knowing the services above it.
+pub type ServiceError = Box<dyn Error + Send + Sync>;
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>>;
+
+/// A service's task that panicked (or was aborted) instead of returning.
+#[derive(Debug, thiserror::Error)]
+#[error("task failed: {0}")]
+struct TaskFailed(tokio::task::JoinError);
+
+/// An error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints), so a service's
+/// failure is logged whole whatever error type it has.
+struct Chain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
 
 /// How the supervised services ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,7 +51,7 @@ pub enum Outcome {
 /// The set of services of one daemon.
 pub struct Supervisor {
     cancel: CancellationToken,
-    tasks: JoinSet<(String, anyhow::Result<()>)>,
+    tasks: JoinSet<(String, Result<(), ServiceError>)>,
     up: IntGaugeVec,
 }
 
@@ -44,10 +70,18 @@ impl Supervisor {
         self.cancel.clone()
     }
 
-    /// Starts a service.
-    pub fn spawn(&mut self, name: &str, service: ServiceFuture) {
+    /// Starts a service: a future that returns once the token fired, or with the error that
+    /// stopped it.
+    pub fn spawn<E>(
+        &mut self,
+        name: &str,
+        service: impl Future<Output = Result<(), E>> + Send + 'static,
+    ) where
+        E: Into<ServiceError>,
+    {
         self.up.with_label_values(&[name]).set(1);
         let name = name.to_owned();
+        let service: ServiceFuture = Box::pin(async move { service.await.map_err(Into::into) });
         self.tasks.spawn(async move { (name, service.await) });
     }
 
@@ -57,10 +91,7 @@ impl Supervisor {
         while let Some(joined) = self.tasks.join_next().await {
             let (name, result) = match joined {
                 Ok(r) => r,
-                Err(e) => (
-                    "<panicked>".to_owned(),
-                    Err(anyhow::anyhow!("task failed: {e}")),
-                ),
+                Err(e) => ("<panicked>".to_owned(), Err(TaskFailed(e).into())),
             };
             self.up.with_label_values(&[name.as_str()]).set(0);
             match result {
@@ -70,7 +101,7 @@ impl Supervisor {
                     failed.push(name);
                 }
                 Err(e) => {
-                    error!(service = %name, "failed: {e:#}; shutting down");
+                    error!(service = %name, "failed: {}; shutting down", Chain(e.as_ref()));
                     failed.push(name);
                 }
             }
@@ -93,6 +124,19 @@ mod tests {
         IntGaugeVec::new(Opts::new("up", "up"), &["service"]).expect("gauge")
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("binding 10.0.0.1:69")]
+    struct Bind(#[source] std::io::Error);
+
+    #[test]
+    fn a_failure_is_logged_with_its_sources() {
+        let e = Bind(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "port in use",
+        ));
+        assert_eq!(Chain(&e).to_string(), "binding 10.0.0.1:69: port in use");
+    }
+
     #[tokio::test]
     async fn cancellation_stops_all_cleanly() {
         let up = gauge();
@@ -100,13 +144,10 @@ mod tests {
         let mut s = Supervisor::new(cancel.clone(), up.clone());
         for name in ["a", "b"] {
             let t = s.token();
-            s.spawn(
-                name,
-                Box::pin(async move {
-                    t.cancelled().await;
-                    Ok(())
-                }),
-            );
+            s.spawn(name, async move {
+                t.cancelled().await;
+                Ok::<(), ServiceError>(())
+            });
         }
         assert_eq!(up.with_label_values(&["a"]).get(), 1);
         cancel.cancel();
@@ -120,25 +161,45 @@ mod tests {
         let up = gauge();
         let mut s = Supervisor::new(CancellationToken::new(), up.clone());
         let t = s.token();
-        s.spawn(
-            "waits",
-            Box::pin(async move {
-                t.cancelled().await;
-                Ok(())
-            }),
-        );
-        s.spawn(
-            "fails",
-            Box::pin(async { Err(anyhow::anyhow!("port in use")) }),
-        );
+        s.spawn("waits", async move {
+            t.cancelled().await;
+            Ok::<(), ServiceError>(())
+        });
+        s.spawn("fails", async {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "port in use",
+            ))
+        });
         assert_eq!(s.run().await, Outcome::Failed(vec!["fails".to_owned()]));
+        assert_eq!(up.with_label_values(&["waits"]).get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_service_stops_the_others() {
+        fn bug() -> Result<(), ServiceError> {
+            panic!("a bug in a service (expected by this test)")
+        }
+        let up = gauge();
+        let mut s = Supervisor::new(CancellationToken::new(), up.clone());
+        let t = s.token();
+        s.spawn("waits", async move {
+            t.cancelled().await;
+            Ok::<(), ServiceError>(())
+        });
+        s.spawn("panics", async { bug() });
+        // The name is lost with the task; the gauge of the one that panicked stays at 1.
+        assert_eq!(
+            s.run().await,
+            Outcome::Failed(vec!["<panicked>".to_owned()])
+        );
         assert_eq!(up.with_label_values(&["waits"]).get(), 0);
     }
 
     #[tokio::test]
     async fn a_service_returning_early_is_a_failure() {
         let mut s = Supervisor::new(CancellationToken::new(), gauge());
-        s.spawn("quits", Box::pin(async { Ok(()) }));
+        s.spawn("quits", async { Ok::<(), ServiceError>(()) });
         assert_eq!(s.run().await, Outcome::Failed(vec!["quits".to_owned()]));
     }
 }

@@ -126,15 +126,6 @@ pub fn embedded_object() -> Option<&'static [u8]> {
     }
 }
 
-/// Index of a network interface in the current network namespace. Kept only for router
-/// advertisements until their branch, which takes it from the fabric, is merged; the data
-/// path itself reads [`crate::fabric`].
-pub fn if_index(name: &str) -> Option<u32> {
-    crate::fabric::Fabric::resolve(&[name.to_owned()])
-        .get(name)?
-        .index
-}
-
 /// The loaded and attached data path. Dropping it detaches the programs.
 pub struct Dataplane {
     /// Keeps the programs and their links alive; `None` in userspace-only mode.

@@ -143,10 +143,10 @@ pub fn served(config: &Config) -> Result<Vec<Served>, nix::Error> {
 pub fn control(config: &Config) -> Item {
     match served(config) {
         Ok(served) => exposure(
-            config.admin_listen,
-            &config.admin_allow,
-            config.admin_token_file.is_some(),
-            config.admin_tls.is_some(),
+            config.admin.listen,
+            &config.admin.allow,
+            config.admin.token_file.is_some(),
+            config.admin.tls.is_some(),
             &served,
         ),
         Err(e) => Item::fail(

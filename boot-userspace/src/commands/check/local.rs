@@ -116,9 +116,9 @@ pub fn ports(config: &Config) -> Vec<Item> {
         wanted.push((format!("{}/tcp", h.port), false, any(h.port), "HTTP"));
     }
     wanted.push((
-        format!("{}/tcp", config.admin_listen.port()),
+        format!("{}/tcp", config.admin.listen.port()),
         false,
-        config.admin_listen,
+        config.admin.listen,
         "admin API",
     ));
     wanted

@@ -7,7 +7,7 @@ pub mod wire;
 use std::net::Ipv4Addr;
 
 /// A key and why its value is refused; the caller adds the file.
-pub type KeyError = (String, String);
+pub use crate::util::key_error::KeyError;
 
 /// DHCP options from one level of the config (global, subnet or host). Unset fields fall
 /// through to the level below when merged.
@@ -32,7 +32,7 @@ impl OptionSet {
     pub fn from_wire(w: &wire::DhcpOptions, key: &str) -> Result<Self, KeyError> {
         let ip = |field: &str, s: &str| -> Result<Ipv4Addr, KeyError> {
             s.parse().map_err(|_| {
-                (
+                KeyError::new(
                     format!("{key}.{field}"),
                     format!("{s:?} is not an IPv4 address"),
                 )
@@ -53,7 +53,7 @@ impl OptionSet {
                         && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 });
             if !ok {
-                return Err((
+                return Err(KeyError::new(
                     format!("{key}.domain"),
                     format!("{d:?} is not a domain name"),
                 ));
@@ -61,7 +61,7 @@ impl OptionSet {
         }
         if let Some(m) = w.mtu {
             if m < 68 {
-                return Err((
+                return Err(KeyError::new(
                     format!("{key}.mtu"),
                     format!("{m} is below the IPv4 minimum of 68"),
                 ));
@@ -69,7 +69,7 @@ impl OptionSet {
         }
         if let Some(t) = w.lease_time {
             if t < 60 {
-                return Err((
+                return Err(KeyError::new(
                     format!("{key}.lease_time"),
                     format!("{t} s is shorter than 60 s"),
                 ));
@@ -141,7 +141,7 @@ impl BootSettings {
     pub fn from_wire(w: &wire::Boot, key: &str) -> Result<Self, KeyError> {
         let file = |field: &str, v: &Option<String>| -> Result<Option<String>, KeyError> {
             match v {
-                Some(f) if f.is_empty() || f.len() > 127 || f.contains(['\0', '\n', '\\']) => Err((
+                Some(f) if f.is_empty() || f.len() > 127 || f.contains(['\0', '\n', '\\']) => Err(KeyError::new(
                     format!("{key}.{field}"),
                     format!("{f:?} is not a usable boot file name (1 to 127 bytes, no NUL, newline or backslash)"),
                 )),
@@ -150,7 +150,7 @@ impl BootSettings {
         };
         if let Some(b) = &w.http_base {
             if !(b.starts_with("http://") || b.starts_with("https://")) || b.len() > 100 {
-                return Err((
+                return Err(KeyError::new(
                     format!("{key}.http_base"),
                     format!("{b:?} is not an http:// or https:// URL of at most 100 bytes"),
                 ));
@@ -162,7 +162,7 @@ impl BootSettings {
                 .as_deref()
                 .map(|s| {
                     s.parse().map_err(|_| {
-                        (
+                        KeyError::new(
                             format!("{key}.next_server"),
                             format!("{s:?} is not an IPv4 address"),
                         )

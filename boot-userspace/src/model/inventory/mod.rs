@@ -16,6 +16,7 @@ use std::{
 pub mod wire;
 
 use crate::model::boot::{BootSettings, OptionSet};
+use crate::util::key_error::KeyError;
 
 /// An inventory file that cannot be used, naming the file and the entry.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +134,7 @@ pub struct Host {
 
 /// Validates `hosts[].bmc`: errors are (key under `bmc`, reason). Relative file paths are
 /// taken from the inventory file's folder.
-fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, String)> {
+fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, KeyError> {
     let base = inventory.parent().unwrap_or(Path::new("."));
     let file = |s: &str| {
         let p = Path::new(s);
@@ -146,20 +147,21 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
     let url = b
         .url
         .clone()
-        .ok_or_else(|| ("bmc.url".to_owned(), "missing".to_owned()))?;
+        .ok_or_else(|| KeyError::new("bmc.url".to_owned(), "missing".to_owned()))?;
     let https = url.starts_with("https://");
     if !https && !url.starts_with("http://") {
-        return Err((
-            "bmc.url".into(),
+        return Err(KeyError::new(
+            "bmc.url",
             format!("{url:?}: the scheme must be https (or http for lab emulators)"),
         ));
     }
-    crate::redfish::transport::parse_url(&url).map_err(|e| ("bmc.url".to_owned(), e))?;
+    crate::redfish::transport::parse_url(&url)
+        .map_err(|e| KeyError::new("bmc.url", e.to_string()))?;
     // Plain HTTP sends the BMC password (Basic auth, session login) in clear to anyone on the
     // path: only with the operator's explicit word, which start-up then logs.
     if !https && b.allow_plaintext != Some(true) {
-        return Err((
-            "bmc.allow_plaintext".into(),
+        return Err(KeyError::new(
+            "bmc.allow_plaintext",
             format!(
                 "{url:?} is plain http: the BMC password would cross the network in clear; \
                  use https (with ca_file or fingerprint), or set allow_plaintext = true for a lab emulator"
@@ -167,22 +169,22 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         ));
     }
     if https && b.allow_plaintext == Some(true) {
-        return Err((
-            "bmc.allow_plaintext".into(),
+        return Err(KeyError::new(
+            "bmc.allow_plaintext",
             format!("{url:?} is https: allow_plaintext only applies to http:// URLs"),
         ));
     }
     let username = b
         .username
         .clone()
-        .ok_or_else(|| ("bmc.username".to_owned(), "missing".to_owned()))?;
+        .ok_or_else(|| KeyError::new("bmc.username".to_owned(), "missing".to_owned()))?;
     let password = match (&b.password_file, &b.password_env) {
         (Some(f), None) => PasswordSource::File(file(f)),
         (None, Some(v)) => PasswordSource::Env(v.clone()),
         _ => {
-            return Err((
-                "bmc".into(),
-                "give exactly one of password_file and password_env".into(),
+            return Err(KeyError::new(
+                "bmc",
+                "give exactly one of password_file and password_env",
             ))
         }
     };
@@ -190,20 +192,20 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         (Some(ca), None, false) => TlsPolicy::CaFile(file(ca)),
         (None, Some(fp), false) => TlsPolicy::Fingerprint(
             crate::redfish::tls::parse_fingerprint(fp)
-                .map_err(|e| ("bmc.fingerprint".to_owned(), e))?,
+                .map_err(|e| KeyError::new("bmc.fingerprint", e.to_string()))?,
         ),
         (None, None, true) => TlsPolicy::Insecure,
         (None, None, false) if !https => TlsPolicy::Insecure,
         (None, None, false) => {
-            return Err((
-                "bmc".into(),
-                "https needs ca_file or fingerprint to verify the BMC (or insecure = true)".into(),
+            return Err(KeyError::new(
+                "bmc",
+                "https needs ca_file or fingerprint to verify the BMC (or insecure = true)",
             ))
         }
         _ => {
-            return Err((
-                "bmc".into(),
-                "give one of ca_file, fingerprint and insecure = true".into(),
+            return Err(KeyError::new(
+                "bmc",
+                "give one of ca_file, fingerprint and insecure = true",
             ))
         }
     };
@@ -213,8 +215,8 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         None | Some("pxe") => BootTarget::Pxe,
         Some("uefi-http") => BootTarget::UefiHttp,
         Some(other) => {
-            return Err((
-                "bmc.boot".into(),
+            return Err(KeyError::new(
+                "bmc.boot",
                 format!("{other:?} is not one of \"pxe\", \"uefi-http\""),
             ))
         }
@@ -224,19 +226,19 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, (String, 
         Some("uefi") => Some(BootMode::Uefi),
         Some("legacy") => Some(BootMode::Legacy),
         Some(other) => {
-            return Err((
-                "bmc.boot_mode".into(),
+            return Err(KeyError::new(
+                "bmc.boot_mode",
                 format!("{other:?} is not one of \"uefi\", \"legacy\""),
             ))
         }
     };
     match b.timeout_s {
-        Some(0) => return Err(("bmc.timeout_s".into(), "must be at least 1".into())),
+        Some(0) => return Err(KeyError::new("bmc.timeout_s", "must be at least 1")),
         Some(s) => cfg.timeout = std::time::Duration::from_secs(s),
         None => {}
     }
     match b.attempts {
-        Some(0) => return Err(("bmc.attempts".into(), "must be at least 1".into())),
+        Some(0) => return Err(KeyError::new("bmc.attempts", "must be at least 1")),
         Some(n) => cfg.attempts = n.min(20),
         None => {}
     }
@@ -284,7 +286,7 @@ impl Inventory {
             }
             let boot = match &p.boot {
                 Some(b) => BootSettings::from_wire(b, &format!("profiles.{name}.boot"))
-                    .map_err(|(k, r)| invalid(k, r))?,
+                    .map_err(|KeyError { key, reason }| invalid(key, reason))?,
                 None => BootSettings::default(),
             };
             let mut sha256 = BTreeMap::new();
@@ -297,8 +299,8 @@ impl Inventory {
                             .to_owned(),
                     ));
                 }
-                let digest =
-                    crate::redfish::tls::parse_fingerprint(hex).map_err(|r| invalid(key, r))?;
+                let digest = crate::redfish::tls::parse_fingerprint(hex)
+                    .map_err(|r| invalid(key, r.to_string()))?;
                 sha256.insert(file.clone(), digest);
             }
             let profile = Profile {
@@ -374,13 +376,14 @@ impl Inventory {
                 }
             }
             let options = match &h.options {
-                Some(o) => {
-                    OptionSet::from_wire(o, &key("options")).map_err(|(k, r)| invalid(k, r))?
-                }
+                Some(o) => OptionSet::from_wire(o, &key("options"))
+                    .map_err(|KeyError { key, reason }| invalid(key, reason))?,
                 None => OptionSet::default(),
             };
             let bmc = match &h.bmc {
-                Some(b) => Some(bmc_from_wire(path, b).map_err(|(k, r)| invalid(key(&k), r))?),
+                Some(b) => {
+                    Some(bmc_from_wire(path, b).map_err(|e| invalid(key(&e.key), e.reason))?)
+                }
                 None => None,
             };
             by_name.insert(name.clone(), i);

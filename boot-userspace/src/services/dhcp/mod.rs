@@ -34,7 +34,6 @@ mod testkit;
 pub mod wire;
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -98,14 +97,6 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The first IPv4 address of `iface`. Kept only for HTTP and TFTP until their branch, which
-/// takes the address from the fabric, is merged; DHCP itself reads [`crate::fabric`].
-pub fn iface_ipv4(iface: &str) -> Option<Ipv4Addr> {
-    crate::fabric::Fabric::resolve(&[iface.to_owned()])
-        .get(iface)?
-        .ipv4
 }
 
 /// A reply as it goes on the wire: encoded, then padded with zeros to RFC 2131's minimum

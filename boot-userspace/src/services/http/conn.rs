@@ -99,6 +99,25 @@ impl Metrics {
     }
 }
 
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `http.max_connections` are open.
+    MaxConnections,
+    /// The client has `http.max_per_client` open.
+    MaxPerClient,
+}
+
+impl Refused {
+    /// The `reason` label of `bootfabric_http_connections_refused_total`, and the word logged.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::MaxPerClient => "max_per_client",
+        }
+    }
+}
+
 /// Everything the transports share.
 pub struct Shared {
     /// What is served.
@@ -132,11 +151,11 @@ impl Shared {
     }
 
     /// Admits a new connection from `peer`, or says why not.
-    pub fn admit(&self, peer: Ipv4Addr) -> Result<(), &'static str> {
+    pub fn admit(&self, peer: Ipv4Addr) -> Result<(), Refused> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.refused("max_connections");
-            return Err("max_connections");
+            self.metrics.refused(Refused::MaxConnections.as_label());
+            return Err(Refused::MaxConnections);
         }
         let Ok(mut map) = self.per_client.lock() else {
             return Ok(());
@@ -145,8 +164,8 @@ impl Shared {
         if *n >= self.limits.max_per_client {
             drop(map);
             self.open.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.refused("max_per_client");
-            return Err("max_per_client");
+            self.metrics.refused(Refused::MaxPerClient.as_label());
+            return Err(Refused::MaxPerClient);
         }
         *n += 1;
         self.metrics.active.inc();

@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
             continue;
         };
         if let Err(why) = shared.admit(*peer.ip()) {
-            debug!(%peer, why, "HTTP connection refused");
+            debug!(%peer, why = why.as_label(), "HTTP connection refused");
             continue;
         }
         let shared = Arc::clone(&shared);

@@ -17,7 +17,9 @@ pub mod routes;
 pub mod uring;
 
 use std::{
-    net::SocketAddrV4,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::OwnedFd,
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
 };
@@ -27,15 +29,104 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, HttpBackend, HttpConfig},
+    config::{HttpBackend, HttpConfig},
+    fabric::Iface,
+    model::boot::BootSettings,
+    model::gate::Gate,
+    model::inventory::Inventory,
     model::ledger::Ledger,
 };
 use conn::{Limits, Metrics, Shared};
 use routes::Site;
 
+/// Why the HTTP service did not start, or stopped. Where a cause is in the text it is not
+/// also a source, so that the daemon's `{:#}` prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// A fabric interface has no IPv4 address to listen on.
+    #[error("http: interface {iface:?} has no IPv4 address")]
+    NoAddress {
+        /// The interface, as configured.
+        iface: String,
+    },
+    /// `http.backend = "io_uring"` was asked for, and this kernel cannot give it.
+    #[error("http.backend = \"io_uring\", but io_uring is unavailable: {why}")]
+    UringUnavailable {
+        /// What the probe found missing.
+        why: uring::ProbeError,
+    },
+    /// A listening socket could not be bound.
+    #[error("http: binding {addr}: {error}")]
+    Bind {
+        /// The address and port.
+        addr: SocketAddrV4,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
+    /// A listener or a ring thread could not be set up.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A ring stopped serving with an error.
+    #[error("HTTP ring: {0}")]
+    Ring(std::io::Error),
+    /// A ring thread panicked.
+    #[error("HTTP ring panicked")]
+    RingPanicked,
+    /// The task that waits for the rings to stop did not finish.
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Why the service serves with epoll rather than io_uring.
+enum NoUring {
+    /// `http.backend = "epoll"`.
+    Configured,
+    /// The probe found the kernel's io_uring lacking.
+    Unavailable(uring::ProbeError),
+}
+
+impl fmt::Display for NoUring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Configured => f.write_str("http.backend = \"epoll\""),
+            Self::Unavailable(why) => why.fmt(f),
+        }
+    }
+}
+
+/// `rings` sets of listeners, each with one socket per address in `ips`, all on `port`; and
+/// the address each interface listens on. Port 0 lets the kernel pick one per address, which
+/// the other rings' sockets then share (SO_REUSEPORT).
+fn listeners(
+    ips: &[(Ipv4Addr, String)],
+    port: u16,
+    rings: usize,
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddrV4>), HttpError> {
+    let mut sets: Vec<Vec<OwnedFd>> = (0..rings).map(|_| Vec::new()).collect();
+    let mut local = Vec::new();
+    for (ip, _) in ips {
+        let mut addr = SocketAddrV4::new(*ip, port);
+        for set in &mut sets {
+            let fd = uring::listener(addr).map_err(|error| HttpError::Bind { addr, error })?;
+            if addr.port() == 0 {
+                let bound = socket2::SockRef::from(&fd)
+                    .local_addr()
+                    .map_err(|error| HttpError::Bind { addr, error })?;
+                addr.set_port(bound.as_socket().map_or(0, |a| a.port()));
+            }
+            set.push(fd);
+        }
+        local.push(addr);
+    }
+    Ok((sets, local))
+}
+
 enum Transport {
     Uring {
-        workers: Vec<Vec<std::os::fd::OwnedFd>>,
+        workers: Vec<Vec<OwnedFd>>,
     },
     Epoll {
         listeners: Vec<tokio::net::TcpListener>,
@@ -47,17 +138,38 @@ pub struct HttpService {
     shared: Arc<Shared>,
     transport: Transport,
     egress: GaugeVec,
+    /// Where it listens, per interface.
+    local: Vec<SocketAddrV4>,
+}
+
+/// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
+/// so the service reads no other section of the configuration.
+pub struct Sources {
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+    /// Hosts a reboot run holds until a download slot is theirs.
+    pub gate: Gate,
+    /// Seconds a held host sleeps before asking again (`scheduler.gate_retry_s`: the reboot
+    /// scheduler paces the gate; HTTP only says it).
+    pub gate_retry_s: u32,
 }
 
 impl HttpService {
-    /// Binds the port on every fabric interface's address and picks the transport.
+    /// Binds the port on the IPv4 address of every interface in `ifaces` (the fabric) and
+    /// picks the transport. Port 0 (tests) binds a port the kernel picks, the same on every
+    /// ring; [`HttpService::local_addrs`] says which.
     pub fn start(
-        config: &Config,
         cfg: HttpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
         registry: &Registry,
-        ledger: Ledger,
-        gate: crate::model::gate::Gate,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, HttpError> {
         let metrics = Metrics::register(registry)?;
         let egress = GaugeVec::new(
             Opts::new(
@@ -67,22 +179,22 @@ impl HttpService {
             &["iface"],
         )?;
         registry.register(Box::new(egress.clone()))?;
-        let mut addrs = Vec::new();
-        for iface in &config.interfaces {
-            let ip = crate::services::dhcp::iface_ipv4(iface)
-                .ok_or_else(|| anyhow::anyhow!("http: interface {iface:?} has no IPv4 address"))?;
-            addrs.push((ip, iface.clone()));
+        let mut ips = Vec::new();
+        for iface in ifaces {
+            let ip = iface.ipv4.ok_or_else(|| HttpError::NoAddress {
+                iface: iface.name.clone(),
+            })?;
+            ips.push((ip, iface.name.clone()));
         }
-        let scripts = config.ipxe_script_names();
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
-            inventory: config.inventory.clone(),
-            boot: config.boot.clone(),
-            scripts,
-            ledger,
-            gate,
-            gate_retry_s: config.scheduler.gate_retry_s,
+            inventory: sources.inventory,
+            boot: sources.boot,
+            scripts: sources.scripts,
+            ledger: sources.ledger,
+            gate: sources.gate,
+            gate_retry_s: sources.gate_retry_s,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
             config_metrics: configs::Metrics::register(registry)?,
         };
@@ -93,64 +205,59 @@ impl HttpService {
             idle_timeout: Duration::from_secs(cfg.idle_timeout_s),
             send_timeout: Duration::from_secs(cfg.send_timeout_s),
         };
-        let shared = Arc::new(Shared::new(site, limits, metrics, addrs.clone()));
+        let shared = Arc::new(Shared::new(site, limits, metrics, ips.clone()));
         let uring = match cfg.backend {
-            HttpBackend::Epoll => Err("http.backend = \"epoll\"".to_owned()),
-            _ => uring::probe(),
+            HttpBackend::Epoll => Err(NoUring::Configured),
+            _ => uring::probe().map_err(NoUring::Unavailable),
         };
-        if let (HttpBackend::IoUring, Err(why)) = (cfg.backend, &uring) {
-            anyhow::bail!("http.backend = \"io_uring\", but io_uring is unavailable: {why}");
-        }
-        let sockets = |n: usize| -> anyhow::Result<Vec<Vec<std::os::fd::OwnedFd>>> {
-            (0..n)
-                .map(|_| {
-                    addrs
-                        .iter()
-                        .map(|(ip, _)| {
-                            uring::listener(SocketAddrV4::new(*ip, cfg.port)).map_err(|e| {
-                                anyhow::anyhow!("http: binding {ip}:{}: {e}", cfg.port)
-                            })
-                        })
-                        .collect()
-                })
-                .collect()
+        let uring = match (cfg.backend, uring) {
+            (HttpBackend::IoUring, Err(NoUring::Unavailable(why))) => {
+                return Err(HttpError::UringUnavailable { why })
+            }
+            (_, uring) => uring,
         };
-        let transport = match uring {
+        let (transport, local) = match uring {
             Ok(()) => {
                 let n = match cfg.workers {
                     0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                     n => n,
                 };
-                for (ip, iface) in &addrs {
-                    info!(%iface, "HTTP server listening on {ip}:{} (io_uring, {n} rings, splice)", cfg.port);
+                let (workers, local) = listeners(&ips, cfg.port, n)?;
+                for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
+                    info!(%iface, "HTTP server listening on {addr} (io_uring, {n} rings, splice)");
                 }
-                Transport::Uring {
-                    workers: sockets(n)?,
-                }
+                (Transport::Uring { workers }, local)
             }
             Err(why) => {
                 warn!("HTTP: not using io_uring ({why}); serving with epoll and sendfile");
+                let (fds, local) = listeners(&ips, cfg.port, 1)?;
                 let mut listeners = Vec::new();
-                for fd in sockets(1)?.into_iter().flatten() {
+                for fd in fds.into_iter().flatten() {
                     let std: std::net::TcpListener = fd.into();
                     std.set_nonblocking(true)?;
                     listeners.push(tokio::net::TcpListener::from_std(std)?);
                 }
-                for (ip, iface) in &addrs {
-                    info!(%iface, "HTTP server listening on {ip}:{} (epoll, sendfile)", cfg.port);
+                for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
+                    info!(%iface, "HTTP server listening on {addr} (epoll, sendfile)");
                 }
-                Transport::Epoll { listeners }
+                (Transport::Epoll { listeners }, local)
             }
         };
         Ok(Self {
             shared,
             transport,
             egress,
+            local,
         })
     }
 
+    /// The addresses listened on, one per interface, in fabric order.
+    pub fn local_addrs(&self) -> &[SocketAddrV4] {
+        &self.local
+    }
+
     /// Serves until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), HttpError> {
         let shared = Arc::clone(&self.shared);
         let egress = self.egress.clone();
         let ticker = cancel.clone();
@@ -206,8 +313,8 @@ impl HttpService {
                     for t in threads {
                         match t.join() {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => failed = Some(anyhow::anyhow!("HTTP ring: {e}")),
-                            Err(_) => failed = Some(anyhow::anyhow!("HTTP ring panicked")),
+                            Ok(Err(e)) => failed = Some(HttpError::Ring(e)),
+                            Err(_) => failed = Some(HttpError::RingPanicked),
                         }
                     }
                     failed.map_or(Ok(()), Err)
@@ -215,5 +322,197 @@ impl HttpService {
                 .await?
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, path::Path};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    fn lo() -> Iface {
+        Iface {
+            name: "lo".to_owned(),
+            index: None,
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            mac: None,
+            ipv6_link_local: false,
+        }
+    }
+
+    fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
+        HttpConfig {
+            root: Some(root.canonicalize().expect("root")),
+            configs: None,
+            port: 0,
+            backend,
+            workers: 2,
+            max_connections: 16,
+            max_per_client: 4,
+            header_timeout_s: 10,
+            idle_timeout_s: 10,
+            send_timeout_s: 10,
+            config_ttl_s: 60,
+        }
+    }
+
+    fn sources(registry: &Registry) -> Sources {
+        Sources {
+            inventory: Inventory::default(),
+            boot: BootSettings::defaults(),
+            scripts: Vec::new(),
+            ledger: Ledger::new(registry).expect("ledger"),
+            gate: Gate::default(),
+            gate_retry_s: 3,
+        }
+    }
+
+    /// One `GET` with `Connection: close`: the status line and the body.
+    async fn get(addr: SocketAddrV4, path: &str) -> (String, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("receive");
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        let head = String::from_utf8_lossy(&out[..end]).into_owned();
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, out[end + 4..].to_vec())
+    }
+
+    /// Starts the service on 127.0.0.1, port 0, with `backend`, fetches a file through a real
+    /// socket, and stops it.
+    async fn serves_a_file(backend: HttpBackend) {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Several pages, so that sendfile or splice take more than one step.
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.path().join("vmlinuz"), &image).expect("write");
+        let registry = Registry::new();
+        let service = HttpService::start(
+            config(root.path(), backend),
+            &[lo()],
+            sources(&registry),
+            &registry,
+        )
+        .expect("start");
+        let [addr] = service.local_addrs() else {
+            panic!("one address per interface: {:?}", service.local_addrs());
+        };
+        let addr = *addr;
+        assert_eq!(*addr.ip(), Ipv4Addr::LOCALHOST);
+        assert_ne!(addr.port(), 0, "the port the kernel picked");
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let (status, body) = get(addr, "/vmlinuz").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body == image, "{} bytes, not the file's", body.len());
+        let (status, _) = get(addr, "/nothing-here").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn epoll_serves_a_file_on_port_0() {
+        serves_a_file(HttpBackend::Epoll).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn io_uring_serves_a_file_on_port_0() {
+        if let Err(why) = uring::probe() {
+            // Not a pass: the epoll test covers this machine, the lab test io_uring.
+            eprintln!("io_uring unavailable here ({why}); only epoll is tested");
+            return;
+        }
+        serves_a_file(HttpBackend::IoUring).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_host_is_told_the_retry_interval_serve_hands_in() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            profile = "debian"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let mac = "52:54:00:aa:00:01".parse().expect("mac");
+        let gate = Gate::default();
+        gate.hold(mac);
+        let sources = Sources {
+            inventory,
+            scripts: vec!["boot.ipxe".to_owned()],
+            gate,
+            gate_retry_s: 7,
+            ..sources(&registry)
+        };
+        let service = HttpService::start(
+            config(root.path(), HttpBackend::Epoll),
+            &[lo()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let (status, body) = get(addr, "/boot.ipxe?mac=52:54:00:aa:00:01").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("asking again in 7 s\nsleep 7\n"), "{body}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
+    #[test]
+    fn every_ring_listens_on_the_port_the_kernel_picked() {
+        let ips = [(Ipv4Addr::LOCALHOST, "lo".to_owned())];
+        let (rings, local) = listeners(&ips, 0, 3).expect("bound");
+        let port = |fd: &OwnedFd| {
+            let addr = socket2::SockRef::from(fd).local_addr().expect("bound");
+            addr.as_socket().expect("inet").port()
+        };
+        assert_eq!(rings.len(), 3);
+        assert_eq!(local.len(), 1);
+        assert_ne!(local[0].port(), 0);
+        for ring in &rings {
+            assert_eq!(ring.len(), 1, "one socket per address");
+            assert_eq!(port(&ring[0]), local[0].port());
+        }
+    }
+
+    #[test]
+    fn an_interface_without_ipv4_is_refused_in_the_same_words() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let bare = Iface {
+            ipv4: None,
+            name: "fab0".to_owned(),
+            ..lo()
+        };
+        let Err(e) = HttpService::start(
+            config(root.path(), HttpBackend::Epoll),
+            &[bare],
+            sources(&registry),
+            &registry,
+        ) else {
+            panic!("started without an address");
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"http: interface "fab0" has no IPv4 address"#
+        );
     }
 }

@@ -62,13 +62,28 @@ struct Conn {
     head_since: Option<Instant>,
 }
 
+/// Why this kernel's io_uring cannot carry the transport. The kernel's error is part of the
+/// text (not a source): the reason is logged as one line where the daemon falls back to epoll.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No ring could be set up (no io_uring, or disabled by `kernel.io_uring_disabled`).
+    #[error("io_uring_setup: {0}")]
+    Setup(std::io::Error),
+    /// The ring would not say which operations it supports.
+    #[error("io_uring probe: {0}")]
+    Probe(std::io::Error),
+    /// An operation the transport needs is missing; its name.
+    #[error("io_uring has no {0}")]
+    Missing(&'static str),
+}
+
 /// Whether this kernel's io_uring has what the transport needs; why not otherwise.
-pub fn probe() -> Result<(), String> {
-    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+pub fn probe() -> Result<(), ProbeError> {
+    let ring = IoUring::new(8).map_err(ProbeError::Setup)?;
     let mut probe = io_uring::register::Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(|e| format!("io_uring probe: {e}"))?;
+        .map_err(ProbeError::Probe)?;
     for (code, name) in [
         (opcode::AcceptMulti::CODE, "accept"),
         (opcode::Recv::CODE, "recv"),
@@ -77,7 +92,7 @@ pub fn probe() -> Result<(), String> {
         (opcode::Timeout::CODE, "timeout"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("io_uring has no {name}"));
+            return Err(ProbeError::Missing(name));
         }
     }
     Ok(())
@@ -315,7 +330,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         return;
     };
     if let Err(why) = shared.admit(peer) {
-        debug!(%peer, why, "HTTP connection refused");
+        debug!(%peer, why = why.as_label(), "HTTP connection refused");
         return;
     }
     let key = conns.insert(Conn {

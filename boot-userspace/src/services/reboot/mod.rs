@@ -14,14 +14,19 @@
 //! hosts powering on per rack (inrush) apply on top. Hosts whose BMC fails are retried with
 //! backoff and, after the bounded attempts, isolated: they never hold a slot.
 
+pub mod bmc;
 pub mod capacity;
 pub mod plan;
 pub mod report;
 pub mod runner;
+pub mod step;
 
 use std::collections::{HashMap, VecDeque};
 
 pub use capacity::Capacity;
+pub use report::{PhaseLabel, RunState};
+
+use crate::config::SchedulerConfig;
 pub use runner::RebootService;
 
 /// A host to reboot.
@@ -67,6 +72,24 @@ impl Params {
     /// Download slots: hosts that may fetch at once without oversubscribing.
     pub fn slots(&self) -> usize {
         ((self.capacity_bps / self.per_host_bps).floor() as usize).clamp(1, 1 << 20)
+    }
+}
+
+impl From<&SchedulerConfig> for Params {
+    /// The knobs of `[scheduler]`; `capacity_bps` is the configured cap.
+    fn from(c: &SchedulerConfig) -> Self {
+        Self {
+            capacity_bps: c.capacity_bps,
+            per_host_bps: c.per_host_bps,
+            post_guess_s: c.post_guess_s,
+            max_bmc_ops: c.max_bmc_operations,
+            max_per_rack_posting: c.max_posting_per_rack,
+            reset_attempts: c.reset_attempts,
+            retry_backoff_s: c.retry_backoff_s,
+            post_timeout_s: c.post_timeout_s,
+            boot_timeout_s: c.boot_timeout_s,
+            lookahead_s: c.lookahead_s,
+        }
     }
 }
 
@@ -119,30 +142,18 @@ pub enum Phase {
 
 impl Phase {
     /// Metric and report label.
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> PhaseLabel {
         match self {
-            Self::Waiting { .. } => "waiting",
-            Self::Resetting { .. } => "resetting",
-            Self::Posting { .. } => "posting",
-            Self::Queued { .. } => "queued",
-            Self::Downloading { .. } => "downloading",
-            Self::Starting { .. } => "starting",
-            Self::Booted { .. } => "booted",
-            Self::Failed { .. } => "failed",
+            Self::Waiting { .. } => PhaseLabel::Waiting,
+            Self::Resetting { .. } => PhaseLabel::Resetting,
+            Self::Posting { .. } => PhaseLabel::Posting,
+            Self::Queued { .. } => PhaseLabel::Queued,
+            Self::Downloading { .. } => PhaseLabel::Downloading,
+            Self::Starting { .. } => PhaseLabel::Starting,
+            Self::Booted { .. } => PhaseLabel::Booted,
+            Self::Failed { .. } => PhaseLabel::Failed,
         }
     }
-
-    /// Every label, in boot order (for metrics that show each phase, empty or not).
-    pub const LABELS: [&'static str; 8] = [
-        "waiting",
-        "resetting",
-        "posting",
-        "queued",
-        "downloading",
-        "starting",
-        "booted",
-        "failed",
-    ];
 }
 
 /// POST durations seen per hardware model: (shortest, longest, how many), seconds.
@@ -468,6 +479,46 @@ mod tests {
                 demand_bytes: 2500,
             })
             .collect()
+    }
+
+    fn scheduler_section(text: &str) -> SchedulerConfig {
+        let wire = toml::from_str(text).expect("toml");
+        crate::config::Config::from_wire(
+            std::path::Path::new("test.toml"),
+            wire,
+            crate::model::inventory::Inventory::default(),
+        )
+        .expect("config")
+        .scheduler
+    }
+
+    #[test]
+    fn scheduler_config_makes_the_params() {
+        let p = Params::from(&scheduler_section(""));
+        assert_eq!(p.capacity_bps, 10_000.0 * 1e6 / 8.0);
+        assert_eq!(p.slots(), 10);
+        assert_eq!(p.lookahead_s, 120.0);
+        let p = Params::from(&scheduler_section(
+            "[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n\
+             max_bmc_operations = 2\nmax_posting_per_rack = 3\nreset_attempts = 4\n\
+             retry_backoff_s = 5\npost_guess_s = 6\npost_timeout_s = 7\nboot_timeout_s = 8\n",
+        ));
+        assert_eq!(p.slots(), 10);
+        assert_eq!(
+            p,
+            Params {
+                capacity_bps: 25_000.0 * 1e6 / 8.0,
+                per_host_bps: 2_500.0 * 1e6 / 8.0,
+                post_guess_s: 6.0,
+                max_bmc_ops: 2,
+                max_per_rack_posting: 3,
+                reset_attempts: 4,
+                retry_backoff_s: 5.0,
+                post_timeout_s: 7.0,
+                boot_timeout_s: 8.0,
+                lookahead_s: 0.0,
+            }
+        );
     }
 
     #[test]

@@ -2,9 +2,123 @@
 //! status it returns (a plan, a run in progress, or a finished run's report), with the
 //! text the CLI prints for each. Serialized as JSON between the daemon and `bootfabric reboot`.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{cmp::Ordering, collections::BTreeMap, fmt, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
+
+/// Where a run is. Serialized as the lowercase name (`"running"`), as the CLI reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// A dry run's plan: no BMC was touched.
+    Planned,
+    /// Resetting and following hosts. (The default only fills a status being built: every
+    /// status the service hands out has its state set.)
+    #[default]
+    Running,
+    /// Every host booted or failed.
+    Done,
+    /// Cancelled by the operator: no further resets.
+    Cancelled,
+}
+
+impl RunState {
+    /// The name in the JSON, the logs and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Planned => "planned",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host's phase as reported: a scheduler phase's label, or a plan's verdict. Serialized as
+/// the lowercase name (`"booted"`), which is also the `phase` label of
+/// `bootfabric_reboot_hosts`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseLabel {
+    /// Not reset yet, or waiting for a retry.
+    #[default]
+    Waiting,
+    /// Reset sent to its BMC, not acknowledged yet.
+    Resetting,
+    /// Reset done, in POST.
+    Posting,
+    /// Seen on DHCP, waiting at the admission gate.
+    Queued,
+    /// Admitted: fetching its boot files.
+    Downloading,
+    /// Fetched its files, starting its OS.
+    Starting,
+    /// Booted.
+    Booted,
+    /// Given up on.
+    Failed,
+    /// In a plan: its download has a predicted end.
+    Planned,
+    /// In a plan: no predicted end.
+    Unplanned,
+}
+
+impl PhaseLabel {
+    /// The scheduler's phases, in boot order (for metrics that show each phase, empty or
+    /// not).
+    pub const SCHEDULER: [Self; 8] = [
+        Self::Waiting,
+        Self::Resetting,
+        Self::Posting,
+        Self::Queued,
+        Self::Downloading,
+        Self::Starting,
+        Self::Booted,
+        Self::Failed,
+    ];
+
+    /// The name in the JSON, the metric label and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Resetting => "resetting",
+            Self::Posting => "posting",
+            Self::Queued => "queued",
+            Self::Downloading => "downloading",
+            Self::Starting => "starting",
+            Self::Booted => "booted",
+            Self::Failed => "failed",
+            Self::Planned => "planned",
+            Self::Unplanned => "unplanned",
+        }
+    }
+}
+
+impl fmt::Display for PhaseLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// Ordered by name, so that `RunStatus::phases` keeps the alphabetical key order its JSON had
+// when the keys were strings.
+impl Ord for PhaseLabel {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for PhaseLabel {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Which hosts to reboot. Names or `all` choose the base set (every host with a BMC when
 /// neither is given but a filter is); racks, models and profiles narrow it (any of the values
@@ -44,8 +158,8 @@ pub struct HostLine {
     pub model: String,
     /// Bytes its profile fetches.
     pub demand_bytes: u64,
-    /// Its phase (a scheduler phase label).
-    pub phase: String,
+    /// Its phase.
+    pub phase: PhaseLabel,
     /// Why it failed.
     pub reason: Option<String>,
     /// Reset attempts made.
@@ -77,8 +191,8 @@ pub struct HostLine {
 pub struct RunStatus {
     /// Run number (0 for a plan).
     pub id: u64,
-    /// `planned`, `running`, `done` or `cancelled`.
-    pub state: String,
+    /// Planned, running, done or cancelled.
+    pub state: RunState,
     /// Unix milliseconds when it started.
     pub started_unix_ms: u64,
     /// Seconds since it started (or the plan's predicted end).
@@ -97,7 +211,7 @@ pub struct RunStatus {
     /// end of the last download in a plan).
     pub makespan_s: Option<f64>,
     /// Hosts per phase.
-    pub phases: BTreeMap<String, usize>,
+    pub phases: BTreeMap<PhaseLabel, usize>,
     /// BMC operations in flight.
     pub bmc_operations_in_flight: usize,
     /// Every host.
@@ -114,20 +228,23 @@ fn mbit(bps: f64) -> String {
 
 impl RunStatus {
     /// Hosts in `phase`.
-    pub fn count(&self, phase: &str) -> usize {
-        self.phases.get(phase).copied().unwrap_or(0)
+    pub fn count(&self, phase: PhaseLabel) -> usize {
+        self.phases.get(&phase).copied().unwrap_or(0)
     }
 
     /// Whether the run is over.
     pub fn finished(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "cancelled" | "planned")
+        matches!(
+            self.state,
+            RunState::Done | RunState::Cancelled | RunState::Planned
+        )
     }
 
     /// One line of progress: a bar of booted (`#`) and failed (`x`) hosts and the counts.
     pub fn progress_line(&self, width: usize) -> String {
         let n = self.hosts.len().max(1);
-        let booted = self.count("booted");
-        let failed = self.count("failed");
+        let booted = self.count(PhaseLabel::Booted);
+        let failed = self.count(PhaseLabel::Failed);
         let b = booted * width / n;
         let f = (failed * width / n).min(width - b);
         format!(
@@ -136,11 +253,11 @@ impl RunStatus {
             "x".repeat(f),
             "-".repeat(width - b - f),
             self.hosts.len(),
-            self.count("resetting"),
-            self.count("posting"),
-            self.count("queued"),
-            self.count("downloading"),
-            self.count("starting"),
+            self.count(PhaseLabel::Resetting),
+            self.count(PhaseLabel::Posting),
+            self.count(PhaseLabel::Queued),
+            self.count(PhaseLabel::Downloading),
+            self.count(PhaseLabel::Starting),
             mbit(self.capacity_bps),
             self.elapsed_s,
         )
@@ -149,11 +266,11 @@ impl RunStatus {
     /// The report: summary, per-host timeline and failures with their reason.
     pub fn report(&self) -> String {
         let mut out = String::new();
-        let title = match self.state.as_str() {
-            "planned" => "Reboot plan (dry run: no BMC was touched)",
-            "done" => "Reboot report",
-            "cancelled" => "Reboot report (cancelled)",
-            _ => "Reboot in progress",
+        let title = match self.state {
+            RunState::Planned => "Reboot plan (dry run: no BMC was touched)",
+            RunState::Done => "Reboot report",
+            RunState::Cancelled => "Reboot report (cancelled)",
+            RunState::Running => "Reboot in progress",
         };
         let _ = writeln!(out, "{title}");
         let _ = writeln!(
@@ -171,7 +288,7 @@ impl RunStatus {
         );
         let bound = self.lower_bound_s;
         match self.makespan_s {
-            Some(m) if self.state == "planned" => {
+            Some(m) if self.state == RunState::Planned => {
                 let _ = writeln!(
                     out,
                     "  predicted: last download ends at {m:.1} s; lower bound {bound:.1} s"
@@ -200,9 +317,9 @@ impl RunStatus {
         let _ = writeln!(
             out,
             "  booted {}, failed {}, other {}",
-            self.count("booted"),
-            self.count("failed"),
-            self.hosts.len() - self.count("booted") - self.count("failed")
+            self.count(PhaseLabel::Booted),
+            self.count(PhaseLabel::Failed),
+            self.hosts.len() - self.count(PhaseLabel::Booted) - self.count(PhaseLabel::Failed)
         );
         let _ = writeln!(
             out,
@@ -260,7 +377,7 @@ mod tests {
     #[test]
     fn progress_and_report_show_counts_and_failures() {
         let mut s = RunStatus {
-            state: "done".into(),
+            state: RunState::Done,
             capacity_bps: 125e6,
             capacity_cap_bps: 125e6,
             per_host_bps: 12.5e6,
@@ -269,18 +386,18 @@ mod tests {
             makespan_s: Some(12.0),
             ..RunStatus::default()
         };
-        s.phases.insert("booted".into(), 1);
-        s.phases.insert("failed".into(), 1);
+        s.phases.insert(PhaseLabel::Booted, 1);
+        s.phases.insert(PhaseLabel::Failed, 1);
         s.hosts = vec![
             HostLine {
                 name: "a".into(),
-                phase: "booted".into(),
+                phase: PhaseLabel::Booted,
                 booted_s: Some(11.5),
                 ..HostLine::default()
             },
             HostLine {
                 name: "b".into(),
-                phase: "failed".into(),
+                phase: PhaseLabel::Failed,
                 attempts: 3,
                 reason: Some("reset failed 3 times: no answer within 1s".into()),
                 ..HostLine::default()
@@ -300,5 +417,64 @@ mod tests {
             .contains("(0.80x): the link carried more than planned"));
         assert!(r.contains("b                    after 3 attempt(s)"), "{r}");
         assert!(r.contains("11.5"), "{r}");
+    }
+
+    #[test]
+    fn the_json_is_what_it_was_with_strings() {
+        // The admin API's answer and the CLI's input: the byte-for-byte shape it had when the
+        // state, the phases and their counts were strings.
+        let mut s = RunStatus {
+            id: 7,
+            state: RunState::Cancelled,
+            started_unix_ms: 1,
+            slots: 2,
+            ..RunStatus::default()
+        };
+        for (p, n) in [
+            (PhaseLabel::Waiting, 1),
+            (PhaseLabel::Booted, 2),
+            (PhaseLabel::Unplanned, 3),
+            (PhaseLabel::Failed, 4),
+            (PhaseLabel::Starting, 5),
+            (PhaseLabel::Downloading, 6),
+        ] {
+            s.phases.insert(p, n);
+        }
+        s.hosts = vec![HostLine {
+            name: "a".into(),
+            phase: PhaseLabel::Queued,
+            ..HostLine::default()
+        }];
+        let json = serde_json::to_string(&s).expect("json");
+        assert_eq!(
+            json,
+            "{\"id\":7,\"state\":\"cancelled\",\"started_unix_ms\":1,\"elapsed_s\":0.0,\
+             \"capacity_bps\":0.0,\"capacity_cap_bps\":0.0,\"per_host_bps\":0.0,\"slots\":2,\
+             \"lower_bound_s\":0.0,\"makespan_s\":null,\"phases\":{\"booted\":2,\
+             \"downloading\":6,\"failed\":4,\"starting\":5,\"unplanned\":3,\"waiting\":1},\
+             \"bmc_operations_in_flight\":0,\"hosts\":[{\"name\":\"a\",\"mac\":\"\",\
+             \"rack\":\"\",\"model\":\"\",\"demand_bytes\":0,\"phase\":\"queued\",\
+             \"reason\":null,\"attempts\":0,\"reset_s\":null,\"reset_done_s\":null,\
+             \"dhcp_s\":null,\"loader_s\":null,\"admitted_s\":null,\"kernel_s\":null,\
+             \"fetched_s\":null,\"booted_s\":null,\"failed_s\":null}]}"
+        );
+        let back: RunStatus = serde_json::from_str(&json).expect("the CLI reads it back");
+        assert_eq!(back, s);
+        for state in [
+            RunState::Planned,
+            RunState::Running,
+            RunState::Done,
+            RunState::Cancelled,
+        ] {
+            let text = serde_json::to_string(&state).expect("json");
+            assert_eq!(text, format!("\"{state}\""));
+        }
+        for p in PhaseLabel::SCHEDULER
+            .into_iter()
+            .chain([PhaseLabel::Planned, PhaseLabel::Unplanned])
+        {
+            let text = serde_json::to_string(&p).expect("json");
+            assert_eq!(text, format!("\"{p}\""));
+        }
     }
 }

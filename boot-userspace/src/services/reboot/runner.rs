@@ -1,4 +1,4 @@
-//! The live reboot run: the scheduler driven by the ledger and acting through Redfish.
+//! The live reboot run: the scheduler driven by the ledger and acting through the BMCs.
 //!
 //! Every quarter second the runner reads what happened to each host in flight from the
 //! ledger (first DHCP offer after its reset, every file of its profile sent, `booted`),
@@ -6,6 +6,9 @@
 //! admission gate as slots free, and issues the resets the scheduler asks for: one task per
 //! reset, at most one operation in flight per BMC. A host whose BMC fails or hangs is
 //! retried by the scheduler's policy and then isolated; the others go on.
+//!
+//! This is the shell: it gathers a tick's inputs, runs the pure [`RunStep`] and applies its
+//! actions (gate, ledger, metrics, logs, BMC tasks through the [`Bmc`] seam).
 
 use std::{
     collections::HashMap,
@@ -23,17 +26,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
+    bmc::{Bmc, RedfishBmc},
     plan,
-    report::{HostLine, RunStatus, Selection},
-    Action, Capacity, Event, HostSpec, Phase, PostSeen, Scheduler,
+    report::{PhaseLabel, RunState, RunStatus, Selection},
+    step::{blank_status, Member, RunAction, RunStep, Tick},
+    HostSpec, Params, PostSeen,
 };
 use crate::{
-    config::{Config, SchedulerConfig},
+    config::SchedulerConfig,
     model::files,
     model::gate::Gate,
-    model::inventory::{Host, Inventory, Mac},
-    model::ledger::{self, EventKind, Ledger, Phase as LedgerPhase},
-    redfish::{BmcConfig, Client, RedfishError},
+    model::inventory::{Host, Inventory},
+    model::ledger::{self, EventKind, Ledger},
+    redfish::RedfishError,
 };
 
 /// How often the runner looks at the ledger and the scheduler.
@@ -95,25 +100,14 @@ impl RebootMetrics {
         r.register(Box::new(m.resets.clone()))?;
         r.register(Box::new(m.capacity.clone()))?;
         r.register(Box::new(m.slots.clone()))?;
-        for p in Phase::LABELS {
-            m.hosts.with_label_values(&[p]).set(0);
+        for p in PhaseLabel::SCHEDULER {
+            m.hosts.with_label_values(&[p.as_str()]).set(0);
         }
         for o in ["accepted", "failed"] {
             m.resets.with_label_values(&[o]).inc_by(0);
         }
         Ok(m)
     }
-}
-
-/// One host of a run.
-struct Member {
-    mac: Mac,
-    bmc: BmcConfig,
-    spec: HostSpec,
-    /// Its profile's files, relative to the image root (fetched = every one sent).
-    files: Vec<String>,
-    /// Its kernel, relative to the image root.
-    kernel: Option<String>,
 }
 
 struct RunHandle {
@@ -126,8 +120,10 @@ struct RunHandle {
 pub struct RebootService {
     inventory: Inventory,
     roots: Vec<PathBuf>,
-    config: SchedulerConfig,
+    /// The scheduler's knobs from `[scheduler]`; `capacity_bps` is the configured cap.
+    params: Params,
     ledger: Ledger,
+    bmc: Arc<dyn Bmc>,
     gate: Gate,
     metrics: RebootMetrics,
     /// POST times learned by earlier runs.
@@ -143,26 +139,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RebootService {
-    /// The service for `config`'s inventory and `[scheduler]`, reporting to `registry`.
+    /// The service for `setup` (the inventory, the image roots, `[scheduler]`), resetting
+    /// hosts through Redfish, reporting to `registry`.
     pub fn new(
-        config: &Config,
+        setup: Setup,
         ledger: Ledger,
         gate: Gate,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        let roots = config
-            .image_roots()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect();
+        Self::with_bmc(setup, Arc::new(RedfishBmc), ledger, gate, registry)
+    }
+
+    /// The service for `setup`, resetting hosts through `bmc`, reporting to `registry`.
+    pub fn with_bmc(
+        setup: Setup,
+        bmc: Arc<dyn Bmc>,
+        ledger: Ledger,
+        gate: Gate,
+        registry: &Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let params = Params::from(&setup.scheduler);
         let metrics = RebootMetrics::register(registry)?;
-        metrics.capacity.set(config.scheduler.params.capacity_bps);
-        metrics.slots.set(config.scheduler.params.slots() as i64);
+        metrics.capacity.set(params.capacity_bps);
+        metrics.slots.set(params.slots() as i64);
         Ok(Arc::new(Self {
-            inventory: config.inventory.clone(),
-            roots,
-            config: config.scheduler.clone(),
+            inventory: setup.inventory,
+            roots: setup.image_roots,
+            params,
             ledger,
+            bmc,
             gate,
             metrics,
             learned: Mutex::new(PostSeen::new()),
@@ -204,9 +209,9 @@ impl RebootService {
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.blank_status(&members, &lock(&self.learned));
+        let mut first = blank_status(&self.params, &members, &lock(&self.learned));
         first.id = id;
-        first.state = "running".into();
+        first.state = RunState::Running;
         first.started_unix_ms = ledger::unix_ms();
         let status = Arc::new(Mutex::new(first.clone()));
         let cancel = CancellationToken::new();
@@ -301,54 +306,27 @@ impl RebootService {
         })
     }
 
-    fn blank_status(&self, members: &[Member], seen: &PostSeen) -> RunStatus {
-        let p = &self.config.params;
-        let specs: Vec<HostSpec> = members.iter().map(|m| m.spec.clone()).collect();
-        let post_of = |model: &str| super::longest_post(seen, model, p.post_guess_s);
-        RunStatus {
-            capacity_bps: p.capacity_bps,
-            capacity_cap_bps: p.capacity_bps,
-            per_host_bps: p.per_host_bps,
-            slots: p.slots(),
-            lower_bound_s: plan::lower_bound(p, &specs, post_of),
-            hosts: members
-                .iter()
-                .map(|m| HostLine {
-                    name: m.spec.name.clone(),
-                    mac: m.mac.to_string(),
-                    rack: m.spec.rack.clone(),
-                    model: m.spec.model.clone(),
-                    demand_bytes: m.spec.demand_bytes,
-                    phase: "waiting".into(),
-                    ..HostLine::default()
-                })
-                .collect(),
-            ..RunStatus::default()
-        }
-    }
-
     fn plan(&self, members: &[Member]) -> RunStatus {
         let seen = lock(&self.learned).clone();
-        let mut status = self.blank_status(members, &seen);
+        let mut status = blank_status(&self.params, members, &seen);
         let specs = members.iter().map(|m| m.spec.clone()).collect();
-        let (predicted, end) = plan::plan(self.config.params.clone(), specs, seen);
+        let (predicted, end) = plan::plan(self.params.clone(), specs, seen);
         for (line, p) in status.hosts.iter_mut().zip(predicted) {
             line.reset_s = p.reset_s;
             line.dhcp_s = p.dhcp_s;
             line.admitted_s = p.admitted_s;
             line.fetched_s = p.fetched_s;
             line.phase = if p.fetched_s.is_some() {
-                "planned"
+                PhaseLabel::Planned
             } else {
-                "unplanned"
-            }
-            .into();
+                PhaseLabel::Unplanned
+            };
         }
-        status.state = "planned".into();
+        status.state = RunState::Planned;
         status.started_unix_ms = ledger::unix_ms();
         status.makespan_s = Some(end);
         status.elapsed_s = end;
-        status.phases.insert("planned".into(), members.len());
+        status.phases.insert(PhaseLabel::Planned, members.len());
         status
     }
 
@@ -356,7 +334,7 @@ impl RebootService {
         Arc::clone(lock(&self.bmc_locks).entry(url.to_owned()).or_default())
     }
 
-    /// Runs one reboot run to its end.
+    /// Runs one reboot run to its end: each tick, the step's inputs in and its actions out.
     async fn drive(
         self: Arc<Self>,
         id: u64,
@@ -365,346 +343,503 @@ impl RebootService {
         cancel: CancellationToken,
     ) {
         let seen = lock(&self.learned).clone();
-        let mut view = lock(&status).clone();
-        let start_ms = view.started_unix_ms;
-        let params = self.config.params.clone();
-        let specs = members.iter().map(|m| m.spec.clone()).collect();
-        let mut sched = Scheduler::new(params.clone(), specs).with_post_seen(seen);
-        let mut capacity = Capacity::new(params.capacity_bps, params.per_host_bps);
-        let n = members.len();
-        let mut track = vec![Track::default(); n];
-        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<String, String>)>();
+        let first = lock(&status).clone();
+        let mut step = RunStep::new(self.params.clone(), members, seen, first);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let secs = |ms: u64| ms.saturating_sub(start_ms) as f64 / 1000.0;
-        let mut cancelled = false;
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => cancelled = true,
-                _ = tick.tick() => {}
-            }
-            let now_ms = ledger::unix_ms();
-            let now = secs(now_ms);
+            let cancelled = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tick.tick() => false,
+            };
             if cancelled {
-                view.state = "cancelled".into();
+                step.cancel();
                 break;
             }
-            // BMC operations that ended.
-            while let Ok((i, result)) = rx.try_recv() {
-                let m = &members[i];
-                match result {
-                    Ok(kind) => {
-                        self.metrics.resets.with_label_values(&["accepted"]).inc();
-                        self.ledger
-                            .record(m.mac, EventKind::BmcReset { reset_type: kind }, None);
-                        view.hosts[i].reset_done_s = Some(now);
-                        sched.on_event(now, i, Event::ResetDone);
-                    }
-                    Err(why) => {
-                        self.metrics.resets.with_label_values(&["failed"]).inc();
-                        warn!(host = %m.spec.name, "reset failed: {why}");
-                        self.ledger
-                            .record(m.mac, EventKind::BmcFailed { why: why.clone() }, None);
-                        sched.on_event(now, i, Event::ResetFailed(why));
-                        // Until the retry, it holds no place at the gate. (A host already
-                        // seen on DHCP did reset, whatever the BMC answered: it stays.)
-                        if matches!(
-                            sched.phases()[i],
-                            Phase::Waiting { .. } | Phase::Failed { .. }
-                        ) {
-                            self.gate.release(m.mac);
-                        }
-                    }
-                }
+            let news = self.gather(&step, &mut rx);
+            for action in step.advance(news) {
+                self.apply(action, &step, &tx);
             }
-            // What the ledger says about hosts in flight.
-            for (i, m) in members.iter().enumerate() {
-                let Some(sent) = track[i].reset_ms else {
-                    continue;
-                };
-                let phase = sched.phases()[i].clone();
-                if matches!(
-                    phase,
-                    Phase::Waiting { .. } | Phase::Booted { .. } | Phase::Failed { .. }
-                ) {
-                    continue;
-                }
-                let events = self.ledger.events_since(m.mac, sent);
-                track[i].pulling = matches!(phase, Phase::Downloading { .. })
-                    && events
-                        .iter()
-                        .rev()
-                        .find(|e| {
-                            matches!(
-                                e.phase(),
-                                LedgerPhase::HttpStarted
-                                    | LedgerPhase::HttpSent
-                                    | LedgerPhase::HttpFailed
-                            )
-                        })
-                        .is_some_and(|e| e.phase() == LedgerPhase::HttpStarted);
-                if track[i].dhcp_ms.is_none() {
-                    // An offer answers a DISCOVER, which a booting firmware sends and a
-                    // running OS renewing its lease does not.
-                    if let Some(e) = events.iter().find(|e| e.phase() == LedgerPhase::DhcpOffer) {
-                        track[i].dhcp_ms = Some(e.at_ms);
-                        view.hosts[i].dhcp_s = Some(secs(e.at_ms));
-                        sched.on_event(secs(e.at_ms), i, Event::DhcpSeen);
-                    }
-                }
-                if let Some(from) = track[i].dhcp_ms {
-                    let line = &mut view.hosts[i];
-                    if line.loader_s.is_none() {
-                        line.loader_s = loader_at(&m.files, &events, from).map(secs);
-                    }
-                    if line.kernel_s.is_none() {
-                        line.kernel_s = m
-                            .kernel
-                            .as_deref()
-                            .and_then(|k| sent_at(k, &events, from))
-                            .map(secs);
-                    }
-                }
-                if let (Phase::Downloading { .. }, Some(from)) = (&phase, track[i].dhcp_ms) {
-                    if let Some(at) = fetched_at(&m.files, &events, from) {
-                        view.hosts[i].fetched_s = Some(secs(at));
-                        sched.on_event(secs(at), i, Event::Fetched);
-                    }
-                }
-                if let Some(e) = events.iter().find(|e| e.phase() == LedgerPhase::Booted) {
-                    view.hosts[i].booted_s = Some(secs(e.at_ms));
-                    sched.on_event(secs(e.at_ms), i, Event::Booted);
-                }
-            }
-            // Capacity: the fabric's own egress while every slot is busy.
-            // Capacity: the fabric's own egress while every slot is busy, that is while as
-            // many hosts as there are slots are pulling files (an admitted host may still be
-            // in its bootloader, taking nothing).
-            let pulling = track.iter().filter(|t| t.pulling).count();
-            let measured: f64 = self.ledger.egress_rates().iter().map(|(_, r)| r).sum();
-            let est = capacity.observe(now, measured, pulling >= sched.params().slots());
-            sched.set_capacity(est);
-            for h in sched.admit(now) {
-                self.gate.release(members[h].mac);
-                self.ledger
-                    .record(members[h].mac, EventKind::Admitted, None);
-                view.hosts[h].admitted_s = Some(now);
-            }
-            for Action::Reset(h) in sched.next_actions(now) {
-                let m = &members[h];
-                track[h].reset_ms = Some(now_ms);
-                track[h].dhcp_ms = None;
-                view.hosts[h].reset_s = Some(now);
-                view.hosts[h].attempts += 1;
-                self.gate.hold(m.mac);
-                let bmc = m.bmc.clone();
-                let lock = self.bmc_lock(&bmc.url);
-                let ops = self.metrics.bmc_ops.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    // One operation per BMC: a chassis BMC serves several hosts.
-                    let _one = lock.lock().await;
-                    ops.inc();
-                    let r = reset_host(&bmc).await.map_err(|e| e.to_string());
-                    ops.dec();
-                    let _ = tx.send((h, r));
-                });
-            }
-            for (i, p) in sched.phases().iter().enumerate() {
-                if let Phase::Failed { reason } = p {
-                    if view.hosts[i].failed_s.is_none() {
-                        warn!(host = %members[i].spec.name, "given up: {reason}");
-                        view.hosts[i].failed_s = Some(now);
-                        view.hosts[i].reason = Some(reason.clone());
-                        self.gate.release(members[i].mac);
-                    }
-                }
-            }
-            view.elapsed_s = now;
-            self.publish(&mut view, &sched, &status);
-            if sched.done() {
-                view.state = "done".into();
-                // The bound of what was achievable: the bytes of the hosts that booted at the
-                // capacity planned with last, plus the quickest reset-to-booted seen (no
-                // schedule ends before its last host has booted once).
-                let bytes: u64 = members
-                    .iter()
-                    .zip(sched.phases())
-                    .filter(|(_, p)| matches!(p, Phase::Booted { .. }))
-                    .map(|(m, _)| m.spec.demand_bytes)
-                    .sum();
-                let quickest = view
-                    .hosts
-                    .iter()
-                    .filter_map(|h| Some(h.booted_s? - h.reset_s?))
-                    .reduce(f64::min);
-                view.lower_bound_s =
-                    quickest.map_or(0.0, |q| bytes as f64 / sched.params().capacity_bps + q);
-                view.makespan_s = view
-                    .hosts
-                    .iter()
-                    .filter_map(|h| h.booted_s.or(h.failed_s))
-                    .reduce(f64::max);
+            self.publish(&mut step, &status);
+            if step.finish() {
                 break;
             }
         }
-        for m in &members {
+        for m in step.members() {
             self.gate.release(m.mac);
         }
-        *lock(&self.learned) = sched.post_seen().clone();
-        self.publish(&mut view, &sched, &status);
+        *lock(&self.learned) = step.post_seen().clone();
+        let view = self.publish(&mut step, &status);
         info!(
             run = id,
             state = %view.state,
-            booted = view.count("booted"),
-            failed = view.count("failed"),
+            booted = view.count(PhaseLabel::Booted),
+            failed = view.count(PhaseLabel::Failed),
             "reboot run {id} {}",
             view.state
         );
     }
 
-    /// Copies the run's state to its status and the metrics.
-    fn publish(&self, view: &mut RunStatus, sched: &Scheduler, status: &Mutex<RunStatus>) {
-        view.phases.clear();
-        for (line, p) in view.hosts.iter_mut().zip(sched.phases()) {
-            line.phase = p.label().to_owned();
-            *view.phases.entry(line.phase.clone()).or_default() += 1;
+    /// A tick's inputs: the time, the BMC operations that ended, the ledger's events of the
+    /// hosts in flight and the fabric's egress.
+    fn gather(&self, step: &RunStep, resets: &mut mpsc::UnboundedReceiver<ResetDone>) -> Tick {
+        let now_ms = ledger::unix_ms();
+        let mut done = Vec::new();
+        while let Ok(r) = resets.try_recv() {
+            done.push(r);
         }
-        view.capacity_bps = sched.params().capacity_bps;
-        view.slots = sched.params().slots();
+        let events = step
+            .to_read()
+            .into_iter()
+            .map(|(i, mac, since)| (i, self.ledger.events_since(mac, since)))
+            .collect();
+        Tick {
+            now_ms,
+            resets: done,
+            events,
+            egress_bps: self.ledger.egress_rates().iter().map(|(_, r)| r).sum(),
+        }
+    }
+
+    /// Carries out one of the step's actions.
+    fn apply(&self, action: RunAction, step: &RunStep, resets: &mpsc::UnboundedSender<ResetDone>) {
+        let members = step.members();
+        match action {
+            RunAction::ResetAccepted { host, reset_type } => {
+                self.metrics.resets.with_label_values(&["accepted"]).inc();
+                let mac = members[host].mac;
+                self.ledger
+                    .record(mac, EventKind::BmcReset { reset_type }, None);
+            }
+            RunAction::ResetFailed { host, why } => {
+                let m = &members[host];
+                self.metrics.resets.with_label_values(&["failed"]).inc();
+                warn!(host = %m.spec.name, "reset failed: {why}");
+                self.ledger
+                    .record(m.mac, EventKind::BmcFailed { why }, None);
+            }
+            RunAction::Release(host) => self.gate.release(members[host].mac),
+            RunAction::Admit(host) => {
+                self.gate.release(members[host].mac);
+                self.ledger
+                    .record(members[host].mac, EventKind::Admitted, None);
+            }
+            RunAction::Reset(host) => {
+                let m = &members[host];
+                self.gate.hold(m.mac);
+                let one = self.bmc_lock(&m.bmc.url);
+                let op = self.bmc.boot_once_and_reset(&m.bmc);
+                let ops = self.metrics.bmc_ops.clone();
+                let tx = resets.clone();
+                tokio::spawn(async move {
+                    // One operation per BMC: a chassis BMC serves several hosts.
+                    let _one = one.lock().await;
+                    ops.inc();
+                    let r = op.await;
+                    ops.dec();
+                    let _ = tx.send((host, r));
+                });
+            }
+            RunAction::GiveUp { host, reason } => {
+                warn!(host = %members[host].spec.name, "given up: {reason}");
+                self.gate.release(members[host].mac);
+            }
+        }
+    }
+
+    /// Copies the run's state to its status and the metrics; returns the status.
+    fn publish(&self, step: &mut RunStep, status: &Mutex<RunStatus>) -> RunStatus {
+        let mut view = step.status().clone();
         view.bmc_operations_in_flight = self.metrics.bmc_ops.get().max(0) as usize;
-        for p in Phase::LABELS {
+        for p in PhaseLabel::SCHEDULER {
             self.metrics
                 .hosts
-                .with_label_values(&[p])
+                .with_label_values(&[p.as_str()])
                 .set(view.count(p) as i64);
         }
         self.metrics.capacity.set(view.capacity_bps);
         self.metrics.slots.set(view.slots as i64);
         *lock(status) = view.clone();
+        view
     }
 }
 
-/// What the runner remembers per host beyond the scheduler's phase.
-#[derive(Clone, Debug, Default)]
-struct Track {
-    /// Unix ms of the last reset sent: ledger events before it belong to an earlier boot.
-    reset_ms: Option<u64>,
-    /// Unix ms of its first DHCP offer after that reset.
-    dhcp_ms: Option<u64>,
-    /// Whether an HTTP download of it is in progress.
-    pulling: bool,
-}
+/// A BMC operation that ended: the host, and the reset type or the error.
+type ResetDone = (usize, Result<String, RedfishError>);
 
-/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
-/// `http_base` path).
-fn names(path: &str, file: &str) -> bool {
-    path.trim_start_matches('/') == file
-        || path
-            .strip_suffix(file)
-            .is_some_and(|head| head.ends_with('/'))
-}
-
-/// When `file` was first sent completely at or after `from_ms`.
-fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    events.iter().find_map(|e| {
-        let path = e.kind.sent_path()?;
-        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
-    })
-}
-
-/// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
-/// time of the last one. A profile with no files is never "fetched": its slot frees at
-/// `booted`.
-fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    if files.is_empty() {
-        return None;
-    }
-    files
-        .iter()
-        .map(|f| sent_at(f, events, from_ms))
-        .try_fold(0, |last, at| at.map(|a| a.max(last)))
-}
-
-/// When the first file that is not one of the profile's (the bootloader: iPXE by TFTP or
-/// by UEFI HTTP boot) was sent at or after `from_ms`.
-fn loader_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    events.iter().find_map(|e| {
-        let path = e.kind.sent_path()?;
-        (e.at_ms >= from_ms && !files.iter().any(|f| names(path, f))).then_some(e.at_ms)
-    })
-}
-
-/// Sets the one-time boot override and resets the host; returns the reset type used.
-async fn reset_host(bmc: &BmcConfig) -> Result<String, RedfishError> {
-    let mut client = Client::connect(bmc).await?;
-    let result = async {
-        let path = client.the_system().await?;
-        let sys = client.set_boot_once(&path, bmc.boot, bmc.boot_mode).await?;
-        client.reset_system(&sys).await
-    }
-    .await;
-    client.logout().await;
-    result
+/// What the service is built from.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Hosts (with their BMCs) and profiles.
+    pub inventory: Inventory,
+    /// Where the servers find images (what a host's profile weighs).
+    pub image_roots: Vec<PathBuf>,
+    /// `[scheduler]`.
+    pub scheduler: SchedulerConfig,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! The runner with its real ledger, gate and metrics, and scripted BMCs: the events are
+    //! recorded as DHCP, TFTP, HTTP and the booted host's callback record them. Time is
+    //! paused: the runner's ticks run without waiting.
 
-    fn ev(at_ms: u64, kind: EventKind) -> ledger::Event {
-        ledger::Event {
-            at_ms,
-            ip: None,
-            kind,
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        model::inventory::Mac,
+        model::ledger::{Event, Phase as LedgerPhase},
+        services::reboot::bmc::{FakeBmc, RESET_TYPE},
+    };
+
+    /// A run's world: the service, what it acts on, and the BMCs it talks to.
+    struct World {
+        service: Arc<RebootService>,
+        ledger: Ledger,
+        gate: Gate,
+        bmc: FakeBmc,
+        registry: Registry,
+        macs: Vec<Mac>,
+        _images: tempfile::TempDir,
+    }
+
+    /// `hosts` hosts of profile `p` (a 625 000-byte kernel and initrd: 10 s at one host's
+    /// 1 Mbit/s), each with its own BMC unless `shared_bmc`, under `[scheduler]` `scheduler`.
+    fn world(hosts: usize, shared_bmc: bool, scheduler: &str, bmc: FakeBmc) -> World {
+        let images = tempfile::tempdir().expect("tempdir");
+        let root = images.path().canonicalize().expect("root");
+        for f in ["vmlinuz", "initrd.img"] {
+            let file = std::fs::File::create(root.join(f)).expect("image");
+            file.set_len(625_000).expect("size");
+        }
+        let mut text = String::from(
+            "[profiles.p]\nkernel = \"vmlinuz\"\ninitrd = [\"initrd.img\"]\ncmdline = \"\"\n",
+        );
+        for i in 0..hosts {
+            let url = if shared_bmc { 0 } else { i };
+            text += &format!(
+                "[[hosts]]\nname = \"h{i}\"\nmac = \"02:00:00:00:00:{i:02x}\"\nprofile = \"p\"\n\
+                 model = \"m\"\nrack = \"r{i}\"\n[hosts.bmc]\nurl = \"http://bmc{url}.test\"\n\
+                 username = \"admin\"\npassword_env = \"BMC_PASSWORD\"\nallow_plaintext = true\n"
+            );
+        }
+        let inventory = Inventory::from_wire(
+            Path::new("hosts.toml"),
+            toml::from_str(&text).expect("inventory toml"),
+        )
+        .expect("inventory");
+        let config = crate::config::Config::from_wire(
+            Path::new("bootfabric.toml"),
+            toml::from_str(&format!("[scheduler]\n{scheduler}")).expect("config toml"),
+            Inventory::default(),
+        )
+        .expect("config");
+        let registry = Registry::new();
+        let ledger = Ledger::new(&registry).expect("ledger");
+        ledger.set_inventory(&inventory);
+        let gate = Gate::default();
+        let macs = inventory.hosts().iter().map(|h| h.mac).collect();
+        let setup = Setup {
+            inventory,
+            image_roots: vec![root],
+            scheduler: config.scheduler,
+        };
+        let service = RebootService::with_bmc(
+            setup,
+            Arc::new(bmc.clone()),
+            ledger.clone(),
+            gate.clone(),
+            &registry,
+        )
+        .expect("service");
+        World {
+            service,
+            ledger,
+            gate,
+            bmc,
+            registry,
+            macs,
+            _images: images,
         }
     }
 
-    fn http(at_ms: u64, path: &str, bytes: u64) -> ledger::Event {
-        let path = path.into();
-        ev(at_ms, EventKind::HttpSent { path, bytes })
+    /// Two download slots, one host's POST guessed at 1 s, reset only when needed.
+    const TWO_SLOTS: &str = "capacity_mbps = 2\nper_host_mbps = 1\npost_guess_s = 1\n\
+                             lookahead_s = 0\nreset_attempts = 1\n";
+
+    fn all() -> Selection {
+        Selection {
+            all: true,
+            ..Selection::default()
+        }
     }
 
-    fn tftp(at_ms: u64, file: &str) -> ledger::Event {
-        let file = file.into();
-        ev(at_ms, EventKind::TftpSent { file })
+    impl World {
+        fn status(&self) -> RunStatus {
+            self.service.status().expect("a run")
+        }
+
+        fn phases(&self) -> Vec<PhaseLabel> {
+            self.status().hosts.iter().map(|h| h.phase).collect()
+        }
+
+        fn bmc_calls(&self) -> Vec<String> {
+            self.bmc.calls()
+        }
+
+        fn timeline(&self, host: usize) -> Vec<Event> {
+            self.ledger.timeline(self.macs[host])
+        }
+
+        /// The events of `host` in `phase`, as recorded.
+        fn recorded(&self, host: usize, phase: LedgerPhase) -> Vec<EventKind> {
+            self.timeline(host)
+                .into_iter()
+                .filter(|e| e.phase() == phase)
+                .map(|e| e.kind)
+                .collect()
+        }
+
+        // What the services record of a host's boot, as they record it: DHCP its offer, TFTP
+        // the bootloader, HTTP the kernel and initrd, and the installed system's callback.
+        fn dhcp_offer(&self, host: usize) {
+            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
+            self.ledger
+                .record(self.macs[host], EventKind::DhcpOffer, Some(ip));
+        }
+
+        fn files_sent(&self, host: usize) {
+            let (mac, ip) = (
+                self.macs[host],
+                Some(Ipv4Addr::new(10, 0, 0, 10 + host as u8)),
+            );
+            let file = "ipxe.efi".to_owned();
+            self.ledger.record(mac, EventKind::TftpSent { file }, ip);
+            for path in ["/vmlinuz", "/initrd.img"] {
+                let path = path.to_owned();
+                let started = EventKind::HttpStarted { path: path.clone() };
+                self.ledger.record(mac, started, ip);
+                let bytes = 625_000;
+                self.ledger
+                    .record(mac, EventKind::HttpSent { path, bytes }, ip);
+            }
+        }
+
+        fn booted(&self, host: usize) {
+            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
+            self.ledger
+                .record(self.macs[host], EventKind::Booted, Some(ip));
+        }
+
+        fn metric(&self, line: &str) -> bool {
+            String::from_utf8_lossy(&crate::util::metrics::render(&self.registry))
+                .lines()
+                .any(|l| l == line)
+        }
     }
 
-    #[test]
-    fn fetched_needs_every_file_after_dhcp_by_http_or_tftp() {
-        let files = vec!["images/vmlinuz".to_owned(), "initrd.img".to_owned()];
-        let events = vec![
-            http(5, "/images/vmlinuz", 100),
-            http(20, "/images/vmlinuz", 100),
-            ev(
-                30,
-                EventKind::HttpFailed {
-                    path: "/initrd.img".into(),
-                    bytes: 3,
-                },
-            ),
-        ];
-        assert_eq!(fetched_at(&files, &events, 10), None, "initrd not sent yet");
-        let mut more = events.clone();
-        more.push(tftp(40, "initrd.img"));
-        assert_eq!(fetched_at(&files, &more, 10), Some(40));
-        // A sent file from before the DHCP of this boot does not count.
-        assert_eq!(fetched_at(&files, &more[..1], 10), None);
-        // Prefixes under an http_base path still match; other names do not.
-        let other = vec![
-            http(50, "/boot/images/vmlinuz", 1),
-            http(51, "/xinitrd.img", 1),
-        ];
-        assert_eq!(fetched_at(&files, &other, 0), None);
-        assert_eq!(fetched_at(&[], &other, 0), None);
-        // The bootloader is the first other file sent after DHCP.
-        let boot = vec![
-            tftp(1, "ipxe.efi"),
-            tftp(12, "undionly.kpxe"),
-            http(14, "/images/vmlinuz", 100),
-        ];
-        assert_eq!(loader_at(&files, &boot, 10), Some(12));
-        assert_eq!(loader_at(&files, &boot[2..], 10), None);
-        assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
+    /// Lets the runner tick until `done` holds; paused time, so no test waits for real.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..400 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        panic!("{what}: not after 400 ticks");
+    }
+
+    /// Lets `ticks` of the runner pass.
+    async fn ticks(ticks: u32) {
+        tokio::time::sleep(TICK * ticks).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_reset_boots_and_the_next_host_takes_the_free_slot() {
+        use PhaseLabel::*;
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        let first = w.service.start(&all()).expect("start");
+        assert_eq!(
+            (first.state, first.slots, first.hosts.len()),
+            (RunState::Running, 2, 3)
+        );
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc1.test"]);
+        assert!(w.gate.holds(&w.macs[0]) && w.gate.holds(&w.macs[1]));
+        until("accepted", || w.phases() == [Posting, Posting, Waiting]).await;
+        assert_eq!(
+            w.recorded(0, LedgerPhase::BmcReset),
+            [EventKind::BmcReset {
+                reset_type: RESET_TYPE.to_owned()
+            }]
+        );
+        w.dhcp_offer(0);
+        w.dhcp_offer(1);
+        until("admitted", || {
+            w.phases() == [Downloading, Downloading, Waiting]
+        })
+        .await;
+        assert!(!w.gate.holds(&w.macs[0]) && !w.gate.holds(&w.macs[1]));
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
+        // Both slots are taken for 10 s: the third host is not reset meanwhile.
+        ticks(8).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        // Host 0 has its files: its slot is free, the third host is reset to take it.
+        w.files_sent(0);
+        until("third reset", || w.bmc_calls().len() == 3).await;
+        assert_eq!(w.bmc_calls()[2], "http://bmc2.test");
+        assert_eq!(w.phases()[0], Starting);
+        let h0 = &w.status().hosts[0];
+        assert!(h0.loader_s.is_some() && h0.kernel_s.is_some() && h0.fetched_s.is_some());
+        w.booted(0);
+        w.dhcp_offer(2);
+        w.files_sent(1);
+        w.booted(1);
+        until("host 2 admitted", || w.phases()[2] == Downloading).await;
+        w.files_sent(2);
+        w.booted(2);
+        until("done", || w.status().finished()).await;
+        let s = w.status();
+        assert_eq!(s.state, RunState::Done);
+        assert_eq!(s.count(Booted), 3);
+        assert!(s.makespan_s.is_some() && s.lower_bound_s > 0.0);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"accepted\"} 3"));
+        assert!(w.metric("bootfabric_reboot_hosts{phase=\"booted\"} 3"));
+        assert!(w.metric("bootfabric_reboot_bmc_operations_in_flight 0"));
+        assert_eq!(w.service.cancel(), None, "nothing to cancel");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bmc_failure_fails_its_host_and_the_run_goes_on() {
+        let bmc = FakeBmc::new();
+        bmc.script(
+            "http://bmc0.test",
+            [Err(RedfishError::Status {
+                method: "POST".into(),
+                path: "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
+                status: 503,
+                message: None,
+            })],
+        );
+        let w = world(2, false, TWO_SLOTS, bmc);
+        w.service.start(&all()).expect("start");
+        let why = "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset: HTTP 503";
+        until("host 0 failed", || w.phases()[0] == PhaseLabel::Failed).await;
+        let h0 = &w.status().hosts[0];
+        assert_eq!(
+            h0.reason.as_deref(),
+            Some(format!("reset failed 1 times: {why}").as_str())
+        );
+        assert!(h0.failed_s.is_some());
+        assert!(!w.gate.holds(&w.macs[0]), "a failed host holds no place");
+        assert_eq!(
+            w.recorded(0, LedgerPhase::BmcFailed),
+            [EventKind::BmcFailed {
+                why: why.to_owned()
+            }]
+        );
+        assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"failed\"} 1"));
+        w.dhcp_offer(1);
+        w.files_sent(1);
+        w.booted(1);
+        until("done", || w.status().finished()).await;
+        let s = w.status();
+        assert_eq!(s.state, RunState::Done);
+        assert_eq!(
+            (s.count(PhaseLabel::Booted), s.count(PhaseLabel::Failed)),
+            (1, 1)
+        );
+        assert_eq!(w.bmc_calls().len(), 2, "one attempt each");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_holds_a_host_until_a_slot_is_its() {
+        use PhaseLabel::*;
+        // One slot; reset well ahead, so the second host comes up while the first downloads.
+        let one_slot =
+            "capacity_mbps = 1\nper_host_mbps = 1\npost_guess_s = 1\nlookahead_s = 600\n";
+        let w = world(2, false, one_slot, FakeBmc::new());
+        w.service.start(&all()).expect("start");
+        until("both reset", || w.bmc_calls().len() == 2).await;
+        until("accepted", || w.phases() == [Posting, Posting]).await;
+        w.dhcp_offer(0);
+        w.dhcp_offer(1);
+        until("one admitted", || w.phases() == [Downloading, Queued]).await;
+        assert!(!w.gate.holds(&w.macs[0]));
+        ticks(8).await;
+        assert_eq!(w.phases(), [Downloading, Queued]);
+        assert!(w.gate.holds(&w.macs[1]), "held while the slot is taken");
+        assert!(w.recorded(1, LedgerPhase::Admitted).is_empty());
+        w.files_sent(0);
+        until("second admitted", || !w.gate.holds(&w.macs[1])).await;
+        assert_eq!(w.phases(), [Starting, Downloading]);
+        assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_stops_the_run_and_opens_the_gate() {
+        use PhaseLabel::*;
+        let bmc = FakeBmc::new().with_delay(Duration::from_secs(30));
+        let w = world(3, false, TWO_SLOTS, bmc);
+        let id = w.service.start(&all()).expect("start").id;
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.phases(), [Resetting, Resetting, Waiting]);
+        // (The status counts them at the next tick.)
+        until("two in flight", || w.status().bmc_operations_in_flight == 2).await;
+        assert_eq!(w.service.cancel(), Some(id));
+        until("cancelled", || w.status().finished()).await;
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        assert_eq!(w.service.cancel(), None, "already over");
+        // The operations in flight end; nothing new starts.
+        ticks(400).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.metric("bootfabric_reboot_bmc_operations_in_flight 0"));
+        // A new run may start.
+        assert_eq!(w.service.start(&all()).expect("restart").id, id + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_operation_at_a_time_per_bmc_and_one_run_at_a_time() {
+        // A chassis BMC serving both hosts: both are due at once, it sees one after the other.
+        let bmc = FakeBmc::new().with_delay(Duration::from_secs(5));
+        let w = world(2, true, TWO_SLOTS, bmc);
+        let id = w.service.start(&all()).expect("start").id;
+        until("first reset", || w.bmc_calls().len() == 1).await;
+        assert_eq!(w.phases(), [PhaseLabel::Resetting, PhaseLabel::Resetting]);
+        until("in flight", || w.status().bmc_operations_in_flight == 1).await;
+        assert_eq!(w.bmc_calls().len(), 1, "the second waits for the first");
+        assert!(matches!(
+            w.service.start(&all()),
+            Err(StartError::Busy(busy)) if busy == id
+        ));
+        until("both accepted", || {
+            w.phases() == [PhaseLabel::Posting, PhaseLabel::Posting]
+        })
+        .await;
+        assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc0.test"]);
+        assert_eq!(w.bmc.most_in_flight("http://bmc0.test"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_run_plans_and_touches_no_bmc() {
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        let plan = w
+            .service
+            .start(&Selection {
+                dry_run: true,
+                ..all()
+            })
+            .expect("plan");
+        assert_eq!(plan.state, RunState::Planned);
+        assert_eq!(plan.count(PhaseLabel::Planned), 3);
+        assert!(plan.makespan_s.is_some());
+        ticks(8).await;
+        assert!(w.bmc_calls().is_empty());
+        assert!(w.service.status().is_none(), "a plan is not a run");
     }
 }

@@ -31,7 +31,8 @@ use super::{
     transfer::{AbortReason, Action, Transfer},
 };
 use crate::{
-    config::{Config, PortRange, TftpConfig},
+    config::{PortRange, TftpConfig},
+    fabric::Iface,
     model::boot::BootSettings,
     model::files::{self, FileError},
     model::inventory::{Host, Inventory, Mac},
@@ -41,6 +42,37 @@ use crate::{
 
 /// The well-known TFTP port.
 pub const TFTP_PORT: u16 = 69;
+
+/// Why the TFTP service did not start, or stopped. Where a cause is in the text it is not also a source,
+/// so that the daemon's `{:#}` prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum TftpError {
+    /// A metric could not be registered (its name is taken in the registry).
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    /// A fabric interface has no IPv4 address to answer from.
+    #[error("tftp: interface {iface:?} has no IPv4 address")]
+    NoAddress {
+        /// The interface, as configured.
+        iface: String,
+    },
+    /// The listening socket of an interface could not be bound.
+    #[error("tftp: binding {iface}:{port}: {error}")]
+    Bind {
+        /// The interface.
+        iface: String,
+        /// The port.
+        port: u16,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
+    /// The file I/O threads could not be started, or a listener's socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A listener's task ended without returning (it panicked).
+    #[error("TFTP listener failed: {0}")]
+    Listener(tokio::task::JoinError),
+}
 
 #[derive(Clone)]
 struct Metrics {
@@ -427,21 +459,56 @@ fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// What TFTP serves from besides its own section. `serve` takes each from where it is kept,
+/// so the service reads no other section of the configuration.
+pub struct Sources {
+    /// Hosts and profiles.
+    pub inventory: Inventory,
+    /// Global `[boot]` settings.
+    pub boot: BootSettings,
+    /// Names iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
+    pub scripts: Vec<String>,
+    /// The ledger (leases for host lookup; boot events).
+    pub ledger: Ledger,
+    /// Ports transfers are served from (`tftp.transfer_ports`; kept beside the sections
+    /// because the XDP programs read it too).
+    pub transfer_ports: PortRange,
+}
+
 impl TftpService {
-    /// Binds port 69 on every fabric interface.
+    /// Binds port 69 on every interface in `ifaces` (the fabric).
     pub fn start(
-        config: &Config,
         cfg: TftpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
         registry: &Registry,
-        ledger: Ledger,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, TftpError> {
+        Self::start_on(TFTP_PORT, cfg, ifaces, sources, registry)
+    }
+
+    /// [`TftpService::start`] on `port`; port 0 (tests) binds a port the kernel picks per
+    /// interface, which [`TftpService::local_addrs`] says.
+    fn start_on(
+        port: u16,
+        cfg: TftpConfig,
+        ifaces: &[Iface],
+        sources: Sources,
+        registry: &Registry,
+    ) -> Result<Self, TftpError> {
         let metrics = Metrics::register(registry)?;
         let mut listeners = Vec::new();
-        for iface in &config.interfaces {
-            let ip = crate::services::dhcp::iface_ipv4(iface)
-                .ok_or_else(|| anyhow::anyhow!("tftp: interface {iface:?} has no IPv4 address"))?;
-            let sock = bind(iface, TFTP_PORT)
-                .map_err(|e| anyhow::anyhow!("tftp: binding {iface}:{TFTP_PORT}: {e}"))?;
+        for fabric in ifaces {
+            let iface = &fabric.name;
+            let ip = fabric.ipv4.ok_or_else(|| TftpError::NoAddress {
+                iface: iface.clone(),
+            })?;
+            let bind_error = |error| TftpError::Bind {
+                iface: iface.clone(),
+                port,
+                error,
+            };
+            let sock = bind(iface, port).map_err(bind_error)?;
+            let port = sock.local_addr().map_err(bind_error)?.port();
             // A rack powering on sends its read requests in one burst; the default buffer
             // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
             // daemon has when it runs XDP; otherwise the kernel's cap applies.
@@ -452,11 +519,9 @@ impl TftpService {
                 let _ =
                     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &want);
             }
-            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{TFTP_PORT}");
+            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{port}");
             listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
-        let ports = config.tftp_transfer_ports;
-        let scripts = config.ipxe_script_names();
         let admission = Admission::new(AdmissionLimits {
             max_transfers: cfg.max_transfers,
             max_transfers_per_client: cfg.max_transfers_per_client,
@@ -467,7 +532,7 @@ impl TftpService {
         Ok(Self {
             listeners,
             cfg,
-            ports,
+            ports: sources.transfer_ports,
             port_keys: RandomState::new(),
             port_counter: AtomicU64::new(0),
             admission: Arc::new(Mutex::new(admission)),
@@ -475,16 +540,24 @@ impl TftpService {
             io: IoPool::start(IO_THREADS)?,
             metrics,
             hosts: Hosts {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts,
-                ledger,
+                inventory: sources.inventory,
+                boot: sources.boot,
+                scripts: sources.scripts,
+                ledger: sources.ledger,
             },
         })
     }
 
+    /// Where it listens: each interface's address and the port bound there.
+    pub fn local_addrs(&self) -> Vec<SocketAddrV4> {
+        self.listeners
+            .iter()
+            .map(|(_, ip, sock)| SocketAddrV4::new(*ip, sock.local_addr().map_or(0, |a| a.port())))
+            .collect()
+    }
+
     /// Serves until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> std::io::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), TftpError> {
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
         for (iface, ip, sock) in this.listeners.clone() {
@@ -495,8 +568,8 @@ impl TftpService {
         while let Some(res) = tasks.join_next().await {
             let err = match res {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e,
-                Err(join) => std::io::Error::other(format!("TFTP listener failed: {join}")),
+                Ok(Err(e)) => TftpError::Io(e),
+                Err(join) => TftpError::Listener(join),
             };
             cancel.cancel();
             return Err(err);
@@ -974,6 +1047,142 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lo() -> Iface {
+        Iface {
+            name: "lo".to_owned(),
+            index: None,
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            mac: None,
+            ipv6_link_local: false,
+        }
+    }
+
+    fn config(root: &std::path::Path) -> TftpConfig {
+        TftpConfig {
+            root: root.canonicalize().expect("root"),
+            max_windowsize: 1,
+            max_retries: 5,
+            mtu: 1500,
+            max_transfers: 8,
+            max_transfers_per_client: 4,
+            requests_per_second: 100,
+            requests_per_second_per_client: 100,
+            max_timeout_s: 5,
+            max_transfer: Duration::from_secs(60),
+            netascii_budget_bytes: 1 << 20,
+        }
+    }
+
+    fn sources(registry: &Registry) -> Sources {
+        Sources {
+            inventory: Inventory::default(),
+            boot: BootSettings::defaults(),
+            scripts: Vec::new(),
+            ledger: Ledger::new(registry).expect("ledger"),
+            transfer_ports: PortRange {
+                first: 50_000,
+                last: 59_999,
+            },
+        }
+    }
+
+    /// Reads `file` from `server` as RFC 1350 says, with no options: RRQ, then an ACK for
+    /// each DATA block until a short one. The blocks' lengths and the transfer's port.
+    async fn fetch(server: SocketAddrV4, file: &str) -> (Vec<u8>, Vec<usize>, u16) {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("client socket");
+        let mut rrq = vec![0, 1];
+        for field in [file, "octet"] {
+            rrq.extend_from_slice(field.as_bytes());
+            rrq.push(0);
+        }
+        sock.send_to(&rrq, server).await.expect("RRQ");
+        let (mut data, mut blocks, mut tid) = (Vec::new(), Vec::new(), None);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).await.expect("receive");
+            assert_eq!(
+                *tid.get_or_insert(from),
+                from,
+                "one transfer port throughout"
+            );
+            let block = match packet::parse(&buf[..n]) {
+                Ok(Packet::Data(block, bytes)) => {
+                    assert_eq!(usize::from(block), blocks.len() + 1, "blocks in order");
+                    data.extend_from_slice(&bytes);
+                    blocks.push(bytes.len());
+                    block
+                }
+                other => panic!("expected DATA, got {other:?}"),
+            };
+            let [hi, lo] = block.to_be_bytes();
+            sock.send_to(&[0, 4, hi, lo], from).await.expect("ACK");
+            if blocks.last().is_some_and(|&len| len < 512) {
+                let port = tid.map_or(0, |t| t.port());
+                return (data, blocks, port);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_is_fetched_on_port_0() {
+        let root = tempfile::tempdir().expect("tempdir");
+        // Two full blocks and a short one.
+        let image: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.path().join("undionly.kpxe"), &image).expect("write");
+        let registry = Registry::new();
+        let service = TftpService::start_on(
+            0,
+            config(root.path()),
+            &[lo()],
+            sources(&registry),
+            &registry,
+        )
+        .expect("start");
+        let [server] = service.local_addrs()[..] else {
+            panic!("one listener per interface: {:?}", service.local_addrs());
+        };
+        assert_eq!(*server.ip(), Ipv4Addr::LOCALHOST);
+        assert_ne!(server.port(), 0, "the port the kernel picked");
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let (data, blocks, tid) =
+            tokio::time::timeout(Duration::from_secs(30), fetch(server, "undionly.kpxe"))
+                .await
+                .expect("the transfer ends");
+        assert_eq!(blocks, [512, 512, 476]);
+        assert!(data == image, "{} bytes, not the file's", data.len());
+        assert!((50_000..=59_999).contains(&tid), "transfer port {tid}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
+    #[test]
+    fn an_interface_without_ipv4_is_refused_in_the_same_words() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let bare = Iface {
+            ipv4: None,
+            name: "fab0".to_owned(),
+            ..lo()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in = rt.enter();
+        let Err(e) =
+            TftpService::start(config(root.path()), &[bare], sources(&registry), &registry)
+        else {
+            panic!("started without an address");
+        };
+        assert_eq!(
+            e.to_string(),
+            r#"tftp: interface "fab0" has no IPv4 address"#
+        );
+    }
 
     #[test]
     fn refusals_follow_rfc1350() {

@@ -25,11 +25,11 @@ pub struct AdminTls {
 }
 
 /// A TLS setting that cannot be used: the config key and the reason.
-pub type KeyError = (String, String);
+pub use crate::util::key_error::KeyError;
 
 /// Builds the rustls server configuration; an error names the key whose file is at fault.
 pub fn server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, KeyError> {
-    let keyed = |key: &str, reason: String| (key.to_owned(), reason);
+    let keyed = |key: &str, reason: String| KeyError::new(key, reason);
     let chain = CertificateDer::pem_file_iter(&tls.cert)
         .map_err(|e| keyed("admin.tls_cert", format!("{}: {e}", tls.cert.display())))?
         .collect::<Result<Vec<_>, _>>()
