@@ -342,7 +342,32 @@ fn load(object: &[u8], settings: &Settings) -> Result<Ebpf, XdpError> {
 
 #[cfg(test)]
 mod tests {
-    use super::gcra;
+    use super::{gcra, DhcpMode, DhcpPath};
+    use bootfabric_abi::{DHCP_PATH_ANSWER, DHCP_PATH_COUNT_ONLY, DHCP_PATH_SHIELD};
+
+    /// Without a DHCP server in this daemon the program only counts (another server may own
+    /// the port); the kernel answers only in server mode with `xdp.dhcp_fast_path` on.
+    #[test]
+    fn the_dhcp_path_follows_the_dhcp_mode_and_the_fast_path_key() {
+        for fast_path in [true, false] {
+            assert_eq!(DhcpPath::new(None, fast_path), DhcpPath::CountOnly);
+            assert_eq!(
+                DhcpPath::new(Some(DhcpMode::Proxy), fast_path),
+                DhcpPath::Shield
+            );
+        }
+        assert_eq!(
+            DhcpPath::new(Some(DhcpMode::Server), true),
+            DhcpPath::Answer
+        );
+        assert_eq!(
+            DhcpPath::new(Some(DhcpMode::Server), false),
+            DhcpPath::Shield
+        );
+        assert_eq!(DhcpPath::CountOnly.abi(), DHCP_PATH_COUNT_ONLY);
+        assert_eq!(DhcpPath::Shield.abi(), DHCP_PATH_SHIELD);
+        assert_eq!(DhcpPath::Answer.abi(), DHCP_PATH_ANSWER);
+    }
 
     /// The program passes a packet while the theoretical arrival time is at most the burst
     /// tolerance ahead of now, and each pass moves it one interval: at one instant,
