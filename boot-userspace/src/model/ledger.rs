@@ -809,7 +809,11 @@ mod tests {
     #[test]
     fn an_event_stays_64_bytes() {
         // The worst-case memory in OTHER_EVENTS_PER_HOST's comment counts on it.
-        assert!(std::mem::size_of::<Event>() <= 64, "{}", std::mem::size_of::<Event>());
+        assert!(
+            std::mem::size_of::<Event>() <= 64,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
     }
 
     #[test]
