@@ -219,7 +219,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
-    let gate = Gate::default();
+    let gate = Gate::new(config.scheduler.gate_retry_s);
     let setup = crate::services::reboot::runner::Setup {
         inventory: config.inventory.clone(),
         image_roots: config
@@ -283,7 +283,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 scripts: config.ipxe_script_names(),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
-                gate_retry_s: config.scheduler.gate_retry_s,
             };
             HttpService::start(http, fabric.ifaces(), sources, &registry)?
         };

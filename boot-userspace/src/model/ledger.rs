@@ -24,8 +24,9 @@ use crate::model::inventory::{Host, Inventory, Mac};
 const EVENTS_PER_HOST: usize = 32;
 /// Events kept per MAC outside the inventory: enough for one whole boot (DHCP, TFTP, script,
 /// downloads, `booted`), and half the inventory's, since anyone can make up these MACs and
-/// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (40-byte events: about
-/// 45 MiB, plus the details of TFTP and HTTP events, which only MACs holding a lease get).
+/// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (64-byte events: about
+/// 70 MiB, plus the names of TFTP and HTTP events, at most `DETAIL_MAX + 3` bytes each, which
+/// only MACs holding a lease get).
 const OTHER_EVENTS_PER_HOST: usize = 16;
 /// MACs outside the inventory tracked at once, by default; the least recently seen is evicted
 /// to make room for a new one.
@@ -267,30 +268,30 @@ impl EventKind {
     /// The event with every free-form string cut to [`DETAIL_MAX`] bytes.
     fn bounded(self) -> Self {
         match self {
-            Self::TftpSent { file } => Self::TftpSent { file: cut(file) },
+            Self::TftpSent { file } => Self::TftpSent { file: bound(file) },
             Self::TftpFailed { file, why } => Self::TftpFailed {
-                file: cut(file),
+                file: bound(file),
                 why,
             },
-            Self::IpxeScript { path } => Self::IpxeScript { path: cut(path) },
-            Self::HttpStarted { path } => Self::HttpStarted { path: cut(path) },
+            Self::IpxeScript { path } => Self::IpxeScript { path: bound(path) },
+            Self::HttpStarted { path } => Self::HttpStarted { path: bound(path) },
             Self::HttpSent { path, bytes } => Self::HttpSent {
-                path: cut(path),
+                path: bound(path),
                 bytes,
             },
             Self::HttpFailed { path, bytes } => Self::HttpFailed {
-                path: cut(path),
+                path: bound(path),
                 bytes,
             },
             Self::BmcReset { reset_type } => Self::BmcReset {
-                reset_type: cut(reset_type),
+                reset_type: bound(reset_type),
             },
-            Self::BmcFailed { why } => Self::BmcFailed { why: cut(why) },
-            Self::ConfigServed { name } => Self::ConfigServed { name: cut(name) },
+            Self::BmcFailed { why } => Self::BmcFailed { why: bound(why) },
+            Self::ConfigServed { name } => Self::ConfigServed { name: bound(name) },
             Self::ConfigRefused { name, why } => Self::ConfigRefused {
-                name: cut(name),
+                name: bound(name),
                 why: match why {
-                    ConfigRefusal::Owner(o) => ConfigRefusal::Owner(cut(o)),
+                    ConfigRefusal::Owner(o) => ConfigRefusal::Owner(bound(o)),
                     other => other,
                 },
             },
@@ -299,14 +300,35 @@ impl EventKind {
     }
 }
 
-/// `s` cut to at most [`DETAIL_MAX`] bytes, on a character boundary.
-fn cut(mut s: String) -> String {
+/// `s` cut to at most [`DETAIL_MAX`] bytes, on a character boundary: the admin API's
+/// `detail`, as it always was.
+fn cut(s: String) -> String {
     let mut end = s.len().min(DETAIL_MAX);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.truncate(end);
-    s
+    if end == s.len() {
+        s
+    } else {
+        s[..end].to_owned()
+    }
+}
+
+/// A field `s` as stored: every character that starts within the first [`DETAIL_MAX`] bytes
+/// (at most `DETAIL_MAX + 3` bytes), in a fresh allocation, since a path from the network
+/// may arrive in a buffer of kilobytes. Keeping the character that straddles the limit whole
+/// makes the rendered `detail` identical to cutting the uncut text.
+fn bound(mut s: String) -> String {
+    if s.len() <= DETAIL_MAX {
+        // A short name may still sit in a large buffer.
+        s.shrink_to_fit();
+        return s;
+    }
+    let mut end = DETAIL_MAX;
+    while !s.is_char_boundary(end) {
+        end += 1;
+    }
+    s[..end].to_owned()
 }
 
 /// One event.
@@ -716,6 +738,96 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The detail as the ledger rendered it before events were typed: the whole line, cut.
+    fn old_detail(line: &str) -> String {
+        let mut end = line.len().min(DETAIL_MAX);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line[..end].to_owned()
+    }
+
+    #[test]
+    fn long_names_are_stored_bounded_and_render_as_before() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let m = Mac([2, 0, 0, 0, 0, 9]);
+        l.set_inventory(&inventory(&[m]));
+        // Odd-aligned multibyte text straddles byte 128; a big buffer must not be kept.
+        for name in [
+            "a".to_owned() + &"é".repeat(100),
+            "x".repeat(4096),
+            "é".repeat(70),
+        ] {
+            let mut path = String::with_capacity(8192);
+            path.push_str(&name);
+            let kinds = [
+                (
+                    EventKind::HttpSent { path, bytes: 42 },
+                    format!("{name}: 42 bytes"),
+                ),
+                (
+                    EventKind::TftpFailed {
+                        file: name.clone(),
+                        why: "timeout",
+                    },
+                    format!("{name}: timeout"),
+                ),
+                (
+                    EventKind::ConfigRefused {
+                        name: name.clone(),
+                        why: ConfigRefusal::Owner(name.clone()),
+                    },
+                    format!("for {name}: {name}"),
+                ),
+                (EventKind::IpxeScript { path: name.clone() }, name.clone()),
+            ];
+            for (kind, line) in kinds {
+                l.record(m, kind, None);
+                let stored = l.timeline(m).pop().expect("event").kind;
+                assert_eq!(stored.detail(), Some(old_detail(&line)), "{line}");
+                let strings: Vec<&String> = match &stored {
+                    EventKind::HttpSent { path, .. } | EventKind::IpxeScript { path } => vec![path],
+                    EventKind::TftpFailed { file, .. } => vec![file],
+                    EventKind::ConfigRefused {
+                        name,
+                        why: ConfigRefusal::Owner(owner),
+                    } => vec![name, owner],
+                    other => panic!("unexpected {other:?}"),
+                };
+                for s in strings {
+                    assert!(
+                        s.capacity() <= DETAIL_MAX + 3,
+                        "{} bytes kept",
+                        s.capacity()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_stays_64_bytes() {
+        // The worst-case memory in OTHER_EVENTS_PER_HOST's comment counts on it.
+        assert!(
+            std::mem::size_of::<Event>() <= 64,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+    }
+
+    #[test]
+    fn a_download_path_near_the_limit_is_still_recognised() {
+        // Before events were typed, the path was parsed back out of the cut detail, so a
+        // path of 120-odd bytes lost its ": N bytes" and never counted as fetched.
+        let path = format!("/{}", "p".repeat(126));
+        let sent = EventKind::HttpSent {
+            path: path.clone(),
+            bytes: 1,
+        }
+        .bounded();
+        assert_eq!(sent.sent_path(), Some(path.as_str()));
+    }
 
     #[test]
     fn keeps_the_newest_events_per_inventory_host() {

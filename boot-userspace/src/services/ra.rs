@@ -140,6 +140,15 @@ fn open(name: &str, index: u32) -> std::io::Result<Socket> {
     Ok(s)
 }
 
+/// The index and MAC to advertise `iface` with, when it can take part in IPv6 router
+/// discovery: it exists, has a MAC, and has a link-local address to answer from.
+fn advertisable(iface: &Iface) -> Option<(u32, [u8; 6])> {
+    match (iface.index, iface.mac, iface.ipv6_link_local) {
+        (Some(index), Some(mac), true) => Some((index, mac)),
+        _ => None,
+    }
+}
+
 impl RaService {
     /// Opens the responder on each of `interfaces` (the fabric) that has IPv6 (a link-local
     /// address); `None` when there is none.
@@ -148,8 +157,7 @@ impl RaService {
         let mut ifaces = Vec::new();
         for fabric in interfaces {
             let name = &fabric.name;
-            let (Some(index), Some(mac), true) = (fabric.index, fabric.mac, fabric.ipv6_link_local)
-            else {
+            let Some((index, mac)) = advertisable(fabric) else {
                 info!(iface = %name, "no IPv6 link-local address on {name}: no router advertisements there");
                 continue;
             };
@@ -297,20 +305,33 @@ mod tests {
 
     #[test]
     fn interfaces_without_link_local_ipv6_get_no_responder() {
-        let iface = |name: &str, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
-            name: name.to_owned(),
-            index: Some(1),
+        let iface = |index: Option<u32>, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
+            name: "fab0".to_owned(),
+            index,
             ipv4: None,
             mac,
             ipv6_link_local,
         };
+        let mac = Some([2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            advertisable(&iface(Some(3), true, mac)),
+            Some((3, [2, 0, 0, 0, 0, 1]))
+        );
+        assert_eq!(
+            advertisable(&iface(Some(3), false, mac)),
+            None,
+            "no link-local"
+        );
+        assert_eq!(advertisable(&iface(Some(3), true, None)), None, "no MAC");
+        assert_eq!(
+            advertisable(&iface(None, true, mac)),
+            None,
+            "no such interface"
+        );
+        // And start opens nothing for them.
         let registry = Registry::new();
-        // No socket is opened for any of them: no link-local address, or no MAC to advertise.
-        let ifaces = [
-            iface("fab0", false, Some([2, 0, 0, 0, 0, 1])),
-            iface("fab1", true, None),
-        ];
-        let started = RaService::start(&ifaces, &registry).expect("metrics register");
+        let none = [iface(Some(3), false, mac), iface(Some(3), true, None)];
+        let started = RaService::start(&none, &registry).expect("metrics register");
         assert!(started.is_none());
     }
 
