@@ -147,11 +147,6 @@ impl FastPath {
             fabric,
         })
     }
-
-    /// The event source, for the one task that reads it.
-    pub fn take_events(&mut self) -> Option<Box<dyn FastPathEvents>> {
-        self.events.take()
-    }
 }
 
 fn take<T>(

@@ -313,6 +313,13 @@ profile = "a"
             "the reloaded config has no [dhcp]; restart to remove the server"
         );
         assert_eq!(maps.0.lock().expect("fake").syncs, 2);
+        let server = t.service.server.lock().expect("lock");
+        assert_eq!(
+            server.inventory.hosts().len(),
+            1,
+            "the refused reloads' two hosts were not taken"
+        );
+        assert_eq!(server.dhcp.subnets[0].net, dhcp().subnets[0].net);
     }
 
     #[tokio::test]

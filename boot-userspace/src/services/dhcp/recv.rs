@@ -52,19 +52,30 @@ impl DhcpService {
                         ms: started.elapsed().as_millis() as u64,
                         unix: unix_now(),
                     };
-                    let Ok(mut server) = self.server.lock() else {
-                        return Err(std::io::Error::other("DHCP state lock poisoned"));
+                    let decision = {
+                        let Ok(mut server) = self.server.lock() else {
+                            return Err(std::io::Error::other("DHCP state lock poisoned"));
+                        };
+                        let decision = step.decide(&mut server, &req, &ingress, now);
+                        if let Some((subnet, used)) = decision.leases_active() {
+                            self.metrics
+                                .leases
+                                .with_label_values(&[subnet])
+                                .set(used as i64);
+                        }
+                        decision
                     };
-                    step.handle(&mut server, &req, &ingress, now)
+                    self.metrics.decision.observe(t0.elapsed().as_secs_f64());
+                    step.finish(decision, now)
                 }
             };
-            self.act(&sock, actions, t0).await;
+            self.act(&sock, actions).await;
         }
     }
 
     /// Carries out one datagram's actions, in order. Commits run in the background, so a
     /// slow journal never holds the loop; their replies follow once durable.
-    async fn act(self: &Arc<Self>, sock: &Arc<UdpSocket>, actions: Vec<Action>, t0: Instant) {
+    async fn act(self: &Arc<Self>, sock: &Arc<UdpSocket>, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Dropped(reason) => self.count_dropped(reason.as_str()),
@@ -74,12 +85,6 @@ impl DhcpService {
                     .exhausted
                     .with_label_values(&[subnet.as_str()])
                     .inc(),
-                Action::LeasesActive { subnet, used } => self
-                    .metrics
-                    .leases
-                    .with_label_values(&[subnet.as_str()])
-                    .set(used as i64),
-                Action::Decided => self.metrics.decision.observe(t0.elapsed().as_secs_f64()),
                 Action::Log(line) => log(line),
                 Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip),
                 Action::Send(reply) => self.reply(sock, reply).await,

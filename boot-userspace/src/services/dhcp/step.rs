@@ -145,16 +145,6 @@ pub enum Action {
         /// Subnet label.
         subnet: String,
     },
-    /// `bootfabric_dhcp_leases_active{subnet}` = `used` (kept exact between the sweeps).
-    LeasesActive {
-        /// Subnet label.
-        subnet: String,
-        /// Addresses in use.
-        used: usize,
-    },
-    /// The server decided: `bootfabric_dhcp_decision_seconds` observes the time since the
-    /// datagram was handed to [`Step::handle`].
-    Decided,
     /// A log line.
     Log(Log),
     /// A ledger entry.
@@ -216,6 +206,25 @@ pub struct Now {
     pub unix: u64,
 }
 
+/// The server's decision on one request, taken under the state lock.
+#[derive(Debug)]
+pub struct Decision {
+    msg_type: Option<MessageType>,
+    subnet: Option<usize>,
+    handled: Handled,
+    mac: Mac,
+    leases: Option<(String, usize)>,
+}
+
+impl Decision {
+    /// The subnet's label and its addresses in use, read under the lock that decided:
+    /// `bootfabric_dhcp_leases_active{subnet}`, set while the lock is held so that two loops
+    /// cannot write it out of order.
+    pub fn leases_active(&self) -> Option<(&str, usize)> {
+        self.leases.as_ref().map(|(s, n)| (s.as_str(), *n))
+    }
+}
+
 /// The receive step of one socket: what it remembers between datagrams.
 #[derive(Debug)]
 pub struct Step {
@@ -234,30 +243,44 @@ impl Step {
         }
     }
 
-    /// Handles `req`, arrived at `ingress` (whose `peer` is the request's) and admitted by
-    /// [`admit`], at `now`.
-    pub fn handle(
-        &mut self,
+    /// The server's decision on `req`: the part that needs the lease table, so the caller
+    /// holds the state lock for this and nothing more (no encoding).
+    pub fn decide(
+        &self,
         server: &mut Server,
         req: &Request,
         ingress: &Ingress<'_>,
         now: Now,
-    ) -> Vec<Action> {
+    ) -> Decision {
         let msg_type = req.msg.opts().msg_type();
-        let kind = type_label(msg_type);
         let subnet = server.subnet_for(&req.msg, ingress);
         let handled = server.handle(&req.msg, ingress, now.unix);
-        let mut actions = Vec::with_capacity(4);
         // O(1): keep the gauge exact without waiting for the periodic sweep.
-        if let Some((i, name)) = subnet.and_then(|i| Some((i, self.subnets.get(i)?))) {
-            let (used, _) = server.table.utilization(i);
-            actions.push(Action::LeasesActive {
-                subnet: name.clone(),
-                used,
-            });
+        let leases = subnet.and_then(|i| {
+            let name = self.subnets.get(i)?;
+            Some((name.clone(), server.table.utilization(i).0))
+        });
+        Decision {
+            msg_type,
+            subnet,
+            handled,
+            mac: req.mac,
+            leases,
         }
-        actions.push(Action::Decided);
-        let mac = req.mac;
+    }
+
+    /// What a decision calls for: counts, logs, ledger entries, the encoded reply and its
+    /// commit. Runs after the state lock is released.
+    pub fn finish(&mut self, decision: Decision, now: Now) -> Vec<Action> {
+        let Decision {
+            msg_type,
+            subnet,
+            handled,
+            mac,
+            ..
+        } = decision;
+        let kind = type_label(msg_type);
+        let mut actions = Vec::with_capacity(3);
         match handled {
             Handled::Drop(reason) => {
                 actions.push(Action::Dropped(reason));
@@ -433,6 +456,8 @@ mod tests {
         server: Server,
         limiter: RateLimiter,
         step: Step,
+        /// Whether the last datagram reached the server, and the gauge it set if so.
+        decided: Option<Option<(String, usize)>>,
     }
 
     impl Loop {
@@ -441,12 +466,14 @@ mod tests {
                 server: server(pool),
                 limiter: RateLimiter::new(rate),
                 step: Step::new(vec![SUBNET.to_owned()]),
+                decided: None,
             }
         }
 
         /// Decodes and handles `datagram` from `peer` at `ms` (monotonic) and 1000 + ms/1000
         /// (Unix seconds).
         fn feed(&mut self, datagram: &[u8], peer: SocketAddrV4, ms: u64) -> Vec<Action> {
+            self.decided = None;
             let req = match decode(datagram, SocketAddr::V4(peer)) {
                 Ok(req) => req,
                 Err(actions) => return actions,
@@ -464,7 +491,9 @@ mod tests {
             if let Err(refused) = admit(Some(&mut self.limiter), &req, now.ms) {
                 return refused;
             }
-            self.step.handle(&mut self.server, &req, &ingress, now)
+            let decision = self.step.decide(&mut self.server, &req, &ingress, now);
+            self.decided = Some(decision.leases_active().map(|(s, n)| (s.to_owned(), n)));
+            self.step.finish(decision, now)
         }
     }
 
@@ -484,14 +513,12 @@ mod tests {
             broadcast_peer(),
             0,
         );
-        let [Action::LeasesActive { subnet, used }, Action::Decided, Action::Send(reply)] =
-            &actions[..]
-        else {
-            panic!("gauge, decision and a reply sent at once: {actions:?}");
+        let [Action::Send(reply)] = &actions[..] else {
+            panic!("a reply sent at once: {actions:?}");
         };
         assert_eq!(
-            (subnet.as_str(), *used),
-            (SUBNET, 1),
+            l.decided,
+            Some(Some((SUBNET.to_owned(), 1))),
             "the offer holds one address"
         );
         assert_eq!((reply.kind, reply.outcome), ("discover", "offer"));
@@ -587,20 +614,19 @@ mod tests {
         let discover = bytes(1, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]);
         for _ in 0..2 {
             let a = l.feed(&discover, broadcast_peer(), 0);
-            assert!(a.contains(&Action::Decided), "{a:?}");
+            assert!(l.decided.is_some(), "{a:?}");
         }
         assert_eq!(
             l.feed(&discover, broadcast_peer(), 0),
             vec![Action::Dropped(DropReason::RateLimited)]
         );
+        assert_eq!(l.decided, None, "the server never saw it");
         // Another client has its own bucket; the first one's refills.
         let other = bytes(2, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]);
-        assert!(l
-            .feed(&other, broadcast_peer(), 0)
-            .contains(&Action::Decided));
-        assert!(l
-            .feed(&discover, broadcast_peer(), 1000)
-            .contains(&Action::Decided));
+        l.feed(&other, broadcast_peer(), 0);
+        assert!(l.decided.is_some());
+        l.feed(&discover, broadcast_peer(), 1000);
+        assert!(l.decided.is_some());
         // A poisoned limiter says no to everyone.
         let req = decode(&discover, SocketAddr::V4(broadcast_peer())).expect("request");
         assert_eq!(
