@@ -15,8 +15,8 @@ use aya::{
 };
 use bootfabric::{
     config::Config,
-    services::dhcp::server::Server,
-    xdp::fastpath::{FabricIface, FastPath, FastPathEvent},
+    services::dhcp::{fastpath::FastPathOwner, server::Server},
+    xdp::fastpath::{FabricIface, FastPath, FastPathEvent, FastPathEvents},
 };
 use bootfabric_abi::{
     dhcp::{MAP_STATS, STAT_COUNT},
@@ -31,13 +31,13 @@ pub const SERVER_MAC: [u8; 6] = [0x02, 0xbf, 0, 0, 0, 1];
 /// The loaded program, its fast path maps, and the userspace server of the same config.
 pub struct Harness {
     ebpf: Ebpf,
-    /// The fast path's maps (events included).
-    pub fast_path: FastPath,
+    /// The fast path's maps, as the DHCP service owns them.
+    pub fast_path: FastPathOwner,
     /// The userspace server.
     pub server: Server,
     /// The config both were built from.
     pub config: Config,
-    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    events: Option<Box<dyn FastPathEvents>>,
 }
 
 /// Why the harness could not start.
@@ -108,12 +108,15 @@ impl Harness {
             server_ip,
             mac: SERVER_MAC,
         }];
-        let mut fast_path =
-            FastPath::new(&mut ebpf, fabric).map_err(|e| err("fast path")(e.to_string()))?;
+        let FastPath {
+            maps,
+            events,
+            fabric,
+        } = FastPath::new(&mut ebpf, fabric).map_err(|e| err("fast path")(e.to_string()))?;
+        let mut fast_path = FastPathOwner::new(maps, fabric);
         fast_path
             .sync(&server)
             .map_err(|e| err("sync")(e.to_string()))?;
-        let events = fast_path.take_events();
         Ok(Some(Self {
             ebpf,
             fast_path,
@@ -177,12 +180,8 @@ impl Harness {
     /// Events the program wrote since the last call.
     pub fn events(&mut self) -> Vec<FastPathEvent> {
         let mut v = Vec::new();
-        if let Some(ring) = self.events.as_mut() {
-            while let Some(item) = ring.next() {
-                if let Some(e) = FastPathEvent::decode(&item) {
-                    v.push(e);
-                }
-            }
+        if let Some(events) = self.events.as_mut() {
+            events.drain(&mut v);
         }
         v
     }

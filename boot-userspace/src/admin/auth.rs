@@ -11,7 +11,7 @@ use std::{fmt, net::IpAddr};
 
 use hyper::{header, http::HeaderMap, Method, StatusCode};
 
-use crate::util::secrets::token::Token;
+use crate::config::secrets::token::Token;
 
 /// What a request may do to the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    config::secrets::{tls, token},
     model::inventory::Mac,
     model::ledger::Ledger,
     services::reboot::{report::Selection, runner::StartError, RebootService},
     util::metrics::render,
-    util::secrets::{tls, token},
 };
 use auth::{Access, Caller, Policy, Refusal};
 

@@ -54,7 +54,7 @@ fn create(args: &CreateArgs) -> i32 {
             }
         },
     };
-    match crate::util::secrets::token::create(&path, args.force) {
+    match crate::config::secrets::token::create(&path, args.force) {
         Ok(token) => {
             eprintln!("wrote a new admin token to {} (mode 0600)", path.display());
             if args.print {

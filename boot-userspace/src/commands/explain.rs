@@ -9,6 +9,7 @@ use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 
 use crate::{
     config::Config,
+    fabric::Fabric,
     model::inventory::Mac,
     services::dhcp::{
         self,
@@ -72,7 +73,11 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
         .unwrap_or_default();
     let server_ip = args
         .server_ip
-        .or_else(|| dhcp::iface_ipv4(&iface))
+        .or_else(|| {
+            Fabric::resolve(std::slice::from_ref(&iface))
+                .get(&iface)?
+                .ipv4
+        })
         .or_else(|| {
             let s = dhcp
                 .subnets
@@ -83,7 +88,7 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
         })
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
 
-    let live = dhcp::read_leases(&dhcp::journal_path(cfg)).unwrap_or_default();
+    let live = dhcp::read_leases(&dhcp::journal_path(&cfg.state_dir)).unwrap_or_default();
     let now = dhcp::unix_now();
     let mut server = Server::new(dhcp, cfg.boot.clone(), cfg.inventory.clone(), &live, now);
 
@@ -191,7 +196,7 @@ fn describe(opt: &DhcpOption) -> String {
 
 /// Runs `leases`; returns the exit code.
 pub fn leases(cfg: &Config, all: bool) -> i32 {
-    let path = dhcp::journal_path(cfg);
+    let path = dhcp::journal_path(&cfg.state_dir);
     let records = match dhcp::read_leases(&path) {
         Ok(r) => r,
         Err(e) => {

@@ -145,7 +145,10 @@ pub fn run(cli: Cli) -> i32 {
             action: Some(LeasesAction::Repair { config }),
             ..
         } => match Config::load(&config) {
-            Ok(cfg) => crate::services::dhcp::repair_leases(&cfg),
+            Ok(cfg) => {
+                use crate::services::dhcp;
+                dhcp::repair_leases(&dhcp::journal_path(&cfg.state_dir))
+            }
             Err(e) => config_error(&e),
         },
         Command::Leases {

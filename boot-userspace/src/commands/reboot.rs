@@ -167,7 +167,7 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
         .or_else(|| cfg.as_ref().and_then(|c| c.admin.token_file.clone()));
     let authorization = match token_file {
         Some(path) => {
-            let token = crate::util::secrets::token::read_for_client(&path)
+            let token = crate::config::secrets::token::read_for_client(&path)
                 .map_err(|e| anyhow!("admin token: {e}"))?;
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .context("the admin token is not a header value")?;

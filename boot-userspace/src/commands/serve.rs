@@ -142,13 +142,28 @@ fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>
     };
     // Hosts added to the inventory are protected in the ledger from now on.
     ledger.set_inventory(&config.inventory);
-    match dhcp.map(|d| d.reload(&config)) {
+    match dhcp.map(|d| d.reload(config.dhcp.as_ref(), &config.boot, &config.inventory)) {
         Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
         Some(Ok(())) => info!(
             hosts = config.inventory.hosts().len(),
             "SIGHUP: config reloaded (DHCP and the XDP fast path)"
         ),
         None => info!("SIGHUP: nothing to reload without a DHCP server"),
+    }
+}
+
+/// What the data path is set up with, from `[xdp]` and the other sections' values it needs:
+/// the DHCP mode and rate limit and the TFTP transfer ports.
+pub fn dataplane_settings(config: &Config) -> xdp::Settings {
+    xdp::Settings {
+        mode: config.xdp_mode,
+        relay_rate_limit: config.xdp_relay_rate_limit,
+        dhcp: xdp::DhcpPath::new(
+            config.dhcp.as_ref().map(|d| d.mode),
+            config.xdp_dhcp_fast_path,
+        ),
+        client_rate_limit: config.dhcp.as_ref().map(|d| d.rate_limit),
+        tftp_transfer_ports: config.tftp_transfer_ports,
     }
 }
 
@@ -185,8 +200,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let mut supervisor = Supervisor::new(cancel.clone(), core.service_up.clone());
 
     let fabric = Fabric::resolve(&config.interfaces);
-    let mut dataplane = Dataplane::start(&config, &registry)?;
-    let fast_path = dataplane.take_fast_path(&config);
+    let mut dataplane = Dataplane::start(fabric.ifaces(), &dataplane_settings(&config), &registry)?;
+    let fast_path = dataplane.take_fast_path(fabric.ifaces());
     if dataplane.is_active() {
         let token = supervisor.token();
         supervisor.spawn(
@@ -204,7 +219,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
-    let gate = Gate::default();
+    let gate = Gate::new(config.scheduler.gate_retry_s);
     let setup = crate::services::reboot::runner::Setup {
         inventory: config.inventory.clone(),
         image_roots: config
@@ -218,7 +233,14 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         .context("registering scheduler metrics")?;
     let mut dhcp_reloader = None;
     if let Some(dhcp) = config.dhcp.clone() {
-        let service = DhcpService::start(&config, dhcp, &registry, ledger.clone())?;
+        let sources = crate::services::dhcp::Sources {
+            inventory: config.inventory.clone(),
+            boot: config.boot.clone(),
+            ledger: ledger.clone(),
+            journal: crate::services::dhcp::journal_path(&config.state_dir),
+            config_path: config.path.clone(),
+        };
+        let service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
         if let Some(fp) = fast_path {
             if let Err(e) = service.attach_fast_path(fp) {
                 warn!("XDP DHCP fast path off: {e}");
@@ -261,7 +283,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 scripts: config.ipxe_script_names(),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
-                gate_retry_s: config.scheduler.gate_retry_s,
             };
             HttpService::start(http, fabric.ifaces(), sources, &registry)?
         };

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use super::wire;
 use crate::model::boot::OptionSet;
 
-pub use crate::model::boot::KeyError;
+use crate::util::key_error::KeyError;
 
 /// An inclusive range of IPv4 addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! the files the config names. Every error names the file and the key it is about.
 
 pub mod dhcp;
+pub mod secrets;
 pub mod wire;
 
 use std::{
@@ -194,7 +195,7 @@ pub struct AdminConfig {
     /// loopback peers only.
     pub token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub tls: Option<crate::util::secrets::tls::AdminTls>,
+    pub tls: Option<secrets::tls::AdminTls>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -312,7 +313,7 @@ impl SchedulerConfig {
                 ))
             }
             Some(n) => n.min(300),
-            None => 3,
+            None => crate::model::gate::DEFAULT_RETRY_S,
         };
         Ok(Self {
             capacity_bps,
@@ -455,8 +456,7 @@ impl Config {
         };
         if let Some(file) = self.admin.token_file.as_mut() {
             *file = base.join(&*file);
-            crate::util::secrets::token::load(file)
-                .map_err(|e| invalid("admin.token_file", e.to_string()))?;
+            secrets::token::load(file).map_err(|e| invalid("admin.token_file", e.to_string()))?;
         }
         if let Some(tls) = self.admin.tls.as_mut() {
             tls.cert = base.join(&tls.cert);
@@ -464,7 +464,7 @@ impl Config {
             if let Some(ca) = tls.client_ca.as_mut() {
                 *ca = base.join(&*ca);
             }
-            crate::util::secrets::tls::server_config(tls)
+            secrets::tls::server_config(tls)
                 .map_err(|KeyError { key, reason }| invalid(&key, reason))?;
         }
         Ok(())
@@ -538,7 +538,7 @@ impl Config {
             return Err(invalid("admin.token_file", "is empty".to_owned()));
         }
         let admin_tls = match (&wire.admin.tls_cert, &wire.admin.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::util::secrets::tls::AdminTls {
+            (Some(cert), Some(key)) => Some(secrets::tls::AdminTls {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
@@ -1179,7 +1179,7 @@ mod tests {
         let token = dir.path().join("admin.token");
         let e = Config::load(&cfg).expect_err("missing").to_string();
         assert!(e.contains("`admin.token_file`"), "{e}");
-        crate::util::secrets::token::create(&token, false).expect("create");
+        secrets::token::create(&token, false).expect("create");
         let c = Config::load(&cfg).expect("valid token file");
         assert_eq!(c.admin.token_file.as_deref(), Some(token.as_path()));
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");

@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-pub use crate::model::boot::wire::{Boot, DhcpOptions};
+use crate::model::boot::wire::{Boot, DhcpOptions};
 
 /// The daemon's main config file.
 #[derive(Debug, Default, Deserialize)]

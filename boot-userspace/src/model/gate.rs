@@ -10,13 +10,37 @@ use std::{
 
 use crate::model::inventory::Mac;
 
-/// Shared handle to the set of held hosts.
-#[derive(Clone, Debug, Default)]
+/// Seconds a held host waits before asking again, unless `scheduler.gate_retry_s` says.
+pub const DEFAULT_RETRY_S: u32 = 3;
+
+/// Shared handle to the set of held hosts, and how long they wait between asks.
+#[derive(Clone, Debug)]
 pub struct Gate {
     held: Arc<RwLock<HashSet<Mac>>>,
+    retry_s: u32,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new(DEFAULT_RETRY_S)
+    }
 }
 
 impl Gate {
+    /// An empty gate whose held hosts ask again every `retry_s` seconds (the reboot
+    /// scheduler paces them; HTTP only tells them).
+    pub fn new(retry_s: u32) -> Self {
+        Self {
+            held: Arc::default(),
+            retry_s,
+        }
+    }
+
+    /// Seconds a held host waits before asking again.
+    pub fn retry_s(&self) -> u32 {
+        self.retry_s
+    }
+
     /// Holds `mac` at the gate.
     pub fn hold(&self, mac: Mac) {
         if let Ok(mut h) = self.held.write() {

@@ -2,6 +2,5 @@
 
 pub mod key_error;
 pub mod metrics;
-pub mod secrets;
 pub mod supervisor;
 pub mod xorshift;

@@ -28,10 +28,27 @@ impl AttachedMode {
     }
 }
 
+/// Why an interface refused the program.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The loader or the kernel refused: aya's error, followed by its cause (the kernel's
+    /// reason) when it has one.
+    #[error("{}", with_cause(.0))]
+    Refused(aya::programs::ProgramError),
+}
+
+/// `e`, then `: ` and its source when it has one: aya's own message names only the call.
+fn with_cause(e: &aya::programs::ProgramError) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
 /// Something XDP programs can be attached to (the kernel, or a fake in tests).
 pub trait AttachTarget {
-    /// Attaches to `iface` in `mode`; the error is the kernel's reason.
-    fn attach(&mut self, iface: &str, mode: AttachedMode) -> Result<(), String>;
+    /// Attaches to `iface` in `mode`.
+    fn attach(&mut self, iface: &str, mode: AttachedMode) -> Result<(), AttachError>;
 }
 
 /// The real target: one loaded aya XDP program.
@@ -40,18 +57,16 @@ pub(super) struct AyaXdp<'a> {
 }
 
 impl AttachTarget for AyaXdp<'_> {
-    fn attach(&mut self, iface: &str, mode: AttachedMode) -> Result<(), String> {
+    fn attach(&mut self, iface: &str, mode: AttachedMode) -> Result<(), AttachError> {
         let mode = match mode {
             AttachedMode::Native => XdpMode::Driver,
             AttachedMode::Generic => XdpMode::Skb,
             AttachedMode::None => return Ok(()),
         };
-        self.program.attach(iface, mode).map(|_| ()).map_err(|e| {
-            match std::error::Error::source(&e) {
-                Some(src) => format!("{e}: {src}"),
-                None => e.to_string(),
-            }
-        })
+        self.program
+            .attach(iface, mode)
+            .map(|_| ())
+            .map_err(AttachError::Refused)
     }
 }
 
@@ -122,7 +137,7 @@ pub fn attach_with_fallback(
         XdpModeSetting::Native => &[AttachedMode::Native],
         XdpModeSetting::Generic => &[AttachedMode::Generic],
     };
-    let mut last = String::new();
+    let mut last = None;
     for &mode in order {
         match target.attach(iface, mode) {
             Ok(()) => {
@@ -136,19 +151,21 @@ pub fn attach_with_fallback(
             }
             Err(e) => {
                 warn!(iface, mode = mode.as_str(), error = %e, "XDP attach failed");
-                last = e;
+                last = Some(e);
             }
         }
     }
-    if setting == XdpModeSetting::Auto {
-        warn!(iface, "no XDP on {iface}: serving it from userspace only");
-        Ok(AttachedMode::None)
-    } else {
-        Err(XdpError::Attach {
+    match last {
+        Some(source) if setting != XdpModeSetting::Auto => Err(XdpError::Attach {
             mode: setting,
             iface: iface.to_owned(),
-            reason: last,
-        })
+            reason: source,
+        }),
+        // Auto (every mode refused), or a setting with no mode to try.
+        _ => {
+            warn!(iface, "no XDP on {iface}: serving it from userspace only");
+            Ok(AttachedMode::None)
+        }
     }
 }
 
@@ -163,12 +180,18 @@ mod tests {
     }
 
     impl AttachTarget for Fake {
-        fn attach(&mut self, _iface: &str, mode: AttachedMode) -> Result<(), String> {
+        fn attach(&mut self, _iface: &str, mode: AttachedMode) -> Result<(), AttachError> {
             self.tried.push(mode);
             if self.accepts.contains(&mode) {
                 Ok(())
             } else {
-                Err("Operation not supported".to_owned())
+                // What a driver without this mode answers.
+                Err(AttachError::Refused(
+                    aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_link_create",
+                        io_error: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                    }),
+                ))
             }
         }
     }

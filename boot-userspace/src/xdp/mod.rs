@@ -14,7 +14,7 @@ mod attach;
 pub mod fastpath;
 mod stats;
 
-use std::{collections::HashMap, ffi::CString};
+use std::collections::HashMap;
 
 use aya::{maps::Array, programs::Xdp, Ebpf};
 use bootfabric_abi::{
@@ -24,9 +24,12 @@ use bootfabric_abi::{
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tracing::{info, warn};
 
-pub use attach::{attach_with_fallback, AttachTarget, AttachedMode};
+pub use attach::{attach_with_fallback, AttachError, AttachTarget, AttachedMode};
 
-use crate::config::{Config, DhcpMode, XdpModeSetting};
+use crate::{
+    config::{DhcpMode, PortRange, XdpModeSetting},
+    fabric::Iface,
+};
 use fastpath::{FabricIface, FastPath};
 
 /// Why the data path could not be set up the way the config demands.
@@ -51,12 +54,62 @@ pub enum XdpError {
         mode: XdpModeSetting,
         /// Interface name.
         iface: String,
-        /// Kernel or loader message.
-        reason: String,
+        /// Why the interface refused.
+        reason: attach::AttachError,
     },
     /// Registering metrics failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+}
+
+/// What the program does with DHCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhcpPath {
+    /// Counts DHCP only: no DHCP server in this daemon (another server may own the port).
+    CountOnly,
+    /// The shield (malformed and over-rate requests dropped), answers left to userspace.
+    Shield,
+    /// The shield, and reserved hosts answered in the kernel.
+    Answer,
+}
+
+impl DhcpPath {
+    /// Nothing without a DHCP server in this daemon (`dhcp_mode` is `None`), kernel answers in
+    /// server mode when `xdp.dhcp_fast_path` is on, else the shield only (proxyDHCP answers
+    /// are not the kernel's to give).
+    pub fn new(dhcp_mode: Option<DhcpMode>, fast_path: bool) -> Self {
+        match dhcp_mode {
+            None => Self::CountOnly,
+            Some(DhcpMode::Server) if fast_path => Self::Answer,
+            Some(_) => Self::Shield,
+        }
+    }
+
+    /// The ABI's value for [`ClassifyConfig::dhcp_fast_path`].
+    fn abi(self) -> u32 {
+        match self {
+            Self::CountOnly => DHCP_PATH_COUNT_ONLY,
+            Self::Shield => DHCP_PATH_SHIELD,
+            Self::Answer => DHCP_PATH_ANSWER,
+        }
+    }
+}
+
+/// What the data path is set up with: its own settings (`[xdp]`) and the values it needs
+/// from other sections, which `serve` takes from where they are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `xdp.mode`.
+    pub mode: XdpModeSetting,
+    /// `xdp.relay_rate_limit`: relayed requests per second and relay the shield lets through.
+    pub relay_rate_limit: u32,
+    /// What the program does with DHCP (`[dhcp]` and `xdp.dhcp_fast_path`).
+    pub dhcp: DhcpPath,
+    /// `dhcp.rate_limit`: requests per second and client the shield lets through; `None`
+    /// without a DHCP server.
+    pub client_rate_limit: Option<u32>,
+    /// `tftp.transfer_ports`: the ports whose traffic the program classifies as TFTP data.
+    pub tftp_transfer_ports: PortRange,
 }
 
 /// The embedded XDP object, if this binary was built with one (`cargo xtask build`).
@@ -73,33 +126,33 @@ pub fn embedded_object() -> Option<&'static [u8]> {
     }
 }
 
-/// Index of a network interface in the current network namespace.
-pub fn if_index(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
-
 /// The loaded and attached data path. Dropping it detaches the programs.
 pub struct Dataplane {
     /// Keeps the programs and their links alive; `None` in userspace-only mode.
     ebpf: Option<Ebpf>,
     /// Mode in effect per interface.
     modes: Vec<(String, AttachedMode)>,
+    /// What the program does with DHCP.
+    dhcp: DhcpPath,
 }
 
 impl Dataplane {
-    /// Loads and attaches the XDP program as `config` asks, registering its metrics.
+    /// Loads and attaches the XDP program to `ifaces` (the fabric) as `settings` ask,
+    /// registering its metrics.
     ///
     /// Falls back to userspace-only mode (with a warning) when `xdp.mode = "auto"` and the
     /// object is missing, cannot be loaded, or no interface accepts it.
-    pub fn start(config: &Config, registry: &Registry) -> Result<Self, XdpError> {
+    pub fn start(
+        ifaces: &[Iface],
+        settings: &Settings,
+        registry: &Registry,
+    ) -> Result<Self, XdpError> {
         let mut ifindexes = HashMap::new();
-        for name in &config.interfaces {
-            let idx =
-                if_index(name).ok_or_else(|| XdpError::NoSuchInterface { name: name.clone() })?;
-            ifindexes.insert(idx, name.clone());
+        for iface in ifaces {
+            let idx = iface.index.ok_or_else(|| XdpError::NoSuchInterface {
+                name: iface.name.clone(),
+            })?;
+            ifindexes.insert(idx, iface.name.clone());
         }
         let mode_gauge = IntGaugeVec::new(
             Opts::new(
@@ -112,15 +165,15 @@ impl Dataplane {
 
         let mut dp = Dataplane {
             ebpf: None,
-            modes: config
-                .interfaces
+            modes: ifaces
                 .iter()
-                .map(|i| (i.clone(), AttachedMode::None))
+                .map(|i| (i.name.clone(), AttachedMode::None))
                 .collect(),
+            dhcp: settings.dhcp,
         };
         let degrade = |why: String| -> Result<(), XdpError> {
             if matches!(
-                config.xdp_mode,
+                settings.mode,
                 XdpModeSetting::Native | XdpModeSetting::Generic
             ) {
                 return Err(XdpError::Load { reason: why });
@@ -129,12 +182,12 @@ impl Dataplane {
             Ok(())
         };
 
-        if config.xdp_mode == XdpModeSetting::Off {
+        if settings.mode == XdpModeSetting::Off {
             info!("userspace-only mode: xdp.mode = \"off\"");
-        } else if config.interfaces.is_empty() {
+        } else if ifaces.is_empty() {
             info!("userspace-only mode: fabric.interfaces is empty");
         } else if let Some(object) = embedded_object() {
-            match load(object, config) {
+            match load(object, settings) {
                 Ok(mut ebpf) => {
                     let mut any = false;
                     let program: &mut Xdp = match ebpf
@@ -148,11 +201,11 @@ impl Dataplane {
                             })
                         }
                     };
-                    let answers = dhcp_path(config) == DHCP_PATH_ANSWER;
+                    let answers = settings.dhcp == DhcpPath::Answer;
                     for (name, mode) in dp.modes.iter_mut() {
                         let mut target = attach::AyaXdp { program };
                         let veth = answers && attach::driver_of(name).as_deref() == Some("veth");
-                        *mode = attach_with_fallback(&mut target, name, config.xdp_mode, veth)?;
+                        *mode = attach_with_fallback(&mut target, name, settings.mode, veth)?;
                         any |= *mode != AttachedMode::None;
                     }
                     match stats::XdpStats::new(&mut ebpf, ifindexes) {
@@ -194,10 +247,10 @@ impl Dataplane {
     }
 
     /// Hands the DHCP fast path's maps to their owner, the DHCP service, when the program
-    /// is attached and `config` asks for kernel answers. Interfaces the program did not
-    /// attach to are left out.
-    pub fn take_fast_path(&mut self, config: &Config) -> Option<FastPath> {
-        if dhcp_path(config) != DHCP_PATH_ANSWER {
+    /// is attached and answers DHCP in the kernel. Of `ifaces` (the fabric), those the
+    /// program did not attach to are left out.
+    pub fn take_fast_path(&mut self, ifaces: &[Iface]) -> Option<FastPath> {
+        if self.dhcp != DhcpPath::Answer {
             return None;
         }
         let ebpf = self.ebpf.as_mut()?;
@@ -206,7 +259,10 @@ impl Dataplane {
             .iter()
             .filter(|(_, m)| *m != AttachedMode::None)
             .filter_map(|(name, _)| {
-                let f = FabricIface::lookup(name);
+                let f = ifaces
+                    .iter()
+                    .find(|i| i.name == *name)
+                    .and_then(FabricIface::complete);
                 if f.is_none() {
                     warn!(iface = %name, "XDP fast path: no address or MAC on {name}; its requests go to userspace");
                 }
@@ -236,17 +292,6 @@ impl Drop for Dataplane {
     }
 }
 
-/// What the program does with DHCP: nothing without a DHCP server in this daemon (another
-/// server may own the port), kernel answers in server mode when `xdp.dhcp_fast_path` is on,
-/// else the shield only (proxyDHCP answers are not the kernel's to give).
-fn dhcp_path(config: &Config) -> u32 {
-    match &config.dhcp {
-        None => DHCP_PATH_COUNT_ONLY,
-        Some(d) if d.mode == DhcpMode::Server && config.xdp_dhcp_fast_path => DHCP_PATH_ANSWER,
-        Some(_) => DHCP_PATH_SHIELD,
-    }
-}
-
 /// GCRA parameters for `rate` packets per second with bursts of `2 * rate` (the userspace
 /// limiter's shape): emission interval and burst tolerance, in nanoseconds.
 pub fn gcra(rate: u32) -> (u64, u64) {
@@ -256,7 +301,7 @@ pub fn gcra(rate: u32) -> (u64, u64) {
 }
 
 /// Loads the object, loads the classifier into the kernel and writes its parameters.
-fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
+fn load(object: &[u8], settings: &Settings) -> Result<Ebpf, XdpError> {
     let load_err = |reason: String| XdpError::Load { reason };
     let mut ebpf =
         Ebpf::load(object).map_err(|e| load_err(format!("{e} (needs root or CAP_BPF)")))?;
@@ -273,16 +318,13 @@ fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
         .ok_or_else(|| load_err(format!("the object has no map {MAP_CLASSIFY_CONFIG}")))?;
     let mut cfg_map: Array<_, ClassifyConfig> =
         Array::try_from(map).map_err(|e| load_err(format!("{MAP_CLASSIFY_CONFIG}: {e}")))?;
-    let (client_interval_ns, client_burst_ns) = config
-        .dhcp
-        .as_ref()
-        .map(|d| gcra(d.rate_limit))
-        .unwrap_or((0, 0));
-    let (relay_interval_ns, relay_burst_ns) = gcra(config.xdp_relay_rate_limit);
+    let (client_interval_ns, client_burst_ns) =
+        settings.client_rate_limit.map(gcra).unwrap_or((0, 0));
+    let (relay_interval_ns, relay_burst_ns) = gcra(settings.relay_rate_limit);
     let classify = ClassifyConfig {
-        tftp_data_first: config.tftp_transfer_ports.first,
-        tftp_data_last: config.tftp_transfer_ports.last,
-        dhcp_fast_path: dhcp_path(config),
+        tftp_data_first: settings.tftp_transfer_ports.first,
+        tftp_data_last: settings.tftp_transfer_ports.last,
+        dhcp_fast_path: settings.dhcp.abi(),
         client_interval_ns,
         client_burst_ns,
         relay_interval_ns,
@@ -300,7 +342,32 @@ fn load(object: &[u8], config: &Config) -> Result<Ebpf, XdpError> {
 
 #[cfg(test)]
 mod tests {
-    use super::gcra;
+    use super::{gcra, DhcpMode, DhcpPath};
+    use bootfabric_abi::{DHCP_PATH_ANSWER, DHCP_PATH_COUNT_ONLY, DHCP_PATH_SHIELD};
+
+    /// Without a DHCP server in this daemon the program only counts (another server may own
+    /// the port); the kernel answers only in server mode with `xdp.dhcp_fast_path` on.
+    #[test]
+    fn the_dhcp_path_follows_the_dhcp_mode_and_the_fast_path_key() {
+        for fast_path in [true, false] {
+            assert_eq!(DhcpPath::new(None, fast_path), DhcpPath::CountOnly);
+            assert_eq!(
+                DhcpPath::new(Some(DhcpMode::Proxy), fast_path),
+                DhcpPath::Shield
+            );
+        }
+        assert_eq!(
+            DhcpPath::new(Some(DhcpMode::Server), true),
+            DhcpPath::Answer
+        );
+        assert_eq!(
+            DhcpPath::new(Some(DhcpMode::Server), false),
+            DhcpPath::Shield
+        );
+        assert_eq!(DhcpPath::CountOnly.abi(), DHCP_PATH_COUNT_ONLY);
+        assert_eq!(DhcpPath::Shield.abi(), DHCP_PATH_SHIELD);
+        assert_eq!(DhcpPath::Answer.abi(), DHCP_PATH_ANSWER);
+    }
 
     /// The program passes a packet while the theoretical arrival time is at most the burst
     /// tolerance ahead of now, and each pass moves it one interval: at one instant,

@@ -16,6 +16,25 @@ use prometheus::{
 };
 use tracing::warn;
 
+/// Why the XDP counters cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// The object lacks the counter map.
+    #[error("no map {0}")]
+    NoMap(&'static str),
+    /// The map is not what the ABI says.
+    #[error("{map}: {reason}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Why.
+        reason: aya::maps::MapError,
+    },
+    /// A metric could not be defined.
+    #[error("{0}")]
+    Metric(prometheus::Error),
+}
+
 /// Prometheus collector over the XDP counter map.
 pub struct XdpStats {
     map: Mutex<PerCpuHashMap<MapData, CounterKey, Counters>>,
@@ -32,11 +51,14 @@ pub struct XdpStats {
 
 impl XdpStats {
     /// Takes the counter map out of `ebpf`.
-    pub fn new(ebpf: &mut aya::Ebpf, ifnames: HashMap<u32, String>) -> Result<Self, String> {
+    pub fn new(ebpf: &mut aya::Ebpf, ifnames: HashMap<u32, String>) -> Result<Self, StatsError> {
         let map = ebpf
             .take_map(MAP_COUNTERS)
-            .ok_or_else(|| format!("no map {MAP_COUNTERS}"))?;
-        let map = PerCpuHashMap::try_from(map).map_err(|e| format!("{MAP_COUNTERS}: {e}"))?;
+            .ok_or(StatsError::NoMap(MAP_COUNTERS))?;
+        let map = PerCpuHashMap::try_from(map).map_err(|reason| StatsError::Map {
+            map: MAP_COUNTERS,
+            reason,
+        })?;
         let labels = &["iface", "class", "action"];
         let packets = IntCounterVec::new(
             Opts::new(
@@ -45,7 +67,7 @@ impl XdpStats {
             ),
             labels,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StatsError::Metric)?;
         let bytes = IntCounterVec::new(
             Opts::new(
                 "bootfabric_xdp_bytes_total",
@@ -53,7 +75,7 @@ impl XdpStats {
             ),
             labels,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StatsError::Metric)?;
         let dhcp = ebpf
             .take_map(MAP_STATS)
             .and_then(|m| PerCpuArray::try_from(m).ok())
@@ -66,18 +88,18 @@ impl XdpStats {
             ),
             &["action", "reason"],
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StatsError::Metric)?;
         let events_lost = prometheus::IntCounter::new(
             "bootfabric_xdp_dhcp_events_lost_total",
             "Exchanges answered in the kernel whose event did not fit in the ring buffer.",
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StatsError::Metric)?;
         let acks_unreported = prometheus::IntCounter::new(
             "bootfabric_xdp_dhcp_acks_unreported_total",
             "ACKs answered in the kernel without an event (so without a lease record): the \
              host's same lease was reported less than half its lease time ago.",
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(StatsError::Metric)?;
         for i in 0..STAT_COUNT {
             if let Some((a, r)) = stat_labels(i) {
                 dhcp_packets.with_label_values(&[a, r]);

@@ -115,6 +115,8 @@ pub fn served(config: &Config) -> Result<Vec<Served>, nix::Error> {
         .enumerate()
         .map(|(i, s)| (format!("dhcp.subnets[{i}]"), IpNet::V4(s.net)))
         .collect();
+    // Every address with its netmask (the fabric keeps one per interface): what the admin
+    // port would be reachable from.
     for a in getifaddrs()? {
         if !config.interfaces.contains(&a.interface_name) {
             continue;

@@ -16,12 +16,17 @@ use crate::{config::Config, model::boot::BootSettings, model::files};
 /// Each fabric interface exists, is up and has an IPv4 address; each DHCP subnet bound to
 /// an interface has an address of that subnet on it.
 pub fn interfaces(config: &Config) -> Vec<Item> {
+    // Its own walk, not the fabric's: the check reports flags (up or down) and every address
+    // with its netmask, which the services have no use for.
     let addrs: Vec<_> = getifaddrs().map(|a| a.collect()).unwrap_or_default();
     let mut items = Vec::new();
     for name in &config.interfaces {
         let subject = format!("interface {name}");
         let mine: Vec<_> = addrs.iter().filter(|a| &a.interface_name == name).collect();
-        if crate::xdp::if_index(name).is_none() {
+        if crate::fabric::Fabric::resolve(std::slice::from_ref(name))
+            .get(name)
+            .is_none_or(|i| i.index.is_none())
+        {
             items.push(Item::fail(
                 subject,
                 "does not exist",

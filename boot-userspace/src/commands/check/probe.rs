@@ -43,7 +43,9 @@ pub fn xdp(config: &Config) -> Vec<Item> {
             "build with `cargo xtask build`",
         )];
     }
-    match Dataplane::start(config, &Registry::new()) {
+    let fabric = crate::fabric::Fabric::resolve(&config.interfaces);
+    let settings = crate::commands::serve::dataplane_settings(config);
+    match Dataplane::start(fabric.ifaces(), &settings, &Registry::new()) {
         Err(e) => vec![Item::fail(
             "xdp",
             format!("cannot load or attach: {e}"),
@@ -176,10 +178,10 @@ pub fn other_dhcp_servers(config: &Config, wait: Duration) -> Vec<Item> {
     let Some(dhcp) = &config.dhcp else {
         return Vec::new();
     };
-    let ours: Vec<Ipv4Addr> = config
-        .interfaces
+    let ours: Vec<Ipv4Addr> = crate::fabric::Fabric::resolve(&config.interfaces)
+        .ifaces()
         .iter()
-        .filter_map(|i| crate::services::dhcp::iface_ipv4(i))
+        .filter_map(|i| i.ipv4)
         .collect();
     let mut items = Vec::new();
     for iface in &config.interfaces {

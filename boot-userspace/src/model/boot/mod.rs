@@ -7,7 +7,7 @@ pub mod wire;
 use std::net::Ipv4Addr;
 
 /// A key and why its value is refused; the caller adds the file.
-pub use crate::util::key_error::KeyError;
+use crate::util::key_error::KeyError;
 
 /// DHCP options from one level of the config (global, subnet or host). Unset fields fall
 /// through to the level below when merged.

@@ -153,11 +153,9 @@ pub struct Sources {
     pub scripts: Vec<String>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
-    /// Hosts a reboot run holds until a download slot is theirs.
+    /// Hosts a reboot run holds until a download slot is theirs, and how long they wait
+    /// between asks.
     pub gate: Gate,
-    /// Seconds a held host sleeps before asking again (`scheduler.gate_retry_s`: the reboot
-    /// scheduler paces the gate; HTTP only says it).
-    pub gate_retry_s: u32,
 }
 
 impl HttpService {
@@ -194,7 +192,6 @@ impl HttpService {
             scripts: sources.scripts,
             ledger: sources.ledger,
             gate: sources.gate,
-            gate_retry_s: sources.gate_retry_s,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
             config_metrics: configs::Metrics::register(registry)?,
         };
@@ -366,7 +363,6 @@ mod tests {
             scripts: Vec::new(),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
-            gate_retry_s: 3,
         }
     }
 
@@ -449,13 +445,12 @@ mod tests {
         let wire = toml::from_str(text).expect("inventory");
         let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
         let mac = "52:54:00:aa:00:01".parse().expect("mac");
-        let gate = Gate::default();
+        let gate = Gate::new(7);
         gate.hold(mac);
         let sources = Sources {
             inventory,
             scripts: vec!["boot.ipxe".to_owned()],
             gate,
-            gate_retry_s: 7,
             ..sources(&registry)
         };
         let service = HttpService::start(

@@ -40,10 +40,8 @@ pub struct Site {
     pub scripts: Vec<String>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
-    /// Hosts a reboot run holds until a download slot is theirs.
+    /// Hosts a reboot run holds until a download slot is theirs, and how long they wait.
     pub gate: Gate,
-    /// Seconds a held host sleeps before asking again.
-    pub gate_retry_s: u32,
     /// Boots in progress and the configs delivered in each (one delivery per boot).
     pub boots: Boots,
     /// Config refusals by reason.
@@ -151,7 +149,7 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
             h.name,
             site.http_base(server),
             req.path,
-            s = site.gate_retry_s,
+            s = site.gate.retry_s(),
         );
         return routed(
             Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),

@@ -25,7 +25,7 @@ pub struct AdminTls {
 }
 
 /// A TLS setting that cannot be used: the config key and the reason.
-pub use crate::util::key_error::KeyError;
+use crate::util::key_error::KeyError;
 
 /// Builds the rustls server configuration; an error names the key whose file is at fault.
 pub fn server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, KeyError> {
