@@ -629,7 +629,13 @@ impl Ledger {
 
     /// Records an event for `mac` now.
     pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>) {
-        let at_ms = unix_ms();
+        self.record_at(mac, kind, ip, unix_ms());
+    }
+
+    /// Records an event for `mac` at `at_ms` (unix milliseconds), for a caller that reads its
+    /// own clock: the reboot runner, whose unit tests run on tokio's paused time. A timeline
+    /// is kept in the order events are recorded, so `at_ms` must not go back for a host.
+    pub fn record_at(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>, at_ms: u64) {
         let phase = kind.phase();
         self.events.with_label_values(&[phase.as_str()]).inc();
         let kind = kind.bounded();
@@ -841,6 +847,23 @@ mod tests {
         let t = l.timeline(m);
         assert_eq!(t.len(), EVENTS_PER_HOST);
         assert_eq!(t.last().map(|e| e.phase()), Some(Phase::DhcpAck));
+    }
+
+    #[test]
+    fn record_at_stamps_the_given_time_and_record_stamps_now() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let m = Mac([2, 0, 0, 0, 0, 2]);
+        l.set_inventory(&inventory(&[m]));
+        let before = unix_ms();
+        l.record(m, EventKind::DhcpOffer, None);
+        let after = unix_ms();
+        l.record_at(m, EventKind::Booted, None, after + 60_000);
+        let t = l.timeline(m);
+        assert!((before..=after).contains(&t[0].at_ms), "{}", t[0].at_ms);
+        assert_eq!(t[1].at_ms, after + 60_000);
+        let later = l.events_since(m, after + 1);
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].kind, EventKind::Booted);
     }
 
     fn inventory(macs: &[Mac]) -> Inventory {

@@ -16,6 +16,7 @@
 
 pub mod bmc;
 pub mod capacity;
+pub mod clock;
 pub mod plan;
 pub mod report;
 pub mod runner;

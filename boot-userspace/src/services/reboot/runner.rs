@@ -8,7 +8,9 @@
 //! retried by the scheduler's policy and then isolated; the others go on.
 //!
 //! This is the shell: it gathers a tick's inputs, runs the pure [`RunStep`] and applies its
-//! actions (gate, ledger, metrics, logs, BMC tasks through the [`Bmc`] seam).
+//! actions (gate, ledger, metrics, logs, BMC tasks through the [`Bmc`] seam). It reads the
+//! time from a [`Clock`] (the wall clock in production), so that its unit tests drive the
+//! scheduler's deadlines with tokio's paused time.
 
 use std::{
     collections::HashMap,
@@ -27,6 +29,7 @@ use tracing::{info, warn};
 
 use super::{
     bmc::{Bmc, RedfishBmc},
+    clock::{Clock, WallClock},
     plan,
     report::{PhaseLabel, RunState, RunStatus, Selection},
     step::{blank_status, Member, RunAction, RunStep, Tick},
@@ -37,7 +40,7 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory},
-    model::ledger::{self, EventKind, Ledger},
+    model::ledger::{EventKind, Ledger},
     redfish::RedfishError,
 };
 
@@ -124,6 +127,8 @@ pub struct RebootService {
     params: Params,
     ledger: Ledger,
     bmc: Arc<dyn Bmc>,
+    /// The time base of run times and of the events the runner records (the ledger's).
+    clock: Arc<dyn Clock>,
     gate: Gate,
     metrics: RebootMetrics,
     /// POST times learned by earlier runs.
@@ -147,13 +152,16 @@ impl RebootService {
         gate: Gate,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
-        Self::with_bmc(setup, Arc::new(RedfishBmc), ledger, gate, registry)
+        let (bmc, clock) = (Arc::new(RedfishBmc), Arc::new(WallClock));
+        Self::with_bmc(setup, bmc, clock, ledger, gate, registry)
     }
 
-    /// The service for `setup`, resetting hosts through `bmc`, reporting to `registry`.
+    /// The service for `setup`, resetting hosts through `bmc`, reading the time from `clock`,
+    /// reporting to `registry`.
     pub fn with_bmc(
         setup: Setup,
         bmc: Arc<dyn Bmc>,
+        clock: Arc<dyn Clock>,
         ledger: Ledger,
         gate: Gate,
         registry: &Registry,
@@ -168,6 +176,7 @@ impl RebootService {
             params,
             ledger,
             bmc,
+            clock,
             gate,
             metrics,
             learned: Mutex::new(PostSeen::new()),
@@ -212,7 +221,7 @@ impl RebootService {
         let mut first = blank_status(&self.params, &members, &lock(&self.learned));
         first.id = id;
         first.state = RunState::Running;
-        first.started_unix_ms = ledger::unix_ms();
+        first.started_unix_ms = self.clock.now_ms();
         let status = Arc::new(Mutex::new(first.clone()));
         let cancel = CancellationToken::new();
         *cur = Some(RunHandle {
@@ -323,7 +332,7 @@ impl RebootService {
             };
         }
         status.state = RunState::Planned;
-        status.started_unix_ms = ledger::unix_ms();
+        status.started_unix_ms = self.clock.now_ms();
         status.makespan_s = Some(end);
         status.elapsed_s = end;
         status.phases.insert(PhaseLabel::Planned, members.len());
@@ -384,7 +393,7 @@ impl RebootService {
     /// A tick's inputs: the time, the BMC operations that ended, the ledger's events of the
     /// hosts in flight and the fabric's egress.
     fn gather(&self, step: &RunStep, resets: &mut mpsc::UnboundedReceiver<ResetDone>) -> Tick {
-        let now_ms = ledger::unix_ms();
+        let now_ms = self.clock.now_ms();
         let mut done = Vec::new();
         while let Ok(r) = resets.try_recv() {
             done.push(r);
@@ -409,21 +418,22 @@ impl RebootService {
             RunAction::ResetAccepted { host, reset_type } => {
                 self.metrics.resets.with_label_values(&["accepted"]).inc();
                 let mac = members[host].mac;
-                self.ledger
-                    .record(mac, EventKind::BmcReset { reset_type }, None);
+                let kind = EventKind::BmcReset { reset_type };
+                self.ledger.record_at(mac, kind, None, self.clock.now_ms());
             }
             RunAction::ResetFailed { host, why } => {
                 let m = &members[host];
                 self.metrics.resets.with_label_values(&["failed"]).inc();
                 warn!(host = %m.spec.name, "reset failed: {why}");
+                let kind = EventKind::BmcFailed { why };
                 self.ledger
-                    .record(m.mac, EventKind::BmcFailed { why }, None);
+                    .record_at(m.mac, kind, None, self.clock.now_ms());
             }
             RunAction::Release(host) => self.gate.release(members[host].mac),
             RunAction::Admit(host) => {
                 self.gate.release(members[host].mac);
-                self.ledger
-                    .record(members[host].mac, EventKind::Admitted, None);
+                let (mac, at) = (members[host].mac, self.clock.now_ms());
+                self.ledger.record_at(mac, EventKind::Admitted, None, at);
             }
             RunAction::Reset(host) => {
                 let m = &members[host];
@@ -483,7 +493,13 @@ pub struct Setup {
 mod tests {
     //! The runner with its real ledger, gate and metrics, and scripted BMCs: the events are
     //! recorded as DHCP, TFTP, HTTP and the booted host's callback record them. Time is
-    //! paused: the runner's ticks run without waiting.
+    //! paused and the runner reads tokio's clock: the ticks run without waiting, and the
+    //! scheduler sees virtual time pass, so its deadlines (predicted slot ends, backoff,
+    //! timeouts) are tested on both sides: not before, and then at the tick they fall due.
+    //!
+    //! The runner ticks every 250 ms from the run's start. A test looks and records events
+    //! between two ticks (`World::at` with `.125`/`.375`/...), so that which of the runner and
+    //! the test goes first at a tick never matters; the times the status reports are exact.
 
     use std::net::Ipv4Addr;
 
@@ -491,8 +507,16 @@ mod tests {
     use crate::{
         model::inventory::Mac,
         model::ledger::{Event, Phase as LedgerPhase},
-        services::reboot::bmc::{FakeBmc, RESET_TYPE},
+        services::reboot::{
+            bmc::{FakeBmc, RESET_TYPE},
+            clock::TokioClock,
+            report::HostLine,
+        },
     };
+
+    /// The test clock's unix ms when a world is made: fixed, and years away from the wall
+    /// clock, so an event stamped with the wall clock by mistake shows in the status times.
+    const BASE_MS: u64 = 1_600_000_000_000;
 
     /// A run's world: the service, what it acts on, and the BMCs it talks to.
     struct World {
@@ -500,6 +524,7 @@ mod tests {
         ledger: Ledger,
         gate: Gate,
         bmc: FakeBmc,
+        clock: TokioClock,
         registry: Registry,
         macs: Vec<Mac>,
         _images: tempfile::TempDir,
@@ -546,9 +571,11 @@ mod tests {
             image_roots: vec![root],
             scheduler: config.scheduler,
         };
+        let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(
             setup,
             Arc::new(bmc.clone()),
+            Arc::new(clock),
             ledger.clone(),
             gate.clone(),
             &registry,
@@ -559,6 +586,7 @@ mod tests {
             ledger,
             gate,
             bmc,
+            clock,
             registry,
             macs,
             _images: images,
@@ -576,6 +604,16 @@ mod tests {
         }
     }
 
+    /// What a BMC refusing the reset answers.
+    fn http_503() -> RedfishError {
+        RedfishError::Status {
+            method: "POST".into(),
+            path: "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
+            status: 503,
+            message: None,
+        }
+    }
+
     impl World {
         fn status(&self) -> RunStatus {
             self.service.status().expect("a run")
@@ -583,6 +621,10 @@ mod tests {
 
         fn phases(&self) -> Vec<PhaseLabel> {
             self.status().hosts.iter().map(|h| h.phase).collect()
+        }
+
+        fn host(&self, host: usize) -> HostLine {
+            self.status().hosts[host].clone()
         }
 
         fn bmc_calls(&self) -> Vec<String> {
@@ -602,35 +644,40 @@ mod tests {
                 .collect()
         }
 
+        /// Lets virtual time pass until the run is `secs` old.
+        async fn at(&self, secs: f64) {
+            let target = self.status().started_unix_ms + (secs * 1000.0) as u64;
+            let now = self.clock.now_ms();
+            assert!(target >= now, "the run is already past {secs} s");
+            tokio::time::sleep(Duration::from_millis(target - now)).await;
+        }
+
+        /// Records an event of `host` now (the runner's clock), as a service would.
+        fn record(&self, host: usize, kind: EventKind) {
+            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
+            let now = self.clock.now_ms();
+            self.ledger.record_at(self.macs[host], kind, Some(ip), now);
+        }
+
         // What the services record of a host's boot, as they record it: DHCP its offer, TFTP
         // the bootloader, HTTP the kernel and initrd, and the installed system's callback.
         fn dhcp_offer(&self, host: usize) {
-            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
-            self.ledger
-                .record(self.macs[host], EventKind::DhcpOffer, Some(ip));
+            self.record(host, EventKind::DhcpOffer);
         }
 
         fn files_sent(&self, host: usize) {
-            let (mac, ip) = (
-                self.macs[host],
-                Some(Ipv4Addr::new(10, 0, 0, 10 + host as u8)),
-            );
             let file = "ipxe.efi".to_owned();
-            self.ledger.record(mac, EventKind::TftpSent { file }, ip);
+            self.record(host, EventKind::TftpSent { file });
             for path in ["/vmlinuz", "/initrd.img"] {
                 let path = path.to_owned();
-                let started = EventKind::HttpStarted { path: path.clone() };
-                self.ledger.record(mac, started, ip);
+                self.record(host, EventKind::HttpStarted { path: path.clone() });
                 let bytes = 625_000;
-                self.ledger
-                    .record(mac, EventKind::HttpSent { path, bytes }, ip);
+                self.record(host, EventKind::HttpSent { path, bytes });
             }
         }
 
         fn booted(&self, host: usize) {
-            let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
-            self.ledger
-                .record(self.macs[host], EventKind::Booted, Some(ip));
+            self.record(host, EventKind::Booted);
         }
 
         fn metric(&self, line: &str) -> bool {
@@ -665,6 +712,7 @@ mod tests {
             (first.state, first.slots, first.hosts.len()),
             (RunState::Running, 2, 3)
         );
+        assert_eq!(first.started_unix_ms, BASE_MS, "the runner's clock");
         until("two resets", || w.bmc_calls().len() == 2).await;
         assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc1.test"]);
         assert!(w.gate.holds(&w.macs[0]) && w.gate.holds(&w.macs[1]));
@@ -675,36 +723,56 @@ mod tests {
                 reset_type: RESET_TYPE.to_owned()
             }]
         );
+        // Reset at 0, accepted at the next tick, on DHCP at 1.125 (a POST of 0.875 s).
+        w.at(1.125).await;
         w.dhcp_offer(0);
         w.dhcp_offer(1);
-        until("admitted", || {
-            w.phases() == [Downloading, Downloading, Waiting]
-        })
-        .await;
+        w.at(1.375).await;
+        assert_eq!(w.phases(), [Downloading, Downloading, Waiting]);
         assert!(!w.gate.holds(&w.macs[0]) && !w.gate.holds(&w.macs[1]));
         assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
-        // Both slots are taken for 10 s: the third host is not reset meanwhile.
-        ticks(8).await;
+        let h0 = w.host(0);
+        assert_eq!(
+            (h0.reset_s, h0.reset_done_s, h0.dhcp_s, h0.admitted_s),
+            (Some(0.0), Some(0.25), Some(1.125), Some(1.25))
+        );
+        // Both slots are taken until 11.25 (10 s each): the third host, 0.875 s of POST
+        // away, is not reset while it would arrive before that.
+        w.at(5.125).await;
         assert_eq!(w.bmc_calls().len(), 2);
-        // Host 0 has its files: its slot is free, the third host is reset to take it.
+        assert_eq!(w.phases()[2], Waiting);
+        // Host 0 has its files early: its slot is free, the third host is reset at the next
+        // tick to take it.
         w.files_sent(0);
-        until("third reset", || w.bmc_calls().len() == 3).await;
+        w.at(5.375).await;
+        assert_eq!(w.bmc_calls().len(), 3);
         assert_eq!(w.bmc_calls()[2], "http://bmc2.test");
         assert_eq!(w.phases()[0], Starting);
-        let h0 = &w.status().hosts[0];
-        assert!(h0.loader_s.is_some() && h0.kernel_s.is_some() && h0.fetched_s.is_some());
+        let (h0, h2) = (w.host(0), w.host(2));
+        assert_eq!(
+            (h0.loader_s, h0.kernel_s, h0.fetched_s),
+            (Some(5.125), Some(5.125), Some(5.125))
+        );
+        assert_eq!(h2.reset_s, Some(5.25));
         w.booted(0);
-        w.dhcp_offer(2);
         w.files_sent(1);
         w.booted(1);
-        until("host 2 admitted", || w.phases()[2] == Downloading).await;
+        // Accepted at 5.5, host 2 is on DHCP at 6.125 and admitted at once: both slots are free.
+        w.at(6.125).await;
+        w.dhcp_offer(2);
+        w.at(6.375).await;
+        assert_eq!(w.phases(), [Booted, Booted, Downloading]);
+        assert_eq!(w.host(2).admitted_s, Some(6.25));
+        w.at(7.125).await;
         w.files_sent(2);
         w.booted(2);
         until("done", || w.status().finished()).await;
         let s = w.status();
         assert_eq!(s.state, RunState::Done);
         assert_eq!(s.count(Booted), 3);
-        assert!(s.makespan_s.is_some() && s.lower_bound_s > 0.0);
+        assert_eq!(s.makespan_s, Some(7.125), "host 2's boot");
+        // 3.75 MB at 2 Mbit/s (15 s), plus the quickest reset to booted (host 2's 1.875 s).
+        assert_eq!(s.lower_bound_s, 15.0 + 1.875);
         assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
         assert!(w.metric("bootfabric_reboot_resets_total{outcome=\"accepted\"} 3"));
         assert!(w.metric("bootfabric_reboot_hosts{phase=\"booted\"} 3"));
@@ -713,27 +781,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_next_host_is_reset_to_arrive_as_a_slot_is_predicted_to_free() {
+        use PhaseLabel::*;
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        w.service.start(&all()).expect("start");
+        // Reset at 0, accepted at 0.25, on DHCP at 2.125: the model's POST is now known to
+        // take 1.875 s, and the two are admitted at 2.25 for 10 s each, until 12.25.
+        w.at(2.125).await;
+        w.dhcp_offer(0);
+        w.dhcp_offer(1);
+        w.at(2.375).await;
+        assert_eq!(w.phases(), [Downloading, Downloading, Waiting]);
+        assert_eq!(w.host(0).admitted_s, Some(2.25));
+        // Nobody reports the files: the slots free when predicted. The third host is reset
+        // at the first tick from which its POST ends no sooner than that: 12.25 - 1.875 =
+        // 10.375, so the tick of 10.5 (the guessed 1 s would say 11.25).
+        w.at(10.375).await;
+        assert_eq!(
+            w.bmc_calls().len(),
+            2,
+            "it would arrive before a slot frees"
+        );
+        assert_eq!(w.phases()[2], Waiting);
+        w.at(10.625).await;
+        assert_eq!(w.bmc_calls().len(), 3);
+        assert_eq!(w.host(2).reset_s, Some(10.5));
+        assert_eq!(w.phases(), [Downloading, Downloading, Resetting]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_bmc_failure_fails_its_host_and_the_run_goes_on() {
         let bmc = FakeBmc::new();
-        bmc.script(
-            "http://bmc0.test",
-            [Err(RedfishError::Status {
-                method: "POST".into(),
-                path: "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".into(),
-                status: 503,
-                message: None,
-            })],
-        );
+        bmc.script("http://bmc0.test", [Err(http_503())]);
         let w = world(2, false, TWO_SLOTS, bmc);
         w.service.start(&all()).expect("start");
         let why = "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset: HTTP 503";
         until("host 0 failed", || w.phases()[0] == PhaseLabel::Failed).await;
-        let h0 = &w.status().hosts[0];
+        let h0 = w.host(0);
         assert_eq!(
             h0.reason.as_deref(),
             Some(format!("reset failed 1 times: {why}").as_str())
         );
-        assert!(h0.failed_s.is_some());
+        assert_eq!(h0.failed_s, Some(0.25), "at the tick after the reset");
         assert!(!w.gate.holds(&w.macs[0]), "a failed host holds no place");
         assert_eq!(
             w.recorded(0, LedgerPhase::BmcFailed),
@@ -756,6 +845,94 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_failed_reset_is_retried_after_its_backoff_then_isolated() {
+        use PhaseLabel::*;
+        let bmc = FakeBmc::new();
+        bmc.script(
+            "http://bmc0.test",
+            [Err(http_503()), Err(http_503()), Err(http_503())],
+        );
+        let three_tries = "capacity_mbps = 1\nper_host_mbps = 1\npost_guess_s = 1\n\
+                           lookahead_s = 0\nreset_attempts = 3\nretry_backoff_s = 5\n";
+        let w = world(1, false, three_tries, bmc);
+        w.service.start(&all()).expect("start");
+        // Reset at 0, refused at 0.25: retried 5 s later, at 5.25, not before.
+        w.at(5.125).await;
+        assert_eq!(w.bmc_calls().len(), 1);
+        assert_eq!(w.phases(), [Waiting]);
+        assert!(!w.gate.holds(&w.macs[0]), "no place held while it waits");
+        w.at(5.375).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        assert_eq!(w.phases(), [Resetting]);
+        assert!(
+            w.gate.holds(&w.macs[0]),
+            "held while its reset is in flight"
+        );
+        assert_eq!(w.host(0).reset_s, Some(5.25));
+        // Refused again at 5.5: the backoff doubles, the third try comes at 15.5.
+        w.at(15.375).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        assert_eq!(w.phases(), [Waiting]);
+        w.at(15.625).await;
+        assert_eq!(w.bmc_calls().len(), 3);
+        // The third refusal, at 15.75, is the last allowed: the host is isolated.
+        until("done", || w.status().finished()).await;
+        let h0 = w.host(0);
+        assert_eq!(h0.phase, Failed);
+        assert_eq!(
+            (h0.attempts, h0.reset_s, h0.failed_s),
+            (3, Some(15.5), Some(15.75))
+        );
+        let why = "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset: HTTP 503";
+        assert_eq!(
+            h0.reason.as_deref(),
+            Some(format!("reset failed 3 times: {why}").as_str())
+        );
+        assert_eq!(w.recorded(0, LedgerPhase::BmcFailed).len(), 3);
+        assert!(!w.gate.holds(&w.macs[0]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_that_go_quiet_time_out() {
+        use PhaseLabel::*;
+        let timeouts = "capacity_mbps = 2\nper_host_mbps = 1\npost_guess_s = 1\n\
+                        lookahead_s = 0\npost_timeout_s = 30\nboot_timeout_s = 60\n";
+        let w = world(2, false, timeouts, FakeBmc::new());
+        w.service.start(&all()).expect("start");
+        // Both reset at 0 and accepted at 0.25; host 1 gets its files, host 0 is never seen.
+        w.at(1.125).await;
+        w.dhcp_offer(1);
+        w.at(2.125).await;
+        w.files_sent(1);
+        w.at(2.375).await;
+        assert_eq!(w.phases(), [Posting, Starting]);
+        // Host 0 may POST for 30 s after its reset was accepted: it fails at the first tick
+        // past 30.25.
+        w.at(30.375).await;
+        assert_eq!(w.phases(), [Posting, Starting]);
+        w.at(30.625).await;
+        assert_eq!(w.phases(), [Failed, Starting]);
+        let h0 = w.host(0);
+        assert_eq!(h0.failed_s, Some(30.5));
+        assert_eq!(
+            h0.reason.as_deref(),
+            Some("no DHCP request after the reset")
+        );
+        assert!(!w.gate.holds(&w.macs[0]));
+        // Host 1 may start its OS for 60 s after its last file (2.125): it fails at the
+        // first tick past 62.125.
+        w.at(62.125).await;
+        assert_eq!(w.phases(), [Failed, Starting]);
+        w.at(62.375).await;
+        assert_eq!(w.phases(), [Failed, Failed]);
+        let h1 = w.host(1);
+        assert_eq!(h1.failed_s, Some(62.25));
+        assert_eq!(h1.reason.as_deref(), Some("did not report booted"));
+        until("done", || w.status().finished()).await;
+        assert_eq!(w.status().count(Failed), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_gate_holds_a_host_until_a_slot_is_its() {
         use PhaseLabel::*;
         // One slot; reset well ahead, so the second host comes up while the first downloads.
@@ -765,17 +942,23 @@ mod tests {
         w.service.start(&all()).expect("start");
         until("both reset", || w.bmc_calls().len() == 2).await;
         until("accepted", || w.phases() == [Posting, Posting]).await;
+        w.at(1.125).await;
         w.dhcp_offer(0);
         w.dhcp_offer(1);
-        until("one admitted", || w.phases() == [Downloading, Queued]).await;
+        w.at(1.375).await;
+        assert_eq!(w.phases(), [Downloading, Queued]);
         assert!(!w.gate.holds(&w.macs[0]));
-        ticks(8).await;
+        // Host 0's slot was predicted to free at 11.25; the slot is its until it has its
+        // files, however long that takes.
+        w.at(21.125).await;
         assert_eq!(w.phases(), [Downloading, Queued]);
         assert!(w.gate.holds(&w.macs[1]), "held while the slot is taken");
         assert!(w.recorded(1, LedgerPhase::Admitted).is_empty());
         w.files_sent(0);
-        until("second admitted", || !w.gate.holds(&w.macs[1])).await;
+        w.at(21.375).await;
+        assert!(!w.gate.holds(&w.macs[1]));
         assert_eq!(w.phases(), [Starting, Downloading]);
+        assert_eq!(w.host(1).admitted_s, Some(21.25));
         assert_eq!(w.recorded(1, LedgerPhase::Admitted), [EventKind::Admitted]);
     }
 
@@ -805,22 +988,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_operation_at_a_time_per_bmc_and_one_run_at_a_time() {
+        use PhaseLabel::*;
         // A chassis BMC serving both hosts: both are due at once, it sees one after the other.
         let bmc = FakeBmc::new().with_delay(Duration::from_secs(5));
         let w = world(2, true, TWO_SLOTS, bmc);
         let id = w.service.start(&all()).expect("start").id;
         until("first reset", || w.bmc_calls().len() == 1).await;
-        assert_eq!(w.phases(), [PhaseLabel::Resetting, PhaseLabel::Resetting]);
+        assert_eq!(w.phases(), [Resetting, Resetting]);
         until("in flight", || w.status().bmc_operations_in_flight == 1).await;
-        assert_eq!(w.bmc_calls().len(), 1, "the second waits for the first");
         assert!(matches!(
             w.service.start(&all()),
             Err(StartError::Busy(busy)) if busy == id
         ));
-        until("both accepted", || {
-            w.phases() == [PhaseLabel::Posting, PhaseLabel::Posting]
-        })
-        .await;
+        // Each operation takes 5 s: the second starts when the first ends, at 5.
+        w.at(4.875).await;
+        assert_eq!(w.bmc_calls().len(), 1, "the second waits for the first");
+        w.at(5.375).await;
+        assert_eq!(w.bmc_calls().len(), 2);
+        assert_eq!(w.phases(), [Posting, Resetting]);
+        w.at(9.875).await;
+        assert_eq!(w.phases(), [Posting, Resetting]);
+        w.at(10.375).await;
+        assert_eq!(w.phases(), [Posting, Posting]);
         assert_eq!(w.bmc_calls(), ["http://bmc0.test", "http://bmc0.test"]);
         assert_eq!(w.bmc.most_in_flight("http://bmc0.test"), 1);
     }
@@ -836,6 +1025,7 @@ mod tests {
             })
             .expect("plan");
         assert_eq!(plan.state, RunState::Planned);
+        assert_eq!(plan.started_unix_ms, BASE_MS, "the runner's clock");
         assert_eq!(plan.count(PhaseLabel::Planned), 3);
         assert!(plan.makespan_s.is_some());
         ticks(8).await;
