@@ -82,6 +82,13 @@ impl Fabric {
     }
 }
 
+/// Loopback as the fabric resolves it: what unit tests serve on, without root.
+#[cfg(test)]
+pub fn loopback() -> Iface {
+    let fabric = Fabric::resolve(&["lo".to_owned()]);
+    fabric.ifaces()[0].clone()
+}
+
 /// Index of a network interface in the current network namespace.
 fn if_index(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;

@@ -358,7 +358,7 @@ mod tests {
         } = testkit::start(
             testkit::dhcp("127.0.0.0/8", "lo", "127.0.0.100-127.0.0.110"),
             testkit::inventory(""),
-            &[testkit::loopback()],
+            &[crate::fabric::loopback()],
         );
         let port = service.sockets[0].3.local_addr().expect("bound").port();
         assert_ne!(port, 0);

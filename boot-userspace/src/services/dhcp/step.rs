@@ -386,12 +386,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{dhcp::AddrRange, DhcpConfig, DhcpMode, SubnetConfig},
-        model::boot::{BootSettings, OptionSet},
-        model::inventory::Inventory,
+        model::boot::BootSettings,
         services::dhcp::{
             journal::LeaseState,
             server::{CLIENT_PORT, SERVER_PORT},
+            testkit,
         },
     };
 
@@ -400,32 +399,14 @@ mod tests {
 
     /// A server for one local subnet whose pool holds `pool`.
     fn server(pool: &str) -> Server {
-        let subnets = vec![SubnetConfig {
-            net: SUBNET.parse().expect("net"),
-            interface: Some("fabric0".into()),
-            pools: vec![AddrRange::parse(pool).expect("range")],
-            exclude: vec![],
-            options: OptionSet::default(),
-        }];
-        let dhcp = DhcpConfig {
-            commit_delay_ms: 0,
-            mode: DhcpMode::Server,
-            authoritative: true,
-            rate_limit: 10,
-            options: OptionSet {
-                lease_time: Some(600),
-                ..Default::default()
-            },
-            subnets,
-            guards: Default::default(),
-            ipxe_no_pxedhcp: true,
-        };
-        let inventory = Inventory::from_wire(
-            std::path::Path::new("hosts.toml"),
-            toml::from_str("").expect("toml"),
+        let dhcp = testkit::dhcp(SUBNET, "fabric0", pool);
+        Server::new(
+            dhcp,
+            BootSettings::defaults(),
+            testkit::inventory(""),
+            &[],
+            0,
         )
-        .expect("inventory");
-        Server::new(dhcp, BootSettings::defaults(), inventory, &[], 0)
     }
 
     fn mac(n: u8) -> Mac {

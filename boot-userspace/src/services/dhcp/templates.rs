@@ -352,35 +352,11 @@ fn ingress_of(iface: &FabricIface) -> Ingress<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::{dhcp::AddrRange, DhcpConfig, DhcpMode, SubnetConfig},
-        model::boot::{BootSettings, OptionSet},
-        model::inventory::Inventory,
-    };
+    use crate::{model::boot::BootSettings, services::dhcp::testkit};
 
     fn server(inventory: &str) -> Server {
-        let subnets = vec![SubnetConfig {
-            net: "10.0.0.0/24".parse().expect("net"),
-            interface: Some("fabric0".into()),
-            pools: vec![AddrRange::parse("10.0.0.100-10.0.0.110").expect("range")],
-            exclude: vec![],
-            options: OptionSet::default(),
-        }];
-        let dhcp = DhcpConfig {
-            commit_delay_ms: 0,
-            mode: DhcpMode::Server,
-            authoritative: true,
-            rate_limit: 10,
-            options: OptionSet::default(),
-            subnets,
-            guards: Default::default(),
-            ipxe_no_pxedhcp: true,
-        };
-        let inventory = Inventory::from_wire(
-            std::path::Path::new("hosts.toml"),
-            toml::from_str(inventory).expect("toml"),
-        )
-        .expect("inventory");
+        let dhcp = testkit::dhcp("10.0.0.0/24", "fabric0", "10.0.0.100-10.0.0.110");
+        let inventory = testkit::inventory(inventory);
         Server::new(dhcp, BootSettings::defaults(), inventory, &[], 0)
     }
 

@@ -1,8 +1,6 @@
 //! Test helpers: a DHCP service with a journal in a temporary directory, on the interfaces
 //! a test gives it (none at all, or loopback on a port the kernel picks).
 
-use std::net::Ipv4Addr;
-
 use prometheus::Registry;
 
 use super::{journal_path, DhcpService, Ports, Sources};
@@ -46,17 +44,6 @@ pub fn inventory(text: &str) -> Inventory {
         toml::from_str(text).expect("toml"),
     )
     .expect("inventory")
-}
-
-/// Loopback as the fabric resolves it.
-pub fn loopback() -> Iface {
-    Iface {
-        name: "lo".into(),
-        index: Some(1),
-        ipv4: Some(Ipv4Addr::LOCALHOST),
-        mac: None,
-        ipv6_link_local: false,
-    }
 }
 
 /// A started service (not running yet), its ledger, and the directory of its journal.

@@ -330,16 +330,6 @@ mod tests {
 
     use super::*;
 
-    fn lo() -> Iface {
-        Iface {
-            name: "lo".to_owned(),
-            index: None,
-            ipv4: Some(Ipv4Addr::LOCALHOST),
-            mac: None,
-            ipv6_link_local: false,
-        }
-    }
-
     fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
         HttpConfig {
             root: Some(root.canonicalize().expect("root")),
@@ -392,7 +382,7 @@ mod tests {
         let registry = Registry::new();
         let service = HttpService::start(
             config(root.path(), backend),
-            &[lo()],
+            &[crate::fabric::loopback()],
             sources(&registry),
             &registry,
         )
@@ -455,7 +445,7 @@ mod tests {
         };
         let service = HttpService::start(
             config(root.path(), HttpBackend::Epoll),
-            &[lo()],
+            &[crate::fabric::loopback()],
             sources,
             &registry,
         )
@@ -495,7 +485,7 @@ mod tests {
         let bare = Iface {
             ipv4: None,
             name: "fab0".to_owned(),
-            ..lo()
+            ..crate::fabric::loopback()
         };
         let Err(e) = HttpService::start(
             config(root.path(), HttpBackend::Epoll),

@@ -1048,16 +1048,6 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 mod tests {
     use super::*;
 
-    fn lo() -> Iface {
-        Iface {
-            name: "lo".to_owned(),
-            index: None,
-            ipv4: Some(Ipv4Addr::LOCALHOST),
-            mac: None,
-            ipv6_link_local: false,
-        }
-    }
-
     fn config(root: &std::path::Path) -> TftpConfig {
         TftpConfig {
             root: root.canonicalize().expect("root"),
@@ -1136,7 +1126,7 @@ mod tests {
         let service = TftpService::start_on(
             0,
             config(root.path()),
-            &[lo()],
+            &[crate::fabric::loopback()],
             sources(&registry),
             &registry,
         )
@@ -1166,7 +1156,7 @@ mod tests {
         let bare = Iface {
             ipv4: None,
             name: "fab0".to_owned(),
-            ..lo()
+            ..crate::fabric::loopback()
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
