@@ -4,10 +4,10 @@
 //! (an error, or an unexpected clean return), the supervisor cancels the others, so the
 //! daemon never limps on with half its services; systemd or Kubernetes restarts it whole.
 
-use std::{error::Error, fmt, future::Future, pin::Pin};
+use std::{collections::HashMap, error::Error, fmt, future::Future, pin::Pin};
 
 use prometheus::IntGaugeVec;
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -51,7 +51,9 @@ pub enum Outcome {
 /// The set of services of one daemon.
 pub struct Supervisor {
     cancel: CancellationToken,
-    tasks: JoinSet<(String, Result<(), ServiceError>)>,
+    tasks: JoinSet<Result<(), ServiceError>>,
+    /// Each task's service name: a task that panics takes its output with it, not its id.
+    names: HashMap<Id, String>,
     up: IntGaugeVec,
 }
 
@@ -61,6 +63,7 @@ impl Supervisor {
         Self {
             cancel,
             tasks: JoinSet::new(),
+            names: HashMap::new(),
             up,
         }
     }
@@ -80,19 +83,23 @@ impl Supervisor {
         E: Into<ServiceError>,
     {
         self.up.with_label_values(&[name]).set(1);
-        let name = name.to_owned();
         let service: ServiceFuture = Box::pin(async move { service.await.map_err(Into::into) });
-        self.tasks.spawn(async move { (name, service.await) });
+        let id = self.tasks.spawn(service).id();
+        self.names.insert(id, name.to_owned());
     }
 
     /// Waits until every service has stopped.
     pub async fn run(mut self) -> Outcome {
         let mut failed = Vec::new();
-        while let Some(joined) = self.tasks.join_next().await {
-            let (name, result) = match joined {
-                Ok(r) => r,
-                Err(e) => ("<panicked>".to_owned(), Err(TaskFailed(e).into())),
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) => (e.id(), Err(TaskFailed(e).into())),
             };
+            let name = self
+                .names
+                .remove(&id)
+                .unwrap_or_else(|| format!("task {id}"));
             self.up.with_label_values(&[name.as_str()]).set(0);
             match result {
                 Ok(()) if self.cancel.is_cancelled() => info!(service = %name, "stopped"),
@@ -188,12 +195,10 @@ mod tests {
             Ok::<(), ServiceError>(())
         });
         s.spawn("panics", async { bug() });
-        // The name is lost with the task; the gauge of the one that panicked stays at 1.
-        assert_eq!(
-            s.run().await,
-            Outcome::Failed(vec!["<panicked>".to_owned()])
-        );
+        // The one that panicked is named, and its gauge drops like the others'.
+        assert_eq!(s.run().await, Outcome::Failed(vec!["panics".to_owned()]));
         assert_eq!(up.with_label_values(&["waits"]).get(), 0);
+        assert_eq!(up.with_label_values(&["panics"]).get(), 0);
     }
 
     #[tokio::test]
