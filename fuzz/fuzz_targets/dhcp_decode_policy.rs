@@ -13,12 +13,12 @@ use std::{cell::Cell, cell::RefCell, net::Ipv4Addr, net::SocketAddrV4, path::Pat
 
 use bootfabric::{
     config::{wire::ConfigFile, Config, DhcpMode},
+    model::inventory::Inventory,
     services::dhcp::{
         journal::LeaseState,
         server::{Handled, Ingress, Server, PXE_PORT, SERVER_PORT},
         wire::decode_request,
     },
-    model::inventory::Inventory,
 };
 use dhcproto::{Encodable, Encoder};
 use libfuzzer_sys::fuzz_target;

@@ -29,8 +29,8 @@ use std::{
 };
 
 use bootfabric::{
-    services::dhcp::journal::{read_live, repair, Journal, JournalError, LeaseRecord, LeaseState},
     model::inventory::Mac,
+    services::dhcp::journal::{read_live, repair, Journal, JournalError, LeaseRecord, LeaseState},
 };
 use libfuzzer_sys::fuzz_target;
 
