@@ -523,6 +523,81 @@ mod tests {
     }
 
     #[test]
+    fn a_request_for_an_address_off_the_network_is_naked_at_once() {
+        let mut l = Loop::new("10.0.0.100-10.0.0.110", 10);
+        // INIT-REBOOT from a client that moved here from another network.
+        let request = bytes(
+            3,
+            MessageType::Request,
+            Ipv4Addr::UNSPECIFIED,
+            &[DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                192, 168, 9, 9,
+            ))],
+        );
+        let actions = l.feed(&request, broadcast_peer(), 0);
+        let [Action::Send(reply)] = &actions[..] else {
+            panic!("a NAK goes out at once, with nothing to commit: {actions:?}");
+        };
+        assert_eq!((reply.kind, reply.outcome), ("request", "nak"));
+        assert_eq!(reply.record.event, EventKind::DhcpNak);
+        assert_eq!(reply.record.ip, None, "a NAK gives no address");
+        assert_eq!(
+            decoded(&reply.out).opts().msg_type(),
+            Some(MessageType::Nak)
+        );
+    }
+
+    #[test]
+    fn a_client_that_selected_another_server_gets_silence_and_frees_our_offer() {
+        let mut l = Loop::new("10.0.0.100-10.0.0.100", 10);
+        l.feed(
+            &bytes(4, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]),
+            broadcast_peer(),
+            0,
+        );
+        let elsewhere = bytes(
+            4,
+            MessageType::Request,
+            Ipv4Addr::UNSPECIFIED,
+            &[
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 2)),
+                DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 100)),
+            ],
+        );
+        let actions = l.feed(&elsewhere, broadcast_peer(), 10);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Packet {
+                    kind: "request",
+                    outcome: "silent"
+                },
+                Action::Log(Log::NoReply {
+                    mac: mac(4),
+                    why: "the client selected another server"
+                }),
+            ]
+        );
+        // The one address of the pool is free again: the next client is offered it.
+        let actions = l.feed(
+            &bytes(5, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]),
+            broadcast_peer(),
+            20,
+        );
+        let [Action::Send(offer)] = &actions[..] else {
+            panic!("an offer: {actions:?}");
+        };
+        assert_eq!(offer.record.ip, Some(Ipv4Addr::new(10, 0, 0, 100)));
+    }
+
+    #[test]
+    fn a_datagram_from_an_ipv6_peer_is_ignored() {
+        let discover = bytes(1, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]);
+        let v6: SocketAddr = "[fe80::1]:68".parse().expect("addr");
+        assert_eq!(decode(&discover, v6).err(), Some(Vec::new()));
+    }
+
+    #[test]
     fn a_request_is_acked_only_after_its_lease_is_committed() {
         let mut l = Loop::new("10.0.0.100-10.0.0.110", 10);
         l.feed(
