@@ -217,6 +217,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         core.service_up.with_label_values(&["xdp"]).set(0);
     }
 
+    // The iPXE script paths TFTP and HTTP both answer (a walk over every profile).
+    let scripts = config.ipxe_script_names();
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
     let gate = Gate::new(config.scheduler.gate_retry_s);
@@ -261,7 +263,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             let sources = crate::services::tftp::service::Sources {
                 inventory: config.inventory.clone(),
                 boot: config.boot.clone(),
-                scripts: config.ipxe_script_names(),
+                scripts: scripts.clone(),
                 ledger: ledger.clone(),
                 transfer_ports: config.tftp_transfer_ports,
             };
@@ -280,7 +282,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             let sources = crate::services::http::Sources {
                 inventory: config.inventory.clone(),
                 boot: config.boot.clone(),
-                scripts: config.ipxe_script_names(),
+                scripts: scripts.clone(),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
             };

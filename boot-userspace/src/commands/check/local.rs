@@ -19,14 +19,12 @@ pub fn interfaces(config: &Config) -> Vec<Item> {
     // Its own walk, not the fabric's: the check reports flags (up or down) and every address
     // with its netmask, which the services have no use for.
     let addrs: Vec<_> = getifaddrs().map(|a| a.collect()).unwrap_or_default();
+    let fabric = crate::fabric::Fabric::resolve(&config.interfaces);
     let mut items = Vec::new();
     for name in &config.interfaces {
         let subject = format!("interface {name}");
         let mine: Vec<_> = addrs.iter().filter(|a| &a.interface_name == name).collect();
-        if crate::fabric::Fabric::resolve(std::slice::from_ref(name))
-            .get(name)
-            .is_none_or(|i| i.index.is_none())
-        {
+        if fabric.get(name).is_none_or(|i| i.index.is_none()) {
             items.push(Item::fail(
                 subject,
                 "does not exist",

@@ -600,21 +600,7 @@ mod tests {
     #[test]
     fn a_request_is_acked_only_after_its_lease_is_committed() {
         let mut l = Loop::new("10.0.0.100-10.0.0.110", 10);
-        l.feed(
-            &bytes(1, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]),
-            broadcast_peer(),
-            0,
-        );
-        let ip = Ipv4Addr::new(10, 0, 0, 100);
-        let request = bytes(
-            1,
-            MessageType::Request,
-            Ipv4Addr::UNSPECIFIED,
-            &[
-                DhcpOption::ServerIdentifier(SERVER_IP),
-                DhcpOption::RequestedIpAddress(ip),
-            ],
-        );
+        let (ip, request) = offered(&mut l);
         let actions = l.feed(&request, broadcast_peer(), 10);
         let Some(Action::Commit {
             record,
@@ -691,8 +677,8 @@ mod tests {
         );
     }
 
-    /// Client 1 bound to 10.0.0.100 in `l`.
-    fn bound(l: &mut Loop) -> Ipv4Addr {
+    /// Client 1 offered 10.0.0.100 in `l`: the address, and the REQUEST selecting it.
+    fn offered(l: &mut Loop) -> (Ipv4Addr, Vec<u8>) {
         l.feed(
             &bytes(1, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]),
             broadcast_peer(),
@@ -708,6 +694,12 @@ mod tests {
                 DhcpOption::RequestedIpAddress(ip),
             ],
         );
+        (ip, request)
+    }
+
+    /// Client 1 bound to 10.0.0.100 in `l`.
+    fn bound(l: &mut Loop) -> Ipv4Addr {
+        let (ip, request) = offered(l);
         l.feed(&request, broadcast_peer(), 10);
         ip
     }
