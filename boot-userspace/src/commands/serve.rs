@@ -39,6 +39,7 @@ use crate::{
     fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
+    services::admission::Admission,
     services::dhcp::DhcpService,
     services::http::HttpService,
     services::ra::RaService,
@@ -221,7 +222,25 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let scripts = config.ipxe_script_names();
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&config.inventory);
-    let gate = Gate::new(config.scheduler.gate_retry_s);
+    let gate = Gate::with_metrics(config.scheduler.gate_settings(), &registry)
+        .context("registering gate metrics")?;
+    {
+        // Slots from the measured egress, and slots freed when nobody asks.
+        let admission = Admission::new(
+            gate.clone(),
+            ledger.clone(),
+            config.inventory.clone(),
+            &config.scheduler,
+        );
+        let token = supervisor.token();
+        supervisor.spawn(
+            "admission",
+            Box::pin(async move {
+                admission.run(token).await;
+                Ok::<(), ServiceError>(())
+            }),
+        );
+    }
     let setup = crate::services::reboot::runner::Setup {
         inventory: config.inventory.clone(),
         image_roots: config

@@ -435,8 +435,11 @@ mod tests {
         let wire = toml::from_str(text).expect("inventory");
         let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
         let mac = "52:54:00:aa:00:01".parse().expect("mac");
-        let gate = Gate::new(7);
-        gate.hold(mac);
+        let gate = Gate::new(crate::model::gate::GateSettings {
+            retry_s: 7,
+            ..Default::default()
+        });
+        gate.enroll(mac);
         let sources = Sources {
             inventory,
             scripts: vec!["boot.ipxe".to_owned()],

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     model::boot::BootSettings,
     model::files::{self, FileError},
-    model::gate::Gate,
+    model::gate::{self, Gate},
     model::inventory::{Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
@@ -136,25 +136,31 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
 }
 
 fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
-    let by_mac = req
-        .query("mac")
-        .and_then(|m| m.parse::<Mac>().ok())
-        .and_then(|m| site.inventory.host_by_mac(&m));
-    let host = by_mac.or_else(|| site.host_at(peer));
-    if let Some(h) = host.filter(|h| site.gate.holds(&h.mac)) {
-        // Up before a download slot is free: wait here, where waiting costs one small
-        // request every few seconds, rather than take bandwidth from hosts downloading.
-        let wait = format!(
-            "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
-            h.name,
-            site.http_base(server),
-            req.path,
-            s = site.gate.retry_s(),
-        );
-        return routed(
-            Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
-            "gate",
-        );
+    // The host is the one at the source address; `?mac=` names the script only for a peer
+    // this server cannot place (another server's lease), and never queues at the gate:
+    // anyone can claim any MAC.
+    let at_peer = site.host_at(peer);
+    let host = at_peer.or_else(|| {
+        req.query("mac")
+            .and_then(|m| m.parse::<Mac>().ok())
+            .and_then(|m| site.inventory.host_by_mac(&m))
+    });
+    if let Some(h) = host {
+        if let gate::Ask::Wait { retry_s, .. } = admission(site, h, at_peer.is_some()) {
+            // Up before a download slot is free: wait here, where waiting costs one small
+            // request every few seconds, rather than take bandwidth from hosts downloading.
+            let wait = format!(
+                "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+                h.name,
+                site.http_base(server),
+                req.path,
+                s = retry_s,
+            );
+            return routed(
+                Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
+                "gate",
+            );
+        }
     }
     if let Some(h) = host.filter(|h| site.inventory.profile(&h.profile).is_some()) {
         // Recorded first: the script opens the host's boot when none is in progress (DHCP
@@ -201,6 +207,22 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
         Response::bytes(200, "text/plain; charset=utf-8", retry.into_bytes()),
         "script",
     )
+}
+
+/// Asks the gate for `host`: with its place in the queue when it asks from its own address
+/// (`proven`), else only whether it must wait. Admissions the ask made are recorded.
+fn admission(site: &Site, host: &Host, proven: bool) -> gate::Ask {
+    if !proven {
+        return site.gate.ask_unproven(host.mac);
+    }
+    let now = unix_ms();
+    let progress = |mac, since| gate::progress(&site.ledger, &site.inventory, mac, since);
+    let (ask, admitted) = site.gate.ask(host.mac, host.rack.as_deref(), now, progress);
+    for a in admitted {
+        site.ledger
+            .record_at(a.mac, EventKind::Admitted, None, a.at_ms);
+    }
+    ask
 }
 
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`

@@ -15,7 +15,6 @@
 //! backoff and, after the bounded attempts, isolated: they never hold a slot.
 
 pub mod bmc;
-pub mod capacity;
 pub mod clock;
 pub mod plan;
 pub mod report;
@@ -24,7 +23,7 @@ pub mod step;
 
 use std::collections::{HashMap, VecDeque};
 
-pub use capacity::Capacity;
+pub use crate::model::gate::capacity::Capacity;
 pub use report::{PhaseLabel, RunState};
 
 use crate::config::SchedulerConfig;

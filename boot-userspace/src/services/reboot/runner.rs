@@ -376,7 +376,7 @@ impl RebootService {
             }
         }
         for m in step.members() {
-            self.gate.release(m.mac);
+            self.gate.withdraw(m.mac);
         }
         *lock(&self.learned) = step.post_seen().clone();
         let view = self.publish(&mut step, &status);
@@ -429,15 +429,18 @@ impl RebootService {
                 self.ledger
                     .record_at(m.mac, kind, None, self.clock.now_ms());
             }
-            RunAction::Release(host) => self.gate.release(members[host].mac),
+            RunAction::Release(host) => self.gate.withdraw(members[host].mac),
             RunAction::Admit(host) => {
-                self.gate.release(members[host].mac);
+                // With `scheduler.gate = "always"` the gate's queue admits the run's hosts
+                // like any other, and HTTP records the admission when it happens.
                 let (mac, at) = (members[host].mac, self.clock.now_ms());
-                self.ledger.record_at(mac, EventKind::Admitted, None, at);
+                if self.gate.admit_enrolled(mac, at) {
+                    self.ledger.record_at(mac, EventKind::Admitted, None, at);
+                }
             }
             RunAction::Reset(host) => {
                 let m = &members[host];
-                self.gate.hold(m.mac);
+                self.gate.enroll(m.mac);
                 let one = self.bmc_lock(&m.bmc.url);
                 let op = self.bmc.boot_once_and_reset(&m.bmc);
                 let ops = self.metrics.bmc_ops.clone();
@@ -453,7 +456,7 @@ impl RebootService {
             }
             RunAction::GiveUp { host, reason } => {
                 warn!(host = %members[host].spec.name, "given up: {reason}");
-                self.gate.release(members[host].mac);
+                self.gate.withdraw(members[host].mac);
             }
         }
     }
