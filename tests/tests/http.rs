@@ -426,10 +426,21 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
     assert!(menu.contains(
         "kernel http://10.77.0.1/debian/linux initrd=initrd.gz console=ttyS0 ignition.config.url=http://10.77.0.1/configs/node.ign"
     ), "{menu}");
-    // node02 by ?mac= (as iPXE's ${net0/mac} sends it).
-    let by_mac = String::from_utf8_lossy(
+    // ?mac= (as iPXE's ${net0/mac} sends it) names the script only for an address this
+    // server cannot place: from node01's own address, another host's MAC is ignored.
+    let claimed = String::from_utf8_lossy(
         &l.curl("/boot.ipxe?mac=52%3A54%3A00%3Ab0%3A0f%3A02", &[])
             .body,
+    )
+    .into_owned();
+    assert!(claimed.contains("item p1 rescue"), "{claimed}");
+    add_address(&l, "10.77.0.50/24");
+    let by_mac = String::from_utf8_lossy(
+        &l.curl(
+            "/boot.ipxe?mac=52%3A54%3A00%3Ab0%3A0f%3A02",
+            &["--interface", "10.77.0.50"],
+        )
+        .body,
     )
     .into_owned();
     assert!(
@@ -437,7 +448,6 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
         "{by_mac}"
     );
     // An unknown machine gets a script that asks again.
-    add_address(&l, "10.77.0.50/24");
     let unknown =
         String::from_utf8_lossy(&l.curl("/boot.ipxe", &["--interface", "10.77.0.50"]).body)
             .into_owned();
