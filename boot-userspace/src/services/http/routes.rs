@@ -18,7 +18,7 @@ use crate::{
     model::boot::BootSettings,
     model::files::{self, FileError},
     model::gate::{self, Gate},
-    model::inventory::{Host, Inventory, Mac},
+    model::inventory::{BootAnswer, Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
 };
@@ -212,6 +212,10 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
 /// Asks the gate for `host`: with its place in the queue when it asks from its own address
 /// (`proven`), else only whether it must wait. Admissions the ask made are recorded.
 fn admission(site: &Site, host: &Host, proven: bool) -> gate::Ask {
+    if site.inventory.boot_answer(host) != BootAnswer::Boot {
+        // Told to boot from disk or refused: it downloads nothing, so it takes no slot.
+        return gate::Ask::Go;
+    }
     if !proven {
         return site.gate.ask_unproven(host.mac);
     }
