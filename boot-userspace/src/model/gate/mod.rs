@@ -654,6 +654,11 @@ impl Gate {
         self.lock().holds(mac)
     }
 
+    /// Hosts waiting in a queue.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting()
+    }
+
     /// Hosts holding a slot, and slots.
     pub fn load(&self) -> (usize, usize) {
         let s = self.lock();

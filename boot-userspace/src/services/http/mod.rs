@@ -464,6 +464,100 @@ mod tests {
         running.await.expect("joined").expect("stopped cleanly");
     }
 
+    /// [`get`] from the source address `src` (any of 127/8 is this machine's).
+    async fn get_from(src: Ipv4Addr, addr: SocketAddrV4, path: &str) -> String {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddrV4::new(src, 0).into()).expect("bind");
+        let mut s = sock.connect(addr.into()).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("receive");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// With `gate = "always"` and one slot: a host is the one at the address it asks from,
+    /// and only such a host queues. A claimed `?mac=` from an address the server cannot
+    /// place waits without a place, and from another host's address it is ignored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gate_queues_hosts_by_their_address_never_by_a_claimed_mac() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            ip = "127.0.0.2"
+            profile = "debian"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            ip = "127.0.0.3"
+            profile = "debian"
+
+            [[hosts]]
+            name = "node03"
+            mac = "52:54:00:aa:00:03"
+            profile = "debian"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let gate = Gate::new(crate::model::gate::GateSettings {
+            mode: crate::model::gate::GateMode::Always,
+            slots: 1,
+            ..Default::default()
+        });
+        let sources = Sources {
+            inventory,
+            scripts: vec!["boot.ipxe".to_owned()],
+            gate: gate.clone(),
+            ..sources(&registry)
+        };
+        let service = HttpService::start(
+            config(root.path(), HttpBackend::Epoll),
+            &[crate::fabric::loopback()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let ip = |d: u8| Ipv4Addr::new(127, 0, 0, d);
+        let waits = |text: &str| text.contains("waits for a download slot");
+        let go = get_from(ip(2), addr, "/boot.ipxe").await;
+        assert!(go.contains("kernel ") && go.contains("for node01"), "{go}");
+        let second = get_from(ip(3), addr, "/boot.ipxe").await;
+        assert!(
+            waits(&second) && second.contains("node02 waits"),
+            "{second}"
+        );
+        assert_eq!((gate.load(), gate.settings().slots), ((1, 1), 1));
+        // node02's address claiming node01's MAC is still node02: no slot through node01.
+        let claimed = get_from(ip(3), addr, "/boot.ipxe?mac=52:54:00:aa:00:01").await;
+        assert!(claimed.contains("node02 waits"), "{claimed}");
+        // An address nobody holds, claiming MACs: told to wait, never queued.
+        for m in ["01", "02", "03"] {
+            let path = format!("/boot.ipxe?mac=52:54:00:aa:00:{m}");
+            let text = get_from(ip(9), addr, &path).await;
+            if m == "01" {
+                // node01 holds a slot: its script is the same whoever asks.
+                assert!(!waits(&text), "{text}");
+            } else {
+                assert!(waits(&text), "{text}");
+            }
+        }
+        assert_eq!(gate.waiting(), 1, "node02 alone holds a place");
+        let place = get_from(ip(3), addr, "/boot.ipxe").await;
+        assert!(place.contains("node02 waits"), "{place}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
     #[test]
     fn every_ring_listens_on_the_port_the_kernel_picked() {
         let ips = [(Ipv4Addr::LOCALHOST, "lo".to_owned())];
