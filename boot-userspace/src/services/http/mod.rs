@@ -31,10 +31,9 @@ use tracing::{info, warn};
 use crate::{
     config::{HttpBackend, HttpConfig},
     fabric::Iface,
-    model::boot::BootSettings,
     model::gate::Gate,
-    model::inventory::Inventory,
     model::ledger::Ledger,
+    model::snapshot::Live,
 };
 use conn::{Limits, Metrics, Shared};
 use routes::Site;
@@ -145,12 +144,9 @@ pub struct HttpService {
 /// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
 /// so the service reads no other section of the configuration.
 pub struct Sources {
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot (hosts, profiles, `[boot]`, script paths), loaded once per
+    /// request.
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait
@@ -187,9 +183,7 @@ impl HttpService {
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
-            inventory: sources.inventory,
-            boot: sources.boot,
-            scripts: sources.scripts,
+            live: sources.live,
             ledger: sources.ledger,
             gate: sources.gate,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
@@ -329,6 +323,17 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Snapshot};
+
+    /// A live snapshot at generation 1 of `inventory` with the script paths `scripts`.
+    fn live(inventory: Inventory, scripts: &[&str], registry: &Registry) -> Arc<Live> {
+        let first = Snapshot::first(
+            inventory,
+            BootSettings::defaults(),
+            scripts.iter().map(|s| (*s).to_owned()).collect(),
+        );
+        Live::new(first, registry).expect("live")
+    }
 
     fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
         HttpConfig {
@@ -348,9 +353,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            inventory: Inventory::default(),
-            boot: BootSettings::defaults(),
-            scripts: Vec::new(),
+            live: live(Inventory::default(), &[], registry),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
         }
@@ -438,10 +441,9 @@ mod tests {
         let gate = Gate::new(7);
         gate.hold(mac);
         let sources = Sources {
-            inventory,
-            scripts: vec!["boot.ipxe".to_owned()],
+            live: live(inventory, &["boot.ipxe"], &registry),
             gate,
-            ..sources(&registry)
+            ledger: Ledger::new(&registry).expect("ledger"),
         };
         let service = HttpService::start(
             config(root.path(), HttpBackend::Epoll),

@@ -3,7 +3,10 @@
 //! ranges and conditional requests. No sockets here: the transports call [`route`] and move
 //! the bytes it names.
 
-use std::{io::Read as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+use std::{
+    io::Read as _, net::Ipv4Addr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf,
+    sync::Arc,
+};
 
 use tracing::warn;
 
@@ -21,6 +24,7 @@ use crate::{
     model::inventory::{Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
+    model::snapshot::{Live, Snapshot},
 };
 
 /// Largest config template read.
@@ -32,12 +36,9 @@ pub struct Site {
     pub root: Option<PathBuf>,
     /// Config templates (canonical), if any.
     pub configs: Option<PathBuf>,
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Paths iPXE scripts are served under (`/boot.ipxe` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot: hosts, profiles, `[boot]` and the paths iPXE scripts are
+    /// served under. Loaded once per request ([`At`]).
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait.
@@ -59,7 +60,39 @@ pub struct Routed {
     pub fetch: Option<(Mac, String)>,
 }
 
-impl Site {
+/// One request's view: the site and the snapshot loaded when the request arrived, so that
+/// every lookup of one request answers from one generation (a reload in between changes the
+/// next request, never half of this one). Field access falls through to the [`Site`].
+pub struct At<'a> {
+    site: &'a Site,
+    /// Hosts and profiles of this generation.
+    inventory: &'a Inventory,
+    /// `[boot]` of this generation.
+    boot: &'a BootSettings,
+    /// Paths iPXE scripts are served under in this generation.
+    scripts: &'a [String],
+}
+
+impl<'a> At<'a> {
+    fn new(site: &'a Site, snapshot: &'a Snapshot) -> Self {
+        Self {
+            site,
+            inventory: &snapshot.inventory,
+            boot: &snapshot.boot,
+            scripts: &snapshot.scripts,
+        }
+    }
+}
+
+impl Deref for At<'_> {
+    type Target = Site;
+
+    fn deref(&self) -> &Site {
+        self.site
+    }
+}
+
+impl At<'_> {
     fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
         self.ledger.host_at(&self.inventory, ip)
     }
@@ -105,6 +138,8 @@ fn routed(response: Response, route: &'static str) -> Routed {
 
 /// Answers one request from `peer`, received on the server address `server`.
 pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let snapshot = site.live.load();
+    let site = &At::new(site, &snapshot);
     let head = req.method == Method::Head;
     let mut r = match (req.method, req.path.as_str()) {
         (Method::Post, "/booted") => booted(site, req, peer),
@@ -135,7 +170,7 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
     r
 }
 
-fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     let by_mac = req
         .query("mac")
         .and_then(|m| m.parse::<Mac>().ok())
@@ -206,7 +241,7 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
 /// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
 /// config is delivered once per boot of its host ([`configs`] decides).
-fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     let Some(dir) = &site.configs else {
         return routed(Response::text(404, "not found"), "config");
     };
@@ -312,7 +347,7 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
     routed(resp, "config")
 }
 
-fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
+fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
     let body = String::from_utf8_lossy(&req.body);
     let mac = req.query("mac").map(str::to_owned).or_else(|| {
         body.split('&')
@@ -353,7 +388,7 @@ fn file_error(e: &FileError) -> Response {
     }
 }
 
-fn file(site: &Site, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
+fn file(site: &At, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
     let Some(root) = &site.root else {
         return routed(Response::text(404, "not found"), "other");
     };

@@ -40,6 +40,7 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory},
+    model::snapshot::Live,
     model::ledger::{EventKind, Ledger},
     redfish::RedfishError,
 };
@@ -121,7 +122,8 @@ struct RunHandle {
 
 /// The reboot service: starts, follows and cancels runs; the admin API's back end.
 pub struct RebootService {
-    inventory: Inventory,
+    /// The configuration snapshot: a run resolves its members in it at start.
+    live: Arc<Live>,
     roots: Vec<PathBuf>,
     /// The scheduler's knobs from `[scheduler]`; `capacity_bps` is the configured cap.
     params: Params,
@@ -171,7 +173,7 @@ impl RebootService {
         metrics.capacity.set(params.capacity_bps);
         metrics.slots.set(params.slots() as i64);
         Ok(Arc::new(Self {
-            inventory: setup.inventory,
+            live: setup.live,
             roots: setup.image_roots,
             params,
             ledger,
@@ -251,7 +253,11 @@ impl RebootService {
         {
             return bad("select hosts: all, hosts, racks, models or profiles".into());
         }
-        let hosts = self.inventory.hosts();
+        // The run's members are resolved once, here, and kept by MAC: a later reload does
+        // not move them under the run.
+        let snap = self.live.load();
+        let inventory = &snap.inventory;
+        let hosts = inventory.hosts();
         let mut base: Vec<&Host> = Vec::new();
         if sel.hosts.is_empty() {
             base.extend(hosts.iter().filter(|h| h.bmc.is_some()));
@@ -278,12 +284,15 @@ impl RebootService {
         if base.is_empty() {
             return bad("the selection matches no host with a bmc".into());
         }
-        Ok(base.into_iter().filter_map(|h| self.member(h)).collect())
+        Ok(base
+            .into_iter()
+            .filter_map(|h| self.member(inventory, h))
+            .collect())
     }
 
-    fn member(&self, h: &Host) -> Option<Member> {
+    fn member(&self, inventory: &Inventory, h: &Host) -> Option<Member> {
         let bmc = h.bmc.clone()?;
-        let profile = self.inventory.profile(&h.profile);
+        let profile = inventory.profile(&h.profile);
         let kernel = profile.and_then(|p| p.kernel.clone());
         let names: Vec<String> = profile
             .map(|p| p.files().cloned().collect())
@@ -479,10 +488,10 @@ impl RebootService {
 type ResetDone = (usize, Result<String, RedfishError>);
 
 /// What the service is built from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Setup {
-    /// Hosts (with their BMCs) and profiles.
-    pub inventory: Inventory,
+    /// The configuration snapshot: hosts (with their BMCs) and profiles.
+    pub live: Arc<Live>,
     /// Where the servers find images (what a host's profile weighs).
     pub image_roots: Vec<PathBuf>,
     /// `[scheduler]`.
@@ -566,8 +575,13 @@ mod tests {
         ledger.set_inventory(&inventory);
         let gate = Gate::default();
         let macs = inventory.hosts().iter().map(|h| h.mac).collect();
-        let setup = Setup {
+        let first = crate::model::snapshot::Snapshot::first(
             inventory,
+            crate::model::boot::BootSettings::defaults(),
+            Vec::new(),
+        );
+        let setup = Setup {
+            live: Live::new(first, &registry).expect("live"),
             image_roots: vec![root],
             scheduler: config.scheduler,
         };

@@ -33,11 +33,11 @@ use super::{
 use crate::{
     config::{PortRange, TftpConfig},
     fabric::Iface,
-    model::boot::BootSettings,
     model::files::{self, FileError},
-    model::inventory::{Host, Inventory, Mac},
+    model::inventory::Mac,
     model::ledger::{EventKind, Ledger},
     model::render,
+    model::snapshot::{Live, Snapshot},
 };
 
 /// The well-known TFTP port.
@@ -396,56 +396,51 @@ fn v4(peer: SocketAddr) -> Ipv4Addr {
     }
 }
 
-/// What the service knows about hosts: the inventory, the boot settings and, through the
-/// ledger, who holds which leased address.
+/// What the service knows about hosts: the configuration snapshot (hosts, profiles, boot
+/// settings, script names) and, through the ledger, who holds which leased address.
 struct Hosts {
-    inventory: Inventory,
-    boot: BootSettings,
-    scripts: Vec<String>,
+    live: Arc<Live>,
     ledger: Ledger,
 }
 
 impl Hosts {
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(&self.inventory, ip)
-    }
-
-    /// The MAC behind an address, known or not (for the ledger).
+    /// The MAC behind an address, known or not (for the ledger), in the current snapshot.
     fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.ledger
             .holder(ip)
-            .or_else(|| self.inventory.host_by_ip(ip).map(|h| h.mac))
+            .or_else(|| self.live.load().inventory.host_by_ip(ip).map(|h| h.mac))
     }
 
-    /// Renders `format` for the owner, or `None` when the owner is not a known host.
+    /// Renders `format` for the owner from `snap`, or `None` when the owner is not a known
+    /// host.
     fn render(
         &self,
+        snap: &Snapshot,
         format: Format,
         owner: Owner,
         peer: Ipv4Addr,
         server: Ipv4Addr,
     ) -> Option<String> {
+        let inventory = &snap.inventory;
         let host = match owner {
-            Owner::Mac(mac) => self.inventory.host_by_mac(&mac)?,
-            Owner::Ip(ip) => self.by_ip(ip)?,
-            Owner::Peer => self.by_ip(peer)?,
+            Owner::Mac(mac) => inventory.host_by_mac(&mac)?,
+            Owner::Ip(ip) => self.ledger.host_at(inventory, ip)?,
+            Owner::Peer => self.ledger.host_at(inventory, peer)?,
         };
-        let profile = self.inventory.profile(&host.profile)?;
+        let profile = inventory.profile(&host.profile)?;
         let ip = self.ledger.address_of(host, peer);
         let target = render::Target {
             host,
             profile,
             ip,
             server,
-            global: &self.boot,
+            global: &snap.boot,
             nonce: None,
         };
         Some(match format {
             Format::Pxelinux => render::pxelinux(&target),
             Format::Grub => render::grub(&target),
-            Format::Ipxe => {
-                return render::host_script(&self.inventory, host, ip, server, &self.boot)
-            }
+            Format::Ipxe => return render::host_script(inventory, host, ip, server, &snap.boot),
         })
     }
 }
@@ -462,12 +457,9 @@ fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
 /// What TFTP serves from besides its own section. `serve` takes each from where it is kept,
 /// so the service reads no other section of the configuration.
 pub struct Sources {
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Names iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot (hosts, profiles, `[boot]`, script names), loaded once
+    /// per read request: a transfer keeps the bytes it rendered.
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Ports transfers are served from (`tftp.transfer_ports`; kept beside the sections
@@ -540,9 +532,7 @@ impl TftpService {
             io: IoPool::start(IO_THREADS)?,
             metrics,
             hosts: Hosts {
-                inventory: sources.inventory,
-                boot: sources.boot,
-                scripts: sources.scripts,
+                live: sources.live,
                 ledger: sources.ledger,
             },
         })
@@ -740,9 +730,12 @@ impl TftpService {
     /// script name is rendered for a known peer and comes from disk for anyone else.
     fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
         let (rel, absolute) = files::relative(&self.cfg.root, name)?;
-        let scripts = self.hosts.scripts.iter().map(String::as_str);
+        // One snapshot for the whole request: the name's meaning and the rendered bytes
+        // come from one generation.
+        let snap = self.hosts.live.load();
+        let scripts = snap.scripts.iter().map(String::as_str);
         let rendered = |format: Format, owner| {
-            self.hosts.render(format, owner, peer, server).map(|text| {
+            self.hosts.render(&snap, format, owner, peer, server).map(|text| {
                 let label = match format {
                     Format::Pxelinux => "pxelinux",
                     Format::Grub => "grub",
@@ -1047,6 +1040,13 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory};
+
+    /// A live snapshot at generation 1 of `inventory`, serving `boot.ipxe` as its script.
+    fn live(inventory: Inventory, registry: &Registry) -> Arc<Live> {
+        let first = Snapshot::first(inventory, BootSettings::defaults(), vec!["boot.ipxe".into()]);
+        Live::new(first, registry).expect("live")
+    }
 
     fn config(root: &std::path::Path) -> TftpConfig {
         TftpConfig {
@@ -1066,9 +1066,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            inventory: Inventory::default(),
-            boot: BootSettings::defaults(),
-            scripts: Vec::new(),
+            live: live(Inventory::default(), registry),
             ledger: Ledger::new(registry).expect("ledger"),
             transfer_ports: PortRange {
                 first: 50_000,
