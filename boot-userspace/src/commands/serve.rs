@@ -39,7 +39,7 @@ use crate::{
     fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
-    model::snapshot::{self, Follower, Live, Next, PublishError, Snapshot},
+    model::snapshot::{Follower, Live, Next, PublishError, Snapshot},
     services::dhcp::{DhcpFollower, DhcpService, ReloadError},
     services::http::HttpService,
     services::ra::RaService,
@@ -152,14 +152,16 @@ impl Follower for LedgerFollower {
 /// `[boot]`, and the script names they make.
 ///
 /// The place where the API's overlay joins the TOML (helper "api" extends this).
+/// A host's one network boot (`netboot = "once"`) that was used stays used across a reload
+/// while the host exists: the TOML says what a host may do, not what it did.
 pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
-    let _ = current;
-    let inventory = config.inventory.clone();
-    Next {
-        scripts: snapshot::ipxe_script_names(&config.boot, &inventory),
-        boot: config.boot.clone(),
-        inventory,
+    let mut inventory = config.inventory.clone();
+    for name in current.inventory.consumed() {
+        if inventory.hosts().iter().any(|h| &h.name == name) {
+            inventory.set_consumed(name, true);
+        }
     }
+    Next::new(inventory, config.boot.clone())
 }
 
 /// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
@@ -196,8 +198,7 @@ fn reload(path: &std::path::Path, live: &Live, dhcp: Option<&DhcpFollower>) {
         ),
         Err(PublishError::Refused { follower, why }) => warn!(
             generation = live.generation(),
-            follower,
-            "SIGHUP: config not reloaded: {follower} refused it: {why}"
+            follower, "SIGHUP: config not reloaded: {follower} refused it: {why}"
         ),
     }
 }
@@ -268,11 +269,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 
     // Generation 1: what every service answers from until a reload publishes the next.
-    let first = Snapshot::first(
-        config.inventory.clone(),
-        config.boot.clone(),
-        config.ipxe_script_names(),
-    );
+    let first = Next::new(config.inventory.clone(), config.boot.clone());
     let live = Live::new(first, &registry).context("registering snapshot metrics")?;
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&live.load().inventory);

@@ -335,7 +335,7 @@ impl Config {
     /// The names iPXE scripts are served under: `boot.ipxe_script` and every profile's
     /// override (TFTP and HTTP render them per host).
     pub fn ipxe_script_names(&self) -> Vec<String> {
-        crate::model::snapshot::ipxe_script_names(&self.boot, &self.inventory)
+        crate::model::snapshot::script_names(&self.boot, &self.inventory)
     }
 
     /// Where profile files (kernels, initrds) are served from, in lookup order: the HTTP

@@ -274,20 +274,15 @@ profile = "a"
 
         // h2 leaves the inventory: its entry leaves the kernel. Reloads go through the
         // snapshot the service follows, as SIGHUP's do.
-        use crate::model::snapshot::{Live, Next, PublishError, Snapshot};
-        let registry = prometheus::Registry::new();
-        let first = Snapshot::first(testkit::inventory(TWO_HOSTS), BootSettings::defaults(), vec![]);
-        let live = Live::new(first, &registry).expect("live");
+        use crate::model::snapshot::{Live, Next, PublishError};
+        let first = Next::new(testkit::inventory(TWO_HOSTS), BootSettings::defaults());
+        let live = Live::unregistered(first);
         let follower = t.service.reloader().follower();
         live.follow(follower.clone());
         let reload = |dhcp: Option<&crate::config::DhcpConfig>, inventory| {
             live.publish(|_| {
                 follower.stage(dhcp)?;
-                Ok::<_, super::super::ReloadError>(Next {
-                    inventory,
-                    boot: BootSettings::defaults(),
-                    scripts: vec![],
-                })
+                Ok::<_, super::super::ReloadError>(Next::new(inventory, BootSettings::defaults()))
             })
         };
         let one_host = TWO_HOSTS

@@ -144,10 +144,8 @@ impl Follower for DhcpFollower {
         // and profiles were validated when the snapshot was built).
         let staged = self.staged.lock().map_err(|_| "DHCP lock poisoned")?;
         match staged.as_ref() {
-            Some(dhcp) => {
-                admissible(&*self.server().map_err(|e| e.to_string())?, dhcp)
-                    .map_err(|e| e.to_string())
-            }
+            Some(dhcp) => admissible(&*self.server().map_err(|e| e.to_string())?, dhcp)
+                .map_err(|e| e.to_string()),
             None => Ok(()),
         }
     }
@@ -157,7 +155,10 @@ impl Follower for DhcpFollower {
             // The lease table and the userspace answers follow whatever the maps do; a map
             // that did not follow is logged and the fast path's stale entries are caught by
             // its generation check (a hit from old maps is dropped).
-            warn!(generation = next.generation, "DHCP did not follow the new snapshot whole: {e}");
+            warn!(
+                generation = next.generation,
+                "DHCP did not follow the new snapshot whole: {e}"
+            );
         }
     }
 }

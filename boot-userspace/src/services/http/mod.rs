@@ -323,16 +323,11 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
-    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Snapshot};
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Next};
 
-    /// A live snapshot at generation 1 of `inventory` with the script paths `scripts`.
-    fn live(inventory: Inventory, scripts: &[&str], registry: &Registry) -> Arc<Live> {
-        let first = Snapshot::first(
-            inventory,
-            BootSettings::defaults(),
-            scripts.iter().map(|s| (*s).to_owned()).collect(),
-        );
-        Live::new(first, registry).expect("live")
+    /// A live snapshot at generation 1 of `inventory` (its script: `boot.ipxe`, the default).
+    fn live(inventory: Inventory) -> Arc<Live> {
+        Live::unregistered(Next::new(inventory, BootSettings::defaults()))
     }
 
     fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
@@ -353,7 +348,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            live: live(Inventory::default(), &[], registry),
+            live: live(Inventory::default()),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
         }
@@ -441,7 +436,7 @@ mod tests {
         let gate = Gate::new(7);
         gate.hold(mac);
         let sources = Sources {
-            live: live(inventory, &["boot.ipxe"], &registry),
+            live: live(inventory),
             gate,
             ledger: Ledger::new(&registry).expect("ledger"),
         };

@@ -94,7 +94,7 @@ impl Deref for At<'_> {
 
 impl At<'_> {
     fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(&self.inventory, ip)
+        self.ledger.host_at(self.inventory, ip)
     }
 
     fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
@@ -112,7 +112,7 @@ impl At<'_> {
             profile: self.inventory.profile(&host.profile)?,
             ip: self.address_of(host, peer),
             server,
-            global: &self.boot,
+            global: self.boot,
             nonce: None,
         })
     }
@@ -204,11 +204,11 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
             configs::os_nonce,
         );
         let text = render::host_script_for_boot(
-            &site.inventory,
+            site.inventory,
             h,
             site.address_of(h, peer),
             server,
-            &site.boot,
+            site.boot,
             nonce.as_deref(),
         );
         if let Some(text) = text {

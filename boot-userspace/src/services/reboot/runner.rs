@@ -40,8 +40,8 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{Host, Inventory},
-    model::snapshot::Live,
     model::ledger::{EventKind, Ledger},
+    model::snapshot::Live,
     redfish::RedfishError,
 };
 
@@ -575,13 +575,12 @@ mod tests {
         ledger.set_inventory(&inventory);
         let gate = Gate::default();
         let macs = inventory.hosts().iter().map(|h| h.mac).collect();
-        let first = crate::model::snapshot::Snapshot::first(
+        let first = crate::model::snapshot::Next::new(
             inventory,
             crate::model::boot::BootSettings::defaults(),
-            Vec::new(),
         );
         let setup = Setup {
-            live: Live::new(first, &registry).expect("live"),
+            live: Live::unregistered(first),
             image_roots: vec![root],
             scheduler: config.scheduler,
         };

@@ -735,15 +735,17 @@ impl TftpService {
         let snap = self.hosts.live.load();
         let scripts = snap.scripts.iter().map(String::as_str);
         let rendered = |format: Format, owner| {
-            self.hosts.render(&snap, format, owner, peer, server).map(|text| {
-                let label = match format {
-                    Format::Pxelinux => "pxelinux",
-                    Format::Grub => "grub",
-                    Format::Ipxe => "ipxe",
-                };
-                self.metrics.rendered.with_label_values(&[label]).inc();
-                Data::Memory(text.into_bytes().into())
-            })
+            self.hosts
+                .render(&snap, format, owner, peer, server)
+                .map(|text| {
+                    let label = match format {
+                        Format::Pxelinux => "pxelinux",
+                        Format::Grub => "grub",
+                        Format::Ipxe => "ipxe",
+                    };
+                    self.metrics.rendered.with_label_values(&[label]).inc();
+                    Data::Memory(text.into_bytes().into())
+                })
         };
         let disk = || files::open(&self.cfg.root, rel).map(|s| Data::File(Arc::new(s)));
         let found = match names::classify(rel, scripts) {
@@ -1040,12 +1042,11 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{boot::BootSettings, inventory::Inventory};
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Next};
 
-    /// A live snapshot at generation 1 of `inventory`, serving `boot.ipxe` as its script.
-    fn live(inventory: Inventory, registry: &Registry) -> Arc<Live> {
-        let first = Snapshot::first(inventory, BootSettings::defaults(), vec!["boot.ipxe".into()]);
-        Live::new(first, registry).expect("live")
+    /// A live snapshot at generation 1 of `inventory` (its script: `boot.ipxe`, the default).
+    fn live(inventory: Inventory) -> Arc<Live> {
+        Live::unregistered(Next::new(inventory, BootSettings::defaults()))
     }
 
     fn config(root: &std::path::Path) -> TftpConfig {
@@ -1066,7 +1067,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            live: live(Inventory::default(), registry),
+            live: live(Inventory::default()),
             ledger: Ledger::new(registry).expect("ledger"),
             transfer_ports: PortRange {
                 first: 50_000,
