@@ -475,6 +475,90 @@ mod tests {
         }
     }
 
+    /// Each request answers from the snapshot in effect when it arrives: a host published
+    /// after the start is served at the next request, and its netboot is followed (a used
+    /// `once` gets iPXE's `exit`, `deny` a 403 on its script and its configs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_answers_from_the_snapshot_in_effect() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            ip = "127.0.0.1"
+            profile = "debian"
+            netboot = "once"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            profile = "debian"
+            netboot = "deny"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let live = live(Inventory::default());
+        let sources = Sources {
+            live: Arc::clone(&live),
+            gate: Gate::default(),
+            ledger: Ledger::new(&registry).expect("ledger"),
+        };
+        let mut cfg = config(root.path(), HttpBackend::Epoll);
+        let configs = tempfile::tempdir().expect("configs");
+        std::fs::write(configs.path().join("node.ign"), "{host}").expect("template");
+        cfg.configs = Some(configs.path().canonicalize().expect("configs"));
+        let service = HttpService::start(cfg, &[crate::fabric::loopback()], sources, &registry)
+            .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let publish = |inventory: Inventory| {
+            live.publish(|_| Ok::<_, String>(Next::new(inventory, BootSettings::defaults())))
+                .expect("published");
+        };
+        let script = |mac: &str| format!("/boot.ipxe?mac={mac}");
+
+        let (_, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        assert!(String::from_utf8_lossy(&body).contains("not in the inventory"));
+        publish(inventory.clone());
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.contains("for node01") && body.contains("kernel "),
+            "{body}"
+        );
+
+        let mut used = inventory;
+        used.set_consumed("node01", true);
+        publish(used);
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.starts_with("#!ipxe\n") && body.ends_with("\nexit\n"),
+            "{body}"
+        );
+        assert!(!body.contains("kernel "), "{body}");
+        // node01 asks from 127.0.0.1, its reservation: no config for a host booting its disk.
+        let (status, _) = get(addr, "/configs/node.ign").await;
+        assert!(status.starts_with("HTTP/1.1 409 "), "{status}");
+
+        let (status, body) = get(addr, &script("52:54:00:aa:00:02")).await;
+        assert_eq!(
+            status,
+            "HTTP/1.1 403 Forbidden",
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
     #[test]
     fn an_interface_without_ipv4_is_refused_in_the_same_words() {
         let root = tempfile::tempdir().expect("tempdir");

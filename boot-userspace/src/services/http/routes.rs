@@ -21,7 +21,7 @@ use crate::{
     model::boot::BootSettings,
     model::files::{self, FileError},
     model::gate::Gate,
-    model::inventory::{Host, Inventory, Mac},
+    model::inventory::{BootAnswer, Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
     model::snapshot::{Live, Snapshot},
@@ -176,6 +176,9 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
         .and_then(|m| m.parse::<Mac>().ok())
         .and_then(|m| site.inventory.host_by_mac(&m));
     let host = by_mac.or_else(|| site.host_at(peer));
+    if let Some(answer) = host.and_then(|h| netboot(site, h, req, peer)) {
+        return answer;
+    }
     if let Some(h) = host.filter(|h| site.gate.holds(&h.mac)) {
         // Up before a download slot is free: wait here, where waiting costs one small
         // request every few seconds, rather than take bandwidth from hosts downloading.
@@ -238,6 +241,26 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
     )
 }
 
+/// The answer of a host that is not to boot its profile: `netboot = deny` is refused (403),
+/// a used `netboot = once` gets iPXE's "boot from your disk". `None`: boot as usual.
+fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed> {
+    match site.inventory.boot_answer(h) {
+        BootAnswer::Boot => None,
+        BootAnswer::Disk => {
+            let path = req.path.clone();
+            site.ledger
+                .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
+            let text = render::ipxe_disk(h).into_bytes();
+            let resp = Response::bytes(200, "text/plain; charset=utf-8", text);
+            Some(routed(resp, "script"))
+        }
+        BootAnswer::Deny => {
+            let why = "netboot = deny: this host is not booted from the network";
+            Some(routed(Response::text(403, why), "script"))
+        }
+    }
+}
+
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
 /// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
 /// config is delivered once per boot of its host ([`configs`] decides).
@@ -268,6 +291,19 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
             "configs are served to known hosts only, from their own address",
         );
     };
+    match site.inventory.boot_answer(host) {
+        BootAnswer::Boot => {}
+        // Configs are for installs: a host told to boot from its disk, or not from the
+        // network at all, is given none (whoever wears its address).
+        BootAnswer::Disk => {
+            let why = "netboot = once, already used: this host boots from its disk";
+            return routed(Response::text(409, why), "config");
+        }
+        BootAnswer::Deny => {
+            let why = "netboot = deny: this host is not booted from the network";
+            return routed(Response::text(403, why), "config");
+        }
+    }
     let name = asked.name.as_str();
     let record = |why: ConfigRefusal| {
         let name = name.to_owned();

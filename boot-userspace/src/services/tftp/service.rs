@@ -34,7 +34,7 @@ use crate::{
     config::{PortRange, TftpConfig},
     fabric::Iface,
     model::files::{self, FileError},
-    model::inventory::Mac,
+    model::inventory::{BootAnswer, Host, Mac},
     model::ledger::{EventKind, Ledger},
     model::render,
     model::snapshot::{Live, Snapshot},
@@ -411,22 +411,34 @@ impl Hosts {
             .or_else(|| self.live.load().inventory.host_by_ip(ip).map(|h| h.mac))
     }
 
-    /// Renders `format` for the owner from `snap`, or `None` when the owner is not a known
-    /// host.
+    /// The known host a per-host name is for, in `snap`.
+    fn owner<'s>(&self, snap: &'s Snapshot, owner: Owner, peer: Ipv4Addr) -> Option<&'s Host> {
+        let inventory = &snap.inventory;
+        match owner {
+            Owner::Mac(mac) => inventory.host_by_mac(&mac),
+            Owner::Ip(ip) => self.ledger.host_at(inventory, ip),
+            Owner::Peer => self.ledger.host_at(inventory, peer),
+        }
+    }
+
+    /// Renders `format` for `host` from `snap`, or `None` when its profile is unknown. A
+    /// host whose one network boot was used gets the format's "boot from your disk".
     fn render(
         &self,
         snap: &Snapshot,
         format: Format,
-        owner: Owner,
+        host: &Host,
         peer: Ipv4Addr,
         server: Ipv4Addr,
     ) -> Option<String> {
         let inventory = &snap.inventory;
-        let host = match owner {
-            Owner::Mac(mac) => inventory.host_by_mac(&mac)?,
-            Owner::Ip(ip) => self.ledger.host_at(inventory, ip)?,
-            Owner::Peer => self.ledger.host_at(inventory, peer)?,
-        };
+        if inventory.boot_answer(host) == BootAnswer::Disk {
+            return Some(match format {
+                Format::Pxelinux => render::pxelinux_disk(host),
+                Format::Grub => render::grub_disk(host),
+                Format::Ipxe => render::ipxe_disk(host),
+            });
+        }
         let profile = inventory.profile(&host.profile)?;
         let ip = self.ledger.address_of(host, peer);
         let target = render::Target {
@@ -734,9 +746,18 @@ impl TftpService {
         // come from one generation.
         let snap = self.hosts.live.load();
         let scripts = snap.scripts.iter().map(String::as_str);
-        let rendered = |format: Format, owner| {
+        let file = names::classify(rel, scripts);
+        let owner = file.and_then(|f| self.hosts.owner(&snap, f.owner, peer));
+        // The host's netboot decides before any file of its own, an operator's override
+        // included: `deny` gets nothing of its own (shared bootloaders stay public: they
+        // are no host's), a used `once` its format's "boot from your disk".
+        let answer = owner.map(|h| snap.inventory.boot_answer(h));
+        if answer == Some(BootAnswer::Deny) {
+            return Err(FileError::Denied("netboot_deny"));
+        }
+        let rendered = |format: Format| {
             self.hosts
-                .render(&snap, format, owner, peer, server)
+                .render(&snap, format, owner?, peer, server)
                 .map(|text| {
                     let label = match format {
                         Format::Pxelinux => "pxelinux",
@@ -748,13 +769,16 @@ impl TftpService {
                 })
         };
         let disk = || files::open(&self.cfg.root, rel).map(|s| Data::File(Arc::new(s)));
-        let found = match names::classify(rel, scripts) {
-            Some(f) if f.owner == Owner::Peer => match rendered(f.format, f.owner) {
+        let found = match file {
+            Some(f) if answer == Some(BootAnswer::Disk) => {
+                rendered(f.format).ok_or(FileError::NotFound)
+            }
+            Some(f) if f.owner == Owner::Peer => match rendered(f.format) {
                 Some(d) => Ok(d),
                 None => disk(),
             },
             Some(f) => match disk() {
-                Err(FileError::NotFound) => rendered(f.format, f.owner).ok_or(FileError::NotFound),
+                Err(FileError::NotFound) => rendered(f.format).ok_or(FileError::NotFound),
                 other => other,
             },
             None => disk(),
@@ -1171,6 +1195,83 @@ mod tests {
             e.to_string(),
             r#"tftp: interface "fab0" has no IPv4 address"#
         );
+    }
+
+    /// Per-host files answer from the snapshot in effect at each request, and follow the
+    /// host's netboot: a used `once` gets each format's "boot from your disk", `deny` an
+    /// access violation, while shared files stay served.
+    #[tokio::test]
+    async fn per_host_files_follow_the_snapshot_and_netboot() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::write(root.path().join("undionly.kpxe"), b"loader").expect("write");
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            profile = "debian"
+            netboot = "once"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            profile = "debian"
+            netboot = "deny"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory =
+            Inventory::from_wire(std::path::Path::new("hosts.toml"), wire).expect("valid");
+        let registry = Registry::new();
+        let live = live(Inventory::default());
+        let sources = Sources {
+            live: Arc::clone(&live),
+            ..sources(&registry)
+        };
+        let service = TftpService::start_on(
+            0,
+            config(root.path()),
+            &[crate::fabric::loopback()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let (peer, server) = (Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::LOCALHOST);
+        let get = |name: &str| match service.resolve(name, peer, server) {
+            Ok(Data::Memory(m)) => Ok(String::from_utf8_lossy(&m).into_owned()),
+            Ok(Data::File(f)) => Ok(format!("file of {} bytes", f.size())),
+            Err(e) => Err(refusal(&e)),
+        };
+        let pxe1 = "pxelinux.cfg/01-52-54-00-aa-00-01";
+        assert_eq!(get(pxe1), Err((ErrorCode::FileNotFound, "not_found")));
+
+        let publish = |inventory: Inventory| {
+            live.publish(|_| Ok::<_, String>(Next::new(inventory, BootSettings::defaults())))
+                .expect("published");
+        };
+        publish(inventory.clone());
+        let booting = get(pxe1).expect("rendered");
+        assert!(booting.contains("KERNEL debian/vmlinuz"), "{booting}");
+
+        let mut used = inventory;
+        used.set_consumed("node01", true);
+        publish(used);
+        let disk = get(pxe1).expect("rendered");
+        assert!(disk.ends_with(render::PXELINUX_LOCAL), "{disk}");
+        assert!(disk.contains("netboot = once, already used"), "{disk}");
+        let grub = get("grub.cfg-01-52-54-00-aa-00-01").expect("rendered");
+        assert!(grub.ends_with(render::GRUB_EXIT), "{grub}");
+
+        assert_eq!(
+            get("pxelinux.cfg/01-52-54-00-aa-00-02"),
+            Err((ErrorCode::AccessViolation, "netboot_deny"))
+        );
+        assert_eq!(
+            get("grub.cfg-01-52-54-00-aa-00-02"),
+            Err((ErrorCode::AccessViolation, "netboot_deny"))
+        );
+        assert_eq!(get("undionly.kpxe"), Ok("file of 6 bytes".to_owned()));
     }
 
     #[test]
