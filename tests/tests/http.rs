@@ -540,6 +540,39 @@ fn a_host_added_by_sighup_is_served_at_once() {
     assert!(ask().contains("for node30"));
 }
 
+/// `netboot = "deny"` (here taken by a SIGHUP): the host's script and its configs are
+/// refused (403), whether it asks from its address or names its MAC; other hosts are served.
+#[test]
+fn a_denied_host_is_refused_its_script_and_configs() {
+    let Some(l) = lab("a_denied_host_is_refused_its_script_and_configs", "auto") else {
+        return;
+    };
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    let denied = INVENTORY.replacen(
+        "menu = [\"rescue\"]\n",
+        "menu = [\"rescue\"]\nnetboot = \"deny\"\n",
+        1,
+    );
+    assert!(denied.contains("netboot = \"deny\""));
+    std::fs::write(&hosts, denied).expect("inventory");
+    l.daemon.reload("config reloaded").expect("reload");
+    // The client is 10.77.0.2, node01's reservation.
+    let script = l.curl("/boot.ipxe", &[]);
+    assert_eq!(
+        script.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&script.body)
+    );
+    assert!(String::from_utf8_lossy(&script.body).contains("netboot = deny"));
+    let by_mac = l.curl("/boot.ipxe?mac=52:54:00:b0:0f:01", &[]);
+    assert_eq!(by_mac.status, 403);
+    assert_eq!(l.curl("/configs/node.ign", &[]).status, 403);
+    let node02 = l.curl("/boot.ipxe?mac=52:54:00:b0:0f:02", &[]);
+    assert_eq!(node02.status, 200);
+    assert!(String::from_utf8_lossy(&node02.body).contains("for node02"));
+}
+
 #[test]
 fn stalled_clients_time_out_and_limits_hold() {
     let Some(l) = lab("stalled_clients_time_out_and_limits_hold", "auto") else {

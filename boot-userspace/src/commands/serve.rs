@@ -240,6 +240,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         "bootfabric starting"
     );
     raise_open_files_limit();
+    // Before any service says it listens: a signal sent once a "listening" line is out (a
+    // supervisor, a test) is then queued for the loop below, never the default action
+    // (SIGHUP's is to terminate).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let registry = Registry::new();
     let ebpf = if xdp::embedded_object().is_some() {
         "embedded"
@@ -381,9 +387,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         warn!(bmc = url, "BMC over plain http (allow_plaintext = true): its password crosses the network in clear");
     }
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let token = cancel.clone();
     let path = config.path.clone();
     let reloading = Arc::new(AtomicBool::new(false));
@@ -425,5 +428,55 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             warn!(services = ?names, "bootfabric stopped after a service failure");
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory};
+
+    fn inventory(names: &[&str]) -> Inventory {
+        let mut text = String::from("[profiles.p]\n");
+        for (i, n) in names.iter().enumerate() {
+            text += &format!(
+                "[[hosts]]\nname = \"{n}\"\nmac = \"52:54:00:00:00:{i:02x}\"\nprofile = \"p\"\nnetboot = \"once\"\n"
+            );
+        }
+        Inventory::from_wire(
+            Path::new("hosts.toml"),
+            toml::from_str(&text).expect("toml"),
+        )
+        .expect("inventory")
+    }
+
+    /// A reload takes the TOML's hosts, but a used `once` stays used while its host exists
+    /// (the TOML says what a host may do, not what it did); a host that left forgets it.
+    #[test]
+    fn a_reload_keeps_the_used_once_of_hosts_that_stay() {
+        let mut running = inventory(&["a", "b"]);
+        running.set_consumed("a", true);
+        running.set_consumed("b", true);
+        let live = Live::unregistered(Next::new(running, BootSettings::defaults()));
+        let config = Config::from_wire(
+            Path::new("bootfabric.toml"),
+            toml::from_str("").expect("config"),
+            inventory(&["a", "c"]),
+        )
+        .expect("config");
+        let next = next_from_config(&config, &live.load());
+        let names: Vec<&str> = next
+            .inventory
+            .hosts()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(next.inventory.is_consumed("a"));
+        assert!(!next.inventory.is_consumed("b"), "b left the inventory");
+        assert!(!next.inventory.is_consumed("c"));
+        assert_eq!(next.scripts, ["boot.ipxe"]);
     }
 }
