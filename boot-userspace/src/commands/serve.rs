@@ -179,6 +179,10 @@ fn reload(path: &std::path::Path, live: &Live, dhcp: Option<&DhcpFollower>) {
             return;
         }
     };
+    if dhcp.is_none() && config.dhcp.is_some() {
+        // The rest is published; the server itself only starts with the daemon.
+        warn!("SIGHUP: [dhcp] was added: restart to start the DHCP server");
+    }
     let published = live.publish(|current| {
         if let Some(d) = dhcp {
             d.stage(config.dhcp.as_ref())?;
