@@ -8,15 +8,15 @@
 //! [`Admission::tick`] is the whole of a tick at a given time; [`Admission::run`] only calls
 //! it every second until cancelled.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::SchedulerConfig,
     model::gate::{self, capacity::Capacity, Gate},
-    model::inventory::Inventory,
     model::ledger::{unix_ms, EventKind, Ledger},
+    model::snapshot::Live,
 };
 
 /// How often the slots and the admitted hosts are looked at.
@@ -26,24 +26,19 @@ const TICK: Duration = Duration::from_secs(1);
 pub struct Admission {
     gate: Gate,
     ledger: Ledger,
-    inventory: Inventory,
+    live: Arc<Live>,
     capacity: Capacity,
     per_host_bps: f64,
 }
 
 impl Admission {
-    /// The service for `gate`, reading `ledger` about `inventory`'s hosts, with the capacity
-    /// and per-host rate of `scheduler`.
-    pub fn new(
-        gate: Gate,
-        ledger: Ledger,
-        inventory: Inventory,
-        scheduler: &SchedulerConfig,
-    ) -> Self {
+    /// The service for `gate`, reading `ledger` about the hosts of the snapshot in effect,
+    /// with the capacity and per-host rate of `scheduler`.
+    pub fn new(gate: Gate, ledger: Ledger, live: Arc<Live>, scheduler: &SchedulerConfig) -> Self {
         Self {
             gate,
             ledger,
-            inventory,
+            live,
             capacity: Capacity::new(scheduler.capacity_bps, scheduler.per_host_bps),
             per_host_bps: scheduler.per_host_bps,
         }
@@ -52,7 +47,8 @@ impl Admission {
     /// One tick at unix ms `now`, with the fabric's egress `egress_bps` over the ledger's
     /// window. Returns the slots set.
     pub fn tick(&mut self, now: u64, egress_bps: f64) -> usize {
-        let progress = |mac, since| gate::progress(&self.ledger, &self.inventory, mac, since);
+        let snapshot = self.live.load();
+        let progress = |mac, since| gate::progress(&self.ledger, &snapshot.inventory, mac, since);
         let mut admitted = self.gate.sweep(now, progress);
         // Judged after the sweep: slots whose hosts are done say nothing about the fabric.
         let (holding, slots) = self.gate.load();
@@ -95,7 +91,7 @@ mod tests {
     use super::*;
     use crate::model::{
         gate::{Ask, GateMode, Progress},
-        inventory::Mac,
+        inventory::{Inventory, Mac},
     };
 
     fn inventory() -> Inventory {
@@ -140,7 +136,11 @@ mod tests {
         ledger.set_inventory(&inventory);
         let gate = Gate::with_metrics(config.scheduler.gate_settings(), &registry).expect("gate");
         assert_eq!(gate.settings().mode, GateMode::Always);
-        let admission = Admission::new(gate.clone(), ledger.clone(), inventory, &config.scheduler);
+        let live = Live::unregistered(crate::model::snapshot::Next::new(
+            inventory,
+            Default::default(),
+        ));
+        let admission = Admission::new(gate.clone(), ledger.clone(), live, &config.scheduler);
         (admission, gate, ledger, registry)
     }
 
