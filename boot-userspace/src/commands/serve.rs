@@ -327,6 +327,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
+        max_event_streams: config.admin.max_event_streams,
     };
     supervisor.spawn(
         "admin",
