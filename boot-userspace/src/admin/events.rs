@@ -209,10 +209,14 @@ impl EventStreams {
 
     /// Answers `GET /api/v1/events` with `query` and `headers`: a stream, 400 or 503.
     pub fn serve(&self, query: Option<&str>, headers: &HeaderMap) -> Response<AdminBody> {
-        let sub = match Subscription::parse(query, headers) {
+        let mut sub = match Subscription::parse(query, headers) {
             Ok(s) => s,
             Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
+        // A live-only stream starts at the newest event as the request is answered, not when
+        // its task first runs: whatever happens after the client sees the 200 is on it.
+        sub.last_event_id
+            .get_or_insert_with(|| self.ledger.last_event_id());
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             let mut r = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
