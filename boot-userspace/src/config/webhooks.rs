@@ -263,6 +263,43 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_file_is_checked_at_load_like_the_admin_token() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bootfabric.toml");
+        std::fs::write(
+            &cfg,
+            "[[webhooks]]\nurl = 'http://127.0.0.1:9/h'\nsecret_file = 'hook.secret'\n",
+        )
+        .expect("write");
+        let secret = dir.path().join("hook.secret");
+        let load = || crate::config::Config::load(&cfg);
+        let e = load().expect_err("missing").to_string();
+        assert!(e.contains("`webhooks[0].secret_file`"), "{e}");
+        std::fs::write(&secret, "0123456789abcdef0123\n").expect("secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = load().expect_err("mode").to_string();
+        assert!(
+            e.contains("`webhooks[0].secret_file`") && e.contains("0644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = load().expect("valid");
+        assert_eq!(
+            c.webhooks[0].secret_file, secret,
+            "resolved beside the config"
+        );
+        assert_eq!(
+            crate::config::secrets::token::load_secret(&secret).expect("secret"),
+            b"0123456789abcdef0123",
+            "the trailing newline is not part of the key"
+        );
+        std::fs::write(&secret, "short\n").expect("short");
+        let e = load().expect_err("short").to_string();
+        assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[test]
     fn bad_hooks_name_their_key() {
         let cases = [
             ("url = 'ftp://x/'\nsecret_file = 's'", "webhooks[0].url"),
