@@ -7,6 +7,7 @@
 //! [`auth`] and the route table are pure; this module is the I/O shell around them.
 
 pub mod auth;
+pub mod events;
 
 use std::{
     convert::Infallible,
@@ -49,6 +50,8 @@ pub struct Admin {
     pub reboots: Arc<RebootService>,
     /// The configuration snapshot (its generation in `/healthz`).
     pub live: Arc<crate::model::snapshot::Live>,
+    /// Concurrent event streams served at most (`admin.max_event_streams`).
+    pub max_event_streams: usize,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -165,7 +168,14 @@ pub async fn serve(
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(addr = %local, scheme, "admin server listening on {local}");
     let metrics = ControlMetrics::register(&admin.registry).map_err(std::io::Error::other)?;
-    let admin = Arc::new((admin, metrics));
+    let streams = events::EventStreams::new(
+        admin.ledger.clone(),
+        admin.max_event_streams,
+        cancel.clone(),
+        &admin.registry,
+    )
+    .map_err(std::io::Error::other)?;
+    let admin = Arc::new((admin, metrics, streams));
     let access = Arc::new(access);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let connections = tokio_util::task::TaskTracker::new();
@@ -233,7 +243,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     io: I,
     conn: Conn,
-    admin: Arc<(Admin, ControlMetrics)>,
+    admin: Arc<(Admin, ControlMetrics, events::EventStreams)>,
     access: Arc<AdminAccess>,
     cancel: CancellationToken,
 ) where
@@ -246,8 +256,14 @@ async fn serve_connection<I>(
         let access = Arc::clone(&access);
         let conn = Arc::clone(&conn);
         async move {
-            let (admin, metrics) = &*admin;
-            Ok::<_, Infallible>(handle(admin, metrics, &access.policy, &conn, req).await)
+            let (admin, metrics, streams) = &*admin;
+            // The event stream is a read (it follows admin.allow like every read) with a body
+            // that never ends on its own, so it is answered before the whole-body routes.
+            if req.uri().path() == events::PATH && req.method() == Method::GET {
+                return Ok::<_, Infallible>(streams.serve(req.uri().query(), req.headers()));
+            }
+            let resp = handle(admin, metrics, &access.policy, &conn, req).await;
+            Ok::<_, Infallible>(resp.map(|b| b.boxed()))
         }
     });
     let http = http1::Builder::new()

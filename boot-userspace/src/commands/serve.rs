@@ -146,6 +146,14 @@ impl Follower for LedgerFollower {
 
     fn apply(&self, next: &Arc<Snapshot>) {
         self.0.set_inventory(&next.inventory);
+        // Last of the followers' work a reader of the log can see: controllers learn that
+        // what they changed is in effect.
+        self.0.emit(
+            crate::model::ledger::events::EventType::ConfigGeneration,
+            None,
+            None,
+            serde_json::json!({ "generation": next.generation }),
+        );
     }
 }
 
@@ -387,6 +395,19 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
+    if !config.webhooks.is_empty() {
+        let hooks = crate::services::webhooks::WebhookService::start(
+            &config.webhooks,
+            ledger.clone(),
+            &registry,
+        )?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "webhooks",
+            Box::pin(async move { hooks.run(token).await.context("webhooks") }),
+        );
+    }
+
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
@@ -397,6 +418,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         ledger: ledger.clone(),
         reboots,
         live: Arc::clone(&live),
+        max_event_streams: config.admin.max_event_streams,
     };
     supervisor.spawn(
         "admin",

@@ -7,3 +7,4 @@ pub mod http;
 pub mod ra;
 pub mod reboot;
 pub mod tftp;
+pub mod webhooks;

@@ -483,6 +483,10 @@ impl RebootService {
             RunAction::GiveUp { host, reason } => {
                 warn!(host = %members[host].spec.name, "given up: {reason}");
                 self.gate.withdraw(members[host].mac);
+                // In the ledger too, so the event log reports the failed boot (`host.failed`).
+                let (mac, at) = (members[host].mac, self.clock.now_ms());
+                let kind = EventKind::BootFailed { reason };
+                self.ledger.record_at(mac, kind, None, at);
             }
         }
     }
@@ -997,6 +1001,13 @@ mod tests {
             Some("no DHCP request after the reset")
         );
         assert!(!w.gate.holds(&w.macs[0]));
+        assert_eq!(
+            w.recorded(0, LedgerPhase::BootFailed),
+            [EventKind::BootFailed {
+                reason: "no DHCP request after the reset".into()
+            }],
+            "the ledger (and so the event log) knows"
+        );
         // Host 1 may start its OS for 60 s after its last file (2.125): it fails at the
         // first tick past 62.125.
         w.at(62.125).await;
