@@ -29,6 +29,45 @@ pub struct Lease {
     pub hostname: Option<String>,
 }
 
+/// Whether a reserved address can go to its owner now (see [`LeaseTable::reservation_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Nobody else holds, is offered or quarantines it: the owner may have it.
+    Free,
+    /// Another client holds it (a live binding or offer), or a DECLINE quarantines it, until
+    /// `until` (Unix seconds): the owner waits.
+    HeldBy {
+        /// The holder (for a quarantine, the client that declined it).
+        mac: Mac,
+        /// How it is held.
+        how: Blocker,
+        /// When the hold ends at the latest.
+        until: u64,
+    },
+}
+
+/// How a reserved address is held by someone other than its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// A live binding.
+    Leased,
+    /// A live offer.
+    Offered,
+    /// A DECLINE quarantine.
+    Declined,
+}
+
+impl Blocker {
+    /// How `explain` and the log say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocker::Leased => "leased to",
+            Blocker::Offered => "offered to",
+            Blocker::Declined => "declined by",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Offer {
     mac: Mac,
@@ -211,6 +250,58 @@ impl LeaseTable {
     /// The owner of a reserved address.
     pub fn reserved_for(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.reserved.get(&ip).copied()
+    }
+
+    /// Whether the reserved address `ip` can go to its `owner` at `now`. A reservation moved
+    /// to another MAC (a reload) while the address is leased or offered to a client, or
+    /// quarantined by a DECLINE, waits until that ends: handing it over at once would put
+    /// one address on two machines.
+    pub fn reservation_state(&self, ip: Ipv4Addr, owner: Mac, now: u64) -> ReservationState {
+        if let Some(l) = self.leases.get(&ip).filter(|l| l.expires > now) {
+            match l.state {
+                LeaseState::Declined => {
+                    return ReservationState::HeldBy {
+                        mac: l.mac,
+                        how: Blocker::Declined,
+                        until: l.expires,
+                    }
+                }
+                LeaseState::Bound if l.mac != owner => {
+                    return ReservationState::HeldBy {
+                        mac: l.mac,
+                        how: Blocker::Leased,
+                        until: l.expires,
+                    }
+                }
+                _ => {}
+            }
+        }
+        match self.offers.get(&ip) {
+            Some(o) if o.mac != owner && o.until > now => ReservationState::HeldBy {
+                mac: o.mac,
+                how: Blocker::Offered,
+                until: o.until,
+            },
+            _ => ReservationState::Free,
+        }
+    }
+
+    /// The reserved addresses that wait for another client's hold to end at `now`, with
+    /// their owner and state, in address order. O(reservations): for reloads and the
+    /// housekeeping tick, not per packet.
+    pub fn waiting(&self, now: u64) -> Vec<(Ipv4Addr, Mac, ReservationState)> {
+        let mut v: Vec<_> = self
+            .reserved
+            .iter()
+            .filter_map(
+                |(ip, owner)| match self.reservation_state(*ip, *owner, now) {
+                    ReservationState::Free => None,
+                    held => Some((*ip, *owner, held)),
+                },
+            )
+            .collect();
+        v.sort_by_key(|(ip, _, _)| *ip);
+        v
     }
 
     /// The current lease at `ip`, if any (bound or quarantined, expired or not).
