@@ -15,7 +15,7 @@ use super::{
 };
 use crate::config::{dhcp::DEFAULT_LEASE_TIME, DhcpConfig, DhcpGuards, DhcpMode};
 use crate::model::boot::{BootSettings, OptionSet};
-use crate::model::inventory::{Host, Inventory, Mac};
+use crate::model::inventory::{BootAnswer, Host, Inventory, Mac};
 
 /// DHCP client and server ports.
 pub const CLIENT_PORT: u16 = 68;
@@ -202,6 +202,14 @@ impl Server {
         }
     }
 
+    /// `mac`'s netboot answer: its host's (`netboot`, with the used-once state the inventory
+    /// keeps), `Boot` for clients outside the inventory.
+    pub fn boot_answer(&self, mac: Mac) -> BootAnswer {
+        self.inventory
+            .host_by_mac(&mac)
+            .map_or(BootAnswer::Boot, |h| self.inventory.boot_answer(h))
+    }
+
     /// Handles one decoded request at Unix time `now`.
     pub fn handle(&mut self, msg: &Message, ingress: &Ingress<'_>, now: u64) -> Handled {
         let Some(kind) = msg.opts().msg_type() else {
@@ -234,6 +242,14 @@ impl Server {
         let facts = ClientFacts::from_message(msg);
         if !facts.is_booting_firmware() {
             return Handled::Silent("proxyDHCP answers PXE, iPXE and HTTP-boot clients only");
+        }
+        // A proxy answer is nothing but a boot answer: where there is none, say nothing.
+        match self.boot_answer(mac_of(msg)) {
+            BootAnswer::Deny => return Handled::Silent("proxyDHCP: netboot = deny"),
+            BootAnswer::Disk if facts.is_http_boot() => {
+                return Handled::Silent("proxyDHCP: netboot = once (used), no URL for HTTP boot")
+            }
+            _ => {}
         }
         let rules = vec![(
             "yiaddr".to_owned(),
@@ -572,7 +588,8 @@ impl Server {
     ) -> BootDecision {
         let host = self.inventory.host_by_mac(&mac);
         let profile = host.and_then(|h| self.inventory.profile(&h.profile));
-        let boot = policy::decide(
+        let boot = policy::decide_for(
+            self.boot_answer(mac),
             &ClientFacts::from_message(req),
             profile,
             &self.boot,
@@ -1059,6 +1076,77 @@ mod tests {
             Handled::Commit(r) if r.state == LeaseState::Declined
         ));
         assert_ne!(lease(&mut s, 0x0b, 80).msg.yiaddr(), RESERVED);
+    }
+
+    #[test]
+    fn netboot_deny_and_used_once_shape_the_boot_fields() {
+        let mut s = server(true);
+        let text = "[profiles.p]\n[[hosts]]\nname='res'\nmac='52:54:00:00:00:ee'\nip='10.0.0.50'\nprofile='p'\nnetboot='deny'\n\
+                    [[hosts]]\nname='once'\nmac='52:54:00:00:00:0c'\nip='10.0.0.51'\nprofile='p'\nnetboot='once'\n";
+        let mut inventory = Inventory::from_wire(
+            std::path::Path::new("h"),
+            toml::from_str(text).expect("toml"),
+        )
+        .expect("inv");
+        inventory.set_consumed("once", true);
+        s.table.set_reservations(&inventory);
+        s.inventory = inventory;
+        let firmware = |mac: u8, vendor: &[u8], arch: u16| {
+            let mut m = msg(mac, MessageType::Discover);
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(vendor.to_vec()));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(
+                dhcproto::v4::Architecture::from(arch),
+            ));
+            m
+        };
+        let boot_fields = |r: &Reply| {
+            (
+                r.msg.siaddr(),
+                r.msg.fname_str().and_then(Result::ok).map(str::to_owned),
+                r.msg.opts().get(OptionCode::BootfileName).is_some(),
+                r.msg.opts().get(OptionCode::ClassIdentifier).is_some(),
+            )
+        };
+        // Deny: the address and network options, nothing to boot.
+        let offer = reply(s.handle(&firmware(0xee, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(offer.msg.yiaddr(), RESERVED);
+        assert!(offer.msg.opts().get(OptionCode::SubnetMask).is_some());
+        assert_eq!(
+            boot_fields(&offer),
+            (Ipv4Addr::UNSPECIFIED, None, false, false)
+        );
+        assert!(offer
+            .boot
+            .rules
+            .iter()
+            .any(|(_, r)| r.contains("netboot = deny")));
+        // Used once: PXE still gets its loader, UEFI HTTP boot no URL.
+        let offer = reply(s.handle(&firmware(0x0c, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(offer.msg.fname_str().and_then(Result::ok), Some("ipxe.efi"));
+        assert!(offer
+            .boot
+            .rules
+            .iter()
+            .any(|(_, r)| r.contains("netboot = once (used)")));
+        let offer = reply(s.handle(&firmware(0x0c, b"HTTPClient", 16), &ingress(), 0));
+        assert_eq!(offer.msg.yiaddr(), Ipv4Addr::new(10, 0, 0, 51));
+        assert_eq!(
+            boot_fields(&offer),
+            (Ipv4Addr::UNSPECIFIED, None, false, false)
+        );
+        // proxyDHCP has nothing but a boot answer to give: silence.
+        s.dhcp.mode = DhcpMode::Proxy;
+        assert!(matches!(
+            s.handle(&firmware(0xee, b"PXEClient", 7), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        assert!(matches!(
+            s.handle(&firmware(0x0c, b"HTTPClient", 16), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        let pxe = reply(s.handle(&firmware(0x0c, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(pxe.msg.fname_str().and_then(Result::ok), Some("ipxe.efi"));
     }
 
     #[test]

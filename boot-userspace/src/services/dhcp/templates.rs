@@ -255,7 +255,16 @@ pub fn derive(server: &Server, ifaces: &[FabricIface], now: u64) -> Derived {
                 .push((host.name.clone(), "host name longer than 64 bytes"));
             continue;
         }
-        let key = (subnet, host.profile.clone(), format!("{:?}", host.options));
+        // The netboot answer shapes the boot fields: hosts share templates only if it agrees.
+        let key = (
+            subnet,
+            host.profile.clone(),
+            format!(
+                "{:?} {:?}",
+                host.options,
+                server.inventory.boot_answer(host)
+            ),
+        );
         let next = groups.len() as u32;
         let group = *groups.entry(key).or_insert_with(|| {
             representatives.push((host.mac, ip, subnet));
@@ -497,6 +506,43 @@ mod tests {
         assert!(d.skipped.is_empty());
         assert_eq!(d.maps.hosts[&[0x52, 0x54, 0, 0, 0, 1]].ip, [10, 0, 0, 11]);
         assert_eq!(d.maps.templates.len(), 2 * VARIANTS.len());
+    }
+
+    #[test]
+    fn the_netboot_answer_has_its_own_templates() {
+        let mut inv = testkit::inventory(
+            "[profiles.a]\n[[hosts]]\nname = 'allow'\nmac = '52:54:00:00:00:01'\nip = '10.0.0.11'\nprofile = 'a'\n\
+             [[hosts]]\nname = 'deny'\nmac = '52:54:00:00:00:02'\nip = '10.0.0.12'\nprofile = 'a'\nnetboot = 'deny'\n\
+             [[hosts]]\nname = 'once'\nmac = '52:54:00:00:00:03'\nip = '10.0.0.13'\nprofile = 'a'\nnetboot = 'once'\n",
+        );
+        let dhcp = || testkit::dhcp("10.0.0.0/24", "fabric0", "10.0.0.100-10.0.0.110");
+        let s = Server::new(dhcp(), BootSettings::defaults(), inv.clone(), &[], 0);
+        let d = derive(&s, &fabric(), 0);
+        let group = |d: &Derived, n: u8| d.maps.hosts[&[0x52, 0x54, 0, 0, 0, n]].group;
+        assert_ne!(
+            group(&d, 1),
+            group(&d, 2),
+            "deny answers without boot fields"
+        );
+        assert_eq!(group(&d, 1), group(&d, 3), "once, not yet used, boots");
+        // Every template is the server's own reply: a denied host's PXE OFFER has no file.
+        let pxe = d
+            .maps
+            .templates
+            .iter()
+            .find(|(k, _)| k.group == group(&d, 2) && k.class == CLASS_PXE && k.kind == DHCPOFFER)
+            .map(|(_, t)| t)
+            .expect("template");
+        assert!(pxe.header[108..236].iter().all(|b| *b == 0), "no file name");
+        assert_eq!(&pxe.header[20..24], &[0; 4], "no siaddr");
+        inv.set_consumed("once", true);
+        let s = Server::new(dhcp(), BootSettings::defaults(), inv, &[], 0);
+        let d = derive(&s, &fabric(), 0);
+        assert_ne!(
+            group(&d, 1),
+            group(&d, 3),
+            "used once: no URL for HTTP boot"
+        );
     }
 
     #[test]
