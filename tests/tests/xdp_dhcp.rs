@@ -61,6 +61,13 @@ name = "far04"
 mac = "52:54:00:b0:0f:04"
 ip = "10.88.0.20"
 profile = "installer"
+
+[[hosts]]
+name = "denied06"
+mac = "52:54:00:b0:0f:06"
+ip = "10.77.0.16"
+profile = "installer"
+netboot = "deny"
 "#;
 
 const CONFIG: &str = r#"
@@ -394,6 +401,8 @@ fn kernel_replies_equal_userspace_replies() {
             (2, Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::UNSPECIFIED),
             (3, Ipv4Addr::new(10, 77, 0, 13), Ipv4Addr::UNSPECIFIED),
             (4, Ipv4Addr::new(10, 88, 0, 20), RELAY_IP),
+            // netboot = deny: address and network options only, from the kernel as well.
+            (6, Ipv4Addr::new(10, 77, 0, 16), Ipv4Addr::UNSPECIFIED),
         ] {
             for client in clients {
                 for (kind, broadcast, vlan) in [
