@@ -1067,7 +1067,8 @@ mod tests {
             .insert(DhcpOption::RequestedIpAddress(RESERVED));
         assert_eq!(reply(s.handle(&req, &ingress(), 5)).kind, MessageType::Nak);
         assert_eq!(lease(&mut s, 0x0b, 60).msg.yiaddr(), RESERVED);
-        // B itself declines it (someone answers ARP for it): it waits out the quarantine.
+        // B declines its own reservation (someone answers ARP for it): as before, that does
+        // not make it wait (the kernel keeps answering it, and so does userspace).
         let mut dec = decline(0x0b, RESERVED);
         dec.opts_mut()
             .insert(DhcpOption::ServerIdentifier(SERVER_IP));
@@ -1075,7 +1076,24 @@ mod tests {
             s.handle(&dec, &ingress(), 70),
             Handled::Commit(r) if r.state == LeaseState::Declined
         ));
-        assert_ne!(lease(&mut s, 0x0b, 80).msg.yiaddr(), RESERVED);
+        assert!(matches!(
+            s.reserved(client_mac(0x0b), 0, 80),
+            Reserved::Effective(..)
+        ));
+        // Its quarantine makes the next owner wait, though.
+        move_reservation(&mut s, 0x0c);
+        assert!(matches!(
+            s.reserved(client_mac(0x0c), 0, 80),
+            Reserved::Waits(
+                _,
+                _,
+                ReservationState::HeldBy {
+                    how: Blocker::Declined,
+                    ..
+                }
+            )
+        ));
+        assert_ne!(lease(&mut s, 0x0c, 80).msg.yiaddr(), RESERVED);
     }
 
     #[test]
