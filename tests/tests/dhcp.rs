@@ -1324,6 +1324,13 @@ fn a_reservation_moved_while_leased_waits_for_the_old_holder() {
     );
     assert_no_shared_address(&daemon);
     assert!(
+        daemon.log().contains(
+            "reservation 10.77.0.11 of host node01 waits: leased to 52:54:00:b0:0f:01 until "
+        ),
+        "the log says why B got a pool address:\n{}",
+        daemon.log()
+    );
+    assert!(
         bound_pairs(&daemon).contains(&("10.77.0.11".to_owned(), A.to_owned())),
         "A keeps its lease:\n{}",
         lease_lines(&daemon)
