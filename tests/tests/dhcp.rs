@@ -1235,3 +1235,116 @@ fn a_hung_journal_disk_withholds_acks_within_bounds_and_dhcp_keeps_answering() {
         daemon.log()
     );
 }
+
+/// `bootfabric leases` as (address, MAC) pairs of live bindings.
+fn bound_pairs(daemon: &Daemon) -> Vec<(String, String)> {
+    lease_lines(daemon)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// No address listed for two MACs.
+fn assert_no_shared_address(daemon: &Daemon) {
+    let mut owners: HashMap<String, HashSet<String>> = HashMap::new();
+    for (ip, mac) in bound_pairs(daemon) {
+        owners.entry(ip).or_default().insert(mac);
+    }
+    assert!(
+        owners.values().all(|m| m.len() == 1),
+        "one address for two MACs:\n{}",
+        lease_lines(daemon)
+    );
+}
+
+/// A reservation moved (SIGHUP) from MAC A to MAC B while udhcpc A holds it: B is a pool
+/// client until A lets go, `bootfabric leases` never lists the address for both, and once
+/// A releases it B's next exchange gets the reservation.
+#[test]
+fn a_reservation_moved_while_leased_waits_for_the_old_holder() {
+    const A: &str = "52:54:00:b0:0f:01";
+    const B: [u8; 6] = [0x52, 0x54, 0, 0xb0, 0x0f, 0x02];
+    let Some((lab, daemon)) = client_lab(
+        "a_reservation_moved_while_leased_waits_for_the_old_holder",
+        "udhcpc",
+        "client0",
+        A,
+    ) else {
+        return;
+    };
+    let dir = TempDir::new().expect("dir");
+    let script = recorder(&dir, UDHCPC_SCRIPT);
+    let child = udhcpc(&lab.client, "client0", &script, &[]);
+    let ev = wait_event(&dir, "bound");
+    assert!(ev.contains("ip=10.77.0.11 "), "{ev}");
+
+    // node01's reservation moves to B.
+    let hosts = daemon
+        .config_path()
+        .parent()
+        .expect("config dir")
+        .join("hosts.toml");
+    std::fs::write(&hosts, INVENTORY.replace(A, "52:54:00:b0:0f:02")).expect("hosts.toml");
+    daemon.reload("config reloaded").expect("reload");
+
+    // B (a scripted client on the same link; udhcpc A holds no socket while bound).
+    let lease_b = |xid: u32| {
+        // A source address and a route for its broadcasts that udhcpc's deconfig (an address
+        // flush) cannot take away between the two exchanges.
+        lab.client
+            .ip(&["addr", "replace", "10.77.0.250/24", "dev", "client0"])
+            .expect("addr");
+        lab.client
+            .ip(&["route", "replace", "default", "dev", "client0"])
+            .expect("route");
+        lab.client
+            .run(move || -> std::io::Result<Outcome> {
+                Client::bind()?.lease(B, xid, Duration::from_secs(2))
+            })
+            .expect("namespace")
+            .expect("client")
+    };
+    let pool = match lease_b(0xb001) {
+        Outcome::Ack(ip, _) => ip,
+        other => panic!("B got {other:?}\n{}", daemon.log()),
+    };
+    assert_ne!(
+        pool,
+        Ipv4Addr::new(10, 77, 0, 11),
+        "{}",
+        lease_lines(&daemon)
+    );
+    assert!(
+        (100..=199).contains(&pool.octets()[3]),
+        "B waits on a pool address: {pool}"
+    );
+    assert_no_shared_address(&daemon);
+    assert!(
+        daemon.log().contains(
+            "reservation 10.77.0.11 of host node01 waits: leased to 52:54:00:b0:0f:01 until "
+        ),
+        "the log says why B got a pool address:\n{}",
+        daemon.log()
+    );
+    assert!(
+        bound_pairs(&daemon).contains(&("10.77.0.11".to_owned(), A.to_owned())),
+        "A keeps its lease:\n{}",
+        lease_lines(&daemon)
+    );
+
+    // A releases: the address is free for its new owner.
+    signal(&child.0, nix::sys::signal::Signal::SIGUSR2);
+    wait_for(WAIT, || (!lease_lines(&daemon).contains(A)).then_some(()))
+        .unwrap_or_else(|| panic!("A's lease still listed:\n{}", lease_lines(&daemon)));
+    assert_eq!(
+        lease_b(0xb002),
+        Outcome::Ack(Ipv4Addr::new(10, 77, 0, 11), Ipv4Addr::new(10, 77, 0, 1)),
+        "{}",
+        daemon.log()
+    );
+    assert_no_shared_address(&daemon);
+}

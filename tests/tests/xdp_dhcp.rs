@@ -61,6 +61,13 @@ name = "far04"
 mac = "52:54:00:b0:0f:04"
 ip = "10.88.0.20"
 profile = "installer"
+
+[[hosts]]
+name = "denied06"
+mac = "52:54:00:b0:0f:06"
+ip = "10.77.0.16"
+profile = "installer"
+netboot = "deny"
 "#;
 
 const CONFIG: &str = r#"
@@ -394,6 +401,8 @@ fn kernel_replies_equal_userspace_replies() {
             (2, Ipv4Addr::new(10, 77, 0, 12), Ipv4Addr::UNSPECIFIED),
             (3, Ipv4Addr::new(10, 77, 0, 13), Ipv4Addr::UNSPECIFIED),
             (4, Ipv4Addr::new(10, 88, 0, 20), RELAY_IP),
+            // netboot = deny: address and network options only, from the kernel as well.
+            (6, Ipv4Addr::new(10, 77, 0, 16), Ipv4Addr::UNSPECIFIED),
         ] {
             for client in clients {
                 for (kind, broadcast, vlan) in [
@@ -1576,5 +1585,110 @@ fn reload_keeps_the_kernel_maps_in_step_with_the_inventory() {
         answered(&metrics()),
         before,
         "no kernel answer for a removed host"
+    );
+}
+
+/// A reservation moved (SIGHUP) from udhcpc A to MAC B while A holds it, with the fast path
+/// loaded: B is left to userspace (a pool address) while it waits, and once A releases the
+/// address the housekeeping tick puts B in the kernel's maps, which then answer B with it.
+#[test]
+fn a_moved_reservation_reaches_the_kernel_once_the_old_holder_releases_it() {
+    let t = "a_moved_reservation_reaches_the_kernel_once_the_old_holder_releases_it";
+    let Some((lab, daemon)) = udhcpc_lab(t, "52:54:00:b0:0f:01") else {
+        return;
+    };
+    let dir = TempDir::new().expect("dir");
+    let out = dir.path.join("events");
+    let script = dir.path.join("s.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 ip=$ip\" >> {}\ncase \"$1\" in bound|renew) ip addr replace \"$ip/$mask\" dev \"$interface\" ;; deconfig) ip addr flush dev \"$interface\" ;; esac\nexit 0\n",
+            out.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let a = Kill(
+        lab.client
+            .command("udhcpc")
+            .args(["-f", "-i", "c0", "-t", "10", "-T", "2", "-s"])
+            .arg(&script)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("udhcpc"),
+    );
+    wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|s| s.contains("bound ip=10.77.0.11"))
+    })
+    .unwrap_or_else(|| panic!("A not bound to its reservation\n{}", daemon.log()));
+
+    let hosts = daemon.config_path().with_file_name("hosts.toml");
+    std::fs::write(
+        &hosts,
+        INVENTORY.replace("52:54:00:b0:0f:01", "52:54:00:b0:0f:07"),
+    )
+    .expect("inventory");
+    daemon.reload("fast path resynced").expect("reload");
+    assert!(
+        daemon
+            .log()
+            .contains("reservation waits for the previous holder's lease"),
+        "{}",
+        daemon.log()
+    );
+    let lease_b = |xid: u32| {
+        lab.client
+            .ip(&["addr", "replace", "10.77.0.250/24", "dev", "c0"])
+            .expect("addr");
+        lab.client
+            .ip(&["route", "replace", "default", "dev", "c0"])
+            .expect("route");
+        lab.client
+            .run(move || DhcpClient::bind()?.lease(mac(7), xid, Duration::from_secs(2)))
+            .expect("namespace")
+            .expect("client")
+    };
+    let answered = || {
+        xdp_packets(
+            &bootfabric_lab::metrics(&lab.server, &daemon).expect("metrics"),
+            "answered",
+            "ack",
+        )
+    };
+    let kernel_acks = answered();
+    match lease_b(0xb001) {
+        bootfabric_lab::dhcp_client::Outcome::Ack(ip, _) => {
+            assert_ne!(ip, Ipv4Addr::new(10, 77, 0, 11), "{}", daemon.log())
+        }
+        other => panic!("B got {other:?}\n{}", daemon.log()),
+    }
+    assert_eq!(answered(), kernel_acks, "B waits in userspace");
+
+    // A releases: within a housekeeping tick the kernel holds B's reservation.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.0.id() as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    );
+    wait_for(Duration::from_secs(30), || {
+        daemon
+            .log()
+            .contains("a waiting reservation was freed")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no resync after the release\n{}", daemon.log()));
+    assert_eq!(
+        lease_b(0xb002),
+        bootfabric_lab::dhcp_client::Outcome::Ack(Ipv4Addr::new(10, 77, 0, 11), SERVER_IP),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        answered() > kernel_acks,
+        "B's reservation ACKed in the kernel"
     );
 }

@@ -947,16 +947,26 @@ impl Ledger {
         self.inner.lock().ok()?.holders.get(&ip).copied()
     }
 
-    /// The inventory host at address `ip`: its reservation, or the lease it holds.
+    /// The inventory host at address `ip`: the client DHCP last acknowledged it to, else the
+    /// host it is reserved for. The holder comes first: a reservation moved to another MAC
+    /// waits while the previous holder's lease lives (services::dhcp), and until then the
+    /// machine on the address is the holder, not the new owner (who must not have its
+    /// configs fetched or its `booted` posted by another machine). A holder outside the
+    /// inventory is no host at all.
     pub fn host_at<'a>(&self, inventory: &'a Inventory, ip: Ipv4Addr) -> Option<&'a Host> {
-        inventory
-            .host_by_ip(ip)
-            .or_else(|| self.holder(ip).and_then(|mac| inventory.host_by_mac(&mac)))
+        match (inventory.host_by_ip(ip), self.holder(ip)) {
+            (Some(owner), Some(holder)) if owner.mac != holder => inventory.host_by_mac(&holder),
+            (Some(owner), _) => Some(owner),
+            (None, holder) => holder.and_then(|mac| inventory.host_by_mac(&mac)),
+        }
     }
 
-    /// `host`'s address now: its reservation, else `peer` if the host holds it as a lease.
+    /// `host`'s address now: its reservation, unless another client still holds that (the
+    /// reservation waits, see [`Ledger::host_at`]); else `peer` if the host holds it as a
+    /// lease.
     pub fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
         host.ip
+            .filter(|ip| self.holder(*ip).is_none_or(|m| m == host.mac))
             .or_else(|| (self.holder(peer) == Some(host.mac)).then_some(peer))
     }
 
@@ -1354,6 +1364,50 @@ mod tests {
             "a host removed from the inventory is evicted like any other MAC"
         );
         assert_eq!(l.inventory_hosts.get() as f64, 1.0);
+    }
+
+    #[test]
+    fn the_live_holder_of_a_moved_reservation_is_the_host_at_its_address() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let (a, b) = (Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2]));
+        let ip = Ipv4Addr::new(10, 77, 0, 11);
+        // node07's reservation moved from A (now host "old", without one) to B.
+        let text = "[profiles.p]\n[[hosts]]\nname = 'old'\nmac = '52:54:00:00:00:01'\nprofile = 'p'\n\
+                    [[hosts]]\nname = 'node07'\nmac = '52:54:00:00:00:02'\nip = '10.77.0.11'\nprofile = 'p'\n";
+        let inv = Inventory::from_wire(
+            std::path::Path::new("hosts.toml"),
+            toml::from_str(text).expect("toml"),
+        )
+        .expect("inventory");
+        let name = |h: Option<&Host>| h.map(|h| h.name.clone());
+        let node07 = inv.host_by_mac(&b).expect("node07");
+        assert_eq!(
+            name(l.host_at(&inv, ip)),
+            Some("node07".into()),
+            "nobody holds it"
+        );
+        l.record(a, EventKind::DhcpAck, Some(ip));
+        assert_eq!(
+            name(l.host_at(&inv, ip)),
+            Some("old".into()),
+            "A is still on the address: requests from it are A's, never node07's"
+        );
+        let pool = Ipv4Addr::new(10, 77, 0, 100);
+        l.record(b, EventKind::DhcpAck, Some(pool));
+        assert_eq!(name(l.host_at(&inv, pool)), Some("node07".into()));
+        assert_eq!(
+            l.address_of(node07, pool),
+            Some(pool),
+            "B's address while it waits"
+        );
+        // A holder outside the inventory is nobody, not the reservation's owner.
+        l.record(Mac([2, 0, 0, 0, 0, 9]), EventKind::DhcpAck, Some(ip));
+        assert_eq!(name(l.host_at(&inv, ip)), None);
+        l.record(Mac([2, 0, 0, 0, 0, 9]), EventKind::DhcpRelease, Some(ip));
+        assert_eq!(name(l.host_at(&inv, ip)), Some("node07".into()));
+        l.record(b, EventKind::DhcpAck, Some(ip));
+        assert_eq!(name(l.host_at(&inv, ip)), Some("node07".into()));
+        assert_eq!(l.address_of(node07, pool), Some(ip));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! exchanges the kernel answered as if it had answered them itself (lease table, journal,
 //! ledger). The maps and events are `xdp`'s traits, so all of it runs against fakes in tests.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use dhcproto::v4::MessageType;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,9 @@ const EVENT_POLL: Duration = Duration::from_millis(100);
 pub struct FastPathOwner {
     maps: Box<dyn FastPathMaps>,
     fabric: Vec<FabricIface>,
+    /// The reserved addresses that waited for another client's hold at the last sync: their
+    /// owners are missing from the maps until the hold ends ([`FastPathOwner::resync_if_freed`]).
+    waiting: Vec<Ipv4Addr>,
 }
 
 /// What a sync did: what the maps hold now, and how many reserved hosts stay with userspace.
@@ -42,12 +45,22 @@ pub struct Synced {
 impl FastPathOwner {
     /// The owner of `maps`, serving `fabric`.
     pub fn new(maps: Box<dyn FastPathMaps>, fabric: Vec<FabricIface>) -> Self {
-        Self { maps, fabric }
+        Self {
+            maps,
+            fabric,
+            waiting: Vec::new(),
+        }
     }
 
-    /// Makes the maps hold what `server` implies (see [`FastPathMaps::sync`]).
+    /// Makes the maps hold what `server` implies now (see [`FastPathMaps::sync`]).
     pub fn sync(&mut self, server: &Server) -> Result<Synced, FastPathError> {
-        let d = derive(server, &self.fabric);
+        self.sync_at(server, unix_now())
+    }
+
+    /// [`FastPathOwner::sync`] as of `now` (Unix seconds).
+    pub fn sync_at(&mut self, server: &Server, now: u64) -> Result<Synced, FastPathError> {
+        let d = derive(server, &self.fabric, now);
+        self.waiting = waiting_addresses(&server.table, now);
         if d.relays_overflow {
             warn!(
                 max = bootfabric_abi::dhcp::RELAYS_MAX_ENTRIES,
@@ -63,6 +76,29 @@ impl FastPathOwner {
             skipped: d.skipped.len(),
         })
     }
+
+    /// Syncs again when a reservation that waited at the last sync no longer waits the same
+    /// way (its holder released it, or the lease, offer or quarantine ran out), so the kernel
+    /// answers its owner as userspace now does. `None` when nothing changed; nothing to do
+    /// (the usual case) costs nothing.
+    pub fn resync_if_freed(
+        &mut self,
+        server: &Server,
+        now: u64,
+    ) -> Option<Result<Synced, FastPathError>> {
+        if self.waiting.is_empty() || waiting_addresses(&server.table, now) == self.waiting {
+            return None;
+        }
+        Some(self.sync_at(server, now))
+    }
+}
+
+fn waiting_addresses(table: &LeaseTable, now: u64) -> Vec<Ipv4Addr> {
+    table
+        .waiting(now)
+        .into_iter()
+        .map(|(ip, _, _)| ip)
+        .collect()
 }
 
 impl DhcpService {
@@ -261,7 +297,12 @@ profile = "a"
         let synced = t.service.attach_fast_path(fp).expect("attach");
         assert_eq!((synced.written.hosts, synced.skipped), (2, 0));
         {
-            let want = derive(&t.service.server.lock().expect("lock"), &fabric()).maps;
+            let want = derive(
+                &t.service.server.lock().expect("lock"),
+                &fabric(),
+                unix_now(),
+            )
+            .maps;
             let kernel = maps.0.lock().expect("fake");
             assert_eq!(kernel.syncs, 1);
             assert_eq!(
@@ -326,6 +367,64 @@ profile = "a"
             "the refused reloads' two hosts were not taken"
         );
         assert_eq!(server.dhcp.subnets[0].net, dhcp().subnets[0].net);
+    }
+
+    #[test]
+    fn a_waiting_reservation_reaches_the_kernel_when_its_holder_lets_go() {
+        // h1 (52:54:00:00:00:01) owns 10.0.0.11, but 52:54:00:00:00:09 still holds it.
+        let mut server = Server::new(
+            dhcp(),
+            BootSettings::defaults(),
+            testkit::inventory(TWO_HOSTS),
+            &[LeaseRecord {
+                ip: Ipv4Addr::new(10, 0, 0, 11),
+                mac: Mac([0x52, 0x54, 0, 0, 0, 9]),
+                state: LeaseState::Bound,
+                expires: 1000,
+                hostname: None,
+            }],
+            0,
+        );
+        let maps = FakeMaps::default();
+        let mut owner = FastPathOwner::new(Box::new(maps.clone()), fabric());
+        let h1 = [0x52, 0x54, 0, 0, 0, 1];
+        let synced = owner.sync_at(&server, 10).expect("sync");
+        assert_eq!((synced.written.hosts, synced.skipped), (1, 1));
+        assert!(!maps.0.lock().expect("fake").hosts.contains_key(&h1));
+        assert!(owner.resync_if_freed(&server, 500).is_none(), "still held");
+        // The lease runs out: the next tick puts h1 in the kernel.
+        let synced = owner
+            .resync_if_freed(&server, 1000)
+            .expect("freed")
+            .expect("sync");
+        assert_eq!((synced.written.hosts, synced.skipped), (2, 0));
+        assert!(maps.0.lock().expect("fake").hosts.contains_key(&h1));
+        assert!(
+            owner.resync_if_freed(&server, 2000).is_none(),
+            "nothing waits"
+        );
+        // A release frees it as well.
+        server.table.apply(&LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 12),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 8]),
+            state: LeaseState::Bound,
+            expires: 5000,
+            hostname: None,
+        });
+        assert_eq!(owner.sync_at(&server, 2000).expect("sync").skipped, 1);
+        server.table.apply(&LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 12),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 8]),
+            state: LeaseState::Released,
+            expires: 0,
+            hostname: None,
+        });
+        let synced = owner
+            .resync_if_freed(&server, 2001)
+            .expect("freed")
+            .expect("sync");
+        assert_eq!(synced.skipped, 0);
+        assert_eq!(maps.0.lock().expect("fake").hosts.len(), 2);
     }
 
     #[tokio::test]

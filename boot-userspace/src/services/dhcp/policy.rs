@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
 use crate::model::boot::BootSettings;
-use crate::model::inventory::Profile;
+use crate::model::inventory::{BootAnswer, Profile};
 
 /// RFC 4578 / IANA processor architecture types the policy knows.
 pub mod arch {
@@ -117,6 +117,12 @@ impl ClientFacts {
             || self.vendor_starts_with(b"HTTPClient")
     }
 
+    /// Whether the client is UEFI HTTP boot (option 60 `HTTPClient`, not iPXE): its boot
+    /// URL is the program itself, with no loader in between that could "boot from disk".
+    pub fn is_http_boot(&self) -> bool {
+        !self.is_ipxe() && self.vendor_starts_with(b"HTTPClient")
+    }
+
     fn vendor_starts_with(&self, prefix: &[u8]) -> bool {
         self.vendor_class
             .as_deref()
@@ -192,6 +198,50 @@ fn pick<'a>(
     get(global)
         .as_ref()
         .map(|v| (v.clone(), format!("boot.{field}")))
+}
+
+/// [`decide`] under the host's netboot answer (`Inventory::boot_answer`; clients outside the
+/// inventory boot as before):
+/// - `Boot`: as [`decide`];
+/// - `Deny`: no boot fields at all (no siaddr, file, options 43, 60, 66, 67), only the
+///   client's option 97 echoed as for any client, so the reply is the address and network
+///   options a plain DHCP client gets;
+/// - `Disk` (`netboot = once`, used): as [`decide`] for PXE and iPXE (the loader and script
+///   then boot from the local disk), but nothing for UEFI HTTP boot, whose "loader" is the
+///   URL itself: without one the firmware goes on to its next boot entry.
+pub fn decide_for(
+    answer: BootAnswer,
+    facts: &ClientFacts,
+    profile: Option<&Profile>,
+    global: &BootSettings,
+    server: Ipv4Addr,
+) -> BootDecision {
+    let no_boot = |why: &str| {
+        let mut d = BootDecision {
+            uuid: facts.uuid.clone(),
+            ..BootDecision::default()
+        };
+        if d.uuid.is_some() {
+            d.rule("option 97", "client UUID echoed (PXE spec)");
+        }
+        d.rule("boot", why);
+        d
+    };
+    match answer {
+        BootAnswer::Boot => decide(facts, profile, global, server),
+        BootAnswer::Deny => no_boot("none: netboot = deny (address and network options only)"),
+        BootAnswer::Disk if facts.is_http_boot() => no_boot(
+            "none: netboot = once (used): UEFI HTTP boot gets no URL, the firmware goes to its next boot entry",
+        ),
+        BootAnswer::Disk => {
+            let mut d = decide(facts, profile, global, server);
+            d.rule(
+                "netboot",
+                "netboot = once (used): the loader is told to boot from the local disk",
+            );
+            d
+        }
+    }
 }
 
 /// Decides the boot fields for a client. `server` is the DHCP server's address on the
@@ -462,6 +512,52 @@ mod tests {
         );
         assert_eq!(d.file, None);
         assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
+    }
+
+    #[test]
+    fn netboot_deny_gives_no_boot_fields_and_used_once_no_http_boot_url() {
+        let pxe = facts(Some(arch::EFI_X64), Some("PXEClient:Arch:00009"), None);
+        let ipxe = facts(Some(arch::EFI_X64), Some("PXEClient"), Some(b"iPXE"));
+        let mut http = facts(Some(arch::HTTP_X64), Some("HTTPClient:Arch:00016"), None);
+        http.uuid = Some(vec![0; 17]);
+        let g = global();
+        for f in [&pxe, &ipxe, &http] {
+            assert_eq!(
+                decide_for(BootAnswer::Boot, f, None, &g, SERVER),
+                decide(f, None, &g, SERVER),
+                "allow boots as before"
+            );
+            let d = decide_for(BootAnswer::Deny, f, None, &g, SERVER);
+            assert_eq!(
+                (
+                    d.siaddr,
+                    &d.file,
+                    &d.tftp_server,
+                    &d.vendor_class,
+                    &d.vendor_options
+                ),
+                (None, &None, &None, &None, &None)
+            );
+            assert_eq!(d.uuid, f.uuid, "option 97 is echoed to every client");
+            assert!(d.rules.iter().any(|(_, r)| r.contains("netboot = deny")));
+        }
+        // Used once: PXE and iPXE get their loader and script (which then exit to disk).
+        for f in [&pxe, &ipxe] {
+            let d = decide_for(BootAnswer::Disk, f, None, &g, SERVER);
+            assert_eq!(d.file, decide(f, None, &g, SERVER).file);
+            assert!(d.file.is_some());
+            assert!(d
+                .rules
+                .iter()
+                .any(|(_, r)| r.contains("netboot = once (used)")));
+        }
+        let d = decide_for(BootAnswer::Disk, &http, None, &g, SERVER);
+        assert_eq!((&d.file, &d.vendor_class), (&None, &None));
+        assert_eq!(d.uuid, http.uuid);
+        assert!(d
+            .rules
+            .iter()
+            .any(|(_, r)| r.contains("netboot = once (used)")));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, sync::Arc, time::Instant};
 
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     server::Ingress,
@@ -133,6 +133,9 @@ fn log(line: Log) {
             subnet = subnet.as_str(),
             "DHCP pool exhausted: DISCOVER from {mac} not answered"
         ),
+        Log::ReservationWaits { mac, why } => {
+            info!(%mac, "{why}: a pool address meanwhile")
+        }
         Log::EncodeFailed { mac, error } => {
             warn!(%mac, error = %error, "encoding a DHCP reply failed")
         }

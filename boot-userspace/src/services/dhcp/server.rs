@@ -10,12 +10,12 @@ use super::{
     journal::{LeaseRecord, LeaseState},
     policy::{self, BootDecision, ClientFacts},
     ratelimit::DeclineLimiter,
-    table::{LeaseTable, OFFER_HOLD_SECS},
+    table::{LeaseTable, ReservationState, OFFER_HOLD_SECS},
     wire::DropReason,
 };
 use crate::config::{dhcp::DEFAULT_LEASE_TIME, DhcpConfig, DhcpGuards, DhcpMode};
 use crate::model::boot::{BootSettings, OptionSet};
-use crate::model::inventory::{Host, Inventory, Mac};
+use crate::model::inventory::{BootAnswer, Host, Inventory, Mac};
 
 /// DHCP client and server ports.
 pub const CLIENT_PORT: u16 = 68;
@@ -66,6 +66,38 @@ pub struct Reply {
     pub boot: BootDecision,
     /// Rules that decided the address and options, for `explain`.
     pub rules: Vec<(String, String)>,
+}
+
+/// A client's reservation in a subnet, and whether it is in force.
+#[derive(Clone, Copy, Debug)]
+pub enum Reserved<'a> {
+    /// The client has no reservation in the subnet.
+    No,
+    /// The reservation is the client's to have.
+    Effective(&'a Host, Ipv4Addr),
+    /// The reservation waits for another client's hold on the address to end (it was moved
+    /// to this MAC while the address was leased); meanwhile the owner is a dynamic client.
+    Waits(&'a Host, Ipv4Addr, ReservationState),
+}
+
+impl Reserved<'_> {
+    /// The `explain` rule of a waiting reservation: "reservation 10.77.0.11 waits: leased to
+    /// 52:54:00:00:00:01 until <date>".
+    pub fn waits_rule(&self) -> Option<(String, String)> {
+        let Reserved::Waits(host, ip, ReservationState::HeldBy { mac, how, until }) = self else {
+            return None;
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(*until);
+        Some((
+            "reservation".to_owned(),
+            format!(
+                "reservation {ip} of host {} waits: {} {mac} until {}",
+                host.name,
+                how.as_str(),
+                httpdate::fmt_http_date(at)
+            ),
+        ))
+    }
 }
 
 /// The pure server: configuration plus the lease table it decides over.
@@ -158,6 +190,26 @@ impl Server {
             .then_some((host, ip))
     }
 
+    /// `mac`'s reservation in `subnet` at `now`: in force only when no other client holds,
+    /// is offered or has quarantined the address (see [`LeaseTable::reservation_state`]).
+    pub fn reserved(&self, mac: Mac, subnet: usize, now: u64) -> Reserved<'_> {
+        let Some((host, ip)) = self.reservation(mac, subnet) else {
+            return Reserved::No;
+        };
+        match self.table.reservation_state(ip, mac, now) {
+            ReservationState::Free => Reserved::Effective(host, ip),
+            held => Reserved::Waits(host, ip, held),
+        }
+    }
+
+    /// `mac`'s netboot answer: its host's (`netboot`, with the used-once state the inventory
+    /// keeps), `Boot` for clients outside the inventory.
+    pub fn boot_answer(&self, mac: Mac) -> BootAnswer {
+        self.inventory
+            .host_by_mac(&mac)
+            .map_or(BootAnswer::Boot, |h| self.inventory.boot_answer(h))
+    }
+
     /// Handles one decoded request at Unix time `now`.
     pub fn handle(&mut self, msg: &Message, ingress: &Ingress<'_>, now: u64) -> Handled {
         let Some(kind) = msg.opts().msg_type() else {
@@ -190,6 +242,14 @@ impl Server {
         let facts = ClientFacts::from_message(msg);
         if !facts.is_booting_firmware() {
             return Handled::Silent("proxyDHCP answers PXE, iPXE and HTTP-boot clients only");
+        }
+        // A proxy answer is nothing but a boot answer: where there is none, say nothing.
+        match self.boot_answer(mac_of(msg)) {
+            BootAnswer::Deny => return Handled::Silent("proxyDHCP: netboot = deny"),
+            BootAnswer::Disk if facts.is_http_boot() => {
+                return Handled::Silent("proxyDHCP: netboot = once (used), no URL for HTTP boot")
+            }
+            _ => {}
         }
         let rules = vec![(
             "yiaddr".to_owned(),
@@ -224,7 +284,9 @@ impl Server {
     ) -> Handled {
         let mac = mac_of(msg);
         let mut rules = Vec::new();
-        let ip = if let Some((host, ip)) = self.reservation(mac, subnet) {
+        let reserved = self.reserved(mac, subnet, now);
+        rules.extend(reserved.waits_rule());
+        let ip = if let Reserved::Effective(host, ip) = reserved {
             rules.push((
                 "yiaddr".to_owned(),
                 format!("reservation of host {} in the inventory", host.name),
@@ -263,15 +325,19 @@ impl Server {
     }
 
     /// The reply a reserved host gets for `req` (a DISCOVER gets the OFFER, a REQUEST the
-    /// ACK) on `subnet`, built exactly as [`Server::handle`] builds it but without touching
-    /// the lease table. The XDP fast path's templates are cut from these replies.
+    /// ACK) on `subnet` at `now`, built exactly as [`Server::handle`] builds it but without
+    /// touching the lease table; `None` while the reservation waits (see
+    /// [`Server::reserved`]). The XDP fast path's templates are cut from these replies.
     pub fn reservation_reply(
         &self,
         req: &Message,
         ingress: &Ingress<'_>,
         subnet: usize,
+        now: u64,
     ) -> Option<Reply> {
-        let (_, ip) = self.reservation(mac_of(req), subnet)?;
+        let Reserved::Effective(_, ip) = self.reserved(mac_of(req), subnet, now) else {
+            return None;
+        };
         let kind = match req.opts().msg_type()? {
             MessageType::Discover => MessageType::Offer,
             MessageType::Request => MessageType::Ack,
@@ -291,8 +357,11 @@ impl Server {
     ) -> Option<LeaseRecord> {
         let subnet = self.dhcp.subnet_of(ip)?;
         let host = self.inventory.host_by_mac(&mac)?;
-        if host.ip != Some(ip) {
-            // The kernel answered from maps older than the inventory (a reload raced it).
+        if host.ip != Some(ip)
+            || !matches!(self.reserved(mac, subnet, now), Reserved::Effective(..))
+        {
+            // The kernel answered from maps older than the inventory (a reload raced it), or
+            // from maps not yet told that this reservation waits: the table keeps the holder.
             return None;
         }
         if kind == MessageType::Offer {
@@ -315,11 +384,15 @@ impl Server {
     }
 
     /// Whether `mac` may hold `ip` in `subnet`: its reservation, or a dynamic address that
-    /// is free or already its own. Reserved hosts may hold only their reservation.
+    /// is free or already its own. Reserved hosts may hold only their reservation, once it
+    /// is in force; while it waits they are dynamic clients. A client whose address became
+    /// another host's reservation may not keep it: its renewals fail here.
     fn may_hold(&self, mac: Mac, ip: Ipv4Addr, subnet: usize, now: u64) -> bool {
-        match self.reservation(mac, subnet) {
-            Some((_, reserved)) => reserved == ip,
-            None => self.table.is_dynamic(subnet, ip) && self.table.available_to(ip, mac, now),
+        match self.reserved(mac, subnet, now) {
+            Reserved::Effective(_, reserved) => reserved == ip,
+            Reserved::No | Reserved::Waits(..) => {
+                self.table.is_dynamic(subnet, ip) && self.table.available_to(ip, mac, now)
+            }
         }
     }
 
@@ -420,6 +493,25 @@ impl Server {
         if !ours {
             return Handled::Silent("DECLINE of an address the client does not hold");
         }
+        if self
+            .table
+            .reserved_for(ip)
+            .is_some_and(|owner| owner != mac)
+        {
+            // The address became another host's reservation while this client held it: it
+            // gives it up either way, and a quarantine would only keep the new owner waiting
+            // a lease time more. A RELEASE takes nothing from the pool, so no bucket is
+            // charged.
+            let record = LeaseRecord {
+                ip,
+                mac,
+                state: LeaseState::Released,
+                expires: 0,
+                hostname: None,
+            };
+            self.table.apply(&record);
+            return Handled::Commit(record);
+        }
         // Nothing proves a DECLINE (it comes from an address-less client), and each one
         // takes an address out of the pool for a lease time: a bucket per subnet keeps one
         // client from declining its way through the pool. The bucket charged is that of the
@@ -496,7 +588,8 @@ impl Server {
     ) -> BootDecision {
         let host = self.inventory.host_by_mac(&mac);
         let profile = host.and_then(|h| self.inventory.profile(&h.profile));
-        let boot = policy::decide(
+        let boot = policy::decide_for(
+            self.boot_answer(mac),
             &ClientFacts::from_message(req),
             profile,
             &self.boot,
@@ -713,6 +806,7 @@ impl Server {
 mod tests {
     use super::*;
     use crate::config::{dhcp::AddrRange, SubnetConfig};
+    use crate::services::dhcp::table::Blocker;
     use dhcproto::v4::relay::{RelayAgentInformation, RelayInfo};
 
     const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -824,6 +918,253 @@ mod tests {
     /// The hardware address `msg(n, ..)` carries.
     fn client_mac(n: u8) -> crate::model::inventory::Mac {
         crate::model::inventory::Mac([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    /// Moves host `res`'s reservation 10.0.0.50 to client `to` (a reload).
+    fn move_reservation(s: &mut Server, to: u8) {
+        let text = format!("[profiles.p]\n[[hosts]]\nname='res'\nmac='52:54:00:00:00:{to:02x}'\nip='10.0.0.50'\nprofile='p'\n");
+        let inventory = Inventory::from_wire(
+            std::path::Path::new("h"),
+            toml::from_str(&text).expect("toml"),
+        )
+        .expect("inv");
+        s.table.set_reservations(&inventory);
+        s.inventory = inventory;
+    }
+
+    fn renew(mac: u8, ip: Ipv4Addr) -> Message {
+        let mut m = msg(mac, MessageType::Request);
+        m.set_ciaddr(ip);
+        m
+    }
+
+    const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+    #[test]
+    fn a_moved_reservation_waits_for_the_old_lease_and_its_holder_is_naked() {
+        let mut s = server(true);
+        // A (0xee) holds the reservation, then it moves to B (0x0b).
+        assert_eq!(lease(&mut s, 0xee, 0).msg.yiaddr(), RESERVED);
+        move_reservation(&mut s, 0x0b);
+        let offer = reply(s.handle(&msg(0x0b, MessageType::Discover), &ingress(), 10));
+        assert_ne!(offer.msg.yiaddr(), RESERVED, "no address on two machines");
+        assert!(s.table.is_dynamic(0, offer.msg.yiaddr()));
+        let waits = offer
+            .rules
+            .iter()
+            .find(|(part, _)| part == "reservation")
+            .map(|(_, why)| why.as_str())
+            .unwrap_or_default();
+        assert!(
+            waits.starts_with(
+                "reservation 10.0.0.50 of host res waits: leased to 52:54:00:00:00:ee until "
+            ),
+            "{waits}"
+        );
+        assert!(waits.ends_with("00:10:00 GMT"), "expiry at 600 s: {waits}");
+        let b_pool = lease(&mut s, 0x0b, 10);
+        assert_eq!(b_pool.kind, MessageType::Ack);
+        let b_pool = b_pool.msg.yiaddr();
+        assert_ne!(b_pool, RESERVED);
+        // B asking for its reservation by name is refused while A holds it.
+        let mut ask = msg(0x0b, MessageType::Request);
+        ask.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+        assert_eq!(reply(s.handle(&ask, &ingress(), 20)).kind, MessageType::Nak);
+        // B renews its pool address while it waits.
+        assert_eq!(
+            reply(s.handle(&renew(0x0b, b_pool), &from(b_pool), 100)).kind,
+            MessageType::Ack
+        );
+        // A's renewal is refused: the address is someone else's now.
+        let nak = reply(s.handle(&renew(0xee, RESERVED), &from(RESERVED), 300));
+        assert_eq!(nak.kind, MessageType::Nak);
+        assert_eq!(s.table.lease_at(RESERVED).map(|l| l.expires), Some(600));
+        // A gives it back: B's next exchange (its renewal, NAKed) leads to the reservation.
+        let rel = release(0xee, RESERVED);
+        assert!(matches!(
+            s.handle(&rel, &from(RESERVED), 310),
+            Handled::Commit(r) if r.state == LeaseState::Released
+        ));
+        assert_eq!(
+            reply(s.handle(&renew(0x0b, b_pool), &from(b_pool), 320)).kind,
+            MessageType::Nak
+        );
+        let ack = lease(&mut s, 0x0b, 320);
+        assert_eq!((ack.kind, ack.msg.yiaddr()), (MessageType::Ack, RESERVED));
+        assert!(ack.rules.iter().all(|(part, _)| part != "reservation"));
+        assert!(
+            s.table.lease_at(b_pool).is_none(),
+            "B's pool address returns to the pool"
+        );
+    }
+
+    #[test]
+    fn a_moved_reservation_is_free_when_the_old_lease_ends() {
+        let mut s = server(false);
+        lease(&mut s, 0xee, 0);
+        move_reservation(&mut s, 0x0b);
+        // Not authoritative: A's renewal goes unanswered, its lease runs out at 600.
+        assert!(matches!(
+            s.handle(&renew(0xee, RESERVED), &from(RESERVED), 300),
+            Handled::Silent(_)
+        ));
+        assert!(matches!(
+            s.reserved(client_mac(0x0b), 0, 599),
+            Reserved::Waits(..)
+        ));
+        assert!(matches!(
+            s.reserved(client_mac(0x0b), 0, 600),
+            Reserved::Effective(..)
+        ));
+        let ack = lease(&mut s, 0x0b, 600);
+        assert_eq!((ack.kind, ack.msg.yiaddr()), (MessageType::Ack, RESERVED));
+    }
+
+    #[test]
+    fn the_old_holders_decline_of_a_moved_reservation_is_a_release() {
+        let mut s = server(true);
+        s.set_guards(DhcpGuards {
+            decline_burst: 0,
+            decline_per_hour: 0,
+            ..DhcpGuards::default()
+        });
+        lease(&mut s, 0xee, 0);
+        move_reservation(&mut s, 0x0b);
+        let mut dec = decline(0xee, RESERVED);
+        dec.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER_IP));
+        assert!(
+            matches!(s.handle(&dec, &ingress(), 20), Handled::Commit(r) if r.state == LeaseState::Released),
+            "no quarantine, no bucket spent"
+        );
+        assert_eq!(lease(&mut s, 0x0b, 30).msg.yiaddr(), RESERVED);
+    }
+
+    #[test]
+    fn a_live_offer_or_a_quarantine_also_holds_a_moved_reservation() {
+        let mut s = server(true);
+        let offer = reply(s.handle(&msg(0xee, MessageType::Discover), &ingress(), 0));
+        assert_eq!(offer.msg.yiaddr(), RESERVED);
+        move_reservation(&mut s, 0x0b);
+        assert!(matches!(
+            s.reserved(client_mac(0x0b), 0, 59),
+            Reserved::Waits(
+                _,
+                _,
+                ReservationState::HeldBy {
+                    how: Blocker::Offered,
+                    until: 60,
+                    ..
+                }
+            )
+        ));
+        // A's REQUEST for the offer it was made is refused.
+        let mut req = msg(0xee, MessageType::Request);
+        req.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER_IP));
+        req.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+        assert_eq!(reply(s.handle(&req, &ingress(), 5)).kind, MessageType::Nak);
+        assert_eq!(lease(&mut s, 0x0b, 60).msg.yiaddr(), RESERVED);
+        // B declines its own reservation (someone answers ARP for it): as before, that does
+        // not make it wait (the kernel keeps answering it, and so does userspace).
+        let mut dec = decline(0x0b, RESERVED);
+        dec.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER_IP));
+        assert!(matches!(
+            s.handle(&dec, &ingress(), 70),
+            Handled::Commit(r) if r.state == LeaseState::Declined
+        ));
+        assert!(matches!(
+            s.reserved(client_mac(0x0b), 0, 80),
+            Reserved::Effective(..)
+        ));
+        // Its quarantine makes the next owner wait, though.
+        move_reservation(&mut s, 0x0c);
+        assert!(matches!(
+            s.reserved(client_mac(0x0c), 0, 80),
+            Reserved::Waits(
+                _,
+                _,
+                ReservationState::HeldBy {
+                    how: Blocker::Declined,
+                    ..
+                }
+            )
+        ));
+        assert_ne!(lease(&mut s, 0x0c, 80).msg.yiaddr(), RESERVED);
+    }
+
+    #[test]
+    fn netboot_deny_and_used_once_shape_the_boot_fields() {
+        let mut s = server(true);
+        let text = "[profiles.p]\n[[hosts]]\nname='res'\nmac='52:54:00:00:00:ee'\nip='10.0.0.50'\nprofile='p'\nnetboot='deny'\n\
+                    [[hosts]]\nname='once'\nmac='52:54:00:00:00:0c'\nip='10.0.0.51'\nprofile='p'\nnetboot='once'\n";
+        let mut inventory = Inventory::from_wire(
+            std::path::Path::new("h"),
+            toml::from_str(text).expect("toml"),
+        )
+        .expect("inv");
+        inventory.set_consumed("once", true);
+        s.table.set_reservations(&inventory);
+        s.inventory = inventory;
+        let firmware = |mac: u8, vendor: &[u8], arch: u16| {
+            let mut m = msg(mac, MessageType::Discover);
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(vendor.to_vec()));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(
+                dhcproto::v4::Architecture::from(arch),
+            ));
+            m
+        };
+        let boot_fields = |r: &Reply| {
+            (
+                r.msg.siaddr(),
+                r.msg.fname_str().and_then(Result::ok).map(str::to_owned),
+                r.msg.opts().get(OptionCode::BootfileName).is_some(),
+                r.msg.opts().get(OptionCode::ClassIdentifier).is_some(),
+            )
+        };
+        // Deny: the address and network options, nothing to boot.
+        let offer = reply(s.handle(&firmware(0xee, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(offer.msg.yiaddr(), RESERVED);
+        assert!(offer.msg.opts().get(OptionCode::SubnetMask).is_some());
+        assert_eq!(
+            boot_fields(&offer),
+            (Ipv4Addr::UNSPECIFIED, None, false, false)
+        );
+        assert!(offer
+            .boot
+            .rules
+            .iter()
+            .any(|(_, r)| r.contains("netboot = deny")));
+        // Used once: PXE still gets its loader, UEFI HTTP boot no URL.
+        let offer = reply(s.handle(&firmware(0x0c, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(offer.msg.fname_str().and_then(Result::ok), Some("ipxe.efi"));
+        assert!(offer
+            .boot
+            .rules
+            .iter()
+            .any(|(_, r)| r.contains("netboot = once (used)")));
+        let offer = reply(s.handle(&firmware(0x0c, b"HTTPClient", 16), &ingress(), 0));
+        assert_eq!(offer.msg.yiaddr(), Ipv4Addr::new(10, 0, 0, 51));
+        assert_eq!(
+            boot_fields(&offer),
+            (Ipv4Addr::UNSPECIFIED, None, false, false)
+        );
+        // proxyDHCP has nothing but a boot answer to give: silence.
+        s.dhcp.mode = DhcpMode::Proxy;
+        assert!(matches!(
+            s.handle(&firmware(0xee, b"PXEClient", 7), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        assert!(matches!(
+            s.handle(&firmware(0x0c, b"HTTPClient", 16), &ingress(), 0),
+            Handled::Silent(_)
+        ));
+        let pxe = reply(s.handle(&firmware(0x0c, b"PXEClient", 7), &ingress(), 0));
+        assert_eq!(pxe.msg.fname_str().and_then(Result::ok), Some("ipxe.efi"));
     }
 
     #[test]

@@ -217,6 +217,19 @@ impl DhcpService {
             return;
         };
         s.table.reclaim_expired(now);
+        // A moved reservation whose previous holder's lease ran out (or was given back) goes
+        // to the kernel's maps now; userspace already answers its owner with it.
+        if let Ok(mut fp) = self.fast_path.lock() {
+            match fp.as_mut().and_then(|fp| fp.resync_if_freed(&s, now)) {
+                Some(Ok(r)) => info!(
+                    hosts = r.written.hosts,
+                    waiting = r.skipped,
+                    "XDP DHCP fast path resynced: a waiting reservation was freed"
+                ),
+                Some(Err(e)) => warn!(error = %e, "XDP DHCP fast path resync failed"),
+                None => {}
+            }
+        }
         for (i, name) in self.subnets.iter().enumerate() {
             let (used, size) = s.table.utilization(i);
             self.metrics

@@ -119,6 +119,14 @@ pub enum Log {
         /// The client.
         mac: Mac,
     },
+    /// A reserved host was given a pool address because its reservation waits for another
+    /// client's hold (info, at most once every 10 s per host).
+    ReservationWaits {
+        /// The reservation's owner.
+        mac: Mac,
+        /// The rule: "reservation 10.77.0.11 of host node01 waits: leased to … until …".
+        why: String,
+    },
     /// A reply could not be encoded (warning).
     EncodeFailed {
         /// The client.
@@ -232,6 +240,9 @@ pub struct Step {
     subnets: Vec<String>,
     /// When each subnet's exhaustion was last logged (monotonic ms).
     last_exhausted_log: HashMap<usize, u64>,
+    /// When each waiting reservation's owner was last logged (monotonic ms). Only inventory
+    /// hosts whose reservation waits get here, so it is bounded by the inventory.
+    last_waits_log: HashMap<Mac, u64>,
 }
 
 impl Step {
@@ -240,6 +251,7 @@ impl Step {
         Self {
             subnets,
             last_exhausted_log: HashMap::new(),
+            last_waits_log: HashMap::new(),
         }
     }
 
@@ -296,7 +308,23 @@ impl Step {
                 Action::Log(Log::NoReply { mac, why }),
             ]),
             Handled::Commit(record) => actions.extend(returned(kind, msg_type, mac, record)),
-            Handled::Reply(reply) => actions.push(sent(*reply, kind, mac)),
+            Handled::Reply(reply) => {
+                let waits = reply.rules.iter().find(|(part, _)| part == "reservation");
+                if let Some((_, why)) = waits {
+                    let due = self
+                        .last_waits_log
+                        .get(&mac)
+                        .is_none_or(|t| now.ms.saturating_sub(*t) > EXHAUSTED_LOG_MS);
+                    if due {
+                        self.last_waits_log.insert(mac, now.ms);
+                        actions.push(Action::Log(Log::ReservationWaits {
+                            mac,
+                            why: why.clone(),
+                        }));
+                    }
+                }
+                actions.push(sent(*reply, kind, mac));
+            }
         }
         actions
     }
@@ -789,6 +817,51 @@ mod tests {
             );
             assert!(a.contains(&exhausted), "counted every time: {a:?}");
             assert_eq!(logged(&a), log, "at {ms} ms: {a:?}");
+        }
+    }
+
+    #[test]
+    fn a_waiting_reservation_is_logged_once_in_ten_seconds_per_host() {
+        let mut l = Loop::new("10.0.0.100-10.0.0.110", 100);
+        // Client 1 holds 10.0.0.50 until 5000, then the inventory reserves it for client 2.
+        l.server.table.apply(&LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 50),
+            mac: mac(1),
+            state: LeaseState::Bound,
+            expires: 5000,
+            hostname: None,
+        });
+        let inventory = testkit::inventory(
+            "[profiles.p]\n[[hosts]]\nname = 'node02'\nmac = '52:54:00:00:00:02'\nip = '10.0.0.50'\nprofile = 'p'\n",
+        );
+        l.server.table.set_reservations(&inventory);
+        l.server.inventory = inventory;
+        let discover = bytes(2, MessageType::Discover, Ipv4Addr::UNSPECIFIED, &[]);
+        let logged = |a: &[Action]| {
+            a.iter().find_map(|a| match a {
+                Action::Log(Log::ReservationWaits { mac: m, why }) => {
+                    assert_eq!(*m, mac(2));
+                    Some(why.clone())
+                }
+                _ => None,
+            })
+        };
+        for (ms, log) in [(0, true), (5_000, false), (10_001, true)] {
+            let a = l.feed(&discover, broadcast_peer(), ms);
+            let Some(Action::Send(reply)) = a.last() else {
+                panic!("an offer: {a:?}");
+            };
+            assert_eq!(decoded(&reply.out).yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
+            let why = logged(&a);
+            assert_eq!(why.is_some(), log, "at {ms} ms: {a:?}");
+            if let Some(why) = why {
+                assert!(
+                    why.starts_with(
+                        "reservation 10.0.0.50 of host node02 waits: leased to 52:54:00:00:00:01 until "
+                    ),
+                    "{why}"
+                );
+            }
         }
     }
 

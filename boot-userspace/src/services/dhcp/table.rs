@@ -29,6 +29,45 @@ pub struct Lease {
     pub hostname: Option<String>,
 }
 
+/// Whether a reserved address can go to its owner now (see [`LeaseTable::reservation_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationState {
+    /// Nobody else holds, is offered or quarantines it: the owner may have it.
+    Free,
+    /// Another client holds it (a live binding or offer), or its DECLINE quarantines it,
+    /// until `until` (Unix seconds): the owner waits.
+    HeldBy {
+        /// The holder (for a quarantine, the client that declined it).
+        mac: Mac,
+        /// How it is held.
+        how: Blocker,
+        /// When the hold ends at the latest.
+        until: u64,
+    },
+}
+
+/// How a reserved address is held by someone other than its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocker {
+    /// A live binding.
+    Leased,
+    /// A live offer.
+    Offered,
+    /// A DECLINE quarantine.
+    Declined,
+}
+
+impl Blocker {
+    /// How `explain` and the log say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocker::Leased => "leased to",
+            Blocker::Offered => "offered to",
+            Blocker::Declined => "declined by",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Offer {
     mac: Mac,
@@ -211,6 +250,61 @@ impl LeaseTable {
     /// The owner of a reserved address.
     pub fn reserved_for(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.reserved.get(&ip).copied()
+    }
+
+    /// Whether the reserved address `ip` can go to its `owner` at `now`. A reservation moved
+    /// to another MAC (a reload) while the address is leased or offered to a client, or
+    /// quarantined by a DECLINE, waits until that ends: handing it over at once would put
+    /// one address on two machines.
+    pub fn reservation_state(&self, ip: Ipv4Addr, owner: Mac, now: u64) -> ReservationState {
+        // Only another client's hold counts. Those exist only from before the reservation
+        // was moved (nobody else can take a reserved address), so a reservation starts to
+        // wait at a reload and nowhere else, which is when the XDP maps are derived again. The
+        // owner's own DECLINE never made it wait, and does not now.
+        if let Some(l) = self
+            .leases
+            .get(&ip)
+            .filter(|l| l.expires > now && l.mac != owner)
+        {
+            let how = match l.state {
+                LeaseState::Bound => Some(Blocker::Leased),
+                LeaseState::Declined => Some(Blocker::Declined),
+                LeaseState::Released => None,
+            };
+            if let Some(how) = how {
+                return ReservationState::HeldBy {
+                    mac: l.mac,
+                    how,
+                    until: l.expires,
+                };
+            }
+        }
+        match self.offers.get(&ip) {
+            Some(o) if o.mac != owner && o.until > now => ReservationState::HeldBy {
+                mac: o.mac,
+                how: Blocker::Offered,
+                until: o.until,
+            },
+            _ => ReservationState::Free,
+        }
+    }
+
+    /// The reserved addresses that wait for another client's hold to end at `now`, with
+    /// their owner and state, in address order. O(reservations): for reloads and the
+    /// housekeeping tick, not per packet.
+    pub fn waiting(&self, now: u64) -> Vec<(Ipv4Addr, Mac, ReservationState)> {
+        let mut v: Vec<_> = self
+            .reserved
+            .iter()
+            .filter_map(
+                |(ip, owner)| match self.reservation_state(*ip, *owner, now) {
+                    ReservationState::Free => None,
+                    held => Some((*ip, *owner, held)),
+                },
+            )
+            .collect();
+        v.sort_by_key(|(ip, _, _)| *ip);
+        v
     }
 
     /// The current lease at `ip`, if any (bound or quarantined, expired or not).
@@ -507,6 +601,74 @@ mod tests {
         assert_ne!(t.allocate(0, mac(3), Some(ip), 10), Some(ip));
         assert_eq!(t.reclaim_expired(500), 1);
         assert!(t.available_to(ip, mac(3), 500));
+    }
+
+    #[test]
+    fn a_reservation_waits_for_another_clients_hold_only() {
+        // 10.0.0.11 is reserved for 0x63; 0x01 leased it before the reservation moved there.
+        let mut t = LeaseTable::new(
+            &[subnet()],
+            &inventory(),
+            &[bind("10.0.0.11", mac(1), 100)],
+            0,
+        );
+        let r: Ipv4Addr = "10.0.0.11".parse().expect("ip");
+        let held = ReservationState::HeldBy {
+            mac: mac(1),
+            how: Blocker::Leased,
+            until: 100,
+        };
+        assert_eq!(t.reservation_state(r, mac(0x63), 99), held);
+        assert_eq!(t.waiting(99), vec![(r, mac(0x63), held)]);
+        assert_eq!(
+            t.reservation_state(r, mac(0x63), 100),
+            ReservationState::Free
+        );
+        assert!(t.waiting(100).is_empty());
+        // The owner's own binding or quarantine is no wait.
+        t.apply(&bind("10.0.0.11", mac(0x63), 500));
+        assert_eq!(
+            t.reservation_state(r, mac(0x63), 10),
+            ReservationState::Free
+        );
+        t.apply(&LeaseRecord {
+            state: LeaseState::Declined,
+            ..bind("10.0.0.11", mac(0x63), 500)
+        });
+        assert_eq!(
+            t.reservation_state(r, mac(0x63), 10),
+            ReservationState::Free
+        );
+        // Another client's quarantine or offer is.
+        t.apply(&LeaseRecord {
+            state: LeaseState::Declined,
+            ..bind("10.0.0.11", mac(2), 500)
+        });
+        assert!(matches!(
+            t.reservation_state(r, mac(0x63), 10),
+            ReservationState::HeldBy {
+                how: Blocker::Declined,
+                until: 500,
+                ..
+            }
+        ));
+        t.apply(&LeaseRecord {
+            state: LeaseState::Released,
+            ..bind("10.0.0.11", mac(2), 0)
+        });
+        t.offer(r, mac(3), 60);
+        assert!(matches!(
+            t.reservation_state(r, mac(0x63), 10),
+            ReservationState::HeldBy {
+                how: Blocker::Offered,
+                until: 60,
+                ..
+            }
+        ));
+        assert_eq!(
+            t.reservation_state(r, mac(0x63), 60),
+            ReservationState::Free
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::{
     encode_reply,
     policy::arch,
-    server::{Ingress, Server, SERVER_PORT},
+    server::{Ingress, Reserved, Server, SERVER_PORT},
 };
 use crate::{
     model::inventory::Mac,
@@ -200,8 +200,11 @@ pub fn cut(encoded: &[u8]) -> Result<Box<Template>, CutError> {
     Ok(t)
 }
 
-/// Derives the maps from the server's configuration for the given interfaces.
-pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
+/// Derives the maps from the server's configuration and lease table at `now` (Unix seconds)
+/// for the given interfaces. A reservation that waits for another client's lease (see
+/// [`Server::reserved`]) is left to userspace, which gives its owner a pool address until
+/// the hold ends; the service derives again when it does.
+pub fn derive(server: &Server, ifaces: &[FabricIface], now: u64) -> Derived {
     let mut d = Derived::default();
     match relay_prefixes(server.dhcp.guards.relays.as_deref()) {
         Some(r) => d.maps.relays = r,
@@ -234,6 +237,13 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                 .push((host.name.clone(), "reservation outside every subnet"));
             continue;
         };
+        if matches!(server.reserved(host.mac, subnet, now), Reserved::Waits(..)) {
+            d.skipped.push((
+                host.name.clone(),
+                "reservation waits for the previous holder's lease",
+            ));
+            continue;
+        }
         if d.maps.hosts.len() >= HOSTS_MAX_ENTRIES as usize {
             d.skipped
                 .push((host.name.clone(), "fast path host map full"));
@@ -245,7 +255,16 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                 .push((host.name.clone(), "host name longer than 64 bytes"));
             continue;
         }
-        let key = (subnet, host.profile.clone(), format!("{:?}", host.options));
+        // The netboot answer shapes the boot fields: hosts share templates only if it agrees.
+        let key = (
+            subnet,
+            host.profile.clone(),
+            format!(
+                "{:?} {:?}",
+                host.options,
+                server.inventory.boot_answer(host)
+            ),
+        );
         let next = groups.len() as u32;
         let group = *groups.entry(key).or_insert_with(|| {
             representatives.push((host.mac, ip, subnet));
@@ -285,7 +304,7 @@ pub fn derive(server: &Server, ifaces: &[FabricIface]) -> Derived {
                         break 'groups;
                     }
                     let req = variant_request(*mac, kind, class, arch, iface.server_ip, *ip);
-                    let Some(reply) = server.reservation_reply(&req, &ingress, *subnet) else {
+                    let Some(reply) = server.reservation_reply(&req, &ingress, *subnet, now) else {
                         continue;
                     };
                     let Ok(out) = encode_reply(&reply.msg) else {
@@ -442,17 +461,88 @@ mod tests {
         // derive() takes the server's current guards (a reload replaces them).
         let mut s = server("");
         assert_eq!(
-            derive(&s, &fabric()).maps.relays,
+            derive(&s, &fabric(), 0).maps.relays,
             BTreeSet::from([(0, [0; 4])])
         );
         let mut guards = s.dhcp.guards.clone();
         guards.relays = Some(nets);
         s.set_guards(guards.clone());
-        assert_eq!(derive(&s, &fabric()).maps.relays.len(), 2);
+        assert_eq!(derive(&s, &fabric(), 0).maps.relays.len(), 2);
         guards.relays = Some(many);
         s.set_guards(guards);
-        let d = derive(&s, &fabric());
+        let d = derive(&s, &fabric(), 0);
         assert!(d.maps.relays.is_empty() && d.relays_overflow);
+    }
+
+    #[test]
+    fn a_reservation_waiting_for_another_clients_lease_stays_out_of_the_kernel() {
+        use crate::services::dhcp::journal::{LeaseRecord, LeaseState};
+        let inv = "[profiles.a]\n[[hosts]]\nname = 'h1'\nmac = '52:54:00:00:00:01'\nip = '10.0.0.11'\nprofile = 'a'\n";
+        let dhcp = testkit::dhcp("10.0.0.0/24", "fabric0", "10.0.0.100-10.0.0.110");
+        let held = LeaseRecord {
+            ip: Ipv4Addr::new(10, 0, 0, 11),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 9]),
+            state: LeaseState::Bound,
+            expires: 600,
+            hostname: None,
+        };
+        let s = Server::new(
+            dhcp,
+            BootSettings::defaults(),
+            testkit::inventory(inv),
+            &[held],
+            0,
+        );
+        let d = derive(&s, &fabric(), 100);
+        assert!(d.maps.hosts.is_empty() && d.maps.templates.is_empty());
+        assert_eq!(
+            d.skipped,
+            vec![(
+                "h1".to_owned(),
+                "reservation waits for the previous holder's lease"
+            )]
+        );
+        let d = derive(&s, &fabric(), 600);
+        assert!(d.skipped.is_empty());
+        assert_eq!(d.maps.hosts[&[0x52, 0x54, 0, 0, 0, 1]].ip, [10, 0, 0, 11]);
+        assert_eq!(d.maps.templates.len(), 2 * VARIANTS.len());
+    }
+
+    #[test]
+    fn the_netboot_answer_has_its_own_templates() {
+        let mut inv = testkit::inventory(
+            "[profiles.a]\n[[hosts]]\nname = 'allow'\nmac = '52:54:00:00:00:01'\nip = '10.0.0.11'\nprofile = 'a'\n\
+             [[hosts]]\nname = 'deny'\nmac = '52:54:00:00:00:02'\nip = '10.0.0.12'\nprofile = 'a'\nnetboot = 'deny'\n\
+             [[hosts]]\nname = 'once'\nmac = '52:54:00:00:00:03'\nip = '10.0.0.13'\nprofile = 'a'\nnetboot = 'once'\n",
+        );
+        let dhcp = || testkit::dhcp("10.0.0.0/24", "fabric0", "10.0.0.100-10.0.0.110");
+        let s = Server::new(dhcp(), BootSettings::defaults(), inv.clone(), &[], 0);
+        let d = derive(&s, &fabric(), 0);
+        let group = |d: &Derived, n: u8| d.maps.hosts[&[0x52, 0x54, 0, 0, 0, n]].group;
+        assert_ne!(
+            group(&d, 1),
+            group(&d, 2),
+            "deny answers without boot fields"
+        );
+        assert_eq!(group(&d, 1), group(&d, 3), "once, not yet used, boots");
+        // Every template is the server's own reply: a denied host's PXE OFFER has no file.
+        let pxe = d
+            .maps
+            .templates
+            .iter()
+            .find(|(k, _)| k.group == group(&d, 2) && k.class == CLASS_PXE && k.kind == DHCPOFFER)
+            .map(|(_, t)| t)
+            .expect("template");
+        assert!(pxe.header[108..236].iter().all(|b| *b == 0), "no file name");
+        assert_eq!(&pxe.header[20..24], &[0; 4], "no siaddr");
+        inv.set_consumed("once", true);
+        let s = Server::new(dhcp(), BootSettings::defaults(), inv, &[], 0);
+        let d = derive(&s, &fabric(), 0);
+        assert_ne!(
+            group(&d, 1),
+            group(&d, 3),
+            "used once: no URL for HTTP boot"
+        );
     }
 
     #[test]
@@ -493,7 +583,7 @@ mac = "52:54:00:00:00:06"
 profile = "a"
 "#,
         );
-        let d = derive(&s, &fabric());
+        let d = derive(&s, &fabric(), 0);
         let group = |n: u8| d.maps.hosts[&[0x52, 0x54, 0, 0, 0, n]].group;
         assert_eq!(group(1), group(2), "same profile and options");
         assert_ne!(group(1), group(3), "another profile");
