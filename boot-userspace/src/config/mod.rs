@@ -5,6 +5,7 @@
 //! the files the config names. Every error names the file and the key it is about.
 
 pub mod dhcp;
+pub mod overlay;
 pub mod secrets;
 pub mod wire;
 
@@ -77,6 +78,9 @@ pub enum ConfigError {
     /// The inventory named by `daemon.inventory` is unusable.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// The API's inventory changes (`state_dir/api-inventory.json`) are unusable.
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
 }
 
 /// How the XDP program should be attached.
@@ -366,10 +370,22 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let inventory = match &wire.daemon.inventory {
-            Some(rel) => Inventory::load(&base.join(rel))?,
-            None => Inventory::default(),
-        };
+        // The effective inventory: the operator's file with the admin API's changes applied
+        // (`config::overlay`), so start-up, `check` and every reload see the same one.
+        let state_dir = base.join(
+            wire.daemon
+                .state_dir
+                .as_deref()
+                .unwrap_or(DEFAULT_STATE_DIR),
+        );
+        let inventory = overlay::load_effective(
+            wire.daemon.inventory.as_ref().map(|rel| base.join(rel)).as_deref(),
+            &state_dir,
+        )
+        .map_err(|e| match e {
+            overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
+            overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),
+        })?;
         let tftp_root = wire.tftp.root.clone();
         let http_dirs = wire
             .http
