@@ -342,7 +342,10 @@ mod tests {
         let merge = h(&[("content-type", "application/merge-patch+json")]);
         assert!(body_type_ok(&Method::PATCH, &merge));
         assert!(body_type_ok(&Method::PATCH, &json));
-        assert!(!body_type_ok(&Method::POST, &merge), "merge patches are for PATCH");
+        assert!(
+            !body_type_ok(&Method::POST, &merge),
+            "merge patches are for PATCH"
+        );
         assert!(body_type_ok(&Method::DELETE, &HeaderMap::new()));
         assert!(body_type_ok(
             &Method::DELETE,

@@ -15,7 +15,10 @@ pub fn document() -> Value {
             .entry(route.path.to_owned())
             .or_insert_with(|| json!({}));
         if let Value::Object(item) = item {
-            item.insert(route.method.as_str().to_ascii_lowercase(), operation(&route));
+            item.insert(
+                route.method.as_str().to_ascii_lowercase(),
+                operation(&route),
+            );
         }
     }
     json!({
@@ -36,10 +39,7 @@ pub fn document() -> Value {
 
 fn operation(route: &Route) -> Value {
     let mut op = Map::new();
-    op.insert(
-        "operationId".into(),
-        json!(format!("{:?}", route.endpoint)),
-    );
+    op.insert("operationId".into(), json!(format!("{:?}", route.endpoint)));
     op.insert("summary".into(), json!(route.summary));
     let mut params: Vec<Value> = Vec::new();
     if route.path.contains("{name}") {
@@ -84,7 +84,7 @@ fn operation(route: &Route) -> Value {
     }
     let control = super::auth::Access::of(&route.method) == super::auth::Access::Control;
     let mut responses = Map::new();
-    let refusals = control.then_some(CONTROL_REFUSALS).unwrap_or_default();
+    let refusals: &[u16] = if control { CONTROL_REFUSALS } else { &[] };
     let extra = refusals.iter().map(|s| {
         // Refusals of the old routes are text; those of /api/v1 are problems.
         let media = if route.path.starts_with("/api/v1/") {
@@ -243,7 +243,12 @@ mod tests {
             let op = &paths[r.path][r.method.as_str().to_ascii_lowercase()];
             assert!(op.is_object(), "{} {} is not documented", r.method, r.path);
             for (status, _) in r.responses {
-                assert!(op["responses"][status.to_string()].is_object(), "{} {} {status}", r.method, r.path);
+                assert!(
+                    op["responses"][status.to_string()].is_object(),
+                    "{} {} {status}",
+                    r.method,
+                    r.path
+                );
             }
         }
         // Every documented operation is a route, and is looked up to it.
@@ -273,7 +278,10 @@ mod tests {
         let schemas = doc["components"]["schemas"].as_object().expect("schemas");
         for part in text.split("\"#/components/schemas/").skip(1) {
             let name = part.split('"').next().unwrap_or_default();
-            assert!(schemas.contains_key(name), "{name} is referenced but not defined");
+            assert!(
+                schemas.contains_key(name),
+                "{name} is referenced but not defined"
+            );
         }
     }
 }

@@ -190,8 +190,22 @@ pub fn routes() -> Vec<Route> {
         })
     };
     let mut table = vec![
-        r(Method::GET, "/metrics", E::Metrics, "Prometheus metrics", None, &[(200, Metrics)]),
-        r(Method::GET, "/healthz", E::Healthz, "Liveness", None, &[(200, Text)]),
+        r(
+            Method::GET,
+            "/metrics",
+            E::Metrics,
+            "Prometheus metrics",
+            None,
+            &[(200, Metrics)],
+        ),
+        r(
+            Method::GET,
+            "/healthz",
+            E::Healthz,
+            "Liveness",
+            None,
+            &[(200, Text)],
+        ),
         r(
             Method::GET,
             "/api/bandwidth",
@@ -363,7 +377,12 @@ pub fn routes() -> Vec<Route> {
             E::HostNetbootReset,
             "Let a `netboot = once` host boot from the network once more",
             body(JSON, "Empty", empty_object),
-            &[(200, Json("Host")), (404, Problem), (413, Problem), (503, Problem)],
+            &[
+                (200, Json("Host")),
+                (404, Problem),
+                (413, Problem),
+                (503, Problem),
+            ],
         ),
         r(
             Method::GET,
@@ -526,10 +545,22 @@ mod tests {
             Err(StatusCode::METHOD_NOT_ALLOWED)
         );
         // Not a DNS label: not a host's path at all.
-        for bad in ["/api/v1/hosts/..", "/api/v1/hosts/a%2Fb", "/api/v1/hosts/", "/api/v1/hosts/node07/"] {
-            assert_eq!(lookup(&Method::GET, bad), Err(StatusCode::NOT_FOUND), "{bad}");
+        for bad in [
+            "/api/v1/hosts/..",
+            "/api/v1/hosts/a%2Fb",
+            "/api/v1/hosts/",
+            "/api/v1/hosts/node07/",
+        ] {
+            assert_eq!(
+                lookup(&Method::GET, bad),
+                Err(StatusCode::NOT_FOUND),
+                "{bad}"
+            );
         }
-        assert_eq!(lookup(&Method::GET, "/metrics"), Ok((Endpoint::Metrics, None)));
+        assert_eq!(
+            lookup(&Method::GET, "/metrics"),
+            Ok((Endpoint::Metrics, None))
+        );
         assert_eq!(
             lookup(&Method::POST, "/metrics"),
             Err(StatusCode::METHOD_NOT_ALLOWED)
@@ -554,7 +585,12 @@ mod tests {
                     | Endpoint::ProfileList
                     | Endpoint::ProfileGet
             );
-            assert_eq!(writes, Access::of(&r.method) == Access::Control, "{}", r.path);
+            assert_eq!(
+                writes,
+                Access::of(&r.method) == Access::Control,
+                "{}",
+                r.path
+            );
             let same = table
                 .iter()
                 .filter(|o| o.path == r.path && o.method == r.method)

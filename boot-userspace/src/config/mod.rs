@@ -225,8 +225,11 @@ pub struct Config {
     pub tftp_transfer_ports: PortRange,
     /// The TFTP service, when `tftp.root` is set.
     pub tftp: Option<TftpConfig>,
-    /// The host inventory (empty when the config names none).
+    /// The host inventory (empty when the config names none), with the admin API's changes
+    /// (`state_dir/api-inventory.json`) applied.
     pub inventory: Inventory,
+    /// The operator's inventory file (`daemon.inventory`, resolved), if any.
+    pub inventory_file: Option<PathBuf>,
     /// Folder for durable state.
     pub state_dir: PathBuf,
     /// The DHCP server, when configured and enabled.
@@ -372,20 +375,20 @@ impl Config {
                 .as_deref()
                 .unwrap_or(DEFAULT_STATE_DIR),
         );
-        let inventory = overlay::load_effective(
-            wire.daemon.inventory.as_ref().map(|rel| base.join(rel)).as_deref(),
-            &state_dir,
-        )
-        .map_err(|e| match e {
-            overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
-            overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),
-        })?;
+        let inventory_file = wire.daemon.inventory.as_ref().map(|rel| base.join(rel));
+        let inventory = overlay::load_effective(inventory_file.as_deref(), &state_dir).map_err(
+            |e| match e {
+                overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
+                overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),
+            },
+        )?;
         let tftp_root = wire.tftp.root.clone();
         let http_dirs = wire
             .http
             .as_ref()
             .map(|h| (h.root.clone(), h.configs.clone()));
         let mut config = Self::from_wire(path, wire, inventory)?;
+        config.inventory_file = inventory_file;
         // The one check that needs the file system: the TFTP root must exist.
         if let (Some(rel), Some(t)) = (tftp_root, config.tftp.as_mut()) {
             let full = base.join(&rel);
@@ -807,6 +810,7 @@ impl Config {
             tftp_transfer_ports,
             tftp,
             inventory,
+            inventory_file: None,
             state_dir,
             dhcp,
             http,

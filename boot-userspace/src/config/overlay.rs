@@ -179,7 +179,10 @@ impl Overlay {
         }
         for (name, h) in &self.hosts {
             let Some(h) = h else { continue };
-            if !origins.iter().any(|o| matches!(o, Origin::Api(n) if n == name)) {
+            if !origins
+                .iter()
+                .any(|o| matches!(o, Origin::Api(n) if n == name))
+            {
                 out.hosts.push(h.clone());
                 origins.push(Origin::Api(name.clone()));
             }
@@ -216,7 +219,12 @@ pub fn effective(
 }
 
 /// `inv` with the overlay's consumed `once` hosts marked.
-fn with_consumed(inv: Inventory, _overlay: &Overlay) -> Inventory {
+fn with_consumed(mut inv: Inventory, overlay: &Overlay) -> Inventory {
+    for name in &overlay.consumed {
+        if inv.host_named(name).is_some() {
+            inv.set_consumed(name, true);
+        }
+    }
     inv
 }
 
@@ -309,12 +317,21 @@ mod tests {
         let base: wire::InventoryFile = toml::from_str(TOML).expect("toml");
         let mut o = Overlay::default();
         o.hosts.insert("node01".into(), None);
-        o.hosts.insert("node02".into(), Some(host("node02", "52:54:00:aa:00:22")));
-        o.hosts.insert("node03".into(), Some(host("node03", "52:54:00:aa:00:03")));
+        o.hosts
+            .insert("node02".into(), Some(host("node02", "52:54:00:aa:00:22")));
+        o.hosts
+            .insert("node03".into(), Some(host("node03", "52:54:00:aa:00:03")));
         let (file, origins) = o.apply(base);
-        let names: Vec<_> = file.hosts.iter().map(|h| h.name.clone().unwrap_or_default()).collect();
+        let names: Vec<_> = file
+            .hosts
+            .iter()
+            .map(|h| h.name.clone().unwrap_or_default())
+            .collect();
         assert_eq!(names, ["node02", "node03"]);
-        assert_eq!(origins, [Origin::Api("node02".into()), Origin::Api("node03".into())]);
+        assert_eq!(
+            origins,
+            [Origin::Api("node02".into()), Origin::Api("node03".into())]
+        );
         assert_eq!(file.hosts[0].mac.as_deref(), Some("52:54:00:aa:00:22"));
     }
 
@@ -322,11 +339,20 @@ mod tests {
     fn a_toml_host_colliding_with_an_api_host_names_both() {
         let base: wire::InventoryFile = toml::from_str(TOML).expect("toml");
         let mut o = Overlay::default();
-        o.hosts.insert("node07".into(), Some(host("node07", "52:54:00:aa:00:02")));
-        let e = effective(Path::new("hosts.toml"), base, &o, Path::new("/var/lib/bf/api-inventory.json"))
-            .expect_err("duplicate MAC")
-            .to_string();
-        assert!(e.contains("API host node07 (/var/lib/bf/api-inventory.json)"), "{e}");
+        o.hosts
+            .insert("node07".into(), Some(host("node07", "52:54:00:aa:00:02")));
+        let e = effective(
+            Path::new("hosts.toml"),
+            base,
+            &o,
+            Path::new("/var/lib/bf/api-inventory.json"),
+        )
+        .expect_err("duplicate MAC")
+        .to_string();
+        assert!(
+            e.contains("API host node07 (/var/lib/bf/api-inventory.json)"),
+            "{e}"
+        );
         assert!(e.contains("hosts[1]"), "{e}");
     }
 
@@ -336,7 +362,8 @@ mod tests {
         let path = Overlay::path_in(dir.path());
         assert!(Overlay::load(&path).expect("no file yet").hosts.is_empty());
         let mut o = Overlay::default();
-        o.hosts.insert("node03".into(), Some(host("node03", "52:54:00:aa:00:03")));
+        o.hosts
+            .insert("node03".into(), Some(host("node03", "52:54:00:aa:00:03")));
         o.hosts.insert("node01".into(), None);
         o.consumed.insert("node03".into());
         o.save(&path).expect("save");
@@ -349,7 +376,11 @@ mod tests {
         // Saving again replaces the leftover temporary file.
         back.save(&path).expect("save over a leftover");
 
-        for corrupt in [&b"{\"hosts\":{\"node03\":{\"name\":"[..], b"[]", b"{\"hostz\":{}}"] {
+        for corrupt in [
+            &b"{\"hosts\":{\"node03\":{\"name\":"[..],
+            b"[]",
+            b"{\"hostz\":{}}",
+        ] {
             std::fs::write(&path, corrupt).expect("write");
             let e = Overlay::load(&path).expect_err("corrupt").to_string();
             assert!(e.contains(&path.display().to_string()), "{e}");
@@ -362,10 +393,15 @@ mod tests {
         let toml_path = dir.path().join("hosts.toml");
         std::fs::write(&toml_path, TOML).expect("write");
         let mut o = Overlay::default();
-        o.hosts.insert("node09".into(), Some(host("node09", "52:54:00:aa:00:09")));
+        o.hosts
+            .insert("node09".into(), Some(host("node09", "52:54:00:aa:00:09")));
+        o.save(&Overlay::path_in(dir.path())).expect("save");
+        let mut o = Overlay::load(&Overlay::path_in(dir.path())).expect("load");
+        o.consumed.insert("node09".into());
         o.save(&Overlay::path_in(dir.path())).expect("save");
         let inv = load_effective(Some(&toml_path), dir.path()).expect("valid");
         assert_eq!(inv.hosts().len(), 3);
+        assert!(inv.is_consumed("node09"));
         assert!(inv.host_named("node09").is_some());
         let e = load_effective(None, dir.path()).expect_err("node09's profile is the file's");
         assert!(e.to_string().contains("API host node09"), "{e}");

@@ -121,7 +121,11 @@ impl Inventory {
 
     /// Validates `file` as a whole, then carries over what is not in the file form (which
     /// `once` hosts have been consumed). `target` is the record the caller changed.
-    fn rebuilt(&self, file: wire::InventoryFile, target: Target<'_>) -> Result<Inventory, ChangeError> {
+    fn rebuilt(
+        &self,
+        file: wire::InventoryFile,
+        target: Target<'_>,
+    ) -> Result<Inventory, ChangeError> {
         let names: Vec<String> = file
             .hosts
             .iter()
@@ -141,9 +145,12 @@ impl Inventory {
 
     /// `next` with this inventory's run-time state (consumed `once` hosts) for the hosts it
     /// still has.
-    fn carried_into(&self, next: Inventory) -> Inventory {
-        #[expect(clippy::let_and_return, reason = "filled in once netboot state exists")]
-        let next = next;
+    fn carried_into(&self, mut next: Inventory) -> Inventory {
+        for name in self.consumed() {
+            if next.host_named(name).is_some() {
+                next.set_consumed(name, true);
+            }
+        }
         next
     }
 }
@@ -237,7 +244,9 @@ pub fn api_host_checks(spec: &wire::Host, current: Option<&wire::Host>) -> Vec<F
         if !kept && !v.starts_with(API_PASSWORD_ENV_PREFIX) {
             errors.push(FieldError::new(
                 "bmc.password_env",
-                format!("{v:?}: from the API, the variable must be named {API_PASSWORD_ENV_PREFIX}*"),
+                format!(
+                    "{v:?}: from the API, the variable must be named {API_PASSWORD_ENV_PREFIX}*"
+                ),
             ));
         }
     }
@@ -260,7 +269,8 @@ pub fn api_profile_checks(spec: &wire::Profile) -> Vec<FieldError> {
         let p = Path::new(name);
         if name.is_empty()
             || p.is_absolute()
-            || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
             || name.chars().any(char::is_control)
         {
             errors.push(FieldError::new(
@@ -375,6 +385,8 @@ pub fn host_to_wire(h: &Host) -> wire::Host {
         model: h.model.clone(),
         rack: h.rack.clone(),
         bmc: h.bmc.as_ref().map(bmc_to_wire),
+        netboot: (h.netboot != super::Netboot::Allow).then(|| h.netboot.to_string()),
+        meta: (!h.meta.is_empty()).then(|| h.meta.clone()),
     }
 }
 
@@ -411,6 +423,8 @@ mod tests {
         name = "node02"
         mac = "52:54:00:aa:00:02"
         profile = "rescue"
+        netboot = "once"
+        meta = { role = "worker", disks = ["sda"], bmc = { slot = 4 } }
         bmc = { url = "http://127.0.0.1:8000", username = "a", password_env = "P", allow_plaintext = true, timeout_s = 3 }
     "#;
 
@@ -423,6 +437,16 @@ mod tests {
         assert_eq!(again.profiles(), inv.profiles());
     }
 
+    #[test]
+    fn a_change_keeps_the_consumed_once_hosts_it_still_has() {
+        let mut inv = inventory(INV);
+        inv.set_consumed("node02", true);
+        inv.set_consumed("node01", true);
+        let next = inv.without_host("node01").expect("valid");
+        assert!(next.is_consumed("node02"));
+        assert!(!next.is_consumed("node01"), "gone with its host");
+    }
+
     fn spec(json: serde_json::Value) -> wire::Host {
         serde_json::from_value(json).expect("wire host")
     }
@@ -430,18 +454,23 @@ mod tests {
     #[test]
     fn a_bad_field_is_named_inside_the_resource() {
         let inv = inventory(INV);
-        let bad = spec(serde_json::json!({"name": "node03", "mac": "52:54:00", "profile": "debian"}));
+        let bad =
+            spec(serde_json::json!({"name": "node03", "mac": "52:54:00", "profile": "debian"}));
         let Err(ChangeError::Invalid(e)) = inv.with_host(bad) else {
             panic!("a bad MAC is invalid")
         };
         assert_eq!(e[0].field, "mac");
-        let bad = spec(serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "profile": "debian",
-            "bmc": {"url": "ftp://x", "username": "u", "password_env": "BOOTFABRIC_BMC_X"}}));
+        let bad = spec(
+            serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "profile": "debian",
+            "bmc": {"url": "ftp://x", "username": "u", "password_env": "BOOTFABRIC_BMC_X"}}),
+        );
         let Err(ChangeError::Invalid(e)) = inv.with_host(bad) else {
             panic!("a bad BMC URL is invalid")
         };
         assert_eq!(e[0].field, "bmc.url");
-        let bad = spec(serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "profile": "nope"}));
+        let bad = spec(
+            serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "profile": "nope"}),
+        );
         let Err(ChangeError::Invalid(e)) = inv.with_host(bad) else {
             panic!("an unknown profile is invalid")
         };
@@ -451,13 +480,17 @@ mod tests {
     #[test]
     fn a_duplicate_mac_or_address_conflicts_naming_the_other_host() {
         let inv = inventory(INV);
-        let dup = spec(serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:02", "profile": "debian"}));
+        let dup = spec(
+            serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:02", "profile": "debian"}),
+        );
         let Err(ChangeError::Conflict(e)) = inv.with_host(dup) else {
             panic!("a duplicate MAC conflicts")
         };
         assert_eq!(e[0].field, "mac");
         assert!(e[0].reason.contains("host node02"), "{}", e[0].reason);
-        let dup = spec(serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "ip": "10.77.0.11", "profile": "debian"}));
+        let dup = spec(
+            serde_json::json!({"name": "node03", "mac": "52:54:00:aa:00:03", "ip": "10.77.0.11", "profile": "debian"}),
+        );
         let Err(ChangeError::Conflict(e)) = inv.with_host(dup) else {
             panic!("a duplicate address conflicts")
         };
@@ -488,7 +521,10 @@ mod tests {
         let hosts: Vec<&str> = e.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(
             hosts,
-            ["host node01 uses profile rescue", "host node02 uses profile rescue"]
+            [
+                "host node01 uses profile rescue",
+                "host node02 uses profile rescue"
+            ]
         );
         let next = inv
             .with_profile("spare", wire::Profile::default())
@@ -508,7 +544,9 @@ mod tests {
 
     #[test]
     fn the_api_cannot_point_the_daemon_at_files() {
-        let new = spec(serde_json::json!({"name": "n", "bmc": {"password_file": "/etc/shadow", "ca_file": "/etc/passwd"}}));
+        let new = spec(
+            serde_json::json!({"name": "n", "bmc": {"password_file": "/etc/shadow", "ca_file": "/etc/passwd"}}),
+        );
         let fields: Vec<String> = api_host_checks(&new, None)
             .into_iter()
             .map(|e| e.field)
@@ -517,15 +555,21 @@ mod tests {
         // The operator's own paths (from the file) may be kept by a write that changes
         // something else.
         assert!(api_host_checks(&new, Some(&new)).is_empty());
-        let env = spec(serde_json::json!({"name": "n", "bmc": {"password_env": "AWS_SECRET_ACCESS_KEY"}}));
+        let env = spec(
+            serde_json::json!({"name": "n", "bmc": {"password_env": "AWS_SECRET_ACCESS_KEY"}}),
+        );
         assert_eq!(api_host_checks(&env, None)[0].field, "bmc.password_env");
-        let env = spec(serde_json::json!({"name": "n", "bmc": {"password_env": "BOOTFABRIC_BMC_N"}}));
+        let env =
+            spec(serde_json::json!({"name": "n", "bmc": {"password_env": "BOOTFABRIC_BMC_N"}}));
         assert!(api_host_checks(&env, None).is_empty());
 
         let p: wire::Profile = serde_json::from_value(serde_json::json!(
             {"kernel": "../../etc/shadow", "initrd": ["ok/initrd", "/abs"], "cmdline": "a\nimgfetch x"}))
         .expect("wire profile");
-        let fields: Vec<String> = api_profile_checks(&p).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = api_profile_checks(&p)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["kernel", "initrd[1]", "cmdline"]);
     }
 }
