@@ -324,6 +324,19 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
+    if !config.webhooks.is_empty() {
+        let hooks = crate::services::webhooks::WebhookService::start(
+            &config.webhooks,
+            ledger.clone(),
+            &registry,
+        )?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "webhooks",
+            Box::pin(async move { hooks.run(token).await.context("webhooks") }),
+        );
+    }
+
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;

@@ -7,6 +7,7 @@
 pub mod dhcp;
 pub mod overlay;
 pub mod secrets;
+pub mod webhooks;
 pub mod wire;
 
 use std::{
@@ -200,6 +201,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
     pub tls: Option<secrets::tls::AdminTls>,
+    /// `admin.max_event_streams`: concurrent SSE streams served at most (default 32).
+    pub max_event_streams: usize,
 }
 
 /// The validated configuration the daemon runs with.
@@ -240,6 +243,8 @@ pub struct Config {
     pub boot: BootSettings,
     /// The reboot scheduler's settings (`[scheduler]`).
     pub scheduler: SchedulerConfig,
+    /// `[[webhooks]]`: receivers of the event log.
+    pub webhooks: Vec<webhooks::WebhookConfig>,
 }
 
 /// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
@@ -456,6 +461,7 @@ impl Config {
             config.state_dir = base.join(&config.state_dir);
         }
         config.load_admin_files(path, base)?;
+        config.load_webhook_files(path, base)?;
         Ok(config)
     }
 
@@ -479,6 +485,23 @@ impl Config {
             }
             secrets::tls::server_config(tls)
                 .map_err(|KeyError { key, reason }| invalid(&key, reason))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves each webhook's files against the config's folder and checks its secret file
+    /// as the admin token file is checked (mode, owner, contents).
+    fn load_webhook_files(&mut self, path: &Path, base: &Path) -> Result<(), ConfigError> {
+        for (i, hook) in self.webhooks.iter_mut().enumerate() {
+            hook.secret_file = base.join(&hook.secret_file);
+            secrets::token::load_secret(&hook.secret_file).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("webhooks[{i}].secret_file"),
+                reason: e.to_string(),
+            })?;
+            if let Some(crate::redfish::TlsPolicy::CaFile(ca)) = hook.tls.as_mut() {
+                *ca = base.join(&*ca);
+            }
         }
         Ok(())
     }
@@ -792,6 +815,17 @@ impl Config {
             .map_err(keyed)?
             .over(&BootSettings::defaults());
         let scheduler = SchedulerConfig::from_wire(&wire.scheduler).map_err(keyed)?;
+        let webhooks = webhooks::from_wire(&wire.webhooks).map_err(keyed)?;
+        let max_event_streams = match wire.admin.max_event_streams {
+            None => 32,
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "admin.max_event_streams",
+                    format!("{n}: give 1 to 1024"),
+                ))
+            }
+        };
 
         Ok(Self {
             path: path.to_owned(),
@@ -803,6 +837,7 @@ impl Config {
                 allow: admin_allow,
                 token_file: admin_token_file,
                 tls: admin_tls,
+                max_event_streams,
             },
             xdp_mode,
             xdp_dhcp_fast_path,
@@ -816,6 +851,7 @@ impl Config {
             http,
             boot,
             scheduler,
+            webhooks,
         })
     }
 }
