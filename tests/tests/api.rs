@@ -603,3 +603,81 @@ fn the_openapi_document_validates_and_every_route_answers_as_it_says() {
         }
     }
 }
+
+#[test]
+fn a_once_host_that_booted_is_consumed_until_reset_across_restarts() {
+    let Some(lab) = lab("a_once_host_that_booted_is_consumed_until_reset_across_restarts") else {
+        return;
+    };
+    let secret = TempDir::new().expect("tempdir");
+    let (token, key) = create_token(&secret);
+    let images = TempDir::new().expect("tempdir");
+    std::fs::create_dir_all(images.path.join("linux")).expect("images");
+    std::fs::write(images.path.join("linux/vmlinuz"), b"kernel").expect("kernel");
+    // node01 is the client machine (10.77.0.2), and boots from the network once.
+    let inventory = INVENTORY.replace("10.77.0.11", "10.77.0.2").replace(
+        "profile = \"linux\"\n",
+        "profile = \"linux\"\nnetboot = \"once\"\n",
+    );
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24"]
+{key}
+[xdp]
+mode = "off"
+[http]
+root = "{}"
+backend = "epoll"
+"#,
+        images.path.display()
+    );
+    let mut d = Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    let c = Controller {
+        ns: &lab.client,
+        addr: d.admin,
+        token,
+    };
+    let state = |c: &Controller<'_>| c.get("/api/v1/hosts/node01").json()["netboot_state"].clone();
+    assert_eq!(state(&c), Value::Null);
+
+    let http: SocketAddr = "10.77.0.1:80".parse().expect("addr");
+    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
+    assert_eq!(booted.status, 204, "{}", booted.body);
+    let consumed = bootfabric_lab::wait_for(Duration::from_secs(30), || {
+        (state(&c) == "consumed").then_some(())
+    });
+    assert!(
+        consumed.is_some(),
+        "node01 booted but stays {}:\n{}",
+        state(&c),
+        d.log()
+    );
+    let status = c.get("/api/v1/status").json();
+    assert_eq!(status["hosts"]["consumed"], 1, "{status}");
+
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(
+        state(&c),
+        "consumed",
+        "a restart keeps the used network boot"
+    );
+    let r = c.write(
+        "POST",
+        "/api/v1/hosts/node01/netboot-reset",
+        None,
+        "application/json",
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["netboot_state"], Value::Null);
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(state(&c), Value::Null, "the reset is kept too");
+}

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod consume;
 pub mod hosts;
 pub mod openapi;
 pub mod problem;

@@ -349,10 +349,24 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         &registry,
     )
     .context("registering the configuration generation metric")?;
-    let api =
-        crate::admin::api::ApiState::open(live, config.inventory_file.clone(), &config.state_dir)
-            .context("the admin API's inventory changes")?;
+    let api = crate::admin::api::ApiState::open(
+        live,
+        ledger.clone(),
+        config.inventory_file.clone(),
+        &config.state_dir,
+    )
+    .context("the admin API's inventory changes")?;
     let api = Arc::new(api);
+    {
+        let (api, token) = (Arc::clone(&api), supervisor.token());
+        supervisor.spawn(
+            "netboot-once",
+            Box::pin(async move {
+                crate::admin::consume::run(api, token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),
