@@ -440,8 +440,7 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
     // SIGHUP with a new file host: the API's hosts stay.
     let grown = format!("{INVENTORY}\n[[hosts]]\nname = \"node05\"\nmac = \"52:54:00:b0:0f:05\"\nprofile = \"linux\"\n");
     std::fs::write(&toml_path, &grown).expect("write toml");
-    d.reload("SIGHUP: configuration generation")
-        .expect("reload");
+    d.reload("SIGHUP: config reloaded").expect("reload");
     assert_eq!(
         names(c.get("/api/v1/hosts")),
         ["node01", "node02", "node05"]
