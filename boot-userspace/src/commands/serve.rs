@@ -160,7 +160,8 @@ impl Follower for LedgerFollower {
 /// The next snapshot's parts from a freshly loaded `config`: the TOML's hosts, profiles and
 /// `[boot]`, and the script names they make.
 ///
-/// The place where the API's overlay joins the TOML (helper "api" extends this).
+/// `config.inventory` already holds the admin API's changes (`Config::load` applies
+/// `state_dir/api-inventory.json` over the TOML, consumed `once` hosts included).
 /// A host's one network boot (`netboot = "once"`) that was used stays used across a reload
 /// while the host exists: the TOML says what a host may do, not what it did.
 pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
@@ -177,7 +178,15 @@ pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
 /// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
 /// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
 /// or the follower and the reason, and the running generation stays.
-fn reload(path: &std::path::Path, live: &Live, dhcp: Option<&DhcpFollower>) {
+fn reload(
+    path: &std::path::Path,
+    live: &Live,
+    dhcp: Option<&DhcpFollower>,
+    api: &crate::admin::api::ApiState,
+) {
+    // Held to the end: an API write between the overlay file's read (in `Config::load`) and
+    // this publish would otherwise be published over.
+    let _api_writes = api.overlay();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -413,12 +422,31 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
     let (access, tls) = crate::admin::settings(&config.admin)?;
+    let api = crate::admin::api::ApiState::open(
+        Arc::clone(&live),
+        ledger.clone(),
+        config.inventory_file.clone(),
+        &config.state_dir,
+    )
+    .context("the admin API's inventory changes")?;
+    let api = Arc::new(api);
+    {
+        let (api, token) = (Arc::clone(&api), supervisor.token());
+        supervisor.spawn(
+            "netboot-once",
+            Box::pin(async move {
+                crate::admin::consume::run(api, token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
         live: Arc::clone(&live),
         max_event_streams: config.admin.max_event_streams,
+        api: Arc::clone(&api),
     };
     supervisor.spawn(
         "admin",
@@ -447,11 +475,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                         warn!("SIGHUP: the previous reload is still running; ignored");
                         continue;
                     }
-                    let (path, dhcp, live) =
-                        (path.clone(), dhcp_follower.clone(), Arc::clone(&live));
+                    let (path, dhcp, live, api) =
+                        (path.clone(), dhcp_follower.clone(), Arc::clone(&live), Arc::clone(&api));
                     let done = Arc::clone(&reloading);
                     tokio::task::spawn_blocking(move || {
-                        reload(&path, &live, dhcp.as_deref());
+                        reload(&path, &live, dhcp.as_deref(), &api);
                         done.store(false, Ordering::Release);
                     });
                     continue;

@@ -5,6 +5,7 @@
 //! the files the config names. Every error names the file and the key it is about.
 
 pub mod dhcp;
+pub mod overlay;
 pub mod secrets;
 pub mod webhooks;
 pub mod wire;
@@ -79,6 +80,9 @@ pub enum ConfigError {
     /// The inventory named by `daemon.inventory` is unusable.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// The API's inventory changes (`state_dir/api-inventory.json`) are unusable.
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
 }
 
 /// How the XDP program should be attached.
@@ -225,8 +229,11 @@ pub struct Config {
     pub tftp_transfer_ports: PortRange,
     /// The TFTP service, when `tftp.root` is set.
     pub tftp: Option<TftpConfig>,
-    /// The host inventory (empty when the config names none).
+    /// The host inventory (empty when the config names none), with the admin API's changes
+    /// (`state_dir/api-inventory.json`) applied.
     pub inventory: Inventory,
+    /// The operator's inventory file (`daemon.inventory`, resolved), if any.
+    pub inventory_file: Option<PathBuf>,
     /// Folder for durable state.
     pub state_dir: PathBuf,
     /// The DHCP server, when configured and enabled.
@@ -396,16 +403,28 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let inventory = match &wire.daemon.inventory {
-            Some(rel) => Inventory::load(&base.join(rel))?,
-            None => Inventory::default(),
-        };
+        // The effective inventory: the operator's file with the admin API's changes applied
+        // (`config::overlay`), so start-up, `check` and every reload see the same one.
+        let state_dir = base.join(
+            wire.daemon
+                .state_dir
+                .as_deref()
+                .unwrap_or(DEFAULT_STATE_DIR),
+        );
+        let inventory_file = wire.daemon.inventory.as_ref().map(|rel| base.join(rel));
+        let inventory = overlay::load_effective(inventory_file.as_deref(), &state_dir).map_err(
+            |e| match e {
+                overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
+                overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),
+            },
+        )?;
         let tftp_root = wire.tftp.root.clone();
         let http_dirs = wire
             .http
             .as_ref()
             .map(|h| (h.root.clone(), h.configs.clone()));
         let mut config = Self::from_wire(path, wire, inventory)?;
+        config.inventory_file = inventory_file;
         // The one check that needs the file system: the TFTP root must exist.
         if let (Some(rel), Some(t)) = (tftp_root, config.tftp.as_mut()) {
             let full = base.join(&rel);
@@ -857,6 +876,7 @@ impl Config {
             tftp_transfer_ports,
             tftp,
             inventory,
+            inventory_file: None,
             state_dir,
             dhcp,
             http,

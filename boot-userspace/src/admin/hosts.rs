@@ -1,0 +1,467 @@
+//! `/api/v1/hosts`: list, get, create, replace, merge-patch and delete hosts, and reset a
+//! `netboot = "once"` host. A host's JSON is its inventory record (the TOML file's keys)
+//! plus the read-only `source` (`file` or `api`) and `netboot_state` (`consumed` or null).
+//!
+//! Reads answer from the live snapshot; writes go through [`ApiState::write`]. The
+//! functions here take parsed values and return answers; [`super`] does the I/O.
+
+use std::collections::BTreeMap;
+
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use super::{
+    api::{etag, merge_patch, object, record, ApiState, Precondition},
+    problem::Problem,
+    Answer,
+};
+use crate::{
+    config::overlay::Overlay,
+    model::{
+        inventory::{
+            resource::{api_host_checks, host_to_wire, ChangeError},
+            wire, Host, Inventory, Netboot,
+        },
+        ledger::EventType,
+        snapshot::Snapshot,
+    },
+};
+
+/// Fields the server sets: accepted in a body (a GET's answer may be sent back), ignored.
+const READ_ONLY: [&str; 2] = ["source", "netboot_state"];
+
+/// A host's JSON.
+pub fn host_json(inventory: &Inventory, overlay: &Overlay, h: &Host) -> Value {
+    let mut v = serde_json::to_value(host_to_wire(h)).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("netboot".into(), json!(h.netboot.as_str()));
+        m.insert("meta".into(), json!(h.meta));
+        m.insert(
+            "source".into(),
+            json!(if overlay.has_host(&h.name) {
+                "api"
+            } else {
+                "file"
+            }),
+        );
+        let consumed = h.netboot == Netboot::Once && inventory.is_consumed(&h.name);
+        m.insert(
+            "netboot_state".into(),
+            if consumed {
+                json!("consumed")
+            } else {
+                Value::Null
+            },
+        );
+    }
+    v
+}
+
+fn not_found(name: &str) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, format!("no host {name}"))
+}
+
+fn change_problem(e: ChangeError) -> Problem {
+    match e {
+        ChangeError::Invalid(errors) => Problem::invalid(errors),
+        ChangeError::Conflict(errors) => Problem::conflict(errors),
+    }
+}
+
+/// `GET /api/v1/hosts?…`: filters `profile`, `rack`, `model`, `netboot`, `source` and
+/// `meta.KEY` (a string value compares as is, others as their JSON text).
+pub fn list(
+    snap: &Snapshot,
+    overlay: &Overlay,
+    query: &[(String, String)],
+) -> Result<Answer, Problem> {
+    for (k, _) in query {
+        let known = matches!(
+            k.as_str(),
+            "profile" | "rack" | "model" | "netboot" | "source"
+        ) || k.strip_prefix("meta.").is_some_and(|m| !m.is_empty());
+        if !known {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown filter {k:?} (profile, rack, model, netboot, source, meta.KEY)"),
+            ));
+        }
+    }
+    let inv = &snap.inventory;
+    let mut items: Vec<(&str, Value)> = inv
+        .hosts()
+        .iter()
+        .filter(|h| {
+            query.iter().all(|(k, want)| {
+                let source = if overlay.has_host(&h.name) {
+                    "api"
+                } else {
+                    "file"
+                };
+                match k.as_str() {
+                    "profile" => &h.profile == want,
+                    "rack" => h.rack.as_deref() == Some(want.as_str()),
+                    "model" => h.model.as_deref() == Some(want.as_str()),
+                    "netboot" => h.netboot.as_str() == want,
+                    "source" => source == want,
+                    meta => {
+                        let key = meta.trim_start_matches("meta.");
+                        match h.meta.get(key) {
+                            Some(Value::String(s)) => s == want,
+                            Some(other) => &other.to_string() == want,
+                            None => false,
+                        }
+                    }
+                }
+            })
+        })
+        .map(|h| (h.name.as_str(), host_json(inv, overlay, h)))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(Answer::json(
+        StatusCode::OK,
+        json!({
+            "generation": snap.generation,
+            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        }),
+        snap.generation,
+    ))
+}
+
+/// `GET /api/v1/hosts/{name}`.
+pub fn get(snap: &Snapshot, overlay: &Overlay, name: &str) -> Result<Answer, Problem> {
+    let h = snap
+        .inventory
+        .host_named(name)
+        .ok_or_else(|| not_found(name))?;
+    Ok(Answer::resource(
+        StatusCode::OK,
+        host_json(&snap.inventory, overlay, h),
+        snap.generation,
+    ))
+}
+
+/// The record a body asks for: read-only fields dropped, the name checked against the path.
+fn spec_from(mut body: Map<String, Value>, name: Option<&str>) -> Result<wire::Host, Problem> {
+    for k in READ_ONLY {
+        body.remove(k);
+    }
+    if let Some(name) = name {
+        match body.get("name") {
+            None => {
+                body.insert("name".into(), json!(name));
+            }
+            Some(Value::String(n)) if n == name => {}
+            Some(other) => {
+                return Err(Problem::invalid(vec![
+                    crate::model::inventory::resource::FieldError::new(
+                        "name",
+                        format!("{other} is not the name in the path ({name}); a host is renamed by creating the new one and deleting the old"),
+                    ),
+                ]))
+            }
+        }
+    }
+    record(body)
+}
+
+/// Validates `spec` (a new or replacing record of `name`) against `snap`, records it in
+/// `overlay`, and returns the next inventory. `netboot_set`: the write names `netboot`, which
+/// starts a `once` host's single network boot afresh.
+fn upsert(
+    snap: &Snapshot,
+    overlay: &mut Overlay,
+    spec: wire::Host,
+    netboot_set: bool,
+) -> Result<Inventory, Problem> {
+    let name = spec.name.clone().unwrap_or_default();
+    let current = snap.inventory.host_named(&name).map(host_to_wire);
+    let errors = api_host_checks(&spec, current.as_ref());
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    let mut next = snap.inventory.with_host(spec).map_err(change_problem)?;
+    if netboot_set {
+        next.set_consumed(&name, false);
+        overlay.consumed.remove(&name);
+    }
+    // The overlay keeps the record as validated (normalised MAC, resolved names).
+    let stored = next.host_named(&name).map(host_to_wire);
+    overlay.hosts.insert(name, stored);
+    Ok(next)
+}
+
+/// `POST /api/v1/hosts`.
+pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
+    let body = object(body)?;
+    let spec = spec_from(body, None)?;
+    let name = spec.name.clone().unwrap_or_default();
+    if !crate::model::inventory::is_dns_label(&name) {
+        return Err(Problem::invalid(vec![
+            crate::model::inventory::resource::FieldError::new(
+                "name",
+                format!("{name:?} is not a host name (letters, digits, '-', at most 63)"),
+            ),
+        ]));
+    }
+    let snap = api.write(|snap, overlay| {
+        if snap.inventory.host_named(&name).is_some() {
+            return Err(Problem::conflict(vec![
+                crate::model::inventory::resource::FieldError::new(
+                    "name",
+                    format!("host {name} exists; PUT or PATCH it (with If-Match)"),
+                ),
+            ]));
+        }
+        upsert(snap, overlay, spec, true)
+    })?;
+    announce(api, &snap, EventType::HostCreated, &name);
+    let mut a = answer_for(api, &snap, &name)?;
+    a.status = StatusCode::CREATED;
+    a.location = Some(format!("/api/v1/hosts/{name}"));
+    Ok(a)
+}
+
+fn answer_for(api: &ApiState, snap: &Snapshot, name: &str) -> Result<Answer, Problem> {
+    let overlay = api.overlay();
+    get(snap, &overlay, name)
+}
+
+/// `kind` of the host `name` as it is in `snap`, on the event log.
+fn announce(api: &ApiState, snap: &Snapshot, kind: EventType, name: &str) {
+    let mac = snap.inventory.host_named(name).map(|h| h.mac);
+    api.announce(kind, name, mac, snap.generation);
+}
+
+/// The current JSON and ETag of `name` in `snap`.
+fn current(snap: &Snapshot, overlay: &Overlay, name: &str) -> Result<(Value, String), Problem> {
+    let h = snap
+        .inventory
+        .host_named(name)
+        .ok_or_else(|| not_found(name))?;
+    let v = host_json(&snap.inventory, overlay, h);
+    let tag = etag(&v);
+    Ok((v, tag))
+}
+
+/// `PUT /api/v1/hosts/{name}`: replaces the whole record (no create: POST does that).
+pub fn replace(
+    api: &ApiState,
+    name: &str,
+    pre: &Precondition,
+    body: &[u8],
+) -> Result<Answer, Problem> {
+    let body = object(body)?;
+    let netboot_set = body.contains_key("netboot");
+    let spec = spec_from(body, Some(name))?;
+    let snap = api.write(|snap, overlay| {
+        let (_, tag) = current(snap, overlay, name)?;
+        pre.check(&tag)?;
+        upsert(snap, overlay, spec, netboot_set)
+    })?;
+    announce(api, &snap, EventType::HostUpdated, name);
+    answer_for(api, &snap, name)
+}
+
+/// `PATCH /api/v1/hosts/{name}`: a JSON merge patch of the host's JSON.
+pub fn patch(
+    api: &ApiState,
+    name: &str,
+    pre: &Precondition,
+    body: &[u8],
+) -> Result<Answer, Problem> {
+    let patch = Value::Object(object(body)?);
+    let netboot_set = patch.get("netboot").is_some();
+    let snap = api.write(|snap, overlay| {
+        let (mut v, tag) = current(snap, overlay, name)?;
+        pre.check(&tag)?;
+        merge_patch(&mut v, &patch);
+        let Value::Object(m) = v else {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the patch must be an object",
+            ));
+        };
+        let spec = spec_from(m, Some(name))?;
+        upsert(snap, overlay, spec, netboot_set)
+    })?;
+    announce(api, &snap, EventType::HostUpdated, name);
+    answer_for(api, &snap, name)
+}
+
+/// `DELETE /api/v1/hosts/{name}`. A host of the operator's file is hidden by a tombstone
+/// (the file is not written); an API host is forgotten.
+pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, Problem> {
+    let mut mac = None;
+    let snap = api.write(|snap, overlay| {
+        mac = snap.inventory.host_named(name).map(|h| h.mac);
+        let (_, tag) = current(snap, overlay, name)?;
+        pre.check(&tag)?;
+        let next = snap.inventory.without_host(name).map_err(change_problem)?;
+        if api.in_file(true, name) {
+            overlay.hosts.insert(name.to_owned(), None);
+        } else {
+            overlay.hosts.remove(name);
+        }
+        overlay.consumed.remove(name);
+        Ok(next)
+    })?;
+    api.announce(EventType::HostDeleted, name, mac, snap.generation);
+    Ok(Answer::empty(StatusCode::NO_CONTENT, snap.generation))
+}
+
+/// `POST /api/v1/hosts/{name}/netboot-reset`: a consumed `once` host boots from the network
+/// once more.
+pub fn netboot_reset(api: &ApiState, name: &str) -> Result<Answer, Problem> {
+    let snap = api.write(|snap, overlay| {
+        if snap.inventory.host_named(name).is_none() {
+            return Err(not_found(name));
+        }
+        let mut next = snap.inventory.clone();
+        next.set_consumed(name, false);
+        overlay.consumed.remove(name);
+        Ok(next)
+    })?;
+    announce(api, &snap, EventType::HostUpdated, name);
+    answer_for(api, &snap, name)
+}
+
+/// Marks `name`'s one network boot used (the consumption task, on `host.booted`). `Ok(false)`
+/// when there is nothing to do (not a `once` host, gone, or consumed already).
+pub fn consume(api: &ApiState, name: &str) -> Result<bool, Problem> {
+    let mut changed = false;
+    let current = api.live.load();
+    let needed = current
+        .inventory
+        .host_named(name)
+        .is_some_and(|h| h.netboot == Netboot::Once && !current.inventory.is_consumed(name));
+    if !needed {
+        return Ok(false);
+    }
+    let snap = api.write(|snap, overlay| {
+        let mut next = snap.inventory.clone();
+        if snap
+            .inventory
+            .host_named(name)
+            .is_some_and(|h| h.netboot == Netboot::Once)
+        {
+            next.set_consumed(name, true);
+            overlay.consumed.insert(name.to_owned());
+            changed = true;
+        }
+        Ok(next)
+    })?;
+    if changed {
+        announce(api, &snap, EventType::HostUpdated, name);
+    }
+    Ok(changed)
+}
+
+/// Counts for `/api/v1/status`.
+pub fn counts(inv: &Inventory, overlay: &Overlay) -> Value {
+    let mut by_netboot: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut api = 0;
+    for h in inv.hosts() {
+        *by_netboot.entry(h.netboot.as_str()).or_default() += 1;
+        if overlay.has_host(&h.name) {
+            api += 1;
+        }
+    }
+    json!({
+        "total": inv.hosts().len(),
+        "file": inv.hosts().len() - api,
+        "api": api,
+        "netboot": by_netboot,
+        "consumed": inv.hosts().iter().filter(|h| h.netboot == Netboot::Once && inv.is_consumed(&h.name)).count(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        ledger::Ledger,
+        snapshot::{Follower, Live, Next},
+    };
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+
+    /// A follower that refuses while `refuse` is set (the DHCP server refusing a change).
+    struct Picky(AtomicBool);
+
+    impl Follower for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn check(&self, _next: &Snapshot) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Err("not now".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+        fn apply(&self, _next: &Arc<Snapshot>) {}
+    }
+
+    fn state(dir: &std::path::Path) -> (ApiState, Ledger, Arc<Picky>) {
+        let wire = toml::from_str("[profiles.p]\n").expect("toml");
+        let inv = Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid");
+        let live = Live::unregistered(Next::new(inv, Default::default()));
+        let picky = Arc::new(Picky(AtomicBool::new(false)));
+        live.follow(picky.clone());
+        let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
+        let api = ApiState::open(live, ledger.clone(), None, dir).expect("state");
+        (api, ledger, picky)
+    }
+
+    #[test]
+    fn a_write_is_on_disk_announced_and_rolled_back_when_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, ledger, picky) = state(dir.path());
+        let body = br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p","netboot":"once"}"#;
+        let a = create(&api, body).expect("created");
+        assert_eq!(a.status, StatusCode::CREATED);
+        let path = Overlay::path_in(dir.path());
+        let on_disk = Overlay::load(&path).expect("load");
+        assert_eq!(
+            on_disk.hosts["n1"].as_ref().and_then(|h| h.mac.as_deref()),
+            Some("52:54:00:00:00:01")
+        );
+        let events = ledger.events_after(0, 10).events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind, events[0].host.as_deref()),
+            (EventType::HostCreated, Some("n1"))
+        );
+
+        // Consumption is persisted and announced; a second `booted` changes nothing.
+        assert_eq!(consume(&api, "n1").map_err(|p| p.status), Ok(true));
+        assert_eq!(consume(&api, "n1").map_err(|p| p.status), Ok(false));
+        assert!(Overlay::load(&path).expect("load").consumed.contains("n1"));
+        assert!(api.live.load().inventory.is_consumed("n1"));
+
+        // A follower refuses: nothing changes, on disk or live, and nothing is announced.
+        picky.0.store(true, Ordering::SeqCst);
+        let before = std::fs::read(&path).expect("read");
+        let generation = api.live.generation();
+        let p = delete(&api, "n1", &Precondition::Any).expect_err("refused");
+        assert_eq!(p.status, 503);
+        assert!(p.title.contains("picky"), "{}", p.title);
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert_eq!(api.live.generation(), generation);
+        assert!(api.live.load().inventory.host_named("n1").is_some());
+        assert_eq!(api.overlay().hosts.len(), 1);
+        assert_eq!(ledger.events_after(0, 10).events.len(), 2);
+
+        picky.0.store(false, Ordering::SeqCst);
+        delete(&api, "n1", &Precondition::Any).expect("deleted");
+        let on_disk = Overlay::load(&path).expect("load");
+        assert!(
+            on_disk.hosts.is_empty(),
+            "an API host is forgotten, not tombstoned"
+        );
+        assert!(on_disk.consumed.is_empty());
+    }
+}
