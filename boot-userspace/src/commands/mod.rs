@@ -1,9 +1,11 @@
-//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`,
-//! `admin`.
+//! The `bootfabric` command line: `serve`, `check`, `hosts` (ls, show, add, set, rm), `leases`,
+//! `explain`, `reboot`, `admin`.
 
 pub mod admin;
 pub mod check;
+pub mod client;
 pub mod explain;
+pub mod hosts;
 pub mod reboot;
 pub mod serve;
 
@@ -47,12 +49,10 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         dhcp_wait_s: u64,
     },
-    /// List the hosts of the inventory.
-    Hosts {
-        /// Config file (TOML).
-        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
-        config: PathBuf,
-    },
+    /// The hosts of the inventory, through the running daemon's admin API:
+    /// `ls` (the default; the local inventory when no daemon answers), `show`, `add`, `set`,
+    /// `rm`.
+    Hosts(Box<crate::commands::hosts::HostsArgs>),
     /// List the DHCP leases in the lease journal (safe while the daemon runs).
     Leases {
         /// What to do instead of listing.
@@ -165,19 +165,7 @@ pub fn run(cli: Cli) -> i32 {
         },
         Command::Reboot(args) => crate::commands::reboot::reboot(&args),
         Command::Admin(command) => crate::commands::admin::run(&command),
-        Command::Hosts { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");
-                for h in cfg.inventory.hosts() {
-                    let ip =
-                        h.ip.map(|i| i.to_string())
-                            .unwrap_or_else(|| "-".to_owned());
-                    println!("{:<24} {:<17} {:<15} {}", h.name, h.mac, ip, h.profile);
-                }
-                0
-            }
-            Err(e) => config_error(&e),
-        },
+        Command::Hosts(args) => crate::commands::hosts::run(*args),
     }
 }
 
