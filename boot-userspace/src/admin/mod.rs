@@ -1,12 +1,20 @@
 //! The admin server (hyper, HTTP/1.1, optionally TLS): `/metrics`, `/healthz`, the ledger's
-//! views (`/api/bandwidth`, `/api/timeline`) and the reboot scheduler (`/api/reboot`).
+//! views (`/api/bandwidth`, `/api/timeline`), the reboot scheduler (`/api/reboot`), and the
+//! versioned control plane under `/api/v1` (hosts, profiles, status, the OpenAPI document),
+//! whose errors are RFC 9457 problems ([`problem`]).
 //!
 //! Every connection must come from `admin.allow`. Every request is then read-only or
 //! control by its method ([`auth::Access::of`]), decided before a route is looked up;
 //! control calls pass [`auth::authorize`] and are logged with their caller and outcome.
 //! [`auth`] and the route table are pure; this module is the I/O shell around them.
 
+pub mod api;
 pub mod auth;
+pub mod hosts;
+pub mod openapi;
+pub mod problem;
+pub mod profiles;
+pub mod routes;
 
 use std::{
     convert::Infallible,
@@ -21,7 +29,7 @@ use hyper::{
     header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
-    Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use ipnet::IpNet;
@@ -37,7 +45,10 @@ use crate::{
     services::reboot::{report::Selection, runner::StartError, RebootService},
     util::metrics::render,
 };
+use api::{ApiState, Precondition};
 use auth::{Access, Caller, Policy, Refusal};
+use problem::Problem;
+use routes::{lookup, Endpoint};
 
 /// What the admin server serves from.
 pub struct Admin {
@@ -47,6 +58,8 @@ pub struct Admin {
     pub ledger: Ledger,
     /// The reboot scheduler.
     pub reboots: Arc<RebootService>,
+    /// The `/api/v1` resources: the live snapshot and the API's overlay file.
+    pub api: Arc<ApiState>,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -276,76 +289,6 @@ fn allowed(allow: &[IpNet], peer: SocketAddr) -> bool {
     allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
 }
 
-/// What a route does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
-    Metrics,
-    Healthz,
-    Bandwidth,
-    Timeline,
-    RebootStatus,
-    RebootStart,
-    RebootCancel,
-}
-
-/// A route: method, path and what it does. Whether it is read-only or control is not
-/// written here but follows from the method ([`Access::of`]), so it cannot be forgotten.
-struct Route {
-    method: Method,
-    path: &'static str,
-    endpoint: Endpoint,
-}
-
-impl Route {
-    /// What [`handle`] enforces for this route (it asks [`Access::of`] before the lookup).
-    #[cfg(test)]
-    fn access(&self) -> Access {
-        Access::of(&self.method)
-    }
-}
-
-/// Every route of the admin API. HEAD is served wherever GET is.
-fn routes() -> [Route; 7] {
-    let r = |method, path, endpoint| Route {
-        method,
-        path,
-        endpoint,
-    };
-    [
-        r(Method::GET, "/metrics", Endpoint::Metrics),
-        r(Method::GET, "/healthz", Endpoint::Healthz),
-        r(Method::GET, "/api/bandwidth", Endpoint::Bandwidth),
-        r(Method::GET, "/api/timeline", Endpoint::Timeline),
-        r(Method::GET, "/api/reboot", Endpoint::RebootStatus),
-        r(Method::POST, "/api/reboot", Endpoint::RebootStart),
-        r(Method::DELETE, "/api/reboot", Endpoint::RebootCancel),
-    ]
-}
-
-/// The route for a method and path, or the status to answer instead (404, 405).
-fn lookup(method: &Method, path: &str) -> Result<Endpoint, StatusCode> {
-    let method = if method == Method::HEAD {
-        &Method::GET
-    } else {
-        method
-    };
-    let table = routes();
-    let mut known_path = false;
-    for route in &table {
-        if route.path == path {
-            known_path = true;
-            if route.method == method {
-                return Ok(route.endpoint);
-            }
-        }
-    }
-    Err(if known_path {
-        StatusCode::METHOD_NOT_ALLOWED
-    } else {
-        StatusCode::NOT_FOUND
-    })
-}
-
 /// Checks a request's access, then routes it; control calls are logged with the outcome.
 async fn handle(
     admin: &Admin,
@@ -381,7 +324,11 @@ async fn handle(
                 status = refusal.status().as_u16(),
                 "admin control call refused: {}", refusal.reason()
             );
-            let mut resp = text(refusal.status(), format!("{}\n", refusal.reason()));
+            let mut resp = if is_v1(&path) {
+                Problem::new(refusal.status(), refusal.reason()).response()
+            } else {
+                text(refusal.status(), format!("{}\n", refusal.reason()))
+            };
             if refusal.status() == StatusCode::UNAUTHORIZED {
                 resp.headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -390,7 +337,19 @@ async fn handle(
         }
         Ok(proof) => {
             metrics.calls.with_label_values(&["allowed"]).inc();
-            let resp = dispatch(admin, req).await;
+            // A leaked token must not rewrite the state file without bound.
+            let resp = if is_v1(&path) && !admin.api.admit(peer_ip(peer)) {
+                let mut r = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many writes from this address; retry in a second",
+                )
+                .response();
+                r.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            } else {
+                dispatch(admin, req).await
+            };
             info!(
                 %peer, %method, %path, credential = %proof, client_cert = cert,
                 status = resp.status().as_u16(),
@@ -401,14 +360,216 @@ async fn handle(
     }
 }
 
+/// Whether `path` is under the versioned API, whose errors are problems.
+fn is_v1(path: &str) -> bool {
+    path == "/api/v1" || path.starts_with("/api/v1/")
+}
+
 async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let endpoint = match lookup(req.method(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    let (endpoint, name) = match lookup(req.method(), &path) {
         Ok(e) => e,
+        Err(status) if is_v1(&path) => {
+            let detail = if status == StatusCode::METHOD_NOT_ALLOWED {
+                format!("{} is not a method of {path}", req.method())
+            } else {
+                format!("no resource at {path}")
+            };
+            return Problem::new(status, detail).response();
+        }
         Err(StatusCode::METHOD_NOT_ALLOWED) => {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n")
         }
         Err(status) => return text(status, "not found\n"),
     };
+    if is_v1(&path) {
+        return match v1(admin, endpoint, name, req).await {
+            Ok(a) => a.response(),
+            Err(p) => p.response(),
+        };
+    }
+    legacy(admin, endpoint, req).await
+}
+
+/// The `/api/v1` endpoints.
+async fn v1(
+    admin: &Admin,
+    endpoint: Endpoint,
+    name: Option<String>,
+    req: Request<Incoming>,
+) -> Result<Answer, Problem> {
+    let name = name.unwrap_or_default();
+    let snap = admin.api.live.load();
+    let read = |f: &dyn Fn(&api::ApiState) -> Result<Answer, Problem>| f(&admin.api);
+    let answer = match endpoint {
+        Endpoint::Status => {
+            let overlay = admin.api.overlay();
+            Ok(Answer::json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "generation": snap.generation,
+                    "hosts": hosts::counts(&snap.inventory, &overlay),
+                    "profiles": profiles::counts(&snap.inventory, &overlay),
+                }),
+                snap.generation,
+            ))
+        }
+        Endpoint::OpenApi => Ok(Answer::json(
+            StatusCode::OK,
+            openapi::document(),
+            snap.generation,
+        )),
+        Endpoint::HostList => {
+            let query = query_pairs(req.uri().query().unwrap_or(""));
+            read(&|api| hosts::list(&snap, &api.overlay(), &query))
+        }
+        Endpoint::HostGet => read(&|api| hosts::get(&snap, &api.overlay(), &name)),
+        Endpoint::ProfileList => Ok(profiles::list(&snap, &admin.api.overlay())),
+        Endpoint::ProfileGet => read(&|api| profiles::get(&snap, &api.overlay(), &name)),
+        Endpoint::HostCreate
+        | Endpoint::HostReplace
+        | Endpoint::HostPatch
+        | Endpoint::HostDelete
+        | Endpoint::HostNetbootReset
+        | Endpoint::ProfileCreate
+        | Endpoint::ProfileReplace
+        | Endpoint::ProfilePatch
+        | Endpoint::ProfileDelete => {
+            let pre = Precondition::from_header(
+                req.headers()
+                    .get(hyper::header::IF_MATCH)
+                    .map(|v| v.as_bytes()),
+            );
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return Err(Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is larger than {MAX_BODY} bytes"),
+                    ))
+                }
+            };
+            // Writes fsync the overlay file and wait for the followers (kernel maps): a
+            // blocking thread, never a worker of the runtime that answers DHCP.
+            let api = Arc::clone(&admin.api);
+            let write = tokio::task::spawn_blocking(move || {
+                let api = &*api;
+                match endpoint {
+                    Endpoint::HostCreate => hosts::create(api, &body),
+                    Endpoint::HostReplace => hosts::replace(api, &name, &pre, &body),
+                    Endpoint::HostPatch => hosts::patch(api, &name, &pre, &body),
+                    Endpoint::HostDelete => hosts::delete(api, &name, &pre),
+                    Endpoint::HostNetbootReset => hosts::netboot_reset(api, &name),
+                    Endpoint::ProfileCreate => profiles::create(api, &body),
+                    Endpoint::ProfileReplace => profiles::replace(api, &name, &pre, &body),
+                    Endpoint::ProfilePatch => profiles::patch(api, &name, &pre, &body),
+                    _ => profiles::delete(api, &name, &pre),
+                }
+            })
+            .await;
+            write.unwrap_or_else(|_| {
+                Err(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the write failed",
+                ))
+            })
+        }
+        other => Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{other:?} is not an /api/v1 endpoint"),
+        )),
+    };
+    answer
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// The answer of a `/api/v1` call: a JSON body (with its ETag when it is one resource) or
+/// none, and the generation it was answered from.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    body: Option<serde_json::Value>,
+    etag: Option<String>,
+    generation: u64,
+    /// `Location`, for a created resource.
+    pub location: Option<String>,
+}
+
+impl Answer {
+    /// A JSON body.
+    pub fn json(status: StatusCode, body: serde_json::Value, generation: u64) -> Self {
+        Self {
+            status,
+            body: Some(body),
+            etag: None,
+            generation,
+            location: None,
+        }
+    }
+
+    /// One resource, with its ETag.
+    pub fn resource(status: StatusCode, body: serde_json::Value, generation: u64) -> Self {
+        Self {
+            etag: Some(api::etag(&body)),
+            ..Self::json(status, body, generation)
+        }
+    }
+
+    /// No body.
+    pub fn empty(status: StatusCode, generation: u64) -> Self {
+        Self {
+            status,
+            body: None,
+            etag: None,
+            generation,
+            location: None,
+        }
+    }
+
+    fn response(self) -> Response<Full<Bytes>> {
+        let mut resp = match &self.body {
+            Some(v) => json(format!("{v}\n")),
+            None => Response::new(Full::new(Bytes::new())),
+        };
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        if let Some(tag) = self.etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+            h.insert(hyper::header::ETAG, tag);
+        }
+        if let Some(loc) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            h.insert(hyper::header::LOCATION, loc);
+        }
+        h.insert("bootfabric-generation", HeaderValue::from(self.generation));
+        resp
+    }
+}
+
+/// The routes that came before `/api/v1`, with their text errors.
+async fn legacy(
+    admin: &Admin,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match endpoint {
         Endpoint::Metrics => {
             let mut resp = Response::new(Full::new(Bytes::from(render(&admin.registry))));
@@ -475,6 +636,10 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
                 Err(e @ StartError::Busy(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
             }
         }
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("{other:?} is served under /api/v1\n"),
+        ),
     }
 }
 
@@ -570,47 +735,5 @@ mod tests {
         assert!(!allowed(&allow, "192.0.2.1:5".parse().expect("addr")));
         assert!(allowed(&[], "192.0.2.1:5".parse().expect("addr")));
         assert!(peer_ip("[::ffff:127.0.0.1]:5".parse().expect("addr")).is_loopback());
-    }
-
-    #[test]
-    fn routes_are_read_only_or_control_by_method() {
-        let table = routes();
-        let control: Vec<(&str, &str)> = table
-            .iter()
-            .filter(|r| r.access() == Access::Control)
-            .map(|r| (r.method.as_str(), r.path))
-            .collect();
-        assert_eq!(
-            control,
-            [("POST", "/api/reboot"), ("DELETE", "/api/reboot")]
-        );
-        for r in &table {
-            // The endpoints that change state are exactly the control ones.
-            let mutates = matches!(r.endpoint, Endpoint::RebootStart | Endpoint::RebootCancel);
-            assert_eq!(mutates, r.access() == Access::Control, "{}", r.path);
-        }
-    }
-
-    #[test]
-    fn lookup_finds_routes_and_tells_404_from_405() {
-        assert_eq!(lookup(&Method::GET, "/metrics"), Ok(Endpoint::Metrics));
-        assert_eq!(lookup(&Method::HEAD, "/healthz"), Ok(Endpoint::Healthz));
-        assert_eq!(
-            lookup(&Method::GET, "/api/reboot"),
-            Ok(Endpoint::RebootStatus)
-        );
-        assert_eq!(
-            lookup(&Method::POST, "/api/reboot"),
-            Ok(Endpoint::RebootStart)
-        );
-        assert_eq!(
-            lookup(&Method::DELETE, "/api/reboot"),
-            Ok(Endpoint::RebootCancel)
-        );
-        assert_eq!(
-            lookup(&Method::POST, "/metrics"),
-            Err(StatusCode::METHOD_NOT_ALLOWED)
-        );
-        assert_eq!(lookup(&Method::GET, "/nope"), Err(StatusCode::NOT_FOUND));
     }
 }

@@ -132,7 +132,15 @@ fn init_tracing(filter: &str) {
 /// SIGHUP: re-reads the config and applies what a running daemon can (hosts, profiles,
 /// boot settings and DHCP options, with the XDP fast path's maps). A config that does not
 /// load is refused whole, with the key and the reason, and the running one stays.
-fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>, ledger: &Ledger) {
+fn reload(
+    path: &std::path::Path,
+    dhcp: Option<&crate::services::dhcp::Reloader>,
+    ledger: &Ledger,
+    api: &crate::admin::api::ApiState,
+) {
+    // Held to the end: an API write between reading the overlay file and publishing would
+    // otherwise be published over.
+    let _api_writes = api.overlay();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -149,6 +157,17 @@ fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>
             "SIGHUP: config reloaded (DHCP and the XDP fast path)"
         ),
         None => info!("SIGHUP: nothing to reload without a DHCP server"),
+    }
+    let next = crate::model::snapshot::Next::new(config.inventory.clone(), config.boot.clone());
+    match api
+        .live
+        .publish(|_| Ok::<_, std::convert::Infallible>(next))
+    {
+        Ok(snap) => info!(
+            generation = snap.generation,
+            "SIGHUP: configuration generation"
+        ),
+        Err(e) => warn!("SIGHUP: the new generation was refused: {e}"),
     }
 }
 
@@ -305,15 +324,40 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
+    if !config.webhooks.is_empty() {
+        let hooks = crate::services::webhooks::WebhookService::start(
+            &config.webhooks,
+            ledger.clone(),
+            &registry,
+        )?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "webhooks",
+            Box::pin(async move { hooks.run(token).await.context("webhooks") }),
+        );
+    }
+
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
     let (access, tls) = crate::admin::settings(&config.admin)?;
+    // The snapshot the API writes through. (Until every service follows it, the API's
+    // changes reach the services that read `Live`; see docs/architecture.md.)
+    let live = crate::model::snapshot::Live::new(
+        crate::model::snapshot::Next::new(config.inventory.clone(), config.boot.clone()),
+        &registry,
+    )
+    .context("registering the configuration generation metric")?;
+    let api =
+        crate::admin::api::ApiState::open(live, config.inventory_file.clone(), &config.state_dir)
+            .context("the admin API's inventory changes")?;
+    let api = Arc::new(api);
     let admin = crate::admin::Admin {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
+        api: Arc::clone(&api),
     };
     supervisor.spawn(
         "admin",
@@ -345,11 +389,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                         warn!("SIGHUP: the previous reload is still running; ignored");
                         continue;
                     }
-                    let (path, dhcp, ledger) =
-                        (path.clone(), dhcp_reloader.clone(), ledger.clone());
+                    let (path, dhcp, ledger, api) =
+                        (path.clone(), dhcp_reloader.clone(), ledger.clone(), Arc::clone(&api));
                     let done = Arc::clone(&reloading);
                     tokio::task::spawn_blocking(move || {
-                        reload(&path, dhcp.as_ref(), &ledger);
+                        reload(&path, dhcp.as_ref(), &ledger, &api);
                         done.store(false, Ordering::Release);
                     });
                     continue;

@@ -5,7 +5,9 @@
 //! the files the config names. Every error names the file and the key it is about.
 
 pub mod dhcp;
+pub mod overlay;
 pub mod secrets;
+pub mod webhooks;
 pub mod wire;
 
 use std::{
@@ -77,6 +79,9 @@ pub enum ConfigError {
     /// The inventory named by `daemon.inventory` is unusable.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// The API's inventory changes (`state_dir/api-inventory.json`) are unusable.
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
 }
 
 /// How the XDP program should be attached.
@@ -196,6 +201,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
     pub tls: Option<secrets::tls::AdminTls>,
+    /// `admin.max_event_streams`: concurrent SSE streams served at most (default 32).
+    pub max_event_streams: usize,
 }
 
 /// The validated configuration the daemon runs with.
@@ -221,8 +228,11 @@ pub struct Config {
     pub tftp_transfer_ports: PortRange,
     /// The TFTP service, when `tftp.root` is set.
     pub tftp: Option<TftpConfig>,
-    /// The host inventory (empty when the config names none).
+    /// The host inventory (empty when the config names none), with the admin API's changes
+    /// (`state_dir/api-inventory.json`) applied.
     pub inventory: Inventory,
+    /// The operator's inventory file (`daemon.inventory`, resolved), if any.
+    pub inventory_file: Option<PathBuf>,
     /// Folder for durable state.
     pub state_dir: PathBuf,
     /// The DHCP server, when configured and enabled.
@@ -233,6 +243,8 @@ pub struct Config {
     pub boot: BootSettings,
     /// The reboot scheduler's settings (`[scheduler]`).
     pub scheduler: SchedulerConfig,
+    /// `[[webhooks]]`: receivers of the event log.
+    pub webhooks: Vec<webhooks::WebhookConfig>,
 }
 
 /// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
@@ -360,16 +372,28 @@ impl Config {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let inventory = match &wire.daemon.inventory {
-            Some(rel) => Inventory::load(&base.join(rel))?,
-            None => Inventory::default(),
-        };
+        // The effective inventory: the operator's file with the admin API's changes applied
+        // (`config::overlay`), so start-up, `check` and every reload see the same one.
+        let state_dir = base.join(
+            wire.daemon
+                .state_dir
+                .as_deref()
+                .unwrap_or(DEFAULT_STATE_DIR),
+        );
+        let inventory_file = wire.daemon.inventory.as_ref().map(|rel| base.join(rel));
+        let inventory = overlay::load_effective(inventory_file.as_deref(), &state_dir).map_err(
+            |e| match e {
+                overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
+                overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),
+            },
+        )?;
         let tftp_root = wire.tftp.root.clone();
         let http_dirs = wire
             .http
             .as_ref()
             .map(|h| (h.root.clone(), h.configs.clone()));
         let mut config = Self::from_wire(path, wire, inventory)?;
+        config.inventory_file = inventory_file;
         // The one check that needs the file system: the TFTP root must exist.
         if let (Some(rel), Some(t)) = (tftp_root, config.tftp.as_mut()) {
             let full = base.join(&rel);
@@ -437,6 +461,7 @@ impl Config {
             config.state_dir = base.join(&config.state_dir);
         }
         config.load_admin_files(path, base)?;
+        config.load_webhook_files(path, base)?;
         Ok(config)
     }
 
@@ -460,6 +485,23 @@ impl Config {
             }
             secrets::tls::server_config(tls)
                 .map_err(|KeyError { key, reason }| invalid(&key, reason))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves each webhook's files against the config's folder and checks its secret file
+    /// as the admin token file is checked (mode, owner, contents).
+    fn load_webhook_files(&mut self, path: &Path, base: &Path) -> Result<(), ConfigError> {
+        for (i, hook) in self.webhooks.iter_mut().enumerate() {
+            hook.secret_file = base.join(&hook.secret_file);
+            secrets::token::load_secret(&hook.secret_file).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("webhooks[{i}].secret_file"),
+                reason: e.to_string(),
+            })?;
+            if let Some(crate::redfish::TlsPolicy::CaFile(ca)) = hook.tls.as_mut() {
+                *ca = base.join(&*ca);
+            }
         }
         Ok(())
     }
@@ -773,6 +815,17 @@ impl Config {
             .map_err(keyed)?
             .over(&BootSettings::defaults());
         let scheduler = SchedulerConfig::from_wire(&wire.scheduler).map_err(keyed)?;
+        let webhooks = webhooks::from_wire(&wire.webhooks).map_err(keyed)?;
+        let max_event_streams = match wire.admin.max_event_streams {
+            None => 32,
+            Some(n @ 1..=1024) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "admin.max_event_streams",
+                    format!("{n}: give 1 to 1024"),
+                ))
+            }
+        };
 
         Ok(Self {
             path: path.to_owned(),
@@ -784,6 +837,7 @@ impl Config {
                 allow: admin_allow,
                 token_file: admin_token_file,
                 tls: admin_tls,
+                max_event_streams,
             },
             xdp_mode,
             xdp_dhcp_fast_path,
@@ -791,11 +845,13 @@ impl Config {
             tftp_transfer_ports,
             tftp,
             inventory,
+            inventory_file: None,
             state_dir,
             dhcp,
             http,
             boot,
             scheduler,
+            webhooks,
         })
     }
 }

@@ -37,6 +37,9 @@ pub struct ConfigFile {
     /// `[scheduler]`: the staggered mass reboot.
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// `[[webhooks]]`: receivers of the event log.
+    #[serde(default)]
+    pub webhooks: Vec<super::webhooks::WireWebhook>,
 }
 
 /// `[scheduler]`.
@@ -158,6 +161,8 @@ pub struct Admin {
     pub tls_key: Option<String>,
     /// PEM CA certificates: control calls then also need a client certificate signed by one.
     pub client_ca: Option<String>,
+    /// Concurrent event streams (`GET /api/v1/events`) served at most.
+    pub max_event_streams: Option<usize>,
 }
 
 /// `[xdp]`.

@@ -8,6 +8,12 @@
 //! (`bootfabric_ledger_evictions_total`), so a flood of random MACs costs bounded memory and
 //! hides nobody. Recording is O(1) whatever the number of hosts; only [`Ledger::set_inventory`]
 //! (start and reload) walks the inventory.
+//!
+//! The ledger also keeps the control plane's event log (SSE and webhooks read it): a ring of
+//! the last [`EVENT_LOG`] API events with one id sequence, appended under the same lock as the
+//! timelines, in O(1) and without formatting anything (the JSON is built when a reader reads).
+//! Only inventory hosts make boot events there, only for phase changes ([`BootTrack`]), at a
+//! capped rate per host; control-plane events come through [`Ledger::emit`].
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,6 +23,12 @@ use std::{
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tokio::sync::Notify;
+
+pub mod events;
+
+pub use events::{ApiEvent, EventPage, EventType};
+use events::{BootTrack, Payload};
 
 use crate::model::inventory::{Host, Inventory, Mac};
 
@@ -73,6 +85,8 @@ pub enum Phase {
     ConfigServed,
     /// A config request was refused.
     ConfigRefused,
+    /// The reboot scheduler gave up on the host's boot (a timeout, a refused reset).
+    BootFailed,
 }
 
 impl Phase {
@@ -96,6 +110,7 @@ impl Phase {
             Self::Admitted => "admitted",
             Self::ConfigServed => "config_served",
             Self::ConfigRefused => "config_refused",
+            Self::BootFailed => "boot_failed",
         }
     }
 }
@@ -177,6 +192,13 @@ pub enum EventKind {
         /// Why.
         why: ConfigRefusal,
     },
+    /// The reboot scheduler gave up on the host's boot: it timed out in a phase, or its BMC
+    /// refused every attempt. Only the scheduler's state knew this before; the event log
+    /// (`host.failed`) needs it in the ledger.
+    BootFailed {
+        /// Why, for an operator.
+        reason: String,
+    },
 }
 
 /// Why a host's config request was refused (the reasons worth a ledger line; malformed
@@ -228,6 +250,7 @@ impl EventKind {
             Self::Admitted => Phase::Admitted,
             Self::ConfigServed { .. } => Phase::ConfigServed,
             Self::ConfigRefused { .. } => Phase::ConfigRefused,
+            Self::BootFailed { .. } => Phase::BootFailed,
         }
     }
 
@@ -261,6 +284,7 @@ impl EventKind {
             Self::BmcFailed { why } => why.clone(),
             Self::ConfigServed { name } => name.clone(),
             Self::ConfigRefused { name, why } => format!("{why}: {name}"),
+            Self::BootFailed { reason } => reason.clone(),
         };
         Some(cut(text))
     }
@@ -294,6 +318,9 @@ impl EventKind {
                     ConfigRefusal::Owner(o) => ConfigRefusal::Owner(bound(o)),
                     other => other,
                 },
+            },
+            Self::BootFailed { reason } => Self::BootFailed {
+                reason: bound(reason),
             },
             other => other,
         }
@@ -361,6 +388,89 @@ struct State {
     // Who holds an address now, from DHCP ACKs: how services that see only an address (TFTP,
     // HTTP) find the host behind it.
     holders: HashMap<Ipv4Addr, Mac>,
+    /// The control plane's event log.
+    log: EventLog,
+}
+
+/// API events kept for readers (SSE replay, webhook cursors): the newest win, and a reader
+/// that falls further behind is told of the gap.
+pub const EVENT_LOG: usize = 4096;
+
+/// One API event as stored: typed, the JSON built only when read.
+#[derive(Clone, Debug)]
+struct Logged {
+    id: u64,
+    at_ms: u64,
+    kind: EventType,
+    host: Option<Arc<str>>,
+    mac: Option<Mac>,
+    payload: Payload,
+}
+
+impl Logged {
+    fn api(&self) -> ApiEvent {
+        ApiEvent {
+            id: self.id,
+            at_ms: self.at_ms,
+            kind: self.kind,
+            host: self.host.as_deref().map(str::to_owned),
+            mac: self.mac,
+            data: self.payload.data(),
+        }
+    }
+}
+
+/// The ring of API events and what decides which boot events enter it.
+struct EventLog {
+    /// Ids of this daemon run are all above it (see [`Ledger::epoch`]).
+    epoch: u64,
+    /// The id the next event gets.
+    next_id: u64,
+    ring: VecDeque<Logged>,
+    cap: usize,
+    /// Inventory hosts' boot progress and rate budgets, by MAC.
+    tracks: HashMap<Mac, BootTrack>,
+}
+
+impl EventLog {
+    fn append(
+        &mut self,
+        at_ms: u64,
+        kind: EventType,
+        host: Option<Arc<str>>,
+        mac: Option<Mac>,
+        payload: Payload,
+    ) -> u64 {
+        if self.ring.len() >= self.cap {
+            self.ring.pop_front();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ring.push_back(Logged {
+            id,
+            at_ms,
+            kind,
+            host,
+            mac,
+            payload,
+        });
+        id
+    }
+
+    fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
+
+    /// Up to `max` events with ids above `after`, and the ids after it the ring has lost.
+    fn after(&self, after: u64, max: usize) -> (Vec<Logged>, Option<(u64, u64)>) {
+        let from = after.max(self.epoch) + 1;
+        let first = self.ring.front().map_or(self.next_id, |e| e.id);
+        let gap = (from < first).then(|| (from, first - 1));
+        // Ids in the ring are consecutive: the start is found by arithmetic.
+        let skip = from.saturating_sub(first) as usize;
+        let events = self.ring.iter().skip(skip).take(max).cloned().collect();
+        (events, gap)
+    }
 }
 
 /// No slot (the end of the recency list).
@@ -531,6 +641,9 @@ pub struct Ledger {
     evictions: IntCounter,
     inventory_hosts: IntGauge,
     other_hosts: IntGauge,
+    events_dropped: IntCounter,
+    /// Woken on every append to the event log.
+    appended: Arc<Notify>,
 }
 
 /// Unix milliseconds now (the ledger's time base).
@@ -562,6 +675,15 @@ impl Ledger {
         registry: &Registry,
         other_hosts: usize,
     ) -> Result<Self, prometheus::Error> {
+        Self::with_capacities(registry, other_hosts, EVENT_LOG)
+    }
+
+    /// [`Ledger::with_capacity`] with an event log of `events` entries (at least 1).
+    pub fn with_capacities(
+        registry: &Registry,
+        other_hosts: usize,
+        event_log: usize,
+    ) -> Result<Self, prometheus::Error> {
         let events = IntCounterVec::new(
             Opts::new(
                 "bootfabric_ledger_events_total",
@@ -582,18 +704,37 @@ impl Ledger {
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
+        let events_dropped = IntCounter::new(
+            "bootfabric_events_dropped_total",
+            "Host events kept out of the event log by the per-host rate cap.",
+        )?;
         registry.register(Box::new(hosts.clone()))?;
+        registry.register(Box::new(events_dropped.clone()))?;
+        // Ids count up from the start time in milliseconds times 1000: a later run's ids are
+        // above every earlier run's (it would take 1000 events a millisecond to catch up), so
+        // a reader's `Last-Event-ID` from before a restart is below this run's epoch and tells
+        // a restart from a gap. Below 2^53 until the year 2255: exact in JavaScript.
+        let epoch = unix_ms().saturating_mul(1000);
         Ok(Self {
             inner: Arc::new(Mutex::new(State {
                 inventory: HashMap::new(),
                 others: Lru::new(other_hosts),
                 holders: HashMap::new(),
+                log: EventLog {
+                    epoch,
+                    next_id: epoch + 1,
+                    ring: VecDeque::new(),
+                    cap: event_log.max(1),
+                    tracks: HashMap::new(),
+                },
             })),
             egress: Arc::default(),
             events,
             evictions,
             inventory_hosts: hosts.with_label_values(&["inventory"]),
             other_hosts: hosts.with_label_values(&["other"]),
+            events_dropped,
+            appended: Arc::new(Notify::new()),
         })
     }
 
@@ -605,6 +746,20 @@ impl Ledger {
             return;
         };
         let state = &mut *state;
+        let mut tracks = std::mem::take(&mut state.log.tracks);
+        for h in inventory.hosts() {
+            // A host that stays keeps its boot in progress and its budget.
+            let track = match tracks.remove(&h.mac) {
+                Some(mut t) => {
+                    if *t.name != *h.name {
+                        t.name = Arc::from(h.name.as_str());
+                    }
+                    t
+                }
+                None => BootTrack::new(Arc::from(h.name.as_str())),
+            };
+            state.log.tracks.insert(h.mac, track);
+        }
         let mut old = std::mem::take(&mut state.inventory);
         for h in inventory.hosts() {
             let events = old
@@ -659,6 +814,20 @@ impl Ledger {
                 _ => {}
             }
         }
+        let mut appended = false;
+        if let Some(track) = state.log.tracks.get_mut(&mac) {
+            let observed = track.observe(&kind, at_ms);
+            if observed.dropped > 0 {
+                self.events_dropped.inc_by(observed.dropped);
+            }
+            let name = Arc::clone(&track.name);
+            for (t, payload) in observed.events {
+                state
+                    .log
+                    .append(at_ms, t, Some(Arc::clone(&name)), Some(mac), payload);
+                appended = true;
+            }
+        }
         let event = Event { at_ms, ip, kind };
         match state.inventory.get_mut(&mac) {
             Some(q) => push_bounded(q, event, EVENTS_PER_HOST),
@@ -672,6 +841,77 @@ impl Ledger {
                 }
             }
         }
+        if appended {
+            self.appended.notify_waiters();
+        }
+    }
+
+    /// Appends a control-plane event (`host.created`, `config.generation`, …) to the event
+    /// log now, and returns its id. Not rate-capped: only the admin API and the config
+    /// publisher call it.
+    pub fn emit(
+        &self,
+        kind: EventType,
+        host: Option<&str>,
+        mac: Option<Mac>,
+        data: serde_json::Value,
+    ) -> u64 {
+        let Ok(mut state) = self.inner.lock() else {
+            return 0;
+        };
+        let id = state.log.append(
+            unix_ms(),
+            kind,
+            host.map(Arc::from),
+            mac,
+            Payload::Json(data),
+        );
+        drop(state);
+        self.appended.notify_waiters();
+        id
+    }
+
+    /// Up to `max` events with ids above `after`, oldest first, and the ids after `after`
+    /// that the ring has already dropped (the reader was lapped). `after` below
+    /// [`Ledger::epoch`] (0, or an id of an earlier run) reads from the start of this run.
+    pub fn events_after(&self, after: u64, max: usize) -> EventPage {
+        let Ok(state) = self.inner.lock() else {
+            return EventPage::default();
+        };
+        let (logged, gap) = state.log.after(after, max);
+        drop(state);
+        // The JSON values are built here, outside the lock the packet paths take.
+        EventPage {
+            events: logged.iter().map(Logged::api).collect(),
+            gap,
+        }
+    }
+
+    /// Returns once the log holds an event with an id above `after`.
+    pub async fn wait_events(&self, after: u64) {
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an append between the check and the await
+            // still wakes this waiter.
+            notified.as_mut().enable();
+            if self.last_event_id() > after {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The id of the newest event (the epoch if there is none yet).
+    pub fn last_event_id(&self) -> u64 {
+        self.inner.lock().map_or(0, |s| s.log.last_id())
+    }
+
+    /// This run's epoch: every id of this run is above it, every id of an earlier run at or
+    /// below it. A `Last-Event-ID` below it (or above [`Ledger::last_event_id`]) is from
+    /// another run: the reader must re-list, not just fill a gap.
+    pub fn epoch(&self) -> u64 {
+        self.inner.lock().map_or(0, |s| s.log.epoch)
     }
 
     /// Counts `bytes` sent to boot clients on `iface` (the fabric's measured bandwidth).
@@ -864,6 +1104,129 @@ mod tests {
         let later = l.events_since(m, after + 1);
         assert_eq!(later.len(), 1);
         assert_eq!(later[0].kind, EventKind::Booted);
+    }
+
+    #[test]
+    fn the_event_log_holds_inventory_hosts_phase_changes_in_one_order() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let (known, other) = (Mac([2, 0, 0, 0, 0, 1]), random_mac(1));
+        l.set_inventory(&inventory(&[known]));
+        let start = l.last_event_id();
+        assert_eq!(start, l.epoch());
+        for m in [known, other] {
+            l.record(m, EventKind::DhcpOffer, None);
+            l.record(m, EventKind::DhcpOffer, None);
+            l.record(m, EventKind::Booted, None);
+        }
+        let id = l.emit(
+            EventType::ConfigGeneration,
+            None,
+            None,
+            serde_json::json!({"generation": 2}),
+        );
+        let page = l.events_after(start, 100);
+        assert_eq!(page.gap, None);
+        let seen: Vec<(u64, &str, Option<&str>)> = page
+            .events
+            .iter()
+            .map(|e| (e.id - start, e.kind.as_str(), e.host.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, "host.phase", Some("h0")),
+                (2, "host.booted", Some("h0")),
+                (3, "config.generation", None)
+            ]
+        );
+        assert_eq!(id, start + 3);
+        assert_eq!(l.last_event_id(), id);
+        assert_eq!(page.events[0].data, serde_json::json!({"phase": "dhcp"}));
+        assert_eq!(page.events[0].mac, Some(known));
+        // A page is bounded, and the next one starts after it.
+        let first = l.events_after(start, 1);
+        assert_eq!(first.events.len(), 1);
+        let rest = l.events_after(first.events[0].id, 100);
+        assert_eq!(rest.events.len(), 2);
+        assert!(l.events_after(id, 100).events.is_empty());
+    }
+
+    #[test]
+    fn a_lapped_reader_is_told_the_gap_and_a_reader_of_another_run_reads_from_the_start() {
+        let l = Ledger::with_capacities(&Registry::new(), 16, 4).expect("ledger");
+        let epoch = l.epoch();
+        for n in 0..10 {
+            l.emit(
+                EventType::HostCreated,
+                Some("h"),
+                None,
+                serde_json::json!({ "n": n }),
+            );
+        }
+        // Ids epoch+1..=epoch+10; the ring holds the last 4.
+        let page = l.events_after(epoch + 2, 100);
+        assert_eq!(page.gap, Some((epoch + 3, epoch + 6)));
+        let ids: Vec<u64> = page.events.iter().map(|e| e.id - epoch).collect();
+        assert_eq!(ids, [7, 8, 9, 10]);
+        let page = l.events_after(epoch + 6, 100);
+        assert_eq!((page.gap, page.events.len()), (None, 4));
+        // An id from before this run (or 0): everything this run still has, and the gap.
+        for before in [0, epoch - 5] {
+            let page = l.events_after(before, 100);
+            assert_eq!(page.gap, Some((epoch + 1, epoch + 6)));
+            assert_eq!(page.events.len(), 4);
+        }
+    }
+
+    #[test]
+    fn the_rate_cap_drops_are_counted() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        l.set_inventory(&inventory(&[m]));
+        let fail = EventKind::TftpFailed {
+            file: "x".into(),
+            why: "timeout",
+        };
+        for _ in 0..50 {
+            l.record_at(m, fail.clone(), None, 5_000);
+        }
+        let page = l.events_after(0, 1000);
+        assert_eq!(
+            page.events.len(),
+            crate::model::ledger::events::RATE_BURST as usize
+        );
+        assert_eq!(
+            l.events_dropped.get(),
+            50 - u64::from(crate::model::ledger::events::RATE_BURST)
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_events_returns_once_a_newer_event_exists() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let last = l.last_event_id();
+        // Already there: at once.
+        l.emit(
+            EventType::HostCreated,
+            Some("a"),
+            None,
+            serde_json::json!({}),
+        );
+        l.wait_events(last).await;
+        let now = l.last_event_id();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.wait_events(now).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        l.emit(
+            EventType::HostDeleted,
+            Some("a"),
+            None,
+            serde_json::json!({}),
+        );
+        waiter.await.expect("waiter");
     }
 
     fn inventory(macs: &[Mac]) -> Inventory {

@@ -6,3 +6,4 @@ pub mod http;
 pub mod ra;
 pub mod reboot;
 pub mod tftp;
+pub mod webhooks;

@@ -135,11 +135,33 @@ pub enum TokenFileError {
 /// Reads the token at `path` after checking, on the opened file itself (so a swap between
 /// check and read changes nothing), that only the daemon's user can read or change it.
 pub fn load(path: &Path) -> Result<Token, TokenFileError> {
+    let mut file = open_private(path)?;
+    read_token(path, &mut file).map(|(token, _)| token)
+}
+
+/// Reads a webhook's signing secret at `path`, checked as the admin token is (mode 0600 or
+/// stricter, owned by the daemon's user, at least [`MIN_TOKEN_LEN`] visible characters): the
+/// bytes an HMAC is keyed with, one trailing newline removed.
+pub fn load_secret(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+    let mut file = open_private(path)?;
+    let (_, mut text) = read_token(path, &mut file)?;
+    if text.ends_with(b"\n") {
+        text.pop();
+        if text.ends_with(b"\r") {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// Opens `path` and checks, on the opened file itself (so a swap between check and read
+/// changes nothing), that it is a regular file only the daemon's user can read or change.
+fn open_private(path: &Path) -> Result<File, TokenFileError> {
     let read = |source| TokenFileError::Read {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read)?;
+    let file = File::open(path).map_err(read)?;
     let meta = file.metadata().map_err(read)?;
     if !meta.is_file() {
         return Err(TokenFileError::NotAFile {
@@ -161,7 +183,7 @@ pub fn load(path: &Path) -> Result<Token, TokenFileError> {
             daemon,
         });
     }
-    read_token(path, &mut file).map(|(token, _)| token)
+    Ok(file)
 }
 
 /// Reads and parses the token from `file` (opened from `path`): what the daemon and the

@@ -1,10 +1,10 @@
 //! The boot settings and DHCP options as written in the config file and in the inventory
 //! (`[boot]`, `[dhcp.options]`, a profile's `boot`, a host's `options`): unknown keys refused.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// DHCP options settable at global, subnet and host level.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DhcpOptions {
     /// Default gateway (option 3).
@@ -22,7 +22,7 @@ pub struct DhcpOptions {
 }
 
 /// `[boot]`, and `boot` inside a profile to override it.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     /// TFTP server for bootloaders (siaddr, option 66); default: the DHCP server's address.

@@ -13,6 +13,7 @@ use std::{
     str::FromStr,
 };
 
+pub mod resource;
 pub mod wire;
 
 use crate::model::boot::{BootSettings, OptionSet};
@@ -625,7 +626,7 @@ impl Inventory {
 }
 
 /// RFC 1123 label: 1 to 63 letters, digits and hyphens, not starting or ending with a hyphen.
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && !s.starts_with('-')

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::boot::wire::{Boot, DhcpOptions};
 
 /// The host inventory file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryFile {
     /// `[profiles.NAME]`: boot profiles by name.
@@ -19,7 +19,7 @@ pub struct InventoryFile {
 }
 
 /// `[profiles.NAME]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// Kernel image path, relative to the image root.
@@ -39,7 +39,7 @@ pub struct Profile {
 }
 
 /// `[[hosts]]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Host name.
@@ -68,7 +68,7 @@ pub struct Host {
 }
 
 /// `hosts[].bmc`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bmc {
     /// `https://host[:port]` (or `http://` for lab emulators).

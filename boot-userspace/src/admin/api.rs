@@ -1,0 +1,424 @@
+//! What `/api/v1` writes share: the overlay file (`config::overlay`) kept in step with the
+//! live snapshot, strong ETags, JSON merge patch (RFC 7396), the per-caller rate limit, and
+//! the answer of a write.
+//!
+//! A write runs inside [`Live::publish`]'s single-writer lock: the If-Match comparison, the
+//! change, validation and the overlay file's atomic rewrite all happen there, so two writers
+//! cannot both pass the same ETag, and a change is on disk before any service sees it or the
+//! caller is answered. A change a follower refuses is rolled back on disk.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
+};
+
+use hyper::StatusCode;
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+use tracing::{error, warn};
+
+use super::problem::Problem;
+use crate::{
+    config::overlay::Overlay,
+    model::{
+        inventory::{wire, Inventory},
+        snapshot::{Live, Next, PublishError, Snapshot},
+    },
+};
+
+/// The state the `/api/v1` resources are served from.
+pub struct ApiState {
+    /// The snapshot every service answers from.
+    pub live: Arc<Live>,
+    /// The operator's inventory file (to tell a file host from an API one on delete).
+    pub inventory_file: Option<PathBuf>,
+    overlay_path: PathBuf,
+    /// The overlay as on disk. Held across a whole write, so the file and the snapshot
+    /// change in the same order.
+    overlay: Mutex<Overlay>,
+    limiter: Mutex<Limiter>,
+}
+
+/// The overlay could not be read at start.
+pub type OpenError = crate::config::overlay::OverlayError;
+
+impl ApiState {
+    /// Serves from `live`, with the overlay of `state_dir` (already applied to `live`'s
+    /// inventory by the config loader).
+    pub fn open(
+        live: Arc<Live>,
+        inventory_file: Option<PathBuf>,
+        state_dir: &std::path::Path,
+    ) -> Result<Self, OpenError> {
+        let overlay_path = Overlay::path_in(state_dir);
+        let overlay = Overlay::load(&overlay_path)?;
+        Ok(Self {
+            live,
+            inventory_file,
+            overlay_path,
+            overlay: Mutex::new(overlay),
+            limiter: Mutex::new(Limiter::default()),
+        })
+    }
+
+    /// The overlay as on disk (a copy, for answers).
+    pub fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `peer` may make another write now (else 429).
+    pub fn admit(&self, peer: IpAddr) -> bool {
+        self.limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(peer, Instant::now())
+    }
+
+    /// Publishes a change: `change` gets the current snapshot and a copy of the overlay to
+    /// edit, and returns the next inventory. Blocking (fsync, followers): call it from a
+    /// blocking thread.
+    pub fn write(
+        &self,
+        change: impl FnOnce(&Snapshot, &mut Overlay) -> Result<Inventory, Problem>,
+    ) -> Result<Arc<Snapshot>, Problem> {
+        let mut overlay = self.overlay();
+        let mut next_overlay = overlay.clone();
+        let result = self.live.publish(|snap| {
+            let inventory = change(snap, &mut next_overlay)?;
+            next_overlay.save(&self.overlay_path).map_err(|e| {
+                error!(error = %e, "cannot persist an API change; it is not applied");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the change could not be written to the state folder; it is not applied",
+                )
+            })?;
+            Ok(Next::new(inventory, snap.boot.clone()))
+        });
+        match result {
+            Ok(snap) => {
+                *overlay = next_overlay;
+                Ok(snap)
+            }
+            Err(PublishError::Build(p)) => Err(p),
+            Err(PublishError::Refused { follower, why }) => {
+                // The file already holds the change: put the previous one back.
+                if let Err(e) = overlay.save(&self.overlay_path) {
+                    error!(error = %e, "cannot roll back a refused API change on disk");
+                }
+                warn!(follower, why, "an API change was refused");
+                Err(Problem {
+                    title: format!("{follower} cannot apply this change"),
+                    ..Problem::new(StatusCode::SERVICE_UNAVAILABLE, why)
+                })
+            }
+        }
+    }
+
+    /// Whether the operator's inventory file defines the host (`hosts`) or profile
+    /// (`profiles`) `name` now. Unreadable: assumed so (a tombstone is then written, which
+    /// is right either way).
+    pub fn in_file(&self, host: bool, name: &str) -> bool {
+        let Some(path) = &self.inventory_file else {
+            return false;
+        };
+        let file: Option<wire::InventoryFile> = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| toml::from_str(&t).ok());
+        match file {
+            None => true,
+            Some(f) if host => f.hosts.iter().any(|h| h.name.as_deref() == Some(name)),
+            Some(f) => f.profiles.contains_key(name),
+        }
+    }
+}
+
+/// A strong ETag of a resource's representation: SHA-256 of its canonical JSON (keys
+/// sorted at every level), so equal content always gives the same tag.
+pub fn etag(v: &Value) -> String {
+    let mut text = String::new();
+    canonical(v, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, item) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// What `If-Match` asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// No header: 428 (RFC 6585), so a writer cannot overwrite a change it never saw.
+    Missing,
+    /// `*`: the resource exists.
+    Any,
+    /// One of these tags.
+    Tags(Vec<String>),
+}
+
+impl Precondition {
+    /// From the `If-Match` header's value.
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        let Some(value) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return Self::Missing;
+        };
+        if value.trim() == "*" {
+            return Self::Any;
+        }
+        Self::Tags(
+            value
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )
+    }
+
+    /// `Ok` when a resource whose tag is `current` may be changed, else the problem
+    /// (428, or 412 with the current tag in `detail`). Weak tags never match (strong
+    /// comparison, RFC 9110 section 13.1.1).
+    pub fn check(&self, current: &str) -> Result<(), Problem> {
+        match self {
+            Self::Missing => Err(Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "send If-Match with the ETag of the version you change (GET it first), or `*`",
+            )),
+            Self::Any => Ok(()),
+            Self::Tags(tags) if tags.iter().any(|t| t == current) => Ok(()),
+            Self::Tags(_) => Err(Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("the resource changed since; its ETag is now {current}"),
+            )),
+        }
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7396) to `target`: objects merge key by key, `null`
+/// removes a key, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// A JSON object from a request body, or the problem (400).
+pub fn object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        )),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// A record of the file form from a JSON object, or the problem (422 naming the field
+/// serde names: an unknown key, a wrong type).
+pub fn record<T: serde::de::DeserializeOwned>(m: Map<String, Value>) -> Result<T, Problem> {
+    serde_json::from_value(Value::Object(m)).map_err(|e| {
+        let msg = e.to_string();
+        // serde names the field in backticks: "unknown field `macc`, expected …".
+        let field = msg.split('`').nth(1).unwrap_or("").to_owned();
+        Problem::invalid(vec![crate::model::inventory::resource::FieldError::new(
+            field, msg,
+        )])
+    })
+}
+
+/// Writes a caller may make per second, steadily, and in a burst.
+const RATE_PER_S: f64 = 50.0;
+const BURST: f64 = 100.0;
+/// Callers tracked at most (admin.allow bounds them in practice; this bounds memory).
+const MAX_CALLERS: usize = 4096;
+
+/// A token bucket per caller address: a leaked token cannot rewrite the state file without
+/// bound. Pure: the clock is an argument.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Limiter {
+    /// Takes one token of `peer`'s bucket at `now`; false when it is empty.
+    pub fn take(&mut self, peer: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_CALLERS && !self.buckets.contains_key(&peer) {
+            // Forget callers whose bucket has refilled: they are idle.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_S < BURST
+            });
+            if self.buckets.len() >= MAX_CALLERS {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(peer).or_insert((BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_S).min(BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn etags_are_strong_and_follow_content_not_key_order() {
+        let a = etag(&json!({"name": "n", "meta": {"a": 1, "b": [1, 2]}}));
+        let b: Value =
+            serde_json::from_str(r#"{"meta":{"b":[1,2],"a":1},"name":"n"}"#).expect("json");
+        assert_eq!(a, etag(&b));
+        assert_ne!(
+            a,
+            etag(&json!({"name": "n", "meta": {"a": 2, "b": [1, 2]}}))
+        );
+        assert!(
+            a.starts_with('"') && a.ends_with('"') && a.len() == 34,
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn if_match_needs_the_current_tag() {
+        let tag = "\"0123\"";
+        assert_eq!(
+            Precondition::from_header(None)
+                .check(tag)
+                .map_err(|p| p.status),
+            Err(428)
+        );
+        assert_eq!(
+            Precondition::from_header(Some(b"\"9999\""))
+                .check(tag)
+                .map_err(|p| p.status),
+            Err(412)
+        );
+        assert_eq!(
+            Precondition::from_header(Some(b"W/\"0123\""))
+                .check(tag)
+                .map_err(|p| p.status),
+            Err(412),
+            "a weak tag never matches strongly"
+        );
+        assert!(Precondition::from_header(Some(b"\"1\", \"0123\""))
+            .check(tag)
+            .is_ok());
+        assert!(Precondition::from_header(Some(b"*")).check(tag).is_ok());
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // RFC 7396 appendix A, some of its cases.
+        for (target, patch, result) in [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!({}),
+                json!({"a": {"bb": {"ccc": null}}}),
+                json!({"a": {"bb": {}}}),
+            ),
+        ] {
+            let mut t = target.clone();
+            merge_patch(&mut t, &patch);
+            assert_eq!(t, result, "{target} + {patch}");
+        }
+        // `null` in meta removes that key only.
+        let mut host = json!({"name": "n", "meta": {"role": "worker", "rack": 4}});
+        merge_patch(&mut host, &json!({"meta": {"role": null}}));
+        assert_eq!(host, json!({"name": "n", "meta": {"rack": 4}}));
+    }
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_the_steady_rate() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let allowed = (0..150).filter(|_| l.take(a, t0)).count();
+        assert_eq!(allowed, 100);
+        assert!(l.take(b, t0), "callers have their own buckets");
+        assert!(!l.take(a, t0));
+        let later = t0 + std::time::Duration::from_millis(100);
+        let allowed = (0..10).filter(|_| l.take(a, later)).count();
+        assert_eq!(allowed, 5, "50 per second");
+    }
+
+    #[test]
+    fn bodies_must_be_objects_and_records_name_bad_fields() {
+        assert_eq!(object(b"[1]").map_err(|p| p.status), Err(400));
+        assert_eq!(object(b"{").map_err(|p| p.status), Err(400));
+        let m = object(br#"{"name":"n","macc":"x"}"#).expect("object");
+        let p = record::<wire::Host>(m).expect_err("unknown field");
+        assert_eq!(p.status, 422);
+        assert_eq!(p.errors[0].field, "macc");
+    }
+}
