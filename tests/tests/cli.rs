@@ -1,12 +1,14 @@
 //! `bootfabric hosts` against a running daemon: the command line run from a controller's
 //! namespace with the admin token, as an operator would, adding, changing, showing and
 //! removing a host; `--output json` parsed as the stable document it promises; refusals
-//! printed as one problem line with the right exit code; and `hosts` with no daemon
-//! answering listing the local inventory instead.
+//! printed as one problem line with the right exit code; `hosts` with no daemon
+//! answering listing the local inventory instead; and `leases` and `check` as documents.
 
 use std::process::Command;
 
-use bootfabric_lab::{bootfabric_bin, require_root, run, Daemon, Netns, PairLab, TempDir};
+use bootfabric_lab::{
+    bootfabric_bin, have_program, require, require_root, run, Daemon, Netns, PairLab, TempDir,
+};
 use serde_json::Value;
 
 /// Exit code, stdout, stderr of the CLI run inside `ns` (`ip netns exec`).
@@ -222,4 +224,112 @@ mode = "off"
     let list = json(&out);
     assert!(list["generation"].is_null(), "{out}");
     assert_eq!(list["items"][0]["name"], "node01", "{out}");
+}
+
+#[test]
+fn leases_and_check_print_json_documents() {
+    let t = "leases_and_check_print_json_documents";
+    if !require_root(t)
+        || !require(
+            have_program("udhcpc"),
+            t,
+            "udhcpc is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let lab = PairLab::unaddressed_client("client0").expect("lab");
+    lab.client
+        .ip(&["link", "set", "client0", "address", "52:54:00:00:aa:07"])
+        .expect("mac");
+    let config = r#"[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:0"
+[dhcp.options]
+lease_time = 600
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+[xdp]
+mode = "off"
+"#;
+    let daemon = Daemon::start(&lab.server, config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    // One lease, then udhcpc quits (-q); its script does nothing (/bin/true), so the
+    // namespace keeps no address and nothing of the host is touched. Bounded by -t/-T.
+    let got = lab
+        .client
+        .command("udhcpc")
+        .args([
+            "-q",
+            "-n",
+            "-i",
+            "client0",
+            "-t",
+            "5",
+            "-T",
+            "2",
+            "-s",
+            "/bin/true",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("udhcpc");
+    assert!(got.success(), "udhcpc got no lease:\n{}", daemon.log());
+
+    let out = daemon
+        .cli(&["leases", "--output", "json"])
+        .expect("leases --output json");
+    let list = json(&out);
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{out}");
+    assert_eq!(items[0]["mac"], "52:54:00:00:aa:07", "{out}");
+    assert_eq!(items[0]["ip"], "10.77.0.100", "{out}");
+    assert_eq!(items[0]["state"], "bound", "{out}");
+    let left = items[0]["expires_in_s"].as_u64().expect("expires_in_s");
+    assert!(left > 0 && left <= 600, "{out}");
+    // The table for people lists the same lease.
+    let text = daemon.cli(&["leases"]).expect("leases");
+    assert!(
+        text.contains("52:54:00:00:aa:07") && text.contains("bound"),
+        "{text}"
+    );
+
+    // check from the client's namespace, where fabric0 does not exist: that item fails,
+    // the document says so, and the exit status is 1 as for the table.
+    let cfg = daemon.config_path().to_string_lossy().into_owned();
+    let (code, out, err) = cli_in(
+        &lab.client,
+        &[
+            "check",
+            "--config",
+            &cfg,
+            "--skip",
+            "xdp,bmc,dhcp,checksums",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    let report = json(&out);
+    let items = report["items"].as_array().expect("items");
+    let fabric = items
+        .iter()
+        .find(|i| i["name"] == "interface fabric0")
+        .unwrap_or_else(|| panic!("no interface item: {out}"));
+    assert_eq!(fabric["status"], "fail", "{out}");
+    assert!(fabric["fix"].is_string(), "{out}");
+    let failed = items.iter().filter(|i| i["status"] == "fail").count();
+    assert_eq!(report["failed"].as_u64(), Some(failed as u64), "{out}");
+    let count = |k: &str| report[k].as_u64().unwrap_or_else(|| panic!("{k}: {out}")) as usize;
+    assert_eq!(
+        count("passed") + count("warned") + failed,
+        items.len(),
+        "{out}"
+    );
 }

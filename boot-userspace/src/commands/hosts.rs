@@ -27,6 +27,7 @@ use crate::{
         load_config, printable, problem_line, runtime, AdminClient, CallError, ClientArgs,
         SetupError,
     },
+    commands::output::{self, Output},
     config::Config,
     model::inventory::Inventory,
 };
@@ -56,16 +57,6 @@ pub enum HostsCommand {
     Set(SetArgs),
     /// Delete a host.
     Rm(RmArgs),
-}
-
-/// How listings are printed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Aligned columns, for people.
-    #[default]
-    Table,
-    /// One JSON document, for programs.
-    Json,
 }
 
 /// `netboot` as an argument.
@@ -572,10 +563,7 @@ fn refused(status: u16, body: &[u8]) -> i32 {
 }
 
 fn print_json<T: Serialize>(doc: &T) -> anyhow::Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(doc).context("encoding the output")?
-    );
+    print!("{}", output::json(doc).context("encoding the output")?);
     Ok(())
 }
 
@@ -773,6 +761,13 @@ mod tests {
             HostsArgs { command: None, ls } => ls,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap's own checks (duplicate flags, bad `requires`/`conflicts_with` targets) over
+        // every command, the flattened client arguments included.
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]

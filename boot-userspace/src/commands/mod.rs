@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod explain;
 pub mod hosts;
+pub mod output;
 pub mod reboot;
 pub mod serve;
 
@@ -48,6 +49,15 @@ pub enum Command {
         /// Seconds to listen for DHCP offers from other servers.
         #[arg(long, default_value_t = 3)]
         dhcp_wait_s: u64,
+        /// table or json (`{"items":[{"name","status","detail","fix"}],"passed",…}`).
+        #[arg(
+            long,
+            short,
+            value_enum,
+            default_value_t,
+            conflicts_with = "config_only"
+        )]
+        output: crate::commands::output::Output,
     },
     /// The hosts of the inventory, through the running daemon's admin API:
     /// `ls` (the default; the local inventory when no daemon answers), `show`, `add`, `set`,
@@ -64,6 +74,9 @@ pub enum Command {
         /// Also list released, declined and expired records.
         #[arg(long)]
         all: bool,
+        /// table or json (`{"items":[{"ip","mac","state","expires_in_s","hostname"}]}`).
+        #[arg(long, short, value_enum, default_value_t)]
+        output: crate::commands::output::Output,
     },
     /// Print the DHCP reply a client would get, and which rule decided each part.
     Explain(crate::commands::explain::ExplainArgs),
@@ -106,6 +119,7 @@ pub fn run(cli: Cli) -> i32 {
             config_only: false,
             skip,
             dhcp_wait_s,
+            output,
         } => match Config::load(&config) {
             Ok(cfg) => {
                 let has = |k: &str| skip.iter().any(|s| s == k);
@@ -121,7 +135,20 @@ pub fn run(cli: Cli) -> i32 {
                     std::time::Duration::from_secs(dhcp_wait_s.clamp(1, 60)),
                 );
                 let (text, code) = crate::commands::check::render(&items);
-                print!("{text}");
+                match output {
+                    crate::commands::output::Output::Table => print!("{text}"),
+                    crate::commands::output::Output::Json => {
+                        match crate::commands::output::json(&crate::commands::output::check_report(
+                            &items,
+                        )) {
+                            Ok(json) => print!("{json}"),
+                            Err(e) => {
+                                eprintln!("bootfabric: {e}");
+                                return 1;
+                            }
+                        }
+                    }
+                }
                 code
             }
             Err(e) => config_error(&e),
@@ -154,9 +181,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Leases {
             config,
             all,
+            output,
             action: None,
         } => match Config::load(&config) {
-            Ok(cfg) => crate::commands::explain::leases(&cfg, all),
+            Ok(cfg) => crate::commands::explain::leases(&cfg, all, output),
             Err(e) => config_error(&e),
         },
         Command::Explain(args) => match Config::load(&args.config) {

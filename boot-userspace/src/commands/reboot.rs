@@ -21,6 +21,7 @@ use hyper::{
 
 use crate::{
     commands::client::{load_config, AdminClient, ClientArgs, SetupError},
+    commands::output::{json, Output},
     services::reboot::report::{PhaseLabel, RunState, RunStatus, Selection},
 };
 
@@ -54,6 +55,10 @@ pub struct RebootArgs {
     /// Print the status of the current (or last) run and return.
     #[arg(long, conflicts_with_all = ["dry_run", "detach", "all"])]
     pub status: bool,
+    /// With --status: table (the report) or json (the run's document, as the admin API
+    /// sends it; `null` when there was no run).
+    #[arg(long, short, value_enum, default_value_t, requires = "status")]
+    pub output: Output,
 }
 
 /// Runs `bootfabric reboot`; returns the exit code: 0 when every host booted (or the plan
@@ -122,6 +127,11 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
             Err(SetupError::Other(e)) => return Err(e),
         };
     let api = Api { client };
+    if args.status && args.output == Output::Json {
+        let status = api.status().await?;
+        print!("{}", json(&status).context("encoding the status")?);
+        return Ok(status.as_ref().map_or(0, exit_code));
+    }
     if args.status {
         return match api.status().await? {
             Some(s) => {
