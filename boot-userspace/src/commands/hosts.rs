@@ -915,6 +915,138 @@ mod tests {
         assert!(Cli::try_parse_from(all).is_err());
     }
 
+    /// A loopback HTTP server answering each request with the next of `answers` (status,
+    /// ETag) and recording what it was sent (method, If-Match, Content-Type, body).
+    async fn server(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, String)>>>,
+    ) {
+        use http_body_util::{BodyExt as _, Full};
+        use hyper::{server::conn::http1, service::service_fn, Request, Response};
+        use std::sync::{Arc, Mutex};
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Some((status, etag)) = answers.next() else {
+                    return;
+                };
+                let log = Arc::clone(&log);
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let log = Arc::clone(&log);
+                    async move {
+                        let header = |n: HeaderName| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let (method, if_match, media) = (
+                            req.method().to_string(),
+                            header(IF_MATCH),
+                            header(CONTENT_TYPE),
+                        );
+                        let body = match req.into_body().collect().await {
+                            Ok(b) => b.to_bytes(),
+                            Err(_) => Bytes::new(),
+                        };
+                        if let Ok(mut l) = log.lock() {
+                            l.push((
+                                method,
+                                if_match,
+                                media,
+                                String::from_utf8_lossy(&body).into(),
+                            ));
+                        }
+                        let host = r#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p"}"#;
+                        Response::builder()
+                            .status(status)
+                            .header("ETag", etag)
+                            .header("Bootfabric-Generation", "7")
+                            .body(Full::new(Bytes::from(host)))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            }
+        });
+        (addr, seen)
+    }
+
+    fn client_for(addr: std::net::SocketAddr) -> AdminClient {
+        let args = ClientArgs {
+            config: PathBuf::from("/nonexistent/bootfabric.toml"),
+            admin: Some(addr),
+            token_file: None,
+            client_cert: None,
+            client_key: None,
+        };
+        match AdminClient::new(None, &args) {
+            Ok(c) => c,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn set_rereads_and_retries_once_on_412_then_gives_up() {
+        let args = set_of(&["n1", "--netboot", "deny"]);
+        // GET (v1), PATCH 412 (someone else wrote), GET (v2), PATCH 200.
+        let (addr, seen) = server(vec![
+            (200, "\"v1\""),
+            (412, "\"v2\""),
+            (200, "\"v2\""),
+            (200, "\"v3\""),
+        ])
+        .await;
+        match set(&client_for(addr), &args).await {
+            Ok(code) => assert_eq!(code, 0),
+            Err(e) => panic!("{e:#}"),
+        }
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let calls: Vec<(&str, &str, &str)> = seen
+            .iter()
+            .map(|(m, i, c, _)| (m.as_str(), i.as_str(), c.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("GET", "", ""),
+                ("PATCH", "\"v1\"", MERGE_PATCH),
+                ("GET", "", ""),
+                ("PATCH", "\"v2\"", MERGE_PATCH),
+            ]
+        );
+        assert_eq!(seen[1].3, r#"{"netboot":"deny"}"#);
+
+        // Stale twice: reported (exit 1), no third attempt.
+        let (addr, seen) = server(vec![
+            (200, "\"v1\""),
+            (412, "\"v2\""),
+            (200, "\"v2\""),
+            (412, "\"v3\""),
+            (200, "\"v3\""),
+        ])
+        .await;
+        match set(&client_for(addr), &args).await {
+            Ok(code) => assert_eq!(code, 1),
+            Err(e) => panic!("{e:#}"),
+        }
+        assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 4);
+    }
+
     fn doc(name: &str, profile: &str, meta: Value) -> HostDoc {
         let mut v = json!({"name": name, "mac": "52:54:00:00:00:01", "profile": profile,
                            "rack": "r1", "meta": meta});
