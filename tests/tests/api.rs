@@ -440,8 +440,7 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
     // SIGHUP with a new file host: the API's hosts stay.
     let grown = format!("{INVENTORY}\n[[hosts]]\nname = \"node05\"\nmac = \"52:54:00:b0:0f:05\"\nprofile = \"linux\"\n");
     std::fs::write(&toml_path, &grown).expect("write toml");
-    d.reload("SIGHUP: configuration generation")
-        .expect("reload");
+    d.reload("SIGHUP: config reloaded").expect("reload");
     assert_eq!(
         names(c.get("/api/v1/hosts")),
         ["node01", "node02", "node05"]
@@ -602,4 +601,181 @@ fn the_openapi_document_validates_and_every_route_answers_as_it_says() {
             assert_eq!(r.status, 204, "{method} {concrete}: {}", r.body);
         }
     }
+}
+
+#[test]
+fn a_once_host_created_by_the_api_boots_once_then_from_disk_until_reset() {
+    let Some(lab) = lab("a_once_host_created_by_the_api_boots_once_then_from_disk_until_reset")
+    else {
+        return;
+    };
+    let secret = TempDir::new().expect("tempdir");
+    let (token, key) = create_token(&secret);
+    let images = TempDir::new().expect("tempdir");
+    std::fs::create_dir_all(images.path.join("linux")).expect("images");
+    std::fs::write(images.path.join("linux/vmlinuz"), b"kernel").expect("kernel");
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24"]
+{key}
+[xdp]
+mode = "off"
+[http]
+root = "{}"
+backend = "epoll"
+"#,
+        images.path.display()
+    );
+    let mut d = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let c = Controller {
+        ns: &lab.client,
+        addr: d.admin,
+        token,
+    };
+    // The client machine (10.77.0.2) is added by the API, without a restart, to boot from
+    // the network once.
+    let r = c.post(
+        "/api/v1/hosts",
+        &json!({"name": "node02", "mac": "52:54:00:b0:0f:02",
+        "ip": "10.77.0.2", "profile": "linux", "netboot": "once"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let state = |c: &Controller<'_>| c.get("/api/v1/hosts/node02").json()["netboot_state"].clone();
+    let http: SocketAddr = "10.77.0.1:80".parse().expect("addr");
+    let script = |c: &Controller<'_>| call(c.ns, http, "GET", "/boot.ipxe", &[], None);
+    let first = script(&c);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        first.body.contains("linux/vmlinuz"),
+        "its first boot is a network boot: {}",
+        first.body
+    );
+
+    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
+    assert_eq!(booted.status, 204, "{}", booted.body);
+    let consumed = bootfabric_lab::wait_for(Duration::from_secs(30), || {
+        (state(&c) == "consumed").then_some(())
+    });
+    assert!(
+        consumed.is_some(),
+        "node02 booted but stays {}:\n{}",
+        state(&c),
+        d.log()
+    );
+    let second = script(&c);
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(
+        second.body.contains("exit") && !second.body.contains("vmlinuz"),
+        "after its booted, the disk: {}",
+        second.body
+    );
+
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(
+        state(&c),
+        "consumed",
+        "a restart keeps the used network boot"
+    );
+    assert!(script(&c).body.contains("exit"));
+    let r = c.write(
+        "POST",
+        "/api/v1/hosts/node02/netboot-reset",
+        None,
+        "application/json",
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["netboot_state"], Value::Null);
+    assert!(
+        script(&c).body.contains("linux/vmlinuz"),
+        "reset: a network boot again"
+    );
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(state(&c), Value::Null, "the reset is kept too");
+}
+
+#[test]
+fn a_once_host_that_booted_is_consumed_until_reset_across_restarts() {
+    let Some(lab) = lab("a_once_host_that_booted_is_consumed_until_reset_across_restarts") else {
+        return;
+    };
+    let secret = TempDir::new().expect("tempdir");
+    let (token, key) = create_token(&secret);
+    let images = TempDir::new().expect("tempdir");
+    std::fs::create_dir_all(images.path.join("linux")).expect("images");
+    std::fs::write(images.path.join("linux/vmlinuz"), b"kernel").expect("kernel");
+    // node01 is the client machine (10.77.0.2), and boots from the network once.
+    let inventory = INVENTORY.replace("10.77.0.11", "10.77.0.2").replace(
+        "profile = \"linux\"\n",
+        "profile = \"linux\"\nnetboot = \"once\"\n",
+    );
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24"]
+{key}
+[xdp]
+mode = "off"
+[http]
+root = "{}"
+backend = "epoll"
+"#,
+        images.path.display()
+    );
+    let mut d = Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    let c = Controller {
+        ns: &lab.client,
+        addr: d.admin,
+        token,
+    };
+    let state = |c: &Controller<'_>| c.get("/api/v1/hosts/node01").json()["netboot_state"].clone();
+    assert_eq!(state(&c), Value::Null);
+
+    let http: SocketAddr = "10.77.0.1:80".parse().expect("addr");
+    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
+    assert_eq!(booted.status, 204, "{}", booted.body);
+    let consumed = bootfabric_lab::wait_for(Duration::from_secs(30), || {
+        (state(&c) == "consumed").then_some(())
+    });
+    assert!(
+        consumed.is_some(),
+        "node01 booted but stays {}:\n{}",
+        state(&c),
+        d.log()
+    );
+    let status = c.get("/api/v1/status").json();
+    assert_eq!(status["hosts"]["consumed"], 1, "{status}");
+
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(
+        state(&c),
+        "consumed",
+        "a restart keeps the used network boot"
+    );
+    let r = c.write(
+        "POST",
+        "/api/v1/hosts/node01/netboot-reset",
+        None,
+        "application/json",
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["netboot_state"], Value::Null);
+    d.restart().expect("restart");
+    let c = Controller { addr: d.admin, ..c };
+    assert_eq!(state(&c), Value::Null, "the reset is kept too");
 }

@@ -95,6 +95,8 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const SUSHY_TOOLS_VERSION: &str = "2.2.0";
+/// The OpenAPI 3.1 validator the admin API's document is checked with.
+const OPENAPI_SPEC_VALIDATOR_VERSION: &str = "0.9.0";
 
 /// Runs setup; fails if any item could not be installed.
 pub fn run() -> anyhow::Result<()> {
@@ -143,6 +145,18 @@ pub fn run() -> anyhow::Result<()> {
         Err(e) => {
             report("sushy-emulator", "Redfish peer", &format!("FAILED: {e}"));
             failed.push("sushy-emulator".into());
+        }
+    }
+    // The admin API's OpenAPI document is validated by the reference validator (tests/api.rs).
+    match pip_package("openapi-spec-validator", OPENAPI_SPEC_VALIDATOR_VERSION) {
+        Ok(state) => report("openapi-spec-validator", "API document check", state),
+        Err(e) => {
+            report(
+                "openapi-spec-validator",
+                "API document check",
+                &format!("FAILED: {e}"),
+            );
+            failed.push("openapi-spec-validator".into());
         }
     }
     for comp in ["rustfmt", "clippy"] {
@@ -338,9 +352,14 @@ fn bpf_linker() -> Result<&'static str, String> {
 
 /// sushy-tools from PyPI, the Redfish BMC emulator the scheduler is tested against.
 fn sushy() -> Result<&'static str, String> {
+    pip_package("sushy-tools", SUSHY_TOOLS_VERSION)
+}
+
+/// `package==version` from PyPI through pip, unless pip already has the package.
+fn pip_package(package: &str, version: &str) -> Result<&'static str, String> {
     let found = || {
         Command::new("python3")
-            .args(["-m", "pip", "show", "-q", "sushy-tools"])
+            .args(["-m", "pip", "show", "-q", package])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -356,7 +375,7 @@ fn sushy() -> Result<&'static str, String> {
             "install",
             "-q",
             "--disable-pip-version-check",
-            &format!("sushy-tools=={SUSHY_TOOLS_VERSION}"),
+            &format!("{package}=={version}"),
         ])
         .stdin(Stdio::null())
         .output()
@@ -366,7 +385,7 @@ fn sushy() -> Result<&'static str, String> {
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         Err(format!(
-            "pip install sushy-tools: {}",
+            "pip install {package}: {}",
             err.lines().last().unwrap_or("")
         ))
     }

@@ -24,7 +24,8 @@ use super::problem::Problem;
 use crate::{
     config::overlay::Overlay,
     model::{
-        inventory::{wire, Inventory},
+        inventory::{wire, Inventory, Mac},
+        ledger::{EventType, Ledger},
         snapshot::{Live, Next, PublishError, Snapshot},
     },
 };
@@ -33,6 +34,8 @@ use crate::{
 pub struct ApiState {
     /// The snapshot every service answers from.
     pub live: Arc<Live>,
+    /// Where changes are announced (`host.created`, …) and boots are read from.
+    pub ledger: Ledger,
     /// The operator's inventory file (to tell a file host from an API one on delete).
     pub inventory_file: Option<PathBuf>,
     overlay_path: PathBuf,
@@ -50,6 +53,7 @@ impl ApiState {
     /// inventory by the config loader).
     pub fn open(
         live: Arc<Live>,
+        ledger: Ledger,
         inventory_file: Option<PathBuf>,
         state_dir: &std::path::Path,
     ) -> Result<Self, OpenError> {
@@ -57,6 +61,7 @@ impl ApiState {
         let overlay = Overlay::load(&overlay_path)?;
         Ok(Self {
             live,
+            ledger,
             inventory_file,
             overlay_path,
             overlay: Mutex::new(overlay),
@@ -115,6 +120,19 @@ impl ApiState {
                 })
             }
         }
+    }
+
+    /// Announces a change on the event log (SSE, webhooks): `kind` of `name` (with its MAC,
+    /// for hosts), published as `generation`.
+    pub fn announce(&self, kind: EventType, name: &str, mac: Option<Mac>, generation: u64) {
+        let (host, data) = match kind {
+            EventType::ProfileCreated | EventType::ProfileUpdated | EventType::ProfileDeleted => (
+                None,
+                serde_json::json!({"profile": name, "generation": generation}),
+            ),
+            _ => (Some(name), serde_json::json!({"generation": generation})),
+        };
+        self.ledger.emit(kind, host, mac, data);
     }
 
     /// Whether the operator's inventory file defines the host (`hosts`) or profile

@@ -22,6 +22,7 @@ use crate::{
             resource::{api_host_checks, host_to_wire, ChangeError},
             wire, Host, Inventory, Netboot,
         },
+        ledger::EventType,
         snapshot::Snapshot,
     },
 };
@@ -214,6 +215,7 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
         }
         upsert(snap, overlay, spec, true)
     })?;
+    announce(api, &snap, EventType::HostCreated, &name);
     let mut a = answer_for(api, &snap, &name)?;
     a.status = StatusCode::CREATED;
     a.location = Some(format!("/api/v1/hosts/{name}"));
@@ -223,6 +225,12 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
 fn answer_for(api: &ApiState, snap: &Snapshot, name: &str) -> Result<Answer, Problem> {
     let overlay = api.overlay();
     get(snap, &overlay, name)
+}
+
+/// `kind` of the host `name` as it is in `snap`, on the event log.
+fn announce(api: &ApiState, snap: &Snapshot, kind: EventType, name: &str) {
+    let mac = snap.inventory.host_named(name).map(|h| h.mac);
+    api.announce(kind, name, mac, snap.generation);
 }
 
 /// The current JSON and ETag of `name` in `snap`.
@@ -251,6 +259,7 @@ pub fn replace(
         pre.check(&tag)?;
         upsert(snap, overlay, spec, netboot_set)
     })?;
+    announce(api, &snap, EventType::HostUpdated, name);
     answer_for(api, &snap, name)
 }
 
@@ -276,13 +285,16 @@ pub fn patch(
         let spec = spec_from(m, Some(name))?;
         upsert(snap, overlay, spec, netboot_set)
     })?;
+    announce(api, &snap, EventType::HostUpdated, name);
     answer_for(api, &snap, name)
 }
 
 /// `DELETE /api/v1/hosts/{name}`. A host of the operator's file is hidden by a tombstone
 /// (the file is not written); an API host is forgotten.
 pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, Problem> {
+    let mut mac = None;
     let snap = api.write(|snap, overlay| {
+        mac = snap.inventory.host_named(name).map(|h| h.mac);
         let (_, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         let next = snap.inventory.without_host(name).map_err(change_problem)?;
@@ -294,6 +306,7 @@ pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, 
         overlay.consumed.remove(name);
         Ok(next)
     })?;
+    api.announce(EventType::HostDeleted, name, mac, snap.generation);
     Ok(Answer::empty(StatusCode::NO_CONTENT, snap.generation))
 }
 
@@ -309,6 +322,7 @@ pub fn netboot_reset(api: &ApiState, name: &str) -> Result<Answer, Problem> {
         overlay.consumed.remove(name);
         Ok(next)
     })?;
+    announce(api, &snap, EventType::HostUpdated, name);
     answer_for(api, &snap, name)
 }
 
@@ -324,7 +338,7 @@ pub fn consume(api: &ApiState, name: &str) -> Result<bool, Problem> {
     if !needed {
         return Ok(false);
     }
-    api.write(|snap, overlay| {
+    let snap = api.write(|snap, overlay| {
         let mut next = snap.inventory.clone();
         if snap
             .inventory
@@ -337,6 +351,9 @@ pub fn consume(api: &ApiState, name: &str) -> Result<bool, Problem> {
         }
         Ok(next)
     })?;
+    if changed {
+        announce(api, &snap, EventType::HostUpdated, name);
+    }
     Ok(changed)
 }
 
@@ -357,4 +374,94 @@ pub fn counts(inv: &Inventory, overlay: &Overlay) -> Value {
         "netboot": by_netboot,
         "consumed": inv.hosts().iter().filter(|h| h.netboot == Netboot::Once && inv.is_consumed(&h.name)).count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        ledger::Ledger,
+        snapshot::{Follower, Live, Next},
+    };
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+
+    /// A follower that refuses while `refuse` is set (the DHCP server refusing a change).
+    struct Picky(AtomicBool);
+
+    impl Follower for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn check(&self, _next: &Snapshot) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Err("not now".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+        fn apply(&self, _next: &Arc<Snapshot>) {}
+    }
+
+    fn state(dir: &std::path::Path) -> (ApiState, Ledger, Arc<Picky>) {
+        let wire = toml::from_str("[profiles.p]\n").expect("toml");
+        let inv = Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid");
+        let live = Live::unregistered(Next::new(inv, Default::default()));
+        let picky = Arc::new(Picky(AtomicBool::new(false)));
+        live.follow(picky.clone());
+        let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
+        let api = ApiState::open(live, ledger.clone(), None, dir).expect("state");
+        (api, ledger, picky)
+    }
+
+    #[test]
+    fn a_write_is_on_disk_announced_and_rolled_back_when_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, ledger, picky) = state(dir.path());
+        let body = br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p","netboot":"once"}"#;
+        let a = create(&api, body).expect("created");
+        assert_eq!(a.status, StatusCode::CREATED);
+        let path = Overlay::path_in(dir.path());
+        let on_disk = Overlay::load(&path).expect("load");
+        assert_eq!(
+            on_disk.hosts["n1"].as_ref().and_then(|h| h.mac.as_deref()),
+            Some("52:54:00:00:00:01")
+        );
+        let events = ledger.events_after(0, 10).events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind, events[0].host.as_deref()),
+            (EventType::HostCreated, Some("n1"))
+        );
+
+        // Consumption is persisted and announced; a second `booted` changes nothing.
+        assert_eq!(consume(&api, "n1").map_err(|p| p.status), Ok(true));
+        assert_eq!(consume(&api, "n1").map_err(|p| p.status), Ok(false));
+        assert!(Overlay::load(&path).expect("load").consumed.contains("n1"));
+        assert!(api.live.load().inventory.is_consumed("n1"));
+
+        // A follower refuses: nothing changes, on disk or live, and nothing is announced.
+        picky.0.store(true, Ordering::SeqCst);
+        let before = std::fs::read(&path).expect("read");
+        let generation = api.live.generation();
+        let p = delete(&api, "n1", &Precondition::Any).expect_err("refused");
+        assert_eq!(p.status, 503);
+        assert!(p.title.contains("picky"), "{}", p.title);
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert_eq!(api.live.generation(), generation);
+        assert!(api.live.load().inventory.host_named("n1").is_some());
+        assert_eq!(api.overlay().hosts.len(), 1);
+        assert_eq!(ledger.events_after(0, 10).events.len(), 2);
+
+        picky.0.store(false, Ordering::SeqCst);
+        delete(&api, "n1", &Precondition::Any).expect("deleted");
+        let on_disk = Overlay::load(&path).expect("load");
+        assert!(
+            on_disk.hosts.is_empty(),
+            "an API host is forgotten, not tombstoned"
+        );
+        assert!(on_disk.consumed.is_empty());
+    }
 }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod consume;
 pub mod hosts;
 pub mod openapi;
 pub mod problem;
@@ -58,7 +59,9 @@ pub struct Admin {
     pub ledger: Ledger,
     /// The reboot scheduler.
     pub reboots: Arc<RebootService>,
-    /// The `/api/v1` resources: the live snapshot and the API's overlay file.
+    /// The configuration snapshot (its generation in `/healthz`).
+    pub live: Arc<crate::model::snapshot::Live>,
+    /// The `/api/v1` resources: the same live snapshot and the API's overlay file.
     pub api: Arc<ApiState>,
 }
 
@@ -579,7 +582,15 @@ async fn legacy(
             );
             resp
         }
-        Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
+        Endpoint::Healthz => {
+            // The first line stays `ok` (probes read the status only); the generation tells
+            // an operator whether a reload took.
+            let generation = admin.live.generation();
+            let mut resp = text(StatusCode::OK, format!("ok\ngeneration {generation}\n"));
+            resp.headers_mut()
+                .insert("bootfabric-generation", HeaderValue::from(generation));
+            resp
+        }
         Endpoint::Bandwidth => json(bandwidth_json(&admin.ledger)),
         Endpoint::Timeline => {
             let mac = req

@@ -17,6 +17,7 @@ use crate::{
             resource::{api_profile_checks, profile_to_wire, ChangeError, FieldError},
             wire, Inventory, Profile,
         },
+        ledger::EventType,
         snapshot::Snapshot,
     },
 };
@@ -137,6 +138,7 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
         }
         upsert(snap, overlay, &name, spec)
     })?;
+    api.announce(EventType::ProfileCreated, &name, None, snap.generation);
     let mut a = answer_for(api, &snap, &name)?;
     a.status = StatusCode::CREATED;
     a.location = Some(format!("/api/v1/profiles/{name}"));
@@ -166,6 +168,7 @@ pub fn replace(
         pre.check(&tag)?;
         upsert(snap, overlay, name, spec)
     })?;
+    api.announce(EventType::ProfileUpdated, name, None, snap.generation);
     answer_for(api, &snap, name)
 }
 
@@ -190,6 +193,7 @@ pub fn patch(
         let (_, spec) = spec_from(m, Some(name))?;
         upsert(snap, overlay, name, spec)
     })?;
+    api.announce(EventType::ProfileUpdated, name, None, snap.generation);
     answer_for(api, &snap, name)
 }
 
@@ -209,6 +213,7 @@ pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, 
         }
         Ok(next)
     })?;
+    api.announce(EventType::ProfileDeleted, name, None, snap.generation);
     Ok(Answer::empty(StatusCode::NO_CONTENT, snap.generation))
 }
 
