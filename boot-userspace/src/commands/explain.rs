@@ -8,12 +8,12 @@ use clap::Args;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 
 use crate::{
+    commands::output::{json, lease_rows, lease_table, Output},
     config::Config,
     fabric::Fabric,
     model::inventory::Mac,
     services::dhcp::{
         self,
-        journal::LeaseState,
         policy::arch,
         server::{Handled, Ingress, Server},
     },
@@ -195,7 +195,7 @@ fn describe(opt: &DhcpOption) -> String {
 }
 
 /// Runs `leases`; returns the exit code.
-pub fn leases(cfg: &Config, all: bool) -> i32 {
+pub fn leases(cfg: &Config, all: bool, output: Output) -> i32 {
     let path = dhcp::journal_path(&cfg.state_dir);
     let records = match dhcp::read_leases(&path) {
         Ok(r) => r,
@@ -204,35 +204,16 @@ pub fn leases(cfg: &Config, all: bool) -> i32 {
             return 1;
         }
     };
-    let now = dhcp::unix_now();
-    println!(
-        "{:<15} {:<17} {:<9} {:<10} HOSTNAME",
-        "IP", "MAC", "STATE", "EXPIRES IN"
-    );
-    for r in records {
-        let live = r.expires > now;
-        if !(all || live && r.state == LeaseState::Bound) {
-            continue;
-        }
-        let state = match (r.state, live) {
-            (LeaseState::Bound, true) => "bound",
-            (LeaseState::Bound, false) => "expired",
-            (LeaseState::Released, _) => "released",
-            (LeaseState::Declined, _) => "declined",
-        };
-        let left = if live {
-            format!("{}s", r.expires - now)
-        } else {
-            "-".to_owned()
-        };
-        println!(
-            "{:<15} {:<17} {:<9} {:<10} {}",
-            r.ip,
-            r.mac,
-            state,
-            left,
-            r.hostname.as_deref().unwrap_or("-")
-        );
+    let list = lease_rows(&records, dhcp::unix_now(), all);
+    match output {
+        Output::Table => print!("{}", lease_table(&list)),
+        Output::Json => match json(&list) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("bootfabric: {e}");
+                return 1;
+            }
+        },
     }
     0
 }

@@ -1,9 +1,12 @@
-//! The `bootfabric` command line: `serve`, `check`, `hosts`, `leases`, `explain`, `reboot`,
-//! `admin`.
+//! The `bootfabric` command line: `serve`, `check`, `hosts` (ls, show, add, set, rm), `leases`,
+//! `explain`, `reboot`, `admin`.
 
 pub mod admin;
 pub mod check;
+pub mod client;
 pub mod explain;
+pub mod hosts;
+pub mod output;
 pub mod reboot;
 pub mod serve;
 
@@ -46,13 +49,20 @@ pub enum Command {
         /// Seconds to listen for DHCP offers from other servers.
         #[arg(long, default_value_t = 3)]
         dhcp_wait_s: u64,
+        /// table or json (`{"items":[{"name","status","detail","fix"}],"passed",…}`).
+        #[arg(
+            long,
+            short,
+            value_enum,
+            default_value_t,
+            conflicts_with = "config_only"
+        )]
+        output: crate::commands::output::Output,
     },
-    /// List the hosts of the inventory.
-    Hosts {
-        /// Config file (TOML).
-        #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
-        config: PathBuf,
-    },
+    /// The hosts of the inventory, through the running daemon's admin API:
+    /// `ls` (the default; the local inventory when no daemon answers), `show`, `add`, `set`,
+    /// `rm`.
+    Hosts(Box<crate::commands::hosts::HostsArgs>),
     /// List the DHCP leases in the lease journal (safe while the daemon runs).
     Leases {
         /// What to do instead of listing.
@@ -64,6 +74,9 @@ pub enum Command {
         /// Also list released, declined and expired records.
         #[arg(long)]
         all: bool,
+        /// table or json (`{"items":[{"ip","mac","state","expires_in_s","hostname"}]}`).
+        #[arg(long, short, value_enum, default_value_t)]
+        output: crate::commands::output::Output,
     },
     /// Print the DHCP reply a client would get, and which rule decided each part.
     Explain(crate::commands::explain::ExplainArgs),
@@ -106,6 +119,7 @@ pub fn run(cli: Cli) -> i32 {
             config_only: false,
             skip,
             dhcp_wait_s,
+            output,
         } => match Config::load(&config) {
             Ok(cfg) => {
                 let has = |k: &str| skip.iter().any(|s| s == k);
@@ -121,7 +135,20 @@ pub fn run(cli: Cli) -> i32 {
                     std::time::Duration::from_secs(dhcp_wait_s.clamp(1, 60)),
                 );
                 let (text, code) = crate::commands::check::render(&items);
-                print!("{text}");
+                match output {
+                    crate::commands::output::Output::Table => print!("{text}"),
+                    crate::commands::output::Output::Json => {
+                        match crate::commands::output::json(&crate::commands::output::check_report(
+                            &items,
+                        )) {
+                            Ok(json) => print!("{json}"),
+                            Err(e) => {
+                                eprintln!("bootfabric: {e}");
+                                return 1;
+                            }
+                        }
+                    }
+                }
                 code
             }
             Err(e) => config_error(&e),
@@ -154,9 +181,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Leases {
             config,
             all,
+            output,
             action: None,
         } => match Config::load(&config) {
-            Ok(cfg) => crate::commands::explain::leases(&cfg, all),
+            Ok(cfg) => crate::commands::explain::leases(&cfg, all, output),
             Err(e) => config_error(&e),
         },
         Command::Explain(args) => match Config::load(&args.config) {
@@ -165,19 +193,7 @@ pub fn run(cli: Cli) -> i32 {
         },
         Command::Reboot(args) => crate::commands::reboot::reboot(&args),
         Command::Admin(command) => crate::commands::admin::run(&command),
-        Command::Hosts { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                println!("{:<24} {:<17} {:<15} PROFILE", "NAME", "MAC", "IP");
-                for h in cfg.inventory.hosts() {
-                    let ip =
-                        h.ip.map(|i| i.to_string())
-                            .unwrap_or_else(|| "-".to_owned());
-                    println!("{:<24} {:<17} {:<15} {}", h.name, h.mac, ip, h.profile);
-                }
-                0
-            }
-            Err(e) => config_error(&e),
-        },
+        Command::Hosts(args) => crate::commands::hosts::run(*args),
     }
 }
 

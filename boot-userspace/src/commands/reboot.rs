@@ -9,30 +9,28 @@
 
 use std::{
     io::{IsTerminal as _, Write as _},
-    net::SocketAddr,
-    path::PathBuf,
     time::Duration,
 };
 
 use anyhow::{anyhow, Context as _};
 use hyper::{
     body::Bytes,
-    header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE},
+    header::{HeaderValue, CONTENT_TYPE},
     Method,
 };
 
 use crate::{
-    config::Config,
-    redfish::transport::Endpoint,
+    commands::client::{load_config, AdminClient, ClientArgs, SetupError},
+    commands::output::{json, Output},
     services::reboot::report::{PhaseLabel, RunState, RunStatus, Selection},
 };
 
 /// Arguments of `bootfabric reboot`.
 #[derive(Debug, clap::Args)]
 pub struct RebootArgs {
-    /// Config file (TOML): where the daemon's admin API listens.
-    #[arg(short, long, default_value = "/etc/bootfabric/bootfabric.toml")]
-    pub config: PathBuf,
+    /// How to reach the daemon.
+    #[command(flatten)]
+    pub api: ClientArgs,
     /// Hosts by name (repeat, or separate with commas).
     #[arg(long = "host", value_delimiter = ',')]
     pub hosts: Vec<String>,
@@ -57,19 +55,10 @@ pub struct RebootArgs {
     /// Print the status of the current (or last) run and return.
     #[arg(long, conflicts_with_all = ["dry_run", "detach", "all"])]
     pub status: bool,
-    /// Admin API address (default: admin.listen from the config).
-    #[arg(long)]
-    pub admin: Option<SocketAddr>,
-    /// File holding the admin token (default: admin.token_file from the config).
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// Client certificate (PEM) to present when the admin server asks for one
-    /// (admin.client_ca).
-    #[arg(long, requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// Private key (PEM) of --client-cert.
-    #[arg(long, requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
+    /// With --status: table (the report) or json (the run's document, as the admin API
+    /// sends it; `null` when there was no run).
+    #[arg(long, short, value_enum, default_value_t, requires = "status")]
+    pub output: Output,
 }
 
 /// Runs `bootfabric reboot`; returns the exit code: 0 when every host booted (or the plan
@@ -94,31 +83,20 @@ pub fn reboot(args: &RebootArgs) -> i32 {
     }
 }
 
-/// The admin API of the daemon: plain HTTP, or TLS with the server's certificate pinned.
+/// The reboot run's resource on the admin API.
 struct Api {
-    endpoint: Endpoint,
-    addr: SocketAddr,
-    /// `Authorization: Bearer …`, when a token file is known.
-    authorization: Option<HeaderValue>,
+    client: AdminClient,
 }
 
 impl Api {
     async fn call(&self, method: Method, body: Option<String>) -> anyhow::Result<(u16, Bytes)> {
-        let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
-        if let Some(auth) = &self.authorization {
-            headers.push((AUTHORIZATION, auth.clone()));
-        }
+        let headers = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
         let r = self
-            .endpoint
+            .client
             .send(method, "/api/reboot", &headers, body.map(Bytes::from))
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "admin API at {}: {e} (is `bootfabric serve` running?)",
-                    self.addr
-                )
-            })?;
-        Ok((r.status.as_u16(), r.body))
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok((r.status, r.body))
     }
 
     async fn status(&self) -> anyhow::Result<Option<RunStatus>> {
@@ -139,58 +117,21 @@ impl Api {
 async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
     // The config gives the address, the token file and TLS; with --admin it is optional
     // (read when it exists, for the token).
-    let cfg = if args.admin.is_none() || args.config.exists() {
-        match Config::load(&args.config) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("bootfabric: invalid configuration: {e}");
+    let client =
+        match load_config(&args.api).and_then(|cfg| AdminClient::new(cfg.as_ref(), &args.api)) {
+            Ok(c) => c,
+            Err(SetupError::Usage(why)) => {
+                eprintln!("bootfabric: {why}");
                 return Ok(2);
             }
-        }
-    } else {
-        None
-    };
-    let addr = match (args.admin, &cfg) {
-        (Some(a), _) => a,
-        (None, Some(cfg)) => {
-            let mut a = cfg.admin.listen;
-            if a.ip().is_unspecified() {
-                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            a
-        }
-        (None, None) => return Err(anyhow!("give --admin or a config")),
-    };
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.admin.token_file.clone()));
-    let authorization = match token_file {
-        Some(path) => {
-            let token = crate::config::secrets::token::read_for_client(&path)
-                .map_err(|e| anyhow!("admin token: {e}"))?;
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the admin token is not a header value")?;
-            value.set_sensitive(true);
-            Some(value)
-        }
-        None => None,
-    };
-    let tls = cfg.as_ref().and_then(|c| c.admin.tls.as_ref());
-    let endpoint = match tls {
-        None => Endpoint::new(&format!("http://{addr}"), None, Duration::from_secs(30)),
-        Some(tls) => Endpoint::new(
-            &format!("https://{addr}"),
-            Some(client_tls(&tls.cert, args)?),
-            Duration::from_secs(30),
-        ),
+            Err(SetupError::Other(e)) => return Err(e),
+        };
+    let api = Api { client };
+    if args.status && args.output == Output::Json {
+        let status = api.status().await?;
+        print!("{}", json(&status).context("encoding the status")?);
+        return Ok(status.as_ref().map_or(0, exit_code));
     }
-    .map_err(|e| anyhow!(e))?;
-    let api = Api {
-        endpoint,
-        addr,
-        authorization,
-    };
     if args.status {
         return match api.status().await? {
             Some(s) => {
@@ -295,40 +236,6 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
         }
         last = now;
     }
-}
-
-/// TLS towards the admin server: its certificate (`admin.tls_cert`, readable on this
-/// machine) pinned by SHA-256, and the operator's client certificate when given.
-fn client_tls(
-    server_cert: &std::path::Path,
-    args: &RebootArgs,
-) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
-    use sha2::{Digest as _, Sha256};
-    let leaf = CertificateDer::pem_file_iter(server_cert)
-        .with_context(|| format!("admin.tls_cert {}", server_cert.display()))?
-        .next()
-        .ok_or_else(|| {
-            anyhow!(
-                "admin.tls_cert {} holds no certificate",
-                server_cert.display()
-            )
-        })?
-        .with_context(|| format!("admin.tls_cert {}", server_cert.display()))?;
-    let pin: [u8; 32] = Sha256::digest(leaf.as_ref()).into();
-    let identity = match (&args.client_cert, &args.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("--client-cert {}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("--client-cert {}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("--client-key {}", key.display()))?;
-            Some((chain, key))
-        }
-        _ => None,
-    };
-    crate::redfish::tls::pinned_with_identity(pin, identity).map_err(|e| anyhow!(e))
 }
 
 fn exit_code(s: &RunStatus) -> i32 {

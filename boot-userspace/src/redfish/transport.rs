@@ -184,7 +184,12 @@ impl Endpoint {
             .header(hyper::header::HOST, authority)
             .header(hyper::header::ACCEPT, "application/json")
             .header(hyper::header::CONNECTION, "close");
-        if body.is_some() {
+        // JSON unless the caller names its own type (a merge patch): one Content-Type only.
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k == hyper::header::CONTENT_TYPE)
+        {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
         for (k, v) in headers {
