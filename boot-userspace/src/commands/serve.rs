@@ -283,6 +283,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 inventory: config.inventory.clone(),
                 boot: config.boot.clone(),
                 scripts: scripts.clone(),
+                templates: config.templates.clone(),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
             };

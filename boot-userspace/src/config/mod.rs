@@ -10,8 +10,9 @@ pub mod wire;
 
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -19,6 +20,7 @@ use ipnet::IpNet;
 use crate::model::{
     boot::BootSettings,
     inventory::{Inventory, InventoryError},
+    render::{TemplateError, TemplateErrors, Templates},
 };
 use crate::util::key_error::KeyError;
 
@@ -77,6 +79,15 @@ pub enum ConfigError {
     /// The inventory named by `daemon.inventory` is unusable.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    /// A config template or a profile's cmdline does not parse, or does not render for a
+    /// host (`configs/role.cfg:3: host node02: undefined value`).
+    #[error("{path}: {errors}")]
+    Templates {
+        /// The config file.
+        path: PathBuf,
+        /// Each failure, naming file, line and host.
+        errors: TemplateErrors,
+    },
 }
 
 /// How the XDP program should be attached.
@@ -233,6 +244,9 @@ pub struct Config {
     pub boot: BootSettings,
     /// The reboot scheduler's settings (`[scheduler]`).
     pub scheduler: SchedulerConfig,
+    /// The config templates of `http.configs`, compiled ([`Templates::compile`]) and
+    /// rendered for every host of the inventory at load; empty without `http.configs`.
+    pub templates: Arc<Templates>,
 }
 
 /// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
@@ -437,7 +451,25 @@ impl Config {
             config.state_dir = base.join(&config.state_dir);
         }
         config.load_admin_files(path, base)?;
+        config.load_templates(path)?;
         Ok(config)
+    }
+
+    /// Compiles the config templates and renders every one for every host (and every
+    /// host's cmdlines), so that a mistake refuses the load (start, reload, `check`) rather
+    /// than a boot. The server address a host would reach is not known here: `0.0.0.0`.
+    fn load_templates(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let failed = |errors: Vec<TemplateError>| ConfigError::Templates {
+            path: path.to_owned(),
+            errors: TemplateErrors(errors),
+        };
+        let dir = self.http.as_ref().and_then(|h| h.configs.as_deref());
+        let templates = Templates::compile(dir).map_err(|e| failed(vec![e]))?;
+        templates
+            .verify(&self.inventory, &self.boot, |_| Ipv4Addr::UNSPECIFIED)
+            .map_err(|e| failed(e.0))?;
+        self.templates = Arc::new(templates);
+        Ok(())
     }
 
     /// Resolves the admin server's files against the config's folder and checks them: the
@@ -796,6 +828,7 @@ impl Config {
             http,
             boot,
             scheduler,
+            templates: Arc::default(),
         })
     }
 }

@@ -151,6 +151,8 @@ pub struct Sources {
     pub boot: BootSettings,
     /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
     pub scripts: Vec<String>,
+    /// The config templates (`http.configs`), compiled.
+    pub templates: std::sync::Arc<crate::model::render::Templates>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait
@@ -187,6 +189,7 @@ impl HttpService {
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
+            templates: sources.templates,
             inventory: sources.inventory,
             boot: sources.boot,
             scripts: sources.scripts,
@@ -351,6 +354,7 @@ mod tests {
             inventory: Inventory::default(),
             boot: BootSettings::defaults(),
             scripts: Vec::new(),
+            templates: Default::default(),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
         }
