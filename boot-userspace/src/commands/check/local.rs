@@ -321,12 +321,26 @@ pub fn templates(config: &Config) -> Vec<Item> {
             "correct the template, or give the host the value (`meta`), or guard it with `is defined`",
         ));
     }
+    let legacy_fix = "write the variables instead: {host} is {{ hostname }}, {mac} {{ host.mac }}, {profile} {{ profile.name }}, {ip} {server} {http_base} {nonce} are {{ ip }} and so on (README: templates)";
     for w in t.warnings() {
-        items.push(Item::warn(
-            "templates",
-            w.clone(),
-            "see the README's templates section",
-        ));
+        let fix = if w.ends_with("legacy {token} syntax, translated") {
+            legacy_fix
+        } else {
+            "see the README's templates section"
+        };
+        items.push(Item::warn("templates", w.clone(), fix));
+    }
+    for p in config.inventory.profiles().values() {
+        if crate::model::render::templates::uses_legacy_tokens(&p.cmdline) {
+            items.push(Item::warn(
+                "templates",
+                format!(
+                    "{}: legacy {{token}} syntax, translated",
+                    crate::model::render::templates::cmdline_file(&p.name)
+                ),
+                legacy_fix,
+            ));
+        }
     }
     items
 }

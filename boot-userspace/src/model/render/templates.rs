@@ -188,6 +188,11 @@ pub fn translate_legacy(text: &str) -> (String, bool) {
     (out, found)
 }
 
+/// Whether `text` is a legacy one that uses any of the seven tokens (check warns).
+pub fn uses_legacy_tokens(text: &str) -> bool {
+    !is_jinja(text) && translate_legacy(text).1
+}
+
 /// `text` as template source: itself when written for the engine, else translated.
 fn source_of(text: &str) -> (String, bool) {
     if is_jinja(text) {
@@ -448,9 +453,8 @@ impl Templates {
         let file = format!("configs/{rel}");
         let (src, legacy) = source_of(text);
         if legacy {
-            self.warnings.push(format!(
-                "{file}: legacy {{token}} syntax, translated; write {{{{ hostname }}}} (see the README's templates section)"
-            ));
+            self.warnings
+                .push(format!("{file}: legacy {{token}} syntax, translated"));
         }
         self.env
             .add_template_owned(file.clone(), src)
