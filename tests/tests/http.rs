@@ -485,6 +485,61 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
     assert!(bandwidth.contains("\"fabric0\":"), "{bandwidth}");
 }
 
+/// `/healthz`: its generation line and header.
+fn generation(l: &Lab) -> String {
+    let (status, body) = http_get(&l.lab.server, l.daemon.admin, "/healthz").expect("healthz");
+    assert_eq!(status, 200);
+    body
+}
+
+/// SIGHUP publishes the next generation: a host added to the inventory is served its script
+/// and its config by the very next request (no "not in the inventory, asking again"), and
+/// `/healthz` says the generation moved. A config that does not load leaves it as it was.
+#[test]
+fn a_host_added_by_sighup_is_served_at_once() {
+    let Some(l) = lab("a_host_added_by_sighup_is_served_at_once", "auto") else {
+        return;
+    };
+    assert_eq!(generation(&l), "ok\ngeneration 1\n");
+    add_address(&l, "10.77.0.30/24");
+    let ask = || {
+        let got = l.curl("/boot.ipxe", &["--interface", "10.77.0.30"]);
+        String::from_utf8_lossy(&got.body).into_owned()
+    };
+    let before = ask();
+    assert!(before.contains("not in the inventory"), "{before}");
+
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    let added = format!(
+        "{INVENTORY}\n[[hosts]]\nname = \"node30\"\nmac = \"52:54:00:b0:0f:30\"\nip = \"10.77.0.30\"\nprofile = \"installer\"\n"
+    );
+    std::fs::write(&hosts, &added).expect("inventory");
+    l.daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    let after = ask();
+    assert!(
+        after.contains("for node30") && after.contains("kernel http://10.77.0.1/debian/linux"),
+        "{after}"
+    );
+    assert_eq!(generation(&l), "ok\ngeneration 2\n");
+    assert_eq!(l.metric("bootfabric_config_generation", &[]), 2.0);
+    // Its config too: the script opened its boot, the template is rendered for it.
+    let config = l.curl("/configs/node.ign", &["--interface", "10.77.0.30"]);
+    assert_eq!(config.status, 200);
+    assert!(
+        String::from_utf8_lossy(&config.body).contains("\"host\":\"node30\""),
+        "{:?}",
+        config.body
+    );
+
+    // A config that does not load is refused whole: generation 2 and node30 stay.
+    std::fs::write(&hosts, "[[hosts]]\nname = 5\n").expect("inventory");
+    l.daemon.reload("config not reloaded").expect("refused");
+    assert_eq!(generation(&l), "ok\ngeneration 2\n");
+    assert!(ask().contains("for node30"));
+}
+
 #[test]
 fn stalled_clients_time_out_and_limits_hold() {
     let Some(l) = lab("stalled_clients_time_out_and_limits_hold", "auto") else {

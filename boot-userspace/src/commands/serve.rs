@@ -39,7 +39,8 @@ use crate::{
     fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
-    services::dhcp::DhcpService,
+    model::snapshot::{Follower, Live, Next, PublishError, Snapshot},
+    services::dhcp::{DhcpFollower, DhcpService, ReloadError},
     services::http::HttpService,
     services::ra::RaService,
     services::reboot::RebootService,
@@ -129,26 +130,77 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-/// SIGHUP: re-reads the config and applies what a running daemon can (hosts, profiles,
-/// boot settings and DHCP options, with the XDP fast path's maps). A config that does not
-/// load is refused whole, with the key and the reason, and the running one stays.
-fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>, ledger: &Ledger) {
+/// The ledger keeps the timelines of inventory hosts apart from strangers' (and never evicts
+/// them): it follows the snapshot's inventory.
+struct LedgerFollower(Ledger);
+
+impl Follower for LedgerFollower {
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn check(&self, _next: &Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply(&self, next: &Arc<Snapshot>) {
+        self.0.set_inventory(&next.inventory);
+    }
+}
+
+/// The next snapshot's parts from a freshly loaded `config`: the TOML's hosts, profiles and
+/// `[boot]`, and the script names they make.
+///
+/// The place where the API's overlay joins the TOML (helper "api" extends this).
+/// A host's one network boot (`netboot = "once"`) that was used stays used across a reload
+/// while the host exists: the TOML says what a host may do, not what it did.
+pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
+    let mut inventory = config.inventory.clone();
+    for name in current.inventory.consumed() {
+        if inventory.hosts().iter().any(|h| &h.name == name) {
+            inventory.set_consumed(name, true);
+        }
+    }
+    // The templates compiled (and checked for every host) by `Config::load`.
+    Next::new(inventory, config.boot.clone()).with_templates(config.templates.clone())
+}
+
+/// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
+/// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
+/// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
+/// or the follower and the reason, and the running generation stays.
+fn reload(path: &std::path::Path, live: &Live, dhcp: Option<&DhcpFollower>) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            warn!("SIGHUP: config not reloaded: {e}");
+            warn!(
+                generation = live.generation(),
+                "SIGHUP: config not reloaded: {e}"
+            );
             return;
         }
     };
-    // Hosts added to the inventory are protected in the ledger from now on.
-    ledger.set_inventory(&config.inventory);
-    match dhcp.map(|d| d.reload(config.dhcp.as_ref(), &config.boot, &config.inventory)) {
-        Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
-        Some(Ok(())) => info!(
-            hosts = config.inventory.hosts().len(),
-            "SIGHUP: config reloaded (DHCP and the XDP fast path)"
+    let published = live.publish(|current| {
+        if let Some(d) = dhcp {
+            d.stage(config.dhcp.as_ref())?;
+        }
+        Ok::<_, ReloadError>(next_from_config(&config, current))
+    });
+    match published {
+        Ok(next) => info!(
+            generation = next.generation,
+            hosts = next.inventory.hosts().len(),
+            "SIGHUP: config reloaded, generation {}",
+            next.generation
         ),
-        None => info!("SIGHUP: nothing to reload without a DHCP server"),
+        Err(PublishError::Build(e)) => warn!(
+            generation = live.generation(),
+            "SIGHUP: config not reloaded: dhcp: {e}"
+        ),
+        Err(PublishError::Refused { follower, why }) => warn!(
+            generation = live.generation(),
+            follower, "SIGHUP: config not reloaded: {follower} refused it: {why}"
+        ),
     }
 }
 
@@ -217,13 +269,16 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         core.service_up.with_label_values(&["xdp"]).set(0);
     }
 
-    // The iPXE script paths TFTP and HTTP both answer (a walk over every profile).
-    let scripts = config.ipxe_script_names();
+    // Generation 1: what every service answers from until a reload publishes the next.
+    let first = Next::new(config.inventory.clone(), config.boot.clone())
+        .with_templates(config.templates.clone());
+    let live = Live::new(first, &registry).context("registering snapshot metrics")?;
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
-    ledger.set_inventory(&config.inventory);
+    ledger.set_inventory(&live.load().inventory);
+    live.follow(Arc::new(LedgerFollower(ledger.clone())));
     let gate = Gate::new(config.scheduler.gate_retry_s);
     let setup = crate::services::reboot::runner::Setup {
-        inventory: config.inventory.clone(),
+        live: Arc::clone(&live),
         image_roots: config
             .image_roots()
             .into_iter()
@@ -233,11 +288,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
-    let mut dhcp_reloader = None;
+    let mut dhcp_follower = None;
     if let Some(dhcp) = config.dhcp.clone() {
+        // The DHCP server keeps its own copy (it decides under its own lock) and follows.
+        let start = live.load();
         let sources = crate::services::dhcp::Sources {
-            inventory: config.inventory.clone(),
-            boot: config.boot.clone(),
+            inventory: start.inventory.clone(),
+            boot: start.boot.clone(),
             ledger: ledger.clone(),
             journal: crate::services::dhcp::journal_path(&config.state_dir),
             config_path: config.path.clone(),
@@ -248,7 +305,9 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 warn!("XDP DHCP fast path off: {e}");
             }
         }
-        dhcp_reloader = Some(service.reloader());
+        let follower = service.reloader().follower();
+        live.follow(Arc::clone(&follower) as Arc<dyn Follower>);
+        dhcp_follower = Some(follower);
         let token = supervisor.token();
         supervisor.spawn(
             "dhcp",
@@ -261,9 +320,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         let service = {
             let _files = files.enter();
             let sources = crate::services::tftp::service::Sources {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts: scripts.clone(),
+                live: Arc::clone(&live),
                 ledger: ledger.clone(),
                 transfer_ports: config.tftp_transfer_ports,
             };
@@ -280,10 +337,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         let service = {
             let _files = files.enter();
             let sources = crate::services::http::Sources {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts: scripts.clone(),
-                templates: config.templates.clone(),
+                live: Arc::clone(&live),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
             };
@@ -315,6 +369,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
+        live: Arc::clone(&live),
     };
     supervisor.spawn(
         "admin",
@@ -346,11 +401,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                         warn!("SIGHUP: the previous reload is still running; ignored");
                         continue;
                     }
-                    let (path, dhcp, ledger) =
-                        (path.clone(), dhcp_reloader.clone(), ledger.clone());
+                    let (path, dhcp, live) =
+                        (path.clone(), dhcp_follower.clone(), Arc::clone(&live));
                     let done = Arc::clone(&reloading);
                     tokio::task::spawn_blocking(move || {
-                        reload(&path, dhcp.as_ref(), &ledger);
+                        reload(&path, &live, dhcp.as_deref());
                         done.store(false, Ordering::Release);
                     });
                     continue;

@@ -31,10 +31,9 @@ use tracing::{info, warn};
 use crate::{
     config::{HttpBackend, HttpConfig},
     fabric::Iface,
-    model::boot::BootSettings,
     model::gate::Gate,
-    model::inventory::Inventory,
     model::ledger::Ledger,
+    model::snapshot::Live,
 };
 use conn::{Limits, Metrics, Shared};
 use routes::Site;
@@ -145,14 +144,9 @@ pub struct HttpService {
 /// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
 /// so the service reads no other section of the configuration.
 pub struct Sources {
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
-    pub scripts: Vec<String>,
-    /// The config templates (`http.configs`), compiled.
-    pub templates: std::sync::Arc<crate::model::render::Templates>,
+    /// The configuration snapshot (hosts, profiles, `[boot]`, script paths), loaded once per
+    /// request.
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait
@@ -189,10 +183,7 @@ impl HttpService {
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
-            templates: sources.templates,
-            inventory: sources.inventory,
-            boot: sources.boot,
-            scripts: sources.scripts,
+            live: sources.live,
             ledger: sources.ledger,
             gate: sources.gate,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
@@ -332,6 +323,12 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Next};
+
+    /// A live snapshot at generation 1 of `inventory` (its script: `boot.ipxe`, the default).
+    fn live(inventory: Inventory) -> Arc<Live> {
+        Live::unregistered(Next::new(inventory, BootSettings::defaults()))
+    }
 
     fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
         HttpConfig {
@@ -351,10 +348,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            inventory: Inventory::default(),
-            boot: BootSettings::defaults(),
-            scripts: Vec::new(),
-            templates: Default::default(),
+            live: live(Inventory::default()),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
         }
@@ -442,10 +436,9 @@ mod tests {
         let gate = Gate::new(7);
         gate.hold(mac);
         let sources = Sources {
-            inventory,
-            scripts: vec!["boot.ipxe".to_owned()],
+            live: live(inventory),
             gate,
-            ..sources(&registry)
+            ledger: Ledger::new(&registry).expect("ledger"),
         };
         let service = HttpService::start(
             config(root.path(), HttpBackend::Epoll),
@@ -480,6 +473,90 @@ mod tests {
             assert_eq!(ring.len(), 1, "one socket per address");
             assert_eq!(port(&ring[0]), local[0].port());
         }
+    }
+
+    /// Each request answers from the snapshot in effect when it arrives: a host published
+    /// after the start is served at the next request, and its netboot is followed (a used
+    /// `once` gets iPXE's `exit`, `deny` a 403 on its script and its configs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_answers_from_the_snapshot_in_effect() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            ip = "127.0.0.1"
+            profile = "debian"
+            netboot = "once"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            profile = "debian"
+            netboot = "deny"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let live = live(Inventory::default());
+        let sources = Sources {
+            live: Arc::clone(&live),
+            gate: Gate::default(),
+            ledger: Ledger::new(&registry).expect("ledger"),
+        };
+        let mut cfg = config(root.path(), HttpBackend::Epoll);
+        let configs = tempfile::tempdir().expect("configs");
+        std::fs::write(configs.path().join("node.ign"), "{host}").expect("template");
+        cfg.configs = Some(configs.path().canonicalize().expect("configs"));
+        let service = HttpService::start(cfg, &[crate::fabric::loopback()], sources, &registry)
+            .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let publish = |inventory: Inventory| {
+            live.publish(|_| Ok::<_, String>(Next::new(inventory, BootSettings::defaults())))
+                .expect("published");
+        };
+        let script = |mac: &str| format!("/boot.ipxe?mac={mac}");
+
+        let (_, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        assert!(String::from_utf8_lossy(&body).contains("not in the inventory"));
+        publish(inventory.clone());
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.contains("for node01") && body.contains("kernel "),
+            "{body}"
+        );
+
+        let mut used = inventory;
+        used.set_consumed("node01", true);
+        publish(used);
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.starts_with("#!ipxe\n") && body.ends_with("\nexit\n"),
+            "{body}"
+        );
+        assert!(!body.contains("kernel "), "{body}");
+        // node01 asks from 127.0.0.1, its reservation: no config for a host booting its disk.
+        let (status, _) = get(addr, "/configs/node.ign").await;
+        assert!(status.starts_with("HTTP/1.1 409 "), "{status}");
+
+        let (status, body) = get(addr, &script("52:54:00:aa:00:02")).await;
+        assert_eq!(
+            status,
+            "HTTP/1.1 403 Forbidden",
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
     }
 
     #[test]

@@ -346,6 +346,19 @@ impl Scheduler {
         }
     }
 
+    /// Fails `host` for `reason` unless it has ended (booted or failed): the run waits for
+    /// it no more (a host removed from the inventory mid-run). Its place in the reset queue
+    /// and at the gate is skipped, as any failed host's.
+    pub fn fail(&mut self, host: usize, reason: &str) {
+        if let Some(p) = self.phases.get_mut(host) {
+            if !matches!(p, Phase::Booted { .. } | Phase::Failed { .. }) {
+                *p = Phase::Failed {
+                    reason: reason.to_owned(),
+                };
+            }
+        }
+    }
+
     /// Times out hosts stuck in POST or boot: they fail (isolated; their slot frees).
     fn expire(&mut self, now: f64) {
         for p in self.phases.iter_mut() {

@@ -292,6 +292,12 @@ impl RunStep {
         }
     }
 
+    /// Fails host `i` for `reason` (unless it has ended); the next [`Self::advance`] gives
+    /// it up (its gate place freed).
+    pub fn fail(&mut self, i: usize, reason: &str) {
+        self.sched.fail(i, reason);
+    }
+
     /// The status: each host's phase and the counts per phase brought up to date.
     pub fn status(&mut self) -> &RunStatus {
         let view = &mut self.view;
