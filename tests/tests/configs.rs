@@ -513,3 +513,60 @@ fn a_template_renders_each_hosts_metadata_and_conditionals() {
         "{timeline}"
     );
 }
+
+/// One boot of node01 (from the client machine): its script, the config `name` with the
+/// boot's nonce, then `booted`. The config's status and body.
+fn boot_and_fetch(l: &Lab, name: &str) -> (u16, String) {
+    let (status, script) = l.curl("/boot.ipxe", &[]);
+    assert_eq!(status, 200, "{script}");
+    let nonce = boot_nonce(&script).to_owned();
+    let got = l.curl(&format!("/configs/{name}?nonce={nonce}"), &[]);
+    assert_eq!(l.curl("/booted", &["-X", "POST"]).0, 204);
+    got
+}
+
+/// Templates live in the snapshot: an edit reaches boots at the next reload (never half-way,
+/// never by a disk read per request), and an edit that does not render for some host is
+/// refused with host, file and line while the running templates keep serving.
+#[test]
+fn an_edited_template_serves_after_a_reload_and_a_broken_one_is_refused() {
+    let Some(l) = lab("an_edited_template_serves_after_a_reload_and_a_broken_one_is_refused")
+    else {
+        return;
+    };
+    let role = l._dir.path.join("configs/role.cfg");
+    let first = boot_and_fetch(&l, "role.cfg");
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1.contains("role: worker"), "{}", first.1);
+
+    std::fs::write(
+        &role,
+        "v2 {{ hostname }} {{ meta.role | default(\"none\") }}\n",
+    )
+    .expect("edit");
+    let before_reload = boot_and_fetch(&l, "role.cfg");
+    assert!(
+        before_reload.0 == 200 && before_reload.1.contains("role: worker"),
+        "served the edit before a reload: {before_reload:?}"
+    );
+    l.daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    assert_eq!(
+        boot_and_fetch(&l, "role.cfg"),
+        (200, "v2 node01 worker\n".into())
+    );
+
+    // node02 and node03 have no meta.role: refused, named, and v2 keeps serving.
+    std::fs::write(&role, "# v3\n{{ meta.role }}\n").expect("edit");
+    l.daemon.reload("config not reloaded").expect("refused");
+    let log = l.daemon.log();
+    for host in ["node02", "node03"] {
+        let want = format!("configs/role.cfg:2: host {host}: undefined value");
+        assert!(log.contains(&want), "{want} not in the log:\n{log}");
+    }
+    assert_eq!(
+        boot_and_fetch(&l, "role.cfg"),
+        (200, "v2 node01 worker\n".into())
+    );
+}
