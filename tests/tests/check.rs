@@ -431,3 +431,95 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
         "correct fabric.interfaces",
     );
 }
+
+/// Runs `bootfabric check <args> --config <config>` here (no namespace: the config is refused
+/// before anything is probed): (exit code, stdout + stderr).
+fn check_here(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bootfabric_bin())
+        .arg("check")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bootfabric check (build it first: cargo build -p bootfabric)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Item 4 of issue 16: a template mistake is a configuration error naming host, file and line,
+/// found by `check` (and by the daemon's load) for every host, never at boot. node01 has the
+/// metadata the template uses, node02 does not; a profile's cmdline is checked the same way.
+#[test]
+fn a_template_error_names_host_file_and_line() {
+    let dir = TempDir::new().expect("dir");
+    let d = &dir.path;
+    std::fs::create_dir_all(d.join("configs/node01")).expect("configs");
+    let hosts = |cmdline: &str| {
+        format!(
+            r#"
+[profiles.installer]
+kernel = "linux/vmlinuz"
+cmdline = "{cmdline}"
+
+[[hosts]]
+name = "node01"
+mac = "52:54:00:aa:00:01"
+profile = "installer"
+meta = {{ role = "worker" }}
+
+[[hosts]]
+name = "node02"
+mac = "52:54:00:aa:00:02"
+profile = "installer"
+"#
+        )
+    };
+    std::fs::write(d.join("hosts.toml"), hosts("console=ttyS0")).expect("hosts");
+    let config = d.join("bootfabric.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[http]\nconfigs = \"configs\"\n",
+    )
+    .expect("config");
+    let role = "# role of {{ hostname }}\n\nrole: {{ meta.role }}\n";
+    std::fs::write(d.join("configs/role.cfg"), role).expect("template");
+    // node01's own folder is rendered for node01 only: its `meta.role` is there.
+    std::fs::write(d.join("configs/node01/extra.cfg"), "{{ meta.role }}\n").expect("override");
+
+    for args in [&["--config-only"][..], &[]] {
+        let (code, out) = check_here(&config, args);
+        assert_eq!(code, 2, "check {args:?}: exit status\n{out}");
+        assert!(
+            out.contains("configs/role.cfg:3: host node02: undefined value"),
+            "check {args:?}: host, file and line not named\n{out}"
+        );
+        assert!(!out.contains("host node01"), "node01 has the value: {out}");
+    }
+
+    // Guarded, it renders for both; a cmdline that does not is found the same way.
+    let guarded =
+        "{% if meta.role is defined %}role: {{ meta.role }}{% else %}role: none{% endif %}\n";
+    std::fs::write(d.join("configs/role.cfg"), guarded).expect("template");
+    let (code, out) = check_here(&config, &["--config-only"]);
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(
+        d.join("hosts.toml"),
+        hosts("console=ttyS0 rack={{ host.rack }}"),
+    )
+    .expect("hosts");
+    let (code, out) = check_here(&config, &["--config-only"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("profiles.installer.cmdline:1: host node01: undefined value")
+            && out.contains("profiles.installer.cmdline:1: host node02: undefined value"),
+        "{out}"
+    );
+    // A syntax error names file and line too.
+    std::fs::write(d.join("hosts.toml"), hosts("console=ttyS0")).expect("hosts");
+    std::fs::write(d.join("configs/role.cfg"), "ok\n{% if %}\n").expect("template");
+    let (code, out) = check_here(&config, &["--config-only"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("configs/role.cfg:2: "), "{out}");
+}

@@ -20,6 +20,8 @@ name = "node01"
 mac = "52:54:00:b0:0f:01"
 ip = "10.77.0.2"
 profile = "installer"
+rack = "r1"
+meta = { role = "worker", disks = ["sda", "sdb"] }
 
 [[hosts]]
 name = "node02"
@@ -33,6 +35,19 @@ name = "node03"
 mac = "52:54:00:b0:0f:03"
 profile = "installer"
 "#;
+
+/// A template on the engine: per-host metadata, a loop, conditionals for what a host lacks.
+const ROLE: &str = "# {{ hostname }} ({{ host.mac }}), profile {{ profile.name }}
+{% if meta.role is defined %}role: {{ meta.role }}
+{% for d in meta.disks %}disk: {{ d }}
+{% endfor %}{% else %}role: none
+{% endif %}rack: {{ host.rack | default(\"-\") }}
+nonce: {{ nonce }}
+";
+
+/// Renders at load (check's stand-in nonce is zeros) and runs out of fuel at a boot: the one
+/// way a checked template can still fail at request time.
+const SPIN: &str = "begin\n{% if nonce != \"00000000000000000000000000000000\" %}{% for i in range(1000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}{% endif %}end\n";
 
 const NODE02_SECRET: &str = r#"{"only":"node02","token":"join-node02-secret"}"#;
 
@@ -71,6 +86,8 @@ fn lab_with(t: &str, extra: &str) -> Option<Lab> {
     )
     .expect("template");
     std::fs::write(configs.join("node02/node.ign"), NODE02_SECRET).expect("override");
+    std::fs::write(configs.join("role.cfg"), ROLE).expect("template");
+    std::fs::write(configs.join("spin.cfg"), SPIN).expect("template");
     let config = format!(
         "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n[http]\nroot = \"{}\"\nconfigs = \"{}\"\nbackend = \"epoll\"\n",
         images.display(),
@@ -424,4 +441,132 @@ fn flushing_a_hosts_timeline_does_not_refuse_its_next_boot() {
         "node01's next boot was refused its config after the flood: {body}"
     );
     assert!(body.contains("join-node01"), "{body}");
+}
+
+/// The host's script carries its boot's nonce; its config is rendered with it.
+fn boot_nonce(script: &str) -> &str {
+    script
+        .split("nonce=")
+        .nth(1)
+        .map(|s| s.split_whitespace().next().unwrap_or(""))
+        .unwrap_or("")
+}
+
+/// Each host's config is rendered from its own metadata and fields, with conditionals for
+/// what a host lacks (node02 has no `meta`, no rack), and the legacy `{host}` template next
+/// to it still serves.
+#[test]
+fn a_template_renders_each_hosts_metadata_and_conditionals() {
+    let Some(l) = lab("a_template_renders_each_hosts_metadata_and_conditionals") else {
+        return;
+    };
+    let (status, script) = l.curl("/boot.ipxe", &[]);
+    assert_eq!(status, 200, "{script}");
+    let nonce = boot_nonce(&script).to_owned();
+    assert_eq!(nonce.len(), 32, "{script}");
+    let (status, role) = l.curl(&format!("/configs/role.cfg?nonce={nonce}"), &[]);
+    assert_eq!(status, 200, "{role}");
+    assert_eq!(
+        role,
+        format!("# node01 (52:54:00:b0:0f:01), profile installer\nrole: worker\ndisk: sda\ndisk: sdb\nrack: r1\nnonce: {nonce}\n")
+    );
+    let (status, legacy) = l.curl(&format!("/configs/node.ign?nonce={nonce}"), &[]);
+    assert_eq!(status, 200, "{legacy}");
+    assert_eq!(
+        legacy,
+        format!(r#"{{"host":"node01","token":"join-node01","nonce":"{nonce}"}}"#)
+    );
+
+    // node02, from its own address.
+    l.add_address("10.77.0.12/24");
+    let from02 = ["--interface", "10.77.0.12"];
+    let (status, script) = l.curl("/boot.ipxe", &from02);
+    assert_eq!(status, 200, "{script}");
+    let nonce = boot_nonce(&script).to_owned();
+    let (status, role) = l.curl(&format!("/configs/role.cfg?nonce={nonce}"), &from02);
+    assert_eq!(status, 200, "{role}");
+    assert_eq!(
+        role,
+        format!("# node02 (52:54:00:b0:0f:02), profile installer\nrole: none\nrack: -\nnonce: {nonce}\n")
+    );
+    // Its own override wins over the shared template, as before.
+    let (status, own) = l.curl(&format!("/configs/node.ign?nonce={nonce}"), &from02);
+    assert_eq!((status, own.as_str()), (200, NODE02_SECRET));
+
+    // A render that fails at request time (fuel): a generic 500, no part of the body, the
+    // refusal recorded and counted.
+    let (status, body) = l.curl(&format!("/configs/spin.cfg?nonce={nonce}"), &from02);
+    assert_eq!(
+        (status, body.as_str()),
+        (500, "cannot render this config\n")
+    );
+    assert_eq!(
+        l.metric(
+            "bootfabric_http_config_refused_total",
+            &[("reason", "template")]
+        ),
+        1.0
+    );
+    let timeline = l.timeline("52:54:00:b0:0f:02");
+    assert!(
+        timeline.contains("\"detail\":\"template error: spin.cfg\""),
+        "{timeline}"
+    );
+}
+
+/// One boot of node01 (from the client machine): its script, the config `name` with the
+/// boot's nonce, then `booted`. The config's status and body.
+fn boot_and_fetch(l: &Lab, name: &str) -> (u16, String) {
+    let (status, script) = l.curl("/boot.ipxe", &[]);
+    assert_eq!(status, 200, "{script}");
+    let nonce = boot_nonce(&script).to_owned();
+    let got = l.curl(&format!("/configs/{name}?nonce={nonce}"), &[]);
+    assert_eq!(l.curl("/booted", &["-X", "POST"]).0, 204);
+    got
+}
+
+/// Templates live in the snapshot: an edit reaches boots at the next reload (never half-way,
+/// never by a disk read per request), and an edit that does not render for some host is
+/// refused with host, file and line while the running templates keep serving.
+#[test]
+fn an_edited_template_serves_after_a_reload_and_a_broken_one_is_refused() {
+    let Some(l) = lab("an_edited_template_serves_after_a_reload_and_a_broken_one_is_refused")
+    else {
+        return;
+    };
+    let role = l._dir.path.join("configs/role.cfg");
+    let first = boot_and_fetch(&l, "role.cfg");
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1.contains("role: worker"), "{}", first.1);
+
+    std::fs::write(
+        &role,
+        "v2 {{ hostname }} {{ meta.role | default(\"none\") }}\n",
+    )
+    .expect("edit");
+    let before_reload = boot_and_fetch(&l, "role.cfg");
+    assert!(
+        before_reload.0 == 200 && before_reload.1.contains("role: worker"),
+        "served the edit before a reload: {before_reload:?}"
+    );
+    l.daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    assert_eq!(
+        boot_and_fetch(&l, "role.cfg"),
+        (200, "v2 node01 worker\n".into())
+    );
+
+    // node02 and node03 have no meta.role: refused, named, and v2 keeps serving.
+    std::fs::write(&role, "# v3\n{{ meta.role }}\n").expect("edit");
+    l.daemon.reload("config not reloaded").expect("refused");
+    let log = l.daemon.log();
+    for host in ["node02", "node03"] {
+        let want = format!("configs/role.cfg:2: host {host}: undefined value");
+        assert!(log.contains(&want), "{want} not in the log:\n{log}");
+    }
+    assert_eq!(
+        boot_and_fetch(&l, "role.cfg"),
+        (200, "v2 node01 worker\n".into())
+    );
 }

@@ -171,7 +171,8 @@ pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
             inventory.set_consumed(name, true);
         }
     }
-    Next::new(inventory, config.boot.clone())
+    // The templates compiled (and checked for every host) by `Config::load`.
+    Next::new(inventory, config.boot.clone()).with_templates(config.templates.clone())
 }
 
 /// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
@@ -297,7 +298,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 
     // Generation 1: what every service answers from until a reload publishes the next.
-    let first = Next::new(config.inventory.clone(), config.boot.clone());
+    let first = Next::new(config.inventory.clone(), config.boot.clone())
+        .with_templates(config.templates.clone());
     let live = Live::new(first, &registry).context("registering snapshot metrics")?;
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&live.load().inventory);

@@ -12,8 +12,9 @@ pub mod wire;
 
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ipnet::IpNet;
@@ -22,6 +23,7 @@ use crate::model::{
     boot::BootSettings,
     gate::{GateMode, GateSettings},
     inventory::{Inventory, InventoryError},
+    render::{TemplateError, TemplateErrors, Templates},
 };
 use crate::util::key_error::KeyError;
 
@@ -83,6 +85,15 @@ pub enum ConfigError {
     /// The API's inventory changes (`state_dir/api-inventory.json`) are unusable.
     #[error(transparent)]
     Overlay(#[from] overlay::OverlayError),
+    /// A config template or a profile's cmdline does not parse, or does not render for a
+    /// host (`configs/role.cfg:3: host node02: undefined value`).
+    #[error("{path}: {errors}")]
+    Templates {
+        /// The config file.
+        path: PathBuf,
+        /// Each failure, naming file, line and host.
+        errors: TemplateErrors,
+    },
 }
 
 /// How the XDP program should be attached.
@@ -246,6 +257,9 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[[webhooks]]`: receivers of the event log.
     pub webhooks: Vec<webhooks::WebhookConfig>,
+    /// The config templates of `http.configs`, compiled ([`Templates::compile`]) and
+    /// rendered for every host of the inventory at load; empty without `http.configs`.
+    pub templates: Arc<Templates>,
 }
 
 /// `[scheduler]`, validated: plain values, defaults filled in. The reboot service turns them
@@ -493,7 +507,25 @@ impl Config {
         }
         config.load_admin_files(path, base)?;
         config.load_webhook_files(path, base)?;
+        config.load_templates(path)?;
         Ok(config)
+    }
+
+    /// Compiles the config templates and renders every one for every host (and every
+    /// host's cmdlines), so that a mistake refuses the load (start, reload, `check`) rather
+    /// than a boot. The server address a host would reach is not known here: `0.0.0.0`.
+    fn load_templates(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let failed = |errors: Vec<TemplateError>| ConfigError::Templates {
+            path: path.to_owned(),
+            errors: TemplateErrors(errors),
+        };
+        let dir = self.http.as_ref().and_then(|h| h.configs.as_deref());
+        let templates = Templates::compile(dir).map_err(|e| failed(vec![e]))?;
+        templates
+            .verify(&self.inventory, &self.boot, |_| Ipv4Addr::UNSPECIFIED)
+            .map_err(|e| failed(e.0))?;
+        self.templates = Arc::new(templates);
+        Ok(())
     }
 
     /// Resolves the admin server's files against the config's folder and checks them: the
@@ -883,6 +915,7 @@ impl Config {
             boot,
             scheduler,
             webhooks,
+            templates: Arc::default(),
         })
     }
 }

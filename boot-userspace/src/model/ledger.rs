@@ -216,6 +216,8 @@ pub enum ConfigRefusal {
         /// Who fetched it first.
         first: Ipv4Addr,
     },
+    /// The template did not render for the host (the daemon's log says where and why).
+    Template,
 }
 
 impl std::fmt::Display for ConfigRefusal {
@@ -225,6 +227,7 @@ impl std::fmt::Display for ConfigRefusal {
             Self::NoBoot => f.write_str("no boot in progress"),
             Self::WrongNonce => f.write_str("wrong nonce"),
             Self::Again { first } => write!(f, "again, first served to {first}"),
+            Self::Template => f.write_str("template error"),
         }
     }
 }

@@ -15,7 +15,11 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::model::{boot::BootSettings, inventory::Inventory};
+use crate::model::{
+    boot::BootSettings,
+    inventory::{Host, Inventory},
+    render::{TemplateErrors, Templates},
+};
 
 /// One generation of the configuration every service answers from.
 #[derive(Debug)]
@@ -28,6 +32,9 @@ pub struct Snapshot {
     pub boot: BootSettings,
     /// The names iPXE scripts are served under (TFTP and HTTP render them per host).
     pub scripts: Vec<String>,
+    /// The config templates (`http.configs`), compiled; every host's configs and cmdlines
+    /// render with this generation's inventory (checked at publish).
+    pub templates: Arc<Templates>,
 }
 
 /// The parts of the next snapshot, as a change builds them; [`Live::publish`] numbers it.
@@ -39,17 +46,29 @@ pub struct Next {
     pub boot: BootSettings,
     /// The iPXE script names ([`script_names`] of the two above).
     pub scripts: Vec<String>,
+    /// Newly compiled config templates ([`Templates::compile`], a reload); `None` keeps the
+    /// current ones (an API change of hosts or profiles).
+    pub templates: Option<Arc<Templates>>,
 }
 
 impl Next {
-    /// The parts for `inventory` and `boot`, with the script names derived from them.
+    /// The parts for `inventory` and `boot`, with the script names derived from them and
+    /// the config templates kept.
     pub fn new(inventory: Inventory, boot: BootSettings) -> Self {
         let scripts = script_names(&boot, &inventory);
         Self {
             inventory,
             boot,
             scripts,
+            templates: None,
         }
+    }
+
+    /// These parts with `templates` (compiled from the configs folder) instead of the
+    /// current ones.
+    pub fn with_templates(mut self, templates: Arc<Templates>) -> Self {
+        self.templates = Some(templates);
+        self
     }
 }
 
@@ -64,6 +83,33 @@ pub fn script_names(boot: &BootSettings, inventory: &Inventory) -> Vec<String> {
         }
     }
     names
+}
+
+/// Whether every template renders for every host of `next`, published after `current`: when
+/// the templates and the boot settings are the same, only the hosts that changed (or whose
+/// profiles changed) are rendered again, so an API write of one host costs that host's
+/// renders. The server address is not known here: `0.0.0.0`.
+fn renders(current: &Snapshot, next: &Snapshot) -> Result<(), TemplateErrors> {
+    let every = !Arc::ptr_eq(&current.templates, &next.templates) || current.boot != next.boot;
+    let before = &current.inventory;
+    let profile_changed = |name: &str| before.profile(name) != next.inventory.profile(name);
+    let changed = |h: &Host| {
+        every
+            || before.hosts().iter().find(|b| b.name == h.name) != Some(h)
+            || std::iter::once(&h.profile)
+                .chain(&h.menu)
+                .any(|p| profile_changed(p))
+    };
+    let checked = next
+        .templates
+        .check_hosts(&next.inventory, &next.boot, changed, |_| {
+            std::net::Ipv4Addr::UNSPECIFIED
+        });
+    if checked.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TemplateErrors(checked.errors))
+    }
 }
 
 /// A holder of its own copy of configuration that must change with each generation.
@@ -135,6 +181,7 @@ impl Live {
                 inventory: first.inventory,
                 boot: first.boot,
                 scripts: first.scripts,
+                templates: first.templates.unwrap_or_default(),
             }),
             followers: Mutex::default(),
             writer: Mutex::default(),
@@ -182,9 +229,11 @@ impl Live {
             .push(f);
     }
 
-    /// Publishes the next generation, built by `build` from the current one: every follower
-    /// checks it (one refusal refuses all), every follower applies it, then readers see it.
-    /// Blocking (followers sync kernel maps): call it from a blocking thread.
+    /// Publishes the next generation, built by `build` from the current one: every template
+    /// is rendered for every host it concerns (a failure refuses the change as follower
+    /// `templates`, naming host, file and line), every follower checks it (one refusal
+    /// refuses all), every follower applies it, then readers see it.
+    /// Blocking (followers sync kernel maps, templates render): call it from a blocking thread.
     pub fn publish<E>(
         &self,
         build: impl FnOnce(&Snapshot) -> Result<Next, E>,
@@ -200,7 +249,14 @@ impl Live {
             inventory: next.inventory,
             boot: next.boot,
             scripts: next.scripts,
+            templates: next.templates.unwrap_or_else(|| current.templates.clone()),
         });
+        // Here rather than in each builder: whoever changes hosts, profiles or templates,
+        // a host whose config or cmdline no longer renders refuses the change.
+        renders(&current, &next).map_err(|errors| PublishError::Refused {
+            follower: "templates",
+            why: errors.to_string(),
+        })?;
         let followers = self
             .followers
             .lock()
@@ -295,6 +351,53 @@ mod tests {
         let bad = live.publish(|_| Err::<Next, _>("bad".to_owned()));
         assert!(matches!(bad, Err(PublishError::Build(b)) if b == "bad"));
         assert_eq!(live.generation(), 1);
+    }
+
+    fn inventory(meta: &str) -> Inventory {
+        let text = format!(
+            "[profiles.p]\nkernel = \"k\"\ncmdline = \"role={{{{ meta.role }}}}\"\n[[hosts]]\nname = \"node01\"\nmac = \"52:54:00:aa:00:01\"\nprofile = \"p\"\n{meta}\n"
+        );
+        let wire = toml::from_str(&text).expect("toml");
+        Inventory::from_wire(std::path::Path::new("hosts.toml"), wire).expect("inventory")
+    }
+
+    #[test]
+    fn a_change_a_template_cannot_render_is_refused_naming_host_file_and_line() {
+        let templates = Arc::new(
+            Templates::from_texts([("role.cfg", "# role\n{{ meta.role }}\n")]).expect("compile"),
+        );
+        let first = Next::new(
+            inventory("meta = { role = \"worker\" }"),
+            BootSettings::default(),
+        )
+        .with_templates(templates.clone());
+        let live = Live::unregistered(first);
+        // An API change that drops the host's meta: its config and its cmdline fail.
+        let refused =
+            live.publish(|_| Ok::<_, String>(Next::new(inventory(""), BootSettings::default())));
+        let Err(PublishError::Refused { follower, why }) = refused else {
+            panic!("published: {refused:?}");
+        };
+        assert_eq!(follower, "templates");
+        assert!(
+            why.contains("configs/role.cfg:2: host node01: undefined value"),
+            "{why}"
+        );
+        assert!(
+            why.contains("profiles.p.cmdline:1: host node01: undefined value"),
+            "{why}"
+        );
+        assert_eq!(live.generation(), 1);
+        // A change that keeps it renderable goes through, and keeps the templates.
+        let next = live
+            .publish(|_| {
+                Ok::<_, String>(Next::new(
+                    inventory("meta = { role = \"storage\" }"),
+                    BootSettings::default(),
+                ))
+            })
+            .expect("published");
+        assert!(Arc::ptr_eq(&next.templates, &templates));
     }
 
     /// Per apply: the follower, the generation applied, the generation readers saw then.

@@ -295,6 +295,56 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The config templates and cmdlines: how many rendered for how many hosts (the load already
+/// refused any that does not render), and a warning per file worth a look (legacy syntax,
+/// a file that cannot be served).
+pub fn templates(config: &Config) -> Vec<Item> {
+    let t = &config.templates;
+    let checked = t.check_all(&config.inventory, &config.boot, |_| Ipv4Addr::UNSPECIFIED);
+    let mut items = vec![Item::pass(
+        "templates",
+        format!(
+            "{} config file(s) and the profiles' cmdlines: {} render(s) for {} host(s)",
+            t.len(),
+            checked.renders,
+            checked.hosts
+        ),
+    )];
+    for e in checked
+        .errors
+        .iter()
+        .take(crate::model::render::templates::ERRORS_SHOWN)
+    {
+        items.push(Item::fail(
+            "templates",
+            e.to_string(),
+            "correct the template, or give the host the value (`meta`), or guard it with `is defined`",
+        ));
+    }
+    let legacy_fix = "write the variables instead: {host} is {{ hostname }}, {mac} {{ host.mac }}, {profile} {{ profile.name }}, {ip} {server} {http_base} {nonce} are {{ ip }} and so on (README: templates)";
+    for w in t.warnings() {
+        let fix = if w.ends_with("legacy {token} syntax, translated") {
+            legacy_fix
+        } else {
+            "see the README's templates section"
+        };
+        items.push(Item::warn("templates", w.clone(), fix));
+    }
+    for p in config.inventory.profiles().values() {
+        if crate::model::render::templates::uses_legacy_tokens(&p.cmdline) {
+            items.push(Item::warn(
+                "templates",
+                format!(
+                    "{}: legacy {{token}} syntax, translated",
+                    crate::model::render::templates::cmdline_file(&p.name)
+                ),
+                legacy_fix,
+            ));
+        }
+    }
+    items
+}
+
 /// Free space where the daemon writes (the lease journal) and under the image roots.
 pub fn disk(config: &Config) -> Vec<Item> {
     const MIB: u64 = 1 << 20;

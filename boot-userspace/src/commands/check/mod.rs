@@ -117,6 +117,7 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
     items.extend(local::interfaces(config));
     items.extend(local::ports(config));
     items.extend(local::files(config, !skip.checksums));
+    items.extend(local::templates(config));
     items.extend(local::disk(config));
     if let Some(why) = config
         .dhcp

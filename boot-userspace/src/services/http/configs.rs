@@ -1,7 +1,8 @@
 //! Who gets which provisioning config, and how often. Pure: a request path, the inventory's
 //! host names and a host's ledger events in, a decision out. The clock and the random source
-//! are the caller's (`now_ms`, [`os_nonce`]); [`routes`](super::routes) reads the template
-//! and sends the answer.
+//! are the caller's (`now_ms`, [`os_nonce`]); [`routes`](super::routes) renders the
+//! snapshot's compiled template ([`Templates`](crate::model::render::Templates)) and sends
+//! the answer.
 //!
 //! Three rules, each closing an attack a machine on the provisioning network can make:
 //! - A path is refused before any lookup when it has an empty, `.` or `..` segment, a
@@ -12,7 +13,7 @@
 //!   at the host's BMC reset, or at its first DHCP offer or iPXE script when none is in
 //!   progress, and closes at `booted` or after the TTL. A second fetch in the same boot is
 //!   the sign of a second machine wearing the host's address, and is refused.
-//! - A per-boot nonce, rendered into the host's script as `{nonce}`: a request carrying one
+//! - A per-boot nonce, rendered into the host's script as `{{ nonce }}`: a request carrying one
 //!   must carry the boot's.
 //!
 //! What this can and cannot promise is in `docs/security/configs.md`.
@@ -131,7 +132,7 @@ pub fn boot_start(events: &[Event], ttl_ms: u64, now_ms: u64) -> Option<u64> {
 pub enum Delivery {
     /// The first delivery of this config this boot; render it with the boot's nonce.
     Granted {
-        /// The boot's nonce (`{nonce}`), if one could be drawn.
+        /// The boot's nonce (`{{ nonce }}`), if one could be drawn.
         nonce: Option<String>,
     },
     /// Already delivered this boot, to `first` (`409`).
@@ -308,7 +309,15 @@ pub fn os_nonce() -> Option<String> {
 }
 
 /// Reasons a config request is refused, as the metric labels them.
-pub const REFUSALS: [&str; 6] = ["path", "unknown_host", "owner", "nonce", "again", "no_boot"];
+pub const REFUSALS: [&str; 7] = [
+    "path",
+    "unknown_host",
+    "owner",
+    "nonce",
+    "again",
+    "no_boot",
+    "template",
+];
 
 /// `bootfabric_http_config_refused_total{reason}`.
 #[derive(Clone)]

@@ -3,12 +3,9 @@
 //! ranges and conditional requests. No sockets here: the transports call [`route`] and move
 //! the bytes it names.
 
-use std::{
-    io::Read as _, net::Ipv4Addr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf,
-    sync::Arc,
-};
+use std::{net::Ipv4Addr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::{
     conditional::{self, Validators},
@@ -23,12 +20,9 @@ use crate::{
     model::gate::{self, Gate},
     model::inventory::{BootAnswer, Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
-    model::render,
+    model::render::{self, Lookup, Templates},
     model::snapshot::{Live, Snapshot},
 };
-
-/// Largest config template read.
-const CONFIG_MAX: u64 = 1 << 20;
 
 /// What the routes serve from.
 pub struct Site {
@@ -71,6 +65,8 @@ pub struct At<'a> {
     boot: &'a BootSettings,
     /// Paths iPXE scripts are served under in this generation.
     scripts: &'a [String],
+    /// Config templates of this generation, compiled (no disk read per request).
+    templates: &'a Templates,
 }
 
 impl<'a> At<'a> {
@@ -80,6 +76,7 @@ impl<'a> At<'a> {
             inventory: &snapshot.inventory,
             boot: &snapshot.boot,
             scripts: &snapshot.scripts,
+            templates: &snapshot.templates,
         }
     }
 }
@@ -220,11 +217,20 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
             site.boot,
             nonce.as_deref(),
         );
-        if let Some(text) = text {
-            return routed(
-                Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
-                "script",
-            );
+        match text {
+            Some(Ok(text)) => {
+                return routed(
+                    Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
+                    "script",
+                )
+            }
+            // Every cmdline rendered for this host at load; one failing now differs by the
+            // lease address or the nonce. A generic answer: the reason is the operator's.
+            Some(Err(e)) => {
+                error!(host = %h.name, error = %e, "cannot render the host's iPXE script");
+                return routed(Response::text(500, "cannot render this script"), "script");
+            }
+            None => {}
         }
     }
     // Unknown hosts: the operator's file of that name, else a script that asks again, so a
@@ -291,9 +297,9 @@ fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed>
 /// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
 /// config is delivered once per boot of its host ([`configs`] decides).
 fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
-    let Some(dir) = &site.configs else {
+    if site.configs.is_none() {
         return routed(Response::text(404, "not found"), "config");
-    };
+    }
     if req.method == Method::Head {
         // A config is delivered once per boot: a HEAD would spend the delivery on no body.
         let mut resp = Response::text(405, "configs are delivered once per boot: use GET");
@@ -340,26 +346,20 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
         record(ConfigRefusal::Owner(owner.to_owned()));
         return refuse(403, "owner", "this config belongs to another host");
     }
-    // The template is read before the delivery is decided: a missing or bad file does not
-    // spend the host's one delivery.
-    let opened = match files::open(dir, &format!("{}/{name}", host.name)) {
-        Err(FileError::NotFound) => files::open(dir, name),
-        other => other,
+    // The template is looked up before the delivery is decided: a missing or unservable
+    // file does not spend the host's one delivery. Its text is the snapshot's, compiled at
+    // load: nothing is read from disk here.
+    let templates = site.templates;
+    let found = match templates.lookup(&host.name, name) {
+        Lookup::Found(found) => found,
+        Lookup::NotFound => return routed(Response::text(404, "not found"), "config"),
+        Lookup::Unservable => {
+            return routed(
+                Response::text(500, "config template cannot be served"),
+                "config",
+            )
+        }
     };
-    let src = match opened {
-        Ok(s) => s,
-        Err(e) => return routed(file_error(&e), "config"),
-    };
-    if src.size() > CONFIG_MAX {
-        return routed(Response::text(500, "config template too large"), "config");
-    }
-    let mut text = String::new();
-    if src.into_file().read_to_string(&mut text).is_err() {
-        return routed(
-            Response::text(500, "config template is not UTF-8 text"),
-            "config",
-        );
-    }
     let Some(mut t) = site.target(host, peer, server) else {
         return routed(Response::text(500, "host without profile"), "config");
     };
@@ -398,12 +398,23 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
             );
         }
     };
+    t.nonce = nonce.as_deref();
+    // Rendered whole before anything is sent: a failure (fuel, a value that differs from
+    // load time) is a generic 500, never a partial config; the reason goes to the log only
+    // (it may quote the template, which holds secrets).
+    let text = match templates.render(&found, &t) {
+        Ok(text) => text,
+        Err(e) => {
+            error!(host = %host.name, error = %e, "config template failed to render: refused");
+            record(ConfigRefusal::Template);
+            return refuse(500, "template", "cannot render this config");
+        }
+    };
     let served = EventKind::ConfigServed {
         name: name.to_owned(),
     };
     site.ledger.record(host.mac, served, Some(peer));
-    t.nonce = nonce.as_deref();
-    let mut resp = Response::bytes(200, content_type(name), t.fill(&text).into_bytes());
+    let mut resp = Response::bytes(200, content_type(name), text.into_bytes());
     // Configs carry secrets: never let a cache keep one.
     resp.headers.push(("Cache-Control", "no-store".into()));
     routed(resp, "config")

@@ -449,11 +449,17 @@ impl Hosts {
             global: &snap.boot,
             nonce: None,
         };
-        Some(match format {
+        let text = match format {
             Format::Pxelinux => render::pxelinux(&target),
             Format::Grub => render::grub(&target),
-            Format::Ipxe => return render::host_script(inventory, host, ip, server, &snap.boot),
-        })
+            Format::Ipxe => render::host_script(inventory, host, ip, server, &snap.boot)?,
+        };
+        // Every cmdline rendered for this host at load; one failing now differs by the
+        // lease address: the client gets the not-found answer, the operator the reason.
+        text.map_err(
+            |e| tracing::error!(host = %host.name, error = %e, "cannot render the boot file"),
+        )
+        .ok()
     }
 }
 

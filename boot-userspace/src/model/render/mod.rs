@@ -12,6 +12,10 @@ use crate::{
     model::inventory::{Host, Inventory, Profile},
 };
 
+pub mod templates;
+
+pub use templates::{Lookup, TemplateError, TemplateErrors, Templates};
+
 /// Everything a rendered file depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
@@ -21,12 +25,12 @@ pub struct Target<'a> {
     pub profile: &'a Profile,
     /// The address it has now (its reservation, or its lease).
     pub ip: Option<Ipv4Addr>,
-    /// The server's address on the host's network (`{server}`).
+    /// The server's address on the host's network (`{{ server }}`).
     pub server: Ipv4Addr,
     /// Global `[boot]` settings, which the profile's `boot` overrides.
     pub global: &'a BootSettings,
-    /// The host's per-boot nonce (`{nonce}`), when the file is rendered for a boot in
-    /// progress; empty otherwise, so that no template's braces leak to a client.
+    /// The host's per-boot nonce (`{{ nonce }}`), when the file is rendered for a boot in
+    /// progress; empty otherwise.
     pub nonce: Option<&'a str>,
 }
 
@@ -49,22 +53,9 @@ impl Target<'_> {
         }
     }
 
-    /// The kernel command line, [filled in](Self::fill).
-    pub fn cmdline(&self) -> String {
-        self.fill(&self.profile.cmdline)
-    }
-
-    /// `text` with `{host}`, `{mac}`, `{ip}`, `{server}`, `{http_base}`, `{profile}` and
-    /// `{nonce}` replaced by this host's values.
-    pub fn fill(&self, text: &str) -> String {
-        let ip = self.ip.map(|i| i.to_string()).unwrap_or_default();
-        text.replace("{host}", &self.host.name)
-            .replace("{mac}", &self.host.mac.to_string())
-            .replace("{ip}", &ip)
-            .replace("{server}", &self.server.to_string())
-            .replace("{http_base}", &self.image_base())
-            .replace("{profile}", &self.profile.name)
-            .replace("{nonce}", self.nonce.unwrap_or(""))
+    /// The kernel command line, rendered for this host ([`templates::render_cmdline`]).
+    pub fn cmdline(&self) -> Result<String, TemplateError> {
+        templates::render_cmdline(self)
     }
 
     fn header(&self, comment: &str) -> String {
@@ -80,7 +71,8 @@ fn basename(path: &str) -> &str {
 }
 
 /// A pxelinux config (`pxelinux.cfg/01-<mac>`): images over TFTP, relative to its root.
-pub fn pxelinux(t: &Target<'_>) -> String {
+/// Fails when the profile's cmdline does not render.
+pub fn pxelinux(t: &Target<'_>) -> Result<String, TemplateError> {
     let mut out = t.header("#");
     match &t.profile.kernel {
         None => out.push_str("DEFAULT local\nPROMPT 0\nTIMEOUT 0\nLABEL local\n  LOCALBOOT 0\n"),
@@ -90,18 +82,18 @@ pub fn pxelinux(t: &Target<'_>) -> String {
             if !t.profile.initrd.is_empty() {
                 let _ = writeln!(out, "  INITRD {}", t.profile.initrd.join(","));
             }
-            let cmdline = t.cmdline();
+            let cmdline = t.cmdline()?;
             if !cmdline.is_empty() {
                 let _ = writeln!(out, "  APPEND {cmdline}");
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// A GRUB config (`grub.cfg-01-<mac>`): images from GRUB's network root, which is the TFTP
-/// server it was loaded from.
-pub fn grub(t: &Target<'_>) -> String {
+/// server it was loaded from. Fails when the profile's cmdline does not render.
+pub fn grub(t: &Target<'_>) -> Result<String, TemplateError> {
     let mut out = t.header("#");
     out.push_str("set timeout=0\nset default=0\n");
     match &t.profile.kernel {
@@ -113,7 +105,7 @@ pub fn grub(t: &Target<'_>) -> String {
                 out,
                 "  linux /{} {}",
                 kernel.trim_start_matches('/'),
-                t.cmdline()
+                t.cmdline()?
             );
             if !t.profile.initrd.is_empty() {
                 let list: Vec<String> = t
@@ -127,11 +119,11 @@ pub fn grub(t: &Target<'_>) -> String {
             out.push_str("}\n");
         }
     }
-    out
+    Ok(out)
 }
 
 /// The iPXE lines that boot `t.profile` (or leave for the disk).
-fn ipxe_boot(t: &Target<'_>, out: &mut String) {
+fn ipxe_boot(t: &Target<'_>, out: &mut String) -> Result<(), TemplateError> {
     match &t.profile.kernel {
         // `exit` returns to the firmware, which tries its next boot device (the disk).
         None => out.push_str("exit\n"),
@@ -141,7 +133,7 @@ fn ipxe_boot(t: &Target<'_>, out: &mut String) {
             for i in &t.profile.initrd {
                 let _ = write!(args, " initrd={}", basename(i));
             }
-            let cmdline = t.cmdline();
+            let cmdline = t.cmdline()?;
             if !cmdline.is_empty() {
                 let _ = write!(args, " {cmdline}");
             }
@@ -161,29 +153,31 @@ fn ipxe_boot(t: &Target<'_>, out: &mut String) {
             out.push_str("boot\n");
         }
     }
+    Ok(())
 }
 
 /// An iPXE script: images from the HTTP base. Each initrd is named and passed as `initrd=`
-/// so that EFI-stub kernels find them too.
-pub fn ipxe(t: &Target<'_>) -> String {
+/// so that EFI-stub kernels find them too. Fails when the profile's cmdline does not render.
+pub fn ipxe(t: &Target<'_>) -> Result<String, TemplateError> {
     let mut out = String::from("#!ipxe\n");
     out.push_str(&t.header("#"));
-    ipxe_boot(t, &mut out);
-    out
+    ipxe_boot(t, &mut out)?;
+    Ok(out)
 }
 
 /// The iPXE script of a host: its profile, or a menu when it has more (`hosts[].menu`).
+/// `None` when its profile is unknown; an error when a cmdline does not render.
 pub fn host_script(
     inventory: &Inventory,
     host: &Host,
     ip: Option<Ipv4Addr>,
     server: Ipv4Addr,
     global: &BootSettings,
-) -> Option<String> {
+) -> Option<Result<String, TemplateError>> {
     host_script_for_boot(inventory, host, ip, server, global, None)
 }
 
-/// [`host_script`] for a boot in progress, whose `nonce` fills `{nonce}`.
+/// [`host_script`] for a boot in progress, whose `nonce` fills `{{ nonce }}`.
 pub fn host_script_for_boot(
     inventory: &Inventory,
     host: &Host,
@@ -191,7 +185,7 @@ pub fn host_script_for_boot(
     server: Ipv4Addr,
     global: &BootSettings,
     nonce: Option<&str>,
-) -> Option<String> {
+) -> Option<Result<String, TemplateError>> {
     let profile = inventory.profile(&host.profile)?;
     let t = Target {
         host,
@@ -217,8 +211,12 @@ pub fn host_script_for_boot(
 pub const MENU_TIMEOUT_MS: u32 = 5000;
 
 /// An iPXE script with a menu: the host's profile first and the default (chosen after
-/// `timeout_ms` without a key), then `others`.
-pub fn ipxe_menu(t: &Target<'_>, others: &[&Profile], timeout_ms: u32) -> String {
+/// `timeout_ms` without a key), then `others`. Fails when a cmdline does not render.
+pub fn ipxe_menu(
+    t: &Target<'_>,
+    others: &[&Profile],
+    timeout_ms: u32,
+) -> Result<String, TemplateError> {
     let mut out = String::from("#!ipxe\n");
     out.push_str(&t.header("#"));
     let _ = writeln!(out, "menu Bootfabric: {}", t.host.name);
@@ -234,9 +232,9 @@ pub fn ipxe_menu(t: &Target<'_>, others: &[&Profile], timeout_ms: u32) -> String
     );
     for (i, p) in all.iter().enumerate() {
         let _ = writeln!(out, ":p{i}");
-        ipxe_boot(&Target { profile: p, ..*t }, &mut out);
+        ipxe_boot(&Target { profile: p, ..*t }, &mut out)?;
     }
-    out
+    Ok(out)
 }
 
 /// pxelinux's "boot from the local disk" (a profile without a kernel ends with it too).
@@ -320,7 +318,7 @@ mod tests {
             profile(Some("debian/linux")),
             BootSettings::defaults(),
         );
-        let text = pxelinux(&target(&h, &p, &g));
+        let text = pxelinux(&target(&h, &p, &g)).expect("render");
         assert!(text.starts_with("# rendered by bootfabric for node01 (52:54:00:b0:0f:01)"));
         assert!(text.contains("DEFAULT bootfabric\n"));
         assert!(text.contains("  KERNEL debian/linux\n"));
@@ -335,7 +333,7 @@ mod tests {
             profile(Some("debian/linux")),
             BootSettings::defaults(),
         );
-        let text = grub(&target(&h, &p, &g));
+        let text = grub(&target(&h, &p, &g)).expect("render");
         assert!(text.contains("  linux /debian/linux console=ttyS0"));
         assert!(text.contains("  initrd /debian/initrd.gz /extra/firmware.cpio\n"));
     }
@@ -347,7 +345,7 @@ mod tests {
             profile(Some("debian/linux")),
             BootSettings::defaults(),
         );
-        let text = ipxe(&target(&h, &p, &g));
+        let text = ipxe(&target(&h, &p, &g)).expect("render");
         assert!(text.starts_with("#!ipxe\n"));
         assert!(text.contains(
             "kernel http://10.77.0.1/debian/linux initrd=initrd.gz initrd=firmware.cpio console=ttyS0"
@@ -381,7 +379,7 @@ mod tests {
         let mut rescue = profile(Some("rescue/vmlinuz"));
         rescue.name = "rescue".into();
         rescue.initrd.clear();
-        let text = ipxe_menu(&target(&h, &p, &g), &[&rescue], 5000);
+        let text = ipxe_menu(&target(&h, &p, &g), &[&rescue], 5000).expect("render");
         assert!(text.contains("menu Bootfabric: node01\nitem p0 installer\nitem p1 rescue\n"));
         assert!(text.contains(
             "choose --default p0 --timeout 5000 target || set target p0\ngoto ${target}\n"
@@ -402,19 +400,24 @@ mod tests {
         );
         p.cmdline = "url={http_base}/configs/{host}.ign?nonce={nonce}".into();
         let mut t = target(&h, &p, &g);
-        assert!(ipxe(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=\n"));
+        let script = |t: &Target<'_>| ipxe(t).expect("render");
+        assert!(script(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=\n"));
         t.nonce = Some("0123abcd");
-        assert!(ipxe(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=0123abcd\n"));
-        assert_eq!(t.fill("{nonce}{nonce}"), "0123abcd0123abcd");
+        assert!(script(&t).contains("url=http://10.77.0.1/configs/node01.ign?nonce=0123abcd\n"));
+        // A cmdline written for the engine is not a legacy one: its `{nonce}` stays text.
+        let mut both = p.clone();
+        both.cmdline = "{nonce}{{ nonce }}".into();
+        t.profile = &both;
+        assert_eq!(t.cmdline().expect("render"), "{nonce}0123abcd");
     }
 
     #[test]
     fn no_kernel_hands_back_to_the_firmware() {
         let (h, p, g) = (host(), profile(None), BootSettings::defaults());
         let t = target(&h, &p, &g);
-        assert!(pxelinux(&t).contains("LOCALBOOT 0"));
-        assert!(grub(&t).ends_with("exit\n"));
-        assert!(ipxe(&t).ends_with("exit\n"));
+        assert!(pxelinux(&t).expect("render").contains("LOCALBOOT 0"));
+        assert!(grub(&t).expect("render").ends_with("exit\n"));
+        assert!(ipxe(&t).expect("render").ends_with("exit\n"));
     }
 
     /// The disk answer of `netboot = once` (used) is each format's kernel-less branch: the
@@ -423,9 +426,14 @@ mod tests {
     fn the_disk_answer_is_the_kernelless_branch_of_each_format() {
         let (h, p, g) = (host(), profile(None), BootSettings::defaults());
         let t = target(&h, &p, &g);
-        assert!(pxelinux(&t).ends_with(PXELINUX_LOCAL), "{}", pxelinux(&t));
-        assert!(grub(&t).ends_with(GRUB_EXIT), "{}", grub(&t));
-        assert!(ipxe(&t).ends_with(IPXE_EXIT), "{}", ipxe(&t));
+        let (pxe, grub, ipxe) = (
+            pxelinux(&t).expect("render"),
+            grub(&t).expect("render"),
+            ipxe(&t).expect("render"),
+        );
+        assert!(pxe.ends_with(PXELINUX_LOCAL), "{pxe}");
+        assert!(grub.ends_with(GRUB_EXIT), "{grub}");
+        assert!(ipxe.ends_with(IPXE_EXIT), "{ipxe}");
 
         let why = "# bootfabric: node01 (52:54:00:b0:0f:01) boots from its disk: netboot = once, already used\n";
         assert_eq!(
