@@ -335,13 +335,7 @@ impl Config {
     /// The names iPXE scripts are served under: `boot.ipxe_script` and every profile's
     /// override (TFTP and HTTP render them per host).
     pub fn ipxe_script_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.boot.ipxe_script.iter().cloned().collect();
-        for p in self.inventory.profiles().values() {
-            if let Some(s) = &p.boot.ipxe_script {
-                names.push(s.clone());
-            }
-        }
-        names
+        crate::model::snapshot::script_names(&self.boot, &self.inventory)
     }
 
     /// Where profile files (kernels, initrds) are served from, in lookup order: the HTTP

@@ -8,3 +8,4 @@ pub mod gate;
 pub mod inventory;
 pub mod ledger;
 pub mod render;
+pub mod snapshot;

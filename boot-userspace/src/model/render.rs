@@ -255,6 +255,8 @@ mod tests {
             model: None,
             rack: None,
             bmc: None,
+            netboot: Default::default(),
+            meta: Default::default(),
         }
     }
 

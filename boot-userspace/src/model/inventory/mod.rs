@@ -130,6 +130,139 @@ pub struct Host {
     pub rack: Option<String>,
     /// Its BMC, if given.
     pub bmc: Option<BmcConfig>,
+    /// Whether it may boot from the network (`netboot`).
+    pub netboot: Netboot,
+    /// Free metadata for templates and controllers (`meta = { role = "worker" }`).
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+/// `hosts[].netboot`: whether a host is given a network boot.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Netboot {
+    /// Every boot is a network boot (the default).
+    #[default]
+    Allow,
+    /// One network boot; once the host reports `booted`, it is told to boot from its disk
+    /// (as Ironic's PXE filter and Tinkerbell's allowPXE do) until the netboot is set again.
+    Once,
+    /// No boot answer at all: the host gets an address, never a boot file.
+    Deny,
+}
+
+impl Netboot {
+    /// The name as written in the inventory and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Netboot::Allow => "allow",
+            Netboot::Once => "once",
+            Netboot::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Netboot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Netboot {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(Netboot::Allow),
+            "once" => Ok(Netboot::Once),
+            "deny" => Ok(Netboot::Deny),
+            other => Err(format!("{other:?} is not allow, once or deny")),
+        }
+    }
+}
+
+/// What a host is answered when it asks to boot, from its `netboot` and whether a `once`
+/// was used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BootAnswer {
+    /// Its profile: the usual network boot.
+    Boot,
+    /// "Boot from your disk": iPXE `exit`, pxelinux `LOCALBOOT 0`, GRUB `exit`.
+    Disk,
+    /// No boot answer at all.
+    Deny,
+}
+
+/// Bytes a host's `meta` may take, as JSON: metadata is for templates and controllers, not
+/// for images, and every service holds a copy.
+pub const META_MAX_BYTES: usize = 16 * 1024;
+
+/// Validates `meta`: identifiers as keys (so templates can say `meta.role`), scalars, lists
+/// and one level of tables as values, no control characters in strings (a value reaches
+/// kernel command lines and loader scripts, where a newline would add a command), and a
+/// bounded size. Errors are (key under `meta`, reason).
+pub fn validate_meta(meta: &BTreeMap<String, serde_json::Value>) -> Result<(), KeyError> {
+    fn is_ident(k: &str) -> bool {
+        let mut c = k.chars();
+        matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            && k.len() <= 63
+    }
+    fn check(key: &str, v: &serde_json::Value, depth: usize) -> Result<(), KeyError> {
+        use serde_json::Value;
+        let err = |reason: &str| Err(KeyError::new(key.to_owned(), reason.to_owned()));
+        match v {
+            Value::Null => err("null is not a value (leave the key out)"),
+            Value::Bool(_) | Value::Number(_) => Ok(()),
+            Value::String(s) if s.chars().any(char::is_control) => {
+                err("control characters (newlines, tabs) are not allowed")
+            }
+            Value::String(_) => Ok(()),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if matches!(item, Value::Array(_) | Value::Object(_)) {
+                        return err("a list holds strings, numbers or booleans");
+                    }
+                    check(&format!("{key}[{i}]"), item, depth)?;
+                }
+                Ok(())
+            }
+            Value::Object(_) if depth > 0 => err("tables nest one level at most"),
+            Value::Object(map) => {
+                for (k, item) in map {
+                    if !is_ident(k) {
+                        return Err(KeyError::new(
+                            format!("{key}.{k}"),
+                            "a key is letters, digits and '_', not starting with a digit"
+                                .to_owned(),
+                        ));
+                    }
+                    check(&format!("{key}.{k}"), item, depth + 1)?;
+                }
+                Ok(())
+            }
+        }
+    }
+    for (k, v) in meta {
+        if !is_ident(k) {
+            return Err(KeyError::new(
+                k.clone(),
+                "a key is letters, digits and '_', not starting with a digit".to_owned(),
+            ));
+        }
+        check(k, v, 0)?;
+    }
+    let size = serde_json::to_vec(meta)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > META_MAX_BYTES {
+        return Err(KeyError::new(
+            String::new(),
+            format!("{size} bytes as JSON; at most {META_MAX_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates `hosts[].bmc`: errors are (key under `bmc`, reason). Relative file paths are
@@ -252,9 +385,42 @@ pub struct Inventory {
     by_mac: HashMap<Mac, usize>,
     by_ip: HashMap<Ipv4Addr, usize>,
     profiles: BTreeMap<String, Profile>,
+    /// Hosts with `netboot = "once"` whose one network boot was used (reported `booted`).
+    consumed: std::collections::BTreeSet<String>,
 }
 
 impl Inventory {
+    /// What `host` is answered when it asks to boot.
+    pub fn boot_answer(&self, host: &Host) -> BootAnswer {
+        match host.netboot {
+            Netboot::Allow => BootAnswer::Boot,
+            Netboot::Deny => BootAnswer::Deny,
+            Netboot::Once if self.consumed.contains(&host.name) => BootAnswer::Disk,
+            Netboot::Once => BootAnswer::Boot,
+        }
+    }
+
+    /// Marks `name`'s one network boot as used (or not). A name not in the inventory, or a
+    /// host whose netboot is not `once`, is recorded all the same: the state follows the
+    /// name, and `boot_answer` reads it only for `once` hosts.
+    pub fn set_consumed(&mut self, name: &str, consumed: bool) {
+        if consumed {
+            self.consumed.insert(name.to_owned());
+        } else {
+            self.consumed.remove(name);
+        }
+    }
+
+    /// Whether `name`'s one network boot was used.
+    pub fn is_consumed(&self, name: &str) -> bool {
+        self.consumed.contains(name)
+    }
+
+    /// The names whose one network boot was used.
+    pub fn consumed(&self) -> &std::collections::BTreeSet<String> {
+        &self.consumed
+    }
+
     /// Reads and validates the inventory file at `path`.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
         let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
@@ -386,6 +552,19 @@ impl Inventory {
                 }
                 None => None,
             };
+            let netboot = match &h.netboot {
+                Some(n) => n.parse().map_err(|r| invalid(key("netboot"), r))?,
+                None => Netboot::Allow,
+            };
+            let meta = h.meta.unwrap_or_default();
+            validate_meta(&meta).map_err(|e| {
+                let k = if e.key.is_empty() {
+                    key("meta")
+                } else {
+                    key(&format!("meta.{}", e.key))
+                };
+                invalid(k, e.reason)
+            })?;
             by_name.insert(name.clone(), i);
             inv.by_mac.insert(mac, i);
             if let Some(ip) = ip {
@@ -401,6 +580,8 @@ impl Inventory {
                 model: h.model.clone(),
                 rack: h.rack.clone(),
                 bmc,
+                netboot,
+                meta,
             });
         }
         Ok(inv)
@@ -531,6 +712,40 @@ mod tests {
             let e = parse(&format!("{base}{hosts}")).expect_err(hosts).to_string();
             assert!(e.contains(&format!("`{key}`")), "{hosts}: {e}");
         }
+    }
+
+    #[test]
+    fn netboot_and_meta_are_read_and_checked() {
+        let inv = parse(
+            "[profiles.p]\n[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\nnetboot='once'\nmeta={ role = 'worker', disks = ['sda', 'sdb'], bmc = { rack = 4 } }\n",
+        )
+        .expect("valid");
+        let mut inv = inv;
+        let a = inv.hosts()[0].clone();
+        assert_eq!(a.netboot, Netboot::Once);
+        assert_eq!(a.meta["role"], serde_json::json!("worker"));
+        assert_eq!(a.meta["bmc"], serde_json::json!({"rack": 4}));
+        assert_eq!(inv.boot_answer(&a), BootAnswer::Boot);
+        inv.set_consumed("a", true);
+        assert_eq!(inv.boot_answer(&a), BootAnswer::Disk);
+        inv.set_consumed("a", false);
+        assert_eq!(inv.boot_answer(&a), BootAnswer::Boot);
+        let base = "[profiles.p]\n[[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\n";
+        for (extra, key) in [
+            ("netboot='sometimes'", "hosts[0].netboot"),
+            ("meta={ 1role = 'x' }", "hosts[0].meta.1role"),
+            ("meta={ role = \"a\\nb\" }", "hosts[0].meta.role"),
+            ("meta={ t = { u = { v = 1 } } }", "hosts[0].meta.t.u"),
+            ("meta={ l = [[1]] }", "hosts[0].meta.l"),
+        ] {
+            let e = parse(&format!("{base}{extra}\n"))
+                .expect_err(extra)
+                .to_string();
+            assert!(e.contains(&format!("`{key}`")), "{extra}: {e}");
+        }
+        let big = "x".repeat(META_MAX_BYTES);
+        let e = parse(&format!("{base}meta={{ k = '{big}' }}\n")).expect_err("big");
+        assert!(e.to_string().contains("`hosts[0].meta`"), "{e}");
     }
 
     #[test]

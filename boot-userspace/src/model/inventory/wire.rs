@@ -61,6 +61,10 @@ pub struct Host {
     pub rack: Option<String>,
     /// The host's BMC.
     pub bmc: Option<Bmc>,
+    /// `allow` (default), `once` or `deny`.
+    pub netboot: Option<String>,
+    /// Free metadata (`meta = { role = "worker" }`), for templates and controllers.
+    pub meta: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// `hosts[].bmc`.

@@ -1,0 +1,275 @@
+//! One configuration snapshot, swapped whole: the inventory, the boot settings and what is
+//! derived from them, under a generation number. Every service reads the snapshot it loaded
+//! for the request or packet in hand, so one answer never mixes two generations; services
+//! that keep a copy of their own (DHCP's server state and the XDP maps, the ledger's host
+//! index) follow each publish before readers can see it.
+//!
+//! A change (SIGHUP, an API write) is published in one order: build the next parts from the
+//! current snapshot, ask every follower whether it can take them (any refusal refuses the
+//! whole change, and the running generation stays), apply them to every follower, then swap.
+//! Readers load with [`Live::load`]; in async code hold the returned `Arc`, never a guard,
+//! across an `.await`.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus::{IntGauge, Registry};
+
+use crate::model::{boot::BootSettings, inventory::Inventory};
+
+/// One generation of the configuration every service answers from.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// 1 at start, +1 for every publish.
+    pub generation: u64,
+    /// The hosts and profiles in effect.
+    pub inventory: Inventory,
+    /// The global boot settings.
+    pub boot: BootSettings,
+    /// The names iPXE scripts are served under (TFTP and HTTP render them per host).
+    pub scripts: Vec<String>,
+}
+
+/// The parts of the next snapshot, as a change builds them; [`Live::publish`] numbers it.
+#[derive(Debug)]
+pub struct Next {
+    /// The hosts and profiles.
+    pub inventory: Inventory,
+    /// The global boot settings.
+    pub boot: BootSettings,
+    /// The iPXE script names ([`script_names`] of the two above).
+    pub scripts: Vec<String>,
+}
+
+impl Next {
+    /// The parts for `inventory` and `boot`, with the script names derived from them.
+    pub fn new(inventory: Inventory, boot: BootSettings) -> Self {
+        let scripts = script_names(&boot, &inventory);
+        Self {
+            inventory,
+            boot,
+            scripts,
+        }
+    }
+}
+
+/// The names iPXE scripts are served under: `boot.ipxe_script` and every profile's override.
+pub fn script_names(boot: &BootSettings, inventory: &Inventory) -> Vec<String> {
+    let mut names: Vec<String> = boot.ipxe_script.iter().cloned().collect();
+    for p in inventory.profiles().values() {
+        if let Some(s) = &p.boot.ipxe_script {
+            if !names.contains(s) {
+                names.push(s.clone());
+            }
+        }
+    }
+    names
+}
+
+/// A holder of its own copy of configuration that must change with each generation.
+pub trait Follower: Send + Sync {
+    /// The name refusals and metrics use (`dhcp`, `ledger`).
+    fn name(&self) -> &'static str;
+    /// Whether it can take `next` as it is; no side effect. An `Err` refuses the change.
+    fn check(&self, next: &Snapshot) -> Result<(), String>;
+    /// Takes `next`. Called only after every follower's `check` passed; must not fail.
+    fn apply(&self, next: &Arc<Snapshot>);
+}
+
+/// Why a change was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError<E> {
+    /// The change itself is invalid.
+    #[error("{0}")]
+    Build(E),
+    /// A follower cannot take it (the DHCP server cannot change its subnets while running).
+    #[error("{follower} cannot apply this change: {why}")]
+    Refused {
+        /// The follower's name.
+        follower: &'static str,
+        /// Its reason.
+        why: String,
+    },
+}
+
+/// The snapshot in effect, shared by every service.
+pub struct Live {
+    current: ArcSwap<Snapshot>,
+    followers: Mutex<Vec<Arc<dyn Follower>>>,
+    /// One writer at a time: SIGHUP and API writes queue here.
+    writer: Mutex<()>,
+    generation: IntGauge,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Starts at generation 1 with `first`, and registers `bootfabric_config_generation`.
+    pub fn new(first: Next, registry: &Registry) -> Result<Arc<Self>, prometheus::Error> {
+        let generation = IntGauge::new(
+            "bootfabric_config_generation",
+            "Generation of the configuration in effect (1 at start, +1 per reload or API change)",
+        )?;
+        registry.register(Box::new(generation.clone()))?;
+        generation.set(1);
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(Snapshot {
+                generation: 1,
+                inventory: first.inventory,
+                boot: first.boot,
+                scripts: first.scripts,
+            }),
+            followers: Mutex::default(),
+            writer: Mutex::default(),
+            generation,
+        }))
+    }
+
+    /// A snapshot without metrics, for tests and offline commands.
+    pub fn unregistered(first: Next) -> Arc<Self> {
+        let registry = Registry::new();
+        // A fresh registry cannot hold the name already.
+        match Self::new(first, &registry) {
+            Ok(live) => live,
+            Err(e) => unreachable!("a fresh registry refused a metric: {e}"),
+        }
+    }
+
+    /// The snapshot in effect. Load once per request or packet and answer from it.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The generation in effect.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    /// Adds a follower; it is not applied the current snapshot (it was built from it).
+    pub fn follow(&self, f: Arc<dyn Follower>) {
+        self.followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(f);
+    }
+
+    /// Publishes the next generation, built by `build` from the current one: every follower
+    /// checks it (one refusal refuses all), every follower applies it, then readers see it.
+    /// Blocking (followers sync kernel maps): call it from a blocking thread.
+    pub fn publish<E>(
+        &self,
+        build: impl FnOnce(&Snapshot) -> Result<Next, E>,
+    ) -> Result<Arc<Snapshot>, PublishError<E>> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.current.load_full();
+        let next = build(&current).map_err(PublishError::Build)?;
+        let next = Arc::new(Snapshot {
+            generation: current.generation + 1,
+            inventory: next.inventory,
+            boot: next.boot,
+            scripts: next.scripts,
+        });
+        let followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for f in &followers {
+            f.check(&next).map_err(|why| PublishError::Refused {
+                follower: f.name(),
+                why,
+            })?;
+        }
+        for f in &followers {
+            f.apply(&next);
+        }
+        self.current.store(next.clone());
+        self.generation
+            .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Counting {
+        refuse: bool,
+        seen: AtomicU64,
+    }
+
+    impl Follower for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn check(&self, _next: &Snapshot) -> Result<(), String> {
+            if self.refuse {
+                Err("cannot".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+        fn apply(&self, next: &Arc<Snapshot>) {
+            self.seen.store(next.generation, Ordering::SeqCst);
+        }
+    }
+
+    fn empty() -> Next {
+        Next::new(Inventory::default(), BootSettings::default())
+    }
+
+    #[test]
+    fn a_publish_numbers_the_generation_and_reaches_followers_first() {
+        let live = Live::unregistered(empty());
+        let f = Arc::new(Counting {
+            refuse: false,
+            seen: AtomicU64::new(0),
+        });
+        live.follow(f.clone());
+        assert_eq!(live.generation(), 1);
+        let next = live
+            .publish(|_| Ok::<_, String>(empty()))
+            .map_err(|e| e.to_string());
+        assert_eq!(next.map(|s| s.generation), Ok(2));
+        assert_eq!(f.seen.load(Ordering::SeqCst), 2);
+        assert_eq!(live.load().generation, 2);
+    }
+
+    #[test]
+    fn one_refusal_refuses_the_whole_change() {
+        let live = Live::unregistered(empty());
+        let ok = Arc::new(Counting {
+            refuse: false,
+            seen: AtomicU64::new(0),
+        });
+        live.follow(ok.clone());
+        live.follow(Arc::new(Counting {
+            refuse: true,
+            seen: AtomicU64::new(0),
+        }));
+        let refused = live.publish(|_| Ok::<_, String>(empty()));
+        assert!(matches!(
+            refused,
+            Err(PublishError::Refused {
+                follower: "counting",
+                ..
+            })
+        ));
+        assert_eq!(ok.seen.load(Ordering::SeqCst), 0, "nobody applied it");
+        assert_eq!(live.generation(), 1);
+        let bad = live.publish(|_| Err::<Next, _>("bad".to_owned()));
+        assert!(matches!(bad, Err(PublishError::Build(b)) if b == "bad"));
+        assert_eq!(live.generation(), 1);
+    }
+}
