@@ -212,6 +212,31 @@ impl SimHost {
     /// `POST /booted`. A script that boots nothing (`exit`, unknown machine) ends the boot
     /// there.
     pub fn boot(&self, http_base: &str, config: Option<&str>) -> Result<Boot, LabError> {
+        self.boot_steps(http_base, config)
+            .map_err(|e| format!("{}: {e}\n{}", self.mac, self.describe()))
+    }
+
+    /// The machine's addresses, routes and DHCP client events, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for args in [
+            &["-4", "addr", "show"][..],
+            &["route", "show"],
+            &["neigh", "show"],
+        ] {
+            out.push_str(&self.ns.ip(args).unwrap_or_else(|e| e));
+        }
+        for n in 0..self.runs.load(Ordering::Relaxed) {
+            let f = self.dir.path.join(format!("dhcp{n}.events"));
+            out.push_str(&format!(
+                "udhcpc run {n}:\n{}",
+                std::fs::read_to_string(f).unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    fn boot_steps(&self, http_base: &str, config: Option<&str>) -> Result<Boot, LabError> {
         let mut boot = Boot::default();
         for _ in 0..60 {
             let (status, script) = self.curl(&[], &format!("{http_base}/boot.ipxe"))?;
