@@ -505,7 +505,8 @@ fn mutual_tls_needs_a_client_certificate_for_control_only() {
 
     // Read-only: no client certificate needed.
     let (status, body) = curl(&lab.client, &["--cacert", &ca, &format!("{base}/healthz")]);
-    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The first line is the probe's; the generation follows (1: no reload yet).
+    assert_eq!((status, body.as_str()), (200, "ok\ngeneration 1\n"));
     // Control with the token but no certificate: refused.
     let (status, body) = curl(
         &lab.client,

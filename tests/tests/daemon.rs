@@ -206,3 +206,86 @@ fn sigterm_and_sigint_stop_cleanly_and_detach_xdp() {
         );
     }
 }
+
+/// A reload is published whole or not at all: a config whose `[dhcp]` the running server
+/// cannot take (a changed subnet) is refused with the service and the reason, and the host it
+/// adds is served by nobody (HTTP included) while the generation stays; the same hosts with
+/// the running subnet are then published and served at once.
+#[test]
+fn a_reload_dhcp_cannot_take_is_refused_whole() {
+    if !require_root("a_reload_dhcp_cannot_take_is_refused_whole") {
+        return;
+    }
+    let images = TempDir::new().expect("images");
+    let config = |cidr: &str| {
+        format!(
+            "[daemon]\nstate_dir = \"state\"\ninventory = \"hosts.toml\"\n[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[xdp]\nmode = \"off\"\n[http]\nroot = \"{}\"\n[dhcp]\n[[dhcp.subnets]]\ncidr = \"{cidr}\"\ninterface = \"fabric0\"\npools = [\"10.77.0.100-10.77.0.199\"]\n",
+            images.path.display()
+        )
+    };
+    let hosts = "[profiles.p]\nkernel = \"vmlinuz\"\n[[hosts]]\nname = \"node01\"\nmac = \"52:54:00:b0:0f:01\"\nip = \"10.77.0.2\"\nprofile = \"p\"\n";
+    let lab = PairLab::new().expect("lab");
+    let daemon = Daemon::start(
+        &lab.server,
+        &config("10.77.0.0/24"),
+        &[("hosts.toml", hosts)],
+    )
+    .expect("daemon");
+    let healthz = || {
+        http_get(&lab.server, daemon.admin, "/healthz")
+            .expect("healthz")
+            .1
+    };
+    let http: std::net::SocketAddr = "10.77.0.1:80".parse().expect("addr");
+    let node30 = || {
+        http_get(&lab.server, http, "/boot.ipxe?mac=52:54:00:b0:0f:30")
+            .expect("script")
+            .1
+    };
+    assert_eq!(healthz(), "ok\ngeneration 1\n");
+
+    let added = format!(
+        "{hosts}[[hosts]]\nname = \"node30\"\nmac = \"52:54:00:b0:0f:30\"\nip = \"10.77.0.30\"\nprofile = \"p\"\n"
+    );
+    let dir = daemon.config_path();
+    std::fs::write(dir.with_file_name("hosts.toml"), &added).expect("hosts");
+    std::fs::write(&dir, config("10.77.0.0/23")).expect("config");
+    daemon.reload("config not reloaded").expect("refused");
+    assert!(
+        daemon.log().contains(
+            "config not reloaded: dhcp: dhcp.subnets or dhcp.mode changed: restart to apply"
+        ),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(healthz(), "ok\ngeneration 1\n");
+    assert!(node30().contains("not in the inventory"), "{}", node30());
+
+    std::fs::write(&dir, config("10.77.0.0/24")).expect("config");
+    daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    assert_eq!(healthz(), "ok\ngeneration 2\n");
+    assert!(node30().contains("for node30"), "{}", node30());
+    if have_program("curl") {
+        let url = format!("http://{}/healthz", daemon.admin);
+        let head = run(lab.server.command("curl").args(["-sSi", &url])).expect("curl");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("bootfabric-generation: 2\r\n"),
+            "{head}"
+        );
+    }
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    for service in ["dhcp", "ledger"] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "bootfabric_config_generation_applied",
+                &[("service", service)]
+            ),
+            Some(2.0),
+            "{service}"
+        );
+    }
+}

@@ -426,10 +426,21 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
     assert!(menu.contains(
         "kernel http://10.77.0.1/debian/linux initrd=initrd.gz console=ttyS0 ignition.config.url=http://10.77.0.1/configs/node.ign"
     ), "{menu}");
-    // node02 by ?mac= (as iPXE's ${net0/mac} sends it).
-    let by_mac = String::from_utf8_lossy(
+    // ?mac= (as iPXE's ${net0/mac} sends it) names the script only for an address this
+    // server cannot place: from node01's own address, another host's MAC is ignored.
+    let claimed = String::from_utf8_lossy(
         &l.curl("/boot.ipxe?mac=52%3A54%3A00%3Ab0%3A0f%3A02", &[])
             .body,
+    )
+    .into_owned();
+    assert!(claimed.contains("item p1 rescue"), "{claimed}");
+    add_address(&l, "10.77.0.50/24");
+    let by_mac = String::from_utf8_lossy(
+        &l.curl(
+            "/boot.ipxe?mac=52%3A54%3A00%3Ab0%3A0f%3A02",
+            &["--interface", "10.77.0.50"],
+        )
+        .body,
     )
     .into_owned();
     assert!(
@@ -437,7 +448,6 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
         "{by_mac}"
     );
     // An unknown machine gets a script that asks again.
-    add_address(&l, "10.77.0.50/24");
     let unknown =
         String::from_utf8_lossy(&l.curl("/boot.ipxe", &["--interface", "10.77.0.50"]).body)
             .into_owned();
@@ -483,6 +493,94 @@ fn scripts_by_mac_and_address_and_the_booted_callback() {
     let (_, bandwidth) =
         http_get(&l.lab.server, l.daemon.admin, "/api/bandwidth").expect("bandwidth");
     assert!(bandwidth.contains("\"fabric0\":"), "{bandwidth}");
+}
+
+/// `/healthz`: its generation line and header.
+fn generation(l: &Lab) -> String {
+    let (status, body) = http_get(&l.lab.server, l.daemon.admin, "/healthz").expect("healthz");
+    assert_eq!(status, 200);
+    body
+}
+
+/// SIGHUP publishes the next generation: a host added to the inventory is served its script
+/// and its config by the very next request (no "not in the inventory, asking again"), and
+/// `/healthz` says the generation moved. A config that does not load leaves it as it was.
+#[test]
+fn a_host_added_by_sighup_is_served_at_once() {
+    let Some(l) = lab("a_host_added_by_sighup_is_served_at_once", "auto") else {
+        return;
+    };
+    assert_eq!(generation(&l), "ok\ngeneration 1\n");
+    add_address(&l, "10.77.0.30/24");
+    let ask = || {
+        let got = l.curl("/boot.ipxe", &["--interface", "10.77.0.30"]);
+        String::from_utf8_lossy(&got.body).into_owned()
+    };
+    let before = ask();
+    assert!(before.contains("not in the inventory"), "{before}");
+
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    let added = format!(
+        "{INVENTORY}\n[[hosts]]\nname = \"node30\"\nmac = \"52:54:00:b0:0f:30\"\nip = \"10.77.0.30\"\nprofile = \"installer\"\n"
+    );
+    std::fs::write(&hosts, &added).expect("inventory");
+    l.daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    let after = ask();
+    assert!(
+        after.contains("for node30") && after.contains("kernel http://10.77.0.1/debian/linux"),
+        "{after}"
+    );
+    assert_eq!(generation(&l), "ok\ngeneration 2\n");
+    assert_eq!(l.metric("bootfabric_config_generation", &[]), 2.0);
+    // Its config too: the script opened its boot, the template is rendered for it.
+    let config = l.curl("/configs/node.ign", &["--interface", "10.77.0.30"]);
+    assert_eq!(config.status, 200);
+    assert!(
+        String::from_utf8_lossy(&config.body).contains("\"host\":\"node30\""),
+        "{:?}",
+        config.body
+    );
+
+    // A config that does not load is refused whole: generation 2 and node30 stay.
+    std::fs::write(&hosts, "[[hosts]]\nname = 5\n").expect("inventory");
+    l.daemon.reload("config not reloaded").expect("refused");
+    assert_eq!(generation(&l), "ok\ngeneration 2\n");
+    assert!(ask().contains("for node30"));
+}
+
+/// `netboot = "deny"` (here taken by a SIGHUP): the host's script and its configs are
+/// refused (403), whether it asks from its address or names its MAC; other hosts are served.
+#[test]
+fn a_denied_host_is_refused_its_script_and_configs() {
+    let Some(l) = lab("a_denied_host_is_refused_its_script_and_configs", "auto") else {
+        return;
+    };
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    let denied = INVENTORY.replacen(
+        "menu = [\"rescue\"]\n",
+        "menu = [\"rescue\"]\nnetboot = \"deny\"\n",
+        1,
+    );
+    assert!(denied.contains("netboot = \"deny\""));
+    std::fs::write(&hosts, denied).expect("inventory");
+    l.daemon.reload("config reloaded").expect("reload");
+    // The client is 10.77.0.2, node01's reservation.
+    let script = l.curl("/boot.ipxe", &[]);
+    assert_eq!(
+        script.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&script.body)
+    );
+    assert!(String::from_utf8_lossy(&script.body).contains("netboot = deny"));
+    let by_mac = l.curl("/boot.ipxe?mac=52:54:00:b0:0f:01", &[]);
+    assert_eq!(by_mac.status, 403);
+    assert_eq!(l.curl("/configs/node.ign", &[]).status, 403);
+    let node02 = l.curl("/boot.ipxe?mac=52:54:00:b0:0f:02", &[]);
+    assert_eq!(node02.status, 200);
+    assert!(String::from_utf8_lossy(&node02.body).contains("for node02"));
 }
 
 #[test]

@@ -461,6 +461,59 @@ fn per_host_files_are_rendered_from_the_profile() {
     );
 }
 
+/// `netboot = "deny"`, taken by a SIGHUP: the host's own files (its pxelinux and GRUB
+/// configs, the script rendered for its address) are refused with an access violation, so
+/// its loader gets no boot; shared files stay public and the other hosts are served.
+#[test]
+fn a_denied_host_gets_none_of_its_own_files() {
+    let t = "a_denied_host_gets_none_of_its_own_files";
+    let Some(l) = lab_with(
+        t,
+        "tftp",
+        || PairLab::new().map(Net::from),
+        "inventory = \"hosts.toml\"\n",
+        &[("hosts.toml", INVENTORY)],
+    ) else {
+        return;
+    };
+    std::fs::write(l.root.join("undionly.kpxe"), "a shared loader\n").expect("file");
+    let own = "pxelinux.cfg/01-52-54-00-b0-0f-01";
+    let before = l.fetch(own).expect("node01 served");
+    assert!(before.contains("KERNEL debian/linux"), "{before}");
+
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    let denied = INVENTORY.replacen(
+        "profile = \"installer\"\n",
+        "profile = \"installer\"\nnetboot = \"deny\"\n",
+        1,
+    );
+    assert!(denied.contains("netboot = \"deny\""));
+    std::fs::write(&hosts, denied).expect("inventory");
+    l.daemon.reload("config reloaded").expect("reload");
+
+    let refused =
+        |r: &Result<String, String>| matches!(r, Err(said) if said.contains("Error code 2:"));
+    for name in [own, "grub/grub.cfg-01-52-54-00-b0-0f-01", "boot.ipxe"] {
+        let r = l.fetch(name);
+        assert!(refused(&r), "{name}: {r:?}");
+    }
+    assert_eq!(
+        l.fetch("undionly.kpxe").expect("shared loader"),
+        "a shared loader\n"
+    );
+    let node02 = l
+        .fetch("pxelinux.cfg/01-52-54-00-b0-0f-02")
+        .expect("node02");
+    assert!(node02.contains("for node02"), "{node02}");
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_errors_total",
+            &[("reason", "netboot_deny")]
+        ),
+        3.0
+    );
+}
+
 /// The address a host leased is how TFTP knows it: node03 has no reservation.
 #[test]
 fn a_leased_host_gets_its_own_script() {

@@ -47,6 +47,8 @@ pub struct Admin {
     pub ledger: Ledger,
     /// The reboot scheduler.
     pub reboots: Arc<RebootService>,
+    /// The configuration snapshot (its generation in `/healthz`).
+    pub live: Arc<crate::model::snapshot::Live>,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -418,7 +420,15 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
             );
             resp
         }
-        Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
+        Endpoint::Healthz => {
+            // The first line stays `ok` (probes read the status only); the generation tells
+            // an operator whether a reload took.
+            let generation = admin.live.generation();
+            let mut resp = text(StatusCode::OK, format!("ok\ngeneration {generation}\n"));
+            resp.headers_mut()
+                .insert("bootfabric-generation", HeaderValue::from(generation));
+            resp
+        }
         Endpoint::Bandwidth => json(bandwidth_json(&admin.ledger)),
         Endpoint::Timeline => {
             let mac = req

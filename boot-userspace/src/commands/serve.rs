@@ -39,7 +39,9 @@ use crate::{
     fabric::Fabric,
     model::gate::Gate,
     model::ledger::Ledger,
-    services::dhcp::DhcpService,
+    model::snapshot::{Follower, Live, Next, PublishError, Snapshot},
+    services::admission::Admission,
+    services::dhcp::{DhcpFollower, DhcpService, ReloadError},
     services::http::HttpService,
     services::ra::RaService,
     services::reboot::RebootService,
@@ -129,26 +131,80 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-/// SIGHUP: re-reads the config and applies what a running daemon can (hosts, profiles,
-/// boot settings and DHCP options, with the XDP fast path's maps). A config that does not
-/// load is refused whole, with the key and the reason, and the running one stays.
-fn reload(path: &std::path::Path, dhcp: Option<&crate::services::dhcp::Reloader>, ledger: &Ledger) {
+/// The ledger keeps the timelines of inventory hosts apart from strangers' (and never evicts
+/// them): it follows the snapshot's inventory.
+struct LedgerFollower(Ledger);
+
+impl Follower for LedgerFollower {
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn check(&self, _next: &Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply(&self, next: &Arc<Snapshot>) {
+        self.0.set_inventory(&next.inventory);
+    }
+}
+
+/// The next snapshot's parts from a freshly loaded `config`: the TOML's hosts, profiles and
+/// `[boot]`, and the script names they make.
+///
+/// The place where the API's overlay joins the TOML (helper "api" extends this).
+/// A host's one network boot (`netboot = "once"`) that was used stays used across a reload
+/// while the host exists: the TOML says what a host may do, not what it did.
+pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
+    let mut inventory = config.inventory.clone();
+    for name in current.inventory.consumed() {
+        if inventory.hosts().iter().any(|h| &h.name == name) {
+            inventory.set_consumed(name, true);
+        }
+    }
+    Next::new(inventory, config.boot.clone())
+}
+
+/// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
+/// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
+/// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
+/// or the follower and the reason, and the running generation stays.
+fn reload(path: &std::path::Path, live: &Live, dhcp: Option<&DhcpFollower>) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            warn!("SIGHUP: config not reloaded: {e}");
+            warn!(
+                generation = live.generation(),
+                "SIGHUP: config not reloaded: {e}"
+            );
             return;
         }
     };
-    // Hosts added to the inventory are protected in the ledger from now on.
-    ledger.set_inventory(&config.inventory);
-    match dhcp.map(|d| d.reload(config.dhcp.as_ref(), &config.boot, &config.inventory)) {
-        Some(Err(e)) => warn!("SIGHUP: DHCP not reloaded: {e}"),
-        Some(Ok(())) => info!(
-            hosts = config.inventory.hosts().len(),
-            "SIGHUP: config reloaded (DHCP and the XDP fast path)"
+    if dhcp.is_none() && config.dhcp.is_some() {
+        // The rest is published; the server itself only starts with the daemon.
+        warn!("SIGHUP: [dhcp] was added: restart to start the DHCP server");
+    }
+    let published = live.publish(|current| {
+        if let Some(d) = dhcp {
+            d.stage(config.dhcp.as_ref())?;
+        }
+        Ok::<_, ReloadError>(next_from_config(&config, current))
+    });
+    match published {
+        Ok(next) => info!(
+            generation = next.generation,
+            hosts = next.inventory.hosts().len(),
+            "SIGHUP: config reloaded, generation {}",
+            next.generation
         ),
-        None => info!("SIGHUP: nothing to reload without a DHCP server"),
+        Err(PublishError::Build(e)) => warn!(
+            generation = live.generation(),
+            "SIGHUP: config not reloaded: dhcp: {e}"
+        ),
+        Err(PublishError::Refused { follower, why }) => warn!(
+            generation = live.generation(),
+            follower, "SIGHUP: config not reloaded: {follower} refused it: {why}"
+        ),
     }
 }
 
@@ -189,6 +245,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         "bootfabric starting"
     );
     raise_open_files_limit();
+    // Before any service says it listens: a signal sent once a "listening" line is out (a
+    // supervisor, a test) is then queued for the loop below, never the default action
+    // (SIGHUP's is to terminate).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let registry = Registry::new();
     let ebpf = if xdp::embedded_object().is_some() {
         "embedded"
@@ -217,13 +279,33 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         core.service_up.with_label_values(&["xdp"]).set(0);
     }
 
-    // The iPXE script paths TFTP and HTTP both answer (a walk over every profile).
-    let scripts = config.ipxe_script_names();
+    // Generation 1: what every service answers from until a reload publishes the next.
+    let first = Next::new(config.inventory.clone(), config.boot.clone());
+    let live = Live::new(first, &registry).context("registering snapshot metrics")?;
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
-    ledger.set_inventory(&config.inventory);
-    let gate = Gate::new(config.scheduler.gate_retry_s);
+    ledger.set_inventory(&live.load().inventory);
+    live.follow(Arc::new(LedgerFollower(ledger.clone())));
+    let gate = Gate::with_metrics(config.scheduler.gate_settings(), &registry)
+        .context("registering gate metrics")?;
+    {
+        // Slots from the measured egress, and slots freed when nobody asks.
+        let admission = Admission::new(
+            gate.clone(),
+            ledger.clone(),
+            Arc::clone(&live),
+            &config.scheduler,
+        );
+        let token = supervisor.token();
+        supervisor.spawn(
+            "admission",
+            Box::pin(async move {
+                admission.run(token).await;
+                Ok::<(), ServiceError>(())
+            }),
+        );
+    }
     let setup = crate::services::reboot::runner::Setup {
-        inventory: config.inventory.clone(),
+        live: Arc::clone(&live),
         image_roots: config
             .image_roots()
             .into_iter()
@@ -233,11 +315,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
-    let mut dhcp_reloader = None;
+    let mut dhcp_follower = None;
     if let Some(dhcp) = config.dhcp.clone() {
+        // The DHCP server keeps its own copy (it decides under its own lock) and follows.
+        let start = live.load();
         let sources = crate::services::dhcp::Sources {
-            inventory: config.inventory.clone(),
-            boot: config.boot.clone(),
+            inventory: start.inventory.clone(),
+            boot: start.boot.clone(),
             ledger: ledger.clone(),
             journal: crate::services::dhcp::journal_path(&config.state_dir),
             config_path: config.path.clone(),
@@ -248,7 +332,9 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 warn!("XDP DHCP fast path off: {e}");
             }
         }
-        dhcp_reloader = Some(service.reloader());
+        let follower = service.reloader().follower();
+        live.follow(Arc::clone(&follower) as Arc<dyn Follower>);
+        dhcp_follower = Some(follower);
         let token = supervisor.token();
         supervisor.spawn(
             "dhcp",
@@ -261,9 +347,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         let service = {
             let _files = files.enter();
             let sources = crate::services::tftp::service::Sources {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts: scripts.clone(),
+                live: Arc::clone(&live),
                 ledger: ledger.clone(),
                 transfer_ports: config.tftp_transfer_ports,
             };
@@ -280,9 +364,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         let service = {
             let _files = files.enter();
             let sources = crate::services::http::Sources {
-                inventory: config.inventory.clone(),
-                boot: config.boot.clone(),
-                scripts: scripts.clone(),
+                live: Arc::clone(&live),
                 ledger: ledger.clone(),
                 gate: gate.clone(),
             };
@@ -314,6 +396,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         registry: registry.clone(),
         ledger: ledger.clone(),
         reboots,
+        live: Arc::clone(&live),
     };
     supervisor.spawn(
         "admin",
@@ -327,9 +410,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         warn!(bmc = url, "BMC over plain http (allow_plaintext = true): its password crosses the network in clear");
     }
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let token = cancel.clone();
     let path = config.path.clone();
     let reloading = Arc::new(AtomicBool::new(false));
@@ -345,11 +425,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                         warn!("SIGHUP: the previous reload is still running; ignored");
                         continue;
                     }
-                    let (path, dhcp, ledger) =
-                        (path.clone(), dhcp_reloader.clone(), ledger.clone());
+                    let (path, dhcp, live) =
+                        (path.clone(), dhcp_follower.clone(), Arc::clone(&live));
                     let done = Arc::clone(&reloading);
                     tokio::task::spawn_blocking(move || {
-                        reload(&path, dhcp.as_ref(), &ledger);
+                        reload(&path, &live, dhcp.as_deref());
                         done.store(false, Ordering::Release);
                     });
                     continue;
@@ -371,5 +451,55 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             warn!(services = ?names, "bootfabric stopped after a service failure");
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory};
+
+    fn inventory(names: &[&str]) -> Inventory {
+        let mut text = String::from("[profiles.p]\n");
+        for (i, n) in names.iter().enumerate() {
+            text += &format!(
+                "[[hosts]]\nname = \"{n}\"\nmac = \"52:54:00:00:00:{i:02x}\"\nprofile = \"p\"\nnetboot = \"once\"\n"
+            );
+        }
+        Inventory::from_wire(
+            Path::new("hosts.toml"),
+            toml::from_str(&text).expect("toml"),
+        )
+        .expect("inventory")
+    }
+
+    /// A reload takes the TOML's hosts, but a used `once` stays used while its host exists
+    /// (the TOML says what a host may do, not what it did); a host that left forgets it.
+    #[test]
+    fn a_reload_keeps_the_used_once_of_hosts_that_stay() {
+        let mut running = inventory(&["a", "b"]);
+        running.set_consumed("a", true);
+        running.set_consumed("b", true);
+        let live = Live::unregistered(Next::new(running, BootSettings::defaults()));
+        let config = Config::from_wire(
+            Path::new("bootfabric.toml"),
+            toml::from_str("").expect("config"),
+            inventory(&["a", "c"]),
+        )
+        .expect("config");
+        let next = next_from_config(&config, &live.load());
+        let names: Vec<&str> = next
+            .inventory
+            .hosts()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(next.inventory.is_consumed("a"));
+        assert!(!next.inventory.is_consumed("b"), "b left the inventory");
+        assert!(!next.inventory.is_consumed("c"));
+        assert_eq!(next.scripts, ["boot.ipxe"]);
     }
 }

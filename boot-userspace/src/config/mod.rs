@@ -18,6 +18,7 @@ use ipnet::IpNet;
 
 use crate::model::{
     boot::BootSettings,
+    gate::{GateMode, GateSettings},
     inventory::{Inventory, InventoryError},
 };
 use crate::util::key_error::KeyError;
@@ -261,9 +262,28 @@ pub struct SchedulerConfig {
     pub lookahead_s: f64,
     /// Seconds a host at the admission gate sleeps before asking again.
     pub gate_retry_s: u32,
+    /// Who waits at the admission gate (`scheduler.gate`).
+    pub gate: GateMode,
+    /// Fewest download slots, whatever the measured capacity says.
+    pub min_slots: usize,
+    /// Seconds an admitted host may take to start a download before its slot is revoked.
+    pub admit_idle_s: f64,
 }
 
 impl SchedulerConfig {
+    /// The admission gate's knobs: download slots start at the configured capacity over one
+    /// host's rate, and a slot is held at most the boot timeout.
+    pub fn gate_settings(&self) -> GateSettings {
+        GateSettings {
+            mode: self.gate,
+            retry_s: self.gate_retry_s,
+            slots: ((self.capacity_bps / self.per_host_bps).floor() as usize).clamp(1, 1 << 20),
+            min_slots: self.min_slots,
+            admit_idle_ms: (self.admit_idle_s * 1000.0) as u64,
+            slot_timeout_ms: (self.boot_timeout_s * 1000.0) as u64,
+        }
+    }
+
     fn from_wire(w: &wire::Scheduler) -> Result<Self, KeyError> {
         let positive = |v: Option<f64>, default: f64, key: &str| -> Result<f64, KeyError> {
             match v {
@@ -315,7 +335,18 @@ impl SchedulerConfig {
             Some(n) => n.min(300),
             None => crate::model::gate::DEFAULT_RETRY_S,
         };
+        let gate = match &w.gate {
+            Some(g) => g
+                .parse::<GateMode>()
+                .map_err(|e| KeyError::new("scheduler.gate", e))?,
+            None => GateMode::default(),
+        };
+        let min_slots = at_least_one(w.min_slots, 1, "min_slots")?;
+        let admit_idle_s = positive(w.admit_idle_s, 30.0, "admit_idle_s")?;
         Ok(Self {
+            gate,
+            min_slots,
+            admit_idle_s,
             capacity_bps,
             per_host_bps,
             post_guess_s,
@@ -997,6 +1028,12 @@ mod tests {
         assert_eq!(c.scheduler.capacity_bps, 10_000.0 * 1e6 / 8.0);
         assert_eq!(c.scheduler.per_host_bps, 1_000.0 * 1e6 / 8.0);
         assert_eq!(c.scheduler.gate_retry_s, 3);
+        assert_eq!(c.scheduler.gate, GateMode::RebootRuns);
+        assert_eq!((c.scheduler.min_slots, c.scheduler.admit_idle_s), (1, 30.0));
+        let c = parse("[scheduler]\ngate = \"always\"\nmin_slots = 4\nadmit_idle_s = 5\n")
+            .expect("gate keys");
+        assert_eq!(c.scheduler.gate, GateMode::Always);
+        assert_eq!((c.scheduler.min_slots, c.scheduler.admit_idle_s), (4, 5.0));
         let c =
             parse("[scheduler]\ncapacity_mbps = 25000\nper_host_mbps = 2500\nlookahead_s = 0\n")
                 .expect("scheduler");
@@ -1009,6 +1046,9 @@ mod tests {
             ("max_bmc_operations = 0", "scheduler.max_bmc_operations"),
             ("lookahead_s = -5", "scheduler.lookahead_s"),
             ("gate_retry_s = 0", "scheduler.gate_retry_s"),
+            ("gate = \"sometimes\"", "scheduler.gate"),
+            ("min_slots = 0", "scheduler.min_slots"),
+            ("admit_idle_s = 0", "scheduler.admit_idle_s"),
         ] {
             let e = err(&format!("[scheduler]\n{text}\n"));
             assert!(e.contains(key), "{text}: {e}");

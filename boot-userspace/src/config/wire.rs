@@ -65,6 +65,12 @@ pub struct Scheduler {
     pub lookahead_s: Option<f64>,
     /// Seconds a host waiting for a download slot sleeps before asking again.
     pub gate_retry_s: Option<u32>,
+    /// Who waits for a download slot: `always`, `reboot_runs` (default) or `off`.
+    pub gate: Option<String>,
+    /// Fewest download slots, whatever the measured capacity says (default 1).
+    pub min_slots: Option<usize>,
+    /// Seconds an admitted host may take to start a download before its slot is revoked.
+    pub admit_idle_s: Option<f64>,
 }
 
 /// `[dhcp]`.

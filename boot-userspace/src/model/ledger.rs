@@ -741,6 +741,39 @@ impl Ledger {
     }
 }
 
+// Reading a boot's progress from its events: the reboot runner and the admission gate
+// judge "every file of the profile sent" with the same functions.
+
+/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
+/// `http_base` path).
+pub fn names(path: &str, file: &str) -> bool {
+    path.trim_start_matches('/') == file
+        || path
+            .strip_suffix(file)
+            .is_some_and(|head| head.ends_with('/'))
+}
+
+/// When `file` was first sent completely at or after `from_ms`.
+pub fn sent_at(file: &str, events: &[Event], from_ms: u64) -> Option<u64> {
+    events.iter().find_map(|e| {
+        let path = e.kind.sent_path()?;
+        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
+    })
+}
+
+/// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
+/// time of the last one. A profile with no files is never "fetched": its slot frees at
+/// `booted`.
+pub fn fetched_at(files: &[String], events: &[Event], from_ms: u64) -> Option<u64> {
+    if files.is_empty() {
+        return None;
+    }
+    files
+        .iter()
+        .map(|f| sent_at(f, events, from_ms))
+        .try_fold(0, |last, at| at.map(|a| a.max(last)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

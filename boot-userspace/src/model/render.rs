@@ -239,6 +239,37 @@ pub fn ipxe_menu(t: &Target<'_>, others: &[&Profile], timeout_ms: u32) -> String
     out
 }
 
+/// pxelinux's "boot from the local disk" (a profile without a kernel ends with it too).
+pub const PXELINUX_LOCAL: &str = "DEFAULT local\nPROMPT 0\nTIMEOUT 0\nLABEL local\n  LOCALBOOT 0\n";
+/// GRUB's: leaving GRUB hands the machine back to the firmware's next boot entry.
+pub const GRUB_EXIT: &str = "set timeout=0\nset default=0\nexit\n";
+/// iPXE's: `exit` returns to the firmware, which tries its next boot device (the disk).
+pub const IPXE_EXIT: &str = "exit\n";
+
+/// Why a host is told to boot from its disk, as a comment line.
+fn disk_reason(comment: &str, host: &Host) -> String {
+    format!(
+        "{comment} bootfabric: {} ({}) boots from its disk: netboot = once, already used\n",
+        host.name, host.mac
+    )
+}
+
+/// The pxelinux config of a host whose answer is "boot from your disk"
+/// ([`crate::model::inventory::BootAnswer::Disk`]).
+pub fn pxelinux_disk(host: &Host) -> String {
+    disk_reason("#", host) + PXELINUX_LOCAL
+}
+
+/// The GRUB config of a host whose answer is "boot from your disk".
+pub fn grub_disk(host: &Host) -> String {
+    disk_reason("#", host) + GRUB_EXIT
+}
+
+/// The iPXE script of a host whose answer is "boot from your disk".
+pub fn ipxe_disk(host: &Host) -> String {
+    format!("#!ipxe\n{}{IPXE_EXIT}", disk_reason("#", host))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +415,27 @@ mod tests {
         assert!(pxelinux(&t).contains("LOCALBOOT 0"));
         assert!(grub(&t).ends_with("exit\n"));
         assert!(ipxe(&t).ends_with("exit\n"));
+    }
+
+    /// The disk answer of `netboot = once` (used) is each format's kernel-less branch: the
+    /// loaders leave for the disk the same way whichever path led there.
+    #[test]
+    fn the_disk_answer_is_the_kernelless_branch_of_each_format() {
+        let (h, p, g) = (host(), profile(None), BootSettings::defaults());
+        let t = target(&h, &p, &g);
+        assert!(pxelinux(&t).ends_with(PXELINUX_LOCAL), "{}", pxelinux(&t));
+        assert!(grub(&t).ends_with(GRUB_EXIT), "{}", grub(&t));
+        assert!(ipxe(&t).ends_with(IPXE_EXIT), "{}", ipxe(&t));
+
+        let why = "# bootfabric: node01 (52:54:00:b0:0f:01) boots from its disk: netboot = once, already used\n";
+        assert_eq!(
+            pxelinux_disk(&h),
+            format!("{why}DEFAULT local\nPROMPT 0\nTIMEOUT 0\nLABEL local\n  LOCALBOOT 0\n")
+        );
+        assert_eq!(
+            grub_disk(&h),
+            format!("{why}set timeout=0\nset default=0\nexit\n")
+        );
+        assert_eq!(ipxe_disk(&h), format!("#!ipxe\n{why}exit\n"));
     }
 }

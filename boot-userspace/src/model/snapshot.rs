@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use prometheus::{IntGauge, Registry};
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::model::{boot::BootSettings, inventory::Inventory};
 
@@ -99,6 +99,9 @@ pub struct Live {
     /// One writer at a time: SIGHUP and API writes queue here.
     writer: Mutex<()>,
     generation: IntGauge,
+    /// The generation each follower applied last (`bootfabric_config_generation_applied`),
+    /// set by `publish` right after the follower's `apply` returned.
+    applied: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Live {
@@ -118,6 +121,14 @@ impl Live {
         )?;
         registry.register(Box::new(generation.clone()))?;
         generation.set(1);
+        let applied = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_config_generation_applied",
+                "Generation of the configuration each service keeping its own copy has applied (dhcp, ledger)",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(applied.clone()))?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 1,
@@ -128,6 +139,7 @@ impl Live {
             followers: Mutex::default(),
             writer: Mutex::default(),
             generation,
+            applied,
         }))
     }
 
@@ -139,6 +151,12 @@ impl Live {
             Ok(live) => live,
             Err(e) => unreachable!("a fresh registry refused a metric: {e}"),
         }
+    }
+
+    fn set_applied(&self, follower: &str, generation: u64) {
+        self.applied
+            .with_label_values(&[follower])
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// The snapshot in effect. Load once per request or packet and answer from it.
@@ -153,6 +171,11 @@ impl Live {
 
     /// Adds a follower; it is not applied the current snapshot (it was built from it).
     pub fn follow(&self, f: Arc<dyn Follower>) {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.set_applied(f.name(), self.generation());
         self.followers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -191,6 +214,7 @@ impl Live {
         }
         for f in &followers {
             f.apply(&next);
+            self.set_applied(f.name(), next.generation);
         }
         self.current.store(next.clone());
         self.generation
@@ -271,5 +295,96 @@ mod tests {
         let bad = live.publish(|_| Err::<Next, _>("bad".to_owned()));
         assert!(matches!(bad, Err(PublishError::Build(b)) if b == "bad"));
         assert_eq!(live.generation(), 1);
+    }
+
+    /// Per apply: the follower, the generation applied, the generation readers saw then.
+    type Applies = Arc<Mutex<Vec<(&'static str, u64, u64)>>>;
+
+    /// Records, at each apply, its name and the generation readers see at that moment.
+    struct Recording {
+        name: &'static str,
+        live: std::sync::OnceLock<Arc<Live>>,
+        log: Applies,
+    }
+
+    impl Follower for Recording {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn check(&self, _next: &Snapshot) -> Result<(), String> {
+            Ok(())
+        }
+        fn apply(&self, next: &Arc<Snapshot>) {
+            let seen = self.live.get().map_or(0, |l| l.load().generation);
+            self.log
+                .lock()
+                .expect("log")
+                .push((self.name, next.generation, seen));
+        }
+    }
+
+    fn gauge(registry: &Registry, name: &str, service: Option<&str>) -> Option<i64> {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .find(|m| service.is_none_or(|s| m.get_label().iter().any(|l| l.value() == s)))
+            .map(|m| m.get_gauge().get_value() as i64)
+    }
+
+    #[test]
+    fn followers_apply_in_order_before_readers_see_the_generation() {
+        let registry = Registry::new();
+        let live = Live::new(empty(), &registry).expect("live");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for name in ["dhcp", "ledger"] {
+            let f = Arc::new(Recording {
+                name,
+                live: std::sync::OnceLock::new(),
+                log: Arc::clone(&log),
+            });
+            let _ = f.live.set(Arc::clone(&live));
+            live.follow(f);
+        }
+        assert_eq!(
+            gauge(
+                &registry,
+                "bootfabric_config_generation_applied",
+                Some("dhcp")
+            ),
+            Some(1)
+        );
+        live.publish(|_| Ok::<_, String>(empty()))
+            .expect("published");
+        assert_eq!(
+            *log.lock().expect("log"),
+            [("dhcp", 2, 1), ("ledger", 2, 1)],
+            "each follower in the order it followed, while readers still load generation 1"
+        );
+        assert_eq!(live.load().generation, 2);
+        assert_eq!(
+            gauge(&registry, "bootfabric_config_generation", None),
+            Some(2)
+        );
+        for service in ["dhcp", "ledger"] {
+            assert_eq!(
+                gauge(
+                    &registry,
+                    "bootfabric_config_generation_applied",
+                    Some(service)
+                ),
+                Some(2),
+                "{service}"
+            );
+        }
+        // A refused change moves no gauge.
+        let refused = live.publish(|_| Err::<Next, _>("bad".to_owned()));
+        assert!(refused.is_err());
+        assert_eq!(
+            gauge(&registry, "bootfabric_config_generation", None),
+            Some(2)
+        );
+        assert_eq!(log.lock().expect("log").len(), 2);
     }
 }

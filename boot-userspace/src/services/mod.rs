@@ -1,6 +1,7 @@
 //! The services `bootfabric serve` runs. Each owns its part (its section, its sockets) and
 //! reports to the ledger; no service imports another.
 
+pub mod admission;
 pub mod dhcp;
 pub mod http;
 pub mod ra;

@@ -272,20 +272,25 @@ profile = "a"
             assert_eq!(kernel.relays, want.relays);
         }
 
-        // h2 leaves the inventory: its entry leaves the kernel.
-        let reloader = t.service.reloader();
+        // h2 leaves the inventory: its entry leaves the kernel. Reloads go through the
+        // snapshot the service follows, as SIGHUP's do.
+        use crate::model::snapshot::{Live, Next, PublishError};
+        let first = Next::new(testkit::inventory(TWO_HOSTS), BootSettings::defaults());
+        let live = Live::unregistered(first);
+        let follower = t.service.reloader().follower();
+        live.follow(follower.clone());
+        let reload = |dhcp: Option<&crate::config::DhcpConfig>, inventory| {
+            live.publish(|_| {
+                follower.stage(dhcp)?;
+                Ok::<_, super::super::ReloadError>(Next::new(inventory, BootSettings::defaults()))
+            })
+        };
         let one_host = TWO_HOSTS
             .split("[[hosts]]")
             .take(2)
             .collect::<Vec<_>>()
             .join("[[hosts]]");
-        reloader
-            .reload(
-                Some(&dhcp()),
-                &BootSettings::defaults(),
-                &testkit::inventory(&one_host),
-            )
-            .expect("reload");
+        reload(Some(&dhcp()), testkit::inventory(&one_host)).expect("reload");
         {
             let kernel = maps.0.lock().expect("fake");
             assert_eq!(kernel.syncs, 2);
@@ -295,23 +300,24 @@ profile = "a"
             );
         }
 
-        // Refused reloads leave the server and the kernel as they were.
+        // Refused reloads leave the server, the kernel and the generation as they were.
         let other = testkit::dhcp("10.9.0.0/24", "fabric0", "10.9.0.100-10.9.0.110");
-        let inventory = testkit::inventory(TWO_HOSTS);
-        let e = reloader
-            .reload(Some(&other), &BootSettings::defaults(), &inventory)
-            .expect_err("subnets changed");
+        let Err(PublishError::Build(e)) = reload(Some(&other), testkit::inventory(TWO_HOSTS))
+        else {
+            panic!("subnets changed, yet published");
+        };
         assert_eq!(
             e.to_string(),
             "dhcp.subnets or dhcp.mode changed: restart to apply"
         );
-        let e = reloader
-            .reload(None, &BootSettings::defaults(), &inventory)
-            .expect_err("no [dhcp]");
+        let Err(PublishError::Build(e)) = reload(None, testkit::inventory(TWO_HOSTS)) else {
+            panic!("no [dhcp], yet published");
+        };
         assert_eq!(
             e.to_string(),
             "the reloaded config has no [dhcp]; restart to remove the server"
         );
+        assert_eq!(live.generation(), 2);
         assert_eq!(maps.0.lock().expect("fake").syncs, 2);
         let server = t.service.server.lock().expect("lock");
         assert_eq!(

@@ -42,7 +42,7 @@ use dhcproto::{Encodable, Encoder};
 
 use journal::LeaseRecord;
 
-pub use reload::{ReloadError, Reloader};
+pub use reload::{DhcpFollower, ReloadError, Reloader};
 pub use service::{bind_on_device, DhcpService, Ports, Sources};
 pub use step::ledger_event;
 

@@ -1,13 +1,25 @@
-//! Reloads of a running DHCP service: what a SIGHUP may change without a restart.
+//! How a running DHCP service follows the configuration snapshot: what a reload (SIGHUP, the
+//! admin API) may change without a restart, and what it refuses.
+//!
+//! The DHCP server keeps its own copy of the inventory and boot settings (it decides under its
+//! own lock, over plain data), so it is a [`Follower`] of [`crate::model::snapshot::Live`]:
+//! [`DhcpFollower::check`] refuses a change the running server cannot take (pure: it reads,
+//! never writes), [`DhcpFollower::apply`] swaps the copy, the reservations of the lease table
+//! and the XDP fast path's maps before readers see the new generation.
+//!
+//! The `[dhcp]` section is not in the snapshot (it is the service's own section, read from the
+//! TOML only): a SIGHUP [stages](DhcpFollower::stage) the reloaded section before it
+//! publishes, and the publish that applies applies it too. An API publish stages nothing and
+//! keeps the running section.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{fastpath::FastPathOwner, server::Server};
 use crate::{
     config::DhcpConfig,
-    model::{boot::BootSettings, inventory::Inventory},
+    model::snapshot::{Follower, Snapshot},
     xdp::fastpath::FastPathError,
 };
 
@@ -28,7 +40,7 @@ pub enum ReloadError {
     FastPath(#[from] FastPathError),
 }
 
-/// Applies reloaded configurations to a running DHCP service.
+/// Handles on a running DHCP service's state, for its [`DhcpFollower`].
 #[derive(Clone)]
 pub struct Reloader {
     pub(super) server: Arc<Mutex<Server>>,
@@ -36,46 +48,117 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Applies a reloaded configuration: `dhcp` (the new `[dhcp]`, if any), boot settings,
-    /// hosts and profiles. The subnets and pools stay as they are (they shape the lease
-    /// table; a restart changes them). The fast path's maps follow.
-    pub fn reload(
-        &self,
-        dhcp: Option<&DhcpConfig>,
-        boot: &BootSettings,
-        inventory: &Inventory,
-    ) -> Result<(), ReloadError> {
+    /// The follower that keeps this service on the current snapshot.
+    pub fn follower(self) -> Arc<DhcpFollower> {
+        Arc::new(DhcpFollower {
+            handles: self,
+            staged: Mutex::new(None),
+        })
+    }
+}
+
+/// The DHCP service as a follower of the configuration snapshot.
+pub struct DhcpFollower {
+    handles: Reloader,
+    /// A reloaded `[dhcp]` admitted by [`Self::stage`], applied by the next `apply`.
+    staged: Mutex<Option<DhcpConfig>>,
+}
+
+/// The test of a reloaded section against the running server: the subnets and the mode shape
+/// the lease table (a restart changes them).
+fn admissible(server: &Server, dhcp: &DhcpConfig) -> Result<(), ReloadError> {
+    let same_subnets = server
+        .dhcp
+        .subnets
+        .iter()
+        .map(|s| s.net)
+        .eq(dhcp.subnets.iter().map(|s| s.net));
+    if !same_subnets || server.dhcp.mode != dhcp.mode {
+        return Err(ReloadError::NeedsRestart);
+    }
+    Ok(())
+}
+
+impl DhcpFollower {
+    fn server(&self) -> Result<MutexGuard<'_, Server>, ReloadError> {
+        self.handles
+            .server
+            .lock()
+            .map_err(|_| ReloadError::Poisoned)
+    }
+
+    /// Admits a reloaded `[dhcp]` section (`None`: the reloaded config has none) for the next
+    /// publish. Called from inside the publish's `build`, so that no other publish comes
+    /// between the staging and its check and apply. A section the running server cannot take
+    /// is refused here, and nothing is staged.
+    pub fn stage(&self, dhcp: Option<&DhcpConfig>) -> Result<(), ReloadError> {
         let dhcp = dhcp.ok_or(ReloadError::NoDhcp)?;
-        let mut server = self.server.lock().map_err(|_| ReloadError::Poisoned)?;
-        if server
-            .dhcp
-            .subnets
-            .iter()
-            .map(|s| s.net)
-            .ne(dhcp.subnets.iter().map(|s| s.net))
-            || server.dhcp.mode != dhcp.mode
-        {
-            return Err(ReloadError::NeedsRestart);
+        admissible(&*self.server()?, dhcp)?;
+        *self.staged.lock().map_err(|_| ReloadError::Poisoned)? = Some(dhcp.clone());
+        Ok(())
+    }
+
+    /// Swaps the server's copy and resyncs the fast path's maps; errors of the maps are
+    /// returned (the userspace server answers right either way).
+    fn apply_to(&self, next: &Snapshot) -> Result<(), ReloadError> {
+        let staged = self
+            .staged
+            .lock()
+            .map_err(|_| ReloadError::Poisoned)?
+            .take();
+        let mut server = self.server()?;
+        server.inventory = next.inventory.clone();
+        server.boot = next.boot.clone();
+        if let Some(dhcp) = staged {
+            server.dhcp.options = dhcp.options.clone();
+            // Relays and DECLINE limits apply at once; the commit bounds at the next start.
+            server.set_guards(dhcp.guards.clone());
+            for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
+                mine.options = new.options.clone();
+            }
         }
-        server.inventory = inventory.clone();
-        server.boot = boot.clone();
-        server.dhcp.options = dhcp.options.clone();
-        // Relays and DECLINE limits apply at once; the commit bounds at the next start.
-        server.set_guards(dhcp.guards.clone());
-        for (mine, new) in server.dhcp.subnets.iter_mut().zip(&dhcp.subnets) {
-            mine.options = new.options.clone();
-        }
-        server.table.set_reservations(inventory);
-        if let Ok(mut slot) = self.fast_path.lock() {
+        server.table.set_reservations(&next.inventory);
+        if let Ok(mut slot) = self.handles.fast_path.lock() {
             if let Some(fp) = slot.as_mut() {
                 let r = fp.sync(&server)?.written;
                 info!(
                     hosts = r.hosts,
                     removed = r.removed,
+                    generation = next.generation,
                     "XDP DHCP fast path resynced"
                 );
             }
         }
         Ok(())
+    }
+}
+
+impl Follower for DhcpFollower {
+    fn name(&self) -> &'static str {
+        "dhcp"
+    }
+
+    fn check(&self, _next: &Snapshot) -> Result<(), String> {
+        // What `stage` admitted is checked again under the server lock: the running section
+        // is the server's own, and nothing else in a snapshot can be refused by DHCP (hosts
+        // and profiles were validated when the snapshot was built).
+        let staged = self.staged.lock().map_err(|_| "DHCP lock poisoned")?;
+        match staged.as_ref() {
+            Some(dhcp) => admissible(&*self.server().map_err(|e| e.to_string())?, dhcp)
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn apply(&self, next: &Arc<Snapshot>) {
+        if let Err(e) = self.apply_to(next) {
+            // The lease table and the userspace answers follow whatever the maps do; a map
+            // that did not follow is logged and the fast path's stale entries are caught by
+            // its generation check (a hit from old maps is dropped).
+            warn!(
+                generation = next.generation,
+                "DHCP did not follow the new snapshot whole: {e}"
+            );
+        }
     }
 }

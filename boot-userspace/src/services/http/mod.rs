@@ -31,10 +31,9 @@ use tracing::{info, warn};
 use crate::{
     config::{HttpBackend, HttpConfig},
     fabric::Iface,
-    model::boot::BootSettings,
     model::gate::Gate,
-    model::inventory::Inventory,
     model::ledger::Ledger,
+    model::snapshot::Live,
 };
 use conn::{Limits, Metrics, Shared};
 use routes::Site;
@@ -145,12 +144,9 @@ pub struct HttpService {
 /// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
 /// so the service reads no other section of the configuration.
 pub struct Sources {
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Paths iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot (hosts, profiles, `[boot]`, script paths), loaded once per
+    /// request.
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait
@@ -187,9 +183,7 @@ impl HttpService {
         let site = Site {
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
-            inventory: sources.inventory,
-            boot: sources.boot,
-            scripts: sources.scripts,
+            live: sources.live,
             ledger: sources.ledger,
             gate: sources.gate,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
@@ -329,6 +323,12 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Next};
+
+    /// A live snapshot at generation 1 of `inventory` (its script: `boot.ipxe`, the default).
+    fn live(inventory: Inventory) -> Arc<Live> {
+        Live::unregistered(Next::new(inventory, BootSettings::defaults()))
+    }
 
     fn config(root: &Path, backend: HttpBackend) -> HttpConfig {
         HttpConfig {
@@ -348,9 +348,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            inventory: Inventory::default(),
-            boot: BootSettings::defaults(),
-            scripts: Vec::new(),
+            live: live(Inventory::default()),
             ledger: Ledger::new(registry).expect("ledger"),
             gate: Gate::default(),
         }
@@ -435,13 +433,15 @@ mod tests {
         let wire = toml::from_str(text).expect("inventory");
         let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
         let mac = "52:54:00:aa:00:01".parse().expect("mac");
-        let gate = Gate::new(7);
-        gate.hold(mac);
+        let gate = Gate::new(crate::model::gate::GateSettings {
+            retry_s: 7,
+            ..Default::default()
+        });
+        gate.enroll(mac);
         let sources = Sources {
-            inventory,
-            scripts: vec!["boot.ipxe".to_owned()],
+            live: live(inventory),
             gate,
-            ..sources(&registry)
+            ledger: Ledger::new(&registry).expect("ledger"),
         };
         let service = HttpService::start(
             config(root.path(), HttpBackend::Epoll),
@@ -461,6 +461,99 @@ mod tests {
         running.await.expect("joined").expect("stopped cleanly");
     }
 
+    /// [`get`] from the source address `src` (any of 127/8 is this machine's).
+    async fn get_from(src: Ipv4Addr, addr: SocketAddrV4, path: &str) -> String {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(SocketAddrV4::new(src, 0).into()).expect("bind");
+        let mut s = sock.connect(addr.into()).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("receive");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// With `gate = "always"` and one slot: a host is the one at the address it asks from,
+    /// and only such a host queues. A claimed `?mac=` from an address the server cannot
+    /// place waits without a place, and from another host's address it is ignored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gate_queues_hosts_by_their_address_never_by_a_claimed_mac() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            ip = "127.0.0.2"
+            profile = "debian"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            ip = "127.0.0.3"
+            profile = "debian"
+
+            [[hosts]]
+            name = "node03"
+            mac = "52:54:00:aa:00:03"
+            profile = "debian"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let gate = Gate::new(crate::model::gate::GateSettings {
+            mode: crate::model::gate::GateMode::Always,
+            slots: 1,
+            ..Default::default()
+        });
+        let sources = Sources {
+            live: live(inventory),
+            gate: gate.clone(),
+            ledger: Ledger::new(&registry).expect("ledger"),
+        };
+        let service = HttpService::start(
+            config(root.path(), HttpBackend::Epoll),
+            &[crate::fabric::loopback()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let ip = |d: u8| Ipv4Addr::new(127, 0, 0, d);
+        let waits = |text: &str| text.contains("waits for a download slot");
+        let go = get_from(ip(2), addr, "/boot.ipxe").await;
+        assert!(go.contains("kernel ") && go.contains("for node01"), "{go}");
+        let second = get_from(ip(3), addr, "/boot.ipxe").await;
+        assert!(
+            waits(&second) && second.contains("node02 waits"),
+            "{second}"
+        );
+        assert_eq!((gate.load(), gate.settings().slots), ((1, 1), 1));
+        // node02's address claiming node01's MAC is still node02: no slot through node01.
+        let claimed = get_from(ip(3), addr, "/boot.ipxe?mac=52:54:00:aa:00:01").await;
+        assert!(claimed.contains("node02 waits"), "{claimed}");
+        // An address nobody holds, claiming MACs: told to wait, never queued.
+        for m in ["01", "02", "03"] {
+            let path = format!("/boot.ipxe?mac=52:54:00:aa:00:{m}");
+            let text = get_from(ip(9), addr, &path).await;
+            if m == "01" {
+                // node01 holds a slot: its script is the same whoever asks.
+                assert!(!waits(&text), "{text}");
+            } else {
+                assert!(waits(&text), "{text}");
+            }
+        }
+        assert_eq!(gate.waiting(), 1, "node02 alone holds a place");
+        let place = get_from(ip(3), addr, "/boot.ipxe").await;
+        assert!(place.contains("node02 waits"), "{place}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
+    }
+
     #[test]
     fn every_ring_listens_on_the_port_the_kernel_picked() {
         let ips = [(Ipv4Addr::LOCALHOST, "lo".to_owned())];
@@ -476,6 +569,91 @@ mod tests {
             assert_eq!(ring.len(), 1, "one socket per address");
             assert_eq!(port(&ring[0]), local[0].port());
         }
+    }
+
+    /// Each request answers from the snapshot in effect when it arrives: a host published
+    /// after the start is served at the next request, and its netboot is followed (a used
+    /// `once` gets iPXE's `exit`, `deny` a 403 on its script and its configs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_answers_from_the_snapshot_in_effect() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            ip = "127.0.0.1"
+            profile = "debian"
+            netboot = "once"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            profile = "debian"
+            netboot = "deny"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        let live = live(Inventory::default());
+        let sources = Sources {
+            live: Arc::clone(&live),
+            gate: Gate::default(),
+            ledger: Ledger::new(&registry).expect("ledger"),
+        };
+        let mut cfg = config(root.path(), HttpBackend::Epoll);
+        let configs = tempfile::tempdir().expect("configs");
+        std::fs::write(configs.path().join("node.ign"), "{host}").expect("template");
+        cfg.configs = Some(configs.path().canonicalize().expect("configs"));
+        let service = HttpService::start(cfg, &[crate::fabric::loopback()], sources, &registry)
+            .expect("start");
+        let addr = service.local_addrs()[0];
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(service.run(cancel.clone()));
+        let publish = |inventory: Inventory| {
+            live.publish(|_| Ok::<_, String>(Next::new(inventory, BootSettings::defaults())))
+                .expect("published");
+        };
+        let script = |mac: &str| format!("/boot.ipxe?mac={mac}");
+
+        let (_, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        assert!(String::from_utf8_lossy(&body).contains("not in the inventory"));
+        publish(inventory.clone());
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.contains("for node01") && body.contains("kernel "),
+            "{body}"
+        );
+
+        let mut used = inventory;
+        used.set_consumed("node01", true);
+        publish(used);
+        let (status, body) = get(addr, &script("52:54:00:aa:00:01")).await;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.starts_with("#!ipxe\n") && body.ends_with("\nexit\n"),
+            "{body}"
+        );
+        assert!(!body.contains("kernel "), "{body}");
+        // node01 asks from 127.0.0.1, its reservation: no config for a host booting its disk.
+        let (status, _) = get(addr, "/configs/node.ign").await;
+        assert!(status.starts_with("HTTP/1.1 409 "), "{status}");
+
+        // node02 asks from an address the server cannot place, naming itself by `?mac=`.
+        let resp = get_from(
+            Ipv4Addr::new(127, 0, 0, 9),
+            addr,
+            &script("52:54:00:aa:00:02"),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 403 Forbidden"), "{resp}");
+        cancel.cancel();
+        running.await.expect("joined").expect("stopped cleanly");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! ranges and conditional requests. No sockets here: the transports call [`route`] and move
 //! the bytes it names.
 
-use std::{io::Read as _, net::Ipv4Addr, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+use std::{
+    io::Read as _, net::Ipv4Addr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf,
+    sync::Arc,
+};
 
 use tracing::warn;
 
@@ -17,10 +20,11 @@ use super::{
 use crate::{
     model::boot::BootSettings,
     model::files::{self, FileError},
-    model::gate::Gate,
-    model::inventory::{Host, Inventory, Mac},
+    model::gate::{self, Gate},
+    model::inventory::{BootAnswer, Host, Inventory, Mac},
     model::ledger::{unix_ms, ConfigRefusal, EventKind, Ledger},
     model::render,
+    model::snapshot::{Live, Snapshot},
 };
 
 /// Largest config template read.
@@ -32,12 +36,9 @@ pub struct Site {
     pub root: Option<PathBuf>,
     /// Config templates (canonical), if any.
     pub configs: Option<PathBuf>,
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Paths iPXE scripts are served under (`/boot.ipxe` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot: hosts, profiles, `[boot]` and the paths iPXE scripts are
+    /// served under. Loaded once per request ([`At`]).
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Hosts a reboot run holds until a download slot is theirs, and how long they wait.
@@ -59,9 +60,41 @@ pub struct Routed {
     pub fetch: Option<(Mac, String)>,
 }
 
-impl Site {
+/// One request's view: the site and the snapshot loaded when the request arrived, so that
+/// every lookup of one request answers from one generation (a reload in between changes the
+/// next request, never half of this one). Field access falls through to the [`Site`].
+pub struct At<'a> {
+    site: &'a Site,
+    /// Hosts and profiles of this generation.
+    inventory: &'a Inventory,
+    /// `[boot]` of this generation.
+    boot: &'a BootSettings,
+    /// Paths iPXE scripts are served under in this generation.
+    scripts: &'a [String],
+}
+
+impl<'a> At<'a> {
+    fn new(site: &'a Site, snapshot: &'a Snapshot) -> Self {
+        Self {
+            site,
+            inventory: &snapshot.inventory,
+            boot: &snapshot.boot,
+            scripts: &snapshot.scripts,
+        }
+    }
+}
+
+impl Deref for At<'_> {
+    type Target = Site;
+
+    fn deref(&self) -> &Site {
+        self.site
+    }
+}
+
+impl At<'_> {
     fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(&self.inventory, ip)
+        self.ledger.host_at(self.inventory, ip)
     }
 
     fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
@@ -79,7 +112,7 @@ impl Site {
             profile: self.inventory.profile(&host.profile)?,
             ip: self.address_of(host, peer),
             server,
-            global: &self.boot,
+            global: self.boot,
             nonce: None,
         })
     }
@@ -105,6 +138,8 @@ fn routed(response: Response, route: &'static str) -> Routed {
 
 /// Answers one request from `peer`, received on the server address `server`.
 pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    let snapshot = site.live.load();
+    let site = &At::new(site, &snapshot);
     let head = req.method == Method::Head;
     let mut r = match (req.method, req.path.as_str()) {
         (Method::Post, "/booted") => booted(site, req, peer),
@@ -135,26 +170,35 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
     r
 }
 
-fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
-    let by_mac = req
-        .query("mac")
-        .and_then(|m| m.parse::<Mac>().ok())
-        .and_then(|m| site.inventory.host_by_mac(&m));
-    let host = by_mac.or_else(|| site.host_at(peer));
-    if let Some(h) = host.filter(|h| site.gate.holds(&h.mac)) {
-        // Up before a download slot is free: wait here, where waiting costs one small
-        // request every few seconds, rather than take bandwidth from hosts downloading.
-        let wait = format!(
-            "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
-            h.name,
-            site.http_base(server),
-            req.path,
-            s = site.gate.retry_s(),
-        );
-        return routed(
-            Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
-            "gate",
-        );
+fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+    // The host is the one at the source address; `?mac=` names the script only for a peer
+    // this server cannot place (another server's lease), and never queues at the gate:
+    // anyone can claim any MAC.
+    let at_peer = site.host_at(peer);
+    let host = at_peer.or_else(|| {
+        req.query("mac")
+            .and_then(|m| m.parse::<Mac>().ok())
+            .and_then(|m| site.inventory.host_by_mac(&m))
+    });
+    if let Some(answer) = host.and_then(|h| netboot(site, h, req, peer)) {
+        return answer;
+    }
+    if let Some(h) = host {
+        if let gate::Ask::Wait { retry_s, .. } = admission(site, h, at_peer.is_some()) {
+            // Up before a download slot is free: wait here, where waiting costs one small
+            // request every few seconds, rather than take bandwidth from hosts downloading.
+            let wait = format!(
+                "#!ipxe\n# bootfabric: {} waits for a download slot\necho Bootfabric: waiting for a download slot; asking again in {s} s\nsleep {s}\nchain --autofree {}{}?mac=${{net0/mac}}\n",
+                h.name,
+                site.http_base(server),
+                req.path,
+                s = retry_s,
+            );
+            return routed(
+                Response::bytes(200, "text/plain; charset=utf-8", wait.into_bytes()),
+                "gate",
+            );
+        }
     }
     if let Some(h) = host.filter(|h| site.inventory.profile(&h.profile).is_some()) {
         // Recorded first: the script opens the host's boot when none is in progress (DHCP
@@ -169,11 +213,11 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
             configs::os_nonce,
         );
         let text = render::host_script_for_boot(
-            &site.inventory,
+            site.inventory,
             h,
             site.address_of(h, peer),
             server,
-            &site.boot,
+            site.boot,
             nonce.as_deref(),
         );
         if let Some(text) = text {
@@ -203,10 +247,50 @@ fn script(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Route
     )
 }
 
+/// Asks the gate for `host`: with its place in the queue when it asks from its own address
+/// (`proven`), else only whether it must wait. Admissions the ask made are recorded.
+fn admission(site: &At, host: &Host, proven: bool) -> gate::Ask {
+    if site.inventory.boot_answer(host) != BootAnswer::Boot {
+        // Told to boot from disk or refused: it downloads nothing, so it takes no slot.
+        return gate::Ask::Go;
+    }
+    if !proven {
+        return site.gate.ask_unproven(host.mac);
+    }
+    let now = unix_ms();
+    let progress = |mac, since| gate::progress(&site.ledger, site.inventory, mac, since);
+    let (ask, admitted) = site.gate.ask(host.mac, host.rack.as_deref(), now, progress);
+    for a in admitted {
+        site.ledger
+            .record_at(a.mac, EventKind::Admitted, None, a.at_ms);
+    }
+    ask
+}
+
+/// The answer of a host that is not to boot its profile: `netboot = deny` is refused (403),
+/// a used `netboot = once` gets iPXE's "boot from your disk". `None`: boot as usual.
+fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed> {
+    match site.inventory.boot_answer(h) {
+        BootAnswer::Boot => None,
+        BootAnswer::Disk => {
+            let path = req.path.clone();
+            site.ledger
+                .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
+            let text = render::ipxe_disk(h).into_bytes();
+            let resp = Response::bytes(200, "text/plain; charset=utf-8", text);
+            Some(routed(resp, "script"))
+        }
+        BootAnswer::Deny => {
+            let why = "netboot = deny: this host is not booted from the network";
+            Some(routed(Response::text(403, why), "script"))
+        }
+    }
+}
+
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
 /// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
 /// config is delivered once per boot of its host ([`configs`] decides).
-fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     let Some(dir) = &site.configs else {
         return routed(Response::text(404, "not found"), "config");
     };
@@ -233,6 +317,19 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
             "configs are served to known hosts only, from their own address",
         );
     };
+    match site.inventory.boot_answer(host) {
+        BootAnswer::Boot => {}
+        // Configs are for installs: a host told to boot from its disk, or not from the
+        // network at all, is given none (whoever wears its address).
+        BootAnswer::Disk => {
+            let why = "netboot = once, already used: this host boots from its disk";
+            return routed(Response::text(409, why), "config");
+        }
+        BootAnswer::Deny => {
+            let why = "netboot = deny: this host is not booted from the network";
+            return routed(Response::text(403, why), "config");
+        }
+    }
     let name = asked.name.as_str();
     let record = |why: ConfigRefusal| {
         let name = name.to_owned();
@@ -312,7 +409,7 @@ fn config(site: &Site, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Ad
     routed(resp, "config")
 }
 
-fn booted(site: &Site, req: &Request, peer: Ipv4Addr) -> Routed {
+fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
     let body = String::from_utf8_lossy(&req.body);
     let mac = req.query("mac").map(str::to_owned).or_else(|| {
         body.split('&')
@@ -353,7 +450,7 @@ fn file_error(e: &FileError) -> Response {
     }
 }
 
-fn file(site: &Site, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
+fn file(site: &At, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
     let Some(root) = &site.root else {
         return routed(Response::text(404, "not found"), "other");
     };

@@ -15,7 +15,6 @@
 //! backoff and, after the bounded attempts, isolated: they never hold a slot.
 
 pub mod bmc;
-pub mod capacity;
 pub mod clock;
 pub mod plan;
 pub mod report;
@@ -24,7 +23,7 @@ pub mod step;
 
 use std::collections::{HashMap, VecDeque};
 
-pub use capacity::Capacity;
+pub use crate::model::gate::capacity::Capacity;
 pub use report::{PhaseLabel, RunState};
 
 use crate::config::SchedulerConfig;
@@ -343,6 +342,19 @@ impl Scheduler {
                 self.phases[host] = Phase::Booted { at: now };
             }
             _ => {}
+        }
+    }
+
+    /// Fails `host` for `reason` unless it has ended (booted or failed): the run waits for
+    /// it no more (a host removed from the inventory mid-run). Its place in the reset queue
+    /// and at the gate is skipped, as any failed host's.
+    pub fn fail(&mut self, host: usize, reason: &str) {
+        if let Some(p) = self.phases.get_mut(host) {
+            if !matches!(p, Phase::Booted { .. } | Phase::Failed { .. }) {
+                *p = Phase::Failed {
+                    reason: reason.to_owned(),
+                };
+            }
         }
     }
 

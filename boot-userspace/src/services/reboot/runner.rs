@@ -41,6 +41,7 @@ use crate::{
     model::gate::Gate,
     model::inventory::{Host, Inventory},
     model::ledger::{EventKind, Ledger},
+    model::snapshot::Live,
     redfish::RedfishError,
 };
 
@@ -121,7 +122,8 @@ struct RunHandle {
 
 /// The reboot service: starts, follows and cancels runs; the admin API's back end.
 pub struct RebootService {
-    inventory: Inventory,
+    /// The configuration snapshot: a run resolves its members in it at start.
+    live: Arc<Live>,
     roots: Vec<PathBuf>,
     /// The scheduler's knobs from `[scheduler]`; `capacity_bps` is the configured cap.
     params: Params,
@@ -171,7 +173,7 @@ impl RebootService {
         metrics.capacity.set(params.capacity_bps);
         metrics.slots.set(params.slots() as i64);
         Ok(Arc::new(Self {
-            inventory: setup.inventory,
+            live: setup.live,
             roots: setup.image_roots,
             params,
             ledger,
@@ -251,7 +253,11 @@ impl RebootService {
         {
             return bad("select hosts: all, hosts, racks, models or profiles".into());
         }
-        let hosts = self.inventory.hosts();
+        // The run's members are resolved once, here, and kept by MAC: a later reload does
+        // not move them under the run.
+        let snap = self.live.load();
+        let inventory = &snap.inventory;
+        let hosts = inventory.hosts();
         let mut base: Vec<&Host> = Vec::new();
         if sel.hosts.is_empty() {
             base.extend(hosts.iter().filter(|h| h.bmc.is_some()));
@@ -278,12 +284,15 @@ impl RebootService {
         if base.is_empty() {
             return bad("the selection matches no host with a bmc".into());
         }
-        Ok(base.into_iter().filter_map(|h| self.member(h)).collect())
+        Ok(base
+            .into_iter()
+            .filter_map(|h| self.member(inventory, h))
+            .collect())
     }
 
-    fn member(&self, h: &Host) -> Option<Member> {
+    fn member(&self, inventory: &Inventory, h: &Host) -> Option<Member> {
         let bmc = h.bmc.clone()?;
-        let profile = self.inventory.profile(&h.profile);
+        let profile = inventory.profile(&h.profile);
         let kernel = profile.and_then(|p| p.kernel.clone());
         let names: Vec<String> = profile
             .map(|p| p.files().cloned().collect())
@@ -366,6 +375,7 @@ impl RebootService {
                 step.cancel();
                 break;
             }
+            self.drop_removed(&mut step);
             let news = self.gather(&step, &mut rx);
             for action in step.advance(news) {
                 self.apply(action, &step, &tx);
@@ -376,7 +386,7 @@ impl RebootService {
             }
         }
         for m in step.members() {
-            self.gate.release(m.mac);
+            self.gate.withdraw(m.mac);
         }
         *lock(&self.learned) = step.post_seen().clone();
         let view = self.publish(&mut step, &status);
@@ -388,6 +398,22 @@ impl RebootService {
             "reboot run {id} {}",
             view.state
         );
+    }
+
+    /// Fails the members no longer in the inventory in effect (by MAC: the run's member list
+    /// never changes, a reload does not shift it).
+    fn drop_removed(&self, step: &mut RunStep) {
+        let snap = self.live.load();
+        let gone: Vec<usize> = step
+            .members()
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| snap.inventory.host_by_mac(&m.mac).is_none())
+            .map(|(i, _)| i)
+            .collect();
+        for i in gone {
+            step.fail(i, REMOVED);
+        }
     }
 
     /// A tick's inputs: the time, the BMC operations that ended, the ledger's events of the
@@ -429,15 +455,18 @@ impl RebootService {
                 self.ledger
                     .record_at(m.mac, kind, None, self.clock.now_ms());
             }
-            RunAction::Release(host) => self.gate.release(members[host].mac),
+            RunAction::Release(host) => self.gate.withdraw(members[host].mac),
             RunAction::Admit(host) => {
-                self.gate.release(members[host].mac);
+                // With `scheduler.gate = "always"` the gate's queue admits the run's hosts
+                // like any other, and HTTP records the admission when it happens.
                 let (mac, at) = (members[host].mac, self.clock.now_ms());
-                self.ledger.record_at(mac, EventKind::Admitted, None, at);
+                if self.gate.admit_enrolled(mac, at) {
+                    self.ledger.record_at(mac, EventKind::Admitted, None, at);
+                }
             }
             RunAction::Reset(host) => {
                 let m = &members[host];
-                self.gate.hold(m.mac);
+                self.gate.enroll(m.mac);
                 let one = self.bmc_lock(&m.bmc.url);
                 let op = self.bmc.boot_once_and_reset(&m.bmc);
                 let ops = self.metrics.bmc_ops.clone();
@@ -453,7 +482,7 @@ impl RebootService {
             }
             RunAction::GiveUp { host, reason } => {
                 warn!(host = %members[host].spec.name, "given up: {reason}");
-                self.gate.release(members[host].mac);
+                self.gate.withdraw(members[host].mac);
             }
         }
     }
@@ -478,11 +507,14 @@ impl RebootService {
 /// A BMC operation that ended: the host, and the reset type or the error.
 type ResetDone = (usize, Result<String, RedfishError>);
 
+/// Why a member removed from the inventory during its run failed.
+pub const REMOVED: &str = "removed from the inventory";
+
 /// What the service is built from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Setup {
-    /// Hosts (with their BMCs) and profiles.
-    pub inventory: Inventory,
+    /// The configuration snapshot: hosts (with their BMCs) and profiles.
+    pub live: Arc<Live>,
     /// Where the servers find images (what a host's profile weighs).
     pub image_roots: Vec<PathBuf>,
     /// `[scheduler]`.
@@ -507,6 +539,7 @@ mod tests {
     use crate::{
         model::inventory::Mac,
         model::ledger::{Event, Phase as LedgerPhase},
+        model::snapshot::Next,
         services::reboot::{
             bmc::{FakeBmc, RESET_TYPE},
             clock::TokioClock,
@@ -521,6 +554,9 @@ mod tests {
     /// A run's world: the service, what it acts on, and the BMCs it talks to.
     struct World {
         service: Arc<RebootService>,
+        /// The snapshot the service resolves runs in, and its inventory's text.
+        live: Arc<Live>,
+        hosts_toml: String,
         ledger: Ledger,
         gate: Gate,
         bmc: FakeBmc,
@@ -550,11 +586,7 @@ mod tests {
                  username = \"admin\"\npassword_env = \"BMC_PASSWORD\"\nallow_plaintext = true\n"
             );
         }
-        let inventory = Inventory::from_wire(
-            Path::new("hosts.toml"),
-            toml::from_str(&text).expect("inventory toml"),
-        )
-        .expect("inventory");
+        let inventory = parse_inventory(&text);
         let config = crate::config::Config::from_wire(
             Path::new("bootfabric.toml"),
             toml::from_str(&format!("[scheduler]\n{scheduler}")).expect("config toml"),
@@ -566,8 +598,10 @@ mod tests {
         ledger.set_inventory(&inventory);
         let gate = Gate::default();
         let macs = inventory.hosts().iter().map(|h| h.mac).collect();
+        let first = Next::new(inventory, crate::model::boot::BootSettings::defaults());
+        let live = Live::unregistered(first);
         let setup = Setup {
-            inventory,
+            live: Arc::clone(&live),
             image_roots: vec![root],
             scheduler: config.scheduler,
         };
@@ -583,6 +617,8 @@ mod tests {
         .expect("service");
         World {
             service,
+            live,
+            hosts_toml: text,
             ledger,
             gate,
             bmc,
@@ -591,6 +627,14 @@ mod tests {
             macs,
             _images: images,
         }
+    }
+
+    fn parse_inventory(text: &str) -> Inventory {
+        Inventory::from_wire(
+            Path::new("hosts.toml"),
+            toml::from_str(text).expect("inventory toml"),
+        )
+        .expect("inventory")
     }
 
     /// Two download slots, one host's POST guessed at 1 s, reset only when needed.
@@ -807,6 +851,40 @@ mod tests {
         assert_eq!(w.bmc_calls().len(), 3);
         assert_eq!(w.host(2).reset_s, Some(10.5));
         assert_eq!(w.phases(), [Downloading, Downloading, Resetting]);
+    }
+
+    /// A run keeps the members it resolved at its start, by MAC: a host that leaves the
+    /// inventory (a reload, the API) fails with its reason and frees its place; the others
+    /// go on as before.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_removed_from_the_inventory_mid_run_fails_and_the_run_goes_on() {
+        use PhaseLabel::*;
+        let w = world(2, false, TWO_SLOTS, FakeBmc::new());
+        w.service.start(&all()).expect("start");
+        until("accepted", || w.phases() == [Posting, Posting]).await;
+        assert!(w.gate.holds(&w.macs[0]));
+        let without_h0: String = w
+            .hosts_toml
+            .split("[[hosts]]")
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, part)| part)
+            .collect::<Vec<_>>()
+            .join("[[hosts]]");
+        let next = parse_inventory(&without_h0);
+        assert_eq!(next.hosts().len(), 1);
+        w.live
+            .publish(|cur| Ok::<_, String>(Next::new(next, cur.boot.clone())))
+            .expect("published");
+        until("host 0 failed", || w.phases()[0] == Failed).await;
+        assert_eq!(w.host(0).reason.as_deref(), Some(REMOVED));
+        assert!(!w.gate.holds(&w.macs[0]), "a removed host holds no place");
+        w.dhcp_offer(1);
+        w.files_sent(1);
+        w.booted(1);
+        until("done", || w.status().finished()).await;
+        let s = w.status();
+        assert_eq!((s.count(Booted), s.count(Failed)), (1, 1));
     }
 
     #[tokio::test(start_paused = true)]

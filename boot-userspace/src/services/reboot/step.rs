@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     model::inventory::Mac,
-    model::ledger::{self, EventKind},
+    model::ledger::{self, fetched_at, names, sent_at, EventKind},
     redfish::{BmcConfig, RedfishError},
 };
 
@@ -292,6 +292,12 @@ impl RunStep {
         }
     }
 
+    /// Fails host `i` for `reason` (unless it has ended); the next [`Self::advance`] gives
+    /// it up (its gate place freed).
+    pub fn fail(&mut self, i: usize, reason: &str) {
+        self.sched.fail(i, reason);
+    }
+
     /// The status: each host's phase and the counts per phase brought up to date.
     pub fn status(&mut self) -> &RunStatus {
         let view = &mut self.view;
@@ -383,36 +389,6 @@ fn on_way(phase: &Phase) -> bool {
         phase,
         Phase::Waiting { .. } | Phase::Booted { .. } | Phase::Failed { .. }
     )
-}
-
-/// Whether `path` (as requested) names `file` (relative to the image root, maybe under the
-/// `http_base` path).
-fn names(path: &str, file: &str) -> bool {
-    path.trim_start_matches('/') == file
-        || path
-            .strip_suffix(file)
-            .is_some_and(|head| head.ends_with('/'))
-}
-
-/// When `file` was first sent completely at or after `from_ms`.
-fn sent_at(file: &str, events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    events.iter().find_map(|e| {
-        let path = e.kind.sent_path()?;
-        (e.at_ms >= from_ms && names(path, file)).then_some(e.at_ms)
-    })
-}
-
-/// When every file of `files` has been sent completely since `from_ms` (HTTP or TFTP), the
-/// time of the last one. A profile with no files is never "fetched": its slot frees at
-/// `booted`.
-fn fetched_at(files: &[String], events: &[ledger::Event], from_ms: u64) -> Option<u64> {
-    if files.is_empty() {
-        return None;
-    }
-    files
-        .iter()
-        .map(|f| sent_at(f, events, from_ms))
-        .try_fold(0, |last, at| at.map(|a| a.max(last)))
 }
 
 /// When the first file that is not one of the profile's (the bootloader: iPXE by TFTP or

@@ -33,11 +33,11 @@ use super::{
 use crate::{
     config::{PortRange, TftpConfig},
     fabric::Iface,
-    model::boot::BootSettings,
     model::files::{self, FileError},
-    model::inventory::{Host, Inventory, Mac},
+    model::inventory::{BootAnswer, Host, Mac},
     model::ledger::{EventKind, Ledger},
     model::render,
+    model::snapshot::{Live, Snapshot},
 };
 
 /// The well-known TFTP port.
@@ -396,56 +396,63 @@ fn v4(peer: SocketAddr) -> Ipv4Addr {
     }
 }
 
-/// What the service knows about hosts: the inventory, the boot settings and, through the
-/// ledger, who holds which leased address.
+/// What the service knows about hosts: the configuration snapshot (hosts, profiles, boot
+/// settings, script names) and, through the ledger, who holds which leased address.
 struct Hosts {
-    inventory: Inventory,
-    boot: BootSettings,
-    scripts: Vec<String>,
+    live: Arc<Live>,
     ledger: Ledger,
 }
 
 impl Hosts {
-    fn by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(&self.inventory, ip)
-    }
-
-    /// The MAC behind an address, known or not (for the ledger).
+    /// The MAC behind an address, known or not (for the ledger), in the current snapshot.
     fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.ledger
             .holder(ip)
-            .or_else(|| self.inventory.host_by_ip(ip).map(|h| h.mac))
+            .or_else(|| self.live.load().inventory.host_by_ip(ip).map(|h| h.mac))
     }
 
-    /// Renders `format` for the owner, or `None` when the owner is not a known host.
+    /// The known host a per-host name is for, in `snap`.
+    fn owner<'s>(&self, snap: &'s Snapshot, owner: Owner, peer: Ipv4Addr) -> Option<&'s Host> {
+        let inventory = &snap.inventory;
+        match owner {
+            Owner::Mac(mac) => inventory.host_by_mac(&mac),
+            Owner::Ip(ip) => self.ledger.host_at(inventory, ip),
+            Owner::Peer => self.ledger.host_at(inventory, peer),
+        }
+    }
+
+    /// Renders `format` for `host` from `snap`, or `None` when its profile is unknown. A
+    /// host whose one network boot was used gets the format's "boot from your disk".
     fn render(
         &self,
+        snap: &Snapshot,
         format: Format,
-        owner: Owner,
+        host: &Host,
         peer: Ipv4Addr,
         server: Ipv4Addr,
     ) -> Option<String> {
-        let host = match owner {
-            Owner::Mac(mac) => self.inventory.host_by_mac(&mac)?,
-            Owner::Ip(ip) => self.by_ip(ip)?,
-            Owner::Peer => self.by_ip(peer)?,
-        };
-        let profile = self.inventory.profile(&host.profile)?;
+        let inventory = &snap.inventory;
+        if inventory.boot_answer(host) == BootAnswer::Disk {
+            return Some(match format {
+                Format::Pxelinux => render::pxelinux_disk(host),
+                Format::Grub => render::grub_disk(host),
+                Format::Ipxe => render::ipxe_disk(host),
+            });
+        }
+        let profile = inventory.profile(&host.profile)?;
         let ip = self.ledger.address_of(host, peer);
         let target = render::Target {
             host,
             profile,
             ip,
             server,
-            global: &self.boot,
+            global: &snap.boot,
             nonce: None,
         };
         Some(match format {
             Format::Pxelinux => render::pxelinux(&target),
             Format::Grub => render::grub(&target),
-            Format::Ipxe => {
-                return render::host_script(&self.inventory, host, ip, server, &self.boot)
-            }
+            Format::Ipxe => return render::host_script(inventory, host, ip, server, &snap.boot),
         })
     }
 }
@@ -462,12 +469,9 @@ fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
 /// What TFTP serves from besides its own section. `serve` takes each from where it is kept,
 /// so the service reads no other section of the configuration.
 pub struct Sources {
-    /// Hosts and profiles.
-    pub inventory: Inventory,
-    /// Global `[boot]` settings.
-    pub boot: BootSettings,
-    /// Names iPXE scripts are served under (`boot.ipxe_script` and profile overrides).
-    pub scripts: Vec<String>,
+    /// The configuration snapshot (hosts, profiles, `[boot]`, script names), loaded once
+    /// per read request: a transfer keeps the bytes it rendered.
+    pub live: Arc<Live>,
     /// The ledger (leases for host lookup; boot events).
     pub ledger: Ledger,
     /// Ports transfers are served from (`tftp.transfer_ports`; kept beside the sections
@@ -540,9 +544,7 @@ impl TftpService {
             io: IoPool::start(IO_THREADS)?,
             metrics,
             hosts: Hosts {
-                inventory: sources.inventory,
-                boot: sources.boot,
-                scripts: sources.scripts,
+                live: sources.live,
                 ledger: sources.ledger,
             },
         })
@@ -740,26 +742,43 @@ impl TftpService {
     /// script name is rendered for a known peer and comes from disk for anyone else.
     fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
         let (rel, absolute) = files::relative(&self.cfg.root, name)?;
-        let scripts = self.hosts.scripts.iter().map(String::as_str);
-        let rendered = |format: Format, owner| {
-            self.hosts.render(format, owner, peer, server).map(|text| {
-                let label = match format {
-                    Format::Pxelinux => "pxelinux",
-                    Format::Grub => "grub",
-                    Format::Ipxe => "ipxe",
-                };
-                self.metrics.rendered.with_label_values(&[label]).inc();
-                Data::Memory(text.into_bytes().into())
-            })
+        // One snapshot for the whole request: the name's meaning and the rendered bytes
+        // come from one generation.
+        let snap = self.hosts.live.load();
+        let scripts = snap.scripts.iter().map(String::as_str);
+        let file = names::classify(rel, scripts);
+        let owner = file.and_then(|f| self.hosts.owner(&snap, f.owner, peer));
+        // The host's netboot decides before any file of its own, an operator's override
+        // included: `deny` gets nothing of its own (shared bootloaders stay public: they
+        // are no host's), a used `once` its format's "boot from your disk".
+        let answer = owner.map(|h| snap.inventory.boot_answer(h));
+        if answer == Some(BootAnswer::Deny) {
+            return Err(FileError::Denied("netboot_deny"));
+        }
+        let rendered = |format: Format| {
+            self.hosts
+                .render(&snap, format, owner?, peer, server)
+                .map(|text| {
+                    let label = match format {
+                        Format::Pxelinux => "pxelinux",
+                        Format::Grub => "grub",
+                        Format::Ipxe => "ipxe",
+                    };
+                    self.metrics.rendered.with_label_values(&[label]).inc();
+                    Data::Memory(text.into_bytes().into())
+                })
         };
         let disk = || files::open(&self.cfg.root, rel).map(|s| Data::File(Arc::new(s)));
-        let found = match names::classify(rel, scripts) {
-            Some(f) if f.owner == Owner::Peer => match rendered(f.format, f.owner) {
+        let found = match file {
+            Some(f) if answer == Some(BootAnswer::Disk) => {
+                rendered(f.format).ok_or(FileError::NotFound)
+            }
+            Some(f) if f.owner == Owner::Peer => match rendered(f.format) {
                 Some(d) => Ok(d),
                 None => disk(),
             },
             Some(f) => match disk() {
-                Err(FileError::NotFound) => rendered(f.format, f.owner).ok_or(FileError::NotFound),
+                Err(FileError::NotFound) => rendered(f.format).ok_or(FileError::NotFound),
                 other => other,
             },
             None => disk(),
@@ -1047,6 +1066,12 @@ fn refusal(e: &FileError) -> (ErrorCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory, snapshot::Next};
+
+    /// A live snapshot at generation 1 of `inventory` (its script: `boot.ipxe`, the default).
+    fn live(inventory: Inventory) -> Arc<Live> {
+        Live::unregistered(Next::new(inventory, BootSettings::defaults()))
+    }
 
     fn config(root: &std::path::Path) -> TftpConfig {
         TftpConfig {
@@ -1066,9 +1091,7 @@ mod tests {
 
     fn sources(registry: &Registry) -> Sources {
         Sources {
-            inventory: Inventory::default(),
-            boot: BootSettings::defaults(),
-            scripts: Vec::new(),
+            live: live(Inventory::default()),
             ledger: Ledger::new(registry).expect("ledger"),
             transfer_ports: PortRange {
                 first: 50_000,
@@ -1172,6 +1195,83 @@ mod tests {
             e.to_string(),
             r#"tftp: interface "fab0" has no IPv4 address"#
         );
+    }
+
+    /// Per-host files answer from the snapshot in effect at each request, and follow the
+    /// host's netboot: a used `once` gets each format's "boot from your disk", `deny` an
+    /// access violation, while shared files stay served.
+    #[tokio::test]
+    async fn per_host_files_follow_the_snapshot_and_netboot() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::write(root.path().join("undionly.kpxe"), b"loader").expect("write");
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            profile = "debian"
+            netboot = "once"
+
+            [[hosts]]
+            name = "node02"
+            mac = "52:54:00:aa:00:02"
+            profile = "debian"
+            netboot = "deny"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let inventory =
+            Inventory::from_wire(std::path::Path::new("hosts.toml"), wire).expect("valid");
+        let registry = Registry::new();
+        let live = live(Inventory::default());
+        let sources = Sources {
+            live: Arc::clone(&live),
+            ..sources(&registry)
+        };
+        let service = TftpService::start_on(
+            0,
+            config(root.path()),
+            &[crate::fabric::loopback()],
+            sources,
+            &registry,
+        )
+        .expect("start");
+        let (peer, server) = (Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::LOCALHOST);
+        let get = |name: &str| match service.resolve(name, peer, server) {
+            Ok(Data::Memory(m)) => Ok(String::from_utf8_lossy(&m).into_owned()),
+            Ok(Data::File(f)) => Ok(format!("file of {} bytes", f.size())),
+            Err(e) => Err(refusal(&e)),
+        };
+        let pxe1 = "pxelinux.cfg/01-52-54-00-aa-00-01";
+        assert_eq!(get(pxe1), Err((ErrorCode::FileNotFound, "not_found")));
+
+        let publish = |inventory: Inventory| {
+            live.publish(|_| Ok::<_, String>(Next::new(inventory, BootSettings::defaults())))
+                .expect("published");
+        };
+        publish(inventory.clone());
+        let booting = get(pxe1).expect("rendered");
+        assert!(booting.contains("KERNEL debian/vmlinuz"), "{booting}");
+
+        let mut used = inventory;
+        used.set_consumed("node01", true);
+        publish(used);
+        let disk = get(pxe1).expect("rendered");
+        assert!(disk.ends_with(render::PXELINUX_LOCAL), "{disk}");
+        assert!(disk.contains("netboot = once, already used"), "{disk}");
+        let grub = get("grub.cfg-01-52-54-00-aa-00-01").expect("rendered");
+        assert!(grub.ends_with(render::GRUB_EXIT), "{grub}");
+
+        assert_eq!(
+            get("pxelinux.cfg/01-52-54-00-aa-00-02"),
+            Err((ErrorCode::AccessViolation, "netboot_deny"))
+        );
+        assert_eq!(
+            get("grub.cfg-01-52-54-00-aa-00-02"),
+            Err((ErrorCode::AccessViolation, "netboot_deny"))
+        );
+        assert_eq!(get("undionly.kpxe"), Ok("file of 6 bytes".to_owned()));
     }
 
     #[test]
