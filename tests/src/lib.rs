@@ -26,16 +26,22 @@ use std::{
 
 use nix::sched::{setns, CloneFlags};
 
+pub mod api;
 pub mod bootimage;
+pub mod control;
 pub mod dhcp_client;
 pub mod fuse;
 pub mod layering;
 pub mod packets;
+pub mod qemu;
 pub mod rack;
 pub mod redfish_server;
 pub mod relay;
+pub mod simhost;
+pub mod sse;
 pub mod sushy;
 pub mod tftp_client;
+pub mod webhook;
 pub mod xdp_harness;
 
 /// A child process (a client, a relay, a VM) killed by PID and reaped when the test ends,

@@ -65,27 +65,7 @@ fn lab() -> PairLab {
 
 /// Starts QEMU (TCG) in `ns` with its NIC on that namespace's `tap0`, console to `log`.
 fn qemu(ns: &Netns, extra: &[&str], log: &std::path::Path) -> Qemu {
-    let out = std::fs::File::create(log).expect("qemu log");
-    Qemu(
-        ns.command("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-smp",
-                "1",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("qemu"),
-    )
+    bootfabric_lab::qemu::start(ns, "tap0", extra, log).expect("qemu")
 }
 
 /// A stand-in HTTP server on 10.77.0.1:80 in `ns` that waits (bounded) for the first
