@@ -146,15 +146,21 @@ impl Follower for LedgerFollower {
 
     fn apply(&self, next: &Arc<Snapshot>) {
         self.0.set_inventory(&next.inventory);
-        // Last of the followers' work a reader of the log can see: controllers learn that
-        // what they changed is in effect.
-        self.0.emit(
+    }
+}
+
+/// Announces every published generation (`config.generation`) once readers load it:
+/// controllers learn that what they changed is in effect (see [`Live::on_published`]).
+fn announce_generations(live: &Live, ledger: &Ledger) {
+    let ledger = ledger.clone();
+    live.on_published(move |next| {
+        ledger.emit(
             crate::model::ledger::events::EventType::ConfigGeneration,
             None,
             None,
             serde_json::json!({ "generation": next.generation }),
         );
-    }
+    });
 }
 
 /// The next snapshot's parts from a freshly loaded `config`: the TOML's hosts, profiles and
@@ -304,6 +310,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&live.load().inventory);
     live.follow(Arc::new(LedgerFollower(ledger.clone())));
+    announce_generations(&live, &ledger);
     let gate = Gate::with_metrics(config.scheduler.gate_settings(), &registry)
         .context("registering gate metrics")?;
     {

@@ -6,7 +6,9 @@
 //!
 //! A change (SIGHUP, an API write) is published in one order: build the next parts from the
 //! current snapshot, ask every follower whether it can take them (any refusal refuses the
-//! whole change, and the running generation stays), apply them to every follower, then swap.
+//! whole change, the running generation stays, and every follower drops what it staged for
+//! it), apply them to every follower, swap, then run the [`Live::on_published`] hooks (the
+//! `config.generation` event), so an announced generation is one readers already load.
 //! Readers load with [`Live::load`]; in async code hold the returned `Arc`, never a guard,
 //! across an `.await`.
 
@@ -118,8 +120,19 @@ pub trait Follower: Send + Sync {
     fn name(&self) -> &'static str;
     /// Whether it can take `next` as it is; no side effect. An `Err` refuses the change.
     fn check(&self, next: &Snapshot) -> Result<(), String>;
-    /// Takes `next`. Called only after every follower's `check` passed; must not fail.
+    /// Takes `next`. Called only after every follower's `check` passed; must not fail: what
+    /// it cannot take whole it must leave in a state that answers right (the DHCP follower
+    /// empties the kernel's maps, so userspace answers), and say so through [`Self::in_step`].
     fn apply(&self, next: &Arc<Snapshot>);
+    /// Whether the last [`Self::apply`] took its generation whole. A follower that did not is
+    /// not counted as having applied it (`bootfabric_config_generation_applied` keeps the
+    /// generation it last took whole).
+    fn in_step(&self) -> bool {
+        true
+    }
+    /// The change it was asked to `check` (or staged for) is not published (a refusal, a
+    /// build error): whatever it holds for it is dropped, so a later publish does not apply it.
+    fn abort(&self) {}
 }
 
 /// Why a change was not published.
@@ -138,10 +151,15 @@ pub enum PublishError<E> {
     },
 }
 
+/// What runs once a generation is in effect (see [`Live::on_published`]).
+type Hook = Box<dyn Fn(&Snapshot) + Send + Sync>;
+
 /// The snapshot in effect, shared by every service.
 pub struct Live {
     current: ArcSwap<Snapshot>,
     followers: Mutex<Vec<Arc<dyn Follower>>>,
+    /// Run after each swap, under the writer lock, in the order they were added.
+    hooks: Mutex<Vec<Hook>>,
     /// One writer at a time: SIGHUP and API writes queue here.
     writer: Mutex<()>,
     generation: IntGauge,
@@ -184,6 +202,7 @@ impl Live {
                 templates: first.templates.unwrap_or_default(),
             }),
             followers: Mutex::default(),
+            hooks: Mutex::default(),
             writer: Mutex::default(),
             generation,
             applied,
@@ -229,6 +248,17 @@ impl Live {
             .push(f);
     }
 
+    /// Adds `hook`, run with every generation published from now on, once readers can load
+    /// it, and before the next publish begins (under the writer lock): what announces a
+    /// generation (`config.generation`) never names one that readers cannot see yet, and
+    /// announces generations in order.
+    pub fn on_published(&self, hook: impl Fn(&Snapshot) + Send + Sync + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
     /// Publishes the next generation, built by `build` from the current one: every template
     /// is rendered for every host it concerns (a failure refuses the change as follower
     /// `templates`, naming host, file and line), every follower checks it (one refusal
@@ -243,7 +273,20 @@ impl Live {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.current.load_full();
-        let next = build(&current).map_err(PublishError::Build)?;
+        let followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // Whatever `build` staged in a follower (SIGHUP's `[dhcp]`) goes with a refusal:
+        // a later publish must not apply what this one refused.
+        let abort = |e| {
+            for f in &followers {
+                f.abort();
+            }
+            e
+        };
+        let next = build(&current).map_err(|e| abort(PublishError::Build(e)))?;
         let next = Arc::new(Snapshot {
             generation: current.generation + 1,
             inventory: next.inventory,
@@ -253,28 +296,45 @@ impl Live {
         });
         // Here rather than in each builder: whoever changes hosts, profiles or templates,
         // a host whose config or cmdline no longer renders refuses the change.
-        renders(&current, &next).map_err(|errors| PublishError::Refused {
-            follower: "templates",
-            why: errors.to_string(),
+        renders(&current, &next).map_err(|errors| {
+            abort(PublishError::Refused {
+                follower: "templates",
+                why: errors.to_string(),
+            })
         })?;
-        let followers = self
-            .followers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         for f in &followers {
-            f.check(&next).map_err(|why| PublishError::Refused {
-                follower: f.name(),
-                why,
+            f.check(&next).map_err(|why| {
+                abort(PublishError::Refused {
+                    follower: f.name(),
+                    why,
+                })
             })?;
         }
         for f in &followers {
             f.apply(&next);
-            self.set_applied(f.name(), next.generation);
+            if f.in_step() {
+                self.set_applied(f.name(), next.generation);
+            } else {
+                tracing::warn!(
+                    follower = f.name(),
+                    generation = next.generation,
+                    "a follower did not take generation {} whole; \
+                     bootfabric_config_generation_applied keeps its last whole one",
+                    next.generation
+                );
+            }
         }
         self.current.store(next.clone());
         self.generation
             .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+        for hook in self
+            .hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            hook(&next);
+        }
         Ok(next)
     }
 }
@@ -489,5 +549,100 @@ mod tests {
             Some(2)
         );
         assert_eq!(log.lock().expect("log").len(), 2);
+    }
+
+    /// A follower that counts its aborts and may be out of step after an apply.
+    struct Aborting {
+        aborts: AtomicU64,
+        whole: bool,
+    }
+
+    impl Follower for Aborting {
+        fn name(&self) -> &'static str {
+            "aborting"
+        }
+        fn check(&self, _next: &Snapshot) -> Result<(), String> {
+            Ok(())
+        }
+        fn apply(&self, _next: &Arc<Snapshot>) {}
+        fn in_step(&self) -> bool {
+            self.whole
+        }
+        fn abort(&self) {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_generation_is_announced_after_readers_can_load_it_and_in_order() {
+        let live = Live::unregistered(empty());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (weak, log) = (Arc::downgrade(&live), Arc::clone(&seen));
+        live.on_published(move |s| {
+            let loaded = weak.upgrade().map_or(0, |l| l.load().generation);
+            log.lock().expect("log").push((s.generation, loaded));
+        });
+        live.publish(|_| Ok::<_, String>(empty()))
+            .expect("published");
+        live.publish(|_| Ok::<_, String>(empty()))
+            .expect("published");
+        assert!(live.publish(|_| Err::<Next, _>("bad".to_owned())).is_err());
+        assert_eq!(
+            *seen.lock().expect("log"),
+            [(2, 2), (3, 3)],
+            "each generation announced once readers load it; a refused one never"
+        );
+    }
+
+    #[test]
+    fn every_refusal_aborts_every_follower_and_a_publish_does_not() {
+        let live = Live::unregistered(empty());
+        let f = Arc::new(Aborting {
+            aborts: AtomicU64::new(0),
+            whole: true,
+        });
+        live.follow(f.clone());
+        assert!(live.publish(|_| Err::<Next, _>("bad".to_owned())).is_err());
+        assert_eq!(f.aborts.load(Ordering::SeqCst), 1, "a build error");
+        live.follow(Arc::new(Counting {
+            refuse: true,
+            seen: AtomicU64::new(0),
+        }));
+        assert!(live.publish(|_| Ok::<_, String>(empty())).is_err());
+        assert_eq!(
+            f.aborts.load(Ordering::SeqCst),
+            2,
+            "another follower's refusal"
+        );
+        let live = Live::unregistered(empty());
+        live.follow(f.clone());
+        live.publish(|_| Ok::<_, String>(empty()))
+            .expect("published");
+        assert_eq!(
+            f.aborts.load(Ordering::SeqCst),
+            2,
+            "published: nothing aborted"
+        );
+    }
+
+    #[test]
+    fn a_follower_that_did_not_apply_whole_keeps_its_last_whole_generation() {
+        let registry = Registry::new();
+        let live = Live::new(empty(), &registry).expect("live");
+        live.follow(Arc::new(Aborting {
+            aborts: AtomicU64::new(0),
+            whole: false,
+        }));
+        live.publish(|_| Ok::<_, String>(empty()))
+            .expect("published");
+        assert_eq!(live.generation(), 2);
+        assert_eq!(
+            gauge(
+                &registry,
+                "bootfabric_config_generation_applied",
+                Some("aborting")
+            ),
+            Some(1)
+        );
     }
 }

@@ -99,12 +99,16 @@ pub enum FastPathError {
 
 /// The fast path's maps, as their owner (the DHCP service) writes them.
 pub trait FastPathMaps: Send {
-    /// Makes the maps hold `want`: new and changed entries are written first, then entries
-    /// that went are deleted, except the relay trie, whose stale entries go first. Between
-    /// the two a host may briefly be answered from its old entry, which is what userspace
-    /// answered a moment ago too; a relay briefly missing only sends its requests to
-    /// userspace, so a reload that narrows `dhcp.relays` never trusts both lists at once.
+    /// Makes the maps hold `want`. Entries that went are deleted first (hosts, relays: a
+    /// missing entry only sends its requests to userspace, which answers right; a stale host
+    /// entry would keep being ACKed by the kernel, a moved or deleted reservation handed to
+    /// two machines), then new and changed entries are written, then templates no host
+    /// entry names any more are deleted. An error may leave the maps half written: the
+    /// owner then [clears](Self::clear) them.
     fn sync(&mut self, want: &MapContents) -> Result<SyncReport, FastPathError>;
+    /// Empties the host and template maps: the kernel passes every request to userspace
+    /// until the next sync. What a failed sync falls back to.
+    fn clear(&mut self) -> Result<(), FastPathError>;
 }
 
 /// A future the event source resolves, boxed so the trait stays object safe.
@@ -182,6 +186,15 @@ impl FastPathMaps for AyaMaps {
                 .insert(&LpmKey::new(prefix, addr), 1, 0)
                 .map_err(err(MAP_RELAYS))?;
         }
+        let stale_hosts: Vec<MacKey> = self
+            .hosts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.hosts.contains_key(&k.mac))
+            .collect();
+        for k in &stale_hosts {
+            self.hosts.remove(k).map_err(err(MAP_HOSTS))?;
+        }
         for (k, t) in &want.templates {
             self.templates
                 .insert(k, t.as_ref(), 0)
@@ -191,15 +204,6 @@ impl FastPathMaps for AyaMaps {
             self.hosts
                 .insert(mac_key(*mac), h, 0)
                 .map_err(err(MAP_HOSTS))?;
-        }
-        let stale_hosts: Vec<MacKey> = self
-            .hosts
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !want.hosts.contains_key(&k.mac))
-            .collect();
-        for k in &stale_hosts {
-            let _ = self.hosts.remove(k);
         }
         let live: HashSet<TemplateKey> = want.templates.iter().map(|(k, _)| *k).collect();
         let stale: Vec<TemplateKey> = self
@@ -217,6 +221,27 @@ impl FastPathMaps for AyaMaps {
             removed: stale_hosts.len(),
             relays: want.relays.len(),
         })
+    }
+
+    fn clear(&mut self) -> Result<(), FastPathError> {
+        // Hosts first: a host entry is what makes the kernel answer.
+        let hosts: Vec<MacKey> = self.hosts.keys().filter_map(Result::ok).collect();
+        for k in &hosts {
+            self.hosts.remove(k).map_err(|source| FastPathError::Map {
+                map: MAP_HOSTS,
+                source,
+            })?;
+        }
+        let templates: Vec<TemplateKey> = self.templates.keys().filter_map(Result::ok).collect();
+        for k in &templates {
+            self.templates
+                .remove(k)
+                .map_err(|source| FastPathError::Map {
+                    map: MAP_TEMPLATES,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -342,9 +367,13 @@ pub mod fake {
         pub relays: BTreeSet<(u32, [u8; 4])>,
         /// Syncs so far.
         pub syncs: usize,
+        /// Clears so far.
+        pub clears: usize,
+        /// A sync fails (a full map) when it comes to insert this many-th host (0: the first).
+        pub fail_after_hosts: Option<usize>,
     }
 
-    /// Maps in memory, with the kernel maps' replace-then-delete semantics.
+    /// Maps in memory, with [`FastPathMaps::sync`]'s order (stale hosts out, then writes).
     #[derive(Clone, Default)]
     pub struct FakeMaps(pub Arc<Mutex<FakeState>>);
 
@@ -352,25 +381,36 @@ pub mod fake {
         fn sync(&mut self, want: &MapContents) -> Result<SyncReport, FastPathError> {
             let mut s = self.0.lock().map_err(|_| FastPathError::Poisoned)?;
             s.syncs += 1;
+            let before = s.hosts.len();
+            s.hosts.retain(|m, _| want.hosts.contains_key(m));
+            let removed = before - s.hosts.len();
             s.relays = want.relays.clone();
             for (k, t) in &want.templates {
                 s.templates.insert(*k, **t);
             }
-            let before = s.hosts.len();
-            let kept = s
-                .hosts
-                .keys()
-                .filter(|m| want.hosts.contains_key(*m))
-                .count();
-            s.hosts = want.hosts.clone();
+            for (i, (mac, h)) in want.hosts.iter().enumerate() {
+                if s.fail_after_hosts == Some(i) {
+                    // As a full kernel map refuses an insert: what was written stays.
+                    return Err(FastPathError::NoMap("fake: hosts map full"));
+                }
+                s.hosts.insert(*mac, *h);
+            }
             s.templates
                 .retain(|k, _| want.templates.iter().any(|(w, _)| w == k));
             Ok(SyncReport {
                 hosts: want.hosts.len(),
                 templates: want.templates.len(),
-                removed: before - kept,
+                removed,
                 relays: want.relays.len(),
             })
+        }
+
+        fn clear(&mut self) -> Result<(), FastPathError> {
+            let mut s = self.0.lock().map_err(|_| FastPathError::Poisoned)?;
+            s.clears += 1;
+            s.hosts.clear();
+            s.templates.clear();
+            Ok(())
         }
     }
 

@@ -31,6 +31,9 @@ pub struct FastPathOwner {
     /// The reserved addresses that waited for another client's hold at the last sync: their
     /// owners are missing from the maps until the hold ends ([`FastPathOwner::resync_if_freed`]).
     waiting: Vec<Ipv4Addr>,
+    /// The last sync failed and the maps were emptied: the housekeeping tick syncs again
+    /// ([`FastPathOwner::resync_if_freed`]).
+    failed: bool,
 }
 
 /// What a sync did: what the maps hold now, and how many reserved hosts stay with userspace.
@@ -49,6 +52,7 @@ impl FastPathOwner {
             maps,
             fabric,
             waiting: Vec::new(),
+            failed: false,
         }
     }
 
@@ -67,7 +71,25 @@ impl FastPathOwner {
                 "dhcp.relays has more entries than the XDP fast path checks: relayed requests are served from userspace"
             );
         }
-        let written = self.maps.sync(&d.maps)?;
+        let written = match self.maps.sync(&d.maps) {
+            Ok(w) => w,
+            Err(e) => {
+                // Half written maps may hold entries userspace no longer answers (a moved or
+                // deleted reservation): the kernel must not answer from them. Empty, it
+                // passes every request to userspace, which is always right.
+                self.failed = true;
+                match self.maps.clear() {
+                    Ok(()) => warn!(
+                        "XDP DHCP fast path: sync failed ({e}); maps emptied, userspace answers every request until a sync succeeds"
+                    ),
+                    Err(c) => tracing::error!(
+                        "XDP DHCP fast path: sync failed ({e}) and the maps could not be emptied ({c}): the kernel may answer from stale entries"
+                    ),
+                }
+                return Err(e);
+            }
+        };
+        self.failed = false;
         for (name, why) in &d.skipped {
             info!(host = %name, why, "reserved host served from userspace");
         }
@@ -79,13 +101,16 @@ impl FastPathOwner {
 
     /// Syncs again when a reservation that waited at the last sync no longer waits the same
     /// way (its holder released it, or the lease, offer or quarantine ran out), so the kernel
-    /// answers its owner as userspace now does. `None` when nothing changed; nothing to do
-    /// (the usual case) costs nothing.
+    /// answers its owner as userspace now does, or when the last sync failed (the maps are
+    /// empty). `None` when nothing changed; nothing to do (the usual case) costs nothing.
     pub fn resync_if_freed(
         &mut self,
         server: &Server,
         now: u64,
     ) -> Option<Result<Synced, FastPathError>> {
+        if self.failed {
+            return Some(self.sync_at(server, now));
+        }
         if self.waiting.is_empty() || waiting_addresses(&server.table, now) == self.waiting {
             return None;
         }
@@ -367,6 +392,128 @@ profile = "a"
             "the refused reloads' two hosts were not taken"
         );
         assert_eq!(server.dhcp.subnets[0].net, dhcp().subnets[0].net);
+    }
+
+    /// `TWO_HOSTS` with a `meta.role` on each host, which the `role.cfg` template needs.
+    fn with_roles() -> String {
+        TWO_HOSTS.replace(
+            "profile = \"a\"",
+            "profile = \"a\"\nmeta = { role = \"w\" }",
+        )
+    }
+
+    #[test]
+    fn a_refused_reload_leaves_no_dhcp_section_for_a_later_publish_to_apply() {
+        use crate::model::{
+            render::Templates,
+            snapshot::{Live, Next, PublishError},
+        };
+        let t = testkit::start(dhcp(), testkit::inventory(&with_roles()), &[]);
+        let templates = std::sync::Arc::new(
+            Templates::from_texts([("role.cfg", "{{ meta.role }}\n")]).expect("compile"),
+        );
+        let first = Next::new(testkit::inventory(&with_roles()), BootSettings::defaults())
+            .with_templates(templates);
+        let live = Live::unregistered(first);
+        let follower = t.service.reloader().follower();
+        live.follow(follower.clone());
+        // A SIGHUP whose file narrows dhcp.relays, but whose hosts lost the meta a template
+        // needs: staged, then refused by the templates.
+        let mut narrowed = dhcp();
+        narrowed.guards.relays = Some(vec!["10.9.9.9/32".parse().expect("net")]);
+        let refused = live.publish(|_| {
+            follower.stage(Some(&narrowed))?;
+            Ok::<_, super::super::ReloadError>(Next::new(
+                testkit::inventory(TWO_HOSTS),
+                BootSettings::defaults(),
+            ))
+        });
+        assert!(
+            matches!(
+                refused,
+                Err(PublishError::Refused {
+                    follower: "templates",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        // An API write afterwards stages nothing: the running section stays.
+        live.publish(|_| {
+            Ok::<_, String>(Next::new(
+                testkit::inventory(&with_roles()),
+                BootSettings::defaults(),
+            ))
+        })
+        .expect("published");
+        assert_eq!(live.generation(), 2);
+        let server = t.service.server.lock().expect("lock");
+        assert_eq!(
+            server.dhcp.guards.relays, None,
+            "the refused reload's relays were not applied"
+        );
+    }
+
+    #[test]
+    fn a_failed_map_sync_empties_the_maps_and_claims_no_generation() {
+        use crate::model::snapshot::{Live, Next};
+        let t = testkit::start(dhcp(), testkit::inventory(TWO_HOSTS), &[]);
+        let maps = FakeMaps::default();
+        let fp = FastPath {
+            maps: Box::new(maps.clone()),
+            events: None,
+            fabric: fabric(),
+        };
+        t.service.attach_fast_path(fp).expect("attach");
+        let registry = prometheus::Registry::new();
+        let live = Live::new(
+            Next::new(testkit::inventory(TWO_HOSTS), BootSettings::defaults()),
+            &registry,
+        )
+        .expect("live");
+        live.follow(t.service.reloader().follower());
+        let applied = || {
+            registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "bootfabric_config_generation_applied")
+                .flat_map(|f| f.get_metric().iter())
+                .map(|m| m.get_gauge().get_value() as i64)
+                .next()
+        };
+        // h2 is deleted and h3 added; the kernel's hosts map refuses the first insert.
+        maps.0.lock().expect("fake").fail_after_hosts = Some(0);
+        let h3 = TWO_HOSTS.replace("\"h2\"", "\"h3\"").replace(":02", ":03");
+        live.publish(|_| {
+            Ok::<_, String>(Next::new(testkit::inventory(&h3), BootSettings::defaults()))
+        })
+        .expect("published: userspace follows");
+        {
+            let kernel = maps.0.lock().expect("fake");
+            assert_eq!(kernel.clears, 1);
+            assert!(
+                kernel.hosts.is_empty() && kernel.templates.is_empty(),
+                "no entry left for the kernel to answer from: {:?}",
+                kernel.hosts.keys().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(live.generation(), 2);
+        assert_eq!(applied(), Some(1), "the maps did not take generation 2");
+        // The housekeeping tick syncs again once the map takes inserts.
+        maps.0.lock().expect("fake").fail_after_hosts = None;
+        let server = t.service.server.lock().expect("lock");
+        let mut slot = t.service.fast_path.lock().expect("lock");
+        let owner = slot.as_mut().expect("attached");
+        let synced = owner
+            .resync_if_freed(&server, unix_now())
+            .expect("a failed sync is retried")
+            .expect("sync");
+        assert_eq!(synced.written.hosts, 2);
+        let kernel = maps.0.lock().expect("fake");
+        assert!(kernel.hosts.contains_key(&[0x52, 0x54, 0, 0, 0, 3]));
+        assert!(!kernel.hosts.contains_key(&[0x52, 0x54, 0, 0, 0, 2]));
+        drop(kernel);
+        assert!(owner.resync_if_freed(&server, unix_now()).is_none());
     }
 
     #[test]

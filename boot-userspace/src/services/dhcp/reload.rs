@@ -9,10 +9,20 @@
 //!
 //! The `[dhcp]` section is not in the snapshot (it is the service's own section, read from the
 //! TOML only): a SIGHUP [stages](DhcpFollower::stage) the reloaded section before it
-//! publishes, and the publish that applies applies it too. An API publish stages nothing and
-//! keeps the running section.
+//! publishes, and the publish that applies applies it too; a publish that is refused drops it
+//! ([`Follower::abort`]), so no later publish applies a refused section. An API publish stages
+//! nothing and keeps the running section.
+//!
+//! If the XDP maps cannot follow, they are emptied (the kernel then passes every request to
+//! userspace, which answers from the new generation) and resynced on the housekeeping tick;
+//! the follower is then not [in step](Follower::in_step), and
+//! `bootfabric_config_generation_applied{service="dhcp"}` keeps the last generation the maps
+//! took whole.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex, MutexGuard, PoisonError,
+};
 
 use tracing::{info, warn};
 
@@ -53,6 +63,7 @@ impl Reloader {
         Arc::new(DhcpFollower {
             handles: self,
             staged: Mutex::new(None),
+            in_step: AtomicBool::new(true),
         })
     }
 }
@@ -62,6 +73,8 @@ pub struct DhcpFollower {
     handles: Reloader,
     /// A reloaded `[dhcp]` admitted by [`Self::stage`], applied by the next `apply`.
     staged: Mutex<Option<DhcpConfig>>,
+    /// Whether the last apply took its generation whole (the XDP maps included).
+    in_step: AtomicBool,
 }
 
 /// The test of a reloaded section against the running server: the subnets and the mode shape
@@ -118,7 +131,14 @@ impl DhcpFollower {
             }
         }
         server.table.set_reservations(&next.inventory);
-        if let Ok(mut slot) = self.handles.fast_path.lock() {
+        {
+            // A poisoned slot still holds the maps, and maps left behind would answer from
+            // the old generation: sync them all the same.
+            let mut slot = self
+                .handles
+                .fast_path
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(fp) = slot.as_mut() {
                 let r = fp.sync(&server)?.written;
                 info!(
@@ -151,14 +171,25 @@ impl Follower for DhcpFollower {
     }
 
     fn apply(&self, next: &Arc<Snapshot>) {
-        if let Err(e) = self.apply_to(next) {
-            // The lease table and the userspace answers follow whatever the maps do; a map
-            // that did not follow is logged and the fast path's stale entries are caught by
-            // its generation check (a hit from old maps is dropped).
+        let result = self.apply_to(next);
+        self.in_step.store(result.is_ok(), Ordering::Release);
+        if let Err(e) = result {
+            // The kernel has no generation check: an entry left from the old maps would be
+            // answered. A failed sync has emptied the maps (`FastPathOwner::sync_at`), so
+            // userspace, which follows this generation, answers until a resync succeeds.
             warn!(
                 generation = next.generation,
                 "DHCP did not follow the new snapshot whole: {e}"
             );
         }
+    }
+
+    fn in_step(&self) -> bool {
+        self.in_step.load(Ordering::Acquire)
+    }
+
+    fn abort(&self) {
+        // A poisoned lock still holds the staged section: drop it all the same.
+        *self.staged.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
