@@ -616,6 +616,29 @@ fn the_openapi_document_validates_and_every_route_answers_as_it_says() {
     }
 }
 
+/// The client machine, a `netboot = "once"` host, posts `booted` first without having
+/// fetched its kernel (as a machine that did not netboot would): that is logged and spends
+/// nothing. Then it fetches its kernel and posts `booted` again, which spends it.
+fn booted_after_its_kernel(c: &Controller<'_>, d: &Daemon, http: SocketAddr, name: &str) {
+    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
+    assert_eq!(booted.status, 204, "{}", booted.body);
+    let refused = bootfabric_lab::wait_for(Duration::from_secs(30), || {
+        d.log()
+            .contains("fetched none of the host's kernels")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "no refusal logged:\n{}", d.log());
+    assert_eq!(
+        c.get(&format!("/api/v1/hosts/{name}")).json()["netboot_state"],
+        Value::Null,
+        "a booted without a kernel fetch spent the host"
+    );
+    let kernel = call(c.ns, http, "GET", "/linux/vmlinuz", &[], None);
+    assert_eq!(kernel.status, 200, "{}", kernel.body);
+    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
+    assert_eq!(booted.status, 204, "{}", booted.body);
+}
+
 #[test]
 fn a_once_host_created_by_the_api_boots_once_then_from_disk_until_reset() {
     let Some(lab) = lab("a_once_host_created_by_the_api_boots_once_then_from_disk_until_reset")
@@ -670,8 +693,7 @@ backend = "epoll"
         first.body
     );
 
-    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
-    assert_eq!(booted.status, 204, "{}", booted.body);
+    booted_after_its_kernel(&c, &d, http, "node02");
     let consumed = bootfabric_lab::wait_for(Duration::from_secs(30), || {
         (state(&c) == "consumed").then_some(())
     });
@@ -758,8 +780,7 @@ backend = "epoll"
     assert_eq!(state(&c), Value::Null);
 
     let http: SocketAddr = "10.77.0.1:80".parse().expect("addr");
-    let booted = call(c.ns, http, "POST", "/booted", &[], Some(""));
-    assert_eq!(booted.status, 204, "{}", booted.body);
+    booted_after_its_kernel(&c, &d, http, "node01");
     let consumed = bootfabric_lab::wait_for(Duration::from_secs(30), || {
         (state(&c) == "consumed").then_some(())
     });

@@ -1,10 +1,15 @@
-//! `netboot = "once"`: the task that spends a host's one network boot. It follows the
-//! ledger's event log and, on `host.booted` of a `once` host not yet consumed, publishes the
+//! `netboot = "once"`: the task that spends a host's one network boot. The ledger keeps the
+//! `once` hosts that reported `booted` ([`crate::model::ledger::Ledger::take_booted`]: one
+//! entry per host, never dropped, unlike the rate-capped event log); this task takes them
+//! and, for a `once` host not yet consumed whose boot fetched its kernel, publishes the
 //! consumed state (every service then answers "boot from disk") and records it in the API's
 //! overlay file, so a restart keeps it. `POST /api/v1/hosts/{name}/netboot-reset`, or a write
 //! that sets `netboot`, gives the network boot back.
 //!
-//! [`to_consume`] is pure (events and the inventory in, names out); [`run`] is the loop.
+//! A `booted` from a boot that fetched none of the host's kernels (posted by a machine that
+//! did not netboot: a spoofed `booted`) is logged and spends nothing.
+//!
+//! [`to_consume`] is pure (reports and the inventory in, names out); [`run`] is the loop.
 
 use std::sync::Arc;
 
@@ -12,64 +17,65 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api::ApiState;
-use crate::model::{
-    inventory::{Inventory, Netboot},
-    ledger::{ApiEvent, EventType},
-};
+use crate::model::inventory::{Inventory, Mac, Netboot};
 
-/// Events read per wake-up.
-const PAGE: usize = 256;
-
-/// The `once` hosts, not yet consumed, that `events` say booted, each once, in order.
-pub fn to_consume(events: &[ApiEvent], inventory: &Inventory) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for e in events {
-        if e.kind != EventType::HostBooted {
-            continue;
-        }
-        let Some(name) = e.host.as_deref() else {
-            continue;
-        };
-        let once = inventory
-            .host_named(name)
-            .is_some_and(|h| h.netboot == Netboot::Once && !inventory.is_consumed(name));
-        if once && !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
-        }
-    }
-    names
+/// What the `booted` reports of `once` hosts decide.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    /// Hosts to mark consumed.
+    pub consume: Vec<String>,
+    /// `once` hosts not yet consumed whose `booted` came from a boot that fetched no kernel
+    /// of theirs: not consumed.
+    pub unfetched: Vec<String>,
 }
 
-/// Follows the event log from now until `cancel` fires.
+/// Sorts `booted` (MAC, whether that boot fetched a kernel) for the `once` hosts of
+/// `inventory` not yet consumed; a MAC no longer a `once` host, or already consumed, is
+/// neither.
+pub fn to_consume(booted: &[(Mac, bool)], inventory: &Inventory) -> Decided {
+    let mut out = Decided::default();
+    for (mac, fetched) in booted {
+        let Some(h) = inventory.host_by_mac(mac) else {
+            continue;
+        };
+        if h.netboot != Netboot::Once || inventory.is_consumed(&h.name) {
+            continue;
+        }
+        let list = if *fetched {
+            &mut out.consume
+        } else {
+            &mut out.unfetched
+        };
+        if !list.contains(&h.name) {
+            list.push(h.name.clone());
+        }
+    }
+    out
+}
+
+/// Takes the ledger's `booted` reports from now until `cancel` fires.
 pub async fn run(api: Arc<ApiState>, cancel: CancellationToken) {
-    let mut after = api.ledger.last_event_id();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = api.ledger.wait_events(after) => {}
+            _ = api.ledger.wait_booted() => {}
         }
-        let page = api.ledger.events_after(after, PAGE);
-        if let Some((first, last)) = page.gap {
+        let booted = api.ledger.take_booted();
+        let decided = to_consume(&booted, &api.live.load().inventory);
+        for name in &decided.unfetched {
             warn!(
-                first,
-                last,
-                "netboot once: events {first}..={last} were dropped before they were read; \
-                 a `booted` among them did not consume its host"
+                host = %name,
+                "netboot once: `booted` from a boot that fetched none of the host's kernels; \
+                 not spent"
             );
-            after = after.max(last);
         }
-        let Some(newest) = page.events.last().map(|e| e.id) else {
-            continue;
-        };
-        after = after.max(newest);
-        let names = to_consume(&page.events, &api.live.load().inventory);
-        if names.is_empty() {
+        if decided.consume.is_empty() {
             continue;
         }
         // Publishing fsyncs the overlay and waits for the followers: a blocking thread.
         let api = Arc::clone(&api);
         let done = tokio::task::spawn_blocking(move || {
-            for name in names {
+            for name in decided.consume {
                 match super::hosts::consume(&api, &name) {
                     Ok(true) => {
                         info!(host = %name, "netboot once: used; the host now boots from its disk")
@@ -89,39 +95,103 @@ pub async fn run(api: Arc<ApiState>, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ledger::{EventKind, Ledger};
 
-    fn event(id: u64, kind: EventType, host: &str) -> ApiEvent {
-        ApiEvent {
-            id,
-            at_ms: 0,
-            kind,
-            host: Some(host.to_owned()),
-            mac: None,
-            data: serde_json::json!({}),
+    const HOSTS: &str = "[profiles.p]\nkernel='/images/vmlinuz'\n\
+         [[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\nnetboot='once'\n\
+         [[hosts]]\nname='b'\nmac='52:54:00:00:00:02'\nprofile='p'\n\
+         [[hosts]]\nname='c'\nmac='52:54:00:00:00:03'\nprofile='p'\nnetboot='once'\n\
+         [[hosts]]\nname='d'\nmac='52:54:00:00:00:04'\nprofile='p'\nnetboot='once'\n";
+
+    fn inventory() -> Inventory {
+        let wire = toml::from_str(HOSTS).expect("toml");
+        Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid")
+    }
+
+    fn mac(last: u8) -> Mac {
+        Mac([0x52, 0x54, 0, 0, 0, last])
+    }
+
+    #[test]
+    fn only_a_once_host_not_yet_consumed_whose_boot_fetched_its_kernel_is_consumed() {
+        let mut inv = inventory();
+        inv.set_consumed("c", true);
+        let booted = [
+            (mac(1), true),
+            (mac(2), true),
+            (mac(3), true),
+            (mac(4), false),
+            (mac(9), true),
+        ];
+        assert_eq!(
+            to_consume(&booted, &inv),
+            Decided {
+                consume: vec!["a".into()],
+                unfetched: vec!["d".into()],
+            }
+        );
+    }
+
+    fn sent(path: &str) -> EventKind {
+        EventKind::HttpSent {
+            path: path.into(),
+            bytes: 1,
         }
     }
 
     #[test]
-    fn only_a_booted_once_host_not_yet_consumed_is_consumed_once() {
-        let wire = toml::from_str(
-            "[profiles.p]\n\
-             [[hosts]]\nname='a'\nmac='52:54:00:00:00:01'\nprofile='p'\nnetboot='once'\n\
-             [[hosts]]\nname='b'\nmac='52:54:00:00:00:02'\nprofile='p'\n\
-             [[hosts]]\nname='c'\nmac='52:54:00:00:00:03'\nprofile='p'\nnetboot='once'\n\
-             [[hosts]]\nname='d'\nmac='52:54:00:00:00:04'\nprofile='p'\nnetboot='once'\n",
-        )
-        .expect("toml");
-        let mut inv = Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid");
-        inv.set_consumed("c", true);
-        let events = [
-            event(1, EventType::HostPhase, "d"),
-            event(2, EventType::HostBooted, "a"),
-            event(3, EventType::HostBooted, "b"),
-            event(4, EventType::HostBooted, "c"),
-            event(5, EventType::HostBooted, "a"),
-            event(6, EventType::HostBooted, "gone"),
-            event(7, EventType::HostFailed, "d"),
-        ];
-        assert_eq!(to_consume(&events, &inv), ["a"]);
+    fn the_ledger_keeps_every_booted_of_a_once_host_past_the_event_rate_cap() {
+        let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
+        let inv = inventory();
+        ledger.set_inventory(&inv);
+        // The host spends its event budget, then boots: the event log drops its
+        // `host.booted`, the consumption does not.
+        for _ in 0..100 {
+            ledger.record(
+                mac(1),
+                EventKind::BmcReset {
+                    reset_type: "ForceRestart".into(),
+                },
+                None,
+            );
+            ledger.record(mac(1), EventKind::Booted, None);
+        }
+        ledger.take_booted();
+        ledger.record(mac(1), sent("/images/vmlinuz"), None);
+        ledger.record(mac(1), EventKind::Booted, None);
+        // A `booted` posted for a host that fetched nothing (a spoofed one).
+        ledger.record(mac(4), EventKind::Booted, None);
+        // Not `once`: not kept.
+        ledger.record(mac(2), sent("/images/vmlinuz"), None);
+        ledger.record(mac(2), EventKind::Booted, None);
+        let mut booted = ledger.take_booted();
+        booted.sort();
+        assert_eq!(booted, [(mac(1), true), (mac(4), false)]);
+        assert_eq!(
+            to_consume(&booted, &inv),
+            Decided {
+                consume: vec!["a".into()],
+                unfetched: vec!["d".into()],
+            }
+        );
+        assert!(ledger.take_booted().is_empty(), "taken once");
+        // The next boot must fetch the kernel again.
+        ledger.record(mac(1), EventKind::Booted, None);
+        assert_eq!(ledger.take_booted(), [(mac(1), false)]);
+    }
+
+    #[tokio::test]
+    async fn a_booted_reported_before_the_wait_still_wakes_it() {
+        let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
+        ledger.set_inventory(&inventory());
+        ledger.record(mac(1), sent("images/vmlinuz"), None);
+        ledger.record(mac(1), EventKind::Booted, None);
+        // Biased: the stored wake-up is polled first; without one the test fails, not hangs.
+        tokio::select! {
+            biased;
+            _ = ledger.wait_booted() => {}
+            _ = std::future::ready(()) => panic!("a `booted` before the wait was lost"),
+        }
+        assert_eq!(ledger.take_booted(), [(mac(1), true)]);
     }
 }

@@ -30,7 +30,7 @@ pub mod events;
 pub use events::{ApiEvent, EventPage, EventType};
 use events::{BootTrack, Payload};
 
-use crate::model::inventory::{Host, Inventory, Mac};
+use crate::model::inventory::{Host, Inventory, Mac, Netboot};
 
 /// Events kept per inventory host (the newest win).
 const EVENTS_PER_HOST: usize = 32;
@@ -393,6 +393,22 @@ struct State {
     holders: HashMap<Ipv4Addr, Mac>,
     /// The control plane's event log.
     log: EventLog,
+    /// The inventory's `netboot = "once"` hosts, by MAC: the kernels their profiles name,
+    /// and whether one was sent whole since the host last reported `booted`.
+    once: HashMap<Mac, OnceWatch>,
+    /// `once` hosts that reported `booted`, not yet taken by the consumption task
+    /// ([`Ledger::take_booted`]), with whether that boot fetched a kernel: one entry per
+    /// MAC, so bounded by the inventory.
+    booted: HashMap<Mac, bool>,
+}
+
+/// What the ledger watches of a `netboot = "once"` host's boot.
+#[derive(Debug, Default)]
+struct OnceWatch {
+    /// The kernels of its profile and menu profiles, relative to the image root.
+    kernels: Vec<String>,
+    /// Whether one was sent whole since its last `booted`.
+    fetched: bool,
 }
 
 /// API events kept for readers (SSE replay, webhook cursors): the newest win, and a reader
@@ -635,6 +651,21 @@ impl Meter {
     }
 }
 
+impl OnceWatch {
+    /// Notes `kind`; for `booted`, whether this boot fetched a kernel (and starts the next).
+    fn observe(&mut self, kind: &EventKind) -> Option<bool> {
+        if kind.phase() == Phase::Booted {
+            return Some(std::mem::take(&mut self.fetched));
+        }
+        if let Some(path) = kind.sent_path() {
+            if self.kernels.iter().any(|k| names(path, k)) {
+                self.fetched = true;
+            }
+        }
+        None
+    }
+}
+
 /// Shared handle to the ledger.
 #[derive(Clone)]
 pub struct Ledger {
@@ -647,6 +678,8 @@ pub struct Ledger {
     events_dropped: IntCounter,
     /// Woken on every append to the event log.
     appended: Arc<Notify>,
+    /// Woken when a `once` host reports `booted` (one stored permit: one consumer).
+    booted: Arc<Notify>,
 }
 
 /// Unix milliseconds now (the ledger's time base).
@@ -730,6 +763,8 @@ impl Ledger {
                     cap: event_log.max(1),
                     tracks: HashMap::new(),
                 },
+                once: HashMap::new(),
+                booted: HashMap::new(),
             })),
             egress: Arc::default(),
             events,
@@ -738,6 +773,7 @@ impl Ledger {
             other_hosts: hosts.with_label_values(&["other"]),
             events_dropped,
             appended: Arc::new(Notify::new()),
+            booted: Arc::new(Notify::new()),
         })
     }
 
@@ -781,6 +817,22 @@ impl Ledger {
                 self.evictions.inc();
             }
         }
+        let mut once = std::mem::take(&mut state.once);
+        for h in inventory
+            .hosts()
+            .iter()
+            .filter(|h| h.netboot == Netboot::Once)
+        {
+            let kernels = std::iter::once(&h.profile)
+                .chain(&h.menu)
+                .filter_map(|p| inventory.profile(p)?.kernel.as_deref())
+                .map(|k| k.trim_start_matches('/').to_owned())
+                .collect();
+            // A host that stays keeps what its boot in progress fetched.
+            let fetched = once.remove(&h.mac).is_some_and(|w| w.fetched);
+            state.once.insert(h.mac, OnceWatch { kernels, fetched });
+        }
+        state.booted.retain(|mac, _| state.once.contains_key(mac));
         self.inventory_hosts.set(state.inventory.len() as i64);
         self.other_hosts.set(state.others.len() as i64);
     }
@@ -796,11 +848,16 @@ impl Ledger {
     pub fn record_at(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>, at_ms: u64) {
         let phase = kind.phase();
         self.events.with_label_values(&[phase.as_str()]).inc();
-        let kind = kind.bounded();
         let Ok(mut state) = self.inner.lock() else {
             return;
         };
         let state = &mut *state;
+        // Before the path is cut to DETAIL_MAX: a long kernel path still matches.
+        let booted = state.once.get_mut(&mac).and_then(|w| w.observe(&kind));
+        if let Some(fetched) = booted {
+            *state.booted.entry(mac).or_default() |= fetched;
+        }
+        let kind = kind.bounded();
         let known = state.inventory.contains_key(&mac);
         if let Some(ip) = ip {
             match phase {
@@ -847,6 +904,25 @@ impl Ledger {
         if appended {
             self.appended.notify_waiters();
         }
+        if booted.is_some() {
+            self.booted.notify_one();
+        }
+    }
+
+    /// Takes the `netboot = "once"` hosts that reported `booted` since the last call, each
+    /// once, with whether that boot fetched one of the host's kernels (`netboot = once` is
+    /// spent from this, never from the rate-capped event log, which may drop a `booted`).
+    pub fn take_booted(&self) -> Vec<(Mac, bool)> {
+        self.inner
+            .lock()
+            .map(|mut s| s.booted.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Returns once a `once` host reported `booted` since the last [`Ledger::take_booted`]
+    /// (at once if one did before this call). For one consumer.
+    pub async fn wait_booted(&self) {
+        self.booted.notified().await;
     }
 
     /// Appends a control-plane event (`host.created`, `config.generation`, …) to the event
