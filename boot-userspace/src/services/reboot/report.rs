@@ -216,6 +216,20 @@ pub struct RunStatus {
     pub bmc_operations_in_flight: usize,
     /// Every host.
     pub hosts: Vec<HostLine>,
+    /// Selected hosts the run leaves alone, with why: a host whose boot answer is not a
+    /// network boot (`netboot = deny`, or `once` already used) would boot from its disk, so
+    /// it is not reset, not enrolled at the gate and not waited for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedHost>,
+}
+
+/// A selected host a run does not reboot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedHost {
+    /// Its name.
+    pub name: String,
+    /// Why (`netboot = deny: not rebooted`).
+    pub reason: String,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -364,6 +378,12 @@ impl RunStatus {
                     secs(h.failed_s),
                     h.reason.as_deref().unwrap_or("")
                 );
+            }
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(out, "\n  Not rebooted:");
+            for h in &self.skipped {
+                let _ = writeln!(out, "  {:<20} {}", h.name, h.reason);
             }
         }
         out

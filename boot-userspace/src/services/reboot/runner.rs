@@ -31,7 +31,7 @@ use super::{
     bmc::{Bmc, RedfishBmc},
     clock::{Clock, WallClock},
     plan,
-    report::{PhaseLabel, RunState, RunStatus, Selection},
+    report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost},
     step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
 };
@@ -39,7 +39,7 @@ use crate::{
     config::SchedulerConfig,
     model::files,
     model::gate::Gate,
-    model::inventory::{Host, Inventory},
+    model::inventory::{BootAnswer, Host, Inventory},
     model::ledger::{EventKind, Ledger},
     model::snapshot::Live,
     redfish::RedfishError,
@@ -209,9 +209,11 @@ impl RebootService {
 
     /// Plans (`dry_run`) or starts a run for `sel`; returns its first status.
     pub fn start(self: &Arc<Self>, sel: &Selection) -> Result<RunStatus, StartError> {
-        let members = self.select(sel)?;
+        let (members, skipped) = self.select(sel)?;
         if sel.dry_run {
-            return Ok(self.plan(&members));
+            let mut plan = self.plan(&members);
+            plan.skipped = skipped;
+            return Ok(plan);
         }
         let mut cur = lock(&self.current);
         if let Some(h) = cur.as_ref() {
@@ -224,6 +226,7 @@ impl RebootService {
         first.id = id;
         first.state = RunState::Running;
         first.started_unix_ms = self.clock.now_ms();
+        first.skipped = skipped;
         let status = Arc::new(Mutex::new(first.clone()));
         let cancel = CancellationToken::new();
         *cur = Some(RunHandle {
@@ -242,8 +245,9 @@ impl RebootService {
         Ok(first)
     }
 
-    /// Resolves a selection against the inventory.
-    fn select(&self, sel: &Selection) -> Result<Vec<Member>, StartError> {
+    /// Resolves a selection against the inventory: the members, and the selected hosts left
+    /// alone because they would not boot from the network (see [`not_rebooted`]).
+    fn select(&self, sel: &Selection) -> Result<(Vec<Member>, Vec<SkippedHost>), StartError> {
         let bad = |m: String| Err(StartError::Selection(m));
         if !sel.all
             && sel.hosts.is_empty()
@@ -284,10 +288,34 @@ impl RebootService {
         if base.is_empty() {
             return bad("the selection matches no host with a bmc".into());
         }
-        Ok(base
+        // A host told to boot from its disk would not fetch anything: resetting it, giving
+        // it a gate slot and waiting for its downloads would only end in a false failure.
+        let mut skipped: Vec<SkippedHost> = Vec::new();
+        base.retain(|h| match not_rebooted(inventory.boot_answer(h)) {
+            None => true,
+            Some(reason) => {
+                skipped.push(SkippedHost {
+                    name: h.name.clone(),
+                    reason: reason.to_owned(),
+                });
+                false
+            }
+        });
+        if base.is_empty() {
+            let why: Vec<String> = skipped
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.reason))
+                .collect();
+            return bad(format!(
+                "the selection matches no host that boots from the network: {}",
+                why.join(", ")
+            ));
+        }
+        let members = base
             .into_iter()
             .filter_map(|h| self.member(inventory, h))
-            .collect())
+            .collect();
+        Ok((members, skipped))
     }
 
     fn member(&self, inventory: &Inventory, h: &Host) -> Option<Member> {
@@ -510,6 +538,15 @@ impl RebootService {
 
 /// A BMC operation that ended: the host, and the reset type or the error.
 type ResetDone = (usize, Result<String, RedfishError>);
+
+/// Why a selected host whose boot answer is `answer` is not rebooted; `None`: it is.
+pub fn not_rebooted(answer: BootAnswer) -> Option<&'static str> {
+    match answer {
+        BootAnswer::Boot => None,
+        BootAnswer::Deny => Some("netboot = deny: not rebooted"),
+        BootAnswer::Disk => Some("netboot = once, already used: boots from its disk, not rebooted"),
+    }
+}
 
 /// Why a member removed from the inventory during its run failed.
 pub const REMOVED: &str = "removed from the inventory";
@@ -1120,5 +1157,70 @@ mod tests {
         ticks(8).await;
         assert!(w.bmc_calls().is_empty());
         assert!(w.service.status().is_none(), "a plan is not a run");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_that_would_boot_from_their_disk_are_not_rebooted_and_say_why() {
+        let w = world(3, false, TWO_SLOTS, FakeBmc::new());
+        let text = w
+            .hosts_toml
+            .replace("name = \"h1\"\n", "name = \"h1\"\nnetboot = \"deny\"\n")
+            .replace("name = \"h2\"\n", "name = \"h2\"\nnetboot = \"once\"\n");
+        let mut inventory = parse_inventory(&text);
+        inventory.set_consumed("h2", true);
+        w.live
+            .publish(|_| {
+                Ok::<_, String>(Next::new(
+                    inventory,
+                    crate::model::boot::BootSettings::defaults(),
+                ))
+            })
+            .expect("published");
+        let why = [
+            SkippedHost {
+                name: "h1".into(),
+                reason: "netboot = deny: not rebooted".into(),
+            },
+            SkippedHost {
+                name: "h2".into(),
+                reason: "netboot = once, already used: boots from its disk, not rebooted".into(),
+            },
+        ];
+        let plan = w
+            .service
+            .start(&Selection {
+                dry_run: true,
+                ..all()
+            })
+            .expect("plan");
+        assert_eq!(plan.hosts.len(), 1);
+        assert_eq!(plan.skipped, why);
+        assert!(plan
+            .report()
+            .contains("h1                   netboot = deny: not rebooted"));
+        let only = w.service.start(&Selection {
+            hosts: vec!["h1".into(), "h2".into()],
+            ..Selection::default()
+        });
+        let Err(StartError::Selection(e)) = only else {
+            panic!("a run of hosts that boot from disk started: {only:?}");
+        };
+        assert!(
+            e.contains("no host that boots from the network: h1 (netboot = deny"),
+            "{e}"
+        );
+        let first = w.service.start(&all()).expect("start");
+        assert_eq!(first.hosts.len(), 1);
+        assert_eq!(first.hosts[0].name, "h0");
+        ticks(8).await;
+        assert_eq!(w.status().skipped, why, "kept while the run goes on");
+        assert!(
+            w.bmc_calls()
+                .iter()
+                .all(|c| !c.contains("bmc1") && !c.contains("bmc2")),
+            "{:?}",
+            w.bmc_calls()
+        );
+        assert!(w.bmc_calls().iter().any(|c| c.contains("bmc0")));
     }
 }
