@@ -53,15 +53,24 @@ pub fn to_consume(booted: &[(Mac, bool)], inventory: &Inventory) -> Decided {
     out
 }
 
+/// How long a consumption that could not be recorded (the overlay file's disk) waits before
+/// it is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Takes the ledger's `booted` reports from now until `cancel` fires.
 pub async fn run(api: Arc<ApiState>, cancel: CancellationToken) {
+    // Hosts whose consumption was not recorded: tried again, never forgotten (a forgotten
+    // one would reinstall at its next power cycle).
+    let mut retry: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = api.ledger.wait_booted() => {}
+            _ = tokio::time::sleep(RETRY), if !retry.is_empty() => {}
         }
         let booted = api.ledger.take_booted();
-        let decided = to_consume(&booted, &api.live.load().inventory);
+        let inventory = &api.live.load().inventory;
+        let mut decided = to_consume(&booted, inventory);
         for name in &decided.unfetched {
             warn!(
                 host = %name,
@@ -69,25 +78,39 @@ pub async fn run(api: Arc<ApiState>, cancel: CancellationToken) {
                  not spent"
             );
         }
+        for name in retry.drain(..) {
+            let still = inventory
+                .host_named(&name)
+                .is_some_and(|h| h.netboot == Netboot::Once && !inventory.is_consumed(&name));
+            if still && !decided.consume.contains(&name) {
+                decided.consume.push(name);
+            }
+        }
         if decided.consume.is_empty() {
             continue;
         }
         // Publishing fsyncs the overlay and waits for the followers: a blocking thread.
         let api = Arc::clone(&api);
         let done = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
             for name in decided.consume {
                 match super::hosts::consume(&api, &name) {
                     Ok(true) => {
                         info!(host = %name, "netboot once: used; the host now boots from its disk")
                     }
                     Ok(false) => {}
-                    Err(p) => warn!(host = %name, detail = %p.detail, "netboot once: not recorded"),
+                    Err(p) => {
+                        warn!(host = %name, detail = %p.detail, "netboot once: not recorded; tried again");
+                        failed.push(name);
+                    }
                 }
             }
+            failed
         })
         .await;
-        if done.is_err() {
-            warn!("netboot once: the consumption task panicked");
+        match done {
+            Ok(failed) => retry = failed,
+            Err(_) => warn!("netboot once: the consumption task panicked"),
         }
     }
 }
@@ -157,6 +180,13 @@ mod tests {
             ledger.record(mac(1), EventKind::Booted, None);
         }
         ledger.take_booted();
+        let logged = ledger
+            .events_after(0, 10_000)
+            .events
+            .iter()
+            .filter(|e| e.kind == crate::model::ledger::EventType::HostBooted)
+            .count();
+        assert!(logged < 100, "the event log kept every booted: {logged}");
         ledger.record(mac(1), sent("/images/vmlinuz"), None);
         ledger.record(mac(1), EventKind::Booted, None);
         // A `booted` posted for a host that fetched nothing (a spoofed one).
