@@ -419,21 +419,20 @@ async fn v1(
     req: Request<Incoming>,
 ) -> Result<Answer, Problem> {
     let name = name.unwrap_or_default();
-    let snap = admin.api.live.load();
-    let read = |f: &dyn Fn(&api::ApiState) -> Result<Answer, Problem>| f(&admin.api);
+    // Reads never lock: a write holds the overlay's lock across an fsync and the followers,
+    // a SIGHUP across a whole config load, and this runs on a worker that answers DHCP.
+    let view = admin.api.view();
+    let (snap, overlay) = (&view.snapshot, &*view.overlay);
     let answer = match endpoint {
-        Endpoint::Status => {
-            let overlay = admin.api.overlay();
-            Ok(Answer::json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "generation": snap.generation,
-                    "hosts": hosts::counts(&snap.inventory, &overlay),
-                    "profiles": profiles::counts(&snap.inventory, &overlay),
-                }),
-                snap.generation,
-            ))
-        }
+        Endpoint::Status => Ok(Answer::json(
+            StatusCode::OK,
+            serde_json::json!({
+                "generation": snap.generation,
+                "hosts": hosts::counts(&snap.inventory, overlay),
+                "profiles": profiles::counts(&snap.inventory, overlay),
+            }),
+            snap.generation,
+        )),
         Endpoint::OpenApi => Ok(Answer::json(
             StatusCode::OK,
             openapi::document(),
@@ -441,11 +440,11 @@ async fn v1(
         )),
         Endpoint::HostList => {
             let query = query_pairs(req.uri().query().unwrap_or(""));
-            read(&|api| hosts::list(&snap, &api.overlay(), &query))
+            hosts::list(snap, overlay, &query)
         }
-        Endpoint::HostGet => read(&|api| hosts::get(&snap, &api.overlay(), &name)),
-        Endpoint::ProfileList => Ok(profiles::list(&snap, &admin.api.overlay())),
-        Endpoint::ProfileGet => read(&|api| profiles::get(&snap, &api.overlay(), &name)),
+        Endpoint::HostGet => hosts::get(snap, overlay, &name),
+        Endpoint::ProfileList => Ok(profiles::list(snap, overlay)),
+        Endpoint::ProfileGet => profiles::get(snap, overlay, &name),
         Endpoint::HostCreate
         | Endpoint::HostReplace
         | Endpoint::HostPatch
