@@ -288,7 +288,7 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
         ),
         (
             json!({"name": "node03", "mac": "52:54:00:b0:0f:03", "profile": "linux",
-            "bmc": {"url": "ftp://10.0.9.1", "username": "u", "password_env": "BOOTFABRIC_BMC_A"}}),
+            "bmc": {"url": "ftp://10.0.9.1", "username": "u", "password_env": "BOOTFABRIC_BMC_NODE03_PASSWORD"}}),
             422,
             "bmc.url",
         ),

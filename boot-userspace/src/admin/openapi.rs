@@ -150,7 +150,7 @@ fn schemas() -> Value {
             "properties": {
                 "url": {"type": "string"}, "username": {"type": "string"},
                 "password_env": {"type": ["string", "null"],
-                    "description": format!("from the API: a variable named {API_PASSWORD_ENV_PREFIX}*")},
+                    "description": format!("from the API: the host's own variable, {API_PASSWORD_ENV_PREFIX}<NAME>_PASSWORD (the name upper-cased, '-' as '_'); the operator's source is kept only with the BMC url and TLS settings unchanged")},
                 "password_file": {"type": ["string", "null"],
                     "description": "set by the inventory file only; the API may keep it unchanged"},
                 "ca_file": {"type": ["string", "null"],
