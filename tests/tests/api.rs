@@ -136,8 +136,21 @@ struct Controller<'a> {
 }
 
 impl Controller<'_> {
+    /// A read with the token (hosts, profiles and events need it).
     fn get(&self, path: &str) -> Reply {
-        call(self.ns, self.addr, "GET", path, &[], None)
+        self.read("GET", path)
+    }
+
+    fn read(&self, method: &str, path: &str) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        call(
+            self.ns,
+            self.addr,
+            method,
+            path,
+            &[("Authorization", auth.as_str())],
+            None,
+        )
     }
 
     /// A write with the token: `if_match` when given, JSON (or `media`) body.
@@ -254,6 +267,47 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
     wrong.problem(401);
     c.write("POST", "/api/v1/hosts", None, "text/plain", Some(&node02))
         .problem(415);
+    // Hosts (meta, BMC references), profiles and the event stream are read with the token
+    // too; status and the OpenAPI document stay open to admin.allow. Every /api/v1 answer,
+    // a problem or the stream's head too, carries the generation.
+    for path in [
+        "/api/v1/hosts",
+        "/api/v1/hosts/node01",
+        "/api/v1/profiles",
+        "/api/v1/profiles/linux",
+        "/api/v1/events",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let r = call(c.ns, c.addr, method, path, &[], None);
+            assert_eq!(r.status, 401, "{method} {path} without the token");
+            assert_eq!(r.header("www-authenticate"), "Bearer");
+            assert!(
+                r.header("bootfabric-generation").parse::<u64>().is_ok(),
+                "{method} {path}: {:?}",
+                r.headers
+            );
+            if method == "GET" {
+                r.problem(401);
+            }
+        }
+    }
+    for path in ["/api/v1/status", "/api/v1/openapi.json"] {
+        let r = call(c.ns, c.addr, "GET", path, &[], None);
+        assert_eq!(r.status, 200, "{path} without the token: {}", r.body);
+    }
+    let head = c.read("HEAD", "/api/v1/events");
+    assert_eq!((head.status, head.media()), (200, "text/event-stream"));
+    assert!(head.body.is_empty(), "{}", head.body);
+    assert!(head.header("bootfabric-generation").parse::<u64>().is_ok());
+    let bad = c.get("/api/v1/events?types=host.exploded");
+    bad.problem(400);
+    assert!(bad.header("bootfabric-generation").parse::<u64>().is_ok());
+    let missing = c.get("/api/v1/hosts/node09");
+    missing.problem(404);
+    assert!(missing
+        .header("bootfabric-generation")
+        .parse::<u64>()
+        .is_ok());
 
     // Create.
     let created = c.post("/api/v1/hosts", &node02);
@@ -771,6 +825,21 @@ backend = "epoll"
     );
     let status = c.get("/api/v1/status").json();
     assert_eq!(status["hosts"]["consumed"], 1, "{status}");
+    // A controller's read-modify-write (the GET's body, `netboot` included, as a PUT) changes
+    // meta and keeps the used network boot used.
+    let got = c.get("/api/v1/hosts/node01");
+    let mut body = got.json();
+    body["meta"] = json!({"role": "installed"});
+    let put = c.write(
+        "PUT",
+        "/api/v1/hosts/node01",
+        Some(got.header("etag")),
+        "application/json",
+        Some(&body),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.json()["netboot_state"], "consumed", "{}", put.body);
+    assert_eq!(state(&c), "consumed");
 
     d.restart().expect("restart");
     let c = Controller { addr: d.admin, ..c };

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::routes::{routes, Media, Route, CONTROL_REFUSALS};
+use super::routes::{routes, Media, Route, CONTROL_REFUSALS, PRIVATE_READ_REFUSALS};
 use crate::model::inventory::resource::API_PASSWORD_ENV_PREFIX;
 
 /// The document.
@@ -27,7 +27,7 @@ pub fn document() -> Value {
             "title": "Bootfabric admin API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Hosts and profiles of the network boot daemon, its status, metrics and reboot runs. \
-                GET and HEAD are served to admin.allow; every other method needs the admin token."
+                GET and HEAD are served to admin.allow, except hosts, profiles and the event stream, which need the admin token as every other method does. Every /api/v1 answer carries Bootfabric-Generation."
         },
         "paths": paths,
         "components": {
@@ -84,7 +84,14 @@ fn operation(route: &Route) -> Value {
     }
     let control = super::auth::Access::of(&route.method) == super::auth::Access::Control;
     let mut responses = Map::new();
-    let refusals: &[u16] = if control { CONTROL_REFUSALS } else { &[] };
+    let private = route.endpoint.private();
+    let refusals: &[u16] = if control {
+        CONTROL_REFUSALS
+    } else if private {
+        PRIVATE_READ_REFUSALS
+    } else {
+        &[]
+    };
     let extra = refusals.iter().map(|s| {
         // Refusals of the old routes are text; those of /api/v1 are problems.
         let media = if route.path.starts_with("/api/v1/") {
@@ -114,7 +121,7 @@ fn operation(route: &Route) -> Value {
         responses.insert(status.to_string(), Value::Object(r));
     }
     op.insert("responses".into(), Value::Object(responses));
-    if control {
+    if control || private {
         op.insert("security".into(), json!([{"bearer": []}]));
     }
     Value::Object(op)
