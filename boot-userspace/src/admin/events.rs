@@ -542,4 +542,31 @@ mod tests {
             tokio::task::yield_now().await;
         }
     }
+
+    #[tokio::test]
+    async fn the_streams_errors_are_problems_and_head_opens_none() {
+        let registry = Registry::new();
+        let ledger = Ledger::new(&registry).expect("ledger");
+        let streams =
+            EventStreams::new(ledger, 1, CancellationToken::new(), &registry).expect("streams");
+        let media = |r: &Response<AdminBody>| {
+            r.headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let bad = streams.serve(Some("types=host.exploded"), &HeaderMap::new());
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(media(&bad).as_deref(), Some(super::super::problem::MEDIA));
+        let head = streams.head(None, &HeaderMap::new());
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(media(&head).as_deref(), Some("text/event-stream"));
+        // HEAD holds no stream: the one allowed is still free.
+        let open = streams.serve(None, &HeaderMap::new());
+        assert_eq!(open.status(), StatusCode::OK);
+        let full = streams.serve(None, &HeaderMap::new());
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(media(&full).as_deref(), Some(super::super::problem::MEDIA));
+        assert!(full.headers().contains_key(RETRY_AFTER));
+    }
 }

@@ -276,7 +276,7 @@ async fn serve_connection<I>(
             let stream = lookup(req.method(), req.uri().path());
             if matches!(stream, Ok((Endpoint::Events, _))) {
                 let mut resp = match authorize(admin, metrics, &access.policy, &conn, &req) {
-                    Err(refused) => refused.map(|b| b.boxed()),
+                    Err(refused) => (*refused).map(|b| b.boxed()),
                     Ok(_) if req.method() == Method::HEAD => {
                         streams.head(req.uri().query(), req.headers())
                     }
@@ -330,7 +330,7 @@ async fn handle(
         Ok(Some(proof)) => proof,
         // An open read.
         Ok(None) => return dispatch(admin, req).await,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if !control {
         // A private read: lock-free, not rate limited, not logged as a change.
@@ -369,7 +369,7 @@ fn authorize<B>(
     policy: &Policy,
     conn: &Conn,
     req: &Request<B>,
-) -> Result<Option<auth::Proof>, Response<Full<Bytes>>> {
+) -> Result<Option<auth::Proof>, Box<Response<Full<Bytes>>>> {
     let (method, path) = (req.method(), req.uri().path());
     let private = lookup(method, path).is_ok_and(|(e, _)| e.private());
     if Access::of(method) == Access::Read && !private {
@@ -412,7 +412,7 @@ fn authorize<B>(
                 resp.headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Err(resp)
+            Err(Box::new(resp))
         }
     }
 }

@@ -291,4 +291,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn private_reads_and_control_calls_name_the_bearer_scheme() {
+        let doc = document();
+        for (path, method, secured) in [
+            ("/api/v1/hosts", "get", true),
+            ("/api/v1/hosts/{name}", "get", true),
+            ("/api/v1/profiles", "get", true),
+            ("/api/v1/profiles/{name}", "get", true),
+            ("/api/v1/events", "get", true),
+            ("/api/v1/hosts", "post", true),
+            ("/api/v1/status", "get", false),
+            ("/api/v1/openapi.json", "get", false),
+            ("/metrics", "get", false),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path}");
+            assert_eq!(op["security"].is_array(), secured, "{method} {path}");
+            assert_eq!(
+                op["responses"]["401"].is_object(),
+                secured,
+                "{method} {path}"
+            );
+        }
+        assert!(doc["paths"]["/api/v1/events"]["get"]["responses"]["400"].is_object());
+    }
 }
