@@ -170,7 +170,7 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
 fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     // The host is the one at the source address; `?mac=` names the script only for a peer
     // this server cannot place (another server's lease), and never queues at the gate:
-    // anyone can claim any MAC.
+    // anyone can claim any MAC (with `gate = always` such a host goes through unpaced).
     let at_peer = site.host_at(peer);
     let host = at_peer.or_else(|| {
         req.query("mac")
@@ -265,7 +265,10 @@ fn admission(site: &At, host: &Host, proven: bool) -> gate::Ask {
     }
     let now = unix_ms();
     let progress = |mac, since| gate::progress(&site.ledger, site.inventory, mac, since);
-    let (ask, admitted) = site.gate.ask(host.mac, host.rack.as_deref(), now, progress);
+    let netboots = |mac: &Mac| gate::netboots(site.inventory, mac);
+    let (ask, admitted) = site
+        .gate
+        .ask(host.mac, host.rack.as_deref(), now, progress, netboots);
     for a in admitted {
         site.ledger
             .record_at(a.mac, EventKind::Admitted, None, a.at_ms);
@@ -596,7 +599,10 @@ mod tests {
         let req = Request {
             method: Method::Post,
             path: "/booted".into(),
-            query: mac.map(|m| ("mac".into(), m.to_string())).into_iter().collect(),
+            query: mac
+                .map(|m| ("mac".into(), m.to_string()))
+                .into_iter()
+                .collect(),
             headers: Vec::new(),
             keep_alive: false,
             body: Vec::new(),
@@ -618,7 +624,11 @@ mod tests {
         // `old` still leases node07's reservation: the address is old's, not node07's.
         site.ledger.record(OLD, EventKind::DhcpAck, Some(RESERVED));
         assert_eq!(post_booted(&site, Some(NODE07), RESERVED), 403);
-        assert_eq!(booted(&site, NODE07), 0, "node07 reported by its old holder");
+        assert_eq!(
+            booted(&site, NODE07),
+            0,
+            "node07 reported by its old holder"
+        );
         // The holder reports itself, by MAC or by address alone.
         assert_eq!(post_booted(&site, Some(OLD), RESERVED), 204);
         assert_eq!(post_booted(&site, None, RESERVED), 204);
