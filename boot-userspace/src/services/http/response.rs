@@ -57,7 +57,7 @@ pub struct Response {
 /// route may come to send (409 for a config already delivered or a used `once`, 412/428
 /// for preconditions, 429 for limits), so that no answer says "Unknown".
 pub fn reason(status: u16) -> &'static str {
-    match status {
+    let phrase = match status {
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
@@ -93,11 +93,17 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
-        // A code not listed still gets its class's phrase rather than a made-up one.
-        100..=199 => "Informational",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Client Error",
+        _ => "",
+    };
+    if !phrase.is_empty() {
+        return phrase;
+    }
+    // A code not listed still gets its class's phrase rather than a made-up one.
+    match status / 100 {
+        1 => "Informational",
+        2 => "Success",
+        3 => "Redirection",
+        4 => "Client Error",
         _ => "Server Error",
     }
 }
