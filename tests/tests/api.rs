@@ -861,3 +861,147 @@ backend = "epoll"
     let c = Controller { addr: d.admin, ..c };
     assert_eq!(state(&c), Value::Null, "the reset is kept too");
 }
+
+/// An ext4 file system on a loop device, for the daemon's state, that the test freezes
+/// (FIFREEZE, as `fsfreeze`): every write and fsync on it then blocks until thawed, as on a
+/// hung disk. Unmounted on drop. (The same as dhcp.rs's, for the API's overlay file.)
+struct FreezableFs {
+    mnt: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A frozen [`FreezableFs`]; thawed on drop (before the daemon: a process blocked on a
+/// frozen file system cannot be killed).
+struct Frozen<'a>(&'a FreezableFs);
+
+impl FreezableFs {
+    fn new() -> Result<Self, String> {
+        let dir = TempDir::new()?;
+        let img = dir.path.join("state.img");
+        let mnt = dir.path.join("state");
+        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(32 << 20))
+            .map_err(|e| e.to_string())?;
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt))?;
+        Ok(Self { mnt, _dir: dir })
+    }
+
+    fn freeze(&self) -> Result<Frozen<'_>, String> {
+        run(Command::new("fsfreeze").arg("-f").arg(&self.mnt))?;
+        Ok(Frozen(self))
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("fsfreeze").arg("-u").arg(&self.0.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(&self.mnt)) {
+            eprintln!("lab cleanup: {e}");
+        }
+    }
+}
+
+/// A write hangs on the state disk (its fsync, holding the API's writer lock): reads of
+/// hosts, profiles and status are answered all the same, several at once (more than the
+/// network runtime's workers), and DHCP keeps answering; the write completes once the disk
+/// is back.
+#[test]
+fn reads_and_dhcp_answer_while_an_api_write_hangs_on_the_state_disk() {
+    let t = "reads_and_dhcp_answer_while_an_api_write_hangs_on_the_state_disk";
+    if !require_root(t)
+        || !bootfabric_lab::require_programs(t, &["mkfs.ext4", "mount", "umount", "fsfreeze"])
+    {
+        return;
+    }
+    let fs = FreezableFs::new().expect("loop file system");
+    let lab = PairLab::new().expect("lab");
+    let secret = TempDir::new().expect("tempdir");
+    let (token, key) = create_token(&secret);
+    let config = format!(
+        r#"[daemon]
+state_dir = "{}"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24"]
+{key}
+[xdp]
+mode = "off"
+[dhcp]
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+"#,
+        fs.mnt.display()
+    );
+    let d = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let c = Controller {
+        ns: &lab.client,
+        addr: d.admin,
+        token,
+    };
+    assert_eq!(c.get("/api/v1/hosts").status, 200);
+
+    let frozen = fs.freeze().expect("fsfreeze");
+    std::thread::scope(|scope| {
+        let write = scope.spawn(|| {
+            c.post(
+                "/api/v1/hosts",
+                &json!({"name": "node02", "mac": "52:54:00:b0:0f:02", "profile": "linux"}),
+            )
+        });
+        // Let the write reach its fsync (it holds the writer lock from then on).
+        std::thread::sleep(Duration::from_millis(500));
+        let readers: Vec<_> = (0..6)
+            .map(|i| {
+                let c = &c;
+                scope.spawn(move || {
+                    let path = ["/api/v1/hosts", "/api/v1/hosts/node01", "/api/v1/profiles"][i % 3];
+                    (path, c.get(path).status, c.get("/api/v1/status").status)
+                })
+            })
+            .collect();
+        for r in readers {
+            let (path, status, of_status) = r.join().expect("reader");
+            assert_eq!(
+                (status, of_status),
+                (200, 200),
+                "{path} while a write hangs"
+            );
+        }
+        assert!(
+            !write.is_finished(),
+            "the write did not hang on the frozen disk: the test proves nothing"
+        );
+        let offered = lab
+            .client
+            .run(|| {
+                bootfabric_lab::dhcp_client::Client::bind()
+                    .expect("bind 68")
+                    .offer([0x52, 0x54, 0, 0x69, 0, 1], 0x5701, Duration::from_secs(5))
+                    .expect("socket")
+                    .map(|m| m.yiaddr())
+            })
+            .expect("client namespace");
+        assert!(offered.is_some(), "DISCOVER unanswered while a write hangs");
+        drop(frozen);
+        let written = write.join().expect("writer");
+        assert_eq!(written.status, 201, "{}", written.body);
+    });
+    assert_eq!(c.get("/api/v1/hosts/node02").status, 200);
+}
