@@ -396,11 +396,18 @@ fn authorize<B>(
         }
         Err(refusal) => {
             metrics.calls.with_label_values(&[refusal.label()]).inc();
-            info!(
-                %peer, %method, %path, client_cert = cert,
-                status = refusal.status().as_u16(),
-                "admin call refused: {}", refusal.reason()
-            );
+            let status = refusal.status().as_u16();
+            if private {
+                info!(
+                    %peer, %method, %path, client_cert = cert, status,
+                    "admin private read refused: {}", refusal.reason()
+                );
+            } else {
+                info!(
+                    %peer, %method, %path, client_cert = cert, status,
+                    "admin control call refused: {}", refusal.reason()
+                );
+            }
             let mut resp = if is_v1(path) {
                 let mut r = Problem::new(refusal.status(), refusal.reason()).response();
                 with_generation(&mut r, admin.api.live.generation());
