@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use bootfabric_lab::freeze::FreezableFs;
 use bootfabric_lab::{
     bootfabric_bin, have_program, require, require_root, run, Daemon, Netns, PairLab, TempDir,
 };
@@ -860,57 +861,6 @@ backend = "epoll"
     d.restart().expect("restart");
     let c = Controller { addr: d.admin, ..c };
     assert_eq!(state(&c), Value::Null, "the reset is kept too");
-}
-
-/// An ext4 file system on a loop device, for the daemon's state, that the test freezes
-/// (FIFREEZE, as `fsfreeze`): every write and fsync on it then blocks until thawed, as on a
-/// hung disk. Unmounted on drop. (The same as dhcp.rs's, for the API's overlay file.)
-struct FreezableFs {
-    mnt: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-/// A frozen [`FreezableFs`]; thawed on drop (before the daemon: a process blocked on a
-/// frozen file system cannot be killed).
-struct Frozen<'a>(&'a FreezableFs);
-
-impl FreezableFs {
-    fn new() -> Result<Self, String> {
-        let dir = TempDir::new()?;
-        let img = dir.path.join("state.img");
-        let mnt = dir.path.join("state");
-        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(32 << 20))
-            .map_err(|e| e.to_string())?;
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt))?;
-        Ok(Self { mnt, _dir: dir })
-    }
-
-    fn freeze(&self) -> Result<Frozen<'_>, String> {
-        run(Command::new("fsfreeze").arg("-f").arg(&self.mnt))?;
-        Ok(Frozen(self))
-    }
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = run(Command::new("fsfreeze").arg("-u").arg(&self.0.mnt)) {
-            eprintln!("lab cleanup: {e}");
-        }
-    }
-}
-
-impl Drop for FreezableFs {
-    fn drop(&mut self) {
-        if let Err(e) = run(Command::new("umount").arg(&self.mnt)) {
-            eprintln!("lab cleanup: {e}");
-        }
-    }
 }
 
 /// A write hangs on the state disk (its fsync, holding the API's writer lock): reads of
