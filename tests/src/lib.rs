@@ -30,6 +30,7 @@ pub mod api;
 pub mod bootimage;
 pub mod control;
 pub mod dhcp_client;
+pub mod freeze;
 pub mod fuse;
 pub mod layering;
 pub mod packets;

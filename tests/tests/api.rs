@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use bootfabric_lab::freeze::FreezableFs;
 use bootfabric_lab::{
     bootfabric_bin, have_program, require, require_root, run, Daemon, Netns, PairLab, TempDir,
 };
@@ -136,8 +137,21 @@ struct Controller<'a> {
 }
 
 impl Controller<'_> {
+    /// A read with the token (hosts, profiles and events need it).
     fn get(&self, path: &str) -> Reply {
-        call(self.ns, self.addr, "GET", path, &[], None)
+        self.read("GET", path)
+    }
+
+    fn read(&self, method: &str, path: &str) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        call(
+            self.ns,
+            self.addr,
+            method,
+            path,
+            &[("Authorization", auth.as_str())],
+            None,
+        )
     }
 
     /// A write with the token: `if_match` when given, JSON (or `media`) body.
@@ -254,6 +268,47 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
     wrong.problem(401);
     c.write("POST", "/api/v1/hosts", None, "text/plain", Some(&node02))
         .problem(415);
+    // Hosts (meta, BMC references), profiles and the event stream are read with the token
+    // too; status and the OpenAPI document stay open to admin.allow. Every /api/v1 answer,
+    // a problem or the stream's head too, carries the generation.
+    for path in [
+        "/api/v1/hosts",
+        "/api/v1/hosts/node01",
+        "/api/v1/profiles",
+        "/api/v1/profiles/linux",
+        "/api/v1/events",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let r = call(c.ns, c.addr, method, path, &[], None);
+            assert_eq!(r.status, 401, "{method} {path} without the token");
+            assert_eq!(r.header("www-authenticate"), "Bearer");
+            assert!(
+                r.header("bootfabric-generation").parse::<u64>().is_ok(),
+                "{method} {path}: {:?}",
+                r.headers
+            );
+            if method == "GET" {
+                r.problem(401);
+            }
+        }
+    }
+    for path in ["/api/v1/status", "/api/v1/openapi.json"] {
+        let r = call(c.ns, c.addr, "GET", path, &[], None);
+        assert_eq!(r.status, 200, "{path} without the token: {}", r.body);
+    }
+    let head = c.read("HEAD", "/api/v1/events");
+    assert_eq!((head.status, head.media()), (200, "text/event-stream"));
+    assert!(head.body.is_empty(), "{}", head.body);
+    assert!(head.header("bootfabric-generation").parse::<u64>().is_ok());
+    let bad = c.get("/api/v1/events?types=host.exploded");
+    bad.problem(400);
+    assert!(bad.header("bootfabric-generation").parse::<u64>().is_ok());
+    let missing = c.get("/api/v1/hosts/node09");
+    missing.problem(404);
+    assert!(missing
+        .header("bootfabric-generation")
+        .parse::<u64>()
+        .is_ok());
 
     // Create.
     let created = c.post("/api/v1/hosts", &node02);
@@ -288,7 +343,7 @@ fn a_controller_manages_hosts_and_the_changes_outlive_restarts_and_reloads() {
         ),
         (
             json!({"name": "node03", "mac": "52:54:00:b0:0f:03", "profile": "linux",
-            "bmc": {"url": "ftp://10.0.9.1", "username": "u", "password_env": "BOOTFABRIC_BMC_A"}}),
+            "bmc": {"url": "ftp://10.0.9.1", "username": "u", "password_env": "BOOTFABRIC_BMC_NODE03_PASSWORD"}}),
             422,
             "bmc.url",
         ),
@@ -792,6 +847,21 @@ backend = "epoll"
     );
     let status = c.get("/api/v1/status").json();
     assert_eq!(status["hosts"]["consumed"], 1, "{status}");
+    // A controller's read-modify-write (the GET's body, `netboot` included, as a PUT) changes
+    // meta and keeps the used network boot used.
+    let got = c.get("/api/v1/hosts/node01");
+    let mut body = got.json();
+    body["meta"] = json!({"role": "installed"});
+    let put = c.write(
+        "PUT",
+        "/api/v1/hosts/node01",
+        Some(got.header("etag")),
+        "application/json",
+        Some(&body),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.json()["netboot_state"], "consumed", "{}", put.body);
+    assert_eq!(state(&c), "consumed");
 
     d.restart().expect("restart");
     let c = Controller { addr: d.admin, ..c };
@@ -812,4 +882,97 @@ backend = "epoll"
     d.restart().expect("restart");
     let c = Controller { addr: d.admin, ..c };
     assert_eq!(state(&c), Value::Null, "the reset is kept too");
+}
+
+/// A write hangs on the state disk (its fsync, holding the API's writer lock): reads of
+/// hosts, profiles and status are answered all the same, several at once (more than the
+/// network runtime's workers), and DHCP keeps answering; the write completes once the disk
+/// is back.
+#[test]
+fn reads_and_dhcp_answer_while_an_api_write_hangs_on_the_state_disk() {
+    let t = "reads_and_dhcp_answer_while_an_api_write_hangs_on_the_state_disk";
+    if !require_root(t)
+        || !bootfabric_lab::require_programs(t, &["mkfs.ext4", "mount", "umount", "fsfreeze"])
+    {
+        return;
+    }
+    let fs = FreezableFs::new().expect("loop file system");
+    let lab = PairLab::new().expect("lab");
+    let secret = TempDir::new().expect("tempdir");
+    let (token, key) = create_token(&secret);
+    let config = format!(
+        r#"[daemon]
+state_dir = "{}"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "10.77.0.1:0"
+allow = ["10.77.0.0/24"]
+{key}
+[xdp]
+mode = "off"
+[dhcp]
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+"#,
+        fs.mnt.display()
+    );
+    let d = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let c = Controller {
+        ns: &lab.client,
+        addr: d.admin,
+        token,
+    };
+    assert_eq!(c.get("/api/v1/hosts").status, 200);
+
+    let frozen = fs.freeze().expect("fsfreeze");
+    std::thread::scope(|scope| {
+        let write = scope.spawn(|| {
+            c.post(
+                "/api/v1/hosts",
+                &json!({"name": "node02", "mac": "52:54:00:b0:0f:02", "profile": "linux"}),
+            )
+        });
+        // Let the write reach its fsync (it holds the writer lock from then on).
+        std::thread::sleep(Duration::from_millis(500));
+        let readers: Vec<_> = (0..6)
+            .map(|i| {
+                let c = &c;
+                scope.spawn(move || {
+                    let path = ["/api/v1/hosts", "/api/v1/hosts/node01", "/api/v1/profiles"][i % 3];
+                    (path, c.get(path).status, c.get("/api/v1/status").status)
+                })
+            })
+            .collect();
+        for r in readers {
+            let (path, status, of_status) = r.join().expect("reader");
+            assert_eq!(
+                (status, of_status),
+                (200, 200),
+                "{path} while a write hangs"
+            );
+        }
+        assert!(
+            !write.is_finished(),
+            "the write did not hang on the frozen disk: the test proves nothing"
+        );
+        let offered = lab
+            .client
+            .run(|| {
+                bootfabric_lab::dhcp_client::Client::bind()
+                    .expect("bind 68")
+                    .offer([0x52, 0x54, 0, 0x69, 0, 1], 0x5701, Duration::from_secs(5))
+                    .expect("socket")
+                    .map(|m| m.yiaddr())
+            })
+            .expect("client namespace");
+        assert!(offered.is_some(), "DISCOVER unanswered while a write hangs");
+        drop(frozen);
+        let written = write.join().expect("writer");
+        assert_eq!(written.status, 201, "{}", written.body);
+    });
+    assert_eq!(c.get("/api/v1/hosts/node02").status, 200);
 }

@@ -320,6 +320,60 @@ fn a_stranger_cannot_report_an_unreserved_host_booted() {
     assert_eq!(status, 403);
 }
 
+/// node02's reservation moves to node03 by a SIGHUP while node02's lease on it lives: the
+/// address is still node02's (the reservation waits for the lease), so the machine on it
+/// cannot post node03's `booted` (which would free node03's slot, hide its failure and spend
+/// a `once` host's install); it can post its own.
+#[test]
+fn the_old_holder_of_a_moved_reservation_cannot_report_the_new_owner_booted() {
+    const DHCP: &str = "[[dhcp.subnets]]\ncidr = \"10.77.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.77.0.100-10.77.0.199\"]\n";
+    let Some(mut l) = lab_with(
+        "the_old_holder_of_a_moved_reservation_cannot_report_the_new_owner_booted",
+        DHCP,
+    ) else {
+        return;
+    };
+    let holder = Netns::new("holder").expect("holder");
+    l.switch
+        .plug(&holder, "client0", "10.77.0.12/24")
+        .expect("holder port");
+    holder
+        .ip(&["route", "add", "default", "dev", "client0"])
+        .expect("route");
+    let node02 = [0x52, 0x54, 0x00, 0xb0, 0x0f, 0x02];
+    let lease = holder
+        .run(move || {
+            let c = dhcp_client::Client::bind().expect("port 68");
+            c.lease(node02, 0x0f12_0001, Duration::from_secs(5))
+                .expect("exchange")
+        })
+        .expect("in the holder's namespace");
+    assert_eq!(
+        lease,
+        dhcp_client::Outcome::Ack([10, 77, 0, 12].into(), [10, 77, 0, 1].into()),
+        "node02 did not lease its reservation"
+    );
+    let moved = INVENTORY.replacen("ip = \"10.77.0.12\"\n", "", 1).replacen(
+        "mac = \"52:54:00:b0:0f:03\"\n",
+        "mac = \"52:54:00:b0:0f:03\"\nip = \"10.77.0.12\"\n",
+        1,
+    );
+    assert_ne!(moved, INVENTORY);
+    let hosts = l.daemon.config_path().with_file_name("hosts.toml");
+    std::fs::write(&hosts, moved).expect("inventory");
+    l.daemon
+        .reload("config reloaded, generation 2")
+        .expect("reload");
+    let (status, body) = l.curl_from(&holder, "/booted?mac=52:54:00:b0:0f:03", &["-X", "POST"]);
+    assert_eq!(status, 403, "the old holder reported node03 booted: {body}");
+    assert!(
+        !l.timeline("52:54:00:b0:0f:03").contains("\"booted\""),
+        "booted recorded for node03"
+    );
+    let (status, body) = l.curl_from(&holder, "/booted?mac=52:54:00:b0:0f:02", &["-X", "POST"]);
+    assert_eq!(status, 204, "the holder cannot report itself: {body}");
+}
+
 #[test]
 fn check_refuses_configs_inside_the_http_root() {
     let dir = TempDir::new().expect("dir");

@@ -330,6 +330,9 @@ fn a_controller_provisions_through_the_api() {
         .post("/api/v1/hosts", &host_body(1))
         .expect("POST");
     assert_eq!(anon.status, 401, "{anon:?}");
+    // So do reads of hosts (their meta feeds configs).
+    let anon = api.anonymous().get("/api/v1/hosts").expect("GET");
+    assert_eq!(anon.status, 401, "{anon:?}");
 
     // The controller adds 20 hosts.
     let mut last_generation = 0;

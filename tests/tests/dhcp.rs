@@ -99,6 +99,7 @@ fn lease_lines(daemon: &Daemon) -> String {
     daemon.cli(&["leases"]).expect("bootfabric leases")
 }
 
+use bootfabric_lab::freeze::FreezableFs;
 use bootfabric_lab::KillOnDrop as Kill;
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
@@ -1076,59 +1077,6 @@ fn attack_corrupt_journal_line_refuses_start_and_repair_keeps_later_leases() {
         matches!(fresh, Outcome::Ack(ip, _) if ip != last.1 && ip != acked[0]),
         "{fresh:?}"
     );
-}
-
-/// An ext4 file system on a loop device in a temporary folder, for the daemon's state, that a
-/// test can freeze (FIFREEZE, as `fsfreeze` does): every write and fdatasync on it then blocks
-/// until it is thawed, as on a hung disk. Unmounted (which frees the loop device) on drop.
-struct FreezableFs {
-    mnt: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-/// A frozen [`FreezableFs`]; thawed on drop. Declare it after the daemon, so that it is
-/// dropped (thawed) first: a process blocked on a frozen file system cannot even be killed.
-struct Frozen<'a>(&'a FreezableFs);
-
-impl FreezableFs {
-    fn new() -> Result<Self, String> {
-        let dir = TempDir::new()?;
-        let img = dir.path.join("state.img");
-        let mnt = dir.path.join("state");
-        std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(32 << 20))
-            .map_err(|e| e.to_string())?;
-        bootfabric_lab::run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))?;
-        bootfabric_lab::run(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&img)
-                .arg(&mnt),
-        )?;
-        Ok(Self { mnt, _dir: dir })
-    }
-
-    fn freeze(&self) -> Result<Frozen<'_>, String> {
-        bootfabric_lab::run(Command::new("fsfreeze").arg("-f").arg(&self.mnt))?;
-        Ok(Frozen(self))
-    }
-}
-
-impl Drop for Frozen<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = bootfabric_lab::run(Command::new("fsfreeze").arg("-u").arg(&self.0.mnt)) {
-            eprintln!("lab cleanup: {e}");
-        }
-    }
-}
-
-impl Drop for FreezableFs {
-    fn drop(&mut self) {
-        if let Err(e) = bootfabric_lab::run(Command::new("umount").arg(&self.mnt)) {
-            eprintln!("lab cleanup: {e}");
-        }
-    }
 }
 
 /// The journal's disk hangs (its file system frozen): REQUESTs get no ACK (their leases are

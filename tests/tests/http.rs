@@ -583,6 +583,40 @@ fn a_denied_host_is_refused_its_script_and_configs() {
     assert_eq!(claimed.status, 403);
 }
 
+/// `scheduler.gate = "always"` with one slot: node01, asking from its reservation, takes the
+/// slot and node02 from its own waits its turn. A machine the fabric cannot place by its
+/// address (another DHCP server's lease) naming itself by `?mac=` neither queues nor takes
+/// the slot (anyone can claim a MAC), and is not held for ever either: it goes through
+/// unpaced, counted.
+#[test]
+fn a_host_the_fabric_cannot_place_goes_through_the_gate_unpaced() {
+    let Some(l) = lab_with(
+        "a_host_the_fabric_cannot_place_goes_through_the_gate_unpaced",
+        "auto",
+        "[scheduler]\ngate = \"always\"\ncapacity_mbps = 100\nper_host_mbps = 100\n",
+    ) else {
+        return;
+    };
+    let text = |g: Got| String::from_utf8_lossy(&g.body).into_owned();
+    let first = text(l.curl("/boot.ipxe", &[]));
+    assert!(first.contains("kernel "), "{first}");
+    add_address(&l, "10.77.0.12/24");
+    add_address(&l, "10.77.0.50/24");
+    let second = text(l.curl("/boot.ipxe", &["--interface", "10.77.0.12"]));
+    assert!(second.contains("node02 waits"), "{second}");
+    let unplaced = text(l.curl(
+        "/boot.ipxe?mac=52:54:00:b0:0f:02",
+        &["--interface", "10.77.0.50"],
+    ));
+    assert!(
+        unplaced.contains("kernel ") && !unplaced.contains("waits"),
+        "{unplaced}"
+    );
+    assert_eq!(l.metric("bootfabric_gate_unplaced_total", &[]), 1.0);
+    assert_eq!(l.metric("bootfabric_gate_admitted", &[]), 1.0);
+    assert_eq!(l.metric("bootfabric_gate_waiting", &[]), 1.0);
+}
+
 #[test]
 fn stalled_clients_time_out_and_limits_hold() {
     let Some(l) = lab("stalled_clients_time_out_and_limits_hold", "auto") else {

@@ -10,8 +10,9 @@
 //!
 //! What is checked: images downloading at once never exceed the slots (counted by the
 //! clients, and `bootfabric_gate_admitted_max` from the daemon), every host booted, each was
-//! admitted once from the queue (`bootfabric_gate_wait_seconds_count` = 300), and racks took
-//! turns (the smallest rack's mean wait is below the biggest's). The waits are printed.
+//! admitted once from the queue (`bootfabric_gate_wait_seconds_count` = 300, none let
+//! through unpaced: `bootfabric_gate_unplaced_total` = 0), and racks took turns (the
+//! smallest rack's mean wait is below the biggest's). The waits are printed.
 //!
 //! The client count covers the kernel downloads; the initrd comes after them and is what
 //! frees a slot (every file of the profile sent). The daemon counts a file sent once its last
@@ -303,7 +304,8 @@ fn three_hundred_hosts_nobody_reset_share_the_slots() {
         &[("phase", "booted")],
     )
     .expect("booted");
-    let revoked: f64 = ["idle", "timeout"]
+    let unplaced = sample(&text, "bootfabric_gate_unplaced_total", &[]);
+    let revoked: f64 = ["idle", "timeout", "no_netboot"]
         .iter()
         .filter_map(|r| sample(&text, "bootfabric_gate_revoked_total", &[("reason", r)]))
         .sum();
@@ -345,6 +347,11 @@ fn three_hundred_hosts_nobody_reset_share_the_slots() {
         "each host admitted once, from the queue"
     );
     assert_eq!(revoked, 0.0, "no slot revoked");
+    assert_eq!(
+        unplaced,
+        Some(0.0),
+        "every host placed by its address, none let through unpaced"
+    );
     let (small, big) = (by_rack[5].1, by_rack[0].1);
     assert!(
         small < big,

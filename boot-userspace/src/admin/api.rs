@@ -15,6 +15,8 @@ use std::{
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
+
 use hyper::StatusCode;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -26,9 +28,51 @@ use crate::{
     model::{
         inventory::{wire, Inventory, Mac},
         ledger::{EventType, Ledger},
-        snapshot::{Live, Next, PublishError, Snapshot},
+        snapshot::{Follower, Live, Next, PublishError, Snapshot},
     },
 };
+
+/// What `/api/v1` reads answer from: a snapshot and the overlay as it was when that snapshot
+/// was published, swapped together, so a read never takes a lock (a write may hold the
+/// overlay's for an fsync, a SIGHUP for a whole config load) and `source` and the ETag always
+/// agree with the inventory.
+pub struct View {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The overlay that goes with it.
+    pub overlay: Arc<Overlay>,
+}
+
+/// Keeps [`View`] in step with every publish (API writes, SIGHUP, the consumption task): a
+/// follower, so the view is swapped within the publish, before readers of `Live` see it.
+struct ViewFollower {
+    view: Arc<ArcSwap<View>>,
+    /// The overlay an API write is publishing; `None`: the overlay does not change.
+    pending: Arc<Mutex<Option<Arc<Overlay>>>>,
+}
+
+impl Follower for ViewFollower {
+    fn name(&self) -> &'static str {
+        "api"
+    }
+
+    fn check(&self, _next: &Snapshot) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply(&self, next: &Arc<Snapshot>) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let overlay = pending.unwrap_or_else(|| self.view.load().overlay.clone());
+        self.view.store(Arc::new(View {
+            snapshot: next.clone(),
+            overlay,
+        }));
+    }
+}
 
 /// The state the `/api/v1` resources are served from.
 pub struct ApiState {
@@ -42,6 +86,8 @@ pub struct ApiState {
     /// The overlay as on disk. Held across a whole write, so the file and the snapshot
     /// change in the same order.
     overlay: Mutex<Overlay>,
+    view: Arc<ArcSwap<View>>,
+    pending: Arc<Mutex<Option<Arc<Overlay>>>>,
     limiter: Mutex<Limiter>,
 }
 
@@ -59,19 +105,36 @@ impl ApiState {
     ) -> Result<Self, OpenError> {
         let overlay_path = Overlay::path_in(state_dir);
         let overlay = Overlay::load(&overlay_path)?;
+        let view = Arc::new(ArcSwap::from_pointee(View {
+            snapshot: live.load(),
+            overlay: Arc::new(overlay.clone()),
+        }));
+        let pending = Arc::new(Mutex::new(None));
+        live.follow(Arc::new(ViewFollower {
+            view: view.clone(),
+            pending: pending.clone(),
+        }));
         Ok(Self {
             live,
             ledger,
             inventory_file,
             overlay_path,
             overlay: Mutex::new(overlay),
+            view,
+            pending,
             limiter: Mutex::new(Limiter::default()),
         })
     }
 
-    /// The overlay as on disk (a copy, for answers).
+    /// The overlay as on disk, locked: held by a writer (a write, a SIGHUP) for its whole
+    /// change. Never from an async worker: reads use [`Self::view`].
     pub fn overlay(&self) -> MutexGuard<'_, Overlay> {
         self.overlay.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What reads answer from, lock-free.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
     }
 
     /// Whether `peer` may make another write now (else 429).
@@ -83,15 +146,21 @@ impl ApiState {
     }
 
     /// Publishes a change: `change` gets the current snapshot and a copy of the overlay to
-    /// edit, and returns the next inventory. Blocking (fsync, followers): call it from a
-    /// blocking thread.
+    /// edit, and returns the next inventory. Once published, `event` (a kind and the host's
+    /// or profile's name) is announced while the overlay lock is still held, so the log's
+    /// `host.*`/`profile.*` events come in the order of their generations. Blocking (fsync,
+    /// followers): call it from a blocking thread.
     pub fn write(
         &self,
+        event: (EventType, &str),
         change: impl FnOnce(&Snapshot, &mut Overlay) -> Result<Inventory, Problem>,
     ) -> Result<Arc<Snapshot>, Problem> {
+        let (kind, name) = event;
         let mut overlay = self.overlay();
         let mut next_overlay = overlay.clone();
+        let mut mac_before = None;
         let result = self.live.publish(|snap| {
+            mac_before = snap.inventory.host_named(name).map(|h| h.mac);
             let inventory = change(snap, &mut next_overlay)?;
             next_overlay.save(&self.overlay_path).map_err(|e| {
                 error!(error = %e, "cannot persist an API change; it is not applied");
@@ -100,11 +169,26 @@ impl ApiState {
                     "the change could not be written to the state folder; it is not applied",
                 )
             })?;
+            // Last, so nothing after it can fail but a follower's check (cleared below).
+            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::new(next_overlay.clone()));
             Ok(Next::new(inventory, snap.boot.clone()))
         });
+        if result.is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
         match result {
             Ok(snap) => {
                 *overlay = next_overlay;
+                let mac = snap
+                    .inventory
+                    .host_named(name)
+                    .map(|h| h.mac)
+                    .or(mac_before);
+                self.announce(kind, name, mac, snap.generation);
                 Ok(snap)
             }
             Err(PublishError::Build(p)) => Err(p),
@@ -124,13 +208,18 @@ impl ApiState {
 
     /// Announces a change on the event log (SSE, webhooks): `kind` of `name` (with its MAC,
     /// for hosts), published as `generation`.
-    pub fn announce(&self, kind: EventType, name: &str, mac: Option<Mac>, generation: u64) {
-        let (host, data) = match kind {
+    fn announce(&self, kind: EventType, name: &str, mac: Option<Mac>, generation: u64) {
+        let (host, mac, data) = match kind {
             EventType::ProfileCreated | EventType::ProfileUpdated | EventType::ProfileDeleted => (
+                None,
                 None,
                 serde_json::json!({"profile": name, "generation": generation}),
             ),
-            _ => (Some(name), serde_json::json!({"generation": generation})),
+            _ => (
+                Some(name),
+                mac,
+                serde_json::json!({"generation": generation}),
+            ),
         };
         self.ledger.emit(kind, host, mac, data);
     }

@@ -207,20 +207,29 @@ impl EventStreams {
         })
     }
 
-    /// Answers `GET /api/v1/events` with `query` and `headers`: a stream, 400 or 503.
+    /// Answers `HEAD /api/v1/events`: the head a GET would get (or its 400), no stream.
+    pub fn head(&self, query: Option<&str>, headers: &HeaderMap) -> Response<AdminBody> {
+        if let Err(e) = Subscription::parse(query, headers) {
+            return problem(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        stream_head(Response::new(Full::new(Bytes::new()).boxed()))
+    }
+
+    /// Answers `GET /api/v1/events` with `query` and `headers`: a stream, or a problem (400,
+    /// 503).
     pub fn serve(&self, query: Option<&str>, headers: &HeaderMap) -> Response<AdminBody> {
         let mut sub = match Subscription::parse(query, headers) {
             Ok(s) => s,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
         };
         // A live-only stream starts at the newest event as the request is answered, not when
         // its task first runs: whatever happens after the client sees the 200 is on it.
         sub.last_event_id
             .get_or_insert_with(|| self.ledger.last_event_id());
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            let mut r = plain(
+            let mut r = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too many event streams open; retry later\n".to_owned(),
+                "too many event streams open; retry later".to_owned(),
             );
             r.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("5"));
@@ -242,11 +251,7 @@ impl EventStreams {
             open.dec();
             drop(permit);
         });
-        let mut resp = Response::new(BoxBody::new(Frames { rx }));
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        resp
+        stream_head(Response::new(BoxBody::new(Frames { rx })))
     }
 }
 
@@ -340,14 +345,19 @@ impl Body for Frames {
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response<AdminBody> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// The headers of a stream's answer.
+fn stream_head(mut resp: Response<AdminBody>) -> Response<AdminBody> {
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// An error of the stream, as every `/api/v1` error: an RFC 9457 problem.
+fn problem(status: StatusCode, detail: String) -> Response<AdminBody> {
+    super::problem::Problem::new(status, detail)
+        .response()
+        .map(|b| b.boxed())
 }
 
 #[cfg(test)]
@@ -531,5 +541,32 @@ mod tests {
             assert!(tries < 1000, "the permit was never released");
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn the_streams_errors_are_problems_and_head_opens_none() {
+        let registry = Registry::new();
+        let ledger = Ledger::new(&registry).expect("ledger");
+        let streams =
+            EventStreams::new(ledger, 1, CancellationToken::new(), &registry).expect("streams");
+        let media = |r: &Response<AdminBody>| {
+            r.headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let bad = streams.serve(Some("types=host.exploded"), &HeaderMap::new());
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(media(&bad).as_deref(), Some(super::super::problem::MEDIA));
+        let head = streams.head(None, &HeaderMap::new());
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(media(&head).as_deref(), Some("text/event-stream"));
+        // HEAD holds no stream: the one allowed is still free.
+        let open = streams.serve(None, &HeaderMap::new());
+        assert_eq!(open.status(), StatusCode::OK);
+        let full = streams.serve(None, &HeaderMap::new());
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(media(&full).as_deref(), Some(super::super::problem::MEDIA));
+        assert!(full.headers().contains_key(RETRY_AFTER));
     }
 }

@@ -166,22 +166,20 @@ fn spec_from(mut body: Map<String, Value>, name: Option<&str>) -> Result<wire::H
 }
 
 /// Validates `spec` (a new or replacing record of `name`) against `snap`, records it in
-/// `overlay`, and returns the next inventory. `netboot_set`: the write names `netboot`, which
-/// starts a `once` host's single network boot afresh.
-fn upsert(
-    snap: &Snapshot,
-    overlay: &mut Overlay,
-    spec: wire::Host,
-    netboot_set: bool,
-) -> Result<Inventory, Problem> {
+/// `overlay`, and returns the next inventory. A change of `netboot` (or a new host) starts a
+/// `once` host's single network boot afresh; a write that sends the value it has (a GET's
+/// answer sent back with other changes) keeps a used one used: `netboot-reset` resets it.
+fn upsert(snap: &Snapshot, overlay: &mut Overlay, spec: wire::Host) -> Result<Inventory, Problem> {
     let name = spec.name.clone().unwrap_or_default();
-    let current = snap.inventory.host_named(&name).map(host_to_wire);
+    let before = snap.inventory.host_named(&name);
+    let current = before.map(host_to_wire);
     let errors = api_host_checks(&spec, current.as_ref());
     if !errors.is_empty() {
         return Err(Problem::invalid(errors));
     }
     let mut next = snap.inventory.with_host(spec).map_err(change_problem)?;
-    if netboot_set {
+    let netboot_after = next.host_named(&name).map(|h| h.netboot);
+    if before.map(|h| h.netboot) != netboot_after {
         next.set_consumed(&name, false);
         overlay.consumed.remove(&name);
     }
@@ -204,7 +202,7 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
             ),
         ]));
     }
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::HostCreated, &name), |snap, overlay| {
         if snap.inventory.host_named(&name).is_some() {
             return Err(Problem::conflict(vec![
                 crate::model::inventory::resource::FieldError::new(
@@ -213,24 +211,18 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
                 ),
             ]));
         }
-        upsert(snap, overlay, spec, true)
+        upsert(snap, overlay, spec)
     })?;
-    announce(api, &snap, EventType::HostCreated, &name);
-    let mut a = answer_for(api, &snap, &name)?;
+    let mut a = answer_for(api, &name)?;
     a.status = StatusCode::CREATED;
     a.location = Some(format!("/api/v1/hosts/{name}"));
     Ok(a)
 }
 
-fn answer_for(api: &ApiState, snap: &Snapshot, name: &str) -> Result<Answer, Problem> {
-    let overlay = api.overlay();
-    get(snap, &overlay, name)
-}
-
-/// `kind` of the host `name` as it is in `snap`, on the event log.
-fn announce(api: &ApiState, snap: &Snapshot, kind: EventType, name: &str) {
-    let mac = snap.inventory.host_named(name).map(|h| h.mac);
-    api.announce(kind, name, mac, snap.generation);
+/// The answer of a write: the resource as readers now see it.
+fn answer_for(api: &ApiState, name: &str) -> Result<Answer, Problem> {
+    let view = api.view();
+    get(&view.snapshot, &view.overlay, name)
 }
 
 /// The current JSON and ETag of `name` in `snap`.
@@ -252,15 +244,13 @@ pub fn replace(
     body: &[u8],
 ) -> Result<Answer, Problem> {
     let body = object(body)?;
-    let netboot_set = body.contains_key("netboot");
     let spec = spec_from(body, Some(name))?;
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::HostUpdated, name), |snap, overlay| {
         let (_, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
-        upsert(snap, overlay, spec, netboot_set)
+        upsert(snap, overlay, spec)
     })?;
-    announce(api, &snap, EventType::HostUpdated, name);
-    answer_for(api, &snap, name)
+    answer_for(api, name)
 }
 
 /// `PATCH /api/v1/hosts/{name}`: a JSON merge patch of the host's JSON.
@@ -271,8 +261,7 @@ pub fn patch(
     body: &[u8],
 ) -> Result<Answer, Problem> {
     let patch = Value::Object(object(body)?);
-    let netboot_set = patch.get("netboot").is_some();
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::HostUpdated, name), |snap, overlay| {
         let (mut v, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         merge_patch(&mut v, &patch);
@@ -283,18 +272,15 @@ pub fn patch(
             ));
         };
         let spec = spec_from(m, Some(name))?;
-        upsert(snap, overlay, spec, netboot_set)
+        upsert(snap, overlay, spec)
     })?;
-    announce(api, &snap, EventType::HostUpdated, name);
-    answer_for(api, &snap, name)
+    answer_for(api, name)
 }
 
 /// `DELETE /api/v1/hosts/{name}`. A host of the operator's file is hidden by a tombstone
 /// (the file is not written); an API host is forgotten.
 pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, Problem> {
-    let mut mac = None;
-    let snap = api.write(|snap, overlay| {
-        mac = snap.inventory.host_named(name).map(|h| h.mac);
+    let snap = api.write((EventType::HostDeleted, name), |snap, overlay| {
         let (_, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         let next = snap.inventory.without_host(name).map_err(change_problem)?;
@@ -306,14 +292,13 @@ pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, 
         overlay.consumed.remove(name);
         Ok(next)
     })?;
-    api.announce(EventType::HostDeleted, name, mac, snap.generation);
     Ok(Answer::empty(StatusCode::NO_CONTENT, snap.generation))
 }
 
 /// `POST /api/v1/hosts/{name}/netboot-reset`: a consumed `once` host boots from the network
 /// once more.
 pub fn netboot_reset(api: &ApiState, name: &str) -> Result<Answer, Problem> {
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::HostUpdated, name), |snap, overlay| {
         if snap.inventory.host_named(name).is_none() {
             return Err(not_found(name));
         }
@@ -322,39 +307,37 @@ pub fn netboot_reset(api: &ApiState, name: &str) -> Result<Answer, Problem> {
         overlay.consumed.remove(name);
         Ok(next)
     })?;
-    announce(api, &snap, EventType::HostUpdated, name);
-    answer_for(api, &snap, name)
+    answer_for(api, name)
 }
 
 /// Marks `name`'s one network boot used (the consumption task, on `host.booted`). `Ok(false)`
 /// when there is nothing to do (not a `once` host, gone, or consumed already).
 pub fn consume(api: &ApiState, name: &str) -> Result<bool, Problem> {
-    let mut changed = false;
-    let current = api.live.load();
-    let needed = current
-        .inventory
-        .host_named(name)
-        .is_some_and(|h| h.netboot == Netboot::Once && !current.inventory.is_consumed(name));
-    if !needed {
+    let used = |snap: &Snapshot| {
+        snap.inventory
+            .host_named(name)
+            .is_some_and(|h| h.netboot == Netboot::Once && !snap.inventory.is_consumed(name))
+    };
+    if !used(&api.live.load()) {
         return Ok(false);
     }
-    let snap = api.write(|snap, overlay| {
-        let mut next = snap.inventory.clone();
-        if snap
-            .inventory
-            .host_named(name)
-            .is_some_and(|h| h.netboot == Netboot::Once)
-        {
-            next.set_consumed(name, true);
-            overlay.consumed.insert(name.to_owned());
-            changed = true;
+    // Checked again under the lock: a write in between may have made it moot, and then
+    // nothing is published or announced.
+    let moot = || Problem::new(StatusCode::CONFLICT, "nothing to consume");
+    let written = api.write((EventType::HostUpdated, name), |snap, overlay| {
+        if !used(snap) {
+            return Err(moot());
         }
+        let mut next = snap.inventory.clone();
+        next.set_consumed(name, true);
+        overlay.consumed.insert(name.to_owned());
         Ok(next)
-    })?;
-    if changed {
-        announce(api, &snap, EventType::HostUpdated, name);
+    });
+    match written {
+        Ok(_) => Ok(true),
+        Err(p) if p.status == 409 && p.detail == moot().detail => Ok(false),
+        Err(p) => Err(p),
     }
-    Ok(changed)
 }
 
 /// Counts for `/api/v1/status`.
@@ -463,5 +446,116 @@ mod tests {
             "an API host is forgotten, not tombstoned"
         );
         assert!(on_disk.consumed.is_empty());
+    }
+
+    fn body_of(a: &Answer) -> Vec<u8> {
+        serde_json::to_vec(a.body.as_ref().expect("a body")).expect("json")
+    }
+
+    #[test]
+    fn a_get_sent_back_keeps_a_used_once_and_a_netboot_change_resets_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, _ledger, _picky) = state(dir.path());
+        let body = br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p","netboot":"once"}"#;
+        create(&api, body).expect("created");
+        assert_eq!(consume(&api, "n1").map_err(|p| p.status), Ok(true));
+
+        // Read-modify-write of meta: the GET's body, netboot included, as a PUT.
+        let view = api.view();
+        let got = get(&view.snapshot, &view.overlay, "n1").expect("get");
+        let mut v: Value = serde_json::from_slice(&body_of(&got)).expect("json");
+        v["meta"] = json!({"role": "worker"});
+        let a = replace(
+            &api,
+            "n1",
+            &Precondition::Any,
+            &serde_json::to_vec(&v).expect("json"),
+        )
+        .expect("replaced");
+        let after: Value = serde_json::from_slice(&body_of(&a)).expect("json");
+        assert_eq!(after["netboot_state"], json!("consumed"));
+        assert!(api.live.load().inventory.is_consumed("n1"));
+        // The same with a merge patch that names the value the host has.
+        let a = patch(&api, "n1", &Precondition::Any, br#"{"netboot":"once"}"#).expect("patched");
+        let after: Value = serde_json::from_slice(&body_of(&a)).expect("json");
+        assert_eq!(after["netboot_state"], json!("consumed"));
+
+        // A change of netboot and back starts the one boot afresh.
+        patch(&api, "n1", &Precondition::Any, br#"{"netboot":"allow"}"#).expect("patched");
+        let a = patch(&api, "n1", &Precondition::Any, br#"{"netboot":"once"}"#).expect("patched");
+        let after: Value = serde_json::from_slice(&body_of(&a)).expect("json");
+        assert_eq!(after["netboot_state"], Value::Null);
+        assert!(!Overlay::load(&Overlay::path_in(dir.path()))
+            .expect("load")
+            .consumed
+            .contains("n1"));
+    }
+
+    #[test]
+    fn host_events_come_in_generation_order_whatever_the_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, ledger, _picky) = state(dir.path());
+        let api = Arc::new(api);
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let api = Arc::clone(&api);
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let body = format!(
+                            r#"{{"name":"w{w}h{i}","mac":"52:54:00:00:{w:02x}:{i:02x}","profile":"p"}}"#
+                        );
+                        create(&api, body.as_bytes()).expect("created");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer");
+        }
+        let generations: Vec<u64> = ledger
+            .events_after(0, 100)
+            .events
+            .iter()
+            .map(|e| e.data["generation"].as_u64().expect("generation"))
+            .collect();
+        assert_eq!(generations.len(), 40);
+        assert!(
+            generations.windows(2).all(|w| w[0] < w[1]),
+            "{generations:?}"
+        );
+    }
+
+    #[test]
+    fn reads_answer_while_a_writer_holds_the_overlay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, _ledger, _picky) = state(dir.path());
+        create(
+            &api,
+            br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p"}"#,
+        )
+        .expect("created");
+        let api = Arc::new(api);
+        // A write in its fsync, or a SIGHUP loading the config: the lock is held.
+        let held = api.overlay();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&api);
+        std::thread::spawn(move || {
+            let view = reader.view();
+            let _ = tx.send(get(&view.snapshot, &view.overlay, "n1").map(|a| a.status));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a read must not wait for the overlay lock");
+        assert_eq!(got.map_err(|p| p.status), Ok(StatusCode::OK));
+        drop(held);
+
+        // A publish that is not an API write (SIGHUP) moves the view with the snapshot and
+        // keeps the overlay: the host is still from the API.
+        api.live
+            .publish(|s| Ok::<_, String>(Next::new(s.inventory.clone(), s.boot.clone())))
+            .expect("published");
+        let view = api.view();
+        assert_eq!(view.snapshot.generation, api.live.generation());
+        assert!(view.overlay.has_host("n1"));
     }
 }

@@ -271,11 +271,19 @@ async fn serve_connection<I>(
         let conn = Arc::clone(&conn);
         async move {
             let (admin, metrics, streams) = &*admin;
-            // The event stream is a read (it follows admin.allow like every read) with a body
-            // that never ends on its own, so it is answered before the whole-body routes.
+            // The event stream has a body that never ends on its own, so it is answered
+            // before the whole-body routes; it needs the token as the other private reads.
             let stream = lookup(req.method(), req.uri().path());
-            if req.method() == Method::GET && matches!(stream, Ok((Endpoint::Events, _))) {
-                return Ok::<_, Infallible>(streams.serve(req.uri().query(), req.headers()));
+            if matches!(stream, Ok((Endpoint::Events, _))) {
+                let mut resp = match authorize(admin, metrics, &access.policy, &conn, &req) {
+                    Err(refused) => (*refused).map(|b| b.boxed()),
+                    Ok(_) if req.method() == Method::HEAD => {
+                        streams.head(req.uri().query(), req.headers())
+                    }
+                    Ok(_) => streams.serve(req.uri().query(), req.headers()),
+                };
+                with_generation(&mut resp, admin.api.live.generation());
+                return Ok::<_, Infallible>(resp);
             }
             let resp = handle(admin, metrics, &access.policy, &conn, req).await;
             Ok::<_, Infallible>(resp.map(|b| b.boxed()))
@@ -317,14 +325,59 @@ async fn handle(
     conn: &Conn,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if Access::of(req.method()) == Access::Read {
+    let control = Access::of(req.method()) == Access::Control;
+    let proof = match authorize(admin, metrics, policy, conn, &req) {
+        Ok(Some(proof)) => proof,
+        // An open read.
+        Ok(None) => return dispatch(admin, req).await,
+        Err(refused) => return *refused,
+    };
+    if !control {
+        // A private read: lock-free, not rate limited, not logged as a change.
         return dispatch(admin, req).await;
     }
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let (method, path, peer) = (req.method().clone(), req.uri().path().to_owned(), conn.peer);
+    let cert = conn.client_cert.as_deref().unwrap_or("none");
+    // A leaked token must not rewrite the state file without bound.
+    let resp = if is_v1(&path) && !admin.api.admit(peer_ip(peer)) {
+        let mut r = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many writes from this address; retry in a second",
+        )
+        .response();
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        with_generation(&mut r, admin.api.live.generation());
+        r
+    } else {
+        dispatch(admin, req).await
+    };
+    info!(
+        %peer, %method, %path, credential = %proof, client_cert = cert,
+        status = resp.status().as_u16(),
+        "admin control call by {proof}: {}", resp.status()
+    );
+    resp
+}
+
+/// Whether `req` may go on: `Ok(None)` for an open read (admin.allow is enough),
+/// `Ok(Some(proof))` for a control call or a private read ([`Endpoint::private`]) whose
+/// credentials hold, else the refusal to answer (logged and counted).
+fn authorize<B>(
+    admin: &Admin,
+    metrics: &ControlMetrics,
+    policy: &Policy,
+    conn: &Conn,
+    req: &Request<B>,
+) -> Result<Option<auth::Proof>, Box<Response<Full<Bytes>>>> {
+    let (method, path) = (req.method(), req.uri().path());
+    let private = lookup(method, path).is_ok_and(|(e, _)| e.private());
+    if Access::of(method) == Access::Read && !private {
+        return Ok(None);
+    }
     let peer = conn.peer;
     let cert = conn.client_cert.as_deref().unwrap_or("none");
-    let verdict = if auth::body_type_ok(&method, req.headers()) {
+    let verdict = if auth::body_type_ok(method, req.headers()) {
         auth::authorize(
             policy,
             &Caller {
@@ -337,15 +390,28 @@ async fn handle(
         Err(Refusal::NotJson)
     };
     match verdict {
+        Ok(proof) => {
+            metrics.calls.with_label_values(&["allowed"]).inc();
+            Ok(Some(proof))
+        }
         Err(refusal) => {
             metrics.calls.with_label_values(&[refusal.label()]).inc();
-            info!(
-                %peer, %method, %path, client_cert = cert,
-                status = refusal.status().as_u16(),
-                "admin control call refused: {}", refusal.reason()
-            );
-            let mut resp = if is_v1(&path) {
-                Problem::new(refusal.status(), refusal.reason()).response()
+            let status = refusal.status().as_u16();
+            if private {
+                info!(
+                    %peer, %method, %path, client_cert = cert, status,
+                    "admin private read refused: {}", refusal.reason()
+                );
+            } else {
+                info!(
+                    %peer, %method, %path, client_cert = cert, status,
+                    "admin control call refused: {}", refusal.reason()
+                );
+            }
+            let mut resp = if is_v1(path) {
+                let mut r = Problem::new(refusal.status(), refusal.reason()).response();
+                with_generation(&mut r, admin.api.live.generation());
+                r
             } else {
                 text(refusal.status(), format!("{}\n", refusal.reason()))
             };
@@ -353,31 +419,17 @@ async fn handle(
                 resp.headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            resp
-        }
-        Ok(proof) => {
-            metrics.calls.with_label_values(&["allowed"]).inc();
-            // A leaked token must not rewrite the state file without bound.
-            let resp = if is_v1(&path) && !admin.api.admit(peer_ip(peer)) {
-                let mut r = Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many writes from this address; retry in a second",
-                )
-                .response();
-                r.headers_mut()
-                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            } else {
-                dispatch(admin, req).await
-            };
-            info!(
-                %peer, %method, %path, credential = %proof, client_cert = cert,
-                status = resp.status().as_u16(),
-                "admin control call by {proof}: {}", resp.status()
-            );
-            resp
+            Err(Box::new(resp))
         }
     }
+}
+
+/// Sets `Bootfabric-Generation` where an answer has none: every `/api/v1` answer carries it,
+/// problems and the event stream included.
+fn with_generation<B>(resp: &mut Response<B>, generation: u64) {
+    resp.headers_mut()
+        .entry("bootfabric-generation")
+        .or_insert_with(|| HeaderValue::from(generation));
 }
 
 /// Whether `path` is under the versioned API, whose errors are problems.
@@ -395,7 +447,9 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
             } else {
                 format!("no resource at {path}")
             };
-            return Problem::new(status, detail).response();
+            let mut r = Problem::new(status, detail).response();
+            with_generation(&mut r, admin.api.live.generation());
+            return r;
         }
         Err(StatusCode::METHOD_NOT_ALLOWED) => {
             return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n")
@@ -403,10 +457,13 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
         Err(status) => return text(status, "not found\n"),
     };
     if is_v1(&path) {
-        return match v1(admin, endpoint, name, req).await {
+        let generation = admin.api.live.generation();
+        let mut resp = match v1(admin, endpoint, name, req).await {
             Ok(a) => a.response(),
             Err(p) => p.response(),
         };
+        with_generation(&mut resp, generation);
+        return resp;
     }
     legacy(admin, endpoint, req).await
 }
@@ -419,21 +476,20 @@ async fn v1(
     req: Request<Incoming>,
 ) -> Result<Answer, Problem> {
     let name = name.unwrap_or_default();
-    let snap = admin.api.live.load();
-    let read = |f: &dyn Fn(&api::ApiState) -> Result<Answer, Problem>| f(&admin.api);
+    // Reads never lock: a write holds the overlay's lock across an fsync and the followers,
+    // a SIGHUP across a whole config load, and this runs on a worker that answers DHCP.
+    let view = admin.api.view();
+    let (snap, overlay) = (&view.snapshot, &*view.overlay);
     let answer = match endpoint {
-        Endpoint::Status => {
-            let overlay = admin.api.overlay();
-            Ok(Answer::json(
-                StatusCode::OK,
-                serde_json::json!({
-                    "generation": snap.generation,
-                    "hosts": hosts::counts(&snap.inventory, &overlay),
-                    "profiles": profiles::counts(&snap.inventory, &overlay),
-                }),
-                snap.generation,
-            ))
-        }
+        Endpoint::Status => Ok(Answer::json(
+            StatusCode::OK,
+            serde_json::json!({
+                "generation": snap.generation,
+                "hosts": hosts::counts(&snap.inventory, overlay),
+                "profiles": profiles::counts(&snap.inventory, overlay),
+            }),
+            snap.generation,
+        )),
         Endpoint::OpenApi => Ok(Answer::json(
             StatusCode::OK,
             openapi::document(),
@@ -441,11 +497,11 @@ async fn v1(
         )),
         Endpoint::HostList => {
             let query = query_pairs(req.uri().query().unwrap_or(""));
-            read(&|api| hosts::list(&snap, &api.overlay(), &query))
+            hosts::list(snap, overlay, &query)
         }
-        Endpoint::HostGet => read(&|api| hosts::get(&snap, &api.overlay(), &name)),
-        Endpoint::ProfileList => Ok(profiles::list(&snap, &admin.api.overlay())),
-        Endpoint::ProfileGet => read(&|api| profiles::get(&snap, &api.overlay(), &name)),
+        Endpoint::HostGet => hosts::get(snap, overlay, &name),
+        Endpoint::ProfileList => Ok(profiles::list(snap, overlay)),
+        Endpoint::ProfileGet => profiles::get(snap, overlay, &name),
         Endpoint::HostCreate
         | Endpoint::HostReplace
         | Endpoint::HostPatch

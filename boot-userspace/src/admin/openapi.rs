@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::routes::{routes, Media, Route, CONTROL_REFUSALS};
+use super::routes::{routes, Media, Route, CONTROL_REFUSALS, PRIVATE_READ_REFUSALS};
 use crate::model::inventory::resource::API_PASSWORD_ENV_PREFIX;
 
 /// The document.
@@ -27,7 +27,7 @@ pub fn document() -> Value {
             "title": "Bootfabric admin API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Hosts and profiles of the network boot daemon, its status, metrics and reboot runs. \
-                GET and HEAD are served to admin.allow; every other method needs the admin token."
+                GET and HEAD are served to admin.allow, except hosts, profiles and the event stream, which need the admin token as every other method does. Every /api/v1 answer carries Bootfabric-Generation."
         },
         "paths": paths,
         "components": {
@@ -84,7 +84,14 @@ fn operation(route: &Route) -> Value {
     }
     let control = super::auth::Access::of(&route.method) == super::auth::Access::Control;
     let mut responses = Map::new();
-    let refusals: &[u16] = if control { CONTROL_REFUSALS } else { &[] };
+    let private = route.endpoint.private();
+    let refusals: &[u16] = if control {
+        CONTROL_REFUSALS
+    } else if private {
+        PRIVATE_READ_REFUSALS
+    } else {
+        &[]
+    };
     let extra = refusals.iter().map(|s| {
         // Refusals of the old routes are text; those of /api/v1 are problems.
         let media = if route.path.starts_with("/api/v1/") {
@@ -114,7 +121,7 @@ fn operation(route: &Route) -> Value {
         responses.insert(status.to_string(), Value::Object(r));
     }
     op.insert("responses".into(), Value::Object(responses));
-    if control {
+    if control || private {
         op.insert("security".into(), json!([{"bearer": []}]));
     }
     Value::Object(op)
@@ -150,7 +157,7 @@ fn schemas() -> Value {
             "properties": {
                 "url": {"type": "string"}, "username": {"type": "string"},
                 "password_env": {"type": ["string", "null"],
-                    "description": format!("from the API: a variable named {API_PASSWORD_ENV_PREFIX}*")},
+                    "description": format!("from the API: the host's own variable, {API_PASSWORD_ENV_PREFIX}<NAME>_PASSWORD (the name upper-cased, '-' as '_'); the operator's source is kept only with the BMC url and TLS settings unchanged")},
                 "password_file": {"type": ["string", "null"],
                     "description": "set by the inventory file only; the API may keep it unchanged"},
                 "ca_file": {"type": ["string", "null"],
@@ -283,5 +290,31 @@ mod tests {
                 "{name} is referenced but not defined"
             );
         }
+    }
+
+    #[test]
+    fn private_reads_and_control_calls_name_the_bearer_scheme() {
+        let doc = document();
+        for (path, method, secured) in [
+            ("/api/v1/hosts", "get", true),
+            ("/api/v1/hosts/{name}", "get", true),
+            ("/api/v1/profiles", "get", true),
+            ("/api/v1/profiles/{name}", "get", true),
+            ("/api/v1/events", "get", true),
+            ("/api/v1/hosts", "post", true),
+            ("/api/v1/status", "get", false),
+            ("/api/v1/openapi.json", "get", false),
+            ("/metrics", "get", false),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path}");
+            assert_eq!(op["security"].is_array(), secured, "{method} {path}");
+            assert_eq!(
+                op["responses"]["401"].is_object(),
+                secured,
+                "{method} {path}"
+            );
+        }
+        assert!(doc["paths"]["/api/v1/events"]["get"]["responses"]["400"].is_object());
     }
 }

@@ -78,9 +78,10 @@ pub fn get(snap: &Snapshot, overlay: &Overlay, name: &str) -> Result<Answer, Pro
     ))
 }
 
-fn answer_for(api: &ApiState, snap: &Snapshot, name: &str) -> Result<Answer, Problem> {
-    let overlay = api.overlay();
-    get(snap, &overlay, name)
+/// The answer of a write: the resource as readers now see it.
+fn answer_for(api: &ApiState, name: &str) -> Result<Answer, Problem> {
+    let view = api.view();
+    get(&view.snapshot, &view.overlay, name)
 }
 
 /// The record and name a body asks for; `path` is the name in the path, if any.
@@ -129,7 +130,7 @@ fn upsert(
 /// `POST /api/v1/profiles`.
 pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
     let (name, spec) = spec_from(object(body)?, None)?;
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::ProfileCreated, &name), |snap, overlay| {
         if snap.inventory.profile(&name).is_some() {
             return Err(Problem::conflict(vec![FieldError::new(
                 "name",
@@ -138,8 +139,7 @@ pub fn create(api: &ApiState, body: &[u8]) -> Result<Answer, Problem> {
         }
         upsert(snap, overlay, &name, spec)
     })?;
-    api.announce(EventType::ProfileCreated, &name, None, snap.generation);
-    let mut a = answer_for(api, &snap, &name)?;
+    let mut a = answer_for(api, &name)?;
     a.status = StatusCode::CREATED;
     a.location = Some(format!("/api/v1/profiles/{name}"));
     Ok(a)
@@ -163,13 +163,12 @@ pub fn replace(
     body: &[u8],
 ) -> Result<Answer, Problem> {
     let (_, spec) = spec_from(object(body)?, Some(name))?;
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::ProfileUpdated, name), |snap, overlay| {
         let (_, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         upsert(snap, overlay, name, spec)
     })?;
-    api.announce(EventType::ProfileUpdated, name, None, snap.generation);
-    answer_for(api, &snap, name)
+    answer_for(api, name)
 }
 
 /// `PATCH /api/v1/profiles/{name}`: a JSON merge patch of the profile's JSON.
@@ -180,7 +179,7 @@ pub fn patch(
     body: &[u8],
 ) -> Result<Answer, Problem> {
     let patch = Value::Object(object(body)?);
-    let snap = api.write(|snap, overlay| {
+    api.write((EventType::ProfileUpdated, name), |snap, overlay| {
         let (mut v, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         merge_patch(&mut v, &patch);
@@ -193,13 +192,12 @@ pub fn patch(
         let (_, spec) = spec_from(m, Some(name))?;
         upsert(snap, overlay, name, spec)
     })?;
-    api.announce(EventType::ProfileUpdated, name, None, snap.generation);
-    answer_for(api, &snap, name)
+    answer_for(api, name)
 }
 
 /// `DELETE /api/v1/profiles/{name}`: 409 while hosts use it.
 pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, Problem> {
-    let snap = api.write(|snap, overlay| {
+    let snap = api.write((EventType::ProfileDeleted, name), |snap, overlay| {
         let (_, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
         let next = snap
@@ -213,7 +211,6 @@ pub fn delete(api: &ApiState, name: &str, pre: &Precondition) -> Result<Answer, 
         }
         Ok(next)
     })?;
-    api.announce(EventType::ProfileDeleted, name, None, snap.generation);
     Ok(Answer::empty(StatusCode::NO_CONTENT, snap.generation))
 }
 

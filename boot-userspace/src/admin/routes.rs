@@ -3,7 +3,8 @@
 //! nor be documented without existing (a unit test checks both directions). Pure.
 //!
 //! Whether a route is read-only or control is not written here: it follows from the method
-//! ([`super::auth::Access::of`]), decided before a route is looked up.
+//! ([`super::auth::Access::of`]), decided before a route is looked up. Some reads also need
+//! the token: [`Endpoint::private`].
 
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -58,6 +59,23 @@ pub enum Endpoint {
     /// `DELETE /api/v1/profiles/{name}`.
     ProfileDelete,
 }
+
+impl Endpoint {
+    /// A read that needs the admin token like a control call: hosts carry `meta` (what
+    /// templates put into configs: join tokens, SSH keys) and their BMC's user and password
+    /// source, profiles the kernel command lines, and the event stream both; a reader of
+    /// `admin.allow` without the token must not get them. Status, the OpenAPI document,
+    /// metrics and the older reads stay open.
+    pub fn private(self) -> bool {
+        matches!(
+            self,
+            Self::HostList | Self::HostGet | Self::ProfileList | Self::ProfileGet | Self::Events
+        )
+    }
+}
+
+/// The statuses a private read ([`Endpoint::private`]) can also answer, before its route runs.
+pub const PRIVATE_READ_REFUSALS: &[u16] = &[401, 403];
 
 /// What a response (or request) body is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,7 +312,11 @@ pub fn routes() -> Vec<Route> {
                 "resume after this id: events still in the log are replayed, a gap is announced",
             )],
             body: None,
-            responses: &[(200, Media::EventStream), (503, Media::Problem)],
+            responses: &[
+                (200, Media::EventStream),
+                (400, Media::Problem),
+                (503, Media::Problem),
+            ],
         },
         Route {
             query: &[

@@ -13,7 +13,13 @@
 //! racks take turns (round robin), so a rack with one waiter is not starved by a rack with
 //! two hundred; hosts without a rack share one bucket (as racks of their own they would each
 //! get a turn per round and overtake every racked host). Only inventory hosts, found by the
-//! address they ask from, ever queue, so the queue is bounded by the inventory.
+//! address they ask from, ever queue, so the queue is bounded by the inventory. A host the
+//! fabric cannot place by its address (another DHCP server's lease, proxyDHCP without a
+//! reservation) cannot queue, since anyone can claim its MAC: with `always` it goes through
+//! without a slot and is counted (`bootfabric_gate_unplaced_total`), so pacing needs the
+//! fabric to know each host's address. A host deleted from the inventory, or no longer
+//! booting from the network (`deny`, a used `once`), loses its slot or its place at the next
+//! sweep.
 
 pub mod capacity;
 
@@ -22,10 +28,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::model::{
-    inventory::{Inventory, Mac},
+    inventory::{BootAnswer, Inventory, Mac},
     ledger::{self, EventKind, Ledger},
 };
 
@@ -146,14 +152,21 @@ pub enum Revoked {
     Idle,
     /// Held longer than the boot timeout.
     Timeout,
+    /// Its host left the inventory or no longer boots from the network (`deny`, a used
+    /// `once`): it downloads nothing more.
+    NoNetboot,
 }
 
 impl Revoked {
+    /// Every reason, for the metric's labels.
+    pub const ALL: [Self; 3] = [Self::Idle, Self::Timeout, Self::NoNetboot];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Idle => "idle",
             Self::Timeout => "timeout",
+            Self::NoNetboot => "no_netboot",
         }
     }
 }
@@ -192,6 +205,8 @@ pub struct GateState {
     admissions: Vec<Admission>,
     /// Revocations since the last [`GateState::take_revocations`].
     revocations: Vec<(Mac, Revoked)>,
+    /// Hosts let through without a slot since the last [`GateState::take_unplaced`].
+    unplaced: u64,
 }
 
 impl GateState {
@@ -209,6 +224,7 @@ impl GateState {
             admitted_max: 0,
             admissions: Vec::new(),
             revocations: Vec::new(),
+            unplaced: 0,
         }
     }
 
@@ -262,16 +278,24 @@ impl GateState {
         self.wait(position)
     }
 
-    /// What a host known only by the MAC it claims (not by its address) is told: it cannot
-    /// queue (anyone could claim any MAC), so it waits unless the gate does not concern it.
-    pub fn ask_unproven(&self, mac: Mac) -> Ask {
+    /// What a host known only by the MAC it claims (not by its address) is told. It cannot
+    /// queue: anyone could claim any MAC, and claimed MACs would take the fleet's places. A
+    /// reboot run's host waits for the run to admit it (by MAC, as the run reset it). With
+    /// `always` it goes through without a slot, counted: waiting for a place it can never
+    /// take would hold it for ever (a host leased by another DHCP server, proxyDHCP without
+    /// a reservation), and a slot taken by a claimed MAC could be anyone's.
+    pub fn ask_unproven(&mut self, mac: Mac) -> Ask {
         if self.admitted.contains_key(&mac) {
             return Ask::Go;
         }
         match self.settings.mode {
             GateMode::Off => Ask::Go,
             GateMode::RebootRuns if !self.enrolled.contains(&mac) => Ask::Go,
-            GateMode::RebootRuns | GateMode::Always => self.wait(0),
+            GateMode::RebootRuns => self.wait(0),
+            GateMode::Always => {
+                self.unplaced += 1;
+                Ask::Go
+            }
         }
     }
 
@@ -325,6 +349,37 @@ impl GateState {
     pub fn set_slots(&mut self, n: usize, now: u64) {
         self.slots = n.max(self.settings.min_slots);
         self.admit_while_free(now);
+    }
+
+    /// Takes back the slots and queue places of hosts for which `netboots` is false (deleted
+    /// from the inventory, `deny`, a used `once`): they download nothing more, and would
+    /// otherwise hold a slot until it went idle or timed out, or a place until they stopped
+    /// asking. A run's host is let go with its slot, as when it is done.
+    pub fn forget(&mut self, netboots: impl Fn(&Mac) -> bool) {
+        let gone: Vec<Mac> = self
+            .admitted
+            .keys()
+            .filter(|m| !netboots(m))
+            .copied()
+            .collect();
+        for mac in gone {
+            self.admitted.remove(&mac);
+            self.enrolled.remove(&mac);
+            self.revocations.push((mac, Revoked::NoNetboot));
+        }
+        let waiting = &mut self.waiting;
+        for q in self.queues.values_mut() {
+            q.retain(|w| {
+                let keep = netboots(&w.mac);
+                if !keep {
+                    waiting.remove(&w.mac);
+                }
+                keep
+            });
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        let queues = &self.queues;
+        self.order.retain(|b| queues.contains_key(b));
     }
 
     /// Frees the slots of admitted hosts that are done, revokes those idle or held too long,
@@ -437,6 +492,19 @@ impl GateState {
     pub fn take_revocations(&mut self) -> Vec<(Mac, Revoked)> {
         std::mem::take(&mut self.revocations)
     }
+
+    /// Hosts let through without a slot ([`GateState::ask_unproven`]) since the last call.
+    pub fn take_unplaced(&mut self) -> u64 {
+        std::mem::take(&mut self.unplaced)
+    }
+}
+
+/// Whether `mac` is an inventory host that boots from the network now: the hosts the gate
+/// keeps slots and places for ([`GateState::forget`] drops the others).
+pub fn netboots(inventory: &Inventory, mac: &Mac) -> bool {
+    inventory
+        .host_by_mac(mac)
+        .is_some_and(|h| inventory.boot_answer(h) == BootAnswer::Boot)
 }
 
 /// What the ledger says of `mac` since `since_ms`, with the files of its profile in
@@ -478,6 +546,7 @@ struct GateMetrics {
     admitted_max: IntGauge,
     wait: Histogram,
     revoked: IntCounterVec,
+    unplaced: IntCounter,
 }
 
 impl GateMetrics {
@@ -509,6 +578,10 @@ impl GateMetrics {
                 ),
                 &["reason"],
             )?,
+            unplaced: IntCounter::new(
+                "bootfabric_gate_unplaced_total",
+                "Script requests let through the gate without a slot: gate = always, and the fabric cannot place the host by its address (another DHCP server's lease, proxyDHCP without a reservation).",
+            )?,
         };
         r.register(Box::new(m.waiting.clone()))?;
         r.register(Box::new(m.admitted.clone()))?;
@@ -516,7 +589,8 @@ impl GateMetrics {
         r.register(Box::new(m.admitted_max.clone()))?;
         r.register(Box::new(m.wait.clone()))?;
         r.register(Box::new(m.revoked.clone()))?;
-        for why in [Revoked::Idle, Revoked::Timeout] {
+        r.register(Box::new(m.unplaced.clone()))?;
+        for why in Revoked::ALL {
             m.revoked.with_label_values(&[why.as_str()]).inc_by(0);
         }
         Ok(m)
@@ -574,7 +648,9 @@ impl Gate {
         let out = f(&mut s);
         let admissions = s.take_admissions();
         let revocations = s.take_revocations();
+        let unplaced = s.take_unplaced();
         if let Some(m) = &self.metrics {
+            m.unplaced.inc_by(unplaced);
             m.waiting.set(s.waiting() as i64);
             m.admitted.set(s.admitted() as i64);
             m.slots.set(s.slots() as i64);
@@ -602,17 +678,20 @@ impl Gate {
         self.lock().settings.retry_s
     }
 
-    /// See [`GateState::ask`]; frees the slots of hosts done first (`progress`), so that a
-    /// freed slot goes to the next waiter as soon as anyone asks.
+    /// See [`GateState::ask`]; frees the slots of hosts done (`progress`) or no longer
+    /// booting (`netboots`, see [`GateState::forget`]) first, so that a freed slot goes to
+    /// the next waiter as soon as anyone asks.
     pub fn ask(
         &self,
         mac: Mac,
         rack: Option<&str>,
         now: u64,
         progress: impl FnMut(Mac, u64) -> Progress,
+        netboots: impl Fn(&Mac) -> bool,
     ) -> (Ask, Vec<Admission>) {
         self.with(|s| {
             if s.settings.mode == GateMode::Always {
+                s.forget(netboots);
                 s.sweep(now, progress);
             }
             s.ask(mac, rack, now)
@@ -621,12 +700,21 @@ impl Gate {
 
     /// See [`GateState::ask_unproven`].
     pub fn ask_unproven(&self, mac: Mac) -> Ask {
-        self.lock().ask_unproven(mac)
+        self.with(|s| s.ask_unproven(mac)).0
     }
 
-    /// See [`GateState::sweep`].
-    pub fn sweep(&self, now: u64, progress: impl FnMut(Mac, u64) -> Progress) -> Vec<Admission> {
-        self.with(|s| s.sweep(now, progress)).1
+    /// See [`GateState::forget`] (with `netboots`), then [`GateState::sweep`].
+    pub fn sweep(
+        &self,
+        now: u64,
+        progress: impl FnMut(Mac, u64) -> Progress,
+        netboots: impl Fn(&Mac) -> bool,
+    ) -> Vec<Admission> {
+        self.with(|s| {
+            s.forget(netboots);
+            s.sweep(now, progress)
+        })
+        .1
     }
 
     /// See [`GateState::set_slots`].

@@ -30,6 +30,10 @@ fn nothing(_: Mac, _: u64) -> Progress {
     Progress::default()
 }
 
+fn every(_: &Mac) -> bool {
+    true
+}
+
 fn admitted_macs(g: &mut GateState) -> Vec<Mac> {
     g.take_admissions().into_iter().map(|a| a.mac).collect()
 }
@@ -246,32 +250,96 @@ fn with_gate_always_the_queue_decides_for_a_run_s_hosts_too() {
     assert_eq!(g.admitted(), 1);
 }
 
+/// A host the fabric cannot place by its address (another server's lease) never queues nor
+/// takes a slot (its MAC could be anyone's claim), and never waits for ever either: with
+/// `always` it goes through unpaced, counted. A run's host still waits for its run.
 #[test]
-fn a_host_known_only_by_the_mac_it_claims_never_queues() {
-    let g = always(4);
+fn a_host_known_only_by_the_mac_it_claims_goes_through_without_a_slot_and_is_counted() {
+    let mut g = always(1);
+    assert_eq!(g.ask(mac(0), None, 0), Ask::Go);
+    g.ask(mac(1), None, 0);
+    for _ in 0..3 {
+        assert_eq!(g.ask_unproven(mac(9)), Ask::Go);
+    }
     assert_eq!(
-        g.ask_unproven(mac(9)),
+        (g.waiting(), g.admitted()),
+        (1, 1),
+        "no place, no slot taken"
+    );
+    assert_eq!(g.take_unplaced(), 3);
+    // Already holding a slot (it asked from its address before): not counted again.
+    assert_eq!(g.ask_unproven(mac(0)), Ask::Go);
+    assert_eq!(g.take_unplaced(), 0);
+    let mut runs = GateState::new(settings(GateMode::RebootRuns, 1));
+    runs.enroll(mac(9));
+    assert_eq!(
+        runs.ask_unproven(mac(9)),
         Ask::Wait {
             retry_s: 2,
             position: 0
         }
     );
-    assert_eq!((g.waiting(), g.admitted()), (0, 0));
+    assert_eq!(runs.ask_unproven(mac(8)), Ask::Go, "nobody reset it");
+    assert_eq!(runs.take_unplaced(), 0);
+}
+
+/// A host deleted, or turned to `deny` or a used `once`, downloads nothing more: its slot
+/// and its place are taken back at the next sweep, and the next waiter gets the slot.
+#[test]
+fn hosts_that_no_longer_netboot_lose_their_slot_and_their_place() {
+    let mut g = always(1);
+    assert_eq!(g.ask(mac(1), Some("r"), 0), Ask::Go);
+    g.ask(mac(2), Some("r"), 1);
+    g.ask(mac(3), Some("s"), 2);
+    g.ask(mac(4), Some("r"), 3);
+    g.take_admissions();
+    let gone = [mac(1), mac(2)];
+    g.forget(|m| !gone.contains(m));
+    assert_eq!(g.take_revocations(), vec![(mac(1), Revoked::NoNetboot)]);
+    assert_eq!((g.admitted(), g.waiting()), (0, 2));
+    g.sweep(10, nothing);
+    assert_eq!(
+        admitted_macs(&mut g),
+        vec![mac(4)],
+        "rack r's turn, its deleted head gone"
+    );
+    assert_eq!(
+        g.ask(mac(3), Some("s"), 11),
+        Ask::Wait {
+            retry_s: 2,
+            position: 1
+        }
+    );
+    // A run's host is let go with its slot.
+    let mut runs = GateState::new(settings(GateMode::RebootRuns, 1));
+    runs.enroll(mac(5));
+    runs.admit_enrolled(mac(5), 0);
+    runs.forget(|_| false);
+    assert_eq!((runs.admitted(), runs.holds(&mac(5))), (0, false));
 }
 
 #[test]
 fn the_handle_keeps_the_metrics_in_step() {
     let registry = Registry::new();
     let gate = Gate::with_metrics(settings(GateMode::Always, 1), &registry).expect("metrics");
-    let (a, adm) = gate.ask(mac(1), None, 0, nothing);
+    let (a, adm) = gate.ask(mac(1), None, 0, nothing, every);
     assert_eq!(a, Ask::Go);
     assert_eq!(adm.len(), 1);
-    gate.ask(mac(2), None, 0, nothing);
-    let (_, adm) = gate.ask(mac(2), None, 1500, |m, _| Progress {
-        started: true,
-        done: m == mac(1),
-    });
+    gate.ask(mac(2), None, 0, nothing, every);
+    let (_, adm) = gate.ask(
+        mac(2),
+        None,
+        1500,
+        |m, _| Progress {
+            started: true,
+            done: m == mac(1),
+        },
+        every,
+    );
     assert_eq!(adm.len(), 1);
+    assert_eq!(gate.ask_unproven(mac(9)), Ask::Go);
+    // Host 2 is deleted while holding its slot.
+    gate.sweep(2000, nothing, |m| *m != mac(2));
     let families = registry.gather();
     let get = |name: &str| {
         families
@@ -280,7 +348,7 @@ fn the_handle_keeps_the_metrics_in_step() {
             .map(|f| f.get_metric()[0].clone())
             .unwrap_or_else(|| panic!("{name} registered"))
     };
-    assert_eq!(get("bootfabric_gate_admitted").get_gauge().get_value(), 1.0);
+    assert_eq!(get("bootfabric_gate_admitted").get_gauge().get_value(), 0.0);
     assert_eq!(
         get("bootfabric_gate_admitted_max").get_gauge().get_value(),
         1.0
@@ -289,4 +357,21 @@ fn the_handle_keeps_the_metrics_in_step() {
     let h = get("bootfabric_gate_wait_seconds");
     assert_eq!(h.get_histogram().get_sample_count(), 2);
     assert!((h.get_histogram().get_sample_sum() - 1.5).abs() < 1e-9);
+    assert_eq!(
+        get("bootfabric_gate_unplaced_total")
+            .get_counter()
+            .get_value(),
+        1.0
+    );
+    let revoked = families
+        .iter()
+        .find(|f| f.name() == "bootfabric_gate_revoked_total")
+        .expect("revoked");
+    let no_netboot = revoked
+        .get_metric()
+        .iter()
+        .find(|m| m.get_label()[0].value() == "no_netboot")
+        .expect("labelled from the start");
+    assert_eq!(no_netboot.get_counter().get_value(), 1.0);
+    assert_eq!(gate.load().0, 0);
 }

@@ -44,10 +44,26 @@ pub enum ChangeError {
 /// The name used for messages when the API validates: no file is involved.
 const API_PATH: &str = "api";
 
-/// The prefix an environment variable must have for an API-defined BMC to read its password
-/// from it: a caller holding the token must not be able to make the daemon send any of its
-/// environment (another service's secret) to a BMC URL of the caller's choosing.
+/// The prefix of the environment variable an API-defined BMC reads its password from: a
+/// caller holding the token must not be able to make the daemon send any of its environment
+/// (another service's secret, another host's BMC password) to a BMC URL of the caller's
+/// choosing. The whole name is [`api_password_env`]: tied to the host.
 pub const API_PASSWORD_ENV_PREFIX: &str = "BOOTFABRIC_BMC_";
+
+/// The one environment variable an API write may name as host `name`'s BMC password:
+/// `BOOTFABRIC_BMC_<NAME>_PASSWORD`, the name upper-cased with `-` as `_` (`node-07` →
+/// `BOOTFABRIC_BMC_NODE_07_PASSWORD`). Exact, so a host cannot name another's (a prefix
+/// would let `node1` read `BOOTFABRIC_BMC_NODE1_X_…`, `node1-x`'s).
+pub fn api_password_env(name: &str) -> String {
+    let host: String = name
+        .chars()
+        .map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("{API_PASSWORD_ENV_PREFIX}{host}_PASSWORD")
+}
 
 impl Inventory {
     /// The inventory in its written form: hosts in order, profiles by name. Lossless:
@@ -219,34 +235,72 @@ fn field_error(key: &str, reason: &str, names: &[String], target: Target<'_>) ->
 }
 
 /// The checks an API write gets on top of the file's: paths a caller could use to make the
-/// daemon read files of its choosing. `current` is the record being replaced, whose paths
-/// (written by the operator in the TOML file) may be kept as they are.
+/// daemon read files of its choosing, and secrets it could have sent where it likes.
+/// `current` is the record being replaced. The operator's secret source (a `password_file`,
+/// or a `password_env` other than the host's own [`api_password_env`]) may be kept only with
+/// the BMC `url` and TLS settings (`fingerprint`, `ca_file`, `insecure`, `allow_plaintext`)
+/// it was written with: otherwise a caller could point the host's BMC at its own server and
+/// have the next reboot log in there with the operator's password.
 pub fn api_host_checks(spec: &wire::Host, current: Option<&wire::Host>) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let Some(bmc) = &spec.bmc else {
         return errors;
     };
+    let name = spec.name.as_deref().unwrap_or_default();
     let old = current.and_then(|c| c.bmc.as_ref());
+    // Where the password goes, and how its receiver is verified.
+    let same_target = old.is_some_and(|o| {
+        (
+            &o.url,
+            &o.fingerprint,
+            &o.ca_file,
+            o.insecure,
+            o.allow_plaintext,
+        ) == (
+            &bmc.url,
+            &bmc.fingerprint,
+            &bmc.ca_file,
+            bmc.insecure,
+            bmc.allow_plaintext,
+        )
+    });
+    let moved = "the BMC's url or TLS settings (fingerprint, ca_file, insecure, allow_plaintext) \
+                 change while the operator's password source is kept: send the host's own \
+                 variable";
     if let Some(f) = &bmc.password_file {
-        if old.and_then(|o| o.password_file.as_ref()) != Some(f) {
+        let kept = old.and_then(|o| o.password_file.as_ref()) == Some(f);
+        if !kept {
             errors.push(FieldError::new(
                 "bmc.password_file",
                 format!(
                     "the API does not set password files (the daemon would read any file it is \
-                     pointed at and send it to the BMC URL); use password_env with a variable \
-                     named {API_PASSWORD_ENV_PREFIX}*, or the inventory file"
+                     pointed at and send it to the BMC URL); use password_env {}, or the \
+                     inventory file",
+                    api_password_env(name)
                 ),
+            ));
+        } else if !same_target {
+            errors.push(FieldError::new(
+                "bmc.password_file",
+                format!("{moved} ({})", api_password_env(name)),
             ));
         }
     }
     if let Some(v) = &bmc.password_env {
+        let own = *v == api_password_env(name);
         let kept = old.and_then(|o| o.password_env.as_ref()) == Some(v);
-        if !kept && !v.starts_with(API_PASSWORD_ENV_PREFIX) {
+        if !own && !kept {
             errors.push(FieldError::new(
                 "bmc.password_env",
                 format!(
-                    "{v:?}: from the API, the variable must be named {API_PASSWORD_ENV_PREFIX}*"
+                    "{v:?}: from the API, the variable must be the host's own, {}",
+                    api_password_env(name)
                 ),
+            ));
+        } else if !own && !same_target {
+            errors.push(FieldError::new(
+                "bmc.password_env",
+                format!("{moved} ({})", api_password_env(name)),
             ));
         }
     }
@@ -561,6 +615,14 @@ mod tests {
         assert_eq!(api_host_checks(&env, None)[0].field, "bmc.password_env");
         let env =
             spec(serde_json::json!({"name": "n", "bmc": {"password_env": "BOOTFABRIC_BMC_N"}}));
+        assert_eq!(
+            api_host_checks(&env, None)[0].field,
+            "bmc.password_env",
+            "another host's variable"
+        );
+        let env = spec(
+            serde_json::json!({"name": "n-1", "bmc": {"password_env": "BOOTFABRIC_BMC_N_1_PASSWORD"}}),
+        );
         assert!(api_host_checks(&env, None).is_empty());
 
         let p: wire::Profile = serde_json::from_value(serde_json::json!(
@@ -571,5 +633,64 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["kernel", "initrd[1]", "cmdline"]);
+    }
+
+    /// A token holder must not be able to send the operator's BMC password to its own server.
+    #[test]
+    fn the_operators_bmc_password_stays_with_the_operators_bmc() {
+        let file = |bmc: serde_json::Value| spec(serde_json::json!({"name": "node07", "bmc": bmc}));
+        for secret in [
+            serde_json::json!({"password_file": "/etc/bootfabric/bmc07"}),
+            serde_json::json!({"password_env": "BMC_PASS"}),
+        ] {
+            let field = format!(
+                "bmc.{}",
+                secret
+                    .as_object()
+                    .and_then(|o| o.keys().next())
+                    .expect("key")
+            );
+            let mut bmc = serde_json::json!({"url": "https://10.0.9.7", "username": "root",
+                "fingerprint": "ab:cd"});
+            merge(&mut bmc, &secret);
+            let current = file(bmc.clone());
+            // Something else changes (the user name): the password source is kept.
+            let mut other = bmc.clone();
+            other["username"] = "admin".into();
+            assert!(api_host_checks(&file(other), Some(&current)).is_empty());
+            // Only the URL, or only a TLS setting, changes: refused.
+            for (key, value) in [
+                ("url", serde_json::json!("https://10.6.6.6")),
+                ("fingerprint", serde_json::json!("66:66")),
+                ("insecure", serde_json::json!(true)),
+                ("allow_plaintext", serde_json::json!(true)),
+            ] {
+                let mut moved = bmc.clone();
+                moved[key] = value;
+                let errors = api_host_checks(&file(moved), Some(&current));
+                assert_eq!(
+                    errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+                    [field.as_str()],
+                    "{key}"
+                );
+            }
+            // With the host's own variable instead, the BMC may move.
+            let mut own = bmc.clone();
+            own["url"] = "https://10.6.6.6".into();
+            if let Some(o) = own.as_object_mut() {
+                o.remove("password_file");
+                o.insert(
+                    "password_env".into(),
+                    "BOOTFABRIC_BMC_NODE07_PASSWORD".into(),
+                );
+            }
+            assert!(api_host_checks(&file(own), Some(&current)).is_empty());
+        }
+    }
+
+    fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+        if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+            a.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
     }
 }

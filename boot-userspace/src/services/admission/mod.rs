@@ -1,7 +1,8 @@
 //! The admission service: once a second it feeds the fabric's measured egress to the
 //! capacity estimate and sets the gate's download slots from it (capacity over one host's
 //! rate, at least `scheduler.min_slots`), frees the slots of hosts the ledger says are done,
-//! revokes idle or overdue ones, drops waiters that stopped asking, and records the
+//! takes back the slots and places of hosts the snapshot no longer boots (deleted, `deny`, a
+//! used `once`), revokes idle or overdue ones, drops waiters that stopped asking, and records the
 //! admissions this makes. HTTP does the same sweep on every script request, so a slot frees
 //! at once while hosts are asking; this tick covers the quiet periods and the capacity.
 //!
@@ -49,7 +50,8 @@ impl Admission {
     pub fn tick(&mut self, now: u64, egress_bps: f64) -> usize {
         let snapshot = self.live.load();
         let progress = |mac, since| gate::progress(&self.ledger, &snapshot.inventory, mac, since);
-        let mut admitted = self.gate.sweep(now, progress);
+        let netboots = |mac: &_| gate::netboots(&snapshot.inventory, mac);
+        let mut admitted = self.gate.sweep(now, progress, netboots);
         // Judged after the sweep: slots whose hosts are done say nothing about the fabric.
         let (holding, slots) = self.gate.load();
         let busy = holding >= slots;
@@ -148,6 +150,10 @@ mod tests {
         Progress::default()
     }
 
+    fn all(_: &Mac) -> bool {
+        true
+    }
+
     fn http(path: &str) -> EventKind {
         EventKind::HttpSent {
             path: path.into(),
@@ -161,7 +167,7 @@ mod tests {
         const T: u64 = 1_700_000_000_000;
         assert_eq!(adm.tick(T, 0.0), 2);
         for i in 1..=3 {
-            gate.ask(mac(i), None, T + 10, quiet);
+            gate.ask(mac(i), None, T + 10, quiet, all);
         }
         assert_eq!(gate.load(), (2, 2));
         let started = EventKind::HttpStarted {
@@ -184,7 +190,7 @@ mod tests {
             .map(|e| e.at_ms)
             .collect();
         assert_eq!(admitted, vec![T + 2000], "recorded once, at the tick");
-        let (ask, _) = gate.ask(mac(3), None, T + 2100, quiet);
+        let (ask, _) = gate.ask(mac(3), None, T + 2100, quiet, all);
         assert_eq!(ask, Ask::Go);
     }
 
@@ -193,7 +199,7 @@ mod tests {
         let (mut adm, gate, ledger, registry) = world();
         const T: u64 = 1_700_000_000_000;
         for i in 1..=3 {
-            gate.ask(mac(i), None, T, quiet);
+            gate.ask(mac(i), None, T, quiet, all);
         }
         ledger.record_at(mac(1), EventKind::Booted, None, T + 100);
         let started = EventKind::HttpStarted {
@@ -216,6 +222,55 @@ mod tests {
         .expect("utf-8");
         assert!(
             text.contains("bootfabric_gate_revoked_total{reason=\"idle\"} 1"),
+            "{text}"
+        );
+    }
+
+    /// node01 holds a slot and node02 the other, node03 waits; then node01 is turned to
+    /// `deny` and node02 deleted: at the next tick both slots are taken back (and counted),
+    /// and node03 has one at once, without waiting for the idle revocation.
+    #[test]
+    fn hosts_the_snapshot_no_longer_boots_lose_their_slots_at_the_tick() {
+        let (mut adm, gate, ledger, registry) = world();
+        const T: u64 = 1_700_000_000_000;
+        adm.tick(T, 0.0);
+        for i in 1..=3 {
+            gate.ask(mac(i), None, T, quiet, all);
+        }
+        assert_eq!((gate.load(), gate.waiting()), ((2, 2), 1));
+        let text = r#"
+            [profiles.debian]
+            kernel = "debian/vmlinuz"
+
+            [[hosts]]
+            name = "node01"
+            mac = "52:54:00:aa:00:01"
+            profile = "debian"
+            netboot = "deny"
+
+            [[hosts]]
+            name = "node03"
+            mac = "52:54:00:aa:00:03"
+            profile = "debian"
+        "#;
+        let wire = toml::from_str(text).expect("inventory");
+        let next = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
+        adm.live
+            .publish(|_| {
+                Ok::<_, String>(crate::model::snapshot::Next::new(next, Default::default()))
+            })
+            .expect("published");
+        adm.tick(T + 1000, 0.0);
+        assert_eq!((gate.load(), gate.waiting()), ((1, 2), 0));
+        assert!(ledger
+            .events_since(mac(3), 0)
+            .iter()
+            .any(|e| e.kind == EventKind::Admitted));
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        assert!(
+            text.contains("bootfabric_gate_revoked_total{reason=\"no_netboot\"} 2"),
             "{text}"
         );
     }

@@ -475,7 +475,9 @@ mod tests {
 
     /// With `gate = "always"` and one slot: a host is the one at the address it asks from,
     /// and only such a host queues. A claimed `?mac=` from an address the server cannot
-    /// place waits without a place, and from another host's address it is ignored.
+    /// place neither queues nor takes a slot, and goes through (it would wait for ever: a
+    /// host leased by another DHCP server), counted; from another host's address it is
+    /// ignored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_gate_queues_hosts_by_their_address_never_by_a_claimed_mac() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -503,11 +505,15 @@ mod tests {
         "#;
         let wire = toml::from_str(text).expect("inventory");
         let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("valid");
-        let gate = Gate::new(crate::model::gate::GateSettings {
-            mode: crate::model::gate::GateMode::Always,
-            slots: 1,
-            ..Default::default()
-        });
+        let gate = Gate::with_metrics(
+            crate::model::gate::GateSettings {
+                mode: crate::model::gate::GateMode::Always,
+                slots: 1,
+                ..Default::default()
+            },
+            &registry,
+        )
+        .expect("gate metrics");
         let sources = Sources {
             live: live(inventory),
             gate: gate.clone(),
@@ -536,18 +542,25 @@ mod tests {
         // node02's address claiming node01's MAC is still node02: no slot through node01.
         let claimed = get_from(ip(3), addr, "/boot.ipxe?mac=52:54:00:aa:00:01").await;
         assert!(claimed.contains("node02 waits"), "{claimed}");
-        // An address nobody holds, claiming MACs: told to wait, never queued.
+        // An address nobody holds, claiming MACs (node03 has no reservation: another
+        // server's lease): never queued, never a slot, let through unpaced and counted.
         for m in ["01", "02", "03"] {
             let path = format!("/boot.ipxe?mac=52:54:00:aa:00:{m}");
             let text = get_from(ip(9), addr, &path).await;
-            if m == "01" {
-                // node01 holds a slot: its script is the same whoever asks.
-                assert!(!waits(&text), "{text}");
-            } else {
-                assert!(waits(&text), "{text}");
-            }
+            assert!(!waits(&text) && text.contains("kernel "), "{text}");
         }
         assert_eq!(gate.waiting(), 1, "node02 alone holds a place");
+        assert_eq!(gate.load(), (1, 1), "node01 alone holds the slot");
+        let unplaced = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "bootfabric_gate_unplaced_total")
+            .map(|f| f.get_metric()[0].get_counter().get_value());
+        assert_eq!(
+            unplaced,
+            Some(2.0),
+            "node02 and node03, not node01 (admitted)"
+        );
         let place = get_from(ip(3), addr, "/boot.ipxe").await;
         assert!(place.contains("node02 waits"), "{place}");
         cancel.cancel();
@@ -642,7 +655,7 @@ mod tests {
         assert!(!body.contains("kernel "), "{body}");
         // node01 asks from 127.0.0.1, its reservation: no config for a host booting its disk.
         let (status, _) = get(addr, "/configs/node.ign").await;
-        assert!(status.starts_with("HTTP/1.1 409 "), "{status}");
+        assert_eq!(status, "HTTP/1.1 409 Conflict");
 
         // node02 asks from an address the server cannot place, naming itself by `?mac=`.
         let resp = get_from(

@@ -53,24 +53,58 @@ pub struct Response {
     pub close: bool,
 }
 
-/// Reason phrase for the statuses the server sends.
+/// Reason phrase (RFC 9110 §15) for the statuses the server sends, and the neighbours a
+/// route may come to send (409 for a config already delivered or a used `once`, 412/428
+/// for preconditions, 429 for limits), so that no answer says "Unknown".
 pub fn reason(status: u16) -> &'static str {
-    match status {
+    let phrase = match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
         204 => "No Content",
         206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
-        _ => "Unknown",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    };
+    if !phrase.is_empty() {
+        return phrase;
+    }
+    // A code not listed still gets its class's phrase rather than a made-up one.
+    match status / 100 {
+        1 => "Informational",
+        2 => "Success",
+        3 => "Redirection",
+        4 => "Client Error",
+        _ => "Server Error",
     }
 }
 
@@ -173,6 +207,34 @@ mod tests {
         let head = Response::text(200, "abc").for_head();
         assert!(head.body.is_empty());
         assert_eq!(head.content_length, 4);
+    }
+
+    /// Every status a route or the connection sends has its RFC 9110 phrase (409 once said
+    /// "Unknown"), and an unlisted code its class's.
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        for (status, phrase) in [
+            (204, "No Content"),
+            (304, "Not Modified"),
+            (403, "Forbidden"),
+            (405, "Method Not Allowed"),
+            (409, "Conflict"),
+            (412, "Precondition Failed"),
+            (416, "Range Not Satisfiable"),
+            (428, "Precondition Required"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (503, "Service Unavailable"),
+        ] {
+            assert_eq!(reason(status), phrase, "{status}");
+        }
+        let h = String::from_utf8(Response::text(409, "again").head("d")).expect("utf8");
+        assert!(h.starts_with("HTTP/1.1 409 Conflict\r\n"), "{h}");
+        assert_eq!(reason(299), "Success");
+        assert_eq!(reason(499), "Client Error");
+        assert_eq!(reason(599), "Server Error");
+        assert_eq!(reason(999), "Server Error");
     }
 
     #[test]

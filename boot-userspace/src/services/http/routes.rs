@@ -170,7 +170,7 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
 fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
     // The host is the one at the source address; `?mac=` names the script only for a peer
     // this server cannot place (another server's lease), and never queues at the gate:
-    // anyone can claim any MAC.
+    // anyone can claim any MAC (with `gate = always` such a host goes through unpaced).
     let at_peer = site.host_at(peer);
     let host = at_peer.or_else(|| {
         req.query("mac")
@@ -265,7 +265,10 @@ fn admission(site: &At, host: &Host, proven: bool) -> gate::Ask {
     }
     let now = unix_ms();
     let progress = |mac, since| gate::progress(&site.ledger, site.inventory, mac, since);
-    let (ask, admitted) = site.gate.ask(host.mac, host.rack.as_deref(), now, progress);
+    let netboots = |mac: &Mac| gate::netboots(site.inventory, mac);
+    let (ask, admitted) = site
+        .gate
+        .ask(host.mac, host.rack.as_deref(), now, progress, netboots);
     for a in admitted {
         site.ledger
             .record_at(a.mac, EventKind::Admitted, None, a.at_ms);
@@ -436,10 +439,13 @@ fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
     let Some(host) = host else {
         return routed(Response::text(404, "unknown host"), "booted");
     };
-    // Only from the host's own address: its reservation, or the address it leases now. A
-    // host with neither (no reservation, no lease) cannot be reported by anyone, since a
-    // false `booted` frees its download slot and hides its failure.
-    if host.ip != Some(peer) && site.ledger.holder(peer) != Some(host.mac) {
+    // Only from the host the ledger places at the source address: its reservation unless
+    // another client still leases it (a moved reservation waits for the old holder's lease),
+    // or the address it leases now. The old holder of a moved reservation posting the new
+    // owner's MAC is refused, and a host with neither reservation nor lease cannot be
+    // reported by anyone: a false `booted` frees its download slot, hides its failure and
+    // spends a `netboot = once` host's one install.
+    if site.host_at(peer).map(|h| h.mac) != Some(host.mac) {
         return routed(
             Response::text(
                 403,
@@ -537,4 +543,106 @@ fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
     resp.headers.push(("Accept-Ranges", "bytes".into()));
     validators(&mut resp);
     routed(resp, "file")
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`route`] on a real ledger and gate, without sockets: who may report a host booted.
+
+    use std::{path::Path, time::Duration};
+
+    use prometheus::Registry;
+
+    use super::*;
+    use crate::model::snapshot::Next;
+
+    /// `old` (MAC …:01) held 10.77.0.11 before the reservation moved to `node07` (MAC …:02).
+    const HOSTS: &str = r#"
+        [profiles.p]
+        kernel = "vmlinuz"
+
+        [[hosts]]
+        name = "old"
+        mac = "52:54:00:00:00:01"
+        profile = "p"
+
+        [[hosts]]
+        name = "node07"
+        mac = "52:54:00:00:00:02"
+        ip = "10.77.0.11"
+        profile = "p"
+    "#;
+
+    const OLD: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
+    const NODE07: Mac = Mac([0x52, 0x54, 0, 0, 0, 2]);
+    const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+    fn site() -> Site {
+        let registry = Registry::new();
+        let wire = toml::from_str(HOSTS).expect("toml");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("inventory");
+        let ledger = Ledger::new(&registry).expect("ledger");
+        ledger.set_inventory(&inventory);
+        Site {
+            root: None,
+            configs: None,
+            live: Live::unregistered(Next::new(inventory, BootSettings::defaults())),
+            ledger,
+            gate: Gate::default(),
+            boots: Boots::new(Duration::from_secs(60)),
+            config_metrics: configs::Metrics::register(&registry).expect("metrics"),
+        }
+    }
+
+    fn post_booted(site: &Site, mac: Option<Mac>, peer: Ipv4Addr) -> u16 {
+        let req = Request {
+            method: Method::Post,
+            path: "/booted".into(),
+            query: mac
+                .map(|m| ("mac".into(), m.to_string()))
+                .into_iter()
+                .collect(),
+            headers: Vec::new(),
+            keep_alive: false,
+            body: Vec::new(),
+        };
+        route(site, &req, peer, SERVER).response.status
+    }
+
+    fn booted(site: &Site, mac: Mac) -> usize {
+        site.ledger
+            .timeline(mac)
+            .iter()
+            .filter(|e| e.kind == EventKind::Booted)
+            .count()
+    }
+
+    #[test]
+    fn the_old_holder_of_a_moved_reservation_cannot_report_the_new_owner_booted() {
+        let site = site();
+        // `old` still leases node07's reservation: the address is old's, not node07's.
+        site.ledger.record(OLD, EventKind::DhcpAck, Some(RESERVED));
+        assert_eq!(post_booted(&site, Some(NODE07), RESERVED), 403);
+        assert_eq!(
+            booted(&site, NODE07),
+            0,
+            "node07 reported by its old holder"
+        );
+        // The holder reports itself, by MAC or by address alone.
+        assert_eq!(post_booted(&site, Some(OLD), RESERVED), 204);
+        assert_eq!(post_booted(&site, None, RESERVED), 204);
+        assert_eq!(booted(&site, OLD), 2);
+        // node07, waiting on a pool address it leases, reports itself from there.
+        let pool = Ipv4Addr::new(10, 77, 0, 100);
+        assert_eq!(post_booted(&site, Some(NODE07), pool), 403, "no lease yet");
+        site.ledger.record(NODE07, EventKind::DhcpAck, Some(pool));
+        assert_eq!(post_booted(&site, Some(NODE07), pool), 204);
+        // Once the old lease ends the reservation is node07's, and `old` is nobody there.
+        site.ledger
+            .record(OLD, EventKind::DhcpRelease, Some(RESERVED));
+        assert_eq!(post_booted(&site, Some(OLD), RESERVED), 403);
+        assert_eq!(post_booted(&site, Some(NODE07), RESERVED), 204);
+        assert_eq!(booted(&site, NODE07), 2);
+    }
 }
