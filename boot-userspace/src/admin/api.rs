@@ -192,6 +192,26 @@ impl ApiState {
                 Ok(snap)
             }
             Err(PublishError::Build(p)) => Err(p),
+            Err(PublishError::Templates(errors)) => {
+                if let Err(e) = overlay.save(&self.overlay_path) {
+                    error!(error = %e, "cannot roll back a refused API change on disk");
+                }
+                // A template that no longer renders for some host is the change's fault (a
+                // meta key it removed, a profile it moved to): a validation error, each
+                // naming the template (file or profile cmdline), its line and the host.
+                Err(Problem::invalid(
+                    errors
+                        .0
+                        .iter()
+                        .map(|e| {
+                            crate::model::inventory::resource::FieldError::new(
+                                e.template(),
+                                e.to_string(),
+                            )
+                        })
+                        .collect(),
+                ))
+            }
             Err(PublishError::Refused { follower, why }) => {
                 // The file already holds the change: put the previous one back.
                 if let Err(e) = overlay.save(&self.overlay_path) {

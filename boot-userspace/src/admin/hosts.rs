@@ -448,6 +448,36 @@ mod tests {
         assert!(on_disk.consumed.is_empty());
     }
 
+    /// A change after which a host's cmdline no longer renders is a 422 naming the template,
+    /// its line and the host; nothing changes on disk or live.
+    #[test]
+    fn a_change_a_template_cannot_render_is_a_validation_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wire = toml::from_str("[profiles.p]\ncmdline = \"role={{ meta.role }}\"\n")
+            .expect("toml");
+        let inv = Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid");
+        let live = Live::unregistered(Next::new(inv, Default::default()));
+        let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
+        let api = ApiState::open(live, ledger, None, dir.path()).expect("state");
+        let body = br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p","meta":{"role":"w"}}"#;
+        create(&api, body).expect("created");
+        let path = Overlay::path_in(dir.path());
+        let before = std::fs::read(&path).expect("read");
+        let generation = api.live.generation();
+        let p = patch(&api, "n1", &Precondition::Any, br#"{"meta":{"role":null}}"#)
+            .expect_err("refused");
+        assert_eq!(p.status, 422);
+        assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+        assert_eq!(p.errors[0].field, "profiles.p.cmdline");
+        assert!(
+            p.errors[0].reason.contains("host n1: undefined value"),
+            "{}",
+            p.errors[0].reason
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert_eq!(api.live.generation(), generation);
+    }
+
     fn body_of(a: &Answer) -> Vec<u8> {
         serde_json::to_vec(a.body.as_ref().expect("a body")).expect("json")
     }

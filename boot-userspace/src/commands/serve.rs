@@ -225,6 +225,10 @@ fn reload(
             generation = live.generation(),
             "SIGHUP: config not reloaded: dhcp: {e}"
         ),
+        Err(PublishError::Templates(errors)) => warn!(
+            generation = live.generation(),
+            "SIGHUP: config not reloaded: templates refused it: {errors}"
+        ),
         Err(PublishError::Refused { follower, why }) => warn!(
             generation = live.generation(),
             follower, "SIGHUP: config not reloaded: {follower} refused it: {why}"

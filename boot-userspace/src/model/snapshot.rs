@@ -141,6 +141,9 @@ pub enum PublishError<E> {
     /// The change itself is invalid.
     #[error("{0}")]
     Build(E),
+    /// A config template or cmdline would not render for some host of the change.
+    #[error("templates cannot apply this change: {0}")]
+    Templates(TemplateErrors),
     /// A follower cannot take it (the DHCP server cannot change its subnets while running).
     #[error("{follower} cannot apply this change: {why}")]
     Refused {
@@ -296,12 +299,7 @@ impl Live {
         });
         // Here rather than in each builder: whoever changes hosts, profiles or templates,
         // a host whose config or cmdline no longer renders refuses the change.
-        renders(&current, &next).map_err(|errors| {
-            abort(PublishError::Refused {
-                follower: "templates",
-                why: errors.to_string(),
-            })
-        })?;
+        renders(&current, &next).map_err(|errors| abort(PublishError::Templates(errors)))?;
         for f in &followers {
             f.check(&next).map_err(|why| {
                 abort(PublishError::Refused {
@@ -435,10 +433,10 @@ mod tests {
         // An API change that drops the host's meta: its config and its cmdline fail.
         let refused =
             live.publish(|_| Ok::<_, String>(Next::new(inventory(""), BootSettings::default())));
-        let Err(PublishError::Refused { follower, why }) = refused else {
+        let Err(PublishError::Templates(errors)) = refused else {
             panic!("published: {refused:?}");
         };
-        assert_eq!(follower, "templates");
+        let why = errors.to_string();
         assert!(
             why.contains("configs/role.cfg:2: host node01: undefined value"),
             "{why}"

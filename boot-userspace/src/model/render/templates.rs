@@ -109,6 +109,17 @@ pub enum TemplateError {
     },
 }
 
+impl TemplateError {
+    /// The template it is about (`configs/<name>`, `profiles.<name>.cmdline`), or the
+    /// configs folder.
+    pub fn template(&self) -> String {
+        match self {
+            Self::Folder { dir, .. } => dir.display().to_string(),
+            Self::Parse { file, .. } | Self::Render { file, .. } => file.clone(),
+        }
+    }
+}
+
 /// Several template errors, as a refused load or change reports them: one per line, the
 /// first [`ERRORS_SHOWN`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
