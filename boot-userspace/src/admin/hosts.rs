@@ -453,8 +453,8 @@ mod tests {
     #[test]
     fn a_change_a_template_cannot_render_is_a_validation_problem() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wire = toml::from_str("[profiles.p]\ncmdline = \"role={{ meta.role }}\"\n")
-            .expect("toml");
+        let wire =
+            toml::from_str("[profiles.p]\ncmdline = \"role={{ meta.role }}\"\n").expect("toml");
         let inv = Inventory::from_wire(std::path::Path::new("h"), wire).expect("valid");
         let live = Live::unregistered(Next::new(inv, Default::default()));
         let ledger = Ledger::new(&prometheus::Registry::new()).expect("ledger");
