@@ -371,6 +371,16 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A resource's JSON `current` with the merge patch `patch` applied. A patch that is an
+/// object always leaves an object (RFC 7396: the target becomes one first).
+pub fn patched(mut current: Value, patch: &Map<String, Value>) -> Map<String, Value> {
+    merge_patch(&mut current, &Value::Object(patch.clone()));
+    match current {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
 /// A JSON object from a request body, or the problem (400).
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, Problem> {
     match serde_json::from_slice(body) {

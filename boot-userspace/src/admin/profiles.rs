@@ -6,7 +6,7 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::{
-    api::{etag, merge_patch, object, record, ApiState, Precondition},
+    api::{etag, object, patched, record, ApiState, Precondition},
     problem::Problem,
     Answer,
 };
@@ -178,18 +178,11 @@ pub fn patch(
     pre: &Precondition,
     body: &[u8],
 ) -> Result<Answer, Problem> {
-    let patch = Value::Object(object(body)?);
+    let patch = object(body)?;
     api.write((EventType::ProfileUpdated, name), |snap, overlay| {
-        let (mut v, tag) = current(snap, overlay, name)?;
+        let (v, tag) = current(snap, overlay, name)?;
         pre.check(&tag)?;
-        merge_patch(&mut v, &patch);
-        let Value::Object(m) = v else {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "the patch must be an object",
-            ));
-        };
-        let (_, spec) = spec_from(m, Some(name))?;
+        let (_, spec) = spec_from(patched(v, &patch), Some(name))?;
         upsert(snap, overlay, name, spec)
     })?;
     answer_for(api, name)
