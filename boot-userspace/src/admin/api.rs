@@ -132,6 +132,12 @@ impl ApiState {
         self.overlay.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The overlay file this state writes: fixed at start, so a reload that moves it
+    /// (`daemon.state_dir`) is refused.
+    pub fn overlay_path(&self) -> &std::path::Path {
+        &self.overlay_path
+    }
+
     /// What reads answer from, lock-free.
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()

@@ -181,6 +181,23 @@ pub fn next_from_config(config: &Config, current: &Snapshot) -> Next {
     Next::new(inventory, config.boot.clone()).with_templates(config.templates.clone())
 }
 
+/// The key (`daemon.state_dir` or `daemon.inventory`) of a file the admin API writes or reads
+/// that `config` moves from where the running API has it. The API keeps its paths from start:
+/// a reload that moved them would read one overlay while writes go to the other.
+fn moved_api_files(
+    inventory_file: Option<&std::path::Path>,
+    overlay_path: &std::path::Path,
+    config: &Config,
+) -> Option<&'static str> {
+    if crate::config::overlay::Overlay::path_in(&config.state_dir) != overlay_path {
+        Some("daemon.state_dir")
+    } else if config.inventory_file.as_deref() != inventory_file {
+        Some("daemon.inventory")
+    } else {
+        None
+    }
+}
+
 /// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
 /// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
 /// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
@@ -204,6 +221,13 @@ fn reload(
             return;
         }
     };
+    if let Some(key) = moved_api_files(api.inventory_file.as_deref(), api.overlay_path(), &config) {
+        warn!(
+            generation = live.generation(),
+            key, "SIGHUP: config not reloaded: {key} changed: restart to use it"
+        );
+        return;
+    }
     if dhcp.is_none() && config.dhcp.is_some() {
         // The rest is published; the server itself only starts with the daemon.
         warn!("SIGHUP: [dhcp] was added: restart to start the DHCP server");
@@ -536,6 +560,39 @@ mod tests {
             toml::from_str(&text).expect("toml"),
         )
         .expect("inventory")
+    }
+
+    /// A reload that moves the API's overlay or inventory file is refused with the key: the
+    /// API would keep writing the files it started with.
+    #[test]
+    fn a_reload_that_moves_the_apis_files_names_the_key() {
+        let mut config = Config::from_wire(
+            Path::new("bootfabric.toml"),
+            toml::from_str("").expect("config"),
+            inventory(&[]),
+        )
+        .expect("config");
+        config.state_dir = Path::new("/var/lib/bootfabric").into();
+        config.inventory_file = Some(Path::new("/etc/bootfabric/hosts.toml").into());
+        let overlay = crate::config::overlay::Overlay::path_in(Path::new("/var/lib/bootfabric"));
+        let inventory_file = Path::new("/etc/bootfabric/hosts.toml");
+        assert_eq!(
+            moved_api_files(Some(inventory_file), &overlay, &config),
+            None
+        );
+        let moved = crate::config::overlay::Overlay::path_in(Path::new("/srv/state"));
+        assert_eq!(
+            moved_api_files(Some(inventory_file), &moved, &config),
+            Some("daemon.state_dir")
+        );
+        assert_eq!(
+            moved_api_files(Some(Path::new("/etc/other.toml")), &overlay, &config),
+            Some("daemon.inventory")
+        );
+        assert_eq!(
+            moved_api_files(None, &overlay, &config),
+            Some("daemon.inventory")
+        );
     }
 
     /// A reload takes the TOML's hosts, but a used `once` stays used while its host exists
