@@ -210,7 +210,7 @@ fn reload(
 ) {
     // Held to the end: an API write between the overlay file's read (in `Config::load`) and
     // this publish would otherwise be published over.
-    let _api_writes = api.overlay();
+    let mut api_writes = api.overlay();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -239,12 +239,21 @@ fn reload(
         Ok::<_, ReloadError>(next_from_config(&config, current))
     });
     match published {
-        Ok(next) => info!(
-            generation = next.generation,
-            hosts = next.inventory.hosts().len(),
-            "SIGHUP: config reloaded, generation {}",
-            next.generation
-        ),
+        Ok(next) => {
+            // A host the reload removed forgets its used `once` on disk too: re-added
+            // later, it starts unused (as it does in the snapshot).
+            if api_writes.prune_consumed(&next.inventory) {
+                if let Err(e) = api_writes.save(api.overlay_path()) {
+                    warn!(error = %e, "SIGHUP: cannot forget removed hosts' used netboot once");
+                }
+            }
+            info!(
+                generation = next.generation,
+                hosts = next.inventory.hosts().len(),
+                "SIGHUP: config reloaded, generation {}",
+                next.generation
+            )
+        }
         Err(PublishError::Build(e)) => warn!(
             generation = live.generation(),
             "SIGHUP: config not reloaded: dhcp: {e}"

@@ -113,6 +113,14 @@ impl Overlay {
         }
     }
 
+    /// Forgets the used `once` of hosts that `inv` no longer has (a reload removed them), so a
+    /// host re-added later starts unused. Whether anything was forgotten (then save).
+    pub fn prune_consumed(&mut self, inv: &Inventory) -> bool {
+        let before = self.consumed.len();
+        self.consumed.retain(|name| inv.host_named(name).is_some());
+        self.consumed.len() != before
+    }
+
     /// Replaces the file at `path` with this overlay, atomically and durably: when this
     /// returns, a crash leaves exactly this content.
     pub fn save(&self, path: &Path) -> Result<(), OverlayError> {
@@ -354,6 +362,20 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("hosts[1]"), "{e}");
+    }
+
+    /// A reload that removes a consumed host forgets its used `once`; the others stay.
+    #[test]
+    fn pruning_forgets_the_used_once_of_hosts_that_left() {
+        let mut o = Overlay::default();
+        o.consumed.insert("node03".into());
+        o.consumed.insert("gone".into());
+        let mut file: wire::InventoryFile = toml::from_str(TOML).expect("toml");
+        file.hosts = vec![host("node03", "52:54:00:aa:00:03")];
+        let inv = Inventory::from_wire(Path::new("inventory.toml"), file).expect("inventory");
+        assert!(o.prune_consumed(&inv));
+        assert_eq!(o.consumed.iter().collect::<Vec<_>>(), ["node03"]);
+        assert!(!o.prune_consumed(&inv), "nothing left to forget");
     }
 
     #[test]
