@@ -165,9 +165,17 @@ impl ApiState {
         let mut overlay = self.overlay();
         let mut next_overlay = overlay.clone();
         let mut mac_before = None;
+        let mut unchanged = false;
         let result = self.live.publish(|snap| {
             mac_before = snap.inventory.host_named(name).map(|h| h.mac);
             let inventory = change(snap, &mut next_overlay)?;
+            // The effective inventory is the file's with the overlay over it: the same
+            // overlay is the same inventory. A write that changes nothing (a reset of a host
+            // not consumed, a PUT of the record as it is) makes no generation and no event.
+            if serde_json::to_value(&*overlay).ok() == serde_json::to_value(&next_overlay).ok() {
+                unchanged = true;
+                return Err(Problem::new(StatusCode::OK, "unchanged"));
+            }
             next_overlay.save(&self.overlay_path).map_err(|e| {
                 error!(error = %e, "cannot persist an API change; it is not applied");
                 Problem::new(
@@ -197,6 +205,7 @@ impl ApiState {
                 self.announce(kind, name, mac, snap.generation);
                 Ok(snap)
             }
+            Err(PublishError::Build(_)) if unchanged => Ok(self.live.load()),
             Err(PublishError::Build(p)) => Err(p),
             Err(PublishError::Templates(errors)) => {
                 if let Err(e) = overlay.save(&self.overlay_path) {

@@ -441,6 +441,30 @@ mod tests {
         assert!(on_disk.consumed.is_empty());
     }
 
+    /// A write that changes nothing (a reset of a host not consumed, a PATCH to the values it
+    /// has) publishes nothing and announces nothing, and answers the current resource.
+    #[test]
+    fn a_write_that_changes_nothing_publishes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (api, ledger, _) = state(dir.path());
+        let body = br#"{"name":"n1","mac":"52:54:00:00:00:01","profile":"p","netboot":"once"}"#;
+        let created = create(&api, body).expect("created");
+        let generation = api.live.generation();
+        let reset = netboot_reset(&api, "n1").expect("reset");
+        assert_eq!(reset.status, StatusCode::OK);
+        let patched =
+            patch(&api, "n1", &Precondition::Any, br#"{"netboot":"once"}"#).expect("patched");
+        assert_eq!(api.live.generation(), generation);
+        assert_eq!(
+            ledger.events_after(0, 10).events.len(),
+            1,
+            "only the create"
+        );
+        assert_eq!(reset.etag, patched.etag);
+        assert_eq!((created.etag, created.body), (patched.etag, patched.body));
+        assert_eq!(patched.generation, generation);
+    }
+
     /// A change after which a host's cmdline no longer renders is a 422 naming the template,
     /// its line and the host; nothing changes on disk or live.
     #[test]
