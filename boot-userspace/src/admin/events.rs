@@ -8,7 +8,7 @@
 //! [`KEEPALIVE`], `retry:` on connect.
 //!
 //! A stream is a task writing frames into a small bounded channel the response body reads:
-//! a reader too slow to keep up is disconnected (it resumes by `Last-Event-ID`) and never slows
+//! a reader whose channel stays full for seconds is disconnected (it resumes by `Last-Event-ID`) and never slows
 //! the ledger, which only appends. At most `admin.max_event_streams` streams at once (503
 //! beyond); the admin server's shutdown ends them all.
 //!
@@ -46,8 +46,11 @@ pub const PATH: &str = "/api/v1/events";
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// What a client waits before reconnecting (`retry:`), in milliseconds.
 const RETRY_MS: u64 = 3_000;
-/// Frames buffered per stream; a reader this far behind is disconnected.
+/// Frames buffered per stream.
 const BUFFER: usize = 256;
+/// A reader whose buffer stays full this long is disconnected (it resumes by
+/// `Last-Event-ID`): a replay or a burst that fills the buffer only waits for it.
+const SLOW_AFTER: Duration = Duration::from_secs(10);
 /// Events read from the log per page.
 const PAGE: usize = 256;
 /// Longest `?host=` accepted (host names are short).
@@ -262,8 +265,24 @@ pub enum End {
     Shutdown,
     /// The reader went away.
     Gone,
-    /// The reader fell [`BUFFER`] frames behind.
+    /// The reader's buffer ([`BUFFER`] frames) stayed full for [`SLOW_AFTER`].
     Slow,
+}
+
+/// Queues `text` for the reader, waiting while its buffer is full, at most [`SLOW_AFTER`].
+async fn deliver(
+    tx: &mpsc::Sender<Bytes>,
+    text: String,
+    cancel: &CancellationToken,
+) -> Result<(), End> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(End::Shutdown),
+        sent = tokio::time::timeout(SLOW_AFTER, tx.send(Bytes::from(text))) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_closed)) => Err(End::Gone),
+            Err(_elapsed) => Err(End::Slow),
+        },
+    }
 }
 
 /// Writes `sub`'s stream into `tx` until the reader goes, falls behind, or `cancel` fires.
@@ -273,28 +292,24 @@ pub async fn pump(
     tx: &mpsc::Sender<Bytes>,
     cancel: &CancellationToken,
 ) -> End {
-    let send = |text: String| match tx.try_send(Bytes::from(text)) {
-        Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(_)) => Err(End::Slow),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Gone),
-    };
+    let send = |text: String| deliver(tx, text, cancel);
     let (epoch, newest) = (ledger.epoch(), ledger.last_event_id());
     let mut cursor = match start(sub.last_event_id, epoch, newest) {
         Start::After(id) => id,
         Start::Reset => {
-            if let Err(end) = send(reset_frame(epoch, newest)) {
+            if let Err(end) = send(reset_frame(epoch, newest)).await {
                 return end;
             }
             epoch
         }
     };
-    if let Err(end) = send(format!("retry: {RETRY_MS}\n\n")) {
+    if let Err(end) = send(format!("retry: {RETRY_MS}\n\n")).await {
         return end;
     }
     loop {
         let page = ledger.events_after(cursor, PAGE);
         if let Some((from, to)) = page.gap {
-            if let Err(end) = send(gap_frame(from, to)) {
+            if let Err(end) = send(gap_frame(from, to)).await {
                 return end;
             }
             cursor = to;
@@ -305,7 +320,7 @@ pub async fn pump(
                 _ = tx.closed() => return End::Gone,
                 _ = ledger.wait_events(cursor) => {}
                 _ = tokio::time::sleep(KEEPALIVE) => {
-                    if let Err(end) = send(":\n\n".to_owned()) {
+                    if let Err(end) = send(":\n\n".to_owned()).await {
                         return end;
                     }
                 }
@@ -314,7 +329,7 @@ pub async fn pump(
         }
         for event in &page.events {
             if sub.shows(event) {
-                if let Err(end) = send(frame(event)) {
+                if let Err(end) = send(frame(event)).await {
                     return end;
                 }
             }
@@ -508,6 +523,43 @@ mod tests {
             pump(&l, &sub, &tx, &CancellationToken::new()).await,
             End::Gone
         );
+    }
+
+    /// A resume with more events than the buffer holds waits for its reader, which gets them
+    /// all: a full buffer is not a slow reader until it stays full.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_longer_than_the_buffer_waits_for_its_reader() {
+        let l = ledger(4096);
+        let sub = Subscription {
+            types: TypeSet::ALL,
+            host: None,
+            last_event_id: Some(l.epoch()),
+        };
+        for _ in 0..20 {
+            l.emit(
+                EventType::HostCreated,
+                Some("a"),
+                None,
+                serde_json::json!({}),
+            );
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = {
+            let (l, sub, cancel) = (l.clone(), sub.clone(), cancel.clone());
+            tokio::spawn(async move { pump(&l, &sub, &tx, &cancel).await })
+        };
+        let mut events = 0;
+        while events < 20 {
+            // A reader slower than the replay, but within the limit.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let chunk = rx.recv().await.expect("a frame, not a cut");
+            if chunk.starts_with(b"id:") {
+                events += 1;
+            }
+        }
+        cancel.cancel();
+        assert_eq!(task.await.expect("pump"), End::Shutdown);
     }
 
     #[tokio::test]
