@@ -379,10 +379,12 @@ fn bmc_from_wire(inventory: &Path, b: &wire::Bmc) -> Result<BmcConfig, KeyError>
     Ok(cfg)
 }
 
-/// Hosts and profiles, indexed for lookup by MAC and IP.
+/// Hosts and profiles, indexed for lookup by name, MAC and IP.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
     hosts: Vec<Host>,
+    /// Every API change and publish looks hosts up by name: no scan of `hosts`.
+    by_name: HashMap<String, usize>,
     by_mac: HashMap<Mac, usize>,
     by_ip: HashMap<Ipv4Addr, usize>,
     profiles: BTreeMap<String, Profile>,
@@ -484,7 +486,6 @@ impl Inventory {
             profiles,
             ..Default::default()
         };
-        let mut by_name: HashMap<String, usize> = HashMap::new();
         for (i, h) in wire.hosts.into_iter().enumerate() {
             let key = |field: &str| format!("hosts[{i}].{field}");
             let name = h
@@ -496,7 +497,7 @@ impl Inventory {
                     format!("{name:?} is not a host name (letters, digits, '-', at most 63)"),
                 ));
             }
-            if let Some(j) = by_name.get(&name) {
+            if let Some(j) = inv.by_name.get(&name) {
                 return Err(invalid(key("name"), format!("{name:?} is also hosts[{j}]")));
             }
             let mac: Mac = h
@@ -566,7 +567,7 @@ impl Inventory {
                 };
                 invalid(k, e.reason)
             })?;
-            by_name.insert(name.clone(), i);
+            inv.by_name.insert(name.clone(), i);
             inv.by_mac.insert(mac, i);
             if let Some(ip) = ip {
                 inv.by_ip.insert(ip, i);
@@ -679,6 +680,11 @@ mod tests {
             Some(mac)
         );
         assert_eq!(inv.hosts()[1].ip, None);
+        assert_eq!(
+            inv.host_named("node02").map(|h| h.mac),
+            Some(inv.hosts()[1].mac)
+        );
+        assert!(inv.host_named("node03").is_none());
         assert_eq!(inv.profiles()["debian"].initrd, ["debian/initrd.gz"]);
     }
 

@@ -81,7 +81,7 @@ impl Inventory {
 
     /// The host named `name`.
     pub fn host_named(&self, name: &str) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.name == name)
+        self.by_name.get(name).map(|&i| &self.hosts[i])
     }
 
     /// This inventory with the host `spec.name` created or replaced by `spec`.
