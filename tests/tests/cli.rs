@@ -71,7 +71,10 @@ mode = "off"
 "#,
         token_file.display()
     );
-    let daemon = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    // node01 has DHCP options: `--output json` must carry every field the API sends.
+    let inventory = format!("{INVENTORY}options = {{ domain = \"lab.example\" }}\n");
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
     // The controller has no config of its own: the address and the token on the command line.
     let admin = daemon.admin.to_string();
     let token = token_file.to_string_lossy().into_owned();
@@ -123,6 +126,13 @@ mode = "off"
     assert_eq!(node02["meta"]["role"], "worker");
     assert_eq!(node02["source"], "api");
     assert_eq!(list["items"][0]["source"], "file");
+    assert_eq!(
+        list["items"][0]["options"]["domain"], "lab.example",
+        "{out}"
+    );
+    let (code, out, err) = with_api(&["hosts", "show", "node01", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["options"]["domain"], "lab.example", "{out}");
 
     // The filters reach the daemon: only node02 is a worker.
     let (code, out, err) = with_api(&["hosts", "ls", "--meta", "role=worker", "--output", "json"]);
@@ -212,8 +222,23 @@ mode = "off"
         "{out}"
     );
 
+    // An API host for the offline listing to tell apart from the file's.
+    let (code, _, err) = with_api(&[
+        "hosts",
+        "add",
+        "node04",
+        "--mac",
+        "52:54:00:b0:0f:04",
+        "--profile",
+        "linux",
+        "--meta",
+        "role=db",
+    ]);
+    assert_eq!(code, 0, "{err}");
+
     // No daemon answering (the config's port is 0: nothing listens there): the local
-    // inventory, with a note, as a document whose generation is null.
+    // inventory, the API's changes in state_dir included, as the API would list it, with a
+    // note, as a document whose generation is null.
     let cfg = daemon.config_path().to_string_lossy().into_owned();
     let (code, out, err) = cli_in(
         &lab.client,
@@ -224,6 +249,24 @@ mode = "off"
     let list = json(&out);
     assert!(list["generation"].is_null(), "{out}");
     assert_eq!(list["items"][0]["name"], "node01", "{out}");
+    assert_eq!(list["items"][0]["source"], "file", "{out}");
+    assert_eq!(
+        list["items"][0]["options"]["domain"], "lab.example",
+        "{out}"
+    );
+    assert_eq!(list["items"][1]["name"], "node04", "{out}");
+    assert_eq!(list["items"][1]["source"], "api", "{out}");
+    // Offline filters are the server's.
+    let (code, out, err) = cli_in(
+        &lab.client,
+        &[
+            "hosts", "ls", "--config", &cfg, "--meta", "role=db", "--output", "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let items = json(&out)["items"].as_array().cloned().expect("items");
+    assert_eq!(items.len(), 1, "{out}");
+    assert_eq!(items[0]["name"], "node04", "{out}");
 }
 
 #[test]

@@ -87,45 +87,52 @@ pub fn list(
             ));
         }
     }
-    let inv = &snap.inventory;
-    let mut items: Vec<(&str, Value)> = inv
-        .hosts()
-        .iter()
-        .filter(|h| {
-            query.iter().all(|(k, want)| {
-                let source = if overlay.has_host(&h.name) {
-                    "api"
-                } else {
-                    "file"
-                };
-                match k.as_str() {
-                    "profile" => &h.profile == want,
-                    "rack" => h.rack.as_deref() == Some(want.as_str()),
-                    "model" => h.model.as_deref() == Some(want.as_str()),
-                    "netboot" => h.netboot.as_str() == want,
-                    "source" => source == want,
-                    meta => {
-                        let key = meta.trim_start_matches("meta.");
-                        match h.meta.get(key) {
-                            Some(Value::String(s)) => s == want,
-                            Some(other) => &other.to_string() == want,
-                            None => false,
-                        }
-                    }
-                }
-            })
-        })
-        .map(|h| (h.name.as_str(), host_json(inv, overlay, h)))
-        .collect();
-    items.sort_by(|a, b| a.0.cmp(b.0));
+    let items = listing(&snap.inventory, overlay, query);
     Ok(Answer::json(
         StatusCode::OK,
         json!({
             "generation": snap.generation,
-            "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "items": items,
         }),
         snap.generation,
     ))
+}
+
+/// Whether `h` passes every filter of `query` (keys as [`list`] takes them; an unknown key
+/// passes nothing). The one filter of the API and of the CLI's offline `hosts ls`.
+pub fn host_matches(h: &Host, overlay: &Overlay, query: &[(String, String)]) -> bool {
+    query.iter().all(|(k, want)| {
+        let source = if overlay.has_host(&h.name) {
+            "api"
+        } else {
+            "file"
+        };
+        match k.as_str() {
+            "profile" => &h.profile == want,
+            "rack" => h.rack.as_deref() == Some(want.as_str()),
+            "model" => h.model.as_deref() == Some(want.as_str()),
+            "netboot" => h.netboot.as_str() == want,
+            "source" => source == want,
+            other => match other.strip_prefix("meta.").and_then(|key| h.meta.get(key)) {
+                Some(Value::String(s)) => s == want,
+                Some(v) => &v.to_string() == want,
+                None => false,
+            },
+        }
+    })
+}
+
+/// The hosts passing `query`, as [`host_json`] documents sorted by name: the `items` of a
+/// listing.
+pub fn listing(inventory: &Inventory, overlay: &Overlay, query: &[(String, String)]) -> Vec<Value> {
+    let mut items: Vec<(&str, Value)> = inventory
+        .hosts()
+        .iter()
+        .filter(|h| host_matches(h, overlay, query))
+        .map(|h| (h.name.as_str(), host_json(inventory, overlay, h)))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    items.into_iter().map(|(_, v)| v).collect()
 }
 
 /// `GET /api/v1/hosts/{name}`.

@@ -5,8 +5,11 @@
 //! old).
 //!
 //! The argument → request mapping ([`list_path`], [`add_body`], [`set_patch`]) is pure and
-//! unit-tested; `run` is the I/O shell. `--output json` prints stable documents
-//! ([`HostList`], [`HostDoc`]), the same shape the API sends.
+//! unit-tested; `run` is the I/O shell. `--output json` prints the API's documents as they
+//! came, every field; offline, `ls` builds them with the server's own code
+//! ([`crate::admin::hosts::listing`], the overlay of `state_dir` applied), so `source`,
+//! `netboot_state` and the filters mean what they mean in the API. The table reads them
+//! as [`HostList`] / [`HostDoc`].
 //!
 //! Exit codes: 0 done, 1 the API refused or could not be reached, 2 usage or config.
 
@@ -20,15 +23,16 @@ use hyper::{
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::{
+    admin,
     commands::client::{
         load_config, printable, problem_line, runtime, AdminClient, CallError, ClientArgs,
         SetupError,
     },
     commands::output::{self, Output},
-    config::Config,
+    config::{overlay::Overlay, Config},
     model::inventory::Inventory,
 };
 
@@ -281,10 +285,11 @@ fn esc(s: &str) -> String {
     utf8_percent_encode(s, QUERY).to_string()
 }
 
-/// The listing's path with its filters: `/api/v1/hosts?profile=p&meta.role=worker`.
-pub fn list_path(args: &LsArgs) -> String {
-    let mut query: Vec<String> = Vec::new();
-    let mut push = |k: &str, v: &str| query.push(format!("{}={}", esc(k), esc(v)));
+/// The listing's filters as the API's query pairs (`profile`, `meta.role`, …): the query of
+/// [`list_path`], and what the offline listing filters with (the server's own filter).
+pub fn list_query(args: &LsArgs) -> Vec<(String, String)> {
+    let mut query = Vec::new();
+    let mut push = |k: &str, v: &str| query.push((k.to_owned(), v.to_owned()));
     if let Some(p) = &args.profile {
         push("profile", p);
     }
@@ -300,6 +305,15 @@ pub fn list_path(args: &LsArgs) -> String {
     for kv in &args.meta {
         push(&format!("meta.{}", kv.key), &kv.value);
     }
+    query
+}
+
+/// The listing's path with its filters: `/api/v1/hosts?profile=p&meta.role=worker`.
+pub fn list_path(args: &LsArgs) -> String {
+    let query: Vec<String> = list_query(args)
+        .iter()
+        .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+        .collect();
     if query.is_empty() {
         "/api/v1/hosts".to_owned()
     } else {
@@ -397,49 +411,13 @@ pub fn set_patch(args: &SetArgs) -> Result<Option<Value>, String> {
     Ok((!patch.is_empty()).then_some(Value::Object(patch)))
 }
 
-/// Whether `host` passes the listing's filters (offline; the daemon filters its own).
-pub fn matches(host: &HostDoc, args: &LsArgs) -> bool {
-    let eq = |want: &Option<String>, have: &Option<String>| {
-        want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
-    };
-    eq(&args.profile, &Some(host.profile.clone()))
-        && eq(&args.rack, &host.rack)
-        && eq(&args.model, &host.model)
-        && args.netboot.is_none_or(|n| host.netboot == n.wire())
-        && args.meta.iter().all(|kv| match host.meta.get(&kv.key) {
-            Some(Value::String(s)) => *s == kv.value,
-            Some(Value::Number(n)) => n.to_string() == kv.value,
-            Some(Value::Bool(b)) => b.to_string() == kv.value,
-            _ => false,
-        })
-}
-
-/// The local inventory as a listing, for `ls` when no daemon answers.
-pub fn local_list(inventory: &Inventory) -> HostList {
-    let items = inventory
-        .hosts()
-        .iter()
-        .map(|h| HostDoc {
-            name: h.name.clone(),
-            mac: h.mac.to_string(),
-            ip: h.ip.map(|i| i.to_string()),
-            profile: h.profile.clone(),
-            menu: h.menu.clone(),
-            model: h.model.clone(),
-            rack: h.rack.clone(),
-            netboot: h.netboot.to_string(),
-            meta: h.meta.clone(),
-            bmc: None,
-            source: Some("file".to_owned()),
-            netboot_state: inventory
-                .is_consumed(&h.name)
-                .then(|| "consumed".to_owned()),
-        })
-        .collect();
-    HostList {
-        generation: None,
-        items,
-    }
+/// The local inventory (with the API's overlay from `state_dir`) as the API would list it
+/// under `query`, for `ls` when no daemon answers: the server's own filter and documents.
+pub fn local_list(inventory: &Inventory, overlay: &Overlay, query: &[(String, String)]) -> Value {
+    json!({
+        "generation": null,
+        "items": admin::hosts::listing(inventory, overlay, query),
+    })
 }
 
 /// The listing as columns.
@@ -568,10 +546,10 @@ fn print_json<T: Serialize>(doc: &T) -> anyhow::Result<()> {
 }
 
 async fn ls(client: &AdminClient, cfg: Option<&Config>, args: &LsArgs) -> anyhow::Result<i32> {
-    let list = match client.send(Method::GET, &list_path(args), &[], None).await {
-        Ok(r) if r.ok() => {
-            serde_json::from_slice::<HostList>(&r.body).context("the admin API's host list")?
-        }
+    // The API's document as it came: `--output json` passes it through (every field the
+    // API sends, `options` too); the table reads its columns from it.
+    let doc: Value = match client.send(Method::GET, &list_path(args), &[], None).await {
+        Ok(r) if r.ok() => serde_json::from_slice(&r.body).context("the admin API's host list")?,
         Ok(r) => return Ok(refused(r.status, &r.body)),
         Err(CallError::Unreachable(why)) => {
             let Some(cfg) = cfg else {
@@ -581,24 +559,27 @@ async fn ls(client: &AdminClient, cfg: Option<&Config>, args: &LsArgs) -> anyhow
                 "bootfabric: {why}; listing the local inventory of {} instead",
                 cfg.path.display()
             );
-            let mut list = local_list(&cfg.inventory);
-            list.items.retain(|h| matches(h, args));
-            list
+            let overlay = Overlay::load(&Overlay::path_in(&cfg.state_dir))?;
+            local_list(&cfg.inventory, &overlay, &list_query(args))
         }
         Err(e) => return Err(anyhow!("{e}")),
     };
     match args.output {
-        Output::Json => print_json(&list)?,
-        Output::Table => print!("{}", table(&list.items)),
+        Output::Json => print_json(&doc)?,
+        Output::Table => {
+            let list: HostList =
+                serde_json::from_value(doc).context("the admin API's host list")?;
+            print!("{}", table(&list.items));
+        }
     }
     Ok(0)
 }
 
-/// GETs one host: its document and ETag, or the exit code of the refusal.
+/// GETs one host: its document (as the API sent it) and ETag, or the exit code of the refusal.
 async fn get(
     client: &AdminClient,
     name: &str,
-) -> anyhow::Result<Result<(HostDoc, Option<HeaderValue>), i32>> {
+) -> anyhow::Result<Result<(Value, Option<HeaderValue>), i32>> {
     let r = client
         .send(Method::GET, &host_path(name), &[], None)
         .await
@@ -616,8 +597,12 @@ async fn show(client: &AdminClient, args: &ShowArgs) -> anyhow::Result<i32> {
         Err(code) => return Ok(code),
     };
     match args.output {
+        // Passed through: every field the API sends.
         Output::Json => print_json(&doc)?,
-        Output::Table => print!("{}", details(&doc)),
+        Output::Table => {
+            let host: HostDoc = serde_json::from_value(doc).context("the admin API's host")?;
+            print!("{}", details(&host));
+        }
     }
     Ok(0)
 }
@@ -1047,36 +1032,66 @@ mod tests {
         assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 4);
     }
 
-    fn doc(name: &str, profile: &str, meta: Value) -> HostDoc {
-        let mut v = json!({"name": name, "mac": "52:54:00:00:00:01", "profile": profile,
-                           "rack": "r1", "meta": meta});
-        if let Value::Object(m) = &mut v {
-            m.insert("netboot".into(), json!("once"));
-        }
-        match serde_json::from_value(v) {
-            Ok(d) => d,
+    /// The file's `n1` (`once`, consumed) and `n3` (`once`, not consumed) plus the API's
+    /// `n2` (`allow`, yet marked consumed), through the overlay as the daemon loads them.
+    fn local() -> (Inventory, Overlay) {
+        let toml = "[profiles.p]\nkernel = \"k\"\n\
+                    [[hosts]]\nname = \"n1\"\nmac = \"52:54:00:00:00:01\"\nprofile = \"p\"\n\
+                    rack = \"r1\"\nnetboot = \"once\"\n\
+                    meta = { role = \"worker\", u = 12, ok = true }\n\
+                    options = { mtu = 9000 }\n\
+                    [[hosts]]\nname = \"n3\"\nmac = \"52:54:00:00:00:03\"\nprofile = \"p\"\n\
+                    netboot = \"once\"\n";
+        let overlay: Overlay = match serde_json::from_value(json!({
+            "hosts": {"n2": {"name": "n2", "mac": "52:54:00:00:00:02", "profile": "p",
+                             "meta": {"role": "db"}}},
+            "consumed": ["n1", "n2"],
+        })) {
+            Ok(o) => o,
             Err(e) => panic!("{e}"),
-        }
+        };
+        let inv = match toml::from_str(toml)
+            .map_err(|e| e.to_string())
+            .and_then(|w| {
+                crate::config::overlay::effective(
+                    std::path::Path::new("hosts.toml"),
+                    w,
+                    &overlay,
+                    std::path::Path::new("api-inventory.json"),
+                )
+                .map_err(|e| e.to_string())
+            }) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        };
+        (inv, overlay)
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|h| h["name"].as_str()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
-    fn offline_filters_match_like_the_api_query() {
-        let h = doc("n1", "p", json!({"role": "worker", "u": 12, "ok": true}));
-        assert!(matches(&h, &ls_of(&["ls"])));
-        assert!(matches(
-            &h,
-            &ls_of(&["ls", "--profile", "p", "--rack", "r1"])
-        ));
-        assert!(matches(
-            &h,
-            &ls_of(&["ls", "--meta", "u=12", "--meta", "ok=true"])
-        ));
-        assert!(matches(&h, &ls_of(&["ls", "--netboot", "once"])));
-        assert!(!matches(&h, &ls_of(&["ls", "--netboot", "allow"])));
-        assert!(!matches(&h, &ls_of(&["ls", "--profile", "q"])));
-        assert!(!matches(&h, &ls_of(&["ls", "--model", "r650"])));
-        assert!(!matches(&h, &ls_of(&["ls", "--meta", "role=db"])));
-        assert!(!matches(&h, &ls_of(&["ls", "--meta", "missing=x"])));
+    fn offline_filters_are_the_api_query() {
+        let (inv, overlay) = local();
+        let ls = |argv: &[&str]| local_list(&inv, &overlay, &list_query(&ls_of(argv)));
+        assert_eq!(names(&ls(&["ls"])), ["n1", "n2", "n3"]);
+        assert_eq!(
+            names(&ls(&["ls", "--profile", "p", "--rack", "r1"])),
+            ["n1"]
+        );
+        assert_eq!(
+            names(&ls(&["ls", "--meta", "u=12", "--meta", "ok=true"])),
+            ["n1"]
+        );
+        assert_eq!(names(&ls(&["ls", "--netboot", "allow"])), ["n2"]);
+        assert_eq!(names(&ls(&["ls", "--meta", "role=db"])), ["n2"]);
+        assert!(names(&ls(&["ls", "--profile", "q"])).is_empty());
+        assert!(names(&ls(&["ls", "--model", "r650"])).is_empty());
+        assert!(names(&ls(&["ls", "--meta", "missing=x"])).is_empty());
     }
 
     #[test]
@@ -1107,27 +1122,38 @@ mod tests {
 
     #[test]
     fn the_local_inventory_lists_as_the_api_would() {
-        let toml = "[profiles.p]\nkernel = \"k\"\n[[hosts]]\nname = \"n1\"\n\
-                    mac = \"52:54:00:00:00:01\"\nprofile = \"p\"\nnetboot = \"once\"\n\
-                    meta = { role = \"worker\" }\n";
-        let inv = match toml::from_str(toml)
-            .map_err(|e| e.to_string())
-            .and_then(|w| {
-                Inventory::from_wire(std::path::Path::new("hosts.toml"), w)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(i) => i,
+        let (inv, overlay) = local();
+        let list = local_list(&inv, &overlay, &[]);
+        // Exactly the server's listing, document for document.
+        let mut items: Vec<Value> = inv
+            .hosts()
+            .iter()
+            .map(|h| admin::hosts::host_json(&inv, &overlay, h))
+            .collect();
+        items.sort_by_key(|h| h["name"].as_str().map(str::to_owned));
+        assert_eq!(list, json!({"generation": null, "items": items}));
+        let by = |n: &str| {
+            list["items"]
+                .as_array()
+                .and_then(|a| a.iter().find(|h| h["name"] == n))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        // Where each host comes from, and `consumed` only for a consumed `once` host.
+        assert_eq!(by("n1")["source"], "file");
+        assert_eq!(by("n2")["source"], "api");
+        assert_eq!(by("n1")["netboot_state"], "consumed");
+        assert_eq!(by("n3")["netboot_state"], Value::Null);
+        // Marked consumed but `allow`: nothing to report.
+        assert_eq!(by("n2")["netboot_state"], Value::Null);
+        // Every field the API sends is in `--output json`, `options` too.
+        assert_eq!(by("n1")["options"]["mtu"], 9000);
+        assert_eq!(by("n1")["meta"]["role"], "worker");
+        // The table reads the same document.
+        let table_list: HostList = match serde_json::from_value(list.clone()) {
+            Ok(l) => l,
             Err(e) => panic!("{e}"),
         };
-        let list = local_list(&inv);
-        assert_eq!(list.generation, None);
-        assert_eq!(list.items.len(), 1);
-        let h = &list.items[0];
-        assert_eq!(
-            (h.name.as_str(), h.mac.as_str(), h.netboot.as_str()),
-            ("n1", "52:54:00:00:00:01", "once")
-        );
-        assert_eq!(h.meta.get("role"), Some(&json!("worker")));
-        assert_eq!(h.source.as_deref(), Some("file"));
+        assert!(table(&table_list.items).contains("role=db"));
     }
 }
