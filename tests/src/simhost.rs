@@ -17,7 +17,7 @@ use std::{
 use crate::{run, wait_for, Bridge, KillOnDrop, LabError, Netns, TempDir};
 
 /// The machine's interface inside its namespace.
-pub const IFACE: &str = "eth0";
+pub const IFACE: &str = "sim0";
 
 /// Bounds a DHCP exchange (udhcpc's own retries fit well inside).
 const DHCP_BOUND: Duration = Duration::from_secs(40);
