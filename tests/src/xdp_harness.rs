@@ -37,7 +37,7 @@ pub struct Harness {
     pub server: Server,
     /// The config both were built from.
     pub config: Config,
-    events: Option<Box<dyn FastPathEvents>>,
+    events: Option<std::sync::Arc<dyn FastPathEvents>>,
 }
 
 /// Why the harness could not start.
@@ -180,7 +180,7 @@ impl Harness {
     /// Events the program wrote since the last call.
     pub fn events(&mut self) -> Vec<FastPathEvent> {
         let mut v = Vec::new();
-        if let Some(events) = self.events.as_mut() {
+        if let Some(events) = self.events.as_ref() {
             events.drain(&mut v);
         }
         v

@@ -12,7 +12,9 @@ use std::{
     future::Future,
     io,
     net::Ipv4Addr,
+    os::fd::{AsFd, OwnedFd},
     pin::Pin,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
 use aya::maps::{
@@ -114,13 +116,16 @@ pub trait FastPathMaps: Send {
 /// A future the event source resolves, boxed so the trait stays object safe.
 pub type Wakeup<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
 
-/// The events of exchanges the kernel answered, for the one task that reads them.
-pub trait FastPathEvents: Send {
-    /// Moves every event written so far into `out`.
-    fn drain(&mut self, out: &mut Vec<FastPathEvent>);
+/// The events of exchanges the kernel answered. Shared: the service's reader task drains on
+/// its timer and wake-ups, and a reload drains too, so that it judges who holds an address
+/// on every lease the kernel has given, not only on those the reader has come to.
+pub trait FastPathEvents: Send + Sync {
+    /// Moves every event written so far into `out`. Safe from any thread at any time; two
+    /// drains never return the same event.
+    fn drain(&self, out: &mut Vec<FastPathEvent>);
     /// Resolves when the producer asks for an early drain (the kernel does when a quarter
-    /// of the ring is full); a reader also drains on a timer.
-    fn wakeup(&mut self) -> Wakeup<'_>;
+    /// of the ring is full); a reader also drains on a timer. Meant for one reader.
+    fn wakeup(&self) -> Wakeup<'_>;
 }
 
 /// The fast path handed to its owner: the maps, the event source (until its reader takes
@@ -128,8 +133,8 @@ pub trait FastPathEvents: Send {
 pub struct FastPath {
     /// The maps.
     pub maps: Box<dyn FastPathMaps>,
-    /// The event source, until its reader takes it.
-    pub events: Option<Box<dyn FastPathEvents>>,
+    /// The event source (none in tests of the maps alone).
+    pub events: Option<Arc<dyn FastPathEvents>>,
     /// Interfaces the program is attached to.
     pub fabric: Vec<FabricIface>,
 }
@@ -143,11 +148,10 @@ impl FastPath {
                 templates: take(ebpf, MAP_TEMPLATES, HashMap::try_from)?,
                 relays: take(ebpf, MAP_RELAYS, LpmTrie::try_from)?,
             }),
-            events: Some(Box::new(AyaEvents::Plain(take(
-                ebpf,
-                MAP_EVENTS,
-                RingBuf::try_from,
-            )?))),
+            events: Some(Arc::new(AyaEvents {
+                ready: OnceLock::new(),
+                ring: Mutex::new(take(ebpf, MAP_EVENTS, RingBuf::try_from)?),
+            })),
             fabric,
         })
     }
@@ -249,31 +253,37 @@ fn mac_key(mac: [u8; 6]) -> MacKey {
     MacKey { mac, _pad: [0; 2] }
 }
 
-/// The kernel's event ring. It is registered with the reactor on the first
-/// [`FastPathEvents::wakeup`], inside the runtime of the task that reads it; until then it
-/// can be drained from any thread (the side-by-side test harness does).
-pub enum AyaEvents {
-    /// Not registered yet.
-    Plain(RingBuf<MapData>),
-    /// Registered for readiness.
-    Registered(AsyncFd<RingBuf<MapData>>),
-    /// Registration failed; the ring went with it.
-    Gone,
+/// The kernel's event ring. Readiness is watched through a duplicate of its descriptor,
+/// registered with the reactor on the first [`FastPathEvents::wakeup`] (inside the runtime of
+/// the task that reads it); the ring itself sits behind a lock, so any thread may drain it
+/// (a reload does, and so does the side-by-side test harness, which has no reactor).
+pub struct AyaEvents {
+    ready: OnceLock<AsyncFd<OwnedFd>>,
+    ring: Mutex<RingBuf<MapData>>,
 }
 
 impl AyaEvents {
-    fn ring(&mut self) -> Option<&mut RingBuf<MapData>> {
-        match self {
-            Self::Plain(r) => Some(r),
-            Self::Registered(fd) => Some(fd.get_mut()),
-            Self::Gone => None,
+    fn ready(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        if let Some(fd) = self.ready.get() {
+            return Ok(fd);
         }
+        let dup = self
+            .ring
+            .lock()
+            .map_err(|_| io::Error::other("the fast path's event ring lock is poisoned"))?
+            .as_fd()
+            .try_clone_to_owned()?;
+        // SAFETY: the AsyncFd owns the duplicate, which stays open and refers to the ring's
+        // file description until the AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }?;
+        Ok(self.ready.get_or_init(|| fd))
     }
 }
 
 impl FastPathEvents for AyaEvents {
-    fn drain(&mut self, out: &mut Vec<FastPathEvent>) {
-        let Some(ring) = self.ring() else { return };
+    fn drain(&self, out: &mut Vec<FastPathEvent>) {
+        // A poisoned lock still guards a ring the kernel keeps writing: read it all the same.
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(item) = ring.next() {
             match FastPathEvent::decode(&item) {
                 Some(ev) => out.push(ev),
@@ -282,23 +292,11 @@ impl FastPathEvents for AyaEvents {
         }
     }
 
-    fn wakeup(&mut self) -> Wakeup<'_> {
+    fn wakeup(&self) -> Wakeup<'_> {
         Box::pin(async move {
-            if matches!(self, Self::Plain(_)) {
-                if let Self::Plain(ring) = std::mem::replace(self, Self::Gone) {
-                    // SAFETY: the ring buffer owns its map fd, which stays open and the same
-                    // until the AsyncFd (and the ring inside it) is dropped.
-                    let fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                        .map_err(|e| io::Error::other(e.to_string()))?;
-                    *self = Self::Registered(fd);
-                }
-            }
-            let Self::Registered(fd) = self else {
-                return Err(io::Error::other("the fast path's event ring is gone"));
-            };
             // Readiness is cleared before the caller drains: anything written after the
             // drain wakes the reader again.
-            fd.readable_mut().await?.clear_ready();
+            self.ready()?.readable().await?.clear_ready();
             Ok(())
         })
     }
@@ -432,13 +430,13 @@ pub mod fake {
     }
 
     impl FastPathEvents for FakeEvents {
-        fn drain(&mut self, out: &mut Vec<FastPathEvent>) {
+        fn drain(&self, out: &mut Vec<FastPathEvent>) {
             if let Ok(mut q) = self.queue.lock() {
                 out.extend(q.drain(..));
             }
         }
 
-        fn wakeup(&mut self) -> Wakeup<'_> {
+        fn wakeup(&self) -> Wakeup<'_> {
             let notify = std::sync::Arc::clone(&self.notify);
             Box::pin(async move {
                 notify.notified().await;

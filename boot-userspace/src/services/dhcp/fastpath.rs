@@ -1,24 +1,41 @@
 //! The DHCP service as owner of the XDP fast path: it keeps the kernel's maps in step with
 //! the server ([`FastPathOwner::sync`], at attach time and on every reload) and records the
 //! exchanges the kernel answered as if it had answered them itself (lease table, journal,
-//! ledger). The maps and events are `xdp`'s traits, so all of it runs against fakes in tests.
+//! ledger: [`KernelAnswers`]). The maps and events are `xdp`'s traits, so all of it runs
+//! against fakes in tests.
+//!
+//! The kernel's answers reach the lease table a moment after they left (the reader drains
+//! the ring every [`EVENT_POLL`], or when it fills). A reload that moves or ends a
+//! reservation must not judge "is the address held?" inside that moment, or it hands the
+//! address to its new owner while the old one uses it. So a reload first takes the ending
+//! reservations out of the kernel ([`FastPathOwner::withhold`]), then drains the ring into
+//! the table under the server lock, against the generation that answered; only then does it
+//! swap the inventory and judge.
 
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use dhcproto::v4::MessageType;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    journal::{JournalError, LeaseRecord, LeaseState},
+    journal::{Committer, JournalError, LeaseRecord, LeaseState},
     ledger_event,
+    metrics::Metrics,
     server::Server,
     table::LeaseTable,
     templates::derive,
     unix_now, DhcpService,
 };
-use crate::xdp::fastpath::{
-    FabricIface, FastPath, FastPathError, FastPathEvent, FastPathEvents, FastPathMaps, SyncReport,
+use crate::{
+    model::{
+        inventory::{Inventory, Mac},
+        ledger::Ledger,
+    },
+    xdp::fastpath::{
+        FabricIface, FastPath, FastPathError, FastPathEvent, FastPathEvents, FastPathMaps,
+        SyncReport,
+    },
 };
 
 /// How often the XDP fast path's events are drained when the program has not asked for it.
@@ -34,6 +51,8 @@ pub struct FastPathOwner {
     /// The last sync failed and the maps were emptied: the housekeeping tick syncs again
     /// ([`FastPathOwner::resync_if_freed`]).
     failed: bool,
+    /// Where the kernel's answers go, once the service has attached the fast path whole.
+    answers: Option<KernelAnswers>,
 }
 
 /// What a sync did: what the maps hold now, and how many reserved hosts stay with userspace.
@@ -53,7 +72,13 @@ impl FastPathOwner {
             fabric,
             waiting: Vec::new(),
             failed: false,
+            answers: None,
         }
+    }
+
+    /// Where the kernel's answers go (none before the service attached its events).
+    pub(super) fn answers(&self) -> Option<&KernelAnswers> {
+        self.answers.as_ref()
     }
 
     /// Makes the maps hold what `server` implies now (see [`FastPathMaps::sync`]).
@@ -63,7 +88,32 @@ impl FastPathOwner {
 
     /// [`FastPathOwner::sync`] as of `now` (Unix seconds).
     pub fn sync_at(&mut self, server: &Server, now: u64) -> Result<Synced, FastPathError> {
-        let d = derive(server, &self.fabric, now);
+        self.sync_withholding(server, &HashSet::new(), now)
+    }
+
+    /// Makes the maps hold what `server` implies, less the hosts of `macs`: the first step of
+    /// a reload that ends their reservations. Once it returns, the kernel answers none of
+    /// them (a program already past its lookup finishes its one reply: microseconds), so
+    /// every answer it gave them is in the ring for the reload to drain.
+    pub fn withhold(
+        &mut self,
+        server: &Server,
+        macs: &HashSet<Mac>,
+        now: u64,
+    ) -> Result<Synced, FastPathError> {
+        self.sync_withholding(server, macs, now)
+    }
+
+    fn sync_withholding(
+        &mut self,
+        server: &Server,
+        withheld: &HashSet<Mac>,
+        now: u64,
+    ) -> Result<Synced, FastPathError> {
+        let mut d = derive(server, &self.fabric, now);
+        if !withheld.is_empty() {
+            d.maps.hosts.retain(|mac, _| !withheld.contains(&Mac(*mac)));
+        }
         self.waiting = waiting_addresses(&server.table, now);
         if d.relays_overflow {
             warn!(
@@ -126,6 +176,77 @@ fn waiting_addresses(table: &LeaseTable, now: u64) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// The reservations a move from `old` to `next` ends: hosts of `old` whose MAC does not hold
+/// the same address in `next` (deleted, readdressed, or their address given to another MAC).
+/// The kernel must stop answering them before anyone judges who holds those addresses.
+pub(super) fn ending_reservations(old: &Inventory, next: &Inventory) -> HashSet<Mac> {
+    old.hosts()
+        .iter()
+        .filter(|h| h.ip.is_some() && next.host_by_mac(&h.mac).and_then(|n| n.ip) != h.ip)
+        .map(|h| h.mac)
+        .collect()
+}
+
+/// Exchanges the kernel answered, taken from its ring but not yet in the journal and the
+/// ledger ([`KernelAnswers::settle`] puts them there, outside the server lock).
+#[derive(Default)]
+#[must_use = "the answers reach the journal and ledger only when settled"]
+pub(super) struct Taken {
+    events: Vec<FastPathEvent>,
+    records: Vec<LeaseRecord>,
+}
+
+/// Where the kernel's answers go: the lease table (under the server lock, by
+/// [`KernelAnswers::take`]), then the journal and the ledger.
+#[derive(Clone)]
+pub(super) struct KernelAnswers {
+    events: Arc<dyn FastPathEvents>,
+    ledger: Ledger,
+    committer: Committer,
+    metrics: Metrics,
+}
+
+impl KernelAnswers {
+    /// Drains the ring into `server`'s lease table. The caller holds the server lock, so no
+    /// one judges a reservation between the drain and the record: a drained answer is in
+    /// the table before anyone can see that it is not.
+    pub(super) fn take(&self, server: &mut Server, now: u64) -> Taken {
+        let mut events = Vec::new();
+        self.events.drain(&mut events);
+        let records = events
+            .iter()
+            .filter_map(|ev| {
+                if repeats_live_lease(&server.table, ev, now) {
+                    return None;
+                }
+                server.record_fast_path(ev.mac, ev.ip, ev.kind, now)
+            })
+            .collect();
+        Taken { events, records }
+    }
+
+    /// Records taken answers in the ledger and hands their leases to the journal.
+    pub(super) fn settle(&self, taken: Taken) {
+        for ev in &taken.events {
+            self.ledger
+                .record(ev.mac, ledger_event(ev.kind), Some(ev.ip));
+        }
+        // The ACKs have left already; their records follow within a second (one fdatasync
+        // for a whole storm's worth). A reservation is its own durable truth meanwhile.
+        if !taken.records.is_empty() {
+            match self.committer.record(taken.records) {
+                Ok(()) => {}
+                Err(JournalError::QueueFull(_)) => self
+                    .metrics
+                    .commit_refused
+                    .with_label_values(&["queue_full"])
+                    .inc(),
+                Err(_) => self.metrics.commit_errors.inc(),
+            }
+        }
+    }
+}
+
 impl DhcpService {
     /// Hands the service the XDP fast path: its maps are filled from this server's
     /// configuration now and on every reload, and its events feed the lease table and the
@@ -137,6 +258,12 @@ impl DhcpService {
             fabric,
         } = fp;
         let mut owner = FastPathOwner::new(maps, fabric);
+        owner.answers = events.map(|events| KernelAnswers {
+            events,
+            ledger: self.ledger.clone(),
+            committer: self.committer.clone(),
+            metrics: self.metrics.clone(),
+        });
         let report = {
             let server = self.server.lock().map_err(|_| FastPathError::Poisoned)?;
             owner.sync(&server)?
@@ -148,50 +275,26 @@ impl DhcpService {
             "XDP DHCP fast path: {} reserved hosts answered in the kernel",
             report.written.hosts
         );
+        if let Ok(mut slot) = self.fast_path_events.lock() {
+            *slot = owner.answers.clone();
+        }
         if let Ok(mut slot) = self.fast_path.lock() {
             *slot = Some(owner);
-        }
-        if let Ok(mut slot) = self.fast_path_events.lock() {
-            *slot = events;
         }
         Ok(report)
     }
 
-    /// Records exchanges the kernel answered, as if this service had answered them: one
-    /// lock of the lease table and one hand-over to the journal per batch.
-    pub(super) fn on_fast_path(&self, events: &[FastPathEvent]) {
-        let now = unix_now();
-        let records: Vec<LeaseRecord> = {
+    /// Records the exchanges the kernel answered since the last drain, as if this service
+    /// had answered them: one lock of the lease table and one hand-over to the journal per
+    /// batch.
+    pub(super) fn on_fast_path(&self, answers: &KernelAnswers) {
+        let taken = {
             let Ok(mut server) = self.server.lock() else {
                 return;
             };
-            events
-                .iter()
-                .filter_map(|ev| {
-                    if repeats_live_lease(&server.table, ev, now) {
-                        return None;
-                    }
-                    server.record_fast_path(ev.mac, ev.ip, ev.kind, now)
-                })
-                .collect()
+            answers.take(&mut server, unix_now())
         };
-        for ev in events {
-            self.ledger
-                .record(ev.mac, ledger_event(ev.kind), Some(ev.ip));
-        }
-        // The ACKs have left already; their records follow within a second (one fdatasync
-        // for a whole storm's worth). A reservation is its own durable truth meanwhile.
-        if !records.is_empty() {
-            match self.committer.record(records) {
-                Ok(()) => {}
-                Err(JournalError::QueueFull(_)) => self
-                    .metrics
-                    .commit_refused
-                    .with_label_values(&["queue_full"])
-                    .inc(),
-                Err(_) => self.metrics.commit_errors.inc(),
-            }
-        }
+        answers.settle(taken);
     }
 
     /// Reads the fast path's events until `cancel` fires. The program wakes this task only
@@ -199,29 +302,22 @@ impl DhcpService {
     /// storm costs a wake-up per batch, not per packet.
     pub(super) async fn fast_path_events(
         self: Arc<Self>,
-        mut events: Box<dyn FastPathEvents>,
+        answers: KernelAnswers,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let mut tick = tokio::time::interval(EVENT_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::new();
+        let events = Arc::clone(&answers.events);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    events.drain(&mut batch);
-                    self.on_fast_path(&batch);
+                    self.on_fast_path(&answers);
                     return Ok(());
                 }
-                woken = events.wakeup() => {
-                    woken?;
-                    events.drain(&mut batch);
-                }
-                _ = tick.tick() => events.drain(&mut batch),
+                woken = events.wakeup() => woken?,
+                _ = tick.tick() => {}
             }
-            if !batch.is_empty() {
-                self.on_fast_path(&batch);
-                batch.clear();
-            }
+            self.on_fast_path(&answers);
         }
     }
 }
@@ -359,7 +455,8 @@ profile = "a"
         reload(Some(&dhcp()), testkit::inventory(&one_host)).expect("reload");
         {
             let kernel = maps.0.lock().expect("fake");
-            assert_eq!(kernel.syncs, 2);
+            // One sync withheld h2's ending reservation, one followed the new generation.
+            assert_eq!(kernel.syncs, 3);
             assert_eq!(
                 kernel.hosts.keys().collect::<Vec<_>>(),
                 [&[0x52, 0x54, 0, 0, 0, 1]]
@@ -384,7 +481,7 @@ profile = "a"
             "the reloaded config has no [dhcp]; restart to remove the server"
         );
         assert_eq!(live.generation(), 2);
-        assert_eq!(maps.0.lock().expect("fake").syncs, 2);
+        assert_eq!(maps.0.lock().expect("fake").syncs, 3);
         let server = t.service.server.lock().expect("lock");
         assert_eq!(
             server.inventory.hosts().len(),
@@ -484,7 +581,9 @@ profile = "a"
         .expect("published: userspace follows");
         {
             let kernel = maps.0.lock().expect("fake");
-            assert_eq!(kernel.clears, 1);
+            // Both the sync that withholds h2's ending reservation and the one that follows
+            // met the full map, and each emptied it.
+            assert_eq!(kernel.clears, 2);
             assert!(
                 kernel.hosts.is_empty() && kernel.templates.is_empty(),
                 "no entry left for the kernel to answer from: {:?}",
@@ -574,7 +673,7 @@ profile = "a"
         let events = FakeEvents::default();
         let fp = FastPath {
             maps: Box::new(FakeMaps::default()),
-            events: Some(Box::new(events.clone())),
+            events: Some(Arc::new(events.clone())),
             fabric: fabric(),
         };
         t.service.attach_fast_path(fp).expect("attach");
@@ -623,6 +722,136 @@ profile = "a"
         let server = service.server.lock().expect("lock");
         let lease = server.table.lease_at(ip).expect("a lease");
         assert_eq!((lease.mac, lease.state), (h1, LeaseState::Bound));
+    }
+
+    /// The fake ring, which notes at every drain whether the fake kernel still answers
+    /// `watch` (its host entry is in the maps).
+    struct Witness {
+        ring: FakeEvents,
+        maps: FakeMaps,
+        watch: [u8; 6],
+        answered_at_drain: std::sync::Mutex<Vec<bool>>,
+    }
+
+    impl FastPathEvents for Witness {
+        fn drain(&self, out: &mut Vec<FastPathEvent>) {
+            let answered = self
+                .maps
+                .0
+                .lock()
+                .expect("fake")
+                .hosts
+                .contains_key(&self.watch);
+            self.answered_at_drain
+                .lock()
+                .expect("witness")
+                .push(answered);
+            self.ring.drain(out);
+        }
+
+        fn wakeup(&self) -> crate::xdp::fastpath::Wakeup<'_> {
+            self.ring.wakeup()
+        }
+    }
+
+    #[test]
+    fn a_kernel_lease_still_in_the_ring_holds_a_moved_reservation() {
+        use crate::model::snapshot::{Live, Next};
+        let t = testkit::start(dhcp(), testkit::inventory(TWO_HOSTS), &[]);
+        let maps = FakeMaps::default();
+        let ring = FakeEvents::default();
+        let h1 = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        let h3 = Mac([0x52, 0x54, 0, 0, 0, 3]);
+        let witness = Arc::new(Witness {
+            ring: ring.clone(),
+            maps: maps.clone(),
+            watch: h1.0,
+            answered_at_drain: std::sync::Mutex::new(Vec::new()),
+        });
+        let events: Arc<dyn FastPathEvents> = witness.clone();
+        t.service
+            .attach_fast_path(FastPath {
+                maps: Box::new(maps.clone()),
+                events: Some(events),
+                fabric: fabric(),
+            })
+            .expect("attach");
+        let live = Live::unregistered(Next::new(
+            testkit::inventory(TWO_HOSTS),
+            BootSettings::defaults(),
+        ));
+        live.follow(t.service.reloader().follower());
+
+        // The kernel ACKed h1 with its reservation; no reader has drained the ring yet.
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        ring.push(FastPathEvent {
+            mac: h1,
+            kind: MessageType::Ack,
+            ip,
+            ifindex: 7,
+            lease_secs: 600,
+        });
+        // Then 10.0.0.11 moves to a new machine, h3, and h1 leaves the inventory.
+        let moved = TWO_HOSTS
+            .replace("52:54:00:00:00:01", "52:54:00:00:00:03")
+            .replace("\"h1\"", "\"h3\"");
+        live.publish(|_| {
+            Ok::<_, String>(Next::new(
+                testkit::inventory(&moved),
+                BootSettings::defaults(),
+            ))
+        })
+        .expect("published");
+
+        assert_eq!(
+            *witness.answered_at_drain.lock().expect("witness"),
+            [false],
+            "the reload drained once, after the kernel stopped answering h1"
+        );
+        let server = t.service.server.lock().expect("lock");
+        let lease = server.table.lease_at(ip).expect("h1's lease from the ring");
+        assert_eq!((lease.mac, lease.state), (h1, LeaseState::Bound));
+        assert!(
+            matches!(
+                server.reserved(h3, 0, unix_now()),
+                super::super::server::Reserved::Waits(..)
+            ),
+            "h3 waits for h1's lease"
+        );
+        let kernel = maps.0.lock().expect("fake");
+        assert!(
+            !kernel.hosts.contains_key(&h3.0) && !kernel.hosts.contains_key(&h1.0),
+            "the kernel answers neither h1 nor h3 with 10.0.0.11"
+        );
+        drop((kernel, server));
+        assert!(
+            t.ledger
+                .timeline(h1)
+                .iter()
+                .any(|e| e.kind == EventKind::DhcpAck && e.ip == Some(ip)),
+            "the drained ACK reached the ledger"
+        );
+    }
+
+    #[test]
+    fn the_reservations_a_move_ends_are_those_whose_mac_loses_its_address() {
+        let old = testkit::inventory(TWO_HOSTS);
+        // h1 readdressed, h2 unchanged, h4 new.
+        let next = testkit::inventory(&format!(
+            "{}\n[[hosts]]\nname = \"h4\"\nmac = \"52:54:00:00:00:04\"\nip = \"10.0.0.11\"\nprofile = \"a\"\n",
+            TWO_HOSTS.replace("10.0.0.11", "10.0.0.13")
+        ));
+        assert_eq!(
+            ending_reservations(&old, &next),
+            HashSet::from([Mac([0x52, 0x54, 0, 0, 0, 1])])
+        );
+        assert!(ending_reservations(&old, &old).is_empty());
+        let none = testkit::inventory("[profiles.a]\n");
+        assert_eq!(
+            ending_reservations(&old, &none).len(),
+            2,
+            "deleted hosts end theirs"
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ use std::sync::{
 
 use tracing::{info, warn};
 
-use super::{fastpath::FastPathOwner, server::Server};
+use super::{
+    fastpath::{ending_reservations, FastPathOwner},
+    server::Server,
+    unix_now,
+};
 use crate::{
     config::DhcpConfig,
     model::snapshot::{Follower, Snapshot},
@@ -113,13 +117,40 @@ impl DhcpFollower {
 
     /// Swaps the server's copy and resyncs the fast path's maps; errors of the maps are
     /// returned (the userspace server answers right either way).
+    ///
+    /// With the fast path attached, the kernel's answers are brought in first (see the
+    /// [`fastpath`](super::fastpath) module): the reservations this generation ends leave the
+    /// maps, the ring is drained into the table against the running generation, and only
+    /// then is the inventory swapped and every reservation judged. The server lock is held
+    /// throughout, so userspace answers nobody in between either.
     fn apply_to(&self, next: &Snapshot) -> Result<(), ReloadError> {
         let staged = self
             .staged
             .lock()
             .map_err(|_| ReloadError::Poisoned)?
             .take();
+        let now = unix_now();
         let mut server = self.server()?;
+        // A poisoned slot still holds the maps, and maps left behind would answer from the
+        // old generation: sync them all the same.
+        let mut slot = self
+            .handles
+            .fast_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut taken = None;
+        if let Some(fp) = slot.as_mut() {
+            let ending = ending_reservations(&server.inventory, &next.inventory);
+            if !ending.is_empty() {
+                // On an error the maps were emptied, which withholds them all.
+                if let Err(e) = fp.withhold(&server, &ending, now) {
+                    warn!("XDP DHCP fast path: withholding ending reservations failed: {e}");
+                }
+            }
+            if let Some(answers) = fp.answers() {
+                taken = Some((answers.clone(), answers.take(&mut server, now)));
+            }
+        }
         server.inventory = next.inventory.clone();
         server.boot = next.boot.clone();
         if let Some(dhcp) = staged {
@@ -131,25 +162,23 @@ impl DhcpFollower {
             }
         }
         server.table.set_reservations(&next.inventory);
-        {
-            // A poisoned slot still holds the maps, and maps left behind would answer from
-            // the old generation: sync them all the same.
-            let mut slot = self
-                .handles
-                .fast_path
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(fp) = slot.as_mut() {
-                let r = fp.sync(&server)?.written;
+        let synced = match slot.as_mut() {
+            Some(fp) => fp.sync_at(&server, now).map(|r| {
                 info!(
-                    hosts = r.hosts,
-                    removed = r.removed,
+                    hosts = r.written.hosts,
+                    removed = r.written.removed,
                     generation = next.generation,
                     "XDP DHCP fast path resynced"
                 );
-            }
+            }),
+            None => Ok(()),
+        };
+        drop(slot);
+        drop(server);
+        if let Some((answers, taken)) = taken {
+            answers.settle(taken);
         }
-        Ok(())
+        Ok(synced?)
     }
 }
 

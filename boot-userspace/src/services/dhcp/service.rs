@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    fastpath::FastPathOwner,
+    fastpath::{FastPathOwner, KernelAnswers},
     journal::{CommitBounds, Committer, Journal, JournalError, LeaseRecord},
     metrics::Metrics,
     ratelimit::RateLimiter,
@@ -27,7 +27,6 @@ use crate::{
     config::{DhcpConfig, DhcpMode},
     fabric::Iface,
     model::{boot::BootSettings, inventory::Inventory, ledger::Ledger},
-    xdp::fastpath::FastPathEvents,
 };
 
 /// A running DHCP service: bound sockets and shared state, ready for [`DhcpService::run`].
@@ -42,8 +41,8 @@ pub struct DhcpService {
     pub(super) subnets: Vec<String>,
     /// The XDP fast path's maps, kept in step with `server`.
     pub(super) fast_path: Arc<Mutex<Option<FastPathOwner>>>,
-    /// The fast path's events, until `run` hands them to their reader.
-    pub(super) fast_path_events: Mutex<Option<Box<dyn FastPathEvents>>>,
+    /// Where the fast path's events go, until `run` hands them to their reader.
+    pub(super) fast_path_events: Mutex<Option<KernelAnswers>>,
     /// When a refused commit was last logged.
     last_refusal_log: Mutex<Option<Instant>>,
 }
