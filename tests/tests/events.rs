@@ -14,7 +14,7 @@ use std::{
 };
 
 use bootfabric_lab::{
-    http_get, require_programs, require_root, sample, Bridge, Daemon, Netns, TempDir,
+    http_get, require_programs, require_root, sample, wait_for, Bridge, Daemon, Netns, TempDir,
 };
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -377,7 +377,25 @@ fn sse_and_a_signed_webhook_see_each_boot_event_once_in_order() {
     };
     assert!(!signed(&forged));
 
-    let (_, metrics) = http_get(&server, daemon.admin, "/metrics").expect("metrics");
+    // The receiver records a delivery before its 204 reaches the daemon, which counts the
+    // delivery only then: wait (bounded) for the count to catch up with what was received.
+    let scrape = || {
+        http_get(&server, daemon.admin, "/metrics")
+            .expect("metrics")
+            .1
+    };
+    let delivered_count = |m: &str| {
+        sample(
+            m,
+            "bootfabric_webhook_deliveries_total",
+            &[("hook", "lab"), ("outcome", "delivered")],
+        )
+    };
+    let metrics = wait_for(BOUND, || {
+        let m = scrape();
+        (delivered_count(&m) == Some(ids.len() as f64)).then_some(m)
+    })
+    .unwrap_or_else(scrape);
     let count = |outcome| {
         sample(
             &metrics,
