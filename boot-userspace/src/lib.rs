@@ -5,6 +5,7 @@
 //! calls [`commands::run`].
 
 pub mod admin;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod fabric;

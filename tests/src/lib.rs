@@ -30,6 +30,7 @@ pub mod api;
 pub mod bootimage;
 pub mod control;
 pub mod dhcp_client;
+pub mod etcd;
 pub mod freeze;
 pub mod fuse;
 pub mod layering;
@@ -43,6 +44,7 @@ pub mod sse;
 pub mod sushy;
 pub mod tftp_client;
 pub mod webhook;
+#[cfg(feature = "daemon")]
 pub mod xdp_harness;
 
 /// A child process (a client, a relay, a VM) killed by PID and reaped when the test ends,

@@ -38,7 +38,12 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "ndisc6",
         ],
     ),
+    // The etcd client is gRPC: its build compiles etcd's .proto files with protoc.
+    ("daemon build", &["protobuf-compiler"]),
     ("metrics checks", &["prometheus"]),
+    // Cluster mode's lab: real etcd members in namespaces (the binary only; no system service
+    // is started, see apt_install's policy-rc.d).
+    ("cluster lab", &["etcd-server"]),
     (
         "DHCP peers and clients",
         &[
@@ -89,6 +94,8 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "libstd-rust-web-dev-bpf" => Some("/usr/lib/rustlib/bpfel-unknown-none/lib"),
         "llvm-22-dev" => Some("/usr/lib/llvm-22/lib/libLLVM.so"),
         "prometheus" => Some("/usr/bin/promtool"),
+        "protobuf-compiler" => Some("/usr/bin/protoc"),
+        "etcd-server" => Some("/usr/bin/etcd"),
         _ => None,
     }
 }

@@ -66,6 +66,8 @@ pub struct Admin {
     pub max_event_streams: usize,
     /// The `/api/v1` resources: the same live snapshot and the API's overlay file.
     pub api: Arc<ApiState>,
+    /// What this fabric last saw of its cluster (`None`: standalone).
+    pub cluster: Option<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>>,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -487,6 +489,7 @@ async fn v1(
                 "generation": snap.generation,
                 "hosts": hosts::counts(&snap.inventory, overlay),
                 "profiles": profiles::counts(&snap.inventory, overlay),
+                "cluster": admin.cluster.as_ref().map(|c| c.load().to_json()),
             }),
             snap.generation,
         )),

@@ -219,7 +219,18 @@ fn schemas() -> Value {
         "Status": {"type": "object", "required": ["generation", "hosts", "profiles"], "properties": {
             "generation": {"type": "integer"},
             "hosts": {"type": "object"},
-            "profiles": {"type": "object"}
+            "profiles": {"type": "object"},
+            "cluster": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Cluster"}]}
+        }},
+        "Cluster": {"type": "object", "required": ["fabric", "rack", "etcd", "fabrics"], "properties": {
+            "fabric": {"type": "string"}, "rack": {"type": "string"},
+            "etcd": {"type": "string", "enum": ["up", "down"]},
+            "error": {"type": ["string", "null"]}, "seen": {"type": "integer"},
+            "fabrics": {"type": "array", "items": {"type": "object", "required": ["name", "rack"], "properties": {
+                "name": {"type": "string"}, "rack": {"type": "string"}, "version": {"type": "string"},
+                "started": {"type": "integer"}, "egress_bps": {"type": "number"},
+                "generation": {"type": "integer"}
+            }}}
         }},
         "OpenApi": {"type": "object"},
         "Bandwidth": {"type": "object"},

@@ -43,8 +43,8 @@ pub enum Command {
         /// Only validate the config and the files it names (fast; for service start-up).
         #[arg(long)]
         config_only: bool,
-        /// Checks to leave out: xdp, bmc, dhcp, checksums (comma-separated).
-        #[arg(long, value_delimiter = ',', value_parser = ["xdp", "bmc", "dhcp", "checksums"])]
+        /// Checks to leave out: xdp, bmc, dhcp, checksums, cluster (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = ["xdp", "bmc", "dhcp", "checksums", "cluster"])]
         skip: Vec<String>,
         /// Seconds to listen for DHCP offers from other servers.
         #[arg(long, default_value_t = 3)]
@@ -128,6 +128,7 @@ pub fn run(cli: Cli) -> i32 {
                     bmc: has("bmc"),
                     dhcp: has("dhcp"),
                     checksums: has("checksums"),
+                    cluster: has("cluster"),
                 };
                 let items = crate::commands::check::run(
                     &cfg,

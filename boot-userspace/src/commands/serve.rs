@@ -463,6 +463,11 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
 
+    let cluster = match &config.cluster {
+        Some(c) => Some(join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?),
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
@@ -493,6 +498,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         live: Arc::clone(&live),
         max_event_streams: config.admin.max_event_streams,
         api: Arc::clone(&api),
+        cluster,
     };
     supervisor.spawn(
         "admin",
@@ -548,6 +554,50 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
+/// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
+/// down does not stop the start: the registration keeps trying, and everything that does
+/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API.
+async fn join_cluster(
+    config: &crate::config::cluster::ClusterConfig,
+    live: &Arc<Live>,
+    ledger: &Ledger,
+    registry: &Registry,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>> {
+    use crate::cluster::{membership::Membership, Cluster, FabricRecord};
+    let cluster = Cluster::connect(config)
+        .await
+        .context("cluster: connecting to etcd")?;
+    let membership =
+        Membership::new(cluster, registry).context("registering the cluster's metrics")?;
+    let view = membership.view();
+    let (name, rack) = (config.name.clone(), config.rack.clone());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (live, ledger) = (Arc::clone(live), ledger.clone());
+    let record = move || FabricRecord {
+        name: name.clone(),
+        rack: rack.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started,
+        egress_bps: ledger.egress_rates().iter().map(|(_, r)| r).sum(),
+        generation: live.generation(),
+    };
+    let token = supervisor.token();
+    supervisor.spawn(
+        "cluster",
+        Box::pin(async move {
+            membership
+                .run(record, token)
+                .await
+                .context("cluster membership")
+        }),
+    );
+    Ok(view)
 }
 
 #[cfg(test)]

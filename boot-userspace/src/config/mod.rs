@@ -4,6 +4,7 @@
 //! errors), then [`Config::from_wire`] validates every value without further I/O except for
 //! the files the config names. Every error names the file and the key it is about.
 
+pub mod cluster;
 pub mod dhcp;
 pub mod overlay;
 pub mod secrets;
@@ -257,6 +258,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[[webhooks]]`: receivers of the event log.
     pub webhooks: Vec<webhooks::WebhookConfig>,
+    /// `[cluster]`: the etcd cluster this fabric joins (`None`: standalone).
+    pub cluster: Option<cluster::ClusterConfig>,
     /// The config templates of `http.configs`, compiled ([`Templates::compile`]) and
     /// rendered for every host of the inventory at load; empty without `http.configs`.
     pub templates: Arc<Templates>,
@@ -507,6 +510,7 @@ impl Config {
         }
         config.load_admin_files(path, base)?;
         config.load_webhook_files(path, base)?;
+        config.load_cluster_files(path, base)?;
         config.load_templates(path)?;
         Ok(config)
     }
@@ -565,6 +569,40 @@ impl Config {
             if let Some(crate::redfish::TlsPolicy::CaFile(ca)) = hook.tls.as_mut() {
                 *ca = base.join(&*ca);
             }
+        }
+        Ok(())
+    }
+
+    /// Resolves `[cluster]`'s TLS files against the config's folder and checks that they
+    /// read: the CA holds PEM certificates, the client key is private (as the admin token).
+    fn load_cluster_files(&mut self, path: &Path, base: &Path) -> Result<(), ConfigError> {
+        let Some(tls) = self.cluster.as_mut().and_then(|c| c.tls.as_mut()) else {
+            return Ok(());
+        };
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        tls.ca = base.join(&tls.ca);
+        let certs = |file: &Path| {
+            use rustls_pki_types::{pem::PemObject, CertificateDer};
+            CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", file.display()))
+                .and_then(|c| match c.is_empty() {
+                    true => Err(format!("{} holds no PEM certificate", file.display())),
+                    false => Ok(()),
+                })
+        };
+        certs(&tls.ca).map_err(|r| invalid("cluster.ca_file", r))?;
+        if let Some((cert, key)) = tls.identity.as_mut() {
+            *cert = base.join(&*cert);
+            *key = base.join(&*key);
+            certs(cert).map_err(|r| invalid("cluster.cert_file", r))?;
+            secrets::token::read_private(key)
+                .map_err(|e| invalid("cluster.key_file", e.to_string()))?;
         }
         Ok(())
     }
@@ -879,6 +917,12 @@ impl Config {
             .over(&BootSettings::defaults());
         let scheduler = SchedulerConfig::from_wire(&wire.scheduler).map_err(keyed)?;
         let webhooks = webhooks::from_wire(&wire.webhooks).map_err(keyed)?;
+        let cluster = wire
+            .cluster
+            .as_ref()
+            .map(cluster::from_wire)
+            .transpose()
+            .map_err(keyed)?;
         let max_event_streams = match wire.admin.max_event_streams {
             None => 32,
             Some(n @ 1..=1024) => n,
@@ -915,6 +959,7 @@ impl Config {
             boot,
             scheduler,
             webhooks,
+            cluster,
             templates: Arc::default(),
         })
     }

@@ -40,6 +40,8 @@ pub struct ConfigFile {
     /// `[[webhooks]]`: receivers of the event log.
     #[serde(default)]
     pub webhooks: Vec<super::webhooks::WireWebhook>,
+    /// `[cluster]`: cluster mode on etcd (absent: standalone).
+    pub cluster: Option<super::cluster::WireCluster>,
 }
 
 /// `[scheduler]`.

@@ -99,6 +99,8 @@ pub struct Skip {
     pub dhcp: bool,
     /// Reading every file for its checksum.
     pub checksums: bool,
+    /// Asking the cluster's etcd.
+    pub cluster: bool,
 }
 
 /// Runs every check for `config`.
@@ -135,6 +137,9 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
     }
     if !skip.dhcp {
         items.extend(probe::other_dhcp_servers(config, dhcp_wait));
+    }
+    if !skip.cluster {
+        items.extend(probe::cluster(config));
     }
     items
 }

@@ -69,6 +69,88 @@ pub fn xdp(config: &Config) -> Vec<Item> {
     }
 }
 
+/// The cluster's etcd answers (every member this fabric is given, a leader among them), and
+/// what the cluster looks like from here: the fabrics registered now, and whether another
+/// one already goes by this fabric's name.
+pub fn cluster(config: &Config) -> Vec<Item> {
+    let Some(c) = &config.cluster else {
+        return Vec::new();
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return vec![Item::fail("cluster", e.to_string(), "see the error")],
+    };
+    let endpoints = c.endpoints.join(", ");
+    runtime.block_on(async {
+        let cluster = match crate::cluster::Cluster::connect(c).await {
+            Ok(cl) => cl,
+            Err(e) => {
+                return vec![Item::fail(
+                    "cluster.etcd",
+                    e.to_string(),
+                    "check cluster.ca_file, cert_file and key_file",
+                )]
+            }
+        };
+        let mut items = Vec::new();
+        match cluster.status().await {
+            Ok(s) if s.leader == 0 => items.push(Item::fail(
+                "cluster.etcd",
+                format!(
+                    "{endpoints}: etcd {} answers but has no leader (quorum lost)",
+                    s.version
+                ),
+                "bring a majority of the etcd members back",
+            )),
+            Ok(s) => items.push(Item::pass(
+                "cluster.etcd",
+                format!(
+                    "{endpoints}: etcd {}, {} member(s), leader {:x}",
+                    s.version, s.members, s.leader
+                ),
+            )),
+            Err(e) => {
+                items.push(Item::fail(
+                    "cluster.etcd",
+                    format!("{endpoints}: {e}"),
+                    "check that etcd runs and that this machine reaches its client port (2379)",
+                ));
+                return items;
+            }
+        }
+        match cluster.fabrics().await {
+            Ok(fabrics) => {
+                let list: Vec<String> = fabrics
+                    .iter()
+                    .map(|f| format!("{} (rack {})", f.name, f.rack))
+                    .collect();
+                items.push(Item::pass(
+                    "cluster",
+                    format!(
+                        "this fabric: {} (rack {}); registered: {}",
+                        c.name,
+                        c.rack,
+                        if list.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            list.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Err(e) => items.push(Item::fail(
+                "cluster",
+                e.to_string(),
+                "a record under cluster.prefix does not parse: another version, or written by hand",
+            )),
+        }
+        items
+    })
+}
+
 /// Every BMC answers Redfish with its configured credentials and offers the boot override
 /// the scheduler will set.
 pub fn bmcs(config: &Config) -> Vec<Item> {

@@ -154,6 +154,20 @@ pub fn load_secret(path: &Path) -> Result<Vec<u8>, TokenFileError> {
     Ok(text)
 }
 
+/// Reads a private key file (a TLS client key): at most 64 KiB, checked as the admin token
+/// file is (a regular file, mode 0600 or stricter, owned by the daemon's user).
+pub fn read_private(path: &Path) -> Result<Vec<u8>, TokenFileError> {
+    let file = open_private(path)?;
+    let mut bytes = Vec::new();
+    file.take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .map_err(|source| TokenFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(bytes)
+}
+
 /// Opens `path` and checks, on the opened file itself (so a swap between check and read
 /// changes nothing), that it is a regular file only the daemon's user can read or change.
 fn open_private(path: &Path) -> Result<File, TokenFileError> {

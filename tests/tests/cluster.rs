@@ -1,0 +1,189 @@
+//! Cluster mode on a real etcd (Debian's etcd-server, three members in namespaces): fabrics
+//! register under a lease and see each other; a fabric that dies disappears; one etcd member
+//! down changes nothing; quorum lost is seen and recovered from without a restart.
+
+use std::time::Duration;
+
+use bootfabric_lab::{
+    etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample, wait_for, Daemon,
+    Netns,
+};
+use serde_json::Value;
+
+/// A fabric daemon on the etcd cluster's bridge, at `10.90.0.<host>`, in cluster mode.
+fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> (Netns, Daemon) {
+    let ns = Netns::new(name).expect("netns");
+    etcd.bridge
+        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
+        .expect("plug");
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:9370"
+[xdp]
+mode = "off"
+[cluster]
+name = "{name}"
+rack = "{rack}"
+etcd = {endpoints}
+ttl_s = 3
+timeout_s = 2
+"#,
+        endpoints = etcd.endpoints_toml()
+    );
+    let daemon = Daemon::start(&ns, &config, &[]).expect("daemon");
+    (ns, daemon)
+}
+
+/// The `cluster` member of `/api/v1/status`.
+fn view(ns: &Netns, d: &Daemon) -> Value {
+    let (status, body) = http_get(ns, d.admin, "/api/v1/status").expect("status");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["cluster"].clone()
+}
+
+fn names(cluster: &Value) -> Vec<String> {
+    cluster["fabrics"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `d`'s view of the cluster satisfies `ok`; the last view otherwise.
+fn wait_view(ns: &Netns, d: &Daemon, ok: impl Fn(&Value) -> bool) -> Result<Value, Value> {
+    let mut last = Value::Null;
+    wait_for(Duration::from_secs(40), || {
+        last = view(ns, d);
+        ok(&last).then(|| last.clone())
+    })
+    .ok_or(last)
+}
+
+fn ready(test: &str) -> bool {
+    require_root(test) && require_programs(test, &["etcd", "etcdctl"])
+}
+
+#[test]
+fn fabrics_see_each_other_and_a_dead_one_disappears() {
+    const TEST: &str = "fabrics_see_each_other_and_a_dead_one_disappears";
+    if !ready(TEST) {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let (ns_a, a) = fabric(&mut etcd, "fab-a", "rack-a", 21);
+    let (ns_b, mut b) = fabric(&mut etcd, "fab-b", "rack-b", 22);
+
+    let both = |v: &Value| v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"];
+    let seen_a = wait_view(&ns_a, &a, both)
+        .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
+    wait_view(&ns_b, &b, both).unwrap_or_else(|v| panic!("fab-b sees {v}\n{}", b.log()));
+    let racks: Vec<&str> = seen_a["fabrics"]
+        .as_array()
+        .expect("fabrics")
+        .iter()
+        .filter_map(|f| f["rack"].as_str())
+        .collect();
+    assert_eq!(racks, ["rack-a", "rack-b"]);
+    assert_eq!(seen_a["fabric"], "fab-a");
+    let m = metrics(&ns_a, &a).expect("metrics");
+    assert_eq!(sample(&m, "bootfabric_cluster_etcd_up", &[]), Some(1.0));
+    assert_eq!(sample(&m, "bootfabric_cluster_fabrics", &[]), Some(2.0));
+
+    // The records are etcd's, under the prefix, with a lease: read them with etcdctl.
+    let keys = etcd
+        .etcdctl(
+            0,
+            &["get", "--prefix", "--keys-only", "/bootfabric/fabrics/"],
+        )
+        .expect("etcdctl get");
+    assert!(
+        keys.contains("/bootfabric/fabrics/fab-a") && keys.contains("/bootfabric/fabrics/fab-b"),
+        "{keys}"
+    );
+
+    // fab-b dies without a word: its lease runs out and fab-a sees it gone.
+    b.stop_with(nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL fab-b");
+    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+        .unwrap_or_else(|v| panic!("after fab-b died, fab-a sees {v}\n{}", a.log()));
+    drop(ns_b);
+}
+
+#[test]
+fn one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart() {
+    const TEST: &str =
+        "one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart";
+    if !ready(TEST) {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let (ns_a, a) = fabric(&mut etcd, "fab-a", "rack-a", 21);
+    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+        .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
+    let check = |skip_cluster: bool| {
+        let mut args = vec!["check", "--skip", "xdp,bmc,dhcp,checksums"];
+        if skip_cluster {
+            args = vec!["check", "--skip", "xdp,bmc,dhcp,checksums,cluster"];
+        }
+        // In fab-a's namespace, where etcd is reachable; a FAIL makes the exit status 1.
+        let out = ns_a
+            .command(bootfabric_lab::bootfabric_bin())
+            .args(&args)
+            .arg("--config")
+            .arg(a.config_path())
+            .output()
+            .expect("check");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = check(false);
+    assert!(
+        report.contains("PASS  cluster.etcd") && report.contains("3 member(s)"),
+        "{report}"
+    );
+    assert!(report.contains("fab-a (rack rack-a)"), "{report}");
+
+    // One member down: the fabric stays registered, and a second fabric joins.
+    etcd.kill(2);
+    let (ns_b, b) = fabric(&mut etcd, "fab-b", "rack-b", 22);
+    wait_view(&ns_a, &a, |v| {
+        v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"]
+    })
+    .unwrap_or_else(|v| panic!("one member down, fab-a sees {v}\n{}", a.log()));
+
+    // Two members down: no quorum. The fabric sees etcd down, says so, and keeps running.
+    etcd.kill(1);
+    let down = wait_view(&ns_a, &a, |v| v["etcd"] == "down")
+        .unwrap_or_else(|v| panic!("quorum lost, fab-a sees {v}\n{}", a.log()));
+    assert!(down["error"].is_string(), "{down}");
+    let m = metrics(&ns_a, &a).expect("metrics");
+    assert_eq!(sample(&m, "bootfabric_cluster_etcd_up", &[]), Some(0.0));
+    let report = check(false);
+    assert!(report.contains("FAIL  cluster.etcd"), "{report}");
+    assert!(
+        !check(true).contains("cluster.etcd"),
+        "--skip cluster leaves etcd alone"
+    );
+
+    // Quorum back: both fabrics register again on their own, no restart.
+    etcd.restart(1).expect("restart m1");
+    etcd.restart(2).expect("restart m2");
+    etcd.wait_healthy(&[0, 1, 2]).expect("healthy");
+    wait_view(&ns_a, &a, |v| {
+        v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"]
+    })
+    .unwrap_or_else(|v| panic!("after recovery, fab-a sees {v}\n{}", a.log()));
+    let m = metrics(&ns_a, &a).expect("metrics");
+    assert!(
+        sample(&m, "bootfabric_cluster_registrations_total", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    drop((ns_b, b));
+}
