@@ -5,6 +5,7 @@
 //! the files the config names. Every error names the file and the key it is about.
 
 pub mod dhcp;
+pub mod origin;
 pub mod overlay;
 pub mod secrets;
 pub mod webhooks;
@@ -198,6 +199,8 @@ pub struct HttpConfig {
     pub send_timeout_s: u64,
     /// Seconds a boot's config window stays open at most (`http.config_ttl_s`).
     pub config_ttl_s: u64,
+    /// `http.origin`: where profile files missing under `root` are fetched from.
+    pub origin: Option<origin::OriginConfig>,
 }
 
 /// `[admin]`, validated: what the admin API serves on and whom it lets in.
@@ -475,6 +478,10 @@ impl Config {
                     });
                 }
                 *slot = Some(canonical);
+            }
+            // Read when the service starts (a missing file is named there).
+            if let Some(ca) = h.origin.as_mut().and_then(|o| o.ca.as_mut()) {
+                *ca = base.join(&*ca);
             }
         }
         // Templates carry secrets and are served rendered, to their host only: inside an image
@@ -836,6 +843,14 @@ impl Config {
                         }
                         v => positive(v, DEFAULT_CONFIG_TTL_S, "http.config_ttl_s")?,
                     },
+                    origin: origin::from_wire(
+                        h.origin.as_deref(),
+                        h.origin_max_bytes,
+                        h.origin_timeout_s,
+                        h.origin_ca.as_deref(),
+                        h.root.is_some(),
+                    )
+                    .map_err(|KeyError { key, reason }| invalid(&key, reason))?,
                 })
             }
             _ => None,

@@ -10,6 +10,7 @@ pub mod conditional;
 pub mod configs;
 pub mod conn;
 pub mod epoll;
+pub mod origin;
 pub mod range;
 pub mod request;
 pub mod response;
@@ -77,6 +78,9 @@ pub enum HttpError {
     /// The task that waits for the rings to stop did not finish.
     #[error(transparent)]
     Join(#[from] tokio::task::JoinError),
+    /// `http.origin` cannot be used.
+    #[error(transparent)]
+    Origin(#[from] origin::OriginError),
 }
 
 /// Why the service serves with epoll rather than io_uring.
@@ -180,7 +184,17 @@ impl HttpService {
             })?;
             ips.push((ip, iface.name.clone()));
         }
+        let origin_metrics = origin::Metrics::register(registry)?;
+        let origin = match (&cfg.origin, &cfg.root) {
+            (Some(o), Some(root)) => {
+                let o = origin::Origin::new(o.clone(), root.clone(), origin_metrics)?;
+                info!(origin = %o.url(), "HTTP: profile files missing under http.root are fetched from the origin");
+                Some(o)
+            }
+            _ => None,
+        };
         let site = Site {
+            origin,
             root: cfg.root.clone(),
             configs: cfg.configs.clone(),
             live: sources.live,
@@ -343,6 +357,7 @@ mod tests {
             idle_timeout_s: 10,
             send_timeout_s: 10,
             config_ttl_s: 60,
+            origin: None,
         }
     }
 
