@@ -1425,4 +1425,16 @@ mod tests {
         let c = parse("[http]\nconfig_ttl_s = 600\n").expect("ttl");
         assert_eq!(c.http.map(|h| h.config_ttl_s), Some(600));
     }
+
+    #[test]
+    fn http_origin_is_validated_with_its_key() {
+        let c = parse("[http]\nroot = \"images\"\norigin = \"http://10.80.0.1:8080/\"\n")
+            .expect("origin");
+        let o = c.http.and_then(|h| h.origin).expect("origin set");
+        assert_eq!((o.url.host.as_str(), o.url.port), ("10.80.0.1", 8080));
+        let e = err("[http]\nroot = \"images\"\norigin = \"10.80.0.1\"\n");
+        assert!(e.contains("http.origin") && e.contains("absolute"), "{e}");
+        let e = err("[http]\norigin = \"http://10.80.0.1/\"\n");
+        assert!(e.contains("http.origin") && e.contains("http.root"), "{e}");
+    }
 }
