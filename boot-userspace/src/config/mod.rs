@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod dhcp;
+pub mod origin;
 pub mod overlay;
 pub mod secrets;
 pub mod webhooks;
@@ -199,6 +200,8 @@ pub struct HttpConfig {
     pub send_timeout_s: u64,
     /// Seconds a boot's config window stays open at most (`http.config_ttl_s`).
     pub config_ttl_s: u64,
+    /// `http.origin`: where profile files missing under `root` are fetched from.
+    pub origin: Option<origin::OriginConfig>,
 }
 
 /// `[admin]`, validated: what the admin API serves on and whom it lets in.
@@ -478,6 +481,10 @@ impl Config {
                     });
                 }
                 *slot = Some(canonical);
+            }
+            // Read when the service starts (a missing file is named there).
+            if let Some(ca) = h.origin.as_mut().and_then(|o| o.ca.as_mut()) {
+                *ca = base.join(&*ca);
             }
         }
         // Templates carry secrets and are served rendered, to their host only: inside an image
@@ -874,6 +881,14 @@ impl Config {
                         }
                         v => positive(v, DEFAULT_CONFIG_TTL_S, "http.config_ttl_s")?,
                     },
+                    origin: origin::from_wire(
+                        h.origin.as_deref(),
+                        h.origin_max_bytes,
+                        h.origin_timeout_s,
+                        h.origin_ca.as_deref(),
+                        h.root.is_some(),
+                    )
+                    .map_err(|KeyError { key, reason }| invalid(&key, reason))?,
                 })
             }
             _ => None,
@@ -1454,5 +1469,17 @@ mod tests {
         }
         let c = parse("[http]\nconfig_ttl_s = 600\n").expect("ttl");
         assert_eq!(c.http.map(|h| h.config_ttl_s), Some(600));
+    }
+
+    #[test]
+    fn http_origin_is_validated_with_its_key() {
+        let c = parse("[http]\nroot = \"images\"\norigin = \"http://10.80.0.1:8080/\"\n")
+            .expect("origin");
+        let o = c.http.and_then(|h| h.origin).expect("origin set");
+        assert_eq!((o.url.host.as_str(), o.url.port), ("10.80.0.1", 8080));
+        let e = err("[http]\nroot = \"images\"\norigin = \"10.80.0.1\"\n");
+        assert!(e.contains("http.origin") && e.contains("absolute"), "{e}");
+        let e = err("[http]\norigin = \"http://10.80.0.1/\"\n");
+        assert!(e.contains("http.origin") && e.contains("http.root"), "{e}");
     }
 }

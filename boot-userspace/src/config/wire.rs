@@ -244,4 +244,13 @@ pub struct Http {
     /// Seconds after a boot opens (BMC reset, first DHCP offer or iPXE script) that its
     /// configs may still be delivered, if it does not report `booted` first.
     pub config_ttl_s: Option<u64>,
+    /// Base URL (`http://` or `https://`) that profile files missing under `root` are
+    /// fetched from, once, on their first request.
+    pub origin: Option<String>,
+    /// Largest file fetched from the origin, bytes.
+    pub origin_max_bytes: Option<u64>,
+    /// Longest one origin fetch may take, seconds.
+    pub origin_timeout_s: Option<u64>,
+    /// PEM file of the CA certificates an `https` origin is checked against.
+    pub origin_ca: Option<String>,
 }

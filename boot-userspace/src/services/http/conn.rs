@@ -14,6 +14,7 @@ use std::{
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::{
+    origin::Waiter,
     request::{self, ParseError},
     response::Response,
     routes::{self, Routed, Site},
@@ -201,6 +202,9 @@ pub enum Next {
     Answer(Box<Exchange>),
     /// Wait for more bytes.
     Read,
+    /// Wait for the origin fetch of the file asked for, then take the same request again
+    /// (its bytes stay in the buffer).
+    Wait(Waiter),
 }
 
 /// One request and its response, followed to the end for metrics and the ledger.
@@ -244,7 +248,13 @@ impl Exchange {
 /// Takes the next request from the front of `buf` (removing its bytes) and routes it.
 pub fn next(shared: &Shared, buf: &mut Vec<u8>, peer: Ipv4Addr, local: Ipv4Addr) -> Next {
     let (routed, used) = match request::parse(buf, MAX_HEAD, MAX_BODY) {
-        Ok((req, used)) => (routes::route(&shared.site, &req, peer, local), used),
+        Ok((req, used)) => {
+            let mut routed = routes::route(&shared.site, &req, peer, local);
+            if let Some(w) = routed.wait.take() {
+                return Next::Wait(w);
+            }
+            (routed, used)
+        }
         Err(ParseError::Incomplete) => return Next::Read,
         Err(e) => {
             let status = if e == ParseError::TooLarge { 431 } else { 400 };
@@ -257,6 +267,7 @@ pub fn next(shared: &Shared, buf: &mut Vec<u8>, peer: Ipv4Addr, local: Ipv4Addr)
                     response,
                     route: "other",
                     fetch: None,
+                    wait: None,
                 },
                 used,
             )

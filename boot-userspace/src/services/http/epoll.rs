@@ -118,6 +118,12 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
         let mut x = match next(shared, &mut inbuf, peer, local).await {
             None => return,
             Some(Next::Answer(x)) => x,
+            Some(Next::Wait(w)) => {
+                // The file is on its way from the origin: the same request is routed again
+                // once the fetch has landed (the fetch is bounded in time, so is this).
+                w.wait().await;
+                continue;
+            }
             Some(Next::Read) => {
                 // A request begun must be finished within the head timeout; between
                 // requests the idle timeout applies.

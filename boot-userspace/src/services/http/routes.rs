@@ -10,6 +10,7 @@ use tracing::{error, warn};
 use super::{
     conditional::{self, Validators},
     configs::{self, Ask, Boots, Delivery},
+    origin::{self, Origin, Waiter},
     range::{self, Plan},
     request::{Method, Request},
     response::{content_type, Body, Response},
@@ -41,6 +42,8 @@ pub struct Site {
     pub boots: Boots,
     /// Config refusals by reason.
     pub config_metrics: configs::Metrics,
+    /// `http.origin`: where profile files missing under `root` are fetched from.
+    pub origin: Option<Arc<Origin>>,
 }
 
 /// A routed request: the response, a label for metrics, and the host and path when the
@@ -48,10 +51,14 @@ pub struct Site {
 pub struct Routed {
     /// What to send.
     pub response: Response,
-    /// `script`, `gate`, `config`, `booted`, `file` or `other`.
+    /// `script`, `gate`, `config`, `booted`, `file`, `origin` (refused for a failed origin
+    /// fetch) or `other`.
     pub route: &'static str,
     /// Host and path of an image download.
     pub fetch: Option<(Mac, String)>,
+    /// The file is being fetched from the origin: the transport keeps the request and
+    /// routes it again once this has landed (`response` is then not sent).
+    pub wait: Option<Waiter>,
 }
 
 /// One request's view: the site and the snapshot loaded when the request arrived, so that
@@ -130,6 +137,7 @@ fn routed(response: Response, route: &'static str) -> Routed {
         response,
         route,
         fetch: None,
+        wait: None,
     }
 }
 
@@ -471,8 +479,13 @@ fn file(site: &At, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
     let Some(root) = &site.root else {
         return routed(Response::text(404, "not found"), "other");
     };
+    let name = path.trim_start_matches('/');
+    // An origin fetch's temporary file is not the image until it is renamed into place.
+    if site.origin.is_some() && origin::is_partial(name) {
+        return routed(Response::text(404, "not found"), "file");
+    }
     // Paths are confined exactly as TFTP names are, the root being `/`.
-    match files::open(root, path.trim_start_matches('/')) {
+    match files::open(root, name) {
         Ok(src) => {
             let mut r = static_file(req, src, path);
             if r.response.status == 200 || r.response.status == 206 {
@@ -480,7 +493,38 @@ fn file(site: &At, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
             }
             r
         }
+        Err(FileError::NotFound) => match &site.origin {
+            Some(o) => from_origin(o, site.inventory, name),
+            None => routed(file_error(&FileError::NotFound), "file"),
+        },
         Err(e) => routed(file_error(&e), "file"),
+    }
+}
+
+/// A file missing under the root: a profile's file is fetched from the origin (the request
+/// waits for it), anything else is a 404 that costs the origin nothing.
+fn from_origin(o: &Arc<Origin>, inventory: &Inventory, name: &str) -> Routed {
+    match o.ask(inventory, name) {
+        origin::Answer::NotOurs => routed(file_error(&FileError::NotFound), "file"),
+        origin::Answer::Wait(w) => Routed {
+            wait: Some(w),
+            ..routed(Response::empty(503), "file")
+        },
+        origin::Answer::Refuse {
+            status,
+            retry_after_s,
+            failure,
+        } => {
+            let why = match retry_after_s {
+                Some(s) => format!("fetching this file from the origin failed ({failure}); the next try is in {s} s"),
+                None => format!("this file cannot be fetched from the origin: {failure}"),
+            };
+            let mut resp = Response::text(status, &why);
+            if let Some(s) = retry_after_s {
+                resp.headers.push(("Retry-After", s.to_string()));
+            }
+            routed(resp, "origin")
+        }
     }
 }
 
@@ -592,6 +636,7 @@ mod tests {
             gate: Gate::default(),
             boots: Boots::new(Duration::from_secs(60)),
             config_metrics: configs::Metrics::register(&registry).expect("metrics"),
+            origin: None,
         }
     }
 

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     conn::{self, Exchange, Next, Shared},
+    origin::Waiter,
     response::Body,
 };
 
@@ -28,6 +29,8 @@ const PIPE_SIZE: u32 = 1 << 20;
 /// Receive buffer per connection.
 const RECV_SIZE: usize = 16 * 1024;
 const TIMER: u64 = u64::MAX;
+/// The ring's eventfd: an origin fetch has landed.
+const WAKE: u64 = u64::MAX - 1;
 /// Marks the completion of the socket half of a linked splice pair.
 const OUT_BIT: u64 = 1 << 40;
 const ACCEPT_BASE: u64 = u64::MAX - 1024;
@@ -40,6 +43,8 @@ enum Op {
     /// A linked pair: file→pipe, then pipe→socket, in one submission.
     Pair,
     SpliceOut,
+    /// Waiting for an origin fetch (`Conn::waiting`); the request stays in `inbuf`.
+    Wait,
 }
 
 struct Conn {
@@ -56,6 +61,7 @@ struct Conn {
     pair_wait: u8,
     pair_failed: bool,
     exchange: Option<Box<Exchange>>,
+    waiting: Option<Waiter>,
     op: Op,
     closing: bool,
     last_progress: Instant,
@@ -89,6 +95,7 @@ pub fn probe() -> Result<(), ProbeError> {
         (opcode::Recv::CODE, "recv"),
         (opcode::Send::CODE, "send"),
         (opcode::Splice::CODE, "splice"),
+        (opcode::Read::CODE, "read"),
         (opcode::Timeout::CODE, "timeout"),
     ] {
         if !probe.is_supported(code) {
@@ -205,6 +212,16 @@ pub fn worker(
     // Declared before the ring, so dropped after it: no buffer is freed while the kernel
     // may still write into it.
     let mut conns: Slab<Conn> = Slab::new();
+    // With an origin: an eventfd each landing writes to, and the buffer its reads fill.
+    let wake = match &shared.site.origin {
+        Some(origin) => {
+            let fd = Arc::new(eventfd()?);
+            origin.add_waker(Arc::clone(&fd));
+            Some(fd)
+        }
+        None => None,
+    };
+    let mut wake_buf = [0u8; 8];
     let mut ring: IoUring = IoUring::builder().build(1024)?;
     match pin_iowq(&ring) {
         Ok(Some(cpus)) => info!(
@@ -229,6 +246,9 @@ pub fn worker(
         );
     }
     pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
+    if let Some(fd) = &wake {
+        pending.push(wake_read(fd, &mut wake_buf));
+    }
     loop {
         for e in pending.drain(..) {
             // SAFETY: every buffer an entry points to lives in `conns` (boxed, not moved)
@@ -247,6 +267,19 @@ pub fn worker(
             .map(|c| (c.user_data(), c.result(), c.flags()))
             .collect();
         for (data, res, flags) in completions {
+            if data == WAKE {
+                // Read again unless the eventfd failed (then the timer resumes the waiting
+                // requests, once a second, rather than a failing read spinning).
+                match &wake {
+                    Some(fd) if res == 8 => pending.push(wake_read(fd, &mut wake_buf)),
+                    _ => warn!(
+                        res,
+                        "HTTP: origin wake-ups stopped; waiting requests resume on the timer"
+                    ),
+                }
+                resume(&mut conns, &shared, &date, &mut pending);
+                continue;
+            }
             if data == TIMER {
                 if stop.load(Ordering::Relaxed) {
                     // Shut every connection down, then give their operations a few ticks to
@@ -258,7 +291,7 @@ pub fn worker(
                     }
                     let idle: Vec<usize> = conns
                         .iter()
-                        .filter(|(_, c)| c.op == Op::Idle)
+                        .filter(|(_, c)| matches!(c.op, Op::Idle | Op::Wait))
                         .map(|(k, _)| k)
                         .collect();
                     for k in idle {
@@ -281,6 +314,8 @@ pub fn worker(
                 }
                 date = httpdate::fmt_http_date(SystemTime::now());
                 sweep(&mut conns, &shared);
+                // Also here, not only on the eventfd: a missed wake costs a second at most.
+                resume(&mut conns, &shared, &date, &mut pending);
                 pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
                 continue;
             }
@@ -347,6 +382,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         pair_wait: 0,
         pair_failed: false,
         exchange: None,
+        waiting: None,
         op: Op::Idle,
         closing: false,
         last_progress: Instant::now(),
@@ -469,6 +505,11 @@ fn serve_next(
             };
             recv(key, c, pending);
         }
+        Next::Wait(w) => {
+            c.head_since = None;
+            c.op = Op::Wait;
+            c.waiting = Some(w);
+        }
         Next::Answer(mut x) => {
             c.head_since = None;
             c.out = x.response.head(date);
@@ -486,6 +527,41 @@ fn serve_next(
             c.exchange = Some(x);
             send(key, c, pending);
         }
+    }
+}
+
+/// A nonblocking eventfd for origin wake-ups.
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A read of the wake eventfd into `buf` (8 bytes: its counter, reset by the read).
+fn wake_read(fd: &OwnedFd, buf: &mut [u8; 8]) -> squeue::Entry {
+    opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), 8)
+        .build()
+        .user_data(WAKE)
+}
+
+/// Routes again every request whose origin fetch has landed: it now finds the file, or
+/// the failure.
+fn resume(conns: &mut Slab<Conn>, shared: &Shared, date: &str, pending: &mut Vec<squeue::Entry>) {
+    let landed: Vec<usize> = conns
+        .iter()
+        .filter(|(_, c)| c.op == Op::Wait && c.waiting.as_ref().is_none_or(Waiter::has_landed))
+        .map(|(k, _)| k)
+        .collect();
+    for key in landed {
+        let c = &mut conns[key];
+        c.op = Op::Idle;
+        c.waiting = None;
+        c.last_progress = Instant::now();
+        serve_next(key, c, shared, date, pending);
     }
 }
 
@@ -551,7 +627,7 @@ fn complete(
             }
             body_next(key, conns, shared, date, pending);
         }
-        Op::Idle => {}
+        Op::Idle | Op::Wait => {}
     }
 }
 
@@ -650,7 +726,8 @@ fn sweep(conns: &mut Slab<Conn>, shared: &Shared) {
                 Some(t) => t.elapsed() > l.header_timeout,
                 None => idle > l.idle_timeout,
             },
-            Op::Idle => false,
+            // The origin fetch it waits for is bounded by its own timeout.
+            Op::Idle | Op::Wait => false,
             _ => idle > l.send_timeout,
         };
         if late && !c.closing {
