@@ -30,7 +30,17 @@
 //! Every baseline retries a failed reset like the scheduler does (3 attempts, 10 s apart),
 //! then gives the host up. Every run stops at 6× the lower bound ("stopped").
 //!
+//! The racks model (`--racks R [--per-rack H]`, H = 100 by default): R racks of H hosts, each
+//! rack served by its own fabric over its own link (1, 2, 5 or 10 Gbit/s, drawn per rack) with
+//! its own mix of models and profiles (weights drawn per rack); the inrush limit is half a
+//! rack. The lower bound is the slowest rack's (its bytes over its link plus the shortest
+//! boot), the peak is the highest demand over capacity of any rack's link. The scheduler runs
+//! pacing each rack by its own link (known), by its fabric's measured egress (the live
+//! runner's `Capacity` estimate, from a 10 Gbit/s cap), and as one pool of the links' total
+//! (what it did before racks had links); next to all at once.
+//!
 //! Usage: fleet-sim [--table PATH] [HOSTS...]   (default: 1000 10000)
+//!        fleet-sim [--table PATH] --racks R [--per-rack H]
 //! Knobs: SIM_LOOKAHEAD (seconds the scheduler resets hosts ahead of need; default 120),
 //! SIM_TIMER_PERIOD (seconds between the timer strategy's batches; default 60).
 
