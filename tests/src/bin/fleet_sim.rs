@@ -539,7 +539,11 @@ fn simulate(
                     }
                 }
                 State::Post { until } if t + DT >= until => {
-                    state[h] = if is_sched {
+                    // A host the scheduler admitted holds no place at the gate any more (the
+                    // live runner lets it through for good): after a download give-up it
+                    // fetches again at once. Any other host under the scheduler waits.
+                    let admitted = matches!(sched.phases()[h], Phase::Downloading { .. });
+                    state[h] = if is_sched && !admitted {
                         State::Gate
                     } else {
                         State::Downloading {
