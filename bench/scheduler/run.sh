@@ -9,6 +9,9 @@
 # bench/scheduler/README.md.
 #
 # Usage: bench/scheduler/run.sh [HOSTS...]      (default: 1000 10000)
+#        bench/scheduler/run.sh --racks R [--per-rack H]   (H default 100): R racks of H hosts,
+#        each rack with its own link; the bound is the slowest rack's (rack bytes / rack
+#        capacity + the shortest boot); the peak is per rack.
 # Knobs: SIM_LOOKAHEAD=120 (scheduler's lookahead, s), SIM_TIMER_PERIOD=60 (s between the
 #        timer strategy's batches), RESULTS_DIR (where the results folder goes).
 # Results: bench/results/scheduler/<stamp>-<commit>/{raw.txt,table.md,meta.txt}.
@@ -22,7 +25,7 @@ SIM_LOOKAHEAD=${SIM_LOOKAHEAD:-120}
 SIM_TIMER_PERIOD=${SIM_TIMER_PERIOD:-60}
 export SIM_LOOKAHEAD SIM_TIMER_PERIOD
 results_open scheduler SIM_LOOKAHEAD SIM_TIMER_PERIOD
-results_note "hosts: ${*:-1000 10000}"
+results_note "args: ${*:-1000 10000}"
 results_note "timing: none of table.md depends on timing (a seeded simulation stepped every 0.25 s of model time); raw.txt's last column is wall time"
 "$ROOT/target/release/fleet_sim" --table "$RESULTS/table.md" "$@"
 echo

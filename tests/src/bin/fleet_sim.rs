@@ -30,14 +30,27 @@
 //! Every baseline retries a failed reset like the scheduler does (3 attempts, 10 s apart),
 //! then gives the host up. Every run stops at 6× the lower bound ("stopped").
 //!
+//! The racks model (`--racks R [--per-rack H]`, H = 100 by default): R racks of H hosts, each
+//! rack served by its own fabric over its own link (1, 2, 5 or 10 Gbit/s, drawn per rack) with
+//! its own mix of models and profiles (weights drawn per rack); the inrush limit is half a
+//! rack. The lower bound is the slowest rack's (its bytes over its link plus the shortest
+//! boot), the peak is the highest demand over capacity of any rack's link. The scheduler runs
+//! pacing each rack by its own link (known), by its fabric's measured egress (the live
+//! runner's `Capacity` estimate, from a 10 Gbit/s cap), and as one pool of the links' total
+//! (what it did before racks had links); next to all at once.
+//!
 //! Usage: fleet-sim [--table PATH] [HOSTS...]   (default: 1000 10000)
+//!        fleet-sim [--table PATH] --racks R [--per-rack H]
 //! Knobs: SIM_LOOKAHEAD (seconds the scheduler resets hosts ahead of need; default 120),
 //! SIM_TIMER_PERIOD (seconds between the timer strategy's batches; default 60).
 
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use bootfabric::services::reboot::{Action, Event, HostSpec, Params, Phase, Scheduler};
+use std::collections::{HashMap, VecDeque};
+
+use bootfabric::model::ledger::EGRESS_WINDOW_S;
+use bootfabric::services::reboot::{Action, Capacity, Event, HostSpec, Params, Phase, Scheduler};
 use bootfabric_lab::Rng;
 
 const DT: f64 = 0.25;
@@ -55,10 +68,17 @@ const RETRY_BACKOFF: f64 = 10.0;
 const STOP_AT: f64 = 6.0;
 const MODELS: [(&str, f64); 3] = [("r650", 90.0), ("dl380", 150.0), ("sr650", 240.0)];
 const PROFILES: [u64; 3] = [80_000_000, 400_000_000, 1_200_000_000];
+/// The racks model: each rack's fabric egress, Gbit/s, one drawn per rack.
+const RACK_LINKS_GBPS: [f64; 4] = [1.0, 2.0, 5.0, 10.0];
+/// The racks model: what every rack's fabric is configured with (`scheduler.capacity_mbps`,
+/// the default) when it paces by its measured egress.
+const RACK_CAP: f64 = 1.25e9;
 
 #[derive(Clone)]
 struct Machine {
     spec: HostSpec,
+    /// The link it downloads over (an index into [`Links`]).
+    link: usize,
     post_mean: f64,
     /// The BMC never answers.
     dead_bmc: bool,
@@ -113,6 +133,7 @@ fn fleet(n: usize, seed: u64) -> Vec<Machine> {
                     rack: format!("rack{:03}", i / 40),
                     demand_bytes: demand,
                 },
+                link: 0,
                 post_mean: post,
                 dead_bmc: r < 0.02,
                 flaky_bmc: (0.02..0.05).contains(&r),
@@ -121,9 +142,89 @@ fn fleet(n: usize, seed: u64) -> Vec<Machine> {
         .collect()
 }
 
+/// The links hosts download over: one per rack (its fabric's egress) in the racks model, one
+/// for the whole fleet in the one-fabric model.
+struct Links {
+    /// Capacity of each link, bytes per second.
+    bps: Vec<f64>,
+    /// The rack each link serves (its hosts' `spec.rack`); empty in the one-fabric model.
+    rack: Vec<String>,
+}
+
+impl Links {
+    /// The one-fabric model's single link.
+    fn one() -> Self {
+        Self {
+            bps: vec![CAPACITY],
+            rack: Vec::new(),
+        }
+    }
+}
+
+/// `racks` racks of `per_rack` hosts, each rack with its own link (drawn from
+/// `RACK_LINKS_GBPS`) and its own mix of hardware models and profiles (weights drawn per
+/// rack), so that racks differ in both what they must carry and what they can.
+fn rack_fleet(racks: usize, per_rack: usize, seed: u64) -> (Vec<Machine>, Links) {
+    let mut rng = Rng(seed);
+    let mut machines = Vec::with_capacity(racks * per_rack);
+    let mut links = Links {
+        bps: Vec::with_capacity(racks),
+        rack: Vec::with_capacity(racks),
+    };
+    let pick = |rng: &mut Rng, weights: &[f64; 3]| {
+        let mut x = rng.unit() * weights.iter().sum::<f64>();
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        weights.len() - 1
+    };
+    for r in 0..racks {
+        let gbps = RACK_LINKS_GBPS[(rng.next_u64() % RACK_LINKS_GBPS.len() as u64) as usize];
+        let models = [rng.unit(), rng.unit(), rng.unit()];
+        let profiles = [rng.unit(), rng.unit(), rng.unit()];
+        let rack = format!("rack{r:03}");
+        for i in 0..per_rack {
+            let (model, post) = MODELS[pick(&mut rng, &models)];
+            let demand = PROFILES[pick(&mut rng, &profiles)];
+            let u = rng.unit();
+            machines.push(Machine {
+                spec: HostSpec {
+                    name: format!("r{r:03}n{i:03}"),
+                    model: model.to_owned(),
+                    rack: rack.clone(),
+                    demand_bytes: demand,
+                },
+                link: r,
+                post_mean: post,
+                dead_bmc: u < 0.02,
+                flaky_bmc: (0.02..0.05).contains(&u),
+            });
+        }
+        links.bps.push(gbps * 1e9 / 8.0);
+        links.rack.push(rack);
+    }
+    (machines, links)
+}
+
+/// How the scheduler divides download slots.
+#[derive(Clone, Copy, PartialEq)]
+enum Pacing {
+    /// One pool for the whole fleet, of the links' total capacity: what the scheduler did
+    /// before racks had links of their own.
+    Shared,
+    /// Each rack by its own link's capacity.
+    PerRack,
+    /// Each rack by its own fabric's measured egress (`Capacity`, the live runner's estimate),
+    /// starting from a configured cap of this many bytes per second.
+    Measured(f64),
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Strategy {
-    Scheduler,
+    Scheduler(Pacing),
     AllAtOnce,
     /// At most N hosts between reset and booted (or given up).
     Rolling(usize),
@@ -165,7 +266,7 @@ impl Family {
 impl Strategy {
     fn label(&self) -> String {
         match self {
-            Strategy::Scheduler => "scheduler".to_owned(),
+            Strategy::Scheduler(_) => "scheduler".to_owned(),
             Strategy::AllAtOnce => "all at once".to_owned(),
             Strategy::Rolling(n) => format!("rolling batch of {n}"),
             Strategy::Waves(n) => format!("waves of {n}"),
@@ -182,6 +283,8 @@ struct Outcome {
     bootable: usize,
     isolated: usize,
     gave_up: bool,
+    /// When the run ended: every host booted or given up (or the stop).
+    ended: f64,
 }
 
 impl Outcome {
@@ -202,13 +305,14 @@ impl Outcome {
     }
 }
 
-fn params() -> Params {
+/// The scheduler's knobs; `max_per_rack_posting` is the inrush limit.
+fn params(max_per_rack_posting: usize) -> Params {
     Params {
         capacity_bps: CAPACITY,
         per_host_bps: NIC,
         post_guess_s: 300.0,
         max_bmc_ops: 64,
-        max_per_rack_posting: 20,
+        max_per_rack_posting,
         reset_attempts: RESET_ATTEMPTS,
         retry_backoff_s: RETRY_BACKOFF,
         post_timeout_s: 900.0,
@@ -225,12 +329,75 @@ fn env_f64(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -> Outcome {
+/// Bytes a fabric sent per second over the last `EGRESS_WINDOW_S` complete seconds, as the
+/// ledger measures it for the live runner.
+#[derive(Clone, Default)]
+struct Meter {
+    /// The second in progress and its bytes so far.
+    second: u64,
+    now: f64,
+    /// The complete seconds before it, newest last.
+    done: VecDeque<f64>,
+}
+
+impl Meter {
+    fn roll(&mut self, t: f64) {
+        let s = t.floor() as u64;
+        while self.second < s {
+            self.done.push_back(std::mem::take(&mut self.now));
+            if self.done.len() > EGRESS_WINDOW_S as usize {
+                self.done.pop_front();
+            }
+            self.second += 1;
+        }
+    }
+
+    fn add(&mut self, t: f64, bytes: f64) {
+        self.roll(t);
+        self.now += bytes;
+    }
+
+    fn rate(&mut self, t: f64) -> f64 {
+        self.roll(t);
+        self.done.iter().sum::<f64>() / EGRESS_WINDOW_S as f64
+    }
+}
+
+fn simulate(
+    machines: &[Machine],
+    links: &Links,
+    base: &Params,
+    strategy: Strategy,
+    seed: u64,
+    horizon: f64,
+) -> Outcome {
     let n = machines.len();
+    let is_sched = matches!(strategy, Strategy::Scheduler(_));
     let mut rng = Rng(seed);
     let mut state = vec![State::Idle; n];
     let mut attempts = vec![0u32; n];
-    let mut sched = Scheduler::new(params(), machines.iter().map(|m| m.spec.clone()).collect());
+    let shared = Params {
+        capacity_bps: links.bps.iter().sum(),
+        ..base.clone()
+    };
+    let mut sched = Scheduler::new(shared, machines.iter().map(|m| m.spec.clone()).collect());
+    // Per-rack pacing: each rack's link, known or measured by its own fabric.
+    let mut estimates: Vec<Capacity> = Vec::new();
+    let mut meters = vec![Meter::default(); links.bps.len()];
+    match strategy {
+        Strategy::Scheduler(Pacing::PerRack) => {
+            for (rack, bps) in links.rack.iter().zip(&links.bps) {
+                sched.set_rack_capacity(rack, *bps);
+            }
+        }
+        Strategy::Scheduler(Pacing::Measured(cap)) => {
+            for rack in &links.rack {
+                sched.set_rack_capacity(rack, cap);
+                estimates.push(Capacity::new(cap, NIC));
+            }
+        }
+        _ => {}
+    }
     // Baselines: the next host to reset (they go in inventory order), hosts between reset and
     // booted or given up (rolling), hosts of the current wave not yet downloaded (waves), the
     // next timer tick, and how many hosts are finished (booted or given up).
@@ -249,9 +416,25 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
         // Decide.
         let mut resets: Vec<usize> = Vec::new();
         match strategy {
-            Strategy::Scheduler => {
+            Strategy::Scheduler(pacing) => {
                 for (h, e) in events.drain(..) {
                     sched.on_event(t, h, e);
+                }
+                if let Pacing::Measured(_) = pacing {
+                    // Each rack's fabric judges its link as the live runner does: only while
+                    // every slot of it is pulling.
+                    let mut pulling = vec![0usize; links.bps.len()];
+                    for &h in &active {
+                        if let State::Downloading { .. } = state[h] {
+                            pulling[machines[h].link] += 1;
+                        }
+                    }
+                    for (k, est) in estimates.iter_mut().enumerate() {
+                        let rack = &links.rack[k];
+                        let busy = pulling[k] >= sched.rack_slots(rack);
+                        let bps = est.observe(t, meters[k].rate(t), busy);
+                        sched.set_rack_capacity(rack, bps);
+                    }
                 }
                 for Action::Reset(h) in sched.next_actions(t) {
                     resets.push(h);
@@ -306,20 +489,24 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
             };
             active.push(h);
         }
-        // Bandwidth: fair share among downloaders, each capped by its slow start and NIC.
-        let caps: Vec<(usize, f64)> = active
-            .iter()
-            .filter_map(|&h| match state[h] {
-                State::Downloading { since, .. } => {
-                    let ramp = INIT_WINDOW / RTT * 2f64.powf(((t - since) / RTT).min(60.0));
-                    Some((h, ramp.min(NIC)))
-                }
-                _ => None,
-            })
-            .collect();
-        let demand: f64 = caps.iter().map(|(_, c)| c).sum();
-        peak = peak.max(demand / CAPACITY);
-        let share = water_fill(&caps, CAPACITY);
+        // Bandwidth: on each link, fair share among its downloaders, each capped by its slow
+        // start and NIC.
+        let mut caps: Vec<Vec<(usize, f64)>> = vec![Vec::new(); links.bps.len()];
+        for &h in &active {
+            if let State::Downloading { since, .. } = state[h] {
+                let ramp = INIT_WINDOW / RTT * 2f64.powf(((t - since) / RTT).min(60.0));
+                caps[machines[h].link].push((h, ramp.min(NIC)));
+            }
+        }
+        let mut share = HashMap::new();
+        for (caps, bps) in caps.iter().zip(&links.bps) {
+            if caps.is_empty() {
+                continue;
+            }
+            let demand: f64 = caps.iter().map(|(_, c)| c).sum();
+            peak = peak.max(demand / bps);
+            share.extend(water_fill(caps, *bps));
+        }
         // Advance every active host.
         let mut still = Vec::with_capacity(active.len());
         for &h in &active {
@@ -331,7 +518,7 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
                             until: until + post_time(&mut rng, m),
                         };
                         events.push((h, Event::ResetDone));
-                    } else if strategy == Strategy::Scheduler {
+                    } else if is_sched {
                         // The scheduler decides the retry (and the isolation) itself.
                         state[h] = State::Idle;
                         events.push((h, Event::ResetFailed("no answer".into())));
@@ -352,7 +539,11 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
                     }
                 }
                 State::Post { until } if t + DT >= until => {
-                    state[h] = if strategy == Strategy::Scheduler {
+                    // A host the scheduler admitted holds no place at the gate any more (the
+                    // live runner lets it through for good): after a download give-up it
+                    // fetches again at once. Any other host under the scheduler waits.
+                    let admitted = matches!(sched.phases()[h], Phase::Downloading { .. });
+                    state[h] = if is_sched && !admitted {
                         State::Gate
                     } else {
                         State::Downloading {
@@ -364,6 +555,7 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
                 }
                 State::Downloading { left, since } => {
                     let rate = share.get(&h).copied().unwrap_or(0.0);
+                    meters[m.link].add(t, (rate * DT).min(left));
                     let left = left - rate * DT;
                     if left <= 0.0 {
                         state[h] = State::Booting {
@@ -401,7 +593,7 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
         }
         // Hosts re-queued by the scheduler after a failed reset come back through `resets`.
         active = still;
-        if strategy != Strategy::Scheduler {
+        if !is_sched {
             events.clear();
             if finished == n {
                 break;
@@ -417,7 +609,7 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
             _ => None,
         })
         .collect();
-    if strategy == Strategy::Scheduler {
+    if is_sched {
         isolated = sched
             .phases()
             .iter()
@@ -431,15 +623,16 @@ fn simulate(machines: &[Machine], strategy: Strategy, seed: u64, horizon: f64) -
         bootable,
         isolated,
         gave_up: t >= horizon,
+        ended: t,
     }
 }
 
 /// Max-min fair shares of `capacity` among flows capped at `caps`.
-fn water_fill(caps: &[(usize, f64)], capacity: f64) -> std::collections::HashMap<usize, f64> {
+fn water_fill(caps: &[(usize, f64)], capacity: f64) -> HashMap<usize, f64> {
     let mut sorted: Vec<(usize, f64)> = caps.to_vec();
     sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
     let mut left = capacity;
-    let mut out = std::collections::HashMap::with_capacity(sorted.len());
+    let mut out = HashMap::with_capacity(sorted.len());
     let n = sorted.len();
     for (i, (h, cap)) in sorted.into_iter().enumerate() {
         let fair = left / (n - i) as f64;
@@ -453,6 +646,8 @@ fn water_fill(caps: &[(usize, f64)], capacity: f64) -> std::collections::HashMap
 /// One row of the results, printed as it is computed and kept for the markdown table.
 struct Row {
     hosts: usize,
+    /// Racks with links of their own (0: the one-fabric model).
+    racks: usize,
     name: String,
     outcome: Outcome,
     bound: f64,
@@ -468,14 +663,31 @@ impl Row {
                 format!("> {:.0} s (stopped)", self.bound * STOP_AT),
                 format!("> {STOP_AT:.0} (stopped)"),
             )
+        } else if !o.complete() {
+            // Hosts that could boot did not (the scheduler gave up on them): the makespan is
+            // the last boot's, the run ended later, and they are still to reboot.
+            (
+                format!(
+                    "{:.0} s; {} bootable hosts not booted when the run ended at {:.0} s",
+                    o.makespan,
+                    o.bootable - o.booted,
+                    o.ended
+                ),
+                format!("{:.3} (incomplete)", o.makespan / self.bound),
+            )
         } else {
             (
                 format!("{:.0} s", o.makespan),
                 format!("{:.3}", o.makespan / self.bound),
             )
         };
+        let hosts = if self.racks > 0 {
+            format!("{} ({} racks)", group_thousands(self.hosts), self.racks)
+        } else {
+            group_thousands(self.hosts)
+        };
         [
-            group_thousands(self.hosts),
+            hosts,
             self.name.clone(),
             makespan,
             ratio,
@@ -498,10 +710,78 @@ fn group_thousands(n: usize) -> String {
     out
 }
 
+/// A fleet to run strategies on, with its links, the scheduler's knobs and the lower bound.
+struct Fleet {
+    machines: Vec<Machine>,
+    links: Links,
+    params: Params,
+    bound: f64,
+    /// Racks with links of their own (0: the one-fabric model).
+    racks: usize,
+}
+
+impl Fleet {
+    /// The one-fabric model: `n` hosts behind one link, racks of 40 (inrush only).
+    fn one_fabric(n: usize) -> Self {
+        let machines = fleet(n, 42);
+        let links = Links::one();
+        let bound = lower_bound(&machines, &links);
+        Self {
+            machines,
+            links,
+            params: params(20),
+            bound,
+            racks: 0,
+        }
+    }
+
+    /// The racks model: `racks` racks of `per_rack` hosts, each rack with its own link; the
+    /// inrush limit is half a rack.
+    fn racks(racks: usize, per_rack: usize) -> Self {
+        let (machines, links) = rack_fleet(racks, per_rack, 42);
+        let bound = lower_bound(&machines, &links);
+        Self {
+            machines,
+            links,
+            params: params(per_rack.div_ceil(2)),
+            bound,
+            racks,
+        }
+    }
+}
+
+/// The shortest boot possible: the shortest POST, a reset, the smallest profile at NIC
+/// speed, the boot.
+fn shortest_boot() -> f64 {
+    MODELS
+        .iter()
+        .map(|(_, p)| p * 0.85)
+        .fold(f64::MAX, f64::min)
+        + RESET_LATENCY
+        + PROFILES[0] as f64 / NIC
+        + BOOT_AFTER_DOWNLOAD
+}
+
+/// No schedule ends sooner: on each link, the bytes of its bootable hosts at its capacity,
+/// after the shortest boot; the fleet's bound is its slowest link's. (One link: total bytes
+/// over capacity plus the shortest boot.)
+fn lower_bound(machines: &[Machine], links: &Links) -> f64 {
+    let mut bytes = vec![0.0; links.bps.len()];
+    for m in machines.iter().filter(|m| !m.dead_bmc) {
+        bytes[m.link] += m.spec.demand_bytes as f64;
+    }
+    bytes
+        .iter()
+        .zip(&links.bps)
+        .map(|(b, c)| b / c + shortest_boot())
+        .fold(0.0, f64::max)
+}
+
 /// Runs one strategy, prints its line and returns its row.
-fn run(machines: &[Machine], strategy: Strategy, name: String, bound: f64) -> Row {
+fn run(f: &Fleet, strategy: Strategy, name: String) -> Row {
+    let (machines, bound) = (&f.machines, f.bound);
     let t0 = Instant::now();
-    let o = simulate(machines, strategy, 7, bound * STOP_AT);
+    let o = simulate(machines, &f.links, &f.params, strategy, 7, bound * STOP_AT);
     let note = if o.gave_up {
         format!(" (stopped at {STOP_AT:.0}x bound)")
     } else {
@@ -523,6 +803,7 @@ fn run(machines: &[Machine], strategy: Strategy, name: String, bound: f64) -> Ro
     );
     Row {
         hosts: machines.len(),
+        racks: f.racks,
         name,
         outcome: o,
         bound,
@@ -532,25 +813,10 @@ fn run(machines: &[Machine], strategy: Strategy, name: String, bound: f64) -> Ro
 /// Sweeps one family over the grid (then around its best) and returns the rows by batch
 /// size, then the best's row. `all_at_once` is every family's N = fleet size and competes
 /// for "best".
-fn sweep(
-    machines: &[Machine],
-    family: Family,
-    first: usize,
-    bound: f64,
-    all_at_once: &Outcome,
-) -> Vec<Row> {
-    let n = machines.len();
-    let run_size = |b: usize| {
-        (
-            b,
-            run(
-                machines,
-                family.strategy(b),
-                family.strategy(b).label(),
-                bound,
-            ),
-        )
-    };
+fn sweep(f: &Fleet, family: Family, first: usize, all_at_once: &Outcome) -> Vec<Row> {
+    let n = f.machines.len();
+    let bound = f.bound;
+    let run_size = |b: usize| (b, run(f, family.strategy(b), family.strategy(b).label()));
     let mut rows: Vec<(usize, Row)> = std::iter::successors(Some(first.max(1)), |b| Some(b * 2))
         .take_while(|&b| b < n)
         .map(run_size)
@@ -586,6 +852,7 @@ fn sweep(
     let mut out: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect();
     out.push(Row {
         hosts: n,
+        racks: f.racks,
         name,
         outcome,
         bound,
@@ -594,8 +861,13 @@ fn sweep(
 }
 
 fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| hosts | strategy | makespan | makespan / lower bound | peak demand / capacity | booted | given up |\n|---|---|---|---|---|---|---|\n",
+    let peak = if rows.iter().any(|r| r.racks > 0) {
+        "peak per-rack demand / capacity"
+    } else {
+        "peak demand / capacity"
+    };
+    let mut out = format!(
+        "| hosts | strategy | makespan | makespan / lower bound | {peak} | booted | given up |\n|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(out, "| {} |", r.cells().join(" | "));
@@ -603,33 +875,17 @@ fn markdown(rows: &[Row]) -> String {
     out
 }
 
-fn main() -> std::process::ExitCode {
-    let mut table: Option<String> = None;
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--table" {
-            table = args.next();
-            if table.is_none() {
-                eprintln!("--table needs a path");
-                return std::process::ExitCode::from(2);
-            }
-        } else if let Ok(n) = a.parse::<usize>() {
-            if n == 0 {
-                eprintln!("a fleet needs at least one host");
-                return std::process::ExitCode::from(2);
-            }
-            sizes.push(n);
-        } else {
-            eprintln!("usage: fleet_sim [--table PATH] [HOSTS...]; {a:?} is not a host count");
-            return std::process::ExitCode::from(2);
-        }
-    }
-    if sizes.is_empty() {
-        sizes = vec![1000, 10_000];
-    }
-    let slots = params().slots();
-    let period = env_f64("SIM_TIMER_PERIOD", 60.0).max(DT);
+fn usage(why: &str) -> std::process::ExitCode {
+    eprintln!(
+        "usage: fleet_sim [--table PATH] [HOSTS...] | fleet_sim [--table PATH] --racks R [--per-rack H]\n{why}"
+    );
+    std::process::ExitCode::from(2)
+}
+
+/// The one-fabric model at each fleet size: the scheduler, all at once, the swept batches.
+fn one_fabric(sizes: &[usize], period: f64) -> Vec<Row> {
+    let p = params(20);
+    let slots = p.slots();
     println!(
         "fabric {:.0} Gbit/s, hosts {:.0} Gbit/s each ({} download slots); POST 90/150/240 s ±15%; \
          profiles 80 MB / 400 MB / 1.2 GB; 2% dead BMCs, 3% failing once; lookahead {:.0} s; \
@@ -637,42 +893,121 @@ fn main() -> std::process::ExitCode {
         CAPACITY * 8.0 / 1e9,
         NIC * 8.0 / 1e9,
         slots,
-        params().lookahead_s,
+        p.lookahead_s,
         period,
     );
+    header();
+    let mut rows: Vec<Row> = Vec::new();
+    for &n in sizes {
+        let f = Fleet::one_fabric(n);
+        rows.push(run(
+            &f,
+            Strategy::Scheduler(Pacing::Shared),
+            "scheduler".into(),
+        ));
+        let all = run(&f, Strategy::AllAtOnce, "all at once".into());
+        let all_outcome = all.outcome.clone();
+        rows.push(all);
+        for family in [Family::Rolling, Family::Waves, Family::Timer(period)] {
+            rows.extend(sweep(&f, family, slots, &all_outcome));
+        }
+    }
+    rows
+}
+
+/// The racks model: the scheduler pacing each rack by its own link (known, then measured by
+/// the rack's fabric), pacing the fleet as one pool of the links' total, and all at once.
+fn racks(racks: usize, per_rack: usize) -> Vec<Row> {
+    let f = Fleet::racks(racks, per_rack);
+    let mut per_speed = String::new();
+    for g in RACK_LINKS_GBPS {
+        let k = f.links.bps.iter().filter(|b| **b == g * 1e9 / 8.0).count();
+        let _ = write!(per_speed, " {k} x {g:.0}");
+    }
+    let total: f64 = f.links.bps.iter().sum();
+    println!(
+        "{racks} racks of {per_rack} hosts, each rack's fabric its own link (racks x Gbit/s:{per_speed}; \
+         {:.0} Gbit/s in all) and its own mix of models and profiles; hosts {:.0} Gbit/s each; \
+         POST 90/150/240 s ±15%; profiles 80 MB / 400 MB / 1.2 GB; 2% dead BMCs, 3% failing once; \
+         lookahead {:.0} s; inrush {} per rack; bound = the slowest rack's; stop at {STOP_AT:.0}x the bound",
+        total * 8.0 / 1e9,
+        NIC * 8.0 / 1e9,
+        f.params.lookahead_s,
+        f.params.max_per_rack_posting,
+    );
+    header();
+    let measured = format!(
+        "scheduler, per rack, measured from {:.0} Gbit/s",
+        RACK_CAP * 8.0 / 1e9
+    );
+    vec![
+        run(
+            &f,
+            Strategy::Scheduler(Pacing::PerRack),
+            "scheduler, per-rack pacing".into(),
+        ),
+        run(
+            &f,
+            Strategy::Scheduler(Pacing::Measured(RACK_CAP)),
+            measured,
+        ),
+        run(
+            &f,
+            Strategy::Scheduler(Pacing::Shared),
+            "scheduler, one pool for all racks".into(),
+        ),
+        run(&f, Strategy::AllAtOnce, "all at once".into()),
+    ]
+}
+
+fn header() {
     println!(
         "{:>6} {:<40} {:>10} {:>9} {:>9} {:>15} {:>9} {:>9}  wall",
         "hosts", "strategy", "makespan", "bound", "ratio", "booted", "given up", "peak"
     );
-    let mut rows: Vec<Row> = Vec::new();
-    for &n in &sizes {
-        let machines = fleet(n, 42);
-        let bytes: f64 = machines
-            .iter()
-            .filter(|m| !m.dead_bmc)
-            .map(|m| m.spec.demand_bytes as f64)
-            .sum();
-        let shortest = MODELS
-            .iter()
-            .map(|(_, p)| p * 0.85)
-            .fold(f64::MAX, f64::min)
-            + RESET_LATENCY
-            + PROFILES[0] as f64 / NIC
-            + BOOT_AFTER_DOWNLOAD;
-        let bound = bytes / CAPACITY + shortest;
-        rows.push(run(
-            &machines,
-            Strategy::Scheduler,
-            "scheduler".into(),
-            bound,
-        ));
-        let all = run(&machines, Strategy::AllAtOnce, "all at once".into(), bound);
-        let all_outcome = all.outcome.clone();
-        rows.push(all);
-        for family in [Family::Rolling, Family::Waves, Family::Timer(period)] {
-            rows.extend(sweep(&machines, family, slots, bound, &all_outcome));
+}
+
+fn main() -> std::process::ExitCode {
+    let mut table: Option<String> = None;
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut rack_count: Option<usize> = None;
+    let mut per_rack: usize = 100;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--table" => match args.next() {
+                Some(p) => table = Some(p),
+                None => return usage("--table needs a path"),
+            },
+            "--racks" | "--per-rack" => match args.next().and_then(|v| v.parse::<usize>().ok()) {
+                Some(v) if v > 0 && v <= 10_000 => {
+                    if a == "--racks" {
+                        rack_count = Some(v);
+                    } else {
+                        per_rack = v;
+                    }
+                }
+                _ => return usage(&format!("{a} needs a count from 1 to 10000")),
+            },
+            _ => match a.parse::<usize>() {
+                Ok(0) => return usage("a fleet needs at least one host"),
+                Ok(n) => sizes.push(n),
+                Err(_) => return usage(&format!("{a:?} is not a host count")),
+            },
         }
     }
+    let rows = match rack_count {
+        Some(_) if !sizes.is_empty() => {
+            return usage("--racks takes its fleet from --per-rack, not from HOSTS")
+        }
+        Some(r) => racks(r, per_rack),
+        None => {
+            if sizes.is_empty() {
+                sizes = vec![1000, 10_000];
+            }
+            one_fabric(&sizes, env_f64("SIM_TIMER_PERIOD", 60.0).max(DT))
+        }
+    };
     if let Some(path) = table {
         if let Err(e) = std::fs::write(&path, markdown(&rows)) {
             eprintln!("writing {path}: {e}");

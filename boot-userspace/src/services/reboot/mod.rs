@@ -13,6 +13,11 @@
 //! and the shared rate give the time its slot frees. Limits on BMC operations in flight and on
 //! hosts powering on per rack (inrush) apply on top. Hosts whose BMC fails are retried with
 //! backoff and, after the bounded attempts, isolated: they never hold a slot.
+//!
+//! Racks with their own link: a run across racks, each served by its own fabric, paces each
+//! rack by that fabric's capacity ([`Scheduler::set_rack_capacity`]): the rack's hosts have
+//! their own slots and their own timeline of when a slot frees. Hosts of racks given no
+//! capacity of their own share `capacity_bps`, as the whole run does when no rack has one.
 
 pub mod bmc;
 pub mod clock;
@@ -71,7 +76,12 @@ pub struct Params {
 impl Params {
     /// Download slots: hosts that may fetch at once without oversubscribing.
     pub fn slots(&self) -> usize {
-        ((self.capacity_bps / self.per_host_bps).floor() as usize).clamp(1, 1 << 20)
+        self.slots_at(self.capacity_bps)
+    }
+
+    /// Download slots of a link of `capacity_bps` (a rack's own).
+    pub fn slots_at(&self, capacity_bps: f64) -> usize {
+        ((capacity_bps / self.per_host_bps).floor() as usize).clamp(1, 1 << 20)
     }
 }
 
@@ -198,6 +208,11 @@ pub struct Scheduler {
     post: PostSeen,
     /// Hosts at the admission gate, in arrival order.
     gate: VecDeque<usize>,
+    /// Each host's link: 0 is the shared one (`params.capacity_bps`), `k` the rack link
+    /// `rack_links[k - 1]`.
+    link_of: Vec<usize>,
+    /// Racks paced by their own link: the rack and its capacity, bytes per second.
+    rack_links: Vec<(String, f64)>,
 }
 
 impl Scheduler {
@@ -212,6 +227,8 @@ impl Scheduler {
             hosts,
             post: HashMap::new(),
             gate: VecDeque::new(),
+            link_of: vec![0; n],
+            rack_links: Vec::new(),
         }
     }
 
@@ -255,29 +272,50 @@ impl Scheduler {
         longest_post(&self.post, model, self.params.post_guess_s)
     }
 
-    /// Admits hosts waiting at the gate while download slots are free, oldest first.
-    /// The runner lets exactly these start fetching (the live fabric answers a waiting
-    /// host's script request with "ask again shortly").
+    /// Admits hosts waiting at the gate while download slots are free, oldest first, each
+    /// into a slot of its own link (a host whose rack's link is full waits, and does not
+    /// hold up hosts of other racks behind it). The runner lets exactly these start fetching
+    /// (the live fabric answers a waiting host's script request with "ask again shortly").
     pub fn admit(&mut self, now: f64) -> Vec<usize> {
-        let mut downloading = self
-            .phases
+        let mut downloading = vec![0usize; self.rack_links.len() + 1];
+        for (i, p) in self.phases.iter().enumerate() {
+            if matches!(p, Phase::Downloading { .. }) {
+                downloading[self.link_of[i]] += 1;
+            }
+        }
+        let slots = self.link_slots();
+        let mut open = downloading
             .iter()
-            .filter(|p| matches!(p, Phase::Downloading { .. }))
+            .zip(&slots)
+            .filter(|(d, s)| d < s)
             .count();
         let mut out = Vec::new();
-        while downloading < self.params.slots() {
+        let mut held = VecDeque::new();
+        while open > 0 {
             let Some(h) = self.gate.pop_front() else {
                 break;
             };
             if !matches!(self.phases[h], Phase::Queued { .. }) {
                 continue;
             }
+            let link = self.link_of[h];
+            if downloading[link] >= slots[link] {
+                held.push_back(h);
+                continue;
+            }
             self.phases[h] = Phase::Downloading {
                 since: now,
                 predicted_end: now + self.download_time(h),
             };
-            downloading += 1;
+            downloading[link] += 1;
+            if downloading[link] == slots[link] {
+                open -= 1;
+            }
             out.push(h);
+        }
+        // The held hosts keep their places, ahead of those not looked at.
+        while let Some(h) = held.pop_back() {
+            self.gate.push_front(h);
         }
         out
     }
@@ -287,6 +325,68 @@ impl Scheduler {
         if bps > 0.0 {
             self.params.capacity_bps = bps;
         }
+    }
+
+    /// Paces the hosts of `rack` by a link of their own, of `bps` bytes per second (its
+    /// fabric's measured egress, capped by that fabric's configuration); called again, it
+    /// updates that capacity. A rack with no host in the run is ignored.
+    pub fn set_rack_capacity(&mut self, rack: &str, bps: f64) {
+        if !(bps > 0.0 && bps.is_finite()) {
+            return;
+        }
+        if let Some(k) = self.rack_links.iter().position(|(r, _)| r == rack) {
+            self.rack_links[k].1 = bps;
+            return;
+        }
+        let members: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].rack == rack)
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        self.rack_links.push((rack.to_owned(), bps));
+        let link = self.rack_links.len();
+        for i in members {
+            self.link_of[i] = link;
+        }
+    }
+
+    /// The download slots `rack` is paced by: its own link's if it has one, else the
+    /// shared link's.
+    pub fn rack_slots(&self, rack: &str) -> usize {
+        self.rack_links
+            .iter()
+            .find(|(r, _)| r == rack)
+            .map_or(self.params.slots(), |(_, bps)| self.params.slots_at(*bps))
+    }
+
+    /// Orders the reset queue by how long each link still has to carry the hosts waiting for
+    /// it, longest first (inventory order within a link): across racks, the rack that bounds
+    /// the run starts first, and the BMC operations, shared by every rack, go where they
+    /// shorten the run rather than to a fast rack that finishes early whatever happens.
+    fn critical_first(&mut self) {
+        let capacity: Vec<f64> = std::iter::once(self.params.capacity_bps)
+            .chain(self.rack_links.iter().map(|(_, bps)| *bps))
+            .collect();
+        let mut left = vec![0.0; capacity.len()];
+        for &h in &self.queue {
+            left[self.link_of[h]] += self.hosts[h].demand_bytes as f64 / capacity[self.link_of[h]];
+        }
+        let mut queue: Vec<usize> = self.queue.drain(..).collect();
+        // Stable: ties keep the inventory order.
+        queue.sort_by(|a, b| left[self.link_of[*b]].total_cmp(&left[self.link_of[*a]]));
+        self.queue = queue.into();
+    }
+
+    /// Slots per link: the shared one first, then each rack link.
+    fn link_slots(&self) -> Vec<usize> {
+        std::iter::once(self.params.slots())
+            .chain(
+                self.rack_links
+                    .iter()
+                    .map(|(_, bps)| self.params.slots_at(*bps)),
+            )
+            .collect()
     }
 
     fn download_time(&self, host: usize) -> f64 {
@@ -383,15 +483,21 @@ impl Scheduler {
     /// timeline says when one frees for it); hosts that arrive earlier wait at the gate.
     pub fn next_actions(&mut self, now: f64) -> Vec<Action> {
         self.expire(now);
-        let slots = self.params.slots();
+        if !self.rack_links.is_empty() {
+            self.critical_first();
+        }
+        let slots = self.link_slots();
         let mut resetting = 0;
         let mut posting_per_rack: HashMap<&str, usize> = HashMap::new();
-        // When each slot frees: the downloaders' predicted ends, then every host on its way
-        // takes the earliest free slot once it has arrived, in arrival order.
-        let mut free: Vec<f64> = Vec::with_capacity(slots);
-        let mut coming: Vec<(f64, f64)> = Vec::new(); // (arrival, download time)
+        // Per link, when each slot frees: the downloaders' predicted ends, then every host on
+        // its way takes the earliest free slot of its link once it has arrived, in arrival
+        // order.
+        let mut free: Vec<Vec<f64>> = slots.iter().map(|s| Vec::with_capacity(*s)).collect();
+        // (arrival, download time) per link.
+        let mut coming: Vec<Vec<(f64, f64)>> = vec![Vec::new(); slots.len()];
         for (i, p) in self.phases.iter().enumerate() {
             let dl = self.download_time(i);
+            let link = self.link_of[i];
             match p {
                 Phase::Resetting { since } | Phase::Posting { since } => {
                     if matches!(p, Phase::Resetting { .. }) {
@@ -399,15 +505,18 @@ impl Scheduler {
                     }
                     *posting_per_rack.entry(&self.hosts[i].rack).or_default() += 1;
                     let arrive = (since + self.post_estimate(&self.hosts[i].model)).max(now);
-                    coming.push((arrive, dl));
+                    coming[link].push((arrive, dl));
                 }
-                Phase::Queued { .. } => coming.push((now, dl)),
-                Phase::Downloading { predicted_end, .. } => free.push(predicted_end.max(now)),
+                Phase::Queued { .. } => coming[link].push((now, dl)),
+                Phase::Downloading { predicted_end, .. } => {
+                    free[link].push(predicted_end.max(now));
+                }
                 _ => {}
             }
         }
-        free.resize(slots.max(free.len()), now);
-        coming.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (link, free) in free.iter_mut().enumerate() {
+            free.resize(slots[link].max(free.len()), now);
+        }
         let take = |free: &mut Vec<f64>, arrive: f64, dl: f64| {
             // The earliest-free slot serves the next arrival.
             let (idx, _) = free
@@ -420,8 +529,11 @@ impl Scheduler {
                 *slot = start + dl;
             }
         };
-        for (arrive, dl) in &coming {
-            take(&mut free, *arrive, *dl);
+        for (link, coming) in coming.iter_mut().enumerate() {
+            coming.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (arrive, dl) in coming.iter() {
+                take(&mut free[link], *arrive, *dl);
+            }
         }
         let mut actions = Vec::new();
         let mut skipped = VecDeque::new();
@@ -441,7 +553,8 @@ impl Scheduler {
                 skipped.push_back(host);
                 continue;
             }
-            let next_free = free.iter().copied().fold(f64::INFINITY, f64::min);
+            let link = self.link_of[host];
+            let next_free = free[link].iter().copied().fold(f64::INFINITY, f64::min);
             let arrive = now + self.post_estimate(&self.hosts[host].model);
             if arrive + self.params.lookahead_s < next_free {
                 // It would arrive before a slot frees for it: not yet. A host of a model with
@@ -452,7 +565,7 @@ impl Scheduler {
             self.phases[host] = Phase::Resetting { since: now };
             resetting += 1;
             *posting_per_rack.entry(rack).or_default() += 1;
-            take(&mut free, arrive, self.download_time(host));
+            take(&mut free[link], arrive, self.download_time(host));
             actions.push(Action::Reset(host));
         }
         // Keep the original order for the hosts not started.
@@ -594,6 +707,119 @@ mod tests {
         assert_eq!(b.len(), 1);
         let Action::Reset(h) = b[0];
         assert_eq!(s.hosts()[h].rack, "r1");
+    }
+
+    /// Hosts `0..n` alternate between racks r0 and r1 (see `hosts`).
+    fn rack_of(s: &Scheduler, actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|Action::Reset(h)| s.hosts()[*h].rack.clone())
+            .collect()
+    }
+
+    #[test]
+    fn racks_with_their_own_links_are_paced_by_their_own_slots() {
+        let mut s = Scheduler::new(params(), hosts(20));
+        // r0's fabric carries 3 hosts at once, r1's only 1; the shared 4 slots pace nobody.
+        s.set_rack_capacity("r0", 750.0);
+        s.set_rack_capacity("r1", 250.0);
+        assert_eq!((s.rack_slots("r0"), s.rack_slots("r1")), (3, 1));
+        assert_eq!(s.rack_slots("elsewhere"), 4, "a rack without a link shares");
+        let first = s.next_actions(0.0);
+        let mut racks = rack_of(&s, &first);
+        racks.sort();
+        assert_eq!(racks, ["r0", "r0", "r0", "r1"], "one per slot of each rack");
+        assert!(
+            s.next_actions(1.0).is_empty(),
+            "every slot of both is spoken for"
+        );
+        for Action::Reset(h) in &first {
+            s.on_event(1.0, *h, Event::ResetDone);
+            s.on_event(11.0, *h, Event::DhcpSeen);
+        }
+        assert_eq!(s.admit(11.0).len(), 4);
+        // r1's host holds its slot until 21; r0's theirs until 21 too: a reset at 11 arrives
+        // at 21, so three more of r0 and one of r1.
+        let next = s.next_actions(11.0);
+        let mut racks = rack_of(&s, &next);
+        racks.sort();
+        assert_eq!(racks, ["r0", "r0", "r0", "r1"]);
+    }
+
+    #[test]
+    fn across_racks_the_rack_with_the_most_time_left_on_its_link_is_reset_first() {
+        let mut p = params();
+        p.max_bmc_ops = 1;
+        let mut s = Scheduler::new(p, hosts(6));
+        // Equal bytes, but r1's link is four times slower: r1 bounds the run.
+        s.set_rack_capacity("r0", 1000.0);
+        s.set_rack_capacity("r1", 250.0);
+        let first = s.next_actions(0.0);
+        assert_eq!(rack_of(&s, &first), ["r1"]);
+        // The one BMC operation is busy until the reset is acknowledged.
+        assert!(s.next_actions(0.5).is_empty());
+        s.on_event(1.0, 1, Event::ResetDone);
+        // r1 still has the most time left (2 hosts at 10 s each, r0 3 at 2.5 s), but its
+        // next host would arrive at 11 while its one slot is busy until 21: r0's first goes.
+        assert_eq!(s.next_actions(1.0), vec![Action::Reset(0)]);
+        // Without links of their own, the inventory order holds.
+        let mut shared = Scheduler::new(params(), hosts(6));
+        assert_eq!(
+            shared.next_actions(0.0),
+            vec![
+                Action::Reset(0),
+                Action::Reset(1),
+                Action::Reset(2),
+                Action::Reset(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_host_of_a_full_rack_does_not_hold_up_another_racks_host_at_the_gate() {
+        let mut p = params();
+        p.post_guess_s = 0.0;
+        let mut s = Scheduler::new(p, hosts(4));
+        s.set_rack_capacity("r0", 250.0);
+        s.set_rack_capacity("r1", 250.0);
+        // Hosts 0 and 2 (r0) and 1 (r1) reach DHCP in that order; r0 has one slot.
+        for h in [0, 2, 1] {
+            s.phases[h] = Phase::Posting { since: 0.0 };
+            s.on_event(1.0, h, Event::DhcpSeen);
+        }
+        assert_eq!(s.admit(1.0), vec![0, 1], "2 waits for r0; 1 goes to r1");
+        assert!(matches!(s.phases()[2], Phase::Queued { .. }));
+        s.on_event(5.0, 0, Event::Fetched);
+        assert_eq!(s.admit(5.0), vec![2], "r0's slot is free again");
+    }
+
+    #[test]
+    fn a_rack_capacity_updates_and_strangers_or_nonsense_are_ignored() {
+        let mut s = Scheduler::new(params(), hosts(4));
+        s.set_rack_capacity("r9", 250.0);
+        s.set_rack_capacity("r0", f64::NAN);
+        s.set_rack_capacity("r1", 0.0);
+        assert_eq!(s.link_slots(), vec![4], "no rack has a link of its own");
+        s.set_rack_capacity("r0", 250.0);
+        s.set_rack_capacity("r0", 500.0);
+        assert_eq!(s.link_slots(), vec![4, 2], "updated, not added twice");
+        assert_eq!(s.rack_slots("r0"), 2);
+        // r1 still shares: the shared link's capacity changes only its slots.
+        s.set_capacity(250.0);
+        assert_eq!((s.rack_slots("r0"), s.rack_slots("r1")), (2, 1));
+    }
+
+    #[test]
+    fn a_mixed_run_paces_the_rack_with_its_link_and_the_rest_on_the_shared_link() {
+        let mut p = params();
+        p.capacity_bps = 250.0;
+        let mut s = Scheduler::new(p, hosts(6));
+        // r1 has a fabric of its own with two slots; r0 shares the single shared slot.
+        s.set_rack_capacity("r1", 500.0);
+        let first = s.next_actions(0.0);
+        let mut racks = rack_of(&s, &first);
+        racks.sort();
+        assert_eq!(racks, ["r0", "r1", "r1"]);
     }
 
     #[test]
