@@ -199,7 +199,7 @@ impl Membership {
     /// A new lease with `record` under it.
     async fn register(&self, record: &FabricRecord) -> Result<(i64, FabricRecord), ClusterError> {
         let c = &self.cluster;
-        let mut client = c.client.clone();
+        let mut client = c.client();
         let ttl = i64::try_from(c.ttl.as_secs()).unwrap_or(i64::MAX);
         let lease = c.bounded(client.lease_grant(ttl, None)).await?.id();
         self.put(lease, record).await?;
@@ -214,7 +214,7 @@ impl Membership {
             key: key.clone(),
             reason: e.to_string(),
         })?;
-        let mut client = c.client.clone();
+        let mut client = c.client();
         c.bounded(client.put(key, value, Some(PutOptions::new().with_lease(lease))))
             .await?;
         Ok(())
@@ -243,7 +243,7 @@ impl Membership {
         cancel: &CancellationToken,
     ) -> Result<(), ClusterError> {
         let c = &self.cluster;
-        let mut client = c.client.clone();
+        let mut client = c.client();
         let (mut keeper, mut stream) = c.bounded(client.lease_keep_alive(lease)).await?;
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -276,7 +276,7 @@ impl Membership {
 
     async fn revoke(&self, lease: i64) {
         let c = &self.cluster;
-        let mut client = c.client.clone();
+        let mut client = c.client();
         match c.bounded(client.lease_revoke(lease)).await {
             Ok(_) => info!(fabric = %c.name, "left the cluster"),
             Err(e) => {

@@ -143,18 +143,24 @@ impl Cluster {
         self.ttl
     }
 
+    /// The etcd client (a clone shares the connection). For the cluster's own modules: each
+    /// request still goes through [`Cluster::bounded`].
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// `<prefix>/<kind>/` (every record of a kind).
-    fn dir(&self, kind: &str) -> String {
+    pub(crate) fn dir(&self, kind: &str) -> String {
         format!("{}/{kind}/", self.prefix)
     }
 
     /// `<prefix>/<kind>/<name>`.
-    fn key(&self, kind: &str, name: &str) -> String {
+    pub(crate) fn key(&self, kind: &str, name: &str) -> String {
         format!("{}{name}", self.dir(kind))
     }
 
     /// `f` bounded by the request timeout (a watch or keep-alive stream has none of its own).
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, ClusterError> {
@@ -167,7 +173,7 @@ impl Cluster {
     /// Every fabric registered now, by name.
     pub async fn fabrics(&self) -> Result<Vec<FabricRecord>, ClusterError> {
         let dir = self.dir("fabrics");
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let resp = self
             .bounded(client.get(dir.as_str(), Some(GetOptions::new().with_prefix())))
             .await?;
@@ -186,7 +192,7 @@ impl Cluster {
 
     /// What the etcd members say: version, member count, leader.
     pub async fn status(&self) -> Result<EtcdStatus, ClusterError> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let status = self.bounded(client.status()).await?;
         let members = self.bounded(client.member_list()).await?;
         Ok(EtcdStatus {
