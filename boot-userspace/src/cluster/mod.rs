@@ -11,7 +11,9 @@
 //! Every call can fail (a member down, quorum lost, the network cut): callers keep serving
 //! from what they have and try again; nothing here retries in a hot loop.
 
+pub mod election;
 pub mod membership;
+pub mod runs;
 
 use std::time::Duration;
 

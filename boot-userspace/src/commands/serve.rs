@@ -572,8 +572,17 @@ async fn join_cluster(
         .await
         .context("cluster: connecting to etcd")?;
     let membership =
-        Membership::new(cluster, registry).context("registering the cluster's metrics")?;
+        Membership::new(cluster.clone(), registry).context("registering the cluster's metrics")?;
     let view = membership.view();
+    // The leader runs the reboot runs; the election shows who leads in the same view.
+    let election =
+        crate::cluster::election::Election::new(cluster.clone(), Arc::clone(&view), registry)
+            .context("registering the cluster's metrics")?;
+    let token = supervisor.token();
+    supervisor.spawn(
+        "election",
+        Box::pin(async move { election.run(token).await.context("cluster election") }),
+    );
     let (name, rack) = (config.name.clone(), config.rack.clone());
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -23,6 +23,7 @@ pub mod bmc;
 pub mod clock;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod runner;
 pub mod step;
 
