@@ -1,12 +1,13 @@
 //! The cluster's leader on a real etcd (three members in namespaces): of two fabrics exactly
-//! one leads (it would run the reboot runs), both say which; the leader killed without a word,
-//! the other takes over once the dead one's lease runs out.
+//! one leads, both say which, and only the leader starts reboot runs (the other refuses and
+//! names it); the leader killed without a word, the other takes over once the dead one's
+//! lease runs out, and runs start there.
 
 use std::time::Duration;
 
 use bootfabric_lab::{
-    etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample, wait_for, Daemon,
-    Netns,
+    api::Api, etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample,
+    wait_for, Daemon, Netns,
 };
 use serde_json::Value;
 
@@ -19,6 +20,7 @@ fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> (Netns, D
     let config = format!(
         r#"[daemon]
 state_dir = "state"
+inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
 [admin]
@@ -34,7 +36,20 @@ timeout_s = 2
 "#,
         endpoints = etcd.endpoints_toml()
     );
-    let daemon = Daemon::start(&ns, &config, &[]).expect("daemon");
+    // One host whose BMC nobody answers: a run of it starts (or is refused); what the BMC
+    // does is not this test's.
+    let hosts = format!(
+        "[profiles.p]\n[[hosts]]\nname = \"{rack}-n1\"\nmac = \"52:54:00:c1:00:{host:02x}\"\n\
+         profile = \"p\"\nrack = \"{rack}\"\nbmc = {{ url = \"http://10.90.0.250:9\", \
+         username = \"admin\", password_file = \"bmc.pass\", allow_plaintext = true, \
+         timeout_s = 1, attempts = 1 }}\n"
+    );
+    let daemon = Daemon::start(
+        &ns,
+        &config,
+        &[("hosts.toml", &hosts), ("bmc.pass", "pw\n")],
+    )
+    .expect("daemon");
     (ns, daemon)
 }
 
@@ -53,6 +68,14 @@ fn wait_view(ns: &Netns, d: &Daemon, ok: impl Fn(&Value) -> bool) -> Result<Valu
         ok(&last).then(|| last.clone())
     })
     .ok_or(last)
+}
+
+/// `POST /api/reboot` of every host: the status code and the body.
+fn start_run(ns: &Netns, d: &Daemon) -> (u16, String) {
+    let r = Api::new(ns, d.admin, None)
+        .post("/api/reboot", &serde_json::json!({"all": true}))
+        .expect("POST /api/reboot");
+    (r.status, r.body)
 }
 
 fn leader_metric(ns: &Netns, d: &Daemon) -> Option<f64> {
@@ -88,6 +111,15 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         )
         .expect("etcdctl get");
     assert_eq!(key.trim(), "fab-a");
+    // Only the leader runs reboot runs: the other refuses and says whom to ask.
+    let (code, body) = start_run(&ns_b, &b);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("does not lead the cluster") && body.contains("ask fab-a"),
+        "{body}"
+    );
+    let (code, body) = start_run(&ns_a, &a);
+    assert_eq!(code, 202, "the leader starts it: {body}");
 
     // fab-a dies without resigning: its lease runs out (ttl 3 s) and fab-b takes over.
     a.stop_with(nix::sys::signal::Signal::SIGKILL)

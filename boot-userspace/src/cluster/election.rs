@@ -46,6 +46,8 @@ pub struct Leadership {
     /// The leader key.
     key: Arc<str>,
     term: Arc<Mutex<Option<Term>>>,
+    /// Who holds the key, as last read (this fabric's name while it leads).
+    holder: Arc<Mutex<Option<String>>>,
 }
 
 /// Proof of a term to put in a transaction: the leader key and the lease it must still be
@@ -69,7 +71,29 @@ impl Leadership {
         Self {
             key: key.into(),
             term: Arc::default(),
+            holder: Arc::default(),
         }
+    }
+
+    /// A leadership that leads for `term` from now (`None`: does not lead), held by
+    /// `holder`: for the tests of the services that act only as the leader.
+    #[cfg(test)]
+    pub(crate) fn fixed(holder: Option<&str>, term: Option<Duration>) -> Self {
+        let l = Self::new("/test/leader/reboot".into());
+        l.set(term.map(|t| Term {
+            lease: 1,
+            until: Instant::now() + t,
+        }));
+        *l.holder.lock().unwrap_or_else(|e| e.into_inner()) = holder.map(str::to_owned);
+        l
+    }
+
+    /// The fabric that leads, as this one last read it (`None`: unknown, or nobody).
+    pub fn leader(&self) -> Option<String> {
+        self.holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Term>> {
@@ -132,6 +156,11 @@ impl Election {
 
     fn show(&self, leader: Option<String>, leading: bool) {
         self.leader_metric.set(i64::from(leading));
+        *self
+            .leadership
+            .holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = leader.clone();
         self.view.rcu(|v| {
             let mut v = (**v).clone();
             v.leader = leader.clone();

@@ -367,6 +367,15 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             }),
         );
     }
+    // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
+    let (cluster, leadership) = match &config.cluster {
+        Some(c) => {
+            let (view, leadership) =
+                join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (Some(view), Some(leadership))
+        }
+        None => (None, None),
+    };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
         image_roots: config
@@ -375,6 +384,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             .map(std::path::Path::to_path_buf)
             .collect(),
         scheduler: config.scheduler.clone(),
+        leadership,
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
@@ -462,11 +472,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             Box::pin(async move { hooks.run(token).await.context("webhooks") }),
         );
     }
-
-    let cluster = match &config.cluster {
-        Some(c) => Some(join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?),
-        None => None,
-    };
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
@@ -559,14 +564,18 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
-/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API.
+/// not need etcd serves meanwhile. Campaigns for the leadership (the leader runs the reboot
+/// runs). What this fabric sees of the cluster, for the admin API, and its leadership.
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
     ledger: &Ledger,
     registry: &Registry,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>> {
+) -> anyhow::Result<(
+    Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
+    crate::cluster::election::Leadership,
+)> {
     use crate::cluster::{membership::Membership, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
         .await
@@ -578,6 +587,7 @@ async fn join_cluster(
     let election =
         crate::cluster::election::Election::new(cluster.clone(), Arc::clone(&view), registry)
             .context("registering the cluster's metrics")?;
+    let leadership = election.leadership();
     let token = supervisor.token();
     supervisor.spawn(
         "election",
@@ -606,7 +616,7 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    Ok(view)
+    Ok((view, leadership))
 }
 
 #[cfg(test)]

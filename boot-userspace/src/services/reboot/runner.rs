@@ -36,6 +36,7 @@ use super::{
     HostSpec, Params, PostSeen,
 };
 use crate::{
+    cluster::election::Leadership,
     config::SchedulerConfig,
     model::files,
     model::gate::Gate,
@@ -57,6 +58,9 @@ pub enum StartError {
     /// Another run is in progress.
     #[error("reboot run {0} is still in progress (cancel it first)")]
     Busy(u64),
+    /// Cluster mode: only the leader runs reboot runs, and this fabric does not lead.
+    #[error("this fabric does not lead the cluster (the leader runs reboot runs): {}", .0.as_deref().map_or("no leader now; try again within the cluster's ttl".to_owned(), |l| format!("ask {l}")))]
+    NotLeader(Option<String>),
 }
 
 /// The scheduler's metrics.
@@ -135,6 +139,8 @@ pub struct RebootService {
     metrics: RebootMetrics,
     /// POST times learned by earlier runs.
     learned: Mutex<PostSeen>,
+    /// Cluster mode: this fabric's leadership (only the leader resets); `None` standalone.
+    leadership: Option<Leadership>,
     current: Mutex<Option<RunHandle>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -182,6 +188,7 @@ impl RebootService {
             gate,
             metrics,
             learned: Mutex::new(PostSeen::new()),
+            leadership: setup.leadership,
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
@@ -214,6 +221,11 @@ impl RebootService {
             let mut plan = self.plan(&members);
             plan.skipped = skipped;
             return Ok(plan);
+        }
+        if let Some(l) = &self.leadership {
+            if !l.leading() {
+                return Err(StartError::NotLeader(l.leader()));
+            }
         }
         let mut cur = lock(&self.current);
         if let Some(h) = cur.as_ref() {
@@ -376,6 +388,12 @@ impl RebootService {
         status
     }
 
+    /// Whether this fabric may reset hosts now: always standalone, only while it leads in
+    /// cluster mode.
+    fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(Leadership::leading)
+    }
+
     fn bmc_lock(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(lock(&self.bmc_locks).entry(url.to_owned()).or_default())
     }
@@ -400,6 +418,15 @@ impl RebootService {
                 _ = tick.tick() => false,
             };
             if cancelled {
+                step.cancel();
+                break;
+            }
+            if !self.leads() {
+                // Another fabric may lead now: no reset more from here, whatever happens.
+                warn!(
+                    run = id,
+                    "this fabric no longer leads the cluster: reboot run {id} stopped"
+                );
                 step.cancel();
                 break;
             }
@@ -499,9 +526,17 @@ impl RebootService {
                 let op = self.bmc.boot_once_and_reset(&m.bmc);
                 let ops = self.metrics.bmc_ops.clone();
                 let tx = resets.clone();
+                let leadership = self.leadership.clone();
                 tokio::spawn(async move {
                     // One operation per BMC: a chassis BMC serves several hosts.
                     let _one = one.lock().await;
+                    // The wait for the BMC may have outlasted the leadership: checked again
+                    // right before the reset leaves.
+                    if leadership.as_ref().is_some_and(|l| !l.leading()) {
+                        let why = "not sent: this fabric no longer leads the cluster";
+                        let _ = tx.send((host, Err(RedfishError::NotApplied(why.to_owned()))));
+                        return;
+                    }
                     ops.inc();
                     let r = op.await;
                     ops.dec();
@@ -560,6 +595,9 @@ pub struct Setup {
     pub image_roots: Vec<PathBuf>,
     /// `[scheduler]`.
     pub scheduler: SchedulerConfig,
+    /// Cluster mode: this fabric's leadership (runs start and reset only while it leads);
+    /// `None` standalone.
+    pub leadership: Option<Leadership>,
 }
 
 #[cfg(test)]
@@ -610,6 +648,17 @@ mod tests {
     /// `hosts` hosts of profile `p` (a 625 000-byte kernel and initrd: 10 s at one host's
     /// 1 Mbit/s), each with its own BMC unless `shared_bmc`, under `[scheduler]` `scheduler`.
     fn world(hosts: usize, shared_bmc: bool, scheduler: &str, bmc: FakeBmc) -> World {
+        world_led(hosts, shared_bmc, scheduler, bmc, None)
+    }
+
+    /// A world in cluster mode, this fabric's leadership `leadership`.
+    fn world_led(
+        hosts: usize,
+        shared_bmc: bool,
+        scheduler: &str,
+        bmc: FakeBmc,
+        leadership: Option<Leadership>,
+    ) -> World {
         let images = tempfile::tempdir().expect("tempdir");
         let root = images.path().canonicalize().expect("root");
         for f in ["vmlinuz", "initrd.img"] {
@@ -645,6 +694,7 @@ mod tests {
             live: Arc::clone(&live),
             image_roots: vec![root],
             scheduler: config.scheduler,
+            leadership,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(
@@ -1222,5 +1272,39 @@ mod tests {
             w.bmc_calls()
         );
         assert!(w.bmc_calls().iter().any(|c| c.contains("bmc0")));
+    }
+
+    /// Cluster mode: only the leader starts runs, and a leader whose term lapses (a renewal
+    /// that never came: etcd unreachable, or another fabric took over) stops resetting at once.
+    #[tokio::test(start_paused = true)]
+    async fn only_the_leader_runs_and_a_lapsed_term_stops_the_resets() {
+        use PhaseLabel::*;
+        let follower = Leadership::fixed(Some("fab-b"), None);
+        let w = world_led(3, false, TWO_SLOTS, FakeBmc::new(), Some(follower));
+        let refused = w.service.start(&all());
+        let Err(e @ StartError::NotLeader(Some(_))) = refused else {
+            panic!("a fabric that does not lead started a run: {refused:?}");
+        };
+        assert!(e.to_string().contains("ask fab-b"), "{e}");
+        let plan = w.service.start(&Selection {
+            dry_run: true,
+            ..all()
+        });
+        assert!(plan.is_ok(), "planning is anyone's: {plan:?}");
+        ticks(8).await;
+        assert!(w.bmc_calls().is_empty());
+
+        // This fabric leads for 2 s (its lease's last renewal), then hears nothing more.
+        let leader = Leadership::fixed(Some("fab-a"), Some(Duration::from_secs(2)));
+        let w = world_led(3, false, TWO_SLOTS, FakeBmc::new(), Some(leader));
+        w.service.start(&all()).expect("the leader starts");
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.phases()[2], Waiting, "two slots");
+        until("stopped", || w.status().finished()).await;
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        // Whatever falls due later, nothing is reset from here any more.
+        ticks(400).await;
+        assert_eq!(w.bmc_calls().len(), 2);
     }
 }
