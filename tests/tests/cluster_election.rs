@@ -135,3 +135,158 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
     );
     drop(ns_a);
 }
+
+/// The run records on the real etcd, driven in-process: two candidates campaign, the first
+/// leads and writes a host's intent under its term; it resigns, the other takes over, and
+/// the write of the first, with the fence of the term it held, is refused by etcd itself
+/// (a deposed leader that still believes it leads cannot record an intent, so it does not
+/// reset). The serving fabric's outcome is recorded once and never overwritten.
+#[test]
+fn a_replaced_leaders_run_writes_are_refused_by_etcd() {
+    const TEST: &str = "a_replaced_leaders_run_writes_are_refused_by_etcd";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl"])) {
+        return;
+    }
+    use bootfabric::cluster::{
+        election::{Election, Leadership},
+        membership::ClusterView,
+        runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
+        Cluster,
+    };
+    use bootfabric::config::cluster::ClusterConfig;
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let ns = Netns::new("runs").expect("netns");
+    etcd.bridge
+        .plug(&ns, "fabric0", "10.90.0.31/24")
+        .expect("plug");
+    let endpoints = etcd.endpoints();
+    let outcome = ns.run(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let config = |name: &str| ClusterConfig {
+                name: name.to_owned(),
+                rack: format!("rack-{name}"),
+                endpoints: endpoints.clone(),
+                prefix: "/bootfabric".to_owned(),
+                tls: None,
+                ttl: Duration::from_secs(3),
+                timeout: Duration::from_secs(2),
+            };
+            let candidate = |name: &'static str| async move {
+                let cluster = Cluster::connect(&config(name)).await.expect("connect");
+                let view = Arc::new(arc_swap_view());
+                let registry = prometheus::Registry::new();
+                let election = Election::new(cluster.clone(), view, &registry).expect("election");
+                let leadership = election.leadership();
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn(election.run(cancel.clone()));
+                (RunStore::new(cluster), leadership, cancel, task)
+            };
+            fn arc_swap_view() -> arc_swap::ArcSwap<ClusterView> {
+                arc_swap::ArcSwap::from_pointee(ClusterView::default())
+            }
+            let until = |what: &'static str, l: Leadership| async move {
+                for _ in 0..200 {
+                    if l.leading() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{what} never led");
+            };
+            let (store_x, lead_x, cancel_x, task_x) = candidate("fab-x").await;
+            until("fab-x", lead_x.clone()).await;
+            let (store_y, lead_y, cancel_y, task_y) = candidate("fab-y").await;
+            let hosts = vec![RunHost {
+                name: "n1".into(),
+                rack: "rack-fab-y".into(),
+            }];
+            // A run started through fab-y's API: stored for whoever leads.
+            let run = store_y.create(hosts.clone(), 1).await.expect("create");
+            let second = store_x.create(hosts, 2).await.expect("create");
+            assert_eq!((run.id, second.id), (1, 2), "numbers are the cluster's");
+            let intent = |state, fabric: &str| HostRecord {
+                state,
+                fabric: fabric.to_owned(),
+                at_ms: 10,
+                attempts: 1,
+                reason: None,
+            };
+            let fence_x = lead_x.fence().expect("fab-x leads");
+            store_x
+                .record_fenced(
+                    &fence_x,
+                    run.id,
+                    "n1",
+                    &intent(HostState::Resetting, "fab-x"),
+                )
+                .await
+                .expect("the leader writes its intent");
+            assert!(!lead_y.leading(), "one leader at a time");
+            assert!(lead_y.fence().is_none());
+
+            // fab-x resigns; fab-y takes over at its next campaign.
+            cancel_x.cancel();
+            task_x.await.expect("join").expect("election x");
+            until("fab-y", lead_y.clone()).await;
+            let refused = store_x
+                .record_fenced(&fence_x, run.id, "n1", &intent(HostState::Reset, "fab-x"))
+                .await;
+            assert!(
+                matches!(refused, Err(RunsError::NotLeader)),
+                "a deposed leader's write went through: {refused:?}"
+            );
+            let refused = store_x
+                .set_phase(&fence_x, run.id, RunPhase::Cancelled)
+                .await;
+            assert!(matches!(refused, Err(RunsError::NotLeader)), "{refused:?}");
+            let records = store_y.hosts(run.id).await.expect("hosts");
+            assert_eq!(
+                records,
+                [("n1".to_owned(), intent(HostState::Resetting, "fab-x"))],
+                "what the new leader reads: the old one's intent, outcome unknown"
+            );
+            let fence_y = lead_y.fence().expect("fab-y leads");
+            store_y
+                .record_fenced(&fence_y, run.id, "n1", &intent(HostState::Reset, "fab-y"))
+                .await
+                .expect("the new leader writes");
+            // The serving fabric's outcome: once, then never overwritten.
+            let booted = intent(HostState::Booted, "fab-y");
+            assert!(store_x
+                .record_outcome(run.id, "n1", &booted)
+                .await
+                .expect("outcome"));
+            let failed = intent(HostState::Failed, "fab-x");
+            assert!(!store_x
+                .record_outcome(run.id, "n1", &failed)
+                .await
+                .expect("outcome"));
+            assert_eq!(
+                store_y.hosts(run.id).await.expect("hosts"),
+                [("n1".to_owned(), booted)]
+            );
+            store_y
+                .set_phase(&fence_y, run.id, RunPhase::Done)
+                .await
+                .expect("phase");
+            let runs = store_x.runs().await.expect("runs");
+            assert_eq!(
+                runs.iter().map(|r| (r.id, r.phase)).collect::<Vec<_>>(),
+                [(1, RunPhase::Done), (2, RunPhase::Running)]
+            );
+            cancel_y.cancel();
+            task_y.await.expect("join").expect("election y");
+        });
+    });
+    if let Err(e) = outcome {
+        panic!("{e}\n{}", etcd.logs());
+    }
+}
