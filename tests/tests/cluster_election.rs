@@ -120,6 +120,24 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
     );
     let (code, body) = start_run(&ns_a, &a);
     assert_eq!(code, 202, "the leader starts it: {body}");
+    // The run is stored in etcd, and the host's intent before its BMC is called (the BMC
+    // never answers: the intent stays "resetting", the outcome unknown).
+    let get = |key: &str| {
+        etcd.etcdctl(0, &["get", key, "--print-value-only"])
+            .unwrap_or_default()
+    };
+    let run: Value = wait_for(Duration::from_secs(20), || {
+        serde_json::from_str(&get("/bootfabric/runs/00000000000000000001")).ok()
+    })
+    .unwrap_or_else(|| panic!("no run in etcd\n{}", a.log()));
+    assert_eq!(run["started_by"], "fab-a", "{run}");
+    assert_eq!(run["hosts"][0]["name"], "rack-a-n1", "{run}");
+    let intent: Value = wait_for(Duration::from_secs(20), || {
+        serde_json::from_str(&get("/bootfabric/run-hosts/00000000000000000001/rack-a-n1")).ok()
+    })
+    .unwrap_or_else(|| panic!("no intent in etcd\n{}", a.log()));
+    assert_eq!(intent["state"], "resetting", "{intent}");
+    assert_eq!(intent["fabric"], "fab-a", "{intent}");
 
     // fab-a dies without resigning: its lease runs out (ttl 3 s) and fab-b takes over.
     a.stop_with(nix::sys::signal::Signal::SIGKILL)

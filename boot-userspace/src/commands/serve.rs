@@ -368,13 +368,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
     // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
-    let (cluster, leadership) = match &config.cluster {
+    let (cluster, leadership, runs) = match &config.cluster {
         Some(c) => {
-            let (view, leadership) =
+            let (view, leadership, runs) =
                 join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
-            (Some(view), Some(leadership))
+            (Some(view), Some(leadership), Some(runs))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
@@ -385,6 +385,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             .collect(),
         scheduler: config.scheduler.clone(),
         leadership,
+        runs,
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
@@ -575,6 +576,7 @@ async fn join_cluster(
 ) -> anyhow::Result<(
     Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
     crate::cluster::election::Leadership,
+    crate::cluster::runs::RunStore,
 )> {
     use crate::cluster::{membership::Membership, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
@@ -616,7 +618,8 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    Ok((view, leadership))
+    let runs = crate::cluster::runs::RunStore::new(cluster);
+    Ok((view, leadership, runs))
 }
 
 #[cfg(test)]

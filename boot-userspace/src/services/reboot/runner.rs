@@ -36,7 +36,10 @@ use super::{
     HostSpec, Params, PostSeen,
 };
 use crate::{
-    cluster::election::Leadership,
+    cluster::{
+        election::Leadership,
+        runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
+    },
     config::SchedulerConfig,
     model::files,
     model::gate::Gate,
@@ -141,6 +144,8 @@ pub struct RebootService {
     learned: Mutex<PostSeen>,
     /// Cluster mode: this fabric's leadership (only the leader resets); `None` standalone.
     leadership: Option<Leadership>,
+    /// Cluster mode: where runs and each host's intent are recorded before any reset.
+    runs: Option<RunStore>,
     current: Mutex<Option<RunHandle>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -189,6 +194,7 @@ impl RebootService {
             metrics,
             learned: Mutex::new(PostSeen::new()),
             leadership: setup.leadership,
+            runs: setup.runs,
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
@@ -388,6 +394,67 @@ impl RebootService {
         status
     }
 
+    /// Cluster mode: stores the run in etcd (its number there, for the host records);
+    /// `Ok(None)` standalone.
+    async fn store_run(&self, step: &RunStep) -> Result<Option<Stored>, RunsError> {
+        let Some(store) = &self.runs else {
+            return Ok(None);
+        };
+        let hosts = step
+            .members()
+            .iter()
+            .map(|m| RunHost {
+                name: m.spec.name.clone(),
+                rack: m.spec.rack.clone(),
+            })
+            .collect();
+        let record = store.create(hosts, self.clock.now_ms()).await?;
+        info!(etcd_run = record.id, "reboot run stored in etcd");
+        Ok(Some(Stored {
+            store: store.clone(),
+            id: record.id,
+        }))
+    }
+
+    /// Cluster mode: each host's end (booted, failed) and the run's, recorded as far as etcd
+    /// and the term allow (a new leader that reads less redoes nothing a record forbids).
+    async fn store_end(&self, stored: &Stored, step: &RunStep, view: &RunStatus) {
+        let now_ms = self.clock.now_ms();
+        for (m, line) in step.members().iter().zip(&view.hosts) {
+            let state = match line.phase {
+                PhaseLabel::Booted => HostState::Booted,
+                PhaseLabel::Failed => HostState::Failed,
+                _ => continue,
+            };
+            let record = HostRecord {
+                state,
+                fabric: stored.store.fabric().to_owned(),
+                at_ms: now_ms,
+                attempts: line.attempts,
+                reason: line.reason.clone(),
+            };
+            if let Err(e) = stored
+                .store
+                .record_outcome(stored.id, &m.spec.name, &record)
+                .await
+            {
+                warn!(host = %m.spec.name, error = %e, "cannot record the host's outcome in etcd");
+            }
+        }
+        let phase = if view.state == RunState::Done {
+            RunPhase::Done
+        } else {
+            RunPhase::Cancelled
+        };
+        let fenced = match self.leadership.as_ref().and_then(Leadership::fence) {
+            Some(fence) => stored.store.set_phase(&fence, stored.id, phase).await,
+            None => Err(RunsError::NotLeader),
+        };
+        if let Err(e) = fenced {
+            warn!(etcd_run = stored.id, error = %e, "cannot record the run's end in etcd");
+        }
+    }
+
     /// Whether this fabric may reset hosts now: always standalone, only while it leads in
     /// cluster mode.
     fn leads(&self) -> bool {
@@ -412,7 +479,21 @@ impl RebootService {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Cluster mode: the run is stored before anything is done, or nothing is done.
+        let stored = match self.store_run(&step).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(run = id, error = %e, "cannot store reboot run {id} in etcd: stopped, nothing reset");
+                step.cancel();
+                None
+            }
+        };
+        // A run that could not be stored ends here, cancelled, without a tick.
+        let stopped = step.status().finished();
         loop {
+            if stopped {
+                break;
+            }
             let cancelled = tokio::select! {
                 _ = cancel.cancelled() => true,
                 _ = tick.tick() => false,
@@ -433,7 +514,7 @@ impl RebootService {
             self.drop_removed(&mut step);
             let news = self.gather(&step, &mut rx);
             for action in step.advance(news) {
-                self.apply(action, &step, &tx);
+                self.apply(action, &step, &tx, stored.as_ref());
             }
             self.publish(&mut step, &status);
             if step.finish() {
@@ -445,6 +526,9 @@ impl RebootService {
         }
         *lock(&self.learned) = step.post_seen().clone();
         let view = self.publish(&mut step, &status);
+        if let Some(stored) = &stored {
+            self.store_end(stored, &step, &view).await;
+        }
         info!(
             run = id,
             state = %view.state,
@@ -493,7 +577,13 @@ impl RebootService {
     }
 
     /// Carries out one of the step's actions.
-    fn apply(&self, action: RunAction, step: &RunStep, resets: &mpsc::UnboundedSender<ResetDone>) {
+    fn apply(
+        &self,
+        action: RunAction,
+        step: &RunStep,
+        resets: &mpsc::UnboundedSender<ResetDone>,
+        stored: Option<&Stored>,
+    ) {
         let members = step.members();
         match action {
             RunAction::ResetAccepted { host, reset_type } => {
@@ -527,6 +617,16 @@ impl RebootService {
                 let ops = self.metrics.bmc_ops.clone();
                 let tx = resets.clone();
                 let leadership = self.leadership.clone();
+                let intent = stored.map(|s| {
+                    let record = HostRecord {
+                        state: HostState::Resetting,
+                        fabric: s.store.fabric().to_owned(),
+                        at_ms: self.clock.now_ms(),
+                        attempts: step.line(host).map_or(1, |l| l.attempts),
+                        reason: None,
+                    };
+                    (s.clone(), m.spec.name.clone(), record)
+                });
                 tokio::spawn(async move {
                     // One operation per BMC: a chassis BMC serves several hosts.
                     let _one = one.lock().await;
@@ -537,9 +637,36 @@ impl RebootService {
                         let _ = tx.send((host, Err(RedfishError::NotApplied(why.to_owned()))));
                         return;
                     }
+                    // Cluster mode: the intent first, fenced by the term; a leader that cannot
+                    // write it (etcd unreachable, replaced) does not reset.
+                    if let Some((s, name, record)) = &intent {
+                        let written = match leadership.as_ref().and_then(Leadership::fence) {
+                            Some(fence) => s.store.record_fenced(&fence, s.id, name, record).await,
+                            None => Err(RunsError::NotLeader),
+                        };
+                        if let Err(e) = written {
+                            let why = format!("not sent: cannot record the intent in etcd: {e}");
+                            let _ = tx.send((host, Err(RedfishError::NotApplied(why))));
+                            return;
+                        }
+                    }
                     ops.inc();
                     let r = op.await;
                     ops.dec();
+                    if let (Ok(_), Some((s, name, record))) = (&r, &intent) {
+                        // Best effort: a new leader that finds `resetting` asks the BMC.
+                        let done = HostRecord {
+                            state: HostState::Reset,
+                            ..record.clone()
+                        };
+                        let written = match leadership.as_ref().and_then(Leadership::fence) {
+                            Some(fence) => s.store.record_fenced(&fence, s.id, name, &done).await,
+                            None => Err(RunsError::NotLeader),
+                        };
+                        if let Err(e) = written {
+                            warn!(host = %name, error = %e, "reset done, not recorded in etcd");
+                        }
+                    }
                     let _ = tx.send((host, r));
                 });
             }
@@ -571,6 +698,13 @@ impl RebootService {
     }
 }
 
+/// A run as stored in etcd: the store and the run's number there.
+#[derive(Clone)]
+struct Stored {
+    store: RunStore,
+    id: u64,
+}
+
 /// A BMC operation that ended: the host, and the reset type or the error.
 type ResetDone = (usize, Result<String, RedfishError>);
 
@@ -598,6 +732,9 @@ pub struct Setup {
     /// Cluster mode: this fabric's leadership (runs start and reset only while it leads);
     /// `None` standalone.
     pub leadership: Option<Leadership>,
+    /// Cluster mode: the run records in etcd (with `leadership`: each reset's intent is
+    /// written, fenced by the term, before the BMC call); `None` standalone.
+    pub runs: Option<RunStore>,
 }
 
 #[cfg(test)]
@@ -695,6 +832,7 @@ mod tests {
             image_roots: vec![root],
             scheduler: config.scheduler,
             leadership,
+            runs: None,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(

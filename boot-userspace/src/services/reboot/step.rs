@@ -298,6 +298,11 @@ impl RunStep {
         self.sched.fail(i, reason);
     }
 
+    /// Host `i`'s line of the status (its attempts, times) as of the last tick.
+    pub fn line(&self, i: usize) -> Option<&HostLine> {
+        self.view.hosts.get(i)
+    }
+
     /// The status: each host's phase and the counts per phase brought up to date.
     pub fn status(&mut self) -> &RunStatus {
         let view = &mut self.view;
