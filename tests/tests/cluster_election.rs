@@ -33,17 +33,25 @@ rack = "{rack}"
 etcd = {endpoints}
 ttl_s = 3
 timeout_s = 2
+[scheduler]
+# A refused reset is retried a minute later: the run is still going when its leader dies.
+reset_attempts = 5
+retry_backoff_s = 60
+post_timeout_s = 3
 "#,
         endpoints = etcd.endpoints_toml()
     );
-    // One host whose BMC nobody answers: a run of it starts (or is refused); what the BMC
-    // does is not this test's.
-    let hosts = format!(
-        "[profiles.p]\n[[hosts]]\nname = \"{rack}-n1\"\nmac = \"52:54:00:c1:00:{host:02x}\"\n\
-         profile = \"p\"\nrack = \"{rack}\"\nbmc = {{ url = \"http://10.90.0.250:9\", \
-         username = \"admin\", password_file = \"bmc.pass\", allow_plaintext = true, \
-         timeout_s = 1, attempts = 1 }}\n"
-    );
+    // The same inventory on both (as a shared one would be): one host per rack, whose BMCs
+    // nobody answers (the calls time out: what was done is only what the records say).
+    let mut hosts = String::from("[profiles.p]\n");
+    for (i, r) in ["rack-a", "rack-b"].iter().enumerate() {
+        hosts += &format!(
+            "[[hosts]]\nname = \"{r}-n1\"\nmac = \"52:54:00:c1:00:{i:02x}\"\n\
+             profile = \"p\"\nrack = \"{r}\"\nbmc = {{ url = \"http://10.90.0.25{i}:9\", \
+             username = \"admin\", password_file = \"bmc.pass\", allow_plaintext = true, \
+             timeout_s = 1, attempts = 1 }}\n"
+        );
+    }
     let daemon = Daemon::start(
         &ns,
         &config,
@@ -132,12 +140,17 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
     .unwrap_or_else(|| panic!("no run in etcd\n{}", a.log()));
     assert_eq!(run["started_by"], "fab-a", "{run}");
     assert_eq!(run["hosts"][0]["name"], "rack-a-n1", "{run}");
-    let intent: Value = wait_for(Duration::from_secs(20), || {
-        serde_json::from_str(&get("/bootfabric/run-hosts/00000000000000000001/rack-a-n1")).ok()
-    })
-    .unwrap_or_else(|| panic!("no intent in etcd\n{}", a.log()));
-    assert_eq!(intent["state"], "resetting", "{intent}");
-    assert_eq!(intent["fabric"], "fab-a", "{intent}");
+    assert_eq!(run["hosts"][1]["name"], "rack-b-n1", "both racks: {run}");
+    let record = |host: &str| -> Option<Value> {
+        let key = format!("/bootfabric/run-hosts/00000000000000000001/{host}");
+        serde_json::from_str(&get(&key)).ok()
+    };
+    for host in ["rack-a-n1", "rack-b-n1"] {
+        let intent = wait_for(Duration::from_secs(20), || record(host))
+            .unwrap_or_else(|| panic!("no intent of {host} in etcd\n{}", a.log()));
+        assert_eq!(intent["state"], "resetting", "{intent}");
+        assert_eq!(intent["fabric"], "fab-a", "{intent}");
+    }
 
     // fab-a dies without resigning: its lease runs out (ttl 3 s) and fab-b takes over.
     a.stop_with(nix::sys::signal::Signal::SIGKILL)
@@ -151,6 +164,50 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         "{}",
         b.log()
     );
+    // fab-b takes the run over: both hosts were (maybe) reset by fab-a, so neither is reset
+    // again; they show no boot within the POST timeout and fail, recorded by fab-b.
+    let done = wait_for(Duration::from_secs(40), || {
+        let run: Value =
+            serde_json::from_str(&get("/bootfabric/runs/00000000000000000001")).ok()?;
+        (run["phase"] == "done").then_some(run)
+    });
+    assert!(done.is_some(), "run 1 not finished by fab-b\n{}", b.log());
+    for host in ["rack-a-n1", "rack-b-n1"] {
+        let r = record(host).expect("record");
+        assert_eq!(r["state"], "failed", "{r}");
+        assert_eq!(r["fabric"], "fab-b", "{r}");
+    }
+    assert!(
+        b.log().contains("taking over a reboot run left running"),
+        "{}",
+        b.log()
+    );
+    let m = metrics(&ns_b, &b).expect("metrics");
+    for outcome in ["accepted", "failed"] {
+        assert_eq!(
+            sample(
+                &m,
+                "bootfabric_reboot_resets_total",
+                &[("outcome", outcome)]
+            ),
+            Some(0.0),
+            "fab-b sent no reset to hosts fab-a had reset"
+        );
+    }
+    // Its report has both racks' hosts.
+    let (code, report) = http_get(&ns_b, b.admin, "/api/reboot").expect("report");
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        report.contains("rack-a-n1") && report.contains("rack-b-n1"),
+        "{report}"
+    );
+    let (code, body) = start_run(&ns_b, &b);
+    assert_eq!(code, 202, "the new leader starts runs: {body}");
+    let run: Value = wait_for(Duration::from_secs(20), || {
+        serde_json::from_str(&get("/bootfabric/runs/00000000000000000002")).ok()
+    })
+    .unwrap_or_else(|| panic!("no second run in etcd\n{}", b.log()));
+    assert_eq!(run["started_by"], "fab-b", "{run}");
     drop(ns_a);
 }
 

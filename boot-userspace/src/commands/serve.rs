@@ -389,6 +389,17 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
+    if config.cluster.is_some() {
+        // The leader takes over the runs a dead (or replaced) leader left running.
+        let (reboots, token) = (Arc::clone(&reboots), supervisor.token());
+        supervisor.spawn(
+            "reboot-takeover",
+            Box::pin(async move {
+                reboots.follow_cluster(token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     let mut dhcp_follower = None;
     if let Some(dhcp) = config.dhcp.clone() {
         // The DHCP server keeps its own copy (it decides under its own lock) and follows.

@@ -446,6 +446,15 @@ impl Scheduler {
         }
     }
 
+    /// Puts `host` where a run taken over from another leader left it (its records in etcd
+    /// say it was reset, or ended): it is not reset again from here, and no longer waits in
+    /// the reset queue.
+    pub fn take_over(&mut self, host: usize, phase: Phase) {
+        if let Some(p) = self.phases.get_mut(host) {
+            *p = phase;
+        }
+    }
+
     /// Fails `host` for `reason` unless it has ended (booted or failed): the run waits for
     /// it no more (a host removed from the inventory mid-run). Its place in the reset queue
     /// and at the gate is skipped, as any failed host's.

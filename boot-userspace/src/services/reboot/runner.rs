@@ -32,6 +32,7 @@ use super::{
     clock::{Clock, WallClock},
     plan,
     report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost},
+    resume::{resume, Power, Resume},
     step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
 };
@@ -233,6 +234,16 @@ impl RebootService {
                 return Err(StartError::NotLeader(l.leader()));
             }
         }
+        self.launch(members, skipped, None)
+    }
+
+    /// Starts driving a run of `members` (a new one, or one taken over from another leader).
+    fn launch(
+        self: &Arc<Self>,
+        members: Vec<Member>,
+        skipped: Vec<SkippedHost>,
+        take: Option<TakeOver>,
+    ) -> Result<RunStatus, StartError> {
         let mut cur = lock(&self.current);
         if let Some(h) = cur.as_ref() {
             if !lock(&h.status).finished() {
@@ -259,8 +270,73 @@ impl RebootService {
             "reboot run {id} started for {} host(s)",
             members.len()
         );
-        tokio::spawn(Arc::clone(self).drive(id, members, status, cancel));
+        tokio::spawn(Arc::clone(self).drive(id, members, status, cancel, take));
         Ok(first)
+    }
+
+    /// Cluster mode: while this fabric leads and runs nothing, takes over a run another
+    /// leader left running in etcd (it died, or lost its term), once a second until `cancel`.
+    /// Each host resumes as its record rules ([`resume`]): nothing recorded reset or ended is
+    /// reset again.
+    pub async fn follow_cluster(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(store) = self.runs.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let busy = lock(&self.current)
+                .as_ref()
+                .is_some_and(|h| !lock(&h.status).finished());
+            if busy || !self.leads() {
+                continue;
+            }
+            let left = match store.runs().await {
+                Ok(runs) => runs.into_iter().find(|r| r.phase == RunPhase::Running),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the runs in etcd");
+                    continue;
+                }
+            };
+            let Some(run) = left else {
+                continue;
+            };
+            let records = match store.hosts(run.id).await {
+                Ok(r) => r.into_iter().collect(),
+                Err(e) => {
+                    warn!(error = %e, etcd_run = run.id, "cannot read the run's hosts in etcd");
+                    continue;
+                }
+            };
+            // The run's hosts as this fabric's inventory has them, by name.
+            let snap = self.live.load();
+            let inventory = &snap.inventory;
+            let members: Vec<Member> = run
+                .hosts
+                .iter()
+                .filter_map(|h| inventory.hosts().iter().find(|x| x.name == h.name))
+                .filter_map(|h| self.member(inventory, h))
+                .collect();
+            if members.len() < run.hosts.len() {
+                warn!(
+                    etcd_run = run.id,
+                    "{} host(s) of the run are not in this fabric's inventory: left out",
+                    run.hosts.len() - members.len()
+                );
+            }
+            info!(etcd_run = run.id, started_by = %run.started_by, "taking over a reboot run left running");
+            let take = TakeOver {
+                id: run.id,
+                records,
+            };
+            if let Err(e) = self.launch(members, Vec::new(), Some(take)) {
+                warn!(error = %e, "cannot take over the run");
+            }
+        }
     }
 
     /// Resolves a selection against the inventory: the members, and the selected hosts left
@@ -394,6 +470,27 @@ impl RebootService {
         status
     }
 
+    /// Puts each host of a run taken over where its record says (see [`resume`]).
+    fn resume_hosts(
+        &self,
+        step: &mut RunStep,
+        take: TakeOver,
+    ) -> Result<Option<Stored>, RunsError> {
+        let names: Vec<String> = step.members().iter().map(|m| m.spec.name.clone()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let record = take.records.get(name);
+            // The Bmc seam cannot ask for the power state yet: an unknown outcome is taken
+            // as "power unknown", which never resets (see `resume`).
+            let decision = match resume(record, None) {
+                Resume::AskPower => resume(record, Some(Power::Unknown)),
+                d => d,
+            };
+            info!(host = %name, decision = ?decision, "resuming a host of a run taken over");
+            step.take_over(i, record, &decision);
+        }
+        Ok(self.runs.clone().map(|store| Stored { store, id: take.id }))
+    }
+
     /// Cluster mode: stores the run in etcd (its number there, for the host records);
     /// `Ok(None)` standalone.
     async fn store_run(&self, step: &RunStep) -> Result<Option<Stored>, RunsError> {
@@ -472,6 +569,7 @@ impl RebootService {
         members: Vec<Member>,
         status: Arc<Mutex<RunStatus>>,
         cancel: CancellationToken,
+        take: Option<TakeOver>,
     ) {
         let seen = lock(&self.learned).clone();
         let first = lock(&status).clone();
@@ -479,8 +577,13 @@ impl RebootService {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        // Cluster mode: the run is stored before anything is done, or nothing is done.
-        let stored = match self.store_run(&step).await {
+        // Cluster mode: the run is stored before anything is done, or nothing is done; a run
+        // taken over is stored already, and its hosts resume as their records say.
+        let stored = match take {
+            Some(take) => self.resume_hosts(&mut step, take),
+            None => self.store_run(&step).await,
+        };
+        let stored = match stored {
             Ok(stored) => stored,
             Err(e) => {
                 warn!(run = id, error = %e, "cannot store reboot run {id} in etcd: stopped, nothing reset");
@@ -696,6 +799,12 @@ impl RebootService {
         *lock(status) = view.clone();
         view
     }
+}
+
+/// A run left running in etcd by another leader: its number and its hosts' records, by name.
+struct TakeOver {
+    id: u64,
+    records: HashMap<String, HostRecord>,
 }
 
 /// A run as stored in etcd: the store and the run's number there.

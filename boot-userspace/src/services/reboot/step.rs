@@ -11,9 +11,11 @@
 use super::{
     plan,
     report::{HostLine, PhaseLabel, RunState, RunStatus},
+    resume::Resume,
     Action, Capacity, Event, HostSpec, Params, Phase, PostSeen, Scheduler,
 };
 use crate::{
+    cluster::runs::{HostRecord, HostState},
     model::inventory::Mac,
     model::ledger::{self, fetched_at, names, sent_at, EventKind},
     redfish::{BmcConfig, RedfishError},
@@ -296,6 +298,40 @@ impl RunStep {
     /// it up (its gate place freed).
     pub fn fail(&mut self, i: usize, reason: &str) {
         self.sched.fail(i, reason);
+    }
+
+    /// Host `i` of a run taken over from another leader, as its etcd `record` says and as
+    /// `decision` ([`super::resume::resume`]) rules: a host reset (or maybe reset) waits for
+    /// its DHCP from the takeover on, its POST timeout counted from then; an ended host stays
+    /// ended; anything else is reset as planned.
+    pub fn take_over(&mut self, i: usize, record: Option<&HostRecord>, decision: &Resume) {
+        let (Some(r), Some(line)) = (record, self.view.hosts.get_mut(i)) else {
+            return;
+        };
+        let at = secs_since(self.start_ms, r.at_ms);
+        line.attempts = r.attempts;
+        match decision {
+            Resume::Reset | Resume::AskPower => {}
+            Resume::AwaitBoot { since_ms } => {
+                self.sched.take_over(i, Phase::Posting { since: at });
+                self.track[i].reset_ms = Some(*since_ms);
+                line.reset_s = Some(at);
+            }
+            Resume::Ended if r.state == HostState::Booted => {
+                self.sched.take_over(i, Phase::Booted { at });
+                line.booted_s = Some(at);
+            }
+            Resume::Ended => {
+                let reason = r
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "failed under the previous leader".to_owned());
+                // Its failure was reported when it happened: not given up on again.
+                line.failed_s = Some(at);
+                line.reason = Some(reason.clone());
+                self.sched.take_over(i, Phase::Failed { reason });
+            }
+        }
     }
 
     /// Host `i`'s line of the status (its attempts, times) as of the last tick.
@@ -818,5 +854,62 @@ mod tests {
         assert_eq!(loader_at(&files, &boot, 10), Some(12));
         assert_eq!(loader_at(&files, &boot[2..], 10), None);
         assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
+    }
+
+    /// A run taken over from a dead leader: hosts recorded reset (or maybe reset) wait for
+    /// their boot and are never reset again; ended ones stay ended without being given up on
+    /// a second time; untouched ones are reset as planned.
+    #[test]
+    fn a_run_taken_over_resets_only_the_untouched_hosts() {
+        use crate::services::reboot::resume::{resume, Power};
+        let mut p = params();
+        p.capacity_bps = 1e6;
+        p.post_timeout_s = 30.0;
+        let mut step = run(p, 5);
+        let rec = |state, at_s: f64| HostRecord {
+            state,
+            fabric: "fab-a".into(),
+            at_ms: at(at_s),
+            attempts: 1,
+            reason: (state == HostState::Failed).then(|| "no DHCP request after the reset".into()),
+        };
+        let records = [
+            Some(rec(HostState::Reset, 0.0)),
+            Some(rec(HostState::Resetting, 0.0)),
+            Some(rec(HostState::Booted, 0.0)),
+            Some(rec(HostState::Failed, 0.0)),
+            None,
+        ];
+        for (i, r) in records.iter().enumerate() {
+            let d = resume(r.as_ref(), Some(Power::Unknown));
+            step.take_over(i, r.as_ref(), &d);
+        }
+        use PhaseLabel::*;
+        assert_eq!(
+            step.advance(tick(0.0)),
+            vec![RunAction::Reset(4)],
+            "only the untouched host; the failed one is not given up on again"
+        );
+        assert_eq!(
+            phases(&mut step),
+            [Posting, Posting, Booted, Failed, Resetting]
+        );
+        let read: Vec<usize> = step.to_read().iter().map(|(i, _, _)| *i).collect();
+        assert_eq!(
+            read,
+            [0, 1, 4],
+            "the ledger is read for the hosts on their way"
+        );
+        // The two maybe-reset hosts never boot: they fail at the POST timeout, not reset.
+        step.advance(Tick {
+            resets: accepted(&[4]),
+            ..tick(1.0)
+        });
+        let late = step.advance(tick(31.0));
+        assert!(
+            !late.iter().any(|a| matches!(a, RunAction::Reset(_))),
+            "{late:?}"
+        );
+        assert_eq!(phases(&mut step)[..2], [Failed, Failed]);
     }
 }
