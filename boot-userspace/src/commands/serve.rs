@@ -189,7 +189,9 @@ fn moved_api_files(
     overlay_path: &std::path::Path,
     config: &Config,
 ) -> Option<&'static str> {
-    if crate::config::overlay::Overlay::path_in(&config.state_dir) != overlay_path {
+    if crate::config::overlay::Overlay::path_for(&config.state_dir, config.cluster.is_some())
+        != overlay_path
+    {
         Some("daemon.state_dir")
     } else if config.inventory_file.as_deref() != inventory_file {
         Some("daemon.inventory")
@@ -463,9 +465,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
 
-    let cluster = match &config.cluster {
-        Some(c) => Some(join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?),
-        None => None,
+    let (cluster, etcd) = match &config.cluster {
+        Some(c) => {
+            let (view, etcd) = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (Some(view), Some(etcd))
+        }
+        None => (None, None),
     };
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -473,14 +478,44 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
     let (access, tls) = crate::admin::settings(&config.admin)?;
-    let api = crate::admin::api::ApiState::open(
-        Arc::clone(&live),
-        ledger.clone(),
-        config.inventory_file.clone(),
-        &config.state_dir,
-    )
-    .context("the admin API's inventory changes")?;
-    let api = Arc::new(api);
+    // Cluster mode: the API's inventory is etcd's, followed by a watch (`cluster::inventory`).
+    let (api, shared_inventory) = match etcd {
+        None => (
+            crate::admin::api::ApiState::open(
+                Arc::clone(&live),
+                ledger.clone(),
+                config.inventory_file.clone(),
+                &config.state_dir,
+            ),
+            None,
+        ),
+        Some(etcd) => {
+            let store = crate::cluster::inventory::InventoryStore::new(etcd, &registry)
+                .context("registering the cluster inventory's metrics")?;
+            (
+                crate::admin::api::ApiState::clustered(
+                    Arc::clone(&live),
+                    ledger.clone(),
+                    config.inventory_file.clone(),
+                    &config.state_dir,
+                    store.clone(),
+                ),
+                Some(store),
+            )
+        }
+    };
+    let api = Arc::new(api.context("the admin API's inventory changes")?);
+    if let Some(store) = shared_inventory {
+        let sink: Arc<dyn crate::cluster::inventory::Sink> = api.clone();
+        let token = supervisor.token();
+        supervisor.spawn(
+            "cluster-inventory",
+            Box::pin(async move {
+                store.run(sink, token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     {
         let (api, token) = (Arc::clone(&api), supervisor.token());
         supervisor.spawn(
@@ -559,20 +594,24 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
-/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API.
+/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API,
+/// and the connection, for the shared inventory.
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
     ledger: &Ledger,
     registry: &Registry,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>> {
+) -> anyhow::Result<(
+    Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
+    crate::cluster::Cluster,
+)> {
     use crate::cluster::{membership::Membership, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
         .await
         .context("cluster: connecting to etcd")?;
     let membership =
-        Membership::new(cluster, registry).context("registering the cluster's metrics")?;
+        Membership::new(cluster.clone(), registry).context("registering the cluster's metrics")?;
     let view = membership.view();
     let (name, rack) = (config.name.clone(), config.rack.clone());
     let started = std::time::SystemTime::now()
@@ -597,7 +636,7 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    Ok(view)
+    Ok((view, cluster))
 }
 
 #[cfg(test)]
