@@ -95,6 +95,10 @@ fn wait_status(api: &Api, path: &str, status: u16) -> Result<Response, String> {
     .ok_or(last)
 }
 
+fn logs(a: &Daemon, b: &Daemon) -> String {
+    format!("A:\n{}\nB:\n{}", a.log(), b.log())
+}
+
 fn metric(api: &Api, name: &str, labels: &[(&str, &str)]) -> f64 {
     let m = api.get("/metrics").expect("metrics");
     sample(&m.body, name, labels).unwrap_or(0.0)
@@ -116,7 +120,7 @@ fn fabrics_share_the_api_inventory_through_etcd() {
     .to_owned();
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let (ns_a, a) = fabric(&mut etcd, "inv-a", 21, &token_file, false);
-    let (ns_b, b) = fabric(&mut etcd, "inv-b", 22, &token_file, true);
+    let (ns_b, mut b) = fabric(&mut etcd, "inv-b", 22, &token_file, true);
     let client = Netns::new("inv-dc").expect("client netns");
     etcd.bridge
         .plug(&client, "eth1", "10.90.0.30/24")
@@ -127,7 +131,15 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         .expect("route");
     let api_a = Api::new(&ns_a, a.admin, Some(&token));
     let api_b = Api::new(&ns_b, b.admin, Some(&token));
-    let logs = || format!("A:\n{}\nB:\n{}", a.log(), b.log());
+    // Writes wait for a fabric's first load of etcd's inventory (503 before).
+    for d in [&a, &b] {
+        wait_for(Duration::from_secs(20), || {
+            d.log()
+                .contains("cluster inventory: loaded from etcd")
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("no load from etcd\n{}", logs(&a, &b)));
+    }
 
     // A host created through A: B serves it (API and DHCP) without a restart.
     let node07 = [0x52, 0x54, 0, 0xc1, 0, 0x07];
@@ -139,10 +151,10 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         .expect("post");
     created
         .expect(201)
-        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&a, &b)));
     let first_tag = created.etag().expect("etag");
     let seen = wait_status(&api_b, "/api/v1/hosts/node07", 200)
-        .unwrap_or_else(|e| panic!("B never saw node07: {e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("B never saw node07: {e}\n{}", logs(&a, &b)));
     assert_eq!(seen.json().expect("json")["source"], "api");
     assert_eq!(
         seen.etag().expect("etag"),
@@ -155,7 +167,7 @@ fn fabrics_share_the_api_inventory_through_etcd() {
     assert!(
         got.is_some(),
         "B does not offer node07 its address\n{}",
-        logs()
+        logs(&a, &b)
     );
     let keys = etcd
         .etcdctl(
@@ -191,13 +203,13 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         let r = api_b.get("/api/v1/hosts/node07").expect("get");
         (r.json().ok()?["meta"]["role"] == "a").then_some(r)
     })
-    .unwrap_or_else(|| panic!("B never saw A's patch\n{}", logs()));
+    .unwrap_or_else(|| panic!("B never saw A's patch\n{}", logs(&a, &b)));
     let deleted = api_b
         .delete("/api/v1/hosts/node07", &current.etag().expect("etag"))
         .expect("delete");
     assert_eq!(deleted.status, 204, "{deleted:?}");
     wait_status(&api_a, "/api/v1/hosts/node07", 404)
-        .unwrap_or_else(|e| panic!("A still has node07: {e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("A still has node07: {e}\n{}", logs(&a, &b)));
     // A file host deleted through the API is a tombstone in etcd, hidden on both.
     let file01 = api_a.get("/api/v1/hosts/file01").expect("get");
     let gone = api_a
@@ -205,7 +217,7 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         .expect("delete");
     assert_eq!(gone.status, 204, "{gone:?}");
     wait_status(&api_b, "/api/v1/hosts/file01", 404)
-        .unwrap_or_else(|e| panic!("B still has file01: {e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("B still has file01: {e}\n{}", logs(&a, &b)));
 
     // A host B serves during the outage.
     let node09 = [0x52, 0x54, 0, 0xc1, 0, 0x09];
@@ -218,7 +230,19 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         .expect(201)
         .unwrap_or_else(|e| panic!("{e}"));
     wait_status(&api_b, "/api/v1/hosts/node09", 200)
-        .unwrap_or_else(|e| panic!("B never saw node09: {e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("B never saw node09: {e}\n{}", logs(&a, &b)));
+
+    // Each of A's changes came to B by its watch: node07 created, patched, deleted, the
+    // tombstone, node09.
+    assert!(
+        metric(
+            &api_b,
+            "bootfabric_cluster_inventory_events_total",
+            &[("outcome", "applied")]
+        ) >= 5.0,
+        "{}",
+        api_b.get("/metrics").expect("metrics").body
+    );
 
     // Quorum lost: writes 503 with Retry-After; reads and DHCP keep answering.
     etcd.kill(1);
@@ -249,8 +273,31 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         during.map(|ip| ip.octets()),
         Some([10, 90, 0, 79]),
         "B stops serving without quorum\n{}",
-        logs()
+        logs(&a, &b)
     );
+    // B restarted while etcd has no quorum starts from its local copy of etcd's inventory:
+    // node09 is there, file01's tombstone too, and writes wait for etcd.
+    b.restart().expect("restart B");
+    let api_b = Api::new(&ns_b, b.admin, Some(&token));
+    assert_eq!(
+        api_b.get("/api/v1/hosts/node09").expect("get").status,
+        200,
+        "{}",
+        b.log()
+    );
+    assert_eq!(api_b.get("/api/v1/hosts/file01").expect("get").status, 404);
+    let again = offered(&client, node09, 0x1719);
+    assert_eq!(
+        again.map(|ip| ip.octets()),
+        Some([10, 90, 0, 79]),
+        "B restarted without etcd does not serve node09\n{}",
+        b.log()
+    );
+    let early = api_b
+        .patch_current("/api/v1/hosts/node09", &json!({"meta": {"role": "b"}}))
+        .expect("patch")
+        .1;
+    assert_eq!(early.status, 503, "{early:?}");
 
     // Quorum back: a write works again, no restart, and B sees it.
     etcd.restart(1).expect("restart m1");
@@ -267,17 +314,12 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         last = format!("{r:?}");
         (r.status == 201).then_some(())
     })
-    .unwrap_or_else(|| panic!("no write after recovery: {last}\n{}", logs()));
+    .unwrap_or_else(|| panic!("no write after recovery: {last}\n{}", logs(&a, &b)));
     wait_status(&api_b, "/api/v1/hosts/node10", 200)
-        .unwrap_or_else(|e| panic!("B never saw node10: {e}\n{}", logs()));
+        .unwrap_or_else(|e| panic!("B never saw node10: {e}\n{}", logs(&a, &b)));
     assert!(
-        metric(
-            &api_b,
-            "bootfabric_cluster_inventory_events_total",
-            &[("outcome", "applied")]
-        ) >= 4.0,
-        "{}",
-        api_b.get("/metrics").expect("metrics").body
+        metric(&api_b, "bootfabric_cluster_inventory_reloads_total", &[]) >= 1.0,
+        "B restarted loads etcd's inventory once quorum is back"
     );
     drop((client, b, ns_b, a, ns_a));
 }

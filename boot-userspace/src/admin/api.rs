@@ -113,6 +113,18 @@ struct Shared {
 /// How long a client should wait before writing again while etcd cannot take writes.
 const RETRY_AFTER_S: u32 = 5;
 
+/// The answer to a write before this fabric has loaded etcd's inventory (it serves its
+/// local copy meanwhile, whose revisions it does not know).
+fn not_loaded() -> Problem {
+    Problem {
+        retry_after: Some(RETRY_AFTER_S),
+        ..Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this fabric has not loaded the cluster's inventory from etcd yet; reads answer from its local copy, retry the write later",
+        )
+    }
+}
+
 /// The answer to a write etcd did not take.
 fn commit_problem(e: &CommitError, kind: EventType) -> Problem {
     match e {
@@ -279,6 +291,9 @@ impl ApiState {
                     )
                 })?,
                 Some(c) => {
+                    if !c.lock().loaded {
+                        return Err(not_loaded());
+                    }
                     let ops = shared::ops(&overlay, &next_overlay);
                     let guards = c.guards(&ops);
                     let rev = c

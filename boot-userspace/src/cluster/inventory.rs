@@ -275,6 +275,9 @@ pub struct Published {
     pub revs: BTreeMap<String, i64>,
     /// This fabric's own writes (relative key, revision) its watch has not delivered yet.
     pub local: BTreeMap<String, i64>,
+    /// Whether etcd's inventory was loaded since start: until then the revisions are
+    /// unknown (the overlay is the local copy), and writes wait.
+    pub loaded: bool,
 }
 
 impl Published {
@@ -304,6 +307,7 @@ pub fn merge(current: &Overlay, published: &Published, mirror: &Mirror) -> (Over
     let mut next = Published {
         revs: mirror.revs.clone(),
         local: BTreeMap::new(),
+        loaded: true,
     };
     for (key, &rev) in &published.local {
         if rev <= mirror.revision {
@@ -501,12 +505,12 @@ impl InventoryStore {
                 Some(m) => m,
                 None => match self.load().await {
                     Ok(m) => {
+                        self.adopt(&sink, &m, 0).await;
                         info!(
                             revision = m.revision,
                             records = m.revs.len(),
                             "cluster inventory: loaded from etcd"
                         );
-                        self.adopt(&sink, &m, 0).await;
                         mirror.insert(m)
                     }
                     Err(e) => {
@@ -747,7 +751,9 @@ mod tests {
         mirror
             .apply("hosts/theirs", Some(&theirs), 19)
             .expect("applies");
+        assert!(!published.loaded, "not before the first load");
         let (next, p) = merge(&current, &published, &mirror);
+        assert!(p.loaded);
         assert!(next.hosts.contains_key("mine") && next.hosts.contains_key("theirs"));
         assert_eq!(p.guard("hosts/mine"), 20);
         assert_eq!(p.guard("hosts/theirs"), 19);
