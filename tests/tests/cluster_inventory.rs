@@ -244,6 +244,34 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         api_b.get("/metrics").expect("metrics").body
     );
 
+    // Records written into etcd by hand, past the API: one that does not parse, one that
+    // does not validate (no such profile). Each fabric refuses them, loudly, and serves on.
+    for (key, value) in [
+        ("junk", "not json"),
+        (
+            "evil",
+            r#"{"name":"evil","mac":"52:54:00:c1:00:66","profile":"nope"}"#,
+        ),
+    ] {
+        etcd.etcdctl(
+            0,
+            &["put", &format!("/bootfabric/inventory/hosts/{key}"), value],
+        )
+        .expect("etcdctl put");
+    }
+    wait_for(Duration::from_secs(20), || {
+        (metric(
+            &api_b,
+            "bootfabric_cluster_inventory_events_total",
+            &[("outcome", "refused")],
+        ) >= 2.0)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("B did not refuse the bad records\n{}", logs(&a, &b)));
+    assert!(b.log().contains("hosts/evil"), "{}", b.log());
+    assert_eq!(api_b.get("/api/v1/hosts/evil").expect("get").status, 404);
+    assert_eq!(api_b.get("/api/v1/hosts/node09").expect("get").status, 200);
+
     // Quorum lost: writes 503 with Retry-After; reads and DHCP keep answering.
     etcd.kill(1);
     etcd.kill(2);
@@ -315,8 +343,11 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         (r.status == 201).then_some(())
     })
     .unwrap_or_else(|| panic!("no write after recovery: {last}\n{}", logs(&a, &b)));
+    // B's first load after the restart has node10 and the bad record together: node10
+    // is published, the bad record still refused.
     wait_status(&api_b, "/api/v1/hosts/node10", 200)
         .unwrap_or_else(|e| panic!("B never saw node10: {e}\n{}", logs(&a, &b)));
+    assert_eq!(api_b.get("/api/v1/hosts/evil").expect("get").status, 404);
     assert!(
         metric(&api_b, "bootfabric_cluster_inventory_reloads_total", &[]) >= 1.0,
         "B restarted loads etcd's inventory once quorum is back"

@@ -455,21 +455,11 @@ impl Shared {
     }
 }
 
-/// The watch's side: etcd's inventory, published like an API write (validated with the
-/// operator's file, every template rendered, every follower asked). A record this fabric
-/// refuses leaves it serving what it had.
-impl Sink for ApiState {
-    fn adopt(&self, mirror: &Mirror) -> Result<(), String> {
-        let Some(c) = &self.cluster else {
-            return Ok(());
-        };
-        let mut overlay = self.overlay();
-        let mut published = c.lock();
-        let (next_overlay, next_published) = shared::merge(&overlay, &published, mirror);
-        if shared::ops(&overlay, &next_overlay).is_empty() {
-            *published = next_published;
-            return Ok(());
-        }
+impl ApiState {
+    /// Publishes the operator's file with `next` over it (validated, every template
+    /// rendered, every follower asked), `next` becoming what the API's reads show. Under
+    /// the overlay's lock.
+    fn publish_overlay(&self, next: &Overlay) -> Result<Arc<Snapshot>, String> {
         let base = self.base_file()?;
         let named = self
             .inventory_file
@@ -477,10 +467,10 @@ impl Sink for ApiState {
             .unwrap_or_else(|| self.overlay_path.clone());
         let result = self.live.publish(|snap| {
             let inventory =
-                crate::config::overlay::effective(&named, base, &next_overlay, &self.overlay_path)
+                crate::config::overlay::effective(&named, base, next, &self.overlay_path)
                     .map_err(|e| e.to_string())?;
             *self.pending.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(Arc::new(next_overlay.clone()));
+                Some(Arc::new(next.clone()));
             Ok::<_, String>(Next::new(inventory, snap.boot.clone()))
         });
         if result.is_err() {
@@ -489,24 +479,76 @@ impl Sink for ApiState {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
         }
-        match result {
-            Ok(snap) => {
-                if let Err(e) = next_overlay.save(&self.overlay_path) {
-                    warn!(error = %e, "cluster inventory: cannot update the local copy");
-                }
-                *overlay = next_overlay;
-                *published = next_published;
-                tracing::info!(
-                    generation = snap.generation,
-                    revision = mirror.revision,
-                    "cluster inventory: published etcd's changes"
-                );
-                Ok(())
-            }
-            Err(PublishError::Build(e)) => Err(e),
-            Err(PublishError::Templates(errors)) => Err(format!("templates: {errors}")),
-            Err(PublishError::Refused { follower, why }) => Err(format!("{follower}: {why}")),
+        result.map_err(|e| match e {
+            PublishError::Build(e) => e,
+            PublishError::Templates(errors) => format!("templates: {errors}"),
+            PublishError::Refused { follower, why } => format!("{follower}: {why}"),
+        })
+    }
+}
+
+/// The watch's side: etcd's inventory, published like an API write (validated with the
+/// operator's file, every template rendered, every follower asked). When the whole of it is
+/// refused, its changes go one record at a time: a record this fabric refuses is named and
+/// left out (it stays what it was here), the others are published.
+impl Sink for ApiState {
+    fn adopt(&self, mirror: &Mirror) -> Vec<String> {
+        let Some(c) = &self.cluster else {
+            return Vec::new();
+        };
+        let mut overlay = self.overlay();
+        let mut published = c.lock();
+        let (next_overlay, next_published) = shared::merge(&overlay, &published, mirror);
+        let changes = shared::ops(&overlay, &next_overlay);
+        if changes.is_empty() {
+            *published = next_published;
+            return Vec::new();
         }
+        let mut refused = Vec::new();
+        let mut taken = next_published.clone();
+        if let Err(why) = self.publish_overlay(&next_overlay) {
+            warn!(
+                why,
+                "cluster inventory: etcd's changes refused together; trying each"
+            );
+            let mut current = overlay.clone();
+            for op in &changes {
+                let key = op.key();
+                let mut candidate = current.clone();
+                if shared::set(&mut candidate, key, shared::get(&next_overlay, key)).is_err() {
+                    continue;
+                }
+                match self.publish_overlay(&candidate) {
+                    Ok(_) => current = candidate,
+                    Err(why) => {
+                        // What this fabric has of it stays, with its revision: a write of
+                        // it here is guarded by that and fails until the record is fixed.
+                        match published.revs.get(key) {
+                            Some(r) => taken.revs.insert(key.to_owned(), *r),
+                            None => taken.revs.remove(key),
+                        };
+                        taken.local.remove(key);
+                        refused.push(format!("{key}: {why}"));
+                    }
+                }
+            }
+            if refused.len() == changes.len() {
+                return refused;
+            }
+            *overlay = current;
+        } else {
+            *overlay = next_overlay;
+        }
+        if let Err(e) = overlay.save(&self.overlay_path) {
+            warn!(error = %e, "cluster inventory: cannot update the local copy");
+        }
+        *published = taken;
+        tracing::info!(
+            generation = self.live.generation(),
+            revision = mirror.revision,
+            "cluster inventory: published etcd's changes"
+        );
+        refused
     }
 }
 

@@ -328,9 +328,10 @@ pub fn merge(current: &Overlay, published: &Published, mirror: &Mirror) -> (Over
 
 /// Where the watch's inventory goes: the admin API, which publishes it.
 pub trait Sink: Send + Sync + 'static {
-    /// Publishes what `mirror` holds; `Err` with the reason when this fabric refuses it (a
-    /// record that does not validate here). Blocking: called from a blocking thread.
-    fn adopt(&self, mirror: &Mirror) -> Result<(), String>;
+    /// Publishes what `mirror` holds; the records this fabric refuses (each with the key
+    /// and the reason: one that does not validate here), left out. Blocking: called from a
+    /// blocking thread.
+    fn adopt(&self, mirror: &Mirror) -> Vec<String>;
 }
 
 /// A write could not be made.
@@ -471,21 +472,23 @@ impl InventoryStore {
     async fn adopt(&self, sink: &Arc<dyn Sink>, mirror: &Mirror, events: u64) {
         let (s, m) = (Arc::clone(sink), mirror.clone());
         match tokio::task::spawn_blocking(move || s.adopt(&m)).await {
-            Ok(Ok(())) => self
-                .metrics
-                .events
-                .with_label_values(&["applied"])
-                .inc_by(events),
-            Ok(Err(why)) => {
+            Ok(refused) => {
+                let n = u64::try_from(refused.len()).unwrap_or(u64::MAX);
+                self.metrics
+                    .events
+                    .with_label_values(&["applied"])
+                    .inc_by(events.saturating_sub(n));
                 self.metrics
                     .events
                     .with_label_values(&["refused"])
-                    .inc_by(events);
-                error!(
-                    why,
-                    revision = mirror.revision,
-                    "cluster inventory: etcd's inventory is refused on this fabric; it keeps serving its last one"
-                );
+                    .inc_by(n);
+                for why in refused {
+                    error!(
+                        why,
+                        revision = mirror.revision,
+                        "cluster inventory: a record from etcd is refused on this fabric; it keeps what it had of it"
+                    );
+                }
             }
             Err(e) => error!(error = %e, "cluster inventory: publishing failed"),
         }
