@@ -839,6 +839,32 @@ mod tests {
         assert_eq!(allowed, 5, "50 per second");
     }
 
+    /// A guard that fails is the client's stale view (412; 409 for a create that raced
+    /// another fabric's); etcd that cannot take the write is 503 with `Retry-After`.
+    #[test]
+    fn etcd_refusals_map_to_http_answers() {
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::HostUpdated).status,
+            412
+        );
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::HostDeleted).status,
+            412
+        );
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::ProfileCreated).status,
+            409
+        );
+        let down = CommitError::Unavailable(crate::cluster::ClusterError::Timeout(
+            std::time::Duration::from_secs(2),
+        ));
+        let p = commit_problem(&down, EventType::HostCreated);
+        assert_eq!((p.status, p.retry_after), (503, Some(RETRY_AFTER_S)));
+        let resp = p.response();
+        assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "5");
+        assert_eq!(not_loaded().status, 503);
+    }
+
     #[test]
     fn bodies_must_be_objects_and_records_name_bad_fields() {
         assert_eq!(object(b"[1]").map_err(|p| p.status), Err(400));
