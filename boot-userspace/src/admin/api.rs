@@ -6,6 +6,13 @@
 //! change, validation and the overlay file's atomic rewrite all happen there, so two writers
 //! cannot both pass the same ETag, and a change is on disk before any service sees it or the
 //! caller is answered. A change a follower refuses is rolled back on disk.
+//!
+//! In cluster mode (`cluster::inventory`) the overlay is etcd's: a write is an etcd
+//! transaction guarded by the revisions this fabric published (a change made elsewhere since
+//! answers 412, etcd without quorum 503 with `Retry-After`), made inside the same lock and
+//! published here before the answer (read-your-writes); the overlay file is not written. The
+//! watch hands every other fabric's change to [`ApiState`]'s [`Sink`], which publishes it the
+//! same way, and keeps a local copy (`cluster-inventory.json`) for a restart without etcd.
 
 use std::{
     collections::HashMap,
@@ -24,6 +31,7 @@ use tracing::{error, warn};
 
 use super::problem::Problem;
 use crate::{
+    cluster::inventory::{self as shared, CommitError, InventoryStore, Mirror, Published, Sink},
     config::overlay::Overlay,
     model::{
         inventory::{wire, Inventory, Mac},
@@ -89,6 +97,61 @@ pub struct ApiState {
     view: Arc<ArcSwap<View>>,
     pending: Arc<Mutex<Option<Arc<Overlay>>>>,
     limiter: Mutex<Limiter>,
+    /// Cluster mode: the overlay is etcd's.
+    cluster: Option<Shared>,
+}
+
+/// Cluster mode's side of [`ApiState`].
+struct Shared {
+    store: InventoryStore,
+    /// The runtime the etcd requests run on (writes run on blocking threads).
+    runtime: tokio::runtime::Handle,
+    /// The revisions of what this fabric published. Locked only under the overlay's lock.
+    published: Mutex<Published>,
+}
+
+/// How long a client should wait before writing again while etcd cannot take writes.
+const RETRY_AFTER_S: u32 = 5;
+
+/// The answer to a write before this fabric has loaded etcd's inventory (it serves its
+/// local copy meanwhile, whose revisions it does not know).
+fn not_loaded() -> Problem {
+    Problem {
+        retry_after: Some(RETRY_AFTER_S),
+        ..Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this fabric has not loaded the cluster's inventory from etcd yet; reads answer from its local copy, retry the write later",
+        )
+    }
+}
+
+/// The answer to a write etcd did not take.
+fn commit_problem(e: &CommitError, kind: EventType) -> Problem {
+    match e {
+        CommitError::Conflict
+            if matches!(kind, EventType::HostCreated | EventType::ProfileCreated) =>
+        {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "another fabric created it meanwhile; GET it, then PUT or PATCH it",
+            )
+        }
+        CommitError::Conflict => Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "the resource changed on another fabric since; GET it again for its ETag",
+        ),
+        CommitError::Unavailable(e) => {
+            error!(error = %e, "cluster inventory: etcd cannot take the write");
+            Problem {
+                title: "etcd cannot take writes now".to_owned(),
+                retry_after: Some(RETRY_AFTER_S),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cluster's etcd is unreachable or has no quorum; reads still answer, retry the write later",
+                )
+            }
+        }
+    }
 }
 
 /// The overlay could not be read at start.
@@ -103,7 +166,47 @@ impl ApiState {
         inventory_file: Option<PathBuf>,
         state_dir: &std::path::Path,
     ) -> Result<Self, OpenError> {
-        let overlay_path = Overlay::path_in(state_dir);
+        Self::build(
+            live,
+            ledger,
+            inventory_file,
+            Overlay::path_in(state_dir),
+            None,
+        )
+    }
+
+    /// Cluster mode: serves from `live`, with the local copy of etcd's overlay in
+    /// `state_dir` (already applied by the config loader) until the watch of `store` (run
+    /// with this state as its [`Sink`]) brings etcd's; writes go to etcd through `store`.
+    /// Needs a tokio runtime.
+    pub fn clustered(
+        live: Arc<Live>,
+        ledger: Ledger,
+        inventory_file: Option<PathBuf>,
+        state_dir: &std::path::Path,
+        store: InventoryStore,
+    ) -> Result<Self, OpenError> {
+        let shared = Shared {
+            store,
+            runtime: tokio::runtime::Handle::current(),
+            published: Mutex::new(Published::default()),
+        };
+        Self::build(
+            live,
+            ledger,
+            inventory_file,
+            Overlay::path_for(state_dir, true),
+            Some(shared),
+        )
+    }
+
+    fn build(
+        live: Arc<Live>,
+        ledger: Ledger,
+        inventory_file: Option<PathBuf>,
+        overlay_path: PathBuf,
+        cluster: Option<Shared>,
+    ) -> Result<Self, OpenError> {
         let overlay = Overlay::load(&overlay_path)?;
         let view = Arc::new(ArcSwap::from_pointee(View {
             snapshot: live.load(),
@@ -123,6 +226,7 @@ impl ApiState {
             view,
             pending,
             limiter: Mutex::new(Limiter::default()),
+            cluster,
         })
     }
 
@@ -166,6 +270,8 @@ impl ApiState {
         let mut next_overlay = overlay.clone();
         let mut mac_before = None;
         let mut unchanged = false;
+        // Cluster mode: what etcd took, and at which revision.
+        let mut committed: Option<(Vec<shared::Op>, i64)> = None;
         let result = self.live.publish(|snap| {
             mac_before = snap.inventory.host_named(name).map(|h| h.mac);
             let inventory = change(snap, &mut next_overlay)?;
@@ -176,13 +282,27 @@ impl ApiState {
                 unchanged = true;
                 return Err(Problem::new(StatusCode::OK, "unchanged"));
             }
-            next_overlay.save(&self.overlay_path).map_err(|e| {
-                error!(error = %e, "cannot persist an API change; it is not applied");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the change could not be written to the state folder; it is not applied",
-                )
-            })?;
+            match &self.cluster {
+                None => next_overlay.save(&self.overlay_path).map_err(|e| {
+                    error!(error = %e, "cannot persist an API change; it is not applied");
+                    Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the change could not be written to the state folder; it is not applied",
+                    )
+                })?,
+                Some(c) => {
+                    if !c.lock().loaded {
+                        return Err(not_loaded());
+                    }
+                    let ops = shared::ops(&overlay, &next_overlay);
+                    let guards = c.guards(&ops);
+                    let rev = c
+                        .runtime
+                        .block_on(c.store.commit(&ops, &guards))
+                        .map_err(|e| commit_problem(&e, kind))?;
+                    committed = Some((ops, rev));
+                }
+            }
             // Last, so nothing after it can fail but a follower's check (cleared below).
             *self.pending.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::new(next_overlay.clone()));
@@ -194,8 +314,28 @@ impl ApiState {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
         }
+        if let (Some(c), Some((ops, rev))) = (&self.cluster, &committed) {
+            let mut published = c.lock();
+            published.record(ops, *rev);
+            if result.is_err() {
+                // etcd has a change this fabric refused: put the previous records back, if
+                // nobody changed them since (then the watch brings whatever they are).
+                let back = shared::ops(&next_overlay, &overlay);
+                let guards = c.guards_with(&back, &published);
+                match c.runtime.block_on(c.store.commit(&back, &guards)) {
+                    Ok(rev) => published.record(&back, rev),
+                    Err(e) => error!(error = %e, "cannot roll back a refused API change in etcd"),
+                }
+            }
+        }
         match result {
             Ok(snap) => {
+                if self.cluster.is_some() {
+                    // The local copy for a restart while etcd is down; etcd has the change.
+                    if let Err(e) = next_overlay.save(&self.overlay_path) {
+                        warn!(error = %e, "cluster inventory: cannot update the local copy");
+                    }
+                }
                 *overlay = next_overlay;
                 let mac = snap
                     .inventory
@@ -208,7 +348,7 @@ impl ApiState {
             Err(PublishError::Build(_)) if unchanged => Ok(self.live.load()),
             Err(PublishError::Build(p)) => Err(p),
             Err(PublishError::Templates(errors)) => {
-                if let Err(e) = overlay.save(&self.overlay_path) {
+                if let Err(e) = self.roll_back(&overlay) {
                     error!(error = %e, "cannot roll back a refused API change on disk");
                 }
                 // A template that no longer renders for some host is the change's fault (a
@@ -229,7 +369,7 @@ impl ApiState {
             }
             Err(PublishError::Refused { follower, why }) => {
                 // The file already holds the change: put the previous one back.
-                if let Err(e) = overlay.save(&self.overlay_path) {
+                if let Err(e) = self.roll_back(&overlay) {
                     error!(error = %e, "cannot roll back a refused API change on disk");
                 }
                 warn!(follower, why, "an API change was refused");
@@ -239,6 +379,25 @@ impl ApiState {
                 })
             }
         }
+    }
+
+    /// Puts `overlay` (the one before a refused change) back on disk; in cluster mode the
+    /// file was not written, and etcd's copy was rolled back already.
+    fn roll_back(&self, overlay: &Overlay) -> Result<(), crate::config::overlay::OverlayError> {
+        match self.cluster {
+            None => overlay.save(&self.overlay_path),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The operator's inventory file as on disk now (none: empty).
+    fn base_file(&self) -> Result<wire::InventoryFile, String> {
+        let Some(path) = &self.inventory_file else {
+            return Ok(wire::InventoryFile::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Announces a change on the event log (SSE, webhooks): `kind` of `name` (with its MAC,
@@ -274,6 +433,122 @@ impl ApiState {
             Some(f) if host => f.hosts.iter().any(|h| h.name.as_deref() == Some(name)),
             Some(f) => f.profiles.contains_key(name),
         }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Each key of `ops` with the revision etcd must still have for it.
+    fn guards(&self, ops: &[shared::Op]) -> Vec<(String, i64)> {
+        self.guards_with(ops, &self.lock())
+    }
+
+    fn guards_with(&self, ops: &[shared::Op], published: &Published) -> Vec<(String, i64)> {
+        ops.iter()
+            .map(|op| (op.key().to_owned(), published.guard(op.key())))
+            .collect()
+    }
+}
+
+impl ApiState {
+    /// Publishes the operator's file with `next` over it (validated, every template
+    /// rendered, every follower asked), `next` becoming what the API's reads show. Under
+    /// the overlay's lock.
+    fn publish_overlay(&self, next: &Overlay) -> Result<Arc<Snapshot>, String> {
+        let base = self.base_file()?;
+        let named = self
+            .inventory_file
+            .clone()
+            .unwrap_or_else(|| self.overlay_path.clone());
+        let result = self.live.publish(|snap| {
+            let inventory =
+                crate::config::overlay::effective(&named, base, next, &self.overlay_path)
+                    .map_err(|e| e.to_string())?;
+            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Arc::new(next.clone()));
+            Ok::<_, String>(Next::new(inventory, snap.boot.clone()))
+        });
+        if result.is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        result.map_err(|e| match e {
+            PublishError::Build(e) => e,
+            PublishError::Templates(errors) => format!("templates: {errors}"),
+            PublishError::Refused { follower, why } => format!("{follower}: {why}"),
+        })
+    }
+}
+
+/// The watch's side: etcd's inventory, published like an API write (validated with the
+/// operator's file, every template rendered, every follower asked). When the whole of it is
+/// refused, its changes go one record at a time: a record this fabric refuses is named and
+/// left out (it stays what it was here), the others are published.
+impl Sink for ApiState {
+    fn adopt(&self, mirror: &Mirror) -> Vec<String> {
+        let Some(c) = &self.cluster else {
+            return Vec::new();
+        };
+        let mut overlay = self.overlay();
+        let mut published = c.lock();
+        let (next_overlay, next_published) = shared::merge(&overlay, &published, mirror);
+        let changes = shared::ops(&overlay, &next_overlay);
+        if changes.is_empty() {
+            *published = next_published;
+            return Vec::new();
+        }
+        let mut refused = Vec::new();
+        let mut taken = next_published.clone();
+        if let Err(why) = self.publish_overlay(&next_overlay) {
+            warn!(
+                why,
+                "cluster inventory: etcd's changes refused together; trying each"
+            );
+            let mut current = overlay.clone();
+            for op in &changes {
+                let key = op.key();
+                let mut candidate = current.clone();
+                if shared::set(&mut candidate, key, shared::get(&next_overlay, key)).is_err() {
+                    continue;
+                }
+                match self.publish_overlay(&candidate) {
+                    Ok(_) => current = candidate,
+                    Err(why) => {
+                        // What this fabric has of it stays, with its revision: a write of
+                        // it here is guarded by that and fails until the record is fixed.
+                        match published.revs.get(key) {
+                            Some(r) => taken.revs.insert(key.to_owned(), *r),
+                            None => taken.revs.remove(key),
+                        };
+                        taken.local.remove(key);
+                        refused.push(format!("{key}: {why}"));
+                    }
+                }
+            }
+            if refused.len() == changes.len() {
+                return refused;
+            }
+            *overlay = current;
+        } else {
+            *overlay = next_overlay;
+        }
+        if let Err(e) = overlay.save(&self.overlay_path) {
+            warn!(error = %e, "cluster inventory: cannot update the local copy");
+        }
+        *published = taken;
+        tracing::info!(
+            generation = self.live.generation(),
+            revision = mirror.revision,
+            "cluster inventory: published etcd's changes"
+        );
+        refused
     }
 }
 
@@ -562,6 +837,32 @@ mod tests {
         let later = t0 + std::time::Duration::from_millis(100);
         let allowed = (0..10).filter(|_| l.take(a, later)).count();
         assert_eq!(allowed, 5, "50 per second");
+    }
+
+    /// A guard that fails is the client's stale view (412; 409 for a create that raced
+    /// another fabric's); etcd that cannot take the write is 503 with `Retry-After`.
+    #[test]
+    fn etcd_refusals_map_to_http_answers() {
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::HostUpdated).status,
+            412
+        );
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::HostDeleted).status,
+            412
+        );
+        assert_eq!(
+            commit_problem(&CommitError::Conflict, EventType::ProfileCreated).status,
+            409
+        );
+        let down = CommitError::Unavailable(crate::cluster::ClusterError::Timeout(
+            std::time::Duration::from_secs(2),
+        ));
+        let p = commit_problem(&down, EventType::HostCreated);
+        assert_eq!((p.status, p.retry_after), (503, Some(RETRY_AFTER_S)));
+        let resp = p.response();
+        assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "5");
+        assert_eq!(not_loaded().status, 503);
     }
 
     #[test]

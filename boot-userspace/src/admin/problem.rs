@@ -6,7 +6,7 @@
 use http_body_util::Full;
 use hyper::{
     body::Bytes,
-    header::{HeaderValue, CONTENT_TYPE},
+    header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER},
     Response, StatusCode,
 };
 use serde::Serialize;
@@ -54,6 +54,10 @@ pub struct Problem {
     /// The fields at fault, when the request's content is.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Field>,
+    /// Seconds after which the request may succeed (`Retry-After`, RFC 9110 section
+    /// 10.2.3): a 503 while etcd cannot take writes.
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -66,6 +70,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl Problem {
             status: StatusCode::UNPROCESSABLE_ENTITY.as_u16(),
             detail: summary(&errors),
             errors: errors.into_iter().map(Field::from).collect(),
+            retry_after: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl Problem {
             status: StatusCode::CONFLICT.as_u16(),
             detail: summary(&errors),
             errors: errors.into_iter().map(Field::from).collect(),
+            retry_after: None,
         }
     }
 
@@ -103,6 +110,9 @@ impl Problem {
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static(MEDIA));
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
         resp
     }
 }

@@ -559,7 +559,7 @@ async fn ls(client: &AdminClient, cfg: Option<&Config>, args: &LsArgs) -> anyhow
                 "bootfabric: {why}; listing the local inventory of {} instead",
                 cfg.path.display()
             );
-            let overlay = Overlay::load(&Overlay::path_in(&cfg.state_dir))?;
+            let overlay = Overlay::load(&Overlay::path_for(&cfg.state_dir, cfg.cluster.is_some()))?;
             local_list(&cfg.inventory, &overlay, &list_query(args))
         }
         Err(e) => return Err(anyhow!("{e}")),

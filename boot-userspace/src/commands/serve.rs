@@ -189,7 +189,9 @@ fn moved_api_files(
     overlay_path: &std::path::Path,
     config: &Config,
 ) -> Option<&'static str> {
-    if crate::config::overlay::Overlay::path_in(&config.state_dir) != overlay_path {
+    if crate::config::overlay::Overlay::path_for(&config.state_dir, config.cluster.is_some())
+        != overlay_path
+    {
         Some("daemon.state_dir")
     } else if config.inventory_file.as_deref() != inventory_file {
         Some("daemon.inventory")
@@ -368,13 +370,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
     // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
-    let (cluster, leadership, runs) = match &config.cluster {
+    let (cluster, leadership, runs, etcd) = match &config.cluster {
         Some(c) => {
-            let (view, leadership, runs) =
+            let (view, leadership, runs, etcd) =
                 join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
-            (Some(view), Some(leadership), Some(runs))
+            (Some(view), Some(leadership), Some(runs), Some(etcd))
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
@@ -490,14 +492,44 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
     let token = supervisor.token();
     let (access, tls) = crate::admin::settings(&config.admin)?;
-    let api = crate::admin::api::ApiState::open(
-        Arc::clone(&live),
-        ledger.clone(),
-        config.inventory_file.clone(),
-        &config.state_dir,
-    )
-    .context("the admin API's inventory changes")?;
-    let api = Arc::new(api);
+    // Cluster mode: the API's inventory is etcd's, followed by a watch (`cluster::inventory`).
+    let (api, shared_inventory) = match etcd {
+        None => (
+            crate::admin::api::ApiState::open(
+                Arc::clone(&live),
+                ledger.clone(),
+                config.inventory_file.clone(),
+                &config.state_dir,
+            ),
+            None,
+        ),
+        Some(etcd) => {
+            let store = crate::cluster::inventory::InventoryStore::new(etcd, &registry)
+                .context("registering the cluster inventory's metrics")?;
+            (
+                crate::admin::api::ApiState::clustered(
+                    Arc::clone(&live),
+                    ledger.clone(),
+                    config.inventory_file.clone(),
+                    &config.state_dir,
+                    store.clone(),
+                ),
+                Some(store),
+            )
+        }
+    };
+    let api = Arc::new(api.context("the admin API's inventory changes")?);
+    if let Some(store) = shared_inventory {
+        let sink: Arc<dyn crate::cluster::inventory::Sink> = api.clone();
+        let token = supervisor.token();
+        supervisor.spawn(
+            "cluster-inventory",
+            Box::pin(async move {
+                store.run(sink, token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     {
         let (api, token) = (Arc::clone(&api), supervisor.token());
         supervisor.spawn(
@@ -577,7 +609,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
 /// not need etcd serves meanwhile. Campaigns for the leadership (the leader runs the reboot
-/// runs). What this fabric sees of the cluster, for the admin API, and its leadership.
+/// runs). What this fabric sees of the cluster, for the admin API; its leadership and the
+/// run records, for the reboot service; and the connection, for the shared inventory.
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
@@ -588,6 +621,7 @@ async fn join_cluster(
     Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
     crate::cluster::election::Leadership,
     crate::cluster::runs::RunStore,
+    crate::cluster::Cluster,
 )> {
     use crate::cluster::{membership::Membership, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
@@ -629,8 +663,8 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    let runs = crate::cluster::runs::RunStore::new(cluster);
-    Ok((view, leadership, runs))
+    let runs = crate::cluster::runs::RunStore::new(cluster.clone());
+    Ok((view, leadership, runs, cluster))
 }
 
 #[cfg(test)]

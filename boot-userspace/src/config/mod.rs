@@ -432,7 +432,9 @@ impl Config {
                 .unwrap_or(DEFAULT_STATE_DIR),
         );
         let inventory_file = wire.daemon.inventory.as_ref().map(|rel| base.join(rel));
-        let inventory = overlay::load_effective(inventory_file.as_deref(), &state_dir).map_err(
+        // In cluster mode, the local copy of etcd's overlay (`cluster::inventory`).
+        let overlay_path = overlay::Overlay::path_for(&state_dir, wire.cluster.is_some());
+        let inventory = overlay::load_effective(inventory_file.as_deref(), &overlay_path).map_err(
             |e| match e {
                 overlay::EffectiveError::Inventory(e) => ConfigError::Inventory(e),
                 overlay::EffectiveError::Overlay(e) => ConfigError::Overlay(e),

@@ -29,6 +29,10 @@ use crate::model::inventory::{wire, Inventory, InventoryError};
 /// The overlay's file name inside `daemon.state_dir`.
 pub const FILE_NAME: &str = "api-inventory.json";
 
+/// In cluster mode, the file name of the local copy of etcd's overlay (the last one this
+/// fabric published) inside `daemon.state_dir`: a restart while etcd is down serves it.
+pub const CLUSTER_FILE_NAME: &str = "cluster-inventory.json";
+
 /// The API's records, by name: `Some` creates or replaces, `None` removes.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +90,16 @@ impl Overlay {
     /// The overlay file inside `state_dir`.
     pub fn path_in(state_dir: &Path) -> PathBuf {
         state_dir.join(FILE_NAME)
+    }
+
+    /// The overlay file the daemon applies: [`Self::path_in`] standalone; in cluster mode
+    /// the local copy of etcd's ([`CLUSTER_FILE_NAME`]), the standalone file left alone.
+    pub fn path_for(state_dir: &Path, clustered: bool) -> PathBuf {
+        if clustered {
+            state_dir.join(CLUSTER_FILE_NAME)
+        } else {
+            Self::path_in(state_dir)
+        }
     }
 
     /// Reads the overlay at `path`; none when there is no file yet.
@@ -261,11 +275,11 @@ fn rename_hosts(text: &str, describe: impl Fn(usize) -> String) -> String {
     out
 }
 
-/// Reads the TOML inventory at `inventory` (none: an empty one) and applies the overlay of
-/// `state_dir`: what start-up, `check` and a reload use.
+/// Reads the TOML inventory at `inventory` (none: an empty one) and applies the overlay at
+/// `overlay_path` ([`Overlay::path_for`]): what start-up, `check` and a reload use.
 pub fn load_effective(
     inventory: Option<&Path>,
-    state_dir: &Path,
+    overlay_path: &Path,
 ) -> Result<Inventory, EffectiveError> {
     let base = match inventory {
         Some(path) => {
@@ -280,10 +294,9 @@ pub fn load_effective(
         }
         None => wire::InventoryFile::default(),
     };
-    let overlay_path = Overlay::path_in(state_dir);
-    let overlay = Overlay::load(&overlay_path)?;
-    let named = inventory.map_or_else(|| overlay_path.clone(), Path::to_owned);
-    Ok(effective(&named, base, &overlay, &overlay_path)?)
+    let overlay = Overlay::load(overlay_path)?;
+    let named = inventory.map_or_else(|| overlay_path.to_owned(), Path::to_owned);
+    Ok(effective(&named, base, &overlay, overlay_path)?)
 }
 
 /// The effective inventory cannot be built.
@@ -421,11 +434,12 @@ mod tests {
         let mut o = Overlay::load(&Overlay::path_in(dir.path())).expect("load");
         o.consumed.insert("node09".into());
         o.save(&Overlay::path_in(dir.path())).expect("save");
-        let inv = load_effective(Some(&toml_path), dir.path()).expect("valid");
+        let inv = load_effective(Some(&toml_path), &Overlay::path_in(dir.path())).expect("valid");
         assert_eq!(inv.hosts().len(), 3);
         assert!(inv.is_consumed("node09"));
         assert!(inv.host_named("node09").is_some());
-        let e = load_effective(None, dir.path()).expect_err("node09's profile is the file's");
+        let e = load_effective(None, &Overlay::path_in(dir.path()))
+            .expect_err("node09's profile is the file's");
         assert!(e.to_string().contains("API host node09"), "{e}");
     }
 }
