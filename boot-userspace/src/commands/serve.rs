@@ -388,6 +388,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         scheduler: config.scheduler.clone(),
         leadership,
         runs,
+        fabrics: cluster.clone(),
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;

@@ -39,6 +39,7 @@ use super::{
 use crate::{
     cluster::{
         election::Leadership,
+        membership::ClusterView,
         runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
     },
     config::SchedulerConfig,
@@ -147,6 +148,8 @@ pub struct RebootService {
     leadership: Option<Leadership>,
     /// Cluster mode: where runs and each host's intent are recorded before any reset.
     runs: Option<RunStore>,
+    /// Cluster mode: every fabric as the membership last saw them (each rack's pace).
+    fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
     current: Mutex<Option<RunHandle>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -196,6 +199,7 @@ impl RebootService {
             learned: Mutex::new(PostSeen::new()),
             leadership: setup.leadership,
             runs: setup.runs,
+            fabrics: setup.fabrics,
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
@@ -574,6 +578,9 @@ impl RebootService {
         let seen = lock(&self.learned).clone();
         let first = lock(&status).clone();
         let mut step = RunStep::new(self.params.clone(), members, seen, first);
+        if self.fabrics.is_some() {
+            step = step.with_rack_pacing();
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -676,6 +683,11 @@ impl RebootService {
             resets: done,
             events,
             egress_bps: self.ledger.egress_rates().iter().map(|(_, r)| r).sum(),
+            fabrics: self
+                .fabrics
+                .as_ref()
+                .map(|v| v.load().fabrics.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -844,6 +856,9 @@ pub struct Setup {
     /// Cluster mode: the run records in etcd (with `leadership`: each reset's intent is
     /// written, fenced by the term, before the BMC call); `None` standalone.
     pub runs: Option<RunStore>,
+    /// Cluster mode: what this fabric sees of the cluster (each rack's fabric and its
+    /// measured egress paces that rack); `None` standalone.
+    pub fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
 }
 
 #[cfg(test)]
@@ -942,6 +957,7 @@ mod tests {
             scheduler: config.scheduler,
             leadership,
             runs: None,
+            fabrics: None,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(

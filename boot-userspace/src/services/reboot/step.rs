@@ -11,11 +11,14 @@
 use super::{
     plan,
     report::{HostLine, PhaseLabel, RunState, RunStatus},
-    resume::Resume,
+    resume::{RackPacing, Resume},
     Action, Capacity, Event, HostSpec, Params, Phase, PostSeen, Scheduler,
 };
 use crate::{
-    cluster::runs::{HostRecord, HostState},
+    cluster::{
+        runs::{HostRecord, HostState},
+        FabricRecord,
+    },
     model::inventory::Mac,
     model::ledger::{self, fetched_at, names, sent_at, EventKind},
     redfish::{BmcConfig, RedfishError},
@@ -47,6 +50,9 @@ pub struct Tick {
     pub events: Vec<(usize, Vec<ledger::Event>)>,
     /// The fabric's egress over the ledger's window, bytes per second.
     pub egress_bps: f64,
+    /// Cluster mode: every fabric as the membership view last saw them (each rack's
+    /// measured egress, for [`RunStep::with_rack_pacing`]).
+    pub fabrics: Vec<FabricRecord>,
 }
 
 /// What the runner does for a tick, in order.
@@ -101,6 +107,8 @@ pub struct RunStep {
     view: RunStatus,
     /// Unix ms the run started: status times count from it.
     start_ms: u64,
+    /// Cluster mode: each rack paced by its own fabric's measured egress.
+    pacing: Option<RackPacing>,
 }
 
 impl RunStep {
@@ -117,6 +125,7 @@ impl RunStep {
             track: vec![Track::default(); members.len()],
             members,
             start_ms: first.started_unix_ms,
+            pacing: None,
             view: first,
         }
     }
@@ -165,6 +174,21 @@ impl RunStep {
         let busy = pulling >= self.sched.params().slots();
         let est = self.capacity.observe(now, tick.egress_bps, busy);
         self.sched.set_capacity(est);
+        if let Some(pacing) = &mut self.pacing {
+            // A rack is busy while as many of its hosts pull files as it has slots.
+            let (members, track, sched) = (&self.members, &self.track, &self.sched);
+            let busy = |rack: &str| {
+                let pulling = members
+                    .iter()
+                    .zip(track)
+                    .filter(|(m, t)| t.pulling && m.spec.rack == rack)
+                    .count();
+                pulling >= sched.rack_slots(rack)
+            };
+            for (rack, bps) in pacing.observe(now, &tick.fabrics, busy) {
+                self.sched.set_rack_capacity(&rack, bps);
+            }
+        }
         for h in self.sched.admit(now) {
             self.view.hosts[h].admitted_s = Some(now);
             out.push(RunAction::Admit(h));
@@ -298,6 +322,16 @@ impl RunStep {
     /// it up (its gate place freed).
     pub fn fail(&mut self, i: usize, reason: &str) {
         self.sched.fail(i, reason);
+    }
+
+    /// Paces each rack of the run by the measured egress of the fabric that serves it (the
+    /// [`Tick::fabrics`]), starting from the configured cap: cluster mode, where each rack
+    /// has a link and a fabric of its own.
+    pub fn with_rack_pacing(mut self) -> Self {
+        let racks: Vec<String> = self.members.iter().map(|m| m.spec.rack.clone()).collect();
+        let p = self.sched.params();
+        self.pacing = Some(RackPacing::new(&racks, p.capacity_bps, p.per_host_bps));
+        self
     }
 
     /// Host `i` of a run taken over from another leader, as its etcd `record` says and as
@@ -911,5 +945,53 @@ mod tests {
             "{late:?}"
         );
         assert_eq!(phases(&mut step)[..2], [Failed, Failed]);
+    }
+
+    /// Cluster mode: a rack is paced by its own fabric's measured egress, not by the
+    /// leader's: busy and sending a tenth of the plan, the rack drops to one slot while the
+    /// leader's own link (which sends what was planned) keeps its four.
+    #[test]
+    fn each_rack_is_paced_by_its_own_fabric() {
+        let mut p = params();
+        p.capacity_bps = 1000.0;
+        let members: Vec<Member> = (0..4)
+            .map(|i| {
+                let mut m = member(i);
+                m.spec.rack = "r0".into();
+                m
+            })
+            .collect();
+        let mut first = blank_status(&p, &members, &PostSeen::new());
+        first.started_unix_ms = T0;
+        let mut step = RunStep::new(p, members, PostSeen::new(), first).with_rack_pacing();
+        let fabrics = vec![FabricRecord {
+            name: "fab-r0".into(),
+            rack: "r0".into(),
+            version: "0".into(),
+            started: 0,
+            egress_bps: 100.0,
+            generation: 1,
+        }];
+        assert_eq!(step.advance(tick(0.0)).len(), 4, "four resets, four slots");
+        step.advance(Tick {
+            resets: accepted(&[0, 1, 2, 3]),
+            ..tick(0.5)
+        });
+        let pulling = |s: f64| {
+            (0..4)
+                .map(|h| (h, vec![offer(at(1.0)), http_started(at(s), "/vmlinuz")]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(step.advance(tick_with(&step, 1.0, &pulling(1.0))).len(), 4);
+        for s in 2..=8 {
+            let s = f64::from(s);
+            step.advance(Tick {
+                egress_bps: 1000.0,
+                fabrics: fabrics.clone(),
+                ..tick_with(&step, s, &pulling(s))
+            });
+        }
+        assert_eq!(step.sched.rack_slots("r0"), 1, "r0's fabric sends 100 B/s");
+        assert_eq!(step.status().slots, 4, "the leader's link is as planned");
     }
 }
