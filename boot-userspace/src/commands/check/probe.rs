@@ -113,6 +113,22 @@ pub fn cluster(config: &Config) -> Vec<Item> {
                 ),
             )),
             Err(e) => {
+                // A TLS refusal reaches the gRPC client as "transport error": ask a member
+                // directly which file is at fault.
+                if let Some(tls) = &c.tls {
+                    for endpoint in &c.endpoints {
+                        let fault = super::etcd_tls::diagnose(endpoint, tls, c.timeout).await;
+                        if let Some(f) = fault {
+                            let (detail, fix) = super::etcd_tls::describe(&f, tls);
+                            items.push(Item::fail(
+                                "cluster.etcd",
+                                format!("{endpoint}: {detail}"),
+                                fix,
+                            ));
+                            return items;
+                        }
+                    }
+                }
                 items.push(Item::fail(
                     "cluster.etcd",
                     format!("{endpoints}: {e}"),
