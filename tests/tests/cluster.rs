@@ -123,6 +123,37 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
         "{keys}"
     );
 
+    // A second fabric started under fab-a's name (another rack): etcd keeps the first's
+    // record, the newcomer says why it is not registered, and check fails on the name.
+    let (ns_dup, dup) = fabric(&mut etcd, "fab-a", "rack-z", 23);
+    let refused = wait_view(&ns_dup, &dup, |v| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("held by another live fabric"))
+    })
+    .unwrap_or_else(|v| panic!("the duplicate sees {v}\n{}", dup.log()));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rack rack-a")),
+        "{refused}"
+    );
+    let record = etcd
+        .etcdctl(
+            0,
+            &["get", "--print-value-only", "/bootfabric/fabrics/fab-a"],
+        )
+        .expect("etcdctl get");
+    assert!(record.contains("\"rack\":\"rack-a\""), "{record}");
+    let report = check_cluster(&ns_dup, &dup);
+    assert!(
+        line(&report, "cluster.name").starts_with(
+            "FAIL  cluster.name: \"fab-a\" is held by another live fabric (rack rack-a"
+        ),
+        "{report}"
+    );
+    drop((ns_dup, dup));
+
     // fab-b dies without a word: its lease runs out and fab-a sees it gone.
     b.stop_with(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL fab-b");

@@ -139,6 +139,18 @@ pub fn cluster(config: &Config) -> Vec<Item> {
         }
         match cluster.fabrics().await {
             Ok(fabrics) => {
+                // A record under this name from another rack is another fabric (one
+                // from this rack may be this machine's daemon, running).
+                if let Some(other) = fabrics.iter().find(|f| f.name == c.name && f.rack != c.rack) {
+                    items.push(Item::fail(
+                        "cluster.name",
+                        format!(
+                            "{:?} is held by another live fabric (rack {}, version {}, started {}); this one is rack {}",
+                            c.name, other.rack, other.version, other.started, c.rack
+                        ),
+                        "give each fabric its own cluster.name",
+                    ));
+                }
                 let list: Vec<String> = fabrics
                     .iter()
                     .map(|f| format!("{} (rack {})", f.name, f.rack))
