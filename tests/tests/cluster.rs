@@ -287,6 +287,7 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
         .unwrap_or_else(|v| panic!("fab-b (rogue cert) sees {v}\n{}", b.log()));
     let report = check_cluster(&ns_b, &b);
     let fail = line(&report, "cluster.etcd");
+    eprintln!("{report}");
     assert!(fail.starts_with("FAIL  cluster.etcd: "), "{report}");
     assert!(
         fail.contains(&rogue.cert.display().to_string()) && fail.contains("TLS"),
@@ -299,6 +300,7 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
         .unwrap_or_else(|v| panic!("fab-c (no cert) sees {v}\n{}", c.log()));
     let report = check_cluster(&ns_c, &c);
     let fail = line(&report, "cluster.etcd");
+    eprintln!("{report}");
     assert!(
         fail.starts_with("FAIL  cluster.etcd: ") && fail.contains("no client certificate"),
         "{report}"
