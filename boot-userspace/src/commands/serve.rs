@@ -463,9 +463,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
 
-    let cluster = match &config.cluster {
-        Some(c) => Some(join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?),
-        None => None,
+    let (cluster, timeline) = match &config.cluster {
+        Some(c) => {
+            let (view, timeline) =
+                join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (Some(view), Some(timeline))
+        }
+        None => (None, None),
     };
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -499,6 +503,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         max_event_streams: config.admin.max_event_streams,
         api: Arc::clone(&api),
         cluster,
+        timeline,
     };
     supervisor.spawn(
         "admin",
@@ -559,18 +564,36 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
-/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API.
+/// not need etcd serves meanwhile. Shares the ledger's boot timelines through etcd
+/// (`cluster::timeline`). What this fabric sees of the cluster and the reader of the shared
+/// timelines, for the admin API.
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
     ledger: &Ledger,
     registry: &Registry,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>> {
-    use crate::cluster::{membership::Membership, Cluster, FabricRecord};
+) -> anyhow::Result<(
+    Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
+    crate::cluster::timeline::Reader,
+)> {
+    use crate::cluster::{membership::Membership, timeline, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
         .await
         .context("cluster: connecting to etcd")?;
+    let (share, writer) =
+        timeline::Share::new(cluster.clone(), config.timeline_retention, registry)
+            .context("registering the shared timeline's metrics")?;
+    ledger.set_tap(share);
+    let token = supervisor.token();
+    supervisor.spawn(
+        "cluster-timeline",
+        Box::pin(async move {
+            writer.run(token).await;
+            anyhow::Ok(())
+        }),
+    );
+    let reader = timeline::Reader::new(cluster.clone());
     let membership =
         Membership::new(cluster, registry).context("registering the cluster's metrics")?;
     let view = membership.view();
@@ -597,7 +620,7 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    Ok(view)
+    Ok((view, reader))
 }
 
 #[cfg(test)]
