@@ -363,6 +363,9 @@ impl Writer {
                 }
                 Err(e) => {
                     self.metrics.error.inc_by(n);
+                    // A lease may be what failed (revoked, or expired while etcd was away):
+                    // the next batch asks for fresh ones.
+                    leases = Leases::default();
                     backoff = (backoff * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
                     warn!(error = %e, entries = n, "cannot share boot-timeline entries through etcd");
                 }
@@ -596,6 +599,61 @@ mod tests {
             b.admit(Mac([2, 9, 9, 9, 9, 9]), false, t + WINDOW_MS),
             Ok(())
         );
+    }
+
+    /// A share on a cluster that is never reached (`connect` is lazy) and its metrics.
+    async fn share() -> (Arc<Share>, Writer, Registry) {
+        let cfg = crate::config::cluster::from_wire(
+            &toml::from_str("name = \"fab-t\"\netcd = [\"http://127.0.0.1:9\"]").expect("toml"),
+        )
+        .expect("config");
+        let cluster = Cluster::connect(&cfg).await.expect("lazy connect");
+        let registry = Registry::new();
+        let (share, writer) =
+            Share::new(cluster, cfg.timeline_retention, &registry).expect("share");
+        (share, writer, registry)
+    }
+
+    fn writes(registry: &Registry, outcome: &str) -> u64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "bootfabric_cluster_timeline_writes_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == outcome))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_and_never_waits() {
+        let (share, mut writer, registry) = share().await;
+        let event = Event {
+            at_ms: 7 * WINDOW_MS,
+            ip: None,
+            kind: EventKind::DhcpOffer,
+        };
+        // More than the queue holds, from enough inventory hosts that no budget is spent.
+        let hosts = (QUEUE as u32 + 100).div_ceil(PER_HOST);
+        for i in 0..hosts {
+            for _ in 0..PER_HOST {
+                share.offer(Mac([0, 0, 0, 0, (i >> 8) as u8, i as u8]), true, &event);
+            }
+        }
+        let offered = u64::from(hosts * PER_HOST);
+        assert_eq!(writes(&registry, "dropped_queue"), offered - QUEUE as u64);
+        assert_eq!(writes(&registry, "dropped_budget"), 0);
+        // What was queued is what the writer would put, each with its own sequence number.
+        let first = writer.rx.try_recv().expect("queued");
+        let second = writer.rx.try_recv().expect("queued");
+        assert_eq!((first.entry.fabric.as_str(), first.entry.seq), ("fab-t", 0));
+        assert_eq!(second.entry.seq, 1);
+        assert_eq!(first.entry.phase, Phase::DhcpOffer);
+        // Invented MACs spend the shared budget, and are counted as such.
+        for i in 0..(UNKNOWN + 10) {
+            share.offer(Mac([2, 0, 0, 1, (i >> 8) as u8, i as u8]), false, &event);
+        }
+        assert_eq!(writes(&registry, "dropped_budget"), 10);
     }
 
     #[test]
