@@ -189,6 +189,9 @@ impl HttpService {
             (Some(o), Some(root)) => {
                 let o = origin::Origin::new(o.clone(), root.clone(), origin_metrics)?;
                 info!(origin = %o.url(), "HTTP: profile files missing under http.root are fetched from the origin");
+                // A daemon killed mid-fetch left its temporary file; nothing else removes it.
+                let sweep_root = root.clone();
+                tokio::task::spawn_blocking(move || origin::sweep_stale(&sweep_root));
                 Some(o)
             }
             _ => None,

@@ -572,6 +572,80 @@ pub fn is_partial(name: &str) -> bool {
         .is_some_and(|f| f.starts_with('.') && f.ends_with(fetch::PARTIAL_SUFFIX))
 }
 
+/// The process that wrote an origin temporary file, from its name
+/// (`.<name>.<pid>-<n>.origin-part`); `None` for any other name.
+pub fn partial_writer(file_name: &str) -> Option<u32> {
+    let stem = file_name
+        .strip_prefix('.')?
+        .strip_suffix(fetch::PARTIAL_SUFFIX)?;
+    let (rest, _n) = stem.rsplit_once('-')?;
+    let (_base, pid) = rest.rsplit_once('.')?;
+    pid.parse().ok()
+}
+
+/// Whether a temporary file written by `writer` is left over from a fetch that can no
+/// longer finish: its writer is neither this process nor a live one. (A daemon killed
+/// mid-fetch leaves its file; a second daemon fetching into the same root keeps its own.)
+pub fn is_stale(writer: u32, me: u32, alive: impl Fn(u32) -> bool) -> bool {
+    writer != me && !alive(writer)
+}
+
+/// The most entries the start-up sweep looks at, and how deep: `http.root` may hold a whole
+/// image store, and the sweep must not run long on a huge tree.
+const SWEEP_ENTRIES: usize = 100_000;
+const SWEEP_DEPTH: usize = 8;
+
+/// Removes the temporary files of fetches that died with their daemon (see [`is_stale`])
+/// under `root`, walking at most [`SWEEP_DEPTH`] folders deep and [`SWEEP_ENTRIES`]
+/// entries, never following symlinks. Returns how many were removed.
+pub fn sweep_stale(root: &Path) -> usize {
+    let me = std::process::id();
+    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
+    let mut removed = 0;
+    let mut seen = 0;
+    let mut folders = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > SWEEP_ENTRIES {
+                warn!(root = %root.display(), "origin: stopped sweeping stale temporary files after {SWEEP_ENTRIES} entries");
+                return removed;
+            }
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                if depth < SWEEP_DEPTH {
+                    folders.push((path, depth + 1));
+                }
+                continue;
+            }
+            let stale = kind.is_file()
+                && entry
+                    .file_name()
+                    .to_str()
+                    .and_then(partial_writer)
+                    .is_some_and(|w| is_stale(w, me, alive));
+            if stale {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        info!(file = %path.display(), "origin: removed the temporary file of a fetch its daemon did not finish");
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        warn!(file = %path.display(), "origin: cannot remove a stale temporary file: {e}")
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// `digest` as lowercase hex (logs and failures).
 pub fn digest_hex(digest: &[u8; 32]) -> String {
     hex(digest)
@@ -698,6 +772,37 @@ mod tests {
         assert!(is_partial("debian/.linux.123-4.origin-part"));
         assert!(!is_partial("debian/linux"));
         assert!(!is_partial("debian/linux.origin-part"));
+    }
+
+    #[test]
+    fn a_temporary_file_names_its_writer_and_is_stale_once_that_writer_is_gone() {
+        assert_eq!(partial_writer(".linux.123-4.origin-part"), Some(123));
+        assert_eq!(partial_writer(".initrd.img.77-0.origin-part"), Some(77));
+        assert_eq!(partial_writer("linux.123-4.origin-part"), None);
+        assert_eq!(partial_writer(".linux.x-4.origin-part"), None);
+        assert_eq!(partial_writer(".linux.123-4.part"), None);
+        // Our own, and a live writer's, are in use; a dead writer's can never finish.
+        assert!(!is_stale(10, 10, |_| false));
+        assert!(!is_stale(11, 10, |_| true));
+        assert!(is_stale(11, 10, |_| false));
+    }
+
+    #[test]
+    fn the_sweep_removes_only_a_dead_writers_temporary_files() {
+        let root = std::env::temp_dir().join(format!("bootfabric-sweep-{}", std::process::id()));
+        let dir = root.join("debian");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // /proc/0 does not exist: pid 0 stands for a writer that is gone.
+        let dead = dir.join(".linux.0-1.origin-part");
+        let mine = dir.join(format!(".linux.{}-2.origin-part", std::process::id()));
+        let image = dir.join("linux");
+        for f in [&dead, &mine, &image] {
+            std::fs::write(f, b"x").expect("write");
+        }
+        assert_eq!(sweep_stale(&root), 1);
+        assert!(!dead.exists());
+        assert!(mine.exists() && image.exists());
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     #[tokio::test(start_paused = true)]
