@@ -190,6 +190,17 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
         kvs.iter().all(|kv| kv["lease"].as_i64().unwrap_or(0) != 0),
         "an entry without a lease: {raw}"
     );
+    // Each entry stays small (the budget's arithmetic counts on it): key and value in base64.
+    let largest = kvs
+        .iter()
+        .map(|kv| {
+            let b64 = |v: &Value| v.as_str().map_or(0, str::len) * 3 / 4;
+            b64(&kv["key"]) + b64(&kv["value"])
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!("largest shared entry: {largest} bytes (key and value)");
+    assert!(largest <= 1024, "{raw}");
     let m = metrics(&ns_b, &b).expect("metrics");
     assert!(
         sample(

@@ -19,8 +19,10 @@
 //! [`Budget`] bounds what reaches etcd per window of each fabric: [`PER_HOST`] entries per
 //! inventory host, [`UNKNOWN`] entries shared by every MAC outside the inventory, and
 //! [`WINDOW_TOTAL`] in all; what goes over is dropped and counted. So one fabric writes at
-//! most `WINDOW_TOTAL` entries per hour (about 300 bytes each: ~15 MB/h, ~360 MB for 24 h
-//! at the very worst), whatever the network sends. What stays exhaustible: the unknown
+//! most `WINDOW_TOTAL` entries per hour (about 250 bytes each, 1 KiB at the very worst:
+//! at most ~10 MB/h, ~250 MB alive at the default retention), whatever the network sends.
+//! Expired keys leave etcd's history only when etcd compacts: run the members with
+//! `--auto-compaction-retention`. What stays exhaustible: the unknown
 //! budget itself (a flood of invented MACs spends it, hiding real unknown machines' entries
 //! for the rest of the hour), and an inventory host's own [`PER_HOST`] (a machine spoofing
 //! an inventory MAC spends that host's budget); both only in the shared view, the local
@@ -57,12 +59,13 @@ pub const KIND: &str = "timeline";
 /// Event time covered by one lease, in milliseconds.
 pub const WINDOW_MS: u64 = 3_600_000;
 /// Entries one inventory host may share per window from one fabric: a whole boot is about
-/// ten events, so several boots (and retries) an hour fit.
-pub const PER_HOST: u32 = 64;
+/// ten events, so three boots (and retries) an hour fit.
+pub const PER_HOST: u32 = 32;
 /// Entries all MACs outside the inventory may share per window from one fabric, together.
 pub const UNKNOWN: u32 = 256;
-/// Entries one fabric shares per window in all.
-pub const WINDOW_TOTAL: u32 = 50_000;
+/// Entries one fabric shares per window in all: a rack of 100 hosts rebooted ten times an
+/// hour, at most about 10 MB an hour (an entry is about 250 bytes, 1 KiB at the very worst).
+pub const WINDOW_TOTAL: u32 = 10_000;
 /// Entries waiting for etcd; beyond this the newest are dropped (and counted).
 pub const QUEUE: usize = 4096;
 /// Puts per transaction (etcd refuses more than `--max-txn-ops`, 128 by default).
