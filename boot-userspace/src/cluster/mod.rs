@@ -13,6 +13,7 @@
 
 pub mod inventory;
 pub mod membership;
+pub mod timeline;
 
 use std::time::Duration;
 

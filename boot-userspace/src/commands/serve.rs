@@ -465,12 +465,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
 
-    let (cluster, etcd) = match &config.cluster {
+    let (cluster, etcd, timeline) = match &config.cluster {
         Some(c) => {
-            let (view, etcd) = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
-            (Some(view), Some(etcd))
+            let joined = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (Some(joined.view), Some(joined.etcd), Some(joined.timeline))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
@@ -534,6 +534,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         max_event_streams: config.admin.max_event_streams,
         api: Arc::clone(&api),
         cluster,
+        timeline,
     };
     supervisor.spawn(
         "admin",
@@ -591,25 +592,45 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 }
 
+/// What joining the cluster hands the rest of the daemon.
+struct Joined {
+    /// What this fabric sees of the cluster, for the admin API.
+    view: Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
+    /// The connection, for the shared inventory.
+    etcd: crate::cluster::Cluster,
+    /// The reader of the shared timelines, for the admin API.
+    timeline: crate::cluster::timeline::Reader,
+}
+
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
-/// not need etcd serves meanwhile. What this fabric sees of the cluster, for the admin API,
-/// and the connection, for the shared inventory.
+/// not need etcd serves meanwhile. Shares the ledger's boot timelines through etcd
+/// (`cluster::timeline`).
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
     ledger: &Ledger,
     registry: &Registry,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<(
-    Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
-    crate::cluster::Cluster,
-)> {
-    use crate::cluster::{membership::Membership, Cluster, FabricRecord};
+) -> anyhow::Result<Joined> {
+    use crate::cluster::{membership::Membership, timeline, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
         .await
         .context("cluster: connecting to etcd")?;
+    let (share, writer) =
+        timeline::Share::new(cluster.clone(), config.timeline_retention, registry)
+            .context("registering the shared timeline's metrics")?;
+    ledger.set_tap(share);
+    let token = supervisor.token();
+    supervisor.spawn(
+        "cluster-timeline",
+        Box::pin(async move {
+            writer.run(token).await;
+            anyhow::Ok(())
+        }),
+    );
+    let reader = timeline::Reader::new(cluster.clone());
     let membership =
         Membership::new(cluster.clone(), registry).context("registering the cluster's metrics")?;
     let view = membership.view();
@@ -636,7 +657,11 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
-    Ok((view, cluster))
+    Ok(Joined {
+        view,
+        etcd: cluster,
+        timeline: reader,
+    })
 }
 
 #[cfg(test)]
