@@ -11,6 +11,7 @@
 //! Every call can fail (a member down, quorum lost, the network cut): callers keep serving
 //! from what they have and try again; nothing here retries in a hot loop.
 
+pub mod leases;
 pub mod membership;
 
 use std::time::Duration;
