@@ -1,0 +1,224 @@
+//! DHCP high availability on etcd: two fabrics on one client segment both answer, never
+//! hand out one address twice, and when one dies the other serves its clients, including
+//! renewing the leases the dead one granted.
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use bootfabric_lab::{
+    dhcp_client::{Client, Outcome},
+    etcd::EtcdCluster,
+    metrics, require_programs, require_root, sample, Bridge, Daemon, Netns,
+};
+
+const WAIT: Duration = Duration::from_secs(3);
+
+/// A fabric on the etcd bridge (`etcd0`, 10.90.0.<host>) and the clients' bridge
+/// (`fabric0`, 10.77.0.<host>), serving DHCP on `fabric0` with one shared pool.
+fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Netns, Daemon) {
+    let ns = Netns::new(name).expect("netns");
+    etcd.bridge
+        .plug(&ns, "etcd0", &format!("10.90.0.{host}/24"))
+        .expect("plug etcd");
+    lan.plug(&ns, "fabric0", &format!("10.77.0.{host}/24"))
+        .expect("plug lan");
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:9370"
+[xdp]
+mode = "off"
+[dhcp]
+rate_limit = 1000
+[dhcp.options]
+lease_time = 600
+[[dhcp.subnets]]
+cidr = "10.77.0.0/24"
+interface = "fabric0"
+pools = ["10.77.0.100-10.77.0.199"]
+[cluster]
+name = "{name}"
+rack = "rack-{name}"
+etcd = {endpoints}
+ttl_s = 3
+timeout_s = 2
+"#,
+        endpoints = etcd.endpoints_toml()
+    );
+    let daemon = Daemon::start(&ns, &config, &[]).expect("daemon");
+    (ns, daemon)
+}
+
+fn mac(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x02, 0x17, b[0], b[1], b[2], b[3]]
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Leases `range` from the client namespace, one exchange each (DISCOVER, the first OFFER,
+/// REQUEST to its server): each client's (address, server).
+fn lease_all(ns: &Netns, range: std::ops::Range<u32>) -> Vec<(u32, Outcome)> {
+    ns.run(move || {
+        let c = Client::bind().expect("client socket");
+        range
+            .map(|i| (i, c.lease(mac(i), 0x1700_0000 + i, WAIT).expect("lease")))
+            .collect()
+    })
+    .expect("client namespace")
+}
+
+/// `ip → mac` as etcd holds it.
+fn etcd_leases(etcd: &EtcdCluster, via: usize) -> HashMap<Ipv4Addr, String> {
+    let out = etcd
+        .etcdctl(via, &["get", "--prefix", "/bootfabric/leases/"])
+        .expect("etcdctl get");
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|kv| {
+            let ip = kv
+                .first()?
+                .strip_prefix("/bootfabric/leases/")?
+                .parse()
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(kv.get(1)?).ok()?;
+            Some((ip, v["mac"].as_str()?.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leases() {
+    const TEST: &str =
+        "two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leases";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl"])) {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let mut lan = Bridge::new().expect("client bridge");
+    let (ns_a, mut a) = fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let (ns_b, b) = fabric(&mut etcd, &mut lan, "fab-b", 22);
+    let clients = Netns::new("cli").expect("client ns");
+    lan.plug(&clients, "client0", "10.77.0.2/24")
+        .expect("plug client");
+    clients
+        .ip(&["route", "add", "default", "dev", "client0"])
+        .expect("route");
+
+    // Phase 1: both fabrics answer; each client takes the first OFFER.
+    let first = lease_all(&clients, 0..40);
+    let mut bound: HashMap<u32, (Ipv4Addr, Ipv4Addr)> = HashMap::new();
+    for (i, o) in &first {
+        match o {
+            Outcome::Ack(ip, server) => {
+                bound.insert(*i, (*ip, *server));
+            }
+            other => panic!("client {i}: {other:?}\n{}\n{}", a.log(), b.log()),
+        }
+    }
+    let by_a = bound
+        .values()
+        .filter(|(_, s)| *s == Ipv4Addr::new(10, 77, 0, 21))
+        .count();
+    assert!(by_a > 0, "fab-a answered nobody: {bound:?}");
+
+    // fab-a dies without a word.
+    a.stop_with(nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL fab-a");
+
+    // Phase 2: new clients bind on the survivor.
+    for (i, o) in lease_all(&clients, 40..70) {
+        match o {
+            Outcome::Ack(ip, server) => {
+                assert_eq!(server, Ipv4Addr::new(10, 77, 0, 22), "client {i}");
+                bound.insert(i, (ip, server));
+            }
+            other => panic!("client {i} after fab-a died: {other:?}\n{}", b.log()),
+        }
+    }
+
+    // No address on two clients, across both phases (so across both fabrics).
+    let mut owner: HashMap<Ipv4Addr, u32> = HashMap::new();
+    for (i, (ip, _)) in &bound {
+        if let Some(other) = owner.insert(*ip, *i) {
+            panic!("{ip} went to clients {other} and {i}");
+        }
+    }
+    // etcd agrees: every binding is there, held by its client.
+    let shared = etcd_leases(&etcd, 0);
+    for (i, (ip, _)) in &bound {
+        assert_eq!(
+            shared.get(ip).map(String::as_str),
+            Some(mac_text(mac(*i)).as_str()),
+            "{ip} in etcd: {shared:?}"
+        );
+    }
+    assert_eq!(shared.len(), bound.len(), "{shared:?}");
+
+    // A client fab-a bound renews (INIT-REBOOT) on the survivor, same address.
+    let (&i, &(ip, _)) = bound
+        .iter()
+        .find(|(_, (_, s))| *s == Ipv4Addr::new(10, 77, 0, 21))
+        .expect("a client of fab-a");
+    let renewed = clients
+        .run(move || {
+            Client::bind()
+                .expect("client socket")
+                .reboot(mac(i), 0x1800_0000 + i, ip, WAIT)
+                .expect("reboot")
+        })
+        .expect("client namespace");
+    assert_eq!(
+        renewed,
+        Outcome::Ack(ip, Ipv4Addr::new(10, 77, 0, 22)),
+        "{}",
+        b.log()
+    );
+    let renewed_by = etcd
+        .etcdctl(
+            0,
+            &[
+                "get",
+                "--print-value-only",
+                &format!("/bootfabric/leases/{ip}"),
+            ],
+        )
+        .expect("etcdctl");
+    assert!(renewed_by.contains("\"fabric\":\"fab-b\""), "{renewed_by}");
+
+    // The survivor's own table has each address once.
+    let table = b.cli(&["leases"]).expect("bootfabric leases");
+    let mut seen = HashMap::new();
+    for line in table.lines() {
+        if let Some(ip) = line
+            .split_whitespace()
+            .find_map(|w| w.parse::<Ipv4Addr>().ok())
+        {
+            assert!(seen.insert(ip, line.to_owned()).is_none(), "{table}");
+        }
+    }
+    let m = metrics(&ns_b, &b).expect("metrics");
+    assert!(
+        sample(
+            &m,
+            "bootfabric_cluster_lease_claims_total",
+            &[("result", "won")]
+        )
+        .unwrap_or(0.0)
+            >= 31.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "bootfabric_cluster_lease_mirror", &[]).unwrap_or(0.0) >= bound.len() as f64,
+        "{m}"
+    );
+    drop(ns_a);
+}
