@@ -12,6 +12,20 @@ use bootfabric_lab::{
 
 const WAIT: Duration = Duration::from_secs(3);
 
+/// One reserved host: every fabric answers it from the inventory, without etcd.
+const INVENTORY: &str = r#"
+[profiles.installer]
+kernel = "debian/linux"
+
+[[hosts]]
+name = "node01"
+mac = "52:54:00:b0:0f:01"
+ip = "10.77.0.11"
+profile = "installer"
+"#;
+
+const NODE01: [u8; 6] = [0x52, 0x54, 0, 0xb0, 0x0f, 0x01];
+
 /// A fabric on the etcd bridge (`etcd0`, 10.90.0.<host>) and the clients' bridge
 /// (`fabric0`, 10.77.0.<host>), serving DHCP on `fabric0` with one shared pool.
 fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Netns, Daemon) {
@@ -24,6 +38,7 @@ fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Ne
     let config = format!(
         r#"[daemon]
 state_dir = "state"
+inventory = "hosts.toml"
 [fabric]
 interfaces = ["fabric0"]
 [admin]
@@ -47,7 +62,7 @@ timeout_s = 2
 "#,
         endpoints = etcd.endpoints_toml()
     );
-    let daemon = Daemon::start(&ns, &config, &[]).expect("daemon");
+    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
     (ns, daemon)
 }
 
@@ -221,4 +236,95 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
         "{m}"
     );
     drop(ns_a);
+}
+
+#[test]
+fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait() {
+    const TEST: &str =
+        "without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl"])) {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let mut lan = Bridge::new().expect("client bridge");
+    let (ns_a, a) = fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let clients = Netns::new("cli").expect("client ns");
+    lan.plug(&clients, "client0", "10.77.0.2/24")
+        .expect("plug client");
+    clients
+        .ip(&["route", "add", "default", "dev", "client0"])
+        .expect("route");
+    let Outcome::Ack(ip, _) = lease_all(&clients, 0..1)[0].1 else {
+        panic!("no lease with quorum\n{}", a.log());
+    };
+
+    // Two members of three down: no quorum, etcd refuses every write at once.
+    etcd.kill(1);
+    etcd.kill(2);
+    let reserved = clients
+        .run(|| {
+            Client::bind()
+                .expect("client socket")
+                .lease(NODE01, 0x1900_0001, WAIT)
+                .expect("lease")
+        })
+        .expect("client namespace");
+    assert!(
+        matches!(reserved, Outcome::Ack(ip, _) if ip == Ipv4Addr::new(10, 77, 0, 11)),
+        "{reserved:?}\n{}",
+        a.log()
+    );
+    let renewed = clients
+        .run(move || {
+            Client::bind()
+                .expect("client socket")
+                .reboot(mac(0), 0x1900_0002, ip, WAIT)
+                .expect("reboot")
+        })
+        .expect("client namespace");
+    assert!(
+        matches!(renewed, Outcome::Ack(got, _) if got == ip),
+        "{renewed:?}\n{}",
+        a.log()
+    );
+    let new = lease_all(&clients, 1..2)[0].1;
+    assert!(
+        !matches!(new, Outcome::Ack(..)),
+        "a new client bound without quorum: {new:?}"
+    );
+    let m = metrics(&ns_a, &a).expect("metrics");
+    for kind in ["new", "renewal_queued"] {
+        assert!(
+            sample(
+                &m,
+                "bootfabric_cluster_lease_refused_total",
+                &[("kind", kind)]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{kind}: {m}"
+        );
+    }
+
+    // Quorum back: a new client binds, no restart; the queued renewal reaches etcd.
+    etcd.restart(1).expect("restart m1");
+    etcd.restart(2).expect("restart m2");
+    etcd.wait_healthy(&[0, 1, 2]).expect("healthy");
+    let mut last = None;
+    let bound = bootfabric_lab::wait_for(Duration::from_secs(40), || {
+        let o = lease_all(&clients, 1..2)[0].1;
+        last = Some(o);
+        matches!(o, Outcome::Ack(..)).then_some(o)
+    });
+    assert!(bound.is_some(), "after recovery: {last:?}\n{}", a.log());
+    let shared = etcd_leases(&etcd, 0);
+    assert_eq!(
+        shared.get(&ip).map(String::as_str),
+        Some(mac_text(mac(0)).as_str()),
+        "{shared:?}"
+    );
+    assert!(
+        !shared.contains_key(&Ipv4Addr::new(10, 77, 0, 11)),
+        "reservations stay out of etcd: {shared:?}"
+    );
 }
