@@ -206,6 +206,10 @@ impl DhcpService {
     /// Cluster mode: dynamic leases are claimed in etcd before they are ACKed, and what the
     /// other fabrics hold is mirrored into the table (see `shared.rs`).
     pub fn attach_cluster(&mut self, leases: crate::cluster::leases::Leases) {
+        if let Ok(mut s) = self.server.lock() {
+            s.table
+                .prefer_from(super::shared::preference(leases.fabric()));
+        }
         self.cluster = Some(leases);
     }
 
