@@ -79,12 +79,25 @@ fn mac_text(m: [u8; 6]) -> String {
 }
 
 /// Leases `range` from the client namespace, one exchange each (DISCOVER, the first OFFER,
-/// REQUEST to its server): each client's (address, server).
+/// REQUEST to its server), again after a NAK: each client's outcome.
 fn lease_all(ns: &Netns, range: std::ops::Range<u32>) -> Vec<(u32, Outcome)> {
     ns.run(move || {
         let c = Client::bind().expect("client socket");
         range
-            .map(|i| (i, c.lease(mac(i), 0x1700_0000 + i, WAIT).expect("lease")))
+            .map(|i| {
+                // A NAK (a claim lost to another fabric) sends a real client back to
+                // DISCOVER: so does this one, twice at most.
+                let mut o = Outcome::NoAnswer;
+                for attempt in 0..3 {
+                    o = c
+                        .lease(mac(i), 0x1700_0000 + i * 4 + attempt, WAIT)
+                        .expect("lease");
+                    if o != Outcome::Nak {
+                        break;
+                    }
+                }
+                (i, o)
+            })
             .collect()
     })
     .expect("client namespace")
