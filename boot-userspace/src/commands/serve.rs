@@ -391,7 +391,16 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             journal: crate::services::dhcp::journal_path(&config.state_dir),
             config_path: config.path.clone(),
         };
-        let service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
+        let mut service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
+        if let Some(c) = &config.cluster {
+            // Its own connection (lazy: DHCP starts while etcd is down).
+            let cluster = crate::cluster::Cluster::connect(c)
+                .await
+                .context("cluster: connecting to etcd")?;
+            let leases = crate::cluster::leases::Leases::new(cluster, &registry)
+                .context("registering the cluster leases' metrics")?;
+            service.attach_cluster(leases);
+        }
         if let Some(fp) = fast_path {
             if let Err(e) = service.attach_fast_path(fp) {
                 warn!("XDP DHCP fast path off: {e}");
