@@ -1,17 +1,30 @@
 //! Cluster mode on a real etcd (Debian's etcd-server, three members in namespaces): fabrics
 //! register under a lease and see each other; a fabric that dies disappears; one etcd member
-//! down changes nothing; quorum lost is seen and recovered from without a restart.
+//! down changes nothing; quorum lost is seen and recovered from without a restart. Over TLS
+//! with client certificates, a fabric with the right certificate registers, and one with no
+//! certificate or another CA's is refused, `bootfabric check` saying why in one line.
 
 use std::time::Duration;
 
 use bootfabric_lab::{
-    etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample, wait_for, Daemon,
-    Netns,
+    etcd::{CertPair, EtcdCluster},
+    http_get, metrics, require_programs, require_root, sample, wait_for, Daemon, Netns,
 };
 use serde_json::Value;
 
 /// A fabric daemon on the etcd cluster's bridge, at `10.90.0.<host>`, in cluster mode.
 fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> (Netns, Daemon) {
+    fabric_with(etcd, name, rack, host, "")
+}
+
+/// [`fabric`] with more `[cluster]` lines (`tls`: ca_file, cert_file, key_file).
+fn fabric_with(
+    etcd: &mut EtcdCluster,
+    name: &str,
+    rack: &str,
+    host: u8,
+    tls: &str,
+) -> (Netns, Daemon) {
     let ns = Netns::new(name).expect("netns");
     etcd.bridge
         .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
@@ -31,6 +44,7 @@ rack = "{rack}"
 etcd = {endpoints}
 ttl_s = 3
 timeout_s = 2
+{tls}
 "#,
         endpoints = etcd.endpoints_toml()
     );
@@ -109,6 +123,37 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
         "{keys}"
     );
 
+    // A second fabric started under fab-a's name (another rack): etcd keeps the first's
+    // record, the newcomer says why it is not registered, and check fails on the name.
+    let (ns_dup, dup) = fabric(&mut etcd, "fab-a", "rack-z", 23);
+    let refused = wait_view(&ns_dup, &dup, |v| {
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("held by another live fabric"))
+    })
+    .unwrap_or_else(|v| panic!("the duplicate sees {v}\n{}", dup.log()));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rack rack-a")),
+        "{refused}"
+    );
+    let record = etcd
+        .etcdctl(
+            0,
+            &["get", "--print-value-only", "/bootfabric/fabrics/fab-a"],
+        )
+        .expect("etcdctl get");
+    assert!(record.contains("\"rack\":\"rack-a\""), "{record}");
+    let report = check_cluster(&ns_dup, &dup);
+    assert!(
+        line(&report, "cluster.name").starts_with(
+            "FAIL  cluster.name: \"fab-a\" is held by another live fabric (rack rack-a"
+        ),
+        "{report}"
+    );
+    drop((ns_dup, dup));
+
     // fab-b dies without a word: its lease runs out and fab-a sees it gone.
     b.stop_with(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL fab-b");
@@ -186,4 +231,91 @@ fn one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart(
         "{m}"
     );
     drop((ns_b, b));
+}
+
+/// `bootfabric check` (etcd and the config only) on `d`'s config, in `ns`: its output.
+fn check_cluster(ns: &Netns, d: &Daemon) -> String {
+    let out = ns
+        .command(bootfabric_lab::bootfabric_bin())
+        .args(["check", "--skip", "xdp,bmc,dhcp,checksums", "--config"])
+        .arg(d.config_path())
+        .output()
+        .expect("check");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The line of `report` about `subject`.
+fn line<'a>(report: &'a str, subject: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.contains(subject))
+        .unwrap_or_else(|| panic!("no {subject} line in:\n{report}"))
+}
+
+#[test]
+fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
+    const TEST: &str = "over_tls_only_a_fabric_with_the_cluster_client_certificate_registers";
+    if !(ready(TEST) && require_programs(TEST, &["openssl"])) {
+        return;
+    }
+    let mut etcd = EtcdCluster::start_tls(3).expect("etcd over TLS");
+    let pki = etcd.pki.as_ref().expect("pki");
+    let (ca, client, rogue) = (pki.ca.clone(), pki.client.clone(), pki.rogue.clone());
+    let files = |pair: Option<&CertPair>| {
+        let mut t = format!("ca_file = {:?}\n", ca);
+        if let Some(p) = pair {
+            t += &format!("cert_file = {:?}\nkey_file = {:?}\n", p.cert, p.key);
+        }
+        t
+    };
+    assert!(etcd.endpoints_toml().contains("https://10.90.0.10:2379"));
+
+    // The cluster's client certificate: registers, and check passes over TLS.
+    let (ns_a, a) = fabric_with(&mut etcd, "fab-a", "rack-a", 21, &files(Some(&client)));
+    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+        .unwrap_or_else(|v| panic!("fab-a over mTLS sees {v}\n{}\n{}", a.log(), etcd.logs()));
+    let report = check_cluster(&ns_a, &a);
+    assert!(
+        line(&report, "cluster.etcd").starts_with("PASS  cluster.etcd: https://"),
+        "{report}"
+    );
+
+    // A certificate from another CA: etcd refuses the handshake; the fabric runs, sees etcd
+    // down and never appears; check names the certificate and the TLS failure in one line.
+    let (ns_b, b) = fabric_with(&mut etcd, "fab-b", "rack-b", 22, &files(Some(&rogue)));
+    let down = wait_view(&ns_b, &b, |v| v["etcd"] == "down" && v["error"].is_string())
+        .unwrap_or_else(|v| panic!("fab-b (rogue cert) sees {v}\n{}", b.log()));
+    let report = check_cluster(&ns_b, &b);
+    let fail = line(&report, "cluster.etcd");
+    eprintln!("{report}");
+    assert!(fail.starts_with("FAIL  cluster.etcd: "), "{report}");
+    assert!(
+        fail.contains(&rogue.cert.display().to_string()) && fail.contains("TLS"),
+        "the line names the certificate and the TLS failure: {fail}\n{down}"
+    );
+
+    // No client certificate at all: refused too, and said so.
+    let (ns_c, c) = fabric_with(&mut etcd, "fab-c", "rack-c", 23, &files(None));
+    wait_view(&ns_c, &c, |v| v["etcd"] == "down" && v["error"].is_string())
+        .unwrap_or_else(|v| panic!("fab-c (no cert) sees {v}\n{}", c.log()));
+    let report = check_cluster(&ns_c, &c);
+    let fail = line(&report, "cluster.etcd");
+    eprintln!("{report}");
+    assert!(
+        fail.starts_with("FAIL  cluster.etcd: ") && fail.contains("no client certificate"),
+        "{report}"
+    );
+
+    // Neither got in: only fab-a is registered, as etcd itself says.
+    let keys = etcd
+        .etcdctl(
+            0,
+            &["get", "--prefix", "--keys-only", "/bootfabric/fabrics/"],
+        )
+        .expect("etcdctl get");
+    assert_eq!(
+        keys.split_whitespace().collect::<Vec<_>>(),
+        ["/bootfabric/fabrics/fab-a"]
+    );
+    drop((ns_b, b, ns_c, c));
 }

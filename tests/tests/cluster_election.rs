@@ -253,6 +253,7 @@ fn a_replaced_leaders_run_writes_are_refused_by_etcd() {
                 tls: None,
                 ttl: Duration::from_secs(3),
                 timeout: Duration::from_secs(2),
+                timeline_retention: Duration::from_secs(3600),
             };
             let candidate = |name: &'static str| async move {
                 let cluster = Cluster::connect(&config(name)).await.expect("connect");

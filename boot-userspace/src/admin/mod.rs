@@ -68,6 +68,9 @@ pub struct Admin {
     pub api: Arc<ApiState>,
     /// What this fabric last saw of its cluster (`None`: standalone).
     pub cluster: Option<Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>>,
+    /// The cluster's shared boot timelines, merged into `/api/timeline` (`None`:
+    /// standalone, this fabric's ledger alone).
+    pub timeline: Option<crate::cluster::timeline::Reader>,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -677,9 +680,12 @@ async fn legacy(
                 .find_map(|kv| kv.strip_prefix("mac="))
                 .map(|m| m.replace("%3A", ":").replace("%3a", ":"))
                 .and_then(|m| m.parse::<Mac>().ok());
-            match mac {
-                Some(mac) => json(timeline_json(&admin.ledger, mac)),
-                None => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
+            match (mac, &admin.timeline) {
+                (Some(mac), None) => json(timeline_json(&admin.ledger, mac)),
+                (Some(mac), Some(shared)) => {
+                    json(cluster_timeline_json(&admin.ledger, shared, mac).await)
+                }
+                (None, _) => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
             }
         }
         Endpoint::RebootStatus => match admin.reboots.status() {
@@ -774,6 +780,44 @@ fn timeline_json(ledger: &Ledger, mac: Mac) -> String {
         })
         .collect();
     format!("{{\"mac\":\"{mac}\",\"events\":[{}]}}\n", events.join(","))
+}
+
+/// `/api/timeline?mac=…` in cluster mode: this fabric's ledger merged with every fabric's
+/// entries in etcd, oldest first, each naming its fabric. etcd unreachable: the local entries
+/// alone, with `"partial": true` and the error.
+async fn cluster_timeline_json(
+    ledger: &Ledger,
+    shared: &crate::cluster::timeline::Reader,
+    mac: Mac,
+) -> String {
+    let local = ledger.timeline(mac);
+    let (entries, error) = match shared.host(mac).await {
+        Ok(e) => (e, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let merged = crate::cluster::timeline::merge(shared.fabric(), &local, entries);
+    let events: Vec<serde_json::Value> = merged
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "at_ms": e.at_ms,
+                "phase": e.phase.as_str(),
+                "ip": e.ip,
+                "detail": e.detail,
+                "fabric": e.fabric,
+            })
+        })
+        .collect();
+    let mut body = serde_json::json!({
+        "mac": mac.to_string(),
+        "fabric": shared.fabric(),
+        "partial": error.is_some(),
+        "events": events,
+    });
+    if let Some(e) = error {
+        body["error"] = serde_json::Value::String(e);
+    }
+    body.to_string() + "\n"
 }
 
 /// A JSON string literal.

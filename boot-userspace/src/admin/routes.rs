@@ -244,7 +244,7 @@ pub fn routes() -> Vec<Route> {
                 Method::GET,
                 "/api/timeline",
                 E::Timeline,
-                "One host's boot events",
+                "One host's boot events (cluster mode: every fabric's, each named, `partial` when etcd cannot be read)",
                 None,
                 &[(200, Json("Timeline")), (400, Text)],
             )

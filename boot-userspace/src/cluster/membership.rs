@@ -13,7 +13,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use etcd_client::PutOptions;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -152,9 +152,11 @@ impl Membership {
     }
 
     fn down(&self, e: &ClusterError) {
+        // Another fabric holding the name is no etcd outage: etcd answered.
+        let up = matches!(e, ClusterError::NameTaken { .. });
         let error = e.to_string();
         self.saw(|v| {
-            v.etcd_up = false;
+            v.etcd_up = up;
             v.error = Some(error.clone());
         });
     }
@@ -168,14 +170,20 @@ impl Membership {
     ) -> Result<(), std::io::Error> {
         let tick = self.cluster.ttl / 3;
         let mut backoff = Duration::from_millis(250);
+        // The lease of the last registration: after a failed renewal the record may still
+        // be there under it, and is ours to take over.
+        let mut previous = None;
         loop {
             let first = record();
             let lease = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                r = self.register(&first) => r,
+                r = self.register(&first, previous) => r,
             };
             match lease {
                 Ok((lease, written)) => {
+                    if let Some(old) = previous.replace(lease) {
+                        self.revoke(old).await;
+                    }
                     backoff = Duration::from_millis(250);
                     self.metrics.registrations.inc();
                     info!(
@@ -208,15 +216,60 @@ impl Membership {
         }
     }
 
-    /// A new lease with `record` under it.
-    async fn register(&self, record: &FabricRecord) -> Result<(i64, FabricRecord), ClusterError> {
+    /// A new lease with `record` under it, unless another live fabric holds the name: the
+    /// key is taken only when free (no lease) or still under this fabric's `previous` lease.
+    async fn register(
+        &self,
+        record: &FabricRecord,
+        previous: Option<i64>,
+    ) -> Result<(i64, FabricRecord), ClusterError> {
         let c = &self.cluster;
         let mut client = c.client();
         let ttl = i64::try_from(c.ttl.as_secs()).unwrap_or(i64::MAX);
         let lease = c.bounded(client.lease_grant(ttl, None)).await?.id();
-        self.put(lease, record).await?;
-        self.refresh().await?;
-        Ok((lease, record.clone()))
+        let key = c.key("fabrics", &c.name);
+        let value = serde_json::to_vec(record).map_err(|e| ClusterError::Record {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut holder = None;
+        for owner in std::iter::once(0).chain(previous) {
+            let txn = Txn::new()
+                .when([Compare::lease(key.as_str(), CompareOp::Equal, owner)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let resp = c.bounded(client.txn(txn)).await?;
+            if resp.succeeded() {
+                self.refresh().await?;
+                return Ok((lease, record.clone()));
+            }
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Get(g) = op {
+                    holder = g
+                        .kvs()
+                        .first()
+                        .and_then(|kv| serde_json::from_slice::<FabricRecord>(kv.value()).ok());
+                }
+            }
+        }
+        // The new lease holds nothing: give it back rather than let it run out.
+        let _ = c.bounded(client.lease_revoke(lease)).await;
+        Err(ClusterError::NameTaken {
+            name: c.name.clone(),
+            holder: holder.map_or_else(
+                || "a record that does not parse".to_owned(),
+                |h| {
+                    format!(
+                        "rack {}, version {}, started {}",
+                        h.rack, h.version, h.started
+                    )
+                },
+            ),
+        })
     }
 
     async fn put(&self, lease: i64, record: &FabricRecord) -> Result<(), ClusterError> {

@@ -13,8 +13,10 @@
 
 pub mod election;
 pub mod inventory;
+pub mod leases;
 pub mod membership;
 pub mod runs;
+pub mod timeline;
 
 use std::time::Duration;
 
@@ -40,6 +42,14 @@ pub enum ClusterError {
     /// etcd did not answer in time.
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// Another live fabric is registered under this fabric's name.
+    #[error("cluster.name {name:?} is held by another live fabric ({holder}): give each fabric its own name")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The other fabric's record, in words.
+        holder: String,
+    },
     /// A record in etcd does not parse (another version wrote it, or someone by hand).
     #[error("etcd key {key}: {reason}")]
     Record {

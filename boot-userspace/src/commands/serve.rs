@@ -370,13 +370,18 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
     // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
-    let (cluster, leadership, runs, etcd) = match &config.cluster {
+    let (cluster, leadership, runs, etcd, timeline) = match &config.cluster {
         Some(c) => {
-            let (view, leadership, runs, etcd) =
-                join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
-            (Some(view), Some(leadership), Some(runs), Some(etcd))
+            let j = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (
+                Some(j.view),
+                Some(j.leadership),
+                Some(j.runs),
+                Some(j.etcd),
+                Some(j.timeline),
+            )
         }
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
@@ -414,7 +419,16 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             journal: crate::services::dhcp::journal_path(&config.state_dir),
             config_path: config.path.clone(),
         };
-        let service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
+        let mut service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
+        if let Some(c) = &config.cluster {
+            // Its own connection (lazy: DHCP starts while etcd is down).
+            let cluster = crate::cluster::Cluster::connect(c)
+                .await
+                .context("cluster: connecting to etcd")?;
+            let leases = crate::cluster::leases::Leases::new(cluster, &registry)
+                .context("registering the cluster leases' metrics")?;
+            service.attach_cluster(leases);
+        }
         if let Some(fp) = fast_path {
             if let Err(e) = service.attach_fast_path(fp) {
                 warn!("XDP DHCP fast path off: {e}");
@@ -549,6 +563,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         max_event_streams: config.admin.max_event_streams,
         api: Arc::clone(&api),
         cluster,
+        timeline,
     };
     supervisor.spawn(
         "admin",
@@ -606,28 +621,49 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 }
 
+/// What joining the cluster hands the rest of the daemon.
+struct Joined {
+    /// What this fabric sees of the cluster, for the admin API.
+    view: Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
+    /// The connection, for the shared inventory.
+    etcd: crate::cluster::Cluster,
+    /// The reader of the shared timelines, for the admin API.
+    timeline: crate::cluster::timeline::Reader,
+    /// This fabric's leadership, for the reboot service.
+    leadership: crate::cluster::election::Leadership,
+    /// The run records, for the reboot service.
+    runs: crate::cluster::runs::RunStore,
+}
+
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
-/// not need etcd serves meanwhile. Campaigns for the leadership (the leader runs the reboot
-/// runs). What this fabric sees of the cluster, for the admin API; its leadership and the
-/// run records, for the reboot service; and the connection, for the shared inventory.
+/// not need etcd serves meanwhile. Shares the ledger's boot timelines through etcd
+/// (`cluster::timeline`) and campaigns for the leadership (the leader runs the reboot runs).
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
     ledger: &Ledger,
     registry: &Registry,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<(
-    Arc<arc_swap::ArcSwap<crate::cluster::membership::ClusterView>>,
-    crate::cluster::election::Leadership,
-    crate::cluster::runs::RunStore,
-    crate::cluster::Cluster,
-)> {
-    use crate::cluster::{membership::Membership, Cluster, FabricRecord};
+) -> anyhow::Result<Joined> {
+    use crate::cluster::{membership::Membership, timeline, Cluster, FabricRecord};
     let cluster = Cluster::connect(config)
         .await
         .context("cluster: connecting to etcd")?;
+    let (share, writer) =
+        timeline::Share::new(cluster.clone(), config.timeline_retention, registry)
+            .context("registering the shared timeline's metrics")?;
+    ledger.set_tap(share);
+    let token = supervisor.token();
+    supervisor.spawn(
+        "cluster-timeline",
+        Box::pin(async move {
+            writer.run(token).await;
+            anyhow::Ok(())
+        }),
+    );
+    let reader = timeline::Reader::new(cluster.clone());
     let membership =
         Membership::new(cluster.clone(), registry).context("registering the cluster's metrics")?;
     let view = membership.view();
@@ -665,7 +701,13 @@ async fn join_cluster(
         }),
     );
     let runs = crate::cluster::runs::RunStore::new(cluster.clone());
-    Ok((view, leadership, runs, cluster))
+    Ok(Joined {
+        view,
+        etcd: cluster,
+        timeline: reader,
+        leadership,
+        runs,
+    })
 }
 
 #[cfg(test)]

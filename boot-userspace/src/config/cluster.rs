@@ -15,6 +15,8 @@ use crate::util::key_error::KeyError;
 pub const MAX_ENDPOINTS: usize = 16;
 /// Default registration TTL: a fabric that stops renewing disappears within this.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Default time a shared boot-timeline entry is kept in etcd.
+pub const DEFAULT_TIMELINE_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default key prefix every key of the cluster lives under.
 pub const DEFAULT_PREFIX: &str = "/bootfabric";
 
@@ -40,6 +42,8 @@ pub struct WireCluster {
     pub ttl_s: Option<u64>,
     /// Seconds to connect to etcd, and to wait on any one request (default 5, 1 to 60).
     pub timeout_s: Option<u64>,
+    /// Hours a boot-timeline entry shared through etcd is kept (default 24, 1 to 720).
+    pub timeline_retention_h: Option<u64>,
 }
 
 /// How the fabric proves itself to etcd and checks etcd's certificates.
@@ -68,6 +72,8 @@ pub struct ClusterConfig {
     pub ttl: Duration,
     /// Connect and request timeout.
     pub timeout: Duration,
+    /// How long shared boot-timeline entries live in etcd (`timeline_retention_h`).
+    pub timeline_retention: Duration,
 }
 
 /// A name or rack: 1 to 63 letters, digits, `-`, `_` or `.` (it is part of etcd keys and
@@ -224,6 +230,16 @@ pub fn from_wire(w: &WireCluster) -> Result<ClusterConfig, KeyError> {
             ))
         }
     };
+    let timeline_retention = match w.timeline_retention_h {
+        None => DEFAULT_TIMELINE_RETENTION,
+        Some(h @ 1..=720) => Duration::from_secs(h * 3600),
+        Some(h) => {
+            return Err(KeyError::new(
+                "cluster.timeline_retention_h",
+                format!("{h}: give 1 to 720 (hours)"),
+            ))
+        }
+    };
     Ok(ClusterConfig {
         name,
         rack,
@@ -232,6 +248,7 @@ pub fn from_wire(w: &WireCluster) -> Result<ClusterConfig, KeyError> {
         tls,
         ttl,
         timeout,
+        timeline_retention,
     })
 }
 
@@ -259,6 +276,7 @@ mod tests {
         assert_eq!(c.prefix, "/bootfabric");
         assert_eq!(c.ttl, DEFAULT_TTL);
         assert_eq!(c.tls, None);
+        assert_eq!(c.timeline_retention, DEFAULT_TIMELINE_RETENTION);
     }
 
     #[test]
@@ -316,6 +334,10 @@ mod tests {
             (
                 "name = \"f\"\netcd = [\"http://a:2379\"]\nprefix = \"/bf/\"",
                 "cluster.prefix",
+            ),
+            (
+                "name = \"f\"\netcd = [\"http://a:2379\"]\ntimeline_retention_h = 0",
+                "cluster.timeline_retention_h",
             ),
             (
                 "name = \"f\"\netcd = [\"http://a:2379\"]\nttl_s = 1",

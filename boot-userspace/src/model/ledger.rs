@@ -18,7 +18,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -90,6 +90,34 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in a fixed order.
+    pub const ALL: [Self; 18] = [
+        Self::DhcpOffer,
+        Self::DhcpAck,
+        Self::DhcpNak,
+        Self::DhcpRelease,
+        Self::DhcpDecline,
+        Self::TftpSent,
+        Self::TftpFailed,
+        Self::IpxeScript,
+        Self::HttpStarted,
+        Self::HttpSent,
+        Self::HttpFailed,
+        Self::Booted,
+        Self::BmcReset,
+        Self::BmcFailed,
+        Self::Admitted,
+        Self::ConfigServed,
+        Self::ConfigRefused,
+        Self::BootFailed,
+    ];
+
+    /// The phase labelled `s` ([`Phase::as_str`]): how another fabric's shared timeline
+    /// entries (cluster mode) are read back.
+    pub fn from_label(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     /// Metric and display label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -666,10 +694,20 @@ impl OnceWatch {
     }
 }
 
+/// Where the ledger also hands every event it records: cluster mode's shared timeline
+/// (`cluster::timeline`), which lives above this layer. Called on the boot path, outside the
+/// ledger's lock: it must only queue, never wait.
+pub trait Tap: Send + Sync {
+    /// `event` was recorded for `mac`; `known`: `mac` is an inventory host's.
+    fn offer(&self, mac: Mac, known: bool, event: &Event);
+}
+
 /// Shared handle to the ledger.
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Mutex<State>>,
+    /// Set once when the fabric joins a cluster; standalone, never.
+    tap: Arc<OnceLock<Arc<dyn Tap>>>,
     egress: Arc<Mutex<HashMap<String, Meter>>>,
     events: IntCounterVec,
     evictions: IntCounter,
@@ -767,6 +805,7 @@ impl Ledger {
                 booted: HashMap::new(),
             })),
             egress: Arc::default(),
+            tap: Arc::default(),
             events,
             evictions,
             inventory_hosts: hosts.with_label_values(&["inventory"]),
@@ -837,6 +876,12 @@ impl Ledger {
         self.other_hosts.set(state.others.len() as i64);
     }
 
+    /// Hands every event recorded from now on to `tap` too (cluster mode). Only the first
+    /// call takes effect: a fabric joins one cluster.
+    pub fn set_tap(&self, tap: Arc<dyn Tap>) {
+        let _ = self.tap.set(tap);
+    }
+
     /// Records an event for `mac` now.
     pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>) {
         self.record_at(mac, kind, ip, unix_ms());
@@ -848,10 +893,10 @@ impl Ledger {
     pub fn record_at(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>, at_ms: u64) {
         let phase = kind.phase();
         self.events.with_label_values(&[phase.as_str()]).inc();
-        let Ok(mut state) = self.inner.lock() else {
+        let Ok(mut guard) = self.inner.lock() else {
             return;
         };
-        let state = &mut *state;
+        let state = &mut *guard;
         // Before the path is cut to DETAIL_MAX: a long kernel path still matches.
         let booted = state.once.get_mut(&mac).and_then(|w| w.observe(&kind));
         if let Some(fetched) = booted {
@@ -889,6 +934,7 @@ impl Ledger {
             }
         }
         let event = Event { at_ms, ip, kind };
+        let tapped = self.tap.get().map(|tap| (tap, known, event.clone()));
         match state.inventory.get_mut(&mac) {
             Some(q) => push_bounded(q, event, EVENTS_PER_HOST),
             None => {
@@ -900,6 +946,10 @@ impl Ledger {
                     self.other_hosts.set(state.others.len() as i64);
                 }
             }
+        }
+        drop(guard);
+        if let Some((tap, known, event)) = tapped {
+            tap.offer(mac, known, &event);
         }
         if appended {
             self.appended.notify_waiters();
@@ -1591,5 +1641,48 @@ mod tests {
             line.len() <= DETAIL_MAX && !line.ends_with("bytes"),
             "{line}"
         );
+    }
+
+    /// A tap that keeps what it is offered.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<(Mac, bool, Phase, u64)>>);
+
+    impl Tap for Kept {
+        fn offer(&self, mac: Mac, known: bool, event: &Event) {
+            if let Ok(mut k) = self.0.lock() {
+                k.push((mac, known, event.phase(), event.at_ms));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tap_gets_every_recorded_event_saying_whether_its_host_is_known() {
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let known = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        l.set_inventory(&inventory(&[known]));
+        // Before a tap is set (standalone), nothing is handed anywhere.
+        l.record_at(known, EventKind::DhcpOffer, None, 1);
+        let kept = Arc::new(Kept::default());
+        l.set_tap(Arc::clone(&kept) as Arc<dyn Tap>);
+        l.record_at(known, EventKind::DhcpAck, None, 2);
+        l.record_at(random_mac(7), EventKind::DhcpOffer, None, 3);
+        // The ledger itself keeps everything as before.
+        assert_eq!(l.timeline(known).len(), 2);
+        let got = kept.0.lock().expect("kept").clone();
+        assert_eq!(
+            got,
+            [
+                (known, true, Phase::DhcpAck, 2),
+                (random_mac(7), false, Phase::DhcpOffer, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_phase_label_reads_back() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::from_label(p.as_str()), Some(p));
+        }
+        assert_eq!(Phase::from_label("nope"), None);
     }
 }

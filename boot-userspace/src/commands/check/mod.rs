@@ -4,9 +4,11 @@
 //! [`admin`] asks whether the admin API's control calls are reachable, without a token,
 //! from the networks the fabric serves. [`local`] looks at this machine (interfaces, ports, files and their checksums, free
 //! disk); [`probe`] tries things for real (attaching XDP, logging in to every BMC, asking
-//! the provisioning segment for DHCP offers from servers other than this one).
+//! the provisioning segment for DHCP offers from servers other than this one); [`etcd_tls`] says
+//! which TLS file keeps the fabric out of etcd.
 
 pub mod admin;
+pub mod etcd_tls;
 pub mod local;
 pub mod probe;
 

@@ -113,6 +113,22 @@ pub fn cluster(config: &Config) -> Vec<Item> {
                 ),
             )),
             Err(e) => {
+                // A TLS refusal reaches the gRPC client as "transport error": ask a member
+                // directly which file is at fault.
+                if let Some(tls) = &c.tls {
+                    for endpoint in &c.endpoints {
+                        let fault = super::etcd_tls::diagnose(endpoint, tls, c.timeout).await;
+                        if let Some(f) = fault {
+                            let (detail, fix) = super::etcd_tls::describe(&f, tls);
+                            items.push(Item::fail(
+                                "cluster.etcd",
+                                format!("{endpoint}: {detail}"),
+                                fix,
+                            ));
+                            return items;
+                        }
+                    }
+                }
                 items.push(Item::fail(
                     "cluster.etcd",
                     format!("{endpoints}: {e}"),
@@ -123,6 +139,18 @@ pub fn cluster(config: &Config) -> Vec<Item> {
         }
         match cluster.fabrics().await {
             Ok(fabrics) => {
+                // A record under this name from another rack is another fabric (one
+                // from this rack may be this machine's daemon, running).
+                if let Some(other) = fabrics.iter().find(|f| f.name == c.name && f.rack != c.rack) {
+                    items.push(Item::fail(
+                        "cluster.name",
+                        format!(
+                            "{:?} is held by another live fabric (rack {}, version {}, started {}); this one is rack {}",
+                            c.name, other.rack, other.version, other.started, c.rack
+                        ),
+                        "give each fabric its own cluster.name",
+                    ));
+                }
                 let list: Vec<String> = fabrics
                     .iter()
                     .map(|f| format!("{} (rack {})", f.name, f.rack))

@@ -26,6 +26,7 @@ mod recv;
 mod reload;
 pub mod server;
 mod service;
+mod shared;
 pub mod step;
 pub mod table;
 pub mod templates;

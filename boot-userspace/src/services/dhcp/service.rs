@@ -45,6 +45,8 @@ pub struct DhcpService {
     pub(super) fast_path_events: Mutex<Option<KernelAnswers>>,
     /// When a refused commit was last logged.
     last_refusal_log: Mutex<Option<Instant>>,
+    /// Cluster mode: the leases shared in etcd (`None` standalone).
+    pub(super) cluster: Option<crate::cluster::leases::Leases>,
 }
 
 /// A UDP socket on `port` of `iface` only (SO_BINDTODEVICE), with broadcast allowed and
@@ -195,9 +197,20 @@ impl DhcpService {
             fast_path: Arc::new(Mutex::new(None)),
             fast_path_events: Mutex::new(None),
             last_refusal_log: Mutex::new(None),
+            cluster: None,
         };
         svc.refresh_gauges(now);
         Ok(svc)
+    }
+
+    /// Cluster mode: dynamic leases are claimed in etcd before they are ACKed, and what the
+    /// other fabrics hold is mirrored into the table (see `shared.rs`).
+    pub fn attach_cluster(&mut self, leases: crate::cluster::leases::Leases) {
+        if let Ok(mut s) = self.server.lock() {
+            s.table
+                .prefer_from(super::shared::preference(leases.fabric()));
+        }
+        self.cluster = Some(leases);
     }
 
     /// A handle that applies reloaded configurations while the service runs.
@@ -252,6 +265,10 @@ impl DhcpService {
             let cancel = cancel.clone();
             tasks.spawn(async move { this.fast_path_events(events, cancel).await });
         }
+        let mirror = this.cluster.clone().map(|leases| {
+            let this = Arc::clone(&this);
+            tokio::spawn(this.follow_leases(leases, cancel.clone()))
+        });
         for (iface, ip, port, sock) in this.sockets.clone() {
             let this = Arc::clone(&this);
             let cancel = cancel.clone();
@@ -277,11 +294,21 @@ impl DhcpService {
             }
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(m) = mirror {
+            let _ = m.await;
+        }
         Ok(())
     }
 
     /// Makes `record` durable; false (and counted) if it could not be.
     pub(super) async fn commit(&self, record: LeaseRecord) -> bool {
+        if let Some(leases) = &self.cluster {
+            // The address must be ours cluster-wide before the journal (this fabric's crash
+            // record) and the ACK.
+            if !self.share(leases, &record).await {
+                return false;
+            }
+        }
         let t0 = Instant::now();
         let result = self.committer.commit(record).await;
         self.metrics

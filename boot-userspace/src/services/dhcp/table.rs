@@ -84,6 +84,20 @@ struct Pool {
 }
 
 impl Pool {
+    /// The first free address at or after the point `prefer` picks in the pool's span,
+    /// wrapping to the lowest one.
+    fn first_free_from(&self, prefer: u64) -> Option<u32> {
+        let (lo, hi) = (*self.free.first()?, *self.free.last()?);
+        let span = u64::from(hi - lo) + 1;
+        // `prefer % span` < span <= 2^32, so the start is within lo..=hi.
+        let start = lo.saturating_add(u32::try_from(prefer % span).unwrap_or(0));
+        self.free
+            .range(start..)
+            .next()
+            .or_else(|| self.free.iter().next())
+            .copied()
+    }
+
     fn is_dynamic(&self, ip: Ipv4Addr) -> bool {
         self.ranges.iter().any(|r| r.contains(ip)) && !self.exclude.iter().any(|r| r.contains(ip))
     }
@@ -100,6 +114,10 @@ pub struct LeaseTable {
     pools: Vec<Pool>,
     /// Addresses reserved in the inventory, with their owner: never dynamic.
     reserved: HashMap<Ipv4Addr, Mac>,
+    /// Where in each pool a fresh allocation starts looking (cluster mode: a hash of the
+    /// fabric's name, so fabrics on one segment rarely offer the same address at once).
+    /// 0 standalone: the lowest free address, as always.
+    prefer: u64,
 }
 
 impl LeaseTable {
@@ -146,6 +164,7 @@ impl LeaseTable {
             offer_by_mac: HashMap::new(),
             pools,
             reserved,
+            prefer: 0,
         };
         for r in records {
             t.apply(r);
@@ -383,7 +402,7 @@ impl LeaseTable {
         }
         for attempt in 0..2 {
             let pool = self.pools.get(subnet)?;
-            if let Some(&ip) = pool.free.iter().next() {
+            if let Some(ip) = pool.first_free_from(self.prefer) {
                 return Some(Ipv4Addr::from(ip));
             }
             if attempt == 0 && self.reclaim_expired(now) == 0 {
@@ -391,6 +410,12 @@ impl LeaseTable {
             }
         }
         None
+    }
+
+    /// Makes fresh allocations start at a point `seed` picks in each pool rather than at its
+    /// lowest free address (cluster mode; see `prefer`).
+    pub fn prefer_from(&mut self, seed: u64) {
+        self.prefer = seed;
     }
 
     /// Holds `ip` for `mac` until `until`.
@@ -554,6 +579,19 @@ mod tests {
             t.allocate(0, mac(9), None, 100),
             Some("10.0.0.10".parse().expect("ip"))
         );
+    }
+
+    #[test]
+    fn a_preference_starts_allocations_inside_the_pool_and_wraps() {
+        // Free: .10 .13 .14 (span .10-.14). A seed of 3 starts at .13, then .14, then wraps.
+        let mut t = LeaseTable::new(&[subnet()], &inventory(), &[], 0);
+        t.prefer_from(3 + 5 * 1000);
+        for (i, ip) in ["10.0.0.13", "10.0.0.14", "10.0.0.10"].iter().enumerate() {
+            let got = t.allocate(0, mac(i as u8), None, 0).expect("free address");
+            assert_eq!(got, ip.parse::<Ipv4Addr>().expect("ip"));
+            t.apply(&bind(ip, mac(i as u8), 100));
+        }
+        assert_eq!(t.allocate(0, mac(9), None, 50), None);
     }
 
     #[test]
