@@ -12,6 +12,7 @@
 //! from what they have and try again; nothing here retries in a hot loop.
 
 pub mod election;
+pub mod evidence;
 pub mod inventory;
 pub mod leases;
 pub mod membership;

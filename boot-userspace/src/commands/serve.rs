@@ -370,7 +370,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
     // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
-    let (cluster, leadership, runs, etcd, timeline) = match &config.cluster {
+    let (cluster, leadership, runs, etcd, timeline, evidence) = match &config.cluster {
         Some(c) => {
             let j = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
             (
@@ -379,9 +379,10 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 Some(j.runs),
                 Some(j.etcd),
                 Some(j.timeline),
+                Some(j.evidence),
             )
         }
-        None => (None, None, None, None, None),
+        None => (None, None, None, None, None, None),
     };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
@@ -394,6 +395,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         leadership,
         runs,
         fabrics: cluster.clone(),
+        evidence,
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
@@ -633,6 +635,8 @@ struct Joined {
     leadership: crate::cluster::election::Leadership,
     /// The run records, for the reboot service.
     runs: crate::cluster::runs::RunStore,
+    /// Boots of a run's hosts reported at other fabrics, for the reboot service.
+    evidence: crate::cluster::evidence::Evidence,
 }
 
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
@@ -701,12 +705,23 @@ async fn join_cluster(
         }),
     );
     let runs = crate::cluster::runs::RunStore::new(cluster.clone());
+    // The leader's runner sees a host of another fabric's rack boot there.
+    let evidence = crate::cluster::evidence::Evidence::new(cluster.clone());
+    let (watch, token) = (evidence.clone(), supervisor.token());
+    supervisor.spawn(
+        "boot-evidence",
+        Box::pin(async move {
+            watch.run(token).await;
+            anyhow::Ok(())
+        }),
+    );
     Ok(Joined {
         view,
         etcd: cluster,
         timeline: reader,
         leadership,
         runs,
+        evidence,
     })
 }
 

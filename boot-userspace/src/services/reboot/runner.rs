@@ -39,6 +39,7 @@ use super::{
 use crate::{
     cluster::{
         election::Leadership,
+        evidence::Evidence,
         membership::ClusterView,
         runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
     },
@@ -46,7 +47,7 @@ use crate::{
     model::files,
     model::gate::Gate,
     model::inventory::{BootAnswer, Host, Inventory},
-    model::ledger::{EventKind, Ledger},
+    model::ledger::{self, EventKind, Ledger},
     model::snapshot::Live,
     redfish::RedfishError,
 };
@@ -150,6 +151,8 @@ pub struct RebootService {
     runs: Option<RunStore>,
     /// Cluster mode: every fabric as the membership last saw them (each rack's pace).
     fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
+    /// Cluster mode: boots of the run's hosts reported at other fabrics.
+    evidence: Option<Evidence>,
     current: Mutex<Option<RunHandle>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -200,6 +203,7 @@ impl RebootService {
             leadership: setup.leadership,
             runs: setup.runs,
             fabrics: setup.fabrics,
+            evidence: setup.evidence,
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
@@ -598,6 +602,11 @@ impl RebootService {
                 None
             }
         };
+        // Cluster mode: the hosts' boots at other fabrics are followed from before any reset.
+        if let Some(e) = &self.evidence {
+            let macs: Vec<_> = step.members().iter().map(|m| m.mac).collect();
+            e.follow(&macs);
+        }
         // A run that could not be stored ends here, cancelled, without a tick.
         let stopped = step.status().finished();
         loop {
@@ -634,6 +643,9 @@ impl RebootService {
         for m in step.members() {
             self.gate.withdraw(m.mac);
         }
+        if let Some(e) = &self.evidence {
+            e.follow(&[]);
+        }
         *lock(&self.learned) = step.post_seen().clone();
         let view = self.publish(&mut step, &status);
         if let Some(stored) = &stored {
@@ -666,7 +678,8 @@ impl RebootService {
     }
 
     /// A tick's inputs: the time, the BMC operations that ended, the ledger's events of the
-    /// hosts in flight and the fabric's egress.
+    /// hosts in flight (with, in cluster mode, their boots reported at other fabrics) and
+    /// the fabric's egress.
     fn gather(&self, step: &RunStep, resets: &mut mpsc::UnboundedReceiver<ResetDone>) -> Tick {
         let now_ms = self.clock.now_ms();
         let mut done = Vec::new();
@@ -676,7 +689,22 @@ impl RebootService {
         let events = step
             .to_read()
             .into_iter()
-            .map(|(i, mac, since)| (i, self.ledger.events_since(mac, since)))
+            .map(|(i, mac, since)| {
+                let mut events = self.ledger.events_since(mac, since);
+                // A boot another fabric saw counts as this ledger's `booted` would.
+                let elsewhere = self
+                    .evidence
+                    .as_ref()
+                    .and_then(|e| e.booted_since(mac, since));
+                if let Some(at_ms) = elsewhere {
+                    events.push(ledger::Event {
+                        at_ms,
+                        ip: None,
+                        kind: EventKind::Booted,
+                    });
+                }
+                (i, events)
+            })
             .collect();
         Tick {
             now_ms,
@@ -859,6 +887,9 @@ pub struct Setup {
     /// Cluster mode: what this fabric sees of the cluster (each rack's fabric and its
     /// measured egress paces that rack); `None` standalone.
     pub fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
+    /// Cluster mode: the run's hosts' boots reported at other fabrics (a host of another
+    /// fabric's rack boots there); `None` standalone.
+    pub evidence: Option<Evidence>,
 }
 
 #[cfg(test)]
@@ -958,6 +989,7 @@ mod tests {
             leadership,
             runs: None,
             fabrics: None,
+            evidence: None,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(
