@@ -91,6 +91,17 @@ impl QuirkyBmc {
     /// runtime).
     pub async fn start(quirks: Quirks) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(listener, quirks)
+    }
+
+    /// Serves on `listener`, bound already (in whichever namespace the test made it, e.g.
+    /// on a lab bridge other namespaces reach). Call inside a runtime.
+    pub fn on(listener: std::net::TcpListener, quirks: Quirks) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve(tokio::net::TcpListener::from_std(listener)?, quirks)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, quirks: Quirks) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             power: "Off".into(),
