@@ -691,5 +691,13 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
         tables[1].1.len(),
         started.elapsed().as_secs_f64()
     );
+    let m = metrics(&ns_b, &b).expect("metrics");
+    let lost = sample(
+        &m,
+        "bootfabric_cluster_lease_claims_total",
+        &[("result", "lost")],
+    )
+    .unwrap_or(0.0);
+    println!("fab-b lost {lost} claims to fab-a");
     drop(real);
 }
