@@ -726,7 +726,9 @@ async fn legacy(
                 Err(e @ StartError::Selection(_)) => {
                     text(StatusCode::BAD_REQUEST, format!("{e}\n"))
                 }
-                Err(e @ StartError::Busy(_)) => text(StatusCode::CONFLICT, format!("{e}\n")),
+                Err(e @ (StartError::Busy(_) | StartError::NotLeader(_))) => {
+                    text(StatusCode::CONFLICT, format!("{e}\n"))
+                }
             }
         }
         other => text(

@@ -226,6 +226,7 @@ fn schemas() -> Value {
             "fabric": {"type": "string"}, "rack": {"type": "string"},
             "etcd": {"type": "string", "enum": ["up", "down"]},
             "error": {"type": ["string", "null"]}, "seen": {"type": "integer"},
+            "leader": {"type": ["string", "null"]}, "leading": {"type": "boolean"},
             "fabrics": {"type": "array", "items": {"type": "object", "required": ["name", "rack"], "properties": {
                 "name": {"type": "string"}, "rack": {"type": "string"}, "version": {"type": "string"},
                 "started": {"type": "integer"}, "egress_bps": {"type": "number"},

@@ -35,6 +35,11 @@ pub struct ClusterView {
     pub seen: u64,
     /// The last error, while etcd is not up.
     pub error: Option<String>,
+    /// The fabric that leads the cluster (runs the reboot runs), as last read (`None`:
+    /// unknown, or nobody).
+    pub leader: Option<String>,
+    /// Whether this fabric leads.
+    pub leading: bool,
 }
 
 impl ClusterView {
@@ -47,6 +52,8 @@ impl ClusterView {
             "error": self.error,
             "seen": self.seen,
             "fabrics": self.fabrics,
+            "leader": self.leader,
+            "leading": self.leading,
         })
     }
 }
@@ -132,20 +139,25 @@ impl Membership {
         Arc::clone(&self.view)
     }
 
-    fn saw(&self, update: impl FnOnce(&mut ClusterView)) {
-        let mut v = (**self.view.load()).clone();
-        update(&mut v);
+    fn saw(&self, update: impl Fn(&mut ClusterView)) {
+        // Read-copy-update: the election writes its fields of the same view concurrently.
+        self.view.rcu(|cur| {
+            let mut v = (**cur).clone();
+            update(&mut v);
+            v
+        });
+        let v = self.view.load();
         self.metrics.up.set(i64::from(v.etcd_up));
         self.metrics.fabrics.set(v.fabrics.len() as i64);
-        self.view.store(Arc::new(v));
     }
 
     fn down(&self, e: &ClusterError) {
         // Another fabric holding the name is no etcd outage: etcd answered.
         let up = matches!(e, ClusterError::NameTaken { .. });
+        let error = e.to_string();
         self.saw(|v| {
             v.etcd_up = up;
-            v.error = Some(e.to_string());
+            v.error = Some(error.clone());
         });
     }
 
@@ -279,7 +291,7 @@ impl Membership {
         self.saw(|v| {
             v.etcd_up = true;
             v.error = None;
-            v.fabrics = fabrics;
+            v.fabrics = fabrics.clone();
             v.seen = now();
         });
         Ok(())

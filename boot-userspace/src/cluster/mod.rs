@@ -11,9 +11,11 @@
 //! Every call can fail (a member down, quorum lost, the network cut): callers keep serving
 //! from what they have and try again; nothing here retries in a hot loop.
 
+pub mod election;
 pub mod inventory;
 pub mod leases;
 pub mod membership;
+pub mod runs;
 pub mod timeline;
 
 use std::time::Duration;

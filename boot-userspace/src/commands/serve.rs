@@ -369,6 +369,20 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             }),
         );
     }
+    // Before the reboot service: in cluster mode it resets hosts only while this fabric leads.
+    let (cluster, leadership, runs, etcd, timeline) = match &config.cluster {
+        Some(c) => {
+            let j = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
+            (
+                Some(j.view),
+                Some(j.leadership),
+                Some(j.runs),
+                Some(j.etcd),
+                Some(j.timeline),
+            )
+        }
+        None => (None, None, None, None, None),
+    };
     let setup = crate::services::reboot::runner::Setup {
         live: Arc::clone(&live),
         image_roots: config
@@ -377,9 +391,23 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             .map(std::path::Path::to_path_buf)
             .collect(),
         scheduler: config.scheduler.clone(),
+        leadership,
+        runs,
+        fabrics: cluster.clone(),
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
+    if config.cluster.is_some() {
+        // The leader takes over the runs a dead (or replaced) leader left running.
+        let (reboots, token) = (Arc::clone(&reboots), supervisor.token());
+        supervisor.spawn(
+            "reboot-takeover",
+            Box::pin(async move {
+                reboots.follow_cluster(token).await;
+                anyhow::Ok(())
+            }),
+        );
+    }
     let mut dhcp_follower = None;
     if let Some(dhcp) = config.dhcp.clone() {
         // The DHCP server keeps its own copy (it decides under its own lock) and follows.
@@ -473,14 +501,6 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             Box::pin(async move { hooks.run(token).await.context("webhooks") }),
         );
     }
-
-    let (cluster, etcd, timeline) = match &config.cluster {
-        Some(c) => {
-            let joined = join_cluster(c, &live, &ledger, &registry, &mut supervisor).await?;
-            (Some(joined.view), Some(joined.etcd), Some(joined.timeline))
-        }
-        None => (None, None, None),
-    };
 
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
@@ -609,13 +629,17 @@ struct Joined {
     etcd: crate::cluster::Cluster,
     /// The reader of the shared timelines, for the admin API.
     timeline: crate::cluster::timeline::Reader,
+    /// This fabric's leadership, for the reboot service.
+    leadership: crate::cluster::election::Leadership,
+    /// The run records, for the reboot service.
+    runs: crate::cluster::runs::RunStore,
 }
 
 /// Joins the cluster of `[cluster]`: registers this fabric (its measured egress and the
 /// generation it serves) under an etcd lease for as long as the daemon runs. etcd being
 /// down does not stop the start: the registration keeps trying, and everything that does
 /// not need etcd serves meanwhile. Shares the ledger's boot timelines through etcd
-/// (`cluster::timeline`).
+/// (`cluster::timeline`) and campaigns for the leadership (the leader runs the reboot runs).
 async fn join_cluster(
     config: &crate::config::cluster::ClusterConfig,
     live: &Arc<Live>,
@@ -643,6 +667,16 @@ async fn join_cluster(
     let membership =
         Membership::new(cluster.clone(), registry).context("registering the cluster's metrics")?;
     let view = membership.view();
+    // The leader runs the reboot runs; the election shows who leads in the same view.
+    let election =
+        crate::cluster::election::Election::new(cluster.clone(), Arc::clone(&view), registry)
+            .context("registering the cluster's metrics")?;
+    let leadership = election.leadership();
+    let token = supervisor.token();
+    supervisor.spawn(
+        "election",
+        Box::pin(async move { election.run(token).await.context("cluster election") }),
+    );
     let (name, rack) = (config.name.clone(), config.rack.clone());
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -666,10 +700,13 @@ async fn join_cluster(
                 .context("cluster membership")
         }),
     );
+    let runs = crate::cluster::runs::RunStore::new(cluster.clone());
     Ok(Joined {
         view,
         etcd: cluster,
         timeline: reader,
+        leadership,
+        runs,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod bmc;
 pub mod clock;
 pub mod plan;
 pub mod report;
+pub mod resume;
 pub mod runner;
 pub mod step;
 
@@ -442,6 +443,15 @@ impl Scheduler {
                 self.phases[host] = Phase::Booted { at: now };
             }
             _ => {}
+        }
+    }
+
+    /// Puts `host` where a run taken over from another leader left it (its records in etcd
+    /// say it was reset, or ended): it is not reset again from here, and no longer waits in
+    /// the reset queue.
+    pub fn take_over(&mut self, host: usize, phase: Phase) {
+        if let Some(p) = self.phases.get_mut(host) {
+            *p = phase;
         }
     }
 

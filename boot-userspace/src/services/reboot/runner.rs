@@ -32,10 +32,16 @@ use super::{
     clock::{Clock, WallClock},
     plan,
     report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost},
+    resume::{resume, Power, Resume},
     step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
 };
 use crate::{
+    cluster::{
+        election::Leadership,
+        membership::ClusterView,
+        runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
+    },
     config::SchedulerConfig,
     model::files,
     model::gate::Gate,
@@ -57,6 +63,9 @@ pub enum StartError {
     /// Another run is in progress.
     #[error("reboot run {0} is still in progress (cancel it first)")]
     Busy(u64),
+    /// Cluster mode: only the leader runs reboot runs, and this fabric does not lead.
+    #[error("this fabric does not lead the cluster (the leader runs reboot runs): {}", .0.as_deref().map_or("no leader now; try again within the cluster's ttl".to_owned(), |l| format!("ask {l}")))]
+    NotLeader(Option<String>),
 }
 
 /// The scheduler's metrics.
@@ -135,6 +144,12 @@ pub struct RebootService {
     metrics: RebootMetrics,
     /// POST times learned by earlier runs.
     learned: Mutex<PostSeen>,
+    /// Cluster mode: this fabric's leadership (only the leader resets); `None` standalone.
+    leadership: Option<Leadership>,
+    /// Cluster mode: where runs and each host's intent are recorded before any reset.
+    runs: Option<RunStore>,
+    /// Cluster mode: every fabric as the membership last saw them (each rack's pace).
+    fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
     current: Mutex<Option<RunHandle>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -182,6 +197,9 @@ impl RebootService {
             gate,
             metrics,
             learned: Mutex::new(PostSeen::new()),
+            leadership: setup.leadership,
+            runs: setup.runs,
+            fabrics: setup.fabrics,
             current: Mutex::new(None),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
@@ -215,6 +233,21 @@ impl RebootService {
             plan.skipped = skipped;
             return Ok(plan);
         }
+        if let Some(l) = &self.leadership {
+            if !l.leading() {
+                return Err(StartError::NotLeader(l.leader()));
+            }
+        }
+        self.launch(members, skipped, None)
+    }
+
+    /// Starts driving a run of `members` (a new one, or one taken over from another leader).
+    fn launch(
+        self: &Arc<Self>,
+        members: Vec<Member>,
+        skipped: Vec<SkippedHost>,
+        take: Option<TakeOver>,
+    ) -> Result<RunStatus, StartError> {
         let mut cur = lock(&self.current);
         if let Some(h) = cur.as_ref() {
             if !lock(&h.status).finished() {
@@ -241,8 +274,73 @@ impl RebootService {
             "reboot run {id} started for {} host(s)",
             members.len()
         );
-        tokio::spawn(Arc::clone(self).drive(id, members, status, cancel));
+        tokio::spawn(Arc::clone(self).drive(id, members, status, cancel, take));
         Ok(first)
+    }
+
+    /// Cluster mode: while this fabric leads and runs nothing, takes over a run another
+    /// leader left running in etcd (it died, or lost its term), once a second until `cancel`.
+    /// Each host resumes as its record rules ([`resume`]): nothing recorded reset or ended is
+    /// reset again.
+    pub async fn follow_cluster(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(store) = self.runs.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let busy = lock(&self.current)
+                .as_ref()
+                .is_some_and(|h| !lock(&h.status).finished());
+            if busy || !self.leads() {
+                continue;
+            }
+            let left = match store.runs().await {
+                Ok(runs) => runs.into_iter().find(|r| r.phase == RunPhase::Running),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the runs in etcd");
+                    continue;
+                }
+            };
+            let Some(run) = left else {
+                continue;
+            };
+            let records = match store.hosts(run.id).await {
+                Ok(r) => r.into_iter().collect(),
+                Err(e) => {
+                    warn!(error = %e, etcd_run = run.id, "cannot read the run's hosts in etcd");
+                    continue;
+                }
+            };
+            // The run's hosts as this fabric's inventory has them, by name.
+            let snap = self.live.load();
+            let inventory = &snap.inventory;
+            let members: Vec<Member> = run
+                .hosts
+                .iter()
+                .filter_map(|h| inventory.hosts().iter().find(|x| x.name == h.name))
+                .filter_map(|h| self.member(inventory, h))
+                .collect();
+            if members.len() < run.hosts.len() {
+                warn!(
+                    etcd_run = run.id,
+                    "{} host(s) of the run are not in this fabric's inventory: left out",
+                    run.hosts.len() - members.len()
+                );
+            }
+            info!(etcd_run = run.id, started_by = %run.started_by, "taking over a reboot run left running");
+            let take = TakeOver {
+                id: run.id,
+                records,
+            };
+            if let Err(e) = self.launch(members, Vec::new(), Some(take)) {
+                warn!(error = %e, "cannot take over the run");
+            }
+        }
     }
 
     /// Resolves a selection against the inventory: the members, and the selected hosts left
@@ -376,6 +474,94 @@ impl RebootService {
         status
     }
 
+    /// Puts each host of a run taken over where its record says (see [`resume`]).
+    fn resume_hosts(
+        &self,
+        step: &mut RunStep,
+        take: TakeOver,
+    ) -> Result<Option<Stored>, RunsError> {
+        let names: Vec<String> = step.members().iter().map(|m| m.spec.name.clone()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let record = take.records.get(name);
+            // The Bmc seam cannot ask for the power state yet: an unknown outcome is taken
+            // as "power unknown", which never resets (see `resume`).
+            let decision = match resume(record, None) {
+                Resume::AskPower => resume(record, Some(Power::Unknown)),
+                d => d,
+            };
+            info!(host = %name, decision = ?decision, "resuming a host of a run taken over");
+            step.take_over(i, record, &decision);
+        }
+        Ok(self.runs.clone().map(|store| Stored { store, id: take.id }))
+    }
+
+    /// Cluster mode: stores the run in etcd (its number there, for the host records);
+    /// `Ok(None)` standalone.
+    async fn store_run(&self, step: &RunStep) -> Result<Option<Stored>, RunsError> {
+        let Some(store) = &self.runs else {
+            return Ok(None);
+        };
+        let hosts = step
+            .members()
+            .iter()
+            .map(|m| RunHost {
+                name: m.spec.name.clone(),
+                rack: m.spec.rack.clone(),
+            })
+            .collect();
+        let record = store.create(hosts, self.clock.now_ms()).await?;
+        info!(etcd_run = record.id, "reboot run stored in etcd");
+        Ok(Some(Stored {
+            store: store.clone(),
+            id: record.id,
+        }))
+    }
+
+    /// Cluster mode: each host's end (booted, failed) and the run's, recorded as far as etcd
+    /// and the term allow (a new leader that reads less redoes nothing a record forbids).
+    async fn store_end(&self, stored: &Stored, step: &RunStep, view: &RunStatus) {
+        let now_ms = self.clock.now_ms();
+        for (m, line) in step.members().iter().zip(&view.hosts) {
+            let state = match line.phase {
+                PhaseLabel::Booted => HostState::Booted,
+                PhaseLabel::Failed => HostState::Failed,
+                _ => continue,
+            };
+            let record = HostRecord {
+                state,
+                fabric: stored.store.fabric().to_owned(),
+                at_ms: now_ms,
+                attempts: line.attempts,
+                reason: line.reason.clone(),
+            };
+            if let Err(e) = stored
+                .store
+                .record_outcome(stored.id, &m.spec.name, &record)
+                .await
+            {
+                warn!(host = %m.spec.name, error = %e, "cannot record the host's outcome in etcd");
+            }
+        }
+        let phase = if view.state == RunState::Done {
+            RunPhase::Done
+        } else {
+            RunPhase::Cancelled
+        };
+        let fenced = match self.leadership.as_ref().and_then(Leadership::fence) {
+            Some(fence) => stored.store.set_phase(&fence, stored.id, phase).await,
+            None => Err(RunsError::NotLeader),
+        };
+        if let Err(e) = fenced {
+            warn!(etcd_run = stored.id, error = %e, "cannot record the run's end in etcd");
+        }
+    }
+
+    /// Whether this fabric may reset hosts now: always standalone, only while it leads in
+    /// cluster mode.
+    fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(Leadership::leading)
+    }
+
     fn bmc_lock(&self, url: &str) -> Arc<tokio::sync::Mutex<()>> {
         Arc::clone(lock(&self.bmc_locks).entry(url.to_owned()).or_default())
     }
@@ -387,14 +573,37 @@ impl RebootService {
         members: Vec<Member>,
         status: Arc<Mutex<RunStatus>>,
         cancel: CancellationToken,
+        take: Option<TakeOver>,
     ) {
         let seen = lock(&self.learned).clone();
         let first = lock(&status).clone();
         let mut step = RunStep::new(self.params.clone(), members, seen, first);
+        if self.fabrics.is_some() {
+            step = step.with_rack_pacing();
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Cluster mode: the run is stored before anything is done, or nothing is done; a run
+        // taken over is stored already, and its hosts resume as their records say.
+        let stored = match take {
+            Some(take) => self.resume_hosts(&mut step, take),
+            None => self.store_run(&step).await,
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(run = id, error = %e, "cannot store reboot run {id} in etcd: stopped, nothing reset");
+                step.cancel();
+                None
+            }
+        };
+        // A run that could not be stored ends here, cancelled, without a tick.
+        let stopped = step.status().finished();
         loop {
+            if stopped {
+                break;
+            }
             let cancelled = tokio::select! {
                 _ = cancel.cancelled() => true,
                 _ = tick.tick() => false,
@@ -403,10 +612,19 @@ impl RebootService {
                 step.cancel();
                 break;
             }
+            if !self.leads() {
+                // Another fabric may lead now: no reset more from here, whatever happens.
+                warn!(
+                    run = id,
+                    "this fabric no longer leads the cluster: reboot run {id} stopped"
+                );
+                step.cancel();
+                break;
+            }
             self.drop_removed(&mut step);
             let news = self.gather(&step, &mut rx);
             for action in step.advance(news) {
-                self.apply(action, &step, &tx);
+                self.apply(action, &step, &tx, stored.as_ref());
             }
             self.publish(&mut step, &status);
             if step.finish() {
@@ -418,6 +636,9 @@ impl RebootService {
         }
         *lock(&self.learned) = step.post_seen().clone();
         let view = self.publish(&mut step, &status);
+        if let Some(stored) = &stored {
+            self.store_end(stored, &step, &view).await;
+        }
         info!(
             run = id,
             state = %view.state,
@@ -462,11 +683,22 @@ impl RebootService {
             resets: done,
             events,
             egress_bps: self.ledger.egress_rates().iter().map(|(_, r)| r).sum(),
+            fabrics: self
+                .fabrics
+                .as_ref()
+                .map(|v| v.load().fabrics.clone())
+                .unwrap_or_default(),
         }
     }
 
     /// Carries out one of the step's actions.
-    fn apply(&self, action: RunAction, step: &RunStep, resets: &mpsc::UnboundedSender<ResetDone>) {
+    fn apply(
+        &self,
+        action: RunAction,
+        step: &RunStep,
+        resets: &mpsc::UnboundedSender<ResetDone>,
+        stored: Option<&Stored>,
+    ) {
         let members = step.members();
         match action {
             RunAction::ResetAccepted { host, reset_type } => {
@@ -499,12 +731,57 @@ impl RebootService {
                 let op = self.bmc.boot_once_and_reset(&m.bmc);
                 let ops = self.metrics.bmc_ops.clone();
                 let tx = resets.clone();
+                let leadership = self.leadership.clone();
+                let intent = stored.map(|s| {
+                    let record = HostRecord {
+                        state: HostState::Resetting,
+                        fabric: s.store.fabric().to_owned(),
+                        at_ms: self.clock.now_ms(),
+                        attempts: step.line(host).map_or(1, |l| l.attempts),
+                        reason: None,
+                    };
+                    (s.clone(), m.spec.name.clone(), record)
+                });
                 tokio::spawn(async move {
                     // One operation per BMC: a chassis BMC serves several hosts.
                     let _one = one.lock().await;
+                    // The wait for the BMC may have outlasted the leadership: checked again
+                    // right before the reset leaves.
+                    if leadership.as_ref().is_some_and(|l| !l.leading()) {
+                        let why = "not sent: this fabric no longer leads the cluster";
+                        let _ = tx.send((host, Err(RedfishError::NotApplied(why.to_owned()))));
+                        return;
+                    }
+                    // Cluster mode: the intent first, fenced by the term; a leader that cannot
+                    // write it (etcd unreachable, replaced) does not reset.
+                    if let Some((s, name, record)) = &intent {
+                        let written = match leadership.as_ref().and_then(Leadership::fence) {
+                            Some(fence) => s.store.record_fenced(&fence, s.id, name, record).await,
+                            None => Err(RunsError::NotLeader),
+                        };
+                        if let Err(e) = written {
+                            let why = format!("not sent: cannot record the intent in etcd: {e}");
+                            let _ = tx.send((host, Err(RedfishError::NotApplied(why))));
+                            return;
+                        }
+                    }
                     ops.inc();
                     let r = op.await;
                     ops.dec();
+                    if let (Ok(_), Some((s, name, record))) = (&r, &intent) {
+                        // Best effort: a new leader that finds `resetting` asks the BMC.
+                        let done = HostRecord {
+                            state: HostState::Reset,
+                            ..record.clone()
+                        };
+                        let written = match leadership.as_ref().and_then(Leadership::fence) {
+                            Some(fence) => s.store.record_fenced(&fence, s.id, name, &done).await,
+                            None => Err(RunsError::NotLeader),
+                        };
+                        if let Err(e) = written {
+                            warn!(host = %name, error = %e, "reset done, not recorded in etcd");
+                        }
+                    }
                     let _ = tx.send((host, r));
                 });
             }
@@ -536,6 +813,19 @@ impl RebootService {
     }
 }
 
+/// A run left running in etcd by another leader: its number and its hosts' records, by name.
+struct TakeOver {
+    id: u64,
+    records: HashMap<String, HostRecord>,
+}
+
+/// A run as stored in etcd: the store and the run's number there.
+#[derive(Clone)]
+struct Stored {
+    store: RunStore,
+    id: u64,
+}
+
 /// A BMC operation that ended: the host, and the reset type or the error.
 type ResetDone = (usize, Result<String, RedfishError>);
 
@@ -560,6 +850,15 @@ pub struct Setup {
     pub image_roots: Vec<PathBuf>,
     /// `[scheduler]`.
     pub scheduler: SchedulerConfig,
+    /// Cluster mode: this fabric's leadership (runs start and reset only while it leads);
+    /// `None` standalone.
+    pub leadership: Option<Leadership>,
+    /// Cluster mode: the run records in etcd (with `leadership`: each reset's intent is
+    /// written, fenced by the term, before the BMC call); `None` standalone.
+    pub runs: Option<RunStore>,
+    /// Cluster mode: what this fabric sees of the cluster (each rack's fabric and its
+    /// measured egress paces that rack); `None` standalone.
+    pub fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
 }
 
 #[cfg(test)]
@@ -610,6 +909,17 @@ mod tests {
     /// `hosts` hosts of profile `p` (a 625 000-byte kernel and initrd: 10 s at one host's
     /// 1 Mbit/s), each with its own BMC unless `shared_bmc`, under `[scheduler]` `scheduler`.
     fn world(hosts: usize, shared_bmc: bool, scheduler: &str, bmc: FakeBmc) -> World {
+        world_led(hosts, shared_bmc, scheduler, bmc, None)
+    }
+
+    /// A world in cluster mode, this fabric's leadership `leadership`.
+    fn world_led(
+        hosts: usize,
+        shared_bmc: bool,
+        scheduler: &str,
+        bmc: FakeBmc,
+        leadership: Option<Leadership>,
+    ) -> World {
         let images = tempfile::tempdir().expect("tempdir");
         let root = images.path().canonicalize().expect("root");
         for f in ["vmlinuz", "initrd.img"] {
@@ -645,6 +955,9 @@ mod tests {
             live: Arc::clone(&live),
             image_roots: vec![root],
             scheduler: config.scheduler,
+            leadership,
+            runs: None,
+            fabrics: None,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(
@@ -1222,5 +1535,39 @@ mod tests {
             w.bmc_calls()
         );
         assert!(w.bmc_calls().iter().any(|c| c.contains("bmc0")));
+    }
+
+    /// Cluster mode: only the leader starts runs, and a leader whose term lapses (a renewal
+    /// that never came: etcd unreachable, or another fabric took over) stops resetting at once.
+    #[tokio::test(start_paused = true)]
+    async fn only_the_leader_runs_and_a_lapsed_term_stops_the_resets() {
+        use PhaseLabel::*;
+        let follower = Leadership::fixed(Some("fab-b"), None);
+        let w = world_led(3, false, TWO_SLOTS, FakeBmc::new(), Some(follower));
+        let refused = w.service.start(&all());
+        let Err(e @ StartError::NotLeader(Some(_))) = refused else {
+            panic!("a fabric that does not lead started a run: {refused:?}");
+        };
+        assert!(e.to_string().contains("ask fab-b"), "{e}");
+        let plan = w.service.start(&Selection {
+            dry_run: true,
+            ..all()
+        });
+        assert!(plan.is_ok(), "planning is anyone's: {plan:?}");
+        ticks(8).await;
+        assert!(w.bmc_calls().is_empty());
+
+        // This fabric leads for 2 s (its lease's last renewal), then hears nothing more.
+        let leader = Leadership::fixed(Some("fab-a"), Some(Duration::from_secs(2)));
+        let w = world_led(3, false, TWO_SLOTS, FakeBmc::new(), Some(leader));
+        w.service.start(&all()).expect("the leader starts");
+        until("two resets", || w.bmc_calls().len() == 2).await;
+        assert_eq!(w.phases()[2], Waiting, "two slots");
+        until("stopped", || w.status().finished()).await;
+        assert_eq!(w.status().state, RunState::Cancelled);
+        assert!(w.macs.iter().all(|m| !w.gate.holds(m)));
+        // Whatever falls due later, nothing is reset from here any more.
+        ticks(400).await;
+        assert_eq!(w.bmc_calls().len(), 2);
     }
 }

@@ -11,9 +11,14 @@
 use super::{
     plan,
     report::{HostLine, PhaseLabel, RunState, RunStatus},
+    resume::{RackPacing, Resume},
     Action, Capacity, Event, HostSpec, Params, Phase, PostSeen, Scheduler,
 };
 use crate::{
+    cluster::{
+        runs::{HostRecord, HostState},
+        FabricRecord,
+    },
     model::inventory::Mac,
     model::ledger::{self, fetched_at, names, sent_at, EventKind},
     redfish::{BmcConfig, RedfishError},
@@ -45,6 +50,9 @@ pub struct Tick {
     pub events: Vec<(usize, Vec<ledger::Event>)>,
     /// The fabric's egress over the ledger's window, bytes per second.
     pub egress_bps: f64,
+    /// Cluster mode: every fabric as the membership view last saw them (each rack's
+    /// measured egress, for [`RunStep::with_rack_pacing`]).
+    pub fabrics: Vec<FabricRecord>,
 }
 
 /// What the runner does for a tick, in order.
@@ -99,6 +107,8 @@ pub struct RunStep {
     view: RunStatus,
     /// Unix ms the run started: status times count from it.
     start_ms: u64,
+    /// Cluster mode: each rack paced by its own fabric's measured egress.
+    pacing: Option<RackPacing>,
 }
 
 impl RunStep {
@@ -115,6 +125,7 @@ impl RunStep {
             track: vec![Track::default(); members.len()],
             members,
             start_ms: first.started_unix_ms,
+            pacing: None,
             view: first,
         }
     }
@@ -163,6 +174,21 @@ impl RunStep {
         let busy = pulling >= self.sched.params().slots();
         let est = self.capacity.observe(now, tick.egress_bps, busy);
         self.sched.set_capacity(est);
+        if let Some(pacing) = &mut self.pacing {
+            // A rack is busy while as many of its hosts pull files as it has slots.
+            let (members, track, sched) = (&self.members, &self.track, &self.sched);
+            let busy = |rack: &str| {
+                let pulling = members
+                    .iter()
+                    .zip(track)
+                    .filter(|(m, t)| t.pulling && m.spec.rack == rack)
+                    .count();
+                pulling >= sched.rack_slots(rack)
+            };
+            for (rack, bps) in pacing.observe(now, &tick.fabrics, busy) {
+                self.sched.set_rack_capacity(&rack, bps);
+            }
+        }
         for h in self.sched.admit(now) {
             self.view.hosts[h].admitted_s = Some(now);
             out.push(RunAction::Admit(h));
@@ -296,6 +322,55 @@ impl RunStep {
     /// it up (its gate place freed).
     pub fn fail(&mut self, i: usize, reason: &str) {
         self.sched.fail(i, reason);
+    }
+
+    /// Paces each rack of the run by the measured egress of the fabric that serves it (the
+    /// [`Tick::fabrics`]), starting from the configured cap: cluster mode, where each rack
+    /// has a link and a fabric of its own.
+    pub fn with_rack_pacing(mut self) -> Self {
+        let racks: Vec<String> = self.members.iter().map(|m| m.spec.rack.clone()).collect();
+        let p = self.sched.params();
+        self.pacing = Some(RackPacing::new(&racks, p.capacity_bps, p.per_host_bps));
+        self
+    }
+
+    /// Host `i` of a run taken over from another leader, as its etcd `record` says and as
+    /// `decision` ([`super::resume::resume`]) rules: a host reset (or maybe reset) waits for
+    /// its DHCP from the takeover on, its POST timeout counted from then; an ended host stays
+    /// ended; anything else is reset as planned.
+    pub fn take_over(&mut self, i: usize, record: Option<&HostRecord>, decision: &Resume) {
+        let (Some(r), Some(line)) = (record, self.view.hosts.get_mut(i)) else {
+            return;
+        };
+        let at = secs_since(self.start_ms, r.at_ms);
+        line.attempts = r.attempts;
+        match decision {
+            Resume::Reset | Resume::AskPower => {}
+            Resume::AwaitBoot { since_ms } => {
+                self.sched.take_over(i, Phase::Posting { since: at });
+                self.track[i].reset_ms = Some(*since_ms);
+                line.reset_s = Some(at);
+            }
+            Resume::Ended if r.state == HostState::Booted => {
+                self.sched.take_over(i, Phase::Booted { at });
+                line.booted_s = Some(at);
+            }
+            Resume::Ended => {
+                let reason = r
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "failed under the previous leader".to_owned());
+                // Its failure was reported when it happened: not given up on again.
+                line.failed_s = Some(at);
+                line.reason = Some(reason.clone());
+                self.sched.take_over(i, Phase::Failed { reason });
+            }
+        }
+    }
+
+    /// Host `i`'s line of the status (its attempts, times) as of the last tick.
+    pub fn line(&self, i: usize) -> Option<&HostLine> {
+        self.view.hosts.get(i)
     }
 
     /// The status: each host's phase and the counts per phase brought up to date.
@@ -813,5 +888,110 @@ mod tests {
         assert_eq!(loader_at(&files, &boot, 10), Some(12));
         assert_eq!(loader_at(&files, &boot[2..], 10), None);
         assert_eq!(sent_at("images/vmlinuz", &boot, 10), Some(14));
+    }
+
+    /// A run taken over from a dead leader: hosts recorded reset (or maybe reset) wait for
+    /// their boot and are never reset again; ended ones stay ended without being given up on
+    /// a second time; untouched ones are reset as planned.
+    #[test]
+    fn a_run_taken_over_resets_only_the_untouched_hosts() {
+        use crate::services::reboot::resume::{resume, Power};
+        let mut p = params();
+        p.capacity_bps = 1e6;
+        p.post_timeout_s = 30.0;
+        let mut step = run(p, 5);
+        let rec = |state, at_s: f64| HostRecord {
+            state,
+            fabric: "fab-a".into(),
+            at_ms: at(at_s),
+            attempts: 1,
+            reason: (state == HostState::Failed).then(|| "no DHCP request after the reset".into()),
+        };
+        let records = [
+            Some(rec(HostState::Reset, 0.0)),
+            Some(rec(HostState::Resetting, 0.0)),
+            Some(rec(HostState::Booted, 0.0)),
+            Some(rec(HostState::Failed, 0.0)),
+            None,
+        ];
+        for (i, r) in records.iter().enumerate() {
+            let d = resume(r.as_ref(), Some(Power::Unknown));
+            step.take_over(i, r.as_ref(), &d);
+        }
+        use PhaseLabel::*;
+        assert_eq!(
+            step.advance(tick(0.0)),
+            vec![RunAction::Reset(4)],
+            "only the untouched host; the failed one is not given up on again"
+        );
+        assert_eq!(
+            phases(&mut step),
+            [Posting, Posting, Booted, Failed, Resetting]
+        );
+        let read: Vec<usize> = step.to_read().iter().map(|(i, _, _)| *i).collect();
+        assert_eq!(
+            read,
+            [0, 1, 4],
+            "the ledger is read for the hosts on their way"
+        );
+        // The two maybe-reset hosts never boot: they fail at the POST timeout, not reset.
+        step.advance(Tick {
+            resets: accepted(&[4]),
+            ..tick(1.0)
+        });
+        let late = step.advance(tick(31.0));
+        assert!(
+            !late.iter().any(|a| matches!(a, RunAction::Reset(_))),
+            "{late:?}"
+        );
+        assert_eq!(phases(&mut step)[..2], [Failed, Failed]);
+    }
+
+    /// Cluster mode: a rack is paced by its own fabric's measured egress, not by the
+    /// leader's: busy and sending a tenth of the plan, the rack drops to one slot while the
+    /// leader's own link (which sends what was planned) keeps its four.
+    #[test]
+    fn each_rack_is_paced_by_its_own_fabric() {
+        let mut p = params();
+        p.capacity_bps = 1000.0;
+        let members: Vec<Member> = (0..4)
+            .map(|i| {
+                let mut m = member(i);
+                m.spec.rack = "r0".into();
+                m
+            })
+            .collect();
+        let mut first = blank_status(&p, &members, &PostSeen::new());
+        first.started_unix_ms = T0;
+        let mut step = RunStep::new(p, members, PostSeen::new(), first).with_rack_pacing();
+        let fabrics = vec![FabricRecord {
+            name: "fab-r0".into(),
+            rack: "r0".into(),
+            version: "0".into(),
+            started: 0,
+            egress_bps: 100.0,
+            generation: 1,
+        }];
+        assert_eq!(step.advance(tick(0.0)).len(), 4, "four resets, four slots");
+        step.advance(Tick {
+            resets: accepted(&[0, 1, 2, 3]),
+            ..tick(0.5)
+        });
+        let pulling = |s: f64| {
+            (0..4)
+                .map(|h| (h, vec![offer(at(1.0)), http_started(at(s), "/vmlinuz")]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(step.advance(tick_with(&step, 1.0, &pulling(1.0))).len(), 4);
+        for s in 2..=8 {
+            let s = f64::from(s);
+            step.advance(Tick {
+                egress_bps: 1000.0,
+                fabrics: fabrics.clone(),
+                ..tick_with(&step, s, &pulling(s))
+            });
+        }
+        assert_eq!(step.sched.rack_slots("r0"), 1, "r0's fabric sends 100 B/s");
+        assert_eq!(step.status().slots, 4, "the leader's link is as planned");
     }
 }
