@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 use bootfabric_lab::{
     dhcp_client::{Client, Outcome},
     etcd::EtcdCluster,
-    metrics, require_programs, require_root, sample, Bridge, Daemon, Netns,
+    metrics, require_programs, require_root, require_xdp, sample, wait_for, Bridge, Daemon, Netns,
 };
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -101,6 +101,29 @@ fn lease_all(ns: &Netns, range: std::ops::Range<u32>) -> Vec<(u32, Outcome)> {
             .collect()
     })
     .expect("client namespace")
+}
+
+/// How many lease records in etcd each fabric claimed last.
+fn etcd_fabrics(etcd: &EtcdCluster, via: usize) -> HashMap<String, usize> {
+    let out = etcd
+        .etcdctl(
+            via,
+            &[
+                "get",
+                "--prefix",
+                "--print-value-only",
+                "/bootfabric/leases/",
+            ],
+        )
+        .expect("etcdctl get");
+    let mut by = HashMap::new();
+    for line in out.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            *by.entry(v["fabric"].as_str().unwrap_or("?").to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    by
 }
 
 /// `ip → mac` as etcd holds it.
@@ -340,4 +363,341 @@ fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait(
         !shared.contains_key(&Ipv4Addr::new(10, 77, 0, 11)),
         "reservations stay out of etcd: {shared:?}"
     );
+}
+
+/// perfdhcp's simulated clients: `-b mac=02:17:00:00:00:00 -R 1000` makes client r
+/// `02:17:00:00:HI:LO`.
+const STORM_CLIENTS: u32 = 1000;
+/// Real clients (udhcpc, which retries on its own) running through the storm.
+const UDHCPC_MACS: [&str; 3] = [
+    "52:54:00:ee:17:01",
+    "52:54:00:ee:17:02",
+    "52:54:00:ee:17:03",
+];
+
+/// A fabric with the XDP fast path on (generic mode, as the DHCP bench: a veth on a bridge)
+/// and a pool big enough for the storm; the shield's rates lifted, as perfdhcp is one relay
+/// carrying every client.
+fn storm_fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Netns, Daemon) {
+    let ns = Netns::new(name).expect("netns");
+    etcd.bridge
+        .plug(&ns, "etcd0", &format!("10.90.0.{host}/24"))
+        .expect("plug etcd");
+    lan.plug(&ns, "fabric0", &format!("10.77.0.{host}/21"))
+        .expect("plug lan");
+    let config = format!(
+        r#"[daemon]
+state_dir = "state"
+log = "warn"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:9370"
+[xdp]
+mode = "generic"
+relay_rate_limit = 10000000
+[dhcp]
+rate_limit = 100000
+[dhcp.options]
+lease_time = 3600
+[[dhcp.subnets]]
+cidr = "10.77.0.0/21"
+interface = "fabric0"
+pools = ["10.77.1.0-10.77.7.254"]
+[cluster]
+name = "{name}"
+rack = "rack-{name}"
+etcd = {endpoints}
+ttl_s = 3
+timeout_s = 2
+"#,
+        endpoints = etcd.endpoints_toml()
+    );
+    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    (ns, daemon)
+}
+
+/// A namespace on the client bridge whose `c0` has `mac`, running udhcpc with a script
+/// that appends `ip=<address>` to `out` once bound.
+fn udhcpc(
+    lan: &mut Bridge,
+    mac: &str,
+    dir: &std::path::Path,
+    n: usize,
+) -> (Netns, bootfabric_lab::KillOnDrop, std::path::PathBuf) {
+    let ns = Netns::new("udh").expect("netns");
+    lan.plug(&ns, "c0", "").expect("plug");
+    ns.ip(&["link", "set", "c0", "address", mac]).expect("mac");
+    let out = dir.join(format!("bound{n}"));
+    let script = dir.join(format!("script{n}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in bound|renew) echo \"ip=$ip\" >> {} ;; esac\nexit 0\n",
+            out.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    // -t 5 -T 1 -A 1: five DISCOVERs a second apart, then a second's pause and again,
+    // for as long as it runs (no -n); -q: exit once bound.
+    let child = ns
+        .command("udhcpc")
+        .args([
+            "-f", "-q", "-i", "c0", "-t", "5", "-T", "1", "-A", "1", "-s",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("udhcpc");
+    (ns, bootfabric_lab::KillOnDrop(child), out)
+}
+
+/// The number after `label` in perfdhcp's statistics section `section`
+/// (`DISCOVER-OFFER`, `REQUEST-ACK`).
+fn perf_stat(out: &str, section: &str, label: &str) -> Option<u64> {
+    let start = out.find(&format!("Statistics for: {section}"))?;
+    out[start..]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|v| v.trim_start_matches(':').trim().parse().ok())
+}
+
+/// A fabric's lease table as `bootfabric leases -o json` reads it from its journal (so also
+/// a dead fabric's): bound `ip → mac`, failing on an address listed twice.
+fn table(d: &Daemon, who: &str) -> HashMap<Ipv4Addr, String> {
+    let text = d.cli(&["leases", "-o", "json"]).expect("bootfabric leases");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("leases json");
+    let mut out = HashMap::new();
+    for item in v["items"].as_array().expect("items") {
+        let ip: Ipv4Addr = item["ip"].as_str().expect("ip").parse().expect("ip");
+        let mac = item["mac"].as_str().expect("mac").to_owned();
+        if let Some(other) = out.insert(ip, mac.clone()) {
+            panic!("{who}'s table holds {ip} for {other} and {mac}");
+        }
+    }
+    out
+}
+
+/// The done-when of DHCP HA at full size. Two fabrics with the XDP fast path on serve ONE
+/// segment, 3 etcd members. A reserved host is answered by the kernel of both fabrics (each
+/// fabric's XDP `answered/offer` counter rises). Then the storm: perfdhcp (acting as a relay,
+/// broadcasting, so both fabrics see every exchange and race for it) runs 1,000 clients at
+/// 200 exchanges/s for 8 s while 3 udhcpc clients start, and fab-a is SIGKILLed 3 s in, in
+/// the middle of it.
+///
+/// perfdhcp does not retry a lost exchange, so the phases are: (1) the storm itself, in
+/// which exchanges in flight at fab-a when it dies are lost (perfdhcp counts them as drops;
+/// they are printed, not judged); (2) the same fixed 1,000 clients again, against the
+/// survivor, in perfdhcp's avalanche scenario, which retransmits each client's exchange
+/// until it is answered and ends only when every one of the 1,000 holds an ACK. A client
+/// bound in the storm (by either fabric) is given its own address again. The udhcpc clients
+/// retry on their own and must all bind.
+///
+/// Then no address is held by two MACs: not in fab-a's table (read from its journal, it is
+/// dead), not in fab-b's, not between them, not against etcd (`etcdctl get --prefix
+/// /bootfabric/leases/`), and no MAC holds two addresses in etcd; every storm client and
+/// every udhcpc client is in etcd under its own MAC.
+#[test]
+fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
+    const TEST: &str = "a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl", "perfdhcp", "udhcpc"])) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let mut lan = Bridge::new().expect("client bridge");
+    let (ns_a, mut a) = storm_fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let (ns_b, b) = storm_fabric(&mut etcd, &mut lan, "fab-b", 22);
+    if !(require_xdp(TEST, &ns_a, &a) && require_xdp(TEST, &ns_b, &b)) {
+        return;
+    }
+    let answered_offers = |ns: &Netns, d: &Daemon| {
+        let m = metrics(ns, d).expect("metrics");
+        sample(
+            &m,
+            "bootfabric_xdp_dhcp_packets_total",
+            &[("action", "answered"), ("reason", "offer")],
+        )
+        .unwrap_or(0.0)
+    };
+    let dir = bootfabric_lab::TempDir::new().expect("dir");
+
+    // The reserved host, before the storm: both kernels answer its DISCOVER.
+    let (before_a, before_b) = (answered_offers(&ns_a, &a), answered_offers(&ns_b, &b));
+    {
+        let (_ns, _child, out) = udhcpc(&mut lan, "52:54:00:b0:0f:01", &dir.path, 9);
+        let got = wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("ip="))
+        });
+        assert_eq!(
+            got.as_deref().map(str::trim),
+            Some("ip=10.77.0.11"),
+            "node01\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+    for (who, ns, d, before) in [
+        ("fab-a", &ns_a, &a, before_a),
+        ("fab-b", &ns_b, &b, before_b),
+    ] {
+        let after = answered_offers(ns, d);
+        assert!(
+            after > before,
+            "{who}'s kernel did not answer node01 ({before} -> {after})"
+        );
+    }
+
+    // The storm.
+    let clients = Netns::new("cli").expect("client ns");
+    lan.plug(&clients, "client0", "10.77.0.2/21")
+        .expect("plug client");
+    let perfdhcp = |args: &[&str]| {
+        let mut cmd = clients.command("timeout");
+        cmd.args(["-k", "5", "90", "perfdhcp", "-4", "-l", "10.77.0.2"])
+            .args(["-b", "mac=02:17:00:00:00:00", "-R"])
+            .arg(STORM_CLIENTS.to_string())
+            .args(args);
+        cmd
+    };
+    let storm_started = std::time::Instant::now();
+    let mut storm = perfdhcp(&["-r", "200", "-p", "8", "-W", "1000000", "all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("perfdhcp");
+    let real: Vec<_> = UDHCPC_MACS
+        .iter()
+        .enumerate()
+        .map(|(n, mac)| udhcpc(&mut lan, mac, &dir.path, n))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    // fab-a took its share of the storm, and dies while perfdhcp is still sending.
+    let won_by_a = sample(
+        &metrics(&ns_a, &a).expect("metrics"),
+        "bootfabric_cluster_lease_claims_total",
+        &[("result", "won")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        won_by_a > 0.0,
+        "fab-a won no claim in the storm\n{}",
+        a.log()
+    );
+    assert!(
+        matches!(storm.try_wait(), Ok(None)),
+        "perfdhcp ended before fab-a was killed"
+    );
+    a.stop_with(nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL fab-a");
+    let killed_at = storm_started.elapsed();
+    let storm = storm.wait_with_output().expect("perfdhcp");
+    let storm_out = String::from_utf8_lossy(&storm.stdout).into_owned()
+        + &String::from_utf8_lossy(&storm.stderr);
+    let stat = |section, label| perf_stat(&storm_out, section, label).unwrap_or(0);
+    let storm_acks = stat("REQUEST-ACK", "received packets");
+    println!(
+        "storm: fab-a killed {:.1} s into the 8 s storm after winning {won_by_a} claims; DISCOVER {} sent, {} OFFERs, {} drops; REQUEST {} sent, {} ACKs, {} drops",
+        killed_at.as_secs_f64(),
+        stat("DISCOVER-OFFER", "sent packets"),
+        stat("DISCOVER-OFFER", "received packets"),
+        stat("DISCOVER-OFFER", "drops"),
+        stat("REQUEST-ACK", "sent packets"),
+        storm_acks,
+        stat("REQUEST-ACK", "drops"),
+    );
+    assert!(
+        storm_acks > 0,
+        "no ACK in the storm:\n{storm_out}\n{}",
+        b.log()
+    );
+    println!("{storm_out}");
+    // Who claimed what in the storm, before the avalanche renews it all on fab-b.
+    let by_fabric = etcd_fabrics(&etcd, 0);
+    println!("after the storm, etcd leases by fabric: {by_fabric:?}");
+
+    // Every storm client, retried until answered, on the survivor.
+    let again = perfdhcp(&["--scenario", "avalanche", "-r", "200", "10.77.0.22"])
+        .output()
+        .expect("perfdhcp avalanche");
+    let again_out = String::from_utf8_lossy(&again.stdout).into_owned()
+        + &String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success(),
+        "avalanche: {:?}\n{again_out}\n{}",
+        again.status,
+        b.log()
+    );
+    println!("avalanche on fab-b:\n{again_out}");
+
+    // Every real client bound, whichever fabric it met.
+    for (n, (_, _, out)) in real.iter().enumerate() {
+        let got = wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(out)
+                .ok()
+                .filter(|s| s.contains("ip="))
+        });
+        assert!(
+            got.is_some(),
+            "udhcpc {} never bound\n{}",
+            UDHCPC_MACS[n],
+            b.log()
+        );
+    }
+
+    // No address on two MACs, anywhere.
+    let shared = etcd_leases(&etcd, 0);
+    let tables = [("fab-a", table(&a, "fab-a")), ("fab-b", table(&b, "fab-b"))];
+    for (who, t) in &tables {
+        for (ip, mac) in t {
+            if let Some(held) = shared.get(ip) {
+                assert_eq!(held, mac, "{ip}: {who}'s table says {mac}, etcd {held}");
+            }
+        }
+    }
+    for (ip, mac) in &tables[0].1 {
+        if let Some(other) = tables[1].1.get(ip) {
+            assert_eq!(
+                other, mac,
+                "{ip}: fab-a's table says {mac}, fab-b's {other}"
+            );
+        }
+    }
+    let mut by_mac: HashMap<&str, Ipv4Addr> = HashMap::new();
+    for (ip, mac) in &shared {
+        if let Some(other) = by_mac.insert(mac, *ip) {
+            panic!("{mac} holds {other} and {ip} in etcd");
+        }
+    }
+    let missing: Vec<String> = (0..STORM_CLIENTS)
+        .map(|r| format!("02:17:00:00:{:02x}:{:02x}", r >> 8, r & 0xff))
+        .chain(UDHCPC_MACS.iter().map(|m| m.to_string()))
+        .filter(|m| !by_mac.contains_key(m.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not in etcd: {missing:?}");
+    println!(
+        "storm: {} clients bound ({} perfdhcp + {} udhcpc), {} in etcd, fab-a's table {}, fab-b's {}; {:.1} s in all",
+        STORM_CLIENTS as usize + UDHCPC_MACS.len(),
+        STORM_CLIENTS,
+        UDHCPC_MACS.len(),
+        shared.len(),
+        tables[0].1.len(),
+        tables[1].1.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let m = metrics(&ns_b, &b).expect("metrics");
+    let lost = sample(
+        &m,
+        "bootfabric_cluster_lease_claims_total",
+        &[("result", "lost")],
+    )
+    .unwrap_or(0.0);
+    println!("fab-b lost {lost} claims to fab-a");
+    drop(real);
 }

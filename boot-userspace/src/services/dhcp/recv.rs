@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     server::Ingress,
+    service::Committed,
     step::{self, Action, Log, Now, Reply, Step},
     unix_now, DhcpService,
 };
@@ -88,14 +89,21 @@ impl DhcpService {
                 Action::Log(line) => log(line),
                 Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip),
                 Action::Send(reply) => self.reply(sock, reply).await,
-                Action::Commit { record, then } => {
+                Action::Commit {
+                    record,
+                    then,
+                    if_lost,
+                } => {
                     let this = Arc::clone(self);
                     let sock = Arc::clone(sock);
                     tokio::spawn(async move {
-                        if this.commit(record).await {
-                            if let Some(reply) = then {
-                                this.reply(&sock, reply).await;
-                            }
+                        let reply = match this.commit(record).await {
+                            Committed::Durable => then,
+                            Committed::Lost => if_lost,
+                            Committed::Failed => None,
+                        };
+                        if let Some(reply) = reply {
+                            this.reply(&sock, reply).await;
                         }
                     });
                 }

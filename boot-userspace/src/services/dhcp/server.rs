@@ -62,6 +62,10 @@ pub struct Reply {
     pub dest: SocketAddrV4,
     /// The lease record that must be durable before the reply is sent.
     pub commit: Option<LeaseRecord>,
+    /// What goes instead of the reply when another fabric won the address meanwhile (cluster
+    /// mode): a NAK, so the client restarts with DISCOVER at once rather than retrying a
+    /// REQUEST that cannot succeed. The message and its destination.
+    pub if_lost: Option<(Message, SocketAddrV4)>,
     /// The boot decision, for `explain`.
     pub boot: BootDecision,
     /// Rules that decided the address and options, for `explain`.
@@ -445,6 +449,22 @@ impl Server {
             )];
             let mut reply = self.build(msg, ingress, subnet, MessageType::Ack, ip, None, rules);
             reply.commit = Some(record);
+            // Built now, while the request is at hand; a NAK carries no options, so this is
+            // cheap, and the commit may be lost to another fabric long after the request.
+            let nak_rules = vec![(
+                "nak".to_owned(),
+                format!("{state}: {ip}: taken by another fabric"),
+            )];
+            let nak = self.build(
+                msg,
+                ingress,
+                subnet,
+                MessageType::Nak,
+                Ipv4Addr::UNSPECIFIED,
+                None,
+                nak_rules,
+            );
+            reply.if_lost = Some((nak.msg, nak.dest));
             return Handled::Reply(Box::new(reply));
         }
         // Off-network requests, addresses held by others, or a reserved host asking for
@@ -668,6 +688,7 @@ impl Server {
             kind,
             dest,
             commit: None,
+            if_lost: None,
             boot,
             rules,
         }
@@ -796,6 +817,7 @@ impl Server {
             kind,
             dest,
             commit: None,
+            if_lost: None,
             boot,
             rules,
         }

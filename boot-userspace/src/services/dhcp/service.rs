@@ -300,13 +300,15 @@ impl DhcpService {
         Ok(())
     }
 
-    /// Makes `record` durable; false (and counted) if it could not be.
-    pub(super) async fn commit(&self, record: LeaseRecord) -> bool {
+    /// Makes `record` durable: whether it is, or another fabric holds its address, or it
+    /// could not be made durable (counted).
+    pub(super) async fn commit(&self, record: LeaseRecord) -> Committed {
         if let Some(leases) = &self.cluster {
             // The address must be ours cluster-wide before the journal (this fabric's crash
             // record) and the ACK.
-            if !self.share(leases, &record).await {
-                return false;
+            let shared = self.share(leases, &record).await;
+            if shared != Committed::Durable {
+                return shared;
             }
         }
         let t0 = Instant::now();
@@ -317,14 +319,14 @@ impl DhcpService {
         let refused = match result {
             Ok(()) => {
                 self.metrics.commit.observe(t0.elapsed().as_secs_f64());
-                return true;
+                return Committed::Durable;
             }
             Err(JournalError::QueueFull(_)) => "queue_full",
             Err(JournalError::Timeout(_)) => "timeout",
             Err(e) => {
                 self.metrics.commit_errors.inc();
                 warn!(error = %e, "lease record not durable: reply withheld");
-                return false;
+                return Committed::Failed;
             }
         };
         self.metrics
@@ -346,7 +348,7 @@ impl DhcpService {
                 "lease journal is not keeping up (a hung disk?): ACKs withheld, clients will retry"
             );
         }
-        false
+        Committed::Failed
     }
 
     pub(super) async fn send(&self, sock: &UdpSocket, out: &[u8], dest: SocketAddrV4) {
@@ -354,6 +356,17 @@ impl DhcpService {
             warn!(%dest, error = %e, "sending a DHCP reply failed");
         }
     }
+}
+
+/// What became of a lease record to commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// Ours (cluster-wide in cluster mode) and in the journal: the reply may go.
+    Durable,
+    /// Another fabric holds the address (cluster mode): the client is NAKed.
+    Lost,
+    /// Not made durable (storage or etcd failing): no reply, the client retries.
+    Failed,
 }
 
 #[cfg(test)]

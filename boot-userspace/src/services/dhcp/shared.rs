@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::{
     journal::{LeaseRecord, LeaseState},
-    service::DhcpService,
+    service::{Committed, DhcpService},
     table::Lease,
     unix_now,
 };
@@ -79,17 +79,17 @@ pub fn to_apply(change: &Change, local: Option<&Lease>) -> Option<LeaseRecord> {
 }
 
 impl DhcpService {
-    /// Shares `record` with the cluster before it is journaled: true if the reply may go.
-    /// A lost claim puts the winner in the table (the client's retried REQUEST is NAKed,
-    /// its next DISCOVER gets another address); without etcd only the client's own lease,
+    /// Shares `record` with the cluster before it is journaled: `Durable` if the reply may
+    /// go. A lost claim puts the winner in the table and the client is NAKed (its next
+    /// DISCOVER gets another address); without etcd only the client's own lease,
     /// as the mirror knows it, is renewed (written back later), and a new address is refused.
-    pub(super) async fn share(&self, leases: &Leases, record: &LeaseRecord) -> bool {
+    pub(super) async fn share(&self, leases: &Leases, record: &LeaseRecord) -> Committed {
         let reserved = self
             .server
             .lock()
             .is_ok_and(|s| s.table.reserved_for(record.ip) == Some(record.mac));
         if reserved {
-            return true;
+            return Committed::Durable;
         }
         let (ip, mac) = (record.ip, record.mac);
         if record.state == LeaseState::Released {
@@ -97,15 +97,15 @@ impl DhcpService {
                 // The record expires in etcd on its own; the local table frees it now.
                 warn!(%ip, %mac, error = %e, "cluster leases: a release not written to etcd");
             }
-            return true;
+            return Committed::Durable;
         }
         let claim = claim_of(record, leases.fabric());
         match leases.claim(ip, mac, &claim, unix_now()).await {
-            Ok(Claimed::Won(_)) => true,
+            Ok(Claimed::Won(_)) => Committed::Durable,
             Ok(Claimed::Lost(by)) => {
                 debug!(%ip, %mac, holder = by.mac, fabric = by.fabric, "cluster leases: claim lost");
                 self.apply_changes(&[Change::Held(ip, by)]);
-                false
+                Committed::Lost
             }
             Err(e) => {
                 let own = leases
@@ -114,11 +114,11 @@ impl DhcpService {
                 if record.state == LeaseState::Declined {
                     // The quarantine holds here; the others learn of the address when it
                     // answers their ARP probe.
-                    return true;
+                    return Committed::Durable;
                 }
                 if own {
                     leases.queue_renewal(ip, claim);
-                    return true;
+                    return Committed::Durable;
                 }
                 leases.refused_new();
                 warn!(%ip, %mac, error = %e, "cluster leases: etcd cannot be written (no quorum?): new address refused");
@@ -130,7 +130,7 @@ impl DhcpService {
                         });
                     }
                 }
-                false
+                Committed::Failed
             }
         }
     }

@@ -166,6 +166,8 @@ pub enum Action {
         record: LeaseRecord,
         /// The reply waiting for it.
         then: Option<Reply>,
+        /// Sent instead of `then` when the address went to another fabric (cluster mode).
+        if_lost: Option<Reply>,
     },
 }
 
@@ -369,13 +371,32 @@ fn returned(
             event,
             ip: Some(record.ip),
         }),
-        Action::Commit { record, then: None },
+        Action::Commit {
+            record,
+            then: None,
+            if_lost: None,
+        },
     ]
 }
 
 /// A reply to send: at once, or once its lease record is durable. One that cannot be
 /// encoded is logged and not sent.
 fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
+    // A NAK that cannot be encoded is not sent: the client's retried REQUEST is NAKed then.
+    let if_lost = reply.if_lost.and_then(|(msg, dest)| {
+        let out = encode_reply(&msg).ok()?;
+        Some(Reply {
+            out,
+            dest,
+            kind,
+            outcome: reply_label(MessageType::Nak),
+            record: LedgerEntry {
+                mac,
+                event: ledger_event(MessageType::Nak),
+                ip: None,
+            },
+        })
+    });
     let out = match encode_reply(&reply.msg) {
         Ok(out) => out,
         Err(e) => {
@@ -401,6 +422,7 @@ fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
         Some(record) => Action::Commit {
             record,
             then: Some(send),
+            if_lost,
         },
     }
 }
@@ -633,6 +655,7 @@ mod tests {
         let Some(Action::Commit {
             record,
             then: Some(reply),
+            if_lost: Some(nak),
         }) = actions.last()
         else {
             panic!("the ACK waits for its commit: {actions:?}");
@@ -651,6 +674,15 @@ mod tests {
             decoded(&reply.out).opts().msg_type(),
             Some(MessageType::Ack)
         );
+        // Should another fabric win the address first, a NAK to the same transaction goes
+        // instead, so the client discovers again at once.
+        let (ack, naked) = (decoded(&reply.out), decoded(&nak.out));
+        assert_eq!(naked.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(naked.xid(), ack.xid());
+        assert_eq!(naked.chaddr(), ack.chaddr());
+        assert!(naked.yiaddr().is_unspecified(), "{naked:?}");
+        assert_eq!((nak.kind, nak.outcome), ("request", "nak"));
+        assert_eq!(nak.record.event, EventKind::DhcpNak);
     }
 
     #[test]
@@ -759,7 +791,7 @@ mod tests {
             ]
         );
         assert!(
-            matches!(&tail[2], Action::Commit { record, then: None }
+            matches!(&tail[2], Action::Commit { record, then: None, .. }
                 if record.ip == ip && record.state == LeaseState::Released),
             "{actions:?}"
         );
@@ -787,7 +819,7 @@ mod tests {
         assert!(
             actions
                 .iter()
-                .any(|a| matches!(a, Action::Commit { record, then: None }
+                .any(|a| matches!(a, Action::Commit { record, then: None, .. }
                 if record.state == LeaseState::Declined)),
             "{actions:?}"
         );
