@@ -3,9 +3,10 @@
 //! another fabric's rack boot (it asked DHCP, fetched its images and called back there, not
 //! at the leader) instead of failing it at its POST timeout.
 //!
-//! Bounded: one watch on `<prefix>/timeline/` (no read per host per tick), whose puts are
-//! kept only for the MACs [`Evidence::follow`] named (the run's hosts), at most
-//! [`KEEP`] boot times each; everything else the watch brings is dropped on arrival. When a
+//! Bounded: one watch on `<prefix>/timeline/` while a run is followed (no read per host per
+//! tick; no watch at all between runs), whose puts are kept only for the MACs
+//! [`Evidence::follow`] named (the run's hosts), at most [`KEEP`] boot times each;
+//! everything else the watch brings is dropped on arrival. When a
 //! run starts (or is taken over) and whenever the watch is (re)established, each followed
 //! host's timeline is read once ([`super::timeline::Reader::host`], at most `READ_MAX`
 //! entries): a boot reported while no watch ran (this fabric was not leading yet, or etcd was
@@ -143,9 +144,7 @@ impl Evidence {
     /// once in the background, for boots reported before the watch saw them.
     pub fn follow(&self, macs: &[Mac]) {
         self.seen().follow(macs);
-        if !macs.is_empty() {
-            self.changed.notify_one();
-        }
+        self.changed.notify_one();
     }
 
     /// When `mac` reported booted at another fabric at or after `since_ms`.
@@ -153,17 +152,27 @@ impl Evidence {
         self.seen().booted_since(mac, since_ms)
     }
 
-    /// Watches the shared timelines until `cancel`, keeping the followed hosts' boots; the
-    /// watch is re-established with backoff when it ends (etcd out of reach, a compaction).
+    /// Watches the shared timelines until `cancel`, keeping the followed hosts' boots, while
+    /// any host is followed (no run, no watch: nothing streamed); the watch is re-established
+    /// with backoff when it fails (etcd out of reach, a compaction).
     pub async fn run(self, cancel: CancellationToken) {
         let mut backoff = RETRY;
         loop {
+            while self.seen().followed().is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.changed.notified() => {}
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.watch() => {
-                    if let Err(e) = r {
-                        warn!(error = %e, "boot evidence: the shared timeline watch ended");
+                r = self.watch() => match r {
+                    // Nothing followed any more: idle until the next run.
+                    Ok(()) => {
+                        backoff = RETRY;
+                        continue;
                     }
+                    Err(e) => warn!(error = %e, "boot evidence: the shared timeline watch ended"),
                 }
             }
             tokio::select! {
@@ -176,7 +185,7 @@ impl Evidence {
 
     /// One watch: established first, then the followed hosts read once (nothing between the
     /// two is missed), then their timelines' puts kept as they come, and the hosts read again
-    /// whenever the followed set changes.
+    /// whenever the followed set changes; `Ok` once nothing is followed.
     async fn watch(&self) -> Result<(), ClusterError> {
         let dir = self.cluster.dir(KIND);
         let mut client = self.cluster.client();
@@ -190,6 +199,9 @@ impl Evidence {
             let resp = tokio::select! {
                 m = stream.message() => m?,
                 _ = self.changed.notified() => {
+                    if self.seen().followed().is_empty() {
+                        return Ok(());
+                    }
                     self.catch_up().await;
                     continue;
                 }
