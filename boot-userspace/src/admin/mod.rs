@@ -44,7 +44,11 @@ use crate::{
     config::secrets::{tls, token},
     model::inventory::Mac,
     model::ledger::Ledger,
-    services::reboot::{report::Selection, runner::StartError, RebootService},
+    services::reboot::{
+        report::Selection,
+        runner::{RequestError, StartError},
+        RebootService,
+    },
     util::metrics::render,
 };
 use api::{ApiState, Precondition};
@@ -688,9 +692,21 @@ async fn legacy(
                 (None, _) => text(StatusCode::BAD_REQUEST, "give ?mac=aa:bb:cc:dd:ee:ff\n"),
             }
         }
-        Endpoint::RebootStatus => match admin.reboots.status() {
-            Some(s) => status_json(&s, StatusCode::OK),
-            None => text(StatusCode::NOT_FOUND, "no reboot run yet\n"),
+        // Cluster mode, on a fabric that does not run the run: read from etcd (marked so).
+        Endpoint::RebootStatus => match admin.reboots.shared_status().await {
+            None => match admin.reboots.status() {
+                Some(s) => status_json(&s, StatusCode::OK),
+                None => text(StatusCode::NOT_FOUND, "no reboot run yet\n"),
+            },
+            Some(Ok(Some(s))) => status_json(&s, StatusCode::OK),
+            Some(Ok(None)) => text(StatusCode::NOT_FOUND, "no reboot run yet in the cluster\n"),
+            Some(Err(e)) => retry_after(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the cluster's reboot runs in etcd: {e}\n"),
+                ),
+                admin.reboots.retry_after_s(),
+            ),
         },
         Endpoint::RebootCancel => match admin.reboots.cancel() {
             Some(id) => json(format!("{{\"cancelled\":{id}}}\n")),
@@ -729,6 +745,21 @@ async fn legacy(
                 Err(e @ (StartError::Busy(_) | StartError::NotLeader(_))) => {
                     text(StatusCode::CONFLICT, format!("{e}\n"))
                 }
+                // Cluster mode, on a follower: stored in etcd for the leader, or refused
+                // with nothing stored (never a silent queue).
+                Err(StartError::ForLeader(fwd)) => match admin.reboots.request(fwd).await {
+                    Ok(s) => status_json(&s, StatusCode::ACCEPTED),
+                    Err(e @ RequestError::Full { .. }) => {
+                        text(StatusCode::TOO_MANY_REQUESTS, format!("{e}\n"))
+                    }
+                    Err(
+                        ref e @ (RequestError::NoLeader { retry_after_s }
+                        | RequestError::Cluster { retry_after_s, .. }),
+                    ) => retry_after(
+                        text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                        retry_after_s,
+                    ),
+                },
             }
         }
         other => text(
@@ -736,6 +767,13 @@ async fn legacy(
             format!("{other:?} is served under /api/v1\n"),
         ),
     }
+}
+
+/// `resp` with `Retry-After: secs`.
+fn retry_after(mut resp: Response<Full<Bytes>>, secs: u64) -> Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
 }
 
 fn status_json(

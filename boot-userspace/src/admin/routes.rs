@@ -253,15 +253,15 @@ pub fn routes() -> Vec<Route> {
             Method::GET,
             "/api/reboot",
             E::RebootStatus,
-            "The last reboot run",
+            "The last reboot run (cluster mode, on a fabric that does not run it: read from etcd, `source: cluster`)",
             None,
-            &[(200, Json("RebootRun")), (404, Text)],
+            &[(200, Json("RebootRun")), (404, Text), (503, Text)],
         ),
         r(
             Method::POST,
             "/api/reboot",
             E::RebootStart,
-            "Start (or plan, with dry_run) a reboot run",
+            "Start (or plan, with dry_run) a reboot run (cluster mode, on a follower: stored in etcd for the leader, `state: requested`)",
             body(JSON, "RebootSelection", reboot_example),
             &[
                 (200, Json("RebootRun")),
@@ -269,7 +269,9 @@ pub fn routes() -> Vec<Route> {
                 (400, Text),
                 (409, Text),
                 (413, Text),
+                (429, Text),
                 (500, Text),
+                (503, Text),
             ],
         ),
         r(

@@ -9,6 +9,11 @@
 //! The fabric that serves a host writes its outcome (`booted`, `failed`) unfenced: it is a
 //! fact seen on that fabric's own network, whoever leads.
 //!
+//! A fabric that does not lead may still take a run for the leader: it stores it `requested`
+//! ([`RunStore::request`]), at most [`MAX_REQUESTED`] waiting at once, and the leader takes
+//! the oldest when it has nothing to run ([`next_to_run`]), turning it `running` through its
+//! fence before any reset.
+//!
 //! Records are JSON; a record that does not parse is an error naming its key, never a
 //! default.
 
@@ -30,7 +35,17 @@ pub enum RunsError {
     /// This fabric does not lead (any more): etcd refused the fenced write.
     #[error("this fabric does not lead the cluster")]
     NotLeader,
+    /// [`MAX_REQUESTED`] runs already wait for the leader.
+    #[error("{waiting} reboot runs already wait for the leader (at most {MAX_REQUESTED}): try again once it has taken them")]
+    TooManyRequested {
+        /// How many wait.
+        waiting: usize,
+    },
 }
+
+/// Runs that may wait for the leader at once: a caller that repeats its request (a retry
+/// loop, a hostile client with the token) fills this much of etcd, never more.
+pub const MAX_REQUESTED: usize = 4;
 
 /// One host of a run, as asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +60,8 @@ pub struct RunHost {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunPhase {
+    /// Asked through a fabric that does not lead: waits for the leader to take it.
+    Requested,
     /// Hosts remain to be reset or to boot.
     Running,
     /// Cancelled: nothing more is reset.
@@ -66,6 +83,14 @@ pub struct RunRecord {
     pub hosts: Vec<RunHost>,
     /// Where it is.
     pub phase: RunPhase,
+}
+
+/// The run the leader should drive next, of `runs` (oldest first): one left running by a
+/// leader that died or lost its term comes first, then the oldest requested.
+pub fn next_to_run(runs: &[RunRecord]) -> Option<&RunRecord> {
+    runs.iter()
+        .find(|r| r.phase == RunPhase::Running)
+        .or_else(|| runs.iter().find(|r| r.phase == RunPhase::Requested))
 }
 
 /// What was last done to a host of a run.
@@ -197,6 +222,89 @@ impl RunStore {
             reason: "no free run number after 5 tries".to_owned(),
         }
         .into())
+    }
+
+    /// How long a caller refused for want of a leader should wait: a new leader is elected
+    /// within about the membership TTL.
+    pub fn retry_after(&self) -> std::time::Duration {
+        self.cluster.ttl()
+    }
+
+    /// Stores a run of `hosts` asked through this fabric at `now_ms`, `requested`: the leader
+    /// takes it. Refused with [`RunsError::TooManyRequested`] when [`MAX_REQUESTED`] wait
+    /// already; the count and the write are one transaction (it fails, and is tried again, if
+    /// any run changed since the count was read), so fabrics asking at once cannot overshoot.
+    pub async fn request(&self, hosts: Vec<RunHost>, now_ms: u64) -> Result<RunRecord, RunsError> {
+        let c = &self.cluster;
+        let mut client = c.client();
+        let dir = c.dir(RUNS);
+        for _ in 0..5 {
+            let resp = c
+                .bounded(client.get(dir.as_str(), Some(GetOptions::new().with_prefix())))
+                .await?;
+            let read_at = resp.header().map_or(0, |h| h.revision());
+            let runs: Vec<RunRecord> = resp
+                .kvs()
+                .iter()
+                .map(|kv| decode(kv.key(), kv.value()))
+                .collect::<Result<_, _>>()?;
+            let waiting = runs
+                .iter()
+                .filter(|r| r.phase == RunPhase::Requested)
+                .count();
+            if waiting >= MAX_REQUESTED {
+                return Err(RunsError::TooManyRequested { waiting });
+            }
+            let id = runs.iter().map(|r| r.id).max().unwrap_or(0) + 1;
+            let record = RunRecord {
+                id,
+                started_by: c.name().to_owned(),
+                started_ms: now_ms,
+                hosts: hosts.clone(),
+                phase: RunPhase::Requested,
+            };
+            let key = c.key(RUNS, &run_name(id));
+            let value = encode(&key, &record)?;
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                    // No run written since the count: every key's last change is older.
+                    Compare::mod_revision(dir.as_str(), CompareOp::Less, read_at + 1).with_prefix(),
+                ])
+                .and_then([TxnOp::put(key.as_str(), value, None)]);
+            if c.bounded(client.txn(txn)).await?.succeeded() {
+                return Ok(record);
+            }
+        }
+        Err(ClusterError::Record {
+            key: dir,
+            reason: "runs kept changing: no request stored after 5 tries".to_owned(),
+        }
+        .into())
+    }
+
+    /// The newest run (the current or last one), if any.
+    pub async fn newest(&self) -> Result<Option<RunRecord>, ClusterError> {
+        let c = &self.cluster;
+        let mut client = c.client();
+        let dir = c.dir(RUNS);
+        let resp = c
+            .bounded(
+                client.get(
+                    dir.as_str(),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_sort(SortTarget::Key, SortOrder::Descend)
+                            .with_limit(1),
+                    ),
+                ),
+            )
+            .await?;
+        resp.kvs()
+            .first()
+            .map(|kv| decode(kv.key(), kv.value()))
+            .transpose()
     }
 
     /// Every run, oldest first.
@@ -365,5 +473,34 @@ mod tests {
         );
         assert!(HostState::Booted.ended() && HostState::Failed.ended());
         assert!(!HostState::Reset.ended() && !HostState::Resetting.ended());
+    }
+
+    fn run(id: u64, phase: RunPhase) -> RunRecord {
+        RunRecord {
+            id,
+            started_by: "fab-b".into(),
+            started_ms: id,
+            hosts: Vec::new(),
+            phase,
+        }
+    }
+
+    #[test]
+    fn a_run_left_running_goes_before_the_oldest_requested() {
+        use RunPhase::*;
+        assert_eq!(next_to_run(&[]), None);
+        assert_eq!(next_to_run(&[run(1, Done), run(2, Cancelled)]), None);
+        let runs = [run(1, Done), run(2, Requested), run(3, Requested)];
+        assert_eq!(next_to_run(&runs).map(|r| r.id), Some(2), "oldest first");
+        let runs = [run(1, Requested), run(2, Running), run(3, Requested)];
+        assert_eq!(
+            next_to_run(&runs).map(|r| r.id),
+            Some(2),
+            "a run a dead leader left comes first: its hosts may be half reset"
+        );
+        assert_eq!(
+            serde_json::to_string(&run(4, Requested)).expect("json"),
+            r#"{"id":4,"started_by":"fab-b","started_ms":4,"hosts":[],"phase":"requested"}"#
+        );
     }
 }

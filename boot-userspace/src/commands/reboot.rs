@@ -166,12 +166,21 @@ async fn run(args: &RebootArgs) -> anyhow::Result<i32> {
         print!("{}", first.report());
         return Ok(0);
     }
-    eprintln!(
-        "reboot run {} started: {} host(s), {} download slot(s)",
-        first.id,
-        first.hosts.len(),
-        first.slots
-    );
+    if first.state == RunState::Requested {
+        eprintln!(
+            "reboot run {} stored for the cluster's leader ({}): {} host(s)",
+            first.id,
+            first.leader.as_deref().unwrap_or("none now"),
+            first.hosts.len()
+        );
+    } else {
+        eprintln!(
+            "reboot run {} started: {} host(s), {} download slot(s)",
+            first.id,
+            first.hosts.len(),
+            first.slots
+        );
+    }
     if args.detach {
         return Ok(0);
     }

@@ -22,6 +22,7 @@
 pub mod bmc;
 pub mod clock;
 pub mod plan;
+pub mod remote;
 pub mod report;
 pub mod resume;
 pub mod runner;

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub enum RunState {
     /// A dry run's plan: no BMC was touched.
     Planned,
+    /// Cluster mode: asked through a fabric that does not lead, waiting for the leader to
+    /// take it (nothing reset yet).
+    Requested,
     /// Resetting and following hosts. (The default only fills a status being built: every
     /// status the service hands out has its state set.)
     #[default]
@@ -27,6 +30,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Planned => "planned",
+            Self::Requested => "requested",
             Self::Running => "running",
             Self::Done => "done",
             Self::Cancelled => "cancelled",
@@ -221,6 +225,23 @@ pub struct RunStatus {
     /// it is not reset, not enrolled at the gate and not waited for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedHost>,
+    /// Where this status was read: absent from the fabric that runs the run; `cluster` when
+    /// a fabric that does not run it read the run's records in etcd (coarser: only what the
+    /// records hold, see `services::reboot::remote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<StatusSource>,
+    /// With `source`: the fabric that leads the cluster (and so runs the run), as the fabric
+    /// that answers last read it; `null` when it knows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// Where a status was read, when not from the run's own runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusSource {
+    /// The run's records in etcd, read by a fabric that does not run it.
+    Cluster,
 }
 
 /// A selected host a run does not reboot.
@@ -282,11 +303,20 @@ impl RunStatus {
         let mut out = String::new();
         let title = match self.state {
             RunState::Planned => "Reboot plan (dry run: no BMC was touched)",
+            RunState::Requested => "Reboot run requested (waiting for the cluster's leader)",
             RunState::Done => "Reboot report",
             RunState::Cancelled => "Reboot report (cancelled)",
             RunState::Running => "Reboot in progress",
         };
         let _ = writeln!(out, "{title}");
+        if self.source == Some(StatusSource::Cluster) {
+            let _ = writeln!(
+                out,
+                "  run {} as recorded in etcd (the leader {} runs it; ask it for the full report)",
+                self.id,
+                self.leader.as_deref().unwrap_or("(none now)")
+            );
+        }
         let _ = writeln!(
             out,
             "  hosts {}, slots {} ({} capacity{} / {} per host)",

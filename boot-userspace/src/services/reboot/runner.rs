@@ -30,8 +30,8 @@ use tracing::{info, warn};
 use super::{
     bmc::{Bmc, RedfishBmc},
     clock::{Clock, WallClock},
-    plan,
-    report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost},
+    plan, remote,
+    report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost, StatusSource},
     resume::{resume, Power, Resume},
     step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
@@ -41,7 +41,8 @@ use crate::{
         election::Leadership,
         evidence::Evidence,
         membership::ClusterView,
-        runs::{HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
+        runs::{next_to_run, HostRecord, HostState, RunHost, RunPhase, RunStore, RunsError},
+        ClusterError,
     },
     config::SchedulerConfig,
     model::files,
@@ -67,6 +68,47 @@ pub enum StartError {
     /// Cluster mode: only the leader runs reboot runs, and this fabric does not lead.
     #[error("this fabric does not lead the cluster (the leader runs reboot runs): {}", .0.as_deref().map_or("no leader now; try again within the cluster's ttl".to_owned(), |l| format!("ask {l}")))]
     NotLeader(Option<String>),
+    /// Cluster mode: this fabric does not lead, but can store the run, resolved and
+    /// validated here, for the leader: hand it to [`RebootService::request`].
+    #[error("this fabric does not lead the cluster: the run is stored for the leader")]
+    ForLeader(Forward),
+}
+
+/// A run resolved by a fabric that does not lead, to be stored for the leader.
+#[derive(Debug)]
+pub struct Forward {
+    /// Its hosts, as the leader reads them back.
+    hosts: Vec<RunHost>,
+    /// Its first status (every host waiting; the hosts left alone and why).
+    first: RunStatus,
+}
+
+/// Why a run asked through a fabric that does not lead was not stored for the leader.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No fabric leads now (an election is under way): nothing was stored.
+    #[error("no fabric leads the cluster now: nothing stored, try again in {retry_after_s} s")]
+    NoLeader {
+        /// When a leader should be elected, seconds.
+        retry_after_s: u64,
+    },
+    /// Runs already wait for the leader, as many as may.
+    #[error(
+        "{waiting} reboot runs already wait for the leader (at most {}): nothing stored",
+        crate::cluster::runs::MAX_REQUESTED
+    )]
+    Full {
+        /// How many wait.
+        waiting: usize,
+    },
+    /// etcd cannot be written (no quorum, out of reach): nothing stored.
+    #[error("cannot store the run for the leader in etcd: {error}")]
+    Cluster {
+        /// When to try again, seconds.
+        retry_after_s: u64,
+        /// What etcd said.
+        error: RunsError,
+    },
 }
 
 /// The scheduler's metrics.
@@ -239,10 +281,100 @@ impl RebootService {
         }
         if let Some(l) = &self.leadership {
             if !l.leading() {
-                return Err(StartError::NotLeader(l.leader()));
+                if self.runs.is_none() {
+                    return Err(StartError::NotLeader(l.leader()));
+                }
+                let mut first = blank_status(&self.params, &members, &lock(&self.learned));
+                first.skipped = skipped;
+                let hosts = members
+                    .iter()
+                    .map(|m| RunHost {
+                        name: m.spec.name.clone(),
+                        rack: m.spec.rack.clone(),
+                    })
+                    .collect();
+                return Err(StartError::ForLeader(Forward { hosts, first }));
             }
         }
         self.launch(members, skipped, None)
+    }
+
+    /// Cluster mode, on a fabric that does not lead: stores `fwd` (a run [`Self::start`]
+    /// resolved and validated here) in etcd as `requested`, for the leader to take; returns
+    /// its status (its number in etcd, the leader's name). Refused, with nothing stored, when
+    /// no fabric leads, when etcd cannot be written, or when enough runs wait already.
+    pub async fn request(&self, fwd: Forward) -> Result<RunStatus, RequestError> {
+        let Some(store) = &self.runs else {
+            return Err(RequestError::NoLeader { retry_after_s: 1 });
+        };
+        let retry_after_s = store.retry_after().as_secs().max(1);
+        let leader = self.leadership.as_ref().and_then(Leadership::leader);
+        // No leader known: a request would wait unseen for an election; the caller retries.
+        let Some(leader) = leader.filter(|l| l != store.fabric()) else {
+            return Err(RequestError::NoLeader { retry_after_s });
+        };
+        let record = match store.request(fwd.hosts, self.clock.now_ms()).await {
+            Ok(r) => r,
+            Err(RunsError::TooManyRequested { waiting }) => {
+                return Err(RequestError::Full { waiting })
+            }
+            Err(error) => {
+                return Err(RequestError::Cluster {
+                    retry_after_s,
+                    error,
+                })
+            }
+        };
+        info!(etcd_run = record.id, leader = %leader, hosts = record.hosts.len(), "reboot run stored in etcd for the leader");
+        let mut first = fwd.first;
+        first.id = record.id;
+        first.state = RunState::Requested;
+        first.started_unix_ms = record.started_ms;
+        first.source = Some(StatusSource::Cluster);
+        first.leader = Some(leader);
+        first.phases.insert(PhaseLabel::Waiting, first.hosts.len());
+        Ok(first)
+    }
+
+    /// Cluster mode: the status to answer from the cluster's records, when this fabric does
+    /// not run the run (it does not lead, or leads without a run of its own yet): the newest
+    /// run in etcd. `None`: answer with this fabric's own status (standalone, or the leader
+    /// running or having run one).
+    pub async fn shared_status(&self) -> Option<Result<Option<RunStatus>, ClusterError>> {
+        let store = self.runs.as_ref()?;
+        if self.leads() && self.status().is_some() {
+            return None;
+        }
+        let read = async {
+            let Some(run) = store.newest().await? else {
+                return Ok(None);
+            };
+            let records = store.hosts(run.id).await?;
+            let snap = self.live.load();
+            let mac_of = |name: &str| {
+                let hosts = snap.inventory.hosts();
+                hosts
+                    .iter()
+                    .find(|h| h.name == name)
+                    .map(|h| h.mac.to_string())
+            };
+            let leader = self.leadership.as_ref().and_then(Leadership::leader);
+            Ok(Some(remote::status_of(
+                &run,
+                &records,
+                self.clock.now_ms(),
+                leader,
+                mac_of,
+            )))
+        };
+        Some(read.await)
+    }
+
+    /// How long to wait before asking again when the cluster cannot answer, seconds.
+    pub fn retry_after_s(&self) -> u64 {
+        self.runs
+            .as_ref()
+            .map_or(1, |s| s.retry_after().as_secs().max(1))
     }
 
     /// Starts driving a run of `members` (a new one, or one taken over from another leader).
@@ -283,7 +415,8 @@ impl RebootService {
     }
 
     /// Cluster mode: while this fabric leads and runs nothing, takes over a run another
-    /// leader left running in etcd (it died, or lost its term), once a second until `cancel`.
+    /// leader left running in etcd (it died, or lost its term), else the oldest run another
+    /// fabric stored for the leader (`requested`), once a second until `cancel`.
     /// Each host resumes as its record rules ([`resume`]): nothing recorded reset or ended is
     /// reset again.
     pub async fn follow_cluster(self: Arc<Self>, cancel: CancellationToken) {
@@ -304,7 +437,7 @@ impl RebootService {
                 continue;
             }
             let left = match store.runs().await {
-                Ok(runs) => runs.into_iter().find(|r| r.phase == RunPhase::Running),
+                Ok(runs) => next_to_run(&runs).cloned(),
                 Err(e) => {
                     warn!(error = %e, "cannot read the runs in etcd");
                     continue;
@@ -313,6 +446,20 @@ impl RebootService {
             let Some(run) = left else {
                 continue;
             };
+            if run.phase == RunPhase::Requested {
+                // Taken through the fence, before any reset: a fabric that no longer leads
+                // cannot take it, and a leader that dies now leaves it `running`, for the
+                // next one to resume like any other.
+                let taken = match self.leadership.as_ref().and_then(Leadership::fence) {
+                    Some(fence) => store.set_phase(&fence, run.id, RunPhase::Running).await,
+                    None => Err(RunsError::NotLeader),
+                };
+                if let Err(e) = taken {
+                    warn!(error = %e, etcd_run = run.id, "cannot take the requested run");
+                    continue;
+                }
+                info!(etcd_run = run.id, requested_by = %run.started_by, "taking a reboot run requested through another fabric");
+            }
             let records = match store.hosts(run.id).await {
                 Ok(r) => r.into_iter().collect(),
                 Err(e) => {
@@ -336,7 +483,7 @@ impl RebootService {
                     run.hosts.len() - members.len()
                 );
             }
-            info!(etcd_run = run.id, started_by = %run.started_by, "taking over a reboot run left running");
+            info!(etcd_run = run.id, started_by = %run.started_by, "driving reboot run {} of the cluster", run.id);
             let take = TakeOver {
                 id: run.id,
                 records,
@@ -951,6 +1098,18 @@ mod tests {
         bmc: FakeBmc,
         leadership: Option<Leadership>,
     ) -> World {
+        world_in(hosts, shared_bmc, scheduler, bmc, leadership, None)
+    }
+
+    /// A world in cluster mode with the run records `runs`.
+    fn world_in(
+        hosts: usize,
+        shared_bmc: bool,
+        scheduler: &str,
+        bmc: FakeBmc,
+        leadership: Option<Leadership>,
+        runs: Option<RunStore>,
+    ) -> World {
         let images = tempfile::tempdir().expect("tempdir");
         let root = images.path().canonicalize().expect("root");
         for f in ["vmlinuz", "initrd.img"] {
@@ -987,7 +1146,7 @@ mod tests {
             image_roots: vec![root],
             scheduler: config.scheduler,
             leadership,
-            runs: None,
+            runs,
             fabrics: None,
             evidence: None,
         };
@@ -1601,5 +1760,74 @@ mod tests {
         // Whatever falls due later, nothing is reset from here any more.
         ticks(400).await;
         assert_eq!(w.bmc_calls().len(), 2);
+    }
+
+    /// Run records on a cluster that is never reached (`connect` is lazy; nothing listens on
+    /// port 9): every etcd request fails.
+    async fn unreachable_runs() -> RunStore {
+        let cfg = crate::config::cluster::from_wire(
+            &toml::from_str("name = \"fab-b\"\netcd = [\"http://127.0.0.1:9\"]\ntimeout_s = 1")
+                .expect("toml"),
+        )
+        .expect("config");
+        let cluster = crate::cluster::Cluster::connect(&cfg)
+            .await
+            .expect("lazy connect");
+        RunStore::new(cluster)
+    }
+
+    /// Cluster mode, on a follower: a run is validated as the leader would (unknown hosts
+    /// refused by name), then stored for the leader, or refused with nothing stored and a
+    /// time to come back when no fabric leads or etcd cannot be written; never queued here.
+    #[tokio::test]
+    async fn a_follower_validates_a_run_and_stores_it_for_the_leader_or_says_when_to_retry() {
+        let runs = unreachable_runs().await;
+        let follower = Leadership::fixed(None, None);
+        let w = world_in(
+            2,
+            false,
+            TWO_SLOTS,
+            FakeBmc::new(),
+            Some(follower),
+            Some(runs),
+        );
+        let unknown = w.service.start(&Selection {
+            hosts: vec!["h0".into(), "nope".into()],
+            ..Selection::default()
+        });
+        let Err(StartError::Selection(e)) = unknown else {
+            panic!("an unknown host went to the leader: {unknown:?}");
+        };
+        assert!(e.contains("no host named \"nope\""), "{e}");
+        let Err(StartError::ForLeader(fwd)) = w.service.start(&all()) else {
+            panic!("a follower with run records must hand the run on");
+        };
+        assert_eq!(fwd.hosts.len(), 2);
+        assert_eq!(fwd.first.hosts[1].name, "h1");
+        let no_leader = w.service.request(fwd).await;
+        let Err(e @ RequestError::NoLeader { retry_after_s }) = no_leader else {
+            panic!("stored without a leader: {no_leader:?}");
+        };
+        assert!(retry_after_s >= 1);
+        assert!(e.to_string().contains("nothing stored"), "{e}");
+        assert!(w.bmc_calls().is_empty());
+
+        // A leader is known, but etcd cannot be written (no quorum, out of reach).
+        let runs = unreachable_runs().await;
+        let led = Leadership::fixed(Some("fab-a"), None);
+        let w = world_in(2, false, TWO_SLOTS, FakeBmc::new(), Some(led), Some(runs));
+        let Err(StartError::ForLeader(fwd)) = w.service.start(&all()) else {
+            panic!("a follower with run records must hand the run on");
+        };
+        let refused = w.service.request(fwd).await;
+        assert!(
+            matches!(refused, Err(RequestError::Cluster { retry_after_s, .. }) if retry_after_s >= 1),
+            "{refused:?}"
+        );
+        // The status is the cluster's, which cannot be read either: an error, not this
+        // fabric's (empty) own.
+        assert!(matches!(w.service.shared_status().await, Some(Err(_))));
+        assert!(w.service.status().is_none(), "nothing runs here");
+        assert!(w.bmc_calls().is_empty());
     }
 }
