@@ -152,6 +152,22 @@ impl Evidence {
         self.seen().booted_since(mac, since_ms)
     }
 
+    /// When `mac` reported booted at or after `since_ms` at any fabric, read from its shared
+    /// timeline now (not from what is followed): a new leader deciding on a host whose
+    /// reset outcome is unknown must not miss a boot the watch has not caught up with yet.
+    pub async fn booted_in_timeline(
+        &self,
+        mac: Mac,
+        since_ms: u64,
+    ) -> Result<Option<u64>, ClusterError> {
+        let entries = Reader::new(self.cluster.clone()).host(mac).await?;
+        Ok(entries
+            .iter()
+            .filter(|e| e.phase == Phase::Booted && e.at_ms >= since_ms)
+            .map(|e| e.at_ms)
+            .min())
+    }
+
     /// Watches the shared timelines until `cancel`, keeping the followed hosts' boots, while
     /// any host is followed (no run, no watch: nothing streamed); the watch is re-established
     /// with backoff when it fails (etcd out of reach, a compaction).

@@ -1,4 +1,6 @@
-//! The runner's one door to the BMCs: "boot from the network once, then reset". Behind it,
+//! The runner's one door to the BMCs: "boot from the network once, then reset", and "is it
+//! powered on?" (asked only when a new leader finds a reset whose outcome it cannot know, see
+//! `resume`). Behind it,
 //! [`RedfishBmc`] talks Redfish; in unit tests, `FakeBmc` answers from a script, so the
 //! runner is tested without a network.
 //!
@@ -8,10 +10,13 @@
 
 use std::{future::Future, pin::Pin};
 
-use crate::redfish::{BmcConfig, Client, RedfishError};
+use crate::redfish::{BmcConfig, Client, PowerState, RedfishError};
 
 /// A boot-override-and-reset in progress; its output is the reset type the BMC used.
 pub type ResetFuture = Pin<Box<dyn Future<Output = Result<String, RedfishError>> + Send>>;
+
+/// A power-state query in progress.
+pub type PowerFuture = Pin<Box<dyn Future<Output = Result<PowerState, RedfishError>> + Send>>;
 
 /// What the runner asks of a host's BMC.
 pub trait Bmc: Send + Sync + 'static {
@@ -19,6 +24,9 @@ pub trait Bmc: Send + Sync + 'static {
     /// system; the future resolves to the reset type used. Nothing happens until the future
     /// is polled: the runner creates it, then waits for its turn at that BMC.
     fn boot_once_and_reset(&self, bmc: &BmcConfig) -> ResetFuture;
+
+    /// Reads the power state of `bmc`'s system (its `PowerState`); changes nothing.
+    fn power_state(&self, bmc: &BmcConfig) -> PowerFuture;
 }
 
 /// The real BMCs, through the Redfish client.
@@ -30,6 +38,24 @@ impl Bmc for RedfishBmc {
         let bmc = bmc.clone();
         Box::pin(async move { reset_host(&bmc).await })
     }
+
+    fn power_state(&self, bmc: &BmcConfig) -> PowerFuture {
+        let bmc = bmc.clone();
+        Box::pin(async move { read_power(&bmc).await })
+    }
+}
+
+/// Reads the system's power state; the session is closed whatever happened after it was
+/// opened.
+async fn read_power(bmc: &BmcConfig) -> Result<PowerState, RedfishError> {
+    let mut client = Client::connect(bmc).await?;
+    let result = async {
+        let path = client.the_system().await?;
+        client.power_state(&path).await
+    }
+    .await;
+    client.logout().await;
+    result
 }
 
 /// Sets the one-time boot override and resets the host; returns the reset type used. The
@@ -58,8 +84,8 @@ mod fake {
         time::Duration,
     };
 
-    use super::{Bmc, ResetFuture};
-    use crate::redfish::{BmcConfig, RedfishError};
+    use super::{Bmc, PowerFuture, ResetFuture};
+    use crate::redfish::{BmcConfig, PowerState, RedfishError};
 
     /// The reset type a fake BMC reports when its script says nothing else.
     pub const RESET_TYPE: &str = "ForceRestart";
@@ -70,6 +96,10 @@ mod fake {
         script: HashMap<String, VecDeque<Result<String, RedfishError>>>,
         /// URLs of the operations started, in order.
         calls: Vec<String>,
+        /// Power states per BMC URL, in order; the last one stays (none scripted: `On`).
+        power: HashMap<String, VecDeque<Result<PowerState, RedfishError>>>,
+        /// URLs of the power queries, in order.
+        power_calls: Vec<String>,
         /// Operations in progress per URL, and the most seen at once.
         in_flight: HashMap<String, usize>,
         most_in_flight: HashMap<String, usize>,
@@ -111,6 +141,25 @@ mod fake {
                 .extend(answers);
         }
 
+        /// What the BMC at `url` answers to the next power queries, in order; the last
+        /// answer stays (a BMC says the same until its host changes). Unscripted: `On`.
+        pub fn power(
+            &self,
+            url: &str,
+            answers: impl IntoIterator<Item = Result<PowerState, RedfishError>>,
+        ) {
+            self.state()
+                .power
+                .entry(url.to_owned())
+                .or_default()
+                .extend(answers);
+        }
+
+        /// The URLs of the power queries so far, in order.
+        pub fn power_calls(&self) -> Vec<String> {
+            self.state().power_calls.clone()
+        }
+
         /// The URLs of the operations started so far, in order.
         pub fn calls(&self) -> Vec<String> {
             self.state().calls.clone()
@@ -147,6 +196,24 @@ mod fake {
                     .get_mut(&url)
                     .and_then(VecDeque::pop_front)
                     .unwrap_or_else(|| Ok(RESET_TYPE.to_owned()))
+            })
+        }
+
+        fn power_state(&self, bmc: &BmcConfig) -> PowerFuture {
+            let url = bmc.url.clone();
+            let fake = self.clone();
+            Box::pin(async move {
+                tokio::time::sleep(fake.delay).await;
+                let mut s = fake.state();
+                s.power_calls.push(url.clone());
+                let Some(script) = s.power.get_mut(&url) else {
+                    return Ok(PowerState::On);
+                };
+                // The last state stays; an error (it cannot be cloned) is answered once.
+                match script.front() {
+                    Some(Ok(p)) if script.len() == 1 => Ok(*p),
+                    _ => script.pop_front().unwrap_or(Ok(PowerState::On)),
+                }
             })
         }
     }

@@ -1,41 +1,73 @@
 //! A run shared through the cluster: what a new leader does with each host of a run it takes
-//! over, and how fast each rack is paced. Pure: the records read from etcd, the BMC's power
-//! state and the membership view in; decisions out.
+//! over, and how fast each rack is paced. Pure: the records read from etcd, what the BMC and
+//! the timelines say of a host, and the membership view in; decisions out.
 //!
-//! The rule that cannot bend: a host recorded `reset` or `booted` is never reset again (a
-//! booted machine reset twice loses its work). A host recorded `resetting` is the one case
-//! where the record cannot tell: the old leader wrote its intent and died before it learned
-//! the BMC's answer. The decision is then the BMC's power state's:
-//! - off: the reset did not power it on (or it never happened); resetting it cannot hit a
-//!   running machine: reset it;
-//! - on, or unknown (the BMC does not answer): the reset may have gone through and the host
-//!   be in POST or booting; treat it as reset and wait for its boot evidence. If none comes
-//!   within the POST and boot timeouts it fails, with a reason that says so, rather than be
-//!   reset a second time on a guess.
+//! The rule that cannot bend: a host that booted is never reset twice (a booted machine reset
+//! again loses its work, or is installed a second time). A host recorded `reset` or `booted`
+//! is therefore never reset again. A host recorded `resetting` is the one case where the
+//! record cannot tell: the old leader wrote its intent and died before it learned the BMC's
+//! answer. The new leader then finds out ([`Found`]): a boot since the intent (its ledger or
+//! the shared timeline), and the BMC's power state. The decision table:
 //!
-//! A host with no record was never touched: it is reset as planned.
+//! | record      | boot seen since the intent | power (BMC)                 | decision                                   |
+//! |-------------|----------------------------|-----------------------------|--------------------------------------------|
+//! | none        | -                          | not asked                   | reset as planned                           |
+//! | `reset`     | -                          | not asked                   | wait for its boot, no reset                |
+//! | `booted`, `failed` | -                   | not asked                   | ended: nothing                             |
+//! | `resetting` | yes                        | any                         | booted                                     |
+//! | `resetting` | no                         | On / PoweringOn             | wait for its boot (POST and boot timeouts from the takeover), no reset |
+//! | `resetting` | no                         | unknown / PoweringOff / no answer | the same: no answer is no licence to reset |
+//! | `resetting` | no                         | Off                         | failed, [`POWERED_OFF`]: not reset         |
+//!
+//! Off is not reset, although a reset of a powered-off machine cannot hit a running one:
+//! Off and no boot seen is also what a machine looks like that booted, did its work (an
+//! installer) and powered itself off while the report of its boot was lost (the fabric that
+//! saw it was cut off from etcd). Resetting it would boot it a second time. The operator who
+//! knows it did not boot starts a run for it again.
 
 use super::Capacity;
 use crate::cluster::{
     runs::{HostRecord, HostState},
     FabricRecord,
 };
+use crate::redfish::PowerState;
 
 /// What a BMC says of its host's power.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Power {
-    /// Powered on.
+    /// Powered on (or powering on).
     On,
     /// Powered off.
     Off,
-    /// The BMC did not say (unreachable, or an unexpected answer).
+    /// The BMC did not say (unreachable, powering off, or an unexpected answer).
     Unknown,
+}
+
+impl From<PowerState> for Power {
+    fn from(p: PowerState) -> Self {
+        match p {
+            PowerState::On | PowerState::PoweringOn => Self::On,
+            PowerState::Off => Self::Off,
+            // Powering off is neither: a machine on its way down after a boot, or a reset
+            // in progress. Nothing to reset on.
+            PowerState::PoweringOff | PowerState::Unknown => Self::Unknown,
+        }
+    }
+}
+
+/// What the new leader found out about a host whose reset outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its BMC's power state (`Unknown` when the BMC did not answer).
+    pub power: Power,
+    /// When it reported booted at or after the intent (unix ms), at any fabric.
+    pub booted_ms: Option<u64>,
 }
 
 /// What a new leader does with a host of a run it takes over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resume {
-    /// Never touched, or its reset certainly did not happen: reset it.
+    /// Never touched: reset it.
     Reset,
     /// Its reset was (or may have been) done at `since_ms`: wait for its boot evidence, do
     /// not reset it.
@@ -43,32 +75,55 @@ pub enum Resume {
         /// Unix ms of the reset (or of the intent, when the outcome is unknown).
         since_ms: u64,
     },
-    /// Its outcome is unknown: ask the BMC for its power state, then decide again.
+    /// Its outcome is unknown: find out (the BMC's power state, a boot since the intent),
+    /// then decide again.
     AskPower,
+    /// It booted at `at_ms` after the old leader's intent: done with.
+    Booted {
+        /// Unix ms of its boot.
+        at_ms: u64,
+    },
+    /// It cannot be waited on and must not be reset: failed, for `reason`.
+    Fail {
+        /// Why.
+        reason: &'static str,
+    },
     /// Booted or failed: nothing to do.
     Ended,
 }
 
-/// The decision for a host whose record is `record` (`None`: nothing was done to it), the
-/// BMC's power state `power` once asked.
-pub fn resume(record: Option<&HostRecord>, power: Option<Power>) -> Resume {
+/// The decision for a host whose record is `record` (`None`: nothing was done to it), once
+/// `found` out about it (see the module's table).
+pub fn resume(record: Option<&HostRecord>, found: Option<Found>) -> Resume {
     let Some(r) = record else {
         return Resume::Reset;
     };
     match r.state {
         HostState::Booted | HostState::Failed => Resume::Ended,
         HostState::Reset => Resume::AwaitBoot { since_ms: r.at_ms },
-        HostState::Resetting => match power {
+        HostState::Resetting => match found {
             None => Resume::AskPower,
-            Some(Power::Off) => Resume::Reset,
-            Some(Power::On | Power::Unknown) => Resume::AwaitBoot { since_ms: r.at_ms },
+            Some(Found {
+                booted_ms: Some(at_ms),
+                ..
+            }) => Resume::Booted { at_ms },
+            Some(Found {
+                power: Power::Off, ..
+            }) => Resume::Fail {
+                reason: POWERED_OFF,
+            },
+            Some(Found {
+                power: Power::On | Power::Unknown,
+                ..
+            }) => Resume::AwaitBoot { since_ms: r.at_ms },
         },
     }
 }
 
-/// Why a host whose reset outcome was unknown, and that never showed boot evidence, failed.
-pub const UNCONFIRMED: &str =
-    "the previous leader's reset outcome is unknown and the host showed no boot: not reset twice";
+/// Why a host whose reset outcome was unknown, found powered off and never seen booting,
+/// failed.
+pub const POWERED_OFF: &str =
+    "off after a reset of unknown outcome, no boot seen: not reset twice (run it again)";
 
 /// Each rack's pace in a run across racks: one capacity estimate per rack (the same rules as
 /// a standalone run's, [`Capacity`]), fed by the measured egress of the fabric that serves
@@ -135,46 +190,66 @@ mod tests {
         }
     }
 
+    fn found(power: Power, booted_ms: Option<u64>) -> Option<Found> {
+        Some(Found { power, booted_ms })
+    }
+
     #[test]
     fn a_host_recorded_reset_or_ended_is_never_reset_again() {
         assert_eq!(resume(None, None), Resume::Reset, "never touched");
-        for power in [
+        for f in [
             None,
-            Some(Power::On),
-            Some(Power::Off),
-            Some(Power::Unknown),
+            found(Power::On, None),
+            found(Power::Off, None),
+            found(Power::Unknown, Some(8)),
         ] {
             assert_eq!(
-                resume(Some(&rec(HostState::Reset, 7)), power),
+                resume(Some(&rec(HostState::Reset, 7)), f),
                 Resume::AwaitBoot { since_ms: 7 },
-                "{power:?}"
+                "{f:?}"
             );
+            assert_eq!(resume(Some(&rec(HostState::Booted, 7)), f), Resume::Ended);
+            assert_eq!(resume(Some(&rec(HostState::Failed, 7)), f), Resume::Ended);
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_found_out_and_never_reset() {
+        let r = rec(HostState::Resetting, 9);
+        assert_eq!(resume(Some(&r), None), Resume::AskPower);
+        assert_eq!(
+            resume(Some(&r), found(Power::On, None)),
+            Resume::AwaitBoot { since_ms: 9 },
+            "it may be in POST after the old leader's reset"
+        );
+        assert_eq!(
+            resume(Some(&r), found(Power::Unknown, None)),
+            Resume::AwaitBoot { since_ms: 9 },
+            "a BMC that does not answer is no licence to reset"
+        );
+        assert_eq!(
+            resume(Some(&r), found(Power::Off, None)),
+            Resume::Fail {
+                reason: POWERED_OFF
+            },
+            "off may be a machine that booted and powered itself off"
+        );
+        for power in [Power::On, Power::Off, Power::Unknown] {
             assert_eq!(
-                resume(Some(&rec(HostState::Booted, 7)), power),
-                Resume::Ended
-            );
-            assert_eq!(
-                resume(Some(&rec(HostState::Failed, 7)), power),
-                Resume::Ended
+                resume(Some(&r), found(power, Some(12))),
+                Resume::Booted { at_ms: 12 },
+                "{power:?}: its boot says the reset went through"
             );
         }
     }
 
     #[test]
-    fn an_unknown_outcome_asks_the_bmc_and_resets_only_a_powered_off_host() {
-        let r = rec(HostState::Resetting, 9);
-        assert_eq!(resume(Some(&r), None), Resume::AskPower);
-        assert_eq!(resume(Some(&r), Some(Power::Off)), Resume::Reset);
-        assert_eq!(
-            resume(Some(&r), Some(Power::On)),
-            Resume::AwaitBoot { since_ms: 9 },
-            "it may be in POST after the old leader's reset"
-        );
-        assert_eq!(
-            resume(Some(&r), Some(Power::Unknown)),
-            Resume::AwaitBoot { since_ms: 9 },
-            "a BMC that does not answer is no licence to reset"
-        );
+    fn redfish_power_states_map_to_what_the_decision_needs() {
+        assert_eq!(Power::from(PowerState::On), Power::On);
+        assert_eq!(Power::from(PowerState::PoweringOn), Power::On);
+        assert_eq!(Power::from(PowerState::Off), Power::Off);
+        assert_eq!(Power::from(PowerState::PoweringOff), Power::Unknown);
+        assert_eq!(Power::from(PowerState::Unknown), Power::Unknown);
     }
 
     fn fabric(name: &str, rack: &str, egress: f64) -> FabricRecord {

@@ -32,7 +32,7 @@ use super::{
     clock::{Clock, WallClock},
     plan, remote,
     report::{PhaseLabel, RunState, RunStatus, Selection, SkippedHost, StatusSource},
-    resume::{resume, Power, Resume},
+    resume::{resume, Found, Power, Resume},
     step::{blank_status, Member, RunAction, RunStep, Tick},
     HostSpec, Params, PostSeen,
 };
@@ -47,14 +47,18 @@ use crate::{
     config::SchedulerConfig,
     model::files,
     model::gate::Gate,
-    model::inventory::{BootAnswer, Host, Inventory},
+    model::inventory::{BootAnswer, Host, Inventory, Mac},
     model::ledger::{self, EventKind, Ledger},
     model::snapshot::Live,
-    redfish::RedfishError,
+    redfish::{BmcConfig, RedfishError},
 };
 
 /// How often the runner looks at the ledger and the scheduler.
 const TICK: Duration = Duration::from_millis(250);
+
+/// The longest a new leader waits for a BMC's power state (the Redfish client bounds each
+/// exchange; this bounds the session).
+const POWER_QUERY: Duration = Duration::from_secs(30);
 
 /// Why a run cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +75,7 @@ pub enum StartError {
     /// Cluster mode: this fabric does not lead, but can store the run, resolved and
     /// validated here, for the leader: hand it to [`RebootService::request`].
     #[error("this fabric does not lead the cluster: the run is stored for the leader")]
-    ForLeader(Forward),
+    ForLeader(Box<Forward>),
 }
 
 /// A run resolved by a fabric that does not lead, to be stored for the leader.
@@ -293,7 +297,7 @@ impl RebootService {
                         rack: m.spec.rack.clone(),
                     })
                     .collect();
-                return Err(StartError::ForLeader(Forward { hosts, first }));
+                return Err(StartError::ForLeader(Box::new(Forward { hosts, first })));
             }
         }
         self.launch(members, skipped, None)
@@ -303,7 +307,7 @@ impl RebootService {
     /// resolved and validated here) in etcd as `requested`, for the leader to take; returns
     /// its status (its number in etcd, the leader's name). Refused, with nothing stored, when
     /// no fabric leads, when etcd cannot be written, or when enough runs wait already.
-    pub async fn request(&self, fwd: Forward) -> Result<RunStatus, RequestError> {
+    pub async fn request(&self, fwd: Box<Forward>) -> Result<RunStatus, RequestError> {
         let Some(store) = &self.runs else {
             return Err(RequestError::NoLeader { retry_after_s: 1 });
         };
@@ -625,25 +629,74 @@ impl RebootService {
         status
     }
 
-    /// Puts each host of a run taken over where its record says (see [`resume`]).
-    fn resume_hosts(
+    /// Puts each host of a run taken over where its record says (see [`resume`]); a host
+    /// whose reset outcome is unknown is found out about first ([`Self::find_out`]).
+    async fn resume_hosts(
         &self,
         step: &mut RunStep,
         take: TakeOver,
     ) -> Result<Option<Stored>, RunsError> {
-        let names: Vec<String> = step.members().iter().map(|m| m.spec.name.clone()).collect();
-        for (i, name) in names.iter().enumerate() {
-            let record = take.records.get(name);
-            // The Bmc seam cannot ask for the power state yet: an unknown outcome is taken
-            // as "power unknown", which never resets (see `resume`).
-            let decision = match resume(record, None) {
-                Resume::AskPower => resume(record, Some(Power::Unknown)),
-                d => d,
-            };
+        for i in 0..step.members().len() {
+            let m = &step.members()[i];
+            let (name, mac, bmc) = (m.spec.name.clone(), m.mac, m.bmc.clone());
+            let record = take.records.get(&name);
+            let mut decision = resume(record, None);
+            if decision == Resume::AskPower {
+                let since_ms = record.map_or(0, |r| r.at_ms);
+                let found = self.find_out(mac, &bmc, since_ms).await;
+                info!(host = %name, power = ?found.power, booted_ms = ?found.booted_ms, "the previous leader's reset outcome is unknown: found out");
+                decision = resume(record, Some(found));
+            }
             info!(host = %name, decision = ?decision, "resuming a host of a run taken over");
             step.take_over(i, record, &decision);
         }
         Ok(self.runs.clone().map(|store| Stored { store, id: take.id }))
+    }
+
+    /// What is known of a host whose reset intent (at `since_ms`) has no outcome: a boot
+    /// since then (this fabric's ledger, else the shared timeline, read now), and, if none,
+    /// its BMC's power state (one query, under that BMC's lock like any operation, bounded;
+    /// no answer is `Unknown`, which never resets).
+    async fn find_out(&self, mac: Mac, bmc: &BmcConfig, since_ms: u64) -> Found {
+        let local = self
+            .ledger
+            .events_since(mac, since_ms)
+            .iter()
+            .find(|e| e.kind == EventKind::Booted)
+            .map(|e| e.at_ms);
+        let shared = match (local, &self.evidence) {
+            (None, Some(e)) => match e.booted_in_timeline(mac, since_ms).await {
+                Ok(at) => at,
+                Err(err) => {
+                    warn!(%mac, error = %err, "cannot read the host's shared timeline");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(at) = local.or(shared) {
+            return Found {
+                power: Power::Unknown,
+                booted_ms: Some(at),
+            };
+        }
+        let one = self.bmc_lock(&bmc.url);
+        let _one = one.lock().await;
+        let power = match tokio::time::timeout(POWER_QUERY, self.bmc.power_state(bmc)).await {
+            Ok(Ok(p)) => Power::from(p),
+            Ok(Err(e)) => {
+                warn!(%mac, error = %e, "cannot read the host's power state");
+                Power::Unknown
+            }
+            Err(_) => {
+                warn!(%mac, "no power state within {POWER_QUERY:?}");
+                Power::Unknown
+            }
+        };
+        Found {
+            power,
+            booted_ms: None,
+        }
     }
 
     /// Cluster mode: stores the run in etcd (its number there, for the host records);
@@ -738,7 +791,7 @@ impl RebootService {
         // Cluster mode: the run is stored before anything is done, or nothing is done; a run
         // taken over is stored already, and its hosts resume as their records say.
         let stored = match take {
-            Some(take) => self.resume_hosts(&mut step, take),
+            Some(take) => self.resume_hosts(&mut step, take).await,
             None => self.store_run(&step).await,
         };
         let stored = match stored {
@@ -1829,5 +1882,88 @@ mod tests {
         assert!(matches!(w.service.shared_status().await, Some(Err(_))));
         assert!(w.service.status().is_none(), "nothing runs here");
         assert!(w.bmc_calls().is_empty());
+    }
+
+    /// A new leader takes over a run whose previous leader died between writing a reset's
+    /// intent and learning the BMC's answer (`resetting`). It finds out before deciding, and
+    /// never resets such a host: booted since the intent is booted (no BMC query); powered on
+    /// (or a BMC that cannot say) waits for the boot within the run's timeouts; powered off
+    /// fails, saying why. A host recorded `reset` waits without a query.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_finds_out_about_an_unknown_reset_and_never_resets_it() {
+        use super::super::resume::POWERED_OFF;
+        use crate::redfish::PowerState;
+        use PhaseLabel::*;
+        let bmc = FakeBmc::new();
+        bmc.power("http://bmc0.test", [Ok(PowerState::On)]);
+        bmc.power("http://bmc1.test", [Ok(PowerState::Off)]);
+        let timeout = RedfishError::Timeout(Duration::from_secs(10));
+        bmc.power("http://bmc2.test", [Err(timeout)]);
+        let timeouts = "capacity_mbps = 5\nper_host_mbps = 1\npost_guess_s = 1\n\
+                        lookahead_s = 0\npost_timeout_s = 30\nboot_timeout_s = 60\n";
+        let leader = Leadership::fixed(Some("fab-a"), Some(Duration::from_secs(3600)));
+        let w = world_led(5, false, timeouts, bmc, Some(leader));
+        // The old leader wrote its intents 5 s before this one took over.
+        let intent = BASE_MS - 5000;
+        let rec = |state| HostRecord {
+            state,
+            fabric: "fab-old".into(),
+            at_ms: intent,
+            attempts: 1,
+            reason: None,
+        };
+        let records: HashMap<String, HostRecord> = [
+            ("h0", HostState::Resetting),
+            ("h1", HostState::Resetting),
+            ("h2", HostState::Resetting),
+            ("h3", HostState::Reset),
+            ("h4", HostState::Resetting),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), rec(s)))
+        .collect();
+        // h4 came up meanwhile: its boot is in this fabric's ledger, after the intent.
+        w.booted(4);
+        let (members, _) = w.service.select(&all()).expect("members");
+        let take = TakeOver { id: 7, records };
+        w.service
+            .launch(members, Vec::new(), Some(take))
+            .expect("taken over");
+        w.at(0.375).await;
+        assert_eq!(
+            w.bmc.power_calls(),
+            ["http://bmc0.test", "http://bmc1.test", "http://bmc2.test"],
+            "asked only where the outcome is unknown and no boot was seen"
+        );
+        assert_eq!(w.phases(), [Posting, Failed, Posting, Posting, Booted]);
+        assert_eq!(w.host(1).reason.as_deref(), Some(POWERED_OFF));
+        assert_eq!(
+            w.recorded(1, LedgerPhase::BootFailed),
+            [EventKind::BootFailed {
+                reason: POWERED_OFF.into()
+            }],
+            "a new failure is reported like any"
+        );
+        // h0 was on: it boots without a second reset.
+        w.dhcp_offer(0);
+        w.files_sent(0);
+        w.booted(0);
+        w.at(0.625).await;
+        assert_eq!(w.phases()[0], Booted);
+        // h2 (its BMC did not say) and h3 never show up: they fail at the POST timeout
+        // counted from the takeover, never reset.
+        w.at(29.875).await;
+        assert_eq!(w.phases(), [Booted, Failed, Posting, Posting, Booted]);
+        until("done", || w.status().finished()).await;
+        assert_eq!(w.phases(), [Booted, Failed, Failed, Failed, Booted]);
+        assert_eq!(
+            w.host(2).reason.as_deref(),
+            Some("no DHCP request after the reset")
+        );
+        assert!(
+            w.bmc_calls().is_empty(),
+            "no host was reset: {:?}",
+            w.bmc_calls()
+        );
     }
 }

@@ -346,6 +346,13 @@ impl RunStep {
         line.attempts = r.attempts;
         match decision {
             Resume::Reset | Resume::AskPower => {}
+            Resume::Booted { at_ms } => {
+                let at = secs_since(self.start_ms, *at_ms);
+                self.sched.take_over(i, Phase::Booted { at });
+                line.booted_s = Some(at);
+            }
+            // A new failure: given up on at the next tick (gate, ledger, etcd), like any.
+            Resume::Fail { reason } => self.sched.fail(i, reason),
             Resume::AwaitBoot { since_ms } => {
                 self.sched.take_over(i, Phase::Posting { since: at });
                 self.track[i].reset_ms = Some(*since_ms);
@@ -895,7 +902,7 @@ mod tests {
     /// a second time; untouched ones are reset as planned.
     #[test]
     fn a_run_taken_over_resets_only_the_untouched_hosts() {
-        use crate::services::reboot::resume::{resume, Power};
+        use crate::services::reboot::resume::{resume, Found, Power};
         let mut p = params();
         p.capacity_bps = 1e6;
         p.post_timeout_s = 30.0;
@@ -915,7 +922,11 @@ mod tests {
             None,
         ];
         for (i, r) in records.iter().enumerate() {
-            let d = resume(r.as_ref(), Some(Power::Unknown));
+            let found = Found {
+                power: Power::Unknown,
+                booted_ms: None,
+            };
+            let d = resume(r.as_ref(), Some(found));
             step.take_over(i, r.as_ref(), &d);
         }
         use PhaseLabel::*;
