@@ -450,7 +450,8 @@ impl RebootService {
             let Some(run) = left else {
                 continue;
             };
-            if run.phase == RunPhase::Requested {
+            let requested = run.phase == RunPhase::Requested;
+            if requested {
                 // Taken through the fence, before any reset: a fabric that no longer leads
                 // cannot take it, and a leader that dies now leaves it `running`, for the
                 // next one to resume like any other.
@@ -487,7 +488,9 @@ impl RebootService {
                     run.hosts.len() - members.len()
                 );
             }
-            info!(etcd_run = run.id, started_by = %run.started_by, "driving reboot run {} of the cluster", run.id);
+            if !requested {
+                info!(etcd_run = run.id, started_by = %run.started_by, "taking over a reboot run left running");
+            }
             let take = TakeOver {
                 id: run.id,
                 records,
