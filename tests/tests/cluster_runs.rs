@@ -11,6 +11,10 @@
 //! 4. While fab-a drives a second run (its machines never boot again), requests pile up on
 //!    fab-b: as many as may wait are stored, the next is refused (429), nothing more stored.
 //! 5. Quorum lost (two etcd members killed): fab-b refuses a run with 503 and Retry-After.
+//!
+//! And a leader SIGKILLed between its reset intents and the BMCs' answers (slow BMCs): the
+//! new leader asks each BMC's power state (Redfish) instead of resetting again; the machine
+//! found on waits for its boot, the one found off fails with the reason; no BMC is reset.
 
 use std::{net::TcpListener, time::Duration};
 
@@ -185,6 +189,72 @@ fn run_phases(etcd: &EtcdCluster) -> Vec<String> {
         .collect()
 }
 
+/// The lab of a test: three etcd members, a Redfish BMC per machine (answering after
+/// `delay`), each machine's NIC on the bridge, an image root.
+struct Lab {
+    // Dropped in this order: the BMCs before the runtime that serves them.
+    bmcs: Vec<QuirkyBmc>,
+    _rt: tokio::runtime::Runtime,
+    ports: Vec<u16>,
+    machines: Vec<Netns>,
+    _bmc_ns: Netns,
+    images: TempDir,
+    etcd: EtcdCluster,
+}
+
+impl Lab {
+    fn start(delay: Duration) -> Self {
+        let mut etcd = EtcdCluster::start(3).expect("etcd");
+        // One BMC per machine, on the bridge where both fabrics reach them.
+        let bmc_ns = Netns::new("bmcs").expect("netns");
+        etcd.bridge
+            .plug(&bmc_ns, "bmc0", &format!("{BMC_IP}/24"))
+            .expect("plug");
+        let listeners: Vec<TcpListener> = bmc_ns
+            .run(|| {
+                (0..MACHINES.len())
+                    .map(|_| TcpListener::bind(format!("{BMC_IP}:0")).expect("bind"))
+                    .collect()
+            })
+            .expect("namespace");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bmcs: Vec<QuirkyBmc> = {
+            let _in = rt.enter();
+            listeners
+                .into_iter()
+                .map(|l| {
+                    let quirks = Quirks {
+                        reset_types: ["On", "ForceOff", "ForceRestart"]
+                            .map(String::from)
+                            .to_vec(),
+                        delay,
+                        ..Quirks::default()
+                    };
+                    QuirkyBmc::on(l, quirks).expect("bmc")
+                })
+                .collect()
+        };
+        let ports = bmcs.iter().map(|b| b.addr.port()).collect();
+        let machines = MACHINES
+            .iter()
+            .map(|(_, _, mac, ip)| machine(&mut etcd, mac, ip))
+            .collect();
+        Self {
+            bmcs,
+            _rt: rt,
+            ports,
+            machines,
+            _bmc_ns: bmc_ns,
+            images: TempDir::new().expect("images"),
+            etcd,
+        }
+    }
+}
+
 #[test]
 fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower() {
     const TEST: &str =
@@ -192,52 +262,21 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
     if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl", "curl"])) {
         return;
     }
-    let mut etcd = EtcdCluster::start(3).expect("etcd");
-    // One BMC per machine, on the bridge where both fabrics reach them.
-    let bmc_ns = Netns::new("bmcs").expect("netns");
-    etcd.bridge
-        .plug(&bmc_ns, "bmc0", &format!("{BMC_IP}/24"))
-        .expect("plug");
-    let listeners: Vec<TcpListener> = bmc_ns
-        .run(|| {
-            (0..MACHINES.len())
-                .map(|_| TcpListener::bind(format!("{BMC_IP}:0")).expect("bind"))
-                .collect()
-        })
-        .expect("namespace");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let bmcs: Vec<QuirkyBmc> = {
-        let _in = rt.enter();
-        listeners
-            .into_iter()
-            .map(|l| {
-                let quirks = Quirks {
-                    reset_types: ["On", "ForceOff", "ForceRestart"]
-                        .map(String::from)
-                        .to_vec(),
-                    ..Quirks::default()
-                };
-                QuirkyBmc::on(l, quirks).expect("bmc")
-            })
-            .collect()
-    };
-    let ports: Vec<u16> = bmcs.iter().map(|b| b.addr.port()).collect();
-    let machines: Vec<Netns> = MACHINES
-        .iter()
-        .map(|(_, _, mac, ip)| machine(&mut etcd, mac, ip))
-        .collect();
-    let images = TempDir::new().expect("images");
-
-    let (ns_a, a) = fabric(&mut etcd, "fab-a", "rack-a", &ports, &images);
+    let mut lab = Lab::start(Duration::ZERO);
+    let Lab {
+        ref mut etcd,
+        ref bmcs,
+        ref ports,
+        ref machines,
+        ref images,
+        ..
+    } = lab;
+    let (ns_a, a) = fabric(etcd, "fab-a", "rack-a", ports, images);
     let led = wait_for(Duration::from_secs(40), || {
         (view(&ns_a, &a)["leading"] == true).then_some(())
     });
     assert!(led.is_some(), "fab-a does not lead\n{}", a.log());
-    let (ns_b, b) = fabric(&mut etcd, "fab-b", "rack-b", &ports, &images);
+    let (ns_b, b) = fabric(etcd, "fab-b", "rack-b", ports, images);
     let knows = wait_for(Duration::from_secs(40), || {
         (view(&ns_b, &b)["leader"] == "fab-a").then_some(())
     });
@@ -254,7 +293,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         .expect("POST /api/reboot");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("no host named \"nope\""), "{}", r.body);
-    assert!(run_phases(&etcd).is_empty(), "a refused run is not stored");
+    assert!(run_phases(etcd).is_empty(), "a refused run is not stored");
     let r = api_b
         .post("/api/reboot", &json!({"all": true}))
         .expect("POST /api/reboot");
@@ -267,13 +306,13 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
 
     // 2. The leader takes it and resets each machine once.
     let all_reset = wait_for(Duration::from_secs(30), || {
-        let n = resets(&bmcs);
+        let n = resets(bmcs);
         n.iter().all(|&c| c >= 1).then_some(n)
     });
     assert!(
         all_reset.is_some(),
         "resets {:?}\n{}\n{}",
-        resets(&bmcs),
+        resets(bmcs),
         a.log(),
         b.log()
     );
@@ -283,7 +322,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         "{}",
         a.log()
     );
-    for ((_, rack, ..), ns) in MACHINES.iter().zip(&machines) {
+    for ((_, rack, ..), ns) in MACHINES.iter().zip(machines) {
         boots(ns, rack);
     }
     let done = wait_for(Duration::from_secs(30), || {
@@ -321,7 +360,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         )),
         "{cli}"
     );
-    assert_eq!(resets(&bmcs), vec![1; MACHINES.len()], "resets per machine");
+    assert_eq!(resets(bmcs), vec![1; MACHINES.len()], "resets per machine");
 
     // 4. A second run keeps the leader busy (its machines do not boot again); requests pile
     //    up on the follower, as many as may wait, and no more.
@@ -344,7 +383,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         .expect("POST /api/reboot");
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.body.contains("already wait for the leader"), "{}", r.body);
-    let stored = run_phases(&etcd);
+    let stored = run_phases(etcd);
     assert_eq!(
         stored.iter().filter(|p| *p == "requested").count(),
         MAX_REQUESTED,
@@ -366,5 +405,116 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
             .is_some_and(|s| s.trim().parse::<u64>().is_ok_and(|n| n >= 1)),
         "{refused:?}"
     );
-    drop((ns_a, a, machines, bmc_ns));
+    drop((ns_a, a));
+}
+
+/// The value of `key` in etcd, as JSON.
+fn etcd_json(etcd: &EtcdCluster, key: &str) -> Value {
+    let out = etcd
+        .etcdctl(0, &["get", key, "--print-value-only"])
+        .unwrap_or_default();
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing() {
+    const TEST: &str =
+        "a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl", "curl"])) {
+        return;
+    }
+    // Each BMC answer takes 1.5 s: a reset (service root, system, boot override, read back,
+    // reset) takes several seconds after its intent is in etcd, time to kill the leader in.
+    let mut lab = Lab::start(Duration::from_millis(1500));
+    let Lab {
+        ref mut etcd,
+        ref bmcs,
+        ref ports,
+        ref machines,
+        ref images,
+        ..
+    } = lab;
+    let (ns_a, mut a) = fabric(etcd, "fab-a", "rack-a", ports, images);
+    let led = wait_for(Duration::from_secs(40), || {
+        (view(&ns_a, &a)["leading"] == true).then_some(())
+    });
+    assert!(led.is_some(), "fab-a does not lead\n{}", a.log());
+    let (ns_b, b) = fabric(etcd, "fab-b", "rack-b", ports, images);
+    let r = Api::new(&ns_a, a.admin, None)
+        .post("/api/reboot", &json!({"all": true}))
+        .expect("POST /api/reboot");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let record = |host: &str| {
+        etcd_json(
+            etcd,
+            &format!("/bootfabric/run-hosts/00000000000000000001/{host}"),
+        )
+    };
+    let intents = wait_for(Duration::from_secs(20), || {
+        MACHINES
+            .iter()
+            .all(|(host, ..)| record(host)["state"] == "resetting")
+            .then_some(())
+    });
+    assert!(intents.is_some(), "no intents in etcd\n{}", a.log());
+    // The leader dies with both resets under way, before any reached its BMC's reset action.
+    a.stop_with(nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL fab-a");
+    assert_eq!(resets(bmcs), [0, 0], "killed before any reset arrived");
+    // What the machines did meanwhile, as their BMCs will say: the first is on (in POST or
+    // booting), the second stayed off.
+    if let Ok(mut s) = bmcs[0].state.lock() {
+        s.power = "On".into();
+    }
+    let took = wait_for(Duration::from_secs(40), || {
+        b.log()
+            .contains("taking over a reboot run left running")
+            .then_some(())
+    });
+    assert!(took.is_some(), "fab-b did not take over\n{}", b.log());
+    // The machine found off fails, saying why; the one found on waits for its boot.
+    // (Its record in etcd is written when the run ends; the new leader's status says it first.)
+    let failed_on_b = wait_for(Duration::from_secs(40), || {
+        let v = report(&ns_b, &b)?;
+        let h1 = v["hosts"][1].clone();
+        (h1["phase"] == "failed").then_some(h1)
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", report(&ns_b, &b), b.log()));
+    assert!(
+        failed_on_b["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("off after a reset of unknown outcome")),
+        "{failed_on_b}"
+    );
+    assert_eq!(
+        report(&ns_b, &b).expect("report")["hosts"][0]["phase"],
+        "posting"
+    );
+    // The first machine boots (reporting at fab-b): the run ends there.
+    boots(&machines[0], "rack-b");
+    let done = wait_for(Duration::from_secs(30), || {
+        let run = etcd_json(etcd, "/bootfabric/runs/00000000000000000001");
+        (run["phase"] == "done").then_some(run)
+    });
+    assert!(done.is_some(), "run 1 not finished\n{}", b.log());
+    let r0 = record(MACHINES[0].0);
+    assert_eq!(
+        (r0["state"].as_str(), r0["fabric"].as_str()),
+        (Some("booted"), Some("fab-b")),
+        "{r0}"
+    );
+    let r1 = record(MACHINES[1].0);
+    assert_eq!(r1["state"], "failed", "{r1}");
+    // Each BMC was asked its power state by the new leader, and none was reset.
+    for bmc in bmcs {
+        let s = bmc.state.lock().expect("bmc state");
+        assert!(s.resets.is_empty(), "{:?}", s.resets);
+    }
+    assert!(
+        b.log()
+            .contains("the previous leader's reset outcome is unknown: found out"),
+        "{}",
+        b.log()
+    );
+    drop((ns_a, a));
 }
