@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use bootfabric_lab::{
-    cluster_lab::Fabric,
+    cluster_lab::{Fabric, FabricBuilder},
     dhcp_client::{Client, Outcome},
     etcd::EtcdCluster,
     require_programs, require_root, require_xdp, sample, wait_for, Bridge, Daemon, Netns,
@@ -30,23 +30,74 @@ const NODE01: [u8; 6] = [0x52, 0x54, 0, 0xb0, 0x0f, 0x01];
 /// A fabric on the etcd bridge (`etcd0`, 10.90.0.<host>) and the clients' bridge
 /// (`fabric0`, 10.77.0.<host>), serving DHCP on `fabric0` with one shared pool.
 fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> Fabric {
-    Fabric::on(etcd, name, host)
-        .lan(lan, &format!("10.77.0.{host}/24"))
-        .rack(&format!("rack-{name}"))
-        .inventory(INVENTORY)
-        .section(
-            r#"[dhcp]
-rate_limit = 1000
-[dhcp.options]
-lease_time = 600
-[[dhcp.subnets]]
-cidr = "10.77.0.0/24"
-interface = "fabric0"
-pools = ["10.77.0.100-10.77.0.199"]
-"#,
-        )
+    lan_fabric(etcd, lan, name, host, Lan::SMALL)
         .start()
         .expect("fabric")
+}
+
+/// The clients' segment and how a fabric serves DHCP on it.
+struct Lan {
+    /// The prefix length of 10.77.0.0 (the fabrics' and clients' addresses too).
+    prefix: u8,
+    /// `dhcp.rate_limit`.
+    rate_limit: u32,
+    /// `dhcp.options.lease_time`, seconds.
+    lease_time: u32,
+    /// The shared pool.
+    pool: &'static str,
+}
+
+impl Lan {
+    const SMALL: Lan = Lan {
+        prefix: 24,
+        rate_limit: 1000,
+        lease_time: 600,
+        pool: "10.77.0.100-10.77.0.199",
+    };
+}
+
+/// The builder of a fabric on the etcd bridge (`etcd0`) and the clients' bridge (`fabric0`,
+/// 10.77.0.<host>), serving DHCP on `fabric0` as `dhcp` says, with the reserved host.
+fn lan_fabric<'a>(
+    etcd: &'a mut EtcdCluster,
+    lan: &'a mut Bridge,
+    name: &str,
+    host: u8,
+    dhcp: Lan,
+) -> FabricBuilder<'a> {
+    let Lan {
+        prefix,
+        rate_limit,
+        lease_time,
+        pool,
+    } = dhcp;
+    Fabric::on(etcd, name, host)
+        .lan(lan, &format!("10.77.0.{host}/{prefix}"))
+        .rack(&format!("rack-{name}"))
+        .inventory(INVENTORY)
+        .section(&format!(
+            r#"[dhcp]
+rate_limit = {rate_limit}
+[dhcp.options]
+lease_time = {lease_time}
+[[dhcp.subnets]]
+cidr = "10.77.0.0/{prefix}"
+interface = "fabric0"
+pools = ["{pool}"]
+"#
+        ))
+}
+
+/// The clients' namespace on `lan` (`client0`, 10.77.0.2/24), whose limited broadcasts
+/// (the DISCOVERs) leave by the default route.
+fn clients_on(lan: &mut Bridge) -> Netns {
+    let clients = Netns::new("cli").expect("client ns");
+    lan.plug(&clients, "client0", "10.77.0.2/24")
+        .expect("plug client");
+    clients
+        .ip(&["route", "add", "default", "dev", "client0"])
+        .expect("route");
+    clients
 }
 
 fn mac(i: u32) -> [u8; 6] {
@@ -140,12 +191,7 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
     let mut lan = Bridge::new().expect("client bridge");
     let mut a = fabric(&mut etcd, &mut lan, "fab-a", 21);
     let b = fabric(&mut etcd, &mut lan, "fab-b", 22);
-    let clients = Netns::new("cli").expect("client ns");
-    lan.plug(&clients, "client0", "10.77.0.2/24")
-        .expect("plug client");
-    clients
-        .ip(&["route", "add", "default", "dev", "client0"])
-        .expect("route");
+    let clients = clients_on(&mut lan);
 
     // Phase 1: both fabrics answer; each client takes the first OFFER.
     let first = lease_all(&clients, 0..40);
@@ -267,12 +313,7 @@ fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait(
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let mut lan = Bridge::new().expect("client bridge");
     let a = fabric(&mut etcd, &mut lan, "fab-a", 21);
-    let clients = Netns::new("cli").expect("client ns");
-    lan.plug(&clients, "client0", "10.77.0.2/24")
-        .expect("plug client");
-    clients
-        .ip(&["route", "add", "default", "dev", "client0"])
-        .expect("route");
+    let clients = clients_on(&mut lan);
     let Outcome::Ack(ip, _) = lease_all(&clients, 0..1)[0].1 else {
         panic!("no lease with quorum\n{}", a.log());
     };
@@ -362,23 +403,15 @@ const UDHCPC_MACS: [&str; 3] = [
 /// and a pool big enough for the storm; the shield's rates lifted, as perfdhcp is one relay
 /// carrying every client.
 fn storm_fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> Fabric {
-    Fabric::on(etcd, name, host)
-        .lan(lan, &format!("10.77.0.{host}/21"))
-        .rack(&format!("rack-{name}"))
+    let storm = Lan {
+        prefix: 21,
+        rate_limit: 100_000,
+        lease_time: 3600,
+        pool: "10.77.1.0-10.77.7.254",
+    };
+    lan_fabric(etcd, lan, name, host, storm)
         .log("warn")
-        .inventory(INVENTORY)
         .xdp("mode = \"generic\"\nrelay_rate_limit = 10000000")
-        .section(
-            r#"[dhcp]
-rate_limit = 100000
-[dhcp.options]
-lease_time = 3600
-[[dhcp.subnets]]
-cidr = "10.77.0.0/21"
-interface = "fabric0"
-pools = ["10.77.1.0-10.77.7.254"]
-"#,
-        )
         .start()
         .expect("fabric")
 }
