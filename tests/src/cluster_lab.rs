@@ -10,19 +10,63 @@
 
 use std::{
     ops::{Deref, DerefMut},
-    path::Path,
+    path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
 
 use crate::{
-    api::Api, etcd::CertPair, etcd::EtcdCluster, http_get, metrics, sample, wait_for, Bridge,
-    Daemon, LabError, Netns,
+    api::Api, bootfabric_bin, etcd::CertPair, etcd::EtcdCluster, http_get, metrics, run, sample,
+    wait_for, Bridge, Daemon, LabError, Netns, TempDir,
 };
 
 /// How long [`Fabric::wait_view`] waits for a view (a bound on a wait, not a timing check).
 const VIEW_BOUND: Duration = Duration::from_secs(40);
+
+/// An admin token made by `bootfabric admin token create`, in a folder of its own: the file
+/// every fabric of a test reads ([`FabricBuilder::admin_token`]) and the token its API
+/// clients send.
+pub struct AdminToken {
+    /// The token file (`admin.token_file`).
+    pub file: PathBuf,
+    /// The token, as a client sends it.
+    pub token: String,
+    _dir: TempDir,
+}
+
+impl AdminToken {
+    /// Creates a token (and its file) with the daemon's own command.
+    pub fn create() -> Result<Self, LabError> {
+        let dir = TempDir::new()?;
+        let file = dir.path.join("admin.token");
+        let token = run(Command::new(bootfabric_bin())
+            .args(["admin", "token", "create", "--print", "--file"])
+            .arg(&file))?
+        .trim()
+        .to_owned();
+        Ok(Self {
+            file,
+            token,
+            _dir: dir,
+        })
+    }
+}
+
+/// A client namespace (`role`) on `bridge`, its end `ifname` at `addr` (a CIDR), whose
+/// limited broadcasts (a DHCP DISCOVER) leave by the default route.
+pub fn client_on(
+    bridge: &mut Bridge,
+    role: &str,
+    ifname: &str,
+    addr: &str,
+) -> Result<Netns, LabError> {
+    let ns = Netns::new(role)?;
+    bridge.plug(&ns, ifname, addr)?;
+    ns.ip(&["route", "add", "default", "dev", ifname])?;
+    Ok(ns)
+}
 
 /// What [`Fabric::on`] starts; see the module's documentation.
 pub struct FabricBuilder<'a> {
@@ -93,6 +137,11 @@ impl Fabric {
             ok(&last).then(|| last.clone())
         })
         .ok_or(last)
+    }
+
+    /// Waits (bounded by `bound`) until the fabric has logged `text`; whether it did.
+    pub fn wait_log(&self, text: &str, bound: Duration) -> bool {
+        wait_for(bound, || self.log().contains(text).then_some(())).is_some()
     }
 
     /// `GET /metrics` (an error unless it answers 200).
@@ -178,11 +227,11 @@ impl<'a> FabricBuilder<'a> {
         self
     }
 
-    /// `admin.token_file`: the admin API wants the token in `path`.
-    pub fn admin_token_file(mut self, path: &Path) -> Self {
+    /// `admin.token_file`: the admin API wants `token`.
+    pub fn admin_token(mut self, token: &AdminToken) -> Self {
         self.config
             .admin
-            .push(format!("token_file = \"{}\"", path.display()));
+            .push(format!("token_file = \"{}\"", token.file.display()));
         self
     }
 

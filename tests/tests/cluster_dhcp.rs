@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use bootfabric_lab::{
-    cluster_lab::{Fabric, FabricBuilder},
+    cluster_lab::{client_on, Fabric, FabricBuilder},
     dhcp_client::{Client, Outcome},
     etcd::EtcdCluster,
     require_programs, require_root, require_xdp, sample, wait_for, Bridge, Daemon, Netns,
@@ -86,18 +86,6 @@ interface = "fabric0"
 pools = ["{pool}"]
 "#
         ))
-}
-
-/// The clients' namespace on `lan` (`client0`, 10.77.0.2/24), whose limited broadcasts
-/// (the DISCOVERs) leave by the default route.
-fn clients_on(lan: &mut Bridge) -> Netns {
-    let clients = Netns::new("cli").expect("client ns");
-    lan.plug(&clients, "client0", "10.77.0.2/24")
-        .expect("plug client");
-    clients
-        .ip(&["route", "add", "default", "dev", "client0"])
-        .expect("route");
-    clients
 }
 
 fn mac(i: u32) -> [u8; 6] {
@@ -191,7 +179,7 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
     let mut lan = Bridge::new().expect("client bridge");
     let mut a = fabric(&mut etcd, &mut lan, "fab-a", 21);
     let b = fabric(&mut etcd, &mut lan, "fab-b", 22);
-    let clients = clients_on(&mut lan);
+    let clients = client_on(&mut lan, "cli", "client0", "10.77.0.2/24").expect("client ns");
 
     // Phase 1: both fabrics answer; each client takes the first OFFER.
     let first = lease_all(&clients, 0..40);
@@ -313,7 +301,7 @@ fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait(
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let mut lan = Bridge::new().expect("client bridge");
     let a = fabric(&mut etcd, &mut lan, "fab-a", 21);
-    let clients = clients_on(&mut lan);
+    let clients = client_on(&mut lan, "cli", "client0", "10.77.0.2/24").expect("client ns");
     let Outcome::Ack(ip, _) = lease_all(&clients, 0..1)[0].1 else {
         panic!("no lease with quorum\n{}", a.log());
     };
