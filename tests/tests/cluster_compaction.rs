@@ -9,11 +9,14 @@
 //! sends it is dropped, and so are DHCP requests, so the client's lease during the cut can
 //! only come from the other fabric.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use bootfabric_lab::{
-    api::Api, bootfabric_bin, dhcp_client, etcd::EtcdCluster, require_programs, require_root, run,
-    sample, wait_for, Daemon, Netns, TempDir,
+    api::Api,
+    cluster_lab::{client_on, AdminToken, Fabric},
+    dhcp_client,
+    etcd::EtcdCluster,
+    require_programs, require_root, run, sample, wait_for, Daemon,
 };
 use serde_json::{json, Value};
 
@@ -23,45 +26,22 @@ kernel = "linux/vmlinuz"
 "#;
 
 /// A fabric daemon on the etcd cluster's bridge at `10.90.0.<host>`, in cluster mode,
-/// serving DHCP there, its admin API on loopback behind `token_file`.
-fn fabric(
-    etcd: &mut EtcdCluster,
-    name: &str,
-    host: u8,
-    token_file: &std::path::Path,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
-        .expect("plug");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-token_file = "{token}"
-[xdp]
-mode = "off"
-[dhcp]
+/// serving DHCP there, its admin API on loopback behind `token`.
+fn fabric(etcd: &mut EtcdCluster, name: &str, host: u8, token: &AdminToken) -> Fabric {
+    Fabric::on(etcd, name, host)
+        .rack(&format!("rack-{name}"))
+        .admin_token(token)
+        .inventory(INVENTORY)
+        .section(
+            r#"[dhcp]
 [[dhcp.subnets]]
 cidr = "10.90.0.0/24"
 interface = "fabric0"
 pools = ["10.90.0.200-10.90.0.220"]
-[cluster]
-name = "{name}"
-rack = "rack-{name}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
 "#,
-        token = token_file.display(),
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    (ns, daemon)
+        )
+        .start()
+        .expect("fabric")
 }
 
 fn logs(a: &Daemon, b: &Daemon) -> String {
@@ -98,34 +78,23 @@ fn a_fabric_cut_off_while_history_is_compacted_catches_up_without_a_restart() {
     if !require_root(TEST) || !require_programs(TEST, &["etcd", "etcdctl", "iptables"]) {
         return;
     }
-    let dir = TempDir::new().expect("dir");
-    let token_file = dir.path.join("admin.token");
-    let token = run(Command::new(bootfabric_bin())
-        .args(["admin", "token", "create", "--print", "--file"])
-        .arg(&token_file))
-    .expect("token")
-    .trim()
-    .to_owned();
+    let admin = AdminToken::create().expect("admin token");
+    let token = admin.token.as_str();
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, a) = fabric(&mut etcd, "cmp-a", 21, &token_file);
-    let (ns_b, b) = fabric(&mut etcd, "cmp-b", 22, &token_file);
-    let client = Netns::new("cmp-dc").expect("client netns");
-    etcd.bridge
-        .plug(&client, "eth1", "10.90.0.30/24")
-        .expect("plug client");
-    // A limited broadcast (the DISCOVER) leaves by the default route.
-    client
-        .ip(&["route", "add", "default", "dev", "eth1"])
-        .expect("route");
-    let api_a = Api::new(&ns_a, a.admin, Some(&token));
-    let api_b = Api::new(&ns_b, b.admin, Some(&token));
-    for d in [&a, &b] {
-        wait_for(Duration::from_secs(20), || {
-            d.log()
-                .contains("cluster inventory: loaded from etcd")
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("no load from etcd\n{}", logs(&a, &b)));
+    let a = fabric(&mut etcd, "cmp-a", 21, &admin);
+    let b = fabric(&mut etcd, "cmp-b", 22, &admin);
+    let client = client_on(&mut etcd.bridge, "cmp-dc", "eth1", "10.90.0.30/24").expect("client");
+    let api_a = a.api(Some(token));
+    let api_b = b.api(Some(token));
+    for f in [&a, &b] {
+        assert!(
+            f.wait_log(
+                "cluster inventory: loaded from etcd",
+                Duration::from_secs(20)
+            ),
+            "no load from etcd\n{}",
+            logs(&a, &b)
+        );
     }
     // A host both fabrics serve before the cut.
     api_a
@@ -161,7 +130,7 @@ fn a_fabric_cut_off_while_history_is_compacted_catches_up_without_a_restart() {
         &["-A", "INPUT", "-p", "tcp", "--sport", "2379", "-j", "DROP"][..],
         &["-A", "INPUT", "-p", "udp", "--dport", "67", "-j", "DROP"][..],
     ] {
-        run(ns_b.command("iptables").args(rule)).expect("iptables");
+        run(b.ns.command("iptables").args(rule)).expect("iptables");
     }
     // Both watches broke (each connection fails when B next sends on it: a keepalive).
     wait_for(Duration::from_secs(30), || {
@@ -216,7 +185,7 @@ fn a_fabric_cut_off_while_history_is_compacted_catches_up_without_a_restart() {
     assert_eq!(api_b.get("/api/v1/hosts/old01").expect("get").status, 200);
 
     // Back: B reloads its inventory whole and its lease mirror, without a restart.
-    run(ns_b.command("iptables").arg("-F")).expect("iptables -F");
+    run(b.ns.command("iptables").arg("-F")).expect("iptables -F");
     assert!(
         wait_status(&api_b, "/api/v1/hosts/new01", 200),
         "B never served new01\n{}",
