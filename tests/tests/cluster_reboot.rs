@@ -24,12 +24,12 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use bootfabric_lab::{
-    api::Api,
+    cluster_lab::Fabric,
     etcd::EtcdCluster,
-    http_get, require_programs, require_root, run,
+    require_programs, require_root, run,
     simhost::SimHost,
     sushy::{Driver, FakeSystem, PowerChange, PowerLog, Sushy},
-    wait_for, Bridge, Daemon, Netns, TempDir,
+    wait_for, Bridge, Netns, TempDir,
 };
 use serde_json::Value;
 
@@ -117,48 +117,31 @@ fn inventory(sushy_url: &str) -> String {
     inv
 }
 
-/// A fabric daemon for `rack`, in cluster mode: its management link on the etcd bridge
-/// (etcd and sushy), its provisioning link on the rack's bridge, where it serves DHCP.
+/// A fabric daemon for `rack`, in cluster mode: `etcd0` on the etcd bridge (etcd and sushy)
+/// at `10.90.0.<host>`, its provisioning link `fabric0` on the rack's bridge, where it serves
+/// DHCP and HTTP.
 fn fabric(
     etcd: &mut EtcdCluster,
     rack_bridge: &mut Bridge,
-    name: &str,
+    (name, host): (&str, u8),
     rack: &str,
-    mgmt_ip: &str,
     inventory: &str,
     images: &TempDir,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "mgmt0", &format!("{mgmt_ip}/24"))
-        .expect("plug mgmt");
-    rack_bridge
-        .plug(&ns, "rack0", &format!("{}/24", fabric_ip(rack)))
-        .expect("plug rack");
+) -> Fabric {
     let n = segment(rack);
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["rack0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[dhcp]
+    Fabric::on(etcd, name, host)
+        .rack(rack)
+        .lan(rack_bridge, &format!("{}/24", fabric_ip(rack)))
+        .inventory(inventory)
+        .file("bmc.pass", &format!("{PASSWORD}\n"))
+        .section(&format!(
+            r#"[dhcp]
 [[dhcp.subnets]]
 cidr = "10.91.{n}.0/24"
-interface = "rack0"
+interface = "fabric0"
 pools = ["10.91.{n}.100-10.91.{n}.150"]
 [http]
 root = "{root}"
-[cluster]
-name = "{name}"
-rack = "{rack}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
 [scheduler]
 # Slots for every host at once: the run resets them all right away.
 capacity_mbps = 1000
@@ -169,19 +152,10 @@ reset_attempts = 1
 post_timeout_s = 120
 boot_timeout_s = 120
 "#,
-        root = images.path.display(),
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(
-        &ns,
-        &config,
-        &[
-            ("hosts.toml", inventory),
-            ("bmc.pass", &format!("{PASSWORD}\n")),
-        ],
-    )
-    .expect("daemon");
-    (ns, daemon)
+            root = images.path.display(),
+        ))
+        .start()
+        .expect("fabric")
 }
 
 /// GETs a Redfish resource from sushy with curl, in sushy's namespace. Reading a system is
@@ -249,7 +223,7 @@ fn powered_on_for_pxe(bmc_ns: &Netns, sushy: &Sushy, log: &PowerLog, m: &Machine
 
 /// The machine boots through its rack's fabric as firmware and iPXE would: its reserved
 /// address by DHCP, then its script, kernel and initrd, then `POST /booted`.
-fn boots(host: &SimHost, m: &Machine, fabric: &Daemon) {
+fn boots(host: &SimHost, m: &Machine, fabric: &Fabric) {
     let ip = host
         .dhcp()
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", m.name, fabric.log()));
@@ -269,8 +243,8 @@ fn boots(host: &SimHost, m: &Machine, fabric: &Daemon) {
 }
 
 /// The run's report on a fabric: each host's (name, rack, phase).
-fn phases(ns: &Netns, d: &Daemon) -> Vec<(String, String, String)> {
-    let Ok((200, body)) = http_get(ns, d.admin, "/api/reboot") else {
+fn phases(f: &Fabric) -> Vec<(String, String, String)> {
+    let Ok((200, body)) = f.get("/api/reboot") else {
         return Vec::new();
     };
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -353,34 +327,29 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
         })
         .collect();
 
-    let (ns_a, mut a) = fabric(
+    let mut a = fabric(
         &mut etcd,
         &mut rack_a,
-        "fab-a",
+        ("fab-a", 21),
         "rack-a",
-        "10.90.0.21",
         &inv,
         &images,
     );
-    let leads = |ns: &Netns, d: &Daemon| {
-        let (_, body) = http_get(ns, d.admin, "/api/v1/status").unwrap_or_default();
-        serde_json::from_str::<Value>(&body).is_ok_and(|v| v["cluster"]["leading"] == true)
-    };
     assert!(
-        wait_for(Duration::from_secs(40), || leads(&ns_a, &a).then_some(())).is_some(),
+        a.wait_view(|v| v["leading"] == true).is_ok(),
         "fab-a does not lead\n{}",
         a.log()
     );
-    let (ns_b, b) = fabric(
+    let b = fabric(
         &mut etcd,
         &mut rack_b,
-        "fab-b",
+        ("fab-b", 22),
         "rack-b",
-        "10.90.0.22",
         &inv,
         &images,
     );
-    let r = Api::new(&ns_a, a.admin, None)
+    let r = a
+        .api(None)
         .post("/api/reboot", &serde_json::json!({"all": true}))
         .expect("POST /api/reboot");
     assert_eq!(r.status, 202, "the leader starts the run: {}", r.body);
@@ -402,17 +371,17 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
         boots(host, m, fabric);
     }
     let seen = wait_for(Duration::from_secs(20), || {
-        let p = phases(&ns_a, &a);
+        let p = phases(&a);
         (booted(&p, "rack-a-n1") && booted(&p, "rack-b-n1")).then_some(p)
     });
     assert!(
         seen.is_some(),
         "the leader does not see both boots: {:?}\n{}",
-        phases(&ns_a, &a),
+        phases(&a),
         a.log()
     );
     assert!(
-        !booted(&phases(&ns_a, &a), "rack-b-n2"),
+        !booted(&phases(&a), "rack-b-n2"),
         "rack-b-n2 has not booted yet"
     );
     // The held-back machine's reset is on record (`reset`, not just the intent), so what
@@ -448,7 +417,7 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
     assert!(
         done.is_some(),
         "run 1 not finished by fab-b: {:?}\n{}",
-        phases(&ns_b, &b),
+        phases(&b),
         b.log()
     );
     for m in &MACHINES {
@@ -458,7 +427,7 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
         assert_eq!(r["fabric"], "fab-b", "{}: {r}", m.name);
     }
     // The new leader's report has both racks, every host booted.
-    let p = phases(&ns_b, &b);
+    let p = phases(&b);
     assert_eq!(p.len(), MACHINES.len(), "{p:?}");
     for m in &MACHINES {
         assert!(
