@@ -4,60 +4,19 @@
 //! with client certificates, a fabric with the right certificate registers, and one with no
 //! certificate or another CA's is refused, `bootfabric check` saying why in one line.
 
-use std::time::Duration;
-
 use bootfabric_lab::{
+    cluster_lab::Fabric,
     etcd::{CertPair, EtcdCluster},
-    http_get, metrics, require_programs, require_root, sample, wait_for, Daemon, Netns,
+    require_programs, require_root, sample,
 };
 use serde_json::Value;
 
 /// A fabric daemon on the etcd cluster's bridge, at `10.90.0.<host>`, in cluster mode.
-fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> (Netns, Daemon) {
-    fabric_with(etcd, name, rack, host, "")
-}
-
-/// [`fabric`] with more `[cluster]` lines (`tls`: ca_file, cert_file, key_file).
-fn fabric_with(
-    etcd: &mut EtcdCluster,
-    name: &str,
-    rack: &str,
-    host: u8,
-    tls: &str,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
-        .expect("plug");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[cluster]
-name = "{name}"
-rack = "{rack}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-{tls}
-"#,
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[]).expect("daemon");
-    (ns, daemon)
-}
-
-/// The `cluster` member of `/api/v1/status`.
-fn view(ns: &Netns, d: &Daemon) -> Value {
-    let (status, body) = http_get(ns, d.admin, "/api/v1/status").expect("status");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
-    v["cluster"].clone()
+fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> Fabric {
+    Fabric::on(etcd, name, host)
+        .rack(rack)
+        .start()
+        .expect("fabric")
 }
 
 fn names(cluster: &Value) -> Vec<String> {
@@ -71,16 +30,6 @@ fn names(cluster: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits (bounded) until `d`'s view of the cluster satisfies `ok`; the last view otherwise.
-fn wait_view(ns: &Netns, d: &Daemon, ok: impl Fn(&Value) -> bool) -> Result<Value, Value> {
-    let mut last = Value::Null;
-    wait_for(Duration::from_secs(40), || {
-        last = view(ns, d);
-        ok(&last).then(|| last.clone())
-    })
-    .ok_or(last)
-}
-
 fn ready(test: &str) -> bool {
     require_root(test) && require_programs(test, &["etcd", "etcdctl"])
 }
@@ -92,13 +41,15 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
         return;
     }
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, a) = fabric(&mut etcd, "fab-a", "rack-a", 21);
-    let (ns_b, mut b) = fabric(&mut etcd, "fab-b", "rack-b", 22);
+    let a = fabric(&mut etcd, "fab-a", "rack-a", 21);
+    let mut b = fabric(&mut etcd, "fab-b", "rack-b", 22);
 
     let both = |v: &Value| v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"];
-    let seen_a = wait_view(&ns_a, &a, both)
+    let seen_a = a
+        .wait_view(both)
         .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
-    wait_view(&ns_b, &b, both).unwrap_or_else(|v| panic!("fab-b sees {v}\n{}", b.log()));
+    b.wait_view(both)
+        .unwrap_or_else(|v| panic!("fab-b sees {v}\n{}", b.log()));
     let racks: Vec<&str> = seen_a["fabrics"]
         .as_array()
         .expect("fabrics")
@@ -107,7 +58,7 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
         .collect();
     assert_eq!(racks, ["rack-a", "rack-b"]);
     assert_eq!(seen_a["fabric"], "fab-a");
-    let m = metrics(&ns_a, &a).expect("metrics");
+    let m = a.metrics().expect("metrics");
     assert_eq!(sample(&m, "bootfabric_cluster_etcd_up", &[]), Some(1.0));
     assert_eq!(sample(&m, "bootfabric_cluster_fabrics", &[]), Some(2.0));
 
@@ -125,13 +76,14 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
 
     // A second fabric started under fab-a's name (another rack): etcd keeps the first's
     // record, the newcomer says why it is not registered, and check fails on the name.
-    let (ns_dup, dup) = fabric(&mut etcd, "fab-a", "rack-z", 23);
-    let refused = wait_view(&ns_dup, &dup, |v| {
-        v["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("held by another live fabric"))
-    })
-    .unwrap_or_else(|v| panic!("the duplicate sees {v}\n{}", dup.log()));
+    let dup = fabric(&mut etcd, "fab-a", "rack-z", 23);
+    let refused = dup
+        .wait_view(|v| {
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("held by another live fabric"))
+        })
+        .unwrap_or_else(|v| panic!("the duplicate sees {v}\n{}", dup.log()));
     assert!(
         refused["error"]
             .as_str()
@@ -145,21 +97,21 @@ fn fabrics_see_each_other_and_a_dead_one_disappears() {
         )
         .expect("etcdctl get");
     assert!(record.contains("\"rack\":\"rack-a\""), "{record}");
-    let report = check_cluster(&ns_dup, &dup);
+    let report = check_cluster(&dup);
     assert!(
         line(&report, "cluster.name").starts_with(
             "FAIL  cluster.name: \"fab-a\" is held by another live fabric (rack rack-a"
         ),
         "{report}"
     );
-    drop((ns_dup, dup));
+    drop(dup);
 
     // fab-b dies without a word: its lease runs out and fab-a sees it gone.
     b.stop_with(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL fab-b");
-    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+    a.wait_view(|v| v["etcd"] == "up" && names(v) == ["fab-a"])
         .unwrap_or_else(|v| panic!("after fab-b died, fab-a sees {v}\n{}", a.log()));
-    drop(ns_b);
+    drop(b.ns);
 }
 
 #[test]
@@ -170,23 +122,17 @@ fn one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart(
         return;
     }
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, a) = fabric(&mut etcd, "fab-a", "rack-a", 21);
-    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+    let a = fabric(&mut etcd, "fab-a", "rack-a", 21);
+    a.wait_view(|v| v["etcd"] == "up" && names(v) == ["fab-a"])
         .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
     let check = |skip_cluster: bool| {
-        let mut args = vec!["check", "--skip", "xdp,bmc,dhcp,checksums"];
-        if skip_cluster {
-            args = vec!["check", "--skip", "xdp,bmc,dhcp,checksums,cluster"];
-        }
+        let skip = if skip_cluster {
+            "xdp,bmc,dhcp,checksums,cluster"
+        } else {
+            "xdp,bmc,dhcp,checksums"
+        };
         // In fab-a's namespace, where etcd is reachable; a FAIL makes the exit status 1.
-        let out = ns_a
-            .command(bootfabric_lab::bootfabric_bin())
-            .args(&args)
-            .arg("--config")
-            .arg(a.config_path())
-            .output()
-            .expect("check");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        a.check(skip).expect("check")
     };
     let report = check(false);
     assert!(
@@ -197,18 +143,17 @@ fn one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart(
 
     // One member down: the fabric stays registered, and a second fabric joins.
     etcd.kill(2);
-    let (ns_b, b) = fabric(&mut etcd, "fab-b", "rack-b", 22);
-    wait_view(&ns_a, &a, |v| {
-        v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"]
-    })
-    .unwrap_or_else(|v| panic!("one member down, fab-a sees {v}\n{}", a.log()));
+    let b = fabric(&mut etcd, "fab-b", "rack-b", 22);
+    a.wait_view(|v| v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"])
+        .unwrap_or_else(|v| panic!("one member down, fab-a sees {v}\n{}", a.log()));
 
     // Two members down: no quorum. The fabric sees etcd down, says so, and keeps running.
     etcd.kill(1);
-    let down = wait_view(&ns_a, &a, |v| v["etcd"] == "down")
+    let down = a
+        .wait_view(|v| v["etcd"] == "down")
         .unwrap_or_else(|v| panic!("quorum lost, fab-a sees {v}\n{}", a.log()));
     assert!(down["error"].is_string(), "{down}");
-    let m = metrics(&ns_a, &a).expect("metrics");
+    let m = a.metrics().expect("metrics");
     assert_eq!(sample(&m, "bootfabric_cluster_etcd_up", &[]), Some(0.0));
     let report = check(false);
     assert!(report.contains("FAIL  cluster.etcd"), "{report}");
@@ -221,27 +166,19 @@ fn one_etcd_member_down_changes_nothing_and_quorum_comes_back_without_a_restart(
     etcd.restart(1).expect("restart m1");
     etcd.restart(2).expect("restart m2");
     etcd.wait_healthy(&[0, 1, 2]).expect("healthy");
-    wait_view(&ns_a, &a, |v| {
-        v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"]
-    })
-    .unwrap_or_else(|v| panic!("after recovery, fab-a sees {v}\n{}", a.log()));
-    let m = metrics(&ns_a, &a).expect("metrics");
+    a.wait_view(|v| v["etcd"] == "up" && names(v) == ["fab-a", "fab-b"])
+        .unwrap_or_else(|v| panic!("after recovery, fab-a sees {v}\n{}", a.log()));
+    let m = a.metrics().expect("metrics");
     assert!(
         sample(&m, "bootfabric_cluster_registrations_total", &[]).unwrap_or(0.0) >= 1.0,
         "{m}"
     );
-    drop((ns_b, b));
+    drop(b);
 }
 
-/// `bootfabric check` (etcd and the config only) on `d`'s config, in `ns`: its output.
-fn check_cluster(ns: &Netns, d: &Daemon) -> String {
-    let out = ns
-        .command(bootfabric_lab::bootfabric_bin())
-        .args(["check", "--skip", "xdp,bmc,dhcp,checksums", "--config"])
-        .arg(d.config_path())
-        .output()
-        .expect("check");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `bootfabric check` (etcd and the config only) on `f`'s config, in its namespace.
+fn check_cluster(f: &Fabric) -> String {
+    f.check("xdp,bmc,dhcp,checksums").expect("check")
 }
 
 /// The line of `report` about `subject`.
@@ -261,20 +198,20 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
     let mut etcd = EtcdCluster::start_tls(3).expect("etcd over TLS");
     let pki = etcd.pki.as_ref().expect("pki");
     let (ca, client, rogue) = (pki.ca.clone(), pki.client.clone(), pki.rogue.clone());
-    let files = |pair: Option<&CertPair>| {
-        let mut t = format!("ca_file = {:?}\n", ca);
-        if let Some(p) = pair {
-            t += &format!("cert_file = {:?}\nkey_file = {:?}\n", p.cert, p.key);
-        }
-        t
+    let fabric_with = |etcd: &mut EtcdCluster, name, rack, host, cert: Option<&CertPair>| {
+        Fabric::on(etcd, name, host)
+            .rack(rack)
+            .tls(&ca, cert)
+            .start()
+            .expect("fabric")
     };
     assert!(etcd.endpoints_toml().contains("https://10.90.0.10:2379"));
 
     // The cluster's client certificate: registers, and check passes over TLS.
-    let (ns_a, a) = fabric_with(&mut etcd, "fab-a", "rack-a", 21, &files(Some(&client)));
-    wait_view(&ns_a, &a, |v| v["etcd"] == "up" && names(v) == ["fab-a"])
+    let a = fabric_with(&mut etcd, "fab-a", "rack-a", 21, Some(&client));
+    a.wait_view(|v| v["etcd"] == "up" && names(v) == ["fab-a"])
         .unwrap_or_else(|v| panic!("fab-a over mTLS sees {v}\n{}\n{}", a.log(), etcd.logs()));
-    let report = check_cluster(&ns_a, &a);
+    let report = check_cluster(&a);
     assert!(
         line(&report, "cluster.etcd").starts_with("PASS  cluster.etcd: https://"),
         "{report}"
@@ -282,10 +219,11 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
 
     // A certificate from another CA: etcd refuses the handshake; the fabric runs, sees etcd
     // down and never appears; check names the certificate and the TLS failure in one line.
-    let (ns_b, b) = fabric_with(&mut etcd, "fab-b", "rack-b", 22, &files(Some(&rogue)));
-    let down = wait_view(&ns_b, &b, |v| v["etcd"] == "down" && v["error"].is_string())
+    let b = fabric_with(&mut etcd, "fab-b", "rack-b", 22, Some(&rogue));
+    let down = b
+        .wait_view(|v| v["etcd"] == "down" && v["error"].is_string())
         .unwrap_or_else(|v| panic!("fab-b (rogue cert) sees {v}\n{}", b.log()));
-    let report = check_cluster(&ns_b, &b);
+    let report = check_cluster(&b);
     let fail = line(&report, "cluster.etcd");
     eprintln!("{report}");
     assert!(fail.starts_with("FAIL  cluster.etcd: "), "{report}");
@@ -295,10 +233,10 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
     );
 
     // No client certificate at all: refused too, and said so.
-    let (ns_c, c) = fabric_with(&mut etcd, "fab-c", "rack-c", 23, &files(None));
-    wait_view(&ns_c, &c, |v| v["etcd"] == "down" && v["error"].is_string())
+    let c = fabric_with(&mut etcd, "fab-c", "rack-c", 23, None);
+    c.wait_view(|v| v["etcd"] == "down" && v["error"].is_string())
         .unwrap_or_else(|v| panic!("fab-c (no cert) sees {v}\n{}", c.log()));
-    let report = check_cluster(&ns_c, &c);
+    let report = check_cluster(&c);
     let fail = line(&report, "cluster.etcd");
     eprintln!("{report}");
     assert!(
@@ -317,5 +255,5 @@ fn over_tls_only_a_fabric_with_the_cluster_client_certificate_registers() {
         keys.split_whitespace().collect::<Vec<_>>(),
         ["/bootfabric/fabrics/fab-a"]
     );
-    drop((ns_b, b, ns_c, c));
+    drop((b, c));
 }

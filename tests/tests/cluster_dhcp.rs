@@ -5,9 +5,10 @@
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use bootfabric_lab::{
+    cluster_lab::{client_on, Fabric, FabricBuilder},
     dhcp_client::{Client, Outcome},
     etcd::EtcdCluster,
-    metrics, require_programs, require_root, require_xdp, sample, wait_for, Bridge, Daemon, Netns,
+    require_programs, require_root, require_xdp, sample, wait_for, Bridge, Daemon, Netns,
 };
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -28,42 +29,63 @@ const NODE01: [u8; 6] = [0x52, 0x54, 0, 0xb0, 0x0f, 0x01];
 
 /// A fabric on the etcd bridge (`etcd0`, 10.90.0.<host>) and the clients' bridge
 /// (`fabric0`, 10.77.0.<host>), serving DHCP on `fabric0` with one shared pool.
-fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "etcd0", &format!("10.90.0.{host}/24"))
-        .expect("plug etcd");
-    lan.plug(&ns, "fabric0", &format!("10.77.0.{host}/24"))
-        .expect("plug lan");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[dhcp]
-rate_limit = 1000
+fn fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> Fabric {
+    lan_fabric(etcd, lan, name, host, Lan::SMALL)
+        .start()
+        .expect("fabric")
+}
+
+/// The clients' segment and how a fabric serves DHCP on it.
+struct Lan {
+    /// The prefix length of 10.77.0.0 (the fabrics' and clients' addresses too).
+    prefix: u8,
+    /// `dhcp.rate_limit`.
+    rate_limit: u32,
+    /// `dhcp.options.lease_time`, seconds.
+    lease_time: u32,
+    /// The shared pool.
+    pool: &'static str,
+}
+
+impl Lan {
+    const SMALL: Lan = Lan {
+        prefix: 24,
+        rate_limit: 1000,
+        lease_time: 600,
+        pool: "10.77.0.100-10.77.0.199",
+    };
+}
+
+/// The builder of a fabric on the etcd bridge (`etcd0`) and the clients' bridge (`fabric0`,
+/// 10.77.0.<host>), serving DHCP on `fabric0` as `dhcp` says, with the reserved host.
+fn lan_fabric<'a>(
+    etcd: &'a mut EtcdCluster,
+    lan: &'a mut Bridge,
+    name: &str,
+    host: u8,
+    dhcp: Lan,
+) -> FabricBuilder<'a> {
+    let Lan {
+        prefix,
+        rate_limit,
+        lease_time,
+        pool,
+    } = dhcp;
+    Fabric::on(etcd, name, host)
+        .lan(lan, &format!("10.77.0.{host}/{prefix}"))
+        .rack(&format!("rack-{name}"))
+        .inventory(INVENTORY)
+        .section(&format!(
+            r#"[dhcp]
+rate_limit = {rate_limit}
 [dhcp.options]
-lease_time = 600
+lease_time = {lease_time}
 [[dhcp.subnets]]
-cidr = "10.77.0.0/24"
+cidr = "10.77.0.0/{prefix}"
 interface = "fabric0"
-pools = ["10.77.0.100-10.77.0.199"]
-[cluster]
-name = "{name}"
-rack = "rack-{name}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-"#,
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    (ns, daemon)
+pools = ["{pool}"]
+"#
+        ))
 }
 
 fn mac(i: u32) -> [u8; 6] {
@@ -155,14 +177,9 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
     }
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let mut lan = Bridge::new().expect("client bridge");
-    let (ns_a, mut a) = fabric(&mut etcd, &mut lan, "fab-a", 21);
-    let (ns_b, b) = fabric(&mut etcd, &mut lan, "fab-b", 22);
-    let clients = Netns::new("cli").expect("client ns");
-    lan.plug(&clients, "client0", "10.77.0.2/24")
-        .expect("plug client");
-    clients
-        .ip(&["route", "add", "default", "dev", "client0"])
-        .expect("route");
+    let mut a = fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let b = fabric(&mut etcd, &mut lan, "fab-b", 22);
+    let clients = client_on(&mut lan, "cli", "client0", "10.77.0.2/24").expect("client ns");
 
     // Phase 1: both fabrics answer; each client takes the first OFFER.
     let first = lease_all(&clients, 0..40);
@@ -256,7 +273,7 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
             assert!(seen.insert(ip, line.to_owned()).is_none(), "{table}");
         }
     }
-    let m = metrics(&ns_b, &b).expect("metrics");
+    let m = b.metrics().expect("metrics");
     assert!(
         sample(
             &m,
@@ -271,7 +288,7 @@ fn two_fabrics_never_share_an_address_and_the_survivor_renews_the_dead_ones_leas
         sample(&m, "bootfabric_cluster_lease_mirror", &[]).unwrap_or(0.0) >= bound.len() as f64,
         "{m}"
     );
-    drop(ns_a);
+    drop(a.ns);
 }
 
 #[test]
@@ -283,13 +300,8 @@ fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait(
     }
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let mut lan = Bridge::new().expect("client bridge");
-    let (ns_a, a) = fabric(&mut etcd, &mut lan, "fab-a", 21);
-    let clients = Netns::new("cli").expect("client ns");
-    lan.plug(&clients, "client0", "10.77.0.2/24")
-        .expect("plug client");
-    clients
-        .ip(&["route", "add", "default", "dev", "client0"])
-        .expect("route");
+    let a = fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let clients = client_on(&mut lan, "cli", "client0", "10.77.0.2/24").expect("client ns");
     let Outcome::Ack(ip, _) = lease_all(&clients, 0..1)[0].1 else {
         panic!("no lease with quorum\n{}", a.log());
     };
@@ -328,7 +340,7 @@ fn without_quorum_reservations_and_known_renewals_are_answered_new_clients_wait(
         !matches!(new, Outcome::Ack(..)),
         "a new client bound without quorum: {new:?}"
     );
-    let m = metrics(&ns_a, &a).expect("metrics");
+    let m = a.metrics().expect("metrics");
     for kind in ["new", "renewal_queued"] {
         assert!(
             sample(
@@ -378,44 +390,18 @@ const UDHCPC_MACS: [&str; 3] = [
 /// A fabric with the XDP fast path on (generic mode, as the DHCP bench: a veth on a bridge)
 /// and a pool big enough for the storm; the shield's rates lifted, as perfdhcp is one relay
 /// carrying every client.
-fn storm_fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "etcd0", &format!("10.90.0.{host}/24"))
-        .expect("plug etcd");
-    lan.plug(&ns, "fabric0", &format!("10.77.0.{host}/21"))
-        .expect("plug lan");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-log = "warn"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "generic"
-relay_rate_limit = 10000000
-[dhcp]
-rate_limit = 100000
-[dhcp.options]
-lease_time = 3600
-[[dhcp.subnets]]
-cidr = "10.77.0.0/21"
-interface = "fabric0"
-pools = ["10.77.1.0-10.77.7.254"]
-[cluster]
-name = "{name}"
-rack = "rack-{name}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-"#,
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    (ns, daemon)
+fn storm_fabric(etcd: &mut EtcdCluster, lan: &mut Bridge, name: &str, host: u8) -> Fabric {
+    let storm = Lan {
+        prefix: 21,
+        rate_limit: 100_000,
+        lease_time: 3600,
+        pool: "10.77.1.0-10.77.7.254",
+    };
+    lan_fabric(etcd, lan, name, host, storm)
+        .log("warn")
+        .xdp("mode = \"generic\"\nrelay_rate_limit = 10000000")
+        .start()
+        .expect("fabric")
 }
 
 /// A namespace on the client bridge whose `c0` has `mac`, running udhcpc with a script
@@ -510,13 +496,13 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
     let started = std::time::Instant::now();
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let mut lan = Bridge::new().expect("client bridge");
-    let (ns_a, mut a) = storm_fabric(&mut etcd, &mut lan, "fab-a", 21);
-    let (ns_b, b) = storm_fabric(&mut etcd, &mut lan, "fab-b", 22);
-    if !(require_xdp(TEST, &ns_a, &a) && require_xdp(TEST, &ns_b, &b)) {
+    let mut a = storm_fabric(&mut etcd, &mut lan, "fab-a", 21);
+    let b = storm_fabric(&mut etcd, &mut lan, "fab-b", 22);
+    if !(require_xdp(TEST, &a.ns, &a) && require_xdp(TEST, &b.ns, &b)) {
         return;
     }
-    let answered_offers = |ns: &Netns, d: &Daemon| {
-        let m = metrics(ns, d).expect("metrics");
+    let answered_offers = |f: &Fabric| {
+        let m = f.metrics().expect("metrics");
         sample(
             &m,
             "bootfabric_xdp_dhcp_packets_total",
@@ -527,7 +513,7 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
     let dir = bootfabric_lab::TempDir::new().expect("dir");
 
     // The reserved host, before the storm: both kernels answer its DISCOVER.
-    let (before_a, before_b) = (answered_offers(&ns_a, &a), answered_offers(&ns_b, &b));
+    let (before_a, before_b) = (answered_offers(&a), answered_offers(&b));
     {
         let (_ns, _child, out) = udhcpc(&mut lan, "52:54:00:b0:0f:01", &dir.path, 9);
         let got = wait_for(Duration::from_secs(30), || {
@@ -543,11 +529,8 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
             b.log()
         );
     }
-    for (who, ns, d, before) in [
-        ("fab-a", &ns_a, &a, before_a),
-        ("fab-b", &ns_b, &b, before_b),
-    ] {
-        let after = answered_offers(ns, d);
+    for (who, f, before) in [("fab-a", &a, before_a), ("fab-b", &b, before_b)] {
+        let after = answered_offers(f);
         assert!(
             after > before,
             "{who}'s kernel did not answer node01 ({before} -> {after})"
@@ -580,7 +563,7 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
     std::thread::sleep(Duration::from_secs(3));
     // fab-a took its share of the storm, and dies while perfdhcp is still sending.
     let won_by_a = sample(
-        &metrics(&ns_a, &a).expect("metrics"),
+        &a.metrics().expect("metrics"),
         "bootfabric_cluster_lease_claims_total",
         &[("result", "won")],
     )
@@ -691,7 +674,7 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
         tables[1].1.len(),
         started.elapsed().as_secs_f64()
     );
-    let m = metrics(&ns_b, &b).expect("metrics");
+    let m = b.metrics().expect("metrics");
     let lost = sample(
         &m,
         "bootfabric_cluster_lease_claims_total",

@@ -1,46 +1,17 @@
 //! The cluster's leader on a real etcd (three members in namespaces): of two fabrics exactly
 //! one leads, both say which, and only the leader starts reboot runs (a run asked on the
-//! other is stored for the leader: tests/tests/cluster_runs.rs); the leader killed without a word, the other takes over once the dead one's
-//! lease runs out, and runs start there.
+//! other is stored for the leader: tests/tests/cluster_runs.rs); the leader killed without a
+//! word, the other takes over once the dead one's lease runs out, and runs start there.
 
 use std::time::Duration;
 
 use bootfabric_lab::{
-    api::Api, etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample,
-    wait_for, Daemon, Netns,
+    cluster_lab::Fabric, etcd::EtcdCluster, require_programs, require_root, sample, wait_for, Netns,
 };
 use serde_json::Value;
 
 /// A fabric daemon on the etcd cluster's bridge, at `10.90.0.<host>`, in cluster mode.
-fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
-        .expect("plug");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[cluster]
-name = "{name}"
-rack = "{rack}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-[scheduler]
-# A refused reset is retried a minute later: the run is still going when its leader dies.
-reset_attempts = 5
-retry_backoff_s = 60
-post_timeout_s = 3
-"#,
-        endpoints = etcd.endpoints_toml()
-    );
+fn fabric(etcd: &mut EtcdCluster, name: &str, rack: &str, host: u8) -> Fabric {
     // The same inventory on both (as a shared one would be): one host per rack, whose BMCs
     // nobody answers (the calls time out: what was done is only what the records say).
     let mut hosts = String::from("[profiles.p]\n");
@@ -52,43 +23,33 @@ post_timeout_s = 3
              timeout_s = 1, attempts = 1 }}\n"
         );
     }
-    let daemon = Daemon::start(
-        &ns,
-        &config,
-        &[("hosts.toml", &hosts), ("bmc.pass", "pw\n")],
-    )
-    .expect("daemon");
-    (ns, daemon)
-}
-
-/// The `cluster` member of `/api/v1/status`.
-fn view(ns: &Netns, d: &Daemon) -> Value {
-    let (status, body) = http_get(ns, d.admin, "/api/v1/status").expect("status");
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("json");
-    v["cluster"].clone()
-}
-
-fn wait_view(ns: &Netns, d: &Daemon, ok: impl Fn(&Value) -> bool) -> Result<Value, Value> {
-    let mut last = Value::Null;
-    wait_for(Duration::from_secs(40), || {
-        last = view(ns, d);
-        ok(&last).then(|| last.clone())
-    })
-    .ok_or(last)
+    Fabric::on(etcd, name, host)
+        .rack(rack)
+        .section(
+            "[scheduler]
+# A refused reset is retried a minute later: the run is still going when its leader dies.
+reset_attempts = 5
+retry_backoff_s = 60
+post_timeout_s = 3
+",
+        )
+        .inventory(&hosts)
+        .file("bmc.pass", "pw\n")
+        .start()
+        .expect("fabric")
 }
 
 /// `POST /api/reboot` of every host: the status code and the body.
-fn start_run(ns: &Netns, d: &Daemon) -> (u16, String) {
-    let r = Api::new(ns, d.admin, None)
+fn start_run(f: &Fabric) -> (u16, String) {
+    let r = f
+        .api(None)
         .post("/api/reboot", &serde_json::json!({"all": true}))
         .expect("POST /api/reboot");
     (r.status, r.body)
 }
 
-fn leader_metric(ns: &Netns, d: &Daemon) -> Option<f64> {
-    let m = metrics(ns, d).expect("metrics");
-    sample(&m, "bootfabric_cluster_leader", &[])
+fn leader_metric(f: &Fabric) -> Option<f64> {
+    f.sample("bootfabric_cluster_leader", &[]).expect("metrics")
 }
 
 #[test]
@@ -98,19 +59,18 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         return;
     }
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, mut a) = fabric(&mut etcd, "fab-a", "rack-a", 21);
+    let mut a = fabric(&mut etcd, "fab-a", "rack-a", 21);
     // fab-a campaigns alone first: it leads.
-    wait_view(&ns_a, &a, |v| {
-        v["leader"] == "fab-a" && v["leading"] == true
-    })
-    .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
-    let (ns_b, b) = fabric(&mut etcd, "fab-b", "rack-b", 22);
-    let seen_b = wait_view(&ns_b, &b, |v| v["leader"].is_string())
+    a.wait_view(|v| v["leader"] == "fab-a" && v["leading"] == true)
+        .unwrap_or_else(|v| panic!("fab-a sees {v}\n{}\n{}", a.log(), etcd.logs()));
+    let b = fabric(&mut etcd, "fab-b", "rack-b", 22);
+    let seen_b = b
+        .wait_view(|v| v["leader"].is_string())
         .unwrap_or_else(|v| panic!("fab-b sees {v}\n{}", b.log()));
     assert_eq!(seen_b["leader"], "fab-a", "{seen_b}");
     assert_eq!(seen_b["leading"], false, "one leader at a time: {seen_b}");
-    assert_eq!(leader_metric(&ns_a, &a), Some(1.0));
-    assert_eq!(leader_metric(&ns_b, &b), Some(0.0));
+    assert_eq!(leader_metric(&a), Some(1.0));
+    assert_eq!(leader_metric(&b), Some(0.0));
     // The key is etcd's, under the prefix, held under fab-a's lease.
     let key = etcd
         .etcdctl(
@@ -121,7 +81,8 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
     assert_eq!(key.trim(), "fab-a");
     // Only the leader runs reboot runs; the other validates what it would store for the
     // leader (tests/tests/cluster_runs.rs follows such a run) and refuses an unknown host.
-    let r = Api::new(&ns_b, b.admin, None)
+    let r = b
+        .api(None)
         .post(
             "/api/reboot",
             &serde_json::json!({"hosts": ["no-such-host"]}),
@@ -129,7 +90,7 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         .expect("POST /api/reboot");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("no-such-host"), "{}", r.body);
-    let (code, body) = start_run(&ns_a, &a);
+    let (code, body) = start_run(&a);
     assert_eq!(code, 202, "the leader starts it: {body}");
     // The run is stored in etcd, and the host's intent before its BMC is called (the BMC
     // never answers: the intent stays "resetting", the outcome unknown).
@@ -158,10 +119,11 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
     // fab-a dies without resigning: its lease runs out (ttl 3 s) and fab-b takes over.
     a.stop_with(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL fab-a");
-    let now_b = wait_view(&ns_b, &b, |v| v["leading"] == true)
+    let now_b = b
+        .wait_view(|v| v["leading"] == true)
         .unwrap_or_else(|v| panic!("after fab-a died, fab-b sees {v}\n{}", b.log()));
     assert_eq!(now_b["leader"], "fab-b");
-    assert_eq!(leader_metric(&ns_b, &b), Some(1.0));
+    assert_eq!(leader_metric(&b), Some(1.0));
     assert!(
         b.log().contains("this fabric leads the cluster"),
         "{}",
@@ -185,7 +147,7 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         "{}",
         b.log()
     );
-    let m = metrics(&ns_b, &b).expect("metrics");
+    let m = b.metrics().expect("metrics");
     for outcome in ["accepted", "failed"] {
         assert_eq!(
             sample(
@@ -198,20 +160,20 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         );
     }
     // Its report has both racks' hosts.
-    let (code, report) = http_get(&ns_b, b.admin, "/api/reboot").expect("report");
+    let (code, report) = b.get("/api/reboot").expect("report");
     assert_eq!(code, 200, "{report}");
     assert!(
         report.contains("rack-a-n1") && report.contains("rack-b-n1"),
         "{report}"
     );
-    let (code, body) = start_run(&ns_b, &b);
+    let (code, body) = start_run(&b);
     assert_eq!(code, 202, "the new leader starts runs: {body}");
     let run: Value = wait_for(Duration::from_secs(20), || {
         serde_json::from_str(&get("/bootfabric/runs/00000000000000000002")).ok()
     })
     .unwrap_or_else(|| panic!("no second run in etcd\n{}", b.log()));
     assert_eq!(run["started_by"], "fab-b", "{run}");
-    drop(ns_a);
+    drop(a.ns);
 }
 
 /// The run records on the real etcd, driven in-process: two candidates campaign, the first

@@ -4,13 +4,14 @@
 //! one is gone on the other; etcd without quorum refuses writes (503, `Retry-After`) while
 //! reads and DHCP keep answering; quorum back, writes work again without a restart.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use bootfabric_lab::{
     api::{Api, Response},
-    bootfabric_bin, dhcp_client,
+    cluster_lab::{client_on, AdminToken, Fabric},
+    dhcp_client,
     etcd::EtcdCluster,
-    require_programs, require_root, run, sample, wait_for, Daemon, Netns, TempDir,
+    require_programs, require_root, sample, wait_for, Daemon, Netns,
 };
 use serde_json::json;
 
@@ -25,47 +26,18 @@ profile = "linux"
 "#;
 
 /// A fabric daemon on the etcd cluster's bridge at `10.90.0.<host>`, in cluster mode, its
-/// admin API on loopback behind `token_file`; `dhcp`: it serves DHCP on the bridge.
-fn fabric(
-    etcd: &mut EtcdCluster,
-    name: &str,
-    host: u8,
-    token_file: &std::path::Path,
-    dhcp: bool,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
-        .expect("plug");
-    let dhcp = if dhcp {
-        "[dhcp]\n[[dhcp.subnets]]\ncidr = \"10.90.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.90.0.200-10.90.0.220\"]\n"
-    } else {
-        ""
-    };
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-token_file = "{token}"
-[xdp]
-mode = "off"
-{dhcp}
-[cluster]
-name = "{name}"
-rack = "rack-{name}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-"#,
-        token = token_file.display(),
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    (ns, daemon)
+/// admin API on loopback behind `token`; `dhcp`: it serves DHCP on the bridge.
+fn fabric(etcd: &mut EtcdCluster, name: &str, host: u8, token: &AdminToken, dhcp: bool) -> Fabric {
+    let mut f = Fabric::on(etcd, name, host)
+        .rack(&format!("rack-{name}"))
+        .admin_token(token)
+        .inventory(INVENTORY);
+    if dhcp {
+        f = f.section(
+            "[dhcp]\n[[dhcp.subnets]]\ncidr = \"10.90.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.90.0.200-10.90.0.220\"]\n",
+        );
+    }
+    f.start().expect("fabric")
 }
 
 /// The address `dhcp-client` (a namespace on the bridge) is offered for `mac`.
@@ -110,35 +82,24 @@ fn fabrics_share_the_api_inventory_through_etcd() {
     if !require_root(TEST) || !require_programs(TEST, &["etcd", "etcdctl"]) {
         return;
     }
-    let dir = TempDir::new().expect("dir");
-    let token_file = dir.path.join("admin.token");
-    let token = run(Command::new(bootfabric_bin())
-        .args(["admin", "token", "create", "--print", "--file"])
-        .arg(&token_file))
-    .expect("token")
-    .trim()
-    .to_owned();
+    let admin = AdminToken::create().expect("admin token");
+    let token = admin.token.as_str();
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, a) = fabric(&mut etcd, "inv-a", 21, &token_file, false);
-    let (ns_b, mut b) = fabric(&mut etcd, "inv-b", 22, &token_file, true);
-    let client = Netns::new("inv-dc").expect("client netns");
-    etcd.bridge
-        .plug(&client, "eth1", "10.90.0.30/24")
-        .expect("plug client");
-    // A limited broadcast (the DISCOVER) leaves by the default route.
-    client
-        .ip(&["route", "add", "default", "dev", "eth1"])
-        .expect("route");
-    let api_a = Api::new(&ns_a, a.admin, Some(&token));
-    let api_b = Api::new(&ns_b, b.admin, Some(&token));
+    let a = fabric(&mut etcd, "inv-a", 21, &admin, false);
+    let mut b = fabric(&mut etcd, "inv-b", 22, &admin, true);
+    let client = client_on(&mut etcd.bridge, "inv-dc", "eth1", "10.90.0.30/24").expect("client");
+    let api_a = a.api(Some(token));
+    let api_b = b.api(Some(token));
     // Writes wait for a fabric's first load of etcd's inventory (503 before).
-    for d in [&a, &b] {
-        wait_for(Duration::from_secs(20), || {
-            d.log()
-                .contains("cluster inventory: loaded from etcd")
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("no load from etcd\n{}", logs(&a, &b)));
+    for f in [&a, &b] {
+        assert!(
+            f.wait_log(
+                "cluster inventory: loaded from etcd",
+                Duration::from_secs(20)
+            ),
+            "no load from etcd\n{}",
+            logs(&a, &b)
+        );
     }
 
     // A host created through A: B serves it (API and DHCP) without a restart.
@@ -307,7 +268,7 @@ fn fabrics_share_the_api_inventory_through_etcd() {
     // B restarted while etcd has no quorum starts from its local copy of etcd's inventory:
     // node09 is there, file01's tombstone too, and writes wait for etcd.
     b.restart().expect("restart B");
-    let api_b = Api::new(&ns_b, b.admin, Some(&token));
+    let api_b = b.api(Some(token));
     assert_eq!(
         api_b.get("/api/v1/hosts/node09").expect("get").status,
         200,
@@ -354,5 +315,5 @@ fn fabrics_share_the_api_inventory_through_etcd() {
         (metric(&api_b, "bootfabric_cluster_inventory_reloads_total", &[]) >= 1.0).then_some(())
     })
     .unwrap_or_else(|| panic!("B never loaded etcd's inventory\n{}", logs(&a, &b)));
-    drop((client, b, ns_b, a, ns_a));
+    drop((client, b, a));
 }

@@ -6,8 +6,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use bootfabric_lab::{
-    etcd::EtcdCluster, http_get, metrics, require_programs, require_root, sample, simhost::SimHost,
-    wait_for, Daemon, Netns, TempDir,
+    cluster_lab::Fabric, etcd::EtcdCluster, require_programs, require_root, sample,
+    simhost::SimHost, wait_for, TempDir,
 };
 use serde_json::Value;
 
@@ -27,51 +27,22 @@ profile = "linux"
 
 /// A fabric on the etcd bridge at `10.90.0.<host>`, serving `images` over HTTP, and DHCP
 /// when `dhcp`.
-fn fabric(
-    etcd: &mut EtcdCluster,
-    name: &str,
-    host: u8,
-    images: &TempDir,
-    dhcp: bool,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("10.90.0.{host}/24"))
-        .expect("plug");
-    let dhcp = if dhcp {
-        "[dhcp]\n[[dhcp.subnets]]\ncidr = \"10.90.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.90.0.100-10.90.0.150\"]\n"
-    } else {
-        ""
-    };
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[http]
-root = "{root}"
-{dhcp}
-[cluster]
-name = "{name}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
-"#,
-        root = images.path.display(),
-        endpoints = etcd.endpoints_toml()
-    );
-    let daemon = Daemon::start(&ns, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
-    (ns, daemon)
+fn fabric(etcd: &mut EtcdCluster, name: &str, host: u8, images: &TempDir, dhcp: bool) -> Fabric {
+    let mut f = Fabric::on(etcd, name, host)
+        .inventory(INVENTORY)
+        .section(&format!("[http]\nroot = \"{}\"\n", images.path.display()));
+    if dhcp {
+        f = f.section(
+            "[dhcp]\n[[dhcp.subnets]]\ncidr = \"10.90.0.0/24\"\ninterface = \"fabric0\"\npools = [\"10.90.0.100-10.90.0.150\"]\n",
+        );
+    }
+    f.start().expect("fabric")
 }
 
-fn timeline(ns: &Netns, d: &Daemon) -> Value {
-    let (status, body) =
-        http_get(ns, d.admin, &format!("/api/timeline?mac={MAC}")).expect("timeline");
+fn timeline(f: &Fabric) -> Value {
+    let (status, body) = f
+        .get(&format!("/api/timeline?mac={MAC}"))
+        .expect("timeline");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -108,8 +79,8 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
     std::fs::write(images.path.join("linux/vmlinuz"), vec![7u8; 256 * 1024]).expect("kernel");
 
     let mut etcd = EtcdCluster::start(3).expect("etcd");
-    let (ns_a, mut a) = fabric(&mut etcd, "fab-a", 21, &images, true);
-    let (ns_b, b) = fabric(&mut etcd, "fab-b", 22, &images, false);
+    let mut a = fabric(&mut etcd, "fab-a", 21, &images, true);
+    let b = fabric(&mut etcd, "fab-b", 22, &images, false);
     let host = SimHost::new(&mut etcd.bridge, MAC).expect("sim host");
 
     // DHCP from A (B serves no DHCP): the reservation.
@@ -128,7 +99,7 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
     .unwrap_or_else(|| panic!("no fab-a entry in etcd\n{}", a.log()));
     a.stop_with(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL fab-a");
-    drop(ns_a);
+    drop(a.ns);
 
     // The rest of the boot from B: script, kernel, `booted`.
     let boot = host
@@ -145,7 +116,7 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
     // B's timeline: A's DHCP phases from etcd and B's own, in time order, each named.
     let mut last = Value::Null;
     let whole = wait_for(Duration::from_secs(20), || {
-        last = timeline(&ns_b, &b);
+        last = timeline(&b);
         (has(&last, "dhcp_ack", "fab-a") && has(&last, "booted", "fab-b")).then(|| last.clone())
     })
     .unwrap_or_else(|| panic!("fab-b's timeline: {last}\n{}", b.log()));
@@ -201,7 +172,7 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
         .unwrap_or(0);
     eprintln!("largest shared entry: {largest} bytes (key and value)");
     assert!(largest <= 1024, "{raw}");
-    let m = metrics(&ns_b, &b).expect("metrics");
+    let m = b.metrics().expect("metrics");
     assert!(
         sample(
             &m,
@@ -216,7 +187,7 @@ fn a_boot_across_two_fabrics_shows_whole_on_either_and_partial_without_etcd() {
     // Quorum lost: B answers from its own ledger, marked partial, within its etcd timeout.
     etcd.kill(1);
     etcd.kill(2);
-    let partial = timeline(&ns_b, &b);
+    let partial = timeline(&b);
     assert_eq!(partial["partial"], true, "{partial}");
     assert!(partial["error"].is_string(), "{partial}");
     let s = steps(&partial);

@@ -422,12 +422,9 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             config_path: config.path.clone(),
         };
         let mut service = DhcpService::start(dhcp, fabric.ifaces(), sources, &registry)?;
-        if let Some(c) = &config.cluster {
-            // Its own connection (lazy: DHCP starts while etcd is down).
-            let cluster = crate::cluster::Cluster::connect(c)
-                .await
-                .context("cluster: connecting to etcd")?;
-            let leases = crate::cluster::leases::Leases::new(cluster, &registry)
+        if let Some(cluster) = &etcd {
+            // The fabric's one connection (lazy: DHCP starts while etcd is down).
+            let leases = crate::cluster::leases::Leases::new(cluster.clone(), &registry)
                 .context("registering the cluster leases' metrics")?;
             service.attach_cluster(leases);
         }

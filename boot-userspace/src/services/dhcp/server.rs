@@ -116,6 +116,8 @@ pub struct Server {
     pub table: LeaseTable,
     /// DECLINE buckets per subnet (`dhcp.decline_burst`, `dhcp.decline_per_hour`).
     declines: DeclineLimiter,
+    /// Whether ACKed leases are claimed in etcd (cluster mode), see `share_leases`.
+    shared: bool,
 }
 
 fn mac_of(msg: &Message) -> Mac {
@@ -158,7 +160,14 @@ impl Server {
             inventory,
             table,
             declines,
+            shared: false,
         }
+    }
+
+    /// Cluster mode: dynamic leases are claimed in etcd before they are ACKed, so an ACK
+    /// may be overtaken by another fabric's claim and carries the NAK that then goes out.
+    pub fn share_leases(&mut self) {
+        self.shared = true;
     }
 
     /// Applies reloaded guards: relays and DECLINE limits take effect at once (the commit
@@ -449,22 +458,25 @@ impl Server {
             )];
             let mut reply = self.build(msg, ingress, subnet, MessageType::Ack, ip, None, rules);
             reply.commit = Some(record);
-            // Built now, while the request is at hand; a NAK carries no options, so this is
-            // cheap, and the commit may be lost to another fabric long after the request.
-            let nak_rules = vec![(
-                "nak".to_owned(),
-                format!("{state}: {ip}: taken by another fabric"),
-            )];
-            let nak = self.build(
-                msg,
-                ingress,
-                subnet,
-                MessageType::Nak,
-                Ipv4Addr::UNSPECIFIED,
-                None,
-                nak_rules,
-            );
-            reply.if_lost = Some((nak.msg, nak.dest));
+            // Only a claim in etcd can be lost, and only an address that is not the
+            // client's reservation is claimed (`shared.rs`). The NAK is built now, while the
+            // request is at hand: the claim may be lost to another fabric long after it.
+            if self.shared && self.table.reserved_for(ip) != Some(mac) {
+                let nak_rules = vec![(
+                    "nak".to_owned(),
+                    format!("{state}: {ip}: taken by another fabric"),
+                )];
+                let nak = self.build(
+                    msg,
+                    ingress,
+                    subnet,
+                    MessageType::Nak,
+                    Ipv4Addr::UNSPECIFIED,
+                    None,
+                    nak_rules,
+                );
+                reply.if_lost = Some((nak.msg, nak.dest));
+            }
             return Handled::Reply(Box::new(reply));
         }
         // Off-network requests, addresses held by others, or a reserved host asking for
@@ -961,6 +973,28 @@ mod tests {
     }
 
     const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+    #[test]
+    fn only_a_claimed_ack_carries_the_nak_for_a_lost_claim() {
+        // Standalone: nothing is claimed, so nothing can be lost.
+        let mut s = server(true);
+        let alone = lease(&mut s, 0x01, 0);
+        assert_eq!(alone.kind, MessageType::Ack);
+        assert!(alone.if_lost.is_none());
+        // Cluster mode: a pool address is claimed in etcd; the client's reservation is not.
+        let mut s = server(true);
+        s.share_leases();
+        let pool = lease(&mut s, 0x01, 0);
+        assert_eq!(pool.kind, MessageType::Ack);
+        let (nak, _) = pool.if_lost.expect("a pool address's ACK carries its NAK");
+        assert_eq!(
+            nak.opts().get(OptionCode::MessageType),
+            Some(&DhcpOption::MessageType(MessageType::Nak))
+        );
+        let reserved = lease(&mut s, 0xee, 0);
+        assert_eq!(reserved.msg.yiaddr(), RESERVED);
+        assert!(reserved.if_lost.is_none());
+    }
 
     #[test]
     fn a_moved_reservation_waits_for_the_old_lease_and_its_holder_is_naked() {

@@ -209,6 +209,7 @@ impl DhcpService {
         if let Ok(mut s) = self.server.lock() {
             s.table
                 .prefer_from(super::shared::preference(leases.fabric()));
+            s.share_leases();
         }
         self.cluster = Some(leases);
     }

@@ -650,6 +650,8 @@ mod tests {
     #[test]
     fn a_request_is_acked_only_after_its_lease_is_committed() {
         let mut l = Loop::new("10.0.0.100-10.0.0.110", 10);
+        // Cluster mode, where the commit is a claim another fabric may win.
+        l.server.share_leases();
         let (ip, request) = offered(&mut l);
         let actions = l.feed(&request, broadcast_peer(), 10);
         let Some(Action::Commit {
