@@ -19,12 +19,11 @@
 use std::{net::TcpListener, time::Duration};
 
 use bootfabric_lab::{
-    api::Api,
     bootfabric_bin,
+    cluster_lab::Fabric,
     etcd::EtcdCluster,
-    http_get,
     redfish_server::{Quirks, QuirkyBmc},
-    require_programs, require_root, run, wait_for, Daemon, Netns, TempDir,
+    require_programs, require_root, run, wait_for, Netns, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -57,29 +56,21 @@ fn fabric(
     rack: &str,
     ports: &[u16],
     images: &TempDir,
-) -> (Netns, Daemon) {
-    let ns = Netns::new(name).expect("netns");
-    etcd.bridge
-        .plug(&ns, "fabric0", &format!("{}/24", fabric_ip(rack)))
-        .expect("plug");
-    let config = format!(
-        r#"[daemon]
-state_dir = "state"
-inventory = "hosts.toml"
-[fabric]
-interfaces = ["fabric0"]
-[admin]
-listen = "127.0.0.1:9370"
-[xdp]
-mode = "off"
-[http]
+) -> Fabric {
+    let mut hosts = String::from("[profiles.p]\n");
+    for ((host, r, mac, ip), port) in MACHINES.iter().zip(ports) {
+        hosts += &format!(
+            "[[hosts]]\nname = \"{host}\"\nmac = \"{mac}\"\nip = \"{ip}\"\nprofile = \"p\"\n\
+             rack = \"{r}\"\nbmc = {{ url = \"http://{BMC_IP}:{port}\", username = \"admin\", \
+             password_file = \"bmc.pass\", allow_plaintext = true, timeout_s = 5, attempts = 1 }}\n"
+        );
+    }
+    let host = if rack == "rack-a" { 21 } else { 22 };
+    Fabric::on(etcd, name, host)
+        .rack(rack)
+        .section(&format!(
+            r#"[http]
 root = "{root}"
-[cluster]
-name = "{name}"
-rack = "{rack}"
-etcd = {endpoints}
-ttl_s = 3
-timeout_s = 2
 [scheduler]
 # Slots for every host at once: the run resets them all right away.
 capacity_mbps = 1000
@@ -89,24 +80,12 @@ reset_attempts = 1
 post_timeout_s = 120
 boot_timeout_s = 120
 "#,
-        root = images.path.display(),
-        endpoints = etcd.endpoints_toml()
-    );
-    let mut hosts = String::from("[profiles.p]\n");
-    for ((host, r, mac, ip), port) in MACHINES.iter().zip(ports) {
-        hosts += &format!(
-            "[[hosts]]\nname = \"{host}\"\nmac = \"{mac}\"\nip = \"{ip}\"\nprofile = \"p\"\n\
-             rack = \"{r}\"\nbmc = {{ url = \"http://{BMC_IP}:{port}\", username = \"admin\", \
-             password_file = \"bmc.pass\", allow_plaintext = true, timeout_s = 5, attempts = 1 }}\n"
-        );
-    }
-    let daemon = Daemon::start(
-        &ns,
-        &config,
-        &[("hosts.toml", &hosts), ("bmc.pass", "password\n")],
-    )
-    .expect("daemon");
-    (ns, daemon)
+            root = images.path.display()
+        ))
+        .inventory(&hosts)
+        .file("bmc.pass", "password\n")
+        .start()
+        .expect("fabric")
 }
 
 /// A machine's NIC on the bridge: its MAC and its reserved address.
@@ -149,8 +128,8 @@ fn resets(bmcs: &[QuirkyBmc]) -> Vec<usize> {
 }
 
 /// A fabric's `/api/reboot` document, when it answers 200.
-fn report(ns: &Netns, d: &Daemon) -> Option<Value> {
-    let (code, body) = http_get(ns, d.admin, "/api/reboot").ok()?;
+fn report(f: &Fabric) -> Option<Value> {
+    let (code, body) = f.get("/api/reboot").ok()?;
     (code == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
@@ -169,10 +148,10 @@ fn phases(v: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// The cluster's view on a fabric (`/api/v1/status` `cluster`).
-fn view(ns: &Netns, d: &Daemon) -> Value {
-    let (_, body) = http_get(ns, d.admin, "/api/v1/status").unwrap_or_default();
-    serde_json::from_str::<Value>(&body).map_or(Value::Null, |v| v["cluster"].clone())
+/// The cluster's view on a fabric (`/api/v1/status` `cluster`), `null` when it does not
+/// answer.
+fn view(f: &Fabric) -> Value {
+    f.view().unwrap_or(Value::Null)
 }
 
 /// The runs stored in etcd, by number: their phases.
@@ -271,14 +250,14 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         ref images,
         ..
     } = lab;
-    let (ns_a, a) = fabric(etcd, "fab-a", "rack-a", ports, images);
+    let a = fabric(etcd, "fab-a", "rack-a", ports, images);
     let led = wait_for(Duration::from_secs(40), || {
-        (view(&ns_a, &a)["leading"] == true).then_some(())
+        (view(&a)["leading"] == true).then_some(())
     });
     assert!(led.is_some(), "fab-a does not lead\n{}", a.log());
-    let (ns_b, b) = fabric(etcd, "fab-b", "rack-b", ports, images);
+    let b = fabric(etcd, "fab-b", "rack-b", ports, images);
     let knows = wait_for(Duration::from_secs(40), || {
-        (view(&ns_b, &b)["leader"] == "fab-a").then_some(())
+        (view(&b)["leader"] == "fab-a").then_some(())
     });
     assert!(
         knows.is_some(),
@@ -287,7 +266,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
     );
 
     // 1. On the follower: the same validation as on the leader, then stored for the leader.
-    let api_b = Api::new(&ns_b, b.admin, None);
+    let api_b = b.api(None);
     let r = api_b
         .post("/api/reboot", &json!({"hosts": ["rack-a-n1", "nope"]}))
         .expect("POST /api/reboot");
@@ -326,20 +305,20 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         boots(ns, rack);
     }
     let done = wait_for(Duration::from_secs(30), || {
-        report(&ns_a, &a).filter(|v| v["state"] == "done")
+        report(&a).filter(|v| v["state"] == "done")
     });
     assert!(
         done.is_some(),
         "the leader did not finish the run: {:?}\n{}",
-        report(&ns_a, &a),
+        report(&a),
         a.log()
     );
 
     // 3. The follower reads the report from etcd, and says so.
     let on_b = wait_for(Duration::from_secs(20), || {
-        report(&ns_b, &b).filter(|v| v["state"] == "done")
+        report(&b).filter(|v| v["state"] == "done")
     })
-    .unwrap_or_else(|| panic!("fab-b's report: {:?}\n{}", report(&ns_b, &b), b.log()));
+    .unwrap_or_else(|| panic!("fab-b's report: {:?}\n{}", report(&b), b.log()));
     assert_eq!(on_b["id"].as_u64(), Some(id), "{on_b}");
     assert_eq!(on_b["source"], "cluster", "{on_b}");
     assert_eq!(on_b["leader"], "fab-a", "{on_b}");
@@ -348,7 +327,8 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         .map(|(n, ..)| (n.to_string(), "booted".to_owned()))
         .collect();
     assert_eq!(phases(&on_b), want, "{on_b}");
-    let cli = run(ns_b
+    let cli = run(b
+        .ns
         .command(bootfabric_bin())
         .args(["reboot", "--status", "--config"])
         .arg(b.config_path()))
@@ -369,7 +349,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         .expect("POST /api/reboot");
     assert_eq!(r.status, 202, "{}", r.body);
     let busy = wait_for(Duration::from_secs(20), || {
-        report(&ns_a, &a).filter(|v| v["state"] == "running")
+        report(&a).filter(|v| v["state"] == "running")
     });
     assert!(busy.is_some(), "the second run did not start\n{}", a.log());
     for n in 0..MAX_REQUESTED {
@@ -405,7 +385,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
             .is_some_and(|s| s.trim().parse::<u64>().is_ok_and(|n| n >= 1)),
         "{refused:?}"
     );
-    drop((ns_a, a));
+    drop(a);
 }
 
 /// The value of `key` in etcd, as JSON.
@@ -434,13 +414,14 @@ fn a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing(
         ref images,
         ..
     } = lab;
-    let (ns_a, mut a) = fabric(etcd, "fab-a", "rack-a", ports, images);
+    let mut a = fabric(etcd, "fab-a", "rack-a", ports, images);
     let led = wait_for(Duration::from_secs(40), || {
-        (view(&ns_a, &a)["leading"] == true).then_some(())
+        (view(&a)["leading"] == true).then_some(())
     });
     assert!(led.is_some(), "fab-a does not lead\n{}", a.log());
-    let (ns_b, b) = fabric(etcd, "fab-b", "rack-b", ports, images);
-    let r = Api::new(&ns_a, a.admin, None)
+    let b = fabric(etcd, "fab-b", "rack-b", ports, images);
+    let r = a
+        .api(None)
         .post("/api/reboot", &json!({"all": true}))
         .expect("POST /api/reboot");
     assert_eq!(r.status, 202, "{}", r.body);
@@ -475,21 +456,18 @@ fn a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing(
     // The machine found off fails, saying why; the one found on waits for its boot.
     // (Its record in etcd is written when the run ends; the new leader's status says it first.)
     let failed_on_b = wait_for(Duration::from_secs(40), || {
-        let v = report(&ns_b, &b)?;
+        let v = report(&b)?;
         let h1 = v["hosts"][1].clone();
         (h1["phase"] == "failed").then_some(h1)
     })
-    .unwrap_or_else(|| panic!("{:?}\n{}", report(&ns_b, &b), b.log()));
+    .unwrap_or_else(|| panic!("{:?}\n{}", report(&b), b.log()));
     assert!(
         failed_on_b["reason"]
             .as_str()
             .is_some_and(|r| r.contains("off after a reset of unknown outcome")),
         "{failed_on_b}"
     );
-    assert_eq!(
-        report(&ns_b, &b).expect("report")["hosts"][0]["phase"],
-        "posting"
-    );
+    assert_eq!(report(&b).expect("report")["hosts"][0]["phase"], "posting");
     // The first machine boots (reporting at fab-b): the run ends there.
     boots(&machines[0], "rack-b");
     let done = wait_for(Duration::from_secs(30), || {
@@ -516,5 +494,5 @@ fn a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing(
         "{}",
         b.log()
     );
-    drop((ns_a, a));
+    drop(a);
 }
