@@ -341,6 +341,12 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         "{cli}"
     );
     assert_eq!(resets(bmcs), vec![1; MACHINES.len()], "resets per machine");
+    // Only the leader cancels: the follower says where to.
+    let r = api_b
+        .request("DELETE", "/api/reboot", &[], None)
+        .expect("DELETE /api/reboot");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("cancel it on fab-a"), "{}", r.body);
 
     // 4. A second run keeps the leader busy (its machines do not boot again); requests pile
     //    up on the follower, as many as may wait, and no more.

@@ -708,9 +708,20 @@ async fn legacy(
                 admin.reboots.retry_after_s(),
             ),
         },
-        Endpoint::RebootCancel => match admin.reboots.cancel() {
-            Some(id) => json(format!("{{\"cancelled\":{id}}}\n")),
-            None => text(StatusCode::CONFLICT, "no reboot run in progress\n"),
+        Endpoint::RebootCancel => match (admin.reboots.cancel(), admin.reboots.led_elsewhere()) {
+            (Some(id), _) => json(format!("{{\"cancelled\":{id}}}\n")),
+            // Cluster mode: only the leader runs (so cancels) runs; say where to ask.
+            (None, Some(leader)) => text(
+                StatusCode::CONFLICT,
+                format!(
+                    "this fabric does not run reboot runs (the cluster's leader does): {}\n",
+                    leader.map_or(
+                        "no leader now; try again within the cluster's ttl".to_owned(),
+                        |l| format!("cancel it on {l}")
+                    )
+                ),
+            ),
+            (None, None) => text(StatusCode::CONFLICT, "no reboot run in progress\n"),
         },
         Endpoint::RebootStart => {
             let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)

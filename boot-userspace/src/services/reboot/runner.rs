@@ -374,6 +374,13 @@ impl RebootService {
         Some(read.await)
     }
 
+    /// Cluster mode, on a fabric that does not lead: the leader as last read (`None` inside:
+    /// nobody now). `None`: this fabric runs runs itself (standalone, or it leads).
+    pub fn led_elsewhere(&self) -> Option<Option<String>> {
+        let l = self.leadership.as_ref()?;
+        (!l.leading()).then(|| l.leader())
+    }
+
     /// How long to wait before asking again when the cluster cannot answer, seconds.
     pub fn retry_after_s(&self) -> u64 {
         self.runs
