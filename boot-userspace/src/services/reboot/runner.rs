@@ -337,6 +337,13 @@ impl RebootService {
         first.source = Some(StatusSource::Cluster);
         first.leader = Some(leader);
         first.phases.insert(PhaseLabel::Waiting, first.hosts.len());
+        // Capacity and slots are the leader's to plan with, not this fabric's.
+        (
+            first.capacity_bps,
+            first.capacity_cap_bps,
+            first.per_host_bps,
+        ) = (0.0, 0.0, 0.0);
+        (first.slots, first.lower_bound_s) = (0, 0.0);
         Ok(first)
     }
 
@@ -639,23 +646,53 @@ impl RebootService {
         status
     }
 
-    /// Puts each host of a run taken over where its record says (see [`resume`]); a host
-    /// whose reset outcome is unknown is found out about first ([`Self::find_out`]).
+    /// Puts each host of a run taken over where its record says (see [`resume`]); the hosts
+    /// whose reset outcome is unknown are found out about first ([`Self::find_out`]), at
+    /// once up to the run's limit of BMC operations in flight (one BMC that does not answer
+    /// holds up only its own hosts, for the query's bound).
     async fn resume_hosts(
-        &self,
+        self: &Arc<Self>,
         step: &mut RunStep,
         take: TakeOver,
     ) -> Result<Option<Stored>, RunsError> {
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.params.max_bmc_ops.max(1)));
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, m) in step.members().iter().enumerate() {
+            let record = take.records.get(&m.spec.name);
+            if resume(record, None) != Resume::AskPower {
+                continue;
+            }
+            let since_ms = record.map_or(0, |r| r.at_ms);
+            let (me, limit, mac, bmc) =
+                (Arc::clone(self), Arc::clone(&limit), m.mac, m.bmc.clone());
+            asks.spawn(async move {
+                // The semaphore is never closed: a permit always comes.
+                let _permit = limit.acquire_owned().await;
+                (i, me.find_out(mac, &bmc, since_ms).await)
+            });
+        }
+        let mut found: HashMap<usize, Found> = HashMap::new();
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((i, f)) => {
+                    found.insert(i, f);
+                }
+                // A query that panicked finds nothing out: the host is decided as if its
+                // BMC did not answer (never reset).
+                Err(e) => warn!(error = %e, "a power-state query failed"),
+            }
+        }
         for i in 0..step.members().len() {
-            let m = &step.members()[i];
-            let (name, mac, bmc) = (m.spec.name.clone(), m.mac, m.bmc.clone());
+            let name = step.members()[i].spec.name.clone();
             let record = take.records.get(&name);
             let mut decision = resume(record, None);
             if decision == Resume::AskPower {
-                let since_ms = record.map_or(0, |r| r.at_ms);
-                let found = self.find_out(mac, &bmc, since_ms).await;
-                info!(host = %name, power = ?found.power, booted_ms = ?found.booted_ms, "the previous leader's reset outcome is unknown: found out");
-                decision = resume(record, Some(found));
+                let f = found.get(&i).copied().unwrap_or(Found {
+                    power: Power::Unknown,
+                    booted_ms: None,
+                });
+                info!(host = %name, power = ?f.power, booted_ms = ?f.booted_ms, "the previous leader's reset outcome is unknown: found out");
+                decision = resume(record, Some(f));
             }
             info!(host = %name, decision = ?decision, "resuming a host of a run taken over");
             step.take_over(i, record, &decision);
@@ -1975,5 +2012,40 @@ mod tests {
             "no host was reset: {:?}",
             w.bmc_calls()
         );
+    }
+
+    /// BMCs that do not answer hold a take-over up for the query's bound, once: the hosts'
+    /// power states are asked at once, not one after the other, and a host whose BMC says
+    /// nothing in time is waited on, never reset.
+    #[tokio::test(start_paused = true)]
+    async fn power_queries_go_out_at_once_and_a_silent_bmc_is_waited_on_not_reset() {
+        use PhaseLabel::*;
+        let bmc = FakeBmc::new().with_delay(Duration::from_secs(3600));
+        let slow = "capacity_mbps = 5\nper_host_mbps = 1\npost_guess_s = 1\n\
+                    lookahead_s = 0\npost_timeout_s = 120\n";
+        let leader = Leadership::fixed(Some("fab-a"), Some(Duration::from_secs(3600)));
+        let w = world_led(3, false, slow, bmc, Some(leader));
+        let records: HashMap<String, HostRecord> = (0..3)
+            .map(|i| {
+                let r = HostRecord {
+                    state: HostState::Resetting,
+                    fabric: "fab-old".into(),
+                    at_ms: BASE_MS,
+                    attempts: 1,
+                    reason: None,
+                };
+                (format!("h{i}"), r)
+            })
+            .collect();
+        let (members, _) = w.service.select(&all()).expect("members");
+        w.service
+            .launch(members, Vec::new(), Some(TakeOver { id: 3, records }))
+            .expect("taken over");
+        // One bound (30 s) for all three, not three in a row.
+        w.at(POWER_QUERY.as_secs_f64() + 0.375).await;
+        assert_eq!(w.phases(), [Posting, Posting, Posting]);
+        assert!(w.bmc.power_calls().is_empty(), "none answered");
+        ticks(40).await;
+        assert!(w.bmc_calls().is_empty(), "no reset: {:?}", w.bmc_calls());
     }
 }
