@@ -1,6 +1,7 @@
 //! DHCP high availability on etcd: two fabrics on one client segment both answer, never
 //! hand out one address twice, and when one dies the other serves its clients, including
-//! renewing the leases the dead one granted.
+//! renewing the leases the dead one granted. A flood of invented MACs writes to etcd no more
+//! than the pool and the timeline's budget.
 
 use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
@@ -683,4 +684,125 @@ fn a_storm_of_a_thousand_clients_survives_a_fabric_killed_mid_storm() {
     .unwrap_or(0.0);
     println!("fab-b lost {lost} claims to fab-a");
     drop(real);
+}
+
+/// Keys under `dir` (`/bootfabric/leases/`, ...) in etcd.
+fn etcd_keys(etcd: &EtcdCluster, dir: &str) -> usize {
+    etcd.etcdctl(0, &["get", "--prefix", "--keys-only", dir])
+        .expect("etcdctl get")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// The hourly window of the shared timeline's budgets (`cluster::timeline`) now.
+fn hour_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600)
+}
+
+/// What a machine on the provisioning network can make a fabric write to etcd by inventing
+/// MACs: a DISCOVER flood writes no lease (offers are not claimed); a full DORA flood claims
+/// at most the pool; the boot timeline shares at most the unknown MACs' hourly budget (256)
+/// of all the entries the flood makes. Everything else is counted and dropped.
+#[test]
+fn a_flood_of_invented_macs_writes_to_etcd_no_more_than_the_pool_and_the_budget() {
+    const TEST: &str =
+        "a_flood_of_invented_macs_writes_to_etcd_no_more_than_the_pool_and_the_budget";
+    if !(require_root(TEST) && require_programs(TEST, &["etcd", "etcdctl", "perfdhcp"])) {
+        return;
+    }
+    /// `cluster::timeline`'s hourly budget for all unknown MACs together.
+    const UNKNOWN_BUDGET: usize = 256;
+    /// Larger than the budget, so the flood's OFFERs and ACKs alone outrun it.
+    const POOL: usize = 400;
+    let first_hour = hour_now();
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let mut lan = Bridge::new().expect("lan");
+    let flood = Lan {
+        prefix: 21,
+        rate_limit: 100_000,
+        lease_time: 3600,
+        pool: "10.77.1.0-10.77.2.143",
+    };
+    let f = lan_fabric(&mut etcd, &mut lan, "flood-a", 21, flood)
+        .log("warn")
+        .xdp("mode = \"generic\"\nrelay_rate_limit = 10000000")
+        .start()
+        .expect("fabric");
+    let attacker = Netns::new("atk").expect("netns");
+    lan.plug(&attacker, "atk0", "10.77.0.2/21").expect("plug");
+    // perfdhcp as one relay carrying 2,000 invented clients, 500 exchanges/s for 4 s.
+    let perfdhcp = |args: &[&str]| {
+        let out = attacker
+            .command("timeout")
+            .args(["-k", "5", "60", "perfdhcp", "-4", "-l", "10.77.0.2"])
+            .args([
+                "-b",
+                "mac=02:18:00:00:00:00",
+                "-R",
+                "2000",
+                "-r",
+                "500",
+                "-p",
+                "4",
+            ])
+            .args(args)
+            .arg("10.77.0.21")
+            .output()
+            .expect("perfdhcp");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+
+    // DISCOVERs only: answered, and not one lease in etcd.
+    let discovers = perfdhcp(&["-i"]);
+    let offers = perf_stat(&discovers, "DISCOVER-OFFER", "received packets").unwrap_or(0);
+    assert!(
+        offers > 0,
+        "no OFFER to the flood:\n{discovers}\n{}",
+        f.log()
+    );
+    let leases = etcd_keys(&etcd, "/bootfabric/leases/");
+    assert_eq!(leases, 0, "a DISCOVER flood wrote leases to etcd");
+
+    // Whole exchanges: the pool is claimed, never more.
+    let dora = perfdhcp(&[]);
+    let acks = perf_stat(&dora, "REQUEST-ACK", "received packets").unwrap_or(0);
+    assert!(acks > 0, "no ACK to the flood:\n{dora}\n{}", f.log());
+    let leases = etcd_keys(&etcd, "/bootfabric/leases/");
+    assert!(
+        (1..=POOL).contains(&leases),
+        "{leases} leases in etcd from a pool of {POOL}"
+    );
+    println!(
+        "flood: {offers} OFFERs to DISCOVERs only, then {acks} ACKs of whole exchanges; {leases} leases in etcd"
+    );
+
+    // The timeline: the unknown MACs' budget of each hourly window the flood spanned, and
+    // what went past it counted as dropped.
+    let dropped = wait_for(Duration::from_secs(20), || {
+        let m = f.metrics().ok()?;
+        sample(
+            &m,
+            "bootfabric_cluster_timeline_writes_total",
+            &[("outcome", "dropped_budget")],
+        )
+        .filter(|d| *d > 0.0)
+    });
+    assert!(
+        dropped.is_some(),
+        "no entry refused for the budget\n{}",
+        f.log()
+    );
+    let windows = (hour_now() - first_hour + 1) as usize;
+    let entries = etcd_keys(&etcd, "/bootfabric/timeline/");
+    assert!(
+        entries <= UNKNOWN_BUDGET * windows,
+        "{entries} timeline entries in etcd, over {windows} window(s) of {UNKNOWN_BUDGET}"
+    );
+    println!(
+        "timeline: {entries} entries shared, {} dropped for the budget",
+        dropped.unwrap_or(0.0)
+    );
 }
