@@ -12,10 +12,12 @@
 //!
 //! 1. fab-a (rack-a) leads and starts the run of three hosts: one in rack-a, two in rack-b.
 //! 2. The rack-a machine boots at fab-a, the first rack-b machine at fab-b: the leader's
-//!    report shows both booted, the rack-b one only through the shared timeline.
+//!    report shows both booted, the rack-b one only through the shared timeline; the leader
+//!    writes both boots to etcd as they happen, so the follower's report (read from etcd)
+//!    shows them too.
 //! 3. fab-a is SIGKILLed (by PID) mid-run: the test holds the second rack-b machine back
-//!    until then. fab-b takes the run over; the rack-a machine's boot is known to it only
-//!    from fab-a's shared entries.
+//!    until then. fab-b takes the run over; the two boots are on record, so it waits only
+//!    for the third.
 //! 4. The last machine boots at fab-b; fab-b ends the run with every host booted and its
 //!    report shows both racks.
 //!
@@ -396,6 +398,21 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
         (r["state"] == "reset").then_some(())
     });
     assert!(recorded.is_some(), "{n2_key}: {}\n{}", get(n2_key), a.log());
+    // The two boots are in etcd as they happened, not only at the run's end: the follower's
+    // report, read from etcd, shows them.
+    for m in &MACHINES[..2] {
+        let key = format!("/bootfabric/run-hosts/00000000000000000001/{}", m.name);
+        let written = wait_for(Duration::from_secs(20), || {
+            let r: Value = serde_json::from_str(&get(&key)).ok()?;
+            (r["state"] == "booted" && r["fabric"] == "fab-a").then_some(())
+        });
+        assert!(written.is_some(), "{key}: {}\n{}", get(&key), a.log());
+    }
+    let on_b = phases(&b);
+    assert!(
+        booted(&on_b, "rack-a-n1") && booted(&on_b, "rack-b-n1") && !booted(&on_b, "rack-b-n2"),
+        "the follower's report from etcd: {on_b:?}"
+    );
 
     // fab-a dies mid-run; fab-b takes the run over.
     a.stop_with(nix::sys::signal::Signal::SIGKILL)
@@ -424,7 +441,13 @@ fn a_two_rack_run_outlives_its_leader_and_no_booted_machine_is_reset_twice() {
         let key = format!("/bootfabric/run-hosts/00000000000000000001/{}", m.name);
         let r: Value = serde_json::from_str(&get(&key)).unwrap_or(Value::Null);
         assert_eq!(r["state"], "booted", "{}: {r}\n{}", m.name, b.log());
-        assert_eq!(r["fabric"], "fab-b", "{}: {r}", m.name);
+        // Each boot recorded by the leader of the moment: the first two by fab-a.
+        let by = if m.name == "rack-b-n2" {
+            "fab-b"
+        } else {
+            "fab-a"
+        };
+        assert_eq!(r["fabric"], by, "{}: {r}", m.name);
     }
     // The new leader's report has both racks, every host booted.
     let p = phases(&b);

@@ -13,7 +13,7 @@
 //! scheduler's deadlines with tokio's paused time.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -770,27 +770,13 @@ impl RebootService {
 
     /// Cluster mode: each host's end (booted, failed) and the run's, recorded as far as etcd
     /// and the term allow (a new leader that reads less redoes nothing a record forbids).
+    /// Hosts whose end [`Self::share_ends`] wrote already are written again (the same
+    /// record): one lost write is made good here.
     async fn store_end(&self, stored: &Stored, step: &RunStep, view: &RunStatus) {
         let now_ms = self.clock.now_ms();
-        for (m, line) in step.members().iter().zip(&view.hosts) {
-            let state = match line.phase {
-                PhaseLabel::Booted => HostState::Booted,
-                PhaseLabel::Failed => HostState::Failed,
-                _ => continue,
-            };
-            let record = HostRecord {
-                state,
-                fabric: stored.store.fabric().to_owned(),
-                at_ms: now_ms,
-                attempts: line.attempts,
-                reason: line.reason.clone(),
-            };
-            if let Err(e) = stored
-                .store
-                .record_outcome(stored.id, &m.spec.name, &record)
-                .await
-            {
-                warn!(host = %m.spec.name, error = %e, "cannot record the host's outcome in etcd");
+        for (name, record) in ended_records(step, view, stored.store.fabric(), now_ms, None) {
+            if let Err(e) = stored.store.record_outcome(stored.id, &name, &record).await {
+                warn!(host = %name, error = %e, "cannot record the host's outcome in etcd");
             }
         }
         let phase = if view.state == RunState::Done {
@@ -805,6 +791,31 @@ impl RebootService {
         if let Err(e) = fenced {
             warn!(etcd_run = stored.id, error = %e, "cannot record the run's end in etcd");
         }
+    }
+
+    /// Cluster mode: the hosts that ended since the last tick are written to etcd at once,
+    /// in the background (a tick never waits on etcd), so a follower's report and a new
+    /// leader see each boot as it happens, not only when the run ends.
+    fn share_ends(
+        &self,
+        stored: &Stored,
+        step: &RunStep,
+        view: &RunStatus,
+        shared: &mut HashSet<String>,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let records = ended_records(step, view, stored.store.fabric(), now_ms, Some(shared));
+        if records.is_empty() {
+            return;
+        }
+        let stored = stored.clone();
+        tokio::spawn(async move {
+            for (name, record) in records {
+                if let Err(e) = stored.store.record_outcome(stored.id, &name, &record).await {
+                    warn!(host = %name, error = %e, "cannot record the host's outcome in etcd (again at the run's end)");
+                }
+            }
+        });
     }
 
     /// Whether this fabric may reset hosts now: always standalone, only while it leads in
@@ -856,6 +867,8 @@ impl RebootService {
         }
         // A run that could not be stored ends here, cancelled, without a tick.
         let stopped = step.status().finished();
+        // Hosts whose end went to etcd during the run (`share_ends`).
+        let mut shared = HashSet::new();
         loop {
             if stopped {
                 break;
@@ -882,7 +895,10 @@ impl RebootService {
             for action in step.advance(news) {
                 self.apply(action, &step, &tx, stored.as_ref());
             }
-            self.publish(&mut step, &status);
+            let view = self.publish(&mut step, &status);
+            if let Some(stored) = &stored {
+                self.share_ends(stored, &step, &view, &mut shared);
+            }
             if step.finish() {
                 break;
             }
@@ -1092,6 +1108,39 @@ impl RebootService {
 struct TakeOver {
     id: u64,
     records: HashMap<String, HostRecord>,
+}
+
+/// The records of the hosts `view` shows ended (booted, failed), by name, as `fabric` at
+/// `now_ms`; with `skip`, only those not in it, which are then added to it.
+fn ended_records(
+    step: &RunStep,
+    view: &RunStatus,
+    fabric: &str,
+    now_ms: u64,
+    mut skip: Option<&mut HashSet<String>>,
+) -> Vec<(String, HostRecord)> {
+    let mut out = Vec::new();
+    for (m, line) in step.members().iter().zip(&view.hosts) {
+        let state = match line.phase {
+            PhaseLabel::Booted => HostState::Booted,
+            PhaseLabel::Failed => HostState::Failed,
+            _ => continue,
+        };
+        if let Some(seen) = skip.as_deref_mut() {
+            if !seen.insert(m.spec.name.clone()) {
+                continue;
+            }
+        }
+        let record = HostRecord {
+            state,
+            fabric: fabric.to_owned(),
+            at_ms: now_ms,
+            attempts: line.attempts,
+            reason: line.reason.clone(),
+        };
+        out.push((m.spec.name.clone(), record));
+    }
+    out
 }
 
 /// A run as stored in etcd: the store and the run's number there.
