@@ -38,12 +38,16 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "ndisc6",
         ],
     ),
-    // The etcd client is gRPC: its build compiles etcd's .proto files with protoc.
-    ("daemon build", &["protobuf-compiler"]),
+    // The etcd client is gRPC: its build compiles etcd's .proto files with protoc, which
+    // imports Google's well-known types (descriptor.proto, struct.proto) from
+    // libprotobuf-dev: protobuf-compiler only recommends it, and setup installs no
+    // recommends.
+    ("daemon build", &["protobuf-compiler", "libprotobuf-dev"]),
     ("metrics checks", &["prometheus"]),
     // Cluster mode's lab: real etcd members in namespaces (the binary only; no system service
     // is started, see apt_install's policy-rc.d).
-    ("cluster lab", &["etcd-server"]),
+    // etcdctl (the lab's health checks and its view of the keys) is packaged apart.
+    ("cluster lab", &["etcd-server", "etcd-client"]),
     (
         "DHCP peers and clients",
         &[
@@ -95,7 +99,9 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "llvm-22-dev" => Some("/usr/lib/llvm-22/lib/libLLVM.so"),
         "prometheus" => Some("/usr/bin/promtool"),
         "protobuf-compiler" => Some("/usr/bin/protoc"),
+        "libprotobuf-dev" => Some("/usr/include/google/protobuf/descriptor.proto"),
         "etcd-server" => Some("/usr/bin/etcd"),
+        "etcd-client" => Some("/usr/bin/etcdctl"),
         _ => None,
     }
 }

@@ -239,15 +239,7 @@ impl RunStore {
         let mut client = c.client();
         let dir = c.dir(RUNS);
         for _ in 0..5 {
-            let resp = c
-                .bounded(client.get(dir.as_str(), Some(GetOptions::new().with_prefix())))
-                .await?;
-            let read_at = resp.header().map_or(0, |h| h.revision());
-            let runs: Vec<RunRecord> = resp
-                .kvs()
-                .iter()
-                .map(|kv| decode(kv.key(), kv.value()))
-                .collect::<Result<_, _>>()?;
+            let (runs, read_at) = self.read_runs().await?;
             let waiting = runs
                 .iter()
                 .filter(|r| r.phase == RunPhase::Requested)
@@ -309,16 +301,24 @@ impl RunStore {
 
     /// Every run, oldest first.
     pub async fn runs(&self) -> Result<Vec<RunRecord>, ClusterError> {
+        Ok(self.read_runs().await?.0)
+    }
+
+    /// Every run, oldest first, and the etcd revision they were read at.
+    async fn read_runs(&self) -> Result<(Vec<RunRecord>, i64), ClusterError> {
         let c = &self.cluster;
         let mut client = c.client();
         let dir = c.dir(RUNS);
         let resp = c
             .bounded(client.get(dir.as_str(), Some(GetOptions::new().with_prefix())))
             .await?;
-        resp.kvs()
+        let read_at = resp.header().map_or(0, |h| h.revision());
+        let runs = resp
+            .kvs()
             .iter()
             .map(|kv| decode(kv.key(), kv.value()))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((runs, read_at))
     }
 
     /// One run.

@@ -96,22 +96,19 @@ pub fn cluster(config: &Config) -> Vec<Item> {
             }
         };
         let mut items = Vec::new();
-        match cluster.status().await {
-            Ok(s) if s.leader == 0 => items.push(Item::fail(
-                "cluster.etcd",
-                format!(
-                    "{endpoints}: etcd {} answers but has no leader (quorum lost)",
-                    s.version
-                ),
-                "bring a majority of the etcd members back",
-            )),
-            Ok(s) => items.push(Item::pass(
-                "cluster.etcd",
-                format!(
-                    "{endpoints}: etcd {}, {} member(s), leader {:x}",
-                    s.version, s.members, s.leader
-                ),
-            )),
+        let status = match cluster.status().await {
+            Ok(s) if s.leader == 0 => {
+                items.push(Item::fail(
+                    "cluster.etcd",
+                    format!(
+                        "{endpoints}: etcd {} answers but has no leader (quorum lost)",
+                        s.version
+                    ),
+                    "bring a majority of the etcd members back",
+                ));
+                return items;
+            }
+            Ok(s) => s,
             Err(e) => {
                 // A TLS refusal reaches the gRPC client as "transport error": ask a member
                 // directly which file is at fault.
@@ -136,8 +133,47 @@ pub fn cluster(config: &Config) -> Vec<Item> {
                 ));
                 return items;
             }
+        };
+        // A member's status names the leader it last heard from, which it keeps for an
+        // election timeout after quorum is gone. Only a linearizable read proves a
+        // majority answers now: the registered fabrics are that read. One dead member
+        // can take a single request (the client has not yet marked it down), so a
+        // transport failure is tried again before it counts.
+        let mut fabrics = cluster.fabrics().await;
+        for _ in 0..2 {
+            match &fabrics {
+                Err(crate::cluster::ClusterError::Etcd(_)) => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    fabrics = cluster.fabrics().await;
+                }
+                _ => break,
+            }
         }
-        match cluster.fabrics().await {
+        let fabrics = match fabrics {
+            Ok(f) => {
+                items.push(Item::pass(
+                    "cluster.etcd",
+                    format!(
+                        "{endpoints}: etcd {}, {} member(s), leader {:x}",
+                        status.version, status.members, status.leader
+                    ),
+                ));
+                Ok(f)
+            }
+            Err(e @ crate::cluster::ClusterError::Record { .. }) => Err(e),
+            Err(e) => {
+                items.push(Item::fail(
+                    "cluster.etcd",
+                    format!(
+                        "{endpoints}: etcd {} answers but a quorum read fails (quorum lost?): {e}",
+                        status.version
+                    ),
+                    "bring a majority of the etcd members back",
+                ));
+                return items;
+            }
+        };
+        match fabrics {
             Ok(fabrics) => {
                 // A record under this name from another rack is another fabric (one
                 // from this rack may be this machine's daemon, running).

@@ -462,19 +462,8 @@ impl Server {
             // client's reservation is claimed (`shared.rs`). The NAK is built now, while the
             // request is at hand: the claim may be lost to another fabric long after it.
             if self.shared && self.table.reserved_for(ip) != Some(mac) {
-                let nak_rules = vec![(
-                    "nak".to_owned(),
-                    format!("{state}: {ip}: taken by another fabric"),
-                )];
-                let nak = self.build(
-                    msg,
-                    ingress,
-                    subnet,
-                    MessageType::Nak,
-                    Ipv4Addr::UNSPECIFIED,
-                    None,
-                    nak_rules,
-                );
+                let why = format!("{state}: {ip}: taken by another fabric");
+                let nak = self.nak(msg, ingress, subnet, why);
                 reply.if_lost = Some((nak.msg, nak.dest));
             }
             return Handled::Reply(Box::new(reply));
@@ -492,16 +481,8 @@ impl Server {
             } else {
                 "address on the wrong network"
             };
-            let rules = vec![("nak".to_owned(), format!("{state}: {ip}: {why}"))];
-            return Handled::Reply(Box::new(self.build(
-                msg,
-                ingress,
-                subnet,
-                MessageType::Nak,
-                Ipv4Addr::UNSPECIFIED,
-                None,
-                rules,
-            )));
+            let why = format!("{state}: {ip}: {why}");
+            return Handled::Reply(Box::new(self.nak(msg, ingress, subnet, why)));
         }
         Handled::Silent("not authoritative for this address")
     }
@@ -714,6 +695,20 @@ impl Server {
             .map(|h| h.options.clone())
             .unwrap_or_default();
         host.over(&self.dhcp.subnets[subnet].options.over(&self.dhcp.options))
+    }
+
+    /// A NAK for `req`, its reason recorded as the decision's one rule.
+    fn nak(&self, req: &Message, ingress: &Ingress<'_>, subnet: usize, why: String) -> Reply {
+        let rules = vec![("nak".to_owned(), why)];
+        self.build(
+            req,
+            ingress,
+            subnet,
+            MessageType::Nak,
+            Ipv4Addr::UNSPECIFIED,
+            None,
+            rules,
+        )
     }
 
     /// Builds a reply of `kind` with address `yiaddr`. `inform_to` is set for INFORM.
