@@ -28,6 +28,7 @@ use nix::sched::{setns, CloneFlags};
 
 pub mod api;
 pub mod bootimage;
+pub mod capture;
 pub mod cluster_lab;
 pub mod control;
 pub mod dhcp_client;

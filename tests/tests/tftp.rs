@@ -1228,3 +1228,300 @@ fn a_slow_drip_client_is_cut_at_the_transfer_lifetime() {
     );
     assert_eq!(ended_for_lifetime(), 1.0);
 }
+
+/// TFTP in the kernel (issue 18): lock-step transfers of a `tftp.kernel_files` file (here the
+/// default, the `[boot]` bootloaders, of which the lab has `ipxe.efi`) are carried by the TC
+/// program after their first block; real clients get identical bytes, userspace sends the
+/// first and the last block, and a windowed transfer stays in userspace, counted as such.
+#[test]
+fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
+    const T: &str = "lock_step_transfers_of_bootloaders_are_answered_in_the_kernel";
+    let Some(l) = lab(T, "tftp") else {
+        return;
+    };
+    if !require(
+        have_program("curl"),
+        T,
+        "curl is not installed (cargo xtask setup)",
+    ) || !require(
+        have_program("atftp"),
+        T,
+        "atftp is not installed (cargo xtask setup)",
+    ) {
+        return;
+    }
+    let size = std::fs::metadata(l.root.join("ipxe.efi"))
+        .expect("size")
+        .len();
+    let blocks = |blksize: u64| size / blksize + 1;
+    // tftp-hpa: RFC 1350, 512-byte blocks, no options.
+    let dest = l.out.path.join("hpa");
+    run(l
+        .lab
+        .client
+        .command("tftp")
+        .args(["-m", "binary", "10.77.0.1", "-c", "get", "ipxe.efi"])
+        .arg(&dest))
+    .expect("tftp get");
+    l.same("ipxe.efi", "hpa");
+    let kernel_blocks = l.metric("bootfabric_tftp_kernel_blocks_total", &[]);
+    // Userspace sends block 1 and the last; the kernel every block between.
+    assert_eq!(
+        kernel_blocks,
+        (blocks(512) - 2) as f64,
+        "{}",
+        l.daemon.log()
+    );
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_kernel_transfers_total",
+            &[("file", "ipxe.efi"), ("result", "handed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        l.metric("bootfabric_tftp_kernel_bytes_total", &[]),
+        ((blocks(512) - 2) * 512) as f64
+    );
+    // The bytes counter counts the kernel's blocks too: the whole file, once.
+    assert_eq!(l.metric("bootfabric_tftp_bytes_total", &[]), size as f64);
+
+    // curl: blksize 1468 (the largest a 1500-byte link carries), lock-step.
+    let dest = l.out.path.join("curl");
+    run(l
+        .lab
+        .client
+        .command("curl")
+        .args(["-sS", "--fail", "--tftp-blksize", "1468", "-o"])
+        .arg(&dest)
+        .arg("tftp://10.77.0.1/ipxe.efi"))
+    .expect("curl");
+    l.same("ipxe.efi", "curl");
+    assert_eq!(
+        l.metric("bootfabric_tftp_kernel_blocks_total", &[]) - kernel_blocks,
+        (blocks(1468) - 2) as f64
+    );
+
+    // atftp with windowsize 4: windows stay in userspace, and say why.
+    let dest = l.out.path.join("atftp");
+    run(l
+        .lab
+        .client
+        .command("atftp")
+        .args([
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 4",
+            "-g",
+            "-r",
+        ])
+        .arg("ipxe.efi")
+        .arg("-l")
+        .arg(&dest)
+        .arg("10.77.0.1"))
+    .expect("atftp");
+    l.same("ipxe.efi", "atftp");
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_kernel_transfers_total",
+            &[("file", "ipxe.efi"), ("result", "options")]
+        ),
+        1.0
+    );
+    // A file not listed never reaches the kernel.
+    let dest = l.out.path.join("exact");
+    run(l
+        .lab
+        .client
+        .command("tftp")
+        .args(["-m", "binary", "10.77.0.1", "-c", "get", "exact.bin"])
+        .arg(&dest))
+    .expect("tftp get");
+    l.same("exact.bin", "exact");
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_kernel_transfers_total",
+            &[("file", "exact.bin"), ("result", "handed")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_transfers_total",
+            &[("outcome", "completed")]
+        ),
+        4.0
+    );
+}
+
+/// The DATA frames of `capture` (UDP from the server to the client, opcode 3), in order,
+/// each repeat of the block just before dropped (a retransmission).
+fn data_frames(capture: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for f in capture {
+        let is_data = f.len() >= 46
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 17
+            && f[26..30] == [10, 77, 0, 1]
+            && f[42..44] == [0, 3];
+        if !is_data {
+            continue;
+        }
+        if out.last().is_some_and(|l| l[44..46] == f[44..46]) {
+            continue;
+        }
+        out.push(f);
+    }
+    out
+}
+
+/// A frame with what differs between two labs and two transfers blanked: the MACs (each lab's
+/// veth pair has its own), the ports (each transfer's TID) and the UDP checksum (over them),
+/// and the IPv4 identification with the header checksum over it: the stack draws the ID of
+/// a don't-fragment datagram from a keyed hash the kernel keeps secret, the TC program sends
+/// 0, and RFC 6864 gives the field no meaning in an atomic datagram.
+fn normalised(f: &[u8]) -> Vec<u8> {
+    let mut f = f.to_vec();
+    f[..12].fill(0);
+    f[18..20].fill(0);
+    f[24..26].fill(0);
+    f[34..38].fill(0);
+    f[40..42].fill(0);
+    f
+}
+
+/// Whether the UDP checksum field of DATA frame `f` is one a receiver takes: the full
+/// checksum, or, for a datagram whose sum the sending stack left to offload (a local socket
+/// over veth, CHECKSUM_PARTIAL), the pseudo-header sum. Which one a frame carries follows the
+/// ACK it answers, as it would for the stack's own frames on that link.
+fn udp_checksum_ok_or_partial(f: &[u8]) -> bool {
+    let word = |a: u8, b: u8| u32::from(u16::from_be_bytes([a, b]));
+    let fold = |mut s: u32| {
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s
+    };
+    let udp_len = word(f[38], f[39]);
+    let pseudo = word(f[26], f[27])
+        + word(f[28], f[29])
+        + word(f[30], f[31])
+        + word(f[32], f[33])
+        + 17
+        + udp_len;
+    let field = word(f[40], f[41]);
+    let mut all = pseudo;
+    let udp = &f[34..34 + udp_len as usize];
+    for w in udp.chunks(2) {
+        all += word(w[0], *w.get(1).unwrap_or(&0));
+    }
+    fold(all) == 0xffff || field == fold(pseudo)
+}
+
+/// Whether the IPv4 header checksum of frame `f` verifies.
+fn ip_checksum_ok(f: &[u8]) -> bool {
+    let sum: u32 = f[14..34]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    (folded & 0xffff) + (folded >> 16) == 0xffff
+}
+
+/// One truth (issue 18): the frames the kernel sends are the frames the userspace path sends.
+/// The same lock-step transfer (curl, blksize 8, so that block numbers roll over past
+/// 65535; atftp 0.8 mishandles the rollover against any server) is captured on the client's link from a daemon without the kernel path and from one
+/// with it: the DATA frames are the same, byte for byte but for the MACs, ports and UDP
+/// checksum. Within the kernel run, every frame the kernel built has the headers the
+/// kernel's stack gave block 1 (same MACs, IPv4 header, ports, checksum convention).
+#[test]
+fn kernel_frames_are_the_userspace_paths_frames_across_a_rollover() {
+    const T: &str = "kernel_frames_are_the_userspace_paths_frames_across_a_rollover";
+    // 65,540 blocks of 8 bytes, the last one 3 bytes: past the 16-bit block number.
+    let size = 65_539 * 8 + 3;
+    let fetch = |kernel: bool| -> Option<(Vec<Vec<u8>>, Lab)> {
+        let extra = if kernel {
+            "[tftp]\nkernel_files = [\"rollover.bin\"]\n"
+        } else {
+            "[tftp]\nkernel_files = []\n"
+        };
+        let l = lab_with(T, "curl", || PairLab::new().map(Net::from), extra, &[])?;
+        std::fs::write(l.root.join("rollover.bin"), content(size, 9)).expect("file");
+        if kernel {
+            // The file appeared after start: the next refresh (5 s) loads it.
+            wait_for(Duration::from_secs(30), || {
+                (l.daemon.log().contains("file=rollover.bin")).then_some(())
+            })
+            .expect("rollover.bin loaded into the kernel");
+        }
+        let capture =
+            bootfabric_lab::capture::Capture::start(&l.lab.client, "client0").expect("capture");
+        let dest = l.out.path.join("rollover");
+        run(l
+            .lab
+            .client
+            .command("curl")
+            .args(["-sS", "--fail", "--tftp-blksize", "8", "-o"])
+            .arg(&dest)
+            .arg("tftp://10.77.0.1/rollover.bin"))
+        .expect("curl");
+        let raw = capture.finish();
+        let frames = data_frames(raw);
+        l.same("rollover.bin", "rollover");
+        Some((frames, l))
+    };
+    let Some((user, _a)) = fetch(false) else {
+        return;
+    };
+    let Some((kern, b)) = fetch(true) else {
+        return;
+    };
+    let blocks = size / 8 + 1;
+    assert_eq!(
+        user.len(),
+        blocks,
+        "userspace path: one DATA frame per block"
+    );
+    assert_eq!(kern.len(), blocks, "kernel path: one DATA frame per block");
+    let kernel_blocks = b.metric("bootfabric_tftp_kernel_blocks_total", &[]);
+    assert_eq!(kernel_blocks, (blocks - 2) as f64, "{}", b.daemon.log());
+    for (i, (u, k)) in user.iter().zip(&kern).enumerate() {
+        assert_eq!(
+            normalised(u),
+            normalised(k),
+            "block {} (index {i}) differs between the paths",
+            i + 1
+        );
+    }
+    // Block 1 is the stack's; every full block after it the kernel's but the last. Within
+    // one transfer the MACs, ports and checksum convention are the same too.
+    let first = &kern[0];
+    let headers = |f: &[u8]| {
+        let mut h = f[..44].to_vec();
+        h[18..20].fill(0);
+        h[24..26].fill(0);
+        h[40..42].fill(0);
+        h
+    };
+    for (i, k) in kern.iter().enumerate().take(blocks - 1).skip(1) {
+        assert_eq!(
+            headers(k),
+            headers(first),
+            "block {}: the kernel's headers differ from the stack's: {:02x?} / {:02x?}",
+            i + 1,
+            &k[..46],
+            &first[..46]
+        );
+        assert!(ip_checksum_ok(k), "block {}: bad IPv4 checksum", i + 1);
+        assert!(
+            udp_checksum_ok_or_partial(k),
+            "block {}: bad UDP checksum: {:02x?}",
+            i + 1,
+            &k[..46]
+        );
+    }
+    // The wire block numbers roll over: 65535, then 0.
+    assert_eq!(kern[65_534][44..46], [0xff, 0xff]);
+    assert_eq!(kern[65_535][44..46], [0, 0]);
+}

@@ -149,6 +149,7 @@ impl ClassifyConfig {
 }
 
 pub mod dhcp;
+pub mod tftp;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -165,4 +166,7 @@ mod pod {
     unsafe impl aya::Pod for super::dhcp::Event {}
     unsafe impl aya::Pod for super::dhcp::BucketKey {}
     unsafe impl aya::Pod for super::dhcp::HostLimit {}
+    unsafe impl aya::Pod for super::tftp::XferKey {}
+    unsafe impl aya::Pod for super::tftp::Xfer {}
+    unsafe impl aya::Pod for super::tftp::Slot {}
 }

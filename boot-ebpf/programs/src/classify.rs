@@ -20,7 +20,7 @@ static COUNTERS: PerCpuHashMap<CounterKey, Counters> =
 
 /// The ports the daemon owns; written by userspace before attach.
 #[map(name = "CLASSIFY_CONFIG")]
-static CLASSIFY_CONFIG: Array<ClassifyConfig> = Array::with_max_entries(1, 0);
+pub(crate) static CLASSIFY_CONFIG: Array<ClassifyConfig> = Array::with_max_entries(1, 0);
 
 /// Classifies and counts one frame; DHCP requests go through the fast path, which may
 /// answer or drop them. Everything else passes.

@@ -9,8 +9,12 @@
 mod classify;
 mod dhcp;
 mod parse;
+mod tftp;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// Classifies every frame on the fabric's interfaces (DHCP, TFTP, TFTP data, other) and
 /// counts it; DHCP requests from reserved hosts are answered in place, malformed ones and
@@ -18,6 +22,13 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 #[xdp]
 pub fn bootfabric_classify(ctx: XdpContext) -> u32 {
     classify::run(&ctx)
+}
+
+/// At TC ingress on the fabric's interfaces: answers the in-order ACKs of lock-step TFTP
+/// transfers userspace handed over with the next DATA frame; everything else goes on.
+#[classifier]
+pub fn bootfabric_tftp(ctx: TcContext) -> i32 {
+    tftp::run(&ctx)
 }
 
 #[cfg(not(test))]

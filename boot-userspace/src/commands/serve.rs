@@ -283,6 +283,12 @@ pub fn dataplane_settings(config: &Config) -> xdp::Settings {
         ),
         client_rate_limit: config.dhcp.as_ref().map(|d| d.rate_limit),
         tftp_transfer_ports: config.tftp_transfer_ports,
+        tftp_kernel_slots: match &config.tftp {
+            Some(t) if !t.kernel_files.is_empty() => {
+                (t.kernel_bytes / bootfabric_abi::tftp::CHUNK_BYTES as u64) as u32
+            }
+            _ => 0,
+        },
     }
 }
 
@@ -327,6 +333,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let fabric = Fabric::resolve(&config.interfaces);
     let mut dataplane = Dataplane::start(fabric.ifaces(), &dataplane_settings(&config), &registry)?;
     let fast_path = dataplane.take_fast_path(fabric.ifaces());
+    let kernel_tftp = dataplane.take_kernel_tftp();
     if dataplane.is_active() {
         let token = supervisor.token();
         supervisor.spawn(
@@ -451,6 +458,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 live: Arc::clone(&live),
                 ledger: ledger.clone(),
                 transfer_ports: config.tftp_transfer_ports,
+                kernel: kernel_tftp,
             };
             TftpService::start(tftp, fabric.ifaces(), sources, &registry)?
         };

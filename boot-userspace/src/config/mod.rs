@@ -162,6 +162,10 @@ pub struct TftpConfig {
     pub max_transfer: std::time::Duration,
     /// Bytes all netascii conversions may hold together.
     pub netascii_budget_bytes: u64,
+    /// Files (relative to `root`) whose lock-step transfers the kernel carries.
+    pub kernel_files: Vec<String>,
+    /// Kernel memory for their copies, bytes (a multiple of the slot size).
+    pub kernel_bytes: u64,
 }
 
 /// How the HTTP server moves bytes.
@@ -173,6 +177,64 @@ pub enum HttpBackend {
     IoUring,
     /// epoll and sendfile.
     Epoll,
+}
+
+/// Default of `tftp.kernel_bytes`: room for a few dozen bootloaders.
+const DEFAULT_TFTP_KERNEL_BYTES: u64 = 64 << 20;
+/// Most `tftp.kernel_bytes` may be.
+const MAX_TFTP_KERNEL_BYTES: u64 = 1 << 30;
+
+/// `tftp.kernel_files`, checked: names under the TFTP root (no absolute paths, no `..`), or
+/// by default the `[boot]` bootloaders that are TFTP names (not URLs).
+fn kernel_files(
+    listed: Option<&[String]>,
+    boot: &crate::model::boot::wire::Boot,
+) -> Result<Vec<String>, (String, String)> {
+    let Some(listed) = listed else {
+        // Each key as `[boot]` sets it, else its built-in default (Debian's iPXE builds).
+        let d = crate::model::boot::BootSettings::defaults();
+        let mut names: Vec<String> = [
+            boot.bios.as_ref().or(d.bios.as_ref()),
+            boot.uefi_x64.as_ref().or(d.uefi_x64.as_ref()),
+            boot.uefi_x86.as_ref().or(d.uefi_x86.as_ref()),
+            boot.uefi_arm64.as_ref().or(d.uefi_arm64.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.contains("://"))
+        .map(|n| n.trim_start_matches('/').to_owned())
+        .filter(|n| {
+            !n.is_empty()
+                && std::path::Path::new(n)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+        })
+        .collect();
+        names.sort();
+        names.dedup();
+        return Ok(names);
+    };
+    let mut names = Vec::with_capacity(listed.len());
+    for (i, n) in listed.iter().enumerate() {
+        let key = format!("tftp.kernel_files[{i}]");
+        let clean = n.trim_start_matches('/');
+        if clean.is_empty() {
+            return Err((key, "is empty".to_owned()));
+        }
+        if std::path::Path::new(clean)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err((
+                key,
+                format!("{n:?} must be a plain name under tftp.root (no `..` or `.`)"),
+            ));
+        }
+        names.push(clean.to_owned());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// The validated `[http]` service settings.
@@ -818,6 +880,19 @@ impl Config {
                         600,
                     )?)),
                     netascii_budget_bytes: t.netascii_budget_bytes.unwrap_or(64 << 20),
+                    kernel_files: kernel_files(t.kernel_files.as_deref(), &wire.boot)
+                        .map_err(|(key, reason)| invalid(&key, reason))?,
+                    kernel_bytes: match t.kernel_bytes.unwrap_or(DEFAULT_TFTP_KERNEL_BYTES) {
+                        v if v > MAX_TFTP_KERNEL_BYTES => {
+                            return Err(invalid(
+                                "tftp.kernel_bytes",
+                                format!(
+                                    "{v} is more than {MAX_TFTP_KERNEL_BYTES} (1 GiB): the kernel path is for bootloaders, not images"
+                                ),
+                            ))
+                        }
+                        v => v,
+                    },
                 })
             }
         };

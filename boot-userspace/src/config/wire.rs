@@ -213,6 +213,11 @@ pub struct Tftp {
     pub max_transfer_s: Option<u32>,
     /// Bytes all netascii conversions may hold together.
     pub netascii_budget_bytes: Option<u64>,
+    /// Files under `root` the kernel serves lock-step transfers of (default: the `[boot]`
+    /// bootloaders); `[]` leaves every transfer to userspace.
+    pub kernel_files: Option<Vec<String>>,
+    /// Kernel memory for those files' copies, bytes.
+    pub kernel_bytes: Option<u64>,
 }
 
 /// `[http]`.

@@ -13,11 +13,17 @@
 mod attach;
 pub mod fastpath;
 mod stats;
+pub mod tftp;
 
 use std::collections::HashMap;
 
-use aya::{maps::Array, programs::Xdp, Ebpf};
+use aya::{
+    maps::Array,
+    programs::{tc, SchedClassifier, TcAttachType, Xdp},
+    Ebpf, EbpfLoader,
+};
 use bootfabric_abi::{
+    tftp::{MAP_TFTP_CHUNKS, PROGRAM_TFTP},
     ClassifyConfig, DHCP_PATH_ANSWER, DHCP_PATH_COUNT_ONLY, DHCP_PATH_SHIELD, MAP_CLASSIFY_CONFIG,
     MAP_COUNTERS, PROGRAM_CLASSIFY,
 };
@@ -110,6 +116,9 @@ pub struct Settings {
     pub client_rate_limit: Option<u32>,
     /// `tftp.transfer_ports`: the ports whose traffic the program classifies as TFTP data.
     pub tftp_transfer_ports: PortRange,
+    /// Slots of the kernel's TFTP file array (`tftp.kernel_bytes`); 0 leaves TFTP to
+    /// userspace.
+    pub tftp_kernel_slots: u32,
 }
 
 /// The embedded XDP object, if this binary was built with one (`cargo xtask build`).
@@ -134,6 +143,8 @@ pub struct Dataplane {
     modes: Vec<(String, AttachedMode)>,
     /// What the program does with DHCP.
     dhcp: DhcpPath,
+    /// The TC program answering TFTP is attached on every interface XDP is.
+    tftp: bool,
 }
 
 impl Dataplane {
@@ -170,6 +181,7 @@ impl Dataplane {
                 .map(|i| (i.name.clone(), AttachedMode::None))
                 .collect(),
             dhcp: settings.dhcp,
+            tftp: false,
         };
         let degrade = |why: String| -> Result<(), XdpError> {
             if matches!(
@@ -207,6 +219,18 @@ impl Dataplane {
                         let veth = answers && attach::driver_of(name).as_deref() == Some("veth");
                         *mode = attach_with_fallback(&mut target, name, settings.mode, veth)?;
                         any |= *mode != AttachedMode::None;
+                    }
+                    if any && settings.tftp_kernel_slots > 0 {
+                        let on: Vec<&str> = dp
+                            .modes
+                            .iter()
+                            .filter(|(_, m)| *m != AttachedMode::None)
+                            .map(|(n, _)| n.as_str())
+                            .collect();
+                        match attach_tftp(&mut ebpf, &on) {
+                            Ok(()) => dp.tftp = true,
+                            Err(e) => warn!("TFTP stays in userspace: {e}"),
+                        }
                     }
                     match stats::XdpStats::new(&mut ebpf, ifindexes) {
                         Ok(collector) => registry.register(Box::new(collector))?,
@@ -278,6 +302,20 @@ impl Dataplane {
         }
     }
 
+    /// Hands the kernel's TFTP path to the TFTP service, when its program is attached.
+    pub fn take_kernel_tftp(&mut self) -> Option<tftp::KernelTftp> {
+        if !self.tftp {
+            return None;
+        }
+        match tftp::KernelTftp::new(self.ebpf.as_mut()?) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                warn!("TFTP stays in userspace: {e}");
+                None
+            }
+        }
+    }
+
     /// Mode in effect per interface.
     pub fn modes(&self) -> &[(String, AttachedMode)] {
         &self.modes
@@ -303,8 +341,11 @@ pub fn gcra(rate: u32) -> (u64, u64) {
 /// Loads the object, loads the classifier into the kernel and writes its parameters.
 fn load(object: &[u8], settings: &Settings) -> Result<Ebpf, XdpError> {
     let load_err = |reason: String| XdpError::Load { reason };
-    let mut ebpf =
-        Ebpf::load(object).map_err(|e| load_err(format!("{e} (needs root or CAP_BPF)")))?;
+    let mut ebpf = EbpfLoader::new()
+        // The file array is sized by `tftp.kernel_bytes`; one slot when the path is off.
+        .map_max_entries(MAP_TFTP_CHUNKS, settings.tftp_kernel_slots.max(1))
+        .load(object)
+        .map_err(|e| load_err(format!("{e} (needs root or CAP_BPF)")))?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_CLASSIFY)
         .ok_or_else(|| load_err(format!("the object has no program {PROGRAM_CLASSIFY}")))?
@@ -338,6 +379,28 @@ fn load(object: &[u8], settings: &Settings) -> Result<Ebpf, XdpError> {
         return Err(load_err(format!("the object has no map {MAP_COUNTERS}")));
     }
     Ok(ebpf)
+}
+
+/// Loads the TFTP program and attaches it at ingress of each of `ifaces` (tcx links where
+/// the kernel has them, 6.6 on; a clsact qdisc before).
+fn attach_tftp(ebpf: &mut Ebpf, ifaces: &[&str]) -> Result<(), String> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROGRAM_TFTP)
+        .ok_or_else(|| format!("the object has no program {PROGRAM_TFTP}"))?
+        .try_into()
+        .map_err(|e| format!("{PROGRAM_TFTP}: {e}"))?;
+    program.load().map_err(|e| format!("{PROGRAM_TFTP}: {e}"))?;
+    for iface in ifaces {
+        if program.attach(iface, TcAttachType::Ingress).is_err() {
+            // Before tcx (6.6) the program hangs off a clsact qdisc; one already there is
+            // fine (another program or an earlier run added it).
+            let _ = tc::qdisc_add_clsact(iface);
+            program
+                .attach(iface, TcAttachType::Ingress)
+                .map_err(|e| format!("{PROGRAM_TFTP} on {iface}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

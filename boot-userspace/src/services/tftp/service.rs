@@ -30,6 +30,7 @@ use super::{
     packet::{self, ErrorCode, Mode, Packet},
     transfer::{AbortReason, Action, Transfer},
 };
+use crate::xdp::tftp::{Decline, HotCopy, KernelTftp, Registration};
 use crate::{
     config::{PortRange, TftpConfig},
     fabric::Iface,
@@ -39,6 +40,7 @@ use crate::{
     model::render,
     model::snapshot::{Live, Snapshot},
 };
+use bootfabric_abi::tftp::XferKey;
 
 /// The well-known TFTP port.
 pub const TFTP_PORT: u16 = 69;
@@ -83,6 +85,7 @@ struct Metrics {
     errors: IntCounterVec,
     rendered: IntCounterVec,
     refused: IntCounterVec,
+    kernel: IntCounterVec,
 }
 
 impl Metrics {
@@ -134,6 +137,14 @@ impl Metrics {
             &["reason"],
         )?;
         r.register(Box::new(refused.clone()))?;
+        let kernel = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_kernel_transfers_total",
+                "Transfers of tftp.kernel_files files, by file and what became of them: handed (the kernel carried them), options (windowsize above 1, or a blksize it does not build), changed (the file on disk is not the kernel's copy yet), map_full.",
+            ),
+            &["file", "result"],
+        )?;
+        r.register(Box::new(kernel.clone()))?;
         Ok(Self {
             active,
             transfers,
@@ -142,6 +153,7 @@ impl Metrics {
             errors,
             rendered,
             refused,
+            kernel,
         })
     }
 }
@@ -367,7 +379,12 @@ pub struct TftpService {
     io: IoPool,
     metrics: Metrics,
     hosts: Hosts,
+    /// The kernel's TFTP path, when its program is attached (`tftp.kernel_files`).
+    kernel: Option<Arc<KernelTftp>>,
 }
+
+/// How often the kernel's copies of `tftp.kernel_files` are checked against the disk.
+const KERNEL_REFRESH: Duration = Duration::from_secs(5);
 
 /// A transfer's place under the admission caps, given back when the transfer ends.
 struct Ticket {
@@ -483,6 +500,8 @@ pub struct Sources {
     /// Ports transfers are served from (`tftp.transfer_ports`; kept beside the sections
     /// because the XDP programs read it too).
     pub transfer_ports: PortRange,
+    /// The kernel's TFTP path, handed over by the data path when its program is attached.
+    pub kernel: Option<KernelTftp>,
 }
 
 impl TftpService {
@@ -539,6 +558,26 @@ impl TftpService {
             requests_per_second_per_client: cfg.requests_per_second_per_client,
         });
         let netascii = Budget::new(cfg.netascii_budget_bytes);
+        let kernel = match sources.kernel {
+            Some(k) => {
+                registry.register(Box::new(k.collector()?))?;
+                // Loaded before the first request: the first boot of a rack is the storm.
+                for problem in k.refresh(&cfg.root, &cfg.kernel_files) {
+                    warn!("TFTP in the kernel: {problem}");
+                }
+                info!(
+                    files = k.files().len(),
+                    capacity = k.capacity_bytes(),
+                    "TFTP: the kernel answers lock-step transfers of {:?}",
+                    k.files()
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                );
+                Some(Arc::new(k))
+            }
+            None => None,
+        };
         Ok(Self {
             listeners,
             cfg,
@@ -553,6 +592,7 @@ impl TftpService {
                 live: sources.live,
                 ledger: sources.ledger,
             },
+            kernel,
         })
     }
 
@@ -568,6 +608,27 @@ impl TftpService {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), TftpError> {
         let this = Arc::new(self);
         let mut tasks = tokio::task::JoinSet::new();
+        if let Some(kernel) = this.kernel.clone() {
+            let this = Arc::clone(&this);
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                // A bootloader replaced on disk is read again into free slots; transfers
+                // of the old copy finish on it.
+                let mut tick = tokio::time::interval(KERNEL_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok::<(), std::io::Error>(()),
+                        _ = tick.tick() => {}
+                    }
+                    let k = Arc::clone(&kernel);
+                    let root = this.cfg.root.clone();
+                    let names = this.cfg.kernel_files.clone();
+                    let _ = this.blocking(move || k.refresh(&root, &names)).await;
+                }
+            });
+        }
         for (iface, ip, sock) in this.listeners.clone() {
             let this = Arc::clone(&this);
             let cancel = cancel.clone();
@@ -887,6 +948,10 @@ impl TftpService {
         }
         let (mut t, mut action) = Transfer::start(&negotiated, size, self.cfg.max_retries);
         let wait = Duration::from_secs(u64::from(negotiated.timeout.max(1)));
+        // The kernel's copy of this file, when it can carry the transfer: handed over once
+        // the first block is out (see `hand_over`).
+        let mut hot = self.hot_copy(&req, &data, &negotiated);
+        let mut kernel: Option<Registration> = None;
         debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
         self.metrics.active.inc();
         let segment = usize::from(negotiated.blksize) + 4;
@@ -911,6 +976,19 @@ impl TftpService {
                     }
                 }
                 Action::SendBlocks { first, last } => {
+                    // Handed over before the first block leaves: its ACK must find the
+                    // kernel ready, or userspace and the kernel would each believe the
+                    // transfer theirs.
+                    if kernel.is_none() {
+                        if let Some(copy) = hot.take() {
+                            kernel = self.hand_over(&sock, server, peer, copy, &t, size);
+                        }
+                    }
+                    // Blocks userspace sends past the kernel's (the last one) are the
+                    // kernel's to know.
+                    if let Some(k) = kernel.as_mut() {
+                        k.advance(last);
+                    }
                     let mut failed = false;
                     let mut b = first;
                     while b <= last && !failed {
@@ -977,7 +1055,7 @@ impl TftpService {
             // Wait for the client's answer from its TID. The retransmission timer runs from
             // the send: only progress from the peer starts a new one, so neither strangers
             // nor the peer's own repeats keep a transfer alive.
-            let retransmit_at = Instant::now() + wait;
+            let mut retransmit_at = Instant::now() + wait;
             action = loop {
                 if Instant::now() >= expires {
                     break Action::Abort(AbortReason::Lifetime);
@@ -986,10 +1064,18 @@ impl TftpService {
                     _ = cancel.cancelled() => None,
                     r = tokio::time::timeout_at(retransmit_at.min(expires), sock.recv_from(&mut inbuf)) => Some(r),
                 };
+                // What the kernel sent since the last look counts as sent, and as progress.
+                let kernel_progress = kernel
+                    .as_ref()
+                    .is_some_and(|k| self.sync_kernel(k, &mut t, &mut highest_sent, &iface));
                 match recv {
                     None => break Action::Abort(AbortReason::Timeout),
                     Some(Err(_)) if Instant::now() >= expires => {
                         break Action::Abort(AbortReason::Lifetime)
+                    }
+                    // The kernel is moving the transfer on: wait another round.
+                    Some(Err(_)) if kernel_progress => {
+                        retransmit_at = Instant::now() + wait;
                     }
                     Some(Err(_)) => break t.on_timeout(),
                     Some(Ok(Err(_))) => break Action::Abort(AbortReason::Timeout),
@@ -1023,6 +1109,10 @@ impl TftpService {
                 }
             };
         };
+        // The kernel lets go of the transfer before it is counted as ended.
+        if let Some(k) = kernel.take() {
+            self.sync_kernel(&k, &mut t, &mut highest_sent, &iface);
+        }
         self.metrics.active.dec();
         self.metrics.transfers.with_label_values(&[outcome]).inc();
         // The slot and the netascii memory are free from here on.
@@ -1048,6 +1138,107 @@ impl TftpService {
                 ),
             }
         }
+    }
+
+    /// The kernel's copy of the requested file, if the kernel can carry this transfer: an
+    /// octet-mode lock-step transfer of a `tftp.kernel_files` file, opened as the copy was
+    /// read, with a block the kernel builds. `None` otherwise; why is counted for listed
+    /// files.
+    fn hot_copy(
+        &self,
+        req: &packet::Request,
+        data: &Data,
+        negotiated: &options::Negotiated,
+    ) -> Option<(Arc<HotCopy>, String)> {
+        let kernel = self.kernel.as_ref()?;
+        let Data::File(source) = data else {
+            return None;
+        };
+        if req.mode != Mode::Octet {
+            return None;
+        }
+        let (rel, _) = files::relative(&self.cfg.root, &req.filename).ok()?;
+        let rel = rel.trim_start_matches("./");
+        // The listed name, not the request's spelling of it: metric labels stay bounded.
+        let rel = self.cfg.kernel_files.iter().find(|f| *f == rel)?;
+        let decided =
+            if !bootfabric_abi::tftp::kernel_can_serve(negotiated.blksize, negotiated.windowsize) {
+                Err(Decline::Options)
+            } else {
+                kernel.copy_of(rel, source.metadata())
+            };
+        match decided {
+            Ok(copy) => Some((copy, rel.clone())),
+            Err(why) => {
+                self.metrics
+                    .kernel
+                    .with_label_values(&[rel, why.as_str()])
+                    .inc();
+                None
+            }
+        }
+    }
+
+    /// Registers the transfer with the kernel as its first block is about to go out; the
+    /// kernel answers its ACK on. Not when the next block is the last (userspace sends that
+    /// one).
+    fn hand_over(
+        &self,
+        sock: &UdpSocket,
+        server: Ipv4Addr,
+        peer: SocketAddr,
+        (copy, name): (Arc<HotCopy>, String),
+        t: &Transfer,
+        size: u64,
+    ) -> Option<Registration> {
+        let kernel = self.kernel.as_ref()?;
+        let local = sock.local_addr().ok()?;
+        if t.sent() + 1 >= t.blocks() || copy.size() != size {
+            return None;
+        }
+        let key = XferKey {
+            client_ip: v4(peer).octets(),
+            server_ip: server.octets(),
+            client_port: peer.port().to_be_bytes(),
+            server_port: local.port().to_be_bytes(),
+        };
+        let (result, reg) = match kernel.register(key, copy, t.blksize(), t.blocks(), t.sent()) {
+            Ok(reg) => ("handed", Some(reg)),
+            Err(why) => (why.as_str(), None),
+        };
+        self.metrics
+            .kernel
+            .with_label_values(&[name.as_str(), result])
+            .inc();
+        reg
+    }
+
+    /// Takes in what the kernel sent for `t` since the last look: the transfer's state, the
+    /// byte counter and the interface's egress. True when it made progress.
+    fn sync_kernel(
+        &self,
+        k: &Registration,
+        t: &mut Transfer,
+        highest_sent: &mut u64,
+        iface: &str,
+    ) -> bool {
+        let Some(p) = k.progress() else {
+            return false;
+        };
+        if p.sent <= *highest_sent {
+            return false;
+        }
+        // Every block the kernel sends is a full one (it leaves the last to userspace).
+        let blocks = p.sent - *highest_sent;
+        let blksize = u64::from(t.blksize());
+        t.kernel_sent(p.sent);
+        *highest_sent = p.sent;
+        self.metrics.bytes.inc_by(blocks * blksize);
+        self.hosts.ledger.egress(
+            iface,
+            blocks * (blksize + bootfabric_abi::tftp::DATA_HEADERS as u64),
+        );
+        true
     }
 
     async fn refuse(&self, sock: &UdpSocket, peer: SocketAddr, name: &str, e: FileError) {
@@ -1092,6 +1283,8 @@ mod tests {
             max_timeout_s: 5,
             max_transfer: Duration::from_secs(60),
             netascii_budget_bytes: 1 << 20,
+            kernel_files: vec![],
+            kernel_bytes: 0,
         }
     }
 
@@ -1103,6 +1296,7 @@ mod tests {
                 first: 50_000,
                 last: 59_999,
             },
+            kernel: None,
         }
     }
 

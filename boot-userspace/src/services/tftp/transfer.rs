@@ -131,6 +131,32 @@ impl Transfer {
         self.window()
     }
 
+    /// Blocks in the file, the last one short (possibly empty).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The negotiated block size.
+    pub fn blksize(&self) -> u16 {
+        self.blksize as u16
+    }
+
+    /// Highest block sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Takes in what the kernel did for this transfer: it sent blocks up to `sent`, each in
+    /// answer to the ACK of the block before it, so every block before `sent` is
+    /// acknowledged. Progress resets the retries, as an ACK would.
+    pub fn kernel_sent(&mut self, sent: u64) {
+        if sent > self.sent && sent <= self.blocks {
+            self.acked = self.acked.max(sent - 1);
+            self.sent = sent;
+            self.retries = 0;
+        }
+    }
+
     /// Handles a retransmission timeout.
     pub fn on_timeout(&mut self) -> Action {
         self.retries += 1;
@@ -209,6 +235,37 @@ mod tests {
         assert_eq!(t.block_range(2, 1000), (512, 488));
         let (t, _) = Transfer::start(&neg(512, 1, false), 1024, 5);
         assert_eq!(t.block_range(3, 1024), (1024, 0));
+    }
+
+    /// The kernel carries the middle of a lock-step transfer: userspace learns where it got
+    /// to, then decides on the ACKs it is passed exactly as if it had sent those blocks.
+    #[test]
+    fn after_the_kernel_sent_the_middle_userspace_sends_the_last_block() {
+        let size = 10 * 512 + 100; // blocks 1..=11, the last one short
+        let (mut t, a) = Transfer::start(&neg(512, 1, false), size, 5);
+        assert_eq!(a, Action::SendBlocks { first: 1, last: 1 });
+        // The kernel answered ACK 1..=9 with blocks 2..=10 and passed ACK 10 up.
+        t.kernel_sent(10);
+        assert_eq!(t.sent(), 10);
+        // A duplicate of an ACK the kernel answered changes nothing.
+        assert_eq!(t.on_ack(Transfer::wire_block(7)), Action::Wait);
+        assert_eq!(
+            t.on_ack(Transfer::wire_block(10)),
+            Action::SendBlocks {
+                first: 11,
+                last: 11
+            }
+        );
+        assert_eq!(t.on_ack(Transfer::wire_block(11)), Action::Done);
+        // Nothing past the file, nothing backwards.
+        let (mut t, _) = Transfer::start(&neg(512, 1, false), size, 5);
+        t.kernel_sent(12);
+        assert_eq!(t.sent(), 1);
+        t.kernel_sent(5);
+        t.kernel_sent(3);
+        assert_eq!(t.sent(), 5);
+        // A timeout after the kernel's progress resends the block it sent last.
+        assert_eq!(t.on_timeout(), Action::SendBlocks { first: 5, last: 5 });
     }
 
     #[test]
