@@ -32,8 +32,8 @@ pub const CHUNK_BYTES: usize = 32 * 1024;
 /// (1500 − 20 IPv4 − 8 UDP − 4 TFTP).
 pub const BLOCK_MAX: usize = 1468;
 /// Bytes held by one slot: its chunk and a tail long enough for a block starting at its end
-/// (`BLOCK_MAX` rounded up to three rounds of 512, the checksum helper's unit, so that the
-/// verifier can bound every read by masks alone).
+/// (`BLOCK_MAX` rounded up to three rounds of 512, the checksum helper's unit before Linux
+/// 6.12, so that the verifier can bound every read by masks alone).
 pub const SLOT_BYTES: usize = CHUNK_BYTES + 3 * 512;
 /// Capacity of [`MAP_TFTP_XFERS`]: transfers the kernel can carry at once. Above it a
 /// transfer stays in userspace.

@@ -238,7 +238,7 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
         fold(data_pseudo)
     } else {
         // Pseudo-header, UDP header (checksum 0), opcode and block, then the payload in
-        // rounds of at most 512 bytes (bpf_csum_diff's unit on older kernels).
+        // rounds of at most 512 bytes (bpf_csum_diff's limit before Linux 6.12).
         let mut s = data_pseudo
             + word(h[34], h[35])
             + word(h[36], h[37])
@@ -252,12 +252,10 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
                 break;
             }
             let left = len - done;
-            let mut n = left & 0x3fc;
-            if n > 512 {
-                n = 512;
-            }
-            // SAFETY: within < CHUNK_BYTES, done <= 1024 and n <= 512 (n a multiple of 4,
-            // as blksize is): inside the slot's CHUNK_BYTES + 3 * 512 bytes.
+            // At most one round, then a multiple of 4 (blksize is one) the verifier sees.
+            let n = if left > 512 { 512 } else { left } & 0x3fc;
+            // SAFETY: within < CHUNK_BYTES, done <= 1024 and n <= 512: inside the slot's
+            // CHUNK_BYTES + 3 * 512 bytes.
             let c = unsafe {
                 bpf_csum_diff(
                     core::ptr::null_mut(),
