@@ -608,11 +608,13 @@ fn transfers_survive_drops_duplicates_and_reorders() {
             ..full
         };
         for (client, impair) in [("tftp", full), ("curl", full), ("atftp", spared)] {
+            // Every file is one the kernel serves: lock-step transfers (tftp-hpa, curl) run
+            // on the kernel path under the same drops, duplicates and reorders.
             let Some(l) = lab_with(
                 t,
                 client,
                 || RelayLab::new(impair, seed).map(Net::from),
-                "",
+                "[tftp]\nkernel_files = [\"small.bin\", \"exact.bin\", \"lossy.bin\"]\n",
                 &[],
             ) else {
                 return;
@@ -622,6 +624,10 @@ fn transfers_survive_drops_duplicates_and_reorders() {
                 content(48 * 1024 + 3, seed as u32),
             )
             .expect("file");
+            // A published configuration (SIGHUP) reads new and changed files at once.
+            l.daemon
+                .reload("file=lossy.bin")
+                .expect("lossy.bin in the kernel");
             for f in ["small.bin", "exact.bin", "lossy.bin"] {
                 let dest = l.out.path.join(f);
                 let cmd = &mut l.lab.client.command(client);
@@ -664,6 +670,11 @@ fn transfers_survive_drops_duplicates_and_reorders() {
             // resend is owed to a lost, late or duplicated packet (a duplicated RRQ starts a
             // transfer the client then refuses).
             if client != "atftp" {
+                assert!(
+                    l.metric("bootfabric_tftp_kernel_blocks_total", &[]) > 0.0,
+                    "{client} seed {seed}: the kernel answered nothing\n{}",
+                    l.daemon.log()
+                );
                 let resent = l.metric("bootfabric_tftp_retransmits_total", &[]);
                 assert!(
                     resent <= (dropped + reordered + duplicated) as f64,

@@ -381,6 +381,9 @@ pub struct TftpService {
     hosts: Hosts,
     /// The kernel's TFTP path, when its program is attached (`tftp.kernel_files`).
     kernel: Option<Arc<KernelTftp>>,
+    /// Woken by every published configuration generation (SIGHUP, the hosts API): the
+    /// kernel's copies are checked against the disk at once, not at the next tick.
+    republished: Arc<tokio::sync::Notify>,
 }
 
 /// How often the kernel's copies of `tftp.kernel_files` are checked against the disk.
@@ -558,8 +561,11 @@ impl TftpService {
             requests_per_second_per_client: cfg.requests_per_second_per_client,
         });
         let netascii = Budget::new(cfg.netascii_budget_bytes);
+        let republished = Arc::new(tokio::sync::Notify::new());
         let kernel = match sources.kernel {
             Some(k) => {
+                let wake = Arc::clone(&republished);
+                sources.live.on_published(move |_| wake.notify_one());
                 registry.register(Box::new(k.collector()?))?;
                 // Loaded before the first request: the first boot of a rack is the storm.
                 for problem in k.refresh(&cfg.root, &cfg.kernel_files) {
@@ -593,6 +599,7 @@ impl TftpService {
                 ledger: sources.ledger,
             },
             kernel,
+            republished,
         })
     }
 
@@ -621,6 +628,7 @@ impl TftpService {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok::<(), std::io::Error>(()),
                         _ = tick.tick() => {}
+                        _ = this.republished.notified() => {}
                     }
                     let k = Arc::clone(&kernel);
                     let root = this.cfg.root.clone();
