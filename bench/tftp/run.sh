@@ -38,6 +38,7 @@
 #        JUMBO_MTU=9000 (tftp.mtu of the extra Bootfabric on blksize > 1468 rows; 0: none)
 #        MEM_ROWS="4:1468:1:64 4:1468:32:64" (size:blksize:window:clients; "" skips them)
 #        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
+#        KERNEL=1 (also run Bootfabric with TFTP in the kernel on the lock-step rows; 0: not)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -55,6 +56,7 @@ BOOTFABRIC_TFTP_MTU=${BOOTFABRIC_TFTP_MTU:-$MTU}
 JUMBO_MTU=${JUMBO_MTU:-9000}
 MEM_ROWS=${MEM_ROWS-"4:1468:1:64 4:1468:32:64"}
 PIN=${PIN:-1}
+KERNEL=${KERNEL:-1}
 # Lock-step rows measure wake-up latency, which swings with where the scheduler puts the
 # server and the client; pinning them to different cores makes runs comparable.
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
@@ -104,7 +106,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 results_open tftp SIZES BLKSIZES WINDOWS CLIENTS ROWS SERVERS REPEAT MIN_BYTES MTU \
-  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN BOOTFABRIC_BIN
+  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN KERNEL BOOTFABRIC_BIN
 
 # The server runs in a cgroup of its own: its CPU time then includes every process it forks
 # (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
@@ -160,9 +162,15 @@ wait_listening() {
 start_server() {
   local name=$1 mtu
   case $name in
-    bootfabric | bootfabric-mtu*)
+    bootfabric | bootfabric-mtu* | bootfabric-kernel)
       mtu=$BOOTFABRIC_TFTP_MTU
-      [ "$name" = bootfabric ] || mtu=${name#bootfabric-mtu}
+      case $name in bootfabric-mtu*) mtu=${name#bootfabric-mtu} ;; esac
+      # The kernel path: XDP and the TC program attached, every benchmark file hot.
+      local xdp=off kernel_files="[]"
+      if [ "$name" = bootfabric-kernel ]; then
+        xdp=auto
+        kernel_files="[$(cd "$WORK/root" && ls | sed 's/.*/"&"/' | paste -sd,)]"
+      fi
       rm -rf "$WORK/state"
       cat >"$WORK/bootfabric.toml" <<TOML
 [daemon]
@@ -173,13 +181,15 @@ interfaces = ["fabric0"]
 [admin]
 listen = "127.0.0.1:0"
 [xdp]
-mode = "off"
+mode = "$xdp"
 [dhcp]
 enabled = false
 [tftp]
 root = "$WORK/root"
 transfer_ports = "50000-50999"
 mtu = $mtu
+kernel_files = $kernel_files
+kernel_bytes = 268435456
 # Every client runs from one address: the per-client caps are opened to the global ones.
 max_transfers_per_client = 1000
 requests_per_second_per_client = 5000
@@ -266,19 +276,33 @@ verify() {
   rm -rf "$WORK/out" "$WORK/res"
 }
 
-# One timed pass of a row against the running server. Sets FAILED, MBPS and CPU_PER_GIB.
+# CPU time of the whole machine so far, in microseconds (every core's user, system, irq and
+# softirq time from /proc/stat). The kernel path answers an ACK in the softirq of the
+# datagram that carries it, which the kernel charges to whoever sent it (the client), so the
+# server's cgroup alone would call it free: this column counts it wherever it falls, and the
+# clients' own work, the same for every server.
+sys_usec() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print int(($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz) }' /proc/stat
+}
+
+# One timed pass of a row against the running server. Sets FAILED, MBPS, CPU_PER_GIB and
+# SYS_PER_GIB.
 row() {
-  local size=$1 blk=$2 win=$3 n=$4 reps=$5 t0 t1 c0 c1 bytes
+  local size=$1 blk=$2 win=$3 n=$4 reps=$5 t0 t1 c0 c1 s0 s1 bytes
   clients_script "$size" "$blk" "$win" "$n" "$reps"
   c0=$(cg_usec)
+  s0=$(sys_usec)
   t0=$(date +%s%N)
   ip netns exec "$CLI" "${CLIENT_CPUS[@]}" "$WORK/clients.sh"
   t1=$(date +%s%N)
+  s1=$(sys_usec)
   c1=$(cg_usec)
   verify "$size" $((n * reps))
   bytes=$((OK * (size * 1048576 + 123)))
   MBPS=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", b / 1048576 / (ns / 1e9) }')
   CPU_PER_GIB=$(awk -v t=$((c1 - c0)) -v b="$bytes" \
+    'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", t / 1e6 / (b / 1073741824) }')
+  SYS_PER_GIB=$(awk -v t=$((s1 - s0)) -v b="$bytes" \
     'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", t / 1e6 / (b / 1073741824) }')
 }
 
@@ -355,9 +379,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print ((a != "n/a" && (b + 0) > 0) ? 
 # fits in the link MTU.
 JUMBO=""
 if [ "${JUMBO_MTU:-0}" != 0 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then JUMBO=bootfabric-mtu$JUMBO_MTU; fi
+KERNEL_BF=""
+if [ "$KERNEL" = 1 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then KERNEL_BF=bootfabric-kernel; fi
 row_servers() {
-  local blk=$1 rep=$2 list=($SERVERS) k out=()
+  local blk=$1 rep=$2 win=${3:-0} list=($SERVERS) k out=()
   [ -n "$JUMBO" ] && [ "$blk" -gt $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$JUMBO")
+  # The kernel carries lock-step transfers of blocks that fit a frame.
+  [ -n "$KERNEL_BF" ] && [ "$win" = 1 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$KERNEL_BF")
   # Rotated by one per repeat: no server always goes first.
   for k in $(seq 0 $((${#list[@]} - 1))); do out+=("${list[$(((k + rep - 1) % ${#list[@]}))]}"); done
   echo "${out[@]}"
@@ -374,21 +402,27 @@ echo "bootfabric $BIN, tftpd-hpa $TFTPD_V, dnsmasq $DNSMASQ_V, $ATFTP_V client"
 echo "$(nproc) cores, veth MTU $MTU, Bootfabric tftp.mtu $BOOTFABRIC_TFTP_MTU${JUMBO:+ (and $JUMBO on blksize > $((BOOTFABRIC_TFTP_MTU - 32)))}, pinned: $PIN, at least $((MIN_BYTES / 1048576)) MiB per row, $REPEAT repeats"
 echo
 
-declare -A M C F ALL
+declare -A M C S F ALL
 for rep in $(seq 1 "$REPEAT"); do
   for spec in $MATRIX; do
     IFS=: read -r size blk win n <<<"$spec"
     reps=$(((MIN_BYTES + size * 1048576 * n - 1) / (size * 1048576 * n)))
-    for server in $(row_servers "$blk" "$rep"); do
+    for server in $(row_servers "$blk" "$rep" "$win"); do
       ALL[$server]=1
       start_server "$server"
       row "$size" "$blk" "$win" "$n" "$reps"
+      if [ "$server" = bootfabric-kernel ]; then
+        KBLOCKS=$(ip netns exec "$SRV" sh -c "curl -s http://\$(ss -tlnH | awk '/127.0.0.1/ { print \$4; exit }')/metrics" |
+          awk '/^bootfabric_tftp_kernel_blocks_total / { print $2 }')
+        echo "  bootfabric-kernel: ${KBLOCKS:-0} blocks sent by the kernel"
+      fi
       stop_server
       M[$server,$spec]="${M[$server,$spec]:-} $MBPS"
       C[$server,$spec]="${C[$server,$spec]:-} $CPU_PER_GIB"
+      S[$server,$spec]="${S[$server,$spec]:-} $SYS_PER_GIB"
       F[$server,$spec]=$((${F[$server,$spec]:-0} + FAILED))
-      printf 'run %d %-18s %3d MiB blksize %5d window %2d clients %2d x%-3d: %3d failed, %8s MiB/s, %6s CPU s/GiB\n' \
-        "$rep" "$server" "$size" "$blk" "$win" "$n" "$reps" "$FAILED" "$MBPS" "$CPU_PER_GIB"
+      printf 'run %d %-18s %3d MiB blksize %5d window %2d clients %4d x%-3d: %3d failed, %8s MiB/s, %6s CPU s/GiB, %6s system CPU s/GiB\n' \
+        "$rep" "$server" "$size" "$blk" "$win" "$n" "$reps" "$FAILED" "$MBPS" "$CPU_PER_GIB" "$SYS_PER_GIB"
     done
   done
 done
@@ -417,17 +451,20 @@ peers=()
 for s in $SERVERS; do [ "$s" = bootfabric ] || peers+=("$s"); done
 # One table: the first column group is $1 (a Bootfabric variant), against the peers.
 throughput_table() {
-  local bf=$1 title=$2 s spec size blk win n failed cells bm bc m c
+  local bf=$1 title=$2 s spec size blk win n failed cells bm bc bs m c
   shift 2
   printf '| size | blksize | window | clients | %s MiB/s |' "$title"
   for s in "${peers[@]}"; do printf ' %s MiB/s |' "$s"; done
   printf ' %s CPU s/GiB |' "$title"
   for s in "${peers[@]}"; do printf ' %s CPU s/GiB |' "$s"; done
+  printf ' %s system CPU s/GiB |' "$title"
+  for s in "${peers[@]}"; do printf ' %s system CPU s/GiB |' "$s"; done
   for s in "${peers[@]}"; do printf ' MiB/s ratio vs %s |' "$s"; done
   for s in "${peers[@]}"; do printf ' CPU ratio vs %s |' "$s"; done
+  for s in "${peers[@]}"; do printf ' system CPU ratio vs %s |' "$s"; done
   echo ' failed |'
   printf '|---|---|---|---|'
-  for _ in $bf "${peers[@]}" $bf "${peers[@]}" "${peers[@]}" "${peers[@]}"; do printf -- '---|'; done
+  for _ in $bf "${peers[@]}" $bf "${peers[@]}" $bf "${peers[@]}" "${peers[@]}" "${peers[@]}" "${peers[@]}"; do printf -- '---|'; done
   echo '---|'
   for spec in "$@"; do
     IFS=: read -r size blk win n <<<"$spec"
@@ -435,10 +472,13 @@ throughput_table() {
     failed=0
     for s in $bf "${peers[@]}"; do printf ' %s |' "$(spread <<<"${M[$s,$spec]:-}")"; done
     for s in $bf "${peers[@]}"; do printf ' %s |' "$(spread <<<"${C[$s,$spec]:-}")"; done
+    for s in $bf "${peers[@]}"; do printf ' %s |' "$(spread <<<"${S[$s,$spec]:-}")"; done
     bm=$(median <<<"${M[$bf,$spec]:-}")
     bc=$(median <<<"${C[$bf,$spec]:-}")
+    bs=$(median <<<"${S[$bf,$spec]:-}")
     for s in "${peers[@]}"; do m=$(median <<<"${M[$s,$spec]:-}"); printf ' %s |' "$(ratio "$bm" "$m")"; done
     for s in "${peers[@]}"; do c=$(median <<<"${C[$s,$spec]:-}"); printf ' %s |' "$(ratio "$bc" "$c")"; done
+    for s in "${peers[@]}"; do c=$(median <<<"${S[$s,$spec]:-}"); printf ' %s |' "$(ratio "$bs" "$c")"; done
     for s in $bf "${peers[@]}"; do failed=$((failed + ${F[$s,$spec]:-0})); done
     echo " $failed |"
   done
@@ -483,6 +523,19 @@ memory_table() {
     echo "are), in the same passes as the rows above; the peers' columns are the same passes as there:"
     echo
     throughput_table "$JUMBO" "Bootfabric tftp.mtu $JUMBO_MTU" "${jrows[@]}"
+  fi
+  if [ -n "$KERNEL_BF" ] && [ -n "${ALL[$KERNEL_BF]:-}" ]; then
+    krows=()
+    for spec in $MATRIX; do
+      IFS=: read -r _ blk win _ <<<"$spec"
+      [ "$win" = 1 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && krows+=("$spec")
+    done
+    echo
+    echo "Bootfabric with TFTP in the kernel (XDP and the TC program attached, the files hot), on the"
+    echo "lock-step rows, in the same passes as the rows above; the peers' columns are the same passes."
+    echo "Its server CPU leaves out what the kernel does in the client's softirq: read the system column."
+    echo
+    throughput_table "$KERNEL_BF" "Bootfabric kernel" "${krows[@]}"
   fi
   if [ -n "$MEM_ROWS" ]; then
     echo

@@ -179,8 +179,8 @@ pub enum HttpBackend {
     Epoll,
 }
 
-/// Default of `tftp.kernel_bytes`: room for a few dozen bootloaders.
-const DEFAULT_TFTP_KERNEL_BYTES: u64 = 64 << 20;
+/// Default of `tftp.kernel_bytes`: room for the usual bootloaders (iPXE, shim, GRUB) and more.
+const DEFAULT_TFTP_KERNEL_BYTES: u64 = 16 << 20;
 /// Most `tftp.kernel_bytes` may be.
 const MAX_TFTP_KERNEL_BYTES: u64 = 1 << 30;
 
