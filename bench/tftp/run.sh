@@ -282,7 +282,7 @@ verify() {
 # server's cgroup alone would call it free: this column counts it wherever it falls, and the
 # clients' own work, the same for every server.
 sys_usec() {
-  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print int(($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz) }' /proc/stat
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz }' /proc/stat
 }
 
 # One timed pass of a row against the running server. Sets FAILED, MBPS, CPU_PER_GIB and
