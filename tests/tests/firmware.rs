@@ -246,6 +246,20 @@ fn ovmf_uefi_pxe_loads_ipxe_over_tftp() {
         None,
         "the size probe is not a failed transfer"
     );
+    // OVMF asks windowsize 4: with TFTP in the kernel on, its transfers stay in userspace,
+    // counted as such.
+    if daemon.log().contains("TFTP: the kernel answers") {
+        assert!(
+            sample(
+                &metrics,
+                "bootfabric_tftp_kernel_transfers_total",
+                &[("file", "ipxe.efi"), ("result", "options")]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{metrics}"
+        );
+    }
 }
 
 /// QEMU's iPXE ROM gets the script URL from DHCP, and our HTTP server renders the host's
