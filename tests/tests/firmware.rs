@@ -14,8 +14,8 @@ use std::{
 };
 
 use bootfabric_lab::{
-    have_program, http_get, require, require_root, sample, wait_for, Daemon, Netns, PairLab,
-    TempDir,
+    bootimage, have_program, http_get, require, require_root, sample, wait_for, Daemon, Netns,
+    PairLab, TempDir,
 };
 
 const CONFIG: &str = r#"
@@ -423,5 +423,114 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
     assert!(
         leases.contains("52:54:00:c0:ff:01") && leases.contains(&peer.ip().to_string()),
         "dnsmasq leases: {leases} (VM at {peer})"
+    );
+}
+
+/// pxelinux (Debian's `pxelinux` and `syslinux-common`), chainloaded from QEMU's iPXE ROM,
+/// loads `ldlinux.c32`, its per-host config, Debian's kernel and the lab's initramfs over
+/// lock-step TFTP with the kernel answering (every one of them is in `tftp.kernel_files`),
+/// and the kernel boots into the initramfs. The machine is not in the inventory, as a new
+/// rack's machines are not: iPXE gets the operator's generic script from the HTTP root,
+/// which chains `pxelinux.0` over TFTP, and pxelinux finds the operator's file for its MAC
+/// (`pxelinux.cfg/01-<mac>`).
+#[test]
+fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
+    let t = "pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel";
+    let pxelinux = "/usr/lib/PXELINUX/pxelinux.0";
+    let ldlinux = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            std::path::Path::new(pxelinux).exists() && std::path::Path::new(ldlinux).exists(),
+            t,
+            "pxelinux or syslinux-common is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
+    let image = bootimage::ensure(&cache).expect("boot image");
+    let dir = TempDir::new().expect("dir");
+    let root = dir.path.join("tftp");
+    let images = dir.path.join("images");
+    std::fs::create_dir_all(root.join("pxelinux.cfg")).expect("root");
+    std::fs::create_dir_all(&images).expect("images");
+    std::fs::copy(pxelinux, root.join("pxelinux.0")).expect("pxelinux.0");
+    std::fs::copy(ldlinux, root.join("ldlinux.c32")).expect("ldlinux.c32");
+    std::fs::copy(&image.kernel, root.join("linux")).expect("kernel");
+    std::fs::copy(&image.initramfs, root.join("initramfs")).expect("initramfs");
+    std::fs::write(
+        root.join("pxelinux.cfg/01-52-54-00-b0-0f-09"),
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL linux\n  INITRD initramfs\n  APPEND console=ttyS0 quiet\n",
+    )
+    .expect("pxelinux config");
+    std::fs::write(
+        images.join("boot.ipxe"),
+        "#!ipxe\nchain tftp://10.77.0.1/pxelinux.0\n",
+    )
+    .expect("script");
+    let config = format!(
+        "{CONFIG}[tftp]\nroot = \"{}\"\nkernel_files = [\"pxelinux.0\", \"ldlinux.c32\", \"linux\", \"initramfs\"]\nkernel_bytes = 134217728\n[http]\nroot = \"{}\"\n",
+        root.display(),
+        images.display()
+    );
+    let lab = lab();
+    let daemon = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    if !daemon.log().contains("TFTP: the kernel answers") && bootfabric_lab::lab_required() {
+        panic!("TFTP in the kernel is not on:\n{}", daemon.log());
+    }
+    let log = dir.path.join("qemu.log");
+    let _vm = qemu(
+        &lab.client,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:09",
+            "-boot",
+            "n",
+            "-m",
+            "512",
+        ],
+        &log,
+    );
+    // The initramfs's /init says so on the serial console once the kernel runs it.
+    wait_for(Duration::from_secs(420), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("bootfabric-init: kernel up")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the kernel did not come up.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    for file in ["pxelinux.0", "ldlinux.c32", "linux", "initramfs"] {
+        assert!(
+            sample(
+                &metrics,
+                "bootfabric_tftp_kernel_transfers_total",
+                &[("file", file), ("result", "handed")]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{file} was not handed to the kernel: {metrics}\n{}",
+            daemon.log()
+        );
+    }
+    let kernel_bytes = sample(&metrics, "bootfabric_tftp_kernel_bytes_total", &[]).unwrap_or(0.0);
+    let images = std::fs::metadata(root.join("linux")).expect("meta").len()
+        + std::fs::metadata(root.join("initramfs"))
+            .expect("meta")
+            .len();
+    assert!(
+        kernel_bytes >= images as f64 * 0.9,
+        "the kernel sent {kernel_bytes} bytes of {images}: {metrics}"
     );
 }
