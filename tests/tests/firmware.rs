@@ -431,7 +431,8 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
 /// lock-step TFTP with the kernel answering (every one of them is in `tftp.kernel_files`),
 /// and the kernel boots into the initramfs. The machine is not in the inventory, as a new
 /// rack's machines are not: iPXE gets the operator's generic script from the HTTP root,
-/// which chains `pxelinux.0` over TFTP, and pxelinux finds the operator's file for its MAC
+/// which chains `pxelinux.0` over TFTP (with pxelinux's path prefix, option 210, set as
+/// syslinux documents for iPXE), and pxelinux finds the operator's file for its MAC
 /// (`pxelinux.cfg/01-<mac>`).
 #[test]
 fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
@@ -470,7 +471,9 @@ fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
     .expect("pxelinux config");
     std::fs::write(
         images.join("boot.ipxe"),
-        "#!ipxe\nchain tftp://10.77.0.1/pxelinux.0\n",
+        // Option 210 (PXELINUX's path prefix): without it pxelinux takes its folder from
+        // the file name iPXE was given, here an http:// URL, which pxelinux cannot read.
+        "#!ipxe\nset 210:string tftp://10.77.0.1/\nchain tftp://10.77.0.1/pxelinux.0\n",
     )
     .expect("script");
     let config = format!(
@@ -497,7 +500,7 @@ fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
         &log,
     );
     // The initramfs's /init says so on the serial console once the kernel runs it.
-    wait_for(Duration::from_secs(420), || {
+    wait_for(BOOT_BOUND, || {
         std::fs::read_to_string(&log)
             .ok()?
             .contains("bootfabric-init: kernel up")

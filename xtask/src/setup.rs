@@ -76,6 +76,9 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "ovmf",
             "ipxe",
             "busybox-static",
+            // pxelinux chainloaded from iPXE, over TFTP answered in the kernel.
+            "pxelinux",
+            "syslinux-common",
         ],
     ),
     // The rack in a box: machines as libvirt domains, their BMCs sushy's libvirt driver.
@@ -102,6 +105,8 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "libprotobuf-dev" => Some("/usr/include/google/protobuf/descriptor.proto"),
         "etcd-server" => Some("/usr/bin/etcd"),
         "etcd-client" => Some("/usr/bin/etcdctl"),
+        "pxelinux" => Some("/usr/lib/PXELINUX/pxelinux.0"),
+        "syslinux-common" => Some("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
         _ => None,
     }
 }
