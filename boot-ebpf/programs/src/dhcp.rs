@@ -26,7 +26,10 @@ use bootfabric_abi::{
     dhcp::*, ClassifyConfig, ACTION_DROP, ACTION_PASS, ACTION_TX, DHCP_PATH_ANSWER,
 };
 
-use crate::parse::Udp4;
+use crate::{
+    csum::{fold, word},
+    parse::Udp4,
+};
 
 /// Reserved hosts by MAC.
 #[map(name = "DHCP_HOSTS")]
@@ -755,21 +758,6 @@ fn store<const MAX: usize>(
     } else {
         Err(())
     }
-}
-
-/// Adds 16-bit words in memory order (as `bpf_csum_diff` does) and folds.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-#[inline(always)]
-fn word(a: u8, b: u8) -> u64 {
-    u16::from_le_bytes([a, b]) as u64
 }
 
 /// Turns the request frame into the reply. On error the frame may be half-written; the

@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod classify;
+mod csum;
 mod dhcp;
 mod parse;
 mod tftp;

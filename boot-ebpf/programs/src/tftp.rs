@@ -30,7 +30,10 @@ use bootfabric_abi::{
     CLASS_TFTP_DATA,
 };
 
-use crate::classify::CLASSIFY_CONFIG;
+use crate::{
+    classify::CLASSIFY_CONFIG,
+    csum::{fold, word},
+};
 
 /// Hot files, one fixed-size slot after another (userspace sizes the map at load).
 #[map(name = "TFTP_CHUNKS")]
@@ -57,21 +60,6 @@ fn stat(i: u32, by: u64) {
         // SAFETY: per-CPU slot; this CPU is its only writer.
         unsafe { *c += by };
     }
-}
-
-/// Adds 16-bit words in memory order (as `bpf_csum_diff` does) and folds.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
-#[inline(always)]
-fn word(a: u8, b: u8) -> u64 {
-    u16::from_le_bytes([a, b]) as u64
 }
 
 /// Classifies one frame at ingress: answers it, or lets it go on.
