@@ -285,18 +285,29 @@ sys_usec() {
   awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz }' /proc/stat
 }
 
-# One timed pass of a row against the running server. Sets FAILED, MBPS, CPU_PER_GIB and
-# SYS_PER_GIB.
+# Busy microseconds of each core so far, one line "cpuN usec" per core.
+cpu_usec() {
+  awk -v hz="$(getconf CLK_TCK)" '/^cpu[0-9]/ { printf "%s %.0f\n", $1, ($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz }' /proc/stat
+}
+
+# One timed pass of a row against the running server. Sets FAILED, MBPS, CPU_PER_GIB,
+# SYS_PER_GIB and SPLIT (each core's share of the machine's busy time during the pass: where
+# the work ran, the kernel path's included).
 row() {
   local size=$1 blk=$2 win=$3 n=$4 reps=$5 t0 t1 c0 c1 s0 s1 bytes
   clients_script "$size" "$blk" "$win" "$n" "$reps"
   c0=$(cg_usec)
   s0=$(sys_usec)
+  local p0 p1
+  p0=$(cpu_usec)
   t0=$(date +%s%N)
   ip netns exec "$CLI" "${CLIENT_CPUS[@]}" "$WORK/clients.sh"
   t1=$(date +%s%N)
+  p1=$(cpu_usec)
   s1=$(sys_usec)
   c1=$(cg_usec)
+  SPLIT=$(join <(echo "$p0") <(echo "$p1") | awk '{ d[$1] = $3 - $2; t += $3 - $2 } END {
+    for (c in d) printf "%s %.0f%% ", c, (t > 0 ? 100 * d[c] / t : 0) }' | tr ' ' '\n' | paste -d' ' - - | sort | paste -sd' ')
   verify "$size" $((n * reps))
   bytes=$((OK * (size * 1048576 + 123)))
   MBPS=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", b / 1048576 / (ns / 1e9) }')
@@ -421,8 +432,8 @@ for rep in $(seq 1 "$REPEAT"); do
       C[$server,$spec]="${C[$server,$spec]:-} $CPU_PER_GIB"
       S[$server,$spec]="${S[$server,$spec]:-} $SYS_PER_GIB"
       F[$server,$spec]=$((${F[$server,$spec]:-0} + FAILED))
-      printf 'run %d %-18s %3d MiB blksize %5d window %2d clients %4d x%-3d: %3d failed, %8s MiB/s, %6s CPU s/GiB, %6s system CPU s/GiB\n' \
-        "$rep" "$server" "$size" "$blk" "$win" "$n" "$reps" "$FAILED" "$MBPS" "$CPU_PER_GIB" "$SYS_PER_GIB"
+      printf 'run %d %-18s %3d MiB blksize %5d window %2d clients %4d x%-3d: %3d failed, %8s MiB/s, %6s CPU s/GiB, %6s system CPU s/GiB; busy time by core: %s\n' \
+        "$rep" "$server" "$size" "$blk" "$win" "$n" "$reps" "$FAILED" "$MBPS" "$CPU_PER_GIB" "$SYS_PER_GIB" "$SPLIT"
     done
   done
 done

@@ -1296,6 +1296,21 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     );
     // The bytes counter counts the kernel's blocks too: the whole file, once.
     assert_eq!(l.metric("bootfabric_tftp_bytes_total", &[]), size as f64);
+    // Per file and path: the kernel the middle, userspace block 1 and the last.
+    let hot = |metric: &str, path: &str| l.metric(metric, &[("file", "ipxe.efi"), ("path", path)]);
+    assert_eq!(
+        hot("bootfabric_tftp_hot_file_blocks_total", "kernel"),
+        (blocks(512) - 2) as f64
+    );
+    assert_eq!(
+        hot("bootfabric_tftp_hot_file_blocks_total", "userspace"),
+        2.0
+    );
+    assert_eq!(
+        hot("bootfabric_tftp_hot_file_bytes_total", "kernel")
+            + hot("bootfabric_tftp_hot_file_bytes_total", "userspace"),
+        size as f64
+    );
 
     // curl: blksize 1468 (the largest a 1500-byte link carries), lock-step.
     let dest = l.out.path.join("curl");
@@ -1333,6 +1348,15 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
         .arg("10.77.0.1"))
     .expect("atftp");
     l.same("ipxe.efi", "atftp");
+    // The windowed transfer's blocks all went from userspace: 2 of tftp-hpa's and 2 of
+    // curl's before it.
+    assert_eq!(
+        l.metric(
+            "bootfabric_tftp_hot_file_blocks_total",
+            &[("file", "ipxe.efi"), ("path", "userspace")]
+        ),
+        (4 + blocks(1468)) as f64
+    );
     assert_eq!(
         l.metric(
             "bootfabric_tftp_kernel_transfers_total",

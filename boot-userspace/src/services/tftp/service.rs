@@ -86,6 +86,8 @@ struct Metrics {
     rendered: IntCounterVec,
     refused: IntCounterVec,
     kernel: IntCounterVec,
+    hot_blocks: IntCounterVec,
+    hot_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -145,6 +147,22 @@ impl Metrics {
             &["file", "result"],
         )?;
         r.register(Box::new(kernel.clone()))?;
+        let hot_blocks = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_hot_file_blocks_total",
+                "DATA blocks of tftp.kernel_files files sent (first sends), by file and by the path that sent them: kernel or userspace.",
+            ),
+            &["file", "path"],
+        )?;
+        let hot_bytes = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_tftp_hot_file_bytes_total",
+                "File bytes in those blocks, by file and path.",
+            ),
+            &["file", "path"],
+        )?;
+        r.register(Box::new(hot_blocks.clone()))?;
+        r.register(Box::new(hot_bytes.clone()))?;
         Ok(Self {
             active,
             transfers,
@@ -154,6 +172,8 @@ impl Metrics {
             rendered,
             refused,
             kernel,
+            hot_blocks,
+            hot_bytes,
         })
     }
 }
@@ -959,6 +979,7 @@ impl TftpService {
         // The kernel's copy of this file, when it can carry the transfer: handed over once
         // the first block is out (see `hand_over`).
         let mut hot = self.hot_copy(&req, &data, &negotiated);
+        let listed = self.listed(&req).cloned();
         let mut kernel: Option<Registration> = None;
         debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
         self.metrics.active.inc();
@@ -1007,6 +1028,7 @@ impl TftpService {
                             failed = true;
                             break;
                         }
+                        let fresh_blocks = (b.max(highest_sent + 1)..=end).count() as u64;
                         let fresh: u64 = (b.max(highest_sent + 1)..=end)
                             .map(|k| t.block_range(k, size).1)
                             .sum();
@@ -1029,6 +1051,7 @@ impl TftpService {
                             break;
                         }
                         self.metrics.bytes.inc_by(fresh);
+                        self.count_hot(listed.as_deref(), "userspace", fresh_blocks, fresh);
                         // The scheduler's capacity is what the fabric sends, TFTP included.
                         self.hosts.ledger.egress(&iface, out.len() as u64);
                         let resent = end.min(highest_sent).saturating_sub(b - 1);
@@ -1073,9 +1096,9 @@ impl TftpService {
                     r = tokio::time::timeout_at(retransmit_at.min(expires), sock.recv_from(&mut inbuf)) => Some(r),
                 };
                 // What the kernel sent since the last look counts as sent, and as progress.
-                let kernel_progress = kernel
-                    .as_ref()
-                    .is_some_and(|k| self.sync_kernel(k, &mut t, &mut highest_sent, &iface));
+                let kernel_progress = kernel.as_ref().is_some_and(|k| {
+                    self.sync_kernel(k, &mut t, &mut highest_sent, &iface, listed.as_deref())
+                });
                 match recv {
                     None => break Action::Abort(AbortReason::Timeout),
                     Some(Err(_)) if Instant::now() >= expires => {
@@ -1119,7 +1142,7 @@ impl TftpService {
         };
         // The kernel lets go of the transfer before it is counted as ended.
         if let Some(k) = kernel.take() {
-            self.sync_kernel(&k, &mut t, &mut highest_sent, &iface);
+            self.sync_kernel(&k, &mut t, &mut highest_sent, &iface, listed.as_deref());
         }
         self.metrics.active.dec();
         self.metrics.transfers.with_label_values(&[outcome]).inc();
@@ -1165,10 +1188,7 @@ impl TftpService {
         if req.mode != Mode::Octet {
             return None;
         }
-        let (rel, _) = files::relative(&self.cfg.root, &req.filename).ok()?;
-        let rel = rel.trim_start_matches("./");
-        // The listed name, not the request's spelling of it: metric labels stay bounded.
-        let rel = self.cfg.kernel_files.iter().find(|f| *f == rel)?;
+        let rel = self.listed(req)?;
         let decided =
             if !bootfabric_abi::tftp::kernel_can_serve(negotiated.blksize, negotiated.windowsize) {
                 Err(Decline::Options)
@@ -1183,6 +1203,31 @@ impl TftpService {
                     .with_label_values(&[rel, why.as_str()])
                     .inc();
                 None
+            }
+        }
+    }
+
+    /// The `tftp.kernel_files` entry `req` names, when the kernel path is on: the listed
+    /// name, not the request's spelling of it, so metric labels stay bounded.
+    fn listed(&self, req: &packet::Request) -> Option<&String> {
+        self.kernel.as_ref()?;
+        let (rel, _) = files::relative(&self.cfg.root, &req.filename).ok()?;
+        let rel = rel.trim_start_matches("./");
+        self.cfg.kernel_files.iter().find(|f| *f == rel)
+    }
+
+    /// Counts `blocks` first sends of `bytes` of a listed file by `path`.
+    fn count_hot(&self, file: Option<&str>, path: &str, blocks: u64, bytes: u64) {
+        if let Some(file) = file {
+            if blocks > 0 {
+                self.metrics
+                    .hot_blocks
+                    .with_label_values(&[file, path])
+                    .inc_by(blocks);
+                self.metrics
+                    .hot_bytes
+                    .with_label_values(&[file, path])
+                    .inc_by(bytes);
             }
         }
     }
@@ -1229,6 +1274,7 @@ impl TftpService {
         t: &mut Transfer,
         highest_sent: &mut u64,
         iface: &str,
+        file: Option<&str>,
     ) -> bool {
         let Some(p) = k.progress() else {
             return false;
@@ -1242,6 +1288,7 @@ impl TftpService {
         t.kernel_sent(p.sent);
         *highest_sent = p.sent;
         self.metrics.bytes.inc_by(blocks * blksize);
+        self.count_hot(file, "kernel", blocks, blocks * blksize);
         self.hosts.ledger.egress(
             iface,
             blocks * (blksize + bootfabric_abi::tftp::DATA_HEADERS as u64),
