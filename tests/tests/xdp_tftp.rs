@@ -385,3 +385,25 @@ fn a_changed_file_is_a_new_copy_and_running_transfers_keep_the_old() {
         assert_eq!(frame, userspace_frame(&t, 2, &old, frame[22], false, TID));
     });
 }
+
+/// A listed name is opened as a read request would open it: a symlink out of the root, or
+/// anything but a regular file, is never copied into the kernel.
+#[test]
+fn a_listed_name_that_leaves_the_root_is_never_loaded() {
+    isolated(|| {
+        let Some(b) = bench("a_listed_name_that_leaves_the_root_is_never_loaded") else {
+            return;
+        };
+        let outside = TempDir::new().expect("outside");
+        std::fs::write(outside.path.join("secret"), b"not for the network").expect("file");
+        std::os::unix::fs::symlink(outside.path.join("secret"), b.root.path.join("out.efi"))
+            .expect("symlink");
+        std::fs::create_dir(b.root.path.join("dir.efi")).expect("dir");
+        std::fs::write(b.root.path.join("ok.efi"), content(4096, 3)).expect("file");
+        let names = ["out.efi", "dir.efi", "ok.efi"].map(str::to_owned);
+        let problems = b.kernel.refresh(&b.root.path, &names);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let files: Vec<String> = b.kernel.files().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(files, ["ok.efi"]);
+    });
+}

@@ -332,21 +332,17 @@ impl KernelTftp {
             inner.files.retain(|n, _| names.contains(n));
         }
         for name in names {
-            let path = root.join(name);
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() => m,
-                Ok(_) => {
-                    problems.push(format!("{name}: not a regular file"));
-                    self.lock().files.remove(name);
-                    continue;
-                }
+            // Opened as the TFTP service opens it: confined to the root (no symlink out, a
+            // regular file), so the kernel never holds what a read request could not get.
+            let source = match crate::model::files::open(root, name) {
+                Ok(s) => s,
                 Err(e) => {
                     problems.push(format!("{name}: {e}"));
                     self.lock().files.remove(name);
                     continue;
                 }
             };
-            let ident = FileIdent::of(&meta);
+            let ident = FileIdent::of(source.metadata());
             if self
                 .lock()
                 .files
@@ -355,7 +351,8 @@ impl KernelTftp {
             {
                 continue;
             }
-            match self.load(name, &path) {
+            let path = root.join(name);
+            match self.load(name, &path, source) {
                 Ok((ident, copy)) => {
                     info!(file = %name, bytes = copy.size, slots = copy.slots, "TFTP: file loaded into the kernel");
                     self.lock()
@@ -372,18 +369,22 @@ impl KernelTftp {
         problems
     }
 
-    /// Reads `path` and writes it into free slots (or shares the copy of a file with the
-    /// same bytes). The identity returned is the one read: a file that changed while it was
+    /// Reads the opened file (`path` names it in errors) into free slots, or shares the copy
+    /// of a file with the same bytes. The identity returned is the one read: a file that changed while it was
     /// read is caught by the identity check before any transfer uses it.
-    fn load(&self, name: &str, path: &Path) -> Result<(FileIdent, Arc<HotCopy>), KernelTftpError> {
+    fn load(
+        &self,
+        name: &str,
+        path: &Path,
+        source: crate::model::files::Source,
+    ) -> Result<(FileIdent, Arc<HotCopy>), KernelTftpError> {
         let read_err = |source| KernelTftpError::Read {
             path: path.to_owned(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let meta = file.metadata().map_err(read_err)?;
-        let ident = FileIdent::of(&meta);
-        let size = meta.len();
+        let ident = FileIdent::of(source.metadata());
+        let size = source.size();
+        let file = source.into_file();
         let slots = slots_for(size);
         let free = self.free_list().free_slots();
         if slots > free {
