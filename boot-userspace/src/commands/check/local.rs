@@ -279,6 +279,81 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
             }
         }
     }
+    if let Some(t) = &config.tftp {
+        items.extend(kernel_files(t, config.xdp_mode));
+    }
+    items
+}
+
+/// `tftp.kernel_files`: each is there to be served, and together they fit
+/// `tftp.kernel_bytes` (the slots the daemon fills at start, first fit in this order).
+fn kernel_files(t: &crate::config::TftpConfig, xdp: crate::config::XdpModeSetting) -> Vec<Item> {
+    use bootfabric_abi::tftp::{slots_for, CHUNK_BYTES};
+    let subject = "tftp.kernel_files";
+    if xdp == crate::config::XdpModeSetting::Off {
+        return vec![Item::pass(
+            subject,
+            "xdp.mode = \"off\": every TFTP transfer is served in userspace",
+        )];
+    }
+    if t.kernel_files.is_empty() {
+        return vec![Item::pass(
+            subject,
+            "[]: every TFTP transfer is served in userspace",
+        )];
+    }
+    let capacity = t.kernel_bytes / CHUNK_BYTES as u64;
+    let mut used = 0u64;
+    let mut loaded = Vec::new();
+    let mut items = Vec::new();
+    for name in &t.kernel_files {
+        match files::open(&t.root, name) {
+            Ok(src) => {
+                let slots = slots_for(src.size());
+                if used + slots > capacity {
+                    items.push(Item::warn(
+                        format!("{subject}: {name}"),
+                        format!(
+                            "{} bytes do not fit the {} bytes left of tftp.kernel_bytes: served in userspace",
+                            src.size(),
+                            (capacity - used) * CHUNK_BYTES as u64
+                        ),
+                        format!(
+                            "raise tftp.kernel_bytes to at least {}",
+                            (used + slots) * CHUNK_BYTES as u64
+                        ),
+                    ));
+                } else {
+                    used += slots;
+                    loaded.push(name.as_str());
+                }
+            }
+            Err(e) => items.push(Item::warn(
+                format!("{subject}: {name}"),
+                format!(
+                    "under {}: {e}: served by neither path until it is there",
+                    t.root.display()
+                ),
+                "put the file in tftp.root, or take it out of tftp.kernel_files",
+            )),
+        }
+    }
+    items.insert(
+        0,
+        Item::pass(
+            subject,
+            format!(
+                "the kernel answers lock-step transfers of {} ({} of {} bytes of tftp.kernel_bytes)",
+                if loaded.is_empty() {
+                    "no file".to_owned()
+                } else {
+                    loaded.join(", ")
+                },
+                used * CHUNK_BYTES as u64,
+                capacity * CHUNK_BYTES as u64
+            ),
+        ),
+    );
     items
 }
 
@@ -402,7 +477,67 @@ pub fn disk(config: &Config) -> Vec<Item> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Status;
     use super::*;
+
+    fn tftp(root: &Path, files: &[&str], kernel_bytes: u64) -> crate::config::TftpConfig {
+        crate::config::TftpConfig {
+            root: root.canonicalize().expect("root"),
+            max_windowsize: 64,
+            max_retries: 5,
+            mtu: 1500,
+            max_transfers: 8,
+            max_transfers_per_client: 8,
+            requests_per_second: 100,
+            requests_per_second_per_client: 100,
+            max_timeout_s: 5,
+            max_transfer: std::time::Duration::from_secs(60),
+            netascii_budget_bytes: 1 << 20,
+            kernel_files: files.iter().map(|f| (*f).to_owned()).collect(),
+            kernel_bytes,
+        }
+    }
+
+    /// Each listed file is there, and together they fit `tftp.kernel_bytes` in the order the
+    /// daemon fills the slots; what does not is a warning that names the size to set.
+    #[test]
+    fn kernel_files_are_checked_against_the_root_and_the_budget() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("small.efi"), vec![1u8; 1000]).expect("write");
+        std::fs::write(dir.path().join("big.efi"), vec![2u8; 100_000]).expect("write");
+        let on = crate::config::XdpModeSetting::Auto;
+        // 2 slots: small.efi takes 1, big.efi would take 4.
+        let items = kernel_files(
+            &tftp(dir.path(), &["small.efi", "big.efi", "gone.efi"], 65_536),
+            on,
+        );
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert_eq!(items[0].status, Status::Pass);
+        assert!(
+            items[0]
+                .detail
+                .contains("of small.efi (32768 of 65536 bytes"),
+            "{items:?}"
+        );
+        assert_eq!(items[1].status, Status::Warn);
+        assert!(items[1].subject.ends_with("big.efi"), "{items:?}");
+        assert_eq!(
+            items[1].fix.as_deref(),
+            Some("raise tftp.kernel_bytes to at least 163840")
+        );
+        assert_eq!(items[2].status, Status::Warn);
+        assert!(items[2].subject.ends_with("gone.efi"), "{items:?}");
+        // Off, and an empty list, leave every transfer to userspace and say so.
+        let off = kernel_files(
+            &tftp(dir.path(), &["small.efi"], 65_536),
+            crate::config::XdpModeSetting::Off,
+        );
+        assert_eq!(off.len(), 1);
+        assert!(off[0].detail.contains("xdp.mode"));
+        assert!(kernel_files(&tftp(dir.path(), &[], 65_536), on)[0]
+            .detail
+            .starts_with("[]"));
+    }
 
     #[test]
     fn sha256_and_hex_agree_with_a_known_digest() {
