@@ -140,6 +140,20 @@ fn commit_problem(e: &CommitError, kind: EventType) -> Problem {
             StatusCode::PRECONDITION_FAILED,
             "the resource changed on another fabric since; GET it again for its ETag",
         ),
+        // etcd did not answer in time: the write was sent and may still commit (a majority
+        // can come back with it), so a retry may find it done. Say so, as the API of any
+        // store that times out must.
+        CommitError::Unavailable(e @ crate::cluster::ClusterError::Timeout(_)) => {
+            error!(error = %e, "cluster inventory: etcd did not confirm the write");
+            Problem {
+                title: "etcd did not confirm the write".to_owned(),
+                retry_after: Some(RETRY_AFTER_S),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cluster's etcd did not answer in time; the write may still land: GET the resource before retrying (a retried create may find it, 409)",
+                )
+            }
+        }
         CommitError::Unavailable(e) => {
             error!(error = %e, "cluster inventory: etcd cannot take the write");
             Problem {
