@@ -978,8 +978,8 @@ impl TftpService {
         let wait = Duration::from_secs(u64::from(negotiated.timeout.max(1)));
         // The kernel's copy of this file, when it can carry the transfer: handed over once
         // the first block is out (see `hand_over`).
-        let mut hot = self.hot_copy(&req, &data, &negotiated);
         let listed = self.listed(&req).cloned();
+        let mut hot = self.hot_copy(&req, listed.as_ref(), &data, &negotiated);
         let mut kernel: Option<Registration> = None;
         debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
         self.metrics.active.inc();
@@ -1178,6 +1178,7 @@ impl TftpService {
     fn hot_copy(
         &self,
         req: &packet::Request,
+        listed: Option<&String>,
         data: &Data,
         negotiated: &options::Negotiated,
     ) -> Option<(Arc<HotCopy>, String)> {
@@ -1188,7 +1189,7 @@ impl TftpService {
         if req.mode != Mode::Octet {
             return None;
         }
-        let rel = self.listed(req)?;
+        let rel = listed?;
         let decided =
             if !bootfabric_abi::tftp::kernel_can_serve(negotiated.blksize, negotiated.windowsize) {
                 Err(Decline::Options)
