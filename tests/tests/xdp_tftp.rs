@@ -291,6 +291,35 @@ fn kernel_data_frames_equal_the_userspace_paths() {
             let (action, _, _) = b.run(&ack(1, port, false));
             assert_eq!(action, PASS);
         }
+        // A machine on the segment that knows a live transfer's ports but not its client's
+        // address gets nothing from the kernel: the four-tuple is the key.
+        let t = lock_step(512, 512 * 9);
+        std::fs::write(b.root.path.join("s.bin"), content(512 * 9, 11)).expect("file");
+        assert!(b
+            .kernel
+            .refresh(&b.root.path, &["s.bin".to_owned()])
+            .is_empty());
+        let meta = std::fs::metadata(b.root.path.join("s.bin")).expect("meta");
+        let copy = b.kernel.copy_of("s.bin", &meta).expect("hot");
+        let reg = b
+            .kernel
+            .register(key(TID + 99), copy, 512, t.blocks(), 1)
+            .expect("register");
+        let mut spoofed = ack(1, TID + 99, false);
+        spoofed[26..30].copy_from_slice(&[10, 77, 0, 66]);
+        let c = checksum(
+            &spoofed[14..34]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if (10..12).contains(&i) { 0 } else { *b })
+                .collect::<Vec<u8>>(),
+            0,
+        );
+        spoofed[24..26].copy_from_slice(&c.to_be_bytes());
+        let (action, frame, _) = b.run(&spoofed);
+        assert_eq!((action, &frame), (PASS, &spoofed), "a stranger's ACK");
+        assert_eq!(reg.progress().expect("progress").answered, 0);
+        drop(reg);
         // A port outside the transfer range, and a DATA frame to the port, are not the
         // program's.
         let (action, _, _) = b.run(&ack(1, 69, false));
