@@ -1277,10 +1277,13 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     l.same("ipxe.efi", "hpa");
     let kernel_blocks = l.metric("bootfabric_tftp_kernel_blocks_total", &[]);
     // Userspace sends block 1 and the last; the kernel every block between.
-    assert_eq!(
-        kernel_blocks,
-        (blocks(512) - 2) as f64,
-        "{}",
+    // The kernel sends the blocks between the first and the last. Where a kernel answer
+    // fails (counted as `failed`, e.g. a buffer that cannot grow on a loaded machine)
+    // userspace sends that block itself: the split may shift, the totals may not.
+    let middle = (blocks(512) - 2) as f64;
+    assert!(
+        kernel_blocks <= middle && kernel_blocks >= 0.9 * middle,
+        "{kernel_blocks} of {middle}\n{}",
         l.daemon.log()
     );
     assert_eq!(
@@ -1292,7 +1295,7 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     );
     assert_eq!(
         l.metric("bootfabric_tftp_kernel_bytes_total", &[]),
-        ((blocks(512) - 2) * 512) as f64
+        kernel_blocks * 512.0
     );
     // The bytes counter counts the kernel's blocks too: the whole file, once.
     assert_eq!(l.metric("bootfabric_tftp_bytes_total", &[]), size as f64);
@@ -1300,12 +1303,14 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     let hot = |metric: &str, path: &str| l.metric(metric, &[("file", "ipxe.efi"), ("path", path)]);
     assert_eq!(
         hot("bootfabric_tftp_hot_file_blocks_total", "kernel"),
-        (blocks(512) - 2) as f64
+        kernel_blocks
     );
     assert_eq!(
-        hot("bootfabric_tftp_hot_file_blocks_total", "userspace"),
-        2.0
+        hot("bootfabric_tftp_hot_file_blocks_total", "kernel")
+            + hot("bootfabric_tftp_hot_file_blocks_total", "userspace"),
+        blocks(512) as f64
     );
+    let userspace_before = hot("bootfabric_tftp_hot_file_blocks_total", "userspace");
     assert_eq!(
         hot("bootfabric_tftp_hot_file_bytes_total", "kernel")
             + hot("bootfabric_tftp_hot_file_bytes_total", "userspace"),
@@ -1323,10 +1328,13 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
         .arg("tftp://10.77.0.1/ipxe.efi"))
     .expect("curl");
     l.same("ipxe.efi", "curl");
-    assert_eq!(
-        l.metric("bootfabric_tftp_kernel_blocks_total", &[]) - kernel_blocks,
-        (blocks(1468) - 2) as f64
+    let by_kernel = l.metric("bootfabric_tftp_kernel_blocks_total", &[]) - kernel_blocks;
+    let middle = (blocks(1468) - 2) as f64;
+    assert!(
+        by_kernel <= middle && by_kernel >= 0.9 * middle,
+        "{by_kernel} of {middle}"
     );
+    let userspace_before = userspace_before + blocks(1468) as f64 - by_kernel;
 
     // atftp with windowsize 4: windows stay in userspace, and say why.
     let dest = l.out.path.join("atftp");
@@ -1348,14 +1356,13 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
         .arg("10.77.0.1"))
     .expect("atftp");
     l.same("ipxe.efi", "atftp");
-    // The windowed transfer's blocks all went from userspace: 2 of tftp-hpa's and 2 of
-    // curl's before it.
+    // The windowed transfer's blocks all went from userspace.
     assert_eq!(
         l.metric(
             "bootfabric_tftp_hot_file_blocks_total",
             &[("file", "ipxe.efi"), ("path", "userspace")]
-        ),
-        (4 + blocks(1468)) as f64
+        ) - userspace_before,
+        blocks(1468) as f64
     );
     assert_eq!(
         l.metric(
