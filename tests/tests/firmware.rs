@@ -246,17 +246,20 @@ fn ovmf_uefi_pxe_loads_ipxe_over_tftp() {
         None,
         "the size probe is not a failed transfer"
     );
-    // OVMF asks windowsize 4: with TFTP in the kernel on, its transfers stay in userspace,
-    // counted as such.
+    // OVMF asks windowsize 4: with TFTP in the kernel on, its download is handed to the
+    // kernel after the first window, and the kernel sends the windows up to the last.
     if daemon.log().contains("TFTP: the kernel answers") {
+        let hot =
+            |name: &str, labels: &[(&str, &str)]| sample(&metrics, name, labels).unwrap_or(0.0);
         assert!(
-            sample(
-                &metrics,
+            hot(
                 "bootfabric_tftp_kernel_transfers_total",
-                &[("file", "ipxe.efi"), ("result", "options")]
-            )
-            .unwrap_or(0.0)
-                >= 1.0,
+                &[("file", "ipxe.efi"), ("result", "handed")]
+            ) >= 1.0
+                && hot(
+                    "bootfabric_tftp_hot_file_blocks_total",
+                    &[("file", "ipxe.efi"), ("path", "kernel")]
+                ) > 0.0,
             "{metrics}"
         );
     }

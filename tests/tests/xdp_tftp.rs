@@ -22,6 +22,7 @@ use bootfabric_abi::{
     ClassifyConfig, MAP_CLASSIFY_CONFIG,
 };
 use bootfabric_lab::{
+    capture::Capture,
     content, require, require_root,
     xdp_harness::{checksum, udp_checksum},
     Netns, TempDir,
@@ -212,9 +213,13 @@ fn key(port: u16) -> XferKey {
 }
 
 fn lock_step(blksize: u16, size: u64) -> Transfer {
+    windowed(blksize, 1, size)
+}
+
+fn windowed(blksize: u16, windowsize: u16, size: u64) -> Transfer {
     let n = Negotiated {
         blksize,
-        windowsize: 1,
+        windowsize,
         timeout: 1,
         ack: vec![],
         timeout_capped: false,
@@ -261,7 +266,7 @@ fn kernel_data_frames_equal_the_userspace_paths() {
             let port_key = key(port);
             let reg = b
                 .kernel
-                .register(port_key, copy, blksize, t.blocks(), 1)
+                .register(port_key, copy, blksize, 1, t.blocks(), 1)
                 .expect("register");
             for k in 1..t.blocks() - 1 {
                 // Every other ACK as a local socket over veth sends it.
@@ -303,7 +308,7 @@ fn kernel_data_frames_equal_the_userspace_paths() {
         let copy = b.kernel.copy_of("s.bin", &meta).expect("hot");
         let reg = b
             .kernel
-            .register(key(TID + 99), copy, 512, t.blocks(), 1)
+            .register(key(TID + 99), copy, 512, 1, t.blocks(), 1)
             .expect("register");
         let mut spoofed = ack(1, TID + 99, false);
         spoofed[26..30].copy_from_slice(&[10, 77, 0, 66]);
@@ -332,6 +337,95 @@ fn kernel_data_frames_equal_the_userspace_paths() {
     });
 }
 
+/// A window leaves as the userspace path's blocks: every block but the last as a clone sent
+/// at once (captured on the namespace's loopback, the device test runs report as the
+/// ingress), the last in the ACK's own buffer. The window that holds the file's last block,
+/// and an ACK from inside a window (the client lost a block), are userspace's.
+#[test]
+fn windows_leave_as_the_userspace_paths_blocks() {
+    const TEST: &str = "windows_leave_as_the_userspace_paths_blocks";
+    if !require_root(TEST) {
+        return;
+    }
+    let ns = Netns::new("tftpw").expect("netns");
+    let capture = Capture::start(&ns, "lo").expect("capture");
+    let expected = ns
+        .run(|| {
+            let b = bench(TEST)?;
+            let ttl = std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(64u8);
+            // OVMF's window and the largest the kernel takes, full and short last windows.
+            let cases = [
+                ("w4.efi", 1468 * 37 + 100, 1468u16, 4u16),
+                ("w8.efi", 512 * 64, 512, 8),
+                ("w3.efi", 1024 * 29 + 1, 1024, 3),
+                ("w8b.efi", 1468 * 40 + 5, 1468, 8),
+            ];
+            for (name, size, _, _) in cases {
+                std::fs::write(b.root.path.join(name), content(size, size as u32)).expect("file");
+            }
+            let names: Vec<String> = cases.iter().map(|c| c.0.to_owned()).collect();
+            assert!(b.kernel.refresh(&b.root.path, &names).is_empty());
+            let mut clones = Vec::new();
+            let mut timed = (0u64, 0u64);
+            for (i, (name, size, blksize, window)) in cases.into_iter().enumerate() {
+                let file = std::fs::read(b.root.path.join(name)).expect("read");
+                let meta = std::fs::metadata(b.root.path.join(name)).expect("meta");
+                let copy = b.kernel.copy_of(name, &meta).expect("hot");
+                let t = windowed(blksize, window, size as u64);
+                let w = u64::from(window);
+                let port = TID + i as u16;
+                let reg = b
+                    .kernel
+                    .register(key(port), copy, blksize, window, t.blocks(), w)
+                    .expect("register");
+                let mut sent = w;
+                while sent + w < t.blocks() {
+                    let partial = (sent / w) % 2 == 1;
+                    // A gap inside the window just sent: the client's ACK goes to userspace.
+                    if w > 1 {
+                        let gap = ack(Transfer::wire_block(sent - 1), port, partial);
+                        let (action, frame, _) = b.run(&gap);
+                        assert_eq!((action, &frame), (PASS, &gap), "{name}: mid-window ACK");
+                    }
+                    let (action, frame, ns) =
+                        b.run(&ack(Transfer::wire_block(sent), port, partial));
+                    assert_eq!(action, REDIRECT, "{name}: ACK {sent} not answered");
+                    for k in sent + 1..sent + w {
+                        clones.push(userspace_frame(&t, k, &file, ttl, partial, port));
+                    }
+                    let last = userspace_frame(&t, sent + w, &file, ttl, partial, port);
+                    assert_eq!(frame, last, "{name}: block {} differs", sent + w);
+                    timed = (timed.0 + ns, timed.1 + w);
+                    sent += w;
+                }
+                // The window with the last block is userspace's.
+                let end = ack(Transfer::wire_block(sent), port, false);
+                let (action, frame, _) = b.run(&end);
+                assert_eq!((action, &frame), (PASS, &end), "{name}: the last window");
+                let p = reg.progress().expect("progress");
+                assert_eq!((p.sent, p.answered), (sent, sent - w), "{name}");
+            }
+            println!(
+                "BPF_PROG_TEST_RUN: {} ns per DATA frame in windows ({} frames, windows 3-8)",
+                timed.0 / timed.1.max(1),
+                timed.1
+            );
+            Some(clones)
+        })
+        .expect("namespace");
+    let captured = capture.finish();
+    let Some(expected) = expected else {
+        return;
+    };
+    assert_eq!(captured.len(), expected.len(), "clones on the wire");
+    for (i, (got, want)) in captured.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "clone {i} differs");
+    }
+}
+
 /// Block numbers roll over at 65535 to 0 as the userspace path's do, and the kernel keeps
 /// the 64-bit position: with 8-byte blocks, 65,540 blocks.
 #[test]
@@ -352,7 +446,7 @@ fn block_numbers_roll_over_as_the_userspace_paths_do() {
         let t = lock_step(8, size as u64);
         let reg = b
             .kernel
-            .register(key(TID), copy, 8, t.blocks(), 1)
+            .register(key(TID), copy, 8, 1, t.blocks(), 1)
             .expect("register");
         for k in 1..t.blocks() - 1 {
             let (action, frame, _) = b.run(&ack(Transfer::wire_block(k), TID, false));
@@ -389,7 +483,7 @@ fn a_changed_file_is_a_new_copy_and_running_transfers_keep_the_old() {
         let t = lock_step(512, old.len() as u64);
         let _reg = b
             .kernel
-            .register(key(TID), copy, 512, t.blocks(), 1)
+            .register(key(TID), copy, 512, 1, t.blocks(), 1)
             .expect("register");
         // Replaced on disk (a new inode, as an installer's rename does).
         let new = content(512 * 20, 2);

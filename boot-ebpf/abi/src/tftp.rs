@@ -42,14 +42,14 @@ pub const XFERS_MAX_ENTRIES: u32 = 8192;
 /// Headers of a DATA frame: Ethernet, IPv4 without options, UDP, opcode and block number.
 pub const DATA_HEADERS: usize = 14 + 20 + 8 + 4;
 
-/// ACKs answered with the next DATA frame.
+/// DATA frames the program sent (one per block: a window of `n` counts `n`).
 pub const TSTAT_ANSWERED: u32 = 0;
 /// Payload bytes sent in those frames.
 pub const TSTAT_BYTES: u32 = 1;
 /// ACKs for a registered transfer passed to userspace because they were not the ACK of the
 /// highest block sent (duplicate, stale or bogus).
 pub const TSTAT_PASSED_OUT_OF_ORDER: u32 = 2;
-/// ACKs passed because the next block is the last one, which userspace sends.
+/// ACKs passed because the next window holds the last block, which userspace sends.
 pub const TSTAT_PASSED_LAST: u32 = 3;
 /// Frames to a registered transfer the program could not answer (slot missing, the frame
 /// could not grow, a helper failed): passed, and userspace's timer recovers.
@@ -96,8 +96,10 @@ pub struct Xfer {
     pub blksize: u16,
     /// IPv4 TTL of the frames, the kernel's `ip_default_ttl` as the socket would use.
     pub ttl: u8,
+    /// Negotiated window (RFC 7440): blocks sent per ACK, 1 to [`WINDOW_MAX`].
+    pub window: u8,
     /// Explicit padding.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
 }
 
 /// Value of [`MAP_TFTP_CHUNKS`]: `SLOT_BYTES` of a hot file (zeros past its end).
@@ -108,10 +110,18 @@ pub struct Slot {
     pub bytes: [u8; SLOT_BYTES],
 }
 
-/// Whether the kernel can carry a transfer of `blksize` and `windowsize`: lock-step only, a
-/// block that fits [`BLOCK_MAX`] and is a multiple of 4 (the checksum helper's unit).
+/// Largest window the kernel sends in answer to one ACK: the program unrolls one pass per
+/// block, and the verifier checks every pass.
+pub const WINDOW_MAX: u16 = 8;
+
+/// Whether the kernel can carry a transfer of `blksize` and `windowsize`: a window of at most
+/// [`WINDOW_MAX`], a block that fits [`BLOCK_MAX`] and is a multiple of 4 (the checksum
+/// helper's unit).
 pub fn kernel_can_serve(blksize: u16, windowsize: u16) -> bool {
-    windowsize == 1 && blksize >= 8 && blksize as usize <= BLOCK_MAX && blksize.is_multiple_of(4)
+    (1..=WINDOW_MAX).contains(&windowsize)
+        && blksize >= 8
+        && blksize as usize <= BLOCK_MAX
+        && blksize.is_multiple_of(4)
 }
 
 /// The slots a file of `size` bytes takes.

@@ -1,6 +1,7 @@
 //! TFTP in the kernel: a TC ingress program that answers the in-order ACK of a registered
-//! lock-step transfer with the next DATA frame, built in the ACK's own buffer and sent back
-//! out of the interface it came in on (see the ABI's `tftp` module for the maps).
+//! transfer with the next window of DATA frames (one for lock-step), built in the ACK's own
+//! buffer and sent back out of the interface it came in on (see the ABI's `tftp` module for
+//! the maps).
 //!
 //! Why TC and not XDP: a DATA frame is up to 1514 bytes and the ACK it answers 46 (60 on the
 //! wire). XDP can grow a frame only into the tailroom of the buffer the driver gave it, and
@@ -9,14 +10,14 @@
 //! whatever its buffer, on every driver.
 //!
 //! The program never decides anything the userspace state machine would decide otherwise:
-//! it answers only the ACK of the highest block sent, and only when the next block is not
-//! the last. Every other frame to a transfer port goes on to the transfer's socket.
+//! it answers only the ACK of the highest block sent, and only when the next window does not
+//! hold the last block. Every other frame to a transfer port goes on to the transfer's socket.
 
 use aya_ebpf::{
     bindings::{BPF_F_RECOMPUTE_CSUM, TC_ACT_OK},
     helpers::generated::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_store_bytes,
+        bpf_clone_redirect, bpf_csum_diff, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes,
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -25,7 +26,8 @@ use aya_ebpf::{
 use bootfabric_abi::{
     tftp::{
         Slot, Xfer, XferKey, BLOCK_MAX, CHUNK_BYTES, DATA_HEADERS, TSTAT_ANSWERED, TSTAT_BYTES,
-        TSTAT_COUNT, TSTAT_FAILED, TSTAT_PASSED_LAST, TSTAT_PASSED_OUT_OF_ORDER, XFERS_MAX_ENTRIES,
+        TSTAT_COUNT, TSTAT_FAILED, TSTAT_PASSED_LAST, TSTAT_PASSED_OUT_OF_ORDER, WINDOW_MAX,
+        XFERS_MAX_ENTRIES,
     },
     CLASS_TFTP_DATA,
 };
@@ -127,49 +129,44 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
     // this program writes once registered; volatile keeps each access one instruction.
     let sent = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*x).sent)) };
     // SAFETY: as above; userspace wrote these before it published the entry.
-    let (blocks, blksize, first_slot, slots, ttl) = unsafe {
+    let (blocks, blksize, first_slot, slots, ttl, window) = unsafe {
         (
             (*x).blocks,
             (*x).blksize as u64,
             (*x).first_slot,
             (*x).slots,
             (*x).ttl,
+            (*x).window as u64,
         )
     };
     let wire = u16::from_be_bytes([ack[44], ack[45]]);
     if wire != sent as u16 || sent == 0 {
         return Err(Some(TSTAT_PASSED_OUT_OF_ORDER));
     }
+    if window == 0 || window > WINDOW_MAX as u64 {
+        return Err(Some(TSTAT_FAILED));
+    }
+    // The window after `sent` must end before the last block: a short window would leave
+    // the client waiting for blocks that never come, and the last block is userspace's.
     let next = sent + 1;
-    if next >= blocks {
+    if sent + window >= blocks {
         return Err(Some(TSTAT_PASSED_LAST));
     }
     if blksize < 4 || blksize > BLOCK_MAX as u64 || !blksize.is_multiple_of(4) {
         return Err(Some(TSTAT_FAILED));
     }
-    let offset = (next - 1) * blksize;
-    let chunk = offset >> CHUNK_SHIFT;
-    if chunk >= slots as u64 {
-        return Err(Some(TSTAT_FAILED));
-    }
-    let Some(slot) = TFTP_CHUNKS.get_ptr(first_slot + chunk as u32) else {
-        return Err(Some(TSTAT_FAILED));
-    };
-    let within = (offset & CHUNK_MASK) as usize;
     let len = (blksize as usize) & 0x7fc;
     if len == 0 || len > BLOCK_MAX {
         return Err(Some(TSTAT_FAILED));
     }
-    // SAFETY: within < CHUNK_BYTES and len <= BLOCK_MAX: inside the slot's SLOT_BYTES.
-    let payload = unsafe { (*slot).bytes.as_ptr().add(within) };
 
-    // The DATA frame's headers: the ACK's addresses swapped, IPv4 as the stack sends a UDP
-    // datagram from an unconnected socket (DF, ID 0, the default TTL).
+    // The DATA frames' headers: the ACK's addresses swapped, IPv4 as the stack sends a UDP
+    // datagram from an unconnected socket (DF, ID 0, the default TTL). Every block of a
+    // window has the same length, so only the UDP checksum and block number differ.
     let udp_len = (8 + 4 + len) as u16;
     let ip_len = (20 + udp_len as usize) as u16;
     let ul = udp_len.to_be_bytes();
     let tl = ip_len.to_be_bytes();
-    let bn = (next as u16).to_be_bytes();
     let mut h = [0u8; DATA_HEADERS];
     let mut i = 0;
     while i < 6 {
@@ -195,7 +192,7 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
     let c = (!fold(sum)).to_le_bytes();
     h[24] = c[0];
     h[25] = c[1];
-    // UDP: ports swapped, length, checksum below; then opcode and block.
+    // UDP: ports swapped, length; checksum, opcode and block per block below.
     h[34] = ack[36];
     h[35] = ack[37];
     h[36] = ack[34];
@@ -204,8 +201,6 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
     h[39] = ul[1];
     h[42] = 0;
     h[43] = OP_DATA;
-    h[44] = bn[0];
-    h[45] = bn[1];
 
     // The checksum field as the ACK came: a full checksum (the sender computed it), or, from
     // a local socket over veth, the pseudo-header sum the stack leaves for offload
@@ -221,83 +216,140 @@ fn answer(ctx: &TcContext) -> Result<i32, Option<u32>> {
     let ack_pseudo = pseudo(&ack[26..30], &ack[30..34], [ack[38], ack[39]]);
     let partial = u16::from_le_bytes([ack[40], ack[41]]) == fold(ack_pseudo)
         && !ack_checksum_ok(&ack, ack_pseudo);
+    // Pseudo-header and UDP header (checksum 0) with the opcode: the part of every block's
+    // sum that does not depend on the block.
     let data_pseudo = pseudo(&h[26..30], &h[30..34], ul);
-    let check = if partial {
-        fold(data_pseudo)
-    } else {
-        // Pseudo-header, UDP header (checksum 0), opcode and block, then the payload in
-        // rounds of at most 512 bytes (bpf_csum_diff's limit before Linux 6.12).
-        let mut s = data_pseudo
-            + word(h[34], h[35])
-            + word(h[36], h[37])
-            + word(h[38], h[39])
-            + word(h[42], h[43])
-            + word(h[44], h[45]);
-        let mut round = 0usize;
-        while round < 3 {
-            let done = round * 512;
-            if done >= len {
-                break;
-            }
-            let left = len - done;
-            // At most one round, then a multiple of 4 (blksize is one) the verifier sees.
-            let n = if left > 512 { 512 } else { left } & 0x3fc;
-            // SAFETY: within < CHUNK_BYTES, done <= 1024 and n <= 512: inside the slot's
-            // CHUNK_BYTES + 3 * 512 bytes.
-            let c = unsafe {
-                bpf_csum_diff(
-                    core::ptr::null_mut(),
-                    0,
-                    payload.add(done) as *mut u32,
-                    n as u32,
-                    0,
-                )
-            };
-            if c < 0 {
-                return Err(Some(TSTAT_FAILED));
-            }
-            s += c as u64 & 0xffff_ffff;
-            round += 1;
-        }
-        let mut c = !fold(s);
-        if c == 0 {
-            c = 0xffff;
-        }
-        c
-    };
-    let cb = check.to_le_bytes();
-    h[40] = cb[0];
-    h[41] = cb[1];
+    let fixed = data_pseudo
+        + word(h[34], h[35])
+        + word(h[36], h[37])
+        + word(h[38], h[39])
+        + word(h[42], h[43]);
 
-    // Grow the ACK into the DATA frame and write it: headers, then the block in one copy.
-    // BPF_F_RECOMPUTE_CSUM keeps a CHECKSUM_COMPLETE skb's sum true to its new bytes (the
-    // receiver would otherwise report a hardware checksum failure); other skbs carry none.
+    // Grow the ACK into a DATA frame once and write the shared headers; then, block by
+    // block, the checksum, the block number and the payload. BPF_F_RECOMPUTE_CSUM keeps a
+    // CHECKSUM_COMPLETE skb's sum true to its new bytes (the receiver would otherwise
+    // report a hardware checksum failure); other skbs carry none.
+    let flags = BPF_F_RECOMPUTE_CSUM as u64;
     // SAFETY: the helpers get this program's skb and buffers of the lengths given.
     unsafe {
         if bpf_skb_change_tail(skb, (DATA_HEADERS + len) as u32, 0) != 0 {
             return Err(Some(TSTAT_FAILED));
         }
-        let flags = BPF_F_RECOMPUTE_CSUM as u64;
-        if bpf_skb_store_bytes(skb, 0, h.as_ptr().cast(), DATA_HEADERS as u32, flags) != 0 {
-            return Err(Some(TSTAT_FAILED));
-        }
-        if bpf_skb_store_bytes(skb, DATA_HEADERS as u32, payload.cast(), len as u32, flags) != 0 {
+        if bpf_skb_store_bytes(skb, 0, h.as_ptr().cast(), 40, flags) != 0 {
             return Err(Some(TSTAT_FAILED));
         }
     }
-    // Progress, for userspace: the block, then when and how many.
-    // SAFETY: aligned u64s in the map value; single stores other CPUs cannot tear.
-    unsafe {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).sent), next);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).last_ns), bpf_ktime_get_ns());
-        let answered = core::ptr::read_volatile(core::ptr::addr_of!((*x).answered));
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).answered), answered + 1);
-    }
-    stat(TSTAT_ANSWERED, 1);
-    stat(TSTAT_BYTES, len as u64);
-    // SAFETY: reads the skb's ingress interface; the redirect sends the frame back out of it.
+    // SAFETY: reads the skb's ingress interface; the frames go back out of it.
     let ifindex = unsafe { (*skb).ifindex };
+    let mut done = 0u64;
+    let mut n = 0u64;
+    while n < WINDOW_MAX as u64 {
+        if n >= window {
+            break;
+        }
+        let block = next + n;
+        let offset = (block - 1) * blksize;
+        let chunk = offset >> CHUNK_SHIFT;
+        if chunk >= slots as u64 {
+            break;
+        }
+        let Some(slot) = TFTP_CHUNKS.get_ptr(first_slot + chunk as u32) else {
+            break;
+        };
+        let within = (offset & CHUNK_MASK) as usize;
+        // SAFETY: within < CHUNK_BYTES and len <= BLOCK_MAX: inside the slot's SLOT_BYTES.
+        let payload = unsafe { (*slot).bytes.as_ptr().add(within) };
+        let bn = (block as u16).to_be_bytes();
+        let check = if partial {
+            fold(data_pseudo)
+        } else {
+            let Some(s) = payload_sum(payload, len) else {
+                break;
+            };
+            let mut c = !fold(fixed + word(bn[0], bn[1]) + s);
+            if c == 0 {
+                c = 0xffff;
+            }
+            c
+        };
+        let cb = check.to_le_bytes();
+        let tail = [cb[0], cb[1], 0, OP_DATA, bn[0], bn[1]];
+        // SAFETY: as above.
+        let written = unsafe {
+            bpf_skb_store_bytes(skb, 40, tail.as_ptr().cast(), 6, flags) == 0
+                && bpf_skb_store_bytes(skb, DATA_HEADERS as u32, payload.cast(), len as u32, flags)
+                    == 0
+        };
+        if !written {
+            break;
+        }
+        if n + 1 == window {
+            done = n + 1;
+            break;
+        }
+        // Every block but the window's last leaves as a clone, sent now; the next write
+        // unshares the buffer first, so the clone keeps this block's bytes.
+        // SAFETY: this program's skb and the interface it came in on.
+        if unsafe { bpf_clone_redirect(skb, ifindex, 0) } != 0 {
+            break;
+        }
+        n += 1;
+        done = n;
+    }
+    // Progress, for userspace: the highest block sent, then when and how many.
+    // SAFETY: aligned u64s in the map value; single stores other CPUs cannot tear.
+    if done > 0 {
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).sent), sent + done);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).last_ns), bpf_ktime_get_ns());
+            let answered = core::ptr::read_volatile(core::ptr::addr_of!((*x).answered));
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).answered), answered + done);
+        }
+        stat(TSTAT_ANSWERED, done);
+        stat(TSTAT_BYTES, done * len as u64);
+    }
+    if done < window {
+        // A clone went out and then a block could not be built or sent: the blocks that
+        // left are recorded, and the ACK goes on to userspace, whose state machine resends
+        // the window after it (the client drops what it already has).
+        return Err(Some(TSTAT_FAILED));
+    }
+    // SAFETY: the redirect sends the last block of the window back out of the interface.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// The sum of `len` payload bytes (a multiple of 4, at most `BLOCK_MAX`) in rounds of at
+/// most 512 bytes, `bpf_csum_diff`'s limit before Linux 6.12.
+#[inline(always)]
+fn payload_sum(payload: *const u8, len: usize) -> Option<u64> {
+    let mut s = 0u64;
+    let mut round = 0usize;
+    while round < 3 {
+        let done = round * 512;
+        if done >= len {
+            break;
+        }
+        let left = len - done;
+        // At most one round, then a multiple of 4 (blksize is one) the verifier sees.
+        let n = if left > 512 { 512 } else { left } & 0x3fc;
+        // SAFETY: the payload lies inside a slot's CHUNK_BYTES + 3 * 512 bytes: done <= 1024
+        // and n <= 512 past an offset below CHUNK_BYTES.
+        let c = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                payload.add(done) as *mut u32,
+                n as u32,
+                0,
+            )
+        };
+        if c < 0 {
+            return None;
+        }
+        s += c as u64 & 0xffff_ffff;
+        round += 1;
+    }
+    Some(s)
 }
 
 /// Whether the ACK's UDP checksum verifies (a zero checksum, none sent, counts as full).

@@ -21,7 +21,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use bootfabric_abi::tftp::{
     slots_for, Slot, Xfer, XferKey, CHUNK_BYTES, MAP_TFTP_CHUNKS, MAP_TFTP_STATS, MAP_TFTP_XFERS,
     SLOT_BYTES, TSTAT_ANSWERED, TSTAT_BYTES, TSTAT_COUNT, TSTAT_FAILED, TSTAT_PASSED_LAST,
-    TSTAT_PASSED_OUT_OF_ORDER,
+    TSTAT_PASSED_OUT_OF_ORDER, WINDOW_MAX,
 };
 use prometheus::{
     core::{Collector, Desc},
@@ -99,8 +99,8 @@ pub struct HotCopy {
     slots: u32,
     size: u64,
     sha256: [u8; 32],
-    /// The free list apart from the maps' lock: a copy is often dropped while that lock is
-    /// held (a file table entry replaced or removed).
+    /// The free list apart from the file table's lock: a copy is often dropped while that
+    /// lock is held (a file table entry replaced or removed).
     owner: Weak<Mutex<FreeList>>,
 }
 
@@ -168,16 +168,17 @@ struct HotFile {
     copy: Arc<HotCopy>,
 }
 
-struct Inner {
-    chunks: Array<MapData, Slot>,
-    xfers: HashMap<MapData, XferKey, Xfer>,
-    files: BTreeMap<String, HotFile>,
-}
+type Xfers = Arc<Mutex<HashMap<MapData, XferKey, Xfer>>>;
 
 /// The kernel's TFTP path, as the TFTP service holds it.
+///
+/// Each map has its own lock: loading a file writes megabytes of slots, and the transfers'
+/// registrations and progress reads must not wait behind it. Locks are taken in the order
+/// `files`, `chunks`, `free`; `xfers` is never held with another.
 pub struct KernelTftp {
-    inner: Arc<Mutex<Inner>>,
-    /// Locked after `inner` when both are.
+    files: Mutex<BTreeMap<String, HotFile>>,
+    chunks: Mutex<Array<MapData, Slot>>,
+    xfers: Xfers,
     free: Arc<Mutex<FreeList>>,
     stats: Arc<Mutex<PerCpuArray<MapData, u64>>>,
     ttl: u8,
@@ -201,7 +202,7 @@ pub struct Registration {
     key: XferKey,
     /// The entry as written, for [`Registration::advance`].
     entry: Xfer,
-    inner: Arc<Mutex<Inner>>,
+    xfers: Xfers,
     _copy: Arc<HotCopy>,
 }
 
@@ -210,8 +211,8 @@ impl Registration {
     /// not build): the kernel must know, or it would answer the ACK of a block it believes
     /// newest, and after 65,536 blocks that number names a block again.
     pub fn advance(&mut self, sent: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = inner.xfers.get(&self.key, 0).ok();
+        let mut xfers = self.xfers.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = xfers.get(&self.key, 0).ok();
         if now.is_some_and(|x| x.sent >= sent) {
             return;
         }
@@ -220,16 +221,16 @@ impl Registration {
             self.entry.answered = x.answered;
             self.entry.last_ns = x.last_ns;
         }
-        if inner.xfers.insert(self.key, self.entry, 0).is_err() {
+        if xfers.insert(self.key, self.entry, 0).is_err() {
             // Cannot keep it in step: take the transfer back whole.
-            let _ = inner.xfers.remove(&self.key);
+            let _ = xfers.remove(&self.key);
         }
     }
 
     /// What the kernel has done so far; `None` if the entry is gone.
     pub fn progress(&self) -> Option<Progress> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.xfers.get(&self.key, 0).ok().map(|x| Progress {
+        let xfers = self.xfers.lock().unwrap_or_else(PoisonError::into_inner);
+        xfers.get(&self.key, 0).ok().map(|x| Progress {
             sent: x.sent,
             answered: x.answered,
             last_ns: x.last_ns,
@@ -239,8 +240,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = inner.xfers.remove(&self.key);
+        let mut xfers = self.xfers.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = xfers.remove(&self.key);
     }
 }
 
@@ -251,7 +252,7 @@ pub enum Decline {
     NotHot,
     /// The file on disk is not the copy in the kernel (changed since it was read).
     Changed,
-    /// A window larger than 1, a block size over the frame or not a multiple of 4.
+    /// A window larger than `WINDOW_MAX`, a block size over the frame or not a multiple of 4.
     Options,
     /// The transfer map is full.
     Full,
@@ -305,11 +306,9 @@ impl KernelTftp {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(64);
         Ok(Self {
-            inner: Arc::new(Mutex::new(Inner {
-                chunks,
-                xfers,
-                files: BTreeMap::new(),
-            })),
+            files: Mutex::new(BTreeMap::new()),
+            chunks: Mutex::new(chunks),
+            xfers: Arc::new(Mutex::new(xfers)),
             free: Arc::new(Mutex::new(FreeList::new(total_slots))),
             stats: Arc::new(Mutex::new(stats)),
             ttl,
@@ -327,10 +326,7 @@ impl KernelTftp {
     /// map writes. Returns one line per file that could not be loaded.
     pub fn refresh(&self, root: &Path, names: &[String]) -> Vec<String> {
         let mut problems = Vec::new();
-        {
-            let mut inner = self.lock();
-            inner.files.retain(|n, _| names.contains(n));
-        }
+        self.file_table().retain(|n, _| names.contains(n));
         for name in names {
             // Opened as the TFTP service opens it: confined to the root (no symlink out, a
             // regular file), so the kernel never holds what a read request could not get.
@@ -338,14 +334,13 @@ impl KernelTftp {
                 Ok(s) => s,
                 Err(e) => {
                     problems.push(format!("{name}: {e}"));
-                    self.lock().files.remove(name);
+                    self.file_table().remove(name);
                     continue;
                 }
             };
             let ident = FileIdent::of(source.metadata());
             if self
-                .lock()
-                .files
+                .file_table()
                 .get(name)
                 .is_some_and(|f| f.ident == ident)
             {
@@ -355,13 +350,12 @@ impl KernelTftp {
             match self.load(name, &path, source) {
                 Ok((ident, copy)) => {
                     info!(file = %name, bytes = copy.size, slots = copy.slots, "TFTP: file loaded into the kernel");
-                    self.lock()
-                        .files
+                    self.file_table()
                         .insert(name.clone(), HotFile { ident, copy });
                 }
                 Err(e) => {
                     warn!(file = %name, error = %e, "TFTP: file stays in userspace");
-                    self.lock().files.remove(name);
+                    self.file_table().remove(name);
                     problems.push(e.to_string());
                 }
             }
@@ -401,8 +395,7 @@ impl KernelTftp {
             return Err(read_err(std::io::Error::other("changed while it was read")));
         }
         let sha256: [u8; 32] = Sha256::digest(&bytes).into();
-        let mut inner = self.lock();
-        if let Some(same) = inner.files.values().find(|f| f.copy.sha256 == sha256) {
+        if let Some(same) = self.file_table().values().find(|f| f.copy.sha256 == sha256) {
             return Ok((ident, Arc::clone(&same.copy)));
         }
         let slots = slots as u32;
@@ -417,6 +410,8 @@ impl KernelTftp {
         let mut slot = Box::new(Slot {
             bytes: [0; SLOT_BYTES],
         });
+        // Held for the writes only; the slots are this copy's alone until it is published.
+        let mut chunks = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
         for i in 0..slots {
             let start = i as usize * CHUNK_BYTES;
             let end = (start + SLOT_BYTES).min(bytes.len());
@@ -424,7 +419,7 @@ impl KernelTftp {
             if start < end {
                 slot.bytes[..end - start].copy_from_slice(&bytes[start..end]);
             }
-            if let Err(source) = inner.chunks.set(first + i, slot.as_ref(), 0) {
+            if let Err(source) = chunks.set(first + i, slot.as_ref(), 0) {
                 self.free_list().release(first, slots);
                 return Err(KernelTftpError::Write {
                     map: MAP_TFTP_CHUNKS,
@@ -446,25 +441,31 @@ impl KernelTftp {
 
     /// The hot copy of `name`, if the file opened (`meta`) is the one it was read from.
     pub fn copy_of(&self, name: &str, meta: &std::fs::Metadata) -> Result<Arc<HotCopy>, Decline> {
-        let inner = self.lock();
-        let f = inner.files.get(name).ok_or(Decline::NotHot)?;
+        let files = self.file_table();
+        let f = files.get(name).ok_or(Decline::NotHot)?;
         if f.ident != FileIdent::of(meta) {
             return Err(Decline::Changed);
         }
         Ok(Arc::clone(&f.copy))
     }
 
-    /// Hands a transfer to the kernel: from now on it answers the ACK of block `sent`. Call
-    /// it before block `sent` goes out, so that its ACK cannot reach the socket first.
+    /// Hands a transfer to the kernel: from now on it answers the ACK of block `sent` with
+    /// the next `window` blocks. Call it before block `sent` goes out, so that its ACK
+    /// cannot reach the socket first.
     #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         key: XferKey,
         copy: Arc<HotCopy>,
         blksize: u16,
+        window: u16,
         blocks: u64,
         sent: u64,
     ) -> Result<Registration, Decline> {
+        let window = u8::try_from(window)
+            .ok()
+            .filter(|w| (1..=WINDOW_MAX).contains(&u16::from(*w)))
+            .ok_or(Decline::Options)?;
         let entry = Xfer {
             sent,
             answered: 0,
@@ -475,24 +476,29 @@ impl KernelTftp {
             slots: copy.slots,
             blksize,
             ttl: self.ttl,
-            _pad: [0; 5],
+            window,
+            _pad: [0; 4],
         };
-        let mut inner = self.lock();
-        if inner.xfers.insert(key, entry, 0).is_err() {
+        if self
+            .xfers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, entry, 0)
+            .is_err()
+        {
             return Err(Decline::Full);
         }
         Ok(Registration {
             key,
             entry,
-            inner: Arc::clone(&self.inner),
+            xfers: Arc::clone(&self.xfers),
             _copy: copy,
         })
     }
 
     /// Files in the kernel now, with their sizes.
     pub fn files(&self) -> Vec<(String, u64)> {
-        self.lock()
-            .files
+        self.file_table()
             .iter()
             .map(|(n, f)| (n.clone(), f.copy.size))
             .collect()
@@ -503,8 +509,8 @@ impl KernelTftp {
         KernelTftpStats::new(Arc::clone(&self.stats))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn file_table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HotFile>> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn free_list(&self) -> std::sync::MutexGuard<'_, FreeList> {

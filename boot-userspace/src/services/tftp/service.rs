@@ -594,7 +594,8 @@ impl TftpService {
                 info!(
                     files = k.files().len(),
                     capacity = k.capacity_bytes(),
-                    "TFTP: the kernel answers lock-step transfers of {:?}",
+                    "TFTP: the kernel answers transfers (lock-step, and windows of up to {}) of {:?}",
+                    bootfabric_abi::tftp::WINDOW_MAX,
                     k.files()
                         .iter()
                         .map(|(n, _)| n.as_str())
@@ -1233,9 +1234,9 @@ impl TftpService {
         }
     }
 
-    /// Registers the transfer with the kernel as its first block is about to go out; the
-    /// kernel answers its ACK on. Not when the next block is the last (userspace sends that
-    /// one).
+    /// Registers the transfer with the kernel as its first window is about to go out; the
+    /// kernel answers its ACK on. Not when the next window holds the last block (userspace
+    /// sends that one).
     fn hand_over(
         &self,
         sock: &UdpSocket,
@@ -1247,7 +1248,7 @@ impl TftpService {
     ) -> Option<Registration> {
         let kernel = self.kernel.as_ref()?;
         let local = sock.local_addr().ok()?;
-        if t.sent() + 1 >= t.blocks() || copy.size() != size {
+        if t.sent() + u64::from(t.windowsize()) >= t.blocks() || copy.size() != size {
             return None;
         }
         let key = XferKey {
@@ -1256,10 +1257,11 @@ impl TftpService {
             client_port: peer.port().to_be_bytes(),
             server_port: local.port().to_be_bytes(),
         };
-        let (result, reg) = match kernel.register(key, copy, t.blksize(), t.blocks(), t.sent()) {
-            Ok(reg) => ("handed", Some(reg)),
-            Err(why) => (why.as_str(), None),
-        };
+        let (result, reg) =
+            match kernel.register(key, copy, t.blksize(), t.windowsize(), t.blocks(), t.sent()) {
+                Ok(reg) => ("handed", Some(reg)),
+                Err(why) => (why.as_str(), None),
+            };
         self.metrics
             .kernel
             .with_label_values(&[name.as_str(), result])

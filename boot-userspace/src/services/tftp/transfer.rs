@@ -141,17 +141,22 @@ impl Transfer {
         self.blksize as u16
     }
 
+    /// The negotiated window (1: lock-step).
+    pub fn windowsize(&self) -> u16 {
+        self.windowsize as u16
+    }
+
     /// Highest block sent so far.
     pub fn sent(&self) -> u64 {
         self.sent
     }
 
-    /// Takes in what the kernel did for this transfer: it sent blocks up to `sent`, each in
-    /// answer to the ACK of the block before it, so every block before `sent` is
-    /// acknowledged. Progress resets the retries, as an ACK would.
+    /// Takes in what the kernel did for this transfer: it sent blocks up to `sent`, each
+    /// window in answer to the ACK of the block before it, so every block before the
+    /// kernel's last window is acknowledged. Progress resets the retries, as an ACK would.
     pub fn kernel_sent(&mut self, sent: u64) {
         if sent > self.sent && sent <= self.blocks {
-            self.acked = self.acked.max(sent - 1);
+            self.acked = self.acked.max(sent.saturating_sub(self.windowsize));
             self.sent = sent;
             self.retries = 0;
         }
@@ -266,6 +271,40 @@ mod tests {
         assert_eq!(t.sent(), 5);
         // A timeout after the kernel's progress resends the block it sent last.
         assert_eq!(t.on_timeout(), Action::SendBlocks { first: 5, last: 5 });
+    }
+
+    /// The kernel carries windows: each answers the ACK of the window before it, so only
+    /// its last window is unacknowledged; userspace resends from a gap the client reports
+    /// inside it, and a timeout resends that window.
+    #[test]
+    fn after_the_kernel_sent_windows_userspace_resumes_at_the_clients_gap() {
+        let size = 20 * 512 + 1; // blocks 1..=21
+        let (mut t, a) = Transfer::start(&neg(512, 4, false), size, 5);
+        assert_eq!(a, Action::SendBlocks { first: 1, last: 4 });
+        // The kernel answered ACK 4 and ACK 8 with blocks 5..=12.
+        t.kernel_sent(12);
+        assert_eq!(t.sent(), 12);
+        assert_eq!(t.on_timeout(), Action::SendBlocks { first: 9, last: 12 });
+        // ACKs of windows the kernel answered are stale.
+        assert_eq!(t.on_ack(Transfer::wire_block(8)), Action::Wait);
+        // Block 11 was lost: the client ACKs 10.
+        assert_eq!(
+            t.on_ack(Transfer::wire_block(10)),
+            Action::SendBlocks {
+                first: 11,
+                last: 14
+            }
+        );
+        // The kernel goes on from there; userspace sends the window with the last block.
+        t.kernel_sent(18);
+        assert_eq!(
+            t.on_ack(Transfer::wire_block(18)),
+            Action::SendBlocks {
+                first: 19,
+                last: 21
+            }
+        );
+        assert_eq!(t.on_ack(Transfer::wire_block(21)), Action::Done);
     }
 
     #[test]
