@@ -9,7 +9,9 @@
 # server it reports the median and the spread (min-max) of:
 #   - throughput: file bytes delivered to all clients / wall time;
 #   - the server's CPU time per GiB served, from a cgroup holding the server and everything
-#     it forks (tftpd-hpa forks per transfer);
+#     it forks (tftpd-hpa forks per transfer), plus the run time of its BPF programs
+#     (kernel.bpf_stats_enabled, on for the run), which run in whatever context receives a
+#     frame and are no cgroup's;
 # then Bootfabric's ratios (of the medians) to each peer, and the failed transfers of every
 # pass. Every client repeats its transfer until the row has moved at least MIN_BYTES, so that
 # short rows still measure more than a clock tick. Each transfer lands in a file of its own;
@@ -38,7 +40,8 @@
 #        JUMBO_MTU=9000 (tftp.mtu of the extra Bootfabric on blksize > 1468 rows; 0: none)
 #        MEM_ROWS="4:1468:1:64 4:1468:32:64" (size:blksize:window:clients; "" skips them)
 #        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
-#        KERNEL=1 (also run Bootfabric with TFTP in the kernel on the lock-step rows; 0: not)
+#        KERNEL=1 (also run Bootfabric with TFTP in the kernel on the rows it carries: blocks
+#        that fit a frame, windows of at most 8; 0: not)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -87,6 +90,9 @@ WORK=$(mktemp -d /dev/shm/bootfabric-tftp-bench.XXXXXX)
 chmod 755 "$WORK"
 SERVER_PID=""
 MEMCG=""
+# BPF run-time statistics for the run (restored on exit): the kernel path's programs are
+# server work that no cgroup sees.
+BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo "")
 # shellcheck source=../lib.sh
 . "$ROOT/bench/lib.sh"
 
@@ -96,6 +102,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_server
   lab_down
+  [ -n "$BPF_STATS_WAS" ] && sysctl -qw kernel.bpf_stats_enabled="$BPF_STATS_WAS" || true
   # A v1 memory cgroup of our own (v2 uses the CPU one); lab_down has emptied it.
   if [ -n "$MEMCG" ] && [ "$MEMCG" != "$CG" ]; then rmdir "$MEMCG" 2>/dev/null || true; fi
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -112,6 +119,10 @@ results_open tftp SIZES BLKSIZES WINDOWS CLIENTS ROWS SERVERS REPEAT MIN_BYTES M
 # (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
 # children's time misses them).
 cgroup_setup
+if [ -n "$BPF_STATS_WAS" ]; then
+  sysctl -qw kernel.bpf_stats_enabled=1
+  results_note "kernel.bpf_stats_enabled=1 for the run: server CPU includes its BPF programs' run time"
+fi
 # Memory: on cgroup v1 the memory controller is a hierarchy of its own, so the server joins a
 # second cgroup there; on v2 the one cgroup has both.
 if [ -d /sys/fs/cgroup/memory ] && [ "$CG" != "/sys/fs/cgroup/$ID" ]; then
@@ -285,6 +296,14 @@ sys_usec() {
   awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz }' /proc/stat
 }
 
+# Run time of the server's BPF programs so far, in microseconds: each program it holds open
+# counted once (by id), from its descriptors' fdinfo.
+bpf_usec() {
+  [ -n "$SERVER_PID" ] || { echo 0; return; }
+  awk 'FNR == 1 { id = "" } /^prog_id:/ { id = $2 } /^run_time_ns:/ && id != "" { t[id] = $2 }
+    END { for (i in t) s += t[i]; printf "%.0f\n", s / 1000 }' "/proc/$SERVER_PID/fdinfo/"* 2>/dev/null || echo 0
+}
+
 # Busy microseconds of each core so far, one line "cpuN usec" per core.
 cpu_usec() {
   awk -v hz="$(getconf CLK_TCK)" '/^cpu[0-9]/ { printf "%s %.0f\n", $1, ($2 + $3 + $4 + $7 + $8 + $9) * 1e6 / hz }' /proc/stat
@@ -296,7 +315,7 @@ cpu_usec() {
 row() {
   local size=$1 blk=$2 win=$3 n=$4 reps=$5 t0 t1 c0 c1 s0 s1 bytes
   clients_script "$size" "$blk" "$win" "$n" "$reps"
-  c0=$(cg_usec)
+  c0=$(($(cg_usec) + $(bpf_usec)))
   s0=$(sys_usec)
   local p0 p1
   p0=$(cpu_usec)
@@ -305,7 +324,7 @@ row() {
   t1=$(date +%s%N)
   p1=$(cpu_usec)
   s1=$(sys_usec)
-  c1=$(cg_usec)
+  c1=$(($(cg_usec) + $(bpf_usec)))
   SPLIT=$(join <(echo "$p0") <(echo "$p1") | awk '{ d[$1] = $3 - $2; t += $3 - $2 } END {
     for (c in d) printf "%s %.0f%% ", c, (t > 0 ? 100 * d[c] / t : 0) }' | tr ' ' '\n' | paste -d' ' - - | sort | paste -sd' ')
   verify "$size" $((n * reps))
@@ -395,8 +414,8 @@ if [ "$KERNEL" = 1 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then KERNEL_BF=b
 row_servers() {
   local blk=$1 rep=$2 win=${3:-0} list=($SERVERS) k out=()
   [ -n "$JUMBO" ] && [ "$blk" -gt $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$JUMBO")
-  # The kernel carries lock-step transfers of blocks that fit a frame.
-  [ -n "$KERNEL_BF" ] && [ "$win" = 1 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$KERNEL_BF")
+  # The kernel carries transfers of blocks that fit a frame, in windows of at most 8.
+  [ -n "$KERNEL_BF" ] && [ "$win" -ge 1 ] && [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$KERNEL_BF")
   # Rotated by one per repeat: no server always goes first.
   for k in $(seq 0 $((${#list[@]} - 1))); do out+=("${list[$(((k + rep - 1) % ${#list[@]}))]}"); done
   echo "${out[@]}"
@@ -537,16 +556,30 @@ memory_table() {
   fi
   if [ -n "$KERNEL_BF" ] && [ -n "${ALL[$KERNEL_BF]:-}" ]; then
     krows=()
+    wrows=()
     for spec in $MATRIX; do
       IFS=: read -r _ blk win _ <<<"$spec"
-      [ "$win" = 1 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && krows+=("$spec")
+      [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && krows+=("$spec")
+      [ "$win" -gt 1 ] && [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && wrows+=("$spec")
     done
     echo
     echo "Bootfabric with TFTP in the kernel (XDP and the TC program attached, the files hot), on the"
-    echo "lock-step rows, in the same passes as the rows above; the peers' columns are the same passes."
-    echo "Its server CPU leaves out what the kernel does in the client's softirq: read the system column."
+    echo "rows it carries, in the same passes as the rows above; the peers' columns are the same passes"
+    echo "(the peers know no windowsize: their windowed rows are lock-step)."
+    echo "Its server CPU is its process's and its BPF programs' run time (the TC program and XDP);"
+    echo "the redirect's transmit after the program, in the receiving softirq, is in the system column."
     echo
     throughput_table "$KERNEL_BF" "Bootfabric kernel" "${krows[@]}"
+    if [ "${#wrows[@]}" -gt 0 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then
+      echo
+      echo "Windows, the two ways built: the TC program's clones (Bootfabric kernel) against one UDP GSO"
+      echo "send per window from userspace (Bootfabric), the same passes as above:"
+      echo
+      saved=("${peers[@]}")
+      peers=(bootfabric)
+      throughput_table "$KERNEL_BF" "Bootfabric kernel" "${wrows[@]}"
+      peers=("${saved[@]}")
+    fi
   fi
   if [ -n "$MEM_ROWS" ]; then
     echo
