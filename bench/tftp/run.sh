@@ -42,6 +42,9 @@
 #        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
 #        KERNEL=1 (also run Bootfabric with TFTP in the kernel on the rows it carries: blocks
 #        that fit a frame, windows of at most 8; 0: not)
+#        XSK=0 (1: also run bench/tftp/xsk, the AF_XDP way to carry windows, built here with
+#        cc against libxdp (apt install libxdp-dev libbpf-dev), on the same rows; a
+#        measurement prototype, not a server)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -60,6 +63,7 @@ JUMBO_MTU=${JUMBO_MTU:-9000}
 MEM_ROWS=${MEM_ROWS-"4:1468:1:64 4:1468:32:64"}
 PIN=${PIN:-1}
 KERNEL=${KERNEL:-1}
+XSK=${XSK:-0}
 # Lock-step rows measure wake-up latency, which swings with where the scheduler puts the
 # server and the client; pinning them to different cores makes runs comparable.
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
@@ -81,6 +85,9 @@ done
 if [ ! -x "$BIN" ]; then
   (cd "$ROOT" && cargo xtask build --release >/dev/null)
 fi
+if [ "$XSK" = 1 ]; then
+  [ -f /usr/include/xdp/xsk.h ] || { echo "XSK=1 needs libxdp-dev and libbpf-dev" >&2; exit 2; }
+fi
 
 ID=bft-$$
 SRV=$ID-srv
@@ -96,7 +103,14 @@ BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo "")
 # shellcheck source=../lib.sh
 . "$ROOT/bench/lib.sh"
 
-stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; cgroup_kill; }
+stop_server() {
+  stop_pid "$SERVER_PID"
+  SERVER_PID=""
+  cgroup_kill
+  # An XDP program a killed server left attached (libxdp's, attached by netlink) would take
+  # the next server's frames.
+  [ -n "${SRV:-}" ] && ip -n "$SRV" link set dev fabric0 xdp off 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -113,7 +127,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 results_open tftp SIZES BLKSIZES WINDOWS CLIENTS ROWS SERVERS REPEAT MIN_BYTES MTU \
-  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN KERNEL BOOTFABRIC_BIN
+  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN KERNEL XSK BOOTFABRIC_BIN
 
 # The server runs in a cgroup of its own: its CPU time then includes every process it forks
 # (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
@@ -211,6 +225,16 @@ TOML
       # -L: stay in the foreground and listen; it forks a child per transfer.
       "${IN_CGROUPS[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" in.tftpd -L -u root -a 10.77.0.1:69 -s "$WORK/root" \
         >"$WORK/tftpd-hpa.log" 2>&1 &
+      ;;
+    xsk)
+      "${IN_CGROUPS[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" "$WORK/xsk_tftp" fabric0 10.77.0.1 "$WORK/root" \
+        >"$WORK/xsk.log" 2>&1 &
+      SERVER_PID=$!
+      # No UDP socket to wait for: it says when its AF_XDP socket is bound.
+      for _ in $(seq 1 100); do grep -q 'ready on' "$WORK/xsk.log" && break; sleep 0.1; done
+      grep -q 'ready on' "$WORK/xsk.log" || { echo "xsk_tftp did not start:" >&2; cat "$WORK/xsk.log" >&2; return 1; }
+      [ "$(cat "/proc/$SERVER_PID/comm")" = xsk_tftp ] || { echo "PID $SERVER_PID is not xsk_tftp" >&2; return 1; }
+      return 0
       ;;
     dnsmasq)
       "${IN_CGROUPS[@]}" ip netns exec "$SRV" "${SERVER_CPUS[@]}" dnsmasq --no-daemon --port=0 --conf-file=/dev/null \
@@ -411,11 +435,19 @@ JUMBO=""
 if [ "${JUMBO_MTU:-0}" != 0 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then JUMBO=bootfabric-mtu$JUMBO_MTU; fi
 KERNEL_BF=""
 if [ "$KERNEL" = 1 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then KERNEL_BF=bootfabric-kernel; fi
+XSK_S=""
+if [ "$XSK" = 1 ]; then
+  XSK_S=xsk
+  cc -O2 -Wall -o "$WORK/xsk_tftp" "$ROOT/bench/tftp/xsk/xsk_tftp.c" -lxdp -lbpf
+  results_note "xsk: bench/tftp/xsk/xsk_tftp.c, cc -O2, libxdp $(dpkg-query -W -f '${Version}' libxdp1 2>/dev/null)"
+fi
 row_servers() {
   local blk=$1 rep=$2 win=${3:-0} list=($SERVERS) k out=()
   [ -n "$JUMBO" ] && [ "$blk" -gt $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$JUMBO")
   # The kernel carries transfers of blocks that fit a frame, in windows of at most 8.
   [ -n "$KERNEL_BF" ] && [ "$win" -ge 1 ] && [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && list+=("$KERNEL_BF")
+  # The AF_XDP prototype on the same rows (the memory rows, win 0, leave it out).
+  [ -n "$XSK_S" ] && [ "$win" -ge 1 ] && [ "$win" -le 8 ] && [ "$blk" -le 1468 ] && list+=("$XSK_S")
   # Rotated by one per repeat: no server always goes first.
   for k in $(seq 0 $((${#list[@]} - 1))); do out+=("${list[$(((k + rep - 1) % ${#list[@]}))]}"); done
   echo "${out[@]}"
@@ -556,11 +588,9 @@ memory_table() {
   fi
   if [ -n "$KERNEL_BF" ] && [ -n "${ALL[$KERNEL_BF]:-}" ]; then
     krows=()
-    wrows=()
     for spec in $MATRIX; do
       IFS=: read -r _ blk win _ <<<"$spec"
       [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && krows+=("$spec")
-      [ "$win" -gt 1 ] && [ "$win" -le 8 ] && [ "$blk" -le $((BOOTFABRIC_TFTP_MTU - 32)) ] && wrows+=("$spec")
     done
     echo
     echo "Bootfabric with TFTP in the kernel (XDP and the TC program attached, the files hot), on the"
@@ -570,15 +600,23 @@ memory_table() {
     echo "the redirect's transmit after the program, in the receiving softirq, is in the system column."
     echo
     throughput_table "$KERNEL_BF" "Bootfabric kernel" "${krows[@]}"
-    if [ "${#wrows[@]}" -gt 0 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then
+    if [[ " $SERVERS " == *" bootfabric "* ]]; then
       echo
-      echo "Windows, the two ways built: the TC program's clones (Bootfabric kernel) against one UDP GSO"
-      echo "send per window from userspace (Bootfabric), the same passes as above:"
+      echo "The ways measured, on the same rows: the TC program (Bootfabric kernel; a window's blocks"
+      echo "but the last as clones) against userspace (Bootfabric: a window in one UDP GSO send) and,"
+      echo "with XSK=1, an AF_XDP socket (xsk), the same passes as above:"
       echo
       saved=("${peers[@]}")
       peers=(bootfabric)
-      throughput_table "$KERNEL_BF" "Bootfabric kernel" "${wrows[@]}"
+      [ -n "$XSK_S" ] && [ -n "${ALL[$XSK_S]:-}" ] && peers+=("$XSK_S")
+      throughput_table "$KERNEL_BF" "Bootfabric kernel" "${krows[@]}"
       peers=("${saved[@]}")
+    fi
+    if [ -n "$XSK_S" ] && [ -n "${ALL[$XSK_S]:-}" ]; then
+      echo
+      echo "(xsk: bench/tftp/xsk/xsk_tftp.c, an AF_XDP read server built to measure that way: every"
+      echo "frame of the queue to one AF_XDP socket in copy mode, each ACK answered with its window in"
+      echo "one TX kick; no retransmission, UDP checksum 0.)"
     fi
   fi
   if [ -n "$MEM_ROWS" ]; then
