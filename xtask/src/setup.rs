@@ -64,6 +64,8 @@ const DEBIAN: &[(&str, &[&str])] = &[
         "TFTP peers and clients",
         &["tftpd-hpa", "tftp-hpa", "atftp", "curl"],
     ),
+    // bench/tftp's AF_XDP prototype (XSK=1), the third way to carry windows it measures.
+    ("TFTP bench", &["libxdp-dev", "libbpf-dev"]),
     ("HTTP peers and clients", &["nginx-light", "wrk", "wget"]),
     // The admin API's mutual-TLS test makes its CA and certificates with openssl; the lease
     // journal's hung-disk test freezes an ext4 image (e2fsprogs, util-linux).
@@ -106,6 +108,7 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "etcd-server" => Some("/usr/bin/etcd"),
         "etcd-client" => Some("/usr/bin/etcdctl"),
         "pxelinux" => Some("/usr/lib/PXELINUX/pxelinux.0"),
+        "libxdp-dev" => Some("/usr/include/xdp/xsk.h"),
         "syslinux-common" => Some("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
         _ => None,
     }
