@@ -110,8 +110,9 @@ pub struct Slot {
     pub bytes: [u8; SLOT_BYTES],
 }
 
-/// Largest window the kernel sends in answer to one ACK: the program unrolls one pass per
-/// block, and the verifier checks every pass.
+/// Largest window the kernel sends in answer to one ACK. The verifier walks the program's
+/// loop once per block, so the bound keeps that work fixed; 8 covers what firmware asks
+/// (OVMF: 4), and larger windows go out as one GSO send from userspace.
 pub const WINDOW_MAX: u16 = 8;
 
 /// Whether the kernel can carry a transfer of `blksize` and `windowsize`: a window of at most
