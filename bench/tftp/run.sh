@@ -42,6 +42,9 @@
 #        PIN=1 (server on CPU 0, clients on the others; 0 lets the scheduler place them)
 #        KERNEL=1 (also run Bootfabric with TFTP in the kernel on the rows it carries: blocks
 #        that fit a frame, windows of at most 8; 0: not)
+#        RPS=0 (1: Receive Packet Steering on the server's interface, every core in its mask:
+#        a one-queue NIC's software RSS, spreading each transfer's receive path, TC included,
+#        over the cores by its four-tuple; for every server alike)
 #        XSK=0 (1: also run bench/tftp/xsk, the AF_XDP way to carry windows, built here with
 #        cc against libxdp (apt install libxdp-dev libbpf-dev), on the same rows; a
 #        measurement prototype, not a server)
@@ -64,6 +67,7 @@ MEM_ROWS=${MEM_ROWS-"4:1468:1:64 4:1468:32:64"}
 PIN=${PIN:-1}
 KERNEL=${KERNEL:-1}
 XSK=${XSK:-0}
+RPS=${RPS:-0}
 # Lock-step rows measure wake-up latency, which swings with where the scheduler puts the
 # server and the client; pinning them to different cores makes runs comparable.
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
@@ -127,7 +131,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 results_open tftp SIZES BLKSIZES WINDOWS CLIENTS ROWS SERVERS REPEAT MIN_BYTES MTU \
-  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN KERNEL XSK BOOTFABRIC_BIN
+  BOOTFABRIC_TFTP_MTU JUMBO_MTU MEM_ROWS PIN KERNEL XSK RPS BOOTFABRIC_BIN
 
 # The server runs in a cgroup of its own: its CPU time then includes every process it forks
 # (tftpd-hpa forks a child per transfer and does not wait for them, so /proc/<pid>/stat's
@@ -154,6 +158,11 @@ fi
 # Moves the shell into both cgroups, then becomes the command ($! stays the server's PID).
 IN_CGROUPS=(sh -c 'echo $$ > "$0/cgroup.procs" && echo $$ > "$1/cgroup.procs" && shift && exec "$@"' "$CG" "$MEMCG")
 lab_up "$MTU"
+if [ "$RPS" = 1 ]; then
+  mask=$(printf '%x' $(((1 << $(nproc)) - 1)))
+  ip netns exec "$SRV" sh -c "echo $mask > /sys/class/net/fabric0/queues/rx-0/rps_cpus"
+  results_note "RPS: fabric0 rx-0 rps_cpus=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/queues/rx-0/rps_cpus)"
+fi
 
 mkdir -p "$WORK/root" "$WORK/out" "$WORK/res"
 
