@@ -363,6 +363,7 @@ row() {
   verify "$size" $((n * reps))
   bytes=$((OK * (size * 1048576 + 123)))
   MBPS=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f", b / 1048576 / (ns / 1e9) }')
+  WALL=$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.2f", ns / 1e9 }')
   CPU_PER_GIB=$(awk -v t=$((c1 - c0)) -v b="$bytes" \
     'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", t / 1e6 / (b / 1073741824) }')
   SYS_PER_GIB=$(awk -v t=$((s1 - s0)) -v b="$bytes" \
@@ -473,7 +474,7 @@ echo "bootfabric $BIN, tftpd-hpa $TFTPD_V, dnsmasq $DNSMASQ_V, $ATFTP_V client"
 echo "$(nproc) cores, veth MTU $MTU, Bootfabric tftp.mtu $BOOTFABRIC_TFTP_MTU${JUMBO:+ (and $JUMBO on blksize > $((BOOTFABRIC_TFTP_MTU - 32)))}, pinned: $PIN, at least $((MIN_BYTES / 1048576)) MiB per row, $REPEAT repeats"
 echo
 
-declare -A M C S F ALL
+declare -A M C S F W ALL
 for rep in $(seq 1 "$REPEAT"); do
   for spec in $MATRIX; do
     IFS=: read -r size blk win n <<<"$spec"
@@ -489,6 +490,7 @@ for rep in $(seq 1 "$REPEAT"); do
       fi
       stop_server
       M[$server,$spec]="${M[$server,$spec]:-} $MBPS"
+      W[$server,$spec]="${W[$server,$spec]:-} $WALL"
       C[$server,$spec]="${C[$server,$spec]:-} $CPU_PER_GIB"
       S[$server,$spec]="${S[$server,$spec]:-} $SYS_PER_GIB"
       F[$server,$spec]=$((${F[$server,$spec]:-0} + FAILED))
@@ -552,6 +554,23 @@ throughput_table() {
     for s in "${peers[@]}"; do c=$(median <<<"${S[$s,$spec]:-}"); printf ' %s |' "$(ratio "$bs" "$c")"; done
     for s in $bf "${peers[@]}"; do failed=$((failed + ${F[$s,$spec]:-0})); done
     echo " $failed |"
+  done
+}
+
+# Rows of many clients (a storm), every server of the pass in one table: wall time of the
+# pass (all clients' transfers, one each), throughput, server CPU and the whole machine's.
+storm_table() {
+  local spec size blk win n s
+  echo '| size | blksize | window | clients | server | wall time s | MiB/s | CPU s/GiB | system CPU s/GiB | failed |'
+  echo '|---|---|---|---|---|---|---|---|---|---|'
+  for spec in "$@"; do
+    IFS=: read -r size blk win n <<<"$spec"
+    for s in bootfabric $KERNEL_BF $XSK_S "${peers[@]}"; do
+      [ -n "${M[$s,$spec]:-}" ] || continue
+      printf '| %s MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$size" "$blk" "$win" "$n" "$s" \
+        "$(spread <<<"${W[$s,$spec]:-}")" "$(spread <<<"${M[$s,$spec]:-}")" \
+        "$(spread <<<"${C[$s,$spec]:-}")" "$(spread <<<"${S[$s,$spec]:-}")" "${F[$s,$spec]:-0}"
+    done
   done
 }
 
@@ -627,6 +646,18 @@ memory_table() {
       echo "frame of the queue to one AF_XDP socket in copy mode, each ACK answered with its window in"
       echo "one TX kick; no retransmission, UDP checksum 0.)"
     fi
+  fi
+  srows=()
+  for spec in $MATRIX; do
+    IFS=: read -r _ _ _ n <<<"$spec"
+    [ "$n" -ge 1000 ] && srows+=("$spec")
+  done
+  if [ "${#srows[@]}" -gt 0 ] && [[ " $SERVERS " == *" bootfabric "* ]]; then
+    echo
+    echo "Storms (1,000 clients or more, each one transfer at once), every server of the same passes:"
+    echo "the userspace path (bootfabric), the kernel path, the peers; wall time is the whole pass."
+    echo
+    storm_table "${srows[@]}"
   fi
   if [ -n "$MEM_ROWS" ]; then
     echo
