@@ -74,6 +74,9 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
 pub struct Source {
     file: File,
     meta: std::fs::Metadata,
+    /// The file lives in memory (tmpfs, ramfs): a read is a copy from its pages and never
+    /// waits for a disk, though such file systems refuse RWF_NOWAIT.
+    in_memory: bool,
 }
 
 impl Source {
@@ -92,10 +95,11 @@ impl Source {
         self.file
     }
 
-    /// Fills `buf` from `offset` only if the bytes are in the page cache now (RWF_NOWAIT):
-    /// true when filled, false when the read would wait for the store, or when the file
-    /// system cannot say (then the caller reads on a blocking thread). Never blocks, so it
-    /// may run on the async runtime's threads.
+    /// Fills `buf` from `offset` only if the bytes are in the page cache now (RWF_NOWAIT),
+    /// or the file is in memory (tmpfs, ramfs): true when filled, false when the read would
+    /// wait for the store, or when the file system cannot say (then the caller reads on a
+    /// blocking thread). Does not wait for a disk, so it may run on the async runtime's
+    /// threads.
     pub fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> bool {
         use std::os::fd::AsRawFd;
         let Ok(off) = libc::off_t::try_from(offset) else {
@@ -110,7 +114,17 @@ impl Source {
         let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
         // A short read is the end of the file or a partly cached range: either way the
         // blocking path decides.
-        usize::try_from(n).is_ok_and(|n| n == buf.len())
+        if let Ok(n) = usize::try_from(n) {
+            return n == buf.len();
+        }
+        // tmpfs and ramfs answer RWF_NOWAIT with EOPNOTSUPP, though their reads never wait
+        // for a store: read them here rather than hop to a blocking thread for every block
+        // (the hop costs several times the copy; a tmpfs page swapped out is the rare wait).
+        let unsupported = std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP);
+        if unsupported && self.in_memory {
+            return self.read_at(buf, offset).is_ok_and(|n| n == buf.len());
+        }
+        false
     }
 
     /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).
@@ -161,7 +175,27 @@ pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
     if !meta.is_file() {
         return Err(FileError::Denied("not_a_regular_file"));
     }
-    Ok(Source { file, meta })
+    let in_memory = in_memory(&file);
+    Ok(Source {
+        file,
+        meta,
+        in_memory,
+    })
+}
+
+/// Whether `file` is on a file system that keeps its data in memory (tmpfs, ramfs).
+fn in_memory(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statfs is plain data; zeroed is a valid start for fstatfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a statfs the call may write.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    // linux/magic.h; compared as the 32 bits the kernel defines them in.
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let kind = st.f_type as u32;
+    kind == libc::TMPFS_MAGIC as u32 || kind == RAMFS_MAGIC
 }
 
 #[cfg(test)]
@@ -179,6 +213,24 @@ mod tests {
         std::os::unix::fs::symlink("ipxe.efi", root.join("alias.efi")).expect("link");
         let root = root.canonicalize().expect("canonical");
         (d, root)
+    }
+
+    /// tmpfs refuses RWF_NOWAIT; its files are read at once all the same (a file on
+    /// /dev/shm, where the machine has one).
+    #[test]
+    fn files_in_memory_are_read_without_the_blocking_pool() {
+        let Ok(d) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        std::fs::write(d.path().join("boot.efi"), vec![9u8; 5000]).expect("file");
+        let root = d.path().canonicalize().expect("canonical");
+        let s = open(&root, "boot.efi").expect("open");
+        assert!(s.in_memory, "/dev/shm is tmpfs");
+        let mut buf = [0u8; 512];
+        assert!(s.read_cached_at(&mut buf, 4096));
+        assert_eq!(buf, [9u8; 512]);
+        // Past the end: short, left to the blocking path.
+        assert!(!s.read_cached_at(&mut buf, 4800));
     }
 
     #[test]
