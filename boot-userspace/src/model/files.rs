@@ -105,6 +105,12 @@ impl Source {
         let Ok(off) = libc::off_t::try_from(offset) else {
             return false;
         };
+        // tmpfs and ramfs refuse RWF_NOWAIT (EOPNOTSUPP), though their reads never wait for
+        // a store: read them here rather than hop to a blocking thread for every block (the
+        // hop costs several times the copy; a tmpfs page swapped out is the rare wait).
+        if self.in_memory {
+            return self.read_at(buf, offset).is_ok_and(|n| n == buf.len());
+        }
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -114,17 +120,7 @@ impl Source {
         let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
         // A short read is the end of the file or a partly cached range: either way the
         // blocking path decides.
-        if let Ok(n) = usize::try_from(n) {
-            return n == buf.len();
-        }
-        // tmpfs and ramfs answer RWF_NOWAIT with EOPNOTSUPP, though their reads never wait
-        // for a store: read them here rather than hop to a blocking thread for every block
-        // (the hop costs several times the copy; a tmpfs page swapped out is the rare wait).
-        let unsupported = std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP);
-        if unsupported && self.in_memory {
-            return self.read_at(buf, offset).is_ok_and(|n| n == buf.len());
-        }
-        false
+        usize::try_from(n).is_ok_and(|n| n == buf.len())
     }
 
     /// Reads up to `buf.len()` bytes at `offset` (short only at the end of the file).

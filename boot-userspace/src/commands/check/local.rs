@@ -288,7 +288,7 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
 /// `tftp.kernel_files`: each is there to be served, and together they fit
 /// `tftp.kernel_bytes` (the slots the daemon fills at start, first fit in this order).
 fn kernel_files(t: &crate::config::TftpConfig, xdp: crate::config::XdpModeSetting) -> Vec<Item> {
-    use bootfabric_abi::tftp::{slots_for, CHUNK_BYTES};
+    use bootfabric_abi::tftp::{slots_for, CHUNK_BYTES, WINDOW_MAX};
     let subject = "tftp.kernel_files";
     if xdp == crate::config::XdpModeSetting::Off {
         return vec![Item::pass(
@@ -343,7 +343,8 @@ fn kernel_files(t: &crate::config::TftpConfig, xdp: crate::config::XdpModeSettin
         Item::pass(
             subject,
             format!(
-                "the kernel answers lock-step transfers of {} ({} of {} bytes of tftp.kernel_bytes)",
+                "the kernel answers transfers (lock-step and windows of up to {}) of {} ({} of {} bytes of tftp.kernel_bytes)",
+                WINDOW_MAX,
                 if loaded.is_empty() {
                     "no file".to_owned()
                 } else {

@@ -1010,8 +1010,8 @@ impl TftpService {
                     // kernel ready, or userspace and the kernel would each believe the
                     // transfer theirs.
                     if kernel.is_none() {
-                        if let Some(copy) = hot.take() {
-                            kernel = self.hand_over(&sock, server, peer, copy, &t, size);
+                        if let (Some(copy), Some(name)) = (hot.take(), listed.as_deref()) {
+                            kernel = self.hand_over(&sock, server, peer, (copy, name), &t, size);
                         }
                     }
                     // Blocks userspace sends past the kernel's (the last one) are the
@@ -1029,10 +1029,10 @@ impl TftpService {
                             failed = true;
                             break;
                         }
-                        let fresh_blocks = (b.max(highest_sent + 1)..=end).count() as u64;
-                        let fresh: u64 = (b.max(highest_sent + 1)..=end)
-                            .map(|k| t.block_range(k, size).1)
-                            .sum();
+                        let (fresh_blocks, fresh) = (b.max(highest_sent + 1)..=end)
+                            .fold((0u64, 0u64), |(n, bytes), k| {
+                                (n + 1, bytes + t.block_range(k, size).1)
+                            });
                         let sent = sock.send_to(&out, peer).await;
                         if sent.is_err() && gso {
                             // The route cannot segment (blocks larger than the path MTU, no
@@ -1182,7 +1182,7 @@ impl TftpService {
         listed: Option<&String>,
         data: &Data,
         negotiated: &options::Negotiated,
-    ) -> Option<(Arc<HotCopy>, String)> {
+    ) -> Option<Arc<HotCopy>> {
         let kernel = self.kernel.as_ref()?;
         let Data::File(source) = data else {
             return None;
@@ -1198,7 +1198,7 @@ impl TftpService {
                 kernel.copy_of(rel, source.metadata())
             };
         match decided {
-            Ok(copy) => Some((copy, rel.clone())),
+            Ok(copy) => Some(copy),
             Err(why) => {
                 self.metrics
                     .kernel
@@ -1242,7 +1242,7 @@ impl TftpService {
         sock: &UdpSocket,
         server: Ipv4Addr,
         peer: SocketAddr,
-        (copy, name): (Arc<HotCopy>, String),
+        (copy, name): (Arc<HotCopy>, &str),
         t: &Transfer,
         size: u64,
     ) -> Option<Registration> {
@@ -1262,10 +1262,7 @@ impl TftpService {
                 Ok(reg) => ("handed", Some(reg)),
                 Err(why) => (why.as_str(), None),
             };
-        self.metrics
-            .kernel
-            .with_label_values(&[name.as_str(), result])
-            .inc();
+        self.metrics.kernel.with_label_values(&[name, result]).inc();
         reg
     }
 
