@@ -203,6 +203,16 @@ fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u16 {
     sum as u16
 }
 
+/// `frame` (an ACK) as a machine on the segment sends it that knows a transfer's ports but
+/// is not its client: another source address, the IPv4 checksum made good again.
+fn from_stranger(mut frame: Vec<u8>) -> Vec<u8> {
+    frame[26..30].copy_from_slice(&[10, 77, 0, 66]);
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&frame[14..34], 0);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
 fn key(port: u16) -> XferKey {
     XferKey {
         client_ip: CLIENT.octets(),
@@ -310,17 +320,7 @@ fn kernel_data_frames_equal_the_userspace_paths() {
             .kernel
             .register(key(TID + 99), copy, 512, 1, t.blocks(), 1)
             .expect("register");
-        let mut spoofed = ack(1, TID + 99, false);
-        spoofed[26..30].copy_from_slice(&[10, 77, 0, 66]);
-        let c = checksum(
-            &spoofed[14..34]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if (10..12).contains(&i) { 0 } else { *b })
-                .collect::<Vec<u8>>(),
-            0,
-        );
-        spoofed[24..26].copy_from_slice(&c.to_be_bytes());
+        let spoofed = from_stranger(ack(1, TID + 99, false));
         let (action, frame, _) = b.run(&spoofed);
         assert_eq!((action, &frame), (PASS, &spoofed), "a stranger's ACK");
         assert_eq!(reg.progress().expect("progress").answered, 0);
@@ -390,6 +390,14 @@ fn windows_leave_as_the_userspace_paths_blocks() {
                         let (action, frame, _) = b.run(&gap);
                         assert_eq!((action, &frame), (PASS, &gap), "{name}: mid-window ACK");
                     }
+                    // A stranger who knows the ports gets nothing, not even a clone.
+                    let stranger = from_stranger(ack(Transfer::wire_block(sent), port, false));
+                    let (action, frame, _) = b.run(&stranger);
+                    assert_eq!(
+                        (action, &frame),
+                        (PASS, &stranger),
+                        "{name}: a stranger's ACK"
+                    );
                     let (action, frame, ns) =
                         b.run(&ack(Transfer::wire_block(sent), port, partial));
                     assert_eq!(action, REDIRECT, "{name}: ACK {sent} not answered");
@@ -399,6 +407,10 @@ fn windows_leave_as_the_userspace_paths_blocks() {
                     let last = userspace_frame(&t, sent + w, &file, ttl, partial, port);
                     assert_eq!(frame, last, "{name}: block {} differs", sent + w);
                     timed = (timed.0 + ns, timed.1 + w);
+                    // The same ACK again (a duplicate, or a replay): no second window.
+                    let dup = ack(Transfer::wire_block(sent), port, false);
+                    let (action, frame, _) = b.run(&dup);
+                    assert_eq!((action, &frame), (PASS, &dup), "{name}: a replayed ACK");
                     sent += w;
                 }
                 // The window with the last block is userspace's.
