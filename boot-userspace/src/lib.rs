@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod download;
 pub mod fabric;
 pub mod model;
 pub mod redfish;

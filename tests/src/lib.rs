@@ -35,6 +35,7 @@ pub mod dhcp_client;
 pub mod etcd;
 pub mod freeze;
 pub mod fuse;
+pub mod image_origin;
 pub mod layering;
 pub mod packets;
 pub mod qemu;

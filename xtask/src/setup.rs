@@ -83,6 +83,9 @@ const DEBIAN: &[(&str, &[&str])] = &[
             "syslinux-common",
         ],
     ),
+    // OS images: ISOs built by xorriso, sums by coreutils, signatures by GnuPG with a
+    // throwaway key (the ISO reader's and the OpenPGP verifier's tests use them too).
+    ("image tests", &["xorriso", "gpg", "gpg-agent", "coreutils"]),
     // The rack in a box: machines as libvirt domains, their BMCs sushy's libvirt driver.
     (
         "rack lab",
@@ -110,6 +113,8 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "pxelinux" => Some("/usr/lib/PXELINUX/pxelinux.0"),
         "libxdp-dev" => Some("/usr/include/xdp/xsk.h"),
         "syslinux-common" => Some("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+        "gpg" => Some("/usr/bin/gpg"),
+        "xorriso" => Some("/usr/bin/xorriso"),
         _ => None,
     }
 }

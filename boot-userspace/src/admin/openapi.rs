@@ -203,6 +203,11 @@ fn schemas() -> Value {
             "required": ["name"],
             "properties": {
                 "name": {"$ref": "#/components/schemas/Name"},
+                "image": {"type": ["string", "null"], "description": "an [images] image: `name` (its current version) or `name@version`; instead of kernel, initrd and sha256"},
+                "files": {"type": "object", "readOnly": true, "description": "the files the image resolves to in this generation", "properties": {
+                    "kernel": opt_string,
+                    "initrd": {"type": "array", "items": {"type": "string"}}
+                }},
                 "kernel": opt_string,
                 "initrd": {"type": "array", "items": {"type": "string"}},
                 "cmdline": {"type": "string"},

@@ -27,6 +27,13 @@ pub fn profile_json(overlay: &Overlay, p: &Profile) -> Value {
     let mut v = serde_json::to_value(profile_to_wire(p)).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.insert("name".into(), json!(p.name));
+        if p.image.is_some() {
+            // What the image resolves to in this generation (read-only, derived).
+            m.insert(
+                "files".into(),
+                json!({"kernel": p.kernel, "initrd": p.initrd}),
+            );
+        }
         m.insert(
             "source".into(),
             json!(if overlay.has_profile(&p.name) {
@@ -90,6 +97,7 @@ fn spec_from(
     path: Option<&str>,
 ) -> Result<(String, wire::Profile), Problem> {
     body.remove("source");
+    body.remove("files");
     let name = match (body.remove("name"), path) {
         (None, Some(p)) => p.to_owned(),
         (Some(Value::String(n)), Some(p)) if n == p => n,

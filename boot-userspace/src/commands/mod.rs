@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod explain;
 pub mod hosts;
+pub mod image;
 pub mod output;
 pub mod reboot;
 pub mod serve;
@@ -83,6 +84,8 @@ pub enum Command {
     /// Reboot hosts through their BMCs, staggered so the fabric stays busy but never
     /// oversubscribed (asks the running daemon's scheduler).
     Reboot(crate::commands::reboot::RebootArgs),
+    /// OS images of `[images]`: `add`, `update`, `ls`, `rm`, `rollback`.
+    Image(crate::commands::image::ImageArgs),
     /// Admin API credentials (`admin token create`).
     #[command(subcommand)]
     Admin(crate::commands::admin::AdminCommand),
@@ -195,6 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Reboot(args) => crate::commands::reboot::reboot(&args),
         Command::Admin(command) => crate::commands::admin::run(&command),
         Command::Hosts(args) => crate::commands::hosts::run(*args),
+        Command::Image(args) => crate::commands::image::run(args),
     }
 }
 

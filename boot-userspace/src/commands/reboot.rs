@@ -229,7 +229,7 @@ async fn follow(api: &Api, first: RunStatus) -> anyhow::Result<i32> {
         if tty {
             eprint!("\r\x1b[2K{}", now.progress_line(30));
             let _ = std::io::stderr().flush();
-        } else if ticks % 10 == 0 {
+        } else if ticks.is_multiple_of(10) {
             eprintln!("{}", now.progress_line(30));
         }
         if now.finished() {

@@ -205,6 +205,7 @@ fn moved_api_files(
 /// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
 /// or the follower and the reason, and the running generation stays.
 fn reload(
+    trigger: &str,
     path: &std::path::Path,
     live: &Live,
     dhcp: Option<&DhcpFollower>,
@@ -218,7 +219,7 @@ fn reload(
         Err(e) => {
             warn!(
                 generation = live.generation(),
-                "SIGHUP: config not reloaded: {e}"
+                "{trigger}: config not reloaded: {e}"
             );
             return;
         }
@@ -226,13 +227,13 @@ fn reload(
     if let Some(key) = moved_api_files(api.inventory_file.as_deref(), api.overlay_path(), &config) {
         warn!(
             generation = live.generation(),
-            key, "SIGHUP: config not reloaded: {key} changed: restart to use it"
+            key, "{trigger}: config not reloaded: {key} changed: restart to use it"
         );
         return;
     }
     if dhcp.is_none() && config.dhcp.is_some() {
         // The rest is published; the server itself only starts with the daemon.
-        warn!("SIGHUP: [dhcp] was added: restart to start the DHCP server");
+        warn!("{trigger}: [dhcp] was added: restart to start the DHCP server");
     }
     let published = live.publish(|current| {
         if let Some(d) = dhcp {
@@ -246,27 +247,27 @@ fn reload(
             // later, it starts unused (as it does in the snapshot).
             if api_writes.prune_consumed(&next.inventory) {
                 if let Err(e) = api_writes.save(api.overlay_path()) {
-                    warn!(error = %e, "SIGHUP: cannot forget removed hosts' used netboot once");
+                    warn!(error = %e, "{trigger}: cannot forget removed hosts' used netboot once");
                 }
             }
             info!(
                 generation = next.generation,
                 hosts = next.inventory.hosts().len(),
-                "SIGHUP: config reloaded, generation {}",
+                "{trigger}: config reloaded, generation {}",
                 next.generation
             )
         }
         Err(PublishError::Build(e)) => warn!(
             generation = live.generation(),
-            "SIGHUP: config not reloaded: dhcp: {e}"
+            "{trigger}: config not reloaded: dhcp: {e}"
         ),
         Err(PublishError::Templates(errors)) => warn!(
             generation = live.generation(),
-            "SIGHUP: config not reloaded: templates refused it: {errors}"
+            "{trigger}: config not reloaded: templates refused it: {errors}"
         ),
         Err(PublishError::Refused { follower, why }) => warn!(
             generation = live.generation(),
-            follower, "SIGHUP: config not reloaded: {follower} refused it: {why}"
+            follower, "{trigger}: config not reloaded: {follower} refused it: {why}"
         ),
     }
 }
@@ -496,6 +497,25 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         }
     }
 
+    // A changed image record (a scheduled update, or an operator's `bootfabric image`)
+    // reloads the configuration as SIGHUP does, so profiles get the image's new version.
+    let images_changed = Arc::new(tokio::sync::Notify::new());
+    if let (false, Some(store)) = (config.images.is_empty(), config.image_store()) {
+        let images = crate::services::images::ImagesService::start(
+            config.images.clone(),
+            store,
+            Arc::clone(&live),
+            Arc::clone(&images_changed),
+            &registry,
+        )
+        .context("registering the images' metrics")?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "images",
+            Box::pin(async move { images.run(token).await.context("images") }),
+        );
+    }
+
     if !config.webhooks.is_empty() {
         let hooks = crate::services::webhooks::WebhookService::start(
             &config.webhooks,
@@ -588,24 +608,42 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let path = config.path.clone();
     let reloading = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
+        // Off the workers (a reload reads files and canonicalises the roots, which may sit
+        // on a hung store), one at a time; false when one is running.
+        let start_reload = |trigger: &'static str| {
+            if reloading.swap(true, Ordering::AcqRel) {
+                return false;
+            }
+            let (path, dhcp, live, api) = (
+                path.clone(),
+                dhcp_follower.clone(),
+                Arc::clone(&live),
+                Arc::clone(&api),
+            );
+            let done = Arc::clone(&reloading);
+            tokio::task::spawn_blocking(move || {
+                reload(trigger, &path, &live, dhcp.as_deref(), &api);
+                done.store(false, Ordering::Release);
+            });
+            true
+        };
         loop {
             tokio::select! {
                 _ = sigterm.recv() => info!("SIGTERM: shutting down"),
                 _ = sigint.recv() => info!("SIGINT: shutting down"),
                 _ = sighup.recv() => {
-                    // Off the workers (it reads files and canonicalises the roots, which
-                    // may sit on a hung store), one at a time.
-                    if reloading.swap(true, Ordering::AcqRel) {
+                    if !start_reload("SIGHUP") {
                         warn!("SIGHUP: the previous reload is still running; ignored");
-                        continue;
                     }
-                    let (path, dhcp, live, api) =
-                        (path.clone(), dhcp_follower.clone(), Arc::clone(&live), Arc::clone(&api));
-                    let done = Arc::clone(&reloading);
-                    tokio::task::spawn_blocking(move || {
-                        reload(&path, &live, dhcp.as_deref(), &api);
-                        done.store(false, Ordering::Release);
-                    });
+                    continue;
+                }
+                _ = images_changed.notified() => {
+                    if !start_reload("image record changed") {
+                        // Still due: the running reload may have read the record before
+                        // it changed.
+                        images_changed.notify_one();
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
                     continue;
                 }
                 _ = token.cancelled() => return,

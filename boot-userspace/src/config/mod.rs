@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod dhcp;
+pub mod images;
 pub mod origin;
 pub mod overlay;
 pub mod secrets;
@@ -325,6 +326,8 @@ pub struct Config {
     pub webhooks: Vec<webhooks::WebhookConfig>,
     /// `[cluster]`: the etcd cluster this fabric joins (`None`: standalone).
     pub cluster: Option<cluster::ClusterConfig>,
+    /// `[images.<name>]`: the OS images the fabric keeps (stored under `http.root`).
+    pub images: Vec<images::ImageConfig>,
     /// The config templates of `http.configs`, compiled ([`Templates::compile`]) and
     /// rendered for every host of the inventory at load; empty without `http.configs`.
     pub templates: Arc<Templates>,
@@ -474,8 +477,17 @@ impl Config {
             .collect()
     }
 
-    /// Reads, parses and validates the config file at `path` and the files it names.
+    /// Reads, parses and validates the config file at `path` and the files it names, and
+    /// resolves the profiles' images to their versions' files.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::load_unresolved(path)?;
+        config.resolve_images(path)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without resolving profiles' images: what `bootfabric image` works
+    /// from (an image a profile names may have no version yet).
+    pub fn load_unresolved(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -582,8 +594,72 @@ impl Config {
         config.load_admin_files(path, base)?;
         config.load_webhook_files(path, base)?;
         config.load_cluster_files(path, base)?;
+        config.load_image_files(path, base)?;
         config.load_templates(path)?;
         Ok(config)
+    }
+
+    /// Where the images' records are (`state_dir/images`) and where they are stored
+    /// (`http.root/images`), when images are configured.
+    pub fn image_store(&self) -> Option<crate::model::images::Store> {
+        let root = self.http.as_ref()?.root.as_deref()?;
+        Some(crate::model::images::Store::new(root, &self.state_dir))
+    }
+
+    /// Resolves the profiles' images from their records, so that every profile naming one
+    /// gets that version's files.
+    fn resolve_images(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let names: Vec<String> = self.images.iter().map(|i| i.name.clone()).collect();
+        let catalog =
+            crate::model::images::Catalog::load(&self.state_dir, names.iter().map(String::as_str))
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: "images".to_owned(),
+                    reason: e.to_string(),
+                })?;
+        self.inventory
+            .resolve_images(&catalog, &names)
+            .map_err(|errors| {
+                let (key, reason) = errors.into_iter().next().unwrap_or_default();
+                ConfigError::Invalid {
+                    path: self
+                        .inventory_file
+                        .clone()
+                        .unwrap_or_else(|| path.to_owned()),
+                    key,
+                    reason,
+                }
+            })
+    }
+
+    /// Resolves `[images]`' key and CA files against the config's folder and parses the
+    /// keys, so that a file that is not an OpenPGP key refuses the load.
+    fn load_image_files(&mut self, path: &Path, base: &Path) -> Result<(), ConfigError> {
+        for image in &mut self.images {
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: format!("images.{}.keys", image.name),
+                reason,
+            };
+            image.ca_file = base.join(&image.ca_file);
+            let mut ring: Option<crate::model::images::verify::Keyring> = None;
+            for file in &mut image.key_files {
+                *file = base.join(&*file);
+                let bytes = std::fs::read(&*file)
+                    .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+                let keys = crate::model::images::verify::Keyring::parse(
+                    &bytes,
+                    &file.display().to_string(),
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                match ring.as_mut() {
+                    Some(r) => r.extend(keys),
+                    None => ring = Some(keys),
+                }
+            }
+            image.keys = ring.map(|r| images::Keys(Arc::new(r)));
+        }
+        Ok(())
     }
 
     /// Compiles the config templates and renders every one for every host (and every
@@ -1015,6 +1091,13 @@ impl Config {
             .map(cluster::from_wire)
             .transpose()
             .map_err(keyed)?;
+        let images = images::from_wire(&wire.images).map_err(keyed)?;
+        if !images.is_empty() && http.as_ref().and_then(|h| h.root.as_ref()).is_none() {
+            return Err(invalid(
+                "images",
+                "images are stored and served under http.root: set it".to_owned(),
+            ));
+        }
         let max_event_streams = match wire.admin.max_event_streams {
             None => 32,
             Some(n @ 1..=1024) => n,
@@ -1052,6 +1135,7 @@ impl Config {
             scheduler,
             webhooks,
             cluster,
+            images,
             templates: Arc::default(),
         })
     }
@@ -1475,6 +1559,36 @@ mod tests {
             e.contains("nowhere.toml") && e.contains("cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_profile_naming_an_image_without_a_version_or_a_section_refuses_the_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("www")).expect("www");
+        let cfg = dir.path().join("bootfabric.toml");
+        let config = "[daemon]\ninventory = \"hosts.toml\"\n[http]\nroot = \"www\"\n[images.fc]\nkernel = \"http://10.0.0.9/vmlinuz\"\n";
+        std::fs::write(&cfg, config).expect("write");
+        for (image, want) in [
+            ("fc", "run `bootfabric image add fc`"),
+            ("other", "no [images.other]"),
+            ("fc@0123456789abcdef", "no version 0123456789abcdef"),
+        ] {
+            std::fs::write(
+                dir.path().join("hosts.toml"),
+                format!("[profiles.p]\nimage = \"{image}\"\n"),
+            )
+            .expect("write");
+            let e = Config::load(&cfg).expect_err(image).to_string();
+            assert!(e.contains("profiles.p.image") && e.contains(want), "{e}");
+            // `bootfabric image` loads it to add the version.
+            assert!(Config::load_unresolved(&cfg).is_ok());
+        }
+        // Images need somewhere to live.
+        std::fs::write(&cfg, config.replace("[http]\nroot = \"www\"\n", "")).expect("write");
+        let e = Config::load_unresolved(&cfg)
+            .expect_err("no root")
+            .to_string();
+        assert!(e.contains("http.root"), "{e}");
     }
 
     #[test]

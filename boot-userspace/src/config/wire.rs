@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub webhooks: Vec<super::webhooks::WireWebhook>,
     /// `[cluster]`: cluster mode on etcd (absent: standalone).
     pub cluster: Option<super::cluster::WireCluster>,
+    /// `[images.<name>]`: OS images the fabric fetches and keeps.
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, super::images::WireImage>,
 }
 
 /// `[scheduler]`.

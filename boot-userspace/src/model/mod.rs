@@ -5,6 +5,7 @@
 pub mod boot;
 pub mod files;
 pub mod gate;
+pub mod images;
 pub mod inventory;
 pub mod ledger;
 pub mod render;

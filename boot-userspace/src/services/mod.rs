@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod dhcp;
 pub mod http;
+pub mod images;
 pub mod ra;
 pub mod reboot;
 pub mod tftp;

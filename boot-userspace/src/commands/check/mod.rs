@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod etcd_tls;
+pub mod images;
 pub mod local;
 pub mod probe;
 
@@ -122,6 +123,7 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
     items.extend(local::ports(config));
     items.extend(local::files(config, !skip.checksums));
     items.extend(local::templates(config));
+    items.extend(images::images(config, !skip.checksums));
     items.extend(local::disk(config));
     if let Some(why) = config
         .dhcp

@@ -91,6 +91,9 @@ impl fmt::Display for Mac {
 pub struct Profile {
     /// Profile name.
     pub name: String,
+    /// The `[images]` image it boots (`name` or `name@version`); `kernel` and `initrd` are
+    /// that version's files once the inventory's images are resolved.
+    pub image: Option<String>,
     /// Kernel image, relative to the image root.
     pub kernel: Option<String>,
     /// Initrd images, relative to the image root.
@@ -390,9 +393,71 @@ pub struct Inventory {
     profiles: BTreeMap<String, Profile>,
     /// Hosts with `netboot = "once"` whose one network boot was used (reported `booted`).
     consumed: std::collections::BTreeSet<String>,
+    /// The images profiles may name, resolved to versions when the configuration was
+    /// loaded ([`Inventory::resolve_images`]); an API change carries them over.
+    images: BTreeMap<String, crate::model::images::Resolved>,
 }
 
 impl Inventory {
+    /// Resolves the profiles' images against `catalog`: every image of `configured` that
+    /// has a current version, and each pinned version a profile names. Fills those
+    /// profiles' `kernel` and `initrd`. Errors name each profile's key and what to do.
+    pub fn resolve_images(
+        &mut self,
+        catalog: &crate::model::images::Catalog,
+        configured: &[String],
+    ) -> Result<(), Vec<(String, String)>> {
+        let mut images = BTreeMap::new();
+        for name in configured {
+            if let Ok(r) = catalog.resolve(name) {
+                images.insert(name.clone(), r);
+            }
+        }
+        let mut errors = Vec::new();
+        for p in self.profiles.values() {
+            let Some(reference) = &p.image else { continue };
+            if images.contains_key(reference) {
+                continue;
+            }
+            match catalog.resolve(reference) {
+                Ok(r) => {
+                    images.insert(reference.clone(), r);
+                }
+                Err(why) => errors.push((format!("profiles.{}.image", p.name), why)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.set_images(images).map_err(|e| vec![e])
+    }
+
+    /// Takes `images` as this inventory's resolved images and fills in the files of every
+    /// profile that names one; the key and reason of a profile naming one it lacks.
+    pub fn set_images(
+        &mut self,
+        images: BTreeMap<String, crate::model::images::Resolved>,
+    ) -> Result<(), (String, String)> {
+        for p in self.profiles.values_mut() {
+            let Some(reference) = &p.image else { continue };
+            let r = images.get(reference).ok_or_else(|| {
+                (
+                    format!("profiles.{}.image", p.name),
+                    format!("image {reference:?} is not one this configuration resolved (is it under [images]? a new pin needs a reload)"),
+                )
+            })?;
+            p.kernel = Some(r.kernel.clone());
+            p.initrd = r.initrd.clone();
+        }
+        self.images = images;
+        Ok(())
+    }
+
+    /// The images this inventory resolved, by the reference profiles use.
+    pub fn images(&self) -> &BTreeMap<String, crate::model::images::Resolved> {
+        &self.images
+    }
+
     /// What `host` is answered when it asks to boot.
     pub fn boot_answer(&self, host: &Host) -> BootAnswer {
         match host.netboot {
@@ -458,6 +523,28 @@ impl Inventory {
                     .map_err(|KeyError { key, reason }| invalid(key, reason))?,
                 None => BootSettings::default(),
             };
+            if let Some(image) = &p.image {
+                let key = format!("profiles.{name}.image");
+                let (img, version) = match image.split_once('@') {
+                    Some((i, v)) => (i, Some(v)),
+                    None => (image.as_str(), None),
+                };
+                if !crate::model::images::valid_name(img)
+                    || version.is_some_and(|v| !crate::model::images::valid_name(v))
+                {
+                    return Err(invalid(
+                        key,
+                        format!("{image:?} is not an image name (\"name\" or \"name@version\")"),
+                    ));
+                }
+                if p.kernel.is_some() || !p.initrd.is_empty() || !p.sha256.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "give an image or kernel/initrd/sha256, not both (an image brings its files, verified)"
+                            .to_owned(),
+                    ));
+                }
+            }
             let mut sha256 = BTreeMap::new();
             for (file, hex) in &p.sha256 {
                 let key = format!("profiles.{name}.sha256.{file:?}");
@@ -474,6 +561,7 @@ impl Inventory {
             }
             let profile = Profile {
                 name: name.clone(),
+                image: p.image,
                 kernel: p.kernel,
                 initrd: p.initrd,
                 cmdline: p.cmdline,

@@ -148,7 +148,14 @@ impl Inventory {
             .map(|h| h.name.clone().unwrap_or_default())
             .collect();
         match Inventory::from_wire(Path::new(API_PATH), file) {
-            Ok(next) => Ok(self.carried_into(next)),
+            Ok(next) => {
+                let mut next = self.carried_into(next);
+                // The images resolved when the configuration was loaded; a profile naming
+                // one they do not hold is refused (a reload resolves anew).
+                next.set_images(self.images.clone())
+                    .map_err(|(key, why)| field_error(&key, &why, &names, target))?;
+                Ok(next)
+            }
             Err(InventoryError::Invalid { key, reason, .. }) => {
                 Err(field_error(&key, &reason, &names, target))
             }
@@ -380,9 +387,16 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A profile in its written form.
 pub fn profile_to_wire(p: &Profile) -> wire::Profile {
+    // An image's files are derived (resolved at load), never written back.
+    let derived = p.image.is_some();
     wire::Profile {
-        kernel: p.kernel.clone(),
-        initrd: p.initrd.clone(),
+        image: p.image.clone(),
+        kernel: p.kernel.clone().filter(|_| !derived),
+        initrd: if derived {
+            Vec::new()
+        } else {
+            p.initrd.clone()
+        },
         cmdline: p.cmdline.clone(),
         boot: (p.boot != BootSettings::default()).then(|| boot_to_wire(&p.boot)),
         sha256: p.sha256.iter().map(|(f, d)| (f.clone(), hex(d))).collect(),
@@ -451,6 +465,61 @@ mod tests {
     fn inventory(text: &str) -> Inventory {
         let wire = toml::from_str(text).expect("toml");
         Inventory::from_wire(Path::new("/etc/bootfabric/hosts.toml"), wire).expect("valid")
+    }
+
+    #[test]
+    fn api_changes_keep_the_images_a_load_resolved_and_refuse_others() {
+        use crate::model::images::{Catalog, ImageState, StoredFile, Version};
+        let mut inv = inventory(
+            "[profiles.fc]\nimage = \"fc\"\n[[hosts]]\nname = \"n1\"\nmac = \"52:54:00:00:00:01\"\nprofile = \"fc\"\n",
+        );
+        assert_eq!(inv.profile("fc").and_then(|p| p.kernel.clone()), None);
+        let f = |n: &str| StoredFile {
+            name: n.into(),
+            sha256: "ab".repeat(32),
+            size: 1,
+        };
+        let mut state = ImageState::default();
+        state.adopt(Version {
+            id: "0123456789abcdef".into(),
+            added: 0,
+            source: String::new(),
+            kernel: f("vmlinuz"),
+            initrd: vec![f("initrd")],
+            iso_sha256: None,
+            checksum: None,
+            signed_by: None,
+            rejected: false,
+        });
+        let catalog = Catalog::from_states([("fc".to_owned(), state)].into());
+        inv.resolve_images(&catalog, &["fc".to_owned()])
+            .expect("resolves");
+        let kernel = Some("images/fc/0123456789abcdef/vmlinuz".to_owned());
+        assert_eq!(inv.profile("fc").and_then(|p| p.kernel.clone()), kernel);
+        // The written form names the image, not its derived files.
+        let w = profile_to_wire(inv.profile("fc").expect("fc"));
+        assert_eq!((w.image.as_deref(), w.kernel), (Some("fc"), None));
+        // A host written through the API: the image stays resolved.
+        let next = inv
+            .with_host(host_to_wire(&inv.hosts()[0]))
+            .expect("host write");
+        assert_eq!(next.profile("fc").and_then(|p| p.kernel.clone()), kernel);
+        // A new profile naming the image gets it; one naming another version is refused.
+        let spec = |image: &str| wire::Profile {
+            image: Some(image.into()),
+            ..Default::default()
+        };
+        let next = inv.with_profile("fc2", spec("fc")).expect("same image");
+        assert_eq!(next.profile("fc2").and_then(|p| p.kernel.clone()), kernel);
+        let e = inv.with_profile("fc3", spec("fc@ffffffffffffffff"));
+        assert!(e.is_err(), "{e:?}");
+        // An image and files at once is refused.
+        let both = wire::Profile {
+            image: Some("fc".into()),
+            kernel: Some("x/vmlinuz".into()),
+            ..Default::default()
+        };
+        assert!(inv.with_profile("fc4", both).is_err());
     }
 
     const INV: &str = r#"

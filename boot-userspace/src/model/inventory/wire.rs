@@ -22,6 +22,10 @@ pub struct InventoryFile {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// An image of `[images]` instead of `kernel` and `initrd`: `"flatcar"` (its current
+    /// version) or `"flatcar@<version>"` (pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Kernel image path, relative to the image root.
     pub kernel: Option<String>,
     /// Initrd image paths, relative to the image root.

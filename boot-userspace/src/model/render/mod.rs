@@ -292,6 +292,7 @@ mod tests {
     fn profile(kernel: Option<&str>) -> Profile {
         Profile {
             name: "installer".into(),
+            image: None,
             kernel: kernel.map(str::to_owned),
             initrd: vec!["debian/initrd.gz".into(), "extra/firmware.cpio".into()],
             cmdline: "console=ttyS0 url={http_base}/preseed/{host}.cfg".into(),

@@ -724,6 +724,7 @@ mod tests {
     fn profile(cmdline: &str) -> Profile {
         Profile {
             name: "installer".into(),
+            image: None,
             kernel: Some("debian/linux".into()),
             initrd: vec!["debian/initrd.gz".into()],
             cmdline: cmdline.into(),

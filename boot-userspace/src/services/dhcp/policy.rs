@@ -582,6 +582,7 @@ mod tests {
     fn profile_overrides_global_and_says_so() {
         let profile = Profile {
             name: "rescue".into(),
+            image: None,
             kernel: None,
             initrd: vec![],
             cmdline: String::new(),
