@@ -19,6 +19,8 @@ use tokio::io::AsyncWriteExt as _;
 
 /// Attempts per file: the first and the resumptions after a cut or a stall.
 pub const ATTEMPTS: u32 = 6;
+/// Redirects followed per request.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,8 @@ pub struct Fetch {
     pub stall: Duration,
     /// The User-Agent sent.
     pub agent: &'static str,
+    /// The pause before the first retry; it doubles with each one (up to 32 times).
+    pub backoff: Duration,
 }
 
 /// What an attempt ended with.
@@ -103,7 +107,7 @@ impl Fetch {
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << attempt.min(5))).await;
+                tokio::time::sleep(self.backoff * (1 << (attempt - 1).min(5))).await;
             }
             match self.attempt(url, path, progress).await? {
                 Attempt::Done(n) => {
@@ -125,7 +129,7 @@ impl Fetch {
         let mut last = String::new();
         for attempt in 0..ATTEMPTS.min(3) {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                tokio::time::sleep(self.backoff * (1 << (attempt - 1))).await;
             }
             let resp = match self.get(url, None).await? {
                 Ok(r) => r,
@@ -248,7 +252,7 @@ impl Fetch {
         if !append {
             // A fresh file: remember how to resume it should this attempt be cut.
             match validator_of(&resp) {
-                Some(v) => tokio::fs::write(validator_path(path), v)
+                Some(v) => write_nofollow(&validator_path(path), v.as_bytes())
                     .await
                     .map_err(werr)?,
                 None => {
@@ -256,7 +260,9 @@ impl Fetch {
                 }
             }
         }
+        // Never through a symlink: the folder may be one others can write to.
         let file = tokio::fs::OpenOptions::new()
+            .custom_flags(libc::O_NOFOLLOW)
             .create(true)
             .write(true)
             .append(append)
@@ -308,6 +314,46 @@ impl Fetch {
 
     /// One GET, optionally of the rest of a file; the response, or why to retry.
     async fn get(
+        &self,
+        url: &Uri,
+        resume: Option<(u64, &str)>,
+    ) -> Result<Result<hyper::Response<hyper::body::Incoming>, String>, DownloadError> {
+        // Mirrors redirect (download.opensuse.org sends large files to a mirror): follow a
+        // few, never from https to http.
+        let mut at = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let resp = match self.get_once(&at, resume).await? {
+                Ok(r) => r,
+                Err(why) => return Ok(Err(why)),
+            };
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(Ok(resp));
+            }
+            let next = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| redirect_target(&at, l))
+                .ok_or_else(|| DownloadError::Url {
+                    url: at.to_string(),
+                    why: format!("a {} without a usable Location", resp.status()),
+                })?;
+            if at.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+                return Err(DownloadError::Url {
+                    url: at.to_string(),
+                    why: format!("redirected from https to {next}: refused"),
+                });
+            }
+            at = next;
+        }
+        Err(DownloadError::Url {
+            url: url.to_string(),
+            why: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    /// One GET of `url`, optionally of the rest of a file; the response, or why to retry.
+    async fn get_once(
         &self,
         url: &Uri,
         resume: Option<(u64, &str)>,
@@ -366,6 +412,17 @@ impl Fetch {
     }
 }
 
+async fn write_nofollow(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = tokio::fs::OpenOptions::new()
+        .custom_flags(libc::O_NOFOLLOW)
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .await?;
+    f.write_all(bytes).await
+}
+
 async fn send<T>(
     io: T,
     req: hyper::Request<Empty<Bytes>>,
@@ -386,7 +443,22 @@ where
     }
 }
 
-fn validator_path(path: &Path) -> PathBuf {
+/// Where a redirect points: an absolute http(s) URL, or a path on the same origin.
+fn redirect_target(from: &Uri, location: &str) -> Option<Uri> {
+    let to: Uri = location.parse().ok()?;
+    if to.scheme().is_some() {
+        return matches!(to.scheme_str(), Some("http") | Some("https")).then_some(to);
+    }
+    if !location.starts_with('/') {
+        return None;
+    }
+    let mut parts = from.clone().into_parts();
+    parts.path_and_query = Some(location.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// Where the validator of a partial download is kept: beside it, `<file>.validator`.
+pub fn validator_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".validator");
     path.with_file_name(name)
@@ -464,6 +536,214 @@ mod tests {
             Some("Tue, 01 Dec 2026 10:00:00 GMT")
         );
         assert_eq!(validator_of(&resp(&[("etag", "W/\"abc\"")])), None);
+    }
+
+    /// A loopback origin that answers each connection with the next scripted reply
+    /// (`None`: close without answering), and records each request head.
+    async fn origin(replies: Vec<Option<Vec<u8>>>) -> (Uri, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        tokio::spawn(async move {
+            for reply in replies {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if let Ok(mut h) = seen.lock() {
+                    h.push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                }
+                if let Some(r) = reply {
+                    let _ = s.write_all(&r).await;
+                }
+                let _ = s.shutdown().await;
+            }
+        });
+        let uri: Uri = format!("http://{addr}/img/linux").parse().expect("uri");
+        (uri, heads)
+    }
+
+    fn reply(status: &str, headers: &[&str], body: &[u8], announced: usize) -> Option<Vec<u8>> {
+        let mut r = format!("HTTP/1.1 {status}\r\ncontent-length: {announced}\r\n");
+        for h in headers {
+            r.push_str(h);
+            r.push_str("\r\n");
+        }
+        r.push_str("\r\n");
+        let mut r = r.into_bytes();
+        r.extend_from_slice(body);
+        Some(r)
+    }
+
+    fn fetch(max_bytes: u64) -> Fetch {
+        Fetch {
+            tls: None,
+            max_bytes,
+            stall: Duration::from_secs(5),
+            agent: "test",
+            backoff: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_download_resumes_from_what_arrived_with_if_range() {
+        let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let (uri, heads) = origin(vec![
+            reply("200 OK", &["etag: \"v1\""], &body[..400], 1000),
+            reply(
+                "206 Partial Content",
+                &["etag: \"v1\"", "content-range: bytes 400-999/1000"],
+                &body[400..],
+                600,
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("linux");
+        let n = fetch(1 << 20)
+            .to_file(&uri, &path, &mut |_, _| {})
+            .await
+            .expect("resumed");
+        assert_eq!(n, 1000);
+        assert_eq!(std::fs::read(&path).expect("file"), body);
+        let heads = heads.lock().expect("heads").clone();
+        assert!(heads[1].contains("range: bytes=400-"), "{heads:?}");
+        assert!(heads[1].contains("if-range: \"v1\""), "{heads:?}");
+        assert!(
+            !validator_path(&path).exists(),
+            "the validator is gone once complete"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_changed_at_the_origin_starts_over_instead_of_splicing() {
+        let old: Vec<u8> = vec![1; 1000];
+        let new: Vec<u8> = vec![2; 800];
+        // The resume is answered whole (the If-Range validator no longer matches), then a
+        // 206 that does not start where the file ends is not appended either.
+        let (uri, _) = origin(vec![
+            reply("200 OK", &["etag: \"old\""], &old[..300], 1000),
+            reply(
+                "206 Partial Content",
+                &["etag: \"x\"", "content-range: bytes 0-799/800"],
+                &new,
+                800,
+            ),
+            reply("200 OK", &["etag: \"new\""], &new, 800),
+        ])
+        .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("linux");
+        fetch(1 << 20)
+            .to_file(&uri, &path, &mut |_, _| {})
+            .await
+            .expect("fetched");
+        assert_eq!(std::fs::read(&path).expect("file"), new);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_refused_files_fail_without_retrying_or_keeping_bytes() {
+        let (uri, heads) = origin(vec![reply("200 OK", &[], b"", 5000)]).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("linux");
+        let e = fetch(4096)
+            .to_file(&uri, &path, &mut |_, _| {})
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(e, DownloadError::TooLarge { max: 4096, .. }),
+            "{e}"
+        );
+        assert!(!path.exists());
+        let (uri, _) = origin(vec![reply("404 Not Found", &[], b"", 0)]).await;
+        let e = fetch(4096)
+            .to_file(&uri, &path, &mut |_, _| {})
+            .await
+            .expect_err("404");
+        assert!(
+            matches!(e, DownloadError::Status { status: 404, .. }),
+            "{e}"
+        );
+        assert_eq!(heads.lock().expect("heads").len(), 1);
+        // A small file larger than its bound while streaming (no length announced up front).
+        let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..3 {
+            chunked.extend_from_slice(b"400\r\n");
+            chunked.extend_from_slice(&[b'a'; 1024]);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let (uri, _) = origin(vec![Some(chunked)]).await;
+        let e = fetch(4096).to_memory(&uri, 2048).await.expect_err("over");
+        assert!(
+            matches!(e, DownloadError::TooLarge { max: 2048, .. }),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn attempts_are_bounded() {
+        let (uri, heads) = origin(vec![None; ATTEMPTS as usize + 2]).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let e = fetch(4096)
+            .to_file(&uri, &dir.path().join("linux"), &mut |_, _| {})
+            .await
+            .expect_err("never answered");
+        assert!(
+            matches!(
+                e,
+                DownloadError::Failed {
+                    attempts: ATTEMPTS,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(heads.lock().expect("heads").len(), ATTEMPTS as usize);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_but_never_down_to_plain_http_and_symlinks_never_followed() {
+        let body = b"kernel bytes".to_vec();
+        let (target, _) = origin(vec![reply("200 OK", &[], &body, body.len())]).await;
+        let (uri, _) = origin(vec![reply(
+            "302 Found",
+            &[&format!("location: {target}")],
+            b"",
+            0,
+        )])
+        .await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("linux");
+        fetch(4096)
+            .to_file(&uri, &path, &mut |_, _| {})
+            .await
+            .expect("followed");
+        assert_eq!(std::fs::read(&path).expect("file"), body);
+        // A relative Location stays on the origin.
+        let from: Uri = "https://mirror.example/a/b.iso".parse().expect("uri");
+        assert_eq!(
+            redirect_target(&from, "/c/d.iso").map(|u| u.to_string()),
+            Some("https://mirror.example/c/d.iso".to_owned())
+        );
+        assert_eq!(redirect_target(&from, "ftp://x/y"), None);
+        assert_eq!(redirect_target(&from, "c/d.iso"), None);
+        // A file planted as a symlink is not written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("victim");
+        let planted = dir.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).expect("symlink");
+        let (uri, _) = origin(vec![reply("200 OK", &[], &body, body.len())]).await;
+        assert!(fetch(4096)
+            .to_file(&uri, &planted, &mut |_, _| {})
+            .await
+            .is_err());
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"keep");
     }
 
     #[test]

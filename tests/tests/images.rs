@@ -250,6 +250,9 @@ fn tampered_images_and_bad_signatures_are_refused_and_the_served_version_stays_u
     let key = dir.path.join("vendor.asc");
     gpg.export(&key);
     let (k1, _) = publish_pair(&served, &gpg, 11);
+    // The first release's signed sums, for a mirror that later serves them again.
+    let old_sums = std::fs::read(served.join("SHA256SUMS")).expect("sums");
+    let old_sig = std::fs::read(served.join("SHA256SUMS.asc")).expect("signature");
     let _origin =
         Origin::start(&lab.client, ORIGIN.parse().expect("addr"), &served).expect("origin");
     let config = format!(
@@ -446,6 +449,28 @@ profile = "fc"
         .find(|l| l.contains(&format!("image fc version {v2}")))
         .unwrap_or_else(|| panic!("no check line for {v2}:\n{out}"));
     assert!(line.contains("FAIL"), "{out}");
+
+    // 5. A newer release lands; then the mirror serves the first release's genuinely signed
+    // sums again (a rollback of the fleet by a mirror): refused as older, unless allowed.
+    std::thread::sleep(Duration::from_millis(1100));
+    publish_pair(&served, &gpg, 13);
+    let o = image(&lab.server, &cfg, &["update", "fc"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v3 = current(&lab.server, &cfg, "fc");
+    assert!(v3 != v1 && v3 != v2);
+    std::fs::write(served.join("SHA256SUMS"), &old_sums).expect("old sums");
+    std::fs::write(served.join("SHA256SUMS.asc"), &old_sig).expect("old signature");
+    let o = image(&lab.server, &cfg, &["update", "fc"]);
+    assert!(
+        !o.status.success(),
+        "an older release was taken: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("older release"), "{}", text(&o));
+    assert_eq!(current(&lab.server, &cfg, "fc"), v3);
+    let o = image(&lab.server, &cfg, &["update", "fc", "--allow-downgrade"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(current(&lab.server, &cfg, "fc"), v1);
 }
 
 /// Builds an ISO of `tree` with xorriso (Rock Ridge and Joliet, as distributions do).

@@ -45,6 +45,10 @@ pub enum ImageAction {
     Update {
         /// Images to update.
         names: Vec<String>,
+        /// Take a release signed before the current version's (an older release: refused
+        /// by default, as a mirror could serve one to roll hosts back).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// The images, their versions and their last update.
     Ls {
@@ -104,8 +108,11 @@ fn act(config: &Config, action: ImageAction) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("no [images.{name}] in {}", config.path.display()))
     };
     match action {
-        ImageAction::Add { name } => fetch(config, &store, &[find(&name)?]),
-        ImageAction::Update { names } => {
+        ImageAction::Add { name } => fetch(config, &store, &[find(&name)?], false),
+        ImageAction::Update {
+            names,
+            allow_downgrade,
+        } => {
             let images: Vec<&ImageConfig> = if names.is_empty() {
                 config.images.iter().collect()
             } else {
@@ -114,7 +121,7 @@ fn act(config: &Config, action: ImageAction) -> anyhow::Result<()> {
             if images.is_empty() {
                 bail!("no [images] in {}", config.path.display());
             }
-            fetch(config, &store, &images)
+            fetch(config, &store, &images, allow_downgrade)
         }
         ImageAction::Ls { name, output } => {
             let names: Vec<&str> = match &name {
@@ -197,7 +204,12 @@ fn act(config: &Config, action: ImageAction) -> anyhow::Result<()> {
 }
 
 /// Fetches each image in turn; fails (after trying all) if any failed.
-fn fetch(config: &Config, store: &Store, images: &[&ImageConfig]) -> anyhow::Result<()> {
+fn fetch(
+    config: &Config,
+    store: &Store,
+    images: &[&ImageConfig],
+    allow_downgrade: bool,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,9 +218,13 @@ fn fetch(config: &Config, store: &Store, images: &[&ImageConfig]) -> anyhow::Res
     for image in images {
         let pins = pinned(&config.inventory, &image.name);
         let bar = Bar::new();
-        let result = runtime.block_on(update(image, store, &pins, &mut |file, done, total| {
-            bar.show(file, done, total)
-        }));
+        let result = runtime.block_on(update(
+            image,
+            store,
+            &pins,
+            allow_downgrade,
+            &mut |file, done, total| bar.show(file, done, total),
+        ));
         bar.finish();
         match result {
             Ok(o @ Outcome::New { .. }) => println!(

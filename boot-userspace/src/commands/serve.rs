@@ -210,6 +210,7 @@ fn reload(
     live: &Live,
     dhcp: Option<&DhcpFollower>,
     api: &crate::admin::api::ApiState,
+    images: &crate::services::images::ImagesConfig,
 ) {
     // Held to the end: an API write between the overlay file's read (in `Config::load`) and
     // this publish would otherwise be published over.
@@ -250,6 +251,9 @@ fn reload(
                     warn!(error = %e, "{trigger}: cannot forget removed hosts' used netboot once");
                 }
             }
+            // The images service's next update and watch use the reloaded [images] (keys
+            // removed are no longer trusted, images added are scheduled).
+            images.store(Arc::new(config.images.clone()));
             info!(
                 generation = next.generation,
                 hosts = next.inventory.hosts().len(),
@@ -500,9 +504,12 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     // A changed image record (a scheduled update, or an operator's `bootfabric image`)
     // reloads the configuration as SIGHUP does, so profiles get the image's new version.
     let images_changed = Arc::new(tokio::sync::Notify::new());
-    if let (false, Some(store)) = (config.images.is_empty(), config.image_store()) {
+    let images_config: crate::services::images::ImagesConfig =
+        Arc::new(arc_swap::ArcSwap::from_pointee(config.images.clone()));
+    // Wherever images can live (an HTTP root): a reload may add them.
+    if let Some(store) = config.image_store() {
         let images = crate::services::images::ImagesService::start(
-            config.images.clone(),
+            Arc::clone(&images_config),
             store,
             Arc::clone(&live),
             Arc::clone(&images_changed),
@@ -607,6 +614,9 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let token = cancel.clone();
     let path = config.path.clone();
     let reloading = Arc::new(AtomicBool::new(false));
+    // An image change that arrived while a reload ran: that reload may have read the record
+    // before it changed, so another follows it.
+    let images_pending = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
         // Off the workers (a reload reads files and canonicalises the roots, which may sit
         // on a hung store), one at a time; false when one is running.
@@ -621,9 +631,17 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 Arc::clone(&api),
             );
             let done = Arc::clone(&reloading);
+            let (images, pending, again) = (
+                Arc::clone(&images_config),
+                Arc::clone(&images_pending),
+                Arc::clone(&images_changed),
+            );
             tokio::task::spawn_blocking(move || {
-                reload(trigger, &path, &live, dhcp.as_deref(), &api);
+                reload(trigger, &path, &live, dhcp.as_deref(), &api, &images);
                 done.store(false, Ordering::Release);
+                if pending.swap(false, Ordering::AcqRel) {
+                    again.notify_one();
+                }
             });
             true
         };
@@ -639,10 +657,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 }
                 _ = images_changed.notified() => {
                     if !start_reload("image record changed") {
-                        // Still due: the running reload may have read the record before
-                        // it changed.
-                        images_changed.notify_one();
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        images_pending.store(true, Ordering::Release);
                     }
                     continue;
                 }

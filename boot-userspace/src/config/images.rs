@@ -4,8 +4,9 @@
 //!
 //! Two shapes: a kernel and initrds fetched as files (Flatcar's PXE pair), or an ISO
 //! (fetched, or a file on this machine) with the kernel and initrds read out of it by path
-//! (Kairos `/boot/kernel`, Leap Micro `/boot/x86_64/loader/linux`). Either may name a sums
-//! file, and a detached OpenPGP signature over that sums file checked against `keys`.
+//! (Kairos `/boot/kernel`, Leap Micro `/boot/x86_64/loader/linux`). Either may name sums
+//! files (one for all files, or one per file as Flatcar publishes them), each signed by a
+//! detached OpenPGP signature or clearsigned, checked against `keys`.
 
 use std::{collections::BTreeMap, path::PathBuf, str::FromStr as _, sync::Arc, time::Duration};
 
@@ -22,6 +23,8 @@ pub const DEFAULT_KEEP: usize = 3;
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 30;
 /// Default `stall_timeout_s`: a download that receives nothing for this long is retried.
 pub const DEFAULT_STALL_S: u64 = 60;
+/// Default `timeout_s`: six hours for one update.
+pub const DEFAULT_TIMEOUT_S: u64 = 6 * 3600;
 /// The system's CA bundle (Debian's `ca-certificates`), for https sources without `ca_file`.
 pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -37,10 +40,11 @@ pub struct WireImage {
     #[serde(default)]
     pub initrd: Vec<String>,
     /// URL of a sums file (`sha256sum`/`sha512sum` output, BSD tags or Flatcar DIGESTS)
-    /// listing the fetched files (with `iso`: the ISO).
-    pub sums: Option<String>,
-    /// URL of a detached OpenPGP signature over the sums file.
-    pub signature: Option<String>,
+    /// listing the fetched files (with `iso`: the ISO), or a list of them.
+    pub sums: Option<OneOrMany>,
+    /// URL of a detached OpenPGP signature over the sums file (a list: one per sums file,
+    /// in order).
+    pub signature: Option<OneOrMany>,
     /// OpenPGP public key files (armored or binary) a signature must come from.
     #[serde(default)]
     pub keys: Vec<String>,
@@ -55,6 +59,28 @@ pub struct WireImage {
     pub max_bytes: Option<u64>,
     /// Seconds a download may receive nothing before it is resumed (default 60).
     pub stall_timeout_s: Option<u64>,
+    /// Seconds one update may take in all (default 21600: 8 GiB at 3 Mbit/s); a source that
+    /// trickles is given up, the current version kept.
+    pub timeout_s: Option<u64>,
+}
+
+/// A URL, or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// An http or https URL of a file to fetch.
@@ -204,10 +230,11 @@ pub struct ImageConfig {
     pub name: String,
     /// What it is made of.
     pub source: Source,
-    /// Its sums file.
-    pub sums: Option<FileUrl>,
-    /// The signature over the sums file.
-    pub signature: Option<FileUrl>,
+    /// Its sums files (none: the bytes are taken as they arrive).
+    pub sums: Vec<FileUrl>,
+    /// The detached signature of each sums file, in order (none: each is clearsigned, or,
+    /// without keys, not signed).
+    pub signatures: Vec<FileUrl>,
     /// The key files (resolved against the config's folder at load).
     pub key_files: Vec<PathBuf>,
     /// The keys, once [`super::Config::load`] read them.
@@ -222,6 +249,8 @@ pub struct ImageConfig {
     pub max_bytes: u64,
     /// How long a download may receive nothing.
     pub stall: Duration,
+    /// How long one update may take.
+    pub timeout: Duration,
 }
 
 /// Validates every `[images.<name>]`.
@@ -288,6 +317,22 @@ fn one(name: &str, w: &WireImage) -> Result<ImageConfig, KeyError> {
     };
     let (k, initrd) = source.stored_names();
     let mut seen = std::collections::BTreeSet::from([k]);
+    if let Source::Iso {
+        iso: IsoSource::Url(u),
+        ..
+    } = &source
+    {
+        // The ISO is staged beside the files read out of it.
+        if !seen.insert(u.file_name.clone()) {
+            return Err(err(
+                "iso",
+                format!(
+                    "{:?} is also the name of a file read out of it: rename one",
+                    u.file_name
+                ),
+            ));
+        }
+    }
     for (i, n) in initrd.into_iter().enumerate() {
         if !seen.insert(n.clone()) {
             return Err(err(
@@ -296,34 +341,48 @@ fn one(name: &str, w: &WireImage) -> Result<ImageConfig, KeyError> {
             ));
         }
     }
-    let sums = w
-        .sums
-        .as_deref()
-        .map(FileUrl::parse)
-        .transpose()
-        .map_err(|r| err("sums", r))?;
-    let signature = w
-        .signature
-        .as_deref()
-        .map(FileUrl::parse)
-        .transpose()
-        .map_err(|r| err("signature", r))?;
-    if signature.is_some() && sums.is_none() {
+    let urls = |field: &str, v: &Option<OneOrMany>| -> Result<Vec<FileUrl>, KeyError> {
+        let list = v.as_ref().map(OneOrMany::list).unwrap_or_default();
+        list.iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let at = if list.len() > 1 {
+                    format!("{field}[{i}]")
+                } else {
+                    field.to_owned()
+                };
+                FileUrl::parse(u).map_err(|r| err(&at, r))
+            })
+            .collect()
+    };
+    let sums = urls("sums", &w.sums)?;
+    let signatures = urls("signature", &w.signature)?;
+    if !signatures.is_empty() && sums.is_empty() {
         return Err(err(
             "signature",
-            "a signature covers the sums file: give `sums` too".into(),
+            "a signature covers a sums file: give `sums` too".into(),
         ));
     }
-    if signature.is_some() && w.keys.is_empty() {
+    if !signatures.is_empty() && signatures.len() != sums.len() {
+        return Err(err(
+            "signature",
+            format!(
+                "{} signature(s) for {} sums file(s): give one per sums file, in order",
+                signatures.len(),
+                sums.len()
+            ),
+        ));
+    }
+    if !signatures.is_empty() && w.keys.is_empty() {
         return Err(err(
             "keys",
             "a signature needs the public keys it must come from".into(),
         ));
     }
-    if !w.keys.is_empty() && sums.is_none() {
+    if !w.keys.is_empty() && sums.is_empty() {
         return Err(err(
             "keys",
-            "keys verify a signed sums file: give `sums` (and `signature` unless it is clearsigned)"
+            "keys verify signed sums files: give `sums` (and `signature` unless they are clearsigned)"
                 .into(),
         ));
     }
@@ -361,11 +420,16 @@ fn one(name: &str, w: &WireImage) -> Result<ImageConfig, KeyError> {
         Some(n @ 1..=3600) => n,
         Some(n) => return Err(err("stall_timeout_s", format!("{n}: give 1 to 3600"))),
     };
+    let timeout = match w.timeout_s {
+        None => DEFAULT_TIMEOUT_S,
+        Some(n @ 60..=604_800) => n,
+        Some(n) => return Err(err("timeout_s", format!("{n}: give 60 to 604800"))),
+    };
     Ok(ImageConfig {
         name: name.to_owned(),
         source,
         sums,
-        signature,
+        signatures,
         key_files: w.keys.iter().map(PathBuf::from).collect(),
         keys: None,
         ca_file: PathBuf::from(w.ca_file.as_deref().unwrap_or(SYSTEM_CA_FILE)),
@@ -373,6 +437,7 @@ fn one(name: &str, w: &WireImage) -> Result<ImageConfig, KeyError> {
         keep,
         max_bytes,
         stall: Duration::from_secs(stall),
+        timeout: Duration::from_secs(timeout),
     })
 }
 
@@ -439,6 +504,8 @@ mod tests {
             ("[images.a]\nkernel = \"http://x/k\"\nsums = \"http://x/s\"\nsignature = \"http://x/s.asc\"\n", "images.a.keys"),
             ("[images.a]\nkernel = \"http://x/k\"\nkeys = [\"k.asc\"]\n", "images.a.keys"),
             ("[images.a]\nkernel = \"http://x/k\"\nupdate = \"fortnightly\"\n", "images.a.update"),
+            ("[images.a]\nkernel = \"http://x/k\"\nsums = [\"http://x/a\", \"http://x/b\"]\nsignature = [\"http://x/a.asc\"]\nkeys = [\"k\"]\n", "images.a.signature"),
+            ("[images.a]\nkernel = \"http://x/k\"\nsums = [\"http://x/a\", \"ftp://x/b\"]\n", "images.a.sums[1]"),
             ("[images.a]\nkernel = \"http://x/k\"\nkeep = 1\n", "images.a.keep"),
             ("[images.a]\niso = \"http://x/a.iso\"\nkernel = \"boot/kernel\"\n", "images.a.kernel"),
             ("[images.a]\niso = \"http://x/a.iso\"\nkernel = \"/boot/../kernel\"\n", "images.a.kernel"),

@@ -611,16 +611,21 @@ impl Config {
     fn resolve_images(&mut self, path: &Path) -> Result<(), ConfigError> {
         let names: Vec<String> = self.images.iter().map(|i| i.name.clone()).collect();
         let catalog =
-            crate::model::images::Catalog::load(&self.state_dir, names.iter().map(String::as_str))
-                .map_err(|e| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    key: "images".to_owned(),
-                    reason: e.to_string(),
-                })?;
+            crate::model::images::Catalog::load(&self.state_dir, names.iter().map(String::as_str));
         self.inventory
             .resolve_images(&catalog, &names)
             .map_err(|errors| {
-                let (key, reason) = errors.into_iter().next().unwrap_or_default();
+                // One key per error would need a list: the first key, every reason.
+                let key = errors.first().map(|(k, _)| k.clone()).unwrap_or_default();
+                let reason = errors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, r))| match i {
+                        0 => r.clone(),
+                        _ => format!("{k}: {r}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 ConfigError::Invalid {
                     path: self
                         .inventory_file

@@ -24,7 +24,7 @@ pub fn images(config: &Config, checksums: bool) -> Vec<Item> {
     let mut items = Vec::new();
     for image in &config.images {
         let subject = format!("image {}", image.name);
-        if image.sums.is_none() {
+        if image.sums.is_empty() {
             items.push(Item::warn(
                 &subject,
                 "no sums file: its bytes are taken as they arrive",
@@ -122,43 +122,56 @@ fn version(
             ""
         }
     );
-    let evidence = store.evidence_dir(&image.name, &v.id);
-    let Some(_) = &image.sums else {
+    if image.sums.is_empty() {
         return Ok(detail);
-    };
-    let raw = std::fs::read(evidence.join("sums")).map_err(|e| {
-        format!(
-            "the sums file it was verified with ({}): {e}",
-            evidence.display()
-        )
-    })?;
+    }
+    let evidence = store.evidence_dir(&image.name, &v.id);
     let keys = image.keys.as_ref().map(|k| &k.0);
-    let text = match keys {
-        Some(keys) => {
-            let signer = match std::fs::read(evidence.join("signature")) {
-                Ok(sig) => keys.verify_detached(&raw, &sig),
-                Err(_) => keys.verify_cleartext(&raw).map(|(_, s)| s),
+    let mut all = Vec::new();
+    let mut signers = std::collections::BTreeSet::new();
+    for i in 0..image.sums.len() {
+        let path = evidence.join(format!("sums.{i}"));
+        let raw = std::fs::read(&path).map_err(|e| {
+            format!(
+                "the sums file it was verified with ({}): {e}",
+                path.display()
+            )
+        })?;
+        let text = match keys {
+            Some(keys) => {
+                let (text, signer) = match std::fs::read(evidence.join(format!("signature.{i}"))) {
+                    Ok(sig) => keys
+                        .verify_detached(&raw, &sig)
+                        .map(|s| (String::from_utf8_lossy(&raw).into_owned(), s)),
+                    Err(_) => keys.verify_cleartext(&raw),
+                }
+                .map_err(|e| {
+                    format!(
+                        "the signature of {} does not verify with the configured keys: {e}",
+                        image.sums[i].text
+                    )
+                })?;
+                signers.insert(signer);
+                text
             }
-            .map_err(|e| format!("its signature does not verify with the configured keys: {e}"))?;
-            detail.push_str(&format!(", signature by {signer} verifies"));
-            match keys.verify_cleartext(&raw) {
-                Ok((t, _)) => t,
-                Err(_) => String::from_utf8_lossy(&raw).into_owned(),
-            }
-        }
-        None => String::from_utf8_lossy(&raw).into_owned(),
-    };
-    let sums = Sums::parse(&text).map_err(|e| format!("its sums file: {e}"))?;
+            None => String::from_utf8_lossy(&raw).into_owned(),
+        };
+        all.push(Sums::parse(&text).map_err(|e| format!("{}: {e}", image.sums[i].text))?);
+    }
+    if !signers.is_empty() {
+        let list: Vec<String> = signers.into_iter().collect();
+        detail.push_str(&format!(", signature by {} verifies", list.join(",")));
+    }
     // A sums file listing only SHA-512 was checked by the update itself; the record keeps
     // SHA-256, checked against the file above.
     let listed = |name: &str, sha256: &str| {
-        sums.lookup(name)
-            .iter()
-            .any(|d| matches!(d, Digest::Sha256(_)) && d.hex() == sha256)
-            || sums
-                .lookup(name)
+        all.iter().any(|sums| {
+            let found = sums.lookup(name);
+            found
                 .iter()
-                .any(|d| matches!(d, Digest::Sha512(_)))
+                .any(|d| matches!(d, Digest::Sha256(_)) && d.hex() == sha256)
+                || (!found.is_empty() && found.iter().all(|d| matches!(d, Digest::Sha512(_))))
+        })
     };
     match &image.source {
         Source::Files { .. } => {

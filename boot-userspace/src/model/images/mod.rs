@@ -73,6 +73,9 @@ pub struct StoredFile {
     pub name: String,
     /// SHA-256, lower-case hex.
     pub sha256: String,
+    /// SHA-512, lower-case hex (sums files such as Flatcar's list only SHA-512).
+    #[serde(default)]
+    pub sha512: String,
     /// Bytes.
     pub size: u64,
 }
@@ -93,12 +96,19 @@ pub struct Version {
     /// SHA-256 of the ISO it was extracted from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iso_sha256: Option<String>,
+    /// SHA-512 of that ISO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iso_sha512: Option<String>,
     /// How it was verified: "sha256", "sha512" (a sums file), and the signer's fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
     /// The fingerprint of the key whose signature verified it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// When its sums were signed (Unix seconds): an update signed earlier is an older
+    /// release, refused unless the operator allows the downgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<u64>,
     /// Rolled back from: an update that finds these bytes again does not make it current.
     #[serde(default)]
     pub rejected: bool,
@@ -161,15 +171,17 @@ impl ImageState {
     /// Adds `v` (or, when its bytes are stored already, finds it) and makes it current;
     /// false when those bytes were rolled back from (then nothing changes).
     pub fn adopt(&mut self, v: Version) -> bool {
-        if let Some(have) = self.versions.iter().find(|h| h.id == v.id) {
-            if have.rejected {
+        if let Some(at) = self.versions.iter().position(|h| h.id == v.id) {
+            if self.versions[at].rejected {
                 return false;
             }
-            self.current = Some(v.id);
-            return true;
+            // Newest last again: the version it replaces is the one a rollback returns to.
+            let have = self.versions.remove(at);
+            self.versions.push(have);
+        } else {
+            self.versions.push(v.clone());
         }
-        self.current = Some(v.id.clone());
-        self.versions.push(v);
+        self.current = Some(v.id);
         true
     }
 
@@ -237,6 +249,16 @@ pub fn version_id(kernel: &StoredFile, initrd: &[StoredFile]) -> String {
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `name` may be a stored file's name: one path segment, not hidden.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.chars().any(char::is_control)
+}
+
 /// Whether `name` may name an image (a folder and a metric label): `[A-Za-z0-9_-]`, 1 to 64.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -296,10 +318,34 @@ impl Store {
     /// Takes the image's lock without waiting: [`StoreError::Busy`] when another process
     /// holds it.
     pub fn lock(&self, name: &str) -> Result<Lock, StoreError> {
+        self.flock(name, "lock")
+    }
+
+    /// [`Store::lock`], waiting up to `bound` for another process's short hold (a
+    /// rollback, the end of an update) to end.
+    pub fn lock_wait(&self, name: &str, bound: std::time::Duration) -> Result<Lock, StoreError> {
+        let until = std::time::Instant::now() + bound;
+        loop {
+            match self.lock(name) {
+                Err(StoreError::Busy(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The lock one update holds while it downloads (the record's own lock is taken only
+    /// to read and write it, so a rollback never waits for a network).
+    pub fn lock_fetch(&self, name: &str) -> Result<Lock, StoreError> {
+        self.flock(name, "fetch.lock")
+    }
+
+    fn flock(&self, name: &str, suffix: &str) -> Result<Lock, StoreError> {
         use std::os::fd::AsRawFd as _;
         let dir = self.state_dir.join(IMAGES_DIR);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(format!("{name}.lock"));
+        let path = dir.join(format!("{name}.{suffix}"));
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -386,10 +432,34 @@ fn record_path(state_dir: &Path, name: &str) -> PathBuf {
 
 fn read_record(path: &Path) -> Result<ImageState, StoreError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.to_owned(),
-            why: e.to_string(),
-        }),
+        Ok(bytes) => {
+            let corrupt = |why: String| StoreError::Corrupt {
+                path: path.to_owned(),
+                why,
+            };
+            let state: ImageState =
+                serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            // Ids and names become paths that are deleted and served: only what an update
+            // writes is taken.
+            for v in &state.versions {
+                if v.id.len() != 16 || !v.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(corrupt(format!("{:?} is not a version id", v.id)));
+                }
+                if let Some(f) = v.files().find(|f| !valid_file_name(&f.name)) {
+                    return Err(corrupt(format!("{:?} is not a file name", f.name)));
+                }
+            }
+            if let Some(c) = state
+                .current
+                .as_ref()
+                .filter(|c| state.version(c).is_none())
+            {
+                return Err(corrupt(format!(
+                    "the current version {c} is not among its versions"
+                )));
+            }
+            Ok(state)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ImageState::default()),
         Err(e) => Err(StoreError::Io {
             path: path.to_owned(),
@@ -417,24 +487,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     images: BTreeMap<String, ImageState>,
+    /// Records that do not read: an error only for the profiles naming them.
+    unreadable: BTreeMap<String, String>,
 }
 
 impl Catalog {
-    /// Reads the records of `names` from `state_dir`.
-    pub fn load<'a>(
-        state_dir: &Path,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, StoreError> {
-        let mut images = BTreeMap::new();
+    /// Reads the records of `names` from `state_dir`. A record that does not read is kept
+    /// as its reason: it fails the profiles that name the image, not the whole load.
+    pub fn load<'a>(state_dir: &Path, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut catalog = Self::default();
         for name in names {
-            images.insert(name.to_owned(), read_record(&record_path(state_dir, name))?);
+            match read_record(&record_path(state_dir, name)) {
+                Ok(state) => {
+                    catalog.images.insert(name.to_owned(), state);
+                }
+                Err(e) => {
+                    catalog.unreadable.insert(name.to_owned(), e.to_string());
+                }
+            }
         }
-        Ok(Self { images })
+        catalog
     }
 
     /// A catalog of the given records (tests, and callers that hold them already).
     pub fn from_states(images: BTreeMap<String, ImageState>) -> Self {
-        Self { images }
+        Self {
+            images,
+            unreadable: BTreeMap::new(),
+        }
     }
 
     /// The record of `name`, if the image is configured.
@@ -449,6 +529,9 @@ impl Catalog {
             Some((n, v)) => (n, Some(v)),
             None => (reference, None),
         };
+        if let Some(why) = self.unreadable.get(name) {
+            return Err(why.clone());
+        }
         let state = self
             .images
             .get(name)
@@ -489,6 +572,7 @@ mod tests {
         StoredFile {
             name: name.into(),
             sha256: fill.to_string().repeat(64),
+            sha512: String::new(),
             size: 1,
         }
     }
@@ -503,8 +587,10 @@ mod tests {
             kernel: k,
             initrd: i,
             iso_sha256: None,
+            iso_sha512: None,
             checksum: None,
             signed_by: None,
+            signed_at: None,
             rejected: false,
         }
     }

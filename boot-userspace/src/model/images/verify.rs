@@ -183,6 +183,16 @@ pub enum VerifyError {
 // Keys
 // ---------------------------------------------------------------------------------------------
 
+/// A verified signature: who made it and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    /// The primary key's fingerprint (upper-case hex).
+    pub fingerprint: String,
+    /// When the signature says it was made, Unix seconds: a release signed earlier than the
+    /// one in use is an older release, whatever a mirror says.
+    pub created: u64,
+}
+
 /// Public keys an image's signatures must come from.
 #[derive(Clone, Debug, Default)]
 pub struct Keyring {
@@ -274,6 +284,16 @@ impl Keyring {
     /// A file holding several signatures (a release signed by two keys) is accepted when one
     /// of them is good; otherwise the error is the most telling of theirs.
     pub fn verify_detached(&self, data: &[u8], signature: &[u8]) -> Result<String, VerifyError> {
+        self.verify_detached_signed(data, signature)
+            .map(|s| s.fingerprint)
+    }
+
+    /// [`Keyring::verify_detached`], with when the signature was made.
+    pub fn verify_detached_signed(
+        &self,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<Signed, VerifyError> {
         bounded("the signature", signature, MAX_SIGNATURE)?;
         let sigs =
             read_signatures(signature).map_err(|reason| VerifyError::NotASignature { reason })?;
@@ -288,6 +308,12 @@ impl Keyring {
     /// line dropped as the signature framework does), with `\n` line endings: anything
     /// around the signed block is discarded, never returned.
     pub fn verify_cleartext(&self, message: &[u8]) -> Result<(String, String), VerifyError> {
+        self.verify_cleartext_signed(message)
+            .map(|(text, s)| (text, s.fingerprint))
+    }
+
+    /// [`Keyring::verify_cleartext`], with when the signature was made.
+    pub fn verify_cleartext_signed(&self, message: &[u8]) -> Result<(String, Signed), VerifyError> {
         bounded("the signed message", message, MAX_CLEARTEXT)?;
         let options = DearmorOptions::new().set_limit(MAX_CLEARTEXT);
         let (msg, _headers) = CleartextSignedMessage::from_armor_buf(message, options)
@@ -312,7 +338,7 @@ impl Keyring {
         }
     }
 
-    fn verify_any(&self, sigs: &[Signature], data: &[u8], now: u64) -> Result<String, VerifyError> {
+    fn verify_any(&self, sigs: &[Signature], data: &[u8], now: u64) -> Result<Signed, VerifyError> {
         let mut worst: Option<VerifyError> = None;
         for sig in sigs {
             match self.verify_one(sig, data, now) {
@@ -329,7 +355,7 @@ impl Keyring {
         }))
     }
 
-    fn verify_one(&self, sig: &Signature, data: &[u8], now: u64) -> Result<String, VerifyError> {
+    fn verify_one(&self, sig: &Signature, data: &[u8], now: u64) -> Result<Signed, VerifyError> {
         // A key or certification signature verified over image bytes would mean nothing.
         match sig.typ() {
             Some(SignatureType::Binary | SignatureType::Text) => {}
@@ -378,7 +404,10 @@ impl Keyring {
                 });
             }
         }
-        Ok(cert.fingerprint.clone())
+        Ok(Signed {
+            fingerprint: cert.fingerprint.clone(),
+            created,
+        })
     }
 
     /// The components a signature says made it. A signature that names no issuer at all
@@ -808,21 +837,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A UTC date (YYYY-MM-DD) for messages, from seconds since the epoch.
-fn date(secs: u64) -> String {
-    // Days to civil date, after Howard Hinnant's `civil_from_days`; no calendar crate for one
-    // message field.
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+/// A UTC date and time for messages, from seconds since the epoch.
+pub fn date(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map_or_else(
+            || format!("{secs} s after the epoch"),
+            |d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1935,8 +1958,8 @@ mod tests {
 
     #[test]
     fn dates_for_messages() {
-        assert_eq!(date(0), "1970-01-01");
-        assert_eq!(date(T0 + 2 * DAY), "2020-09-15");
-        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(date(T0 + 2 * DAY), "2020-09-15 12:26:40 UTC");
+        assert_eq!(date(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 }

@@ -477,6 +477,7 @@ mod tests {
         let f = |n: &str| StoredFile {
             name: n.into(),
             sha256: "ab".repeat(32),
+            sha512: String::new(),
             size: 1,
         };
         let mut state = ImageState::default();
@@ -487,8 +488,10 @@ mod tests {
             kernel: f("vmlinuz"),
             initrd: vec![f("initrd")],
             iso_sha256: None,
+            iso_sha512: None,
             checksum: None,
             signed_by: None,
+            signed_at: None,
             rejected: false,
         });
         let catalog = Catalog::from_states([("fc".to_owned(), state)].into());

@@ -10,7 +10,7 @@
 //! switch still finds its kernel and initrd.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{Read as _, Write},
     path::{Path, PathBuf},
@@ -23,12 +23,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::os::unix::fs::OpenOptionsExt as _;
+
 use crate::{
     config::images::{ImageConfig, IsoSource, Source, UpdateSchedule},
     download::{DownloadError, Fetch},
     model::images::{
         iso::Iso,
-        verify::{check_file, Digest, Hasher, Sums},
+        verify::{check_file, Digest, Hasher, Signed, Sums},
         version_id, ImageState, Store, StoreError, StoredFile, Version,
     },
     redfish::tls::{client_config, TlsPolicy},
@@ -52,6 +54,18 @@ pub enum UpdateError {
     /// A checksum or signature did not verify: nothing of it was kept.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// The signed sums are older than the current version's: an older release (a mirror
+    /// rolling hosts back), refused unless the operator allows it.
+    #[error("verification failed: the sums were signed {signed}, before the current version's ({current}): an older release; `bootfabric image update --allow-downgrade` takes it")]
+    Downgrade {
+        /// When the offered sums were signed.
+        signed: String,
+        /// When the current version's were.
+        current: String,
+    },
+    /// The update took longer than `timeout_s`.
+    #[error("gave up after {0:?} (images.<name>.timeout_s)")]
+    Timeout(Duration),
     /// The ISO does not hold what the image names.
     #[error("ISO: {0}")]
     Iso(String),
@@ -135,29 +149,50 @@ fn now() -> u64 {
 }
 
 /// Fetches `image`, verifies it and makes it current, then collects old versions (never
-/// one in `pinned`, nor the one that was current). The attempt and its result are recorded
-/// (a refused verification counted) whatever happens.
+/// one in `keep_also`, nor the one that was current). The attempt and its result are
+/// recorded (a refused verification counted) whatever happens. The download runs under the
+/// image's fetch lock; the record's own lock is held only to read and write it, so a
+/// rollback never waits for a network. A release signed before the current version's is
+/// refused unless `allow_downgrade`.
 pub async fn update(
     image: &ImageConfig,
     store: &Store,
-    pinned: &BTreeSet<String>,
+    keep_also: &BTreeSet<String>,
+    allow_downgrade: bool,
     progress: Progress<'_>,
 ) -> Result<Outcome, UpdateError> {
-    let lock = store.lock(&image.name)?;
+    let _fetching = store.lock_fetch(&image.name).map_err(|e| match e {
+        StoreError::Busy(n) => StoreError::Busy(format!("{n} (an update is running)")),
+        other => other,
+    })?;
+    let before = store.read(&image.name)?;
+    let found = match tokio::time::timeout(
+        image.timeout,
+        fetch_version(image, store, &before, allow_downgrade, progress),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(UpdateError::Timeout(image.timeout)),
+    };
+    let (s, name) = (store.clone(), image.name.clone());
+    let lock = tokio::task::spawn_blocking(move || s.lock_wait(&name, Duration::from_secs(10)))
+        .await
+        .map_err(|e| UpdateError::Iso(e.to_string()))??;
+    // The record as it is now: an operator may have rolled back while this downloaded.
     let mut state = store.read(&image.name)?;
-    let result = fetch_version(image, store, &state, progress).await;
-    let outcome = match result {
+    let outcome = match found {
+        Ok(Found::Version(v)) if state.current.as_deref() == Some(v.id.as_str()) => {
+            Ok(Outcome::Unchanged { version: v.id })
+        }
         Ok(Found::Current(version)) => Ok(Outcome::Unchanged { version }),
         Ok(Found::Version(v)) => {
             let id = v.id.clone();
             let previous = state.current.clone();
-            if state.adopt(v) {
-                let mut keep = pinned.clone();
+            if state.adopt(*v) {
+                let mut keep = keep_also.clone();
                 keep.extend(previous.clone());
                 let removed = state.collect(image.keep, &keep);
-                for r in &removed {
-                    store.remove_version(&image.name, r, &lock)?;
-                }
                 Ok(Outcome::New {
                     version: id,
                     previous,
@@ -169,7 +204,10 @@ pub async fn update(
         }
         Err(e) => Err(e),
     };
-    if matches!(outcome, Err(UpdateError::Verify(_))) {
+    if matches!(
+        outcome,
+        Err(UpdateError::Verify(_) | UpdateError::Downgrade { .. })
+    ) {
         state.verify_failures += 1;
     }
     state.last_attempt = Some(crate::model::images::Attempt {
@@ -181,6 +219,15 @@ pub async fn update(
         },
     });
     store.write(&image.name, &state, &lock)?;
+    // Deleted once the record no longer names them: a failure leaves a folder behind,
+    // never a record naming a missing one.
+    if let Ok(Outcome::New { removed, .. }) = &outcome {
+        for r in removed {
+            if let Err(e) = store.remove_version(&image.name, r, &lock) {
+                warn!(image = %image.name, version = %r, "images: collecting: {e}");
+            }
+        }
+    }
     outcome
 }
 
@@ -189,7 +236,7 @@ enum Found {
     /// The current version's bytes.
     Current(String),
     /// A version, stored (its folder complete), not yet in the record.
-    Version(Version),
+    Version(Box<Version>),
 }
 
 /// The verified sums of an image, and who signed them.
@@ -197,13 +244,14 @@ struct Verified {
     raw: Vec<u8>,
     signature: Option<Vec<u8>>,
     sums: Sums,
-    signer: Option<String>,
+    signer: Option<Signed>,
 }
 
 async fn fetch_version(
     image: &ImageConfig,
     store: &Store,
     state: &ImageState,
+    allow_downgrade: bool,
     progress: Progress<'_>,
 ) -> Result<Found, UpdateError> {
     let tls = match needs_tls(image) {
@@ -218,19 +266,45 @@ async fn fetch_version(
         max_bytes: image.max_bytes,
         stall: image.stall,
         agent: concat!("bootfabric/", env!("CARGO_PKG_VERSION")),
+        backoff: Duration::from_millis(500),
     };
-    let verified = match &image.sums {
-        Some(url) => Some(verify_sums(image, &fetch, &url.uri).await?),
-        None => None,
-    };
-    if let (Some(v), Some(current)) = (&verified, state.current_version()) {
-        if still_current(&image.source, &v.sums, current) {
+    let mut verified = Vec::new();
+    for (i, url) in image.sums.iter().enumerate() {
+        verified.push(verify_sums(image, &fetch, url, image.signatures.get(i)).await?);
+    }
+    if let (false, Some(current)) = (verified.is_empty(), state.current_version()) {
+        if listed_in(&image.source, &verified, current) {
             return Ok(Found::Current(current.id.clone()));
         }
     }
-    let staging = store.staging_dir(&image.name);
-    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let (kernel, initrd, iso_sha256) = match &image.source {
+    let signed_at = verified
+        .iter()
+        .filter_map(|v| v.signer.as_ref())
+        .map(|s| s.created)
+        .max();
+    if let (Some(offered), Some(have)) =
+        (signed_at, state.current_version().and_then(|c| c.signed_at))
+    {
+        if offered < have && !allow_downgrade {
+            return Err(UpdateError::Downgrade {
+                signed: crate::model::images::verify::date(offered),
+                current: crate::model::images::verify::date(have),
+            });
+        }
+    }
+    // Bytes stored already (kept, or rolled back from): no download.
+    if !verified.is_empty() {
+        if let Some(v) = state
+            .versions
+            .iter()
+            .rev()
+            .find(|v| listed_in(&image.source, &verified, v))
+        {
+            return Ok(Found::Version(Box::new(v.clone())));
+        }
+    }
+    let staging = staging_dir(store, &image.name)?;
+    let (kernel, initrd, iso_digests) = match &image.source {
         Source::Files { kernel, initrd } => {
             let mut files = Vec::new();
             for url in std::iter::once(kernel).chain(initrd) {
@@ -240,10 +314,11 @@ async fn fetch_version(
                     .to_file(&url.uri, &path, &mut |d, t| progress(&name, d, t))
                     .await?;
                 let (sha256, sha512, size) = hash_file(&path).await?;
-                check_sums(verified.as_ref(), &url.file_name, &sha256, &sha512, &path)?;
+                check_sums(&verified, &url.file_name, &sha256, &sha512, &path)?;
                 files.push(StoredFile {
                     name: url.file_name.clone(),
                     sha256: sha256.hex(),
+                    sha512: sha512.hex(),
                     size,
                 });
             }
@@ -273,7 +348,7 @@ async fn fetch_version(
                 ),
             };
             let (sha256, sha512, _) = hash_file(&path).await?;
-            check_sums(verified.as_ref(), &name, &sha256, &sha512, &path)?;
+            check_sums(&verified, &name, &sha256, &sha512, &path)?;
             let inside: Vec<String> = std::iter::once(kernel).chain(initrd).cloned().collect();
             let (iso_path, out_dir) = (path.clone(), staging.clone());
             let mut files =
@@ -285,7 +360,7 @@ async fn fetch_version(
                 let _ = std::fs::remove_file(&path);
             }
             let kernel = files.remove(0);
-            (kernel, files, Some(sha256.hex()))
+            (kernel, files, Some((sha256.hex(), sha512.hex())))
         }
     };
     let id = version_id(&kernel, &initrd);
@@ -294,7 +369,7 @@ async fn fetch_version(
         .chain(&initrd)
         .map(|f| f.name.clone())
         .collect();
-    if dir.is_dir() {
+    if dir.symlink_metadata().is_ok_and(|m| m.is_dir()) {
         // These bytes are stored already (a version rolled back from, or kept).
         for n in &names {
             let _ = std::fs::remove_file(staging.join(n));
@@ -317,30 +392,37 @@ async fn fetch_version(
                 .map_err(io(parent))?;
         }
     }
-    if let Some(v) = &verified {
-        let evidence = store.evidence_dir(&image.name, &id);
+    // What verified it, for `check` to verify again: `sums.<i>` and `signature.<i>`.
+    let evidence = store.evidence_dir(&image.name, &id);
+    for (i, v) in verified.iter().enumerate() {
         std::fs::create_dir_all(&evidence).map_err(io(&evidence))?;
-        crate::model::images::write_atomic(&evidence.join("sums"), &v.raw)?;
+        crate::model::images::write_atomic(&evidence.join(format!("sums.{i}")), &v.raw)?;
         if let Some(sig) = &v.signature {
-            crate::model::images::write_atomic(&evidence.join("signature"), sig)?;
+            crate::model::images::write_atomic(&evidence.join(format!("signature.{i}")), sig)?;
         }
     }
-    Ok(Found::Version(Version {
+    let signers: BTreeSet<&str> = verified
+        .iter()
+        .filter_map(|v| v.signer.as_ref().map(|s| s.fingerprint.as_str()))
+        .collect();
+    Ok(Found::Version(Box::new(Version {
         id,
         added: now(),
         source: image.source.describe(),
         kernel,
         initrd,
-        iso_sha256,
-        checksum: verified.as_ref().map(|_| "sums".to_owned()),
-        signed_by: verified.and_then(|v| v.signer),
+        iso_sha256: iso_digests.as_ref().map(|d| d.0.clone()),
+        iso_sha512: iso_digests.map(|d| d.1),
+        checksum: (!verified.is_empty()).then(|| "sums".to_owned()),
+        signed_by: (!signers.is_empty()).then(|| signers.into_iter().collect::<Vec<_>>().join(",")),
+        signed_at,
         rejected: false,
-    }))
+    })))
 }
 
 fn needs_tls(image: &ImageConfig) -> bool {
     let mut urls: Vec<&crate::config::images::FileUrl> =
-        image.sums.iter().chain(&image.signature).collect();
+        image.sums.iter().chain(&image.signatures).collect();
     match &image.source {
         Source::Files { kernel, initrd } => urls.extend(std::iter::once(kernel).chain(initrd)),
         Source::Iso {
@@ -352,19 +434,21 @@ fn needs_tls(image: &ImageConfig) -> bool {
     urls.iter().any(|u| u.https())
 }
 
-/// Fetches the sums file (and its signature) and verifies them with the image's keys.
+/// Fetches a sums file (and its signature) and verifies them with the image's keys.
 async fn verify_sums(
     image: &ImageConfig,
     fetch: &Fetch,
-    url: &hyper::Uri,
+    sums: &crate::config::images::FileUrl,
+    signature: Option<&crate::config::images::FileUrl>,
 ) -> Result<Verified, UpdateError> {
-    let raw = fetch.to_memory(url, MAX_SMALL).await?;
+    let url = &sums.text;
+    let raw = fetch.to_memory(&sums.uri, MAX_SMALL).await?;
     let keys = image.keys.as_ref().map(|k| &k.0);
-    let (text, signature, signer) = match (&image.signature, keys) {
+    let (text, signature, signer) = match (signature, keys) {
         (Some(sig_url), Some(keys)) => {
             let sig = fetch.to_memory(&sig_url.uri, MAX_SMALL).await?;
             let signer = keys
-                .verify_detached(&raw, &sig)
+                .verify_detached_signed(&raw, &sig)
                 .map_err(|e| UpdateError::Verify(format!("{}: {e}", sig_url.text)))?;
             let text = String::from_utf8(raw.clone())
                 .map_err(|_| UpdateError::Verify("the sums file is not UTF-8 text".into()))?;
@@ -377,7 +461,7 @@ async fn verify_sums(
                 ));
             }
             let (text, signer) = keys
-                .verify_cleartext(&raw)
+                .verify_cleartext_signed(&raw)
                 .map_err(|e| UpdateError::Verify(format!("{}: {e}", url)))?;
             (text, None, Some(signer))
         }
@@ -396,23 +480,25 @@ async fn verify_sums(
     })
 }
 
-/// Whether the sums list the current version's bytes (by SHA-256; a sums file with only
-/// SHA-512 makes every update fetch, and the content address finds the same version).
-fn still_current(source: &Source, sums: &Sums, current: &Version) -> bool {
-    let listed = |name: &str, sha256: &str| {
-        sums.lookup(name)
-            .iter()
-            .any(|d| matches!(d, Digest::Sha256(_)) && d.hex() == sha256)
+/// Whether the verified sums list `version`'s bytes (by SHA-256 or SHA-512, whichever they
+/// give).
+fn listed_in(source: &Source, verified: &[Verified], version: &Version) -> bool {
+    let listed = |name: &str, sha256: &str, sha512: &str| {
+        verified.iter().any(|v| {
+            v.sums.lookup(name).iter().any(|d| match d {
+                Digest::Sha256(_) => d.hex() == sha256,
+                Digest::Sha512(_) => !sha512.is_empty() && d.hex() == sha512,
+            })
+        })
     };
     match source {
         Source::Files { kernel, initrd } => {
             let urls: Vec<_> = std::iter::once(kernel).chain(initrd).collect();
-            let stored: Vec<_> = current.files().collect();
+            let stored: Vec<_> = version.files().collect();
             urls.len() == stored.len()
-                && urls
-                    .iter()
-                    .zip(stored)
-                    .all(|(u, f)| u.file_name == f.name && listed(&u.file_name, &f.sha256))
+                && urls.iter().zip(stored).all(|(u, f)| {
+                    u.file_name == f.name && listed(&u.file_name, &f.sha256, &f.sha512)
+                })
         }
         Source::Iso { iso, .. } => {
             let name = match iso {
@@ -422,29 +508,55 @@ fn still_current(source: &Source, sums: &Sums, current: &Version) -> bool {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             };
-            current
-                .iso_sha256
-                .as_deref()
-                .is_some_and(|d| listed(&name, d))
+            let (a, b) = (
+                version.iso_sha256.as_deref().unwrap_or_default(),
+                version.iso_sha512.as_deref().unwrap_or_default(),
+            );
+            !a.is_empty() && listed(&name, a, b)
         }
     }
+}
+
+/// The staging folder of `name`: created private (0700), refused if something made it a
+/// symlink (files are written into it as the daemon's user).
+fn staging_dir(store: &Store, name: &str) -> Result<PathBuf, UpdateError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let staging = store.staging_dir(name);
+    if let Ok(m) = staging.symlink_metadata() {
+        if !m.is_dir() {
+            return Err(UpdateError::Io {
+                path: staging,
+                source: std::io::Error::other("not a folder (a symlink?): remove it"),
+            });
+        }
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(&staging))?;
+    Ok(staging)
 }
 
 /// Checks a fetched file against the sums; a file that does not match is deleted (with its
 /// resume validator), so no later attempt resumes from tampered bytes.
 fn check_sums(
-    verified: Option<&Verified>,
+    verified: &[Verified],
     name: &str,
     sha256: &Digest,
     sha512: &Digest,
     path: &Path,
 ) -> Result<(), UpdateError> {
-    let Some(v) = verified else { return Ok(()) };
-    check_file(&v.sums, name, sha256, sha512).map_err(|e| {
+    let Some(first) = verified.first() else {
+        return Ok(());
+    };
+    // The sums file that lists it (one per file, as Flatcar publishes them, or one for all);
+    // when none does, the first one's error says so.
+    let sums = verified
+        .iter()
+        .find(|v| !v.sums.lookup(name).is_empty())
+        .unwrap_or(first);
+    check_file(&sums.sums, name, sha256, sha512).map_err(|e| {
         let _ = std::fs::remove_file(path);
-        let mut validator = path.as_os_str().to_owned();
-        validator.push(".validator");
-        let _ = std::fs::remove_file(PathBuf::from(validator));
+        let _ = std::fs::remove_file(crate::download::validator_path(path));
         UpdateError::Verify(e.to_string())
     })?;
     Ok(())
@@ -508,7 +620,13 @@ fn extract(iso: &Path, paths: &[String], out_dir: &Path) -> Result<Vec<StoredFil
             .map_err(|e| UpdateError::Iso(format!("{}: {e}", iso.display())))?;
         let name = p.rsplit('/').next().unwrap_or_default().to_owned();
         let dest = out_dir.join(&name);
-        let f = File::create(&dest).map_err(io(&dest))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&dest)
+            .map_err(io(&dest))?;
         let mut w = Hashing {
             inner: std::io::BufWriter::new(f),
             hasher: Hasher::new(),
@@ -531,9 +649,18 @@ fn extract(iso: &Path, paths: &[String], out_dir: &Path) -> Result<Vec<StoredFil
             })?
             .sync_all()
             .map_err(io(&dest))?;
+        if bytes == 0 {
+            // A Rock Ridge symlink or a placeholder reads as an empty file: never a kernel.
+            return Err(UpdateError::Iso(format!(
+                "{p} is empty in {} (a symlink or a placeholder?)",
+                iso.display()
+            )));
+        }
+        let (sha256, sha512) = hasher.finish();
         out.push(StoredFile {
             name,
-            sha256: hasher.finish().0.hex(),
+            sha256: sha256.hex(),
+            sha512: sha512.hex(),
             size: bytes,
         });
     }
@@ -603,16 +730,16 @@ impl Metrics {
         })
     }
 
-    fn show(&self, name: &str, state: &ImageState, shown_failures: &mut u64) {
-        for v in &state.versions {
-            let _ = self.info.remove_label_values(&[name, &v.id]);
+    /// Shows `state` as `name`'s metrics; `w` remembers what was shown.
+    fn show(&self, name: &str, state: &ImageState, w: &mut Watched) {
+        if let Some(old) = w.shown_version.take() {
+            let _ = self.info.remove_label_values(&[name, &old]);
         }
         if let Some(v) = state.current_version() {
             self.info.with_label_values(&[name, &v.id]).set(1);
-            self.age
-                .with_label_values(&[name])
-                .set(now().saturating_sub(v.added) as i64);
+            w.shown_version = Some(v.id.clone());
         }
+        w.added = state.current_version().map(|v| v.added);
         self.versions
             .with_label_values(&[name])
             .set(state.versions.len() as i64);
@@ -620,17 +747,50 @@ impl Metrics {
             self.last_update.with_label_values(&[name]).set(a.at as i64);
             self.last_ok.with_label_values(&[name]).set(i64::from(a.ok));
         }
-        let c = self.failures.with_label_values(&[name]);
-        if state.verify_failures > *shown_failures {
-            c.inc_by(state.verify_failures - *shown_failures);
+        // The record's count is the truth (an operator's command counts too); the counter
+        // only ever moves up by what it adds.
+        if state.verify_failures > w.failures {
+            self.failures
+                .with_label_values(&[name])
+                .inc_by(state.verify_failures - w.failures);
         }
-        *shown_failures = state.verify_failures;
+        w.failures = state.verify_failures;
+    }
+
+    /// Drops the series of an image no longer configured.
+    fn forget(&self, name: &str, w: &Watched) {
+        if let Some(v) = &w.shown_version {
+            let _ = self.info.remove_label_values(&[name, v]);
+        }
+        for g in [&self.age, &self.versions, &self.last_update, &self.last_ok] {
+            let _ = g.remove_label_values(&[name]);
+        }
     }
 }
 
+/// What the service keeps of one image between ticks.
+#[derive(Default)]
+struct Watched {
+    /// The record's modification time, length and inode when last read (a rewrite is a
+    /// rename: a new inode).
+    stamp: Option<(SystemTime, u64, u64)>,
+    /// The current version and the stored ones when last read: a change reloads.
+    shape: Option<(Option<String>, Vec<String>)>,
+    shown_version: Option<String>,
+    added: Option<u64>,
+    failures: u64,
+    schedule: Option<UpdateSchedule>,
+    next: Option<chrono::DateTime<chrono::Utc>>,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The images' configuration in effect: the daemon's reload replaces it, so a key removed
+/// from `keys` is not trusted by the next scheduled update.
+pub type ImagesConfig = Arc<arc_swap::ArcSwap<Vec<ImageConfig>>>;
+
 /// The daemon's images service.
 pub struct ImagesService {
-    images: Vec<ImageConfig>,
+    images: ImagesConfig,
     store: Store,
     live: Arc<crate::model::snapshot::Live>,
     reload: Arc<Notify>,
@@ -638,10 +798,11 @@ pub struct ImagesService {
 }
 
 impl ImagesService {
-    /// The service for `images` stored in `store`; `reload` is notified when a record
-    /// changes, and the pins of `live`'s inventory are kept by collection.
+    /// The service for the images of `images` stored in `store`; `reload` is notified when a
+    /// record's current or stored versions change; collection keeps what `live`'s inventory
+    /// serves.
     pub fn start(
-        images: Vec<ImageConfig>,
+        images: ImagesConfig,
         store: Store,
         live: Arc<crate::model::snapshot::Live>,
         reload: Arc<Notify>,
@@ -658,58 +819,72 @@ impl ImagesService {
 
     /// Runs until `cancel`: the schedules, and the watch of the records.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), std::convert::Infallible> {
-        let mut seen: Vec<Option<(SystemTime, u64)>> = vec![None; self.images.len()];
-        let mut shown: Vec<u64> = vec![0; self.images.len()];
-        let mut next: Vec<Option<chrono::DateTime<chrono::Utc>>> = self
-            .images
-            .iter()
-            .map(|i| match &i.update {
-                UpdateSchedule::Cron(s) => s.upcoming(chrono::Utc).next(),
-                UpdateSchedule::Never => None,
-            })
-            .collect();
-        let mut running: Vec<Option<tokio::task::JoinHandle<()>>> =
-            (0..self.images.len()).map(|_| None).collect();
-        let mut first = true;
+        use std::os::unix::fs::MetadataExt as _;
+        let mut watched: BTreeMap<String, Watched> = BTreeMap::new();
         let mut tick = tokio::time::interval(WATCH);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    for h in running.iter_mut().flatten() {
+                    for h in watched.values_mut().filter_map(|w| w.running.take()) {
                         h.abort();
                     }
                     return Ok(());
                 }
                 _ = tick.tick() => {}
             }
+            let images = self.images.load_full();
+            watched.retain(|name, w| {
+                let keep = images.iter().any(|i| &i.name == name);
+                if !keep {
+                    self.metrics.forget(name, w);
+                }
+                keep
+            });
             let mut changed = false;
-            for (i, image) in self.images.iter().enumerate() {
+            for image in images.iter() {
+                let w = watched.entry(image.name.clone()).or_default();
+                if w.schedule.as_ref() != Some(&image.update) {
+                    w.schedule = Some(image.update.clone());
+                    w.next = match &image.update {
+                        UpdateSchedule::Cron(s) => s.upcoming(chrono::Utc).next(),
+                        UpdateSchedule::Never => None,
+                    };
+                }
                 let stamp = std::fs::metadata(self.store.record_path(&image.name))
                     .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())));
-                if stamp != seen[i] {
-                    seen[i] = stamp;
-                    changed |= !first;
+                    .and_then(|m| Some((m.modified().ok()?, m.len(), m.ino())));
+                if stamp != w.stamp {
+                    w.stamp = stamp;
+                    match self.store.read(&image.name) {
+                        Ok(state) => {
+                            self.metrics.show(&image.name, &state, w);
+                            let shape = (
+                                state.current.clone(),
+                                state.versions.iter().map(|v| v.id.clone()).collect(),
+                            );
+                            changed |= w.shape.as_ref().is_some_and(|s| *s != shape);
+                            w.shape = Some(shape);
+                        }
+                        Err(e) => warn!(image = %image.name, "images: {e}"),
+                    }
                 }
-                // Read every tick: the age moves, and a record may be rewritten within
-                // one modification-time granule.
-                match self.store.read(&image.name) {
-                    Ok(state) => self.metrics.show(&image.name, &state, &mut shown[i]),
-                    Err(e) if stamp != seen[i] => warn!(image = %image.name, "images: {e}"),
-                    Err(_) => {}
+                if let Some(added) = w.added {
+                    self.metrics
+                        .age
+                        .with_label_values(&[&image.name])
+                        .set(now().saturating_sub(added) as i64);
                 }
-                let due = next[i].is_some_and(|t| t <= chrono::Utc::now());
-                let idle = running[i].as_ref().is_none_or(|h| h.is_finished());
+                let due = w.next.is_some_and(|t| t <= chrono::Utc::now());
+                let idle = w.running.as_ref().is_none_or(|h| h.is_finished());
                 if due && idle {
                     if let UpdateSchedule::Cron(s) = &image.update {
-                        next[i] = s.upcoming(chrono::Utc).next();
+                        w.next = s.upcoming(chrono::Utc).next();
                     }
-                    running[i] = Some(self.spawn_update(image.clone()));
+                    w.running = Some(self.spawn_update(image.clone()));
                 }
             }
-            first = false;
             if changed {
-                info!("images: a record changed; reloading the configuration");
+                info!("images: a current or stored version changed; reloading the configuration");
                 self.reload.notify_one();
             }
         }
@@ -717,13 +892,25 @@ impl ImagesService {
 
     fn spawn_update(&self, image: ImageConfig) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
-        let pins = pinned(&self.live.load().inventory, &image.name);
+        let keep = served(&self.live.load().inventory, &image.name);
         tokio::spawn(async move {
             info!(image = %image.name, "images: scheduled update");
-            match update(&image, &store, &pins, &mut |_, _, _| {}).await {
+            match update(&image, &store, &keep, false, &mut |_, _, _| {}).await {
                 Ok(o) => info!(image = %image.name, "images: {o}"),
                 Err(e) => warn!(image = %image.name, "images: update failed: {e}"),
             }
         })
     }
+}
+
+/// The versions of `image` the inventory serves now (each profile's, pinned or current), so
+/// collection never deletes one a host may be given, even while reloads fail.
+pub fn served(inventory: &crate::model::inventory::Inventory, image: &str) -> BTreeSet<String> {
+    inventory
+        .images()
+        .iter()
+        .filter(|(reference, _)| reference.split('@').next() == Some(image))
+        .map(|(_, r)| r.version.clone())
+        .chain(pinned(inventory, image))
+        .collect()
 }
