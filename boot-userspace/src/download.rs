@@ -225,6 +225,14 @@ impl Fetch {
                         "the origin resumed at byte {start}, not {have}"
                     )));
                 }
+                // An origin that ignores If-Range would splice two versions of the file:
+                // the rest must carry the validator the first part came with.
+                if validator_of(&resp).is_some_and(|v| Some(v.as_str()) != validator.as_deref()) {
+                    let _ = tokio::fs::remove_file(path).await;
+                    return Ok(Attempt::Retry(
+                        "the rest is of another version of the file (its validator changed)".into(),
+                    ));
+                }
                 (true, total)
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {

@@ -43,3 +43,14 @@ pub fn tap_on_bridge(ns: &Netns, tap: &str, bridge: &str) -> Result<(), LabError
     ns.ip(&["link", "set", tap, "up"])?;
     Ok(())
 }
+
+/// A [`PairLab`](crate::PairLab) whose client namespace holds a bridge `br0` joining the
+/// server link (`up0`, unaddressed: the machine asks DHCP) and a tap `tap0` for QEMU.
+pub fn bridged_lab() -> Result<crate::PairLab, LabError> {
+    let lab = crate::PairLab::unaddressed_client("up0")?;
+    lab.client.ip(&["link", "add", "br0", "type", "bridge"])?;
+    lab.client.ip(&["link", "set", "up0", "master", "br0"])?;
+    tap_on_bridge(&lab.client, "tap0", "br0")?;
+    lab.client.ip(&["link", "set", "br0", "up"])?;
+    Ok(lab)
+}

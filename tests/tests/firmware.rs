@@ -49,18 +49,7 @@ use bootfabric_lab::KillOnDrop as Qemu;
 
 /// A lab whose client namespace holds a bridge joining the server link and a tap for QEMU.
 fn lab() -> PairLab {
-    let lab = PairLab::unaddressed_client("up0").expect("lab");
-    for args in [
-        &["tuntap", "add", "tap0", "mode", "tap"][..],
-        &["link", "add", "br0", "type", "bridge"],
-        &["link", "set", "up0", "master", "br0"],
-        &["link", "set", "tap0", "master", "br0"],
-        &["link", "set", "tap0", "up"],
-        &["link", "set", "br0", "up"],
-    ] {
-        lab.client.ip(args).expect("client bridge");
-    }
-    lab
+    bootfabric_lab::qemu::bridged_lab().expect("lab")
 }
 
 /// Starts QEMU (TCG) in `ns` with its NIC on that namespace's `tap0`, console to `log`.

@@ -84,6 +84,38 @@ fn sums(dir: &Path, names: &[&str]) {
     std::fs::write(dir.join("SHA256SUMS"), out.stdout).expect("sums");
 }
 
+/// Flatcar's form: `<name>.DIGESTS` with MD5, SHA1 and SHA512 sections, clearsigned as
+/// `<name>.DIGESTS.asc`.
+fn flatcar_digests(dir: &Path, name: &str, gpg: &Gpg) {
+    let mut text = String::new();
+    for (tool, header) in [
+        ("md5sum", "MD5"),
+        ("sha1sum", "SHA1"),
+        ("sha512sum", "SHA512"),
+    ] {
+        let out = Command::new(tool)
+            .current_dir(dir)
+            .arg(name)
+            .output()
+            .expect(tool);
+        assert!(out.status.success());
+        text.push_str(&format!(
+            "# {header} HASH\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    let digests = dir.join(format!("{name}.DIGESTS"));
+    std::fs::write(&digests, text).expect("DIGESTS");
+    let asc = dir.join(format!("{name}.DIGESTS.asc"));
+    let _ = std::fs::remove_file(&asc);
+    gpg.run(&[
+        "--clearsign",
+        "--output",
+        asc.to_str().expect("utf-8"),
+        digests.to_str().expect("utf-8"),
+    ]);
+}
+
 /// `bootfabric image ARGS --config CFG` inside `ns`.
 fn image(ns: &Netns, cfg: &Path, args: &[&str]) -> Output {
     ns.command(bootfabric_bin())
@@ -152,32 +184,80 @@ fn publish_pair(dir: &Path, gpg: &Gpg, seed: u32) -> (Vec<u8>, Vec<u8>) {
     (kernel, initrd)
 }
 
+/// A lab with an origin folder, an HTTP root and a vendor's signing key exported to a file.
+struct Fixture {
+    lab: PairLab,
+    dir: TempDir,
+    served: PathBuf,
+    www: PathBuf,
+    gpg: Gpg,
+    key: PathBuf,
+}
+
+impl Fixture {
+    fn new(lab: PairLab) -> Self {
+        let dir = TempDir::new().expect("dir");
+        let served = dir.path.join("origin");
+        let www = dir.path.join("www");
+        std::fs::create_dir_all(&served).expect("origin dir");
+        std::fs::create_dir_all(&www).expect("www");
+        let gpg = Gpg::new("Vendor <release@example.org>");
+        let key = dir.path.join("vendor.asc");
+        gpg.export(&key);
+        Self {
+            lab,
+            dir,
+            served,
+            www,
+            gpg,
+            key,
+        }
+    }
+
+    /// The origin on the client's address, serving `served`.
+    fn origin(&self) -> Origin {
+        Origin::start(
+            &self.lab.client,
+            ORIGIN.parse().expect("addr"),
+            &self.served,
+        )
+        .expect("origin")
+    }
+}
+
 #[test]
 fn image_add_resumes_a_cut_download_and_stores_a_verified_pair() {
     let t = "image_add_resumes_a_cut_download_and_stores_a_verified_pair";
     if !require_root(t) || !require_programs(t, &["python3", "gpg", "sha256sum"]) {
         return;
     }
-    let lab = PairLab::new().expect("lab");
-    let dir = TempDir::new().expect("dir");
-    let served = dir.path.join("origin");
-    let www = dir.path.join("www");
-    std::fs::create_dir_all(&served).expect("origin dir");
-    std::fs::create_dir_all(&www).expect("www");
-    let gpg = Gpg::new("Flatcar test <release@example.org>");
-    let key = dir.path.join("flatcar.asc");
-    gpg.export(&key);
-    let (kernel, initrd) = publish_pair(&served, &gpg, 7);
-    let origin =
-        Origin::start(&lab.client, ORIGIN.parse().expect("addr"), &served).expect("origin");
+    let f = Fixture::new(PairLab::new().expect("lab"));
+    let (lab, dir, served, www, gpg, key) = (&f.lab, &f.dir, &f.served, &f.www, &f.gpg, &f.key);
+    let (kernel, initrd) = publish_pair(served, gpg, 7);
+    // As Flatcar publishes them: a clearsigned DIGESTS file per file, SHA-512 only usable.
+    for name in PAIR {
+        flatcar_digests(served, name, gpg);
+    }
+    let origin = f.origin();
     origin.cut_once(PAIR[0]).expect("cut");
     let cfg = dir.path.join("bootfabric.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[daemon]\nstate_dir = \"state\"\n[http]\nroot = \"{}\"\n{}",
-            www.display(),
-            pair_section("flatcar", &key, "never")
+            r#"[daemon]
+state_dir = "state"
+[http]
+root = "{www}"
+[images.flatcar]
+kernel = "http://{ORIGIN}/{k}"
+initrd = ["http://{ORIGIN}/{i}"]
+sums = ["http://{ORIGIN}/{k}.DIGESTS.asc", "http://{ORIGIN}/{i}.DIGESTS.asc"]
+keys = ["{key}"]
+"#,
+            www = www.display(),
+            k = PAIR[0],
+            i = PAIR[1],
+            key = key.display(),
         ),
     )
     .expect("config");
@@ -226,7 +306,7 @@ fn image_add_resumes_a_cut_download_and_stores_a_verified_pair() {
     assert!(text(&o).contains("unchanged"), "{}", text(&o));
     let after = origin.requests();
     assert!(
-        after[before..].iter().all(|r| r.contains("SHA256SUMS")),
+        after[before..].iter().all(|r| r.contains(".DIGESTS.asc")),
         "{after:?}"
     );
     assert!(!www.join("images/flatcar/.staging").join(PAIR[0]).exists());
@@ -239,22 +319,15 @@ fn tampered_images_and_bad_signatures_are_refused_and_the_served_version_stays_u
     if !require_root(t) || !require_programs(t, &["python3", "gpg", "sha256sum"]) {
         return;
     }
-    let lab = PairLab::new().expect("lab");
-    let dir = TempDir::new().expect("dir");
-    let served = dir.path.join("origin");
-    let www = dir.path.join("www");
-    std::fs::create_dir_all(&served).expect("origin dir");
-    std::fs::create_dir_all(&www).expect("www");
-    let gpg = Gpg::new("Vendor <release@example.org>");
+    let f = Fixture::new(PairLab::new().expect("lab"));
+    let (lab, dir, served, www, gpg, key) = (&f.lab, &f.dir, &f.served, &f.www, &f.gpg, &f.key);
+    // Another key with the vendor's user id: only the configured key's signatures count.
     let attacker = Gpg::new("Vendor <release@example.org>");
-    let key = dir.path.join("vendor.asc");
-    gpg.export(&key);
-    let (k1, _) = publish_pair(&served, &gpg, 11);
+    let (k1, _) = publish_pair(served, gpg, 11);
     // The first release's signed sums, for a mirror that later serves them again.
     let old_sums = std::fs::read(served.join("SHA256SUMS")).expect("sums");
     let old_sig = std::fs::read(served.join("SHA256SUMS.asc")).expect("signature");
-    let _origin =
-        Origin::start(&lab.client, ORIGIN.parse().expect("addr"), &served).expect("origin");
+    let _origin = f.origin();
     let config = format!(
         r#"[daemon]
 state_dir = "state"
@@ -267,7 +340,7 @@ listen = "127.0.0.1:0"
 root = "{www}"
 {images}"#,
         www = www.display(),
-        images = pair_section("fc", &key, "never"),
+        images = pair_section("fc", key, "never"),
     );
     let inventory = r#"
 [profiles.fc]
@@ -319,7 +392,7 @@ profile = "fc"
 
     // 1. The vendor signs a new release, but the mirror serves another kernel than the
     // signed sums list.
-    let (k2, _) = publish_pair(&served, &gpg, 12);
+    let (k2, _) = publish_pair(served, gpg, 12);
     std::fs::write(served.join(PAIR[0]), content(3 << 20, 99)).expect("tamper");
     let o = image(&lab.server, &cfg, &["update", "fc"]);
     assert!(
@@ -339,7 +412,7 @@ profile = "fc"
     );
 
     // 2. New sums for the swapped kernel, signed by another key with the same user id.
-    sums(&served, &PAIR);
+    sums(served, &PAIR);
     attacker.sign(&served.join("SHA256SUMS"));
     let o = image(&lab.server, &cfg, &["update", "fc"]);
     assert!(
@@ -391,7 +464,7 @@ profile = "fc"
 
     // 3. The mirror serves the vendor's release as signed: it lands, and the daemon
     // serves it.
-    let (again, _) = publish_pair(&served, &gpg, 12);
+    let (again, _) = publish_pair(served, gpg, 12);
     assert_eq!(again, k2);
     let o = image(&lab.server, &cfg, &["update", "fc"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -453,7 +526,7 @@ profile = "fc"
     // 5. A newer release lands; then the mirror serves the first release's genuinely signed
     // sums again (a rollback of the fleet by a mirror): refused as older, unless allowed.
     std::thread::sleep(Duration::from_millis(1100));
-    publish_pair(&served, &gpg, 13);
+    publish_pair(served, gpg, 13);
     let o = image(&lab.server, &cfg, &["update", "fc"]);
     assert!(o.status.success(), "{}", text(&o));
     let v3 = current(&lab.server, &cfg, "fc");
@@ -513,6 +586,13 @@ fn kairos_and_leap_micro_isos_are_extracted_without_mounting() {
     std::fs::write(leap.join("boot/x86_64/loader/initrd"), &li).expect("initrd");
     let leap_iso = dir.path.join("Leap-Micro.iso");
     iso(&leap, &leap_iso);
+    // A hostile ISO whose "kernel" is a Rock Ridge symlink (it reads as an empty file).
+    let linked = dir.path.join("linked");
+    std::fs::create_dir_all(linked.join("boot")).expect("tree");
+    std::fs::write(linked.join("boot/initrd"), content(1000, 7)).expect("initrd");
+    std::os::unix::fs::symlink("/etc/shadow", linked.join("boot/kernel")).expect("symlink");
+    let linked_iso = dir.path.join("linked.iso");
+    iso(&linked, &linked_iso);
     let _origin =
         Origin::start(&lab.client, ORIGIN.parse().expect("addr"), &served).expect("origin");
     let cfg = dir.path.join("bootfabric.toml");
@@ -535,9 +615,14 @@ initrd = ["/boot/x86_64/loader/initrd"]
 [images.wrong]
 iso = "{leap}"
 kernel = "/boot/kernel"
+[images.linked]
+iso = "{linked}"
+kernel = "/boot/kernel"
+initrd = ["/boot/initrd"]
 "#,
             www = www.display(),
-            leap = leap_iso.display()
+            leap = leap_iso.display(),
+            linked = linked_iso.display()
         ),
     )
     .expect("config");
@@ -570,6 +655,15 @@ kernel = "/boot/kernel"
         "{}",
         text(&o)
     );
+    // A symlink is never taken as a kernel, and nothing outside the ISO is read.
+    let o = image(&lab.server, &cfg, &["add", "linked"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("/boot/kernel"), "{}", text(&o));
+    assert_eq!(current(&lab.server, &cfg, "linked"), "");
+    assert!(
+        !www.join("images/linked/.staging/kernel").exists(),
+        "a half-read file stayed"
+    );
 }
 
 /// Firmware under TCG is slow; this bounds the waits, it times nothing.
@@ -590,18 +684,7 @@ fn an_update_that_lands_while_a_machine_boots_leaves_it_a_matching_kernel_and_in
     }
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
     let boot = bootfabric_lab::bootimage::ensure(&cache).expect("boot image");
-    // The machine's namespace holds a bridge joining the server link and QEMU's tap.
-    let lab = PairLab::unaddressed_client("up0").expect("lab");
-    for args in [
-        &["tuntap", "add", "tap0", "mode", "tap"][..],
-        &["link", "add", "br0", "type", "bridge"],
-        &["link", "set", "up0", "master", "br0"],
-        &["link", "set", "tap0", "master", "br0"],
-        &["link", "set", "tap0", "up"],
-        &["link", "set", "br0", "up"],
-    ] {
-        lab.client.ip(args).expect("client bridge");
-    }
+    let lab = bootfabric_lab::qemu::bridged_lab().expect("lab");
     let dir = TempDir::new().expect("dir");
     let served = dir.path.join("origin");
     let www = dir.path.join("www");
@@ -740,18 +823,10 @@ fn the_daemon_updates_an_image_on_its_schedule_and_serves_the_new_version() {
     if !require_root(t) || !require_programs(t, &["python3", "gpg", "sha256sum"]) {
         return;
     }
-    let lab = PairLab::new().expect("lab");
-    let dir = TempDir::new().expect("dir");
-    let served = dir.path.join("origin");
-    let www = dir.path.join("www");
-    std::fs::create_dir_all(&served).expect("origin dir");
-    std::fs::create_dir_all(&www).expect("www");
-    let gpg = Gpg::new("Vendor <release@example.org>");
-    let key = dir.path.join("vendor.asc");
-    gpg.export(&key);
-    publish_pair(&served, &gpg, 21);
-    let _origin =
-        Origin::start(&lab.client, ORIGIN.parse().expect("addr"), &served).expect("origin");
+    let f = Fixture::new(PairLab::new().expect("lab"));
+    let (lab, dir, served, www, gpg, key) = (&f.lab, &f.dir, &f.served, &f.www, &f.gpg, &f.key);
+    publish_pair(served, gpg, 21);
+    let _origin = f.origin();
     let state = dir.path.join("state");
     // Every two seconds: the schedule, not an operator, fetches each release.
     let config = format!(
@@ -766,7 +841,7 @@ root = "{www}"
 {images}"#,
         state = state.display(),
         www = www.display(),
-        images = pair_section("fc", &key, "*/2 * * * * *"),
+        images = pair_section("fc", key, "*/2 * * * * *"),
     );
     let daemon = Daemon::start(&lab.server, &config, &[]).expect("daemon");
     let cfg = daemon.config_path();
@@ -774,7 +849,7 @@ root = "{www}"
         Some(current(&lab.server, &cfg, "fc")).filter(|v| !v.is_empty())
     })
     .unwrap_or_else(|| panic!("no scheduled first version:\n{}", daemon.log()));
-    let (k2, _) = publish_pair(&served, &gpg, 22);
+    let (k2, _) = publish_pair(served, gpg, 22);
     let v2 = wait_for(Duration::from_secs(30), || {
         Some(current(&lab.server, &cfg, "fc")).filter(|v| *v != v1)
     })

@@ -610,6 +610,21 @@ impl<W: Write> Write for Hashing<W> {
 /// Reads each of `paths` out of the ISO at `iso` into `out_dir` (named by its last path
 /// segment), hashed on the way.
 fn extract(iso: &Path, paths: &[String], out_dir: &Path) -> Result<Vec<StoredFile>, UpdateError> {
+    let extracted = extract_files(iso, paths, out_dir);
+    if extracted.is_err() {
+        // Nothing half-read stays staged.
+        for p in paths {
+            let _ = std::fs::remove_file(out_dir.join(p.rsplit('/').next().unwrap_or_default()));
+        }
+    }
+    extracted
+}
+
+fn extract_files(
+    iso: &Path,
+    paths: &[String],
+    out_dir: &Path,
+) -> Result<Vec<StoredFile>, UpdateError> {
     let file = File::open(iso).map_err(io(iso))?;
     let mut reader =
         Iso::open(std::io::BufReader::new(file)).map_err(|e| UpdateError::Iso(e.to_string()))?;
