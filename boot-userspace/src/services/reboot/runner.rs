@@ -200,6 +200,12 @@ pub struct RebootService {
     /// Cluster mode: boots of the run's hosts reported at other fabrics.
     evidence: Option<Evidence>,
     current: Mutex<Option<RunHandle>>,
+    /// Cluster mode: the etcd runs this fabric drives (`None`) or drove to an end (the
+    /// end). A run whose end is still being written (or whose write was lost) reads
+    /// `running` in etcd for a while: the fabric that drives or ended it never takes it over
+    /// again, and writes a lost end again while it still leads (losing the lead forgets
+    /// the ends: the next leader's records rule).
+    ended: Mutex<HashMap<u64, Option<RunPhase>>>,
     next_id: AtomicU64,
     bmc_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -251,6 +257,7 @@ impl RebootService {
             fabrics: setup.fabrics,
             evidence: setup.evidence,
             current: Mutex::new(None),
+            ended: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             bmc_locks: Mutex::new(HashMap::new()),
         }))
@@ -451,16 +458,39 @@ impl RebootService {
             let busy = lock(&self.current)
                 .as_ref()
                 .is_some_and(|h| !lock(&h.status).finished());
+            if !self.leads() {
+                // Another leader may take up what this fabric ended meanwhile: its ends are
+                // no longer the last word.
+                lock(&self.ended).retain(|_, end| end.is_none());
+            }
             if busy || !self.leads() {
                 continue;
             }
-            let left = match store.runs().await {
-                Ok(runs) => next_to_run(&runs).cloned(),
+            let runs = match store.runs().await {
+                Ok(runs) => runs,
                 Err(e) => {
                     warn!(error = %e, "cannot read the runs in etcd");
                     continue;
                 }
             };
+            // Runs this fabric ended are not left running: their end is written again if
+            // etcd still lacks it (a write lost at the run's end), never driven again.
+            let ended = lock(&self.ended).clone();
+            for r in runs.iter().filter(|r| r.phase == RunPhase::Running) {
+                let Some(&Some(phase)) = ended.get(&r.id) else {
+                    continue;
+                };
+                if let Some(fence) = self.leadership.as_ref().and_then(Leadership::fence) {
+                    if let Err(e) = store.set_phase(&fence, r.id, phase).await {
+                        warn!(etcd_run = r.id, error = %e, "cannot record the run's end in etcd (again)");
+                    }
+                }
+            }
+            let runs: Vec<_> = runs
+                .into_iter()
+                .filter(|r| !ended.contains_key(&r.id))
+                .collect();
+            let left = next_to_run(&runs).cloned();
             let Some(run) = left else {
                 continue;
             };
@@ -784,6 +814,7 @@ impl RebootService {
         } else {
             RunPhase::Cancelled
         };
+        lock(&self.ended).insert(stored.id, Some(phase));
         let fenced = match self.leadership.as_ref().and_then(Leadership::fence) {
             Some(fence) => stored.store.set_phase(&fence, stored.id, phase).await,
             None => Err(RunsError::NotLeader),
@@ -860,6 +891,10 @@ impl RebootService {
                 None
             }
         };
+        if let Some(stored) = &stored {
+            // From now on the take-over loop leaves this run to this drive.
+            lock(&self.ended).insert(stored.id, None);
+        }
         // Cluster mode: the hosts' boots at other fabrics are followed from before any reset.
         if let Some(e) = &self.evidence {
             let macs: Vec<_> = step.members().iter().map(|m| m.mac).collect();
