@@ -410,6 +410,14 @@ profile = "fc"
         !www.join("images/fc/.staging").join(PAIR[0]).exists(),
         "tampered bytes were kept for a resume"
     );
+    // Downloads in progress are never served.
+    let (status, _) = http_get(
+        &lab.server,
+        "10.77.0.1:80".parse().expect("addr"),
+        &format!("/images/fc/.staging/{}", PAIR[0]),
+    )
+    .expect("staging");
+    assert_eq!(status, 403);
 
     // 2. New sums for the swapped kernel, signed by another key with the same user id.
     sums(served, &PAIR);

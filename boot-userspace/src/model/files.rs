@@ -59,6 +59,11 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
     }
     for c in Path::new(name).components() {
         match c {
+            // Images' downloads in progress (`images/<name>/.staging`): unverified bytes,
+            // never served.
+            Component::Normal(c) if c == crate::model::images::STAGING_DIR => {
+                return Err(FileError::Denied("staging"))
+            }
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => return Err(FileError::Denied("parent_dir")),
             Component::RootDir | Component::Prefix(_) => {
@@ -271,6 +276,7 @@ mod tests {
             ("escape", FileError::Denied("outside_root")),
             ("pxelinux.cfg", FileError::Denied("not_a_regular_file")),
             ("missing.efi", FileError::NotFound),
+            ("images/fc/.staging/vmlinuz", FileError::Denied("staging")),
         ] {
             assert_eq!(open(&root, name).err(), Some(want), "{name}");
         }
