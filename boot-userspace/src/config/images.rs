@@ -152,6 +152,19 @@ pub enum IsoSource {
     Path(PathBuf),
 }
 
+impl IsoSource {
+    /// The ISO's file name: what sums files list it by.
+    pub fn file_name(&self) -> String {
+        match self {
+            IsoSource::Url(u) => u.file_name.clone(),
+            IsoSource::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// What an image is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {

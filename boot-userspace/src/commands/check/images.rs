@@ -2,12 +2,10 @@
 //! says, and the sums file and signature it was verified with verify again, with the keys the
 //! config names now (a key removed from the config is a version no longer trusted).
 
-use std::path::Path;
-
 use super::Item;
 use crate::{
     config::{
-        images::{ImageConfig, IsoSource, Source},
+        images::{ImageConfig, Source},
         Config,
     },
     model::images::{
@@ -103,7 +101,10 @@ fn version(
             ));
         }
         if checksums {
-            let got = sha256_hex(&path)?;
+            let got = std::fs::File::open(&path)
+                .and_then(|mut f| super::local::sha256_of(&mut f))
+                .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             if got != f.sha256 {
                 return Err(format!(
                     "{}: SHA-256 {got}, the record says {}",
@@ -182,10 +183,7 @@ fn version(
             }
         }
         Source::Iso { iso, .. } => {
-            let name = match iso {
-                IsoSource::Url(u) => u.file_name.clone(),
-                IsoSource::Path(p) => file_name(p),
-            };
+            let name = iso.file_name();
             if let Some(d) = &v.iso_sha256 {
                 if !listed(&name, d) {
                     return Err(format!("the sums file does not list {name} as fetched"));
@@ -195,28 +193,4 @@ fn version(
     }
     detail.push_str(", listed in its sums file");
     Ok(detail)
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn sha256_hex(path: &Path) -> Result<String, String> {
-    use sha2::{Digest as _, Sha256};
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

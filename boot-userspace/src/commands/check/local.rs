@@ -366,7 +366,7 @@ fn list(roots: &[&Path]) -> String {
         .join(" or ")
 }
 
-fn sha256_of(file: &mut std::fs::File) -> std::io::Result<[u8; 32]> {
+pub(super) fn sha256_of(file: &mut std::fs::File) -> std::io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -517,11 +517,6 @@ impl Catalog {
         }
     }
 
-    /// The record of `name`, if the image is configured.
-    pub fn get(&self, name: &str) -> Option<&ImageState> {
-        self.images.get(name)
-    }
-
     /// Resolves a profile's `image` (`name` or `name@version`) to the version's kernel and
     /// initrds, as paths under the HTTP root. The error says what the operator can do.
     pub fn resolve(&self, reference: &str) -> Result<Resolved, String> {

@@ -339,13 +339,7 @@ async fn fetch_version(
                         .await?;
                     (path, url.file_name.clone(), true)
                 }
-                IsoSource::Path(p) => (
-                    p.clone(),
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    false,
-                ),
+                IsoSource::Path(p) => (p.clone(), iso.file_name(), false),
             };
             let (sha256, sha512, _) = hash_file(&path).await?;
             check_sums(&verified, &name, &sha256, &sha512, &path)?;
@@ -501,13 +495,7 @@ fn listed_in(source: &Source, verified: &[Verified], version: &Version) -> bool 
                 })
         }
         Source::Iso { iso, .. } => {
-            let name = match iso {
-                IsoSource::Url(u) => u.file_name.clone(),
-                IsoSource::Path(p) => p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            };
+            let name = iso.file_name();
             let (a, b) = (
                 version.iso_sha256.as_deref().unwrap_or_default(),
                 version.iso_sha512.as_deref().unwrap_or_default(),
