@@ -893,11 +893,13 @@ root = "{www}"
         ),
         Some(1.0)
     );
-    assert!(
+    // The metrics change when the record does; the reload it starts ends a
+    // moment later, so the log is waited for, not read once.
+    wait_for(Duration::from_secs(30), || {
         daemon
             .log()
-            .contains("image record changed: config reloaded"),
-        "{}",
-        daemon.log()
-    );
+            .contains("image record changed: config reloaded")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reload after the new version:\n{}", daemon.log()));
 }
