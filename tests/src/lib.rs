@@ -43,6 +43,7 @@ pub mod rack;
 pub mod redfish_server;
 pub mod relay;
 pub mod simhost;
+pub mod sockets;
 pub mod sse;
 pub mod sushy;
 pub mod tftp_client;

@@ -48,6 +48,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
             debug!(%peer, why = why.as_label(), "HTTP connection refused");
             continue;
         }
+        // The last partial segment of a response never waits for the client's delayed ACK;
+        // a head and its file body are corked together instead (`connection`).
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "HTTP: TCP_NODELAY refused");
+        }
         let shared = Arc::clone(&shared);
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -151,6 +156,9 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
         if let Body::Bytes(b) = &x.response.body {
             head.extend_from_slice(b);
         }
+        // A file body follows: hold the head until the body fills its segments; uncorked
+        // below, which pushes the last partial segment at once.
+        let corked = matches!(x.response.body, Body::File { .. }) && set_cork(&s, true);
         let sent = tokio::time::timeout(l.send_timeout, s.write_all(&head)).await;
         if !matches!(sent, Ok(Ok(()))) {
             x.finish(shared, false);
@@ -202,11 +210,29 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
                 }
             }
         }
+        if corked {
+            set_cork(&s, false);
+        }
         let close = x.response.close;
         x.finish(shared, true);
         if close {
             return;
         }
+    }
+}
+
+/// Sets or clears TCP_CORK on `s`; whether that took.
+fn set_cork(s: &TcpStream, on: bool) -> bool {
+    let v = libc::c_int::from(on);
+    // SAFETY: setsockopt on a socket we hold, from an int that lives through the call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
     }
 }
 

@@ -6,6 +6,7 @@
 //! move bytes: [`uring`] (io_uring, a ring per core, splice) and [`epoll`] (tokio and
 //! sendfile) where io_uring is unavailable.
 
+mod cache;
 pub mod conditional;
 pub mod configs;
 pub mod conn;
