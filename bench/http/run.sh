@@ -3,6 +3,8 @@
 # run, driven by wrk over a veth pair between two namespaces. Rows:
 #   - image:N  a 256 MiB image to N keep-alive connections (whole-file GETs);
 #   - range:N  1 MiB Range requests at random 1 MiB offsets of that image, as installers send;
+#   - curl:1   that image downloaded whole by curl, one process (one connection) after another
+#              for the run, as an installer or `curl -O` fetches it;
 #   - script:N the iPXE script (Bootfabric renders it for the asking host; nginx serves the
 #              same text as a static file).
 # Every row runs in two modes, servers alternating within each row, mode and repeat:
@@ -10,7 +12,8 @@
 #            worker_cpu_affinity), wrk on the other core(s);
 #   - pin=0: nobody pinned, server and wrk sharing every core; the server gets as many workers
 #            as there are cores.
-# For each row and server it prints throughput (MiB/s; req/s for scripts), CPU time per GiB
+# For each row and server it prints throughput (MiB/s; req/s for scripts), the slowest
+# response wrk saw (a response held for a delayed ACK shows here as ~40 ms), CPU time per GiB
 # (per request for scripts) from a cgroup holding the server and everything it starts, and
 # the threads and cores the server really used: every task of every process in that cgroup
 # is sampled from /proc every SAMPLE seconds during the run (io_uring's iou-wrk threads, nginx
@@ -18,7 +21,8 @@
 #
 # Usage: bench/http/run.sh        (as root; `cargo xtask setup` installs nginx and wrk)
 # Knobs: DURATION=10 REPEAT=3 (medians) PINS="1 0" SERVERS="bootfabric nginx"
-#        ROWS="image:1 image:32 image:256 script:1 script:32 script:256 range:32" SAMPLE=0.5
+#        ROWS="image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32"
+#        SAMPLE=0.5
 #        BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
 #        RESULTS_DIR=<folder> (smoke runs; default bench/results/http)
 set -euo pipefail
@@ -27,14 +31,14 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
 DURATION=${DURATION:-10}
 SERVERS=${SERVERS:-"bootfabric nginx"}
-ROWS=${ROWS:-"image:1 image:32 image:256 script:1 script:32 script:256 range:32"}
+ROWS=${ROWS:-"image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32"}
 PINS=${PINS:-"1 0"}
 BACKEND=${BACKEND:-io_uring}
 REPEAT=${REPEAT:-3}
 SAMPLE=${SAMPLE:-0.5}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
-for p in nginx wrk ip ss taskset sha256sum; do
+for p in nginx wrk curl ip ss taskset sha256sum; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
 done
 if [ ! -x "$BIN" ]; then
@@ -75,6 +79,7 @@ trap 'exit 143' TERM
 results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN
 results_note "nginx: $(nginx -v 2>&1)"
 results_note "wrk: $(wrk -v 2>&1 | head -1)"
+results_note "curl: $(curl --version | head -1)"
 results_note "bootfabric binary: $BIN, sha256 $(sha256sum "$BIN" | cut -c1-16), built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)"
 results_note "cores: $CORES; pin=1 gives each server 1 core (CPU 0), pin=0 gives it all $CORES, shared with wrk"
 
@@ -257,12 +262,28 @@ threads_of() {
     }' "$1"
 }
 
+# curl downloads the image whole, one process after another, for DURATION seconds; prints
+# wrk's lines that measure() reads: the bytes and the time, as "Transfer/sec" and "read".
+curl_loop() {
+  local end=$((SECONDS + DURATION)) out=() bytes=0 usec=0 n=0 line
+  while [ "$SECONDS" -lt "$end" ]; do
+    line=$(curl -sS -o /dev/null -w '%{size_download} %{time_total}' http://10.77.0.1/rack/image.bin) || break
+    read -r b t <<<"$line"
+    bytes=$((bytes + b)); usec=$((usec + $(awk -v t="$t" 'BEGIN { printf "%d", t * 1e6 }')))
+    n=$((n + 1))
+  done
+  awk -v b="$bytes" -v u="$usec" -v n="$n" 'BEGIN {
+    printf "  %d requests in %.2fs, %.2fMB read\n", n, u / 1e6, b / 1048576
+    printf "Transfer/sec: %.2fMB\n", (u > 0 ? b / 1048576 / (u / 1e6) : 0) }'
+}
+
 # One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
-# THREADS (threads, working, cores, allowed, kinds with CPU seconds, working kinds) and ERRORS.
+# SLOWEST (wrk's slowest response, ms), THREADS (threads, working, cores, allowed, kinds with
+# CPU seconds, working kinds) and ERRORS.
 measure() {
   local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 out tps read reqs lua=() cpuset=()
   case $what in
-    image) url=http://10.77.0.1/rack/image.bin ;;
+    image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
     script) url=http://10.77.0.1/boot.ipxe ;;
   esac
@@ -272,18 +293,30 @@ measure() {
   sampler >>"$WORK/samples" &
   SAMPLER_PID=$!
   c0=$(cg_usec)
-  # wrk's timeout is longer than the run: a 256 MiB response shared by 256 connections takes
-  # longer than wrk's default 2 s, and throughput counts the bytes delivered either way.
-  out=$(ip netns exec "$CLI" "${cpuset[@]}" timeout $((DURATION + 60)) \
-    wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout "$((DURATION + 30))s" "${lua[@]}" \
-    "$url" 2>&1) || true
+  if [ "$what" = curl ]; then
+    export -f curl_loop
+    out=$(ip netns exec "$CLI" "${cpuset[@]}" timeout $((DURATION + 120)) \
+      env DURATION="$DURATION" bash -c curl_loop 2>&1) || true
+  else
+    # wrk's timeout is longer than the run: a 256 MiB response shared by 256 connections
+    # takes longer than wrk's default 2 s, and throughput counts the bytes delivered either
+    # way. --latency: the slowest response is part of the result (a response held for a
+    # delayed ACK shows as ~40 ms).
+    out=$(ip netns exec "$CLI" "${cpuset[@]}" timeout $((DURATION + 60)) \
+      wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout "$((DURATION + 30))s" --latency \
+      "${lua[@]}" "$url" 2>&1) || true
+  fi
   c1=$(cg_usec)
   stop_pid "$SAMPLER_PID"
   SAMPLER_PID=""
-  echo "$out" | sed "s/^/  wrk: /"
+  echo "$out" | sed "s/^/  $what: /"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
   reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
+  # wrk's "Latency avg stdev max +/-": the max, in ms.
+  SLOWEST=$(awk '$1 == "Latency" && NF >= 4 { v = $4; n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    f = (u == "us") ? 0.001 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1; printf "%.1f", n * f }' <<<"$out")
+  SLOWEST=${SLOWEST:--}
   ERRORS=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
   if [ "$what" = script ]; then
     RATE=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
@@ -303,7 +336,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { prin
 # frequency, page cache) drifts for both; each figure is the median of REPEAT runs. Threads:
 # the most seen in one repeat (working: the repeat with the most); cores: every core used in
 # any repeat.
-declare -A V C T B U K
+declare -A V C T B U K S
 for rep in $(seq 1 "$REPEAT"); do
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
@@ -315,14 +348,17 @@ for rep in $(seq 1 "$REPEAT"); do
         stop_server
         k="$server,$pin,$row"
         V[$k]="${V[$k]:-} ${RATE:-0}"
+        # The slowest response of every repeat: the worst one is reported.
+        S[$k]=$(awk -v a="${S[$k]:--}" -v b="$SLOWEST" 'BEGIN {
+          if (b == "-") print a; else if (a == "-" || b + 0 > a + 0) print b; else print a }')
         C[$k]="${C[$k]:-} $CPU"
         read -r nt nb cores allowed kinds busy <<<"$THREADS"
         [ "$nt" -gt "${T[$k]:-0}" ] && T[$k]=$nt
         if [ "$nb" -gt "${B[$k]:-0}" ]; then B[$k]=$nb; K[$k]=$busy; fi
         U[$k]=$(tr ', ' '\n\n' <<<"${U[$k]:-} $cores" | grep -E '^[0-9]+$' | sort -un | paste -sd, -)
         if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
-        printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, CPU %s %s; threads %s (%s working), cores used %s, allowed %s; %s %s\n' \
-          "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS"
+        printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, slowest %s ms, CPU %s %s; threads %s (%s working), cores used %s, allowed %s; %s %s\n' \
+          "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$SLOWEST" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS"
       done
     done
   done
@@ -338,8 +374,8 @@ threads_cell() {
 # The table (README rows are copied from it): figures are medians; ratios are Bootfabric's
 # over nginx's (higher is better for the rate, lower for CPU).
 {
-  echo "| pin | request | connections | Bootfabric | nginx | ratio | Bootfabric CPU | nginx CPU | ratio | Bootfabric threads, cores used | nginx threads, cores used |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| pin | request | connections | Bootfabric | nginx | ratio | Bootfabric CPU | nginx CPU | ratio | slowest response, Bootfabric / nginx | Bootfabric threads, cores used | nginx threads, cores used |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
     if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
@@ -349,11 +385,12 @@ threads_cell() {
       bv=$(median <<<"${V[$b]:-}") nv=$(median <<<"${V[$n]:-}")
       bc=$(median <<<"${C[$b]:-}") nc=$(median <<<"${C[$n]:-}")
       awk -v mode="$mode" -v w="$what" -v c="$conns" -v u="$unit" -v cu="$cunit" \
-        -v bv="$bv" -v nv="$nv" -v bc="$bc" -v nc="$nc" \
+        -v bv="$bv" -v nv="$nv" -v bc="$bc" -v nc="$nc" -v bs="${S[$b]:--}" -v ns="${S[$n]:--}" \
         -v bt="$(threads_cell "$b")" -v nt="$(threads_cell "$n")" 'BEGIN {
-        printf "| %s | %s | %s | %s %s | %s %s | %s | %s %s | %s %s | %s | %s | %s |\n", mode, w, c,
+        slow = (bs == "-" && ns == "-") ? "n/a" : bs " / " ns " ms"
+        printf "| %s | %s | %s | %s %s | %s %s | %s | %s %s | %s %s | %s | %s | %s | %s |\n", mode, w, c,
           bv, u, nv, u, ((nv + 0) > 0 ? sprintf("%.2f", bv / nv) : "n/a"),
-          bc, cu, nc, cu, ((nc + 0) > 0 && bc != "n/a" ? sprintf("%.2f", bc / nc) : "n/a"), bt, nt }'
+          bc, cu, nc, cu, ((nc + 0) > 0 && bc != "n/a" ? sprintf("%.2f", bc / nc) : "n/a"), slow, bt, nt }'
     done
   done
 } >"$RESULTS/table.md"

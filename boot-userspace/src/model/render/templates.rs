@@ -20,7 +20,6 @@ use std::{
     fmt,
     io::Read as _,
     path::{Path, PathBuf},
-    sync::OnceLock,
 };
 
 use minijinja::{Environment, UndefinedBehavior, Value};
@@ -330,30 +329,67 @@ pub fn cmdline_file(profile: &str) -> String {
     format!("profiles.{profile}.cmdline")
 }
 
+/// Compiled cmdlines kept per thread (the HTTP rings render one per script request), by
+/// profile name with the text they were compiled from: a profile changed through the API
+/// compiles again, so nothing goes stale. Bounded: past this many profiles the thread's
+/// cache starts over.
+const CMDLINE_CACHE: usize = 256;
+
 /// `t.profile.cmdline` rendered for `t`: one line, no control characters (a newline would
 /// add iPXE commands after `kernel`, or kernel parameters the profile never had).
 ///
-/// Parsed per call (a cmdline is one short line; the API changes profiles without a reload);
-/// every host's cmdlines are rendered at load by [`Templates::check_all`], so an error here
-/// means a request-time difference (the lease address, the nonce).
+/// Compiled on first use in each thread and kept (see [`CMDLINE_CACHE`]); every host's
+/// cmdlines are rendered at load by [`Templates::check_all`], so an error here means a
+/// request-time difference (the lease address, the nonce).
 pub fn render_cmdline(t: &Target<'_>) -> Result<String, TemplateError> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    let env = ENV.get_or_init(environment);
-    let file = cmdline_file(&t.profile.name);
-    let (src, _) = source_of(&t.profile.cmdline);
-    let tmpl = env
-        .template_from_named_str(&file, &src)
-        .map_err(|e| TemplateError::Parse {
-            file: file.clone(),
-            line: e.line(),
-            reason: reason(&e),
-        })?;
-    let text = tmpl
-        .render(context(t))
-        .map_err(|e| render_error(&e, &file, &t.host.name))?;
+    type Compiled = std::collections::HashMap<String, (String, Environment<'static>)>;
+    thread_local! {
+        static COMPILED: std::cell::RefCell<Compiled> = std::cell::RefCell::default();
+    }
+    const NAME: &str = "cmdline";
+    let p = t.profile;
+    let text = COMPILED.with(|cell| {
+        let mut compiled = cell.borrow_mut();
+        let fresh = compiled
+            .get(p.name.as_str())
+            .is_some_and(|(text, _)| *text == p.cmdline);
+        if !fresh {
+            let mut env = environment();
+            let (src, _) = source_of(&p.cmdline);
+            env.add_template_owned(NAME, src)
+                .map_err(|e| TemplateError::Parse {
+                    file: cmdline_file(&p.name),
+                    line: e.line(),
+                    reason: reason(&e),
+                })?;
+            if compiled.len() >= CMDLINE_CACHE {
+                compiled.clear();
+            }
+            compiled.insert(p.name.clone(), (p.cmdline.clone(), env));
+        }
+        let tmpl = compiled
+            .get(p.name.as_str())
+            .map(|(_, env)| env.get_template(NAME));
+        match tmpl {
+            Some(Ok(tmpl)) => tmpl
+                .render(context(t))
+                .map_err(|e| render_error(&e, &cmdline_file(&p.name), &t.host.name)),
+            Some(Err(e)) => Err(TemplateError::Parse {
+                file: cmdline_file(&p.name),
+                line: e.line(),
+                reason: reason(&e),
+            }),
+            // Inserted just above.
+            None => Err(TemplateError::Parse {
+                file: cmdline_file(&p.name),
+                line: None,
+                reason: "the compiled cmdline is gone".to_owned(),
+            }),
+        }
+    })?;
     if let Some(c) = text.chars().find(|c| c.is_control()) {
         return Err(TemplateError::Render {
-            file,
+            file: cmdline_file(&p.name),
             line: None,
             host: t.host.name.clone(),
             reason: format!(
