@@ -879,6 +879,8 @@ mod tests {
             render_cmdline(&target(&h, &p, &g)).expect("cmdline"),
             "url=http://10.77.0.1/preseed/node02.cfg"
         );
+        // The same profile with another text (as the API changes it), in the same thread:
+        // compiled again, never the kept one.
         let p = profile(
             "role={{ meta.role }}{% if host.rack is defined %} rack={{ host.rack }}{% endif %}",
         );
