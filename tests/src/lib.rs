@@ -38,6 +38,7 @@ pub mod fuse;
 pub mod image_origin;
 pub mod layering;
 pub mod packets;
+pub mod pki;
 pub mod qemu;
 pub mod rack;
 pub mod redfish_server;

@@ -414,62 +414,23 @@ fn bootfabric_reboot_sends_the_token() {
 
 /// openssl: a CA, a server certificate for 10.77.0.1 and a client certificate, all signed by it.
 fn pki(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        run(Command::new("openssl").current_dir(dir).args(args)).expect("openssl");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bootfabric-lab-ca",
-    ]);
-    std::fs::write(dir.join("server.ext"), "subjectAltName = IP:10.77.0.1\n").expect("ext");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n").expect("ext");
-    for (name, cn) in [("server", "bootfabric-admin"), ("client", "operator-alice")] {
-        openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    }
+    use bootfabric_lab::pki::{issue, Leaf};
+    issue(
+        dir,
+        &[
+            Leaf {
+                name: "server",
+                cn: "bootfabric-admin",
+                ext: "subjectAltName = IP:10.77.0.1",
+            },
+            Leaf {
+                name: "client",
+                cn: "operator-alice",
+                ext: "extendedKeyUsage = clientAuth",
+            },
+        ],
+    )
+    .expect("openssl");
 }
 
 #[test]

@@ -204,13 +204,21 @@ fn moved_api_files(
 /// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
 /// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
 /// or the follower and the reason, and the running generation stays.
+/// What a reload hands new settings to besides the snapshot.
+struct Reloaded<'a> {
+    /// `[images]`, for the images service's next update and watch.
+    images: &'a crate::services::images::ImagesConfig,
+    /// HTTPS's certificate, when HTTPS runs.
+    https: Option<&'a crate::services::http::tls::Certs>,
+}
+
 fn reload(
     trigger: &str,
     path: &std::path::Path,
     live: &Live,
     dhcp: Option<&DhcpFollower>,
     api: &crate::admin::api::ApiState,
-    images: &crate::services::images::ImagesConfig,
+    handles: Reloaded<'_>,
 ) {
     // Held to the end: an API write between the overlay file's read (in `Config::load`) and
     // this publish would otherwise be published over.
@@ -253,7 +261,28 @@ fn reload(
             }
             // The images service's next update and watch use the reloaded [images] (keys
             // removed are no longer trusted, images added are scheduled).
-            images.store(Arc::new(config.images.clone()));
+            handles.images.store(Arc::new(config.images.clone()));
+            let tls = config.http.as_ref().and_then(|h| h.tls.as_ref());
+            match (handles.https, tls) {
+                // A renewed certificate is served from the next handshake.
+                (Some(certs), Some(t)) => match certs.reload(&t.files) {
+                    Ok(()) => info!(
+                        "{trigger}: HTTPS certificate read from {}",
+                        t.files.cert.display()
+                    ),
+                    Err(e) => warn!(
+                        "{trigger}: HTTPS keeps its certificate: {}: {}",
+                        e.key, e.reason
+                    ),
+                },
+                (None, Some(_)) => {
+                    warn!("{trigger}: http.tls_cert was added: restart to start HTTPS")
+                }
+                (Some(_), None) => warn!(
+                    "{trigger}: http.tls_cert was removed: HTTPS serves its certificate until a restart"
+                ),
+                (None, None) => {}
+            }
             info!(
                 generation = next.generation,
                 hosts = next.inventory.hosts().len(),
@@ -474,6 +503,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         supervisor.spawn("tftp", run);
     }
 
+    // HTTPS's certificate, re-read by every reload.
+    let mut https_certs = None;
     if let Some(http) = config.http.clone() {
         let service = {
             let _files = files.enter();
@@ -484,6 +515,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             };
             HttpService::start(http, fabric.ifaces(), sources, &registry)?
         };
+        https_certs = service.certs();
         let token = supervisor.token();
         let run = on_file_runtime(&files, "http", token.clone(), async move {
             service.run(token).await.context("HTTP server")
@@ -636,8 +668,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 Arc::clone(&images_pending),
                 Arc::clone(&images_changed),
             );
+            let https = https_certs.clone();
             tokio::task::spawn_blocking(move || {
-                reload(trigger, &path, &live, dhcp.as_deref(), &api, &images);
+                let handles = Reloaded {
+                    images: &images,
+                    https: https.as_deref(),
+                };
+                reload(trigger, &path, &live, dhcp.as_deref(), &api, handles);
                 done.store(false, Ordering::Release);
                 if pending.swap(false, Ordering::AcqRel) {
                     again.notify_one();

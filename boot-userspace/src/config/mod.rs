@@ -265,6 +265,17 @@ pub struct HttpConfig {
     pub config_ttl_s: u64,
     /// `http.origin`: where profile files missing under `root` are fetched from.
     pub origin: Option<origin::OriginConfig>,
+    /// `http.tls_cert`, `http.tls_key`, `http.tls_port`: HTTPS beside HTTP.
+    pub tls: Option<HttpsConfig>,
+}
+
+/// HTTPS for boot clients, on its own port beside HTTP's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsConfig {
+    /// The certificate and key files (re-read on every reload).
+    pub files: secrets::tls::ServerTls,
+    /// TCP port.
+    pub port: u16,
 }
 
 /// `[admin]`, validated: what the admin API serves on and whom it lets in.
@@ -279,7 +290,7 @@ pub struct AdminConfig {
     /// loopback peers only.
     pub token_file: Option<PathBuf>,
     /// `admin.tls_cert`, `admin.tls_key`, `admin.client_ca`: TLS for the admin server.
-    pub tls: Option<secrets::tls::AdminTls>,
+    pub tls: Option<secrets::tls::ServerTls>,
     /// `admin.max_event_streams`: concurrent SSE streams served at most (default 32).
     pub max_event_streams: usize,
 }
@@ -563,6 +574,18 @@ impl Config {
                 *ca = base.join(&*ca);
             }
         }
+        if let Some(tls) = config.http.as_mut().and_then(|h| h.tls.as_mut()) {
+            tls.files.cert = base.join(&tls.files.cert);
+            tls.files.key = base.join(&tls.files.key);
+            // Read now, so that a bad certificate or key is refused with its key.
+            secrets::tls::server_config(&tls.files).map_err(|KeyError { key, reason }| {
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key,
+                    reason,
+                }
+            })?;
+        }
         // Templates carry secrets and are served rendered, to their host only: inside an image
         // root they would also be served raw, to anyone (and an image root inside them would
         // make its files config templates).
@@ -827,7 +850,8 @@ impl Config {
             return Err(invalid("admin.token_file", "is empty".to_owned()));
         }
         let admin_tls = match (&wire.admin.tls_cert, &wire.admin.tls_key) {
-            (Some(cert), Some(key)) => Some(secrets::tls::AdminTls {
+            (Some(cert), Some(key)) => Some(secrets::tls::ServerTls {
+                section: "admin",
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
@@ -1047,6 +1071,45 @@ impl Config {
                         h.root.is_some(),
                     )
                     .map_err(|KeyError { key, reason }| invalid(&key, reason))?,
+                    tls: match (&h.tls_cert, &h.tls_key) {
+                        (Some(cert), Some(key)) => {
+                            let tls_port = h.tls_port.unwrap_or(443);
+                            if tls_port == 0 || tls_port == port {
+                                return Err(invalid(
+                                    "http.tls_port",
+                                    format!("{tls_port}: give a port other than 0 and http.port"),
+                                ));
+                            }
+                            Some(HttpsConfig {
+                                files: secrets::tls::ServerTls {
+                                    section: "http",
+                                    cert: PathBuf::from(cert),
+                                    key: PathBuf::from(key),
+                                    client_ca: None,
+                                },
+                                port: tls_port,
+                            })
+                        }
+                        (Some(_), None) => {
+                            return Err(invalid(
+                                "http.tls_key",
+                                "missing: http.tls_cert needs its private key".to_owned(),
+                            ))
+                        }
+                        (None, Some(_)) => {
+                            return Err(invalid(
+                                "http.tls_cert",
+                                "missing: http.tls_key needs its certificate".to_owned(),
+                            ))
+                        }
+                        (None, None) if h.tls_port.is_some() => {
+                            return Err(invalid(
+                                "http.tls_port",
+                                "set without http.tls_cert and http.tls_key".to_owned(),
+                            ))
+                        }
+                        (None, None) => None,
+                    },
                 })
             }
             _ => None,
@@ -1517,6 +1580,35 @@ mod tests {
             c.admin.tls.map(|t| (t.cert, t.client_ca)),
             Some((PathBuf::from("a.pem"), None))
         );
+    }
+
+    #[test]
+    fn https_keys_come_together_on_their_own_port_and_files_are_read_at_load() {
+        for (text, key) in [
+            ("[http]\ntls_cert = \"c.pem\"\n", "`http.tls_key`"),
+            ("[http]\ntls_key = \"k.pem\"\n", "`http.tls_cert`"),
+            ("[http]\ntls_port = 8443\n", "`http.tls_port`"),
+            (
+                "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_port = 80\n",
+                "`http.tls_port`",
+            ),
+            (
+                "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_port = 0\n",
+                "`http.tls_port`",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = parse("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").expect("https");
+        assert_eq!(c.http.and_then(|h| h.tls).map(|t| t.port), Some(443));
+        // Files that are not a certificate and a key: refused at load, with the key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("bootfabric.toml");
+        std::fs::write(&cfg, "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").expect("write");
+        std::fs::write(dir.path().join("c.pem"), "not a certificate\n").expect("cert");
+        let e = Config::load(&cfg).expect_err("no certificate").to_string();
+        assert!(e.contains("`http.tls_cert`"), "{e}");
     }
 
     #[test]

@@ -261,4 +261,10 @@ pub struct Http {
     pub origin_timeout_s: Option<u64>,
     /// PEM file of the CA certificates an `https` origin is checked against.
     pub origin_ca: Option<String>,
+    /// PEM certificate chain (leaf first) that HTTPS serves; with `tls_key` it turns HTTPS on.
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// TCP port HTTPS listens on, on each fabric interface's address (default 443).
+    pub tls_port: Option<u16>,
 }

@@ -114,6 +114,9 @@ pub fn ports(config: &Config) -> Vec<Item> {
     }
     if let Some(h) = &config.http {
         wanted.push((format!("{}/tcp", h.port), false, any(h.port), "HTTP"));
+        if let Some(t) = &h.tls {
+            wanted.push((format!("{}/tcp", t.port), false, any(t.port), "HTTPS"));
+        }
     }
     wanted.push((
         format!("{}/tcp", config.admin.listen.port()),

@@ -1,7 +1,8 @@
-//! TLS for the admin server (`admin.tls_cert`, `admin.tls_key`) and, with `admin.client_ca`,
-//! client certificates. A client certificate is optional at the handshake, so Prometheus
-//! and probes read without one; control calls then check that one was presented (rustls
-//! has verified it against the CA by then).
+//! TLS for the servers: the admin server (`admin.tls_cert`, `admin.tls_key`) and, with
+//! `admin.client_ca`, client certificates; HTTPS for boot clients (`http.tls_cert`,
+//! `http.tls_key`). A client certificate is optional at the handshake, so Prometheus and
+//! probes read without one; control calls then check that one was presented (rustls has
+//! verified it against the CA by then).
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -12,10 +13,12 @@ use rustls::{
 };
 use sha2::{Digest as _, Sha256};
 
-/// `admin.tls_cert`, `admin.tls_key` and `admin.client_ca`, resolved against the config's
-/// folder.
+/// A server's `tls_cert`, `tls_key` and (admin only) `client_ca`, resolved against the
+/// config's folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminTls {
+pub struct ServerTls {
+    /// The config section the keys are in (`admin`, `http`), for errors.
+    pub section: &'static str,
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
     /// PEM private key.
@@ -28,28 +31,29 @@ pub struct AdminTls {
 use crate::util::key_error::KeyError;
 
 /// Builds the rustls server configuration; an error names the key whose file is at fault.
-pub fn server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, KeyError> {
-    let keyed = |key: &str, reason: String| KeyError::new(key, reason);
+pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, KeyError> {
+    let section = tls.section;
+    let keyed = |key: &str, reason: String| KeyError::new(format!("{section}.{key}"), reason);
     let chain = CertificateDer::pem_file_iter(&tls.cert)
-        .map_err(|e| keyed("admin.tls_cert", format!("{}: {e}", tls.cert.display())))?
+        .map_err(|e| keyed("tls_cert", format!("{}: {e}", tls.cert.display())))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| keyed("admin.tls_cert", format!("{}: {e}", tls.cert.display())))?;
+        .map_err(|e| keyed("tls_cert", format!("{}: {e}", tls.cert.display())))?;
     if chain.is_empty() {
         return Err(keyed(
-            "admin.tls_cert",
+            "tls_cert",
             format!("{} holds no PEM certificate", tls.cert.display()),
         ));
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| keyed("admin.tls_key", format!("{}: {e}", tls.key.display())))?;
+        .map_err(|e| keyed("tls_key", format!("{}: {e}", tls.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| keyed("admin.tls_cert", e.to_string()))?;
+        .map_err(|e| keyed("tls_cert", e.to_string()))?;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let bad = |e: String| keyed("admin.client_ca", format!("{}: {e}", ca.display()));
+            let bad = |e: String| keyed("client_ca", format!("{}: {e}", ca.display()));
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
                 roots
@@ -68,7 +72,7 @@ pub fn server_config(tls: &AdminTls) -> Result<Arc<ServerConfig>, KeyError> {
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| keyed("admin.tls_key", format!("{}: {e}", tls.key.display())))?;
+        .map_err(|e| keyed("tls_key", format!("{}: {e}", tls.key.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -17,14 +17,14 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest},
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{
-    conn::{self, Next, Shared, MAX_BODY, MAX_HEAD},
+    conn::{self, Exchange, Next, Shared, MAX_BODY, MAX_HEAD},
     request::{self, ParseError},
     response::Body,
 };
@@ -69,7 +69,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
 /// Routes the request at the front of `inbuf` on the blocking pool (routes open files), or
 /// says that more bytes are needed (parsed here: no file I/O in that). `None` if the pool is
 /// gone (shutdown).
-async fn next(
+pub(super) async fn next(
     shared: &Arc<Shared>,
     inbuf: &mut Vec<u8>,
     peer: Ipv4Addr,
@@ -114,7 +114,94 @@ async fn sendfile(
     .map_err(std::io::Error::other)?
 }
 
-async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: Arc<Shared>) {
+/// Why a body stopped before its end.
+pub(super) enum BodyError {
+    /// The client took nothing (or the file gave nothing) for `http.send_timeout_s`.
+    Timeout,
+    /// The connection or the file failed.
+    Failed,
+}
+
+/// What a connection's bytes go through: the TCP socket itself (file bodies by
+/// `sendfile(2)`), or a TLS session over it (file bodies read and encrypted here).
+pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+
+    /// Sends `len` bytes of `file` from `offset`, counting them on `x` as they go; each step
+    /// bounded by `send_timeout`.
+    fn send_file(
+        &mut self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        shared: &Shared,
+        x: &mut Exchange,
+    ) -> impl std::future::Future<Output = Result<(), BodyError>> + Send;
+}
+
+impl Wire for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    async fn send_file(
+        &mut self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        shared: &Shared,
+        x: &mut Exchange,
+    ) -> Result<(), BodyError> {
+        let s = &*self;
+        let dup = Arc::new(
+            s.as_fd()
+                .try_clone_to_owned()
+                .map_err(|_| BodyError::Failed)?,
+        );
+        let mut off = offset as libc::off_t;
+        let end = offset + len;
+        while (off as u64) < end {
+            let want = (end - off as u64).min(1 << 20) as usize;
+            // Wait until the socket takes more, then send from the file off the workers. A
+            // send that finds the socket full (it is non-blocking) waits for room through
+            // `async_io` with a zero-time poll as its operation: tokio then clears the
+            // readiness only for the event it saw before the poll, so room made while the
+            // send was on the blocking pool is never lost (clearing it afterwards with
+            // `try_io` could swallow that edge and stall the body until the send timeout).
+            // The send timeout covers both: a client that takes nothing, and a file that
+            // gives nothing.
+            let step = async {
+                loop {
+                    match sendfile(&dup, file, off, want).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            s.async_io(Interest::WRITABLE, || has_room(s)).await?;
+                        }
+                        other => return other,
+                    }
+                }
+            };
+            match tokio::time::timeout(shared.limits.send_timeout, step).await {
+                Ok(Ok((n, to))) if n > 0 => {
+                    off = to;
+                    x.sent(shared, n);
+                }
+                Err(_) => return Err(BodyError::Timeout),
+                _ => return Err(BodyError::Failed),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serves the requests of one connection, one after another, until it closes, fails or times
+/// out.
+pub(super) async fn connection<W: Wire>(
+    mut s: W,
+    peer: Ipv4Addr,
+    local: Ipv4Addr,
+    shared: Arc<Shared>,
+) {
     let shared = &shared;
     let l = shared.limits;
     let mut inbuf = Vec::new();
@@ -158,60 +245,31 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
         }
         // A file body follows: hold the head until the body fills its segments; uncorked
         // below, which pushes the last partial segment at once.
-        let corked = matches!(x.response.body, Body::File { .. }) && set_cork(&s, true);
-        let sent = tokio::time::timeout(l.send_timeout, s.write_all(&head)).await;
+        let corked = matches!(x.response.body, Body::File { .. }) && set_cork(s.tcp(), true);
+        let sent = tokio::time::timeout(l.send_timeout, async {
+            s.write_all(&head).await?;
+            s.flush().await
+        })
+        .await;
         if !matches!(sent, Ok(Ok(()))) {
             x.finish(shared, false);
             return;
         }
         x.sent(shared, head.len() as u64);
         if let Body::File { file, offset, len } = x.response.body.clone() {
-            let Ok(dup) = s.as_fd().try_clone_to_owned() else {
-                x.finish(shared, false);
-                return;
-            };
-            let dup = Arc::new(dup);
-            let mut off = offset as libc::off_t;
-            let end = offset + len;
-            while (off as u64) < end {
-                let want = (end - off as u64).min(1 << 20) as usize;
-                // Wait until the socket takes more, then send from the file off the
-                // workers. A send that finds the socket full (it is non-blocking) waits for
-                // room through `async_io` with a zero-time poll as its operation: tokio then
-                // clears the readiness only for the event it saw before the poll, so room
-                // made while the send was on the blocking pool is never lost (clearing it
-                // afterwards with `try_io` could swallow that edge and stall the body until
-                // the send timeout). The send timeout covers both: a client that takes
-                // nothing, and a file that gives nothing.
-                let step = async {
-                    loop {
-                        match sendfile(&dup, &file, off, want).await {
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                s.async_io(Interest::WRITABLE, || has_room(&s)).await?;
-                            }
-                            other => return other,
-                        }
-                    }
-                };
-                match tokio::time::timeout(l.send_timeout, step).await {
-                    Ok(Ok((n, to))) if n > 0 => {
-                        off = to;
-                        x.sent(shared, n);
-                    }
-                    Err(_) => {
+            match s.send_file(&file, offset, len, shared, &mut x).await {
+                Ok(()) => {}
+                Err(why) => {
+                    if matches!(why, BodyError::Timeout) {
                         shared.metrics.refused("timeout");
-                        x.finish(shared, false);
-                        return;
                     }
-                    _ => {
-                        x.finish(shared, false);
-                        return;
-                    }
+                    x.finish(shared, false);
+                    return;
                 }
             }
         }
         if corked {
-            set_cork(&s, false);
+            set_cork(s.tcp(), false);
         }
         let close = x.response.close;
         x.finish(shared, true);
@@ -222,7 +280,7 @@ async fn connection(mut s: TcpStream, peer: Ipv4Addr, local: Ipv4Addr, shared: A
 }
 
 /// Sets or clears TCP_CORK on `s`; whether that took.
-fn set_cork(s: &TcpStream, on: bool) -> bool {
+pub(super) fn set_cork(s: &TcpStream, on: bool) -> bool {
     let v = libc::c_int::from(on);
     // SAFETY: setsockopt on a socket we hold, from an int that lives through the call.
     unsafe {

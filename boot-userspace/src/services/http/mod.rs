@@ -16,6 +16,7 @@ pub mod range;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod tls;
 pub mod uring;
 
 use std::{
@@ -82,6 +83,14 @@ pub enum HttpError {
     /// `http.origin` cannot be used.
     #[error(transparent)]
     Origin(#[from] origin::OriginError),
+    /// HTTPS's certificate or key cannot be used.
+    #[error("{key}: {reason}")]
+    Tls {
+        /// The config key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why the service serves with epoll rather than io_uring.
@@ -137,10 +146,18 @@ enum Transport {
     },
 }
 
+/// HTTPS, bound: a listener per interface and the certificate in use.
+struct Https {
+    listeners: Vec<tokio::net::TcpListener>,
+    certs: Arc<tls::Certs>,
+    local: Vec<SocketAddrV4>,
+}
+
 /// The HTTP service, bound and ready.
 pub struct HttpService {
     shared: Arc<Shared>,
     transport: Transport,
+    https: Option<Https>,
     egress: GaugeVec,
     /// Where it listens, per interface.
     local: Vec<SocketAddrV4>,
@@ -215,6 +232,33 @@ impl HttpService {
             send_timeout: Duration::from_secs(cfg.send_timeout_s),
         };
         let shared = Arc::new(Shared::new(site, limits, metrics, ips.clone()));
+        let https = match &cfg.tls {
+            Some(t) => {
+                let certs = tls::Certs::load(&t.files).map_err(
+                    |crate::util::key_error::KeyError { key, reason }| HttpError::Tls {
+                        key,
+                        reason,
+                    },
+                )?;
+                let (fds, local) = listeners(&ips, t.port, 1)?;
+                let mut listeners = Vec::new();
+                for fd in fds.into_iter().flatten() {
+                    let std: std::net::TcpListener = fd.into();
+                    std.set_nonblocking(true)?;
+                    listeners.push(tokio::net::TcpListener::from_std(std)?);
+                }
+                for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
+                    tls::announce(*addr, iface);
+                }
+                tls::DataPath::probe().report(registry)?;
+                Some(Https {
+                    listeners,
+                    certs,
+                    local,
+                })
+            }
+            None => None,
+        };
         let uring = match cfg.backend {
             HttpBackend::Epoll => Err(NoUring::Configured),
             _ => uring::probe().map_err(NoUring::Unavailable),
@@ -255,6 +299,7 @@ impl HttpService {
         Ok(Self {
             shared,
             transport,
+            https,
             egress,
             local,
         })
@@ -263,6 +308,16 @@ impl HttpService {
     /// The addresses listened on, one per interface, in fabric order.
     pub fn local_addrs(&self) -> &[SocketAddrV4] {
         &self.local
+    }
+
+    /// The addresses HTTPS listens on, one per interface (none without `http.tls_cert`).
+    pub fn tls_addrs(&self) -> &[SocketAddrV4] {
+        self.https.as_ref().map_or(&[], |h| &h.local)
+    }
+
+    /// The certificate HTTPS serves, for reloads to replace.
+    pub fn certs(&self) -> Option<Arc<tls::Certs>> {
+        self.https.as_ref().map(|h| Arc::clone(&h.certs))
     }
 
     /// Serves until `cancel` fires.
@@ -286,6 +341,18 @@ impl HttpService {
                 egress.with_label_values(&["total"]).set(total);
             }
         });
+        // HTTPS runs on the runtime whichever transport plain HTTP has.
+        let mut https = tokio::task::JoinSet::new();
+        if let Some(h) = self.https {
+            for l in h.listeners {
+                https.spawn(tls::serve(
+                    l,
+                    Arc::clone(&self.shared),
+                    Arc::clone(&h.certs),
+                    cancel.clone(),
+                ));
+            }
+        }
         match self.transport {
             Transport::Epoll { listeners } => {
                 let mut tasks = tokio::task::JoinSet::new();
@@ -362,6 +429,7 @@ mod tests {
             send_timeout_s: 10,
             config_ttl_s: 60,
             origin: None,
+            tls: None,
         }
     }
 

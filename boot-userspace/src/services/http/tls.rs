@@ -1,0 +1,241 @@
+//! HTTPS beside HTTP: rustls for the handshake and the records, the same routes, limits and
+//! timeouts as plain HTTP (the connection loop is [`epoll::connection`]'s).
+//!
+//! The certificate and key are read at start and again on every reload (SIGHUP), so a
+//! renewed certificate is served without a restart; one that does not load is refused and
+//! the one in use stays.
+//!
+//! Image bytes pass through the daemon here: a file body is read (from the page cache on
+//! the runtime's thread when it is there, else on the blocking pool) and encrypted by rustls.
+//! Kernel TLS, which would let `sendfile` carry them as over plain HTTP, is not used: the
+//! daemon says so at start and in `bootfabric_http_tls_data_path`, with whether this kernel
+//! has it at all.
+
+use std::{os::unix::fs::FileExt as _, sync::Arc};
+
+use arc_swap::ArcSwap;
+use prometheus::{IntGaugeVec, Opts, Registry};
+use tokio::{io::AsyncWriteExt as _, net::TcpListener};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    cache,
+    conn::{Exchange, Shared},
+    epoll::{self, BodyError, Wire},
+};
+use crate::{config::secrets::tls::ServerTls, util::key_error::KeyError};
+
+/// Bytes of a file read (and encrypted) at once: a few TLS records, and little memory per
+/// connection (every connection sending a body holds one).
+const CHUNK: usize = 64 * 1024;
+
+/// The certificate HTTPS serves, replaced on reload.
+pub struct Certs {
+    current: ArcSwap<rustls::ServerConfig>,
+}
+
+impl Certs {
+    /// Reads the certificate and key; an error names the key whose file is at fault.
+    pub fn load(files: &ServerTls) -> Result<Arc<Self>, KeyError> {
+        let config = crate::config::secrets::tls::server_config(files)?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::new(config),
+        }))
+    }
+
+    /// Reads the files again (a reload): new handshakes get the new certificate; on an error
+    /// the one in use stays.
+    pub fn reload(&self, files: &ServerTls) -> Result<(), KeyError> {
+        let config = crate::config::secrets::tls::server_config(files)?;
+        self.current.store(config);
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+/// Where TLS records are made: always in the daemon today. `kernel` says whether this kernel
+/// registers the `tls` upper layer protocol (kTLS) at all.
+pub struct DataPath {
+    /// The kernel's kTLS, if it has it.
+    pub kernel: bool,
+}
+
+impl DataPath {
+    /// Reads `/proc/sys/net/ipv4/tcp_available_ulp` (the upper layer protocols the kernel
+    /// has registered; `tls` is kTLS).
+    pub fn probe() -> Self {
+        let ulps =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+        Self {
+            kernel: ulps.split_whitespace().any(|u| u == "tls"),
+        }
+    }
+
+    /// The metric's `reason` label.
+    fn reason(&self) -> &'static str {
+        if self.kernel {
+            "ktls_not_used"
+        } else {
+            "no_ktls_in_kernel"
+        }
+    }
+
+    /// Logs the data path and sets `bootfabric_http_tls_data_path`.
+    pub fn report(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        let gauge = IntGaugeVec::new(
+            Opts::new(
+                "bootfabric_http_tls_data_path",
+                "Where HTTPS records are encrypted (path: userspace or kernel), and why.",
+            ),
+            &["path", "reason"],
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        gauge
+            .with_label_values(&["userspace", self.reason()])
+            .set(1);
+        if self.kernel {
+            info!("HTTPS: records are encrypted by rustls in the daemon; this kernel's kTLS is not used");
+        } else {
+            warn!(
+                "HTTPS: this kernel has no kTLS (no `tls` in net.ipv4.tcp_available_ulp): records \
+                 are encrypted by rustls in the daemon, and image bytes pass through it"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Accepts HTTPS connections on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    certs: Arc<Certs>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+        };
+        let (std::net::SocketAddr::V4(peer), Ok(std::net::SocketAddr::V4(local))) =
+            (addr, stream.local_addr())
+        else {
+            continue;
+        };
+        let peer = *peer.ip();
+        // Counted from the first byte: a client that opens connections and never finishes a
+        // handshake holds its own slots only, each for the head timeout.
+        if let Err(why) = shared.admit(peer) {
+            debug!(%peer, why = why.as_label(), "HTTPS connection refused");
+            continue;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "HTTPS: TCP_NODELAY refused");
+        }
+        let (shared, cancel, acceptor) = (Arc::clone(&shared), cancel.clone(), certs.acceptor());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = async {
+                    let shake = tokio::time::timeout(
+                        shared.limits.header_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match shake {
+                        Ok(Ok(tls)) => {
+                            epoll::connection(tls, peer, *local.ip(), Arc::clone(&shared)).await;
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "HTTPS handshake failed");
+                            shared.metrics.refused("tls_handshake");
+                        }
+                        Err(_) => shared.metrics.refused("timeout"),
+                    }
+                } => {}
+            }
+            shared.release(peer);
+        });
+    }
+}
+
+/// `CHUNK` bytes (fewer at the end) of `file` from `offset` into `buf`: on this thread when
+/// the page cache holds them, else on the blocking pool (a disk read must not stall the
+/// runtime's workers). Returns the buffer and the bytes read.
+async fn read_chunk(
+    file: &Arc<std::fs::File>,
+    mut buf: Vec<u8>,
+    offset: u64,
+    want: usize,
+) -> std::io::Result<(Vec<u8>, usize)> {
+    buf.resize(want, 0);
+    if cache::holds(file, offset, want as u64) {
+        let n = file.read_at(&mut buf, offset)?;
+        return Ok((buf, n));
+    }
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || {
+        let n = file.read_at(&mut buf, offset)?;
+        Ok((buf, n))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+impl Wire for TlsStream<tokio::net::TcpStream> {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        self.get_ref().0
+    }
+
+    async fn send_file(
+        &mut self,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        shared: &Shared,
+        x: &mut Exchange,
+    ) -> Result<(), BodyError> {
+        let mut buf = Vec::with_capacity(CHUNK);
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let want = (end - at).min(CHUNK as u64) as usize;
+            let step = async {
+                let (b, n) = read_chunk(file, std::mem::take(&mut buf), at, want).await?;
+                buf = b;
+                if n == 0 {
+                    // The file is shorter than when it was opened.
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.write_all(&buf[..n]).await?;
+                Ok::<_, std::io::Error>(n)
+            };
+            match tokio::time::timeout(shared.limits.send_timeout, step).await {
+                Ok(Ok(n)) => {
+                    at += n as u64;
+                    x.sent(shared, n as u64);
+                }
+                Ok(Err(_)) => return Err(BodyError::Failed),
+                Err(_) => return Err(BodyError::Timeout),
+            }
+        }
+        let flushed = tokio::time::timeout(shared.limits.send_timeout, self.flush()).await;
+        match flushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BodyError::Failed),
+            Err(_) => Err(BodyError::Timeout),
+        }
+    }
+}
+
+/// Logs where HTTPS listens.
+pub fn announce(addr: std::net::SocketAddrV4, iface: &str) {
+    info!(%iface, "HTTPS server listening on {addr} (rustls)");
+}
