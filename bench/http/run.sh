@@ -5,6 +5,8 @@
 #   - range:N  1 MiB Range requests at random 1 MiB offsets of that image, as installers send;
 #   - curl:1   that image downloaded whole by curl, one process (one connection) after another
 #              for the run, as an installer or `curl -O` fetches it;
+#   - https-image:N, https-range:N  the same over HTTPS (port 443; Bootfabric: rustls; nginx:
+#              OpenSSL with `ssl_conf_command Options KTLS`, kernel TLS where the kernel has it);
 #   - script:N the iPXE script (Bootfabric renders it for the asking host; nginx serves the
 #              same text as a static file).
 # Every row runs in two modes, servers alternating within each row, mode and repeat:
@@ -21,7 +23,8 @@
 #
 # Usage: bench/http/run.sh        (as root; `cargo xtask setup` installs nginx and wrk)
 # Knobs: DURATION=10 REPEAT=3 (medians) PINS="1 0" SERVERS="bootfabric nginx"
-#        ROWS="image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32"
+#        ROWS="image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32
+#              https-image:1 https-image:32 https-range:1 https-range:32"
 #        SAMPLE=0.5
 #        BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
 #        RESULTS_DIR=<folder> (smoke runs; default bench/results/http)
@@ -31,14 +34,14 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BOOTFABRIC_BIN:-$ROOT/target/release/bootfabric}
 DURATION=${DURATION:-10}
 SERVERS=${SERVERS:-"bootfabric nginx"}
-ROWS=${ROWS:-"image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32"}
+ROWS=${ROWS:-"image:1 image:32 image:256 curl:1 script:1 script:32 script:256 range:1 range:32 https-image:1 https-image:32 https-range:1 https-range:32"}
 PINS=${PINS:-"1 0"}
 BACKEND=${BACKEND:-io_uring}
 REPEAT=${REPEAT:-3}
 SAMPLE=${SAMPLE:-0.5}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
-for p in nginx wrk curl ip ss taskset sha256sum; do
+for p in nginx wrk curl openssl ip ss taskset sha256sum; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
 done
 if [ ! -x "$BIN" ]; then
@@ -86,7 +89,12 @@ results_note "cores: $CORES; pin=1 gives each server 1 core (CPU 0), pin=0 gives
 cgroup_setup
 lab_up 1500
 
-mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state"
+mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state" "$WORK/tls"
+# One certificate for both servers (P-256, as an operator's CA would issue it).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=10.77.0.1 -addext subjectAltName=IP:10.77.0.1 \
+  -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+results_note "kernel TLS (net.ipv4.tcp_available_ulp): $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 head -c $((256 * 1048576)) /dev/urandom >"$WORK/images/rack/image.bin"
 cat >"$WORK/hosts.toml" <<'TOML'
 [profiles.installer]
@@ -118,6 +126,9 @@ root = "images"
 backend = "$BACKEND"
 workers = $workers
 max_connections_per_client = 1024
+tls_cert = "$WORK/tls/cert.pem"
+tls_key = "$WORK/tls/key.pem"
+tls_port = 443
 TOML
   # nginx as its documentation recommends for static files: sendfile with tcp_nopush (full
   # packets) and tcp_nodelay, open_file_cache so a small file is not opened, stat'ed and
@@ -143,6 +154,14 @@ http {
   default_type application/octet-stream;
   server {
     listen 10.77.0.1:80 reuseport;
+    root $WORK/images;
+  }
+  server {
+    listen 10.77.0.1:443 ssl reuseport;
+    ssl_certificate $WORK/tls/cert.pem;
+    ssl_certificate_key $WORK/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_conf_command Options KTLS;
     root $WORK/images;
   }
 }
@@ -189,6 +208,16 @@ start_server bootfabric 1
 ip netns exec "$CLI" curl -sS -o "$WORK/images/boot.ipxe" http://10.77.0.1/boot.ipxe
 # What the daemon says about its rings when pinned (the io-wq registration).
 grep -h "io-wq\|rings" "$WORK/bootfabric.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/bootfabric log (pin=1): /' || true
+# What each server says about TLS: the protocol and cipher a handshake agrees on.
+tls_note() {
+  results_note "$1 HTTPS: $(ip netns exec "$CLI" openssl s_client -connect 10.77.0.1:443 </dev/null 2>/dev/null |
+    awk '/^New, / { print } /Cipher is|Protocol *:/ { print }' | sort -u | paste -sd' ' -)"
+}
+tls_note bootfabric
+grep -h "HTTPS" "$WORK/bootfabric.log" | sed 's/\x1b\[[0-9;]*m//g; s/^/bootfabric log: /' || true
+stop_server
+start_server nginx 1
+tls_note nginx
 stop_server
 [ -s "$WORK/images/boot.ipxe" ] || { echo "Bootfabric rendered no script" >&2; exit 1; }
 
@@ -285,6 +314,8 @@ measure() {
   case $what in
     image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
+    https-image) url=https://10.77.0.1/rack/image.bin ;;
+    https-range) url=https://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
     script) url=http://10.77.0.1/boot.ipxe ;;
   esac
   [ "$pin" = 1 ] && cpuset=(taskset -c "1-$((CORES - 1))")
@@ -316,6 +347,8 @@ measure() {
   # wrk's "Latency avg stdev max +/-": the max, in ms.
   SLOWEST=$(awk '$1 == "Latency" && NF >= 4 { v = $4; n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
     f = (u == "us") ? 0.001 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1; printf "%.1f", n * f }' <<<"$out")
+  # No response completed (a 256 MiB body shared by many connections): no slowest one.
+  [ "${reqs:-0}" -gt 0 ] 2>/dev/null || SLOWEST=""
   SLOWEST=${SLOWEST:--}
   ERRORS=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
   if [ "$what" = script ]; then

@@ -125,6 +125,16 @@ pub(super) enum BodyError {
 /// What a connection's bytes go through: the TCP socket itself (file bodies by
 /// `sendfile(2)`), or a TLS session over it (file bodies read and encrypted here).
 pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Whether requests are routed on the runtime's own thread (opening and stating a file
+    /// there, as an io_uring ring does on its thread) rather than on the blocking pool. The
+    /// hand-off to the pool costs a thread switch per request: on a server pinned to one core
+    /// that is a scheduler round trip, which showed as a tail of several ms on 1 MiB ranges.
+    const ROUTES_INLINE: bool;
+
+    /// Whether a head and its file body are sent under TCP_CORK (full segments, the last one
+    /// pushed when uncorked).
+    const CORKS: bool;
+
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
 
@@ -141,6 +151,11 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl Wire for TcpStream {
+    // The fallback keeps every file operation off the runtime (see the module's text).
+    const ROUTES_INLINE: bool = false;
+    // The head is one write and the body another (sendfile): corked, they share segments.
+    const CORKS: bool = true;
+
     fn tcp(&self) -> &TcpStream {
         self
     }
@@ -207,7 +222,12 @@ pub(super) async fn connection<W: Wire>(
     let mut inbuf = Vec::new();
     let mut rbuf = vec![0u8; 16 * 1024];
     loop {
-        let mut x = match next(shared, &mut inbuf, peer, local).await {
+        let next = if W::ROUTES_INLINE {
+            Some(conn::next(shared, &mut inbuf, peer, local))
+        } else {
+            next(shared, &mut inbuf, peer, local).await
+        };
+        let mut x = match next {
             None => return,
             Some(Next::Answer(x)) => x,
             Some(Next::Wait(w)) => {
@@ -245,10 +265,16 @@ pub(super) async fn connection<W: Wire>(
         }
         // A file body follows: hold the head until the body fills its segments; uncorked
         // below, which pushes the last partial segment at once.
-        let corked = matches!(x.response.body, Body::File { .. }) && set_cork(s.tcp(), true);
+        let file_body = matches!(x.response.body, Body::File { .. });
+        let corked = W::CORKS && file_body && set_cork(s.tcp(), true);
+        // A file body's writes carry the head out (and end with a flush); anything else is
+        // flushed now.
         let sent = tokio::time::timeout(l.send_timeout, async {
             s.write_all(&head).await?;
-            s.flush().await
+            if !file_body {
+                s.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
         })
         .await;
         if !matches!(sent, Ok(Ok(()))) {
