@@ -537,6 +537,32 @@ fn https_serves_the_same_bytes_and_renews_its_certificate() {
         "the failed handshake was not counted"
     );
 
+    // A client that connects and never says hello holds its slot for the head timeout only
+    // (2 s here), then the daemon closes the connection (30 s bounds the wait; not timed).
+    let closed_by_daemon = l
+        .lab
+        .client
+        .run(|| -> Result<bool, String> {
+            let mut s = TcpStream::connect("10.77.0.1:443").map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            let mut b = [0u8; 16];
+            Ok(match s.read(&mut b) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            })
+        })
+        .expect("client namespace")
+        .expect("silent connection");
+    assert!(closed_by_daemon, "a silent TLS client was kept past the head timeout");
+    assert!(
+        l.metric(
+            "bootfabric_http_connections_refused_total",
+            &[("reason", "timeout")]
+        ) >= 1.0
+    );
+
     // Renewed on disk, re-read on SIGHUP: the next connection gets the new certificate.
     issue(&pki.path, &[server("bootfabric-https-renewed")]).expect("openssl");
     l.daemon
