@@ -555,7 +555,10 @@ fn https_serves_the_same_bytes_and_renews_its_certificate() {
         })
         .expect("client namespace")
         .expect("silent connection");
-    assert!(closed_by_daemon, "a silent TLS client was kept past the head timeout");
+    assert!(
+        closed_by_daemon,
+        "a silent TLS client was kept past the head timeout"
+    );
     assert!(
         l.metric(
             "bootfabric_http_connections_refused_total",

@@ -277,7 +277,7 @@ impl HttpService {
                 };
                 let (workers, local) = listeners(&ips, cfg.port, n)?;
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
-                    info!(%iface, "HTTP server listening on {addr} (io_uring, {n} rings, splice)");
+                    info!(%iface, "HTTP server listening on {addr} (io_uring, {n} rings, sendfile and splice)");
                 }
                 (Transport::Uring { workers }, local)
             }
