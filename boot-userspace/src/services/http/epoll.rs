@@ -31,6 +31,30 @@ use super::{
 
 /// Accepts on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    accept(
+        listener,
+        shared,
+        cancel,
+        "HTTP",
+        |s, peer, local, shared| connection(s, peer, local, shared),
+    )
+    .await;
+}
+
+/// Accepts connections on `listener` until `cancel` fires, and runs `serve` for each one
+/// admitted (HTTP and HTTPS alike): its addresses, the per-client and total limits (a refused
+/// connection is closed at once), TCP_NODELAY, and its slot given back when it ends or
+/// `cancel` fires. `scheme` names the listener in logs.
+pub(super) async fn accept<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    scheme: &'static str,
+    serve: F,
+) where
+    F: Fn(TcpStream, Ipv4Addr, Ipv4Addr, Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, addr) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -44,22 +68,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
         else {
             continue;
         };
-        if let Err(why) = shared.admit(*peer.ip()) {
-            debug!(%peer, why = why.as_label(), "HTTP connection refused");
+        let peer = *peer.ip();
+        // Counted from accept: a client that opens connections and never finishes a request
+        // (or a TLS handshake) holds its own slots only, each for the head timeout.
+        if let Err(why) = shared.admit(peer) {
+            debug!(%peer, why = why.as_label(), "{scheme} connection refused");
             continue;
         }
         // The last partial segment of a response never waits for the client's delayed ACK;
-        // a head and its file body are corked together instead (`connection`).
+        // a head and its file body are corked together instead where that helps (`Wire`).
         if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "HTTP: TCP_NODELAY refused");
+            debug!(%peer, error = %e, "{scheme}: TCP_NODELAY refused");
         }
-        let shared = Arc::clone(&shared);
-        let cancel = cancel.clone();
+        let conn = serve(stream, peer, *local.ip(), Arc::clone(&shared));
+        let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
         tokio::spawn(async move {
-            let peer = *peer.ip();
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = connection(stream, peer, *local.ip(), Arc::clone(&shared)) => {}
+                _ = conn => {}
             }
             shared.release(peer);
         });

@@ -137,6 +137,18 @@ fn listeners(
     Ok((sets, local))
 }
 
+/// Listening sockets handed to the runtime (non-blocking, registered with its reactor).
+fn on_runtime(fds: Vec<Vec<OwnedFd>>) -> std::io::Result<Vec<tokio::net::TcpListener>> {
+    fds.into_iter()
+        .flatten()
+        .map(|fd| {
+            let std: std::net::TcpListener = fd.into();
+            std.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std)
+        })
+        .collect()
+}
+
 enum Transport {
     Uring {
         workers: Vec<Vec<OwnedFd>>,
@@ -241,12 +253,7 @@ impl HttpService {
                     },
                 )?;
                 let (fds, local) = listeners(&ips, t.port, 1)?;
-                let mut listeners = Vec::new();
-                for fd in fds.into_iter().flatten() {
-                    let std: std::net::TcpListener = fd.into();
-                    std.set_nonblocking(true)?;
-                    listeners.push(tokio::net::TcpListener::from_std(std)?);
-                }
+                let listeners = on_runtime(fds)?;
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
                     tls::announce(*addr, iface);
                 }
@@ -284,12 +291,7 @@ impl HttpService {
             Err(why) => {
                 warn!("HTTP: not using io_uring ({why}); serving with epoll and sendfile");
                 let (fds, local) = listeners(&ips, cfg.port, 1)?;
-                let mut listeners = Vec::new();
-                for fd in fds.into_iter().flatten() {
-                    let std: std::net::TcpListener = fd.into();
-                    std.set_nonblocking(true)?;
-                    listeners.push(tokio::net::TcpListener::from_std(std)?);
-                }
+                let listeners = on_runtime(fds)?;
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
                     info!(%iface, "HTTP server listening on {addr} (epoll, sendfile)");
                 }

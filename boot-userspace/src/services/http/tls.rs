@@ -112,61 +112,38 @@ impl DataPath {
     }
 }
 
-/// Accepts HTTPS connections on `listener` until `cancel` fires.
+/// Accepts HTTPS connections on `listener` until `cancel` fires: each handshake is bounded by
+/// the head timeout and counted when it fails; then the connection is served as HTTP's.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     certs: Arc<Certs>,
     cancel: CancellationToken,
 ) {
-    loop {
-        let (stream, addr) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-        };
-        let (std::net::SocketAddr::V4(peer), Ok(std::net::SocketAddr::V4(local))) =
-            (addr, stream.local_addr())
-        else {
-            continue;
-        };
-        let peer = *peer.ip();
-        // Counted from the first byte: a client that opens connections and never finishes a
-        // handshake holds its own slots only, each for the head timeout.
-        if let Err(why) = shared.admit(peer) {
-            debug!(%peer, why = why.as_label(), "HTTPS connection refused");
-            continue;
-        }
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, error = %e, "HTTPS: TCP_NODELAY refused");
-        }
-        let (shared, cancel, acceptor) = (Arc::clone(&shared), cancel.clone(), certs.acceptor());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = async {
-                    let shake = tokio::time::timeout(
-                        shared.limits.header_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match shake {
-                        Ok(Ok(tls)) => {
-                            epoll::connection(tls, peer, *local.ip(), Arc::clone(&shared)).await;
-                        }
-                        Ok(Err(e)) => {
-                            debug!(%peer, error = %e, "HTTPS handshake failed");
-                            shared.metrics.refused("tls_handshake");
-                        }
-                        Err(_) => shared.metrics.refused("timeout"),
+    epoll::accept(
+        listener,
+        shared,
+        cancel,
+        "HTTPS",
+        |stream, peer, local, shared| {
+            // The certificate in use at accept: a reload changes the next connections' only.
+            let acceptor = certs.acceptor();
+            async move {
+                let shake =
+                    tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream))
+                        .await;
+                match shake {
+                    Ok(Ok(tls)) => epoll::connection(tls, peer, local, shared).await,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "HTTPS handshake failed");
+                        shared.metrics.refused("tls_handshake");
                     }
-                } => {}
+                    Err(_) => shared.metrics.refused("timeout"),
+                }
             }
-            shared.release(peer);
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// `CHUNK` bytes (fewer at the end) of `file` from `offset` into `buf`: on this thread when
