@@ -31,14 +31,7 @@ use super::{
 
 /// Accepts on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
-    accept(
-        listener,
-        shared,
-        cancel,
-        "HTTP",
-        |s, peer, local, shared| connection(s, peer, local, shared),
-    )
-    .await;
+    accept(listener, shared, cancel, "HTTP", connection::<TcpStream>).await;
 }
 
 /// Accepts connections on `listener` until `cancel` fires, and runs `serve` for each one
