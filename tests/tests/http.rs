@@ -909,6 +909,66 @@ fn stalled_clients_time_out_and_limits_hold() {
     );
 }
 
+/// A client that asks for a file and stops reading holds its connection for the send timeout
+/// only (2 s here): the daemon ends it and counts it. On io_uring the body then waits in a
+/// poll for room in the socket (page-cache bodies go by `sendfile`); the sweep's shutdown
+/// completes that poll. (30 s bounds the wait; nothing is timed.)
+fn a_reader_that_stops_is_cut_off(backend: &str) {
+    let t = format!("a_reader_that_stops_is_cut_off_on_{backend}");
+    let Some(l) = lab_with(&t, backend, "send_timeout_s = 2\n") else {
+        return;
+    };
+    let stream = l
+        .lab
+        .client
+        .run(|| -> Result<TcpStream, String> {
+            // A small receive window, so that the 3 MiB body cannot sit in the buffers.
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .map_err(|e| e.to_string())?;
+            sock.set_recv_buffer_size(4096).map_err(|e| e.to_string())?;
+            let addr: std::net::SocketAddr = "10.77.0.1:80".parse().map_err(|e| format!("{e}"))?;
+            sock.connect(&addr.into()).map_err(|e| e.to_string())?;
+            let mut s: TcpStream = sock.into();
+            s.write_all(b"GET /debian/linux HTTP/1.1\r\nHost: x\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            Ok(s)
+        })
+        .expect("client namespace")
+        .expect("request sent");
+    let counted = wait_for(Duration::from_secs(30), || {
+        (l.metric(
+            "bootfabric_http_connections_refused_total",
+            &[("reason", "timeout")],
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(counted.is_some(), "a stalled reader was not timed out");
+    // What the daemon had sent is still readable; then the stream ends, short of the body.
+    let mut s = stream;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let ended = match s.read_to_end(&mut got) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(ended, "the connection was not ended");
+    assert!(
+        got.len() < l.file("debian/linux").len(),
+        "the whole body arrived: the reader did not stall"
+    );
+}
+
+#[test]
+fn a_reader_that_stops_is_cut_off_on_io_uring() {
+    a_reader_that_stops_is_cut_off("io_uring");
+}
+
+#[test]
+fn a_reader_that_stops_is_cut_off_on_epoll() {
+    a_reader_that_stops_is_cut_off("epoll");
+}
+
 #[test]
 fn one_client_cannot_take_every_connection() {
     let Some(l) = lab_with(
