@@ -594,6 +594,60 @@ fn https_serves_the_same_bytes_and_renews_its_certificate() {
     assert!(got.body == kernel[..10]);
 }
 
+/// Bodies whose pages are not in the page cache go through the splice path (io-wq), never
+/// `sendfile` on the ring: with the file's pages dropped before each download and a client
+/// slower than the pipe (curl --limit-rate), the socket fills under a splice, and every byte
+/// must still arrive, whole files and ranges.
+fn uncached_bodies_arrive_whole(backend: &str) {
+    use std::os::fd::AsRawFd as _;
+    let t = format!("uncached_bodies_arrive_whole_on_{backend}");
+    let Some(l) = lab(&t, backend) else { return };
+    let path = l.images.join("debian/linux");
+    let kernel = l.file("debian/linux");
+    let evict = || {
+        let f = std::fs::File::open(&path).expect("kernel");
+        // SAFETY: fadvise on a descriptor we own; the pages are clean (written and closed).
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "posix_fadvise");
+    };
+    for (range, first, last) in [
+        (None, 0, kernel.len() - 1),
+        (Some("100000-2500000"), 100_000, 2_500_000),
+    ] {
+        evict();
+        let mut args = vec!["--limit-rate", "3M"];
+        let header;
+        if let Some(r) = range {
+            header = format!("Range: bytes={r}");
+            args.extend(["-H", &header]);
+        }
+        let got = l.curl("/debian/linux", &args);
+        assert!(
+            got.body == kernel[first..=last],
+            "{range:?}: {} of {} bytes, or different ones",
+            got.body.len(),
+            last - first + 1
+        );
+    }
+    assert_eq!(
+        l.metric(
+            "bootfabric_http_connections_refused_total",
+            &[("reason", "send_error")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn uncached_bodies_arrive_whole_on_io_uring() {
+    uncached_bodies_arrive_whole("io_uring");
+}
+
+#[test]
+fn uncached_bodies_arrive_whole_on_epoll() {
+    uncached_bodies_arrive_whole("epoll");
+}
+
 #[test]
 fn wget_resumes_a_download() {
     let t = "wget_resumes_a_download";

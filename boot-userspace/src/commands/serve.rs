@@ -200,10 +200,6 @@ fn moved_api_files(
     }
 }
 
-/// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
-/// settings; DHCP options, with the XDP fast path's maps). A config that does not load, or
-/// that a follower refuses (DHCP: a changed subnet or mode), is refused whole, with the key
-/// or the follower and the reason, and the running generation stays.
 /// What a reload hands new settings to besides the snapshot.
 struct Reloaded<'a> {
     /// `[images]`, for the images service's next update and watch.
@@ -212,6 +208,10 @@ struct Reloaded<'a> {
     https: Option<&'a crate::services::http::tls::Certs>,
 }
 
+/// SIGHUP: re-reads the config and publishes it as the next snapshot (hosts, profiles, boot
+/// settings; DHCP options, with the XDP fast path's maps; HTTPS's certificate). A config that
+/// does not load, or that a follower refuses (DHCP: a changed subnet or mode), is refused
+/// whole, with the key or the follower and the reason, and the running generation stays.
 fn reload(
     trigger: &str,
     path: &std::path::Path,
@@ -266,6 +266,12 @@ fn reload(
             match (handles.https, tls) {
                 // A renewed certificate is served from the next handshake.
                 (Some(certs), Some(t)) => match certs.reload(&t.files) {
+                    Ok(()) if t.port != certs.port() => info!(
+                        "{trigger}: HTTPS certificate read from {}; http.tls_port {} needs a restart (serving on {})",
+                        t.files.cert.display(),
+                        t.port,
+                        certs.port()
+                    ),
                     Ok(()) => info!(
                         "{trigger}: HTTPS certificate read from {}",
                         t.files.cert.display()

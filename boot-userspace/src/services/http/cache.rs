@@ -60,12 +60,16 @@ pub fn holds(file: &File, off: u64, len: u64) -> bool {
         )
     };
     if rc < 0 {
-        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+        let e = std::io::Error::last_os_error();
+        // ENOSYS (Linux before 6.5) or EPERM (a seccomp filter): it will not work later
+        // either, so it is asked no more, and said once.
+        if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM))
             && !MISSING.swap(true, Ordering::Relaxed)
         {
             warn!(
-                "HTTP: this kernel has no cachestat(2) (Linux 6.5): every body is spliced by \
-                 io_uring workers, a thread hand-off per chunk"
+                "HTTP: cachestat(2) is unavailable ({e}): bodies are read as if not cached \
+                 (io_uring: spliced by its workers, a thread hand-off per chunk; HTTPS: read \
+                 on the blocking pool)"
             );
         }
         return false;

@@ -31,7 +31,14 @@ use super::{
 
 /// Accepts on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
-    accept(listener, shared, cancel, "HTTP", connection::<TcpStream>).await;
+    accept(
+        listener,
+        shared,
+        cancel,
+        "HTTP",
+        |mut s, peer, local, shared| async move { connection(&mut s, peer, local, shared).await },
+    )
+    .await;
 }
 
 /// Accepts connections on `listener` until `cancel` fires, and runs `serve` for each one
@@ -53,7 +60,20 @@ pub(super) async fn accept<F, Fut>(
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(_) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory (a crowd of clients): counted, and a pause
+                    // before the next accept, which would fail at once again (a spin).
+                    shared.metrics.refused("accept_error");
+                    debug!(error = %e, "{scheme} accept failed");
+                    let exhausted = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if exhausted {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
             },
         };
         let (std::net::SocketAddr::V4(peer), Ok(std::net::SocketAddr::V4(local))) =
@@ -144,12 +164,6 @@ pub(super) enum BodyError {
 /// What a connection's bytes go through: the TCP socket itself (file bodies by
 /// `sendfile(2)`), or a TLS session over it (file bodies read and encrypted here).
 pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Whether requests are routed on the runtime's own thread (opening and stating a file
-    /// there, as an io_uring ring does on its thread) rather than on the blocking pool. The
-    /// hand-off to the pool costs a thread switch per request: on a server pinned to one core
-    /// that is a scheduler round trip, which showed as a tail of several ms on 1 MiB ranges.
-    const ROUTES_INLINE: bool;
-
     /// Whether a head and its file body are sent under TCP_CORK (full segments, the last one
     /// pushed when uncorked).
     const CORKS: bool;
@@ -170,8 +184,6 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
 }
 
 impl Wire for TcpStream {
-    // The fallback keeps every file operation off the runtime (see the module's text).
-    const ROUTES_INLINE: bool = false;
     // The head is one write and the body another (sendfile): corked, they share segments.
     const CORKS: bool = true;
 
@@ -231,7 +243,7 @@ impl Wire for TcpStream {
 /// Serves the requests of one connection, one after another, until it closes, fails or times
 /// out.
 pub(super) async fn connection<W: Wire>(
-    mut s: W,
+    s: &mut W,
     peer: Ipv4Addr,
     local: Ipv4Addr,
     shared: Arc<Shared>,
@@ -241,12 +253,7 @@ pub(super) async fn connection<W: Wire>(
     let mut inbuf = Vec::new();
     let mut rbuf = vec![0u8; 16 * 1024];
     loop {
-        let next = if W::ROUTES_INLINE {
-            Some(conn::next(shared, &mut inbuf, peer, local))
-        } else {
-            next(shared, &mut inbuf, peer, local).await
-        };
-        let mut x = match next {
+        let mut x = match next(shared, &mut inbuf, peer, local).await {
             None => return,
             Some(Next::Answer(x)) => x,
             Some(Next::Wait(w)) => {

@@ -246,7 +246,7 @@ impl HttpService {
         let shared = Arc::new(Shared::new(site, limits, metrics, ips.clone()));
         let https = match &cfg.tls {
             Some(t) => {
-                let certs = tls::Certs::load(&t.files).map_err(
+                let certs = tls::Certs::load(&t.files, t.port).map_err(
                     |crate::util::key_error::KeyError { key, reason }| HttpError::Tls {
                         key,
                         reason,

@@ -5,10 +5,10 @@
 //! renewed certificate is served without a restart; one that does not load is refused and
 //! the one in use stays.
 //!
-//! Requests are routed on the runtime's thread, as a ring routes them on its own (a stuck
-//! image store stalls that thread's connections, as it stalls a ring's). Image bytes pass
-//! through the daemon here: a file body is read (from the page cache on the runtime's
-//! thread when it is there, else on the blocking pool) and encrypted by rustls.
+//! Requests are routed on the blocking pool, as the epoll fallback routes them: the runtime
+//! also serves TFTP, and a stuck image store must not stall it. Image bytes pass through the
+//! daemon here: a file body is read (from the page cache on the runtime's thread when it is
+//! there, else on the blocking pool) and encrypted by rustls.
 //! Kernel TLS, which would let `sendfile` carry them as over plain HTTP, is not used: the
 //! daemon says so at start and in `bootfabric_http_tls_data_path`, with whether this kernel
 //! has it at all.
@@ -36,15 +36,23 @@ const CHUNK: usize = 64 * 1024;
 /// The certificate HTTPS serves, replaced on reload.
 pub struct Certs {
     current: ArcSwap<rustls::ServerConfig>,
+    /// The port HTTPS listens on (a reload cannot move it).
+    port: u16,
 }
 
 impl Certs {
     /// Reads the certificate and key; an error names the key whose file is at fault.
-    pub fn load(files: &ServerTls) -> Result<Arc<Self>, KeyError> {
+    pub fn load(files: &ServerTls, port: u16) -> Result<Arc<Self>, KeyError> {
         let config = crate::config::secrets::tls::server_config(files)?;
         Ok(Arc::new(Self {
             current: ArcSwap::new(config),
+            port,
         }))
+    }
+
+    /// The port HTTPS listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Reads the files again (a reload): new handshakes get the new certificate; on an error
@@ -133,7 +141,14 @@ pub async fn serve(
                     tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream))
                         .await;
                 match shake {
-                    Ok(Ok(tls)) => epoll::connection(tls, peer, local, shared).await,
+                    Ok(Ok(mut tls)) => {
+                        epoll::connection(&mut tls, peer, local, Arc::clone(&shared)).await;
+                        // close_notify, so that a client reading to the end sees a clean end (a
+                        // client gone already costs the bound, once).
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(1), tls.shutdown())
+                                .await;
+                    }
                     Ok(Err(e)) => {
                         debug!(%peer, error = %e, "HTTPS handshake failed");
                         shared.metrics.refused("tls_handshake");
@@ -170,9 +185,6 @@ async fn read_chunk(
 }
 
 impl Wire for TlsStream<tokio::net::TcpStream> {
-    // As a ring: the records are made on this thread anyway, and a hand-off per request
-    // cost more than the request on one core.
-    const ROUTES_INLINE: bool = true;
     // rustls writes whole records, the head with the body's first; corked, a quarter of the
     // 1 MiB ranges on one connection waited 2-3 ms longer (bench/http https-range:1,
     // 458 MiB/s corked, 765 not).

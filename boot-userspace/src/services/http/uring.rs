@@ -79,6 +79,9 @@ struct Conn {
     in_pipe: i64,
     pair_wait: u8,
     pair_failed: bool,
+    /// The socket half of the pair found the socket full (it is non-blocking): what the file
+    /// half put in the pipe waits for room.
+    pair_full: bool,
     /// The body's bytes before this offset were found in the page cache.
     cached_until: u64,
     exchange: Option<Box<Exchange>>,
@@ -259,13 +262,10 @@ pub fn worker(
     let tick = types::Timespec::new().sec(1);
     let mut date = httpdate::fmt_http_date(SystemTime::now());
     let mut pending: Vec<squeue::Entry> = Vec::new();
+    // Listeners whose accept failed, asked again on the next tick.
+    let mut stalled_accepts: Vec<usize> = Vec::new();
     for (i, l) in listeners.iter().enumerate() {
-        pending.push(
-            opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
-                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                .build()
-                .user_data(ACCEPT_BASE + i as u64),
-        );
+        pending.push(accept_multi(l, ACCEPT_BASE + i as u64));
     }
     pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
     if let Some(fd) = &wake {
@@ -336,6 +336,11 @@ pub fn worker(
                 }
                 date = httpdate::fmt_http_date(SystemTime::now());
                 sweep(&mut conns, &shared);
+                for i in stalled_accepts.drain(..) {
+                    if let Some(l) = listeners.get(i) {
+                        pending.push(accept_multi(l, ACCEPT_BASE + i as u64));
+                    }
+                }
                 // Also here, not only on the eventfd: a missed wake costs a second at most.
                 resume(&mut conns, &shared, &date, &mut pending);
                 pending.push(opcode::Timeout::new(&tick).build().user_data(TIMER));
@@ -343,19 +348,21 @@ pub fn worker(
             }
             if data >= ACCEPT_BASE {
                 let i = (data - ACCEPT_BASE) as usize;
+                if res < 0 {
+                    // Out of descriptors or memory (a crowd of clients): counted, and the
+                    // accept is asked again on the next tick, not at once (that would spin).
+                    shared.metrics.refused("accept_error");
+                    debug!(error = %std::io::Error::from_raw_os_error(-res), "HTTP accept failed");
+                    if !cqueue::more(flags) {
+                        stalled_accepts.push(i);
+                    }
+                    continue;
+                }
                 if !cqueue::more(flags) {
                     // The kernel ended the multishot accept (under pressure): ask again.
                     if let Some(l) = listeners.get(i) {
-                        pending.push(
-                            opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
-                                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                                .build()
-                                .user_data(data),
-                        );
+                        pending.push(accept_multi(l, data));
                     }
-                }
-                if res < 0 {
-                    continue;
                 }
                 // SAFETY: a successful accept returns a new descriptor we now own.
                 let fd = unsafe { OwnedFd::from_raw_fd(res) };
@@ -377,6 +384,14 @@ pub fn worker(
             );
         }
     }
+}
+
+/// A multishot accept on `l`; accepted sockets are non-blocking (for `sendfile` on the ring).
+fn accept_multi(l: &OwnedFd, data: u64) -> squeue::Entry {
+    opcode::AcceptMulti::new(types::Fd(l.as_raw_fd()))
+        .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+        .build()
+        .user_data(data)
 }
 
 fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Vec<squeue::Entry>) {
@@ -407,6 +422,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         in_pipe: 0,
         pair_wait: 0,
         pair_failed: false,
+        pair_full: false,
         cached_until: 0,
         exchange: None,
         waiting: None,
@@ -467,6 +483,7 @@ fn splice_pair(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) -> bo
     c.op = Op::Pair;
     c.pair_wait = 2;
     c.pair_failed = false;
+    c.pair_full = false;
     let len = (*left).min(u64::from(PIPE_SIZE)) as u32;
     let more = *left > u64::from(len);
     pending.push(
@@ -615,6 +632,10 @@ fn complete(
         return pair_half(key, linked_out, res, conns, shared, date, pending);
     }
     let op = std::mem::replace(&mut c.op, Op::Idle);
+    if op == Op::SpliceOut && res == -libc::EAGAIN && !c.closing {
+        // The socket is full (it is non-blocking): the pipe's bytes wait for room.
+        return wait_room(key, c, pending);
+    }
     if c.closing || res < 0 || (res == 0 && op != Op::SpliceOut) {
         // Errors, a closed peer, a sweep, or a file that ended early.
         if res < 0 && op != Op::Recv {
@@ -623,7 +644,11 @@ fn complete(
         return end(key, conns, shared, false);
     }
     let n = res as u64;
-    c.last_progress = Instant::now();
+    // Room in the socket is not progress: only bytes taken are (else a socket that says it
+    // has room and then takes nothing would never time out).
+    if op != Op::Room {
+        c.last_progress = Instant::now();
+    }
     match op {
         Op::Recv => {
             c.inbuf.extend_from_slice(&c.rbuf[..res as usize]);
@@ -671,6 +696,8 @@ fn pair_half(
     match (out_half, res) {
         // The file half came up short, so the kernel cancelled this one.
         (true, r) if r == -libc::ECANCELED => {}
+        // The socket is full: an io-wq splice into a non-blocking socket does not wait.
+        (true, r) if r == -libc::EAGAIN => c.pair_full = true,
         (true, r) if r > 0 => {
             c.in_pipe -= i64::from(r);
             if let Some(x) = c.exchange.as_mut() {
@@ -698,6 +725,9 @@ fn pair_half(
         return end(key, conns, shared, false);
     }
     c.last_progress = Instant::now();
+    if c.pair_full {
+        return wait_room(key, c, pending);
+    }
     body_next(key, conns, shared, date, pending);
 }
 
@@ -771,6 +801,7 @@ fn send_file(
         }
         if n == 0 {
             // The file is shorter than when it was opened: the response cannot be completed.
+            shared.metrics.refused("send_error");
             return end(key, conns, shared, false);
         }
         match std::io::Error::last_os_error().raw_os_error() {
@@ -784,9 +815,12 @@ fn send_file(
     }
 }
 
-/// Waits (a one-shot poll on the ring) until the socket takes more bytes.
+/// Waits (a one-shot poll on the ring) until the socket takes more bytes. The page cache is
+/// asked again afterwards: pages found there before may be evicted while a slow client waits,
+/// and `sendfile` on the ring must not read the disk.
 fn wait_room(key: usize, c: &mut Conn, pending: &mut Vec<squeue::Entry>) {
     c.op = Op::Room;
+    c.cached_until = 0;
     pending.push(
         opcode::PollAdd::new(types::Fd(c.fd.as_raw_fd()), libc::POLLOUT as u32)
             .build()
