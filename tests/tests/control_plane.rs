@@ -398,10 +398,12 @@ fn a_controller_provisions_through_the_api() {
             .enumerate()
             .filter(|(k, _)| *k != moved_idx)
             .map(|(k, sim)| {
+                let daemon = &daemon;
                 s.spawn(move || {
-                    let ip = sim
-                        .dhcp()
-                        .unwrap_or_else(|e| panic!("{}: {e}", name(k as u8 + 1)));
+                    // A lost lease says why: the daemon's log goes with it.
+                    let ip = sim.dhcp().unwrap_or_else(|e| {
+                        panic!("{}: {e}\ndaemon:\n{}", name(k as u8 + 1), daemon.log())
+                    });
                     let b = sim.boot(HTTP_BASE, Some("role.cfg")).expect("boot");
                     (k as u8 + 1, ip, b)
                 })
