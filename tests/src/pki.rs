@@ -17,17 +17,23 @@ pub struct Leaf<'a> {
 /// A CA (`ca.pem`, `ca.key`) in `dir` if there is none yet, and every leaf signed by it.
 /// P-256 keys, two days of validity.
 pub fn issue(dir: &Path, leaves: &[Leaf<'_>]) -> Result<(), LabError> {
+    issue_with(dir, leaves, &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+}
+
+/// As [`issue`], with RSA 2048 keys throughout: what EDK2 firmware (OVMF) verifies, its TLS
+/// having no elliptic curves.
+pub fn issue_rsa(dir: &Path, leaves: &[Leaf<'_>]) -> Result<(), LabError> {
+    issue_with(dir, leaves, &["rsa:2048"])
+}
+
+fn issue_with(dir: &Path, leaves: &[Leaf<'_>], newkey: &[&str]) -> Result<(), LabError> {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+    let mut key = vec!["-newkey"];
+    key.extend(newkey);
+    key.push("-nodes");
     if !dir.join("ca.pem").exists() {
         let mut args = vec!["req", "-x509"];
-        args.extend(key);
+        args.extend(&key);
         args.extend([
             "-keyout",
             "ca.key",
@@ -51,7 +57,7 @@ pub fn issue(dir: &Path, leaves: &[Leaf<'_>]) -> Result<(), LabError> {
         std::fs::write(dir.join(&ext), format!("{}\n", leaf.ext))
             .map_err(|e| format!("{ext}: {e}"))?;
         let mut args = vec!["req", "-new"];
-        args.extend(key);
+        args.extend(&key);
         args.extend(["-keyout", &keyfile, "-out", &csr, "-subj", &subj]);
         openssl(&args)?;
         openssl(&[

@@ -529,3 +529,204 @@ fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
         "the kernel sent {kernel_bytes} bytes of {images}: {metrics}"
     );
 }
+
+/// UEFI HTTP boot, no TFTP at all: OVMF's own HTTP-boot client (vendor class
+/// `HTTPClient`, arch 16) is told a URL, loads `ipxe.efi` from it, and the iPXE it started
+/// boots Debian's kernel and initramfs from the fabric to the booted callback. Over `https`
+/// the firmware trusts the lab's CA (enrolled through fw_cfg as OVMF reads it) and the
+/// first stage comes over TLS; Debian's iPXE has no HTTPS, so the stages after it stay on
+/// plain HTTP.
+fn ovmf_http_boot(t: &str, https: bool) {
+    use bootfabric_lab::{bootimage, capture::Capture, pki};
+    let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    let ipxe = "/usr/lib/ipxe/ipxe.efi";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64") && have_program("openssl"),
+            t,
+            "QEMU or openssl is not installed (cargo xtask setup)",
+        )
+        || !require(
+            std::path::Path::new(code).exists() && std::path::Path::new(ipxe).exists(),
+            t,
+            "OVMF or iPXE is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
+    let image = bootimage::ensure(&cache).expect("boot image");
+    let dir = TempDir::new().expect("dir");
+    let root = dir.path.join("http");
+    std::fs::create_dir_all(root.join("linux")).expect("root");
+    let ipxe_len = std::fs::copy(ipxe, root.join("ipxe.efi")).expect("ipxe.efi");
+    std::fs::copy(&image.kernel, root.join("linux/vmlinuz")).expect("kernel");
+    std::fs::copy(&image.initramfs, root.join("linux/initramfs.cpio")).expect("initramfs");
+    let mut config = format!("{CONFIG}[http]\nroot = \"{}\"\n", root.display());
+    let mut profile = String::from(
+        "[profiles.installer]\nkernel = \"linux/vmlinuz\"\ninitrd = [\"linux/initramfs.cpio\"]\ncmdline = \"console=ttyS0 quiet bootfabric.booted={http_base}/booted\"\n",
+    );
+    let mut fw_cfg = vec![
+        // Only the HTTP-boot entries: PXE stays out of the boot order.
+        "name=opt/org.tianocore/IPv4PXESupport,string=no".to_owned(),
+        "name=opt/org.tianocore/IPv6PXESupport,string=no".to_owned(),
+    ];
+    if https {
+        let pki_dir = dir.path.join("pki");
+        std::fs::create_dir(&pki_dir).expect("pki");
+        pki::issue_rsa(
+            &pki_dir,
+            &[pki::Leaf {
+                name: "server",
+                cn: "10.77.0.1",
+                ext: "subjectAltName = IP:10.77.0.1",
+            }],
+        )
+        .expect("openssl");
+        config.push_str(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            pki_dir.join("server.pem").display(),
+            pki_dir.join("server.key").display()
+        ));
+        profile
+            .push_str("[profiles.installer.boot]\nuefi_http_x64 = \"https://{server}/ipxe.efi\"\n");
+        let esl = dir.path.join("cacerts.esl");
+        std::fs::write(&esl, signature_list(&pki_dir.join("ca.pem"))).expect("esl");
+        fw_cfg.push(format!(
+            "name=etc/edk2/https/cacerts,file={}",
+            esl.display()
+        ));
+    }
+    let inventory = INVENTORY.replace("[profiles.installer]\n", &profile);
+    let lab = lab();
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    let vars_copy = dir.path.join("vars.fd");
+    std::fs::copy(vars, &vars_copy).expect("vars");
+    let log = dir.path.join("qemu.log");
+    let pflash_code = format!("if=pflash,format=raw,unit=0,readonly=on,file={code}");
+    let pflash_vars = format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display());
+    let capture = Capture::start(&lab.client, "tap0").expect("capture");
+    let mut args = vec![
+        "-drive",
+        &pflash_code,
+        "-drive",
+        &pflash_vars,
+        // romfile= (empty) keeps iPXE's ROM away: OVMF's own network stack boots.
+        "-device",
+        "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01,romfile=",
+    ];
+    for f in &fw_cfg {
+        args.extend(["-fw_cfg", f.as_str()]);
+    }
+    let _vm = qemu(&lab.client, &args, &log);
+    // The firmware gives up on the network in its console ("Remote boot cancelled") and goes
+    // on to its shell: stop waiting then.
+    let gave_up = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("EFI Internal Shell")
+    };
+    let timeline = wait_for(BOOT_BOUND * 2, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        if gave_up() {
+            return Some(Err(t));
+        }
+        t.contains("\"phase\":\"booted\"").then_some(Ok(t))
+    })
+    .and_then(Result::ok)
+    .unwrap_or_else(|| {
+        panic!(
+            "the machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    // The firmware's program, iPXE's script, kernel and initramfs, the OS's callback.
+    let mut from = 0;
+    for step in [
+        format!("\"detail\":\"/ipxe.efi: {ipxe_len} bytes\""),
+        "\"phase\":\"ipxe_script\"".to_owned(),
+        "\"detail\":\"/linux/vmlinuz: ".to_owned(),
+        "\"detail\":\"/linux/initramfs.cpio: ".to_owned(),
+        "\"phase\":\"booted\"".to_owned(),
+    ] {
+        let at = timeline[from..]
+            .find(&step)
+            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
+        from += at + 1;
+    }
+    let frames = capture.finish();
+    let sent = |proto: u8, port: u16| {
+        frames
+            .iter()
+            .filter(|f| dst_port(f, proto) == Some(port))
+            .count()
+    };
+    assert_eq!(sent(17, 69), 0, "the machine sent TFTP requests");
+    if https {
+        assert!(sent(6, 443) > 0, "the firmware never reached port 443");
+        let plain_ipxe = frames
+            .iter()
+            .any(|f| dst_port(f, 6) == Some(80) && f.windows(13).any(|w| w == b"GET /ipxe.efi"));
+        assert!(!plain_ipxe, "ipxe.efi was asked for over plain HTTP");
+    }
+}
+
+/// The destination port of an Ethernet frame carrying IPv4 and `proto` (6 TCP, 17 UDP).
+fn dst_port(frame: &[u8], proto: u8) -> Option<u16> {
+    if frame.get(12..14)? != [0x08, 0x00] || *frame.get(23)? != proto {
+        return None;
+    }
+    let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+    let l4 = frame.get(14 + ihl..)?;
+    Some(u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]))
+}
+
+/// `pem` (one certificate) as an EFI signature list holding one X.509 entry: the format
+/// OVMF reads its trusted HTTPS CAs in (UEFI 2.x, EFI_SIGNATURE_LIST).
+fn signature_list(pem: &std::path::Path) -> Vec<u8> {
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(pem)
+        .output()
+        .expect("openssl")
+        .stdout;
+    // EFI_CERT_X509_GUID a5c059a1-94e4-4aa7-87b5-ab155c2bf072, in UEFI's byte order.
+    const X509: [u8; 16] = [
+        0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0,
+        0x72,
+    ];
+    let owner = [0x42u8; 16];
+    let entry = 16 + der.len();
+    let mut out = Vec::with_capacity(28 + entry);
+    out.extend_from_slice(&X509);
+    out.extend_from_slice(&((28 + entry) as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(entry as u32).to_le_bytes());
+    out.extend_from_slice(&owner);
+    out.extend_from_slice(&der);
+    out
+}
+
+#[test]
+fn ovmf_http_boot_loads_ipxe_and_boots_linux_without_tftp() {
+    ovmf_http_boot(
+        "ovmf_http_boot_loads_ipxe_and_boots_linux_without_tftp",
+        false,
+    );
+}
+
+#[test]
+fn ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux() {
+    ovmf_http_boot(
+        "ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux",
+        true,
+    );
+}

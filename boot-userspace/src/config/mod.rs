@@ -855,6 +855,7 @@ impl Config {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
                 client_ca: wire.admin.client_ca.as_ref().map(PathBuf::from),
+                firmware: false,
             }),
             (Some(_), None) => {
                 return Err(invalid(
@@ -1086,6 +1087,7 @@ impl Config {
                                     cert: PathBuf::from(cert),
                                     key: PathBuf::from(key),
                                     client_ca: None,
+                                    firmware: true,
                                 },
                                 port: tls_port,
                             })

@@ -25,6 +25,8 @@ pub struct ServerTls {
     pub key: PathBuf,
     /// PEM CA certificates that sign operators' client certificates.
     pub client_ca: Option<PathBuf>,
+    /// Boot firmware connects: offer TLS 1.2 finite-field DHE too (EDK2 has nothing else).
+    pub firmware: bool,
 }
 
 /// A TLS setting that cannot be used: the config key and the reason.
@@ -46,7 +48,11 @@ pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, KeyError> {
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| keyed("tls_key", format!("{}: {e}", tls.key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    if tls.firmware {
+        provider = super::dhe::with_firmware_dhe(provider);
+    }
+    let provider = Arc::new(provider);
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| keyed("tls_cert", e.to_string()))?;

@@ -244,6 +244,12 @@ pub fn decide_for(
     }
 }
 
+/// Whether a boot setting is a full `http://` or `https://` URL rather than a path under
+/// `http_base`.
+pub fn is_url(setting: &str) -> bool {
+    setting.starts_with("http://") || setting.starts_with("https://")
+}
+
 /// Decides the boot fields for a client. `server` is the DHCP server's address on the
 /// client's network (the default next-server and `{server}` in `http_base`).
 pub fn decide(
@@ -282,6 +288,11 @@ pub fn decide(
         d.file = Some(file);
     };
     let http = |d: &mut BootDecision, path: String, why: String| match &http_base {
+        // A full URL (another server, or https for the firmware alone) is given as it is.
+        _ if is_url(&path) => {
+            d.file = Some(path.replace("{server}", &server.to_string()));
+            d.rule("file, option 67", format!("{why} (a full URL)"));
+        }
         Some((base, base_key)) => {
             d.file = Some(format!("{base}/{}", path.trim_start_matches('/')));
             d.rule("file, option 67", format!("{why} under {base_key}"));
@@ -512,6 +523,37 @@ mod tests {
         );
         assert_eq!(d.file, None);
         assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
+    }
+
+    #[test]
+    fn a_full_url_is_given_as_it_is_with_the_server_filled_in() {
+        let mut g = global();
+        g.uefi_http_x64 = Some("https://{server}/efi/ipxe.efi".into());
+        g.ipxe_script = Some("http://scripts.example/boot.ipxe".into());
+        let d = decide(
+            &facts(Some(arch::HTTP_X64), Some("HTTPClient:Arch:00016"), None),
+            None,
+            &g,
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("https://10.77.0.1/efi/ipxe.efi"));
+        assert!(d.rules.iter().any(|r| r.1.contains("a full URL")), "{d:?}");
+        let d = decide(
+            &facts(Some(arch::EFI_X64), Some("PXEClient"), Some(b"iPXE")),
+            None,
+            &g,
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("http://scripts.example/boot.ipxe"));
+        // Without any http_base a full URL still stands on its own.
+        g.http_base = None;
+        let d = decide(
+            &facts(Some(arch::HTTP_X64), Some("HTTPClient"), None),
+            None,
+            &g,
+            SERVER,
+        );
+        assert_eq!(d.file.as_deref(), Some("https://10.77.0.1/efi/ipxe.efi"));
     }
 
     #[test]
