@@ -662,6 +662,22 @@ fn ovmf_http_boot(t: &str, https: bool) {
             .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
         from += at + 1;
     }
+    // `check` finds the program the firmware loaded and, over HTTPS, a certificate it can
+    // verify (ports are in use by the running daemon: only these lines are read).
+    let check = lab
+        .server
+        .command(bootfabric_lab::bootfabric_bin())
+        .args(["check", "--skip", "xdp,bmc,dhcp,cluster", "--config"])
+        .arg(daemon.config_path())
+        .output()
+        .expect("check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("PASS  HTTP-boot program ipxe.efi"), "{said}");
+    assert_eq!(
+        said.contains("PASS  HTTPS for UEFI HTTP boot"),
+        https,
+        "{said}"
+    );
     let frames = capture.finish();
     let sent = |proto: u8, port: u16| {
         frames

@@ -285,7 +285,111 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
     if let Some(t) = &config.tftp {
         items.extend(kernel_files(t, config.xdp_mode));
     }
+    items.extend(http_boot(config, &roots));
     items
+}
+
+/// Programs UEFI HTTP-boot clients are sent to this daemon for are under its image roots (a
+/// warning only: the defaults name `ipxe.efi`, and fleets without HTTP boot never ask), and
+/// where they come over HTTPS, the certificate is one EDK2 firmware can verify.
+fn http_boot(config: &Config, roots: &[&Path]) -> Vec<Item> {
+    let Some(http) = &config.http else {
+        return Vec::new();
+    };
+    let layers = std::iter::once(config.boot.clone()).chain(
+        config
+            .inventory
+            .profiles()
+            .values()
+            .map(|p| p.boot.over(&config.boot)),
+    );
+    let mut seen = BTreeSet::new();
+    let mut items = Vec::new();
+    let mut https = false;
+    for b in layers {
+        for f in [&b.uefi_http_x64, &b.uefi_http_arm64].into_iter().flatten() {
+            let Some((path, tls)) = served_here(f, b.http_base.as_deref()) else {
+                continue;
+            };
+            https |= tls;
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let subject = format!("HTTP-boot program {path}");
+            items.push(match files::find(roots, &path) {
+                Some((root, Ok(src))) => Item::pass(
+                    subject,
+                    format!("{} bytes under {}", src.size(), root.display()),
+                ),
+                Some((root, Err(e))) => Item::warn(
+                    subject,
+                    format!("under {}: cannot be served: {e}", root.display()),
+                    "make it a regular, readable file inside the root",
+                ),
+                None => Item::warn(
+                    subject,
+                    format!(
+                        "not found under {}: UEFI HTTP-boot clients would get 404",
+                        list(roots)
+                    ),
+                    "copy it there (Debian: /usr/lib/ipxe/ipxe.efi from package ipxe), or change boot.uefi_http_x64",
+                ),
+            });
+        }
+    }
+    if let (true, Some(tls)) = (https, &http.tls) {
+        items.push(firmware_certificate(&tls.files.key));
+    }
+    items
+}
+
+/// The path a UEFI HTTP-boot setting asks this daemon for, and whether over HTTPS; `None`
+/// when it names another server.
+fn served_here(setting: &str, http_base: Option<&str>) -> Option<(String, bool)> {
+    let (url, path) = if crate::model::boot::is_url(setting) {
+        (setting, "")
+    } else {
+        (http_base?, setting)
+    };
+    let (tls, rest) = match url.split_once("://{server}") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        _ => return None,
+    };
+    // Past an optional port, what is left is the path under the roots.
+    let prefix = rest.trim_start_matches(|c: char| c == ':' || c.is_ascii_digit());
+    let joined = format!(
+        "{}/{}",
+        prefix.trim_matches('/'),
+        path.trim_start_matches('/')
+    );
+    Some((joined.trim_matches('/').to_owned(), tls))
+}
+
+/// EDK2's TLS (OVMF, most servers' UEFI) verifies RSA signatures only.
+fn firmware_certificate(key: &Path) -> Item {
+    use rustls::pki_types::{pem::PemObject as _, PrivateKeyDer};
+    let subject = "HTTPS for UEFI HTTP boot";
+    let algorithm = PrivateKeyDer::from_pem_file(key)
+        .ok()
+        .and_then(|k| rustls::crypto::ring::sign::any_supported_type(&k).ok())
+        .map(|k| k.algorithm());
+    match algorithm {
+        Some(rustls::SignatureAlgorithm::RSA) => Item::pass(
+            subject,
+            "an RSA certificate, which EDK2 firmware can verify (TLS 1.2 DHE-RSA offered)",
+        ),
+        Some(other) => Item::warn(
+            subject,
+            format!("http.tls_key is {other:?}: EDK2-based firmware (OVMF, most servers' UEFI) verifies RSA certificates only"),
+            "issue an RSA certificate (and CA) for http.tls_cert where firmware boots over HTTPS",
+        ),
+        None => Item::warn(
+            subject,
+            "http.tls_key cannot be read as a signing key",
+            "see the daemon's start-up error for http.tls_key",
+        ),
+    }
 }
 
 /// `tftp.kernel_files`: each is there to be served, and together they fit
@@ -541,6 +645,26 @@ mod tests {
         assert!(kernel_files(&tftp(dir.path(), &[], 65_536), on)[0]
             .detail
             .starts_with("[]"));
+    }
+
+    #[test]
+    fn http_boot_paths_served_here_are_found_and_others_skipped() {
+        let base = Some("http://{server}");
+        assert_eq!(
+            served_here("ipxe.efi", base),
+            Some(("ipxe.efi".into(), false))
+        );
+        assert_eq!(
+            served_here("efi/ipxe.efi", Some("https://{server}:8443/boot/")),
+            Some(("boot/efi/ipxe.efi".into(), true))
+        );
+        assert_eq!(
+            served_here("https://{server}/ipxe.efi", base),
+            Some(("ipxe.efi".into(), true))
+        );
+        assert_eq!(served_here("http://images.example/ipxe.efi", base), None);
+        assert_eq!(served_here("ipxe.efi", Some("http://images.example")), None);
+        assert_eq!(served_here("ipxe.efi", None), None);
     }
 
     #[test]

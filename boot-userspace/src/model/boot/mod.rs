@@ -98,6 +98,12 @@ impl OptionSet {
     }
 }
 
+/// Whether a boot setting (`ipxe_script`, `uefi_http_*`) is a full `http://` or `https://`
+/// URL rather than a path under `http_base`.
+pub fn is_url(setting: &str) -> bool {
+    setting.starts_with("http://") || setting.starts_with("https://")
+}
+
 /// Validated boot settings (global `[boot]`, or a profile's override of it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootSettings {

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
-use crate::model::boot::BootSettings;
+use crate::model::boot::{is_url, BootSettings};
 use crate::model::inventory::{BootAnswer, Profile};
 
 /// RFC 4578 / IANA processor architecture types the policy knows.
@@ -242,12 +242,6 @@ pub fn decide_for(
             d
         }
     }
-}
-
-/// Whether a boot setting is a full `http://` or `https://` URL rather than a path under
-/// `http_base`.
-pub fn is_url(setting: &str) -> bool {
-    setting.starts_with("http://") || setting.starts_with("https://")
 }
 
 /// Decides the boot fields for a client. `server` is the DHCP server's address on the
