@@ -32,6 +32,9 @@ pub enum Firmware {
     UefiPxe,
     /// OVMF with the NIC's iPXE EFI ROM.
     UefiIpxe,
+    /// OVMF's own UEFI HTTP-boot client (arch 16), its PXE entries off: loads `ipxe.efi`
+    /// over HTTP, no TFTP at all.
+    UefiHttp,
 }
 
 impl Firmware {
@@ -41,6 +44,7 @@ impl Firmware {
             Self::Bios => "bios-ipxe",
             Self::UefiPxe => "uefi-pxe",
             Self::UefiIpxe => "uefi-ipxe",
+            Self::UefiHttp => "uefi-http",
         }
     }
 }
@@ -224,7 +228,10 @@ fn libvirt_python(dir: &Path) -> Result<PathBuf, LabError> {
 }
 
 fn domain_xml(m: &Machine, dir: &Path, kvm: bool) -> String {
-    let uefi = matches!(m.firmware, Firmware::UefiPxe | Firmware::UefiIpxe);
+    let uefi = matches!(
+        m.firmware,
+        Firmware::UefiPxe | Firmware::UefiIpxe | Firmware::UefiHttp
+    );
     let loader = if uefi {
         format!(
             "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram>",
@@ -233,9 +240,15 @@ fn domain_xml(m: &Machine, dir: &Path, kvm: bool) -> String {
     } else {
         String::new()
     };
-    // OVMF's own PXE client only boots when no iPXE ROM is on the NIC.
-    let rom = if m.firmware == Firmware::UefiPxe {
+    // OVMF's own PXE and HTTP-boot clients only boot when no iPXE ROM is on the NIC.
+    let rom = if matches!(m.firmware, Firmware::UefiPxe | Firmware::UefiHttp) {
         "<rom enabled='no'/>"
+    } else {
+        ""
+    };
+    // OVMF reads these from fw_cfg: with its PXE entries off, only HTTP boot is left.
+    let sysinfo = if m.firmware == Firmware::UefiHttp {
+        "<sysinfo type='fwcfg'><entry name='opt/org.tianocore/IPv4PXESupport'>no</entry><entry name='opt/org.tianocore/IPv6PXESupport'>no</entry></sysinfo>"
     } else {
         ""
     };
@@ -246,6 +259,7 @@ fn domain_xml(m: &Machine, dir: &Path, kvm: bool) -> String {
   <uuid>{uuid}</uuid>
   <memory unit='MiB'>512</memory>
   <vcpu>1</vcpu>
+  {sysinfo}
   <os><type arch='x86_64' machine='pc'>hvm</type>{loader}<boot dev='network'/></os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -286,6 +300,9 @@ impl Rack {
             std::fs::copy(Path::new("/usr/lib/ipxe").join(f), tftp.join(f))
                 .map_err(|e| format!("/usr/lib/ipxe/{f} (package ipxe): {e}"))?;
         }
+        // UEFI HTTP boot loads ipxe.efi from the HTTP server.
+        std::fs::copy("/usr/lib/ipxe/ipxe.efi", images.join("ipxe.efi"))
+            .map_err(|e| format!("/usr/lib/ipxe/ipxe.efi (package ipxe): {e}"))?;
 
         let server = Netns::new("srv")?;
         server.ip(&["link", "set", "lo", "up"])?;

@@ -204,7 +204,7 @@ fn check_passes_a_healthy_setup_and_names_each_broken_thing() {
         "PASS  profile linux file linux/initrd.img",
         "PASS  bootloader undionly.kpxe",
         "PASS  bootloader ipxe.efi",
-        "PASS  HTTP-boot program ipxe.efi",
+        "WARN  HTTP-boot program ipxe.efi: not found under http.root",
         "PASS  disk state",
         "PASS  bmc http://127.0.0.1:",
         "PASS  dhcp servers on fabric0: no other DHCP server answered",

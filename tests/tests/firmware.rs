@@ -548,7 +548,9 @@ fn ovmf_http_boot(t: &str, https: bool) {
             "QEMU or openssl is not installed (cargo xtask setup)",
         )
         || !require(
-            std::path::Path::new(code).exists() && std::path::Path::new(ipxe).exists(),
+            [code, vars, ipxe]
+                .iter()
+                .all(|f| std::path::Path::new(f).exists()),
             t,
             "OVMF or iPXE is not installed (cargo xtask setup)",
         )
@@ -708,12 +710,17 @@ fn dst_port(frame: &[u8], proto: u8) -> Option<u16> {
 /// `pem` (one certificate) as an EFI signature list holding one X.509 entry: the format
 /// OVMF reads its trusted HTTPS CAs in (UEFI 2.x, EFI_SIGNATURE_LIST).
 fn signature_list(pem: &std::path::Path) -> Vec<u8> {
-    let der = std::process::Command::new("openssl")
+    let out = std::process::Command::new("openssl")
         .args(["x509", "-outform", "DER", "-in"])
         .arg(pem)
         .output()
-        .expect("openssl")
-        .stdout;
+        .expect("openssl");
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = out.stdout;
     // EFI_CERT_X509_GUID a5c059a1-94e4-4aa7-87b5-ab155c2bf072, in UEFI's byte order.
     const X509: [u8; 16] = [
         0xa1, 0x59, 0xc0, 0xa5, 0xe4, 0x94, 0xa7, 0x4a, 0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0,

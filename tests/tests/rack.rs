@@ -1,5 +1,6 @@
-//! End to end, nothing mocked: a BIOS machine (SeaBIOS + the NIC's iPXE ROM) and a UEFI
-//! machine (OVMF's own PXE client, chainloading `ipxe.efi` over TFTP) as libvirt domains
+//! End to end, nothing mocked: a BIOS machine (SeaBIOS + the NIC's iPXE ROM), a UEFI
+//! machine (OVMF's own PXE client, chainloading `ipxe.efi` over TFTP) and a UEFI HTTP-boot
+//! machine (OVMF loading `ipxe.efi` over HTTP, no TFTP) as libvirt domains
 //! with a Redfish BMC (sushy-emulator's libvirt driver) are rebooted by
 //! `bootfabric reboot`, boot Debian's kernel and a busybox initramfs from the fabric, and
 //! report `POST /booted`. The ledger shows every phase in order, and the XDP counters show
@@ -37,7 +38,14 @@ fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
     let image = bootimage::ensure(&cache()).expect("boot image");
     let kvm = rack::kvm_works(&image.kernel);
     eprintln!("{t}: {}", if kvm { "KVM" } else { "TCG" });
-    let machines = rack::machines(2, &[rack::Firmware::Bios, rack::Firmware::UefiPxe]);
+    let machines = rack::machines(
+        3,
+        &[
+            rack::Firmware::Bios,
+            rack::Firmware::UefiPxe,
+            rack::Firmware::UefiHttp,
+        ],
+    );
     let r = rack::Rack::start(rack::RackOptions {
         machines,
         image: &image,
@@ -70,7 +78,7 @@ fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
         consoles(),
         r.daemon.log()
     );
-    assert!(report.contains("booted 2, failed 0"), "{report}");
+    assert!(report.contains("booted 3, failed 0"), "{report}");
 
     for m in &r.machines {
         // The machine's own init said so on its console.
@@ -89,8 +97,14 @@ fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
         // Reset, the firmware's DHCP (and the gate letting it through), OVMF's PXE fetching
         // ipxe.efi over TFTP, kernel and initramfs over HTTP, the OS's callback.
         let mut order = vec!["bmc_reset", "dhcp_offer", "admitted"];
-        if m.firmware == rack::Firmware::UefiPxe {
-            order.push("tftp_sent");
+        match m.firmware {
+            rack::Firmware::UefiPxe => order.push("tftp_sent"),
+            // ipxe.efi over HTTP, and no TFTP at all.
+            rack::Firmware::UefiHttp => {
+                order.push("http_sent");
+                assert!(!tl.contains("\"phase\":\"tftp_"), "{}: {tl}", m.name);
+            }
+            _ => {}
         }
         order.extend(["http_sent", "http_sent", "booted"]);
         let mut from = 0;
@@ -112,7 +126,7 @@ fn bios_and_uefi_machines_boot_end_to_end_through_the_fabric() {
             .unwrap_or(0.0)
         };
         // Firmware, iPXE and the booted OS each asked: all reserved, all from the kernel.
-        assert!(answered("offer") >= 4.0, "{m}");
-        assert!(answered("ack") >= 4.0, "{m}");
+        assert!(answered("offer") >= 6.0, "{m}");
+        assert!(answered("ack") >= 6.0, "{m}");
     }
 }

@@ -58,6 +58,7 @@ pub fn run(hosts: usize, no_wait: bool, variant: Variant) -> anyhow::Result<()> 
         rack::Firmware::Bios,
         rack::Firmware::UefiPxe,
         rack::Firmware::UefiIpxe,
+        rack::Firmware::UefiHttp,
     ];
     let machines = rack::machines(hosts, &mix);
     println!("\n==> rack: {hosts} machine(s) as libvirt domains, BMCs from sushy-emulator's libvirt driver");

@@ -1585,6 +1585,29 @@ mod tests {
     }
 
     #[test]
+    fn boot_urls_are_http_boot_programs_only_and_fit_the_file_field() {
+        let ok =
+            parse("[boot]\nuefi_http_x64 = \"https://{server}/efi/ipxe.efi\"\n").expect("full URL");
+        assert_eq!(
+            ok.boot.uefi_http_x64.as_deref(),
+            Some("https://{server}/efi/ipxe.efi")
+        );
+        let e = err("[boot]\nipxe_script = \"http://{server}/boot.ipxe\"\n");
+        assert!(
+            e.contains("boot.ipxe_script") && e.contains("is a URL"),
+            "{e}"
+        );
+        // 121 bytes, but {server} may become 15 (7 more): refused.
+        let long = format!("https://{{server}}/{}", "a".repeat(121 - 17));
+        assert_eq!(long.len(), 121);
+        let e = err(&format!("[boot]\nuefi_http_x64 = \"{long}\"\n"));
+        assert!(
+            e.contains("boot.uefi_http_x64") && e.contains("may not fit"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn https_keys_come_together_on_their_own_port_and_files_are_read_at_load() {
         for (text, key) in [
             ("[http]\ntls_cert = \"c.pem\"\n", "`http.tls_key`"),

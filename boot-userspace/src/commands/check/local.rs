@@ -285,17 +285,19 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
     if let Some(t) = &config.tftp {
         items.extend(kernel_files(t, config.xdp_mode));
     }
-    items.extend(http_boot(config, &roots));
+    items.extend(http_boot(config));
     items
 }
 
-/// Programs UEFI HTTP-boot clients are sent to this daemon for are under its image roots (a
-/// warning only: the defaults name `ipxe.efi`, and fleets without HTTP boot never ask), and
-/// where they come over HTTPS, the certificate is one EDK2 firmware can verify.
-fn http_boot(config: &Config, roots: &[&Path]) -> Vec<Item> {
+/// Programs UEFI HTTP-boot clients are sent to this daemon for are under `http.root` (HTTP
+/// serves files from there alone; a warning only: the defaults name `ipxe.efi`, and fleets
+/// without HTTP boot never ask), and where they come over HTTPS, the certificate is one EDK2
+/// firmware can verify.
+fn http_boot(config: &Config) -> Vec<Item> {
     let Some(http) = &config.http else {
         return Vec::new();
     };
+    let roots: Vec<&Path> = http.root.as_deref().into_iter().collect();
     let layers = std::iter::once(config.boot.clone()).chain(
         config
             .inventory
@@ -316,7 +318,7 @@ fn http_boot(config: &Config, roots: &[&Path]) -> Vec<Item> {
                 continue;
             }
             let subject = format!("HTTP-boot program {path}");
-            items.push(match files::find(roots, &path) {
+            items.push(match files::find(&roots, &path) {
                 Some((root, Ok(src))) => Item::pass(
                     subject,
                     format!("{} bytes under {}", src.size(), root.display()),
@@ -328,11 +330,14 @@ fn http_boot(config: &Config, roots: &[&Path]) -> Vec<Item> {
                 ),
                 None => Item::warn(
                     subject,
-                    format!(
-                        "not found under {}: UEFI HTTP-boot clients would get 404",
-                        list(roots)
-                    ),
-                    "copy it there (Debian: /usr/lib/ipxe/ipxe.efi from package ipxe), or change boot.uefi_http_x64",
+                    match roots.first() {
+                        Some(root) => format!(
+                            "not found under http.root {}: UEFI HTTP-boot clients would get 404",
+                            root.display()
+                        ),
+                        None => "http.root is unset: UEFI HTTP-boot clients would get 404".to_owned(),
+                    },
+                    "copy it into http.root (Debian: /usr/lib/ipxe/ipxe.efi from package ipxe), or change boot.uefi_http_x64",
                 ),
             });
         }

@@ -7,13 +7,18 @@
 //! twins) and the ffdhe2048 group to the HTTPS server's provider. Static-RSA key exchange is
 //! left out on purpose (no forward secrecy; rustls does not implement it).
 //!
-//! The exponentiation is crypto-bigint's constant-time Montgomery ladder, with a 256-bit
-//! private exponent: RFC 7919 section 5.2 asks at least 225 bits for ffdhe2048.
+//! The exponentiation is crypto-bigint's constant-time fixed-window Montgomery
+//! exponentiation, with a 256-bit private exponent (RFC 7919 section 5.2 asks at least 225
+//! bits for ffdhe2048), wiped when the exchange ends.
+//!
+//! The server's config sets `ignore_client_order`, so its own order decides: TLS 1.3, then
+//! ECDHE, then DHE only for a client that offers nothing else.
 
 use std::sync::LazyLock;
 
 use crypto_bigint::{
     modular::runtime_mod::{DynResidue, DynResidueParams},
+    zeroize::{Zeroize as _, Zeroizing},
     Encoding as _, U2048, U256,
 };
 use rustls::{
@@ -28,8 +33,8 @@ const LEN: usize = 256;
 /// Bits of the private exponent.
 const EXPONENT_BITS: usize = 256;
 
-/// `provider` with the DHE-RSA suites after its own (clients that offer ECDHE or TLS 1.3 keep
-/// getting those first) and ffdhe2048 after its groups.
+/// `provider` with the DHE-RSA suites after its own and ffdhe2048 after its groups (with
+/// `ignore_client_order`, clients that offer ECDHE or TLS 1.3 get those).
 pub fn with_firmware_dhe(
     mut provider: rustls::crypto::CryptoProvider,
 ) -> rustls::crypto::CryptoProvider {
@@ -85,9 +90,9 @@ struct Ffdhe2048;
 
 impl SupportedKxGroup for Ffdhe2048 {
     fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, Error> {
-        let mut bytes = [0u8; EXPONENT_BITS / 8];
-        getrandom::getrandom(&mut bytes).map_err(|_| rustls::crypto::GetRandomFailed)?;
-        let secret = U256::from_be_slice(&bytes);
+        let mut bytes = Zeroizing::new([0u8; EXPONENT_BITS / 8]);
+        getrandom::getrandom(&mut bytes[..]).map_err(|_| rustls::crypto::GetRandomFailed)?;
+        let secret = U256::from_be_slice(&bytes[..]);
         let public = power(&U2048::from_u8(2), &secret);
         Ok(Box::new(Exchange {
             secret,
@@ -114,14 +119,22 @@ struct Exchange {
     public: [u8; LEN],
 }
 
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.secret.zeroize();
+    }
+}
+
 impl ActiveKeyExchange for Exchange {
     fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, Error> {
         let y = peer_value(peer)?;
-        let shared = power(&y, &self.secret);
-        if shared == U2048::ONE {
+        let mut shared = Zeroizing::new(power(&y, &self.secret));
+        if *shared == U2048::ONE {
             return Err(PeerMisbehaved::InvalidKeyShare.into());
         }
-        Ok(SharedSecret::from(&shared.to_be_bytes()[..]))
+        let bytes = Zeroizing::new(shared.to_be_bytes());
+        shared.zeroize();
+        Ok(SharedSecret::from(&bytes[..]))
     }
 
     fn pub_key(&self) -> &[u8] {

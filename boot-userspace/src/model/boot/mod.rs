@@ -98,8 +98,8 @@ impl OptionSet {
     }
 }
 
-/// Whether a boot setting (`ipxe_script`, `uefi_http_*`) is a full `http://` or `https://`
-/// URL rather than a path under `http_base`.
+/// Whether a boot setting (`uefi_http_*`) is a full `http://` or `https://` URL rather than
+/// a path under `http_base`.
 pub fn is_url(setting: &str) -> bool {
     setting.starts_with("http://") || setting.starts_with("https://")
 }
@@ -154,6 +154,17 @@ impl BootSettings {
                 v => Ok(v.clone()),
             }
         };
+        // The DHCP file field holds 127 bytes: `{server}` may grow by 7 (to 255.255.255.255).
+        let url_fits = |field: &str, v: &Option<String>| -> Result<Option<String>, KeyError> {
+            let v = file(field, v)?;
+            match &v {
+                Some(f) if is_url(f) && f.len() + 7 * f.matches("{server}").count() > 127 => Err(KeyError::new(
+                    format!("{key}.{field}"),
+                    format!("{f:?} may not fit the DHCP file field (127 bytes, with {{server}} as 15)"),
+                )),
+                _ => Ok(v),
+            }
+        };
         if let Some(b) = &w.http_base {
             if !(b.starts_with("http://") || b.starts_with("https://")) || b.len() > 100 {
                 return Err(KeyError::new(
@@ -183,9 +194,18 @@ impl BootSettings {
             uefi_x64: file("uefi_x64", &w.uefi_x64)?,
             uefi_x86: file("uefi_x86", &w.uefi_x86)?,
             uefi_arm64: file("uefi_arm64", &w.uefi_arm64)?,
-            ipxe_script: file("ipxe_script", &w.ipxe_script)?,
-            uefi_http_x64: file("uefi_http_x64", &w.uefi_http_x64)?,
-            uefi_http_arm64: file("uefi_http_arm64", &w.uefi_http_arm64)?,
+            ipxe_script: match file("ipxe_script", &w.ipxe_script)? {
+                // The script is rendered per host by this server, under `http_base`.
+                Some(s) if is_url(&s) => {
+                    return Err(KeyError::new(
+                        format!("{key}.ipxe_script"),
+                        format!("{s:?} is a URL: give the script's path under http_base (this server renders it per host)"),
+                    ))
+                }
+                s => s,
+            },
+            uefi_http_x64: url_fits("uefi_http_x64", &w.uefi_http_x64)?,
+            uefi_http_arm64: url_fits("uefi_http_arm64", &w.uefi_http_arm64)?,
         })
     }
 

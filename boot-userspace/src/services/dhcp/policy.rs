@@ -282,7 +282,8 @@ pub fn decide(
         d.file = Some(file);
     };
     let http = |d: &mut BootDecision, path: String, why: String| match &http_base {
-        // A full URL (another server, or https for the firmware alone) is given as it is.
+        // A UEFI HTTP-boot program may be a full URL (another server, or https for the
+        // firmware alone); config loading refuses one for `ipxe_script`.
         _ if is_url(&path) => {
             d.file = Some(path.replace("{server}", &server.to_string()));
             d.rule("file, option 67", format!("{why} (a full URL)"));
@@ -523,7 +524,6 @@ mod tests {
     fn a_full_url_is_given_as_it_is_with_the_server_filled_in() {
         let mut g = global();
         g.uefi_http_x64 = Some("https://{server}/efi/ipxe.efi".into());
-        g.ipxe_script = Some("http://scripts.example/boot.ipxe".into());
         let d = decide(
             &facts(Some(arch::HTTP_X64), Some("HTTPClient:Arch:00016"), None),
             None,
@@ -532,13 +532,6 @@ mod tests {
         );
         assert_eq!(d.file.as_deref(), Some("https://10.77.0.1/efi/ipxe.efi"));
         assert!(d.rules.iter().any(|r| r.1.contains("a full URL")), "{d:?}");
-        let d = decide(
-            &facts(Some(arch::EFI_X64), Some("PXEClient"), Some(b"iPXE")),
-            None,
-            &g,
-            SERVER,
-        );
-        assert_eq!(d.file.as_deref(), Some("http://scripts.example/boot.ipxe"));
         // Without any http_base a full URL still stands on its own.
         g.http_base = None;
         let d = decide(
