@@ -753,3 +753,108 @@ fn ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux() {
         true,
     );
 }
+
+/// iPXE configures IPv6 router discovery beside DHCP and fetches its script only when both
+/// are done: unanswered, its solicitations cost about 13 s per start. With IPv6 disabled on
+/// the server's interface the daemon still answers them (from a packet socket), so iPXE's
+/// script request follows its DHCP within seconds. The bound is far above the ~1 s this
+/// takes under TCG and far below the 13 s wait it guards against.
+#[test]
+fn ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server() {
+    let t = "ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server";
+    let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            std::path::Path::new(lkrn).exists(),
+            t,
+            "iPXE is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let dir = TempDir::new().expect("dir");
+    let images = dir.path.join("images");
+    std::fs::create_dir_all(images.join("vm")).expect("images");
+    std::fs::copy(lkrn, images.join("vm/kernel.lkrn")).expect("kernel");
+    let config = format!("{CONFIG}[http]\nroot = \"{}\"\n", images.display());
+    let inventory = INVENTORY.replace(
+        "[profiles.installer]",
+        "[profiles.installer]\nkernel = \"vm/kernel.lkrn\"\ncmdline = \"console=ttyS0\"",
+    );
+    let lab = lab();
+    bootfabric_lab::run(
+        lab.server
+            .command("sysctl")
+            .args(["-qw", "net.ipv6.conf.fabric0.disable_ipv6=1"]),
+    )
+    .expect("sysctl");
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    assert!(
+        daemon
+            .log()
+            .contains("answering router solicitations from a packet socket"),
+        "{}",
+        daemon.log()
+    );
+    let log = dir.path.join("qemu.log");
+    let _vm = qemu(
+        &lab.client,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
+            "-boot",
+            "n",
+        ],
+        &log,
+    );
+    let events = wait_for(BOOT_BOUND, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+        let events = v["events"].as_array()?.clone();
+        events
+            .iter()
+            .any(|e| e["phase"] == "ipxe_script")
+            .then_some(events)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "iPXE never asked for its script.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    let at = |phase: &str| {
+        events
+            .iter()
+            .find(|e| e["phase"] == phase)
+            .and_then(|e| e["at_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {phase} in {events:?}"))
+    };
+    let gap = at("ipxe_script").saturating_sub(at("dhcp_offer"));
+    assert!(
+        gap < 8_000,
+        "{gap} ms from iPXE's DHCP offer to its script request: the router wait is back\n{events:?}"
+    );
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    assert!(
+        sample(
+            &metrics,
+            "bootfabric_ra_sent_total",
+            &[("iface", "fabric0")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+}

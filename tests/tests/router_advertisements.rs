@@ -30,7 +30,23 @@ s.sendto(ra, ("ff02::1", 0, 0, idx))
 
 #[test]
 fn solicitations_get_an_advertisement_that_configures_nothing() {
-    let t = "solicitations_get_an_advertisement_that_configures_nothing";
+    answers_and_yields(
+        "solicitations_get_an_advertisement_that_configures_nothing",
+        true,
+    );
+}
+
+/// The same with IPv6 disabled on the server's interface (`disable_ipv6`, a common hardening
+/// sysctl there): the daemon answers from a packet socket, as its EUI-64 link-local address.
+#[test]
+fn solicitations_are_answered_with_ipv6_disabled_on_the_server() {
+    answers_and_yields(
+        "solicitations_are_answered_with_ipv6_disabled_on_the_server",
+        false,
+    );
+}
+
+fn answers_and_yields(t: &str, server_ipv6: bool) {
     if !require_root(t)
         || !require(
             have_program("rdisc6"),
@@ -41,7 +57,22 @@ fn solicitations_get_an_advertisement_that_configures_nothing() {
         return;
     }
     let lab = PairLab::new().expect("lab");
+    if !server_ipv6 {
+        run(lab
+            .server
+            .command("sysctl")
+            .args(["-qw", "net.ipv6.conf.fabric0.disable_ipv6=1"]))
+        .expect("sysctl");
+    }
     let daemon = Daemon::start(&lab.server, CONFIG, &[]).expect("daemon");
+    assert_eq!(
+        daemon
+            .log()
+            .contains("answering router solicitations from a packet socket"),
+        !server_ipv6,
+        "{}",
+        daemon.log()
+    );
     // The client's link-local address must finish duplicate address detection first.
     let answer = bootfabric_lab::wait_for(Duration::from_secs(20), || {
         run(lab

@@ -29,6 +29,8 @@ use tracing::{debug, info, warn};
 
 use crate::fabric::Iface;
 
+mod link;
+
 /// ICMPv6 type of a router solicitation.
 pub const ROUTER_SOLICITATION: u8 = 133;
 /// ICMPv6 type of a router advertisement.
@@ -119,6 +121,16 @@ struct Responder {
     index: u32,
     mac: [u8; 6],
     sock: AsyncFd<Socket>,
+    /// The kernel has no IPv6 here: `sock` is a packet socket and answers are whole IPv6
+    /// packets from this (EUI-64 link-local) address.
+    link: Option<Ipv6Addr>,
+}
+
+/// A solicitation's answer: where to, and (on the packet path) to which Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Answer {
+    to: Ipv6Addr,
+    mac: [u8; 6],
 }
 
 /// The responder on the fabric interfaces.
@@ -140,28 +152,38 @@ fn open(name: &str, index: u32) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// The index and MAC to advertise `iface` with, when it can take part in IPv6 router
-/// discovery: it exists, has a MAC, and has a link-local address to answer from.
-fn advertisable(iface: &Iface) -> Option<(u32, [u8; 6])> {
-    match (iface.index, iface.mac, iface.ipv6_link_local) {
-        (Some(index), Some(mac), true) => Some((index, mac)),
+/// The index and MAC to advertise `iface` with, and whether the kernel's IPv6 is there to
+/// answer through (a link-local address); `None` for an interface that does not exist or
+/// has no MAC.
+fn advertisable(iface: &Iface) -> Option<(u32, [u8; 6], bool)> {
+    match (iface.index, iface.mac) {
+        (Some(index), Some(mac)) => Some((index, mac, iface.ipv6_link_local)),
         _ => None,
     }
 }
 
 impl RaService {
-    /// Opens the responder on each of `interfaces` (the fabric) that has IPv6 (a link-local
-    /// address); `None` when there is none.
+    /// Opens the responder on each of `interfaces` (the fabric): through the kernel's IPv6
+    /// where the interface has a link-local address, else on a packet socket (IPv6 disabled
+    /// there: iPXE still solicits); `None` when no interface could be opened.
     pub fn start(interfaces: &[Iface], registry: &Registry) -> Result<Option<Self>, RaError> {
         let metrics = Metrics::register(registry)?;
         let mut ifaces = Vec::new();
         for fabric in interfaces {
             let name = &fabric.name;
-            let Some((index, mac)) = advertisable(fabric) else {
-                info!(iface = %name, "no IPv6 link-local address on {name}: no router advertisements there");
+            let Some((index, mac, kernel)) = advertisable(fabric) else {
+                info!(iface = %name, "{name} has no MAC address: no router advertisements there");
                 continue;
             };
-            let registered = open(name, index).and_then(|s| {
+            let link = (!kernel).then(|| link::link_local(mac));
+            let opened = match link {
+                None => open(name, index),
+                Some(from) => {
+                    info!(iface = %name, "no IPv6 on {name} in the kernel: answering router solicitations from a packet socket as {from}");
+                    link::open(index)
+                }
+            };
+            let registered = opened.and_then(|s| {
                 // SAFETY: the socket owns its fd, which stays open and the same until the
                 // AsyncFd (and the socket inside it) is dropped.
                 // A refusal hands the socket back with the cause; the socket is dropped.
@@ -173,6 +195,7 @@ impl RaService {
                     index,
                     mac,
                     sock,
+                    link,
                 })),
                 Err(e) => warn!(iface = %name, "router advertisements off on {name}: {e}"),
             }
@@ -207,47 +230,73 @@ async fn serve(
     let last_multicast: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut yielded = false;
     let mut rng = crate::util::xorshift::XorShift::from_time();
-    let pending: Arc<Mutex<HashSet<Ipv6Addr>>> = Arc::default();
+    let pending: Arc<Mutex<HashSet<Answer>>> = Arc::default();
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    let mut frame = [0u8; 1500];
     loop {
         let mut guard = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             g = iface.sock.readable() => g?,
         };
-        let (n, from) = match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
-            Ok(Ok(r)) => r,
+        // The sender, the message's type, and the sender's MAC where the frame shows it.
+        let got = match iface.link {
+            None => guard.try_io(|s| s.get_ref().recv_from(&mut buf)).map(|r| {
+                r.map(|(n, from)| {
+                    // SAFETY: recv_from initialised the first `n` bytes.
+                    let msg: Vec<u8> = buf[..n]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
+                    from.as_socket_ipv6()
+                        .zip(router_message(&msg))
+                        .map(|(src, kind)| (*src.ip(), kind, None))
+                })
+            }),
+            Some(_) => guard
+                .try_io(|s| link::recv(s.get_ref(), &mut frame))
+                .map(|r| {
+                    r.map(|got| {
+                        got.and_then(|(n, mac)| {
+                            link::parse(&frame[..n]).map(|m| (m.src, m.kind, Some(mac)))
+                        })
+                    })
+                }),
+        };
+        let (src, kind, src_mac) = match got {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => continue,
             Ok(Err(e)) => {
                 debug!(iface = %iface.name, error = %e, "ICMPv6 receive failed");
                 continue;
             }
             Err(_would_block) => continue,
         };
-        // SAFETY: recv_from initialised the first `n` bytes.
-        let msg: Vec<u8> = buf[..n]
-            .iter()
-            .map(|b| unsafe { b.assume_init() })
-            .collect();
-        let Some(src) = from.as_socket_ipv6() else {
-            continue;
-        };
-        match router_message(&msg) {
-            Some(ROUTER_ADVERTISEMENT) => {
+        match kind {
+            ROUTER_ADVERTISEMENT => {
                 metrics.foreign.with_label_values(&labels).inc();
                 if !yielded {
                     yielded = true;
-                    warn!(iface = %iface.name, router = %src.ip(), "another IPv6 router advertises on {}: leaving router discovery to it", iface.name);
+                    warn!(iface = %iface.name, router = %src, "another IPv6 router advertises on {}: leaving router discovery to it", iface.name);
                 }
             }
-            Some(ROUTER_SOLICITATION) if !yielded => {
+            ROUTER_SOLICITATION if !yielded => {
                 metrics.solicitations.with_label_values(&labels).inc();
                 let delay = MAX_DELAY.mul_f64(rng.unit());
-                let unicast = src.ip().is_unicast_link_local();
-                let to = if unicast {
-                    *src.ip()
-                } else {
-                    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)
+                let unicast = src.is_unicast_link_local();
+                let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+                let answer = match (unicast, src_mac) {
+                    (true, Some(mac)) => Answer { to: src, mac },
+                    (true, None) => Answer {
+                        to: src,
+                        mac: [0; 6],
+                    },
+                    (false, _) => Answer {
+                        to: all_nodes,
+                        mac: link::multicast_mac(all_nodes),
+                    },
                 };
-                if !pending.lock().await.insert(to) {
+                let (to, unicast) = (answer.to, unicast);
+                if !pending.lock().await.insert(answer) {
                     continue; // an answer to it is already on its way
                 }
                 let iface = Arc::clone(&iface);
@@ -266,18 +315,26 @@ async fn serve(
                         }
                         *last = Some(Instant::now());
                     }
-                    let dest = SockAddr::from(SocketAddrV6::new(to, 0, 0, iface.index));
-                    match iface
-                        .sock
-                        .get_ref()
-                        .send_to(&advertisement(iface.mac), &dest)
-                    {
-                        Ok(_) => metrics.sent.with_label_values(&[iface.name.as_str()]).inc(),
+                    let ra = advertisement(iface.mac);
+                    let sent = match iface.link {
+                        None => {
+                            let dest = SockAddr::from(SocketAddrV6::new(to, 0, 0, iface.index));
+                            iface.sock.get_ref().send_to(&ra, &dest).map(drop)
+                        }
+                        Some(from) => link::send(
+                            iface.sock.get_ref(),
+                            iface.index,
+                            answer.mac,
+                            &link::packet(from, to, &ra),
+                        ),
+                    };
+                    match sent {
+                        Ok(()) => metrics.sent.with_label_values(&[iface.name.as_str()]).inc(),
                         Err(e) => {
                             debug!(iface = %iface.name, error = %e, "router advertisement not sent")
                         }
                     }
-                    pending.lock().await.remove(&to);
+                    pending.lock().await.remove(&answer);
                 });
             }
             _ => {}
@@ -304,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn interfaces_without_link_local_ipv6_get_no_responder() {
+    fn interfaces_without_a_mac_get_no_responder_and_no_ipv6_means_the_packet_path() {
         let iface = |index: Option<u32>, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
             name: "fab0".to_owned(),
             index,
@@ -315,12 +372,12 @@ mod tests {
         let mac = Some([2, 0, 0, 0, 0, 1]);
         assert_eq!(
             advertisable(&iface(Some(3), true, mac)),
-            Some((3, [2, 0, 0, 0, 0, 1]))
+            Some((3, [2, 0, 0, 0, 0, 1], true))
         );
         assert_eq!(
             advertisable(&iface(Some(3), false, mac)),
-            None,
-            "no link-local"
+            Some((3, [2, 0, 0, 0, 0, 1], false)),
+            "no link-local: the packet path"
         );
         assert_eq!(advertisable(&iface(Some(3), true, None)), None, "no MAC");
         assert_eq!(
@@ -330,7 +387,7 @@ mod tests {
         );
         // And start opens nothing for them.
         let registry = Registry::new();
-        let none = [iface(Some(3), false, mac), iface(Some(3), true, None)];
+        let none = [iface(None, false, mac), iface(Some(3), true, None)];
         let started = RaService::start(&none, &registry).expect("metrics register");
         assert!(started.is_none());
     }
