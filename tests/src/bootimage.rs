@@ -300,6 +300,43 @@ impl Cpio {
     }
 }
 
+/// Debian's signed Secure Boot loaders, downloaded (never installed) into `cache`: shim
+/// (package shim-signed, signed by Microsoft's UEFI CA) and the network GRUB it loads
+/// (package grub-efi-amd64-signed, signed by Debian). Returns (shim, grub).
+pub fn secure_boot_loaders(cache: &Path) -> Result<(PathBuf, PathBuf), LabError> {
+    let dir = cache.join("secureboot");
+    let root = dir.join("root");
+    let shim = root.join("usr/lib/shim/shimx64.efi.signed");
+    let grub = root.join("usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed");
+    for (file, package) in [(&shim, "shim-signed"), (&grub, "grub-efi-amd64-signed")] {
+        if file.exists() {
+            continue;
+        }
+        let dl = dir.join("dl");
+        std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
+        run(Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(&dl))?;
+        let deb = std::fs::read_dir(&dl)
+            .map_err(|e| format!("{}: {e}", dl.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "deb")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
+            })
+            .ok_or(format!("apt-get download {package} left no .deb"))?;
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+        let _ = std::fs::remove_file(&deb);
+        if !file.exists() {
+            return Err(format!("{package} has no {}", file.display()));
+        }
+    }
+    Ok((shim, grub))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -858,3 +858,228 @@ fn ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server() {
         "{metrics}"
     );
 }
+
+/// The Secure Boot firmware of these tests: OVMF built with SMM and Secure Boot, its
+/// variables holding Microsoft's keys (Debian's `OVMF_VARS_4M.ms.fd`), enforcing.
+const SB_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const SB_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// Starts a Secure Boot OVMF machine (q35 with SMM) whose own PXE client boots.
+fn secure_boot_vm(
+    lab: &bootfabric_lab::PairLab,
+    dir: &std::path::Path,
+) -> (Qemu, std::path::PathBuf) {
+    let vars_copy = dir.join("vars.fd");
+    std::fs::copy(SB_VARS, &vars_copy).expect("vars");
+    let log = dir.join("qemu.log");
+    let pflash_code = format!("if=pflash,format=raw,unit=0,readonly=on,file={SB_CODE}");
+    let pflash_vars = format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display());
+    let vm = qemu(
+        &lab.client,
+        &[
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+            "-drive",
+            &pflash_code,
+            "-drive",
+            &pflash_vars,
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01,romfile=",
+        ],
+        &log,
+    );
+    (vm, log)
+}
+
+/// The files of a Secure Boot lab: Debian's shim and signed network GRUB, the unsigned
+/// `ipxe.efi`, Debian's (signed) kernel and the lab's initramfs, under one root served by
+/// TFTP and HTTP. `None` when something is missing (the test says why).
+fn secure_boot_root(t: &str, dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use bootfabric_lab::bootimage;
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        || !require(
+            [SB_CODE, SB_VARS, "/usr/lib/ipxe/ipxe.efi"]
+                .iter()
+                .all(|f| std::path::Path::new(f).exists()),
+            t,
+            "OVMF (with its Secure Boot build) or iPXE is not installed (cargo xtask setup)",
+        )
+    {
+        return None;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
+    let image = bootimage::ensure(&cache).expect("boot image");
+    let (shim, grub) = bootimage::secure_boot_loaders(&cache).expect("shim and GRUB");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("linux")).expect("root");
+    for (from, to) in [
+        (shim.as_path(), "shimx64.efi"),
+        (grub.as_path(), "grubx64.efi"),
+        (std::path::Path::new("/usr/lib/ipxe/ipxe.efi"), "ipxe.efi"),
+        (image.kernel.as_path(), "linux/vmlinuz"),
+        (image.initramfs.as_path(), "linux/initramfs.cpio"),
+    ] {
+        std::fs::copy(from, root.join(to)).unwrap_or_else(|e| panic!("{to}: {e}"));
+    }
+    Some(root)
+}
+
+fn secure_boot_config(root: &std::path::Path) -> String {
+    format!(
+        "{CONFIG}[tftp]\nroot = \"{r}\"\n[http]\nroot = \"{r}\"\n",
+        r = root.display()
+    )
+}
+
+/// Secure Boot enforced, end to end: a profile marked `secure_boot` hands OVMF's PXE client
+/// (Microsoft's keys enrolled) Debian's shim, which loads the signed network GRUB beside it;
+/// GRUB asks for `grub/grub.cfg`, rendered for this host, and loads Debian's signed kernel
+/// and the initramfs over TFTP; the kernel boots locked down and reports `booted`.
+#[test]
+fn secure_boot_boots_shim_grub_and_the_signed_kernel() {
+    let t = "secure_boot_boots_shim_grub_and_the_signed_kernel";
+    let dir = TempDir::new().expect("dir");
+    let Some(root) = secure_boot_root(t, &dir.path) else {
+        return;
+    };
+    let inventory = INVENTORY.replace(
+        "[profiles.installer]\n",
+        "[profiles.installer]\nkernel = \"linux/vmlinuz\"\ninitrd = [\"linux/initramfs.cpio\"]\ncmdline = \"console=ttyS0 bootfabric.booted={http_base}/booted\"\n[profiles.installer.boot]\nsecure_boot = true\n",
+    );
+    let lab = lab();
+    let daemon = Daemon::start(
+        &lab.server,
+        &secure_boot_config(&root),
+        &[("hosts.toml", &inventory)],
+    )
+    .expect("daemon");
+    let (_vm, log) = secure_boot_vm(&lab, &dir.path);
+    let timeline = wait_for(BOOT_BOUND * 2, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        t.contains("\"phase\":\"booted\"").then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    let mut from = 0;
+    for step in [
+        "\"detail\":\"shimx64.efi",
+        "\"detail\":\"grubx64.efi",
+        "\"detail\":\"/grub/grub.cfg",
+        "\"detail\":\"/linux/vmlinuz",
+        "\"detail\":\"/linux/initramfs.cpio",
+        "\"phase\":\"booted\"",
+    ] {
+        let at = timeline[from..]
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
+        from += at + 1;
+    }
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        console.contains("Secure boot enabled") && console.contains("locked down"),
+        "the kernel did not run under Secure Boot:\n{console}"
+    );
+    let (_, metrics) = http_get(&lab.server, daemon.admin, "/metrics").expect("metrics");
+    assert!(
+        sample(
+            &metrics,
+            "bootfabric_tftp_rendered_total",
+            &[("format", "grub")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    // `check` finds every program of the chain signed.
+    let check = lab
+        .server
+        .command(bootfabric_lab::bootfabric_bin())
+        .args(["check", "--skip", "xdp,bmc,dhcp,cluster", "--config"])
+        .arg(daemon.config_path())
+        .output()
+        .expect("check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    for item in [
+        "PASS  secure boot shim shimx64.efi: signed",
+        "PASS  secure boot GRUB grubx64.efi: signed",
+        "PASS  secure boot kernel linux/vmlinuz: signed",
+    ] {
+        assert!(said.contains(item), "{item:?} not in\n{said}");
+    }
+}
+
+/// The same firmware refuses what is not signed: a profile without `secure_boot` hands it
+/// Debian's (unsigned) iPXE, and OVMF will not run it ("Access Denied"); `check` warns about
+/// a Secure Boot profile whose shim is that unsigned program.
+#[test]
+fn secure_boot_firmware_refuses_an_unsigned_program() {
+    let t = "secure_boot_firmware_refuses_an_unsigned_program";
+    let dir = TempDir::new().expect("dir");
+    let Some(root) = secure_boot_root(t, &dir.path) else {
+        return;
+    };
+    let lab = lab();
+    let daemon = Daemon::start(
+        &lab.server,
+        &secure_boot_config(&root),
+        &[("hosts.toml", INVENTORY)],
+    )
+    .expect("daemon");
+    let (_vm, log) = secure_boot_vm(&lab, &dir.path);
+    let refused = wait_for(BOOT_BOUND, || {
+        let console = std::fs::read_to_string(&log).ok()?;
+        console
+            .lines()
+            .find(|l| l.contains("UEFI PXEv4") && l.contains("Access Denied"))
+            .map(str::to_owned)
+    });
+    assert!(
+        refused.is_some(),
+        "no refusal.\nconsole:\n{}\ndaemon:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        daemon.log()
+    );
+    let (_, timeline) = http_get(
+        &lab.server,
+        daemon.admin,
+        "/api/timeline?mac=52:54:00:b0:0f:01",
+    )
+    .expect("timeline");
+    assert!(timeline.contains("\"detail\":\"ipxe.efi"), "{timeline}");
+    // A Secure Boot profile pointing its shim at that program is warned about.
+    let config = daemon.config_path();
+    let marked = INVENTORY.replace(
+        "[profiles.installer]\n",
+        "[profiles.installer]\n[profiles.installer.boot]\nsecure_boot = true\nshim_x64 = \"ipxe.efi\"\n",
+    );
+    std::fs::write(config.with_file_name("hosts.toml"), marked).expect("inventory");
+    let check = lab
+        .server
+        .command(bootfabric_lab::bootfabric_bin())
+        .args(["check", "--skip", "xdp,bmc,dhcp,cluster", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("WARN  secure boot shim ipxe.efi: not signed"),
+        "{said}"
+    );
+}

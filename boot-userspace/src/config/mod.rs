@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use crate::model::{
     boot::BootSettings,
     gate::{GateMode, GateSettings},
-    inventory::{Inventory, InventoryError},
+    inventory::{Inventory, InventoryError, Profile},
     render::{TemplateError, TemplateErrors, Templates},
 };
 use crate::util::key_error::KeyError;
@@ -475,6 +475,23 @@ impl Config {
     /// override (TFTP and HTTP render them per host).
     pub fn ipxe_script_names(&self) -> Vec<String> {
         crate::model::snapshot::script_names(&self.boot, &self.inventory)
+    }
+
+    /// The boot settings that mark Secure Boot on: the global ones (with no profile) and
+    /// each profile's over them, with who says so.
+    pub fn secure_boot_layers(&self) -> Vec<(String, BootSettings, Option<&Profile>)> {
+        let global = std::iter::once(("boot".to_owned(), self.boot.clone(), None));
+        let profiles = self.inventory.profiles().values().map(|p| {
+            (
+                format!("profile {}", p.name),
+                p.boot.over(&self.boot),
+                Some(p),
+            )
+        });
+        global
+            .chain(profiles)
+            .filter(|(_, b, _)| b.secure())
+            .collect()
     }
 
     /// Where profile files (kernels, initrds) are served from, in lookup order: the HTTP

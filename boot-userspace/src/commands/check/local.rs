@@ -286,7 +286,122 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
         items.extend(kernel_files(t, config.xdp_mode));
     }
     items.extend(http_boot(config));
+    items.extend(secure_boot(config, tftp_root));
     items
+}
+
+/// Under Secure Boot the firmware runs only signed programs: the shim, the GRUB it loads
+/// (`grubx64.efi` beside it) and each Secure Boot profile's kernel must carry an Authenticode
+/// signature. The signature is not verified against the firmware's keys here, only found.
+fn secure_boot(config: &Config, tftp_root: Option<&Path>) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut one = |items: &mut Vec<Item>, subject: String, root: &Path, name: &str, fix: &str| {
+        if !seen.insert(subject.clone()) {
+            return;
+        }
+        let signed = files::open(root, name)
+            .map_err(|e| e.to_string())
+            .and_then(|src| {
+                let mut head = Vec::new();
+                src.into_file()
+                    .take(PE_HEADERS)
+                    .read_to_end(&mut head)
+                    .map_err(|e| e.to_string())?;
+                authenticode(&head)
+            });
+        items.push(match signed {
+            Ok(true) => Item::pass(
+                subject,
+                format!("signed (Authenticode), under {}", root.display()),
+            ),
+            Ok(false) => Item::warn(
+                subject,
+                "not signed: Secure Boot firmware refuses to run it",
+                fix.to_owned(),
+            ),
+            Err(e) => Item::warn(
+                subject,
+                format!("under {}: {e}", root.display()),
+                fix.to_owned(),
+            ),
+        });
+    };
+    let global = config.secure_boot_layers();
+    for (whose, b, profile) in global {
+        let Some(root) = tftp_root else {
+            items.push(Item::warn(
+                format!("secure boot ({whose})"),
+                "no tftp.root: shim and GRUB are loaded over TFTP",
+                "set tftp.root and put shimx64.efi and grubx64.efi there",
+            ));
+            continue;
+        };
+        if let Some(shim) = &b.shim_x64 {
+            one(
+                &mut items,
+                format!("secure boot shim {shim}"),
+                root,
+                shim,
+                "copy Debian's /usr/lib/shim/shimx64.efi.signed (package shim-signed) there",
+            );
+            let grub = match shim.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/grubx64.efi"),
+                None => "grubx64.efi".to_owned(),
+            };
+            one(
+                &mut items,
+                format!("secure boot GRUB {grub}"),
+                root,
+                &grub,
+                "copy Debian's /usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed (package grub-efi-amd64-signed) there as grubx64.efi",
+            );
+        }
+        if let Some(kernel) = profile.and_then(|p| p.kernel.as_ref()) {
+            one(
+                &mut items,
+                format!("secure boot kernel {kernel}"),
+                root,
+                kernel,
+                "boot a signed kernel (Debian's linux-image-*-amd64 is; its -unsigned twin is not)",
+            );
+        }
+    }
+    items
+}
+
+/// Bytes read to find a PE file's certificate table: the DOS stub, the PE and optional
+/// headers, and the data directories sit in the first few hundred bytes in practice.
+const PE_HEADERS: u64 = 64 * 1024;
+
+/// Whether a PE image (its first bytes) has an Authenticode certificate table: the optional
+/// header's data directory 4 (IMAGE_DIRECTORY_ENTRY_SECURITY) with a non-zero size.
+fn authenticode(head: &[u8]) -> Result<bool, String> {
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if head.get(..2) != Some(b"MZ") {
+        return Err("not an EFI program (no MZ header)".to_owned());
+    }
+    let pe = u32_at(0x3c).ok_or("cut short")? as usize;
+    if head.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return Err("not an EFI program (no PE header)".to_owned());
+    }
+    let optional = pe + 24;
+    let (count_at, dirs_at) = match u16_at(optional).ok_or("cut short")? {
+        0x10b => (optional + 92, optional + 96),
+        0x20b => (optional + 108, optional + 112),
+        m => return Err(format!("unknown PE optional header magic {m:#x}")),
+    };
+    if u32_at(count_at).ok_or("cut short")? <= 4 {
+        return Ok(false);
+    }
+    Ok(u32_at(dirs_at + 4 * 8 + 4).ok_or("cut short")? > 0)
 }
 
 /// Programs UEFI HTTP-boot clients are sent to this daemon for are under `http.root` (HTTP
@@ -670,6 +785,25 @@ mod tests {
         assert_eq!(served_here("http://images.example/ipxe.efi", base), None);
         assert_eq!(served_here("ipxe.efi", Some("http://images.example")), None);
         assert_eq!(served_here("ipxe.efi", None), None);
+    }
+
+    #[test]
+    fn authenticode_tables_are_found_in_pe_headers() {
+        // A minimal PE32+ header: MZ, e_lfanew 0x40, "PE\0\0", COFF, optional header with
+        // 16 data directories; the security directory's size decides.
+        let mut pe = vec![0u8; 0x40 + 24 + 112 + 16 * 8];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        pe[0x40..0x44].copy_from_slice(b"PE\0\0");
+        let opt = 0x40 + 24;
+        pe[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        pe[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        assert_eq!(authenticode(&pe), Ok(false));
+        let security = opt + 112 + 4 * 8;
+        pe[security + 4..security + 8].copy_from_slice(&1800u32.to_le_bytes());
+        assert_eq!(authenticode(&pe), Ok(true));
+        assert!(authenticode(b"\x7fELF").is_err());
+        assert!(authenticode(&pe[..0x50]).is_err(), "cut short");
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct BootSettings {
     pub uefi_http_x64: Option<String>,
     /// HTTP-boot program path (arm64) under `http_base`.
     pub uefi_http_arm64: Option<String>,
+    /// UEFI Secure Boot is enforced on these machines (unset: no).
+    pub secure_boot: Option<bool>,
+    /// Signed shim for x64 UEFI PXE under Secure Boot.
+    pub shim_x64: Option<String>,
 }
 
 impl BootSettings {
@@ -140,7 +144,14 @@ impl BootSettings {
             ipxe_script: Some("boot.ipxe".to_owned()),
             uefi_http_x64: Some("ipxe.efi".to_owned()),
             uefi_http_arm64: None,
+            secure_boot: None,
+            shim_x64: Some("shimx64.efi".to_owned()),
         }
+    }
+
+    /// Whether Secure Boot is marked on.
+    pub fn secure(&self) -> bool {
+        self.secure_boot == Some(true)
     }
 
     /// Validates one `boot` table; `key` is its dotted prefix.
@@ -206,6 +217,8 @@ impl BootSettings {
             },
             uefi_http_x64: url_fits("uefi_http_x64", &w.uefi_http_x64)?,
             uefi_http_arm64: url_fits("uefi_http_arm64", &w.uefi_http_arm64)?,
+            secure_boot: w.secure_boot,
+            shim_x64: file("shim_x64", &w.shim_x64)?,
         })
     }
 
@@ -230,6 +243,8 @@ impl BootSettings {
                 .uefi_http_arm64
                 .clone()
                 .or_else(|| below.uefi_http_arm64.clone()),
+            secure_boot: self.secure_boot.or(below.secure_boot),
+            shim_x64: self.shim_x64.clone().or_else(|| below.shim_x64.clone()),
         }
     }
 }

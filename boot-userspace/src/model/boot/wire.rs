@@ -43,4 +43,8 @@ pub struct Boot {
     pub uefi_http_x64: Option<String>,
     /// Same for arm64 UEFI HTTP-boot clients.
     pub uefi_http_arm64: Option<String>,
+    /// The machines boot with UEFI Secure Boot enforced: x64 UEFI PXE gets `shim_x64`.
+    pub secure_boot: Option<bool>,
+    /// Signed shim for x64 UEFI PXE under Secure Boot; it loads `grubx64.efi` beside it.
+    pub shim_x64: Option<String>,
 }

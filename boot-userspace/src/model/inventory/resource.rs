@@ -366,6 +366,8 @@ fn boot_to_wire(b: &BootSettings) -> boot_wire::Boot {
         ipxe_script: b.ipxe_script.clone(),
         uefi_http_x64: b.uefi_http_x64.clone(),
         uefi_http_arm64: b.uefi_http_arm64.clone(),
+        secure_boot: b.secure_boot,
+        shim_x64: b.shim_x64.clone(),
     }
 }
 

@@ -200,6 +200,14 @@ fn pick<'a>(
         .map(|v| (v.clone(), format!("boot.{field}")))
 }
 
+/// Whether the profile (else the global settings) marks Secure Boot on.
+fn secure(profile: Option<&Profile>, global: &BootSettings) -> bool {
+    profile
+        .and_then(|p| p.boot.secure_boot)
+        .or(global.secure_boot)
+        == Some(true)
+}
+
 /// [`decide`] under the host's netboot answer (`Inventory::boot_answer`; clients outside the
 /// inventory boot as before):
 /// - `Boot`: as [`decide`];
@@ -359,6 +367,21 @@ pub fn decide(
         let file = match field {
             "bios" => pick(field, |b| &b.bios, profile, global),
             "uefi_x86" => pick(field, |b| &b.uefi_x86, profile, global),
+            // Secure Boot: the firmware runs only signed programs, and Debian's iPXE is not:
+            // shim (signed by Microsoft's UEFI CA) loads the signed GRUB beside it.
+            "uefi_x64" if secure(profile, global) => {
+                pick("shim_x64", |b| &b.shim_x64, profile, global).map(|(f, key)| {
+                    let mark = profile
+                        .filter(|p| p.boot.secure_boot.is_some())
+                        .map_or("boot.secure_boot".to_owned(), |p| {
+                            format!("profiles.{}.boot.secure_boot", p.name)
+                        });
+                    (
+                        f,
+                        format!("{key} ({mark}: shim, then grubx64.efi beside it)"),
+                    )
+                })
+            }
             "uefi_x64" => pick(field, |b| &b.uefi_x64, profile, global),
             "uefi_arm64" => pick(field, |b| &b.uefi_arm64, profile, global),
             _ => None,
@@ -401,6 +424,18 @@ mod tests {
     }
 
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+    fn profile(name: &str) -> Profile {
+        Profile {
+            name: name.into(),
+            image: None,
+            kernel: None,
+            initrd: vec![],
+            cmdline: String::new(),
+            boot: BootSettings::default(),
+            sha256: Default::default(),
+        }
+    }
 
     fn global() -> BootSettings {
         let mut g = BootSettings::defaults();
@@ -518,6 +553,46 @@ mod tests {
         );
         assert_eq!(d.file, None);
         assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
+    }
+
+    #[test]
+    fn secure_boot_hands_x64_uefi_pxe_the_shim() {
+        let mut g = global();
+        let pxe = facts(Some(arch::EFI_X64), Some("PXEClient:Arch:00007"), None);
+        assert_eq!(
+            decide(&pxe, None, &g, SERVER).file.as_deref(),
+            Some("ipxe.efi")
+        );
+        g.secure_boot = Some(true);
+        let d = decide(&pxe, None, &g, SERVER);
+        assert_eq!(d.file.as_deref(), Some("shimx64.efi"));
+        assert!(
+            d.rules.iter().any(|r| r.1.contains("boot.secure_boot")),
+            "{d:?}"
+        );
+        // A profile turns it off again, or names its own shim.
+        let mut p = profile("plain");
+        p.boot.secure_boot = Some(false);
+        assert_eq!(
+            decide(&pxe, Some(&p), &g, SERVER).file.as_deref(),
+            Some("ipxe.efi")
+        );
+        p.boot.secure_boot = Some(true);
+        p.boot.shim_x64 = Some("sb/shimx64.efi".into());
+        let d = decide(&pxe, Some(&p), &g, SERVER);
+        assert_eq!(d.file.as_deref(), Some("sb/shimx64.efi"));
+        assert!(
+            d.rules
+                .iter()
+                .any(|r| r.1.contains("profiles.plain.boot.secure_boot")),
+            "{d:?}"
+        );
+        // BIOS and iPXE are not affected.
+        let bios = facts(Some(arch::BIOS), Some("PXEClient"), None);
+        assert_eq!(
+            decide(&bios, None, &g, SERVER).file.as_deref(),
+            Some("undionly.kpxe")
+        );
     }
 
     #[test]

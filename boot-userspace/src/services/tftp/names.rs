@@ -4,7 +4,9 @@
 //! its address in hex (`C0A80A0B`, then ever shorter prefixes, then `default`); GRUB asks for
 //! `grub.cfg-01-<mac>`, then `grub.cfg-<hex ip>` and its prefixes, then `grub.cfg`. Only the
 //! full MAC and full address forms name one host; shorter prefixes and `default` are files the
-//! operator puts in the root, which is how pxelinux falls back.
+//! operator puts in the root, which is how pxelinux falls back. Debian's signed network GRUB
+//! (Secure Boot) asks only for `grub/grub.cfg`: rendered for a known peer, like the iPXE
+//! script name.
 
 use std::net::Ipv4Addr;
 
@@ -78,6 +80,14 @@ pub fn classify<'a>(name: &str, scripts: impl IntoIterator<Item = &'a str>) -> O
             owner,
         });
     }
+    // Debian's signed network GRUB (the one shim loads under Secure Boot) asks only for the
+    // config under its prefix: one shared name, rendered for the asking host.
+    if name == "grub/grub.cfg" {
+        return Some(HostFile {
+            format: Format::Grub,
+            owner: Owner::Peer,
+        });
+    }
     if let Some(rest) = file.strip_prefix("grub.cfg-") {
         return owner(rest).map(|owner| HostFile {
             format: Format::Grub,
@@ -148,7 +158,16 @@ mod tests {
             c("grub.cfg-0A4D000B").map(|f| f.owner),
             Some(Owner::Ip(Ipv4Addr::new(10, 77, 0, 11)))
         );
-        assert_eq!(c("grub/grub.cfg"), None);
+        assert_eq!(
+            c("grub/grub.cfg"),
+            Some(HostFile {
+                format: Format::Grub,
+                owner: Owner::Peer
+            }),
+            "signed GRUB's one config name, rendered for the peer"
+        );
+        assert_eq!(c("grub.cfg"), None);
+        assert_eq!(c("other/grub/grub.cfg"), None);
         assert_eq!(c("grub/grub.cfg-0A4D"), None);
     }
 
