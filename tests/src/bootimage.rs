@@ -19,7 +19,7 @@ use crate::{run, LabError};
 const NIC_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "e1000"];
 
 /// The initramfs's `/init`.
-const INIT: &str = r#"#!/bin/busybox sh
+pub(crate) const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /tmp /run
 mount -t proc proc /proc
@@ -52,7 +52,7 @@ sync
 poweroff -f
 "#;
 
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+pub(crate) const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
   bound|renew)
     ip addr flush dev "$interface"
@@ -97,7 +97,12 @@ pub fn ensure(cache: &Path) -> Result<BootImage, LabError> {
     let inputs = format!("{INIT}{UDHCPC_SCRIPT}{NIC_MODULES:?}");
     if !initramfs.exists() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(&inputs) {
         let modules = root.join("lib/modules").join(&version);
-        build_initramfs(&modules, &initramfs)?;
+        build_initramfs(
+            &modules,
+            &NIC_MODULES,
+            Path::new("/bin/busybox"),
+            &initramfs,
+        )?;
         std::fs::write(&stamp, inputs).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     Ok(BootImage {
@@ -184,7 +189,14 @@ fn depends(ko: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn build_initramfs(modules: &Path, out: &Path) -> Result<(), LabError> {
+/// The initramfs: `busybox` (static, of the kernel's architecture), the init, and the
+/// kernel modules `nic` names with their dependencies, from `modules`.
+pub(crate) fn build_initramfs(
+    modules: &Path,
+    nic: &[&str],
+    busybox: &Path,
+    out: &Path,
+) -> Result<(), LabError> {
     let index = module_index(modules);
     // Dependencies first: a depth-first walk, each module after what it depends on.
     let mut order: Vec<String> = Vec::new();
@@ -208,11 +220,11 @@ fn build_initramfs(modules: &Path, out: &Path) -> Result<(), LabError> {
         order.push(name.to_owned());
         Ok(())
     }
-    for m in NIC_MODULES {
+    for m in nic {
         visit(m, &index, &mut seen, &mut order)?;
     }
-    let busybox = std::fs::read("/bin/busybox")
-        .map_err(|e| format!("/bin/busybox (package busybox-static): {e}"))?;
+    let busybox = std::fs::read(busybox)
+        .map_err(|e| format!("{} (package busybox-static): {e}", busybox.display()))?;
     let mut cpio = Cpio::default();
     for d in [
         "bin",

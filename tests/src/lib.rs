@@ -27,6 +27,7 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 
 pub mod api;
+pub mod arm64;
 pub mod bootimage;
 pub mod capture;
 pub mod cluster_lab;

@@ -9,10 +9,21 @@ use crate::{KillOnDrop, LabError, Netns};
 /// and monitor output to `log`; `extra` adds devices (the NIC itself, with its MAC), `-boot`
 /// and firmware options.
 pub fn start(ns: &Netns, tap: &str, extra: &[&str], log: &Path) -> Result<KillOnDrop, LabError> {
+    start_program("qemu-system-x86_64", ns, tap, extra, log)
+}
+
+/// As [`start`], with another QEMU (`qemu-system-aarch64`: `extra` then names the board).
+pub fn start_program(
+    program: &str,
+    ns: &Netns,
+    tap: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Result<KillOnDrop, LabError> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let child = ns
-        .command("qemu-system-x86_64")
+        .command(program)
         .args([
             "-accel",
             "tcg",
@@ -32,7 +43,7 @@ pub fn start(ns: &Netns, tap: &str, extra: &[&str], log: &Path) -> Result<KillOn
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+        .map_err(|e| format!("{program}: {e}"))?;
     Ok(KillOnDrop(child))
 }
 

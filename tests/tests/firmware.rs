@@ -1083,3 +1083,121 @@ fn secure_boot_firmware_refuses_an_unsigned_program() {
         "{said}"
     );
 }
+
+/// An arm64 UEFI machine (QEMU's `virt` board, AAVMF) boots Debian's arm64 kernel through
+/// the fabric to the booted callback: by UEFI PXE (arch 11: `boot.uefi_arm64` over TFTP) or
+/// by UEFI HTTP boot (arch 19: `boot.uefi_http_arm64`, PXE entries off), iPXE for arm64
+/// then fetching its script, kernel and initramfs over HTTP.
+fn arm64_boot(t: &str, http: bool) {
+    use bootfabric_lab::arm64;
+    if !require_root(t)
+        || !require(
+            have_program(arm64::QEMU)
+                && std::path::Path::new(arm64::CODE).exists()
+                && std::path::Path::new(arm64::VARS).exists(),
+            t,
+            "qemu-system-arm or qemu-efi-aarch64 is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
+    let payload = arm64::ensure(&cache).expect("arm64 kernel, initramfs and iPXE");
+    let dir = TempDir::new().expect("dir");
+    let root = dir.path.join("root");
+    std::fs::create_dir_all(root.join("linux")).expect("root");
+    for (from, to) in [
+        (&payload.ipxe, "ipxe-arm64.efi"),
+        (&payload.kernel, "linux/vmlinuz"),
+        (&payload.initramfs, "linux/initramfs.cpio"),
+    ] {
+        std::fs::copy(from, root.join(to)).unwrap_or_else(|e| panic!("{to}: {e}"));
+    }
+    let config = format!(
+        "{CONFIG}[tftp]\nroot = \"{r}\"\n[http]\nroot = \"{r}\"\n[boot]\nuefi_arm64 = \"ipxe-arm64.efi\"\nuefi_http_arm64 = \"ipxe-arm64.efi\"\n",
+        r = root.display()
+    );
+    let inventory = INVENTORY.replace(
+        "[profiles.installer]\n",
+        "[profiles.installer]\nkernel = \"linux/vmlinuz\"\ninitrd = [\"linux/initramfs.cpio\"]\ncmdline = \"console=ttyAMA0 bootfabric.booted={http_base}/booted\"\n",
+    );
+    let lab = lab();
+    let daemon =
+        Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
+    let vars_copy = dir.path.join("vars.fd");
+    std::fs::copy(arm64::VARS, &vars_copy).expect("vars");
+    let log = dir.path.join("qemu.log");
+    let pflash_code = format!("if=pflash,format=raw,readonly=on,file={}", arm64::CODE);
+    let pflash_vars = format!("if=pflash,format=raw,file={}", vars_copy.display());
+    let mut args = vec![
+        "-M",
+        "virt",
+        "-cpu",
+        "cortex-a57",
+        "-drive",
+        &pflash_code,
+        "-drive",
+        &pflash_vars,
+        "-device",
+        "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01,romfile=",
+    ];
+    if http {
+        args.extend([
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv4PXESupport,string=no",
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv6PXESupport,string=no",
+        ]);
+    }
+    let _vm = bootfabric_lab::qemu::start_program(arm64::QEMU, &lab.client, "tap0", &args, &log)
+        .expect("qemu");
+    let timeline = wait_for(BOOT_BOUND * 2, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        t.contains("\"phase\":\"booted\"").then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the arm64 machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    let first = if http {
+        "\"phase\":\"http_sent\",\"ip\":\"10.77.0.11\",\"detail\":\"/ipxe-arm64.efi"
+    } else {
+        "\"phase\":\"tftp_sent\",\"ip\":\"10.77.0.11\",\"detail\":\"ipxe-arm64.efi"
+    };
+    let mut from = 0;
+    for step in [
+        first,
+        "\"phase\":\"ipxe_script\"",
+        "\"detail\":\"/linux/vmlinuz: ",
+        "\"detail\":\"/linux/initramfs.cpio: ",
+        "\"phase\":\"booted\"",
+    ] {
+        let at = timeline[from..]
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
+        from += at + 1;
+    }
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        console.contains("aarch64") || console.contains("arm64"),
+        "{console}"
+    );
+}
+
+#[test]
+fn arm64_uefi_pxe_boots_linux_through_the_fabric() {
+    arm64_boot("arm64_uefi_pxe_boots_linux_through_the_fabric", false);
+}
+
+#[test]
+fn arm64_uefi_http_boot_boots_linux_through_the_fabric() {
+    arm64_boot("arm64_uefi_http_boot_boots_linux_through_the_fabric", true);
+}

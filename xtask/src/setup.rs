@@ -81,6 +81,9 @@ const DEBIAN: &[(&str, &[&str])] = &[
             // pxelinux chainloaded from iPXE, over TFTP answered in the kernel.
             "pxelinux",
             "syslinux-common",
+            // arm64 UEFI machines (AAVMF); their kernel, busybox and iPXE are downloaded.
+            "qemu-system-arm",
+            "qemu-efi-aarch64",
         ],
     ),
     // OS images: ISOs built by xorriso, sums by coreutils, signatures by GnuPG with a

@@ -1,0 +1,179 @@
+//! What the lab's arm64 UEFI machines boot, downloaded (never installed) into the lab cache:
+//! Debian's arm64 kernel and busybox-static (bookworm, through a private apt configuration
+//! for the arm64 architecture, so the host's dpkg and apt are untouched), an initramfs
+//! built from them with the same `/init` as the x86 machines, and iPXE for arm64
+//! (`ipxe-arm64.efi`, which bookworm's `ipxe` lacks: trixie's, an `all` package). The
+//! machines themselves are QEMU's `virt` board with AAVMF (Debian's `qemu-system-arm` and
+//! `qemu-efi-aarch64`, installed by `cargo xtask setup`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{bootimage::build_initramfs, run, LabError};
+
+/// QEMU's arm64 emulator.
+pub const QEMU: &str = "qemu-system-aarch64";
+/// AAVMF, Debian's UEFI for arm64 virtual machines.
+pub const CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+/// Its variables template.
+pub const VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// virtio-net on the `virt` board's PCI bus: in Debian's arm64 kernel both are modules.
+const NIC_MODULES: [&str; 2] = ["virtio_pci", "virtio_net"];
+
+/// The arm64 payloads.
+#[derive(Clone, Debug)]
+pub struct Arm64 {
+    /// Debian's arm64 kernel (an EFI-stub Image).
+    pub kernel: PathBuf,
+    /// The initramfs (arm64 busybox, the lab's `/init`, the NIC's modules).
+    pub initramfs: PathBuf,
+    /// iPXE for arm64 UEFI.
+    pub ipxe: PathBuf,
+}
+
+/// Downloads (once) and builds what an arm64 machine boots, under `cache/arm64`.
+pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
+    let dir = cache.join("arm64");
+    let root = dir.join("root");
+    let ipxe = root.join("usr/lib/ipxe/ipxe-arm64.efi");
+    let busybox = root.join("bin/busybox");
+    let kernel = find_kernel(&root);
+    if kernel.is_none() || !busybox.exists() {
+        let apt = Apt::new(&dir.join("bookworm"), "arm64", None)?;
+        let depends = apt.run(Command::new("apt-cache").args(["depends", "linux-image-arm64"]))?;
+        let package = depends
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Depends: ")
+                    .filter(|p| p.starts_with("linux-image-") && !p.contains('<'))
+            })
+            .ok_or("apt-cache names no kernel package for linux-image-arm64")?
+            .to_owned();
+        apt.unpack(&[&package, "busybox-static"], &root)?;
+    }
+    if !ipxe.exists() {
+        let sources = dir.join("trixie.list");
+        std::fs::write(
+            &sources,
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n",
+        )
+        .map_err(|e| format!("{}: {e}", sources.display()))?;
+        let apt = Apt::new(&dir.join("trixie"), "amd64", Some(&sources))?;
+        apt.unpack(&["ipxe"], &root)?;
+        if !ipxe.exists() {
+            return Err(format!("trixie's ipxe has no {}", ipxe.display()));
+        }
+    }
+    let kernel = find_kernel(&root).ok_or("the arm64 kernel package has no /boot/vmlinuz-*")?;
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .ok_or("unexpected kernel file name")?
+        .to_owned();
+    let initramfs = dir.join(format!("initramfs-{version}.cpio"));
+    let stamp = dir.join(format!("initramfs-{version}.inputs"));
+    let inputs = format!(
+        "{}{}{NIC_MODULES:?}",
+        crate::bootimage::INIT,
+        crate::bootimage::UDHCPC_SCRIPT
+    );
+    if !initramfs.exists() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(&inputs) {
+        let modules = root.join("lib/modules").join(&version);
+        build_initramfs(&modules, &NIC_MODULES, &busybox, &initramfs)?;
+        std::fs::write(&stamp, inputs).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(Arm64 {
+        kernel,
+        initramfs,
+        ipxe,
+    })
+}
+
+fn find_kernel(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+}
+
+/// apt with its own lists, cache and (empty) dpkg status under one folder: downloads for
+/// another architecture or release without touching the host's configuration.
+struct Apt {
+    options: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Apt {
+    fn new(dir: &Path, arch: &str, sources: Option<&Path>) -> Result<Self, LabError> {
+        let lists = dir.join("lists");
+        let cache = dir.join("cache");
+        for d in [lists.join("partial"), cache.join("archives/partial")] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let status = dir.join("status");
+        if !status.exists() {
+            std::fs::write(&status, "").map_err(|e| format!("{}: {e}", status.display()))?;
+        }
+        let mut options = vec![
+            format!("APT::Architectures::={arch}"),
+            format!("APT::Architecture={arch}"),
+            format!("Dir::State::Lists={}", lists.display()),
+            format!("Dir::Cache={}", cache.display()),
+            format!("Dir::State::status={}", status.display()),
+        ];
+        if let Some(s) = sources {
+            options.push(format!("Dir::Etc::SourceList={}", s.display()));
+            options.push("Dir::Etc::SourceParts=/nonexistent".to_owned());
+        }
+        let apt = Self {
+            options,
+            dir: dir.to_owned(),
+        };
+        apt.run(Command::new("apt-get").args(["-q", "update"]))?;
+        Ok(apt)
+    }
+
+    fn run(&self, cmd: &mut Command) -> Result<String, LabError> {
+        for o in &self.options {
+            cmd.args(["-o", o]);
+        }
+        run(cmd)
+    }
+
+    /// Downloads `packages` and unpacks each into `root`.
+    fn unpack(&self, packages: &[&str], root: &Path) -> Result<(), LabError> {
+        let dl = self.dir.join("dl");
+        std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
+        for package in packages {
+            self.run(
+                Command::new("apt-get")
+                    .args(["-q", "download", package])
+                    .current_dir(&dl),
+            )?;
+            let deb = std::fs::read_dir(&dl)
+                .map_err(|e| format!("{}: {e}", dl.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.extension().is_some_and(|x| x == "deb")
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&format!("{package}_")))
+                })
+                .ok_or(format!("apt-get download {package} left no .deb"))?;
+            run(Command::new("dpkg").arg("-x").arg(&deb).arg(root))?;
+            let _ = std::fs::remove_file(&deb);
+        }
+        Ok(())
+    }
+}
