@@ -11,7 +11,10 @@ use std::{
     process::Command,
 };
 
-use crate::{bootimage::build_initramfs, run, LabError};
+use crate::{
+    bootimage::{build_initramfs, download_and_unpack, find_kernel, kernel_package},
+    run, LabError,
+};
 
 /// QEMU's arm64 emulator.
 pub const QEMU: &str = "qemu-system-aarch64";
@@ -44,15 +47,7 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
     if kernel.is_none() || !busybox.exists() {
         let apt = Apt::new(&dir.join("bookworm"), "arm64", None)?;
         let depends = apt.run(Command::new("apt-cache").args(["depends", "linux-image-arm64"]))?;
-        let package = depends
-            .lines()
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("Depends: ")
-                    .filter(|p| p.starts_with("linux-image-") && !p.contains('<'))
-            })
-            .ok_or("apt-cache names no kernel package for linux-image-arm64")?
-            .to_owned();
+        let package = kernel_package(&depends, "linux-image-arm64")?;
         apt.unpack(&[&package, "busybox-static"], &root)?;
     }
     if !ipxe.exists() {
@@ -92,18 +87,6 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
         initramfs,
         ipxe,
     })
-}
-
-fn find_kernel(root: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(root.join("boot"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
 }
 
 /// apt with its own lists, cache and (empty) dpkg status under one folder: downloads for
@@ -152,28 +135,6 @@ impl Apt {
 
     /// Downloads `packages` and unpacks each into `root`.
     fn unpack(&self, packages: &[&str], root: &Path) -> Result<(), LabError> {
-        let dl = self.dir.join("dl");
-        std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
-        for package in packages {
-            self.run(
-                Command::new("apt-get")
-                    .args(["-q", "download", package])
-                    .current_dir(&dl),
-            )?;
-            let deb = std::fs::read_dir(&dl)
-                .map_err(|e| format!("{}: {e}", dl.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| {
-                    p.extension().is_some_and(|x| x == "deb")
-                        && p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with(&format!("{package}_")))
-                })
-                .ok_or(format!("apt-get download {package} left no .deb"))?;
-            run(Command::new("dpkg").arg("-x").arg(&deb).arg(root))?;
-            let _ = std::fs::remove_file(&deb);
-        }
-        Ok(())
+        download_and_unpack(packages, &self.options, &self.dir.join("dl"), root)
     }
 }

@@ -112,7 +112,7 @@ pub fn ensure(cache: &Path) -> Result<BootImage, LabError> {
     })
 }
 
-fn find_kernel(root: &Path) -> Option<PathBuf> {
+pub(crate) fn find_kernel(root: &Path) -> Option<PathBuf> {
     std::fs::read_dir(root.join("boot"))
         .ok()?
         .flatten()
@@ -127,30 +127,56 @@ fn find_kernel(root: &Path) -> Option<PathBuf> {
 /// `apt-get download` the package linux-image-amd64 depends on, and unpack it.
 fn download_kernel(dir: &Path) -> Result<(), LabError> {
     let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-    let package = depends
+    let package = kernel_package(&depends, "linux-image-amd64")?;
+    // The package is 70 MB; the unpacked kernel and modules are what is used.
+    download_and_unpack(&[&package], &[], &dir.join("dl"), &dir.join("root"))
+}
+
+/// The kernel package a `linux-image-<arch>` metapackage depends on, from `apt-cache depends`.
+pub(crate) fn kernel_package(depends: &str, meta: &str) -> Result<String, LabError> {
+    depends
         .lines()
         .find_map(|l| {
             l.trim()
                 .strip_prefix("Depends: ")
                 .filter(|p| p.starts_with("linux-image-") && !p.contains('<'))
         })
-        .ok_or("apt-cache names no kernel package for linux-image-amd64 (apt-get update?)")?
-        .to_owned();
-    let dl = dir.join("dl");
-    std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
-    run(Command::new("apt-get")
-        .args(["download", "-q", &package])
-        .current_dir(&dl))?;
-    let deb = std::fs::read_dir(&dl)
-        .map_err(|e| format!("{}: {e}", dl.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or("apt-get download left no .deb")?;
-    let root = dir.join("root");
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
-    // The package is 70 MB; the unpacked kernel and modules are what is used.
-    let _ = std::fs::remove_file(&deb);
+        .map(str::to_owned)
+        .ok_or(format!(
+            "apt-cache names no kernel package for {meta} (apt-get update?)"
+        ))
+}
+
+/// `apt-get download`s each of `packages` (with `options` as `-o` settings) into `dl`,
+/// unpacks it into `root` and deletes the `.deb`.
+pub(crate) fn download_and_unpack(
+    packages: &[&str],
+    options: &[String],
+    dl: &Path,
+    root: &Path,
+) -> Result<(), LabError> {
+    std::fs::create_dir_all(dl).map_err(|e| format!("{}: {e}", dl.display()))?;
+    for package in packages {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-q", package]).current_dir(dl);
+        for o in options {
+            cmd.args(["-o", o]);
+        }
+        run(&mut cmd)?;
+        let deb = std::fs::read_dir(dl)
+            .map_err(|e| format!("{}: {e}", dl.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "deb")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
+            })
+            .ok_or(format!("apt-get download {package} left no .deb"))?;
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(root))?;
+        let _ = std::fs::remove_file(&deb);
+    }
     Ok(())
 }
 
@@ -321,27 +347,9 @@ pub fn secure_boot_loaders(cache: &Path) -> Result<(PathBuf, PathBuf), LabError>
     let shim = root.join("usr/lib/shim/shimx64.efi.signed");
     let grub = root.join("usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed");
     for (file, package) in [(&shim, "shim-signed"), (&grub, "grub-efi-amd64-signed")] {
-        if file.exists() {
-            continue;
+        if !file.exists() {
+            download_and_unpack(&[package], &[], &dir.join("dl"), &root)?;
         }
-        let dl = dir.join("dl");
-        std::fs::create_dir_all(&dl).map_err(|e| format!("{}: {e}", dl.display()))?;
-        run(Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(&dl))?;
-        let deb = std::fs::read_dir(&dl)
-            .map_err(|e| format!("{}: {e}", dl.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "deb")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
-            })
-            .ok_or(format!("apt-get download {package} left no .deb"))?;
-        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
-        let _ = std::fs::remove_file(&deb);
         if !file.exists() {
             return Err(format!("{package} has no {}", file.display()));
         }

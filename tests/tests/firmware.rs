@@ -96,6 +96,55 @@ fn first_http_request(
     }
 }
 
+/// Whether this test can run: root, QEMU (`program`), and every file in `files` (firmware,
+/// iPXE builds); otherwise it says what is missing (a failure when the lab is required).
+fn require_firmware(t: &str, program: &str, files: &[&str]) -> bool {
+    require_root(t)
+        && require(
+            have_program(program),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+        && require(
+            files.iter().all(|f| std::path::Path::new(f).exists()),
+            t,
+            "OVMF, AAVMF or iPXE is not installed (cargo xtask setup)",
+        )
+}
+
+/// The machine's timeline once it holds `booted`; on the bound, the test fails with the
+/// console and the daemon's log.
+fn wait_booted(lab: &PairLab, daemon: &Daemon, log: &std::path::Path) -> String {
+    wait_for(BOOT_BOUND * 2, || {
+        let (_, t) = http_get(
+            &lab.server,
+            daemon.admin,
+            "/api/timeline?mac=52:54:00:b0:0f:01",
+        )
+        .ok()?;
+        t.contains("\"phase\":\"booted\"").then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            daemon.log()
+        )
+    })
+}
+
+/// Each of `steps` appears in `timeline`, in this order.
+fn in_order<S: AsRef<str>>(timeline: &str, steps: &[S]) {
+    let mut from = 0;
+    for step in steps {
+        let step = step.as_ref();
+        let at = timeline[from..]
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
+        from += at + 1;
+    }
+}
+
 #[test]
 fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     let t = "qemu_ipxe_rom_is_sent_to_the_ipxe_script_url";
@@ -261,18 +310,7 @@ fn ovmf_uefi_pxe_loads_ipxe_over_tftp() {
 fn qemu_ipxe_fetches_script_kernel_and_initrd_over_http() {
     let t = "qemu_ipxe_fetches_script_kernel_and_initrd_over_http";
     let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64"),
-            t,
-            "QEMU is not installed (cargo xtask setup)",
-        )
-        || !require(
-            std::path::Path::new(lkrn).exists(),
-            t,
-            "iPXE is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(t, "qemu-system-x86_64", &[lkrn]) {
         return;
     }
     let dir = TempDir::new().expect("dir");
@@ -541,19 +579,8 @@ fn ovmf_http_boot(t: &str, https: bool) {
     let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
     let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
     let ipxe = "/usr/lib/ipxe/ipxe.efi";
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64") && have_program("openssl"),
-            t,
-            "QEMU or openssl is not installed (cargo xtask setup)",
-        )
-        || !require(
-            [code, vars, ipxe]
-                .iter()
-                .all(|f| std::path::Path::new(f).exists()),
-            t,
-            "OVMF or iPXE is not installed (cargo xtask setup)",
-        )
+    if !require_firmware(t, "qemu-system-x86_64", &[code, vars, ipxe])
+        || !require(have_program("openssl"), t, "openssl is not installed")
     {
         return;
     }
@@ -651,19 +678,16 @@ fn ovmf_http_boot(t: &str, https: bool) {
         )
     });
     // The firmware's program, iPXE's script, kernel and initramfs, the OS's callback.
-    let mut from = 0;
-    for step in [
-        format!("\"detail\":\"/ipxe.efi: {ipxe_len} bytes\""),
-        "\"phase\":\"ipxe_script\"".to_owned(),
-        "\"detail\":\"/linux/vmlinuz: ".to_owned(),
-        "\"detail\":\"/linux/initramfs.cpio: ".to_owned(),
-        "\"phase\":\"booted\"".to_owned(),
-    ] {
-        let at = timeline[from..]
-            .find(&step)
-            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
-        from += at + 1;
-    }
+    in_order(
+        &timeline,
+        &[
+            format!("\"detail\":\"/ipxe.efi: {ipxe_len} bytes\""),
+            "\"phase\":\"ipxe_script\"".to_owned(),
+            "\"detail\":\"/linux/vmlinuz: ".to_owned(),
+            "\"detail\":\"/linux/initramfs.cpio: ".to_owned(),
+            "\"phase\":\"booted\"".to_owned(),
+        ],
+    );
     // `check` finds the program the firmware loaded and, over HTTPS, a certificate it can
     // verify (ports are in use by the running daemon: only these lines are read).
     let check = lab
@@ -763,18 +787,7 @@ fn ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux() {
 fn ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server() {
     let t = "ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server";
     let lkrn = "/usr/lib/ipxe/ipxe.lkrn";
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64"),
-            t,
-            "QEMU is not installed (cargo xtask setup)",
-        )
-        || !require(
-            std::path::Path::new(lkrn).exists(),
-            t,
-            "iPXE is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(t, "qemu-system-x86_64", &[lkrn]) {
         return;
     }
     let dir = TempDir::new().expect("dir");
@@ -898,20 +911,11 @@ fn secure_boot_vm(
 /// TFTP and HTTP. `None` when something is missing (the test says why).
 fn secure_boot_root(t: &str, dir: &std::path::Path) -> Option<std::path::PathBuf> {
     use bootfabric_lab::bootimage;
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64"),
-            t,
-            "QEMU is not installed (cargo xtask setup)",
-        )
-        || !require(
-            [SB_CODE, SB_VARS, "/usr/lib/ipxe/ipxe.efi"]
-                .iter()
-                .all(|f| std::path::Path::new(f).exists()),
-            t,
-            "OVMF (with its Secure Boot build) or iPXE is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(
+        t,
+        "qemu-system-x86_64",
+        &[SB_CODE, SB_VARS, "/usr/lib/ipxe/ipxe.efi"],
+    ) {
         return None;
     }
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
@@ -961,36 +965,18 @@ fn secure_boot_boots_shim_grub_and_the_signed_kernel() {
     )
     .expect("daemon");
     let (_vm, log) = secure_boot_vm(&lab, &dir.path);
-    let timeline = wait_for(BOOT_BOUND * 2, || {
-        let (_, t) = http_get(
-            &lab.server,
-            daemon.admin,
-            "/api/timeline?mac=52:54:00:b0:0f:01",
-        )
-        .ok()?;
-        t.contains("\"phase\":\"booted\"").then_some(t)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default(),
-            daemon.log()
-        )
-    });
-    let mut from = 0;
-    for step in [
-        "\"detail\":\"shimx64.efi",
-        "\"detail\":\"grubx64.efi",
-        "\"detail\":\"/grub/grub.cfg",
-        "\"detail\":\"/linux/vmlinuz",
-        "\"detail\":\"/linux/initramfs.cpio",
-        "\"phase\":\"booted\"",
-    ] {
-        let at = timeline[from..]
-            .find(step)
-            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
-        from += at + 1;
-    }
+    let timeline = wait_booted(&lab, &daemon, &log);
+    in_order(
+        &timeline,
+        &[
+            "\"detail\":\"shimx64.efi",
+            "\"detail\":\"grubx64.efi",
+            "\"detail\":\"/grub/grub.cfg",
+            "\"detail\":\"/linux/vmlinuz",
+            "\"detail\":\"/linux/initramfs.cpio",
+            "\"phase\":\"booted\"",
+        ],
+    );
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         console.contains("Secure boot enabled") && console.contains("locked down"),
@@ -1090,15 +1076,7 @@ fn secure_boot_firmware_refuses_an_unsigned_program() {
 /// then fetching its script, kernel and initramfs over HTTP.
 fn arm64_boot(t: &str, http: bool) {
     use bootfabric_lab::arm64;
-    if !require_root(t)
-        || !require(
-            have_program(arm64::QEMU)
-                && std::path::Path::new(arm64::CODE).exists()
-                && std::path::Path::new(arm64::VARS).exists(),
-            t,
-            "qemu-system-arm or qemu-efi-aarch64 is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(t, arm64::QEMU, &[arm64::CODE, arm64::VARS]) {
         return;
     }
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
@@ -1151,40 +1129,22 @@ fn arm64_boot(t: &str, http: bool) {
     }
     let _vm = bootfabric_lab::qemu::start_program(arm64::QEMU, &lab.client, "tap0", &args, &log)
         .expect("qemu");
-    let timeline = wait_for(BOOT_BOUND * 2, || {
-        let (_, t) = http_get(
-            &lab.server,
-            daemon.admin,
-            "/api/timeline?mac=52:54:00:b0:0f:01",
-        )
-        .ok()?;
-        t.contains("\"phase\":\"booted\"").then_some(t)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the arm64 machine did not boot.\nconsole:\n{}\ndaemon:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default(),
-            daemon.log()
-        )
-    });
+    let timeline = wait_booted(&lab, &daemon, &log);
     let first = if http {
         "\"phase\":\"http_sent\",\"ip\":\"10.77.0.11\",\"detail\":\"/ipxe-arm64.efi"
     } else {
         "\"phase\":\"tftp_sent\",\"ip\":\"10.77.0.11\",\"detail\":\"ipxe-arm64.efi"
     };
-    let mut from = 0;
-    for step in [
-        first,
-        "\"phase\":\"ipxe_script\"",
-        "\"detail\":\"/linux/vmlinuz: ",
-        "\"detail\":\"/linux/initramfs.cpio: ",
-        "\"phase\":\"booted\"",
-    ] {
-        let at = timeline[from..]
-            .find(step)
-            .unwrap_or_else(|| panic!("no {step} in order in {timeline}"));
-        from += at + 1;
-    }
+    in_order(
+        &timeline,
+        &[
+            first,
+            "\"phase\":\"ipxe_script\"",
+            "\"detail\":\"/linux/vmlinuz: ",
+            "\"detail\":\"/linux/initramfs.cpio: ",
+            "\"phase\":\"booted\"",
+        ],
+    );
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         console.contains("aarch64") || console.contains("arm64"),
