@@ -45,7 +45,19 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
     let busybox = root.join("bin/busybox");
     let kernel = find_kernel(&root);
     if kernel.is_none() || !busybox.exists() {
-        let apt = Apt::new(&dir.join("bookworm"), "arm64", None)?;
+        // Bookworm's, named here, so the host's own release does not decide.
+        let sources = dir.join("bookworm.list");
+        let line = |url: &str, suite: &str| {
+            format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {url} {suite} main\n")
+        };
+        std::fs::write(
+            &sources,
+            line("http://deb.debian.org/debian", "bookworm")
+                + &line("http://deb.debian.org/debian", "bookworm-updates")
+                + &line("http://deb.debian.org/debian-security", "bookworm-security"),
+        )
+        .map_err(|e| format!("{}: {e}", sources.display()))?;
+        let apt = Apt::new(&dir.join("bookworm"), "arm64", &sources)?;
         let depends = apt.run(Command::new("apt-cache").args(["depends", "linux-image-arm64"]))?;
         let package = kernel_package(&depends, "linux-image-arm64")?;
         apt.unpack(&[&package, "busybox-static"], &root)?;
@@ -57,7 +69,7 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
             "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n",
         )
         .map_err(|e| format!("{}: {e}", sources.display()))?;
-        let apt = Apt::new(&dir.join("trixie"), "amd64", Some(&sources))?;
+        let apt = Apt::new(&dir.join("trixie"), "amd64", &sources)?;
         apt.unpack(&["ipxe"], &root)?;
         if !ipxe.exists() {
             return Err(format!("trixie's ipxe has no {}", ipxe.display()));
@@ -97,7 +109,7 @@ struct Apt {
 }
 
 impl Apt {
-    fn new(dir: &Path, arch: &str, sources: Option<&Path>) -> Result<Self, LabError> {
+    fn new(dir: &Path, arch: &str, sources: &Path) -> Result<Self, LabError> {
         let lists = dir.join("lists");
         let cache = dir.join("cache");
         for d in [lists.join("partial"), cache.join("archives/partial")] {
@@ -114,10 +126,8 @@ impl Apt {
             format!("Dir::Cache={}", cache.display()),
             format!("Dir::State::status={}", status.display()),
         ];
-        if let Some(s) = sources {
-            options.push(format!("Dir::Etc::SourceList={}", s.display()));
-            options.push("Dir::Etc::SourceParts=/nonexistent".to_owned());
-        }
+        options.push(format!("Dir::Etc::SourceList={}", sources.display()));
+        options.push("Dir::Etc::SourceParts=/nonexistent".to_owned());
         let apt = Self {
             options,
             dir: dir.to_owned(),

@@ -156,7 +156,19 @@ pub(crate) fn download_and_unpack(
     root: &Path,
 ) -> Result<(), LabError> {
     std::fs::create_dir_all(dl).map_err(|e| format!("{}: {e}", dl.display()))?;
+    let of = |package: &str, p: &Path| {
+        p.extension().is_some_and(|x| x == "deb")
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")))
+    };
     for package in packages {
+        // A .deb an interrupted run left behind is not this download's.
+        for old in std::fs::read_dir(dl).into_iter().flatten().flatten() {
+            if of(package, &old.path()) {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
         let mut cmd = Command::new("apt-get");
         cmd.args(["download", "-q", package]).current_dir(dl);
         for o in options {
@@ -167,12 +179,7 @@ pub(crate) fn download_and_unpack(
             .map_err(|e| format!("{}: {e}", dl.display()))?
             .flatten()
             .map(|e| e.path())
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "deb")
-                    && p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{package}_")))
-            })
+            .find(|p| of(package, p))
             .ok_or(format!("apt-get download {package} left no .deb"))?;
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(root))?;
         let _ = std::fs::remove_file(&deb);

@@ -37,6 +37,8 @@ pub const ROUTER_SOLICITATION: u8 = 133;
 pub const ROUTER_ADVERTISEMENT: u8 = 134;
 /// RFC 4861 MAX_RA_DELAY_TIME.
 const MAX_DELAY: Duration = Duration::from_millis(500);
+/// Answers waiting out their random delay at once, per interface.
+const MAX_PENDING: usize = 256;
 /// RFC 4861 MIN_DELAY_BETWEEN_RAS, for multicast answers.
 const MIN_MULTICAST_GAP: Duration = Duration::from_secs(3);
 
@@ -252,12 +254,12 @@ async fn serve(
                         .map(|(src, kind)| (*src.ip(), kind, None))
                 })
             }),
-            Some(_) => guard
-                .try_io(|s| link::recv(s.get_ref(), &mut frame))
+            Some(me) => guard
+                .try_io(|s| link::recv(s.get_ref(), iface.index, &mut frame))
                 .map(|r| {
                     r.map(|got| {
                         got.and_then(|(n, mac)| {
-                            link::parse(&frame[..n]).map(|m| (m.src, m.kind, Some(mac)))
+                            link::parse(&frame[..n], me).map(|m| (m.src, m.kind, Some(mac)))
                         })
                     })
                 }),
@@ -272,7 +274,8 @@ async fn serve(
             Err(_would_block) => continue,
         };
         match kind {
-            ROUTER_ADVERTISEMENT => {
+            // RFC 4861 section 6.1.2: a router advertises from its link-local address.
+            ROUTER_ADVERTISEMENT if src.is_unicast_link_local() => {
                 metrics.foreign.with_label_values(&labels).inc();
                 if !yielded {
                     yielded = true;
@@ -296,8 +299,13 @@ async fn serve(
                     },
                 };
                 let (to, unicast) = (answer.to, unicast);
-                if !pending.lock().await.insert(answer) {
-                    continue; // an answer to it is already on its way
+                {
+                    let mut pending = pending.lock().await;
+                    // Sources are the sender's to choose: a flood of made-up ones waits in
+                    // at most MAX_PENDING answers, the rest are dropped.
+                    if pending.len() >= MAX_PENDING || !pending.insert(answer) {
+                        continue; // full, or an answer to it is already on its way
+                    }
                 }
                 let iface = Arc::clone(&iface);
                 let metrics = metrics.clone();

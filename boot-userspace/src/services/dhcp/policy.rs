@@ -333,6 +333,15 @@ pub fn decide(
             "option 60",
             "HTTPClient echoed (UEFI HTTP boot requires it)",
         );
+        if secure(profile, global) && facts.arch == Some(arch::HTTP_X64) {
+            // The signed chain's GRUB (Debian's) has no HTTP, and the firmware would refuse
+            // unsigned iPXE: no URL, so the firmware goes on to its PXE entry.
+            d.rule(
+                "file, option 67",
+                "none: Secure Boot (boot.secure_boot) boots by PXE: the signed GRUB has no HTTP",
+            );
+            return d;
+        }
         let (field, label): (&str, _) = match facts.arch {
             Some(arch::HTTP_X64) => ("uefi_http_x64", "x64 UEFI HTTP boot (arch 16)"),
             Some(arch::HTTP_ARM64) => ("uefi_http_arm64", "arm64 UEFI HTTP boot (arch 19)"),
@@ -587,6 +596,11 @@ mod tests {
                 .any(|r| r.1.contains("profiles.plain.boot.secure_boot")),
             "{d:?}"
         );
+        // UEFI HTTP boot gets no URL under Secure Boot (the firmware goes on to PXE).
+        let http = facts(Some(arch::HTTP_X64), Some("HTTPClient:Arch:00016"), None);
+        let d = decide(&http, None, &g, SERVER);
+        assert_eq!(d.file, None);
+        assert_eq!(d.vendor_class.as_deref(), Some(&b"HTTPClient"[..]));
         // BIOS and iPXE are not affected.
         let bios = facts(Some(arch::BIOS), Some("PXEClient"), None);
         assert_eq!(

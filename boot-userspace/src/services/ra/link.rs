@@ -62,8 +62,9 @@ pub struct Received {
 }
 
 /// Reads an IPv6 packet as the kernel would before handing ICMPv6 to a socket; `None` for
-/// anything that is not a valid router solicitation or advertisement.
-pub fn parse(packet: &[u8]) -> Option<Received> {
+/// anything that is not a valid router solicitation or advertisement addressed to all
+/// routers, all nodes or `me` (the interface's link-local address).
+pub fn parse(packet: &[u8], me: Ipv6Addr) -> Option<Received> {
     let header = packet.get(..HEADER)?;
     if header[0] >> 4 != 6 || header[6] != ICMPV6 || header[7] != 255 {
         return None;
@@ -72,7 +73,8 @@ pub fn parse(packet: &[u8]) -> Option<Received> {
     let icmp = packet.get(HEADER..HEADER + len)?;
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&header[8..24]).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&header[24..40]).ok()?);
-    if checksum(src, dst, icmp) != 0 {
+    let all = |last| Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, last);
+    if ![all(1), all(2), me].contains(&dst) || checksum(src, dst, icmp) != 0 {
         return None;
     }
     let kind = super::router_message(icmp)?;
@@ -121,12 +123,15 @@ fn checksum(src: Ipv6Addr, dst: Ipv6Addr, icmp: &[u8]) -> u16 {
 /// (the kernel, which has no IPv6 here, would not have joined them), non-blocking.
 pub fn open(index: u32) -> io::Result<Socket> {
     let proto = ETH_P_IPV6.to_be();
+    // Protocol 0: the socket receives nothing until bind names the protocol and the
+    // interface, after the filter is on (a socket opened with a protocol would queue every
+    // interface's frames until then).
     // SAFETY: plain socket(2); the result is checked and owned at once.
     let raw = unsafe {
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(proto),
+            0,
         )
     };
     if raw < 0 {
@@ -135,7 +140,6 @@ pub fn open(index: u32) -> io::Result<Socket> {
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let ifindex = i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // The filter first, so no frame of another kind is queued between bind and attach.
     // Offsets are from the IPv6 header (a datagram packet socket): next header at 6, the
     // ICMPv6 type right after the fixed header at 40 (router discovery carries no extension
     // headers).
@@ -207,8 +211,9 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
 }
 
 /// Receives one frame's IPv6 packet into `buf`: its length and the sender's MAC, or `None`
-/// for frames the interface sent itself.
-pub fn recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])>> {
+/// for frames the kernel would not deliver to this host's IPv6: sent by the interface
+/// itself, addressed to another host (promiscuous mode), or from another interface.
+pub fn recv(sock: &Socket, index: u32, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])>> {
     // SAFETY: an all-zero sockaddr_ll is valid; recvfrom fills it.
     let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::sockaddr_ll>() as u32;
@@ -226,7 +231,13 @@ pub fn recv(sock: &Socket, buf: &mut [u8]) -> io::Result<Option<(usize, [u8; 6])
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    if from.sll_pkttype == libc::PACKET_OUTGOING {
+    let other_interface = u32::try_from(from.sll_ifindex) != Ok(index);
+    if other_interface
+        || matches!(
+            from.sll_pkttype,
+            libc::PACKET_OUTGOING | libc::PACKET_OTHERHOST
+        )
+    {
         return Ok(None);
     }
     let mut mac = [0u8; 6];
@@ -266,6 +277,8 @@ pub fn send(sock: &Socket, index: u32, to: [u8; 6], packet: &[u8]) -> io::Result
 mod tests {
     use super::*;
 
+    const ME: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
+
     #[test]
     fn the_link_local_address_is_eui64_with_the_ul_bit_flipped() {
         assert_eq!(
@@ -287,7 +300,7 @@ mod tests {
         let p = packet(src, dst, &super::super::advertisement([2, 0, 0, 0, 0, 1]));
         assert_eq!(p.len(), 40 + 24);
         assert_eq!(
-            parse(&p),
+            parse(&p, ME),
             Some(Received {
                 src,
                 kind: super::super::ROUTER_ADVERTISEMENT
@@ -295,14 +308,22 @@ mod tests {
         );
         let mut bad = p.clone();
         bad[50] ^= 1;
-        assert_eq!(parse(&bad), None, "checksum");
+        assert_eq!(parse(&bad, ME), None, "checksum");
         let mut routed = p.clone();
         routed[7] = 254;
-        assert_eq!(parse(&routed), None, "hop limit below 255");
-        assert_eq!(parse(&p[..50]), None, "cut short");
+        assert_eq!(parse(&routed, ME), None, "hop limit below 255");
+        assert_eq!(parse(&p[..50], ME), None, "cut short");
         let mut tcp = p.clone();
         tcp[6] = 6;
-        assert_eq!(parse(&tcp), None, "not ICMPv6");
+        assert_eq!(parse(&tcp, ME), None, "not ICMPv6");
+        let elsewhere = packet(
+            src,
+            "fe80::7".parse().expect("address"),
+            &super::super::advertisement([2, 0, 0, 0, 0, 1]),
+        );
+        assert_eq!(parse(&elsewhere, ME), None, "to another host");
+        let to_me = packet(src, ME, &super::super::advertisement([2, 0, 0, 0, 0, 1]));
+        assert!(parse(&to_me, ME).is_some(), "to this interface");
     }
 
     #[test]
@@ -319,7 +340,7 @@ mod tests {
             "a right checksum sums to 0"
         );
         assert_eq!(
-            parse(&p),
+            parse(&p, ME),
             Some(Received {
                 src,
                 kind: super::super::ROUTER_SOLICITATION

@@ -5,8 +5,8 @@
 //! `grub.cfg-01-<mac>`, then `grub.cfg-<hex ip>` and its prefixes, then `grub.cfg`. Only the
 //! full MAC and full address forms name one host; shorter prefixes and `default` are files the
 //! operator puts in the root, which is how pxelinux falls back. Debian's signed network GRUB
-//! (Secure Boot) asks only for `grub/grub.cfg`: rendered for a known peer, like the iPXE
-//! script name.
+//! (Secure Boot) asks only for `grub/grub.cfg`: rendered for a known peer under Secure Boot,
+//! like the iPXE script name; the operator's file for anyone else.
 
 use std::net::Ipv4Addr;
 
@@ -81,7 +81,8 @@ pub fn classify<'a>(name: &str, scripts: impl IntoIterator<Item = &'a str>) -> O
         });
     }
     // Debian's signed network GRUB (the one shim loads under Secure Boot) asks only for the
-    // config under its prefix: one shared name, rendered for the asking host.
+    // config under its prefix: one shared name, rendered for the asking host (the service
+    // does so only for hosts under Secure Boot).
     if name == "grub/grub.cfg" {
         return Some(HostFile {
             format: Format::Grub,

@@ -842,8 +842,20 @@ impl TftpService {
         // come from one generation.
         let snap = self.hosts.live.load();
         let scripts = snap.scripts.iter().map(String::as_str);
-        let file = names::classify(rel, scripts);
-        let owner = file.and_then(|f| self.hosts.owner(&snap, f.owner, peer));
+        let mut file = names::classify(rel, scripts);
+        let mut owner = file.and_then(|f| self.hosts.owner(&snap, f.owner, peer));
+        // `grub/grub.cfg` is signed GRUB's one config name: rendered only for a host whose
+        // profile boots under Secure Boot; for everyone else it is the operator's file.
+        let shared_grub = file.is_some_and(|f| f.format == Format::Grub && f.owner == Owner::Peer);
+        let secure = |h: &Host| {
+            snap.inventory
+                .profile(&h.profile)
+                .is_some_and(|p| p.boot.over(&snap.boot).secure())
+        };
+        if shared_grub && !owner.is_some_and(secure) {
+            file = None;
+            owner = None;
+        }
         // The host's netboot decides before any file of its own, an operator's override
         // included: `deny` gets nothing of its own (shared bootloaders stay public: they
         // are no host's), a used `once` its format's "boot from your disk".
