@@ -36,7 +36,7 @@ VARIANTS=(
   "ra-nopxedhcp|--router-advertisements auto --ipxe-no-pxedhcp true|router advertisements + no-pxedhcp (default)"
 )
 
-# booted_cells <output>: "BIOS | UEFI PXE | UEFI iPXE | makespan" cells of one run, booted
+# booted_cells <output>: "BIOS | UEFI PXE | UEFI iPXE | UEFI HTTP | makespan" cells of one run, booted
 # times in node order ("-" for a machine that did not boot).
 booted_cells() {
   awk '
@@ -46,9 +46,9 @@ booted_cells() {
     $2 == "s" && $3 ~ /^node[0-9]+$/ && $4 == "booted" { at[$3] = $1 }
     /^  makespan / { makespan = $2 }
     END {
-      split("bios-ipxe uefi-pxe uefi-ipxe", kinds, " ")
+      split("bios-ipxe uefi-pxe uefi-ipxe uefi-http", kinds, " ")
       line = ""
-      for (k = 1; k <= 3; k++) {
+      for (k = 1; k <= 4; k++) {
         cell = ""
         for (i = 1; i <= n; i++) {
           h = order[i]
@@ -119,8 +119,8 @@ for v in "${VARIANTS[@]}"; do
 done
 
 {
-  echo "| | BIOS booted | UEFI PXE booted | UEFI iPXE booted | makespan |"
-  echo "|---|---|---|---|---|"
+  echo "| | BIOS booted | UEFI PXE booted | UEFI iPXE booted | UEFI HTTP booted | makespan |"
+  echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   if [ -n "$phases" ]; then
     echo

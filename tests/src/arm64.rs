@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    bootimage::{build_initramfs, download_and_unpack, find_kernel, kernel_package},
+    bootimage::{build_initramfs, download_and_unpack, find_kernel, kernel_package, lock_cache},
     run, LabError,
 };
 
@@ -39,7 +39,9 @@ pub struct Arm64 {
 
 /// Downloads (once) and builds what an arm64 machine boots, under `cache/arm64`.
 pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
+    let _lock = lock_cache(cache)?;
     let dir = cache.join("arm64");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let root = dir.join("root");
     let ipxe = root.join("usr/lib/ipxe/ipxe-arm64.efi");
     let busybox = root.join("bin/busybox");

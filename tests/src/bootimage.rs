@@ -73,8 +73,27 @@ pub struct BootImage {
     pub version: String,
 }
 
+/// Holds `cache`'s lock until dropped: tests run in parallel, and two of them must not
+/// download or unpack into the same folder at once.
+pub(crate) fn lock_cache(cache: &Path) -> Result<std::fs::File, LabError> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let path = cache.join(".lock");
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns; the result is checked.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "{}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
+}
+
 /// Builds (or finds in `cache`) the kernel and the initramfs.
 pub fn ensure(cache: &Path) -> Result<BootImage, LabError> {
+    let _lock = lock_cache(cache)?;
     let linux = cache.join("linux");
     std::fs::create_dir_all(&linux).map_err(|e| format!("{}: {e}", linux.display()))?;
     let root = linux.join("root");
@@ -349,6 +368,7 @@ impl Cpio {
 /// (package shim-signed, signed by Microsoft's UEFI CA) and the network GRUB it loads
 /// (package grub-efi-amd64-signed, signed by Debian). Returns (shim, grub).
 pub fn secure_boot_loaders(cache: &Path) -> Result<(PathBuf, PathBuf), LabError> {
+    let _lock = lock_cache(cache)?;
     let dir = cache.join("secureboot");
     let root = dir.join("root");
     let shim = root.join("usr/lib/shim/shimx64.efi.signed");
