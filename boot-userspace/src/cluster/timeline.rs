@@ -33,7 +33,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -86,7 +86,7 @@ pub struct SharedEntry {
     #[serde(with = "phase_label")]
     pub phase: Phase,
     /// The address involved, if any.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// What it concerned (the ledger's `detail`, at most `DETAIL_MAX` bytes).
     pub detail: Option<String>,
 }
@@ -182,7 +182,7 @@ pub struct MergedEntry {
     /// The phase.
     pub phase: Phase,
     /// The address involved, if any.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// What it concerned.
     pub detail: Option<String>,
 }
@@ -510,7 +510,7 @@ mod tests {
     #[test]
     fn an_entry_round_trips_through_json_and_an_unknown_phase_does_not_parse() {
         let mut e = shared(5, "fab-a", 1, Phase::ConfigServed);
-        e.ip = Some(Ipv4Addr::new(10, 0, 0, 5));
+        e.ip = Some(std::net::Ipv4Addr::new(10, 0, 0, 5).into());
         e.detail = Some("web.cfg".into());
         let json = serde_json::to_string(&e).expect("json");
         assert!(json.contains("\"phase\":\"config_served\""), "{json}");

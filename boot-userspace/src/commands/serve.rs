@@ -490,6 +490,25 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         );
     }
 
+    if let Some(dhcp6) = config.dhcp6.clone() {
+        let sources = crate::services::dhcp::v6::Sources6 {
+            live: Arc::clone(&live),
+            ledger: ledger.clone(),
+            journal: crate::services::dhcp::v6::journal_path(&config.state_dir),
+        };
+        let service = crate::services::dhcp::v6::Dhcp6Service::start(
+            dhcp6,
+            fabric.ifaces(),
+            sources,
+            &registry,
+        )?;
+        let token = supervisor.token();
+        supervisor.spawn(
+            "dhcp6",
+            Box::pin(async move { service.run(token).await.context("DHCPv6 server") }),
+        );
+    }
+
     if let Some(tftp) = config.tftp.clone() {
         // Bound inside the file runtime, so its sockets are polled by that runtime's driver.
         let service = {
@@ -530,7 +549,22 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     }
 
     if config.router_advertisements {
-        if let Some(ra) = RaService::start(fabric.ifaces(), &registry)? {
+        // Links whose addresses DHCPv6 hands out are advertised as managed.
+        let managed = config
+            .dhcp6
+            .iter()
+            .flat_map(|d| {
+                d.subnets.iter().filter_map(move |s| {
+                    let m = crate::services::ra::Managed {
+                        prefix: s.net,
+                        valid_s: d.valid_lifetime_s,
+                        preferred_s: d.preferred_lifetime_s,
+                    };
+                    s.interface.clone().map(|i| (i, m))
+                })
+            })
+            .collect();
+        if let Some(ra) = RaService::start(fabric.ifaces(), &managed, &registry)? {
             let token = supervisor.token();
             supervisor.spawn(
                 "ra",

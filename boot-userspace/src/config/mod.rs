@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod images;
 pub mod origin;
 pub mod overlay;
@@ -32,6 +33,7 @@ use crate::util::key_error::KeyError;
 
 pub use dhcp::DhcpGuards;
 pub use dhcp::{AddrRange, DhcpConfig, DhcpMode, SubnetConfig};
+pub use dhcp6::Dhcp6Config;
 
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
@@ -327,6 +329,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The DHCP server, when configured and enabled.
     pub dhcp: Option<DhcpConfig>,
+    /// `[dhcp6]`, absent when DHCPv6 is off.
+    pub dhcp6: Option<Dhcp6Config>,
     /// The HTTP server, when configured and enabled.
     pub http: Option<HttpConfig>,
     /// Global boot settings (built-in defaults under `[boot]`).
@@ -1167,6 +1171,12 @@ impl Config {
             }
             _ => None,
         };
+        let dhcp6 = match &wire.dhcp6 {
+            Some(d) if d.enabled.unwrap_or(true) => {
+                Some(Dhcp6Config::from_wire(d, &interfaces).map_err(keyed)?)
+            }
+            _ => None,
+        };
         let boot = BootSettings::from_wire(&wire.boot, "boot")
             .map_err(keyed)?
             .over(&BootSettings::defaults());
@@ -1217,6 +1227,7 @@ impl Config {
             inventory_file: None,
             state_dir,
             dhcp,
+            dhcp6,
             http,
             boot,
             scheduler,

@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub http: Option<Http>,
     /// `[dhcp]`: the DHCPv4 server.
     pub dhcp: Option<Dhcp>,
+    /// `[dhcp6]`: the DHCPv6 server.
+    pub dhcp6: Option<super::dhcp6::WireDhcp6>,
     /// `[boot]`: what PXE, iPXE and HTTP-boot clients are told to load.
     #[serde(default)]
     pub boot: Boot,

@@ -7,7 +7,10 @@
 //! (DHCP refuses to start without an IPv4 address, router advertisements skip an interface
 //! without IPv6), so the error texts stay with the services.
 
-use std::{ffi::CString, net::Ipv4Addr};
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 /// One fabric interface as the kernel showed it at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +25,8 @@ pub struct Iface {
     pub mac: Option<[u8; 6]>,
     /// Whether it has an IPv6 link-local address (router advertisements need one).
     pub ipv6_link_local: bool,
+    /// Its first IPv6 address beyond the link (DHCPv6 names it in boot URLs).
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Iface {
@@ -33,6 +38,7 @@ impl Iface {
             ipv4: None,
             mac: None,
             ipv6_link_local: false,
+            ipv6: None,
         }
     }
 }
@@ -62,7 +68,11 @@ impl Fabric {
                     // The first address wins, as the kernel lists them (primary first).
                     iface.ipv4.get_or_insert(v4.ip());
                 } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    iface.ipv6_link_local |= v6.ip().is_unicast_link_local();
+                    let ip = v6.ip();
+                    iface.ipv6_link_local |= ip.is_unicast_link_local();
+                    if !ip.is_unicast_link_local() && !ip.is_loopback() && !ip.is_multicast() {
+                        iface.ipv6.get_or_insert(ip);
+                    }
                 } else if let Some(mac) = addr.as_link_addr().and_then(|l| l.addr()) {
                     iface.mac.get_or_insert(mac);
                 }

@@ -17,7 +17,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -36,8 +36,8 @@ use crate::model::inventory::{Host, Inventory, Mac, Netboot};
 const EVENTS_PER_HOST: usize = 32;
 /// Events kept per MAC outside the inventory: enough for one whole boot (DHCP, TFTP, script,
 /// downloads, `booted`), and half the inventory's, since anyone can make up these MACs and
-/// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (64-byte events: about
-/// 70 MiB, plus the names of TFTP and HTTP events, at most `DETAIL_MAX + 3` bytes each, which
+/// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (88-byte events, since
+/// an event's address may be IPv6: about 92 MiB, plus the names of TFTP and HTTP events, at most `DETAIL_MAX + 3` bytes each, which
 /// only MACs holding a lease get).
 const OTHER_EVENTS_PER_HOST: usize = 16;
 /// MACs outside the inventory tracked at once, by default; the least recently seen is evicted
@@ -242,7 +242,7 @@ pub enum ConfigRefusal {
     /// The config was already delivered in this boot, first to this address.
     Again {
         /// Who fetched it first.
-        first: Ipv4Addr,
+        first: IpAddr,
     },
     /// The template did not render for the host (the daemon's log says where and why).
     Template,
@@ -395,7 +395,7 @@ pub struct Event {
     /// Unix milliseconds.
     pub at_ms: u64,
     /// The address involved, if any.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// What happened.
     pub kind: EventKind,
 }
@@ -418,7 +418,7 @@ struct State {
     others: Lru,
     // Who holds an address now, from DHCP ACKs: how services that see only an address (TFTP,
     // HTTP) find the host behind it.
-    holders: HashMap<Ipv4Addr, Mac>,
+    holders: HashMap<IpAddr, Mac>,
     /// The control plane's event log.
     log: EventLog,
     /// The inventory's `netboot = "once"` hosts, by MAC: the kernels their profiles name,
@@ -883,14 +883,14 @@ impl Ledger {
     }
 
     /// Records an event for `mac` now.
-    pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>) {
+    pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<IpAddr>) {
         self.record_at(mac, kind, ip, unix_ms());
     }
 
     /// Records an event for `mac` at `at_ms` (unix milliseconds), for a caller that reads its
     /// own clock: the reboot runner, whose unit tests run on tokio's paused time. A timeline
     /// is kept in the order events are recorded, so `at_ms` must not go back for a host.
-    pub fn record_at(&self, mac: Mac, kind: EventKind, ip: Option<Ipv4Addr>, at_ms: u64) {
+    pub fn record_at(&self, mac: Mac, kind: EventKind, ip: Option<IpAddr>, at_ms: u64) {
         let phase = kind.phase();
         self.events.with_label_values(&[phase.as_str()]).inc();
         let Ok(mut guard) = self.inner.lock() else {
@@ -1072,7 +1072,7 @@ impl Ledger {
     }
 
     /// The host that was last acknowledged `ip` and has not given it back.
-    pub fn holder(&self, ip: Ipv4Addr) -> Option<Mac> {
+    pub fn holder(&self, ip: IpAddr) -> Option<Mac> {
         self.inner.lock().ok()?.holders.get(&ip).copied()
     }
 
@@ -1082,8 +1082,12 @@ impl Ledger {
     /// machine on the address is the holder, not the new owner (who must not have its
     /// configs fetched or its `booted` posted by another machine). A holder outside the
     /// inventory is no host at all.
-    pub fn host_at<'a>(&self, inventory: &'a Inventory, ip: Ipv4Addr) -> Option<&'a Host> {
-        match (inventory.host_by_ip(ip), self.holder(ip)) {
+    pub fn host_at<'a>(&self, inventory: &'a Inventory, ip: IpAddr) -> Option<&'a Host> {
+        let owner = match ip {
+            IpAddr::V4(v4) => inventory.host_by_ip(v4),
+            IpAddr::V6(v6) => inventory.host_by_ipv6(v6),
+        };
+        match (owner, self.holder(ip)) {
             (Some(owner), Some(holder)) if owner.mac != holder => inventory.host_by_mac(&holder),
             (Some(owner), _) => Some(owner),
             (None, holder) => holder.and_then(|mac| inventory.host_by_mac(&mac)),
@@ -1093,8 +1097,12 @@ impl Ledger {
     /// `host`'s address now: its reservation, unless another client still holds that (the
     /// reservation waits, see [`Ledger::host_at`]); else `peer` if the host holds it as a
     /// lease.
-    pub fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
-        host.ip
+    pub fn address_of(&self, host: &Host, peer: IpAddr) -> Option<IpAddr> {
+        let reserved = match peer {
+            IpAddr::V4(_) => host.ip.map(IpAddr::V4),
+            IpAddr::V6(_) => host.ipv6.map(IpAddr::V6),
+        };
+        reserved
             .filter(|ip| self.holder(*ip).is_none_or(|m| m == host.mac))
             .or_else(|| (self.holder(peer) == Some(host.mac)).then_some(peer))
     }
@@ -1156,6 +1164,7 @@ pub fn fetched_at(files: &[String], events: &[Event], from_ms: u64) -> Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     /// The detail as the ledger rendered it before events were typed: the whole line, cut.
     fn old_detail(line: &str) -> String {
@@ -1225,10 +1234,10 @@ mod tests {
     }
 
     #[test]
-    fn an_event_stays_64_bytes() {
+    fn an_event_stays_88_bytes() {
         // The worst-case memory in OTHER_EVENTS_PER_HOST's comment counts on it.
         assert!(
-            std::mem::size_of::<Event>() <= 64,
+            std::mem::size_of::<Event>() <= 88,
             "{}",
             std::mem::size_of::<Event>()
         );
@@ -1255,7 +1264,11 @@ mod tests {
         for _ in 0..40 {
             l.record(m, EventKind::DhcpOffer, None);
         }
-        l.record(m, EventKind::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        l.record(
+            m,
+            EventKind::DhcpAck,
+            Some(Ipv4Addr::new(10, 0, 0, 1).into()),
+        );
         let t = l.timeline(m);
         assert_eq!(t.len(), EVENTS_PER_HOST);
         assert_eq!(t.last().map(|e| e.phase()), Some(Phase::DhcpAck));
@@ -1423,7 +1436,11 @@ mod tests {
         let l = Ledger::with_capacity(&registry, 100).expect("ledger");
         let known = Mac([0x52, 0x54, 0, 0, 0, 1]);
         l.set_inventory(&inventory(&[known]));
-        l.record(known, EventKind::DhcpAck, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        l.record(
+            known,
+            EventKind::DhcpAck,
+            Some(Ipv4Addr::new(10, 0, 0, 1).into()),
+        );
         for i in 0..10_000 {
             l.record(random_mac(i), EventKind::DhcpOffer, None);
         }
@@ -1499,7 +1516,7 @@ mod tests {
     fn the_live_holder_of_a_moved_reservation_is_the_host_at_its_address() {
         let l = Ledger::new(&Registry::new()).expect("ledger");
         let (a, b) = (Mac([0x52, 0x54, 0, 0, 0, 1]), Mac([0x52, 0x54, 0, 0, 0, 2]));
-        let ip = Ipv4Addr::new(10, 77, 0, 11);
+        let ip: IpAddr = Ipv4Addr::new(10, 77, 0, 11).into();
         // node07's reservation moved from A (now host "old", without one) to B.
         let text = "[profiles.p]\n[[hosts]]\nname = 'old'\nmac = '52:54:00:00:00:01'\nprofile = 'p'\n\
                     [[hosts]]\nname = 'node07'\nmac = '52:54:00:00:00:02'\nip = '10.77.0.11'\nprofile = 'p'\n";
@@ -1521,7 +1538,7 @@ mod tests {
             Some("old".into()),
             "A is still on the address: requests from it are A's, never node07's"
         );
-        let pool = Ipv4Addr::new(10, 77, 0, 100);
+        let pool: IpAddr = Ipv4Addr::new(10, 77, 0, 100).into();
         l.record(b, EventKind::DhcpAck, Some(pool));
         assert_eq!(name(l.host_at(&inv, pool)), Some("node07".into()));
         assert_eq!(
@@ -1548,10 +1565,10 @@ mod tests {
             l.record(
                 random_mac(i),
                 EventKind::DhcpAck,
-                Some(Ipv4Addr::from(0x0a00_0000 + i)),
+                Some(Ipv4Addr::from(0x0a00_0000 + i).into()),
             );
         }
-        let ip = Ipv4Addr::new(192, 0, 2, 1);
+        let ip: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
         l.record(random_mac(u32::MAX), EventKind::DhcpAck, Some(ip));
         assert_eq!(l.holder(ip), None, "an unknown MAC's lease past the cap");
         l.record(known, EventKind::DhcpAck, Some(ip));
@@ -1613,7 +1630,7 @@ mod tests {
     fn knows_who_holds_an_address_until_it_is_given_back() {
         let l = Ledger::new(&Registry::new()).expect("ledger");
         let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
-        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        let ip: IpAddr = Ipv4Addr::new(10, 0, 0, 9).into();
         l.record(a, EventKind::DhcpOffer, Some(ip));
         assert_eq!(l.holder(ip), None, "an offer is not a lease");
         l.record(a, EventKind::DhcpAck, Some(ip));

@@ -42,16 +42,43 @@ const MAX_PENDING: usize = 256;
 /// RFC 4861 MIN_DELAY_BETWEEN_RAS, for multicast answers.
 const MIN_MULTICAST_GAP: Duration = Duration::from_secs(3);
 
-/// The advertisement: hop limit unspecified, M=0, O=0, router lifetime 0, reachable time and
-/// retransmission timer unspecified, and the source link-layer address option. The kernel
-/// fills in the checksum.
-pub fn advertisement(mac: [u8; 6]) -> [u8; 24] {
-    let mut ra = [0u8; 24];
+/// A link whose addresses the fabric's DHCPv6 server hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Managed {
+    /// The on-link prefix (`dhcp6.subnets[].cidr`).
+    pub prefix: ipnet::Ipv6Net,
+    /// How long it stays on-link, seconds (`dhcp6.valid_lifetime_s`).
+    pub valid_s: u32,
+    /// Its preferred lifetime, seconds (`dhcp6.preferred_lifetime_s`).
+    pub preferred_s: u32,
+}
+
+/// The advertisement: hop limit unspecified, router lifetime 0 (never a default router),
+/// reachable time and retransmission timer unspecified, and the source link-layer address
+/// option. Without `managed`, M=0 and O=0: "no IPv6 configuration here". With it, M=1 and
+/// O=1 (addresses and options from DHCPv6) and a prefix information option with L=1, A=0:
+/// the prefix is on-link (a DHCPv6 address is a /128, so without it a client could reach
+/// the server only through a router) and no address is formed from it by SLAAC. The kernel
+/// (or `link::packet`) fills in the checksum.
+pub fn advertisement(mac: [u8; 6], managed: Option<Managed>) -> Vec<u8> {
+    let mut ra = vec![0u8; 24];
     ra[0] = ROUTER_ADVERTISEMENT;
-    // Bytes 1-15 stay 0: code, checksum, hop limit, flags, lifetime, reachable, retrans.
+    // Bytes 1-15 stay 0 (code, checksum, hop limit, lifetime, reachable, retrans) but the flags.
     ra[16] = 1; // source link-layer address
     ra[17] = 1; // length in units of 8 bytes
     ra[18..24].copy_from_slice(&mac);
+    if let Some(m) = managed {
+        ra[5] = 0x80 | 0x40; // M, O
+        let mut pio = [0u8; 32];
+        pio[0] = 3; // prefix information
+        pio[1] = 4; // 32 bytes
+        pio[2] = m.prefix.prefix_len();
+        pio[3] = 0x80; // L=1, A=0
+        pio[4..8].copy_from_slice(&m.valid_s.to_be_bytes());
+        pio[8..12].copy_from_slice(&m.preferred_s.min(m.valid_s).to_be_bytes());
+        pio[16..32].copy_from_slice(&m.prefix.network().octets());
+        ra.extend_from_slice(&pio);
+    }
     ra
 }
 
@@ -126,6 +153,8 @@ struct Responder {
     /// The kernel has no IPv6 here: `sock` is a packet socket and answers are whole IPv6
     /// packets from this (EUI-64 link-local) address.
     link: Option<Ipv6Addr>,
+    /// The DHCPv6 server hands out this link's addresses.
+    managed: Option<Managed>,
 }
 
 /// A solicitation's answer: where to, and (on the packet path) to which Ethernet address.
@@ -168,7 +197,12 @@ impl RaService {
     /// Opens the responder on each of `interfaces` (the fabric): through the kernel's IPv6
     /// where the interface has a link-local address, else on a packet socket (IPv6 disabled
     /// there: iPXE still solicits); `None` when no interface could be opened.
-    pub fn start(interfaces: &[Iface], registry: &Registry) -> Result<Option<Self>, RaError> {
+    /// Links in `managed` (by interface name) advertise the DHCPv6 server.
+    pub fn start(
+        interfaces: &[Iface],
+        managed: &std::collections::HashMap<String, Managed>,
+        registry: &Registry,
+    ) -> Result<Option<Self>, RaError> {
         let metrics = Metrics::register(registry)?;
         let mut ifaces = Vec::new();
         for fabric in interfaces {
@@ -198,6 +232,7 @@ impl RaService {
                     mac,
                     sock,
                     link,
+                    managed: managed.get(name).copied(),
                 })),
                 Err(e) => warn!(iface = %name, "router advertisements off on {name}: {e}"),
             }
@@ -228,7 +263,14 @@ async fn serve(
     let labels = [iface.name.as_str()];
     metrics.sent.with_label_values(&labels).inc_by(0);
     metrics.foreign.with_label_values(&labels).inc_by(0);
-    info!(iface = %iface.name, "answering IPv6 router solicitations on {} (no IPv6 configuration here)", iface.name);
+    match iface.managed {
+        None => {
+            info!(iface = %iface.name, "answering IPv6 router solicitations on {} (no IPv6 configuration here)", iface.name)
+        }
+        Some(m) => {
+            info!(iface = %iface.name, prefix = %m.prefix, "answering IPv6 router solicitations on {}: addresses from DHCPv6, {} on-link", iface.name, m.prefix)
+        }
+    }
     let last_multicast: Arc<Mutex<Option<Instant>>> = Arc::default();
     let mut yielded = false;
     let mut rng = crate::util::xorshift::XorShift::from_time();
@@ -323,7 +365,7 @@ async fn serve(
                         }
                         *last = Some(Instant::now());
                     }
-                    let ra = advertisement(iface.mac);
+                    let ra = advertisement(iface.mac, iface.managed);
                     let sent = match iface.link {
                         None => {
                             let dest = SockAddr::from(SocketAddrV6::new(to, 0, 0, iface.index));
@@ -356,7 +398,7 @@ mod tests {
 
     #[test]
     fn the_advertisement_offers_nothing() {
-        let ra = advertisement([0x52, 0x54, 0, 1, 2, 3]);
+        let ra = advertisement([0x52, 0x54, 0, 1, 2, 3], None);
         assert_eq!(ra[0], ROUTER_ADVERTISEMENT);
         assert_eq!(
             &ra[1..16],
@@ -369,6 +411,27 @@ mod tests {
     }
 
     #[test]
+    fn a_managed_link_is_advertised_with_m_o_and_its_on_link_prefix() {
+        let m = Managed {
+            prefix: "2001:db8:77::/64".parse().expect("prefix"),
+            valid_s: 7200,
+            preferred_s: 3600,
+        };
+        let ra = advertisement([0x52, 0x54, 0, 1, 2, 3], Some(m));
+        assert_eq!(ra.len(), 56);
+        assert_eq!(ra[5], 0xc0, "M and O");
+        assert_eq!(&ra[6..8], &[0, 0], "still not a default router");
+        let pio = &ra[24..];
+        assert_eq!(
+            &pio[..4],
+            &[3, 4, 64, 0x80],
+            "prefix information, on-link, no SLAAC"
+        );
+        assert_eq!(&pio[4..12], &[0, 0, 0x1c, 0x20, 0, 0, 0x0e, 0x10]);
+        assert_eq!(&pio[16..], &m.prefix.network().octets());
+    }
+
+    #[test]
     fn interfaces_without_a_mac_get_no_responder_and_no_ipv6_means_the_packet_path() {
         let iface = |index: Option<u32>, ipv6_link_local: bool, mac: Option<[u8; 6]>| Iface {
             name: "fab0".to_owned(),
@@ -376,6 +439,7 @@ mod tests {
             ipv4: None,
             mac,
             ipv6_link_local,
+            ipv6: None,
         };
         let mac = Some([2, 0, 0, 0, 0, 1]);
         assert_eq!(
@@ -396,7 +460,8 @@ mod tests {
         // And start opens nothing for them.
         let registry = Registry::new();
         let none = [iface(None, false, mac), iface(Some(3), true, None)];
-        let started = RaService::start(&none, &registry).expect("metrics register");
+        let started =
+            RaService::start(&none, &Default::default(), &registry).expect("metrics register");
         assert!(started.is_none());
     }
 

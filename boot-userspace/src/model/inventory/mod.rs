@@ -8,7 +8,7 @@ use crate::redfish::{BmcConfig, BootMode, BootTarget, PasswordSource, TlsPolicy}
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -122,6 +122,8 @@ pub struct Host {
     pub mac: Mac,
     /// Its reserved address, if it has one.
     pub ip: Option<Ipv4Addr>,
+    /// Its reserved IPv6 address (DHCPv6), if it has one.
+    pub ipv6: Option<Ipv6Addr>,
     /// Name of its boot profile (always one of the inventory's profiles).
     pub profile: String,
     /// Other profiles its iPXE menu offers (each one of the inventory's profiles).
@@ -390,6 +392,7 @@ pub struct Inventory {
     by_name: HashMap<String, usize>,
     by_mac: HashMap<Mac, usize>,
     by_ip: HashMap<Ipv4Addr, usize>,
+    by_ipv6: HashMap<Ipv6Addr, usize>,
     profiles: BTreeMap<String, Profile>,
     /// Hosts with `netboot = "once"` whose one network boot was used (reported `booted`).
     consumed: std::collections::BTreeSet<String>,
@@ -614,6 +617,28 @@ impl Inventory {
                     Some(ip)
                 }
             };
+            let ipv6 = match h.ipv6 {
+                None => None,
+                Some(s) => {
+                    let ip: Ipv6Addr = s.parse().map_err(|_| {
+                        invalid(key("ipv6"), format!("{s:?} is not an IPv6 address"))
+                    })?;
+                    if ip.is_unspecified()
+                        || ip.is_multicast()
+                        || ip.is_loopback()
+                        || ip.is_unicast_link_local()
+                    {
+                        return Err(invalid(
+                            key("ipv6"),
+                            format!("{ip} cannot be a host's DHCPv6 address"),
+                        ));
+                    }
+                    if let Some(j) = inv.by_ipv6.get(&ip) {
+                        return Err(invalid(key("ipv6"), format!("{ip} is also hosts[{j}]")));
+                    }
+                    Some(ip)
+                }
+            };
             let profile = h
                 .profile
                 .ok_or_else(|| invalid(key("profile"), "missing".to_owned()))?;
@@ -660,10 +685,14 @@ impl Inventory {
             if let Some(ip) = ip {
                 inv.by_ip.insert(ip, i);
             }
+            if let Some(ip) = ipv6 {
+                inv.by_ipv6.insert(ip, i);
+            }
             inv.hosts.push(Host {
                 name,
                 mac,
                 ip,
+                ipv6,
                 profile,
                 menu: h.menu,
                 options,
@@ -711,6 +740,11 @@ impl Inventory {
     /// The host with this reserved IP.
     pub fn host_by_ip(&self, ip: Ipv4Addr) -> Option<&Host> {
         self.by_ip.get(&ip).map(|&i| &self.hosts[i])
+    }
+
+    /// The host whose reserved IPv6 address is `ip`.
+    pub fn host_by_ipv6(&self, ip: Ipv6Addr) -> Option<&Host> {
+        self.by_ipv6.get(&ip).map(|&i| &self.hosts[i])
     }
 }
 

@@ -449,6 +449,7 @@ pub fn host_to_wire(h: &Host) -> wire::Host {
         name: Some(h.name.clone()),
         mac: Some(h.mac.to_string()),
         ip: h.ip.map(|ip| ip.to_string()),
+        ipv6: h.ipv6.map(|ip| ip.to_string()),
         profile: Some(h.profile.clone()),
         menu: h.menu.clone(),
         options: (h.options != OptionSet::default()).then(|| options_to_wire(&h.options)),

@@ -52,6 +52,8 @@ pub struct Host {
     pub mac: Option<String>,
     /// Reserved IPv4 address.
     pub ip: Option<String>,
+    /// Reserved IPv6 address (DHCPv6).
+    pub ipv6: Option<String>,
     /// Boot profile name.
     pub profile: Option<String>,
     /// More profiles offered in the iPXE menu (the main profile is its default).

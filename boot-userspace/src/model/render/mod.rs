@@ -278,6 +278,7 @@ mod tests {
             name: "node01".into(),
             mac: Mac([0x52, 0x54, 0, 0xb0, 0x0f, 0x01]),
             ip: Some(Ipv4Addr::new(10, 77, 0, 11)),
+            ipv6: None,
             profile: "installer".into(),
             menu: Vec::new(),
             options: OptionSet::default(),

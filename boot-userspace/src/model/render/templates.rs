@@ -743,6 +743,7 @@ mod tests {
             name: name.into(),
             mac: Mac([0x52, 0x54, 0, 0xb0, 0x0f, 0x02]),
             ip: Some(Ipv4Addr::new(10, 77, 0, 12)),
+            ipv6: None,
             profile: "installer".into(),
             menu: Vec::new(),
             options: Default::default(),

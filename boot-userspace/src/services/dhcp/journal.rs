@@ -40,7 +40,76 @@ use tracing::warn;
 
 use crate::model::inventory::Mac;
 
-const HEADER: &str = "# bootfabric leases v1\n";
+/// A record kind a journal holds: one line per record, the last per key wins. The IPv4
+/// leases ([`LeaseRecord`]) and the DHCPv6 bindings (`v6::table::Lease6Record`) share the
+/// journal's crash handling, group commit, compaction and repair through it.
+pub trait Record: Clone + Send + std::fmt::Debug + 'static {
+    /// What identifies the thing a record is about (an address).
+    type Key: Eq + std::hash::Hash + Ord + Clone + Send + 'static;
+    /// The file's first line.
+    const HEADER: &'static str;
+    /// The record's key.
+    fn key(&self) -> Self::Key;
+    /// The line's body (after the checksum, without the newline); no newline inside.
+    fn body(&self) -> String;
+    /// Parses a body; the error says what is wrong.
+    fn parse(body: &str) -> Result<Self, &'static str>;
+}
+
+impl Record for LeaseRecord {
+    type Key = Ipv4Addr;
+    const HEADER: &'static str = "# bootfabric leases v1\n";
+
+    fn key(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    fn body(&self) -> String {
+        let state = self.state.letter();
+        let host = self
+            .hostname
+            .as_deref()
+            .and_then(sanitize)
+            .unwrap_or_else(|| "-".to_owned());
+        format!("{state} {} {} {} {host}", self.ip, self.mac, self.expires)
+    }
+
+    fn parse(body: &str) -> Result<Self, &'static str> {
+        const BAD: &str = "malformed record";
+        let f: Vec<&str> = body.split(' ').collect();
+        let [state, ip, mac, expires, host] = f.as_slice() else {
+            return Err(BAD);
+        };
+        Ok(LeaseRecord {
+            ip: ip.parse().map_err(|_| BAD)?,
+            mac: mac.parse().map_err(|_| BAD)?,
+            state: LeaseState::from_letter(state).ok_or(BAD)?,
+            expires: expires.parse().map_err(|_| BAD)?,
+            hostname: (*host != "-").then(|| (*host).to_owned()),
+        })
+    }
+}
+
+impl LeaseState {
+    /// The state's letter in a journal line.
+    pub fn letter(self) -> char {
+        match self {
+            LeaseState::Bound => 'B',
+            LeaseState::Released => 'R',
+            LeaseState::Declined => 'D',
+        }
+    }
+
+    /// The state a journal line's letter names.
+    pub fn from_letter(s: &str) -> Option<Self> {
+        match s {
+            "B" => Some(LeaseState::Bound),
+            "R" => Some(LeaseState::Released),
+            "D" => Some(LeaseState::Declined),
+            _ => None,
+        }
+    }
+}
 
 /// What a journal record says about an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,23 +200,13 @@ fn sanitize(h: &str) -> Option<String> {
     ok.then(|| h.to_owned())
 }
 
-fn encode(r: &LeaseRecord) -> String {
-    let state = match r.state {
-        LeaseState::Bound => 'B',
-        LeaseState::Released => 'R',
-        LeaseState::Declined => 'D',
-    };
-    let host = r
-        .hostname
-        .as_deref()
-        .and_then(sanitize)
-        .unwrap_or_else(|| "-".to_owned());
-    let body = format!("{state} {} {} {} {host}", r.ip, r.mac, r.expires);
+fn encode<R: Record>(r: &R) -> String {
+    let body = r.body();
     format!("{:08x} {body}\n", crc32fast::hash(body.as_bytes()))
 }
 
 /// Parses one complete line (without its newline); the error says what is wrong.
-fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
+fn decode<R: Record>(line: &str) -> Result<R, &'static str> {
     const BAD: &str = "malformed record";
     let (crc, body) = line.split_once(' ').ok_or(BAD)?;
     // Eight hex digits exactly: `from_str_radix` alone also takes a sign, so a checksum field
@@ -160,34 +219,18 @@ fn decode(line: &str) -> Result<LeaseRecord, &'static str> {
     if sum != crc32fast::hash(body.as_bytes()) {
         return Err("checksum mismatch");
     }
-    let f: Vec<&str> = body.split(' ').collect();
-    let [state, ip, mac, expires, host] = f.as_slice() else {
-        return Err(BAD);
-    };
-    let state = match *state {
-        "B" => LeaseState::Bound,
-        "R" => LeaseState::Released,
-        "D" => LeaseState::Declined,
-        _ => return Err(BAD),
-    };
-    Ok(LeaseRecord {
-        ip: ip.parse().map_err(|_| BAD)?,
-        mac: mac.parse().map_err(|_| BAD)?,
-        state,
-        expires: expires.parse().map_err(|_| BAD)?,
-        hostname: (*host != "-").then(|| (*host).to_owned()),
-    })
+    R::parse(body)
 }
 
 /// One line of a journal as [`classify`] sees it.
 #[derive(Debug)]
-enum Line {
+enum Line<R> {
     /// The header (or another comment before the first record).
     Comment,
     /// An empty line.
     Empty,
     /// A good record.
-    Record(LeaseRecord),
+    Record(R),
     /// A complete line that is not a good record.
     Bad(&'static str),
     /// The last line, without its newline: a write the crash interrupted.
@@ -198,7 +241,7 @@ enum Line {
 /// many records came before it. Comments are allowed only before the first record: only
 /// the header is ever written, and a record whose first byte flipped to `#` must not pass
 /// for one.
-fn classify(raw: &[u8], records_before: usize) -> Line {
+fn classify<R: Record>(raw: &[u8], records_before: usize) -> Line<R> {
     let Some(body) = raw.strip_suffix(b"\n") else {
         return Line::Torn;
     };
@@ -222,8 +265,8 @@ fn classify(raw: &[u8], records_before: usize) -> Line {
 }
 
 /// Result of scanning a journal: the live set, the record count and where good data ends.
-struct Scan {
-    live: HashMap<Ipv4Addr, LeaseRecord>,
+struct Scan<R: Record> {
+    live: HashMap<R::Key, R>,
     records: usize,
     good_len: u64,
     torn: bool,
@@ -252,15 +295,15 @@ fn for_each_line(
     Ok(())
 }
 
-fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
+fn scan<R: Record>(path: &Path, file: &File) -> Result<Scan<R>, JournalError> {
     let mut live = HashMap::new();
     let (mut records, mut good_len, mut torn) = (0, 0u64, false);
     for_each_line(path, file, |number, offset, raw| {
-        match classify(raw, records) {
+        match classify::<R>(raw, records) {
             Line::Comment | Line::Empty => {}
             Line::Record(r) => {
                 records += 1;
-                live.insert(r.ip, r);
+                live.insert(r.key(), r);
             }
             Line::Bad(reason) => {
                 return Err(JournalError::Corrupt {
@@ -287,14 +330,15 @@ fn scan(path: &Path, file: &File) -> Result<Scan, JournalError> {
     })
 }
 
-fn sorted(live: HashMap<Ipv4Addr, LeaseRecord>) -> Vec<LeaseRecord> {
-    let mut v: Vec<LeaseRecord> = live.into_values().collect();
-    v.sort_by_key(|r| r.ip);
+fn sorted<R: Record>(live: HashMap<R::Key, R>) -> Vec<R> {
+    let mut v: Vec<R> = live.into_values().collect();
+    v.sort_by_key(|r| r.key());
     v
 }
 
 /// The open journal file.
-pub struct Journal {
+pub struct Journal<R: Record = LeaseRecord> {
+    kind: std::marker::PhantomData<R>,
     path: PathBuf,
     file: File,
     records: usize,
@@ -317,12 +361,12 @@ pub struct Journal {
     stall_sync: Option<mpsc::Receiver<()>>,
 }
 
-impl Journal {
+impl<R: Record> Journal<R> {
     /// Opens (creating if missing, with parent dirs) the journal at `path`, locks it, replays
     /// it, and returns the live records: the last record per address, in address order. A
     /// torn last line is cut off (and logged); the records before it are kept. A damaged
     /// complete line anywhere is [`JournalError::Corrupt`]: see [`repair`].
-    pub fn open(path: &Path) -> Result<(Journal, Vec<LeaseRecord>), JournalError> {
+    pub fn open(path: &Path) -> Result<(Journal<R>, Vec<R>), JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir, "create folder"))?;
         }
@@ -333,7 +377,7 @@ impl Journal {
             .open(path)
             .map_err(io_err(path, "open"))?;
         lock(path, &file)?;
-        let s = scan(path, &file)?;
+        let s = scan::<R>(path, &file)?;
         if s.torn {
             warn!(journal = %path.display(), kept = s.records, "lease journal ends in an incomplete line (a write cut short by a crash): cut back to the last complete record");
             file.set_len(s.good_len).map_err(io_err(path, "truncate"))?;
@@ -341,14 +385,15 @@ impl Journal {
         }
         let mut len = s.good_len;
         if len == 0 {
-            file.write_all(HEADER.as_bytes())
+            file.write_all(R::HEADER.as_bytes())
                 .map_err(io_err(path, "write"))?;
             file.sync_all().map_err(io_err(path, "fsync"))?;
             // A new file's directory entry must be durable too.
             sync_dir(path)?;
-            len = HEADER.len() as u64;
+            len = R::HEADER.len() as u64;
         }
         let journal = Journal {
+            kind: std::marker::PhantomData,
             path: path.to_owned(),
             file,
             records: s.records,
@@ -368,12 +413,12 @@ impl Journal {
     ///
     /// On error none of the records may be relied on, and the file is cut back to the
     /// records before them (now, or before the next append if that fails too).
-    pub fn append(&mut self, records: &[LeaseRecord]) -> Result<(), JournalError> {
+    pub fn append(&mut self, records: &[R]) -> Result<(), JournalError> {
         if records.is_empty() {
             return Ok(());
         }
         self.repair_tail()?;
-        let buf: String = records.iter().map(encode).collect();
+        let buf: String = records.iter().map(encode::<R>).collect();
         if let Err(e) = self.write_and_sync(buf.as_bytes()) {
             // After a failed fdatasync the kernel may have dropped the dirty pages and a
             // retry would "succeed" without them, so the batch is cut, never retried.
@@ -449,7 +494,7 @@ impl Journal {
     /// An error before the rename leaves the old file in use, unchanged. If only the folder
     /// fsync fails, the new file is in use and the next append retries that fsync before
     /// it reports success.
-    pub fn compact(&mut self, live: &[LeaseRecord]) -> Result<(), JournalError> {
+    pub fn compact(&mut self, live: &[R]) -> Result<(), JournalError> {
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -470,8 +515,8 @@ impl Journal {
             .map_err(io_err(&tmp, "create"))?;
         // The new file must be ours (locked) the moment it takes the journal's name.
         lock(&tmp, &f)?;
-        let mut buf = String::from(HEADER);
-        buf.extend(live.iter().map(encode));
+        let mut buf = String::from(R::HEADER);
+        buf.extend(live.iter().map(encode::<R>));
         f.write_all(buf.as_bytes()).map_err(io_err(&tmp, "write"))?;
         f.sync_all().map_err(io_err(&tmp, "fsync"))?;
         std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path, "rename"))?;
@@ -518,13 +563,13 @@ fn sync_dir(path: &Path) -> Result<(), JournalError> {
 
 /// Reads the live records without modifying the file (nor locking it: this works while
 /// the daemon runs); a torn last line is ignored, a damaged one is an error.
-pub fn read_live(path: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
+pub fn read_live<R: Record>(path: &Path) -> Result<Vec<R>, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(path, "open")(e)),
     };
-    Ok(sorted(scan(path, &file)?.live))
+    Ok(sorted(scan::<R>(path, &file)?.live))
 }
 
 /// A line [`repair`] left out.
@@ -556,13 +601,13 @@ pub struct Repair {
 /// (temp file, fsync, rename, fsync of the folder) with its good records, in their order,
 /// and reports the lines it left out. A sound journal is left alone. Refuses while a daemon
 /// holds the journal. `now` names the copy.
-pub fn repair(path: &Path, now: u64) -> Result<Repair, JournalError> {
+pub fn repair<R: Record>(path: &Path, now: u64) -> Result<Repair, JournalError> {
     let file = File::open(path).map_err(io_err(path, "open"))?;
     lock(path, &file)?;
-    let mut good = String::from(HEADER);
+    let mut good = String::from(R::HEADER);
     let (mut kept, mut dropped) = (0usize, Vec::new());
     for_each_line(path, &file, |number, offset, raw| {
-        let why = match classify(raw, kept) {
+        let why = match classify::<R>(raw, kept) {
             Line::Comment | Line::Empty => None,
             Line::Record(r) => {
                 kept += 1;
@@ -688,11 +733,11 @@ impl Drop for Permit {
     }
 }
 
-enum Job {
-    Commit(LeaseRecord, Waiter, Permit),
+enum Job<R> {
+    Commit(R, Waiter, Permit),
     /// Records without waiting: written with the next batch, which waits up to
     /// [`LAZY_WINDOW`] for company when it holds nothing but these.
-    Record(Vec<LeaseRecord>, Permit),
+    Record(Vec<R>, Permit),
     /// Write what came before, then stop; later jobs fail with `Stopped`.
     Stop,
     #[cfg(test)]
@@ -704,15 +749,25 @@ enum Job {
 /// Group commit: a dedicated thread owns the journal; callers submit records and await
 /// durability. Records submitted while an fdatasync runs are written together with one
 /// write and one fdatasync, so a boot storm costs one flush per batch, not one per client.
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::Sender<Job>,
+pub struct Committer<R: Record = LeaseRecord> {
+    tx: mpsc::Sender<Job<R>>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     in_flight: Arc<AtomicUsize>,
     bounds: CommitBounds,
 }
 
-impl Committer {
+impl<R: Record> Clone for Committer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            thread: Arc::clone(&self.thread),
+            in_flight: Arc::clone(&self.in_flight),
+            bounds: self.bounds,
+        }
+    }
+}
+
+impl<R: Record> Committer<R> {
     /// Starts the writer thread over `journal`, whose live records are `live`.
     ///
     /// `delay` is how long the writer keeps gathering records after the first of a batch
@@ -720,25 +775,25 @@ impl Committer {
     /// client nothing and let one fdatasync cover many ACKs even at modest rates. `bounds`
     /// caps the records in flight and the time a commit may take.
     pub fn start(
-        journal: Journal,
-        live: &[LeaseRecord],
+        journal: Journal<R>,
+        live: &[R],
         delay: std::time::Duration,
         bounds: CommitBounds,
-    ) -> Committer {
+    ) -> Committer<R> {
         Self::start_with_lazy_window(journal, live, delay, LAZY_WINDOW, bounds)
     }
 
     /// [`Committer::start`] with a lazy batch's gathering time of `lazy` instead of
     /// [`LAZY_WINDOW`] (tests make it long, so that waiting it out cannot pass unseen).
     fn start_with_lazy_window(
-        journal: Journal,
-        live: &[LeaseRecord],
+        journal: Journal<R>,
+        live: &[R],
         delay: std::time::Duration,
         lazy: std::time::Duration,
         bounds: CommitBounds,
-    ) -> Committer {
+    ) -> Committer<R> {
         let (tx, rx) = mpsc::channel();
-        let live: HashMap<Ipv4Addr, LeaseRecord> = live.iter().map(|r| (r.ip, r.clone())).collect();
+        let live: HashMap<R::Key, R> = live.iter().map(|r| (r.key(), r.clone())).collect();
         let thread = std::thread::Builder::new()
             .name("lease-journal".into())
             .spawn(move || writer(journal, live, rx, delay, lazy))
@@ -761,7 +816,7 @@ impl Committer {
     /// Makes `record` durable; resolves once it is fsync'd (or with the error). Refused at
     /// once when `max_in_flight` records wait already; gives up after `timeout` (the record
     /// may still be written later: the caller only must not claim it durable).
-    pub async fn commit(&self, record: LeaseRecord) -> Result<(), JournalError> {
+    pub async fn commit(&self, record: R) -> Result<(), JournalError> {
         let wait = self.submit(record)?;
         match tokio::time::timeout(self.bounds.timeout, wait).await {
             Ok(answer) => answer.map_err(|_| JournalError::Stopped)?,
@@ -772,7 +827,7 @@ impl Committer {
     /// Queues `record` under a permit; the receiver gets the writer's answer.
     fn submit(
         &self,
-        record: LeaseRecord,
+        record: R,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<(), JournalError>>, JournalError> {
         let permit = self.permit(1)?;
         let (done, wait) = tokio::sync::oneshot::channel();
@@ -785,7 +840,7 @@ impl Committer {
     /// Records `records` without waiting for them: they are written and synced with the next
     /// batch, within [`LAZY_WINDOW`]. For leases whose ACK has already left (the XDP fast
     /// path's). They count against `max_in_flight` like commits.
-    pub fn record(&self, records: Vec<LeaseRecord>) -> Result<(), JournalError> {
+    pub fn record(&self, records: Vec<R>) -> Result<(), JournalError> {
         let permit = self.permit(records.len())?;
         self.tx
             .send(Job::Record(records, permit))
@@ -824,17 +879,17 @@ impl Committer {
     }
 }
 
-fn writer(
-    mut journal: Journal,
-    mut live: HashMap<Ipv4Addr, LeaseRecord>,
-    rx: mpsc::Receiver<Job>,
+fn writer<R: Record>(
+    mut journal: Journal<R>,
+    mut live: HashMap<R::Key, R>,
+    rx: mpsc::Receiver<Job<R>>,
     delay: std::time::Duration,
     lazy: std::time::Duration,
 ) {
     let mut stop = false;
     while !stop {
         let Ok(first) = rx.recv() else { break };
-        let mut batch: Vec<(LeaseRecord, Option<Waiter>)> = Vec::new();
+        let mut batch: Vec<(R, Option<Waiter>)> = Vec::new();
         // Released once the batch is answered: until then its records hold their room.
         let mut permits: Vec<Permit> = Vec::new();
         // A batch of lazy records waits longer; the first record someone waits for brings
@@ -846,7 +901,7 @@ fn writer(
             now + delay
         };
         let mut job = Some(first);
-        let next = |rx: &mpsc::Receiver<Job>, deadline: std::time::Instant| {
+        let next = |rx: &mpsc::Receiver<Job<R>>, deadline: std::time::Instant| {
             rx.try_recv().ok().or_else(|| {
                 let left = deadline.checked_duration_since(std::time::Instant::now())?;
                 rx.recv_timeout(left).ok()
@@ -877,11 +932,11 @@ fn writer(
                 }
             }
         }
-        let records: Vec<LeaseRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
+        let records: Vec<R> = batch.iter().map(|(r, _)| r.clone()).collect();
         let result = journal.append(&records);
         if result.is_ok() {
             for r in records {
-                live.insert(r.ip, r);
+                live.insert(r.key(), r);
             }
             if journal.len() > (4 * live.len()).max(10_000) {
                 let snapshot = sorted(live.clone());
@@ -911,6 +966,18 @@ fn writer(
 mod tests {
     use super::*;
     use std::io::Read;
+
+    // The IPv4 journal, which these tests exercise (the mechanics are shared).
+    type Journal = super::Journal<LeaseRecord>;
+    type Committer = super::Committer<LeaseRecord>;
+
+    fn read_live(p: &Path) -> Result<Vec<LeaseRecord>, JournalError> {
+        super::read_live::<LeaseRecord>(p)
+    }
+
+    fn repair(p: &Path, now: u64) -> Result<Repair, JournalError> {
+        super::repair::<LeaseRecord>(p, now)
+    }
 
     fn rec(ip: u8, mac: u8, state: LeaseState, expires: u64) -> LeaseRecord {
         LeaseRecord {
@@ -1240,7 +1307,12 @@ mod tests {
         };
         let line = encode(&r);
         assert_eq!(line.matches('\n').count(), 1);
-        assert_eq!(decode(line.trim_end()).ok().and_then(|r| r.hostname), None);
+        assert_eq!(
+            decode::<LeaseRecord>(line.trim_end())
+                .ok()
+                .and_then(|r| r.hostname),
+            None
+        );
     }
 
     fn numbered(i: u32) -> LeaseRecord {

@@ -32,6 +32,8 @@ pub mod table;
 pub mod templates;
 #[cfg(test)]
 mod testkit;
+/// DHCPv6.
+pub mod v6;
 pub mod wire;
 
 use std::{
@@ -144,7 +146,7 @@ pub fn repair_leases(path: &Path) -> i32 {
         println!("{}: no lease journal: nothing to repair", path.display());
         return 0;
     }
-    match journal::repair(path, unix_now()) {
+    match journal::repair::<LeaseRecord>(path, unix_now()) {
         Ok(r) if r.dropped.is_empty() => {
             println!(
                 "{}: {} records, no damaged line: nothing to repair",

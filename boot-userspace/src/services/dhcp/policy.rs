@@ -13,7 +13,7 @@
 //! - a UEFI HTTP-boot client (`HTTPClient`, arch 15/16/19) gets a URL and `HTTPClient` back;
 //! - any other client (an OS's DHCP client) gets no boot fields.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
@@ -158,6 +158,38 @@ fn tlvs(mut b: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
+/// The server's address a boot answer names: DHCPv4's next server and `{server}` in URLs,
+/// or for DHCPv6 the address in the boot file URL (`[2001:db8::1]` in a URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// Answering DHCPv4.
+    V4(Ipv4Addr),
+    /// Answering DHCPv6: every boot file is a URL (RFC 5970 option 59).
+    V6(Ipv6Addr),
+}
+
+impl From<Ipv4Addr> for ServerAddr {
+    fn from(a: Ipv4Addr) -> Self {
+        Self::V4(a)
+    }
+}
+
+impl From<Ipv6Addr> for ServerAddr {
+    fn from(a: Ipv6Addr) -> Self {
+        Self::V6(a)
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    /// The address as a URL's host: IPv6 in brackets (RFC 3986 §3.2.2).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::V4(a) => write!(f, "{a}"),
+            Self::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
 /// The boot part of a reply, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootDecision {
@@ -222,8 +254,9 @@ pub fn decide_for(
     facts: &ClientFacts,
     profile: Option<&Profile>,
     global: &BootSettings,
-    server: Ipv4Addr,
+    server: impl Into<ServerAddr>,
 ) -> BootDecision {
+    let server = server.into();
     let no_boot = |why: &str| {
         let mut d = BootDecision {
             uuid: facts.uuid.clone(),
@@ -258,8 +291,9 @@ pub fn decide(
     facts: &ClientFacts,
     profile: Option<&Profile>,
     global: &BootSettings,
-    server: Ipv4Addr,
+    server: impl Into<ServerAddr>,
 ) -> BootDecision {
+    let server = server.into();
     let mut d = BootDecision::default();
     if facts.uuid.is_some() {
         d.uuid = facts.uuid.clone();
@@ -276,13 +310,27 @@ pub fn decide(
                 .next_server
                 .map(|n| (n, "boot.next_server".to_owned()))
         })
-        .unwrap_or((
-            server,
-            "the server's own address (boot.next_server unset)".to_owned(),
-        ));
+        .unwrap_or_else(|| {
+            (
+                match server {
+                    ServerAddr::V4(a) => a,
+                    ServerAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                },
+                "the server's own address (boot.next_server unset)".to_owned(),
+            )
+        });
     let http_base = pick("http_base", |b| &b.http_base, profile, global)
         .map(|(b, k)| (b.replace("{server}", &server.to_string()), k));
     let tftp = |d: &mut BootDecision, file: String, why: String| {
+        if let ServerAddr::V6(a) = server {
+            // RFC 5970: DHCPv6 names the boot file by URL only; boot.next_server is IPv4.
+            d.file = Some(format!("tftp://[{a}]/{}", file.trim_start_matches('/')));
+            d.rule(
+                "option 59",
+                format!("{why}, over TFTP from the server's own IPv6 address"),
+            );
+            return;
+        }
         d.siaddr = Some(next_server.0);
         d.tftp_server = Some(next_server.0.to_string());
         d.rule("siaddr, option 66", next_server.1.clone());

@@ -15,17 +15,18 @@ struct Bucket {
     last_ms: u64,
 }
 
-/// Token buckets keyed by client MAC: `rate` packets per second, bursts of `2 * rate`.
+/// Token buckets keyed by client (its MAC for DHCPv4, its DUID for DHCPv6): `rate` packets
+/// per second, bursts of `2 * rate`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = Mac> {
     rate: f64,
     burst: f64,
-    buckets: HashMap<Mac, Bucket>,
+    buckets: HashMap<K, Bucket>,
     /// When idle buckets were last swept; sweeps are O(clients), so at most one a second.
     last_sweep_ms: Option<u64>,
 }
 
-impl RateLimiter {
+impl<K: Eq + std::hash::Hash> RateLimiter<K> {
     /// A limiter allowing `rate` packets per second per client.
     pub fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
@@ -38,7 +39,7 @@ impl RateLimiter {
     }
 
     /// Whether a packet from `mac` at `now_ms` (milliseconds, monotonic) may pass.
-    pub fn allow(&mut self, mac: Mac, now_ms: u64) -> bool {
+    pub fn allow(&mut self, mac: K, now_ms: u64) -> bool {
         if self.buckets.len() >= MAX_CLIENTS && !self.buckets.contains_key(&mac) {
             if self
                 .last_sweep_ms

@@ -87,7 +87,7 @@ impl DhcpService {
                     .with_label_values(&[subnet.as_str()])
                     .inc(),
                 Action::Log(line) => log(line),
-                Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip),
+                Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip.map(Into::into)),
                 Action::Send(reply) => self.reply(sock, reply).await,
                 Action::Commit {
                     record,
@@ -116,7 +116,7 @@ impl DhcpService {
         self.send(sock, &reply.out, reply.dest).await;
         self.count_packet(reply.kind, reply.outcome);
         let r = reply.record;
-        self.ledger.record(r.mac, r.event, r.ip);
+        self.ledger.record(r.mac, r.event, r.ip.map(Into::into));
     }
 
     fn count_dropped(&self, reason: &str) {

@@ -452,7 +452,7 @@ mod tests {
         };
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].kind, EventKind::DhcpOffer);
-        assert_eq!(events[0].ip, Some(Ipv4Addr::new(127, 0, 0, 100)));
+        assert_eq!(events[0].ip, Some(Ipv4Addr::new(127, 0, 0, 100).into()));
         let packets = "bootfabric_dhcp_packets_total";
         let labels = [("type", "discover"), ("outcome", "offer")];
         assert_eq!(counter(&registry, packets, &labels), 1);

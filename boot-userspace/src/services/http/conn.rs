@@ -240,7 +240,10 @@ impl Exchange {
             } else {
                 EventKind::HttpFailed { path, bytes }
             };
-            shared.site.ledger.record(mac, event, Some(self.peer));
+            shared
+                .site
+                .ledger
+                .record(mac, event, Some(self.peer.into()));
         }
     }
 }
@@ -291,7 +294,7 @@ fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Ex
         if !routed.response.body.is_empty() {
             let path = path.clone();
             let started = EventKind::HttpStarted { path };
-            shared.site.ledger.record(*mac, started, Some(peer));
+            shared.site.ledger.record(*mac, started, Some(peer.into()));
         }
     }
     Exchange {

@@ -98,11 +98,14 @@ impl Deref for At<'_> {
 
 impl At<'_> {
     fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(self.inventory, ip)
+        self.ledger.host_at(self.inventory, ip.into())
     }
 
     fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.ledger.address_of(host, peer)
+        match self.ledger.address_of(host, peer.into()) {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        }
     }
 
     fn target<'a>(
@@ -210,7 +213,7 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
         // may be another server's), and the boot's nonce is drawn when it opens.
         let path = req.path.clone();
         site.ledger
-            .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
+            .record(h.mac, EventKind::IpxeScript { path }, Some(peer.into()));
         let nonce = site.boots.nonce(
             h.mac,
             &site.ledger.timeline(h.mac),
@@ -292,7 +295,7 @@ fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed>
         BootAnswer::Disk => {
             let path = req.path.clone();
             site.ledger
-                .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
+                .record(h.mac, EventKind::IpxeScript { path }, Some(peer.into()));
             let text = render::ipxe_disk(h).into_bytes();
             let resp = Response::bytes(200, "text/plain; charset=utf-8", text);
             Some(routed(resp, "script"))
@@ -351,7 +354,7 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
     let record = |why: ConfigRefusal| {
         let name = name.to_owned();
         let refused = EventKind::ConfigRefused { name, why };
-        site.ledger.record(host.mac, refused, Some(peer));
+        site.ledger.record(host.mac, refused, Some(peer.into()));
     };
     if let Some(owner) = asked.owner.filter(|o| *o != host.name) {
         record(ConfigRefusal::Owner(owner.to_owned()));
@@ -401,7 +404,9 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
             // Two machines asked for one host's config in one boot: one of them wears the
             // host's address. The operator hears of it (ledger, metric, alert).
             warn!(host = %host.name, %peer, %first, config = name, "config asked for again in the same boot: refused");
-            record(ConfigRefusal::Again { first });
+            record(ConfigRefusal::Again {
+                first: first.into(),
+            });
             return refuse(
                 409,
                 "again",
@@ -424,7 +429,7 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
     let served = EventKind::ConfigServed {
         name: name.to_owned(),
     };
-    site.ledger.record(host.mac, served, Some(peer));
+    site.ledger.record(host.mac, served, Some(peer.into()));
     let mut resp = Response::bytes(200, content_type(name), text.into_bytes());
     // Configs carry secrets: never let a cache keep one.
     resp.headers.push(("Cache-Control", "no-store".into()));
@@ -462,7 +467,8 @@ fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
             "booted",
         );
     }
-    site.ledger.record(host.mac, EventKind::Booted, Some(peer));
+    site.ledger
+        .record(host.mac, EventKind::Booted, Some(peer.into()));
     site.boots.end(host.mac);
     routed(Response::empty(204), "booted")
 }
@@ -667,7 +673,8 @@ mod tests {
     fn the_old_holder_of_a_moved_reservation_cannot_report_the_new_owner_booted() {
         let site = site();
         // `old` still leases node07's reservation: the address is old's, not node07's.
-        site.ledger.record(OLD, EventKind::DhcpAck, Some(RESERVED));
+        site.ledger
+            .record(OLD, EventKind::DhcpAck, Some(RESERVED.into()));
         assert_eq!(post_booted(&site, Some(NODE07), RESERVED), 403);
         assert_eq!(
             booted(&site, NODE07),
@@ -681,11 +688,12 @@ mod tests {
         // node07, waiting on a pool address it leases, reports itself from there.
         let pool = Ipv4Addr::new(10, 77, 0, 100);
         assert_eq!(post_booted(&site, Some(NODE07), pool), 403, "no lease yet");
-        site.ledger.record(NODE07, EventKind::DhcpAck, Some(pool));
+        site.ledger
+            .record(NODE07, EventKind::DhcpAck, Some(pool.into()));
         assert_eq!(post_booted(&site, Some(NODE07), pool), 204);
         // Once the old lease ends the reservation is node07's, and `old` is nobody there.
         site.ledger
-            .record(OLD, EventKind::DhcpRelease, Some(RESERVED));
+            .record(OLD, EventKind::DhcpRelease, Some(RESERVED.into()));
         assert_eq!(post_booted(&site, Some(OLD), RESERVED), 403);
         assert_eq!(post_booted(&site, Some(NODE07), RESERVED), 204);
         assert_eq!(booted(&site, NODE07), 2);

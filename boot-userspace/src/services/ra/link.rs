@@ -297,7 +297,11 @@ mod tests {
     fn a_built_advertisement_parses_back_and_a_damaged_one_does_not() {
         let src = link_local([2, 0, 0, 0, 0, 1]);
         let dst: Ipv6Addr = "ff02::1".parse().expect("address");
-        let p = packet(src, dst, &super::super::advertisement([2, 0, 0, 0, 0, 1]));
+        let p = packet(
+            src,
+            dst,
+            &super::super::advertisement([2, 0, 0, 0, 0, 1], None),
+        );
         assert_eq!(p.len(), 40 + 24);
         assert_eq!(
             parse(&p, ME),
@@ -319,10 +323,14 @@ mod tests {
         let elsewhere = packet(
             src,
             "fe80::7".parse().expect("address"),
-            &super::super::advertisement([2, 0, 0, 0, 0, 1]),
+            &super::super::advertisement([2, 0, 0, 0, 0, 1], None),
         );
         assert_eq!(parse(&elsewhere, ME), None, "to another host");
-        let to_me = packet(src, ME, &super::super::advertisement([2, 0, 0, 0, 0, 1]));
+        let to_me = packet(
+            src,
+            ME,
+            &super::super::advertisement([2, 0, 0, 0, 0, 1], None),
+        );
         assert!(parse(&to_me, ME).is_some(), "to this interface");
     }
 

@@ -1429,7 +1429,8 @@ mod tests {
         fn record(&self, host: usize, kind: EventKind) {
             let ip = Ipv4Addr::new(10, 0, 0, 10 + host as u8);
             let now = self.clock.now_ms();
-            self.ledger.record_at(self.macs[host], kind, Some(ip), now);
+            self.ledger
+                .record_at(self.macs[host], kind, Some(ip.into()), now);
         }
 
         // What the services record of a host's boot, as they record it: DHCP its offer, TFTP

@@ -447,7 +447,7 @@ impl Hosts {
     /// The MAC behind an address, known or not (for the ledger), in the current snapshot.
     fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
         self.ledger
-            .holder(ip)
+            .holder(ip.into())
             .or_else(|| self.live.load().inventory.host_by_ip(ip).map(|h| h.mac))
     }
 
@@ -456,8 +456,8 @@ impl Hosts {
         let inventory = &snap.inventory;
         match owner {
             Owner::Mac(mac) => inventory.host_by_mac(&mac),
-            Owner::Ip(ip) => self.ledger.host_at(inventory, ip),
-            Owner::Peer => self.ledger.host_at(inventory, peer),
+            Owner::Ip(ip) => self.ledger.host_at(inventory, ip.into()),
+            Owner::Peer => self.ledger.host_at(inventory, peer.into()),
         }
     }
 
@@ -480,7 +480,10 @@ impl Hosts {
             });
         }
         let profile = inventory.profile(&host.profile)?;
-        let ip = self.ledger.address_of(host, peer);
+        let ip = match self.ledger.address_of(host, peer.into()) {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        };
         let target = render::Target {
             host,
             profile,
@@ -1169,7 +1172,7 @@ impl TftpService {
                     EventKind::TftpSent {
                         file: req.filename.clone(),
                     },
-                    Some(peer_ip),
+                    Some(peer_ip.into()),
                 ),
                 "aborted_after_oack" => {}
                 why => self.hosts.ledger.record(
@@ -1178,7 +1181,7 @@ impl TftpService {
                         file: req.filename.clone(),
                         why,
                     },
-                    Some(peer_ip),
+                    Some(peer_ip.into()),
                 ),
             }
         }
