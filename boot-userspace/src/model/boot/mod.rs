@@ -4,7 +4,7 @@
 
 pub mod wire;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A key and why its value is refused; the caller adds the file.
 use crate::util::key_error::KeyError;
@@ -94,6 +94,57 @@ impl OptionSet {
             ntp: self.ntp.clone().or_else(|| below.ntp.clone()),
             mtu: self.mtu.or(below.mtu),
             lease_time: self.lease_time.or(below.lease_time),
+        }
+    }
+}
+
+/// The server's address a boot answer names: DHCPv4's next server and `{server}` in URLs,
+/// or for DHCPv6 the address in the boot file URL (`[2001:db8::1]` in a URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// Answering DHCPv4.
+    V4(Ipv4Addr),
+    /// Answering DHCPv6: every boot file is a URL (RFC 5970 option 59).
+    V6(Ipv6Addr),
+}
+
+impl From<Ipv4Addr> for ServerAddr {
+    fn from(a: Ipv4Addr) -> Self {
+        Self::V4(a)
+    }
+}
+
+impl From<Ipv6Addr> for ServerAddr {
+    fn from(a: Ipv6Addr) -> Self {
+        Self::V6(a)
+    }
+}
+
+impl From<IpAddr> for ServerAddr {
+    fn from(a: IpAddr) -> Self {
+        match a {
+            IpAddr::V4(a) => Self::V4(a),
+            IpAddr::V6(a) => Self::V6(a),
+        }
+    }
+}
+
+impl ServerAddr {
+    /// The bare address.
+    pub fn ip(self) -> IpAddr {
+        match self {
+            Self::V4(a) => IpAddr::V4(a),
+            Self::V6(a) => IpAddr::V6(a),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    /// The address as a URL's host: IPv6 in brackets (RFC 3986 §3.2.2).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::V4(a) => write!(f, "{a}"),
+            Self::V6(a) => write!(f, "[{a}]"),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! A profile without a kernel means "boot from the local disk": each format gets its way of
 //! handing the machine back to the firmware.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use crate::{
     model::boot::BootSettings,
@@ -14,6 +14,7 @@ use crate::{
 
 pub mod templates;
 
+pub use crate::model::boot::ServerAddr;
 pub use templates::{Lookup, TemplateError, TemplateErrors, Templates};
 
 /// Everything a rendered file depends on.
@@ -24,9 +25,10 @@ pub struct Target<'a> {
     /// Its profile.
     pub profile: &'a Profile,
     /// The address it has now (its reservation, or its lease).
-    pub ip: Option<Ipv4Addr>,
-    /// The server's address on the host's network (`{{ server }}`).
-    pub server: Ipv4Addr,
+    pub ip: Option<IpAddr>,
+    /// The server's address on the host's network (`{{ server }}`: in brackets when IPv6, as
+    /// a URL's host).
+    pub server: ServerAddr,
     /// Global `[boot]` settings, which the profile's `boot` overrides.
     pub global: &'a BootSettings,
     /// The host's per-boot nonce (`{{ nonce }}`), when the file is rendered for a boot in
@@ -170,8 +172,8 @@ pub fn ipxe(t: &Target<'_>) -> Result<String, TemplateError> {
 pub fn host_script(
     inventory: &Inventory,
     host: &Host,
-    ip: Option<Ipv4Addr>,
-    server: Ipv4Addr,
+    ip: Option<IpAddr>,
+    server: ServerAddr,
     global: &BootSettings,
 ) -> Option<Result<String, TemplateError>> {
     host_script_for_boot(inventory, host, ip, server, global, None)
@@ -181,8 +183,8 @@ pub fn host_script(
 pub fn host_script_for_boot(
     inventory: &Inventory,
     host: &Host,
-    ip: Option<Ipv4Addr>,
-    server: Ipv4Addr,
+    ip: Option<IpAddr>,
+    server: ServerAddr,
     global: &BootSettings,
     nonce: Option<&str>,
 ) -> Option<Result<String, TemplateError>> {
@@ -272,6 +274,7 @@ pub fn ipxe_disk(host: &Host) -> String {
 mod tests {
     use super::*;
     use crate::{model::boot::OptionSet, model::inventory::Mac};
+    use std::net::Ipv4Addr;
 
     fn host() -> Host {
         Host {
@@ -306,8 +309,8 @@ mod tests {
         Target {
             host: h,
             profile: p,
-            ip: h.ip,
-            server: Ipv4Addr::new(10, 77, 0, 1),
+            ip: h.ip.map(Into::into),
+            server: Ipv4Addr::new(10, 77, 0, 1).into(),
             global: g,
             nonce: None,
         }

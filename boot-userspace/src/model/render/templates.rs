@@ -607,8 +607,8 @@ impl Templates {
             let t = Target {
                 host,
                 profile,
-                ip: host.ip,
-                server: server(host),
+                ip: host.ip.map(Into::into),
+                server: server(host).into(),
                 global: boot,
                 nonce: Some(&nonce),
             };
@@ -774,8 +774,8 @@ mod tests {
         Target {
             host: h,
             profile: p,
-            ip: h.ip,
-            server: Ipv4Addr::new(10, 77, 0, 1),
+            ip: h.ip.map(Into::into),
+            server: Ipv4Addr::new(10, 77, 0, 1).into(),
             global: g,
             nonce: Some("abcd"),
         }

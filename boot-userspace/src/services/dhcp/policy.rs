@@ -13,10 +13,11 @@
 //! - a UEFI HTTP-boot client (`HTTPClient`, arch 15/16/19) gets a URL and `HTTPClient` back;
 //! - any other client (an OS's DHCP client) gets no boot fields.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
+pub use crate::model::boot::ServerAddr;
 use crate::model::boot::{is_url, BootSettings};
 use crate::model::inventory::{BootAnswer, Profile};
 
@@ -156,38 +157,6 @@ fn tlvs(mut b: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
         b = &rest[usize::from(len)..];
         return Some((code, v));
     })
-}
-
-/// The server's address a boot answer names: DHCPv4's next server and `{server}` in URLs,
-/// or for DHCPv6 the address in the boot file URL (`[2001:db8::1]` in a URL).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerAddr {
-    /// Answering DHCPv4.
-    V4(Ipv4Addr),
-    /// Answering DHCPv6: every boot file is a URL (RFC 5970 option 59).
-    V6(Ipv6Addr),
-}
-
-impl From<Ipv4Addr> for ServerAddr {
-    fn from(a: Ipv4Addr) -> Self {
-        Self::V4(a)
-    }
-}
-
-impl From<Ipv6Addr> for ServerAddr {
-    fn from(a: Ipv6Addr) -> Self {
-        Self::V6(a)
-    }
-}
-
-impl std::fmt::Display for ServerAddr {
-    /// The address as a URL's host: IPv6 in brackets (RFC 3986 §3.2.2).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::V4(a) => write!(f, "{a}"),
-            Self::V6(a) => write!(f, "[{a}]"),
-        }
-    }
 }
 
 /// The boot part of a reply, and why.

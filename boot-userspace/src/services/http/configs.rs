@@ -18,7 +18,7 @@
 //!
 //! What this can and cannot promise is in `docs/security/configs.md`.
 
-use std::{collections::HashMap, net::Ipv4Addr, sync::Mutex, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Duration};
 
 use prometheus::{IntCounterVec, Opts, Registry};
 use subtle::ConstantTimeEq as _;
@@ -138,7 +138,7 @@ pub enum Delivery {
     /// Already delivered this boot, to `first` (`409`).
     Again {
         /// The address the config was delivered to.
-        first: Ipv4Addr,
+        first: IpAddr,
     },
     /// The request's nonce is not the boot's (`403`).
     WrongNonce,
@@ -152,7 +152,7 @@ pub struct Ask<'a> {
     /// The config's name ([`ConfigPath::name`]).
     pub name: &'a str,
     /// The address asking.
-    pub peer: Ipv4Addr,
+    pub peer: IpAddr,
     /// `?nonce=`, if given.
     pub nonce: Option<&'a str>,
 }
@@ -162,7 +162,7 @@ struct Boot {
     start_ms: u64,
     nonce: Option<String>,
     /// Config name → the address it was delivered to.
-    served: HashMap<String, Ipv4Addr>,
+    served: HashMap<String, IpAddr>,
     /// `booted` was reported. Kept here because the ledger's bounded timeline can lose the
     /// event: anyone can push a host's events out (DISCOVERs with its MAC in `chaddr`,
     /// scripts by `?mac=`), which would keep the ended boot open and refuse the host's
@@ -461,8 +461,8 @@ mod tests {
         assert_eq!(boot_start(&reset, ttl, 70), Some(50));
     }
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, 0, last)
+    fn ip(last: u8) -> IpAddr {
+        std::net::Ipv4Addr::new(10, 77, 0, last).into()
     }
 
     #[test]

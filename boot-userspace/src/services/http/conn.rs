@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
@@ -128,9 +128,9 @@ pub struct Shared {
     /// Metrics.
     pub metrics: Metrics,
     /// Interface name by local address (for egress accounting).
-    pub ifaces: Vec<(Ipv4Addr, String)>,
+    pub ifaces: Vec<(IpAddr, String)>,
     open: AtomicUsize,
-    per_client: Mutex<HashMap<Ipv4Addr, u32>>,
+    per_client: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Shared {
@@ -139,7 +139,7 @@ impl Shared {
         site: Site,
         limits: Limits,
         metrics: Metrics,
-        ifaces: Vec<(Ipv4Addr, String)>,
+        ifaces: Vec<(IpAddr, String)>,
     ) -> Self {
         Self {
             site,
@@ -152,7 +152,7 @@ impl Shared {
     }
 
     /// Admits a new connection from `peer`, or says why not.
-    pub fn admit(&self, peer: Ipv4Addr) -> Result<(), Refused> {
+    pub fn admit(&self, peer: IpAddr) -> Result<(), Refused> {
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
             self.metrics.refused(Refused::MaxConnections.as_label());
@@ -161,7 +161,7 @@ impl Shared {
         let Ok(mut map) = self.per_client.lock() else {
             return Ok(());
         };
-        let n = map.entry(peer).or_insert(0);
+        let n = map.entry(client(peer)).or_insert(0);
         if *n >= self.limits.max_per_client {
             drop(map);
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -174,25 +174,35 @@ impl Shared {
     }
 
     /// A connection admitted by [`Shared::admit`] closed.
-    pub fn release(&self, peer: Ipv4Addr) {
+    pub fn release(&self, peer: IpAddr) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.metrics.active.dec();
         if let Ok(mut map) = self.per_client.lock() {
-            if let Some(n) = map.get_mut(&peer) {
+            let key = client(peer);
+            if let Some(n) = map.get_mut(&key) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(&peer);
+                    map.remove(&key);
                 }
             }
         }
     }
 
-    fn iface(&self, local: Ipv4Addr) -> &str {
+    fn iface(&self, local: IpAddr) -> &str {
         self.ifaces
             .iter()
             .find(|(a, _)| *a == local)
             .map(|(_, n)| n.as_str())
             .unwrap_or("other")
+    }
+}
+
+/// Whom `http.max_per_client` counts `peer` as: its IPv4 address, or its IPv6 /64, since one
+/// machine on an IPv6 link can use any number of addresses of its prefix.
+fn client(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
     }
 }
 
@@ -212,8 +222,8 @@ pub struct Exchange {
     /// The response to send.
     pub response: Response,
     fetch: Option<(Mac, String)>,
-    local: Ipv4Addr,
-    peer: Ipv4Addr,
+    local: IpAddr,
+    peer: IpAddr,
     sent: u64,
     head: u64,
 }
@@ -240,16 +250,13 @@ impl Exchange {
             } else {
                 EventKind::HttpFailed { path, bytes }
             };
-            shared
-                .site
-                .ledger
-                .record(mac, event, Some(self.peer.into()));
+            shared.site.ledger.record(mac, event, Some(self.peer));
         }
     }
 }
 
 /// Takes the next request from the front of `buf` (removing its bytes) and routes it.
-pub fn next(shared: &Shared, buf: &mut Vec<u8>, peer: Ipv4Addr, local: Ipv4Addr) -> Next {
+pub fn next(shared: &Shared, buf: &mut Vec<u8>, peer: IpAddr, local: IpAddr) -> Next {
     let (routed, used) = match request::parse(buf, MAX_HEAD, MAX_BODY) {
         Ok((req, used)) => {
             let mut routed = routes::route(&shared.site, &req, peer, local);
@@ -280,7 +287,7 @@ pub fn next(shared: &Shared, buf: &mut Vec<u8>, peer: Ipv4Addr, local: Ipv4Addr)
     Next::Answer(Box::new(start(shared, routed, peer, local)))
 }
 
-fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Exchange {
+fn start(shared: &Shared, routed: Routed, peer: IpAddr, local: IpAddr) -> Exchange {
     let status = routed.response.status;
     shared
         .metrics
@@ -294,7 +301,7 @@ fn start(shared: &Shared, routed: Routed, peer: Ipv4Addr, local: Ipv4Addr) -> Ex
         if !routed.response.body.is_empty() {
             let path = path.clone();
             let started = EventKind::HttpStarted { path };
-            shared.site.ledger.record(*mac, started, Some(peer.into()));
+            shared.site.ledger.record(*mac, started, Some(peer));
         }
     }
     Exchange {

@@ -10,7 +10,7 @@
 //! is polled by a parked worker, and a stuck one parks no more).
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsFd as _, AsRawFd, OwnedFd},
     sync::Arc,
     time::SystemTime,
@@ -52,7 +52,7 @@ pub(super) async fn accept<F, Fut>(
     scheme: &'static str,
     serve: F,
 ) where
-    F: Fn(TcpStream, Ipv4Addr, Ipv4Addr, Arc<Shared>) -> Fut,
+    F: Fn(TcpStream, IpAddr, IpAddr, Arc<Shared>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -76,12 +76,10 @@ pub(super) async fn accept<F, Fut>(
                 }
             },
         };
-        let (std::net::SocketAddr::V4(peer), Ok(std::net::SocketAddr::V4(local))) =
-            (addr, stream.local_addr())
-        else {
+        let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let peer = *peer.ip();
+        let (peer, local) = (addr.ip().to_canonical(), local.ip().to_canonical());
         // Counted from accept: a client that opens connections and never finishes a request
         // (or a TLS handshake) holds its own slots only, each for the head timeout.
         if let Err(why) = shared.admit(peer) {
@@ -93,7 +91,7 @@ pub(super) async fn accept<F, Fut>(
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "{scheme}: TCP_NODELAY refused");
         }
-        let conn = serve(stream, peer, *local.ip(), Arc::clone(&shared));
+        let conn = serve(stream, peer, local, Arc::clone(&shared));
         let (shared, cancel) = (Arc::clone(&shared), cancel.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -111,8 +109,8 @@ pub(super) async fn accept<F, Fut>(
 pub(super) async fn next(
     shared: &Arc<Shared>,
     inbuf: &mut Vec<u8>,
-    peer: Ipv4Addr,
-    local: Ipv4Addr,
+    peer: IpAddr,
+    local: IpAddr,
 ) -> Option<Next> {
     if let Err(ParseError::Incomplete) = request::parse(inbuf, MAX_HEAD, MAX_BODY) {
         return Some(Next::Read);
@@ -244,8 +242,8 @@ impl Wire for TcpStream {
 /// out.
 pub(super) async fn connection<W: Wire>(
     s: &mut W,
-    peer: Ipv4Addr,
-    local: Ipv4Addr,
+    peer: IpAddr,
+    local: IpAddr,
     shared: Arc<Shared>,
 ) {
     let shared = &shared;

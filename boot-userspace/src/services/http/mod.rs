@@ -21,7 +21,7 @@ pub mod uring;
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     os::fd::OwnedFd,
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
@@ -64,7 +64,7 @@ pub enum HttpError {
     #[error("http: binding {addr}: {error}")]
     Bind {
         /// The address and port.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// What the kernel said.
         error: std::io::Error,
     },
@@ -114,14 +114,14 @@ impl fmt::Display for NoUring {
 /// the address each interface listens on. Port 0 lets the kernel pick one per address, which
 /// the other rings' sockets then share (SO_REUSEPORT).
 fn listeners(
-    ips: &[(Ipv4Addr, String)],
+    ips: &[(IpAddr, String)],
     port: u16,
     rings: usize,
-) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddrV4>), HttpError> {
+) -> Result<(Vec<Vec<OwnedFd>>, Vec<SocketAddr>), HttpError> {
     let mut sets: Vec<Vec<OwnedFd>> = (0..rings).map(|_| Vec::new()).collect();
     let mut local = Vec::new();
     for (ip, _) in ips {
-        let mut addr = SocketAddrV4::new(*ip, port);
+        let mut addr = SocketAddr::new(*ip, port);
         for set in &mut sets {
             let fd = uring::listener(addr).map_err(|error| HttpError::Bind { addr, error })?;
             if addr.port() == 0 {
@@ -135,6 +135,16 @@ fn listeners(
         local.push(addr);
     }
     Ok((sets, local))
+}
+
+fn v4_only(addrs: &[SocketAddr]) -> Vec<SocketAddrV4> {
+    addrs
+        .iter()
+        .filter_map(|a| match a {
+            SocketAddr::V4(a) => Some(*a),
+            SocketAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// Listening sockets handed to the runtime (non-blocking, registered with its reactor).
@@ -162,7 +172,7 @@ enum Transport {
 struct Https {
     listeners: Vec<tokio::net::TcpListener>,
     certs: Arc<tls::Certs>,
-    local: Vec<SocketAddrV4>,
+    local: Vec<SocketAddr>,
 }
 
 /// The HTTP service, bound and ready.
@@ -171,8 +181,8 @@ pub struct HttpService {
     transport: Transport,
     https: Option<Https>,
     egress: GaugeVec,
-    /// Where it listens, per interface.
-    local: Vec<SocketAddrV4>,
+    /// Where it listens: per interface its IPv4 address, then its IPv6 one if it has one.
+    local: Vec<SocketAddr>,
 }
 
 /// What HTTP serves from besides its own section. `serve` takes each from where it is kept,
@@ -189,7 +199,8 @@ pub struct Sources {
 }
 
 impl HttpService {
-    /// Binds the port on the IPv4 address of every interface in `ifaces` (the fabric) and
+    /// Binds the port on the IPv4 address of every interface in `ifaces` (the fabric), and on
+    /// its IPv6 address beyond the link where it has one (DHCPv6 clients), and
     /// picks the transport. Port 0 (tests) binds a port the kernel picks, the same on every
     /// ring; [`HttpService::local_addrs`] says which.
     pub fn start(
@@ -212,7 +223,10 @@ impl HttpService {
             let ip = iface.ipv4.ok_or_else(|| HttpError::NoAddress {
                 iface: iface.name.clone(),
             })?;
-            ips.push((ip, iface.name.clone()));
+            ips.push((IpAddr::V4(ip), iface.name.clone()));
+            if let Some(v6) = iface.ipv6 {
+                ips.push((IpAddr::V6(v6), iface.name.clone()));
+            }
         }
         let origin_metrics = origin::Metrics::register(registry)?;
         let origin = match (&cfg.origin, &cfg.root) {
@@ -307,14 +321,16 @@ impl HttpService {
         })
     }
 
-    /// The addresses listened on, one per interface, in fabric order.
-    pub fn local_addrs(&self) -> &[SocketAddrV4] {
-        &self.local
+    /// The IPv4 addresses listened on, one per interface, in fabric order.
+    pub fn local_addrs(&self) -> Vec<SocketAddrV4> {
+        v4_only(&self.local)
     }
 
-    /// The addresses HTTPS listens on, one per interface (none without `http.tls_cert`).
-    pub fn tls_addrs(&self) -> &[SocketAddrV4] {
-        self.https.as_ref().map_or(&[], |h| &h.local)
+    /// The IPv4 addresses HTTPS listens on, one per interface (none without `http.tls_cert`).
+    pub fn tls_addrs(&self) -> Vec<SocketAddrV4> {
+        self.https
+            .as_ref()
+            .map_or_else(Vec::new, |h| v4_only(&h.local))
     }
 
     /// The certificate HTTPS serves, for reloads to replace.
@@ -474,10 +490,9 @@ mod tests {
             &registry,
         )
         .expect("start");
-        let [addr] = service.local_addrs() else {
+        let [addr] = service.local_addrs()[..] else {
             panic!("one address per interface: {:?}", service.local_addrs());
         };
-        let addr = *addr;
         assert_eq!(*addr.ip(), Ipv4Addr::LOCALHOST);
         assert_ne!(addr.port(), 0, "the port the kernel picked");
         let cancel = CancellationToken::new();
@@ -658,7 +673,7 @@ mod tests {
 
     #[test]
     fn every_ring_listens_on_the_port_the_kernel_picked() {
-        let ips = [(Ipv4Addr::LOCALHOST, "lo".to_owned())];
+        let ips = [(Ipv4Addr::LOCALHOST.into(), "lo".to_owned())];
         let (rings, local) = listeners(&ips, 0, 3).expect("bound");
         let port = |fd: &OwnedFd| {
             let addr = socket2::SockRef::from(fd).local_addr().expect("bound");

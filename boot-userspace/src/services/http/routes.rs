@@ -3,7 +3,7 @@
 //! ranges and conditional requests. No sockets here: the transports call [`route`] and move
 //! the bytes it names.
 
-use std::{net::Ipv4Addr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+use std::{net::IpAddr, ops::Deref, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
 use tracing::{error, warn};
 
@@ -97,39 +97,36 @@ impl Deref for At<'_> {
 }
 
 impl At<'_> {
-    fn host_at(&self, ip: Ipv4Addr) -> Option<&Host> {
-        self.ledger.host_at(self.inventory, ip.into())
+    fn host_at(&self, ip: IpAddr) -> Option<&Host> {
+        self.ledger.host_at(self.inventory, ip)
     }
 
-    fn address_of(&self, host: &Host, peer: Ipv4Addr) -> Option<Ipv4Addr> {
-        match self.ledger.address_of(host, peer.into()) {
-            Some(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => None,
-        }
+    fn address_of(&self, host: &Host, peer: IpAddr) -> Option<IpAddr> {
+        self.ledger.address_of(host, peer)
     }
 
     fn target<'a>(
         &'a self,
         host: &'a Host,
-        peer: Ipv4Addr,
-        server: Ipv4Addr,
+        peer: IpAddr,
+        server: IpAddr,
     ) -> Option<render::Target<'a>> {
         Some(render::Target {
             host,
             profile: self.inventory.profile(&host.profile)?,
             ip: self.address_of(host, peer),
-            server,
+            server: server.into(),
             global: self.boot,
             nonce: None,
         })
     }
 
-    fn http_base(&self, server: Ipv4Addr) -> String {
+    fn http_base(&self, server: IpAddr) -> String {
         self.boot
             .http_base
             .as_deref()
             .unwrap_or("http://{server}")
-            .replace("{server}", &server.to_string())
+            .replace("{server}", &render::ServerAddr::from(server).to_string())
             .trim_end_matches('/')
             .to_owned()
     }
@@ -145,7 +142,7 @@ fn routed(response: Response, route: &'static str) -> Routed {
 }
 
 /// Answers one request from `peer`, received on the server address `server`.
-pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+pub fn route(site: &Site, req: &Request, peer: IpAddr, server: IpAddr) -> Routed {
     let snapshot = site.live.load();
     let site = &At::new(site, &snapshot);
     let head = req.method == Method::Head;
@@ -178,7 +175,7 @@ pub fn route(site: &Site, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Ro
     r
 }
 
-fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+fn script(site: &At, req: &Request, peer: IpAddr, server: IpAddr) -> Routed {
     // The host is the one at the source address; `?mac=` names the script only for a peer
     // this server cannot place (another server's lease), and never queues at the gate:
     // anyone can claim any MAC (with `gate = always` such a host goes through unpaced).
@@ -213,7 +210,7 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
         // may be another server's), and the boot's nonce is drawn when it opens.
         let path = req.path.clone();
         site.ledger
-            .record(h.mac, EventKind::IpxeScript { path }, Some(peer.into()));
+            .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
         let nonce = site.boots.nonce(
             h.mac,
             &site.ledger.timeline(h.mac),
@@ -224,7 +221,7 @@ fn script(site: &At, req: &Request, peer: Ipv4Addr, server: Ipv4Addr) -> Routed 
             site.inventory,
             h,
             site.address_of(h, peer),
-            server,
+            server.into(),
             site.boot,
             nonce.as_deref(),
         );
@@ -289,13 +286,13 @@ fn admission(site: &At, host: &Host, proven: bool) -> gate::Ask {
 
 /// The answer of a host that is not to boot its profile: `netboot = deny` is refused (403),
 /// a used `netboot = once` gets iPXE's "boot from your disk". `None`: boot as usual.
-fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed> {
+fn netboot(site: &At, h: &Host, req: &Request, peer: IpAddr) -> Option<Routed> {
     match site.inventory.boot_answer(h) {
         BootAnswer::Boot => None,
         BootAnswer::Disk => {
             let path = req.path.clone();
             site.ledger
-                .record(h.mac, EventKind::IpxeScript { path }, Some(peer.into()));
+                .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
             let text = render::ipxe_disk(h).into_bytes();
             let resp = Response::bytes(200, "text/plain; charset=utf-8", text);
             Some(routed(resp, "script"))
@@ -310,7 +307,7 @@ fn netboot(site: &At, h: &Host, req: &Request, peer: Ipv4Addr) -> Option<Routed>
 /// `/configs/<file>` is the template rendered for the host asking; `/configs/<host>/<file>`
 /// only for that host. A file `<configs>/<host>/<file>` overrides the shared template. Each
 /// config is delivered once per boot of its host ([`configs`] decides).
-fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Routed {
+fn config(site: &At, req: &Request, path: &str, peer: IpAddr, server: IpAddr) -> Routed {
     if site.configs.is_none() {
         return routed(Response::text(404, "not found"), "config");
     }
@@ -354,7 +351,7 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
     let record = |why: ConfigRefusal| {
         let name = name.to_owned();
         let refused = EventKind::ConfigRefused { name, why };
-        site.ledger.record(host.mac, refused, Some(peer.into()));
+        site.ledger.record(host.mac, refused, Some(peer));
     };
     if let Some(owner) = asked.owner.filter(|o| *o != host.name) {
         record(ConfigRefusal::Owner(owner.to_owned()));
@@ -404,9 +401,7 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
             // Two machines asked for one host's config in one boot: one of them wears the
             // host's address. The operator hears of it (ledger, metric, alert).
             warn!(host = %host.name, %peer, %first, config = name, "config asked for again in the same boot: refused");
-            record(ConfigRefusal::Again {
-                first: first.into(),
-            });
+            record(ConfigRefusal::Again { first });
             return refuse(
                 409,
                 "again",
@@ -429,14 +424,14 @@ fn config(site: &At, req: &Request, path: &str, peer: Ipv4Addr, server: Ipv4Addr
     let served = EventKind::ConfigServed {
         name: name.to_owned(),
     };
-    site.ledger.record(host.mac, served, Some(peer.into()));
+    site.ledger.record(host.mac, served, Some(peer));
     let mut resp = Response::bytes(200, content_type(name), text.into_bytes());
     // Configs carry secrets: never let a cache keep one.
     resp.headers.push(("Cache-Control", "no-store".into()));
     routed(resp, "config")
 }
 
-fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
+fn booted(site: &At, req: &Request, peer: IpAddr) -> Routed {
     let body = String::from_utf8_lossy(&req.body);
     let mac = req.query("mac").map(str::to_owned).or_else(|| {
         body.split('&')
@@ -467,8 +462,7 @@ fn booted(site: &At, req: &Request, peer: Ipv4Addr) -> Routed {
             "booted",
         );
     }
-    site.ledger
-        .record(host.mac, EventKind::Booted, Some(peer.into()));
+    site.ledger.record(host.mac, EventKind::Booted, Some(peer));
     site.boots.end(host.mac);
     routed(Response::empty(204), "booted")
 }
@@ -481,7 +475,7 @@ fn file_error(e: &FileError) -> Response {
     }
 }
 
-fn file(site: &At, req: &Request, path: &str, peer: Ipv4Addr) -> Routed {
+fn file(site: &At, req: &Request, path: &str, peer: IpAddr) -> Routed {
     let Some(root) = &site.root else {
         return routed(Response::text(404, "not found"), "other");
     };
@@ -623,6 +617,8 @@ mod tests {
         profile = "p"
     "#;
 
+    use std::net::Ipv4Addr;
+
     const OLD: Mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
     const NODE07: Mac = Mac([0x52, 0x54, 0, 0, 0, 2]);
     const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
@@ -647,6 +643,7 @@ mod tests {
     }
 
     fn post_booted(site: &Site, mac: Option<Mac>, peer: Ipv4Addr) -> u16 {
+        let peer = IpAddr::V4(peer);
         let req = Request {
             method: Method::Post,
             path: "/booted".into(),
@@ -658,7 +655,7 @@ mod tests {
             keep_alive: false,
             body: Vec::new(),
         };
-        route(site, &req, peer, SERVER).response.status
+        route(site, &req, peer, SERVER.into()).response.status
     }
 
     fn booted(site: &Site, mac: Mac) -> usize {

@@ -235,6 +235,6 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
 }
 
 /// Logs where HTTPS listens.
-pub fn announce(addr: std::net::SocketAddrV4, iface: &str) {
+pub fn announce(addr: std::net::SocketAddr, iface: &str) {
     info!(%iface, "HTTPS server listening on {addr} (rustls)");
 }

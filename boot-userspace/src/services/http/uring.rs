@@ -16,7 +16,7 @@
 //! A one-second timer on every ring sweeps connections past their timeouts.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -68,8 +68,8 @@ enum Op {
 
 struct Conn {
     fd: OwnedFd,
-    peer: Ipv4Addr,
-    local: Ipv4Addr,
+    peer: IpAddr,
+    local: IpAddr,
     inbuf: Vec<u8>,
     rbuf: Box<[u8]>,
     out: Vec<u8>,
@@ -200,10 +200,10 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-fn addr_of(fd: RawFd, peer: bool) -> Option<Ipv4Addr> {
-    // SAFETY: an all-zero sockaddr_in is valid for the kernel to fill.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+fn addr_of(fd: RawFd, peer: bool) -> Option<IpAddr> {
+    // SAFETY: an all-zero sockaddr_storage is valid for the kernel to fill.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let p = std::ptr::addr_of_mut!(sa).cast();
     // SAFETY: sa and len are valid for the call.
     let rc = unsafe {
@@ -213,14 +213,31 @@ fn addr_of(fd: RawFd, peer: bool) -> Option<Ipv4Addr> {
             libc::getsockname(fd, p, &mut len)
         }
     };
-    (rc == 0 && i32::from(sa.sin_family) == libc::AF_INET)
-        .then(|| Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)))
+    if rc != 0 {
+        return None;
+    }
+    match i32::from(sa.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (its family says so), which fits.
+            let v4: libc::sockaddr_in = unsafe { std::ptr::read(std::ptr::addr_of!(sa).cast()) };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, a sockaddr_in6.
+            let v6: libc::sockaddr_in6 = unsafe { std::ptr::read(std::ptr::addr_of!(sa).cast()) };
+            Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)).to_canonical())
+        }
+        _ => None,
+    }
 }
 
 /// A listening socket on `addr` in this core's SO_REUSEPORT group.
-pub fn listener(addr: SocketAddrV4) -> std::io::Result<OwnedFd> {
+pub fn listener(addr: SocketAddr) -> std::io::Result<OwnedFd> {
     use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;

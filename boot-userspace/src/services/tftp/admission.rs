@@ -14,7 +14,7 @@
 use std::{
     collections::{hash_map::RandomState, HashMap},
     hash::BuildHasher,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::Instant,
 };
 
@@ -105,7 +105,7 @@ impl Bucket {
 pub struct Admission {
     limits: AdmissionLimits,
     in_flight: u32,
-    per_client: HashMap<Ipv4Addr, u32>,
+    per_client: HashMap<IpAddr, u32>,
     global: Bucket,
     clients: Vec<Bucket>,
     /// Keys the bucket index, so an attacker cannot pick addresses that share a victim's.
@@ -127,7 +127,7 @@ impl Admission {
 
     /// Decides on a new request from `client` at `now`; when admitted, the transfer counts
     /// until [`Admission::release`] is called for it.
-    pub fn admit(&mut self, client: Ipv4Addr, now: Instant) -> Result<(), Refusal> {
+    pub fn admit(&mut self, client: IpAddr, now: Instant) -> Result<(), Refusal> {
         // The client's own bucket first: one client over its rate must not use up the
         // global tokens that other clients need.
         let i = (self.hasher.hash_one(client) as usize) & (CLIENT_BUCKETS - 1);
@@ -150,7 +150,7 @@ impl Admission {
     }
 
     /// A transfer admitted for `client` ended.
-    pub fn release(&mut self, client: Ipv4Addr) {
+    pub fn release(&mut self, client: IpAddr) {
         if let Some(n) = self.per_client.get_mut(&client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -249,8 +249,8 @@ mod tests {
         requests_per_second_per_client: 1000,
     };
 
-    fn ip(n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(0x0a00_0000 + n)
+    fn ip(n: u32) -> IpAddr {
+        std::net::Ipv4Addr::from(0x0a00_0000 + n).into()
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::{
     collections::hash_map::RandomState,
     hash::BuildHasher,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -387,7 +387,7 @@ fn set_gso(sock: &UdpSocket, segment: usize) -> bool {
 
 /// The TFTP service, bound and ready.
 pub struct TftpService {
-    listeners: Vec<(String, Ipv4Addr, Arc<UdpSocket>)>,
+    listeners: Vec<(String, IpAddr, Arc<UdpSocket>)>,
     cfg: TftpConfig,
     ports: PortRange,
     /// Keyed SipHash of a counter: transfer ports an observer cannot predict from earlier
@@ -412,7 +412,7 @@ const KERNEL_REFRESH: Duration = Duration::from_secs(5);
 /// A transfer's place under the admission caps, given back when the transfer ends.
 struct Ticket {
     admission: Arc<Mutex<Admission>>,
-    client: Ipv4Addr,
+    client: IpAddr,
 }
 
 impl Drop for Ticket {
@@ -429,10 +429,12 @@ struct Held {
     _netascii: Option<Grant>,
 }
 
-fn v4(peer: SocketAddr) -> Ipv4Addr {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => ip,
-        std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+/// Whom the per-client caps count `peer` as: its IPv4 address, or its IPv6 /64 (one machine
+/// may use any address of its prefix).
+fn client_of(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -445,19 +447,23 @@ struct Hosts {
 
 impl Hosts {
     /// The MAC behind an address, known or not (for the ledger), in the current snapshot.
-    fn mac_at(&self, ip: Ipv4Addr) -> Option<Mac> {
-        self.ledger
-            .holder(ip.into())
-            .or_else(|| self.live.load().inventory.host_by_ip(ip).map(|h| h.mac))
+    fn mac_at(&self, ip: IpAddr) -> Option<Mac> {
+        self.ledger.holder(ip).or_else(|| {
+            let snap = self.live.load();
+            match ip {
+                IpAddr::V4(v4) => snap.inventory.host_by_ip(v4).map(|h| h.mac),
+                IpAddr::V6(v6) => snap.inventory.host_by_ipv6(v6).map(|h| h.mac),
+            }
+        })
     }
 
     /// The known host a per-host name is for, in `snap`.
-    fn owner<'s>(&self, snap: &'s Snapshot, owner: Owner, peer: Ipv4Addr) -> Option<&'s Host> {
+    fn owner<'s>(&self, snap: &'s Snapshot, owner: Owner, peer: IpAddr) -> Option<&'s Host> {
         let inventory = &snap.inventory;
         match owner {
             Owner::Mac(mac) => inventory.host_by_mac(&mac),
             Owner::Ip(ip) => self.ledger.host_at(inventory, ip.into()),
-            Owner::Peer => self.ledger.host_at(inventory, peer.into()),
+            Owner::Peer => self.ledger.host_at(inventory, peer),
         }
     }
 
@@ -468,8 +474,8 @@ impl Hosts {
         snap: &Snapshot,
         format: Format,
         host: &Host,
-        peer: Ipv4Addr,
-        server: Ipv4Addr,
+        peer: IpAddr,
+        server: IpAddr,
     ) -> Option<String> {
         let inventory = &snap.inventory;
         if inventory.boot_answer(host) == BootAnswer::Disk {
@@ -480,22 +486,19 @@ impl Hosts {
             });
         }
         let profile = inventory.profile(&host.profile)?;
-        let ip = match self.ledger.address_of(host, peer.into()) {
-            Some(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => None,
-        };
+        let ip = self.ledger.address_of(host, peer);
         let target = render::Target {
             host,
             profile,
             ip,
-            server,
+            server: server.into(),
             global: &snap.boot,
             nonce: None,
         };
         let text = match format {
             Format::Pxelinux => render::pxelinux(&target),
             Format::Grub => render::grub(&target),
-            Format::Ipxe => render::host_script(inventory, host, ip, server, &snap.boot)?,
+            Format::Ipxe => render::host_script(inventory, host, ip, server.into(), &snap.boot)?,
         };
         // Every cmdline rendered for this host at load; one failing now differs by the
         // lease address: the client gets the not-found answer, the operator the reason.
@@ -506,12 +509,21 @@ impl Hosts {
     }
 }
 
-fn bind(iface: &str, port: u16) -> std::io::Result<UdpSocket> {
+/// A UDP socket on `port` of `iface` only, for IPv4 or (`v6`) IPv6 peers.
+fn bind(iface: &str, port: u16, v6: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let (domain, any) = if v6 {
+        (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+    } else {
+        (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if v6 {
+        s.set_only_v6(true)?;
+    }
     s.bind_device(Some(iface.as_bytes()))?;
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
+    s.bind(&SocketAddr::new(any, port).into())?;
     UdpSocket::from_std(s.into())
 }
 
@@ -557,25 +569,37 @@ impl TftpService {
             let ip = fabric.ipv4.ok_or_else(|| TftpError::NoAddress {
                 iface: iface.clone(),
             })?;
-            let bind_error = |error| TftpError::Bind {
-                iface: iface.clone(),
-                port,
-                error,
-            };
-            let sock = bind(iface, port).map_err(bind_error)?;
-            let port = sock.local_addr().map_err(bind_error)?.port();
-            // A rack powering on sends its read requests in one burst; the default buffer
-            // holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN, which the
-            // daemon has when it runs XDP; otherwise the kernel's cap applies.
-            let want = LISTEN_RCVBUF;
-            if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &want)
+            // IPv4 always; IPv6 where the interface has an address beyond its link (DHCPv6
+            // hands out tftp:// URLs naming it).
+            let mut port = port;
+            for addr in std::iter::once(IpAddr::V4(ip)).chain(fabric.ipv6.map(IpAddr::V6)) {
+                let bind_error = |error| TftpError::Bind {
+                    iface: iface.clone(),
+                    port,
+                    error,
+                };
+                let sock = bind(iface, port, addr.is_ipv6()).map_err(bind_error)?;
+                port = sock.local_addr().map_err(bind_error)?.port();
+                // A rack powering on sends its read requests in one burst; the default
+                // buffer holds a few hundred. Forcing past rmem_max needs CAP_NET_ADMIN,
+                // which the daemon has when it runs XDP; otherwise the kernel's cap applies.
+                let want = LISTEN_RCVBUF;
+                if nix::sys::socket::setsockopt(
+                    &sock,
+                    nix::sys::socket::sockopt::RcvBufForce,
+                    &want,
+                )
                 .is_err()
-            {
-                let _ =
-                    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &want);
+                {
+                    let _ = nix::sys::socket::setsockopt(
+                        &sock,
+                        nix::sys::socket::sockopt::RcvBuf,
+                        &want,
+                    );
+                }
+                info!(%iface, root = %cfg.root.display(), "TFTP server listening on {}", SocketAddr::new(addr, port));
+                listeners.push((iface.clone(), addr, Arc::new(sock)));
             }
-            info!(%iface, root = %cfg.root.display(), "TFTP server listening on {iface}:{port}");
-            listeners.push((iface.clone(), ip, Arc::new(sock)));
         }
         let admission = Admission::new(AdmissionLimits {
             max_transfers: cfg.max_transfers,
@@ -627,11 +651,17 @@ impl TftpService {
         })
     }
 
-    /// Where it listens: each interface's address and the port bound there.
+    /// Where it listens over IPv4: each interface's address and the port bound there.
     pub fn local_addrs(&self) -> Vec<SocketAddrV4> {
         self.listeners
             .iter()
-            .map(|(_, ip, sock)| SocketAddrV4::new(*ip, sock.local_addr().map_or(0, |a| a.port())))
+            .filter_map(|(_, ip, sock)| match ip {
+                IpAddr::V4(ip) => Some(SocketAddrV4::new(
+                    *ip,
+                    sock.local_addr().map_or(0, |a| a.port()),
+                )),
+                IpAddr::V6(_) => None,
+            })
             .collect()
     }
 
@@ -681,7 +711,7 @@ impl TftpService {
     async fn listen(
         self: Arc<Self>,
         iface: String,
-        server: Ipv4Addr,
+        server: IpAddr,
         sock: Arc<UdpSocket>,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
@@ -746,7 +776,7 @@ impl TftpService {
     /// Admits a read request under the caps, or refuses it (an ERROR from port 69 when the
     /// slots are full, nothing when over the rate) and counts why.
     async fn admit(&self, sock: &UdpSocket, peer: SocketAddr) -> Option<Ticket> {
-        let client = v4(peer);
+        let client = client_of(peer);
         let verdict = {
             let mut a = self.admission.lock().unwrap_or_else(|e| e.into_inner());
             a.admit(client, std::time::Instant::now())
@@ -778,19 +808,19 @@ impl TftpService {
     /// Binds a transfer socket on a random free port of the range: random probes first (a
     /// spoofed client cannot guess the next TID and aim blind ACKs at it), then every port in
     /// order from a random one, so a nearly full range still finds its last free ports.
-    fn bind_tid(&self, iface: &str) -> std::io::Result<UdpSocket> {
+    fn bind_tid(&self, iface: &str, v6: bool) -> std::io::Result<UdpSocket> {
         let span = u32::from(self.ports.last - self.ports.first) + 1;
         let at = |n: u64| self.ports.first + (n % u64::from(span)) as u16;
         let mut last_err = None;
         for _ in 0..RANDOM_PORT_PROBES.min(span) {
-            match bind(iface, at(self.random())) {
+            match bind(iface, at(self.random()), v6) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
         }
         let start = self.random();
         for i in 0..u64::from(span) {
-            match bind(iface, at(start.wrapping_add(i))) {
+            match bind(iface, at(start.wrapping_add(i)), v6) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -839,7 +869,7 @@ impl TftpService {
     /// The bytes for a requested name: files on disk, or a file rendered for a host. For
     /// names that spell out one host, a file on disk wins (an operator's override); a shared
     /// script name is rendered for a known peer and comes from disk for anyone else.
-    fn resolve(&self, name: &str, peer: Ipv4Addr, server: Ipv4Addr) -> Result<Data, FileError> {
+    fn resolve(&self, name: &str, peer: IpAddr, server: IpAddr) -> Result<Data, FileError> {
         let (rel, absolute) = files::relative(&self.cfg.root, name)?;
         // One snapshot for the whole request: the name's meaning and the rendered bytes
         // come from one generation.
@@ -904,7 +934,7 @@ impl TftpService {
     async fn transfer(
         self: Arc<Self>,
         iface: String,
-        server: Ipv4Addr,
+        server: IpAddr,
         peer: SocketAddr,
         req: packet::Request,
         cancel: CancellationToken,
@@ -912,7 +942,7 @@ impl TftpService {
     ) {
         // The lifetime counts from the request: a slow store or a slow client both spend it.
         let expires = Instant::now() + self.cfg.max_transfer;
-        let sock = match self.bind_tid(&iface) {
+        let sock = match self.bind_tid(&iface, server.is_ipv6()) {
             Ok(s) => s,
             Err(e) => {
                 warn!(%peer, error = %e, "no TFTP transfer port free");
@@ -920,7 +950,7 @@ impl TftpService {
                 return;
             }
         };
-        let peer_ip = v4(peer);
+        let peer_ip = peer.ip().to_canonical();
         let resolved = {
             let this = Arc::clone(&self);
             let name = req.filename.clone();
@@ -1172,7 +1202,7 @@ impl TftpService {
                     EventKind::TftpSent {
                         file: req.filename.clone(),
                     },
-                    Some(peer_ip.into()),
+                    Some(peer_ip),
                 ),
                 "aborted_after_oack" => {}
                 why => self.hosts.ledger.record(
@@ -1181,7 +1211,7 @@ impl TftpService {
                         file: req.filename.clone(),
                         why,
                     },
-                    Some(peer_ip.into()),
+                    Some(peer_ip),
                 ),
             }
         }
@@ -1255,7 +1285,7 @@ impl TftpService {
     fn hand_over(
         &self,
         sock: &UdpSocket,
-        server: Ipv4Addr,
+        server: IpAddr,
         peer: SocketAddr,
         (copy, name): (Arc<HotCopy>, &str),
         t: &Transfer,
@@ -1266,8 +1296,12 @@ impl TftpService {
         if t.sent() + u64::from(t.windowsize()) >= t.blocks() || copy.size() != size {
             return None;
         }
+        // The kernel's path is IPv4's (its program parses IPv4 only).
+        let (IpAddr::V4(client), IpAddr::V4(server)) = (peer.ip(), server) else {
+            return None;
+        };
         let key = XferKey {
-            client_ip: v4(peer).octets(),
+            client_ip: client.octets(),
             server_ip: server.octets(),
             client_port: peer.port().to_be_bytes(),
             server_port: local.port().to_be_bytes(),
@@ -1508,7 +1542,7 @@ mod tests {
         )
         .expect("start");
         let (peer, server) = (Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::LOCALHOST);
-        let get = |name: &str| match service.resolve(name, peer, server) {
+        let get = |name: &str| match service.resolve(name, peer.into(), server.into()) {
             Ok(Data::Memory(m)) => Ok(String::from_utf8_lossy(&m).into_owned()),
             Ok(Data::File(f)) => Ok(format!("file of {} bytes", f.size())),
             Err(e) => Err(refusal(&e)),

@@ -531,7 +531,14 @@ impl Server6 {
             .and_then(|h| h.ipv6)
             .filter(|ip| subnet.net.contains(ip))
         {
-            return self.table.free_for(ip, ia, now).then_some(ip);
+            // The reservation is the machine's, whichever of its IAs asks: firmware starts
+            // a new DUID or IAID at each stage (OVMF's own IPv6 setup and its boot client,
+            // then iPXE), and each must get the host's address, not the first one only.
+            let same_machine = self
+                .table
+                .at(ip)
+                .is_some_and(|b| mac.is_some() && b.mac == mac && b.state != State6::Declined);
+            return (same_machine || self.table.free_for(ip, ia, now)).then_some(ip);
         }
         let in_pool = |ip: &Ipv6Addr| subnet.pools.iter().any(|p| p.contains(*ip));
         if let Some((ip, b)) = self.table.of(ia) {
