@@ -39,7 +39,18 @@ done
 ip link set "$iface" up
 booted=$(sed -n 's/.*bootfabric\.booted=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "bootfabric-init: $iface, reporting to $booted"
-if udhcpc -i "$iface" -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
+# An IPv6-only boot: the address DHCPv6 gave the firmware comes on the command line (busybox
+# has no DHCPv6 client); the router advertisement puts its prefix on-link.
+ip6=$(sed -n 's/.*bootfabric\.ip6=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$ip6" ]; then
+    # No duplicate address detection: DHCPv6 gave the address to this machine.
+    echo 0 > "/proc/sys/net/ipv6/conf/$iface/accept_dad"
+    ip -6 addr add "$ip6/64" dev "$iface"
+    configured=yes
+elif udhcpc -i "$iface" -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
+    configured=yes
+fi
+if [ -n "$configured" ]; then
     if wget -q -O - --post-data "" "$booted"; then
         echo "bootfabric-init: booted reported after $(cut -d' ' -f1 /proc/uptime) s"
     else

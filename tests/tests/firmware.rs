@@ -1161,3 +1161,201 @@ fn arm64_uefi_pxe_boots_linux_through_the_fabric() {
 fn arm64_uefi_http_boot_boots_linux_through_the_fabric() {
     arm64_boot("arm64_uefi_http_boot_boots_linux_through_the_fabric", true);
 }
+
+/// The IPv6-only provisioning network of the tests below: DHCPv6 on 2001:db8:77::/64 (the
+/// firmware's host reserved at ::11), no DHCPv4 server, HTTP on port 80 from `root`.
+fn ipv6_config(root: &std::path::Path) -> String {
+    format!(
+        r#"
+[daemon]
+state_dir = "state"
+inventory = "hosts.toml"
+[fabric]
+interfaces = ["fabric0"]
+[admin]
+listen = "127.0.0.1:0"
+[tftp]
+root = "{root}"
+[http]
+root = "{root}"
+[dhcp6]
+[[dhcp6.subnets]]
+cidr = "2001:db8:77::/64"
+interface = "fabric0"
+pools = ["2001:db8:77::1000-2001:db8:77::1fff"]
+"#,
+        root = root.display()
+    )
+}
+
+/// The inventory of the IPv6 tests: vm01 reserved 2001:db8:77::11; its kernel reads that
+/// address from its command line (`{ip}`: the initramfs has no DHCPv6 client).
+const IPV6_INVENTORY: &str = r#"
+[profiles.installer]
+kernel = "linux/vmlinuz"
+initrd = ["linux/initramfs.cpio"]
+cmdline = "console=ttyS0 quiet bootfabric.ip6={ip} bootfabric.booted={http_base}/booted"
+[[hosts]]
+name = "vm01"
+mac = "52:54:00:b0:0f:01"
+ipv6 = "2001:db8:77::11"
+profile = "installer"
+"#;
+
+/// Boots the firmware `args` name over IPv6 only, to the `booted` callback, and returns the
+/// machine's timeline and the daemon's log.
+fn ipv6_boot(
+    t: &str,
+    files: &[&str],
+    with_ipxe_efi: bool,
+    args: &[&str],
+) -> Option<(String, String)> {
+    if !require_firmware(t, "qemu-system-x86_64", files) {
+        return None;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
+    let image = bootimage::ensure(&cache).expect("boot image");
+    let dir = TempDir::new().expect("dir");
+    let root = dir.path.join("root");
+    std::fs::create_dir_all(root.join("linux")).expect("root");
+    std::fs::copy(&image.kernel, root.join("linux/vmlinuz")).expect("kernel");
+    std::fs::copy(&image.initramfs, root.join("linux/initramfs.cpio")).expect("initramfs");
+    if with_ipxe_efi {
+        std::fs::copy("/usr/lib/ipxe/ipxe.efi", root.join("ipxe.efi")).expect("ipxe.efi");
+    }
+    let lab = lab();
+    lab.server
+        .ip(&[
+            "addr",
+            "add",
+            "2001:db8:77::1/64",
+            "dev",
+            "fabric0",
+            "nodad",
+        ])
+        .expect("server IPv6 address");
+    let daemon = Daemon::start(
+        &lab.server,
+        &ipv6_config(&root),
+        &[("hosts.toml", IPV6_INVENTORY)],
+    )
+    .expect("daemon");
+    let log = dir.path.join("qemu.log");
+    let vars_copy = dir.path.join("vars.fd");
+    let mut full: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    if let Some(i) = full.iter().position(|a| a == "VARS") {
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars_copy).expect("vars");
+        full[i] = format!("if=pflash,format=raw,unit=1,file={}", vars_copy.display());
+    }
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let _vm = qemu(&lab.client, &full, &log);
+    let timeline = wait_booted(&lab, &daemon, &log);
+    // Reported, not asserted: TCG's speed is the machine's.
+    eprintln!(
+        "{t}: booted {:.1} s after QEMU started",
+        started.elapsed().as_secs_f64()
+    );
+    Some((timeline, daemon.log()))
+}
+
+/// The machine's timeline holds `steps` (phase, start of its detail) in this order, and
+/// every event that names an address names the host's IPv6 reservation: nothing went over
+/// IPv4.
+fn steps_over_ipv6(timeline: &str, log: &str, steps: &[(&str, &str)]) {
+    let v: serde_json::Value = serde_json::from_str(timeline).expect("timeline JSON");
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let mut at = 0;
+    for (phase, detail) in steps {
+        let found = events[at..].iter().position(|e| {
+            e["phase"] == *phase && e["detail"].as_str().unwrap_or("").starts_with(detail)
+        });
+        let Some(i) = found else {
+            panic!("no {phase} {detail:?} after event {at}: {timeline}\n{log}");
+        };
+        at += i + 1;
+    }
+    for e in &events {
+        if let Some(ip) = e["ip"].as_str() {
+            assert_eq!(ip, "2001:db8:77::11", "{e}\n{timeline}");
+        }
+    }
+}
+
+/// iPXE (QEMU's ROM) on an IPv6-only network: the managed router advertisement starts its
+/// DHCPv6 (Solicit, Advertise, Request, Reply with the RFC 5970 boot file URL, the script
+/// URL with the server's IPv6 address), then script, kernel and initramfs over HTTP over
+/// IPv6, and the booted callback from the host's DHCPv6 address.
+#[test]
+fn ipxe_boots_linux_over_ipv6_with_dhcpv6_and_http() {
+    let t = "ipxe_boots_linux_over_ipv6_with_dhcpv6_and_http";
+    let Some((timeline, log)) = ipv6_boot(
+        t,
+        &[],
+        false,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
+            "-boot",
+            "n",
+        ],
+    ) else {
+        return;
+    };
+    steps_over_ipv6(
+        &timeline,
+        &log,
+        &[
+            ("dhcp_offer", ""),
+            ("dhcp_ack", ""),
+            ("ipxe_script", ""),
+            ("http_sent", "/linux/vmlinuz: "),
+            ("http_sent", "/linux/initramfs.cpio: "),
+            ("booted", ""),
+        ],
+    );
+}
+
+/// OVMF's UEFI PXE over IPv6 (its PXEv6 entry, arch 7): DHCPv6 hands it a tftp:// URL, it
+/// loads ipxe.efi over TFTP over IPv6; that iPXE asks DHCPv6 again (user class iPXE), is
+/// given the script URL, and boots Linux over HTTP over IPv6 to the booted callback.
+#[test]
+fn ovmf_pxe_over_ipv6_loads_ipxe_over_tftp_and_boots_linux_over_http() {
+    let t = "ovmf_pxe_over_ipv6_loads_ipxe_over_tftp_and_boots_linux_over_http";
+    let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    let pflash_code = format!("if=pflash,format=raw,unit=0,readonly=on,file={code}");
+    let Some((timeline, log)) = ipv6_boot(
+        t,
+        &[
+            code,
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            "/usr/lib/ipxe/ipxe.efi",
+        ],
+        true,
+        &[
+            "-drive",
+            &pflash_code,
+            "-drive",
+            "VARS",
+            // OVMF's own network stack (no iPXE ROM), its IPv6 PXE entry first.
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01,romfile=",
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv4PXESupport,string=no",
+        ],
+    ) else {
+        return;
+    };
+    steps_over_ipv6(
+        &timeline,
+        &log,
+        &[
+            ("dhcp_ack", ""),
+            ("tftp_sent", "ipxe.efi"),
+            ("dhcp_ack", ""),
+            ("ipxe_script", ""),
+            ("http_sent", "/linux/vmlinuz: "),
+            ("booted", ""),
+        ],
+    );
+}

@@ -53,6 +53,7 @@ const DEBIAN: &[(&str, &[&str])] = &[
         &[
             "dnsmasq-base",
             "kea-dhcp4-server",
+            "kea-dhcp6-server",
             "kea-admin",
             "isc-dhcp-relay",
             "isc-dhcp-client",

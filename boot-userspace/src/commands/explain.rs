@@ -8,7 +8,7 @@ use clap::Args;
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 
 use crate::{
-    commands::output::{json, lease_rows, lease_table, Output},
+    commands::output::{json, lease6_rows, lease_rows, lease_table, Output},
     config::Config,
     fabric::Fabric,
     model::inventory::Mac,
@@ -48,10 +48,18 @@ pub struct ExplainArgs {
     /// subnet's first host address).
     #[arg(long)]
     pub server_ip: Option<Ipv4Addr>,
+    /// Explain the DHCPv6 server's Advertise instead (`[dhcp6]`): the client's DUID is a
+    /// DUID-LL of `--mac`, its option 61 `--arch`, option 16 `--vendor-class`, option 15
+    /// `--user-class`; it asks on `--iface`'s link.
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
 /// Runs `explain`; returns the exit code.
 pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
+    if args.ipv6 {
+        return explain6(cfg, args);
+    }
     let Some(dhcp) = cfg.dhcp.clone() else {
         eprintln!(
             "bootfabric: {}: no [dhcp] section: there is nothing to explain",
@@ -185,6 +193,170 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
     }
 }
 
+/// `explain --ipv6`: the Advertise the DHCPv6 server would send a Solicit with these facts.
+fn explain6(cfg: &Config, args: &ExplainArgs) -> i32 {
+    use crate::services::dhcp::v6::{
+        server::{client_mac, Link, Server6},
+        table::Lease6Record,
+        wire::{self, msg, opt, Writer},
+    };
+    let Some(d6) = cfg.dhcp6.clone() else {
+        eprintln!(
+            "bootfabric: {}: no [dhcp6] section: there is nothing to explain",
+            cfg.path.display()
+        );
+        return 2;
+    };
+    let mac: Mac = match args.mac.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("bootfabric: --mac: {e}");
+            return 2;
+        }
+    };
+    let iface = args
+        .iface
+        .clone()
+        .or_else(|| cfg.interfaces.first().cloned())
+        .unwrap_or_default();
+    let Some(subnet) = d6.subnet_on(&iface) else {
+        eprintln!("bootfabric: no dhcp6.subnets entry is on interface {iface:?}");
+        return 2;
+    };
+    let fabric = Fabric::resolve(std::slice::from_ref(&iface));
+    let server = fabric
+        .get(&iface)
+        .and_then(|f| f.ipv6)
+        .unwrap_or_else(|| d6.subnets[subnet].net.network());
+    let live = dhcp::journal::read_live::<Lease6Record>(&dhcp::v6::journal_path(&cfg.state_dir))
+        .unwrap_or_default();
+    let snap = std::sync::Arc::new(crate::model::snapshot::Snapshot {
+        generation: 0,
+        inventory: cfg.inventory.clone(),
+        boot: cfg.boot.clone(),
+        scripts: Vec::new(),
+        templates: cfg.templates.clone(),
+    });
+    let mut server6 = Server6::new(
+        d6,
+        Server6::duid_ll([0; 6]),
+        &live,
+        std::sync::Arc::clone(&snap),
+    );
+    let http = matches!(
+        args.arch,
+        Some(arch::HTTP_IA32 | arch::HTTP_X64 | arch::HTTP_ARM64)
+    );
+    let vendor = args.vendor_class.clone().or_else(|| {
+        args.arch.map(|a| {
+            format!(
+                "{}:Arch:{a:05}",
+                if http { "HTTPClient" } else { "PXEClient" }
+            )
+        })
+    });
+    let mut w = Writer::message(msg::SOLICIT, [0, 0, 1]);
+    w.opt(opt::CLIENTID, &Server6::duid_ll(mac.0))
+        .nested(opt::IA_NA, |w| {
+            w.raw(&[0; 12]);
+        })
+        .opt(opt::ORO, &[0, 59, 0, 23]);
+    if let Some(a) = args.arch {
+        w.opt(opt::CLIENT_ARCH_TYPE, &a.to_be_bytes());
+    }
+    if let Some(v) = &vendor {
+        let mut body = 343u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        body.extend_from_slice(v.as_bytes());
+        w.opt(opt::VENDOR_CLASS, &body);
+    }
+    if let Some(u) = &args.user_class {
+        let mut body = (u.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(u.as_bytes());
+        w.opt(opt::USER_CLASS, &body);
+    }
+    let packet = w.finish();
+    let Ok(decoded) = wire::decode(&packet) else {
+        eprintln!("bootfabric: the explained Solicit does not decode (a class too long?)");
+        return 2;
+    };
+    println!(
+        "client   {mac} (DUID-LL)  arch {}  vendor class {}  user class {}",
+        args.arch.map_or_else(|| "-".into(), |a| a.to_string()),
+        vendor.as_deref().unwrap_or("-"),
+        args.user_class.as_deref().unwrap_or("-"),
+    );
+    println!(
+        "subnet   {} (dhcp6.subnets[{subnet}], on {iface})",
+        cfg.dhcp6
+            .as_ref()
+            .map_or_else(String::new, |d| d.subnets[subnet].net.to_string())
+    );
+    let found = client_mac(&decoded, std::net::Ipv6Addr::UNSPECIFIED);
+    match server6.handle(
+        snap,
+        &decoded,
+        found,
+        Link { subnet, server },
+        dhcp::unix_now(),
+    ) {
+        Ok(out) => {
+            println!("reply    {}", out.kind);
+            for o in wire::options(&out.reply[4..]).flatten() {
+                match o {
+                    (opt::IA_NA, body) => {
+                        let addrs: Vec<String> = wire::options(body.get(12..).unwrap_or(&[]))
+                            .flatten()
+                            .filter(|(c, _)| *c == opt::IAADDR)
+                            .filter_map(|(_, a)| <[u8; 16]>::try_from(a.get(..16)?).ok())
+                            .map(|a| std::net::Ipv6Addr::from(a).to_string())
+                            .collect();
+                        println!(
+                            "  IA_NA      {}",
+                            if addrs.is_empty() {
+                                "no address".into()
+                            } else {
+                                addrs.join(", ")
+                            }
+                        );
+                    }
+                    (opt::BOOTFILE_URL, url) => {
+                        println!("  option 59  {:?}", String::from_utf8_lossy(url))
+                    }
+                    (opt::VENDOR_CLASS, _) => println!("  option 16  HTTPClient"),
+                    (opt::STATUS_CODE, b) => println!(
+                        "  status     {}",
+                        String::from_utf8_lossy(b.get(2..).unwrap_or(&[]))
+                    ),
+                    _ => {}
+                }
+            }
+            if let Some(h) = found.and_then(|m| cfg.inventory.host_by_mac(&m)) {
+                match h.ipv6 {
+                    Some(ip) => println!(
+                        "decided by\n  address            hosts[{}].ipv6 = {ip} (reservation)",
+                        h.name
+                    ),
+                    None => println!(
+                        "decided by\n  address            the pool (hosts[{}] has no ipv6)",
+                        h.name
+                    ),
+                }
+            } else {
+                println!("decided by\n  address            the pool (not an inventory host)");
+            }
+            for (part, why) in out.boot.iter().flat_map(|b| b.rules.iter()) {
+                println!("  {part:<18} {why}");
+            }
+            0
+        }
+        Err(reason) => {
+            println!("reply    none: dropped ({reason})");
+            1
+        }
+    }
+}
+
 fn describe(opt: &DhcpOption) -> String {
     match opt {
         DhcpOption::BootfileName(b)
@@ -204,7 +376,17 @@ pub fn leases(cfg: &Config, all: bool, output: Output) -> i32 {
             return 1;
         }
     };
-    let list = lease_rows(&records, dhcp::unix_now(), all);
+    let mut list = lease_rows(&records, dhcp::unix_now(), all);
+    let path6 = dhcp::v6::journal_path(&cfg.state_dir);
+    match dhcp::journal::read_live::<dhcp::v6::table::Lease6Record>(&path6) {
+        Ok(r) => lease6_rows(&mut list, &r, dhcp::unix_now(), all, |mac| {
+            cfg.inventory.host_by_mac(mac).map(|h| h.name.clone())
+        }),
+        Err(e) => {
+            eprintln!("bootfabric: {e}");
+            return 1;
+        }
+    }
     match output {
         Output::Table => print!("{}", lease_table(&list)),
         Output::Json => match json(&list) {

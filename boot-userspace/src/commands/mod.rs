@@ -178,7 +178,7 @@ pub fn run(cli: Cli) -> i32 {
         } => match Config::load(&config) {
             Ok(cfg) => {
                 use crate::services::dhcp;
-                dhcp::repair_leases(&dhcp::journal_path(&cfg.state_dir))
+                dhcp::repair_leases(&cfg.state_dir)
             }
             Err(e) => config_error(&e),
         },

@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use crate::{
     commands::check::{Item, Status},
-    services::dhcp::journal::{LeaseRecord, LeaseState},
+    services::dhcp::{
+        journal::{LeaseRecord, LeaseState},
+        v6::table::Lease6Record,
+    },
 };
 
 /// How a listing is printed.
@@ -49,6 +52,9 @@ pub struct LeaseRow {
     pub expires_in_s: Option<u64>,
     /// The host name, when known.
     pub hostname: Option<String>,
+    /// A DHCPv6 binding's client DUID (hex) and IAID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duid_iaid: Option<String>,
 }
 
 /// The journal's records as rows at `now` (Unix seconds): only live bound leases unless
@@ -73,16 +79,57 @@ pub fn lease_rows(records: &[LeaseRecord], now: u64, all: bool) -> LeaseList {
                 state,
                 expires_in_s: live.then(|| r.expires - now),
                 hostname: r.hostname.clone(),
+                duid_iaid: None,
             })
         })
         .collect();
     LeaseList { items }
 }
 
+/// The DHCPv6 journal's records as rows, after the IPv4 ones of `list`; a binding's host
+/// name is its inventory host's (`name_of` its MAC).
+pub fn lease6_rows(
+    list: &mut LeaseList,
+    records: &[Lease6Record],
+    now: u64,
+    all: bool,
+    name_of: impl Fn(&crate::model::inventory::Mac) -> Option<String>,
+) {
+    for r in records {
+        let live = r.expires > now;
+        if !(all || live && r.state == LeaseState::Bound) {
+            continue;
+        }
+        let state = match (r.state, live) {
+            (LeaseState::Bound, true) => "bound",
+            (LeaseState::Bound, false) => "expired",
+            (LeaseState::Released, _) => "released",
+            (LeaseState::Declined, _) => "declined",
+        };
+        let duid: String = r.duid.iter().map(|b| format!("{b:02x}")).collect();
+        list.items.push(LeaseRow {
+            ip: r.ip.to_string(),
+            mac: r.mac.map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            state,
+            expires_in_s: live.then(|| r.expires - now),
+            hostname: r.mac.as_ref().and_then(&name_of),
+            duid_iaid: Some(format!("{duid}/{}", r.iaid)),
+        });
+    }
+}
+
 /// The leases as the columns `bootfabric leases` has always printed.
 pub fn lease_table(list: &LeaseList) -> String {
+    // IPv6 addresses are wider than the IPv4 column.
+    let w = list
+        .items
+        .iter()
+        .map(|r| r.ip.len())
+        .max()
+        .unwrap_or(0)
+        .max(15);
     let mut out = format!(
-        "{:<15} {:<17} {:<9} {:<10} HOSTNAME\n",
+        "{:<w$} {:<17} {:<9} {:<10} HOSTNAME\n",
         "IP", "MAC", "STATE", "EXPIRES IN"
     );
     for r in &list.items {
@@ -92,7 +139,7 @@ pub fn lease_table(list: &LeaseList) -> String {
             .unwrap_or_else(|| "-".to_owned());
         let _ = writeln!(
             out,
-            "{:<15} {:<17} {:<9} {:<10} {}",
+            "{:<w$} {:<17} {:<9} {:<10} {}",
             r.ip,
             r.mac,
             r.state,

@@ -94,6 +94,65 @@ pub fn interfaces(config: &Config) -> Vec<Item> {
     items
 }
 
+/// DHCPv6: each directly attached prefix has the server's address on its interface (the
+/// boot URLs name it; the service refuses to start without it), router advertisements are on
+/// (iPXE starts DHCPv6 only when an advertisement's M flag says so), and relayed prefixes
+/// have `dhcp6.relays`.
+pub fn dhcp6(config: &Config) -> Vec<Item> {
+    let Some(d) = &config.dhcp6 else {
+        return Vec::new();
+    };
+    let fabric = crate::fabric::Fabric::resolve(&config.interfaces);
+    let mut items = Vec::new();
+    for (i, s) in d.subnets.iter().enumerate() {
+        let subject = format!("dhcp6.subnets[{i}] {}", s.net);
+        let Some(name) = &s.interface else {
+            continue;
+        };
+        match fabric.get(name).and_then(|f| f.ipv6) {
+            Some(ip) if s.net.contains(&ip) => {
+                items.push(Item::pass(subject, format!("on {name}, served as {ip}")))
+            }
+            Some(ip) => items.push(Item::warn(
+                subject,
+                format!("{name}'s IPv6 address {ip} is outside {}: boot URLs name it, clients reach it only through a router", s.net),
+                format!("ip -6 addr add <an address of {}>/{} dev {name}", s.net, s.net.prefix_len()),
+            )),
+            None => items.push(Item::fail(
+                subject,
+                format!("{name} has no IPv6 address beyond its link-local one: DHCPv6 does not start"),
+                format!("ip -6 addr add <an address of {}>/{} dev {name}", s.net, s.net.prefix_len()),
+            )),
+        }
+    }
+    if !config.router_advertisements && d.subnets.iter().any(|s| s.interface.is_some()) {
+        items.push(Item::warn(
+            "dhcp6 and router advertisements",
+            "fabric.router_advertisements is off: clients (iPXE among them) ask DHCPv6 only when a router advertisement sets the M flag",
+            "set fabric.router_advertisements = \"auto\", or have the segment's router advertise M=1",
+        ));
+    }
+    if d.relays.is_none() {
+        let relayed: Vec<String> = d
+            .subnets
+            .iter()
+            .filter(|s| s.interface.is_none())
+            .map(|s| s.net.to_string())
+            .collect();
+        if !relayed.is_empty() {
+            items.push(Item::warn(
+                "dhcp6.relays",
+                format!(
+                    "unset: Relay-forward messages for {} are accepted from any source address",
+                    relayed.join(", ")
+                ),
+                "list the relay agents' source addresses in dhcp6.relays",
+            ));
+        }
+    }
+    items
+}
+
 fn join(ips: &[Ipv4Addr]) -> String {
     ips.iter()
         .map(|i| i.to_string())

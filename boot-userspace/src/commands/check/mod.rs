@@ -133,6 +133,7 @@ pub fn run(config: &Config, skip: Skip, dhcp_wait: std::time::Duration) -> Vec<I
         let fix = "list the relay agents' source addresses in dhcp.relays";
         items.push(Item::warn("dhcp.relays", why, fix));
     }
+    items.extend(local::dhcp6(config));
     if !skip.xdp {
         items.extend(probe::xdp(config));
     }

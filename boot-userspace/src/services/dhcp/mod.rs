@@ -138,15 +138,21 @@ pub fn read_leases(path: &Path) -> Result<Vec<LeaseRecord>, journal::JournalErro
     journal::read_live(path)
 }
 
-/// `bootfabric leases repair`: repairs the journal at `path` (see [`journal::repair`]) and
-/// prints what it did. Exit code 0 when the journal is sound now, 1 when it could not be
-/// repaired.
-pub fn repair_leases(path: &Path) -> i32 {
+/// `bootfabric leases repair`: repairs both journals under `state_dir` (DHCPv4's and
+/// DHCPv6's, see [`journal::repair`]) and prints what it did. Exit code 0 when both are
+/// sound now, 1 when one could not be repaired.
+pub fn repair_leases(state_dir: &Path) -> i32 {
+    let v4 = repair_journal::<LeaseRecord>(&journal_path(state_dir));
+    let v6 = repair_journal::<v6::table::Lease6Record>(&v6::journal_path(state_dir));
+    v4.max(v6)
+}
+
+fn repair_journal<R: journal::Record>(path: &Path) -> i32 {
     if !path.exists() {
         println!("{}: no lease journal: nothing to repair", path.display());
         return 0;
     }
-    match journal::repair::<LeaseRecord>(path, unix_now()) {
+    match journal::repair::<R>(path, unix_now()) {
         Ok(r) if r.dropped.is_empty() => {
             println!(
                 "{}: {} records, no damaged line: nothing to repair",

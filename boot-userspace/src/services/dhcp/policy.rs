@@ -263,6 +263,15 @@ pub fn decide(
     server: impl Into<ServerAddr>,
 ) -> BootDecision {
     let server = server.into();
+    // The boot file's field: DHCPv4's `file` and option 67, DHCPv6's option 59.
+    let file_part = match server {
+        ServerAddr::V4(_) => "file, option 67",
+        ServerAddr::V6(_) => "option 59",
+    };
+    let vendor_part = match server {
+        ServerAddr::V4(_) => "option 60",
+        ServerAddr::V6(_) => "option 16",
+    };
     let mut d = BootDecision::default();
     if facts.uuid.is_some() {
         d.uuid = facts.uuid.clone();
@@ -303,7 +312,7 @@ pub fn decide(
         d.siaddr = Some(next_server.0);
         d.tftp_server = Some(next_server.0.to_string());
         d.rule("siaddr, option 66", next_server.1.clone());
-        d.rule("file, option 67", why);
+        d.rule(file_part, why);
         d.file = Some(file);
     };
     let http = |d: &mut BootDecision, path: String, why: String| match &http_base {
@@ -311,21 +320,18 @@ pub fn decide(
         // firmware alone); config loading refuses one for `ipxe_script`.
         _ if is_url(&path) => {
             d.file = Some(path.replace("{server}", &server.to_string()));
-            d.rule("file, option 67", format!("{why} (a full URL)"));
+            d.rule(file_part, format!("{why} (a full URL)"));
         }
         Some((base, base_key)) => {
             d.file = Some(format!("{base}/{}", path.trim_start_matches('/')));
-            d.rule("file, option 67", format!("{why} under {base_key}"));
+            d.rule(file_part, format!("{why} under {base_key}"));
         }
-        None => d.rule("file, option 67", "none: boot.http_base is unset"),
+        None => d.rule(file_part, "none: boot.http_base is unset"),
     };
 
     if facts.is_ipxe() {
         let Some((script, key)) = pick("ipxe_script", |b| &b.ipxe_script, profile, global) else {
-            d.rule(
-                "file, option 67",
-                "none: iPXE client and boot.ipxe_script is unset",
-            );
+            d.rule(file_part, "none: iPXE client and boot.ipxe_script is unset");
             return d;
         };
         if facts.ipxe_has_http() {
@@ -347,14 +353,14 @@ pub fn decide(
     if facts.vendor_starts_with(b"HTTPClient") {
         d.vendor_class = Some(b"HTTPClient".to_vec());
         d.rule(
-            "option 60",
+            vendor_part,
             "HTTPClient echoed (UEFI HTTP boot requires it)",
         );
         if secure(profile, global) && facts.arch == Some(arch::HTTP_X64) {
             // The signed chain's GRUB (Debian's) has no HTTP, and the firmware would refuse
             // unsigned iPXE: no URL, so the firmware goes on to its PXE entry.
             d.rule(
-                "file, option 67",
+                file_part,
                 "none: Secure Boot (boot.secure_boot) boots by PXE: the signed GRUB has no HTTP",
             );
             return d;
@@ -372,17 +378,18 @@ pub fn decide(
         };
         match pick_http {
             Some((path, key)) => http(&mut d, path, format!("{label}: {key}")),
-            None => d.rule(
-                "file, option 67",
-                format!("none: {label}, no boot.{field} set"),
-            ),
+            None => d.rule(file_part, format!("none: {label}, no boot.{field} set")),
         }
         return d;
     }
 
+    // DHCPv6 has no PXE vendor options: the URL alone (RFC 5970).
+    let v4 = matches!(server, ServerAddr::V4(_));
     if facts.vendor_starts_with(b"PXEClient") {
-        d.vendor_class = Some(b"PXEClient".to_vec());
-        d.rule("option 60", "PXEClient echoed (PXE spec)");
+        if v4 {
+            d.vendor_class = Some(b"PXEClient".to_vec());
+            d.rule(vendor_part, "PXEClient echoed (PXE spec)");
+        }
         let (field, label) = match facts.arch {
             Some(arch::BIOS) | None => ("bios", "BIOS PXE (arch 0)"),
             Some(arch::EFI_IA32) => ("uefi_x86", "IA32 UEFI PXE (arch 6)"),
@@ -415,14 +422,16 @@ pub fn decide(
         match file {
             Some((file, key)) => {
                 tftp(&mut d, file, format!("{label}: {key}"));
-                d.vendor_options = Some(PXE_DISCOVERY_CONTROL.to_vec());
-                d.rule(
-                    "option 43",
-                    "PXE discovery control 8: use the file name, skip boot-server discovery",
-                );
+                if v4 {
+                    d.vendor_options = Some(PXE_DISCOVERY_CONTROL.to_vec());
+                    d.rule(
+                        "option 43",
+                        "PXE discovery control 8: use the file name, skip boot-server discovery",
+                    );
+                }
             }
             None => d.rule(
-                "file, option 67",
+                file_part,
                 format!(
                     "none: {label} (arch {:?}) has no boot.{field} set",
                     facts.arch

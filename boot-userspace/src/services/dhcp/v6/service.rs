@@ -40,6 +40,9 @@ pub const SERVER_PORT: u16 = 547;
 pub const CLIENT_PORT: u16 = 546;
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
 pub const ALL_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+/// Messages being answered at once (waiting for their bindings' fsync, mostly); beyond it a
+/// flood's packets are dropped at once instead of queueing tasks without bound.
+const MAX_IN_FLIGHT: usize = 1024;
 /// File name of the DHCPv6 binding journal inside the state folder.
 pub const JOURNAL_FILE: &str = "leases6.journal";
 
@@ -159,6 +162,7 @@ struct Shared {
     /// For relayed links: the first interface address, reachable through the relays.
     routed_server: Option<Ipv6Addr>,
     started: Instant,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The DHCPv6 service.
@@ -251,6 +255,7 @@ impl Dhcp6Service {
                 metrics,
                 routed_server,
                 started: Instant::now(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             }),
         })
     }
@@ -288,6 +293,14 @@ async fn serve(port: Port, shared: Arc<Shared>, cancel: CancellationToken) -> st
         let SocketAddr::V6(from) = from else { continue };
         // Each message is answered in its own task: a Reply waits for its binding's fsync,
         // and the next client must not wait behind it.
+        let Ok(permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+            shared
+                .metrics
+                .dropped
+                .with_label_values(&["overloaded"])
+                .inc();
+            continue;
+        };
         let packet = buf[..n].to_vec();
         let (shared, sock) = (Arc::clone(&shared), Arc::clone(&port.sock));
         let (index, server, subnet) = (port.index, port.server, port.subnet);
@@ -296,6 +309,7 @@ async fn serve(port: Port, shared: Arc<Shared>, cancel: CancellationToken) -> st
             {
                 shared.metrics.dropped.with_label_values(&[reason]).inc();
             }
+            drop(permit);
         });
     }
 }
