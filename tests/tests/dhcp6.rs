@@ -109,14 +109,15 @@ fn metric(lab: &PairLab, daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -
     sample(&m, name, labels).unwrap_or(0.0)
 }
 
-/// A dhclient-script that records each event and adds the address it was given.
+/// A dhclient-script that adds the address it was given and records each event.
 fn recorder(dir: &TempDir) -> std::path::PathBuf {
     let path = dir.path.join("script.sh");
     let out = dir.path.join("events");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\necho \"$reason ip6=$new_ip6_address pref=$new_preferred_life max=$new_max_life\" >> {}\ncase \"$reason\" in BOUND6|RENEW6|REBIND6) ip -6 addr replace \"$new_ip6_address/128\" dev \"$interface\" nodad ;; esac\nexit 0\n",
+            // The address first, then the event: the test acts on the event at once.
+            "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6) ip -6 addr replace \"$new_ip6_address/128\" dev \"$interface\" nodad ;; esac\necho \"$reason ip6=$new_ip6_address pref=$new_preferred_life max=$new_max_life\" >> {}\nexit 0\n",
             out.display()
         ),
     )

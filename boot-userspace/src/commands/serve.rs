@@ -554,12 +554,8 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
             .dhcp6
             .iter()
             .flat_map(|d| {
-                d.subnets.iter().filter_map(move |s| {
-                    let m = crate::services::ra::Managed {
-                        prefix: s.net,
-                        valid_s: d.valid_lifetime_s,
-                        preferred_s: d.preferred_lifetime_s,
-                    };
+                d.subnets.iter().filter_map(|s| {
+                    let m = crate::services::ra::Managed { prefix: s.net };
                     s.interface.clone().map(|i| (i, m))
                 })
             })

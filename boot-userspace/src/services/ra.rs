@@ -47,10 +47,6 @@ const MIN_MULTICAST_GAP: Duration = Duration::from_secs(3);
 pub struct Managed {
     /// The on-link prefix (`dhcp6.subnets[].cidr`).
     pub prefix: ipnet::Ipv6Net,
-    /// How long it stays on-link, seconds (`dhcp6.valid_lifetime_s`).
-    pub valid_s: u32,
-    /// Its preferred lifetime, seconds (`dhcp6.preferred_lifetime_s`).
-    pub preferred_s: u32,
 }
 
 /// The advertisement: hop limit unspecified, router lifetime 0 (never a default router),
@@ -74,8 +70,10 @@ pub fn advertisement(mac: [u8; 6], managed: Option<Managed>) -> Vec<u8> {
         pio[1] = 4; // 32 bytes
         pio[2] = m.prefix.prefix_len();
         pio[3] = 0x80; // L=1, A=0
-        pio[4..8].copy_from_slice(&m.valid_s.to_be_bytes());
-        pio[8..12].copy_from_slice(&m.preferred_s.min(m.valid_s).to_be_bytes());
+                       // Infinite: the fabric answers solicitations and sends no periodic advertisement,
+                       // and a client solicits only when its link comes up, so a finite on-link lifetime
+                       // would lapse under a running OS and cut it off from the server's address.
+        pio[4..12].copy_from_slice(&[0xff; 8]);
         pio[16..32].copy_from_slice(&m.prefix.network().octets());
         ra.extend_from_slice(&pio);
     }
@@ -414,8 +412,6 @@ mod tests {
     fn a_managed_link_is_advertised_with_m_o_and_its_on_link_prefix() {
         let m = Managed {
             prefix: "2001:db8:77::/64".parse().expect("prefix"),
-            valid_s: 7200,
-            preferred_s: 3600,
         };
         let ra = advertisement([0x52, 0x54, 0, 1, 2, 3], Some(m));
         assert_eq!(ra.len(), 56);
@@ -427,7 +423,7 @@ mod tests {
             &[3, 4, 64, 0x80],
             "prefix information, on-link, no SLAAC"
         );
-        assert_eq!(&pio[4..12], &[0, 0, 0x1c, 0x20, 0, 0, 0x0e, 0x10]);
+        assert_eq!(&pio[4..12], &[0xff; 8], "on-link for good");
         assert_eq!(&pio[16..], &m.prefix.network().octets());
     }
 

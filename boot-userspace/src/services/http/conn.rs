@@ -161,7 +161,7 @@ impl Shared {
         let Ok(mut map) = self.per_client.lock() else {
             return Ok(());
         };
-        let n = map.entry(client(peer)).or_insert(0);
+        let n = map.entry(peer).or_insert(0);
         if *n >= self.limits.max_per_client {
             drop(map);
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -178,11 +178,10 @@ impl Shared {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.metrics.active.dec();
         if let Ok(mut map) = self.per_client.lock() {
-            let key = client(peer);
-            if let Some(n) = map.get_mut(&key) {
+            if let Some(n) = map.get_mut(&peer) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(&key);
+                    map.remove(&peer);
                 }
             }
         }
@@ -194,15 +193,6 @@ impl Shared {
             .find(|(a, _)| *a == local)
             .map(|(_, n)| n.as_str())
             .unwrap_or("other")
-    }
-}
-
-/// Whom `http.max_per_client` counts `peer` as: its IPv4 address, or its IPv6 /64, since one
-/// machine on an IPv6 link can use any number of addresses of its prefix.
-fn client(peer: IpAddr) -> IpAddr {
-    match peer {
-        IpAddr::V4(_) => peer,
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
     }
 }
 

@@ -429,13 +429,10 @@ struct Held {
     _netascii: Option<Grant>,
 }
 
-/// Whom the per-client caps count `peer` as: its IPv4 address, or its IPv6 /64 (one machine
-/// may use any address of its prefix).
+/// Whom the per-client caps count `peer` as: its address (of either family; every DHCPv6
+/// client of a link shares its /64, so a prefix is no client).
 fn client_of(peer: SocketAddr) -> IpAddr {
-    match peer.ip().to_canonical() {
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
-        v4 => v4,
-    }
+    peer.ip().to_canonical()
 }
 
 /// What the service knows about hosts: the configuration snapshot (hosts, profiles, boot

@@ -16,6 +16,7 @@ use crate::model::{
 use crate::services::dhcp::{
     journal::LeaseState,
     policy::{self, BootDecision, ClientFacts, ServerAddr},
+    ratelimit::DeclineLimiter,
 };
 
 use super::{
@@ -23,10 +24,15 @@ use super::{
     wire::{self, msg, opt, status, ClientMsg, Decoded, Writer},
 };
 
+/// Declines a subnet quarantines at once, and per hour after that (DHCPv4's defaults).
+const DECLINE_BURST: u32 = 10;
+const DECLINE_PER_HOUR: u32 = 60;
 /// Seconds an advertised address is held for the client's Request.
 pub const OFFER_HOLD_S: u64 = 60;
 /// Addresses one IA's hash probes in a pool before the pool counts as full for it.
 const PROBES: u128 = 256;
+/// Pools up to this size are walked whole when the hash's address is taken.
+const FULL_WALK: u128 = 1024;
 /// Declined addresses quarantined at once; beyond that a Decline only releases (a client
 /// declining every address it is given must not empty a pool).
 pub const MAX_DECLINED: usize = 256;
@@ -79,6 +85,10 @@ pub struct Server6 {
     table: Table6,
     /// The configuration generation the message being handled is answered from.
     snap: Arc<Snapshot>,
+    /// Per-subnet bucket of Declines that quarantine (as DHCPv4's `dhcp.decline_*`).
+    declines: DeclineLimiter,
+    /// When the table was last swept at `max_leases`.
+    last_reclaim: u64,
 }
 
 impl Server6 {
@@ -94,6 +104,8 @@ impl Server6 {
             duid,
             table: Table6::from_records(live),
             snap,
+            declines: DeclineLimiter::new(DECLINE_BURST, DECLINE_PER_HOUR),
+            last_reclaim: 0,
         }
     }
 
@@ -244,9 +256,14 @@ impl Server6 {
     ) -> Vec<u8> {
         let pref = addrs.iter().map(|a| a.1).max().unwrap_or(0);
         let mut w = Writer::default();
+        // RFC 8415 §14.2: an infinite preferred lifetime means infinite T1 and T2.
+        let (t1, t2) = match pref {
+            u32::MAX => (u32::MAX, u32::MAX),
+            p => (p / 2, p / 5 * 4),
+        };
         w.raw(&iaid.to_be_bytes())
-            .raw(&(pref / 2).to_be_bytes())
-            .raw(&(pref / 5 * 4).to_be_bytes());
+            .raw(&t1.to_be_bytes())
+            .raw(&t2.to_be_bytes());
         for &(ip, p, v) in addrs {
             let mut a = ip.octets().to_vec();
             a.extend_from_slice(&p.to_be_bytes());
@@ -284,15 +301,22 @@ impl Server6 {
             self.config.valid_lifetime_s,
         );
         let mut any = false;
+        // Addresses this message's IAs got: one IA_NA each, never one address in two.
+        let mut given: Vec<Ipv6Addr> = Vec::new();
         for ia in &m.ia_na {
             let key: IaKey = (client_id.to_vec(), ia.iaid);
-            match self.choose(&key, mac, subnet, now) {
+            match self.choose(&key, mac, subnet, now, &given) {
                 Some(ip) => {
                     any = true;
+                    given.push(ip);
                     if commit {
-                        let r = self.bind(ip, key, mac, now);
-                        out.commits.push(r);
-                    } else {
+                        out.commits.extend(self.bind(ip, key, mac, now));
+                    } else if self.table.at(ip).is_none_or(|b| {
+                        b.expires <= now || (b.ia == key && b.state == State6::Offered)
+                    }) {
+                        // An Advertise holds a free address for the Request; it never
+                        // touches a binding (this IA's, or another IA's of the same machine):
+                        // only a Request moves one, journaled.
                         self.table
                             .put(ip, key, mac, State6::Offered, now + OFFER_HOLD_S);
                     }
@@ -303,10 +327,13 @@ impl Server6 {
                             bound: commit,
                         });
                     }
-                    w.opt(
-                        opt::IA_NA,
-                        &self.ia_body(ia.iaid, &[(ip, pref, valid)], None),
-                    );
+                    // Addresses the client asked for but does not get: lifetimes 0
+                    // (RFC 8415 §18.3.2).
+                    let mut addrs = vec![(ip, pref, valid)];
+                    if commit {
+                        addrs.extend(ia.addrs.iter().filter(|a| **a != ip).map(|a| (*a, 0, 0)));
+                    }
+                    w.opt(opt::IA_NA, &self.ia_body(ia.iaid, &addrs, None));
                 }
                 None => {
                     w.opt(
@@ -343,17 +370,34 @@ impl Server6 {
         Ok(out)
     }
 
-    fn bind(&mut self, ip: Ipv6Addr, key: IaKey, mac: Option<Mac>, now: u64) -> Lease6Record {
+    /// Binds `ip` to `key`: the records to journal, the IA's previous address released
+    /// first (the journal keeps one record per address; without it a restart would find
+    /// the IA bound at two addresses and free the wrong one).
+    fn bind(&mut self, ip: Ipv6Addr, key: IaKey, mac: Option<Mac>, now: u64) -> Vec<Lease6Record> {
         let expires = now + u64::from(self.config.valid_lifetime_s);
+        let mut records = Vec::with_capacity(2);
+        if let Some((old, b)) = self.table.of(&key) {
+            if old != ip && b.state == State6::Bound {
+                records.push(Lease6Record {
+                    ip: old,
+                    duid: key.0.clone(),
+                    iaid: key.1,
+                    mac: b.mac,
+                    state: LeaseState::Released,
+                    expires: 0,
+                });
+            }
+        }
         self.table.put(ip, key.clone(), mac, State6::Bound, expires);
-        Lease6Record {
+        records.push(Lease6Record {
             ip,
             duid: key.0,
             iaid: key.1,
             mac,
             state: LeaseState::Bound,
             expires,
-        }
+        });
+        records
     }
 
     /// Renew and Rebind: the IA's binding extended where it is still on the client's link;
@@ -389,18 +433,22 @@ impl Server6 {
                 Some(ip) => Some(ip),
                 // Rebind after the server lost the binding (a new server, a restored
                 // journal): bind what the client may have, as a Request would.
-                None if m.kind == msg::REBIND => self.choose(&key, mac, subnet, now),
+                None if m.kind == msg::REBIND => self.choose(&key, mac, subnet, now, &[]),
                 None => None,
             };
+            // Addresses the client has that are not its binding: lifetimes 0 where the
+            // server knows better (its binding is elsewhere, or the address is off this
+            // link); an on-link address the server simply has no binding for is left to
+            // the client (RFC 8415 §18.3.5), not taken from it.
             let stale: Vec<(Ipv6Addr, u32, u32)> = ia
                 .addrs
                 .iter()
-                .filter(|a| Some(**a) != ip)
+                .filter(|a| Some(**a) != ip && (ip.is_some() || !subnet.net.contains(*a)))
                 .map(|a| (*a, 0, 0))
                 .collect();
             match ip {
                 Some(ip) => {
-                    out.commits.push(self.bind(ip, key, mac, now));
+                    out.commits.extend(self.bind(ip, key, mac, now));
                     if let Some(mac) = mac {
                         out.granted.push(Granted {
                             mac,
@@ -412,15 +460,16 @@ impl Server6 {
                     addrs.extend(stale);
                     w.opt(opt::IA_NA, &self.ia_body(ia.iaid, &addrs, None));
                 }
-                None if !stale.is_empty() && m.kind == msg::REBIND => {
+                None if m.kind == msg::REBIND => {
                     w.opt(opt::IA_NA, &self.ia_body(ia.iaid, &stale, None));
                 }
+                // Renew: NoBinding, and no addresses (RFC 8415 §18.3.4).
                 None => {
                     w.opt(
                         opt::IA_NA,
                         &self.ia_body(
                             ia.iaid,
-                            &stale,
+                            &[],
                             Some((status::NO_BINDING, "no binding for this IA")),
                         ),
                     );
@@ -439,8 +488,7 @@ impl Server6 {
             kind: "reply",
             ..Outcome::default()
         };
-        let declined = self.table.declined(now).min(MAX_DECLINED);
-        let mut room = MAX_DECLINED - declined;
+        let mut room = MAX_DECLINED.saturating_sub(self.table.declined());
         for ia in &m.ia_na {
             let key: IaKey = (client_id.to_vec(), ia.iaid);
             let bound = self
@@ -459,7 +507,14 @@ impl Server6 {
                 );
                 continue;
             };
-            let quarantine = m.kind == msg::DECLINE && room > 0;
+            // A reservation is never quarantined: whoever claimed the host's MAC could then
+            // keep the host itself from its address. Each subnet's bucket bounds the rest.
+            let quarantine = m.kind == msg::DECLINE
+                && room > 0
+                && self.snap.inventory.host_by_ipv6(ip).is_none()
+                && self
+                    .declines
+                    .allow(self.config.subnet_of(ip).unwrap_or(usize::MAX), now);
             let (state, expires) = if quarantine {
                 room -= 1;
                 (
@@ -525,11 +580,13 @@ impl Server6 {
         mac: Option<Mac>,
         subnet: &Subnet6,
         now: u64,
+        avoid: &[Ipv6Addr],
     ) -> Option<Ipv6Addr> {
+        // A second IA of the same message gets a pool address, not the reservation again.
         if let Some(ip) = self
             .host(mac)
             .and_then(|h| h.ipv6)
-            .filter(|ip| subnet.net.contains(ip))
+            .filter(|ip| subnet.net.contains(ip) && !avoid.contains(ip))
         {
             // The reservation is the machine's, whichever of its IAs asks: firmware starts
             // a new DUID or IAID at each stage (OVMF's own IPv6 setup and its boot client,
@@ -542,12 +599,20 @@ impl Server6 {
         }
         let in_pool = |ip: &Ipv6Addr| subnet.pools.iter().any(|p| p.contains(*ip));
         if let Some((ip, b)) = self.table.of(ia) {
-            if b.state != State6::Declined && in_pool(&ip) && !self.reserved_for_other(ip, mac) {
+            if b.state != State6::Declined
+                && in_pool(&ip)
+                && !avoid.contains(&ip)
+                && !self.reserved_for_other(ip, mac)
+            {
                 return Some(ip);
             }
         }
         if self.table.len() >= self.config.max_leases {
-            self.table.reclaim(now);
+            // A sweep is O(bindings): at most one a second, however many new clients ask.
+            if self.last_reclaim != now {
+                self.last_reclaim = now;
+                self.table.reclaim(now);
+            }
             if self.table.len() >= self.config.max_leases {
                 return None;
             }
@@ -558,11 +623,13 @@ impl Server6 {
         for pool in &subnet.pools {
             let size = pool.span().saturating_add(1);
             // Small pools are walked whole; large ones probed from the hash (they are far
-            // from full, or max_leases stops them first).
-            let tries = if size <= 4096 { size } else { PROBES };
+            // from full, or max_leases stops them first). Either way at most
+            // `FULL_WALK` lookups per IA under the server's lock.
+            let tries = if size <= FULL_WALK { size } else { PROBES };
             for k in 0..tries {
                 let ip = pool.nth((seed.wrapping_add(k)) % size);
                 if self.table.free_for(ip, ia, now)
+                    && !avoid.contains(&ip)
                     && self.snap.inventory.host_by_ipv6(ip).is_none()
                 {
                     return Some(ip);
@@ -896,6 +963,165 @@ mod tests {
         ));
         assert_eq!(out.commits[0].state, LeaseState::Declined);
         assert!(!s.table().free_for(ip, &(thief.clone(), 1), 401));
+    }
+
+    #[test]
+    fn a_solicit_does_not_turn_a_binding_back_into_an_offer() {
+        let mut s = server("");
+        let sid = s.duid().to_vec();
+        let me = duid([2, 0, 0, 0, 4, 1]);
+        let out = answer(run(
+            &mut s,
+            &message(msg::REQUEST, &me, Some(&sid), &[], |_| {}),
+            100,
+        ));
+        let (ip, _) = read(&out.reply).1.expect("bound");
+        let out = answer(run(
+            &mut s,
+            &message(msg::SOLICIT, &me, None, &[], |_| {}),
+            200,
+        ));
+        assert_eq!(read(&out.reply).1.map(|a| a.0), Some(ip));
+        let b = s.table().at(ip).expect("held");
+        assert_eq!((b.state, b.expires), (State6::Bound, 100 + 7200));
+    }
+
+    #[test]
+    fn a_moved_ia_releases_its_old_address_in_the_journal() {
+        // node01's MAC first gets a pool address (its reservation is taken by a stranger
+        // claiming it), then, once that is released, moves to the reservation.
+        let mut s = server("");
+        let sid = s.duid().to_vec();
+        let stranger = duid([2, 0, 0, 0, 5, 1]);
+        let reserved: Ipv6Addr = "2001:db8:77::11".parse().expect("ip");
+        // The stranger claims node01's MAC through option 79-less EUI-64? No: through its
+        // DUID-LL; it is that machine as far as DHCPv6 can tell.
+        let claim = duid(MAC);
+        answer(run(
+            &mut s,
+            &message(msg::REQUEST, &claim, Some(&sid), &[], |_| {}),
+            100,
+        ));
+        assert!(s.table().at(reserved).is_some());
+        // The second IA of the same machine (another IAID) now asks while the first holds R:
+        // the same machine's reservation moves to it, and one Reply never lists R twice.
+        let mut w = Writer::message(msg::REQUEST, [1, 1, 1]);
+        w.opt(opt::CLIENTID, &duid(MAC)).opt(opt::SERVERID, &sid);
+        for iaid in [2u8, 3] {
+            w.nested(opt::IA_NA, |w| {
+                w.raw(&[0, 0, 0, iaid, 0, 0, 0, 0, 0, 0, 0, 0]);
+            });
+        }
+        let out = answer(run(&mut s, &w.finish(), 110));
+        let bound: Vec<Ipv6Addr> = out
+            .commits
+            .iter()
+            .filter(|r| r.state == LeaseState::Bound)
+            .map(|r| r.ip)
+            .collect();
+        assert_eq!(bound.len(), 2);
+        assert_ne!(bound[0], bound[1], "one address per IA");
+        let _ = stranger;
+        // A pool client that moves (its address became another host's reservation) gets
+        // a Released record for the old address before the new binding.
+        let mover = duid([2, 0, 0, 0, 5, 2]);
+        let out = answer(run(
+            &mut s,
+            &message(msg::REQUEST, &mover, Some(&sid), &[], |_| {}),
+            120,
+        ));
+        let (first, _) = read(&out.reply).1.expect("bound");
+        let mut s2 = s;
+        let text = format!("[profiles.p]\nkernel = \"vmlinuz\"\n[[hosts]]\nname = \"n9\"\nmac = \"52:54:00:00:00:09\"\nipv6 = \"{first}\"\nprofile = \"p\"\n");
+        let inventory = crate::model::inventory::Inventory::from_wire(
+            Path::new("h.toml"),
+            toml::from_str(&text).expect("toml"),
+        )
+        .expect("inventory");
+        let snap = Arc::new(Snapshot {
+            generation: 2,
+            inventory,
+            boot: BootSettings::defaults(),
+            scripts: Vec::new(),
+            templates: Arc::default(),
+        });
+        let d = message(msg::REQUEST, &mover, Some(&sid), &[first], |_| {});
+        let decoded = wire::decode(&d).expect("decodes");
+        let out = s2
+            .handle(snap, &decoded, None, LINK, 130)
+            .expect("answered");
+        let states: Vec<(Ipv6Addr, LeaseState)> =
+            out.commits.iter().map(|r| (r.ip, r.state)).collect();
+        assert_eq!(
+            states.first(),
+            Some(&(first, LeaseState::Released)),
+            "{states:?}"
+        );
+        assert!(
+            states
+                .iter()
+                .any(|(ip, st)| *ip != first && *st == LeaseState::Bound),
+            "{states:?}"
+        );
+        // And the Reply gives the old address back with lifetimes 0.
+        assert!(read(&out.reply).1.is_some_and(|(ip, _)| ip != first));
+    }
+
+    #[test]
+    fn a_decline_never_quarantines_a_reservation() {
+        let mut s = server("");
+        let sid = s.duid().to_vec();
+        let reserved: Ipv6Addr = "2001:db8:77::11".parse().expect("ip");
+        // Whoever claims node01's MAC binds its reservation, then declines it.
+        let claim = duid(MAC);
+        answer(run(
+            &mut s,
+            &message(msg::REQUEST, &claim, Some(&sid), &[], |_| {}),
+            100,
+        ));
+        let out = answer(run(
+            &mut s,
+            &message(msg::DECLINE, &claim, Some(&sid), &[reserved], |_| {}),
+            101,
+        ));
+        assert_eq!(
+            out.commits[0].state,
+            LeaseState::Released,
+            "released, not quarantined"
+        );
+        assert!(s.table().at(reserved).is_none());
+    }
+
+    #[test]
+    fn renew_without_a_binding_lists_no_address_and_rebind_zeroes_only_off_link_ones() {
+        let mut s = server("");
+        let sid = s.duid().to_vec();
+        let me = duid([2, 0, 0, 0, 6, 1]);
+        let on: Ipv6Addr = "2001:db8:77::1500".parse().expect("ip");
+        let off: Ipv6Addr = "2001:db8:99::1".parse().expect("ip");
+        let out = answer(run(
+            &mut s,
+            &message(msg::RENEW, &me, Some(&sid), &[on], |_| {}),
+            100,
+        ));
+        let (_, addr, ia_status, _) = read(&out.reply);
+        assert_eq!((addr, ia_status), (None, Some(status::NO_BINDING)));
+        let mut full = server("max_leases = 1");
+        answer(run(
+            &mut full,
+            &message(msg::SOLICIT, &duid([2, 0, 0, 0, 6, 9]), None, &[], |_| {}),
+            100,
+        ));
+        let out = answer(run(
+            &mut full,
+            &message(msg::REBIND, &me, None, &[on, off], |_| {}),
+            100,
+        ));
+        assert_eq!(
+            read(&out.reply).1,
+            Some((off, 0)),
+            "only the off-link address is zeroed"
+        );
     }
 
     #[test]

@@ -222,6 +222,12 @@ impl Dhcp6Service {
         let mut ports = Vec::new();
         for f in interfaces {
             let Some(index) = f.index else { continue };
+            if !f.ipv6_link_local && config.subnet_on(&f.name).is_none() {
+                // IPv6 off on this interface (`disable_ipv6`): nothing on it can speak
+                // DHCPv6 to us, and no prefix of ours is on it.
+                info!(iface = %f.name, "no IPv6 on {}: no DHCPv6 there", f.name);
+                continue;
+            }
             let sock = bind(&f.name, index).map_err(|error| Dhcp6Error::Bind {
                 iface: f.name.clone(),
                 port: SERVER_PORT,
@@ -341,7 +347,11 @@ async fn answer(
         // RFC 8415 §14: a client on the link sends from its link-local address.
         return Err("not_link_local");
     }
-    let key = d.msg.client_id.unwrap_or_default().to_vec();
+    // By DUID; a message without one (an Information-request may omit it) by its sender.
+    let key = match d.msg.client_id {
+        Some(id) => id.to_vec(),
+        None => from.ip().octets().to_vec(),
+    };
     let now_ms = shared.started.elapsed().as_millis() as u64;
     if !shared
         .limiter
@@ -352,8 +362,7 @@ async fn answer(
         return Err("rate_limited");
     }
     let snap = shared.live.load();
-    let (subnet, server) = if relayed {
-        let link = d.client_link().ok_or("no_link")?;
+    let (subnet, server) = if let Some(link) = d.client_link() {
         let cfg_subnet = {
             let s = shared.server.lock().map_err(|_| "poisoned")?;
             s.config().subnet_of(link)
@@ -377,12 +386,10 @@ async fn answer(
         h
     };
     let out = handled?;
-    // The Reply promises the bindings: they are on disk first.
-    for r in &out.commits {
-        if let Err(e) = shared.committer.commit(r.clone()).await {
-            warn!(error = %e, ip = %r.ip, "DHCPv6 binding not durable: no Reply");
-            return Err("journal");
-        }
+    // The Reply promises the bindings: they are on disk first (one group commit for all).
+    if let Err(e) = shared.committer.commit_all(out.commits.clone()).await {
+        warn!(error = %e, "DHCPv6 binding not durable: no Reply");
+        return Err("journal");
     }
     let kind = if out.kind == "advertise" {
         EventKind::DhcpOffer

@@ -72,6 +72,12 @@ impl Record for Lease6Record {
             expires: expires.parse().map_err(|_| BAD)?,
         })
     }
+
+    /// Released and expired bindings are left out at compaction: an IPv6 pool is too large
+    /// for every address ever handed out to stay in the journal.
+    fn is_dead(&self, now: u64) -> bool {
+        self.state == LeaseState::Released || self.expires <= now
+    }
 }
 
 /// What an address is in the table.
@@ -103,13 +109,19 @@ pub struct Binding {
 pub struct Table6 {
     by_addr: HashMap<Ipv6Addr, Binding>,
     by_ia: HashMap<IaKey, Ipv6Addr>,
+    /// Entries of `by_addr` in `Declined`: kept, not counted per message.
+    declined: usize,
 }
 
 impl Table6 {
-    /// The table the journal's live records describe.
+    /// The table the journal's live records describe. They come one per address; should
+    /// one IA hold two (a move whose release of the old address was lost), the binding that
+    /// lasts longer, the newer one, wins.
     pub fn from_records(records: &[Lease6Record]) -> Self {
+        let mut order: Vec<&Lease6Record> = records.iter().collect();
+        order.sort_by_key(|r| r.expires);
         let mut t = Self::default();
-        for r in records {
+        for r in order {
             t.apply(r);
         }
         t
@@ -131,10 +143,12 @@ impl Table6 {
     /// Puts `ip` in `state` for `ia`, dropping whatever either held before.
     pub fn put(&mut self, ip: Ipv6Addr, ia: IaKey, mac: Option<Mac>, state: State6, expires: u64) {
         self.remove(ip);
-        if let Some(old) = self.by_ia.remove(&ia) {
-            self.by_addr.remove(&old);
+        if let Some(old) = self.by_ia.get(&ia).copied() {
+            self.remove(old);
         }
-        if state != State6::Declined {
+        if state == State6::Declined {
+            self.declined += 1;
+        } else {
             self.by_ia.insert(ia.clone(), ip);
         }
         self.by_addr.insert(
@@ -151,6 +165,9 @@ impl Table6 {
     /// Frees `ip`.
     pub fn remove(&mut self, ip: Ipv6Addr) {
         if let Some(b) = self.by_addr.remove(&ip) {
+            if b.state == State6::Declined {
+                self.declined -= 1;
+            }
             if self.by_ia.get(&b.ia) == Some(&ip) {
                 self.by_ia.remove(&b.ia);
             }
@@ -187,12 +204,9 @@ impl Table6 {
         self.by_addr.is_empty()
     }
 
-    /// Addresses in quarantine at `now`.
-    pub fn declined(&self, now: u64) -> usize {
-        self.by_addr
-            .values()
-            .filter(|b| b.state == State6::Declined && b.expires > now)
-            .count()
+    /// Addresses in quarantine (expired ones included until reclaimed).
+    pub fn declined(&self) -> usize {
+        self.declined
     }
 
     /// Drops every entry expired at `now`; returns how many.

@@ -228,9 +228,15 @@ pub struct Decoded<'a> {
 
 impl Decoded<'_> {
     /// The client's link as the relay nearest to it names it (its link address), for relayed
-    /// messages.
+    /// messages. A lightweight relay (RFC 6221, a switch) leaves it unspecified: the next
+    /// relay outwards names the link then (RFC 8415 §13.1); `None` when none does (the
+    /// message came through on-link relays only: the receiving interface's link).
     pub fn client_link(&self) -> Option<Ipv6Addr> {
-        self.relays.last().map(|r| r.link)
+        self.relays
+            .iter()
+            .rev()
+            .map(|r| r.link)
+            .find(|l| !l.is_unspecified())
     }
 }
 
@@ -592,6 +598,34 @@ mod tests {
                 (opt::INTERFACE_ID, &b"port7"[..]),
                 (opt::RELAY_MSG, &[7u8, 1, 2, 3][..])
             ]
+        );
+    }
+
+    #[test]
+    fn a_lightweight_relays_unspecified_link_is_named_by_the_next_relay() {
+        let inner = solicit();
+        let link: Ipv6Addr = "2001:db8:78::1".parse().expect("ip");
+        let ldra = {
+            let mut w = Writer::default();
+            w.raw(&[msg::RELAY_FORW, 0])
+                .raw(&Ipv6Addr::UNSPECIFIED.octets())
+                .raw(&"fe80::1".parse::<Ipv6Addr>().expect("ip").octets())
+                .opt(opt::RELAY_MSG, &inner);
+            w.finish()
+        };
+        assert_eq!(
+            decode(&ldra).expect("decodes").client_link(),
+            None,
+            "on-link only"
+        );
+        let mut w = Writer::default();
+        w.raw(&[msg::RELAY_FORW, 1])
+            .raw(&link.octets())
+            .raw(&[0; 16])
+            .opt(opt::RELAY_MSG, &ldra);
+        assert_eq!(
+            decode(&w.finish()).expect("decodes").client_link(),
+            Some(link)
         );
     }
 
