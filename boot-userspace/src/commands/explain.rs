@@ -61,24 +61,11 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
         return explain6(cfg, args);
     }
     let Some(dhcp) = cfg.dhcp.clone() else {
-        eprintln!(
-            "bootfabric: {}: no [dhcp] section: there is nothing to explain",
-            cfg.path.display()
-        );
+        return nothing_to_explain(cfg, "dhcp");
+    };
+    let Some((mac, iface)) = client(cfg, args) else {
         return 2;
     };
-    let mac: Mac = match args.mac.parse() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("bootfabric: --mac: {e}");
-            return 2;
-        }
-    };
-    let iface = args
-        .iface
-        .clone()
-        .or_else(|| cfg.interfaces.first().cloned())
-        .unwrap_or_default();
     let server_ip = args
         .server_ip
         .or_else(|| {
@@ -193,6 +180,31 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
     }
 }
 
+/// The exit code and message for a config without the section `explain` reads.
+fn nothing_to_explain(cfg: &Config, section: &str) -> i32 {
+    eprintln!(
+        "bootfabric: {}: no [{section}] section: there is nothing to explain",
+        cfg.path.display()
+    );
+    2
+}
+
+/// `--mac` parsed and the interface asked on (`--iface`, else the fabric's first); `None`
+/// (said on stderr) for a MAC that does not parse.
+fn client(cfg: &Config, args: &ExplainArgs) -> Option<(Mac, String)> {
+    let mac: Mac = args
+        .mac
+        .parse()
+        .map_err(|e| eprintln!("bootfabric: --mac: {e}"))
+        .ok()?;
+    let iface = args
+        .iface
+        .clone()
+        .or_else(|| cfg.interfaces.first().cloned())
+        .unwrap_or_default();
+    Some((mac, iface))
+}
+
 /// `explain --ipv6`: the Advertise the DHCPv6 server would send a Solicit with these facts.
 fn explain6(cfg: &Config, args: &ExplainArgs) -> i32 {
     use crate::services::dhcp::v6::{
@@ -201,24 +213,11 @@ fn explain6(cfg: &Config, args: &ExplainArgs) -> i32 {
         wire::{self, msg, opt, Writer},
     };
     let Some(d6) = cfg.dhcp6.clone() else {
-        eprintln!(
-            "bootfabric: {}: no [dhcp6] section: there is nothing to explain",
-            cfg.path.display()
-        );
+        return nothing_to_explain(cfg, "dhcp6");
+    };
+    let Some((mac, iface)) = client(cfg, args) else {
         return 2;
     };
-    let mac: Mac = match args.mac.parse() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("bootfabric: --mac: {e}");
-            return 2;
-        }
-    };
-    let iface = args
-        .iface
-        .clone()
-        .or_else(|| cfg.interfaces.first().cloned())
-        .unwrap_or_default();
     let Some(subnet) = d6.subnet_on(&iface) else {
         eprintln!("bootfabric: no dhcp6.subnets entry is on interface {iface:?}");
         return 2;

@@ -276,6 +276,11 @@ impl Server6 {
         w.finish()
     }
 
+    /// An IA_NA holding no address, only a status `code` and its text.
+    fn ia_failed(&self, iaid: u32, code: u16) -> Vec<u8> {
+        self.ia_body(iaid, &[], Some((code, status_text(code))))
+    }
+
     /// Solicit (`commit` false: advertise, unless Rapid Commit) and Request (bind).
     #[allow(clippy::too_many_arguments)]
     fn assign(
@@ -336,26 +341,13 @@ impl Server6 {
                     w.opt(opt::IA_NA, &self.ia_body(ia.iaid, &addrs, None));
                 }
                 None => {
-                    w.opt(
-                        opt::IA_NA,
-                        &self.ia_body(
-                            ia.iaid,
-                            &[],
-                            Some((
-                                status::NO_ADDRS_AVAIL,
-                                "no address for this client on its link",
-                            )),
-                        ),
-                    );
+                    w.opt(opt::IA_NA, &self.ia_failed(ia.iaid, status::NO_ADDRS_AVAIL));
                 }
             }
         }
         if !m.ia_na.is_empty() && !any && !request {
             // RFC 8415 §18.3.9: no address for any IA is said at the top level too.
-            w.status(
-                status::NO_ADDRS_AVAIL,
-                "no address for this client on its link",
-            );
+            w.status(status::NO_ADDRS_AVAIL, status_text(status::NO_ADDRS_AVAIL));
         }
         if kind == msg::ADVERTISE {
             // Preference 255: the client takes this Advertise at once instead of collecting
@@ -465,14 +457,7 @@ impl Server6 {
                 }
                 // Renew: NoBinding, and no addresses (RFC 8415 §18.3.4).
                 None => {
-                    w.opt(
-                        opt::IA_NA,
-                        &self.ia_body(
-                            ia.iaid,
-                            &[],
-                            Some((status::NO_BINDING, "no binding for this IA")),
-                        ),
-                    );
+                    w.opt(opt::IA_NA, &self.ia_failed(ia.iaid, status::NO_BINDING));
                 }
             }
         }
@@ -497,14 +482,7 @@ impl Server6 {
                 .filter(|(ip, b)| b.state == State6::Bound && ia.addrs.contains(ip))
                 .map(|(ip, b)| (ip, b.mac));
             let Some((ip, bmac)) = bound else {
-                w.opt(
-                    opt::IA_NA,
-                    &self.ia_body(
-                        ia.iaid,
-                        &[],
-                        Some((status::NO_BINDING, "no binding for this IA")),
-                    ),
-                );
+                w.opt(opt::IA_NA, &self.ia_failed(ia.iaid, status::NO_BINDING));
                 continue;
             };
             // A reservation is never quarantined: whoever claimed the host's MAC could then
@@ -654,6 +632,16 @@ pub fn facts(m: &ClientMsg<'_>) -> ClientFacts {
             .map(|c| c.to_vec()),
         ipxe: None,
         uuid: None,
+    }
+}
+
+/// The text sent with a failure status.
+fn status_text(code: u16) -> &'static str {
+    match code {
+        status::NO_ADDRS_AVAIL => "no address for this client on its link",
+        status::NO_BINDING => "no binding for this IA",
+        status::NOT_ON_LINK => "not on this link",
+        _ => "",
     }
 }
 
