@@ -386,3 +386,60 @@ fn perfdhcp_is_served_through_relay_forward_and_unknown_duids_get_pool_addresses
         0.0
     );
 }
+
+/// Sends `count` Solicits from the client namespace's link-local address, each with a new
+/// DUID-LLT (another time field) that carries `mac`: invented identities for one machine.
+const SOLICIT_FLOOD: &str = r#"
+import socket, struct, sys
+iface, mac, count = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+s.bind(("::", 546))
+idx = socket.if_nametoindex(iface)
+for i in range(count):
+    duid = struct.pack("!HHI", 1, 1, i) + mac
+    ia = struct.pack("!HHIII", 3, 12, 1, 0, 0)
+    msg = bytes([1, 0, 0, i & 0xff]) + struct.pack("!HH", 1, len(duid)) + duid + ia
+    s.sendto(msg, ("ff02::1:2", 547, 0, idx))
+"#;
+
+/// A machine inventing DUIDs for an inventory host's MAC is held to that MAC's rate, so it
+/// can neither make the server answer each one nor push the host's events out of its
+/// timeline.
+#[test]
+fn invented_duids_for_one_mac_are_held_to_its_rate() {
+    let t = "invented_duids_for_one_mac_are_held_to_its_rate";
+    let Some((lab, daemon, _root)) = lab(t, "", &["python3"]) else {
+        return;
+    };
+    run(lab
+        .client
+        .command("python3")
+        .args(["-c", SOLICIT_FLOOD, "client0", HOST_MAC, "500"]))
+    .expect("flood");
+    // Every message the socket took is answered or dropped as over the rate (the socket
+    // itself may drop some of a burst this fast: those never count).
+    let counts = || {
+        let get = |name: &str, labels: &[(&str, &str)]| metric(&lab, &daemon, name, labels);
+        (
+            get("bootfabric_dhcp6_received_total", &[("type", "solicit")]),
+            get("bootfabric_dhcp6_sent_total", &[("type", "advertise")]),
+            get(
+                "bootfabric_dhcp6_dropped_total",
+                &[("reason", "rate_limited")],
+            ),
+        )
+    };
+    let settled = wait_for(Duration::from_secs(10), || {
+        let (received, answered, limited) = counts();
+        (received >= 100.0 && answered + limited == received).then_some((received, answered))
+    });
+    let Some((received, answered)) = settled else {
+        panic!("{:?}\n{}", counts(), daemon.log());
+    };
+    // Twice the rate (20/s) as a burst, and the rate for the second the flood lasts.
+    assert!(
+        answered <= 60.0,
+        "{answered} Advertises for one MAC's flood of {received}"
+    );
+}

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::config::Dhcp6Config;
 use crate::fabric::Iface;
 use crate::model::{
+    inventory::Mac,
     ledger::{EventKind, Ledger},
     snapshot::Live,
 };
@@ -154,6 +155,10 @@ struct Port {
 struct Shared {
     server: Mutex<Server6>,
     limiter: Mutex<RateLimiter<Vec<u8>>>,
+    /// The same rate per MAC the message claims: DUIDs are free to invent, so a flood for
+    /// one inventory host (its MAC in a DUID-LL, its EUI-64 link-local) would otherwise push
+    /// its real events out of its timeline.
+    mac_limiter: Mutex<RateLimiter<Mac>>,
     relays: Option<Vec<Ipv6Net>>,
     committer: Committer<Lease6Record>,
     live: Arc<Live>,
@@ -254,6 +259,7 @@ impl Dhcp6Service {
             shared: Arc::new(Shared {
                 server: Mutex::new(server),
                 limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
+                mac_limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
                 relays: config.relays.clone(),
                 committer,
                 live: sources.live,
@@ -378,6 +384,16 @@ async fn answer(
         )
     };
     let mac = client_mac(&d, *from.ip());
+    if let Some(m) = mac {
+        if !shared
+            .mac_limiter
+            .lock()
+            .map_err(|_| "poisoned")?
+            .allow(m, now_ms)
+        {
+            return Err("rate_limited");
+        }
+    }
     let now = unix_now();
     let handled = {
         let mut s = shared.server.lock().map_err(|_| "poisoned")?;
