@@ -132,25 +132,37 @@ pub fn dhcp6(config: &Config) -> Vec<Item> {
             "set fabric.router_advertisements = \"auto\", or have the segment's router advertise M=1",
         ));
     }
-    if d.relays.is_none() {
-        let relayed: Vec<String> = d
-            .subnets
-            .iter()
-            .filter(|s| s.interface.is_none())
-            .map(|s| s.net.to_string())
-            .collect();
-        if !relayed.is_empty() {
-            items.push(Item::warn(
-                "dhcp6.relays",
-                format!(
-                    "unset: Relay-forward messages for {} are accepted from any source address",
-                    relayed.join(", ")
-                ),
-                "list the relay agents' source addresses in dhcp6.relays",
-            ));
-        }
+    if let Some(why) = unguarded_relays6(d) {
+        items.push(Item::warn(
+            "dhcp6.relays",
+            why,
+            "list the relay agents' source addresses in dhcp6.relays ([] when nothing relays)",
+        ));
     }
     items
+}
+
+/// Why `dhcp6.relays` should be set, if it should: unset, a Relay-forward from any source
+/// is answered to that source (a reflection), relayed prefixes or not, since a relayed
+/// message may name a directly attached prefix as its link.
+fn unguarded_relays6(d: &crate::config::Dhcp6Config) -> Option<String> {
+    if d.relays.is_some() {
+        return None;
+    }
+    let relayed: Vec<String> = d
+        .subnets
+        .iter()
+        .filter(|s| s.interface.is_none())
+        .map(|s| s.net.to_string())
+        .collect();
+    Some(if relayed.is_empty() {
+        "unset: a Relay-forward from any source address is answered (to that address), though no relayed prefix is configured".to_owned()
+    } else {
+        format!(
+            "unset: Relay-forward messages for {} are accepted from any source address",
+            relayed.join(", ")
+        )
+    })
 }
 
 fn join(ips: &[Ipv4Addr]) -> String {
@@ -787,6 +799,24 @@ mod tests {
 
     /// Each listed file is there, and together they fit `tftp.kernel_bytes` in the order the
     /// daemon fills the slots; what does not is a warning that names the size to set.
+    #[test]
+    fn dhcp6_relays_unset_is_warned_whether_or_not_a_prefix_is_relayed() {
+        let d6 = |text: &str| {
+            let w: crate::config::dhcp6::WireDhcp6 = toml::from_str(text).expect("toml");
+            crate::config::Dhcp6Config::from_wire(&w, &["fabric0".to_owned()]).expect("valid")
+        };
+        let on_link = "[[subnets]]\ncidr = \"2001:db8:77::/64\"\ninterface = \"fabric0\"\n";
+        let relayed = "[[subnets]]\ncidr = \"2001:db8:78::/64\"\n";
+        let why = unguarded_relays6(&d6(on_link)).expect("warned");
+        assert!(why.contains("no relayed prefix"), "{why}");
+        let why = unguarded_relays6(&d6(&format!("{on_link}{relayed}"))).expect("warned");
+        assert!(why.contains("2001:db8:78::/64"), "{why}");
+        assert_eq!(
+            unguarded_relays6(&d6(&format!("relays = []\n{on_link}"))),
+            None
+        );
+    }
+
     #[test]
     fn kernel_files_are_checked_against_the_root_and_the_budget() {
         let dir = tempfile::tempdir().expect("dir");

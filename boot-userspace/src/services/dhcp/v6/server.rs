@@ -1113,6 +1113,54 @@ mod tests {
     }
 
     #[test]
+    fn information_requests_get_options_only_and_relays_name_the_mac() {
+        let mut s = server("dns_servers = [\"2001:db8:77::53\"]");
+        // iPXE on a link whose advertisement says O=1, M=0: boot options, no address.
+        let mut w = Writer::message(msg::INFORMATION_REQUEST, [4, 4, 4]);
+        w.opt(opt::CLIENTID, &duid(MAC))
+            .opt(opt::ORO, &[0, 23, 0, 59])
+            .opt(opt::USER_CLASS, &[0, 4, b'i', b'P', b'X', b'E']);
+        let out = answer(run(&mut s, &w.finish(), 100));
+        let (codes, addr, _, _) = read(&out.reply);
+        assert_eq!(out.reply[0], msg::REPLY);
+        assert!(addr.is_none() && !codes.contains(&opt::IA_NA));
+        assert!(codes.contains(&opt::DNS_SERVERS) && codes.contains(&opt::BOOTFILE_URL));
+        assert!(out.commits.is_empty());
+        // With an IA_NA it is not an Information-request RFC 8415 allows: dropped.
+        let bad = message(msg::INFORMATION_REQUEST, &duid(MAC), None, &[], |_| {});
+        assert_eq!(
+            run(&mut s, &bad, 100).err(),
+            Some("ia_in_information_request")
+        );
+        // A relay's RFC 6939 option names the MAC when the DUID does not (a DUID-UUID).
+        let uuid = [vec![0, 4], vec![7; 16]].concat();
+        let inner = message(msg::SOLICIT, &uuid, None, &[], |_| {});
+        let mut w = Writer::default();
+        w.raw(&[msg::RELAY_FORW, 0])
+            .raw(&"2001:db8:77::2".parse::<Ipv6Addr>().expect("ip").octets())
+            .raw(&"fe80::99".parse::<Ipv6Addr>().expect("ip").octets())
+            .opt(
+                opt::CLIENT_LINKLAYER_ADDR,
+                &[[0u8, 1].as_slice(), &MAC].concat(),
+            )
+            .opt(opt::RELAY_MSG, &inner);
+        let pkt = w.finish();
+        let d = wire::decode(&pkt).expect("decodes");
+        assert_eq!(
+            client_mac(&d, "fe80::1".parse().expect("ip")),
+            Some(Mac(MAC))
+        );
+        let out = s
+            .handle(snapshot(), &d, Some(Mac(MAC)), LINK, 100)
+            .expect("answered");
+        assert_eq!(
+            read(&out.reply).1.map(|a| a.0),
+            Some("2001:db8:77::11".parse().expect("ip")),
+            "the host's reservation"
+        );
+    }
+
+    #[test]
     fn made_up_duids_stop_at_max_leases() {
         let mut s = server("max_leases = 2");
         for i in 0..3u8 {
