@@ -116,8 +116,11 @@ fn recorder(dir: &TempDir) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            // The address first, then the event: the test acts on the event at once.
-            "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6) ip -6 addr replace \"$new_ip6_address/128\" dev \"$interface\" nodad ;; esac\necho \"$reason ip6=$new_ip6_address pref=$new_preferred_life max=$new_max_life\" >> {}\nexit 0\n",
+            // The address first, then the event: the test acts on the event at once. With
+            // its prefix length: the test is of DHCPv6 and the servers behind it; whether the
+            // namespace's kernel has taken the advertisement's on-link prefix yet is a race
+            // (rdisc6 checks the advertisement itself on the wire).
+            "#!/bin/sh\ncase \"$reason\" in BOUND6|RENEW6|REBIND6) ip -6 addr replace \"$new_ip6_address/64\" dev \"$interface\" nodad ;; esac\necho \"$reason ip6=$new_ip6_address pref=$new_preferred_life max=$new_max_life\" >> {}\nexit 0\n",
             out.display()
         ),
     )

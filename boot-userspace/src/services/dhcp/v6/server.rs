@@ -75,6 +75,16 @@ pub struct Outcome {
     pub boot: Option<BootDecision>,
 }
 
+impl Outcome {
+    /// Records that `ip` was advertised (`bound` false) or bound to the client, for the
+    /// ledger, when its MAC is known.
+    fn grant(&mut self, mac: Option<Mac>, ip: Ipv6Addr, bound: bool) {
+        if let Some(mac) = mac {
+            self.granted.push(Granted { mac, ip, bound });
+        }
+    }
+}
+
 /// What became of a message: the answer, or the reason it was dropped (a metric label).
 pub type Handled = Result<Outcome, &'static str>;
 
@@ -107,11 +117,6 @@ impl Server6 {
             declines: DeclineLimiter::new(DECLINE_BURST, DECLINE_PER_HOUR),
             last_reclaim: 0,
         }
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &Dhcp6Config {
-        &self.config
     }
 
     /// The bindings.
@@ -325,13 +330,7 @@ impl Server6 {
                         self.table
                             .put(ip, key, mac, State6::Offered, now + OFFER_HOLD_S);
                     }
-                    if let Some(mac) = mac {
-                        out.granted.push(Granted {
-                            mac,
-                            ip,
-                            bound: commit,
-                        });
-                    }
+                    out.grant(mac, ip, commit);
                     // Addresses the client asked for but does not get: lifetimes 0
                     // (RFC 8415 §18.3.2).
                     let mut addrs = vec![(ip, pref, valid)];
@@ -441,13 +440,7 @@ impl Server6 {
             match ip {
                 Some(ip) => {
                     out.commits.extend(self.bind(ip, key, mac, now));
-                    if let Some(mac) = mac {
-                        out.granted.push(Granted {
-                            mac,
-                            ip,
-                            bound: true,
-                        });
-                    }
+                    out.grant(mac, ip, true);
                     let mut addrs = vec![(ip, pref, valid)];
                     addrs.extend(stale);
                     w.opt(opt::IA_NA, &self.ia_body(ia.iaid, &addrs, None));

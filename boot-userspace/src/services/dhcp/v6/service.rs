@@ -160,6 +160,9 @@ struct Shared {
     /// its real events out of its timeline.
     mac_limiter: Mutex<RateLimiter<Mac>>,
     relays: Option<Vec<Ipv6Net>>,
+    /// `dhcp6.subnets[].cidr`, in order: a relayed message's link is looked up here, not
+    /// under the server's lock.
+    prefixes: Vec<Ipv6Net>,
     committer: Committer<Lease6Record>,
     live: Arc<Live>,
     ledger: Ledger,
@@ -261,6 +264,7 @@ impl Dhcp6Service {
                 limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
                 mac_limiter: Mutex::new(RateLimiter::new(config.rate_limit)),
                 relays: config.relays.clone(),
+                prefixes: config.subnets.iter().map(|s| s.net).collect(),
                 committer,
                 live: sources.live,
                 ledger: sources.ledger,
@@ -369,12 +373,12 @@ async fn answer(
     }
     let snap = shared.live.load();
     let (subnet, server) = if let Some(link) = d.client_link() {
-        let cfg_subnet = {
-            let s = shared.server.lock().map_err(|_| "poisoned")?;
-            s.config().subnet_of(link)
-        };
         (
-            cfg_subnet.ok_or("unknown_link")?,
+            shared
+                .prefixes
+                .iter()
+                .position(|p| p.contains(&link))
+                .ok_or("unknown_link")?,
             shared.routed_server.ok_or("no_server_address")?,
         )
     } else {
