@@ -72,7 +72,7 @@ lab_down() {
   fi
 }
 
-# Results. Every run keeps what it printed, the table the README quotes and what it ran on in
+# Results. Every run keeps what it printed, the table docs/benchmarks.md quotes and what it ran on in
 # bench/results/<bench>/<UTC date>-<commit>/: raw.txt (everything the script printed, stderr
 # included), table.md (written by the script) and meta.txt (commit, whether the tree had
 # uncommitted changes, date, kernel, CPU, memory, the command and its knobs, peer versions

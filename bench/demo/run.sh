@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's boot-time budget: the 4-machine demo (`cargo xtask demo`: QEMU machines as
+# The boot-time budget of docs/demo.md: the 4-machine demo (`cargo xtask demo`: QEMU machines as
 # libvirt domains, Redfish BMCs from sushy-emulator, rebooted by `bootfabric reboot --all`)
 # run once per daemon variant, and each machine's booted time and the makespan taken from the
 # demo's report. Variants: neither of iPXE's waits removed (router advertisements off,

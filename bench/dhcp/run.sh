@@ -508,7 +508,7 @@ for server in $SERVERS; do
   fi
 done
 
-# The table, in the markdown the README quotes (rows copied from table.md, never retyped).
+# The table, in the markdown docs/benchmarks.md quotes (rows copied from table.md, never retyped).
 label() {
   case $1 in
     bootfabric-xdp) echo "Bootfabric, XDP fast path (${MODE[$1]:-no} XDP on a veth)" ;;

@@ -404,7 +404,7 @@ threads_cell() {
   echo "${T[$1]:-0} threads (${B[$1]:-0} working${busy:+: $busy}), cores ${U[$1]:-none}"
 }
 
-# The table (README rows are copied from it): figures are medians; ratios are Bootfabric's
+# The table (docs/benchmarks.md rows are copied from it): figures are medians; ratios are Bootfabric's
 # over nginx's (higher is better for the rate, lower for CPU).
 {
   echo "| pin | request | connections | Bootfabric | nginx | ratio | Bootfabric CPU | nginx CPU | ratio | slowest response, Bootfabric / nginx | Bootfabric threads, cores used | nginx threads, cores used |"

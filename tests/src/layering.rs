@@ -52,8 +52,9 @@ pub use table::{parse_table, Layer, Place, Table, TableError};
 pub const SRC: &str = "boot-userspace/src/";
 /// The document holding the layer table, relative to the repository root.
 pub const ARCHITECTURE: &str = "docs/architecture.md";
-/// The README holding the layout block, relative to the repository root.
-pub const README: &str = "README.md";
+/// The document holding the source layout block (once the README's), relative to the repository
+/// root: docs/architecture.md, beside the layer table.
+pub const README: &str = "docs/architecture.md";
 
 /// A place in a source file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -29,9 +29,11 @@ use nix::sched::{setns, CloneFlags};
 pub mod api;
 pub mod arm64;
 pub mod bootimage;
+pub mod browser;
 pub mod capture;
 pub mod cluster_lab;
 pub mod control;
+pub mod deb;
 pub mod dhcp_client;
 pub mod etcd;
 pub mod freeze;
@@ -341,17 +343,32 @@ pub struct Daemon {
     log: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
     ns: String,
+    env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
 /// How long a daemon may take to come up before the test fails (a bound, not a timing check).
 const STARTUP_BOUND: Duration = Duration::from_secs(60);
 
+/// How long a log line is waited for after the effect that logs it (see [`Daemon::logged`]).
+pub const LOG_BOUND: Duration = Duration::from_secs(10);
+
 impl Daemon {
     /// Writes `config` to a fresh folder and runs `bootfabric serve` on it inside `ns`, then
     /// waits for the admin server's "listening on" line. `extra_files` are written beside
     /// the config (e.g. an inventory).
     pub fn start(ns: &Netns, config: &str, extra_files: &[(&str, &str)]) -> Result<Self, LabError> {
+        Self::start_with_env(ns, config, extra_files, &[])
+    }
+
+    /// [`Daemon::start`] with `env` set for the daemon (e.g. a service manager's
+    /// `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        ns: &Netns,
+        config: &str,
+        extra_files: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Result<Self, LabError> {
         let dir = TempDir::new()?;
         let cfg = dir.path.join("bootfabric.toml");
         std::fs::write(&cfg, config).map_err(|e| format!("{}: {e}", cfg.display()))?;
@@ -359,8 +376,13 @@ impl Daemon {
             let p = dir.path.join(name);
             std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
         }
-        let (child, log, reader, admin) = launch(ns.name(), &cfg)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (child, log, reader, admin) = launch(ns.name(), &cfg, &env)?;
         Ok(Daemon {
+            env,
             child,
             admin,
             log,
@@ -379,7 +401,7 @@ impl Daemon {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        let (child, log, reader, admin) = launch(&self.ns, &self.config_path())?;
+        let (child, log, reader, admin) = launch(&self.ns, &self.config_path(), &self.env)?;
         self.child = child;
         self.log = log;
         self.reader = Some(reader);
@@ -404,6 +426,22 @@ impl Daemon {
     /// Everything the daemon has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits (bounded by [`LOG_BOUND`]) until some line the daemon logged holds `text`;
+    /// whether one did. A line reaches the test after the effect a test observes (an answer,
+    /// a metric): the daemon writes logs from a thread of its own and the lab reads them
+    /// from a pipe, so a line is waited for, never read once.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log_when(|log| log.contains(text)).is_some()
+    }
+
+    /// Waits (bounded by [`LOG_BOUND`]) until the whole log satisfies `ok`; the log then.
+    pub fn log_when(&self, ok: impl Fn(&str) -> bool) -> Option<String> {
+        wait_for(LOG_BOUND, || {
+            let log = self.log();
+            ok(&log).then_some(log)
+        })
     }
 
     /// The daemon's PID.
@@ -453,7 +491,7 @@ type Launched = (
 );
 
 /// Starts `bootfabric serve --config cfg` in namespace `ns` and waits for its admin line.
-fn launch(ns: &str, cfg: &Path) -> Result<Launched, LabError> {
+fn launch(ns: &str, cfg: &Path, env: &[(String, String)]) -> Result<Launched, LabError> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(bootfabric_bin())
@@ -464,6 +502,7 @@ fn launch(ns: &str, cfg: &Path) -> Result<Launched, LabError> {
             std::env::var("BOOTFABRIC_TEST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -531,7 +570,11 @@ impl Drop for Daemon {
 /// Parses the admin server's start-up line (`... admin server listening on IP:PORT ...`).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.split("admin server listening on ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    // Text lines end the address at a space, JSON lines at the message's closing quote.
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A deterministic pseudo-random file body of `len` bytes (the same for the same seed).

@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub struct TcpOptions {
     /// TCP_NODELAY: segments leave without waiting for ACKs of earlier ones.
     pub nodelay: bool,
+    /// TCP_CORK: partial segments are held until it is cleared (or for 200 ms).
+    pub cork: bool,
 }
 
 /// The options of the socket of process `pid` whose peer port is `peer_port` (the local port
@@ -60,7 +62,10 @@ pub fn tcp_options_of(pid: u32, peer_port: u16) -> Result<Option<TcpOptions>, St
         let nodelay = sock
             .tcp_nodelay()
             .map_err(|e| format!("TCP_NODELAY of fd {target}: {e}"))?;
-        return Ok(Some(TcpOptions { nodelay }));
+        let cork = sock
+            .tcp_cork()
+            .map_err(|e| format!("TCP_CORK of fd {target}: {e}"))?;
+        return Ok(Some(TcpOptions { nodelay, cork }));
     }
     Ok(None)
 }

@@ -197,8 +197,7 @@ fn a_fabric_cut_off_while_history_is_compacted_catches_up_without_a_restart() {
         logs(&a, &b)
     );
     assert!(
-        b.log()
-            .contains("the watch's revision was compacted; loading whole"),
+        b.logged("the watch's revision was compacted; loading whole"),
         "B caught up, but not through the compaction path\n{}",
         b.log()
     );

@@ -124,11 +124,7 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         .unwrap_or_else(|v| panic!("after fab-a died, fab-b sees {v}\n{}", b.log()));
     assert_eq!(now_b["leader"], "fab-b");
     assert_eq!(leader_metric(&b), Some(1.0));
-    assert!(
-        b.log().contains("this fabric leads the cluster"),
-        "{}",
-        b.log()
-    );
+    assert!(b.logged("this fabric leads the cluster"), "{}", b.log());
     // fab-b takes the run over: both hosts were (maybe) reset by fab-a, so neither is reset
     // again; they show no boot within the POST timeout and fail, recorded by fab-b.
     let done = wait_for(Duration::from_secs(40), || {
@@ -143,7 +139,7 @@ fn one_fabric_leads_and_another_takes_over_when_it_dies() {
         assert_eq!(r["fabric"], "fab-b", "{r}");
     }
     assert!(
-        b.log().contains("taking over a reboot run left running"),
+        b.logged("taking over a reboot run left running"),
         "{}",
         b.log()
     );

@@ -296,8 +296,7 @@ fn a_run_asked_on_a_follower_is_run_by_the_leader_and_reported_on_the_follower()
         b.log()
     );
     assert!(
-        a.log()
-            .contains("taking a reboot run requested through another fabric"),
+        a.logged("taking a reboot run requested through another fabric"),
         "{}",
         a.log()
     );
@@ -495,8 +494,7 @@ fn a_new_leader_asks_the_power_state_of_a_reset_left_unknown_and_resets_nothing(
         assert!(s.resets.is_empty(), "{:?}", s.resets);
     }
     assert!(
-        b.log()
-            .contains("the previous leader's reset outcome is unknown: found out"),
+        b.logged("the previous leader's reset outcome is unknown: found out"),
         "{}",
         b.log()
     );

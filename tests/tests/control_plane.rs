@@ -450,11 +450,18 @@ fn a_controller_provisions_through_the_api() {
                 daemon.log()
             )
         });
-    assert!(
+    // The daemon publishes the event when the report arrives; the init prints its line once
+    // the answer is back and the serial console has carried it (slow under TCG): waited for.
+    let reported = wait_for(REACT_BOUND, || {
         std::fs::read_to_string(&console)
             .unwrap_or_default()
-            .contains("bootfabric-init: booted reported"),
-        "vm01 did not report booted itself"
+            .contains("bootfabric-init: booted reported")
+            .then_some(())
+    });
+    assert!(
+        reported.is_some(),
+        "vm01 did not report booted itself:\n{}",
+        std::fs::read_to_string(&console).unwrap_or_default()
     );
     drop(vm);
 

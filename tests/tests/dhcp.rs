@@ -1272,7 +1272,7 @@ fn a_reservation_moved_while_leased_waits_for_the_old_holder() {
     );
     assert_no_shared_address(&daemon);
     assert!(
-        daemon.log().contains(
+        daemon.logged(
             "reservation 10.77.0.11 of host node01 waits: leased to 52:54:00:b0:0f:01 until "
         ),
         "the log says why B got a pool address:\n{}",

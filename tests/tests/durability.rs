@@ -8,7 +8,7 @@
 //!
 //! Both run the userspace DHCP path (`xdp.dhcp_fast_path = false`): it sends an ACK only after
 //! the fdatasync covering its record has returned. The XDP path's ACKs leave before userspace
-//! hears of them, and their records are written lazily (README, "Leases survive crashes").
+//! hears of them, and their records are written lazily (docs/operations.md, "The lease journal").
 
 use std::{
     collections::{HashMap, HashSet},
@@ -566,9 +566,7 @@ fn a_failed_fdatasync_withholds_the_ack_and_service_resumes_after() {
         Some(9.0)
     );
     assert!(
-        daemon
-            .log()
-            .contains("lease record not durable: reply withheld"),
+        daemon.logged("lease record not durable: reply withheld"),
         "{}",
         daemon.log()
     );

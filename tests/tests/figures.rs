@@ -1,10 +1,12 @@
-//! Every figure the README publishes comes from a kept benchmark run. A table of figures (a
-//! body cell that is a bare number, such as `1.05`, `**0.274**` or `38.5 s`) must be followed
-//! by a line naming the run's `bench/results/<bench>/<stamp>-<commit>/table.md`; that folder
-//! must hold the table, the raw output and the meta (commit, date, a clean tree) that
-//! `bench/lib.sh`'s `results_open` writes; the commit must be in this checkout's history; and
-//! every row the README shows must be a row of that table, so that no figure is edited by hand
-//! or left behind by a newer run.
+//! Every figure the project publishes comes from a kept benchmark run. The figures live in
+//! docs/benchmarks.md and docs/demo.md (moved out of the README), and may appear in the README
+//! or any other document under docs/ or bench/. A table of figures (a body cell that is a bare
+//! number, such as `1.05`, `**0.274**` or `38.5 s`) must be followed by a line naming the run's
+//! `bench/results/<bench>/<stamp>-<commit>/table.md` (a relative link such as
+//! `../bench/results/…` counts); that folder must hold the table, the raw output and the meta
+//! (commit, date, a clean tree) that `bench/lib.sh`'s `results_open` writes; the commit must be
+//! in this checkout's history; and every row a document shows must be a row of that table, so
+//! that no figure is edited by hand or left behind by a newer run.
 
 use std::{
     path::{Path, PathBuf},
@@ -192,8 +194,8 @@ fn check(root: &Path, t: &Table) -> Result<(), String> {
     Ok(())
 }
 
-/// The project's documents: README.md and the markdown under docs/ and bench/ (the kept runs'
-/// own tables excepted), as paths relative to the root.
+/// The project's documents: README.md and the markdown under docs/ (benchmarks.md, demo.md and
+/// the rest) and bench/ (the kept runs' own tables excepted), as paths relative to the root.
 fn documents(root: &Path) -> Vec<String> {
     let mut out = vec!["README.md".to_string()];
     let mut stack = vec!["docs".to_string(), "bench".to_string()];
@@ -217,23 +219,40 @@ fn documents(root: &Path) -> Vec<String> {
     out
 }
 
+/// The documents that hold the published figures: each must still have figure tables, so a
+/// move or a rename that would leave them unchecked fails here.
+const FIGURE_DOCUMENTS: [&str; 2] = ["docs/benchmarks.md", "docs/demo.md"];
+
 #[test]
-fn every_readme_figure_quotes_a_kept_run() {
+fn every_published_figure_quotes_a_kept_run() {
     let root = root();
     let mut problems = Vec::new();
     let mut checked = 0;
-    for doc in documents(&root) {
-        let Ok(text) = std::fs::read_to_string(root.join(&doc)) else {
+    let mut per_document = std::collections::BTreeMap::new();
+    let documents = documents(&root);
+    for doc in &documents {
+        let Ok(text) = std::fs::read_to_string(root.join(doc)) else {
             continue;
         };
         for t in tables(&text).iter().filter(|t| is_figure_table(t)) {
             checked += 1;
+            *per_document.entry(doc.clone()).or_insert(0) += 1;
             if let Err(e) = check(&root, t) {
                 problems.push(format!("{doc}:{}: {e}", t.line));
             }
         }
     }
     assert!(checked > 0, "no figure table found: the detector is broken");
+    for doc in FIGURE_DOCUMENTS {
+        assert!(
+            documents.iter().any(|d| d == doc),
+            "{doc} is not among the checked documents: {documents:?}"
+        );
+        assert!(
+            per_document.get(doc).is_some_and(|n| *n > 0),
+            "{doc} has no figure table: were the figures moved without this test?"
+        );
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -272,6 +291,12 @@ fn the_figure_detector_tells_figures_from_text() {
     let link = "Results: [`bench/results/x/1-abc/`](bench/results/x/1-abc/table.md) (raw).";
     assert_eq!(
         results_path(link).as_deref(),
+        Some("bench/results/x/1-abc/table.md")
+    );
+    // docs/ links to the runs relative to itself.
+    let relative = "Results: [run](../bench/results/x/1-abc/table.md).";
+    assert_eq!(
+        results_path(relative).as_deref(),
         Some("bench/results/x/1-abc/table.md")
     );
 }

@@ -175,7 +175,7 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK), and the lease
     // table learned it from the XDP program's events: the kernel gave both answers. Kernel
-    // ACKs reach the journal up to a second late (README "Leases survive crashes"), and
+    // ACKs reach the journal up to a second late (docs/operations.md, "The lease journal"), and
     // iPXE may ask for its script sooner than that.
     let leases = wait_for(Duration::from_secs(10), || {
         let l = daemon.cli(&["leases"]).ok()?;
@@ -367,7 +367,7 @@ fn qemu_ipxe_fetches_script_kernel_and_initrd_over_http() {
         sample(
             &metrics,
             "bootfabric_http_requests_total",
-            &[("route", "script"), ("status", "200")]
+            &[("route", "script"), ("code", "200")]
         ),
         Some(1.0),
         "the script was rendered once"
@@ -809,9 +809,7 @@ fn ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server() {
     let daemon =
         Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
     assert!(
-        daemon
-            .log()
-            .contains("answering router solicitations from a packet socket"),
+        daemon.logged("answering router solicitations from a packet socket"),
         "{}",
         daemon.log()
     );

@@ -16,7 +16,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// The CI gate: every import of boot-userspace/src keeps to the table in
-/// docs/architecture.md, and the README's layout block lists exactly the crate's modules.
+/// docs/architecture.md, and its layout block lists exactly the crate's modules.
 #[test]
 fn the_crate_matches_docs_architecture_md() {
     if let Err(violations) = bootfabric_lab::layering::check_repo(&repo_root()) {

@@ -105,7 +105,7 @@ fn three_racks_pull_a_256_mib_image_from_the_origin_three_times() {
         let served = sample(
             &text,
             "bootfabric_http_requests_total",
-            &[("route", "file"), ("status", "200")],
+            &[("route", "file"), ("code", "200")],
         );
         let all: f64 = text
             .lines()

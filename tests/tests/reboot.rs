@@ -283,7 +283,7 @@ fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
         format!("http://{}", l.local_addr().expect("addr"))
     };
     let inv = inventory(&sushy.url, &paths, &hung_url, &refused_url);
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         &srv,
         &config(&images),
         &[("hosts.toml", &inv), ("bmc.pass", &format!("{PASSWORD}\n"))],
@@ -398,7 +398,7 @@ fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
     assert!(
         metric(
             "bootfabric_http_requests_total",
-            &[("route", "gate"), ("status", "200")]
+            &[("route", "gate"), ("code", "200")]
         ) >= 1.0,
         "{m}"
     );
@@ -441,6 +441,31 @@ fn a_rack_reboots_one_slot_at_a_time_and_failing_bmcs_are_isolated() {
     assert!(
         !script.contains("waits for a download slot"),
         "a cancelled run left the host at the gate:\n{script}"
+    );
+
+    // A restart keeps the last run's report (the status until the next run) and the boots
+    // of the first run in the history; run numbers go on from it.
+    daemon
+        .stop_with(nix::sys::signal::Signal::SIGTERM)
+        .expect("stop");
+    daemon.restart().expect("restart");
+    let (code, status) = http_get(&srv, daemon.admin, "/api/reboot").expect("status");
+    assert_eq!(code, 200, "{status}");
+    let status: Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(
+        (status["id"].as_u64(), status["state"].as_str()),
+        (Some(2), Some("cancelled")),
+        "{status}"
+    );
+    let history = daemon
+        .cli(&["history", "--host", "node01", "--output", "json"])
+        .expect("history");
+    let history: Value = serde_json::from_str(&history).expect("history json");
+    assert!(
+        history["boots"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["ending"] == "booted")),
+        "{history}"
     );
     drop(hung);
 }

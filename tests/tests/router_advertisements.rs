@@ -65,10 +65,13 @@ fn answers_and_yields(t: &str, server_ipv6: bool) {
         .expect("sysctl");
     }
     let daemon = Daemon::start(&lab.server, CONFIG, &[]).expect("daemon");
+    // The RA service names its socket (when it needs a packet socket) before it says it
+    // answers, so the second line is waited for.
+    let log = daemon
+        .log_when(|log| log.contains("answering IPv6 router solicitations"))
+        .unwrap_or_else(|| panic!("the RA service said nothing:\n{}", daemon.log()));
     assert_eq!(
-        daemon
-            .log()
-            .contains("answering router solicitations from a packet socket"),
+        log.contains("answering router solicitations from a packet socket"),
         !server_ipv6,
         "{}",
         daemon.log()
@@ -129,5 +132,9 @@ fn answers_and_yields(t: &str, server_ipv6: bool) {
         "answered after another router appeared: {quiet:?}"
     );
     assert_eq!(metric("bootfabric_ra_sent_total"), sent);
-    assert!(daemon.log().contains("another IPv6 router advertises"));
+    assert!(
+        daemon.logged("another IPv6 router advertises"),
+        "{}",
+        daemon.log()
+    );
 }

@@ -6,11 +6,13 @@
 //! - `demo`:  the main job: a rack of VMs rebooted through Redfish, booting through the fabric.
 //! - `fuzz`:  runs each cargo-fuzz target of `fuzz/` for a set time (docs/fuzzing.md).
 //! - `layers`: the layering check of docs/architecture.md, with the component graph.
+//! - `package`: the Debian package (docs/packaging.md).
 
 mod build;
 mod demo;
 mod fuzz;
 mod layers;
+mod package;
 mod setup;
 mod test;
 
@@ -73,6 +75,15 @@ enum Task {
     },
     /// Check imports against the layer table of docs/architecture.md; print the graph.
     Layers,
+    /// Build the Debian package target/debian/bootfabric_<version>_<arch>.deb.
+    Package {
+        /// Package a release build of the daemon.
+        #[arg(long, conflicts_with = "binary")]
+        release: bool,
+        /// Package this binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             smoke,
         }),
         Task::Layers => layers::run(),
+        Task::Package { release, binary } => package::run(release, binary),
     }
 }
 

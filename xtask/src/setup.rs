@@ -44,6 +44,12 @@ const DEBIAN: &[(&str, &[&str])] = &[
     // recommends.
     ("daemon build", &["protobuf-compiler", "libprotobuf-dev"]),
     ("metrics checks", &["prometheus"]),
+    // The Debian package (cargo xtask package, tests/deploy.rs): dpkg-shlibdeps for its
+    // Depends, strip, lintian's review, and groff to render its man pages.
+    (
+        "packaging",
+        &["dpkg-dev", "binutils", "lintian", "groff-base", "man-db"],
+    ),
     // Cluster mode's lab: real etcd members in namespaces (the binary only; no system service
     // is started, see apt_install's policy-rc.d).
     // etcdctl (the lab's health checks and its view of the keys) is packaged apart.
@@ -90,6 +96,10 @@ const DEBIAN: &[(&str, &[&str])] = &[
     // OS images: ISOs built by xorriso, sums by coreutils, signatures by GnuPG with a
     // throwaway key (the ISO reader's and the OpenPGP verifier's tests use them too).
     ("image tests", &["xorriso", "gpg", "gpg-agent", "coreutils"]),
+    // The README's quick start boots Debian's netboot installer: tests/quickstart.rs follows it.
+    ("quick start", &["debian-installer-12-netboot-amd64"]),
+    // The admin server's rack view is tested in a headless browser during a lab boot.
+    ("rack view", &["chromium"]),
     // The rack in a box: machines as libvirt domains, their BMCs sushy's libvirt driver.
     (
         "rack lab",
@@ -119,6 +129,9 @@ fn extra_check(pkg: &str) -> Option<&'static str> {
         "syslinux-common" => Some("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
         "gpg" => Some("/usr/bin/gpg"),
         "xorriso" => Some("/usr/bin/xorriso"),
+        "chromium" => Some("/usr/bin/chromium"),
+        "dpkg-dev" => Some("/usr/bin/dpkg-shlibdeps"),
+        "lintian" => Some("/usr/bin/lintian"),
         _ => None,
     }
 }
@@ -127,6 +140,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const SUSHY_TOOLS_VERSION: &str = "2.2.0";
 /// The OpenAPI 3.1 validator the admin API's document is checked with.
 const OPENAPI_SPEC_VALIDATOR_VERSION: &str = "0.9.0";
+/// The Kubernetes manifests' validator; it bundles the API schemas, so it runs offline.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.34.1";
 
 /// Runs setup; fails if any item could not be installed.
 pub fn run() -> anyhow::Result<()> {
@@ -187,6 +202,18 @@ pub fn run() -> anyhow::Result<()> {
                 &format!("FAILED: {e}"),
             );
             failed.push("openapi-spec-validator".into());
+        }
+    }
+    // The Kubernetes manifests and every kustomize overlay (tests/deploy.rs).
+    match pip_package("kubernetes-validate", KUBERNETES_VALIDATE_VERSION) {
+        Ok(state) => report("kubernetes-validate", "deployment checks", state),
+        Err(e) => {
+            report(
+                "kubernetes-validate",
+                "deployment checks",
+                &format!("FAILED: {e}"),
+            );
+            failed.push("kubernetes-validate".into());
         }
     }
     for comp in ["rustfmt", "clippy"] {

@@ -75,6 +75,8 @@ const FRAME_BUF: usize = 4096;
 /// Bytes past each quarter mark of the event ring within which an answer wakes the reader
 /// (about a hundred events).
 const WAKE_WINDOW: u64 = 4096;
+/// Ring bytes one event takes: the record's 8-byte header and the event, rounded up to 8.
+const RECORD_BYTES: u64 = 8 + ((core::mem::size_of::<Event>() as u64 + 7) & !7);
 /// Option walk bound: enough for any request of `REQUEST_MAX` bytes without runs of pads.
 const MAX_OPTIONS: u32 = 64;
 
@@ -705,12 +707,17 @@ fn decide(ctx: &XdpContext, udp: &Udp4, cfg: &ClassifyConfig) -> Step {
                 giaddr,
                 lease_secs,
             });
-            // Wake the reader only as the ring's fill passes each quarter mark: it drains on
-            // a short timer anyway, a wake-up per answer would cost more than the answer, and
-            // a reader that falls behind must not be woken by every answer after the mark.
+            // Wake the reader when this answer is the only one in the ring (the reader had
+            // emptied it), and as the ring's fill passes each quarter mark. The first keeps a
+            // lone boot's answers in its timeline before the transfer its firmware makes next
+            // (a timeline that saw the TFTP first would lose the boot's loader phase); under a
+            // stream of answers the reader drains at most every few milliseconds, and answers
+            // meanwhile find the ring not empty. The second wakes a reader that fell behind,
+            // but not for every answer after the mark.
             let avail = DHCP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
             let quarter = (EVENTS_BYTES / 4) as u64;
-            let flags = if avail >= quarter && avail % quarter < WAKE_WINDOW {
+            let alone = avail <= RECORD_BYTES;
+            let flags = if alone || (avail >= quarter && avail % quarter < WAKE_WINDOW) {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP

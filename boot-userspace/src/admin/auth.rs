@@ -54,6 +54,8 @@ pub struct Caller<'a> {
     pub authorization: Option<&'a [u8]>,
     /// Subject of the client certificate rustls verified against `admin.client_ca`.
     pub client_cert: Option<&'a str>,
+    /// The `Host` header, if any.
+    pub host: Option<&'a [u8]>,
 }
 
 /// How a control caller proved itself: written in the audit log line.
@@ -85,6 +87,9 @@ pub enum Refusal {
     WrongToken,
     /// No token is configured and the peer is not loopback (403).
     NotLoopback,
+    /// No token is configured, the peer is loopback, but the request names another host:
+    /// a browser page whose own name resolves to a loopback address (DNS rebinding) (403).
+    ForeignHost,
     /// `admin.client_ca` is set and the connection has no client certificate (403).
     NoClientCertificate,
     /// A body that is not `application/json` (415).
@@ -96,7 +101,9 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::MissingToken | Self::WrongToken => StatusCode::UNAUTHORIZED,
-            Self::NotLoopback | Self::NoClientCertificate => StatusCode::FORBIDDEN,
+            Self::NotLoopback | Self::ForeignHost | Self::NoClientCertificate => {
+                StatusCode::FORBIDDEN
+            }
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
@@ -107,6 +114,7 @@ impl Refusal {
             Self::MissingToken => "missing_token",
             Self::WrongToken => "wrong_token",
             Self::NotLoopback => "not_loopback",
+            Self::ForeignHost => "foreign_host",
             Self::NoClientCertificate => "no_client_certificate",
             Self::NotJson => "not_json",
         }
@@ -119,6 +127,10 @@ impl Refusal {
             Self::WrongToken => "wrong bearer token",
             Self::NotLoopback => {
                 "control calls are accepted from loopback only: set admin.token_file to allow others"
+            }
+            Self::ForeignHost => {
+                "without admin.token_file, control calls are accepted from loopback only, \
+                 addressed to localhost, 127.0.0.1 or [::1]: set admin.token_file to use a name"
             }
             Self::NoClientCertificate => {
                 "control calls need a client certificate signed by admin.client_ca"
@@ -147,13 +159,41 @@ pub fn authorize(policy: &Policy, caller: &Caller<'_>) -> Result<Proof, Refusal>
             }
             true
         }
-        None if caller.peer.is_loopback() => false,
+        // A loopback peer alone is not enough: a web page the operator opens can rebind its
+        // own name to 127.0.0.1 and then call this server as same-origin. Its requests still
+        // carry its name in Host; a loopback client of our own addresses the server by a
+        // loopback address or `localhost`.
+        None if caller.peer.is_loopback() && caller.host.is_none_or(loopback_host) => false,
+        None if caller.peer.is_loopback() => return Err(Refusal::ForeignHost),
         None => return Err(Refusal::NotLoopback),
     };
     Ok(Proof {
         token,
         client_cert: caller.client_cert.map(str::to_owned),
     })
+}
+
+/// Whether a `Host` header names this machine by loopback: `localhost`, a loopback IPv4
+/// address or `[::1]`, with or without a port.
+fn loopback_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((name, _)) => name,
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The credentials of `Authorization: Bearer <credentials>` (scheme case-insensitive,
@@ -216,7 +256,48 @@ mod tests {
             peer: peer.parse().expect("ip"),
             authorization: auth.map(str::as_bytes),
             client_cert: cert,
+            host: None,
         }
+    }
+
+    #[test]
+    fn a_loopback_grant_needs_a_loopback_host_so_a_rebound_page_gets_nothing() {
+        let p = policy(false, false);
+        for host in [
+            "127.0.0.1:9370",
+            "localhost:9370",
+            "LOCALHOST",
+            "[::1]:9370",
+            "127.0.0.2",
+            "[::1]",
+        ] {
+            let c = Caller {
+                host: Some(host.as_bytes()),
+                ..caller("127.0.0.1", None, None)
+            };
+            assert!(authorize(&p, &c).is_ok(), "{host}");
+        }
+        for host in [
+            "evil.example:9370",
+            "evil.example",
+            "10.0.0.1:9370",
+            "localhost.evil.example",
+            "[::1",
+            "",
+        ] {
+            let c = Caller {
+                host: Some(host.as_bytes()),
+                ..caller("127.0.0.1", None, None)
+            };
+            assert_eq!(authorize(&p, &c), Err(Refusal::ForeignHost), "{host}");
+        }
+        // With a token the name does not matter: a rebound page cannot know the token.
+        let bearer = format!("Bearer {TOKEN}");
+        let c = Caller {
+            host: Some(b"fabric01.example:9370"),
+            ..caller("10.0.0.5", Some(&bearer), None)
+        };
+        assert!(authorize(&policy(true, false), &c).is_ok());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! A stream is a task writing frames into a small bounded channel the response body reads:
 //! a reader whose channel stays full for seconds is disconnected (it resumes by `Last-Event-ID`) and never slows
 //! the ledger, which only appends. At most `admin.max_event_streams` streams at once (503
-//! beyond); the admin server's shutdown ends them all.
+//! beyond), and the rack view's `/ui/events` from a pool of its own; the admin server's
+//! shutdown ends them all.
 //!
 //! The parsing of a request and the framing of events are pure functions; [`EventStreams`] is
 //! the I/O shell.
@@ -35,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::model::ledger::{
-    events::{TypeSet, UnknownEventType},
+    events::{EventType, TypeSet, UnknownEventType},
     ApiEvent, Ledger,
 };
 
@@ -68,6 +69,9 @@ pub struct Subscription {
     pub host: Option<String>,
     /// Replay after this id (`Last-Event-ID`, else `?last_event_id=`); live only without.
     pub last_event_id: Option<u64>,
+    /// Whether frames leave out the host's MAC (`"mac": null`): the rack view's stream,
+    /// which needs no token.
+    pub hide_mac: bool,
 }
 
 /// Why a subscription request is refused (400).
@@ -94,6 +98,7 @@ impl Subscription {
             types: TypeSet::ALL,
             host: None,
             last_event_id: None,
+            hide_mac: false,
         };
         let number = |s: &str| {
             s.trim()
@@ -172,28 +177,33 @@ pub fn reset_frame(epoch: u64, newest: u64) -> String {
     format!("event: reset\ndata: {{\"epoch\":{epoch},\"last_id\":{newest}}}\n\n")
 }
 
-/// The SSE endpoint's shared state: the log, the stream limit, the shutdown token.
+/// The SSE endpoint's shared state: the log, the stream limits, the shutdown token.
 #[derive(Clone)]
 pub struct EventStreams {
     ledger: Ledger,
+    /// `/api/v1/events`'s streams (`admin.max_event_streams`).
     permits: Arc<Semaphore>,
+    /// `/ui/events`'s streams, a pool of their own.
+    view_permits: Arc<Semaphore>,
     cancel: CancellationToken,
     open: IntGauge,
     slow: IntCounter,
 }
 
 impl EventStreams {
-    /// At most `max` streams at once, all ended when `cancel` fires. Registers
-    /// `bootfabric_event_streams` and `bootfabric_event_streams_slow_total`.
+    /// At most `max` streams of `/api/v1/events` and `view_max` of `/ui/events` at once
+    /// (separate pools), all ended when `cancel` fires. Registers `bootfabric_event_streams`
+    /// and `bootfabric_event_streams_slow_total`.
     pub fn new(
         ledger: Ledger,
         max: usize,
+        view_max: usize,
         cancel: CancellationToken,
         registry: &Registry,
     ) -> Result<Self, prometheus::Error> {
         let open = IntGauge::new(
             "bootfabric_event_streams",
-            "Event streams (GET /api/v1/events) open now.",
+            "Event streams (GET /api/v1/events and /ui/events) open now.",
         )?;
         let slow = IntCounter::new(
             "bootfabric_event_streams_slow_total",
@@ -204,6 +214,7 @@ impl EventStreams {
         Ok(Self {
             ledger,
             permits: Arc::new(Semaphore::new(max)),
+            view_permits: Arc::new(Semaphore::new(view_max)),
             cancel,
             open,
             slow,
@@ -221,15 +232,46 @@ impl EventStreams {
     /// Answers `GET /api/v1/events` with `query` and `headers`: a stream, or a problem (400,
     /// 503).
     pub fn serve(&self, query: Option<&str>, headers: &HeaderMap) -> Response<AdminBody> {
+        match Subscription::parse(query, headers) {
+            Ok(sub) => self.stream(sub, &self.permits),
+            Err(e) => problem(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+
+    /// Answers `GET /ui/events` (or its HEAD, `head`): the stream of [`Subscription::parse`],
+    /// narrowed to the types of `only` (the rack view's, which needs no token), without MACs,
+    /// from the view's own pool of streams.
+    pub fn serve_only(
+        &self,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        only: &[EventType],
+        head: bool,
+    ) -> Response<AdminBody> {
         let mut sub = match Subscription::parse(query, headers) {
             Ok(s) => s,
             Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
         };
+        let asked = sub.types;
+        sub.types = only
+            .iter()
+            .copied()
+            .filter(|t| asked.contains(*t))
+            .collect();
+        sub.hide_mac = true;
+        if head {
+            return stream_head(Response::new(Full::new(Bytes::new()).boxed()));
+        }
+        self.stream(sub, &self.view_permits)
+    }
+
+    /// The stream of `sub`, or 503 when all of `permits` are taken.
+    fn stream(&self, mut sub: Subscription, permits: &Arc<Semaphore>) -> Response<AdminBody> {
         // A live-only stream starts at the newest event as the request is answered, not when
         // its task first runs: whatever happens after the client sees the 200 is on it.
         sub.last_event_id
             .get_or_insert_with(|| self.ledger.last_event_id());
-        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
             let mut r = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many event streams open; retry later".to_owned(),
@@ -329,7 +371,15 @@ pub async fn pump(
         }
         for event in &page.events {
             if sub.shows(event) {
-                if let Err(end) = send(frame(event)).await {
+                let text = if sub.hide_mac && event.mac.is_some() {
+                    frame(&ApiEvent {
+                        mac: None,
+                        ..event.clone()
+                    })
+                } else {
+                    frame(event)
+                };
+                if let Err(end) = send(text).await {
                     return end;
                 }
             }
@@ -466,6 +516,7 @@ mod tests {
             types: TypeSet::ALL,
             host: None,
             last_event_id: Some(epoch + 1),
+            hide_mac: false,
         };
         let (tx, mut rx) = mpsc::channel(64);
         let cancel = CancellationToken::new();
@@ -504,6 +555,7 @@ mod tests {
             types: TypeSet::ALL,
             host: None,
             last_event_id: Some(l.epoch()),
+            hide_mac: false,
         };
         for _ in 0..10 {
             l.emit(
@@ -534,6 +586,7 @@ mod tests {
             types: TypeSet::ALL,
             host: None,
             last_event_id: Some(l.epoch()),
+            hide_mac: false,
         };
         for _ in 0..20 {
             l.emit(
@@ -566,7 +619,7 @@ mod tests {
     async fn streams_beyond_the_limit_get_503() {
         let l = ledger(16);
         let cancel = CancellationToken::new();
-        let s = EventStreams::new(l, 1, cancel.clone(), &Registry::new()).expect("streams");
+        let s = EventStreams::new(l, 1, 1, cancel.clone(), &Registry::new()).expect("streams");
         let first = s.serve(None, &HeaderMap::new());
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(
@@ -595,12 +648,67 @@ mod tests {
         }
     }
 
+    /// Anonymous viewers filling the rack view's pool get 503 there; the token-holders'
+    /// pool is untouched, and the view's frames carry no MAC.
+    #[tokio::test]
+    async fn the_views_streams_have_their_own_pool_and_no_macs() {
+        let l = ledger(16);
+        let s = EventStreams::new(l.clone(), 1, 2, CancellationToken::new(), &Registry::new())
+            .expect("streams");
+        let only = [EventType::HostBooted];
+        let view = |s: &EventStreams| s.serve_only(None, &HeaderMap::new(), &only, false);
+        let mut first = view(&s);
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = view(&s);
+        assert_eq!(second.status(), StatusCode::OK);
+        assert_eq!(view(&s).status(), StatusCode::SERVICE_UNAVAILABLE);
+        // The private API's one stream still connects, and then its pool is full.
+        let api = s.serve(None, &HeaderMap::new());
+        assert_eq!(api.status(), StatusCode::OK);
+        assert_eq!(
+            s.serve(None, &HeaderMap::new()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        // The view still refuses: its pool is its own, in both directions.
+        assert_eq!(view(&s).status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        l.emit(
+            EventType::HostBooted,
+            Some("node07"),
+            Some(crate::model::inventory::Mac([0x52, 0x54, 0, 0, 0, 7])),
+            serde_json::json!({}),
+        );
+        let text = |b: Bytes| String::from_utf8(b.to_vec()).expect("utf-8");
+        let mut api = api.into_body();
+        let frame_of = |chunk: String| chunk.starts_with("id:").then_some(chunk);
+        let mut api_frame = None;
+        while api_frame.is_none() {
+            let f = api.frame().await.expect("frame").expect("data");
+            api_frame = frame_of(text(f.into_data().expect("data")));
+        }
+        let api_frame = api_frame.expect("frame");
+        assert!(
+            api_frame.contains(r#""mac":"52:54:00:00:00:07""#),
+            "{api_frame}"
+        );
+        let body = first.body_mut();
+        let mut view_frame = None;
+        while view_frame.is_none() {
+            let f = body.frame().await.expect("frame").expect("data");
+            view_frame = frame_of(text(f.into_data().expect("data")));
+        }
+        let view_frame = view_frame.expect("frame");
+        assert!(view_frame.contains(r#""host":"node07""#), "{view_frame}");
+        assert!(view_frame.contains(r#""mac":null"#), "{view_frame}");
+        assert!(!view_frame.contains("52:54:00"), "{view_frame}");
+    }
+
     #[tokio::test]
     async fn the_streams_errors_are_problems_and_head_opens_none() {
         let registry = Registry::new();
         let ledger = Ledger::new(&registry).expect("ledger");
         let streams =
-            EventStreams::new(ledger, 1, CancellationToken::new(), &registry).expect("streams");
+            EventStreams::new(ledger, 1, 1, CancellationToken::new(), &registry).expect("streams");
         let media = |r: &Response<AdminBody>| {
             r.headers()
                 .get(CONTENT_TYPE)

@@ -1,7 +1,8 @@
 //! The admin server (hyper, HTTP/1.1, optionally TLS): `/metrics`, `/healthz`, the ledger's
 //! views (`/api/bandwidth`, `/api/timeline`), the reboot scheduler (`/api/reboot`), and the
 //! versioned control plane under `/api/v1` (hosts, profiles, status, the OpenAPI document),
-//! whose errors are RFC 9457 problems ([`problem`]).
+//! whose errors are RFC 9457 problems ([`problem`]), and the live rack view (`/`, `/ui/…`,
+//! [`view`]).
 //!
 //! Every connection must come from `admin.allow`. Every request is then read-only or
 //! control by its method ([`auth::Access::of`]), decided before a route is looked up;
@@ -17,6 +18,7 @@ pub mod openapi;
 pub mod problem;
 pub mod profiles;
 pub mod routes;
+pub mod view;
 
 use std::{
     convert::Infallible,
@@ -75,6 +77,8 @@ pub struct Admin {
     /// The cluster's shared boot timelines, merged into `/api/timeline` (`None`:
     /// standalone, this fabric's ledger alone).
     pub timeline: Option<crate::cluster::timeline::Reader>,
+    /// The rack view's last `/ui/state` body, shared by the requests of its second.
+    pub view_state: view::StateCache,
 }
 
 /// Who may reach the admin server, and what control calls need.
@@ -162,6 +166,7 @@ impl ControlMetrics {
             "missing_token",
             "wrong_token",
             "not_loopback",
+            "foreign_host",
             "no_client_certificate",
             "not_json",
         ] {
@@ -194,6 +199,7 @@ pub async fn serve(
     let streams = events::EventStreams::new(
         admin.ledger.clone(),
         admin.max_event_streams,
+        view::MAX_STREAMS,
         cancel.clone(),
         &admin.registry,
     )
@@ -292,6 +298,22 @@ async fn serve_connection<I>(
                     Ok(_) => streams.serve(req.uri().query(), req.headers()),
                 };
                 with_generation(&mut resp, admin.api.live.generation());
+                return Ok::<_, Infallible>(resp);
+            }
+            // The rack view's stream: an open read (admin.allow is enough), of the boot
+            // events only, without MACs, from a pool of its own (anonymous viewers cannot
+            // take the token-holders' streams).
+            if matches!(stream, Ok((Endpoint::ViewEvents, _))) {
+                let mut resp = match authorize(admin, metrics, &access.policy, &conn, &req) {
+                    Err(refused) => (*refused).map(|b| b.boxed()),
+                    Ok(_) => streams.serve_only(
+                        req.uri().query(),
+                        req.headers(),
+                        &view::STREAM_TYPES,
+                        req.method() == Method::HEAD,
+                    ),
+                };
+                view::harden_stream(&mut resp);
                 return Ok::<_, Infallible>(resp);
             }
             let resp = handle(admin, metrics, &access.policy, &conn, req).await;
@@ -393,6 +415,11 @@ fn authorize<B>(
                 peer: peer_ip(peer),
                 authorization: req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()),
                 client_cert: conn.client_cert.as_deref(),
+                host: req
+                    .headers()
+                    .get(hyper::header::HOST)
+                    .map(|v| v.as_bytes())
+                    .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes())),
             },
         )
     } else {
@@ -472,6 +499,9 @@ async fn dispatch(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>
             Err(p) => p.response(),
         };
         with_generation(&mut resp, generation);
+        return resp;
+    }
+    if let Some(resp) = view::serve(admin, endpoint, req.headers()).await {
         return resp;
     }
     legacy(admin, endpoint, req).await
@@ -674,7 +704,7 @@ async fn legacy(
                 .insert("bootfabric-generation", HeaderValue::from(generation));
             resp
         }
-        Endpoint::Bandwidth => json(bandwidth_json(&admin.ledger)),
+        Endpoint::Bandwidth => json(format!("{}\n", view::bandwidth(&admin.ledger))),
         Endpoint::Timeline => {
             let mac = req
                 .uri()
@@ -794,21 +824,6 @@ fn status_json(
     let mut r = json(serde_json::to_string(s).unwrap_or_default());
     *r.status_mut() = code;
     r
-}
-
-/// `/api/bandwidth`: the fabric's measured egress (HTTP and TFTP), as the scheduler reads it.
-fn bandwidth_json(ledger: &Ledger) -> String {
-    let rates = ledger.egress_rates();
-    let total: f64 = rates.iter().map(|(_, r)| r).sum();
-    let ifaces: Vec<String> = rates
-        .iter()
-        .map(|(i, r)| format!("{}:{r:.0}", json_string(i)))
-        .collect();
-    format!(
-        "{{\"window_s\":{},\"bytes_per_second\":{{{}}},\"total_bytes_per_second\":{total:.0}}}\n",
-        crate::model::ledger::EGRESS_WINDOW_S,
-        ifaces.join(",")
-    )
 }
 
 /// `/api/timeline?mac=…`: one host's boot events, oldest first.

@@ -129,7 +129,7 @@ fn operation(route: &Route) -> Value {
 
 fn schemas() -> Value {
     let opt_string = json!({"type": ["string", "null"]});
-    json!({
+    let mut all = json!({
         "Name": {"type": "string", "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"},
         "Empty": {"type": "object"},
         "Problem": {
@@ -250,6 +250,44 @@ fn schemas() -> Value {
             "dry_run": {"type": "boolean"}
         }},
         "Cancelled": {"type": "object", "properties": {"cancelled": {"type": "integer"}}},
+    });
+    // One json! of every schema would pass the macro's recursion limit.
+    if let (Value::Object(all), Value::Object(view)) = (&mut all, view_schemas()) {
+        all.extend(view);
+    }
+    all
+}
+
+/// The rack view's reads ([`super::view`]).
+fn view_schemas() -> Value {
+    let opt_string = json!({"type": ["string", "null"]});
+    json!({
+        "ViewPulse": {"type": "object", "required": ["now_ms", "bandwidth", "gate"], "properties": {
+            "now_ms": {"type": "integer"},
+            "bandwidth": {"type": "object", "properties": {
+                "window_s": {"type": "integer"},
+                "total_bytes_per_second": {"type": "number"},
+                "bytes_per_second": {"type": "object", "additionalProperties": {"type": "number"}}
+            }},
+            "gate": {"type": "object", "properties": {
+                "mode": {"type": "string", "enum": ["always", "reboot_runs", "off"]},
+                "slots": {"type": "integer"}, "admitted": {"type": "integer"},
+                "waiting": {"type": "integer"}
+            }}
+        }},
+        "ViewState": {"type": "object", "required": ["hosts", "last_event_id"], "properties": {
+            "generation": {"type": "integer"},
+            "last_event_id": {"type": "integer"},
+            "phases": {"type": "array", "items": {"type": "string"}},
+            "hosts": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "rack": opt_string, "model": opt_string, "profile": {"type": "string"},
+                "events": {"type": "array", "items": {"type": "object", "properties": {
+                    "at_ms": {"type": "integer"}, "phase": {"type": "string"},
+                    "detail": opt_string
+                }}}
+            }}}
+        }},
     })
 }
 

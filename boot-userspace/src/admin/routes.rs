@@ -58,6 +58,18 @@ pub enum Endpoint {
     ProfilePatch,
     /// `DELETE /api/v1/profiles/{name}`.
     ProfileDelete,
+    /// `GET /`: the live rack view's page ([`super::view`]).
+    View,
+    /// `GET /ui/app.js`: its script.
+    ViewScript,
+    /// `GET /ui/app.css`: its style.
+    ViewStyle,
+    /// `GET /ui/state`: what the page shows, at load.
+    ViewState,
+    /// `GET /ui/pulse`: bandwidth and the gate, which the page polls.
+    ViewPulse,
+    /// `GET /ui/events`: the boot events as Server-Sent Events, for the page.
+    ViewEvents,
 }
 
 impl Endpoint {
@@ -90,6 +102,12 @@ pub enum Media {
     Metrics,
     /// `text/event-stream`: Server-Sent Events, a body that does not end on its own.
     EventStream,
+    /// `text/html` (the rack view's page).
+    Html,
+    /// `text/javascript` (its script).
+    JavaScript,
+    /// `text/css` (its style).
+    Css,
     /// No body.
     Empty,
 }
@@ -102,6 +120,9 @@ impl Media {
             Self::Problem => Some(super::problem::MEDIA),
             Self::Text | Self::Metrics => Some("text/plain"),
             Self::EventStream => Some("text/event-stream"),
+            Self::Html => Some("text/html"),
+            Self::JavaScript => Some("text/javascript"),
+            Self::Css => Some("text/css"),
             Self::Empty => None,
         }
     }
@@ -523,6 +544,76 @@ pub fn routes() -> Vec<Route> {
                 ],
             )
         },
+        r(
+            Method::GET,
+            "/",
+            E::View,
+            "The live rack view (a page; no token needed, admin.allow applies)",
+            None,
+            &[(200, Media::Html), (304, Empty)],
+        ),
+        r(
+            Method::GET,
+            "/ui/app.js",
+            E::ViewScript,
+            "The rack view's script",
+            None,
+            &[(200, Media::JavaScript), (304, Empty)],
+        ),
+        r(
+            Method::GET,
+            "/ui/app.css",
+            E::ViewStyle,
+            "The rack view's style",
+            None,
+            &[(200, Media::Css), (304, Empty)],
+        ),
+        r(
+            Method::GET,
+            "/ui/state",
+            E::ViewState,
+            "What the rack view shows: every host (name, rack, model, profile; no MAC or address) with its boot events, bandwidth, the gate",
+            None,
+            &[(200, Json("ViewState"))],
+        ),
+        r(
+            Method::GET,
+            "/ui/pulse",
+            E::ViewPulse,
+            "The measured bandwidth and the admission gate, for the rack view to poll",
+            None,
+            &[(200, Json("ViewPulse"))],
+        ),
+        Route {
+            query: &[
+                (
+                    "types",
+                    "comma-separated event types to send, of host.phase, host.booted, host.failed (default: those three)",
+                ),
+                ("host", "only this host's events"),
+                (
+                    "last_event_id",
+                    "resume after this id (as the Last-Event-ID header)",
+                ),
+            ],
+            headers: &[(
+                "Last-Event-ID",
+                false,
+                "resume after this id: events still in the log are replayed, a gap is announced",
+            )],
+            ..r(
+                Method::GET,
+                "/ui/events",
+                E::ViewEvents,
+                "The boot events (host.phase, host.booted, host.failed) as Server-Sent Events, for the rack view",
+                None,
+                &[
+                    (200, Media::EventStream),
+                    (400, Media::Problem),
+                    (503, Media::Problem),
+                ],
+            )
+        },
     ];
     table.shrink_to_fit();
     table
@@ -633,6 +724,12 @@ mod tests {
                     | Endpoint::HostGet
                     | Endpoint::ProfileList
                     | Endpoint::ProfileGet
+                    | Endpoint::View
+                    | Endpoint::ViewScript
+                    | Endpoint::ViewStyle
+                    | Endpoint::ViewState
+                    | Endpoint::ViewPulse
+                    | Endpoint::ViewEvents
             );
             assert_eq!(
                 writes,

@@ -1,12 +1,14 @@
 //! The `bootfabric` command line: `serve`, `check`, `hosts` (ls, show, add, set, rm), `leases`,
-//! `explain`, `reboot`, `admin`.
+//! `history`, `explain`, `reboot`, `admin`, `completions` (and the hidden `man`).
 
 pub mod admin;
 pub mod check;
 pub mod client;
 pub mod explain;
+pub mod history;
 pub mod hosts;
 pub mod image;
+pub mod manpages;
 pub mod output;
 pub mod reboot;
 pub mod serve;
@@ -79,6 +81,9 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: crate::commands::output::Output,
     },
+    /// Past boots from the boot history on disk: each boot's phases, how long each took and
+    /// how it ended; it survives restarts and answers with the daemon stopped.
+    History(crate::commands::history::HistoryArgs),
     /// Print the DHCP reply a client would get, and which rule decided each part.
     Explain(crate::commands::explain::ExplainArgs),
     /// Reboot hosts through their BMCs, staggered so the fabric stays busy but never
@@ -89,6 +94,20 @@ pub enum Command {
     /// Admin API credentials (`admin token create`).
     #[command(subcommand)]
     Admin(crate::commands::admin::AdminCommand),
+    /// Print the shell completion script: `bootfabric completions bash >
+    /// /etc/bash_completion.d/bootfabric` (the Debian package installs all three).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (bootfabric.1 and one per subcommand) into a folder: for packaging.
+    #[command(hide = true)]
+    Man {
+        /// Folder to write the pages into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `bootfabric leases` subcommands.
@@ -191,6 +210,7 @@ pub fn run(cli: Cli) -> i32 {
             Ok(cfg) => crate::commands::explain::leases(&cfg, all, output),
             Err(e) => config_error(&e),
         },
+        Command::History(args) => crate::commands::history::run(&args),
         Command::Explain(args) => match Config::load(&args.config) {
             Ok(cfg) => crate::commands::explain::explain(&cfg, &args),
             Err(e) => config_error(&e),
@@ -199,6 +219,20 @@ pub fn run(cli: Cli) -> i32 {
         Command::Admin(command) => crate::commands::admin::run(&command),
         Command::Hosts(args) => crate::commands::hosts::run(*args),
         Command::Image(args) => crate::commands::image::run(args),
+        Command::Completions { shell } => {
+            crate::commands::manpages::completions(shell, &mut std::io::stdout());
+            0
+        }
+        Command::Man { out } => match crate::commands::manpages::man(&out) {
+            Ok(n) => {
+                println!("{n} man page(s) in {}", out.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("bootfabric: writing man pages to {}: {e}", out.display());
+                1
+            }
+        },
     }
 }
 

@@ -34,6 +34,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::util::notify;
 use crate::{
     config::Config,
     fabric::Fabric,
@@ -68,7 +69,8 @@ pub const FILE_SERVICES_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGINT or SIGTERM, or until a service fails. Returns the exit code.
 pub fn run(config: Config) -> anyhow::Result<i32> {
-    init_tracing(&config.log);
+    // Flushes the lines still queued when the daemon returns.
+    let _log_writer = init_tracing(&config.log, config.log_format);
     let net = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(NET_WORKERS)
         .max_blocking_threads(NET_BLOCKING_THREADS)
@@ -118,17 +120,162 @@ fn on_file_runtime(
     })
 }
 
-fn init_tracing(filter: &str) {
+/// Lines queued for the log writer thread at most; beyond, lines are dropped (and counted
+/// in the last line the daemon writes).
+const LOG_QUEUE: usize = 65_536;
+
+fn init_tracing(
+    filter: &str,
+    format: crate::config::LogFormat,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
     // RUST_LOG, when set, wins over daemon.log: an operator debugging one run should not
     // have to edit the config.
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
+    let ansi = std::io::stderr().is_terminal();
+    // Lines go to stderr from a thread of their own, through a bounded queue that drops
+    // when full: a journald that stalls (or a flood of exchanges) never stalls the tasks
+    // answering DHCP and TFTP, which write a line per exchange.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE)
+        .thread_name("bootfabric-log")
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer);
+    let _ = match format {
+        // Colour codes only for a person at a terminal: journald and files store them as
+        // text, and every grep then has to step around them.
+        crate::config::LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // Fields at the top level (`{"timestamp","level","target","mac",…,"message"}`): what
+        // a collector indexes without a nested `fields` object.
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+    guard
+}
+
+/// Puts the boot history on disk back into the ledger's timelines (the last events of each
+/// inventory host) and journals every event from now on. The history is the operator's
+/// record, not what the network needs: a history that cannot be read or written is logged
+/// and the daemon serves without it (or without the part it could not read).
+fn keep_history(
+    ledger: &Ledger,
+    inventory: &crate::model::inventory::Inventory,
+    state_dir: &std::path::Path,
+    max_bytes: u64,
+    registry: &Registry,
+) -> Option<Arc<crate::services::history::Writer>> {
+    use crate::services::history;
+    let dir = history::dir(state_dir);
+    // Only the newest of each host matter (the ledger keeps a bounded timeline per host):
+    // memory stays bounded by the inventory, whatever the history's size.
+    let mut last: std::collections::HashMap<
+        crate::model::inventory::Mac,
+        std::collections::VecDeque<crate::model::ledger::Event>,
+    > = inventory
+        .hosts()
+        .iter()
+        .map(|h| (h.mac, Default::default()))
+        .collect();
+    // A clock that ran ahead once must not leave events "in the future" that the scheduler
+    // would take for this boot's.
+    let horizon = crate::model::ledger::unix_ms().saturating_add(60_000);
+    let read = history::read(&dir, |line| {
+        if let Some((mac, event)) = line.event() {
+            if let Some(q) = last.get_mut(&mac).filter(|_| event.at_ms <= horizon) {
+                if q.len() == crate::model::ledger::EVENTS_PER_HOST {
+                    q.pop_front();
+                }
+                q.push_back(event);
+            }
+        }
+    });
+    match read {
+        Ok(stats) => {
+            let mut events: Vec<_> = last
+                .into_iter()
+                .flat_map(|(mac, q)| q.into_iter().map(move |e| (mac, e)))
+                .collect();
+            events.sort_by_key(|(_, e)| e.at_ms);
+            let restored = ledger.restore(events);
+            if stats.malformed > 0 {
+                warn!(
+                    dir = %dir.display(),
+                    malformed = stats.malformed,
+                    "boot history: {} damaged lines skipped",
+                    stats.malformed
+                );
+            }
+            for why in &stats.unreadable {
+                warn!(dir = %dir.display(), "boot history: file skipped: {why}");
+            }
+            info!(
+                dir = %dir.display(),
+                lines = stats.lines,
+                restored,
+                "boot history: {restored} events put back into the hosts' timelines"
+            );
+        }
+        Err(e) => warn!(
+            dir = %dir.display(),
+            error = %e,
+            "boot history unreadable: the timelines start empty"
+        ),
+    }
+    match history::start(&dir, max_bytes, registry) {
+        Ok(writer) => {
+            ledger.set_journal(Arc::clone(&writer) as Arc<dyn crate::model::ledger::Journal>);
+            Some(writer)
+        }
+        Err(e) => {
+            warn!(
+                dir = %dir.display(),
+                error = %e,
+                "boot history cannot be written: no history is kept this run"
+            );
+            None
+        }
+    }
+}
+
+/// The reboot service's finished runs, kept in the boot history (`history/runs/`).
+struct KeptReports(Arc<crate::services::history::Writer>);
+
+impl crate::services::reboot::runner::ReportStore for KeptReports {
+    fn finished(&self, report: &crate::services::reboot::report::RunStatus) {
+        if let Ok(json) = serde_json::to_vec(report) {
+            self.0.report(report.id, json);
+        }
+    }
+}
+
+/// The last run's report kept before this start, if the history has one.
+fn last_report(state_dir: &std::path::Path) -> Option<crate::services::reboot::report::RunStatus> {
+    let dir = crate::services::history::dir(state_dir);
+    match crate::services::history::last_report(&dir) {
+        // Only a finished run's report: one still "running" (a damaged or edited file) would
+        // hold the scheduler busy with a run nobody drives.
+        Ok(Some(bytes)) => {
+            serde_json::from_slice::<crate::services::reboot::report::RunStatus>(&bytes)
+                .map_err(|e| warn!(error = %e, "the last reboot run's report is unreadable"))
+                .ok()
+                .filter(|r| r.finished() && r.id < u64::MAX / 2)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %e, dir = %dir.display(), "reboot run reports unreadable");
+            None
+        }
+    }
 }
 
 /// The ledger keeps the timelines of inventory hosts apart from strangers' (and never evicts
@@ -395,6 +542,17 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
     let live = Live::new(first, &registry).context("registering snapshot metrics")?;
     let ledger = Ledger::new(&registry).context("registering ledger metrics")?;
     ledger.set_inventory(&live.load().inventory);
+    let history = if config.history_bytes > 0 {
+        keep_history(
+            &ledger,
+            &live.load().inventory,
+            &config.state_dir,
+            config.history_bytes,
+            &registry,
+        )
+    } else {
+        None
+    };
     live.follow(Arc::new(LedgerFollower(ledger.clone())));
     announce_generations(&live, &ledger);
     let gate = Gate::with_metrics(config.scheduler.gate_settings(), &registry)
@@ -443,6 +601,13 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         runs,
         fabrics: cluster.clone(),
         evidence,
+        reports: history.as_ref().map(|w| {
+            (
+                Arc::new(KeptReports(Arc::clone(w)))
+                    as Arc<dyn crate::services::reboot::runner::ReportStore>,
+                last_report(&config.state_dir),
+            )
+        }),
     };
     let reboots = RebootService::new(setup, ledger.clone(), gate.clone(), &registry)
         .context("registering scheduler metrics")?;
@@ -666,6 +831,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         api: Arc::clone(&api),
         cluster,
         timeline,
+        view_state: Default::default(),
     };
     supervisor.spawn(
         "admin",
@@ -679,6 +845,7 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
         warn!(bmc = url, "BMC over plain http (allow_plaintext = true): its password crosses the network in clear");
     }
 
+    let live_now = Arc::clone(&live);
     let token = cancel.clone();
     let path = config.path.clone();
     let reloading = Arc::new(AtomicBool::new(false));
@@ -710,7 +877,10 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                     images: &images,
                     https: https.as_deref(),
                 };
+                notify::reloading();
                 reload(trigger, &path, &live, dhcp.as_deref(), &api, handles);
+                // Refused or taken, the daemon serves (the generation it had, or the new one).
+                notify::ready(&format!("serving generation {}", live.load().generation));
                 done.store(false, Ordering::Release);
                 if pending.swap(false, Ordering::AcqRel) {
                     again.notify_one();
@@ -736,12 +906,18 @@ async fn serve(config: Config, files: Handle) -> anyhow::Result<i32> {
                 }
                 _ = token.cancelled() => return,
             }
+            notify::stopping();
             token.cancel();
             return;
         }
     });
 
     info!("bootfabric ready");
+    notify::ready(&format!(
+        "serving generation {}",
+        live_now.load().generation
+    ));
+    tokio::spawn(notify::watchdog(cancel.clone()));
     match supervisor.run().await {
         Outcome::Clean => {
             info!("bootfabric stopped");

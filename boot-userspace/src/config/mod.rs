@@ -38,6 +38,22 @@ pub use dhcp6::Dhcp6Config;
 /// Default folder for durable state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/bootfabric";
 
+/// Boot history kept by default, megabytes: years of boots for a rack (an event line is about
+/// 150 bytes).
+pub const DEFAULT_HISTORY_MB: u64 = 64;
+/// Most boot history `daemon.history_mb` may ask for.
+pub const MAX_HISTORY_MB: u64 = 4096;
+
+/// How the daemon writes its log lines (`daemon.log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; colours only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald's or a collector's parsers).
+    Json,
+}
+
 /// Default admin listen address: loopback only, so metrics are never exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9370";
 /// Default TFTP transfer port range.
@@ -304,6 +320,10 @@ pub struct Config {
     pub path: PathBuf,
     /// Log filter.
     pub log: String,
+    /// How log lines are written (`daemon.log_format`).
+    pub log_format: LogFormat,
+    /// Bytes of boot history kept under `state_dir/history` (`daemon.history_mb`); 0: none.
+    pub history_bytes: u64,
     /// Provisioning-network interfaces.
     pub interfaces: Vec<String>,
     /// Whether to answer IPv6 router solicitations on them (`fabric.router_advertisements`).
@@ -819,6 +839,23 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("daemon.log", format!("not a log filter: {e}")));
         }
+        let log_format = match wire.daemon.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "daemon.log_format",
+                    format!("{other:?} is not a log format: text or json"),
+                ))
+            }
+        };
+        let history_mb = wire.daemon.history_mb.unwrap_or(DEFAULT_HISTORY_MB);
+        if history_mb > MAX_HISTORY_MB {
+            return Err(invalid(
+                "daemon.history_mb",
+                format!("{history_mb} is more than {MAX_HISTORY_MB} (MB of boot history)"),
+            ));
+        }
 
         let interfaces = wire.fabric.interfaces.unwrap_or_default();
         for (i, name) in interfaces.iter().enumerate() {
@@ -1209,6 +1246,8 @@ impl Config {
         Ok(Self {
             path: path.to_owned(),
             log,
+            log_format,
+            history_bytes: history_mb * 1024 * 1024,
             interfaces,
             router_advertisements,
             admin: AdminConfig {

@@ -146,6 +146,10 @@ pub struct Daemon {
     pub inventory: Option<String>,
     /// Folder for durable state (the lease journal), relative to the config file's folder.
     pub state_dir: Option<String>,
+    /// `text` (the default) or `json` (one object per line).
+    pub log_format: Option<String>,
+    /// Megabytes of boot history (the ledger's journal) kept on disk; 0 keeps none.
+    pub history_mb: Option<u64>,
 }
 
 /// `[fabric]`.

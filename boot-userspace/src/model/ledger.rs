@@ -22,10 +22,13 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tokio::sync::Notify;
 
 pub mod events;
+pub mod history;
 
 pub use events::{ApiEvent, EventPage, EventType};
 use events::{BootTrack, Payload};
@@ -33,7 +36,7 @@ use events::{BootTrack, Payload};
 use crate::model::inventory::{Host, Inventory, Mac, Netboot};
 
 /// Events kept per inventory host (the newest win).
-const EVENTS_PER_HOST: usize = 32;
+pub const EVENTS_PER_HOST: usize = 32;
 /// Events kept per MAC outside the inventory: enough for one whole boot (DHCP, TFTP, script,
 /// downloads, `booted`), and half the inventory's, since anyone can make up these MACs and
 /// [`OTHER_HOSTS`] of them at this length is the ledger's worst case (88-byte events, since
@@ -702,22 +705,61 @@ pub trait Tap: Send + Sync {
     fn offer(&self, mac: Mac, known: bool, event: &Event);
 }
 
+/// Where the ledger hands every inventory host's event to be kept past a restart (the boot
+/// history on disk). Called outside the ledger's lock, once per event, on the recording
+/// thread: an implementation queues and returns.
+pub trait Journal: Send + Sync {
+    /// `event` was recorded for inventory host `host` (`mac`).
+    fn append(&self, host: &str, mac: Mac, event: &Event);
+}
+
 /// Shared handle to the ledger.
 #[derive(Clone)]
 pub struct Ledger {
     inner: Arc<Mutex<State>>,
     /// Set once when the fabric joins a cluster; standalone, never.
     tap: Arc<OnceLock<Arc<dyn Tap>>>,
+    /// Set once at start when boot history is kept on disk.
+    journal: Arc<OnceLock<Arc<dyn Journal>>>,
+    boot_seconds: HistogramVec,
     egress: Arc<Mutex<HashMap<String, Meter>>>,
     events: IntCounterVec,
     evictions: IntCounter,
     inventory_hosts: IntGauge,
     other_hosts: IntGauge,
     events_dropped: IntCounter,
+    history_capped: IntCounter,
     /// Woken on every append to the event log.
     appended: Arc<Notify>,
     /// Woken when a `once` host reports `booted` (one stored permit: one consumer).
     booted: Arc<Notify>,
+}
+
+/// `bootfabric_boot_duration_seconds` buckets: a DHCP exchange takes a second, a fleet's
+/// install up to an hour ([`events::BOOT_TTL_MS`] ends a boot).
+const BOOT_BUCKETS: [f64; 14] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
+/// Observes, for each phase `events` reached (`host.phase`, `host.booted`, `host.failed`),
+/// `since_ms` since its boot started.
+fn observe_boot(
+    histogram: &HistogramVec,
+    labels: &(String, String),
+    events: &[(EventType, events::Payload)],
+    since_ms: u64,
+) {
+    for (t, payload) in events {
+        let phase = match (t, payload) {
+            (EventType::HostPhase, Payload::Phase(p)) => p.as_str(),
+            (EventType::HostBooted, _) => "booted",
+            (EventType::HostFailed, _) => "failed",
+            _ => continue,
+        };
+        histogram
+            .with_label_values(&[labels.0.as_str(), labels.1.as_str(), phase])
+            .observe(since_ms as f64 / 1000.0);
+    }
 }
 
 /// Unix milliseconds now (the ledger's time base).
@@ -784,6 +826,20 @@ impl Ledger {
         )?;
         registry.register(Box::new(hosts.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
+        let history_capped = IntCounter::new(
+            "bootfabric_history_capped_total",
+            "Host events kept out of the boot history on disk by its per-host budget (the timeline in memory still has them).",
+        )?;
+        registry.register(Box::new(history_capped.clone()))?;
+        let boot_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "bootfabric_boot_duration_seconds",
+                "Seconds from the start of an inventory host's boot (its BMC reset, else its first DISCOVER or iPXE script) to each phase it reached: dhcp, loader, script, kernel, config, and its end (booted or failed).",
+            )
+            .buckets(BOOT_BUCKETS.to_vec()),
+            &["profile", "model", "phase"],
+        )?;
+        registry.register(Box::new(boot_seconds.clone()))?;
         // Ids count up from the start time in milliseconds times 1000: a later run's ids are
         // above every earlier run's (it would take 1000 events a millisecond to catch up), so
         // a reader's `Last-Event-ID` from before a restart is below this run's epoch and tells
@@ -806,11 +862,14 @@ impl Ledger {
             })),
             egress: Arc::default(),
             tap: Arc::default(),
+            journal: Arc::default(),
+            boot_seconds,
             events,
             evictions,
             inventory_hosts: hosts.with_label_values(&["inventory"]),
             other_hosts: hosts.with_label_values(&["other"]),
             events_dropped,
+            history_capped,
             appended: Arc::new(Notify::new()),
             booted: Arc::new(Notify::new()),
         })
@@ -827,7 +886,7 @@ impl Ledger {
         let mut tracks = std::mem::take(&mut state.log.tracks);
         for h in inventory.hosts() {
             // A host that stays keeps its boot in progress and its budget.
-            let track = match tracks.remove(&h.mac) {
+            let mut track = match tracks.remove(&h.mac) {
                 Some(mut t) => {
                     if *t.name != *h.name {
                         t.name = Arc::from(h.name.as_str());
@@ -836,6 +895,10 @@ impl Ledger {
                 }
                 None => BootTrack::new(Arc::from(h.name.as_str())),
             };
+            let labels = (h.profile.clone(), h.model.clone().unwrap_or_default());
+            if *track.labels != labels {
+                track.labels = Arc::new(labels);
+            }
             state.log.tracks.insert(h.mac, track);
         }
         let mut old = std::mem::take(&mut state.inventory);
@@ -882,6 +945,38 @@ impl Ledger {
         let _ = self.tap.set(tap);
     }
 
+    /// Hands every inventory host's event recorded from now on to `journal` too. Only the
+    /// first call takes effect.
+    pub fn set_journal(&self, journal: Arc<dyn Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Puts events from before a restart (the boot history on disk, oldest first) back into
+    /// the inventory hosts' timelines, as they would hold them had the daemon not stopped.
+    /// Nothing else happens: no API event, no metric, no journal line. Call it after
+    /// [`Ledger::set_inventory`] and before services record; events of MACs outside the
+    /// inventory are left out (a restart forgets strangers, as it always did).
+    pub fn restore(&self, events: impl IntoIterator<Item = (Mac, Event)>) -> usize {
+        let Ok(mut state) = self.inner.lock() else {
+            return 0;
+        };
+        let mut restored = 0;
+        for (mac, event) in events {
+            if let Some(q) = state.inventory.get_mut(&mac) {
+                push_bounded(
+                    q,
+                    Event {
+                        kind: event.kind.bounded(),
+                        ..event
+                    },
+                    EVENTS_PER_HOST,
+                );
+                restored += 1;
+            }
+        }
+        restored
+    }
+
     /// Records an event for `mac` now.
     pub fn record(&self, mac: Mac, kind: EventKind, ip: Option<IpAddr>) {
         self.record_at(mac, kind, ip, unix_ms());
@@ -920,12 +1015,29 @@ impl Ledger {
             }
         }
         let mut appended = false;
+        let mut journaled = None;
         if let Some(track) = state.log.tracks.get_mut(&mac) {
-            let observed = track.observe(&kind, at_ms);
+            let advanced = track.advance(&kind, at_ms);
+            if let Some(start) = advanced.boot_ms {
+                observe_boot(
+                    &self.boot_seconds,
+                    &track.labels,
+                    &advanced.events,
+                    at_ms.saturating_sub(start),
+                );
+            }
+            let observed = track.spend(advanced.events, at_ms);
             if observed.dropped > 0 {
                 self.events_dropped.inc_by(observed.dropped);
             }
             let name = Arc::clone(&track.name);
+            if let Some(j) = self.journal.get().filter(|_| known) {
+                if track.journal(at_ms) {
+                    journaled = Some((Arc::clone(j), Arc::clone(&name)));
+                } else {
+                    self.history_capped.inc();
+                }
+            }
             for (t, payload) in observed.events {
                 state
                     .log
@@ -935,6 +1047,7 @@ impl Ledger {
         }
         let event = Event { at_ms, ip, kind };
         let tapped = self.tap.get().map(|tap| (tap, known, event.clone()));
+        let journaled = journaled.map(|(j, name)| (j, name, event.clone()));
         match state.inventory.get_mut(&mac) {
             Some(q) => push_bounded(q, event, EVENTS_PER_HOST),
             None => {
@@ -950,6 +1063,9 @@ impl Ledger {
         drop(guard);
         if let Some((tap, known, event)) = tapped {
             tap.offer(mac, known, &event);
+        }
+        if let Some((journal, name, event)) = journaled {
+            journal.append(&name, mac, &event);
         }
         if appended {
             self.appended.notify_waiters();
@@ -1125,6 +1241,26 @@ impl Ledger {
     /// The timeline of `mac`, oldest first.
     pub fn timeline(&self, mac: Mac) -> Vec<Event> {
         self.events_since(mac, 0)
+    }
+
+    /// `f` of the timeline of `mac`, oldest first, read in place for an inventory host (a
+    /// copy for another MAC): an iPXE script reads its host's timeline on every request. The
+    /// ledger stays locked while `f` runs, so `f` must be short and must not call the ledger.
+    pub fn with_timeline<R>(&self, mac: Mac, f: impl FnOnce(&[Event]) -> R) -> R {
+        let Ok(mut guard) = self.inner.lock() else {
+            return f(&[]);
+        };
+        let state = &mut *guard;
+        if let Some(q) = state.inventory.get_mut(&mac) {
+            return f(q.make_contiguous());
+        }
+        let other: Vec<Event> = state
+            .others
+            .get(&mac)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
+        drop(guard);
+        f(&other)
     }
 }
 
@@ -1384,6 +1520,50 @@ mod tests {
             l.events_dropped.get(),
             50 - u64::from(crate::model::ledger::events::RATE_BURST)
         );
+    }
+
+    /// A journal that counts the lines it is handed, by host.
+    #[derive(Default)]
+    struct Counted(Mutex<HashMap<String, u64>>);
+
+    impl Journal for Counted {
+        fn append(&self, host: &str, _: Mac, _: &Event) {
+            if let Ok(mut m) = self.0.lock() {
+                *m.entry(host.to_owned()).or_default() += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_from_one_hosts_address_takes_only_its_own_history_budget() {
+        use crate::model::ledger::events::{JOURNAL_BURST, JOURNAL_REFILL_MS};
+        let l = Ledger::new(&Registry::new()).expect("ledger");
+        let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        l.set_inventory(&inventory(&[a, b]));
+        let journal = Arc::new(Counted::default());
+        l.set_journal(journal.clone());
+        let script = || EventKind::IpxeScript {
+            path: "/boot.ipxe".into(),
+        };
+        // A machine asks for a's script in a loop: 10,000 requests within one second.
+        for i in 0..10_000u64 {
+            l.record_at(a, script(), None, 5_000 + i / 10);
+        }
+        // b boots meanwhile: every one of its events is kept.
+        for _ in 0..30 {
+            l.record_at(b, script(), None, 5_999);
+        }
+        let count = |h: &str| journal.0.lock().expect("lock").get(h).copied().unwrap_or(0);
+        assert_eq!(count("h0"), u64::from(JOURNAL_BURST));
+        assert_eq!(count("h1"), 30);
+        assert_eq!(l.history_capped.get(), 10_000 - u64::from(JOURNAL_BURST));
+        // The budget refills one line per JOURNAL_REFILL_MS; the timeline in memory kept
+        // the newest events all along.
+        for k in 1..=5 {
+            l.record_at(a, script(), None, 6_000 + k * JOURNAL_REFILL_MS);
+        }
+        assert_eq!(count("h0"), u64::from(JOURNAL_BURST) + 5);
+        assert_eq!(l.timeline(a).len(), EVENTS_PER_HOST);
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod dhcp;
+pub mod history;
 pub mod http;
 pub mod images;
 pub mod ra;

@@ -18,8 +18,9 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
-    /// Registers `bootfabric_build_info` and `bootfabric_service_up` in `registry`; `ebpf`
-    /// says whether the build carries the XDP object (`embedded` or `absent`).
+    /// Registers `bootfabric_build_info`, `bootfabric_service_up`, the start time and the
+    /// standard `process_*` metrics in `registry`; `ebpf` says whether the build carries the
+    /// XDP object (`embedded` or `absent`).
     pub fn register(registry: &Registry, ebpf: &str) -> Result<Self, MetricsError> {
         let build_info = IntGaugeVec::new(
             Opts::new(
@@ -52,6 +53,14 @@ impl CoreMetrics {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         start.set(i64::try_from(now).unwrap_or(i64::MAX));
+
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, process_virtual_memory_bytes, process_start_time_seconds and
+        // process_threads, read from /proc/self at each scrape: the names every exporter
+        // uses, so the usual dashboards and alerts (fd exhaustion, memory growth) apply.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self { service_up })
     }
 }
@@ -79,6 +88,7 @@ mod tests {
             text.contains("bootfabric_service_up{service=\"admin\"} 1"),
             "{text}"
         );
+        assert!(text.contains("process_open_fds "), "{text}");
         assert!(text.contains("bootfabric_build_info{"), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 //! could run without the fabric's help, for 1,000 and 10,000 hosts. Prints makespan, its
 //! ratio to the lower bound (total bytes / capacity + the shortest boot), the peak demand over
 //! capacity, and how many of the hosts that can boot did; with `--table PATH`, also writes
-//! the same rows as a markdown table (what the README quotes).
+//! the same rows as a markdown table (what docs/benchmarks.md quotes).
 //!
 //! The model, stepped every 0.25 s:
 //! - one egress link of `C` bytes/s, shared fairly by the hosts downloading; each takes at

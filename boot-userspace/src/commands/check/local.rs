@@ -712,7 +712,7 @@ pub fn templates(config: &Config) -> Vec<Item> {
         let fix = if w.ends_with("legacy {token} syntax, translated") {
             legacy_fix
         } else {
-            "see the README's templates section"
+            "see docs/configuration.md, \"Templates\""
         };
         items.push(Item::warn("templates", w.clone(), fix));
     }

@@ -327,6 +327,55 @@ pub const RATE_BURST: u32 = 20;
 /// …and one more every this many milliseconds (20 a minute): a host whose address repeats
 /// failing downloads cannot lap the ring and hide other hosts' events.
 pub const RATE_REFILL_MS: u64 = 3_000;
+/// Ledger events of one host the boot history on disk takes in a burst (a whole boot, its
+/// retries included, is a few dozen)…
+pub const JOURNAL_BURST: u32 = 256;
+/// …and one more every this many milliseconds: a machine that asks for a host's script or
+/// files in a loop (any machine can send from a host's address) writes at most one line a
+/// second, so it cannot roll the other hosts' history off the disk, nor spend the daemon's
+/// CPU on writing it.
+pub const JOURNAL_REFILL_MS: u64 = 1_000;
+
+/// A token bucket: `burst` at most, one more every `refill_ms`.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    tokens: u32,
+    /// When `tokens` was last refilled.
+    refilled_ms: u64,
+    burst: u32,
+    refill_ms: u64,
+}
+
+impl Budget {
+    /// A full bucket.
+    pub const fn new(burst: u32, refill_ms: u64) -> Self {
+        Self {
+            tokens: burst,
+            refilled_ms: 0,
+            burst,
+            refill_ms,
+        }
+    }
+
+    /// Takes one token at `at_ms`; false when the bucket is empty.
+    pub fn take(&mut self, at_ms: u64) -> bool {
+        let earned = at_ms.saturating_sub(self.refilled_ms) / self.refill_ms.max(1);
+        if earned > 0 {
+            let tokens = u64::from(self.tokens).saturating_add(earned);
+            self.tokens = tokens.min(u64::from(self.burst)) as u32;
+            self.refilled_ms = if self.tokens == self.burst {
+                at_ms
+            } else {
+                self.refilled_ms + earned * self.refill_ms
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
 
 /// What the event log knows about one inventory host's boot: which phases it has reported in
 /// the boot in progress, and its rate budget.
@@ -334,14 +383,26 @@ pub const RATE_REFILL_MS: u64 = 3_000;
 pub struct BootTrack {
     /// The host's name.
     pub name: Arc<str>,
+    /// Its profile and model (empty when it has none): the duration histogram's labels.
+    pub labels: Arc<(String, String)>,
     /// Start (unix ms) of the boot in progress.
     open_ms: Option<u64>,
     /// [`BootPhase`] bits reported in it.
     seen: u8,
-    /// Events it may still cause now.
-    tokens: u32,
-    /// When `tokens` was last refilled.
-    refilled_ms: u64,
+    /// The event log's rate cap for it.
+    budget: Budget,
+    /// The boot history's ([`JOURNAL_BURST`], [`JOURNAL_REFILL_MS`]).
+    journal: Budget,
+}
+
+/// What [`BootTrack::advance`] found: the API events a ledger event makes, and when the boot
+/// it belongs to started (`None`: it belongs to none, e.g. a renewing system's ACK).
+#[derive(Debug, Default, PartialEq)]
+pub struct Advanced {
+    /// The events, in order.
+    pub events: Vec<(EventType, Payload)>,
+    /// Start (unix ms) of the boot the event is part of.
+    pub boot_ms: Option<u64>,
 }
 
 /// What [`BootTrack::observe`] decided for one ledger event: up to two API events (a config
@@ -360,10 +421,11 @@ impl BootTrack {
     pub fn new(name: Arc<str>) -> Self {
         Self {
             name,
+            labels: Arc::default(),
             open_ms: None,
             seen: 0,
-            tokens: RATE_BURST,
-            refilled_ms: 0,
+            budget: Budget::new(RATE_BURST, RATE_REFILL_MS),
+            journal: Budget::new(JOURNAL_BURST, JOURNAL_REFILL_MS),
         }
     }
 
@@ -375,6 +437,28 @@ impl BootTrack {
     /// DHCP ACK never does (a running system renews). `booted` and a failure end it, and so does
     /// [`BOOT_TTL_MS`]. Downloads before the script are the loader, after it the kernel.
     pub fn observe(&mut self, kind: &EventKind, at_ms: u64) -> Observed {
+        let advanced = self.advance(kind, at_ms);
+        self.spend(advanced.events, at_ms)
+    }
+
+    /// The rate cap applied to `events` (from [`BootTrack::advance`]) at `at_ms`.
+    pub fn spend(&mut self, events: Vec<(EventType, Payload)>, at_ms: u64) -> Observed {
+        let mut out = Observed::default();
+        for e in events {
+            if self.budget.take(at_ms) {
+                out.events.push(e);
+            } else {
+                out.dropped += 1;
+            }
+        }
+        out
+    }
+
+    /// The boot rules of [`BootTrack::observe`] without the rate cap: every API event the
+    /// ledger event makes, with the start of the boot it belongs to. The duration histogram
+    /// and `bootfabric history` read boots from this, so what they see does not depend on
+    /// the event log's budget.
+    pub fn advance(&mut self, kind: &EventKind, at_ms: u64) -> Advanced {
         if self
             .open_ms
             .is_some_and(|s| at_ms >= s.saturating_add(BOOT_TTL_MS))
@@ -387,6 +471,8 @@ impl BootTrack {
             Phase::DhcpOffer | Phase::IpxeScript if self.open_ms.is_none() => self.open(at_ms),
             _ => {}
         }
+        // The boot this event belongs to, before `booted` or a failure closes it.
+        let started = self.open_ms;
         let mut wanted: Vec<(EventType, Payload)> = Vec::new();
         match phase {
             Phase::DhcpOffer | Phase::DhcpAck => wanted.extend(self.phase_once(BootPhase::Dhcp)),
@@ -419,15 +505,15 @@ impl BootTrack {
             | Phase::Admitted
             | Phase::ConfigRefused => {}
         }
-        let mut out = Observed::default();
-        for e in wanted {
-            if self.take_token(at_ms) {
-                out.events.push(e);
-            } else {
-                out.dropped += 1;
-            }
+        Advanced {
+            events: wanted,
+            boot_ms: started,
         }
-        out
+    }
+
+    /// When the boot in progress started (unix ms), if one is open.
+    pub fn open_ms(&self) -> Option<u64> {
+        self.open_ms
     }
 
     /// `host.phase` for `p` if a boot is open and has not reported `p` yet.
@@ -444,24 +530,11 @@ impl BootTrack {
         self.seen = 0;
     }
 
-    /// Takes one event from the budget, refilled one per [`RATE_REFILL_MS`] up to
-    /// [`RATE_BURST`]; false when it is spent.
-    fn take_token(&mut self, at_ms: u64) -> bool {
-        let earned = at_ms.saturating_sub(self.refilled_ms) / RATE_REFILL_MS;
-        if earned > 0 {
-            let tokens = u64::from(self.tokens).saturating_add(earned);
-            self.tokens = tokens.min(u64::from(RATE_BURST)) as u32;
-            self.refilled_ms = if self.tokens == RATE_BURST {
-                at_ms
-            } else {
-                self.refilled_ms + earned * RATE_REFILL_MS
-            };
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
+    /// Whether the boot history on disk takes one more of this host's ledger events at
+    /// `at_ms` (its own budget, apart from the event log's: the history keeps every event of
+    /// a boot, the event log only its phases).
+    pub fn journal(&mut self, at_ms: u64) -> bool {
+        self.journal.take(at_ms)
     }
 }
 

@@ -335,6 +335,109 @@ pub fn cmdline_file(profile: &str) -> String {
 /// cache starts over.
 const CMDLINE_CACHE: usize = 256;
 
+/// A compiled cmdline.
+enum Cmdline {
+    /// Text and plain variables only ([`plain`]): filled in without the engine.
+    Plain(Vec<Piece>),
+    /// Anything else, run by the engine.
+    Engine(Box<Environment<'static>>),
+}
+
+/// A part of a plain template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Var(Var),
+}
+
+/// The variables a plain template may name: those always defined and always a string, so
+/// the engine could neither fail on them nor print them otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Var {
+    Hostname,
+    HostName,
+    HostMac,
+    Ip,
+    Server,
+    HttpBase,
+    ProfileName,
+    Nonce,
+}
+
+impl Var {
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "hostname" => Self::Hostname,
+            "host.name" => Self::HostName,
+            "host.mac" => Self::HostMac,
+            "ip" => Self::Ip,
+            "server" => Self::Server,
+            "http_base" => Self::HttpBase,
+            "profile.name" => Self::ProfileName,
+            "nonce" => Self::Nonce,
+            _ => return None,
+        })
+    }
+}
+
+/// `src` as text and `{{ var }}` of [`Var`], when it is nothing else; `None` sends it to
+/// the engine (a statement, a comment, a filter, whitespace control, any other name, or a
+/// delimiter out of place). Every iPXE script renders its host's cmdline, and building the
+/// engine's context costs more than the rest of the script: most cmdlines only fill in an
+/// address or two.
+fn plain(src: &str) -> Option<Vec<Piece>> {
+    // Text the engine would read as anything but text.
+    let text = |t: &str| {
+        (!["{{", "{%", "{#", "}}", "%}", "#}"]
+            .iter()
+            .any(|d| t.contains(d)))
+        .then(|| Piece::Text(t.to_owned()))
+    };
+    let mut pieces = Vec::new();
+    let mut rest = src;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            pieces.push(text(&rest[..open])?);
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}")?;
+        let inner = &after[..close];
+        if inner.starts_with(['-', '+']) || inner.ends_with(['-', '+']) {
+            return None;
+        }
+        pieces.push(Piece::Var(Var::named(inner.trim())?));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(text(rest)?);
+    }
+    Some(pieces)
+}
+
+/// A plain template filled in for `t`, as the engine would (no escaping: see
+/// [`environment`]).
+fn render_plain(pieces: &[Piece], t: &Target<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(256);
+    for piece in pieces {
+        // Writing to a String cannot fail.
+        let _ = match piece {
+            Piece::Text(s) => out.write_str(s),
+            Piece::Var(Var::Hostname | Var::HostName) => out.write_str(&t.host.name),
+            Piece::Var(Var::HostMac) => write!(out, "{}", t.host.mac),
+            Piece::Var(Var::Ip) => match t.ip {
+                Some(ip) => write!(out, "{ip}"),
+                None => Ok(()),
+            },
+            Piece::Var(Var::Server) => write!(out, "{}", t.server),
+            Piece::Var(Var::HttpBase) => out.write_str(&t.image_base()),
+            Piece::Var(Var::ProfileName) => out.write_str(&t.profile.name),
+            Piece::Var(Var::Nonce) => out.write_str(t.nonce.unwrap_or("")),
+        };
+    }
+    out
+}
+
 /// `t.profile.cmdline` rendered for `t`: one line, no control characters (a newline would
 /// add iPXE commands after `kernel`, or kernel parameters the profile never had).
 ///
@@ -342,7 +445,7 @@ const CMDLINE_CACHE: usize = 256;
 /// cmdlines are rendered at load by [`Templates::check_all`], so an error here means a
 /// request-time difference (the lease address, the nonce).
 pub fn render_cmdline(t: &Target<'_>) -> Result<String, TemplateError> {
-    type Compiled = std::collections::HashMap<String, (String, Environment<'static>)>;
+    type Compiled = std::collections::HashMap<String, (String, Cmdline)>;
     thread_local! {
         static COMPILED: std::cell::RefCell<Compiled> = std::cell::RefCell::default();
     }
@@ -354,26 +457,34 @@ pub fn render_cmdline(t: &Target<'_>) -> Result<String, TemplateError> {
             .get(p.name.as_str())
             .is_some_and(|(text, _)| *text == p.cmdline);
         if !fresh {
-            let mut env = environment();
             let (src, _) = source_of(&p.cmdline);
-            env.add_template_owned(NAME, src)
-                .map_err(|e| TemplateError::Parse {
-                    file: cmdline_file(&p.name),
-                    line: e.line(),
-                    reason: reason(&e),
-                })?;
+            let cmdline = match plain(&src) {
+                Some(pieces) => Cmdline::Plain(pieces),
+                None => {
+                    let mut env = environment();
+                    env.add_template_owned(NAME, src)
+                        .map_err(|e| TemplateError::Parse {
+                            file: cmdline_file(&p.name),
+                            line: e.line(),
+                            reason: reason(&e),
+                        })?;
+                    Cmdline::Engine(Box::new(env))
+                }
+            };
             if compiled.len() >= CMDLINE_CACHE {
                 compiled.clear();
             }
-            compiled.insert(p.name.clone(), (p.cmdline.clone(), env));
+            compiled.insert(p.name.clone(), (p.cmdline.clone(), cmdline));
         }
-        let tmpl = compiled
-            .get(p.name.as_str())
-            .map(|(_, env)| env.get_template(NAME));
+        let tmpl = compiled.get(p.name.as_str()).map(|(_, c)| match c {
+            Cmdline::Plain(pieces) => Ok(Ok(render_plain(pieces, t))),
+            Cmdline::Engine(env) => env.get_template(NAME).map(|tmpl| {
+                tmpl.render(context(t))
+                    .map_err(|e| render_error(&e, &cmdline_file(&p.name), &t.host.name))
+            }),
+        });
         match tmpl {
-            Some(Ok(tmpl)) => tmpl
-                .render(context(t))
-                .map_err(|e| render_error(&e, &cmdline_file(&p.name), &t.host.name)),
+            Some(Ok(rendered)) => rendered,
             Some(Err(e)) => Err(TemplateError::Parse {
                 file: cmdline_file(&p.name),
                 line: e.line(),
@@ -900,6 +1011,74 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// `src` run by the engine, as cmdlines that are not plain are.
+    fn by_engine(src: &str, t: &Target<'_>) -> Result<String, String> {
+        let mut env = environment();
+        env.add_template_owned("t", src.to_owned())
+            .map_err(|e| e.to_string())?;
+        env.get_template("t")
+            .and_then(|tmpl| tmpl.render(context(t)))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_cmdlines_render_as_the_engine_renders_them() {
+        let plain_ones = [
+            "",
+            "console=ttyS0",
+            "url={{ http_base }}/preseed/{{ hostname }}.cfg nonce={{nonce}} ip={{ ip }}",
+            "{{ host.mac }}{{ host.name }}{{ profile.name }}{{ server }}",
+            "a } b { c % d # e\n",
+            "trailing newline kept\n",
+            "x={{   http_base   }}",
+        ];
+        let engine_ones = [
+            "{{ meta.role }}",
+            "{{ host.rack }}",
+            "{{ hostname | upper }}",
+            "{{- hostname }}",
+            "{{ hostname -}}",
+            "{% if true %}x{% endif %}",
+            "{# comment #}x",
+            "stray }} close",
+            "unclosed {{ hostname",
+            "{{ ip ~ 'x' }}",
+            "{{hostname}}{% raw %}{x}{% endraw %}",
+        ];
+        let g = BootSettings::defaults();
+        let mut other = BootSettings::defaults();
+        other.http_base = Some("https://{server}:8443/images/".into());
+        let mut no_ip = host("node03");
+        no_ip.ip = None;
+        let h = host("node02");
+        let p = profile("");
+        let v6: std::net::IpAddr = "fd00::1".parse().expect("v6");
+        let targets = [
+            target(&h, &p, &g),
+            Target {
+                nonce: None,
+                ip: None,
+                ..target(&no_ip, &p, &other)
+            },
+            Target {
+                server: v6.into(),
+                ..target(&h, &p, &other)
+            },
+        ];
+        for src in plain_ones {
+            let pieces = plain(src).unwrap_or_else(|| panic!("{src:?} is plain"));
+            for t in &targets {
+                assert_eq!(Ok(render_plain(&pieces, t)), by_engine(src, t), "{src:?}");
+            }
+        }
+        for src in engine_ones {
+            assert_eq!(plain(src), None, "{src:?} goes to the engine");
+        }
+        // Legacy texts are translated first; those without a brace of their own are plain.
+        assert!(plain(&source_of("url={http_base}/x {host}").0).is_some());
+        assert!(plain(&source_of("a {b} {host}").0).is_none());
     }
 
     #[test]

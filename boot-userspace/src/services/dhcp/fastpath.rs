@@ -4,8 +4,8 @@
 //! ledger: [`KernelAnswers`]). The maps and events are `xdp`'s traits, so all of it runs
 //! against fakes in tests.
 //!
-//! The kernel's answers reach the lease table a moment after they left (the reader drains
-//! the ring every [`EVENT_POLL`], or when it fills). A reload that moves or ends a
+//! The kernel's answers reach the lease table a moment after they left (the reader is woken
+//! by the first answer in an empty ring and drains every [`EVENT_POLL`] or when it fills). A reload that moves or ends a
 //! reservation must not judge "is the address held?" inside that moment, or it hands the
 //! address to its new owner while the old one uses it. So a reload first takes the ending
 //! reservations out of the kernel ([`FastPathOwner::withhold`]), then drains the ring into
@@ -23,6 +23,7 @@ use super::{
     ledger_event,
     metrics::Metrics,
     server::Server,
+    step::reply_label,
     table::LeaseTable,
     templates::derive,
     unix_now, DhcpService,
@@ -32,6 +33,7 @@ use crate::{
         inventory::{Inventory, Mac},
         ledger::Ledger,
     },
+    util::logs::EXCHANGE_LOG,
     xdp::fastpath::{
         FabricIface, FastPath, FastPathError, FastPathEvent, FastPathEvents, FastPathMaps,
         SyncReport,
@@ -40,6 +42,9 @@ use crate::{
 
 /// How often the XDP fast path's events are drained when the program has not asked for it.
 const EVENT_POLL: Duration = Duration::from_millis(100);
+/// Shortest time between two drains of the ring: at most 200 a second, however fast the
+/// kernel answers, and a lone boot's answers are recorded within it.
+const WAKE_GAP: Duration = Duration::from_millis(5);
 
 /// The fast path's maps with the interfaces they serve, owned by the DHCP service.
 pub struct FastPathOwner {
@@ -201,6 +206,8 @@ pub(super) struct Taken {
 #[derive(Clone)]
 pub(super) struct KernelAnswers {
     events: Arc<dyn FastPathEvents>,
+    /// The fabric's interface names by index, for the exchange log lines.
+    ifaces: Arc<std::collections::HashMap<u32, String>>,
     ledger: Ledger,
     committer: Committer,
     metrics: Metrics,
@@ -227,7 +234,27 @@ impl KernelAnswers {
 
     /// Records taken answers in the ledger and hands their leases to the journal.
     pub(super) fn settle(&self, taken: Taken) {
+        let logged = tracing::enabled!(target: EXCHANGE_LOG, tracing::Level::INFO);
         for ev in &taken.events {
+            if logged {
+                // The kernel's record carries no xid or file: what it answered with is the
+                // host's template, the same as userspace would send. The program runs only on
+                // the fabric's interfaces, whose names were known at attach.
+                let iface = self.ifaces.get(&ev.ifindex).map_or("?", String::as_str);
+                info!(
+                    target: EXCHANGE_LOG,
+                    proto = "dhcp",
+                    reply = reply_label(ev.kind),
+                    mac = %ev.mac,
+                    ip = %ev.ip,
+                    iface,
+                    path = "xdp",
+                    lease_s = ev.lease_secs,
+                    "DHCP {} to {}",
+                    reply_label(ev.kind),
+                    ev.mac
+                );
+            }
             self.ledger
                 .record(ev.mac, ledger_event(ev.kind), Some(ev.ip.into()));
         }
@@ -257,9 +284,13 @@ impl DhcpService {
             events,
             fabric,
         } = fp;
+        let ifaces: std::collections::HashMap<u32, String> =
+            fabric.iter().map(|f| (f.ifindex, f.name.clone())).collect();
+        let ifaces = Arc::new(ifaces);
         let mut owner = FastPathOwner::new(maps, fabric);
         owner.answers = events.map(|events| KernelAnswers {
             events,
+            ifaces,
             ledger: self.ledger.clone(),
             committer: self.committer.clone(),
             metrics: self.metrics.clone(),
@@ -297,9 +328,11 @@ impl DhcpService {
         answers.settle(taken);
     }
 
-    /// Reads the fast path's events until `cancel` fires. The program wakes this task only
-    /// when a quarter of the ring is full; otherwise it drains every [`EVENT_POLL`], so a
-    /// storm costs a wake-up per batch, not per packet.
+    /// Reads the fast path's events until `cancel` fires. The program wakes this task when
+    /// an answer finds the ring empty (a lone boot's answers are recorded at once, before
+    /// its next request) and when a quarter of the ring fills; it also drains every
+    /// [`EVENT_POLL`]. Drains are at least [`WAKE_GAP`] apart: a storm costs at most one
+    /// wake-up per gap, not one per packet.
     pub(super) async fn fast_path_events(
         self: Arc<Self>,
         answers: KernelAnswers,
@@ -318,6 +351,17 @@ impl DhcpService {
                 _ = tick.tick() => {}
             }
             self.on_fast_path(&answers);
+            // The program wakes this task for the first answer in an empty ring. Under a
+            // stream of kernel answers that would be a wake-up per answer, each costing more
+            // than the answer: after a drain the next waits at least WAKE_GAP, and answers
+            // meanwhile stay in the ring, which is then not empty, so they wake nobody.
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.on_fast_path(&answers);
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(WAKE_GAP) => {}
+            }
         }
     }
 }

@@ -7,6 +7,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::util::logs::EXCHANGE_LOG;
+
 use super::{
     server::Ingress,
     service::Committed,
@@ -26,6 +28,7 @@ impl DhcpService {
         sock: Arc<UdpSocket>,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
+        let iface: Arc<str> = Arc::from(iface);
         let mut buf = vec![0u8; 2048];
         let started = Instant::now();
         let mut step = Step::new(self.subnets.clone());
@@ -70,13 +73,13 @@ impl DhcpService {
                     step.finish(decision, now)
                 }
             };
-            self.act(&sock, actions).await;
+            self.act(&sock, &iface, actions).await;
         }
     }
 
     /// Carries out one datagram's actions, in order. Commits run in the background, so a
     /// slow journal never holds the loop; their replies follow once durable.
-    async fn act(self: &Arc<Self>, sock: &Arc<UdpSocket>, actions: Vec<Action>) {
+    async fn act(self: &Arc<Self>, sock: &Arc<UdpSocket>, iface: &Arc<str>, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Dropped(reason) => self.count_dropped(reason.as_str()),
@@ -88,7 +91,7 @@ impl DhcpService {
                     .inc(),
                 Action::Log(line) => log(line),
                 Action::Record(r) => self.ledger.record(r.mac, r.event, r.ip.map(Into::into)),
-                Action::Send(reply) => self.reply(sock, reply).await,
+                Action::Send(reply) => self.reply(sock, iface, reply).await,
                 Action::Commit {
                     record,
                     then,
@@ -96,6 +99,7 @@ impl DhcpService {
                 } => {
                     let this = Arc::clone(self);
                     let sock = Arc::clone(sock);
+                    let iface = Arc::clone(iface);
                     tokio::spawn(async move {
                         let reply = match this.commit(record).await {
                             Committed::Durable => then,
@@ -103,7 +107,7 @@ impl DhcpService {
                             Committed::Failed => None,
                         };
                         if let Some(reply) = reply {
-                            this.reply(&sock, reply).await;
+                            this.reply(&sock, &iface, *reply).await;
                         }
                     });
                 }
@@ -111,11 +115,27 @@ impl DhcpService {
         }
     }
 
-    /// Sends `reply`, then counts it and records it in the ledger.
-    async fn reply(&self, sock: &UdpSocket, reply: Reply) {
+    /// Sends `reply`, then counts it, logs it and records it in the ledger.
+    async fn reply(&self, sock: &UdpSocket, iface: &str, reply: Reply) {
         self.send(sock, &reply.out, reply.dest).await;
         self.count_packet(reply.kind, reply.outcome);
         let r = reply.record;
+        let line = reply.line;
+        info!(
+            target: EXCHANGE_LOG,
+            proto = "dhcp",
+            reply = reply.outcome,
+            mac = %r.mac,
+            ip = r.ip.map(tracing::field::display),
+            xid = %format_args!("{:#010x}", line.xid),
+            iface,
+            path = "userspace",
+            file = line.file.as_deref(),
+            relay = line.relay.map(tracing::field::display),
+            "DHCP {} to {}",
+            reply.outcome,
+            r.mac
+        );
         self.ledger.record(r.mac, r.event, r.ip.map(Into::into));
     }
 

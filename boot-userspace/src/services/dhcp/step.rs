@@ -93,6 +93,44 @@ pub struct Reply {
     pub outcome: &'static str,
     /// The ledger entry once it has left.
     pub record: LedgerEntry,
+    /// What its log line says besides the ledger entry.
+    pub line: ReplyLine,
+}
+
+/// The parts of a reply its exchange log line names that the ledger entry does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyLine {
+    /// The transaction id.
+    pub xid: u32,
+    /// The boot file it names (option 67, else `file`), if any.
+    pub file: Option<String>,
+    /// The relay it goes through (giaddr), if relayed.
+    pub relay: Option<Ipv4Addr>,
+}
+
+impl ReplyLine {
+    /// The parts of `msg` its log line names; nothing (no allocation on the reply path)
+    /// when the exchange lines are off.
+    fn of(msg: &Message) -> Self {
+        if !tracing::enabled!(target: crate::util::logs::EXCHANGE_LOG, tracing::Level::INFO) {
+            return Self::default();
+        }
+        let file = match msg.opts().get(dhcproto::v4::OptionCode::BootfileName) {
+            Some(dhcproto::v4::DhcpOption::BootfileName(b)) => {
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => msg
+                .fname_str()
+                .and_then(Result::ok)
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned),
+        };
+        Self {
+            xid: msg.xid(),
+            file,
+            relay: Some(msg.giaddr()).filter(|ip| !ip.is_unspecified()),
+        }
+    }
 }
 
 /// A log line the loop writes.
@@ -165,9 +203,9 @@ pub enum Action {
         /// The lease record.
         record: LeaseRecord,
         /// The reply waiting for it.
-        then: Option<Reply>,
+        then: Option<Box<Reply>>,
         /// Sent instead of `then` when the address went to another fabric (cluster mode).
-        if_lost: Option<Reply>,
+        if_lost: Option<Box<Reply>>,
     },
 }
 
@@ -395,6 +433,7 @@ fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
                 event: ledger_event(MessageType::Nak),
                 ip: None,
             },
+            line: ReplyLine::of(&msg),
         })
     });
     let out = match encode_reply(&reply.msg) {
@@ -416,13 +455,14 @@ fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
             event: ledger_event(reply.kind),
             ip: Some(reply.msg.yiaddr()).filter(|ip| !ip.is_unspecified()),
         },
+        line: ReplyLine::of(&reply.msg),
     };
     match reply.commit {
         None => Action::Send(send),
         Some(record) => Action::Commit {
             record,
-            then: Some(send),
-            if_lost,
+            then: Some(Box::new(send)),
+            if_lost: if_lost.map(Box::new),
         },
     }
 }

@@ -43,7 +43,7 @@ impl Validators {
 
 /// Whether an `If-None-Match` list (`*`, or tags, weak or strong) matches by the weak
 /// comparison RFC 9110 §13.1.2 asks for.
-fn none_match(header: &str, etag: &str) -> bool {
+pub fn none_match(header: &str, etag: &str) -> bool {
     let header = header.trim();
     if header == "*" {
         return true;

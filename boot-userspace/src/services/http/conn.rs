@@ -19,7 +19,13 @@ use super::{
     response::Response,
     routes::{self, Routed, Site},
 };
-use crate::{model::inventory::Mac, model::ledger::EventKind};
+use tracing::info;
+
+use crate::{
+    model::inventory::Mac,
+    model::ledger::EventKind,
+    util::logs::{Untrusted, EXCHANGE_LOG},
+};
 
 /// Largest request head (`431` beyond it).
 pub const MAX_HEAD: usize = 8192;
@@ -57,9 +63,10 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "bootfabric_http_requests_total",
-                "HTTP requests answered, by route and status.",
+                "HTTP requests answered, by route and status code.",
             ),
-            &["route", "status"],
+            // `code`, as Prometheus' own and most exporters' HTTP metrics name it.
+            &["route", "code"],
         )?;
         let bytes = IntCounter::new(
             "bootfabric_http_bytes_total",
@@ -235,6 +242,18 @@ impl Exchange {
     pub fn finish(self, shared: &Shared, done: bool) {
         if let Some((mac, path)) = self.fetch {
             let bytes = self.sent.saturating_sub(self.head);
+            info!(
+                target: EXCHANGE_LOG,
+                proto = "http",
+                peer = %self.peer,
+                %mac,
+                path = %Untrusted(&path),
+                bytes,
+                outcome = if done { "completed" } else { "ended_early" },
+                "HTTP download to {}: {} bytes",
+                self.peer,
+                bytes
+            );
             let event = if done {
                 EventKind::HttpSent { path, bytes }
             } else {
@@ -301,5 +320,22 @@ fn start(shared: &Shared, routed: Routed, peer: IpAddr, local: IpAddr) -> Exchan
         peer,
         sent: 0,
         head: 0,
+    }
+}
+
+/// Sets or clears TCP_CORK on the socket `s`; whether that took. Uncorking pushes the last
+/// partial segment at once (sockets have TCP_NODELAY).
+pub fn set_cork(s: &impl std::os::fd::AsRawFd, on: bool) -> bool {
+    let v = libc::c_int::from(on);
+    // SAFETY: setsockopt on a socket the caller holds, from an int that lives through the
+    // call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            std::ptr::addr_of!(v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
     }
 }

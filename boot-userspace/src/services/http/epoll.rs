@@ -290,7 +290,7 @@ pub(super) async fn connection<W: Wire>(
         // A file body follows: hold the head until the body fills its segments; uncorked
         // below, which pushes the last partial segment at once.
         let file_body = matches!(x.response.body, Body::File { .. });
-        let corked = W::CORKS && file_body && set_cork(s.tcp(), true);
+        let corked = W::CORKS && file_body && conn::set_cork(s.tcp(), true);
         // A file body's writes carry the head out (and end with a flush); anything else is
         // flushed now.
         let sent = tokio::time::timeout(l.send_timeout, async {
@@ -319,28 +319,13 @@ pub(super) async fn connection<W: Wire>(
             }
         }
         if corked {
-            set_cork(s.tcp(), false);
+            conn::set_cork(s.tcp(), false);
         }
         let close = x.response.close;
         x.finish(shared, true);
         if close {
             return;
         }
-    }
-}
-
-/// Sets or clears TCP_CORK on `s`; whether that took.
-pub(super) fn set_cork(s: &TcpStream, on: bool) -> bool {
-    let v = libc::c_int::from(on);
-    // SAFETY: setsockopt on a socket we hold, from an int that lives through the call.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            std::ptr::addr_of!(v).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
     }
 }
 

@@ -211,12 +211,11 @@ fn script(site: &At, req: &Request, peer: IpAddr, server: IpAddr) -> Routed {
         let path = req.path.clone();
         site.ledger
             .record(h.mac, EventKind::IpxeScript { path }, Some(peer));
-        let nonce = site.boots.nonce(
-            h.mac,
-            &site.ledger.timeline(h.mac),
-            unix_ms(),
-            configs::os_nonce,
-        );
+        // Boots takes its own lock inside the ledger's; nothing takes them the other way.
+        let nonce = site.ledger.with_timeline(h.mac, |events| {
+            site.boots
+                .nonce(h.mac, events, unix_ms(), configs::os_nonce)
+        });
         let text = render::host_script_for_boot(
             site.inventory,
             h,
@@ -462,6 +461,16 @@ fn booted(site: &At, req: &Request, peer: IpAddr) -> Routed {
             "booted",
         );
     }
+    tracing::info!(
+        target: crate::util::logs::EXCHANGE_LOG,
+        proto = "http",
+        host = %host.name,
+        mac = %host.mac,
+        %peer,
+        profile = %host.profile,
+        "{} booted",
+        host.name
+    );
     site.ledger.record(host.mac, EventKind::Booted, Some(peer));
     site.boots.end(host.mac);
     routed(Response::empty(204), "booted")

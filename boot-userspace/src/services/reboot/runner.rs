@@ -199,6 +199,8 @@ pub struct RebootService {
     fabrics: Option<Arc<arc_swap::ArcSwap<ClusterView>>>,
     /// Cluster mode: boots of the run's hosts reported at other fabrics.
     evidence: Option<Evidence>,
+    /// Where finished runs' reports go.
+    reports: Option<Arc<dyn ReportStore>>,
     current: Mutex<Option<RunHandle>>,
     /// Cluster mode: the etcd runs this fabric drives (`None`) or drove to an end (the
     /// end). A run whose end is still being written (or whose write was lost) reads
@@ -216,6 +218,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RebootService {
+    /// The admission gate this service admits through: the admin server's rack view reads
+    /// its mode and load (slots in use, waiters) from it.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     /// The service for `setup` (the inventory, the image roots, `[scheduler]`), resetting
     /// hosts through Redfish, reporting to `registry`.
     pub fn new(
@@ -242,6 +250,18 @@ impl RebootService {
         let metrics = RebootMetrics::register(registry)?;
         metrics.capacity.set(params.capacity_bps);
         metrics.slots.set(params.slots() as i64);
+        let (reports, last) = match setup.reports {
+            Some((store, last)) => (Some(store), last),
+            None => (None, None),
+        };
+        // The last run before a restart is the status until a new run starts, and run
+        // numbers go on from it.
+        let next_id = last.as_ref().map_or(1, |r| r.id + 1);
+        let current = last.map(|r| RunHandle {
+            id: r.id,
+            status: Arc::new(Mutex::new(r)),
+            cancel: CancellationToken::new(),
+        });
         Ok(Arc::new(Self {
             live: setup.live,
             roots: setup.image_roots,
@@ -256,9 +276,10 @@ impl RebootService {
             runs: setup.runs,
             fabrics: setup.fabrics,
             evidence: setup.evidence,
-            current: Mutex::new(None),
+            reports,
+            current: Mutex::new(current),
             ended: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(next_id),
             bmc_locks: Mutex::new(HashMap::new()),
         }))
     }
@@ -949,6 +970,9 @@ impl RebootService {
         if let Some(stored) = &stored {
             self.store_end(stored, &step, &view).await;
         }
+        if let Some(reports) = &self.reports {
+            reports.finished(&view);
+        }
         info!(
             run = id,
             state = %view.state,
@@ -1221,6 +1245,15 @@ pub struct Setup {
     /// Cluster mode: the run's hosts' boots reported at other fabrics (a host of another
     /// fabric's rack boots there); `None` standalone.
     pub evidence: Option<Evidence>,
+    /// Where finished runs' reports are kept past a restart, and the last one kept.
+    pub reports: Option<(Arc<dyn ReportStore>, Option<RunStatus>)>,
+}
+
+/// Where the reports of finished runs are kept, so the last run's report survives a restart.
+/// Called once per run as it ends, on the run's task: an implementation queues and returns.
+pub trait ReportStore: Send + Sync {
+    /// The run ended (done or cancelled) with this status.
+    fn finished(&self, report: &RunStatus);
 }
 
 #[cfg(test)]
@@ -1333,6 +1366,7 @@ mod tests {
             runs,
             fabrics: None,
             evidence: None,
+            reports: None,
         };
         let clock = TokioClock::new(BASE_MS);
         let service = RebootService::with_bmc(

@@ -30,6 +30,7 @@ use super::{
     packet::{self, ErrorCode, Mode, Packet},
     transfer::{AbortReason, Action, Transfer},
 };
+use crate::util::logs::{Untrusted, EXCHANGE_LOG};
 use crate::xdp::tftp::{Decline, HotCopy, KernelTftp, Registration};
 use crate::{
     config::{PortRange, TftpConfig},
@@ -1025,6 +1026,7 @@ impl TftpService {
         let mut hot = self.hot_copy(&req, listed.as_ref(), &data, &negotiated);
         let mut kernel: Option<Registration> = None;
         debug!(%peer, file = %req.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
+        let began = std::time::Instant::now();
         self.metrics.active.inc();
         let segment = usize::from(negotiated.blksize) + 4;
         // One send per window where the kernel can cut it into datagrams (UDP GSO): a window
@@ -1191,8 +1193,22 @@ impl TftpService {
         self.metrics.transfers.with_label_values(&[outcome]).inc();
         // The slot and the netascii memory are free from here on.
         drop(held);
-        debug!(%peer, file = %req.filename, outcome, "TFTP transfer ended");
-        if let Some(mac) = self.hosts.mac_at(peer_ip) {
+        let mac = self.hosts.mac_at(peer_ip);
+        info!(
+            target: EXCHANGE_LOG,
+            proto = "tftp",
+            %peer,
+            mac = mac.map(tracing::field::display),
+            file = %Untrusted(&req.filename),
+            outcome,
+            size,
+            blksize = negotiated.blksize,
+            windowsize = negotiated.windowsize,
+            ms = began.elapsed().as_millis() as u64,
+            "TFTP {} to {peer}: {outcome}",
+            Untrusted(&req.filename)
+        );
+        if let Some(mac) = mac {
             match outcome {
                 "completed" => self.hosts.ledger.record(
                     mac,

@@ -28,6 +28,7 @@ use crate::services::dhcp::{
     ratelimit::RateLimiter,
     unix_now,
 };
+use crate::util::logs::EXCHANGE_LOG;
 
 use super::{
     server::{client_mac, kind_label, Link, Server6},
@@ -320,9 +321,15 @@ async fn serve(port: Port, shared: Arc<Shared>, cancel: CancellationToken) -> st
         let packet = buf[..n].to_vec();
         let (shared, sock) = (Arc::clone(&shared), Arc::clone(&port.sock));
         let (index, server, subnet) = (port.index, port.server, port.subnet);
+        let iface = port.name.clone();
         tokio::spawn(async move {
-            if let Err(reason) = answer(&shared, &sock, index, server, subnet, &packet, from).await
-            {
+            let here = Here {
+                index,
+                iface: &iface,
+                server,
+                subnet,
+            };
+            if let Err(reason) = answer(&shared, &sock, here, &packet, from).await {
                 shared.metrics.dropped.with_label_values(&[reason]).inc();
             }
             drop(permit);
@@ -330,16 +337,30 @@ async fn serve(port: Port, shared: Arc<Shared>, cancel: CancellationToken) -> st
     }
 }
 
+/// The interface a packet arrived on, as [`answer`] needs it.
+struct Here<'a> {
+    index: u32,
+    iface: &'a str,
+    /// The server's address there.
+    server: Option<Ipv6Addr>,
+    /// The subnet there.
+    subnet: Option<usize>,
+}
+
 /// Handles one packet; `Err` is the reason it was dropped.
 async fn answer(
     shared: &Shared,
     sock: &UdpSocket,
-    index: u32,
-    iface_server: Option<Ipv6Addr>,
-    iface_subnet: Option<usize>,
+    here: Here<'_>,
     packet: &[u8],
     from: SocketAddrV6,
 ) -> Result<(), &'static str> {
+    let Here {
+        index,
+        iface,
+        server: iface_server,
+        subnet: iface_subnet,
+    } = here;
     let d = wire::decode(packet).map_err(|e| e.as_label())?;
     shared
         .metrics
@@ -451,5 +472,22 @@ async fn answer(
         "send_failed"
     })?;
     shared.metrics.sent.with_label_values(&[out.kind]).inc();
+    let file = out.boot.as_ref().and_then(|b| b.file.as_deref());
+    for g in &out.granted {
+        info!(
+            target: EXCHANGE_LOG,
+            proto = "dhcp6",
+            reply = out.kind,
+            mac = %g.mac,
+            ip = %g.ip,
+            xid = %format_args!("{:#08x}", u32::from_be_bytes([0, d.msg.xid[0], d.msg.xid[1], d.msg.xid[2]])),
+            iface,
+            path = if relayed { "relayed" } else { "direct" },
+            file,
+            "DHCPv6 {} to {}",
+            out.kind,
+            g.mac
+        );
+    }
     Ok(())
 }
