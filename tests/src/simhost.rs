@@ -98,6 +98,10 @@ impl SimHost {
     fn udhcpc(&self, once: bool) -> Result<(KillOnDrop, PathBuf), LabError> {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
         let out = self.dir.path.join(format!("dhcp{n}.events"));
+        // What udhcpc says it sent and got ("Sending discover...", "Sending select for …"),
+        // kept for the error of an exchange that fails.
+        let said = std::fs::File::create(out.with_extension("log"))
+            .map_err(|e| format!("{}: {e}", out.display()))?;
         let mut c = self.ns.command("udhcpc");
         c.args(["-f", "-i", IFACE, "-t", "8", "-T", "2"]);
         if once {
@@ -109,7 +113,7 @@ impl SimHost {
             .env("OUT", &out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(said);
         let child = c.spawn().map_err(|e| format!("udhcpc: {e}"))?;
         Ok((KillOnDrop(child), out))
     }
@@ -132,9 +136,14 @@ impl SimHost {
             .ok_or_else(|| format!("{}: udhcpc did not finish", self.mac))?;
         Self::bound_in(&out).ok_or_else(|| {
             format!(
-                "{}: no lease (udhcpc {status}): {}",
+                "{}: no lease (udhcpc {status}): {}\nudhcpc said:\n{}\n{}",
                 self.mac,
-                std::fs::read_to_string(&out).unwrap_or_default()
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(out.with_extension("log")).unwrap_or_default(),
+                // Whether the answers reached the interface at all (its receive counters).
+                self.ns
+                    .ip(&["-s", "link", "show", IFACE])
+                    .unwrap_or_else(|e| e)
             )
         })
     }
@@ -145,9 +154,10 @@ impl SimHost {
         let (child, out) = self.udhcpc(false)?;
         let ip = wait_for(DHCP_BOUND, || Self::bound_in(&out)).ok_or_else(|| {
             format!(
-                "{}: no lease: {}",
+                "{}: no lease: {}\nudhcpc said:\n{}",
                 self.mac,
-                std::fs::read_to_string(&out).unwrap_or_default()
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(out.with_extension("log")).unwrap_or_default()
             )
         })?;
         Ok(Held {

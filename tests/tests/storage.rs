@@ -378,7 +378,7 @@ impl Drop for HungStore {
 
 /// The daemon's config with `tftp.root` (when `tftp`) and `http.root` at `root`, HTTP on
 /// the epoll transport (where routes run on tokio; io_uring has threads of its own).
-fn hung_config(root: &Path, tftp: bool) -> String {
+fn hung_config(root: &Path, tftp: bool, http_extra: &str) -> String {
     let tftp = if tftp {
         format!(
             "[tftp]\nroot = \"{}\"\ntransfer_ports = \"50000-50099\"\n",
@@ -388,7 +388,7 @@ fn hung_config(root: &Path, tftp: bool) -> String {
         String::new()
     };
     let http = format!(
-        "[http]\nroot = \"{}\"\nbackend = \"epoll\"\n",
+        "[http]\nroot = \"{}\"\nbackend = \"epoll\"\n{http_extra}",
         root.display()
     );
     config("10.77.0.0/24", "10.77.0.100-10.77.0.199", &(tftp + &http))
@@ -410,6 +410,15 @@ impl HungLab {
     /// Skips (or fails under `BOOTFABRIC_REQUIRE_LAB=1`) without root, the clients or FUSE;
     /// else mounts the store at `<root>/store` and starts the daemon on `root`.
     fn start(t: &str, tftp: bool) -> Option<Self> {
+        Self::start_with(t, tftp, |_| Some(String::new()))
+    }
+
+    /// [`HungLab::start`], with `http_extra(dir)` added to `[http]` (`None` skips the test).
+    fn start_with(
+        t: &str,
+        tftp: bool,
+        http_extra: impl FnOnce(&Path) -> Option<String>,
+    ) -> Option<Self> {
         if !require_root(t)
             || !require_programs(t, &["udhcpc", "tftp", "curl"])
             || !require(
@@ -422,6 +431,7 @@ impl HungLab {
         }
         let lab = PairLab::new().expect("lab");
         let dir = TempDir::new().expect("dir");
+        let http_extra = http_extra(&dir.path)?;
         let root = dir.path.join("images");
         // Mounted before the daemon starts: `ip netns exec` gives the daemon a copy of the
         // mount table as it is then.
@@ -429,7 +439,7 @@ impl HungLab {
         std::fs::write(root.join("ok.txt"), "served from a healthy disk\n").expect("file");
         let daemon = Daemon::start(
             &lab.server,
-            &hung_config(&root, tftp),
+            &hung_config(&root, tftp, &http_extra),
             &[("hosts.toml", INVENTORY)],
         )
         .expect("daemon");
@@ -460,12 +470,17 @@ impl HungLab {
 
     /// Starts curl fetching `/store/<name>`.
     fn curl(&mut self, name: &str) {
+        self.curl_url(&format!("http://10.77.0.1/store/{name}"));
+    }
+
+    /// Starts curl fetching `url` (certificates not checked).
+    fn curl_url(&mut self, url: &str) {
         let curl = self
             .lab
             .client
             .command("curl")
-            .args(["-s", "-o", "/dev/null", "--max-time", "600"])
-            .arg(format!("http://10.77.0.1/store/{name}"))
+            .args(["-s", "-k", "-o", "/dev/null", "--max-time", "600"])
+            .arg(url)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -585,6 +600,71 @@ fn http_epoll_serves_a_healthy_file_while_downloads_hang_on_the_store() {
     assert!(
         matches!(&got, Ok((200, body)) if body == "served from a healthy disk\n"),
         "with {} downloads stuck on the store ({stuck:?}), /ok.txt: {got:?}\n{}",
+        stuck.len(),
+        l.daemon.log()
+    );
+}
+
+/// HTTPS routes requests on its own runtime's workers (`services/http/tls.rs`). Downloads
+/// stuck on a hung store there, more of them than it has workers, stall HTTPS only: TFTP, on
+/// the file runtime, still serves a healthy file. Routed on the file runtime's workers
+/// instead, they would stall TFTP with them.
+#[test]
+fn https_stuck_on_a_hung_store_leaves_tftp_serving() {
+    use bootfabric_lab::pki::{issue, Leaf};
+    let t = "https_stuck_on_a_hung_store_leaves_tftp_serving";
+    if !require_programs(t, &["openssl", "tftp"]) {
+        return;
+    }
+    let Some(mut l) = HungLab::start_with(t, true, |dir| {
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).expect("pki");
+        issue(
+            &pki,
+            &[Leaf {
+                name: "server",
+                cn: "bootfabric-https",
+                ext: "subjectAltName = IP:10.77.0.1",
+            }],
+        )
+        .expect("openssl");
+        Some(format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_port = 443\n",
+            pki.join("server.pem").display(),
+            pki.join("server.key").display()
+        ))
+    }) else {
+        return;
+    };
+    for i in 0..clients_per_kind() {
+        l.curl_url(&format!("https://10.77.0.1/store/open-{i}.img"));
+        l.curl_url(&format!("https://10.77.0.1/store/read-{i}.img"));
+    }
+    let stuck = l.wait_stuck();
+    let out = l.dir.path.join("ok-by-tftp.txt");
+    let got = l
+        .lab
+        .client
+        .command("timeout")
+        .args([
+            "60",
+            "tftp",
+            "-m",
+            "binary",
+            "10.77.0.1",
+            "-c",
+            "get",
+            "ok.txt",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("tftp");
+    let body = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        got.success() && body == "served from a healthy disk\n",
+        "with {} HTTPS downloads stuck on the store ({stuck:?}), TFTP of ok.txt: {got}, {body:?}\n{}",
         stuck.len(),
         l.daemon.log()
     );

@@ -7,7 +7,8 @@
 //!   the reboot scheduler), the XDP fast path's events and signals. None of them opens or reads
 //!   a served file;
 //! - the file runtime (a worker per core, `bootfabric-fs`, and at most
-//!   [`FILE_BLOCKING_THREADS`] blocking threads): TFTP and HTTP, the services that read images.
+//!   [`FILE_BLOCKING_THREADS`] blocking threads): TFTP and HTTP, the services that read images
+//!   (HTTP's io_uring rings and its HTTPS runtime are threads of the HTTP service's own).
 //!
 //! A tokio worker that blocks in a system call does not cost its runtime a share: it can stall
 //! it whole (the I/O driver is polled by a parked worker, and one stuck in a read parks no more).

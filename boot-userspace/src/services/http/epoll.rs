@@ -103,17 +103,22 @@ pub(super) async fn accept<F, Fut>(
     }
 }
 
-/// Routes the request at the front of `inbuf` on the blocking pool (routes open files), or
-/// says that more bytes are needed (parsed here: no file I/O in that). `None` if the pool is
-/// gone (shutdown).
+/// Routes the request at the front of `inbuf`, or says that more bytes are needed (parsed
+/// here: no file I/O in that). Routing opens and stats files: on the blocking pool, unless
+/// `inline` (a runtime that serves HTTP alone, as a ring does). `None` if the pool is gone
+/// (shutdown).
 pub(super) async fn next(
     shared: &Arc<Shared>,
     inbuf: &mut Vec<u8>,
     peer: IpAddr,
     local: IpAddr,
+    inline: bool,
 ) -> Option<Next> {
     if let Err(ParseError::Incomplete) = request::parse(inbuf, MAX_HEAD, MAX_BODY) {
         return Some(Next::Read);
+    }
+    if inline {
+        return Some(conn::next(shared, inbuf, peer, local));
     }
     let mut buf = std::mem::take(inbuf);
     let shared = Arc::clone(shared);
@@ -166,6 +171,10 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
     /// pushed when uncorked).
     const CORKS: bool;
 
+    /// Whether requests are routed on the connection's own worker (its runtime serves HTTP
+    /// alone) rather than on the blocking pool (its runtime serves TFTP too).
+    const ROUTES_INLINE: bool;
+
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
 
@@ -184,6 +193,9 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
 impl Wire for TcpStream {
     // The head is one write and the body another (sendfile): corked, they share segments.
     const CORKS: bool = true;
+    // Plain HTTP on epoll shares the file runtime with TFTP: a stat stuck on a hung store
+    // must hold a pool thread, not a worker.
+    const ROUTES_INLINE: bool = false;
 
     fn tcp(&self) -> &TcpStream {
         self
@@ -251,7 +263,7 @@ pub(super) async fn connection<W: Wire>(
     let mut inbuf = Vec::new();
     let mut rbuf = vec![0u8; 16 * 1024];
     loop {
-        let mut x = match next(shared, &mut inbuf, peer, local).await {
+        let mut x = match next(shared, &mut inbuf, peer, local, W::ROUTES_INLINE).await {
             None => return,
             Some(Next::Answer(x)) => x,
             Some(Next::Wait(w)) => {

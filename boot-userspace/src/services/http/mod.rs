@@ -74,6 +74,9 @@ pub enum HttpError {
     /// A ring stopped serving with an error.
     #[error("HTTP ring: {0}")]
     Ring(std::io::Error),
+    /// HTTPS's runtime could not be started.
+    #[error("https: starting its runtime: {0}")]
+    HttpsRuntime(std::io::Error),
     /// A ring thread panicked.
     #[error("HTTP ring panicked")]
     RingPanicked,
@@ -147,6 +150,14 @@ fn v4_only(addrs: &[SocketAddr]) -> Vec<SocketAddrV4> {
         .collect()
 }
 
+/// `http.workers`: 0 is one per core this process may run on.
+fn workers(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Listening sockets handed to the runtime (non-blocking, registered with its reactor).
 fn on_runtime(fds: Vec<Vec<OwnedFd>>) -> std::io::Result<Vec<tokio::net::TcpListener>> {
     fds.into_iter()
@@ -170,7 +181,9 @@ enum Transport {
 
 /// HTTPS, bound: a listener per interface and the certificate in use.
 struct Https {
-    listeners: Vec<tokio::net::TcpListener>,
+    listeners: Vec<OwnedFd>,
+    /// Workers of its runtime.
+    workers: usize,
     certs: Arc<tls::Certs>,
     local: Vec<SocketAddr>,
 }
@@ -267,13 +280,14 @@ impl HttpService {
                     },
                 )?;
                 let (fds, local) = listeners(&ips, t.port, 1)?;
-                let listeners = on_runtime(fds)?;
+                let workers = workers(cfg.workers);
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
-                    tls::announce(*addr, iface);
+                    tls::announce(*addr, iface, workers);
                 }
                 tls::DataPath::probe().report(registry)?;
                 Some(Https {
-                    listeners,
+                    listeners: fds.into_iter().flatten().collect(),
+                    workers,
                     certs,
                     local,
                 })
@@ -292,10 +306,7 @@ impl HttpService {
         };
         let (transport, local) = match uring {
             Ok(()) => {
-                let n = match cfg.workers {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    n => n,
-                };
+                let n = workers(cfg.workers);
                 let (workers, local) = listeners(&ips, cfg.port, n)?;
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
                     info!(%iface, "HTTP server listening on {addr} (io_uring, {n} rings, sendfile and splice)");
@@ -339,7 +350,7 @@ impl HttpService {
     }
 
     /// Serves until `cancel` fires.
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), HttpError> {
+    pub async fn run(mut self, cancel: CancellationToken) -> Result<(), HttpError> {
         let shared = Arc::clone(&self.shared);
         let egress = self.egress.clone();
         let ticker = cancel.clone();
@@ -359,18 +370,31 @@ impl HttpService {
                 egress.with_label_values(&["total"]).set(total);
             }
         });
-        // HTTPS runs on the runtime whichever transport plain HTTP has.
-        let mut https = tokio::task::JoinSet::new();
-        if let Some(h) = self.https {
-            for l in h.listeners {
-                https.spawn(tls::serve(
-                    l,
+        // HTTPS runs on its own runtime whichever transport plain HTTP has.
+        let https = match self.https.take() {
+            Some(h) => Some(
+                tls::Runtime::start(
+                    h.listeners,
+                    h.workers,
                     Arc::clone(&self.shared),
-                    Arc::clone(&h.certs),
+                    h.certs,
                     cancel.clone(),
-                ));
-            }
+                )
+                .map_err(HttpError::HttpsRuntime)?,
+            ),
+            None => None,
+        };
+        let plain = self.serve_plain(cancel).await;
+        if let Some(h) = https {
+            // It stops on the same `cancel`; a worker stuck on a hung store is left behind
+            // after a second, so this wait is bounded.
+            tokio::task::spawn_blocking(move || h.join()).await?;
         }
+        plain
+    }
+
+    /// Serves plain HTTP on its transport until `cancel` fires.
+    async fn serve_plain(self, cancel: CancellationToken) -> Result<(), HttpError> {
         match self.transport {
             Transport::Epoll { listeners } => {
                 let mut tasks = tokio::task::JoinSet::new();

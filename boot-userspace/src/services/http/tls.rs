@@ -5,15 +5,25 @@
 //! renewed certificate is served without a restart; one that does not load is refused and
 //! the one in use stays.
 //!
-//! Requests are routed on the blocking pool, as the epoll fallback routes them: the runtime
-//! also serves TFTP, and a stuck image store must not stall it. Image bytes pass through the
-//! daemon here: a file body is read (from the page cache on the runtime's thread when it is
-//! there, else on the blocking pool) and encrypted by rustls.
+//! HTTPS has a runtime of its own (`bootfabric-tls`, `http.workers` workers, one per core by
+//! default), and routes requests (files canonicalised, opened and stat'ed) on its workers, as
+//! the io_uring rings route plain HTTP on theirs. Routed on the blocking pool instead, each
+//! request waited for a thread on the other core and back: a fifth of the 1 MiB ranges one
+//! connection got (bench/results/http-experiments/2026-12-02-https-routing-inline). On the
+//! file runtime that hop was needed, since a worker stuck on a hung image store would stall
+//! TFTP there; on its own runtime such a worker stalls HTTPS only, which waits on the store
+//! anyway. Image bytes pass through the daemon here: a file body is read (from the page cache
+//! on the worker when it is there, else on the runtime's blocking pool) and encrypted by
+//! rustls.
 //! Kernel TLS, which would let `sendfile` carry them as over plain HTTP, is not used: the
 //! daemon says so at start and in `bootfabric_http_tls_data_path`, with whether this kernel
 //! has it at all.
 
-use std::{os::unix::fs::FileExt as _, sync::Arc};
+use std::{
+    os::{fd::OwnedFd, unix::fs::FileExt as _},
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use prometheus::{IntGaugeVec, Opts, Registry};
@@ -32,6 +42,10 @@ use crate::{config::secrets::tls::ServerTls, util::key_error::KeyError};
 /// Bytes of a file read (and encrypted) at once: a few TLS records, and little memory per
 /// connection (every connection sending a body holds one).
 const CHUNK: usize = 64 * 1024;
+
+/// Blocking threads of the HTTPS runtime at most: chunks read from disk (not the page cache)
+/// at once. When a hung store holds them all, later reads queue.
+const BLOCKING_THREADS: usize = 64;
 
 /// The certificate HTTPS serves, replaced on reload.
 pub struct Certs {
@@ -120,9 +134,71 @@ impl DataPath {
     }
 }
 
+/// HTTPS on its runtime, running until `cancel` fires.
+pub struct Runtime {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Starts a runtime of `workers` threads named `bootfabric-tls` and serves HTTPS there on
+    /// `listeners` (bound, listening). Fails if the runtime or the listeners cannot be set up.
+    pub fn start(
+        listeners: Vec<OwnedFd>,
+        workers: usize,
+        shared: Arc<Shared>,
+        certs: Arc<Certs>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .max_blocking_threads(BLOCKING_THREADS)
+            .enable_all()
+            .thread_name("bootfabric-tls")
+            .build()?;
+        // Registered with this runtime's reactor, not the caller's.
+        let listeners = {
+            let _in = rt.enter();
+            listeners
+                .into_iter()
+                .map(|fd| {
+                    let std: std::net::TcpListener = fd.into();
+                    std.set_nonblocking(true)?;
+                    TcpListener::from_std(std)
+                })
+                .collect::<std::io::Result<Vec<_>>>()?
+        };
+        let thread = std::thread::Builder::new()
+            .name("bootfabric-tls".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    for l in listeners {
+                        tokio::spawn(serve(
+                            l,
+                            Arc::clone(&shared),
+                            Arc::clone(&certs),
+                            cancel.clone(),
+                        ));
+                    }
+                    // Waited for here, not through the tasks: with every worker stuck on a
+                    // hung store, none of them would see it.
+                    cancel.cancelled().await;
+                });
+                // The tasks see `cancel` and end; a worker stuck on a hung store cannot be
+                // joined, and is left behind after this.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        Ok(Self { thread })
+    }
+
+    /// Waits (on the calling thread) until the runtime has stopped.
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
 /// Accepts HTTPS connections on `listener` until `cancel` fires: each handshake is bounded by
 /// the head timeout and counted when it fails; then the connection is served as HTTP's.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     certs: Arc<Certs>,
@@ -189,6 +265,8 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
     // 1 MiB ranges on one connection waited 2-3 ms longer (bench/http https-range:1,
     // 458 MiB/s corked, 765 not).
     const CORKS: bool = false;
+    // The HTTPS runtime serves nothing else (module comment).
+    const ROUTES_INLINE: bool = true;
 
     fn tcp(&self) -> &tokio::net::TcpStream {
         self.get_ref().0
@@ -235,6 +313,6 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
 }
 
 /// Logs where HTTPS listens.
-pub fn announce(addr: std::net::SocketAddr, iface: &str) {
-    info!(%iface, "HTTPS server listening on {addr} (rustls)");
+pub fn announce(addr: std::net::SocketAddr, iface: &str, workers: usize) {
+    info!(%iface, "HTTPS server listening on {addr} (rustls, a runtime of {workers} workers)");
 }
