@@ -314,5 +314,5 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
 
 /// Logs where HTTPS listens.
 pub fn announce(addr: std::net::SocketAddr, iface: &str, workers: usize) {
-    info!(%iface, "HTTPS server listening on {addr} (rustls, a runtime of {workers} workers)");
+    info!(%iface, workers, "HTTPS server listening on {addr} (rustls, on a runtime of its own)");
 }
