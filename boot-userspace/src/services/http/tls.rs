@@ -39,9 +39,13 @@ use super::{
 };
 use crate::{config::secrets::tls::ServerTls, util::key_error::KeyError};
 
-/// Bytes of a file read (and encrypted) at once: a few TLS records, and little memory per
-/// connection (every connection sending a body holds one).
-const CHUNK: usize = 64 * 1024;
+/// Bytes of a file read, encrypted and written at once: two full TLS records, and little
+/// memory per connection (every connection sending a body holds one). The size sets how soon
+/// a client has bytes to decrypt while the next ones are encrypted: at 64 KiB, 1 MiB ranges on
+/// one connection, server and client sharing two cores, came at 450-520 MiB/s (0.56x nginx),
+/// each side idle while the other worked; at 32 KiB 830-1010 (1.35x), at 16 KiB 770-900 with
+/// more system time per GiB (bench/results/http-experiments/2026-12-02-https-chunk).
+const CHUNK: usize = 32 * 1024;
 
 /// Blocking threads of the HTTPS runtime at most: chunks read from disk (not the page cache)
 /// at once. When a hung store holds them all, later reads queue.
