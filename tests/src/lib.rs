@@ -244,6 +244,24 @@ impl Netns {
         c
     }
 
+    /// tftp-hpa in this namespace fetching `remote` in binary mode from the lab's server
+    /// (10.77.0.1) into `dest`: the command, for the caller to run, spawn or read. With
+    /// `bound`, `timeout` ends it after that many seconds (tftp-hpa alone retries for 25 s,
+    /// longer than some checks should wait for an answer).
+    pub fn tftp_get(&self, remote: &str, dest: &Path, bound: Option<u32>) -> Command {
+        let mut c = match bound {
+            Some(secs) => {
+                let mut c = self.command("timeout");
+                c.arg(secs.to_string()).arg("tftp");
+                c
+            }
+            None => self.command("tftp"),
+        };
+        c.args(["-m", "binary", "10.77.0.1", "-c", "get", remote])
+            .arg(dest);
+        c
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets created inside `f`
     /// stay in this namespace wherever they are used afterwards.
     pub fn run<T: Send + 'static>(

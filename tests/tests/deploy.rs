@@ -1376,20 +1376,7 @@ fn installed_package_serves_as_a_non_root_user_with_the_units_capabilities() {
 
     // TFTP: iPXE, with tftp-hpa.
     let got = dir.path.join("undionly.kpxe");
-    run(client
-        .command("timeout")
-        .args([
-            "30",
-            "tftp",
-            "-m",
-            "binary",
-            "10.77.0.1",
-            "-c",
-            "get",
-            "undionly.kpxe",
-        ])
-        .arg(&got))
-    .expect("tftp get");
+    run(&mut client.tftp_get("undionly.kpxe", &got, Some(30))).expect("tftp get");
     assert_eq!(
         std::fs::read(&got).expect("got"),
         std::fs::read(ipxe.join("undionly.kpxe")).expect("ipxe"),

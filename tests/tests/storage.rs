@@ -457,10 +457,7 @@ impl HungLab {
         let tftp = self
             .lab
             .client
-            .command("tftp")
-            .args(["-m", "binary", "10.77.0.1", "-c", "get"])
-            .arg(format!("store/{name}"))
-            .arg(self.dir.path.join(name))
+            .tftp_get(&format!("store/{name}"), &self.dir.path.join(name), None)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -645,18 +642,7 @@ fn https_stuck_on_a_hung_store_leaves_tftp_serving() {
     let got = l
         .lab
         .client
-        .command("timeout")
-        .args([
-            "60",
-            "tftp",
-            "-m",
-            "binary",
-            "10.77.0.1",
-            "-c",
-            "get",
-            "ok.txt",
-        ])
-        .arg(&out)
+        .tftp_get("ok.txt", &out, Some(60))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

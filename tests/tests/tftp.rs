@@ -150,9 +150,7 @@ impl Lab {
         let out = self
             .lab
             .client
-            .command("tftp")
-            .args(["-m", "binary", "10.77.0.1", "-c", "get", name])
-            .arg(&dest)
+            .tftp_get(name, &dest, None)
             .output()
             .map_err(|e| e.to_string())?;
         let said = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -199,13 +197,7 @@ fn tftp_hpa_fetches_identical_files() {
     };
     for f in FILES {
         let dest = l.out.path.join(format!("hpa-{f}"));
-        run(l
-            .lab
-            .client
-            .command("tftp")
-            .args(["-m", "binary", "10.77.0.1", "-c", "get", f])
-            .arg(&dest))
-        .expect("tftp get");
+        run(&mut l.lab.client.tftp_get(f, &dest, None)).expect("tftp get");
         l.same(f, &format!("hpa-{f}"));
     }
 }
@@ -278,9 +270,7 @@ fn names_leaving_the_root_are_refused() {
         let out = l
             .lab
             .client
-            .command("tftp")
-            .args(["-m", "binary", "10.77.0.1", "-c", "get", name])
-            .arg(&dest)
+            .tftp_get(name, &dest, None)
             .output()
             .expect("tftp");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -327,13 +317,7 @@ fn transfers_survive_deterministic_loss() {
     }
     std::fs::write(l.root.join("lossy.bin"), content(16 * 1024 + 5, 9)).expect("file");
     let dest = l.out.path.join("lossy-hpa");
-    run(l
-        .lab
-        .client
-        .command("tftp")
-        .args(["-m", "binary", "10.77.0.1", "-c", "get", "lossy.bin"])
-        .arg(&dest))
-    .expect("tftp-hpa under loss");
+    run(&mut l.lab.client.tftp_get("lossy.bin", &dest, None)).expect("tftp-hpa under loss");
     l.same("lossy.bin", "lossy-hpa");
 }
 
@@ -980,10 +964,7 @@ fn a_flood_of_unacked_requests_leaves_a_real_client_served() {
     let dest = l.out.path.join("bystander.efi");
     let started = Instant::now();
     // tftp-hpa gives up by itself after 25 s without an answer.
-    let got = run(other
-        .command("tftp")
-        .args(["-m", "binary", "10.77.0.1", "-c", "get", "ipxe.efi"])
-        .arg(&dest));
+    let got = run(&mut other.tftp_get("ipxe.efi", &dest, None));
     let took = started.elapsed();
     let active = l.metric("bootfabric_tftp_transfers_active", &[]);
     assert!(
@@ -1213,12 +1194,7 @@ fn a_hung_file_open_stalls_only_its_transfer() {
             .expect("RRQ");
     }
     let dest = l.out.path.join("meanwhile.bin");
-    let got = run(l
-        .lab
-        .client
-        .command("tftp")
-        .args(["-m", "binary", "10.77.0.1", "-c", "get", "small.bin"])
-        .arg(&dest));
+    let got = run(&mut l.lab.client.tftp_get("small.bin", &dest, None));
     assert!(
         got.is_ok(),
         "no file served while opens hang on the store: {got:?}"
@@ -1316,13 +1292,7 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     let blocks = |blksize: u64| size / blksize + 1;
     // tftp-hpa: RFC 1350, 512-byte blocks, no options.
     let dest = l.out.path.join("hpa");
-    run(l
-        .lab
-        .client
-        .command("tftp")
-        .args(["-m", "binary", "10.77.0.1", "-c", "get", "ipxe.efi"])
-        .arg(&dest))
-    .expect("tftp get");
+    run(&mut l.lab.client.tftp_get("ipxe.efi", &dest, None)).expect("tftp get");
     l.same("ipxe.efi", "hpa");
     let kernel_blocks = l.metric("bootfabric_tftp_kernel_blocks_total", &[]);
     // Userspace sends block 1 and the last; the kernel every block between.
@@ -1450,13 +1420,7 @@ fn lock_step_transfers_of_bootloaders_are_answered_in_the_kernel() {
     );
     // A file not listed never reaches the kernel.
     let dest = l.out.path.join("exact");
-    run(l
-        .lab
-        .client
-        .command("tftp")
-        .args(["-m", "binary", "10.77.0.1", "-c", "get", "exact.bin"])
-        .arg(&dest))
-    .expect("tftp get");
+    run(&mut l.lab.client.tftp_get("exact.bin", &dest, None)).expect("tftp get");
     l.same("exact.bin", "exact");
     assert_eq!(
         l.metric(
