@@ -74,6 +74,12 @@ fn lab_with(t: &str, backend: &str, http_extra: &str) -> Option<Lab> {
     )
     .expect("kernel");
     std::fs::write(images.join("debian/initrd.gz"), content(700_001, 2)).expect("initrd");
+    // Past the io_uring transport's uncorked tail (4 MiB): its bulk goes out corked.
+    std::fs::write(
+        images.join("debian/rootfs"),
+        content(9 * 1024 * 1024 + 5, 3),
+    )
+    .expect("rootfs");
     std::fs::write(images.join("empty.img"), b"").expect("empty");
     std::fs::write(dir.path.join("secret"), b"outside").expect("secret");
     std::fs::write(
@@ -364,8 +370,9 @@ fn read_response(s: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
 /// the last partial segment of each response until the client's delayed ACK, up to 40 ms: a
 /// few hundred 1 MiB ranges a second on one connection where nginx did 860. The ranges asked
 /// here on one kept-alive connection each get exactly their bytes; the slowest is printed,
-/// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`). The
-/// socket is read back uncorked too (the epoll backend corks a head with its body).
+/// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`). A 9
+/// MiB body follows, whole and as a range, whose bulk the io_uring transport corks. The
+/// socket is read back uncorked after all of them.
 fn no_response_waits_for_a_delayed_ack(backend: &str) {
     let t = format!("no_response_waits_for_a_delayed_ack_on_{backend}");
     let Some(l) = lab(&t, backend) else { return };
@@ -383,6 +390,14 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
     let expected: Vec<Vec<u8>> = ranges
         .iter()
         .map(|&(a, b)| kernel[a..=b].to_vec())
+        .collect();
+    // A body whose bulk the io_uring transport corks, whole and as a range across the point
+    // where the cork comes off: every byte arrives and the cork is off at the end.
+    let rootfs = l.file("debian/rootfs");
+    let big_ranges = [(0, rootfs.len() - 1), (1 << 20, rootfs.len() - 2)];
+    let big_expected: Vec<Vec<u8>> = big_ranges
+        .iter()
+        .map(|&(a, b)| rootfs[a..=b].to_vec())
         .collect();
     let (stream, port, slowest) = l
         .lab
@@ -407,6 +422,19 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
                     return Err(format!("range {a}-{b}: {head}"));
                 }
             }
+            for (i, &(a, b)) in big_ranges.iter().enumerate() {
+                let req = format!(
+                    "GET /debian/rootfs HTTP/1.1\r\nHost: 10.77.0.1\r\nRange: bytes={a}-{b}\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+                let (head, body) = read_response(&mut s)?;
+                if !head.starts_with("HTTP/1.1 206") || body != big_expected[i] {
+                    return Err(format!(
+                        "rootfs range {a}-{b}: {head}, {} bytes",
+                        body.len()
+                    ));
+                }
+            }
             Ok((s, port, slowest))
         })
         .expect("client namespace")
@@ -416,8 +444,9 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
         .expect("the daemon's sockets")
         .expect("the daemon holds the connection");
     assert!(options.nodelay, "the accepted socket has no TCP_NODELAY");
-    // The epoll backend corks a head and its file body together; a cork left on after a
-    // body would hold its last segment up to 200 ms. Every response ended uncorked.
+    // The epoll backend corks a head and its file body together, the io_uring one a large
+    // body's bulk; a cork left on after a body would hold its last segment up to 200 ms.
+    // Every response ended uncorked.
     assert!(
         !options.cork,
         "the socket stayed corked after its responses"

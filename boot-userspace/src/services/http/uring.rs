@@ -11,10 +11,12 @@
 //! Accepted sockets are non-blocking (for that `sendfile`) and have TCP_NODELAY: a response's
 //! last partial segment never waits for the client's delayed ACK (Nagle's algorithm held it up
 //! to 40 ms per response). MSG_MORE on a head with a body to follow, and SPLICE_F_MORE on
-//! every splice but a body's last, keep a head with its body. Bodies are not corked as nginx's
-//! `tcp_nopush` does: corked, packets were fuller (52 KiB on average against 35) and the CPU
-//! per GiB a little lower, but 1 MiB ranges on one connection fell from 700–870 to 440–480
-//! MB/s (`bench/http`, A/B on one machine, 2026-12-02) for no gain in whole-file throughput.
+//! every splice but a body's last, keep a head with its body. A body's bulk is corked as
+//! nginx's `tcp_nopush` corks it, its last `CORK_TAIL` bytes never: corked, packets are full
+//! and a whole 256 MiB image went out at 1.61–1.74 GB/s on one connection against 1.13–1.31
+//! uncorked (nginx 1.61–1.83); but 1 MiB ranges corked whole fell from 700–780 MiB/s to
+//! 480–490 on one connection (`bench/results/http-experiments/2026-12-02-cork-bulk`). So a
+//! body no longer than `CORK_TAIL` is never corked, and the cork is off before a body's tail.
 //!
 //! A one-second timer on every ring sweeps connections past their timeouts.
 
@@ -46,6 +48,9 @@ const CACHE_WINDOW: u64 = 4 << 20;
 /// At most this many body bytes per connection before the ring serves the others: the socket
 /// is then polled (at once ready if it has room) and the body goes on.
 const TURN_BYTES: u64 = 4 << 20;
+/// A body's last bytes, sent uncorked (module comment): at least the 1 MiB ranges installers
+/// read, which corked went out at two thirds of the rate.
+const CORK_TAIL: u64 = 4 << 20;
 /// Receive buffer per connection.
 const RECV_SIZE: usize = 16 * 1024;
 const TIMER: u64 = u64::MAX;
@@ -93,6 +98,8 @@ struct Conn {
     closing: bool,
     last_progress: Instant,
     head_since: Option<Instant>,
+    /// TCP_CORK is on: the bulk of a large body is being sent.
+    corked: bool,
 }
 
 /// Why this kernel's io_uring cannot carry the transport. The kernel's error is part of the
@@ -450,6 +457,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         closing: false,
         last_progress: Instant::now(),
         head_since: None,
+        corked: false,
     });
     recv(key, &mut conns[key], pending);
 }
@@ -790,6 +798,12 @@ fn send_file(
             c.file = None;
             return response_done(key, conns, shared, date, pending);
         }
+        // Full segments for the bulk; the tail leaves at once (module comment).
+        let bulk = *left > CORK_TAIL;
+        if bulk != c.corked {
+            cork(&c.fd, bulk);
+            c.corked = bulk;
+        }
         if *offset >= c.cached_until {
             let window = (*left).min(CACHE_WINDOW);
             if !cache::holds(file, *offset, window) {
@@ -835,6 +849,22 @@ fn send_file(
     }
 }
 
+/// Sets or clears TCP_CORK. A failure only costs segment sizes (on a socket that is failing
+/// anyway), so it is not an error of the response.
+fn cork(fd: &OwnedFd, on: bool) {
+    let v = libc::c_int::from(on);
+    // SAFETY: `fd` is an open socket; the option value is a c_int that outlives the call.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Waits (a one-shot poll on the ring) until the socket takes more bytes. The page cache is
 /// asked again afterwards: pages found there before may be evicted while a slow client waits,
 /// and `sendfile` on the ring must not read the disk.
@@ -856,6 +886,11 @@ fn response_done(
     pending: &mut Vec<squeue::Entry>,
 ) {
     let c = &mut conns[key];
+    if c.corked {
+        // A body that ended early (spliced to its end): what it left in the socket goes now.
+        cork(&c.fd, false);
+        c.corked = false;
+    }
     let close = c.exchange.as_ref().is_some_and(|x| x.response.close);
     if let Some(x) = c.exchange.take() {
         x.finish(shared, true);
