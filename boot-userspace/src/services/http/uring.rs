@@ -801,7 +801,8 @@ fn send_file(
         // Full segments for the bulk; the tail leaves at once (module comment).
         let bulk = *left > CORK_TAIL;
         if bulk != c.corked {
-            cork(&c.fd, bulk);
+            // A failure only costs segment sizes, on a socket that is failing anyway.
+            conn::set_cork(&c.fd, bulk);
             c.corked = bulk;
         }
         if *offset >= c.cached_until {
@@ -849,22 +850,6 @@ fn send_file(
     }
 }
 
-/// Sets or clears TCP_CORK. A failure only costs segment sizes (on a socket that is failing
-/// anyway), so it is not an error of the response.
-fn cork(fd: &OwnedFd, on: bool) {
-    let v = libc::c_int::from(on);
-    // SAFETY: `fd` is an open socket; the option value is a c_int that outlives the call.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
 /// Waits (a one-shot poll on the ring) until the socket takes more bytes. The page cache is
 /// asked again afterwards: pages found there before may be evicted while a slow client waits,
 /// and `sendfile` on the ring must not read the disk.
@@ -888,7 +873,7 @@ fn response_done(
     let c = &mut conns[key];
     if c.corked {
         // A body that ended early (spliced to its end): what it left in the socket goes now.
-        cork(&c.fd, false);
+        conn::set_cork(&c.fd, false);
         c.corked = false;
     }
     let close = c.exchange.as_ref().is_some_and(|x| x.response.close);
