@@ -16,6 +16,7 @@ pub mod range;
 pub mod request;
 pub mod response;
 pub mod routes;
+mod scripts;
 pub mod tls;
 pub mod uring;
 
@@ -262,6 +263,7 @@ impl HttpService {
             gate: sources.gate,
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
             config_metrics: configs::Metrics::register(registry)?,
+            rendered: Default::default(),
         };
         let limits = Limits {
             max_connections: cfg.max_connections,

@@ -14,6 +14,7 @@ use super::{
     range::{self, Plan},
     request::{Method, Request},
     response::{content_type, Body, Response},
+    scripts::{self, Rendered},
 };
 use crate::{
     model::boot::BootSettings,
@@ -44,6 +45,8 @@ pub struct Site {
     pub config_metrics: configs::Metrics,
     /// `http.origin`: where profile files missing under `root` are fetched from.
     pub origin: Option<Arc<Origin>>,
+    /// iPXE scripts as last rendered for each host.
+    pub rendered: Rendered,
 }
 
 /// A routed request: the response, a label for metrics, and the host and path when the
@@ -66,6 +69,8 @@ pub struct Routed {
 /// next request, never half of this one). Field access falls through to the [`Site`].
 pub struct At<'a> {
     site: &'a Site,
+    /// The snapshot's generation.
+    generation: u64,
     /// Hosts and profiles of this generation.
     inventory: &'a Inventory,
     /// `[boot]` of this generation.
@@ -80,6 +85,7 @@ impl<'a> At<'a> {
     fn new(site: &'a Site, snapshot: &'a Snapshot) -> Self {
         Self {
             site,
+            generation: snapshot.generation,
             inventory: &snapshot.inventory,
             boot: &snapshot.boot,
             scripts: &snapshot.scripts,
@@ -216,18 +222,26 @@ fn script(site: &At, req: &Request, peer: IpAddr, server: IpAddr) -> Routed {
             site.boots
                 .nonce(h.mac, events, unix_ms(), configs::os_nonce)
         });
-        let text = render::host_script_for_boot(
-            site.inventory,
-            h,
-            site.address_of(h, peer),
-            server.into(),
-            site.boot,
-            nonce.as_deref(),
-        );
+        let key = scripts::Key {
+            generation: site.generation,
+            ip: site.address_of(h, peer),
+            server,
+            nonce: nonce.as_deref(),
+        };
+        let text = site.rendered.get(h.mac, &key, || {
+            render::host_script_for_boot(
+                site.inventory,
+                h,
+                key.ip,
+                server.into(),
+                site.boot,
+                key.nonce,
+            )
+        });
         match text {
             Some(Ok(text)) => {
                 return routed(
-                    Response::bytes(200, "text/plain; charset=utf-8", text.into_bytes()),
+                    Response::bytes(200, "text/plain; charset=utf-8", text),
                     "script",
                 )
             }
@@ -613,6 +627,7 @@ mod tests {
     const HOSTS: &str = r#"
         [profiles.p]
         kernel = "vmlinuz"
+        cmdline = "ip={{ ip }} nonce={{ nonce }}"
 
         [[hosts]]
         name = "old"
@@ -648,6 +663,7 @@ mod tests {
             boots: Boots::new(Duration::from_secs(60)),
             config_metrics: configs::Metrics::register(&registry).expect("metrics"),
             origin: None,
+            rendered: Rendered::default(),
         }
     }
 
@@ -667,12 +683,85 @@ mod tests {
         route(site, &req, peer, SERVER.into()).response.status
     }
 
+    /// The iPXE script `peer` is served, asked for on `server`.
+    fn script_at(site: &Site, peer: Ipv4Addr, server: Ipv4Addr) -> String {
+        let req = Request {
+            method: Method::Get,
+            path: "/boot.ipxe".into(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            keep_alive: true,
+            body: Vec::new(),
+        };
+        let r = route(site, &req, peer.into(), server.into());
+        assert_eq!((r.route, r.response.status), ("script", 200));
+        match r.response.body {
+            Body::Bytes(b) => String::from_utf8(b).expect("utf-8"),
+            other => panic!("not bytes: {other:?}"),
+        }
+    }
+
     fn booted(site: &Site, mac: Mac) -> usize {
         site.ledger
             .timeline(mac)
             .iter()
             .filter(|e| e.kind == EventKind::Booted)
             .count()
+    }
+
+    /// Scripts are kept once rendered ([`Rendered`]); what they were rendered from changing
+    /// must still change the next one: the lease address, the server address asked, the
+    /// boot's nonce and the configuration generation.
+    #[test]
+    fn a_kept_script_follows_its_lease_server_boot_and_generation() {
+        let site = site();
+        // `old` holds node07's reservation: node07 boots on a pool address until it ends.
+        site.ledger
+            .record(OLD, EventKind::DhcpAck, Some(RESERVED.into()));
+        let pool = Ipv4Addr::new(10, 77, 0, 100);
+        site.ledger
+            .record(NODE07, EventKind::DhcpAck, Some(pool.into()));
+        let first = script_at(&site, pool, SERVER);
+        assert!(first.contains("ip=10.77.0.100 nonce="), "{first}");
+        assert_eq!(script_at(&site, pool, SERVER), first, "same boot");
+        let other_server = Ipv4Addr::new(10, 77, 1, 1);
+        let there = script_at(&site, pool, other_server);
+        assert!(there.contains("http://10.77.1.1/vmlinuz"), "{there}");
+        assert_eq!(script_at(&site, pool, SERVER), first);
+
+        // The reservation is free: node07's address is its reservation from now on.
+        site.ledger
+            .record(OLD, EventKind::DhcpRelease, Some(RESERVED.into()));
+        let moved = script_at(&site, pool, SERVER);
+        assert!(moved.contains("ip=10.77.0.11 "), "{moved}");
+
+        // The boot ends and the next opens with a fresh nonce.
+        let nonce = |s: &str| {
+            s.split("nonce=")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        assert_eq!(post_booted(&site, Some(NODE07), pool), 204);
+        // Boots are told apart by their first event's millisecond.
+        std::thread::sleep(Duration::from_millis(3));
+        let next_boot = script_at(&site, pool, SERVER);
+        assert_ne!(nonce(&next_boot), nonce(&moved), "{moved}\n{next_boot}");
+
+        // A new generation with another cmdline: rendered from it at once.
+        let changed = HOSTS.replace("nonce={{ nonce }}", "generation-two");
+        let wire = toml::from_str(&changed).expect("toml");
+        let inventory = Inventory::from_wire(Path::new("hosts.toml"), wire).expect("inventory");
+        site.live
+            .publish(|_| {
+                Ok::<_, std::convert::Infallible>(Next::new(inventory, BootSettings::defaults()))
+            })
+            .expect("publish");
+        let published = script_at(&site, pool, SERVER);
+        assert!(
+            published.contains("ip=10.77.0.11 generation-two"),
+            "{published}"
+        );
     }
 
     #[test]
