@@ -74,7 +74,7 @@ fn lab_with(t: &str, backend: &str, http_extra: &str) -> Option<Lab> {
     )
     .expect("kernel");
     std::fs::write(images.join("debian/initrd.gz"), content(700_001, 2)).expect("initrd");
-    // Past the io_uring transport's uncorked tail (4 MiB): its bulk goes out corked.
+    // Far past the io_uring transport's uncorked tail (256 KiB): its bulk goes out corked.
     std::fs::write(
         images.join("debian/rootfs"),
         content(9 * 1024 * 1024 + 5, 3),
@@ -370,9 +370,9 @@ fn read_response(s: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
 /// the last partial segment of each response until the client's delayed ACK, up to 40 ms: a
 /// few hundred 1 MiB ranges a second on one connection where nginx did 860. The ranges asked
 /// here on one kept-alive connection each get exactly their bytes; the slowest is printed,
-/// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`). A 9
-/// MiB body follows, whole and as a range, whose bulk the io_uring transport corks. The
-/// socket is read back uncorked after all of them.
+/// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`); the
+/// io_uring transport corks those past 256 KiB but for their last 256 KiB. A 9 MiB body
+/// follows, whole and as a range. The socket is read back uncorked after all of them.
 fn no_response_waits_for_a_delayed_ack(backend: &str) {
     let t = format!("no_response_waits_for_a_delayed_ack_on_{backend}");
     let Some(l) = lab(&t, backend) else { return };

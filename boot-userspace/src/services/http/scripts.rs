@@ -14,7 +14,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 use crate::model::inventory::Mac;
 
 /// What a script was rendered for, besides its host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Key<'a> {
     /// The configuration generation.
     pub generation: u64,

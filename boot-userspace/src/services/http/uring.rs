@@ -11,12 +11,17 @@
 //! Accepted sockets are non-blocking (for that `sendfile`) and have TCP_NODELAY: a response's
 //! last partial segment never waits for the client's delayed ACK (Nagle's algorithm held it up
 //! to 40 ms per response). MSG_MORE on a head with a body to follow, and SPLICE_F_MORE on
-//! every splice but a body's last, keep a head with its body. A body's bulk is corked as
-//! nginx's `tcp_nopush` corks it, its last `CORK_TAIL` bytes never: corked, packets are full
-//! and a whole 256 MiB image went out at 1.61–1.74 GB/s on one connection against 1.13–1.31
-//! uncorked (nginx 1.61–1.83); but 1 MiB ranges corked whole fell from 700–780 MiB/s to
-//! 480–490 on one connection (`bench/results/http-experiments/2026-12-02-cork-bulk`). So a
-//! body no longer than `CORK_TAIL` is never corked, and the cork is off before a body's tail.
+//! every splice but a body's last, keep a head with its body. A body is corked as nginx's
+//! `tcp_nopush` corks it but for its last `CORK_TAIL` bytes. Uncorked, every `sendfile` that
+//! stops for a full socket pushes a part-filled segment: a 1 MiB range left in 26–27 packets
+//! where nginx's leave in 20–21, and at 32 connections on one core the server spent 0.441 s
+//! per GiB against 0.394 with only a 256 KiB tail uncorked (nginx 0.383). Corked to the end,
+//! whole images went out at 1.61–1.74 GB/s on one connection against 1.13–1.31 uncorked, but
+//! 1 MiB ranges on one connection fell to two thirds; with the last 256 KiB uncorked they
+//! keep the one-connection rate and leave in 21–22 packets
+//! (`bench/results/http-experiments/2026-12-02-cork-bulk` and `2026-12-03-cork-tail`). So
+//! the cork comes off exactly `CORK_TAIL` bytes before a body's end (a `sendfile` stops
+//! there), and a body no longer than that is never corked.
 //!
 //! A one-second timer on every ring sweeps connections past their timeouts.
 
@@ -48,9 +53,9 @@ const CACHE_WINDOW: u64 = 4 << 20;
 /// At most this many body bytes per connection before the ring serves the others: the socket
 /// is then polled (at once ready if it has room) and the body goes on.
 const TURN_BYTES: u64 = 4 << 20;
-/// A body's last bytes, sent uncorked (module comment): at least the 1 MiB ranges installers
-/// read, which corked went out at two thirds of the rate.
-const CORK_TAIL: u64 = 4 << 20;
+/// A body's last bytes, sent uncorked (module comment): corked to their end, the 1 MiB ranges
+/// installers read went out at two thirds of the rate on one connection.
+const CORK_TAIL: u64 = 256 << 10;
 /// Receive buffer per connection.
 const RECV_SIZE: usize = 16 * 1024;
 const TIMER: u64 = u64::MAX;
@@ -818,7 +823,11 @@ fn send_file(
         if turn == 0 {
             return wait_room(key, c, pending);
         }
-        let want = (*left).min(c.cached_until - *offset).min(turn);
+        let mut want = (*left).min(c.cached_until - *offset).min(turn);
+        if bulk {
+            // Stop where the tail begins, so the cork is off for exactly the tail.
+            want = want.min(*left - CORK_TAIL);
+        }
         let mut off = *offset as libc::off_t;
         // SAFETY: both descriptors are open and owned by this connection; `off` is ours.
         let n =
