@@ -804,7 +804,7 @@ fn send_file(
             return response_done(key, conns, shared, date, pending);
         }
         // Full segments for the bulk; the tail leaves at once (module comment).
-        let bulk = *left > CORK_TAIL;
+        let bulk = corked(*left);
         if bulk != c.corked {
             // A failure only costs segment sizes, on a socket that is failing anyway.
             conn::set_cork(&c.fd, bulk);
@@ -823,11 +823,7 @@ fn send_file(
         if turn == 0 {
             return wait_room(key, c, pending);
         }
-        let mut want = (*left).min(c.cached_until - *offset).min(turn);
-        if bulk {
-            // Stop where the tail begins, so the cork is off for exactly the tail.
-            want = want.min(*left - CORK_TAIL);
-        }
+        let want = piece(*left, (c.cached_until - *offset).min(turn));
         let mut off = *offset as libc::off_t;
         // SAFETY: both descriptors are open and owned by this connection; `off` is ours.
         let n =
@@ -857,6 +853,19 @@ fn send_file(
             }
         }
     }
+}
+
+/// Whether a body with `left` bytes to go is sent corked: all but its last `CORK_TAIL`.
+fn corked(left: u64) -> bool {
+    left > CORK_TAIL
+}
+
+/// The bytes of a body with `left` to go that the next `sendfile` may take, given `room` (the
+/// cached span and the turn): never across the point where the uncorked tail begins, so the
+/// cork is on for exactly the bytes before it.
+fn piece(left: u64, room: u64) -> u64 {
+    let to_switch = if corked(left) { left - CORK_TAIL } else { left };
+    room.min(to_switch)
 }
 
 /// Waits (a one-shot poll on the ring) until the socket takes more bytes. The page cache is
@@ -922,6 +931,43 @@ fn sweep(conns: &mut Slab<Conn>, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_corked_for_exactly_all_but_its_tail() {
+        let mib = 1u64 << 20;
+        for size in [
+            1,
+            CORK_TAIL - 1,
+            CORK_TAIL,
+            CORK_TAIL + 1,
+            mib,
+            700_001,
+            9 * mib + 5,
+            256 * mib,
+        ] {
+            for room in [1448, 64 << 10, 1 << 20, 4 << 20] {
+                // Walk the body as `send_file` does, each `sendfile` taking all it may.
+                let (mut left, mut corked_bytes) = (size, 0);
+                while left > 0 {
+                    let n = piece(left, room);
+                    assert!(n > 0, "size {size}, room {room}: stuck with {left} to go");
+                    if corked(left) {
+                        assert!(
+                            left - n >= CORK_TAIL,
+                            "size {size}, room {room}: a corked piece runs into the tail"
+                        );
+                        corked_bytes += n;
+                    }
+                    left -= n;
+                }
+                assert_eq!(
+                    corked_bytes,
+                    size.saturating_sub(CORK_TAIL),
+                    "size {size}, room {room}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn cpu_lists_read_as_proc_writes_them() {
