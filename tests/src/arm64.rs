@@ -2,7 +2,7 @@
 //! Debian's arm64 kernel and busybox-static (bookworm, through a private apt configuration
 //! for the arm64 architecture, so the host's dpkg and apt are untouched), an initramfs
 //! built from them with the same `/init` as the x86 machines, and iPXE for arm64
-//! (`ipxe-arm64.efi`, which bookworm's `ipxe` lacks: trixie's, an `all` package). The
+//! (`ipxe-arm64.efi`, which bookworm's `ipxe` lacks: trixie's, see [`crate::ipxe`]). The
 //! machines themselves are QEMU's `virt` board with AAVMF (Debian's `qemu-system-arm` and
 //! `qemu-efi-aarch64`, installed by `cargo xtask setup`).
 
@@ -12,8 +12,8 @@ use std::{
 };
 
 use crate::{
-    bootimage::{build_initramfs, download_and_unpack, find_kernel, kernel_package, lock_cache},
-    run, LabError,
+    bootimage::{build_initramfs, find_kernel, kernel_package, lock_cache, Apt},
+    LabError,
 };
 
 /// QEMU's arm64 emulator.
@@ -43,7 +43,6 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
     let dir = cache.join("arm64");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let root = dir.join("root");
-    let ipxe = root.join("usr/lib/ipxe/ipxe-arm64.efi");
     let busybox = root.join("bin/busybox");
     let kernel = find_kernel(&root);
     if kernel.is_none() || !busybox.exists() {
@@ -63,19 +62,6 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
         let depends = apt.run(Command::new("apt-cache").args(["depends", "linux-image-arm64"]))?;
         let package = kernel_package(&depends, "linux-image-arm64")?;
         apt.unpack(&[&package, "busybox-static"], &root)?;
-    }
-    if !ipxe.exists() {
-        let sources = dir.join("trixie.list");
-        std::fs::write(
-            &sources,
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n",
-        )
-        .map_err(|e| format!("{}: {e}", sources.display()))?;
-        let apt = Apt::new(&dir.join("trixie"), "amd64", &sources)?;
-        apt.unpack(&["ipxe"], &root)?;
-        if !ipxe.exists() {
-            return Err(format!("trixie's ipxe has no {}", ipxe.display()));
-        }
     }
     let kernel = find_kernel(&root).ok_or("the arm64 kernel package has no /boot/vmlinuz-*")?;
     let version = kernel
@@ -99,54 +85,6 @@ pub fn ensure(cache: &Path) -> Result<Arm64, LabError> {
     Ok(Arm64 {
         kernel,
         initramfs,
-        ipxe,
+        ipxe: crate::ipxe::trixie_locked(cache)?.arm64,
     })
-}
-
-/// apt with its own lists, cache and (empty) dpkg status under one folder: downloads for
-/// another architecture or release without touching the host's configuration.
-struct Apt {
-    options: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Apt {
-    fn new(dir: &Path, arch: &str, sources: &Path) -> Result<Self, LabError> {
-        let lists = dir.join("lists");
-        let cache = dir.join("cache");
-        for d in [lists.join("partial"), cache.join("archives/partial")] {
-            std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        let status = dir.join("status");
-        if !status.exists() {
-            std::fs::write(&status, "").map_err(|e| format!("{}: {e}", status.display()))?;
-        }
-        let mut options = vec![
-            format!("APT::Architectures::={arch}"),
-            format!("APT::Architecture={arch}"),
-            format!("Dir::State::Lists={}", lists.display()),
-            format!("Dir::Cache={}", cache.display()),
-            format!("Dir::State::status={}", status.display()),
-        ];
-        options.push(format!("Dir::Etc::SourceList={}", sources.display()));
-        options.push("Dir::Etc::SourceParts=/nonexistent".to_owned());
-        let apt = Self {
-            options,
-            dir: dir.to_owned(),
-        };
-        apt.run(Command::new("apt-get").args(["-q", "update"]))?;
-        Ok(apt)
-    }
-
-    fn run(&self, cmd: &mut Command) -> Result<String, LabError> {
-        for o in &self.options {
-            cmd.args(["-o", o]);
-        }
-        run(cmd)
-    }
-
-    /// Downloads `packages` and unpacks each into `root`.
-    fn unpack(&self, packages: &[&str], root: &Path) -> Result<(), LabError> {
-        download_and_unpack(packages, &self.options, &self.dir.join("dl"), root)
-    }
 }

@@ -395,6 +395,54 @@ pub fn secure_boot_loaders(cache: &Path) -> Result<(PathBuf, PathBuf), LabError>
     Ok((shim, grub))
 }
 
+/// apt with its own lists, cache and (empty) dpkg status under one folder: downloads for
+/// another architecture or release without touching the host's configuration.
+pub(crate) struct Apt {
+    options: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Apt {
+    pub(crate) fn new(dir: &Path, arch: &str, sources: &Path) -> Result<Self, LabError> {
+        let lists = dir.join("lists");
+        let cache = dir.join("cache");
+        for d in [lists.join("partial"), cache.join("archives/partial")] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let status = dir.join("status");
+        if !status.exists() {
+            std::fs::write(&status, "").map_err(|e| format!("{}: {e}", status.display()))?;
+        }
+        let mut options = vec![
+            format!("APT::Architectures::={arch}"),
+            format!("APT::Architecture={arch}"),
+            format!("Dir::State::Lists={}", lists.display()),
+            format!("Dir::Cache={}", cache.display()),
+            format!("Dir::State::status={}", status.display()),
+        ];
+        options.push(format!("Dir::Etc::SourceList={}", sources.display()));
+        options.push("Dir::Etc::SourceParts=/nonexistent".to_owned());
+        let apt = Self {
+            options,
+            dir: dir.to_owned(),
+        };
+        apt.run(Command::new("apt-get").args(["-q", "update"]))?;
+        Ok(apt)
+    }
+
+    pub(crate) fn run(&self, cmd: &mut Command) -> Result<String, LabError> {
+        for o in &self.options {
+            cmd.args(["-o", o]);
+        }
+        run(cmd)
+    }
+
+    /// Downloads `packages` and unpacks each into `root`.
+    pub(crate) fn unpack(&self, packages: &[&str], root: &Path) -> Result<(), LabError> {
+        download_and_unpack(packages, &self.options, &self.dir.join("dl"), root)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,7 @@ pub mod etcd;
 pub mod freeze;
 pub mod fuse;
 pub mod image_origin;
+pub mod ipxe;
 pub mod layering;
 pub mod packets;
 pub mod pki;

@@ -571,25 +571,33 @@ fn pxelinux_chainloaded_from_ipxe_boots_over_tftp_answered_in_the_kernel() {
 /// UEFI HTTP boot, no TFTP at all: OVMF's own HTTP-boot client (vendor class
 /// `HTTPClient`, arch 16) is told a URL, loads `ipxe.efi` from it, and the iPXE it started
 /// boots Debian's kernel and initramfs from the fabric to the booted callback. Over `https`
-/// the firmware trusts the lab's CA (enrolled through fw_cfg as OVMF reads it) and the
-/// first stage comes over TLS; Debian's iPXE has no HTTPS, so the stages after it stay on
-/// plain HTTP.
+/// every stage comes over TLS: the firmware trusts the lab's CA (enrolled through fw_cfg as
+/// OVMF reads it), and so does the iPXE it loads (Debian trixie's, which trusts the CAs the
+/// firmware holds; bookworm's has no HTTPS) for its script, kernel and initramfs. Only the
+/// booted OS's callback stays on plain HTTP (busybox's `wget` verifies no certificate).
 fn ovmf_http_boot(t: &str, https: bool) {
     use bootfabric_lab::{bootimage, capture::Capture, pki};
     let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
     let vars = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-    let ipxe = "/usr/lib/ipxe/ipxe.efi";
-    if !require_firmware(t, "qemu-system-x86_64", &[code, vars, ipxe])
+    let bookworm_ipxe = "/usr/lib/ipxe/ipxe.efi";
+    if !require_firmware(t, "qemu-system-x86_64", &[code, vars, bookworm_ipxe])
         || !require(have_program("openssl"), t, "openssl is not installed")
     {
         return;
     }
     let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab-cache");
     let image = bootimage::ensure(&cache).expect("boot image");
+    let ipxe = if https {
+        bootfabric_lab::ipxe::trixie(&cache)
+            .expect("trixie's iPXE")
+            .amd64
+    } else {
+        bookworm_ipxe.into()
+    };
     let dir = TempDir::new().expect("dir");
     let root = dir.path.join("http");
     std::fs::create_dir_all(root.join("linux")).expect("root");
-    let ipxe_len = std::fs::copy(ipxe, root.join("ipxe.efi")).expect("ipxe.efi");
+    let ipxe_len = std::fs::copy(&ipxe, root.join("ipxe.efi")).expect("ipxe.efi");
     std::fs::copy(&image.kernel, root.join("linux/vmlinuz")).expect("kernel");
     std::fs::copy(&image.initramfs, root.join("linux/initramfs.cpio")).expect("initramfs");
     let mut config = format!("{CONFIG}[http]\nroot = \"{}\"\n", root.display());
@@ -618,8 +626,10 @@ fn ovmf_http_boot(t: &str, https: bool) {
             pki_dir.join("server.pem").display(),
             pki_dir.join("server.key").display()
         ));
-        profile
-            .push_str("[profiles.installer.boot]\nuefi_http_x64 = \"https://{server}/ipxe.efi\"\n");
+        // The firmware's program, iPXE's script and the images under an https base; the
+        // callback named on its own, over plain HTTP.
+        profile = profile.replace("{http_base}/booted", "http://{server}/booted");
+        profile.push_str("[profiles.installer.boot]\nhttp_base = \"https://{server}\"\n");
         let esl = dir.path.join("cacerts.esl");
         std::fs::write(&esl, signature_list(&pki_dir.join("ca.pem"))).expect("esl");
         fw_cfg.push(format!(
@@ -714,10 +724,16 @@ fn ovmf_http_boot(t: &str, https: bool) {
     assert_eq!(sent(17, 69), 0, "the machine sent TFTP requests");
     if https {
         assert!(sent(6, 443) > 0, "the firmware never reached port 443");
-        let plain_ipxe = frames
+        // Every download of the timeline above came over TLS: nothing was asked for in
+        // plain text (the callback is a POST).
+        let plain = frames
             .iter()
-            .any(|f| dst_port(f, 6) == Some(80) && f.windows(13).any(|w| w == b"GET /ipxe.efi"));
-        assert!(!plain_ipxe, "ipxe.efi was asked for over plain HTTP");
+            .filter(|f| dst_port(f, 6) == Some(80))
+            .find_map(|f| {
+                let at = f.windows(5).position(|w| w == b"GET /")?;
+                Some(String::from_utf8_lossy(&f[at..(at + 40).min(f.len())]).into_owned())
+            });
+        assert_eq!(plain, None, "a download over plain HTTP");
     }
 }
 
@@ -770,10 +786,12 @@ fn ovmf_http_boot_loads_ipxe_and_boots_linux_without_tftp() {
     );
 }
 
+/// HTTPS from the firmware's first request to the kernel and initramfs iPXE loads: iPXE over
+/// HTTPS, trusting the CA enrolled in the firmware.
 #[test]
-fn ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux() {
+fn ovmf_https_boot_and_ipxe_over_https_trust_the_enrolled_ca() {
     ovmf_http_boot(
-        "ovmf_https_boot_trusts_the_enrolled_ca_and_boots_linux",
+        "ovmf_https_boot_and_ipxe_over_https_trust_the_enrolled_ca",
         true,
     );
 }

@@ -7,7 +7,8 @@
 //!
 //! The paths through it:
 //! - chainloaded iPXE (user class `iPXE`, or option 175) with HTTP gets the script URL
-//!   `{http_base}/{ipxe_script}`; an iPXE without HTTP gets the script over TFTP;
+//!   `{http_base}/{ipxe_script}` (an https one with a note when its option 175 lacks HTTPS);
+//!   an iPXE without HTTP gets the script over TFTP;
 //! - a PXE ROM (`PXEClient`) gets the bootloader for its architecture over TFTP, with
 //!   option 43 telling it to skip PXE boot-server discovery;
 //! - a UEFI HTTP-boot client (`HTTPClient`, arch 15/16/19) gets a URL and `HTTPClient` back;
@@ -47,6 +48,8 @@ pub const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
 
 /// iPXE's encapsulated option 175 sub-option announcing HTTP support.
 const IPXE_FEATURE_HTTP: u8 = 19;
+/// iPXE's encapsulated option 175 sub-option announcing HTTPS support.
+const IPXE_FEATURE_HTTPS: u8 = 20;
 /// Option 43 for PXE ROMs: sub-option 6 (discovery control) = 8, "boot file name is
 /// present, skip boot-server discovery", then end.
 pub const PXE_DISCOVERY_CONTROL: [u8; 4] = [6, 1, 8, 255];
@@ -108,6 +111,14 @@ impl ClientFacts {
                 tlvs(enc).any(|(code, v)| code == IPXE_FEATURE_HTTP && v.first() == Some(&1))
             }
         }
+    }
+
+    /// Whether an iPXE client says it cannot fetch over HTTPS: option 175 present without the
+    /// HTTPS feature. Without option 175 nothing is known, and nothing is said.
+    pub fn ipxe_lacks_https(&self) -> bool {
+        self.ipxe.as_deref().is_some_and(|enc| {
+            !tlvs(enc).any(|(code, v)| code == IPXE_FEATURE_HTTPS && v.first() == Some(&1))
+        })
     }
 
     /// Whether the request comes from boot firmware (PXE, iPXE or UEFI HTTP boot) rather
@@ -340,6 +351,18 @@ pub fn decide(
                 script,
                 format!("iPXE with HTTP gets the script URL: {key}"),
             );
+            // It is answered all the same: falling back to plain HTTP would hand the script
+            // and images to anyone on the segment, which is what an https base is set against.
+            // The operator learns why the machine stops there (`explain`, the log).
+            if facts.ipxe_lacks_https()
+                && d.file.as_deref().is_some_and(|f| f.starts_with("https://"))
+            {
+                d.rule(
+                    file_part,
+                    "this iPXE has no HTTPS (its option 175 lacks the feature) and cannot fetch \
+                     the URL: chainload an iPXE built with HTTPS",
+                );
+            }
         } else {
             tftp(
                 &mut d,
@@ -552,6 +575,33 @@ mod tests {
         assert_eq!(
             decide(&f, None, &global(), SERVER).file.as_deref(),
             Some("http://10.77.0.1/boot.ipxe")
+        );
+    }
+
+    #[test]
+    fn ipxe_without_https_is_told_it_cannot_fetch_an_https_script() {
+        let mut g = global();
+        g.http_base = Some("https://{server}".into());
+        let lacks = "cannot fetch the URL";
+        let mut f = facts(Some(arch::EFI_X64), None, Some(b"iPXE"));
+        for (features, said) in [
+            (Some(vec![19, 1, 1, 23, 1, 1, 255]), true), // HTTP, DNS: bookworm's build
+            (Some(vec![19, 1, 1, 20, 1, 1, 255]), false), // HTTP, HTTPS
+            (None, false),                               // nothing known
+        ] {
+            f.ipxe = features;
+            let d = decide(&f, None, &g, SERVER);
+            assert_eq!(d.file.as_deref(), Some("https://10.77.0.1/boot.ipxe"));
+            let told = d.rules.iter().any(|(_, r)| r.contains(lacks));
+            assert_eq!(told, said, "{:?}: {:?}", f.ipxe, d.rules);
+        }
+        // Over plain HTTP the missing feature does not matter.
+        f.ipxe = Some(vec![19, 1, 1, 255]);
+        let d = decide(&f, None, &global(), SERVER);
+        assert!(
+            !d.rules.iter().any(|(_, r)| r.contains(lacks)),
+            "{:?}",
+            d.rules
         );
     }
 
@@ -780,6 +830,7 @@ mod tests {
                 ..Default::default()
             };
             let _ = f.ipxe_has_http();
+            let _ = f.ipxe_lacks_https();
             let _ = f.is_ipxe();
         }
     }
