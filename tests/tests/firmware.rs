@@ -207,6 +207,58 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     }
 }
 
+/// Debian 12's iPXE (QEMU's ROM) has no HTTPS, and says so in its option 175. Told an https
+/// script URL it stops; the daemon, answering it from its pool in userspace, warns with the
+/// URL and the way out, which is what the operator has to go on.
+#[test]
+fn an_ipxe_without_https_told_an_https_script_url_is_warned_about() {
+    let t = "an_ipxe_without_https_told_an_https_script_url_is_warned_about";
+    if !require_root(t)
+        || !require(
+            have_program("qemu-system-x86_64"),
+            t,
+            "QEMU is not installed (cargo xtask setup)",
+        )
+    {
+        return;
+    }
+    let lab = lab();
+    let config = format!("{CONFIG}[boot]\nhttp_base = \"https://{{server}}\"\n");
+    let daemon = Daemon::start(&lab.server, &config, &[("hosts.toml", INVENTORY)]).expect("daemon");
+    let dir = TempDir::new().expect("dir");
+    let log = dir.path.join("qemu.log");
+    // Not in the inventory: a pool address, answered in userspace.
+    let _vm = qemu(
+        &lab.client,
+        &[
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:77",
+            "-boot",
+            "n",
+        ],
+        &log,
+    );
+    let warned = wait_for(BOOT_BOUND, || {
+        let l = daemon.log();
+        l.lines()
+            .find(|l| l.contains("iPXE without HTTPS"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no warning.\nconsole:\n{}\ndaemon:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            daemon.log()
+        )
+    });
+    assert!(
+        warned.contains("WARN")
+            && warned.contains("52:54:00:b0:0f:77")
+            && warned.contains("was told https://10.77.0.1/boot.ipxe"),
+        "{warned}"
+    );
+}
+
 /// OVMF's own UEFI PXE client (arch 7) is told the x64 bootloader, asks our TFTP server for
 /// its size (`tsize 0 blksize 1468 windowsize 4`), aborts after the OACK, asks again and
 /// loads it; the iPXE it loaded then asks DHCP again and fetches its script over HTTP.

@@ -187,6 +187,9 @@ pub struct BootDecision {
     pub uuid: Option<Vec<u8>>,
     /// Which rule decided each part, in order: (part, rule).
     pub rules: Vec<(String, String)>,
+    /// The client said it cannot fetch the boot file it is told: an iPXE whose option 175
+    /// lacks HTTPS, given an https script URL. A rule says why; the service logs it.
+    pub unfetchable: bool,
 }
 
 impl BootDecision {
@@ -353,10 +356,11 @@ pub fn decide(
             );
             // It is answered all the same: falling back to plain HTTP would hand the script
             // and images to anyone on the segment, which is what an https base is set against.
-            // The operator learns why the machine stops there (`explain`, the log).
+            // The operator learns why the machine stops there (the daemon's log).
             if facts.ipxe_lacks_https()
                 && d.file.as_deref().is_some_and(|f| f.starts_with("https://"))
             {
+                d.unfetchable = true;
                 d.rule(
                     file_part,
                     "this iPXE has no HTTPS (its option 175 lacks the feature) and cannot fetch \
@@ -594,12 +598,13 @@ mod tests {
             assert_eq!(d.file.as_deref(), Some("https://10.77.0.1/boot.ipxe"));
             let told = d.rules.iter().any(|(_, r)| r.contains(lacks));
             assert_eq!(told, said, "{:?}: {:?}", f.ipxe, d.rules);
+            assert_eq!(d.unfetchable, said);
         }
         // Over plain HTTP the missing feature does not matter.
         f.ipxe = Some(vec![19, 1, 1, 255]);
         let d = decide(&f, None, &global(), SERVER);
         assert!(
-            !d.rules.iter().any(|(_, r)| r.contains(lacks)),
+            !d.rules.iter().any(|(_, r)| r.contains(lacks)) && !d.unfetchable,
             "{:?}",
             d.rules
         );

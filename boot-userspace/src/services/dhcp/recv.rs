@@ -164,6 +164,11 @@ fn log(line: Log) {
         Log::ReservationWaits { mac, why } => {
             info!(%mac, "{why}: a pool address meanwhile")
         }
+        Log::CannotFetch { mac, file } => warn!(
+            %mac,
+            "iPXE without HTTPS (its option 175 lacks it) was told {file}, which it cannot \
+             fetch: chainload an iPXE built with HTTPS, or serve it a plain http base"
+        ),
         Log::EncodeFailed { mac, error } => {
             warn!(%mac, error = %error, "encoding a DHCP reply failed")
         }

@@ -165,6 +165,14 @@ pub enum Log {
         /// The rule: "reservation 10.77.0.11 of host node01 waits: leased to … until …".
         why: String,
     },
+    /// An iPXE without HTTPS was told an https script URL it cannot fetch (warning, at most
+    /// once every 10 s in all: any machine can send the option, under any MAC).
+    CannotFetch {
+        /// The client.
+        mac: Mac,
+        /// The URL it was told.
+        file: String,
+    },
     /// A reply could not be encoded (warning).
     EncodeFailed {
         /// The client.
@@ -283,6 +291,8 @@ pub struct Step {
     /// When each waiting reservation's owner was last logged (monotonic ms). Only inventory
     /// hosts whose reservation waits get here, so it is bounded by the inventory.
     last_waits_log: HashMap<Mac, u64>,
+    /// When an unfetchable boot file was last logged (monotonic ms), for all clients at once.
+    last_unfetchable_log: Option<u64>,
 }
 
 impl Step {
@@ -292,6 +302,7 @@ impl Step {
             subnets,
             last_exhausted_log: HashMap::new(),
             last_waits_log: HashMap::new(),
+            last_unfetchable_log: None,
         }
     }
 
@@ -362,6 +373,16 @@ impl Step {
                             why: why.clone(),
                         }));
                     }
+                }
+                let due = self
+                    .last_unfetchable_log
+                    .is_none_or(|t| now.ms.saturating_sub(t) > EXHAUSTED_LOG_MS);
+                if reply.boot.unfetchable && due {
+                    self.last_unfetchable_log = Some(now.ms);
+                    actions.push(Action::Log(Log::CannotFetch {
+                        mac,
+                        file: reply.boot.file.clone().unwrap_or_default(),
+                    }));
                 }
                 actions.push(sent(*reply, kind, mac));
             }
@@ -470,7 +491,7 @@ fn sent(reply: server::Reply, kind: &'static str, mac: Mac) -> Action {
 #[cfg(test)]
 mod tests {
     use dhcproto::{
-        v4::{DhcpOption, Message, MessageType},
+        v4::{DhcpOption, Message, MessageType, OptionCode, UnknownOption},
         Decodable, Decoder, Encodable, Encoder,
     };
 
@@ -936,6 +957,47 @@ mod tests {
                     "{why}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn an_ipxe_without_https_told_an_https_url_is_logged_once_in_ten_seconds_in_all() {
+        let mut l = Loop::new("10.0.0.100-10.0.0.110", 100);
+        l.server.boot.http_base = Some("https://{server}".into());
+        // Debian 12's iPXE: user class iPXE, option 175 with HTTP and DNS, no HTTPS.
+        let ipxe = |https: bool| {
+            let mut features = vec![19, 1, 1, 23, 1, 1];
+            if https {
+                features.extend([20, 1, 1]);
+            }
+            [
+                DhcpOption::UserClass(b"iPXE".to_vec()),
+                DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(175), features)),
+            ]
+        };
+        let logged = |a: &[Action]| {
+            a.iter().find_map(|a| match a {
+                Action::Log(Log::CannotFetch { mac, file }) => Some((*mac, file.clone())),
+                _ => None,
+            })
+        };
+        // Different MACs share the limit: any machine can send the option, as any MAC.
+        for (ms, n, https, log) in [
+            (0, 1, false, true),
+            (5_000, 2, false, false),
+            (10_001, 2, true, false),
+            (10_002, 3, false, true),
+        ] {
+            let request = bytes(
+                n,
+                MessageType::Discover,
+                Ipv4Addr::UNSPECIFIED,
+                &ipxe(https),
+            );
+            let a = l.feed(&request, broadcast_peer(), ms);
+            assert!(matches!(a.last(), Some(Action::Send(_))), "an offer: {a:?}");
+            let expected = log.then(|| (mac(n), format!("https://{SERVER_IP}/boot.ipxe")));
+            assert_eq!(logged(&a), expected, "at {ms} ms: {a:?}");
         }
     }
 
