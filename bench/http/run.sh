@@ -391,7 +391,8 @@ for rep in $(seq 1 "$REPEAT"); do
         U[$k]=$(tr ', ' '\n\n' <<<"${U[$k]:-} $cores" | grep -E '^[0-9]+$' | sort -un | paste -sd, -)
         if [ "$what" = script ]; then unit="req/s"; cunit="µs/req"; else unit="MiB/s"; cunit="s/GiB"; fi
         printf 'result %d pin=%s %-10s %-6s %3d conns: %9s %s, slowest %s ms, CPU %s %s; threads %s (%s working), cores used %s, allowed %s; %s %s\n' \
-          "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$SLOWEST" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS"
+          "$rep" "$pin" "$server" "$what" "$conns" "$RATE" "$unit" "$SLOWEST" "$CPU" "$cunit" "$nt" "$nb" "$cores" "$allowed" "$kinds" "$ERRORS" |
+          tee -a "$WORK/results"
       done
     done
   done
@@ -427,5 +428,7 @@ threads_cell() {
     done
   done
 } >"$RESULTS/table.md"
+# The same rows as ratios within each repeat (paired.sh says why), from this run's raw output.
+{ echo; "$ROOT/bench/http/paired.sh" "$WORK/results"; } >>"$RESULTS/table.md"
 echo
 cat "$RESULTS/table.md"

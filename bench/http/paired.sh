@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Paired ratios of a kept HTTP run: `bench/http/paired.sh bench/results/http/<run>/raw.txt`.
+#
+# Within every row, mode and repeat the two servers run back to back, so both meet the same
+# machine; across repeats the machine drifts (in one run `range:32` unpinned went from about
+# 2300 to about 1800 MiB/s for both servers between the third and fourth repeat). The table's
+# ratio is the ratio of two medians taken over different repeats, so drift can move it either
+# way; the ratio within each repeat cannot be moved by drift between repeats. This prints,
+# per row, Bootfabric's rate over nginx's within each repeat (the median, the range, and in
+# how many repeats it was at or above), and the same for CPU per unit of work (lower is
+# better). run.sh appends its output to the run's table.md; for a kept run made before that,
+# run it on the run's raw.txt.
+set -euo pipefail
+raw=${1:?usage: paired.sh raw.txt (or any file of run.sh result lines)}
+awk '
+  # result <rep> pin=<p> <server> <what> <conns> conns: <rate> <unit>, slowest ..., CPU <cpu> <cunit>; ...
+  $1 == "result" && $7 == "conns:" {
+    rep = $2; pin = substr($3, 5); server = $4; row = $5 ":" $6
+    cpu = "n/a"
+    for (i = 8; i < NF; i++) if ($i == "CPU") { cpu = $(i + 1); break }
+    key = pin SUBSEP row
+    if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+    rate[server, key, rep] = $8; cost[server, key, rep] = cpu; unit[key] = $9
+    reps[key] = (rep > reps[key]) ? rep : reps[key]
+  }
+  function median(a, k,    i, j, t) {
+    for (i = 2; i <= k; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+  }
+  END {
+    print "| pin | request | connections | repeats | rate ratio, median of repeats | range | repeats at or above nginx | CPU ratio, median of repeats | range |"
+    print "|---|---|---|---|---|---|---|---|---|"
+    for (o = 1; o <= n; o++) {
+      key = order[o]; split(key, p, SUBSEP); split(p[2], w, ":")
+      kr = 0; kc = 0; above = 0
+      for (r = 1; r <= reps[key]; r++) {
+        b = rate["bootfabric", key, r]; g = rate["nginx", key, r]
+        if (b != "" && g + 0 > 0) { rr[++kr] = b / g; if (b + 0 >= g + 0) above++ }
+        bc = cost["bootfabric", key, r]; gc = cost["nginx", key, r]
+        if (bc != "" && bc != "n/a" && gc != "n/a" && gc + 0 > 0) cc[++kc] = bc / gc
+      }
+      if (kr == 0) continue
+      rmin = rr[1]; rmax = rr[1]; for (i = 1; i <= kr; i++) { if (rr[i] < rmin) rmin = rr[i]; if (rr[i] > rmax) rmax = rr[i] }
+      cm = "n/a"; crange = "n/a"
+      if (kc > 0) {
+        cmin = cc[1]; cmax = cc[1]; for (i = 1; i <= kc; i++) { if (cc[i] < cmin) cmin = cc[i]; if (cc[i] > cmax) cmax = cc[i] }
+        crange = sprintf("%.2f–%.2f", cmin, cmax); cm = sprintf("%.2f", median(cc, kc))
+      }
+      printf "| %s | %s | %s | %d | %.2f | %.2f–%.2f | %d of %d | %s | %s |\n",
+        (p[1] == 1 ? "1 core each" : "none"), w[1], w[2], kr, median(rr, kr), rmin, rmax, above, kr, cm, crange
+      delete rr; delete cc
+    }
+  }' "$raw"
