@@ -167,7 +167,7 @@ fn log(line: Log) {
         Log::CannotFetch { mac, file } => warn!(
             %mac,
             "iPXE without HTTPS (its option 175 lacks it) was told {file}, which it cannot \
-             fetch: chainload an iPXE built with HTTPS, or serve it a plain http base"
+             fetch: chainload an iPXE built with HTTPS (docs/troubleshooting.md, HTTPS fails)"
         ),
         Log::EncodeFailed { mac, error } => {
             warn!(%mac, error = %error, "encoding a DHCP reply failed")

@@ -166,7 +166,8 @@ pub enum Log {
         why: String,
     },
     /// An iPXE without HTTPS was told an https script URL it cannot fetch (warning, at most
-    /// once every 10 s in all: any machine can send the option, under any MAC).
+    /// once every 10 s per socket whatever the MAC: any machine can send the option, under
+    /// any MAC).
     CannotFetch {
         /// The client.
         mac: Mac,
@@ -291,7 +292,8 @@ pub struct Step {
     /// When each waiting reservation's owner was last logged (monotonic ms). Only inventory
     /// hosts whose reservation waits get here, so it is bounded by the inventory.
     last_waits_log: HashMap<Mac, u64>,
-    /// When an unfetchable boot file was last logged (monotonic ms), for all clients at once.
+    /// When an unfetchable boot file was last logged (monotonic ms), for every client at once:
+    /// a map by MAC would grow with every MAC an attacker makes up.
     last_unfetchable_log: Option<u64>,
 }
 
@@ -961,7 +963,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ipxe_without_https_told_an_https_url_is_logged_once_in_ten_seconds_in_all() {
+    fn an_ipxe_without_https_told_an_https_url_is_logged_once_in_ten_seconds_whatever_the_mac() {
         let mut l = Loop::new("10.0.0.100-10.0.0.110", 100);
         l.server.boot.http_base = Some("https://{server}".into());
         // Debian 12's iPXE: user class iPXE, option 175 with HTTP and DNS, no HTTPS.
