@@ -612,10 +612,53 @@ fn explain_names_the_rule_behind_each_part() {
         "iPXE",
     ]);
     assert!(out.contains("http://10.77.0.1/boot.ipxe"), "{out}");
+    // An iPXE that says (option 175) it has no HTTP gets its script over TFTP.
+    let ipxe = |features: &str| {
+        explain(&[
+            "--mac",
+            "52:54:00:b0:0f:01",
+            "--arch",
+            "7",
+            "--ipxe-features",
+            features,
+        ])
+    };
+    let out = ipxe("tftp,dns");
+    assert!(
+        out.contains("\"boot.ipxe\"") && out.contains("iPXE without HTTP (option 175)"),
+        "{out}"
+    );
     let out = explain(&["--mac", "52:54:00:00:00:99"]);
     assert!(
         out.contains("10.77.0.100") && out.contains("not a PXE"),
         "{out}"
+    );
+    // Under an https base, an iPXE without HTTPS is told why it will stop there.
+    std::fs::write(&cfg, config("[boot]\nhttp_base = \"https://{server}\"\n")).expect("config");
+    let lacks = "this iPXE has no HTTPS";
+    let out = ipxe("http,dns,tftp");
+    assert!(
+        out.contains("https://10.77.0.1/boot.ipxe") && out.contains(lacks),
+        "{out}"
+    );
+    let out = ipxe("http,https,dns");
+    assert!(
+        out.contains("https://10.77.0.1/boot.ipxe") && !out.contains(lacks),
+        "{out}"
+    );
+    // A name that is no feature is refused, saying which.
+    let mut c = Command::new(bootfabric_lab::bootfabric_bin());
+    c.arg("explain").arg("--config").arg(&cfg).args([
+        "--mac",
+        "52:54:00:b0:0f:01",
+        "--ipxe-features",
+        "http,gopher",
+    ]);
+    let refused = c.output().expect("explain");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("\"gopher\" is not an iPXE feature"),
+        "{said}"
     );
 }
 

@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::Args;
-use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
+use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode, UnknownOption};
 
 use crate::{
     commands::output::{json, lease6_rows, lease_rows, lease_table, Output},
@@ -38,6 +38,11 @@ pub struct ExplainArgs {
     /// User class (option 77), e.g. iPXE.
     #[arg(long)]
     pub user_class: Option<String>,
+    /// iPXE's features (its option 175, which also marks the client as iPXE), comma
+    /// separated: `http`, `https`, `tftp`, `dns`, `efi`, `bzimage`, `menu` or a feature
+    /// number. Debian 12's iPXE sends `http,dns,tftp,...` without `https`.
+    #[arg(long, value_delimiter = ',', value_parser = ipxe_feature)]
+    pub ipxe_features: Option<Vec<u8>>,
     /// Relay address (giaddr), for relayed clients.
     #[arg(long)]
     pub giaddr: Option<Ipv4Addr>,
@@ -53,6 +58,34 @@ pub struct ExplainArgs {
     /// `--user-class`; it asks on `--iface`'s link.
     #[arg(long)]
     pub ipv6: bool,
+}
+
+/// One of iPXE's DHCP feature codes (its `DHCP_EB_FEATURE_*`), by name or number.
+fn ipxe_feature(s: &str) -> Result<u8, String> {
+    let code = match s.trim().to_ascii_lowercase().as_str() {
+        "http" => 0x13,
+        "https" => 0x14,
+        "tftp" => 0x15,
+        "dns" => 0x17,
+        "bzimage" => 0x18,
+        "efi" => 0x24,
+        "menu" => 0x27,
+        other => other.parse::<u8>().map_err(|_| {
+            format!(
+                "{other:?} is not an iPXE feature: http, https, tftp, dns, bzimage, efi, menu or a number"
+            )
+        })?,
+    };
+    // Sub-options 1-15 and 176+ are iPXE's settings, not features.
+    if !(0x10..0x80).contains(&code) {
+        return Err(format!("{code} is not an iPXE feature code (16-127)"));
+    }
+    Ok(code)
+}
+
+/// Option 175 as iPXE sends it: each feature as a sub-option of length 1, version 1.
+fn ipxe_option(features: &[u8]) -> Vec<u8> {
+    features.iter().flat_map(|&f| [f, 1, 1]).collect()
 }
 
 /// Runs `explain`; returns the exit code.
@@ -114,14 +147,24 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> i32 {
     if let Some(u) = &args.user_class {
         opts.insert(DhcpOption::UserClass(u.as_bytes().to_vec()));
     }
+    if let Some(features) = &args.ipxe_features {
+        opts.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            ipxe_option(features),
+        )));
+    }
 
     println!(
-        "client   {mac}  arch {}  vendor class {}  user class {}{}",
+        "client   {mac}  arch {}  vendor class {}  user class {}{}{}",
         args.arch
             .map(|a| a.to_string())
             .unwrap_or_else(|| "-".into()),
         vendor.as_deref().unwrap_or("-"),
         args.user_class.as_deref().unwrap_or("-"),
+        args.ipxe_features
+            .as_ref()
+            .map(|f| format!("  iPXE features {f:?} (option 175)"))
+            .unwrap_or_default(),
         args.giaddr
             .map(|g| format!("  via relay {g}"))
             .unwrap_or_default(),
@@ -397,4 +440,33 @@ pub fn leases(cfg: &Config, all: bool, output: Output) -> i32 {
         },
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::dhcp::policy::ClientFacts;
+
+    #[test]
+    fn ipxe_features_become_the_option_175_the_policy_reads() {
+        let parse = |list: &str| {
+            list.split(',')
+                .map(ipxe_feature)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let facts = |features: &[u8]| ClientFacts {
+            ipxe: Some(ipxe_option(features)),
+            ..Default::default()
+        };
+        let bookworm = parse("http,dns,TFTP").expect("names");
+        assert_eq!(bookworm, [0x13, 0x17, 0x15]);
+        let f = facts(&bookworm);
+        assert!(f.is_ipxe() && f.ipxe_has_http() && f.ipxe_lacks_https());
+        let f = facts(&parse("http, https").expect("names"));
+        assert!(f.ipxe_has_http() && !f.ipxe_lacks_https());
+        assert!(!facts(&parse("tftp,36").expect("number")).ipxe_has_http());
+        for bad in ["gopher", "", "300", "1", "176"] {
+            assert!(ipxe_feature(bad).is_err(), "{bad:?}");
+        }
+    }
 }
