@@ -112,6 +112,13 @@ fn require_firmware(t: &str, program: &str, files: &[&str]) -> bool {
         )
 }
 
+/// QEMU's own iPXE ROM (Debian 12's, from `ipxe-qemu`) booting from the network as `mac`,
+/// in `ns`.
+fn ipxe_rom_vm(ns: &Netns, mac: &str, log: &std::path::Path) -> Qemu {
+    let nic = format!("virtio-net-pci,netdev=n0,mac={mac}");
+    qemu(ns, &["-device", &nic, "-boot", "n"], log)
+}
+
 /// The machine's timeline once it holds `booted`; on the bound, the test fails with the
 /// console and the daemon's log.
 fn wait_booted(lab: &PairLab, daemon: &Daemon, log: &std::path::Path) -> String {
@@ -148,29 +155,14 @@ fn in_order<S: AsRef<str>>(timeline: &str, steps: &[S]) {
 #[test]
 fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
     let t = "qemu_ipxe_rom_is_sent_to_the_ipxe_script_url";
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64"),
-            t,
-            "QEMU is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(t, "qemu-system-x86_64", &[]) {
         return;
     }
     let lab = lab();
     let daemon = Daemon::start(&lab.server, CONFIG, &[("hosts.toml", INVENTORY)]).expect("daemon");
     let dir = TempDir::new().expect("dir");
     let log = dir.path.join("qemu.log");
-    let _vm = qemu(
-        &lab.client,
-        &[
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
-            "-boot",
-            "n",
-        ],
-        &log,
-    );
+    let _vm = ipxe_rom_vm(&lab.client, "52:54:00:b0:0f:01", &log);
     let (request, _) = first_http_request(&lab.server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // It holds its reservation (iPXE completed DISCOVER/OFFER/REQUEST/ACK), and the lease
@@ -213,13 +205,7 @@ fn qemu_ipxe_rom_is_sent_to_the_ipxe_script_url() {
 #[test]
 fn an_ipxe_without_https_told_an_https_script_url_is_warned_about() {
     let t = "an_ipxe_without_https_told_an_https_script_url_is_warned_about";
-    if !require_root(t)
-        || !require(
-            have_program("qemu-system-x86_64"),
-            t,
-            "QEMU is not installed (cargo xtask setup)",
-        )
-    {
+    if !require_firmware(t, "qemu-system-x86_64", &[]) {
         return;
     }
     let lab = lab();
@@ -228,16 +214,7 @@ fn an_ipxe_without_https_told_an_https_script_url_is_warned_about() {
     let dir = TempDir::new().expect("dir");
     let log = dir.path.join("qemu.log");
     // Not in the inventory: a pool address, answered in userspace.
-    let _vm = qemu(
-        &lab.client,
-        &[
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:77",
-            "-boot",
-            "n",
-        ],
-        &log,
-    );
+    let _vm = ipxe_rom_vm(&lab.client, "52:54:00:b0:0f:77", &log);
     let warned = wait_for(BOOT_BOUND, || {
         let l = daemon.log();
         l.lines()
@@ -383,16 +360,7 @@ fn qemu_ipxe_fetches_script_kernel_and_initrd_over_http() {
     let daemon =
         Daemon::start(&lab.server, &config, &[("hosts.toml", &inventory)]).expect("daemon");
     let log = dir.path.join("qemu.log");
-    let _vm = qemu(
-        &lab.client,
-        &[
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
-            "-boot",
-            "n",
-        ],
-        &log,
-    );
+    let _vm = ipxe_rom_vm(&lab.client, "52:54:00:b0:0f:01", &log);
     let want = [
         format!("/vm/kernel.lkrn: {kernel_len} bytes"),
         "/vm/initrd.img: 300007 bytes".to_owned(),
@@ -488,16 +456,7 @@ fn proxy_dhcp_boots_ipxe_next_to_dnsmasq() {
     let config = "[fabric]\ninterfaces = [\"fabric0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[daemon]\nstate_dir = \"state\"\n[dhcp]\nmode = \"proxy\"\n";
     let daemon = Daemon::start(&server, config, &[]).expect("daemon");
     let log = dir.path.join("qemu.log");
-    let _vm = qemu(
-        switch.ns(),
-        &[
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:c0:ff:01",
-            "-boot",
-            "n",
-        ],
-        &log,
-    );
+    let _vm = ipxe_rom_vm(switch.ns(), "52:54:00:c0:ff:01", &log);
     let (request, peer) = first_http_request(&server, &log, &daemon);
     assert!(request.starts_with("GET /boot.ipxe "), "{request}");
     // The VM's address came from dnsmasq's range, not from us.
@@ -884,16 +843,7 @@ fn ipxe_skips_the_router_wait_with_ipv6_disabled_on_the_server() {
         daemon.log()
     );
     let log = dir.path.join("qemu.log");
-    let _vm = qemu(
-        &lab.client,
-        &[
-            "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:b0:0f:01",
-            "-boot",
-            "n",
-        ],
-        &log,
-    );
+    let _vm = ipxe_rom_vm(&lab.client, "52:54:00:b0:0f:01", &log);
     let events = wait_for(BOOT_BOUND, || {
         let (_, t) = http_get(
             &lab.server,

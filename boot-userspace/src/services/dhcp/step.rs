@@ -376,10 +376,11 @@ impl Step {
                         }));
                     }
                 }
-                let due = self
-                    .last_unfetchable_log
-                    .is_none_or(|t| now.ms.saturating_sub(t) > EXHAUSTED_LOG_MS);
-                if reply.boot.unfetchable && due {
+                if reply.boot.unfetchable
+                    && self
+                        .last_unfetchable_log
+                        .is_none_or(|t| now.ms.saturating_sub(t) > EXHAUSTED_LOG_MS)
+                {
                     self.last_unfetchable_log = Some(now.ms);
                     actions.push(Action::Log(Log::CannotFetch {
                         mac,
