@@ -7,7 +7,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Output,
     time::Duration,
 };
@@ -711,6 +711,87 @@ fn wget_resumes_a_download() {
         "resumed file differs"
     );
     assert_eq!(l.metric("bootfabric_http_range_requests_total", &[]), 1.0);
+}
+
+/// The daemon's open descriptors of `file`.
+fn descriptors_of(pid: u32, file: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == file)
+        .count()
+}
+
+/// Files stay open between requests (one descriptor for any number of them), and a kept one
+/// follows its name: replaced by a rename, written in place, turned into a symlink out of the
+/// root, removed.
+fn a_kept_file_follows_its_name(backend: &str) {
+    let t = format!("a_kept_file_follows_its_name_on_{backend}");
+    let Some(l) = lab(&t, backend) else { return };
+    let initrd = l.images.join("debian/initrd.gz");
+    let want = l.file("debian/initrd.gz");
+    for i in 0..20usize {
+        let first = i * 30_000;
+        let got = l.curl(
+            "/debian/initrd.gz",
+            &["-H", &format!("Range: bytes={first}-{}", first + 9_999)],
+        );
+        assert_eq!(got.status, 206);
+        assert!(got.body == want[first..first + 10_000], "range {i} differs");
+    }
+    assert_eq!(
+        descriptors_of(l.daemon.pid(), &initrd),
+        1,
+        "twenty requests, one kept descriptor"
+    );
+
+    let linux = l.images.join("debian/linux");
+    let before = l.curl("/debian/linux", &[]);
+    assert_eq!(before.status, 200);
+    // Replaced by a rename, as images are updated.
+    let next = content(123_457, 9);
+    std::fs::write(l.images.join("debian/.linux.new"), &next).expect("next");
+    std::fs::rename(l.images.join("debian/.linux.new"), &linux).expect("rename");
+    let after = l.curl("/debian/linux", &[]);
+    assert_eq!(after.status, 200);
+    assert!(after.body == next, "the replaced file's bytes");
+    assert_ne!(after.header("etag"), before.header("etag"));
+    // Written in place: the new length at once.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&linux)
+        .expect("open");
+    std::io::Write::write_all(&mut f, b"tail").expect("append");
+    drop(f);
+    let grown = l.curl("/debian/linux", &[]);
+    assert_eq!(grown.body.len(), next.len() + 4);
+    // A symlink out of the root where the kept file was.
+    std::fs::remove_file(&linux).expect("rm");
+    let secret = l.images.parent().expect("dir").join("secret");
+    std::os::unix::fs::symlink(&secret, &linux).expect("link");
+    assert_eq!(l.curl("/debian/linux", &[]).status, 403);
+    std::fs::remove_file(&linux).expect("rm");
+    assert_eq!(l.curl("/debian/linux", &[]).status, 404);
+    // The kept descriptors of the old files are gone with them.
+    let gone = std::fs::read_dir(format!("/proc/{}/fd", l.daemon.pid()))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.to_string_lossy().contains("debian/linux"))
+        .count();
+    assert_eq!(
+        gone, 0,
+        "no descriptor of a removed or replaced kernel is kept"
+    );
+}
+
+#[test]
+fn a_kept_file_follows_its_name_on_io_uring() {
+    a_kept_file_follows_its_name("io_uring");
+}
+
+#[test]
+fn a_kept_file_follows_its_name_on_epoll() {
+    a_kept_file_follows_its_name("epoll");
 }
 
 fn add_address(l: &Lab, cidr: &str) {

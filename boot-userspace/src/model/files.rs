@@ -14,8 +14,12 @@
 use std::{
     fs::File,
     os::unix::fs::FileExt,
-    path::{Component, Path, PathBuf},
+    path::{Component, Path},
+    sync::Arc,
 };
+
+mod kept;
+pub use kept::Kept;
 
 /// Why a request cannot be served (TFTP maps it to an error code, HTTP to a status).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -77,7 +81,7 @@ pub fn check_name(name: &str) -> Result<(), FileError> {
 /// An open file ready to serve.
 #[derive(Debug)]
 pub struct Source {
-    file: File,
+    file: Arc<File>,
     meta: std::fs::Metadata,
     /// The file lives in memory (tmpfs, ramfs): a read is a copy from its pages and never
     /// waits for a disk, though such file systems refuse RWF_NOWAIT.
@@ -95,8 +99,14 @@ impl Source {
         &self.meta
     }
 
+    /// Whether the file lives in memory (tmpfs, ramfs): its pages are always at hand, so no
+    /// read of it waits for a store.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
+    }
+
     /// The open file itself.
-    pub fn into_file(self) -> File {
+    pub fn into_file(self) -> Arc<File> {
         self.file
     }
 
@@ -154,7 +164,11 @@ pub fn find<'r>(roots: &[&'r Path], name: &str) -> Option<(&'r Path, Result<Sour
 /// Opens `name` under `root` (which must be canonical).
 pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
     let (rel, absolute) = relative(root, name)?;
-    let joined: PathBuf = root.join(rel);
+    open_joined(root, &root.join(rel), absolute)
+}
+
+/// Opens `joined` (a checked name under `root`), confined to `root` once resolved.
+fn open_joined(root: &Path, joined: &Path, absolute: bool) -> Result<Source, FileError> {
     let real = match joined.canonicalize() {
         Ok(p) => p,
         // An absolute name that is not under the root names something outside it.
@@ -178,7 +192,7 @@ pub fn open(root: &Path, name: &str) -> Result<Source, FileError> {
     }
     let in_memory = in_memory(&file);
     Ok(Source {
-        file,
+        file: Arc::new(file),
         meta,
         in_memory,
     })
@@ -203,7 +217,7 @@ fn in_memory(file: &File) -> bool {
 mod tests {
     use super::*;
 
-    fn root() -> (tempfile::TempDir, PathBuf) {
+    fn root() -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().expect("tempdir");
         let root = d.path().join("tftp");
         std::fs::create_dir_all(root.join("pxelinux.cfg")).expect("dirs");

@@ -389,7 +389,7 @@ impl KernelTftp {
             });
         }
         let mut bytes = Vec::with_capacity(size as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(&file, size), &mut bytes)
+        std::io::Read::read_to_end(&mut std::io::Read::take(&*file, size), &mut bytes)
             .map_err(read_err)?;
         if bytes.len() as u64 != size {
             return Err(read_err(std::io::Error::other("changed while it was read")));

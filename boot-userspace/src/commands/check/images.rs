@@ -102,7 +102,7 @@ fn version(
         }
         if checksums {
             let got = std::fs::File::open(&path)
-                .and_then(|mut f| super::local::sha256_of(&mut f))
+                .and_then(|f| super::local::sha256_of(&f))
                 .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             if got != f.sha256 {

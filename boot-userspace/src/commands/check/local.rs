@@ -282,8 +282,8 @@ pub fn files(config: &Config, checksums: bool) -> Vec<Item> {
             let size = src.size();
             match (checksums, p.sha256.get(f)) {
                 (true, Some(want)) => {
-                    let mut file = src.into_file();
-                    match sha256_of(&mut file) {
+                    let file = src.into_file();
+                    match sha256_of(&file) {
                         Ok(got) if &got == want => items.push(Item::pass(
                             subject,
                             format!("{size} bytes under {}, SHA-256 matches", root.display()),
@@ -664,7 +664,7 @@ fn list(roots: &[&Path]) -> String {
         .join(" or ")
 }
 
-pub(super) fn sha256_of(file: &mut std::fs::File) -> std::io::Result<[u8; 32]> {
+pub(super) fn sha256_of(mut file: &std::fs::File) -> std::io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -900,9 +900,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("f");
         std::fs::write(&p, b"abc").expect("write");
-        let mut f = std::fs::File::open(&p).expect("open");
+        let f = std::fs::File::open(&p).expect("open");
         assert_eq!(
-            hex(&sha256_of(&mut f).expect("sha")),
+            hex(&sha256_of(&f).expect("sha")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -835,7 +835,8 @@ fn read_text(dir: &Path, rel: &str) -> Result<String, String> {
         return Err(format!("larger than {CONFIG_MAX} bytes"));
     }
     let mut bytes = Vec::new();
-    src.into_file()
+    let file = src.into_file();
+    (&*file)
         .take(CONFIG_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;

@@ -185,6 +185,7 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
         file: &Arc<std::fs::File>,
         offset: u64,
         len: u64,
+        in_memory: bool,
         shared: &Shared,
         x: &mut Exchange,
     ) -> impl std::future::Future<Output = Result<(), BodyError>> + Send;
@@ -206,6 +207,8 @@ impl Wire for TcpStream {
         file: &Arc<std::fs::File>,
         offset: u64,
         len: u64,
+        // Every send below runs on the blocking pool, in memory or not.
+        _in_memory: bool,
         shared: &Shared,
         x: &mut Exchange,
     ) -> Result<(), BodyError> {
@@ -318,8 +321,17 @@ pub(super) async fn connection<W: Wire>(
             return;
         }
         x.sent(shared, head.len() as u64);
-        if let Body::File { file, offset, len } = x.response.body.clone() {
-            match s.send_file(&file, offset, len, shared, &mut x).await {
+        if let Body::File {
+            file,
+            offset,
+            len,
+            in_memory,
+        } = x.response.body.clone()
+        {
+            match s
+                .send_file(&file, offset, len, in_memory, shared, &mut x)
+                .await
+            {
                 Ok(()) => {}
                 Err(why) => {
                     if matches!(why, BodyError::Timeout) {

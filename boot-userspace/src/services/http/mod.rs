@@ -264,6 +264,7 @@ impl HttpService {
             boots: configs::Boots::new(Duration::from_secs(cfg.config_ttl_s)),
             config_metrics: configs::Metrics::register(registry)?,
             rendered: Default::default(),
+            files: Default::default(),
         };
         let limits = Limits {
             max_connections: cfg.max_connections,
@@ -362,6 +363,11 @@ impl HttpService {
                 tokio::select! {
                     _ = ticker.cancelled() => return,
                     _ = tick.tick() => {}
+                }
+                // Kept files nobody asked for lately are closed off the serving threads.
+                let idle = shared.site.files.sweep(std::time::Instant::now());
+                if !idle.is_empty() {
+                    tokio::task::spawn_blocking(move || drop(idle));
                 }
                 let rates = shared.site.ledger.egress_rates();
                 let mut total = 0.0;

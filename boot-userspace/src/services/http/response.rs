@@ -19,6 +19,9 @@ pub enum Body {
         offset: u64,
         /// How many bytes.
         len: u64,
+        /// The file lives in memory (tmpfs, ramfs): its pages are at hand, so the page cache
+        /// is not asked whether a read of it could wait for a store.
+        in_memory: bool,
     },
 }
 

@@ -47,6 +47,8 @@ pub struct Site {
     pub origin: Option<Arc<Origin>>,
     /// iPXE scripts as last rendered for each host.
     pub rendered: Rendered,
+    /// Files under `root` kept open between requests.
+    pub files: files::Kept,
 }
 
 /// A routed request: the response, a label for metrics, and the host and path when the
@@ -257,7 +259,7 @@ fn script(site: &At, req: &Request, peer: IpAddr, server: IpAddr) -> Routed {
     // Unknown hosts: the operator's file of that name, else a script that asks again, so a
     // machine added to the inventory later boots without a power cycle.
     if let Some(root) = &site.root {
-        if let Ok(src) = files::open(root, req.path.trim_start_matches('/')) {
+        if let Ok(src) = site.files.open(root, req.path.trim_start_matches('/')) {
             let mut r = static_file(req, src, &req.path);
             r.route = "script";
             return r;
@@ -508,7 +510,7 @@ fn file(site: &At, req: &Request, path: &str, peer: IpAddr) -> Routed {
         return routed(Response::text(404, "not found"), "file");
     }
     // Paths are confined exactly as TFTP names are, the root being `/`.
-    match files::open(root, name) {
+    match site.files.open(root, name) {
         Ok(src) => {
             let mut r = static_file(req, src, path);
             if r.response.status == 200 || r.response.status == 206 {
@@ -573,7 +575,8 @@ fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
     } else {
         Plan::Full
     };
-    let file = Arc::new(src.into_file());
+    let in_memory = src.in_memory();
+    let file = src.into_file();
     let mut resp = match plan {
         Plan::Full => Response {
             status: 200,
@@ -583,6 +586,7 @@ fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
                 file,
                 offset: 0,
                 len: size,
+                in_memory,
             },
             close: false,
         },
@@ -594,6 +598,7 @@ fn static_file(req: &Request, src: files::Source, path: &str) -> Routed {
                 file,
                 offset: first,
                 len: last - first + 1,
+                in_memory,
             },
             close: false,
         },
@@ -664,6 +669,7 @@ mod tests {
             config_metrics: configs::Metrics::register(&registry).expect("metrics"),
             origin: None,
             rendered: Rendered::default(),
+            files: Default::default(),
         }
     }
 

@@ -243,15 +243,17 @@ async fn serve(
 
 /// `CHUNK` bytes (fewer at the end) of `file` from `offset` into `buf`: on this thread when
 /// the page cache holds them, else on the blocking pool (a disk read must not stall the
-/// runtime's workers). Returns the buffer and the bytes read.
+/// runtime's workers; a file in memory is always read here). Returns the buffer and the bytes
+/// read.
 async fn read_chunk(
     file: &Arc<std::fs::File>,
+    in_memory: bool,
     mut buf: Vec<u8>,
     offset: u64,
     want: usize,
 ) -> std::io::Result<(Vec<u8>, usize)> {
     buf.resize(want, 0);
-    if cache::holds(file, offset, want as u64) {
+    if in_memory || cache::holds(file, offset, want as u64) {
         let n = file.read_at(&mut buf, offset)?;
         return Ok((buf, n));
     }
@@ -281,6 +283,7 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
         file: &Arc<std::fs::File>,
         offset: u64,
         len: u64,
+        in_memory: bool,
         shared: &Shared,
         x: &mut Exchange,
     ) -> Result<(), BodyError> {
@@ -289,7 +292,8 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
         while at < end {
             let want = (end - at).min(CHUNK as u64) as usize;
             let step = async {
-                let (b, n) = read_chunk(file, std::mem::take(&mut buf), at, want).await?;
+                let (b, n) =
+                    read_chunk(file, in_memory, std::mem::take(&mut buf), at, want).await?;
                 buf = b;
                 if n == 0 {
                     // The file is shorter than when it was opened.

@@ -88,6 +88,8 @@ struct Conn {
     out: Vec<u8>,
     out_pos: usize,
     file: Option<(Arc<std::fs::File>, u64, u64)>,
+    /// The body's file lives in memory (tmpfs, ramfs): never asked of the page cache.
+    in_memory: bool,
     pipe: Option<(OwnedFd, OwnedFd)>,
     in_pipe: i64,
     pair_wait: u8,
@@ -455,6 +457,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         pair_wait: 0,
         pair_failed: false,
         pair_full: false,
+        in_memory: false,
         cached_until: 0,
         exchange: None,
         waiting: None,
@@ -598,8 +601,14 @@ fn serve_next(
             match &r.body {
                 Body::Empty => {}
                 Body::Bytes(b) => c.out.extend_from_slice(b),
-                Body::File { file, offset, len } => {
+                Body::File {
+                    file,
+                    offset,
+                    len,
+                    in_memory,
+                } => {
                     c.file = (*len > 0).then(|| (Arc::clone(file), *offset, *len));
+                    c.in_memory = *in_memory;
                 }
             }
             c.exchange = Some(x);
@@ -812,7 +821,9 @@ fn send_file(
         }
         if *offset >= c.cached_until {
             let window = (*left).min(CACHE_WINDOW);
-            if !cache::holds(file, *offset, window) {
+            // A file in memory never waits for a store: nothing to ask (cachestat walks the
+            // span's pages, 2% of the ring's time on 1 MiB ranges).
+            if !c.in_memory && !cache::holds(file, *offset, window) {
                 if !splice_pair(key, c, pending) {
                     end(key, conns, shared, false);
                 }
