@@ -28,6 +28,8 @@
 #        SAMPLE=0.5
 #        BACKEND=io_uring (or epoll) BOOTFABRIC_BIN=target/release/bootfabric KEEP=1
 #        RESULTS_DIR=<folder> (smoke runs; default bench/results/http)
+#        CC=<congestion control> for both namespaces (default: the host's; one other than reno
+#           or the host's own must be in the host's net.ipv4.tcp_allowed_congestion_control)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -88,6 +90,19 @@ results_note "cores: $CORES; pin=1 gives each server 1 core (CPU 0), pin=0 gives
 
 cgroup_setup
 lab_up 1500
+# The congestion control decides how a corked burst leaves: a pacing one (bbr) on a veth sends
+# from the ACK's core and the timer's, and the pair reorders what leaves from two cores
+# (docs/benchmarks.md, "Congestion control"). Recorded with every run; CC picks another.
+if [ -n "${CC:-}" ]; then
+  for ns in "$SRV" "$CLI"; do
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || {
+      echo "CC=$CC: not settable in a namespace; add it to the host's" \
+        "net.ipv4.tcp_allowed_congestion_control ($(sysctl -n net.ipv4.tcp_allowed_congestion_control))" >&2
+      exit 2
+    }
+  done
+fi
+results_note "TCP congestion control: $(ip netns exec "$SRV" sysctl -n net.ipv4.tcp_congestion_control) in the namespaces (host default $(sysctl -n net.ipv4.tcp_congestion_control), CC=${CC:-unset}); fabric0 qdisc: $(tc -n "$SRV" qdisc show dev fabric0 | head -1)"
 
 mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state" "$WORK/tls"
 # One certificate for both servers (P-256, as an operator's CA would issue it).
@@ -306,6 +321,20 @@ curl_loop() {
     printf "Transfer/sec: %.2fMB\n", (u > 0 ? b / 1048576 / (u / 1e6) : 0) }'
 }
 
+# The server's retransmitted segments, the DSACKs it got back (a retransmission the client
+# already had: the first copy was reordered, not lost) and the packets the client queued out of
+# order. Reordering, not loss: nothing drops on the pair.
+tcp_counts() {
+  local r d o
+  r=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs 2>/dev/null | awk '$1 == "TcpRetransSegs" { print $2 }')
+  d=$(ip netns exec "$SRV" nstat -asz TcpExtTCPDSACKRecvSegs 2>/dev/null | awk '$1 == "TcpExtTCPDSACKRecvSegs" { print $2 }')
+  o=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue 2>/dev/null | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }')
+  echo "${r:-0} ${d:-0} ${o:-0}"
+}
+tcp_delta() {
+  echo "tcp: $(($4 - $1)) segments retransmitted, $(($5 - $2)) DSACKs, $(($6 - $3)) out of order at the client"
+}
+
 # One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
 # SLOWEST (wrk's slowest response, ms), THREADS (threads, working, cores, allowed, kinds with
 # CPU seconds, working kinds) and ERRORS.
@@ -323,6 +352,7 @@ measure() {
   : >"$WORK/samples"
   sampler >>"$WORK/samples" &
   SAMPLER_PID=$!
+  tcp0=$(tcp_counts)
   c0=$(cg_usec)
   if [ "$what" = curl ]; then
     export -f curl_loop
@@ -338,9 +368,12 @@ measure() {
       "${lua[@]}" "$url" 2>&1) || true
   fi
   c1=$(cg_usec)
+  tcp1=$(tcp_counts)
   stop_pid "$SAMPLER_PID"
   SAMPLER_PID=""
   echo "$out" | sed "s/^/  $what: /"
+  # shellcheck disable=SC2086 # word splitting: three counters each
+  tcp_delta $tcp0 $tcp1 | sed "s/^/  $what: /"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
   reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
