@@ -81,7 +81,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN
+results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC
 results_note "nginx: $(nginx -v 2>&1)"
 results_note "wrk: $(wrk -v 2>&1 | head -1)"
 results_note "curl: $(curl --version | head -1)"
