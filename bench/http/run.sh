@@ -43,7 +43,7 @@ REPEAT=${REPEAT:-3}
 SAMPLE=${SAMPLE:-0.5}
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
-for p in nginx wrk curl openssl ip ss taskset sha256sum; do
+for p in nginx wrk curl openssl ip ss tc nstat sysctl taskset sha256sum; do
   command -v "$p" >/dev/null || { echo "$p is missing: run cargo xtask setup" >&2; exit 2; }
 done
 if [ ! -x "$BIN" ]; then
@@ -81,6 +81,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [ -n "${CC:-}" ]; then
+  case " $(sysctl -n net.ipv4.tcp_available_congestion_control) " in
+    *" $CC "*) ;;
+    *) echo "CC=$CC: not available (net.ipv4.tcp_available_congestion_control:" \
+      "$(sysctl -n net.ipv4.tcp_available_congestion_control))" >&2; exit 2 ;;
+  esac
+  case " reno $(sysctl -n net.ipv4.tcp_allowed_congestion_control) $(sysctl -n net.ipv4.tcp_congestion_control) " in
+    *" $CC "*) ;;
+    *) echo "CC=$CC: a namespace may only pick one the host allows; add it to" \
+      "net.ipv4.tcp_allowed_congestion_control ($(sysctl -n net.ipv4.tcp_allowed_congestion_control))" >&2; exit 2 ;;
+  esac
+fi
+
 results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC
 results_note "nginx: $(nginx -v 2>&1)"
 results_note "wrk: $(wrk -v 2>&1 | head -1)"
@@ -90,16 +103,11 @@ results_note "cores: $CORES; pin=1 gives each server 1 core (CPU 0), pin=0 gives
 
 cgroup_setup
 lab_up 1500
-# The congestion control decides how a corked burst leaves: a pacing one (bbr) on a veth sends
-# from the ACK's core and the timer's, and the pair reorders what leaves from two cores
-# (docs/benchmarks.md, "Congestion control"). Recorded with every run; CC picks another.
+# The congestion control moves every row (docs/benchmarks.md, "Congestion control"): it is
+# recorded with every run, and CC picks another for both namespaces (checked before the run).
 if [ -n "${CC:-}" ]; then
   for ns in "$SRV" "$CLI"; do
-    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || {
-      echo "CC=$CC: not settable in a namespace; add it to the host's" \
-        "net.ipv4.tcp_allowed_congestion_control ($(sysctl -n net.ipv4.tcp_allowed_congestion_control))" >&2
-      exit 2
-    }
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || exit 2
   done
 fi
 results_note "TCP congestion control: $(ip netns exec "$SRV" sysctl -n net.ipv4.tcp_congestion_control) in the namespaces (host default $(sysctl -n net.ipv4.tcp_congestion_control), CC=${CC:-unset}); fabric0 qdisc: $(tc -n "$SRV" qdisc show dev fabric0 | head -1)"
@@ -321,25 +329,30 @@ curl_loop() {
     printf "Transfer/sec: %.2fMB\n", (u > 0 ? b / 1048576 / (u / 1e6) : 0) }'
 }
 
-# The server's retransmitted segments, the DSACKs it got back (a retransmission the client
-# already had: the first copy was reordered, not lost) and the packets the client queued out of
-# order. Reordering, not loss: nothing drops on the pair.
+# The server's retransmitted segments, the DSACKs it got back (the client already had that
+# segment: the retransmission was spurious) and the packets the client queued out of order;
+# "-" where nstat has no such counter. Printed, not tabled: they show what the kernel did to
+# both servers' streams in that run.
 tcp_counts() {
   local r d o
-  r=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs 2>/dev/null | awk '$1 == "TcpRetransSegs" { print $2 }')
-  d=$(ip netns exec "$SRV" nstat -asz TcpExtTCPDSACKRecvSegs 2>/dev/null | awk '$1 == "TcpExtTCPDSACKRecvSegs" { print $2 }')
-  o=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue 2>/dev/null | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }')
-  echo "${r:-0} ${d:-0} ${o:-0}"
+  r=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs | awk '$1 == "TcpRetransSegs" { print $2 }')
+  d=$(ip netns exec "$SRV" nstat -asz TcpExtTCPDSACKRecvSegs | awk '$1 == "TcpExtTCPDSACKRecvSegs" { print $2 }')
+  o=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }')
+  echo "${r:--} ${d:--} ${o:--}"
 }
 tcp_delta() {
-  echo "tcp: $(($4 - $1)) segments retransmitted, $(($5 - $2)) DSACKs, $(($6 - $3)) out of order at the client"
+  local a=("$1" "$2" "$3") b=("$4" "$5" "$6") out=() i
+  for i in 0 1 2; do
+    if [[ ${a[i]} =~ ^[0-9]+$ && ${b[i]} =~ ^[0-9]+$ ]]; then out+=($((b[i] - a[i]))); else out+=(-); fi
+  done
+  echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client"
 }
 
 # One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
 # SLOWEST (wrk's slowest response, ms), THREADS (threads, working, cores, allowed, kinds with
 # CPU seconds, working kinds) and ERRORS.
 measure() {
-  local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 out tps read reqs lua=() cpuset=()
+  local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 tcp0 tcp1 out tps read reqs lua=() cpuset=()
   case $what in
     image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
