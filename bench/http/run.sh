@@ -81,17 +81,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# in_list <word> <words...>: whether the word is one of the words.
+in_list() { local w=$1; shift; [[ " $* " == *" $w "* ]]; }
 if [ -n "${CC:-}" ]; then
-  case " $(sysctl -n net.ipv4.tcp_available_congestion_control) " in
-    *" $CC "*) ;;
-    *) echo "CC=$CC: not available (net.ipv4.tcp_available_congestion_control:" \
-      "$(sysctl -n net.ipv4.tcp_available_congestion_control))" >&2; exit 2 ;;
-  esac
-  case " reno $(sysctl -n net.ipv4.tcp_allowed_congestion_control) $(sysctl -n net.ipv4.tcp_congestion_control) " in
-    *" $CC "*) ;;
-    *) echo "CC=$CC: a namespace may only pick one the host allows; add it to" \
-      "net.ipv4.tcp_allowed_congestion_control ($(sysctl -n net.ipv4.tcp_allowed_congestion_control))" >&2; exit 2 ;;
-  esac
+  available=$(sysctl -n net.ipv4.tcp_available_congestion_control)
+  allowed=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+  # shellcheck disable=SC2086 # the lists are words
+  in_list "$CC" $available || { echo "CC=$CC: not available (net.ipv4.tcp_available_congestion_control: $available)" >&2; exit 2; }
+  # shellcheck disable=SC2086
+  in_list "$CC" reno $allowed "$(sysctl -n net.ipv4.tcp_congestion_control)" || {
+    echo "CC=$CC: a namespace may only pick one the host allows; add it to" \
+      "net.ipv4.tcp_allowed_congestion_control ($allowed)" >&2
+    exit 2
+  }
 fi
 
 results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC
@@ -334,12 +336,13 @@ curl_loop() {
 # "-" where nstat has no such counter. Printed, not tabled: they show what the kernel did to
 # both servers' streams in that run.
 tcp_counts() {
-  local r d o
-  r=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs | awk '$1 == "TcpRetransSegs" { print $2 }')
-  d=$(ip netns exec "$SRV" nstat -asz TcpExtTCPDSACKRecvSegs | awk '$1 == "TcpExtTCPDSACKRecvSegs" { print $2 }')
-  o=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue | awk '$1 == "TcpExtTCPOFOQueue" { print $2 }')
-  echo "${r:--} ${d:--} ${o:--}"
+  local srv cli
+  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs)
+  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue)
+  echo "$(count "$srv" TcpRetransSegs) $(count "$srv" TcpExtTCPDSACKRecvSegs) $(count "$cli" TcpExtTCPOFOQueue)"
 }
+# count <nstat output> <name>: that counter's value, or "-".
+count() { awk -v k="$2" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }' <<<"$1"; }
 tcp_delta() {
   local a=("$1" "$2" "$3") b=("$4" "$5" "$6") out=() i
   for i in 0 1 2; do
