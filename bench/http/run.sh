@@ -30,6 +30,11 @@
 #        RESULTS_DIR=<folder> (smoke runs; default bench/results/http)
 #        CC=<congestion control> for both namespaces (default: the host's; one other than reno
 #           or the host's own must be in the host's net.ipv4.tcp_allowed_congestion_control)
+#        RPS=1 (default): each side's received packets are processed on that side's cores, one
+#           core per connection, as a NIC's receive queues do; RPS=0: on the core that sent them
+#           (a bare veth pair, where one connection's packets can arrive out of order)
+#        SERVERS="bootfabric nginx nginx2": nginx2 is nginx again, run right after nginx in every
+#           pair, so the run's paired table also shows nginx over itself (the host's noise)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -96,7 +101,12 @@ if [ -n "${CC:-}" ]; then
   }
 fi
 
-results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC
+RPS=${RPS:-1}
+for s in $SERVERS; do
+  case $s in bootfabric | nginx | nginx2) ;; *) echo "SERVERS: $s is none of bootfabric, nginx, nginx2" >&2; exit 2 ;; esac
+done
+case $RPS in 0 | 1) ;; *) echo "RPS=$RPS: 1 or 0" >&2; exit 2 ;; esac
+results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC RPS
 results_note "nginx: $(nginx -v 2>&1)"
 results_note "wrk: $(wrk -v 2>&1 | head -1)"
 results_note "curl: $(curl --version | head -1)"
@@ -113,6 +123,34 @@ if [ -n "${CC:-}" ]; then
   done
 fi
 results_note "TCP congestion control: $(ip netns exec "$SRV" sysctl -n net.ipv4.tcp_congestion_control) in the namespaces (host default $(sysctl -n net.ipv4.tcp_congestion_control), CC=${CC:-unset}); fabric0 qdisc: $(tc -n "$SRV" qdisc show dev fabric0 | head -1)"
+
+# steer <pin>: where each namespace's received packets are processed (receive packet steering
+# on the veth's one queue). A veth hands a packet to the receive backlog of the core that sent
+# it, so one connection's segments, sent from the server's thread and from ACK processing on
+# the client's core, can land in two backlogs and arrive out of order: under bbr that gave
+# thousands of spurious retransmissions per run, and the client's receive work ran on the
+# server's core ("Congestion control" in docs/benchmarks.md). With RPS=1 a connection's packets
+# go to one core, the client's (wrk's cores) for data and the server's (CPU 0) for ACKs when
+# pinned, one of all the cores by flow hash when not: in order, as a NIC's queues deliver them.
+# cpumask <first> <last>: those cores as sysfs writes a mask (32-bit hex words, commas between).
+cpumask() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    for (w = int(b / 32); w >= 0; w--) {
+      v = 0; for (c = 0; c < 32; c++) if (w * 32 + c >= a && w * 32 + c <= b) v += 2 ^ c
+      m = m (m == "" ? "" : ",") sprintf("%08x", v)
+    }
+    print m }'
+}
+steer() {
+  local cli srv
+  if [ "$RPS" = 0 ]; then cli=0 srv=0
+  elif [ "$1" = 1 ]; then cli=$(cpumask 1 $((CORES - 1))) srv=$(cpumask 0 0)
+  else cli=$(cpumask 0 $((CORES - 1))) srv=$cli; fi
+  ip netns exec "$CLI" sh -c "echo $cli > /sys/class/net/cli0/queues/rx-0/rps_cpus"
+  ip netns exec "$SRV" sh -c "echo $srv > /sys/class/net/fabric0/queues/rx-0/rps_cpus"
+}
+steer 1
+results_note "receive steering: RPS=$RPS (pin=1: cli0 rps_cpus $(ip netns exec "$CLI" cat /sys/class/net/cli0/queues/rx-0/rps_cpus), fabric0 $(ip netns exec "$SRV" cat /sys/class/net/fabric0/queues/rx-0/rps_cpus))"
 
 mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state" "$WORK/tls"
 # One certificate for both servers (P-256, as an operator's CA would issue it).
@@ -219,7 +257,7 @@ start_server() {
       "${IN_CGROUP[@]}" ip netns exec "$SRV" "${pin[@]}" "$BIN" serve \
         --config "$WORK/bootfabric-pin$2.toml" 2>"$WORK/bootfabric.log" &
       ;;
-    nginx)
+    nginx | nginx2)
       "${IN_CGROUP[@]}" ip netns exec "$SRV" "${pin[@]}" nginx -p "$WORK/nginx" \
         -c "$WORK/nginx/nginx-pin$2.conf" 2>"$WORK/nginx.log" &
       ;;
@@ -423,6 +461,7 @@ for rep in $(seq 1 "$REPEAT"); do
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
     for pin in $PINS; do
+      steer "$pin"
       for server in $SERVERS; do
         start_server "$server" "$pin"
         echo "run $rep pin=$pin $server $what:$conns"
