@@ -453,16 +453,20 @@ measure() {
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }'; }
 
 # Servers alternate within every row, mode and repeat, so a machine that drifts (other load,
-# frequency, page cache) drifts for both; each figure is the median of REPEAT runs. Threads:
+# frequency, page cache) drifts for both; each figure is the median of REPEAT runs. The order
+# turns by one server from one repeat to the next (the first of a repeat goes last in the
+# next), so no server always meets the machine first after the mode changes. Threads:
 # the most seen in one repeat (working: the repeat with the most); cores: every core used in
 # any repeat.
 declare -A V C T B U K S
+read -ra ORDER <<<"$SERVERS"
 for rep in $(seq 1 "$REPEAT"); do
+  [ "$rep" = 1 ] || ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
     for pin in $PINS; do
       steer "$pin"
-      for server in $SERVERS; do
+      for server in "${ORDER[@]}"; do
         start_server "$server" "$pin"
         echo "run $rep pin=$pin $server $what:$conns"
         measure "$server" "$what" "$conns" "$pin"
