@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Paired ratios of a kept HTTP run: `bench/http/paired.sh bench/results/http/<run>/raw.txt`.
 #
-# Within every row, mode and repeat the two servers run back to back, so both meet the same
-# machine; across repeats the machine drifts (in one run `range:32` unpinned went from about
+# Within every row, mode and repeat the servers run one after the other, so they meet the
+# same machine; across repeats the machine drifts (in one run `range:32` unpinned went from about
 # 2300 to about 1800 MiB/s for both servers between the third and fourth repeat). The table's
 # ratio is the ratio of two medians taken over different repeats, so drift can move it either
 # way; the ratio within each repeat cannot be moved by drift between repeats. This prints,
@@ -11,8 +11,8 @@
 # better). run.sh appends its output to the run's table.md; for a kept run made before that,
 # run it on the run's raw.txt.
 #
-# A run with SERVERS="bootfabric nginx nginx2" also ran nginx a second time right after
-# nginx in every pair: two more columns give nginx2's rate over nginx's within each repeat,
+# A run with SERVERS="bootfabric nginx nginx2" also ran nginx a second time in every
+# row, mode and repeat: two more columns give nginx2's rate over nginx's within each repeat,
 # the same server against itself, so how far apart the same work lands on this host at that
 # moment (a ratio of Bootfabric's inside that spread is not a difference this run can show).
 set -euo pipefail
@@ -49,7 +49,7 @@ awk '
     }
     for (o = 1; o <= n; o++) {
       key = order[o]; split(key, p, SUBSEP); split(p[2], w, ":")
-      kr = 0; kc = 0; above = 0
+      kr = 0; kc = 0; ka = 0; kac = 0; above = 0
       for (r = 1; r <= reps[key]; r++) {
         b = rate["bootfabric", key, r]; g = rate["nginx", key, r]
         if (b != "" && g + 0 > 0) { rr[++kr] = b / g; if (b + 0 >= g + 0) above++ }
@@ -71,6 +71,6 @@ awk '
         (p[1] == 1 ? "1 core each" : "none"), w[1], w[2], kr, median(rr, kr), rmin, rmax, above, kr, cm, crange
       if (control) printf " %s | %s | %s | %s |", spread_median(ar, ka), spread(ar, ka), spread_median(acc, kac), spread(acc, kac)
       printf "\n"
-      delete rr; delete cc; delete ar; delete acc; ka = 0; kac = 0
+      delete rr; delete cc; delete ar; delete acc
     }
   }' "$raw"

@@ -33,8 +33,8 @@
 #        RPS=1 (default): each side's received packets are processed on that side's cores, one
 #           core per connection, as a NIC's receive queues do; RPS=0: on the core that sent them
 #           (a bare veth pair, where one connection's packets can arrive out of order)
-#        SERVERS="bootfabric nginx nginx2": nginx2 is nginx again, run right after nginx in every
-#           pair, so the run's paired table also shows nginx over itself (the host's noise)
+#        SERVERS="bootfabric nginx nginx2": nginx2 is nginx again, a third server in every turn,
+#           so the run's paired table also shows nginx over itself (the host's noise)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -102,9 +102,13 @@ if [ -n "${CC:-}" ]; then
 fi
 
 RPS=${RPS:-1}
+seen=" "
 for s in $SERVERS; do
   case $s in bootfabric | nginx | nginx2) ;; *) echo "SERVERS: $s is none of bootfabric, nginx, nginx2" >&2; exit 2 ;; esac
+  case $seen in *" $s "*) echo "SERVERS: $s twice" >&2; exit 2 ;; esac
+  seen="$seen$s "
 done
+case $seen in *" nginx2 "*) case $seen in *" nginx "*) ;; *) echo "SERVERS: nginx2 is measured against nginx, which is missing" >&2; exit 2 ;; esac ;; esac
 case $RPS in 0 | 1) ;; *) echo "RPS=$RPS: 1 or 0" >&2; exit 2 ;; esac
 results_open http DURATION REPEAT PINS SERVERS ROWS SAMPLE BACKEND BIN CC RPS
 results_note "nginx: $(nginx -v 2>&1)"
@@ -143,14 +147,26 @@ cpumask() {
 }
 steer() {
   local cli srv
+  if ! ip netns exec "$CLI" test -w /sys/class/net/cli0/queues/rx-0/rps_cpus ||
+    ! ip netns exec "$SRV" test -w /sys/class/net/fabric0/queues/rx-0/rps_cpus; then
+    [ "$RPS" = 0 ] && return 0
+    echo "RPS=1: this kernel has no receive packet steering (no rps_cpus); RPS=0 runs the bare veth" >&2
+    exit 2
+  fi
   if [ "$RPS" = 0 ]; then cli=0 srv=0
   elif [ "$1" = 1 ]; then cli=$(cpumask 1 $((CORES - 1))) srv=$(cpumask 0 0)
   else cli=$(cpumask 0 $((CORES - 1))) srv=$cli; fi
   ip netns exec "$CLI" sh -c "echo $cli > /sys/class/net/cli0/queues/rx-0/rps_cpus"
   ip netns exec "$SRV" sh -c "echo $srv > /sys/class/net/fabric0/queues/rx-0/rps_cpus"
 }
+rps_masks() {
+  echo "cli0 rps_cpus $(ip netns exec "$CLI" cat /sys/class/net/cli0/queues/rx-0/rps_cpus 2>/dev/null || echo none)," \
+    "fabric0 $(ip netns exec "$SRV" cat /sys/class/net/fabric0/queues/rx-0/rps_cpus 2>/dev/null || echo none)"
+}
+steer 0
+masks0=$(rps_masks)
 steer 1
-results_note "receive steering: RPS=$RPS (pin=1: cli0 rps_cpus $(ip netns exec "$CLI" cat /sys/class/net/cli0/queues/rx-0/rps_cpus), fabric0 $(ip netns exec "$SRV" cat /sys/class/net/fabric0/queues/rx-0/rps_cpus))"
+results_note "receive steering: RPS=$RPS (pin=1: $(rps_masks); pin=0: $masks0)"
 
 mkdir -p "$WORK/images/rack" "$WORK/nginx/logs" "$WORK/state" "$WORK/tls"
 # One certificate for both servers (P-256, as an operator's CA would issue it).
@@ -454,18 +470,22 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { prin
 
 # Servers alternate within every row, mode and repeat, so a machine that drifts (other load,
 # frequency, page cache) drifts for both; each figure is the median of REPEAT runs. The order
-# turns by one server from one repeat to the next (the first of a repeat goes last in the
-# next), so no server always meets the machine first after the mode changes. Threads:
+# turns by one server at every row and mode, and each repeat starts one turn further than the
+# one before, so no server always meets the machine first after the mode changes; a row's
+# turns are even across its repeats when REPEAT is a multiple of the number of servers. Threads:
 # the most seen in one repeat (working: the repeat with the most); cores: every core used in
 # any repeat.
 declare -A V C T B U K S
-read -ra ORDER <<<"$SERVERS"
+read -ra BASE <<<"$SERVERS"
+turn() { ORDER=("${ORDER[@]:1}" "${ORDER[0]}"); }
 for rep in $(seq 1 "$REPEAT"); do
-  [ "$rep" = 1 ] || ORDER=("${ORDER[@]:1}" "${ORDER[0]}")
+  ORDER=("${BASE[@]}")
+  for _ in $(seq 2 "$rep"); do turn; done
   for row in $ROWS; do
     IFS=: read -r what conns <<<"$row"
     for pin in $PINS; do
       steer "$pin"
+      turn
       for server in "${ORDER[@]}"; do
         start_server "$server" "$pin"
         echo "run $rep pin=$pin $server $what:$conns"

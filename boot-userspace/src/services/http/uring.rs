@@ -17,15 +17,18 @@
 //! where nginx's leave in 20–21, and at 32 connections on one core the server spent 0.441 s
 //! per GiB against 0.394 with only a 256 KiB tail uncorked (nginx 0.383). Corked to the end,
 //! whole images went out at 1.61–1.74 GB/s on one connection against 1.13–1.31 uncorked, but
-//! under bbr (the lab host's congestion control, paced by TCP itself: no `fq`) 1 MiB ranges
-//! on one connection fell to about two fifths: the end of each corked body waited 5–12 ms
-//! (p75 4.8 ms, p90 7.7 ms, as nginx's corked ranges do; not a delayed ACK). With the last 256
-//! KiB uncorked they keep the one-connection rate (p90 1.8 ms) and leave in 21–22 packets.
-//! Under cubic a corked end did not wait (p90 0.7 ms), and the tail measured neither a gain
-//! nor a loss against corking to the end (medians of three rounds), so it is kept for every
-//! connection (`bench/results/http-experiments/2026-12-02-cork-bulk`, `2026-12-03-cork-tail`
-//! and `2026-12-03-congestion-control`). The cork comes off exactly `CORK_TAIL` bytes before a
-//! body's end (a `sendfile` stops there), and a body no longer than that is never corked.
+//! where a path delivers a connection's segments out of order (the lab's bare veth pair, whose
+//! two cores' backlogs reorder them) bbr retransmits spuriously and 1 MiB ranges on one
+//! connection fell to about two fifths: the end of each corked body waited 5–12 ms (p75 4.8
+//! ms, p90 7.7 ms, as nginx's corked ranges do; not a delayed ACK). With the last 256 KiB
+//! uncorked they keep the one-connection rate (p90 1.8 ms) and leave in 21–22 packets. Where
+//! segments arrive in order (under cubic, or with the veth's receive steered to one core as a
+//! NIC's queue does) corked ends kept one connection's rate, and the tail measured neither a
+//! gain nor a loss against corking to the end, so it is kept for every connection
+//! (`bench/results/http-experiments/2026-12-02-cork-bulk`, `2026-12-03-cork-tail`,
+//! `2026-12-03-congestion-control` and `2026-12-03-receive-steering`). The cork comes off
+//! exactly `CORK_TAIL` bytes before a body's end (a `sendfile` stops there), and a body no
+//! longer than that is never corked.
 //!
 //! A one-second timer on every ring sweeps connections past their timeouts.
 
@@ -58,7 +61,8 @@ const CACHE_WINDOW: u64 = 4 << 20;
 /// is then polled (at once ready if it has room) and the body goes on.
 const TURN_BYTES: u64 = 4 << 20;
 /// A body's last bytes, sent uncorked (module comment): corked to their end, the 1 MiB ranges
-/// installers read went out at two fifths of the rate on one connection under bbr.
+/// installers read went out at two fifths of the rate on one connection under bbr on a path
+/// that reordered segments.
 const CORK_TAIL: u64 = 256 << 10;
 /// Receive buffer per connection.
 const RECV_SIZE: usize = 16 * 1024;
