@@ -405,11 +405,40 @@ tcp_delta() {
   echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client"
 }
 
+# The server link's packet counters ("sent received") and CPU 0's busy and softirq ticks
+# ("busy softirq": user, nice, system, irq and softirq time from /proc/stat, steal and idle
+# left out). Printed per measurement, not tabled: the packets each MiB (or request) took both
+# ways, and in the pinned mode everything CPU 0 did for the server (its steered receive work
+# included, also what ran while the server slept, which its cgroup's figure leaves out; the
+# sampler's reads of /proc too).
+link_counts() {
+  echo "$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/tx_packets)" \
+    "$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/rx_packets)"
+}
+core0_ticks() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8, $8 }' /proc/stat; }
+# link_line <what> <pin> <MiB or requests> <tx0 rx0 busy0 soft0> <tx1 rx1 busy1 soft1>
+link_line() {
+  local unit="MiB" hz
+  hz=$(getconf CLK_TCK)
+  [ "$1" = script ] && unit="request"
+  awk -v w="$1" -v pin="$2" -v n="$3" -v u="$unit" -v hz="$hz" \
+    -v t0="$4" -v r0="$5" -v b0="$6" -v s0="$7" -v t1="$8" -v r1="$9" -v b1="${10}" -v s1="${11}" 'BEGIN {
+    if (n <= 0) { print "link: nothing delivered"; exit }
+    printf "link: %.2f packets sent and %.2f received per %s", (t1 - t0) / n, (r1 - r0) / n, u
+    if (pin == 1) {
+      per = (u == "MiB") ? n / 1024 : n / 1e6
+      printf "; CPU 0 busy %.3f %s, of which softirq %.3f", (b1 - b0) / hz / per,
+        (u == "MiB") ? "s per GiB" : "µs per request", (s1 - s0) / hz / per
+    }
+    printf "\n" }'
+}
+
 # One measurement: sets RATE (MiB/s, or req/s for scripts), CPU (s/GiB, or µs/req for scripts),
 # SLOWEST (wrk's slowest response, ms), THREADS (threads, working, cores, allowed, kinds with
 # CPU seconds, working kinds) and ERRORS.
 measure() {
   local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 tcp0 tcp1 out tps read reqs lua=() cpuset=()
+  local lk0 lr0 kb0 ks0 lk1 lr1 kb1 ks1 n
   case $what in
     image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
@@ -423,6 +452,8 @@ measure() {
   sampler >>"$WORK/samples" &
   SAMPLER_PID=$!
   tcp0=$(tcp_counts)
+  read -r lk0 lr0 <<<"$(link_counts)"
+  read -r kb0 ks0 <<<"$(core0_ticks)"
   c0=$(cg_usec)
   if [ "$what" = curl ]; then
     export -f curl_loop
@@ -438,6 +469,8 @@ measure() {
       "${lua[@]}" "$url" 2>&1) || true
   fi
   c1=$(cg_usec)
+  read -r kb1 ks1 <<<"$(core0_ticks)"
+  read -r lk1 lr1 <<<"$(link_counts)"
   tcp1=$(tcp_counts)
   stop_pid "$SAMPLER_PID"
   SAMPLER_PID=""
@@ -463,6 +496,8 @@ measure() {
     CPU=$(awk -v t=$((c1 - c0)) -v m="$(to_mib "${read:-0B}")" \
       'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
   fi
+  if [ "$what" = script ]; then n=${reqs:-0}; else n=$(to_mib "${read:-0B}"); fi
+  link_line "$what" "$pin" "$n" "$lk0" "$lr0" "$kb0" "$ks0" "$lk1" "$lr1" "$kb1" "$ks1" | sed "s/^/  $what: /"
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
