@@ -412,8 +412,10 @@ tcp_delta() {
 # included, also what ran while the server slept, which its cgroup's figure leaves out; the
 # sampler's reads of /proc too).
 link_counts() {
-  echo "$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/tx_packets)" \
-    "$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/rx_packets)"
+  local tx rx
+  tx=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/tx_packets 2>/dev/null) || tx=-
+  rx=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/rx_packets 2>/dev/null) || rx=-
+  echo "${tx:--} ${rx:--}"
 }
 core0_ticks() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8, $8 }' /proc/stat; }
 # link_line <what> <pin> <MiB or requests> <tx0 rx0 busy0 soft0> <tx1 rx1 busy1 soft1>
@@ -424,6 +426,9 @@ link_line() {
   awk -v w="$1" -v pin="$2" -v n="$3" -v u="$unit" -v hz="$hz" \
     -v t0="$4" -v r0="$5" -v b0="$6" -v s0="$7" -v t1="$8" -v r1="$9" -v b1="${10}" -v s1="${11}" 'BEGIN {
     if (n <= 0) { print "link: nothing delivered"; exit }
+    if (t0 !~ /^[0-9]+$/ || t1 !~ /^[0-9]+$/ || r0 !~ /^[0-9]+$/ || r1 !~ /^[0-9]+$/) {
+      print "link: - (the link counters could not be read)"; exit
+    }
     printf "link: %.2f packets sent and %.2f received per %s", (t1 - t0) / n, (r1 - r0) / n, u
     if (pin == 1) {
       per = (u == "MiB") ? n / 1024 : n / 1e6
