@@ -412,9 +412,10 @@ tcp_delta() {
 # included, also what ran while the server slept, which its cgroup's figure leaves out; the
 # sampler's reads of /proc too).
 link_counts() {
-  local tx rx
-  tx=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/tx_packets 2>/dev/null) || tx=-
-  rx=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/rx_packets 2>/dev/null) || rx=-
+  local c tx rx
+  # One exec for both counters; a counter not read prints as "-".
+  c=$(ip netns exec "$SRV" cat /sys/class/net/fabric0/statistics/{tx,rx}_packets 2>/dev/null) || c=""
+  read -r tx rx <<<"${c//$'\n'/ }"
   echo "${tx:--} ${rx:--}"
 }
 core0_ticks() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8, $8 }' /proc/stat; }
