@@ -405,12 +405,12 @@ tcp_delta() {
   echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client"
 }
 
-# The server link's packet counters ("sent received") and CPU 0's busy and softirq ticks
-# ("busy softirq": user, nice, system, irq and softirq time from /proc/stat, steal and idle
-# left out). Printed per measurement, not tabled: the packets each MiB (or request) took both
-# ways, and in the pinned mode everything CPU 0 did for the server (its steered receive work
-# included, also what ran while the server slept, which its cgroup's figure leaves out; the
-# sampler's reads of /proc too).
+# The server link's packet counters ("sent received"), and busy ticks from /proc/stat (user,
+# nice, system, irq and softirq time; steal and idle apart). Printed per measurement, not
+# tabled: the packets each MiB (or request) took both ways, and in the pinned mode everything
+# CPU 0 did for the server (its steered receive work included, also what ran while the server
+# slept, which its cgroup's figure leaves out; the sampler's reads of /proc too) and what the
+# client's cores did.
 link_counts() {
   local c tx rx
   # One exec for both counters; a counter not read prints as "-".
@@ -418,14 +418,24 @@ link_counts() {
   read -r tx rx <<<"${c//$'\n'/ }"
   echo "${tx:--} ${rx:--}"
 }
-core0_ticks() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8, $8 }' /proc/stat; }
-# link_line <what> <pin> <MiB or requests> <tx0 rx0 busy0 soft0> <tx1 rx1 busy1 soft1>
+# cpu_ticks: "busy softirq steal" of CPU 0, then "busy softirq user steal" of the other cores
+# together (pinned, wrk's or curl's cores: the client's receive work and its copies). Steal
+# is time the hypervisor ran something else on a virtual CPU that had work.
+cpu_ticks() {
+  awk '$1 == "cpu0" { b0 = $2 + $3 + $4 + $7 + $8; s0 = $8; t0 = $9 }
+    $1 ~ /^cpu[1-9][0-9]*$/ { b += $2 + $3 + $4 + $7 + $8; s += $8; u += $2 + $3; t += $9 }
+    END { print b0 + 0, s0 + 0, t0 + 0, b + 0, s + 0, u + 0, t + 0 }' /proc/stat
+}
+# link_line <what> <pin> <MiB or requests> <tx0 rx0> <cpu_ticks before> <tx1 rx1> <cpu_ticks after>
+# (pinned: the client cores' figures too, and the run's steal).
 link_line() {
   local unit="MiB" hz
   hz=$(getconf CLK_TCK)
   [ "$1" = script ] && unit="request"
   awk -v w="$1" -v pin="$2" -v n="$3" -v u="$unit" -v hz="$hz" \
-    -v t0="$4" -v r0="$5" -v b0="$6" -v s0="$7" -v t1="$8" -v r1="$9" -v b1="${10}" -v s1="${11}" 'BEGIN {
+    -v t0="$4" -v r0="$5" -v b0="$6" -v s0="$7" -v st0="$8" -v cb0="$9" -v cs0="${10}" \
+    -v cu0="${11}" -v cst0="${12}" -v t1="${13}" -v r1="${14}" -v b1="${15}" -v s1="${16}" \
+    -v st1="${17}" -v cb1="${18}" -v cs1="${19}" -v cu1="${20}" -v cst1="${21}" 'BEGIN {
     if (n <= 0) { print "link: nothing delivered"; exit }
     if (t0 !~ /^[0-9]+$/ || t1 !~ /^[0-9]+$/ || r0 !~ /^[0-9]+$/ || r1 !~ /^[0-9]+$/) {
       print "link: - (the link counters could not be read)"; exit
@@ -435,6 +445,10 @@ link_line() {
       per = (u == "MiB") ? n / 1024 : n / 1e6
       printf "; CPU 0 busy %.3f %s, of which softirq %.3f", (b1 - b0) / hz / per,
         (u == "MiB") ? "s per GiB" : "µs per request", (s1 - s0) / hz / per
+      printf "; client cores busy %.3f, of which softirq %.3f and user %.3f",
+        (cb1 - cb0) / hz / per, (cs1 - cs0) / hz / per, (cu1 - cu0) / hz / per
+      printf "; steal %.2f s on CPU 0, %.2f s on the client cores", (st1 - st0) / hz,
+        (cst1 - cst0) / hz
     }
     printf "\n" }'
 }
@@ -444,7 +458,7 @@ link_line() {
 # CPU seconds, working kinds) and ERRORS.
 measure() {
   local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 tcp0 tcp1 out tps read reqs lua=() cpuset=()
-  local lk0 lr0 kb0 ks0 lk1 lr1 kb1 ks1 n
+  local lk0 lr0 lk1 lr1 k0 k1 n
   case $what in
     image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
@@ -459,7 +473,7 @@ measure() {
   SAMPLER_PID=$!
   tcp0=$(tcp_counts)
   read -r lk0 lr0 <<<"$(link_counts)"
-  read -r kb0 ks0 <<<"$(core0_ticks)"
+  k0=$(cpu_ticks)
   c0=$(cg_usec)
   if [ "$what" = curl ]; then
     export -f curl_loop
@@ -475,7 +489,7 @@ measure() {
       "${lua[@]}" "$url" 2>&1) || true
   fi
   c1=$(cg_usec)
-  read -r kb1 ks1 <<<"$(core0_ticks)"
+  k1=$(cpu_ticks)
   read -r lk1 lr1 <<<"$(link_counts)"
   tcp1=$(tcp_counts)
   stop_pid "$SAMPLER_PID"
@@ -503,7 +517,8 @@ measure() {
       'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
   fi
   if [ "$what" = script ]; then n=${reqs:-0}; else n=$(to_mib "${read:-0B}"); fi
-  link_line "$what" "$pin" "$n" "$lk0" "$lr0" "$kb0" "$ks0" "$lk1" "$lr1" "$kb1" "$ks1" | sed "s/^/  $what: /"
+  # shellcheck disable=SC2086 # cpu_ticks' five numbers, split on purpose
+  link_line "$what" "$pin" "$n" "$lk0" "$lr0" $k0 "$lk1" "$lr1" $k1 | sed "s/^/  $what: /"
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
