@@ -46,6 +46,8 @@ PINS=${PINS:-"1 0"}
 BACKEND=${BACKEND:-io_uring}
 REPEAT=${REPEAT:-3}
 SAMPLE=${SAMPLE:-0.5}
+KEEP=${KEEP:-0}
+case $KEEP in 0 | 1) ;; *) echo "KEEP=$KEEP: 1 (keep the work directory) or 0" >&2; exit 2 ;; esac
 
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
 for p in nginx wrk curl openssl ip ss tc nstat sysctl taskset sha256sum; do
@@ -79,7 +81,7 @@ cleanup() {
   stop_pid "$SAMPLER_PID"
   stop_server
   lab_down
-  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   exit "$rc"
 }
 trap cleanup EXIT
