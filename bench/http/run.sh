@@ -447,10 +447,11 @@ link_line() {
       per = (u == "MiB") ? n / 1024 : n / 1e6
       printf "; CPU 0 busy %.3f %s, of which softirq %.3f", (b1 - b0) / hz / per,
         (u == "MiB") ? "s per GiB" : "µs per request", (s1 - s0) / hz / per
-      printf "; client cores busy %.3f, of which softirq %.3f and user %.3f",
-        (cb1 - cb0) / hz / per, (cs1 - cs0) / hz / per, (cu1 - cu0) / hz / per
-      printf "; steal %.2f s on CPU 0, %.2f s on the client cores", (st1 - st0) / hz,
-        (cst1 - cst0) / hz
+      printf "; client cores busy %.3f %s, of which softirq %.3f and user %.3f",
+        (cb1 - cb0) / hz / per, (u == "MiB") ? "s per GiB" : "µs per request",
+        (cs1 - cs0) / hz / per, (cu1 - cu0) / hz / per
+      printf "; steal in the run %.2f s on CPU 0, %.2f s on the client cores together",
+        (st1 - st0) / hz, (cst1 - cst0) / hz
     }
     printf "\n" }'
 }
@@ -519,7 +520,7 @@ measure() {
       'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
   fi
   if [ "$what" = script ]; then n=${reqs:-0}; else n=$(to_mib "${read:-0B}"); fi
-  # shellcheck disable=SC2086 # cpu_ticks' five numbers, split on purpose
+  # shellcheck disable=SC2086 # cpu_ticks' seven numbers, split on purpose
   link_line "$what" "$pin" "$n" "$lk0" "$lr0" $k0 "$lk1" "$lr1" $k1 | sed "s/^/  $what: /"
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
