@@ -4,16 +4,8 @@
 # Per run: rate, CPU 0 and CPU 1 busy per GiB, packets the server's link sent/received per MiB, steal.
 set -u
 W=$1; ROUNDS=$2; shift 2; VARS=("$@"); DUR=${DUR:-8}; CONNS=${CONNS:-32}
-S=bfp-srv; C=bfp-cli
-cleanup() { ip netns del $S 2>/dev/null; ip netns del $C 2>/dev/null; }
-trap cleanup EXIT
-cleanup
-ip netns add $S; ip netns add $C
-ip link add fabric0 netns $S type veth peer name cli0 netns $C
-ip -n $S addr add 10.77.0.1/24 dev fabric0; ip -n $S link set fabric0 up; ip -n $S link set lo up
-ip -n $C addr add 10.77.0.2/24 dev cli0; ip -n $C link set cli0 up; ip -n $C link set lo up
-ip netns exec $C sh -c 'echo 2 > /sys/class/net/cli0/queues/rx-0/rps_cpus'
-ip netns exec $S sh -c 'echo 1 > /sys/class/net/fabric0/queues/rx-0/rps_cpus'
+# shellcheck source=lab.sh
+. "$(dirname "$0")/lab.sh"
 cd "$W"
 lua=(); [ -n "${LUA:-}" ] && lua=(-s "$W/range.lua")
 th=$((CONNS < 2 ? 1 : 2))

@@ -3,18 +3,9 @@
 # nginx heads of several lengths (X-Pad header) and Bootfabric, alternating; prints a line each
 set -u
 W=$1; BIN=$2; ROUNDS=$3; DUR=${DUR:-8}
-S=bfp-srv; C=bfp-cli
-cleanup() { ip netns del $S 2>/dev/null; ip netns del $C 2>/dev/null; }
-trap cleanup EXIT
-cleanup
-ip netns add $S; ip netns add $C
-ip link add fabric0 netns $S type veth peer name cli0 netns $C
-ip -n $S addr add 10.77.0.1/24 dev fabric0; ip -n $S link set fabric0 up; ip -n $S link set lo up
-ip -n $C addr add 10.77.0.2/24 dev cli0; ip -n $C link set cli0 up; ip -n $C link set lo up
-ip netns exec $C sh -c 'echo 2 > /sys/class/net/cli0/queues/rx-0/rps_cpus'
-ip netns exec $S sh -c 'echo 1 > /sys/class/net/fabric0/queues/rx-0/rps_cpus'
+# shellcheck source=lab.sh
+. "$(dirname "$0")/lab.sh"
 cd $W
-for pad in "${PADS[@]:-0 41 47}"; do :; done
 ticks() { awk '$1=="cpu0"{b0=$2+$3+$4+$7+$8} $1=="cpu1"{b1=$2+$3+$4+$7+$8; s1=$8; y1=$4; i1=$7} END{print b0,b1,s1,y1,i1}' /proc/stat; }
 one() { # name, start command...
   local name=$1; shift
