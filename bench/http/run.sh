@@ -428,16 +428,18 @@ cpu_ticks() {
     $1 ~ /^cpu[1-9][0-9]*$/ { b += $2 + $3 + $4 + $7 + $8; s += $8; u += $2 + $3; t += $9 }
     END { print b0 + 0, s0 + 0, t0 + 0, b + 0, s + 0, u + 0, t + 0 }' /proc/stat
 }
-# link_line <what> <pin> <MiB or requests> <tx0 rx0> <cpu_ticks before> <tx1 rx1> <cpu_ticks after>
+# link_line <what> <pin> <MiB or requests> <tx0 rx0> <tx1 rx1> "<cpu_ticks before>" "<after>"
 # (pinned: the client cores' figures too, and the run's steal).
 link_line() {
   local unit="MiB" hz
   hz=$(getconf CLK_TCK)
   [ "$1" = script ] && unit="request"
   awk -v w="$1" -v pin="$2" -v n="$3" -v u="$unit" -v hz="$hz" \
-    -v t0="$4" -v r0="$5" -v b0="$6" -v s0="$7" -v st0="$8" -v cb0="$9" -v cs0="${10}" \
-    -v cu0="${11}" -v cst0="${12}" -v t1="${13}" -v r1="${14}" -v b1="${15}" -v s1="${16}" \
-    -v st1="${17}" -v cb1="${18}" -v cs1="${19}" -v cu1="${20}" -v cst1="${21}" 'BEGIN {
+    -v t0="$4" -v r0="$5" -v t1="$6" -v r1="$7" -v k0="$8" -v k1="$9" 'BEGIN {
+    # cpu_ticks order: busy, softirq and steal of CPU 0; busy, softirq, user and steal of the rest
+    split(k0, a, " "); split(k1, z, " ")
+    b0 = a[1]; s0 = a[2]; st0 = a[3]; cb0 = a[4]; cs0 = a[5]; cu0 = a[6]; cst0 = a[7]
+    b1 = z[1]; s1 = z[2]; st1 = z[3]; cb1 = z[4]; cs1 = z[5]; cu1 = z[6]; cst1 = z[7]
     if (n <= 0) { print "link: nothing delivered"; exit }
     if (t0 !~ /^[0-9]+$/ || t1 !~ /^[0-9]+$/ || r0 !~ /^[0-9]+$/ || r1 !~ /^[0-9]+$/) {
       print "link: - (the link counters could not be read)"; exit
@@ -520,8 +522,7 @@ measure() {
       'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
   fi
   if [ "$what" = script ]; then n=${reqs:-0}; else n=$(to_mib "${read:-0B}"); fi
-  # shellcheck disable=SC2086 # cpu_ticks' seven numbers, split on purpose
-  link_line "$what" "$pin" "$n" "$lk0" "$lr0" $k0 "$lk1" "$lr1" $k1 | sed "s/^/  $what: /"
+  link_line "$what" "$pin" "$n" "$lk0" "$lr0" "$lk1" "$lr1" "$k0" "$k1" | sed "s/^/  $what: /"
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
