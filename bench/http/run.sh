@@ -526,7 +526,8 @@ measure() {
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }'; }
+# Of no values "n/a" (a server the run left out): grep's "no line" must not stop it (pipefail).
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "n/a") }'; }
 
 # Servers alternate within every row, mode and repeat, so a machine that drifts (other load,
 # frequency, page cache) drifts for both; each figure is the median of REPEAT runs. The order
@@ -573,7 +574,8 @@ done
 # "261 threads (40 working: 1 http-ring, 39 iou-wrk), cores 0" for the key $1.
 threads_cell() {
   local busy=${K[$1]:--}
-  busy=$(tr ',_' '\n ' <<<"$busy" | grep -v '^-$' | sort -k2 | paste -sd, - | sed 's/,/, /g')
+  # A server the run left out has nothing: grep's "no line" must not stop the table (pipefail).
+  busy=$(tr ',_' '\n ' <<<"$busy" | { grep -v '^-$' || true; } | sort -k2 | paste -sd, - | sed 's/,/, /g')
   echo "${T[$1]:-0} threads (${B[$1]:-0} working${busy:+: $busy}), cores ${U[$1]:-none}"
 }
 
