@@ -147,14 +147,19 @@ cpumask() {
     }
     print m }'
 }
-steer() {
-  local cli srv
-  if ! ip netns exec "$CLI" test -w /sys/class/net/cli0/queues/rx-0/rps_cpus ||
-    ! ip netns exec "$SRV" test -w /sys/class/net/fabric0/queues/rx-0/rps_cpus; then
-    [ "$RPS" = 0 ] && return 0
+# Whether both veth ends take a receive steering mask (the kernel may lack RPS), asked once.
+HAS_RPS=1
+if ! ip netns exec "$CLI" test -w /sys/class/net/cli0/queues/rx-0/rps_cpus ||
+  ! ip netns exec "$SRV" test -w /sys/class/net/fabric0/queues/rx-0/rps_cpus; then
+  HAS_RPS=0
+  if [ "$RPS" = 1 ]; then
     echo "RPS=1: this kernel has no receive packet steering (no rps_cpus); RPS=0 runs the bare veth" >&2
     exit 2
   fi
+fi
+steer() {
+  local cli srv
+  [ "$HAS_RPS" = 0 ] && return 0
   if [ "$RPS" = 0 ]; then cli=0 srv=0
   elif [ "$1" = 1 ]; then cli=$(cpumask 1 $((CORES - 1))) srv=$(cpumask 0 0)
   else cli=$(cpumask 0 $((CORES - 1))) srv=$cli; fi
