@@ -372,7 +372,9 @@ fn read_response(s: &mut TcpStream) -> Result<(String, Vec<u8>), String> {
 /// here on one kept-alive connection each get exactly their bytes; the slowest is printed,
 /// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`); the
 /// io_uring transport corks those past 256 KiB but for their last 256 KiB. A 9 MiB body
-/// follows, whole and as a range. The socket is read back uncorked after all of them.
+/// follows, whole and as a range. The socket is read back uncorked after all of them. Every
+/// body of 64 KiB or more starts in the stream where its first byte lies in its file modulo
+/// 64, and no smaller one is padded.
 fn no_response_waits_for_a_delayed_ack(backend: &str) {
     let t = format!("no_response_waits_for_a_delayed_ack_on_{backend}");
     let Some(l) = lab(&t, backend) else { return };
@@ -408,6 +410,22 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
                 .map_err(|e| e.to_string())?;
             let port = s.local_addr().map_err(|e| e.to_string())?.port();
             let mut slowest = Duration::ZERO;
+            // Where each body starts in the connection's stream: a file body of 64 KiB or
+            // more starts where its first byte lies in its file modulo 64 (the daemon pads
+            // its head), so a client reading into an aligned buffer copies it aligned.
+            let mut pos = 0usize;
+            let mut aligned = |a: usize, head: &str, body: &[u8]| -> Result<(), String> {
+                let at = pos + head.len();
+                pos = at + body.len();
+                let padded = head.contains("\r\nAlignment-Padding: ");
+                if body.len() >= 64 << 10 && at % 64 != a % 64 {
+                    return Err(format!("body of {a}- at stream offset {at}: {head}"));
+                }
+                if body.len() < 64 << 10 && padded {
+                    return Err(format!("a {}-byte body padded: {head}", body.len()));
+                }
+                Ok(())
+            };
             for (i, &(a, b)) in ranges.iter().enumerate() {
                 let asked = std::time::Instant::now();
                 // One write, as clients send a request (a `write!` in pieces would meet
@@ -421,6 +439,7 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
                 if !head.starts_with("HTTP/1.1 206") || body != expected[i] {
                     return Err(format!("range {a}-{b}: {head}"));
                 }
+                aligned(a, &head, &body)?;
             }
             for (i, &(a, b)) in big_ranges.iter().enumerate() {
                 let req = format!(
@@ -434,6 +453,7 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
                         body.len()
                     ));
                 }
+                aligned(a, &head, &body)?;
             }
             Ok((s, port, slowest))
         })

@@ -175,6 +175,11 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
     /// alone) rather than on the blocking pool (its runtime serves TFTP too).
     const ROUTES_INLINE: bool;
 
+    /// Whether a file body is aligned in the stream as it lies in its file
+    /// (`Response::head_at`): on plain TCP, where `sendfile` hands the client the file's
+    /// pages.
+    const ALIGNS: bool;
+
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
 
@@ -197,6 +202,7 @@ impl Wire for TcpStream {
     // Plain HTTP on epoll shares the file runtime with TFTP: a stat stuck on a hung store
     // must hold a pool thread, not a worker.
     const ROUTES_INLINE: bool = false;
+    const ALIGNS: bool = true;
 
     fn tcp(&self) -> &TcpStream {
         self
@@ -264,6 +270,8 @@ pub(super) async fn connection<W: Wire>(
     let shared = &shared;
     let l = shared.limits;
     let mut inbuf = Vec::new();
+    // Bytes of responses sent on the connection (wraps): where the next head starts.
+    let mut stream_pos = 0u64;
     let mut rbuf = vec![0u8; 16 * 1024];
     loop {
         let mut x = match next(shared, &mut inbuf, peer, local, W::ROUTES_INLINE).await {
@@ -297,8 +305,10 @@ pub(super) async fn connection<W: Wire>(
             }
         };
         let date = httpdate::fmt_http_date(SystemTime::now());
-        let mut head = x.response.head(&date);
+        let mut head = x.response.head_at(&date, W::ALIGNS.then_some(stream_pos));
         x.head_len(head.len());
+        // The response leaves whole or the connection ends.
+        stream_pos = stream_pos.wrapping_add(head.len() as u64 + x.response.body.len());
         if let Body::Bytes(b) = &x.response.body {
             head.extend_from_slice(b);
         }

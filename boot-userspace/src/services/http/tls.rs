@@ -273,6 +273,8 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
     const CORKS: bool = false;
     // The HTTPS runtime serves nothing else (module comment).
     const ROUTES_INLINE: bool = true;
+    // The client copies records it decrypted into its own buffers, not the file's pages.
+    const ALIGNS: bool = false;
 
     fn tcp(&self) -> &tokio::net::TcpStream {
         self.get_ref().0

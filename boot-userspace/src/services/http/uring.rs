@@ -115,6 +115,9 @@ struct Conn {
     head_since: Option<Instant>,
     /// TCP_CORK is on: the bulk of a large body is being sent.
     corked: bool,
+    /// Bytes of responses sent on the connection (heads and bodies; wraps): where the next
+    /// head starts in the stream (`Response::head_at`).
+    stream_pos: u64,
 }
 
 /// Why this kernel's io_uring cannot carry the transport. The kernel's error is part of the
@@ -474,6 +477,7 @@ fn accept(fd: OwnedFd, conns: &mut Slab<Conn>, shared: &Shared, pending: &mut Ve
         last_progress: Instant::now(),
         head_since: None,
         corked: false,
+        stream_pos: 0,
     });
     recv(key, &mut conns[key], pending);
 }
@@ -600,8 +604,12 @@ fn serve_next(
         }
         Next::Answer(mut x) => {
             c.head_since = None;
-            c.out = x.response.head(date);
+            c.out = x.response.head_at(date, Some(c.stream_pos));
             x.head_len(c.out.len());
+            // The response leaves whole or the connection ends.
+            c.stream_pos = c
+                .stream_pos
+                .wrapping_add(c.out.len() as u64 + x.response.body.len());
             let r = &x.response;
             c.out_pos = 0;
             c.file = None;
