@@ -14,7 +14,9 @@
 # A run with SERVERS="bootfabric nginx nginx2" also ran nginx a second time in every
 # row, mode and repeat: two more columns give nginx2's rate over nginx's within each repeat,
 # the same server against itself, so how far apart the same work lands on this host at that
-# moment (a ratio of Bootfabric's inside that spread is not a difference this run can show).
+# moment (a ratio of Bootfabric's inside that spread is not a difference this run can show),
+# and three more Bootfabric's rate over nginx2's: a second pairing against an independent
+# measurement of the same server, so one slow or fast nginx run does not decide the row.
 set -euo pipefail
 raw=${1:?usage: paired.sh raw.txt (or any file of run.sh result lines)}
 awk '
@@ -41,15 +43,15 @@ awk '
   function spread_median(a, k) { return (k == 0) ? "n/a" : sprintf("%.2f", median(a, k)) }
   END {
     if (control) {
-      print "| pin | request | connections | repeats | rate ratio, median of repeats | range | repeats at or above nginx | CPU ratio, median of repeats | range | nginx again over nginx: rate, median | range | CPU, median | range |"
-      print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+      print "| pin | request | connections | repeats | rate ratio, median of repeats | range | repeats at or above nginx | CPU ratio, median of repeats | range | nginx again over nginx: rate, median | range | CPU, median | range | Bootfabric over nginx again: rate, median | range | repeats at or above |"
+      print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     } else {
       print "| pin | request | connections | repeats | rate ratio, median of repeats | range | repeats at or above nginx | CPU ratio, median of repeats | range |"
       print "|---|---|---|---|---|---|---|---|---|"
     }
     for (o = 1; o <= n; o++) {
       key = order[o]; split(key, p, SUBSEP); split(p[2], w, ":")
-      kr = 0; kc = 0; ka = 0; kac = 0; above = 0
+      kr = 0; kc = 0; ka = 0; kac = 0; kb = 0; above = 0; above2 = 0
       for (r = 1; r <= reps[key]; r++) {
         b = rate["bootfabric", key, r]; g = rate["nginx", key, r]
         if (b != "" && g + 0 > 0) { rr[++kr] = b / g; if (b + 0 >= g + 0) above++ }
@@ -57,6 +59,7 @@ awk '
         if (bc != "" && bc != "n/a" && gc != "n/a" && gc + 0 > 0) cc[++kc] = bc / gc
         a = rate["nginx2", key, r]
         if (a != "" && g + 0 > 0) ar[++ka] = a / g
+        if (a != "" && b != "" && a + 0 > 0) { br[++kb] = b / a; if (b + 0 >= a + 0) above2++ }
         ac = cost["nginx2", key, r]
         if (ac != "" && ac != "n/a" && gc != "n/a" && gc + 0 > 0) acc[++kac] = ac / gc
       }
@@ -69,8 +72,8 @@ awk '
       }
       printf "| %s | %s | %s | %d | %.2f | %.2f–%.2f | %d of %d | %s | %s |",
         (p[1] == 1 ? "1 core each" : "none"), w[1], w[2], kr, median(rr, kr), rmin, rmax, above, kr, cm, crange
-      if (control) printf " %s | %s | %s | %s |", spread_median(ar, ka), spread(ar, ka), spread_median(acc, kac), spread(acc, kac)
+      if (control) printf " %s | %s | %s | %s | %s | %s | %d of %d |", spread_median(ar, ka), spread(ar, ka), spread_median(acc, kac), spread(acc, kac), spread_median(br, kb), spread(br, kb), above2, kb
       printf "\n"
-      delete rr; delete cc; delete ar; delete acc
+      delete rr; delete cc; delete ar; delete acc; delete br
     }
   }' "$raw"
