@@ -176,8 +176,8 @@ pub(super) trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
     const ROUTES_INLINE: bool;
 
     /// Whether a file body is aligned in the stream as it lies in its file
-    /// (`Response::head_at`): on plain TCP, where `sendfile` hands the client the file's
-    /// pages.
+    /// (`Response::head_at`): on plain TCP, where `sendfile` hands the socket the file's
+    /// pages and a client on the same host copies out of them.
     const ALIGNS: bool;
 
     /// The TCP socket underneath.
