@@ -426,30 +426,50 @@ link_counts() {
   echo "${tx:--} ${rx:--}"
 }
 # cpu_ticks: "busy softirq steal" of CPU 0, then "busy softirq user steal" of the other cores
-# together (pinned, wrk's or curl's cores: the client's receive work and its copies). Steal
-# is time the hypervisor ran something else on a virtual CPU that had work.
+# together (pinned, wrk's or curl's cores: the client's receive work and its copies), then
+# the idle ticks of all cores (idle and iowait). Steal is time the hypervisor ran something
+# else on a virtual CPU that had work.
 cpu_ticks() {
   awk '$1 == "cpu0" { b0 = $2 + $3 + $4 + $7 + $8; s0 = $8; t0 = $9 }
     $1 ~ /^cpu[1-9][0-9]*$/ { b += $2 + $3 + $4 + $7 + $8; s += $8; u += $2 + $3; t += $9 }
-    END { print b0 + 0, s0 + 0, t0 + 0, b + 0, s + 0, u + 0, t + 0 }' /proc/stat
+    $1 ~ /^cpu[0-9]+$/ { i += $5 + $6 }
+    END { print b0 + 0, s0 + 0, t0 + 0, b + 0, s + 0, u + 0, t + 0, i + 0 }' /proc/stat
+}
+# backlog_drops: packets every core's receive backlog refused (the second, hexadecimal,
+# column of /proc/net/softnet_stat, summed). veth hands each packet to the receive backlog
+# of the core receive steering picks; past net.core.netdev_max_backlog packets queued there
+# it drops them, and TCP sees a loss. The counter is the host's, not one namespace's: the
+# bench's veth carries nearly all of the host's packets while it runs.
+backlog_drops() {
+  local n=0 line f
+  while read -r line; do
+    read -r _ f _ <<<"$line"
+    n=$((n + 16#$f))
+  done </proc/net/softnet_stat
+  echo "$n"
 }
 # link_line <what> <pin> <MiB or requests> <tx0 rx0> <tx1 rx1> "<cpu_ticks before>" "<after>"
-# (pinned: the client cores' figures too, and the run's steal).
+# <backlog drops before> <after> (pinned: the client cores' figures too, and the run's steal;
+# not pinned: the cores' idle time).
 link_line() {
   local unit="MiB" hz
   hz=$(getconf CLK_TCK)
   [ "$1" = script ] && unit="request"
   awk -v w="$1" -v pin="$2" -v n="$3" -v u="$unit" -v hz="$hz" \
-    -v t0="$4" -v r0="$5" -v t1="$6" -v r1="$7" -v k0="$8" -v k1="$9" 'BEGIN {
-    # cpu_ticks order: busy, softirq and steal of CPU 0; busy, softirq, user and steal of the rest
+    -v t0="$4" -v r0="$5" -v t1="$6" -v r1="$7" -v k0="$8" -v k1="$9" \
+    -v d0="${10}" -v d1="${11}" 'BEGIN {
+    # cpu_ticks order: busy, softirq and steal of CPU 0; busy, softirq, user and steal of the
+    # rest; idle of all
     split(k0, a, " "); split(k1, z, " ")
-    b0 = a[1]; s0 = a[2]; st0 = a[3]; cb0 = a[4]; cs0 = a[5]; cu0 = a[6]; cst0 = a[7]
-    b1 = z[1]; s1 = z[2]; st1 = z[3]; cb1 = z[4]; cs1 = z[5]; cu1 = z[6]; cst1 = z[7]
+    b0 = a[1]; s0 = a[2]; st0 = a[3]; cb0 = a[4]; cs0 = a[5]; cu0 = a[6]; cst0 = a[7]; i0 = a[8]
+    b1 = z[1]; s1 = z[2]; st1 = z[3]; cb1 = z[4]; cs1 = z[5]; cu1 = z[6]; cst1 = z[7]; i1 = z[8]
     if (n <= 0) { print "link: nothing delivered"; exit }
     if (t0 !~ /^[0-9]+$/ || t1 !~ /^[0-9]+$/ || r0 !~ /^[0-9]+$/ || r1 !~ /^[0-9]+$/) {
       print "link: - (the link counters could not be read)"; exit
     }
     printf "link: %.2f packets sent and %.2f received per %s", (t1 - t0) / n, (r1 - r0) / n, u
+    printf "; receive backlogs dropped %d packets", d1 - d0
+    if (pin != 1) printf "; cores idle %.2f s in the run", (i1 - i0) / hz
     if (pin == 1) {
       per = (u == "MiB") ? n / 1024 : n / 1e6
       printf "; CPU 0 busy %.3f %s, of which softirq %.3f", (b1 - b0) / hz / per,
@@ -468,7 +488,7 @@ link_line() {
 # CPU seconds, working kinds) and ERRORS.
 measure() {
   local server=$1 what=$2 conns=$3 pin=$4 url threads c0 c1 tcp0 tcp1 out tps read reqs lua=() cpuset=()
-  local lk0 lr0 lk1 lr1 k0 k1 n
+  local lk0 lr0 lk1 lr1 k0 k1 d0 d1 n
   case $what in
     image|curl) url=http://10.77.0.1/rack/image.bin ;;
     range) url=http://10.77.0.1/rack/image.bin; lua=(-s "$WORK/range.lua") ;;
@@ -484,6 +504,7 @@ measure() {
   tcp0=$(tcp_counts)
   read -r lk0 lr0 <<<"$(link_counts)"
   k0=$(cpu_ticks)
+  d0=$(backlog_drops)
   c0=$(cg_usec)
   if [ "$what" = curl ]; then
     export -f curl_loop
@@ -499,6 +520,7 @@ measure() {
       "${lua[@]}" "$url" 2>&1) || true
   fi
   c1=$(cg_usec)
+  d1=$(backlog_drops)
   k1=$(cpu_ticks)
   read -r lk1 lr1 <<<"$(link_counts)"
   tcp1=$(tcp_counts)
@@ -527,7 +549,7 @@ measure() {
       'BEGIN { g = m / 1024; if (g <= 0) print "n/a"; else printf "%.2f", t / 1e6 / g }')
   fi
   if [ "$what" = script ]; then n=${reqs:-0}; else n=$(to_mib "${read:-0B}"); fi
-  link_line "$what" "$pin" "$n" "$lk0" "$lr0" "$lk1" "$lr1" "$k0" "$k1" | sed "s/^/  $what: /"
+  link_line "$what" "$pin" "$n" "$lk0" "$lr0" "$lk1" "$lr1" "$k0" "$k1" "$d0" "$d1" | sed "s/^/  $what: /"
   THREADS=$(threads_of "$WORK/samples" "$SERVER_PID")
 }
 
