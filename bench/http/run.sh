@@ -394,22 +394,33 @@ curl_loop() {
 
 # The server's retransmitted segments, the DSACKs it got back (the client already had that
 # segment: the retransmission was spurious) and the packets the client queued out of order;
+# then the milliseconds the client's and the server's TCP spent under memory pressure (the
+# host's tcp_mem, which both namespaces' sockets share: 256 connections' receive and send
+# buffers on one host can reach it, where 256 clients on their own machines would not) and
+# the segments the client dropped for want of receive memory (TCPRcvQDrop and TCPOFODrop);
 # "-" where nstat has no such counter. Printed, not tabled: they show what the kernel did to
 # both servers' streams in that run.
 tcp_counts() {
   local srv cli
-  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs)
-  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue)
-  echo "$(count "$srv" TcpRetransSegs) $(count "$srv" TcpExtTCPDSACKRecvSegs) $(count "$cli" TcpExtTCPOFOQueue)"
+  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs TcpExtTCPMemoryPressuresChrono)
+  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue TcpExtTCPMemoryPressuresChrono TcpExtTCPRcvQDrop TcpExtTCPOFODrop)
+  echo "$(count "$srv" TcpRetransSegs) $(count "$srv" TcpExtTCPDSACKRecvSegs) $(count "$cli" TcpExtTCPOFOQueue)" \
+    "$(count "$cli" TcpExtTCPMemoryPressuresChrono) $(count "$srv" TcpExtTCPMemoryPressuresChrono)" \
+    "$(sum_counts "$(count "$cli" TcpExtTCPRcvQDrop)" "$(count "$cli" TcpExtTCPOFODrop)")"
 }
 # count <nstat output> <name>: that counter's value, or "-".
 count() { awk -v k="$2" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }' <<<"$1"; }
+# sum_counts <a> <b>: their sum, or "-" if either is.
+sum_counts() { if [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then echo $(($1 + $2)); else echo -; fi; }
+# tcp_delta <six counts before> <six after>
 tcp_delta() {
-  local a=("$1" "$2" "$3") b=("$4" "$5" "$6") out=() i
-  for i in 0 1 2; do
+  local a=("${@:1:6}") b=("${@:7:6}") out=() i
+  for i in 0 1 2 3 4 5; do
     if [[ ${a[i]} =~ ^[0-9]+$ && ${b[i]} =~ ^[0-9]+$ ]]; then out+=($((b[i] - a[i]))); else out+=(-); fi
   done
-  echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client"
+  echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client;" \
+    "under memory pressure ${out[3]} ms at the client, ${out[4]} ms at the server;" \
+    "${out[5]} segments the client dropped for memory"
 }
 
 # The server link's packet counters ("sent received"), and busy ticks from /proc/stat (user,
@@ -527,7 +538,7 @@ measure() {
   stop_pid "$SAMPLER_PID"
   SAMPLER_PID=""
   echo "$out" | sed "s/^/  $what: /"
-  # shellcheck disable=SC2086 # word splitting: three counters each
+  # shellcheck disable=SC2086 # word splitting: six counters each
   tcp_delta $tcp0 $tcp1 | sed "s/^/  $what: /"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
