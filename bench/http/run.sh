@@ -322,6 +322,8 @@ sampler() {
   while :; do
     n=$((n + 1))
     echo "sample $n"
+    # The host's TCP memory (pages, every namespace's sockets): its peak goes on the tcp line.
+    echo "tcpmem $(awk '$1 == "TCP:" { print $NF }' /proc/net/sockstat)"
     for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do
       grep -sH '' /proc/"$p"/task/*/stat || true
       grep -sH '^Cpus_allowed_list:' /proc/"$p"/task/*/status || true
@@ -339,6 +341,7 @@ sampler() {
 threads_of() {
   awk -v hz="$(getconf CLK_TCK)" -v dur="$DURATION" -v master="$2" '
     /^sample / { s = $2; next }
+    /^tcpmem / { next }
     {
       split($0, pathrest, ":"); n = split(pathrest[1], parts, "/"); tid = parts[n - 1]
       if (parts[n] == "status") { a = $0; sub(/.*Cpus_allowed_list:[ \t]*/, "", a); allowed[a] = 1; next }
@@ -540,6 +543,12 @@ measure() {
   echo "$out" | sed "s/^/  $what: /"
   # shellcheck disable=SC2086 # word splitting: six counters each
   tcp_delta $tcp0 $tcp1 | sed "s/^/  $what: /"
+  # The host's TCP memory at its highest sample, against the pressure mark (tcp_mem's second
+  # value): where it reaches the mark, TCP prunes and drops.
+  awk -v mark="$(awk '{ print $2 }' /proc/sys/net/ipv4/tcp_mem)" -v page="$(getconf PAGESIZE)" \
+    '/^tcpmem [0-9]+$/ { if ($2 > m) m = $2; seen = 1 }
+    END { if (seen) printf "  %s: tcp memory: peak %.0f MiB of the host'"'"'s pressure mark %.0f MiB (sampled)\n", w, m * page / 1048576, mark * page / 1048576 }' \
+    w="$what" "$WORK/samples"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
   reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
