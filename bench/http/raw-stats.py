@@ -12,13 +12,14 @@ time. This kernel charges receive work to the task it interrupts (no
 CONFIG_IRQ_TIME_ACCOUNTING), so unpinned a server is charged more of it the busier the
 cores are; the ratio to the line compares the servers at the same idle time.
 
-collapses: the runs whose link carried more than COLLAPSE packets per MiB (the 21-24 of a
-normal whole-file run at 256 connections) with packets out of order at the client: their
+collapses: the runs whose link carried more than COLLAPSE packets per MiB (21-25 in the
+whole-file runs at 256 connections that do not collapse) with packets out of order at the client: their
 segments shrank after real losses. Prints each run's counters, then each server's median
 rate with and without them.
 
-memory: each run's time under TCP memory pressure, the client's drops for memory and the
-host's TCP memory peak (from the runs that print them), with its rate.
+memory: each run's host TCP memory pressure (the length of the episodes that ended in it),
+the client's drops for memory and the host's TCP memory peak (from the runs that print
+them), with its rate.
 
 Only the standard library: it runs wherever the bench does.
 """
@@ -31,10 +32,14 @@ from pathlib import Path
 COLLAPSE = 40.0
 
 RUN = re.compile(r"run (\d+) pin=(\d) (\S+) (\S+)")
-TCP = re.compile(
-    r"tcp: (\d+) segments retransmitted, (\d+) DSACKs, (\d+) out of order at the client"
-    r"(?:; under memory pressure (\S+) ms at the client, (\S+) ms at the server; (\S+) segments)?"
+TCP = re.compile(r"tcp: (\S+) segments retransmitted, (\S+) DSACKs, (\S+) out of order at the client")
+# Runs of 6a0af01 and 4a46438 printed the pressure per namespace (the kernel credits an
+# episode to the namespace whose socket ended it, so only the sum means anything); later runs
+# print the sum and the number of episodes.
+PRESSURE_OLD = re.compile(
+    r"under memory pressure (\S+) ms at the client, (\S+) ms at the server; (\S+) segments"
 )
+PRESSURE = re.compile(r"(\S+) episodes of host TCP memory pressure ended, (\S+) ms in all; (\S+) segments")
 LINK = re.compile(r"link: ([\d.]+) packets sent and ([\d.]+) received per MiB")
 IDLE = re.compile(r"cores idle ([\d.]+) s")
 DROPS = re.compile(r"receive backlogs dropped (\d+) packets")
@@ -60,8 +65,15 @@ def runs(folder):
         if cur is None:
             continue
         if m := TCP.search(line):
-            cur["retrans"], cur["dsacks"], cur["ooo"] = (int(v) for v in m.groups()[:3])
-            cur["pressure"] = m[4], m[5], m[6]
+            counts = [number(v) for v in m.groups()]
+            if None not in counts:
+                cur["retrans"], cur["dsacks"], cur["ooo"] = counts
+        if m := PRESSURE_OLD.search(line):
+            client, server, drops = (number(v) for v in m.groups())
+            total = None if client is None or server is None else client + server
+            cur["pressure"] = total, drops
+        if m := PRESSURE.search(line):
+            cur["pressure"] = number(m[2]), number(m[3])
         if m := LINK.search(line):
             cur["packets"] = float(m[1])
         if m := IDLE.search(line):
@@ -75,6 +87,11 @@ def runs(folder):
             out.append(cur)
             cur = None
     return out
+
+
+def number(text):
+    """A counter's value, or None for the "-" of one that could not be read."""
+    return int(text) if text.isdigit() else None
 
 
 def family(server):
@@ -119,7 +136,8 @@ def collapses(measurements):
                 f"{m['rate']} MiB/s, {m['packets']} packets per MiB, {m['retrans']} retransmitted, "
                 f"{m['dsacks']} DSACKs, {m['ooo']} out of order, backlog drops "
                 f"{m.get('backlog_drops', '-')}, memory pressure ms client/server and "
-                f"client memory drops {'/'.join(v or '-' for v in m.get('pressure', ())) or '-'}, "
+                f"memory pressure ms and client memory drops "
+                f"{'/'.join('-' if v is None else str(v) for v in m.get('pressure', ())) or '-'}, "
                 f"TCP memory peak/mark MiB {m.get('tcp_peak', '-')}"
             )
     for pin, row in sorted({(m["pin"], m["row"]) for m in ms}):
@@ -128,23 +146,24 @@ def collapses(measurements):
             if not mine:
                 continue
             kept = [m["rate"] for m in mine if not (m["packets"] > COLLAPSE and m["ooo"] > 0)]
+            without = f"{statistics.median(kept):.1f}" if kept else "- (every run collapsed)"
             print(
                 f"{row} pin={pin} {server:<10} {len(mine)} runs, {len(mine) - len(kept)} collapsed; "
                 f"median {statistics.median(m['rate'] for m in mine):.1f} MiB/s, without the "
-                f"collapsed {statistics.median(kept):.1f}" if kept else ""
+                f"collapsed {without}"
             )
 
 
 def memory(measurements):
     for m in measurements:
-        if m.get("pressure", (None,))[0] is None:
+        if "pressure" not in m:
             continue
-        client, server, drops = m["pressure"]
+        ms, drops = ("-" if v is None else v for v in m["pressure"])
+        packets = f"{m['packets']:6.2f}" if "packets" in m else "     -"
         print(
             f"{m['folder']} repeat {m['repeat']} pin={m['pin']} {m['row']} {m['server']:<10} "
-            f"{m['rate']:7.1f} MiB/s, {m['packets']:6.2f} packets per MiB; pressure {client} ms "
-            f"client, {server} ms server, {drops} client drops; TCP memory peak/mark MiB "
-            f"{m.get('tcp_peak', '-')}"
+            f"{m['rate']:7.1f} MiB/s, {packets} packets per MiB; host TCP memory pressure {ms} ms, "
+            f"{drops} client drops; TCP memory peak/mark MiB {m.get('tcp_peak', '-')}"
         )
 
 

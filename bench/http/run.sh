@@ -315,7 +315,8 @@ to_mib() { # wrk's "1.23GB" → MiB
 
 # The sampler: every SAMPLE seconds, a line "sample <n>", then for every process in the
 # server's cgroup the stat and Cpus_allowed_list of each of its tasks (as grep -H prints them:
-# /proc/<pid>/task/<tid>/stat:<line>). Two processes per process per sample, so that the
+# /proc/<pid>/task/<tid>/stat:<line>); and a line "tcpmem <pages>", the host's TCP memory
+# from /proc/net/sockstat. Two processes per process and one awk per sample, so that the
 # sampler stays light next to the server. Runs until killed (by PID, after wrk ends).
 sampler() {
   local n=0 p
@@ -397,18 +398,22 @@ curl_loop() {
 
 # The server's retransmitted segments, the DSACKs it got back (the client already had that
 # segment: the retransmission was spurious) and the packets the client queued out of order;
-# then the milliseconds the client's and the server's TCP spent under memory pressure (the
-# host's tcp_mem, which both namespaces' sockets share: 256 connections' receive and send
-# buffers on one host can reach it, where 256 clients on their own machines would not) and
+# then the host's TCP memory pressure: the episodes that ended and their length in all, and
 # the segments the client dropped for want of receive memory (TCPRcvQDrop and TCPOFODrop);
-# "-" where nstat has no such counter. Printed, not tabled: they show what the kernel did to
-# both servers' streams in that run.
+# "-" where nstat has no such counter. Pressure is one host-wide state (the host's tcp_mem,
+# which both namespaces' sockets share: 256 connections' receive and send buffers on one
+# host can reach it, where 256 clients on their own machines would not). The kernel counts
+# an episode when it ends, in the namespace of the socket that ended it: both namespaces'
+# counters are summed, and an episode still running at the second snapshot is counted in a
+# later measurement. Printed, not tabled: they show what the kernel did to both servers'
+# streams in that run.
 tcp_counts() {
   local srv cli
-  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs TcpExtTCPMemoryPressuresChrono)
-  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue TcpExtTCPMemoryPressuresChrono TcpExtTCPRcvQDrop TcpExtTCPOFODrop)
+  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs TcpExtTCPMemoryPressures TcpExtTCPMemoryPressuresChrono)
+  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue TcpExtTCPMemoryPressures TcpExtTCPMemoryPressuresChrono TcpExtTCPRcvQDrop TcpExtTCPOFODrop)
   echo "$(count "$srv" TcpRetransSegs) $(count "$srv" TcpExtTCPDSACKRecvSegs) $(count "$cli" TcpExtTCPOFOQueue)" \
-    "$(count "$cli" TcpExtTCPMemoryPressuresChrono) $(count "$srv" TcpExtTCPMemoryPressuresChrono)" \
+    "$(sum_counts "$(count "$cli" TcpExtTCPMemoryPressures)" "$(count "$srv" TcpExtTCPMemoryPressures)")" \
+    "$(sum_counts "$(count "$cli" TcpExtTCPMemoryPressuresChrono)" "$(count "$srv" TcpExtTCPMemoryPressuresChrono)")" \
     "$(sum_counts "$(count "$cli" TcpExtTCPRcvQDrop)" "$(count "$cli" TcpExtTCPOFODrop)")"
 }
 # count <nstat output> <name>: that counter's value, or "-".
@@ -422,7 +427,7 @@ tcp_delta() {
     if [[ ${a[i]} =~ ^[0-9]+$ && ${b[i]} =~ ^[0-9]+$ ]]; then out+=($((b[i] - a[i]))); else out+=(-); fi
   done
   echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client;" \
-    "under memory pressure ${out[3]} ms at the client, ${out[4]} ms at the server;" \
+    "${out[3]} episodes of host TCP memory pressure ended, ${out[4]} ms in all;" \
     "${out[5]} segments the client dropped for memory"
 }
 
@@ -450,14 +455,17 @@ cpu_ticks() {
     END { print b0 + 0, s0 + 0, t0 + 0, b + 0, s + 0, u + 0, t + 0, i + 0 }' /proc/stat
 }
 # backlog_drops: packets every core's receive backlog refused (the second, hexadecimal,
-# column of /proc/net/softnet_stat, summed). veth hands each packet to the receive backlog
-# of the core receive steering picks; past net.core.netdev_max_backlog packets queued there
-# it drops them, and TCP sees a loss. The counter is the host's, not one namespace's: the
-# bench's veth carries nearly all of the host's packets while it runs.
+# column of /proc/net/softnet_stat, summed), or "-" where it cannot be read. veth hands each
+# packet to a core's receive backlog (the one receive steering picks with RPS=1, the sending
+# core's with RPS=0); past net.core.netdev_max_backlog packets queued there it drops them,
+# and TCP sees a loss. The counter is the host's, not one namespace's: the bench's veth
+# carries nearly all of the host's packets while it runs.
 backlog_drops() {
   local n=0 line f
+  [ -r /proc/net/softnet_stat ] || { echo -; return; }
   while read -r line; do
     read -r _ f _ <<<"$line"
+    [[ $f =~ ^[0-9a-fA-F]+$ ]] || { echo -; return; }
     n=$((n + 16#$f))
   done </proc/net/softnet_stat
   echo "$n"
@@ -482,7 +490,8 @@ link_line() {
       print "link: - (the link counters could not be read)"; exit
     }
     printf "link: %.2f packets sent and %.2f received per %s", (t1 - t0) / n, (r1 - r0) / n, u
-    printf "; receive backlogs dropped %d packets", d1 - d0
+    if (d0 ~ /^[0-9]+$/ && d1 ~ /^[0-9]+$/) printf "; receive backlogs dropped %d packets", d1 - d0
+    else printf "; receive backlogs dropped - packets"
     if (pin != 1) printf "; cores idle %.2f s in the run", (i1 - i0) / hz
     if (pin == 1) {
       per = (u == "MiB") ? n / 1024 : n / 1e6
@@ -545,9 +554,11 @@ measure() {
   tcp_delta $tcp0 $tcp1 | sed "s/^/  $what: /"
   # The host's TCP memory at its highest sample, against the pressure mark (tcp_mem's second
   # value): where it reaches the mark, TCP prunes and drops.
-  awk -v mark="$(awk '{ print $2 }' /proc/sys/net/ipv4/tcp_mem)" -v page="$(getconf PAGESIZE)" \
+  awk -v mark="$(awk '{ print $2 }' /proc/sys/net/ipv4/tcp_mem 2>/dev/null)" -v page="$(getconf PAGESIZE)" \
     '/^tcpmem [0-9]+$/ { if ($2 > m) m = $2; seen = 1 }
-    END { if (seen) printf "  %s: tcp memory: peak %.0f MiB of the host'"'"'s pressure mark %.0f MiB (sampled)\n", w, m * page / 1048576, mark * page / 1048576 }' \
+    END { if (!seen) exit
+      printf "  %s: tcp memory: peak %.0f MiB of the host'"'"'s pressure mark ", w, m * page / 1048576
+      if (mark ~ /^[0-9]+$/) printf "%.0f MiB (sampled)\n", mark * page / 1048576; else print "- (sampled)" }' \
     w="$what" "$WORK/samples"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")

@@ -378,8 +378,8 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
 /// here on one kept-alive connection each get exactly their bytes; the slowest is printed,
 /// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`); the
 /// io_uring transport corks those past 256 KiB but for their last 256 KiB. A 9 MiB body
-/// follows, whole and as ranges, after a HEAD and a 304 for it (heads with no body: the
-/// daemon must count what it sent, not the Content-Length). The socket is read back
+/// follows, whole and as ranges, after a HEAD (its head gives the file's Content-Length but
+/// no body follows: the daemon must count what it sent) and a 304 for it (no body either). The socket is read back
 /// uncorked after all of them. Every body of 64 KiB or more starts in the stream where its
 /// first byte lies in its file modulo 64, and no smaller one is padded.
 fn no_response_waits_for_a_delayed_ack(backend: &str) {
@@ -453,8 +453,8 @@ fn no_response_waits_for_a_delayed_ack(backend: &str) {
                 }
                 aligned(a, &head, &body)?;
             }
-            // A HEAD and a 304 between the ranges and the big bodies: their heads say
-            // Content-Length but no body follows.
+            // A HEAD and a 304 between the ranges and the big bodies: neither sends a body,
+            // and the HEAD's head says the file's Content-Length.
             s.write_all(b"HEAD /debian/rootfs HTTP/1.1\r\nHost: 10.77.0.1\r\n\r\n")
                 .map_err(|e| e.to_string())?;
             let head = read_head(&mut s)?;

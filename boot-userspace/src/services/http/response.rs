@@ -200,9 +200,9 @@ impl Response {
 
 /// The alignment `Response::head_at` gives a file body's bytes in the stream: a cache line.
 pub const BODY_ALIGN: u64 = 64;
-/// Bodies shorter than this are not aligned. The gain was measured on whole images and 1 MiB
-/// ranges; below this a head's up to 85 more bytes are a larger share of the response, and
-/// installers' small files (scripts, configs) keep the heads clients have always seen.
+/// File bodies shorter than this are not aligned. The gain was measured on whole images and
+/// 1 MiB ranges; below this a head's up to 85 more bytes are a larger share of the response
+/// for no measured gain. (Rendered scripts and configs are bytes in memory, never padded.)
 pub const ALIGN_MIN_BODY: u64 = 64 << 10;
 /// The padding field's name and separator; its value is at least one byte.
 const PAD_FIELD: &str = "Alignment-Padding: ";
