@@ -94,6 +94,11 @@ def number(text):
     return int(text) if text.isdigit() else None
 
 
+def collapsed(m):
+    """Segments shrunk after real losses: many packets per MiB, and some out of order."""
+    return m["packets"] > COLLAPSE and m["ooo"] > 0
+
+
 def family(server):
     """nginx2 is nginx run again."""
     return "nginx" if server.startswith("nginx") else server
@@ -130,13 +135,12 @@ def idle(measurements):
 def collapses(measurements):
     ms = [m for m in measurements if "packets" in m and "ooo" in m]
     for m in ms:
-        if m["packets"] > COLLAPSE and m["ooo"] > 0:
+        if collapsed(m):
             print(
                 f"{m['folder']} repeat {m['repeat']} pin={m['pin']} {m['row']} {m['server']}: "
                 f"{m['rate']} MiB/s, {m['packets']} packets per MiB, {m['retrans']} retransmitted, "
                 f"{m['dsacks']} DSACKs, {m['ooo']} out of order, backlog drops "
-                f"{m.get('backlog_drops', '-')}, memory pressure ms client/server and "
-                f"memory pressure ms and client memory drops "
+                f"{m.get('backlog_drops', '-')}, memory pressure ms and client memory drops "
                 f"{'/'.join('-' if v is None else str(v) for v in m.get('pressure', ())) or '-'}, "
                 f"TCP memory peak/mark MiB {m.get('tcp_peak', '-')}"
             )
@@ -145,7 +149,7 @@ def collapses(measurements):
             mine = [m for m in ms if (m["pin"], m["row"]) == (pin, row) and family(m["server"]) == server]
             if not mine:
                 continue
-            kept = [m["rate"] for m in mine if not (m["packets"] > COLLAPSE and m["ooo"] > 0)]
+            kept = [m["rate"] for m in mine if not collapsed(m)]
             without = f"{statistics.median(kept):.1f}" if kept else "- (every run collapsed)"
             print(
                 f"{row} pin={pin} {server:<10} {len(mine)} runs, {len(mine) - len(kept)} collapsed; "

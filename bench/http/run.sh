@@ -408,18 +408,22 @@ curl_loop() {
 # later measurement. Printed, not tabled: they show what the kernel did to both servers'
 # streams in that run.
 tcp_counts() {
-  local srv cli
-  srv=$(ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs TcpExtTCPMemoryPressures TcpExtTCPMemoryPressuresChrono)
-  cli=$(ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue TcpExtTCPMemoryPressures TcpExtTCPMemoryPressuresChrono TcpExtTCPRcvQDrop TcpExtTCPOFODrop)
-  echo "$(count "$srv" TcpRetransSegs) $(count "$srv" TcpExtTCPDSACKRecvSegs) $(count "$cli" TcpExtTCPOFOQueue)" \
-    "$(sum_counts "$(count "$cli" TcpExtTCPMemoryPressures)" "$(count "$srv" TcpExtTCPMemoryPressures)")" \
-    "$(sum_counts "$(count "$cli" TcpExtTCPMemoryPressuresChrono)" "$(count "$srv" TcpExtTCPMemoryPressuresChrono)")" \
-    "$(sum_counts "$(count "$cli" TcpExtTCPRcvQDrop)" "$(count "$cli" TcpExtTCPOFODrop)")"
+  {
+    ip netns exec "$SRV" nstat -asz TcpRetransSegs TcpExtTCPDSACKRecvSegs TcpExtTCPMemoryPressures \
+      TcpExtTCPMemoryPressuresChrono | sed 's/^/srv /'
+    ip netns exec "$CLI" nstat -asz TcpExtTCPOFOQueue TcpExtTCPMemoryPressures \
+      TcpExtTCPMemoryPressuresChrono TcpExtTCPRcvQDrop TcpExtTCPOFODrop | sed 's/^/cli /'
+  } | awk '{ v[$1 " " $2] = $3 }
+    # one counter, or "-"; the sum of two, or "-" if either is missing
+    function one(k) { return (k in v) ? v[k] : "-" }
+    function two(a, b) { return ((a in v) && (b in v)) ? v[a] + v[b] : "-" }
+    END {
+      print one("srv TcpRetransSegs"), one("srv TcpExtTCPDSACKRecvSegs"), one("cli TcpExtTCPOFOQueue"),
+        two("cli TcpExtTCPMemoryPressures", "srv TcpExtTCPMemoryPressures"),
+        two("cli TcpExtTCPMemoryPressuresChrono", "srv TcpExtTCPMemoryPressuresChrono"),
+        two("cli TcpExtTCPRcvQDrop", "cli TcpExtTCPOFODrop")
+    }'
 }
-# count <nstat output> <name>: that counter's value, or "-".
-count() { awk -v k="$2" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }' <<<"$1"; }
-# sum_counts <a> <b>: their sum, or "-" if either is.
-sum_counts() { if [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]]; then echo $(($1 + $2)); else echo -; fi; }
 # tcp_delta <six counts before> <six after>
 tcp_delta() {
   local a=("${@:1:6}") b=("${@:7:6}") out=() i
@@ -429,6 +433,16 @@ tcp_delta() {
   echo "tcp: ${out[0]} segments retransmitted, ${out[1]} DSACKs, ${out[2]} out of order at the client;" \
     "${out[3]} episodes of host TCP memory pressure ended, ${out[4]} ms in all;" \
     "${out[5]} segments the client dropped for memory"
+}
+
+# tcp_peak_line <sampler file>: the host's TCP memory at its highest sample, against the
+# pressure mark (tcp_mem's second value): where it reaches the mark, TCP prunes and drops.
+tcp_peak_line() {
+  awk -v mark="$(awk '{ print $2 }' /proc/sys/net/ipv4/tcp_mem 2>/dev/null)" -v page="$(getconf PAGESIZE)" \
+    '/^tcpmem [0-9]+$/ { if ($2 > m) m = $2; seen = 1 }
+    END { if (!seen) exit
+      printf "tcp memory: peak %.0f MiB of the host'"'"'s pressure mark ", m * page / 1048576
+      if (mark ~ /^[0-9]+$/) printf "%.0f MiB (sampled)\n", mark * page / 1048576; else print "- (sampled)" }' "$1"
 }
 
 # The server link's packet counters ("sent received"), and busy ticks from /proc/stat (user,
@@ -552,14 +566,7 @@ measure() {
   echo "$out" | sed "s/^/  $what: /"
   # shellcheck disable=SC2086 # word splitting: six counters each
   tcp_delta $tcp0 $tcp1 | sed "s/^/  $what: /"
-  # The host's TCP memory at its highest sample, against the pressure mark (tcp_mem's second
-  # value): where it reaches the mark, TCP prunes and drops.
-  awk -v mark="$(awk '{ print $2 }' /proc/sys/net/ipv4/tcp_mem 2>/dev/null)" -v page="$(getconf PAGESIZE)" \
-    '/^tcpmem [0-9]+$/ { if ($2 > m) m = $2; seen = 1 }
-    END { if (!seen) exit
-      printf "  %s: tcp memory: peak %.0f MiB of the host'"'"'s pressure mark ", w, m * page / 1048576
-      if (mark ~ /^[0-9]+$/) printf "%.0f MiB (sampled)\n", mark * page / 1048576; else print "- (sampled)" }' \
-    w="$what" "$WORK/samples"
+  tcp_peak_line "$WORK/samples" | sed "s/^/  $what: /"
   tps=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
   read=$(awk '/ requests in .* read$/ { print $(NF - 1) }' <<<"$out")
   reqs=$(awk '/ requests in / { print $1 }' <<<"$out")

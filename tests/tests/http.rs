@@ -379,9 +379,10 @@ fn read_head(s: &mut TcpStream) -> Result<String, String> {
 /// not asserted (timings flake on this machine; `bench/http` reports it as `range:1`); the
 /// io_uring transport corks those past 256 KiB but for their last 256 KiB. A 9 MiB body
 /// follows, whole and as ranges, after a HEAD (its head gives the file's Content-Length but
-/// no body follows: the daemon must count what it sent) and a 304 for it (no body either). The socket is read back
-/// uncorked after all of them. Every body of 64 KiB or more starts in the stream where its
-/// first byte lies in its file modulo 64, and no smaller one is padded.
+/// no body follows: the daemon must count what it sent) and a 304 for it (no body either).
+/// The socket is read back uncorked after all of them. Every body of 64 KiB or more starts
+/// in the stream where its first byte lies in its file modulo 64, and no smaller one is
+/// padded.
 fn no_response_waits_for_a_delayed_ack(backend: &str) {
     let t = format!("no_response_waits_for_a_delayed_ack_on_{backend}");
     let Some(l) = lab(&t, backend) else { return };
