@@ -260,6 +260,42 @@ pub(crate) fn build_initramfs(
     busybox: &Path,
     out: &Path,
 ) -> Result<(), LabError> {
+    let extra = [(
+        "etc/udhcpc.script".to_owned(),
+        0o755,
+        UDHCPC_SCRIPT.as_bytes().to_vec(),
+    )];
+    build_initramfs_with(modules, nic, busybox, INIT, &extra, out)
+}
+
+/// The folders every initramfs has.
+const BASE_DIRS: [&str; 9] = [
+    "bin",
+    "sbin",
+    "etc",
+    "lib",
+    "lib/modules",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+];
+
+/// A file of an initramfs: its path inside, its mode and its bytes.
+pub(crate) type InitramfsFile = (String, u32, Vec<u8>);
+
+/// An initramfs of `busybox`, the init `init`, the kernel modules `wanted` names with their
+/// dependencies (from `modules`; `/etc/modules` lists them in the order to load), and `extra`
+/// files (their folders made).
+pub(crate) fn build_initramfs_with(
+    modules: &Path,
+    wanted: &[&str],
+    busybox: &Path,
+    init: &str,
+    extra: &[InitramfsFile],
+    out: &Path,
+) -> Result<(), LabError> {
+    let nic = wanted;
     let index = module_index(modules);
     // Dependencies first: a depth-first walk, each module after what it depends on.
     let mut order: Vec<String> = Vec::new();
@@ -289,23 +325,27 @@ pub(crate) fn build_initramfs(
     let busybox = std::fs::read(busybox)
         .map_err(|e| format!("{} (package busybox-static): {e}", busybox.display()))?;
     let mut cpio = Cpio::default();
-    for d in [
-        "bin",
-        "sbin",
-        "etc",
-        "lib",
-        "lib/modules",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-    ] {
+    for d in BASE_DIRS {
         cpio.dir(d);
     }
     cpio.file("bin/busybox", 0o755, &busybox);
-    cpio.file("init", 0o755, INIT.as_bytes());
-    cpio.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes());
+    cpio.file("init", 0o755, init.as_bytes());
     cpio.file("etc/modules", 0o644, (order.join("\n") + "\n").as_bytes());
+    let mut dirs = BTreeSet::new();
+    for (path, mode, bytes) in extra {
+        let mut parent = Path::new(path).parent();
+        let mut missing = Vec::new();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            missing.push(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+        for d in missing.into_iter().rev() {
+            if !BASE_DIRS.contains(&d.as_str()) && dirs.insert(d.clone()) {
+                cpio.dir(&d);
+            }
+        }
+        cpio.file(path, *mode, bytes);
+    }
     for m in &order {
         let p = &index[m];
         let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;

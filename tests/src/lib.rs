@@ -40,6 +40,7 @@ pub mod freeze;
 pub mod fuse;
 pub mod image_origin;
 pub mod ipxe;
+pub mod ktls_guest;
 pub mod layering;
 pub mod packets;
 pub mod pki;

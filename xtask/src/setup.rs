@@ -91,6 +91,9 @@ const DEBIAN: &[(&str, &[&str])] = &[
             // arm64 UEFI machines (AAVMF); their kernel, busybox and iPXE are downloaded.
             "qemu-system-arm",
             "qemu-efi-aarch64",
+            // The kTLS guest carries the daemon stripped (strip), with its libraries (ldd).
+            "binutils",
+            "libc-bin",
         ],
     ),
     // OS images: ISOs built by xorriso, sums by coreutils, signatures by GnuPG with a

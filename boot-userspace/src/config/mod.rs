@@ -294,6 +294,8 @@ pub struct HttpsConfig {
     pub files: secrets::tls::ServerTls,
     /// TCP port.
     pub port: u16,
+    /// `http.tls_kernel`: sessions go to the kernel's TLS (kTLS) where it has it.
+    pub kernel: bool,
 }
 
 /// `[admin]`, validated: what the admin API serves on and whom it lets in.
@@ -1148,6 +1150,7 @@ impl Config {
                                     firmware: true,
                                 },
                                 port: tls_port,
+                                kernel: h.tls_kernel.unwrap_or(true),
                             })
                         }
                         (Some(_), None) => {
@@ -1165,6 +1168,12 @@ impl Config {
                         (None, None) if h.tls_port.is_some() => {
                             return Err(invalid(
                                 "http.tls_port",
+                                "set without http.tls_cert and http.tls_key".to_owned(),
+                            ))
+                        }
+                        (None, None) if h.tls_kernel.is_some() => {
+                            return Err(invalid(
+                                "http.tls_kernel",
                                 "set without http.tls_cert and http.tls_key".to_owned(),
                             ))
                         }
@@ -1680,6 +1689,7 @@ mod tests {
             ("[http]\ntls_cert = \"c.pem\"\n", "`http.tls_key`"),
             ("[http]\ntls_key = \"k.pem\"\n", "`http.tls_cert`"),
             ("[http]\ntls_port = 8443\n", "`http.tls_port`"),
+            ("[http]\ntls_kernel = false\n", "`http.tls_kernel`"),
             (
                 "[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_port = 80\n",
                 "`http.tls_port`",
@@ -1693,7 +1703,11 @@ mod tests {
             assert!(e.contains(key), "{text}: {e}");
         }
         let c = parse("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").expect("https");
-        assert_eq!(c.http.and_then(|h| h.tls).map(|t| t.port), Some(443));
+        let tls = c.http.and_then(|h| h.tls);
+        assert_eq!(tls.as_ref().map(|t| (t.port, t.kernel)), Some((443, true)));
+        let c = parse("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_kernel = false\n")
+            .expect("https");
+        assert_eq!(c.http.and_then(|h| h.tls).map(|t| t.kernel), Some(false));
         // Files that are not a certificate and a key: refused at load, with the key.
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("bootfabric.toml");

@@ -273,4 +273,6 @@ pub struct Http {
     pub tls_key: Option<String>,
     /// TCP port HTTPS listens on, on each fabric interface's address (default 443).
     pub tls_port: Option<u16>,
+    /// Hand HTTPS sessions to the kernel's TLS (kTLS) where it has it (default true).
+    pub tls_kernel: Option<bool>,
 }

@@ -36,7 +36,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
         shared,
         cancel,
         "HTTP",
-        |mut s, peer, local, shared| async move { connection(&mut s, peer, local, shared).await },
+        |mut s, peer, local, shared| async move {
+            connection(&mut s, peer, local, Vec::new(), shared).await
+        },
     )
     .await;
 }
@@ -260,16 +262,17 @@ impl Wire for TcpStream {
 }
 
 /// Serves the requests of one connection, one after another, until it closes, fails or times
-/// out.
+/// out. `inbuf`: bytes of requests already read (a TLS session handed to the kernel brings
+/// those rustls decrypted).
 pub(super) async fn connection<W: Wire>(
     s: &mut W,
     peer: IpAddr,
     local: IpAddr,
+    mut inbuf: Vec<u8>,
     shared: Arc<Shared>,
 ) {
     let shared = &shared;
     let l = shared.limits;
-    let mut inbuf = Vec::new();
     // Bytes of responses sent on the connection (wraps): where the next head starts.
     let mut stream_pos = 0u64;
     let mut rbuf = vec![0u8; 16 * 1024];

@@ -11,6 +11,7 @@ pub mod conditional;
 pub mod configs;
 pub mod conn;
 pub mod epoll;
+pub mod ktls;
 pub mod origin;
 pub mod range;
 pub mod request;
@@ -186,6 +187,8 @@ struct Https {
     /// Workers of its runtime.
     workers: usize,
     certs: Arc<tls::Certs>,
+    /// Counts sessions by where their records are made.
+    sessions: tls::Sessions,
     local: Vec<SocketAddr>,
 }
 
@@ -276,7 +279,8 @@ impl HttpService {
         let shared = Arc::new(Shared::new(site, limits, metrics, ips.clone()));
         let https = match &cfg.tls {
             Some(t) => {
-                let certs = tls::Certs::load(&t.files, t.port).map_err(
+                let path = tls::DataPath::probe(t.kernel);
+                let certs = tls::Certs::load(&t.files, t.port, path.kernel()).map_err(
                     |crate::util::key_error::KeyError { key, reason }| HttpError::Tls {
                         key,
                         reason,
@@ -287,11 +291,12 @@ impl HttpService {
                 for (addr, iface) in local.iter().zip(ips.iter().map(|(_, name)| name)) {
                     tls::announce(*addr, iface, workers);
                 }
-                tls::DataPath::probe().report(registry)?;
+                let sessions = path.report(registry)?;
                 Some(Https {
                     listeners: fds.into_iter().flatten().collect(),
                     workers,
                     certs,
+                    sessions,
                     local,
                 })
             }
@@ -386,6 +391,7 @@ impl HttpService {
                     h.workers,
                     Arc::clone(&self.shared),
                     h.certs,
+                    h.sessions,
                     cancel.clone(),
                 )
                 .map_err(HttpError::HttpsRuntime)?,

@@ -12,12 +12,15 @@
 //! connection got (bench/results/http-experiments/2026-12-02-https-routing-inline). On the
 //! file runtime that hop was needed, since a worker stuck on a hung image store would stall
 //! TFTP there; on its own runtime such a worker stalls HTTPS only, which waits on the store
-//! anyway. Image bytes pass through the daemon here: a file body is read (from the page cache
-//! on the worker when it is there, else on the runtime's blocking pool) and encrypted by
-//! rustls.
-//! Kernel TLS, which would let `sendfile` carry them as over plain HTTP, is not used: the
-//! daemon says so at start and in `bootfabric_http_tls_data_path`, with whether this kernel
-//! has it at all.
+//! anyway.
+//!
+//! Where the kernel has kTLS (and `http.tls_kernel` is not false), each session is handed to
+//! it after the handshake ([`ktls`]): file bodies then go file → socket by `sendfile`, the
+//! kernel making the records. Elsewhere image bytes pass through the daemon: a file body is
+//! read (from the page cache on the worker when it is there, else on the runtime's blocking
+//! pool) and encrypted by rustls. The daemon says which at start and in
+//! `bootfabric_http_tls_data_path`, and counts each session's in
+//! `bootfabric_http_tls_sessions_total`.
 
 use std::{
     os::{fd::OwnedFd, unix::fs::FileExt as _},
@@ -26,7 +29,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::{io::AsyncWriteExt as _, net::TcpListener};
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +39,7 @@ use super::{
     cache,
     conn::{Exchange, Shared},
     epoll::{self, BodyError, Wire},
+    ktls::{self, Handover, Records},
 };
 use crate::{config::secrets::tls::ServerTls, util::key_error::KeyError};
 
@@ -56,16 +60,38 @@ pub struct Certs {
     current: ArcSwap<rustls::ServerConfig>,
     /// The port HTTPS listens on (a reload cannot move it).
     port: u16,
+    /// Sessions are handed to the kernel (kTLS) after their handshake.
+    kernel: bool,
 }
 
 impl Certs {
     /// Reads the certificate and key; an error names the key whose file is at fault.
-    pub fn load(files: &ServerTls, port: u16) -> Result<Arc<Self>, KeyError> {
-        let config = crate::config::secrets::tls::server_config(files)?;
+    /// `kernel`: sessions will be handed to kTLS ([`DataPath::kernel`]).
+    pub fn load(files: &ServerTls, port: u16, kernel: bool) -> Result<Arc<Self>, KeyError> {
+        let config = Self::server_config(files, kernel)?;
         Ok(Arc::new(Self {
             current: ArcSwap::new(config),
             port,
+            kernel,
         }))
+    }
+
+    /// The rustls config of `files`; where sessions go to the kernel, rustls lets their keys
+    /// be taken, and sends no TLS 1.3 session tickets (one written but not yet sent when the
+    /// keys are taken would count in the sequence numbers the kernel starts from; clients
+    /// resume no sessions then, at the cost of a full handshake per connection).
+    fn server_config(
+        files: &ServerTls,
+        kernel: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, KeyError> {
+        let config = crate::config::secrets::tls::server_config(files)?;
+        if !kernel {
+            return Ok(config);
+        }
+        let mut config = Arc::unwrap_or_clone(config);
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
     }
 
     /// The port HTTPS listens on.
@@ -76,7 +102,7 @@ impl Certs {
     /// Reads the files again (a reload): new handshakes get the new certificate; on an error
     /// the one in use stays.
     pub fn reload(&self, files: &ServerTls) -> Result<(), KeyError> {
-        let config = crate::config::secrets::tls::server_config(files)?;
+        let config = Self::server_config(files, self.kernel)?;
         self.current.store(config);
         Ok(())
     }
@@ -86,55 +112,85 @@ impl Certs {
     }
 }
 
-/// Where TLS records are made: always in the daemon today. `kernel` says whether this kernel
-/// registers the `tls` upper layer protocol (kTLS) at all.
+/// Where TLS records are made: by the kernel (kTLS) where it has it and the config lets it,
+/// else by rustls in the daemon.
 pub struct DataPath {
-    /// The kernel's kTLS, if it has it.
-    pub kernel: bool,
+    /// The kernel has kTLS (not asked when not `wanted`).
+    pub has_ktls: bool,
+    /// `http.tls_kernel`: kTLS is to be used where the kernel has it.
+    pub wanted: bool,
 }
 
 impl DataPath {
-    /// Reads `/proc/sys/net/ipv4/tcp_available_ulp` (the upper layer protocols the kernel
-    /// has registered; `tls` is kTLS).
-    pub fn probe() -> Self {
-        let ulps =
-            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    /// Asks the kernel whether it has kTLS ([`ktls::kernel_has_tls`]), unless `wanted` is
+    /// false (the question may load the `tls` module, which the operator turned down).
+    pub fn probe(wanted: bool) -> Self {
         Self {
-            kernel: ulps.split_whitespace().any(|u| u == "tls"),
+            has_ktls: wanted && ktls::kernel_has_tls(),
+            wanted,
         }
     }
 
-    /// The metric's `reason` label.
-    fn reason(&self) -> &'static str {
-        if self.kernel {
-            "ktls_not_used"
-        } else {
-            "no_ktls_in_kernel"
+    /// Sessions are handed to the kernel.
+    pub fn kernel(&self) -> bool {
+        self.has_ktls && self.wanted
+    }
+
+    /// The metric's labels: `path` and `reason`.
+    fn labels(&self) -> [&'static str; 2] {
+        match (self.wanted, self.has_ktls) {
+            (false, _) => ["userspace", "tls_kernel_off"],
+            (true, true) => ["kernel", "ktls"],
+            (true, false) => ["userspace", "no_ktls_in_kernel"],
         }
     }
 
-    /// Logs the data path and sets `bootfabric_http_tls_data_path`.
-    pub fn report(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+    /// Logs the data path, sets `bootfabric_http_tls_data_path`, and registers the count of
+    /// sessions by the path they took.
+    pub fn report(&self, registry: &Registry) -> Result<Sessions, prometheus::Error> {
         let gauge = IntGaugeVec::new(
             Opts::new(
                 "bootfabric_http_tls_data_path",
-                "Where HTTPS records are encrypted (path: userspace or kernel), and why.",
+                "Where HTTPS records are encrypted (path: kernel or userspace), and why.",
             ),
             &["path", "reason"],
         )?;
         registry.register(Box::new(gauge.clone()))?;
-        gauge
-            .with_label_values(&["userspace", self.reason()])
-            .set(1);
-        if self.kernel {
-            info!("HTTPS: records are encrypted by rustls in the daemon; this kernel's kTLS is not used");
-        } else {
-            warn!(
-                "HTTPS: this kernel has no kTLS (no `tls` in net.ipv4.tcp_available_ulp): records \
+        gauge.with_label_values(&self.labels()).set(1);
+        let sessions = IntCounterVec::new(
+            Opts::new(
+                "bootfabric_http_tls_sessions_total",
+                "HTTPS sessions by where their records were made after the handshake \
+                 (path: kernel or userspace).",
+            ),
+            &["path"],
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
+        match (self.wanted, self.has_ktls) {
+            (true, true) => info!(
+                "HTTPS: sessions are handed to the kernel's TLS (kTLS) after the handshake; \
+                 image bytes go file -> socket by sendfile"
+            ),
+            (false, _) => info!(
+                "HTTPS: http.tls_kernel is off: records are encrypted by rustls in the daemon, \
+                 and image bytes pass through it"
+            ),
+            (true, false) => warn!(
+                "HTTPS: this kernel has no kTLS (TCP_ULP tls refused: no tls module): records \
                  are encrypted by rustls in the daemon, and image bytes pass through it"
-            );
+            ),
         }
-        Ok(())
+        Ok(Sessions(sessions))
+    }
+}
+
+/// `bootfabric_http_tls_sessions_total`.
+#[derive(Clone)]
+pub struct Sessions(IntCounterVec);
+
+impl Sessions {
+    fn count(&self, path: &str) {
+        self.0.with_label_values(&[path]).inc();
     }
 }
 
@@ -151,6 +207,7 @@ impl Runtime {
         workers: usize,
         shared: Arc<Shared>,
         certs: Arc<Certs>,
+        sessions: Sessions,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,6 +237,7 @@ impl Runtime {
                             l,
                             Arc::clone(&shared),
                             Arc::clone(&certs),
+                            sessions.clone(),
                             cancel.clone(),
                         ));
                     }
@@ -201,11 +259,13 @@ impl Runtime {
 }
 
 /// Accepts HTTPS connections on `listener` until `cancel` fires: each handshake is bounded by
-/// the head timeout and counted when it fails; then the connection is served as HTTP's.
+/// the head timeout and counted when it fails; then the session is handed to the kernel
+/// where it can be, and the connection is served as HTTP's.
 async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     certs: Arc<Certs>,
+    sessions: Sessions,
     cancel: CancellationToken,
 ) {
     epoll::accept(
@@ -216,25 +276,48 @@ async fn serve(
         |stream, peer, local, shared| {
             // The certificate in use at accept: a reload changes the next connections' only.
             let acceptor = certs.acceptor();
+            let kernel = certs.kernel;
+            let sessions = sessions.clone();
             async move {
+                let bound = shared.limits.header_timeout;
                 let shake =
-                    tokio::time::timeout(shared.limits.header_timeout, acceptor.accept(stream))
+                    tokio::time::timeout(bound, acceptor.accept(Records::new(stream, kernel)))
                         .await;
-                match shake {
-                    Ok(Ok(mut tls)) => {
-                        epoll::connection(&mut tls, peer, local, Arc::clone(&shared)).await;
-                        // close_notify, so that a client reading to the end sees a clean end (a
-                        // client gone already costs the bound, once).
-                        let _ =
-                            tokio::time::timeout(std::time::Duration::from_secs(1), tls.shutdown())
-                                .await;
-                    }
+                let tls = match shake {
+                    Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         debug!(%peer, error = %e, "HTTPS handshake failed");
                         shared.metrics.refused("tls_handshake");
+                        return;
                     }
-                    Err(_) => shared.metrics.refused("timeout"),
-                }
+                    Err(_) => {
+                        shared.metrics.refused("timeout");
+                        return;
+                    }
+                };
+                let mut tls = if kernel {
+                    match ktls::hand_over(tls, bound).await {
+                        Handover::Kernel { mut conn, early } => {
+                            sessions.count("kernel");
+                            epoll::connection(&mut conn, peer, local, early, shared).await;
+                            conn.close_notify();
+                            return;
+                        }
+                        Handover::Userspace(tls) => *tls,
+                        Handover::Lost { why } => {
+                            debug!(%peer, why, "HTTPS: session lost handing it to the kernel");
+                            shared.metrics.refused(why);
+                            return;
+                        }
+                    }
+                } else {
+                    tls
+                };
+                sessions.count("userspace");
+                epoll::connection(&mut tls, peer, local, Vec::new(), Arc::clone(&shared)).await;
+                // close_notify, so that a client reading to the end sees a clean end (a client
+                // gone already costs the bound, once).
+                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             }
         },
     )
@@ -266,7 +349,7 @@ async fn read_chunk(
     .map_err(std::io::Error::other)?
 }
 
-impl Wire for TlsStream<tokio::net::TcpStream> {
+impl Wire for TlsStream<Records> {
     // rustls writes whole records, the head with the body's first; corked, a quarter of the
     // 1 MiB ranges on one connection waited 2-3 ms longer (bench/http https-range:1,
     // 458 MiB/s corked, 765 not).
@@ -277,7 +360,7 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
     const ALIGNS: bool = false;
 
     fn tcp(&self) -> &tokio::net::TcpStream {
-        self.get_ref().0
+        self.get_ref().0.get_ref()
     }
 
     async fn send_file(
@@ -325,4 +408,24 @@ impl Wire for TlsStream<tokio::net::TcpStream> {
 /// Logs where HTTPS listens.
 pub fn announce(addr: std::net::SocketAddr, iface: &str, workers: usize) {
     info!(%iface, workers, "HTTPS server listening on {addr} (rustls, on a runtime of its own)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_path_says_why() {
+        let path = |wanted, has_ktls| DataPath { has_ktls, wanted };
+        assert_eq!(path(true, true).labels(), ["kernel", "ktls"]);
+        assert!(path(true, true).kernel());
+        assert_eq!(
+            path(true, false).labels(),
+            ["userspace", "no_ktls_in_kernel"]
+        );
+        assert_eq!(path(false, true).labels(), ["userspace", "tls_kernel_off"]);
+        assert!(!path(false, true).kernel() && !path(true, false).kernel());
+        // Turned off, the kernel is not even asked (asking may load the module).
+        assert!(!DataPath::probe(false).has_ktls);
+    }
 }
