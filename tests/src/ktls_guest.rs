@@ -56,6 +56,7 @@ echo "ktls-guest: upper layer protocols: $(cat /proc/sys/net/ipv4/tcp_available_
 cd /srv
 RUST_LOG=info NO_COLOR=1 /srv/bootfabric serve --config /srv/bootfabric.toml > /dev/console 2>&1 &
 echo "ktls-guest: daemon started"
+[ -x /srv/more-init ] && /srv/more-init
 while true; do
     cat /proc/net/tls_stat > /srv/images/tls_stat.new && mv /srv/images/tls_stat.new /srv/images/tls_stat
     wget -q -O /srv/images/metrics.new http://127.0.0.1:9370/metrics && mv /srv/images/metrics.new /srv/images/metrics
@@ -83,6 +84,23 @@ impl Guest {
         config: &str,
         files: &[(&str, Vec<u8>)],
     ) -> Result<Self, LabError> {
+        let files: Vec<_> = files
+            .iter()
+            .map(|(name, bytes)| (format!("srv/{name}"), 0o644, bytes.clone()))
+            .collect();
+        Self::start_with(cache, daemon, config, &files, &[])
+    }
+
+    /// As [`start`](Self::start), with `files` anywhere (path from `/`, mode, bytes; an
+    /// executable `srv/more-init` is run after the daemon starts) and more `programs`, each
+    /// at its own path with its libraries.
+    pub fn start_with(
+        cache: &Path,
+        daemon: &Path,
+        config: &str,
+        files: &[bootimage::InitramfsFile],
+        programs: &[&Path],
+    ) -> Result<Self, LabError> {
         let image = bootimage::ensure(cache)?;
         let modules = cache.join("linux/root/lib/modules").join(&image.version);
         let dir = TempDir::new()?;
@@ -96,13 +114,19 @@ impl Guest {
                 config.as_bytes().to_vec(),
             ),
         ];
-        for lib in libraries(&run(Command::new("ldd").arg(daemon))?) {
+        let mut libs = std::collections::BTreeSet::new();
+        for program in std::iter::once(daemon).chain(programs.iter().copied()) {
+            libs.extend(libraries(&run(Command::new("ldd").arg(program))?));
+        }
+        for lib in libs {
             let inside = lib.trim_start_matches('/').to_owned();
             extra.push((inside, 0o755, read(Path::new(&lib))?));
         }
-        for (name, bytes) in files {
-            extra.push((format!("srv/{name}"), 0o644, bytes.clone()));
+        for program in programs {
+            let inside = program.to_string_lossy().trim_start_matches('/').to_owned();
+            extra.push((inside, 0o755, read(program)?));
         }
+        extra.extend(files.iter().cloned());
         let initramfs = dir.path.join("initramfs.cpio");
         bootimage::build_initramfs_with(
             &modules,

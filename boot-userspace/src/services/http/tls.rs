@@ -77,9 +77,7 @@ impl Certs {
     }
 
     /// The rustls config of `files`; where sessions go to the kernel, rustls lets their keys
-    /// be taken, and sends no TLS 1.3 session tickets (one written but not yet sent when the
-    /// keys are taken would count in the sequence numbers the kernel starts from; clients
-    /// resume no sessions then, at the cost of a full handshake per connection).
+    /// be taken (a session with records still to send stays with rustls: `ktls::hand_over`).
     fn server_config(
         files: &ServerTls,
         kernel: bool,
@@ -90,7 +88,6 @@ impl Certs {
         }
         let mut config = Arc::unwrap_or_clone(config);
         config.enable_secret_extraction = true;
-        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -115,19 +112,27 @@ impl Certs {
 /// Where TLS records are made: by the kernel (kTLS) where it has it and the config lets it,
 /// else by rustls in the daemon.
 pub struct DataPath {
-    /// The kernel has kTLS (not asked when not `wanted`).
+    /// The kernel has kTLS with at least one cipher (not asked when not `wanted`).
     pub has_ktls: bool,
     /// `http.tls_kernel`: kTLS is to be used where the kernel has it.
     pub wanted: bool,
+    /// The ciphers the kernel takes (none when not asked).
+    ciphers: Arc<ktls::Ciphers>,
 }
 
 impl DataPath {
     /// Asks the kernel whether it has kTLS ([`ktls::kernel_has_tls`]), unless `wanted` is
     /// false (the question may load the `tls` module, which the operator turned down).
     pub fn probe(wanted: bool) -> Self {
+        let ciphers = if wanted && ktls::kernel_has_tls() {
+            ktls::Ciphers::probe()
+        } else {
+            ktls::Ciphers::none()
+        };
         Self {
-            has_ktls: wanted && ktls::kernel_has_tls(),
+            has_ktls: !ciphers.usable().is_empty(),
             wanted,
+            ciphers: Arc::new(ciphers),
         }
     }
 
@@ -168,6 +173,7 @@ impl DataPath {
         registry.register(Box::new(sessions.clone()))?;
         match (self.wanted, self.has_ktls) {
             (true, true) => info!(
+                ciphers = ?self.ciphers.usable(),
                 "HTTPS: sessions are handed to the kernel's TLS (kTLS) after the handshake; \
                  image bytes go file -> socket by sendfile"
             ),
@@ -176,21 +182,29 @@ impl DataPath {
                  and image bytes pass through it"
             ),
             (true, false) => warn!(
-                "HTTPS: this kernel has no kTLS (TCP_ULP tls refused: no tls module): records \
-                 are encrypted by rustls in the daemon, and image bytes pass through it"
+                "HTTPS: this kernel has no kTLS (TCP_ULP tls refused: no tls module; or no \
+                 cipher it takes): records are encrypted by rustls in the daemon, and image \
+                 bytes pass through it"
             ),
         }
-        Ok(Sessions(sessions))
+        Ok(Sessions {
+            count: sessions,
+            ciphers: Arc::clone(&self.ciphers),
+        })
     }
 }
 
-/// `bootfabric_http_tls_sessions_total`.
+/// What the HTTPS tasks share about the data path: `bootfabric_http_tls_sessions_total`, and
+/// the ciphers sessions may be handed to the kernel with.
 #[derive(Clone)]
-pub struct Sessions(IntCounterVec);
+pub struct Sessions {
+    count: IntCounterVec,
+    ciphers: Arc<ktls::Ciphers>,
+}
 
 impl Sessions {
     fn count(&self, path: &str) {
-        self.0.with_label_values(&[path]).inc();
+        self.count.with_label_values(&[path]).inc();
     }
 }
 
@@ -279,10 +293,13 @@ async fn serve(
             let kernel = certs.kernel;
             let sessions = sessions.clone();
             async move {
-                let bound = shared.limits.header_timeout;
-                let shake =
-                    tokio::time::timeout(bound, acceptor.accept(Records::new(stream, kernel)))
-                        .await;
+                // One bound for the handshake and the hand-over after it.
+                let deadline = tokio::time::Instant::now() + shared.limits.header_timeout;
+                let shake = tokio::time::timeout_at(
+                    deadline,
+                    acceptor.accept(Records::new(stream, kernel)),
+                )
+                .await;
                 let tls = match shake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -296,7 +313,7 @@ async fn serve(
                     }
                 };
                 let mut tls = if kernel {
-                    match ktls::hand_over(tls, bound).await {
+                    match ktls::hand_over(tls, deadline, &sessions.ciphers).await {
                         Handover::Kernel { mut conn, early } => {
                             sessions.count("kernel");
                             epoll::connection(&mut conn, peer, local, early, shared).await;
@@ -416,7 +433,11 @@ mod tests {
 
     #[test]
     fn the_data_path_says_why() {
-        let path = |wanted, has_ktls| DataPath { has_ktls, wanted };
+        let path = |wanted, has_ktls| DataPath {
+            has_ktls,
+            wanted,
+            ciphers: Arc::new(ktls::Ciphers::none()),
+        };
         assert_eq!(path(true, true).labels(), ["kernel", "ktls"]);
         assert!(path(true, true).kernel());
         assert_eq!(
