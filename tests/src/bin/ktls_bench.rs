@@ -88,6 +88,11 @@ echo "ktls-guest: nginx and the counters' httpd started"
 
 const STAT_CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhead -1 /proc/stat\ncat /proc/net/tls_stat\n";
 
+/// Which implementations the guest's crypto API picked for the AEADs kTLS asked for: the
+/// kernel's share of the comparison is only fair with the CPU's AES-NI and CLMUL in use, as
+/// OpenSSL's is.
+const CRYPTO_CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nawk '/^name/ {n = $3} /^driver/ {print n \" \" $3}' /proc/crypto | grep -E '^(gcm|rfc4106|rfc7539|chacha|aes|ghash)' | sort -u\n";
+
 /// 1 MiB ranges at random whole-MiB offsets, as bench/http's.
 const RANGE_LUA: &str = r#"local mib = 1048576
 request = function()
@@ -169,6 +174,11 @@ fn run(
             0o755,
             STAT_CGI.as_bytes().to_vec(),
         ),
+        (
+            "www/cgi-bin/crypto".to_owned(),
+            0o755,
+            CRYPTO_CGI.as_bytes().to_vec(),
+        ),
     ];
     let nginx = Path::new("/usr/sbin/nginx");
     let guest = Guest::start_with(&cache, daemon, CONFIG, &files, &[nginx])?;
@@ -188,7 +198,7 @@ fn run(
         let out = guest
             .ns
             .command("curl")
-            .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{ssl_verify_result}"])
+            .args(["-sS", "-v", "-k", "-o", "/dev/null"])
             .arg(format!("https://{GUEST_IP}:{port}/rack/image.bin"))
             .output()
             .map_err(|e| e.to_string())?;
@@ -199,6 +209,10 @@ fn run(
                 guest.console()
             ));
         }
+        let said = String::from_utf8_lossy(&out.stderr);
+        if let Some(l) = said.lines().find(|l| l.contains("SSL connection using")) {
+            println!("{name}: {}", l.trim_start_matches(['*', ' ']));
+        }
         let after = counters(&guest)?.1;
         let sessions = after.get("TlsTxSw").unwrap_or(&0) - before.get("TlsTxSw").unwrap_or(&0);
         println!("kernel TLS: {name}: {sessions} kernel TX session(s) for one fetch");
@@ -206,6 +220,20 @@ fn run(
             return Err(format!("{name}: {sessions} kernel TX sessions: {after:?}"));
         }
     }
+    let crypto = guest
+        .ns
+        .command("curl")
+        .args(["-sf", "--max-time", "20"])
+        .arg(format!("http://{GUEST_IP}:8080/cgi-bin/crypto"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    println!(
+        "guest crypto (algorithm driver): {}",
+        String::from_utf8_lossy(&crypto.stdout)
+            .lines()
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     println!(
         "guest: {}",
         guest

@@ -10,8 +10,9 @@
 //!   handshake began is read to its end straight into rustls, and no further (a client cannot
 //!   make the daemon read on); what rustls decrypted is served first.
 //! - What rustls has to send leaves before the keys do: a key update the client asked for is
-//!   written out (rustls only queues it until its next write); a session with records still
-//!   to send stays with rustls.
+//!   written out (rustls only queues it until its next write) and everything queued is
+//!   flushed; should rustls still want to write after that, the session stays with it rather
+//!   than lose a record (a guard: the flush leaves nothing).
 //! - Under TLS 1.2 with AES-GCM the kernel sends its own explicit nonces, one more per record:
 //!   they start above every one rustls used (`tls12_first_explicit_nonce`), never repeating
 //!   the Finished's under the same key.
@@ -33,6 +34,7 @@ use std::{
         Arc,
     },
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -179,8 +181,8 @@ pub enum Handover {
         early: Vec<u8>,
     },
     /// rustls keeps it, whole (boxed: a session is large, and this is the rare case): its
-    /// version or cipher is one the kernel does not take here, it has records still to send,
-    /// or the kernel refused `TCP_ULP`.
+    /// version or cipher is one the kernel does not take here, or the kernel refused
+    /// `TCP_ULP` (or, a guard, rustls still wanted to write after the flush).
     Userspace(Box<TlsStream<Records>>),
     /// Lost: the client went quiet or away before the hand-over could be made, sent more
     /// than a request head before it, or the kernel refused the keys rustls had given up.
@@ -299,14 +301,23 @@ impl Ciphers {
     }
 }
 
-/// Whether the kernel takes `TLS_TX` with `cipher` on a loopback connection: `None` where no
-/// such connection can be made.
+/// Whether the kernel takes `TLS_TX` and `TLS_RX` with `cipher` on a loopback connection:
+/// `None` where no such connection can be made within a second (a firewall dropping loopback
+/// must not hold up the start).
 fn probe_cipher(cipher: Cipher) -> Option<bool> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-    let client = std::net::TcpStream::connect(listener.local_addr().ok()?).ok()?;
+    let addr = listener.local_addr().ok()?;
+    let client = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    // The connection is made, so it waits in the backlog: this accept does not block.
     let _server = listener.accept().ok()?;
-    setsockopt(&client, sockopt::TcpUlp::default(), b"tls").ok()?;
-    Some(setsockopt(&client, sockopt::TcpTlsTx, &cipher.zeros()).is_ok())
+    if setsockopt(&client, sockopt::TcpUlp::default(), b"tls").is_err() {
+        return Some(false);
+    }
+    let keys = cipher.zeros();
+    Some(
+        setsockopt(&client, sockopt::TcpTlsTx, &keys).is_ok()
+            && setsockopt(&client, sockopt::TcpTlsRx, &keys).is_ok(),
+    )
 }
 
 /// Most request bytes rustls may have decrypted before the hand-over: a request head, and the
@@ -664,8 +675,6 @@ impl Wire for Ktls {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::io::AsyncReadExt as _;
 
     use super::*;

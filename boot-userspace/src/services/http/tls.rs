@@ -77,7 +77,7 @@ impl Certs {
     }
 
     /// The rustls config of `files`; where sessions go to the kernel, rustls lets their keys
-    /// be taken (a session with records still to send stays with rustls: `ktls::hand_over`).
+    /// be taken (everything rustls queued is flushed first: `ktls::hand_over`).
     fn server_config(
         files: &ServerTls,
         kernel: bool,
