@@ -675,7 +675,7 @@ impl Wire for Ktls {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
 
@@ -858,16 +858,17 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
     ];
     const ANSWER: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 
-    /// One direction of a session as the kernel runs it from the description it was given
-    /// (AES-GCM): TLS 1.3's nonce is the IV with the sequence number mixed in; TLS 1.2's is
-    /// the salt and an explicit part carried in the record, the IV field, one more per
-    /// record.
+    /// One direction of a session as the kernel runs it from the description it was given:
+    /// the nonce is the IV with the sequence number mixed into its last 8 bytes, but for
+    /// TLS 1.2 with AES-GCM, where it is the salt and an explicit part carried in the record
+    /// (the IV field, one more per record).
     struct Kernel {
         key: ring::aead::LessSafeKey,
         salt: [u8; 4],
         iv: u64,
         seq: u64,
         tls12: bool,
+        explicit: bool,
     }
 
     impl Kernel {
@@ -890,14 +891,27 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                     i.rec_seq,
                     i.info.version,
                 ),
-                _ => panic!("the test's client offers AES-GCM first"),
+                sockopt::TlsCryptoInfo::Chacha20Poly1305(i) => {
+                    let (salt, iv) = i.iv.split_at(4);
+                    (
+                        &aead::CHACHA20_POLY1305,
+                        &i.key[..],
+                        salt.try_into().expect("4"),
+                        iv.try_into().expect("8"),
+                        i.rec_seq,
+                        i.info.version,
+                    )
+                }
             };
+            let tls12 = version == libc::TLS_1_2_VERSION;
+            let aes = !matches!(info, sockopt::TlsCryptoInfo::Chacha20Poly1305(_));
             Self {
                 key: aead::LessSafeKey::new(aead::UnboundKey::new(alg, key).expect("key")),
                 salt,
                 iv: u64::from_be_bytes(iv),
                 seq: u64::from_be_bytes(seq),
-                tls12: version == libc::TLS_1_2_VERSION,
+                tls12,
+                explicit: tls12 && aes,
             }
         }
 
@@ -906,7 +920,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         fn nonce(&mut self, explicit: Option<[u8; 8]>) -> ring::aead::Nonce {
             let mut n = [0u8; 12];
             n[..4].copy_from_slice(&self.salt);
-            let tail = if self.tls12 {
+            let tail = if self.explicit {
                 explicit.map_or(self.iv, u64::from_be_bytes)
             } else {
                 self.iv ^ self.seq
@@ -931,7 +945,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             let header: [u8; 5] = record[..HEADER].try_into().expect("header");
             let mut body = record[HEADER..].to_vec();
             let explicit = self
-                .tls12
+                .explicit
                 .then(|| body.drain(..8).collect::<Vec<u8>>().try_into().expect("8"));
             let nonce = self.nonce(explicit);
             let aad = self.aad(body.len() - 16, header);
@@ -957,8 +971,8 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             if !self.tls12 {
                 inner.push(23);
             }
-            let explicit = self.tls12.then_some(self.iv);
-            let len = inner.len() + 16 + if self.tls12 { 8 } else { 0 };
+            let explicit = self.explicit.then_some(self.iv);
+            let len = inner.len() + 16 + if self.explicit { 8 } else { 0 };
             let [hi, lo] = (len as u16).to_be_bytes();
             let header = [23, 3, 3, hi, lo];
             let nonce = self.nonce(None);
@@ -967,7 +981,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                 .seal_in_place_append_tag(nonce, ring::aead::Aad::from(aad), &mut inner)
                 .expect("seal");
             self.seq += 1;
-            if self.tls12 {
+            if self.explicit {
                 self.iv = self.iv.wrapping_add(1);
             }
             let mut record = header.to_vec();
@@ -1015,6 +1029,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
     fn client(
         addr: std::net::SocketAddr,
         version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
         key_update: bool,
     ) -> (Vec<u8>, Option<u64>) {
         use rustls_pki_types::{pem::PemObject as _, CertificateDer, ServerName};
@@ -1022,13 +1037,15 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         roots
             .add(CertificateDer::from_pem_slice(CERT.as_bytes()).expect("cert"))
             .expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let name = ServerName::try_from("localhost").expect("name");
         let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
         let mut sock = std::net::TcpStream::connect(addr).expect("connect");
@@ -1109,7 +1126,11 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
-    fn hand_over_round_trip(version: &'static rustls::SupportedProtocolVersion, key_update: bool) {
+    fn hand_over_round_trip(
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+        key_update: bool,
+    ) {
         let acceptor = acceptor();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1120,7 +1141,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let client = std::thread::spawn(move || client(addr, version, key_update));
+            let client = std::thread::spawn(move || client(addr, version, suite, key_update));
             let (stream, _) = listener.accept().await.expect("accept");
             let mut tls = acceptor
                 .accept(Records::new(stream, true))
@@ -1129,6 +1150,12 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             prepare(&mut tls).await.expect("the record begun");
             let negotiated = tls.get_ref().1.protocol_version().expect("version");
             assert_eq!(negotiated, version.version);
+            if let Some(suite) = suite {
+                assert_eq!(
+                    tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+                    Some(suite.suite())
+                );
+            }
             assert!(!tls.get_ref().1.wants_write(), "rustls has records to send");
             let keys = take_keys(tls).expect("keys");
             let info = |d, (seq, secrets): &(u64, ConnectionTrafficSecrets)| {
@@ -1156,8 +1183,8 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             tcp.write_all(&record).expect("answer");
             let (plain, finished) = client.join().expect("client");
             assert_eq!(plain, ANSWER);
-            if negotiated == ProtocolVersion::TLSv1_2 {
-                let (finished, explicit) = (finished.expect("a Finished"), explicit.expect("1.2"));
+            if let Some(explicit) = explicit {
+                let finished = finished.expect("a Finished");
                 assert_ne!(
                     finished, explicit,
                     "the kernel would repeat the Finished's nonce"
@@ -1168,17 +1195,88 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
 
     #[test]
     fn a_tls13_session_taken_from_rustls_goes_on_where_rustls_left_it() {
-        hand_over_round_trip(&rustls::version::TLS13, false);
+        hand_over_round_trip(&rustls::version::TLS13, None, false);
     }
 
     #[test]
     fn a_key_update_the_client_asked_for_is_sent_before_the_keys_leave_rustls() {
-        hand_over_round_trip(&rustls::version::TLS13, true);
+        hand_over_round_trip(&rustls::version::TLS13, None, true);
     }
 
     #[test]
     fn a_tls12_session_taken_from_rustls_goes_on_without_repeating_a_nonce() {
-        hand_over_round_trip(&rustls::version::TLS12, false);
+        hand_over_round_trip(&rustls::version::TLS12, None, false);
+    }
+
+    /// `hand_over` whole, on this machine's kernel: where it has kTLS the session goes to it
+    /// and the requests and answer pass in the clear through the socket; where it has none
+    /// (`TCP_ULP` refused) rustls keeps the session, and nothing it had read or queued is
+    /// lost on the way.
+    #[test]
+    fn a_session_handed_over_is_served_on_whichever_side_takes_it() {
+        let acceptor = acceptor();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let client =
+                std::thread::spawn(move || client(addr, &rustls::version::TLS13, None, false));
+            let (stream, _) = listener.accept().await.expect("accept");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let tls = acceptor
+                .accept(Records::new(stream, true))
+                .await
+                .expect("handshake");
+            let want = REQUESTS.concat().into_bytes();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            match hand_over(tls, deadline, &Ciphers::probe()).await {
+                Handover::Kernel { mut conn, early } => {
+                    assert!(kernel_has_tls(), "handed to a kernel without kTLS");
+                    got.extend(early);
+                    while got.len() < want.len() {
+                        let n = conn.read(&mut buf).await.expect("read");
+                        assert_ne!(n, 0, "the client's requests end early");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    conn.write_all(ANSWER).await.expect("answer");
+                }
+                Handover::Userspace(mut tls) => {
+                    assert!(!kernel_has_tls(), "kept by rustls on a kernel with kTLS");
+                    while got.len() < want.len() {
+                        let n = tls.read(&mut buf).await.expect("read");
+                        assert_ne!(n, 0, "the client's requests end early");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    tls.write_all(ANSWER).await.expect("answer");
+                    tls.flush().await.expect("flush");
+                }
+                Handover::Lost { why } => panic!("lost the session: {why}"),
+            }
+            assert_eq!(String::from_utf8_lossy(&got), REQUESTS.concat());
+            let (plain, _) = client.join().expect("client");
+            assert_eq!(plain, ANSWER);
+        });
+    }
+
+    #[test]
+    fn chacha20_sessions_taken_from_rustls_go_on_where_rustls_left_them() {
+        use rustls::crypto::ring::cipher_suite as S;
+        hand_over_round_trip(
+            &rustls::version::TLS13,
+            Some(S::TLS13_CHACHA20_POLY1305_SHA256),
+            false,
+        );
+        hand_over_round_trip(
+            &rustls::version::TLS12,
+            Some(S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+            false,
+        );
     }
 
     #[test]
