@@ -88,9 +88,9 @@ echo "ktls-guest: nginx and the counters' httpd started"
 
 const STAT_CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhead -1 /proc/stat\ncat /proc/net/tls_stat\n";
 
-/// Which implementations the guest's crypto API picked for the AEADs kTLS asked for: the
-/// kernel's share of the comparison is only fair with the CPU's AES-NI and CLMUL in use, as
-/// OpenSSL's is.
+/// The implementations registered in the guest's crypto API for the AEADs kTLS asked for
+/// (the highest priority of each name is the one used): the kernel's share of the comparison
+/// is only fair with the CPU's AES-NI and CLMUL in use, as OpenSSL's is.
 const CRYPTO_CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nawk '/^name/ {n = $3} /^driver/ {print n \" \" $3}' /proc/crypto | grep -E '^(gcm|rfc4106|rfc7539|chacha|aes|ghash)' | sort -u\n";
 
 /// 1 MiB ranges at random whole-MiB offsets, as bench/http's.
@@ -227,13 +227,17 @@ fn run(
         .arg(format!("http://{GUEST_IP}:8080/cgi-bin/crypto"))
         .output()
         .map_err(|e| e.to_string())?;
+    let drivers = String::from_utf8_lossy(&crypto.stdout).into_owned();
     println!(
-        "guest crypto (algorithm driver): {}",
-        String::from_utf8_lossy(&crypto.stdout)
-            .lines()
-            .collect::<Vec<_>>()
-            .join(" | ")
+        "guest crypto, registered (algorithm driver): {}",
+        drivers.lines().collect::<Vec<_>>().join(" | ")
     );
+    // kTLS asks for `gcm(aes)`; with `aesni_intel` loaded its instance is `generic-gcm-aesni`.
+    if !drivers.lines().any(|l| l == "gcm(aes) generic-gcm-aesni") {
+        return Err(format!(
+            "the guest's kernel has no AES-NI gcm(aes) (registered: {drivers:?}): the comparison with OpenSSL on AES-NI would not be fair"
+        ));
+    }
     println!(
         "guest: {}",
         guest

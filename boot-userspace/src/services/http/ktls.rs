@@ -226,7 +226,8 @@ impl Cipher {
         }
     }
 
-    /// A `TLS_TX` description of this cipher with keys of zeros (for the probe).
+    /// A TLS 1.3 description of this cipher with keys of zeros (for the probe; a kernel with
+    /// kTLS for TLS 1.2 only, before 5.1, keeps every session with rustls, which is safe).
     fn zeros(self) -> sockopt::TlsCryptoInfo {
         let info = |cipher_type| libc::tls_crypto_info {
             version: libc::TLS_1_3_VERSION,
@@ -270,11 +271,17 @@ impl Cipher {
 pub struct Ciphers([AtomicBool; 3]);
 
 impl Ciphers {
-    /// Asks the kernel, on a loopback connection per cipher, whether it takes `TLS_TX` with
-    /// each. Where no loopback connection can be made, every cipher is tried on real sessions
-    /// instead, and dropped at its first refusal.
+    /// Asks the kernel, on a loopback connection per cipher, whether it takes `TLS_TX` and
+    /// `TLS_RX` with each. Where no loopback connection can be made (tried once: a second
+    /// would only wait as long again), every cipher is tried on real sessions instead, and
+    /// dropped at its first refusal.
     pub fn probe() -> Self {
-        Self(Cipher::ALL.map(|c| AtomicBool::new(probe_cipher(c) != Some(false))))
+        let mut unreachable = false;
+        Self(Cipher::ALL.map(|c| {
+            let took = if unreachable { None } else { probe_cipher(c) };
+            unreachable |= took.is_none();
+            AtomicBool::new(took != Some(false))
+        }))
     }
 
     /// No cipher: nothing is handed to the kernel.
@@ -307,9 +314,9 @@ impl Ciphers {
 fn probe_cipher(cipher: Cipher) -> Option<bool> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
     let addr = listener.local_addr().ok()?;
+    // The connection is left in the listener's backlog, never accepted (an accept could wait):
+    // the client's end is established, which is all TCP_ULP asks, and both close here.
     let client = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    // The connection is made, so it waits in the backlog: this accept does not block.
-    let _server = listener.accept().ok()?;
     if setsockopt(&client, sockopt::TcpUlp::default(), b"tls").is_err() {
         return Some(false);
     }
@@ -1105,9 +1112,6 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         (plain, finished)
     }
 
-    /// A handshake over bounded records, the hand-over's steps up to the keys (this machine's
-    /// kernel may have no kTLS), then the records left in the socket read, and an answer
-    /// sealed, as the kernel would from the description it would be given.
     /// A server config as the daemon's when it hands sessions over, with [`CERT`].
     fn acceptor() -> tokio_rustls::TlsAcceptor {
         use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
@@ -1126,6 +1130,9 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
+    /// A handshake over bounded records, the hand-over's steps up to the keys (this machine's
+    /// kernel may have no kTLS), then the records left in the socket read, and an answer
+    /// sealed, as the kernel would from the description it would be given.
     fn hand_over_round_trip(
         version: &'static rustls::SupportedProtocolVersion,
         suite: Option<rustls::SupportedCipherSuite>,
@@ -1208,12 +1215,22 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         hand_over_round_trip(&rustls::version::TLS12, None, false);
     }
 
-    /// `hand_over` whole, on this machine's kernel: where it has kTLS the session goes to it
-    /// and the requests and answer pass in the clear through the socket; where it has none
-    /// (`TCP_ULP` refused) rustls keeps the session, and nothing it had read or queued is
-    /// lost on the way.
+    /// `hand_over` whole, on this machine's kernel, with the ciphers its probe found and with
+    /// every cipher allowed (as where loopback could not be probed): where the kernel takes
+    /// the session the requests and answer pass in the clear through the socket; where it
+    /// does not (cipher not taken, or `TCP_ULP` refused) rustls keeps the session, and
+    /// nothing it had read or queued is lost on the way.
     #[test]
     fn a_session_handed_over_is_served_on_whichever_side_takes_it() {
+        let probed = Ciphers::probe();
+        handed_over_and_served(&probed, kernel_has_tls() && probed.has(Cipher::Aes256Gcm));
+        let all = Ciphers(Cipher::ALL.map(|_| AtomicBool::new(true)));
+        handed_over_and_served(&all, kernel_has_tls());
+    }
+
+    /// One session through `hand_over` with `ciphers` (the client's TLS 1.3 default,
+    /// AES-256-GCM): to the kernel if `to_kernel`, else kept by rustls.
+    fn handed_over_and_served(ciphers: &Ciphers, to_kernel: bool) {
         let acceptor = acceptor();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1235,9 +1252,13 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             let want = REQUESTS.concat().into_bytes();
             let mut got = Vec::new();
             let mut buf = [0u8; 512];
-            match hand_over(tls, deadline, &Ciphers::probe()).await {
+            assert_eq!(
+                tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+                Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+            );
+            match hand_over(tls, deadline, ciphers).await {
                 Handover::Kernel { mut conn, early } => {
-                    assert!(kernel_has_tls(), "handed to a kernel without kTLS");
+                    assert!(to_kernel, "handed to the kernel, which should not take it");
                     got.extend(early);
                     while got.len() < want.len() {
                         let n = conn.read(&mut buf).await.expect("read");
@@ -1247,7 +1268,7 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                     conn.write_all(ANSWER).await.expect("answer");
                 }
                 Handover::Userspace(mut tls) => {
-                    assert!(!kernel_has_tls(), "kept by rustls on a kernel with kTLS");
+                    assert!(!to_kernel, "kept by rustls where the kernel takes it");
                     while got.len() < want.len() {
                         let n = tls.read(&mut buf).await.expect("read");
                         assert_ne!(n, 0, "the client's requests end early");
