@@ -125,6 +125,20 @@ fn on_file_runtime(
 /// in the last line the daemon writes).
 const LOG_QUEUE: usize = 65_536;
 
+/// `filter` with rustls held to errors unless it names rustls itself: rustls warns of what a
+/// client sent (an IP address as the server name, as iPXE and wrk send for an `https://`
+/// address; an unknown extension), a line per handshake any machine on the network can
+/// ask for, where the daemon counts the failures that matter in its own metrics.
+fn quiet_peers(filter: &str) -> String {
+    if filter.split(',').any(|d| d.trim().starts_with("rustls")) {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        "rustls=error".to_owned()
+    } else {
+        format!("{filter},rustls=error")
+    }
+}
+
 fn init_tracing(
     filter: &str,
     format: crate::config::LogFormat,
@@ -132,10 +146,11 @@ fn init_tracing(
     use std::io::IsTerminal as _;
     // RUST_LOG, when set, wins over daemon.log: an operator debugging one run should not
     // have to edit the config.
+    // Either way rustls is held to errors unless the filter names it (`quiet_peers`).
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(filter));
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(quiet_peers(&f)).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(quiet_peers(filter)));
     let ansi = std::io::stderr().is_terminal();
     // Lines go to stderr from a thread of their own, through a bounded queue that drops
     // when full: a journald that stalls (or a flood of exchanges) never stalls the tasks
@@ -1038,6 +1053,21 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_the_filter_names_it() {
+        assert_eq!(quiet_peers("info"), "info,rustls=error");
+        assert_eq!(
+            quiet_peers("info,bootfabric::xdp=debug"),
+            "info,bootfabric::xdp=debug,rustls=error"
+        );
+        assert_eq!(quiet_peers("info, rustls=debug"), "info, rustls=debug");
+        assert_eq!(quiet_peers(""), "rustls=error");
+        // What comes out is a filter tracing takes.
+        for f in ["info", "warn,bootfabric::services::http=debug", ""] {
+            tracing_subscriber::EnvFilter::try_new(quiet_peers(f)).expect("a filter");
+        }
+    }
     use crate::model::{boot::BootSettings, inventory::Inventory};
 
     fn inventory(names: &[&str]) -> Inventory {
