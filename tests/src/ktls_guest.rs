@@ -185,11 +185,16 @@ impl Guest {
     /// Fetches `http://GUEST_IP/<path>` with curl in the guest's namespace: the body, if the
     /// answer was 200 within 10 s.
     pub fn http_get(&self, path: &str) -> Option<Vec<u8>> {
+        self.get(&format!("http://{GUEST_IP}/{path}"), 10)
+    }
+
+    /// Fetches `url` with curl in the guest's namespace: the body, if the answer was 200
+    /// within `max_time_s`.
+    pub fn get(&self, url: &str, max_time_s: u32) -> Option<Vec<u8>> {
         let out = self
             .ns
             .command("curl")
-            .args(["-sf", "--max-time", "10"])
-            .arg(format!("http://{GUEST_IP}/{path}"))
+            .args(["-sf", "--max-time", &max_time_s.to_string(), url])
             .output()
             .ok()?;
         out.status.success().then_some(out.stdout)

@@ -1053,6 +1053,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::model::{boot::BootSettings, inventory::Inventory};
 
     #[test]
     fn rustls_is_held_to_errors_unless_the_filter_names_it() {
@@ -1068,7 +1069,6 @@ mod tests {
             tracing_subscriber::EnvFilter::try_new(quiet_peers(f)).expect("a filter");
         }
     }
-    use crate::model::{boot::BootSettings, inventory::Inventory};
 
     fn inventory(names: &[&str]) -> Inventory {
         let mut text = String::from("[profiles.p]\n");

@@ -221,13 +221,9 @@ fn run(
         }
     }
     let crypto = guest
-        .ns
-        .command("curl")
-        .args(["-sf", "--max-time", "20"])
-        .arg(format!("http://{GUEST_IP}:8080/cgi-bin/crypto"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    let drivers = String::from_utf8_lossy(&crypto.stdout).into_owned();
+        .get(&format!("http://{GUEST_IP}:8080/cgi-bin/crypto"), 20)
+        .unwrap_or_default();
+    let drivers = String::from_utf8_lossy(&crypto).into_owned();
     println!(
         "guest crypto, registered (algorithm driver): {}",
         drivers.lines().collect::<Vec<_>>().join(" | ")
@@ -312,13 +308,9 @@ fn run(
 /// 100 ticks a second) and its kernel TLS counters.
 fn counters(guest: &Guest) -> Result<(f64, BTreeMap<String, u64>), String> {
     let out = guest
-        .ns
-        .command("curl")
-        .args(["-sf", "--max-time", "20"])
-        .arg(format!("http://{GUEST_IP}:8080/cgi-bin/stat"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .get(&format!("http://{GUEST_IP}:8080/cgi-bin/stat"), 20)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
     let mut lines = text.lines();
     let cpu: Vec<u64> = lines
         .next()

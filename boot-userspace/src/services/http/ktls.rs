@@ -1030,15 +1030,13 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         None
     }
 
-    /// The client: its Finished and the start of its first request's record in one write,
-    /// the rest of that record and the second request later. Returns the plaintext it read
-    /// and, under TLS 1.2, the explicit nonce of the server's Finished.
-    fn client(
-        addr: std::net::SocketAddr,
+    /// A client of the test's server over `version` (with `suite` only, if given), its
+    /// handshake made on `sock`; and the bytes it read, for the records they hold.
+    fn client_session(
+        sock: &mut std::net::TcpStream,
         version: &'static rustls::SupportedProtocolVersion,
         suite: Option<rustls::SupportedCipherSuite>,
-        key_update: bool,
-    ) -> (Vec<u8>, Option<u64>) {
+    ) -> (rustls::ClientConnection, Vec<u8>) {
         use rustls_pki_types::{pem::PemObject as _, CertificateDer, ServerName};
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -1055,11 +1053,10 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
             .with_no_client_auth();
         let name = ServerName::try_from("localhost").expect("name");
         let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         let mut tap = Tap {
-            sock: &mut sock,
+            sock,
             seen: Vec::new(),
         };
         while conn.is_handshaking() {
@@ -1071,7 +1068,21 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                 conn.process_new_packets().expect("handshake");
             }
         }
-        let finished = finished_nonce(&tap.seen);
+        (conn, tap.seen)
+    }
+
+    /// The client: its Finished and the start of its first request's record in one write,
+    /// the rest of that record and the second request later. Returns the plaintext it read
+    /// and, under TLS 1.2, the explicit nonce of the server's Finished.
+    fn client(
+        addr: std::net::SocketAddr,
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+        key_update: bool,
+    ) -> (Vec<u8>, Option<u64>) {
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        let (mut conn, seen) = client_session(&mut sock, version, suite);
+        let finished = finished_nonce(&seen);
         let mut records = Vec::new();
         while conn.wants_write() {
             conn.write_tls(&mut records).expect("finished");
@@ -1130,14 +1141,15 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
-    /// A handshake over bounded records, the hand-over's steps up to the keys (this machine's
-    /// kernel may have no kTLS), then the records left in the socket read, and an answer
-    /// sealed, as the kernel would from the description it would be given.
-    fn hand_over_round_trip(
-        version: &'static rustls::SupportedProtocolVersion,
-        suite: Option<rustls::SupportedCipherSuite>,
-        key_update: bool,
-    ) {
+    /// A server session over bounded records, its handshake made with a client that runs
+    /// `client` on a thread of its own; then `serve`, with the session and that thread.
+    fn with_session<T, Fut>(
+        client: impl FnOnce(std::net::SocketAddr) -> T + Send + 'static,
+        serve: impl FnOnce(TlsStream<Records>, std::thread::JoinHandle<T>) -> Fut,
+    ) where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
         let acceptor = acceptor();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1148,12 +1160,44 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let client = std::thread::spawn(move || client(addr, version, suite, key_update));
+            let client = std::thread::spawn(move || client(addr));
             let (stream, _) = listener.accept().await.expect("accept");
-            let mut tls = acceptor
+            let tls = acceptor
                 .accept(Records::new(stream, true))
                 .await
                 .expect("handshake");
+            serve(tls, client).await;
+        });
+    }
+
+    /// Reads the client's [`REQUESTS`] (after `got`, what was had before) from `conn` and
+    /// writes it the [`ANSWER`]; what was read.
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        conn: &mut S,
+        mut got: Vec<u8>,
+    ) -> Vec<u8> {
+        let want = REQUESTS.concat().into_bytes();
+        let mut buf = [0u8; 512];
+        while got.len() < want.len() {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert_ne!(n, 0, "the client's requests end early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(ANSWER).await.expect("answer");
+        conn.flush().await.expect("flush");
+        got
+    }
+
+    /// A handshake over bounded records, the hand-over's steps up to the keys (this machine's
+    /// kernel may have no kTLS), then the records left in the socket read, and an answer
+    /// sealed, as the kernel would from the description it would be given.
+    fn hand_over_round_trip(
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+        key_update: bool,
+    ) {
+        let client = move |addr| client(addr, version, suite, key_update);
+        with_session(client, |mut tls, client| async move {
             prepare(&mut tls).await.expect("the record begun");
             let negotiated = tls.get_ref().1.protocol_version().expect("version");
             assert_eq!(negotiated, version.version);
@@ -1231,54 +1275,24 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
     /// One session through `hand_over` with `ciphers` (the client's TLS 1.3 default,
     /// AES-256-GCM): to the kernel if `to_kernel`, else kept by rustls.
     fn handed_over_and_served(ciphers: &Ciphers, to_kernel: bool) {
-        let acceptor = acceptor();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let client =
-                std::thread::spawn(move || client(addr, &rustls::version::TLS13, None, false));
-            let (stream, _) = listener.accept().await.expect("accept");
+        let client = |addr| client(addr, &rustls::version::TLS13, None, false);
+        with_session(client, |tls, client| async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            let tls = acceptor
-                .accept(Records::new(stream, true))
-                .await
-                .expect("handshake");
-            let want = REQUESTS.concat().into_bytes();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 512];
             assert_eq!(
                 tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
                 Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
             );
-            match hand_over(tls, deadline, ciphers).await {
+            let got = match hand_over(tls, deadline, ciphers).await {
                 Handover::Kernel { mut conn, early } => {
                     assert!(to_kernel, "handed to the kernel, which should not take it");
-                    got.extend(early);
-                    while got.len() < want.len() {
-                        let n = conn.read(&mut buf).await.expect("read");
-                        assert_ne!(n, 0, "the client's requests end early");
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    conn.write_all(ANSWER).await.expect("answer");
+                    answer(&mut conn, early).await
                 }
                 Handover::Userspace(mut tls) => {
                     assert!(!to_kernel, "kept by rustls where the kernel takes it");
-                    while got.len() < want.len() {
-                        let n = tls.read(&mut buf).await.expect("read");
-                        assert_ne!(n, 0, "the client's requests end early");
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    tls.write_all(ANSWER).await.expect("answer");
-                    tls.flush().await.expect("flush");
+                    answer(&mut *tls, Vec::new()).await
                 }
                 Handover::Lost { why } => panic!("lost the session: {why}"),
-            }
+            };
             assert_eq!(String::from_utf8_lossy(&got), REQUESTS.concat());
             let (plain, _) = client.join().expect("client");
             assert_eq!(plain, ANSWER);
@@ -1302,68 +1316,31 @@ onU/l0bR9uZwQZGdhXluP5SIs4dj7PWPQRHe0N75fLMcNKLtsQgYFBSW
 
     #[test]
     fn a_flood_of_records_after_the_finished_stays_in_the_socket() {
-        let acceptor = acceptor();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            // The Finished and 2,000 one-byte records.
-            let client = std::thread::spawn(move || {
-                use rustls_pki_types::{pem::PemObject as _, CertificateDer, ServerName};
-                let mut roots = rustls::RootCertStore::empty();
-                roots
-                    .add(CertificateDer::from_pem_slice(CERT.as_bytes()).expect("cert"))
-                    .expect("root");
-                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                let name = ServerName::try_from("localhost").expect("name");
-                let mut conn =
-                    rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-                let mut sock = std::net::TcpStream::connect(addr).expect("connect");
-                while conn.is_handshaking() {
-                    while conn.wants_write() && conn.is_handshaking() {
-                        conn.write_tls(&mut sock).expect("write");
-                    }
-                    if conn.is_handshaking() {
-                        conn.read_tls(&mut sock).expect("read");
-                        conn.process_new_packets().expect("handshake");
-                    }
-                }
-                let mut flood = Vec::new();
+        // The Finished and 2,000 one-byte records.
+        let client = |addr| {
+            let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+            let (mut conn, _) = client_session(&mut sock, &rustls::version::TLS13, None);
+            let mut flood = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut flood).expect("finished");
+            }
+            let finished = flood.len();
+            for _ in 0..2000 {
+                conn.writer().write_all(b"x").expect("plaintext");
                 while conn.wants_write() {
-                    conn.write_tls(&mut flood).expect("finished");
+                    conn.write_tls(&mut flood).expect("records");
                 }
-                let finished = flood.len();
-                for _ in 0..2000 {
-                    conn.writer().write_all(b"x").expect("plaintext");
-                    while conn.wants_write() {
-                        conn.write_tls(&mut flood).expect("records");
-                    }
-                }
-                // The handshake ends inside the first record of data: the hand-over must
-                // finish that one record, and read no further.
-                sock.write_all(&flood[..finished + 3]).expect("flood");
-                std::thread::sleep(Duration::from_millis(200));
-                sock.write_all(&flood[finished + 3..]).expect("flood");
-                // Held open until the server is done.
-                let mut buf = [0u8; 1];
-                let _ = sock.read(&mut buf);
-            });
-            let (stream, _) = listener.accept().await.expect("accept");
-            let mut tls = acceptor
-                .accept(Records::new(stream, true))
-                .await
-                .expect("handshake");
+            }
+            // The handshake ends inside the first record of data: the hand-over must
+            // finish that one record, and read no further.
+            sock.write_all(&flood[..finished + 3]).expect("flood");
+            std::thread::sleep(Duration::from_millis(200));
+            sock.write_all(&flood[finished + 3..]).expect("flood");
+            // Held open until the server is done.
+            let mut buf = [0u8; 1];
+            let _ = sock.read(&mut buf);
+        };
+        with_session(client, |mut tls, client| async move {
             prepare(&mut tls).await.expect("prepare");
             let keys = take_keys(tls).expect("keys");
             // rustls stopped at the first record of data: the rest is the kernel's to read.
