@@ -18,6 +18,9 @@ use crate::{bootimage, qemu, run, KillOnDrop, LabError, Netns, TempDir};
 pub const GUEST_IP: &str = "10.77.9.2";
 /// The lab side of the guest's link.
 pub const HOST_IP: &str = "10.77.9.1";
+/// The guest's NIC (virtio, on the tap in the lab's namespace), renamed by the init so that
+/// the daemon's `fabric.interfaces` names it and nothing else.
+pub const GUEST_IF: &str = "guest0";
 
 /// What the guest loads: its NIC driver, kTLS, and the AEADs kTLS asks the crypto API for
 /// (AES-GCM is built from the `gcm` template over `ctr` and `ghash`; AES itself is built in),
@@ -52,12 +55,17 @@ for m in $(cat /etc/modules); do
     insmod /lib/modules/$m.ko || echo "ktls-guest: insmod $m failed"
 done
 ip link set lo up
+nic=""
 for n in 1 2 3 4 5 6 7 8 9 10; do
-    [ -e /sys/class/net/eth0 ] && break
+    for d in /sys/class/net/*; do
+        [ "${d##*/}" = lo ] || nic="${d##*/}"
+    done
+    [ -n "$nic" ] && break
     sleep 1
 done
-ip link set eth0 up
-ip addr add GUEST_IP/24 dev eth0
+ip link set "$nic" name GUEST_IF
+ip link set GUEST_IF up
+ip addr add GUEST_IP/24 dev GUEST_IF
 echo "ktls-guest: upper layer protocols: $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 cd /srv
 RUST_LOG=info NO_COLOR=1 /srv/bootfabric serve --config /srv/bootfabric.toml > /dev/console 2>&1 &
@@ -138,7 +146,9 @@ impl Guest {
             &modules,
             &MODULES,
             Path::new("/bin/busybox"),
-            &INIT.replace("GUEST_IP", GUEST_IP),
+            &INIT
+                .replace("GUEST_IP", GUEST_IP)
+                .replace("GUEST_IF", GUEST_IF),
             &extra,
             &initramfs,
         )?;

@@ -31,7 +31,7 @@ const CONFIG: &str = r#"[daemon]
 state_dir = "state"
 inventory = "hosts.toml"
 [fabric]
-interfaces = ["eth0"]
+interfaces = ["guest0"] # the guest's NIC, ktls_guest::GUEST_IF
 [admin]
 listen = "127.0.0.1:9370"
 [xdp]
@@ -371,6 +371,63 @@ fn https_sessions_are_handed_to_the_kernel_tls_of_a_debian_guest() {
     assert_eq!(responses(&first), vec![(206, initrd[..10].to_vec())]);
     sessions += 1;
     assert!(answered.is_empty(), "a forged record was answered");
+
+    // A key update once the kernel has the session (this kernel does not rekey kTLS): the
+    // kernel hands the record to the daemon as an error, and the daemon closes the
+    // connection rather than read on; the request after it is not answered. Closed, not
+    // left open: a daemon that retried the read would hold the connection (and a core).
+    let (first, ended) = guest
+        .ns
+        .run({
+            let ca = ca.clone();
+            move || {
+                let (mut sock, mut conn) = handshaken(&ca);
+                let request = format!(
+                    "GET /debian/initrd.gz HTTP/1.1\r\nHost: {GUEST_IP}\r\nRange: bytes=0-9\r\n\r\n"
+                );
+                conn.writer()
+                    .write_all(request.as_bytes())
+                    .expect("plaintext");
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).expect("finished");
+                }
+                let (first, _) = read_until(&mut sock, &mut conn, |p| {
+                    responses(p).first().is_some_and(|(_, b)| b.len() == 10)
+                });
+                conn.refresh_traffic_keys().expect("key update");
+                conn.writer()
+                    .write_all(request.as_bytes())
+                    .expect("plaintext");
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).expect("key update");
+                }
+                // Raw bytes until the end: any answer would be records here.
+                let mut rest = Vec::new();
+                let ended = loop {
+                    let mut b = [0u8; 4096];
+                    match sock.read(&mut b) {
+                        Ok(0) => break Ok(rest),
+                        Ok(n) => rest.extend_from_slice(&b[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            break Ok(rest)
+                        }
+                        Err(e) => break Err(e.to_string()),
+                    }
+                };
+                (first, ended)
+            }
+        })
+        .expect("client namespace");
+    assert_eq!(responses(&first), vec![(206, initrd[..10].to_vec())]);
+    sessions += 1;
+    let rest = ended.expect("the daemon closed the connection after the key update");
+    // At most an alert and the TLS 1.3 tickets' kin; never a response (over 10 bytes of
+    // body and its head, well past 100 bytes of records).
+    assert!(
+        rest.len() < 100,
+        "{} bytes after the key update",
+        rest.len()
+    );
 
     // Every session went to the kernel; the kernel says so too.
     let counted = wait_for(Duration::from_secs(30), || {

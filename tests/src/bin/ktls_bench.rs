@@ -28,7 +28,7 @@ const CONFIG: &str = r#"[daemon]
 state_dir = "state"
 inventory = "hosts.toml"
 [fabric]
-interfaces = ["eth0"]
+interfaces = ["guest0"] # the guest's NIC, ktls_guest::GUEST_IF
 [admin]
 listen = "127.0.0.1:9370"
 [xdp]
