@@ -140,17 +140,18 @@ fn commit_problem(e: &CommitError, kind: EventType) -> Problem {
             StatusCode::PRECONDITION_FAILED,
             "the resource changed on another fabric since; GET it again for its ETag",
         ),
-        // etcd did not answer in time: the write was sent and may still commit (a majority
-        // can come back with it), so a retry may find it done. Say so, as the API of any
-        // store that times out must.
-        CommitError::Unavailable(e @ crate::cluster::ClusterError::Timeout(_)) => {
+        // The write was sent and etcd did not confirm it (a timeout, the client's or etcd's,
+        // a lost connection or leader): it may still commit (a majority can come back with
+        // it), so a retry may find it done. Say so, as the API of any store that times out
+        // must.
+        CommitError::Unavailable(e) if e.outcome_unknown() => {
             error!(error = %e, "cluster inventory: etcd did not confirm the write");
             Problem {
                 title: "etcd did not confirm the write".to_owned(),
                 retry_after: Some(RETRY_AFTER_S),
                 ..Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the cluster's etcd did not answer in time; the write may still land: GET the resource before retrying (a retried create may find it, 409)",
+                    "the cluster's etcd did not confirm the write in time; the write may still land: GET the resource before retrying (a retried create may find it, 409)",
                 )
             }
         }
@@ -874,9 +875,33 @@ mod tests {
         ));
         let p = commit_problem(&down, EventType::HostCreated);
         assert_eq!((p.status, p.retry_after), (503, Some(RETRY_AFTER_S)));
+        assert!(p.detail.contains("may still land"), "{p:?}");
         let resp = p.response();
         assert_eq!(resp.headers()[hyper::header::RETRY_AFTER], "5");
         assert_eq!(not_loaded().status, 503);
+        // tonic's deadline is a timeout too; "no leader" is refused before any proposal.
+        let grpc = |s| {
+            CommitError::Unavailable(crate::cluster::ClusterError::Etcd(
+                etcd_client::Error::GRpcStatus(s),
+            ))
+        };
+        let deadline = commit_problem(
+            &grpc(tonic::Status::cancelled("Timeout expired")),
+            EventType::HostCreated,
+        );
+        assert!(deadline.detail.contains("may still land"), "{deadline:?}");
+        let no_leader = commit_problem(
+            &grpc(tonic::Status::unavailable("etcdserver: no leader")),
+            EventType::HostCreated,
+        );
+        assert_eq!(
+            (no_leader.status, no_leader.retry_after),
+            (503, Some(RETRY_AFTER_S))
+        );
+        assert!(
+            !no_leader.detail.contains("may still land"),
+            "{no_leader:?}"
+        );
     }
 
     #[test]

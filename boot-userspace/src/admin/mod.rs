@@ -787,7 +787,8 @@ async fn legacy(
                     text(StatusCode::CONFLICT, format!("{e}\n"))
                 }
                 // Cluster mode, on a follower: stored in etcd for the leader, or refused
-                // with nothing stored (never a silent queue).
+                // with nothing stored (never a silent queue), or, etcd not confirming the
+                // write, a 503 that says the run may be stored.
                 Err(StartError::ForLeader(fwd)) => match admin.reboots.request(fwd).await {
                     Ok(s) => status_json(&s, StatusCode::ACCEPTED),
                     Err(e @ RequestError::Full { .. }) => {
@@ -795,7 +796,8 @@ async fn legacy(
                     }
                     Err(
                         ref e @ (RequestError::NoLeader { retry_after_s }
-                        | RequestError::Cluster { retry_after_s, .. }),
+                        | RequestError::Cluster { retry_after_s, .. }
+                        | RequestError::Unconfirmed { retry_after_s, .. }),
                     ) => retry_after(
                         text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
                         retry_after_s,

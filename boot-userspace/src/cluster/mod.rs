@@ -61,6 +61,70 @@ pub enum ClusterError {
     },
 }
 
+impl ClusterError {
+    /// Whether a write that failed with this error may still have been applied: etcd can
+    /// commit a proposal after the client gave up on it (a timeout, a connection lost
+    /// mid-request, a leader change), so the caller must not say "nothing stored". False only
+    /// where the request provably never became a proposal: no connection was made, or etcd
+    /// refused it before proposing (no leader under `require_leader`, too many requests, a
+    /// request it rejects as such).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Etcd(etcd_client::Error::GRpcStatus(status)) => !refused_before_proposal(status),
+            Self::Etcd(etcd_client::Error::TransportError(e)) => !never_connected(e),
+            // The client refused to build the request (bad arguments, closed channel before
+            // sending it...): nothing reached etcd.
+            Self::Etcd(_) | Self::Tls { .. } | Self::NameTaken { .. } | Self::Record { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// etcd's message for a request refused because its member knows no leader (the
+/// `require_leader` check, before the request is handled).
+const NO_LEADER: &str = "etcdserver: no leader";
+
+/// Whether etcd (or the channel to it) refused `status`'s request before it could become a
+/// proposal.
+fn refused_before_proposal(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        // What etcd answers for a request it will not handle: it never reached raft.
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::Unimplemented => true,
+        // Unavailable is also etcd's "request timed out" and "leader changed", after the
+        // proposal: only "no leader", and a channel that never connected, are before it.
+        Code::Unavailable => {
+            status.message() == NO_LEADER
+                || std::error::Error::source(status).is_some_and(never_connected)
+        }
+        // Cancelled (the client's own deadline), DeadlineExceeded, Unknown, Internal,
+        // Aborted, DataLoss, Ok: sent, outcome unknown.
+        _ => false,
+    }
+}
+
+/// Whether `e`'s chain holds a failure to connect (so the request was never sent).
+fn never_connected(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// A connection to the cluster's etcd, with this fabric's identity in it. Cheap to clone
 /// (the connection is shared).
 #[derive(Clone)]
@@ -214,5 +278,44 @@ impl Cluster {
             members: members.members().len(),
             leader: status.leader(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc(status: tonic::Status) -> ClusterError {
+        ClusterError::Etcd(etcd_client::Error::GRpcStatus(status))
+    }
+
+    /// A write that timed out (the client's deadline or etcd's), or lost its leader, may
+    /// still commit; one refused for want of a leader, or never sent, did not.
+    #[test]
+    fn only_writes_never_proposed_are_known_not_applied() {
+        assert!(ClusterError::Timeout(Duration::from_secs(2)).outcome_unknown());
+        // tonic's own request deadline (what the CI run of 8eefea5 met mid-outage).
+        assert!(grpc(tonic::Status::cancelled("Timeout expired")).outcome_unknown());
+        assert!(
+            grpc(tonic::Status::unavailable("etcdserver: request timed out")).outcome_unknown()
+        );
+        assert!(grpc(tonic::Status::unavailable("etcdserver: leader changed")).outcome_unknown());
+        assert!(grpc(tonic::Status::unknown("connection reset")).outcome_unknown());
+
+        assert!(!grpc(tonic::Status::unavailable(NO_LEADER)).outcome_unknown());
+        assert!(!grpc(tonic::Status::resource_exhausted(
+            "etcdserver: too many requests"
+        ))
+        .outcome_unknown());
+        // A channel that could not connect: tonic's status carries the connect error.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert!(!grpc(connect).outcome_unknown());
+        assert!(!ClusterError::Record {
+            key: "k".to_owned(),
+            reason: "r".to_owned()
+        }
+        .outcome_unknown());
     }
 }

@@ -35,12 +35,25 @@ pub enum RunsError {
     /// This fabric does not lead (any more): etcd refused the fenced write.
     #[error("this fabric does not lead the cluster")]
     NotLeader,
+    /// The request's write was sent and etcd did not confirm it (timed out, connection or
+    /// leader lost): the run may still be stored, and the leader would then run it.
+    #[error("etcd did not confirm the write ({0}): the run may still be stored")]
+    Unconfirmed(ClusterError),
     /// [`MAX_REQUESTED`] runs already wait for the leader.
     #[error("{waiting} reboot runs already wait for the leader (at most {MAX_REQUESTED}): try again once it has taken them")]
     TooManyRequested {
         /// How many wait.
         waiting: usize,
     },
+}
+
+/// The error of a write that failed: [`RunsError::Unconfirmed`] if it may still land.
+fn unconfirmed(e: ClusterError) -> RunsError {
+    if e.outcome_unknown() {
+        RunsError::Unconfirmed(e)
+    } else {
+        RunsError::Cluster(e)
+    }
 }
 
 /// Runs that may wait for the leader at once: a caller that repeats its request (a retry
@@ -213,7 +226,8 @@ impl RunStore {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.as_str(), value, None)]);
-            if c.bounded(client.txn(txn)).await?.succeeded() {
+            let written = c.bounded(client.txn(txn)).await.map_err(unconfirmed)?;
+            if written.succeeded() {
                 return Ok(record);
             }
         }
@@ -446,6 +460,19 @@ impl RunStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request's write that timed out may have stored the run (the leader would run it):
+    /// said so, never "nothing stored"; one that never reached etcd is a plain failure.
+    #[test]
+    fn a_request_etcd_did_not_confirm_is_not_called_unstored() {
+        let late = unconfirmed(ClusterError::Timeout(std::time::Duration::from_secs(2)));
+        assert!(matches!(late, RunsError::Unconfirmed(_)), "{late:?}");
+        assert!(late.to_string().contains("may still be stored"), "{late}");
+        let no_leader = unconfirmed(ClusterError::Etcd(etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: no leader"),
+        )));
+        assert!(matches!(no_leader, RunsError::Cluster(_)), "{no_leader:?}");
+    }
 
     #[test]
     fn records_read_back_as_written_and_run_names_sort_as_numbers() {

@@ -105,6 +105,15 @@ pub enum RequestError {
         /// How many wait.
         waiting: usize,
     },
+    /// The run was sent to etcd, which did not confirm it: it may be stored, and then the
+    /// leader runs it. Asking again blindly could reset the hosts twice.
+    #[error("etcd did not confirm the run in time: it may still be stored, and the leader would then run it; GET /api/reboot before asking again ({error})")]
+    Unconfirmed {
+        /// When to look again, seconds.
+        retry_after_s: u64,
+        /// What etcd said.
+        error: RunsError,
+    },
     /// etcd cannot be written (no quorum, out of reach): nothing stored.
     #[error("cannot store the run for the leader in etcd: {error}")]
     Cluster {
@@ -334,7 +343,8 @@ impl RebootService {
     /// Cluster mode, on a fabric that does not lead: stores `fwd` (a run [`Self::start`]
     /// resolved and validated here) in etcd as `requested`, for the leader to take; returns
     /// its status (its number in etcd, the leader's name). Refused, with nothing stored, when
-    /// no fabric leads, when etcd cannot be written, or when enough runs wait already.
+    /// no fabric leads, when etcd cannot be written, or when enough runs wait already; when
+    /// etcd took the write but did not confirm it, [`RequestError::Unconfirmed`].
     pub async fn request(&self, fwd: Box<Forward>) -> Result<RunStatus, RequestError> {
         let Some(store) = &self.runs else {
             return Err(RequestError::NoLeader { retry_after_s: 1 });
@@ -349,6 +359,13 @@ impl RebootService {
             Ok(r) => r,
             Err(RunsError::TooManyRequested { waiting }) => {
                 return Err(RequestError::Full { waiting })
+            }
+            Err(error @ RunsError::Unconfirmed(_)) => {
+                warn!(%error, "a reboot run sent to etcd was not confirmed: it may still be stored for the leader");
+                return Err(RequestError::Unconfirmed {
+                    retry_after_s,
+                    error,
+                });
             }
             Err(error) => {
                 return Err(RequestError::Cluster {
