@@ -151,6 +151,27 @@ fn read_to_close(sock: &mut TcpStream, conn: &mut rustls::ClientConnection) -> (
     read_until(sock, conn, |_| false)
 }
 
+/// A range request for the initrd's first ten bytes.
+fn first_ten() -> String {
+    format!("GET /debian/initrd.gz HTTP/1.1\r\nHost: {GUEST_IP}\r\nRange: bytes=0-9\r\n\r\n")
+}
+
+/// A connection whose session the kernel holds: handshaken, [`first_ten`] sent with the
+/// Finished and its answer read (the plaintext read, for the caller to check).
+fn handed_over(ca: &Path) -> (TcpStream, rustls::ClientConnection, Vec<u8>) {
+    let (mut sock, mut conn) = handshaken(ca);
+    conn.writer()
+        .write_all(first_ten().as_bytes())
+        .expect("plaintext");
+    while conn.wants_write() {
+        conn.write_tls(&mut sock).expect("finished");
+    }
+    let (first, _) = read_until(&mut sock, &mut conn, |p| {
+        responses(p).first().is_some_and(|(_, b)| b.len() == 10)
+    });
+    (sock, conn, first)
+}
+
 /// The responses in `plain`: (status, body) each, by `Content-Length`.
 fn responses(mut plain: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut out = Vec::new();
@@ -347,19 +368,7 @@ fn https_sessions_are_handed_to_the_kernel_tls_of_a_debian_guest() {
         .run({
             let ca = ca.clone();
             move || {
-                let (mut sock, mut conn) = handshaken(&ca);
-                conn.writer()
-                    .write_all(
-                        format!("GET /debian/initrd.gz HTTP/1.1\r\nHost: {GUEST_IP}\r\nRange: bytes=0-9\r\n\r\n")
-                            .as_bytes(),
-                    )
-                    .expect("plaintext");
-                while conn.wants_write() {
-                    conn.write_tls(&mut sock).expect("finished");
-                }
-                let (first, _) = read_until(&mut sock, &mut conn, |p| {
-                    responses(p).first().is_some_and(|(_, b)| b.len() == 10)
-                });
+                let (mut sock, mut conn, first) = handed_over(&ca);
                 let mut forged = vec![23u8, 3, 3, 0, 64];
                 forged.extend((0..64u8).map(|i| i.wrapping_mul(37)));
                 sock.write_all(&forged).expect("forged");
@@ -381,22 +390,10 @@ fn https_sessions_are_handed_to_the_kernel_tls_of_a_debian_guest() {
         .run({
             let ca = ca.clone();
             move || {
-                let (mut sock, mut conn) = handshaken(&ca);
-                let request = format!(
-                    "GET /debian/initrd.gz HTTP/1.1\r\nHost: {GUEST_IP}\r\nRange: bytes=0-9\r\n\r\n"
-                );
-                conn.writer()
-                    .write_all(request.as_bytes())
-                    .expect("plaintext");
-                while conn.wants_write() {
-                    conn.write_tls(&mut sock).expect("finished");
-                }
-                let (first, _) = read_until(&mut sock, &mut conn, |p| {
-                    responses(p).first().is_some_and(|(_, b)| b.len() == 10)
-                });
+                let (mut sock, mut conn, first) = handed_over(&ca);
                 conn.refresh_traffic_keys().expect("key update");
                 conn.writer()
-                    .write_all(request.as_bytes())
+                    .write_all(first_ten().as_bytes())
                     .expect("plaintext");
                 while conn.wants_write() {
                     conn.write_tls(&mut sock).expect("key update");

@@ -107,7 +107,7 @@ pub enum RequestError {
     },
     /// The run was sent to etcd, which did not confirm it: it may be stored, and then the
     /// leader runs it. Asking again blindly could reset the hosts twice.
-    #[error("etcd did not confirm the run in time: it may still be stored, and the leader would then run it; GET /api/reboot before asking again ({error})")]
+    #[error("{error}, and the leader would then run it; GET /api/reboot before asking again")]
     Unconfirmed {
         /// When to look again, seconds.
         retry_after_s: u64,
